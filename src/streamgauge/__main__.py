@@ -1,0 +1,3 @@
+from streamgauge.cli import main
+
+main()

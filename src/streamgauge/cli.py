@@ -1,0 +1,217 @@
+"""The ``streamgauge`` command: serve, simulate, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import httpx
+import typer
+import uvicorn
+from rich.console import Console
+
+from streamgauge import __version__
+from streamgauge.config import Settings
+from streamgauge.core.engine import load_admin_token
+
+app = typer.Typer(
+    help="streamgauge: a self-hosted real-time hub for sensor observations.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+HostOpt = Annotated[str, typer.Option(help="Address to listen on.")]
+PortOpt = Annotated[int, typer.Option(help="TCP port to listen on.")]
+DataOpt = Annotated[
+    Path, typer.Option(help="Data folder (SQLite database, admin token); created if missing.")
+]
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, but a shutdown signal first closes live streams (each gets its resume cursor),
+    so the server does not wait for endless responses to end by themselves."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        engine = getattr(self.config.loaded_app, "state", None)
+        app_state = getattr(self.config.app, "state", None)
+        for state in (engine, app_state):
+            eng = getattr(state, "engine", None)
+            if eng is not None:
+                eng.hub.close_all("server shutting down")
+        super().handle_exit(sig, frame)
+
+
+def _serve(host: str, port: int, data: Path) -> None:
+    settings = Settings(data=data)
+    token, generated = load_admin_token(settings)
+    if generated:
+        console.print(
+            f"[bold]Generated the admin token[/bold] (stored in {data / 'admin-token'}):\n  {token}"
+        )
+    from streamgauge.app import create_app
+
+    application = create_app(settings, admin_token=token)
+    config = uvicorn.Config(
+        application,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        ws_max_size=1 << 20,
+    )
+    console.print(f"streamgauge {__version__} serving on http://{host}:{port} (data: {data})")
+    _Server(config).run()
+
+
+@app.command()
+def serve(
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8080,
+    data: DataOpt = Path("streamgauge-data"),
+) -> None:
+    """Serve every API on one port, with embedded storage in DATA.
+
+    STREAMGAUGE_ADMIN_TOKEN sets the admin's bearer token; if unset, one is generated, stored in
+    DATA/admin-token and printed once. Other settings: STREAMGAUGE_* (see docs/configuration.md).
+    """
+    _serve(host, port, data)
+
+
+@app.command()
+def simulate(
+    url: Annotated[str, typer.Option(help="Base URL of a streamgauge server.")] = (
+        "http://127.0.0.1:8080"
+    ),
+    token: Annotated[
+        str,
+        typer.Option(help="Bearer token (the admin token or another).", envvar="STREAMGAUGE_TOKEN"),
+    ] = "",
+    stations: Annotated[int, typer.Option(min=0, help="Mesonet stations to simulate.")] = 10,
+    rate: Annotated[float, typer.Option(min=0.1, help="Observations per second, in all.")] = 100.0,
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds to run; forever if omitted.")
+    ] = None,
+    project: Annotated[str, typer.Option(help="Project id to create and feed.")] = "demo",
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same network).")] = 1,
+) -> None:
+    """Create (idempotently) a demo project -- the Tapis tutorial station and a mesonet of
+    STATIONS weather stations -- and feed it observations at RATE per second."""
+    from streamgauge.sim import run_simulation
+
+    if not token:
+        raise typer.BadParameter("give --token (or STREAMGAUGE_TOKEN)", param_hint="--token")
+    try:
+        stats = asyncio.run(
+            run_simulation(
+                url,
+                token,
+                project=project,
+                stations=stations,
+                rate=rate,
+                duration=duration,
+                seed=seed,
+            )
+        )
+    except KeyboardInterrupt:
+        return
+    except httpx.HTTPError as exc:
+        console.print(f"[red]simulate: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(
+        f"simulate: {stats.accepted} accepted, {stats.duplicates} duplicates, "
+        f"{stats.rejected_batches} rejected batches in {stats.elapsed:.1f} s"
+    )
+
+
+@app.command()
+def demo(
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8080,
+    data: DataOpt = Path("streamgauge-data"),
+    stations: Annotated[int, typer.Option(min=1, help="Mesonet stations to simulate.")] = 20,
+    rate: Annotated[float, typer.Option(min=0.1, help="Observations per second.")] = 50.0,
+) -> None:
+    """Serve and simulate together; prints what to open and run. Ctrl-C stops both."""
+    settings = Settings(data=data)
+    token, _ = load_admin_token(settings)
+    env = {**os.environ, "STREAMGAUGE_ADMIN_TOKEN": token}
+    exe = [sys.executable, "-m", "streamgauge"]
+    server = subprocess.Popen(
+        [*exe, "serve", "--host", host, "--port", str(port), "--data", str(data)], env=env
+    )
+    base = f"http://{host}:{port}"
+    sim: subprocess.Popen[bytes] | None = None
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if server.poll() is not None:
+                raise typer.Exit(server.returncode or 1)
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                console.print("[red]the server did not come up in 30 s[/red]")
+                raise typer.Exit(1)
+            time.sleep(0.2)
+        sim = subprocess.Popen(
+            [
+                *exe,
+                "simulate",
+                "--url",
+                base,
+                "--token",
+                token,
+                "--stations",
+                str(stations),
+                "--rate",
+                str(rate),
+            ],
+            env=env,
+        )
+        auth = f"-H 'Authorization: Bearer {token}'"
+        console.print(
+            f"\n[bold green]streamgauge demo is running[/bold green] at {base}\n"
+            f"  API docs:      {base}/docs\n"
+            f"  admin token:   {token}\n"
+            f"  live stream:   curl -N {auth} '{base}/api/v1/projects/demo/stream'\n"
+            f"  one variable:  curl -N {auth} '{base}/api/v1/projects/demo/stream"
+            f"?variable=air_temp'\n"
+            f"  SSE:           curl -N {auth} -H 'Accept: text/event-stream' "
+            f"'{base}/api/v1/projects/demo/stream'\n"
+            f"  history:       curl {auth} '{base}/api/v1/projects/demo/observations?limit=20'\n"
+            f"  metrics:       curl {base}/metrics\n"
+            "Press Ctrl-C to stop.\n"
+        )
+        while server.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for proc in (sim, server):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in (sim, server):
+            if proc is not None:
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

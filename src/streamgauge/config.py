@@ -1,0 +1,104 @@
+"""Settings, read once from the environment (prefix ``STREAMGAUGE_``) at the edge.
+
+Every setting has a description; ``docs/configuration.md`` lists them all and a test keeps the two
+in step. Limits are bounded by default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """streamgauge settings. Environment variables: ``STREAMGAUGE_<NAME>`` (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMGAUGE_", extra="ignore")
+
+    # Storage
+    data: Path = Field(
+        default=Path("streamgauge-data"),
+        description="Data folder (SQLite database, generated admin token); created if missing.",
+    )
+    durability: Literal["normal", "full"] = Field(
+        default="normal",
+        description=(
+            "SQLite synchronous mode. 'normal' (WAL): an acknowledged batch survives a killed "
+            "process; 'full': it also survives power loss (fsync on every commit)."
+        ),
+    )
+    index_chunk_rows: int = Field(
+        default=65536,
+        ge=1024,
+        le=10_000_000,
+        description=(
+            "Observations per sealed chunk: the (series, time) index is built for a chunk once it "
+            "holds this many rows, so inserts never pay for it one row at a time."
+        ),
+    )
+
+    # Auth
+    admin_token: str | None = Field(
+        default=None,
+        description=(
+            "Bearer token of the deployment admin. If unset, one is generated, stored in the data "
+            "folder (admin-token) and printed once."
+        ),
+    )
+    admin_only_project_create: bool = Field(
+        default=False,
+        description="If true, only the deployment admin may create projects.",
+    )
+
+    # Ingest limits
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="Largest accepted request body in bytes; larger bodies get 413.",
+    )
+    max_future_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description=(
+            "Observations timed more than this many seconds ahead of the server clock are rejected."
+        ),
+    )
+    max_batch_errors: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="At most this many row errors are listed in a rejected batch's reply.",
+    )
+
+    # Streams
+    keepalive_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="Interval of keepalive lines/comments on idle live streams.",
+    )
+    subscriber_queue_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Bound of each subscriber's send queue. A subscriber that falls this far behind is "
+            "closed with its resume cursor."
+        ),
+    )
+    catchup_page_rows: int = Field(
+        default=5000,
+        ge=1,
+        le=1_000_000,
+        description="Rows read from the store per step when a stream catches up from a cursor.",
+    )
+
+    # Reads
+    page_limit_default: int = Field(
+        default=1000, ge=1, description="Default page size of history and list reads."
+    )
+    page_limit_max: int = Field(
+        default=100_000, ge=1, description="Largest page size a client may ask for."
+    )

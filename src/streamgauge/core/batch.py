@@ -1,0 +1,162 @@
+"""Columnar batches of committed observations, and their wire encodings cached per batch.
+
+A ``Batch`` is what the log hands the hub after a commit and what a catch-up read returns: parallel
+columns (cursor, series, time, value, qc). The JSON object of each row is encoded once per batch
+(``json_rows``), then framed once per output form (``framed``); N subscribers cost N masks and N
+joins of bytes, not N encodings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from streamgauge.store.registry import Registry
+
+Value = float | str | None
+QC_NAMES: tuple[str, ...] = (
+    "sl_range_check",
+    "sl_rate_check",
+    "sl_pers_check",
+    "sl_windspd_maxgust_check",
+    "sl_wind_gust_factor_check",
+)
+
+
+def qc_names(mask: int) -> list[str]:
+    """The names of the failed QC checks in a stored flag mask."""
+    return [name for bit, name in enumerate(QC_NAMES) if mask >> bit & 1]
+
+
+def format_time(ms: int) -> str:
+    """RFC 3339 UTC, with milliseconds only when they are not zero."""
+    dt = datetime.fromtimestamp(ms / 1000, UTC)
+    if ms % 1000:
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_QC_JSON: dict[int, bytes] = {}
+
+
+def _qc_json(mask: int) -> bytes:
+    enc = _QC_JSON.get(mask)
+    if enc is None:
+        enc = _QC_JSON[mask] = orjson.dumps(qc_names(mask))
+    return enc
+
+
+@dataclass(eq=False)
+class Batch:
+    project_pk: int
+    cursors: npt.NDArray[np.int64]
+    series: npt.NDArray[np.int64]
+    times: npt.NDArray[np.int64]
+    values: list[Value]
+    qc: npt.NDArray[np.int64]
+    received_ns: int = 0  # monotonic clock when the batch was committed (for latency metrics)
+    _json: list[bytes] | None = field(default=None, repr=False)
+    _framed: dict[str, list[bytes]] = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.cursors)
+
+    @property
+    def first(self) -> int:
+        return int(self.cursors[0])
+
+    @property
+    def last(self) -> int:
+        return int(self.cursors[-1])
+
+    def json_rows(self, registry: Registry) -> list[bytes]:
+        """Each row as a JSON object ``{cursor, device, variable, set, time, value, qc}``."""
+        if self._json is None:
+            self._json = encode_rows(self, registry)
+        return self._json
+
+    def framed(
+        self, form: str, registry: Registry, frame: Callable[[int, bytes], bytes]
+    ) -> list[bytes]:
+        rows = self._framed.get(form)
+        if rows is None:
+            rows = [
+                frame(c, j)
+                for c, j in zip(self.cursors.tolist(), self.json_rows(registry), strict=True)
+            ]
+            self._framed[form] = rows
+        return rows
+
+    def head(self, n: int) -> Batch:
+        """The first ``n`` rows."""
+        return Batch(
+            self.project_pk,
+            self.cursors[:n],
+            self.series[:n],
+            self.times[:n],
+            self.values[:n],
+            self.qc[:n],
+            self.received_ns,
+        )
+
+    def take(self, mask: npt.NDArray[np.bool_]) -> Batch:
+        """A new batch of the rows where ``mask`` holds."""
+        idx = np.flatnonzero(mask)
+        return Batch(
+            self.project_pk,
+            self.cursors[idx],
+            self.series[idx],
+            self.times[idx],
+            [self.values[i] for i in idx.tolist()],
+            self.qc[idx],
+            self.received_ns,
+        )
+
+
+def encode_rows(batch: Batch, registry: Registry) -> list[bytes]:
+    series = registry.series_by_pk
+    times: dict[int, bytes] = {}
+    out: list[bytes] = []
+    append = out.append
+    dumps = orjson.dumps
+    for cursor, s, t, v, q in zip(
+        batch.cursors.tolist(),
+        batch.series.tolist(),
+        batch.times.tolist(),
+        batch.values,
+        batch.qc.tolist(),
+        strict=True,
+    ):
+        tb = times.get(t)
+        if tb is None:
+            tb = times[t] = format_time(t).encode()
+        rec = series.get(s)
+        prefix = rec.prefix if rec is not None else b'"device":null,"variable":null,"set":null'
+        append(
+            b'{"cursor":%d,%s,"time":"%s","value":%s,"qc":%s}'
+            % (cursor, prefix, tb, dumps(v), _qc_json(q))
+        )
+    return out
+
+
+def empty_batch(project_pk: int = 0) -> Batch:
+    z = np.zeros(0, np.int64)
+    return Batch(project_pk, z, z.copy(), z.copy(), [], z.copy())
+
+
+def concat(batches: Sequence[Batch]) -> Batch:
+    if not batches:
+        return empty_batch()
+    return Batch(
+        batches[0].project_pk,
+        np.concatenate([b.cursors for b in batches]),
+        np.concatenate([b.series for b in batches]),
+        np.concatenate([b.times for b in batches]),
+        [v for b in batches for v in b.values],
+        np.concatenate([b.qc for b in batches]),
+    )

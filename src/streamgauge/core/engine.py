@@ -1,0 +1,171 @@
+"""The engine: one store, one hub, one authenticator, wired together; faces call into it.
+
+A face translates its wire format into these calls and back, and owns no storage, filtering or
+cursor logic of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+from streamgauge.auth import Authenticator
+from streamgauge.config import Settings
+from streamgauge.core import ingest
+from streamgauge.core.batch import Batch, format_time
+from streamgauge.core.filters import CompiledSelection, Selection
+from streamgauge.core.framing import Framing
+from streamgauge.core.handoff import Handoff
+from streamgauge.core.hub import Hub, Subscription
+from streamgauge.errors import BadRequest, StreamgaugeError
+from streamgauge.metrics import Metrics
+from streamgauge.store.base import AppendResult, HistoryQuery
+from streamgauge.store.registry import ProjectRec
+from streamgauge.store.sqlite import SqliteStore
+
+MAX_SEND_BYTES = 256 * 1024  # coalesce queued frames into writes of at most this size
+
+
+def load_admin_token(settings: Settings) -> tuple[str, bool]:
+    """The admin token, and whether it was generated just now (to print it once)."""
+    if settings.admin_token:
+        return settings.admin_token, False
+    path = settings.data / "admin-token"
+    if path.exists():
+        return path.read_text().strip(), False
+    settings.data.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token, True
+
+
+class Engine:
+    def __init__(self, settings: Settings, admin_token: str) -> None:
+        self.settings = settings
+        self.store = SqliteStore(
+            settings.data / "streamgauge.db",
+            durability=settings.durability,
+            index_chunk_rows=settings.index_chunk_rows,
+        )
+        self.registry = self.store.registry
+        self.hub = Hub()
+        self.auth = Authenticator(self.registry, admin_token)
+        self.metrics = Metrics()
+        self.metrics.bind(
+            lambda: self.hub.subscribers, self.hub.queued_bytes, lambda: self.store.head
+        )
+
+    async def start(self) -> None:
+        self.settings.data.mkdir(parents=True, exist_ok=True)
+        await self.store.open(self.hub.publish)
+
+    async def stop(self) -> None:
+        self.hub.close_all("server shutting down")
+        await asyncio.sleep(0)
+        await self.store.close()
+
+    # -- ingest ---------------------------------------------------------------------------------
+
+    async def ingest(self, project: ProjectRec, body: bytes, *, ndjson: bool) -> AppendResult:
+        started = time.perf_counter()
+        s = self.settings
+        try:
+            rows = ingest.decode(body, ndjson=ndjson, max_errors=s.max_batch_errors)
+            if not rows:
+                raise BadRequest("the batch holds no observations")
+            columns = ingest.resolve(
+                rows,
+                self.registry,
+                project.pk,
+                now_ms=int(time.time() * 1000),
+                max_future_ms=int(s.max_future_seconds * 1000),
+                max_errors=s.max_batch_errors,
+            )
+            result = await self.store.append(columns)
+        except StreamgaugeError as exc:
+            self.metrics.ingest_rejected.labels(str(exc.status)).inc()
+            raise
+        self.metrics.ingest_batches.inc()
+        self.metrics.ingest_rows.inc(result.accepted)
+        self.metrics.ingest_duplicates.inc(result.duplicates)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        return result
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def history(self, query: HistoryQuery) -> Batch:
+        return await self.store.history(query)
+
+    def check_cursor(self, since: int) -> None:
+        if since < 0 or since > self.store.head:
+            raise BadRequest(
+                f"cursor {since} is not in this log (its head is {self.store.head})",
+                [{"field": "since", "reason": "resume from a cursor this server gave you"}],
+            )
+
+    async def stream(
+        self, selection: Selection, framing: Framing, since: int | None
+    ) -> AsyncIterator[bytes]:
+        """Frames of matching observations after ``since`` (live only if None), then live,
+        keepalives when idle, and a closing frame with the resume cursor if the server ends it."""
+        s = self.settings
+        sub = Subscription(
+            CompiledSelection(selection, self.registry),
+            framing,
+            self.registry,
+            s.subscriber_queue_bytes,
+        )
+        self.hub.subscribe(sub)
+        handoff = Handoff(last=self.store.head if since is None else since)
+        handoff.start(self.store.head)
+        try:
+            yield framing.opened(int(s.keepalive_seconds * 1000))
+            while True:
+                span = handoff.next_read()
+                if span is not None:
+                    page = s.catchup_page_rows
+                    batch = await self.store.read_log(span[0], span[1], page)
+                    if len(batch):
+                        picked = batch.take(sub.selection.mask(batch))
+                        if len(picked):
+                            yield b"".join(picked.framed(framing.name, self.registry, framing.row))
+                    handoff.read(batch.last if len(batch) else None, complete=len(batch) < page)
+                    if sub.overflowed:
+                        sub.reset()
+                        handoff.restart(self.store.head)
+                    continue
+                if sub.closed is not None:
+                    self.metrics.stream_closed.labels("server").inc()
+                    yield framing.closed(sub.closed, handoff.last)
+                    return
+                if sub.overflowed:
+                    self.metrics.stream_closed.labels("slow_consumer").inc()
+                    yield framing.closed(
+                        "slow consumer: the send queue overflowed; resume from the cursor",
+                        handoff.last,
+                    )
+                    return
+                chunks: list[bytes] = []
+                size = 0
+                oldest = 0
+                while size < MAX_SEND_BYTES:
+                    item = sub.take()
+                    if item is None:
+                        break
+                    if handoff.admit(item.first, item.last):
+                        chunks.append(item.data)
+                        size += len(item.data)
+                        oldest = oldest or item.received_ns
+                if chunks:
+                    self.metrics.delivery_seconds.observe((time.monotonic_ns() - oldest) / 1e9)
+                    yield b"".join(chunks)
+                    continue
+                try:
+                    await asyncio.wait_for(sub.wakeup.wait(), s.keepalive_seconds)
+                except TimeoutError:
+                    yield framing.keepalive(format_time(int(time.time() * 1000)))
+        finally:
+            self.hub.unsubscribe(sub)

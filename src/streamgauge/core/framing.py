@@ -1,0 +1,73 @@
+"""Stream framing without I/O: NDJSON lines and Server-Sent Events, shared by every face.
+
+Each frame is bytes ready for the socket. An observation frame carries its cursor (SSE ``id:``, so
+``Last-Event-ID`` resumes); keepalives carry none; the closing frame says why and where to resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    name: str
+    media_type: str
+    row: Callable[[int, bytes], bytes]
+    keepalive: Callable[[str], bytes]
+    closed: Callable[[str, int], bytes]
+    opened: Callable[[int], bytes]
+
+
+def _ndjson_row(cursor: int, obj: bytes) -> bytes:
+    return obj + b"\n"
+
+
+def _ndjson_keepalive(now: str) -> bytes:
+    return b'{"keepalive":"%s"}\n' % now.encode()
+
+
+def _ndjson_closed(reason: str, resume: int) -> bytes:
+    return orjson.dumps({"closed": {"reason": reason, "resume": resume}}) + b"\n"
+
+
+def _sse_row(cursor: int, obj: bytes) -> bytes:
+    return b"id: %d\ndata: %s\n\n" % (cursor, obj)
+
+
+def _sse_keepalive(now: str) -> bytes:
+    return b": keepalive %s\n\n" % now.encode()
+
+
+def _sse_closed(reason: str, resume: int) -> bytes:
+    body = orjson.dumps({"reason": reason, "resume": resume})
+    return b"event: closed\nid: %d\ndata: %s\n\n" % (resume, body)
+
+
+def _sse_opened(retry_ms: int) -> bytes:
+    return b"retry: %d\n\n" % retry_ms
+
+
+NDJSON = Framing(
+    "ndjson", "application/x-ndjson", _ndjson_row, _ndjson_keepalive, _ndjson_closed, lambda _: b""
+)
+SSE = Framing("sse", "text/event-stream", _sse_row, _sse_keepalive, _sse_closed, _sse_opened)
+
+
+class LineDecoder:
+    """Incremental NDJSON line splitter with a bounded buffer (for clients of our streams)."""
+
+    def __init__(self, max_line: int = 1 << 20) -> None:
+        self._buf = bytearray()
+        self._max = max_line
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        *lines, rest = self._buf.split(b"\n")
+        if len(rest) > self._max:
+            raise ValueError(f"line longer than {self._max} bytes")
+        self._buf = bytearray(rest)
+        return [bytes(line.rstrip(b"\r")) for line in lines if line.strip()]

@@ -1,0 +1,79 @@
+"""One exception tree for the engine; faces translate it into their own error shape.
+
+    StreamgaugeError                 status  code
+     +-- BadRequest                   400     bad_request      malformed body, bad query
+     |    +-- Invalid                 422     invalid          well-formed but not acceptable
+     +-- Unauthorized                 401     unauthorized     missing or bad credential
+     +-- Forbidden                    403     forbidden        role does not allow it
+     +-- NotFound                     404     not_found
+     +-- Conflict                     409     conflict         id taken, conflicting duplicate
+     +-- PayloadTooLarge              413     too_large
+     +-- Unavailable                  503     unavailable      shutting down
+
+Each error carries ``details``: a list of ``{"index"?, "field"?, "reason"}`` dicts saying what and
+where, so a client can point at the bad row, field or parameter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Detail = dict[str, Any]
+
+
+class StreamgaugeError(Exception):
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str, details: list[Detail] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: list[Detail] = details or []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "code": self.code,
+            "message": self.message,
+            "details": self.details,
+        }
+
+
+class BadRequest(StreamgaugeError):
+    status = 400
+    code = "bad_request"
+
+
+class Invalid(BadRequest):
+    status = 422
+    code = "invalid"
+
+
+class Unauthorized(StreamgaugeError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(StreamgaugeError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(StreamgaugeError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(StreamgaugeError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(StreamgaugeError):
+    status = 413
+    code = "too_large"
+
+
+class Unavailable(StreamgaugeError):
+    status = 503
+    code = "unavailable"

@@ -1,0 +1,1 @@
+"""Faces: wire formats in, core calls, wire formats out."""

@@ -1,0 +1,12 @@
+"""The native face, ``/api/v1``: CRUD, ingest, history and live streams with cursors."""
+
+from fastapi import APIRouter
+
+from streamgauge.faces.native import accounts, observations, resources
+
+router = APIRouter(prefix="/api/v1")
+router.include_router(resources.router)
+router.include_router(observations.router)
+router.include_router(accounts.router)
+
+__all__ = ["router"]

@@ -1,0 +1,78 @@
+"""Dependencies shared by the native routes: the engine, the caller, paging."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Header, Query, Request
+
+from streamgauge.auth import Action, Principal, authorize
+from streamgauge.core.engine import Engine
+from streamgauge.errors import BadRequest
+from streamgauge.store.registry import ProjectRec
+
+
+def get_engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def get_principal(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    return get_engine(request).auth.authenticate(authorization)
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def project_for(engine: Engine, who: Principal, project_id: str, action: Action) -> ProjectRec:
+    return authorize(who, engine.registry.projects.get(project_id), action, project_id)
+
+
+def encode_page(key: str) -> str:
+    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def decode_page(token: str | None) -> str | None:
+    if token is None:
+        return None
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise BadRequest(
+            "bad page token", [{"in": "query", "field": "page", "reason": "not a token we gave"}]
+        ) from exc
+
+
+T = TypeVar("T")
+
+
+class Paging:
+    def __init__(
+        self,
+        limit: Annotated[int, Query(ge=1, le=10_000, description="Items per page.")] = 100,
+        page: Annotated[
+            str | None, Query(description="The `next` token of the previous page.")
+        ] = None,
+    ) -> None:
+        self.limit = limit
+        self.after = decode_page(page)
+
+    def page(self, items: Iterable[tuple[str, T]], name: str) -> dict[str, Any]:
+        ordered = sorted(
+            ((k, v) for k, v in items if self.after is None or k > self.after), key=lambda kv: kv[0]
+        )
+        chunk = ordered[: self.limit]
+        more = len(ordered) > self.limit
+        return {
+            name: [v for _, v in chunk],
+            "next": encode_page(chunk[-1][0]) if more and chunk else None,
+        }
+
+
+PagingDep = Annotated[Paging, Depends()]

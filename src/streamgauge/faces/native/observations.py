@@ -1,0 +1,252 @@
+"""Ingest, history reads and live streams of observations."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime
+from typing import Annotated, Literal
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from streamgauge.auth import Action
+from streamgauge.core.filters import LabelMatch, Selection
+from streamgauge.core.framing import NDJSON, SSE
+from streamgauge.core.ingest import to_ms
+from streamgauge.errors import BadRequest
+from streamgauge.faces.http import StrictRoute, json_response, read_body
+from streamgauge.faces.native.deps import (
+    EngineDep,
+    PrincipalDep,
+    decode_page,
+    encode_page,
+    project_for,
+)
+from streamgauge.store.base import HistoryQuery
+
+router = APIRouter(tags=["observations"], route_class=StrictRoute)
+
+INGEST_TYPES = {
+    "application/json",
+    "application/x-ndjson",
+    "application/jsonl",
+    "application/ndjson",
+}
+
+
+@router.post(
+    "/projects/{project}/observations",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["device", "variable", "time", "value"],
+                            "properties": {
+                                "device": {"type": "string"},
+                                "variable": {"type": "string"},
+                                "time": {
+                                    "oneOf": [
+                                        {"type": "string", "format": "date-time"},
+                                        {"type": "integer", "description": "epoch ms"},
+                                    ]
+                                },
+                                "value": {
+                                    "oneOf": [
+                                        {"type": "number"},
+                                        {"type": "string"},
+                                        {"type": "null"},
+                                    ]
+                                },
+                                "set": {"type": "integer", "minimum": 1},
+                            },
+                        },
+                    }
+                },
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+async def ingest(
+    request: Request,
+    engine: EngineDep,
+    who: PrincipalDep,
+    project: str,
+    content_type: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Store a batch of observations, all or nothing; the reply is sent after commit.
+
+    Reply: `{"accepted", "duplicates", "first_cursor", "last_cursor"}`. Re-sent observations
+    (same device, variable, set, time and value) are counted as duplicates, not stored twice."""
+    rec = project_for(engine, who, project, Action.WRITE)
+    media = (content_type or "application/json").split(";")[0].strip().lower()
+    if media not in INGEST_TYPES:
+        raise BadRequest(
+            f"unsupported content type {media!r}",
+            [
+                {
+                    "in": "header",
+                    "field": "content-type",
+                    "reason": "use application/json (an array) or application/x-ndjson",
+                }
+            ],
+        )
+    body = await read_body(request, engine.settings.max_body_bytes)
+    result = await engine.ingest(rec, body, ndjson=media != "application/json")
+    return json_response(
+        {
+            "accepted": result.accepted,
+            "duplicates": result.duplicates,
+            "first_cursor": result.first_cursor,
+            "last_cursor": result.last_cursor,
+        }
+    )
+
+
+def parse_time(text: str | None, field: str) -> int | None:
+    """RFC 3339 or epoch milliseconds."""
+    if text is None:
+        return None
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BadRequest(
+            f"bad time {text!r}",
+            [{"in": "query", "field": field, "reason": "expected RFC 3339 or epoch ms"}],
+        ) from exc
+    if dt.tzinfo is None:
+        raise BadRequest(
+            f"time {text!r} has no timezone",
+            [{"in": "query", "field": field, "reason": "add Z or an offset"}],
+        )
+    return to_ms(dt)
+
+
+def _page_key(token: str | None) -> tuple[int, int] | None:
+    key = decode_page(token)
+    if key is None:
+        return None
+    t, _, c = key.partition(":")
+    try:
+        return int(t), int(c)
+    except ValueError as exc:
+        raise BadRequest("bad page token", [{"in": "query", "field": "page"}]) from exc
+
+
+@router.get("/projects/{project}/observations")
+async def history(
+    engine: EngineDep,
+    who: PrincipalDep,
+    project: str,
+    device: Annotated[list[str] | None, Query(description="Device id (repeatable).")] = None,
+    variable: Annotated[list[str] | None, Query(description="Variable id (repeatable).")] = None,
+    start: Annotated[
+        str | None, Query(description="From this time (RFC 3339 or epoch ms).")
+    ] = None,
+    end: Annotated[str | None, Query(description="Before this time (exclusive).")] = None,
+    limit: Annotated[int | None, Query(ge=1)] = None,
+    page: Annotated[str | None, Query(description="The `next` token of the previous page.")] = None,
+    format: Annotated[Literal["json", "csv", "ndjson"], Query()] = "json",
+) -> Response:
+    """Stored observations ordered by time, paged with `next` tokens."""
+    rec = project_for(engine, who, project, Action.READ)
+    s = engine.settings
+    n = min(limit or s.page_limit_default, s.page_limit_max)
+    query = HistoryQuery(
+        rec.pk,
+        tuple(device or ()),
+        tuple(variable or ()),
+        parse_time(start, "start"),
+        parse_time(end, "end"),
+        _page_key(page),
+        n + 1,
+    )
+    batch = await engine.history(query)
+    more = len(batch) > n
+    if more:
+        batch = batch.head(n)
+    nxt = encode_page(f"{int(batch.times[-1])}:{int(batch.cursors[-1])}") if more else None
+    rows = batch.json_rows(engine.registry)
+    headers = {"X-Next-Page": nxt} if nxt else {}
+    if format == "ndjson":
+        return Response(
+            b"".join(r + b"\n" for r in rows), media_type="application/x-ndjson", headers=headers
+        )
+    if format == "csv":
+        out = io.StringIO()
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(["cursor", "device", "variable", "set", "time", "value", "qc"])
+        for r in rows:
+            o = orjson.loads(r)
+            w.writerow(
+                [
+                    o["cursor"],
+                    o["device"],
+                    o["variable"],
+                    o["set"],
+                    o["time"],
+                    "" if o["value"] is None else o["value"],
+                    " ".join(o["qc"]),
+                ]
+            )
+        return Response(out.getvalue(), media_type="text/csv", headers=headers)
+    body = b'{"observations":[' + b",".join(rows) + b'],"next":' + orjson.dumps(nxt) + b"}"
+    return Response(body, media_type="application/json", headers=headers)
+
+
+@router.get("/projects/{project}/stream", response_class=StreamingResponse)
+async def stream(
+    engine: EngineDep,
+    who: PrincipalDep,
+    project: str,
+    device: Annotated[list[str] | None, Query(description="Device id (repeatable).")] = None,
+    device_type: Annotated[list[str] | None, Query(description="Device type (repeatable).")] = None,
+    variable: Annotated[list[str] | None, Query(description="Variable id (repeatable).")] = None,
+    label: Annotated[
+        list[str] | None, Query(description="`key` or `key=value` (repeatable).")
+    ] = None,
+    since: Annotated[str | None, Query(description="Resume after this cursor.")] = None,
+    format: Annotated[Literal["ndjson", "sse"] | None, Query()] = None,
+    accept: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Live observations: NDJSON, or SSE with `Accept: text/event-stream`. Resume with
+    `since=<cursor>` or `Last-Event-ID`: every matching observation after it, exactly once,
+    then live. Keepalive lines carry no cursor; a server-side close ends with the resume cursor."""
+    rec = project_for(engine, who, project, Action.READ)
+    framing = (
+        SSE
+        if format == "sse" or (format is None and "text/event-stream" in (accept or ""))
+        else NDJSON
+    )
+    resume = since if since is not None else last_event_id
+    cursor: int | None = None
+    if resume is not None and resume != "":
+        if not resume.isdigit():
+            raise BadRequest(
+                f"bad cursor {resume!r}",
+                [{"in": "query", "field": "since", "reason": "a cursor is a non-negative integer"}],
+            )
+        cursor = int(resume)
+        engine.check_cursor(cursor)
+    selection = Selection(
+        rec.pk,
+        frozenset(device or ()),
+        frozenset(device_type or ()),
+        frozenset(variable or ()),
+        tuple(LabelMatch.parse(x) for x in label or ()),
+    )
+    return StreamingResponse(
+        engine.stream(selection, framing, cursor),
+        media_type=framing.media_type,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,61 @@
+"""Prometheus metrics of one engine (its own registry: no global state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.ingest_rows = Counter(
+            "streamgauge_ingest_observations", "Observations accepted and stored", registry=r
+        )
+        self.ingest_duplicates = Counter(
+            "streamgauge_ingest_duplicates",
+            "Re-sent observations acknowledged, not stored twice",
+            registry=r,
+        )
+        self.ingest_batches = Counter(
+            "streamgauge_ingest_batches", "Ingest batches committed", registry=r
+        )
+        self.ingest_rejected = Counter(
+            "streamgauge_ingest_rejected_batches", "Ingest batches rejected", ["status"], registry=r
+        )
+        self.batch_seconds = Histogram(
+            "streamgauge_ingest_batch_seconds",
+            "Request-to-commit time of an ingest batch",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.delivery_seconds = Histogram(
+            "streamgauge_delivery_seconds",
+            "Commit-to-send time of live stream frames",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stream_closed = Counter(
+            "streamgauge_stream_closed", "Streams closed by the server", ["reason"], registry=r
+        )
+        self.subscribers = Gauge("streamgauge_subscribers", "Open live subscriptions", registry=r)
+        self.queue_bytes = Gauge(
+            "streamgauge_subscriber_queue_bytes", "Bytes queued for all subscribers", registry=r
+        )
+        self.head = Gauge("streamgauge_log_head", "Last committed cursor", registry=r)
+
+    def bind(
+        self,
+        subscribers: Callable[[], float],
+        queue_bytes: Callable[[], float],
+        head: Callable[[], float],
+    ) -> None:
+        self.subscribers.set_function(subscribers)
+        self.queue_bytes.set_function(queue_bytes)
+        self.head.set_function(head)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,496 @@
+"""Metadata changes, run inside the writer's transaction, and the registry loader.
+
+Each function checks, writes, and queues the registry update for after the commit, so the
+registry never shows what did not commit. Bulk creates are all-or-nothing and name each bad item by
+its index. With ``skip_existing`` an item whose id exists is left as it is and returned unchanged.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from streamgauge.errors import Conflict, Invalid, NotFound
+from streamgauge.model import (
+    Device,
+    DeviceIn,
+    Project,
+    ProjectIn,
+    Role,
+    Site,
+    SiteIn,
+    Variable,
+    VariableIn,
+    new_id,
+)
+from streamgauge.store.registry import (
+    AccountRec,
+    DeviceRec,
+    ProjectRec,
+    Registry,
+    SeriesRec,
+    SiteRec,
+    VariableRec,
+    series_prefix,
+)
+
+if TYPE_CHECKING:
+    from streamgauge.store.sqlite import Tx
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def load(conn: sqlite3.Connection, reg: Registry) -> None:
+    """Fill the registry from the database (on start)."""
+    for pk, doc in conn.execute("SELECT pk, doc FROM projects"):
+        p = ProjectRec(pk, Project.model_validate_json(doc))
+        reg.projects[p.doc.id] = p
+        reg.projects_by_pk[pk] = p
+    for pk, project_pk, doc in conn.execute("SELECT pk, project_pk, doc FROM sites"):
+        s = SiteRec(pk, project_pk, Site.model_validate_json(doc))
+        reg.sites[(project_pk, s.doc.id)] = s
+    for pk, project_pk, doc in conn.execute("SELECT pk, project_pk, doc FROM devices"):
+        d = DeviceRec(pk, project_pk, Device.model_validate_json(doc))
+        reg.devices[(project_pk, d.doc.id)] = d
+        reg.devices_by_pk[pk] = d
+    for pk, device_pk, doc in conn.execute("SELECT pk, device_pk, doc FROM variables"):
+        v = VariableRec(pk, device_pk, Variable.model_validate_json(doc))
+        reg.variables[(device_pk, v.doc.id)] = v
+        reg.variables_by_pk[pk] = v
+    for pk, project_pk, device_pk, variable_pk, set_ in conn.execute(
+        "SELECT pk, project_pk, device_pk, variable_pk, set_ FROM series"
+    ):
+        dev, var = reg.devices_by_pk[device_pk], reg.variables_by_pk[variable_pk]
+        reg.add_series(
+            SeriesRec(
+                pk,
+                project_pk,
+                device_pk,
+                variable_pk,
+                set_,
+                dev.doc.id,
+                var.doc.id,
+                series_prefix(dev.doc.id, var.doc.id, set_),
+            )
+        )
+    for pk, id_, name, home in conn.execute("SELECT pk, id, name, home_project_pk FROM accounts"):
+        a = AccountRec(pk, id_, name, home)
+        reg.accounts[id_] = a
+        reg.accounts_by_pk[pk] = a
+    for account_pk, project_pk, role in conn.execute(
+        "SELECT account_pk, project_pk, role FROM roles"
+    ):
+        reg.accounts_by_pk[account_pk].roles[project_pk] = role
+    for key_id, account_pk, hash_ in conn.execute(
+        "SELECT key_id, account_pk, hash FROM account_keys"
+    ):
+        reg.accounts_by_pk[account_pk].keys[key_id] = hash_
+        reg.key_owner[key_id] = account_pk
+    reg.bump()
+
+
+def _dupes(ids: list[str], what: str) -> None:
+    seen: dict[str, int] = {}
+    details = []
+    for i, id_ in enumerate(ids):
+        if id_ in seen:
+            details.append({"index": i, "field": "id", "reason": f"repeats item {seen[id_]}"})
+        seen.setdefault(id_, i)
+    if details:
+        raise Invalid(f"the same {what} id appears more than once in the request", details)
+
+
+# -- projects -----------------------------------------------------------------------------------
+
+
+def create_projects(
+    tx: Tx, reg: Registry, items: list[ProjectIn], *, skip_existing: bool, admin_account: int | None
+) -> list[Project]:
+    docs: list[Project] = []
+    ids = [it.id or new_id("p") for it in items]
+    _dupes(ids, "project")
+    conflicts = []
+    for i, (it, id_) in enumerate(zip(items, ids, strict=True)):
+        existing = reg.projects.get(id_)
+        if existing is not None:
+            if skip_existing:
+                docs.append(existing.doc)
+                continue
+            conflicts.append({"index": i, "field": "id", "reason": f"project {id_!r} exists"})
+            continue
+        doc = Project(
+            **{**it.model_dump(), "id": id_, "name": it.name or id_, "created_at": now_iso()}
+        )
+        pk = int(
+            tx.execute(
+                "INSERT INTO projects (id, doc) VALUES (?, ?)", (id_, doc.model_dump_json())
+            ).lastrowid
+            or 0
+        )
+        rec = ProjectRec(pk, doc)
+
+        def add(rec: ProjectRec = rec) -> None:
+            reg.projects[rec.doc.id] = rec
+            reg.projects_by_pk[rec.pk] = rec
+            if admin_account is not None:
+                reg.accounts_by_pk[admin_account].roles[rec.pk] = "admin"
+            reg.bump()
+
+        if admin_account is not None:
+            tx.execute("INSERT INTO roles VALUES (?, ?, 'admin')", (admin_account, pk))
+        tx.after_commit.append(add)
+        docs.append(doc)
+    if conflicts:
+        raise Conflict("a project with this id exists", conflicts)
+    return docs
+
+
+def update_project(tx: Tx, reg: Registry, rec: ProjectRec, patch: dict[str, Any]) -> Project:
+    patch.pop("id", None)
+    doc = Project(**{**rec.doc.model_dump(), **patch})
+    tx.execute("UPDATE projects SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
+    tx.after_commit.append(lambda: (setattr(rec, "doc", doc), reg.bump()) and None)
+    return doc
+
+
+def delete_project(tx: Tx, reg: Registry, rec: ProjectRec) -> None:
+    tx.execute("DELETE FROM series WHERE project_pk = ?", (rec.pk,))
+    tx.execute("DELETE FROM projects WHERE pk = ?", (rec.pk,))
+    homeless = [a for a in reg.accounts_by_pk.values() if a.home_project_pk == rec.pk]
+
+    def drop() -> None:
+        reg.drop_project(rec)
+        for a in homeless:
+            _forget_account(reg, a)
+        reg.bump()
+
+    tx.after_commit.append(drop)
+
+
+# -- sites --------------------------------------------------------------------------------------
+
+
+def create_sites(
+    tx: Tx, reg: Registry, project: ProjectRec, items: list[SiteIn], *, skip_existing: bool
+) -> list[Site]:
+    ids = [it.id or new_id("s") for it in items]
+    _dupes(ids, "site")
+    docs: list[Site] = []
+    conflicts = []
+    for i, (it, id_) in enumerate(zip(items, ids, strict=True)):
+        existing = reg.sites.get((project.pk, id_))
+        if existing is not None:
+            if skip_existing:
+                docs.append(existing.doc)
+            else:
+                conflicts.append({"index": i, "field": "id", "reason": f"site {id_!r} exists"})
+            continue
+        doc = Site(
+            **{**it.model_dump(), "id": id_, "name": it.name or id_, "project": project.doc.id}
+        )
+        pk = int(
+            tx.execute(
+                "INSERT INTO sites (project_pk, id, doc) VALUES (?, ?, ?)",
+                (project.pk, id_, doc.model_dump_json()),
+            ).lastrowid
+            or 0
+        )
+        rec = SiteRec(pk, project.pk, doc)
+        tx.after_commit.append(
+            lambda rec=rec: reg.sites.__setitem__((rec.project_pk, rec.doc.id), rec)
+        )
+        docs.append(doc)
+    if conflicts:
+        raise Conflict("a site with this id exists", conflicts)
+    tx.after_commit.append(reg.bump)
+    return docs
+
+
+def update_site(tx: Tx, reg: Registry, rec: SiteRec, patch: dict[str, Any]) -> Site:
+    patch.pop("id", None)
+    doc = Site(**{**rec.doc.model_dump(), **patch})
+    tx.execute("UPDATE sites SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
+    tx.after_commit.append(lambda: (setattr(rec, "doc", doc), reg.bump()) and None)
+    return doc
+
+
+def delete_site(tx: Tx, reg: Registry, rec: SiteRec) -> None:
+    users = sorted(
+        d.doc.id
+        for d in reg.devices_by_pk.values()
+        if d.project_pk == rec.project_pk and d.doc.site == rec.doc.id
+    )
+    if users:
+        raise Conflict(
+            f"site {rec.doc.id!r} has devices; move or delete them first",
+            [{"field": "devices", "reason": ", ".join(users[:20])}],
+        )
+    tx.execute("DELETE FROM sites WHERE pk = ?", (rec.pk,))
+    tx.after_commit.append(
+        lambda: (reg.sites.pop((rec.project_pk, rec.doc.id), None), reg.bump()) and None
+    )
+
+
+# -- devices and variables ----------------------------------------------------------------------
+
+
+def _check_site(reg: Registry, project: ProjectRec, site: str | None, index: int | None) -> None:
+    if site is not None and (project.pk, site) not in reg.sites:
+        detail: dict[str, Any] = {"field": "site", "reason": f"no site {site!r} in this project"}
+        if index is not None:
+            detail["index"] = index
+        raise Invalid(f"unknown site {site!r}", [detail])
+
+
+def create_devices(
+    tx: Tx, reg: Registry, project: ProjectRec, items: list[DeviceIn], *, skip_existing: bool
+) -> list[Device]:
+    ids = [it.id or new_id("d") for it in items]
+    _dupes(ids, "device")
+    docs: list[Device] = []
+    conflicts = []
+    for i, (it, id_) in enumerate(zip(items, ids, strict=True)):
+        existing = reg.devices.get((project.pk, id_))
+        if existing is not None:
+            if skip_existing:
+                docs.append(existing.doc)
+            else:
+                conflicts.append({"index": i, "field": "id", "reason": f"device {id_!r} exists"})
+            continue
+        _check_site(reg, project, it.site, i)
+        doc = Device(
+            id=id_,
+            project=project.doc.id,
+            site=it.site,
+            type=it.type,
+            name=it.name or id_,
+            labels=it.labels,
+            metadata=it.metadata,
+        )
+        pk = int(
+            tx.execute(
+                "INSERT INTO devices (project_pk, id, doc) VALUES (?, ?, ?)",
+                (project.pk, id_, doc.model_dump_json()),
+            ).lastrowid
+            or 0
+        )
+        rec = DeviceRec(pk, project.pk, doc)
+
+        def add(rec: DeviceRec = rec) -> None:
+            reg.devices[(rec.project_pk, rec.doc.id)] = rec
+            reg.devices_by_pk[rec.pk] = rec
+
+        tx.after_commit.append(add)
+        if it.variables:
+            create_variables(tx, reg, project, rec, it.variables, skip_existing=False, index=i)
+        docs.append(doc)
+    if conflicts:
+        raise Conflict("a device with this id exists", conflicts)
+    tx.after_commit.append(reg.bump)
+    return docs
+
+
+def update_device(
+    tx: Tx, reg: Registry, project: ProjectRec, rec: DeviceRec, patch: dict[str, Any]
+) -> Device:
+    patch.pop("id", None)
+    if "variables" in patch:
+        raise Invalid(
+            "variables are changed through the device's variables collection",
+            [{"field": "variables", "reason": "not allowed in an update"}],
+        )
+    if "site" in patch:
+        _check_site(reg, project, patch["site"], None)
+    doc = Device(**{**rec.doc.model_dump(), **patch})
+    tx.execute("UPDATE devices SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
+    tx.after_commit.append(lambda: (setattr(rec, "doc", doc), reg.bump()) and None)
+    return doc
+
+
+def delete_device(tx: Tx, reg: Registry, rec: DeviceRec) -> None:
+    tx.execute("DELETE FROM series WHERE device_pk = ?", (rec.pk,))
+    tx.execute("DELETE FROM devices WHERE pk = ?", (rec.pk,))
+    tx.after_commit.append(lambda: (reg.drop_device(rec), reg.bump()) and None)
+
+
+def create_variables(
+    tx: Tx,
+    reg: Registry,
+    project: ProjectRec,
+    device: DeviceRec,
+    items: list[VariableIn],
+    *,
+    skip_existing: bool,
+    index: int | None = None,
+) -> list[Variable]:
+    docs: list[Variable] = []
+    ids: list[str] = []
+    bad = []
+    for i, it in enumerate(items):
+        id_ = it.id or it.name
+        if id_ is None:
+            bad.append({"index": i, "field": "name", "reason": "a variable needs a name or an id"})
+            id_ = ""
+        ids.append(id_)
+    if bad:
+        raise Invalid(
+            "variable without a name",
+            bad if index is None else [{"index": index, "field": "variables", "reason": str(bad)}],
+        )
+    _dupes(ids, "variable")
+    conflicts = []
+    for i, (it, id_) in enumerate(zip(items, ids, strict=True)):
+        existing = reg.variables.get((device.pk, id_))
+        if existing is not None:
+            if skip_existing:
+                docs.append(existing.doc)
+            else:
+                conflicts.append({"index": i, "field": "id", "reason": f"variable {id_!r} exists"})
+            continue
+        doc = Variable(
+            **{
+                **it.model_dump(),
+                "id": id_,
+                "name": it.name or id_,
+                "project": project.doc.id,
+                "device": device.doc.id,
+            }
+        )
+        pk = int(
+            tx.execute(
+                "INSERT INTO variables (device_pk, id, doc) VALUES (?, ?, ?)",
+                (device.pk, id_, doc.model_dump_json()),
+            ).lastrowid
+            or 0
+        )
+        rec = VariableRec(pk, device.pk, doc)
+
+        def add(rec: VariableRec = rec) -> None:
+            reg.variables[(rec.device_pk, rec.doc.id)] = rec
+            reg.variables_by_pk[rec.pk] = rec
+
+        tx.after_commit.append(add)
+        docs.append(doc)
+    if conflicts:
+        raise Conflict("a variable with this id exists", conflicts)
+    tx.after_commit.append(reg.bump)
+    return docs
+
+
+def update_variable(tx: Tx, reg: Registry, rec: VariableRec, patch: dict[str, Any]) -> Variable:
+    patch.pop("id", None)
+    if "set" in patch and patch["set"] != rec.doc.set:
+        raise Invalid(
+            "a variable's set cannot change once created",
+            [{"field": "set", "reason": "create another variable for another set"}],
+        )
+    doc = Variable(**{**rec.doc.model_dump(), **patch})
+    tx.execute("UPDATE variables SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
+    tx.after_commit.append(lambda: (setattr(rec, "doc", doc), reg.bump()) and None)
+    return doc
+
+
+def delete_variable(tx: Tx, reg: Registry, rec: VariableRec) -> None:
+    tx.execute("DELETE FROM series WHERE variable_pk = ?", (rec.pk,))
+    tx.execute("DELETE FROM variables WHERE pk = ?", (rec.pk,))
+    tx.after_commit.append(lambda: (reg.drop_variable(rec), reg.bump()) and None)
+
+
+# -- service accounts, keys, roles --------------------------------------------------------------
+
+
+def create_account(
+    tx: Tx, reg: Registry, project: ProjectRec, id_: str, name: str, role: Role
+) -> AccountRec:
+    if id_ in reg.accounts:
+        raise Conflict(
+            f"service account {id_!r} exists",
+            [{"field": "id", "reason": "ids are unique in the deployment"}],
+        )
+    pk = int(
+        tx.execute(
+            "INSERT INTO accounts (id, name, home_project_pk) VALUES (?, ?, ?)",
+            (id_, name, project.pk),
+        ).lastrowid
+        or 0
+    )
+    tx.execute("INSERT INTO roles VALUES (?, ?, ?)", (pk, project.pk, role))
+    rec = AccountRec(pk, id_, name, project.pk, {project.pk: role})
+
+    def add() -> None:
+        reg.accounts[id_] = rec
+        reg.accounts_by_pk[pk] = rec
+        reg.bump()
+
+    tx.after_commit.append(add)
+    return rec
+
+
+def rename_account(tx: Tx, reg: Registry, rec: AccountRec, name: str) -> None:
+    tx.execute("UPDATE accounts SET name = ? WHERE pk = ?", (name, rec.pk))
+    tx.after_commit.append(lambda: setattr(rec, "name", name))
+
+
+def set_role(tx: Tx, reg: Registry, rec: AccountRec, project_pk: int, role: Role | None) -> None:
+    if role is None:
+        tx.execute(
+            "DELETE FROM roles WHERE account_pk = ? AND project_pk = ?", (rec.pk, project_pk)
+        )
+        tx.after_commit.append(lambda: rec.roles.pop(project_pk, None) and None)
+    else:
+        tx.execute(
+            "INSERT INTO roles VALUES (?, ?, ?) "
+            "ON CONFLICT (account_pk, project_pk) DO UPDATE SET role = excluded.role",
+            (rec.pk, project_pk, role),
+        )
+        tx.after_commit.append(lambda: rec.roles.__setitem__(project_pk, role))
+
+
+def delete_account(tx: Tx, reg: Registry, rec: AccountRec) -> None:
+    tx.execute("DELETE FROM accounts WHERE pk = ?", (rec.pk,))
+    tx.after_commit.append(lambda: _forget_account(reg, rec))
+
+
+def _forget_account(reg: Registry, rec: AccountRec) -> None:
+    reg.accounts.pop(rec.id, None)
+    reg.accounts_by_pk.pop(rec.pk, None)
+    for key_id in rec.keys:
+        reg.key_owner.pop(key_id, None)
+    reg.bump()
+
+
+def add_key(
+    tx: Tx, reg: Registry, rec: AccountRec, key_id: str, hash_: str, created_at: str
+) -> None:
+    tx.execute("INSERT INTO account_keys VALUES (?, ?, ?, ?)", (key_id, rec.pk, hash_, created_at))
+
+    def add() -> None:
+        rec.keys[key_id] = hash_
+        reg.key_owner[key_id] = rec.pk
+
+    tx.after_commit.append(add)
+
+
+def delete_key(tx: Tx, reg: Registry, rec: AccountRec, key_id: str) -> None:
+    if key_id not in rec.keys:
+        raise NotFound(f"no key {key_id!r} on service account {rec.id!r}")
+    tx.execute("DELETE FROM account_keys WHERE key_id = ?", (key_id,))
+
+    def drop() -> None:
+        rec.keys.pop(key_id, None)
+        reg.key_owner.pop(key_id, None)
+
+    tx.after_commit.append(drop)
+
+
+def key_created(conn: sqlite3.Connection, account_pk: int) -> list[tuple[str, str]]:
+    return [
+        (k, c)
+        for k, c in conn.execute(
+            "SELECT key_id, created_at FROM account_keys WHERE account_pk = ? ORDER BY key_id",
+            (account_pk,),
+        )
+    ]

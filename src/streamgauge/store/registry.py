@@ -1,0 +1,145 @@
+"""The in-memory registry: the metadata the hot path needs, kept warm by the store.
+
+Only the store's writer thread mutates it, and only after the change committed; readers on the
+event loop see each assignment whole (they never see a half-built record). ``version`` grows on
+every change so compiled filters know when to recompile.
+
+Series are the unit of the log: one (variable, set) pair gets a dense integer ``pk``, so filters
+are lookup tables indexed by series pk and batches carry a series column instead of strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from streamgauge.model import Device, Project, Role, Site, Variable
+
+
+@dataclass(slots=True)
+class ProjectRec:
+    pk: int
+    doc: Project
+
+
+@dataclass(slots=True)
+class SiteRec:
+    pk: int
+    project_pk: int
+    doc: Site
+
+
+@dataclass(slots=True)
+class DeviceRec:
+    pk: int
+    project_pk: int
+    doc: Device
+
+
+@dataclass(slots=True)
+class VariableRec:
+    pk: int
+    device_pk: int
+    doc: Variable
+
+
+@dataclass(slots=True)
+class SeriesRec:
+    pk: int
+    project_pk: int
+    device_pk: int
+    variable_pk: int
+    set: int
+    device_id: str
+    variable_id: str
+    prefix: bytes  # '"device":"d","variable":"v","set":1' ready to splice into a JSON object
+
+
+@dataclass(slots=True)
+class AccountRec:
+    pk: int
+    id: str
+    name: str
+    home_project_pk: int
+    roles: dict[int, Role] = field(default_factory=dict)  # project pk -> role
+    keys: dict[str, str] = field(default_factory=dict)  # key id -> argon2 hash
+
+
+def series_prefix(device_id: str, variable_id: str, set_: int) -> bytes:
+    return (
+        b'"device":'
+        + orjson.dumps(device_id)
+        + b',"variable":'
+        + orjson.dumps(variable_id)
+        + b',"set":'
+        + str(set_).encode()
+    )
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.version = 0
+        self.projects: dict[str, ProjectRec] = {}
+        self.projects_by_pk: dict[int, ProjectRec] = {}
+        self.sites: dict[tuple[int, str], SiteRec] = {}
+        self.devices: dict[tuple[int, str], DeviceRec] = {}
+        self.devices_by_pk: dict[int, DeviceRec] = {}
+        self.variables: dict[tuple[int, str], VariableRec] = {}
+        self.variables_by_pk: dict[int, VariableRec] = {}
+        self.series: dict[tuple[int, int], int] = {}  # (variable pk, set) -> series pk
+        self.series_by_pk: dict[int, SeriesRec] = {}
+        self.accounts: dict[str, AccountRec] = {}
+        self.accounts_by_pk: dict[int, AccountRec] = {}
+        self.key_owner: dict[str, int] = {}  # key id -> account pk
+        # Latest stored time per series (ms), indexed by series pk: the cheap duplicate check.
+        self.latest: npt.NDArray[np.int64] = np.full(1024, np.iinfo(np.int64).min, np.int64)
+
+    def bump(self) -> None:
+        self.version += 1
+
+    def series_capacity(self, pk: int) -> None:
+        if pk >= len(self.latest):
+            grown = np.full(max(pk + 1, len(self.latest) * 2), np.iinfo(np.int64).min, np.int64)
+            grown[: len(self.latest)] = self.latest
+            self.latest = grown
+
+    def add_series(self, rec: SeriesRec) -> None:
+        self.series_capacity(rec.pk)
+        self.series_by_pk[rec.pk] = rec
+        self.series[(rec.variable_pk, rec.set)] = rec.pk
+
+    def drop_series(self, pk: int) -> None:
+        rec = self.series_by_pk.pop(pk, None)
+        if rec is not None:
+            self.series.pop((rec.variable_pk, rec.set), None)
+
+    def drop_series_of_variable(self, variable_pk: int) -> None:
+        for key in [k for k in self.series if k[0] == variable_pk]:
+            self.drop_series(self.series[key])
+
+    def drop_variable(self, var: VariableRec) -> None:
+        self.drop_series_of_variable(var.pk)
+        self.variables.pop((var.device_pk, var.doc.id), None)
+        self.variables_by_pk.pop(var.pk, None)
+
+    def drop_device(self, dev: DeviceRec) -> None:
+        for var in [v for v in self.variables_by_pk.values() if v.device_pk == dev.pk]:
+            self.drop_variable(var)
+        self.devices.pop((dev.project_pk, dev.doc.id), None)
+        self.devices_by_pk.pop(dev.pk, None)
+
+    def drop_project(self, proj: ProjectRec) -> None:
+        for dev in [d for d in self.devices_by_pk.values() if d.project_pk == proj.pk]:
+            self.drop_device(dev)
+        for key in [k for k in self.sites if k[0] == proj.pk]:
+            del self.sites[key]
+        for acc in self.accounts_by_pk.values():
+            acc.roles.pop(proj.pk, None)
+        self.projects.pop(proj.doc.id, None)
+        self.projects_by_pk.pop(proj.pk, None)
+
+    def project(self, project_id: str) -> ProjectRec | None:
+        return self.projects.get(project_id)

@@ -1,0 +1,122 @@
+"""Schema migrations: an ordered list of SQL scripts and a version table.
+
+``migrate`` brings any older database up to ``SCHEMA_VERSION`` in one transaction per step; a
+database newer than this code is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema.
+    """
+    CREATE TABLE projects (
+        pk INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, doc TEXT NOT NULL
+    );
+    CREATE TABLE sites (
+        pk INTEGER PRIMARY KEY,
+        project_pk INTEGER NOT NULL REFERENCES projects(pk) ON DELETE CASCADE,
+        id TEXT NOT NULL, doc TEXT NOT NULL, UNIQUE (project_pk, id)
+    );
+    CREATE TABLE devices (
+        pk INTEGER PRIMARY KEY,
+        project_pk INTEGER NOT NULL REFERENCES projects(pk) ON DELETE CASCADE,
+        id TEXT NOT NULL, doc TEXT NOT NULL, UNIQUE (project_pk, id)
+    );
+    CREATE TABLE variables (
+        pk INTEGER PRIMARY KEY,
+        device_pk INTEGER NOT NULL REFERENCES devices(pk) ON DELETE CASCADE,
+        id TEXT NOT NULL, doc TEXT NOT NULL, UNIQUE (device_pk, id)
+    );
+    CREATE TABLE series (
+        pk INTEGER PRIMARY KEY,
+        project_pk INTEGER NOT NULL,
+        device_pk INTEGER NOT NULL,
+        variable_pk INTEGER NOT NULL REFERENCES variables(pk) ON DELETE CASCADE,
+        set_ INTEGER NOT NULL,
+        UNIQUE (variable_pk, set_)
+    );
+    CREATE INDEX series_project ON series (project_pk, device_pk);
+    -- The log: append-only in cursor order, no secondary index taxing each insert.
+    CREATE TABLE obs (
+        cursor INTEGER PRIMARY KEY,
+        series INTEGER NOT NULL,
+        time INTEGER NOT NULL,
+        value,  -- no declared type: REAL, TEXT or NULL exactly as sent
+        qc INTEGER NOT NULL DEFAULT 0,
+        received INTEGER NOT NULL
+    );
+    -- (series, time) index over sealed chunks of the log, built a chunk at a time.
+    CREATE TABLE obs_index (
+        series INTEGER NOT NULL, time INTEGER NOT NULL, cursor INTEGER NOT NULL,
+        PRIMARY KEY (series, time)
+    ) WITHOUT ROWID;
+    CREATE TABLE state (key TEXT PRIMARY KEY, value ANY);
+    INSERT INTO state VALUES ('sealed', 0);
+    CREATE TABLE accounts (
+        pk INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
+        home_project_pk INTEGER NOT NULL REFERENCES projects(pk) ON DELETE CASCADE
+    );
+    CREATE TABLE account_keys (
+        key_id TEXT PRIMARY KEY,
+        account_pk INTEGER NOT NULL REFERENCES accounts(pk) ON DELETE CASCADE,
+        hash TEXT NOT NULL, created_at TEXT NOT NULL
+    );
+    CREATE TABLE roles (
+        account_pk INTEGER NOT NULL REFERENCES accounts(pk) ON DELETE CASCADE,
+        project_pk INTEGER NOT NULL REFERENCES projects(pk) ON DELETE CASCADE,
+        role TEXT NOT NULL,
+        PRIMARY KEY (account_pk, project_pk)
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(RuntimeError):
+    pass
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(conn: sqlite3.Connection, migrations: list[str] | None = None) -> int:
+    """Apply every missing migration; return the version reached."""
+    steps = MIGRATIONS if migrations is None else migrations
+    version = current_version(conn)
+    if version > len(steps):
+        raise SchemaTooNew(
+            f"database schema version {version} is newer than this streamgauge ({len(steps)})"
+        )
+    for number in range(version + 1, len(steps) + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(steps[number - 1]):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version VALUES (?)", (number,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(steps)
+
+
+def _statements(script: str) -> list[str]:
+    out: list[str] = []
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        if line.strip().startswith("--"):
+            continue
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out

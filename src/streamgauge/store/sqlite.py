@@ -1,0 +1,454 @@
+"""The embedded store: SQLite in WAL mode, one writer thread fed by a queue, pooled readers.
+
+The writer owns every write and assigns cursors in commit order (the log is the ``obs`` table,
+keyed by cursor, append-only). After a commit it hands the batch to the event loop
+(``call_soon_threadsafe``, FIFO), *then* resolves the caller's future, so the hub always publishes
+in commit order and an ingest reply is sent only after its batch is durable and published.
+
+Duplicate checks are cheap: the registry keeps each series' latest time in memory, so a row newer
+than that is new without touching the index; only older rows are probed. The (series, time) index
+is built a sealed chunk at a time (``index_chunk_rows``), sorted, off the per-row insert path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from streamgauge.core.batch import Batch
+from streamgauge.errors import Conflict, NotFound, Unavailable
+from streamgauge.store import metadata
+from streamgauge.store.base import AppendResult, HistoryQuery, IngestColumns
+from streamgauge.store.registry import Registry, SeriesRec, series_prefix
+from streamgauge.store.schema import migrate
+
+T = TypeVar("T")
+_NEVER = np.iinfo(np.int64).min
+
+
+class Tx:
+    """A write transaction: the connection plus hooks run after it committed."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.after_commit: list[Callable[[], None]] = []  # run in the writer thread
+        self.on_rollback: list[Callable[[], None]] = []  # undo registry changes made early
+        self.publish: list[Batch] = []  # handed to the event loop, in order
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)
+
+
+def _connect(path: Path, *, readonly: bool, durability: str) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
+        conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA cache_size=-65536")
+    return conn
+
+
+class SqliteStore:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        durability: str = "normal",
+        index_chunk_rows: int = 65536,
+        readers: int = 4,
+    ) -> None:
+        self.path = path
+        self.durability = durability
+        self.chunk_rows = index_chunk_rows
+        self.registry = Registry()
+        self._head = 0  # last cursor published on the loop
+        self._writer_head = 0  # last cursor committed (writer thread)
+        self._sealed = 0
+        self._queue: queue.SimpleQueue[tuple[Callable[[Tx], Any], asyncio.Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._publish: Callable[[Batch], None] = lambda b: None
+        self._local = threading.local()
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="sg-read")
+        self._closed = False
+        self.write_seconds = 0.0  # total time spent in write transactions (metrics)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def head(self) -> int:
+        return self._head
+
+    async def open(self, publish: Callable[[Batch], None]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._loop = asyncio.get_running_loop()
+        self._publish = publish
+        conn = _connect(self.path, readonly=False, durability=self.durability)
+        migrate(conn)
+        metadata.load(conn, self.registry)
+        self._load_log_state(conn)
+        self._head = self._writer_head
+        self._thread = threading.Thread(
+            target=self._writer, args=(conn,), name="sg-writer", daemon=True
+        )
+        self._thread.start()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        self._readers.shutdown(wait=True)
+
+    def _load_log_state(self, conn: sqlite3.Connection) -> None:
+        self._writer_head = int(
+            conn.execute("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0]
+        )
+        self._sealed = int(conn.execute("SELECT value FROM state WHERE key='sealed'").fetchone()[0])
+        reg = self.registry
+        rows = (
+            conn.execute("SELECT series, max(time) FROM obs_index GROUP BY series").fetchall()
+            + conn.execute(
+                "SELECT series, max(time) FROM obs WHERE cursor > ? GROUP BY series",
+                (self._sealed,),
+            ).fetchall()
+        )
+        for series, latest in rows:
+            reg.series_capacity(series)
+            reg.latest[series] = max(int(reg.latest[series]), int(latest))
+
+    # -- the writer -----------------------------------------------------------------------------
+
+    def _writer(self, conn: sqlite3.Connection) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        while True:
+            job = self._queue.get()
+            if job is None:
+                break
+            fn, fut = job
+            tx = Tx(conn)
+            started = time.perf_counter()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                result = fn(tx)
+                conn.execute("COMMIT")
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                for undo in tx.on_rollback:
+                    undo()
+                loop.call_soon_threadsafe(_fail, fut, exc)
+                continue
+            finally:
+                self.write_seconds += time.perf_counter() - started
+            for hook in tx.after_commit:
+                hook()
+            for batch in tx.publish:
+                loop.call_soon_threadsafe(self._published, batch)
+            loop.call_soon_threadsafe(_succeed, fut, result)
+            if self._writer_head - self._sealed >= self.chunk_rows:
+                self._seal(conn)
+        conn.close()
+
+    def _published(self, batch: Batch) -> None:
+        self._head = batch.last
+        self._publish(batch)
+
+    def _seal(self, conn: sqlite3.Connection) -> None:
+        """Index the log up to the writer head, sorted by (series, time), in one transaction."""
+        upto = self._writer_head
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT OR IGNORE INTO obs_index (series, time, cursor) "
+                "SELECT series, time, cursor FROM obs WHERE cursor > ? AND cursor <= ? "
+                "ORDER BY series, time",
+                (self._sealed, upto),
+            )
+            conn.execute("UPDATE state SET value = ? WHERE key = 'sealed'", (upto,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._sealed = upto
+
+    async def write(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` in one write transaction on the writer thread."""
+        if self._closed or self._loop is None:
+            raise Unavailable("the store is closed")
+        fut: asyncio.Future[T] = self._loop.create_future()
+        self._queue.put((fn, fut))
+        return await fut
+
+    # -- readers --------------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path, readonly=True, durability=self.durability)
+            self._local.conn = conn
+        return conn
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed or self._loop is None:
+            raise Unavailable("the store is closed")
+        return await self._loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+
+    # -- the log --------------------------------------------------------------------------------
+
+    async def append(self, columns: IngestColumns) -> AppendResult:
+        return await self.write(lambda tx: self._append(tx, columns))
+
+    def _append(self, tx: Tx, c: IngestColumns) -> AppendResult:
+        reg = self.registry
+        n = len(c.times)
+        series = self._resolve_series(tx, c)
+        latest = reg.latest[series]
+        keep = c.times > latest  # new for sure: newer than anything stored for the series
+        duplicate = np.zeros(n, np.bool_)
+        # Rows repeated inside the batch: the first occurrence stands for the key.
+        order = np.lexsort((np.arange(n), c.times, series))
+        same = (series[order][1:] == series[order][:-1]) & (
+            c.times[order][1:] == c.times[order][:-1]
+        )
+        conflicts: list[dict[str, Any]] = []
+        for k in np.flatnonzero(same).tolist():
+            first, again = int(order[k]), int(order[k + 1])
+            while k > 0 and same[k - 1]:
+                k -= 1
+                first = int(order[k])
+            duplicate[again] = True
+            keep[again] = False
+            if c.values[again] != c.values[first]:
+                conflicts.append(_conflict(again, f"repeats row {first} with a different value"))
+        # Rows not newer than their series' latest time: probe the store.
+        probe = np.flatnonzero(~keep & ~duplicate)
+        if len(probe):
+            found = self._probe(tx.conn, series[probe], c.times[probe])
+            for i in probe.tolist():
+                stored = found.get((int(series[i]), int(c.times[i])), _MISSING)
+                if stored is _MISSING:
+                    keep[i] = True
+                elif stored == c.values[i]:
+                    duplicate[i] = True
+                else:
+                    conflicts.append(
+                        _conflict(
+                            i, f"an observation with this key is stored with value {stored!r}"
+                        )
+                    )
+        if conflicts:
+            conflicts.sort(key=lambda d: int(d["index"]))
+            raise Conflict(
+                f"{len(conflicts)} row(s) conflict with stored observations; nothing was stored",
+                conflicts,
+            )
+        idx = np.flatnonzero(keep)
+        accepted = len(idx)
+        dups = int(duplicate.sum())
+        if not accepted:
+            return AppendResult(0, dups, None, None)
+        first = self._writer_head + 1
+        cursors = np.arange(first, first + accepted, dtype=np.int64)
+        s_keep, t_keep, q_keep = series[idx], c.times[idx], c.qc[idx]
+        values = [c.values[i] for i in idx.tolist()] if accepted != n else c.values
+        received = int(time.time() * 1000)
+        tx.conn.executemany(
+            "INSERT INTO obs (cursor, series, time, value, qc, received) VALUES (?,?,?,?,?,?)",
+            zip(
+                cursors.tolist(),
+                s_keep.tolist(),
+                t_keep.tolist(),
+                values,
+                q_keep.tolist(),
+                itertools.repeat(received),
+                strict=False,
+            ),
+        )
+        self._writer_head = first + accepted - 1
+
+        def advance() -> None:
+            np.maximum.at(reg.latest, s_keep, t_keep)
+
+        tx.after_commit.append(advance)
+        tx.publish.append(
+            Batch(c.project_pk, cursors, s_keep, t_keep, values, q_keep, time.monotonic_ns())
+        )
+        return AppendResult(accepted, dups, first, self._writer_head)
+
+    def _resolve_series(self, tx: Tx, c: IngestColumns) -> npt.NDArray[np.int64]:
+        """Series pk of every row, creating the series first seen in this batch."""
+        reg = self.registry
+        keys = c.variable_pks * 1024 + c.sets
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        pks = np.empty(len(uniq), np.int64)
+        for j, key in enumerate(uniq.tolist()):
+            var_pk, set_ = divmod(key, 1024)
+            pk = reg.series.get((var_pk, set_))
+            if pk is None:
+                var = reg.variables_by_pk.get(var_pk)
+                if var is None:
+                    raise NotFound("a variable of this batch was deleted while it was written")
+                dev = reg.devices_by_pk[var.device_pk]
+                cur = tx.execute(
+                    "INSERT INTO series (project_pk, device_pk, variable_pk, set_) "
+                    "VALUES (?,?,?,?)",
+                    (dev.project_pk, dev.pk, var_pk, set_),
+                )
+                pk = int(cur.lastrowid or 0)
+                rec = SeriesRec(
+                    pk,
+                    dev.project_pk,
+                    dev.pk,
+                    var_pk,
+                    set_,
+                    dev.doc.id,
+                    var.doc.id,
+                    series_prefix(dev.doc.id, var.doc.id, set_),
+                )
+                # Registered now so the batch's encoders can name it; undone on rollback.
+                reg.add_series(rec)
+                tx.on_rollback.append(lambda pk=pk: reg.drop_series(pk))
+                tx.after_commit.append(reg.bump)
+            pks[j] = pk
+        return pks[inverse.reshape(-1)]
+
+    def _probe(
+        self, conn: sqlite3.Connection, series: npt.NDArray[np.int64], times: npt.NDArray[np.int64]
+    ) -> dict[tuple[int, int], Any]:
+        wanted = set(zip(series.tolist(), times.tolist(), strict=True))
+        found: dict[tuple[int, int], Any] = {}
+        for s, t in wanted:
+            row = conn.execute(
+                "SELECT o.value FROM obs_index i JOIN obs o ON o.cursor = i.cursor "
+                "WHERE i.series = ? AND i.time = ?",
+                (s, t),
+            ).fetchone()
+            if row is not None:
+                found[(s, t)] = row[0]
+        distinct = sorted({s for s, _ in wanted})
+        for k in range(0, len(distinct), 500):
+            part = distinct[k : k + 500]
+            marks = ",".join("?" * len(part))
+            for s, t, v in conn.execute(
+                f"SELECT series, time, value FROM obs WHERE cursor > ? AND series IN ({marks})",
+                (self._sealed, *part),
+            ):
+                if (s, t) in wanted:
+                    found[(s, t)] = v
+        return found
+
+    async def read_log(self, after: int, upto: int, limit: int) -> Batch:
+        def run(conn: sqlite3.Connection) -> Batch:
+            rows = conn.execute(
+                "SELECT cursor, series, time, value, qc FROM obs "
+                "WHERE cursor > ? AND cursor <= ? ORDER BY cursor LIMIT ?",
+                (after, upto, limit),
+            ).fetchall()
+            return _batch(0, rows)
+
+        return await self.read(run)
+
+    async def history(self, query: HistoryQuery) -> Batch:
+        def run(conn: sqlite3.Connection) -> Batch:
+            sql, params = _history_sql(query)
+            return _batch(query.project_pk, conn.execute(sql, params).fetchall())
+
+        return await self.read(run)
+
+
+_MISSING = object()
+
+
+def _conflict(index: int, reason: str) -> dict[str, Any]:
+    return {"index": index, "reason": reason}
+
+
+def _succeed(fut: asyncio.Future[Any], result: Any) -> None:
+    if not fut.done():
+        fut.set_result(result)
+
+
+def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+def _batch(project_pk: int, rows: list[tuple[Any, ...]]) -> Batch:
+    if not rows:
+        z = np.zeros(0, np.int64)
+        return Batch(project_pk, z, z.copy(), z.copy(), [], z.copy())
+    cursors, series, times, values, qc = zip(*rows, strict=True)
+    return Batch(
+        project_pk,
+        np.array(cursors, np.int64),
+        np.array(series, np.int64),
+        np.array(times, np.int64),
+        list(values),
+        np.array(qc, np.int64),
+    )
+
+
+def _history_sql(q: HistoryQuery) -> tuple[str, list[Any]]:
+    """Parameterized SQL for a history read: indexed sealed chunks plus the unsealed tail."""
+    series_sql = "SELECT s.pk FROM series s"
+    where = ["s.project_pk = ?"]
+    sparams: list[Any] = [q.project_pk]
+    if q.device_ids:
+        series_sql += " JOIN devices d ON d.pk = s.device_pk"
+        where.append(f"d.id IN ({','.join('?' * len(q.device_ids))})")
+        sparams += q.device_ids
+    if q.variable_ids:
+        series_sql += " JOIN variables v ON v.pk = s.variable_pk"
+        where.append(f"v.id IN ({','.join('?' * len(q.variable_ids))})")
+        sparams += q.variable_ids
+    series_sql += " WHERE " + " AND ".join(where)
+    conds: list[str] = []
+    cparams: list[Any] = []
+    if q.start is not None:
+        conds.append("{t} >= ?")
+        cparams.append(q.start)
+    if q.end is not None:
+        conds.append("{t} < ?")
+        cparams.append(q.end)
+    if q.after is not None:
+        conds.append("({t} > ? OR ({t} = ? AND {c} > ?))")
+        cparams += [q.after[0], q.after[0], q.after[1]]
+    sealed = "(SELECT value FROM state WHERE key = 'sealed')"
+
+    def cond(t: str, c: str) -> str:
+        return "".join(" AND " + x.format(t=t, c=c) for x in conds)
+
+    sql = (
+        "SELECT cursor, series, time, value, qc FROM ("
+        "SELECT o.cursor, o.series, o.time, o.value, o.qc FROM obs_index i "
+        "JOIN obs o ON o.cursor = i.cursor "
+        f"WHERE i.series IN ({series_sql}){cond('i.time', 'i.cursor')} "
+        "UNION ALL "
+        "SELECT cursor, series, time, value, qc FROM obs "
+        f"WHERE cursor > {sealed} AND series IN ({series_sql}){cond('time', 'cursor')}"
+        ") ORDER BY time, cursor LIMIT ?"
+    )
+    return sql, [*sparams, *cparams, *sparams, *cparams, q.limit]
