@@ -346,13 +346,14 @@ def build_request(
 
 async def post_all(
     host: str, port: int, requests: list[bytes], producers: int, ok_status: tuple[int, ...]
-) -> tuple[float, list[tuple[int, bytes]]]:
+) -> tuple[float, list[tuple[int, bytes]], list[float]]:
     """Send pre-built requests over `producers` keep-alive connections, as fast as answered.
-    Returns (elapsed seconds from first send to last answer, responses)."""
+    Returns (elapsed seconds from first send to last answer, responses, request durations)."""
     conns = [HttpConn(host, port) for _ in range(producers)]
     for c in conns:
         await c.open()
     results: list[tuple[int, bytes]] = [(0, b"")] * len(requests)
+    durs = [0.0] * len(requests)
     nxt = 0
 
     async def worker(c: HttpConn) -> None:
@@ -360,7 +361,9 @@ async def post_all(
         while nxt < len(requests):
             i = nxt
             nxt += 1
+            t1 = time.perf_counter()
             results[i] = await c.send(requests[i])
+            durs[i] = time.perf_counter() - t1
             if results[i][0] not in ok_status:
                 raise RuntimeError(f"HTTP {results[i][0]}: {results[i][1][:500]!r}")
 
@@ -370,7 +373,7 @@ async def post_all(
     finally:
         for c in conns:
             c.close()
-    return time.perf_counter() - t, results
+    return time.perf_counter() - t, results, durs
 
 
 # ---------------------------------------------------------------------------------------------

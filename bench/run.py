@@ -212,6 +212,8 @@ class IngestResult:
     accepted: int | None = None
     duplicates: int | None = None
     encode_s: float = 0.0
+    req_p50_ms: float = 0.0
+    req_max_ms: float = 0.0
 
     def line(self) -> str:
         extra = ""
@@ -221,7 +223,8 @@ class IngestResult:
             f"  {self.target:12s} batch={self.batch:6d} producers={self.producers}  "
             f"{self.rows:9,d} obs in {self.seconds:6.2f} s = {self.obs_s:10,.0f} obs/s  "
             f"server cpu {self.server_cpu_s / self.seconds * 100:4.0f}%  "
-            f"client cpu {self.client_cpu_s / self.seconds * 100:3.0f}%{extra}"
+            f"client cpu {self.client_cpu_s / self.seconds * 100:3.0f}%  "
+            f"request p50 {self.req_p50_ms:.0f} ms max {self.req_max_ms:.0f} ms{extra}"
         )
 
 
@@ -259,7 +262,7 @@ class Ingestor:
         self.row += rows
         cpu0 = proc_cpu_seconds(self.pid)
         c0 = time.process_time()
-        elapsed, resps = run_async(post_all(self.host, self.port, reqs, producers, self.ok))
+        elapsed, resps, durs = run_async(post_all(self.host, self.port, reqs, producers, self.ok))
         client = time.process_time() - c0
         server = proc_cpu_seconds(self.pid) - cpu0
         res = IngestResult(
@@ -272,6 +275,8 @@ class Ingestor:
             server,
             client,
             encode_s=enc_s,
+            req_p50_ms=float(np.percentile(durs, 50)) * 1000,
+            req_max_ms=max(durs) * 1000,
         )
         if self.target == "streamgauge":
             acc = dup = 0
@@ -336,6 +341,10 @@ class FanoutResult:
     sent_obs: int = 0
     ingest_obs_s: float = 0.0
     send_lag_max_s: float = 0.0
+    ack_p50_ms: float = float("nan")
+    ack_p99_ms: float = float("nan")
+    ack_max_ms: float = float("nan")
+    ack_worst: list[str] = field(default_factory=list)
     expected: int = 0
     delivered: int = 0
     delivered_obs_s: float = 0.0
@@ -486,19 +495,21 @@ def fanout_targets(filters: list[Any], kind: str) -> list[str]:
 
 async def paced_ingest(
     port: int, reqs: list[bytes], batches_per_s: float, max_inflight: int = 8
-) -> tuple[np.ndarray, float, float, list[str]]:
+) -> tuple[np.ndarray, np.ndarray, float, float, list[str]]:
     conns: asyncio.Queue[HttpConn] = asyncio.Queue()
     for _ in range(max_inflight):
         c = HttpConn(HOST, port)
         await c.open()
         conns.put_nowait(c)
     send_wall = np.zeros(len(reqs))
+    ack = np.zeros(len(reqs))
     errors: list[str] = []
     lag_max = 0.0
 
-    async def one(c: HttpConn, req: bytes) -> None:
+    async def one(c: HttpConn, req: bytes, k: int) -> None:
         try:
             st, body = await c.send(req)
+            ack[k] = time.time() - send_wall[k]
             if st != 200:
                 errors.append(f"HTTP {st}: {body[:300]!r}")
         except Exception as e:  # noqa: BLE001
@@ -515,12 +526,12 @@ async def paced_ingest(
         now = time.time()
         lag_max = max(lag_max, now - (t0 + k / batches_per_s))
         send_wall[k] = now
-        tasks.append(asyncio.create_task(one(c, req)))
+        tasks.append(asyncio.create_task(one(c, req, k)))
     await asyncio.gather(*tasks)
     elapsed = time.time() - t0
     while not conns.empty():
         conns.get_nowait().close()
-    return send_wall, elapsed, lag_max, errors
+    return send_wall, ack, elapsed, lag_max, errors
 
 
 def fanout_streamgauge(m: Mesonet, cfg: FanoutCfg, srv: StreamgaugeServer) -> FanoutResult:
@@ -547,7 +558,17 @@ def fanout_streamgauge(m: Mesonet, cfg: FanoutCfg, srv: StreamgaugeServer) -> Fa
         time.sleep(0.5)
         assert srv.proc is not None
         cpu0, t0 = proc_cpu_seconds(srv.proc.pid), time.time()
-        send_wall, elapsed, lag, perr = run_async(paced_ingest(srv.port, reqs, cfg.batches_per_s))
+        send_wall, ack, elapsed, lag, perr = run_async(
+            paced_ingest(srv.port, reqs, cfg.batches_per_s)
+        )
+        res.ack_p50_ms, res.ack_p99_ms, res.ack_max_ms = (
+            float(x) * 1000 for x in np.percentile(ack, [50, 99, 100])
+        )
+        worst = np.argsort(ack)[::-1][:3]
+        res.ack_worst = [
+            f"batch {int(k)} sent at +{send_wall[k] - send_wall[0]:.2f} s: {ack[k] * 1000:.0f} ms"
+            for k in worst
+        ]
         time.sleep(cfg.grace)
         res.server_cpu_pct = (proc_cpu_seconds(srv.proc.pid) - cpu0) / (time.time() - t0) * 100
         res.errors.extend(perr[:5])
@@ -633,6 +654,11 @@ def print_fanout(name: str, r: FanoutResult) -> None:
         f"  {name}: {r.connected} subscribers connected; ingested {r.sent_obs:,} obs at "
         f"{r.ingest_obs_s:,.0f} obs/s (max send lag {r.send_lag_max_s * 1000:.0f} ms)"
     )
+    if r.ack_worst:
+        log(
+            f"    ingest ack latency p50 {r.ack_p50_ms:.1f} ms, p99 {r.ack_p99_ms:.1f} ms, "
+            f"max {r.ack_max_ms:.0f} ms; slowest: {'; '.join(r.ack_worst)}"
+        )
     pct = r.delivered / r.expected * 100 if r.expected else float("nan")
     log(
         f"    delivered {r.delivered:,} of {r.expected:,} expected ({pct:.1f}%) = "

@@ -105,7 +105,7 @@ def simulate(
 ) -> None:
     """Create (idempotently) a demo project -- the Tapis tutorial station and a mesonet of
     STATIONS weather stations -- and feed it observations at RATE per second."""
-    from streamgauge.sim import run_simulation
+    from streamgauge.sim import SimulationError, run_simulation
 
     if not token:
         raise typer.BadParameter("give --token (or STREAMGAUGE_TOKEN)", param_hint="--token")
@@ -123,7 +123,7 @@ def simulate(
         )
     except KeyboardInterrupt:
         return
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, SimulationError) as exc:
         console.print(f"[red]simulate: {exc}[/red]")
         raise typer.Exit(1) from exc
     console.print(

@@ -7,7 +7,9 @@ its index. With ``skip_existing`` an item whose id exists is left as it is and r
 
 from __future__ import annotations
 
+import functools
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,24 @@ from streamgauge.store.registry import (
 
 if TYPE_CHECKING:
     from streamgauge.store.sqlite import Tx
+
+__all__ = ["Tx"]
+
+
+def _set_doc(reg: Registry, rec: Any, doc: Any) -> Callable[[], None]:
+    def run() -> None:
+        rec.doc = doc
+        reg.bump()
+
+    return run
+
+
+def _then_bump(reg: Registry, fn: Callable[[], object]) -> Callable[[], None]:
+    def run() -> None:
+        fn()
+        reg.bump()
+
+    return run
 
 
 def now_iso() -> str:
@@ -152,7 +172,7 @@ def update_project(tx: Tx, reg: Registry, rec: ProjectRec, patch: dict[str, Any]
     patch.pop("id", None)
     doc = Project(**{**rec.doc.model_dump(), **patch})
     tx.execute("UPDATE projects SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
-    tx.after_commit.append(lambda: (setattr(rec, "doc", doc), reg.bump()) and None)
+    tx.after_commit.append(_set_doc(reg, rec, doc))
     return doc
 
 
@@ -199,9 +219,7 @@ def create_sites(
             or 0
         )
         rec = SiteRec(pk, project.pk, doc)
-        tx.after_commit.append(
-            lambda rec=rec: reg.sites.__setitem__((rec.project_pk, rec.doc.id), rec)
-        )
+        tx.after_commit.append(functools.partial(reg.sites.__setitem__, (project.pk, id_), rec))
         docs.append(doc)
     if conflicts:
         raise Conflict("a site with this id exists", conflicts)
@@ -213,7 +231,7 @@ def update_site(tx: Tx, reg: Registry, rec: SiteRec, patch: dict[str, Any]) -> S
     patch.pop("id", None)
     doc = Site(**{**rec.doc.model_dump(), **patch})
     tx.execute("UPDATE sites SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
-    tx.after_commit.append(lambda: (setattr(rec, "doc", doc), reg.bump()) and None)
+    tx.after_commit.append(_set_doc(reg, rec, doc))
     return doc
 
 
@@ -230,7 +248,7 @@ def delete_site(tx: Tx, reg: Registry, rec: SiteRec) -> None:
         )
     tx.execute("DELETE FROM sites WHERE pk = ?", (rec.pk,))
     tx.after_commit.append(
-        lambda: (reg.sites.pop((rec.project_pk, rec.doc.id), None), reg.bump()) and None
+        _then_bump(reg, lambda: reg.sites.pop((rec.project_pk, rec.doc.id), None))
     )
 
 
@@ -306,14 +324,14 @@ def update_device(
         _check_site(reg, project, patch["site"], None)
     doc = Device(**{**rec.doc.model_dump(), **patch})
     tx.execute("UPDATE devices SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
-    tx.after_commit.append(lambda: (setattr(rec, "doc", doc), reg.bump()) and None)
+    tx.after_commit.append(_set_doc(reg, rec, doc))
     return doc
 
 
 def delete_device(tx: Tx, reg: Registry, rec: DeviceRec) -> None:
     tx.execute("DELETE FROM series WHERE device_pk = ?", (rec.pk,))
     tx.execute("DELETE FROM devices WHERE pk = ?", (rec.pk,))
-    tx.after_commit.append(lambda: (reg.drop_device(rec), reg.bump()) and None)
+    tx.after_commit.append(_then_bump(reg, lambda: reg.drop_device(rec)))
 
 
 def create_variables(
@@ -389,14 +407,14 @@ def update_variable(tx: Tx, reg: Registry, rec: VariableRec, patch: dict[str, An
         )
     doc = Variable(**{**rec.doc.model_dump(), **patch})
     tx.execute("UPDATE variables SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
-    tx.after_commit.append(lambda: (setattr(rec, "doc", doc), reg.bump()) and None)
+    tx.after_commit.append(_set_doc(reg, rec, doc))
     return doc
 
 
 def delete_variable(tx: Tx, reg: Registry, rec: VariableRec) -> None:
     tx.execute("DELETE FROM series WHERE variable_pk = ?", (rec.pk,))
     tx.execute("DELETE FROM variables WHERE pk = ?", (rec.pk,))
-    tx.after_commit.append(lambda: (reg.drop_variable(rec), reg.bump()) and None)
+    tx.after_commit.append(_then_bump(reg, lambda: reg.drop_variable(rec)))
 
 
 # -- service accounts, keys, roles --------------------------------------------------------------

@@ -107,16 +107,14 @@ def migrate(conn: sqlite3.Connection, migrations: list[str] | None = None) -> in
 
 
 def _statements(script: str) -> list[str]:
+    """Split a script into statements (``;`` inside strings or triggers is respected)."""
+    lines = [ln for ln in script.splitlines() if not ln.strip().startswith("--")]
     out: list[str] = []
     buf = ""
-    for line in script.splitlines(keepends=True):
-        if line.strip().startswith("--"):
-            continue
-        buf += line
+    for piece in "\n".join(lines).split(";"):
+        buf += piece + ";"
         if sqlite3.complete_statement(buf):
-            if buf.strip():
+            if buf.strip(" \n\t;"):
                 out.append(buf.strip())
             buf = ""
-    if buf.strip():
-        out.append(buf.strip())
     return out

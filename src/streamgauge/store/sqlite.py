@@ -13,6 +13,7 @@ is built a sealed chunk at a time (``index_chunk_rows``), sorted, off the per-ro
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import queue
 import sqlite3
@@ -330,10 +331,11 @@ class SqliteStore:
                 )
                 # Registered now so the batch's encoders can name it; undone on rollback.
                 reg.add_series(rec)
-                tx.on_rollback.append(lambda pk=pk: reg.drop_series(pk))
+                tx.on_rollback.append(functools.partial(reg.drop_series, pk))
                 tx.after_commit.append(reg.bump)
             pks[j] = pk
-        return pks[inverse.reshape(-1)]
+        out: npt.NDArray[np.int64] = pks[inverse.reshape(-1)]
+        return out
 
     def _probe(
         self, conn: sqlite3.Connection, series: npt.NDArray[np.int64], times: npt.NDArray[np.int64]

@@ -14,6 +14,7 @@ from streamgauge.faces.native.deps import EngineDep, PagingDep, PrincipalDep, pr
 from streamgauge.model import NewKey, RoleIn, ServiceAccount, ServiceAccountIn, new_id
 from streamgauge.store import metadata
 from streamgauge.store.registry import AccountRec, ProjectRec, Registry
+from streamgauge.store.sqlite import Tx
 
 router = APIRouter(tags=["service accounts"], route_class=StrictRoute)
 
@@ -80,7 +81,7 @@ async def update_account(
     if "id" in fields and body.id != a.id:
         raise NotFound("a service account's id cannot change")
 
-    def run(tx: metadata.Tx) -> None:
+    def run(tx: Tx) -> None:
         if "name" in fields and body.name:
             metadata.rename_account(tx, engine.registry, a, body.name)
         if "role" in fields:

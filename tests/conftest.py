@@ -1,0 +1,134 @@
+"""Shared fixtures: a real streamgauge server on loopback (uvicorn in a thread), and clients.
+
+Endless streams are tested against a real server, never an in-memory transport that waits for the
+whole body. ``MS`` scales every timing in the tests (``STREAMGAUGE_TEST_MS``, default 1.0).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from streamgauge.app import create_app
+from streamgauge.config import Settings
+
+MS = float(os.environ.get("STREAMGAUGE_TEST_MS", "1.0")) / 1000  # one scaled millisecond
+TOKEN = "test-admin-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    url: str
+    token: str
+    data: Path
+    app: Any
+    thread: threading.Thread
+    server: uvicorn.Server
+
+    @property
+    def engine(self) -> Any:
+        return self.app.state.engine
+
+    def client(self, **kw: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.token}", **kw.pop("headers", {})}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=10, **kw)
+
+    def stop(self) -> None:
+        self.engine.hub.close_all("server shutting down")
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def start_server(data: Path, **settings: Any) -> Server:
+    settings.setdefault("keepalive_seconds", 1000 * MS)
+    app = create_app(Settings(data=data, **settings), admin_token=TOKEN)
+    port = free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("server did not start")
+        time.sleep(0.01)
+    return Server(f"http://127.0.0.1:{port}", TOKEN, data, app, thread, server)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = start_server(tmp_path / "data")
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[httpx.Client]:
+    with server.client() as c:
+        yield c
+
+
+def make_station(client: httpx.Client, project: str = "p1", devices: int = 2) -> None:
+    """A project with one site and ``devices`` weather stations (air_temp, wind_speed)."""
+    r = client.post("/api/v1/projects", json={"id": project})
+    assert r.status_code == 201, r.text
+    r = client.post(
+        f"/api/v1/projects/{project}/sites",
+        json={"id": "s1", "lat": 40.7, "lon": -111.9, "state": "UT", "network": "N1"},
+    )
+    assert r.status_code == 201, r.text
+    body = [
+        {
+            "id": f"d{i}",
+            "site": "s1",
+            "type": "weather_station" if i % 2 else "buoy",
+            "labels": {"parity": "odd" if i % 2 else "even", "n": str(i)},
+            "variables": [
+                {"name": "air_temp", "unit": "degC"},
+                {"name": "wind_speed", "unit": "m/s"},
+            ],
+        }
+        for i in range(devices)
+    ]
+    r = client.post(f"/api/v1/projects/{project}/devices", json=body)
+    assert r.status_code == 201, r.text
+
+
+def rows(n: int, start_ms: int = 1_700_000_000_000, devices: int = 2) -> list[dict[str, Any]]:
+    out = []
+    for i in range(n):
+        out.append(
+            {
+                "device": f"d{i % devices}",
+                "variable": "air_temp" if (i // devices) % 2 == 0 else "wind_speed",
+                "time": start_ms + i * 1000,
+                "value": float(i),
+            }
+        )
+    return out

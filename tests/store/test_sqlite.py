@@ -1,0 +1,144 @@
+"""The embedded store: cursors in commit order, cheap duplicate checks, sealed-chunk index,
+history reads across sealed and unsealed rows, and a restart that rebuilds its state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamgauge.core.batch import Batch
+from streamgauge.errors import Conflict
+from streamgauge.model import DeviceIn, ProjectIn, VariableIn
+from streamgauge.store import metadata
+from streamgauge.store.base import HistoryQuery, IngestColumns
+from streamgauge.store.sqlite import SqliteStore
+
+
+async def open_store(path: Path, published: list[Batch], chunk: int = 8) -> SqliteStore:
+    store = SqliteStore(path / "db", index_chunk_rows=chunk)
+    await store.open(published.append)
+    return store
+
+
+async def seed(store: SqliteStore) -> tuple[int, list[int]]:
+    reg = store.registry
+    [proj] = await store.write(
+        lambda tx: metadata.create_projects(
+            tx, reg, [ProjectIn(id="p")], skip_existing=False, admin_account=None
+        )
+    )
+    prec = reg.projects["p"]
+    devs = [DeviceIn(id=f"d{i}", variables=[VariableIn(name="t"), VariableIn(name="w")])
+            for i in range(2)]
+    await store.write(lambda tx: metadata.create_devices(tx, reg, prec, devs, skip_existing=False))
+    var_pks = sorted(v.pk for v in reg.variables_by_pk.values())
+    return prec.pk, var_pks
+
+
+def cols(project_pk: int, var_pks: list[int], times: list[int], values: list[float | str | None]
+         ) -> IngestColumns:
+    n = len(times)
+    return IngestColumns(
+        project_pk, np.array(var_pks, np.int64), np.ones(n, np.int64), np.array(times, np.int64),
+        list(values), np.zeros(n, np.int64),
+    )
+
+
+async def test_cursors_follow_commit_order_and_batches_are_published(tmp_path: Path) -> None:
+    published: list[Batch] = []
+    store = await open_store(tmp_path, published)
+    try:
+        pk, v = await seed(store)
+        r1 = await store.append(cols(pk, [v[0], v[1]], [1000, 1000], [1.0, 2.0]))
+        r2 = await store.append(cols(pk, [v[0]], [2000], [3.0]))
+        assert (r1.first_cursor, r1.last_cursor, r2.first_cursor, r2.last_cursor) == (1, 2, 3, 3)
+        assert [b.cursors.tolist() for b in published] == [[1, 2], [3]]
+        assert store.head == 3
+    finally:
+        await store.close()
+
+
+async def test_duplicates_and_conflicts(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, [])
+    try:
+        pk, v = await seed(store)
+        await store.append(cols(pk, [v[0], v[0]], [1000, 2000], [1.0, "x"]))
+        again = await store.append(cols(pk, [v[0], v[0], v[0]], [1000, 2000, 3000], [1.0, "x", 5.0]))
+        assert (again.accepted, again.duplicates, again.first_cursor) == (1, 2, 3)
+        with pytest.raises(Conflict) as err:
+            await store.append(cols(pk, [v[1], v[0]], [5000, 1000], [1.0, 7.0]))
+        assert [d["index"] for d in err.value.details] == [1]
+        # nothing of the rejected batch was stored
+        hist = await store.history(HistoryQuery(pk, limit=100))
+        assert hist.cursors.tolist() == [1, 2, 3] and 5000 not in hist.times.tolist()
+        # a repeat inside one batch: same value -> duplicate, different -> conflict
+        r = await store.append(cols(pk, [v[1], v[1]], [7000, 7000], [2.0, 2.0]))
+        assert (r.accepted, r.duplicates) == (1, 1)
+        with pytest.raises(Conflict) as err:
+            await store.append(cols(pk, [v[1], v[1]], [8000, 8000], [2.0, 3.0]))
+        assert err.value.details[0]["index"] == 1
+    finally:
+        await store.close()
+
+
+async def test_out_of_order_rows_and_sealed_index(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, [], chunk=8)
+    try:
+        pk, v = await seed(store)
+        # 20 rows in time order, then backfill older rows: both parts of the log are probed
+        await store.append(cols(pk, [v[0]] * 20, [1000 * (i + 10) for i in range(20)],
+                                [float(i) for i in range(20)]))
+        r = await store.append(cols(pk, [v[0]] * 3, [1000, 2000, 12000], [0.5, 0.6, 2.0]))
+        assert (r.accepted, r.duplicates) == (2, 1)
+        with pytest.raises(Conflict):
+            await store.append(cols(pk, [v[0]], [15000], [99.0]))  # sealed row, other value
+        await store.append(cols(pk, [v[2]] * 3, [1000, 2000, 3000], [1.0, None, "ok"]))
+        hist = await store.history(HistoryQuery(pk, variable_ids=("t",), device_ids=("d0",),
+                                                limit=1000))
+        assert hist.times.tolist() == sorted(hist.times.tolist())
+        assert len(hist) == 22
+        page1 = await store.history(HistoryQuery(pk, limit=5))
+        key = (int(page1.times[-1]), int(page1.cursors[-1]))
+        page2 = await store.history(HistoryQuery(pk, after=key, limit=1000))
+        assert len(page1) + len(page2) == 25
+        assert set(page1.cursors.tolist()).isdisjoint(page2.cursors.tolist())
+        window = await store.history(HistoryQuery(pk, start=2000, end=12000, limit=1000))
+        assert all(2000 <= t < 12000 for t in window.times.tolist())
+        mixed = await store.history(HistoryQuery(pk, device_ids=("d1",), limit=10))
+        assert mixed.values == [1.0, None, "ok"]
+    finally:
+        await store.close()
+
+
+async def test_restart_rebuilds_head_latest_and_registry(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, [], chunk=4)
+    pk, v = await seed(store)
+    await store.append(cols(pk, [v[0]] * 6, [1000 * i for i in range(6)], [1.0] * 6))
+    await store.close()
+    again = await open_store(tmp_path, [], chunk=4)
+    try:
+        assert again.head == 6
+        assert "d0" in {d.doc.id for d in again.registry.devices_by_pk.values()}
+        r = await again.append(cols(pk, [v[0], v[0]], [5000, 6000], [1.0, 2.0]))
+        assert (r.accepted, r.duplicates, r.first_cursor) == (1, 1, 7)
+        assert len(await again.history(HistoryQuery(pk, limit=100))) == 7
+    finally:
+        await again.close()
+
+
+async def test_rollback_forgets_series_created_by_the_failed_batch(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, [])
+    try:
+        pk, v = await seed(store)
+        await store.append(cols(pk, [v[0]], [1000], [1.0]))
+        with pytest.raises(Conflict):  # creates the series of v[2], then conflicts on v[0]
+            await store.append(cols(pk, [v[2], v[0]], [1000, 1000], [1.0, 2.0]))
+        assert {s.variable_pk for s in store.registry.series_by_pk.values()} == {v[0]}
+        r = await store.append(cols(pk, [v[2]], [1000], [1.0]))
+        assert r.accepted == 1
+        hist = await store.history(HistoryQuery(pk, limit=10))
+        assert len(hist) == 2  # the series row exists, so the row is readable
+    finally:
+        await store.close()
