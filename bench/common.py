@@ -437,3 +437,13 @@ def output_line(cursor: int, device: str, variable: str, time_s: str, value: flo
         b'{"cursor":%d,"device":"%s","variable":"%s","set":1,"time":"%s","value":%s,"qc":[]}\n'
         % (cursor, device.encode(), variable.encode(), time_s.encode(), repr(value).encode())
     )
+
+
+def system_busy_seconds() -> float:
+    """CPU seconds all cores spent busy (user+nice+system+irq+softirq+steal), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")

@@ -55,6 +55,7 @@ from common import (  # noqa: E402
     proc_cpu_seconds,
     proc_rss_mb,
     site_bodies,
+    system_busy_seconds,
     values_for,
     weighted_percentiles,
 )
@@ -214,6 +215,7 @@ class IngestResult:
     encode_s: float = 0.0
     req_p50_ms: float = 0.0
     req_max_ms: float = 0.0
+    other_cpu_s: float = 0.0  # busy CPU of processes other than server and client
 
     def line(self) -> str:
         extra = ""
@@ -224,6 +226,7 @@ class IngestResult:
             f"{self.rows:9,d} obs in {self.seconds:6.2f} s = {self.obs_s:10,.0f} obs/s  "
             f"server cpu {self.server_cpu_s / self.seconds * 100:4.0f}%  "
             f"client cpu {self.client_cpu_s / self.seconds * 100:3.0f}%  "
+            f"other procs cpu {self.other_cpu_s / self.seconds * 100:3.0f}%  "
             f"request p50 {self.req_p50_ms:.0f} ms max {self.req_max_ms:.0f} ms{extra}"
         )
 
@@ -262,9 +265,11 @@ class Ingestor:
         self.row += rows
         cpu0 = proc_cpu_seconds(self.pid)
         c0 = time.process_time()
+        b0 = system_busy_seconds()
         elapsed, resps, durs = run_async(post_all(self.host, self.port, reqs, producers, self.ok))
         client = time.process_time() - c0
         server = proc_cpu_seconds(self.pid) - cpu0
+        other = max(0.0, system_busy_seconds() - b0 - client - server)
         res = IngestResult(
             self.target,
             rows,
@@ -277,6 +282,7 @@ class Ingestor:
             encode_s=enc_s,
             req_p50_ms=float(np.percentile(durs, 50)) * 1000,
             req_max_ms=max(durs) * 1000,
+            other_cpu_s=other,
         )
         if self.target == "streamgauge":
             acc = dup = 0
@@ -359,6 +365,7 @@ class FanoutResult:
     errors: list[str] = field(default_factory=list)
     server_cpu_pct: float = float("nan")
     subscriber_cpu_pct: float = float("nan")
+    other_cpu_pct: float = float("nan")
     unmatched: int = 0
     sample_line: str = ""
 
@@ -558,6 +565,7 @@ def fanout_streamgauge(m: Mesonet, cfg: FanoutCfg, srv: StreamgaugeServer) -> Fa
         time.sleep(0.5)
         assert srv.proc is not None
         cpu0, t0 = proc_cpu_seconds(srv.proc.pid), time.time()
+        b0, c0 = system_busy_seconds(), time.process_time()
         send_wall, ack, elapsed, lag, perr = run_async(
             paced_ingest(srv.port, reqs, cfg.batches_per_s)
         )
@@ -570,13 +578,18 @@ def fanout_streamgauge(m: Mesonet, cfg: FanoutCfg, srv: StreamgaugeServer) -> Fa
             for k in worst
         ]
         time.sleep(cfg.grace)
-        res.server_cpu_pct = (proc_cpu_seconds(srv.proc.pid) - cpu0) / (time.time() - t0) * 100
+        server_s = proc_cpu_seconds(srv.proc.pid) - cpu0
+        busy_s, client_s = system_busy_seconds() - b0, time.process_time() - c0
+        res.server_cpu_pct = server_s / (time.time() - t0) * 100
         res.errors.extend(perr[:5])
         res.sent_obs = cfg.nbatches * cfg.rows
         res.ingest_obs_s = res.sent_obs / elapsed
         res.send_lag_max_s = lag
+        wall = time.time() - t0
         subs, meta = collect_subscribers(ps, rq, resq, stop, len(filters), cfg.procs)
-        res.subscriber_cpu_pct = meta["cpu"] / (time.time() - t0) * 100
+        res.subscriber_cpu_pct = meta["cpu"] / wall * 100
+        # subscriber cpu is counted to the end of their life: a slight overestimate, so clamp
+        res.other_cpu_pct = max(0.0, busy_s - server_s - client_s - meta["cpu"]) / wall * 100
     finally:
         stop.set()
         for p in ps:
@@ -626,6 +639,7 @@ def fanout_ws_baseline(m: Mesonet, cfg: FanoutCfg) -> FanoutResult:
         res.errors.extend(errs[:5])
         time.sleep(0.5)
         cpu0, t0 = proc_cpu_seconds(wp.pid), time.time()  # type: ignore[arg-type]
+        b0 = system_busy_seconds()
         go.set()
         item = wres.get(timeout=cfg.seconds + 120)
         if item[0] == "error":
@@ -633,11 +647,14 @@ def fanout_ws_baseline(m: Mesonet, cfg: FanoutCfg) -> FanoutResult:
         _, send_ms, send_wall, elapsed, lag = item
         time.sleep(cfg.grace)
         res.server_cpu_pct = (proc_cpu_seconds(wp.pid) - cpu0) / (time.time() - t0) * 100  # type: ignore[arg-type]
+        server_s = proc_cpu_seconds(wp.pid) - cpu0  # type: ignore[arg-type]
+        busy_s, wall = system_busy_seconds() - b0, time.time() - t0
         res.sent_obs = cfg.nbatches * cfg.rows
         res.ingest_obs_s = res.sent_obs / elapsed
         res.send_lag_max_s = lag
         subs, meta = collect_subscribers(ps, rq, resq, stop, len(filters), cfg.procs)
-        res.subscriber_cpu_pct = meta["cpu"] / (time.time() - t0) * 100
+        res.subscriber_cpu_pct = meta["cpu"] / wall * 100
+        res.other_cpu_pct = max(0.0, busy_s - server_s - meta["cpu"]) / wall * 100
     finally:
         wstop.set()
         if stop is not None:
@@ -667,7 +684,9 @@ def print_fanout(name: str, r: FanoutResult) -> None:
     )
     log(
         f"    closed for falling behind: {r.closed_behind}; server cpu {r.server_cpu_pct:.0f}%, "
-        f"subscriber procs cpu {r.subscriber_cpu_pct:.0f}%; unmatched lines {r.unmatched}"
+        f"subscriber procs cpu {r.subscriber_cpu_pct:.0f}%, "
+        f"other procs cpu {r.other_cpu_pct:.0f}%; "
+        f"unmatched lines {r.unmatched}"
     )
     for s in r.resume_samples:
         log(f"    resume line: {s[:200]}")
@@ -728,6 +747,10 @@ def main() -> None:
     )
 
     t_start = time.time()
+    log(
+        f"load average before start: {os.getloadavg()[0]:.2f} (other work on the machine skews "
+        "figures: see 'other procs cpu')"
+    )
     log(
         f"streamgauge bench  mode={'quick' if a.quick else 'full'}  cpu_count={os.cpu_count()}  "
         f"python={sys.version.split()[0]}  durability={a.durability}"
@@ -879,6 +902,16 @@ def main() -> None:
             ws_fan.closed_behind if ws_fan else None,
             "d",
             ratio=False,
+        )
+    others = [
+        (n, r.other_cpu_s / r.seconds * 100)
+        for n, r in (("sg ingest", sg_final), ("influx ingest", in_final))
+        if r is not None
+    ] + [(n, f.other_cpu_pct) for n, f in (("sg fan-out", sg_fan), ("ws fan-out", ws_fan)) if f]
+    if others:
+        log(
+            "cpu of OTHER processes during the runs (should be ~0%): "
+            + ", ".join(f"{n} {v:.0f}%" for n, v in others)
         )
     log("yardsticks: ingest = InfluxDB 1.6 (fsync per write); fan-out = plain websockets broadcast")
     log("ratio = streamgauge / yardstick (ingest, delivered: higher is better; latency: lower)")

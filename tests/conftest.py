@@ -48,7 +48,8 @@ class Server:
 
     def client(self, **kw: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.token}", **kw.pop("headers", {})}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=10, **kw)
+        kw.setdefault("timeout", 10)
+        return httpx.Client(base_url=self.url, headers=headers, **kw)
 
     def stop(self) -> None:
         self.engine.hub.close_all("server shutting down")

@@ -48,45 +48,50 @@ class Selection:
     variables: frozenset[str] = frozenset()
     labels: tuple[LabelMatch, ...] = ()
 
-    def compile(self, reg: Registry) -> npt.NDArray[np.bool_]:
-        size = max(reg.series_by_pk, default=0) + 1
-        allowed = np.zeros(size, np.bool_)
-        for pk, s in reg.series_by_pk.items():
-            if s.project_pk != self.project_pk:
-                continue
-            if self.devices and s.device_id not in self.devices:
-                continue
-            if self.variables and s.variable_id not in self.variables:
-                continue
-            if self.device_types or self.labels:
-                dev = reg.devices_by_pk.get(s.device_pk)
-                if dev is None:
-                    continue
-                if self.device_types and dev.doc.type not in self.device_types:
-                    continue
-                if self.labels and not any(m.matches(dev.doc.labels) for m in self.labels):
-                    continue
-            allowed[pk] = True
+    def compile(self, reg: Registry, lo: int, hi: int) -> npt.NDArray[np.bool_]:
+        """Which series pks in ``[lo, hi)`` this selection wants (vectorized over series)."""
+        allowed: npt.NDArray[np.bool_] = reg.s_project[lo:hi] == self.project_pk
+        if self.devices:
+            pks = [d.pk for i in self.devices if (d := reg.devices.get((self.project_pk, i)))]
+            allowed &= np.isin(reg.s_device[lo:hi], pks)
+        if self.variables:
+            codes = [reg.names[v] for v in self.variables if v in reg.names]
+            allowed &= np.isin(reg.s_name[lo:hi], codes)
+        if self.device_types or self.labels:
+            pks = [
+                d.pk
+                for d in reg.devices_by_pk.values()
+                if d.project_pk == self.project_pk
+                and (not self.device_types or d.doc.type in self.device_types)
+                and (not self.labels or any(m.matches(d.doc.labels) for m in self.labels))
+            ]
+            allowed &= np.isin(reg.s_device[lo:hi], pks)
         return allowed
 
 
 class CompiledSelection:
-    """A selection with its lookup table, recompiled when the registry changes."""
+    """A selection with its lookup table over series pks. A metadata change recompiles it; new
+    series (created by ingest) only extend it."""
 
     def __init__(self, selection: Selection, reg: Registry) -> None:
         self.selection = selection
         self._reg = reg
         self._version = -1
-        self._allowed: npt.NDArray[np.bool_] = np.zeros(1, np.bool_)
+        self._allowed: npt.NDArray[np.bool_] = np.zeros(0, np.bool_)
 
     def mask(self, batch: Batch) -> npt.NDArray[np.bool_]:
-        if self._version != self._reg.version:
-            self._allowed = self.selection.compile(self._reg)
-            self._version = self._reg.version
+        reg = self._reg
+        if self._version != reg.version:
+            self._version = reg.version
+            self._allowed = self.selection.compile(reg, 0, reg.series_end)
+        elif len(self._allowed) < reg.series_end:
+            lo = len(self._allowed)
+            self._allowed = np.concatenate(
+                [self._allowed, self.selection.compile(reg, lo, reg.series_end)]
+            )
         allowed = self._allowed
         series = batch.series
-        if len(series) and int(series.max()) >= len(allowed):
-            allowed = np.concatenate(
-                [allowed, np.zeros(int(series.max()) + 1 - len(allowed), bool)]
-            )
+        if len(series) and int(series.max()) >= len(allowed):  # rows of since-deleted series
+            extra = np.zeros(int(series.max()) + 1 - len(allowed), np.bool_)
+            allowed = np.concatenate([allowed, extra])
         return allowed[series]

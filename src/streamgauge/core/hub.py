@@ -1,7 +1,8 @@
 """The live hub: committed batches in, per-subscriber bytes out.
 
 Backpressure, decided and written down: each subscriber has a send queue bounded in bytes
-(``queue_bytes``). A live subscriber whose queue would exceed it is marked ``overflowed``; its
+(``queue_bytes``; one item is always accepted into an empty queue). A live subscriber whose
+queue would exceed it is marked ``overflowed``; its
 stream closes with a reason and the cursor to resume from, and the client can reconnect and catch
 up from the store. A subscriber still catching up just drops its queue and catches up further.
 Nothing is ever dropped silently, and one slow client never grows memory or stalls the others:
@@ -69,7 +70,7 @@ class Subscription:
         item = self.render(batch)
         if item is None:
             return
-        if self.queued + len(item.data) > self.queue_bytes:
+        if self.queue and self.queued + len(item.data) > self.queue_bytes:
             self.overflowed = True
             self.queue.clear()
             self.queued = 0

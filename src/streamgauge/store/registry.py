@@ -68,6 +68,19 @@ class AccountRec:
     keys: dict[str, str] = field(default_factory=dict)  # key id -> argon2 hash
 
 
+_NEVER = int(np.iinfo(np.int64).min)
+
+
+def _column(size: int, fill: int) -> npt.NDArray[np.int64]:
+    return np.full(size, fill, np.int64)
+
+
+def _grow(col: npt.NDArray[np.int64], size: int, fill: int) -> npt.NDArray[np.int64]:
+    grown = _column(size, fill)
+    grown[: len(col)] = col
+    return grown
+
+
 def series_prefix(device_id: str, variable_id: str, set_: int) -> bytes:
     return (
         b'"device":'
@@ -94,27 +107,41 @@ class Registry:
         self.accounts: dict[str, AccountRec] = {}
         self.accounts_by_pk: dict[int, AccountRec] = {}
         self.key_owner: dict[str, int] = {}  # key id -> account pk
-        # Latest stored time per series (ms), indexed by series pk: the cheap duplicate check.
-        self.latest: npt.NDArray[np.int64] = np.full(1024, np.iinfo(np.int64).min, np.int64)
+        # Columns indexed by series pk, for filters compiled with numpy:
+        self.latest = _column(1024, _NEVER)  # latest stored time (ms): the cheap duplicate check
+        self.s_project = _column(1024, -1)  # project pk (-1: no such series)
+        self.s_device = _column(1024, -1)  # device pk
+        self.s_name = _column(1024, -1)  # variable id, interned in ``names``
+        self.names: dict[str, int] = {}
+        self.series_end = 1  # one past the highest series pk ever registered
 
     def bump(self) -> None:
+        """Metadata changed: compiled filters recompile. (New series only extend them.)"""
         self.version += 1
 
     def series_capacity(self, pk: int) -> None:
         if pk >= len(self.latest):
-            grown = np.full(max(pk + 1, len(self.latest) * 2), np.iinfo(np.int64).min, np.int64)
-            grown[: len(self.latest)] = self.latest
-            self.latest = grown
+            size = max(pk + 1, len(self.latest) * 2)
+            self.latest = _grow(self.latest, size, _NEVER)
+            self.s_project = _grow(self.s_project, size, -1)
+            self.s_device = _grow(self.s_device, size, -1)
+            self.s_name = _grow(self.s_name, size, -1)
 
     def add_series(self, rec: SeriesRec) -> None:
         self.series_capacity(rec.pk)
         self.series_by_pk[rec.pk] = rec
         self.series[(rec.variable_pk, rec.set)] = rec.pk
+        self.s_project[rec.pk] = rec.project_pk
+        self.s_device[rec.pk] = rec.device_pk
+        self.s_name[rec.pk] = self.names.setdefault(rec.variable_id, len(self.names))
+        self.series_end = max(self.series_end, rec.pk + 1)
 
     def drop_series(self, pk: int) -> None:
         rec = self.series_by_pk.pop(pk, None)
         if rec is not None:
             self.series.pop((rec.variable_pk, rec.set), None)
+            self.s_project[pk] = -1
+            self.s_device[pk] = -1
 
     def drop_series_of_variable(self, variable_pk: int) -> None:
         for key in [k for k in self.series if k[0] == variable_pk]:

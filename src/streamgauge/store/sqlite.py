@@ -331,8 +331,9 @@ class SqliteStore:
                 )
                 # Registered now so the batch's encoders can name it; undone on rollback.
                 reg.add_series(rec)
+                # A rolled-back pk may be reused for another series: recompile filters then.
                 tx.on_rollback.append(functools.partial(reg.drop_series, pk))
-                tx.after_commit.append(reg.bump)
+                tx.on_rollback.append(reg.bump)
             pks[j] = pk
         out: npt.NDArray[np.int64] = pks[inverse.reshape(-1)]
         return out

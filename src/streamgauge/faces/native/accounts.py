@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Response
 
 from streamgauge.auth import Action
 from streamgauge.auth.principals import new_key_id, new_secret
-from streamgauge.errors import NotFound
+from streamgauge.errors import Invalid, NotFound
 from streamgauge.faces.http import StrictRoute, json_response
 from streamgauge.faces.native.deps import EngineDep, PagingDep, PrincipalDep, project_for
 from streamgauge.model import NewKey, RoleIn, ServiceAccount, ServiceAccountIn, new_id
@@ -79,7 +79,7 @@ async def update_account(
     a = _account(engine, rec, sa)
     fields = body.model_fields_set
     if "id" in fields and body.id != a.id:
-        raise NotFound("a service account's id cannot change")
+        raise Invalid("a service account's id cannot change", [{"field": "id", "reason": "fixed"}])
 
     def run(tx: Tx) -> None:
         if "name" in fields and body.name:
