@@ -28,8 +28,10 @@ def test_sse_frames() -> None:
 
 
 @given(
-    lines=st.lists(st.binary(min_size=1, max_size=20).filter(lambda b: b"\n" not in b and b.strip())
-                   , max_size=20),
+    lines=st.lists(
+        st.binary(min_size=1, max_size=20).filter(lambda b: b"\n" not in b and b.strip()),
+        max_size=20,
+    ),
     cuts=st.lists(st.integers(0, 400), max_size=10),
 )
 def test_line_decoder_any_split(lines: list[bytes], cuts: list[int]) -> None:

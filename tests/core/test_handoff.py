@@ -63,7 +63,11 @@ def test_restart_after_overflow_catches_up_to_the_new_head() -> None:
     overflow_at=st.none() | st.integers(0, 12),
 )
 def test_no_gap_no_duplicate(
-    since: int, head: int, batches: list[int], page: int, wanted: set[int],
+    since: int,
+    head: int,
+    batches: list[int],
+    page: int,
+    wanted: set[int],
     overflow_at: int | None,
 ) -> None:
     """Simulate a log, a resuming subscriber with a filter (``wanted``), live batches published

@@ -30,13 +30,15 @@ def post(client: httpx.Client, batch: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def collect(server: Server, params: dict[str, Any], count: int,
-            headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def collect(
+    server: Server, params: dict[str, Any], count: int, headers: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     """Open a stream, then run ``count`` observations through it (keepalives are not counted)."""
     got: list[dict[str, Any]] = []
-    with server.client(timeout=httpx.Timeout(10, read=5)) as c, c.stream(
-        "GET", STREAM, params=params, headers=headers or {}
-    ) as resp:
+    with (
+        server.client(timeout=httpx.Timeout(10, read=5)) as c,
+        c.stream("GET", STREAM, params=params, headers=headers or {}) as resp,
+    ):
         assert resp.status_code == 200
         seen = 0
         for obj in lines(resp):
@@ -89,11 +91,14 @@ def test_keepalives_carry_no_cursor(tmp_path: Path) -> None:
         srv.stop()
 
 
-def test_sse_ids_are_cursors_and_last_event_id_resumes(server: Server, client: httpx.Client) -> None:
+def test_sse_ids_are_cursors_and_last_event_id_resumes(
+    server: Server, client: httpx.Client
+) -> None:
     make_station(client)
     ack = post(client, rows(6))
-    with client.stream("GET", STREAM, params={"since": "0"},
-                       headers={"Accept": "text/event-stream"}) as resp:
+    with client.stream(
+        "GET", STREAM, params={"since": "0"}, headers={"Accept": "text/event-stream"}
+    ) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
         events: list[tuple[int, dict[str, Any]]] = []
         current_id = None
@@ -105,8 +110,9 @@ def test_sse_ids_are_cursors_and_last_event_id_resumes(server: Server, client: h
                 if len(events) == 3:
                     break
     assert [i for i, _ in events] == [o["cursor"] for _, o in events] == [1, 2, 3]
-    with client.stream("GET", STREAM, headers={"Accept": "text/event-stream",
-                                               "Last-Event-ID": "3"}) as resp:
+    with client.stream(
+        "GET", STREAM, headers={"Accept": "text/event-stream", "Last-Event-ID": "3"}
+    ) as resp:
         ids = []
         for line in resp.iter_lines():
             if line.startswith("id: "):
@@ -125,8 +131,10 @@ def test_sse_ids_are_cursors_and_last_event_id_resumes(server: Server, client: h
         ({"device_type": "buoy"}, lambda o: o["device"] in ("d0", "d2")),
         ({"label": "parity=odd"}, lambda o: o["device"] in ("d1", "d3")),
         ({"label": "n"}, lambda o: True),
-        ({"label": ["n=1", "n=2"], "variable": "air_temp"},
-         lambda o: o["device"] in ("d1", "d2") and o["variable"] == "air_temp"),
+        (
+            {"label": ["n=1", "n=2"], "variable": "air_temp"},
+            lambda o: o["device"] in ("d1", "d2") and o["variable"] == "air_temp",
+        ),
     ],
 )
 def test_filters(server: Server, client: httpx.Client, params: dict[str, Any], expect: Any) -> None:
@@ -170,10 +178,15 @@ def test_resume_exactly_once_under_continuous_ingest(server: Server, client: htt
         producer.join(30)
     # the rest, up to the head, after ingest stopped
     head = client.get("/healthz").json()["head"]
-    hist = [o for o in client.get("/api/v1/projects/p1/observations",
-                                  params={"limit": 100000, **params}).json()["observations"]]
-    expected_tail = [o["cursor"] for o in sorted(hist, key=lambda o: o["cursor"])
-                     if o["cursor"] > cursor]
+    hist = [
+        o
+        for o in client.get(
+            "/api/v1/projects/p1/observations", params={"limit": 100000, **params}
+        ).json()["observations"]
+    ]
+    expected_tail = [
+        o["cursor"] for o in sorted(hist, key=lambda o: o["cursor"]) if o["cursor"] > cursor
+    ]
     if expected_tail:
         got = collect(server, {**params, "since": cursor}, len(expected_tail))
         seen += [o["cursor"] for o in got if "cursor" in o]
@@ -195,8 +208,9 @@ def test_slow_consumer_is_closed_with_its_resume_cursor(tmp_path: Path) -> None:
                 # then the subscriber's queue overflows
                 with srv.client() as p:
                     for k in range(20):
-                        post(p, rows(10_000, start_ms=1_600_000_000_000 + k * 10_000_000,
-                                     devices=4))
+                        post(
+                            p, rows(10_000, start_ms=1_600_000_000_000 + k * 10_000_000, devices=4)
+                        )
                 got = list(lines(resp))
             closed = got[-1]["closed"]
             data = [o["cursor"] for o in got if "cursor" in o]

@@ -30,19 +30,26 @@ async def seed(store: SqliteStore) -> tuple[int, list[int]]:
         )
     )
     prec = reg.projects["p"]
-    devs = [DeviceIn(id=f"d{i}", variables=[VariableIn(name="t"), VariableIn(name="w")])
-            for i in range(2)]
+    devs = [
+        DeviceIn(id=f"d{i}", variables=[VariableIn(name="t"), VariableIn(name="w")])
+        for i in range(2)
+    ]
     await store.write(lambda tx: metadata.create_devices(tx, reg, prec, devs, skip_existing=False))
     var_pks = sorted(v.pk for v in reg.variables_by_pk.values())
     return prec.pk, var_pks
 
 
-def cols(project_pk: int, var_pks: list[int], times: list[int], values: list[float | str | None]
-         ) -> IngestColumns:
+def cols(
+    project_pk: int, var_pks: list[int], times: list[int], values: list[float | str | None]
+) -> IngestColumns:
     n = len(times)
     return IngestColumns(
-        project_pk, np.array(var_pks, np.int64), np.ones(n, np.int64), np.array(times, np.int64),
-        list(values), np.zeros(n, np.int64),
+        project_pk,
+        np.array(var_pks, np.int64),
+        np.ones(n, np.int64),
+        np.array(times, np.int64),
+        list(values),
+        np.zeros(n, np.int64),
     )
 
 
@@ -65,7 +72,9 @@ async def test_duplicates_and_conflicts(tmp_path: Path) -> None:
     try:
         pk, v = await seed(store)
         await store.append(cols(pk, [v[0], v[0]], [1000, 2000], [1.0, "x"]))
-        again = await store.append(cols(pk, [v[0], v[0], v[0]], [1000, 2000, 3000], [1.0, "x", 5.0]))
+        again = await store.append(
+            cols(pk, [v[0], v[0], v[0]], [1000, 2000, 3000], [1.0, "x", 5.0])
+        )
         assert (again.accepted, again.duplicates, again.first_cursor) == (1, 2, 3)
         with pytest.raises(Conflict) as err:
             await store.append(cols(pk, [v[1], v[0]], [5000, 1000], [1.0, 7.0]))
@@ -88,15 +97,19 @@ async def test_out_of_order_rows_and_sealed_index(tmp_path: Path) -> None:
     try:
         pk, v = await seed(store)
         # 20 rows in time order, then backfill older rows: both parts of the log are probed
-        await store.append(cols(pk, [v[0]] * 20, [1000 * (i + 10) for i in range(20)],
-                                [float(i) for i in range(20)]))
+        await store.append(
+            cols(
+                pk, [v[0]] * 20, [1000 * (i + 10) for i in range(20)], [float(i) for i in range(20)]
+            )
+        )
         r = await store.append(cols(pk, [v[0]] * 3, [1000, 2000, 12000], [0.5, 0.6, 2.0]))
         assert (r.accepted, r.duplicates) == (2, 1)
         with pytest.raises(Conflict):
             await store.append(cols(pk, [v[0]], [15000], [99.0]))  # sealed row, other value
         await store.append(cols(pk, [v[2]] * 3, [1000, 2000, 3000], [1.0, None, "ok"]))
-        hist = await store.history(HistoryQuery(pk, variable_ids=("t",), device_ids=("d0",),
-                                                limit=1000))
+        hist = await store.history(
+            HistoryQuery(pk, variable_ids=("t",), device_ids=("d0",), limit=1000)
+        )
         assert hist.times.tolist() == sorted(hist.times.tolist())
         assert len(hist) == 22
         page1 = await store.history(HistoryQuery(pk, limit=5))

@@ -131,13 +131,19 @@ def resolve(
                 sets[i] = row.set or var.doc.set
         t = row.time
         ms = t if type(t) is int else to_ms(t)
-        if ms > limit or ms < MIN_TIME or ms > MAX_TIME:
-            reason = (
-                "time is more than the allowed skew ahead of the server clock"
-                if MIN_TIME <= ms <= MAX_TIME
-                else "time is out of range (years 1-9999)"
+        if ms < MIN_TIME or ms > MAX_TIME:
+            details.append(
+                {"index": i, "field": "time", "reason": "time is out of range (years 1-9999)"}
             )
-            details.append({"index": i, "field": "time", "reason": reason})
+            ms = 0
+        elif ms > limit:
+            details.append(
+                {
+                    "index": i,
+                    "field": "time",
+                    "reason": "time is more than the allowed skew ahead of the server clock",
+                }
+            )
         times[i] = ms
         v = row.value
         if type(v) is float and not math.isfinite(v):

@@ -11,7 +11,9 @@ import functools
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from streamgauge.errors import Conflict, Invalid, NotFound
 from streamgauge.model import (
@@ -57,6 +59,22 @@ def _then_bump(reg: Registry, fn: Callable[[], object]) -> Callable[[], None]:
         reg.bump()
 
     return run
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _merge(model: type[M], doc: M, patch: dict[str, Any]) -> M:
+    """``doc`` with ``patch`` applied; a null ``name`` resets it to the id; 422 if invalid."""
+    if "name" in patch and patch["name"] is None:
+        patch["name"] = getattr(doc, "id", None)
+    try:
+        return model(**{**doc.model_dump(), **patch})
+    except ValidationError as exc:
+        raise Invalid(
+            "the update does not validate",
+            [{"field": ".".join(map(str, e["loc"])), "reason": e["msg"]} for e in exc.errors()],
+        ) from exc
 
 
 def now_iso() -> str:
@@ -170,7 +188,7 @@ def create_projects(
 
 def update_project(tx: Tx, reg: Registry, rec: ProjectRec, patch: dict[str, Any]) -> Project:
     patch.pop("id", None)
-    doc = Project(**{**rec.doc.model_dump(), **patch})
+    doc = _merge(Project, rec.doc, patch)
     tx.execute("UPDATE projects SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
     tx.after_commit.append(_set_doc(reg, rec, doc))
     return doc
@@ -229,7 +247,7 @@ def create_sites(
 
 def update_site(tx: Tx, reg: Registry, rec: SiteRec, patch: dict[str, Any]) -> Site:
     patch.pop("id", None)
-    doc = Site(**{**rec.doc.model_dump(), **patch})
+    doc = _merge(Site, rec.doc, patch)
     tx.execute("UPDATE sites SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
     tx.after_commit.append(_set_doc(reg, rec, doc))
     return doc
@@ -322,7 +340,7 @@ def update_device(
         )
     if "site" in patch:
         _check_site(reg, project, patch["site"], None)
-    doc = Device(**{**rec.doc.model_dump(), **patch})
+    doc = _merge(Device, rec.doc, patch)
     tx.execute("UPDATE devices SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
     tx.after_commit.append(_set_doc(reg, rec, doc))
     return doc
@@ -405,7 +423,7 @@ def update_variable(tx: Tx, reg: Registry, rec: VariableRec, patch: dict[str, An
             "a variable's set cannot change once created",
             [{"field": "set", "reason": "create another variable for another set"}],
         )
-    doc = Variable(**{**rec.doc.model_dump(), **patch})
+    doc = _merge(Variable, rec.doc, patch)
     tx.execute("UPDATE variables SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
     tx.after_commit.append(_set_doc(reg, rec, doc))
     return doc

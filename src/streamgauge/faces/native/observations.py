@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from streamgauge.auth import Action
 from streamgauge.core.filters import LabelMatch, Selection
 from streamgauge.core.framing import NDJSON, SSE
-from streamgauge.core.ingest import to_ms
+from streamgauge.core.ingest import MAX_TIME, MIN_TIME, to_ms
 from streamgauge.errors import BadRequest
 from streamgauge.faces.http import StrictRoute, json_response, read_body
 from streamgauge.faces.native.deps import (
@@ -115,7 +115,13 @@ def parse_time(text: str | None, field: str) -> int | None:
     if text is None:
         return None
     if text.lstrip("-").isdigit():
-        return int(text)
+        ms = int(text)
+        if not MIN_TIME <= ms <= MAX_TIME:
+            raise BadRequest(
+                f"time {text} is out of range",
+                [{"in": "query", "field": field, "reason": "epoch ms within years 1-9999"}],
+            )
+        return ms
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
@@ -137,9 +143,12 @@ def _page_key(token: str | None) -> tuple[int, int] | None:
         return None
     t, _, c = key.partition(":")
     try:
-        return int(t), int(c)
+        when, cursor = int(t), int(c)
     except ValueError as exc:
         raise BadRequest("bad page token", [{"in": "query", "field": "page"}]) from exc
+    if not (MIN_TIME <= when <= MAX_TIME and 0 <= cursor < 2**63):
+        raise BadRequest("bad page token", [{"in": "query", "field": "page"}])
+    return when, cursor
 
 
 @router.get("/projects/{project}/observations")
