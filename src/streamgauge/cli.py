@@ -191,7 +191,8 @@ def demo(
             f"'{base}/api/v1/projects/demo/stream'\n"
             f"  history:       curl {auth} '{base}/api/v1/projects/demo/observations?limit=20'\n"
             f"  metrics:       curl {base}/metrics\n"
-            "Press Ctrl-C to stop.\n"
+            "Press Ctrl-C to stop.\n",
+            soft_wrap=True,
         )
         while server.poll() is None:
             time.sleep(0.5)

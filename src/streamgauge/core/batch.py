@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
-from streamgauge.store.registry import Registry
+if TYPE_CHECKING:
+    from streamgauge.store.registry import Registry
 
 Value = float | str | None
 QC_NAMES: tuple[str, ...] = (
@@ -35,10 +37,14 @@ def qc_names(mask: int) -> list[str]:
 
 def format_time(ms: int) -> str:
     """RFC 3339 UTC, with milliseconds only when they are not zero."""
-    dt = datetime.fromtimestamp(ms / 1000, UTC)
-    if ms % 1000:
-        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    dt = _EPOCH + timedelta(milliseconds=ms)
+    text = (
+        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
+    )
+    return f"{text}.{ms % 1000:03d}Z" if ms % 1000 else text + "Z"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 _QC_JSON: dict[int, bytes] = {}

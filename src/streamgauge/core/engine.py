@@ -164,7 +164,8 @@ class Engine:
                     yield b"".join(chunks)
                     continue
                 try:
-                    await asyncio.wait_for(sub.wakeup.wait(), s.keepalive_seconds)
+                    async with asyncio.timeout(s.keepalive_seconds):
+                        await sub.wakeup.wait()
                 except TimeoutError:
                     yield framing.keepalive(format_time(int(time.time() * 1000)))
         finally:

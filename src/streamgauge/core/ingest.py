@@ -8,6 +8,7 @@ row's index and reason. Nothing here touches storage.
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -41,48 +42,98 @@ def _lines(body: bytes) -> list[tuple[int, bytes]]:
     return [(n, line) for n, line in enumerate(body.split(b"\n")) if line.strip()]
 
 
+_BAD = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+_INDEX = re.compile(r"\$\[(\d+)\]")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "invalid UTF-8"
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply"
+    return str(exc)
+
+
+def _bad_rows(details: list[dict[str, Any]]) -> Invalid:
+    return Invalid(f"{len(details)} bad row(s) in the batch; nothing was stored", details)
+
+
 def decode(body: bytes, *, ndjson: bool, max_errors: int = 100) -> list[Row]:
-    """Decode a JSON array or NDJSON body of rows; raise naming every bad row."""
-    if ndjson:
-        lines = _lines(body)
-        try:
-            return _batch_decoder.decode(b"[" + b",".join(line for _, line in lines) + b"]")
-        except msgspec.DecodeError:
-            pass
-        details: list[dict[str, Any]] = []
-        for index, (lineno, line) in enumerate(lines):
-            try:
-                _row_decoder.decode(line)
-            except msgspec.DecodeError as exc:
-                details.append({"index": index, "line": lineno + 1, "reason": str(exc)})
-                if len(details) >= max_errors:
-                    break
-        raise Invalid(f"{len(details)} bad row(s) in the batch; nothing was stored", details)
+    """Decode a JSON array or NDJSON body of rows; raise naming every bad row.
+
+    Only ``StreamgaugeError`` subclasses leave this function, whatever the input."""
+    return _decode_ndjson(body, max_errors) if ndjson else _decode_array(body, max_errors)
+
+
+def _decode_ndjson(body: bytes, max_errors: int) -> list[Row]:
+    lines = _lines(body)
     try:
-        return _batch_decoder.decode(body)
+        rows = _batch_decoder.decode(b"[" + b",".join(line for _, line in lines) + b"]")
+        if len(rows) == len(lines):  # else some line held more than one value
+            return rows
+    except _BAD:
+        pass
+    details: list[dict[str, Any]] = []
+    for index, (lineno, line) in enumerate(lines):
+        try:
+            _row_decoder.decode(line)
+        except _BAD as exc:
+            details.append({"index": index, "line": lineno + 1, "reason": _reason(exc)})
+            if len(details) >= max_errors:
+                break
+    if not details:  # every line decodes alone, so a line holds several values
+        details = [
+            {"index": i, "line": n + 1, "reason": "a line must hold exactly one JSON object"}
+            for i, (n, line) in enumerate(lines)
+            if _several_values(line)
+        ][:max_errors]
+    raise _bad_rows(details)
+
+
+def _several_values(line: bytes) -> bool:
+    try:
+        _row_decoder.decode(line)
+    except _BAD:
+        return False
+    try:
+        return len(_any_decoder.decode(b"[" + line + b"]")) != 1
+    except _BAD:
+        return True
+
+
+def _decode_array(body: bytes, max_errors: int) -> list[Row]:
+    try:
+        rows: list[Row] = _batch_decoder.decode(body)
+        return rows
     except msgspec.ValidationError:
         pass
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from exc
+    except _BAD as exc:
+        raise BadRequest(f"malformed JSON: {_reason(exc)}") from exc
     try:
         raw = _any_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise Invalid(f"bad JSON value: {exc}") from exc
+    except msgspec.ValidationError as exc:  # e.g. a number out of range
+        found = _INDEX.search(str(exc))
+        detail: dict[str, Any] = {"reason": str(exc)}
+        if found:
+            detail["index"] = int(found.group(1))
+        raise _bad_rows([detail]) from exc
+    except _BAD as exc:
+        raise BadRequest(f"malformed JSON: {_reason(exc)}") from exc
     if not isinstance(raw, list):
         raise BadRequest(
             "expected a JSON array of observations (or NDJSON with "
             "Content-Type: application/x-ndjson)",
             [{"reason": f"the body is a JSON {type(raw).__name__}"}],
         )
-    details = []
+    details: list[dict[str, Any]] = []
     for index, item in enumerate(raw):
         try:
             _row_decoder.decode(msgspec.json.encode(item))
-        except msgspec.DecodeError as exc:
-            details.append({"index": index, "reason": str(exc)})
+        except _BAD as exc:
+            details.append({"index": index, "reason": _reason(exc)})
             if len(details) >= max_errors:
                 break
-    raise Invalid(f"{len(details)} bad row(s) in the batch; nothing was stored", details)
+    raise _bad_rows(details)
 
 
 def to_ms(t: datetime | int) -> int:

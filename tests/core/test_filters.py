@@ -1,0 +1,258 @@
+"""Selections compiled to lookup tables over series pks, on a registry filled by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamgauge.core.batch import Batch
+from streamgauge.core.filters import CompiledSelection, LabelMatch, Selection
+from streamgauge.errors import BadRequest
+from streamgauge.model import Device, Variable
+from streamgauge.store.registry import (
+    DeviceRec,
+    Registry,
+    SeriesRec,
+    VariableRec,
+    series_prefix,
+)
+
+# project pk -> devices (id, type, labels), each with variables air_temp and wind_speed
+DEVICES = {
+    1: [
+        ("a", "weather_station", {"parity": "even", "site": "x"}),
+        ("b", "buoy", {"parity": "odd"}),
+        ("c", "weather_station", {"parity": "odd", "site": "y"}),
+        ("d", None, {}),
+    ],
+    2: [
+        ("a", "weather_station", {"parity": "even", "site": "x"}),
+        ("z", "buoy", {"parity": "odd"}),
+    ],
+}
+VARIABLES = ("air_temp", "wind_speed")
+
+
+class Builder:
+    """Fills a registry the way the store does: devices, variables, then one series each."""
+
+    def __init__(self) -> None:
+        self.reg = Registry()
+        self.next_pk = 1
+        self.where: dict[int, tuple[int, str, str]] = {}  # series pk -> (project, device, var)
+
+    def device(
+        self, project_pk: int, dev_id: str, type_: str | None, labels: dict[str, str]
+    ) -> DeviceRec:
+        pk = len(self.reg.devices_by_pk) + 1
+        doc = Device(
+            id=dev_id,
+            project=f"p{project_pk}",
+            site=None,
+            type=type_,
+            name=dev_id,
+            labels=labels,
+            metadata={},
+        )
+        rec = DeviceRec(pk, project_pk, doc)
+        self.reg.devices[(project_pk, dev_id)] = rec
+        self.reg.devices_by_pk[pk] = rec
+        return rec
+
+    def variable(self, dev: DeviceRec, name: str, set_: int = 1) -> VariableRec:
+        pk = len(self.reg.variables_by_pk) + 1
+        doc = Variable(id=name, name=name, project=dev.doc.project, device=dev.doc.id, set=set_)
+        rec = VariableRec(pk, dev.pk, doc)
+        self.reg.variables[(dev.pk, name)] = rec
+        self.reg.variables_by_pk[pk] = rec
+        return rec
+
+    def series(self, dev: DeviceRec, var: VariableRec, set_: int = 1) -> int:
+        pk = self.next_pk
+        self.next_pk += 1
+        prefix = series_prefix(dev.doc.id, var.doc.id, set_)
+        self.reg.add_series(
+            SeriesRec(pk, dev.project_pk, dev.pk, var.pk, set_, dev.doc.id, var.doc.id, prefix)
+        )
+        self.where[pk] = (dev.project_pk, dev.doc.id, var.doc.id)
+        return pk
+
+
+def build() -> Builder:
+    b = Builder()
+    for project_pk, devices in DEVICES.items():
+        for dev_id, type_, labels in devices:
+            dev = b.device(project_pk, dev_id, type_, labels)
+            for name in VARIABLES:
+                b.series(dev, b.variable(dev, name))
+    return b
+
+
+def batch_of(series: list[int], project_pk: int = 1) -> Batch:
+    n = len(series)
+    return Batch(
+        project_pk,
+        np.arange(1, n + 1, dtype=np.int64),
+        np.array(series, np.int64),
+        np.zeros(n, np.int64),
+        [0.0] * n,
+        np.zeros(n, np.int64),
+    )
+
+
+def picked(b: Builder, selection: Selection) -> set[tuple[str, str]]:
+    """The (device, variable) pairs the selection wants, over every series of the registry."""
+    everything = sorted(b.where)
+    mask = CompiledSelection(selection, b.reg).mask(batch_of(everything))
+    chosen = [pk for pk, keep in zip(everything, mask.tolist(), strict=True) if keep]
+    return {(b.where[pk][1], b.where[pk][2]) for pk in chosen}
+
+
+def all_of(*devices: str) -> set[tuple[str, str]]:
+    return {(d, v) for d in devices for v in VARIABLES}
+
+
+def test_label_match_parse() -> None:
+    assert LabelMatch.parse("k") == LabelMatch("k", None)
+    assert LabelMatch.parse("k=v") == LabelMatch("k", "v")
+    assert LabelMatch.parse("k=") == LabelMatch("k", "")
+    assert LabelMatch.parse("k=a=b") == LabelMatch("k", "a=b")
+    for bad in ("=v", "=", ""):
+        with pytest.raises(BadRequest) as err:
+            LabelMatch.parse(bad)
+        assert err.value.status == 400
+        assert err.value.details[0]["field"] == "label"
+
+
+def test_label_match_matches() -> None:
+    assert LabelMatch("k", None).matches({"k": ""})
+    assert not LabelMatch("k", None).matches({"j": "v"})
+    assert LabelMatch("k", "").matches({"k": ""})
+    assert not LabelMatch("k", "").matches({"k": "v"})
+    assert LabelMatch("k", "v").matches({"k": "v", "j": "w"})
+
+
+def test_everything_of_one_project_only() -> None:
+    b = build()
+    assert picked(b, Selection(1)) == all_of("a", "b", "c", "d")
+    assert picked(b, Selection(2)) == all_of("a", "z")
+    assert picked(b, Selection(3)) == set()
+
+
+def test_each_kind_alone() -> None:
+    b = build()
+    assert picked(b, Selection(1, devices=frozenset({"a", "c"}))) == all_of("a", "c")
+    assert picked(b, Selection(1, devices=frozenset({"nope"}))) == set()
+    assert picked(b, Selection(1, device_types=frozenset({"buoy"}))) == all_of("b")
+    assert picked(b, Selection(1, variables=frozenset({"wind_speed"}))) == {
+        (d, "wind_speed") for d in "abcd"
+    }
+    assert picked(b, Selection(1, variables=frozenset({"nope"}))) == set()
+    assert picked(b, Selection(1, labels=(LabelMatch("site", None),))) == all_of("a", "c")
+    assert picked(b, Selection(1, labels=(LabelMatch("parity", "odd"),))) == all_of("b", "c")
+
+
+def test_or_within_a_kind() -> None:
+    b = build()
+    types = frozenset({"buoy", "weather_station"})
+    assert picked(b, Selection(1, device_types=types)) == all_of("a", "b", "c")
+    both = frozenset(VARIABLES)
+    assert picked(b, Selection(1, variables=both)) == all_of("a", "b", "c", "d")
+    labels = (LabelMatch("site", "y"), LabelMatch("parity", "even"))
+    assert picked(b, Selection(1, labels=labels)) == all_of("a", "c")
+
+
+def test_and_across_kinds() -> None:
+    b = build()
+    sel = Selection(
+        1,
+        device_types=frozenset({"weather_station"}),
+        labels=(LabelMatch("parity", "odd"),),
+    )
+    assert picked(b, sel) == all_of("c")
+    sel = Selection(
+        1,
+        devices=frozenset({"a", "b", "c"}),
+        device_types=frozenset({"weather_station", "buoy"}),
+        variables=frozenset({"air_temp"}),
+        labels=(LabelMatch("parity", None),),
+    )
+    assert picked(b, sel) == {("a", "air_temp"), ("b", "air_temp"), ("c", "air_temp")}
+    sel = Selection(1, devices=frozenset({"b"}), device_types=frozenset({"weather_station"}))
+    assert picked(b, sel) == set()
+
+
+def test_project_isolation() -> None:
+    b = build()
+    # device "a" and the variable names exist in both projects; only project 2's series match
+    for sel in (
+        Selection(2, devices=frozenset({"a"})),
+        Selection(2, device_types=frozenset({"weather_station"})),
+        Selection(2, labels=(LabelMatch("site", "x"),)),
+    ):
+        mask = CompiledSelection(sel, b.reg).mask(batch_of(sorted(b.where), 2))
+        chosen = [pk for pk, keep in zip(sorted(b.where), mask.tolist(), strict=True) if keep]
+        assert chosen and {b.where[pk][0] for pk in chosen} == {2}
+        assert {b.where[pk][1] for pk in chosen} == {"a"}
+    assert picked(b, Selection(2, devices=frozenset({"b"}))) == set()  # b is project 1's
+    assert picked(b, Selection(1, devices=frozenset({"z"}))) == set()
+
+
+def test_compile_a_range() -> None:
+    b = build()
+    sel = Selection(1, devices=frozenset({"b"}))
+    full = sel.compile(b.reg, 0, b.reg.series_end)
+    assert sel.compile(b.reg, 3, 7).tolist() == full[3:7].tolist()
+    assert full[0] == np.False_  # pk 0 is never a series
+
+
+def test_new_series_extend_the_compiled_table() -> None:
+    b = build()
+    sel = CompiledSelection(Selection(1, device_types=frozenset({"buoy"})), b.reg)
+    before = sorted(b.where)
+    assert sel.mask(batch_of(before)).sum() == 2
+    version = b.reg.version
+    # a new set of an existing variable, and a new device's series, without bump (as ingest does)
+    dev_b = b.reg.devices[(1, "b")]
+    extra = b.series(dev_b, b.reg.variables[(dev_b.pk, "air_temp")], set_=2)
+    dev_y = b.device(1, "y", "buoy", {})
+    new_dev = b.series(dev_y, b.variable(dev_y, "air_temp"))
+    other = b.series(b.reg.devices[(1, "a")], b.reg.variables[(1, "air_temp")], set_=2)
+    assert b.reg.version == version
+    mask = sel.mask(batch_of([extra, new_dev, other, before[2]]))
+    assert mask.tolist() == [True, True, False, True]
+
+
+def test_metadata_change_recompiles_after_bump() -> None:
+    b = build()
+    sel = CompiledSelection(Selection(1, labels=(LabelMatch("parity", "odd"),)), b.reg)
+    everything = batch_of(sorted(b.where))
+    first = sel.mask(everything)
+    assert {b.where[pk][1] for pk, k in zip(sorted(b.where), first.tolist(), strict=True) if k} == {
+        "b",
+        "c",
+    }
+    # device d gets parity=odd: without bump the compiled table is kept...
+    dev = b.reg.devices[(1, "d")]
+    dev.doc = dev.doc.model_copy(update={"labels": {"parity": "odd"}})
+    assert sel.mask(everything).tolist() == first.tolist()
+    # ...and a bump recompiles it
+    b.reg.bump()
+    again = sel.mask(everything)
+    chosen = {b.where[pk][1] for pk, k in zip(sorted(b.where), again.tolist(), strict=True) if k}
+    assert chosen == {"b", "c", "d"}
+
+
+def test_dropped_series_and_pks_beyond_the_table_are_masked_out() -> None:
+    b = build()
+    sel = CompiledSelection(Selection(1), b.reg)
+    pks = sorted(b.where)
+    assert sel.mask(batch_of(pks[:2])).tolist() == [True, True]
+    b.reg.drop_series(pks[0])
+    b.reg.bump()
+    far = b.reg.series_end + 5000  # a since-deleted series the table never saw
+    mask = sel.mask(batch_of([pks[0], pks[1], far, 0]))
+    assert mask.tolist() == [False, True, False, False]
+    # a batch of only unknown pks, and an empty batch
+    assert sel.mask(batch_of([far, far + 1])).tolist() == [False, False]
+    assert sel.mask(batch_of([])).tolist() == []

@@ -1,0 +1,214 @@
+"""The live hub without I/O: rendering masked rows, the bounded send queue, routing by project."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamgauge.core.batch import Batch
+from streamgauge.core.filters import CompiledSelection, Selection
+from streamgauge.core.framing import NDJSON, SSE, Framing
+from streamgauge.core.hub import Hub, Subscription
+from streamgauge.store.registry import Registry, SeriesRec, series_prefix
+
+# series pk -> (project pk, device pk, device id, variable id)
+SERIES = {
+    1: (1, 1, "d0", "air_temp"),
+    2: (1, 1, "d0", "wind_speed"),
+    3: (1, 2, "d1", "air_temp"),
+    4: (2, 3, "e0", "air_temp"),
+}
+
+
+def registry() -> Registry:
+    reg = Registry()
+    for pk, (project_pk, device_pk, dev, var) in SERIES.items():
+        reg.add_series(
+            SeriesRec(pk, project_pk, device_pk, pk, 1, dev, var, series_prefix(dev, var, 1))
+        )
+    return reg
+
+
+def batch(series: list[int], first: int = 1, project_pk: int = 1) -> Batch:
+    n = len(series)
+    return Batch(
+        project_pk,
+        np.arange(first, first + n, dtype=np.int64),
+        np.array(series, np.int64),
+        np.full(n, 1_700_000_000_000, np.int64),
+        [float(i) for i in range(n)],
+        np.zeros(n, np.int64),
+        received_ns=123,
+    )
+
+
+def sub(
+    reg: Registry,
+    selection: Selection,
+    framing: Framing = NDJSON,
+    queue_bytes: int = 1 << 20,
+) -> Subscription:
+    return Subscription(CompiledSelection(selection, reg), framing, reg, queue_bytes)
+
+
+def test_render_picks_exactly_the_masked_rows() -> None:
+    reg = registry()
+    b = batch([1, 2, 3, 1, 2])
+    s = sub(reg, Selection(1, variables=frozenset({"wind_speed"})))
+    item = s.render(b)
+    assert item is not None
+    rows = b.framed("ndjson", reg, NDJSON.row)
+    assert item.data == rows[1] + rows[4]
+    assert (item.first, item.last, item.count, item.received_ns) == (2, 5, 2, 123)
+
+
+def test_render_with_sse_framing() -> None:
+    reg = registry()
+    b = batch([1, 3, 2], first=40)
+    s = sub(reg, Selection(1, variables=frozenset({"wind_speed"})), SSE)
+    item = s.render(b)
+    assert item is not None
+    assert item.data.startswith(b"id: 42\ndata: {") and item.data.endswith(b"}\n\n")
+    assert item.data.count(b"id: ") == 1
+    assert (item.first, item.last, item.count) == (42, 42, 1)
+
+
+def test_render_all_rows_fast_path_and_no_rows() -> None:
+    reg = registry()
+    b = batch([1, 2, 3], first=10)
+    item = sub(reg, Selection(1)).render(b)
+    assert item is not None
+    assert item.data == b"".join(b.framed("ndjson", reg, NDJSON.row))
+    assert (item.first, item.last, item.count) == (10, 12, 3)
+    assert sub(reg, Selection(1, variables=frozenset({"nope"}))).render(b) is None
+    assert sub(reg, Selection(2)).render(b) is None
+
+
+def test_subscribers_with_the_same_framing_share_the_encoding() -> None:
+    reg = registry()
+    b = batch([1, 2, 3])
+    first = b.framed("ndjson", reg, NDJSON.row)
+    assert b.framed("ndjson", reg, NDJSON.row) is first
+    a = sub(reg, Selection(1)).render(b)
+    c = sub(reg, Selection(1, variables=frozenset({"air_temp"}))).render(b)
+    assert a is not None and c is not None
+    assert b.framed("ndjson", reg, NDJSON.row) is first  # rendering reused the cached list
+    assert b._framed.keys() == {"ndjson"}
+    sse = sub(reg, Selection(1), SSE).render(b)
+    assert sse is not None and b._framed.keys() == {"ndjson", "sse"}
+    assert b.framed("sse", reg, SSE.row) is b.framed("sse", reg, SSE.row)
+
+
+def test_offer_and_take_in_order() -> None:
+    reg = registry()
+    s = sub(reg, Selection(1))
+    assert not s.wakeup.is_set()
+    s.offer(batch([1], first=1))
+    s.offer(batch([4], first=2, project_pk=1))  # series of another project: nothing to queue
+    s.offer(batch([2, 3], first=3))
+    assert s.wakeup.is_set()
+    assert [i.first for i in s.queue] == [1, 3]
+    assert s.queued == sum(len(i.data) for i in s.queue)
+    one = s.take()
+    two = s.take()
+    assert one is not None and two is not None
+    assert (one.first, one.last, two.first, two.last) == (1, 1, 3, 4)
+    assert s.queued == 0
+    assert s.wakeup.is_set()  # cleared only when take() finds the queue empty
+    assert s.take() is None
+    assert not s.wakeup.is_set()
+
+
+def test_one_item_always_fits_an_empty_queue() -> None:
+    reg = registry()
+    s = sub(reg, Selection(1), queue_bytes=10)
+    big = batch([1, 2, 3])
+    s.offer(big)
+    assert not s.overflowed
+    assert len(s.queue) == 1 and s.queued > 10
+
+
+def test_overflow_marks_clears_and_wakes() -> None:
+    reg = registry()
+    one_row = len(b"".join(batch([1]).framed("ndjson", reg, NDJSON.row)))
+    s = sub(reg, Selection(1), queue_bytes=one_row * 2)
+    s.offer(batch([1], first=1))
+    s.offer(batch([1], first=2))
+    assert not s.overflowed and len(s.queue) == 2
+    s.wakeup.clear()
+    s.offer(batch([1], first=3))
+    assert s.overflowed
+    assert len(s.queue) == 0 and s.queued == 0
+    assert s.wakeup.is_set()
+    # an overflowed subscriber takes nothing more until reset
+    s.offer(batch([1], first=4))
+    assert len(s.queue) == 0 and s.take() is None
+
+
+def test_reset_drops_queue_and_overflow_mark() -> None:
+    reg = registry()
+    s = sub(reg, Selection(1), queue_bytes=1)
+    s.offer(batch([1], first=1))
+    s.offer(batch([1], first=2))
+    assert s.overflowed
+    s.reset()
+    assert not s.overflowed and s.queued == 0 and not s.queue
+    s.offer(batch([2], first=3))
+    item = s.take()
+    assert item is not None and item.first == 3
+    s.offer(batch([2], first=4))
+    s.reset()
+    assert s.queued == 0 and not s.queue
+
+
+def test_closed_subscriber_takes_no_more() -> None:
+    reg = registry()
+    s = sub(reg, Selection(1))
+    s.close("bye")
+    assert s.closed == "bye" and s.wakeup.is_set()
+    s.offer(batch([1]))
+    assert not s.queue
+
+
+def test_publish_routes_by_project_and_counts_overflows() -> None:
+    reg = registry()
+    hub = Hub()
+    p1 = sub(reg, Selection(1))
+    p1_small = sub(reg, Selection(1), queue_bytes=1)
+    p2 = sub(reg, Selection(2))
+    for s in (p1, p1_small, p2):
+        hub.subscribe(s)
+    assert hub.subscribers == 3
+    hub.publish(batch([1, 2], first=1))
+    hub.publish(batch([3], first=3))
+    assert [i.first for i in p1.queue] == [1, 3]
+    assert p1_small.overflowed and not p1.overflowed
+    assert not p2.queue and not p2.wakeup.is_set()
+    hub.publish(batch([4], first=4, project_pk=2))
+    assert [i.first for i in p2.queue] == [4] and [i.first for i in p1.queue] == [1, 3]
+    hub.publish(batch([1], first=5))  # p1_small stays overflowed: counted once
+    assert hub.overflows == 1
+    assert (hub.published_batches, hub.published_rows) == (4, 5)
+    assert hub.queued_bytes() == p1.queued + p2.queued
+    hub.publish(batch([9], first=6, project_pk=3))  # no subscribers: still counted
+    assert hub.published_batches == 5
+
+    hub.unsubscribe(p1_small)
+    hub.unsubscribe(p1_small)  # twice is harmless
+    hub.unsubscribe(p2)
+    assert hub.subscribers == 1
+    hub.publish(batch([4], first=7, project_pk=2))
+    assert [i.first for i in p2.queue] == [4]
+
+
+def test_close_project_and_close_all() -> None:
+    reg = registry()
+    hub = Hub()
+    a, b, c = sub(reg, Selection(1)), sub(reg, Selection(1)), sub(reg, Selection(2))
+    for s in (a, b, c):
+        hub.subscribe(s)
+    hub.close_project(1, "project deleted")
+    assert a.closed == b.closed == "project deleted"
+    assert c.closed is None and not c.wakeup.is_set()
+    hub.close_all("server shutting down")
+    assert c.closed == "server shutting down" and c.wakeup.is_set()
+    hub.close_project(99, "nothing to close")  # unknown project: no error

@@ -1,0 +1,396 @@
+"""Ingest decoding (JSON array and NDJSON, every bad row named) and resolution against the
+registry (ids, times, sets), without storage."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamgauge.core.ingest import MAX_TIME, MIN_TIME, Row, decode, resolve, to_ms
+from streamgauge.errors import BadRequest, Invalid, StreamgaugeError
+from streamgauge.model import Device, Variable
+from streamgauge.store.registry import DeviceRec, Registry, VariableRec
+
+NOW = 1_700_000_000_000
+ROW = {"device": "d0", "variable": "air_temp", "time": NOW, "value": 1.5}
+
+
+def row(**kw: Any) -> dict[str, Any]:
+    return {**ROW, **kw}
+
+
+def array(*rows: Any) -> bytes:
+    return orjson.dumps(list(rows))
+
+
+def ndjson(*lines: Any) -> bytes:
+    return b"\n".join(x if isinstance(x, bytes) else orjson.dumps(x) for x in lines)
+
+
+def invalid(body: bytes, *, nd: bool, **kw: Any) -> list[dict[str, Any]]:
+    with pytest.raises(Invalid) as err:
+        decode(body, ndjson=nd, **kw)
+    assert err.value.status == 422
+    return err.value.details
+
+
+# -- decode ------------------------------------------------------------------------------------
+
+
+def test_decode_array_fast_path() -> None:
+    rows = decode(
+        array(
+            row(),
+            row(device="d1", value="text", set=2),
+            row(value=None, time="2024-01-01T00:00:00Z"),
+        ),
+        ndjson=False,
+    )
+    assert [r.device for r in rows] == ["d0", "d1", "d0"]
+    assert [r.value for r in rows] == [1.5, "text", None]
+    assert [r.set for r in rows] == [None, 2, None]
+    assert rows[0].time == NOW
+    assert rows[2].time == datetime(2024, 1, 1, tzinfo=UTC)
+    assert decode(b"[]", ndjson=False) == []
+
+
+def test_decode_ndjson_fast_path_ignores_blank_lines() -> None:
+    body = b"\n" + ndjson(row(), b"", b"   ", row(value=2)) + b"\r\n\n"
+    rows = decode(body, ndjson=True)
+    assert [r.value for r in rows] == [1.5, 2.0]
+    assert decode(b"", ndjson=True) == []
+    assert decode(b"\n \n", ndjson=True) == []
+    assert [
+        r.value
+        for r in decode(b'{"device":"d","variable":"v","time":1,"value":3}\r\n', ndjson=True)
+    ] == [3.0]
+
+
+def test_array_errors_name_each_bad_row() -> None:
+    details = invalid(
+        array(
+            row(),
+            row(value=True),  # wrong type
+            row(extra=1),  # unknown field
+            {"device": "d0", "variable": "v", "value": 1},  # missing time
+            row(time="2024-01-01T00:00:00"),  # naive datetime
+            row(device=7),  # wrong type
+            row(set=0),  # set out of range
+            row(time=1.5),  # a float time
+            "not an object",
+            row(),
+        ),
+        nd=False,
+    )
+    assert [d["index"] for d in details] == [1, 2, 3, 4, 5, 6, 7, 8]
+    reasons = [d["reason"] for d in details]
+    assert "value" in reasons[0]
+    assert "unknown field `extra`" in reasons[1]
+    assert "missing required field `time`" in reasons[2]
+    assert "timezone" in reasons[3]
+    assert "device" in reasons[4]
+    assert "set" in reasons[5]
+    assert "time" in reasons[6]
+    assert "object" in reasons[7]
+    assert all("line" not in d for d in details)
+
+
+def test_ndjson_errors_name_index_and_line() -> None:
+    body = ndjson(
+        row(),
+        b"",
+        row(value=[1]),
+        b"{not json",
+        b"",
+        b"",
+        row(time="2024-01-01T00:00:00"),
+        b"[1, 2]",
+        row(),
+    )
+    details = invalid(body, nd=True)
+    assert [(d["index"], d["line"]) for d in details] == [(1, 3), (2, 4), (3, 7), (4, 8)]
+    assert "value" in details[0]["reason"]
+    assert "malformed" in details[1]["reason"].lower()
+    assert "timezone" in details[2]["reason"]
+    assert "object" in details[3]["reason"]
+
+
+def test_malformed_json_array_is_400() -> None:
+    for body in (b"[{", b"", b"not json", b"[", b'[{"device":"d0",'):
+        with pytest.raises(BadRequest) as err:
+            decode(body, ndjson=False)
+        assert type(err.value) is BadRequest and err.value.status == 400
+        assert "malformed JSON" in err.value.message
+
+
+def test_malformed_json_after_a_badly_typed_row_is_still_400() -> None:
+    # The typed decode stops at the first bad type before it sees the syntax error; the body is
+    # still malformed JSON (400, "malformed body"), not well-formed but unacceptable (422).
+    for body in (b"[1,]", b'[{"device":1}', b'[{"device":1},{"device":"d0"'):
+        with pytest.raises(BadRequest) as err:
+            decode(body, ndjson=False)
+        assert type(err.value) is BadRequest and err.value.status == 400, err.value
+        assert "malformed JSON" in err.value.message
+
+
+def test_invalid_utf8_is_a_client_error() -> None:
+    good = orjson.dumps(row())
+    bad_str = b'{"device":"d\xff0","variable":"v","time":1,"value":1}'  # not UTF-8
+    for body, nd in (
+        (b"[" + bad_str + b"]", False),
+        (b"[" + good + b"," + bad_str + b"]", False),
+        (b'["\xc2"]', False),
+        (b'"\xff"', False),
+        (good + b"\n" + bad_str, True),
+        (bad_str, True),
+    ):
+        with pytest.raises(BadRequest):
+            decode(body, ndjson=nd)
+
+
+def test_malformed_ndjson_line_is_invalid_with_line() -> None:
+    details = invalid(ndjson(row(), b'{"device": "d0",'), nd=True)
+    assert details == [{"index": 1, "line": 2, "reason": details[0]["reason"]}]
+    assert "truncated" in details[0]["reason"]
+
+
+def test_ndjson_line_must_hold_one_object() -> None:
+    # "a,b" on one line is not a JSON text; it must not slip in as two rows through the join
+    body = ndjson(row(), orjson.dumps(row(value=2)) + b"," + orjson.dumps(row(value=3)))
+    details = invalid(body, nd=True)
+    assert [(d["index"], d["line"]) for d in details] == [(1, 2)]
+
+
+def test_non_array_body_is_400() -> None:
+    for body, kind in ((orjson.dumps(row()), "dict"), (b'"x"', "str"), (b"12", "int")):
+        with pytest.raises(BadRequest) as err:
+            decode(body, ndjson=False)
+        assert type(err.value) is BadRequest
+        assert err.value.details == [{"reason": f"the body is a JSON {kind}"}]
+
+
+def test_number_out_of_range() -> None:
+    body = b'[{"device":"d0","variable":"v","time":1,"value":1e999}]'
+    with pytest.raises(Invalid) as err:
+        decode(body, ndjson=False)
+    assert [d["index"] for d in err.value.details] == [0]
+    assert "range" in err.value.details[0]["reason"]
+
+
+def test_number_out_of_range_ndjson() -> None:
+    body = ndjson(row(), b'{"device":"d0","variable":"v","time":1,"value":-1e999}')
+    details = invalid(body, nd=True)
+    assert [(d["index"], d["line"]) for d in details] == [(1, 2)]
+    assert "range" in details[0]["reason"]
+
+
+def test_deeply_nested_json_is_a_client_error() -> None:
+    for body, nd in (
+        (b"[" * 5000, False),
+        (b"[" * 5000 + b"]" * 5000, False),
+        (b'[{"device":' + b"[" * 5000 + b"]" * 5000 + b"}]", False),
+        (b"[" * 5000 + b"]" * 5000, True),
+    ):
+        with pytest.raises(BadRequest):
+            decode(body, ndjson=nd)
+
+
+def test_max_errors_caps_the_list() -> None:
+    bad = [row(value=True)] * 50
+    assert len(invalid(array(*bad), nd=False, max_errors=7)) == 7
+    assert len(invalid(ndjson(*bad), nd=True, max_errors=3)) == 3
+    assert len(invalid(array(*bad), nd=False)) == 50
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4)
+    ),
+    max_leaves=12,
+)
+row_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "device": json_values,
+        "variable": json_values,
+        "time": json_values | st.datetimes().map(lambda d: d.isoformat()),
+        "value": json_values,
+        "set": json_values,
+        "extra": json_values,
+    },
+)
+
+
+def _mangle(data: bytes, cut: int, junk: bytes) -> bytes:
+    return data[:cut] + junk + data[cut:]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(row_like | json_values, max_size=5),
+    cut=st.integers(0, 200),
+    junk=st.sampled_from([b"", b",", b"]", b"[", b"{", b"\n", b"\xff", b'"', b"1e999", b"NaN"]),
+    nd=st.booleans(),
+)
+def test_decode_raises_only_streamgauge_errors(
+    rows: list[Any], cut: int, junk: bytes, nd: bool
+) -> None:
+    try:
+        encoded = [orjson.dumps(r) for r in rows]
+    except (TypeError, orjson.JSONEncodeError):  # ints beyond 64 bits
+        encoded = [orjson.dumps(repr(r)) for r in rows]
+    body = b"\n".join(encoded) if nd else b"[" + b",".join(encoded) + b"]"
+    try:
+        decoded = decode(_mangle(body, cut, junk), ndjson=nd)
+    except StreamgaugeError as exc:
+        assert exc.status in (400, 422)
+    else:
+        assert all(isinstance(r, Row) for r in decoded)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=200), nd=st.booleans())
+def test_decode_of_any_bytes_raises_only_streamgauge_errors(body: bytes, nd: bool) -> None:
+    try:
+        decode(body, ndjson=nd)
+    except StreamgaugeError as exc:
+        assert exc.status in (400, 422)
+
+
+# -- resolve -----------------------------------------------------------------------------------
+
+
+def registry() -> Registry:
+    reg = Registry()
+    for dev_pk, project_pk, dev_id, variables in [
+        (1, 1, "d0", [(1, "air_temp", 1), (2, "wind_speed", 4)]),
+        (2, 1, "d1", [(3, "air_temp", 1)]),
+        (3, 2, "other", [(4, "air_temp", 1)]),
+    ]:
+        dev = DeviceRec(
+            dev_pk,
+            project_pk,
+            Device(
+                id=dev_id,
+                project=f"p{project_pk}",
+                site=None,
+                type=None,
+                name=dev_id,
+                labels={},
+                metadata={},
+            ),
+        )
+        reg.devices[(project_pk, dev_id)] = dev
+        reg.devices_by_pk[dev_pk] = dev
+        for var_pk, name, set_ in variables:
+            var = VariableRec(
+                var_pk,
+                dev_pk,
+                Variable(id=name, name=name, project=f"p{project_pk}", device=dev_id, set=set_),
+            )
+            reg.variables[(dev_pk, name)] = var
+            reg.variables_by_pk[var_pk] = var
+    return reg
+
+
+def run(rows: list[Row], **kw: Any) -> Any:
+    kw.setdefault("now_ms", NOW)
+    kw.setdefault("max_future_ms", 300_000)
+    return resolve(rows, registry(), 1, **kw)
+
+
+def bad(rows: list[Row], **kw: Any) -> list[dict[str, Any]]:
+    with pytest.raises(Invalid) as err:
+        run(rows, **kw)
+    return err.value.details
+
+
+def r(**kw: Any) -> Row:
+    fields: dict[str, Any] = {"device": "d0", "variable": "air_temp", "time": NOW, "value": 1.0}
+    fields.update(kw)
+    return Row(**fields)
+
+
+def test_resolve_columns_and_sets() -> None:
+    cols = run(
+        [
+            r(),
+            r(variable="wind_speed", value="x"),  # the variable's own set (4)
+            r(variable="wind_speed", set=9, value=None),  # the row's set wins
+            r(device="d1", time=NOW - 5),
+        ]
+    )
+    assert cols.project_pk == 1
+    assert cols.variable_pks.tolist() == [1, 2, 2, 3]
+    assert cols.sets.tolist() == [1, 4, 9, 1]
+    assert cols.times.tolist() == [NOW, NOW, NOW, NOW - 5]
+    assert cols.values == [1.0, "x", None, 1.0]
+    assert cols.qc.tolist() == [0, 0, 0, 0]
+
+
+def test_resolve_unknown_device_and_variable() -> None:
+    details = bad([r(), r(device="nope"), r(variable="nope"), r(device="other")])
+    assert [(d["index"], d["field"]) for d in details] == [
+        (1, "device"),
+        (2, "variable"),
+        (3, "device"),  # a device of another project is unknown here
+    ]
+    assert "'nope'" in details[0]["reason"] and "'nope'" in details[1]["reason"]
+
+
+def test_resolve_future_times() -> None:
+    assert run([r(time=NOW + 300_000)]).times.tolist() == [NOW + 300_000]
+    details = bad([r(time=NOW + 300_001), r(), r(time=NOW + 10**9)])
+    assert [(d["index"], d["field"]) for d in details] == [(0, "time"), (2, "time")]
+    assert "ahead" in details[0]["reason"]
+    assert bad([r(time=NOW + 1)], max_future_ms=0)[0]["field"] == "time"
+
+
+def test_resolve_times_out_of_range() -> None:
+    details = bad(
+        [
+            r(time=10**20),
+            r(time=-(10**20)),
+            r(time=MAX_TIME + 1),
+            r(time=MIN_TIME - 1),
+            r(time=datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=2)))),
+        ],
+        now_ms=MAX_TIME,
+    )
+    assert [(d["index"], d["field"]) for d in details] == [(i, "time") for i in range(5)]
+    assert all("out of range" in d["reason"] for d in details)
+    cols = run([r(time=MIN_TIME)], now_ms=MAX_TIME)
+    assert cols.times.tolist() == [MIN_TIME]
+
+
+def test_resolve_non_finite_values() -> None:
+    details = bad([r(value=math.inf), r(value=-math.inf), r(value=math.nan), r(value=1e308)])
+    assert [(d["index"], d["field"]) for d in details] == [(0, "value"), (1, "value"), (2, "value")]
+
+
+def test_resolve_max_errors() -> None:
+    assert len(bad([r(device="x")] * 20, max_errors=5)) == 5
+
+
+def test_epoch_ms_and_rfc3339_give_the_same_ms() -> None:
+    texts = [
+        "2023-11-14T22:13:20.123Z",
+        "2023-11-14T22:13:20.123+00:00",
+        "2023-11-15T00:13:20.123+02:00",
+        "2023-11-14T17:43:20.123-04:30",
+    ]
+    body = array(row(time=NOW + 123), *(row(time=t) for t in texts))
+    rows = decode(body, ndjson=False)
+    cols = run(rows)
+    assert cols.times.tolist() == [NOW + 123] * 5
+    assert to_ms(datetime(1969, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)) == -1
+    assert to_ms(datetime(1970, 1, 1, 0, 0, 0, 999, tzinfo=UTC)) == 0  # sub-ms floors
+    pre = decode(array(row(time="1969-12-31T23:59:58.5Z")), ndjson=False)
+    assert run(pre).times.tolist() == [-1500]
