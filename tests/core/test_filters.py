@@ -55,16 +55,14 @@ class Builder:
             metadata={},
         )
         rec = DeviceRec(pk, project_pk, doc)
-        self.reg.devices[(project_pk, dev_id)] = rec
-        self.reg.devices_by_pk[pk] = rec
+        self.reg.put_device(rec)
         return rec
 
     def variable(self, dev: DeviceRec, name: str, set_: int = 1) -> VariableRec:
         pk = len(self.reg.variables_by_pk) + 1
         doc = Variable(id=name, name=name, project=dev.doc.project, device=dev.doc.id, set=set_)
         rec = VariableRec(pk, dev.pk, doc)
-        self.reg.variables[(dev.pk, name)] = rec
-        self.reg.variables_by_pk[pk] = rec
+        self.reg.put_variable(rec)
         return rec
 
     def series(self, dev: DeviceRec, var: VariableRec, set_: int = 1) -> int:
@@ -234,7 +232,7 @@ def test_metadata_change_recompiles_after_bump() -> None:
     }
     # device d gets parity=odd: without bump the compiled table is kept...
     dev = b.reg.devices[(1, "d")]
-    dev.doc = dev.doc.model_copy(update={"labels": {"parity": "odd"}})
+    b.reg.put_device(dev, dev.doc.model_copy(update={"labels": {"parity": "odd"}}))
     assert sel.mask(everything).tolist() == first.tolist()
     # ...and a bump recompiles it
     b.reg.bump()

@@ -287,8 +287,7 @@ def registry() -> Registry:
                 metadata={},
             ),
         )
-        reg.devices[(project_pk, dev_id)] = dev
-        reg.devices_by_pk[dev_pk] = dev
+        reg.put_device(dev)
         for var_pk, name, set_ in variables:
             var = VariableRec(
                 var_pk,

@@ -57,15 +57,16 @@ class Selection:
         if self.variables:
             codes = [reg.names[v] for v in self.variables if v in reg.names]
             allowed &= np.isin(reg.s_name[lo:hi], codes)
-        if self.device_types or self.labels:
-            pks = [
-                d.pk
-                for d in reg.devices_by_pk.values()
-                if d.project_pk == self.project_pk
-                and (not self.device_types or d.doc.type in self.device_types)
-                and (not self.labels or any(m.matches(d.doc.labels) for m in self.labels))
-            ]
-            allowed &= np.isin(reg.s_device[lo:hi], pks)
+        if self.device_types:
+            typed = set().union(
+                *(reg.devices_of_type(self.project_pk, t) for t in self.device_types)
+            )
+            allowed &= np.isin(reg.s_device[lo:hi], np.fromiter(typed, np.int64, len(typed)))
+        if self.labels:
+            labelled = set().union(
+                *(reg.devices_with_label(self.project_pk, m.key, m.value) for m in self.labels)
+            )
+            allowed &= np.isin(reg.s_device[lo:hi], np.fromiter(labelled, np.int64, len(labelled)))
         return allowed
 
 

@@ -92,12 +92,10 @@ def load(conn: sqlite3.Connection, reg: Registry) -> None:
         reg.sites[(project_pk, s.doc.id)] = s
     for pk, project_pk, doc in conn.execute("SELECT pk, project_pk, doc FROM devices"):
         d = DeviceRec(pk, project_pk, Device.model_validate_json(doc))
-        reg.devices[(project_pk, d.doc.id)] = d
-        reg.devices_by_pk[pk] = d
+        reg.put_device(d)
     for pk, device_pk, doc in conn.execute("SELECT pk, device_pk, doc FROM variables"):
         v = VariableRec(pk, device_pk, Variable.model_validate_json(doc))
-        reg.variables[(device_pk, v.doc.id)] = v
-        reg.variables_by_pk[pk] = v
+        reg.put_variable(v)
     for pk, project_pk, device_pk, variable_pk, set_ in conn.execute(
         "SELECT pk, project_pk, device_pk, variable_pk, set_ FROM series"
     ):
@@ -315,11 +313,7 @@ def create_devices(
         )
         rec = DeviceRec(pk, project.pk, doc)
 
-        def add(rec: DeviceRec = rec) -> None:
-            reg.devices[(rec.project_pk, rec.doc.id)] = rec
-            reg.devices_by_pk[rec.pk] = rec
-
-        tx.after_commit.append(add)
+        tx.after_commit.append(functools.partial(reg.put_device, rec))
         if it.variables:
             create_variables(tx, reg, project, rec, it.variables, skip_existing=False, index=i)
         docs.append(doc)
@@ -342,7 +336,7 @@ def update_device(
         _check_site(reg, project, patch["site"], None)
     doc = _merge(Device, rec.doc, patch)
     tx.execute("UPDATE devices SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
-    tx.after_commit.append(_set_doc(reg, rec, doc))
+    tx.after_commit.append(_then_bump(reg, functools.partial(reg.put_device, rec, doc)))
     return doc
 
 
@@ -404,11 +398,7 @@ def create_variables(
         )
         rec = VariableRec(pk, device.pk, doc)
 
-        def add(rec: VariableRec = rec) -> None:
-            reg.variables[(rec.device_pk, rec.doc.id)] = rec
-            reg.variables_by_pk[rec.pk] = rec
-
-        tx.after_commit.append(add)
+        tx.after_commit.append(functools.partial(reg.put_variable, rec))
         docs.append(doc)
     if conflicts:
         raise Conflict("a variable with this id exists", conflicts)

@@ -114,6 +114,11 @@ class Registry:
         self.s_name = _column(1024, -1)  # variable id, interned in ``names``
         self.names: dict[str, int] = {}
         self.series_end = 1  # one past the highest series pk ever registered
+        # Device indexes, so filters by type and label never walk every device:
+        self.project_devices: dict[int, set[int]] = {}
+        self.device_variables: dict[int, set[int]] = {}
+        self.by_type: dict[tuple[int, str | None], set[int]] = {}
+        self.by_label: dict[tuple[int, str], dict[str, set[int]]] = {}
 
     def bump(self) -> None:
         """Metadata changed: compiled filters recompile. (New series only extend them.)"""
@@ -147,20 +152,56 @@ class Registry:
         for key in [k for k in self.series if k[0] == variable_pk]:
             self.drop_series(self.series[key])
 
+    def put_variable(self, var: VariableRec) -> None:
+        self.variables[(var.device_pk, var.doc.id)] = var
+        self.variables_by_pk[var.pk] = var
+        self.device_variables.setdefault(var.device_pk, set()).add(var.pk)
+
     def drop_variable(self, var: VariableRec) -> None:
         self.drop_series_of_variable(var.pk)
         self.variables.pop((var.device_pk, var.doc.id), None)
         self.variables_by_pk.pop(var.pk, None)
+        self.device_variables.get(var.device_pk, set()).discard(var.pk)
+
+    def put_device(self, dev: DeviceRec, doc: Device | None = None) -> None:
+        """Add ``dev``, or replace its document with ``doc``, keeping the indexes right."""
+        if doc is not None:
+            self._unindex(dev)
+            dev.doc = doc
+        self.devices[(dev.project_pk, dev.doc.id)] = dev
+        self.devices_by_pk[dev.pk] = dev
+        self.project_devices.setdefault(dev.project_pk, set()).add(dev.pk)
+        self.by_type.setdefault((dev.project_pk, dev.doc.type), set()).add(dev.pk)
+        for key, value in dev.doc.labels.items():
+            self.by_label.setdefault((dev.project_pk, key), {}).setdefault(value, set()).add(dev.pk)
+
+    def _unindex(self, dev: DeviceRec) -> None:
+        self.by_type.get((dev.project_pk, dev.doc.type), set()).discard(dev.pk)
+        for key, value in dev.doc.labels.items():
+            self.by_label.get((dev.project_pk, key), {}).get(value, set()).discard(dev.pk)
 
     def drop_device(self, dev: DeviceRec) -> None:
-        for var in [v for v in self.variables_by_pk.values() if v.device_pk == dev.pk]:
-            self.drop_variable(var)
+        for var_pk in list(self.device_variables.pop(dev.pk, ())):
+            var = self.variables_by_pk.get(var_pk)
+            if var is not None:
+                self.drop_variable(var)
+        self._unindex(dev)
+        self.project_devices.get(dev.project_pk, set()).discard(dev.pk)
         self.devices.pop((dev.project_pk, dev.doc.id), None)
         self.devices_by_pk.pop(dev.pk, None)
 
+    def devices_of_type(self, project_pk: int, type_: str) -> set[int]:
+        return self.by_type.get((project_pk, type_), set())
+
+    def devices_with_label(self, project_pk: int, key: str, value: str | None) -> set[int]:
+        values = self.by_label.get((project_pk, key), {})
+        if value is not None:
+            return values.get(value, set())
+        return set().union(*values.values()) if values else set()
+
     def drop_project(self, proj: ProjectRec) -> None:
-        for dev in [d for d in self.devices_by_pk.values() if d.project_pk == proj.pk]:
-            self.drop_device(dev)
+        for pk in list(self.project_devices.pop(proj.pk, ())):
+            self.drop_device(self.devices_by_pk[pk])
         for key in [k for k in self.sites if k[0] == proj.pk]:
             del self.sites[key]
         for acc in self.accounts_by_pk.values():
