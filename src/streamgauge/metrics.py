@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+log = logging.getLogger("streamgauge")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -46,6 +49,25 @@ class Metrics:
             "streamgauge_subscriber_queue_bytes", "Bytes queued for all subscribers", registry=r
         )
         self.head = Gauge("streamgauge_log_head", "Last committed cursor", registry=r)
+        self.gc_pause = Histogram(
+            "streamgauge_gc_pause_seconds",
+            "Pauses of Python's full (generation 2) collections",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._gc_started = 0.0
+
+    def on_gc(self, phase: str, info: dict[str, int]) -> None:
+        """A ``gc.callbacks`` hook: time full collections, warn about long ones."""
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._gc_started
+        self.gc_pause.observe(pause)
+        if pause > 0.1:
+            log.warning("a full garbage collection paused the process for %.0f ms", pause * 1000)
 
     def bind(
         self,

@@ -199,8 +199,9 @@ def test_project_isolation() -> None:
 def test_compile_a_range() -> None:
     b = build()
     sel = Selection(1, devices=frozenset({"b"}))
-    full = sel.compile(b.reg, 0, b.reg.series_end)
-    assert sel.compile(b.reg, 3, 7).tolist() == full[3:7].tolist()
+    tables = sel.tables(b.reg)
+    full = sel.compile(b.reg, tables, 0, b.reg.series_end)
+    assert sel.compile(b.reg, tables, 3, 7).tolist() == full[3:7].tolist()
     assert full[0] == np.False_  # pk 0 is never a series
 
 
@@ -210,13 +211,16 @@ def test_new_series_extend_the_compiled_table() -> None:
     before = sorted(b.where)
     assert sel.mask(batch_of(before)).sum() == 2
     version = b.reg.version
-    # a new set of an existing variable, and a new device's series, without bump (as ingest does)
+    # new sets of existing variables: series created by ingest, without a version bump
     dev_b = b.reg.devices[(1, "b")]
     extra = b.series(dev_b, b.reg.variables[(dev_b.pk, "air_temp")], set_=2)
-    dev_y = b.device(1, "y", "buoy", {})
-    new_dev = b.series(dev_y, b.variable(dev_y, "air_temp"))
     other = b.series(b.reg.devices[(1, "a")], b.reg.variables[(1, "air_temp")], set_=2)
     assert b.reg.version == version
+    assert sel.mask(batch_of([extra, other, before[2]])).tolist() == [True, False, True]
+    # a new device is a metadata change: the store bumps the version and the table is rebuilt
+    dev_y = b.device(1, "y", "buoy", {})
+    b.reg.bump()
+    new_dev = b.series(dev_y, b.variable(dev_y, "air_temp"))
     mask = sel.mask(batch_of([extra, new_dev, other, before[2]]))
     assert mask.tolist() == [True, True, False, True]
 

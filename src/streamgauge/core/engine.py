@@ -7,6 +7,7 @@ cursor logic of its own.
 from __future__ import annotations
 
 import asyncio
+import gc
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -61,8 +62,11 @@ class Engine:
     async def start(self) -> None:
         self.settings.data.mkdir(parents=True, exist_ok=True)
         await self.store.open(self.hub.publish)
+        gc.callbacks.append(self.metrics.on_gc)
 
     async def stop(self) -> None:
+        if self.metrics.on_gc in gc.callbacks:
+            gc.callbacks.remove(self.metrics.on_gc)
         self.hub.close_all("server shutting down")
         await asyncio.sleep(0)
         await self.store.close()

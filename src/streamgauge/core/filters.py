@@ -48,47 +48,80 @@ class Selection:
     variables: frozenset[str] = frozenset()
     labels: tuple[LabelMatch, ...] = ()
 
-    def compile(self, reg: Registry, lo: int, hi: int) -> npt.NDArray[np.bool_]:
-        """Which series pks in ``[lo, hi)`` this selection wants (vectorized over series)."""
-        allowed: npt.NDArray[np.bool_] = reg.s_project[lo:hi] == self.project_pk
+    def tables(self, reg: Registry) -> Tables:
+        """Lookup tables over device pks and variable-name codes, for one registry version."""
+        devices: npt.NDArray[np.bool_] | None = None
+        kinds: list[set[int]] = []
         if self.devices:
-            pks = [d.pk for i in self.devices if (d := reg.devices.get((self.project_pk, i)))]
-            allowed &= np.isin(reg.s_device[lo:hi], pks)
-        if self.variables:
-            codes = [reg.names[v] for v in self.variables if v in reg.names]
-            allowed &= np.isin(reg.s_name[lo:hi], codes)
+            kinds.append(
+                {d.pk for i in self.devices if (d := reg.devices.get((self.project_pk, i)))}
+            )
         if self.device_types:
-            typed = set().union(
-                *(reg.devices_of_type(self.project_pk, t) for t in self.device_types)
+            kinds.append(
+                set().union(*(reg.devices_of_type(self.project_pk, t) for t in self.device_types))
             )
-            allowed &= np.isin(reg.s_device[lo:hi], np.fromiter(typed, np.int64, len(typed)))
         if self.labels:
-            labelled = set().union(
-                *(reg.devices_with_label(self.project_pk, m.key, m.value) for m in self.labels)
+            kinds.append(
+                set().union(
+                    *(reg.devices_with_label(self.project_pk, m.key, m.value) for m in self.labels)
+                )
             )
-            allowed &= np.isin(reg.s_device[lo:hi], np.fromiter(labelled, np.int64, len(labelled)))
+        if kinds:
+            wanted = set.intersection(*kinds)
+            devices = np.zeros(max(reg.devices_by_pk, default=0) + 2, np.bool_)
+            devices[np.fromiter(wanted, np.int64, len(wanted))] = True
+        names: npt.NDArray[np.bool_] | None = None
+        if self.variables:
+            names = np.zeros(len(reg.names) + 1, np.bool_)
+            names[[reg.names[v] for v in self.variables if v in reg.names]] = True
+        return Tables(devices, names)
+
+    def compile(self, reg: Registry, tables: Tables, lo: int, hi: int) -> npt.NDArray[np.bool_]:
+        """Which series pks in ``[lo, hi)`` this selection wants: gathers, no Python loop."""
+        allowed: npt.NDArray[np.bool_] = reg.s_project[lo:hi] == self.project_pk
+        if tables.devices is not None:
+            allowed &= _gather(tables.devices, reg.s_device[lo:hi])
+        if tables.names is not None:
+            allowed &= _gather(tables.names, reg.s_name[lo:hi])
         return allowed
 
 
+@dataclass(frozen=True, slots=True)
+class Tables:
+    devices: npt.NDArray[np.bool_] | None  # by device pk; None: every device
+    names: npt.NDArray[np.bool_] | None  # by variable-name code; None: every variable
+
+
+def _gather(table: npt.NDArray[np.bool_], keys: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    """``table[keys]``, False for keys outside the table (unknown or dropped: -1)."""
+    inside = (keys >= 0) & (keys < len(table))
+    out: npt.NDArray[np.bool_] = np.zeros(len(keys), np.bool_)
+    out[inside] = table[keys[inside]]
+    return out
+
+
 class CompiledSelection:
-    """A selection with its lookup table over series pks. A metadata change recompiles it; new
-    series (created by ingest) only extend it."""
+    """A selection with its lookup table over series pks. A metadata change (registry version)
+    rebuilds it; new series (created by ingest) only extend it, with the same device and name
+    tables."""
 
     def __init__(self, selection: Selection, reg: Registry) -> None:
         self.selection = selection
         self._reg = reg
         self._version = -1
+        self._tables = Tables(None, None)
         self._allowed: npt.NDArray[np.bool_] = np.zeros(0, np.bool_)
 
     def mask(self, batch: Batch) -> npt.NDArray[np.bool_]:
         reg = self._reg
         if self._version != reg.version:
             self._version = reg.version
-            self._allowed = self.selection.compile(reg, 0, reg.series_end)
+            self._tables = self.selection.tables(reg)
+            self._allowed = self.selection.compile(reg, self._tables, 0, reg.series_end)
         elif len(self._allowed) < reg.series_end:
             lo = len(self._allowed)
             self._allowed = np.concatenate(
-                [self._allowed, self.selection.compile(reg, lo, reg.series_end)]
+                [self._allowed, self.selection.compile(reg, self._tables, lo, reg.series_end)]
             )
         allowed = self._allowed
         series = batch.series

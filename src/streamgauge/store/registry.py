@@ -156,6 +156,7 @@ class Registry:
         self.variables[(var.device_pk, var.doc.id)] = var
         self.variables_by_pk[var.pk] = var
         self.device_variables.setdefault(var.device_pk, set()).add(var.pk)
+        self.names.setdefault(var.doc.id, len(self.names))
 
     def drop_variable(self, var: VariableRec) -> None:
         self.drop_series_of_variable(var.pk)

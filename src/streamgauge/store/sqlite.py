@@ -7,14 +7,17 @@ in commit order and an ingest reply is sent only after its batch is durable and 
 
 Duplicate checks are cheap: the registry keeps each series' latest time in memory, so a row newer
 than that is new without touching the index; only older rows are probed. The (series, time) index
-is built a sealed chunk at a time (``index_chunk_rows``), sorted, off the per-row insert path.
+is built a sealed chunk at a time, sorted, off the per-row insert path: in short steps between
+commits and when the writer is idle, all at once if the tail ever reaches ``index_chunk_rows``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import itertools
+import logging
 import queue
 import sqlite3
 import threading
@@ -36,6 +39,10 @@ from streamgauge.store.schema import migrate
 
 T = TypeVar("T")
 _NEVER = np.iinfo(np.int64).min
+log = logging.getLogger("streamgauge.store")
+SEAL_STEP = 4096  # rows indexed per step (a few ms of work between two commits)
+FREEZE_EVERY = 20_000  # registry growth (series, metadata changes) between gc.freeze() calls
+IDLE_SECONDS = 0.5  # a writer idle this long indexes the tail of the log
 
 
 class Tx:
@@ -92,6 +99,7 @@ class SqliteStore:
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="sg-read")
         self._closed = False
         self.write_seconds = 0.0  # total time spent in write transactions (metrics)
+        self._frozen_at = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -107,6 +115,8 @@ class SqliteStore:
         migrate(conn)
         metadata.load(conn, self.registry)
         self._load_log_state(conn)
+        gc.collect()
+        gc.freeze()
         self._head = self._writer_head
         self._thread = threading.Thread(
             target=self._writer, args=(conn,), name="sg-writer", daemon=True
@@ -145,7 +155,12 @@ class SqliteStore:
         assert self._loop is not None
         loop = self._loop
         while True:
-            job = self._queue.get()
+            try:
+                job = self._queue.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                if self._writer_head > self._sealed:  # idle: index the tail a step at a time
+                    self._seal(conn, min(self._writer_head, self._sealed + SEAL_STEP))
+                continue
             if job is None:
                 break
             fn, fut = job
@@ -166,20 +181,44 @@ class SqliteStore:
                 self.write_seconds += time.perf_counter() - started
             for hook in tx.after_commit:
                 hook()
+            self._freeze_new_objects(len(self.registry.series_by_pk) + len(tx.after_commit))
             for batch in tx.publish:
                 loop.call_soon_threadsafe(self._published, batch)
             loop.call_soon_threadsafe(_succeed, fut, result)
-            if self._writer_head - self._sealed >= self.chunk_rows:
-                self._seal(conn)
+            unsealed = self._writer_head - self._sealed
+            if unsealed >= self.chunk_rows:  # far behind: index the whole backlog now
+                self._seal(conn, self._writer_head)
+            elif unsealed >= SEAL_STEP:  # one short step, so no commit waits long for it
+                self._seal(conn, self._sealed + SEAL_STEP)
         conn.close()
+
+    def _freeze_new_objects(self, size: int) -> None:
+        """Move the registry's long-lived objects out of the garbage collector's sight.
+
+        The registry holds millions of objects that live as long as the process. Python's full
+        collections walk all of them and, while the registry grows (a big network being
+        created, series first seen), pause the process for up to a second. Freezing after each
+        growth step keeps full collections short. The cost: cyclic garbage that exists at that
+        instant is never collected (there is little; the engine makes few cycles)."""
+        if size - self._frozen_at >= FREEZE_EVERY:
+            gc.freeze()
+            self._frozen_at = size
 
     def _published(self, batch: Batch) -> None:
         self._head = batch.last
         self._publish(batch)
 
-    def _seal(self, conn: sqlite3.Connection) -> None:
-        """Index the log up to the writer head, sorted by (series, time), in one transaction."""
-        upto = self._writer_head
+    def _seal(self, conn: sqlite3.Connection, upto: int) -> None:
+        """Index the log up to ``upto``, sorted by (series, time), in one transaction.
+
+        A failure is logged and retried later: reads and duplicate checks stay correct (they
+        scan the unindexed tail), so it must not stop the writer."""
+        try:
+            self._seal_step(conn, upto)
+        except sqlite3.Error:
+            log.exception("indexing the log up to cursor %d failed; will retry", upto)
+
+    def _seal_step(self, conn: sqlite3.Connection, upto: int) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(
