@@ -133,3 +133,21 @@ def rows(n: int, start_ms: int = 1_700_000_000_000, devices: int = 2) -> list[di
             }
         )
     return out
+
+
+def settle(r: httpx.Response) -> None:
+    """After a 5xx, wait until the server has logged it: uvicorn prints the traceback on its loop
+    thread right after sending the reply, and CPython 3.11's traceback carets (``ast``) are not
+    thread-safe against pytest formatting a failure at the same moment. One more request on a
+    fresh connection is served only once that logging is done."""
+    if r.status_code >= 500:
+        httpx.get(r.url.join("/healthz"), timeout=10)
+
+
+def expect_error(r: httpx.Response, status: int) -> dict[str, Any]:
+    """The ``error`` object of a reply that must have ``status``, in the native error shape."""
+    settle(r)
+    assert r.status_code == status, r.text
+    err: dict[str, Any] = r.json()["error"]
+    assert err["status"] == status
+    return err

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 
 from tests.conftest import Server, make_station, rows
+from tests.conftest import expect_error as _err
 
 API = "/api/v1/projects"
 
@@ -31,23 +31,6 @@ def new_account(client: httpx.Client, project: str, sa: str, role: str = "user")
     assert r.status_code == 201, r.text
     key: dict[str, str] = r.json()
     return key
-
-
-def settle(r: httpx.Response) -> None:
-    """After a 5xx, wait until the server has logged it: uvicorn prints the traceback on its loop
-    thread right after sending the reply, and CPython 3.11's traceback carets (``ast``) are not
-    thread-safe against pytest formatting our failure at the same moment. One more request on a
-    fresh connection is served only once that logging is done."""
-    if r.status_code >= 500:
-        httpx.get(r.url.join("/healthz"), timeout=10)
-
-
-def _err(r: httpx.Response, status: int) -> dict[str, Any]:
-    settle(r)
-    assert r.status_code == status, r.text
-    err: dict[str, Any] = r.json()["error"]
-    assert err["status"] == status
-    return err
 
 
 # -- accounts and keys ----------------------------------------------------------------------------

@@ -13,28 +13,12 @@ import httpx
 import orjson
 
 from streamgauge.faces.native.deps import encode_page
-from tests.conftest import make_station, rows, start_server
+from tests.conftest import expect_error as _err
+from tests.conftest import make_station, rows, settle, start_server
 
 OBS = "/api/v1/projects/p1/observations"
 T0 = 1_700_000_000_000
 NDJSON = {"Content-Type": "application/x-ndjson"}
-
-
-def settle(r: httpx.Response) -> None:
-    """After a 5xx, wait until the server has logged it: uvicorn prints the traceback on its loop
-    thread right after sending the reply, and CPython 3.11's traceback carets (``ast``) are not
-    thread-safe against pytest formatting our failure at the same moment. One more request on a
-    fresh connection is served only once that logging is done."""
-    if r.status_code >= 500:
-        httpx.get(r.url.join("/healthz"), timeout=10)
-
-
-def _err(r: httpx.Response, status: int) -> dict[str, Any]:
-    settle(r)
-    assert r.status_code == status, r.text
-    err: dict[str, Any] = r.json()["error"]
-    assert err["status"] == status
-    return err
 
 
 def _history(client: httpx.Client, **params: Any) -> list[dict[str, Any]]:

@@ -62,6 +62,8 @@ def _then_bump(reg: Registry, fn: Callable[[], object]) -> Callable[[], None]:
 
 
 M = TypeVar("M", bound=BaseModel)
+I = TypeVar("I", bound=BaseModel)  # noqa: E741 - an item of a create request
+D = TypeVar("D", bound=BaseModel)  # the document created
 
 
 def _merge(model: type[M], doc: M, patch: dict[str, Any]) -> M:
@@ -139,36 +141,57 @@ def _dupes(ids: list[str], what: str) -> None:
         raise Invalid(f"the same {what} id appears more than once in the request", details)
 
 
+def _create_all(
+    items: list[I],
+    ids: list[str],
+    what: str,
+    existing: Callable[[str], Any],
+    create: Callable[[int, I, str], D],
+    *,
+    skip_existing: bool,
+) -> list[D]:
+    """The bulk-create loop every collection shares: ids unique in the request, existing ids
+    skipped (their document returned) or named as conflicts, the rest created in order."""
+    _dupes(ids, what)
+    docs: list[D] = []
+    conflicts = []
+    for i, (it, id_) in enumerate(zip(items, ids, strict=True)):
+        rec = existing(id_)
+        if rec is None:
+            docs.append(create(i, it, id_))
+        elif skip_existing:
+            docs.append(rec.doc)
+        else:
+            conflicts.append({"index": i, "field": "id", "reason": f"{what} {id_!r} exists"})
+    if conflicts:
+        raise Conflict(f"a {what} with this id exists", conflicts)
+    return docs
+
+
+def _insert(tx: Tx, table: str, parent: str, parent_pk: int, id_: str, doc: BaseModel) -> int:
+    cur = tx.execute(
+        f"INSERT INTO {table} ({parent}, id, doc) VALUES (?, ?, ?)",
+        (parent_pk, id_, doc.model_dump_json()),
+    )
+    return int(cur.lastrowid or 0)
+
+
 # -- projects -----------------------------------------------------------------------------------
 
 
 def create_projects(
     tx: Tx, reg: Registry, items: list[ProjectIn], *, skip_existing: bool, admin_account: int | None
 ) -> list[Project]:
-    docs: list[Project] = []
-    ids = [it.id or new_id("p") for it in items]
-    _dupes(ids, "project")
-    conflicts = []
-    for i, (it, id_) in enumerate(zip(items, ids, strict=True)):
-        existing = reg.projects.get(id_)
-        if existing is not None:
-            if skip_existing:
-                docs.append(existing.doc)
-                continue
-            conflicts.append({"index": i, "field": "id", "reason": f"project {id_!r} exists"})
-            continue
+    def create(i: int, it: ProjectIn, id_: str) -> Project:
         doc = Project(
             **{**it.model_dump(), "id": id_, "name": it.name or id_, "created_at": now_iso()}
         )
-        pk = int(
-            tx.execute(
-                "INSERT INTO projects (id, doc) VALUES (?, ?)", (id_, doc.model_dump_json())
-            ).lastrowid
-            or 0
+        cur = tx.execute(
+            "INSERT INTO projects (id, doc) VALUES (?, ?)", (id_, doc.model_dump_json())
         )
-        rec = ProjectRec(pk, doc)
+        rec = ProjectRec(int(cur.lastrowid or 0), doc)
 
-        def add(rec: ProjectRec = rec) -> None:
+        def add() -> None:
             reg.projects[rec.doc.id] = rec
             reg.projects_by_pk[rec.pk] = rec
             if admin_account is not None:
@@ -176,12 +199,12 @@ def create_projects(
             reg.bump()
 
         if admin_account is not None:
-            tx.execute("INSERT INTO roles VALUES (?, ?, 'admin')", (admin_account, pk))
+            tx.execute("INSERT INTO roles VALUES (?, ?, 'admin')", (admin_account, rec.pk))
         tx.after_commit.append(add)
-        docs.append(doc)
-    if conflicts:
-        raise Conflict("a project with this id exists", conflicts)
-    return docs
+        return doc
+
+    ids = [it.id or new_id("p") for it in items]
+    return _create_all(items, ids, "project", reg.projects.get, create, skip_existing=skip_existing)
 
 
 def update_project(tx: Tx, reg: Registry, rec: ProjectRec, patch: dict[str, Any]) -> Project:
@@ -212,33 +235,23 @@ def delete_project(tx: Tx, reg: Registry, rec: ProjectRec) -> None:
 def create_sites(
     tx: Tx, reg: Registry, project: ProjectRec, items: list[SiteIn], *, skip_existing: bool
 ) -> list[Site]:
-    ids = [it.id or new_id("s") for it in items]
-    _dupes(ids, "site")
-    docs: list[Site] = []
-    conflicts = []
-    for i, (it, id_) in enumerate(zip(items, ids, strict=True)):
-        existing = reg.sites.get((project.pk, id_))
-        if existing is not None:
-            if skip_existing:
-                docs.append(existing.doc)
-            else:
-                conflicts.append({"index": i, "field": "id", "reason": f"site {id_!r} exists"})
-            continue
+    def create(i: int, it: SiteIn, id_: str) -> Site:
         doc = Site(
             **{**it.model_dump(), "id": id_, "name": it.name or id_, "project": project.doc.id}
         )
-        pk = int(
-            tx.execute(
-                "INSERT INTO sites (project_pk, id, doc) VALUES (?, ?, ?)",
-                (project.pk, id_, doc.model_dump_json()),
-            ).lastrowid
-            or 0
-        )
-        rec = SiteRec(pk, project.pk, doc)
+        rec = SiteRec(_insert(tx, "sites", "project_pk", project.pk, id_, doc), project.pk, doc)
         tx.after_commit.append(functools.partial(reg.sites.__setitem__, (project.pk, id_), rec))
-        docs.append(doc)
-    if conflicts:
-        raise Conflict("a site with this id exists", conflicts)
+        return doc
+
+    ids = [it.id or new_id("s") for it in items]
+    docs = _create_all(
+        items,
+        ids,
+        "site",
+        lambda id_: reg.sites.get((project.pk, id_)),
+        create,
+        skip_existing=skip_existing,
+    )
     tx.after_commit.append(reg.bump)
     return docs
 
@@ -282,18 +295,7 @@ def _check_site(reg: Registry, project: ProjectRec, site: str | None, index: int
 def create_devices(
     tx: Tx, reg: Registry, project: ProjectRec, items: list[DeviceIn], *, skip_existing: bool
 ) -> list[Device]:
-    ids = [it.id or new_id("d") for it in items]
-    _dupes(ids, "device")
-    docs: list[Device] = []
-    conflicts = []
-    for i, (it, id_) in enumerate(zip(items, ids, strict=True)):
-        existing = reg.devices.get((project.pk, id_))
-        if existing is not None:
-            if skip_existing:
-                docs.append(existing.doc)
-            else:
-                conflicts.append({"index": i, "field": "id", "reason": f"device {id_!r} exists"})
-            continue
+    def create(i: int, it: DeviceIn, id_: str) -> Device:
         _check_site(reg, project, it.site, i)
         doc = Device(
             id=id_,
@@ -304,21 +306,21 @@ def create_devices(
             labels=it.labels,
             metadata=it.metadata,
         )
-        pk = int(
-            tx.execute(
-                "INSERT INTO devices (project_pk, id, doc) VALUES (?, ?, ?)",
-                (project.pk, id_, doc.model_dump_json()),
-            ).lastrowid
-            or 0
-        )
-        rec = DeviceRec(pk, project.pk, doc)
-
+        rec = DeviceRec(_insert(tx, "devices", "project_pk", project.pk, id_, doc), project.pk, doc)
         tx.after_commit.append(functools.partial(reg.put_device, rec))
         if it.variables:
             create_variables(tx, reg, project, rec, it.variables, skip_existing=False, index=i)
-        docs.append(doc)
-    if conflicts:
-        raise Conflict("a device with this id exists", conflicts)
+        return doc
+
+    ids = [it.id or new_id("d") for it in items]
+    docs = _create_all(
+        items,
+        ids,
+        "device",
+        lambda id_: reg.devices.get((project.pk, id_)),
+        create,
+        skip_existing=skip_existing,
+    )
     tx.after_commit.append(reg.bump)
     return docs
 
@@ -356,7 +358,6 @@ def create_variables(
     skip_existing: bool,
     index: int | None = None,
 ) -> list[Variable]:
-    docs: list[Variable] = []
     ids: list[str] = []
     bad = []
     for i, it in enumerate(items):
@@ -370,16 +371,8 @@ def create_variables(
             "variable without a name",
             bad if index is None else [{"index": index, "field": "variables", "reason": str(bad)}],
         )
-    _dupes(ids, "variable")
-    conflicts = []
-    for i, (it, id_) in enumerate(zip(items, ids, strict=True)):
-        existing = reg.variables.get((device.pk, id_))
-        if existing is not None:
-            if skip_existing:
-                docs.append(existing.doc)
-            else:
-                conflicts.append({"index": i, "field": "id", "reason": f"variable {id_!r} exists"})
-            continue
+
+    def create(i: int, it: VariableIn, id_: str) -> Variable:
         doc = Variable(
             **{
                 **it.model_dump(),
@@ -389,19 +382,20 @@ def create_variables(
                 "device": device.doc.id,
             }
         )
-        pk = int(
-            tx.execute(
-                "INSERT INTO variables (device_pk, id, doc) VALUES (?, ?, ?)",
-                (device.pk, id_, doc.model_dump_json()),
-            ).lastrowid
-            or 0
+        rec = VariableRec(
+            _insert(tx, "variables", "device_pk", device.pk, id_, doc), device.pk, doc
         )
-        rec = VariableRec(pk, device.pk, doc)
-
         tx.after_commit.append(functools.partial(reg.put_variable, rec))
-        docs.append(doc)
-    if conflicts:
-        raise Conflict("a variable with this id exists", conflicts)
+        return doc
+
+    docs = _create_all(
+        items,
+        ids,
+        "variable",
+        lambda id_: reg.variables.get((device.pk, id_)),
+        create,
+        skip_existing=skip_existing,
+    )
     tx.after_commit.append(reg.bump)
     return docs
 
