@@ -53,6 +53,14 @@ def cols(
     )
 
 
+def series_of(store: SqliteStore, device: str, variable: str | None = None) -> tuple[int, ...]:
+    reg = store.registry
+    return tuple(
+        s.pk for s in reg.series_by_pk.values()
+        if s.device_id == device and variable in (None, s.variable_id)
+    )
+
+
 async def test_cursors_follow_commit_order_and_batches_are_published(tmp_path: Path) -> None:
     published: list[Batch] = []
     store = await open_store(tmp_path, published)
@@ -108,7 +116,7 @@ async def test_out_of_order_rows_and_sealed_index(tmp_path: Path) -> None:
             await store.append(cols(pk, [v[0]], [15000], [99.0]))  # sealed row, other value
         await store.append(cols(pk, [v[2]] * 3, [1000, 2000, 3000], [1.0, None, "ok"]))
         hist = await store.history(
-            HistoryQuery(pk, variable_ids=("t",), device_ids=("d0",), limit=1000)
+            HistoryQuery(pk, series=series_of(store, "d0", "t"), limit=1000)
         )
         assert hist.times.tolist() == sorted(hist.times.tolist())
         assert len(hist) == 22
@@ -119,7 +127,7 @@ async def test_out_of_order_rows_and_sealed_index(tmp_path: Path) -> None:
         assert set(page1.cursors.tolist()).isdisjoint(page2.cursors.tolist())
         window = await store.history(HistoryQuery(pk, start=2000, end=12000, limit=1000))
         assert all(2000 <= t < 12000 for t in window.times.tolist())
-        mixed = await store.history(HistoryQuery(pk, device_ids=("d1",), limit=10))
+        mixed = await store.history(HistoryQuery(pk, series=series_of(store, "d1"), limit=10))
         assert mixed.values == [1.0, None, "ok"]
     finally:
         await store.close()

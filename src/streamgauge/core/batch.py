@@ -67,6 +67,7 @@ class Batch:
     qc: npt.NDArray[np.int64]
     received_ns: int = 0  # monotonic clock when the batch was committed (for latency metrics)
     _json: list[bytes] | None = field(default=None, repr=False)
+    _numeric: npt.NDArray[np.float64] | None = field(default=None, repr=False)
     _framed: dict[str, list[bytes]] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -79,6 +80,14 @@ class Batch:
     @property
     def last(self) -> int:
         return int(self.cursors[-1])
+
+    def numeric(self) -> npt.NDArray[np.float64]:
+        """The values as floats; NaN where a value is a string or null."""
+        if self._numeric is None:
+            self._numeric = np.fromiter(
+                (v if type(v) is float else np.nan for v in self.values), np.float64, len(self)
+            )
+        return self._numeric
 
     def json_rows(self, registry: Registry) -> list[bytes]:
         """Each row as a JSON object ``{cursor, device, variable, set, time, value, qc}``."""

@@ -12,6 +12,8 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 
+import numpy as np
+
 from streamgauge.auth import Authenticator
 from streamgauge.config import Settings
 from streamgauge.core import ingest
@@ -102,6 +104,11 @@ class Engine:
 
     async def history(self, query: HistoryQuery) -> Batch:
         return await self.store.history(query)
+
+    def series_of(self, selection: Selection) -> tuple[int, ...]:
+        """The series pks a selection wants now (for history reads)."""
+        allowed = CompiledSelection(selection, self.registry).allowed()
+        return tuple(np.flatnonzero(allowed).tolist())
 
     def check_cursor(self, since: int) -> None:
         if since < 0 or since > self.store.head:

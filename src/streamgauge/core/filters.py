@@ -1,10 +1,10 @@
 """Stream selection compiled to a lookup table over series pks.
 
-A ``Selection`` (devices, device types, variables, labels; each a list where any entry matches,
-all kinds must match) is resolved against the registry once per registry version into
-``allowed``: a boolean array indexed by series pk. The mask of a batch is then one numpy gather,
-``allowed[batch.series]``: the same code filters live batches and catch-up reads, so the two can
-never disagree.
+A ``Selection`` (devices, device types, variables, labels, a domain of sites; each a list where
+any entry matches, all kinds must match; plus QC flags to leave out) is resolved against the
+registry once per registry version into ``allowed``: a boolean array indexed by series pk. The
+mask of a batch is then one numpy gather, ``allowed[batch.series]``: the same code filters live
+batches and catch-up reads, and lists the series of a history read, so they cannot disagree.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamgauge.core.batch import Batch
+from streamgauge.core.domain import Domain
 from streamgauge.errors import BadRequest
 from streamgauge.store.registry import Registry
 
@@ -47,6 +48,8 @@ class Selection:
     device_types: frozenset[str] = frozenset()
     variables: frozenset[str] = frozenset()
     labels: tuple[LabelMatch, ...] = ()
+    domain: Domain = Domain()
+    qc_remove: int = 0  # rows with any of these QC flag bits are left out
 
     def tables(self, reg: Registry) -> Tables:
         """Lookup tables over device pks and variable-name codes, for one registry version."""
@@ -66,6 +69,8 @@ class Selection:
                     *(reg.devices_with_label(self.project_pk, m.key, m.value) for m in self.labels)
                 )
             )
+        if self.domain:
+            kinds.append(self.domain.devices(reg, self.project_pk))
         if kinds:
             wanted = set.intersection(*kinds)
             devices = np.zeros(max(reg.devices_by_pk, default=0) + 2, np.bool_)
@@ -112,7 +117,8 @@ class CompiledSelection:
         self._tables = Tables(None, None)
         self._allowed: npt.NDArray[np.bool_] = np.zeros(0, np.bool_)
 
-    def mask(self, batch: Batch) -> npt.NDArray[np.bool_]:
+    def allowed(self) -> npt.NDArray[np.bool_]:
+        """The lookup table over series pks, current with the registry."""
         reg = self._reg
         if self._version != reg.version:
             self._version = reg.version
@@ -123,9 +129,15 @@ class CompiledSelection:
             self._allowed = np.concatenate(
                 [self._allowed, self.selection.compile(reg, self._tables, lo, reg.series_end)]
             )
-        allowed = self._allowed
+        return self._allowed
+
+    def mask(self, batch: Batch) -> npt.NDArray[np.bool_]:
+        allowed = self.allowed()
         series = batch.series
         if len(series) and int(series.max()) >= len(allowed):  # rows of since-deleted series
             extra = np.zeros(int(series.max()) + 1 - len(allowed), np.bool_)
             allowed = np.concatenate([allowed, extra])
-        return allowed[series]
+        mask: npt.NDArray[np.bool_] = allowed[series]
+        if self.selection.qc_remove:
+            mask &= (batch.qc & self.selection.qc_remove) == 0
+        return mask

@@ -40,8 +40,8 @@ class IngestColumns:
 @dataclass(frozen=True, slots=True)
 class HistoryQuery:
     project_pk: int
-    device_ids: tuple[str, ...] = ()
-    variable_ids: tuple[str, ...] = ()
+    series: tuple[int, ...] | None = None  # only these series (None: every series of the project)
+    qc_remove: int = 0  # leave out rows with any of these QC flag bits
     start: int | None = None  # ms, inclusive
     end: int | None = None  # ms, exclusive
     after: tuple[int, int] | None = None  # keyset (time, cursor) of the last row already read

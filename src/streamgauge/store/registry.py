@@ -119,10 +119,15 @@ class Registry:
         self.device_variables: dict[int, set[int]] = {}
         self.by_type: dict[tuple[int, str | None], set[int]] = {}
         self.by_label: dict[tuple[int, str], dict[str, set[int]]] = {}
+        self.by_site: dict[tuple[int, str | None], set[int]] = {}
+        # Structures computed from metadata by readers (e.g. site columns), dropped on bump().
+        self.derived: dict[object, object] = {}
 
     def bump(self) -> None:
-        """Metadata changed: compiled filters recompile. (New series only extend them.)"""
+        """Metadata changed: compiled filters recompile (new series only extend them), and
+        structures derived from metadata (``derived``) are dropped."""
         self.version += 1
+        self.derived = {}
 
     def series_capacity(self, pk: int) -> None:
         if pk >= len(self.latest):
@@ -173,11 +178,13 @@ class Registry:
         self.devices_by_pk[dev.pk] = dev
         self.project_devices.setdefault(dev.project_pk, set()).add(dev.pk)
         self.by_type.setdefault((dev.project_pk, dev.doc.type), set()).add(dev.pk)
+        self.by_site.setdefault((dev.project_pk, dev.doc.site), set()).add(dev.pk)
         for key, value in dev.doc.labels.items():
             self.by_label.setdefault((dev.project_pk, key), {}).setdefault(value, set()).add(dev.pk)
 
     def _unindex(self, dev: DeviceRec) -> None:
         self.by_type.get((dev.project_pk, dev.doc.type), set()).discard(dev.pk)
+        self.by_site.get((dev.project_pk, dev.doc.site), set()).discard(dev.pk)
         for key, value in dev.doc.labels.items():
             self.by_label.get((dev.project_pk, key), {}).get(value, set()).discard(dev.pk)
 
@@ -190,6 +197,9 @@ class Registry:
         self.project_devices.get(dev.project_pk, set()).discard(dev.pk)
         self.devices.pop((dev.project_pk, dev.doc.id), None)
         self.devices_by_pk.pop(dev.pk, None)
+
+    def devices_at(self, project_pk: int, site: str) -> set[int]:
+        return self.by_site.get((project_pk, site), set())
 
     def devices_of_type(self, project_pk: int, type_: str) -> set[int]:
         return self.by_type.get((project_pk, type_), set())

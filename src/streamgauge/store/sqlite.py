@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from streamgauge.core.batch import Batch
 from streamgauge.errors import Conflict, NotFound, Unavailable
@@ -454,19 +455,16 @@ def _batch(project_pk: int, rows: list[tuple[Any, ...]]) -> Batch:
 
 
 def _history_sql(q: HistoryQuery) -> tuple[str, list[Any]]:
-    """Parameterized SQL for a history read: indexed sealed chunks plus the unsealed tail."""
-    series_sql = "SELECT s.pk FROM series s"
-    where = ["s.project_pk = ?"]
-    sparams: list[Any] = [q.project_pk]
-    if q.device_ids:
-        series_sql += " JOIN devices d ON d.pk = s.device_pk"
-        where.append(f"d.id IN ({','.join('?' * len(q.device_ids))})")
-        sparams += q.device_ids
-    if q.variable_ids:
-        series_sql += " JOIN variables v ON v.pk = s.variable_pk"
-        where.append(f"v.id IN ({','.join('?' * len(q.variable_ids))})")
-        sparams += q.variable_ids
-    series_sql += " WHERE " + " AND ".join(where)
+    """Parameterized SQL for a history read: indexed sealed chunks plus the unsealed tail.
+
+    The series to read come as one JSON array parameter (``json_each``), so a selection of
+    thousands of series is still one bound value, never SQL text."""
+    if q.series is None:
+        series_sql = "SELECT pk FROM series WHERE project_pk = ?"
+        sparams: list[Any] = [q.project_pk]
+    else:
+        series_sql = "SELECT value FROM json_each(?)"
+        sparams = [orjson.dumps(list(q.series)).decode()]
     conds: list[str] = []
     cparams: list[Any] = []
     if q.start is not None:
@@ -478,19 +476,22 @@ def _history_sql(q: HistoryQuery) -> tuple[str, list[Any]]:
     if q.after is not None:
         conds.append("({t} > ? OR ({t} = ? AND {c} > ?))")
         cparams += [q.after[0], q.after[0], q.after[1]]
+    if q.qc_remove:
+        conds.append("({q} & ?) = 0")
+        cparams.append(q.qc_remove)
     sealed = "(SELECT value FROM state WHERE key = 'sealed')"
 
-    def cond(t: str, c: str) -> str:
-        return "".join(" AND " + x.format(t=t, c=c) for x in conds)
+    def cond(t: str, c: str, qc: str) -> str:
+        return "".join(" AND " + x.format(t=t, c=c, q=qc) for x in conds)
 
     sql = (
         "SELECT cursor, series, time, value, qc FROM ("
         "SELECT o.cursor, o.series, o.time, o.value, o.qc FROM obs_index i "
         "JOIN obs o ON o.cursor = i.cursor "
-        f"WHERE i.series IN ({series_sql}){cond('i.time', 'i.cursor')} "
+        f"WHERE i.series IN ({series_sql}){cond('i.time', 'i.cursor', 'o.qc')} "
         "UNION ALL "
         "SELECT cursor, series, time, value, qc FROM obs "
-        f"WHERE cursor > {sealed} AND series IN ({series_sql}){cond('time', 'cursor')}"
+        f"WHERE cursor > {sealed} AND series IN ({series_sql}){cond('time', 'cursor', 'qc')}"
         ") ORDER BY time, cursor LIMIT ?"
     )
     return sql, [*sparams, *cparams, *sparams, *cparams, q.limit]

@@ -8,10 +8,12 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 import orjson
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from streamgauge.auth import Action
+from streamgauge.core.domain import Domain
+from streamgauge.core.filterlang import parse_bbox, parse_list, parse_radius
 from streamgauge.core.filters import LabelMatch, Selection
 from streamgauge.core.framing import NDJSON, SSE
 from streamgauge.core.ingest import MAX_TIME, MIN_TIME, to_ms
@@ -151,13 +153,67 @@ def _page_key(token: str | None) -> tuple[int, int] | None:
     return when, cursor
 
 
+def _csv_list(text: str | None, field: str) -> frozenset[str]:
+    return frozenset(parse_list(text, field)) if text else frozenset()
+
+
+class SelectionParams:
+    """The filters shared by history reads and live streams, all combined with AND."""
+
+    def __init__(
+        self,
+        device: Annotated[list[str] | None, Query(description="Device id (repeatable).")] = None,
+        device_type: Annotated[
+            list[str] | None, Query(description="Device type (repeatable).")
+        ] = None,
+        variable: Annotated[
+            list[str] | None, Query(description="Variable id (repeatable).")
+        ] = None,
+        vars: Annotated[str | None, Query(description="Variable ids, comma separated.")] = None,
+        label: Annotated[
+            list[str] | None, Query(description="`key` or `key=value` (repeatable).")
+        ] = None,
+        stid: Annotated[str | None, Query(description="Site (station) ids, comma list.")] = None,
+        state: Annotated[str | None, Query(description="Site states, comma list.")] = None,
+        network: Annotated[str | None, Query(description="Site networks, comma list.")] = None,
+        nwszone: Annotated[str | None, Query(description="NWS zones, comma list.")] = None,
+        nwsfirezone: Annotated[str | None, Query(description="NWS fire zones, comma list.")] = None,
+        radius: Annotated[str | None, Query(description="`lat,lon,miles` or `STID,miles`.")] = None,
+        bbox: Annotated[str | None, Query(description="`min_lon,min_lat,max_lon,max_lat`.")] = None,
+    ) -> None:
+        self.device = frozenset(device or ())
+        self.device_type = frozenset(device_type or ())
+        self.variables = frozenset(variable or ()) | _csv_list(vars, "vars")
+        self.labels = tuple(LabelMatch.parse(x) for x in label or ())
+        self.domain = Domain(
+            stid=_csv_list(stid, "stid"),
+            state=_csv_list(state, "state"),
+            network=_csv_list(network, "network"),
+            nwszone=_csv_list(nwszone, "nwszone"),
+            nwsfirezone=_csv_list(nwsfirezone, "nwsfirezone"),
+            radius=parse_radius(radius) if radius is not None else None,
+            bbox=parse_bbox(bbox) if bbox is not None else None,
+        )
+
+    def selection(self, project_pk: int) -> Selection:
+        return Selection(
+            project_pk, self.device, self.device_type, self.variables, self.labels, self.domain
+        )
+
+    @property
+    def empty(self) -> bool:
+        return not (self.device or self.device_type or self.variables or self.labels or self.domain)
+
+
+SelectionDep = Annotated[SelectionParams, Depends()]
+
+
 @router.get("/projects/{project}/observations")
 async def history(
     engine: EngineDep,
     who: PrincipalDep,
     project: str,
-    device: Annotated[list[str] | None, Query(description="Device id (repeatable).")] = None,
-    variable: Annotated[list[str] | None, Query(description="Variable id (repeatable).")] = None,
+    select: SelectionDep,
     start: Annotated[
         str | None, Query(description="From this time (RFC 3339 or epoch ms).")
     ] = None,
@@ -170,14 +226,14 @@ async def history(
     rec = project_for(engine, who, project, Action.READ)
     s = engine.settings
     n = min(limit or s.page_limit_default, s.page_limit_max)
+    series = None if select.empty else engine.series_of(select.selection(rec.pk))
     query = HistoryQuery(
         rec.pk,
-        tuple(device or ()),
-        tuple(variable or ()),
-        parse_time(start, "start"),
-        parse_time(end, "end"),
-        _page_key(page),
-        n + 1,
+        series=series,
+        start=parse_time(start, "start"),
+        end=parse_time(end, "end"),
+        after=_page_key(page),
+        limit=n + 1,
     )
     batch = await engine.history(query)
     more = len(batch) > n
@@ -217,12 +273,7 @@ async def stream(
     engine: EngineDep,
     who: PrincipalDep,
     project: str,
-    device: Annotated[list[str] | None, Query(description="Device id (repeatable).")] = None,
-    device_type: Annotated[list[str] | None, Query(description="Device type (repeatable).")] = None,
-    variable: Annotated[list[str] | None, Query(description="Variable id (repeatable).")] = None,
-    label: Annotated[
-        list[str] | None, Query(description="`key` or `key=value` (repeatable).")
-    ] = None,
+    select: SelectionDep,
     since: Annotated[str | None, Query(description="Resume after this cursor.")] = None,
     format: Annotated[Literal["ndjson", "sse"] | None, Query()] = None,
     accept: Annotated[str | None, Header()] = None,
@@ -247,13 +298,7 @@ async def stream(
             )
         cursor = int(resume)
         engine.check_cursor(cursor)
-    selection = Selection(
-        rec.pk,
-        frozenset(device or ()),
-        frozenset(device_type or ()),
-        frozenset(variable or ()),
-        tuple(LabelMatch.parse(x) for x in label or ()),
-    )
+    selection = select.selection(rec.pk)
     return StreamingResponse(
         engine.stream(selection, framing, cursor),
         media_type=framing.media_type,

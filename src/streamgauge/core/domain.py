@@ -1,0 +1,103 @@
+"""Domain selection: which sites (stations) a subscriber wants, by attributes and geography.
+
+Synoptic's domain arguments (``state``, ``network``, ``stid``, ``nwszone``, ``nwsfirezone``,
+``radius``, ``bbox``) select sites; the devices standing at those sites and their series follow.
+Site attributes are laid out as numpy columns per project once per registry version (shared by
+every subscriber), so ``radius`` over 30,000 stations is one vectorized haversine, not a loop.
+String attributes compare case-insensitively, as Synoptic's do (``state=ut``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from streamgauge.core.filterlang import BBox, Radius, RadiusStation, haversine_miles, in_bbox
+from streamgauge.store.registry import Registry
+
+ATTRIBUTES = ("state", "network", "nwszone", "nwsfirezone")
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    stid: frozenset[str] = frozenset()
+    state: frozenset[str] = frozenset()
+    network: frozenset[str] = frozenset()
+    nwszone: frozenset[str] = frozenset()
+    nwsfirezone: frozenset[str] = frozenset()
+    radius: Radius | RadiusStation | None = None
+    bbox: BBox | None = None
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.stid
+            or self.state
+            or self.network
+            or self.nwszone
+            or self.nwsfirezone
+            or self.radius
+            or self.bbox
+        )
+
+    def sites(self, reg: Registry, project_pk: int) -> set[str]:
+        """Ids of the project's sites this domain selects."""
+        cols = site_columns(reg, project_pk)
+        keep = np.ones(len(cols.ids), np.bool_)
+        if self.stid:
+            wanted = {s.upper() for s in self.stid}
+            keep &= np.array([i.upper() in wanted for i in cols.ids], np.bool_)
+        for name in ATTRIBUTES:
+            values: frozenset[str] = getattr(self, name)
+            if values:
+                keep &= np.isin(cols.attrs[name], [v.upper() for v in values])
+        if self.radius is not None:
+            if isinstance(self.radius, RadiusStation):
+                centre = cols.index.get(self.radius.stid.upper())
+                if centre is None:
+                    return set()
+                lat, lon = float(cols.lat[centre]), float(cols.lon[centre])
+            else:
+                lat, lon = self.radius.lat, self.radius.lon
+            dist = haversine_miles(lat, lon, cols.lat, cols.lon)
+            keep &= np.nan_to_num(dist, nan=np.inf) <= self.radius.miles
+        if self.bbox is not None:
+            keep &= in_bbox(self.bbox, cols.lat, cols.lon)
+        return {cols.ids[i] for i in np.flatnonzero(keep).tolist()}
+
+    def devices(self, reg: Registry, project_pk: int) -> set[int]:
+        return set().union(*(reg.devices_at(project_pk, s) for s in self.sites(reg, project_pk)))
+
+
+@dataclass(slots=True)
+class SiteColumns:
+    version: int
+    ids: list[str]
+    lat: npt.NDArray[np.float64]
+    lon: npt.NDArray[np.float64]
+    attrs: dict[str, npt.NDArray[np.str_]]
+    index: dict[str, int] = field(default_factory=dict)  # upper-case site id -> row
+
+
+def site_columns(reg: Registry, project_pk: int) -> SiteColumns:
+    """The project's sites as columns, kept in the registry until its next change."""
+    key = ("site_columns", project_pk)
+    cols = reg.derived.get(key)
+    if isinstance(cols, SiteColumns) and cols.version == reg.version:
+        return cols
+    recs = [s for (p, _), s in reg.sites.items() if p == project_pk]
+    ids = [s.doc.id for s in recs]
+    cols = SiteColumns(
+        reg.version,
+        ids,
+        np.array([np.nan if s.doc.lat is None else s.doc.lat for s in recs], np.float64),
+        np.array([np.nan if s.doc.lon is None else s.doc.lon for s in recs], np.float64),
+        {
+            name: np.array([(getattr(s.doc, name) or "").upper() for s in recs], np.str_)
+            for name in ATTRIBUTES
+        },
+        {i.upper(): n for n, i in enumerate(ids)},
+    )
+    reg.derived[key] = cols
+    return cols

@@ -1,0 +1,401 @@
+"""Units: validation, Synoptic-style unit systems and cached affine conversion (pint).
+
+Pure: no I/O and no clocks. One private module-level pint ``UnitRegistry`` (pint recommends a
+single registry per application; quantities from different registries do not mix).
+
+Unit systems follow the Synoptic push ``units`` argument: a comma-separated list mixing whole
+systems (``metric``/``english``, case-insensitive) with ``quantity|unit`` overrides, later entries
+overriding earlier ones (``english,speed|kts``). Absent or empty means ``metric``.
+
+    kind     metric   english   accepted overrides
+    temp     degC     degF      c, f, k
+    speed    m/s      mph       mps/ms/m/s, mph, kph/kmh/km/h, kts/kt/knots/knot
+    pres     Pa       inHg      pa, hpa, mb/mbar, inhg
+    alti     Pa       inHg      pa, hpa, mb/mbar, inhg
+    precip   mm       in        mm, cm, in
+    height   m        ft        m, ft
+
+``wind|...`` is accepted as an alias of ``speed|...`` (old push reference). Kinds outside this
+table (direction, fraction, irradiance, ...) are always returned in their canonical unit.
+
+Every conversion between the units handled here is affine, so :func:`converter` reduces it to a
+``(scale, offset)`` pair computed once with pint and cached; :func:`convert` then applies it to a
+whole float64 array at numpy speed (NaN stays NaN).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pint
+
+from streamgauge.errors import BadRequest, Invalid
+
+__all__ = [
+    "ENGLISH",
+    "KINDS",
+    "METRIC",
+    "UnitSystem",
+    "compatible",
+    "convert",
+    "convert_value",
+    "converter",
+    "describe",
+    "kind_of_unit",
+    "parse_units",
+    "target_unit",
+    "to_canonical",
+    "unit_label",
+    "validate_unit",
+]
+
+_ureg: Any = pint.UnitRegistry()  # private; pint's typing is partial, so keep it at arm's length
+
+MAX_UNIT_TEXT = 100
+"""Longest unit expression accepted (pint parses by tokenizing; no reason to take novels)."""
+
+KINDS: tuple[str, ...] = ("temp", "speed", "pres", "alti", "precip", "height")
+"""The quantity kinds a ``units`` spec can override."""
+
+_METRIC_UNITS: dict[str, str] = {
+    "temp": "degC",
+    "speed": "m/s",
+    "pres": "Pa",
+    "alti": "Pa",
+    "precip": "mm",
+    "height": "m",
+}
+_ENGLISH_UNITS: dict[str, str] = {
+    "temp": "degF",
+    "speed": "mph",
+    "pres": "inHg",
+    "alti": "inHg",
+    "precip": "in",
+    "height": "ft",
+}
+
+_KIND_ALIASES: dict[str, str] = {k: k for k in KINDS} | {"wind": "speed"}
+
+_PRES_CHOICES = {"pa": "Pa", "hpa": "hPa", "mb": "mbar", "mbar": "mbar", "inhg": "inHg"}
+_CHOICES: dict[str, dict[str, str]] = {
+    "temp": {"c": "degC", "f": "degF", "k": "K"},
+    "speed": {
+        "mps": "m/s",
+        "ms": "m/s",
+        "m/s": "m/s",
+        "mph": "mph",
+        "kph": "km/h",
+        "kmh": "km/h",
+        "km/h": "km/h",
+        "kts": "knot",
+        "kt": "knot",
+        "knots": "knot",
+        "knot": "knot",
+    },
+    "pres": _PRES_CHOICES,
+    "alti": _PRES_CHOICES,
+    "precip": {"mm": "mm", "cm": "cm", "in": "in"},
+    "height": {"m": "m", "ft": "ft"},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+def _invalid_unit(text: str, reason: str) -> Invalid:
+    return Invalid(f"invalid unit {text!r}: {reason}", [{"field": "unit", "reason": reason}])
+
+
+@lru_cache(maxsize=1024)
+def _parse(text: str) -> Any:
+    """The pint Unit for ``text``; raises Invalid. Cached (exceptions are not cached)."""
+    stripped = text.strip()
+    if not stripped:
+        raise _invalid_unit(text, "unit is empty")
+    if len(stripped) > MAX_UNIT_TEXT:
+        raise _invalid_unit(text[:MAX_UNIT_TEXT] + "...", "unit is too long")
+    try:
+        unit = _ureg.parse_units(stripped)
+    except pint.UndefinedUnitError:
+        raise _invalid_unit(text, f"unknown unit {stripped!r}") from None
+    except Exception:  # pint's parser raises assorted errors (TypeError, AssertionError, ...)
+        raise _invalid_unit(text, f"cannot parse unit {stripped!r}") from None
+    return unit
+
+
+_ASCII = (("Δ°C", "delta_degC"), ("Δ°F", "delta_degF"), ("°C", "degC"), ("°F", "degF"))
+
+
+def _normalize(unit: Any) -> str:
+    text = format(unit, "~C")
+    for fancy, plain in _ASCII:
+        text = text.replace(fancy, plain)
+    if text == "":
+        return "dimensionless"
+    try:
+        if _ureg.parse_units(text) == unit:
+            return text
+    except Exception:  # pragma: no cover - defensive: fall back to pint's long form
+        pass
+    return format(unit, "C")
+
+
+def validate_unit(text: str) -> str:
+    """A normalized, pint-parsable spelling of ``text`` (``"meter/second"`` -> ``"m/s"``).
+
+    Raises :class:`Invalid` (details ``[{"field": "unit", "reason": ...}]``) for anything pint does
+    not know. Odd but real units pass (``"furlongs/fortnight"``).
+    """
+    return _normalize(_parse(text))
+
+
+def _root(unit: Any) -> tuple[Any, Any]:
+    """(dimensionality, root unit) - the root unit tells apart dimensionless families."""
+    _factor, root = _ureg.get_root_units(unit)
+    return unit.dimensionality, root
+
+
+def compatible(a: str, b: str) -> bool:
+    """Whether values in unit ``a`` can be meaningfully converted to unit ``b``.
+
+    Stricter than pint's dimensionality: pint treats angles, percentages and counts all as
+    dimensionless, so ``%`` -> ``degree`` would "convert". Here dimensionless units must also share
+    their root unit: ratios (``%``, ``ppm``, ``dimensionless``), angles (``degree``, ``radian``)
+    and ``count`` are three separate families. Raises Invalid for unparsable units.
+    """
+    return _root(_parse(a)) == _root(_parse(b))
+
+
+_TEMPERATURE = _ureg.parse_units("K").dimensionality
+_SPEED = _ureg.parse_units("m/s").dimensionality
+_PRESSURE = _ureg.parse_units("Pa").dimensionality
+_LENGTH = _ureg.parse_units("m").dimensionality
+
+
+def kind_of_unit(unit: str) -> str:
+    """The quantity kind a unit's dimensionality implies: temp, speed, pres, height or other."""
+    dim = _parse(unit).dimensionality
+    if dim == _TEMPERATURE:
+        return "temp"
+    if dim == _SPEED:
+        return "speed"
+    if dim == _PRESSURE:
+        return "pres"
+    if dim == _LENGTH:
+        return "height"
+    return "other"
+
+
+# ---------------------------------------------------------------------------------------------
+# unit systems
+
+
+@dataclass(frozen=True)
+class UnitSystem:
+    """The unit chosen per quantity kind; hashable (a tuple of ``(kind, unit)`` in KINDS order)."""
+
+    units: tuple[tuple[str, str], ...]
+
+    def unit_for(self, kind: str) -> str | None:
+        for k, u in self.units:
+            if k == kind:
+                return u
+        return None
+
+
+def _system(mapping: dict[str, str]) -> UnitSystem:
+    return UnitSystem(tuple((k, mapping[k]) for k in KINDS if k in mapping))
+
+
+METRIC = _system(_METRIC_UNITS)
+ENGLISH = _system(_ENGLISH_UNITS)
+
+
+def _bad_part(index: int, part: str, reason: str) -> BadRequest:
+    return BadRequest(
+        f"bad units part {index} ({part!r}): {reason}",
+        [{"field": "units", "index": index, "reason": f"{reason} in {part!r}"}],
+    )
+
+
+def parse_units(spec: str | None) -> UnitSystem:
+    """Parse a Synoptic ``units`` argument; ``None``/empty means metric.
+
+    Empty parts (``"english,"``) are ignored. Raises :class:`BadRequest` naming the bad part and
+    its index for an unknown system, quantity or unit.
+    """
+    chosen = dict(_METRIC_UNITS)
+    if spec is None:
+        return METRIC
+    for index, raw in enumerate(spec.split(",")):
+        part = raw.strip()
+        if not part:
+            continue
+        lowered = part.lower()
+        if "|" not in lowered:
+            if lowered == "metric":
+                chosen.update(_METRIC_UNITS)
+            elif lowered == "english":
+                chosen.update(_ENGLISH_UNITS)
+            else:
+                raise _bad_part(
+                    index, part, f"unknown unit system {part!r} (expected metric or english)"
+                )
+            continue
+        quantity, _, unit = (s.strip() for s in lowered.partition("|"))
+        kind = _KIND_ALIASES.get(quantity)
+        if kind is None:
+            raise _bad_part(
+                index,
+                part,
+                f"unknown quantity {quantity!r} (expected one of {', '.join(_KIND_ALIASES)})",
+            )
+        target = _CHOICES[kind].get(unit)
+        if target is None:
+            raise _bad_part(
+                index,
+                part,
+                f"unknown unit {unit!r} for {kind} (expected one of {', '.join(_CHOICES[kind])})",
+            )
+        chosen[kind] = target
+    return _system(chosen)
+
+
+def target_unit(system: UnitSystem, kind: str, canonical: str) -> str:
+    """The unit values of ``kind`` stored in ``canonical`` are returned in under ``system``.
+
+    Kinds the system does not cover, and (defensively) canonical units that cannot convert to the
+    system's choice, keep the canonical unit.
+    """
+    chosen = system.unit_for(kind)
+    if chosen is None or chosen == canonical:
+        return canonical
+    if not compatible(canonical, chosen):
+        return canonical
+    return chosen
+
+
+def describe(system: UnitSystem) -> dict[str, str]:
+    """``{kind: label}`` for a response's ``units`` map, e.g. ``{"temp": "Celsius", ...}``."""
+    return {kind: unit_label(unit) for kind, unit in system.units}
+
+
+# ---------------------------------------------------------------------------------------------
+# labels
+
+_LABELS: dict[str, str] = {
+    "degC": "Celsius",
+    "degF": "Fahrenheit",
+    "K": "Kelvin",
+    "m/s": "m/s",
+    "mph": "mph",
+    "km/h": "km/h",
+    "knot": "knots",
+    "Pa": "Pascals",
+    "hPa": "Hectopascals",
+    "mbar": "Millibars",
+    "inHg": "INHG",
+    "mm": "Millimeters",
+    "cm": "Centimeters",
+    "in": "Inches",
+    "m": "Meters",
+    "ft": "Feet",
+    "%": "%",
+    "degree": "Degrees",
+    "W/m**2": "W/m**2",
+    "ppm": "ppm",
+}
+
+
+@lru_cache(maxsize=1)
+def _labels_by_unit() -> dict[str, str]:
+    return {validate_unit(k): v for k, v in _LABELS.items()}
+
+
+def unit_label(unit: str) -> str:
+    """The name a response states for ``unit``: Synoptic-style where one exists, else compact.
+
+    ``"degC"`` -> ``"Celsius"``, ``"mbar"`` -> ``"Millibars"``, ``"inHg"`` -> ``"INHG"``;
+    ``"furlong/fortnight"`` -> ``"fur/fortnight"``. Unparsable text is returned unchanged (a label
+    is never a reason to fail a response).
+    """
+    try:
+        normalized = validate_unit(unit)
+    except Invalid:
+        return unit
+    return _labels_by_unit().get(normalized, normalized)
+
+
+# ---------------------------------------------------------------------------------------------
+# conversion
+
+
+def _bad_conversion(source: str, target: str, reason: str) -> Invalid:
+    return Invalid(
+        f"cannot convert {source!r} to {target!r}: {reason}",
+        [{"field": "unit", "reason": f"cannot convert {source!r} to {target!r}: {reason}"}],
+    )
+
+
+@lru_cache(maxsize=1024)
+def converter(canonical: str, target: str) -> tuple[float, float]:
+    """``(scale, offset)`` with ``out = value * scale + offset`` converting canonical -> target.
+
+    Raises :class:`Invalid` for unknown or incompatible units and for non-affine conversions
+    (logarithmic units such as dB).
+    """
+    src, dst = _parse(canonical), _parse(target)
+    if src == dst:
+        return (1.0, 0.0)
+    if not compatible(canonical, target):
+        raise _bad_conversion(canonical, target, "incompatible units")
+    try:
+        points = _ureg.Quantity(np.array([0.0, 1.0, 1000.0]), src).to(dst).magnitude
+        out = [float(x) for x in np.asarray(points, dtype=np.float64)]
+    except Exception:
+        raise _bad_conversion(canonical, target, "pint cannot convert them") from None
+    offset = out[0]
+    scale = (out[2] - out[0]) / 1000.0  # the wide span keeps rounding out of the scale
+    expected = offset + scale
+    finite = all(math.isfinite(x) for x in out)
+    if not finite or scale == 0.0 or not math.isclose(out[1], expected, rel_tol=1e-9, abs_tol=1e-9):
+        raise _bad_conversion(canonical, target, "conversion is not affine")
+    return (scale, offset)
+
+
+def convert(values: npt.ArrayLike, canonical: str, target: str) -> npt.NDArray[np.float64]:
+    """``values`` (in ``canonical``) expressed in ``target``; vectorized, NaN stays NaN.
+
+    Returns the input array itself (as float64) when no conversion is needed.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if canonical == target:
+        return arr
+    scale, offset = converter(canonical, target)
+    if scale == 1.0 and offset == 0.0:
+        return arr
+    result: npt.NDArray[np.float64] = arr * scale + offset
+    return result
+
+
+def to_canonical(values: npt.ArrayLike, unit: str, canonical: str) -> npt.NDArray[np.float64]:
+    """The inverse of :func:`convert`: ``values`` given in ``unit`` expressed in ``canonical``.
+
+    Used for values ingested in a variable's own unit and for filter comparison values given in
+    the subscriber's units.
+    """
+    return convert(values, unit, canonical)
+
+
+def convert_value(value: float, source: str, target: str) -> float:
+    """One scalar from ``source`` to ``target`` (e.g. a filter's comparison value)."""
+    if source == target:
+        return float(value)
+    scale, offset = converter(source, target)
+    return float(value) * scale + offset
