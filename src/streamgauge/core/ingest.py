@@ -161,6 +161,7 @@ def resolve(
     devices = reg.devices
     variables = reg.variables
     limit = now_ms + max_future_ms
+    convert: list[tuple[int, float, float]] = []
     for i, row in enumerate(rows):
         dev = devices.get((project_pk, row.device))
         if dev is None:
@@ -180,6 +181,8 @@ def resolve(
             else:
                 var_pks[i] = var.pk
                 sets[i] = row.set or var.doc.set
+                if var.scale != 1.0 or var.offset != 0.0:
+                    convert.append((i, var.scale, var.offset))
         t = row.time
         ms = t if type(t) is int else to_ms(t)
         if ms < MIN_TIME or ms > MAX_TIME:
@@ -204,4 +207,8 @@ def resolve(
             break
     if details:
         raise Invalid(f"{len(details)} bad row(s) in the batch; nothing was stored", details)
+    for i, scale, offset in convert:  # values sent in a variable's own unit -> canonical unit
+        v = values[i]
+        if type(v) is float:
+            values[i] = v * scale + offset
     return IngestColumns(project_pk, var_pks, sets, times, values, np.zeros(n, np.int64))

@@ -382,9 +382,15 @@ def create_variables(
                 "device": device.doc.id,
             }
         )
-        rec = VariableRec(
-            _insert(tx, "variables", "device_pk", device.pk, id_, doc), device.pk, doc
-        )
+        try:
+            rec = VariableRec(0, device.pk, doc)  # checks the unit against the catalog
+        except Invalid as exc:
+            where = {"index": i} if index is None else {"index": index, "variable": i}
+            raise Invalid(exc.message, [{**d, **where} for d in exc.details]) from exc
+        if doc.unit is None and rec.entry.unit != "dimensionless":
+            doc = doc.model_copy(update={"unit": rec.entry.unit})
+            rec.doc = doc
+        rec.pk = _insert(tx, "variables", "device_pk", device.pk, id_, doc)
         tx.after_commit.append(functools.partial(reg.put_variable, rec))
         return doc
 
@@ -408,8 +414,19 @@ def update_variable(tx: Tx, reg: Registry, rec: VariableRec, patch: dict[str, An
             [{"field": "set", "reason": "create another variable for another set"}],
         )
     doc = _merge(Variable, rec.doc, patch)
+    checked = VariableRec(rec.pk, rec.device_pk, doc)  # a new unit must suit the catalog entry
+    if checked.entry.unit != rec.entry.unit:
+        raise Invalid(
+            "a variable's unit may change only within its canonical unit's dimension",
+            [{"field": "unit", "reason": f"stored in {rec.entry.unit!r}"}],
+        )
     tx.execute("UPDATE variables SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
-    tx.after_commit.append(_set_doc(reg, rec, doc))
+
+    def replace() -> None:
+        reg.put_variable(checked)
+        reg.bump()
+
+    tx.after_commit.append(replace)
     return doc
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from streamgauge.catalog import Entry, entry_for, lookup
+from streamgauge.core.units import converter, validate_unit
 from streamgauge.model import Device, Project, Role, Site, Variable
 
 
@@ -41,9 +43,30 @@ class DeviceRec:
 
 @dataclass(slots=True)
 class VariableRec:
+    """A variable, with its catalog entry and the affine map from the unit it is sent in to the
+    entry's canonical unit (the unit it is stored in)."""
+
     pk: int
     device_pk: int
     doc: Variable
+    entry: Entry = field(init=False)
+    scale: float = field(init=False)
+    offset: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.entry, self.scale, self.offset = variable_entry(self.doc.name, self.doc.unit)
+
+
+def variable_entry(name: str, unit: str | None) -> tuple[Entry, float, float]:
+    """The catalog entry of a variable and the (scale, offset) from ``unit`` to its canonical
+    unit. Unknown names without a unit are dimensionless; bad units raise ``Invalid``."""
+    if unit is None and lookup(name) is None:
+        return Entry(name=name, long_name=name, unit="dimensionless", kind="other"), 1.0, 0.0
+    entry = entry_for(name, unit)
+    if unit is None:
+        return entry, 1.0, 0.0
+    scale, offset = converter(validate_unit(unit), entry.unit)
+    return entry, scale, offset
 
 
 @dataclass(slots=True)
