@@ -69,11 +69,26 @@ class Site(SiteIn):
     project: Id
 
 
+class QCLimits(_In):
+    """Quality-control limits of one variable, in its canonical unit; they replace the
+    catalog's. A field left out keeps the catalog's value; null turns that check off."""
+
+    min: float | None = None
+    max: float | None = None
+    max_rate: float | None = Field(default=None, gt=0, description="Largest change per second.")
+    max_persist_s: float | None = Field(
+        default=None, gt=0, description="Longest time a value may stay exactly unchanged."
+    )
+
+
 class VariableIn(_In):
     id: Id | None = Field(default=None, description="Variable id on its device; defaults to name.")
     name: Id | None = Field(default=None, description="Catalog name such as air_temp.")
     unit: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
     set: int = Field(default=1, ge=1, le=1000, description="Sensor set number.")
+    limits: QCLimits | None = Field(
+        default=None, description="QC limits replacing the catalog's (canonical unit)."
+    )
     metadata: Metadata = Field(default_factory=dict)
 
 

@@ -424,6 +424,7 @@ def update_variable(tx: Tx, reg: Registry, rec: VariableRec, patch: dict[str, An
 
     def replace() -> None:
         reg.put_variable(checked)
+        reg.refresh_limits(checked)
         reg.bump()
 
     tx.after_commit.append(replace)

@@ -17,6 +17,7 @@ import numpy.typing as npt
 import orjson
 
 from streamgauge.catalog import Entry, entry_for, lookup
+from streamgauge.core import qc
 from streamgauge.core.units import converter, validate_unit
 from streamgauge.model import Device, Project, Role, Site, Variable
 
@@ -55,6 +56,28 @@ class VariableRec:
 
     def __post_init__(self) -> None:
         self.entry, self.scale, self.offset = variable_entry(self.doc.name, self.doc.unit)
+
+
+def qc_limits(var: VariableRec) -> tuple[float, float, float, int, int]:
+    """(lo, hi, max_rate, max_persist_ms, wind role) of a variable for ``qc.Limits.set``."""
+    e = var.entry
+    lo, hi, rate, persist = e.min, e.max, e.max_rate, e.max_persist_s
+    if var.doc.limits is not None:
+        given = var.doc.limits.model_fields_set
+        lo = var.doc.limits.min if "min" in given else lo
+        hi = var.doc.limits.max if "max" in given else hi
+        rate = var.doc.limits.max_rate if "max_rate" in given else rate
+        persist = var.doc.limits.max_persist_s if "max_persist_s" in given else persist
+    role = {"wind_speed": qc.ROLE_WIND_SPEED, "wind_gust": qc.ROLE_WIND_GUST}.get(
+        e.name, qc.ROLE_OTHER
+    )
+    return (
+        np.nan if lo is None else lo,
+        np.nan if hi is None else hi,
+        np.nan if rate is None else rate,
+        0 if persist is None else int(persist * 1000),
+        role,
+    )
 
 
 def variable_entry(name: str, unit: str | None) -> tuple[Entry, float, float]:
@@ -136,6 +159,10 @@ class Registry:
         self.s_device = _column(1024, -1)  # device pk
         self.s_name = _column(1024, -1)  # variable id, interned in ``names``
         self.names: dict[str, int] = {}
+        # Quality control: limits per series (set with the series) and the per-series state
+        # the checks carry from batch to batch (writer thread only).
+        self.qc_limits = qc.Limits()
+        self.qc_state = qc.QCState()
         self.series_end = 1  # one past the highest series pk ever registered
         # Device indexes, so filters by type and label never walk every device:
         self.project_devices: dict[int, set[int]] = {}
@@ -168,6 +195,14 @@ class Registry:
         self.s_device[rec.pk] = rec.device_pk
         self.s_name[rec.pk] = self.names.setdefault(rec.variable_id, len(self.names))
         self.series_end = max(self.series_end, rec.pk + 1)
+        var = self.variables_by_pk.get(rec.variable_pk)
+        if var is not None:
+            self.qc_limits.set(rec.pk, *qc_limits(var), group=rec.device_pk)
+
+    def refresh_limits(self, var: VariableRec) -> None:
+        for (var_pk, _), pk in self.series.items():
+            if var_pk == var.pk:
+                self.qc_limits.set(pk, *qc_limits(var), group=var.device_pk)
 
     def drop_series(self, pk: int) -> None:
         rec = self.series_by_pk.pop(pk, None)

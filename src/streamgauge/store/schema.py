@@ -70,6 +70,16 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (account_pk, project_pk)
     );
     """,
+    # 2: quality-control state checkpoints (the log after 'qc_cursor' is replayed on start).
+    """
+    CREATE TABLE qc_state (
+        series INTEGER PRIMARY KEY,
+        last_time INTEGER NOT NULL,
+        last_value REAL,
+        same_since INTEGER NOT NULL
+    );
+    INSERT INTO state VALUES ('qc_cursor', 0);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

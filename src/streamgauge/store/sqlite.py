@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from streamgauge.core import qc
 from streamgauge.core.batch import Batch
 from streamgauge.errors import Conflict, NotFound, Unavailable
 from streamgauge.store import metadata
@@ -101,6 +102,7 @@ class SqliteStore:
         self._closed = False
         self.write_seconds = 0.0  # total time spent in write transactions (metrics)
         self._frozen_at = 0
+        self._qc_dirty: set[int] = set()  # series whose QC state changed since the checkpoint
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -149,6 +151,67 @@ class SqliteStore:
         for series, latest in rows:
             reg.series_capacity(series)
             reg.latest[series] = max(int(reg.latest[series]), int(latest))
+        self._load_qc_state(conn)
+
+    def _load_qc_state(self, conn: sqlite3.Connection) -> None:
+        """QC state as checkpointed, then the log after the checkpoint replayed through the
+        checks in cursor order: the same state as if the process had never stopped."""
+        reg = self.registry
+        st = reg.qc_state
+        rows = conn.execute("SELECT series, last_time, last_value, same_since FROM qc_state")
+        for series, last_time, last_value, same_since in rows:
+            st.ensure(series + 1)
+            st.last_time[series] = last_time
+            st.last_value[series] = np.nan if last_value is None else last_value
+            st.same_since[series] = same_since
+        after = int(conn.execute("SELECT value FROM state WHERE key='qc_cursor'").fetchone()[0])
+        while True:
+            chunk = conn.execute(
+                "SELECT cursor, series, time, value FROM obs WHERE cursor > ? "
+                "ORDER BY cursor LIMIT 200000",
+                (after,),
+            ).fetchall()
+            if not chunk:
+                break
+            cursors, series, times, values = zip(*chunk, strict=True)
+            qc.check(
+                st,
+                reg.qc_limits,
+                np.array(series, np.int64),
+                np.array(times, np.int64),
+                _numeric(list(values)),
+                commit=True,
+            )
+            self._qc_dirty.update(series)
+            after = cursors[-1]
+
+    def _checkpoint_qc(self, conn: sqlite3.Connection) -> None:
+        """Write the QC state of the series changed since the last checkpoint, with the cursor it
+        is current at, so a restart replays only the log after it."""
+        if not self._qc_dirty:
+            return
+        st = self.registry.qc_state
+        dirty = np.fromiter(self._qc_dirty, np.int64, len(self._qc_dirty))
+        dirty = dirty[dirty < len(st.last_time)]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT OR REPLACE INTO qc_state VALUES (?, ?, ?, ?)",
+                zip(
+                    dirty.tolist(),
+                    st.last_time[dirty].tolist(),
+                    [None if np.isnan(v) else v for v in st.last_value[dirty].tolist()],
+                    st.same_since[dirty].tolist(),
+                    strict=True,
+                ),
+            )
+            conn.execute("UPDATE state SET value = ? WHERE key = 'qc_cursor'", (self._writer_head,))
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            conn.execute("ROLLBACK")
+            log.exception("checkpointing the QC state failed; will retry")
+            return
+        self._qc_dirty.clear()
 
     # -- the writer -----------------------------------------------------------------------------
 
@@ -161,8 +224,11 @@ class SqliteStore:
             except queue.Empty:
                 if self._writer_head > self._sealed:  # idle: index the tail a step at a time
                     self._seal(conn, min(self._writer_head, self._sealed + SEAL_STEP))
+                else:
+                    self._checkpoint_qc(conn)
                 continue
             if job is None:
+                self._checkpoint_qc(conn)
                 break
             fn, fut = job
             tx = Tx(conn)
@@ -313,8 +379,10 @@ class SqliteStore:
             return AppendResult(0, dups, None, None)
         first = self._writer_head + 1
         cursors = np.arange(first, first + accepted, dtype=np.int64)
-        s_keep, t_keep, q_keep = series[idx], c.times[idx], c.qc[idx]
+        s_keep, t_keep = series[idx], c.times[idx]
         values = [c.values[i] for i in idx.tolist()] if accepted != n else c.values
+        numeric = _numeric(values)
+        q_keep = qc.check(reg.qc_state, reg.qc_limits, s_keep, t_keep, numeric, commit=False)
         received = int(time.time() * 1000)
         tx.conn.executemany(
             "INSERT INTO obs (cursor, series, time, value, qc, received) VALUES (?,?,?,?,?,?)",
@@ -332,6 +400,8 @@ class SqliteStore:
 
         def advance() -> None:
             np.maximum.at(reg.latest, s_keep, t_keep)
+            qc.advance(reg.qc_state, s_keep, t_keep, numeric, q_keep)
+            self._qc_dirty.update(np.unique(s_keep).tolist())
 
         tx.after_commit.append(advance)
         tx.publish.append(
@@ -437,6 +507,10 @@ def _succeed(fut: asyncio.Future[Any], result: Any) -> None:
 def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)
+
+
+def _numeric(values: list[Any]) -> npt.NDArray[np.float64]:
+    return np.fromiter((v if type(v) is float else np.nan for v in values), np.float64, len(values))
 
 
 def _batch(project_pk: int, rows: list[tuple[Any, ...]]) -> Batch:
