@@ -129,7 +129,7 @@ def rows(n: int, start_ms: int = 1_700_000_000_000, devices: int = 2) -> list[di
                 "device": f"d{i % devices}",
                 "variable": "air_temp" if (i // devices) % 2 == 0 else "wind_speed",
                 "time": start_ms + i * 1000,
-                "value": float(i),
+                "value": float(i % 40),  # within every catalog range
             }
         )
     return out

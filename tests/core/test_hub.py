@@ -8,6 +8,7 @@ from streamgauge.core.batch import Batch
 from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.framing import NDJSON, SSE, Framing
 from streamgauge.core.hub import Hub, Subscription
+from streamgauge.core.units import METRIC
 from streamgauge.store.registry import Registry, SeriesRec, series_prefix
 
 # series pk -> (project pk, device pk, device id, variable id)
@@ -92,9 +93,9 @@ def test_subscribers_with_the_same_framing_share_the_encoding() -> None:
     c = sub(reg, Selection(1, variables=frozenset({"air_temp"}))).render(b)
     assert a is not None and c is not None
     assert b.framed("ndjson", reg, NDJSON.row) is first  # rendering reused the cached list
-    assert b._framed.keys() == {"ndjson"}
+    assert b._framed.keys() == {("ndjson", METRIC)}
     sse = sub(reg, Selection(1), SSE).render(b)
-    assert sse is not None and b._framed.keys() == {"ndjson", "sse"}
+    assert sse is not None and b._framed.keys() == {("ndjson", METRIC), ("sse", METRIC)}
     assert b.framed("sse", reg, SSE.row) is b.framed("sse", reg, SSE.row)
 
 

@@ -56,7 +56,8 @@ def cols(
 def series_of(store: SqliteStore, device: str, variable: str | None = None) -> tuple[int, ...]:
     reg = store.registry
     return tuple(
-        s.pk for s in reg.series_by_pk.values()
+        s.pk
+        for s in reg.series_by_pk.values()
         if s.device_id == device and variable in (None, s.variable_id)
     )
 
@@ -115,9 +116,7 @@ async def test_out_of_order_rows_and_sealed_index(tmp_path: Path) -> None:
         with pytest.raises(Conflict):
             await store.append(cols(pk, [v[0]], [15000], [99.0]))  # sealed row, other value
         await store.append(cols(pk, [v[2]] * 3, [1000, 2000, 3000], [1.0, None, "ok"]))
-        hist = await store.history(
-            HistoryQuery(pk, series=series_of(store, "d0", "t"), limit=1000)
-        )
+        hist = await store.history(HistoryQuery(pk, series=series_of(store, "d0", "t"), limit=1000))
         assert hist.times.tolist() == sorted(hist.times.tolist())
         assert len(hist) == 22
         page1 = await store.history(HistoryQuery(pk, limit=5))

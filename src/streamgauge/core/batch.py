@@ -17,6 +17,9 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from streamgauge.core.units import METRIC, UnitSystem, converter, target_unit, unit_label
+from streamgauge.errors import BadRequest
+
 if TYPE_CHECKING:
     from streamgauge.store.registry import Registry
 
@@ -28,6 +31,27 @@ QC_NAMES: tuple[str, ...] = (
     "sl_windspd_maxgust_check",
     "sl_wind_gust_factor_check",
 )
+
+
+DEFAULT_QC_REMOVE = 1  # sl_range_check failures are removed unless a reader asks otherwise
+
+
+def parse_qc(text: str | None, field: str = "qc") -> int:
+    """The QC flags to remove: a comma list of check names; ``none``: remove nothing (and show
+    every flag); absent: remove range-check failures."""
+    if text is None:
+        return DEFAULT_QC_REMOVE
+    mask = 0
+    for part in (p.strip() for p in text.split(",")):
+        if part.lower() in ("none", "off", "0"):
+            continue
+        if part not in QC_NAMES:
+            raise BadRequest(
+                f"unknown QC check {part!r}",
+                [{"field": field, "reason": f"expected none or any of {', '.join(QC_NAMES)}"}],
+            )
+        mask |= 1 << QC_NAMES.index(part)
+    return mask
 
 
 def qc_names(mask: int) -> list[str]:
@@ -66,9 +90,9 @@ class Batch:
     values: list[Value]
     qc: npt.NDArray[np.int64]
     received_ns: int = 0  # monotonic clock when the batch was committed (for latency metrics)
-    _json: list[bytes] | None = field(default=None, repr=False)
+    _json: dict[UnitSystem, list[bytes]] = field(default_factory=dict, repr=False)
     _numeric: npt.NDArray[np.float64] | None = field(default=None, repr=False)
-    _framed: dict[str, list[bytes]] = field(default_factory=dict, repr=False)
+    _framed: dict[tuple[str, UnitSystem], list[bytes]] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.cursors)
@@ -89,22 +113,29 @@ class Batch:
             )
         return self._numeric
 
-    def json_rows(self, registry: Registry) -> list[bytes]:
-        """Each row as a JSON object ``{cursor, device, variable, set, time, value, qc}``."""
-        if self._json is None:
-            self._json = encode_rows(self, registry)
-        return self._json
+    def json_rows(self, registry: Registry, units: UnitSystem = METRIC) -> list[bytes]:
+        """Each row as a JSON object ``{cursor, device, variable, set, time, value, qc}``, with
+        values in ``units`` (encoded once per batch and unit system)."""
+        rows = self._json.get(units)
+        if rows is None:
+            rows = self._json[units] = encode_rows(self, registry, units)
+        return rows
 
     def framed(
-        self, form: str, registry: Registry, frame: Callable[[int, bytes], bytes]
+        self,
+        form: str,
+        registry: Registry,
+        frame: Callable[[int, bytes], bytes],
+        units: UnitSystem = METRIC,
     ) -> list[bytes]:
-        rows = self._framed.get(form)
+        key = (form, units)
+        rows = self._framed.get(key)
         if rows is None:
             rows = [
                 frame(c, j)
-                for c, j in zip(self.cursors.tolist(), self.json_rows(registry), strict=True)
+                for c, j in zip(self.cursors.tolist(), self.json_rows(registry, units), strict=True)
             ]
-            self._framed[form] = rows
+            self._framed[key] = rows
         return rows
 
     def head(self, n: int) -> Batch:
@@ -133,7 +164,44 @@ class Batch:
         )
 
 
-def encode_rows(batch: Batch, registry: Registry) -> list[bytes]:
+def output_values(batch: Batch, registry: Registry, units: UnitSystem) -> list[Value]:
+    """The batch's values in ``units``: numbers converted per series' canonical unit and kind
+    (vectorized; one converter per distinct unit), strings and nulls as they are."""
+    if not len(batch):
+        return []
+    uniq, inverse = np.unique(batch.series, return_inverse=True)
+    scale = np.ones(len(uniq))
+    offset = np.zeros(len(uniq))
+    for j, pk in enumerate(uniq.tolist()):
+        rec = registry.series_by_pk.get(pk)
+        var = registry.variables_by_pk.get(rec.variable_pk) if rec is not None else None
+        if var is not None:
+            entry = var.entry
+            scale[j], offset[j] = converter(entry.unit, target_unit(units, entry.kind, entry.unit))
+    scale, offset = scale[inverse], offset[inverse]
+    changed = (scale != 1.0) | (offset != 0.0)
+    if not changed.any():
+        return batch.values
+    converted = np.round(batch.numeric() * scale + offset, 6).tolist()
+    return [
+        c if ch and type(v) is float else v
+        for v, c, ch in zip(batch.values, converted, changed.tolist(), strict=True)
+    ]
+
+
+def units_of(batch: Batch, registry: Registry, units: UnitSystem) -> dict[str, str]:
+    """The unit label of every variable in the batch, as ``units`` shows them."""
+    out: dict[str, str] = {}
+    for pk in np.unique(batch.series).tolist():
+        rec = registry.series_by_pk.get(pk)
+        var = registry.variables_by_pk.get(rec.variable_pk) if rec is not None else None
+        if var is not None and var.doc.id not in out:
+            e = var.entry
+            out[var.doc.id] = unit_label(target_unit(units, e.kind, e.unit))
+    return out
+
+
+def encode_rows(batch: Batch, registry: Registry, units: UnitSystem = METRIC) -> list[bytes]:
     series = registry.series_by_pk
     times: dict[int, bytes] = {}
     out: list[bytes] = []
@@ -143,7 +211,7 @@ def encode_rows(batch: Batch, registry: Registry) -> list[bytes]:
         batch.cursors.tolist(),
         batch.series.tolist(),
         batch.times.tolist(),
-        batch.values,
+        output_values(batch, registry, units),
         batch.qc.tolist(),
         strict=True,
     ):

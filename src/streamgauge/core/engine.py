@@ -7,6 +7,7 @@ cursor logic of its own.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import secrets
 import time
@@ -17,11 +18,12 @@ import numpy as np
 from streamgauge.auth import Authenticator
 from streamgauge.config import Settings
 from streamgauge.core import ingest
-from streamgauge.core.batch import Batch, format_time
-from streamgauge.core.filters import CompiledSelection, Selection
+from streamgauge.core.batch import Batch, concat, format_time
+from streamgauge.core.filters import CompiledSelection, Selection, report_mask
 from streamgauge.core.framing import Framing
 from streamgauge.core.handoff import Handoff
 from streamgauge.core.hub import Hub, Subscription
+from streamgauge.core.units import METRIC, UnitSystem, describe
 from streamgauge.errors import BadRequest, StreamgaugeError
 from streamgauge.metrics import Metrics
 from streamgauge.store.base import AppendResult, HistoryQuery
@@ -102,8 +104,41 @@ class Engine:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    async def history(self, query: HistoryQuery) -> Batch:
-        return await self.store.history(query)
+    async def history(self, query: HistoryQuery, selection: Selection | None = None) -> Batch:
+        """Stored rows in (time, cursor) order. With a filter expression, each candidate row's
+        station report (its site's rows at its time) is read too and judged by the same
+        columnar predicate the live streams use."""
+        if selection is None or selection.expr is None:
+            return await self.store.history(query)
+        kept: list[Batch] = []
+        found = 0
+        after = query.after
+        step = max(query.limit, 1000)
+        while found < query.limit:
+            cand = await self.store.history(dataclasses.replace(query, after=after, limit=step))
+            if not len(cand):
+                break
+            times = tuple(np.unique(cand.times).tolist())
+            reports = await self.store.history(
+                HistoryQuery(
+                    query.project_pk, qc_remove=query.qc_remove, times=times, limit=10_000_000
+                )
+            )
+            population = np.ones(len(reports), np.bool_)
+            passing = reports.cursors[
+                report_mask(selection.expr, reports, self.registry, population)
+            ]
+            picked = cand.take(np.isin(cand.cursors, passing))
+            kept.append(picked)
+            found += len(picked)
+            if len(cand) < step:
+                break
+            after = (int(cand.times[-1]), int(cand.cursors[-1]))
+        return (
+            concat(kept).head(query.limit)
+            if kept
+            else await self.store.history(dataclasses.replace(query, limit=0))
+        )
 
     def series_of(self, selection: Selection) -> tuple[int, ...]:
         """The series pks a selection wants now (for history reads)."""
@@ -118,7 +153,11 @@ class Engine:
             )
 
     async def stream(
-        self, selection: Selection, framing: Framing, since: int | None
+        self,
+        selection: Selection,
+        framing: Framing,
+        since: int | None,
+        units: UnitSystem = METRIC,
     ) -> AsyncIterator[bytes]:
         """Frames of matching observations after ``since`` (live only if None), then live,
         keepalives when idle, and a closing frame with the resume cursor if the server ends it."""
@@ -128,12 +167,13 @@ class Engine:
             framing,
             self.registry,
             s.subscriber_queue_bytes,
+            units,
         )
         self.hub.subscribe(sub)
         handoff = Handoff(last=self.store.head if since is None else since)
         handoff.start(self.store.head)
         try:
-            yield framing.opened(int(s.keepalive_seconds * 1000))
+            yield framing.opened(int(s.keepalive_seconds * 1000)) + framing.units(describe(units))
             while True:
                 span = handoff.next_read()
                 if span is not None:
@@ -142,7 +182,9 @@ class Engine:
                     if len(batch):
                         picked = batch.take(sub.selection.mask(batch))
                         if len(picked):
-                            yield b"".join(picked.framed(framing.name, self.registry, framing.row))
+                            yield b"".join(
+                                picked.framed(framing.name, self.registry, framing.row, units)
+                            )
                     handoff.read(batch.last if len(batch) else None, complete=len(batch) < page)
                     if sub.overflowed:
                         sub.reset()

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from streamgauge import catalog
 from streamgauge.core.batch import Batch
 from streamgauge.core.domain import Domain
+from streamgauge.core.filterlang import Expr, evaluate, map_values
+from streamgauge.core.units import UnitSystem, convert_value, target_unit
 from streamgauge.errors import BadRequest
 from streamgauge.store.registry import Registry
 
@@ -50,6 +53,7 @@ class Selection:
     labels: tuple[LabelMatch, ...] = ()
     domain: Domain = Domain()
     qc_remove: int = 0  # rows with any of these QC flag bits are left out
+    expr: Expr | None = None  # filter_on, comparison values in canonical units
 
     def tables(self, reg: Registry) -> Tables:
         """Lookup tables over device pks and variable-name codes, for one registry version."""
@@ -138,6 +142,64 @@ class CompiledSelection:
             extra = np.zeros(int(series.max()) + 1 - len(allowed), np.bool_)
             allowed = np.concatenate([allowed, extra])
         mask: npt.NDArray[np.bool_] = allowed[series]
-        if self.selection.qc_remove:
-            mask &= (batch.qc & self.selection.qc_remove) == 0
+        sel = self.selection
+        if sel.qc_remove:
+            mask &= (batch.qc & sel.qc_remove) == 0
+        if sel.expr is not None and mask.any():
+            population = self._reg.s_project[series] == sel.project_pk
+            if sel.qc_remove:
+                population &= (batch.qc & sel.qc_remove) == 0
+            mask &= report_mask(sel.expr, batch, self._reg, population)
         return mask
+
+
+def canonical_expr(expr: Expr | None, units: UnitSystem) -> Expr | None:
+    """``expr`` with each comparison value moved from the subscriber's units to the canonical
+    unit of its sensor (catalog variables; others are compared as stored)."""
+    if expr is None:
+        return None
+
+    def to_canonical(sensor: str, value: float) -> float:
+        entry = catalog.lookup(sensor)
+        if entry is None:
+            return value
+        return convert_value(value, target_unit(units, entry.kind, entry.unit), entry.unit)
+
+    return map_values(expr, to_canonical)
+
+
+def report_mask(
+    expr: Expr, batch: Batch, reg: Registry, population: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.bool_]:
+    """Rows of ``batch`` whose station report (same site, same time, in this batch) satisfies
+    ``expr``, judged on the ``population`` rows only."""
+    n = len(batch)
+    if not n:
+        return np.zeros(0, np.bool_)
+    sites = _device_sites(reg)
+    dev = reg.s_device[batch.series]
+    site = np.where((dev >= 0) & (dev < len(sites)), sites[np.clip(dev, 0, len(sites) - 1)], -1)
+    site = np.where(site >= 0, site, -(dev + 2))  # a device without a site is its own station
+    order = np.lexsort((batch.times, site))
+    s_sorted, t_sorted = site[order], batch.times[order]
+    starts = np.ones(n, np.bool_)
+    starts[1:] = (s_sorted[1:] != s_sorted[:-1]) | (t_sorted[1:] != t_sorted[:-1])
+    report = np.empty(n, np.int64)
+    report[order] = np.cumsum(starts) - 1
+    values = np.where(population, batch.numeric(), np.nan)
+    return evaluate(expr, report, reg.s_name[batch.series], reg.names, values, int(starts.sum()))
+
+
+def _device_sites(reg: Registry) -> npt.NDArray[np.int64]:
+    """Site pk of each device pk (-1: no site), kept in the registry until its next change."""
+    key = "device_sites"
+    table = reg.derived.get(key)
+    if isinstance(table, np.ndarray):
+        return table
+    out = np.full(max(reg.devices_by_pk, default=0) + 1, -1, np.int64)
+    for dev in reg.devices_by_pk.values():
+        site = reg.sites.get((dev.project_pk, dev.doc.site)) if dev.doc.site else None
+        if site is not None:
+            out[dev.pk] = site.pk
+    reg.derived[key] = out
+    return out

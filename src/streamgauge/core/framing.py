@@ -1,7 +1,8 @@
 """Stream framing without I/O: NDJSON lines and Server-Sent Events, shared by every face.
 
 Each frame is bytes ready for the socket. An observation frame carries its cursor (SSE ``id:``, so
-``Last-Event-ID`` resumes); keepalives carry none; the closing frame says why and where to resume.
+``Last-Event-ID`` resumes); keepalives carry none; the closing frame says why and where to resume;
+the opening ``units`` frame (no cursor) says which unit each quantity kind is given in.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class Framing:
     keepalive: Callable[[str], bytes]
     closed: Callable[[str, int], bytes]
     opened: Callable[[int], bytes]
+    units: Callable[[dict[str, str]], bytes]
 
 
 def _ndjson_row(cursor: int, obj: bytes) -> bytes:
@@ -51,10 +53,26 @@ def _sse_opened(retry_ms: int) -> bytes:
     return b"retry: %d\n\n" % retry_ms
 
 
+def _ndjson_units(units: dict[str, str]) -> bytes:
+    return orjson.dumps({"units": units}) + b"\n"
+
+
+def _sse_units(units: dict[str, str]) -> bytes:
+    return b"event: units\ndata: %s\n\n" % orjson.dumps(units)
+
+
 NDJSON = Framing(
-    "ndjson", "application/x-ndjson", _ndjson_row, _ndjson_keepalive, _ndjson_closed, lambda _: b""
+    "ndjson",
+    "application/x-ndjson",
+    _ndjson_row,
+    _ndjson_keepalive,
+    _ndjson_closed,
+    lambda _: b"",
+    _ndjson_units,
 )
-SSE = Framing("sse", "text/event-stream", _sse_row, _sse_keepalive, _sse_closed, _sse_opened)
+SSE = Framing(
+    "sse", "text/event-stream", _sse_row, _sse_keepalive, _sse_closed, _sse_opened, _sse_units
+)
 
 
 class LineDecoder:

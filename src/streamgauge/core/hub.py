@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from streamgauge.core.batch import Batch
 from streamgauge.core.filters import CompiledSelection
 from streamgauge.core.framing import Framing
+from streamgauge.core.units import METRIC, UnitSystem
 from streamgauge.store.registry import Registry
 
 
@@ -33,8 +34,14 @@ class Item:
 
 class Subscription:
     def __init__(
-        self, selection: CompiledSelection, framing: Framing, registry: Registry, queue_bytes: int
+        self,
+        selection: CompiledSelection,
+        framing: Framing,
+        registry: Registry,
+        queue_bytes: int,
+        units: UnitSystem = METRIC,
     ) -> None:
+        self.units = units
         self.selection = selection
         self.framing = framing
         self.registry = registry
@@ -54,7 +61,7 @@ class Subscription:
         mask = self.selection.mask(batch)
         if not mask.any():
             return None
-        rows = batch.framed(self.framing.name, self.registry, self.framing.row)
+        rows = batch.framed(self.framing.name, self.registry, self.framing.row, self.units)
         if mask.all():
             data = b"".join(rows)
             first, last, count = batch.first, batch.last, len(rows)

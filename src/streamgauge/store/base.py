@@ -45,6 +45,7 @@ class HistoryQuery:
     start: int | None = None  # ms, inclusive
     end: int | None = None  # ms, exclusive
     after: tuple[int, int] | None = None  # keyset (time, cursor) of the last row already read
+    times: tuple[int, ...] | None = None  # only rows at these times
     limit: int = 1000
 
 

@@ -550,6 +550,9 @@ def _history_sql(q: HistoryQuery) -> tuple[str, list[Any]]:
     if q.after is not None:
         conds.append("({t} > ? OR ({t} = ? AND {c} > ?))")
         cparams += [q.after[0], q.after[0], q.after[1]]
+    if q.times is not None:
+        conds.append("{t} IN (SELECT value FROM json_each(?))")
+        cparams.append(orjson.dumps(list(q.times)).decode())
     if q.qc_remove:
         conds.append("({q} & ?) = 0")
         cparams.append(q.qc_remove)

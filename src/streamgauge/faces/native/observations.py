@@ -12,11 +12,13 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from streamgauge.auth import Action
+from streamgauge.core.batch import parse_qc, units_of
 from streamgauge.core.domain import Domain
-from streamgauge.core.filterlang import parse_bbox, parse_list, parse_radius
-from streamgauge.core.filters import LabelMatch, Selection
+from streamgauge.core.filterlang import parse_bbox, parse_filter_on, parse_list, parse_radius
+from streamgauge.core.filters import LabelMatch, Selection, canonical_expr
 from streamgauge.core.framing import NDJSON, SSE
 from streamgauge.core.ingest import MAX_TIME, MIN_TIME, to_ms
+from streamgauge.core.units import parse_units
 from streamgauge.errors import BadRequest
 from streamgauge.faces.http import StrictRoute, json_response, read_body
 from streamgauge.faces.native.deps import (
@@ -180,7 +182,25 @@ class SelectionParams:
         nwsfirezone: Annotated[str | None, Query(description="NWS fire zones, comma list.")] = None,
         radius: Annotated[str | None, Query(description="`lat,lon,miles` or `STID,miles`.")] = None,
         bbox: Annotated[str | None, Query(description="`min_lon,min_lat,max_lon,max_lat`.")] = None,
+        qc: Annotated[
+            str | None,
+            Query(
+                description="QC checks whose failures are removed (comma list); `none` keeps "
+                "everything; default: sl_range_check."
+            ),
+        ] = None,
+        units: Annotated[
+            str | None,
+            Query(description="`metric` (default), `english`, overrides like `temp|f,speed|kts`."),
+        ] = None,
+        filter: Annotated[
+            str | None,
+            Query(description="A filter_on expression: `(air_temp < 0) and (wind_speed > 10)`."),
+        ] = None,
     ) -> None:
+        self.qc_remove = parse_qc(qc)
+        self.units = parse_units(units)
+        self.expr = None if filter is None else parse_filter_on(filter)
         self.device = frozenset(device or ())
         self.device_type = frozenset(device_type or ())
         self.variables = frozenset(variable or ()) | _csv_list(vars, "vars")
@@ -197,11 +217,19 @@ class SelectionParams:
 
     def selection(self, project_pk: int) -> Selection:
         return Selection(
-            project_pk, self.device, self.device_type, self.variables, self.labels, self.domain
+            project_pk,
+            self.device,
+            self.device_type,
+            self.variables,
+            self.labels,
+            self.domain,
+            self.qc_remove,
+            canonical_expr(self.expr, self.units),
         )
 
     @property
     def empty(self) -> bool:
+        """No selection of series (QC removal and filter expressions aside)."""
         return not (self.device or self.device_type or self.variables or self.labels or self.domain)
 
 
@@ -226,22 +254,27 @@ async def history(
     rec = project_for(engine, who, project, Action.READ)
     s = engine.settings
     n = min(limit or s.page_limit_default, s.page_limit_max)
-    series = None if select.empty else engine.series_of(select.selection(rec.pk))
+    selection = select.selection(rec.pk)
+    series = None if select.empty else engine.series_of(selection)
     query = HistoryQuery(
         rec.pk,
         series=series,
+        qc_remove=selection.qc_remove,
         start=parse_time(start, "start"),
         end=parse_time(end, "end"),
         after=_page_key(page),
         limit=n + 1,
     )
-    batch = await engine.history(query)
+    batch = await engine.history(query, selection)
     more = len(batch) > n
     if more:
         batch = batch.head(n)
     nxt = encode_page(f"{int(batch.times[-1])}:{int(batch.cursors[-1])}") if more else None
-    rows = batch.json_rows(engine.registry)
-    headers = {"X-Next-Page": nxt} if nxt else {}
+    rows = batch.json_rows(engine.registry, select.units)
+    units = units_of(batch, engine.registry, select.units)
+    headers = {"X-Units": orjson.dumps(units).decode()}
+    if nxt:
+        headers["X-Next-Page"] = nxt
     if format == "ndjson":
         return Response(
             b"".join(r + b"\n" for r in rows), media_type="application/x-ndjson", headers=headers
@@ -264,7 +297,15 @@ async def history(
                 ]
             )
         return Response(out.getvalue(), media_type="text/csv", headers=headers)
-    body = b'{"observations":[' + b",".join(rows) + b'],"next":' + orjson.dumps(nxt) + b"}"
+    body = (
+        b'{"observations":['
+        + b",".join(rows)
+        + b'],"units":'
+        + orjson.dumps(units)
+        + b',"next":'
+        + orjson.dumps(nxt)
+        + b"}"
+    )
     return Response(body, media_type="application/json", headers=headers)
 
 
@@ -300,7 +341,7 @@ async def stream(
         engine.check_cursor(cursor)
     selection = select.selection(rec.pk)
     return StreamingResponse(
-        engine.stream(selection, framing, cursor),
+        engine.stream(selection, framing, cursor, select.units),
         media_type=framing.media_type,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
