@@ -40,6 +40,14 @@ class Settings(BaseSettings):
         ),
     )
 
+    qc: bool = Field(
+        default=True,
+        description=(
+            "Run quality control at ingest (flags stored with each observation). Off: every "
+            "observation is stored with no flags (for comparison; not recommended)."
+        ),
+    )
+
     # Auth
     admin_token: str | None = Field(
         default=None,

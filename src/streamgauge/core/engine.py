@@ -54,6 +54,7 @@ class Engine:
             settings.data / "streamgauge.db",
             durability=settings.durability,
             index_chunk_rows=settings.index_chunk_rows,
+            quality_control=settings.qc,
         )
         self.registry = self.store.registry
         self.hub = Hub()

@@ -83,7 +83,9 @@ class SqliteStore:
         durability: str = "normal",
         index_chunk_rows: int = 65536,
         readers: int = 4,
+        quality_control: bool = True,
     ) -> None:
+        self.quality_control = quality_control
         self.path = path
         self.durability = durability
         self.chunk_rows = index_chunk_rows
@@ -382,7 +384,10 @@ class SqliteStore:
         s_keep, t_keep = series[idx], c.times[idx]
         values = [c.values[i] for i in idx.tolist()] if accepted != n else c.values
         numeric = _numeric(values)
-        q_keep = qc.check(reg.qc_state, reg.qc_limits, s_keep, t_keep, numeric, commit=False)
+        if self.quality_control:
+            q_keep = qc.check(reg.qc_state, reg.qc_limits, s_keep, t_keep, numeric, commit=False)
+        else:
+            q_keep = np.zeros(accepted, np.int64)
         received = int(time.time() * 1000)
         tx.conn.executemany(
             "INSERT INTO obs (cursor, series, time, value, qc, received) VALUES (?,?,?,?,?,?)",
