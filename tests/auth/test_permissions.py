@@ -146,12 +146,12 @@ def test_missing_or_bad_credentials_are_401(server: Server) -> None:
 def test_account_creates_project_becomes_admin_and_sees_only_its_own(
     server: Server, client: httpx.Client
 ) -> None:
-    make_station(client, "home", devices=1)
+    make_station(client, "base", devices=1)
     make_station(client, "secret", devices=1)
-    key = new_account(client, "home", "maker", "user")
+    key = new_account(client, "base", "maker", "user")
     with sa_client(server, key) as c:
         listed = {p["id"] for p in c.get(API).json()["projects"]}
-        assert listed == {"home"}
+        assert listed == {"base"}
         _err(c.get(f"{API}/secret"), 404)
         _err(c.get(f"{API}/secret/devices"), 404)
         _err(c.get(f"{API}/secret/observations"), 404)
@@ -161,17 +161,17 @@ def test_account_creates_project_becomes_admin_and_sees_only_its_own(
 
         r = c.post(API, json={"id": "mine"})
         assert r.status_code == 201, r.text
-        assert {p["id"] for p in c.get(API).json()["projects"]} == {"home", "mine"}
+        assert {p["id"] for p in c.get(API).json()["projects"]} == {"base", "mine"}
         # admin there: may manage it
         r = c.post(f"{API}/mine/serviceaccounts", json={"id": "helper", "role": "user"})
         assert r.status_code == 201, r.text
         # an existing id it cannot see: skip must not leak or skip over it
         r = c.post(API, params={"if_exists": "skip"}, json={"id": "secret"})
         assert r.status_code == 404, r.text
-        assert {p["id"] for p in c.get(API).json()["projects"]} == {"home", "mine"}
+        assert {p["id"] for p in c.get(API).json()["projects"]} == {"base", "mine"}
         assert c.delete(f"{API}/mine").status_code == 204
-    roles = client.get(f"{API}/home/serviceaccounts/maker").json()["roles"]
-    assert roles == {"home": "user"}
+    roles = client.get(f"{API}/base/serviceaccounts/maker").json()["roles"]
+    assert roles == {"base": "user"}
 
 
 def test_grant_and_revoke_role_on_other_project_effective_at_once(
@@ -293,11 +293,11 @@ ALLOWED = {
 
 
 def test_role_action_matrix(server: Server, client: httpx.Client) -> None:
-    make_station(client, "home", devices=1)
+    make_station(client, "base", devices=1)
     keys: dict[str | None, dict[str, str]] = {}
     for role in ("admin", "manager", "user"):
-        keys[role] = new_account(client, "home", f"acct-{role}", "user")
-    keys[None] = new_account(client, "home", "acct-none", "user")
+        keys[role] = new_account(client, "base", f"acct-{role}", "user")
+    keys[None] = new_account(client, "base", "acct-none", "user")
 
     failures = []
     for role, key in keys.items():
