@@ -209,6 +209,6 @@ def resolve(
         raise Invalid(f"{len(details)} bad row(s) in the batch; nothing was stored", details)
     for i, scale, offset in convert:  # values sent in a variable's own unit -> canonical unit
         v = values[i]
-        if type(v) is float:
-            values[i] = v * scale + offset
+        if type(v) is float:  # rounded: an affine conversion leaves float noise (1e-14)
+            values[i] = round(v * scale + offset, 9)
     return IngestColumns(project_pk, var_pks, sets, times, values, np.zeros(n, np.int64))
