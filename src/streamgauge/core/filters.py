@@ -173,9 +173,20 @@ def report_mask(
 ) -> npt.NDArray[np.bool_]:
     """Rows of ``batch`` whose station report (same site, same time, in this batch) satisfies
     ``expr``, judged on the ``population`` rows only."""
-    n = len(batch)
-    if not n:
+    if not len(batch):
         return np.zeros(0, np.bool_)
+    report, n_reports = _reports(batch, reg)
+    values = np.where(population, batch.numeric(), np.nan)
+    return evaluate(expr, report, reg.s_name[batch.series], reg.names, values, n_reports)
+
+
+def _reports(batch: Batch, reg: Registry) -> tuple[npt.NDArray[np.int64], int]:
+    """A station-report id per row (same site, same time), computed once per batch for every
+    subscriber with a filter expression."""
+    cached = batch.derived.get("reports")
+    if cached is not None and cached[0] == reg.version:
+        return cached[1], cached[2]
+    n = len(batch)
     sites = _device_sites(reg)
     dev = reg.s_device[batch.series]
     site = np.where((dev >= 0) & (dev < len(sites)), sites[np.clip(dev, 0, len(sites) - 1)], -1)
@@ -186,8 +197,9 @@ def report_mask(
     starts[1:] = (s_sorted[1:] != s_sorted[:-1]) | (t_sorted[1:] != t_sorted[:-1])
     report = np.empty(n, np.int64)
     report[order] = np.cumsum(starts) - 1
-    values = np.where(population, batch.numeric(), np.nan)
-    return evaluate(expr, report, reg.s_name[batch.series], reg.names, values, int(starts.sum()))
+    n_reports = int(starts.sum())
+    batch.derived["reports"] = (reg.version, report, n_reports)
+    return report, n_reports
 
 
 def _device_sites(reg: Registry) -> npt.NDArray[np.int64]:
