@@ -83,7 +83,8 @@ def log(*a: Any) -> None:
 
 
 class StreamgaugeServer:
-    def __init__(self, durability: str):
+    def __init__(self, durability: str, env: dict[str, str] | None = None):
+        self.extra_env = dict(env or {})
         # STREAMGAUGE_BENCH_EXE: another server executable with the same CLI (bench testing)
         self.exe = Path(
             os.environ.get("STREAMGAUGE_BENCH_EXE") or Path(sys.executable).parent / "streamgauge"
@@ -99,6 +100,7 @@ class StreamgaugeServer:
         env = dict(
             os.environ, STREAMGAUGE_ADMIN_TOKEN=TOKEN, STREAMGAUGE_DURABILITY=self.durability
         )
+        env.update(self.extra_env)
         self.logf = open(self.data.parent / f"{self.data.name}.log", "wb")
         self.proc = subprocess.Popen(
             [
@@ -704,6 +706,12 @@ def print_fanout(name: str, r: FanoutResult) -> None:
 
 
 def main() -> None:
+    if "--quality" in sys.argv[1:]:  # the quality/filters workload: bench/quality.py
+        sys.argv.remove("--quality")
+        from quality import main as quality_main
+
+        quality_main()
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="about 1 minute instead of about 5")
     ap.add_argument(

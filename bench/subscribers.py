@@ -32,6 +32,7 @@ class LineCounter:
         self.lines = 0
         self.resume_lines: list[bytes] = []
         self.keepalives = 0
+        self.units_lines = 0
         self.bytes = 0
         self.unparsed_times = 0
         self.sample = ""
@@ -55,7 +56,11 @@ class LineCounter:
                 if b'"resume"' in ln:
                     self.resume_lines.append(ln[:300])
         nl = chunk.count(b"\n")
-        self.keepalives += max(0, nl - len(times) - (1 if b'"resume"' in chunk else 0))
+        units = 0
+        if b'{"units"' in chunk:  # the opening line of a stream: {"units": {...}}
+            units = chunk.count(b'{"units"')
+            self.units_lines += units
+        self.keepalives += max(0, nl - len(times) - units - (1 if b'"resume"' in chunk else 0))
         if not times:
             return
         self.lines += len(times)
@@ -203,6 +208,7 @@ async def _main(
                 "bytes": lc.bytes,
                 "resume": lc.resume_lines,
                 "keepalives": lc.keepalives,
+                "units_lines": lc.units_lines,
                 "unparsed": lc.unparsed_times,
                 "sample": lc.sample,
             }
@@ -225,6 +231,19 @@ async def _main(
     )
 
 
+def raise_nofile(want: int = 65536) -> None:
+    """Raise this process's open-file limit (soft, up to the hard limit) for many sockets."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def subscriber_process(
     kind: str,
     host: str,
@@ -237,6 +256,7 @@ def subscriber_process(
     result_q: Any,
     connect_timeout: float = 20.0,
 ) -> None:
+    raise_nofile()
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(

@@ -112,6 +112,25 @@ def _invalid_unit(text: str, reason: str) -> Invalid:
     return Invalid(f"invalid unit {text!r}: {reason}", [{"field": "unit", "reason": reason}])
 
 
+# The names responses print (Synoptic's spellings) are accepted back as units.
+_LABEL_SPELLINGS = {
+    "celsius": "degC",
+    "fahrenheit": "degF",
+    "kelvin": "K",
+    "pascals": "Pa",
+    "hectopascals": "hPa",
+    "millibars": "mbar",
+    "inhg": "inHg",
+    "millimeters": "mm",
+    "centimeters": "cm",
+    "inches": "inch",
+    "meters": "m",
+    "feet": "ft",
+    "degrees": "degree",
+    "knots": "knot",
+}
+
+
 @lru_cache(maxsize=1024)
 def _parse(text: str) -> Any:
     """The pint Unit for ``text``; raises Invalid. Cached (exceptions are not cached)."""
@@ -120,6 +139,7 @@ def _parse(text: str) -> Any:
         raise _invalid_unit(text, "unit is empty")
     if len(stripped) > MAX_UNIT_TEXT:
         raise _invalid_unit(text[:MAX_UNIT_TEXT] + "...", "unit is too long")
+    stripped = _LABEL_SPELLINGS.get(stripped.lower(), stripped)
     try:
         unit = _ureg.parse_units(stripped)
     except pint.UndefinedUnitError:
