@@ -92,7 +92,7 @@ class Batch:
     received_ns: int = 0  # monotonic clock when the batch was committed (for latency metrics)
     _json: dict[UnitSystem, list[bytes]] = field(default_factory=dict, repr=False)
     _numeric: npt.NDArray[np.float64] | None = field(default=None, repr=False)
-    derived: dict[str, Any] = field(default_factory=dict, repr=False)  # per-batch caches
+    derived: dict[object, Any] = field(default_factory=dict, repr=False)  # per-batch caches
     _framed: dict[tuple[str, UnitSystem], list[bytes]] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:

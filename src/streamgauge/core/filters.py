@@ -144,13 +144,22 @@ class CompiledSelection:
         mask: npt.NDArray[np.bool_] = allowed[series]
         sel = self.selection
         if sel.qc_remove:
-            mask &= (batch.qc & sel.qc_remove) == 0
+            mask &= qc_pass(batch, sel.qc_remove)
         if sel.expr is not None and mask.any():
             population = self._reg.s_project[series] == sel.project_pk
             if sel.qc_remove:
-                population &= (batch.qc & sel.qc_remove) == 0
+                population &= qc_pass(batch, sel.qc_remove)
             mask &= report_mask(sel.expr, batch, self._reg, population)
         return mask
+
+
+def qc_pass(batch: Batch, remove: int) -> npt.NDArray[np.bool_]:
+    """Rows without any of the ``remove`` flags (computed once per batch and flag set)."""
+    key = ("qc_pass", remove)
+    found: npt.NDArray[np.bool_] | None = batch.derived.get(key)
+    if found is None:
+        found = batch.derived[key] = (batch.qc & remove) == 0
+    return found
 
 
 def canonical_expr(expr: Expr | None, units: UnitSystem) -> Expr | None:

@@ -61,14 +61,19 @@ class Subscription:
         mask = self.selection.mask(batch)
         if not mask.any():
             return None
-        rows = batch.framed(self.framing.name, self.registry, self.framing.row, self.units)
-        if mask.all():
-            data = b"".join(rows)
-            first, last, count = batch.first, batch.last, len(rows)
-        else:
-            picked = batch.cursors[mask]
-            data = b"".join(itertools.compress(rows, mask.tolist()))
-            first, last, count = int(picked[0]), int(picked[-1]), len(picked)
+        # Subscribers whose masks agree on this batch (same form and units) share one join.
+        key = ("join", self.framing.name, self.units, mask.tobytes())
+        joined: tuple[bytes, int, int, int] | None = batch.derived.get(key)
+        if joined is None:
+            rows = batch.framed(self.framing.name, self.registry, self.framing.row, self.units)
+            if mask.all():
+                joined = (b"".join(rows), batch.first, batch.last, len(rows))
+            else:
+                picked = batch.cursors[mask]
+                data = b"".join(itertools.compress(rows, mask.tolist()))
+                joined = (data, int(picked[0]), int(picked[-1]), len(picked))
+            batch.derived[key] = joined
+        data, first, last, count = joined
         return Item(first, last, count, data, batch.received_ns)
 
     def offer(self, batch: Batch) -> None:
