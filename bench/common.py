@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 VARIABLES: list[tuple[str, str]] = [
-    ("air_temp", "Celsius"),
+    ("air_temp", "degC"),
     ("relative_humidity", "%"),
     ("wind_speed", "m/s"),
     ("wind_gust", "m/s"),
@@ -121,7 +121,10 @@ def values_for(m: Mesonet, series: np.ndarray, tick: np.ndarray) -> np.ndarray:
     b = m.base[st, var]
     wobble = ((series * 2654435761 + tick * 40503) % 1000) / 1000.0 - 0.5
     scale = np.array([2.0, 5.0, 2.0, 2.0, 300.0, 0.0])[var]
-    return np.round(b + wobble * scale, 1)
+    # kept inside the server's catalog ranges, which it removes failures of by default
+    lo = np.array([-90.0, 0.0, 0.0, 0.0, 30000.0, 0.0])[var]
+    hi = np.array([65.0, 100.0, 120.0, 120.0, 110000.0, 50000.0])[var]
+    return np.clip(np.round(b + wobble * scale, 1), lo, hi)
 
 
 class NdjsonEncoder:

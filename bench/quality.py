@@ -37,9 +37,7 @@ from common import (  # noqa: E402
     device_id,
     fanout_series,
     make_mesonet,
-    proc_cpu_seconds,
     proc_rss_mb,
-    system_busy_seconds,
     values_for,
 )
 from run import (  # noqa: E402
@@ -55,8 +53,8 @@ from run import (  # noqa: E402
     analyse,
     collect_subscribers,
     log,
+    paced_phase,
     print_fanout,
-    run_async,
     setup_mesonet,
     wait_ready,
 )
@@ -440,7 +438,6 @@ class QFanout:
 
 
 def quality_fanout(m: Mesonet, cfg: FanoutCfg, srv: StreamgaugeServer) -> QFanout:
-    from run import paced_ingest
 
     assert srv.proc is not None
     pid = srv.proc.pid
@@ -475,29 +472,8 @@ def quality_fanout(m: Mesonet, cfg: FanoutCfg, srv: StreamgaugeServer) -> QFanou
             f"  {res.connected} subscribers connected in {out.connect_s:.1f} s; server rss "
             f"{out.rss_before_mb:.0f} -> {out.rss_connected_mb:.0f} MB"
         )
-        cpu0, t0 = proc_cpu_seconds(pid), time.time()
-        b0, c0 = system_busy_seconds(), time.process_time()
-        send_wall, ack, elapsed, lag, perr = run_async(
-            paced_ingest(srv.port, reqs, cfg.batches_per_s)
-        )
-        res.ack_p50_ms, res.ack_p99_ms, res.ack_max_ms = (
-            float(x) * 1000 for x in np.percentile(ack, [50, 99, 100])
-        )
-        worst = np.argsort(ack)[::-1][:3]
-        res.ack_worst = [
-            f"batch {int(k)} sent at +{send_wall[k] - send_wall[0]:.2f} s: {ack[k] * 1000:.0f} ms"
-            for k in worst
-        ]
-        time.sleep(cfg.grace)
-        server_s = proc_cpu_seconds(pid) - cpu0
-        busy_s, client_s = system_busy_seconds() - b0, time.process_time() - c0
-        wall = time.time() - t0
-        res.server_cpu_pct = server_s / wall * 100
+        server_s, busy_s, client_s, wall, send_wall = paced_phase(pid, srv.port, reqs, cfg, res)
         out.rss_after_mb = proc_rss_mb(pid)
-        res.errors.extend(perr[:5])
-        res.sent_obs = cfg.nbatches * cfg.rows
-        res.ingest_obs_s = res.sent_obs / elapsed
-        res.send_lag_max_s = lag
         subs, meta = collect_subscribers(ps, rq, resq, stop, len(filters), cfg.procs)
         res.subscriber_cpu_pct = meta["cpu"] / wall * 100
         res.other_cpu_pct = max(0.0, busy_s - server_s - client_s - meta["cpu"]) / wall * 100

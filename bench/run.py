@@ -493,6 +493,35 @@ def analyse(
     return res
 
 
+def paced_phase(
+    pid: int, port: int, reqs: list[bytes], cfg: Any, res: Any
+) -> tuple[float, float, float, float, np.ndarray]:
+    """Ingest ``reqs`` paced to ``cfg.batches_per_s``, wait ``cfg.grace``, and fill ``res`` with
+    ack latencies, the worst batches, ingest rate and server CPU. Returns (server, busy, client,
+    wall) seconds for the caller's CPU accounting, and each batch's send wall time."""
+    cpu0, t0 = proc_cpu_seconds(pid), time.time()
+    b0, c0 = system_busy_seconds(), time.process_time()
+    send_wall, ack, elapsed, lag, perr = run_async(paced_ingest(port, reqs, cfg.batches_per_s))
+    res.ack_p50_ms, res.ack_p99_ms, res.ack_max_ms = (
+        float(x) * 1000 for x in np.percentile(ack, [50, 99, 100])
+    )
+    worst = np.argsort(ack)[::-1][:3]
+    res.ack_worst = [
+        f"batch {int(k)} sent at +{send_wall[k] - send_wall[0]:.2f} s: {ack[k] * 1000:.0f} ms"
+        for k in worst
+    ]
+    time.sleep(cfg.grace)
+    server_s = proc_cpu_seconds(pid) - cpu0
+    busy_s, client_s = system_busy_seconds() - b0, time.process_time() - c0
+    wall = time.time() - t0
+    res.server_cpu_pct = server_s / wall * 100
+    res.errors.extend(perr[:5])
+    res.sent_obs = cfg.nbatches * cfg.rows
+    res.ingest_obs_s = res.sent_obs / elapsed
+    res.send_lag_max_s = lag
+    return server_s, busy_s, client_s, wall, send_wall
+
+
 def fanout_targets(filters: list[Any], kind: str) -> list[str]:
     if kind == "http":
         return [
@@ -566,28 +595,9 @@ def fanout_streamgauge(m: Mesonet, cfg: FanoutCfg, srv: StreamgaugeServer) -> Fa
         res.errors.extend(errs[:5])
         time.sleep(0.5)
         assert srv.proc is not None
-        cpu0, t0 = proc_cpu_seconds(srv.proc.pid), time.time()
-        b0, c0 = system_busy_seconds(), time.process_time()
-        send_wall, ack, elapsed, lag, perr = run_async(
-            paced_ingest(srv.port, reqs, cfg.batches_per_s)
+        server_s, busy_s, client_s, wall, send_wall = paced_phase(
+            srv.proc.pid, srv.port, reqs, cfg, res
         )
-        res.ack_p50_ms, res.ack_p99_ms, res.ack_max_ms = (
-            float(x) * 1000 for x in np.percentile(ack, [50, 99, 100])
-        )
-        worst = np.argsort(ack)[::-1][:3]
-        res.ack_worst = [
-            f"batch {int(k)} sent at +{send_wall[k] - send_wall[0]:.2f} s: {ack[k] * 1000:.0f} ms"
-            for k in worst
-        ]
-        time.sleep(cfg.grace)
-        server_s = proc_cpu_seconds(srv.proc.pid) - cpu0
-        busy_s, client_s = system_busy_seconds() - b0, time.process_time() - c0
-        res.server_cpu_pct = server_s / (time.time() - t0) * 100
-        res.errors.extend(perr[:5])
-        res.sent_obs = cfg.nbatches * cfg.rows
-        res.ingest_obs_s = res.sent_obs / elapsed
-        res.send_lag_max_s = lag
-        wall = time.time() - t0
         subs, meta = collect_subscribers(ps, rq, resq, stop, len(filters), cfg.procs)
         res.subscriber_cpu_pct = meta["cpu"] / wall * 100
         # subscriber cpu is counted to the end of their life: a slight overestimate, so clamp
