@@ -18,7 +18,7 @@ import numpy as np
 from streamgauge.auth import Authenticator
 from streamgauge.config import Settings
 from streamgauge.core import ingest
-from streamgauge.core.batch import Batch, concat, format_time
+from streamgauge.core.batch import Batch, concat, empty_batch, format_time
 from streamgauge.core.filters import CompiledSelection, Selection, report_mask
 from streamgauge.core.framing import Framing
 from streamgauge.core.handoff import Handoff
@@ -135,11 +135,7 @@ class Engine:
             if len(cand) < step:
                 break
             after = (int(cand.times[-1]), int(cand.cursors[-1]))
-        return (
-            concat(kept).head(query.limit)
-            if kept
-            else await self.store.history(dataclasses.replace(query, limit=0))
-        )
+        return concat(kept).head(query.limit) if kept else empty_batch(query.project_pk)
 
     def series_of(self, selection: Selection) -> tuple[int, ...]:
         """The series pks a selection wants now (for history reads)."""
