@@ -138,8 +138,11 @@ class CompiledSelection:
     def mask(self, batch: Batch) -> npt.NDArray[np.bool_]:
         allowed = self.allowed()
         series = batch.series
-        if len(series) and int(series.max()) >= len(allowed):  # rows of since-deleted series
-            extra = np.zeros(int(series.max()) + 1 - len(allowed), np.bool_)
+        top = batch.derived.get("max_series")
+        if top is None:
+            top = batch.derived["max_series"] = int(series.max()) if len(series) else -1
+        if top >= len(allowed):  # rows of since-deleted series
+            extra = np.zeros(top + 1 - len(allowed), np.bool_)
             allowed = np.concatenate([allowed, extra])
         mask: npt.NDArray[np.bool_] = allowed[series]
         sel = self.selection
