@@ -202,6 +202,36 @@ def units_of(batch: Batch, registry: Registry, units: UnitSystem) -> dict[str, s
     return out
 
 
+CSV_HEADER = ("cursor", "device", "variable", "set", "time", "value", "qc")
+
+
+def csv_rows(batch: Batch, registry: Registry, units: UnitSystem = METRIC) -> list[tuple[Any, ...]]:
+    """The rows as CSV fields (``CSV_HEADER`` order), straight from the columns."""
+    series = registry.series_by_pk
+    out: list[tuple[Any, ...]] = []
+    for cursor, s, t, v, q in zip(
+        batch.cursors.tolist(),
+        batch.series.tolist(),
+        batch.times.tolist(),
+        output_values(batch, registry, units),
+        batch.qc.tolist(),
+        strict=True,
+    ):
+        rec = series.get(s)
+        out.append(
+            (
+                cursor,
+                rec.device_id if rec else "",
+                rec.variable_id if rec else "",
+                rec.set if rec else "",
+                format_time(t),
+                "" if v is None else v,
+                " ".join(qc_names(q)),
+            )
+        )
+    return out
+
+
 def encode_rows(batch: Batch, registry: Registry, units: UnitSystem = METRIC) -> list[bytes]:
     series = registry.series_by_pk
     times: dict[int, bytes] = {}

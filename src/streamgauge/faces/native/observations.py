@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from streamgauge.auth import Action
-from streamgauge.core.batch import parse_qc, units_of
+from streamgauge.core.batch import CSV_HEADER, csv_rows, parse_qc, units_of
 from streamgauge.core.domain import Domain
 from streamgauge.core.filterlang import parse_bbox, parse_filter_on, parse_list, parse_radius
 from streamgauge.core.filters import LabelMatch, Selection, canonical_expr
@@ -270,33 +270,21 @@ async def history(
     if more:
         batch = batch.head(n)
     nxt = encode_page(f"{int(batch.times[-1])}:{int(batch.cursors[-1])}") if more else None
-    rows = batch.json_rows(engine.registry, select.units)
     units = units_of(batch, engine.registry, select.units)
     headers = {"X-Units": orjson.dumps(units).decode()}
     if nxt:
         headers["X-Next-Page"] = nxt
+    if format == "csv":
+        out = io.StringIO()
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(CSV_HEADER)
+        w.writerows(csv_rows(batch, engine.registry, select.units))
+        return Response(out.getvalue(), media_type="text/csv", headers=headers)
+    rows = batch.json_rows(engine.registry, select.units)
     if format == "ndjson":
         return Response(
             b"".join(r + b"\n" for r in rows), media_type="application/x-ndjson", headers=headers
         )
-    if format == "csv":
-        out = io.StringIO()
-        w = csv.writer(out, lineterminator="\n")
-        w.writerow(["cursor", "device", "variable", "set", "time", "value", "qc"])
-        for r in rows:
-            o = orjson.loads(r)
-            w.writerow(
-                [
-                    o["cursor"],
-                    o["device"],
-                    o["variable"],
-                    o["set"],
-                    o["time"],
-                    "" if o["value"] is None else o["value"],
-                    " ".join(o["qc"]),
-                ]
-            )
-        return Response(out.getvalue(), media_type="text/csv", headers=headers)
     body = (
         b'{"observations":['
         + b",".join(rows)
