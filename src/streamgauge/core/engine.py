@@ -11,7 +11,7 @@ import dataclasses
 import gc
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 
@@ -60,14 +60,22 @@ class Engine:
         self.hub = Hub()
         self.auth = Authenticator(self.registry, admin_token)
         self.metrics = Metrics()
+        # Called in the event loop with every committed batch, after the hub has it. Listeners
+        # (reported state, alert rules, delivery wake-ups) must be quick and must not raise.
+        self.listeners: list[Callable[[Batch], None]] = []
         self.metrics.bind(
             lambda: self.hub.subscribers, self.hub.queued_bytes, lambda: self.store.head
         )
 
     async def start(self) -> None:
         self.settings.data.mkdir(parents=True, exist_ok=True)
-        await self.store.open(self.hub.publish)
+        await self.store.open(self._committed)
         gc.callbacks.append(self.metrics.on_gc)
+
+    def _committed(self, batch: Batch) -> None:
+        self.hub.publish(batch)
+        for listener in self.listeners:
+            listener(batch)
 
     async def stop(self) -> None:
         if self.metrics.on_gc in gc.callbacks:
