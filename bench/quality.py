@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -472,7 +473,17 @@ def quality_fanout(m: Mesonet, cfg: FanoutCfg, srv: StreamgaugeServer) -> QFanou
             f"  {res.connected} subscribers connected in {out.connect_s:.1f} s; server rss "
             f"{out.rss_before_mb:.0f} -> {out.rss_connected_mb:.0f} MB"
         )
+        spy = None
+        if os.environ.get("BENCH_PYSPY"):  # profile the server during the paced phase
+            spy = subprocess.Popen(
+                [os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "-p",
+                 str(pid), "-d", str(int(cfg.seconds)), "-f", "raw", "-o",
+                 os.environ["BENCH_PYSPY"]],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
         server_s, busy_s, client_s, wall, send_wall = paced_phase(pid, srv.port, reqs, cfg, res)
+        if spy is not None:
+            spy.wait()
         out.rss_after_mb = proc_rss_mb(pid)
         subs, meta = collect_subscribers(ps, rq, resq, stop, len(filters), cfg.procs)
         res.subscriber_cpu_pct = meta["cpu"] / wall * 100

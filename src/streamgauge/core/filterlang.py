@@ -360,38 +360,66 @@ def evaluate(
     row, ``codes`` maps sensor names to codes (names absent match no row), ``values`` the numeric
     value per row (NaN when not numeric; NaN never satisfies a comparison).
     """
-    report = np.asarray(report, dtype=np.int64)
-    sensor_codes = np.asarray(sensor_codes, dtype=np.int64)
-    values = np.asarray(values, dtype=np.float64)
-    if not (report.shape == sensor_codes.shape == values.shape) or report.ndim != 1:
-        raise ValueError("report, sensor_codes and values must be 1-d arrays of one length")
-    if report.size and (int(report.min()) < 0 or int(report.max()) >= n_reports):
-        raise ValueError("report ids must lie in 0..n_reports-1")
-    numeric = ~np.isnan(values)
-    memo: dict[Cond, BoolArray] = {}
+    table = ReportTable(report, sensor_codes, values, n_reports)
+    passing: BoolArray = table.satisfied(expr, codes)[table.report]
+    return passing
 
-    def cond_reports(c: Cond) -> BoolArray:
-        hit = memo.get(c)
-        if hit is not None:
-            return hit
-        code = codes.get(c.sensor)
+
+class ReportTable:
+    """One batch's rows grouped by sensor for judging station reports: built once per batch (and
+    QC population) and shared by every subscriber's expression, so that a condition costs a
+    comparison over its own sensor's rows only, and a condition several subscribers share is
+    computed once."""
+
+    __slots__ = ("report", "n_reports", "_by_code", "_memo")
+
+    def __init__(
+        self, report: IntArray, sensor_codes: IntArray, values: FloatArray, n_reports: int
+    ) -> None:
+        report = np.asarray(report, dtype=np.int64)
+        sensor_codes = np.asarray(sensor_codes, dtype=np.int64)
+        values = np.asarray(values, dtype=np.float64)
+        if not (report.shape == sensor_codes.shape == values.shape) or report.ndim != 1:
+            raise ValueError("report, sensor_codes and values must be 1-d arrays of one length")
+        if report.size and (int(report.min()) < 0 or int(report.max()) >= n_reports):
+            raise ValueError("report ids must lie in 0..n_reports-1")
+        self.report = report
+        self.n_reports = n_reports
+        numeric = np.flatnonzero(~np.isnan(values))
+        order = numeric[np.argsort(sensor_codes[numeric], kind="stable")]
+        sorted_codes = sensor_codes[order]
+        bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
+        starts = np.concatenate([[0], bounds]).tolist()
+        stops = np.concatenate([bounds, [len(order)]]).tolist()
+        self._by_code: dict[int, tuple[IntArray, FloatArray]] = {
+            int(sorted_codes[a]): (report[order[a:b]], values[order[a:b]])
+            for a, b in zip(starts, stops, strict=True)
+            if b > a
+        }
+        self._memo: dict[tuple[int, str, float], BoolArray] = {}
+
+    def cond(self, code: int | None, op: str, value: float) -> BoolArray:
+        """Per REPORT: whether some numeric row of sensor ``code`` compares true."""
         if code is None:
-            hit = np.zeros(n_reports, dtype=np.bool_)
-        else:
-            rows = (sensor_codes == code) & numeric & _COMPARE[c.op](values, c.value)
-            hit = np.bincount(report[rows], minlength=n_reports) > 0
-        memo[c] = hit
+            return np.zeros(self.n_reports, dtype=np.bool_)
+        key = (code, op, value)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = np.zeros(self.n_reports, dtype=np.bool_)
+            found = self._by_code.get(code)
+            if found is not None:
+                reports, vals = found
+                hit[reports[_COMPARE[op](vals, value)]] = True
+            self._memo[key] = hit
         return hit
 
-    def walk(e: Expr) -> BoolArray:
-        if isinstance(e, Cond):
-            return cond_reports(e)
-        if isinstance(e, And):
-            return walk(e.left) & walk(e.right)
-        return walk(e.left) | walk(e.right)
-
-    passing: BoolArray = walk(expr)[report]
-    return passing
+    def satisfied(self, expr: Expr, codes: Mapping[str, int]) -> BoolArray:
+        """Per REPORT: whether the report satisfies ``expr``."""
+        if isinstance(expr, Cond):
+            return self.cond(codes.get(expr.sensor), expr.op, expr.value)
+        left = self.satisfied(expr.left, codes)
+        right = self.satisfied(expr.right, codes)
+        return left & right if isinstance(expr, And) else left | right
 
 
 # --- SQL --------------------------------------------------------------------------------------

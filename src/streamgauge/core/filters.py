@@ -17,7 +17,7 @@ import numpy.typing as npt
 from streamgauge import catalog
 from streamgauge.core.batch import Batch
 from streamgauge.core.domain import Domain
-from streamgauge.core.filterlang import Expr, evaluate, map_values
+from streamgauge.core.filterlang import Expr, ReportTable, map_values
 from streamgauge.core.units import UnitSystem, convert_value, target_unit
 from streamgauge.errors import BadRequest
 from streamgauge.store.registry import Registry
@@ -110,49 +110,72 @@ def _gather(table: npt.NDArray[np.bool_], keys: npt.NDArray[np.int64]) -> npt.ND
 
 
 class CompiledSelection:
-    """A selection with its lookup table over series pks. A metadata change (registry version)
-    rebuilds it; new series (created by ingest) only extend it, with the same device and name
-    tables."""
+    """A selection with its lookup table over series pks, kept as a bitset (one bit per series:
+    22 KB for 180,000 series, so a thousand subscribers hold 22 MB, not 180). A metadata change
+    (registry version) rebuilds it; new series (created by ingest) only extend it in place, in a
+    buffer grown by doubling, with the same device and name tables."""
 
     def __init__(self, selection: Selection, reg: Registry) -> None:
         self.selection = selection
         self._reg = reg
         self._version = -1
         self._tables = Tables(None, None)
-        self._allowed: npt.NDArray[np.bool_] = np.zeros(0, np.bool_)
+        self._bits: npt.NDArray[np.uint8] = np.zeros(0, np.uint8)  # with room to grow
+        self._n = 0  # series pks compiled: [0, _n)
 
-    def allowed(self) -> npt.NDArray[np.bool_]:
-        """The lookup table over series pks, current with the registry."""
+    def _refresh(self) -> npt.NDArray[np.uint8]:
         reg = self._reg
+        end = reg.series_end
         if self._version != reg.version:
             self._version = reg.version
             self._tables = self.selection.tables(reg)
-            self._allowed = self.selection.compile(reg, self._tables, 0, reg.series_end)
-        elif len(self._allowed) < reg.series_end:
-            lo = len(self._allowed)
-            self._allowed = np.concatenate(
-                [self._allowed, self.selection.compile(reg, self._tables, lo, reg.series_end)]
+            size = (end + 7) // 8
+            self._bits = np.zeros(max(size + size // 4, 128), np.uint8)
+            self._bits[:size] = np.packbits(
+                self.selection.compile(reg, self._tables, 0, end), bitorder="little"
             )
-        return self._allowed
+            self._n = end
+        elif self._n < end:
+            lo = self._n & ~7  # recompile from a byte boundary: the partial byte is rewritten
+            size = (end + 7) // 8
+            if size > len(self._bits):
+                grown = np.zeros(max(2 * len(self._bits), size), np.uint8)
+                grown[: len(self._bits)] = self._bits
+                self._bits = grown
+            self._bits[lo // 8 : size] = np.packbits(
+                self.selection.compile(reg, self._tables, lo, end), bitorder="little"
+            )
+            self._n = end
+        return self._bits
+
+    def allowed(self) -> npt.NDArray[np.bool_]:
+        """The lookup table over series pks as booleans, current with the registry."""
+        bits = self._refresh()
+        out: npt.NDArray[np.bool_] = np.unpackbits(
+            bits[: (self._n + 7) // 8], count=self._n, bitorder="little"
+        ).view(np.bool_)
+        return out
 
     def mask(self, batch: Batch) -> npt.NDArray[np.bool_]:
-        allowed = self.allowed()
+        bits = self._refresh()
         series = batch.series
-        top = batch.derived.get("max_series")
-        if top is None:
-            top = batch.derived["max_series"] = int(series.max()) if len(series) else -1
-        if top >= len(allowed):  # rows of since-deleted series
-            extra = np.zeros(top + 1 - len(allowed), np.bool_)
-            allowed = np.concatenate([allowed, extra])
-        mask: npt.NDArray[np.bool_] = allowed[series]
+        pos = batch.derived.get("bit_positions")  # shared by every subscriber of this batch
+        if pos is None:
+            top = int(series.max()) if len(series) else -1
+            pos = batch.derived["bit_positions"] = (series >> 3, (series & 7).astype(np.uint8), top)
+        byte, shift, top = pos
+        if top >= 8 * len(bits):  # rows of series pks beyond the table: none wanted
+            grown = np.zeros(top // 8 + 1, np.uint8)
+            grown[: len(bits)] = bits
+            bits = self._bits = grown
+        mask: npt.NDArray[np.bool_] = ((bits[byte] >> shift) & 1).view(np.bool_)
         sel = self.selection
         if sel.qc_remove:
             mask &= qc_pass(batch, sel.qc_remove)
         if sel.expr is not None and mask.any():
-            population = self._reg.s_project[series] == sel.project_pk
-            if sel.qc_remove:
-                population &= qc_pass(batch, sel.qc_remove)
-            mask &= report_mask(sel.expr, batch, self._reg, population)
+            table = _shared_table(batch, self._reg, sel.project_pk, sel.qc_remove)
+            rows = np.flatnonzero(mask)
+            mask[rows] = table.satisfied(sel.expr, self._reg.names)[table.report[rows]]
         return mask
 
 
@@ -187,9 +210,31 @@ def report_mask(
     ``expr``, judged on the ``population`` rows only."""
     if not len(batch):
         return np.zeros(0, np.bool_)
+    table = _report_table(batch, reg, population)
+    passing: npt.NDArray[np.bool_] = table.satisfied(expr, reg.names)[table.report]
+    return passing
+
+
+def _report_table(batch: Batch, reg: Registry, population: npt.NDArray[np.bool_]) -> ReportTable:
     report, n_reports = _reports(batch, reg)
     values = np.where(population, batch.numeric(), np.nan)
-    return evaluate(expr, report, reg.s_name[batch.series], reg.names, values, n_reports)
+    return ReportTable(report, reg.s_name[batch.series], values, n_reports)
+
+
+def _shared_table(batch: Batch, reg: Registry, project_pk: int, qc_remove: int) -> ReportTable:
+    """The report table over the project's rows that pass ``qc_remove``: built once per batch
+    and shared by every subscriber with a filter expression and the same QC removal."""
+    key = ("report_table", project_pk, qc_remove)
+    cached = batch.derived.get(key)
+    if cached is not None and cached[0] == reg.version:
+        found: ReportTable = cached[1]
+        return found
+    population = reg.s_project[batch.series] == project_pk
+    if qc_remove:
+        population &= qc_pass(batch, qc_remove)
+    table = _report_table(batch, reg, population)
+    batch.derived[key] = (reg.version, table)
+    return table
 
 
 def _reports(batch: Batch, reg: Registry) -> tuple[npt.NDArray[np.int64], int]:
