@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import numpy as np
 
-from streamgauge.core.batch import Batch
+from streamgauge.core.batch import Batch, merge_commits
+from streamgauge.core.filterlang import parse_filter_on
 from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.framing import NDJSON, SSE, Framing
 from streamgauge.core.hub import Hub, Subscription
@@ -213,3 +217,46 @@ def test_close_project_and_close_all() -> None:
     hub.close_all("server shutting down")
     assert c.closed == "server shutting down" and c.wakeup.is_set()
     hub.close_project(99, "nothing to close")  # unknown project: no error
+
+
+async def test_commits_published_while_the_loop_is_busy_fan_out_as_one_round() -> None:
+    reg = registry()
+    hub = Hub()
+    s = sub(reg, Selection(1))
+    other = sub(reg, Selection(2))
+    hub.subscribe(s)
+    hub.subscribe(other)
+    hub.publish(batch([1, 2], first=1))
+    hub.publish(batch([3], first=3))
+    hub.publish(batch([4], first=4, project_pk=2))
+    hub.publish(batch([1], first=5))
+    assert not s.queue  # nothing until the loop runs the scheduled round
+    await asyncio.sleep(0)
+    # consecutive commits of project 1 went out together; project 2's commit split the run
+    assert [(i.first, i.last, i.count) for i in s.queue] == [(1, 3, 3), (5, 5, 1)]
+    assert [(i.first, i.count) for i in other.queue] == [(4, 1)]
+    assert hub.fanouts == 3 and hub.published_batches == 4
+    lines = b"".join(i.data for i in s.queue).splitlines()
+    assert [json.loads(line)["cursor"] for line in lines] == [1, 2, 3, 5]
+    await asyncio.sleep(0)
+    hub.publish(batch([2], first=6))
+    await asyncio.sleep(0)
+    assert [i.first for i in s.queue][-1] == 6  # an idle loop sends a commit alone, at once
+
+
+def test_merged_commits_keep_station_reports_per_commit() -> None:
+    reg = registry()
+    # series 1 (air_temp) and 2 (wind_speed) are one device, so one station, at one time
+    a = batch([1], first=1)
+    a.values[0] = 30.0
+    b = batch([2], first=2)
+    b.values[0] = 5.0
+    expr = parse_filter_on("(air_temp > 20) and (wind_speed > 1)")
+    s = sub(reg, Selection(1, expr=expr))
+    assert s.selection.mask(merge_commits([a, b])).tolist() == [False, False]
+    joined = batch([1, 2], first=1)
+    joined.values[:] = [30.0, 5.0]
+    assert s.selection.mask(joined).tolist() == [True, True]
+    merged = merge_commits([a, b])
+    assert merged.received_ns == 123 and merged.first == 1 and merged.last == 2
+    assert merge_commits([a]) is a

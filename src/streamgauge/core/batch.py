@@ -274,3 +274,17 @@ def concat(batches: Sequence[Batch]) -> Batch:
         [v for b in batches for v in b.values],
         np.concatenate([b.qc for b in batches]),
     )
+
+
+def merge_commits(batches: Sequence[Batch]) -> Batch:
+    """Consecutive committed batches of one project as one batch for a fan-out round. Each row
+    remembers its commit (``derived["commit"]``), so station reports are still judged per
+    commit; ``received_ns`` is the oldest commit's."""
+    if len(batches) == 1:
+        return batches[0]
+    merged = concat(batches)
+    merged.received_ns = min(b.received_ns for b in batches)
+    merged.derived["commit"] = np.repeat(
+        np.arange(len(batches), dtype=np.int64), [len(b) for b in batches]
+    )
+    return merged

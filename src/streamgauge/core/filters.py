@@ -248,10 +248,14 @@ def _reports(batch: Batch, reg: Registry) -> tuple[npt.NDArray[np.int64], int]:
     dev = reg.s_device[batch.series]
     site = np.where((dev >= 0) & (dev < len(sites)), sites[np.clip(dev, 0, len(sites) - 1)], -1)
     site = np.where(site >= 0, site, -(dev + 2))  # a device without a site is its own station
-    order = np.lexsort((batch.times, site))
+    commit = batch.derived.get("commit")  # a merged batch: reports never span two commits
+    order = np.lexsort((batch.times, site) if commit is None else (batch.times, site, commit))
     s_sorted, t_sorted = site[order], batch.times[order]
     starts = np.ones(n, np.bool_)
     starts[1:] = (s_sorted[1:] != s_sorted[:-1]) | (t_sorted[1:] != t_sorted[:-1])
+    if commit is not None:
+        c_sorted = commit[order]
+        starts[1:] |= c_sorted[1:] != c_sorted[:-1]
     report = np.empty(n, np.int64)
     report[order] = np.cumsum(starts) - 1
     n_reports = int(starts.sum())
