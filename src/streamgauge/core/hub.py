@@ -20,9 +20,10 @@ committed batch (the merged batch remembers which commit each row came from).
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections import deque
 from dataclasses import dataclass
+
+import numpy as np
 
 from streamgauge.core.batch import Batch, merge_commits
 from streamgauge.core.filters import CompiledSelection
@@ -67,19 +68,20 @@ class Subscription:
     def render(self, batch: Batch) -> Item | None:
         """The frames of the rows of ``batch`` this subscriber wants, or None."""
         mask = self.selection.mask(batch)
-        if not mask.any():
+        picked = np.flatnonzero(mask)
+        if not len(picked):
             return None
         # Subscribers whose masks agree on this batch (same form and units) share one join.
         key = ("join", self.framing.name, self.units, mask.tobytes())
         joined: tuple[bytes, int, int, int] | None = batch.derived.get(key)
         if joined is None:
             rows = batch.framed(self.framing.name, self.registry, self.framing.row, self.units)
-            if mask.all():
+            if len(picked) == len(rows):
                 joined = (b"".join(rows), batch.first, batch.last, len(rows))
             else:
-                picked = batch.cursors[mask]
-                data = b"".join(itertools.compress(rows, mask.tolist()))
-                joined = (data, int(picked[0]), int(picked[-1]), len(picked))
+                cursors = batch.cursors
+                data = b"".join([rows[i] for i in picked.tolist()])
+                joined = (data, int(cursors[picked[0]]), int(cursors[picked[-1]]), len(picked))
             batch.derived[key] = joined
         data, first, last, count = joined
         return Item(first, last, count, data, batch.received_ns)
