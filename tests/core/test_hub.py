@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 import numpy as np
@@ -59,8 +60,7 @@ def test_render_picks_exactly_the_masked_rows() -> None:
     reg = registry()
     b = batch([1, 2, 3, 1, 2])
     s = sub(reg, Selection(1, variables=frozenset({"wind_speed"})))
-    item = s.render(b)
-    assert item is not None
+    (item,) = s.render(b)
     rows = b.framed("ndjson", reg, NDJSON.row)
     assert item.data == rows[1] + rows[4]
     assert (item.first, item.last, item.count, item.received_ns) == (2, 5, 2, 123)
@@ -70,8 +70,7 @@ def test_render_with_sse_framing() -> None:
     reg = registry()
     b = batch([1, 3, 2], first=40)
     s = sub(reg, Selection(1, variables=frozenset({"wind_speed"})), SSE)
-    item = s.render(b)
-    assert item is not None
+    (item,) = s.render(b)
     assert item.data.startswith(b"id: 42\ndata: {") and item.data.endswith(b"}\n\n")
     assert item.data.count(b"id: ") == 1
     assert (item.first, item.last, item.count) == (42, 42, 1)
@@ -80,12 +79,11 @@ def test_render_with_sse_framing() -> None:
 def test_render_all_rows_fast_path_and_no_rows() -> None:
     reg = registry()
     b = batch([1, 2, 3], first=10)
-    item = sub(reg, Selection(1)).render(b)
-    assert item is not None
+    (item,) = sub(reg, Selection(1)).render(b)
     assert item.data == b"".join(b.framed("ndjson", reg, NDJSON.row))
     assert (item.first, item.last, item.count) == (10, 12, 3)
-    assert sub(reg, Selection(1, variables=frozenset({"nope"}))).render(b) is None
-    assert sub(reg, Selection(2)).render(b) is None
+    assert sub(reg, Selection(1, variables=frozenset({"nope"}))).render(b) == []
+    assert sub(reg, Selection(2)).render(b) == []
 
 
 def test_subscribers_with_the_same_framing_share_the_encoding() -> None:
@@ -95,11 +93,11 @@ def test_subscribers_with_the_same_framing_share_the_encoding() -> None:
     assert b.framed("ndjson", reg, NDJSON.row) is first
     a = sub(reg, Selection(1)).render(b)
     c = sub(reg, Selection(1, variables=frozenset({"air_temp"}))).render(b)
-    assert a is not None and c is not None
+    assert a and c
     assert b.framed("ndjson", reg, NDJSON.row) is first  # rendering reused the cached list
     assert b._framed.keys() == {("ndjson", METRIC)}
     sse = sub(reg, Selection(1), SSE).render(b)
-    assert sse is not None and b._framed.keys() == {("ndjson", METRIC), ("sse", METRIC)}
+    assert sse and b._framed.keys() == {("ndjson", METRIC), ("sse", METRIC)}
     assert b.framed("sse", reg, SSE.row) is b.framed("sse", reg, SSE.row)
 
 
@@ -260,3 +258,17 @@ def test_merged_commits_keep_station_reports_per_commit() -> None:
     merged = merge_commits([a, b])
     assert merged.received_ns == 123 and merged.first == 1 and merged.last == 2
     assert merge_commits([a]) is a
+
+
+def test_max_rows_splits_items_and_with_series_keeps_the_rows_series() -> None:
+    reg = registry()
+    b = batch([1, 2, 3, 1, 2], first=10)
+    framing = dataclasses.replace(NDJSON, name="small", max_rows=2, with_series=True)
+    items = sub(reg, Selection(1), framing).render(b)
+    assert [(i.first, i.last, i.count) for i in items] == [(10, 11, 2), (12, 13, 2), (14, 14, 1)]
+    assert [i.series.tolist() for i in items if i.series is not None] == [[1, 2], [3, 1], [2]]
+    rows = b.framed("ndjson", reg, NDJSON.row)
+    assert b"".join(i.data for i in items) == b"".join(rows)
+    s = sub(reg, Selection(1), framing, queue_bytes=1 << 20)
+    s.offer(b)
+    assert len(s.queue) == 3 and s.queued == sum(len(i.data) for i in items)

@@ -139,6 +139,20 @@ class Batch:
             self._framed[key] = rows
         return rows
 
+    def encoded(
+        self,
+        form: str,
+        registry: Registry,
+        encode: Callable[[Batch, Registry, UnitSystem], list[bytes]],
+        units: UnitSystem = METRIC,
+    ) -> list[bytes]:
+        """Rows encoded by a face's own ``encode`` (once per batch, form and units)."""
+        key = (form, units)
+        rows = self._framed.get(key)
+        if rows is None:
+            rows = self._framed[key] = encode(self, registry, units)
+        return rows
+
     def head(self, n: int) -> Batch:
         """The first ``n`` rows."""
         return Batch(

@@ -12,6 +12,7 @@ import gc
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from streamgauge.core.batch import Batch, concat, empty_batch, format_time
 from streamgauge.core.filters import CompiledSelection, Selection, report_mask
 from streamgauge.core.framing import Framing
 from streamgauge.core.handoff import Handoff
-from streamgauge.core.hub import Hub, Subscription
+from streamgauge.core.hub import Hub, Item, Subscription
 from streamgauge.core.units import METRIC, UnitSystem, describe
 from streamgauge.errors import BadRequest, StreamgaugeError
 from streamgauge.metrics import Metrics
@@ -167,6 +168,29 @@ class Engine:
         """Frames of matching observations after ``since`` (live only if None), then live,
         keepalives when idle, and a closing frame with the resume cursor if the server ends it."""
         s = self.settings
+        yield framing.opened(int(s.keepalive_seconds * 1000)) + framing.units(describe(units))
+        async for event in self.events(selection, framing, since, units):
+            if isinstance(event, Chunk):
+                if event.items:
+                    yield b"".join([item.data for item in event.items])
+            elif isinstance(event, Keepalive):
+                yield framing.keepalive(format_time(event.now_ms))
+            else:
+                yield framing.closed(event.reason, event.resume)
+
+    async def events(
+        self,
+        selection: Selection,
+        framing: Framing,
+        since: int | None,
+        units: UnitSystem = METRIC,
+    ) -> AsyncIterator[Chunk | Keepalive | Closed]:
+        """A subscription as events, for faces to frame: chunks of matching rows after
+        ``since`` (live only if None; catch-up from the store first, then live, without gap or
+        duplicate), a keepalive when idle for ``keepalive_seconds``, and, if the server ends
+        it, a last ``Closed`` event with the cursor to resume from. Each chunk carries the
+        position: every row up to it has been considered."""
+        s = self.settings
         sub = Subscription(
             CompiledSelection(selection, self.registry),
             framing,
@@ -179,35 +203,32 @@ class Engine:
         handoff = Handoff(last=self.store.head if since is None else since)
         handoff.start(self.store.head)
         try:
-            yield framing.opened(int(s.keepalive_seconds * 1000)) + framing.units(describe(units))
             while True:
                 span = handoff.next_read()
                 if span is not None:
                     page = s.catchup_page_rows
                     batch = await self.store.read_log(span[0], span[1], page)
-                    if len(batch):
-                        picked = batch.take(sub.selection.mask(batch))
-                        if len(picked):
-                            yield b"".join(
-                                picked.framed(framing.name, self.registry, framing.row, units)
-                            )
+                    items = sub.render(batch) if len(batch) else []
                     handoff.read(batch.last if len(batch) else None, complete=len(batch) < page)
+                    if items or len(batch):
+                        yield Chunk(items, handoff.last)
                     if sub.overflowed:
                         sub.reset()
                         handoff.restart(self.store.head)
                     continue
                 if sub.closed is not None:
                     self.metrics.stream_closed.labels("server").inc()
-                    yield framing.closed(sub.closed, handoff.last)
+                    yield Closed(sub.closed, handoff.last, slow=False)
                     return
                 if sub.overflowed:
                     self.metrics.stream_closed.labels("slow_consumer").inc()
-                    yield framing.closed(
+                    yield Closed(
                         "slow consumer: the send queue overflowed; resume from the cursor",
                         handoff.last,
+                        slow=True,
                     )
                     return
-                chunks: list[bytes] = []
+                chunk: list[Item] = []
                 size = 0
                 oldest = 0
                 while size < MAX_SEND_BYTES:
@@ -215,17 +236,35 @@ class Engine:
                     if item is None:
                         break
                     if handoff.admit(item.first, item.last):
-                        chunks.append(item.data)
+                        chunk.append(item)
                         size += len(item.data)
                         oldest = oldest or item.received_ns
-                if chunks:
+                if chunk:
                     self.metrics.delivery_seconds.observe((time.monotonic_ns() - oldest) / 1e9)
-                    yield b"".join(chunks)
+                    yield Chunk(chunk, handoff.last)
                     continue
                 try:
                     async with asyncio.timeout(s.keepalive_seconds):
                         await sub.wakeup.wait()
                 except TimeoutError:
-                    yield framing.keepalive(format_time(int(time.time() * 1000)))
+                    yield Keepalive(int(time.time() * 1000))
         finally:
             self.hub.unsubscribe(sub)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    items: list[Item]  # may be empty: a catch-up page with no match still advances ``position``
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Keepalive:
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    reason: str
+    resume: int
+    slow: bool

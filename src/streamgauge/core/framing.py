@@ -9,12 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
+
+if TYPE_CHECKING:
+    from streamgauge.core.batch import Batch
+    from streamgauge.core.units import UnitSystem
+    from streamgauge.store.registry import Registry
 
 
 @dataclass(frozen=True, slots=True)
 class Framing:
+    """How a stream writes rows. ``row`` wraps each row's native JSON object; a face with its own
+    row shape gives ``encode`` instead (all rows of a batch at once, cached per batch and units).
+    ``max_rows`` bounds the rows of one queued item (a face's message size); ``with_series``
+    keeps the picked rows' series pks on each item (for per-connection metadata)."""
+
     name: str
     media_type: str
     row: Callable[[int, bytes], bytes]
@@ -22,6 +33,15 @@ class Framing:
     closed: Callable[[str, int], bytes]
     opened: Callable[[int], bytes]
     units: Callable[[dict[str, str]], bytes]
+    encode: Callable[[Batch, Registry, UnitSystem], list[bytes]] | None = None
+    max_rows: int = 0  # 0: unbounded
+    with_series: bool = False
+
+    def rows(self, batch: Batch, registry: Registry, units: UnitSystem) -> list[bytes]:
+        """The framed rows of ``batch`` (cached on the batch per form and units)."""
+        if self.encode is None:
+            return batch.framed(self.name, registry, self.row, units)
+        return batch.encoded(self.name, registry, self.encode, units)
 
 
 def _ndjson_row(cursor: int, obj: bytes) -> bytes:

@@ -24,6 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from streamgauge.core.batch import Batch, merge_commits
 from streamgauge.core.filters import CompiledSelection
@@ -39,6 +40,7 @@ class Item:
     count: int
     data: bytes
     received_ns: int
+    series: npt.NDArray[np.int64] | None = None  # the rows' series pks, if the framing asks
 
 
 class Subscription:
@@ -65,40 +67,54 @@ class Subscription:
     def project_pk(self) -> int:
         return self.selection.selection.project_pk
 
-    def render(self, batch: Batch) -> Item | None:
-        """The frames of the rows of ``batch`` this subscriber wants, or None."""
+    def render(self, batch: Batch) -> list[Item]:
+        """The frames of the rows of ``batch`` this subscriber wants: one item, or several of
+        at most ``framing.max_rows`` rows each."""
         mask = self.selection.mask(batch)
         picked = np.flatnonzero(mask)
         if not len(picked):
-            return None
-        # Subscribers whose masks agree on this batch (same form and units) share one join.
-        key = ("join", self.framing.name, self.units, mask.tobytes())
-        joined: tuple[bytes, int, int, int] | None = batch.derived.get(key)
-        if joined is None:
-            rows = batch.framed(self.framing.name, self.registry, self.framing.row, self.units)
-            if len(picked) == len(rows):
-                joined = (b"".join(rows), batch.first, batch.last, len(rows))
-            else:
-                cursors = batch.cursors
-                data = b"".join([rows[i] for i in picked.tolist()])
-                joined = (data, int(cursors[picked[0]]), int(cursors[picked[-1]]), len(picked))
-            batch.derived[key] = joined
-        data, first, last, count = joined
-        return Item(first, last, count, data, batch.received_ns)
+            return []
+        # Subscribers whose masks agree on this batch (same form and units) share the join.
+        framing = self.framing
+        key = ("join", framing.name, self.units, mask.tobytes())
+        items: list[Item] | None = batch.derived.get(key)
+        if items is None:
+            rows = framing.rows(batch, self.registry, self.units)
+            step = framing.max_rows or len(picked)
+            items = []
+            for lo in range(0, len(picked), step):
+                part = picked[lo : lo + step]
+                if len(part) == len(rows):
+                    data = b"".join(rows)
+                else:
+                    data = b"".join([rows[i] for i in part.tolist()])
+                items.append(
+                    Item(
+                        int(batch.cursors[part[0]]),
+                        int(batch.cursors[part[-1]]),
+                        len(part),
+                        data,
+                        batch.received_ns,
+                        batch.series[part] if framing.with_series else None,
+                    )
+                )
+            batch.derived[key] = items
+        return items
 
     def offer(self, batch: Batch) -> None:
         if self.overflowed or self.closed:
             return
-        item = self.render(batch)
-        if item is None:
+        items = self.render(batch)
+        if not items:
             return
-        if self.queue and self.queued + len(item.data) > self.queue_bytes:
+        size = sum(len(item.data) for item in items)
+        if self.queue and self.queued + size > self.queue_bytes:
             self.overflowed = True
             self.queue.clear()
             self.queued = 0
         else:
-            self.queue.append(item)
-            self.queued += len(item.data)
+            self.queue.extend(items)
+            self.queued += size
         self.wakeup.set()
 
     def take(self) -> Item | None:
