@@ -542,13 +542,16 @@ class Deliveries:
             if client is None:
                 raise RuntimeError("deliveries are not started")
             started = time.perf_counter()
-            async with client.stream(
-                item.method,
-                item.url,
-                content=item.body,
-                headers=headers,
-                timeout=httpx.Timeout(w.timeout),
-            ) as resp:
+            async with (
+                asyncio.timeout(w.timeout),  # the whole exchange, not each phase
+                client.stream(
+                    item.method,
+                    item.url,
+                    content=item.body,
+                    headers=headers,
+                    timeout=httpx.Timeout(w.timeout),
+                ) as resp,
+            ):
                 status = resp.status_code
                 if not 200 <= status < 300:
                     wait = retry_after(resp.headers.get("Retry-After"))
@@ -556,7 +559,8 @@ class Deliveries:
             latency = (time.perf_counter() - started) * 1000
         except Invalid as exc:
             error = exc.message
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, TimeoutError):
+            status = None
             error = f"no response within {w.timeout:g} s"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
