@@ -36,6 +36,8 @@ from streamgauge.core.deliveries import (
 from streamgauge.core.engine import Engine
 from streamgauge.core.signing import dt_signature, hmac_signature, verify_hmac_signature
 from streamgauge.errors import Invalid, NotFound
+from streamgauge.store import deliveries as table
+from streamgauge.store.sqlite import Tx
 from tests.conftest import MS, free_port
 from tests.store.test_sqlite import cols, seed
 
@@ -656,3 +658,30 @@ def test_percentile_by_nearest_rank() -> None:
     assert percentile(values, 0.5) == 50.0
     assert percentile(values, 0.99) == 99.0
     assert percentile(list(reversed(values)), 1.0) == 100.0
+
+
+async def test_dead_letters_are_bounded_per_key(engine: Engine) -> None:
+    def write(tx: Tx) -> None:
+        for n in range(1, table.MAX_DEAD_LETTERS + 6):
+            for key in ("a", "b") if n <= 3 else ("a",):
+                table.dead_letter(
+                    tx,
+                    key,
+                    cursor=n,
+                    method="POST",
+                    url="http://127.0.0.1:9/",
+                    headers={},
+                    body=b"{}",
+                    born_ms=0,
+                    now_ms=1,
+                    attempts=1,
+                    last_status=500,
+                    last_error="HTTP 500",
+                )
+
+    await engine.store.write(write)
+    kept = await engine.deliveries.dead_letters("a", limit=5000)
+    assert len(kept) == table.MAX_DEAD_LETTERS
+    assert kept[0]["cursor"] == table.MAX_DEAD_LETTERS + 5 and kept[-1]["cursor"] == 6
+    assert [d["cursor"] for d in await engine.deliveries.dead_letters("b")] == [3, 2, 1]
+    assert await engine.deliveries.cursor("a") == table.MAX_DEAD_LETTERS + 5
