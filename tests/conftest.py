@@ -19,7 +19,7 @@ import httpx
 import pytest
 import uvicorn
 
-from streamgauge.app import create_app
+from streamgauge.app import create_app, server_options
 from streamgauge.config import Settings
 
 MS = float(os.environ.get("STREAMGAUGE_TEST_MS", "1.0")) / 1000  # one scaled millisecond
@@ -66,8 +66,8 @@ def start_server(data: Path, **settings: Any) -> Server:
         host="127.0.0.1",
         port=port,
         log_level="warning",
-        lifespan="on",
         timeout_graceful_shutdown=2,
+        **server_options(app.state.engine.settings),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

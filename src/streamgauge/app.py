@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -15,6 +16,7 @@ from streamgauge.core.engine import Engine, load_admin_token
 from streamgauge.errors import StreamgaugeError
 from streamgauge.faces import http
 from streamgauge.faces.native import router as native_router
+from streamgauge.faces.synoptic import router as feed_router
 
 
 def create_app(settings: Settings | None = None, *, admin_token: str | None = None) -> FastAPI:
@@ -43,6 +45,7 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
     app.add_exception_handler(HTTPException, http.on_http_error)
     app.add_exception_handler(Exception, http.on_unexpected)
     app.include_router(native_router)
+    app.include_router(feed_router)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, object]:
@@ -55,3 +58,14 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
         return Response(engine.metrics.render(), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn options the app relies on (the CLI and the tests use the same)."""
+    return {
+        "ws": "websockets-sansio",
+        "ws_ping_interval": settings.ws_ping_seconds,
+        "ws_ping_timeout": settings.ws_ping_seconds,
+        "ws_max_size": 1 << 20,
+        "lifespan": "on",
+    }

@@ -56,7 +56,7 @@ def _serve(host: str, port: int, data: Path) -> None:
         console.print(
             f"[bold]Generated the admin token[/bold] (stored in {data / 'admin-token'}):\n  {token}"
         )
-    from streamgauge.app import create_app
+    from streamgauge.app import create_app, server_options
 
     application = create_app(settings, admin_token=token)
     config = uvicorn.Config(
@@ -64,9 +64,8 @@ def _serve(host: str, port: int, data: Path) -> None:
         host=host,
         port=port,
         log_level="warning",
-        lifespan="on",
         timeout_graceful_shutdown=5,
-        ws_max_size=1 << 20,
+        **server_options(settings),
     )
     console.print(f"streamgauge {__version__} serving on http://{host}:{port} (data: {data})")
     _Server(config).run()

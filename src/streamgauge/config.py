@@ -103,6 +103,30 @@ class Settings(BaseSettings):
         description="Rows read from the store per step when a stream catches up from a cursor.",
     )
 
+    # The push feed (Synoptic-compatible WebSocket)
+    feed_session_retention_hours: float = Field(
+        default=72.0,
+        gt=0,
+        description="A feed session can be resumed this long after it was last connected.",
+    )
+    feed_period_max_hours: float = Field(
+        default=48.0,
+        gt=0,
+        description="How far back a feed's start/end period and rewind may reach.",
+    )
+    feed_message_rows: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Most observations in one feed data message.",
+    )
+    ws_ping_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        description="Interval of WebSocket protocol pings on feed connections (a peer that "
+        "does not answer within the same interval is dropped; its session stays resumable).",
+    )
+
     # Reads
     page_limit_default: int = Field(
         default=1000, ge=1, description="Default page size of history and list reads."

@@ -30,6 +30,7 @@ from streamgauge.core.units import METRIC, UnitSystem, describe
 from streamgauge.errors import BadRequest, StreamgaugeError
 from streamgauge.metrics import Metrics
 from streamgauge.store.base import AppendResult, HistoryQuery
+from streamgauge.store.feeds import FeedStore
 from streamgauge.store.registry import ProjectRec
 from streamgauge.store.sqlite import SqliteStore
 
@@ -80,11 +81,14 @@ class Engine:
             retry_max_seconds=settings.delivery_retry_max_seconds,
         )
         self.listeners.append(lambda batch: self.deliveries.notify())
+        # Push-feed tokens and durable feed sessions.
+        self.feeds = FeedStore(self.store, settings.feed_session_retention_hours * 3600)
 
     async def start(self) -> None:
         self.settings.data.mkdir(parents=True, exist_ok=True)
         await self.store.open(self._committed)
         await self.deliveries.start()
+        await self.feeds.start()
         gc.callbacks.append(self.metrics.on_gc)
 
     def _committed(self, batch: Batch) -> None:
@@ -95,9 +99,10 @@ class Engine:
     async def stop(self) -> None:
         if self.metrics.on_gc in gc.callbacks:
             gc.callbacks.remove(self.metrics.on_gc)
-        await self.deliveries.stop()
         self.hub.close_all("server shutting down")
         await asyncio.sleep(0)
+        await self.feeds.stop()
+        await self.deliveries.stop()
         await self.store.close()
 
     # -- ingest ---------------------------------------------------------------------------------

@@ -101,6 +101,27 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX delivery_dead_letters_key ON delivery_dead_letters (key, pk);
     """,
+    # 4: the push feed: read-only feed tokens (digests only) and durable feed sessions.
+    """
+    CREATE TABLE feed_tokens (
+        pk INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        project_pk INTEGER NOT NULL REFERENCES projects(pk) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        digest BLOB NOT NULL UNIQUE,
+        created TEXT NOT NULL
+    );
+    CREATE TABLE feed_sessions (
+        id TEXT PRIMARY KEY,
+        token_pk INTEGER NOT NULL REFERENCES feed_tokens(pk) ON DELETE CASCADE,
+        args TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        after_time INTEGER,
+        created INTEGER NOT NULL,
+        touched INTEGER NOT NULL
+    );
+    CREATE INDEX feed_sessions_touched ON feed_sessions (touched);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -489,6 +489,27 @@ class SqliteStore:
 
         return await self.read(run)
 
+    async def cursor_before(self, received_ms: int) -> int:
+        """The last cursor committed before ``received_ms`` (0: none): where a replay of what
+        arrived since then starts. A binary search over the log by primary key (commit times
+        follow cursor order), so it costs a few dozen point reads, never a scan."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            lo, hi = 0, self._head  # invariant: received(lo) < t <= received(hi + 1...)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                row = conn.execute(
+                    "SELECT cursor, received FROM obs WHERE cursor >= ? ORDER BY cursor LIMIT 1",
+                    (mid,),
+                ).fetchone()
+                if row is not None and row[1] < received_ms:
+                    lo = max(mid, row[0])
+                else:
+                    hi = mid - 1
+            return lo
+
+        return await self.read(run)
+
     async def history(self, query: HistoryQuery) -> Batch:
         def run(conn: sqlite3.Connection) -> Batch:
             sql, params = _history_sql(query)

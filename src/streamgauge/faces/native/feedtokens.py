@@ -1,0 +1,54 @@
+"""Feed tokens: read-only credentials of a project's push feed (``/feed/{token}/``)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, Field
+
+from streamgauge.auth import Action
+from streamgauge.faces.http import StrictRoute, json_response
+from streamgauge.faces.native.deps import EngineDep, PagingDep, PrincipalDep, project_for
+from streamgauge.model import Name
+from streamgauge.store.feeds import FeedToken
+
+router = APIRouter(tags=["push feed"], route_class=StrictRoute)
+
+
+class FeedTokenIn(BaseModel):
+    model_config = {"extra": "forbid"}
+    name: Name = Field(description="What the token is for (shown in lists).")
+
+
+def _doc(project: str, t: FeedToken) -> dict[str, object]:
+    return {"id": t.id, "name": t.name, "project": project, "created_at": t.created_at}
+
+
+@router.post("/projects/{project}/feedtokens", status_code=201)
+async def create_feed_token(
+    engine: EngineDep, who: PrincipalDep, project: str, body: FeedTokenIn
+) -> Response:
+    """Create a feed token; the reply holds the token itself, once (only a digest is kept).
+    Connect with `ws://HOST/feed/{token}/?{arguments}`."""
+    rec = project_for(engine, who, project, Action.MANAGE)
+    tok, secret = await engine.feeds.create_token(rec.pk, body.name)
+    return json_response({**_doc(project, tok), "token": secret}, 201)
+
+
+@router.get("/projects/{project}/feedtokens")
+async def list_feed_tokens(
+    engine: EngineDep, who: PrincipalDep, project: str, paging: PagingDep
+) -> Response:
+    """The project's feed tokens (without the tokens themselves)."""
+    rec = project_for(engine, who, project, Action.MANAGE)
+    items = ((t.id, _doc(project, t)) for t in engine.feeds.tokens_of(rec.pk))
+    return json_response(paging.page(items, "feedtokens"))
+
+
+@router.delete("/projects/{project}/feedtokens/{token_id}", status_code=204)
+async def revoke_feed_token(
+    engine: EngineDep, who: PrincipalDep, project: str, token_id: str
+) -> Response:
+    """Revoke a feed token: its sessions are deleted and its open connections closed."""
+    rec = project_for(engine, who, project, Action.MANAGE)
+    await engine.feeds.revoke(rec.pk, token_id)
+    return Response(status_code=204)

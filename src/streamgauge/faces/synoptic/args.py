@@ -1,0 +1,135 @@
+"""The feed's connection arguments (reference: synoptic-push.md section 4), parsed without I/O.
+
+Every argument maps onto the core's selection (the same parsers as the native face's query
+parameters), so the feed filters exactly as the native streams do. A bad argument raises
+``BadRequest`` whose details name it; the feed turns that into a failed ``auth`` message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import parse_qsl
+
+from streamgauge.errors import BadRequest
+from streamgauge.faces.native.observations import SelectionParams
+
+ARGUMENTS = (
+    "state",
+    "network",
+    "radius",
+    "nwszone",
+    "nwsfirezone",
+    "bbox",
+    "stid",
+    "vars",
+    "qc",
+    "filter_on",
+    "start",
+    "end",
+    "rewind",
+    "units",
+    "metadata",
+)
+SINGLE = frozenset({"start", "end", "rewind", "units", "metadata", "radius", "bbox", "filter_on"})
+# QC names of the old push reference, accepted so that old clients keep working (section 6/8).
+QC_ALIASES = {"sl_rate_change": "sl_rate_check", "sl_persistence": "sl_pers_check"}
+MINUTE_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class FeedArgs:
+    select: SelectionParams
+    metadata: bool
+    start_ms: int | None  # a past period [start, end] (both set), replayed and then closed
+    end_ms: int | None
+    rewind_minutes: float | None  # live, starting this many minutes back
+
+
+def _bad(name: str, reason: str, value: str | None = None) -> BadRequest:
+    shown = f" {value!r}" if value is not None else ""
+    return BadRequest(f"bad argument {name}{shown}: {reason}", [{"field": name, "reason": reason}])
+
+
+def parse_minute(text: str, name: str) -> int:
+    """``YYYYMMDDHHmm`` (UTC) as epoch milliseconds."""
+    if len(text) != 12 or not text.isdigit():
+        raise _bad(name, "expected YYYYMMDDHHmm (UTC)", text)
+    try:
+        when = datetime.strptime(text, "%Y%m%d%H%M").replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise _bad(name, "not a real date and time (YYYYMMDDHHmm, UTC)", text) from exc
+    return int(when.timestamp() * 1000)
+
+
+def _metadata(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("0", "off", "false", "no"):
+        return False
+    if low in ("", "1", "on", "true", "yes"):
+        return True
+    raise _bad("metadata", "expected 1/on or 0/off", text)
+
+
+def _qc(text: str) -> str:
+    return ",".join(QC_ALIASES.get(p.strip(), p.strip()) for p in text.split(","))
+
+
+def parse_feed_args(
+    query: str, *, now_ms: int, max_period_hours: float, check_age: bool = True
+) -> FeedArgs:
+    """The arguments of a feed URL's query string. Repeated arguments are joined as one comma
+    list; unknown names are refused (a misspelt filter would silently widen the feed).
+    ``check_age`` is off when a stored session's arguments are parsed again on resume."""
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=False, errors="strict")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest("the query string is not valid UTF-8 URL encoding") from exc
+    args: dict[str, str] = {}
+    for key, value in pairs:
+        if key not in ARGUMENTS:
+            raise _bad(key, f"unknown argument; expected any of {', '.join(ARGUMENTS)}")
+        if key in args and key in SINGLE:
+            raise _bad(key, "given more than once")
+        args[key] = f"{args[key]},{value}" if key in args else value
+    select = SelectionParams(
+        vars=args.get("vars"),
+        stid=args.get("stid"),
+        state=args.get("state"),
+        network=args.get("network"),
+        nwszone=args.get("nwszone"),
+        nwsfirezone=args.get("nwsfirezone"),
+        radius=args.get("radius"),
+        bbox=args.get("bbox"),
+        qc=_qc(args["qc"]) if "qc" in args else None,
+        units=args.get("units"),
+        filter=args.get("filter_on"),
+    )
+    start = parse_minute(args["start"], "start") if "start" in args else None
+    end = parse_minute(args["end"], "end") if "end" in args else None
+    rewind: float | None = None
+    if "rewind" in args:
+        if start is not None or end is not None:
+            raise _bad("rewind", "give either rewind or a start/end period, not both")
+        try:
+            rewind = float(args["rewind"])
+        except ValueError as exc:
+            raise _bad("rewind", "expected a number of minutes", args["rewind"]) from exc
+        if not 0 < rewind <= max_period_hours * 60:
+            raise _bad("rewind", f"expected minutes in (0, {max_period_hours * 60:g}]")
+    if end is not None and start is None:
+        raise _bad("end", "an end needs a start")
+    if start is not None:
+        oldest = now_ms - int(max_period_hours * 3_600_000)
+        if check_age and start < oldest - MINUTE_MS:
+            raise _bad("start", f"the period may reach back at most {max_period_hours:g} hours")
+        end = min(end if end is not None else now_ms, now_ms)
+        if end < start:
+            raise _bad("end", "the period ends before it starts")
+    return FeedArgs(
+        select,
+        _metadata(args["metadata"]) if "metadata" in args else True,
+        start,
+        end,
+        rewind,
+    )

@@ -1,0 +1,268 @@
+"""The Synoptic-compatible WebSocket push feed: ``/feed/{token}/?{arguments}`` starts a session,
+``/feed/{token}/{session}`` resumes one (reference: synoptic-push.md).
+
+A session is a durable consumer of the log (``store/feeds.py``): its arguments and its position.
+The face only translates: arguments become the core's selection and units, the subscription is
+the engine's (catch-up from the store, then live, without gap or duplicate), and rows become
+``data`` messages preceded by whatever ``metadata`` they need. Closing codes: 1000 after
+``{"feed_action": "stop"}`` or a finished period, 1012 when the server shuts down, 4000 when the
+client fell too far behind (its send queue overflowed), 1008 when the token was revoked. Each
+close leaves the session resumable from the last observation pushed.
+
+Resuming ignores every argument (the session's own apply) except ``cursor``: a client that tracks
+the ``cursor`` field of the data messages it processed may resume after exactly that one, which
+makes a resume after an abrupt drop exact (without it, the session resumes after the last message
+the server handed to the network, and what was in flight when the connection broke is lost with
+it, as with Synoptic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from urllib.parse import parse_qsl
+
+import orjson
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from streamgauge.core.engine import Chunk, Closed, Engine
+from streamgauge.core.hub import Item
+from streamgauge.errors import BadRequest, StreamgaugeError
+from streamgauge.faces.synoptic.args import FeedArgs, parse_feed_args
+from streamgauge.faces.synoptic.messages import (
+    Metadata,
+    auth_failed,
+    auth_success,
+    data_message,
+    encode_rows,
+    feed_framing,
+)
+from streamgauge.store.base import HistoryQuery
+from streamgauge.store.feeds import FeedSession, FeedToken
+
+router = APIRouter(tags=["push feed"])
+
+CLOSE_DONE = 1000
+CLOSE_REVOKED = 1008
+CLOSE_RESTART = 1012
+CLOSE_SLOW = 4000
+
+
+@router.websocket("/feed/{token}/")
+async def new_session(websocket: WebSocket, token: str) -> None:
+    """Start a session with the query string's arguments."""
+    await _feed(websocket, token, None)
+
+
+@router.websocket("/feed/{token}")
+async def new_session_no_slash(websocket: WebSocket, token: str) -> None:
+    await _feed(websocket, token, None)
+
+
+@router.websocket("/feed/{token}/{session}")
+async def resume_session(websocket: WebSocket, token: str, session: str) -> None:
+    """Resume a session: its own arguments apply; what it has not pushed flows first."""
+    await _feed(websocket, token, session)
+
+
+def _messages(exc: StreamgaugeError) -> list[str]:
+    out = [exc.message]
+    for d in exc.details:
+        where = d.get("field") or d.get("in")
+        reason = d.get("reason") or d.get("expected")
+        if where and reason:
+            out.append(f"{where}: {reason}")
+    return out
+
+
+async def _send(ws: WebSocket, data: bytes) -> None:
+    await ws.send({"type": "websocket.send", "text": data.decode()})
+
+
+async def _fail(ws: WebSocket, messages: list[str]) -> None:
+    await _send(ws, auth_failed(messages))
+    await ws.close(CLOSE_DONE)
+
+
+async def _feed(ws: WebSocket, token: str, session_id: str | None) -> None:
+    engine: Engine = ws.app.state.engine
+    s = engine.settings
+    await ws.accept()
+    tok = engine.feeds.token_for(token)
+    if tok is None:
+        await _fail(ws, ["invalid token"])
+        return
+    now = int(time.time() * 1000)
+    try:
+        if session_id is None:
+            query = ws.scope.get("query_string", b"").decode("utf-8", "strict")
+            args = parse_feed_args(query, now_ms=now, max_period_hours=s.feed_period_max_hours)
+            position = engine.store.head
+            if args.rewind_minutes is not None:
+                since = now - int(args.rewind_minutes * 60_000)
+                position = await engine.store.cursor_before(since)
+            session = await engine.feeds.create_session(tok, query, position)
+        else:
+            found = await engine.feeds.session(tok, session_id)
+            if found is None:
+                await _fail(ws, ["invalid session id", "start a new session"])
+                return
+            session = found
+            args = parse_feed_args(
+                session.args,
+                now_ms=now,
+                max_period_hours=s.feed_period_max_hours,
+                check_age=False,
+            )
+            _resume_at(ws, session, engine.store.head)
+    except UnicodeDecodeError:
+        await _fail(ws, ["the query string is not valid UTF-8"])
+        return
+    except StreamgaugeError as exc:
+        await _fail(ws, _messages(exc))
+        return
+    await _send(ws, auth_success(session.id, session_id is not None))
+    await _run(ws, engine, tok, session, args)
+
+
+def _resume_at(ws: WebSocket, session: FeedSession, head: int) -> None:
+    """A resume's ``cursor`` argument (the last observation the client processed)."""
+    query = ws.scope.get("query_string", b"").decode("utf-8", "replace")
+    given = dict(parse_qsl(query)).get("cursor")
+    if given is None:
+        return
+    if not given.isdigit() or int(given) > head:
+        raise BadRequest(
+            f"bad argument cursor {given!r}",
+            [{"field": "cursor", "reason": "the cursor of a data message this feed sent"}],
+        )
+    if session.after_time is None:
+        session.position = int(given)
+
+
+async def _run(
+    ws: WebSocket, engine: Engine, tok: FeedToken, session: FeedSession, args: FeedArgs
+) -> None:
+    feeds = engine.feeds
+    feeds.opened(session)
+    pusher = asyncio.create_task(_push(ws, engine, session, args))
+    listener = asyncio.create_task(_listen(ws))
+    revoked: list[str] = []
+
+    def close(reason: str) -> None:
+        revoked.append(reason)
+        pusher.cancel()
+
+    detach = feeds.attach(tok, close)
+    code, reason = CLOSE_DONE, "feed stopped; resume with the session id"
+    try:
+        done, _ = await asyncio.wait({pusher, listener}, return_when=asyncio.FIRST_COMPLETED)
+        if pusher in done and not pusher.cancelled() and pusher.exception() is None:
+            code, reason = pusher.result()
+        elif pusher in done and revoked:
+            code, reason = CLOSE_REVOKED, revoked[0]
+        elif listener in done and listener.result() == "disconnect":
+            code = 0
+    finally:
+        detach()
+        for task in (pusher, listener):
+            task.cancel()
+        for task in (pusher, listener):
+            with contextlib.suppress(BaseException):
+                await task
+        await feeds.closed(session)
+    if code and ws.application_state == WebSocketState.CONNECTED:
+        with contextlib.suppress(Exception):
+            await ws.close(code, reason[:120])
+
+
+async def _listen(ws: WebSocket) -> str:
+    """Client messages: ``{"feed_action": "stop"}`` ends the feed; others are ignored."""
+    while True:
+        msg = await ws.receive()
+        if msg["type"] == "websocket.disconnect":
+            return "disconnect"
+        raw = msg.get("text") or msg.get("bytes") or b""
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and obj.get("feed_action") == "stop":
+            return "stop"
+
+
+async def _push(
+    ws: WebSocket, engine: Engine, session: FeedSession, args: FeedArgs
+) -> tuple[int, str]:
+    """Send the session's messages; return the close code and reason when the server ends it."""
+    select = args.select
+    meta = Metadata(engine.registry, select.units, args.metadata)
+    project_pk = engine.feeds.project_of(session)
+    selection = select.selection(project_pk)
+    try:
+        if args.start_ms is not None and args.end_ms is not None:
+            await _period(ws, engine, session, args, meta)
+            return CLOSE_DONE, "the requested period has been sent"
+        framing = feed_framing(engine.settings.feed_message_rows)
+        async for event in engine.events(selection, framing, session.position, select.units):
+            if isinstance(event, Chunk):
+                for item in event.items:
+                    await _deliver(ws, meta, item)
+                    engine.feeds.moved(session, item.last)
+                engine.feeds.moved(session, event.position)
+            elif isinstance(event, Closed):
+                engine.feeds.moved(session, event.resume)
+                if event.slow:
+                    return CLOSE_SLOW, "slow consumer: resume with the session id"
+                return CLOSE_RESTART, "server shutting down: resume with the session id"
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        return 0, ""
+    return CLOSE_DONE, ""
+
+
+async def _deliver(ws: WebSocket, meta: Metadata, item: Item) -> None:
+    described = meta.message(item.series)
+    if described is not None:
+        await _send(ws, described)
+    await _send(ws, data_message(item))
+
+
+async def _period(
+    ws: WebSocket, engine: Engine, session: FeedSession, args: FeedArgs, meta: Metadata
+) -> None:
+    """A past period: stored observations in time order, then done."""
+    assert args.start_ms is not None and args.end_ms is not None
+    select = args.select
+    project_pk = engine.feeds.project_of(session)
+    selection = select.selection(project_pk)
+    series = None if select.empty else engine.series_of(selection)
+    rows = engine.settings.feed_message_rows
+    after = None if session.after_time is None else (session.after_time, session.position)
+    while True:
+        query = HistoryQuery(
+            project_pk,
+            series=series,
+            qc_remove=selection.qc_remove,
+            start=args.start_ms,
+            end=args.end_ms + 1,
+            after=after,
+            limit=rows,
+        )
+        batch = await engine.history(query, selection)
+        if len(batch):
+            encoded = encode_rows(batch, engine.registry, select.units)
+            item = Item(
+                batch.first,
+                int(batch.cursors[-1]),
+                len(batch),
+                b"".join(encoded),
+                0,
+                batch.series,
+            )
+            await _deliver(ws, meta, item)
+            after = (int(batch.times[-1]), int(batch.cursors[-1]))
+            engine.feeds.moved(session, after[1], after[0])
+        if len(batch) < rows:
+            return

@@ -1,0 +1,192 @@
+"""The feed's messages (reference: synoptic-push.md section 3), built without I/O.
+
+Rows are encoded once per batch and unit system as ``{stid, sensor, set, date, value, qc},``
+(the hub caches them and shares one join between sessions whose masks agree); a data message
+wraps a queued item's rows. ``Metadata`` is per connection: it describes each station and each
+sensor's unit once, before the first data message that needs it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+
+from streamgauge.core.batch import Batch, output_values, qc_names
+from streamgauge.core.framing import NDJSON, Framing
+from streamgauge.core.hub import Item
+from streamgauge.core.units import UnitSystem, target_unit, unit_label
+from streamgauge.store.registry import Registry, SiteRec
+
+M_TO_FT = 3.280839895013123
+
+
+def _auth(code: str, message: str, session: str) -> bytes:
+    return orjson.dumps({"type": "auth", "code": code, "messages": [message], "session": session})
+
+
+def auth_success(session: str, resumed: bool) -> bytes:
+    text = "Restarting from provided session id." if resumed else "Starting new session."
+    return _auth("success", text, session)
+
+
+def auth_failed(messages: list[str]) -> bytes:
+    return orjson.dumps({"type": "auth", "code": "failed", "messages": messages, "session": ""})
+
+
+def data_message(item: Item) -> bytes:
+    """A ``data`` message of an item's rows (each encoded with a trailing comma). The extra
+    ``cursor`` is the log position of its last observation."""
+    return b'{"type":"data","cursor":%d,"data":[%s]}' % (item.last, item.data[:-1])
+
+
+def _station_of_device(reg: Registry, device_pk: int) -> tuple[str, SiteRec | None]:
+    dev = reg.devices_by_pk.get(device_pk)
+    if dev is None:
+        return "", None
+    site = reg.sites.get((dev.project_pk, dev.doc.site)) if dev.doc.site else None
+    return (site.doc.id if site is not None else dev.doc.id), site
+
+
+def _prefixes(reg: Registry) -> dict[int, bytes]:
+    """``{"stid":..,"sensor":..,"set":..,"date":`` per series pk, kept until metadata changes."""
+    found = reg.derived.get("feed_prefixes")
+    if isinstance(found, dict):
+        return found
+    table: dict[int, bytes] = {}
+    reg.derived["feed_prefixes"] = table
+    return table
+
+
+def _prefix(reg: Registry, table: dict[int, bytes], pk: int) -> bytes:
+    enc = table.get(pk)
+    if enc is None:
+        rec = reg.series_by_pk.get(pk)
+        if rec is None:
+            stid, sensor, set_ = "", "", 1
+        else:
+            stid, sensor, set_ = _station_of_device(reg, rec.device_pk)[0], rec.variable_id, rec.set
+        enc = table[pk] = (
+            b'{"stid":'
+            + orjson.dumps(stid)
+            + b',"sensor":'
+            + orjson.dumps(sensor)
+            + b',"set":%d,"date":' % set_
+        )
+    return enc
+
+
+_QC: dict[int, bytes] = {}
+
+
+def _qc(mask: int) -> bytes:
+    enc = _QC.get(mask)
+    if enc is None:
+        enc = _QC[mask] = orjson.dumps(qc_names(mask))
+    return enc
+
+
+def date_of(ms: int) -> bytes:
+    """``yyyymmddhhmm`` (UTC) as a JSON integer, like the reference's example."""
+    return time.strftime("%Y%m%d%H%M", time.gmtime(ms // 1000)).encode()
+
+
+def encode_rows(batch: Batch, reg: Registry, units: UnitSystem) -> list[bytes]:
+    prefixes = _prefixes(reg)
+    values = output_values(batch, reg, units)
+    uniq, inverse = np.unique(batch.times, return_inverse=True)
+    dates = [date_of(t) for t in uniq.tolist()]
+    dumps = orjson.dumps
+    return [
+        _prefix(reg, prefixes, s) + dates[d] + b',"value":' + dumps(v) + b',"qc":' + _qc(q) + b"},"
+        for s, d, v, q in zip(
+            batch.series.tolist(), inverse.tolist(), values, batch.qc.tolist(), strict=True
+        )
+    ]
+
+
+def feed_framing(max_rows: int) -> Framing:
+    """The hub framing of feed sessions: rows as above, at most ``max_rows`` per message, with
+    each item's series kept for the metadata."""
+    return Framing(
+        f"synoptic/{max_rows}",
+        "application/json",
+        NDJSON.row,
+        NDJSON.keepalive,
+        NDJSON.closed,
+        NDJSON.opened,
+        NDJSON.units,
+        encode=encode_rows,
+        max_rows=max_rows,
+        with_series=True,
+    )
+
+
+def _number(text: str | None) -> int | str | None:
+    return int(text) if text is not None and text.isdigit() else text
+
+
+def station(reg: Registry, device_pk: int) -> dict[str, Any]:
+    """A station as the metadata message describes it: latitude and longitude as strings,
+    elevation in feet (as Synoptic gives it), network as an integer when it is one; state and
+    NWS zones besides."""
+    stid, site = _station_of_device(reg, device_pk)
+    if site is None:
+        return {"stid": stid, "latitude": None, "longitude": None, "elevation": None}
+    doc = site.doc
+    out: dict[str, Any] = {
+        "stid": stid,
+        "name": doc.name,
+        "latitude": None if doc.lat is None else str(doc.lat),
+        "longitude": None if doc.lon is None else str(doc.lon),
+        "elevation": None if doc.elevation is None else round(doc.elevation * M_TO_FT, 1),
+        "network": _number(doc.network),
+    }
+    for key in ("state", "nwszone", "nwsfirezone"):
+        value = getattr(doc, key)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+class Metadata:
+    """What one connection has described so far."""
+
+    def __init__(self, reg: Registry, units: UnitSystem, enabled: bool) -> None:
+        self._reg = reg
+        self._units = units
+        self.enabled = enabled
+        self._seen: set[int] = set()  # series pks already covered
+        self._stations: set[str] = set()
+        self._sensors: set[str] = set()
+
+    def message(self, series: np.ndarray[Any, Any] | None) -> bytes | None:
+        """The metadata message the rows of these series need first, or None."""
+        if not self.enabled or series is None:
+            return None
+        new = set(np.unique(series).tolist()) - self._seen
+        if not new:
+            return None
+        self._seen |= new
+        reg = self._reg
+        units: list[dict[str, str]] = []
+        stations: list[dict[str, Any]] = []
+        for pk in sorted(new):
+            rec = reg.series_by_pk.get(pk)
+            if rec is None:
+                continue
+            stid = _station_of_device(reg, rec.device_pk)[0]
+            if stid not in self._stations:
+                self._stations.add(stid)
+                stations.append(station(reg, rec.device_pk))
+            var = reg.variables_by_pk.get(rec.variable_pk)
+            if var is not None and rec.variable_id not in self._sensors:
+                self._sensors.add(rec.variable_id)
+                entry = var.entry
+                label = unit_label(target_unit(self._units, entry.kind, entry.unit))
+                units.append({"sensor": rec.variable_id, "unit": label})
+        if not units and not stations:
+            return None
+        return orjson.dumps({"type": "metadata", "units": units, "stations": stations})

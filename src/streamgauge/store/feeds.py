@@ -1,0 +1,251 @@
+"""Feed tokens and feed sessions (the Synoptic-compatible push feed), stored durably.
+
+A feed token is a read-only credential bound to one project; only its SHA-256 digest is stored
+(tokens are 256-bit random strings, so a fast digest is as safe as a slow hash and costs nothing
+per connection). A feed session is a durable consumer: the arguments it was opened with and its
+position in the log (every observation up to it has been considered and, if it matched, pushed).
+Positions move in memory as messages go out and are written in one transaction per second for
+every session that moved, and at once when a connection ends, so a clean stop or a server restart
+resumes exactly; after a kill -9 a session resumes from its last written position (at most a
+second of observations is pushed again, none is lost). Sessions expire after the configured
+retention since they were last used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from streamgauge.errors import NotFound
+from streamgauge.store.metadata import now_iso
+from streamgauge.store.sqlite import SqliteStore, Tx
+
+FLUSH_SECONDS = 1.0
+
+
+@dataclass(slots=True)
+class FeedToken:
+    pk: int
+    id: str
+    project_pk: int
+    name: str
+    created_at: str
+
+
+@dataclass(slots=True)
+class FeedSession:
+    id: str
+    token_pk: int
+    args: str  # the query string the session was opened with
+    position: int  # log cursor: everything up to it has been considered
+    after_time: int | None = None  # period sessions: (time, cursor) of the last row pushed
+    dirty: bool = field(default=False, repr=False)
+
+
+def digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class FeedStore:
+    def __init__(self, store: SqliteStore, retention_seconds: float) -> None:
+        self._store = store
+        self._retention_ms = int(retention_seconds * 1000)
+        self._by_digest: dict[bytes, FeedToken] = {}
+        self._by_pk: dict[int, FeedToken] = {}
+        self._live: dict[str, FeedSession] = {}  # sessions with an open connection
+        self._closers: dict[int, set[Callable[[str], None]]] = {}  # token pk -> open connections
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        def load(conn: sqlite3.Connection) -> list[tuple[int, str, int, str, bytes, str]]:
+            return conn.execute(
+                "SELECT pk, id, project_pk, name, digest, created FROM feed_tokens"
+            ).fetchall()
+
+        for pk, id_, project_pk, name, dig, created in await self._store.read(load):
+            tok = FeedToken(pk, id_, project_pk, name, created)
+            self._by_digest[bytes(dig)] = tok
+            self._by_pk[pk] = tok
+        await self.expire()
+        self._task = asyncio.create_task(self._flusher())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        await self.flush()
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    def token_for(self, token: str) -> FeedToken | None:
+        tok = self._by_digest.get(digest(token))
+        if tok is None or tok.project_pk not in self._store.registry.projects_by_pk:
+            return None
+        return tok
+
+    def project_of(self, session: FeedSession) -> int:
+        tok = self._by_pk.get(session.token_pk)
+        if tok is None:
+            raise NotFound("the session's feed token was revoked")
+        return tok.project_pk
+
+    def tokens_of(self, project_pk: int) -> list[FeedToken]:
+        return [t for t in self._by_pk.values() if t.project_pk == project_pk]
+
+    async def create_token(self, project_pk: int, name: str) -> tuple[FeedToken, str]:
+        token = "ft_" + secrets.token_urlsafe(32)
+        id_ = "ft" + secrets.token_hex(6)
+        created = now_iso()
+
+        def insert(tx: Tx) -> int:
+            cur = tx.execute(
+                "INSERT INTO feed_tokens (id, project_pk, name, digest, created)"
+                " VALUES (?,?,?,?,?)",
+                (id_, project_pk, name, digest(token), created),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+        pk = await self._store.write(insert)
+        tok = FeedToken(pk, id_, project_pk, name, created)
+        self._by_digest[digest(token)] = tok
+        self._by_pk[pk] = tok
+        return tok, token
+
+    async def revoke(self, project_pk: int, token_id: str) -> None:
+        """Delete the token and its sessions, and close its open connections."""
+        tok = next(
+            (t for t in self._by_pk.values() if t.id == token_id and t.project_pk == project_pk),
+            None,
+        )
+        if tok is None:
+            raise NotFound(f"no feed token {token_id!r}")
+
+        def delete(tx: Tx) -> None:
+            tx.execute("DELETE FROM feed_sessions WHERE token_pk = ?", (tok.pk,))
+            tx.execute("DELETE FROM feed_tokens WHERE pk = ?", (tok.pk,))
+
+        await self._store.write(delete)
+        self._by_pk.pop(tok.pk, None)
+        self._by_digest = {d: t for d, t in self._by_digest.items() if t.pk != tok.pk}
+        for close in list(self._closers.pop(tok.pk, ())):
+            close("feed token revoked")
+
+    def attach(self, token: FeedToken, close: Callable[[str], None]) -> Callable[[], None]:
+        """Register an open connection of ``token`` (closed on revoke); returns the detach."""
+        self._closers.setdefault(token.pk, set()).add(close)
+
+        def detach() -> None:
+            closers = self._closers.get(token.pk)
+            if closers is not None:
+                closers.discard(close)
+
+        return detach
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    async def create_session(
+        self, token: FeedToken, args: str, position: int, after_time: int | None = None
+    ) -> FeedSession:
+        session = FeedSession(str(uuid.uuid4()), token.pk, args, position, after_time)
+        now = _now_ms()
+
+        def insert(tx: Tx) -> None:
+            tx.execute(
+                "INSERT INTO feed_sessions (id, token_pk, args, position, after_time, created,"
+                " touched) VALUES (?,?,?,?,?,?,?)",
+                (session.id, token.pk, args, position, after_time, now, now),
+            )
+
+        await self._store.write(insert)
+        return session
+
+    async def session(self, token: FeedToken, session_id: str) -> FeedSession | None:
+        """The session of this token, if it exists and has not expired."""
+        live = self._live.get(session_id)
+        if live is not None:
+            return live if live.token_pk == token.pk else None
+        oldest = _now_ms() - self._retention_ms
+
+        def get(conn: sqlite3.Connection) -> tuple[str, int, int | None] | None:
+            row: tuple[str, int, int | None] | None = conn.execute(
+                "SELECT args, position, after_time FROM feed_sessions"
+                " WHERE id = ? AND token_pk = ? AND touched >= ?",
+                (session_id, token.pk, oldest),
+            ).fetchone()
+            return row
+
+        row = await self._store.read(get)
+        if row is None:
+            return None
+        return FeedSession(session_id, token.pk, row[0], row[1], row[2])
+
+    def opened(self, session: FeedSession) -> None:
+        self._live[session.id] = session
+
+    def moved(self, session: FeedSession, position: int, after_time: int | None = None) -> None:
+        session.position = position
+        session.after_time = after_time
+        session.dirty = True
+
+    async def closed(self, session: FeedSession) -> None:
+        """The connection ended: write its position now."""
+        if self._live.get(session.id) is session:
+            del self._live[session.id]
+        session.dirty = True
+        await self._save([session])
+
+    async def flush(self) -> None:
+        await self._save([s for s in self._live.values() if s.dirty])
+
+    async def _save(self, sessions: list[FeedSession]) -> None:
+        dirty = [s for s in sessions if s.dirty]
+        if not dirty:
+            return
+        now = _now_ms()
+        rows = [(s.position, s.after_time, now, s.id) for s in dirty]
+        for s in dirty:
+            s.dirty = False
+
+        def update(tx: Tx) -> None:
+            tx.conn.executemany(
+                "UPDATE feed_sessions SET position = ?, after_time = ?, touched = ? WHERE id = ?",
+                rows,
+            )
+
+        await self._store.write(update)
+
+    async def expire(self) -> int:
+        """Delete sessions unused for longer than the retention; returns how many."""
+        oldest = _now_ms() - self._retention_ms
+        live = list(self._live)
+
+        def delete(tx: Tx) -> int:
+            marks = ",".join("?" * len(live))
+            keep = f" AND id NOT IN ({marks})" if live else ""
+            cur = tx.execute(f"DELETE FROM feed_sessions WHERE touched < ?{keep}", (oldest, *live))
+            return cur.rowcount
+
+        return await self._store.write(delete)
+
+    async def _flusher(self) -> None:
+        ticks = 0
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            ticks += 1
+            try:
+                await self.flush()
+                if ticks % 3600 == 0:
+                    await self.expire()
+            except Exception:  # the store closing under us: stop quietly
+                return
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
