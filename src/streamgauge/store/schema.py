@@ -80,6 +80,22 @@ MIGRATIONS: list[str] = [
     );
     INSERT INTO state VALUES ('qc_cursor', 0);
     """,
+    # 3: the DT face: service-account settings and data connectors.
+    """
+    CREATE TABLE dt_accounts (
+        account_pk INTEGER PRIMARY KEY REFERENCES accounts(pk) ON DELETE CASCADE,
+        basic_auth INTEGER NOT NULL,
+        create_time TEXT NOT NULL,
+        update_time TEXT NOT NULL
+    );
+    CREATE TABLE dt_connectors (
+        pk INTEGER PRIMARY KEY,
+        project_pk INTEGER NOT NULL REFERENCES projects(pk) ON DELETE CASCADE,
+        id TEXT NOT NULL UNIQUE,
+        doc TEXT NOT NULL,
+        start_cursor INTEGER NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
