@@ -12,8 +12,7 @@ import disruptive as dt
 import pytest
 from disruptive.events.events import Event
 
-from streamgauge.errors import Invalid
-from streamgauge.errors import BadRequest
+from streamgauge.errors import BadRequest, Invalid
 from streamgauge.faces.dt.events import (
     EVENT_TYPES,
     dumps_ascii,
