@@ -330,3 +330,85 @@ def test_sse_stream_resumes_from_last_event_id(server: Server, sdk: TokenAuth) -
                 break
     assert ids == [2, 3]
     assert all(x["result"]["event"]["eventType"] == "touch" for x in datas)
+
+
+def test_service_account_token_exchange_roles_and_keys(server: Server, sdk: TokenAuth) -> None:
+    sa = dt.ServiceAccount.create_service_account(
+        "p1", display_name="robot", basic_auth_enabled=False, auth=sdk
+    )
+    assert sa.display_name == "robot" and not sa.basic_auth_enabled
+    key = dt.ServiceAccount.create_key(sa.service_account_id, "p1", auth=sdk)
+    assert key.secret
+    assert [
+        k.key_id for k in dt.ServiceAccount.list_keys(sa.service_account_id, "p1", auth=sdk)
+    ] == [key.key_id]
+    auth = dt.Auth.service_account(key.key_id, key.secret, sa.email)
+    auth.token_endpoint = server.url + "/v2/oauth2/token"
+    d = emulated(sdk, "touch")
+    assert [x.device_id for x in dt.Device.list_devices("p1", auth=auth)] == [d.device_id]
+    # The role is "user" by default: reading works, publishing is forbidden...
+    with pytest.raises(dt.errors.Forbidden):
+        dt.Emulator.publish_event(d.device_id, "p1", dt.events.Touch(), auth=auth)
+    # ...until the native face gives the account another role.
+    with server.client() as c:
+        r = c.patch(
+            f"/api/v1/projects/p1/serviceaccounts/{sa.service_account_id}", json={"role": "manager"}
+        )
+        assert r.status_code == 200 and r.json()["roles"] == {"p1": "manager"}
+    dt.Emulator.publish_event(d.device_id, "p1", dt.events.Touch(), auth=auth)
+    # Basic auth is off for this account.
+    with pytest.raises(dt.errors.Unauthorized):
+        dt.Device.list_devices("p1", auth=basic(key.key_id, key.secret), request_attempts=1)
+    dt.ServiceAccount.update_service_account(
+        sa.service_account_id, "p1", basic_auth_enabled=True, auth=sdk
+    )
+    assert dt.Device.list_devices("p1", auth=basic(key.key_id, key.secret))
+    # A wrong secret: the token endpoint answers 400, which the SDK reports as Unauthorized.
+    bad = dt.Auth.service_account(key.key_id, "not-the-secret", sa.email)
+    bad.token_endpoint = auth.token_endpoint
+    with pytest.raises(dt.errors.Unauthorized):
+        dt.Device.list_devices("p1", auth=bad)
+    # Deleting the key revokes the tokens it obtained.
+    dt.ServiceAccount.delete_key(key.key_id, sa.service_account_id, "p1", auth=sdk)
+    with pytest.raises(dt.errors.Unauthorized):
+        dt.Device.list_devices("p1", auth=auth, request_attempts=1)
+    listed = dt.ServiceAccount.list_service_accounts("p1", auth=sdk)
+    assert [s.service_account_id for s in listed] == [sa.service_account_id]
+    dt.ServiceAccount.delete_service_account(sa.service_account_id, "p1", auth=sdk)
+    assert dt.ServiceAccount.list_service_accounts("p1", auth=sdk) == []
+
+
+def test_token_grant_like_the_go_client_and_bad_grants(server: Server, sdk: TokenAuth) -> None:
+    import jwt as pyjwt
+
+    sa = dt.ServiceAccount.create_service_account("p1", auth=sdk)
+    key = dt.ServiceAccount.create_key(sa.service_account_id, "p1", auth=sdk)
+    url = server.url + "/v2/oauth2/token"
+    now = int(time.time())
+
+    def grant(**claims: Any) -> httpx.Response:
+        payload = {"iat": now - 5, "exp": now + 3595, "aud": [url], "iss": sa.email, **claims}
+        assertion = pyjwt.encode(
+            payload, key.secret, algorithm="HS256", headers={"kid": key.key_id}
+        )
+        form = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion}
+        return httpx.post(url, data=form, timeout=10)
+
+    r = grant()  # aud as a list, iat backdated, like DT's Go client
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["token_type"] == "Bearer" and body["expires_in"] == 3600
+    with server.client(headers={"Authorization": "Bearer " + body["access_token"]}) as c:
+        assert c.get("/v2/projects/p1/devices").status_code == 200
+    for bad in (
+        {"aud": "https://elsewhere.example/oauth2/token"},
+        {"iss": "someone@else"},
+        {"exp": now - 3600, "iat": now - 7200},
+        {"exp": now + 7 * 3600},
+    ):
+        r = grant(**bad)
+        assert r.status_code == 400 and r.json()["error"] == "invalid_grant", (bad, r.text)
+    r = httpx.post(url, data={"grant_type": "password"}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"] == "unsupported_grant_type"
+    r = httpx.post(url, content=b"\xff\xfe", timeout=10)
+    assert r.status_code == 400

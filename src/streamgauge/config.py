@@ -110,3 +110,13 @@ class Settings(BaseSettings):
     page_limit_max: int = Field(
         default=100_000, ge=1, description="Largest page size a client may ask for."
     )
+
+    # DT face (/v2)
+    dt_token_url: str | None = Field(
+        default=None,
+        description=(
+            "Public URL of the DT face's token endpoint (ending in /v2/oauth2/token) as clients "
+            "know it, when a proxy makes it differ from the URL the server sees. A token grant's "
+            "aud may name it or the URL the request arrived at."
+        ),
+    )
