@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from streamgauge.faces.dt import accounts, devices, stream
 from streamgauge.faces.dt.face import DTFace
-from streamgauge.faces.dt.http import DTRoute, error_response
+from streamgauge.faces.dt.http import DTRoute, error_response, stream_error_line
 
 router = APIRouter(prefix="/v2", route_class=DTRoute)
 router.include_router(stream.router)
@@ -22,8 +22,11 @@ router.include_router(accounts.router)
     include_in_schema=False,
 )
 async def not_found(request: Request, path: str) -> Response:
-    """Every other path under /v2: a 404 in DT's error shape."""
-    return error_response(404, f"no endpoint {request.method} /v2/{path}")
+    """Every other path under /v2: a 404 in DT's error shape (its stream shape for streams)."""
+    message = f"no endpoint {request.method} /v2/{path}"
+    if path.endswith(":stream"):
+        return Response(stream_error_line(404, message), 404, media_type="application/json")
+    return error_response(404, message)
 
 
 __all__ = ["DTFace", "router"]
