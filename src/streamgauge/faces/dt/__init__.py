@@ -6,7 +6,7 @@ and keys, ``/v2/oauth2/token`` and data connectors, translated onto the engine.
 
 from fastapi import APIRouter, Request, Response
 
-from streamgauge.faces.dt import accounts, devices, stream
+from streamgauge.faces.dt import accounts, connector_routes, devices, stream
 from streamgauge.faces.dt.face import DTFace
 from streamgauge.faces.dt.http import DTRoute, error_response, stream_error_line
 
@@ -14,6 +14,7 @@ router = APIRouter(prefix="/v2", route_class=DTRoute)
 router.include_router(stream.router)
 router.include_router(devices.router)
 router.include_router(accounts.router)
+router.include_router(connector_routes.router)
 
 
 @router.api_route(

@@ -8,11 +8,16 @@ EventSource, which cannot set headers).
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
 from fastapi import Request
 
 from streamgauge.auth import Action, Principal, authorize
 from streamgauge.core.engine import Engine
 from streamgauge.errors import Unauthorized
+from streamgauge.faces.dt.connectors import Connectors
 from streamgauge.faces.dt.state import Accounts, Reported
 from streamgauge.store.registry import ProjectRec
 
@@ -22,13 +27,26 @@ class DTFace:
         self.engine = engine
         self.reported = Reported(engine)
         self.accounts = Accounts()
+        self.connectors = Connectors(engine)
+        self._background: set[asyncio.Task[None]] = set()
         engine.listeners.append(self.reported.on_batch)
 
     async def start(self) -> None:
+        """After the engine started (its deliveries run): load settings, start connectors."""
         self.accounts.by_pk = await self.engine.store.read(self.accounts.load)
+        await self.connectors.start()
 
     async def stop(self) -> None:
-        return None
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.wait(self._background)
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background (cancelled at shutdown)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def authenticate(self, request: Request) -> Principal:
         header = request.headers.get("authorization")

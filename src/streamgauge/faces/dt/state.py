@@ -130,6 +130,10 @@ class Reported:
                 out[event_type] = data[event_type]
         return out
 
+    def latest(self, device_pk: int) -> Latest:
+        """The latest (time, cursor, value) of each event type of a device (after ``load``)."""
+        return dict(self._latest.get(device_pk, {}))
+
     def forget(self, device_pk: int) -> None:
         self._latest.pop(device_pk, None)
         self._loaded.discard(device_pk)
