@@ -14,7 +14,7 @@ from streamgauge import __version__
 from streamgauge.config import Settings
 from streamgauge.core.engine import Engine, load_admin_token
 from streamgauge.errors import StreamgaugeError
-from streamgauge.faces import http
+from streamgauge.faces import dt, http
 from streamgauge.faces.native import router as native_router
 from streamgauge.faces.synoptic import router as feed_router
 
@@ -23,13 +23,16 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
     settings = settings or Settings()
     token = admin_token or load_admin_token(settings)[0]
     engine = Engine(settings, token)
+    dt_face = dt.DTFace(engine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
+        await dt_face.start()
         try:
             yield
         finally:
+            await dt_face.stop()
             await engine.stop()
 
     app = FastAPI(
@@ -40,6 +43,7 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
         strict_content_type=False,
     )
     app.state.engine = engine
+    app.state.dt = dt_face
     app.add_exception_handler(StreamgaugeError, http.on_streamgauge_error)
     app.add_exception_handler(RequestValidationError, http.on_validation_error)
     app.add_exception_handler(HTTPException, http.on_http_error)
@@ -57,6 +61,7 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
         """Prometheus text exposition: ingest counts, batch latency, subscribers, queues."""
         return Response(engine.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    app.include_router(dt.router)  # last: its catch-all answers every other /v2 path
     return app
 
 

@@ -87,6 +87,8 @@ _ENTRIES: tuple[Entry, ...] = (
     Entry("proximity", "Proximity", "dimensionless", "state"),
     Entry("waterPresent", "Water Present", "dimensionless", "state"),
     Entry("motion", "Motion", "dimensionless", "state"),
+    Entry("contact", "Contact", "dimensionless", "state"),
+    Entry("batteryStatus", "Battery", "%", "fraction", 0.0, 100.0),
     # --- Tapis tutorial -------------------------------------------------------------------
     # The reporting interval is unknown, so only the lower bound is checked.
     Entry("rainfall", "Rainfall", "mm", "precip", 0.0, None),

@@ -167,3 +167,13 @@ class Settings(BaseSettings):
             "is honoured, up to one hour)."
         ),
     )
+
+    # DT face (/v2)
+    dt_token_url: str | None = Field(
+        default=None,
+        description=(
+            "Public URL of the DT face's token endpoint (ending in /v2/oauth2/token) as clients "
+            "know it, when a proxy makes it differ from the URL the server sees. A token grant's "
+            "aud may name it or the URL the request arrived at."
+        ),
+    )

@@ -81,6 +81,18 @@ def _qc_json(mask: int) -> bytes:
     return enc
 
 
+@dataclass(frozen=True, slots=True)
+class RowForm:
+    """A frame function whose rows are not the native JSON objects: ``encode`` gives each row's
+    own bytes (a face's event shape), cached per batch and form like the native rows."""
+
+    encode: Callable[[Batch, Registry, UnitSystem], list[bytes]]
+    frame: Callable[[int, bytes], bytes]
+
+    def __call__(self, cursor: int, obj: bytes) -> bytes:
+        return self.frame(cursor, obj)
+
+
 @dataclass(eq=False)
 class Batch:
     project_pk: int
@@ -132,10 +144,12 @@ class Batch:
         key = (form, units)
         rows = self._framed.get(key)
         if rows is None:
-            rows = [
-                frame(c, j)
-                for c, j in zip(self.cursors.tolist(), self.json_rows(registry, units), strict=True)
-            ]
+            objs = (
+                frame.encode(self, registry, units)
+                if isinstance(frame, RowForm)
+                else self.json_rows(registry, units)
+            )
+            rows = [frame(c, j) for c, j in zip(self.cursors.tolist(), objs, strict=True)]
             self._framed[key] = rows
         return rows
 

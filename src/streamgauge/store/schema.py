@@ -101,7 +101,23 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX delivery_dead_letters_key ON delivery_dead_letters (key, pk);
     """,
-    # 4: the push feed: read-only feed tokens (digests only) and durable feed sessions.
+    # 4: the DT face: service-account settings and data connectors.
+    """
+    CREATE TABLE dt_accounts (
+        account_pk INTEGER PRIMARY KEY REFERENCES accounts(pk) ON DELETE CASCADE,
+        basic_auth INTEGER NOT NULL,
+        create_time TEXT NOT NULL,
+        update_time TEXT NOT NULL
+    );
+    CREATE TABLE dt_connectors (
+        pk INTEGER PRIMARY KEY,
+        project_pk INTEGER NOT NULL REFERENCES projects(pk) ON DELETE CASCADE,
+        id TEXT NOT NULL UNIQUE,
+        doc TEXT NOT NULL,
+        start_cursor INTEGER NOT NULL
+    );
+    """,
+    # 5: the push feed: read-only feed tokens (digests only) and durable feed sessions.
     """
     CREATE TABLE feed_tokens (
         pk INTEGER PRIMARY KEY,

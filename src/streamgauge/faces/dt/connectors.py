@@ -1,0 +1,315 @@
+"""Data connectors: DT's ``HTTP_PUSH`` on the engine's durable deliveries.
+
+A connector is a row of ``dt_connectors`` (its DT document) and, while ``ACTIVE``, a delivery
+(``engine.deliveries``) keyed ``dt-connector:<id>`` whose source reads the observation log: each
+event row of the connector's project (of its ``events`` types, all when empty) becomes one POST
+with the body ``{"event", "labels", "metadata"}`` and, when a signature secret is set, the
+``X-Dt-Signature`` JWT. The delivery keeps its own cursor (advanced after a 2xx), retries with
+backoff and dead-letters after the retention window (DT's 12 hours), across restarts and
+receiver outages. A new connector pushes events from its creation on. ``USER_DISABLED`` stops the
+delivery and forgets its queue (DT drops undelivered events of disabled connectors and does not
+back-fill on re-enable); enabling it again starts from that moment.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import orjson
+
+from streamgauge.core.deliveries import Item, check_resolved, check_target
+from streamgauge.core.filters import CompiledSelection, Selection
+from streamgauge.core.signing import DT_SIGNATURE_HEADER, dt_signature
+from streamgauge.errors import BadRequest, Invalid
+from streamgauge.faces.dt.events import EVENT_TYPES, dumps_ascii, event_obj
+from streamgauge.store.registry import Registry
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from streamgauge.core.engine import Engine
+    from streamgauge.store.sqlite import Tx
+
+log = logging.getLogger("streamgauge.dt.connectors")
+
+STATUSES = ("ACTIVE", "USER_DISABLED", "SYSTEM_DISABLED")
+RETENTION_SECONDS = 12 * 3600
+TIMEOUT_SECONDS = 10.0
+SCAN_ROWS = 5000  # log rows read per step while looking for a connector's events
+
+
+@dataclass(slots=True)
+class Connector:
+    pk: int
+    project_pk: int
+    id: str
+    doc: dict[str, Any]  # the DT document without "name"
+    start: int = 0  # log head when it was created or last enabled: pushes begin after it
+
+    @property
+    def key(self) -> str:
+        return f"dt-connector:{self.id}"
+
+
+def connector_json(reg: Registry, c: Connector) -> dict[str, Any]:
+    project = reg.projects_by_pk[c.project_pk].doc.id
+    return {"name": f"projects/{project}/dataconnectors/{c.id}", **c.doc}
+
+
+# -- validation -------------------------------------------------------------------------------
+
+
+def _bad(field: str, reason: str) -> BadRequest:
+    return BadRequest(f"{field}: {reason}", [{"field": field, "reason": reason}])
+
+
+def validate(body: dict[str, Any], base: dict[str, Any], allow_private: bool) -> dict[str, Any]:
+    """A connector document: ``base`` with the fields of ``body`` applied, checked."""
+    known = {"displayName", "type", "status", "events", "labels", "httpConfig", "name"}
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise _bad(unknown[0], "not a data connector field")
+    doc = dict(base)
+    for k, v in body.items():
+        if k != "name":
+            doc[k] = v
+    if doc.get("type", "HTTP_PUSH") != "HTTP_PUSH":
+        raise _bad("type", "only HTTP_PUSH connectors are supported")
+    doc["type"] = "HTTP_PUSH"
+    name = doc.get("displayName", "")
+    if not isinstance(name, str) or len(name) > 256:
+        raise _bad("displayName", "a string of at most 256 characters")
+    doc["displayName"] = name
+    status = doc.get("status", "ACTIVE")
+    if status not in ("ACTIVE", "USER_DISABLED") and not (
+        status == "SYSTEM_DISABLED" and base.get("status") == "SYSTEM_DISABLED"
+    ):
+        raise _bad("status", "ACTIVE or USER_DISABLED")
+    doc["status"] = status
+    events = doc.get("events") or []
+    if not isinstance(events, list) or not all(e in EVENT_TYPES for e in events):
+        raise _bad("events", f"a list of event types: {', '.join(EVENT_TYPES)}")
+    doc["events"] = list(dict.fromkeys(events))
+    labels = doc.get("labels") or []
+    if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
+        raise _bad("labels", "a list of label keys")
+    doc["labels"] = list(dict.fromkeys(labels))
+    config = doc.get("httpConfig")
+    if not isinstance(config, dict):
+        raise _bad("httpConfig", "an object with url, signatureSecret and headers")
+    merged = {**(base.get("httpConfig") or {}), **config}
+    url = merged.get("url")
+    if not isinstance(url, str) or not url:
+        raise _bad("httpConfig.url", "an http or https URL")
+    check_target(url, allow_private=allow_private)
+    secret = merged.get("signatureSecret") or ""
+    if not isinstance(secret, str) or len(secret) > 1024:
+        raise _bad("httpConfig.signatureSecret", "a string")
+    headers = merged.get("headers") or {}
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, str) and "\n" not in k + v and "\r" not in k + v
+        for k, v in headers.items()
+    ):
+        raise _bad("httpConfig.headers", "an object of header names and string values")
+    doc["httpConfig"] = {"url": url, "signatureSecret": secret, "headers": headers}
+    return doc
+
+
+# -- the source -------------------------------------------------------------------------------
+
+
+def push_body(reg: Registry, c: Connector, event: dict[str, Any], device_pk: int) -> bytes:
+    """``{"event", "labels", "metadata"}`` as DT pushes it (labels: the connector's keys only)."""
+    dev = reg.devices_by_pk.get(device_pk)
+    labels = dev.doc.labels if dev is not None else {}
+    device_id = event["targetName"].split("/")[-1]
+    project_id = event["targetName"].split("/")[1]
+    product = dev.doc.metadata.get("productNumber", "") if dev is not None else ""
+    return dumps_ascii(
+        {
+            "event": event,
+            "labels": {k: labels[k] for k in c.doc["labels"] if k in labels},
+            "metadata": {
+                "deviceId": device_id,
+                "projectId": project_id,
+                "deviceType": (dev.doc.type if dev is not None else None) or "",
+                "productNumber": product if isinstance(product, str) else str(product),
+            },
+        }
+    )
+
+
+class LogSource:
+    """A connector's events, read from the log: the rows of its project whose variable is one of
+    its event types. Non-matching stretches of the log are skipped in steps, and remembered, so a
+    connector whose events are rare does not rescan the log on every commit."""
+
+    def __init__(self, engine: Engine, connector: Connector) -> None:
+        self._engine = engine
+        self.connector = connector
+        types = frozenset(connector.doc["events"] or EVENT_TYPES)
+        self._selection = CompiledSelection(
+            Selection(connector.project_pk, variables=types), engine.registry
+        )
+        self._scanned: tuple[int, int] = (-1, -1)  # (after, up to): nothing matches in between
+
+    async def head(self) -> int:
+        return self._engine.store.head
+
+    async def fetch(self, after: int, limit: int) -> Sequence[Item]:
+        store = self._engine.store
+        start = self._scanned[1] if self._scanned[0] == after else after
+        items: list[Item] = []
+        while len(items) < limit:
+            head = store.head
+            if start >= head:
+                break
+            batch = await store.read_log(start, head, SCAN_ROWS)
+            if not len(batch):
+                break
+            picked = batch.take(self._selection.mask(batch))
+            for cursor, s, t, v in zip(
+                picked.cursors.tolist(),
+                picked.series.tolist(),
+                picked.times.tolist(),
+                picked.values,
+                strict=True,
+            ):
+                item = self.item(cursor, s, t, v)
+                if item is not None:
+                    items.append(item)
+                    if len(items) >= limit:
+                        break
+            if items:
+                break
+            start = batch.last
+        if not items:
+            self._scanned = (after, start)
+        return items
+
+    def item(self, cursor: int, s: int, t: int, v: object) -> Item | None:
+        """The push of one log row (cursor, series, time, value), or None if it is no event."""
+        reg = self._engine.registry
+        rec = reg.series_by_pk.get(s)
+        proj = reg.projects_by_pk.get(rec.project_pk) if rec is not None else None
+        if rec is None or proj is None:
+            return None
+        event = event_obj(proj.doc.id, rec.device_id, rec.variable_id, v, t, cursor)
+        if event is None:
+            return None
+        c = self.connector
+        config = c.doc["httpConfig"]
+        return Item(
+            cursor,
+            config["url"],
+            push_body(reg, c, event, rec.device_pk),
+            {"Content-Type": "application/json", **config["headers"]},
+            t,
+        )
+
+
+def signer(secret: str) -> Any:
+    if not secret:
+        return None
+
+    def sign(item: Item) -> Mapping[str, str]:
+        return {DT_SIGNATURE_HEADER: dt_signature(secret, item.body)}
+
+    return sign
+
+
+class Connectors:
+    """The connectors of the deployment, kept in step with ``engine.deliveries``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.by_id: dict[str, Connector] = {}
+
+    @staticmethod
+    def load(conn: sqlite3.Connection) -> dict[str, Connector]:
+        return {
+            id_: Connector(pk, project_pk, id_, orjson.loads(doc), start)
+            for pk, project_pk, id_, doc, start in conn.execute(
+                "SELECT pk, project_pk, id, doc, start_cursor FROM dt_connectors"
+            )
+        }
+
+    async def start(self) -> None:
+        self.by_id = await self.engine.store.read(self.load)
+        for c in self.by_id.values():
+            if c.project_pk in self.engine.registry.projects_by_pk:
+                self._run(c)
+
+    def _run(self, c: Connector) -> None:
+        """Deliver an ACTIVE connector (a running or stored delivery keeps its cursor; a new
+        one starts after ``c.start``); stop and forget a disabled one."""
+        deliveries = self.engine.deliveries
+        if c.doc["status"] != "ACTIVE":
+            if c.key in deliveries:
+                deliveries.remove(c.key, forget=True)
+            return
+        deliveries.add(
+            c.key,
+            LogSource(self.engine, c),
+            start_after=c.start,
+            sign=signer(c.doc["httpConfig"]["signatureSecret"]),
+            timeout_seconds=TIMEOUT_SECONDS,
+            retention_seconds=RETENTION_SECONDS,
+        )
+
+    def insert(self, tx: Tx, c: Connector) -> None:
+        cur = tx.execute(
+            "INSERT INTO dt_connectors (project_pk, id, doc, start_cursor) VALUES (?, ?, ?, ?)",
+            (c.project_pk, c.id, orjson.dumps(c.doc).decode(), c.start),
+        )
+        c.pk = int(cur.lastrowid or 0)
+
+    async def create(self, c: Connector) -> None:
+        c.start = self.engine.store.head
+        await self.engine.store.write(lambda tx: self.insert(tx, c))
+        self.by_id[c.id] = c
+        self._run(c)
+
+    async def update(self, c: Connector, doc: dict[str, Any]) -> None:
+        enabling = c.doc["status"] != "ACTIVE" and doc["status"] == "ACTIVE"
+        start = self.engine.store.head if enabling else c.start
+        await self.engine.store.write(
+            lambda tx: tx.execute(
+                "UPDATE dt_connectors SET doc = ?, start_cursor = ? WHERE pk = ?",
+                (orjson.dumps(doc).decode(), start, c.pk),
+            )
+        )
+        c.doc, c.start = doc, start
+        self._run(c)
+
+    async def delete(self, c: Connector) -> None:
+        await self.engine.store.write(
+            lambda tx: tx.execute("DELETE FROM dt_connectors WHERE pk = ?", (c.pk,))
+        )
+        self.by_id.pop(c.id, None)
+        if c.key in self.engine.deliveries:
+            self.engine.deliveries.remove(c.key, forget=True)
+
+    def of_project(self, project_pk: int) -> list[Connector]:
+        return sorted(
+            (c for c in self.by_id.values() if c.project_pk == project_pk), key=lambda c: c.id
+        )
+
+
+async def push_once(items: list[Item], secret: str, *, allow_private: bool) -> None:
+    """POST each item once (``:sync``), signed; failures are logged, not retried."""
+    sign = signer(secret)
+    async with httpx.AsyncClient(timeout=TIMEOUT_SECONDS) as client:
+        for item in items:
+            headers = dict(item.headers)
+            if sign is not None:
+                headers.update(sign(item))
+            try:
+                await check_resolved(item.url, allow_private=allow_private)
+                await client.post(item.url, content=item.body, headers=headers)
+            except (httpx.HTTPError, Invalid) as exc:
+                log.warning("sync push to %s failed: %s", item.url, exc)

@@ -1,0 +1,167 @@
+"""What the DT face keeps beside the core: each device's ``reported`` state and the DT settings
+of service accounts (``enableBasicAuth``, create and update times).
+
+``reported`` (the latest event of each type per device) is kept by an ``Engine.listeners`` hook:
+every committed batch updates the devices it touches, so it is current the moment ingest
+returns. A device not yet seen since start is read from the log once (the row at each event
+series' latest time, which the registry keeps in memory), so it is right after a restart too.
+Both paths merge by (time, cursor): whichever comes first, the newest row wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from streamgauge.core.batch import Batch
+from streamgauge.faces.dt.events import EVENT_TYPES, format_ts, render
+from streamgauge.store.base import HistoryQuery
+from streamgauge.store.registry import DeviceRec, Registry
+
+if TYPE_CHECKING:
+    from streamgauge.core.engine import Engine
+    from streamgauge.store.sqlite import Tx
+
+Latest = dict[str, tuple[int, int, object]]  # event type -> (time, cursor, value)
+_NEVER = int(np.iinfo(np.int64).min)
+REPORTED_TYPES = tuple(t for t in EVENT_TYPES if t != "labelsChanged")
+
+
+@dataclass(slots=True)
+class AccountSettings:
+    basic_auth: bool
+    create_time: str
+    update_time: str
+
+
+class Reported:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._reg: Registry = engine.registry
+        self._latest: dict[int, Latest] = {}  # device pk -> latest event rows
+        self._loaded: set[int] = set()  # devices whose state was also read from the log
+        self._codes_for = -1
+        self._codes: npt.NDArray[np.bool_] = np.zeros(0, np.bool_)
+
+    def _event_codes(self) -> npt.NDArray[np.bool_]:
+        """Which interned variable names are DT event types (a lookup table)."""
+        names = self._reg.names
+        if self._codes_for != len(names):
+            table = np.zeros(len(names) + 1, np.bool_)
+            for t in EVENT_TYPES:
+                if t in names:
+                    table[names[t]] = True
+            self._codes, self._codes_for = table, len(names)
+        return self._codes
+
+    def on_batch(self, batch: Batch) -> None:
+        """The listener: keep the latest event row of each type per device."""
+        if not len(batch):
+            return
+        reg = self._reg
+        names = reg.s_name[batch.series]
+        table = self._event_codes()
+        inside = (names >= 0) & (names < len(table))
+        mask = np.zeros(len(batch), np.bool_)
+        mask[inside] = table[names[inside]]
+        if not mask.any():
+            return
+        for i in np.flatnonzero(mask).tolist():
+            rec = reg.series_by_pk.get(int(batch.series[i]))
+            if rec is None:
+                continue
+            self._merge(
+                rec.device_pk,
+                rec.variable_id,
+                (int(batch.times[i]), int(batch.cursors[i]), batch.values[i]),
+            )
+
+    def _merge(self, device_pk: int, event_type: str, row: tuple[int, int, object]) -> None:
+        latest = self._latest.setdefault(device_pk, {})
+        have = latest.get(event_type)
+        if have is None or (row[0], row[1]) > (have[0], have[1]):
+            latest[event_type] = row
+
+    async def load(self, devices: list[DeviceRec]) -> None:
+        """Read from the log the latest rows of devices not seen since start."""
+        todo = [d for d in devices if d.pk not in self._loaded]
+        if todo:
+            await asyncio.gather(*(self._load(d) for d in todo))
+
+    async def _load(self, dev: DeviceRec) -> None:
+        reg = self._reg
+        want: dict[int, str] = {}
+        for var_pk in reg.device_variables.get(dev.pk, ()):
+            var = reg.variables_by_pk.get(var_pk)
+            if var is None or var.doc.id not in REPORTED_TYPES:
+                continue
+            spk = reg.series.get((var_pk, var.doc.set))  # DT events use the default set
+            if spk is not None and spk < len(reg.latest) and int(reg.latest[spk]) != _NEVER:
+                want[spk] = var.doc.id
+        if want:
+            times = tuple(sorted({int(reg.latest[s]) for s in want}))
+            batch = await self._engine.store.history(
+                HistoryQuery(dev.project_pk, series=tuple(want), times=times, limit=100_000)
+            )
+            for s, t, c, v in zip(
+                batch.series.tolist(),
+                batch.times.tolist(),
+                batch.cursors.tolist(),
+                batch.values,
+                strict=True,
+            ):
+                if s in want:
+                    self._merge(dev.pk, want[s], (t, c, v))
+        self._loaded.add(dev.pk)
+
+    def reported(self, dev: DeviceRec) -> dict[str, Any]:
+        """The device's ``reported`` object: each event type's latest payload."""
+        out: dict[str, Any] = {}
+        for event_type, (t, _, v) in sorted(self._latest.get(dev.pk, {}).items()):
+            if event_type not in REPORTED_TYPES:
+                continue
+            data = render(event_type, v, format_ts(t))
+            if data is not None:
+                out[event_type] = data[event_type]
+        return out
+
+    def latest(self, device_pk: int) -> Latest:
+        """The latest (time, cursor, value) of each event type of a device (after ``load``)."""
+        return dict(self._latest.get(device_pk, {}))
+
+    def forget(self, device_pk: int) -> None:
+        self._latest.pop(device_pk, None)
+        self._loaded.discard(device_pk)
+
+
+class Accounts:
+    """DT settings of service accounts. Accounts made on the native face have none: Basic auth
+    is how the native face authenticates them, so it stays allowed for them."""
+
+    def __init__(self) -> None:
+        self.by_pk: dict[int, AccountSettings] = {}
+
+    def load(self, conn: sqlite3.Connection) -> dict[int, AccountSettings]:
+        return {
+            pk: AccountSettings(bool(basic), ct, ut)
+            for pk, basic, ct, ut in conn.execute(
+                "SELECT account_pk, basic_auth, create_time, update_time FROM dt_accounts"
+            )
+        }
+
+    def put(self, tx: Tx, account_pk: int, settings: AccountSettings) -> None:
+        tx.execute(
+            "INSERT INTO dt_accounts VALUES (?, ?, ?, ?) ON CONFLICT (account_pk) DO UPDATE SET "
+            "basic_auth = excluded.basic_auth, update_time = excluded.update_time",
+            (account_pk, int(settings.basic_auth), settings.create_time, settings.update_time),
+        )
+        tx.after_commit.append(lambda: self.by_pk.__setitem__(account_pk, settings))
+
+    def basic_allowed(self, account_pk: int) -> bool:
+        s = self.by_pk.get(account_pk)
+        return s is None or s.basic_auth
