@@ -15,6 +15,7 @@ from streamgauge.core.engine import Engine, load_admin_token
 from streamgauge.errors import StreamgaugeError
 from streamgauge.faces import http
 from streamgauge.faces.native import router as native_router
+from streamgauge.faces.tapis import router as tapis_router
 
 
 def create_app(settings: Settings | None = None, *, admin_token: str | None = None) -> FastAPI:
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
     app.add_exception_handler(HTTPException, http.on_http_error)
     app.add_exception_handler(Exception, http.on_unexpected)
     app.include_router(native_router)
+    app.include_router(tapis_router)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, object]:

@@ -110,3 +110,20 @@ class Settings(BaseSettings):
     page_limit_max: int = Field(
         default=100_000, ge=1, description="Largest page size a client may ask for."
     )
+
+    # Tapis face and alerts
+    tapis_tenant_id: str = Field(
+        default="streamgauge",
+        min_length=1,
+        max_length=128,
+        description=(
+            "Tenant id the Tapis face puts in its tokens (tapis/tenant_id) and requires of "
+            "every X-Tapis-Token."
+        ),
+    )
+    tapis_token_ttl_seconds: int = Field(
+        default=4 * 3600,
+        ge=60,
+        le=30 * 86400,
+        description="Lifetime of access tokens from POST /v3/oauth2/tokens.",
+    )
