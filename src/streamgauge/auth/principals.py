@@ -1,6 +1,7 @@
 """Who is calling: the deployment admin (bearer token) or a service account (HTTP Basic with a key
-id and secret). Secrets are stored as argon2 hashes; a successful verification is remembered as a
-SHA-256 digest so that each request does not pay argon2's deliberate cost again.
+id and secret, or a bearer access token the server issued, see ``auth/tokens.py``). Secrets are
+stored as argon2 hashes; a successful verification is remembered as a SHA-256 digest so that each
+request does not pay argon2's deliberate cost again.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from streamgauge.auth.tokens import TokenIssuer
 from streamgauge.errors import Unauthorized
 from streamgauge.store.registry import AccountRec, Registry
 
@@ -41,9 +43,12 @@ def new_key_id() -> str:
 
 
 class Authenticator:
-    def __init__(self, registry: Registry, admin_token: str) -> None:
+    def __init__(
+        self, registry: Registry, admin_token: str, tokens: TokenIssuer | None = None
+    ) -> None:
         self._reg = registry
         self._admin = admin_token.encode()
+        self.tokens = tokens
         self._hasher = PasswordHasher()
         self._verified: dict[str, bytes] = {}  # key id -> sha256(secret) known good
 
@@ -71,7 +76,32 @@ class Authenticator:
     def bearer(self, token: str) -> Principal:
         if hmac.compare_digest(token.encode(), self._admin):
             return Principal(None)
+        if self.tokens is not None and token.count(".") == 2:
+            return self.access_token(token)
         raise Unauthorized("invalid bearer token")
+
+    def access_token(self, token: str) -> Principal:
+        """A service account's access token (a JWT this server issued). The account must still
+        exist and, for a token obtained with a key (claim ``key_id``), so must that key."""
+        if self.tokens is None:
+            raise Unauthorized("access tokens are not enabled")
+        claims = self.tokens.verify(token)
+        account = self._reg.accounts.get(claims["sub"])
+        if account is None:
+            raise Unauthorized(f"access token's service account {claims['sub']!r} does not exist")
+        key_id = claims.get("key_id")
+        if key_id is not None and key_id not in account.keys:
+            raise Unauthorized("access token's key was deleted: request a new token")
+        return Principal(account)
+
+    def key_account(self, key_id: str) -> AccountRec:
+        """The service account owning ``key_id`` (for grants that prove the key's secret some
+        other way, e.g. an RFC 7523 assertion signed with ``tokens.secret_for(key_id)``)."""
+        account_pk = self._reg.key_owner.get(key_id)
+        account = self._reg.accounts_by_pk.get(account_pk) if account_pk is not None else None
+        if account is None or key_id not in account.keys:
+            raise Unauthorized(f"unknown key id {key_id!r}")
+        return account
 
     def key(self, key_id: str, secret: str) -> Principal:
         account_pk = self._reg.key_owner.get(key_id)

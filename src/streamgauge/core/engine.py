@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 import numpy as np
 
 from streamgauge.auth import Authenticator
+from streamgauge.auth.tokens import TokenIssuer
 from streamgauge.config import Settings
 from streamgauge.core import ingest
 from streamgauge.core.batch import Batch, concat, empty_batch, format_time
@@ -58,7 +59,8 @@ class Engine:
         )
         self.registry = self.store.registry
         self.hub = Hub()
-        self.auth = Authenticator(self.registry, admin_token)
+        self.tokens = TokenIssuer.load(settings.data)
+        self.auth = Authenticator(self.registry, admin_token, self.tokens)
         self.metrics = Metrics()
         # Called in the event loop with every committed batch, after the hub has it. Listeners
         # (reported state, alert rules, delivery wake-ups) must be quick and must not raise.

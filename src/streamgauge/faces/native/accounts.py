@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Response
 
 from streamgauge.auth import Action
-from streamgauge.auth.principals import new_key_id, new_secret
+from streamgauge.auth.principals import new_key_id
 from streamgauge.errors import Invalid, NotFound
 from streamgauge.faces.http import StrictRoute, json_response
 from streamgauge.faces.native.deps import EngineDep, PagingDep, PrincipalDep, project_for
@@ -103,10 +103,12 @@ async def delete_account(engine: EngineDep, who: PrincipalDep, project: str, sa:
     "/projects/{project}/serviceaccounts/{sa}/keys", status_code=201, response_model=NewKey
 )
 async def create_key(engine: EngineDep, who: PrincipalDep, project: str, sa: str) -> Response:
-    """A new key: `{key_id, secret}`. The secret is shown this once; only its hash is kept."""
+    """A new key: `{key_id, secret}`. The secret is shown this once; only its hash is kept (the
+    server can re-derive it from its token key, to check JWT assertions signed with it)."""
     rec = project_for(engine, who, project, Action.MANAGE)
     a = _account(engine, rec, sa)
-    key_id, secret = new_key_id(), new_secret()
+    key_id = new_key_id()
+    secret = engine.tokens.secret_for(key_id)
     hashed = engine.auth.hash(secret)
     created = metadata.now_iso()
     await engine.store.write(
