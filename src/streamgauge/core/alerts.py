@@ -301,5 +301,7 @@ def parse_duration(text: object, field: str) -> float:
     else:
         raise Invalid(f"bad duration {text!r}", [{"field": field, "reason": "e.g. 30s or 5m"}])
     if not math.isfinite(seconds) or seconds < 0:
-        raise Invalid(f"bad duration {text!r}", [{"field": field, "reason": "finite, not negative"}])
+        raise Invalid(
+            f"bad duration {text!r}", [{"field": field, "reason": "finite, not negative"}]
+        )
     return seconds

@@ -55,9 +55,7 @@ def parse_datetime(text: object, field: str, index: int | None = None) -> int:
     try:
         dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError as exc:
-        raise Invalid(
-            f"bad {field} {text!r}", [{**detail, "reason": "expected ISO 8601"}]
-        ) from exc
+        raise Invalid(f"bad {field} {text!r}", [{**detail, "reason": "expected ISO 8601"}]) from exc
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     ms = to_ms(dt)
@@ -213,9 +211,7 @@ async def _measurements(
     start = parse_datetime(start_date, "start_date") if start_date else None
     end = parse_datetime(end_date, "end_date") + 1 if end_date else None  # end_date inclusive
     if start is not None and end is not None and end <= start:
-        raise BadRequest(
-            "end_date is before start_date", [{"in": "query", "field": "end_date"}]
-        )
+        raise BadRequest("end_date is before start_date", [{"in": "query", "field": "end_date"}])
     n = min(limit or engine.settings.page_limit_max, engine.settings.page_limit_max)
     wanted, times, table = await read_table(
         engine,

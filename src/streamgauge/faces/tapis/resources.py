@@ -368,9 +368,7 @@ async def update_instrument(
         extra["tags"] = body.tags
     md = _touch(with_tapis(body.metadata if body.metadata is not None else user, old), extra)
     patch = {"name": body.inst_name, "metadata": md}
-    await engine.store.write(
-        lambda tx: metadata.update_device(tx, engine.registry, p, d, patch)
-    )
+    await engine.store.write(lambda tx: metadata.update_device(tx, engine.registry, p, d, patch))
     return envelope(instrument_view(engine, d), "Instrument Updated")
 
 
@@ -412,7 +410,10 @@ def _variable_in(it: NewVariable, i: int, stamp: str) -> VariableIn:
         "last_updated": stamp,
     }
     return VariableIn(
-        id=var_id, name=var_id, unit=_unit_for(var_id, it.units), metadata=with_tapis(it.metadata, extra)
+        id=var_id,
+        name=var_id,
+        unit=_unit_for(var_id, it.units),
+        metadata=with_tapis(it.metadata, extra),
     )
 
 
@@ -483,7 +484,9 @@ async def update_variable(
         if name in body.model_fields_set:
             extra[name] = getattr(body, name)
     patch: dict[str, Any] = {
-        "metadata": _touch(with_tapis(body.metadata if body.metadata is not None else user, old), extra)
+        "metadata": _touch(
+            with_tapis(body.metadata if body.metadata is not None else user, old), extra
+        )
     }
     if "units" in body.model_fields_set and _unit_for(v.doc.name, body.units) is not None:
         patch["unit"] = body.units

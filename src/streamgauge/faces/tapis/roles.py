@@ -149,7 +149,11 @@ async def create_token(engine: EngineDep, body: TokenBody) -> Response:
     jwt, exp = engine.tokens.issue(
         who.account.id,
         ttl_seconds=s.tapis_token_ttl_seconds,
-        claims={"tapis/tenant_id": s.tapis_tenant_id, "tapis/username": who.account.id},
+        claims={
+            "tapis/tenant_id": s.tapis_tenant_id,
+            "tapis/username": who.account.id,
+            "key_id": body.username,
+        },
     )
     result: dict[str, Any] = {
         "access_token": {

@@ -109,17 +109,11 @@ def tapis_caller(
     id), or the native credentials in ``Authorization`` (admin bearer token, HTTP Basic key)."""
     engine = get_engine(request)
     if x_tapis_token:
-        tokens = getattr(engine, "tokens", None)
-        if tokens is None:
-            raise Unauthorized("this server does not accept X-Tapis-Token")
-        claims = tokens.verify(x_tapis_token.strip())
+        token = x_tapis_token.strip()
+        claims = engine.tokens.verify(token)
         if claims.get("tapis/tenant_id") != engine.settings.tapis_tenant_id:
-            raise Unauthorized("the token is for another tenant")
-        username = claims.get("tapis/username")
-        account = engine.registry.accounts.get(username) if isinstance(username, str) else None
-        if account is None:
-            raise Unauthorized("the token's tapis/username is not a service account here")
-        return Principal(account)
+            raise Unauthorized(f"the token is not for tenant {engine.settings.tapis_tenant_id!r}")
+        return engine.auth.access_token(token)
     if authorization:
         return engine.auth.authenticate(authorization)
     raise Unauthorized("missing credentials: send X-Tapis-Token")
