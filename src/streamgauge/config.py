@@ -127,3 +127,20 @@ class Settings(BaseSettings):
         le=30 * 86400,
         description="Lifetime of access tokens from POST /v3/oauth2/tokens.",
     )
+    alert_tick_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="How often deadman triggers are judged against the clock.",
+    )
+    actors: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Local actors for ACTOR actions, a JSON object of actor id -> 'command:<argv>' (run "
+            "with the alert JSON on stdin) or 'python:<module>:<function>' (called with the "
+            "alert). The actor 'plot' is built in."
+        ),
+    )
+    actor_timeout_seconds: float = Field(
+        default=60.0, gt=0, le=3600, description="Longest run of one actor."
+    )

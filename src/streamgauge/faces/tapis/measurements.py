@@ -183,14 +183,14 @@ async def read_table(
     table: dict[str, dict[int, Any]] = {w: {} for w in wanted}
     by_series = {pk: reg.series_by_pk[pk] for pk in series}
     convert = {w: _to_unit(variables[w]) for w in wanted}
-    for s, t, v in zip(batch.series.tolist(), batch.times.tolist(), batch.values, strict=True):
+    for s, t, val in zip(batch.series.tolist(), batch.times.tolist(), batch.values, strict=True):
         if t not in keep:
             continue
         var_id = by_series[s].variable_id
         scale, shift = convert[var_id]
-        if type(v) is float and (scale != 1.0 or shift != 0.0):
-            v = round(v * scale + shift, 9)
-        table[var_id][t] = v
+        if type(val) is float and (scale != 1.0 or shift != 0.0):
+            val = round(val * scale + shift, 9)
+        table[var_id][t] = val
     return wanted, times.tolist(), table
 
 
