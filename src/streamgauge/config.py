@@ -111,6 +111,38 @@ class Settings(BaseSettings):
         default=100_000, ge=1, description="Largest page size a client may ask for."
     )
 
+    # Outbound deliveries (data connectors, alert actions)
+    allow_private_targets: bool = Field(
+        default=True,
+        description=(
+            "Allow delivery targets on loopback, private and link-local addresses. False refuses "
+            "URLs naming or resolving to such addresses (at creation and before each send)."
+        ),
+    )
+    delivery_poll_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Idle delivery workers look for new items at least this often (they are also woken "
+            "at once by every committed batch and logged alert)."
+        ),
+    )
+    delivery_retry_first_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="First retry delay of a failed delivery; doubles per attempt (with jitter).",
+    )
+    delivery_retry_max_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=86400,
+        description=(
+            "Longest retry delay of a failed delivery (an integer Retry-After from the receiver "
+            "is honoured, up to one hour)."
+        ),
+    )
     # Tapis face and alerts
     tapis_tenant_id: str = Field(
         default="streamgauge",

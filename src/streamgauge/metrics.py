@@ -55,6 +55,19 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.outbound_attempts = Counter(
+            "streamgauge_outbound_attempts",
+            "Outbound delivery attempts (connectors, alert actions) by outcome: delivered, "
+            "failed (will retry) or dead_lettered",
+            ["outcome"],
+            registry=r,
+        )
+        self.outbound_seconds = Histogram(
+            "streamgauge_outbound_attempt_seconds",
+            "Duration of outbound delivery attempts that got an HTTP response",
+            buckets=_LATENCY_BUCKETS + (10.0, 30.0),
+            registry=r,
+        )
         self._gc_started = 0.0
 
     def on_gc(self, phase: str, info: dict[str, int]) -> None:

@@ -19,7 +19,9 @@ from streamgauge.auth import Authenticator
 from streamgauge.auth.tokens import TokenIssuer
 from streamgauge.config import Settings
 from streamgauge.core import ingest
+from streamgauge.core.alerting import Alerting
 from streamgauge.core.batch import Batch, concat, empty_batch, format_time
+from streamgauge.core.deliveries import Deliveries
 from streamgauge.core.filters import CompiledSelection, Selection, report_mask
 from streamgauge.core.framing import Framing
 from streamgauge.core.handoff import Handoff
@@ -68,10 +70,24 @@ class Engine:
         self.metrics.bind(
             lambda: self.hub.subscribers, self.hub.queued_bytes, lambda: self.store.head
         )
+        # Outbound deliveries (data connectors, alert actions), woken by every committed batch.
+        self.deliveries = Deliveries(
+            self.store,
+            metrics=self.metrics,
+            allow_private_targets=settings.allow_private_targets,
+            poll_seconds=settings.delivery_poll_seconds,
+            retry_first_seconds=settings.delivery_retry_first_seconds,
+            retry_max_seconds=settings.delivery_retry_max_seconds,
+        )
+        self.listeners.append(lambda batch: self.deliveries.notify())
+        # Alert channels: rules on every committed batch, actions through deliveries and actors.
+        self.alerting = Alerting(self)
 
     async def start(self) -> None:
         self.settings.data.mkdir(parents=True, exist_ok=True)
         await self.store.open(self._committed)
+        await self.alerting.start()
+        await self.deliveries.start()
         gc.callbacks.append(self.metrics.on_gc)
 
     def _committed(self, batch: Batch) -> None:
@@ -82,6 +98,8 @@ class Engine:
     async def stop(self) -> None:
         if self.metrics.on_gc in gc.callbacks:
             gc.callbacks.remove(self.metrics.on_gc)
+        await self.alerting.stop()
+        await self.deliveries.stop()
         self.hub.close_all("server shutting down")
         await asyncio.sleep(0)
         await self.store.close()

@@ -80,7 +80,28 @@ MIGRATIONS: list[str] = [
     );
     INSERT INTO state VALUES ('qc_cursor', 0);
     """,
-    # 3: alert channels, the alert log (ids increase), and each alert's actions with their
+    # 3: outbound deliveries: each consumer's durable cursor, and its dead letters.
+    """
+    CREATE TABLE delivery_cursors (
+        key TEXT PRIMARY KEY, cursor INTEGER NOT NULL, updated_ms INTEGER NOT NULL
+    );
+    CREATE TABLE delivery_dead_letters (
+        pk INTEGER PRIMARY KEY,
+        key TEXT NOT NULL,
+        cursor INTEGER NOT NULL,
+        method TEXT NOT NULL,
+        url TEXT NOT NULL,
+        headers TEXT NOT NULL,
+        body BLOB NOT NULL,
+        born_ms INTEGER NOT NULL,
+        failed_ms INTEGER NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_status INTEGER,
+        last_error TEXT
+    );
+    CREATE INDEX delivery_dead_letters_key ON delivery_dead_letters (key, pk);
+    """,
+    # 4: alert channels, the alert log (ids increase), and each alert's actions with their
     # stored payload and delivery outcome.
     """
     CREATE TABLE channels (
