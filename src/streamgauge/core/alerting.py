@@ -215,8 +215,11 @@ class Alerting:
     async def delete(self, ch: Channel) -> None:
         await self.store.write(lambda tx: table.delete_channel(tx, ch.pk))
         self.channels.pop(ch.doc.id, None)
-        for key in [k for k in self.states if k[0] == ch.pk]:
-            del self.states[key]
+        for state_key in [k for k in self.states if k[0] == ch.pk]:
+            del self.states[state_key]
+        self._unregister(ch)
+
+    def _unregister(self, ch: Channel) -> None:
         for key in self.engine.deliveries.keys():
             if key.startswith(f"alert:{ch.pk}:"):
                 self.engine.deliveries.remove(key, forget=True)
@@ -225,9 +228,7 @@ class Alerting:
         """The project is gone (its channels and alerts went with it in the database)."""
         for ch in self.of_project(project_pk):
             self.channels.pop(ch.doc.id, None)
-            for key in self.engine.deliveries.keys():
-                if key.startswith(f"alert:{ch.pk}:"):
-                    self.engine.deliveries.remove(key, forget=True)
+            self._unregister(ch)
 
     async def alerts(self, ch: Channel, skip: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
         return await self.store.read(lambda c: table.list_alerts(c, ch.pk, skip, limit))

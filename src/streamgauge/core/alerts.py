@@ -236,7 +236,7 @@ def run_expression(
         res = step(rule, out.state, r_ok, now_ms)
         out.state = res.state
         if res.fired:
-            pick = next((int(i) for i in rows if sensor_names[i] == first), int(rows[0]))
+            pick = next((i for i in rows.tolist() if sensor_names[i] == first), int(rows[0]))
             out.firings.append(Firing(pick, int(uniq[r]), raw[pick], sensor_names[pick]))
         out.suppressed += res.suppressed
     return out

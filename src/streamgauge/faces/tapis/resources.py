@@ -194,6 +194,7 @@ async def delete_project(engine: EngineDep, who: CallerDep, project_id: str) -> 
     doc = project_doc(engine.registry, rec.pk, rec.doc)
     await engine.store.write(lambda tx: metadata.delete_project(tx, engine.registry, rec))
     engine.hub.close_project(rec.pk, "project deleted")
+    engine.alerting.forget_project(rec.pk)
     return envelope(doc, "Project Deleted")
 
 
