@@ -17,6 +17,7 @@ from streamgauge.errors import StreamgaugeError
 from streamgauge.faces import dt, http
 from streamgauge.faces.native import router as native_router
 from streamgauge.faces.synoptic import router as feed_router
+from streamgauge.faces.tapis import router as tapis_router
 
 
 def create_app(settings: Settings | None = None, *, admin_token: str | None = None) -> FastAPI:
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
     app.add_exception_handler(Exception, http.on_unexpected)
     app.include_router(native_router)
     app.include_router(feed_router)
+    app.include_router(tapis_router)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, object]:

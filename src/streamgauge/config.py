@@ -177,3 +177,36 @@ class Settings(BaseSettings):
             "aud may name it or the URL the request arrived at."
         ),
     )
+    # Tapis face and alerts
+    tapis_tenant_id: str = Field(
+        default="streamgauge",
+        min_length=1,
+        max_length=128,
+        description=(
+            "Tenant id the Tapis face puts in its tokens (tapis/tenant_id) and requires of "
+            "every X-Tapis-Token."
+        ),
+    )
+    tapis_token_ttl_seconds: int = Field(
+        default=4 * 3600,
+        ge=60,
+        le=30 * 86400,
+        description="Lifetime of access tokens from POST /v3/oauth2/tokens.",
+    )
+    alert_tick_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="How often deadman triggers are judged against the clock.",
+    )
+    actors: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Local actors for ACTOR actions, a JSON object of actor id -> 'command:<argv>' (run "
+            "with the alert JSON on stdin) or 'python:<module>:<function>' (called with the "
+            "alert). The actor 'plot' is built in."
+        ),
+    )
+    actor_timeout_seconds: float = Field(
+        default=60.0, gt=0, le=3600, description="Longest run of one actor."
+    )

@@ -20,6 +20,7 @@ from streamgauge.auth import Authenticator
 from streamgauge.auth.tokens import TokenIssuer
 from streamgauge.config import Settings
 from streamgauge.core import ingest
+from streamgauge.core.alerting import Alerting
 from streamgauge.core.batch import Batch, concat, empty_batch, format_time
 from streamgauge.core.deliveries import Deliveries
 from streamgauge.core.filters import CompiledSelection, Selection, report_mask
@@ -83,10 +84,13 @@ class Engine:
         self.listeners.append(lambda batch: self.deliveries.notify())
         # Push-feed tokens and durable feed sessions.
         self.feeds = FeedStore(self.store, settings.feed_session_retention_hours * 3600)
+        # Alert channels: rules on every committed batch, actions through deliveries and actors.
+        self.alerting = Alerting(self)
 
     async def start(self) -> None:
         self.settings.data.mkdir(parents=True, exist_ok=True)
         await self.store.open(self._committed)
+        await self.alerting.start()
         await self.deliveries.start()
         await self.feeds.start()
         gc.callbacks.append(self.metrics.on_gc)
@@ -99,6 +103,7 @@ class Engine:
     async def stop(self) -> None:
         if self.metrics.on_gc in gc.callbacks:
             gc.callbacks.remove(self.metrics.on_gc)
+        await self.alerting.stop()
         self.hub.close_all("server shutting down")
         await asyncio.sleep(0)
         await self.feeds.stop()

@@ -138,6 +138,36 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX feed_sessions_touched ON feed_sessions (touched);
     """,
+    # 6: alert channels, the alert log (ids increase), and each alert's actions with their
+    # stored payload and delivery outcome.
+    """
+    CREATE TABLE channels (
+        pk INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        project_pk INTEGER NOT NULL REFERENCES projects(pk) ON DELETE CASCADE,
+        doc TEXT NOT NULL
+    );
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        channel_pk INTEGER NOT NULL REFERENCES channels(pk) ON DELETE CASCADE,
+        created_ms INTEGER NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX alerts_channel ON alerts (channel_pk, id);
+    CREATE TABLE alert_actions (
+        alert_id INTEGER NOT NULL REFERENCES alerts(id) ON DELETE CASCADE,
+        slot INTEGER NOT NULL,
+        channel_pk INTEGER NOT NULL,
+        method TEXT NOT NULL,
+        target TEXT NOT NULL,
+        body BLOB NOT NULL,
+        done INTEGER NOT NULL DEFAULT 0,
+        outcome TEXT,
+        PRIMARY KEY (alert_id, slot)
+    );
+    CREATE INDEX alert_actions_slot ON alert_actions (channel_pk, slot, alert_id);
+    CREATE INDEX alert_actions_todo ON alert_actions (method, done, alert_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -2,12 +2,13 @@
 
 from fastapi import APIRouter
 
-from streamgauge.faces.native import accounts, feedtokens, observations, resources
+from streamgauge.faces.native import accounts, channels, feedtokens, observations, resources
 
 router = APIRouter(prefix="/api/v1")
 router.include_router(resources.router)
 router.include_router(observations.router)
 router.include_router(accounts.router)
 router.include_router(feedtokens.router)
+router.include_router(channels.router)
 
 __all__ = ["router"]

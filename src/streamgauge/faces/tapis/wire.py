@@ -1,0 +1,151 @@
+"""Tapis wire conventions: the response envelope, the error translation, the caller, paging.
+
+Every JSON reply is the Tapis envelope ``{"result", "status", "message", "version",
+"metadata"}`` with ``Content-Type: application/json`` exactly (``tapipy`` parses a body only with
+that exact type). Errors keep the envelope with ``"status": "error"``, ``"result": null`` and the
+engine's details (what and where) in ``metadata.details``; 422 becomes 400, as Tapis reports
+validation errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Annotated, Any, TypeVar
+
+import orjson
+from fastapi import Depends, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+
+from streamgauge import __version__
+from streamgauge.auth import Principal
+from streamgauge.core.engine import Engine
+from streamgauge.errors import BadRequest, StreamgaugeError, Unauthorized
+from streamgauge.faces.http import _query_names
+from streamgauge.faces.native.deps import get_engine
+
+JSON = "application/json"
+
+
+def envelope(result: Any, message: str = "Success", status: int = 200) -> Response:
+    body = {
+        "result": result,
+        "status": "success",
+        "message": message,
+        "version": __version__,
+        "metadata": {},
+    }
+    return Response(orjson.dumps(body), status, media_type=JSON)
+
+
+def error_envelope(status: int, message: str, details: list[Any]) -> Response:
+    body = {
+        "result": None,
+        "status": "error",
+        "message": message,
+        "version": __version__,
+        "metadata": {"details": details},
+    }
+    return Response(orjson.dumps(body), 400 if status == 422 else status, media_type=JSON)
+
+
+def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
+    details = []
+    for err in exc.errors():
+        loc = [p for p in err.get("loc", ()) if p != "body"]
+        detail: dict[str, Any] = {"reason": err.get("msg", "invalid")}
+        if loc and loc[0] in ("query", "path", "header"):
+            detail["in"] = loc[0]
+            loc = loc[1:]
+        index = next((p for p in loc if isinstance(p, int)), None)
+        if index is not None:
+            detail["index"] = index
+        fields = [str(p) for p in loc if not isinstance(p, int)]
+        fields = [f for f in fields if not f[:1].isupper() and not f.startswith("list[")]
+        if fields:
+            detail["field"] = ".".join(fields)
+        details.append(detail)
+    return details
+
+
+class TapisRoute(APIRoute):
+    """Errors leave in the Tapis envelope; query parameters a route does not declare are a 400
+    naming them (a typo fails loudly)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        allowed = _query_names(self.dependant)
+
+        async def run(request: Request) -> Response:
+            try:
+                unknown = sorted(set(request.query_params.keys()) - allowed)
+                if unknown:
+                    raise BadRequest(
+                        f"unknown query parameter(s): {', '.join(unknown)}",
+                        [
+                            {"in": "query", "field": u, "reason": "not a parameter here"}
+                            for u in unknown
+                        ],
+                    )
+                return await handler(request)
+            except StreamgaugeError as exc:
+                return error_envelope(exc.status, exc.message, exc.details)
+            except RequestValidationError as exc:
+                details = _validation_details(exc)
+                where = "; ".join(
+                    f"{d.get('field', d.get('in', 'body'))}: {d['reason']}" for d in details[:5]
+                )
+                return error_envelope(400, f"the request does not validate ({where})", details)
+
+        return run
+
+
+def tapis_caller(
+    request: Request,
+    x_tapis_token: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> Principal:
+    """The caller: a Tapis JWT in ``X-Tapis-Token`` (its ``tapis/username`` is a service account
+    id), or the native credentials in ``Authorization`` (admin bearer token, HTTP Basic key)."""
+    engine = get_engine(request)
+    if x_tapis_token:
+        token = x_tapis_token.strip()
+        claims = engine.tokens.verify(token)
+        if claims.get("tapis/tenant_id") != engine.settings.tapis_tenant_id:
+            raise Unauthorized(f"the token is not for tenant {engine.settings.tapis_tenant_id!r}")
+        return engine.auth.access_token(token)
+    if authorization:
+        return engine.auth.authenticate(authorization)
+    raise Unauthorized("missing credentials: send X-Tapis-Token")
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+CallerDep = Annotated[Principal, Depends(tapis_caller)]
+
+T = TypeVar("T")
+
+
+class Listing:
+    """``skip`` and ``limit`` (default 100, at most 1000) of Tapis lists; ``query`` is refused
+    rather than silently ignored."""
+
+    def __init__(
+        self,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        skip: Annotated[int, Query(ge=0)] = 0,
+        query: Annotated[str | None, Query(description="Not supported (400).")] = None,
+    ) -> None:
+        if query:
+            raise BadRequest(
+                "the query parameter is not supported",
+                [{"in": "query", "field": "query", "reason": "filter the list on the client"}],
+            )
+        self.limit = limit
+        self.skip = skip
+
+    def page(self, items: Iterable[tuple[str, T]]) -> list[T]:
+        ordered = sorted(items, key=lambda kv: kv[0])
+        return [v for _, v in ordered[self.skip : self.skip + self.limit]]
+
+
+ListingDep = Annotated[Listing, Depends()]

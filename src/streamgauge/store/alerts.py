@@ -1,0 +1,156 @@
+"""Channels, the alert log and alert actions in SQLite (tables of migration 3).
+
+Functions taking a ``Tx`` run on the writer thread (``store.write``); the others take a reader
+connection (``store.read``). The alert log's ids increase, so an action delivery is a consumer of
+``alert_actions`` rows of one (channel, slot) after a cursor (the alert id).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from streamgauge.core.channels import ChannelDoc
+
+if TYPE_CHECKING:
+    from streamgauge.store.sqlite import Tx
+
+
+def load_channels(conn: sqlite3.Connection) -> list[tuple[int, int, ChannelDoc]]:
+    """(pk, project pk, document) of every channel."""
+    return [
+        (pk, project_pk, ChannelDoc.model_validate_json(doc))
+        for pk, project_pk, doc in conn.execute("SELECT pk, project_pk, doc FROM channels")
+    ]
+
+
+def insert_channel(tx: Tx, project_pk: int, doc: ChannelDoc) -> int:
+    cur = tx.execute(
+        "INSERT INTO channels (id, project_pk, doc) VALUES (?, ?, ?)",
+        (doc.id, project_pk, doc.model_dump_json()),
+    )
+    return int(cur.lastrowid or 0)
+
+
+def update_channel(tx: Tx, pk: int, doc: ChannelDoc) -> None:
+    tx.execute("UPDATE channels SET doc = ? WHERE pk = ?", (doc.model_dump_json(), pk))
+
+
+def delete_channel(tx: Tx, pk: int) -> None:
+    tx.execute("DELETE FROM alert_actions WHERE channel_pk = ?", (pk,))
+    tx.execute("DELETE FROM channels WHERE pk = ?", (pk,))
+
+
+def insert_alert(tx: Tx, channel_pk: int, created_ms: int, record: dict[str, Any]) -> int:
+    cur = tx.execute(
+        "INSERT INTO alerts (channel_pk, created_ms, record) VALUES (?, ?, ?)",
+        (channel_pk, created_ms, orjson.dumps(record)),
+    )
+    return int(cur.lastrowid or 0)
+
+
+def insert_action(
+    tx: Tx, alert_id: int, slot: int, channel_pk: int, method: str, target: str, body: bytes
+) -> None:
+    tx.execute(
+        "INSERT INTO alert_actions (alert_id, slot, channel_pk, method, target, body) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (alert_id, slot, channel_pk, method, target, body),
+    )
+
+
+def slot_items(
+    conn: sqlite3.Connection, channel_pk: int, slot: int, after: int, limit: int
+) -> list[tuple[int, str, bytes, int]]:
+    """(alert id, target, body, created ms) of one action slot after ``after``, ascending."""
+    return [
+        (int(a), str(t), bytes(b), int(c))
+        for a, t, b, c in conn.execute(
+            "SELECT x.alert_id, x.target, x.body, a.created_ms FROM alert_actions x "
+            "JOIN alerts a ON a.id = x.alert_id "
+            "WHERE x.channel_pk = ? AND x.slot = ? AND x.alert_id > ? "
+            "ORDER BY x.alert_id LIMIT ?",
+            (channel_pk, slot, after, limit),
+        )
+    ]
+
+
+def slots(conn: sqlite3.Connection, channel_pk: int) -> list[int]:
+    return [
+        int(s)
+        for (s,) in conn.execute(
+            "SELECT DISTINCT slot FROM alert_actions WHERE channel_pk = ?", (channel_pk,)
+        )
+    ]
+
+
+def last_alert(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT coalesce(max(id), 0) FROM alerts").fetchone()[0])
+
+
+def record_outcome(tx: Tx, alert_id: int, slot: int, outcome: dict[str, Any], done: bool) -> None:
+    tx.execute(
+        "UPDATE alert_actions SET outcome = ?, done = max(done, ?) WHERE alert_id = ? AND slot = ?",
+        (orjson.dumps(outcome), int(done), alert_id, slot),
+    )
+
+
+def actor_todo(
+    conn: sqlite3.Connection, limit: int
+) -> list[tuple[int, int, int, str, bytes, str | None]]:
+    """ACTOR actions not yet run: (alert id, slot, channel pk, actor id, body, outcome)."""
+    return [
+        (int(a), int(s), int(c), str(t), bytes(b), o)
+        for a, s, c, t, b, o in conn.execute(
+            "SELECT alert_id, slot, channel_pk, target, body, outcome FROM alert_actions "
+            "WHERE method = 'ACTOR' AND done = 0 ORDER BY alert_id, slot LIMIT ?",
+            (limit,),
+        )
+    ]
+
+
+def list_alerts(
+    conn: sqlite3.Connection, channel_pk: int, skip: int, limit: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """(total, a page of alerts newest first), each with its actions and their outcomes."""
+    total = int(
+        conn.execute("SELECT count(*) FROM alerts WHERE channel_pk = ?", (channel_pk,)).fetchone()[
+            0
+        ]
+    )
+    rows = conn.execute(
+        "SELECT id, record FROM alerts WHERE channel_pk = ? ORDER BY id DESC LIMIT ? OFFSET ?",
+        (channel_pk, limit, skip),
+    ).fetchall()
+    out: list[dict[str, Any]] = []
+    for id_, record in rows:
+        alert = orjson.loads(record)
+        alert["alert_id"] = int(id_)
+        alert["actions"] = [
+            {
+                "slot": int(s),
+                "method": m,
+                "target": t,
+                "done": bool(d),
+                "outcome": None if o is None else orjson.loads(o),
+            }
+            for s, m, t, d, o in conn.execute(
+                "SELECT slot, method, target, done, outcome FROM alert_actions "
+                "WHERE alert_id = ? ORDER BY slot",
+                (id_,),
+            )
+        ]
+        out.append(alert)
+    return total, out
+
+
+def alert_project(conn: sqlite3.Connection, alert_id: int) -> str | None:
+    """The id of the project an alert belongs to."""
+    row = conn.execute(
+        "SELECT p.id FROM alerts a JOIN channels ch ON ch.pk = a.channel_pk "
+        "JOIN projects p ON p.pk = ch.project_pk WHERE a.id = ?",
+        (alert_id,),
+    ).fetchone()
+    return None if row is None else str(row[0])
