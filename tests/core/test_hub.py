@@ -272,3 +272,15 @@ def test_max_rows_splits_items_and_with_series_keeps_the_rows_series() -> None:
     s = sub(reg, Selection(1), framing, queue_bytes=1 << 20)
     s.offer(b)
     assert len(s.queue) == 3 and s.queued == sum(len(i.data) for i in items)
+
+
+def test_the_keepalive_clock_wakes_only_idle_subscribers() -> None:
+    reg = registry()
+    hub = Hub()
+    idle, busy = sub(reg, Selection(1)), sub(reg, Selection(1))
+    hub.subscribe(idle)
+    hub.subscribe(busy)
+    idle.last_sent, busy.last_sent = 100.0, 109.0
+    hub.tick(110.0, 5.0)
+    assert idle.keepalive_due and idle.wakeup.is_set()
+    assert not busy.keepalive_due and not busy.wakeup.is_set()

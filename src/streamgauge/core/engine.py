@@ -82,6 +82,7 @@ class Engine:
             retry_max_seconds=settings.delivery_retry_max_seconds,
         )
         self.listeners.append(lambda batch: self.deliveries.notify())
+        self._ticker: asyncio.Task[None] | None = None
         # Push-feed tokens and durable feed sessions.
         self.feeds = FeedStore(self.store, settings.feed_session_retention_hours * 3600)
         # Alert channels: rules on every committed batch, actions through deliveries and actors.
@@ -94,6 +95,14 @@ class Engine:
         await self.deliveries.start()
         await self.feeds.start()
         gc.callbacks.append(self.metrics.on_gc)
+        self._ticker = asyncio.create_task(self._keepalive_clock())
+
+    async def _keepalive_clock(self) -> None:
+        """Idle streams get a keepalive between one and 1.25 intervals after their last write."""
+        idle = self.settings.keepalive_seconds
+        while True:
+            await asyncio.sleep(idle / 4)
+            self.hub.tick(time.monotonic(), idle)
 
     def _committed(self, batch: Batch) -> None:
         self.hub.publish(batch)
@@ -101,6 +110,9 @@ class Engine:
             listener(batch)
 
     async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         if self.metrics.on_gc in gc.callbacks:
             gc.callbacks.remove(self.metrics.on_gc)
         await self.alerting.stop()
@@ -236,6 +248,7 @@ class Engine:
                     items = sub.render(batch) if len(batch) else []
                     handoff.read(batch.last if len(batch) else None, complete=len(batch) < page)
                     if items or len(batch):
+                        sub.last_sent = time.monotonic()
                         yield Chunk(items, handoff.last)
                     if sub.overflowed:
                         sub.reset()
@@ -266,13 +279,15 @@ class Engine:
                         oldest = oldest or item.received_ns
                 if chunk:
                     self.metrics.delivery_seconds.observe((time.monotonic_ns() - oldest) / 1e9)
+                    sub.last_sent = time.monotonic()
                     yield Chunk(chunk, handoff.last)
                     continue
-                try:
-                    async with asyncio.timeout(s.keepalive_seconds):
-                        await sub.wakeup.wait()
-                except TimeoutError:
+                if sub.keepalive_due:
+                    sub.keepalive_due = False
+                    sub.last_sent = time.monotonic()
                     yield Keepalive(int(time.time() * 1000))
+                    continue
+                await sub.wakeup.wait()
         finally:
             self.hub.unsubscribe(sub)
 

@@ -20,6 +20,7 @@ committed batch (the merged batch remembers which commit each row came from).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -62,6 +63,8 @@ class Subscription:
         self.overflowed = False
         self.closed: str | None = None  # a reason to close, set by the hub
         self.wakeup = asyncio.Event()
+        self.last_sent = time.monotonic()  # when the stream last wrote (data or keepalive)
+        self.keepalive_due = False  # set by the hub's clock when idle for the interval
 
     @property
     def project_pk(self) -> int:
@@ -190,6 +193,15 @@ class Hub:
             sub.offer(batch)
             if sub.overflowed and not was:
                 self.overflows += 1
+
+    def tick(self, now: float, idle_seconds: float) -> None:
+        """The keepalive clock (one for every stream, instead of a timer per wait): wake each
+        subscriber that has written nothing for ``idle_seconds``."""
+        for subs in self._subs.values():
+            for sub in subs:
+                if now - sub.last_sent >= idle_seconds:
+                    sub.keepalive_due = True
+                    sub.wakeup.set()
 
     def close_project(self, project_pk: int, reason: str) -> None:
         for sub in self._subs.get(project_pk, ()):
