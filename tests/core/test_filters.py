@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streamgauge.core.batch import Batch
-from streamgauge.core.filters import CompiledSelection, LabelMatch, Selection
+from streamgauge.core.filters import CompiledSelection, LabelMatch, Selection, _gather_bits
 from streamgauge.errors import BadRequest
 from streamgauge.model import Device, Variable
 from streamgauge.store.registry import (
@@ -258,3 +260,15 @@ def test_dropped_series_and_pks_beyond_the_table_are_masked_out() -> None:
     # a batch of only unknown pks, and an empty batch
     assert sel.mask(batch_of([far, far + 1])).tolist() == [False, False]
     assert sel.mask(batch_of([])).tolist() == []
+
+
+@given(
+    st.sets(st.integers(1, 300), max_size=40),
+    st.lists(st.integers(-1, 400), max_size=60),
+)
+def test_device_bits_agree_with_a_set(wanted: set[int], keys: list[int]) -> None:
+    table = np.zeros((300 + 8) // 8 * 8 + 16, np.bool_)
+    table[np.array(sorted(wanted), np.int64) + 8] = True
+    bits = np.packbits(table, bitorder="little")
+    got = _gather_bits(bits, np.array(keys, np.int64)).tolist()
+    assert got == [k in wanted for k in keys]

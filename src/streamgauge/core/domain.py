@@ -67,17 +67,10 @@ class Domain:
         return {cols.ids[i] for i in np.flatnonzero(keep).tolist()}
 
     def devices(self, reg: Registry, project_pk: int) -> set[int]:
-        """Device pks at the selected sites; shared by subscribers with the same domain until
-        the registry changes."""
-        key = ("domain", project_pk, self)
-        cached = reg.derived.get(key)
-        if isinstance(cached, set):
-            return cached
-        found: set[int] = set().union(
-            *(reg.devices_at(project_pk, s) for s in self.sites(reg, project_pk))
-        )
-        reg.derived[key] = found
-        return found
+        """Device pks at the selected sites. Not cached: a selection compiles once per registry
+        version, and a set per distinct domain kept for a thousand subscribers would cost more
+        memory (hundreds of KB each for a state) than the millisecond it saves."""
+        return set().union(*(reg.devices_at(project_pk, s) for s in self.sites(reg, project_pk)))
 
 
 @dataclass(slots=True)

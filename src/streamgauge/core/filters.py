@@ -57,7 +57,7 @@ class Selection:
 
     def tables(self, reg: Registry) -> Tables:
         """Lookup tables over device pks and variable-name codes, for one registry version."""
-        devices: npt.NDArray[np.bool_] | None = None
+        devices: npt.NDArray[np.uint8] | None = None
         kinds: list[set[int]] = []
         if self.devices:
             kinds.append(
@@ -77,8 +77,11 @@ class Selection:
             kinds.append(self.domain.devices(reg, self.project_pk))
         if kinds:
             wanted = set.intersection(*kinds)
-            devices = np.zeros(max(reg.devices_by_pk, default=0) + 2, np.bool_)
-            devices[np.fromiter(wanted, np.int64, len(wanted))] = True
+            # bits at pk + 8, in whole bytes, with a zero byte at each end (see _gather_bits)
+            size = (max(reg.devices_by_pk, default=0) + 8) // 8 * 8 + 16
+            table = np.zeros(size, np.bool_)
+            table[np.fromiter(wanted, np.int64, len(wanted)) + 8] = True
+            devices = np.packbits(table, bitorder="little")  # kept as bits: 1/8 the memory
         names: npt.NDArray[np.bool_] | None = None
         if self.variables:
             names = np.zeros(len(reg.names) + 1, np.bool_)
@@ -89,7 +92,7 @@ class Selection:
         """Which series pks in ``[lo, hi)`` this selection wants: gathers, no Python loop."""
         allowed: npt.NDArray[np.bool_] = reg.s_project[lo:hi] == self.project_pk
         if tables.devices is not None:
-            allowed &= _gather(tables.devices, reg.s_device[lo:hi])
+            allowed &= _gather_bits(tables.devices, reg.s_device[lo:hi])
         if tables.names is not None:
             allowed &= _gather(tables.names, reg.s_name[lo:hi])
         return allowed
@@ -97,7 +100,7 @@ class Selection:
 
 @dataclass(frozen=True, slots=True)
 class Tables:
-    devices: npt.NDArray[np.bool_] | None  # by device pk; None: every device
+    devices: npt.NDArray[np.uint8] | None  # bits by device pk (little-endian); None: every device
     names: npt.NDArray[np.bool_] | None  # by variable-name code; None: every variable
 
 
@@ -106,6 +109,16 @@ def _gather(table: npt.NDArray[np.bool_], keys: npt.NDArray[np.int64]) -> npt.ND
     last entry, and both are False by construction (pk 0 is never used, and each table has a
     spare last entry). Rows of dropped series (-1) are excluded by the project test anyway."""
     out: npt.NDArray[np.bool_] = np.take(table, keys, mode="clip")
+    return out
+
+
+def _gather_bits(bits: npt.NDArray[np.uint8], keys: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    """Bit ``keys + 8`` of a little-endian bitset: False for keys outside the table, since its
+    first and last bytes are zero and ``clip`` sends out-of-range bytes there (-1, a dropped
+    series' device, lands in the first)."""
+    at = keys + 8
+    byte = np.take(bits, at >> 3, mode="clip")
+    out: npt.NDArray[np.bool_] = ((byte >> (at & 7).astype(np.uint8)) & 1).astype(np.bool_)
     return out
 
 
