@@ -284,3 +284,20 @@ def test_the_keepalive_clock_wakes_only_idle_subscribers() -> None:
     hub.tick(110.0, 5.0)
     assert idle.keepalive_due and idle.wakeup.is_set()
     assert not busy.keepalive_due and not busy.wakeup.is_set()
+
+
+def test_wrap_builds_each_items_message_once_and_text_is_cached() -> None:
+    reg = registry()
+    b = batch([1, 2, 3], first=20)
+    calls: list[tuple[int, int]] = []
+
+    def wrap(data: bytes, first: int, last: int) -> bytes:
+        calls.append((first, last))
+        return b"[%d-%d]" % (first, last) + data
+
+    framing = dataclasses.replace(NDJSON, name="wrapped", max_rows=2, wrap=wrap)
+    a = sub(reg, Selection(1), framing).render(b)
+    again = sub(reg, Selection(1), framing).render(b)  # same mask: shared, not wrapped again
+    assert calls == [(20, 21), (22, 22)] and again is a
+    assert a[0].data.startswith(b"[20-21]{") and a[1].data.startswith(b"[22-22]{")
+    assert a[0].as_text() is a[0].as_text() and a[0].as_text() == a[0].data.decode()

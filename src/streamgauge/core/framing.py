@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 class Framing:
     """How a stream writes rows. ``row`` wraps each row's native JSON object; a face with its own
     row shape gives ``encode`` instead (all rows of a batch at once, cached per batch and units).
-    ``max_rows`` bounds the rows of one queued item (a face's message size); ``with_series``
-    keeps the picked rows' series pks on each item (for per-connection metadata)."""
+    ``max_rows`` bounds the rows of one queued item (a face's message size); ``wrap`` turns an
+    item's joined rows into its message (given the first and last cursor), once per item, shared
+    by the subscribers whose masks agree; ``with_series`` keeps the picked rows' series pks on each
+    item (for per-connection metadata)."""
 
     name: str
     media_type: str
@@ -35,6 +37,7 @@ class Framing:
     units: Callable[[dict[str, str]], bytes]
     encode: Callable[[Batch, Registry, UnitSystem], list[bytes]] | None = None
     max_rows: int = 0  # 0: unbounded
+    wrap: Callable[[bytes, int, int], bytes] | None = None
     with_series: bool = False
 
     def rows(self, batch: Batch, registry: Registry, units: UnitSystem) -> list[bytes]:

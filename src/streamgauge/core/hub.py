@@ -42,6 +42,12 @@ class Item:
     data: bytes
     received_ns: int
     series: npt.NDArray[np.int64] | None = None  # the rows' series pks, if the framing asks
+    text: str | None = None  # ``data`` decoded, for a face that sends text (cached, shared)
+
+    def as_text(self) -> str:
+        if self.text is None:
+            self.text = self.data.decode()
+        return self.text
 
 
 class Subscription:
@@ -91,10 +97,13 @@ class Subscription:
                     data = b"".join(rows)
                 else:
                     data = b"".join([rows[i] for i in part.tolist()])
+                first, last = int(batch.cursors[part[0]]), int(batch.cursors[part[-1]])
+                if framing.wrap is not None:
+                    data = framing.wrap(data, first, last)
                 items.append(
                     Item(
-                        int(batch.cursors[part[0]]),
-                        int(batch.cursors[part[-1]]),
+                        first,
+                        last,
                         len(part),
                         data,
                         batch.received_ns,
