@@ -1,10 +1,11 @@
-"""Stream selection compiled to a lookup table over series pks.
+"""Stream selection compiled to lookup tables.
 
 A ``Selection`` (devices, device types, variables, labels, a domain of sites; each a list where
-any entry matches, all kinds must match; plus QC flags to leave out) is resolved against the
-registry once per registry version into ``allowed``: a boolean array indexed by series pk. The
-mask of a batch is then one numpy gather, ``allowed[batch.series]``: the same code filters live
-batches and catch-up reads, and lists the series of a history read, so they cannot disagree.
+any entry matches, all kinds must match; plus QC flags to leave out and a filter expression) is
+resolved against the registry once per registry version into a bitset over device pks and a
+table over variable-name codes. The mask of a batch is then a few numpy gathers over the rows'
+project, device and name (looked up once per batch for every subscriber): the same code filters
+live batches and catch-up reads, and lists the series of a history read, so they cannot disagree.
 """
 
 from __future__ import annotations
@@ -123,66 +124,39 @@ def _gather_bits(bits: npt.NDArray[np.uint8], keys: npt.NDArray[np.int64]) -> np
 
 
 class CompiledSelection:
-    """A selection with its lookup table over series pks, kept as a bitset (one bit per series:
-    22 KB for 180,000 series, so a thousand subscribers hold 22 MB, not 180). A metadata change
-    (registry version) rebuilds it; new series (created by ingest) only extend it in place, in a
-    buffer grown by doubling, with the same device and name tables."""
+    """A selection compiled to its device and variable-name tables (a bitset over device pks, 4
+    KB for 30,000 devices, and a table over name codes), rebuilt when metadata changes (registry
+    version). Series created by ingest need nothing: a row is judged by its series' project,
+    device and name, looked up once per batch for every subscriber."""
 
     def __init__(self, selection: Selection, reg: Registry) -> None:
         self.selection = selection
         self._reg = reg
         self._version = -1
         self._tables = Tables(None, None)
-        self._bits: npt.NDArray[np.uint8] = np.zeros(0, np.uint8)  # with room to grow
-        self._n = 0  # series pks compiled: [0, _n)
 
-    def _refresh(self) -> npt.NDArray[np.uint8]:
+    def _refresh(self) -> Tables:
         reg = self._reg
-        end = reg.series_end
         if self._version != reg.version:
             self._version = reg.version
             self._tables = self.selection.tables(reg)
-            size = (end + 7) // 8
-            self._bits = np.zeros(max(size + size // 4, 128), np.uint8)
-            self._bits[:size] = np.packbits(
-                self.selection.compile(reg, self._tables, 0, end), bitorder="little"
-            )
-            self._n = end
-        elif self._n < end:
-            lo = self._n & ~7  # recompile from a byte boundary: the partial byte is rewritten
-            size = (end + 7) // 8
-            if size > len(self._bits):
-                grown = np.zeros(max(2 * len(self._bits), size), np.uint8)
-                grown[: len(self._bits)] = self._bits
-                self._bits = grown
-            self._bits[lo // 8 : size] = np.packbits(
-                self.selection.compile(reg, self._tables, lo, end), bitorder="little"
-            )
-            self._n = end
-        return self._bits
+        return self._tables
 
     def allowed(self) -> npt.NDArray[np.bool_]:
-        """The lookup table over series pks as booleans, current with the registry."""
-        bits = self._refresh()
-        out: npt.NDArray[np.bool_] = np.unpackbits(
-            bits[: (self._n + 7) // 8], count=self._n, bitorder="little"
-        ).view(np.bool_)
-        return out
+        """The table over series pks as booleans, current with the registry (for history reads,
+        which list the selected series)."""
+        return self.selection.compile(self._reg, self._refresh(), 0, self._reg.series_end)
 
     def mask(self, batch: Batch) -> npt.NDArray[np.bool_]:
-        bits = self._refresh()
-        series = batch.series
-        pos = batch.derived.get("bit_positions")  # shared by every subscriber of this batch
-        if pos is None:
-            top = int(series.max()) if len(series) else -1
-            pos = batch.derived["bit_positions"] = (series >> 3, (series & 7).astype(np.uint8), top)
-        byte, shift, top = pos
-        if top >= 8 * len(bits):  # rows of series pks beyond the table: none wanted
-            grown = np.zeros(top // 8 + 1, np.uint8)
-            grown[: len(bits)] = bits
-            bits = self._bits = grown
-        mask: npt.NDArray[np.bool_] = ((bits[byte] >> shift) & 1).view(np.bool_)
+        tables = self._refresh()
         sel = self.selection
+        cols = _row_columns(batch, self._reg)
+        mask: npt.NDArray[np.bool_] = _in_project(batch, cols, sel.project_pk).copy()
+        if tables.devices is not None:
+            byte = np.take(tables.devices, cols.device_byte, mode="clip")
+            mask &= ((byte >> cols.device_shift) & 1).view(np.bool_)
+        if tables.names is not None:
+            mask &= np.take(tables.names, cols.name, mode="clip")
         if sel.qc_remove:
             mask &= qc_pass(batch, sel.qc_remove)
         if sel.expr is not None and mask.any():
@@ -190,6 +164,38 @@ class CompiledSelection:
             rows = np.flatnonzero(mask)
             mask[rows] = table.satisfied(sel.expr, self._reg.names)[table.report[rows]]
         return mask
+
+
+@dataclass(frozen=True, slots=True)
+class RowColumns:
+    """Per row of a batch, what every subscriber's mask looks up (computed once per batch)."""
+
+    project: npt.NDArray[np.int64]
+    device_byte: npt.NDArray[np.int64]  # (device pk + 8) >> 3, see _gather_bits
+    device_shift: npt.NDArray[np.uint8]
+    name: npt.NDArray[np.int64]
+
+
+def _row_columns(batch: Batch, reg: Registry) -> RowColumns:
+    cols: RowColumns | None = batch.derived.get("row_columns")
+    if cols is None:
+        series = batch.series
+        at = np.take(reg.s_device, series, mode="clip") + 8
+        cols = batch.derived["row_columns"] = RowColumns(
+            np.take(reg.s_project, series, mode="clip"),
+            at >> 3,
+            (at & 7).astype(np.uint8),
+            np.take(reg.s_name, series, mode="clip"),
+        )
+    return cols
+
+
+def _in_project(batch: Batch, cols: RowColumns, project_pk: int) -> npt.NDArray[np.bool_]:
+    key = ("in_project", project_pk)
+    found: npt.NDArray[np.bool_] | None = batch.derived.get(key)
+    if found is None:
+        found = batch.derived[key] = cols.project == project_pk
+    return found
 
 
 def qc_pass(batch: Batch, remove: int) -> npt.NDArray[np.bool_]:
