@@ -876,3 +876,57 @@ async def test_metadata_once_per_connection_before_its_data(srv: Server, api: ht
     await resumed.until_count(3)
     assert set(resumed.stations) == {"WBB", "KDEN"} and set(resumed.units) == {"air_temp"}
     await resumed.close()
+
+
+# -- the simulated mesonet ----------------------------------------------------------------------
+
+
+async def test_every_domain_argument_selects_a_real_subset_of_the_simulated_mesonet(
+    srv: Server,
+) -> None:
+    """The simulator spreads stations over states, networks, zones and space, so that each
+    domain argument selects a real, proper subset (checked through the feed itself)."""
+    from streamgauge.sim.runner import setup_network
+
+    headers = {"Authorization": f"Bearer {srv.token}"}
+    async with httpx.AsyncClient(base_url=srv.url, headers=headers, timeout=30) as c:
+        net = await setup_network(c, "sim", 40, seed=7)
+    meso = net.mesonet
+    t = minute_ms(int(time.time() * 1000)) - 5 * 60_000
+    with srv.client() as c:
+        rows = [
+            {"device": s.device_id, "variable": "air_temp", "time": t, "value": 10.0} for s in meso
+        ]
+        assert c.post(f"{API}/sim/observations", json=rows).status_code == 200
+        token = feed_token(c, "sim")
+    a, b = meso[0], meso[1]
+    lats = sorted(s.lat for s in meso)
+    lons = sorted(s.lon for s in meso)
+    box = (lons[5], lats[5], lons[30], lats[30])
+    arguments = [
+        ({"state": a.state}, {s.id for s in meso if s.state == a.state}),
+        ({"network": a.network}, {s.id for s in meso if s.network == a.network}),
+        ({"nwszone": a.nwszone}, {s.id for s in meso if s.nwszone == a.nwszone}),
+        ({"nwsfirezone": a.nwsfirezone}, {s.id for s in meso if s.nwsfirezone == a.nwsfirezone}),
+        (
+            {"radius": f"{a.id},300"},
+            {s.id for s in meso if miles(a.lat, a.lon, s.lat, s.lon) <= 300},
+        ),
+        (
+            {"radius": f"{a.lat},{a.lon},300"},
+            {s.id for s in meso if miles(a.lat, a.lon, s.lat, s.lon) <= 300},
+        ),
+        (
+            {"bbox": ",".join(map(str, box))},
+            {s.id for s in meso if box[0] <= s.lon <= box[2] and box[1] <= s.lat <= box[3]},
+        ),
+        ({"stid": f"{a.id},{b.id}"}, {a.id, b.id}),
+    ]
+    for args, expected in arguments:
+        assert expected and len(expected) < len(meso), args  # a real, proper subset
+        query = urlencode({**args, "start": str(date_of(t))}, quote_via=quote)
+        feed = await Feed.open(srv, token, query)
+        assert feed.auth["code"] == "success", feed.auth
+        assert await feed.to_close() == 1000
+        assert {r["stid"] for r in feed.rows} == expected, args
+        assert len(feed.rows) == len(expected)

@@ -366,3 +366,28 @@ async def test_rewind_replays_what_arrived_in_the_last_minutes_then_goes_live(
         await fifteen.close()
     finally:
         srv.stop()
+
+
+async def test_resume_ignores_new_arguments_and_checks_cursor(srv: Server) -> None:
+    try:
+        with srv.client() as c:
+            token = feed_token(c)
+            feed = await Feed.open(srv, token, "stid=KLAX")
+            await feed.close()
+            for bad in ("abc", "-1", "99999999"):
+                again = await Feed.open(srv, token, f"cursor={bad}", session=feed.session)
+                assert again.auth["code"] == "failed", again.auth
+                assert any("cursor" in m for m in again.auth["messages"]), again.auth
+                assert await again.to_close() == 1000
+            # new arguments on a resume are ignored: the session's own apply
+            resumed = await Feed.open(srv, token, "stid=KSFO&colour=red", session=feed.session)
+            assert resumed.auth["code"] == "success", resumed.auth
+            now = minute_ms(int(time.time() * 1000))
+            batch = minute_batch(0, now - 60_000, 0)
+            post(c, batch)
+        klax = Case({"stid": "KLAX"}, {"KLAX"})
+        await resumed.until({o.key for o in klax.expect(batch)})
+        assert_rows(klax, resumed, klax.expect(batch))
+        await resumed.close()
+    finally:
+        srv.stop()
