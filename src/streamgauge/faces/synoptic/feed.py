@@ -5,7 +5,9 @@ A session is a durable consumer of the log (``store/feeds.py``): its arguments a
 The face only translates: arguments become the core's selection and units, the subscription is
 the engine's (catch-up from the store, then live, without gap or duplicate), and rows become
 ``data`` messages preceded by whatever ``metadata`` they need. Closing codes: 1000 after
-``{"feed_action": "stop"}`` or a finished period, 1012 when the server shuts down, 4000 when the
+``{"feed_action": "stop"}``, a finished period, or when another connection resumed the session
+(one connection serves a session at a time; the old one ends and saves its position before the
+new one starts), 1012 when the server shuts down, 4000 when the
 client fell too far behind (its send queue overflowed), 1008 when the token was revoked. Each
 close leaves the session resumable from the last observation pushed.
 
