@@ -59,6 +59,8 @@ class FeedStore:
         self._by_digest: dict[bytes, FeedToken] = {}
         self._by_pk: dict[int, FeedToken] = {}
         self._live: dict[str, FeedSession] = {}  # sessions with an open connection
+        # session id -> (close its connection, set when that connection has ended and saved)
+        self._owners: dict[str, tuple[Callable[[], None], asyncio.Event]] = {}
         self._closers: dict[int, set[Callable[[str], None]]] = {}  # token pk -> open connections
         self._task: asyncio.Task[None] | None = None
 
@@ -186,8 +188,23 @@ class FeedStore:
             return None
         return FeedSession(session_id, token.pk, row[0], row[1], row[2])
 
-    def opened(self, session: FeedSession) -> None:
+    def opened(self, session: FeedSession, close: Callable[[], None]) -> None:
+        """A connection serves ``session`` now; ``close`` ends it (when another takes over)."""
         self._live[session.id] = session
+        self._owners[session.id] = (close, asyncio.Event())
+
+    async def take_over(self, token: FeedToken, session_id: str) -> None:
+        """Close the connection that serves this session, if any, and wait until it has ended
+        and saved its position: one session is served by one connection at a time, so a
+        client that resumes while its old connection is still open (half-open, not yet
+        noticed by the server) continues exactly where that one stopped."""
+        live = self._live.get(session_id)
+        owner = self._owners.get(session_id)
+        if live is None or owner is None or live.token_pk != token.pk:
+            return
+        close, done = owner
+        close()
+        await done.wait()
 
     def moved(self, session: FeedSession, position: int, after_time: int | None = None) -> None:
         session.position = position
@@ -196,10 +213,16 @@ class FeedStore:
 
     async def closed(self, session: FeedSession) -> None:
         """The connection ended: write its position now."""
+        owner = None
         if self._live.get(session.id) is session:
             del self._live[session.id]
+            owner = self._owners.pop(session.id, None)
         session.dirty = True
-        await self._save([session])
+        try:
+            await self._save([session])
+        finally:
+            if owner is not None:
+                owner[1].set()
 
     async def flush(self) -> None:
         await self._save([s for s in self._live.values() if s.dirty])

@@ -16,7 +16,7 @@ router = APIRouter(tags=["push feed"], route_class=StrictRoute)
 
 class FeedTokenIn(BaseModel):
     model_config = {"extra": "forbid"}
-    name: Name = Field(description="What the token is for (shown in lists).")
+    name: Name = Field(min_length=1, description="What the token is for (shown in lists).")
 
 
 def _doc(project: str, t: FeedToken) -> dict[str, object]:

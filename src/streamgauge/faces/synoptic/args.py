@@ -2,7 +2,14 @@
 
 Every argument maps onto the core's selection (the same parsers as the native face's query
 parameters), so the feed filters exactly as the native streams do. A bad argument raises
-``BadRequest`` whose details name it; the feed turns that into a failed ``auth`` message.
+``BadRequest`` whose message and details name it (as the feed spells it: ``filter_on``, not the
+native ``filter``); the feed turns that into a failed ``auth`` message. An empty list argument
+(``state=``) is refused rather than read as "no filter", which would widen the feed.
+
+``qc`` adds checks to the default removal of range-check failures (the reference: "by default,
+observations that fail the range check are already removed"); ``qc=none`` keeps everything.
+Old check names of the push reference are accepted. ``end`` includes its whole minute, as the
+``date`` of each observation is given to the minute.
 """
 
 from __future__ import annotations
@@ -71,8 +78,32 @@ def _metadata(text: str) -> bool:
     raise _bad("metadata", "expected 1/on or 0/off", text)
 
 
+LISTS = frozenset({"state", "network", "nwszone", "nwsfirezone", "stid", "vars", "qc"})
+RENAMED = {"filter": "filter_on"}  # native parameter names the core's errors use
+
+
 def _qc(text: str) -> str:
-    return ",".join(QC_ALIASES.get(p.strip(), p.strip()) for p in text.split(","))
+    names = [QC_ALIASES.get(p.strip(), p.strip()) for p in text.split(",")]
+    if any(n.lower() in ("none", "off", "0") for n in names):
+        return ",".join(names)
+    return ",".join(dict.fromkeys(["sl_range_check", *names]))
+
+
+def _renamed(exc: BadRequest) -> BadRequest:
+    """The core's error with the feed's argument names."""
+    message = exc.message
+    details = []
+    for d in exc.details:
+        field = d.get("field")
+        if isinstance(field, str) and field in RENAMED:
+            d = {**d, "field": RENAMED[field]}
+            message = message.replace(field, RENAMED[field], 1)
+        details.append(d)
+    if not any(isinstance(d.get("field"), str) for d in details):
+        return exc
+    out = BadRequest(message, details)
+    out.__cause__ = exc
+    return out
 
 
 def parse_feed_args(
@@ -91,20 +122,25 @@ def parse_feed_args(
             raise _bad(key, f"unknown argument; expected any of {', '.join(ARGUMENTS)}")
         if key in args and key in SINGLE:
             raise _bad(key, "given more than once")
+        if key in LISTS and not value.strip():
+            raise _bad(key, "expected a comma-separated list, found nothing", value)
         args[key] = f"{args[key]},{value}" if key in args else value
-    select = SelectionParams(
-        vars=args.get("vars"),
-        stid=args.get("stid"),
-        state=args.get("state"),
-        network=args.get("network"),
-        nwszone=args.get("nwszone"),
-        nwsfirezone=args.get("nwsfirezone"),
-        radius=args.get("radius"),
-        bbox=args.get("bbox"),
-        qc=_qc(args["qc"]) if "qc" in args else None,
-        units=args.get("units"),
-        filter=args.get("filter_on"),
-    )
+    try:
+        select = SelectionParams(
+            vars=args.get("vars"),
+            stid=args.get("stid"),
+            state=args.get("state"),
+            network=args.get("network"),
+            nwszone=args.get("nwszone"),
+            nwsfirezone=args.get("nwsfirezone"),
+            radius=args.get("radius"),
+            bbox=args.get("bbox"),
+            qc=_qc(args["qc"]) if "qc" in args else None,
+            units=args.get("units"),
+            filter=args.get("filter_on"),
+        )
+    except BadRequest as exc:
+        raise _renamed(exc) from exc
     start = parse_minute(args["start"], "start") if "start" in args else None
     end = parse_minute(args["end"], "end") if "end" in args else None
     rewind: float | None = None
@@ -121,9 +157,12 @@ def parse_feed_args(
         raise _bad("end", "an end needs a start")
     if start is not None:
         oldest = now_ms - int(max_period_hours * 3_600_000)
+        if check_age and start > now_ms:
+            raise _bad("start", "the period starts in the future")
         if check_age and start < oldest - MINUTE_MS:
             raise _bad("start", f"the period may reach back at most {max_period_hours:g} hours")
-        end = min(end if end is not None else now_ms, now_ms)
+        # the end minute is included whole; the period never reaches past now
+        end = min(end + MINUTE_MS - 1 if end is not None else now_ms, now_ms)
         if end < start:
             raise _bad("end", "the period ends before it starts")
     return FeedArgs(

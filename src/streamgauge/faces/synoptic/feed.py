@@ -5,7 +5,9 @@ A session is a durable consumer of the log (``store/feeds.py``): its arguments a
 The face only translates: arguments become the core's selection and units, the subscription is
 the engine's (catch-up from the store, then live, without gap or duplicate), and rows become
 ``data`` messages preceded by whatever ``metadata`` they need. Closing codes: 1000 after
-``{"feed_action": "stop"}`` or a finished period, 1012 when the server shuts down, 4000 when the
+``{"feed_action": "stop"}``, a finished period, or when another connection resumed the session
+(one connection serves a session at a time; the old one ends and saves its position before the
+new one starts), 1012 when the server shuts down, 4000 when the
 client fell too far behind (its send queue overflowed), 1008 when the token was revoked. Each
 close leaves the session resumable from the last observation pushed.
 
@@ -105,6 +107,7 @@ async def _feed(ws: WebSocket, token: str, session_id: str | None) -> None:
                 position = await engine.store.cursor_before(since)
             session = await engine.feeds.create_session(tok, query, position)
         else:
+            await engine.feeds.take_over(tok, session_id)
             found = await engine.feeds.session(tok, session_id)
             if found is None:
                 await _fail(ws, ["invalid session id", "start a new session"])
@@ -146,23 +149,23 @@ async def _run(
     ws: WebSocket, engine: Engine, tok: FeedToken, session: FeedSession, args: FeedArgs
 ) -> None:
     feeds = engine.feeds
-    feeds.opened(session)
     pusher = asyncio.create_task(_push(ws, engine, session, args))
     listener = asyncio.create_task(_listen(ws))
-    revoked: list[str] = []
+    ended: list[tuple[int, str]] = []  # why the server ends it (revoked, taken over)
 
-    def close(reason: str) -> None:
-        revoked.append(reason)
+    def close(code: int, reason: str) -> None:
+        ended.append((code, reason))
         pusher.cancel()
 
-    detach = feeds.attach(tok, close)
+    feeds.opened(session, lambda: close(CLOSE_DONE, "session resumed on another connection"))
+    detach = feeds.attach(tok, lambda reason: close(CLOSE_REVOKED, reason))
     code, reason = CLOSE_DONE, "feed stopped; resume with the session id"
     try:
         done, _ = await asyncio.wait({pusher, listener}, return_when=asyncio.FIRST_COMPLETED)
         if pusher in done and not pusher.cancelled() and pusher.exception() is None:
             code, reason = pusher.result()
-        elif pusher in done and revoked:
-            code, reason = CLOSE_REVOKED, revoked[0]
+        elif pusher in done and ended:
+            code, reason = ended[0]
         elif listener in done and listener.result() == "disconnect":
             code = 0
     finally:
