@@ -476,10 +476,20 @@ def quality_fanout(m: Mesonet, cfg: FanoutCfg, srv: StreamgaugeServer) -> QFanou
         spy = None
         if os.environ.get("BENCH_PYSPY"):  # profile the server during the paced phase
             spy = subprocess.Popen(
-                [os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "-p",
-                 str(pid), "-d", str(int(cfg.seconds)), "-f", "raw", "-o",
-                 os.environ["BENCH_PYSPY"]],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    os.path.join(os.path.dirname(sys.executable), "py-spy"),
+                    "record",
+                    "-p",
+                    str(pid),
+                    "-d",
+                    str(int(cfg.seconds)),
+                    "-f",
+                    "raw",
+                    "-o",
+                    os.environ["BENCH_PYSPY"],
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
         server_s, busy_s, client_s, wall, send_wall = paced_phase(pid, srv.port, reqs, cfg, res)
         if spy is not None:
