@@ -435,6 +435,7 @@ class FeedRun:
     off_sessions: list[str] = field(default_factory=list)
     batch_diff: list[str] = field(default_factory=list)
     log_errors: list[str] = field(default_factory=list)
+    server_cpu_s: float = float("nan")  # server CPU seconds over the paced phase and grace
     steady_p50_ms: float = float("nan")  # latency without the first second of ingest
     steady_p99_ms: float = float("nan")
 
@@ -618,6 +619,7 @@ def feed_fanout(
             f"{run.kb_per_idle_session:.1f} KB per idle session"
         )
         server_s, busy_s, client_s, wall, send_wall = paced_phase(pid, srv.port, reqs, cfg, res)
+        run.server_cpu_s = server_s
         run.rss_after_mb = proc_rss_mb(pid)
         subs, meta = collect_subscribers(ps, rq, resq, stop, len(filters), cfg.procs)
         res.subscriber_cpu_pct = meta["cpu"] / wall * 100
@@ -894,7 +896,7 @@ def broadcast_fanout(
             raise RuntimeError(item[1])
         _, send_wall, elapsed, lag = item
         time.sleep(cfg.grace)
-        server_s = proc_cpu_seconds(wp.pid) - cpu0
+        server_s = run.server_cpu_s = proc_cpu_seconds(wp.pid) - cpu0
         busy_s, wall = system_busy_seconds() - b0, time.time() - t0
         res.server_cpu_pct = server_s / wall * 100
         res.sent_obs = cfg.nbatches * cfg.rows
@@ -1058,6 +1060,11 @@ def summary(
     row("latency p99 ms after the first second", lambda x, _: x.steady_p99_ms, ".1f", True)
     row("closed for slowness (code 4000)", lambda _, r: r.closed_behind, "d")
     row("server cpu % (200% = 2 cores)", lambda _, r: r.server_cpu_pct)
+    row(
+        "delivered obs per server cpu-second",
+        lambda x, r: r.delivered / x.server_cpu_s if x.server_cpu_s > 0 else float("nan"),
+        ratio=True,
+    )
     row("subscriber procs cpu %", lambda _, r: r.subscriber_cpu_pct)
     row("other procs cpu % (should be ~0)", lambda _, r: r.other_cpu_pct)
     row("server rss MB after the run", lambda x, _: x.rss_after_mb)
