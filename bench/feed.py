@@ -1,7 +1,7 @@
 """streamgauge push-feed benchmark: 1,000 Synoptic-style feed sessions vs a plain websockets
 broadcast of the same frames.
 
-    .venv/bin/python bench/feed.py               # about 4 minutes
+    .venv/bin/python bench/feed.py               # about 2 minutes
     .venv/bin/python bench/run.py --feed         # the same
     .venv/bin/python bench/feed.py --subscribers 100 --fanout-rate 2000 --fanout-seconds 5
 
