@@ -14,6 +14,8 @@
     latency (p50/p99).
 (d) the same frames broadcast by a plain `websockets` server to the same subscribers at the same
     rate.
+`--quality` runs bench/quality.py instead, `--feed` bench/feed.py (1,000 push-feed sessions vs a
+plain websockets broadcast).
 See bench/README.md.
 """
 
@@ -721,6 +723,12 @@ def main() -> None:
         from quality import main as quality_main
 
         quality_main()
+        return
+    if "--feed" in sys.argv[1:]:  # the push-feed workload: bench/feed.py
+        sys.argv.remove("--feed")
+        from feed import main as feed_main
+
+        feed_main()
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="about 1 minute instead of about 5")
