@@ -10,7 +10,7 @@ live batches and catch-up reads, and lists the series of a history read, so they
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -151,12 +151,15 @@ class CompiledSelection:
         tables = self._refresh()
         sel = self.selection
         cols = _row_columns(batch, self._reg)
-        mask: npt.NDArray[np.bool_] = _in_project(batch, cols, sel.project_pk).copy()
+        in_project = _in_project(batch, cols, sel.project_pk)
+        mask: npt.NDArray[np.bool_]
         if tables.devices is not None:
-            byte = np.take(tables.devices, cols.device_byte, mode="clip")
-            mask &= ((byte >> cols.device_shift) & 1).view(np.bool_)
+            byte = tables.devices[cols.clipped("device_byte", len(tables.devices))]
+            mask = ((byte >> cols.device_shift) & 1).view(np.bool_) & in_project
+        else:
+            mask = in_project.copy()
         if tables.names is not None:
-            mask &= np.take(tables.names, cols.name, mode="clip")
+            mask &= tables.names[cols.clipped("name", len(tables.names))]
         if sel.qc_remove:
             mask &= qc_pass(batch, sel.qc_remove)
         if sel.expr is not None and mask.any():
@@ -174,6 +177,16 @@ class RowColumns:
     device_byte: npt.NDArray[np.int64]  # (device pk + 8) >> 3, see _gather_bits
     device_shift: npt.NDArray[np.uint8]
     name: npt.NDArray[np.int64]
+    _clipped: dict[tuple[str, int], npt.NDArray[np.int64]] = field(default_factory=dict)
+
+    def clipped(self, column: str, size: int) -> npt.NDArray[np.int64]:
+        """The column clipped into a table of ``size`` (both ends of every table are False):
+        one clip per batch and table size, so each subscriber's lookup is a plain gather."""
+        key = (column, size)
+        found = self._clipped.get(key)
+        if found is None:
+            found = self._clipped[key] = np.clip(getattr(self, column), 0, size - 1)
+        return found
 
 
 def _row_columns(batch: Batch, reg: Registry) -> RowColumns:

@@ -229,7 +229,7 @@ async def _deliver(ws: WebSocket, meta: Metadata, item: Item) -> None:
     described = meta.message(item.series)
     if described is not None:
         await _send(ws, described)
-    await _send(ws, data_message(item))
+    await ws.send({"type": "websocket.send", "text": item.as_text()})
 
 
 async def _period(
@@ -256,14 +256,9 @@ async def _period(
         batch = await engine.history(query, selection)
         if len(batch):
             encoded = encode_rows(batch, engine.registry, select.units)
-            item = Item(
-                batch.first,
-                int(batch.cursors[-1]),
-                len(batch),
-                b"".join(encoded),
-                0,
-                batch.series,
-            )
+            first, last = batch.first, int(batch.cursors[-1])
+            message = data_message(b"".join(encoded), first, last)
+            item = Item(first, last, len(batch), message, 0, batch.series)
             await _deliver(ws, meta, item)
             after = (int(batch.times[-1]), int(batch.cursors[-1]))
             engine.feeds.moved(session, after[1], after[0])

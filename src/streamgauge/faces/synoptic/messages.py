@@ -16,7 +16,6 @@ import orjson
 
 from streamgauge.core.batch import Batch, output_values, qc_names
 from streamgauge.core.framing import NDJSON, Framing
-from streamgauge.core.hub import Item
 from streamgauge.core.units import UnitSystem, target_unit, unit_label
 from streamgauge.store.registry import Registry, SiteRec
 
@@ -36,10 +35,11 @@ def auth_failed(messages: list[str]) -> bytes:
     return orjson.dumps({"type": "auth", "code": "failed", "messages": messages, "session": ""})
 
 
-def data_message(item: Item) -> bytes:
-    """A ``data`` message of an item's rows (each encoded with a trailing comma). The extra
-    ``cursor`` is the log position of its last observation."""
-    return b'{"type":"data","cursor":%d,"data":[%s]}' % (item.last, item.data[:-1])
+def data_message(rows: bytes, first: int, last: int) -> bytes:
+    """A ``data`` message of joined rows (each encoded with a trailing comma). The extra
+    ``cursor`` is the log position of its last observation. The hub builds it once per item
+    (``Framing.wrap``), shared by every session whose mask agrees."""
+    return b'{"type":"data","cursor":%d,"data":[%s]}' % (last, rows[:-1])
 
 
 def _station_of_device(reg: Registry, device_pk: int) -> tuple[str, SiteRec | None]:
@@ -120,6 +120,7 @@ def feed_framing(max_rows: int) -> Framing:
         NDJSON.units,
         encode=encode_rows,
         max_rows=max_rows,
+        wrap=data_message,
         with_series=True,
     )
 
@@ -151,36 +152,83 @@ def station(reg: Registry, device_pk: int) -> dict[str, Any]:
     return out
 
 
+def _station_json(reg: Registry, device_pk: int) -> tuple[int, bytes]:
+    """(station key, the station's metadata JSON) of a device, cached until metadata changes;
+    the key is the site pk, or minus the device pk for a device without a site."""
+    table = reg.derived.get("feed_stations")
+    if not isinstance(table, dict):
+        table = reg.derived["feed_stations"] = {}
+    found: tuple[int, bytes] | None = table.get(device_pk)
+    if found is None:
+        _, site = _station_of_device(reg, device_pk)
+        key = site.pk if site is not None else -device_pk
+        found = table[device_pk] = (key, orjson.dumps(station(reg, device_pk)))
+    return found
+
+
+class _Bits:
+    """A growable set of non-negative integers as a bitset (a thousand sessions each seeing
+    180,000 series hold 22 KB each, not megabytes of Python ints)."""
+
+    __slots__ = ("bits",)
+
+    def __init__(self) -> None:
+        self.bits = np.zeros(64, np.uint8)
+
+    def missing(self, keys: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """The ``keys`` (non-negative) not in the set."""
+        byte = keys >> 3
+        top = int(byte.max()) if len(byte) else 0
+        if top >= len(self.bits):
+            grown = np.zeros(max(2 * len(self.bits), top + 1), np.uint8)
+            grown[: len(self.bits)] = self.bits
+            self.bits = grown
+        have = (self.bits[byte] >> (keys & 7).astype(np.uint8)) & 1
+        out: np.ndarray[Any, Any] = keys[have == 0]
+        return out
+
+    def add(self, keys: np.ndarray[Any, Any]) -> None:
+        np.bitwise_or.at(self.bits, keys >> 3, (1 << (keys & 7)).astype(np.uint8))
+
+
 class Metadata:
-    """What one connection has described so far."""
+    """What one connection has described so far: series covered (a bitset), stations and
+    sensors described."""
 
     def __init__(self, reg: Registry, units: UnitSystem, enabled: bool) -> None:
         self._reg = reg
         self._units = units
         self.enabled = enabled
-        self._seen: set[int] = set()  # series pks already covered
-        self._stations: set[str] = set()
+        self._seen = _Bits()  # series pks already covered
+        self._stations = _Bits()  # station keys described (site pks; devices without a site
+        self._siteless: set[int] = set()  # are rare and kept apart)
         self._sensors: set[str] = set()
 
     def message(self, series: np.ndarray[Any, Any] | None) -> bytes | None:
         """The metadata message the rows of these series need first, or None."""
-        if not self.enabled or series is None:
+        if not self.enabled or series is None or not len(series):
             return None
-        new = set(np.unique(series).tolist()) - self._seen
-        if not new:
+        new = self._seen.missing(series)
+        if not len(new):
             return None
-        self._seen |= new
+        new = np.unique(new)
+        self._seen.add(new)
         reg = self._reg
         units: list[dict[str, str]] = []
-        stations: list[dict[str, Any]] = []
-        for pk in sorted(new):
+        stations: list[bytes] = []
+        for pk in new.tolist():
             rec = reg.series_by_pk.get(pk)
             if rec is None:
                 continue
-            stid = _station_of_device(reg, rec.device_pk)[0]
-            if stid not in self._stations:
-                self._stations.add(stid)
-                stations.append(station(reg, rec.device_pk))
+            key, described = _station_json(reg, rec.device_pk)
+            if key >= 0:
+                one = np.array([key], np.int64)
+                if len(self._stations.missing(one)):
+                    self._stations.add(one)
+                    stations.append(described)
+            elif key not in self._siteless:
+                self._siteless.add(key)
+                stations.append(described)
             var = reg.variables_by_pk.get(rec.variable_pk)
             if var is not None and rec.variable_id not in self._sensors:
                 self._sensors.add(rec.variable_id)
@@ -189,4 +237,10 @@ class Metadata:
                 units.append({"sensor": rec.variable_id, "unit": label})
         if not units and not stations:
             return None
-        return orjson.dumps({"type": "metadata", "units": units, "stations": stations})
+        return (
+            b'{"type":"metadata","units":'
+            + orjson.dumps(units)
+            + b',"stations":['
+            + b",".join(stations)
+            + b"]}"
+        )
