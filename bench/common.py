@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -450,3 +452,17 @@ def system_busy_seconds() -> float:
         return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return float("nan")
+
+
+def start_profile(pid: int, seconds: float) -> Any:
+    """py-spy (raw collapsed stacks) on ``pid`` for ``seconds`` when BENCH_PYSPY names the output
+    file; None otherwise. Wait on the returned process."""
+    out = os.environ.get("BENCH_PYSPY")
+    if not out:
+        return None
+    spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return subprocess.Popen(
+        [spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-f", "raw", "-o", out],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

@@ -59,6 +59,7 @@ from common import (  # noqa: E402
     proc_cpu_seconds,
     proc_rss_mb,
     site_bodies,
+    start_profile,
     system_busy_seconds,
     values_for,
     weighted_percentiles,
@@ -618,7 +619,10 @@ def feed_fanout(
             f"{run.rss_before_mb:.0f} -> {run.rss_connected_mb:.0f} MB = "
             f"{run.kb_per_idle_session:.1f} KB per idle session"
         )
+        spy = start_profile(pid, cfg.seconds)
         server_s, busy_s, client_s, wall, send_wall = paced_phase(pid, srv.port, reqs, cfg, res)
+        if spy is not None:
+            spy.wait()
         run.server_cpu_s = server_s
         run.rss_after_mb = proc_rss_mb(pid)
         subs, meta = collect_subscribers(ps, rq, resq, stop, len(filters), cfg.procs)

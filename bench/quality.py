@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,7 @@ from common import (  # noqa: E402
     fanout_series,
     make_mesonet,
     proc_rss_mb,
+    start_profile,
     values_for,
 )
 from run import (  # noqa: E402
@@ -473,24 +473,7 @@ def quality_fanout(m: Mesonet, cfg: FanoutCfg, srv: StreamgaugeServer) -> QFanou
             f"  {res.connected} subscribers connected in {out.connect_s:.1f} s; server rss "
             f"{out.rss_before_mb:.0f} -> {out.rss_connected_mb:.0f} MB"
         )
-        spy = None
-        if os.environ.get("BENCH_PYSPY"):  # profile the server during the paced phase
-            spy = subprocess.Popen(
-                [
-                    os.path.join(os.path.dirname(sys.executable), "py-spy"),
-                    "record",
-                    "-p",
-                    str(pid),
-                    "-d",
-                    str(int(cfg.seconds)),
-                    "-f",
-                    "raw",
-                    "-o",
-                    os.environ["BENCH_PYSPY"],
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+        spy = start_profile(pid, cfg.seconds)
         server_s, busy_s, client_s, wall, send_wall = paced_phase(pid, srv.port, reqs, cfg, res)
         if spy is not None:
             spy.wait()

@@ -14,6 +14,6 @@ def test_bits_behave_like_a_set(rounds: list[list[int]]) -> None:
     bits, seen = _Bits(), set()
     for keys in rounds:
         arr = np.array(keys, np.int64)
-        assert sorted(bits.missing(arr).tolist()) == sorted(k for k in keys if k not in seen)
+        assert sorted(bits.missing(arr, 5001).tolist()) == sorted(k for k in keys if k not in seen)
         bits.add(arr)
         seen |= set(keys)

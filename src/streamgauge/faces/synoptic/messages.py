@@ -152,86 +152,100 @@ def station(reg: Registry, device_pk: int) -> dict[str, Any]:
     return out
 
 
-def _station_json(reg: Registry, device_pk: int) -> tuple[int, bytes]:
-    """(station key, the station's metadata JSON) of a device, cached until metadata changes;
-    the key is the site pk, or minus the device pk for a device without a site."""
+def _station_index(reg: Registry) -> tuple[np.ndarray[Any, Any], list[int]]:
+    """A dense station number per device pk (-1: none) and, per station, one of its devices;
+    cached until metadata changes. A station is a site, or a device without one."""
+    found = reg.derived.get("feed_station_index")
+    if isinstance(found, tuple):
+        return found
+    index = np.full(max(reg.devices_by_pk, default=0) + 1, -1, np.int64)
+    reps: list[int] = []
+    number: dict[tuple[str, int], int] = {}
+    for dev in reg.devices_by_pk.values():
+        site = reg.sites.get((dev.project_pk, dev.doc.site)) if dev.doc.site else None
+        key = ("site", site.pk) if site is not None else ("device", dev.pk)
+        n = number.get(key)
+        if n is None:
+            n = number[key] = len(reps)
+            reps.append(dev.pk)
+        index[dev.pk] = n
+    reg.derived["feed_station_index"] = (index, reps)
+    return index, reps
+
+
+def _station_json(reg: Registry, device_pk: int) -> bytes:
+    """The metadata JSON of a device's station, cached until metadata changes."""
     table = reg.derived.get("feed_stations")
     if not isinstance(table, dict):
         table = reg.derived["feed_stations"] = {}
-    found: tuple[int, bytes] | None = table.get(device_pk)
+    found: bytes | None = table.get(device_pk)
     if found is None:
-        _, site = _station_of_device(reg, device_pk)
-        key = site.pk if site is not None else -device_pk
-        found = table[device_pk] = (key, orjson.dumps(station(reg, device_pk)))
+        found = table[device_pk] = orjson.dumps(station(reg, device_pk))
     return found
 
 
 class _Bits:
-    """A growable set of non-negative integers as a bitset (a thousand sessions each seeing
-    180,000 series hold 22 KB each, not megabytes of Python ints)."""
+    """A set of non-negative integers below a known bound, as a bitset (a thousand sessions each
+    seeing 180,000 series hold 22 KB each, not megabytes of Python ints)."""
 
     __slots__ = ("bits",)
 
     def __init__(self) -> None:
         self.bits = np.zeros(64, np.uint8)
 
-    def missing(self, keys: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        """The ``keys`` (non-negative) not in the set."""
-        byte = keys >> 3
-        top = int(byte.max()) if len(byte) else 0
-        if top >= len(self.bits):
-            grown = np.zeros(max(2 * len(self.bits), top + 1), np.uint8)
+    def missing(self, keys: np.ndarray[Any, Any], bound: int) -> np.ndarray[Any, Any]:
+        """The ``keys`` (each in ``[0, bound)``) not in the set."""
+        if bound > 8 * len(self.bits):
+            grown = np.zeros(max(2 * len(self.bits), bound // 8 + 1), np.uint8)
             grown[: len(self.bits)] = self.bits
             self.bits = grown
-        have = (self.bits[byte] >> (keys & 7).astype(np.uint8)) & 1
+        have = (self.bits[keys >> 3] >> (keys & 7).astype(np.uint8)) & 1
         out: np.ndarray[Any, Any] = keys[have == 0]
         return out
 
     def add(self, keys: np.ndarray[Any, Any]) -> None:
+        """Add ``keys`` (checked by ``missing`` against a bound first)."""
         np.bitwise_or.at(self.bits, keys >> 3, (1 << (keys & 7)).astype(np.uint8))
 
 
 class Metadata:
-    """What one connection has described so far: series covered (a bitset), stations and
-    sensors described."""
+    """What one connection has described so far: series covered, stations and sensors
+    described (bitsets, vectorized over each item's rows)."""
 
     def __init__(self, reg: Registry, units: UnitSystem, enabled: bool) -> None:
         self._reg = reg
         self._units = units
         self.enabled = enabled
         self._seen = _Bits()  # series pks already covered
-        self._stations = _Bits()  # station keys described (site pks; devices without a site
-        self._siteless: set[int] = set()  # are rare and kept apart)
-        self._sensors: set[str] = set()
+        self._stations = _Bits()  # dense station numbers described (see _station_index)
+        self._sensors: set[int] = set()  # variable-name codes described
 
     def message(self, series: np.ndarray[Any, Any] | None) -> bytes | None:
         """The metadata message the rows of these series need first, or None."""
         if not self.enabled or series is None or not len(series):
             return None
-        new = self._seen.missing(series)
+        reg = self._reg
+        new = self._seen.missing(series, reg.series_end)
         if not len(new):
             return None
         new = np.unique(new)
         self._seen.add(new)
-        reg = self._reg
+        index, reps = _station_index(reg)
+        devices = reg.s_device[new]
+        numbers = index[np.clip(devices, 0, len(index) - 1)]
+        numbers = np.unique(numbers[(devices >= 0) & (numbers >= 0)])
+        fresh = self._stations.missing(numbers, len(reps))
+        self._stations.add(fresh)
+        stations = [_station_json(reg, reps[n]) for n in fresh.tolist()]
         units: list[dict[str, str]] = []
-        stations: list[bytes] = []
-        for pk in new.tolist():
-            rec = reg.series_by_pk.get(pk)
-            if rec is None:
+        codes, first = np.unique(reg.s_name[new], return_index=True)
+        for code, at in zip(codes.tolist(), first.tolist(), strict=True):
+            if code in self._sensors:
                 continue
-            key, described = _station_json(reg, rec.device_pk)
-            if key >= 0:
-                one = np.array([key], np.int64)
-                if len(self._stations.missing(one)):
-                    self._stations.add(one)
-                    stations.append(described)
-            elif key not in self._siteless:
-                self._siteless.add(key)
-                stations.append(described)
-            var = reg.variables_by_pk.get(rec.variable_pk)
-            if var is not None and rec.variable_id not in self._sensors:
-                self._sensors.add(rec.variable_id)
+            rec = reg.series_by_pk.get(int(new[at]))
+            var = reg.variables_by_pk.get(rec.variable_pk) if rec is not None else None
+            if rec is not None and var is not None:
+                self._sensors.add(code)
                 entry = var.entry
                 label = unit_label(target_unit(self._units, entry.kind, entry.unit))
                 units.append({"sensor": rec.variable_id, "unit": label})
