@@ -324,6 +324,18 @@ class Alerting:
             for t in c.triggers
         )
 
+    def problem(self) -> str | None:
+        """What keeps the rules from working (for health checks), or None."""
+        if not self._tasks:
+            return "not started"
+        for t in self._tasks:
+            if t.done():
+                return f"the {t.get_name()} task stopped"
+        behind = self.store.head - self.evaluated
+        if behind > 0:
+            return f"{behind} observations behind the log"
+        return None
+
     # -- channels -----------------------------------------------------------------------------
 
     def get(self, channel_id: str) -> Channel | None:
