@@ -291,3 +291,43 @@ def test_deadman_state_survives_a_restart(tmp_path: Path, receiver: Receiver) ->
             assert total == 2 and len(got) == 2
     finally:
         srv.stop()
+
+
+def test_a_project_deleted_on_the_native_face_does_not_stall_the_alert_log(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """Regression: a deadman channel of a project deleted on the native face stayed in memory,
+    fired, and its alert (for a channel gone from the database) failed every write after it."""
+    srv = start_server(tmp_path / "data", alert_tick_seconds=50 * MS)
+    try:
+        with srv.client() as c:
+            station(c)
+            assert c.post("/api/v1/projects", json={"id": "gone"}).status_code == 201
+            r = c.post(
+                "/api/v1/projects/gone/devices", json={"id": "d", "variables": [{"name": "x"}]}
+            )
+            assert r.status_code == 201, r.text
+            r = c.post(
+                "/api/v1/projects/gone/channels",
+                json={
+                    "id": "quiet",
+                    "triggers": [
+                        {
+                            "type": "deadman",
+                            "device": "d",
+                            "seconds": 100 * MS,
+                            "actions": [{"method": "WEBHOOK", "webhook_url": receiver.url}],
+                        }
+                    ],
+                },
+            )
+            assert r.status_code == 201, r.text
+            assert c.delete("/api/v1/projects/gone").status_code in (200, 204)
+            hot_channel(c, receiver)
+            obs(c, ("air_temp", T0, 35.0))
+            got = receiver.wait(1)
+            assert ("/hook", {"message": "35.0"}) in got
+            assert alerts(c)["total"] == 1
+            eventually(lambda: srv.engine.alerting.get("quiet") is None)
+    finally:
+        srv.stop()

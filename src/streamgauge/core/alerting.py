@@ -206,7 +206,10 @@ class Alerting:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        await self._commit()
+        try:
+            await self._commit()
+        except Exception:  # the next start judges again what was not written
+            log.exception("writing the alert rules' progress on stop failed")
 
     async def _replay(self) -> int:
         """Judge the log after the stored cursor, up to the head at start, each ingest's rows
@@ -269,8 +272,11 @@ class Alerting:
 
     def _apply(self, tx: Tx, p: Progress) -> None:
         live = {c.pk for c in self.channels.values()}
+        stored: dict[int, bool] = {}
         for ch, record in p.alerts:
-            if ch.pk not in live:  # deleted meanwhile: its alerts went with it
+            if ch.pk not in stored:  # deleted meanwhile (or its project): nothing to log
+                stored[ch.pk] = ch.pk in live and table.channel_exists(tx, ch.pk)
+            if not stored[ch.pk]:
                 continue
             alert_id = table.insert_alert(tx, ch.pk, p.alive_ms, record)
             full = {**record, "alert_id": alert_id}
@@ -523,7 +529,11 @@ class Alerting:
 
     def tick(self, now: int) -> None:
         """Deadman triggers on the clock."""
+        projects = self.engine.registry.projects_by_pk
         for ch in list(self.channels.values()):
+            if ch.project_pk not in projects:  # the project was deleted (on any face)
+                self.forget_project(ch.project_pk)
+                continue
             if not ch.active:
                 continue
             for t in ch.triggers:

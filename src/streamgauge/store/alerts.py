@@ -213,6 +213,10 @@ def save_progress(
         )
 
 
+def channel_exists(tx: Tx, channel_pk: int) -> bool:
+    return tx.execute("SELECT 1 FROM channels WHERE pk = ?", (channel_pk,)).fetchone() is not None
+
+
 def forget_states(tx: Tx, channel_pk: int) -> None:
     tx.execute("DELETE FROM alert_states WHERE channel_pk = ?", (channel_pk,))
 
