@@ -138,6 +138,19 @@ def test_deadman_fires_once_after_silence_and_clears_on_data() -> None:
     assert len(again.firings) == 1
 
 
+def test_deadman_clock_pauses_while_the_server_is_down() -> None:
+    rule = a.Rule(a.Deadman(60))
+    st = a.seen(a.TriggerState(), 0)
+    assert a.tick_deadman(rule, st, 50_000).firings == []  # silent 50 s, then the server stops
+    # Down for an hour: the clock resumes at 50 s, not at an hour and 50 s ...
+    resumed = a.resume_deadman(st, 3_600_000)
+    assert a.tick_deadman(rule, resumed, 3_650_000).firings == []
+    # ... and fires 10 s after the restart.
+    assert [f.time_ms for f in a.tick_deadman(rule, resumed, 3_660_000).firings] == [3_660_000]
+    fresh = a.TriggerState()
+    assert a.resume_deadman(fresh, 1000) == fresh  # no data seen yet: nothing to move
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("30s", 30), ("5m", 300), ("1h", 3600), ("2d", 172800), ("500ms", 0.5), (12, 12)],

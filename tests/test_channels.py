@@ -116,7 +116,7 @@ def test_every_action_type_and_the_plot_actor(tmp_path: Path, receiver: Receiver
 
             acts = eventually(all_done)
             assert [a["method"] for a in acts] == [a["method"] for a in actions]
-            assert all(a["outcome"]["delivered"] for a in acts), acts
+            assert all(a["outcome"]["delivered"] for a in acts), [a["outcome"] for a in acts]
             assert RECORDED[-1]["value"] == 45.0 and acts[5]["outcome"]["result"] == "seen 45.0"
             assert int(acts[6]["outcome"]["output"]) > 100  # the command read the alert JSON
             url = acts[4]["outcome"]["url"]

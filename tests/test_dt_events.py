@@ -15,6 +15,7 @@ from disruptive.events.events import Event
 from streamgauge.errors import BadRequest, Invalid
 from streamgauge.faces.dt.events import (
     EVENT_TYPES,
+    TEMPERATURE_EVENT,
     dumps_ascii,
     event_id,
     event_obj,
@@ -57,10 +58,17 @@ SAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
-def _events(event_type: str, data: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = parse_event(event_type, {**data, "updateTime": TS}, 0)
+def _events(
+    event_type: str, data: dict[str, Any], previous_ms: int | None = None
+) -> list[dict[str, Any]]:
+    """The events the rows of one published event render as (a device with temperature event
+    rows renders its ``temperature`` rows, the samples, as nothing)."""
+    rows = parse_event(event_type, {**data, "updateTime": TS}, 0, previous_ms)
+    claimed = any(r.variable == TEMPERATURE_EVENT for r in rows)
     out = []
     for cursor, row in enumerate(rows, 1):
+        if claimed and row.variable == "temperature":
+            continue
         obj = event_obj("p1", "emu" + "0" * 20, row.variable, row.value, row.time, cursor)
         if obj is not None:
             out.append(obj)
@@ -109,7 +117,54 @@ def test_numeric_quantities_are_ordinary_rows() -> None:
     assert parse_event("co2", {"ppm": 450}, T0)[0].value == 450.0
     samples = [{"value": 1.0, "sampleTime": TS}, {"value": 2.0, "sampleTime": format_ts(T0 + 9)}]
     rows = parse_event("temperature", {"value": 2.0, "samples": samples}, T0)
-    assert [(r.time, r.value) for r in rows] == [(T0, 1.0), (T0 + 9, 2.0)]
+    numbers = [(r.variable, r.name, r.time, r.value) for r in rows if type(r.value) is float]
+    assert numbers == [
+        ("temperature", "temperature", T0, 1.0),
+        ("temperature", "temperature", T0 + 9, 2.0),
+    ]
+    assert [r.variable for r in rows if type(r.value) is not float] == [TEMPERATURE_EVENT]
+
+
+def test_an_event_with_several_samples_is_one_event() -> None:
+    """Regression: a temperature or humidity event with N samples came back as N events."""
+    later = format_ts(T0 + 60_000)
+    samples = [{"value": 20.5, "sampleTime": TS}, {"value": 21.0, "sampleTime": later}]
+    (ev,) = _events("temperature", {"value": 21.0, "samples": samples})
+    assert ev["data"]["temperature"] == {
+        "value": 21.0,
+        "samples": samples,
+        "isBackfilled": False,
+        "updateTime": TS,
+    }
+    parsed = Event(ev)
+    assert [s.celsius for s in parsed.data.samples] == [20.5, 21.0]
+    hum = [
+        {"temperature": 20.0, "relativeHumidity": 40.0, "sampleTime": TS},
+        {"temperature": 21.0, "relativeHumidity": 41.0, "sampleTime": later},
+    ]
+    (ev,) = _events("humidity", {"temperature": 21.0, "relativeHumidity": 41.0, "samples": hum})
+    assert ev["data"]["humidity"]["samples"] == hum
+    assert (ev["data"]["humidity"]["temperature"], ev["data"]["humidity"]["relativeHumidity"]) == (
+        21.0,
+        41.0,
+    )
+    # Without a top-level value, the newest sample is the event's value.
+    (ev,) = _events("temperature", {"samples": list(reversed(samples))})
+    assert ev["data"]["temperature"]["value"] == 21.0
+
+
+def test_an_event_older_than_the_latest_of_its_type_is_backfilled() -> None:
+    for event_type in ("temperature", "humidity"):
+        data = SAMPLES[event_type]
+        (ev,) = _events(event_type, data, previous_ms=T0 + 1)
+        assert ev["data"][event_type]["isBackfilled"] is True
+        (ev,) = _events(event_type, data, previous_ms=T0)  # not older: the same time
+        assert ev["data"][event_type]["isBackfilled"] is False
+        (ev,) = _events(event_type, {**data, "isBackfilled": True})  # as the publisher said
+        assert ev["data"][event_type]["isBackfilled"] is True
+    with pytest.raises(Invalid) as err:
+        parse_event("temperature", {"value": 1, "isBackfilled": "yes"}, T0)
+    assert err.value.details[0]["field"] == "temperature.isBackfilled"
 
 
 def test_the_sdk_humidity_sample_key_celsius_is_accepted() -> None:
@@ -118,7 +173,8 @@ def test_the_sdk_humidity_sample_key_celsius_is_accepted() -> None:
         {"samples": [{"celsius": 19.0, "relativeHumidity": 50.0, "sampleTime": TS}]},
         0,
     )
-    assert rows[0].time == T0 and "19.0" in str(rows[0].value)
+    assert rows[0].variable == "humidity" and "19.0" in str(rows[0].value)
+    assert ("humidity.temperature", T0, 19.0) in [(r.variable, r.time, r.value) for r in rows]
 
 
 @pytest.mark.parametrize(

@@ -199,6 +199,17 @@ class Settings(BaseSettings):
         le=3600,
         description="How often deadman triggers are judged against the clock.",
     )
+    alert_flush_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        description=(
+            "Alerts are logged (with the rules' state and position in the log) at most this "
+            "long after they fire; 0 logs at once, more groups an alert storm into fewer "
+            "transactions. Nothing is lost either way: a restart judges the log again from "
+            "the last logged position."
+        ),
+    )
     actors: dict[str, str] = Field(
         default_factory=dict,
         description=(

@@ -10,18 +10,31 @@ each action of each alert handed on:
   was left.
 
 The payload of every action is built when the alert is logged (same transaction), so edits to a
-channel never change what an alert already fired sends, and nothing is lost across a restart.
-Rule state (OK/PENDING/FIRING/RESOLVED per trigger) is kept in memory; after a restart every
-trigger starts OK and a deadman's clock starts at the start.
+channel never change what an alert already fired sends.
+
+Rules are a durable consumer of the log. The rules' *progress* is the last log cursor judged
+(``evaluated``) and every trigger's state (OK/PENDING/FIRING/RESOLVED, pending and cooldown
+times, a deadman's last data). It is written in the same transaction as the alerts it produced,
+so the database always holds one consistent point of the evaluation: alerts up to a cursor,
+and the states right after it. On start the log after the stored cursor is judged again
+(``_replay``, each ingest's rows with the time they were received as the rules' clock) before
+going live, so every acknowledged observation is judged exactly once: an alert whose batch was
+acknowledged but whose write a crash prevented is raised by the replay, and one already logged
+is not raised again. The live path writes only when an alert fired (after
+``alert_flush_seconds``); without alerts the progress is checkpointed lazily, every
+``CHECKPOINT_SECONDS`` when it moved, on edits and on stop. A deadman's clock is part of the
+progress and pauses while the server is down (``rules.resume_deadman``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -47,6 +60,9 @@ log = logging.getLogger("streamgauge.alerts")
 ACTOR_ATTEMPTS = 3
 ACTOR_RETRY_SECONDS = (1.0, 5.0)
 FETCH = 100
+CHECKPOINT_SECONDS = 5.0  # the progress is written at least this often when it moved
+HEARTBEAT_SECONDS = 30.0  # ... and this often anyway while deadman triggers exist
+REPLAY_ROWS = 50_000  # log rows read per step of the replay
 
 
 @dataclass
@@ -109,6 +125,16 @@ class SlotSource:
         return [Item(a, url, body, headers, created) for a, url, body, created in rows]
 
 
+@dataclass
+class Progress:
+    """What one write of the rules' progress holds (taken at one instant on the loop)."""
+
+    alerts: list[tuple[Channel, dict[str, Any]]]
+    states: dict[tuple[int, int], rules.TriggerState | None]
+    cursor: int
+    alive_ms: int
+
+
 class Alerting:
     """``engine.alerting``: every channel of the deployment and its runtime."""
 
@@ -119,11 +145,18 @@ class Alerting:
         self.actors = Actors(engine, s.actors, s.actor_timeout_seconds)
         self.channels: dict[str, Channel] = {}
         self.states: dict[tuple[int, int], rules.TriggerState] = {}
-        self._pending: list[tuple[int, dict[str, Any]]] = []
+        self.evaluated = 0  # the last log cursor judged (in memory)
+        self.saved = 0  # ... as last written
+        self._dirty: set[tuple[int, int]] = set()  # states changed since the last write
+        self._pending: list[tuple[Channel, dict[str, Any]]] = []
+        self._replaying: list[Batch] | None = None  # batches published during the replay
+        self._lock = asyncio.Lock()  # one progress write at a time, in snapshot order
+        self._saved_at = 0.0  # monotonic time of the last progress write
         self._flush = asyncio.Event()
         self._actor_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.suppressed = 0
+        self.replayed = 0  # log rows judged by the last start's replay
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -141,7 +174,25 @@ class Alerting:
                 ch = Channel(pk, project_pk, doc.model_copy(update={"status": "INACTIVE"}))
             self.channels[doc.id] = ch
             await self._register(ch)
+        cursor, alive_ms, states = await self.store.read(table.load_progress)
+        known = {(c.pk, t.index) for c in self.channels.values() for t in c.triggers}
+        self.states = {k: v for k, v in states.items() if k in known}
+        self.evaluated = self.saved = cursor
+        self._replaying = []
         self.engine.listeners.append(self.on_batch)
+        try:
+            last_received = await self._replay()
+        finally:
+            buffered, self._replaying = self._replaying, None
+        for batch in buffered:
+            self.on_batch(batch)
+        paused = _now_ms() - max(alive_ms, last_received)
+        if alive_ms and paused > 0:
+            for key, st in list(self.states.items()):
+                if st.last_seen_ms is not None:
+                    self.states[key] = rules.resume_deadman(st, paused)
+                    self._dirty.add(key)
+        await self._commit()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._writer(), name="alert log"),
@@ -155,8 +206,141 @@ class Alerting:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        try:
+            await self._commit()
+        except Exception:  # the next start judges again what was not written
+            log.exception("writing the alert rules' progress on stop failed")
+
+    async def _replay(self) -> int:
+        """Judge the log after the stored cursor, up to the head at start, each ingest's rows
+        (a run of one project and one receive time) as one batch at the time it was received.
+        Returns the last receive time seen (0: none)."""
+        reg = self.engine.registry
+        head = self.store.head
+        after = self.evaluated
+        last_received = 0
+        self.replayed = 0
+        while after < head:
+            rows = await self.store.read(
+                functools.partial(table.log_after, after=after, upto=head, limit=REPLAY_ROWS)
+            )
+            if not rows:
+                break
+            cursors, series, times, values, qcs, received = zip(*rows, strict=True)
+            s = np.array(series, np.int64)
+            rec = np.array(received, np.int64)
+            inside = s < len(reg.s_project)
+            project = np.full(len(s), -1, np.int64)
+            project[inside] = reg.s_project[s[inside]]
+            cut = np.flatnonzero((project[1:] != project[:-1]) | (rec[1:] != rec[:-1])) + 1
+            bounds = [0, *cut.tolist(), len(rows)]
+            c = np.array(cursors, np.int64)
+            t = np.array(times, np.int64)
+            q = np.array(qcs, np.int64)
+            for lo, hi in itertools.pairwise(bounds):
+                if project[lo] >= 0:
+                    batch = Batch(
+                        int(project[lo]),
+                        c[lo:hi],
+                        s[lo:hi],
+                        t[lo:hi],
+                        list(values[lo:hi]),
+                        q[lo:hi],
+                    )
+                    self._judge(batch, int(rec[lo]))
+                self.evaluated = max(self.evaluated, int(c[hi - 1]))
+            after = int(c[-1])
+            last_received = max(last_received, int(rec[-1]))
+            self.replayed += len(rows)
+        return last_received
+
+    # -- the rules' progress --------------------------------------------------------------------
+
+    def _snapshot(self) -> Progress:
+        """Take the alerts not yet logged, the states changed, and the position, at once."""
+        alerts, self._pending = self._pending, []
+        states: dict[tuple[int, int], rules.TriggerState | None] = {
+            k: self.states.get(k) for k in self._dirty
+        }
+        self._dirty = set()
+        return Progress(alerts, states, self.evaluated, _now_ms())
+
+    def _restore(self, p: Progress) -> None:
+        """A write failed: what it held is written with the next one."""
+        self._pending[:0] = p.alerts
+        self._dirty |= set(p.states)
+
+    def _apply(self, tx: Tx, p: Progress) -> None:
+        live = {c.pk for c in self.channels.values()}
+        stored: dict[int, bool] = {}
+        for ch, record in p.alerts:
+            if ch.pk not in stored:  # deleted meanwhile (or its project): nothing to log
+                stored[ch.pk] = ch.pk in live and table.channel_exists(tx, ch.pk)
+            if not stored[ch.pk]:
+                continue
+            alert_id = table.insert_alert(tx, ch.pk, p.alive_ms, record)
+            full = {**record, "alert_id": alert_id}
+            t = ch.triggers[record["trigger"]]
+            for a, slot in zip(ch.doc.triggers[t.index].actions, t.slots, strict=True):
+                table.insert_action(
+                    tx, alert_id, slot, ch.pk, a.method, a.target(), payload(a, full)
+                )
+        table.save_progress(tx, p.cursor, p.alive_ms, p.states)
+
+    async def _commit(self, also: Callable[[Tx], Any] | None = None) -> Any:
+        """Write the progress (alerts not yet logged, changed states, position), and ``also``
+        after it in the same transaction; ``also``'s result."""
+        async with self._lock:
+            p = self._snapshot()
+
+            def run(tx: Tx) -> Any:
+                self._apply(tx, p)
+                return also(tx) if also is not None else None
+
+            write = asyncio.ensure_future(self.store.write(run))
+            try:
+                out = await asyncio.shield(write)
+            except asyncio.CancelledError:
+                # The transaction runs to its end anyway: know whether it held, so what it
+                # carried is neither lost nor written twice.
+                await asyncio.wait({write})
+                if write.cancelled() or write.exception() is not None:
+                    self._restore(p)
+                raise
+            except BaseException:
+                self._restore(p)
+                raise
+            self.saved = max(self.saved, p.cursor)
+            self._saved_at = time.monotonic()
+        if p.alerts:
+            self.engine.deliveries.notify()
+            self._actor_wake.set()
+        return out
+
+    def _due(self) -> bool:
+        """Whether a lazy checkpoint is due (on the tick)."""
+        age = time.monotonic() - self._saved_at
         if self._pending:
-            await self._write_pending()
+            return False  # the writer logs them
+        if (self.evaluated != self.saved or self._dirty) and age >= CHECKPOINT_SECONDS:
+            return True
+        return age >= HEARTBEAT_SECONDS and any(
+            isinstance(t.rule.condition, rules.Deadman)
+            for c in self.channels.values()
+            for t in c.triggers
+        )
+
+    def problem(self) -> str | None:
+        """What keeps the rules from working (for health checks), or None."""
+        if not self._tasks:
+            return "not started"
+        for t in self._tasks:
+            if t.done():
+                return f"the {t.get_name()} task stopped"
+        behind = self.store.head - self.evaluated
+        if behind > 0:
+            return f"{behind} observations behind the log"
+        return None
 
     # -- channels -----------------------------------------------------------------------------
 
@@ -192,32 +376,42 @@ class Alerting:
         return Channel(pk, project.pk, doc, triggers)
 
     async def create(self, project: ProjectRec, doc: ChannelDoc) -> Channel:
+        """A new channel judges the log from the current position on (the position is written
+        with it, so a restart does not judge older observations against it)."""
         if doc.id in self.channels:
             raise Conflict(f"channel {doc.id!r} exists", [{"field": "channel_id"}])
         ch = self._compile(project, doc)
-        ch.pk = await self.store.write(lambda tx: table.insert_channel(tx, project.pk, doc))
+        ch.pk = int(await self._commit(lambda tx: table.insert_channel(tx, project.pk, doc)))
         self.channels[doc.id] = ch
         await self._register(ch)
         return ch
 
     async def update(self, ch: Channel, doc: ChannelDoc) -> Channel:
         """Replace the channel's document; the new rules apply to the next batch, every trigger
-        starting OK."""
+        starting OK. Alerts the old rules fired are logged first, with the old actions."""
         project = self.engine.registry.projects_by_pk[ch.project_pk]
         new = self._compile(project, doc, ch.pk)
-        await self.store.write(lambda tx: table.update_channel(tx, ch.pk, doc))
+
+        def run(tx: Tx) -> None:
+            table.update_channel(tx, ch.pk, doc)
+            table.forget_states(tx, ch.pk)
+
+        await self._commit(run)
         self.channels[doc.id] = new
-        for key in [k for k in self.states if k[0] == ch.pk]:
-            del self.states[key]
+        self._drop_states(ch.pk)
         await self._register(new)
         return new
 
     async def delete(self, ch: Channel) -> None:
-        await self.store.write(lambda tx: table.delete_channel(tx, ch.pk))
+        await self._commit(lambda tx: table.delete_channel(tx, ch.pk))
         self.channels.pop(ch.doc.id, None)
-        for state_key in [k for k in self.states if k[0] == ch.pk]:
-            del self.states[state_key]
+        self._drop_states(ch.pk)
         self._unregister(ch)
+
+    def _drop_states(self, channel_pk: int) -> None:
+        for key in [k for k in self.states if k[0] == channel_pk]:
+            del self.states[key]
+        self._dirty = {k for k in self._dirty if k[0] != channel_pk}
 
     def _unregister(self, ch: Channel) -> None:
         for key in self.engine.deliveries.keys():
@@ -225,9 +419,10 @@ class Alerting:
                 self.engine.deliveries.remove(key, forget=True)
 
     def forget_project(self, project_pk: int) -> None:
-        """The project is gone (its channels and alerts went with it in the database)."""
+        """The project is gone (its channels, alerts and states went with it in the database)."""
         for ch in self.of_project(project_pk):
             self.channels.pop(ch.doc.id, None)
+            self._drop_states(ch.pk)
             self._unregister(ch)
 
     async def alerts(self, ch: Channel, skip: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
@@ -271,26 +466,40 @@ class Alerting:
     # -- rules --------------------------------------------------------------------------------
 
     def on_batch(self, batch: Batch) -> None:
-        """Listener: run every active channel of the batch's project over it."""
-        channels = [c for c in self.channels.values() if c.project_pk == batch.project_pk]
-        if not channels or not len(batch):
+        """Listener: judge a committed batch (the part after the position, once the replay on
+        start is done) by every active channel of its project."""
+        if self._replaying is not None:
+            self._replaying.append(batch)
             return
-        now = _now_ms()
+        if not len(batch) or batch.last <= self.evaluated:
+            return
+        if batch.first <= self.evaluated:
+            batch = batch.take(batch.cursors > self.evaluated)
+        self._judge(batch, _now_ms())
+        self.evaluated = batch.last
+        if self._pending:
+            self._flush.set()
+
+    def _judge(self, batch: Batch, now: int) -> None:
+        """Run every active channel of the batch's project over it, ``now`` being the rules'
+        clock (the time the batch was received)."""
+        channels = [
+            c for c in self.channels.values() if c.project_pk == batch.project_pk and c.active
+        ]
+        if not channels:
+            return
         reg = self.engine.registry
         own = None
         for ch in channels:
-            if not ch.active:
-                continue
             for t in ch.triggers:
                 rows = np.flatnonzero(np.isin(batch.series, t.series(reg)))
+                if not len(rows):
+                    continue
                 key = (ch.pk, t.index)
                 st = self.states.get(key, rules.TriggerState())
                 cond = t.rule.condition
                 if isinstance(cond, rules.Deadman):
-                    if len(rows):
-                        self.states[key] = rules.seen(st, now)
-                    continue
-                if not len(rows):
+                    self._set(key, st, rules.seen(st, now))
                     continue
                 if own is None:
                     own = _own_units(batch, reg)
@@ -306,28 +515,40 @@ class Alerting:
                 else:
                     names = [reg.series_by_pk[s].variable_id for s in batch.series[rows].tolist()]
                     out = rules.run_expression(t.rule, st, names, numeric, raw, times, now)
-                self.states[key] = out.state
+                self._set(key, st, out.state)
                 self.suppressed += out.suppressed
                 for f in out.firings:
                     s = int(batch.series[rows[f.index]])
                     var_id = f.sensor or reg.series_by_pk[s].variable_id
                     self._fire(ch, t, var_id, f, int(batch.cursors[rows[f.index]]), now)
 
+    def _set(self, key: tuple[int, int], old: rules.TriggerState, new: rules.TriggerState) -> None:
+        if new != old:
+            self.states[key] = new
+            self._dirty.add(key)
+
     def tick(self, now: int) -> None:
         """Deadman triggers on the clock."""
+        projects = self.engine.registry.projects_by_pk
         for ch in list(self.channels.values()):
+            if ch.project_pk not in projects:  # the project was deleted (on any face)
+                self.forget_project(ch.project_pk)
+                continue
             if not ch.active:
                 continue
             for t in ch.triggers:
                 if not isinstance(t.rule.condition, rules.Deadman):
                     continue
                 key = (ch.pk, t.index)
-                out = rules.tick_deadman(t.rule, self.states.get(key, rules.TriggerState()), now)
-                self.states[key] = out.state
+                st = self.states.get(key, rules.TriggerState())
+                out = rules.tick_deadman(t.rule, st, now)
+                self._set(key, st, out.state)
                 self.suppressed += out.suppressed
                 for f in out.firings:
                     var = ch.doc.triggers[t.index].variable
                     self._fire(ch, t, var, f, None, now)
+        if self._pending:
+            self._flush.set()
 
     def _fire(
         self,
@@ -361,48 +582,35 @@ class Alerting:
             "_time": format_time(f.time_ms),
             "_level": "crit",
         }
-        self._pending.append((ch.pk, record))
-        self._flush.set()
+        self._pending.append((ch, record))
 
-    # -- the alert log writer -----------------------------------------------------------------
+    # -- writing the progress -----------------------------------------------------------------
 
     async def _writer(self) -> None:
+        """Log fired alerts (with the progress), ``alert_flush_seconds`` after the first."""
+        delay = self.engine.settings.alert_flush_seconds
         while True:
             await self._flush.wait()
+            if delay:
+                await asyncio.sleep(delay)
             self._flush.clear()
             try:
-                await self._write_pending()
-            except Exception:  # the store closing; the next start begins anew
+                await self._commit()
+            except Exception:  # the store closing; the replay on the next start redoes it
                 log.exception("writing alerts failed")
-
-    async def _write_pending(self) -> None:
-        pending, self._pending = self._pending, []
-        if not pending:
-            return
-        docs = {c.pk: c for c in self.channels.values()}
-
-        def run(tx: Tx) -> None:
-            for channel_pk, record in pending:
-                ch = docs.get(channel_pk)
-                if ch is None:
-                    continue
-                alert_id = table.insert_alert(tx, channel_pk, _now_ms(), record)
-                full = {**record, "alert_id": alert_id}
-                actions = ch.doc.triggers[record["trigger"]].actions
-                for a, slot in zip(actions, ch.triggers[record["trigger"]].slots, strict=True):
-                    table.insert_action(
-                        tx, alert_id, slot, channel_pk, a.method, a.target(), payload(a, full)
-                    )
-
-        await self.store.write(run)
-        self.engine.deliveries.notify()
-        self._actor_wake.set()
+                await asyncio.sleep(1.0)
+                self._flush.set()
 
     async def _ticker(self) -> None:
         every = self.engine.settings.alert_tick_seconds
         while True:
             await asyncio.sleep(every)
             self.tick(_now_ms())
+            if self._due():
+                try:
+                    await self._commit()
+                except Exception:
+                    log.exception("checkpointing the alert rules failed")
 
     # -- actors -------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ A trigger's lifecycle is a table (``TRANSITIONS``), as h11 keeps its states::
 * Hysteresis (ordering operators): once FIRING, a sample clears only beyond the threshold moved
   by ``hysteresis`` toward the OK side (``> 90`` with hysteresis 2 clears below 88).
 * Deadman: BREACH when no data arrived for ``seconds`` (judged on ``tick``), CLEAR on data.
+  Across a restart the clock pauses for the time the server was down (``resume_deadman``).
 
 Times: ``now_ms`` (the caller's clock) decides pending and cooldown; each firing reports the
 observation's own time and value.
@@ -276,6 +277,16 @@ def tick_deadman(rule: Rule, st: TriggerState, now_ms: int) -> Outcome:
     if r.fired:
         out.firings.append(Firing(-1, now_ms, None))
     return out
+
+
+def resume_deadman(st: TriggerState, paused_ms: int) -> TriggerState:
+    """Deadman after a restart: the server was down for ``paused_ms``. Down time is not counted
+    as silence (the clock pauses): a source silent for 50 of its 60 minutes when the server
+    stopped fires 10 minutes after the restart, and a long outage does not fire every deadman
+    at once (sources could not deliver while the server was down)."""
+    if st.last_seen_ms is None or paused_ms <= 0:
+        return st
+    return replace(st, last_seen_ms=st.last_seen_ms + paused_ms)
 
 
 def parse_duration(text: object, field: str) -> float:

@@ -1,8 +1,13 @@
-"""Channels, the alert log and alert actions in SQLite (tables of migration 3).
+"""Channels, the alert log, alert actions and the rules' progress in SQLite (tables of
+migrations 6 and 7).
 
 Functions taking a ``Tx`` run on the writer thread (``store.write``); the others take a reader
 connection (``store.read``). The alert log's ids increase, so an action delivery is a consumer of
 ``alert_actions`` rows of one (channel, slot) after a cursor (the alert id).
+
+The rules' progress (``alert_states`` and the ``state`` keys ``alert_cursor``, the last log cursor
+judged, and ``alert_alive_ms``, when it was written) is saved in the same transactions as the
+alerts it produced, so what is stored is always one consistent point of the evaluation.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from streamgauge.core.alerts import State, TriggerState
 from streamgauge.core.channels import ChannelDoc
 
 if TYPE_CHECKING:
@@ -154,3 +160,74 @@ def alert_project(conn: sqlite3.Connection, alert_id: int) -> str | None:
         (alert_id,),
     ).fetchone()
     return None if row is None else str(row[0])
+
+
+# -- the rules' progress --------------------------------------------------------------------------
+
+StateKey = tuple[int, int]  # (channel pk, trigger index)
+
+
+def load_progress(conn: sqlite3.Connection) -> tuple[int, int, dict[StateKey, TriggerState]]:
+    """(last cursor judged, when the progress was last written (ms), every trigger state)."""
+    got = dict(
+        conn.execute(
+            "SELECT key, value FROM state WHERE key IN ('alert_cursor', 'alert_alive_ms')"
+        ).fetchall()
+    )
+    states = {
+        (int(c), int(t)): TriggerState(State(st), since, last_alert, last_seen)
+        for c, t, st, since, last_alert, last_seen in conn.execute(
+            "SELECT channel_pk, trigger, state, since_ms, last_alert_ms, last_seen_ms "
+            "FROM alert_states"
+        )
+    }
+    return int(got.get("alert_cursor", 0)), int(got.get("alert_alive_ms", 0)), states
+
+
+def save_progress(
+    tx: Tx, cursor: int, alive_ms: int, states: dict[StateKey, TriggerState | None]
+) -> None:
+    """The last cursor judged and the trigger states changed since the last save (None: the
+    trigger's state is gone). States of channels deleted meanwhile are skipped."""
+    tx.execute("UPDATE state SET value = ? WHERE key = 'alert_cursor'", (cursor,))
+    tx.execute("UPDATE state SET value = ? WHERE key = 'alert_alive_ms'", (alive_ms,))
+    for (channel_pk, trigger), st in states.items():
+        if st is None:
+            tx.execute(
+                "DELETE FROM alert_states WHERE channel_pk = ? AND trigger = ?",
+                (channel_pk, trigger),
+            )
+            continue
+        tx.execute(
+            "INSERT OR REPLACE INTO alert_states "
+            "SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM channels WHERE pk = ?)",
+            (
+                channel_pk,
+                trigger,
+                st.state.value,
+                st.since_ms,
+                st.last_alert_ms,
+                st.last_seen_ms,
+                channel_pk,
+            ),
+        )
+
+
+def channel_exists(tx: Tx, channel_pk: int) -> bool:
+    return tx.execute("SELECT 1 FROM channels WHERE pk = ?", (channel_pk,)).fetchone() is not None
+
+
+def forget_states(tx: Tx, channel_pk: int) -> None:
+    tx.execute("DELETE FROM alert_states WHERE channel_pk = ?", (channel_pk,))
+
+
+def log_after(
+    conn: sqlite3.Connection, after: int, upto: int, limit: int
+) -> list[tuple[int, int, int, Any, int, int]]:
+    """Log rows (cursor, series, time, value, qc, received ms) after ``after`` up to ``upto``,
+    in cursor order: what the rules replay on start."""
+    return conn.execute(
+        "SELECT cursor, series, time, value, qc, received FROM obs "
+        "WHERE cursor > ? AND cursor <= ? ORDER BY cursor LIMIT ?",
+        (after, upto, limit),
+    ).fetchall()

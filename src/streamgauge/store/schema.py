@@ -168,6 +168,22 @@ MIGRATIONS: list[str] = [
     CREATE INDEX alert_actions_slot ON alert_actions (channel_pk, slot, alert_id);
     CREATE INDEX alert_actions_todo ON alert_actions (method, done, alert_id);
     """,
+    # 7: alert rules as a durable consumer of the log: the trigger states and the last cursor
+    # judged ('alert_cursor'), written in the transactions that log the alerts they produced.
+    # An existing log counts as judged (no alert is raised anew for history).
+    """
+    CREATE TABLE alert_states (
+        channel_pk INTEGER NOT NULL REFERENCES channels(pk) ON DELETE CASCADE,
+        trigger INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        since_ms INTEGER,
+        last_alert_ms INTEGER,
+        last_seen_ms INTEGER,
+        PRIMARY KEY (channel_pk, trigger)
+    );
+    INSERT INTO state SELECT 'alert_cursor', coalesce(max(cursor), 0) FROM obs;
+    INSERT INTO state VALUES ('alert_alive_ms', 0);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -15,6 +15,7 @@ from streamgauge.faces.dt.connectors import (
     push_once,
     validate,
 )
+from streamgauge.faces.dt.devices import event_series
 from streamgauge.faces.dt.events import EVENT_TYPES, new_xid
 from streamgauge.faces.dt.face import DTFace, get_face
 from streamgauge.faces.dt.http import (
@@ -116,9 +117,9 @@ async def sync_connector(request: Request, project: str, connector: str) -> Resp
     source = LogSource(face.engine, c)
     items: list[Item] = []
     for dev in devices:
+        series_of = {t: spk for spk, t in event_series(face, dev, set()).items()}
         for event_type, (t, cursor, v) in sorted(face.reported.latest(dev.pk).items()):
-            var = reg.variables.get((dev.pk, event_type))
-            series = reg.series.get((var.pk, var.doc.set)) if var is not None else None
+            series = series_of.get(event_type)
             if event_type in wanted and series is not None:
                 item = source.item(cursor, series, t, v)
                 if item is not None:

@@ -25,7 +25,13 @@ from streamgauge.core.deliveries import Item, check_resolved, check_target
 from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.signing import DT_SIGNATURE_HEADER, dt_signature
 from streamgauge.errors import BadRequest, Invalid
-from streamgauge.faces.dt.events import EVENT_TYPES, dumps_ascii, event_obj
+from streamgauge.faces.dt.events import (
+    EVENT_TYPES,
+    dumps_ascii,
+    event_obj,
+    event_type_of,
+    event_variables,
+)
 from streamgauge.store.registry import Registry
 
 if TYPE_CHECKING:
@@ -151,7 +157,7 @@ class LogSource:
     def __init__(self, engine: Engine, connector: Connector) -> None:
         self._engine = engine
         self.connector = connector
-        types = frozenset(connector.doc["events"] or EVENT_TYPES)
+        types = event_variables(connector.doc["events"] or EVENT_TYPES)
         self._selection = CompiledSelection(
             Selection(connector.project_pk, variables=types), engine.registry
         )
@@ -196,7 +202,7 @@ class LogSource:
         reg = self._engine.registry
         rec = reg.series_by_pk.get(s)
         proj = reg.projects_by_pk.get(rec.project_pk) if rec is not None else None
-        if rec is None or proj is None:
+        if rec is None or proj is None or event_type_of(reg, rec) is None:
             return None
         event = event_obj(proj.doc.id, rec.device_id, rec.variable_id, v, t, cursor)
         if event is None:

@@ -25,6 +25,7 @@ from streamgauge.faces.dt.events import (
     Row,
     dumps_ascii,
     event_obj,
+    event_type_of,
     new_xid,
     parse_event,
     parse_ts,
@@ -371,11 +372,11 @@ def event_series(face: DTFace, dev: DeviceRec, types: set[str]) -> dict[int, str
     out: dict[int, str] = {}
     for var_pk in reg.device_variables.get(dev.pk, ()):
         var = reg.variables_by_pk.get(var_pk)
-        if var is None or var.doc.id not in EVENT_TYPES or (types and var.doc.id not in types):
-            continue
-        spk = reg.series.get((var_pk, var.doc.set))
-        if spk is not None:
-            out[spk] = var.doc.id
+        spk = reg.series.get((var_pk, var.doc.set)) if var is not None else None
+        rec = reg.series_by_pk.get(spk) if spk is not None else None
+        event_type = event_type_of(reg, rec) if rec is not None else None
+        if spk is not None and event_type is not None and (not types or event_type in types):
+            out[spk] = event_type
     return out
 
 
@@ -528,7 +529,11 @@ async def publish(request: Request, project: str, device: str) -> Response:
             [{"reason": f"the body has {len(body)} keys"}],
         )
     ((event_type, data),) = body.items()
-    rows = parse_event(event_type, data, server_time(face, dev))
+    await face.reported.load([dev])
+    previous = face.reported.latest(dev.pk).get(event_type)
+    rows = parse_event(
+        event_type, data, server_time(face, dev), None if previous is None else previous[0]
+    )
     await publish_rows(face, proj, dev, rows)
     return json_response({})
 

@@ -16,9 +16,22 @@ of the device variable named like the event type; its value is:
 ``cellularStatus``, ``labelsChanged``
 ====================================================  ==========================================
 
-A humidity event also writes two ordinary numeric rows, ``humidity.relativeHumidity`` (catalog
-``humidity``, %) and ``humidity.temperature`` (catalog ``temperature``, degC), so its numbers are
-filterable and QC-checked like any other; the DT face renders only event rows.
+An event is ONE event row however many ``samples`` it has; every sample is also an ordinary
+numeric observation (filters, QC, every other face), beside the event row:
+
+* ``temperature``: one numeric row of variable ``temperature`` per sample (at its
+  ``sampleTime``), and the event row in variable ``temperature.event`` (compact JSON: ``value``,
+  ``samples`` with their times, ``isBackfilled``). A device that has such event rows is rendered
+  from them only: its ``temperature`` rows are the samples, not events of their own. A device
+  without (observations ingested on other faces) renders each ``temperature`` row as an event
+  with one sample, as before.
+* ``humidity``: the event row ``humidity`` (JSON with ``samples`` and ``isBackfilled``) and two
+  numeric rows per sample, ``humidity.relativeHumidity`` (catalog ``humidity``, %) and
+  ``humidity.temperature`` (catalog ``temperature``, degC).
+
+``isBackfilled`` is decided when the event is published: true when the event's time is older
+than the device's latest event of that type already stored (data delivered late from the
+sensor's buffer), or when the publisher said so.
 
 An event row renders back into the DT event with every key the SDK reads (``samples``,
 ``isBackfilled``, ``remarks``); ``updateTime`` and ``timestamp`` are the row's time with exactly six
@@ -43,7 +56,7 @@ from streamgauge.errors import Invalid
 if TYPE_CHECKING:
     from streamgauge.core.batch import Batch
     from streamgauge.core.units import UnitSystem
-    from streamgauge.store.registry import Registry
+    from streamgauge.store.registry import Registry, SeriesRec
 
 __all__ = [
     "EVENT_TYPES",
@@ -108,6 +121,11 @@ EVENT_TYPES: tuple[str, ...] = tuple(SPECS)
 
 # The humidity event row holds JSON, so its variable is not the catalog's numeric "humidity".
 HUMIDITY_EVENT_NAME = "humidity_event"
+# A temperature event's row (JSON with its samples); its samples are rows of "temperature".
+TEMPERATURE_EVENT = "temperature.event"
+TEMPERATURE_EVENT_NAME = "temperature_event"
+# Variables whose rows are events of another name: variable id -> event type.
+EVENT_ROWS: Mapping[str, str] = {TEMPERATURE_EVENT: "temperature"}
 # Numeric companions of a humidity event: (variable id, catalog name, payload key).
 HUMIDITY_PARTS = (
     ("humidity.relativeHumidity", "humidity", "relativeHumidity"),
@@ -198,6 +216,17 @@ def render(event_type: str, value: object, ts: str) -> dict[str, Any] | None:
     kind = spec.kind
     if kind == NONE:
         inner: dict[str, Any] = {}
+    elif event_type == "temperature" and isinstance(value, str):
+        doc = _doc(value)
+        if doc is None or type(doc.get("value")) is not float:
+            return None
+        inner = {
+            "value": doc["value"],
+            "samples": [
+                {"value": v, "sampleTime": format_ts(t)} for t, v in doc.get("samples", [])
+            ],
+            "isBackfilled": bool(doc.get("isBackfilled", False)),
+        }
     elif kind in (NUMBER, INTEGER):
         if type(value) is not float:
             return None
@@ -242,11 +271,15 @@ def _complete(event_type: str, doc: dict[str, Any], ts: str) -> dict[str, Any]:
     """A stored payload with every key the SDK requires (defaults for missing ones)."""
     if event_type == "humidity":
         t, rh = doc.get("temperature"), doc.get("relativeHumidity")
+        samples = [
+            {"temperature": st, "relativeHumidity": srh, "sampleTime": format_ts(sms)}
+            for sms, st, srh in doc.get("samples", [])
+        ]
         return {
             "temperature": t,
             "relativeHumidity": rh,
-            "samples": [{"temperature": t, "relativeHumidity": rh, "sampleTime": ts}],
-            "isBackfilled": False,
+            "samples": samples or [{"temperature": t, "relativeHumidity": rh, "sampleTime": ts}],
+            "isBackfilled": bool(doc.get("isBackfilled", False)),
         }
     table: dict[str, dict[str, Any]] = {
         "deskOccupancy": {"state": "NOT_OCCUPIED", "remarks": []},
@@ -289,9 +322,13 @@ def _time(data: Mapping[str, Any], key: str, where: str, default: int) -> int:
     return parse_ts(data[key], f"{where}.{key}")
 
 
-def parse_event(event_type: str, data: object, now_ms: int) -> list[Row]:
+def parse_event(
+    event_type: str, data: object, now_ms: int, previous_ms: int | None = None
+) -> list[Row]:
     """The rows to store for one published event ``{event_type: data}``; ``now_ms`` is used
-    where the event has no ``updateTime``. Raises ``Invalid`` naming the bad field."""
+    where the event has no ``updateTime``; ``previous_ms`` is the time of the device's latest
+    stored event of this type (an older event is backfilled). Raises ``Invalid`` naming the
+    bad field."""
     spec = SPECS.get(event_type)
     if spec is None:
         raise _bad("eventType", f"unknown event type {event_type!r}; one of {', '.join(SPECS)}")
@@ -301,25 +338,9 @@ def parse_event(event_type: str, data: object, now_ms: int) -> list[Row]:
     kind = spec.kind
     if kind == NONE:
         return [Row(event_type, event_type, t, None)]
+    if event_type == "temperature":
+        return _parse_temperature(data, t, _backfilled(data, event_type, t, previous_ms))
     if kind in (NUMBER, INTEGER):
-        if event_type == "temperature" and data.get("samples"):
-            samples = data["samples"]
-            if not isinstance(samples, list):
-                raise _bad("temperature.samples", "expected a list")
-            out = []
-            for i, s in enumerate(samples):
-                where = f"temperature.samples[{i}]"
-                if not isinstance(s, dict):
-                    raise _bad(where, "expected an object")
-                out.append(
-                    Row(
-                        event_type,
-                        event_type,
-                        _time(s, "sampleTime", where, t),
-                        _number(s, "value", where),
-                    )
-                )
-            return out
         return [Row(event_type, event_type, t, _number(data, spec.field, event_type))]
     if kind == STATE:
         state = data.get("state")
@@ -328,7 +349,37 @@ def parse_event(event_type: str, data: object, now_ms: int) -> list[Row]:
         if not isinstance(state, str):
             raise _bad(f"{event_type}.state", "expected a string")
         return [Row(event_type, event_type, t, state)]
-    return _parse_doc(event_type, data, t)
+    return _parse_doc(event_type, data, t, previous_ms)
+
+
+def _backfilled(data: dict[str, Any], where: str, t: int, previous_ms: int | None) -> bool:
+    said = data.get("isBackfilled", False)
+    if not isinstance(said, bool):
+        raise _bad(f"{where}.isBackfilled", "expected true or false")
+    return said or (previous_ms is not None and t < previous_ms)
+
+
+def _parse_temperature(data: dict[str, Any], t: int, backfilled: bool) -> list[Row]:
+    """A sample row per sample (``temperature``) and the event row (``temperature.event``)."""
+    samples = data.get("samples")
+    pairs: list[list[Any]] = []  # [time, value] of each sample
+    if samples:
+        if not isinstance(samples, list):
+            raise _bad("temperature.samples", "expected a list")
+        for i, s in enumerate(samples):
+            where = f"temperature.samples[{i}]"
+            if not isinstance(s, dict):
+                raise _bad(where, "expected an object")
+            pairs.append([_time(s, "sampleTime", where, t), _number(s, "value", where)])
+    if data.get("value") is not None or not pairs:
+        value = _number(data, "value", "temperature")
+    else:  # the newest sample is the event's value
+        value = max(pairs, key=lambda p: p[0])[1]
+    if not pairs:
+        pairs = [[t, value]]
+    doc = {"value": value, "samples": pairs, "isBackfilled": backfilled}
+    rows = [Row("temperature", "temperature", st, v) for st, v in pairs]
+    return [*rows, Row(TEMPERATURE_EVENT, TEMPERATURE_EVENT_NAME, t, orjson.dumps(doc).decode())]
 
 
 def _strings(v: object, where: str) -> list[str]:
@@ -343,7 +394,7 @@ def _str_map(v: object, where: str) -> dict[str, str]:
     return dict(v)
 
 
-def _parse_doc(event_type: str, data: dict[str, Any], t: int) -> list[Row]:
+def _parse_doc(event_type: str, data: dict[str, Any], t: int, previous_ms: int | None) -> list[Row]:
     w = event_type
     doc: dict[str, Any]
     if event_type == "humidity":
@@ -351,6 +402,7 @@ def _parse_doc(event_type: str, data: dict[str, Any], t: int) -> list[Row]:
         if not isinstance(samples, list):
             raise _bad("humidity.samples", "expected a list")
         rows: list[Row] = []
+        triples: list[list[Any]] = []  # [time, temperature, relative humidity] per sample
         for i, s in enumerate(samples):
             where = "humidity" if s is data else f"humidity.samples[{i}]"
             if not isinstance(s, dict):
@@ -359,10 +411,22 @@ def _parse_doc(event_type: str, data: dict[str, Any], t: int) -> list[Row]:
             temp_key = "temperature" if "temperature" in s else "celsius"
             st = t if s is data else _time(s, "sampleTime", where, t)
             temp, rh = _number(s, temp_key, where), _number(s, "relativeHumidity", where)
-            doc = {"temperature": temp, "relativeHumidity": rh}
-            rows.append(Row("humidity", HUMIDITY_EVENT_NAME, st, orjson.dumps(doc).decode()))
-            rows += [Row(var, name, st, doc[key]) for var, name, key in HUMIDITY_PARTS]
-        return rows
+            triples.append([st, temp, rh])
+            part = {"temperature": temp, "relativeHumidity": rh}
+            rows += [Row(var, name, st, part[key]) for var, name, key in HUMIDITY_PARTS]
+        if data is not samples[0] and "relativeHumidity" in data:  # the event's own values
+            where = "humidity"
+            temp_key = "temperature" if "temperature" in data else "celsius"
+            temp, rh = _number(data, temp_key, where), _number(data, "relativeHumidity", where)
+        else:  # the newest sample's
+            _, temp, rh = max(triples, key=lambda p: p[0])
+        doc = {
+            "temperature": temp,
+            "relativeHumidity": rh,
+            "samples": triples,
+            "isBackfilled": _backfilled(data, "humidity", t, previous_ms),
+        }
+        return [Row("humidity", HUMIDITY_EVENT_NAME, t, orjson.dumps(doc).decode()), *rows]
     if event_type == "labelsChanged":
         doc = {
             "added": _str_map(data.get("added", {}), f"{w}.added"),
@@ -431,8 +495,11 @@ def _errors(data: dict[str, Any], where: str) -> list[Any]:
 
 
 def event_obj(
-    project: str, device: str, event_type: str, value: object, ms: int, cursor: int
+    project: str, device: str, variable: str, value: object, ms: int, cursor: int
 ) -> dict[str, Any] | None:
+    """The DT event of a row of an event variable (``temperature.event`` rows are
+    temperature events), or None if the row does not fit its type."""
+    event_type = EVENT_ROWS.get(variable, variable)
     ts = format_ts(ms)
     data = render(event_type, value, ts)
     if data is None:
@@ -471,12 +538,31 @@ def encode_rows(batch: Batch, registry: Registry, units: UnitSystem) -> list[byt
     ):
         rec = series.get(s)
         proj = projects.get(rec.project_pk) if rec is not None else None
-        if rec is None or proj is None or rec.variable_id not in SPECS:
+        if rec is None or proj is None or event_type_of(registry, rec) is None:
             out.append(b"")
             continue
         obj = event_obj(proj.doc.id, rec.device_id, rec.variable_id, v, t, cursor)
         out.append(b"" if obj is None else dumps_ascii(obj))
     return out
+
+
+def event_type_of(registry: Registry, rec: SeriesRec) -> str | None:
+    """The DT event type a series' rows render as, or None: rows of other variables, and the
+    ``temperature`` rows of a device that has temperature event rows (they are its samples)."""
+    vid = rec.variable_id
+    if vid in EVENT_ROWS:
+        return EVENT_ROWS[vid]
+    if vid not in SPECS:
+        return None
+    if vid == "temperature" and (rec.device_pk, TEMPERATURE_EVENT) in registry.variables:
+        return None
+    return vid
+
+
+def event_variables(types: Iterable[str]) -> frozenset[str]:
+    """The variables whose rows may render as events of ``types``."""
+    wanted = set(types)
+    return frozenset(wanted | {v for v, t in EVENT_ROWS.items() if t in wanted})
 
 
 def latest_by_type(

@@ -1,7 +1,8 @@
 """What the DT face keeps beside the core: each device's ``reported`` state and the DT settings
 of service accounts (``enableBasicAuth``, create and update times).
 
-``reported`` (the latest event of each type per device) is kept by an ``Engine.listeners`` hook:
+``reported`` (the latest event of each type per device, by the rows that render as events:
+``events.event_type_of``) is kept by an ``Engine.listeners`` hook:
 every committed batch updates the devices it touches, so it is current the moment ingest
 returns. A device not yet seen since start is read from the log once (the row at each event
 series' latest time, which the registry keeps in memory), so it is right after a restart too.
@@ -19,7 +20,13 @@ import numpy as np
 import numpy.typing as npt
 
 from streamgauge.core.batch import Batch
-from streamgauge.faces.dt.events import EVENT_TYPES, format_ts, render
+from streamgauge.faces.dt.events import (
+    EVENT_TYPES,
+    event_type_of,
+    event_variables,
+    format_ts,
+    render,
+)
 from streamgauge.store.base import HistoryQuery
 from streamgauge.store.registry import DeviceRec, Registry
 
@@ -53,7 +60,7 @@ class Reported:
         names = self._reg.names
         if self._codes_for != len(names):
             table = np.zeros(len(names) + 1, np.bool_)
-            for t in EVENT_TYPES:
+            for t in event_variables(EVENT_TYPES):
                 if t in names:
                     table[names[t]] = True
             self._codes, self._codes_for = table, len(names)
@@ -73,11 +80,12 @@ class Reported:
             return
         for i in np.flatnonzero(mask).tolist():
             rec = reg.series_by_pk.get(int(batch.series[i]))
-            if rec is None:
+            event_type = event_type_of(reg, rec) if rec is not None else None
+            if rec is None or event_type is None:
                 continue
             self._merge(
                 rec.device_pk,
-                rec.variable_id,
+                event_type,
                 (int(batch.times[i]), int(batch.cursors[i]), batch.values[i]),
             )
 
@@ -98,11 +106,13 @@ class Reported:
         want: dict[int, str] = {}
         for var_pk in reg.device_variables.get(dev.pk, ()):
             var = reg.variables_by_pk.get(var_pk)
-            if var is None or var.doc.id not in REPORTED_TYPES:
+            spk = reg.series.get((var_pk, var.doc.set)) if var is not None else None
+            rec = reg.series_by_pk.get(spk) if spk is not None else None  # the default set
+            event_type = event_type_of(reg, rec) if rec is not None else None
+            if spk is None or event_type not in REPORTED_TYPES:
                 continue
-            spk = reg.series.get((var_pk, var.doc.set))  # DT events use the default set
-            if spk is not None and spk < len(reg.latest) and int(reg.latest[spk]) != _NEVER:
-                want[spk] = var.doc.id
+            if spk < len(reg.latest) and int(reg.latest[spk]) != _NEVER:
+                want[spk] = event_type
         if want:
             times = tuple(sorted({int(reg.latest[s]) for s in want}))
             batch = await self._engine.store.history(

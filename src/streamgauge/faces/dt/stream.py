@@ -26,7 +26,13 @@ from streamgauge.core.filters import LabelMatch, Selection
 from streamgauge.core.framing import Framing
 from streamgauge.errors import BadRequest
 from streamgauge.faces.dt.devices import _event_types, _label_filters
-from streamgauge.faces.dt.events import EVENT_TYPES, dumps_ascii, encode_rows, ping_event
+from streamgauge.faces.dt.events import (
+    EVENT_TYPES,
+    dumps_ascii,
+    encode_rows,
+    event_variables,
+    ping_event,
+)
 from streamgauge.faces.dt.face import get_face
 from streamgauge.faces.dt.http import DTRoute, Query, stream_error_line, to_dt_error
 
@@ -192,7 +198,7 @@ async def stream(request: Request, project: str) -> Response:
             proj.pk,
             devices=frozenset(q.all("device_ids")),
             device_types=frozenset(q.all("device_types")),
-            variables=frozenset(types or EVENT_TYPES),
+            variables=event_variables(types or EVENT_TYPES),
             labels=labels,
         )
     except Exception as exc:  # noqa: BLE001 - every error as a stream error line

@@ -2,10 +2,10 @@
 ``tapipy`` client works against it. It only translates: Tapis documents in, core calls, the Tapis
 envelope out (see ``docs/tapis.md``)."""
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from streamgauge import __version__
-from streamgauge.errors import NotFound
+from streamgauge.errors import BadRequest, NotFound, Unavailable
 from streamgauge.faces.tapis import channels, measurements, resources, roles
 from streamgauge.faces.tapis.wire import TapisRoute, envelope
 
@@ -25,6 +25,38 @@ async def hello() -> Response:
 @router.get("/streams/ready", tags=["tapis"])
 async def ready() -> Response:
     return envelope("ready", "ok")
+
+
+@router.get("/streams/healthcheck", tags=["tapis"])
+async def healthcheck(request: Request, tenant: str | None = None) -> Response:
+    """Tapis' healthcheck (no token needed): the original checks its metadata store, InfluxDB,
+    Kapacitor and CHORDS; ours checks what stands in for them: the store answers a read, the
+    alert rules run and are caught up with the log. 200 with
+    ``result: "healthy"``, or 503 naming what is not."""
+    engine = request.app.state.engine
+    expected = engine.settings.tapis_tenant_id
+    if tenant is None:
+        raise BadRequest("tenant is required", [{"in": "query", "field": "tenant"}])
+    if tenant != expected:
+        raise BadRequest(
+            f"unknown tenant {tenant!r}",
+            [{"in": "query", "field": "tenant", "reason": f"this server is {expected!r}"}],
+        )
+    checks: list[str] = []
+    problems: list[str] = []
+    try:
+        await engine.store.read(lambda c: c.execute("SELECT count(*) FROM state").fetchone())
+        checks.append(f"store ok (log head {engine.store.head})")
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        problems.append(f"store: {exc}")
+    problem = engine.alerting.problem()
+    if problem is None:
+        checks.append("alert rules ok")
+    else:
+        problems.append(f"alert rules: {problem}")
+    if problems:
+        raise Unavailable("unhealthy: " + "; ".join(problems))
+    return envelope("healthy", "; ".join(checks))
 
 
 @router.api_route(
