@@ -208,47 +208,62 @@ class _Bits:
         np.bitwise_or.at(self.bits, keys >> 3, (1 << (keys & 7)).astype(np.uint8))
 
 
+def _station_of_series(reg: Registry) -> tuple[np.ndarray[Any, Any], list[int]]:
+    """The dense station number of every series pk (-1: none) and a device of each station,
+    cached for the registry version and extended as ingest creates series."""
+    index, reps = _station_index(reg)
+    found = reg.derived.get("feed_series_stations")
+    if isinstance(found, np.ndarray) and len(found) >= reg.series_end:
+        return found, reps
+    devices = reg.s_device[: reg.series_end]
+    table = np.where(devices >= 0, index[np.clip(devices, 0, len(index) - 1)], -1)
+    reg.derived["feed_series_stations"] = table
+    return table, reps
+
+
 class Metadata:
-    """What one connection has described so far: series covered, stations and sensors
-    described (bitsets, vectorized over each item's rows)."""
+    """What one connection has described so far: stations (a bitset over dense station
+    numbers) and sensors (by variable-name code), checked per item with a few gathers."""
 
     def __init__(self, reg: Registry, units: UnitSystem, enabled: bool) -> None:
         self._reg = reg
         self._units = units
         self.enabled = enabled
-        self._seen = _Bits()  # series pks already covered
-        self._stations = _Bits()  # dense station numbers described (see _station_index)
-        self._sensors: set[int] = set()  # variable-name codes described
+        self._stations = _Bits()
+        self._sensors = np.zeros(16, np.bool_)  # by variable-name code
 
     def message(self, series: np.ndarray[Any, Any] | None) -> bytes | None:
         """The metadata message the rows of these series need first, or None."""
         if not self.enabled or series is None or not len(series):
             return None
         reg = self._reg
-        new = self._seen.missing(series, reg.series_end)
-        if not len(new):
+        of_series, reps = _station_of_series(reg)
+        numbers = of_series[series]
+        fresh = self._stations.missing(numbers[numbers >= 0], len(reps))
+        if len(self._sensors) <= len(reg.names):
+            grown = np.zeros(2 * len(reg.names) + 1, np.bool_)
+            grown[: len(self._sensors)] = self._sensors
+            self._sensors = grown
+        codes = reg.s_name[series]
+        new_codes = codes[(codes >= 0) & ~self._sensors[codes]]
+        if not len(fresh) and not len(new_codes):
             return None
-        new = np.unique(new)
-        self._seen.add(new)
-        index, reps = _station_index(reg)
-        devices = reg.s_device[new]
-        numbers = index[np.clip(devices, 0, len(index) - 1)]
-        numbers = np.unique(numbers[(devices >= 0) & (numbers >= 0)])
-        fresh = self._stations.missing(numbers, len(reps))
-        self._stations.add(fresh)
-        stations = [_station_json(reg, reps[n]) for n in fresh.tolist()]
+        stations: list[bytes] = []
+        if len(fresh):
+            fresh = np.unique(fresh)
+            self._stations.add(fresh)
+            stations = [_station_json(reg, reps[n]) for n in fresh.tolist()]
         units: list[dict[str, str]] = []
-        codes, first = np.unique(reg.s_name[new], return_index=True)
-        for code, at in zip(codes.tolist(), first.tolist(), strict=True):
-            if code in self._sensors:
-                continue
-            rec = reg.series_by_pk.get(int(new[at]))
-            var = reg.variables_by_pk.get(rec.variable_pk) if rec is not None else None
-            if rec is not None and var is not None:
-                self._sensors.add(code)
-                entry = var.entry
-                label = unit_label(target_unit(self._units, entry.kind, entry.unit))
-                units.append({"sensor": rec.variable_id, "unit": label})
+        if len(new_codes):
+            first = {c: i for i, c in reversed(list(enumerate(codes.tolist())))}
+            for code in np.unique(new_codes).tolist():
+                self._sensors[code] = True
+                rec = reg.series_by_pk.get(int(series[first[code]]))
+                var = reg.variables_by_pk.get(rec.variable_pk) if rec is not None else None
+                if rec is not None and var is not None:
+                    entry = var.entry
+                    label = unit_label(target_unit(self._units, entry.kind, entry.unit))
+                    units.append({"sensor": rec.variable_id, "unit": label})
         if not units and not stations:
             return None
         return (
