@@ -248,4 +248,5 @@ def test_demo_end_to_end_and_ctrl_c(tmp_path: Path) -> None:
         assert port_is_free(port)
     out = log.read_text()
     assert "streamgauge demo is running" in out and token in out
+    assert f"ws://127.0.0.1:{port}/feed/ft_" in out, out  # a working feed token was made
     assert "Traceback" not in out, out

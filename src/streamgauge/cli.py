@@ -131,6 +131,28 @@ def simulate(
     )
 
 
+def _demo_feed_url(base: str, token: str) -> str:
+    """A push-feed URL for the demo project (its feed token is created once the simulator has
+    made the project), or why there is none."""
+    headers = {"Authorization": f"Bearer {token}"}
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.post(
+                f"{base}/api/v1/projects/demo/feedtokens",
+                json={"name": "demo"},
+                headers=headers,
+                timeout=5,
+            )
+        except httpx.HTTPError:
+            r = None
+        if r is not None and r.status_code == 201:
+            ws = base.replace("http://", "ws://", 1)
+            return f"{ws}/feed/{r.json()['token']}/?vars=air_temp&units=english"
+        time.sleep(0.3)
+    return "(no feed token: the demo project did not appear in 15 s)"
+
+
 @app.command()
 def demo(
     host: HostOpt = "127.0.0.1",
@@ -179,6 +201,7 @@ def demo(
             env=env,
         )
         auth = f"-H 'Authorization: Bearer {token}'"
+        feed = _demo_feed_url(base, token)
         console.print(
             f"\n[bold green]streamgauge demo is running[/bold green] at {base}\n"
             f"  API docs:      {base}/docs\n"
@@ -189,6 +212,8 @@ def demo(
             f"  SSE:           curl -N {auth} -H 'Accept: text/event-stream' "
             f"'{base}/api/v1/projects/demo/stream'\n"
             f"  history:       curl {auth} '{base}/api/v1/projects/demo/observations?limit=20'\n"
+            f"  push feed:     {feed}\n"
+            f"  DT devices:    curl {auth} '{base}/v2/projects/demo/devices'\n"
             f"  metrics:       curl {base}/metrics\n"
             "Press Ctrl-C to stop.\n",
             soft_wrap=True,

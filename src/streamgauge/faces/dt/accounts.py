@@ -26,7 +26,7 @@ from streamgauge.auth import Action
 from streamgauge.auth.principals import new_key_id
 from streamgauge.errors import BadRequest, NotFound, StreamgaugeError
 from streamgauge.faces.dt.events import dumps_ascii, new_xid
-from streamgauge.faces.dt.face import DTFace, get_face
+from streamgauge.faces.dt.face import DTFace, get_face, project_call
 from streamgauge.faces.dt.http import (
     DTRoute,
     Query,
@@ -107,10 +107,7 @@ def _fields(body: dict[str, Any]) -> tuple[str | None, bool | None, Role | None]
 
 @router.post("/projects/{project}/serviceaccounts")
 async def create_account(request: Request, project: str) -> Response:
-    face = get_face(request)
-    who = face.authenticate(request)
-    Query(request, ("token",))
-    proj = face.project(who, project, Action.MANAGE)
+    face, who, proj = project_call(request, project, Action.MANAGE)
     name, basic, role = _fields(await json_body(request, 1 << 20))
     id_ = new_xid()
     now = metadata.now_iso()
@@ -156,10 +153,7 @@ def _page(q: Query, items: list[tuple[str, Any]], name: str) -> dict[str, Any]:
 
 @router.get("/projects/{project}/serviceaccounts/{sa}")
 async def get_account(request: Request, project: str, sa: str) -> Response:
-    face = get_face(request)
-    who = face.authenticate(request)
-    Query(request, ("token",))
-    proj = face.project(who, project, Action.MANAGE)
+    face, who, proj = project_call(request, project, Action.MANAGE)
     return json_response(account_json(face, _account(face, proj, sa)))
 
 
@@ -190,10 +184,7 @@ async def update_account(request: Request, project: str, sa: str) -> Response:
 
 @router.delete("/projects/{project}/serviceaccounts/{sa}")
 async def delete_account(request: Request, project: str, sa: str) -> Response:
-    face = get_face(request)
-    who = face.authenticate(request)
-    Query(request, ("token",))
-    proj = face.project(who, project, Action.MANAGE)
+    face, who, proj = project_call(request, project, Action.MANAGE)
     a = _account(face, proj, sa)
     await face.engine.store.write(lambda tx: metadata.delete_account(tx, face.engine.registry, a))
     return json_response({})
@@ -213,10 +204,7 @@ def key_json(project: str, sa: str, key_id: str, created: str) -> dict[str, Any]
 @router.post("/projects/{project}/serviceaccounts/{sa}/keys")
 async def create_key(request: Request, project: str, sa: str) -> Response:
     """A new key and its secret (shown only now)."""
-    face = get_face(request)
-    who = face.authenticate(request)
-    Query(request, ("token",))
-    proj = face.project(who, project, Action.MANAGE)
+    face, who, proj = project_call(request, project, Action.MANAGE)
     a = _account(face, proj, sa)
     engine = face.engine
     key_id = new_key_id()
@@ -246,10 +234,7 @@ async def list_keys(request: Request, project: str, sa: str) -> Response:
 
 @router.get("/projects/{project}/serviceaccounts/{sa}/keys/{key_id}")
 async def get_key(request: Request, project: str, sa: str, key_id: str) -> Response:
-    face = get_face(request)
-    who = face.authenticate(request)
-    Query(request, ("token",))
-    proj = face.project(who, project, Action.MANAGE)
+    face, who, proj = project_call(request, project, Action.MANAGE)
     a = _account(face, proj, sa)
     for k, c in await _keys(face, a):
         if k == key_id:
@@ -259,10 +244,7 @@ async def get_key(request: Request, project: str, sa: str, key_id: str) -> Respo
 
 @router.delete("/projects/{project}/serviceaccounts/{sa}/keys/{key_id}")
 async def delete_key(request: Request, project: str, sa: str, key_id: str) -> Response:
-    face = get_face(request)
-    who = face.authenticate(request)
-    Query(request, ("token",))
-    proj = face.project(who, project, Action.MANAGE)
+    face, who, proj = project_call(request, project, Action.MANAGE)
     a = _account(face, proj, sa)
     await face.engine.store.write(
         lambda tx: metadata.delete_key(tx, face.engine.registry, a, key_id)

@@ -30,7 +30,7 @@ from streamgauge.faces.dt.events import (
     parse_event,
     parse_ts,
 )
-from streamgauge.faces.dt.face import DTFace, get_face
+from streamgauge.faces.dt.face import DTFace, get_face, project_call
 from streamgauge.faces.dt.http import (
     DTRoute,
     Query,
@@ -275,10 +275,7 @@ def _labels_arg(body: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
 async def batch_update(request: Request, project: str) -> Response:
     """Add and remove labels on several devices; each device that cannot be changed is listed in
     ``batchErrors``. Every device whose labels changed gets a ``labelsChanged`` event."""
-    face = get_face(request)
-    who = face.authenticate(request)
-    Query(request, ("token",))
-    proj = face.project(who, project, Action.WRITE)
+    face, who, proj = project_call(request, project, Action.WRITE)
     body = await json_body(request, face.engine.settings.max_body_bytes)
     names = _device_names(body)
     add, remove = _labels_arg(body)
@@ -320,10 +317,7 @@ async def batch_update(request: Request, project: str) -> Response:
 @router.post("/projects/{project}/devices:transfer")
 async def transfer(request: Request, project: str) -> Response:
     """Move devices from other projects into this one (manage rights on both projects)."""
-    face = get_face(request)
-    who = face.authenticate(request)
-    Query(request, ("token",))
-    target = face.project(who, project, Action.MANAGE)
+    face, who, target = project_call(request, project, Action.MANAGE)
     body = await json_body(request, face.engine.settings.max_body_bytes)
     names = _device_names(body)
     reg = face.engine.registry
@@ -457,10 +451,7 @@ async def list_events(request: Request, project: str, device: str) -> Response:
 @router.post("/projects/{project}/devices")
 async def create_emulated_device(request: Request, project: str) -> Response:
     """The emulator: create an emulated device (``emu`` + 20 characters) of a DT type."""
-    face = get_face(request)
-    who = face.authenticate(request)
-    Query(request, ("token",))
-    proj = face.project(who, project, Action.WRITE)
+    face, who, proj = project_call(request, project, Action.WRITE)
     body = await json_body(request, face.engine.settings.max_body_bytes)
     type_ = body.get("type")
     if type_ not in DEVICE_TYPES:
@@ -499,10 +490,7 @@ async def create_emulated_device(request: Request, project: str) -> Response:
 @router.delete("/projects/{project}/devices/{device}")
 async def delete_emulated_device(request: Request, project: str, device: str) -> Response:
     """The emulator: delete an emulated device (real devices cannot be deleted here)."""
-    face = get_face(request)
-    who = face.authenticate(request)
-    Query(request, ("token",))
-    proj = face.project(who, project, Action.DELETE)
+    face, who, proj = project_call(request, project, Action.DELETE)
     reg = face.engine.registry
     dev = reg.devices.get((proj.pk, device))
     if dev is None or not dev.doc.metadata.get("emulated"):
@@ -515,10 +503,7 @@ async def delete_emulated_device(request: Request, project: str, device: str) ->
 @router.post("/projects/{project}/devices/{device}:publish")
 async def publish(request: Request, project: str, device: str) -> Response:
     """The emulator: publish one event ``{"<eventType>": {...}}`` from an emulated device."""
-    face = get_face(request)
-    who = face.authenticate(request)
-    Query(request, ("token",))
-    proj = face.project(who, project, Action.WRITE)
+    face, who, proj = project_call(request, project, Action.WRITE)
     dev = face.engine.registry.devices.get((proj.pk, device))
     if dev is None or not dev.doc.metadata.get("emulated"):
         raise NotFound(f"no emulated device {device!r} in project {project!r}")

@@ -18,6 +18,7 @@ from streamgauge.auth import Action, Principal, authorize
 from streamgauge.core.engine import Engine
 from streamgauge.errors import Unauthorized
 from streamgauge.faces.dt.connectors import Connectors
+from streamgauge.faces.dt.http import Query
 from streamgauge.faces.dt.state import Accounts, Reported
 from streamgauge.store.registry import ProjectRec
 
@@ -77,3 +78,14 @@ class DTFace:
 def get_face(request: Request) -> DTFace:
     face: DTFace = request.app.state.dt
     return face
+
+
+def project_call(
+    request: Request, project_id: str, action: Action
+) -> tuple[DTFace, Principal, ProjectRec]:
+    """The preamble of a project route taking no query parameter but ``token``: the face, the
+    authenticated caller, and the project if the caller may do ``action`` on it."""
+    face = get_face(request)
+    who = face.authenticate(request)
+    Query(request, ("token",))
+    return face, who, face.project(who, project_id, action)
