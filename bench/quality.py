@@ -612,6 +612,8 @@ def main_quality(a: argparse.Namespace) -> None:
                 f"  server log: {len(bad)} error-looking lines"
                 + (f"; first: {bad[:3]}" if bad else "")
             )
+            pauses = [ln for ln in tail.splitlines() if "garbage collection paused" in ln]
+            log(f"  server log: {len(pauses)} full GC pauses over 100 ms {pauses[:5]}")
 
     log("\n" + "=" * 78)
     log(

@@ -83,6 +83,7 @@ class Engine:
         )
         self.listeners.append(lambda batch: self.deliveries.notify())
         self._ticker: asyncio.Task[None] | None = None
+        self._gc_before: tuple[int, int, int] | None = None
         # Push-feed tokens and durable feed sessions.
         self.feeds = FeedStore(self.store, settings.feed_session_retention_hours * 3600)
         # Alert channels: rules on every committed batch, actions through deliveries and actors.
@@ -95,6 +96,8 @@ class Engine:
         await self.deliveries.start()
         await self.feeds.start()
         gc.callbacks.append(self.metrics.on_gc)
+        self._gc_before = gc.get_threshold()
+        gc.set_threshold(*self.settings.gc_thresholds)
         self._ticker = asyncio.create_task(self._keepalive_clock())
 
     async def _keepalive_clock(self) -> None:
@@ -115,6 +118,9 @@ class Engine:
             self._ticker = None
         if self.metrics.on_gc in gc.callbacks:
             gc.callbacks.remove(self.metrics.on_gc)
+        if self._gc_before is not None:
+            gc.set_threshold(*self._gc_before)
+            self._gc_before = None
         await self.alerting.stop()
         self.hub.close_all("server shutting down")
         await asyncio.sleep(0)
