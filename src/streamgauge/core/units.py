@@ -181,6 +181,7 @@ def _root(unit: Any) -> tuple[Any, Any]:
     return unit.dimensionality, root
 
 
+@lru_cache(maxsize=4096)
 def compatible(a: str, b: str) -> bool:
     """Whether values in unit ``a`` can be meaningfully converted to unit ``b``.
 
@@ -287,6 +288,7 @@ def parse_units(spec: str | None) -> UnitSystem:
     return _system(chosen)
 
 
+@lru_cache(maxsize=4096)
 def target_unit(system: UnitSystem, kind: str, canonical: str) -> str:
     """The unit values of ``kind`` stored in ``canonical`` are returned in under ``system``.
 
