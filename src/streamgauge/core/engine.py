@@ -241,7 +241,7 @@ class Engine:
             s.subscriber_queue_bytes,
             units,
         )
-        sub.selection.allowed()  # compile now, not on the first publish that all subscribers share
+        sub.selection.compile()  # now, not on the first publish that all subscribers share
         self.hub.subscribe(sub)
         handoff = Handoff(last=self.store.head if since is None else since)
         handoff.start(self.store.head)

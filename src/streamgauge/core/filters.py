@@ -135,6 +135,10 @@ class CompiledSelection:
         self._version = -1
         self._tables = Tables(None, None)
 
+    def compile(self) -> None:
+        """Compile the tables now (they are otherwise compiled on first use)."""
+        self._refresh()
+
     def _refresh(self) -> Tables:
         reg = self._reg
         if self._version != reg.version:
