@@ -250,13 +250,13 @@ class Metadata:
             return None
         stations: list[bytes] = []
         if len(fresh):
-            fresh = np.unique(fresh)
-            self._stations.add(fresh)
-            stations = [_station_json(reg, reps[n]) for n in fresh.tolist()]
+            numbers_new = sorted(set(fresh.tolist()))  # small: cheaper than np.unique
+            self._stations.add(np.array(numbers_new, np.int64))
+            stations = [_station_json(reg, reps[n]) for n in numbers_new]
         units: list[dict[str, str]] = []
         if len(new_codes):
             first = {c: i for i, c in reversed(list(enumerate(codes.tolist())))}
-            for code in np.unique(new_codes).tolist():
+            for code in sorted(set(new_codes.tolist())):
                 self._sensors[code] = True
                 rec = reg.series_by_pk.get(int(series[first[code]]))
                 var = reg.variables_by_pk.get(rec.variable_pk) if rec is not None else None
