@@ -205,3 +205,47 @@ def test_private_targets_can_be_forbidden(tmp_path: Path) -> None:
     finally:
         server.stop()
         dt.base_url, dt.emulator_base_url = saved
+
+
+def test_a_connector_whose_every_push_fails_long_enough_is_system_disabled(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    saved = dt.base_url, dt.emulator_base_url
+    server = start_server(
+        tmp_path / "data",
+        dt_connector_disable_hours=1 / 3600,  # one second instead of DT's five days
+        delivery_retry_first_seconds=0.05,
+        delivery_retry_max_seconds=0.2,
+    )
+    try:
+        sdk = _point(server)
+        with server.client() as c:
+            assert c.post("/api/v1/projects", json={"id": "p1"}).status_code == 201
+        d = emulated(sdk, "temperature", {})
+        con = dt.DataConnector.create_data_connector(
+            "p1",
+            dt.DataConnector.HttpPushConfig(url=receiver.url, signature_secret=SECRET),
+            event_types=["temperature"],
+            auth=sdk,
+        )
+        receiver.fail = 10**6  # the receiver never accepts
+        dt.Emulator.publish_event(d.device_id, "p1", dt.events.Temperature(celsius=5), auth=sdk)
+        deadline = time.monotonic() + 15
+        while (
+            got := dt.DataConnector.get_data_connector(con.data_connector_id, "p1", auth=sdk)
+        ).status != "SYSTEM_DISABLED":
+            assert time.monotonic() < deadline, got.status
+            time.sleep(50 * MS)
+        tried = receiver.fail
+        time.sleep(300 * MS)
+        assert receiver.fail == tried  # stopped: no more attempts
+        # Enabled again by the user, it pushes what comes from then on.
+        receiver.fail = 0
+        dt.DataConnector.update_data_connector(
+            con.data_connector_id, "p1", status="ACTIVE", auth=sdk
+        )
+        dt.Emulator.publish_event(d.device_id, "p1", dt.events.Temperature(celsius=6), auth=sdk)
+        assert [p.event.data.celsius for p in receiver.wait(1)] == [6.0]
+    finally:
+        server.stop()
+        dt.base_url, dt.emulator_base_url = saved

@@ -179,6 +179,14 @@ class Settings(BaseSettings):
     )
 
     # DT face (/v2)
+    dt_connector_disable_hours: float = Field(
+        default=120.0,
+        gt=0,
+        description=(
+            "A DT data connector whose every push has failed for this long becomes "
+            "SYSTEM_DISABLED and stops (DT's five days)."
+        ),
+    )
     dt_token_url: str | None = Field(
         default=None,
         description=(

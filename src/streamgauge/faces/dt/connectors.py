@@ -13,15 +13,17 @@ back-fill on re-enable); enabling it again starts from that moment.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
 
-from streamgauge.core.deliveries import Item, check_resolved, check_target
+from streamgauge.core.deliveries import Item, Outcome, check_resolved, check_target
 from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.signing import DT_SIGNATURE_HEADER, dt_signature
 from streamgauge.errors import BadRequest, Invalid
@@ -55,6 +57,7 @@ class Connector:
     id: str
     doc: dict[str, Any]  # the DT document without "name"
     start: int = 0  # log head when it was created or last enabled: pushes begin after it
+    failing_since: float | None = None  # wall time of the first failure since the last success
 
     @property
     def key(self) -> str:
@@ -234,6 +237,7 @@ class Connectors:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.by_id: dict[str, Connector] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def load(conn: sqlite3.Connection) -> dict[str, Connector]:
@@ -258,6 +262,7 @@ class Connectors:
             if c.key in deliveries:
                 deliveries.remove(c.key, forget=True)
             return
+        c.failing_since = None
         deliveries.add(
             c.key,
             LogSource(self.engine, c),
@@ -265,7 +270,33 @@ class Connectors:
             sign=signer(c.doc["httpConfig"]["signatureSecret"]),
             timeout_seconds=TIMEOUT_SECONDS,
             retention_seconds=RETENTION_SECONDS,
+            on_outcome=self._watch(c),
         )
+
+    def _watch(self, c: Connector) -> Callable[[Item, Outcome], None]:
+        """DT's auto-disable: when every push has failed for ``dt_connector_disable_hours``
+        (5 days, as DT), the connector becomes ``SYSTEM_DISABLED`` and stops; enabling it again
+        starts from that moment. The clock is kept in memory: a restart starts it again."""
+        limit = self.engine.settings.dt_connector_disable_hours * 3600
+
+        def on_outcome(item: Item, outcome: Outcome) -> None:
+            now = time.time()
+            if outcome.delivered:
+                c.failing_since = None
+            elif c.failing_since is None:
+                c.failing_since = now
+            elif now - c.failing_since >= limit and c.doc["status"] == "ACTIVE":
+                task = asyncio.create_task(self.system_disable(c))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+        return on_outcome
+
+    async def system_disable(self, c: Connector) -> None:
+        if c.doc["status"] != "ACTIVE" or self.by_id.get(c.id) is not c:
+            return
+        log.warning("data connector %s: every push failed for too long; disabled", c.id)
+        await self.update(c, {**c.doc, "status": "SYSTEM_DISABLED"})
 
     def insert(self, tx: Tx, c: Connector) -> None:
         cur = tx.execute(
