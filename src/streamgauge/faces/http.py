@@ -46,8 +46,8 @@ async def on_streamgauge_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status, exc.code, exc.message, exc.details)
 
 
-async def on_validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
+def validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """Each validation error as ``{"in"?, "index"?, "field"?, "reason"}`` (every face's shape)."""
     details = []
     for err in exc.errors():
         loc = [p for p in err.get("loc", ()) if p not in ("body",)]
@@ -64,6 +64,12 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
         if fields:
             detail["field"] = ".".join(fields)
         details.append(detail)
+    return details
+
+
+async def on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    details = validation_details(exc)
     message = "the request does not validate"
     media = request.headers.get("content-type", "")
     if request.method in ("POST", "PUT", "PATCH") and "json" not in media:
@@ -81,10 +87,10 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", f"internal error: {type(exc).__name__}", [])
 
 
-def _query_names(dependant: Dependant) -> set[str]:
+def query_names(dependant: Dependant) -> set[str]:
     names = {f.alias for f in dependant.query_params}
     for sub in dependant.dependencies:
-        names |= _query_names(sub)
+        names |= query_names(sub)
     return names
 
 
@@ -93,7 +99,7 @@ class StrictRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        allowed = _query_names(self.dependant) | getattr(self.endpoint, "extra_query", set())
+        allowed = query_names(self.dependant) | getattr(self.endpoint, "extra_query", set())
 
         async def strict(request: Request) -> Response:
             unknown = sorted(set(request.query_params.keys()) - allowed)

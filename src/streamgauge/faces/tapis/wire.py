@@ -21,7 +21,7 @@ from streamgauge import __version__
 from streamgauge.auth import Principal
 from streamgauge.core.engine import Engine
 from streamgauge.errors import BadRequest, StreamgaugeError, Unauthorized
-from streamgauge.faces.http import _query_names
+from streamgauge.faces.http import query_names, validation_details
 from streamgauge.faces.native.deps import get_engine
 
 JSON = "application/json"
@@ -49,32 +49,13 @@ def error_envelope(status: int, message: str, details: list[Any]) -> Response:
     return Response(orjson.dumps(body), 400 if status == 422 else status, media_type=JSON)
 
 
-def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
-    details = []
-    for err in exc.errors():
-        loc = [p for p in err.get("loc", ()) if p != "body"]
-        detail: dict[str, Any] = {"reason": err.get("msg", "invalid")}
-        if loc and loc[0] in ("query", "path", "header"):
-            detail["in"] = loc[0]
-            loc = loc[1:]
-        index = next((p for p in loc if isinstance(p, int)), None)
-        if index is not None:
-            detail["index"] = index
-        fields = [str(p) for p in loc if not isinstance(p, int)]
-        fields = [f for f in fields if not f[:1].isupper() and not f.startswith("list[")]
-        if fields:
-            detail["field"] = ".".join(fields)
-        details.append(detail)
-    return details
-
-
 class TapisRoute(APIRoute):
     """Errors leave in the Tapis envelope; query parameters a route does not declare are a 400
     naming them (a typo fails loudly)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        allowed = _query_names(self.dependant)
+        allowed = query_names(self.dependant)
 
         async def run(request: Request) -> Response:
             try:
@@ -91,7 +72,7 @@ class TapisRoute(APIRoute):
             except StreamgaugeError as exc:
                 return error_envelope(exc.status, exc.message, exc.details)
             except RequestValidationError as exc:
-                details = _validation_details(exc)
+                details = validation_details(exc)
                 where = "; ".join(
                     f"{d.get('field', d.get('in', 'body'))}: {d['reason']}" for d in details[:5]
                 )
