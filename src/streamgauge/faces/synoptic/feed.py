@@ -40,6 +40,7 @@ from streamgauge.faces.synoptic.messages import (
     data_message,
     encode_rows,
     feed_framing,
+    merge_items,
 )
 from streamgauge.store.base import HistoryQuery
 from streamgauge.store.feeds import FeedSession, FeedToken
@@ -208,10 +209,11 @@ async def _push(
         if args.start_ms is not None and args.end_ms is not None:
             await _period(ws, engine, session, args, meta)
             return CLOSE_DONE, "the requested period has been sent"
-        framing = feed_framing(engine.settings.feed_message_rows)
+        rows = engine.settings.feed_message_rows
+        framing = feed_framing(rows)
         async for event in engine.events(selection, framing, session.position, select.units):
             if isinstance(event, Chunk):
-                for item in event.items:
+                for item in merge_items(event.items, rows):
                     await _deliver(ws, meta, item)
                     engine.feeds.moved(session, item.last)
                 engine.feeds.moved(session, event.position)

@@ -16,6 +16,7 @@ import orjson
 
 from streamgauge.core.batch import Batch, output_values, qc_names
 from streamgauge.core.framing import NDJSON, Framing
+from streamgauge.core.hub import Item
 from streamgauge.core.units import UnitSystem, target_unit, unit_label
 from streamgauge.store.registry import Registry, SiteRec
 
@@ -40,6 +41,40 @@ def data_message(rows: bytes, first: int, last: int) -> bytes:
     ``cursor`` is the log position of its last observation. The hub builds it once per item
     (``Framing.wrap``), shared by every session whose mask agrees."""
     return b'{"type":"data","cursor":%d,"data":[%s]}' % (last, rows[:-1])
+
+
+def merge_items(items: list[Item], max_rows: int) -> list[Item]:
+    """Consecutive queued data messages of a session merged into as few as ``max_rows`` allows.
+    A session that keeps up gets one item per fan-out round and sends it as the hub built it
+    (shared with sessions whose masks agree); one that fell behind while the server was busy
+    catches up with fewer, larger messages, so the cost per observation falls as load rises."""
+    if len(items) < 2:
+        return items
+    out: list[Item] = []
+    group: list[Item] = []
+    count = 0
+    for item in [*items, None]:
+        if item is not None and count + item.count <= max_rows:
+            group.append(item)
+            count += item.count
+            continue
+        if len(group) == 1:
+            out.append(group[0])
+        elif group:
+            rows = b",".join(g.data[g.data.index(b"[") + 1 : -2] for g in group)
+            series = [g.series for g in group if g.series is not None]
+            out.append(
+                Item(
+                    group[0].first,
+                    group[-1].last,
+                    count,
+                    data_message(rows + b",", group[0].first, group[-1].last),
+                    min(g.received_ns for g in group),
+                    np.concatenate(series) if series else None,
+                )
+            )
+        group, count = ([item], item.count) if item is not None else ([], 0)
+    return out
 
 
 def _station_of_device(reg: Registry, device_pk: int) -> tuple[str, SiteRec | None]:
