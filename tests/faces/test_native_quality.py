@@ -548,3 +548,30 @@ def test_hostile_filters(srv: Server, api: httpx.Client) -> None:
             assert d["field"] == "filter", (text, err)
             assert d["position"] == position, (text, err)
     assert hist_rows(api, qc="none") == before
+
+
+def test_history_filter_judges_reports_of_series_created_after_an_earlier_read(
+    api: httpx.Client,
+) -> None:
+    project(api)
+    site(api, "s1")
+    device(api, "d1", "s1", [var("air_temp", "degC"), var("wind_speed", "m/s")])
+    device(api, "d2", None, [var("air_temp", "degC")])  # a station of its own
+    t0 = 1_700_000_000_000
+    post(api, [ob("d1", "air_temp", t0, 5.0), ob("d2", "air_temp", t0, 6.0)])
+    assert len(hist_rows(api, filter="(air_temp > 0)")) == 2  # the database keys are built
+    # New series (wind_speed of d1) after that read: their reports are judged too.
+    post(
+        api,
+        [
+            ob("d1", "air_temp", t0 + 60_000, 7.0),
+            ob("d1", "wind_speed", t0 + 60_000, 12.0),
+            ob("d2", "air_temp", t0 + 60_000, 8.0),
+        ],
+    )
+    got = hist_rows(api, filter="(wind_speed > 10) and (air_temp > 6)")
+    assert [(o["device"], o["variable"], o["value"]) for o in got] == [
+        ("d1", "air_temp", 7.0),
+        ("d1", "wind_speed", 12.0),
+    ]  # d2 is another station: its air_temp is not in d1's report
+    assert hist_rows(api, filter="(wind_speed > 10) and (air_temp > 7)") == []

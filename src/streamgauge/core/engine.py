@@ -23,7 +23,7 @@ from streamgauge.core import ingest
 from streamgauge.core.alerting import Alerting
 from streamgauge.core.batch import Batch, concat, empty_batch, format_time
 from streamgauge.core.deliveries import Deliveries
-from streamgauge.core.filters import CompiledSelection, Selection, report_mask
+from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.framing import Framing
 from streamgauge.core.handoff import Handoff
 from streamgauge.core.hub import Hub, Item, Subscription
@@ -158,9 +158,9 @@ class Engine:
     # -- reads ----------------------------------------------------------------------------------
 
     async def history(self, query: HistoryQuery, selection: Selection | None = None) -> Batch:
-        """Stored rows in (time, cursor) order. With a filter expression, each candidate row's
-        station report (its site's rows at its time) is read too and judged by the same
-        columnar predicate the live streams use."""
+        """Stored rows in (time, cursor) order. With a filter expression, candidates are read a
+        page at a time and the database judges each one's station report (the expression
+        compiled to parameterized SQL), until ``query.limit`` rows pass."""
         if selection is None or selection.expr is None:
             return await self.store.history(query)
         kept: list[Batch] = []
@@ -168,25 +168,13 @@ class Engine:
         after = query.after
         step = max(query.limit, 1000)
         while found < query.limit:
-            cand = await self.store.history(dataclasses.replace(query, after=after, limit=step))
-            if not len(cand):
-                break
-            times = tuple(np.unique(cand.times).tolist())
-            reports = await self.store.history(
-                HistoryQuery(
-                    query.project_pk, qc_remove=query.qc_remove, times=times, limit=10_000_000
-                )
-            )
-            population = np.ones(len(reports), np.bool_)
-            passing = reports.cursors[
-                report_mask(selection.expr, reports, self.registry, population)
-            ]
-            picked = cand.take(np.isin(cand.cursors, passing))
+            page = dataclasses.replace(query, after=after, limit=step)
+            picked, last, candidates = await self.store.history_judged(page, selection.expr)
             kept.append(picked)
             found += len(picked)
-            if len(cand) < step:
+            if candidates < step or last is None:
                 break
-            after = (int(cand.times[-1]), int(cand.cursors[-1]))
+            after = last
         return concat(kept).head(query.limit) if kept else empty_batch(query.project_pk)
 
     def series_of(self, selection: Selection) -> tuple[int, ...]:

@@ -239,18 +239,6 @@ def canonical_expr(expr: Expr | None, units: UnitSystem) -> Expr | None:
     return map_values(expr, to_canonical)
 
 
-def report_mask(
-    expr: Expr, batch: Batch, reg: Registry, population: npt.NDArray[np.bool_]
-) -> npt.NDArray[np.bool_]:
-    """Rows of ``batch`` whose station report (same site, same time, in this batch) satisfies
-    ``expr``, judged on the ``population`` rows only."""
-    if not len(batch):
-        return np.zeros(0, np.bool_)
-    table = _report_table(batch, reg, population)
-    passing: npt.NDArray[np.bool_] = table.satisfied(expr, reg.names)[table.report]
-    return passing
-
-
 def _report_table(batch: Batch, reg: Registry, population: npt.NDArray[np.bool_]) -> ReportTable:
     report, n_reports = _reports(batch, reg)
     values = np.where(population, batch.numeric(), np.nan)

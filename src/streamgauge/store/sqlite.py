@@ -14,6 +14,7 @@ commits and when the writer is idle, all at once if the tail ever reaches ``inde
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import gc
 import itertools
@@ -33,6 +34,7 @@ import orjson
 
 from streamgauge.core import qc
 from streamgauge.core.batch import Batch
+from streamgauge.core.filterlang import Expr, to_sql
 from streamgauge.errors import Conflict, NotFound, Unavailable
 from streamgauge.store import metadata
 from streamgauge.store.base import AppendResult, HistoryQuery, IngestColumns
@@ -100,6 +102,7 @@ class SqliteStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._publish: Callable[[Batch], None] = lambda b: None
         self._local = threading.local()
+        self._keys_marks: dict[int, tuple[int, int]] = {}  # reader connection -> report_keys
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="sg-read")
         self._closed = False
         self.write_seconds = 0.0  # total time spent in write transactions (metrics)
@@ -517,6 +520,53 @@ class SqliteStore:
 
         return await self.read(run)
 
+    async def history_judged(
+        self, query: HistoryQuery, expr: Expr
+    ) -> tuple[Batch, tuple[int, int] | None, int]:
+        """One page of the history read ``query`` (``query.limit`` candidate rows in (time,
+        cursor) order), judged by ``expr`` (filter_on) per station report: the project's rows
+        of one station at one time that pass the query's QC removal. The expression is compiled
+        to parameterized SQL (``filterlang.to_sql``) over a per-connection table of each
+        series' station and sensor, so the database judges it. Returns the passing rows, the
+        (time, cursor) of the page's last candidate, and the number of candidates."""
+
+        def run(conn: sqlite3.Connection) -> tuple[Batch, tuple[int, int] | None, int]:
+            self._report_keys(conn)
+            sql, params = _judged_history_sql(query, expr)
+            rows = conn.execute(sql, params).fetchall()
+            last = (int(rows[-1][2]), int(rows[-1][0])) if rows else None
+            passing = [r[:5] for r in rows if r[5]]
+            return _batch(query.project_pk, passing), last, len(rows)
+
+        return await self.read(run)
+
+    def _report_keys(self, conn: sqlite3.Connection) -> None:
+        """``temp.report_keys(series, station, sensor)`` on this reader connection: rebuilt
+        when the registry's metadata version has changed since, extended with the series
+        ingest created (a station is a site, or a device without one)."""
+        reg = self.registry
+        mark = (reg.version, reg.series_end)
+        had = self._keys_marks.get(id(conn))
+        if had == mark:
+            return
+        sites = {(s.project_pk, s.doc.id): s.pk for s in list(reg.sites.values())}
+        since = had[1] if had is not None and had[0] == reg.version else 0
+        rows = []
+        for pk, rec in list(reg.series_by_pk.items()):
+            if pk < since:
+                continue
+            dev = reg.devices_by_pk.get(rec.device_pk)
+            site = sites.get((dev.project_pk, dev.doc.site)) if dev and dev.doc.site else None
+            rows.append((pk, site if site is not None else -rec.device_pk - 1, rec.variable_id))
+        conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS report_keys "
+            "(series INTEGER PRIMARY KEY, station INTEGER NOT NULL, sensor TEXT NOT NULL)"
+        )
+        if not since:
+            conn.execute("DELETE FROM temp.report_keys")
+        conn.executemany("INSERT OR REPLACE INTO temp.report_keys VALUES (?, ?, ?)", rows)
+        self._keys_marks[id(conn)] = mark
+
 
 _MISSING = object()
 
@@ -554,7 +604,33 @@ def _batch(project_pk: int, rows: list[tuple[Any, ...]]) -> Batch:
     )
 
 
-def _history_sql(q: HistoryQuery) -> tuple[str, list[Any]]:
+def _judged_history_sql(q: HistoryQuery, expr: Expr) -> tuple[str, list[Any]]:
+    """The candidate page ``q``, each row with whether its station report satisfies ``expr``:
+    ``report_rows`` holds the project's rows (passing the QC removal) at the page's times, keyed
+    by station and time, and ``filterlang.to_sql`` turns the expression into EXISTS conditions
+    over it. Every user value is a bound parameter."""
+    cand_sql, cand_params = _history_sql(q)
+    population = dataclasses.replace(q, series=None, start=None, end=None, after=None)
+    rows_sql, rows_params = _history_sql(population, ordered=False, times_sql="cand_times")
+    judged, expr_params = to_sql(expr, report_sql="o.report", table="report_rows")
+    sql = (
+        f"WITH cand AS ({cand_sql}), "
+        "cand_times AS (SELECT DISTINCT time FROM cand), "
+        f"pop AS ({rows_sql}), "
+        "report_rows AS (SELECT k.station || ':' || p.time AS report, k.sensor AS sensor,"
+        " p.value AS value FROM pop p JOIN temp.report_keys k ON k.series = p.series) "
+        f"SELECT cursor, series, time, value, qc, ({judged}) FROM ("
+        "SELECT c.cursor, c.series, c.time, c.value, c.qc,"
+        " coalesce(k.station, -1) || ':' || c.time AS report"
+        " FROM cand c LEFT JOIN temp.report_keys k ON k.series = c.series) o "
+        "ORDER BY time, cursor"
+    )
+    return sql, [*cand_params, *rows_params, *expr_params]
+
+
+def _history_sql(
+    q: HistoryQuery, *, ordered: bool = True, times_sql: str | None = None
+) -> tuple[str, list[Any]]:
     """Parameterized SQL for a history read: indexed sealed chunks plus the unsealed tail.
 
     The series to read come as one JSON array parameter (``json_each``), so a selection of
@@ -579,6 +655,8 @@ def _history_sql(q: HistoryQuery) -> tuple[str, list[Any]]:
     if q.times is not None:
         conds.append("{t} IN (SELECT value FROM json_each(?))")
         cparams.append(orjson.dumps(list(q.times)).decode())
+    if times_sql is not None:  # a CTE of the caller's (code, never user text)
+        conds.append("{t} IN (SELECT time FROM " + times_sql + ")")
     if q.qc_remove:
         conds.append("({q} & ?) = 0")
         cparams.append(q.qc_remove)
@@ -595,6 +673,8 @@ def _history_sql(q: HistoryQuery) -> tuple[str, list[Any]]:
         "UNION ALL "
         "SELECT cursor, series, time, value, qc FROM obs "
         f"WHERE cursor > {sealed} AND series IN ({series_sql}){cond('time', 'cursor', 'qc')}"
-        ") ORDER BY time, cursor LIMIT ?"
+        ")"
     )
-    return sql, [*sparams, *cparams, *sparams, *cparams, q.limit]
+    if not ordered:
+        return sql, [*sparams, *cparams, *sparams, *cparams]
+    return sql + " ORDER BY time, cursor LIMIT ?", [*sparams, *cparams, *sparams, *cparams, q.limit]
