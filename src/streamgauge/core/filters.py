@@ -139,11 +139,6 @@ class CompiledSelection:
         """Compile the tables now (they are otherwise compiled on first use)."""
         self._refresh()
 
-    def device_bits(self) -> npt.NDArray[np.uint8] | None:
-        """The selected devices as a bitset (bit ``pk + 8``, little-endian; see
-        ``_gather_bits``), or None when every device of the project is selected."""
-        return self._refresh().devices
-
     def _refresh(self) -> Tables:
         reg = self._reg
         if self._version != reg.version:

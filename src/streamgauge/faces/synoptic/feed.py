@@ -23,19 +23,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
 from urllib.parse import parse_qsl
 
-import numpy as np
 import orjson
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from streamgauge.core.engine import Chunk, Closed, Engine
-from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.hub import Item
 from streamgauge.errors import BadRequest, StreamgaugeError
-from streamgauge.faces.native.observations import SelectionParams
 from streamgauge.faces.synoptic.args import FeedArgs, parse_feed_args
 from streamgauge.faces.synoptic.messages import (
     Metadata,
@@ -215,9 +211,6 @@ async def _push(
             return CLOSE_DONE, "the requested period has been sent"
         rows = engine.settings.feed_message_rows
         framing = feed_framing(rows)
-        described = meta.preload(_domain_series(engine, selection, select))
-        if described is not None:
-            await _send(ws, described)
         async for event in engine.events(selection, framing, session.position, select.units):
             if isinstance(event, Chunk):
                 for item in merge_items(event.items, rows):
@@ -232,24 +225,6 @@ async def _push(
     except (WebSocketDisconnect, RuntimeError, OSError):
         return 0, ""
     return CLOSE_DONE, ""
-
-
-PRELOAD_DEVICES = 5000  # a domain of at most this many devices is described up front
-
-
-def _domain_series(
-    engine: Engine, selection: Selection, select: SelectionParams
-) -> np.ndarray[Any, Any]:
-    """The series a session selects, when its arguments name a domain of stations (state,
-    network, radius, bbox, stid, zones) with few enough devices to describe in one message."""
-    empty = np.zeros(0, np.int64)
-    if not select.domain:
-        return empty
-    compiled = CompiledSelection(selection, engine.registry)
-    bits = compiled.device_bits()
-    if bits is None or int(np.unpackbits(bits).sum()) > PRELOAD_DEVICES:
-        return empty
-    return np.flatnonzero(compiled.allowed())
 
 
 async def _deliver(ws: WebSocket, meta: Metadata, item: Item) -> None:

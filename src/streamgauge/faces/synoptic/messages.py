@@ -267,14 +267,6 @@ class Metadata:
         self._stations = _Bits()
         self._sensors = np.zeros(16, np.bool_)  # by variable-name code
 
-    def preload(self, series: np.ndarray[Any, Any]) -> bytes | None:
-        """The metadata of the stations and sensors of ``series`` (all a session selects, when
-        its domain names few enough stations), described now: data messages then rarely need
-        one of their own."""
-        if not self.enabled or not len(series):
-            return None
-        return self.message(series)
-
     def message(self, series: np.ndarray[Any, Any] | None) -> bytes | None:
         """The metadata message the rows of these series need first, or None."""
         if not self.enabled or series is None or not len(series):
