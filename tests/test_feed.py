@@ -930,3 +930,25 @@ async def test_every_domain_argument_selects_a_real_subset_of_the_simulated_meso
         assert await feed.to_close() == 1000
         assert {r["stid"] for r in feed.rows} == expected, args
         assert len(feed.rows) == len(expected)
+
+
+async def test_per_message_compression_is_off_unless_configured(
+    srv: Server, api: httpx.Client, tmp_path: Path
+) -> None:
+    token = feed_token(api)
+    ws = await connect(f"{ws_base(srv)}/feed/{token}/", open_timeout=TIMEOUT)  # offers deflate
+    assert ws.response is not None
+    assert "Sec-WebSocket-Extensions" not in ws.response.headers
+    assert orjson.loads(await ws.recv())["code"] == "success"
+    await ws.close()
+    other = start_server(tmp_path / "other", ws_per_message_deflate=True)
+    try:
+        with other.client() as c:
+            assert c.post(API, json={"id": "p1"}).status_code == 201
+            token = feed_token(c)
+        ws = await connect(f"{ws_base(other)}/feed/{token}/", open_timeout=TIMEOUT)
+        assert ws.response is not None
+        assert "permessage-deflate" in ws.response.headers["Sec-WebSocket-Extensions"]
+        await ws.close()
+    finally:
+        other.stop()

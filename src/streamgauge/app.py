@@ -73,6 +73,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "ws": "websockets-sansio",
         "ws_ping_interval": settings.ws_ping_seconds,
         "ws_ping_timeout": settings.ws_ping_seconds,
+        "ws_per_message_deflate": settings.ws_per_message_deflate,
         "ws_max_size": 1 << 20,
         "lifespan": "on",
     }

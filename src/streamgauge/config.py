@@ -130,6 +130,14 @@ class Settings(BaseSettings):
         le=100_000,
         description="Most observations in one feed data message.",
     )
+    ws_per_message_deflate: bool = Field(
+        default=False,
+        description=(
+            "Offer WebSocket per-message compression (permessage-deflate) to clients that ask. "
+            "Off by default: the feed sends each message to each session separately, so "
+            "compression would cost a zlib pass per message per session."
+        ),
+    )
     ws_ping_seconds: float = Field(
         default=20.0,
         gt=0,
