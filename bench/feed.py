@@ -54,8 +54,10 @@ from common import (  # noqa: E402
     device_id,
     fanout_series,
     free_port,
+    ingest_batches,
     loop_factory,
     make_mesonet,
+    post_all,
     proc_cpu_seconds,
     proc_rss_mb,
     site_bodies,
@@ -581,7 +583,12 @@ async def warm_up_session(base: str) -> None:
 
 
 def feed_fanout(
-    m: Mesonet, cfg: FanoutCfg, srv: StreamgaugeServer, filters: list[FeedFilter], t1: int
+    m: Mesonet,
+    cfg: FanoutCfg,
+    srv: StreamgaugeServer,
+    filters: list[FeedFilter],
+    t1: int,
+    fresh_series: bool = False,
 ) -> FeedRun:
     assert srv.proc is not None
     pid = srv.proc.pid
@@ -599,6 +606,19 @@ def feed_fanout(
             values_for(m, s, np.full(s.shape, 10_000 + k)),
         )
         reqs.append(build_request("POST", HOST, srv.port, path, hdr, body))
+    if not fresh_series:
+        # Every series gets one older observation first, so the run measures sessions on a
+        # network whose series exist, as bench/quality.py does after its QC-ingest phase
+        # (--fresh-series measures a network whose first observations arrive during the run).
+        warm = [
+            build_request("POST", HOST, srv.port, path, hdr, body)
+            for body in ingest_batches(m, enc, 0, m.nseries, 5000, t1 - 10 * MINUTE_MS, 0)
+        ]
+        _, answers, _ = run_async(post_all(HOST, srv.port, warm, 2, (200,)))
+        bad = [a for a in answers if a[0] != 200]
+        if bad:
+            raise RuntimeError(f"warm-up ingest failed: {bad[0]!r}")
+        log(f"  every series got one observation first ({m.nseries:,} rows)")
     base = f"ws://{HOST}:{srv.port}/feed/{feed_token(srv.port)}"
     run_async(warm_up_session(base))
     time.sleep(1.0)
@@ -942,6 +962,11 @@ def add_args(ap: argparse.ArgumentParser) -> None:
         help="extra server setting, e.g. STREAMGAUGE_SUBSCRIBER_QUEUE_BYTES=50000 (repeatable)",
     )
     ap.add_argument("--skip", default="", help="comma list of: feed, ws")
+    ap.add_argument(
+        "--fresh-series",
+        action="store_true",
+        help="no warm-up ingest: the series are created by the run's own first observations",
+    )
     ap.add_argument("--json", default=None, help="also write all results to this JSON file")
 
 
@@ -990,7 +1015,7 @@ def main_feed(a: argparse.Namespace) -> None:
                 f"{cfg.rate:,.0f} obs/s in batches of {cfg.rows} for {cfg.seconds:.0f} s"
             )
             try:
-                sg = feed_fanout(m, cfg, srv, filters, t1)
+                sg = feed_fanout(m, cfg, srv, filters, t1, a.fresh_series)
                 print_run("streamgauge feed", sg)
                 if sg.log_errors:
                     log(f"    server log error lines: {sg.log_errors}")
