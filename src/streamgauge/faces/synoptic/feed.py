@@ -7,9 +7,9 @@ the engine's (catch-up from the store, then live, without gap or duplicate), and
 ``data`` messages preceded by whatever ``metadata`` they need. Closing codes: 1000 after
 ``{"feed_action": "stop"}``, a finished period, or when another connection resumed the session
 (one connection serves a session at a time; the old one ends and saves its position before the
-new one starts), 1012 when the server shuts down, 4000 when the
-client fell too far behind (its send queue overflowed), 1008 when the token was revoked. Each
-close leaves the session resumable from the last observation pushed.
+new one starts), 1012 when the server shuts down, 4000 when the client fell too far behind (its
+send queue overflowed), 1008 when the token was revoked, 1011 after an unexpected error (logged).
+Each close leaves the session resumable from the last observation pushed.
 
 Resuming ignores every argument (the session's own apply) except ``cursor``: a client that tracks
 the ``cursor`` field of the data messages it processed may resume after exactly that one, which
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from urllib.parse import parse_qsl
 
@@ -46,11 +47,13 @@ from streamgauge.store.base import HistoryQuery
 from streamgauge.store.feeds import FeedSession, FeedToken
 
 router = APIRouter(tags=["push feed"])
+log = logging.getLogger("streamgauge.feed")
 
 CLOSE_DONE = 1000
 CLOSE_REVOKED = 1008
 CLOSE_RESTART = 1012
 CLOSE_SLOW = 4000
+CLOSE_ERROR = 1011
 
 
 @router.websocket("/feed/{token}/")
@@ -165,6 +168,10 @@ async def _run(
         done, _ = await asyncio.wait({pusher, listener}, return_when=asyncio.FIRST_COMPLETED)
         if pusher in done and not pusher.cancelled() and pusher.exception() is None:
             code, reason = pusher.result()
+        elif pusher in done and not pusher.cancelled():
+            failure = pusher.exception()
+            log.error("feed session %s failed", session.id, exc_info=failure)
+            code, reason = CLOSE_ERROR, "server error: resume with the session id"
         elif pusher in done and ended:
             code, reason = ended[0]
         elif listener in done and listener.result() == "disconnect":
