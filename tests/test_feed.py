@@ -952,3 +952,23 @@ async def test_per_message_compression_is_off_unless_configured(
         await ws.close()
     finally:
         other.stop()
+
+
+async def test_an_unexpected_failure_closes_with_1011_and_is_logged(
+    srv: Server,
+    api: httpx.Client,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from streamgauge.faces.synoptic import messages
+
+    def broken(self: object, series: object) -> bytes | None:
+        raise ValueError("metadata broke")
+
+    token = feed_token(api)
+    feed = await Feed.open(srv, token, "stid=WBB")
+    assert feed.auth["code"] == "success"
+    monkeypatch.setattr(messages.Metadata, "message", broken)
+    post(api, minute_batch(0, minute_ms(int(time.time() * 1000)) - 60_000, 0))
+    assert await feed.to_close() == 1011
+    assert any("failed" in r.getMessage() for r in caplog.records if r.name == "streamgauge.feed")
