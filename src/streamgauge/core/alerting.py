@@ -45,7 +45,7 @@ import orjson
 
 from streamgauge.core import alerts as rules
 from streamgauge.core.actors import ActorFailed, Actors
-from streamgauge.core.batch import Batch, format_time
+from streamgauge.core.batch import Batch, format_time, per_series_affine
 from streamgauge.core.channels import ChannelDoc, compile_trigger, payload
 from streamgauge.core.deliveries import Item, Outcome, check_target
 from streamgauge.errors import Conflict, Invalid
@@ -663,13 +663,6 @@ def _describe(t: Any) -> dict[str, Any]:
 def _own_units(batch: Batch, reg: Registry) -> npt.NDArray[np.float64]:
     """The batch's numeric values in each variable's own unit (the unit its thresholds use)."""
     values = batch.numeric()
-    uniq, inverse = np.unique(batch.series, return_inverse=True)
-    scale = np.ones(len(uniq))
-    offset = np.zeros(len(uniq))
-    for j, pk in enumerate(uniq.tolist()):
-        s = reg.series_by_pk.get(pk)
-        var = reg.variables_by_pk.get(s.variable_pk) if s is not None else None
-        if var is not None:
-            scale[j], offset[j] = var.scale, var.offset
-    out: npt.NDArray[np.float64] = np.round((values - offset[inverse]) / scale[inverse], 9)
+    scale, offset = per_series_affine(batch, reg, lambda var: (var.scale, var.offset))
+    out: npt.NDArray[np.float64] = np.round((values - offset) / scale, 9)
     return out

@@ -21,7 +21,7 @@ from streamgauge.core.units import METRIC, UnitSystem, converter, target_unit, u
 from streamgauge.errors import BadRequest
 
 if TYPE_CHECKING:
-    from streamgauge.store.registry import Registry
+    from streamgauge.store.registry import Registry, VariableRec
 
 Value = float | str | None
 QC_NAMES: tuple[str, ...] = (
@@ -193,11 +193,11 @@ class Batch:
         )
 
 
-def output_values(batch: Batch, registry: Registry, units: UnitSystem) -> list[Value]:
-    """The batch's values in ``units``: numbers converted per series' canonical unit and kind
-    (vectorized; one converter per distinct unit), strings and nulls as they are."""
-    if not len(batch):
-        return []
+def per_series_affine(
+    batch: Batch, registry: Registry, affine: Callable[[VariableRec], tuple[float, float]]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Per row, ``affine(variable)`` of the row's series as (scale, offset) arrays: computed
+    once per distinct series of the batch (1, 0 where the variable is gone)."""
     uniq, inverse = np.unique(batch.series, return_inverse=True)
     scale = np.ones(len(uniq))
     offset = np.zeros(len(uniq))
@@ -205,9 +205,20 @@ def output_values(batch: Batch, registry: Registry, units: UnitSystem) -> list[V
         rec = registry.series_by_pk.get(pk)
         var = registry.variables_by_pk.get(rec.variable_pk) if rec is not None else None
         if var is not None:
-            entry = var.entry
-            scale[j], offset[j] = converter(entry.unit, target_unit(units, entry.kind, entry.unit))
-    scale, offset = scale[inverse], offset[inverse]
+            scale[j], offset[j] = affine(var)
+    return scale[inverse], offset[inverse]
+
+
+def output_values(batch: Batch, registry: Registry, units: UnitSystem) -> list[Value]:
+    """The batch's values in ``units``: numbers converted per series' canonical unit and kind
+    (vectorized; one converter per distinct unit), strings and nulls as they are."""
+    if not len(batch):
+        return []
+    scale, offset = per_series_affine(
+        batch,
+        registry,
+        lambda var: converter(var.entry.unit, target_unit(units, var.entry.kind, var.entry.unit)),
+    )
     changed = (scale != 1.0) | (offset != 0.0)
     if not changed.any():
         return batch.values

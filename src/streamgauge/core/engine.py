@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from streamgauge.auth import Authenticator
+from streamgauge.auth.principals import new_key_id
 from streamgauge.auth.tokens import TokenIssuer
 from streamgauge.config import Settings
 from streamgauge.core import ingest
@@ -30,9 +31,10 @@ from streamgauge.core.hub import Hub, Item, Subscription
 from streamgauge.core.units import METRIC, UnitSystem, describe
 from streamgauge.errors import BadRequest, StreamgaugeError
 from streamgauge.metrics import Metrics
+from streamgauge.store import metadata
 from streamgauge.store.base import AppendResult, HistoryQuery
 from streamgauge.store.feeds import FeedStore
-from streamgauge.store.registry import ProjectRec
+from streamgauge.store.registry import AccountRec, ProjectRec
 from streamgauge.store.sqlite import SqliteStore
 
 MAX_SEND_BYTES = 256 * 1024  # coalesce queued frames into writes of at most this size
@@ -176,6 +178,19 @@ class Engine:
                 break
             after = last
         return concat(kept).head(query.limit) if kept else empty_batch(query.project_pk)
+
+    async def create_key(self, account: AccountRec) -> tuple[str, str, str]:
+        """A new key of ``account``: (key id, secret, created_at). The secret is derived from
+        the server's token key (so a JWT assertion signed with it can be checked) and only its
+        argon2 hash is stored; every face shows it once."""
+        key_id = new_key_id()
+        secret = self.tokens.secret_for(key_id)
+        hashed = self.auth.hash(secret)
+        created = metadata.now_iso()
+        await self.store.write(
+            lambda tx: metadata.add_key(tx, self.registry, account, key_id, hashed, created)
+        )
+        return key_id, secret, created
 
     def series_of(self, selection: Selection) -> tuple[int, ...]:
         """The series pks a selection wants now (for history reads)."""

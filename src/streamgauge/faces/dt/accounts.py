@@ -23,7 +23,6 @@ import jwt
 from fastapi import APIRouter, Request, Response
 
 from streamgauge.auth import Action
-from streamgauge.auth.principals import new_key_id
 from streamgauge.errors import BadRequest, NotFound, StreamgaugeError
 from streamgauge.faces.dt.events import dumps_ascii, new_xid
 from streamgauge.faces.dt.face import DTFace, get_face, project_call
@@ -206,14 +205,7 @@ async def create_key(request: Request, project: str, sa: str) -> Response:
     """A new key and its secret (shown only now)."""
     face, who, proj = project_call(request, project, Action.MANAGE)
     a = _account(face, proj, sa)
-    engine = face.engine
-    key_id = new_key_id()
-    secret = engine.tokens.secret_for(key_id)
-    hashed = engine.auth.hash(secret)
-    created = metadata.now_iso()
-    await engine.store.write(
-        lambda tx: metadata.add_key(tx, engine.registry, a, key_id, hashed, created)
-    )
+    key_id, secret, created = await face.engine.create_key(a)
     return json_response({"key": key_json(project, sa, key_id, created), "secret": secret})
 
 

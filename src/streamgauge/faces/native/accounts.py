@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Response
 
 from streamgauge.auth import Action
-from streamgauge.auth.principals import new_key_id
 from streamgauge.errors import Invalid, NotFound
 from streamgauge.faces.http import StrictRoute, json_response
 from streamgauge.faces.native.deps import EngineDep, PagingDep, PrincipalDep, project_for
@@ -107,13 +106,7 @@ async def create_key(engine: EngineDep, who: PrincipalDep, project: str, sa: str
     server can re-derive it from its token key, to check JWT assertions signed with it)."""
     rec = project_for(engine, who, project, Action.MANAGE)
     a = _account(engine, rec, sa)
-    key_id = new_key_id()
-    secret = engine.tokens.secret_for(key_id)
-    hashed = engine.auth.hash(secret)
-    created = metadata.now_iso()
-    await engine.store.write(
-        lambda tx: metadata.add_key(tx, engine.registry, a, key_id, hashed, created)
-    )
+    key_id, secret, created = await engine.create_key(a)
     return json_response({"key_id": key_id, "secret": secret, "created_at": created}, 201)
 
 
