@@ -456,13 +456,15 @@ def system_busy_seconds() -> float:
 
 def start_profile(pid: int, seconds: float) -> Any:
     """py-spy (raw collapsed stacks) on ``pid`` for ``seconds`` when BENCH_PYSPY names the output
-    file; None otherwise. Wait on the returned process."""
+    file (BENCH_PYSPY_ARGS: more py-spy options, e.g. ``--idle --threads``); None otherwise.
+    Wait on the returned process."""
     out = os.environ.get("BENCH_PYSPY")
     if not out:
         return None
     spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
     return subprocess.Popen(
-        [spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-f", "raw", "-o", out],
+        [spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-f", "raw", "-o", out]
+        + os.environ.get("BENCH_PYSPY_ARGS", "").split(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

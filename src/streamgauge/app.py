@@ -18,6 +18,7 @@ from streamgauge.faces import dt, http
 from streamgauge.faces.native import router as native_router
 from streamgauge.faces.synoptic import router as feed_router
 from streamgauge.faces.tapis import router as tapis_router
+from streamgauge.faces.websocket import DirectWebSocketProtocol
 
 
 def create_app(settings: Settings | None = None, *, admin_token: str | None = None) -> FastAPI:
@@ -70,7 +71,7 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
 def server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn options the app relies on (the CLI and the tests use the same)."""
     return {
-        "ws": "websockets-sansio",
+        "ws": DirectWebSocketProtocol,  # websockets-sansio, with a message writer for the feed
         "ws_ping_interval": settings.ws_ping_seconds,
         "ws_ping_timeout": settings.ws_ping_seconds,
         "ws_per_message_deflate": settings.ws_per_message_deflate,

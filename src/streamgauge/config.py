@@ -113,6 +113,20 @@ class Settings(BaseSettings):
         ),
     )
 
+    switch_interval_ms: float = Field(
+        default=0.5,
+        gt=0,
+        le=100,
+        description=(
+            "Python's thread switch interval while the server runs (sys.setswitchinterval, in "
+            "milliseconds; Python's own is 5). The storage writer thread gives up the GIL "
+            "around every SQLite call and fsync; while the event loop is busy, each time it "
+            "waits up to this long to get it back, so this bounds how much a busy loop slows "
+            "ingest commits (measured: 1,000 feed sessions at 10,000 obs/s, ingest "
+            "acknowledgement p50 from 334 ms at 5 ms to 136 ms at 0.5 ms)."
+        ),
+    )
+
     # The push feed (Synoptic-compatible WebSocket)
     feed_session_retention_hours: float = Field(
         default=72.0,

@@ -113,3 +113,21 @@ def test_no_gap_no_duplicate(
             delivered += cursors
     expected = [c for c in range(since + 1, log_head + 1) if c in wanted]
     assert delivered == expected
+
+
+def test_direct_delivery_moves_the_position_past_admit() -> None:
+    h = Handoff(last=10)
+    h.start(10)
+    h.delivered(15)  # the hub's sink took live items up to 15
+    assert h.last == 15
+    assert not h.admit(14, 15)  # already delivered directly
+    assert h.admit(16, 18) and h.last == 18
+    with pytest.raises(HandoffError):
+        h.delivered(17)  # behind what was delivered
+
+
+def test_direct_delivery_only_when_live() -> None:
+    h = Handoff(last=1)
+    h.start(5)
+    with pytest.raises(HandoffError):
+        h.delivered(6)

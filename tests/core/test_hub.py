@@ -12,7 +12,7 @@ from streamgauge.core.batch import Batch, merge_commits
 from streamgauge.core.filterlang import parse_filter_on
 from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.framing import NDJSON, SSE, Framing
-from streamgauge.core.hub import Hub, Subscription
+from streamgauge.core.hub import Hub, Item, Subscription
 from streamgauge.core.units import METRIC
 from streamgauge.store.registry import Registry, SeriesRec, series_prefix
 
@@ -286,7 +286,7 @@ def test_the_keepalive_clock_wakes_only_idle_subscribers() -> None:
     assert not busy.keepalive_due and not busy.wakeup.is_set()
 
 
-def test_wrap_builds_each_items_message_once_and_text_is_cached() -> None:
+def test_wrap_builds_each_items_message_once() -> None:
     reg = registry()
     b = batch([1, 2, 3], first=20)
     calls: list[tuple[int, int]] = []
@@ -300,4 +300,59 @@ def test_wrap_builds_each_items_message_once_and_text_is_cached() -> None:
     again = sub(reg, Selection(1), framing).render(b)  # same mask: shared, not wrapped again
     assert calls == [(20, 21), (22, 22)] and again is a
     assert a[0].data.startswith(b"[20-21]{") and a[1].data.startswith(b"[22-22]{")
-    assert a[0].as_text() is a[0].as_text() and a[0].as_text() == a[0].data.decode()
+
+
+def test_a_sink_takes_each_round_at_once_with_its_position() -> None:
+    reg = registry()
+    s = sub(reg, Selection(1, variables=frozenset({"air_temp"})))
+    got: list[tuple[list[bytes], int]] = []
+
+    def sink(items: list[Item], position: int) -> bool:
+        got.append(([i.data for i in items], position))
+        return True
+
+    s.sink = sink
+    hub = Hub()
+    hub.subscribe(s)
+    hub.publish(batch([1, 2], first=10))
+    hub.publish(batch([2], first=12))  # nothing for it: the sink still learns the position
+    assert [len(rows) for rows, _ in got] == [1, 0] and [p for _, p in got] == [11, 12]
+    assert s.direct_last == 12 and not s.queue and not s.wakeup.is_set()
+
+
+def test_a_sink_that_cannot_take_a_round_leaves_it_queued() -> None:
+    reg = registry()
+    s = sub(reg, Selection(1))
+    s.sink = lambda items, position: False
+    s.offer(batch([1, 2], first=10))
+    assert s.sink is None and s.direct_last == 0
+    assert [(i.first, i.last) for i in s.queue] == [(10, 11)] and s.wakeup.is_set()
+
+
+def test_a_sink_that_raises_hands_the_error_to_its_stream_only() -> None:
+    reg = registry()
+    failing, other = sub(reg, Selection(1)), sub(reg, Selection(1))
+
+    def sink(items: list[Item], position: int) -> bool:
+        raise ValueError("broken connection object")
+
+    failing.sink = sink
+    hub = Hub()
+    hub.subscribe(failing)
+    hub.subscribe(other)
+    hub.publish(batch([1], first=5))
+    assert isinstance(failing.error, ValueError) and failing.sink is None
+    assert failing.wakeup.is_set() and not failing.queue
+    assert [i.first for i in other.queue] == [5]
+
+
+def test_rounds_taken_by_sinks_report_their_latency() -> None:
+    reg = registry()
+    seen: list[float] = []
+    hub = Hub(on_direct=seen.append)
+    s = sub(reg, Selection(1))
+    s.sink = lambda items, position: True
+    hub.subscribe(s)
+    hub.publish(batch([1], first=1))
+    hub.publish(batch([4], first=2))  # another project: nobody takes anything
+    assert len(seen) == 1 and seen[0] > 0

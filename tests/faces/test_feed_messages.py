@@ -1,4 +1,4 @@
-"""The feed's per-connection metadata bookkeeping, without I/O."""
+"""The feed's messages and per-connection metadata bookkeeping, without I/O."""
 
 from __future__ import annotations
 
@@ -9,17 +9,55 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamgauge.core.hub import Item
-from streamgauge.faces.synoptic.messages import _Bits, data_message, merge_items
+from streamgauge.core.units import METRIC
+from streamgauge.faces.synoptic.messages import Metadata, data_message, merge_items
+from streamgauge.store.registry import Registry
+from tests.core.test_filters import Builder
 
 
-@given(st.lists(st.lists(st.integers(0, 5000), max_size=50), max_size=8))
-def test_bits_behave_like_a_set(rounds: list[list[int]]) -> None:
-    bits, seen = _Bits(), set()
-    for keys in rounds:
-        arr = np.array(keys, np.int64)
-        assert sorted(bits.missing(arr, 5001).tolist()) == sorted(k for k in keys if k not in seen)
-        bits.add(arr)
-        seen |= set(keys)
+def _registry() -> tuple[Registry, dict[int, tuple[str, str]]]:
+    """Ten stations (devices without a site), each with air_temp and wind_speed."""
+    b = Builder()
+    for k in range(10):
+        dev = b.device(1, f"ST{k}", "weather_station", {})
+        for name in ("air_temp", "wind_speed"):
+            b.series(dev, b.variable(dev, name))
+    return b.reg, {pk: (w[1], w[2]) for pk, w in b.where.items()}
+
+
+def _item(series: list[int]) -> Item:
+    return Item(1, len(series), len(series), b"", 0, np.array(series, np.int64))
+
+
+@given(st.lists(st.lists(st.integers(1, 20), min_size=1, max_size=12), max_size=10))
+def test_metadata_describes_each_station_and_sensor_once_before_its_rows(
+    rounds: list[list[int]],
+) -> None:
+    reg, where = _registry()
+    meta = Metadata(reg, METRIC, enabled=True)
+    stations: list[str] = []
+    sensors: list[str] = []
+    for series in rounds:
+        message = meta.message(_item(series))
+        fresh_st = sorted({where[pk][0] for pk in series} - set(stations))
+        fresh_se = sorted({where[pk][1] for pk in series} - set(sensors))
+        if not fresh_st and not fresh_se:
+            assert message is None
+            continue
+        assert message is not None
+        got = json.loads(message)
+        assert got["type"] == "metadata"
+        assert sorted(s["stid"] for s in got["stations"]) == fresh_st
+        assert sorted(u["sensor"] for u in got["units"]) == fresh_se
+        stations += fresh_st
+        sensors += fresh_se
+
+
+def test_metadata_off_and_items_without_series_need_nothing() -> None:
+    reg, _ = _registry()
+    assert Metadata(reg, METRIC, enabled=False).message(_item([1, 2])) is None
+    empty = Item(1, 1, 0, b"", 0, None)
+    assert Metadata(reg, METRIC, enabled=True).message(empty) is None
 
 
 def test_merge_items_joins_consecutive_messages_within_the_row_bound() -> None:

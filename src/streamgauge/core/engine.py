@@ -10,8 +10,9 @@ import asyncio
 import dataclasses
 import gc
 import secrets
+import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +28,7 @@ from streamgauge.core.deliveries import Deliveries
 from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.framing import Framing
 from streamgauge.core.handoff import Handoff
-from streamgauge.core.hub import Hub, Item, Subscription
+from streamgauge.core.hub import Hub, Item, Sink, Subscription
 from streamgauge.core.units import METRIC, UnitSystem, describe
 from streamgauge.errors import BadRequest, StreamgaugeError
 from streamgauge.metrics import Metrics
@@ -64,10 +65,10 @@ class Engine:
             quality_control=settings.qc,
         )
         self.registry = self.store.registry
-        self.hub = Hub()
+        self.metrics = Metrics()
+        self.hub = Hub(on_direct=self.metrics.delivery_seconds.observe)
         self.tokens = TokenIssuer.load(settings.data)
         self.auth = Authenticator(self.registry, admin_token, self.tokens)
-        self.metrics = Metrics()
         # Called in the event loop with every committed batch, after the hub has it. Listeners
         # (reported state, alert rules, delivery wake-ups) must be quick and must not raise.
         self.listeners: list[Callable[[Batch], None]] = []
@@ -86,6 +87,7 @@ class Engine:
         self.listeners.append(lambda batch: self.deliveries.notify())
         self._ticker: asyncio.Task[None] | None = None
         self._gc_before: tuple[int, int, int] | None = None
+        self._switch_before: float | None = None
         # Push-feed tokens and durable feed sessions.
         self.feeds = FeedStore(self.store, settings.feed_session_retention_hours * 3600)
         # Alert channels: rules on every committed batch, actions through deliveries and actors.
@@ -100,6 +102,8 @@ class Engine:
         gc.callbacks.append(self.metrics.on_gc)
         self._gc_before = gc.get_threshold()
         gc.set_threshold(*self.settings.gc_thresholds)
+        self._switch_before = sys.getswitchinterval()
+        sys.setswitchinterval(self.settings.switch_interval_ms / 1000)
         self._ticker = asyncio.create_task(self._keepalive_clock())
 
     async def _keepalive_clock(self) -> None:
@@ -123,6 +127,9 @@ class Engine:
         if self._gc_before is not None:
             gc.set_threshold(*self._gc_before)
             self._gc_before = None
+        if self._switch_before is not None:
+            sys.setswitchinterval(self._switch_before)
+            self._switch_before = None
         await self.alerting.stop()
         self.hub.close_all("server shutting down")
         await asyncio.sleep(0)
@@ -230,12 +237,17 @@ class Engine:
         framing: Framing,
         since: int | None,
         units: UnitSystem = METRIC,
-    ) -> AsyncIterator[Chunk | Keepalive | Closed]:
+        direct: Sink | None = None,
+    ) -> AsyncGenerator[Chunk | Keepalive | Closed, None]:
         """A subscription as events, for faces to frame: chunks of matching rows after
         ``since`` (live only if None; catch-up from the store first, then live, without gap or
         duplicate), a keepalive when idle for ``keepalive_seconds``, and, if the server ends
         it, a last ``Closed`` event with the cursor to resume from. Each chunk carries the
-        position: every row up to it has been considered."""
+        position: every row up to it has been considered.
+
+        ``direct``: a sink (see ``core/hub.py``) that takes live rounds at once. It is given to
+        the hub whenever the subscription is live with nothing queued; while the hub uses it,
+        rows do not pass through here. What it raises is raised here."""
         s = self.settings
         sub = Subscription(
             CompiledSelection(selection, self.registry),
@@ -263,6 +275,10 @@ class Engine:
                         sub.reset()
                         handoff.restart(self.store.head)
                     continue
+                if sub.direct_last > handoff.last:
+                    handoff.delivered(sub.direct_last)
+                if sub.error is not None:
+                    raise sub.error
                 if sub.closed is not None:
                     self.metrics.stream_closed.labels("server").inc()
                     yield Closed(sub.closed, handoff.last, slow=False)
@@ -296,8 +312,11 @@ class Engine:
                     sub.last_sent = time.monotonic()
                     yield Keepalive(int(time.time() * 1000))
                     continue
+                if direct is not None:
+                    sub.sink = direct  # live, nothing queued: the hub delivers from now on
                 await sub.wakeup.wait()
         finally:
+            sub.sink = None
             self.hub.unsubscribe(sub)
 
 

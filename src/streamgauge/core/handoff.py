@@ -10,6 +10,9 @@ No I/O here: the stream loop asks ``next_read()`` what to read, reports what it 
 ``admit()`` about each live item. States::
 
     CATCHING_UP --history exhausted--> LIVE --overflow during catch-up--> CATCHING_UP
+
+A live subscriber may also be delivered to directly by the hub (``delivered``): the position
+moves past those items without them passing ``admit``.
 """
 
 from __future__ import annotations
@@ -52,6 +55,15 @@ class Handoff:
     def restart(self, head: int) -> None:
         """The live queue overflowed during catch-up and was dropped: catch up to ``head``."""
         self.start(head)
+
+    def delivered(self, last: int) -> None:
+        """Live items up to ``last`` went to the subscriber directly (the hub's sink), not
+        through ``admit``: queued items after them are admitted from there on."""
+        if not self.live:
+            raise HandoffError("only a live subscriber is delivered to directly")
+        if last < self.last:
+            raise HandoffError(f"direct delivery up to {last} is behind cursor {self.last}")
+        self.last = last
 
     def admit(self, first: int, last: int) -> bool:
         """May a live item spanning cursors ``first..last`` be delivered?"""

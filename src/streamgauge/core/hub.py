@@ -15,6 +15,16 @@ each subscriber pays its per-batch cost (mask, join, wake-up, write) once per ro
 once per commit, so the cost per observation falls as the rate rises and latency stays bounded.
 When the loop is idle a batch goes out alone, at once. Station reports are still judged per
 committed batch (the merged batch remembers which commit each row came from).
+
+Direct delivery, decided and written down: a stream that can write without waiting (a WebSocket
+connection with a synchronous writer) may give its subscription a ``sink`` once it is live and
+its queue is empty. The fan-out then hands each round's items to the sink at once, with the
+position the round reached, instead of queueing them and waking the stream's task: a thousand
+sessions cost a thousand calls in one loop pass, not a thousand task switches. A sink that
+cannot take a round now (the connection's buffer is full) returns False having written
+nothing; the subscription drops the sink and queues the items, and the stream drains its queue
+the ordinary way (bounded as above) and may give the sink again. A sink that raises is
+dropped and the error is handed to the stream, never to the other subscribers.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,12 +53,11 @@ class Item:
     data: bytes
     received_ns: int
     series: npt.NDArray[np.int64] | None = None  # the rows' series pks, if the framing asks
-    text: str | None = None  # ``data`` decoded, for a face that sends text (cached, shared)
+    derived: object = None  # a face's per-item cache (shared by sessions whose masks agree)
 
-    def as_text(self) -> str:
-        if self.text is None:
-            self.text = self.data.decode()
-        return self.text
+
+# A direct delivery: (items of a round, position the round reached) -> taken? (see the docstring)
+Sink = Callable[[list[Item], int], bool]
 
 
 class Subscription:
@@ -71,6 +81,9 @@ class Subscription:
         self.wakeup = asyncio.Event()
         self.last_sent = time.monotonic()  # when the stream last wrote (data or keepalive)
         self.keepalive_due = False  # set by the hub's clock when idle for the interval
+        self.sink: Sink | None = None  # direct delivery, given by a live stream (see above)
+        self.direct_last = 0  # the position of the last round the sink took
+        self.error: BaseException | None = None  # what the sink raised, for the stream
 
     @property
     def project_pk(self) -> int:
@@ -113,12 +126,27 @@ class Subscription:
             batch.derived[key] = items
         return items
 
-    def offer(self, batch: Batch) -> None:
+    def offer(self, batch: Batch) -> int:
+        """Queue (or hand to the sink) the items of ``batch`` this subscriber wants; returns
+        how many the sink took."""
         if self.overflowed or self.closed:
-            return
+            return 0
         items = self.render(batch)
+        sink = self.sink
+        if sink is not None:
+            try:
+                taken = sink(items, batch.last)
+            except Exception as exc:  # noqa: BLE001 - the stream's failure, not the fan-out's
+                self.sink = None
+                self.error = exc
+                self.wakeup.set()
+                return 0
+            if taken:
+                self.direct_last = batch.last
+                return len(items)
+            self.sink = None  # the stream queues and drains again
         if not items:
-            return
+            return 0
         size = sum(len(item.data) for item in items)
         if self.queue and self.queued + size > self.queue_bytes:
             self.overflowed = True
@@ -128,6 +156,7 @@ class Subscription:
             self.queue.extend(items)
             self.queued += size
         self.wakeup.set()
+        return 0
 
     def take(self) -> Item | None:
         if not self.queue:
@@ -149,7 +178,10 @@ class Subscription:
 
 
 class Hub:
-    def __init__(self) -> None:
+    def __init__(self, on_direct: Callable[[float], None] | None = None) -> None:
+        # Called once per fan-out round in which sinks took items, with the seconds since the
+        # round's oldest commit (the delivery latency of that round).
+        self._on_direct = on_direct
         self._subs: dict[int, set[Subscription]] = {}
         self._pending: list[Batch] = []
         self._scheduled = False
@@ -197,11 +229,14 @@ class Hub:
 
     def _fan_out(self, batch: Batch) -> None:
         self.fanouts += 1
-        for sub in self._subs.get(batch.project_pk, ()):
+        direct = 0
+        for sub in list(self._subs.get(batch.project_pk, ())):  # a sink may unsubscribe
             was = sub.overflowed
-            sub.offer(batch)
+            direct += sub.offer(batch)
             if sub.overflowed and not was:
                 self.overflows += 1
+        if direct and self._on_direct is not None:
+            self._on_direct((time.monotonic_ns() - batch.received_ns) / 1e9)
 
     def tick(self, now: float, idle_seconds: float) -> None:
         """The keepalive clock (one for every stream, instead of a timer per wait): wake each

@@ -62,7 +62,15 @@ class Tx:
         return self.conn.execute(sql, params)
 
 
+MIN_SQLITE = (3, 38, 0)  # the JSON operators (->>) of the log's insert
+
+
 def _connect(path: Path, *, readonly: bool, durability: str) -> sqlite3.Connection:
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise RuntimeError(
+            f"streamgauge needs SQLite {'.'.join(map(str, MIN_SQLITE))} or newer; "
+            f"Python's sqlite3 module uses {sqlite3.sqlite_version}"
+        )
     if readonly:
         conn = sqlite3.connect(
             f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
@@ -198,17 +206,23 @@ class SqliteStore:
         st = self.registry.qc_state
         dirty = np.fromiter(self._qc_dirty, np.int64, len(self._qc_dirty))
         dirty = dirty[dirty < len(st.last_time)]
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany(
-                "INSERT OR REPLACE INTO qc_state VALUES (?, ?, ?, ?)",
+        rows = orjson.dumps(
+            list(
                 zip(
                     dirty.tolist(),
                     st.last_time[dirty].tolist(),
                     [None if np.isnan(v) else v for v in st.last_value[dirty].tolist()],
                     st.same_since[dirty].tolist(),
                     strict=True,
-                ),
+                )
+            )
+        )
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(  # one statement, not a GIL hand-over per row (see _insert_rows)
+                "INSERT OR REPLACE INTO qc_state "
+                "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?)",
+                (rows,),
             )
             conn.execute("UPDATE state SET value = ? WHERE key = 'qc_cursor'", (self._writer_head,))
             conn.execute("COMMIT")
@@ -392,18 +406,7 @@ class SqliteStore:
         else:
             q_keep = np.zeros(accepted, np.int64)
         received = int(time.time() * 1000)
-        tx.conn.executemany(
-            "INSERT INTO obs (cursor, series, time, value, qc, received) VALUES (?,?,?,?,?,?)",
-            zip(
-                cursors.tolist(),
-                s_keep.tolist(),
-                t_keep.tolist(),
-                values,
-                q_keep.tolist(),
-                itertools.repeat(received),
-                strict=False,
-            ),
-        )
+        _insert_rows(tx.conn, first, s_keep, t_keep, values, q_keep, received)
         self._writer_head = first + accepted - 1
 
         def advance() -> None:
@@ -583,6 +586,47 @@ def _succeed(fut: asyncio.Future[Any], result: Any) -> None:
 def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)
+
+
+def _insert_rows(
+    conn: sqlite3.Connection,
+    first: int,
+    series: npt.NDArray[np.int64],
+    times: npt.NDArray[np.int64],
+    values: list[Any],
+    qc: npt.NDArray[np.int64],
+    received: int,
+) -> None:
+    """Append rows to the log with cursors from ``first`` on, in one statement.
+
+    The rows travel as one JSON array (``json_each``) rather than through ``executemany``:
+    the sqlite3 module releases the GIL around every ``sqlite3_step``, once per row, and while
+    the event loop is busy each of those hand-overs waits for the loop to yield the GIL (500
+    rows took 200 ms instead of 0.4 ms). One statement is one hand-over. SQLite parses orjson's
+    shortest float repr back to the same double. A NUL in a string value would end the string
+    in ``json_each``: such a batch (orjson writes NUL as ``\\u0000``) takes ``executemany``."""
+    rows = zip(series.tolist(), times.tolist(), values, qc.tolist(), strict=True)
+    payload = orjson.dumps(list(rows))
+    if b"\\u0000" not in payload:
+        conn.execute(
+            "INSERT INTO obs (cursor, series, time, value, qc, received) "
+            "SELECT ?2 + key, value ->> 0, value ->> 1, value ->> 2, value ->> 3, ?3 "
+            "FROM json_each(?1)",
+            (payload, first, received),
+        )
+        return
+    conn.executemany(
+        "INSERT INTO obs (cursor, series, time, value, qc, received) VALUES (?,?,?,?,?,?)",
+        zip(
+            range(first, first + len(series)),
+            series.tolist(),
+            times.tolist(),
+            values,
+            qc.tolist(),
+            itertools.repeat(received),
+            strict=False,
+        ),
+    )
 
 
 def _numeric(values: list[Any]) -> npt.NDArray[np.float64]:

@@ -31,7 +31,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from streamgauge.core.engine import Chunk, Closed, Engine
-from streamgauge.core.hub import Item
+from streamgauge.core.hub import Item, Sink
 from streamgauge.errors import BadRequest, StreamgaugeError
 from streamgauge.faces.synoptic.args import FeedArgs, parse_feed_args
 from streamgauge.faces.synoptic.messages import (
@@ -43,6 +43,7 @@ from streamgauge.faces.synoptic.messages import (
     feed_framing,
     merge_items,
 )
+from streamgauge.faces.websocket import WRITER, MessageWriter
 from streamgauge.store.base import HistoryQuery
 from streamgauge.store.feeds import FeedSession, FeedToken
 
@@ -85,6 +86,69 @@ def _messages(exc: StreamgaugeError) -> list[str]:
 
 async def _send(ws: WebSocket, data: bytes) -> None:
     await ws.send({"type": "websocket.send", "text": data.decode()})
+
+
+class _Sender:
+    """One connection's messages: each data message preceded by the metadata it needs.
+
+    With the server's ``MessageWriter`` (see ``faces/websocket.py``) the sender is also the
+    hub's sink for the live session: ``direct`` writes a whole fan-out round in one go, without
+    waking the session's task. Otherwise, and whenever the connection's buffer is full, the
+    session's task sends through ``send`` (awaiting the connection)."""
+
+    __slots__ = ("_ws", "_writer", "_meta", "_feeds", "_session", "_rows")
+
+    def __init__(self, ws: WebSocket, engine: Engine, session: FeedSession, meta: Metadata):
+        self._ws = ws
+        writer = ws.scope.get("extensions", {}).get(WRITER)
+        self._writer: MessageWriter | None = writer if isinstance(writer, MessageWriter) else None
+        self._meta = meta
+        self._feeds = engine.feeds
+        self._session = session
+        self._rows = engine.settings.feed_message_rows
+
+    @property
+    def sink(self) -> Sink | None:
+        return None if self._writer is None else self.direct
+
+    def direct(self, items: list[Item], position: int) -> bool:
+        """The hub's sink: write the round's messages at once and move the session to
+        ``position``; False, having written nothing, if the connection cannot take them now."""
+        if items:
+            writer = self._writer
+            if writer is None or writer.paused or not writer.open:
+                return False
+            messages: list[bytes] = []
+            for item in merge_items(items, self._rows):
+                described = self._meta.message(item)
+                if described is not None:
+                    messages.append(described)
+                messages.append(item.data)
+            writer.send(messages)
+        self._feeds.moved(self._session, position)
+        return True
+
+    async def deliver(self, item: Item) -> None:
+        """One data message (and the metadata it needs), awaiting the connection."""
+        described = self._meta.message(item)
+        messages = [item.data] if described is None else [described, item.data]
+        writer = self._writer
+        if writer is None:
+            for message in messages:
+                await _send(self._ws, message)
+            return
+        if writer.paused:
+            await writer.writable()
+        if not writer.send(messages):
+            raise WebSocketDisconnect(1006)
+
+    async def chunk(self, items: list[Item], position: int) -> None:
+        """Queued items (catch-up, or a live backlog): message by message, moving the session
+        past each one handed to the network."""
+        for item in merge_items(items, self._rows):
+            await self.deliver(item)
+            self._feeds.moved(self._session, item.last)
+        self._feeds.moved(self._session, position)
 
 
 async def _fail(ws: WebSocket, messages: list[str]) -> None:
@@ -212,38 +276,28 @@ async def _push(
     meta = Metadata(engine.registry, select.units, args.metadata)
     project_pk = engine.feeds.project_of(session)
     selection = select.selection(project_pk)
+    sender = _Sender(ws, engine, session, meta)
     try:
         if args.start_ms is not None and args.end_ms is not None:
-            await _period(ws, engine, session, args, meta)
+            await _period(sender, engine, session, args)
             return CLOSE_DONE, "the requested period has been sent"
-        rows = engine.settings.feed_message_rows
-        framing = feed_framing(rows)
-        async for event in engine.events(selection, framing, session.position, select.units):
-            if isinstance(event, Chunk):
-                for item in merge_items(event.items, rows):
-                    await _deliver(ws, meta, item)
-                    engine.feeds.moved(session, item.last)
-                engine.feeds.moved(session, event.position)
-            elif isinstance(event, Closed):
-                engine.feeds.moved(session, event.resume)
-                if event.slow:
-                    return CLOSE_SLOW, "slow consumer: resume with the session id"
-                return CLOSE_RESTART, "server shutting down: resume with the session id"
+        framing = feed_framing(engine.settings.feed_message_rows)
+        events = engine.events(selection, framing, session.position, select.units, sender.sink)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if isinstance(event, Chunk):
+                    await sender.chunk(event.items, event.position)
+                elif isinstance(event, Closed):
+                    engine.feeds.moved(session, event.resume)
+                    if event.slow:
+                        return CLOSE_SLOW, "slow consumer: resume with the session id"
+                    return CLOSE_RESTART, "server shutting down: resume with the session id"
     except (WebSocketDisconnect, RuntimeError, OSError):
         return 0, ""
     return CLOSE_DONE, ""
 
 
-async def _deliver(ws: WebSocket, meta: Metadata, item: Item) -> None:
-    described = meta.message(item.series)
-    if described is not None:
-        await _send(ws, described)
-    await ws.send({"type": "websocket.send", "text": item.as_text()})
-
-
-async def _period(
-    ws: WebSocket, engine: Engine, session: FeedSession, args: FeedArgs, meta: Metadata
-) -> None:
+async def _period(sender: _Sender, engine: Engine, session: FeedSession, args: FeedArgs) -> None:
     """A past period: stored observations in time order, then done."""
     assert args.start_ms is not None and args.end_ms is not None
     select = args.select
@@ -268,7 +322,7 @@ async def _period(
             first, last = batch.first, int(batch.cursors[-1])
             message = data_message(b"".join(encoded), first, last)
             item = Item(first, last, len(batch), message, 0, batch.series)
-            await _deliver(ws, meta, item)
+            await sender.deliver(item)
             after = (int(batch.times[-1]), int(batch.cursors[-1]))
             engine.feeds.moved(session, after[1], after[0])
         if len(batch) < rows:

@@ -219,30 +219,6 @@ def _station_json(reg: Registry, device_pk: int) -> bytes:
     return found
 
 
-class _Bits:
-    """A set of non-negative integers below a known bound, as a bitset (a thousand sessions each
-    seeing 180,000 series hold 22 KB each, not megabytes of Python ints)."""
-
-    __slots__ = ("bits",)
-
-    def __init__(self) -> None:
-        self.bits = np.zeros(64, np.uint8)
-
-    def missing(self, keys: np.ndarray[Any, Any], bound: int) -> np.ndarray[Any, Any]:
-        """The ``keys`` (each in ``[0, bound)``) not in the set."""
-        if bound > 8 * len(self.bits):
-            grown = np.zeros(max(2 * len(self.bits), bound // 8 + 1), np.uint8)
-            grown[: len(self.bits)] = self.bits
-            self.bits = grown
-        have = (self.bits[keys >> 3] >> (keys & 7).astype(np.uint8)) & 1
-        out: np.ndarray[Any, Any] = keys[have == 0]
-        return out
-
-    def add(self, keys: np.ndarray[Any, Any]) -> None:
-        """Add ``keys`` (checked by ``missing`` against a bound first)."""
-        np.bitwise_or.at(self.bits, keys >> 3, (1 << (keys & 7)).astype(np.uint8))
-
-
 def _station_of_series(reg: Registry) -> tuple[np.ndarray[Any, Any], list[int]]:
     """The dense station number of every series pk (-1: none) and a device of each station,
     cached for the registry version and extended as ingest creates series."""
@@ -256,55 +232,76 @@ def _station_of_series(reg: Registry) -> tuple[np.ndarray[Any, Any], list[int]]:
     return table, reps
 
 
+def _item_keys(reg: Registry, item: Item) -> tuple[list[int], dict[int, int]]:
+    """The distinct dense station numbers of an item's rows, and for each distinct sensor
+    (variable-name code) one series pk of it: computed once per item and kept on it, so the
+    sessions that share an item (their masks agree) share this too."""
+    found = item.derived
+    if isinstance(found, tuple):
+        return found
+    assert item.series is not None
+    of_series, _ = _station_of_series(reg)
+    series = item.series.tolist()
+    stations = [n for n in dict.fromkeys(of_series[item.series].tolist()) if n >= 0]
+    sensors: dict[int, int] = {}
+    for code, pk in zip(reg.s_name[item.series].tolist(), series, strict=True):
+        if code >= 0 and code not in sensors:
+            sensors[code] = pk
+    keys = (stations, sensors)
+    item.derived = keys
+    return keys
+
+
 class Metadata:
-    """What one connection has described so far: stations (a bitset over dense station
-    numbers) and sensors (by variable-name code), checked per item with a few gathers."""
+    """What one connection has described so far: stations (one bit per dense station number,
+    4 KB for 30,000 stations) and sensors (variable-name codes). Checking an item costs a few
+    operations per distinct station and sensor in it, not per row."""
+
+    __slots__ = ("_reg", "_units", "enabled", "_stations", "_sensors")
 
     def __init__(self, reg: Registry, units: UnitSystem, enabled: bool) -> None:
         self._reg = reg
         self._units = units
         self.enabled = enabled
-        self._stations = _Bits()
-        self._sensors = np.zeros(16, np.bool_)  # by variable-name code
+        self._stations = bytearray()
+        self._sensors: set[int] = set()
 
-    def message(self, series: np.ndarray[Any, Any] | None) -> bytes | None:
-        """The metadata message the rows of these series need first, or None."""
-        if not self.enabled or series is None or not len(series):
+    def message(self, item: Item) -> bytes | None:
+        """The metadata message the rows of ``item`` need first, or None."""
+        if not self.enabled or item.series is None or not len(item.series):
             return None
         reg = self._reg
-        of_series, reps = _station_of_series(reg)
-        numbers = of_series[series]
-        fresh = self._stations.missing(numbers[numbers >= 0], len(reps))
-        if len(self._sensors) <= len(reg.names):
-            grown = np.zeros(2 * len(reg.names) + 1, np.bool_)
-            grown[: len(self._sensors)] = self._sensors
-            self._sensors = grown
-        codes = reg.s_name[series]
-        new_codes = codes[(codes >= 0) & ~self._sensors[codes]]
-        if not len(fresh) and not len(new_codes):
+        stations, sensors = _item_keys(reg, item)
+        bits = self._stations
+        fresh: list[int] = []
+        for n in stations:
+            byte, bit = n >> 3, 1 << (n & 7)
+            if byte >= len(bits):
+                bits.extend(bytes(max(byte + 1, 2 * len(bits)) - len(bits)))
+            if not bits[byte] & bit:
+                bits[byte] |= bit
+                fresh.append(n)
+        described = self._sensors
+        new_sensors = [c for c in sensors if c not in described]
+        if not fresh and not new_sensors:
             return None
-        stations: list[bytes] = []
-        if len(fresh):
-            numbers_new = sorted(set(fresh.tolist()))  # small: cheaper than np.unique
-            self._stations.add(np.array(numbers_new, np.int64))
-            stations = [_station_json(reg, reps[n]) for n in numbers_new]
         units: list[dict[str, str]] = []
-        if len(new_codes):
-            first = {c: i for i, c in reversed(list(enumerate(codes.tolist())))}
-            for code in sorted(set(new_codes.tolist())):
-                self._sensors[code] = True
-                rec = reg.series_by_pk.get(int(series[first[code]]))
-                var = reg.variables_by_pk.get(rec.variable_pk) if rec is not None else None
-                if rec is not None and var is not None:
-                    entry = var.entry
-                    label = unit_label(target_unit(self._units, entry.kind, entry.unit))
-                    units.append({"sensor": rec.variable_id, "unit": label})
-        if not units and not stations:
+        for code in sorted(new_sensors):
+            described.add(code)
+            rec = reg.series_by_pk.get(sensors[code])
+            var = reg.variables_by_pk.get(rec.variable_pk) if rec is not None else None
+            if rec is not None and var is not None:
+                entry = var.entry
+                label = unit_label(target_unit(self._units, entry.kind, entry.unit))
+                units.append({"sensor": rec.variable_id, "unit": label})
+        if not units and not fresh:
             return None
+        _, reps = _station_of_series(reg)
+        stations_json = [_station_json(reg, reps[n]) for n in sorted(fresh)]
         return (
             b'{"type":"metadata","units":'
             + orjson.dumps(units)
             + b',"stations":['
-            + b",".join(stations)
+            + b",".join(stations_json)
             + b"]}"
         )

@@ -1,0 +1,76 @@
+"""uvicorn's sans-I/O WebSocket protocol with one ASGI extension: a synchronous message writer.
+
+A push feed sends many small messages to many connections. Through ASGI each message is a
+coroutine call down the middleware stack, a ``str`` round trip and a write of its own; with
+1,000 sessions that is most of the event loop. ``DirectWebSocketProtocol`` is uvicorn's
+``websockets-sansio`` protocol (chosen with uvicorn's ``ws`` option, its extension point) that
+puts a ``MessageWriter`` in the connection's scope under ``extensions[WRITER]``. The writer
+frames UTF-8 messages with the connection's own ``websockets`` protocol object (so its state and
+extensions stay authoritative) and hands them to the transport in one write.
+
+Everything else (accept, receive, close, pings) still goes through ASGI; an app run by another
+server finds no writer in the scope and sends through ASGI as usual.
+
+Backpressure, decided and written down: the writer never buffers on its own. ``paused`` is true
+while the transport's buffer is above its high-water mark (uvicorn's ``writable`` event, the
+same one its ASGI ``send`` waits on); a caller waits for ``writable()`` before writing more, so
+the caller's own bounded queue is what fills up when a client reads slowly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
+from websockets.http11 import Request
+
+WRITER = "streamgauge.websocket.writer"
+
+
+class MessageWriter:
+    """Text messages straight to one connection (see the module docstring)."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+        self._protocol = protocol
+
+    @property
+    def open(self) -> bool:
+        p = self._protocol
+        return not (p.close_sent or p.disconnected or p.transport.is_closing())
+
+    @property
+    def paused(self) -> bool:
+        """The transport's buffer is over its high-water mark: wait for ``writable()``."""
+        return not self._protocol.writable.is_set()
+
+    async def writable(self) -> None:
+        await self._protocol.writable.wait()
+
+    def send(self, messages: Sequence[bytes]) -> bool:
+        """Frame ``messages`` (UTF-8 JSON texts) and write them in one go; False if the
+        connection is closing or closed (nothing is written then)."""
+        p = self._protocol
+        if not self.open:
+            return False
+        conn = p.conn
+        try:
+            for message in messages:
+                conn.send_text(message)
+        except InvalidState:
+            return False
+        p.transport.write(b"".join(conn.data_to_send()))
+        return True
+
+
+class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's ``websockets-sansio`` protocol, offering a ``MessageWriter`` to the app."""
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        # The app's task was created but has not run yet: the scope can still be extended.
+        if not self.close_sent and getattr(self, "scope", None) is not None:
+            extensions: dict[str, object] = self.scope["extensions"]  # type: ignore[assignment]
+            extensions[WRITER] = MessageWriter(self)
