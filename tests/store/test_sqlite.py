@@ -162,3 +162,37 @@ async def test_rollback_forgets_series_created_by_the_failed_batch(tmp_path: Pat
         assert len(hist) == 2  # the series row exists, so the row is readable
     finally:
         await store.close()
+
+
+VALUES: list[float | str | None] = [
+    0.1 + 0.2,  # needs all 17 digits
+    (71.3 - 32) * 5 / 9,
+    1e300,
+    5.0,
+    -2.5e-5,
+    None,
+    'a "quoted" \\ string',
+    "\u2028 line separator, \U0001f600 and é",
+    "",
+    "a\x00NUL inside",  # written row by row and read row by row (SQLite's functions stop at NUL)
+]
+
+
+@pytest.mark.parametrize("with_nul", [False, True])
+async def test_values_come_back_exactly_as_written(tmp_path: Path, with_nul: bool) -> None:
+    """Regression: the log is written in one statement and read as one JSON value (a row per
+    sqlite3 step handed the GIL over per row), so every value must survive both exactly."""
+    store = await open_store(tmp_path, [], chunk=4)
+    try:
+        pk, v = await seed(store)
+        values = VALUES if with_nul else VALUES[:-1]
+        times = [1000 * (i + 1) for i in range(len(values))]
+        await store.append(cols(pk, [v[0]] * len(values), times, values))
+        log = await store.read_log(0, store.head, 100)
+        hist = await store.history(HistoryQuery(pk, series=series_of(store, "d0", "t")))
+        for batch in (log, hist):
+            assert batch.cursors.tolist() == list(range(1, len(values) + 1))
+            assert batch.times.tolist() == times
+            assert [(type(x), x) for x in batch.values] == [(type(x), x) for x in values]
+    finally:
+        await store.close()

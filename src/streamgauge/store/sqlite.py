@@ -23,7 +23,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -486,11 +486,13 @@ class SqliteStore:
 
     async def read_log(self, after: int, upto: int, limit: int) -> Batch:
         def run(conn: sqlite3.Connection) -> Batch:
-            rows = conn.execute(
+            rows = _fetch_rows(
+                conn,
                 "SELECT cursor, series, time, value, qc FROM obs "
                 "WHERE cursor > ? AND cursor <= ? ORDER BY cursor LIMIT ?",
                 (after, upto, limit),
-            ).fetchall()
+                by_time=False,
+            )
             return _batch(0, rows)
 
         return await self.read(run)
@@ -519,7 +521,7 @@ class SqliteStore:
     async def history(self, query: HistoryQuery) -> Batch:
         def run(conn: sqlite3.Connection) -> Batch:
             sql, params = _history_sql(query)
-            return _batch(query.project_pk, conn.execute(sql, params).fetchall())
+            return _batch(query.project_pk, _fetch_rows(conn, sql, params, by_time=True))
 
         return await self.read(run)
 
@@ -536,7 +538,7 @@ class SqliteStore:
         def run(conn: sqlite3.Connection) -> tuple[Batch, tuple[int, int] | None, int]:
             self._report_keys(conn)
             sql, params = _judged_history_sql(query, expr)
-            rows = conn.execute(sql, params).fetchall()
+            rows = _fetch_rows(conn, sql, params, by_time=True, extra="judged")
             last = (int(rows[-1][2]), int(rows[-1][0])) if rows else None
             passing = [r[:5] for r in rows if r[5]]
             return _batch(query.project_pk, passing), last, len(rows)
@@ -633,7 +635,44 @@ def _numeric(values: list[Any]) -> npt.NDArray[np.float64]:
     return np.fromiter((v if type(v) is float else np.nan for v in values), np.float64, len(values))
 
 
-def _batch(project_pk: int, rows: list[tuple[Any, ...]]) -> Batch:
+def _fetch_rows(
+    conn: sqlite3.Connection,
+    sql: str,
+    params: Sequence[Any],
+    *,
+    by_time: bool,
+    extra: str = "",
+) -> list[Sequence[Any]]:
+    """The rows ``(cursor, series, time, value, qc[, extra])`` of ``sql``, fetched as one value.
+
+    ``fetchall`` steps once per row and the sqlite3 module hands the GIL over at every step:
+    with the event loop busy, 10,000 rows took 570 ms instead of 5 ms (see ``_insert_rows``).
+    Here SQLite builds one JSON array of the rows (GIL released throughout; reals written with
+    17 significant digits, which parse back to the same double) and orjson reads it: 15 ms.
+    The rows come back in ``sql``'s order (checked: by cursor, or by (time, cursor) when
+    ``by_time``). A text value holding a NUL would be cut short by SQLite's string functions:
+    such a read takes the row-by-row way."""
+    more = f" || ',' || {extra}" if extra else ""
+    wrapped = (
+        "SELECT '[' || coalesce(group_concat('[' || cursor || ',' || series || ',' || time"
+        " || ',' || CASE typeof(value) WHEN 'real' THEN printf('%!.17g', value)"
+        " WHEN 'integer' THEN value WHEN 'text' THEN json_quote(value) ELSE 'null' END"
+        f" || ',' || qc{more} || ']', ','), '') || ']',"
+        " max(typeof(value) = 'text' AND instr(CAST(value AS BLOB), x'00') > 0)"
+        f" FROM ({sql})"
+    )
+    text, has_nul = conn.execute(wrapped, params).fetchone()
+    if has_nul:
+        rows: list[Sequence[Any]] = conn.execute(sql, params).fetchall()
+        return rows
+    rows = orjson.loads(text)
+    keys = [(r[2], r[0]) for r in rows] if by_time else [r[0] for r in rows]
+    if any(a >= b for a, b in zip(keys, keys[1:], strict=False)):
+        rows.sort(key=(lambda r: (r[2], r[0])) if by_time else (lambda r: r[0]))
+    return rows
+
+
+def _batch(project_pk: int, rows: Sequence[Sequence[Any]]) -> Batch:
     if not rows:
         z = np.zeros(0, np.int64)
         return Batch(project_pk, z, z.copy(), z.copy(), [], z.copy())
@@ -663,7 +702,7 @@ def _judged_history_sql(q: HistoryQuery, expr: Expr) -> tuple[str, list[Any]]:
         f"pop AS ({rows_sql}), "
         "report_rows AS (SELECT k.station || ':' || p.time AS report, k.sensor AS sensor,"
         " p.value AS value FROM pop p JOIN temp.report_keys k ON k.series = p.series) "
-        f"SELECT cursor, series, time, value, qc, ({judged}) FROM ("
+        f"SELECT cursor, series, time, value, qc, coalesce(({judged}), 0) AS judged FROM ("
         "SELECT c.cursor, c.series, c.time, c.value, c.qc,"
         " coalesce(k.station, -1) || ':' || c.time AS report"
         " FROM cand c LEFT JOIN temp.report_keys k ON k.series = c.series) o "
