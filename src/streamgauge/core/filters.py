@@ -136,8 +136,11 @@ class CompiledSelection:
         self._tables = Tables(None, None)
 
     def compile(self) -> None:
-        """Compile the tables now (they are otherwise compiled on first use)."""
+        """Compile the tables now (they are otherwise compiled on first use), and build the
+        registry's site table a filter expression's station reports need."""
         self._refresh()
+        if self.selection.expr is not None:
+            _device_sites(self._reg)
 
     def _refresh(self) -> Tables:
         reg = self._reg

@@ -50,6 +50,15 @@ class FeedSession:
     dirty: bool = field(default=False, repr=False)
 
 
+@dataclass(slots=True)
+class _Owner:
+    """The connection serving a live session: how to close it, and (once a take-over waits for
+    it) an event set when it has ended and saved its position."""
+
+    close: Callable[[], None]
+    ended: asyncio.Event | None = None
+
+
 def digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
@@ -61,8 +70,8 @@ class FeedStore:
         self._by_digest: dict[bytes, FeedToken] = {}
         self._by_pk: dict[int, FeedToken] = {}
         self._live: dict[str, FeedSession] = {}  # sessions with an open connection
-        # session id -> (close its connection, set when that connection has ended and saved)
-        self._owners: dict[str, tuple[Callable[[], None], asyncio.Event]] = {}
+        # session id -> its connection's owner (see _Owner)
+        self._owners: dict[str, _Owner] = {}
         self._closers: dict[int, set[Callable[[str], None]]] = {}  # token pk -> open connections
         self._task: asyncio.Task[None] | None = None
 
@@ -193,7 +202,7 @@ class FeedStore:
     def opened(self, session: FeedSession, close: Callable[[], None]) -> None:
         """A connection serves ``session`` now; ``close`` ends it (when another takes over)."""
         self._live[session.id] = session
-        self._owners[session.id] = (close, asyncio.Event())
+        self._owners[session.id] = _Owner(close)
 
     async def take_over(self, token: FeedToken, session_id: str) -> None:
         """Close the connection that serves this session, if any, and wait until it has ended
@@ -204,9 +213,11 @@ class FeedStore:
         owner = self._owners.get(session_id)
         if live is None or owner is None or live.token_pk != token.pk:
             return
-        close, done = owner
-        close()
-        await done.wait()
+        if owner.ended is None:  # made only when a take-over waits (1 KB a session otherwise)
+            owner.ended = asyncio.Event()
+        ended = owner.ended
+        owner.close()
+        await ended.wait()
 
     def moved(self, session: FeedSession, position: int, after_time: int | None = None) -> None:
         session.position = position
@@ -223,8 +234,8 @@ class FeedStore:
         try:
             await self._save([session])
         finally:
-            if owner is not None:
-                owner[1].set()
+            if owner is not None and owner.ended is not None:
+                owner.ended.set()
 
     async def flush(self) -> None:
         await self._save([s for s in self._live.values() if s.dirty])

@@ -265,6 +265,8 @@ class Metadata:
         self.enabled = enabled
         self._stations = bytearray()
         self._sensors: set[int] = set()
+        if enabled:  # build the shared station index now, not in the first fan-out round
+            _station_of_series(reg)
 
     def message(self, item: Item) -> bytes | None:
         """The metadata message the rows of ``item`` need first, or None."""
