@@ -438,6 +438,7 @@ class FeedRun:
     off_sessions: list[str] = field(default_factory=list)
     batch_diff: list[str] = field(default_factory=list)
     log_errors: list[str] = field(default_factory=list)
+    gc_pauses: list[str] = field(default_factory=list)  # the server's warnings (over 100 ms)
     server_cpu_s: float = float("nan")  # server CPU seconds over the paced phase and grace
     steady_p50_ms: float = float("nan")  # latency without the first second of ingest
     steady_p99_ms: float = float("nan")
@@ -655,6 +656,7 @@ def feed_fanout(
     run.log_errors = [
         ln for ln in tail.splitlines() if "Traceback" in ln or " ERROR" in ln or "rror:" in ln
     ][:5]
+    run.gc_pauses = [ln for ln in tail.splitlines() if "garbage collection paused" in ln]
     return run
 
 
@@ -1019,6 +1021,7 @@ def main_feed(a: argparse.Namespace) -> None:
                 print_run("streamgauge feed", sg)
                 if sg.log_errors:
                     log(f"    server log error lines: {sg.log_errors}")
+                log(f"    full GC pauses over 100 ms: {len(sg.gc_pauses)} {sg.gc_pauses[:3]}")
             except Exception as e:  # noqa: BLE001
                 log(f"  streamgauge feed part failed: {e!r}\n{traceback.format_exc()[-1500:]}")
             if srv.proc.poll() is not None:
