@@ -57,17 +57,22 @@ class Server:
         self.thread.join(timeout=10)
 
 
-def start_server(data: Path, **settings: Any) -> Server:
+def start_server(
+    data: Path, uvicorn_options: dict[str, Any] | None = None, **settings: Any
+) -> Server:
+    """A real server on loopback in a thread, with the app's uvicorn options (``uvicorn_options``
+    overrides some of them)."""
     settings.setdefault("keepalive_seconds", 1000 * MS)
     app = create_app(Settings(data=data, **settings), admin_token=TOKEN)
     port = free_port()
+    options = {**server_options(app.state.engine.settings), **(uvicorn_options or {})}
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=port,
         log_level="warning",
         timeout_graceful_shutdown=2,
-        **server_options(app.state.engine.settings),
+        **options,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -155,6 +155,7 @@ async def test_resume_after_stop_is_exact(srv: Server) -> None:
         )
         await last.close()
         assert_exact(parts, posted)
+        assert srv.engine.hub.direct_items > 0  # live rounds went straight to the connection
     finally:
         srv.stop()
 
@@ -389,5 +390,33 @@ async def test_resume_ignores_new_arguments_and_checks_cursor(srv: Server) -> No
         await resumed.until({o.key for o in klax.expect(batch)})
         assert_rows(klax, resumed, klax.expect(batch))
         await resumed.close()
+    finally:
+        srv.stop()
+
+
+async def test_under_a_server_without_the_message_writer_the_feed_sends_through_asgi(
+    tmp_path: Path,
+) -> None:
+    """The feed's live sessions write through the server's MessageWriter when it offers one
+    (``faces/websocket.py``); under any other ASGI WebSocket implementation they send message
+    by message through ASGI, with the same messages and the same exact resume."""
+    srv = start_server(tmp_path / "data", uvicorn_options={"ws": "websockets-sansio"})
+    assert srv.server.config.ws == "websockets-sansio"  # uvicorn's own class: no writer
+    with srv.client() as c:
+        make_network(c)
+        token = feed_token(c)
+    try:
+        ingest = Ingest(srv).start()
+        first = await Feed.open(srv, token, CASE.query)
+        await first.until_count(60)
+        await first.ws.send(orjson.dumps({"feed_action": "stop"}).decode())
+        assert await first.to_close() == 1000
+        await ingest.until_posted(3)
+        second = await Feed.open(srv, token, session=first.session)
+        posted = await ingest.finish()
+        await second.until({o.key for o in CASE.expect(posted)} - keys(first))
+        await second.close()
+        assert_exact([first, second], posted)
+        assert srv.engine.hub.direct_items == 0
     finally:
         srv.stop()

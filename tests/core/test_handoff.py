@@ -131,3 +131,48 @@ def test_direct_delivery_only_when_live() -> None:
     h.start(5)
     with pytest.raises(HandoffError):
         h.delivered(6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rounds=st.lists(st.tuples(st.integers(1, 5), st.booleans(), st.booleans()), max_size=30),
+    wanted=st.sets(st.integers(1, 150)),
+)
+def test_no_gap_no_duplicate_with_direct_delivery(
+    rounds: list[tuple[int, bool, bool]], wanted: set[int]
+) -> None:
+    """A live subscriber as ``Engine.events`` runs it with a sink: while the sink is given,
+    each round goes to it (or, when it cannot take one, the sink is dropped and the round is
+    queued); the stream then catches up the handoff with ``delivered``, drains its queue and
+    gives the sink again. Every wanted cursor arrives once, in order."""
+    h = Handoff(last=0)
+    h.start(0)
+    head = direct_last = 0
+    sink = True
+    queue: list[tuple[int, int, list[int]]] = []
+    delivered: list[int] = []
+
+    def stream_turn() -> None:
+        nonlocal sink
+        if direct_last > h.last:
+            h.delivered(direct_last)
+        while queue:
+            first, last, cursors = queue.pop(0)
+            if h.admit(first, last):
+                delivered.extend(cursors)
+        sink = True
+
+    for n, takes, turn in rounds:
+        cursors = [c for c in range(head + 1, head + n + 1) if c in wanted]
+        head += n
+        if sink and takes:
+            delivered.extend(cursors)
+            direct_last = head
+        else:
+            sink = False
+            if cursors:
+                queue.append((cursors[0], cursors[-1], cursors))
+        if turn:
+            stream_turn()
+    stream_turn()
+    assert delivered == [c for c in range(1, head + 1) if c in wanted]

@@ -189,6 +189,7 @@ class Hub:
         self.published_rows = 0
         self.fanouts = 0  # fan-out rounds (fewer than batches under load: natural batching)
         self.overflows = 0
+        self.direct_items = 0  # items taken by sinks (see the docstring)
 
     def subscribe(self, sub: Subscription) -> None:
         self._subs.setdefault(sub.project_pk, set()).add(sub)
@@ -235,6 +236,7 @@ class Hub:
             direct += sub.offer(batch)
             if sub.overflowed and not was:
                 self.overflows += 1
+        self.direct_items += direct
         if direct and self._on_direct is not None:
             self._on_direct((time.monotonic_ns() - batch.received_ns) / 1e9)
 
