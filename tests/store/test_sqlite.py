@@ -196,3 +196,37 @@ async def test_values_come_back_exactly_as_written(tmp_path: Path, with_nul: boo
             assert [(type(x), x) for x in batch.values] == [(type(x), x) for x in values]
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("restart", [False, True])
+async def test_a_deleted_series_pk_is_never_given_to_a_new_series(
+    tmp_path: Path, restart: bool
+) -> None:
+    """Regression: series pks were SQLite's max(pk) + 1, so deleting the device of the newest
+    series and creating another gave the new series the old pk, and with it the old series'
+    rows, which the append-only log keeps."""
+    store = await open_store(tmp_path, [])
+    try:
+        pk, v = await seed(store)
+        await store.append(cols(pk, [v[0], v[3]], [1000, 1000], [1.0, 9.0]))  # d0/t, d1/w
+        reg = store.registry
+        old = max(reg.series_by_pk)
+        dev = reg.devices[(pk, "d1")]
+        await store.write(lambda tx: metadata.delete_device(tx, reg, dev))
+        if restart:
+            await store.close()
+            store = await open_store(tmp_path, [])
+            reg = store.registry
+        prec = reg.projects["p"]
+        new_dev = [DeviceIn(id="d2", variables=[VariableIn(name="t")])]
+        await store.write(
+            lambda tx: metadata.create_devices(tx, reg, prec, new_dev, skip_existing=False)
+        )
+        var = next(x for x in reg.variables_by_pk.values() if x.doc.device == "d2")
+        await store.append(cols(pk, [var.pk], [2000], [5.0]))
+        [new] = series_of(store, "d2")
+        assert new > old
+        rows = await store.history(HistoryQuery(pk, series=(new,), limit=10))
+        assert rows.values == [5.0]
+    finally:
+        await store.close()

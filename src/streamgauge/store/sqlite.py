@@ -164,6 +164,8 @@ class SqliteStore:
         for series, latest in rows:
             reg.series_capacity(series)
             reg.latest[series] = max(int(reg.latest[series]), int(latest))
+            # Past every pk the log has rows of, deleted series' included: never reused.
+            reg.series_end = max(reg.series_end, series + 1)
         self._load_qc_state(conn)
 
     def _load_qc_state(self, conn: sqlite3.Connection) -> None:
@@ -421,11 +423,16 @@ class SqliteStore:
         return AppendResult(accepted, dups, first, self._writer_head)
 
     def _resolve_series(self, tx: Tx, c: IngestColumns) -> npt.NDArray[np.int64]:
-        """Series pk of every row, creating the series first seen in this batch."""
+        """Series pk of every row, creating the series first seen in this batch (in one
+        statement: a row per step would hand the GIL over once per series, see
+        ``_insert_rows``). New pks continue from ``registry.series_end``, which never goes
+        back, so a pk is never given to a second series (the log keeps the rows of deleted
+        series under their old pk)."""
         reg = self.registry
         keys = c.variable_pks * 1024 + c.sets
         uniq, inverse = np.unique(keys, return_inverse=True)
         pks = np.empty(len(uniq), np.int64)
+        created: list[tuple[int, int, int, int, int]] = []
         for j, key in enumerate(uniq.tolist()):
             var_pk, set_ = divmod(key, 1024)
             pk = reg.series.get((var_pk, set_))
@@ -434,12 +441,7 @@ class SqliteStore:
                 if var is None:
                     raise NotFound("a variable of this batch was deleted while it was written")
                 dev = reg.devices_by_pk[var.device_pk]
-                cur = tx.execute(
-                    "INSERT INTO series (project_pk, device_pk, variable_pk, set_) "
-                    "VALUES (?,?,?,?)",
-                    (dev.project_pk, dev.pk, var_pk, set_),
-                )
-                pk = int(cur.lastrowid or 0)
+                pk = reg.series_end
                 rec = SeriesRec(
                     pk,
                     dev.project_pk,
@@ -452,10 +454,17 @@ class SqliteStore:
                 )
                 # Registered now so the batch's encoders can name it; undone on rollback.
                 reg.add_series(rec)
-                # A rolled-back pk may be reused for another series: recompile filters then.
                 tx.on_rollback.append(functools.partial(reg.drop_series, pk))
                 tx.on_rollback.append(reg.bump)
+                created.append((pk, dev.project_pk, dev.pk, var_pk, set_))
             pks[j] = pk
+        if created:
+            tx.execute(
+                "INSERT INTO series (pk, project_pk, device_pk, variable_pk, set_) "
+                "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 "
+                "FROM json_each(?)",
+                (orjson.dumps(created),),
+            )
         out: npt.NDArray[np.int64] = pks[inverse.reshape(-1)]
         return out
 
