@@ -221,35 +221,45 @@ def _station_json(reg: Registry, device_pk: int) -> bytes:
 
 def _station_of_series(reg: Registry) -> tuple[np.ndarray[Any, Any], list[int]]:
     """The dense station number of every series pk (-1: none) and a device of each station,
-    cached for the registry version and extended as ingest creates series."""
+    cached for the registry version. Series created by ingest extend it: only the new pks are
+    looked up, in a table grown by doubling (a network whose series appear batch by batch
+    costs no pass over every series per batch)."""
     index, reps = _station_index(reg)
+    end = reg.series_end
     found = reg.derived.get("feed_series_stations")
-    if isinstance(found, np.ndarray) and len(found) >= reg.series_end:
-        return found, reps
-    devices = reg.s_device[: reg.series_end]
-    table = np.where(devices >= 0, index[np.clip(devices, 0, len(index) - 1)], -1)
-    reg.derived["feed_series_stations"] = table
+    if isinstance(found, tuple) and found[1] >= end:
+        return found[0], reps
+    table, done = found if isinstance(found, tuple) else (np.zeros(0, np.int64), 0)
+    if len(table) < end:
+        grown = np.full(max(end, 2 * len(table)), -1, np.int64)
+        grown[:done] = table[:done]
+        table = grown
+    devices = reg.s_device[done:end]
+    table[done:end] = np.where(devices >= 0, index[np.clip(devices, 0, len(index) - 1)], -1)
+    reg.derived["feed_series_stations"] = (table, end)
     return table, reps
 
 
-def _item_keys(reg: Registry, item: Item) -> tuple[list[int], dict[int, int]]:
-    """The distinct dense station numbers of an item's rows, and for each distinct sensor
-    (variable-name code) one series pk of it: computed once per item and kept on it, so the
-    sessions that share an item (their masks agree) share this too."""
+def _item_keys(reg: Registry, item: Item) -> tuple[list[int], list[int]]:
+    """The distinct dense station numbers (-1: none) and sensors (variable-name codes, -1:
+    none) of an item's rows, in order of appearance: computed once per item and kept on it,
+    so the sessions that share an item (their masks agree) share this too."""
     found = item.derived
     if isinstance(found, tuple):
         return found
     assert item.series is not None
     of_series, _ = _station_of_series(reg)
-    series = item.series.tolist()
-    stations = [n for n in dict.fromkeys(of_series[item.series].tolist()) if n >= 0]
-    sensors: dict[int, int] = {}
-    for code, pk in zip(reg.s_name[item.series].tolist(), series, strict=True):
-        if code >= 0 and code not in sensors:
-            sensors[code] = pk
+    stations = list(dict.fromkeys(of_series[item.series].tolist()))
+    sensors = list(dict.fromkeys(reg.s_name[item.series].tolist()))
     keys = (stations, sensors)
     item.derived = keys
     return keys
+
+
+def _series_of_sensor(reg: Registry, item: Item, code: int) -> int:
+    """A series pk among the item's rows with this sensor (the sensor is in the item)."""
+    assert item.series is not None
+    return int(item.series[np.flatnonzero(reg.s_name[item.series] == code)[0]])
 
 
 class Metadata:
@@ -277,6 +287,8 @@ class Metadata:
         bits = self._stations
         fresh: list[int] = []
         for n in stations:
+            if n < 0:
+                continue
             byte, bit = n >> 3, 1 << (n & 7)
             if byte >= len(bits):
                 bits.extend(bytes(max(byte + 1, 2 * len(bits)) - len(bits)))
@@ -284,13 +296,13 @@ class Metadata:
                 bits[byte] |= bit
                 fresh.append(n)
         described = self._sensors
-        new_sensors = [c for c in sensors if c not in described]
+        new_sensors = [c for c in sensors if c >= 0 and c not in described]
         if not fresh and not new_sensors:
             return None
         units: list[dict[str, str]] = []
         for code in sorted(new_sensors):
             described.add(code)
-            rec = reg.series_by_pk.get(sensors[code])
+            rec = reg.series_by_pk.get(_series_of_sensor(reg, item, code))
             var = reg.variables_by_pk.get(rec.variable_pk) if rec is not None else None
             if rec is not None and var is not None:
                 entry = var.entry
