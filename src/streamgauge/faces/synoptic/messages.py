@@ -187,57 +187,59 @@ def station(reg: Registry, device_pk: int) -> dict[str, Any]:
     return out
 
 
-def _station_index(reg: Registry) -> tuple[np.ndarray[Any, Any], list[int]]:
-    """A dense station number per device pk (-1: none) and, per station, one of its devices;
-    cached until metadata changes. A station is a site, or a device without one."""
-    found = reg.derived.get("feed_station_index")
-    if isinstance(found, tuple):
+class _Stations:
+    """The feed's view of the registry's stations, kept in ``registry.derived`` (dropped when
+    metadata changes): a dense station number per device pk (-1: none; a station is a site, or
+    a device without one), one device of each station, each station's metadata JSON (made on
+    first use), and the station number of every series pk. Series created by ingest extend the
+    last table: only the new pks are looked up, in an array grown by doubling, so a network
+    whose series appear batch by batch costs no pass over every series per batch."""
+
+    __slots__ = ("index", "reps", "json", "of_series", "series_done")
+
+    def __init__(self, reg: Registry) -> None:
+        self.index = np.full(max(reg.devices_by_pk, default=0) + 1, -1, np.int64)
+        self.reps: list[int] = []
+        number: dict[tuple[str, int], int] = {}
+        for dev in reg.devices_by_pk.values():
+            site = reg.sites.get((dev.project_pk, dev.doc.site)) if dev.doc.site else None
+            key = ("site", site.pk) if site is not None else ("device", dev.pk)
+            n = number.get(key)
+            if n is None:
+                n = number[key] = len(self.reps)
+                self.reps.append(dev.pk)
+            self.index[dev.pk] = n
+        self.json: list[bytes | None] = [None] * len(self.reps)
+        self.of_series = np.zeros(0, np.int64)
+        self.series_done = 0
+
+    @classmethod
+    def of(cls, reg: Registry) -> _Stations:
+        found = reg.derived.get("feed_stations")
+        if not isinstance(found, _Stations):
+            found = reg.derived["feed_stations"] = cls(reg)
+        if found.series_done < reg.series_end:
+            found._extend(reg)
         return found
-    index = np.full(max(reg.devices_by_pk, default=0) + 1, -1, np.int64)
-    reps: list[int] = []
-    number: dict[tuple[str, int], int] = {}
-    for dev in reg.devices_by_pk.values():
-        site = reg.sites.get((dev.project_pk, dev.doc.site)) if dev.doc.site else None
-        key = ("site", site.pk) if site is not None else ("device", dev.pk)
-        n = number.get(key)
-        if n is None:
-            n = number[key] = len(reps)
-            reps.append(dev.pk)
-        index[dev.pk] = n
-    reg.derived["feed_station_index"] = (index, reps)
-    return index, reps
 
+    def _extend(self, reg: Registry) -> None:
+        done, end = self.series_done, reg.series_end
+        if len(self.of_series) < end:
+            grown = np.full(max(end, 2 * len(self.of_series)), -1, np.int64)
+            grown[:done] = self.of_series[:done]
+            self.of_series = grown
+        devices = reg.s_device[done:end]
+        index = self.index
+        self.of_series[done:end] = np.where(
+            devices >= 0, index[np.clip(devices, 0, len(index) - 1)], -1
+        )
+        self.series_done = end
 
-def _station_json(reg: Registry, device_pk: int) -> bytes:
-    """The metadata JSON of a device's station, cached until metadata changes."""
-    table = reg.derived.get("feed_stations")
-    if not isinstance(table, dict):
-        table = reg.derived["feed_stations"] = {}
-    found: bytes | None = table.get(device_pk)
-    if found is None:
-        found = table[device_pk] = orjson.dumps(station(reg, device_pk))
-    return found
-
-
-def _station_of_series(reg: Registry) -> tuple[np.ndarray[Any, Any], list[int]]:
-    """The dense station number of every series pk (-1: none) and a device of each station,
-    cached for the registry version. Series created by ingest extend it: only the new pks are
-    looked up, in a table grown by doubling (a network whose series appear batch by batch
-    costs no pass over every series per batch)."""
-    index, reps = _station_index(reg)
-    end = reg.series_end
-    found = reg.derived.get("feed_series_stations")
-    if isinstance(found, tuple) and found[1] >= end:
-        return found[0], reps
-    table, done = found if isinstance(found, tuple) else (np.zeros(0, np.int64), 0)
-    if len(table) < end:
-        grown = np.full(max(end, 2 * len(table)), -1, np.int64)
-        grown[:done] = table[:done]
-        table = grown
-    devices = reg.s_device[done:end]
-    table[done:end] = np.where(devices >= 0, index[np.clip(devices, 0, len(index) - 1)], -1)
-    reg.derived["feed_series_stations"] = (table, end)
-    return table, reps
+    def station_json(self, reg: Registry, n: int) -> bytes:
+        found = self.json[n]
+        if found is None:
+            found = self.json[n] = orjson.dumps(station(reg, self.reps[n]))
+        return found
 
 
 def _item_keys(reg: Registry, item: Item) -> tuple[list[int], list[int]]:
@@ -248,8 +250,7 @@ def _item_keys(reg: Registry, item: Item) -> tuple[list[int], list[int]]:
     if isinstance(found, tuple):
         return found
     assert item.series is not None
-    of_series, _ = _station_of_series(reg)
-    stations = list(dict.fromkeys(of_series[item.series].tolist()))
+    stations = list(dict.fromkeys(_Stations.of(reg).of_series[item.series].tolist()))
     sensors = list(dict.fromkeys(reg.s_name[item.series].tolist()))
     keys = (stations, sensors)
     item.derived = keys
@@ -275,8 +276,8 @@ class Metadata:
         self.enabled = enabled
         self._stations = bytearray()
         self._sensors: set[int] = set()
-        if enabled:  # build the shared station index now, not in the first fan-out round
-            _station_of_series(reg)
+        if enabled:  # build the shared station tables now, not in the first fan-out round
+            _Stations.of(reg)
 
     def message(self, item: Item) -> bytes | None:
         """The metadata message the rows of ``item`` need first, or None."""
@@ -310,8 +311,8 @@ class Metadata:
                 units.append({"sensor": rec.variable_id, "unit": label})
         if not units and not fresh:
             return None
-        _, reps = _station_of_series(reg)
-        stations_json = [_station_json(reg, reps[n]) for n in sorted(fresh)]
+        known = _Stations.of(reg)
+        stations_json = [known.station_json(reg, n) for n in sorted(fresh)]
         return (
             b'{"type":"metadata","units":'
             + orjson.dumps(units)

@@ -1,0 +1,174 @@
+"""The push feed's fan-out round in one process, without sockets: CPU per round, per session.
+
+The feed bench (bench/feed.py) measures the whole system on loopback, where the figures move
+with everything else on the machine. This one isolates the server's own work of a live round:
+the engine (SQLite store, registry, hub) with the same 30,000-station mesonet, 1,000 sessions
+with bench/feed.py's arguments, each with its compiled selection, its metadata state and a sink
+doing what the feed's does (merge items, metadata, WebSocket framing by ``websockets``) except
+the socket write. Batches of 500 observations are committed one by one and each round is timed.
+
+    .venv/bin/python bench/feed_cpu.py [--sessions 1000] [--batches 200] [--profile]
+
+It prints the machine's core count, ms per round (p50, p90, max), microseconds per session per
+round, and with ``--profile`` the functions that cost most (cProfile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from websockets.frames import Frame, Opcode
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import NdjsonEncoder, device_bodies, make_mesonet, site_bodies  # noqa: E402
+from feed import make_feed_filters  # noqa: E402
+
+from streamgauge.config import Settings  # noqa: E402
+from streamgauge.core.engine import Engine  # noqa: E402
+from streamgauge.core.filters import CompiledSelection  # noqa: E402
+from streamgauge.core.hub import Item, Subscription  # noqa: E402
+from streamgauge.faces.synoptic.args import parse_feed_args  # noqa: E402
+from streamgauge.faces.synoptic.messages import Metadata, feed_framing, merge_items  # noqa: E402
+from streamgauge.model import DeviceIn, ProjectIn, SiteIn  # noqa: E402
+from streamgauge.store import metadata  # noqa: E402
+
+
+class Session:
+    """A feed session's live state and a sink like the feed's (``_Sender.direct``), framing
+    each message with websockets and counting the bytes instead of writing them."""
+
+    def __init__(self, engine: Engine, query: str, project_pk: int, rows: int) -> None:
+        args = parse_feed_args(query, now_ms=int(time.time() * 1000), max_period_hours=48)
+        self.meta = Metadata(engine.registry, args.select.units, args.metadata)
+        self.rows = rows
+        self.sent = 0
+        self.position = 0
+        self.sub = Subscription(
+            CompiledSelection(args.select.selection(project_pk), engine.registry),
+            feed_framing(rows),
+            engine.registry,
+            engine.settings.subscriber_queue_bytes,
+            args.select.units,
+        )
+        self.sub.selection.compile()
+        self.sub.sink = self.direct
+
+    def direct(self, items: list[Item], position: int) -> bool:
+        if items:
+            out = []
+            for item in merge_items(items, self.rows):
+                described = self.meta.message(item)
+                if described is not None:
+                    out.append(Frame(Opcode.TEXT, described).serialize(mask=False, extensions=[]))
+                out.append(Frame(Opcode.TEXT, item.data).serialize(mask=False, extensions=[]))
+            self.sent += len(b"".join(out))
+        self.position = position
+        return True
+
+
+async def run(a: argparse.Namespace) -> None:
+    m = make_mesonet(a.stations)
+    with tempfile.TemporaryDirectory(prefix="sg-feedcpu-") as tmp:
+        engine = Engine(Settings(data=Path(tmp), durability="normal"), "bench-token")
+        await engine.start()
+        try:
+            reg = engine.registry
+            await engine.store.write(
+                lambda tx: metadata.create_projects(
+                    tx, reg, [ProjectIn(id="bench")], skip_existing=False, admin_account=None
+                )
+            )
+            proj = reg.projects["bench"]
+            sites = [SiteIn(**b) for b in site_bodies(m)]
+            await engine.store.write(
+                lambda tx: metadata.create_sites(tx, reg, proj, sites, skip_existing=False)
+            )
+            devices = [DeviceIn(**b) for b in device_bodies(m)]
+            for k in range(0, len(devices), 5000):
+                part = devices[k : k + 5000]
+                await engine.store.write(
+                    lambda tx, part=part: metadata.create_devices(
+                        tx, reg, proj, part, skip_existing=False
+                    )
+                )
+            enc = NdjsonEncoder(m)
+            t0 = (int(time.time()) // 60 - 10 * 60) * 60_000
+            everything = np.arange(m.nseries, dtype=np.int64)
+            if not a.fresh_series:  # every series exists first, as in bench/feed.py
+                for k in range(0, m.nseries, 20_000):
+                    s = everything[k : k + 20_000]
+                    body = enc.rows(s, np.full(len(s), t0), np.full(len(s), 1.0))
+                    await engine.ingest(proj, body, ndjson=True)
+            filters = make_feed_filters(m, a.sessions, a.rows)
+            sessions = [Session(engine, f.query(), proj.pk, 1000) for f in filters]
+            for s in sessions:
+                engine.hub.subscribe(s.sub)
+            bodies = []
+            for k in range(a.batches):
+                s = (np.arange(k * a.rows, (k + 1) * a.rows, dtype=np.int64)) % m.nseries
+                t = np.full(len(s), t0 + (k + 1) * 60_000)
+                bodies.append(enc.rows(s, t, np.round(m.base[s // 6, s % 6], 1)))
+            hub = engine.hub
+            rounds: list[float] = []
+            flush = hub.flush
+
+            def timed_flush() -> None:
+                started = time.perf_counter()
+                flush()
+                rounds.append(time.perf_counter() - started)
+
+            hub.flush = timed_flush  # type: ignore[method-assign]
+            prof = cProfile.Profile() if a.profile else None
+            for body in bodies:
+                if prof is not None:
+                    prof.enable()
+                await engine.ingest(proj, body, ndjson=True)
+                await asyncio.sleep(0)  # the round runs
+                if prof is not None:
+                    prof.disable()
+            ms = np.array(rounds[1:]) * 1000  # the first round builds the encoders' caches
+            sent = sum(s.sent for s in sessions)
+            print(
+                f"feed fan-out CPU: cpu_count={os.cpu_count()} sessions={len(sessions)} "
+                f"stations={a.stations} rows/batch={a.rows} rounds={len(rounds)} "
+                f"{'fresh series' if a.fresh_series else 'series exist'}"
+            )
+            print(
+                f"  ms per round: p50 {np.percentile(ms, 50):.1f}  p90 {np.percentile(ms, 90):.1f}"
+                f"  max {ms.max():.1f}; first round {rounds[0] * 1000:.1f}"
+            )
+            print(
+                f"  us per session per round: {np.mean(ms) * 1000 / len(sessions):.1f}; "
+                f"{sent / len(rounds) / 1e6:.2f} MB framed per round"
+            )
+            if prof is not None:
+                stats = pstats.Stats(prof)
+                stats.sort_stats("tottime").print_stats(25)
+        finally:
+            await engine.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sessions", type=int, default=1000)
+    ap.add_argument("--stations", type=int, default=30_000)
+    ap.add_argument("--batches", type=int, default=200)
+    ap.add_argument("--rows", type=int, default=500)
+    ap.add_argument("--fresh-series", action="store_true")
+    ap.add_argument("--profile", action="store_true")
+    a = ap.parse_args()
+    asyncio.run(run(a))
+
+
+if __name__ == "__main__":
+    main()
