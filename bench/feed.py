@@ -569,18 +569,20 @@ def feed_token(port: int) -> str:
     return str(r.json()["token"])
 
 
-async def warm_up_session(base: str) -> None:
-    """One short session (auth, stop), so one-time costs of the first connection are not
-    counted as per-session memory."""
+async def warm_up_session(base: str, queries: list[str]) -> None:
+    """Short sessions (auth, stop), one per filter kind, so one-time costs (the first
+    connection, the server's per-project tables of site attributes, station reports and
+    stations) are not counted as per-session memory."""
     from websockets.asyncio.client import connect
 
-    async with connect(f"{base}/?vars=air_temp", compression=None) as ws:
-        first = await ws.recv()
-        if '"success"' not in str(first):
-            raise RuntimeError(f"feed warm-up session failed: {first!r}")
-        await ws.send('{"feed_action": "stop"}')
-        async for _ in ws:
-            pass
+    for query in queries:
+        async with connect(f"{base}/?{query}", compression=None) as ws:
+            first = await ws.recv()
+            if '"success"' not in str(first):
+                raise RuntimeError(f"feed warm-up session failed: {first!r}")
+            await ws.send('{"feed_action": "stop"}')
+            async for _ in ws:
+                pass
 
 
 def feed_fanout(
@@ -621,7 +623,8 @@ def feed_fanout(
             raise RuntimeError(f"warm-up ingest failed: {bad[0]!r}")
         log(f"  every series got one observation first ({m.nseries:,} rows)")
     base = f"ws://{HOST}:{srv.port}/feed/{feed_token(srv.port)}"
-    run_async(warm_up_session(base))
+    kinds = {f.kind: f.query() for f in reversed(filters)}  # the first filter of each kind
+    run_async(warm_up_session(base, list(kinds.values())))
     time.sleep(1.0)
     run.rss_before_mb = proc_rss_mb(pid)
     t = time.time()
