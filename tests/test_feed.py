@@ -944,11 +944,16 @@ async def test_per_message_compression_is_off_unless_configured(
     other = start_server(tmp_path / "other", ws_per_message_deflate=True)
     try:
         with other.client() as c:
-            assert c.post(API, json={"id": "p1"}).status_code == 201
+            make_network(c)
             token = feed_token(c)
-        ws = await connect(f"{ws_base(other)}/feed/{token}/", open_timeout=TIMEOUT)
-        assert ws.response is not None
-        assert "permessage-deflate" in ws.response.headers["Sec-WebSocket-Extensions"]
+            feed = await Feed.open(other, token, "stid=WBB")
+            ws = feed.ws
+            assert ws.response is not None
+            assert "permessage-deflate" in ws.response.headers["Sec-WebSocket-Extensions"]
+            # live messages written straight to the connection are compressed like the rest
+            post(c, minute_batch(0, minute_ms(int(time.time() * 1000)) - 60_000, 0))
+            await feed.until_count(1)
+            assert {r["stid"] for r in feed.rows} == {"WBB"} and "WBB" in feed.stations
         await ws.close()
     finally:
         other.stop()

@@ -37,7 +37,8 @@ class Metrics:
         )
         self.delivery_seconds = Histogram(
             "streamgauge_delivery_seconds",
-            "Commit-to-send time of live stream frames",
+            "Commit-to-send time of live stream frames (per sent chunk; per fan-out round for"
+            " sessions written to directly)",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )

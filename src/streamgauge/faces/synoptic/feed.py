@@ -4,11 +4,14 @@
 A session is a durable consumer of the log (``store/feeds.py``): its arguments and its position.
 The face only translates: arguments become the core's selection and units, the subscription is
 the engine's (catch-up from the store, then live, without gap or duplicate), and rows become
-``data`` messages preceded by whatever ``metadata`` they need. Closing codes: 1000 after
-``{"feed_action": "stop"}``, a finished period, or when another connection resumed the session
-(one connection serves a session at a time; the old one ends and saves its position before the
-new one starts), 1012 when the server shuts down, 4000 when the client fell too far behind (its
-send queue overflowed), 1008 when the token was revoked, 1011 after an unexpected error (logged).
+``data`` messages preceded by whatever ``metadata`` they need. A live session is written to
+from the hub's fan-out itself when the server offers a message writer (``_Sender``).
+
+Closing codes: 1000 after ``{"feed_action": "stop"}``, a finished period, or when another
+connection resumed the session (one connection serves a session at a time; the old one ends and
+saves its position before the new one starts), 1012 when the server shuts down, 4000 when the
+client fell too far behind (its send queue overflowed), 1008 when the token was revoked, 1011
+after an unexpected error (logged).
 Each close leaves the session resumable from the last observation pushed.
 
 Resuming ignores every argument (the session's own apply) except ``cursor``: a client that tracks
@@ -93,8 +96,8 @@ class _Sender:
 
     With the server's ``MessageWriter`` (see ``faces/websocket.py``) the sender is also the
     hub's sink for the live session: ``direct`` writes a whole fan-out round in one go, without
-    waking the session's task. Otherwise, and whenever the connection's buffer is full, the
-    session's task sends through ``send`` (awaiting the connection)."""
+    waking the session's task. Otherwise (no writer, catching up, or the connection's buffer
+    full) the session's task sends queued items with ``chunk``, awaiting the connection."""
 
     __slots__ = ("_ws", "_writer", "_meta", "_feeds", "_session", "_rows")
 
@@ -116,7 +119,8 @@ class _Sender:
         ``position``; False, having written nothing, if the connection cannot take them now."""
         if items:
             writer = self._writer
-            if writer is None or writer.paused or not writer.open:
+            assert writer is not None  # the sink is given only with a writer
+            if writer.paused or not writer.open:
                 return False
             messages: list[bytes] = []
             for item in merge_items(items, self._rows):
