@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 import orjson
@@ -99,10 +100,18 @@ class _Sender:
     waking the session's task. Otherwise (no writer, catching up, or the connection's buffer
     full) the session's task sends queued items with ``chunk``, awaiting the connection."""
 
-    __slots__ = ("_ws", "_writer", "_meta", "_feeds", "_session", "_rows")
+    __slots__ = ("_ws", "_writer", "_meta", "_feeds", "_session", "_rows", "_alive")
 
-    def __init__(self, ws: WebSocket, engine: Engine, session: FeedSession, meta: Metadata):
+    def __init__(
+        self,
+        ws: WebSocket,
+        engine: Engine,
+        session: FeedSession,
+        meta: Metadata,
+        alive: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._ws = ws
+        self._alive = alive
         writer = ws.scope.get("extensions", {}).get(WRITER)
         self._writer: MessageWriter | None = writer if isinstance(writer, MessageWriter) else None
         self._meta = meta
@@ -120,7 +129,7 @@ class _Sender:
         if items:
             writer = self._writer
             assert writer is not None  # the sink is given only with a writer
-            if writer.paused or not writer.open:
+            if writer.paused or not writer.open or not self._alive():
                 return False
             messages: list[bytes] = []
             for item in merge_items(items, self._rows):
@@ -221,9 +230,9 @@ async def _run(
     ws: WebSocket, engine: Engine, tok: FeedToken, session: FeedSession, args: FeedArgs
 ) -> None:
     feeds = engine.feeds
-    pusher = asyncio.create_task(_push(ws, engine, session, args))
-    listener = asyncio.create_task(_listen(ws))
     ended: list[tuple[int, str]] = []  # why the server ends it (revoked, taken over)
+    pusher = asyncio.create_task(_push(ws, engine, session, args, lambda: not ended))
+    listener = asyncio.create_task(_listen(ws))
 
     def close(code: int, reason: str) -> None:
         ended.append((code, reason))
@@ -273,14 +282,20 @@ async def _listen(ws: WebSocket) -> str:
 
 
 async def _push(
-    ws: WebSocket, engine: Engine, session: FeedSession, args: FeedArgs
+    ws: WebSocket,
+    engine: Engine,
+    session: FeedSession,
+    args: FeedArgs,
+    alive: Callable[[], bool],
 ) -> tuple[int, str]:
-    """Send the session's messages; return the close code and reason when the server ends it."""
+    """Send the session's messages; return the close code and reason when the server ends it.
+    ``alive()`` turns False when the server ends the connection (a revoked token, a take-over):
+    from then on the hub's fan-out writes nothing more to it."""
     select = args.select
     meta = Metadata(engine.registry, select.units, args.metadata)
     project_pk = engine.feeds.project_of(session)
     selection = select.selection(project_pk)
-    sender = _Sender(ws, engine, session, meta)
+    sender = _Sender(ws, engine, session, meta, alive)
     try:
         if args.start_ms is not None and args.end_ms is not None:
             await _period(sender, engine, session, args)
