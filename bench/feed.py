@@ -34,6 +34,7 @@ import re
 import sys
 import time
 import traceback
+import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -439,6 +440,7 @@ class FeedRun:
     batch_diff: list[str] = field(default_factory=list)
     log_errors: list[str] = field(default_factory=list)
     gc_pauses: list[str] = field(default_factory=list)  # the server's warnings (over 100 ms)
+    gc_full: tuple[int, float, float] = (0, 0.0, 0.0)  # full collections: count, total s, max s
     server_cpu_s: float = float("nan")  # server CPU seconds over the paced phase and grace
     steady_p50_ms: float = float("nan")  # latency without the first second of ingest
     steady_p99_ms: float = float("nan")
@@ -555,6 +557,27 @@ def print_run(title: str, run: FeedRun) -> None:
 # (1)+(2) streamgauge feed
 
 
+def full_collections(port: int) -> tuple[int, float, float]:
+    """The server's full garbage collections so far, from /metrics: (count, total seconds, the
+    smallest histogram bucket bound that holds the longest)."""
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    count, total, longest = 0, 0.0, 0.0
+    previous = 0.0
+    for line in text.splitlines():
+        if line.startswith("streamgauge_gc_pause_seconds_count"):
+            count = int(float(line.split()[-1]))
+        elif line.startswith("streamgauge_gc_pause_seconds_sum"):
+            total = float(line.split()[-1])
+        elif line.startswith("streamgauge_gc_pause_seconds_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            n = float(line.split()[-1])
+            if n > previous and le != "+Inf":
+                longest = float(le)
+            previous = n
+    return count, total, longest
+
+
 def feed_token(port: int) -> str:
     import httpx
 
@@ -649,6 +672,7 @@ def feed_fanout(
             spy.wait()
         run.server_cpu_s = server_s
         run.rss_after_mb = proc_rss_mb(pid)
+        run.gc_full = full_collections(srv.port)
         subs, meta = collect_subscribers(ps, rq, resq, stop, len(filters), cfg.procs)
         res.subscriber_cpu_pct = meta["cpu"] / wall * 100
         res.other_cpu_pct = max(0.0, busy_s - server_s - client_s - meta["cpu"]) / wall * 100
@@ -1024,7 +1048,12 @@ def main_feed(a: argparse.Namespace) -> None:
                 print_run("streamgauge feed", sg)
                 if sg.log_errors:
                     log(f"    server log error lines: {sg.log_errors}")
-                log(f"    full GC pauses over 100 ms: {len(sg.gc_pauses)} {sg.gc_pauses[:3]}")
+                n, total, longest = sg.gc_full
+                log(
+                    f"    full GC collections in the server: {n}, {total * 1000:.0f} ms in all, "
+                    f"the longest {longest * 1000:.0f} ms; pauses over 100 ms: "
+                    f"{len(sg.gc_pauses)} {sg.gc_pauses[:3]}"
+                )
             except Exception as e:  # noqa: BLE001
                 log(f"  streamgauge feed part failed: {e!r}\n{traceback.format_exc()[-1500:]}")
             if srv.proc.poll() is not None:

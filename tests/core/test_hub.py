@@ -356,3 +356,17 @@ def test_rounds_taken_by_sinks_report_their_latency() -> None:
     hub.publish(batch([1], first=1))
     hub.publish(batch([4], first=2))  # another project: nobody takes anything
     assert len(seen) == 1 and seen[0] > 0
+
+
+def test_the_keepalive_clock_leaves_streams_that_want_no_keepalives_asleep() -> None:
+    """Regression: live feed sessions (written to by the fan-out, so their last write time never
+    moved) were all woken at once by the keepalive clock, every interval: a 1,000-task burst
+    that was the feed bench's p99. WebSocket faces keep alive with protocol pings."""
+    reg = registry()
+    feed = sub(reg, Selection(1))
+    feed.keepalives = False
+    feed.last_sent = 0.0
+    hub = Hub()
+    hub.subscribe(feed)
+    hub.tick(now=100.0, idle_seconds=10.0)
+    assert not feed.keepalive_due and not feed.wakeup.is_set()

@@ -238,6 +238,7 @@ class Engine:
         since: int | None,
         units: UnitSystem = METRIC,
         direct: Sink | None = None,
+        keepalives: bool = True,
     ) -> AsyncGenerator[Chunk | Keepalive | Closed, None]:
         """A subscription as events, for faces to frame: chunks of matching rows after
         ``since`` (live only if None; catch-up from the store first, then live, without gap or
@@ -247,7 +248,10 @@ class Engine:
 
         ``direct``: a sink (see ``core/hub.py``) that takes live rounds at once. It is given to
         the hub whenever the subscription is live with nothing queued; while the hub uses it,
-        rows do not pass through here. What it raises is raised here."""
+        rows do not pass through here. What it raises is raised here.
+
+        ``keepalives=False``: no ``Keepalive`` events (a WebSocket face has protocol pings), so
+        the keepalive clock never wakes this stream's task."""
         s = self.settings
         sub = Subscription(
             CompiledSelection(selection, self.registry),
@@ -256,6 +260,7 @@ class Engine:
             s.subscriber_queue_bytes,
             units,
         )
+        sub.keepalives = keepalives
         sub.selection.compile()  # now, not on the first publish that all subscribers share
         self.hub.subscribe(sub)
         handoff = Handoff(last=self.store.head if since is None else since)

@@ -81,6 +81,7 @@ class Subscription:
         self.wakeup = asyncio.Event()
         self.last_sent = time.monotonic()  # when the stream last wrote (data or keepalive)
         self.keepalive_due = False  # set by the hub's clock when idle for the interval
+        self.keepalives = True  # False: the stream keeps its connection alive another way
         self.sink: Sink | None = None  # direct delivery, given by a live stream (see above)
         self.direct_last = 0  # the position of the last round the sink took
         self.error: BaseException | None = None  # what the sink raised, for the stream
@@ -242,10 +243,10 @@ class Hub:
 
     def tick(self, now: float, idle_seconds: float) -> None:
         """The keepalive clock (one for every stream, instead of a timer per wait): wake each
-        subscriber that has written nothing for ``idle_seconds``."""
+        subscriber that has written nothing for ``idle_seconds`` (and wants keepalives)."""
         for subs in self._subs.values():
             for sub in subs:
-                if now - sub.last_sent >= idle_seconds:
+                if sub.keepalives and now - sub.last_sent >= idle_seconds:
                     sub.keepalive_due = True
                     sub.wakeup.set()
 

@@ -301,7 +301,9 @@ async def _push(
             await _period(sender, engine, session, args)
             return CLOSE_DONE, "the requested period has been sent"
         framing = feed_framing(engine.settings.feed_message_rows)
-        events = engine.events(selection, framing, session.position, select.units, sender.sink)
+        events = engine.events(
+            selection, framing, session.position, select.units, sender.sink, keepalives=False
+        )
         async with contextlib.aclosing(events):
             async for event in events:
                 if isinstance(event, Chunk):
