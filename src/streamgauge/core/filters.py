@@ -158,13 +158,12 @@ class CompiledSelection:
         tables = self._refresh()
         sel = self.selection
         cols = _row_columns(batch, self._reg)
-        in_project = _in_project(batch, cols, sel.project_pk)
         mask: npt.NDArray[np.bool_]
-        if tables.devices is not None:
+        if tables.devices is not None:  # the project's devices only: no project test needed
             byte = tables.devices[cols.clipped("device_byte", len(tables.devices))]
-            mask = ((byte >> cols.device_shift) & 1).view(np.bool_) & in_project
+            mask = ((byte >> cols.device_shift) & 1).view(np.bool_)
         else:
-            mask = in_project.copy()
+            mask = _in_project(batch, cols, sel.project_pk).copy()
         if tables.names is not None:
             mask &= tables.names[cols.clipped("name", len(tables.names))]
         if sel.qc_remove:

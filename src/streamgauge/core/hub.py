@@ -94,7 +94,7 @@ class Subscription:
         """The frames of the rows of ``batch`` this subscriber wants: one item, or several of
         at most ``framing.max_rows`` rows each."""
         mask = self.selection.mask(batch)
-        picked = np.flatnonzero(mask)
+        picked = mask.nonzero()[0]
         if not len(picked):
             return []
         # Subscribers whose masks agree on this batch (same form and units) share the join.
@@ -135,15 +135,16 @@ class Subscription:
         items = self.render(batch)
         sink = self.sink
         if sink is not None:
+            last = int(batch.cursors[-1])
             try:
-                taken = sink(items, batch.last)
+                taken = sink(items, last)
             except Exception as exc:  # noqa: BLE001 - the stream's failure, not the fan-out's
                 self.sink = None
                 self.error = exc
                 self.wakeup.set()
                 return 0
             if taken:
-                self.direct_last = batch.last
+                self.direct_last = last
                 return len(items)
             self.sink = None  # the stream queues and drains again
         if not items:

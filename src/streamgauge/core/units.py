@@ -26,7 +26,7 @@ whole float64 array at numpy speed (NaN stays NaN).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -219,9 +219,18 @@ def kind_of_unit(unit: str) -> str:
 
 @dataclass(frozen=True)
 class UnitSystem:
-    """The unit chosen per quantity kind; hashable (a tuple of ``(kind, unit)`` in KINDS order)."""
+    """The unit chosen per quantity kind; hashable (a tuple of ``(kind, unit)`` in KINDS order).
+    Its hash is computed once: unit systems key the per-batch caches every subscriber of every
+    fan-out round looks up."""
 
     units: tuple[tuple[str, str], ...]
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash(self.units))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def unit_for(self, kind: str) -> str | None:
         for k, u in self.units:
