@@ -57,6 +57,7 @@ from common import (  # noqa: E402
     free_port,
     ingest_batches,
     loop_factory,
+    machine_speed_ms,
     make_mesonet,
     post_all,
     proc_cpu_seconds,
@@ -1007,9 +1008,11 @@ def main_feed(a: argparse.Namespace) -> None:
         f"load average before start: {os.getloadavg()[0]:.2f} (other work on the machine skews "
         "figures: see 'other procs cpu')"
     )
+    speed = machine_speed_ms()
     log(
         f"streamgauge feed bench: cpu_count={os.cpu_count()}  python={sys.version.split()[0]}  "
-        f"stations={a.stations:,}  durability={a.durability}"
+        f"stations={a.stations:,}  durability={a.durability}  machine speed {speed:.1f} ms "
+        "(bench/common.machine_speed_ms: lower is faster)"
     )
     cfg = FanoutCfg(
         a.fanout_seconds, a.fanout_rate, a.fanout_batch, a.subscribers, a.sub_procs, a.grace

@@ -30,7 +30,13 @@ from websockets.frames import Frame, Opcode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import NdjsonEncoder, device_bodies, make_mesonet, site_bodies  # noqa: E402
+from common import (  # noqa: E402
+    NdjsonEncoder,
+    device_bodies,
+    machine_speed_ms,
+    make_mesonet,
+    site_bodies,
+)
 from feed import make_feed_filters  # noqa: E402
 
 from streamgauge.config import Settings  # noqa: E402
@@ -141,7 +147,8 @@ async def run(a: argparse.Namespace) -> None:
             print(
                 f"feed fan-out CPU: cpu_count={os.cpu_count()} sessions={len(sessions)} "
                 f"stations={a.stations} rows/batch={a.rows} rounds={len(rounds)} "
-                f"{'fresh series' if a.fresh_series else 'series exist'}"
+                f"{'fresh series' if a.fresh_series else 'series exist'}  "
+                f"machine speed {machine_speed_ms():.1f} ms (lower is faster)"
             )
             print(
                 f"  ms per round: p50 {np.percentile(ms, 50):.1f}  p90 {np.percentile(ms, 90):.1f}"
