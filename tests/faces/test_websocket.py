@@ -1,0 +1,66 @@
+"""The server's WebSocket protocol (faces/websocket.py) with real peers on loopback: keepalive
+pings spread over connections opened together, and answered pings keep them open."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from websockets.client import ClientProtocol
+from websockets.frames import Opcode
+from websockets.uri import parse_uri
+
+from tests.conftest import MS, start_server
+
+INTERVAL = 400 * MS  # the server's ping interval in this test
+
+
+async def first_pings(url: str, n: int, rounds: int) -> list[list[float]]:
+    """Open ``n`` raw WebSocket connections at once (sans-I/O client, answering pings) and
+    return, for each, when its first ``rounds`` pings arrived, in seconds after opening."""
+
+    async def one() -> list[float]:
+        uri = parse_uri(url)
+        reader, writer = await asyncio.open_connection(uri.host, uri.port)
+        proto = ClientProtocol(uri)
+        proto.send_request(proto.connect())
+        writer.write(b"".join(proto.data_to_send()))
+        opened = time.monotonic()
+        seen: list[float] = []
+        while len(seen) < rounds:
+            data = await asyncio.wait_for(reader.read(65536), 30)
+            assert data, "the server closed the connection"
+            proto.receive_data(data)
+            for event in proto.events_received():
+                if getattr(event, "opcode", None) is Opcode.PING:
+                    seen.append(time.monotonic() - opened)
+            writer.write(b"".join(proto.data_to_send()))  # the pongs
+        writer.close()
+        return seen
+
+    return await asyncio.gather(*(one() for _ in range(n)))
+
+
+async def test_pings_of_connections_opened_together_are_spread_and_answered_ones_continue(
+    tmp_path: Path,
+) -> None:
+    """Regression: uvicorn pings each connection exactly one interval after it opened, so a
+    thousand sessions opened together were all pinged in the same instant, every interval,
+    and the fan-out stalled on the pongs (bench/feed.py p99 117 ms). The first ping now comes
+    at a random point of the second half of the first interval."""
+    srv = start_server(tmp_path / "data", ws_ping_seconds=INTERVAL)
+    try:
+        with srv.client() as c:
+            assert c.post("/api/v1/projects", json={"id": "p1"}).status_code == 201
+            r = c.post("/api/v1/projects/p1/feedtokens", json={"name": "pings"})
+            token = r.json()["token"]
+        url = srv.url.replace("http://", "ws://") + f"/feed/{token}/"
+        pings = await first_pings(url, n=20, rounds=2)
+    finally:
+        srv.stop()
+    firsts = sorted(p[0] for p in pings)
+    assert firsts[0] >= 0.45 * INTERVAL  # not before half an interval (a little scheduling slack)
+    assert firsts[-1] - firsts[0] > 0.1 * INTERVAL  # spread, not one instant
+    for first, second in pings:  # answered: pinged again about an interval later
+        assert second - first > 0.5 * INTERVAL
