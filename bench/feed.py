@@ -442,6 +442,8 @@ class FeedRun:
     log_errors: list[str] = field(default_factory=list)
     gc_pauses: list[str] = field(default_factory=list)  # the server's warnings (over 100 ms)
     gc_full: tuple[int, float, float] = (0, 0.0, 0.0)  # full collections: count, total s, max s
+    # event-loop lag samples during ingest: count, over 50 ms, over 100 ms, highest bucket bound
+    loop_lag: tuple[int, int, int, float] = (0, 0, 0, 0.0)
     server_cpu_s: float = float("nan")  # server CPU seconds over the paced phase and grace
     steady_p50_ms: float = float("nan")  # latency without the first second of ingest
     steady_p99_ms: float = float("nan")
@@ -558,25 +560,47 @@ def print_run(title: str, run: FeedRun) -> None:
 # (1)+(2) streamgauge feed
 
 
-def full_collections(port: int) -> tuple[int, float, float]:
-    """The server's full garbage collections so far, from /metrics: (count, total seconds, the
-    smallest histogram bucket bound that holds the longest)."""
+def histogram(port: int, name: str) -> tuple[int, float, float, dict[float, int]]:
+    """A histogram of the server's /metrics: (count, sum, the bound of the highest bucket with
+    observations, cumulative counts by bound)."""
     with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as r:
         text = r.read().decode()
     count, total, longest = 0, 0.0, 0.0
-    previous = 0.0
+    buckets: dict[float, int] = {}
+    previous = 0
     for line in text.splitlines():
-        if line.startswith("streamgauge_gc_pause_seconds_count"):
+        if line.startswith(f"{name}_count"):
             count = int(float(line.split()[-1]))
-        elif line.startswith("streamgauge_gc_pause_seconds_sum"):
+        elif line.startswith(f"{name}_sum"):
             total = float(line.split()[-1])
-        elif line.startswith("streamgauge_gc_pause_seconds_bucket"):
+        elif line.startswith(f"{name}_bucket"):
             le = line.split('le="')[1].split('"')[0]
-            n = float(line.split()[-1])
-            if n > previous and le != "+Inf":
-                longest = float(le)
+            n = int(float(line.split()[-1]))
+            if le != "+Inf":
+                buckets[float(le)] = n
+                if n > previous:
+                    longest = float(le)
             previous = n
-    return count, total, longest
+    return count, total, longest, buckets
+
+
+def loop_lag_during(
+    before: tuple[int, float, float, dict[float, int]],
+    after: tuple[int, float, float, dict[float, int]],
+) -> tuple[int, int, int, float]:
+    """Event-loop lag samples between two reads of the histogram: (samples, over 50 ms, over
+    100 ms, the bound of the highest bucket that gained samples)."""
+    n = after[0] - before[0]
+    within = {le: after[3][le] - before[3].get(le, 0) for le in after[3]}
+    worst = 0.0
+    previous = 0
+    for le in sorted(within):
+        if within[le] > previous:
+            worst = le
+        previous = within[le]
+    if n > previous:  # some samples beyond the last finite bucket
+        worst = float("inf")
+    return n, n - within.get(0.05, 0), n - within.get(0.1, 0), worst
 
 
 def feed_token(port: int) -> str:
@@ -667,13 +691,17 @@ def feed_fanout(
             f"{run.rss_before_mb:.0f} -> {run.rss_connected_mb:.0f} MB = "
             f"{run.kb_per_idle_session:.1f} KB per idle session"
         )
+        lag_before = histogram(srv.port, "streamgauge_event_loop_lag_seconds")
         spy = start_profile(pid, cfg.seconds)
         server_s, busy_s, client_s, wall, send_wall = paced_phase(pid, srv.port, reqs, cfg, res)
         if spy is not None:
             spy.wait()
         run.server_cpu_s = server_s
         run.rss_after_mb = proc_rss_mb(pid)
-        run.gc_full = full_collections(srv.port)
+        gc_n, gc_s, gc_max, _ = histogram(srv.port, "streamgauge_gc_pause_seconds")
+        run.gc_full = (gc_n, gc_s, gc_max)
+        lag = histogram(srv.port, "streamgauge_event_loop_lag_seconds")
+        run.loop_lag = loop_lag_during(lag_before, lag)
         subs, meta = collect_subscribers(ps, rq, resq, stop, len(filters), cfg.procs)
         res.subscriber_cpu_pct = meta["cpu"] / wall * 100
         res.other_cpu_pct = max(0.0, busy_s - server_s - client_s - meta["cpu"]) / wall * 100
@@ -1051,6 +1079,12 @@ def main_feed(a: argparse.Namespace) -> None:
                 print_run("streamgauge feed", sg)
                 if sg.log_errors:
                     log(f"    server log error lines: {sg.log_errors}")
+                n, over50, over100, worst = sg.loop_lag
+                log(
+                    f"    server event-loop lag during ingest (every 50 ms): {n} samples, "
+                    f"{over50} over 50 ms, {over100} over 100 ms, "
+                    f"the worst up to {worst * 1000:.0f} ms"
+                )
                 n, total, longest = sg.gc_full
                 log(
                     f"    full GC collections in the server: {n}, {total * 1000:.0f} ms in all, "

@@ -56,6 +56,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "streamgauge_event_loop_lag_seconds",
+            "How late the event loop ran a timer due now (sampled every 50 ms): how long the "
+            "loop was busy with other work, e.g. a fan-out round",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.outbound_attempts = Counter(
             "streamgauge_outbound_attempts",
             "Outbound delivery attempts (connectors, alert actions) by outcome: delivered, "

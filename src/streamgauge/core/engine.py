@@ -39,6 +39,7 @@ from streamgauge.store.registry import AccountRec, ProjectRec
 from streamgauge.store.sqlite import SqliteStore
 
 MAX_SEND_BYTES = 256 * 1024  # coalesce queued frames into writes of at most this size
+LAG_PROBE_SECONDS = 0.05  # how often the event loop's lag is sampled (metrics)
 
 
 def load_admin_token(settings: Settings) -> tuple[str, bool]:
@@ -86,6 +87,7 @@ class Engine:
         )
         self.listeners.append(lambda batch: self.deliveries.notify())
         self._ticker: asyncio.Task[None] | None = None
+        self._lag: asyncio.Task[None] | None = None
         self._gc_before: tuple[int, int, int] | None = None
         self._switch_before: float | None = None
         # Push-feed tokens and durable feed sessions.
@@ -105,6 +107,7 @@ class Engine:
         self._switch_before = sys.getswitchinterval()
         sys.setswitchinterval(self.settings.switch_interval_ms / 1000)
         self._ticker = asyncio.create_task(self._keepalive_clock())
+        self._lag = asyncio.create_task(self._loop_lag_probe())
 
     async def _keepalive_clock(self) -> None:
         """Idle streams get a keepalive between one and 1.25 intervals after their last write."""
@@ -113,15 +116,24 @@ class Engine:
             await asyncio.sleep(idle / 4)
             self.hub.tick(time.monotonic(), idle)
 
+    async def _loop_lag_probe(self) -> None:
+        """Sample the event loop's lag (``streamgauge_event_loop_lag_seconds``)."""
+        step = LAG_PROBE_SECONDS
+        while True:
+            due = time.perf_counter() + step
+            await asyncio.sleep(step)
+            self.metrics.loop_lag.observe(max(0.0, time.perf_counter() - due))
+
     def _committed(self, batch: Batch) -> None:
         self.hub.publish(batch)
         for listener in self.listeners:
             listener(batch)
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            self._ticker = None
+        for task in (self._ticker, self._lag):
+            if task is not None:
+                task.cancel()
+        self._ticker = self._lag = None
         if self.metrics.on_gc in gc.callbacks:
             gc.callbacks.remove(self.metrics.on_gc)
         if self._gc_before is not None:
