@@ -331,3 +331,51 @@ def test_a_project_deleted_on_the_native_face_does_not_stall_the_alert_log(
             eventually(lambda: srv.engine.alerting.get("quiet") is None)
     finally:
         srv.stop()
+
+
+def test_a_deleted_channels_pk_is_never_given_to_a_new_channel(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """Regression: channel pks were SQLite's max(pk) + 1, so a channel created after the newest
+    one was deleted (with its project) got the same pk, and forgetting the deleted channel on
+    the next tick removed the new channel's deliveries (``alert:PK:SLOT``): its alerts were
+    logged and never sent (the test above failed about one run in three on a busy machine)."""
+    srv = start_server(tmp_path / "data")
+    try:
+        with srv.client() as c:
+            station(c)
+            assert c.post("/api/v1/projects", json={"id": "gone"}).status_code == 201
+            r = c.post(
+                "/api/v1/projects/gone/devices", json={"id": "d", "variables": [{"name": "x"}]}
+            )
+            assert r.status_code == 201, r.text
+            r = c.post("/api/v1/projects/gone/channels", json=deadman("old", "d", receiver))
+            assert r.status_code == 201, r.text
+            old = srv.engine.alerting.get("old")
+            assert old is not None
+            assert c.delete("/api/v1/projects/gone").status_code in (200, 204)
+            hot_channel(c, receiver)
+        srv.stop()
+        srv = start_server(tmp_path / "data")  # the highest pk given survives a restart
+        with srv.client() as c:
+            r = c.post("/api/v1/projects/lab/channels", json=deadman("later", "ws1", receiver))
+            assert r.status_code == 201, r.text
+        hot, later = srv.engine.alerting.get("hot"), srv.engine.alerting.get("later")
+        assert hot is not None and later is not None
+        assert len({old.pk, hot.pk, later.pk}) == 3
+    finally:
+        srv.stop()
+
+
+def deadman(channel: str, device: str, receiver: Receiver) -> dict[str, object]:
+    return {
+        "id": channel,
+        "triggers": [
+            {
+                "type": "deadman",
+                "device": device,
+                "seconds": 3600,
+                "actions": [{"method": "WEBHOOK", "webhook_url": receiver.url}],
+            }
+        ],
+    }

@@ -33,11 +33,20 @@ def load_channels(conn: sqlite3.Connection) -> list[tuple[int, int, ChannelDoc]]
 
 
 def insert_channel(tx: Tx, project_pk: int, doc: ChannelDoc) -> int:
-    cur = tx.execute(
-        "INSERT INTO channels (id, project_pk, doc) VALUES (?, ?, ?)",
-        (doc.id, project_pk, doc.model_dump_json()),
+    """A new channel's pk, never one a deleted channel had: deliveries (``alert:PK:SLOT``), trigger
+    states and in-memory channels are keyed by it, and SQLite's max(pk) + 1 gave a channel
+    created after the newest was deleted (with its project, say) the same pk, so forgetting the
+    old one removed the new one's deliveries. ``state.channel_seq`` keeps the highest given."""
+    (pk,) = tx.execute(
+        "SELECT max(coalesce((SELECT max(pk) FROM channels), 0),"
+        " coalesce((SELECT value FROM state WHERE key = 'channel_seq'), 0)) + 1"
+    ).fetchone()
+    tx.execute("INSERT OR REPLACE INTO state VALUES ('channel_seq', ?)", (pk,))
+    tx.execute(
+        "INSERT INTO channels (pk, id, project_pk, doc) VALUES (?, ?, ?, ?)",
+        (pk, doc.id, project_pk, doc.model_dump_json()),
     )
-    return int(cur.lastrowid or 0)
+    return int(pk)
 
 
 def update_channel(tx: Tx, pk: int, doc: ChannelDoc) -> None:
