@@ -302,26 +302,7 @@ def test_a_project_deleted_on_the_native_face_does_not_stall_the_alert_log(
     try:
         with srv.client() as c:
             station(c)
-            assert c.post("/api/v1/projects", json={"id": "gone"}).status_code == 201
-            r = c.post(
-                "/api/v1/projects/gone/devices", json={"id": "d", "variables": [{"name": "x"}]}
-            )
-            assert r.status_code == 201, r.text
-            r = c.post(
-                "/api/v1/projects/gone/channels",
-                json={
-                    "id": "quiet",
-                    "triggers": [
-                        {
-                            "type": "deadman",
-                            "device": "d",
-                            "seconds": 100 * MS,
-                            "actions": [{"method": "WEBHOOK", "webhook_url": receiver.url}],
-                        }
-                    ],
-                },
-            )
-            assert r.status_code == 201, r.text
+            doomed_project(c, deadman("quiet", "d", receiver, seconds=100 * MS))
             assert c.delete("/api/v1/projects/gone").status_code in (200, 204)
             hot_channel(c, receiver)
             obs(c, ("air_temp", T0, 35.0))
@@ -344,13 +325,7 @@ def test_a_deleted_channels_pk_is_never_given_to_a_new_channel(
     try:
         with srv.client() as c:
             station(c)
-            assert c.post("/api/v1/projects", json={"id": "gone"}).status_code == 201
-            r = c.post(
-                "/api/v1/projects/gone/devices", json={"id": "d", "variables": [{"name": "x"}]}
-            )
-            assert r.status_code == 201, r.text
-            r = c.post("/api/v1/projects/gone/channels", json=deadman("old", "d", receiver))
-            assert r.status_code == 201, r.text
+            doomed_project(c, deadman("old", "d", receiver))
             old = srv.engine.alerting.get("old")
             assert old is not None
             assert c.delete("/api/v1/projects/gone").status_code in (200, 204)
@@ -367,14 +342,25 @@ def test_a_deleted_channels_pk_is_never_given_to_a_new_channel(
         srv.stop()
 
 
-def deadman(channel: str, device: str, receiver: Receiver) -> dict[str, object]:
+def doomed_project(c: httpx.Client, channel: dict[str, object]) -> None:
+    """Project ``gone`` with device ``d`` and ``channel`` (the caller deletes the project)."""
+    assert c.post("/api/v1/projects", json={"id": "gone"}).status_code == 201
+    r = c.post("/api/v1/projects/gone/devices", json={"id": "d", "variables": [{"name": "x"}]})
+    assert r.status_code == 201, r.text
+    r = c.post("/api/v1/projects/gone/channels", json=channel)
+    assert r.status_code == 201, r.text
+
+
+def deadman(
+    channel: str, device: str, receiver: Receiver, seconds: float = 3600
+) -> dict[str, object]:
     return {
         "id": channel,
         "triggers": [
             {
                 "type": "deadman",
                 "device": device,
-                "seconds": 3600,
+                "seconds": seconds,
                 "actions": [{"method": "WEBHOOK", "webhook_url": receiver.url}],
             }
         ],
