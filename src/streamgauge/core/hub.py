@@ -233,7 +233,7 @@ class Hub:
     def _fan_out(self, batch: Batch) -> None:
         self.fanouts += 1
         direct = 0
-        for sub in list(self._subs.get(batch.project_pk, ())):  # a sink may unsubscribe
+        for sub in list(self._subs.get(batch.project_pk, ())):  # a copy: sinks run foreign code
             was = sub.overflowed
             direct += sub.offer(batch)
             if sub.overflowed and not was:

@@ -659,15 +659,17 @@ def _fetch_rows(
     Here SQLite builds one JSON array of the rows (GIL released throughout; reals written with
     17 significant digits, which parse back to the same double) and orjson reads it: 15 ms.
     The rows come back in ``sql``'s order (checked: by cursor, or by (time, cursor) when
-    ``by_time``). A text value holding a NUL would be cut short by SQLite's string functions:
-    such a read takes the row-by-row way."""
+    ``by_time``). A text value holding a NUL would be cut short by SQLite's string functions,
+    and a blob has no JSON form (ingest never stores one): such a read takes the row-by-row
+    way."""
     more = f" || ',' || {extra}" if extra else ""
     wrapped = (
         "SELECT '[' || coalesce(group_concat('[' || cursor || ',' || series || ',' || time"
         " || ',' || CASE typeof(value) WHEN 'real' THEN printf('%!.17g', value)"
         " WHEN 'integer' THEN value WHEN 'text' THEN json_quote(value) ELSE 'null' END"
         f" || ',' || qc{more} || ']', ','), '') || ']',"
-        " max(typeof(value) = 'text' AND instr(CAST(value AS BLOB), x'00') > 0)"
+        " max(typeof(value) = 'blob' OR"
+        " (typeof(value) = 'text' AND instr(CAST(value AS BLOB), x'00') > 0))"
         f" FROM ({sql})"
     )
     text, has_nul = conn.execute(wrapped, params).fetchone()
