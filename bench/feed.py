@@ -1,9 +1,8 @@
 """streamgauge push-feed benchmark: 1,000 Synoptic-style feed sessions vs a plain websockets
 broadcast of the same frames.
 
-    .venv/bin/python bench/feed.py               # about 2 minutes
-    .venv/bin/python bench/run.py --feed         # the same
-    .venv/bin/python bench/feed.py --subscribers 100 --fanout-rate 2000 --fanout-seconds 5
+    .venv/bin/python -m bench feed               # about 2 minutes
+    .venv/bin/python -m bench feed --subscribers 100 --fanout-rate 2000 --fanout-seconds 5
 
 (1) A streamgauge server (QC on) gets the 30,000-station mesonet and a feed token. 1,000 sessions
     (`ws://HOST/feed/{token}/?{arguments}`, each with different arguments: state, network, radius
@@ -43,9 +42,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from common import (  # noqa: E402
+from .common import (
     NVARS,
     STATES,
     VARIABLES,
@@ -68,8 +65,7 @@ from common import (  # noqa: E402
     values_for,
     weighted_percentiles,
 )
-from quality import _REPORT_CACHE, QFilter, make_quality_filters  # noqa: E402
-from run import (  # noqa: E402
+from .harness import (
     HOST,
     PROJECT,
     TOKEN,
@@ -85,7 +81,8 @@ from run import (  # noqa: E402
     setup_mesonet,
     wait_ready,
 )
-from subscribers import raise_nofile  # noqa: E402
+from .quality import _REPORT_CACHE, QFilter, make_quality_filters
+from .subscribers import raise_nofile
 
 MINUTE_MS = 60_000
 DATA_PREFIX = '{"type":"data","cursor":'

@@ -7,7 +7,7 @@ with bench/feed.py's arguments, each with its compiled selection, its metadata s
 doing what the feed's does (merge items, metadata, WebSocket framing by ``websockets``) except
 the socket write. Batches of 500 observations are committed one by one and each round is timed.
 
-    .venv/bin/python bench/feed_cpu.py [--sessions 1000] [--batches 200] [--profile]
+    .venv/bin/python -m bench feed-cpu [--sessions 1000] [--batches 200] [--profile]
 
 It prints the machine's core count, ms per round (p50, p90, max), microseconds per session per
 round, and with ``--profile`` the functions that cost most (cProfile).
@@ -20,7 +20,6 @@ import asyncio
 import cProfile
 import os
 import pstats
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,25 +27,23 @@ from pathlib import Path
 import numpy as np
 from websockets.frames import Frame, Opcode
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from streamgauge.config import Settings
+from streamgauge.core.engine import Engine
+from streamgauge.core.filters import CompiledSelection
+from streamgauge.core.hub import Item, Subscription
+from streamgauge.faces.synoptic.args import parse_feed_args
+from streamgauge.faces.synoptic.messages import Metadata, feed_framing, merge_items
+from streamgauge.model import DeviceIn, ProjectIn, SiteIn
+from streamgauge.store import metadata
 
-from common import (  # noqa: E402
+from .common import (
     NdjsonEncoder,
     device_bodies,
     machine_speed_ms,
     make_mesonet,
     site_bodies,
 )
-from feed import make_feed_filters  # noqa: E402
-
-from streamgauge.config import Settings  # noqa: E402
-from streamgauge.core.engine import Engine  # noqa: E402
-from streamgauge.core.filters import CompiledSelection  # noqa: E402
-from streamgauge.core.hub import Item, Subscription  # noqa: E402
-from streamgauge.faces.synoptic.args import parse_feed_args  # noqa: E402
-from streamgauge.faces.synoptic.messages import Metadata, feed_framing, merge_items  # noqa: E402
-from streamgauge.model import DeviceIn, ProjectIn, SiteIn  # noqa: E402
-from streamgauge.store import metadata  # noqa: E402
+from .feed import make_feed_filters
 
 
 class Session:

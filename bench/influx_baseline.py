@@ -20,7 +20,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from common import free_port
+from .common import free_port
 
 CONFIG = """\
 reporting-disabled = true
@@ -150,9 +150,8 @@ class InfluxServer:
 if __name__ == "__main__":
     import argparse
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import run
-    from common import make_mesonet
+    from .common import make_mesonet
+    from .harness import Ingestor
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_080_000)
@@ -164,6 +163,6 @@ if __name__ == "__main__":
         sys.exit(INSTALL_HINT)
     m = make_mesonet()
     with InfluxServer(exe) as srv:
-        ing = run.Ingestor(m, "influx", "127.0.0.1", srv.port, srv.proc.pid, None)  # type: ignore[union-attr]
+        ing = Ingestor(m, "influx", "127.0.0.1", srv.port, srv.proc.pid, None)  # type: ignore[union-attr]
         r = ing.run(a.rows, a.batch, a.producers)
         print(r)

@@ -1,7 +1,6 @@
 """streamgauge quality/filters benchmark: ingest with QC vs without, and 1,000 filtered streams.
 
-    .venv/bin/python bench/quality.py            # about 4 minutes
-    .venv/bin/python bench/run.py --quality      # the same
+    .venv/bin/python -m bench quality            # about 4 minutes
 
 (1) Two servers (STREAMGAUGE_QC=true and STREAMGAUGE_QC=false), the same mesonet, the same
     NDJSON batches, batch size, producers and rows, run alternately; obs/s of each and the ratio.
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -24,9 +22,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from common import (  # noqa: E402
+from .common import (
     NETWORKS,
     NVARS,
     STATES,
@@ -41,7 +37,7 @@ from common import (  # noqa: E402
     start_profile,
     values_for,
 )
-from run import (  # noqa: E402
+from .harness import (
     FANOUT_T1_MS,
     HOST,
     PROJECT,
@@ -59,7 +55,7 @@ from run import (  # noqa: E402
     setup_mesonet,
     wait_ready,
 )
-from subscribers import raise_nofile  # noqa: E402
+from .subscribers import raise_nofile
 
 EARTH_RADIUS_MILES = 3958.8
 # catalog ranges of the server's sl_range_check (values outside are removed from streams)
@@ -397,7 +393,7 @@ def qc_ingest(
 def start_subs(port: int, targets: list[str], procs: int) -> tuple[list[Any], Any, Any, Any]:
     import multiprocessing as mp
 
-    from subscribers import subscriber_process
+    from .subscribers import subscriber_process
 
     ctx = mp.get_context("spawn")
     ready_q, result_q, stop = ctx.Queue(), ctx.Queue(), ctx.Event()

@@ -17,7 +17,8 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
-from common import loop_factory
+
+from .common import loop_factory
 
 TIME_RE = re.compile(rb'"time"\s*:\s*"([^"]*)"')
 
@@ -48,7 +49,7 @@ class LineCounter:
         self.process(data[: cut + 1], now)
 
     def process(self, chunk: bytes, now: float) -> None:
-        from common import parse_time_ms
+        from .common import parse_time_ms
 
         times = TIME_RE.findall(chunk)
         if b'"resume"' in chunk:

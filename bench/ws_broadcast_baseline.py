@@ -6,7 +6,8 @@ Frames for batch k+1 are built (filtered and encoded) in the idle time after bat
 so the measured latency is the transport floor: `websockets.broadcast` + the kernel + the client.
 Subscribers with identical filters share one broadcast call.
 
-Run from bench/run.py; standalone: `python bench/ws_broadcast_baseline.py [--seconds 10]`.
+Run from `python -m bench ingest`; standalone:
+`python -m bench.ws_broadcast_baseline [--seconds 10]`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import time
 from typing import Any
 
 import numpy as np
-from common import (
+
+from .common import (
     NVARS,
     VAR_NAMES,
     Filter,
@@ -159,16 +161,15 @@ def ws_baseline_process(
 
 if __name__ == "__main__":
     import argparse
-    import os
-    import sys
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import run
+    from . import harness
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--subscribers", type=int, default=100)
     a = ap.parse_args()
     m = make_mesonet()
-    res = run.fanout_ws_baseline(m, run.FanoutCfg(seconds=a.seconds, subscribers=a.subscribers))
-    run.print_fanout("websockets", res)
+    res = harness.fanout_ws_baseline(
+        m, harness.FanoutCfg(seconds=a.seconds, subscribers=a.subscribers)
+    )
+    harness.print_fanout("websockets", res)
