@@ -6,8 +6,7 @@ Frames for batch k+1 are built (filtered and encoded) in the idle time after bat
 so the measured latency is the transport floor: `websockets.broadcast` + the kernel + the client.
 Subscribers with identical filters share one broadcast call.
 
-Run from `python -m bench ingest`; standalone:
-`python -m bench.ws_broadcast_baseline [--seconds 10]`.
+Run by `python -m bench ingest` (alone: `python -m bench ingest --skip sg-ingest,sg-fanout,influx`).
 """
 
 from __future__ import annotations
@@ -157,19 +156,3 @@ def ws_baseline_process(
         msg = traceback.format_exc()
         ready_q.put(("error", msg))
         result_q.put(("error", msg))
-
-
-if __name__ == "__main__":
-    import argparse
-
-    from . import harness
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=10)
-    ap.add_argument("--subscribers", type=int, default=100)
-    a = ap.parse_args()
-    m = make_mesonet()
-    res = harness.fanout_ws_baseline(
-        m, harness.FanoutCfg(seconds=a.seconds, subscribers=a.subscribers)
-    )
-    harness.print_fanout("websockets", res)
