@@ -1,4 +1,5 @@
-"""tapipy built from a base_url alone: ``GET /v3/tenants`` and ``GET /v3/sites`` (issue 11 item 5)."""
+"""tapipy built from a base_url alone: ``GET /v3/tenants`` and ``GET /v3/sites``
+(issue 11 item 5)."""
 
 from __future__ import annotations
 
@@ -53,4 +54,3 @@ def test_tenant_base_url_is_the_url_the_client_used(server: Server) -> None:
     with httpx.Client(base_url=server.url) as anon:
         assert envelope(anon.get("/v3/tenants/other"), 404)["status"] == "error"
         assert envelope(anon.get("/v3/sites/other"), 404)["status"] == "error"
-

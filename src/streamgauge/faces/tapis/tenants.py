@@ -78,8 +78,9 @@ async def list_tenants(
 
 @router.get("/tenants/{tenant_id}")
 async def get_tenant(engine: EngineDep, request: Request, tenant_id: str) -> Response:
-    if tenant_id != engine.settings.tapis_tenant_id:
-        raise NotFound(f"no tenant {tenant_id!r} (this server is {engine.settings.tapis_tenant_id!r})")
+    mine = engine.settings.tapis_tenant_id
+    if tenant_id != mine:
+        raise NotFound(f"no tenant {tenant_id!r} (this server is tenant {mine!r})")
     return envelope(_tenant(tenant_id, base_url(request)), "Tenant found")
 
 
