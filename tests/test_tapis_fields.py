@@ -191,3 +191,28 @@ def test_contradicting_ids_and_unknown_fields_are_named(
     assert envelope(tapis.get(I + "/variables"), 200)["result"][0]["var_id"] == "battery"
     assert len(envelope(tapis.get(I + "/variables"), 200)["result"]) == 1
     assert len(envelope(tapis.get(S + "/instruments"), 200)["result"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "field"),
+    [
+        (P + "/sites", '[{"site_name": "n", "site_id": "n", "latitude": 1, "longitude": 2, '
+         '"elevation": NaN, "description": "d"}]', "elevation"),
+        (I + "/variables", '[{"var_name": "v", "var_id": "v9", "measured_property_id": '
+         "Infinity}]", "measured_property_id"),
+        (I + "/variables", '[{"var_name": "v", "var_id": "v9", "topic_category_id": 1%s}]'
+         % ("0" * 400), "topic_category_id"),
+    ],
+)  # fmt: skip
+def test_nan_and_huge_numbers_in_documents_are_refused(
+    tapis: httpx.Client, path: str, raw: str, field: str
+) -> None:
+    """issue 11 items 7 and 9: a NaN, an infinity or a number too large for 64 bits in a
+    document is a 400 naming the field, not a null or a number that breaks later listings."""
+    build_as_tapis_tests_do(tapis)
+    r = tapis.post(path, content=raw, headers={"Content-Type": "application/json"})
+    got = envelope(r, 400)
+    assert any(field in str(d.get("field", "")) for d in got["metadata"]["details"]), got
+    envelope(tapis.get(I + "/variables"), 200)
+    envelope(tapis.get(P + "/sites"), 200)
+    assert len(envelope(tapis.get(P + "/sites"), 200)["result"]) == 1

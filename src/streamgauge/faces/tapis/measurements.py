@@ -175,8 +175,8 @@ async def create_measurement(engine: EngineDep, who: CallerDep, body: NewMeasure
             rows.append({"device": d.doc.id, "variable": key, "time": ms, "value": value})
             origin.append((i, key))
             result.setdefault(key, []).append({row["datetime"]: raw})
-    if details:
-        raise Invalid(_message(details), details)
+    if details:  # every bad row is counted in the message; the first max_batch_errors listed
+        raise Invalid(_message(details), details[: engine.settings.max_batch_errors])
     if not rows:
         raise Invalid("no measurements in vars", [{"field": "vars", "reason": "no values"}])
     try:

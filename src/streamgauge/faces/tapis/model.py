@@ -32,14 +32,20 @@ Text = Annotated[str, StringConstraints(max_length=4096)]
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A Tapis body: no field beyond the listed ones, no NaN or infinity in a number."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 Echo = Any
 """A field the server sets (``created_at``, ``chords_id``, ...). Tapis accepts a document
 back with it (a GET, edited, sent again); here it is accepted and the server's value kept."""
 
-TopicId = Annotated[str, StringConstraints(max_length=256)] | int | None
+TopicId = (
+    Annotated[str, StringConstraints(max_length=256)]
+    | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+    | None
+)
 
 
 class NewProject(_In):
