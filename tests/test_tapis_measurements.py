@@ -235,3 +235,18 @@ def test_channel_numbers_too_large_are_a_clear_400(
     detail = got["metadata"]["details"][0]
     assert field in detail["field"] and detail.get("index", 0) == 0, got
     assert t.streams.list_channels() == []
+
+
+def test_values_are_stored_as_tapis_stores_them(t: Tapis) -> None:
+    """issue 11 item 6: Tapis stores ``float(value)`` (else the text): numbers, numeric text
+    and booleans as floats, other text as text; the reply shows what was stored."""
+    saved = t.streams.create_measurement(
+        inst_id="i1",
+        vars=[{"datetime": "2024-01-01T00:00:00Z", "temp": "12.5", "rh": True, "lvl": "high"}],
+    )
+    assert saved.temp[0].get("2024-01-01T00:00:00Z") == 12.5
+    assert saved.rh[0].get("2024-01-01T00:00:00Z") == 1.0
+    got = t.streams.download_measurements(inst_id="i1")
+    assert vars(got.temp) == {"2024-01-01T00:00:00Z": 12.5}
+    assert vars(got.rh) == {"2024-01-01T00:00:00Z": 1.0}
+    assert vars(got.lvl) == {"2024-01-01T00:00:00Z": "high"}

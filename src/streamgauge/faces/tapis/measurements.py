@@ -74,12 +74,13 @@ def parse_datetime(text: object, field: str, index: int | None = None) -> int:
 
 
 def _value(v: object) -> float | str | None:
-    """A measurement value as stored: numbers as floats, text that reads as a number as that
-    number (CHORDS stores numbers), other text as text. Raises ``ValueError`` with the reason
-    for what Tapis would not store: NaN and infinities (as numbers or as text such as ``"NaN"``),
-    numbers too large for a double (a 400-digit integer), booleans, arrays and objects."""
+    """A measurement value as stored, as Tapis stores it (``float(value)``, else text): numbers
+    and booleans (1.0, 0.0) as floats, text that reads as a number as that number, other text
+    as text. Raises ``ValueError`` with the reason for what Tapis cannot store either: NaN and
+    infinities (as numbers or as text such as ``"NaN"``), numbers too large for a double (a
+    400-digit integer), arrays and objects."""
     if isinstance(v, bool):
-        raise ValueError("a value is a number or text, not a boolean")
+        return float(v)
     if isinstance(v, int):
         try:
             return float(v)
@@ -174,7 +175,7 @@ async def create_measurement(engine: EngineDep, who: CallerDep, body: NewMeasure
                 continue
             rows.append({"device": d.doc.id, "variable": key, "time": ms, "value": value})
             origin.append((i, key))
-            result.setdefault(key, []).append({row["datetime"]: raw})
+            result.setdefault(key, []).append({row["datetime"]: value})
     if details:  # every bad row is counted in the message; the first max_batch_errors listed
         raise Invalid(_message(details), details[: engine.settings.max_batch_errors])
     if not rows:
