@@ -6,6 +6,7 @@ import base64
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from tests.conftest import Server, make_station, rows
 from tests.conftest import expect_error as _err
@@ -329,3 +330,108 @@ def test_admin_token_can_do_everything(client: httpx.Client) -> None:
     for name, act in ACTIONS.items():
         r = act(client, "p1")
         assert r.status_code == OK[name], (name, r.text)
+
+
+# -- one rule for role changes, on every face -----------------------------------------------------
+
+
+def _token(server: Server, key: dict[str, str]) -> str:
+    r = httpx.post(
+        f"{server.url}/v3/oauth2/tokens",
+        json={"username": key["key_id"], "password": key["secret"], "grant_type": "password"},
+        timeout=10,
+    )
+    assert r.status_code == 201, r.text
+    token: str = r.json()["result"]["access_token"]["access_token"]
+    return token
+
+
+def _change(
+    server: Server, face: str, key: dict[str, str], target: str, role: str | None, now: str | None
+) -> int:
+    """Set ``target``'s role on ``shared`` to ``role`` (None: revoke ``now``) through ``face``,
+    as the account of ``key``; the HTTP status."""
+    if face == "native":
+        with sa_client(server, key) as c:
+            if role is None:
+                return c.delete(f"{API}/shared/roles/{target}").status_code
+            return c.put(f"{API}/shared/roles/{target}", json={"role": role}).status_code
+    body = {"user": target, "resource_type": "project", "resource_id": "shared"}
+    headers = {"X-Tapis-Token": _token(server, key)}
+    if role is None:
+        url, body = f"{server.url}/v3/streams/roles/revokeRole", {**body, "role_name": now}
+    else:
+        url, body = f"{server.url}/v3/streams/roles", {**body, "role_name": role}
+    return httpx.post(url, json=body, headers=headers, timeout=10).status_code
+
+
+# (caller, target, new role or None to revoke, allowed?)
+ROLE_CHANGES = [
+    ("mgr", "tgt", "user", True),
+    ("mgr", "tgt", "manager", True),
+    ("mgr", "tgt", "admin", False),
+    ("mgr", "mgr", "user", False),  # own role
+    ("mgr", "mgr", "manager", False),
+    ("mgr", "tgt", None, False),  # revokes are for admins
+    ("mgr", "adm2", "user", False),  # an admin's role is an admin's to change
+    ("usr", "tgt", "user", False),
+    ("usr", "usr", "manager", False),
+    ("usr", "tgt", None, False),
+    ("adm", "tgt", "admin", True),
+    ("adm", "tgt", None, True),
+    ("adm", "adm", "user", False),  # own role, even an admin
+    ("adm", "adm", None, False),
+    ("adm", "adm2", "manager", True),
+]
+
+
+@pytest.mark.parametrize("face", ["native", "tapis"])
+def test_role_changes_follow_one_rule_on_every_face(
+    server: Server, client: httpx.Client, face: str
+) -> None:
+    """issue 11 item 14: one permission table governs every face. A manager granting user or
+    manager is allowed, granting admin refused, changing its own role refused, a user granting
+    refused, revoking is for admins: the same operation gets the same answer through
+    ``PUT/DELETE /api/v1/projects/{p}/roles/{account}`` and through ``/v3/streams/roles``."""
+    make_station(client, "home", devices=1)
+    assert client.post(API, json={"id": "shared"}).status_code == 201
+    start = {"adm": "admin", "adm2": "admin", "mgr": "manager", "usr": "user", "tgt": "user"}
+    keys = {name: new_account(client, "home", name) for name in start}
+    answers = []
+    for caller, target, role, allowed in ROLE_CHANGES:
+        for name, r in start.items():  # the same starting point for every change
+            assert client.put(f"{API}/shared/roles/{name}", json={"role": r}).status_code == 200
+        status = _change(server, face, keys[caller], target, role, start[target])
+        want = (200 if face == "native" else 201) if allowed else 403
+        if role is None and allowed:
+            want = 204 if face == "native" else 200
+        answers.append((caller, target, role, status, want))
+        roles = {x["account"]: x["role"] for x in client.get(f"{API}/shared/roles").json()["roles"]}
+        if allowed:
+            assert roles.get(target) == role, (caller, target, role, roles)
+        else:
+            assert roles.get(target) == start[target], (caller, target, role, roles)
+    assert [a for a in answers if a[3] != a[4]] == []
+
+
+def test_role_change_table_is_the_documented_one() -> None:
+    """issue 11 item 14: the grant table written once in ``auth.permissions`` (its docstring
+    shows it) is Tapis' rule."""
+    from streamgauge.auth import permissions
+
+    assert permissions.GRANTS == {
+        "admin": {"admin", "manager", "user"},
+        "manager": {"manager", "user"},
+        "user": set(),
+    }
+    assert permissions.REVOKERS == {"admin"}
+    rows = {
+        line.split()[0]: " ".join(line.split()[1:])
+        for line in (permissions.__doc__ or "").splitlines()
+        if line.strip().split(" ")[0] in permissions.GRANTS and "  " in line.strip()
+    }
+    assert rows == {
+        "admin": "admin, manager, user any role",
+        "manager": "manager, user nothing",
+        "user": "nothing nothing",
+    }

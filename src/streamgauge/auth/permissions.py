@@ -10,6 +10,18 @@ Roles are per project. The deployment admin may do everything. For a service acc
 
 A caller with no role in a project gets 404 for it (it does not exist for them); a caller whose
 role lacks the action gets 403.
+
+Roles on a project are changed by one rule, the same on every face (the native
+``PUT``/``DELETE /api/v1/projects/{p}/roles/{account}`` and ``PATCH`` of a service account's
+role, Tapis' ``POST /v3/streams/roles`` and ``/roles/revokeRole``); it is Tapis' own rule:
+
+    caller's role   may grant               may revoke
+    admin           admin, manager, user    any role
+    manager         manager, user           nothing
+    user            nothing                 nothing
+
+and besides: nobody changes their own role (grant or revoke), only an admin changes the role of
+an admin, and the deployment admin may do everything. ``check_role_change`` decides it.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ from enum import StrEnum
 from streamgauge.auth.principals import Principal
 from streamgauge.errors import Forbidden, NotFound
 from streamgauge.model import Role
-from streamgauge.store.registry import ProjectRec, Registry
+from streamgauge.store.registry import AccountRec, ProjectRec, Registry
 
 
 class Action(StrEnum):
@@ -34,6 +46,17 @@ TABLE: dict[Role, frozenset[Action]] = {
     "manager": frozenset({Action.READ, Action.WRITE}),
     "user": frozenset({Action.READ}),
 }
+
+
+GRANTS: dict[Role, frozenset[Role]] = {
+    "admin": frozenset({"admin", "manager", "user"}),
+    "manager": frozenset({"manager", "user"}),
+    "user": frozenset(),
+}
+"""The roles each role may grant on its project."""
+
+REVOKERS: frozenset[Role] = frozenset({"admin"})
+"""The roles that may revoke a role on their project."""
 
 
 def role_of(principal: Principal, project: ProjectRec) -> Role | None:
@@ -66,3 +89,47 @@ def visible_projects(principal: Principal, reg: Registry) -> list[ProjectRec]:
         return list(reg.projects.values())
     assert principal.account is not None
     return [reg.projects_by_pk[pk] for pk in principal.account.roles if pk in reg.projects_by_pk]
+
+
+def check_role_change(
+    principal: Principal,
+    project: ProjectRec,
+    target: AccountRec,
+    role: Role | None,
+    *,
+    field: str = "role",
+) -> None:
+    """Raise ``Forbidden`` unless ``principal`` may set ``target``'s role on ``project`` to
+    ``role`` (``None``: revoke it), by the grant table in this module's docstring; ``NotFound``
+    if the principal has no role there. ``field`` names the role in the request (``role`` on
+    the native face, ``role_name`` on the Tapis face)."""
+    if principal.is_admin:
+        return
+    assert principal.account is not None
+    mine = role_of(principal, project)
+    if mine is None:
+        raise NotFound(f"no project {project.doc.id!r}")
+    if principal.account.pk == target.pk:
+        raise Forbidden(
+            "nobody may change their own role",
+            [{"field": "account", "reason": "ask another admin of the project"}],
+        )
+    if role is None:
+        if mine not in REVOKERS:
+            raise Forbidden(
+                f"role {mine!r} on project {project.doc.id!r} may not revoke roles",
+                [{"reason": f"needs one of: {', '.join(sorted(REVOKERS))}"}],
+            )
+        return
+    allowed = GRANTS[mine]
+    if role not in allowed:
+        may = ", ".join(sorted(allowed)) or "nothing"
+        raise Forbidden(
+            f"role {mine!r} on project {project.doc.id!r} may not grant {role!r}",
+            [{"field": field, "reason": f"you may grant: {may}"}],
+        )
+    if target.roles.get(project.pk) == "admin" and mine != "admin":
+        raise Forbidden(
+            f"{target.id!r} is an admin of {project.doc.id!r}; only an admin may change that",
+            [{"field": "account", "reason": "only an admin changes an admin's role"}],
+        )

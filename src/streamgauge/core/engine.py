@@ -151,7 +151,11 @@ class Engine:
 
     # -- ingest ---------------------------------------------------------------------------------
 
-    async def ingest(self, project: ProjectRec, body: bytes, *, ndjson: bool) -> AppendResult:
+    async def ingest(
+        self, project: ProjectRec, body: bytes, *, ndjson: bool, future_limit: bool = True
+    ) -> AppendResult:
+        """Decode, check and append a batch. ``future_limit=False`` lifts ``max_future_seconds``
+        (the Tapis face: Tapis stores times in the future)."""
         started = time.perf_counter()
         s = self.settings
         try:
@@ -163,7 +167,9 @@ class Engine:
                 self.registry,
                 project.pk,
                 now_ms=int(time.time() * 1000),
-                max_future_ms=int(s.max_future_seconds * 1000),
+                max_future_ms=(
+                    int(s.max_future_seconds * 1000) if future_limit else ingest.MAX_TIME
+                ),
                 max_errors=s.max_batch_errors,
             )
             result = await self.store.append(columns)

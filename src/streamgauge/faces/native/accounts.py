@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Response
 
 from streamgauge.auth import Action
+from streamgauge.auth.permissions import check_role_change
 from streamgauge.errors import Invalid, NotFound
 from streamgauge.faces.http import StrictRoute, json_response
 from streamgauge.faces.native.deps import EngineDep, PagingDep, PrincipalDep, project_for
@@ -79,6 +80,8 @@ async def update_account(
     fields = body.model_fields_set
     if "id" in fields and body.id != a.id:
         raise Invalid("a service account's id cannot change", [{"field": "id", "reason": "fixed"}])
+    if "role" in fields:
+        check_role_change(who, rec, a, body.role)
 
     def run(tx: Tx) -> None:
         if "name" in fields and body.name:
@@ -152,9 +155,12 @@ async def grant_role(
     sa: str,
     body: Annotated[RoleIn, Body()],
 ) -> Response:
-    """Give a service account (of any project) a role on this project; takes effect at once."""
-    rec = project_for(engine, who, project, Action.MANAGE)
+    """Give a service account (of any project) a role on this project; takes effect at once.
+    Who may grant what is the one rule of ``auth.permissions``: an admin any role, a manager
+    ``manager`` or ``user``, nobody to themselves (as on the Tapis face)."""
+    rec = project_for(engine, who, project, Action.READ)
     a = _any_account(engine, sa)
+    check_role_change(who, rec, a, body.role)
     await engine.store.write(
         lambda tx: metadata.set_role(tx, engine.registry, a, rec.pk, body.role)
     )
@@ -163,8 +169,10 @@ async def grant_role(
 
 @router.delete("/projects/{project}/roles/{sa}", status_code=204)
 async def revoke_role(engine: EngineDep, who: PrincipalDep, project: str, sa: str) -> Response:
-    rec = project_for(engine, who, project, Action.MANAGE)
+    """Take a service account's role on this project away (admins; not your own)."""
+    rec = project_for(engine, who, project, Action.READ)
     a = _any_account(engine, sa)
+    check_role_change(who, rec, a, None)
     if rec.pk not in a.roles:
         raise NotFound(f"service account {sa!r} has no role on project {project!r}")
     await engine.store.write(lambda tx: metadata.set_role(tx, engine.registry, a, rec.pk, None))

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 
 from streamgauge import __version__
 from streamgauge.errors import BadRequest, NotFound, Unavailable
-from streamgauge.faces.tapis import channels, measurements, resources, roles
+from streamgauge.faces.tapis import channels, measurements, resources, roles, tenants
 from streamgauge.faces.tapis.wire import TapisRoute, envelope
 
 router = APIRouter(prefix="/v3", route_class=TapisRoute)
@@ -15,6 +15,7 @@ router.include_router(measurements.router)
 router.include_router(channels.router)
 router.include_router(roles.router)
 router.include_router(roles.tokens_router)
+router.include_router(tenants.router)
 
 
 @router.get("/streams/hello", tags=["tapis"])

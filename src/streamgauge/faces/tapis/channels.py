@@ -76,6 +76,15 @@ def _action(i: int, raw: object) -> ActionDoc:
         raise _bad(i, "action", str(exc).splitlines()[-1].strip()) from exc
 
 
+def _duration(raw: object, i: int, field: str) -> float:
+    """A duration of a trigger; a number too large for a double (``cooldown: 10**400``) is a
+    400 naming the field, not an ``OverflowError``."""
+    try:
+        return parse_duration(raw, f"triggers.{i}.{field}")
+    except OverflowError:
+        raise _bad(i, field, "a number too large for a duration (seconds as a double)") from None
+
+
 def _trigger(i: int, raw: dict[str, Any], channel_type: str) -> TriggerDoc:
     cond = raw.get("condition")
     if not isinstance(cond, dict):
@@ -93,15 +102,15 @@ def _trigger(i: int, raw: dict[str, Any], channel_type: str) -> TriggerDoc:
     common: dict[str, Any] = {
         "device": inst,
         "hysteresis": raw.get("hysteresis", 0.0),
-        "cooldown_seconds": parse_duration(raw.get("cooldown", 0), f"triggers.{i}.cooldown"),
-        "for_seconds": parse_duration(raw.get("for", 0), f"triggers.{i}.for"),
+        "cooldown_seconds": _duration(raw.get("cooldown", 0), i, "cooldown"),
+        "for_seconds": _duration(raw.get("for", 0), i, "for"),
         "actions": [_action(i, raw.get("action"))] if "action" in raw else [],
     }
     try:
         if "expression" in cond:
             return TriggerDoc(type="expression", expression=cond["expression"], **common)
         if channel_type == "deadman" or "time_since" in cond:
-            seconds = parse_duration(cond.get("time_since"), f"triggers.{i}.condition.time_since")
+            seconds = _duration(cond.get("time_since"), i, "condition.time_since")
             return TriggerDoc(type="deadman", variable=var or None, seconds=seconds, **common)
         if not var:
             raise _bad(i, "condition.key", "'<inst_id>.<var_id>'")

@@ -51,45 +51,102 @@ def parse_datetime(text: object, field: str, index: int | None = None) -> int:
     if index is not None:
         detail["index"] = index
     if not isinstance(text, str):
-        raise Invalid(f"{field} must be an ISO 8601 string", [{**detail, "reason": "not text"}])
+        raise Invalid(
+            f"{field} must be an ISO 8601 string",
+            [{**detail, "reason": f"an ISO 8601 string is required, not {type(text).__name__}"}],
+        )
     try:
         dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError as exc:
-        raise Invalid(f"bad {field} {text!r}", [{**detail, "reason": "expected ISO 8601"}]) from exc
+        raise Invalid(
+            f"bad {field} {text[:64]!r}",
+            [{**detail, "reason": f"{text[:64]!r} is not an ISO 8601 date and time"}],
+        ) from exc
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     ms = to_ms(dt)
     if not MIN_TIME <= ms <= MAX_TIME:
-        raise Invalid(f"{field} {text!r} is out of range", [{**detail, "reason": "years 1-9999"}])
+        raise Invalid(
+            f"{field} {text!r} is out of range",
+            [{**detail, "reason": f"{text!r} is out of range (years 1-9999)"}],
+        )
     return ms
 
 
 def _value(v: object) -> float | str | None:
-    """Numbers as floats; text that reads as a finite number becomes that number (CHORDS stores
-    numbers); other text stays text."""
+    """A measurement value as stored, as Tapis stores it (``float(value)``, else text): numbers
+    and booleans (1.0, 0.0) as floats, text that reads as a number as that number, other text
+    as text. Raises ``ValueError`` with the reason for what Tapis cannot store either: NaN and
+    infinities (as numbers or as text such as ``"NaN"``), numbers too large for a double (a
+    400-digit integer), arrays and objects."""
     if isinstance(v, bool):
-        raise TypeError("a boolean")
-    if isinstance(v, int | float):
         return float(v)
+    if isinstance(v, int):
+        try:
+            return float(v)
+        except OverflowError:
+            raise ValueError(
+                f"the number ({len(str(abs(v)))} digits) is too large for a double"
+            ) from None
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError(f"a value must be a finite number, not {v!r}")
+        return v
     if isinstance(v, str):
         try:
             f = float(v)
         except ValueError:
             return v
-        return f if math.isfinite(f) else v
+        if not math.isfinite(f):
+            raise ValueError(f"a value must be a finite number, not {v[:32]!r}")
+        return f
     if v is None:
         return None
-    raise TypeError(type(v).__name__)
+    raise ValueError(f"a value is a number or text, not {type(v).__name__}")
+
+
+def _message(details: list[dict[str, Any]]) -> str:
+    """The first problem in words, where it is (``vars[3].temp``), and how many there are."""
+    first = details[0]
+    where = "vars"
+    if "index" in first:
+        where += f"[{first['index']}]"
+    if "field" in first:
+        where += f".{first['field']}"
+    rows = len({d.get("index") for d in details})
+    return (
+        f"{where}: {first['reason']} ({len(details)} problem(s) in {rows} row(s); nothing was "
+        "saved)"
+    )
+
+
+def _as_tapis(exc: Invalid, origin: list[tuple[int, str]]) -> Invalid:
+    """The engine's verdict on the flattened observations, told in Tapis terms: each detail's
+    ``index`` becomes the index of its ``vars`` row and its ``field`` the row's key
+    (``datetime`` for the time, the ``var_id`` for the value)."""
+    details: list[dict[str, Any]] = []
+    for d in exc.details:
+        i = d.get("index")
+        if not isinstance(i, int) or not 0 <= i < len(origin):
+            details.append(d)
+            continue
+        row, key = origin[i]
+        field = "datetime" if d.get("field") == "time" else key
+        details.append({**d, "index": row, "field": field})
+    return Invalid(_message(details) if details else exc.message, details)
 
 
 @router.post("/measurements", status_code=201)
 async def create_measurement(engine: EngineDep, who: CallerDep, body: NewMeasurement) -> Response:
-    """Write rows, all or nothing; the reply comes after commit."""
+    """Write rows, all or nothing; the reply comes after commit. Times may lie in the future
+    (Tapis stores them; the native face's ``max_future_seconds`` does not apply here). Every
+    bad row is named by its index in ``vars`` and its field."""
     p, d = find_instrument(engine, who, body.inst_id, Action.WRITE)
     reg = engine.registry
     known = {reg.variables_by_pk[pk].doc.id for pk in reg.device_variables.get(d.pk, ())}
     details: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
+    origin: list[tuple[int, str]] = []  # (vars row, var_id) of each flattened observation
     result: dict[str, list[dict[str, Any]]] = {}
     for i, row in enumerate(body.vars):
         if "datetime" not in row:
@@ -113,19 +170,20 @@ async def create_measurement(engine: EngineDep, who: CallerDep, body: NewMeasure
                 continue
             try:
                 value = _value(raw)
-            except TypeError as exc:
-                details.append(
-                    {"index": i, "field": key, "reason": f"a value is a number or text, not {exc}"}
-                )
+            except ValueError as exc:
+                details.append({"index": i, "field": key, "reason": str(exc)})
                 continue
             rows.append({"device": d.doc.id, "variable": key, "time": ms, "value": value})
-            result.setdefault(key, []).append({row["datetime"]: raw})
-    if details:
-        raise Invalid(f"{details[0]['reason']} ({len(details)} problem(s); nothing was saved)",
-                      details)  # fmt: skip
+            origin.append((i, key))
+            result.setdefault(key, []).append({row["datetime"]: value})
+    if details:  # every bad row is counted in the message; the first max_batch_errors listed
+        raise Invalid(_message(details), details[: engine.settings.max_batch_errors])
     if not rows:
         raise Invalid("no measurements in vars", [{"field": "vars", "reason": "no values"}])
-    await engine.ingest(p, orjson.dumps(rows), ndjson=False)
+    try:
+        await engine.ingest(p, orjson.dumps(rows), ndjson=False, future_limit=False)
+    except Invalid as exc:
+        raise _as_tapis(exc, origin) from exc
     return envelope(result, "Measurements Saved", 201)
 
 
@@ -224,6 +282,8 @@ async def _measurements(
         offset=offset if offset is not None else (skip or 0),
     )
     labels = {t: format_time(t) for t in times}
+    # a pivot of the stored points: a column for each variable with data in these rows only
+    wanted = [x for x in wanted if table.get(x)]
     if format == "csv":
         out = io.StringIO()
         w = csv.writer(out, lineterminator="\n")

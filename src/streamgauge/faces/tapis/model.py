@@ -2,9 +2,18 @@
 
 A Tapis project is a native project with the same id, a site a site, an instrument a device (at
 the site), a variable a variable. Tapis-only fields (``funding_resource``, ``project_url``,
-``active``, ``description`` of a site, ``inst_description``, ``tags``, ``var_name``, ``units``,
-``shortname``, ...) and the Tapis ``last_updated`` stamp are kept in the native document's
-``metadata["_tapis"]``; the user's own ``metadata`` is the rest of that dict.
+``active``, ``description`` of a site, ``inst_description``, ``topic_category_id``, ``tags``,
+``var_name``, ``units``, ``shortname``, ``measured_property_id``, ...) and the Tapis
+``created_at``/``last_updated`` stamps are kept in the native document's ``metadata["_tapis"]``;
+the user's own ``metadata`` is the rest of that dict.
+
+What a body may hold is every field of the bundled spec's ``New*``/``Update*`` schema, the
+fields Tapis' own tests and docs send (the ids of the enclosing resources in each document,
+``topic_category_id`` on variables too), and the fields the server adds (``chords_id``,
+``created_at``, ...), so that a document read can be sent back; the ids must agree with the
+path, the server's fields keep the server's value. Another field is a 400 naming it. Replies
+carry every field of the spec's response schema (``chords_id`` is the integer key of the
+site, instrument or variable; ``bucket`` the project name, as in Tapis 1.2 and later).
 """
 
 from __future__ import annotations
@@ -14,8 +23,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from streamgauge.errors import Invalid
-from streamgauge.model import ID_RE, Device, Project, Site, Variable
-from streamgauge.store.registry import Registry
+from streamgauge.model import ID_RE, Project
+from streamgauge.store.registry import DeviceRec, Registry, SiteRec, VariableRec
 
 TAPIS = "_tapis"
 
@@ -23,7 +32,20 @@ Text = Annotated[str, StringConstraints(max_length=4096)]
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A Tapis body: no field beyond the listed ones, no NaN or infinity in a number."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+Echo = Any
+"""A field the server sets (``created_at``, ``chords_id``, ...). Tapis accepts a document
+back with it (a GET, edited, sent again); here it is accepted and the server's value kept."""
+
+TopicId = (
+    Annotated[str, StringConstraints(max_length=256)]
+    | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+    | None
+)
 
 
 class NewProject(_In):
@@ -35,9 +57,26 @@ class NewProject(_In):
     project_url: Text | None = None
     active: bool = True
     metadata: dict[str, Any] = Field(default_factory=dict)
+    project_id: str | None = Field(
+        default=None, description="If sent, the project_name without spaces (Tapis' rule)."
+    )
+    bucket: Echo = None
+    permissions: Echo = None
+    created_at: Echo = None
+    last_updated: Echo = None
 
 
-class NewSite(_In):
+class _SiteEcho(_In):
+    project_id: str | None = Field(default=None, description="If sent, the path's project_id.")
+    chords_id: Echo = None
+    location: Echo = None
+    owner: Echo = None
+    created_at: Echo = None
+    last_updated: Echo = None
+    instruments: Echo = None
+
+
+class NewSite(_SiteEcho):
     site_name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     site_id: str
     description: Text
@@ -47,46 +86,88 @@ class NewSite(_In):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class UpdateSite(_In):
+class UpdateSite(_SiteEcho):
     site_name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     description: Text
     latitude: float = Field(ge=-90, le=90)
     longitude: float = Field(ge=-180, le=180)
     elevation: float
     metadata: dict[str, Any] | None = None
+    site_id: str | None = Field(default=None, description="If sent, the path's site_id.")
 
 
-class NewInstrument(_In):
+class _InstEcho(_In):
+    project_id: str | None = Field(default=None, description="If sent, the path's project_id.")
+    site_id: str | None = Field(default=None, description="If sent, the path's site_id.")
+    chords_id: Echo = None
+    site_chords_id: Echo = None
+    owner: Echo = None
+    created_at: Echo = None
+    last_updated: Echo = None
+    variables: Echo = None
+
+
+class NewInstrument(_InstEcho):
     inst_name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     inst_id: str
     inst_description: Text
-    topic_category_id: Text | None = None
+    topic_category_id: TopicId = None
     tags: list[Text] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class UpdateInst(_In):
+class UpdateInst(_InstEcho):
     inst_name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     inst_description: Text | None = None
+    topic_category_id: TopicId = None
     tags: list[Text] | None = None
     metadata: dict[str, Any] | None = None
+    inst_id: str | None = Field(default=None, description="If sent, the path's inst_id.")
 
 
-class NewVariable(_In):
-    var_id: str
-    var_name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+class _VarFields(_In):
     units: Text | None = None
     measured_property_id: float | str | None = None
     shortname: Text | None = None
+    topic_category_id: TopicId = None
+    unit_abbrev: Text | None = None
+    measured_property: Text | None = None
+    project_id: str | None = Field(default=None, description="If sent, the path's project_id.")
+    site_id: str | None = Field(default=None, description="If sent, the path's site_id.")
+    inst_id: str | None = Field(default=None, description="If sent, the path's inst_id.")
+    unit: Echo = None
+    chords_id: Echo = None
+    owner: Echo = None
+    created_at: Echo = None
+    last_updated: Echo = None
+
+
+VAR_KEPT = ("units", "shortname", "measured_property_id", "topic_category_id", "unit_abbrev",
+            "measured_property")  # fmt: skip
+"""The Tapis fields of a variable kept (in ``metadata._tapis``) and returned as sent."""
+
+
+class NewVariable(_VarFields):
+    var_id: str
+    var_name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class UpdateVariable(_In):
+class UpdateVariable(_VarFields):
     var_name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
-    units: Text | None = None
-    measured_property_id: float | str | None = None
-    shortname: Text | None = None
     metadata: dict[str, Any] | None = None
+    var_id: str | None = Field(default=None, description="If sent, the path's var_id.")
+
+
+def same_id(sent: str | None, actual: str, field: str, index: int | None = None) -> None:
+    """An id the body repeats (Tapis' own tests send ``project_id``, ``site_id``, ... in each
+    document) must be the one the path (or the name) gives; else a 400 naming it."""
+    if sent is None or sent == actual:
+        return
+    detail: dict[str, Any] = {"field": field, "reason": f"this document's {field} is {actual!r}"}
+    if index is not None:
+        detail["index"] = index
+    raise Invalid(f"{field} {sent!r} in the body differs from {actual!r}", [detail])
 
 
 def check_id(value: str, field: str, index: int | None = None, *, inst: bool = False) -> str:
@@ -130,6 +211,7 @@ def project_doc(reg: Registry, pk: int, p: Project) -> dict[str, Any]:
         "funding_resource": extra.get("funding_resource"),
         "project_url": extra.get("project_url"),
         "active": extra.get("active", True),
+        "bucket": p.name,
         "metadata": user,
         "permissions": {"users": members(reg, pk)},
         "created_at": p.created_at,
@@ -137,7 +219,13 @@ def project_doc(reg: Registry, pk: int, p: Project) -> dict[str, Any]:
     }
 
 
-def site_doc(s: Site, instruments: list[dict[str, Any]]) -> dict[str, Any]:
+def _owner(reg: Registry, project_pk: int) -> str | None:
+    p = reg.projects_by_pk.get(project_pk)
+    return p.doc.owner if p is not None else None
+
+
+def site_doc(reg: Registry, rec: SiteRec, instruments: list[dict[str, Any]]) -> dict[str, Any]:
+    s = rec.doc
     user, extra = split_metadata(s.metadata)
     location = (
         {"type": "Point", "coordinates": [s.lon, s.lat]}
@@ -148,6 +236,8 @@ def site_doc(s: Site, instruments: list[dict[str, Any]]) -> dict[str, Any]:
         "site_id": s.id,
         "site_name": s.name,
         "project_id": s.project,
+        "chords_id": rec.pk,
+        "owner": _owner(reg, rec.project_pk),
         "description": extra.get("description", ""),
         "latitude": s.lat,
         "longitude": s.lon,
@@ -160,15 +250,22 @@ def site_doc(s: Site, instruments: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def variable_doc(v: Variable, site_id: str | None) -> dict[str, Any]:
+def variable_doc(reg: Registry, rec: VariableRec, site_id: str | None) -> dict[str, Any]:
+    v = rec.doc
     user, extra = split_metadata(v.metadata)
+    device = reg.devices_by_pk.get(rec.device_pk)
     return {
         "var_id": v.id,
         "var_name": extra.get("var_name", v.name),
         "units": extra.get("units", v.unit),
         "unit": v.unit,
+        "unit_abbrev": extra.get("unit_abbrev"),
         "shortname": extra.get("shortname", v.id),
         "measured_property_id": extra.get("measured_property_id"),
+        "measured_property": extra.get("measured_property"),
+        "topic_category_id": extra.get("topic_category_id"),
+        "chords_id": rec.pk,
+        "owner": _owner(reg, device.project_pk) if device is not None else None,
         "metadata": user,
         "inst_id": v.device,
         "site_id": site_id,
@@ -178,7 +275,8 @@ def variable_doc(v: Variable, site_id: str | None) -> dict[str, Any]:
     }
 
 
-def instrument_doc(d: Device, variables: list[Variable]) -> dict[str, Any]:
+def instrument_doc(reg: Registry, rec: DeviceRec, variables: list[VariableRec]) -> dict[str, Any]:
+    d = rec.doc
     user, extra = split_metadata(d.metadata)
     return {
         "inst_id": d.id,
@@ -186,10 +284,14 @@ def instrument_doc(d: Device, variables: list[Variable]) -> dict[str, Any]:
         "inst_description": extra.get("inst_description", ""),
         "topic_category_id": extra.get("topic_category_id"),
         "tags": extra.get("tags", []),
+        "chords_id": rec.pk,
+        "owner": _owner(reg, rec.project_pk),
         "metadata": user,
         "site_id": d.site,
         "project_id": d.project,
         "created_at": extra.get("created_at"),
         "last_updated": extra.get("last_updated"),
-        "variables": [variable_doc(v, d.site) for v in sorted(variables, key=lambda v: v.id)],
+        "variables": [
+            variable_doc(reg, v, d.site) for v in sorted(variables, key=lambda v: v.doc.id)
+        ],
     }

@@ -10,6 +10,7 @@ from streamgauge.auth import Action, Principal, authorize, visible_projects
 from streamgauge.core.engine import Engine
 from streamgauge.errors import Conflict, Forbidden, Invalid, NotFound
 from streamgauge.faces.tapis.model import (
+    VAR_KEPT,
     NewInstrument,
     NewProject,
     NewSite,
@@ -20,6 +21,7 @@ from streamgauge.faces.tapis.model import (
     check_id,
     instrument_doc,
     project_doc,
+    same_id,
     site_doc,
     split_metadata,
     variable_doc,
@@ -97,8 +99,8 @@ def find_instrument(
 
 def instrument_view(engine: Engine, d: DeviceRec) -> dict[str, Any]:
     reg = engine.registry
-    variables = [reg.variables_by_pk[pk].doc for pk in reg.device_variables.get(d.pk, ())]
-    return instrument_doc(d.doc, variables)
+    variables = [reg.variables_by_pk[pk] for pk in reg.device_variables.get(d.pk, ())]
+    return instrument_doc(reg, d, variables)
 
 
 def site_view(engine: Engine, s: SiteRec) -> dict[str, Any]:
@@ -107,7 +109,7 @@ def site_view(engine: Engine, s: SiteRec) -> dict[str, Any]:
         (reg.devices_by_pk[pk] for pk in reg.devices_at(s.project_pk, s.doc.id)),
         key=lambda d: d.doc.id,
     )
-    return site_doc(s.doc, [instrument_view(engine, d) for d in devices])
+    return site_doc(reg, s, [instrument_view(engine, d) for d in devices])
 
 
 def _touch(md: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -132,6 +134,7 @@ async def create_project(engine: EngineDep, who: CallerDep, body: NewProject) ->
     if engine.settings.admin_only_project_create and not who.is_admin:
         raise Forbidden("only the deployment admin may create projects on this server")
     project_id = check_id(body.project_name.replace(" ", ""), "project_name")
+    same_id(body.project_id, project_id, "project_id")
     stamp = now_iso()
     extra = {
         "funding_resource": body.funding_resource,
@@ -169,6 +172,7 @@ async def update_project(
 ) -> Response:
     """Rewrite the project's fields; its id stays."""
     rec = project_rec(engine, who, project_id, Action.WRITE)
+    same_id(body.project_id, rec.doc.id, "project_id")
     extra = {
         "funding_resource": body.funding_resource,
         "project_url": body.project_url,
@@ -219,6 +223,8 @@ async def create_site(
 ) -> Response:
     """Sites from an array, all or nothing."""
     p = project_rec(engine, who, project_id, Action.WRITE)
+    for i, it in enumerate(body):
+        same_id(it.project_id, p.doc.id, "project_id", i)
     stamp = now_iso()
     items = [
         SiteIn(
@@ -255,6 +261,8 @@ async def update_site(
 ) -> Response:
     p = project_rec(engine, who, project_id, Action.WRITE)
     s = site_rec(engine, p, site_id)
+    same_id(body.project_id, p.doc.id, "project_id")
+    same_id(body.site_id, s.doc.id, "site_id")
     user = body.metadata if body.metadata is not None else split_metadata(s.doc.metadata)[0]
     patch = {
         "name": body.site_name,
@@ -306,6 +314,9 @@ async def create_instrument(
     s = site_rec(engine, p, site_id)
     if not body:
         raise Invalid("the array holds no instruments", [{"reason": "send at least one"}])
+    for i, it in enumerate(body):
+        same_id(it.project_id, p.doc.id, "project_id", i)
+        same_id(it.site_id, s.doc.id, "site_id", i)
     taken = {d.doc.id for d in engine.registry.devices_by_pk.values()}
     conflicts = [
         {"index": i, "field": "inst_id", "reason": f"instrument {it.inst_id!r} exists"}
@@ -361,12 +372,17 @@ async def update_instrument(
 ) -> Response:
     p = project_rec(engine, who, project_id, Action.WRITE)
     d = device_rec(engine, p, site_rec(engine, p, site_id), inst_id)
+    same_id(body.project_id, p.doc.id, "project_id")
+    same_id(body.site_id, d.doc.site or "", "site_id")
+    same_id(body.inst_id, d.doc.id, "inst_id")
     user, old = split_metadata(d.doc.metadata)
     extra: dict[str, Any] = {}
     if body.inst_description is not None:
         extra["inst_description"] = body.inst_description
     if body.tags is not None:
         extra["tags"] = body.tags
+    if "topic_category_id" in body.model_fields_set:
+        extra["topic_category_id"] = body.topic_category_id
     md = _touch(with_tapis(body.metadata if body.metadata is not None else user, old), extra)
     patch = {"name": body.inst_name, "metadata": md}
     await engine.store.write(lambda tx: metadata.update_device(tx, engine.registry, p, d, patch))
@@ -404,9 +420,7 @@ def _variable_in(it: NewVariable, i: int, stamp: str) -> VariableIn:
     var_id = check_id(it.var_id, "var_id", i)
     extra = {
         "var_name": it.var_name,
-        "units": it.units,
-        "shortname": it.shortname,
-        "measured_property_id": it.measured_property_id,
+        **{name: getattr(it, name) for name in VAR_KEPT},
         "created_at": stamp,
         "last_updated": stamp,
     }
@@ -430,8 +444,8 @@ async def list_variables(
     p = project_rec(engine, who, project_id, Action.READ)
     d = device_rec(engine, p, site_rec(engine, p, site_id), inst_id)
     reg = engine.registry
-    vs = [reg.variables_by_pk[pk].doc for pk in reg.device_variables.get(d.pk, ())]
-    return envelope(listing.page((v.id, variable_doc(v, d.doc.site)) for v in vs))
+    vs = [reg.variables_by_pk[pk] for pk in reg.device_variables.get(d.pk, ())]
+    return envelope(listing.page((v.doc.id, variable_doc(reg, v, d.doc.site)) for v in vs))
 
 
 @router.post(I + "/variables", status_code=201)
@@ -449,12 +463,18 @@ async def create_variable(
     d = device_rec(engine, p, site_rec(engine, p, site_id), inst_id)
     if not body:
         raise Invalid("the array holds no variables", [{"reason": "send at least one"}])
+    for i, it in enumerate(body):
+        same_id(it.project_id, p.doc.id, "project_id", i)
+        same_id(it.site_id, d.doc.site or "", "site_id", i)
+        same_id(it.inst_id, d.doc.id, "inst_id", i)
     stamp = now_iso()
     items = [_variable_in(it, i, stamp) for i, it in enumerate(body)]
     docs = await engine.store.write(
         lambda tx: metadata.create_variables(tx, engine.registry, p, d, items, skip_existing=True)
     )
-    return envelope([variable_doc(v, d.doc.site) for v in docs], "Variables Created", 201)
+    reg = engine.registry
+    out = [variable_doc(reg, reg.variables[(d.pk, v.id)], d.doc.site) for v in docs]
+    return envelope(out, "Variables Created", 201)
 
 
 @router.get(I + "/variables/{var_id}")
@@ -463,7 +483,8 @@ async def get_variable(
 ) -> Response:
     p = project_rec(engine, who, project_id, Action.READ)
     d = device_rec(engine, p, site_rec(engine, p, site_id), inst_id)
-    return envelope(variable_doc(variable_rec(engine, d, var_id).doc, d.doc.site), "Variable found")
+    v = variable_rec(engine, d, var_id)
+    return envelope(variable_doc(engine.registry, v, d.doc.site), "Variable found")
 
 
 @router.put(I + "/variables/{var_id}")
@@ -479,9 +500,13 @@ async def update_variable(
     p = project_rec(engine, who, project_id, Action.WRITE)
     d = device_rec(engine, p, site_rec(engine, p, site_id), inst_id)
     v = variable_rec(engine, d, var_id)
+    same_id(body.project_id, p.doc.id, "project_id")
+    same_id(body.site_id, d.doc.site or "", "site_id")
+    same_id(body.inst_id, d.doc.id, "inst_id")
+    same_id(body.var_id, v.doc.id, "var_id")
     user, old = split_metadata(v.doc.metadata)
     extra: dict[str, Any] = {"var_name": body.var_name}
-    for name in ("units", "shortname", "measured_property_id"):
+    for name in VAR_KEPT:
         if name in body.model_fields_set:
             extra[name] = getattr(body, name)
     patch: dict[str, Any] = {
@@ -491,10 +516,9 @@ async def update_variable(
     }
     if "units" in body.model_fields_set and _unit_for(v.doc.name, body.units) is not None:
         patch["unit"] = body.units
-    doc = await engine.store.write(
-        lambda tx: metadata.update_variable(tx, engine.registry, v, patch)
-    )
-    return envelope(variable_doc(doc, d.doc.site), "Variable Updated")
+    await engine.store.write(lambda tx: metadata.update_variable(tx, engine.registry, v, patch))
+    fresh = variable_rec(engine, d, var_id)
+    return envelope(variable_doc(engine.registry, fresh, d.doc.site), "Variable Updated")
 
 
 @router.delete(I + "/variables/{var_id}")
@@ -504,6 +528,6 @@ async def delete_variable(
     p = project_rec(engine, who, project_id, Action.DELETE)
     d = device_rec(engine, p, site_rec(engine, p, site_id), inst_id)
     v = variable_rec(engine, d, var_id)
-    doc = variable_doc(v.doc, d.doc.site)
+    doc = variable_doc(engine.registry, v, d.doc.site)
     await engine.store.write(lambda tx: metadata.delete_variable(tx, engine.registry, v))
     return envelope(doc, "Variable Deleted")

@@ -2,9 +2,10 @@
 
 A Tapis ``user`` is a service account id (the ``tapis/username`` of its tokens); a role on a
 project is the native role on that project, so a grant or revoke here takes effect at once on
-every face. Grants: an admin may grant any role, a manager ``manager`` or ``user``, nobody to
-themselves; revokes are for admins. Channel and template roles are not separate here: a channel's
-access follows its project's roles.
+every face. Who may grant and revoke is the one rule of ``auth.permissions``
+(``check_role_change``), the same as the native face's: an admin may grant any role, a manager
+``manager`` or ``user``, nobody changes their own role; revokes are for admins. Channel and
+template roles are not separate here: a channel's access follows its project's roles.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict
 
 from streamgauge.auth import Action, Principal
-from streamgauge.auth.permissions import role_of
+from streamgauge.auth.permissions import check_role_change
 from streamgauge.core.engine import Engine
-from streamgauge.errors import BadRequest, Forbidden, NotFound
+from streamgauge.errors import BadRequest, NotFound
 from streamgauge.faces.tapis.resources import project_rec
 from streamgauge.faces.tapis.wire import CallerDep, EngineDep, TapisRoute, envelope
 from streamgauge.model import Role
@@ -68,19 +69,7 @@ async def grant_role(engine: EngineDep, who: CallerDep, body: RoleBody) -> Respo
         )
     p = _project_of(engine, who, body.resource_type, body.resource_id)
     target = _account(engine, body.user)
-    mine = "admin" if who.is_admin else role_of(who, p)
-    if not who.is_admin and who.name == target.id:
-        raise Forbidden("nobody may grant a role to themselves", [{"field": "user"}])
-    allowed: set[str] = {"admin": {"admin", "manager", "user"}, "manager": {"manager", "user"}}.get(
-        mine or "", set()
-    )
-    if body.role_name not in allowed:
-        raise Forbidden(
-            f"role {mine!r} may not grant {body.role_name!r}",
-            [{"field": "role_name", "reason": f"you may grant: {', '.join(sorted(allowed))}"}],
-        )
-    if mine != "admin" and target.roles.get(p.pk) == "admin":
-        raise Forbidden(f"{target.id!r} is an admin of {p.doc.id!r}; only an admin may change it")
+    check_role_change(who, p, target, body.role_name, field="role_name")
     await engine.store.write(
         lambda tx: metadata.set_role(tx, engine.registry, target, p.pk, body.role_name)
     )
@@ -98,8 +87,8 @@ async def revoke_role(engine: EngineDep, who: CallerDep, body: RoleBody) -> Resp
             [{"field": "resource_type", "reason": "revoke the role on the project"}],
         )
     p = _project_of(engine, who, body.resource_type, body.resource_id)
-    project_rec(engine, who, p.doc.id, Action.MANAGE)
     target = _account(engine, body.user)
+    check_role_change(who, p, target, None, field="role_name")
     if target.roles.get(p.pk) != body.role_name:
         raise NotFound(f"{target.id!r} has no role {body.role_name!r} on {p.doc.id!r}")
     await engine.store.write(lambda tx: metadata.set_role(tx, engine.registry, target, p.pk, None))

@@ -16,6 +16,7 @@ import orjson
 from fastapi import Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 from streamgauge import __version__
 from streamgauge.auth import Principal
@@ -77,6 +78,12 @@ class TapisRoute(APIRoute):
                     f"{d.get('field', d.get('in', 'body'))}: {d['reason']}" for d in details[:5]
                 )
                 return error_envelope(400, f"the request does not validate ({where})", details)
+            except HTTPException as exc:  # e.g. a body that cannot be parsed
+                cause = exc.__cause__
+                reason = str(cause)[:200] if cause is not None else str(exc.detail)
+                return error_envelope(
+                    exc.status_code, f"{exc.detail}: {reason}", [{"in": "body", "reason": reason}]
+                )
 
         return run
 
