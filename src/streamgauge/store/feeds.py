@@ -284,9 +284,12 @@ class FeedStore:
         return FeedSession(session_id, token.pk, row[0], row[1], row[2])
 
     def opened(self, session: FeedSession, close: Callable[[], None]) -> None:
-        """A connection serves ``session`` now; ``close`` ends it (when another takes over)."""
+        """A connection serves ``session`` now; ``close`` ends it (when another takes over).
+        Its claim (``claim``, or the one ``create_session`` made) ends: being live protects it
+        from eviction until ``closed``."""
         self._live[session.id] = session
         self._owners[session.id] = _Owner(close)
+        self.release(session.id)
 
     async def take_over(self, token: FeedToken, session_id: str) -> None:
         """Close the connection that serves this session, if any, and wait until it has ended

@@ -189,6 +189,7 @@ async def _feed(ws: WebSocket, token: str, session_id: str | None) -> None:
             return
         claimed = session.id
         await _send(ws, auth_success(session.id, session_id is not None))
+        claimed = None  # from here the session is live: _run's ``opened`` takes the claim over
         await _run(ws, engine, tok, session, args)
     finally:
         if claimed is not None:
