@@ -112,6 +112,36 @@ async def test_open_and_drop_connections_leave_at_most_the_cap_of_sessions(
         await stopped(back)
 
 
+async def test_concurrent_open_and_drop_never_passes_the_cap(capped: Server) -> None:
+    """issue 11 item 20: connections that open and drop all at once still never leave more than
+    the cap: each either gets a session or, when every session was attached at that moment,
+    the limit's failed ``auth`` and 1008."""
+    srv = capped
+    with srv.client() as c:
+        token = feed_token(c)
+
+    async def one() -> str:
+        feed = await Feed.open(srv, token, "state=ut")
+        if feed.auth["code"] == "success":
+            await feed.close()
+            return "ok"
+        assert feed.auth["messages"][0] == "too many sessions for this feed token", feed.auth
+        assert await feed.to_close() == 1008
+        return "refused"
+
+    for _ in range(4):
+        outcomes = await asyncio.gather(*(one() for _ in range(15)))
+        assert "ok" in outcomes
+        assert len(stored(srv, token)) <= 5
+        # the server ends a session shortly after the client's close; wait, so that each round
+        # starts with every session detached (else the whole round may rightly be refused)
+        await eventually(lambda: not srv.engine.feeds._live, "every connection has ended")
+    assert len(stored(srv, token)) == 5
+    room = await Feed.open(srv, token)  # all detached: room again
+    assert room.auth["code"] == "success", room.auth
+    await stopped(room)
+
+
 async def test_when_every_session_of_a_token_is_attached_a_new_one_is_refused(
     capped: Server,
 ) -> None:

@@ -10,9 +10,12 @@ from the hub's fan-out itself when the server offers a message writer (``_Sender
 Closing codes: 1000 after ``{"feed_action": "stop"}``, a finished period, or when another
 connection resumed the session (one connection serves a session at a time; the old one ends and
 saves its position before the new one starts), 1012 when the server shuts down, 4000 when the
-client fell too far behind (its send queue overflowed), 1008 when the token was revoked, 1011
+client fell too far behind (its send queue overflowed), 1008 after a failed ``auth`` message (a
+bad token, argument or session id, or the token's session limit: a policy close, so clients that
+reconnect after a normal close do not retry in a loop) and when the token was revoked, 1011
 after an unexpected error (logged).
-Each close leaves the session resumable from the last observation pushed.
+Each close after a successful ``auth`` leaves the session resumable from the last observation
+pushed (unless the token was revoked).
 
 Resuming ignores every argument (the session's own apply) except ``cursor``: a client that tracks
 the ``cursor`` field of the data messages it processed may resume after exactly that one, which

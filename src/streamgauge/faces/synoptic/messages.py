@@ -126,16 +126,27 @@ def _qc(mask: int) -> bytes:
 
 
 def date_of(ms: int) -> bytes:
-    """``yyyymmddhhmm`` (UTC) as a JSON integer, like the reference's example."""
-    return time.strftime("%Y%m%d%H%M", time.gmtime(ms // 1000)).encode()
+    """``yyyymmddhhmm`` (UTC) as a JSON integer, like the reference's example (computed, not
+    formatted: ``strftime``'s year is not zero-padded alike on every platform)."""
+    t = time.gmtime(ms // 1000)
+    day = (t.tm_year * 100 + t.tm_mon) * 100 + t.tm_mday
+    return b"%d" % ((day * 100 + t.tm_hour) * 100 + t.tm_min)
 
 
 def iso_date_of(ms: int) -> bytes:
     """ISO 8601 in UTC as a JSON string: ``"2024-01-13T22:15:07Z"``, with milliseconds
-    (``"...07.250Z"``) only when the observation time has them."""
+    (``"...07.250Z"``) only when the observation time has them; the year has four digits."""
     seconds, millis = divmod(ms, 1000)
-    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    return b'"%s%sZ"' % (text.encode(), b".%03d" % millis if millis else b"")
+    t = time.gmtime(seconds)
+    text = b"%04d-%02d-%02dT%02d:%02d:%02d" % (
+        t.tm_year,
+        t.tm_mon,
+        t.tm_mday,
+        t.tm_hour,
+        t.tm_min,
+        t.tm_sec,
+    )
+    return b'"%s%sZ"' % (text, b".%03d" % millis if millis else b"")
 
 
 DATE_ENCODERS: dict[str, Callable[[int], bytes]] = {
