@@ -95,9 +95,8 @@ def parse_minute(text: str, name: str) -> int:
 
 def _timeformat(text: str) -> str:
     low = text.strip().lower()
-    if low in ("iso", "iso8601"):
-        return "iso"
-    if low == "yyyymmddhhmm":
+    low = "iso" if low == "iso8601" else low
+    if low in TIME_FORMATS:
         return low
     raise _bad(
         "timeformat",

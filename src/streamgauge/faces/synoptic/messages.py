@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from streamgauge.core.batch import Batch, output_values, qc_names
+from streamgauge.core.batch import Batch, format_time, output_values, qc_names
 from streamgauge.core.framing import NDJSON, Framing
 from streamgauge.core.hub import Item
 from streamgauge.core.units import UnitSystem, target_unit, unit_label
@@ -134,19 +134,9 @@ def date_of(ms: int) -> bytes:
 
 
 def iso_date_of(ms: int) -> bytes:
-    """ISO 8601 in UTC as a JSON string: ``"2024-01-13T22:15:07Z"``, with milliseconds
-    (``"...07.250Z"``) only when the observation time has them; the year has four digits."""
-    seconds, millis = divmod(ms, 1000)
-    t = time.gmtime(seconds)
-    text = b"%04d-%02d-%02dT%02d:%02d:%02d" % (
-        t.tm_year,
-        t.tm_mon,
-        t.tm_mday,
-        t.tm_hour,
-        t.tm_min,
-        t.tm_sec,
-    )
-    return b'"%s%sZ"' % (text, b".%03d" % millis if millis else b"")
+    """ISO 8601 (RFC 3339) in UTC as a JSON string, the native API's form of a time:
+    ``"2024-01-13T22:15:07Z"``, with milliseconds (``"...07.250Z"``) only when there are some."""
+    return b'"%s"' % format_time(ms).encode()
 
 
 DATE_ENCODERS: dict[str, Callable[[int], bytes]] = {
