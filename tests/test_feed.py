@@ -611,7 +611,7 @@ async def test_revoking_a_token_closes_its_sessions_and_invalidates_it(
         "messages": ["invalid token"],
         "session": "",
     }
-    assert await again.to_close() == 1000
+    assert await again.to_close() == 1008
     resumed = await Feed.open(srv, token, session=feed.session)
     assert resumed.auth["code"] == "failed" and resumed.auth["messages"] == ["invalid token"]
     # the other token's session carries on
@@ -656,7 +656,7 @@ async def test_auth_success_and_invalid_token_exactly_as_the_reference(
             "messages": ["invalid token"],
             "session": "",
         }
-        assert await failed.to_close() == 1000
+        assert await failed.to_close() == 1008
     # the form without the trailing slash works too
     ws = await connect(f"{ws_base(srv)}/feed/{token}", open_timeout=TIMEOUT)
     assert orjson.loads(await ws.recv())["code"] == "success"
@@ -704,7 +704,7 @@ async def test_bad_arguments_fail_in_the_auth_message_naming_the_argument(
     assert feed.auth["session"] == ""
     assert all(isinstance(m, str) for m in feed.auth["messages"])
     assert any(name in m for m in feed.auth["messages"]), feed.auth
-    assert await feed.to_close() == 1000
+    assert await feed.to_close() == 1008
 
 
 async def test_more_bad_arguments(srv: Server, api: httpx.Client) -> None:
@@ -723,7 +723,7 @@ async def test_more_bad_arguments(srv: Server, api: httpx.Client) -> None:
         feed = await Feed.open(srv, token, query)
         assert feed.auth["code"] == "failed", (query, feed.auth)
         assert any(name in m for m in feed.auth["messages"]), (query, feed.auth)
-        assert await feed.to_close() == 1000
+        assert await feed.to_close() == 1008
 
 
 HOSTILE_FILTERS = [
@@ -755,12 +755,12 @@ async def test_hostile_filter_on_fails_naming_filter_on_and_the_server_carries_o
         feed = await Feed.open(srv, token, urlencode({"filter_on": text}, quote_via=quote))
         assert feed.auth["code"] == "failed", (text[:40], feed.auth)
         assert any("filter_on" in m for m in feed.auth["messages"]), feed.auth
-        assert await feed.to_close() == 1000
+        assert await feed.to_close() == 1008
     # raw bytes that are not UTF-8, and a NUL, in the query string itself
     for raw in ("filter_on=%FF%FE", "filter_on=(air_temp%00>1)"):
         feed = await Feed.open(srv, token, raw)
         assert feed.auth["code"] == "failed", feed.auth
-        assert await feed.to_close() == 1000
+        assert await feed.to_close() == 1008
     # the server is fine: a good session still gets its data
     assert api.get("/healthz").status_code == 200
     feed = await Feed.open(srv, token, urlencode({"filter_on": "(air_temp < 100)"}))

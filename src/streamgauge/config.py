@@ -131,7 +131,20 @@ class Settings(BaseSettings):
     feed_session_retention_hours: float = Field(
         default=72.0,
         gt=0,
-        description="A feed session can be resumed this long after it was last connected.",
+        description=(
+            "Time to live of a detached feed session: it can be resumed this long after it "
+            "was last connected, and is deleted within a minute after that."
+        ),
+    )
+    feed_sessions_per_token: int = Field(
+        default=2000,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "Most feed sessions one feed token keeps, connected or resumable. A new session "
+            "beyond it evicts the token's least recently used detached sessions; when all "
+            "are connected, the new connection gets a failed auth and close code 1008."
+        ),
     )
     feed_period_max_hours: float = Field(
         default=48.0,

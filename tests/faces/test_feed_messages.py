@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from streamgauge.core.hub import Item
 from streamgauge.core.units import METRIC
-from streamgauge.faces.synoptic.messages import Metadata, data_message, merge_items
+from streamgauge.errors import BadRequest
+from streamgauge.faces.synoptic.args import FeedArgs, parse_feed_args
+from streamgauge.faces.synoptic.messages import (
+    Metadata,
+    data_message,
+    date_of,
+    iso_date_of,
+    merge_items,
+)
 from streamgauge.store.registry import Registry
 from tests.core.test_filters import Builder
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _registry() -> tuple[Registry, dict[int, tuple[str, str]]]:
@@ -83,3 +95,51 @@ def test_merge_items_joins_consecutive_messages_within_the_row_bound() -> None:
     assert merged[0].series is not None and merged[0].series.tolist() == [1, 2, 3]
     assert merged[0].received_ns == 6
     assert [m.count for m in merge_items([a, b, c], 100)] == [6]
+
+
+@given(st.integers(-62_135_596_800_000 + 86_400_000, 253_402_300_799_999))
+def test_iso_dates_are_the_exact_time_and_the_default_is_its_minute(ms: int) -> None:
+    """issue 11 item 11: ``timeformat=iso`` writes a JSON string that ISO 8601 parsers read back
+    as the observation's exact time (milliseconds only when there are some); the default
+    ``date`` is the same time's ``yyyymmddhhmm`` integer."""
+    iso = json.loads(iso_date_of(ms))
+    assert isinstance(iso, str) and iso.endswith("Z")
+    assert ("." in iso) == (ms % 1000 != 0)
+    when = datetime.fromisoformat(iso)
+    assert when.tzinfo is not None and when.utcoffset() == timedelta(0)
+    assert when == EPOCH + timedelta(milliseconds=ms)
+    minute = json.loads(date_of(ms))
+    assert isinstance(minute, int)
+    assert minute == int(when.strftime("%Y%m%d%H%M"))
+
+
+def test_recent_and_timeformat_arguments_parse_like_rewind_and_a_choice() -> None:
+    """issue 11 item 11: ``recent`` gives what ``rewind`` gives, is checked alike and named as
+    given, and cannot be combined with ``rewind``; ``timeformat`` defaults to the integer."""
+    now = 1_700_000_000_000
+
+    def parse(query: str) -> FeedArgs:
+        return parse_feed_args(query, now_ms=now, max_period_hours=48)
+
+    assert parse("recent=5").rewind_minutes == parse("rewind=5").rewind_minutes == 5.0
+    a, b = parse("recent=5&stid=X"), parse("rewind=5&stid=X")
+    assert (a.start_ms, a.end_ms, a.metadata, a.timeformat) == (
+        b.start_ms,
+        b.end_ms,
+        b.metadata,
+        b.timeformat,
+    )
+    assert parse("").timeformat == parse("timeformat=yyyymmddhhmm").timeformat == "yyyymmddhhmm"
+    assert parse("timeformat=iso").timeformat == parse("timeformat=ISO").timeformat == "iso"
+    for query, field in [
+        ("recent=5&rewind=5", "recent"),
+        ("recent=x", "recent"),
+        ("recent=3000", "recent"),
+        ("rewind=3000", "rewind"),
+        ("timeformat=epoch", "timeformat"),
+        ("timeformat=iso&timeformat=iso", "timeformat"),
+    ]:
+        with pytest.raises(BadRequest) as caught:
+            parse(query)
+        assert [d["field"] for d in caught.value.details] == [field], query
+        assert field in caught.value.message

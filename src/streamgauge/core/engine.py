@@ -91,7 +91,11 @@ class Engine:
         self._gc_before: tuple[int, int, int] | None = None
         self._switch_before: float | None = None
         # Push-feed tokens and durable feed sessions.
-        self.feeds = FeedStore(self.store, settings.feed_session_retention_hours * 3600)
+        self.feeds = FeedStore(
+            self.store,
+            settings.feed_session_retention_hours * 3600,
+            settings.feed_sessions_per_token,
+        )
         # Alert channels: rules on every committed batch, actions through deliveries and actors.
         self.alerting = Alerting(self)
 

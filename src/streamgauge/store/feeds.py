@@ -7,8 +7,13 @@ position in the log (every observation up to it has been considered and, if it m
 Positions move in memory as messages go out and are written in one transaction per second for
 every session that moved, and at once when a connection ends, so a clean stop or a server restart
 resumes exactly; after a kill -9 a session resumes from its last written position (at most a
-second of observations is pushed again, none is lost). Sessions expire after the configured
-retention since they were last used.
+second of observations is pushed again, none is lost).
+
+Sessions do not accumulate. A detached session (no connection serves it) lives for the configured
+retention since it was last connected, and is deleted within a minute after that (sooner for a
+short retention). A token keeps at most ``sessions_per_token`` sessions: a new one first evicts
+the token's least recently used detached sessions, and is refused (``SessionLimit``) when every
+session of the token is attached, i.e. served by a connection or being opened by one.
 """
 
 from __future__ import annotations
@@ -24,11 +29,16 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from streamgauge.errors import NotFound
+from streamgauge.errors import Conflict, NotFound
 from streamgauge.store.metadata import now_iso
 from streamgauge.store.sqlite import SqliteStore, Tx
 
 FLUSH_SECONDS = 1.0
+EXPIRE_EVERY_MAX_SECONDS = 60.0  # the longest a session outlives its retention in the table
+
+
+class SessionLimit(Conflict):
+    """A new session of a token whose sessions are all attached and at the cap."""
 
 
 @dataclass(slots=True)
@@ -64,9 +74,20 @@ def digest(token: str) -> bytes:
 
 
 class FeedStore:
-    def __init__(self, store: SqliteStore, retention_seconds: float) -> None:
+    def __init__(
+        self, store: SqliteStore, retention_seconds: float, sessions_per_token: int = 2000
+    ) -> None:
         self._store = store
         self._retention_ms = int(retention_seconds * 1000)
+        self._expire_every = min(
+            EXPIRE_EVERY_MAX_SECONDS, max(FLUSH_SECONDS, retention_seconds / 4)
+        )
+        self._cap = sessions_per_token
+        # token pk -> its stored sessions; changed only by the writer thread, after commits
+        self._count: dict[int, int] = {}
+        # session id -> (token pk, claims): sessions a connection is opening (a new one between
+        # its insert and its first message, a resumed one from before it is read), never evicted
+        self._opening: dict[str, tuple[int, int]] = {}
         self._by_digest: dict[bytes, FeedToken] = {}
         self._by_pk: dict[int, FeedToken] = {}
         self._live: dict[str, FeedSession] = {}  # sessions with an open connection
@@ -81,10 +102,16 @@ class FeedStore:
                 "SELECT pk, id, project_pk, name, digest, created FROM feed_tokens"
             ).fetchall()
 
+        def counts(conn: sqlite3.Connection) -> list[tuple[int, int]]:
+            return conn.execute(
+                "SELECT token_pk, count(*) FROM feed_sessions GROUP BY token_pk"
+            ).fetchall()
+
         for pk, id_, project_pk, name, dig, created in await self._store.read(load):
             tok = FeedToken(pk, id_, project_pk, name, created)
             self._by_digest[bytes(dig)] = tok
             self._by_pk[pk] = tok
+        self._count = dict(await self._store.read(counts))
         await self.expire()
         self._task = asyncio.create_task(self._flusher())
 
@@ -144,6 +171,11 @@ class FeedStore:
             tx.execute("DELETE FROM feed_sessions WHERE token_pk = ?", (tok.pk,))
             tx.execute("DELETE FROM feed_tokens WHERE pk = ?", (tok.pk,))
 
+            def committed() -> None:
+                self._count.pop(tok.pk, None)
+
+            tx.after_commit.append(committed)
+
         await self._store.write(delete)
         self._by_pk.pop(tok.pk, None)
         self._by_digest = {d: t for d, t in self._by_digest.items() if t.pk != tok.pk}
@@ -163,18 +195,70 @@ class FeedStore:
 
     # -- sessions -------------------------------------------------------------------------------
 
+    def _attached(self, token_pk: int) -> list[str]:
+        """The token's sessions that a connection serves or is opening. Called in the writer
+        thread: ``list()`` copies each dict in one step under the GIL."""
+        live = [s.id for s in list(self._live.values()) if s.token_pk == token_pk]
+        opening = [i for i, (t, _) in list(self._opening.items()) if t == token_pk]
+        return live + opening
+
+    def claim(self, token: FeedToken, session_id: str) -> None:
+        """A connection is opening ``session_id``: it is not evicted until ``release``."""
+        _, n = self._opening.get(session_id, (token.pk, 0))
+        self._opening[session_id] = (token.pk, n + 1)
+
+    def release(self, session_id: str) -> None:
+        found = self._opening.get(session_id)
+        if found is None:
+            return
+        if found[1] > 1:
+            self._opening[session_id] = (found[0], found[1] - 1)
+        else:
+            del self._opening[session_id]
+
     async def create_session(
         self, token: FeedToken, args: str, position: int, after_time: int | None = None
     ) -> FeedSession:
+        """A new session of ``token``, claimed for its connection (``release`` it when the
+        connection ends). At the cap, the token's least recently used detached sessions make
+        room; ``SessionLimit`` if every one is attached."""
         session = FeedSession(str(uuid.uuid4()), token.pk, args, position, after_time)
         now = _now_ms()
+        cap = self._cap
 
         def insert(tx: Tx) -> None:
+            count = self._count.get(token.pk, 0)
+            evicted = 0
+            if count >= cap:
+                keep = orjson.dumps(self._attached(token.pk))
+                evicted = tx.execute(
+                    "DELETE FROM feed_sessions WHERE id IN (SELECT id FROM feed_sessions"
+                    " WHERE token_pk = ? AND id NOT IN (SELECT value FROM json_each(?))"
+                    " ORDER BY touched, created LIMIT ?)",
+                    (token.pk, keep, count - cap + 1),
+                ).rowcount
+                if count - evicted >= cap:
+                    raise SessionLimit(
+                        "too many sessions for this feed token",
+                        [
+                            {
+                                "field": "token",
+                                "reason": f"at most {cap} sessions per feed token, and all of"
+                                " them are connected: close one first",
+                            }
+                        ],
+                    )
             tx.execute(
                 "INSERT INTO feed_sessions (id, token_pk, args, position, after_time, created,"
                 " touched) VALUES (?,?,?,?,?,?,?)",
                 (session.id, token.pk, args, position, after_time, now, now),
             )
+
+            def committed() -> None:  # before any other transaction can evict it
+                self._count[token.pk] = self._count.get(token.pk, 0) - evicted + 1
+                self.claim(token, session.id)
+
+            tx.after_commit.append(committed)
 
         await self._store.write(insert)
         return session
@@ -200,9 +284,12 @@ class FeedStore:
         return FeedSession(session_id, token.pk, row[0], row[1], row[2])
 
     def opened(self, session: FeedSession, close: Callable[[], None]) -> None:
-        """A connection serves ``session`` now; ``close`` ends it (when another takes over)."""
+        """A connection serves ``session`` now; ``close`` ends it (when another takes over).
+        Its claim (``claim``, or the one ``create_session`` made) ends: being live protects it
+        from eviction until ``closed``."""
         self._live[session.id] = session
         self._owners[session.id] = _Owner(close)
+        self.release(session.id)
 
     async def take_over(self, token: FeedToken, session_id: str) -> None:
         """Close the connection that serves this session, if any, and wait until it has ended
@@ -261,26 +348,38 @@ class FeedStore:
         await self._store.write(update)
 
     async def expire(self) -> int:
-        """Delete sessions unused for longer than the retention; returns how many."""
+        """Delete detached sessions unused for longer than the retention; returns how many."""
         oldest = _now_ms() - self._retention_ms
-        live = list(self._live)
 
         def delete(tx: Tx) -> int:
-            marks = ",".join("?" * len(live))
-            keep = f" AND id NOT IN ({marks})" if live else ""
-            cur = tx.execute(f"DELETE FROM feed_sessions WHERE touched < ?{keep}", (oldest, *live))
-            return cur.rowcount
+            keep = orjson.dumps(list(self._live) + list(self._opening))
+            gone = tx.execute(
+                "DELETE FROM feed_sessions WHERE touched < ?"
+                " AND id NOT IN (SELECT value FROM json_each(?)) RETURNING token_pk",
+                (oldest, keep),
+            ).fetchall()
+
+            def committed() -> None:
+                for (token_pk,) in gone:
+                    self._count[token_pk] = self._count.get(token_pk, 1) - 1
+
+            tx.after_commit.append(committed)
+            return len(gone)
 
         return await self._store.write(delete)
 
+    def sessions_of(self, token: FeedToken) -> int:
+        """How many sessions ``token`` keeps (attached or resumable)."""
+        return self._count.get(token.pk, 0)
+
     async def _flusher(self) -> None:
-        ticks = 0
+        expired = time.monotonic()
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
-            ticks += 1
             try:
                 await self.flush()
-                if ticks % 3600 == 0:
+                if time.monotonic() - expired >= self._expire_every:
+                    expired = time.monotonic()
                     await self.expire()
             except Exception:  # the store closing under us: stop quietly
                 return

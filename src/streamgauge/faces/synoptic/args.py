@@ -10,6 +10,12 @@ native ``filter``); the feed turns that into a failed ``auth`` message. An empty
 observations that fail the range check are already removed"); ``qc=none`` keeps everything.
 Old check names of the push reference are accepted. ``end`` includes its whole minute, as the
 ``date`` of each observation is given to the minute.
+
+``recent`` is an alias of ``rewind`` (the reference's own example reads ``recent=5``, and
+Synoptic's REST API calls the same thing ``recent``): the same meaning and the same checks, and
+errors name the spelling the client used; giving both is refused. ``timeformat`` chooses how the
+``date`` of each row is written: ``yyyymmddhhmm`` (the default, the reference's integer) or
+``iso`` (an ISO 8601 UTC string).
 """
 
 from __future__ import annotations
@@ -35,13 +41,30 @@ ARGUMENTS = (
     "start",
     "end",
     "rewind",
+    "recent",
     "units",
     "metadata",
+    "timeformat",
 )
-SINGLE = frozenset({"start", "end", "rewind", "units", "metadata", "radius", "bbox", "filter_on"})
+SINGLE = frozenset(
+    {
+        "start",
+        "end",
+        "rewind",
+        "recent",
+        "units",
+        "metadata",
+        "timeformat",
+        "radius",
+        "bbox",
+        "filter_on",
+    }
+)
 # QC names of the old push reference, accepted so that old clients keep working (section 6/8).
 QC_ALIASES = {"sl_rate_change": "sl_rate_check", "sl_persistence": "sl_pers_check"}
 MINUTE_MS = 60_000
+# How a row's ``date`` is written: the reference's ``yyyymmddhhmm`` integer, or an ISO 8601 string.
+TIME_FORMATS = ("yyyymmddhhmm", "iso")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +74,7 @@ class FeedArgs:
     start_ms: int | None  # a past period [start, end] (both set), replayed and then closed
     end_ms: int | None
     rewind_minutes: float | None  # live, starting this many minutes back
+    timeformat: str = "yyyymmddhhmm"  # one of TIME_FORMATS
 
 
 def _bad(name: str, reason: str, value: str | None = None) -> BadRequest:
@@ -67,6 +91,31 @@ def parse_minute(text: str, name: str) -> int:
     except ValueError as exc:
         raise _bad(name, "not a real date and time (YYYYMMDDHHmm, UTC)", text) from exc
     return int(when.timestamp() * 1000)
+
+
+def _timeformat(text: str) -> str:
+    low = text.strip().lower()
+    low = "iso" if low == "iso8601" else low
+    if low in TIME_FORMATS:
+        return low
+    raise _bad(
+        "timeformat",
+        "expected yyyymmddhhmm (the default: an integer such as 202401132215) or iso"
+        ' (a string such as "2024-01-13T22:15:00Z")',
+        text,
+    )
+
+
+def _rewind(args: dict[str, str], name: str, max_period_hours: float) -> float:
+    """``rewind`` (or its alias ``recent``, named as given): minutes back from now."""
+    text = args[name]
+    try:
+        rewind = float(text)
+    except ValueError as exc:
+        raise _bad(name, "expected a number of minutes", text) from exc
+    if not 0 < rewind <= max_period_hours * 60:
+        raise _bad(name, f"expected minutes in (0, {max_period_hours * 60:g}]", text)
+    return rewind
 
 
 def _metadata(text: str) -> bool:
@@ -144,15 +193,13 @@ def parse_feed_args(
     start = parse_minute(args["start"], "start") if "start" in args else None
     end = parse_minute(args["end"], "end") if "end" in args else None
     rewind: float | None = None
-    if "rewind" in args:
+    if "rewind" in args and "recent" in args:
+        raise _bad("recent", "recent is another name of rewind: give one of them, not both")
+    name = "recent" if "recent" in args else "rewind"
+    if name in args:
         if start is not None or end is not None:
-            raise _bad("rewind", "give either rewind or a start/end period, not both")
-        try:
-            rewind = float(args["rewind"])
-        except ValueError as exc:
-            raise _bad("rewind", "expected a number of minutes", args["rewind"]) from exc
-        if not 0 < rewind <= max_period_hours * 60:
-            raise _bad("rewind", f"expected minutes in (0, {max_period_hours * 60:g}]")
+            raise _bad(name, f"give either {name} or a start/end period, not both")
+        rewind = _rewind(args, name, max_period_hours)
     if end is not None and start is None:
         raise _bad("end", "an end needs a start")
     if start is not None:
@@ -171,4 +218,5 @@ def parse_feed_args(
         start,
         end,
         rewind,
+        _timeformat(args["timeformat"]) if "timeformat" in args else "yyyymmddhhmm",
     )

@@ -10,9 +10,12 @@ from the hub's fan-out itself when the server offers a message writer (``_Sender
 Closing codes: 1000 after ``{"feed_action": "stop"}``, a finished period, or when another
 connection resumed the session (one connection serves a session at a time; the old one ends and
 saves its position before the new one starts), 1012 when the server shuts down, 4000 when the
-client fell too far behind (its send queue overflowed), 1008 when the token was revoked, 1011
+client fell too far behind (its send queue overflowed), 1008 after a failed ``auth`` message (a
+bad token, argument or session id, or the token's session limit: a policy close, so clients that
+reconnect after a normal close do not retry in a loop) and when the token was revoked, 1011
 after an unexpected error (logged).
-Each close leaves the session resumable from the last observation pushed.
+Each close after a successful ``auth`` leaves the session resumable from the last observation
+pushed (unless the token was revoked).
 
 Resuming ignores every argument (the session's own apply) except ``cursor``: a client that tracks
 the ``cursor`` field of the data messages it processed may resume after exactly that one, which
@@ -49,12 +52,13 @@ from streamgauge.faces.synoptic.messages import (
 )
 from streamgauge.faces.websocket import WRITER, MessageWriter
 from streamgauge.store.base import HistoryQuery
-from streamgauge.store.feeds import FeedSession, FeedToken
+from streamgauge.store.feeds import FeedSession, FeedToken, SessionLimit
 
 router = APIRouter(tags=["push feed"])
 log = logging.getLogger("streamgauge.feed")
 
 CLOSE_DONE = 1000
+CLOSE_AUTH_FAILED = 1008  # policy violation: a failed auth (token, arguments, session, limit)
 CLOSE_REVOKED = 1008
 CLOSE_RESTART = 1012
 CLOSE_SLOW = 4000
@@ -164,19 +168,42 @@ class _Sender:
         self._feeds.moved(self._session, position)
 
 
-async def _fail(ws: WebSocket, messages: list[str]) -> None:
-    await _send(ws, auth_failed(messages))
-    await ws.close(CLOSE_DONE)
+async def _fail(ws: WebSocket, messages: list[str], reason: str) -> None:
+    """A failed ``auth``, then a policy close: a client that reconnects after a normal close
+    (1000) would otherwise retry a bad token or argument in a tight loop."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+        await _send(ws, auth_failed(messages))
+        await ws.close(CLOSE_AUTH_FAILED, reason)
 
 
 async def _feed(ws: WebSocket, token: str, session_id: str | None) -> None:
     engine: Engine = ws.app.state.engine
-    s = engine.settings
     await ws.accept()
     tok = engine.feeds.token_for(token)
     if tok is None:
-        await _fail(ws, ["invalid token"])
+        await _fail(ws, ["invalid token"], "authentication failed: invalid token")
         return
+    claimed = session_id
+    if session_id is not None:
+        engine.feeds.claim(tok, session_id)
+    try:
+        session, args = await _open(ws, engine, tok, session_id)
+        if session is None or args is None:
+            return
+        claimed = session.id
+        await _send(ws, auth_success(session.id, session_id is not None))
+        claimed = None  # from here the session is live: _run's ``opened`` takes the claim over
+        await _run(ws, engine, tok, session, args)
+    finally:
+        if claimed is not None:
+            engine.feeds.release(claimed)
+
+
+async def _open(
+    ws: WebSocket, engine: Engine, tok: FeedToken, session_id: str | None
+) -> tuple[FeedSession | None, FeedArgs | None]:
+    """The new or resumed session and its arguments; (None, None) after a failed ``auth``."""
+    s = engine.settings
     now = int(time.time() * 1000)
     try:
         if session_id is None:
@@ -191,8 +218,8 @@ async def _feed(ws: WebSocket, token: str, session_id: str | None) -> None:
             await engine.feeds.take_over(tok, session_id)
             found = await engine.feeds.session(tok, session_id)
             if found is None:
-                await _fail(ws, ["invalid session id", "start a new session"])
-                return
+                await _fail(ws, ["invalid session id", "start a new session"], "invalid session id")
+                return None, None
             session = found
             args = parse_feed_args(
                 session.args,
@@ -202,13 +229,15 @@ async def _feed(ws: WebSocket, token: str, session_id: str | None) -> None:
             )
             _resume_at(ws, session, engine.store.head)
     except UnicodeDecodeError:
-        await _fail(ws, ["the query string is not valid UTF-8"])
-        return
+        await _fail(ws, ["the query string is not valid UTF-8"], "bad arguments")
+        return None, None
+    except SessionLimit as exc:
+        await _fail(ws, _messages(exc), "session limit of this feed token reached")
+        return None, None
     except StreamgaugeError as exc:
-        await _fail(ws, _messages(exc))
-        return
-    await _send(ws, auth_success(session.id, session_id is not None))
-    await _run(ws, engine, tok, session, args)
+        await _fail(ws, _messages(exc), "bad arguments")
+        return None, None
+    return session, args
 
 
 def _resume_at(ws: WebSocket, session: FeedSession, head: int) -> None:
@@ -300,7 +329,7 @@ async def _push(
         if args.start_ms is not None and args.end_ms is not None:
             await _period(sender, engine, session, args)
             return CLOSE_DONE, "the requested period has been sent"
-        framing = feed_framing(engine.settings.feed_message_rows)
+        framing = feed_framing(engine.settings.feed_message_rows, args.timeformat)
         events = engine.events(
             selection, framing, session.position, select.units, sender.sink, keepalives=False
         )
@@ -339,7 +368,7 @@ async def _period(sender: _Sender, engine: Engine, session: FeedSession, args: F
         )
         batch = await engine.history(query, selection)
         if len(batch):
-            encoded = encode_rows(batch, engine.registry, select.units)
+            encoded = encode_rows(batch, engine.registry, select.units, args.timeformat)
             first, last = batch.first, int(batch.cursors[-1])
             message = data_message(b"".join(encoded), first, last)
             item = Item(first, last, len(batch), message, 0, batch.series)

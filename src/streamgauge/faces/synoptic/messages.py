@@ -1,20 +1,22 @@
 """The feed's messages (reference: synoptic-push.md section 3), built without I/O.
 
-Rows are encoded once per batch and unit system as ``{stid, sensor, set, date, value, qc},``
-(the hub caches them and shares one join between sessions whose masks agree); a data message
-wraps a queued item's rows. ``Metadata`` is per connection: it describes each station and each
-sensor's unit once, before the first data message that needs it.
+Rows are encoded once per batch, unit system and date format as
+``{stid, sensor, set, date, value, qc},`` (the hub caches them and shares one join between
+sessions whose masks agree); a data message wraps a queued item's rows. ``Metadata`` is per
+connection: it describes each station and each sensor's unit once, before the first data
+message that needs it.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import orjson
 
-from streamgauge.core.batch import Batch, output_values, qc_names
+from streamgauge.core.batch import Batch, format_time, output_values, qc_names
 from streamgauge.core.framing import NDJSON, Framing
 from streamgauge.core.hub import Item
 from streamgauge.core.units import UnitSystem, target_unit, unit_label
@@ -124,15 +126,32 @@ def _qc(mask: int) -> bytes:
 
 
 def date_of(ms: int) -> bytes:
-    """``yyyymmddhhmm`` (UTC) as a JSON integer, like the reference's example."""
-    return time.strftime("%Y%m%d%H%M", time.gmtime(ms // 1000)).encode()
+    """``yyyymmddhhmm`` (UTC) as a JSON integer, like the reference's example (computed, not
+    formatted: ``strftime``'s year is not zero-padded alike on every platform)."""
+    t = time.gmtime(ms // 1000)
+    day = (t.tm_year * 100 + t.tm_mon) * 100 + t.tm_mday
+    return b"%d" % ((day * 100 + t.tm_hour) * 100 + t.tm_min)
 
 
-def encode_rows(batch: Batch, reg: Registry, units: UnitSystem) -> list[bytes]:
+def iso_date_of(ms: int) -> bytes:
+    """ISO 8601 (RFC 3339) in UTC as a JSON string, the native API's form of a time:
+    ``"2024-01-13T22:15:07Z"``, with milliseconds (``"...07.250Z"``) only when there are some."""
+    return b'"%s"' % format_time(ms).encode()
+
+
+DATE_ENCODERS: dict[str, Callable[[int], bytes]] = {
+    "yyyymmddhhmm": date_of,
+    "iso": iso_date_of,
+}
+
+
+def _encode_rows(
+    batch: Batch, reg: Registry, units: UnitSystem, date: Callable[[int], bytes]
+) -> list[bytes]:
     prefixes = _prefixes(reg)
     values = output_values(batch, reg, units)
     uniq, inverse = np.unique(batch.times, return_inverse=True)
-    dates = [date_of(t) for t in uniq.tolist()]
+    dates = [date(t) for t in uniq.tolist()]
     dumps = orjson.dumps
     return [
         _prefix(reg, prefixes, s) + dates[d] + b',"value":' + dumps(v) + b',"qc":' + _qc(q) + b"},"
@@ -142,18 +161,40 @@ def encode_rows(batch: Batch, reg: Registry, units: UnitSystem) -> list[bytes]:
     ]
 
 
-def feed_framing(max_rows: int) -> Framing:
+def encode_rows(
+    batch: Batch, reg: Registry, units: UnitSystem, timeformat: str = "yyyymmddhhmm"
+) -> list[bytes]:
+    """The rows of ``batch``, each ``{stid, sensor, set, date, value, qc},`` with ``date`` in
+    ``timeformat`` (a key of ``DATE_ENCODERS``)."""
+    return _encode_rows(batch, reg, units, DATE_ENCODERS[timeformat])
+
+
+def _encoder(timeformat: str) -> Callable[[Batch, Registry, UnitSystem], list[bytes]]:
+    date = DATE_ENCODERS[timeformat]
+
+    def encode(batch: Batch, reg: Registry, units: UnitSystem) -> list[bytes]:
+        return _encode_rows(batch, reg, units, date)
+
+    return encode
+
+
+_ENCODERS = {name: _encoder(name) for name in DATE_ENCODERS}
+
+
+def feed_framing(max_rows: int, timeformat: str = "yyyymmddhhmm") -> Framing:
     """The hub framing of feed sessions: rows as above, at most ``max_rows`` per message, with
-    each item's series kept for the metadata."""
+    each item's series kept for the metadata. Its name (the hub's cache key for encoded rows
+    and joined messages) carries the date format, so sessions share rows only when their dates
+    are written alike."""
     return Framing(
-        f"synoptic/{max_rows}",
+        f"synoptic/{timeformat}/{max_rows}",
         "application/json",
         NDJSON.row,
         NDJSON.keepalive,
         NDJSON.closed,
         NDJSON.opened,
         NDJSON.units,
-        encode=encode_rows,
+        encode=_ENCODERS[timeformat],
         max_rows=max_rows,
         wrap=data_message,
         with_series=True,
