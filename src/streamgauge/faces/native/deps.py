@@ -23,7 +23,9 @@ def get_engine(request: Request) -> Engine:
 def get_principal(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
-    return get_engine(request).auth.authenticate(authorization)
+    # A sync dependency: FastAPI runs it in a worker thread, so argon2 never blocks the loop.
+    client = request.client.host if request.client else None
+    return get_engine(request).auth.authenticate(authorization, client)
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]

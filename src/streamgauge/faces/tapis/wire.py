@@ -38,7 +38,9 @@ def envelope(result: Any, message: str = "Success", status: int = 200) -> Respon
     return Response(orjson.dumps(body), status, media_type=JSON)
 
 
-def error_envelope(status: int, message: str, details: list[Any]) -> Response:
+def error_envelope(
+    status: int, message: str, details: list[Any], headers: dict[str, str] | None = None
+) -> Response:
     body = {
         "result": None,
         "status": "error",
@@ -46,7 +48,9 @@ def error_envelope(status: int, message: str, details: list[Any]) -> Response:
         "version": __version__,
         "metadata": {"details": details},
     }
-    return Response(orjson.dumps(body), 400 if status == 422 else status, media_type=JSON)
+    return Response(
+        orjson.dumps(body), 400 if status == 422 else status, headers=headers, media_type=JSON
+    )
 
 
 class TapisRoute(APIRoute):
@@ -70,7 +74,7 @@ class TapisRoute(APIRoute):
                     )
                 return await handler(request)
             except StreamgaugeError as exc:
-                return error_envelope(exc.status, exc.message, exc.details)
+                return error_envelope(exc.status, exc.message, exc.details, exc.headers)
             except RequestValidationError as exc:
                 details = validation_details(exc)
                 where = "; ".join(
@@ -95,8 +99,9 @@ def tapis_caller(
         if claims.get("tapis/tenant_id") != engine.settings.tapis_tenant_id:
             raise Unauthorized(f"the token is not for tenant {engine.settings.tapis_tenant_id!r}")
         return engine.auth.access_token(token)
-    if authorization:
-        return engine.auth.authenticate(authorization)
+    if authorization:  # a worker thread (sync dependency): argon2 may block it, not the loop
+        client = request.client.host if request.client else None
+        return engine.auth.authenticate(authorization, client)
     raise Unauthorized("missing credentials: send X-Tapis-Token")
 
 
