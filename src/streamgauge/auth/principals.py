@@ -48,7 +48,7 @@ from streamgauge.errors import TooManyRequests, Unauthorized
 from streamgauge.store.registry import AccountRec, Registry
 
 HASH_WORKERS = max(1, (os.cpu_count() or 1) // 4)  # argon2 (parallelism 4) uses 4 cores itself
-MAX_PENDING = 32  # verifications queued or running at once
+MAX_PENDING = 128  # verifications queued or running at once (beyond: 429)
 MAX_BUCKETS = 100_000  # rate-limit entries kept (the oldest go first beyond it)
 
 
