@@ -140,10 +140,11 @@ def test_argon2_runs_off_the_event_loop_on_every_key_login(server: Server) -> No
 
 
 def test_wrong_secrets_do_not_stall_other_requests(tmp_path: Path) -> None:
-    """issue 11 item 19: concurrent wrong-secret logins to the DT face (16 here; the issue
-    measured 64. The limit is turned off, so each one runs argon2) leave ``/healthz`` answering meanwhile: its median latency
-    is a small part of the time the logins take together (on the event loop they queued
-    behind the verifications; loosely bounded, the machine may be busy)."""
+    """issue 11 item 19: concurrent wrong-secret logins to the DT face (16 here, the issue
+    measured 64; the limit is off, so each one runs argon2) leave ``/healthz`` answering
+    meanwhile: its median latency is a small part of the time the logins take together (on
+    the event loop they queued behind the verifications; measured before the fix: one probe
+    waited 42 s). Loosely bounded: the machine may be busy."""
     srv = start_server(tmp_path / "data", auth_failure_limit=0)
     try:
         with srv.client() as c:
