@@ -85,7 +85,7 @@ class TapisRoute(APIRoute):
         return run
 
 
-def tapis_caller(
+async def tapis_caller(
     request: Request,
     x_tapis_token: Annotated[str | None, Header()] = None,
     authorization: Annotated[str | None, Header()] = None,
@@ -99,9 +99,9 @@ def tapis_caller(
         if claims.get("tapis/tenant_id") != engine.settings.tapis_tenant_id:
             raise Unauthorized(f"the token is not for tenant {engine.settings.tapis_tenant_id!r}")
         return engine.auth.access_token(token)
-    if authorization:  # a worker thread (sync dependency): argon2 may block it, not the loop
+    if authorization:  # argon2 (HTTP Basic) runs on the authenticator's pool, not the loop
         client = request.client.host if request.client else None
-        return engine.auth.authenticate(authorization, client)
+        return await engine.auth.authenticate_async(authorization, client)
     raise Unauthorized("missing credentials: send X-Tapis-Token")
 
 
