@@ -69,12 +69,11 @@ def _listen(host: str, port: int) -> socket.socket:
     """The listening socket, bound before the app is imported: a client that reconnects while
     this process starts (a stream client during a restart, say) waits in the backlog instead
     of being refused, and is served as soon as the app is up."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, address = infos[0]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn would bind it
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind(address)
+        sock.bind((host, port))
     except OSError as exc:
         sock.close()
         console.print(f"[red]serve: cannot listen on {host}:{port}: {exc.strerror or exc}[/red]")

@@ -136,7 +136,7 @@ class Authenticator:
         self.tokens = tokens
         self._hasher = PasswordHasher()
         self._verified: dict[str, bytes] = {}  # key id -> sha256(secret) known good
-        self._pool = ThreadPoolExecutor(max_workers=HASH_WORKERS, thread_name_prefix="sg-argon2")
+        self._executor: ThreadPoolExecutor | None = None  # made on first use, again after close
         self._pending = 0
         self._pending_lock = threading.Lock()
         self.limiter = FailureLimiter(failure_limit, failure_window_seconds)
@@ -144,8 +144,17 @@ class Authenticator:
         # account's enableBasicAuth. Asked on every face.
         self.basic_auth_allowed: Callable[[AccountRec], bool] = lambda account: True
 
+    @property
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="sg-argon2")
+        return self._executor
+
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the hashing threads (at engine stop; a later login starts them again)."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
     # -- argon2, off the event loop -------------------------------------------------------------
 
