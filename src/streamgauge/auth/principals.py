@@ -12,9 +12,9 @@ Every face verifies credentials here, so an account's settings hold on every fac
   Basic auth and stays open.
 * **argon2 off the event loop, bounded.** Hashing and verifying run on a small thread pool
   (``HASH_WORKERS`` threads: argon2 is deliberately expensive and uses several cores by itself);
-  the async entry points (``authenticate_async``, ``key_async``) await it, the sync ones (called
-  from FastAPI's thread pool) wait for it. At most ``MAX_PENDING`` verifications wait at once;
-  beyond that a login is a 429.
+  the async entry points (``authenticate_async``, ``key_async``), which every face uses, await
+  it; the sync ones (``authenticate``, ``key``: for code off the event loop) block on it. At
+  most ``MAX_PENDING`` verifications wait at once; beyond that a login is a 429.
 * **Failed-login rate limit.** ``FailureLimiter``: at most ``limit`` failed key logins (a wrong
   secret, or an unknown key id) per ``window`` seconds for each key id and for each client
   address, as token buckets (``limit`` at once, then one more every ``window / limit`` seconds).
