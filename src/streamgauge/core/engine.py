@@ -41,8 +41,8 @@ from streamgauge.store.registry import AccountRec, ProjectRec
 from streamgauge.store.sqlite import SqliteStore
 
 MAX_SEND_BYTES = 256 * 1024  # coalesce queued frames into writes of at most this size
-LAG_PROBE_SECONDS = 0.05
-SHUTDOWN_REASON = "server shutting down"  # how often the event loop's lag is sampled (metrics)
+LAG_PROBE_SECONDS = 0.05  # how often the event loop's lag is sampled (metrics)
+SHUTDOWN_REASON = "server shutting down"
 
 
 def load_admin_token(settings: Settings) -> tuple[str, bool]:
@@ -149,10 +149,6 @@ class Engine:
         cursor, and every stream opened from now on ends at once the same way (a complete
         response, never one cut by the server going down)."""
         self.hub.shut_down(SHUTDOWN_REASON)
-
-    @property
-    def closing(self) -> bool:
-        return self.hub.closing is not None
 
     async def stop(self) -> None:
         for task in (self._ticker, self._lag):
