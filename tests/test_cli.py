@@ -238,6 +238,12 @@ def test_demo_end_to_end_and_ctrl_c(tmp_path: Path) -> None:
         )
         kids = children(proc.pid)
         assert len(kids) == 2, kids  # the server and the simulator
+        # The banner comes once the feed token is made, which may be after the first
+        # observations on a busy machine: wait for it (bounded) before pressing Ctrl-C.
+        deadline = time.monotonic() + START_S
+        while "streamgauge demo is running" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
 
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=20)

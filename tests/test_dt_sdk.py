@@ -314,10 +314,8 @@ def test_sse_stream_resumes_from_last_event_id(server: Server, sdk: TokenAuth) -
         dt.Emulator.publish_event(d.device_id, "p1", dt.events.Touch(), auth=sdk)
     headers = {"Accept": "text/event-stream", "Last-Event-ID": "1"}
     with (
-        httpx.Client(base_url=server.url, timeout=10) as c,
-        c.stream(
-            "GET", "/v2/projects/p1/devices:stream", params={"token": server.token}, headers=headers
-        ) as r,
+        server.client() as c,
+        c.stream("GET", "/v2/projects/p1/devices:stream", headers=headers) as r,
     ):
         assert r.headers["content-type"].startswith("text/event-stream")
         ids, datas = [], []

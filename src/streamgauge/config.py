@@ -60,6 +60,26 @@ class Settings(BaseSettings):
         default=False,
         description="If true, only the deployment admin may create projects.",
     )
+    auth_failure_limit: int = Field(
+        default=10,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "Failed key logins (HTTP Basic, the Tapis token endpoint: a wrong secret or an unknown "
+            "key id) allowed per auth_failure_window_seconds for each key id and for each client "
+            "address; past it key logins get 429 with Retry-After, without running argon2. "
+            "0 turns the limit off."
+        ),
+    )
+    auth_failure_window_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description=(
+            "Window of auth_failure_limit: a blocked key id or address may try once more every "
+            "window/limit seconds."
+        ),
+    )
 
     # Ingest limits
     max_body_bytes: int = Field(

@@ -8,6 +8,7 @@
      +-- NotFound                     404     not_found
      +-- Conflict                     409     conflict         id taken, conflicting duplicate
      +-- PayloadTooLarge              413     too_large
+     +-- TooManyRequests              429     too_many_requests  (with Retry-After)
      +-- Unavailable                  503     unavailable      shutting down
 
 Each error carries ``details``: a list of ``{"index"?, "field"?, "reason"}`` dicts saying what and
@@ -29,6 +30,11 @@ class StreamgaugeError(Exception):
         super().__init__(message)
         self.message = message
         self.details: list[Detail] = details or []
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers every face sends with this error (``Retry-After`` of a 429)."""
+        return {}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +78,19 @@ class Conflict(StreamgaugeError):
 class PayloadTooLarge(StreamgaugeError):
     status = 413
     code = "too_large"
+
+
+class TooManyRequests(StreamgaugeError):
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, retry_after: int, details: list[Detail] | None = None) -> None:
+        super().__init__(message, details)
+        self.retry_after = max(1, int(retry_after))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class Unavailable(StreamgaugeError):

@@ -30,6 +30,7 @@ from typing import Any
 import jwt
 
 from streamgauge.errors import Unauthorized
+from streamgauge.store.files import private_dir, tighten_if_present
 
 ISSUER = "streamgauge"
 KEY_FILE = "token-key"
@@ -48,10 +49,11 @@ class TokenIssuer:
     def load(cls, data_dir: Path) -> TokenIssuer:
         """Read ``data_dir/token-key``, or create it (0600, 32 random bytes) if missing."""
         path = data_dir / KEY_FILE
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
+            tighten_if_present(path)
             key = path.read_bytes()
             if len(key) < KEY_BYTES:
                 raise ValueError(

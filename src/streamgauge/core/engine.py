@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import os
 import secrets
 import sys
 import time
@@ -35,24 +36,31 @@ from streamgauge.metrics import Metrics
 from streamgauge.store import metadata
 from streamgauge.store.base import AppendResult, HistoryQuery
 from streamgauge.store.feeds import FeedStore
+from streamgauge.store.files import private_dir, tighten_if_present
 from streamgauge.store.registry import AccountRec, ProjectRec
 from streamgauge.store.sqlite import SqliteStore
 
 MAX_SEND_BYTES = 256 * 1024  # coalesce queued frames into writes of at most this size
 LAG_PROBE_SECONDS = 0.05  # how often the event loop's lag is sampled (metrics)
+SHUTDOWN_REASON = "server shutting down"
 
 
 def load_admin_token(settings: Settings) -> tuple[str, bool]:
     """The admin token, and whether it was generated just now (to print it once)."""
     if settings.admin_token:
         return settings.admin_token, False
+    private_dir(settings.data)
     path = settings.data / "admin-token"
-    if path.exists():
-        return path.read_text().strip(), False
-    settings.data.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    path.write_text(token + "\n")
-    path.chmod(0o600)
+    try:  # created 0600 (never readable by others, not even for a moment)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        tighten_if_present(path)
+        return path.read_text().strip(), False
+    try:
+        os.write(fd, (token + "\n").encode())
+    finally:
+        os.close(fd)
     return token, True
 
 
@@ -69,7 +77,13 @@ class Engine:
         self.metrics = Metrics()
         self.hub = Hub(on_direct=self.metrics.delivery_seconds.observe)
         self.tokens = TokenIssuer.load(settings.data)
-        self.auth = Authenticator(self.registry, admin_token, self.tokens)
+        self.auth = Authenticator(
+            self.registry,
+            admin_token,
+            self.tokens,
+            failure_limit=settings.auth_failure_limit,
+            failure_window_seconds=settings.auth_failure_window_seconds,
+        )
         # Called in the event loop with every committed batch, after the hub has it. Listeners
         # (reported state, alert rules, delivery wake-ups) must be quick and must not raise.
         self.listeners: list[Callable[[Batch], None]] = []
@@ -100,7 +114,7 @@ class Engine:
         self.alerting = Alerting(self)
 
     async def start(self) -> None:
-        self.settings.data.mkdir(parents=True, exist_ok=True)
+        private_dir(self.settings.data)
         await self.store.open(self._committed)
         await self.alerting.start()
         await self.deliveries.start()
@@ -133,6 +147,13 @@ class Engine:
         for listener in self.listeners:
             listener(batch)
 
+    def begin_shutdown(self) -> None:
+        """The first step of a shutdown (the server calls it as soon as the signal arrives, before
+        waiting for connections): every live stream ends now with its closing frame and resume
+        cursor, and every stream opened from now on ends at once the same way (a complete
+        response, never one cut by the server going down)."""
+        self.hub.shut_down(SHUTDOWN_REASON)
+
     async def stop(self) -> None:
         for task in (self._ticker, self._lag):
             if task is not None:
@@ -147,11 +168,12 @@ class Engine:
             sys.setswitchinterval(self._switch_before)
             self._switch_before = None
         await self.alerting.stop()
-        self.hub.close_all("server shutting down")
+        self.hub.shut_down(SHUTDOWN_REASON)
         await asyncio.sleep(0)
         await self.feeds.stop()
         await self.deliveries.stop()
         await self.store.close()
+        self.auth.close()
 
     # -- ingest ---------------------------------------------------------------------------------
 
@@ -214,7 +236,7 @@ class Engine:
         argon2 hash is stored; every face shows it once."""
         key_id = new_key_id()
         secret = self.tokens.secret_for(key_id)
-        hashed = self.auth.hash(secret)
+        hashed = await self.auth.hash_async(secret)
         created = metadata.now_iso()
         await self.store.write(
             lambda tx: metadata.add_key(tx, self.registry, account, key_id, hashed, created)
@@ -289,6 +311,12 @@ class Engine:
         handoff.start(self.store.head)
         try:
             while True:
+                if sub.closed is not None:  # also while catching up: shutdown does not wait
+                    if handoff.live and sub.direct_last > handoff.last:
+                        handoff.delivered(sub.direct_last)
+                    self.metrics.stream_closed.labels("server").inc()
+                    yield Closed(sub.closed, handoff.last, slow=False)
+                    return
                 span = handoff.next_read()
                 if span is not None:
                     page = s.catchup_page_rows
@@ -307,9 +335,7 @@ class Engine:
                 if sub.error is not None:
                     raise sub.error
                 if sub.closed is not None:
-                    self.metrics.stream_closed.labels("server").inc()
-                    yield Closed(sub.closed, handoff.last, slow=False)
-                    return
+                    continue  # closed at the top of the loop
                 if sub.overflowed:
                     self.metrics.stream_closed.labels("slow_consumer").inc()
                     yield Closed(

@@ -192,9 +192,12 @@ class Hub:
         self.fanouts = 0  # fan-out rounds (fewer than batches under load: natural batching)
         self.overflows = 0
         self.direct_items = 0  # items taken by sinks (see the docstring)
+        self.closing: str | None = None  # set by shut_down: later subscribers close at once
 
     def subscribe(self, sub: Subscription) -> None:
         self._subs.setdefault(sub.project_pk, set()).add(sub)
+        if self.closing is not None:
+            sub.close(self.closing)  # shutting down: the stream ends at once, with its cursor
 
     def unsubscribe(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.project_pk)
@@ -254,6 +257,11 @@ class Hub:
     def close_project(self, project_pk: int, reason: str) -> None:
         for sub in self._subs.get(project_pk, ()):
             sub.close(reason)
+
+    def shut_down(self, reason: str) -> None:
+        """Close every subscriber, and every later one as it subscribes."""
+        self.closing = reason
+        self.close_all(reason)
 
     def close_all(self, reason: str) -> None:
         for subs in self._subs.values():

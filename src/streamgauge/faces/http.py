@@ -30,20 +30,28 @@ _CODES = {
     413: "too_large",
     415: "unsupported_media_type",
     422: "invalid",
+    429: "too_many_requests",
     500: "internal",
     503: "unavailable",
 }
 
 
-def error_response(status: int, code: str, message: str, details: list[Any]) -> Response:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: list[Any],
+    extra_headers: dict[str, str] | None = None,
+) -> Response:
     body = {"error": {"status": status, "code": code, "message": message, "details": details}}
-    headers = {"WWW-Authenticate": 'Basic realm="streamgauge", Bearer'} if status == 401 else None
+    headers = {"WWW-Authenticate": 'Basic realm="streamgauge", Bearer'} if status == 401 else {}
+    headers.update(extra_headers or {})
     return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
 
 
 async def on_streamgauge_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StreamgaugeError)
-    return error_response(exc.status, exc.code, exc.message, exc.details)
+    return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
 
 def validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ from streamgauge.core import qc
 from streamgauge.core.batch import Batch
 from streamgauge.core.filterlang import Expr, to_sql
 from streamgauge.errors import Conflict, NotFound, Unavailable
-from streamgauge.store import metadata
+from streamgauge.store import files, metadata
 from streamgauge.store.base import AppendResult, HistoryQuery, IngestColumns
 from streamgauge.store.registry import Registry, SeriesRec, series_prefix
 from streamgauge.store.schema import migrate
@@ -124,7 +124,11 @@ class SqliteStore:
         return self._head
 
     async def open(self, publish: Callable[[Batch], None]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=files.DIR_MODE, parents=True, exist_ok=True)
+        # 0600 before SQLite opens it: SQLite gives its -wal and -shm files the database's mode.
+        files.private_file(self.path)
+        for suffix in ("-wal", "-shm", "-journal"):
+            files.tighten_if_present(self.path.with_name(self.path.name + suffix))
         self._loop = asyncio.get_running_loop()
         self._publish = publish
         conn = _connect(self.path, readonly=False, durability=self.durability)

@@ -106,7 +106,7 @@ def _fields(body: dict[str, Any]) -> tuple[str | None, bool | None, Role | None]
 
 @router.post("/projects/{project}/serviceaccounts")
 async def create_account(request: Request, project: str) -> Response:
-    face, who, proj = project_call(request, project, Action.MANAGE)
+    face, who, proj = await project_call(request, project, Action.MANAGE)
     name, basic, role = _fields(await json_body(request, 1 << 20))
     id_ = new_xid()
     now = metadata.now_iso()
@@ -124,8 +124,8 @@ async def create_account(request: Request, project: str) -> Response:
 @router.get("/projects/{project}/serviceaccounts")
 async def list_accounts(request: Request, project: str) -> Response:
     face = get_face(request)
-    who = face.authenticate(request)
-    q = Query(request, ("page_size", "page_token", "token"))
+    who = await face.authenticate(request)
+    q = Query(request, ("page_size", "page_token"))
     proj = face.project(who, project, Action.MANAGE)
     accounts = sorted(
         (a for a in face.engine.registry.accounts.values() if a.home_project_pk == proj.pk),
@@ -152,15 +152,15 @@ def _page(q: Query, items: list[tuple[str, Any]], name: str) -> dict[str, Any]:
 
 @router.get("/projects/{project}/serviceaccounts/{sa}")
 async def get_account(request: Request, project: str, sa: str) -> Response:
-    face, who, proj = project_call(request, project, Action.MANAGE)
+    face, who, proj = await project_call(request, project, Action.MANAGE)
     return json_response(account_json(face, _account(face, proj, sa)))
 
 
 @router.patch("/projects/{project}/serviceaccounts/{sa}")
 async def update_account(request: Request, project: str, sa: str) -> Response:
     face = get_face(request)
-    who = face.authenticate(request)
-    Query(request, ("token", "update_mask"))
+    who = await face.authenticate(request)
+    Query(request, ("update_mask",))
     proj = face.project(who, project, Action.MANAGE)
     a = _account(face, proj, sa)
     name, basic, role = _fields(await json_body(request, 1 << 20))
@@ -183,7 +183,7 @@ async def update_account(request: Request, project: str, sa: str) -> Response:
 
 @router.delete("/projects/{project}/serviceaccounts/{sa}")
 async def delete_account(request: Request, project: str, sa: str) -> Response:
-    face, who, proj = project_call(request, project, Action.MANAGE)
+    face, who, proj = await project_call(request, project, Action.MANAGE)
     a = _account(face, proj, sa)
     await face.engine.store.write(lambda tx: metadata.delete_account(tx, face.engine.registry, a))
     return json_response({})
@@ -203,7 +203,7 @@ def key_json(project: str, sa: str, key_id: str, created: str) -> dict[str, Any]
 @router.post("/projects/{project}/serviceaccounts/{sa}/keys")
 async def create_key(request: Request, project: str, sa: str) -> Response:
     """A new key and its secret (shown only now)."""
-    face, who, proj = project_call(request, project, Action.MANAGE)
+    face, who, proj = await project_call(request, project, Action.MANAGE)
     a = _account(face, proj, sa)
     key_id, secret, created = await face.engine.create_key(a)
     return json_response({"key": key_json(project, sa, key_id, created), "secret": secret})
@@ -216,8 +216,8 @@ async def _keys(face: DTFace, a: AccountRec) -> list[tuple[str, str]]:
 @router.get("/projects/{project}/serviceaccounts/{sa}/keys")
 async def list_keys(request: Request, project: str, sa: str) -> Response:
     face = get_face(request)
-    who = face.authenticate(request)
-    q = Query(request, ("page_size", "page_token", "token"))
+    who = await face.authenticate(request)
+    q = Query(request, ("page_size", "page_token"))
     proj = face.project(who, project, Action.MANAGE)
     a = _account(face, proj, sa)
     items = [(k, key_json(project, sa, k, c)) for k, c in await _keys(face, a)]
@@ -226,7 +226,7 @@ async def list_keys(request: Request, project: str, sa: str) -> Response:
 
 @router.get("/projects/{project}/serviceaccounts/{sa}/keys/{key_id}")
 async def get_key(request: Request, project: str, sa: str, key_id: str) -> Response:
-    face, who, proj = project_call(request, project, Action.MANAGE)
+    face, who, proj = await project_call(request, project, Action.MANAGE)
     a = _account(face, proj, sa)
     for k, c in await _keys(face, a):
         if k == key_id:
@@ -236,7 +236,7 @@ async def get_key(request: Request, project: str, sa: str, key_id: str) -> Respo
 
 @router.delete("/projects/{project}/serviceaccounts/{sa}/keys/{key_id}")
 async def delete_key(request: Request, project: str, sa: str, key_id: str) -> Response:
-    face, who, proj = project_call(request, project, Action.MANAGE)
+    face, who, proj = await project_call(request, project, Action.MANAGE)
     a = _account(face, proj, sa)
     await face.engine.store.write(
         lambda tx: metadata.delete_key(tx, face.engine.registry, a, key_id)

@@ -46,7 +46,7 @@ def _connector(face: DTFace, proj: ProjectRec, id_: str) -> Connector:
 
 @router.post("/projects/{project}/dataconnectors")
 async def create_connector(request: Request, project: str) -> Response:
-    face, who, proj = project_call(request, project, Action.MANAGE)
+    face, who, proj = await project_call(request, project, Action.MANAGE)
     body = await json_body(request, 1 << 20)
     doc = validate(body, {}, face.engine.settings.allow_private_targets)
     c = Connector(0, proj.pk, new_xid(), doc)
@@ -57,8 +57,8 @@ async def create_connector(request: Request, project: str) -> Response:
 @router.get("/projects/{project}/dataconnectors")
 async def list_connectors(request: Request, project: str) -> Response:
     face = get_face(request)
-    who = face.authenticate(request)
-    q = Query(request, ("page_size", "page_token", "token"))
+    who = await face.authenticate(request)
+    q = Query(request, ("page_size", "page_token"))
     proj = face.project(who, project, Action.MANAGE)
     items = _connectors(face).of_project(proj.pk)
     fingerprint = q.fingerprint()
@@ -80,7 +80,7 @@ async def list_connectors(request: Request, project: str) -> Response:
 @router.get("/projects/{project}/dataconnectors/{connector}:metrics")
 async def connector_metrics(request: Request, project: str, connector: str) -> Response:
     """Pushes over the recent window (3 hours): successes, failed attempts, p99 latency."""
-    face, who, proj = project_call(request, project, Action.MANAGE)
+    face, who, proj = await project_call(request, project, Action.MANAGE)
     c = _connector(face, proj, connector)
     success = errors = 0
     p99 = 0.0
@@ -97,7 +97,7 @@ async def connector_metrics(request: Request, project: str, connector: str) -> R
 async def sync_connector(request: Request, project: str, connector: str) -> Response:
     """Push the latest event of each type of every device of the project once more (best
     effort, in the background; not part of the connector's at-least-once queue)."""
-    face, who, proj = project_call(request, project, Action.MANAGE)
+    face, who, proj = await project_call(request, project, Action.MANAGE)
     c = _connector(face, proj, connector)
     if c.doc["status"] != "ACTIVE":
         raise BadRequest(f"data connector {c.id!r} is not ACTIVE")
@@ -123,15 +123,15 @@ async def sync_connector(request: Request, project: str, connector: str) -> Resp
 
 @router.get("/projects/{project}/dataconnectors/{connector}")
 async def get_connector(request: Request, project: str, connector: str) -> Response:
-    face, who, proj = project_call(request, project, Action.MANAGE)
+    face, who, proj = await project_call(request, project, Action.MANAGE)
     return json_response(connector_json(face.engine.registry, _connector(face, proj, connector)))
 
 
 @router.patch("/projects/{project}/dataconnectors/{connector}")
 async def update_connector(request: Request, project: str, connector: str) -> Response:
     face = get_face(request)
-    who = face.authenticate(request)
-    Query(request, ("token", "update_mask"))
+    who = await face.authenticate(request)
+    Query(request, ("update_mask",))
     proj = face.project(who, project, Action.MANAGE)
     c = _connector(face, proj, connector)
     body = await json_body(request, 1 << 20)
@@ -142,6 +142,6 @@ async def update_connector(request: Request, project: str, connector: str) -> Re
 
 @router.delete("/projects/{project}/dataconnectors/{connector}")
 async def delete_connector(request: Request, project: str, connector: str) -> Response:
-    face, who, proj = project_call(request, project, Action.MANAGE)
+    face, who, proj = await project_call(request, project, Action.MANAGE)
     await _connectors(face).delete(_connector(face, proj, connector))
     return json_response({})

@@ -65,8 +65,15 @@ class Connector:
 
 
 def connector_json(reg: Registry, c: Connector) -> dict[str, Any]:
+    """A connector as every read (and the reply to a create or update) shows it. The signature
+    secret is write-only, as on DT: the key stays (the SDK reads ``httpConfig.signatureSecret``
+    unconditionally) but its value is always ``""``; the stored secret only signs pushes."""
     project = reg.projects_by_pk[c.project_pk].doc.id
-    return {"name": f"projects/{project}/dataconnectors/{c.id}", **c.doc}
+    doc = dict(c.doc)
+    config = doc.get("httpConfig")
+    if isinstance(config, dict):
+        doc["httpConfig"] = {**config, "signatureSecret": ""}
+    return {"name": f"projects/{project}/dataconnectors/{c.id}", **doc}
 
 
 # -- validation -------------------------------------------------------------------------------

@@ -107,8 +107,8 @@ def find_device(
 async def get_device(request: Request, project: str, device: str) -> Response:
     """One device; ``-`` as the project searches every project the caller can read."""
     face = get_face(request)
-    who = face.authenticate(request)
-    Query(request, ("token",))
+    who = await face.authenticate(request)
+    Query(request, ())
     dev = find_device(face, who, project, device, Action.READ)
     await face.reported.load([dev])
     return json_response(device_json(face, dev))
@@ -164,7 +164,7 @@ async def list_devices(request: Request, project: str) -> Response:
     """Devices of a project (``-``: of every project the caller can read, or of ``projects``),
     filtered by ``query``, ``device_ids``, ``device_types``, ``label_filters``; ``order_by``."""
     face = get_face(request)
-    who = face.authenticate(request)
+    who = await face.authenticate(request)
     q = Query(
         request,
         (
@@ -177,7 +177,6 @@ async def list_devices(request: Request, project: str) -> Response:
             "projects",
             "page_size",
             "page_token",
-            "token",
         ),
     )
     reg = face.engine.registry
@@ -275,7 +274,7 @@ def _labels_arg(body: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
 async def batch_update(request: Request, project: str) -> Response:
     """Add and remove labels on several devices; each device that cannot be changed is listed in
     ``batchErrors``. Every device whose labels changed gets a ``labelsChanged`` event."""
-    face, who, proj = project_call(request, project, Action.WRITE)
+    face, who, proj = await project_call(request, project, Action.WRITE)
     body = await json_body(request, face.engine.settings.max_body_bytes)
     names = _device_names(body)
     add, remove = _labels_arg(body)
@@ -317,7 +316,7 @@ async def batch_update(request: Request, project: str) -> Response:
 @router.post("/projects/{project}/devices:transfer")
 async def transfer(request: Request, project: str) -> Response:
     """Move devices from other projects into this one (manage rights on both projects)."""
-    face, who, target = project_call(request, project, Action.MANAGE)
+    face, who, target = await project_call(request, project, Action.MANAGE)
     body = await json_body(request, face.engine.settings.max_body_bytes)
     names = _device_names(body)
     reg = face.engine.registry
@@ -390,10 +389,10 @@ async def list_events(request: Request, project: str, device: str) -> Response:
     """Stored events of a device, oldest first, between ``startTime`` (default: 24 hours ago)
     and ``endTime`` (default: now, inclusive), of ``eventTypes``."""
     face = get_face(request)
-    who = face.authenticate(request)
+    who = await face.authenticate(request)
     q = Query(
         request,
-        ("event_types", "start_time", "end_time", "page_size", "page_token", "token"),
+        ("event_types", "start_time", "end_time", "page_size", "page_token"),
     )
     dev = find_device(face, who, project, device, Action.READ)
     types = _event_types(q)
@@ -451,7 +450,7 @@ async def list_events(request: Request, project: str, device: str) -> Response:
 @router.post("/projects/{project}/devices")
 async def create_emulated_device(request: Request, project: str) -> Response:
     """The emulator: create an emulated device (``emu`` + 20 characters) of a DT type."""
-    face, who, proj = project_call(request, project, Action.WRITE)
+    face, who, proj = await project_call(request, project, Action.WRITE)
     body = await json_body(request, face.engine.settings.max_body_bytes)
     type_ = body.get("type")
     if type_ not in DEVICE_TYPES:
@@ -490,7 +489,7 @@ async def create_emulated_device(request: Request, project: str) -> Response:
 @router.delete("/projects/{project}/devices/{device}")
 async def delete_emulated_device(request: Request, project: str, device: str) -> Response:
     """The emulator: delete an emulated device (real devices cannot be deleted here)."""
-    face, who, proj = project_call(request, project, Action.DELETE)
+    face, who, proj = await project_call(request, project, Action.DELETE)
     reg = face.engine.registry
     dev = reg.devices.get((proj.pk, device))
     if dev is None or not dev.doc.metadata.get("emulated"):
@@ -503,7 +502,7 @@ async def delete_emulated_device(request: Request, project: str, device: str) ->
 @router.post("/projects/{project}/devices/{device}:publish")
 async def publish(request: Request, project: str, device: str) -> Response:
     """The emulator: publish one event ``{"<eventType>": {...}}`` from an emulated device."""
-    face, who, proj = project_call(request, project, Action.WRITE)
+    face, who, proj = await project_call(request, project, Action.WRITE)
     dev = face.engine.registry.devices.get((proj.pk, device))
     if dev is None or not dev.doc.metadata.get("emulated"):
         raise NotFound(f"no emulated device {device!r} in project {project!r}")

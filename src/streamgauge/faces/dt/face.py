@@ -1,9 +1,10 @@
 """The DT face's state attached to the app, and who is calling.
 
-Credentials, in the order tried: ``Authorization: Bearer`` (the admin token or an access token
-from ``/v2/oauth2/token``), ``Authorization: Basic`` with a key id and secret (only for service
-accounts that allow it), and the ``token`` query parameter (a bearer token, for browsers'
-EventSource, which cannot set headers).
+Credentials: ``Authorization: Bearer`` (the admin token or an access token from
+``/v2/oauth2/token``) or ``Authorization: Basic`` with a key id and secret (only for service
+accounts that allow it; the engine's authenticator checks that, for every face). A token in the
+query string (``?token=``) is refused: DT does not document one, and URLs end up in access logs.
+Key logins verify argon2 off the event loop and are rate limited (``auth/principals.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class DTFace:
         self.connectors = Connectors(engine)
         self._background: set[asyncio.Task[None]] = set()
         engine.listeners.append(self.reported.on_batch)
+        # enableBasicAuth holds on every face: the authenticator asks it of each key login.
+        engine.auth.basic_auth_allowed = lambda account: self.accounts.basic_allowed(account.pk)
 
     async def start(self) -> None:
         """After the engine started (its deliveries run): load settings, start connectors."""
@@ -49,27 +52,19 @@ class DTFace:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def authenticate(self, request: Request) -> Principal:
+    async def authenticate(self, request: Request) -> Principal:
         header = request.headers.get("authorization")
         if not header:
-            token = request.query_params.get("token")
-            if not token:
+            if "token" in request.query_params:
                 raise Unauthorized(
-                    "missing credentials: send Authorization: Bearer <token> or Basic "
-                    "<key id:secret>, or ?token= on an EventSource stream"
+                    "credentials in the query string (?token=) are not accepted (URLs end up in "
+                    "access logs): send Authorization: Bearer <token> or Basic <key id:secret>"
                 )
-            header = "Bearer " + token
-        who = self.engine.auth.authenticate(header)
-        if (
-            header[:6].lower() == "basic "
-            and who.account is not None
-            and not self.accounts.basic_allowed(who.account.pk)
-        ):
             raise Unauthorized(
-                f"service account {who.account.id!r} does not allow Basic auth "
-                "(enableBasicAuth is false): exchange a key for a token at /v2/oauth2/token"
+                "missing credentials: send Authorization: Bearer <token> or Basic <key id:secret>"
             )
-        return who
+        client = request.client.host if request.client else None
+        return await self.engine.auth.authenticate_async(header, client)
 
     def project(self, who: Principal, project_id: str, action: Action) -> ProjectRec:
         return authorize(who, self.engine.registry.projects.get(project_id), action, project_id)
@@ -80,12 +75,12 @@ def get_face(request: Request) -> DTFace:
     return face
 
 
-def project_call(
+async def project_call(
     request: Request, project_id: str, action: Action
 ) -> tuple[DTFace, Principal, ProjectRec]:
-    """The preamble of a project route taking no query parameter but ``token``: the face, the
-    authenticated caller, and the project if the caller may do ``action`` on it."""
+    """The preamble of a project route taking no query parameter: the face, the authenticated
+    caller, and the project if the caller may do ``action`` on it."""
     face = get_face(request)
-    who = face.authenticate(request)
-    Query(request, ("token",))
+    who = await face.authenticate(request)
+    Query(request, ())
     return face, who, face.project(who, project_id, action)

@@ -41,6 +41,7 @@ SUMMARIES = {
     409: "already exists",
     413: "payload too large",
     422: "invalid argument",
+    429: "resource exhausted",
     500: "internal error",
     503: "unavailable",
 }
@@ -62,10 +63,16 @@ def status_of(exc: StreamgaugeError) -> int:
     return 400 if exc.status == 422 else exc.status
 
 
-def error_response(status: int, message: str) -> Response:
+def error_response(status: int, message: str, extra: dict[str, str] | None = None) -> Response:
     body = {"error": message, "code": status, "help": HELP}
-    headers = {"WWW-Authenticate": 'Basic realm="streamgauge", Bearer'} if status == 401 else None
+    headers = {"WWW-Authenticate": 'Basic realm="streamgauge", Bearer'} if status == 401 else {}
+    headers.update(extra or {})
     return Response(dumps_ascii(body), status, headers=headers, media_type="application/json")
+
+
+def error_headers(exc: Exception) -> dict[str, str]:
+    """Headers an error asks for (``Retry-After`` of a 429: DT sends 429 only with it)."""
+    return exc.headers if isinstance(exc, StreamgaugeError) else {}
 
 
 def stream_error_line(status: int, message: str) -> bytes:
@@ -101,7 +108,7 @@ class DTRoute(APIRoute):
                 return await handler(request)
             except Exception as exc:  # noqa: BLE001 - every error gets the DT shape
                 status, message = to_dt_error(exc)
-                return error_response(status, message)
+                return error_response(status, message, error_headers(exc))
 
         return run
 

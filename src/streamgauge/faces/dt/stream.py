@@ -34,7 +34,13 @@ from streamgauge.faces.dt.events import (
     ping_event,
 )
 from streamgauge.faces.dt.face import get_face
-from streamgauge.faces.dt.http import DTRoute, Query, stream_error_line, to_dt_error
+from streamgauge.faces.dt.http import (
+    DTRoute,
+    Query,
+    error_headers,
+    stream_error_line,
+    to_dt_error,
+)
 
 router = APIRouter(tags=["dt: stream"], route_class=DTRoute)
 
@@ -165,7 +171,6 @@ NAMES = (
     "event_types",
     "ping_interval",
     "since",
-    "token",
 )
 
 
@@ -176,7 +181,7 @@ async def stream(request: Request, project: str) -> Response:
     face = get_face(request)
     sse = "text/event-stream" in request.headers.get("accept", "")
     try:
-        who = face.authenticate(request)
+        who = await face.authenticate(request)
         q = Query(request, NAMES)
         proj = face.project(who, project, Action.READ)
         interval = ping_interval(q.one("ping_interval"))
@@ -204,13 +209,15 @@ async def stream(request: Request, project: str) -> Response:
     except Exception as exc:  # noqa: BLE001 - every error as a stream error line
         status, message = to_dt_error(exc)
         line = stream_error_line(status, message)
+        headers = error_headers(exc)
         if sse:
             return Response(
                 b"event: error\ndata: " + line.rstrip(b"\n") + b"\n\n",
                 status,
+                headers=headers,
                 media_type="text/event-stream",
             )
-        return Response(line, status, media_type="application/json")
+        return Response(line, status, headers=headers, media_type="application/json")
     framing = DT_SSE if sse else DT_NDJSON
     frames = face.engine.stream(selection, framing, cursor)
     return StreamingResponse(

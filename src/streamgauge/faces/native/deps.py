@@ -20,10 +20,12 @@ def get_engine(request: Request) -> Engine:
     return engine
 
 
-def get_principal(
+async def get_principal(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
-    return get_engine(request).auth.authenticate(authorization)
+    # argon2 (HTTP Basic) runs on the authenticator's pool, never on the event loop.
+    client = request.client.host if request.client else None
+    return await get_engine(request).auth.authenticate_async(authorization, client)
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]

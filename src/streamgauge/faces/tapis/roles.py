@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict
 
 from streamgauge.auth import Action, Principal
@@ -128,10 +128,11 @@ class TokenBody(BaseModel):
 
 
 @tokens_router.post("/oauth2/tokens", status_code=201)
-async def create_token(engine: EngineDep, body: TokenBody) -> Response:
+async def create_token(request: Request, engine: EngineDep, body: TokenBody) -> Response:
     """An access token (JWT with ``tapis/tenant_id`` and ``tapis/username``) for a service
     account key."""
-    who = engine.auth.key(body.username, body.password)
+    client = request.client.host if request.client else None
+    who = await engine.auth.key_async(body.username, body.password, client)
     assert who.account is not None
     s = engine.settings
     jwt, exp = engine.tokens.issue(

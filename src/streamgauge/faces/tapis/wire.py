@@ -39,7 +39,9 @@ def envelope(result: Any, message: str = "Success", status: int = 200) -> Respon
     return Response(orjson.dumps(body), status, media_type=JSON)
 
 
-def error_envelope(status: int, message: str, details: list[Any]) -> Response:
+def error_envelope(
+    status: int, message: str, details: list[Any], headers: dict[str, str] | None = None
+) -> Response:
     body = {
         "result": None,
         "status": "error",
@@ -47,7 +49,9 @@ def error_envelope(status: int, message: str, details: list[Any]) -> Response:
         "version": __version__,
         "metadata": {"details": details},
     }
-    return Response(orjson.dumps(body), 400 if status == 422 else status, media_type=JSON)
+    return Response(
+        orjson.dumps(body), 400 if status == 422 else status, headers=headers, media_type=JSON
+    )
 
 
 class TapisRoute(APIRoute):
@@ -71,7 +75,7 @@ class TapisRoute(APIRoute):
                     )
                 return await handler(request)
             except StreamgaugeError as exc:
-                return error_envelope(exc.status, exc.message, exc.details)
+                return error_envelope(exc.status, exc.message, exc.details, exc.headers)
             except RequestValidationError as exc:
                 details = validation_details(exc)
                 where = "; ".join(
@@ -88,7 +92,7 @@ class TapisRoute(APIRoute):
         return run
 
 
-def tapis_caller(
+async def tapis_caller(
     request: Request,
     x_tapis_token: Annotated[str | None, Header()] = None,
     authorization: Annotated[str | None, Header()] = None,
@@ -102,8 +106,9 @@ def tapis_caller(
         if claims.get("tapis/tenant_id") != engine.settings.tapis_tenant_id:
             raise Unauthorized(f"the token is not for tenant {engine.settings.tapis_tenant_id!r}")
         return engine.auth.access_token(token)
-    if authorization:
-        return engine.auth.authenticate(authorization)
+    if authorization:  # argon2 (HTTP Basic) runs on the authenticator's pool, not the loop
+        client = request.client.host if request.client else None
+        return await engine.auth.authenticate_async(authorization, client)
     raise Unauthorized("missing credentials: send X-Tapis-Token")
 
 
