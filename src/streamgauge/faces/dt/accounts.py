@@ -23,6 +23,7 @@ import jwt
 from fastapi import APIRouter, Request, Response
 
 from streamgauge.auth import Action
+from streamgauge.auth.permissions import check_role_change
 from streamgauge.errors import BadRequest, NotFound, StreamgaugeError
 from streamgauge.faces.dt.events import dumps_ascii, new_xid
 from streamgauge.faces.dt.face import DTFace, get_face, project_call
@@ -164,6 +165,8 @@ async def update_account(request: Request, project: str, sa: str) -> Response:
     proj = face.project(who, project, Action.MANAGE)
     a = _account(face, proj, sa)
     name, basic, role = _fields(await json_body(request, 1 << 20))
+    if role is not None and role != a.roles.get(proj.pk):
+        check_role_change(who, proj, a, role)  # the one rule of every face
     old = _settings(face, a)
     settings = AccountSettings(
         old.basic_auth if basic is None else basic, old.create_time, metadata.now_iso()
