@@ -169,10 +169,13 @@ class Settings(BaseSettings):
 
     # Outbound deliveries (data connectors, alert actions)
     allow_private_targets: bool = Field(
-        default=True,
+        default=False,
         description=(
-            "Allow delivery targets on loopback, private and link-local addresses. False refuses "
-            "URLs naming or resolving to such addresses (at creation and before each send)."
+            "Allow outbound targets (webhooks, HTTP/Slack/Discord actions, data connectors) on "
+            "loopback, private and link-local addresses. Off by default: such URLs are refused "
+            "at creation (4xx naming the field) and before each send (the host is resolved "
+            "once, every address checked, and the checked address is the one connected to). "
+            "The demo and the test suite turn it on."
         ),
     )
     delivery_poll_seconds: float = Field(

@@ -72,17 +72,38 @@ class Trigger:
     device_pk: int
     variable_pks: frozenset[int]
     slots: list[int]  # action slot of each of the trigger's actions
-    _series: npt.NDArray[np.int64] | None = None
-    _version: int = -1
+    any_variable: bool = False  # a deadman on the whole instrument: every variable it has now
+    # or gets later counts as data
 
-    def series(self, reg: Registry) -> npt.NDArray[np.int64]:
-        if self._series is None or self._version != reg.version:
-            self._series = np.array(
-                sorted(pk for (v, _), pk in reg.series.items() if v in self.variable_pks),
-                np.int64,
-            )
-            self._version = reg.version
-        return self._series
+
+@dataclass
+class BatchSeries:
+    """Which device and variable each row of a batch belongs to, looked up once per batch from
+    the series records themselves (never from a list cached by registry version: a variable's
+    first observation creates its series without bumping the version, and a trigger must see
+    it whatever the order of metadata, data and load)."""
+
+    inverse: npt.NDArray[np.intp]  # row -> index into the unique series of the batch
+    device: npt.NDArray[np.int64]  # per unique series (-1: unknown, e.g. deleted meanwhile)
+    variable: npt.NDArray[np.int64]
+
+    @classmethod
+    def of(cls, batch: Batch, reg: Registry) -> BatchSeries:
+        uniq, inverse = np.unique(batch.series, return_inverse=True)
+        recs = [reg.series_by_pk.get(s) for s in uniq.tolist()]
+        device = np.array([-1 if r is None else r.device_pk for r in recs], np.int64)
+        variable = np.array([-1 if r is None else r.variable_pk for r in recs], np.int64)
+        return cls(inverse.reshape(-1), device, variable)
+
+    def rows(self, t: Trigger) -> npt.NDArray[np.intp]:
+        """The rows of the batch the trigger reads."""
+        if t.any_variable:
+            match = self.device == t.device_pk
+        else:
+            match = np.isin(self.variable, np.fromiter(t.variable_pks, np.int64))
+        if not match.any():
+            return np.empty(0, np.intp)
+        return np.flatnonzero(match[self.inverse])
 
 
 @dataclass
@@ -358,18 +379,24 @@ class Alerting:
         for i, t in enumerate(doc.triggers):
             rule, dev, pks = compile_trigger(reg, project, t, i, names)
             for j, a in enumerate(t.actions):
-                url = a.http_url if a.method == "HTTP" else a.webhook_url
+                if a.method == "ACTOR":
+                    continue  # runs locally: no target URL
+                name = "http_url" if a.method == "HTTP" else "webhook_url"
+                url = getattr(a, name)
                 if url is not None:
                     try:
                         check_target(
                             url, allow_private=self.engine.deliveries.allow_private_targets
                         )
                     except Invalid as exc:
+                        field = f"triggers.actions.{j}.{name}"
                         raise Invalid(
-                            exc.message,
-                            [{"index": i, "field": f"triggers.actions.{j}", "reason": exc.message}],
+                            f"triggers[{i}].actions[{j}].{name}: {exc.message}",
+                            [{"index": i, "field": field, "reason": exc.details[0]["reason"]}],
                         ) from exc
-            triggers.append(Trigger(i, rule, dev.pk, pks, list(range(slot, slot + len(t.actions)))))
+            slots = list(range(slot, slot + len(t.actions)))
+            whole = t.type == "deadman" and not t.variable
+            triggers.append(Trigger(i, rule, dev.pk, pks, slots, any_variable=whole))
             slot += len(t.actions)
         if not triggers:
             raise Invalid("a channel needs at least one trigger", [{"field": "triggers"}])
@@ -434,9 +461,20 @@ class Alerting:
         ]
 
     async def _register(self, ch: Channel) -> None:
-        """One delivery per action slot (current ones, and old ones that still hold rows)."""
+        """One delivery per HTTP action slot (current ones, and old ones that still hold rows).
+        ``ACTOR`` slots are run by the actor worker, never registered as HTTP deliveries (their
+        "target" is an actor id, and a delivery would overwrite the actor's outcome)."""
         stored = await self.store.read(lambda c: table.slots(c, ch.pk))
-        current = {s for t in ch.triggers for s in t.slots}
+        current = {
+            s
+            for t in ch.triggers
+            for a, s in zip(ch.doc.triggers[t.index].actions, t.slots, strict=True)
+            if a.method != "ACTOR"
+        }
+        for key in self.engine.deliveries.keys():  # slots that became ACTOR slots on an edit
+            prefix, _, slot = key.rpartition(":")
+            if prefix == f"alert:{ch.pk}" and int(slot) not in current | set(stored):
+                self.engine.deliveries.remove(key, forget=True)
         for slot in sorted(current | set(stored)):
             self.engine.deliveries.add(
                 f"alert:{ch.pk}:{slot}",
@@ -490,9 +528,10 @@ class Alerting:
             return
         reg = self.engine.registry
         own = None
+        where = BatchSeries.of(batch, reg)
         for ch in channels:
             for t in ch.triggers:
-                rows = np.flatnonzero(np.isin(batch.series, t.series(reg)))
+                rows = where.rows(t)
                 if not len(rows):
                     continue
                 key = (ch.pk, t.index)

@@ -79,13 +79,15 @@ def insert_action(
 def slot_items(
     conn: sqlite3.Connection, channel_pk: int, slot: int, after: int, limit: int
 ) -> list[tuple[int, str, bytes, int]]:
-    """(alert id, target, body, created ms) of one action slot after ``after``, ascending."""
+    """(alert id, target, body, created ms) of one action slot after ``after``, ascending: the
+    HTTP deliveries' source. ``ACTOR`` rows are the actor worker's (``actor_todo``), never sent
+    as HTTP (a slot whose action was edited from one kind to the other holds both)."""
     return [
         (int(a), str(t), bytes(b), int(c))
         for a, t, b, c in conn.execute(
             "SELECT x.alert_id, x.target, x.body, a.created_ms FROM alert_actions x "
             "JOIN alerts a ON a.id = x.alert_id "
-            "WHERE x.channel_pk = ? AND x.slot = ? AND x.alert_id > ? "
+            "WHERE x.channel_pk = ? AND x.slot = ? AND x.alert_id > ? AND x.method != 'ACTOR' "
             "ORDER BY x.alert_id LIMIT ?",
             (channel_pk, slot, after, limit),
         )
@@ -93,10 +95,12 @@ def slot_items(
 
 
 def slots(conn: sqlite3.Connection, channel_pk: int) -> list[int]:
+    """The action slots of a channel that hold HTTP (not ``ACTOR``) rows."""
     return [
         int(s)
         for (s,) in conn.execute(
-            "SELECT DISTINCT slot FROM alert_actions WHERE channel_pk = ?", (channel_pk,)
+            "SELECT DISTINCT slot FROM alert_actions WHERE channel_pk = ? AND method != 'ACTOR'",
+            (channel_pk,),
         )
     ]
 
