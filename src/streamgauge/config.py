@@ -253,6 +253,15 @@ class Settings(BaseSettings):
             "the last logged position."
         ),
     )
+    plot_retention_days: float = Field(
+        default=30.0,
+        ge=0,
+        le=36500,
+        description=(
+            "The plot actor's images (DATA/plots) are deleted this many days after they were "
+            "drawn (looked for at start and hourly); 0 keeps them for ever."
+        ),
+    )
     actors: dict[str, str] = Field(
         default_factory=dict,
         description=(

@@ -3,6 +3,7 @@
 * ``plot`` (built in): the instrument's values from a day before to a day after the alert time,
   drawn with matplotlib (Agg) to ``<data>/plots/<alert id>.png``, served at
   ``/api/v1/projects/<project>/plots/<alert id>.png`` (the Tapis tutorial's actor, done locally).
+  Plots older than ``plot_retention_days`` are deleted (``delete_old_plots``).
 * Registered in ``STREAMGAUGE_ACTORS`` (a JSON object, actor id -> spec): ``"command:<argv>"``
   runs the command with the alert JSON on stdin (exit 0 is success, stdout is kept);
   ``"python:<module>:<function>"`` calls the function with the alert dict (a coroutine function
@@ -17,6 +18,7 @@ import asyncio
 import importlib
 import inspect
 import shlex
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +42,24 @@ class ActorFailed(Exception):
 
 def plot_path(data: Path, alert_id: int) -> Path:
     return data / "plots" / f"{alert_id}.png"
+
+
+def delete_old_plots(data: Path, older_than_seconds: float, now: float | None = None) -> int:
+    """Delete the plot actor's images (and left-over temporary files) last written more than
+    ``older_than_seconds`` ago; how many were deleted. Blocking: run it in a thread."""
+    folder = data / "plots"
+    if not folder.is_dir():
+        return 0
+    horizon = (time.time() if now is None else now) - older_than_seconds
+    gone = 0
+    for path in folder.glob("*.png"):
+        try:
+            if path.stat().st_mtime < horizon:
+                path.unlink()
+                gone += 1
+        except FileNotFoundError:  # deleted meanwhile
+            continue
+    return gone
 
 
 class Actors:
@@ -117,7 +137,7 @@ class Actors:
             raise ActorFailed("the alert's instrument no longer exists")
         at = int(alert.get("time_ms") or 0)
         variables = {pk: reg.variables_by_pk[pk] for pk in reg.device_variables.get(dev.pk, ())}
-        series = tuple(pk for (v, _), pk in reg.series.items() if v in variables)
+        series = tuple(pk for (v, _), pk in list(reg.series.items()) if v in variables)
         batch = await engine.history(
             HistoryQuery(
                 project.pk,

@@ -33,6 +33,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ import numpy.typing as npt
 import orjson
 
 from streamgauge.core import alerts as rules
-from streamgauge.core.actors import ActorFailed, Actors
+from streamgauge.core.actors import ActorFailed, Actors, delete_old_plots
 from streamgauge.core.batch import Batch, format_time, per_series_affine
 from streamgauge.core.channels import ChannelDoc, compile_trigger, payload
 from streamgauge.core.deliveries import Item, Outcome, check_target
@@ -59,6 +60,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("streamgauge.alerts")
 ACTOR_ATTEMPTS = 3
 ACTOR_RETRY_SECONDS = (1.0, 5.0)
+ACTOR_CONCURRENCY = 4  # actions running at once, over all projects
+ACTOR_POLL_SECONDS = 5.0  # the supervisor looks for left-over actor work this often
+PLOT_SWEEP_SECONDS = 3600.0  # old plots are looked for this often (and on start)
 FETCH = 100
 CHECKPOINT_SECONDS = 5.0  # the progress is written at least this often when it moved
 HEARTBEAT_SECONDS = 30.0  # ... and this often anyway while deadman triggers exist
@@ -175,6 +179,9 @@ class Alerting:
         self._saved_at = 0.0  # monotonic time of the last progress write
         self._flush = asyncio.Event()
         self._actor_wake = asyncio.Event()
+        self._actor_slots = asyncio.Semaphore(ACTOR_CONCURRENCY)  # FIFO: projects take turns
+        self._actor_tasks: dict[int, asyncio.Task[None]] = {}  # project pk -> its worker
+        self._actor_more: dict[int, bool] = {}  # project pk -> work may have come meanwhile
         self._tasks: list[asyncio.Task[None]] = []
         self.suppressed = 0
         self.replayed = 0  # log rows judged by the last start's replay
@@ -222,9 +229,10 @@ class Alerting:
         ]
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        running = [*self._tasks, *self._actor_tasks.values()]
+        for t in running:
             t.cancel()
-        for t in self._tasks:
+        for t in running:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         try:
@@ -335,7 +343,9 @@ class Alerting:
             self._saved_at = time.monotonic()
         if p.alerts:
             self.engine.deliveries.notify()
-            self._actor_wake.set()
+            for ch, _ in p.alerts:
+                if any(a.method == "ACTOR" for t in ch.doc.triggers for a in t.actions):
+                    self._wake_actors(ch.project_pk)
         return out
 
     def _due(self) -> bool:
@@ -472,8 +482,8 @@ class Alerting:
             if a.method != "ACTOR"
         }
         for key in self.engine.deliveries.keys():  # slots that became ACTOR slots on an edit
-            prefix, _, slot = key.rpartition(":")
-            if prefix == f"alert:{ch.pk}" and int(slot) not in current | set(stored):
+            prefix, _, number = key.rpartition(":")
+            if prefix == f"alert:{ch.pk}" and int(number) not in current | set(stored):
                 self.engine.deliveries.remove(key, forget=True)
         for slot in sorted(current | set(stored)):
             self.engine.deliveries.add(
@@ -626,7 +636,8 @@ class Alerting:
     # -- writing the progress -----------------------------------------------------------------
 
     async def _writer(self) -> None:
-        """Log fired alerts (with the progress), ``alert_flush_seconds`` after the first."""
+        """Log fired alerts (with the progress), ``alert_flush_seconds`` after the first; also
+        the lazy checkpoints the ticker finds due."""
         delay = self.engine.settings.alert_flush_seconds
         while True:
             await self._flush.wait()
@@ -641,37 +652,95 @@ class Alerting:
                 self._flush.set()
 
     async def _ticker(self) -> None:
+        """Deadman triggers on a fixed schedule. The ticker never waits for the store (a
+        checkpoint that is due is handed to the writer), so a busy store or a slow write cannot
+        hold the next tick back; a failing tick is logged and the next one runs."""
         every = self.engine.settings.alert_tick_seconds
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + every
         while True:
-            await asyncio.sleep(every)
-            self.tick(_now_ms())
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at = max(next_at + every, loop.time())  # after a stall: no burst of ticks
+            try:
+                self.tick(_now_ms())
+            except Exception:
+                log.exception("judging deadman triggers failed")
             if self._due():
-                try:
-                    await self._commit()
-                except Exception:
-                    log.exception("checkpointing the alert rules failed")
+                self._flush.set()  # the writer checkpoints
 
     # -- actors -------------------------------------------------------------------------------
 
     async def _actor_worker(self) -> None:
+        """The actors' supervisor: every ``ACTOR_POLL_SECONDS`` (and on start) it finds the
+        projects with actions not yet done (after a restart, after failures) and makes sure
+        each has its worker; it also deletes plots older than ``plot_retention_days``."""
+        swept = -math.inf
         while True:
             try:
-                todo = await self.store.read(lambda c: table.actor_todo(c, FETCH))
+                projects = await self.store.read(table.actor_projects)
             except Exception:
                 log.exception("reading actor work failed")
-                todo = []
-            for alert_id, slot, _channel, actor_id, body, previous in todo:
-                await self._run_actor(alert_id, slot, actor_id, body, previous)
-            if len(todo) == FETCH:
-                continue
+                projects = []
+            for project_pk in projects:
+                self._wake_actors(project_pk)
+            if time.monotonic() - swept >= PLOT_SWEEP_SECONDS:
+                swept = time.monotonic()
+                days = self.engine.settings.plot_retention_days
+                if days > 0:
+                    try:
+                        await asyncio.to_thread(
+                            delete_old_plots, self.engine.settings.data, days * 86400.0
+                        )
+                    except Exception:
+                        log.exception("deleting old plots failed")
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
+                async with asyncio.timeout(ACTOR_POLL_SECONDS):
                     await self._actor_wake.wait()
             self._actor_wake.clear()
 
+    def _wake_actors(self, project_pk: int) -> None:
+        """The project may have actions to run: start its worker unless it runs already."""
+        self._actor_more[project_pk] = True
+        if project_pk not in self._actor_tasks and self._tasks:
+            self._actor_tasks[project_pk] = asyncio.get_running_loop().create_task(
+                self._project_actors(project_pk), name=f"actors of project {project_pk}"
+            )
+
+    async def _project_actors(self, project_pk: int) -> None:
+        """One project's worker: its ``ACTOR`` rows not yet done, in alert order, one at a time.
+        Workers of all projects share ``ACTOR_CONCURRENCY`` slots (a FIFO semaphore, so projects
+        take turns: one tenant's backlog or slow actor cannot starve the others), and a failed
+        action's retry delay holds back only its own project. The worker ends when its project
+        has nothing left."""
+        try:
+            while True:
+                self._actor_more[project_pk] = False
+                try:
+                    todo = await self.store.read(
+                        functools.partial(table.actor_todo, project_pk=project_pk, limit=FETCH)
+                    )
+                except Exception:
+                    log.exception("reading actor work of project %d failed", project_pk)
+                    await asyncio.sleep(ACTOR_RETRY_SECONDS[-1])
+                    continue
+                if not todo:
+                    if self._actor_more.get(project_pk):
+                        continue  # woken while reading: look again
+                    return
+                for alert_id, slot, _channel, actor_id, body, previous in todo:
+                    async with self._actor_slots:
+                        retry = await self._run_actor(alert_id, slot, actor_id, body, previous)
+                    if retry:
+                        await asyncio.sleep(retry)
+        finally:
+            if self._actor_tasks.get(project_pk) is asyncio.current_task():
+                del self._actor_tasks[project_pk]
+                self._actor_more.pop(project_pk, None)
+
     async def _run_actor(
         self, alert_id: int, slot: int, actor_id: str, body: bytes, previous: str | None
-    ) -> None:
+    ) -> float:
+        """Run one action and record its outcome; the delay before its retry (0: done)."""
         attempt = (orjson.loads(previous).get("attempt", 0) if previous else 0) + 1
         alert = orjson.loads(body)
         started = time.perf_counter()
@@ -680,15 +749,19 @@ class Alerting:
             result = await self.actors.run(actor_id, alert_id, alert)
             outcome |= {"delivered": True, "dead_lettered": False, "error": None, **result}
             done = True
-        except ActorFailed as exc:
+        except Exception as exc:  # ActorFailed, or a bug: recorded, never kills the worker
+            if not isinstance(exc, ActorFailed):
+                log.exception("actor %s failed unexpectedly", actor_id)
             done = attempt >= ACTOR_ATTEMPTS
-            outcome |= {"delivered": False, "dead_lettered": done, "error": str(exc)}
+            error = str(exc) if isinstance(exc, ActorFailed) else f"internal error: {exc!r}"
+            outcome |= {"delivered": False, "dead_lettered": done, "error": error}
         outcome["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
         outcome["execution_id"] = f"{alert_id}-{slot}-{attempt}"
         outcome["at"] = _iso(_now_ms())
         await self.store.write(lambda tx: table.record_outcome(tx, alert_id, slot, outcome, done))
-        if not done:
-            await asyncio.sleep(ACTOR_RETRY_SECONDS[min(attempt, len(ACTOR_RETRY_SECONDS)) - 1])
+        if done:
+            return 0.0
+        return ACTOR_RETRY_SECONDS[min(attempt, len(ACTOR_RETRY_SECONDS)) - 1]
 
 
 def _describe(t: Any) -> dict[str, Any]:

@@ -117,15 +117,29 @@ def record_outcome(tx: Tx, alert_id: int, slot: int, outcome: dict[str, Any], do
 
 
 def actor_todo(
-    conn: sqlite3.Connection, limit: int
+    conn: sqlite3.Connection, project_pk: int, limit: int
 ) -> list[tuple[int, int, int, str, bytes, str | None]]:
-    """ACTOR actions not yet run: (alert id, slot, channel pk, actor id, body, outcome)."""
+    """One project's ACTOR actions not yet run, in alert order: (alert id, slot, channel pk,
+    actor id, body, outcome)."""
     return [
         (int(a), int(s), int(c), str(t), bytes(b), o)
         for a, s, c, t, b, o in conn.execute(
             "SELECT alert_id, slot, channel_pk, target, body, outcome FROM alert_actions "
-            "WHERE method = 'ACTOR' AND done = 0 ORDER BY alert_id, slot LIMIT ?",
-            (limit,),
+            "WHERE method = 'ACTOR' AND done = 0 "
+            "AND channel_pk IN (SELECT pk FROM channels WHERE project_pk = ?) "
+            "ORDER BY alert_id, slot LIMIT ?",
+            (project_pk, limit),
+        )
+    ]
+
+
+def actor_projects(conn: sqlite3.Connection) -> list[int]:
+    """The projects that have ACTOR actions not yet run."""
+    return [
+        int(p)
+        for (p,) in conn.execute(
+            "SELECT DISTINCT ch.project_pk FROM alert_actions x "
+            "JOIN channels ch ON ch.pk = x.channel_pk WHERE x.method = 'ACTOR' AND x.done = 0"
         )
     ]
 
