@@ -234,9 +234,13 @@ class PinnedTransport(httpx.AsyncBaseTransport):
     ``Host`` header and TLS server name (SNI and certificate checks use the name). A refused
     target raises ``errors.Invalid`` (nothing is sent)."""
 
-    def __init__(self, allow_private: bool | Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        allow_private: bool | Callable[[], bool],
+        inner: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self._allow = allow_private
-        self._inner = httpx.AsyncHTTPTransport(trust_env=False)
+        self._inner = inner or httpx.AsyncHTTPTransport(trust_env=False)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         allow = self._allow() if callable(self._allow) else self._allow
