@@ -183,6 +183,7 @@ class Alerting:
         self._actor_tasks: dict[int, asyncio.Task[None]] = {}  # project pk -> its worker
         self._actor_more: dict[int, bool] = {}  # project pk -> work may have come meanwhile
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self.suppressed = 0
         self.replayed = 0  # log rows judged by the last start's replay
 
@@ -222,6 +223,7 @@ class Alerting:
                     self._dirty.add(key)
         await self._commit()
         loop = asyncio.get_running_loop()
+        self._stopping = False
         self._tasks = [
             loop.create_task(self._writer(), name="alert log"),
             loop.create_task(self._ticker(), name="deadman"),
@@ -229,6 +231,7 @@ class Alerting:
         ]
 
     async def stop(self) -> None:
+        self._stopping = True  # no actor worker starts from here on (the last commit below)
         running = [*self._tasks, *self._actor_tasks.values()]
         for t in running:
             t.cancel()
@@ -701,7 +704,7 @@ class Alerting:
     def _wake_actors(self, project_pk: int) -> None:
         """The project may have actions to run: start its worker unless it runs already."""
         self._actor_more[project_pk] = True
-        if project_pk not in self._actor_tasks and self._tasks:
+        if project_pk not in self._actor_tasks and self._tasks and not self._stopping:
             self._actor_tasks[project_pk] = asyncio.get_running_loop().create_task(
                 self._project_actors(project_pk), name=f"actors of project {project_pk}"
             )
