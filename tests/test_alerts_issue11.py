@@ -155,7 +155,7 @@ def test_whole_instrument_deadman_counts_a_variable_added_later(
             trigger = {
                 "type": "deadman",
                 "device": "ws1",
-                "seconds": 600 * MS,
+                "seconds": 1500 * MS,
                 "actions": [{"method": "WEBHOOK", "webhook_url": receiver.url}],
             }
             assert channel(c, "quiet", trigger).status_code == 201
@@ -172,7 +172,7 @@ def test_whole_instrument_deadman_counts_a_variable_added_later(
             assert receiver.wait(1)[0][1]["message"].startswith("For Channel- quiet")
             [alert] = alerts(c, "quiet")
             fired = datetime.fromisoformat(alert["created_at"]).timestamp() * 1000
-            assert fired >= last_sent + 600 * MS * 1000 - 1  # after the silence, not before
+            assert fired >= last_sent + 1500 * MS * 1000 - 1  # after the silence, not before
     finally:
         srv.stop()
 
@@ -271,7 +271,8 @@ def test_deadman_fires_after_the_silence_under_ingest_load(
             [alert] = alerts(c, "dm")
         fired = datetime.fromisoformat(alert["created_at"]).timestamp() * 1000
         assert fired >= last_sent + seconds * 1000 - 1
-        assert fired - last_acked <= (seconds + tick) * 1000 + 2000 * MS * 1000
+        # The loop's lag on a loaded machine is the only slack (the issue saw 20 s and more).
+        assert fired - last_acked <= (seconds + tick) * 1000 + 5000 * MS * 1000
     finally:
         srv.stop()
 
