@@ -167,7 +167,7 @@ class Alerting:
         self.engine = engine
         self.store = engine.store
         s = engine.settings
-        self.actors = Actors(engine, s.actors, s.actor_timeout_seconds)
+        self.actors = Actors(engine, s.actors, s.actor_timeout_seconds, ACTOR_CONCURRENCY)
         self.channels: dict[str, Channel] = {}
         self.states: dict[tuple[int, int], rules.TriggerState] = {}
         self.evaluated = 0  # the last log cursor judged (in memory)
@@ -238,6 +238,7 @@ class Alerting:
         for t in running:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        self.actors.close()
         try:
             await self._commit()
         except Exception:  # the next start judges again what was not written
