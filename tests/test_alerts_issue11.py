@@ -277,6 +277,41 @@ def test_deadman_fires_after_the_silence_under_ingest_load(
         srv.stop()
 
 
+def test_the_deadman_clock_ticks_while_the_store_is_slow(tmp_path: Path) -> None:
+    """issue 11 item 2: the ticker awaited its checkpoint write (queued behind every ingest
+    write on a busy machine) before the next tick, so a slow store held deadman triggers back.
+    With a checkpoint due and every progress write stuck, the clock keeps ticking."""
+    tick = 20 * MS
+    srv = start_server(tmp_path / "data", alert_tick_seconds=tick)
+    alerting = srv.engine.alerting
+    release = threading.Event()
+    ticks: list[float] = []
+    real_tick, real_commit = alerting.tick, alerting._commit
+
+    def counting_tick(now: int) -> None:
+        ticks.append(time.monotonic())
+        real_tick(now)
+
+    async def stuck_commit(*args: Any, **kw: Any) -> Any:
+        while not release.is_set():
+            await asyncio.sleep(tick)
+        return await real_commit(*args, **kw)
+
+    try:
+        with srv.client() as c:
+            station(c)
+            trigger = {"type": "deadman", "device": "ws1", "seconds": 3600}
+            assert channel(c, "quiet", trigger).status_code == 201
+        alerting._commit = stuck_commit
+        alerting.tick = counting_tick
+        alerting._saved_at = -1e9  # a checkpoint (heartbeat) is due at every tick from now on
+        eventually(lambda: len(ticks) >= 20)  # the old ticker stopped at the first one
+    finally:
+        release.set()
+        alerting._commit, alerting.tick = real_commit, real_tick
+        srv.stop()
+
+
 # -- item 3 ---------------------------------------------------------------------------------------
 
 
