@@ -61,8 +61,10 @@ def start_server(
     data: Path, uvicorn_options: dict[str, Any] | None = None, **settings: Any
 ) -> Server:
     """A real server on loopback in a thread, with the app's uvicorn options (``uvicorn_options``
-    overrides some of them)."""
+    overrides some of them). Outbound targets on loopback are allowed here (the tests' receivers
+    listen there); the server's own default refuses them."""
     settings.setdefault("keepalive_seconds", 1000 * MS)
+    settings.setdefault("allow_private_targets", True)
     app = create_app(Settings(data=data, **settings), admin_token=TOKEN)
     port = free_port()
     options = {**server_options(app.state.engine.settings), **(uvicorn_options or {})}

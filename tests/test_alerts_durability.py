@@ -35,6 +35,7 @@ def receiver() -> Iterator[Receiver]:
 def spawn(data: Path, port: int, **settings: str) -> subprocess.Popen[bytes]:
     """A real ``streamgauge serve`` subprocess, ready when ``/healthz`` answers."""
     env = {**os.environ, "STREAMGAUGE_ADMIN_TOKEN": TOKEN}
+    env["STREAMGAUGE_ALLOW_PRIVATE_TARGETS"] = "true"  # the test receiver listens on loopback
     env |= {f"STREAMGAUGE_{k.upper()}": v for k, v in settings.items()}
     log = data.parent / "server.log"
     data.parent.mkdir(parents=True, exist_ok=True)

@@ -203,6 +203,9 @@ def demo(
     settings = Settings(data=data)
     token, _ = load_admin_token(settings)
     env = {**os.environ, "STREAMGAUGE_ADMIN_TOKEN": token}
+    # The demo runs on one machine with its receivers on loopback: allow private targets
+    # (refused by default), unless the environment says otherwise.
+    env.setdefault("STREAMGAUGE_ALLOW_PRIVATE_TARGETS", "true")
     exe = [sys.executable, "-m", "streamgauge"]
     server = subprocess.Popen(
         [*exe, "serve", "--host", host, "--port", str(port), "--data", str(data)], env=env
@@ -253,6 +256,9 @@ def demo(
             f"  push feed:     {feed}\n"
             f"  DT devices:    curl {auth} '{base}/v2/projects/demo/devices'\n"
             f"  metrics:       curl {base}/metrics\n"
+            "  webhooks:      STREAMGAUGE_ALLOW_PRIVATE_TARGETS="
+            f"{env['STREAMGAUGE_ALLOW_PRIVATE_TARGETS']} (the demo allows loopback and "
+            "private targets; a real deployment refuses them by default)\n"
             "Press Ctrl-C to stop.\n",
             soft_wrap=True,
         )

@@ -202,10 +202,13 @@ class Settings(BaseSettings):
 
     # Outbound deliveries (data connectors, alert actions)
     allow_private_targets: bool = Field(
-        default=True,
+        default=False,
         description=(
-            "Allow delivery targets on loopback, private and link-local addresses. False refuses "
-            "URLs naming or resolving to such addresses (at creation and before each send)."
+            "Allow outbound targets (webhooks, HTTP/Slack/Discord actions, data connectors) on "
+            "loopback, private and link-local addresses. Off by default: such URLs are refused "
+            "at creation (4xx naming the field) and before each send (the host is resolved "
+            "once, every address checked, and the checked address is the one connected to). "
+            "The demo and the test suite turn it on."
         ),
     )
     delivery_poll_seconds: float = Field(
@@ -281,6 +284,15 @@ class Settings(BaseSettings):
             "long after they fire; 0 logs at once, more groups an alert storm into fewer "
             "transactions. Nothing is lost either way: a restart judges the log again from "
             "the last logged position."
+        ),
+    )
+    plot_retention_days: float = Field(
+        default=30.0,
+        ge=0,
+        le=36500,
+        description=(
+            "The plot actor's images (DATA/plots) are deleted this many days after they were "
+            "drawn (looked for at start and hourly); 0 keeps them for ever."
         ),
     )
     actors: dict[str, str] = Field(

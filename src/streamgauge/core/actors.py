@@ -3,6 +3,7 @@
 * ``plot`` (built in): the instrument's values from a day before to a day after the alert time,
   drawn with matplotlib (Agg) to ``<data>/plots/<alert id>.png``, served at
   ``/api/v1/projects/<project>/plots/<alert id>.png`` (the Tapis tutorial's actor, done locally).
+  Plots older than ``plot_retention_days`` are deleted (``delete_old_plots``).
 * Registered in ``STREAMGAUGE_ACTORS`` (a JSON object, actor id -> spec): ``"command:<argv>"``
   runs the command with the alert JSON on stdin (exit 0 is success, stdout is kept);
   ``"python:<module>:<function>"`` calls the function with the alert dict (a coroutine function
@@ -17,7 +18,9 @@ import asyncio
 import importlib
 import inspect
 import shlex
+import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,17 +45,53 @@ def plot_path(data: Path, alert_id: int) -> Path:
     return data / "plots" / f"{alert_id}.png"
 
 
+def delete_old_plots(data: Path, older_than_seconds: float, now: float | None = None) -> int:
+    """Delete the plot actor's images (and left-over temporary files) last written more than
+    ``older_than_seconds`` ago; how many were deleted. Blocking: run it in a thread."""
+    folder = data / "plots"
+    if not folder.is_dir():
+        return 0
+    horizon = (time.time() if now is None else now) - older_than_seconds
+    gone = 0
+    for path in folder.glob("*.png"):
+        try:
+            if path.stat().st_mtime < horizon:
+                path.unlink()
+                gone += 1
+        except FileNotFoundError:  # deleted meanwhile
+            continue
+    return gone
+
+
 class Actors:
-    def __init__(self, engine: Engine, registered: Mapping[str, str], timeout: float) -> None:
+    def __init__(
+        self, engine: Engine, registered: Mapping[str, str], timeout: float, threads: int = 4
+    ) -> None:
         self._engine = engine
         self._specs = dict(registered)
         self._timeout = timeout
+        self._threads = threads
+        self._pool: ThreadPoolExecutor | None = None
         for name, spec in self._specs.items():
             kind, _, rest = spec.partition(":")
             if kind not in ("command", "python") or not rest.strip():
                 raise ValueError(
                     f"actor {name!r}: spec must be 'command:<argv>' or 'python:<module>:<function>'"
                 )
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking actor work (plots, plain Python actors) on the actors' own threads, so
+        actors that hang (a timed-out thread cannot be stopped) never take the threads the rest
+        of the server shares."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="actor")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def close(self) -> None:
+        """Stop the actors' threads (work still queued is dropped; a restart runs it again)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     def names(self) -> set[str]:
         return {"plot", *self._specs}
@@ -101,7 +140,7 @@ class Actors:
             if inspect.iscoroutinefunction(fn):
                 result = await asyncio.wait_for(fn(alert), self._timeout)
             else:
-                result = await asyncio.wait_for(asyncio.to_thread(fn, alert), self._timeout)
+                result = await asyncio.wait_for(self._in_thread(fn, alert), self._timeout)
         except ActorFailed:
             raise
         except Exception as exc:  # an actor's own failure is recorded, not raised further
@@ -117,7 +156,7 @@ class Actors:
             raise ActorFailed("the alert's instrument no longer exists")
         at = int(alert.get("time_ms") or 0)
         variables = {pk: reg.variables_by_pk[pk] for pk in reg.device_variables.get(dev.pk, ())}
-        series = tuple(pk for (v, _), pk in reg.series.items() if v in variables)
+        series = tuple(pk for (v, _), pk in list(reg.series.items()) if v in variables)
         batch = await engine.history(
             HistoryQuery(
                 project.pk,
@@ -137,7 +176,7 @@ class Actors:
             xs.append(datetime.fromtimestamp(t / 1000, UTC).replace(tzinfo=None))
             ys.append((v - var.offset) / var.scale)
         path = plot_path(engine.settings.data, alert_id)
-        await asyncio.to_thread(_draw, path, lines, str(alert.get("inst_id")))
+        await self._in_thread(_draw, path, lines, str(alert.get("inst_id")))
         return {
             "url": f"/api/v1/projects/{project.doc.id}/plots/{alert_id}.png",
             "points": sum(len(x) for x, _ in lines.values()),

@@ -33,6 +33,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ import numpy.typing as npt
 import orjson
 
 from streamgauge.core import alerts as rules
-from streamgauge.core.actors import ActorFailed, Actors
+from streamgauge.core.actors import ActorFailed, Actors, delete_old_plots
 from streamgauge.core.batch import Batch, format_time, per_series_affine
 from streamgauge.core.channels import ChannelDoc, compile_trigger, payload
 from streamgauge.core.deliveries import Item, Outcome, check_target
@@ -59,6 +60,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("streamgauge.alerts")
 ACTOR_ATTEMPTS = 3
 ACTOR_RETRY_SECONDS = (1.0, 5.0)
+ACTOR_CONCURRENCY = 4  # actions running at once, over all projects
+ACTOR_POLL_SECONDS = 5.0  # the supervisor looks for left-over actor work this often
+PLOT_SWEEP_SECONDS = 3600.0  # old plots are looked for this often (and on start)
 FETCH = 100
 CHECKPOINT_SECONDS = 5.0  # the progress is written at least this often when it moved
 HEARTBEAT_SECONDS = 30.0  # ... and this often anyway while deadman triggers exist
@@ -72,17 +76,38 @@ class Trigger:
     device_pk: int
     variable_pks: frozenset[int]
     slots: list[int]  # action slot of each of the trigger's actions
-    _series: npt.NDArray[np.int64] | None = None
-    _version: int = -1
+    any_variable: bool = False  # a deadman on the whole instrument: every variable it has now
+    # or gets later counts as data
 
-    def series(self, reg: Registry) -> npt.NDArray[np.int64]:
-        if self._series is None or self._version != reg.version:
-            self._series = np.array(
-                sorted(pk for (v, _), pk in reg.series.items() if v in self.variable_pks),
-                np.int64,
-            )
-            self._version = reg.version
-        return self._series
+
+@dataclass
+class BatchSeries:
+    """Which device and variable each row of a batch belongs to, looked up once per batch from
+    the series records themselves (never from a list cached by registry version: a variable's
+    first observation creates its series without bumping the version, and a trigger must see
+    it whatever the order of metadata, data and load)."""
+
+    inverse: npt.NDArray[np.intp]  # row -> index into the unique series of the batch
+    device: npt.NDArray[np.int64]  # per unique series (-1: unknown, e.g. deleted meanwhile)
+    variable: npt.NDArray[np.int64]
+
+    @classmethod
+    def of(cls, batch: Batch, reg: Registry) -> BatchSeries:
+        uniq, inverse = np.unique(batch.series, return_inverse=True)
+        recs = [reg.series_by_pk.get(s) for s in uniq.tolist()]
+        device = np.array([-1 if r is None else r.device_pk for r in recs], np.int64)
+        variable = np.array([-1 if r is None else r.variable_pk for r in recs], np.int64)
+        return cls(inverse.reshape(-1), device, variable)
+
+    def rows(self, t: Trigger) -> npt.NDArray[np.intp]:
+        """The rows of the batch the trigger reads."""
+        if t.any_variable:
+            match = self.device == t.device_pk
+        else:
+            match = np.isin(self.variable, np.fromiter(t.variable_pks, np.int64))
+        if not match.any():
+            return np.empty(0, np.intp)
+        return np.flatnonzero(match[self.inverse])
 
 
 @dataclass
@@ -142,7 +167,7 @@ class Alerting:
         self.engine = engine
         self.store = engine.store
         s = engine.settings
-        self.actors = Actors(engine, s.actors, s.actor_timeout_seconds)
+        self.actors = Actors(engine, s.actors, s.actor_timeout_seconds, ACTOR_CONCURRENCY)
         self.channels: dict[str, Channel] = {}
         self.states: dict[tuple[int, int], rules.TriggerState] = {}
         self.evaluated = 0  # the last log cursor judged (in memory)
@@ -154,7 +179,11 @@ class Alerting:
         self._saved_at = 0.0  # monotonic time of the last progress write
         self._flush = asyncio.Event()
         self._actor_wake = asyncio.Event()
+        self._actor_slots = asyncio.Semaphore(ACTOR_CONCURRENCY)  # FIFO: projects take turns
+        self._actor_tasks: dict[int, asyncio.Task[None]] = {}  # project pk -> its worker
+        self._actor_more: dict[int, bool] = {}  # project pk -> work may have come meanwhile
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self.suppressed = 0
         self.replayed = 0  # log rows judged by the last start's replay
 
@@ -194,6 +223,7 @@ class Alerting:
                     self._dirty.add(key)
         await self._commit()
         loop = asyncio.get_running_loop()
+        self._stopping = False
         self._tasks = [
             loop.create_task(self._writer(), name="alert log"),
             loop.create_task(self._ticker(), name="deadman"),
@@ -201,11 +231,14 @@ class Alerting:
         ]
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        self._stopping = True  # no actor worker starts from here on (the last commit below)
+        running = [*self._tasks, *self._actor_tasks.values()]
+        for t in running:
             t.cancel()
-        for t in self._tasks:
+        for t in running:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        self.actors.close()
         try:
             await self._commit()
         except Exception:  # the next start judges again what was not written
@@ -314,7 +347,9 @@ class Alerting:
             self._saved_at = time.monotonic()
         if p.alerts:
             self.engine.deliveries.notify()
-            self._actor_wake.set()
+            for ch, _ in p.alerts:
+                if any(a.method == "ACTOR" for t in ch.doc.triggers for a in t.actions):
+                    self._wake_actors(ch.project_pk)
         return out
 
     def _due(self) -> bool:
@@ -358,18 +393,24 @@ class Alerting:
         for i, t in enumerate(doc.triggers):
             rule, dev, pks = compile_trigger(reg, project, t, i, names)
             for j, a in enumerate(t.actions):
-                url = a.http_url if a.method == "HTTP" else a.webhook_url
+                if a.method == "ACTOR":
+                    continue  # runs locally: no target URL
+                name = "http_url" if a.method == "HTTP" else "webhook_url"
+                url = getattr(a, name)
                 if url is not None:
                     try:
                         check_target(
                             url, allow_private=self.engine.deliveries.allow_private_targets
                         )
                     except Invalid as exc:
+                        field = f"triggers.actions.{j}.{name}"
                         raise Invalid(
-                            exc.message,
-                            [{"index": i, "field": f"triggers.actions.{j}", "reason": exc.message}],
+                            f"triggers[{i}].actions[{j}].{name}: {exc.message}",
+                            [{"index": i, "field": field, "reason": exc.details[0]["reason"]}],
                         ) from exc
-            triggers.append(Trigger(i, rule, dev.pk, pks, list(range(slot, slot + len(t.actions)))))
+            slots = list(range(slot, slot + len(t.actions)))
+            whole = t.type == "deadman" and not t.variable
+            triggers.append(Trigger(i, rule, dev.pk, pks, slots, any_variable=whole))
             slot += len(t.actions)
         if not triggers:
             raise Invalid("a channel needs at least one trigger", [{"field": "triggers"}])
@@ -434,9 +475,20 @@ class Alerting:
         ]
 
     async def _register(self, ch: Channel) -> None:
-        """One delivery per action slot (current ones, and old ones that still hold rows)."""
+        """One delivery per HTTP action slot (current ones, and old ones that still hold rows).
+        ``ACTOR`` slots are run by the actor worker, never registered as HTTP deliveries (their
+        "target" is an actor id, and a delivery would overwrite the actor's outcome)."""
         stored = await self.store.read(lambda c: table.slots(c, ch.pk))
-        current = {s for t in ch.triggers for s in t.slots}
+        current = {
+            s
+            for t in ch.triggers
+            for a, s in zip(ch.doc.triggers[t.index].actions, t.slots, strict=True)
+            if a.method != "ACTOR"
+        }
+        for key in self.engine.deliveries.keys():  # slots that became ACTOR slots on an edit
+            prefix, _, number = key.rpartition(":")
+            if prefix == f"alert:{ch.pk}" and int(number) not in current | set(stored):
+                self.engine.deliveries.remove(key, forget=True)
         for slot in sorted(current | set(stored)):
             self.engine.deliveries.add(
                 f"alert:{ch.pk}:{slot}",
@@ -490,9 +542,10 @@ class Alerting:
             return
         reg = self.engine.registry
         own = None
+        where = BatchSeries.of(batch, reg)
         for ch in channels:
             for t in ch.triggers:
-                rows = np.flatnonzero(np.isin(batch.series, t.series(reg)))
+                rows = where.rows(t)
                 if not len(rows):
                     continue
                 key = (ch.pk, t.index)
@@ -587,7 +640,8 @@ class Alerting:
     # -- writing the progress -----------------------------------------------------------------
 
     async def _writer(self) -> None:
-        """Log fired alerts (with the progress), ``alert_flush_seconds`` after the first."""
+        """Log fired alerts (with the progress), ``alert_flush_seconds`` after the first; also
+        the lazy checkpoints the ticker finds due."""
         delay = self.engine.settings.alert_flush_seconds
         while True:
             await self._flush.wait()
@@ -602,37 +656,95 @@ class Alerting:
                 self._flush.set()
 
     async def _ticker(self) -> None:
+        """Deadman triggers on a fixed schedule. The ticker never waits for the store (a
+        checkpoint that is due is handed to the writer), so a busy store or a slow write cannot
+        hold the next tick back; a failing tick is logged and the next one runs."""
         every = self.engine.settings.alert_tick_seconds
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + every
         while True:
-            await asyncio.sleep(every)
-            self.tick(_now_ms())
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at = max(next_at + every, loop.time())  # after a stall: no burst of ticks
+            try:
+                self.tick(_now_ms())
+            except Exception:
+                log.exception("judging deadman triggers failed")
             if self._due():
-                try:
-                    await self._commit()
-                except Exception:
-                    log.exception("checkpointing the alert rules failed")
+                self._flush.set()  # the writer checkpoints
 
     # -- actors -------------------------------------------------------------------------------
 
     async def _actor_worker(self) -> None:
+        """The actors' supervisor: every ``ACTOR_POLL_SECONDS`` (and on start) it finds the
+        projects with actions not yet done (after a restart, after failures) and makes sure
+        each has its worker; it also deletes plots older than ``plot_retention_days``."""
+        swept = -math.inf
         while True:
             try:
-                todo = await self.store.read(lambda c: table.actor_todo(c, FETCH))
+                projects = await self.store.read(table.actor_projects)
             except Exception:
                 log.exception("reading actor work failed")
-                todo = []
-            for alert_id, slot, _channel, actor_id, body, previous in todo:
-                await self._run_actor(alert_id, slot, actor_id, body, previous)
-            if len(todo) == FETCH:
-                continue
+                projects = []
+            for project_pk in projects:
+                self._wake_actors(project_pk)
+            if time.monotonic() - swept >= PLOT_SWEEP_SECONDS:
+                swept = time.monotonic()
+                days = self.engine.settings.plot_retention_days
+                if days > 0:
+                    try:
+                        await asyncio.to_thread(
+                            delete_old_plots, self.engine.settings.data, days * 86400.0
+                        )
+                    except Exception:
+                        log.exception("deleting old plots failed")
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
+                async with asyncio.timeout(ACTOR_POLL_SECONDS):
                     await self._actor_wake.wait()
             self._actor_wake.clear()
 
+    def _wake_actors(self, project_pk: int) -> None:
+        """The project may have actions to run: start its worker unless it runs already."""
+        self._actor_more[project_pk] = True
+        if project_pk not in self._actor_tasks and self._tasks and not self._stopping:
+            self._actor_tasks[project_pk] = asyncio.get_running_loop().create_task(
+                self._project_actors(project_pk), name=f"actors of project {project_pk}"
+            )
+
+    async def _project_actors(self, project_pk: int) -> None:
+        """One project's worker: its ``ACTOR`` rows not yet done, in alert order, one at a time.
+        Workers of all projects share ``ACTOR_CONCURRENCY`` slots (a FIFO semaphore, so projects
+        take turns: one tenant's backlog or slow actor cannot starve the others), and a failed
+        action's retry delay holds back only its own project. The worker ends when its project
+        has nothing left."""
+        try:
+            while True:
+                self._actor_more[project_pk] = False
+                try:
+                    todo = await self.store.read(
+                        functools.partial(table.actor_todo, project_pk=project_pk, limit=FETCH)
+                    )
+                except Exception:
+                    log.exception("reading actor work of project %d failed", project_pk)
+                    await asyncio.sleep(ACTOR_RETRY_SECONDS[-1])
+                    continue
+                if not todo:
+                    if self._actor_more.get(project_pk):
+                        continue  # woken while reading: look again
+                    return
+                for alert_id, slot, _channel, actor_id, body, previous in todo:
+                    async with self._actor_slots:
+                        retry = await self._run_actor(alert_id, slot, actor_id, body, previous)
+                    if retry:
+                        await asyncio.sleep(retry)
+        finally:
+            if self._actor_tasks.get(project_pk) is asyncio.current_task():
+                del self._actor_tasks[project_pk]
+                self._actor_more.pop(project_pk, None)
+
     async def _run_actor(
         self, alert_id: int, slot: int, actor_id: str, body: bytes, previous: str | None
-    ) -> None:
+    ) -> float:
+        """Run one action and record its outcome; the delay before its retry (0: done)."""
         attempt = (orjson.loads(previous).get("attempt", 0) if previous else 0) + 1
         alert = orjson.loads(body)
         started = time.perf_counter()
@@ -641,15 +753,19 @@ class Alerting:
             result = await self.actors.run(actor_id, alert_id, alert)
             outcome |= {"delivered": True, "dead_lettered": False, "error": None, **result}
             done = True
-        except ActorFailed as exc:
+        except Exception as exc:  # ActorFailed, or a bug: recorded, never kills the worker
+            if not isinstance(exc, ActorFailed):
+                log.exception("actor %s failed unexpectedly", actor_id)
             done = attempt >= ACTOR_ATTEMPTS
-            outcome |= {"delivered": False, "dead_lettered": done, "error": str(exc)}
+            error = str(exc) if isinstance(exc, ActorFailed) else f"internal error: {exc!r}"
+            outcome |= {"delivered": False, "dead_lettered": done, "error": error}
         outcome["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
         outcome["execution_id"] = f"{alert_id}-{slot}-{attempt}"
         outcome["at"] = _iso(_now_ms())
         await self.store.write(lambda tx: table.record_outcome(tx, alert_id, slot, outcome, done))
-        if not done:
-            await asyncio.sleep(ACTOR_RETRY_SECONDS[min(attempt, len(ACTOR_RETRY_SECONDS)) - 1])
+        if done:
+            return 0.0
+        return ACTOR_RETRY_SECONDS[min(attempt, len(ACTOR_RETRY_SECONDS)) - 1]
 
 
 def _describe(t: Any) -> dict[str, Any]:

@@ -161,15 +161,23 @@ def compile_trigger(
 
 
 class _Template(Template):
-    braceidpattern = r"[_A-Za-z][_A-Za-z0-9.]*"
+    # Spaces inside the braces are allowed, as Tapis' own code writes ``${ r.value }`` and the
+    # workshop notebook ``${ r.value}``; the name is looked up without them (``_Names``).
+    braceidpattern = r"[ \t]*[_A-Za-z][_A-Za-z0-9.]*[ \t]*"
+
+
+class _Names(dict[str, str]):
+    def __getitem__(self, key: str) -> str:
+        return super().__getitem__(key.strip(" \t"))
 
 
 def fill(template: str, record: dict[str, Any]) -> str:
     """``${name}`` placeholders from the alert's fields; ``${r.value}``, ``${r._time}``,
-    ``${r._check_name}`` (the original's forms) too. Unknown placeholders stay as written."""
+    ``${r._check_name}`` (the original's forms) too, with or without spaces inside the braces
+    (``${ r.value }``). Unknown placeholders stay as written."""
     names = {k: "" if v is None else str(v) for k, v in record.items() if not isinstance(v, dict)}
     names |= {f"r.{k}": v for k, v in list(names.items())}
-    return _Template(template).safe_substitute(names)
+    return _Template(template).safe_substitute(_Names(names))
 
 
 def payload(action: ActionDoc, record: dict[str, Any]) -> bytes:

@@ -19,8 +19,13 @@ cursor, in cursor order (the observation log, the alert log, ...). One asyncio w
 * ``start_after=None`` means "from the source's end now" for a brand-new key only (the position is
   persisted at once); a key with a stored cursor always resumes from it, after a restart too.
 * ``sign`` runs before each attempt, so signatures carry the attempt's time.
-* ``check_target`` is pure (scheme, host, literal private addresses); before each send the worker
-  also resolves the host when private targets are forbidden.
+* ``check_target`` is pure (scheme, host, literal private addresses). Every request goes out
+  through ``outbound_client`` (``PinnedTransport``): when private targets are forbidden (the
+  default) the host is resolved once, every address is checked, and the connection is made to
+  the checked address (no DNS rebinding); proxy settings of the environment are ignored and
+  redirects are not followed.
+* Outcomes and stats carry a failed reply's status and standard reason phrase only, never the
+  receiver's body (it may be an internal service's secret).
 
 Errors: ``check_target`` raises ``errors.Invalid``; ``stats`` of an unknown key ``errors.NotFound``.
 Failures of sources, signers and receivers never escape a worker: they are logged, counted in
@@ -59,7 +64,6 @@ FLUSH_EVERY = 100  # acknowledged items between two cursor writes, at most
 FLUSH_SECONDS = 1.0  # seconds between two cursor writes while busy, at most
 WINDOW_SECONDS = 3 * 3600  # the "recent" window of stats (DT's :metrics covers 3 h)
 WINDOW_MAX = 10_000  # attempts kept for the window, at most
-ERROR_BODY_BYTES = 300  # bytes of a failed reply's body quoted in last_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,15 +184,17 @@ def _private_reason(host: str) -> str | None:
     return None
 
 
-async def check_resolved(url: str, *, allow_private: bool) -> None:
-    """``check_target``, then (private targets forbidden) every address the host resolves to."""
+async def resolve_checked(url: str, *, allow_private: bool) -> str | None:
+    """``check_target``, then (private targets forbidden) resolve the host once and check every
+    address it resolves to; the address to connect to (None: connect by name, private targets
+    being allowed). Connecting to the returned address, not to the name again, is what keeps a
+    name that answers differently the second time (DNS rebinding) from reaching the inside."""
     check_target(url, allow_private=allow_private)
     if allow_private:
-        return
+        return None
     scheme, host, port = _host(url)
     try:
-        ipaddress.ip_address(host.split("%", 1)[0])
-        return  # a literal address, checked above
+        return str(ipaddress.ip_address(host.split("%", 1)[0]))  # a literal, checked above
     except ValueError:
         pass
     loop = asyncio.get_running_loop()
@@ -201,14 +207,66 @@ async def check_resolved(url: str, *, allow_private: bool) -> None:
             f"bad delivery target {url!r}: cannot resolve {host!r} ({exc})",
             [{"field": "url", "reason": "host does not resolve"}],
         ) from exc
-    for *_, sockaddr in infos:
-        addr = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+    addrs = [ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0]) for *_, sockaddr in infos]
+    if not addrs:
+        raise Invalid(
+            f"bad delivery target {url!r}: {host!r} has no address",
+            [{"field": "url", "reason": "host does not resolve"}],
+        )
+    for addr in addrs:
         if _private(addr):
             raise Invalid(
                 f"bad delivery target {url!r}: {host!r} resolves to {addr}, a loopback, private "
                 "or link-local address; private targets are not allowed here",
                 [{"field": "url", "reason": f"resolves to private address {addr}"}],
             )
+    return str(addrs[0])
+
+
+async def check_resolved(url: str, *, allow_private: bool) -> None:
+    """``check_target``, then (private targets forbidden) every address the host resolves to."""
+    await resolve_checked(url, allow_private=allow_private)
+
+
+class PinnedTransport(httpx.AsyncBaseTransport):
+    """The transport of every outbound request: checks the target (``resolve_checked``) right
+    before it is sent, then connects to the checked address itself, keeping the original
+    ``Host`` header and TLS server name (SNI and certificate checks use the name). A refused
+    target raises ``errors.Invalid`` (nothing is sent)."""
+
+    def __init__(
+        self,
+        allow_private: bool | Callable[[], bool],
+        inner: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._allow = allow_private
+        self._inner = inner or httpx.AsyncHTTPTransport(trust_env=False)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        allow = self._allow() if callable(self._allow) else self._allow
+        addr = await resolve_checked(str(request.url), allow_private=allow)
+        if addr is not None and addr != request.url.host:
+            name = request.url.host
+            request.url = request.url.copy_with(host=addr)  # Host header keeps the name
+            request.extensions = {**request.extensions, "sni_hostname": name}
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def outbound_client(
+    *, allow_private: bool | Callable[[], bool], timeout: float = 10.0
+) -> httpx.AsyncClient:
+    """An HTTP client for requests to user-given targets: checked and pinned targets
+    (``PinnedTransport``), no proxy settings from the environment, no redirects."""
+    return httpx.AsyncClient(
+        transport=PinnedTransport(allow_private),
+        follow_redirects=False,
+        trust_env=False,
+        timeout=timeout,
+        headers={"User-Agent": f"streamgauge/{__version__}"},
+    )
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -257,7 +315,7 @@ class Deliveries:
         store: SqliteStore,
         *,
         metrics: Metrics | None = None,
-        allow_private_targets: bool = True,
+        allow_private_targets: bool = False,
         poll_seconds: float = 5.0,
         retry_first_seconds: float = 1.0,
         retry_max_seconds: float = 300.0,
@@ -371,11 +429,7 @@ class Deliveries:
     async def start(self) -> None:
         if self._started:
             return
-        self._client = httpx.AsyncClient(
-            follow_redirects=False,
-            trust_env=False,
-            headers={"User-Agent": f"streamgauge/{__version__}"},
-        )
+        self._client = outbound_client(allow_private=lambda: self.allow_private_targets)
         self._started = True
         loop = asyncio.get_running_loop()
         for w in self._workers.values():
@@ -532,7 +586,6 @@ class Deliveries:
         wait: float | None = None
         latency: float | None = None
         try:
-            await check_resolved(item.url, allow_private=self.allow_private_targets)
             headers = httpx.Headers(item.headers)
             if "content-type" not in headers:
                 headers["Content-Type"] = "application/json"
@@ -555,15 +608,17 @@ class Deliveries:
                 status = resp.status_code
                 if not 200 <= status < 300:
                     wait = retry_after(resp.headers.get("Retry-After"))
-                    error = f"HTTP {status}" + _quote(await _head_of(resp))
+                    error = _status_reason(status)  # never the receiver's body
             latency = (time.perf_counter() - started) * 1000
         except Invalid as exc:
             error = exc.message
         except (httpx.TimeoutException, TimeoutError):
             status = None
             error = f"no response within {w.timeout:g} s"
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        except httpx.ConnectError as exc:  # the reason is the local OS's (refused, ...)
+            error = f"ConnectError: {exc}" if str(exc) else "ConnectError"
+        except httpx.HTTPError as exc:  # others may quote what the receiver sent: name only
+            error = type(exc).__name__
         except Exception as exc:  # a signer's bug must not kill the worker
             error = f"{type(exc).__name__}: {exc}"
         delivered = error is None
@@ -656,18 +711,12 @@ def _ascending(items: Sequence[Item], after: int, key: str) -> list[Item]:
     return out
 
 
-async def _head_of(resp: httpx.Response) -> bytes:
-    data = b""
-    async for chunk in resp.aiter_raw():
-        data += chunk
-        if len(data) >= ERROR_BODY_BYTES:
-            break
-    return data[:ERROR_BODY_BYTES]
-
-
-def _quote(body: bytes) -> str:
-    text = body.decode("utf-8", "replace").strip()
-    return f": {text}" if text else ""
+def _status_reason(status: int) -> str:
+    """A failed reply as outcomes and stats show it: the status and its standard phrase. The
+    receiver's body is never read into them: the project's users see outcomes, and a target
+    inside the network must not be readable through them."""
+    phrase = httpx.codes.get_reason_phrase(status)
+    return f"HTTP {status} {phrase}" if phrase else f"HTTP {status}"
 
 
 def _now_ms() -> int:

@@ -79,13 +79,15 @@ def insert_action(
 def slot_items(
     conn: sqlite3.Connection, channel_pk: int, slot: int, after: int, limit: int
 ) -> list[tuple[int, str, bytes, int]]:
-    """(alert id, target, body, created ms) of one action slot after ``after``, ascending."""
+    """(alert id, target, body, created ms) of one action slot after ``after``, ascending: the
+    HTTP deliveries' source. ``ACTOR`` rows are the actor worker's (``actor_todo``), never sent
+    as HTTP (a slot whose action was edited from one kind to the other holds both)."""
     return [
         (int(a), str(t), bytes(b), int(c))
         for a, t, b, c in conn.execute(
             "SELECT x.alert_id, x.target, x.body, a.created_ms FROM alert_actions x "
             "JOIN alerts a ON a.id = x.alert_id "
-            "WHERE x.channel_pk = ? AND x.slot = ? AND x.alert_id > ? "
+            "WHERE x.channel_pk = ? AND x.slot = ? AND x.alert_id > ? AND x.method != 'ACTOR' "
             "ORDER BY x.alert_id LIMIT ?",
             (channel_pk, slot, after, limit),
         )
@@ -93,10 +95,12 @@ def slot_items(
 
 
 def slots(conn: sqlite3.Connection, channel_pk: int) -> list[int]:
+    """The action slots of a channel that hold HTTP (not ``ACTOR``) rows."""
     return [
         int(s)
         for (s,) in conn.execute(
-            "SELECT DISTINCT slot FROM alert_actions WHERE channel_pk = ?", (channel_pk,)
+            "SELECT DISTINCT slot FROM alert_actions WHERE channel_pk = ? AND method != 'ACTOR'",
+            (channel_pk,),
         )
     ]
 
@@ -113,15 +117,29 @@ def record_outcome(tx: Tx, alert_id: int, slot: int, outcome: dict[str, Any], do
 
 
 def actor_todo(
-    conn: sqlite3.Connection, limit: int
+    conn: sqlite3.Connection, project_pk: int, limit: int
 ) -> list[tuple[int, int, int, str, bytes, str | None]]:
-    """ACTOR actions not yet run: (alert id, slot, channel pk, actor id, body, outcome)."""
+    """One project's ACTOR actions not yet run, in alert order: (alert id, slot, channel pk,
+    actor id, body, outcome)."""
     return [
         (int(a), int(s), int(c), str(t), bytes(b), o)
         for a, s, c, t, b, o in conn.execute(
             "SELECT alert_id, slot, channel_pk, target, body, outcome FROM alert_actions "
-            "WHERE method = 'ACTOR' AND done = 0 ORDER BY alert_id, slot LIMIT ?",
-            (limit,),
+            "WHERE method = 'ACTOR' AND done = 0 "
+            "AND channel_pk IN (SELECT pk FROM channels WHERE project_pk = ?) "
+            "ORDER BY alert_id, slot LIMIT ?",
+            (project_pk, limit),
+        )
+    ]
+
+
+def actor_projects(conn: sqlite3.Connection) -> list[int]:
+    """The projects that have ACTOR actions not yet run."""
+    return [
+        int(p)
+        for (p,) in conn.execute(
+            "SELECT DISTINCT ch.project_pk FROM alert_actions x "
+            "JOIN channels ch ON ch.pk = x.channel_pk WHERE x.method = 'ACTOR' AND x.done = 0"
         )
     ]
 

@@ -263,13 +263,16 @@ async def delete_channel(engine: EngineDep, who: CallerDep, channel_id: str) -> 
 
 
 def tapis_alert(a: dict[str, Any]) -> dict[str, Any]:
+    """Tapis' alert fields: ``type`` is the first action's method; ``actor_id`` and
+    ``execution_id`` are those of the alert's (first) ACTOR action, whatever its position."""
     first = a["actions"][0] if a["actions"] else None
+    actor = next((x for x in a["actions"] if x["method"] == "ACTOR"), None)
     return {
         **a,
         "alert_id": str(a["alert_id"]),
         "type": first["method"] if first else None,
-        "actor_id": first["target"] if first and first["method"] == "ACTOR" else None,
-        "execution_id": (first.get("outcome") or {}).get("execution_id") if first else None,
+        "actor_id": actor["target"] if actor else None,
+        "execution_id": (actor.get("outcome") or {}).get("execution_id") if actor else None,
     }
 
 
