@@ -671,8 +671,7 @@ def test_every_outbound_client_of_the_package_ignores_the_environment() -> None:
             call = text[start : end + 1]
             if "trust_env=False" not in call:
                 offenders.append(str(path.relative_to(src)))
-    known = {"faces/dt/connectors.py"}  # :sync, reported for its owner to move to outbound_client
-    assert set(offenders) <= known, offenders
+    assert offenders == []
 
 
 # -- item 19 (actors) -----------------------------------------------------------------------------

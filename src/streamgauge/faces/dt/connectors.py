@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import orjson
 
-from streamgauge.core.deliveries import Item, Outcome, check_resolved, check_target
+from streamgauge.core.deliveries import Item, Outcome, check_target, outbound_client
 from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.signing import DT_SIGNATURE_HEADER, dt_signature
 from streamgauge.errors import BadRequest, Invalid
@@ -347,13 +347,12 @@ class Connectors:
 async def push_once(items: list[Item], secret: str, *, allow_private: bool) -> None:
     """POST each item once (``:sync``), signed; failures are logged, not retried."""
     sign = signer(secret)
-    async with httpx.AsyncClient(timeout=TIMEOUT_SECONDS) as client:
+    async with outbound_client(allow_private=allow_private, timeout=TIMEOUT_SECONDS) as client:
         for item in items:
             headers = dict(item.headers)
             if sign is not None:
                 headers.update(sign(item))
             try:
-                await check_resolved(item.url, allow_private=allow_private)
                 await client.post(item.url, content=item.body, headers=headers)
             except (httpx.HTTPError, Invalid) as exc:
                 log.warning("sync push to %s failed: %s", item.url, exc)
