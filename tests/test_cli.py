@@ -218,6 +218,14 @@ def ctrl_c(proc: subprocess.Popen[bytes]) -> None:
     os.killpg(proc.pid, signal.SIGINT)
 
 
+def wait_for_text(proc: subprocess.Popen[bytes], log: Path, text: str) -> None:
+    deadline = time.monotonic() + START_S
+    while text not in log.read_text():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+
+
 def assert_gone(pids: list[int]) -> None:
     deadline = time.monotonic() + STOP_S
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
@@ -263,6 +271,7 @@ def test_demo_end_to_end_and_ctrl_c(tmp_path: Path) -> None:
         )
         kids = children(proc.pid)
         assert len(kids) == 2, kids  # the server and the simulator
+        wait_for_text(proc, log, "Press Ctrl-C to stop.")  # the banner follows the data
 
         ctrl_c(proc)
         assert proc.wait(timeout=STOP_S) in (0, 130)
