@@ -136,12 +136,17 @@ def simulate(
         raise typer.Exit(128 + signum)
 
 
-def _demo_feed_url(base: str, token: str) -> str:
+FEED_TOKEN_WAIT_S = 60.0  # for the simulator to make the demo project (slow on a busy machine)
+
+
+def _demo_feed_url(base: str, token: str, sim: subprocess.Popen[bytes]) -> str:
     """A push-feed URL for the demo project (its feed token is created once the simulator has
     made the project), or why there is none."""
     headers = {"Authorization": f"Bearer {token}"}
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + FEED_TOKEN_WAIT_S
     while time.monotonic() < deadline:
+        if sim.poll() is not None:
+            return "(no feed token: the simulator stopped before it made the demo project)"
         try:
             r = httpx.post(
                 f"{base}/api/v1/projects/demo/feedtokens",
@@ -155,7 +160,7 @@ def _demo_feed_url(base: str, token: str) -> str:
             ws = base.replace("http://", "ws://", 1)
             return f"{ws}/feed/{r.json()['token']}/?vars=air_temp&units=english"
         time.sleep(0.3)
-    return "(no feed token: the demo project did not appear in 15 s)"
+    return f"(no feed token: the demo project did not appear in {FEED_TOKEN_WAIT_S:.0f} s)"
 
 
 DEMO_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -291,7 +296,7 @@ def demo(
             env,
         )
         auth = f"-H 'Authorization: Bearer {token}'"
-        feed = _demo_feed_url(base, token)
+        feed = _demo_feed_url(base, token, sim)
         console.print(
             f"\n[bold green]streamgauge demo is running[/bold green] at {base}\n"
             f"  API docs:      {base}/docs\n"
