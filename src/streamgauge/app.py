@@ -14,7 +14,7 @@ from streamgauge import __version__
 from streamgauge.config import Settings
 from streamgauge.core.engine import Engine, load_admin_token
 from streamgauge.errors import StreamgaugeError
-from streamgauge.faces import dt, http
+from streamgauge.faces import docs, dt, http
 from streamgauge.faces.native import router as native_router
 from streamgauge.faces.synoptic import router as feed_router
 from streamgauge.faces.tapis import router as tapis_router
@@ -43,7 +43,10 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
         summary="A self-hosted real-time hub for sensor observations.",
         lifespan=lifespan,
         strict_content_type=False,
+        docs_url=None,  # /docs and /redoc: faces/docs.py, with assets served offline
+        redoc_url=None,
     )
+    docs.add_docs(app)
     app.state.engine = engine
     app.state.dt = dt_face
     app.add_exception_handler(StreamgaugeError, http.on_streamgauge_error)

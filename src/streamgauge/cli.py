@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -139,14 +141,15 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same network).")] = 1,
 ) -> None:
     """Create (idempotently) a demo project -- the Tapis tutorial station and a mesonet of
-    STATIONS weather stations -- and feed it observations at RATE per second."""
-    from streamgauge.sim import SimulationError, run_simulation
+    STATIONS weather stations -- and feed it observations at RATE per second. Ctrl-C (or
+    SIGTERM) stops it after the batch in flight; a second Ctrl-C stops it at once."""
+    from streamgauge.sim import SimulationError, run_until_signalled
 
     if not token:
         raise typer.BadParameter("give --token (or STREAMGAUGE_TOKEN)", param_hint="--token")
     try:
-        stats = asyncio.run(
-            run_simulation(
+        stats, signum = asyncio.run(
+            run_until_signalled(
                 url,
                 token,
                 project=project,
@@ -156,8 +159,8 @@ def simulate(
                 seed=seed,
             )
         )
-    except KeyboardInterrupt:
-        return
+    except (KeyboardInterrupt, asyncio.CancelledError):  # a second signal
+        raise typer.Exit(128 + signal.SIGINT) from None
     except (httpx.HTTPError, SimulationError) as exc:
         console.print(f"[red]simulate: {exc}[/red]")
         raise typer.Exit(1) from exc
@@ -165,14 +168,21 @@ def simulate(
         f"simulate: {stats.accepted} accepted, {stats.duplicates} duplicates, "
         f"{stats.rejected_batches} rejected batches in {stats.elapsed:.1f} s"
     )
+    if signum is not None:
+        raise typer.Exit(128 + signum)
 
 
-def _demo_feed_url(base: str, token: str) -> str:
+FEED_TOKEN_WAIT_S = 60.0  # for the simulator to make the demo project (slow on a busy machine)
+
+
+def _demo_feed_url(base: str, token: str, sim: subprocess.Popen[bytes]) -> str:
     """A push-feed URL for the demo project (its feed token is created once the simulator has
     made the project), or why there is none."""
     headers = {"Authorization": f"Bearer {token}"}
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + FEED_TOKEN_WAIT_S
     while time.monotonic() < deadline:
+        if sim.poll() is not None:
+            return "(no feed token: the simulator stopped before it made the demo project)"
         try:
             r = httpx.post(
                 f"{base}/api/v1/projects/demo/feedtokens",
@@ -186,7 +196,88 @@ def _demo_feed_url(base: str, token: str) -> str:
             ws = base.replace("http://", "ws://", 1)
             return f"{ws}/feed/{r.json()['token']}/?vars=air_temp&units=english"
         time.sleep(0.3)
-    return "(no feed token: the demo project did not appear in 15 s)"
+    return f"(no feed token: the demo project did not appear in {FEED_TOKEN_WAIT_S:.0f} s)"
+
+
+DEMO_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+SIM_STOP_S = 10.0  # grace for the simulator to finish its batch in flight, then SIGKILL
+SERVER_STOP_S = 20.0  # grace for the server's graceful shutdown, then SIGKILL
+
+
+class _Stop(Exception):
+    """A signal asked the demo to stop."""
+
+
+class _Signals:
+    """The demo's handler of DEMO_SIGNALS: the first one raises ``_Stop`` (unless the demo is
+    stopping already); later ones only ask to hurry."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.stopping = False
+        self.hurry = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            self.hurry = True
+            return
+        self.stopping = True
+        self.first = signum
+        raise _Stop
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, a ``preexec_fn`` that has the child get SIGTERM when the demo dies, even by
+    SIGKILL (a child in its own process group is out of reach of the terminal's signals)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork: only a call after it
+    except OSError:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the demo died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A child of the demo in a process group of its own: a terminal's Ctrl-C (SIGINT to the
+    whole foreground process group) reaches only the demo, which then stops its children one
+    at a time, in order."""
+    return subprocess.Popen(
+        args,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        process_group=0,
+        preexec_fn=_die_with_parent(),
+    )
+
+
+def _stop_child(
+    proc: subprocess.Popen[bytes] | None, grace: float, hurry: Callable[[], bool]
+) -> None:
+    """SIGTERM ``proc`` and wait for it to exit; SIGKILL it after ``grace`` seconds or once
+    ``hurry()`` (a second Ctrl-C). SIGTERM, not SIGINT: a child still importing has no handler
+    yet, and the default action of SIGTERM ends it without a ``KeyboardInterrupt`` traceback."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while proc.poll() is None:
+        if hurry() or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            return
+        try:
+            proc.wait(timeout=0.05)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 @app.command()
@@ -197,7 +288,8 @@ def demo(
     stations: Annotated[int, typer.Option(min=1, help="Mesonet stations to simulate.")] = 20,
     rate: Annotated[float, typer.Option(min=0.1, help="Observations per second.")] = 50.0,
 ) -> None:
-    """Serve and simulate together; prints what to open and run. Ctrl-C stops both."""
+    """Serve and simulate together; prints what to open and run. Ctrl-C stops both: the
+    simulator first, then the server (a second Ctrl-C kills them)."""
     from streamgauge.core.engine import load_admin_token
 
     settings = Settings(data=data)
@@ -207,12 +299,15 @@ def demo(
     # (refused by default), unless the environment says otherwise.
     env.setdefault("STREAMGAUGE_ALLOW_PRIVATE_TARGETS", "true")
     exe = [sys.executable, "-m", "streamgauge"]
-    server = subprocess.Popen(
-        [*exe, "serve", "--host", host, "--port", str(port), "--data", str(data)], env=env
-    )
     base = f"http://{host}:{port}"
+    server: subprocess.Popen[bytes] | None = None
     sim: subprocess.Popen[bytes] | None = None
+    signals = _Signals()
+    handlers = {signum: signal.signal(signum, signals) for signum in DEMO_SIGNALS}
     try:
+        server = _spawn(
+            [*exe, "serve", "--host", host, "--port", str(port), "--data", str(data)], env
+        )
         deadline = time.monotonic() + 30
         while True:
             if server.poll() is not None:
@@ -226,7 +321,7 @@ def demo(
                 console.print("[red]the server did not come up in 30 s[/red]")
                 raise typer.Exit(1)
             time.sleep(0.2)
-        sim = subprocess.Popen(
+        sim = _spawn(
             [
                 *exe,
                 "simulate",
@@ -239,10 +334,10 @@ def demo(
                 "--rate",
                 str(rate),
             ],
-            env=env,
+            env,
         )
         auth = f"-H 'Authorization: Bearer {token}'"
-        feed = _demo_feed_url(base, token)
+        feed = _demo_feed_url(base, token, sim)
         console.print(
             f"\n[bold green]streamgauge demo is running[/bold green] at {base}\n"
             f"  API docs:      {base}/docs\n"
@@ -264,18 +359,19 @@ def demo(
         )
         while server.poll() is None:
             time.sleep(0.5)
-    except KeyboardInterrupt:
+    except _Stop:
         pass
     finally:
-        for proc in (sim, server):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for proc in (sim, server):
-            if proc is not None:
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        signals.stopping = True  # from now on a signal only hurries the stop along
+        if signals.first is not None:
+            console.print("stopping the simulator, then the server ...")
+        _stop_child(sim, SIM_STOP_S, lambda: signals.hurry)  # first: it posts to the server
+        _stop_child(server, SERVER_STOP_S, lambda: signals.hurry)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    if signals.first is not None:
+        raise typer.Exit(128 + signals.first)  # 130 after Ctrl-C, as is conventional
+    raise typer.Exit(1)  # the server stopped by itself
 
 
 def main() -> None:

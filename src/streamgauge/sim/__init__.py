@@ -4,7 +4,13 @@ Used by ``streamgauge simulate``; see :func:`run_simulation`.
 """
 
 from .network import Network, Station, ValueGenerator, build_network
-from .runner import SimStats, SimulationError, run_simulation, setup_network
+from .runner import (
+    SimStats,
+    SimulationError,
+    run_simulation,
+    run_until_signalled,
+    setup_network,
+)
 
 __all__ = [
     "Network",
@@ -14,5 +20,6 @@ __all__ = [
     "ValueGenerator",
     "build_network",
     "run_simulation",
+    "run_until_signalled",
     "setup_network",
 ]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -25,9 +26,17 @@ from .network import (
     site_payloads,
 )
 
-__all__ = ["SimStats", "SimulationError", "encode_ndjson", "run_simulation", "setup_network"]
+__all__ = [
+    "SimStats",
+    "SimulationError",
+    "encode_ndjson",
+    "run_simulation",
+    "run_until_signalled",
+    "setup_network",
+]
 
 log = logging.getLogger("streamgauge.sim")
+T = TypeVar("T")
 
 API: Final = "/api/v1"
 BULK_CHUNK: Final = 500  # objects per bulk create request
@@ -122,8 +131,48 @@ def encode_ndjson(observations: Sequence[Observation]) -> bytes:
     return b"".join(orjson.dumps(o) + b"\n" for o in observations)
 
 
+async def _stopped_within(stop: asyncio.Event | None, seconds: float) -> bool:
+    """Sleep ``seconds``, or less if ``stop`` is set meanwhile; True if it is set."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return False
+    if not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), seconds)
+        except TimeoutError:
+            return False
+    return True
+
+
+async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event | None) -> T | None:
+    """``work``'s result, or None (``work`` cancelled) if ``stop`` is set first."""
+    if stop is None:
+        return await work
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # we are being cancelled ourselves, not only the work
+    return None
+
+
 async def _post_batch(
-    client: httpx.AsyncClient, project: str, body: bytes, n: int, stats: SimStats
+    client: httpx.AsyncClient,
+    project: str,
+    body: bytes,
+    n: int,
+    stats: SimStats,
+    stop: asyncio.Event | None = None,
 ) -> None:
     url = f"{API}/projects/{quote(project, safe='')}/observations"
     headers = {"Content-Type": "application/x-ndjson"}
@@ -157,7 +206,8 @@ async def _post_batch(
         if attempt == MAX_ATTEMPTS:
             break
         log.info("retrying batch (attempt %d): %s", attempt, problem)
-        await asyncio.sleep(delay)
+        if await _stopped_within(stop, delay):
+            return  # asked to stop: no more retries, and nothing to warn about
         delay *= 2
     stats.rejected_batches += 1
     log.warning("gave up on a batch of %d observations: %s", n, problem)
@@ -174,13 +224,16 @@ async def run_simulation(
     seed: int = 1,
     on_progress: Callable[[SimStats], None] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    stop: asyncio.Event | None = None,
 ) -> SimStats:
     """Set up the network on the server at ``url`` and post observations at ``rate`` per second.
 
-    Runs for ``duration`` seconds, or until cancelled when ``duration`` is None. Observations
-    are sent as NDJSON, one batch about every 0.25 s; ``on_progress`` is called after each
-    batch. Returns the final statistics (a cancelled run raises ``CancelledError`` instead; the
-    last ``on_progress`` call has the numbers so far). ``transport`` is for tests.
+    Runs for ``duration`` seconds, or until ``stop`` is set (or until cancelled) when
+    ``duration`` is None. Observations are sent as NDJSON, one batch about every 0.25 s;
+    ``on_progress`` is called after each batch. Setting ``stop`` is the graceful way to end a
+    run: a batch in flight gets its answer, no retry is started, nothing is logged, and the
+    statistics so far are returned (a stop during setup abandons the setup). A cancelled run
+    raises ``CancelledError`` instead. ``transport`` is for tests.
     """
     if stations < 0:
         raise ValueError("stations must be >= 0")
@@ -194,17 +247,19 @@ async def run_simulation(
     async with httpx.AsyncClient(
         base_url=url, headers=headers, timeout=timeout, transport=transport
     ) as client:
-        network = await setup_network(client, project, stations, seed)
+        network = await _unless_stopped(setup_network(client, project, stations, seed), stop)
+        if network is None:
+            return stats
         scheduler = Scheduler(network, ValueGenerator(network), rate)
         loop = asyncio.get_running_loop()
         start = loop.time()
-        while True:
+        while stop is None or not stop.is_set():
             now = loop.time() - start
             wake = (math.floor(now / TICK_S) + 1) * TICK_S  # next tick, skipping missed ones
             if duration is not None:
                 wake = min(wake, duration)
-            if wake > now:
-                await asyncio.sleep(wake - now)
+            if wake > now and await _stopped_within(stop, wake - now):
+                break
             elapsed = loop.time() - start
             final = duration is not None and elapsed >= duration
             if final:
@@ -212,10 +267,42 @@ async def run_simulation(
                 elapsed = duration
             batch = scheduler.next_batch(elapsed, int(time.time() * 1000))
             if batch:
-                await _post_batch(client, project, encode_ndjson(batch), len(batch), stats)
+                await _post_batch(client, project, encode_ndjson(batch), len(batch), stats, stop)
             stats.elapsed = loop.time() - start
             if on_progress is not None and (batch or final):
                 on_progress(stats)
             if final:
                 break
+        stats.elapsed = loop.time() - start
     return stats
+
+
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+
+async def run_until_signalled(url: str, token: str, **options: Any) -> tuple[SimStats, int | None]:
+    """:func:`run_simulation` that SIGINT or SIGTERM stops gracefully (see ``stop`` there).
+
+    Returns the statistics and the signal that stopped the run (None if it ran its
+    ``duration``). A second signal cancels the run at once (``CancelledError``). Must run in
+    the main thread; the signal handlers are removed on return.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    task = asyncio.current_task()
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        if stop.is_set() and task is not None:
+            task.cancel()  # a second signal: do not wait for the batch in flight
+        stop.set()
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        stats = await run_simulation(url, token, stop=stop, **options)
+    finally:
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+    return stats, (received[0] if received else None)
