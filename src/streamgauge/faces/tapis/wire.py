@@ -49,6 +49,11 @@ def error_envelope(status: int, message: str, details: list[Any]) -> Response:
     return Response(orjson.dumps(body), 400 if status == 422 else status, media_type=JSON)
 
 
+def bad_request_response(exc: BadRequest, path: str = "") -> Response:
+    """A refused request before routing (the shared query-string check), in the envelope."""
+    return error_envelope(exc.status, exc.message, exc.details)
+
+
 class TapisRoute(APIRoute):
     """Errors leave in the Tapis envelope; query parameters a route does not declare are a 400
     naming them (a typo fails loudly)."""
