@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import re
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
@@ -28,6 +29,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from streamgauge.core.ingest import MAX_TIME, MIN_TIME, to_ms
 from streamgauge.errors import BadRequest, PayloadTooLarge, StreamgaugeError
+
+log = logging.getLogger("streamgauge.http")
 
 _CODES = {
     400: "bad_request",
@@ -147,7 +150,47 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(obj), status, headers=headers, media_type="application/json")
+    return Response(dumps(obj), status, headers=headers, media_type="application/json")
+
+
+def dumps(obj: Any) -> bytes:
+    """``obj`` as compact JSON; a value orjson cannot encode does not fail the whole reply.
+
+    Input is validated before it is stored (``streamgauge.model.check_metadata``), but a row
+    stored before that check (an integer of 65 bits in ``metadata``) must not take down every
+    listing that includes it: such a value is written as a string (an integer's digits), or
+    null, and the rest of the reply is unchanged."""
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        log.warning("a reply held a value JSON cannot encode; it is sent as a string or null")
+        return orjson.dumps(_encodable(obj, 0))
+
+
+def _encodable(value: Any, depth: int) -> Any:
+    if depth > 200:  # orjson refuses 255 levels; nothing this deep is stored any more
+        return None
+    if isinstance(value, dict):
+        return {_encodable(k, depth) if isinstance(k, str) else str(k): _encodable(v, depth + 1)
+                for k, v in value.items()}  # fmt: skip
+    if isinstance(value, list | tuple):
+        return [_encodable(v, depth + 1) for v in value]
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        if -(2**63) <= value < 2**64:
+            return value
+        try:
+            return str(value)
+        except ValueError:  # more digits than Python converts
+            return None
+    try:
+        orjson.dumps(value)
+    except (orjson.JSONEncodeError, TypeError):
+        return None
+    return value
 
 
 def one_of(values: Iterable[str]) -> str:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from streamgauge.errors import Invalid
-from streamgauge.model import ID_RE, Device, Project, Site, Variable
+from streamgauge.model import ID_RE, Device, Metadata, Project, Site, Variable
 from streamgauge.store.registry import Registry
 
 TAPIS = "_tapis"
@@ -34,7 +34,7 @@ class NewProject(_In):
     funding_resource: Text | None = None
     project_url: Text | None = None
     active: bool = True
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class NewSite(_In):
@@ -44,7 +44,7 @@ class NewSite(_In):
     latitude: float = Field(ge=-90, le=90)
     longitude: float = Field(ge=-180, le=180)
     elevation: float
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class UpdateSite(_In):
@@ -53,7 +53,7 @@ class UpdateSite(_In):
     latitude: float = Field(ge=-90, le=90)
     longitude: float = Field(ge=-180, le=180)
     elevation: float
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
 
 
 class NewInstrument(_In):
@@ -62,14 +62,14 @@ class NewInstrument(_In):
     inst_description: Text
     topic_category_id: Text | None = None
     tags: list[Text] = Field(default_factory=list)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class UpdateInst(_In):
     inst_name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     inst_description: Text | None = None
     tags: list[Text] | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
 
 
 class NewVariable(_In):
@@ -78,7 +78,7 @@ class NewVariable(_In):
     units: Text | None = None
     measured_property_id: float | str | None = None
     shortname: Text | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class UpdateVariable(_In):
@@ -86,7 +86,7 @@ class UpdateVariable(_In):
     units: Text | None = None
     measured_property_id: float | str | None = None
     shortname: Text | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
 
 
 def check_id(value: str, field: str, index: int | None = None, *, inst: bool = False) -> str:

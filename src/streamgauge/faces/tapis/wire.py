@@ -21,7 +21,7 @@ from streamgauge import __version__
 from streamgauge.auth import Principal
 from streamgauge.core.engine import Engine
 from streamgauge.errors import BadRequest, StreamgaugeError, Unauthorized
-from streamgauge.faces.http import query_names, validation_details
+from streamgauge.faces.http import dumps, query_names, validation_details
 from streamgauge.faces.native.deps import get_engine
 
 JSON = "application/json"
@@ -35,7 +35,7 @@ def envelope(result: Any, message: str = "Success", status: int = 200) -> Respon
         "version": __version__,
         "metadata": {},
     }
-    return Response(orjson.dumps(body), status, media_type=JSON)
+    return Response(dumps(body), status, media_type=JSON)
 
 
 def error_envelope(status: int, message: str, details: list[Any]) -> Response:
