@@ -186,13 +186,23 @@ def test_dt_page_size_tokens_and_cursors(hostile: Server) -> None:
 
 
 def test_tapis_numbers_and_times(hostile: Server) -> None:
-    """issue 11 item 13: Tapis list arguments and measurement times given as `²` or 5,000
-    digits are a 400 in the Tapis envelope."""
-    for value in BAD_NUMBERS:
-        for name in ("limit", "skip"):
-            tapis_400(get(hostile, "/v3/streams/projects", f"{name}={value}"))
-        for name in ("start_date", "end_date", "limit", "offset", "skip"):
-            tapis_400(get(hostile, "/v3/streams/measurements/d0", f"{name}={value}"))
+    """issue 11 item 13: on every Tapis list, paging arguments (`limit`, `skip`, `offset`) and
+    measurement times given as `²` or 5,000 digits are a 400 in the Tapis envelope."""
+    ids = {"project_id": "p1", "site_id": "s1", "inst_id": "d0", "channel_id": "c1"}
+    checked = 0
+    for path, ops in hostile.app.openapi()["paths"].items():
+        get_op = ops.get("get")
+        if not path.startswith("/v3") or get_op is None:
+            continue
+        names = {p["name"] for p in get_op.get("parameters", []) if p["in"] == "query"}
+        names &= {"limit", "skip", "offset", "start_date", "end_date"}
+        for name, value in ids.items():
+            path = path.replace("{" + name + "}", value)
+        for name in names:
+            for value in BAD_NUMBERS:
+                tapis_400(get(hostile, path, f"{name}={value}"))
+            checked += 1
+    assert checked >= 16, checked
 
 
 def test_big_numbers_in_native_ingest(hostile: Server) -> None:
@@ -411,3 +421,25 @@ def test_values_that_overflow_in_the_canonical_unit_are_refused(tmp_path: Path) 
             assert [o["value"] for o in r.json()["observations"]] == [100000.0]
     finally:
         srv.stop()
+
+
+def test_bodies_nobody_can_parse_are_400_in_each_face_shape(hostile: Server) -> None:
+    """issue 11 items 12 and 13: JSON nested 100,000 deep and a 5,000-digit integer (which
+    Python refuses to convert) are a 400 that says why, in the face's own shape (the Tapis face
+    answered FastAPI's parse error in the native shape)."""
+    bodies = {
+        b"[" * 100_000 + b"]" * 100_000: "nested too deeply",
+        b'{"project_name": "a", "owner": "o", "pi": "p", "metadata": {"n": '
+        + b"9" * 5000
+        + b"}}": "digits",
+    }
+    with hostile.client() as c:
+        for body, says in bodies.items():
+            json_h = {"Content-Type": "application/json"}
+            r = c.post("/v3/streams/projects", content=body, headers=json_h)
+            assert says in tapis_400(r)["message"]
+            r = c.post(API, content=body, headers=json_h)
+            assert says in native_400(r)["message"]
+            r = c.post("/v2/projects/p1/devices", content=body, headers=json_h)
+            dt_400(r)
+        assert c.get(API).status_code == 200

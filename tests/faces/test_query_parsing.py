@@ -23,6 +23,7 @@ from streamgauge.faces.http import (
     query_string_problem,
 )
 from streamgauge.faces.synoptic import messages
+from streamgauge.faces.synoptic.args import parse_feed_args
 from streamgauge.model import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, ProjectIn, check_metadata
 
 
@@ -163,3 +164,22 @@ def test_station_metadata_with_a_superscript_network() -> None:
     assert messages._number("²") == "²"
     assert messages._number("153") == 153
     assert messages._number("9" * 300) == "9" * 300
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "start=" + "²" * 12 + "&end=202401010000",
+        "start=" + "9" * 5000,
+        "start=202401010000&end=" + "9" * 5000,
+        "rewind=" + "9" * 5000,
+        "rewind=²",
+        "start=%ED%A0%80",
+        "filter_on=(a > " + "9" * 5000 + ")",
+    ],
+)
+def test_feed_times_and_numbers(query: str) -> None:
+    """issue 11 item 13: the feed's `start`/`end`/`rewind` given as `²` or 5,000 digits are a
+    refused argument (a failed auth message), not an exception."""
+    with pytest.raises(BadRequest):
+        parse_feed_args(query, now_ms=1_704_067_200_000, max_period_hours=24)

@@ -89,10 +89,27 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
     return error_response(422, "invalid", message, details)
 
 
+def http_error_parts(exc: HTTPException) -> tuple[str, list[dict[str, Any]]]:
+    """The message and details of an HTTPException; FastAPI's "There was an error parsing the
+    body" gets its cause (nested too deeply, an integer of too many digits, ...)."""
+    message = str(exc.detail)
+    cause = exc.__cause__
+    if cause is None or exc.status_code != 400:
+        return message, []
+    if isinstance(cause, RecursionError):
+        reason = "JSON nested too deeply"
+    elif isinstance(cause, ValueError):
+        reason = str(cause).splitlines()[0][:200]
+    else:
+        reason = type(cause).__name__
+    return f"{message}: {reason}", [{"in": "body", "reason": reason}]
+
+
 async def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _CODES.get(exc.status_code, "error")
-    return error_response(exc.status_code, code, str(exc.detail), [])
+    message, details = http_error_parts(exc)
+    return error_response(exc.status_code, code, message, details)
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:

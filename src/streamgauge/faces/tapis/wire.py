@@ -16,12 +16,13 @@ import orjson
 from fastapi import Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 from streamgauge import __version__
 from streamgauge.auth import Principal
 from streamgauge.core.engine import Engine
 from streamgauge.errors import BadRequest, StreamgaugeError, Unauthorized
-from streamgauge.faces.http import dumps, query_names, validation_details
+from streamgauge.faces.http import dumps, http_error_parts, query_names, validation_details
 from streamgauge.faces.native.deps import get_engine
 
 JSON = "application/json"
@@ -82,6 +83,9 @@ class TapisRoute(APIRoute):
                     f"{d.get('field', d.get('in', 'body'))}: {d['reason']}" for d in details[:5]
                 )
                 return error_envelope(400, f"the request does not validate ({where})", details)
+            except HTTPException as exc:  # e.g. a body FastAPI cannot parse: still the envelope
+                message, details = http_error_parts(exc)
+                return error_envelope(exc.status_code, message, details)
 
         return run
 
