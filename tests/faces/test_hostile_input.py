@@ -443,3 +443,48 @@ def test_bodies_nobody_can_parse_are_400_in_each_face_shape(hostile: Server) -> 
             r = c.post("/v2/projects/p1/devices", content=body, headers=json_h)
             dt_400(r)
         assert c.get(API).status_code == 200
+
+
+def test_channel_action_extras_must_encode(tmp_path: Path) -> None:
+    """issue 11 item 17: an action's extra fields are kept as given, so they pass the same
+    check as metadata, on the native and the Tapis face; the channel list stays readable."""
+    srv = start_server(tmp_path / "data")
+    try:
+        with srv.client() as c:
+            make_station(c, "p1", devices=1)
+            action = {"method": "HTTP", "http_url": "http://127.0.0.1:9/x", "extra": {}}
+            trigger = {"device": "d0", "variable": "air_temp", "operator": ">", "value": 1}
+            for extra in ({"n": 2**64}, {"deep": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}):
+                body = {
+                    "id": "c",
+                    "triggers": [{**trigger, "actions": [{**action, "extra": extra}]}],
+                }
+                r = c.post(f"{API}/p1/channels", json=body)
+                settle(r)
+                assert r.status_code == 422, r.text
+                assert "extra" in r.text
+                r = c.post(
+                    "/v3/streams/channels",
+                    json={
+                        "channel_id": "t",
+                        "channel_name": "t",
+                        "template_id": "default_threshold",
+                        "triggers_with_actions": [
+                            {
+                                "inst_ids": ["d0"],
+                                "condition": {"key": "d0.air_temp", "operator": ">", "val": 1},
+                                "action": {
+                                    "method": "HTTP",
+                                    "http_url": "http://127.0.0.1:9/x",
+                                    **extra,
+                                },
+                            }
+                        ],
+                    },
+                )
+                settle(r)
+                assert "action" in tapis_400(r)["message"], r.text
+            assert c.get(f"{API}/p1/channels").json()["channels"] == []
+            assert c.get("/v3/streams/channels").status_code == 200
+    finally:
+        srv.stop()
