@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamgauge.core.units import (
     ENGLISH,
     KINDS,
+    MAX_UNIT_EXPONENT,
     METRIC,
     UnitSystem,
     compatible,
@@ -616,3 +618,17 @@ def test_unit_expressions_are_bounded_before_pint_evaluates_them(text: str) -> N
 def test_real_unit_expressions_stay_accepted(text: str, normalized: str) -> None:
     """issue 11 item 12: the bounds leave every unit a station writes alone."""
     assert validate_unit(text) == normalized
+
+
+@settings(deadline=None)  # no time limit on a busy machine; a real hang still hangs the test
+@given(st.text(alphabet="mks9012.e+-*/^() ²⁻", max_size=40))
+def test_fuzz_unit_arithmetic_is_bounded(text: str) -> None:
+    """issue 11 item 12: any arithmetic of units, digits and powers either validates to a
+    unit whose powers are all within the bound or is an Invalid, and neither takes long (an
+    unbounded case would hang this test, as `m**9**9**9` hung the server)."""
+    try:
+        normalized = validate_unit(text)
+    except Invalid:
+        return
+    for power in re.findall(r"\*\*(-?[0-9.]+)", normalized):
+        assert abs(float(power)) <= MAX_UNIT_EXPONENT
