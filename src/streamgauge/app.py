@@ -15,9 +15,11 @@ from streamgauge.config import Settings
 from streamgauge.core.engine import Engine, load_admin_token
 from streamgauge.errors import StreamgaugeError
 from streamgauge.faces import docs, dt, http
+from streamgauge.faces.dt import http as dt_http
 from streamgauge.faces.native import router as native_router
 from streamgauge.faces.synoptic import router as feed_router
 from streamgauge.faces.tapis import router as tapis_router
+from streamgauge.faces.tapis import wire as tapis_wire
 from streamgauge.faces.websocket import DirectWebSocketProtocol
 
 
@@ -49,6 +51,13 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
     docs.add_docs(app)
     app.state.engine = engine
     app.state.dt = dt_face
+    app.add_middleware(
+        http.QueryStringGuard,
+        responders=(
+            ("/v2", dt_http.bad_request_response),
+            ("/v3", tapis_wire.bad_request_response),
+        ),
+    )
     app.add_exception_handler(StreamgaugeError, http.on_streamgauge_error)
     app.add_exception_handler(RequestValidationError, http.on_validation_error)
     app.add_exception_handler(HTTPException, http.on_http_error)

@@ -8,18 +8,92 @@ serves a partial update (``PATCH``), where only the fields sent are applied.
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
 ID_RE = re.compile(ID_PATTERN)
 
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN, min_length=1, max_length=128)]
 Name = Annotated[str, StringConstraints(max_length=256)]
-Metadata = dict[str, Any]
+MAX_METADATA_DEPTH = 16
+"""Deepest nesting of objects and arrays inside a ``metadata`` value."""
+
+MAX_METADATA_BYTES = 64 * 1024
+"""Largest ``metadata`` value, as compact JSON."""
+
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what a JSON encoder of 64-bit integers can write
+
+
+def _check_json(value: Any, path: str, depth: int) -> None:
+    """Raise ValueError naming ``path`` unless ``value`` is JSON that every reply can encode:
+    integers within 64 bits, finite numbers, valid Unicode text, bounded nesting."""
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise ValueError(
+                f"{path}: the integer does not fit in 64 bits (from -2**63 to 2**64-1); "
+                "send it as a string"
+            )
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{path}: numbers must be finite (no NaN or Infinity)")
+        return
+    if isinstance(value, str):
+        _check_text(value, path)
+        return
+    if depth >= MAX_METADATA_DEPTH:
+        raise ValueError(f"{path}: nested more than {MAX_METADATA_DEPTH} levels deep")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{path}: keys must be strings")
+            _check_text(key, f"{path} key {key[:40]!r}")
+            _check_json(item, f"{path}.{key}", depth + 1)
+        return
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_json(item, f"{path}[{index}]", depth + 1)
+        return
+    raise ValueError(f"{path}: a {type(value).__name__} is not JSON")
+
+
+def _check_text(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{path}: text with a lone surrogate is not valid Unicode") from None
+
+
+def check_metadata(value: dict[str, Any], name: str = "metadata") -> dict[str, Any]:
+    """A ``metadata`` value that every reply can serialize, or ValueError saying where it is
+    not. Checked before anything is committed: a value that could not be encoded (an integer
+    of 65 bits, a NaN) used to be stored and then failed every listing that included it."""
+    _check_json(value, name, 0)
+    size = len(orjson.dumps(value))
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"{name}: {size} bytes as JSON; at most {MAX_METADATA_BYTES} are accepted")
+    return value
+
+
+def bounded_json(name: str) -> AfterValidator:
+    """The validator of a free-form JSON object field called ``name`` (see check_metadata)."""
+    return AfterValidator(lambda value: check_metadata(value, name))
+
+
+Metadata = Annotated[dict[str, Any], bounded_json("metadata")]
+"""Free-form JSON of the client's, bounded (see :func:`check_metadata`); every ``*In`` model's.
+The stored documents (``Project``, ``Site``, ...) take ``StoredMetadata``: a row written before
+this check existed must still load, and the listings encode such a row defensively."""
+
+StoredMetadata = dict[str, Any]
 Role = Literal["admin", "manager", "user"]
 ROLES: tuple[Role, ...] = ("admin", "manager", "user")
 
@@ -30,7 +104,7 @@ def new_id(prefix: str = "") -> str:
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ProjectIn(_In):
@@ -43,6 +117,7 @@ class ProjectIn(_In):
 
 
 class Project(ProjectIn):
+    metadata: StoredMetadata = Field(default_factory=dict)
     id: Id
     name: Name
     created_at: str
@@ -64,6 +139,7 @@ class SiteIn(_In):
 
 
 class Site(SiteIn):
+    metadata: StoredMetadata = Field(default_factory=dict)
     id: Id
     name: Name
     project: Id
@@ -93,6 +169,7 @@ class VariableIn(_In):
 
 
 class Variable(VariableIn):
+    metadata: StoredMetadata = Field(default_factory=dict)
     id: Id
     name: Id
     project: Id
@@ -124,7 +201,7 @@ class Device(_In):
     type: Name | None
     name: Name
     labels: Labels
-    metadata: Metadata
+    metadata: StoredMetadata
 
 
 class ServiceAccountIn(_In):

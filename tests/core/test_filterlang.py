@@ -556,3 +556,21 @@ def test_haversine_bounds(lat: float, lon: float, pts: list[tuple[float, float]]
     d = haversine_miles(lat, lon, [p[0] for p in pts], [p[1] for p in pts])
     assert d.shape == (len(pts),)
     assert np.all((d >= 0) & (d <= math.pi * 3958.8 + 1e-6))
+
+
+def test_number_literals_are_bounded() -> None:
+    """issue 11 item 12: number literals in filter expressions, domain arguments and Tapis
+    conditions are bounded (no 5,000-digit literal reaches float())."""
+    from streamgauge.core.filterlang import MAX_NUMBER_CHARS
+
+    ok = "1" * MAX_NUMBER_CHARS
+    assert parse_filter_on(f"(a > {ok})") == Cond("a", ">", float(ok))
+    e = err(f"(a > {ok}1)")
+    assert e.expected == f"a number of at most {MAX_NUMBER_CHARS} characters"
+    assert e.position == 5
+    with pytest.raises(FilterError):
+        parse_radius("1" * 5000 + ",1,1")
+    with pytest.raises(FilterError):
+        parse_tapis_condition({"key": "i.v", "operator": ">", "val": "9" * 5000})
+    with pytest.raises(FilterError):
+        parse_tapis_condition({"key": "i.v", "operator": ">", "val": 10**400})

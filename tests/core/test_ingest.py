@@ -393,3 +393,25 @@ def test_epoch_ms_and_rfc3339_give_the_same_ms() -> None:
     assert to_ms(datetime(1970, 1, 1, 0, 0, 0, 999, tzinfo=UTC)) == 0  # sub-ms floors
     pre = decode(array(row(time="1969-12-31T23:59:58.5Z")), ndjson=False)
     assert run(pre).times.tolist() == [-1500]
+
+
+def test_finite_is_checked_after_conversion_to_the_canonical_unit() -> None:
+    """issue 11 item 21: finiteness was checked before unit scaling, so 1e303 MPa was stored as
+    +Inf Pa. Each row whose converted value overflows is named; nothing is resolved."""
+    reg = registry()
+    var = VariableRec(
+        9,
+        1,
+        Variable(id="pres", name="pressure", unit="MPa", project="p1", device="d0"),
+    )
+    reg.variables[(1, "pres")] = var
+    reg.variables_by_pk[9] = var
+    assert var.scale == 1e6
+    rows = [r(variable="pres", value=v) for v in (0.5, 1e303, -1e303, 1e302)]
+    with pytest.raises(Invalid) as err:
+        resolve(rows, reg, 1, now_ms=NOW, max_future_ms=300_000)
+    details = err.value.details
+    assert [(d["index"], d["field"]) for d in details] == [(1, "value"), (2, "value")]
+    assert "MPa" in details[0]["reason"] and "Pa" in details[0]["reason"]
+    cols = resolve([rows[0], rows[3]], reg, 1, now_ms=NOW, max_future_ms=300_000)
+    assert cols.values == [500_000.0, 1e308]

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamgauge.core.units import (
     ENGLISH,
     KINDS,
+    MAX_UNIT_EXPONENT,
     METRIC,
     UnitSystem,
     compatible,
@@ -552,3 +554,81 @@ def test_scalar_matches_vector(pair: tuple[str, str], value: float) -> None:
     canonical, target = pair
     vec = convert(np.array([value]), canonical, target)[0]
     assert convert_value(value, canonical, target) == pytest.approx(vec, rel=1e-12, abs=1e-12)
+
+
+# -- bounds (issue 11 item 12) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "m**9**9**9",  # pint evaluated 9**(9**9): an integer of 370 million digits
+        "m^9^9^9",
+        "km**(9**9)",
+        "m**(9**9**9)",
+        "m**99",
+        "m**1e999",
+        "m**-13",
+        "m**(1/0)",
+        "m¹³",
+        "m**2²",
+        "((((m))))",
+        "((km**12)**12)**12",  # each power bounded, the product is km**1728
+        "m**6*m**7",
+        "1" * 13 + " m",
+        "9" * 5000,
+        "m" * 101,
+    ],
+)
+def test_unit_expressions_are_bounded_before_pint_evaluates_them(text: str) -> None:
+    """issue 11 item 12: a variable defined with the unit `m**9**9**9` made pint compute a
+    gigantic exponent on the event loop and the whole server hung. Powers, nesting and number
+    literals are bounded before pint sees the text; each case is a prompt Invalid on field
+    unit, and every other entry point (compatible, kind_of_unit, converter) refuses it too."""
+    with pytest.raises(Invalid) as err:
+        validate_unit(text)
+    assert err.value.details[0]["field"] == "unit"
+    for call in (
+        lambda: compatible(text, "m"),
+        lambda: kind_of_unit(text),
+        lambda: converter(text, "m"),
+    ):
+        with pytest.raises(Invalid):
+            call()
+
+
+@pytest.mark.parametrize(
+    ("text", "normalized"),
+    [
+        ("m**12", "m**12"),
+        ("s**-12", "1/s**12"),
+        ("m^-2", "1/m**2"),
+        ("m**(1/2)", "m**0.5"),
+        ("m ** -2", "1/m**2"),
+        ("(m/s)**2", "m**2/s**2"),
+        ("(((m)))**2", "m**2"),
+        ("kg*m^2*s^-3", "kg*m**2/s**3"),
+        ("m²", "m**2"),
+        ("m⁻¹²", "1/m**12"),
+        ("(m**3)**4", "m**12"),
+        ("W/m**2", "W/m**2"),
+        ("square meter", "m**2"),
+    ],
+)
+def test_real_unit_expressions_stay_accepted(text: str, normalized: str) -> None:
+    """issue 11 item 12: the bounds leave every unit a station writes alone."""
+    assert validate_unit(text) == normalized
+
+
+@settings(deadline=None)  # no time limit on a busy machine; a real hang still hangs the test
+@given(st.text(alphabet="mks9012.e+-*/^() ²⁻", max_size=40))
+def test_fuzz_unit_arithmetic_is_bounded(text: str) -> None:
+    """issue 11 item 12: any arithmetic of units, digits and powers either validates to a
+    unit whose powers are all within the bound or is an Invalid, and neither takes long (an
+    unbounded case would hang this test, as `m**9**9**9` hung the server)."""
+    try:
+        normalized = validate_unit(text)
+    except Invalid:
+        return
+    for power in re.findall(r"\*\*(-?[0-9.]+)", normalized):
+        assert abs(float(power)) <= MAX_UNIT_EXPONENT

@@ -24,6 +24,10 @@ Grammar of ``filter_on`` (keywords case-insensitive, whitespace is space, tab, C
     OP      := ">" | ">=" | "<" | "<=" | "=" | "==" | "!="     -- "==" is "="
     NUMBER  := [+-]? ( D+ ( "." D* )? | "." D+ ) ( [eE] [+-]? D+ )?   -- finite only
 
+Bounds (every parse is linear in the text and cheap): at most ``MAX_FILTER_CHARS`` characters,
+``MAX_CONDITIONS`` conditions, ``MAX_DEPTH`` nested parentheses, and number literals of at
+most ``MAX_NUMBER_CHARS`` characters.
+
 Errors are ``FilterError`` with a 0-based character ``position`` into the text and what was
 ``expected`` there. The domain-argument parsers (lists, radius, bbox) live here too, all pure.
 """
@@ -45,6 +49,7 @@ __all__ = [
     "MAX_CONDITIONS",
     "MAX_DEPTH",
     "MAX_FILTER_CHARS",
+    "MAX_NUMBER_CHARS",
     "And",
     "BBox",
     "Cond",
@@ -70,6 +75,7 @@ __all__ = [
 MAX_FILTER_CHARS = 4096
 MAX_CONDITIONS = 64
 MAX_DEPTH = 32  # nested parentheses; keeps the recursive parser far from Python's stack limit
+MAX_NUMBER_CHARS = 64  # a number literal; more digits than a float holds mean nothing
 EARTH_RADIUS_MILES = 3958.8
 MAX_RADIUS_MILES = 12450.0  # about half the earth's circumference
 
@@ -262,6 +268,8 @@ class _Parser:
         t = self.peek()
         if t.kind != _NUM:
             self._raise("number")
+        if len(t.text) > MAX_NUMBER_CHARS:
+            self._raise(f"a number of at most {MAX_NUMBER_CHARS} characters")
         value = float(t.text)
         if not math.isfinite(value):
             self._raise("finite number")
@@ -323,7 +331,11 @@ def parse_tapis_condition(
             number = float(val)
         except OverflowError:
             number = None
-    elif isinstance(val, str) and _NUMBER.fullmatch(val.strip()):
+    elif (
+        isinstance(val, str)
+        and len(val.strip()) <= MAX_NUMBER_CHARS
+        and _NUMBER.fullmatch(val.strip())
+    ):
         number = float(val.strip())
     if number is None or not math.isfinite(number):
         raise FilterError(f"{field}.val", 0, "a finite number")
@@ -527,7 +539,7 @@ def _parts(text: str, field: str) -> list[tuple[str, int]]:
 
 def _number(part: tuple[str, int], field: str, what: str, lo: float, hi: float) -> float:
     text, pos = part
-    if not _NUMBER.fullmatch(text):
+    if len(text) > MAX_NUMBER_CHARS or not _NUMBER.fullmatch(text):
         raise FilterError(field, pos, f"{what} as a number")
     value = float(text)
     if not (lo <= value <= hi):

@@ -161,8 +161,8 @@ def resolve(
     devices = reg.devices
     variables = reg.variables
     limit = now_ms + max_future_ms
-    convert: list[tuple[int, float, float]] = []
     for i, row in enumerate(rows):
+        scale, offset, var = 1.0, 0.0, None
         dev = devices.get((project_pk, row.device))
         if dev is None:
             details.append(
@@ -181,8 +181,7 @@ def resolve(
             else:
                 var_pks[i] = var.pk
                 sets[i] = row.set or var.doc.set
-                if var.scale != 1.0 or var.offset != 0.0:
-                    convert.append((i, var.scale, var.offset))
+                scale, offset = var.scale, var.offset
         t = row.time
         ms = t if type(t) is int else to_ms(t)
         if ms < MIN_TIME or ms > MAX_TIME:
@@ -200,15 +199,26 @@ def resolve(
             )
         times[i] = ms
         v = row.value
-        if type(v) is float and not math.isfinite(v):
-            details.append({"index": i, "field": "value", "reason": "value must be finite"})
+        if type(v) is float:
+            if not math.isfinite(v):
+                details.append({"index": i, "field": "value", "reason": "value must be finite"})
+            elif scale != 1.0 or offset != 0.0:
+                # sent in the variable's own unit: stored in the canonical one, rounded (an
+                # affine conversion leaves float noise, 1e-14). Finite is checked AFTER the
+                # conversion: 1e303 MPa is 1e309 Pa, which is +Inf.
+                v = round(v * scale + offset, 9)
+                if not math.isfinite(v) and var is not None:
+                    details.append(
+                        {
+                            "index": i,
+                            "field": "value",
+                            "reason": f"value {row.value!r} {var.doc.unit} is not finite once "
+                            f"converted to {var.entry.unit}",
+                        }
+                    )
         values[i] = v
         if len(details) >= max_errors:
             break
     if details:
         raise Invalid(f"{len(details)} bad row(s) in the batch; nothing was stored", details)
-    for i, scale, offset in convert:  # values sent in a variable's own unit -> canonical unit
-        v = values[i]
-        if type(v) is float:  # rounded: an affine conversion leaves float noise (1e-14)
-            values[i] = round(v * scale + offset, 9)
     return IngestColumns(project_pk, var_pks, sets, times, values, np.zeros(n, np.int64))

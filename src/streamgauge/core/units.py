@@ -26,6 +26,7 @@ whole float64 array at numpy speed (NaN stays NaN).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -58,6 +59,15 @@ _ureg: Any = pint.UnitRegistry()  # private; pint's typing is partial, so keep i
 
 MAX_UNIT_TEXT = 100
 """Longest unit expression accepted (pint parses by tokenizing; no reason to take novels)."""
+
+MAX_UNIT_EXPONENT = 12
+"""Largest power (in absolute value) a unit expression may write: ``m**3``, ``s**-2``."""
+
+MAX_UNIT_NESTING = 3
+"""Deepest parenthesis nesting in a unit expression: ``(m/s)**2``."""
+
+MAX_UNIT_NUMBER = 12
+"""Longest number literal (characters) in a unit expression."""
 
 KINDS: tuple[str, ...] = ("temp", "speed", "pres", "alti", "precip", "height")
 """The quantity kinds a ``units`` spec can override."""
@@ -131,14 +141,112 @@ _LABEL_SPELLINGS = {
 }
 
 
+_SUPERSCRIPTS = frozenset("⁰¹²³⁴⁵⁶⁷⁸⁹")
+_SUPERSCRIPT_DIGITS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
+_EXPONENT = re.compile(
+    r"\(\s*[+-]?\s*({n})\s*(?:/\s*({n})\s*)?\)|[+-]?\s*({n})".format(
+        n=r"[0-9.]+(?:[eE][+-]?[0-9]+)?"
+    )
+)
+_UNIT_NUMBER = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_UNIT_OPERATORS = frozenset("*/^()+- \t")
+
+
+def _check_shape(text: str) -> None:
+    """Refuse, before pint sees it, any unit expression whose evaluation is not cheap and bounded.
+
+    pint evaluates a unit expression as arithmetic on Python numbers: ``m**9**9**9`` asks for
+    ``9**(9**9)``, an integer of 370 million digits, which held the event loop (and so the whole
+    server) for good. Here a power's exponent must be a plain number (optionally signed, or a
+    parenthesized fraction such as ``(1/2)``) of at most ``MAX_UNIT_EXPONENT``; powers do not
+    chain (``a**b**c``); parentheses nest at most ``MAX_UNIT_NESTING`` deep; a number literal has
+    at most ``MAX_UNIT_NUMBER`` characters; superscript exponents (``m²``) at most two digits.
+    With ``MAX_UNIT_TEXT`` characters in all, the worst accepted expression costs pint
+    microseconds. Raises :class:`Invalid` naming the position."""
+    i, n, depth = 0, len(text), 0
+    after_power = False  # the previous token closed an exponent
+    while i < n:
+        c = text[i]
+        if c in " \t":
+            i += 1
+            continue
+        if text.startswith("**", i) or c == "^":
+            if after_power:
+                raise _invalid_unit(text, f"powers do not chain (position {i}); use parentheses")
+            i = _exponent(text, i + (2 if c == "*" else 1))
+            after_power = True
+            continue
+        if c in _SUPERSCRIPTS:
+            if after_power:
+                raise _invalid_unit(text, f"powers do not chain (position {i}); use parentheses")
+            j = i
+            while j < n and text[j] in _SUPERSCRIPTS:
+                j += 1
+            digits = text[i:j].translate(_SUPERSCRIPT_DIGITS)
+            if j - i > 2 or int(digits) > MAX_UNIT_EXPONENT:
+                raise _invalid_unit(
+                    text, f"exponent larger than {MAX_UNIT_EXPONENT} (position {i})"
+                )
+            i = j
+            after_power = True
+            continue
+        if c != "⁻":  # a superscript minus belongs to the superscript exponent after it
+            after_power = False
+        if c == "(":
+            depth += 1
+            if depth > MAX_UNIT_NESTING:
+                raise _invalid_unit(
+                    text, f"parentheses nest more than {MAX_UNIT_NESTING} deep (position {i})"
+                )
+        elif c == ")":
+            depth -= 1
+        elif c.isdigit() or c == ".":
+            m = _UNIT_NUMBER.match(text, i)
+            if m is None or not c.isascii():
+                raise _invalid_unit(text, f"unexpected {c!r} at position {i}")
+            if len(m.group()) > MAX_UNIT_NUMBER:
+                raise _invalid_unit(text, f"number too long at position {i}")
+            i = m.end()
+            continue
+        elif c not in _UNIT_OPERATORS:  # a unit name: letters, digits after the first, _ ...
+            while i < n and text[i] not in _UNIT_OPERATORS and text[i] not in _SUPERSCRIPTS:
+                i += 1
+            continue
+        i += 1
+
+
+def _exponent(text: str, i: int) -> int:
+    """Check the exponent starting at ``i`` (after ``**`` or ``^``); the index after it."""
+    n = len(text)
+    while i < n and text[i] in " \t":
+        i += 1
+    m = _EXPONENT.match(text, i)
+    if m is None:
+        raise _invalid_unit(text, f"an exponent must be a plain number (position {i})")
+    parts = [p for p in m.groups() if p is not None]
+    try:
+        if any(len(p) > MAX_UNIT_NUMBER for p in parts):
+            raise ValueError
+        value = float(parts[0]) / (float(parts[1]) if len(parts) > 1 else 1.0)
+    except (ValueError, ZeroDivisionError):
+        raise _invalid_unit(text, f"bad exponent at position {i}") from None
+    if not abs(value) <= MAX_UNIT_EXPONENT:
+        raise _invalid_unit(
+            text, f"exponent {m.group().strip()} is larger than {MAX_UNIT_EXPONENT} (position {i})"
+        )
+    return m.end()
+
+
 @lru_cache(maxsize=1024)
 def _parse(text: str) -> Any:
-    """The pint Unit for ``text``; raises Invalid. Cached (exceptions are not cached)."""
+    """The pint Unit for ``text``; raises Invalid. Cached (exceptions are not cached). The text
+    is bounded in size and shape (:func:`_check_shape`) before pint evaluates anything."""
     stripped = text.strip()
     if not stripped:
         raise _invalid_unit(text, "unit is empty")
     if len(stripped) > MAX_UNIT_TEXT:
         raise _invalid_unit(text[:MAX_UNIT_TEXT] + "...", "unit is too long")
+    _check_shape(stripped)
     stripped = _LABEL_SPELLINGS.get(stripped.lower(), stripped)
     try:
         unit = _ureg.parse_units(stripped)
@@ -146,6 +254,13 @@ def _parse(text: str) -> Any:
         raise _invalid_unit(text, f"unknown unit {stripped!r}") from None
     except Exception:  # pint's parser raises assorted errors (TypeError, AssertionError, ...)
         raise _invalid_unit(text, f"cannot parse unit {stripped!r}") from None
+    # Nested powers multiply, ((km**12)**12)**12 is km**1728: its factor overflows a float in
+    # every later conversion; the power of each unit in the result is bounded as well.
+    for name, power in unit._units.items():
+        if not abs(power) <= MAX_UNIT_EXPONENT:
+            raise _invalid_unit(
+                text, f"{name} to the power {power:g} (at most {MAX_UNIT_EXPONENT})"
+            )
     return unit
 
 

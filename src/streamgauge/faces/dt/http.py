@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException
 
 from streamgauge.errors import BadRequest, StreamgaugeError
 from streamgauge.faces.dt.events import dumps_ascii
-from streamgauge.faces.http import read_body
+from streamgauge.faces.http import parse_int, read_body
 
 log = logging.getLogger("streamgauge.dt")
 HELP = "https://developer.disruptive-technologies.com/docs/error-codes"
@@ -80,6 +80,15 @@ def stream_error_line(status: int, message: str) -> bytes:
     code = 500 if status in (200, 429) or status < 100 else status
     obj = {"error": {"code": code, "message": message, "details": [{"help": HELP}]}}
     return dumps_ascii(obj) + b"\n"
+
+
+def bad_request_response(exc: BadRequest, path: str) -> Response:
+    """A refused request before routing, in DT's shape: a stream's error line on a stream path,
+    else the non-stream shape (used by the shared query-string check)."""
+    status, message = status_of(exc), _message(exc)
+    if path.endswith(":stream"):
+        return Response(stream_error_line(status, message), status, media_type="application/json")
+    return error_response(status, message)
 
 
 def to_dt_error(exc: Exception) -> tuple[int, str]:
@@ -172,12 +181,7 @@ def page_size(q: Query, default: int, maximum: int) -> int:
     text = q.one("page_size")
     if text is None:
         return default
-    if not text.isdigit() or not 1 <= int(text) <= maximum:
-        raise BadRequest(
-            f"pageSize must be an integer from 1 to {maximum}",
-            [{"in": "query", "field": "pageSize", "reason": f"got {text!r}"}],
-        )
-    return int(text)
+    return parse_int(text, "pageSize", lo=1, hi=maximum)
 
 
 def encode_token(fingerprint: str, key: Any) -> str:

@@ -41,6 +41,7 @@ from streamgauge.faces.dt.http import (
     stream_error_line,
     to_dt_error,
 )
+from streamgauge.faces.http import parse_cursor
 
 router = APIRouter(tags=["dt: stream"], route_class=DTRoute)
 
@@ -192,12 +193,7 @@ async def stream(request: Request, project: str) -> Response:
             resume = request.headers.get("last-event-id") or None
         cursor: int | None = None
         if resume is not None:
-            if not resume.isdigit() or len(resume) > 19:
-                raise BadRequest(
-                    f"bad cursor {resume!r}",
-                    [{"in": "query", "field": "since", "reason": "a cursor this stream sent"}],
-                )
-            cursor = int(resume)
+            cursor = parse_cursor(resume)
             face.engine.check_cursor(cursor)
         selection = Selection(
             proj.pk,

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from streamgauge.auth import Action
 from streamgauge.core.actors import plot_path
@@ -17,12 +17,24 @@ from streamgauge.core.engine import Engine
 from streamgauge.errors import NotFound
 from streamgauge.faces.http import StrictRoute, json_response
 from streamgauge.faces.native.deps import EngineDep, PrincipalDep, project_for
-from streamgauge.model import Id, Name, new_id
+from streamgauge.model import Id, Name, check_metadata, new_id
 from streamgauge.store import alerts as alert_table
 from streamgauge.store.metadata import now_iso
 from streamgauge.store.registry import ProjectRec
 
 router = APIRouter(tags=["channels"], route_class=StrictRoute)
+
+
+def _check_extras(triggers: list[TriggerDoc] | None) -> list[TriggerDoc] | None:
+    """An action's ``extra`` fields are kept as given: they must be JSON every reply can
+    encode (checked here, on input; stored channels load as they are)."""
+    for i, t in enumerate(triggers or ()):
+        for j, a in enumerate(t.actions):
+            check_metadata(a.extra, f"triggers[{i}].actions[{j}].extra")
+    return triggers
+
+
+Triggers = Annotated[list[TriggerDoc], AfterValidator(_check_extras)]
 
 
 class ChannelIn(BaseModel):
@@ -32,14 +44,14 @@ class ChannelIn(BaseModel):
     )
     name: Name | None = None
     status: Literal["ACTIVE", "INACTIVE"] = "ACTIVE"
-    triggers: list[TriggerDoc] = Field(min_length=1)
+    triggers: Triggers = Field(min_length=1)
 
 
 class ChannelPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Name | None = None
     status: Literal["ACTIVE", "INACTIVE"] | None = None
-    triggers: list[TriggerDoc] | None = Field(default=None, min_length=1)
+    triggers: Triggers | None = Field(default=None, min_length=1)
 
 
 def view(engine: Engine, ch: Channel) -> dict[str, Any]:

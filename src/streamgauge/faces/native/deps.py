@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Iterable
 from typing import Annotated, Any, TypeVar
 
@@ -11,7 +9,7 @@ from fastapi import Depends, Header, Query, Request
 
 from streamgauge.auth import Action, Principal, authorize
 from streamgauge.core.engine import Engine
-from streamgauge.errors import BadRequest
+from streamgauge.faces.http import decode_page, encode_page
 from streamgauge.store.registry import ProjectRec
 
 
@@ -34,21 +32,6 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 def project_for(engine: Engine, who: Principal, project_id: str, action: Action) -> ProjectRec:
     return authorize(who, engine.registry.projects.get(project_id), action, project_id)
-
-
-def encode_page(key: str) -> str:
-    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
-
-
-def decode_page(token: str | None) -> str | None:
-    if token is None:
-        return None
-    try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError) as exc:
-        raise BadRequest(
-            "bad page token", [{"in": "query", "field": "page", "reason": "not a token we gave"}]
-        ) from exc
 
 
 T = TypeVar("T")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import datetime
 from typing import Annotated, Literal
 
 import orjson
@@ -17,17 +16,21 @@ from streamgauge.core.domain import Domain
 from streamgauge.core.filterlang import parse_bbox, parse_filter_on, parse_list, parse_radius
 from streamgauge.core.filters import LabelMatch, Selection, canonical_expr
 from streamgauge.core.framing import NDJSON, SSE
-from streamgauge.core.ingest import MAX_TIME, MIN_TIME, to_ms
+from streamgauge.core.ingest import MAX_TIME, MIN_TIME
 from streamgauge.core.units import parse_units
 from streamgauge.errors import BadRequest
-from streamgauge.faces.http import StrictRoute, json_response, read_body
-from streamgauge.faces.native.deps import (
-    EngineDep,
-    PrincipalDep,
+from streamgauge.faces.http import (
+    MAX_CURSOR,
+    StrictRoute,
     decode_page,
     encode_page,
-    project_for,
+    json_response,
+    parse_cursor,
+    parse_int,
+    parse_time,
+    read_body,
 )
+from streamgauge.faces.native.deps import EngineDep, PrincipalDep, project_for
 from streamgauge.store.base import HistoryQuery
 
 router = APIRouter(tags=["observations"], route_class=StrictRoute)
@@ -114,44 +117,21 @@ async def ingest(
     )
 
 
-def parse_time(text: str | None, field: str) -> int | None:
-    """RFC 3339 or epoch milliseconds."""
-    if text is None:
-        return None
-    if text.lstrip("-").isdigit():
-        ms = int(text)
-        if not MIN_TIME <= ms <= MAX_TIME:
-            raise BadRequest(
-                f"time {text} is out of range",
-                [{"in": "query", "field": field, "reason": "epoch ms within years 1-9999"}],
-            )
-        return ms
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise BadRequest(
-            f"bad time {text!r}",
-            [{"in": "query", "field": field, "reason": "expected RFC 3339 or epoch ms"}],
-        ) from exc
-    if dt.tzinfo is None:
-        raise BadRequest(
-            f"time {text!r} has no timezone",
-            [{"in": "query", "field": field, "reason": "add Z or an offset"}],
-        )
-    return to_ms(dt)
-
-
 def _page_key(token: str | None) -> tuple[int, int] | None:
     key = decode_page(token)
     if key is None:
         return None
-    t, _, c = key.partition(":")
+    t, sep, c = key.partition(":")
     try:
-        when, cursor = int(t), int(c)
-    except ValueError as exc:
-        raise BadRequest("bad page token", [{"in": "query", "field": "page"}]) from exc
-    if not (MIN_TIME <= when <= MAX_TIME and 0 <= cursor < 2**63):
-        raise BadRequest("bad page token", [{"in": "query", "field": "page"}])
+        if not sep:
+            raise BadRequest("no ':'")
+        when = parse_int(t, "page", lo=MIN_TIME, hi=MAX_TIME)
+        cursor = parse_int(c, "page", lo=0, hi=MAX_CURSOR)
+    except BadRequest as exc:
+        raise BadRequest(
+            "bad page token: pass the `next` token of the previous page unchanged",
+            [{"in": "query", "field": "page", "reason": "not a token this server gave"}],
+        ) from exc
     return when, cursor
 
 
@@ -320,12 +300,8 @@ async def stream(
     resume = since if since is not None else last_event_id
     cursor: int | None = None
     if resume is not None and resume != "":
-        if not resume.isdigit():
-            raise BadRequest(
-                f"bad cursor {resume!r}",
-                [{"in": "query", "field": "since", "reason": "a cursor is a non-negative integer"}],
-            )
-        cursor = int(resume)
+        where = ("query", "since") if since is not None else ("header", "last-event-id")
+        cursor = parse_cursor(resume, where[1], where[0])
         engine.check_cursor(cursor)
     selection = select.selection(rec.pk)
     return StreamingResponse(

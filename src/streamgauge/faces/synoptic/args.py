@@ -84,7 +84,7 @@ def _bad(name: str, reason: str, value: str | None = None) -> BadRequest:
 
 def parse_minute(text: str, name: str) -> int:
     """``YYYYMMDDHHmm`` (UTC) as epoch milliseconds."""
-    if len(text) != 12 or not text.isdigit():
+    if len(text) != 12 or not (text.isascii() and text.isdigit()):
         raise _bad(name, "expected YYYYMMDDHHmm (UTC)", text)
     try:
         when = datetime.strptime(text, "%Y%m%d%H%M").replace(tzinfo=UTC)

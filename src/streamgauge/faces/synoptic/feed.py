@@ -246,7 +246,7 @@ def _resume_at(ws: WebSocket, session: FeedSession, head: int) -> None:
     given = dict(parse_qsl(query)).get("cursor")
     if given is None:
         return
-    if not given.isdigit() or int(given) > head:
+    if not (given.isascii() and given.isdigit() and len(given) <= 19) or int(given) > head:
         raise BadRequest(
             f"bad argument cursor {given!r}",
             [{"field": "cursor", "reason": "the cursor of a data message this feed sent"}],

@@ -202,7 +202,11 @@ def feed_framing(max_rows: int, timeformat: str = "yyyymmddhhmm") -> Framing:
 
 
 def _number(text: str | None) -> int | str | None:
-    return int(text) if text is not None and text.isdigit() else text
+    # isascii: "²" is a digit to isdigit() and int("²") raises (a site's network of "²" broke
+    # the metadata message of every feed of its project)
+    if text is not None and text.isascii() and text.isdigit() and len(text) <= 19:
+        return int(text)
+    return text
 
 
 def station(reg: Registry, device_pk: int) -> dict[str, Any]:

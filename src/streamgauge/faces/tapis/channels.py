@@ -23,6 +23,7 @@ from streamgauge.errors import BadRequest, Invalid, NotFound
 from streamgauge.faces.tapis.model import members
 from streamgauge.faces.tapis.resources import find_instrument
 from streamgauge.faces.tapis.wire import CallerDep, EngineDep, ListingDep, TapisRoute, envelope
+from streamgauge.model import check_metadata
 from streamgauge.store.metadata import now_iso
 from streamgauge.store.registry import ProjectRec
 
@@ -68,6 +69,7 @@ def _action(i: int, raw: object) -> ActionDoc:
         raise _bad(i, "action.method", "JOB actions are not supported here")
     extra = {k: v for k, v in raw.items() if k not in ACTION_FIELDS}
     try:
+        check_metadata(extra, "action")  # kept as given: it must be JSON every reply can encode
         return ActionDoc.model_validate(
             {**{k: v for k, v in raw.items() if k in ACTION_FIELDS}, "method": method}
             | {"extra": extra}

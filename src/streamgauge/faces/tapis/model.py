@@ -23,7 +23,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from streamgauge.errors import Invalid
-from streamgauge.model import ID_RE, Project
+from streamgauge.model import ID_RE, Metadata, Project
 from streamgauge.store.registry import DeviceRec, Registry, SiteRec, VariableRec
 
 TAPIS = "_tapis"
@@ -56,7 +56,7 @@ class NewProject(_In):
     funding_resource: Text | None = None
     project_url: Text | None = None
     active: bool = True
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     project_id: str | None = Field(
         default=None, description="If sent, the project_name without spaces (Tapis' rule)."
     )
@@ -83,7 +83,7 @@ class NewSite(_SiteEcho):
     latitude: float = Field(ge=-90, le=90)
     longitude: float = Field(ge=-180, le=180)
     elevation: float
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class UpdateSite(_SiteEcho):
@@ -92,7 +92,7 @@ class UpdateSite(_SiteEcho):
     latitude: float = Field(ge=-90, le=90)
     longitude: float = Field(ge=-180, le=180)
     elevation: float
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
     site_id: str | None = Field(default=None, description="If sent, the path's site_id.")
 
 
@@ -113,7 +113,7 @@ class NewInstrument(_InstEcho):
     inst_description: Text
     topic_category_id: TopicId = None
     tags: list[Text] = Field(default_factory=list)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class UpdateInst(_InstEcho):
@@ -121,7 +121,7 @@ class UpdateInst(_InstEcho):
     inst_description: Text | None = None
     topic_category_id: TopicId = None
     tags: list[Text] | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
     inst_id: str | None = Field(default=None, description="If sent, the path's inst_id.")
 
 
@@ -150,12 +150,12 @@ VAR_KEPT = ("units", "shortname", "measured_property_id", "topic_category_id", "
 class NewVariable(_VarFields):
     var_id: str
     var_name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class UpdateVariable(_VarFields):
     var_name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
     var_id: str | None = Field(default=None, description="If sent, the path's var_id.")
 
 

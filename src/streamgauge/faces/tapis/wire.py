@@ -22,7 +22,7 @@ from streamgauge import __version__
 from streamgauge.auth import Principal
 from streamgauge.core.engine import Engine
 from streamgauge.errors import BadRequest, StreamgaugeError, Unauthorized
-from streamgauge.faces.http import query_names, validation_details
+from streamgauge.faces.http import dumps, http_error_parts, query_names, validation_details
 from streamgauge.faces.native.deps import get_engine
 
 JSON = "application/json"
@@ -36,7 +36,7 @@ def envelope(result: Any, message: str = "Success", status: int = 200) -> Respon
         "version": __version__,
         "metadata": {},
     }
-    return Response(orjson.dumps(body), status, media_type=JSON)
+    return Response(dumps(body), status, media_type=JSON)
 
 
 def error_envelope(
@@ -52,6 +52,11 @@ def error_envelope(
     return Response(
         orjson.dumps(body), 400 if status == 422 else status, headers=headers, media_type=JSON
     )
+
+
+def bad_request_response(exc: BadRequest, path: str = "") -> Response:
+    """A refused request before routing (the shared query-string check), in the envelope."""
+    return error_envelope(exc.status, exc.message, exc.details)
 
 
 class TapisRoute(APIRoute):
@@ -82,12 +87,9 @@ class TapisRoute(APIRoute):
                     f"{d.get('field', d.get('in', 'body'))}: {d['reason']}" for d in details[:5]
                 )
                 return error_envelope(400, f"the request does not validate ({where})", details)
-            except HTTPException as exc:  # e.g. a body that cannot be parsed
-                cause = exc.__cause__
-                reason = str(cause)[:200] if cause is not None else str(exc.detail)
-                return error_envelope(
-                    exc.status_code, f"{exc.detail}: {reason}", [{"in": "body", "reason": reason}]
-                )
+            except HTTPException as exc:  # e.g. a body FastAPI cannot parse: still the envelope
+                message, details = http_error_parts(exc)
+                return error_envelope(exc.status_code, message, details)
 
         return run
 
