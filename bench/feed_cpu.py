@@ -31,9 +31,9 @@ from streamgauge.config import Settings
 from streamgauge.core.engine import Engine
 from streamgauge.core.filters import CompiledSelection
 from streamgauge.core.hub import Item, Subscription
+from streamgauge.domain.model import DeviceIn, ProjectIn, SiteIn
 from streamgauge.faces.synoptic.args import parse_feed_args
 from streamgauge.faces.synoptic.messages import Metadata, feed_framing, merge_items
-from streamgauge.model import DeviceIn, ProjectIn, SiteIn
 from streamgauge.store import metadata
 
 from .common import (

@@ -5,7 +5,7 @@ The same observations as the streamgauge run are written as line protocol
 (`obs,station=SG00001,variable=air_temp value=12.5 <ms>`, precision=ms) with the same batch size
 and number of concurrent producers.
 
-Standalone: `python bench/influx_baseline.py [--rows 1000000 --batch 5000 --producers 2]`.
+Run by `python -m bench ingest` (alone: `python -m bench ingest --skip sg-ingest,sg-fanout,ws`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -146,23 +145,3 @@ class InfluxServer:
     def write_path(self) -> str:
         return "/write?db=bench&precision=ms"
 
-
-if __name__ == "__main__":
-    import argparse
-
-    from .common import make_mesonet
-    from .harness import Ingestor
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=1_080_000)
-    ap.add_argument("--batch", type=int, default=5000)
-    ap.add_argument("--producers", type=int, default=2)
-    a = ap.parse_args()
-    exe = ensure_influxd()
-    if not exe:
-        sys.exit(INSTALL_HINT)
-    m = make_mesonet()
-    with InfluxServer(exe) as srv:
-        ing = Ingestor(m, "influx", "127.0.0.1", srv.port, srv.proc.pid, None)  # type: ignore[union-attr]
-        r = ing.run(a.rows, a.batch, a.producers)
-        print(r)

@@ -9,7 +9,7 @@ import pytest
 from streamgauge.core import alerts as a
 from streamgauge.core.alerts import Event, State
 from streamgauge.core.filterlang import parse_filter_on
-from streamgauge.errors import Invalid
+from streamgauge.domain.errors import Invalid
 
 
 def test_the_table_lists_every_legal_transition_and_refuses_the_rest() -> None:

@@ -26,7 +26,7 @@ from streamgauge.core import deliveries
 from streamgauge.core.actors import delete_old_plots, plot_path
 from streamgauge.core.channels import fill
 from streamgauge.core.deliveries import PinnedTransport, outbound_client
-from streamgauge.errors import Invalid
+from streamgauge.domain.errors import Invalid
 from tests.conftest import MS, Server, start_server
 from tests.tapis_helpers import Receiver, account, eventually, home, tapis_for
 from tests.test_deliveries import Receiver as ReplyingReceiver

@@ -9,18 +9,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamgauge.catalog import CATALOG, Entry, entry_for, lookup
 from streamgauge.core.units import (
     ENGLISH,
     KINDS,
     METRIC,
     compatible,
     convert_value,
+    entry_for,
     parse_units,
     target_unit,
     validate_unit,
 )
-from streamgauge.errors import Invalid, StreamgaugeError
+from streamgauge.domain.catalog import CATALOG, Entry, lookup
+from streamgauge.domain.errors import Invalid, StreamgaugeError
 
 REQUIRED = [
     "air_temp",

@@ -35,7 +35,7 @@ from streamgauge.core.deliveries import (
 )
 from streamgauge.core.engine import Engine
 from streamgauge.core.signing import dt_signature, hmac_signature, verify_hmac_signature
-from streamgauge.errors import Invalid, NotFound
+from streamgauge.domain.errors import Invalid, NotFound
 from streamgauge.store import deliveries as table
 from streamgauge.store.sqlite import Tx
 from tests.conftest import MS, free_port

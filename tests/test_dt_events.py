@@ -12,7 +12,7 @@ import disruptive as dt
 import pytest
 from disruptive.events.events import Event
 
-from streamgauge.errors import BadRequest, Invalid
+from streamgauge.domain.errors import BadRequest, Invalid
 from streamgauge.faces.dt.events import (
     EVENT_TYPES,
     TEMPERATURE_EVENT,

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from tapipy.tapis import Tapis
 
-from streamgauge.errors import Invalid
+from streamgauge.domain.errors import Invalid
 from streamgauge.faces.tapis.measurements import _as_tapis
 from tests.conftest import Server
 from tests.tapis_helpers import account, envelope, home, tapis_for

@@ -14,7 +14,7 @@ import jwt
 import pytest
 
 from streamgauge.auth.tokens import KEY_FILE, TokenIssuer
-from streamgauge.errors import Unauthorized
+from streamgauge.domain.errors import Unauthorized
 from tests.auth.test_permissions import basic, new_account
 from tests.conftest import Server, expect_error, make_station, rows
 

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from streamgauge import __version__
 from streamgauge.config import Settings
 from streamgauge.core.engine import Engine, load_admin_token
-from streamgauge.errors import StreamgaugeError
+from streamgauge.domain.errors import StreamgaugeError
 from streamgauge.faces import docs, dt, http
 from streamgauge.faces.dt import http as dt_http
 from streamgauge.faces.native import router as native_router

@@ -34,7 +34,7 @@ from streamgauge.core.filterlang import (
     sensors,
     to_sql,
 )
-from streamgauge.errors import BadRequest
+from streamgauge.domain.errors import BadRequest
 
 FUZZ = settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 

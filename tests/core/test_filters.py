@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from streamgauge.core.batch import Batch
 from streamgauge.core.filters import CompiledSelection, LabelMatch, Selection, _gather_bits
-from streamgauge.errors import BadRequest
-from streamgauge.model import Device, Variable
+from streamgauge.domain.errors import BadRequest
+from streamgauge.domain.model import Device, Variable
 from streamgauge.store.registry import (
     DeviceRec,
     Registry,

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamgauge.core.framing import NDJSON, SSE, LineDecoder
+from streamgauge.core.framing import NDJSON, SSE
+from streamgauge.wire.framing import LineDecoder
 
 
 def test_ndjson_frames() -> None:

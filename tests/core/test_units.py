@@ -28,7 +28,7 @@ from streamgauge.core.units import (
     unit_label,
     validate_unit,
 )
-from streamgauge.errors import BadRequest, Invalid, StreamgaugeError
+from streamgauge.domain.errors import BadRequest, Invalid, StreamgaugeError
 
 METRIC_MAP = {
     "temp": "degC",

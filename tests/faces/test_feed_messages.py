@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from streamgauge.core.hub import Item
 from streamgauge.core.units import METRIC
-from streamgauge.errors import BadRequest
+from streamgauge.domain.errors import BadRequest
 from streamgauge.faces.synoptic.args import FeedArgs, parse_feed_args
 from streamgauge.faces.synoptic.messages import (
     Metadata,

@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from streamgauge.core.batch import format_time
+from streamgauge.wire.rows import format_time
 from tests.conftest import Server, expect_error, start_server
 
 T0 = 1_700_000_000_000

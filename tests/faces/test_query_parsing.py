@@ -11,7 +11,13 @@ import pytest
 from pydantic import ValidationError
 
 from streamgauge.core.ingest import MAX_TIME, MIN_TIME
-from streamgauge.errors import BadRequest
+from streamgauge.domain.errors import BadRequest
+from streamgauge.domain.model import (
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    ProjectIn,
+    check_metadata,
+)
 from streamgauge.faces.http import (
     MAX_TOKEN_CHARS,
     decode_page,
@@ -24,7 +30,6 @@ from streamgauge.faces.http import (
 )
 from streamgauge.faces.synoptic import messages
 from streamgauge.faces.synoptic.args import parse_feed_args
-from streamgauge.model import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, ProjectIn, check_metadata
 
 
 @pytest.mark.parametrize("text", ["²", "１", "٣", "9" * 5000, "9" * 20, "", "-", "+", "1.0", " 1"])

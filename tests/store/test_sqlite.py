@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from streamgauge.core.batch import Batch
-from streamgauge.errors import Conflict
-from streamgauge.model import DeviceIn, ProjectIn, VariableIn
+from streamgauge.domain.errors import Conflict
+from streamgauge.domain.model import DeviceIn, ProjectIn, VariableIn
 from streamgauge.store import metadata
 from streamgauge.store.base import HistoryQuery, IngestColumns
 from streamgauge.store.sqlite import SqliteStore

@@ -29,8 +29,8 @@ from __future__ import annotations
 from enum import StrEnum
 
 from streamgauge.auth.principals import Principal
-from streamgauge.errors import Forbidden, NotFound
-from streamgauge.model import Role
+from streamgauge.domain.errors import Forbidden, NotFound
+from streamgauge.domain.model import Role
 from streamgauge.store.registry import AccountRec, ProjectRec, Registry
 
 

@@ -44,7 +44,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from streamgauge.auth.tokens import TokenIssuer
-from streamgauge.errors import TooManyRequests, Unauthorized
+from streamgauge.domain.errors import TooManyRequests, Unauthorized
 from streamgauge.store.registry import AccountRec, Registry
 
 HASH_WORKERS = max(1, (os.cpu_count() or 1) // 4)  # argon2 (parallelism 4) uses 4 cores itself

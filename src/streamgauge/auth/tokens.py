@@ -29,7 +29,7 @@ from typing import Any
 
 import jwt
 
-from streamgauge.errors import Unauthorized
+from streamgauge.domain.errors import Unauthorized
 from streamgauge.store.files import private_dir, tighten_if_present
 
 ISSUER = "streamgauge"

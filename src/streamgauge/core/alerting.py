@@ -46,13 +46,14 @@ import orjson
 
 from streamgauge.core import alerts as rules
 from streamgauge.core.actors import ActorFailed, Actors, delete_old_plots
-from streamgauge.core.batch import Batch, format_time, per_series_affine
+from streamgauge.core.batch import Batch, per_series_affine
 from streamgauge.core.channels import ChannelDoc, compile_trigger, payload
 from streamgauge.core.deliveries import Item, Outcome, check_target
-from streamgauge.errors import Conflict, Invalid
+from streamgauge.domain.errors import Conflict, Invalid
 from streamgauge.store import alerts as table
 from streamgauge.store.registry import ProjectRec, Registry
 from streamgauge.store.sqlite import Tx
+from streamgauge.wire.rows import format_time
 
 if TYPE_CHECKING:
     from streamgauge.core.engine import Engine

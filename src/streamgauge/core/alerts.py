@@ -292,7 +292,7 @@ def resume_deadman(st: TriggerState, paused_ms: int) -> TriggerState:
 def parse_duration(text: object, field: str) -> float:
     """``30s``, ``5m``, ``1h``, ``2d``, ``1w``, ``500ms`` (Tapis/InfluxDB durations; ``mo``/``y``
     as 30 and 365 days) or a number of seconds -> seconds."""
-    from streamgauge.errors import Invalid
+    from streamgauge.domain.errors import Invalid
 
     units = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
     units |= {"d": 86400.0, "w": 604800.0, "mo": 2592000.0, "y": 31536000.0}

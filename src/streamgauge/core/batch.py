@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,7 +17,8 @@ import numpy.typing as npt
 import orjson
 
 from streamgauge.core.units import METRIC, UnitSystem, converter, target_unit, unit_label
-from streamgauge.errors import BadRequest
+from streamgauge.domain.errors import BadRequest
+from streamgauge.wire.rows import format_time
 
 if TYPE_CHECKING:
     from streamgauge.store.registry import Registry, VariableRec
@@ -57,18 +57,6 @@ def parse_qc(text: str | None, field: str = "qc") -> int:
 def qc_names(mask: int) -> list[str]:
     """The names of the failed QC checks in a stored flag mask."""
     return [name for bit, name in enumerate(QC_NAMES) if mask >> bit & 1]
-
-
-def format_time(ms: int) -> str:
-    """RFC 3339 UTC, with milliseconds only when they are not zero."""
-    dt = _EPOCH + timedelta(milliseconds=ms)
-    text = (
-        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
-    )
-    return f"{text}.{ms % 1000:03d}Z" if ms % 1000 else text + "Z"
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 _QC_JSON: dict[int, bytes] = {}

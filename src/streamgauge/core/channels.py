@@ -24,7 +24,7 @@ from streamgauge.core.alerts import (
     Threshold,
 )
 from streamgauge.core.filterlang import FilterError, parse_filter_on, parse_tapis_condition, sensors
-from streamgauge.errors import Invalid
+from streamgauge.domain.errors import Invalid
 from streamgauge.store.registry import DeviceRec, ProjectRec, Registry
 
 Status = Literal["ACTIVE", "INACTIVE"]

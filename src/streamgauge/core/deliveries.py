@@ -52,7 +52,7 @@ import httpx
 
 from streamgauge import __version__
 from streamgauge.core.backoff import delays, next_delay, retry_after
-from streamgauge.errors import Invalid, NotFound
+from streamgauge.domain.errors import Invalid, NotFound
 from streamgauge.metrics import Metrics
 from streamgauge.store import deliveries as table
 from streamgauge.store.sqlite import SqliteStore

@@ -24,14 +24,14 @@ from streamgauge.auth.tokens import TokenIssuer
 from streamgauge.config import Settings
 from streamgauge.core import ingest
 from streamgauge.core.alerting import Alerting
-from streamgauge.core.batch import Batch, concat, empty_batch, format_time
+from streamgauge.core.batch import Batch, concat, empty_batch
 from streamgauge.core.deliveries import Deliveries
 from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.framing import Framing
 from streamgauge.core.handoff import Handoff
 from streamgauge.core.hub import Hub, Item, Sink, Subscription
 from streamgauge.core.units import METRIC, UnitSystem, describe
-from streamgauge.errors import BadRequest, StreamgaugeError
+from streamgauge.domain.errors import BadRequest, StreamgaugeError
 from streamgauge.metrics import Metrics
 from streamgauge.store import metadata
 from streamgauge.store.base import AppendResult, HistoryQuery
@@ -39,6 +39,7 @@ from streamgauge.store.feeds import FeedStore
 from streamgauge.store.files import private_dir, tighten_if_present
 from streamgauge.store.registry import AccountRec, ProjectRec
 from streamgauge.store.sqlite import SqliteStore
+from streamgauge.wire.rows import format_time
 
 MAX_SEND_BYTES = 256 * 1024  # coalesce queued frames into writes of at most this size
 LAG_PROBE_SECONDS = 0.05  # how often the event loop's lag is sampled (metrics)

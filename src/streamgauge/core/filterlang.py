@@ -43,7 +43,7 @@ from typing import Literal, NoReturn, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from streamgauge.errors import BadRequest
+from streamgauge.domain.errors import BadRequest
 
 __all__ = [
     "MAX_CONDITIONS",

@@ -1,4 +1,5 @@
-"""Stream framing without I/O: NDJSON lines and Server-Sent Events, shared by every face.
+"""How a stream frames its rows: the frames themselves (bytes, no I/O) are ``wire.framing``'s;
+a ``Framing`` adds how a face encodes a batch's rows, cached per batch and unit system.
 
 Each frame is bytes ready for the socket. An observation frame carries its cursor (SSE ``id:``, so
 ``Last-Event-ID`` resumes); keepalives carry none; the closing frame says why and where to resume;
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import orjson
+from streamgauge.wire import framing as frames
 
 if TYPE_CHECKING:
     from streamgauge.core.batch import Batch
@@ -47,68 +48,21 @@ class Framing:
         return batch.encoded(self.name, registry, self.encode, units)
 
 
-def _ndjson_row(cursor: int, obj: bytes) -> bytes:
-    return obj + b"\n"
-
-
-def _ndjson_keepalive(now: str) -> bytes:
-    return b'{"keepalive":"%s"}\n' % now.encode()
-
-
-def _ndjson_closed(reason: str, resume: int) -> bytes:
-    return orjson.dumps({"closed": {"reason": reason, "resume": resume}}) + b"\n"
-
-
-def _sse_row(cursor: int, obj: bytes) -> bytes:
-    return b"id: %d\ndata: %s\n\n" % (cursor, obj)
-
-
-def _sse_keepalive(now: str) -> bytes:
-    return b": keepalive %s\n\n" % now.encode()
-
-
-def _sse_closed(reason: str, resume: int) -> bytes:
-    body = orjson.dumps({"reason": reason, "resume": resume})
-    return b"event: closed\nid: %d\ndata: %s\n\n" % (resume, body)
-
-
-def _sse_opened(retry_ms: int) -> bytes:
-    return b"retry: %d\n\n" % retry_ms
-
-
-def _ndjson_units(units: dict[str, str]) -> bytes:
-    return orjson.dumps({"units": units}) + b"\n"
-
-
-def _sse_units(units: dict[str, str]) -> bytes:
-    return b"event: units\ndata: %s\n\n" % orjson.dumps(units)
-
-
 NDJSON = Framing(
     "ndjson",
     "application/x-ndjson",
-    _ndjson_row,
-    _ndjson_keepalive,
-    _ndjson_closed,
-    lambda _: b"",
-    _ndjson_units,
+    frames.ndjson_row,
+    frames.ndjson_keepalive,
+    frames.ndjson_closed,
+    frames.ndjson_opened,
+    frames.ndjson_units,
 )
 SSE = Framing(
-    "sse", "text/event-stream", _sse_row, _sse_keepalive, _sse_closed, _sse_opened, _sse_units
+    "sse",
+    "text/event-stream",
+    frames.sse_row,
+    frames.sse_keepalive,
+    frames.sse_closed,
+    frames.sse_opened,
+    frames.sse_units,
 )
-
-
-class LineDecoder:
-    """Incremental NDJSON line splitter with a bounded buffer (for clients of our streams)."""
-
-    def __init__(self, max_line: int = 1 << 20) -> None:
-        self._buf = bytearray()
-        self._max = max_line
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self._buf += data
-        *lines, rest = self._buf.split(b"\n")
-        if len(rest) > self._max:
-            raise ValueError(f"line longer than {self._max} bytes")
-        self._buf = bytearray(rest)
-        return [bytes(line.rstrip(b"\r")) for line in lines if line.strip()]

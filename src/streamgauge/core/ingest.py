@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
-from streamgauge.errors import BadRequest, Invalid
+from streamgauge.domain.errors import BadRequest, Invalid
 from streamgauge.store.base import IngestColumns
 from streamgauge.store.registry import Registry
 

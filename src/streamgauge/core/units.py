@@ -35,7 +35,8 @@ import numpy as np
 import numpy.typing as npt
 import pint
 
-from streamgauge.errors import BadRequest, Invalid
+from streamgauge.domain import catalog
+from streamgauge.domain.errors import BadRequest, Invalid
 
 __all__ = [
     "ENGLISH",
@@ -549,3 +550,34 @@ def convert_value(value: float, source: str, target: str) -> float:
         return float(value)
     scale, offset = converter(source, target)
     return float(value) * scale + offset
+
+
+# -- catalog entries ------------------------------------------------------------------------------
+
+
+def _unit_detail(reason: str) -> list[dict[str, str]]:
+    return [{"field": "unit", "reason": reason}]
+
+
+def entry_for(name: str, unit: str | None) -> catalog.Entry:
+    """The entry to ingest ``name`` under, given the unit (if any) the client sent it in.
+
+    * Known name: the catalog entry. A given ``unit`` must convert to the canonical one (the
+      caller converts with :func:`streamgauge.core.units.to_canonical`), else :class:`Invalid`
+      naming field ``unit``.
+    * Unknown name: a synthetic entry in the client's unit (required, validated and normalized),
+      its kind derived from the unit's dimensionality, with no QC limits.
+    """
+    if not name:
+        raise Invalid("variable name is empty", [{"field": "name", "reason": "empty"}])
+    entry = catalog.CATALOG.get(name)
+    if entry is not None:
+        if unit is not None and not compatible(unit, entry.unit):
+            reason = f"unit {unit!r} cannot convert to {name}'s unit {entry.unit!r}"
+            raise Invalid(reason, _unit_detail(reason))
+        return entry
+    if unit is None or not unit.strip():
+        reason = f"unit is required for uncatalogued variable {name!r}"
+        raise Invalid(reason, _unit_detail(reason))
+    normalized = validate_unit(unit)
+    return catalog.Entry(name=name, long_name=name, unit=normalized, kind=kind_of_unit(normalized))

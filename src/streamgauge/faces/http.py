@@ -10,10 +10,7 @@ Error shape of the native face, asserted by ``tests/faces/test_error_shape.py``:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
-import re
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -28,24 +25,11 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from streamgauge.core.ingest import MAX_TIME, MIN_TIME, to_ms
-from streamgauge.errors import BadRequest, PayloadTooLarge, StreamgaugeError
+from streamgauge.domain.errors import BadRequest, PayloadTooLarge, StreamgaugeError
+from streamgauge.wire import pages
+from streamgauge.wire.errors import WireError, code_for, envelope
 
 log = logging.getLogger("streamgauge.http")
-
-_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "too_large",
-    415: "unsupported_media_type",
-    422: "invalid",
-    429: "too_many_requests",
-    500: "internal",
-    503: "unavailable",
-}
 
 
 def error_response(
@@ -55,7 +39,7 @@ def error_response(
     details: list[Any],
     extra_headers: dict[str, str] | None = None,
 ) -> Response:
-    body = {"error": {"status": status, "code": code, "message": message, "details": details}}
+    body = envelope(status, code, message, details)
     headers = {"WWW-Authenticate": 'Basic realm="streamgauge", Bearer'} if status == 401 else {}
     headers.update(extra_headers or {})
     return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
@@ -115,7 +99,7 @@ def http_error_parts(exc: HTTPException) -> tuple[str, list[dict[str, Any]]]:
 
 async def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    code = _CODES.get(exc.status_code, "error")
+    code = code_for(exc.status_code)
     message, details = http_error_parts(exc)
     return error_response(exc.status_code, code, message, details)
 
@@ -181,7 +165,7 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
 def dumps(obj: Any) -> bytes:
     """``obj`` as compact JSON; a value orjson cannot encode does not fail the whole reply.
 
-    Input is validated before it is stored (``streamgauge.model.check_metadata``), but a row
+    Input is validated before it is stored (``streamgauge.domain.model.check_metadata``), but a row
     stored before that check (an integer of 65 bits in ``metadata``) must not take down every
     listing that includes it: such a value is written as a string (an integer's digits), or
     null, and the rest of the reply is unchanged."""
@@ -228,11 +212,6 @@ MAX_INT_DIGITS = 19
 """Digits of the longest integer a query value may hold (every 64-bit value fits). Longer digit
 strings are refused before ``int()`` sees them: Python refuses to convert more than 4,300 digits
 (a ``ValueError``), and converting long ones costs quadratic time."""
-
-MAX_TOKEN_CHARS = 1024
-"""Longest page token accepted; the tokens the server hands out are far shorter."""
-
-_TOKEN = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
 
 def shown(text: str, limit: int = 40) -> str:
@@ -301,27 +280,19 @@ def parse_time(text: str | None, field: str) -> int | None:
     return ms
 
 
-def encode_page(key: str) -> str:
-    """An opaque page token for ``key`` (base64url of its UTF-8, unpadded)."""
-    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
-
-
 def decode_page(token: str | None, field: str = "page") -> str | None:
-    """The key of a page token made by :func:`encode_page`; ``None`` stays ``None``. Anything
-    that is not such a token (not base64url, not UTF-8 inside, too long) is a 400 naming
-    ``field``."""
+    """The key of a page token made by ``wire.pages.encode_page``; ``None`` stays ``None``.
+    Anything that is not such a token (not base64url, not UTF-8 inside, too long) is a 400
+    naming ``field``."""
     if token is None:
         return None
-    bad = BadRequest(
-        f"bad page token {shown(token)}: pass the `next` token of the previous page unchanged",
-        [{"in": "query", "field": field, "reason": "not a token this server gave"}],
-    )
-    if len(token) > MAX_TOKEN_CHARS or not token.isascii() or not _TOKEN.fullmatch(token):
-        raise bad
     try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (binascii.Error, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-        raise bad from exc
+        return pages.decode_page(token)
+    except WireError as exc:
+        raise BadRequest(
+            f"bad page token {shown(token)}: pass the `next` token of the previous page unchanged",
+            [{"in": "query", "field": field, "reason": "not a token this server gave"}],
+        ) from exc
 
 
 # -- the query string itself ---------------------------------------------------------------------

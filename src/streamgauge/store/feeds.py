@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from streamgauge.errors import Conflict, NotFound
+from streamgauge.domain.errors import Conflict, NotFound
 from streamgauge.store.metadata import now_iso
 from streamgauge.store.sqlite import SqliteStore, Tx
 

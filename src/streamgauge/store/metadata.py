@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from streamgauge.errors import Conflict, Invalid, NotFound
-from streamgauge.model import (
+from streamgauge.domain.errors import Conflict, Invalid, NotFound
+from streamgauge.domain.model import (
     Device,
     DeviceIn,
     Project,

@@ -16,10 +16,10 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from streamgauge.catalog import Entry, entry_for, lookup
 from streamgauge.core import qc
-from streamgauge.core.units import converter, validate_unit
-from streamgauge.model import Device, Project, Role, Site, Variable
+from streamgauge.core.units import converter, entry_for, validate_unit
+from streamgauge.domain.catalog import Entry, lookup
+from streamgauge.domain.model import Device, Project, Role, Site, Variable
 
 
 @dataclass(slots=True)

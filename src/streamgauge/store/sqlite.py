@@ -35,7 +35,7 @@ import orjson
 from streamgauge.core import qc
 from streamgauge.core.batch import Batch
 from streamgauge.core.filterlang import Expr, to_sql
-from streamgauge.errors import Conflict, NotFound, Unavailable
+from streamgauge.domain.errors import Conflict, NotFound, Unavailable
 from streamgauge.store import files, metadata
 from streamgauge.store.base import AppendResult, HistoryQuery, IngestColumns
 from streamgauge.store.registry import Registry, SeriesRec, series_prefix

@@ -24,7 +24,8 @@ from fastapi import APIRouter, Request, Response
 
 from streamgauge.auth import Action
 from streamgauge.auth.permissions import check_role_change
-from streamgauge.errors import BadRequest, NotFound, StreamgaugeError
+from streamgauge.domain.errors import BadRequest, NotFound, StreamgaugeError
+from streamgauge.domain.model import ROLES, Role
 from streamgauge.faces.dt.events import dumps_ascii, new_xid
 from streamgauge.faces.dt.face import DTFace, get_face, project_call
 from streamgauge.faces.dt.http import (
@@ -38,7 +39,6 @@ from streamgauge.faces.dt.http import (
 )
 from streamgauge.faces.dt.state import AccountSettings
 from streamgauge.faces.http import read_body
-from streamgauge.model import ROLES, Role
 from streamgauge.store import metadata
 from streamgauge.store.registry import AccountRec, ProjectRec
 from streamgauge.store.sqlite import Tx

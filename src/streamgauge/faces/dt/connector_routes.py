@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 
 from streamgauge.auth import Action
 from streamgauge.core.deliveries import Item
-from streamgauge.errors import BadRequest, NotFound
+from streamgauge.domain.errors import BadRequest, NotFound
 from streamgauge.faces.dt.connectors import (
     Connector,
     Connectors,

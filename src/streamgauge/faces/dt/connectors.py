@@ -26,7 +26,7 @@ import orjson
 from streamgauge.core.deliveries import Item, Outcome, check_target, outbound_client
 from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.signing import DT_SIGNATURE_HEADER, dt_signature
-from streamgauge.errors import BadRequest, Invalid
+from streamgauge.domain.errors import BadRequest, Invalid
 from streamgauge.faces.dt.events import (
     EVENT_TYPES,
     dumps_ascii,

@@ -19,7 +19,8 @@ from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
 from streamgauge.auth import Action, Principal, visible_projects
-from streamgauge.errors import BadRequest, Invalid, NotFound
+from streamgauge.domain.errors import BadRequest, Invalid, NotFound
+from streamgauge.domain.model import DeviceIn, VariableIn
 from streamgauge.faces.dt.events import (
     EVENT_TYPES,
     Row,
@@ -41,7 +42,6 @@ from streamgauge.faces.dt.http import (
     page_size,
 )
 from streamgauge.faces.dt.transfer import move_device
-from streamgauge.model import DeviceIn, VariableIn
 from streamgauge.store import metadata
 from streamgauge.store.base import HistoryQuery
 from streamgauge.store.registry import DeviceRec, ProjectRec, Registry

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from streamgauge.errors import Invalid
+from streamgauge.domain.errors import Invalid
 
 if TYPE_CHECKING:
     from streamgauge.core.batch import Batch

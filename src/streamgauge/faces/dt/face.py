@@ -17,7 +17,7 @@ from fastapi import Request
 
 from streamgauge.auth import Action, Principal, authorize
 from streamgauge.core.engine import Engine
-from streamgauge.errors import Unauthorized
+from streamgauge.domain.errors import Unauthorized
 from streamgauge.faces.dt.connectors import Connectors
 from streamgauge.faces.dt.http import Query
 from streamgauge.faces.dt.state import Accounts, Reported

@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
-from streamgauge.errors import BadRequest, StreamgaugeError
+from streamgauge.domain.errors import BadRequest, StreamgaugeError
 from streamgauge.faces.dt.events import dumps_ascii
 from streamgauge.faces.http import parse_int, read_body
 

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Body, Response
 
 from streamgauge.auth import Action
 from streamgauge.auth.permissions import check_role_change
-from streamgauge.errors import Invalid, NotFound
+from streamgauge.domain.errors import Invalid, NotFound
+from streamgauge.domain.model import NewKey, RoleIn, ServiceAccount, ServiceAccountIn, new_id
 from streamgauge.faces.http import StrictRoute, json_response
 from streamgauge.faces.native.deps import EngineDep, PagingDep, PrincipalDep, project_for
-from streamgauge.model import NewKey, RoleIn, ServiceAccount, ServiceAccountIn, new_id
 from streamgauge.store import metadata
 from streamgauge.store.registry import AccountRec, ProjectRec, Registry
 from streamgauge.store.sqlite import Tx

@@ -9,8 +9,9 @@ from fastapi import Depends, Header, Query, Request
 
 from streamgauge.auth import Action, Principal, authorize
 from streamgauge.core.engine import Engine
-from streamgauge.faces.http import decode_page, encode_page
+from streamgauge.faces.http import decode_page
 from streamgauge.store.registry import ProjectRec
+from streamgauge.wire.pages import encode_page
 
 
 def get_engine(request: Request) -> Engine:

@@ -6,9 +6,9 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from streamgauge.auth import Action
+from streamgauge.domain.model import Name
 from streamgauge.faces.http import StrictRoute, json_response
 from streamgauge.faces.native.deps import EngineDep, PagingDep, PrincipalDep, project_for
-from streamgauge.model import Name
 from streamgauge.store.feeds import FeedToken
 
 router = APIRouter(tags=["push feed"], route_class=StrictRoute)

@@ -18,12 +18,11 @@ from streamgauge.core.filters import LabelMatch, Selection, canonical_expr
 from streamgauge.core.framing import NDJSON, SSE
 from streamgauge.core.ingest import MAX_TIME, MIN_TIME
 from streamgauge.core.units import parse_units
-from streamgauge.errors import BadRequest
+from streamgauge.domain.errors import BadRequest
 from streamgauge.faces.http import (
     MAX_CURSOR,
     StrictRoute,
     decode_page,
-    encode_page,
     json_response,
     parse_cursor,
     parse_int,
@@ -32,6 +31,7 @@ from streamgauge.faces.http import (
 )
 from streamgauge.faces.native.deps import EngineDep, PrincipalDep, project_for
 from streamgauge.store.base import HistoryQuery
+from streamgauge.wire.pages import encode_page
 
 router = APIRouter(tags=["observations"], route_class=StrictRoute)
 

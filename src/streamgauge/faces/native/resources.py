@@ -8,10 +8,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Query, Response
 
 from streamgauge.auth import Action, visible_projects
-from streamgauge.errors import Forbidden, NotFound
-from streamgauge.faces.http import StrictRoute, json_response
-from streamgauge.faces.native.deps import EngineDep, PagingDep, PrincipalDep, project_for
-from streamgauge.model import (
+from streamgauge.domain.errors import Forbidden, NotFound
+from streamgauge.domain.model import (
     Device,
     DeviceIn,
     Project,
@@ -21,6 +19,8 @@ from streamgauge.model import (
     Variable,
     VariableIn,
 )
+from streamgauge.faces.http import StrictRoute, json_response
+from streamgauge.faces.native.deps import EngineDep, PagingDep, PrincipalDep, project_for
 from streamgauge.store import metadata
 from streamgauge.store.registry import DeviceRec, ProjectRec
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
-from streamgauge.errors import BadRequest
+from streamgauge.domain.errors import BadRequest
 from streamgauge.faces.native.observations import SelectionParams
 
 ARGUMENTS = (

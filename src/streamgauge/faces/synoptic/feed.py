@@ -39,7 +39,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from streamgauge.core.engine import Chunk, Closed, Engine
 from streamgauge.core.hub import Item, Sink
-from streamgauge.errors import BadRequest, StreamgaugeError
+from streamgauge.domain.errors import BadRequest, StreamgaugeError
 from streamgauge.faces.synoptic.args import FeedArgs, parse_feed_args
 from streamgauge.faces.synoptic.messages import (
     Metadata,

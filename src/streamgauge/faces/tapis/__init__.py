@@ -5,7 +5,7 @@ envelope out (see ``docs/tapis.md``)."""
 from fastapi import APIRouter, Request, Response
 
 from streamgauge import __version__
-from streamgauge.errors import BadRequest, NotFound, Unavailable
+from streamgauge.domain.errors import BadRequest, NotFound, Unavailable
 from streamgauge.faces.tapis import channels, measurements, resources, roles, tenants
 from streamgauge.faces.tapis.wire import TapisRoute, envelope
 

@@ -19,10 +19,10 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict
 
 from streamgauge.auth import Action
-from streamgauge.core.batch import Batch, format_time
+from streamgauge.core.batch import Batch
 from streamgauge.core.engine import Engine
 from streamgauge.core.ingest import MAX_TIME, MIN_TIME, to_ms
-from streamgauge.errors import BadRequest, Invalid
+from streamgauge.domain.errors import BadRequest, Invalid
 from streamgauge.faces.tapis.resources import (
     I,
     device_rec,
@@ -35,6 +35,7 @@ from streamgauge.faces.tapis.resources import (
 from streamgauge.faces.tapis.wire import CallerDep, EngineDep, TapisRoute, envelope
 from streamgauge.store.base import HistoryQuery
 from streamgauge.store.registry import DeviceRec, ProjectRec, VariableRec
+from streamgauge.wire.rows import format_time
 
 router = APIRouter(prefix="/streams", route_class=TapisRoute, tags=["tapis"])
 

@@ -22,8 +22,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from streamgauge.errors import Invalid
-from streamgauge.model import ID_RE, Metadata, Project
+from streamgauge.domain.errors import Invalid
+from streamgauge.domain.model import ID_RE, Metadata, Project
 from streamgauge.store.registry import DeviceRec, Registry, SiteRec, VariableRec
 
 TAPIS = "_tapis"

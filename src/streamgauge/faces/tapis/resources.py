@@ -8,7 +8,8 @@ from fastapi import APIRouter, Body, Response
 
 from streamgauge.auth import Action, Principal, authorize, visible_projects
 from streamgauge.core.engine import Engine
-from streamgauge.errors import Conflict, Forbidden, Invalid, NotFound
+from streamgauge.domain.errors import Conflict, Forbidden, Invalid, NotFound
+from streamgauge.domain.model import DeviceIn, ProjectIn, SiteIn, VariableIn
 from streamgauge.faces.tapis.model import (
     VAR_KEPT,
     NewInstrument,
@@ -28,7 +29,6 @@ from streamgauge.faces.tapis.model import (
     with_tapis,
 )
 from streamgauge.faces.tapis.wire import CallerDep, EngineDep, ListingDep, TapisRoute, envelope
-from streamgauge.model import DeviceIn, ProjectIn, SiteIn, VariableIn
 from streamgauge.store import metadata
 from streamgauge.store.metadata import now_iso
 from streamgauge.store.registry import (

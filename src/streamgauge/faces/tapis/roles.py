@@ -19,10 +19,10 @@ from pydantic import BaseModel, ConfigDict
 from streamgauge.auth import Action, Principal
 from streamgauge.auth.permissions import check_role_change
 from streamgauge.core.engine import Engine
-from streamgauge.errors import BadRequest, NotFound
+from streamgauge.domain.errors import BadRequest, NotFound
+from streamgauge.domain.model import Role
 from streamgauge.faces.tapis.resources import project_rec
 from streamgauge.faces.tapis.wire import CallerDep, EngineDep, TapisRoute, envelope
-from streamgauge.model import Role
 from streamgauge.store import metadata
 from streamgauge.store.registry import AccountRec, ProjectRec
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from streamgauge.errors import NotFound
+from streamgauge.domain.errors import NotFound
 from streamgauge.faces.tapis.wire import EngineDep, TapisRoute, envelope
 
 router = APIRouter(route_class=TapisRoute, tags=["tapis"])

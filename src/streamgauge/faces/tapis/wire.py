@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from streamgauge import __version__
 from streamgauge.auth import Principal
 from streamgauge.core.engine import Engine
-from streamgauge.errors import BadRequest, StreamgaugeError, Unauthorized
+from streamgauge.domain.errors import BadRequest, StreamgaugeError, Unauthorized
 from streamgauge.faces.http import dumps, http_error_parts, query_names, validation_details
 from streamgauge.faces.native.deps import get_engine
 

@@ -29,10 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from streamgauge.core.units import compatible, kind_of_unit, validate_unit
-from streamgauge.errors import Invalid
-
-__all__ = ["CATALOG", "Entry", "entry_for", "lookup"]
+__all__ = ["CATALOG", "Entry", "lookup"]
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -100,31 +97,3 @@ CATALOG: Mapping[str, Entry] = MappingProxyType({e.name: e for e in _ENTRIES})
 def lookup(name: str) -> Entry | None:
     """The catalog entry for ``name``, or None if the name is not catalogued."""
     return CATALOG.get(name)
-
-
-def _unit_detail(reason: str) -> list[dict[str, str]]:
-    return [{"field": "unit", "reason": reason}]
-
-
-def entry_for(name: str, unit: str | None) -> Entry:
-    """The entry to ingest ``name`` under, given the unit (if any) the client sent it in.
-
-    * Known name: the catalog entry. A given ``unit`` must convert to the canonical one (the
-      caller converts with :func:`streamgauge.core.units.to_canonical`), else :class:`Invalid`
-      naming field ``unit``.
-    * Unknown name: a synthetic entry in the client's unit (required, validated and normalized),
-      its kind derived from the unit's dimensionality, with no QC limits.
-    """
-    if not name:
-        raise Invalid("variable name is empty", [{"field": "name", "reason": "empty"}])
-    entry = CATALOG.get(name)
-    if entry is not None:
-        if unit is not None and not compatible(unit, entry.unit):
-            reason = f"unit {unit!r} cannot convert to {name}'s unit {entry.unit!r}"
-            raise Invalid(reason, _unit_detail(reason))
-        return entry
-    if unit is None or not unit.strip():
-        reason = f"unit is required for uncatalogued variable {name!r}"
-        raise Invalid(reason, _unit_detail(reason))
-    normalized = validate_unit(unit)
-    return Entry(name=name, long_name=name, unit=normalized, kind=kind_of_unit(normalized))
