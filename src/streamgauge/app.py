@@ -14,7 +14,7 @@ from streamgauge import __version__
 from streamgauge.config import Settings
 from streamgauge.core.engine import Engine, load_admin_token
 from streamgauge.errors import StreamgaugeError
-from streamgauge.faces import dt, http
+from streamgauge.faces import dt, http, limits
 from streamgauge.faces.native import router as native_router
 from streamgauge.faces.synoptic import router as feed_router
 from streamgauge.faces.tapis import router as tapis_router
@@ -46,6 +46,13 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
     )
     app.state.engine = engine
     app.state.dt = dt_face
+    app.add_middleware(
+        limits.BodyLimit,
+        routes=lambda: app.routes,
+        ingest_bytes=settings.max_body_bytes,
+        other_bytes=settings.max_metadata_body_bytes,
+        header_bytes=settings.max_header_bytes,
+    )
     app.add_exception_handler(StreamgaugeError, http.on_streamgauge_error)
     app.add_exception_handler(RequestValidationError, http.on_validation_error)
     app.add_exception_handler(HTTPException, http.on_http_error)
@@ -77,4 +84,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "ws_per_message_deflate": settings.ws_per_message_deflate,
         "ws_max_size": 1 << 20,
         "lifespan": "on",
+        # Limits (faces/limits.py): request heads (431) and clients that stop reading.
+        "http": limits.http_protocol(settings.max_header_bytes, settings.write_timeout_seconds),
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
     }

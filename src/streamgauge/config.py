@@ -65,7 +65,37 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=32 * 1024 * 1024,
         ge=1024,
-        description="Largest accepted request body in bytes; larger bodies get 413.",
+        description=(
+            "Largest accepted request body of the ingest routes (native observations, Tapis "
+            "measurements, DT publish) in bytes; larger bodies get 413."
+        ),
+    )
+    max_metadata_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Largest accepted request body of every other route (projects, sites, devices, "
+            "variables, channels, accounts, ...) in bytes; larger bodies get 413."
+        ),
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description=(
+            "Largest request line plus headers in bytes; a bigger request head gets 431 as "
+            "soon as it passes the limit (before it is buffered whole)."
+        ),
+    )
+    write_timeout_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=86400,
+        description=(
+            "A client that reads nothing of a response (a live stream, a download) for this "
+            "many seconds while the server has data waiting for it is disconnected; other "
+            "connections are not affected. 0 disables the timeout."
+        ),
     )
     max_future_seconds: float = Field(
         default=300.0,
