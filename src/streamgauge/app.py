@@ -48,7 +48,6 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
     app.state.dt = dt_face
     app.add_middleware(
         limits.BodyLimit,
-        routes=lambda: app.routes,
         ingest_bytes=settings.max_body_bytes,
         other_bytes=settings.max_metadata_body_bytes,
         header_bytes=settings.max_header_bytes,

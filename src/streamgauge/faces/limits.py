@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import h11
 from fastapi import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -72,49 +70,26 @@ def face_error(path: str, status: int, code: str, message: str) -> Response:
 
 
 def _head_size(scope: Scope) -> int:
-    line = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b""))
+    target = scope.get("raw_path") or scope["path"].encode()
+    line = len(target) + len(scope.get("query_string", b""))
     return line + sum(len(k) + len(v) + 4 for k, v in scope["headers"])
 
 
 class BodyLimit:
-    """ASGI middleware: the body limit of every route, and the header limit as a second line.
-
-    ``routes`` gives the app's routes (read once, on the first request) to find the ingest
-    routes among them."""
+    """ASGI middleware: the body limit of every route, and the header limit as a second line."""
 
     def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        routes: Callable[[], Iterable[BaseRoute]],
-        ingest_bytes: int,
-        other_bytes: int,
-        header_bytes: int,
+        self, app: ASGIApp, *, ingest_bytes: int, other_bytes: int, header_bytes: int
     ) -> None:
         self.app = app
-        self._routes = routes
-        self._ingest: list[tuple[frozenset[str], re.Pattern[str]]] | None = None
         self.ingest_bytes = ingest_bytes
         self.other_bytes = other_bytes
         self.header_bytes = header_bytes
-
-    def ingest_patterns(self) -> list[tuple[frozenset[str], re.Pattern[str]]]:
-        if self._ingest is None:
-            found = []
-            for route in self._routes():
-                if not isinstance(route, Route):
-                    continue
-                methods = frozenset(
-                    m for m in route.methods or () if (m, route.path) in INGEST_ROUTES
-                )
-                if methods:
-                    found.append((methods, route.path_regex))
-            self._ingest = found
-        return self._ingest
+        self._ingest = [(m, compile_path(path)[0]) for m, path in sorted(INGEST_ROUTES)]
 
     def limit_for(self, method: str, path: str) -> int:
-        for methods, pattern in self.ingest_patterns():
-            if method in methods and pattern.match(path):
+        for ingest_method, pattern in self._ingest:
+            if method == ingest_method and pattern.match(path):
                 return self.ingest_bytes
         return self.other_bytes
 
