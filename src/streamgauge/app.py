@@ -16,6 +16,7 @@ from streamgauge.core.engine import Engine, load_admin_token
 from streamgauge.errors import StreamgaugeError
 from streamgauge.faces import dt, http, limits
 from streamgauge.faces.native import router as native_router
+from streamgauge.faces.openapi import declare_errors
 from streamgauge.faces.synoptic import router as feed_router
 from streamgauge.faces.tapis import router as tapis_router
 from streamgauge.faces.websocket import DirectWebSocketProtocol
@@ -71,6 +72,14 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
         return Response(engine.metrics.render(), media_type="text/plain; version=0.0.4")
 
     app.include_router(dt.router)  # last: its catch-all answers every other /v2 path
+
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document (cached by FastAPI) with every operation's error responses."""
+        return declare_errors(generate())
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

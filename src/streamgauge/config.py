@@ -196,6 +196,25 @@ class Settings(BaseSettings):
     page_limit_max: int = Field(
         default=100_000, ge=1, description="Largest page size a client may ask for."
     )
+    history_scan_rows: int = Field(
+        default=50_000,
+        ge=100,
+        le=100_000_000,
+        description=(
+            "A history read with a filter expression scans at most this many stored rows per "
+            "request; a page that found fewer matches by then ends early with a next token "
+            "that resumes after the last row scanned (bounded work per request)."
+        ),
+    )
+    readers: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description=(
+            "SQLite reader threads. Waiting reads take turns by project, so one tenant's "
+            "many scans cannot starve another's small read."
+        ),
+    )
 
     # Outbound deliveries (data connectors, alert actions)
     allow_private_targets: bool = Field(
