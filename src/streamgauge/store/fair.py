@@ -30,13 +30,14 @@ class FairGate:
 
     @asynccontextmanager
     async def turn(self, key: Hashable) -> AsyncIterator[None]:
-        await self._acquire(key)
+        await self.acquire(key)
         try:
             yield
         finally:
-            self._release()
+            self.release()
 
-    async def _acquire(self, key: Hashable) -> None:
+    async def acquire(self, key: Hashable) -> None:
+        """Wait for a slot, in ``key``'s turn. Every acquire is followed by one ``release``."""
         if self.free > 0 and not self._waiting:
             self.free -= 1
             return
@@ -46,7 +47,7 @@ class FairGate:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                self._release()  # admitted just as it was cancelled: pass the slot on
+                self.release()  # admitted just as it was cancelled: pass the slot on
             else:
                 queue = self._waiting.get(key)
                 if queue is not None and fut in queue:
@@ -55,7 +56,8 @@ class FairGate:
                         del self._waiting[key]
             raise
 
-    def _release(self) -> None:
+    def release(self) -> None:
+        """Give the slot to the next key in turn (or back to the pool)."""
         while self._waiting:
             key, queue = next(iter(self._waiting.items()))
             fut = queue.popleft()

@@ -348,8 +348,18 @@ class SqliteStore:
         tenant's many scans cannot starve another's small read (see ``FairGate``)."""
         if self._closed or self._loop is None:
             raise Unavailable("the store is closed")
-        async with self._gate.turn(key):
-            return await self._loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+        await self._gate.acquire(key)
+        fut = self._loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+        fut.add_done_callback(self._read_done)
+        # A caller that goes away does not end the read its thread is doing: the turn is given
+        # back when the thread is done (the callback), so the gate never admits more reads
+        # than there are threads.
+        return await asyncio.shield(fut)
+
+    def _read_done(self, fut: asyncio.Future[Any]) -> None:
+        self._gate.release()
+        if not fut.cancelled():
+            fut.exception()  # retrieved: a caller that went away does not leave it unhandled
 
     # -- the log --------------------------------------------------------------------------------
 
