@@ -214,18 +214,15 @@ class Engine:
         The read walks the log in time windows, each entered at the resume key by every
         series' index, so each row is scanned once however many pages it takes (a window
         holding more than a page halves the next one; a sparse one grows it; an empty one
-        jumps to the next stored time). With a filter expression the database judges each
-        window's candidates, and the page also ends after ``scan_rows`` candidates
-        (``history_scan_rows`` by default; None: no bound) even if fewer rows passed: the key
-        then points past the last row scanned."""
+        jumps to the next stored time), and no read sorts more than a window. With a filter
+        expression the database judges each window's candidates, and the page also ends after
+        ``scan_rows`` candidates (``history_scan_rows`` by default; None: no bound) even if
+        fewer rows passed: the key then points past the last row scanned. Without one, every
+        row scanned is returned, so ``query.limit`` bounds the work."""
         expr = selection.expr if selection is not None else None
-        if expr is None:
-            batch = await self.store.history(dataclasses.replace(query, limit=query.limit + 1))
-            if len(batch) <= query.limit:
-                return batch, None
-            batch = batch.head(query.limit)
-            return batch, (int(batch.times[-1]), int(batch.cursors[-1]))
         budget = self.settings.history_scan_rows if scan_rows == -1 else scan_rows
+        if expr is None:
+            budget = None  # every row scanned is returned: the limit bounds the work
         kept: list[Batch] = []
         found = scanned = 0
         after = query.after
@@ -242,9 +239,17 @@ class Engine:
             upper = start + window
             if query.end is not None:
                 upper = min(upper, query.end)
-            step = HISTORY_STEP if budget is None else min(HISTORY_STEP, budget - scanned)
+            if expr is None:  # one row past the limit says whether there is more
+                step = min(HISTORY_STEP, query.limit + 1 - found)
+            else:
+                step = HISTORY_STEP if budget is None else min(HISTORY_STEP, budget - scanned)
             page = dataclasses.replace(query, after=after, end=upper, limit=step)
-            picked, last, candidates = await self.store.history_judged(page, expr)
+            if expr is None:
+                picked = await self.store.history(page)
+                candidates = len(picked)
+                last = (int(picked.times[-1]), int(picked.cursors[-1])) if candidates else None
+            else:
+                picked, last, candidates = await self.store.history_judged(page, expr)
             kept.append(picked)
             found += len(picked)
             scanned += candidates
