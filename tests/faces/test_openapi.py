@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
 import jsonschema
+from fastapi.routing import APIRoute
 
+from streamgauge.app import create_app
+from streamgauge.config import Settings
 from tests.conftest import Server, make_station, rows
 
 
@@ -171,3 +176,28 @@ def test_real_errors_match_the_declared_schemas(server: Server) -> None:
         declared = doc["paths"][path][method]["responses"][str(status)]
         schema = _resolve(doc, declared["content"]["application/json"]["schema"]["$ref"])
         jsonschema.validate(r.json(), schema)
+
+
+def test_an_unexpected_error_answers_in_the_faces_shape(tmp_path: Path) -> None:
+    """issue 11 item 16: even a 500 (a bug) answers in the error shape of the face whose path
+    it is, as the document declares for that face: the Tapis envelope under /v3."""
+
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    app = create_app(Settings(data=tmp_path / "d"), admin_token="t")
+    for path in ("/v3/boom-for-test", "/api/v1/boom-for-test"):
+        app.router.routes.insert(0, APIRoute(path, boom))  # before the faces' catch-alls
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+
+    async def call(path: str) -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            return await c.get(path)
+
+    r = asyncio.run(call("/v3/boom-for-test"))
+    assert r.status_code == 500
+    body = r.json()
+    assert body["status"] == "error" and body["result"] is None
+    assert "RuntimeError" in body["message"]
+    r = asyncio.run(call("/api/v1/boom-for-test"))
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal"
