@@ -157,6 +157,9 @@ def test_oversized_request_head_is_431(tmp_path: Path, protocol: str) -> None:
             r = c.get("/v3/streams/projects", headers={"X-Big": "a" * (HEADER_LIMIT * 2)})
             assert r.status_code == 431, r.text
             assert r.json()["status"] == "error"
+            r = c.get("/v2/projects/p/devices:stream", headers={"X-Big": "a" * (HEADER_LIMIT * 2)})
+            assert r.status_code == 431, r.text
+            assert r.json()["error"]["code"] == 431  # the DT stream's error line
             r = c.get("/api/v1/projects", headers={"X-Fine": "a" * (HEADER_LIMIT // 2)})
             assert r.status_code == 200, r.text
         huge = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (8 << 20)

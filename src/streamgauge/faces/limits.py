@@ -35,6 +35,7 @@ from streamgauge.errors import PayloadTooLarge
 from streamgauge.faces import http
 
 log = logging.getLogger("streamgauge.limits")
+JSON = "application/json"
 
 # (method, route path) of the routes that take observations; a test checks each still exists.
 INGEST_ROUTES = frozenset(
@@ -60,7 +61,10 @@ def face_error(path: str, status: int, code: str, message: str) -> Response:
     face = face_of(path)
     if face == "dt":
         from streamgauge.faces.dt.http import error_response as dt_error
+        from streamgauge.faces.dt.http import stream_error_line
 
+        if path.endswith(":stream"):  # the DT SDK reads a stream's error line, not its status
+            return Response(stream_error_line(status, message), status, media_type=JSON)
         return dt_error(status, message)
     if face == "tapis":
         from streamgauge.faces.tapis.wire import error_envelope
