@@ -14,9 +14,10 @@ from streamgauge import __version__
 from streamgauge.config import Settings
 from streamgauge.core.engine import Engine, load_admin_token
 from streamgauge.domain.errors import StreamgaugeError
-from streamgauge.faces import docs, dt, http
+from streamgauge.faces import docs, dt, http, limits
 from streamgauge.faces.dt import http as dt_http
 from streamgauge.faces.native import router as native_router
+from streamgauge.faces.openapi import declare_errors
 from streamgauge.faces.synoptic import router as feed_router
 from streamgauge.faces.tapis import router as tapis_router
 from streamgauge.faces.tapis import wire as tapis_wire
@@ -52,6 +53,12 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
     app.state.engine = engine
     app.state.dt = dt_face
     app.add_middleware(
+        limits.BodyLimit,
+        ingest_bytes=settings.max_body_bytes,
+        other_bytes=settings.max_metadata_body_bytes,
+        header_bytes=settings.max_header_bytes,
+    )
+    app.add_middleware(
         http.QueryStringGuard,
         responders=(
             ("/v2", dt_http.bad_request_response),
@@ -77,6 +84,14 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
         return Response(engine.metrics.render(), media_type="text/plain; version=0.0.4")
 
     app.include_router(dt.router)  # last: its catch-all answers every other /v2 path
+
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document (cached by FastAPI) with every operation's error responses."""
+        return declare_errors(generate())
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
@@ -89,4 +104,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "ws_per_message_deflate": settings.ws_per_message_deflate,
         "ws_max_size": 1 << 20,
         "lifespan": "on",
+        # Limits (faces/limits.py): request heads (431) and clients that stop reading.
+        "http": limits.http_protocol(settings.max_header_bytes, settings.write_timeout_seconds),
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
     }

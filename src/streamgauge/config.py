@@ -85,7 +85,37 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=32 * 1024 * 1024,
         ge=1024,
-        description="Largest accepted request body in bytes; larger bodies get 413.",
+        description=(
+            "Largest accepted request body of the ingest routes (native observations, Tapis "
+            "measurements, DT publish) in bytes; larger bodies get 413."
+        ),
+    )
+    max_metadata_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Largest accepted request body of every other route (projects, sites, devices, "
+            "variables, channels, accounts, ...) in bytes; larger bodies get 413."
+        ),
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description=(
+            "Largest request line plus headers in bytes; a bigger request head gets 431 as "
+            "soon as it passes the limit (before it is buffered whole)."
+        ),
+    )
+    write_timeout_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=86400,
+        description=(
+            "A client that reads nothing of a response (a live stream, a download) for this "
+            "many seconds while the server has data waiting for it is disconnected; other "
+            "connections are not affected. 0 disables the timeout."
+        ),
     )
     max_future_seconds: float = Field(
         default=300.0,
@@ -198,6 +228,25 @@ class Settings(BaseSettings):
     )
     page_limit_max: int = Field(
         default=100_000, ge=1, description="Largest page size a client may ask for."
+    )
+    history_scan_rows: int = Field(
+        default=50_000,
+        ge=100,
+        le=100_000_000,
+        description=(
+            "A history read with a filter expression scans at most this many stored rows per "
+            "request; a page that found fewer matches by then ends early with a next token "
+            "that resumes after the last row scanned (bounded work per request)."
+        ),
+    )
+    readers: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description=(
+            "SQLite reader threads. Waiting reads take turns by project, so one tenant's "
+            "many scans cannot starve another's small read."
+        ),
     )
 
     # Outbound deliveries (data connectors, alert actions)

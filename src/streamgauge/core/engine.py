@@ -44,6 +44,10 @@ from streamgauge.wire.rows import format_time
 MAX_SEND_BYTES = 256 * 1024  # coalesce queued frames into writes of at most this size
 LAG_PROBE_SECONDS = 0.05  # how often the event loop's lag is sampled (metrics)
 SHUTDOWN_REASON = "server shutting down"
+HISTORY_STEP = 4096  # candidates judged per store read of a filtered history read
+HISTORY_WINDOW_MS = 60_000  # first time window of a filtered history read
+MAX_WINDOW_MS = 1 << 50  # a window never grows past this (about 35,000 years)
+MAX_CURSOR = 2**63 - 1
 
 
 def load_admin_token(settings: Settings) -> tuple[str, bool]:
@@ -72,6 +76,7 @@ class Engine:
             settings.data / "streamgauge.db",
             durability=settings.durability,
             index_chunk_rows=settings.index_chunk_rows,
+            readers=settings.readers,
             quality_control=settings.qc,
         )
         self.registry = self.store.registry
@@ -212,24 +217,94 @@ class Engine:
     # -- reads ----------------------------------------------------------------------------------
 
     async def history(self, query: HistoryQuery, selection: Selection | None = None) -> Batch:
-        """Stored rows in (time, cursor) order. With a filter expression, candidates are read a
-        page at a time and the database judges each one's station report (the expression
-        compiled to parameterized SQL), until ``query.limit`` rows pass."""
+        """Stored rows in (time, cursor) order, up to ``query.limit``, however many rows it
+        takes to find them (for internal readers: feed rewinds, actors). A face answering a
+        client uses ``history_page``, whose work per request is bounded."""
         if selection is None or selection.expr is None:
             return await self.store.history(query)
         kept: list[Batch] = []
         found = 0
         after = query.after
-        step = max(query.limit, 1000)
-        while found < query.limit:
-            page = dataclasses.replace(query, after=after, limit=step)
-            picked, last, candidates = await self.store.history_judged(page, selection.expr)
+        while True:
+            page = dataclasses.replace(query, after=after, limit=query.limit - found)
+            batch, after = await self.history_page(page, selection, scan_rows=None)
+            kept.append(batch)
+            found += len(batch)
+            if after is None or found >= query.limit:
+                break
+        return concat(kept).head(query.limit)
+
+    async def history_page(
+        self,
+        query: HistoryQuery,
+        selection: Selection | None = None,
+        *,
+        scan_rows: int | None = -1,
+    ) -> tuple[Batch, tuple[int, int] | None]:
+        """One page of a history read: up to ``query.limit`` rows in (time, cursor) order after
+        ``query.after``, and the key to go on from (None: nothing is left).
+
+        The read walks the log in time windows, each entered at the resume key by every
+        series' index, so each row is scanned once however many pages it takes (a window
+        holding more than a page halves the next one; a sparse one grows it; an empty one
+        jumps to the next stored time), and no read sorts more than a window. With a filter
+        expression the database judges each window's candidates, and the page also ends after
+        ``scan_rows`` candidates (``history_scan_rows`` by default; None: no bound) even if
+        fewer rows passed: the key then points past the last row scanned. Without one, every
+        row scanned is returned, so ``query.limit`` bounds the work."""
+        expr = selection.expr if selection is not None else None
+        budget = self.settings.history_scan_rows if scan_rows == -1 else scan_rows
+        if expr is None:
+            budget = None  # every row scanned is returned: the limit bounds the work
+        kept: list[Batch] = []
+        found = scanned = 0
+        after = query.after
+        window = HISTORY_WINDOW_MS
+        start: int | None = None  # the current window's first time (None: look it up)
+        while True:
+            if budget is not None and scanned >= budget:
+                break  # bounded work: the caller resumes from the last row scanned
+            if start is None:
+                start = await self.store.next_time(dataclasses.replace(query, after=after))
+                if start is None:
+                    after = None  # nothing is left
+                    break
+            upper = start + window
+            if query.end is not None:
+                upper = min(upper, query.end)
+            if expr is None:  # one row past the limit says whether there is more
+                step = min(HISTORY_STEP, query.limit + 1 - found)
+            else:
+                step = HISTORY_STEP if budget is None else min(HISTORY_STEP, budget - scanned)
+            page = dataclasses.replace(query, after=after, end=upper, limit=step)
+            if expr is None:
+                picked = await self.store.history(page)
+                candidates = len(picked)
+                last = (int(picked.times[-1]), int(picked.cursors[-1])) if candidates else None
+            else:
+                picked, last, candidates = await self.store.history_judged(page, expr)
             kept.append(picked)
             found += len(picked)
-            if candidates < step or last is None:
+            scanned += candidates
+            if candidates >= step and last is not None:  # the window held more than a page
+                after = last
+                start = last[0]
+                window = max(1, window // 2)
+            else:  # the window is done: go on after it
+                after = (upper - 1, MAX_CURSOR)
+                start = upper if candidates else None
+                if candidates < step // 4:
+                    window = min(window * 4, MAX_WINDOW_MS)
+                if query.end is not None and upper >= query.end:
+                    after = None
+                    break
+            if found > query.limit:
                 break
-            after = last
-        return concat(kept).head(query.limit) if kept else empty_batch(query.project_pk)
+        batch = concat(kept) if kept else empty_batch(query.project_pk)
+        if len(batch) > query.limit:
+            batch = batch.head(query.limit)
+            return batch, (int(batch.times[-1]), int(batch.cursors[-1]))
+        return batch, after
 
     async def create_key(self, account: AccountRec) -> tuple[str, str, str]:
         """A new key of ``account``: (key id, secret, created_at). The secret is derived from

@@ -105,7 +105,11 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
-    return error_response(500, "internal", f"internal error: {type(exc).__name__}", [])
+    """A 500 in the error shape of the face the path belongs to (a Tapis client gets the Tapis
+    envelope, not this face's shape)."""
+    from streamgauge.faces.limits import face_error  # limits builds on this module
+
+    return face_error(request.url.path, 500, "internal", f"internal error: {type(exc).__name__}")
 
 
 def query_names(dependant: Dependant) -> set[str]:

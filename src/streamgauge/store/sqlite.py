@@ -14,6 +14,7 @@ commits and when the writer is idle, all at once if the tail ever reaches ``inde
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import gc
@@ -23,7 +24,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +39,7 @@ from streamgauge.core.filterlang import Expr, to_sql
 from streamgauge.domain.errors import Conflict, NotFound, Unavailable
 from streamgauge.store import files, metadata
 from streamgauge.store.base import AppendResult, HistoryQuery, IngestColumns
+from streamgauge.store.fair import FairGate
 from streamgauge.store.registry import Registry, SeriesRec, series_prefix
 from streamgauge.store.schema import migrate
 
@@ -112,6 +114,7 @@ class SqliteStore:
         self._local = threading.local()
         self._keys_marks: dict[int, tuple[int, int]] = {}  # reader connection -> report_keys
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="sg-read")
+        self._gate = FairGate(readers)
         self._closed = False
         self.write_seconds = 0.0  # total time spent in write transactions (metrics)
         self._frozen_at = 0
@@ -343,10 +346,24 @@ class SqliteStore:
             self._local.conn = conn
         return conn
 
-    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def read(self, fn: Callable[[sqlite3.Connection], T], *, key: object = None) -> T:
+        """Run ``fn`` on a pooled reader connection. Reads wait for a free reader in turns by
+        ``key`` (a project's history reads share one key; other reads share ``None``), so one
+        tenant's many scans cannot starve another's small read (see ``FairGate``)."""
         if self._closed or self._loop is None:
             raise Unavailable("the store is closed")
-        return await self._loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+        await self._gate.acquire(key)
+        fut = self._loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+        fut.add_done_callback(self._read_done)
+        # A caller that goes away does not end the read its thread is doing: the turn is given
+        # back when the thread is done (the callback), so the gate never admits more reads
+        # than there are threads.
+        return await asyncio.shield(fut)
+
+    def _read_done(self, fut: asyncio.Future[Any]) -> None:
+        self._gate.release()
+        if not fut.cancelled():
+            fut.exception()  # retrieved: a caller that went away does not leave it unhandled
 
     # -- the log --------------------------------------------------------------------------------
 
@@ -533,10 +550,24 @@ class SqliteStore:
 
     async def history(self, query: HistoryQuery) -> Batch:
         def run(conn: sqlite3.Connection) -> Batch:
-            sql, params = _history_sql(query)
-            return _batch(query.project_pk, _fetch_rows(conn, sql, params, by_time=True))
+            with _snapshot(conn) as sealed:
+                sql, params = _history_sql(query, sealed)
+                return _batch(query.project_pk, _fetch_rows(conn, sql, params, by_time=True))
 
-        return await self.read(run)
+        return await self.read(run, key=query.project_pk)
+
+    async def next_time(self, query: HistoryQuery) -> int | None:
+        """The time of the first row of ``query`` (its series, after ``query.after``, within
+        ``start``/``end``; QC removal aside), or None: where a windowed read goes on after a
+        gap. One index seek per series plus the unindexed tail, never a scan."""
+
+        def run(conn: sqlite3.Connection) -> int | None:
+            with _snapshot(conn) as sealed:
+                sql, params = _next_time_sql(query, sealed)
+                row = conn.execute(sql, params).fetchone()
+                return None if row is None or row[0] is None else int(row[0])
+
+        return await self.read(run, key=query.project_pk)
 
     async def history_judged(
         self, query: HistoryQuery, expr: Expr
@@ -546,17 +577,23 @@ class SqliteStore:
         of one station at one time that pass the query's QC removal. The expression is compiled
         to parameterized SQL (``filterlang.to_sql``) over a per-connection table of each
         series' station and sensor, so the database judges it. Returns the passing rows, the
-        (time, cursor) of the page's last candidate, and the number of candidates."""
+        (time, cursor) of the page's last candidate, and the number of candidates.
+
+        The work is linear in the page: the candidates, the report rows at their times (read
+        by a range over the candidates' times) and the judgement are each materialized once,
+        and the report rows are looked up by key (an automatic index), never scanned per
+        candidate."""
 
         def run(conn: sqlite3.Connection) -> tuple[Batch, tuple[int, int] | None, int]:
             self._report_keys(conn)
-            sql, params = _judged_history_sql(query, expr)
-            rows = _fetch_rows(conn, sql, params, by_time=True, extra="judged")
+            with _snapshot(conn) as sealed:
+                sql, params = _judged_history_sql(query, expr, sealed)
+                rows = _fetch_rows(conn, sql, params, by_time=True, extra="judged")
             last = (int(rows[-1][2]), int(rows[-1][0])) if rows else None
             passing = [r[:5] for r in rows if r[5]]
             return _batch(query.project_pk, passing), last, len(rows)
 
-        return await self.read(run)
+        return await self.read(run, key=query.project_pk)
 
     def _report_keys(self, conn: sqlite3.Connection) -> None:
         """``temp.report_keys(series, station, sensor)`` on this reader connection: rebuilt
@@ -702,21 +739,47 @@ def _batch(project_pk: int, rows: Sequence[Sequence[Any]]) -> Batch:
     )
 
 
-def _judged_history_sql(q: HistoryQuery, expr: Expr) -> tuple[str, list[Any]]:
+@contextlib.contextmanager
+def _snapshot(conn: sqlite3.Connection) -> Iterator[int]:
+    """A read transaction on ``conn``, yielding the sealed position it sees: the indexed
+    chunks and the unindexed tail are read from one snapshot, so no row is in both or
+    neither, and the tail is read by its primary key range (``cursor > sealed``)."""
+    conn.execute("BEGIN")
+    try:
+        yield int(conn.execute("SELECT value FROM state WHERE key = 'sealed'").fetchone()[0])
+    finally:
+        conn.execute("COMMIT")
+
+
+def _judged_history_sql(q: HistoryQuery, expr: Expr, sealed: int) -> tuple[str, list[Any]]:
     """The candidate page ``q``, each row with whether its station report satisfies ``expr``:
     ``report_rows`` holds the project's rows (passing the QC removal) at the page's times, keyed
     by station and time, and ``filterlang.to_sql`` turns the expression into EXISTS conditions
-    over it. Every user value is a bound parameter."""
-    cand_sql, cand_params = _history_sql(q)
+    over it. Every user value is a bound parameter.
+
+    Each CTE is materialized once (the EXISTS conditions would otherwise run the population
+    read again for every candidate) and the population is read by a range over the
+    candidates' times, the exact times checked row by row (``+time``: not an index term)."""
+    cand_sql, cand_params = _history_sql(q, sealed)
     population = dataclasses.replace(q, series=None, start=None, end=None, after=None)
-    rows_sql, rows_params = _history_sql(population, ordered=False, times_sql="cand_times")
+    rows_sql, rows_params = _history_sql(
+        population,
+        sealed,
+        ordered=False,
+        extra=[
+            "{t} >= (SELECT min(time) FROM cand)",
+            "{t} <= (SELECT max(time) FROM cand)",
+            "+{t} IN (SELECT time FROM cand_times)",
+        ],
+    )
     judged, expr_params = to_sql(expr, report_sql="o.report", table="report_rows")
     sql = (
-        f"WITH cand AS ({cand_sql}), "
-        "cand_times AS (SELECT DISTINCT time FROM cand), "
-        f"pop AS ({rows_sql}), "
-        "report_rows AS (SELECT k.station || ':' || p.time AS report, k.sensor AS sensor,"
-        " p.value AS value FROM pop p JOIN temp.report_keys k ON k.series = p.series) "
+        f"WITH cand AS MATERIALIZED ({cand_sql}), "
+        "cand_times AS MATERIALIZED (SELECT DISTINCT time FROM cand), "
+        f"pop AS MATERIALIZED ({rows_sql}), "
+        "report_rows AS MATERIALIZED (SELECT k.station || ':' || p.time AS report,"
+        " k.sensor AS sensor, p.value AS value"
+        " FROM pop p JOIN temp.report_keys k ON k.series = p.series) "
         f"SELECT cursor, series, time, value, qc, coalesce(({judged}), 0) AS judged FROM ("
         "SELECT c.cursor, c.series, c.time, c.value, c.qc,"
         " coalesce(k.station, -1) || ':' || c.time AS report"
@@ -726,19 +789,18 @@ def _judged_history_sql(q: HistoryQuery, expr: Expr) -> tuple[str, list[Any]]:
     return sql, [*cand_params, *rows_params, *expr_params]
 
 
-def _history_sql(
-    q: HistoryQuery, *, ordered: bool = True, times_sql: str | None = None
-) -> tuple[str, list[Any]]:
-    """Parameterized SQL for a history read: indexed sealed chunks plus the unsealed tail.
-
-    The series to read come as one JSON array parameter (``json_each``), so a selection of
-    thousands of series is still one bound value, never SQL text."""
+def _series_sql(q: HistoryQuery) -> tuple[str, list[Any]]:
+    """The series a read covers, as SQL: the project's, or one JSON array parameter (so a
+    selection of thousands of series is still one bound value, never SQL text)."""
     if q.series is None:
-        series_sql = "SELECT pk FROM series WHERE project_pk = ?"
-        sparams: list[Any] = [q.project_pk]
-    else:
-        series_sql = "SELECT value FROM json_each(?)"
-        sparams = [orjson.dumps(list(q.series)).decode()]
+        return "SELECT pk FROM series WHERE project_pk = ?", [q.project_pk]
+    return "SELECT value FROM json_each(?)", [orjson.dumps(list(q.series)).decode()]
+
+
+def _conditions(q: HistoryQuery, extra: Sequence[str] = ()) -> tuple[list[str], list[Any]]:
+    """The row conditions of ``q`` as templates over ``{t}`` (time), ``{c}`` (cursor) and
+    ``{q}`` (qc). The resume key gives a range (``time >= t``) as well as the exact keyset
+    condition, so each series' index is entered at the key, not scanned from its start."""
     conds: list[str] = []
     cparams: list[Any] = []
     if q.start is not None:
@@ -748,17 +810,25 @@ def _history_sql(
         conds.append("{t} < ?")
         cparams.append(q.end)
     if q.after is not None:
-        conds.append("({t} > ? OR ({t} = ? AND {c} > ?))")
+        conds.append("{t} >= ? AND ({t} > ? OR {c} > ?)")
         cparams += [q.after[0], q.after[0], q.after[1]]
     if q.times is not None:
         conds.append("{t} IN (SELECT value FROM json_each(?))")
         cparams.append(orjson.dumps(list(q.times)).decode())
-    if times_sql is not None:  # a CTE of the caller's (code, never user text)
-        conds.append("{t} IN (SELECT time FROM " + times_sql + ")")
+    conds.extend(extra)  # the caller's code over its CTEs, never user text
     if q.qc_remove:
         conds.append("({q} & ?) = 0")
         cparams.append(q.qc_remove)
-    sealed = "(SELECT value FROM state WHERE key = 'sealed')"
+    return conds, cparams
+
+
+def _history_sql(
+    q: HistoryQuery, sealed: int, *, ordered: bool = True, extra: Sequence[str] = ()
+) -> tuple[str, list[Any]]:
+    """Parameterized SQL for a history read: indexed sealed chunks plus the unsealed tail
+    (``cursor > sealed``, read by primary key), as of one snapshot (``_snapshot``)."""
+    series_sql, sparams = _series_sql(q)
+    conds, cparams = _conditions(q, extra)
 
     def cond(t: str, c: str, qc: str) -> str:
         return "".join(" AND " + x.format(t=t, c=c, q=qc) for x in conds)
@@ -770,9 +840,31 @@ def _history_sql(
         f"WHERE i.series IN ({series_sql}){cond('i.time', 'i.cursor', 'o.qc')} "
         "UNION ALL "
         "SELECT cursor, series, time, value, qc FROM obs "
-        f"WHERE cursor > {sealed} AND series IN ({series_sql}){cond('time', 'cursor', 'qc')}"
+        f"WHERE cursor > ? AND series IN ({series_sql}){cond('time', 'cursor', 'qc')}"
         ")"
     )
+    params = [*sparams, *cparams, sealed, *sparams, *cparams]
     if not ordered:
-        return sql, [*sparams, *cparams, *sparams, *cparams]
-    return sql + " ORDER BY time, cursor LIMIT ?", [*sparams, *cparams, *sparams, *cparams, q.limit]
+        return sql, params
+    return sql + " ORDER BY time, cursor LIMIT ?", [*params, q.limit]
+
+
+def _next_time_sql(q: HistoryQuery, sealed: int) -> tuple[str, list[Any]]:
+    """The first time of ``q`` (QC removal aside): per series, one seek into the index at the
+    resume key; and the unindexed tail."""
+    series_sql, sparams = _series_sql(q)
+    conds, cparams = _conditions(dataclasses.replace(q, qc_remove=0))
+
+    def cond(t: str, c: str) -> str:
+        return "".join(" AND " + x.format(t=t, c=c, q="") for x in conds)
+
+    sql = (
+        "SELECT min(t) FROM ("
+        "SELECT (SELECT i.time FROM obs_index i "
+        f"WHERE i.series = s.value{cond('i.time', 'i.cursor')} ORDER BY i.time LIMIT 1) AS t "
+        f"FROM ({series_sql.replace('SELECT pk FROM', 'SELECT pk AS value FROM')}) s "
+        "UNION ALL "
+        f"SELECT min(time) FROM obs WHERE cursor > ? AND series IN ({series_sql})"
+        f"{cond('time', 'cursor')})"
+    )
+    return sql, [*cparams, *sparams, sealed, *sparams, *cparams]

@@ -230,7 +230,9 @@ async def history(
     page: Annotated[str | None, Query(description="The `next` token of the previous page.")] = None,
     format: Annotated[Literal["json", "csv", "ndjson"], Query()] = "json",
 ) -> Response:
-    """Stored observations ordered by time, paged with `next` tokens."""
+    """Stored observations ordered by time, paged with `next` tokens. With a `filter`, a page
+    scans at most `STREAMGAUGE_HISTORY_SCAN_ROWS` stored rows and may hold fewer rows than
+    `limit` (even none) with a `next` token: follow `next` until it is null."""
     rec = project_for(engine, who, project, Action.READ)
     s = engine.settings
     n = min(limit or s.page_limit_default, s.page_limit_max)
@@ -243,13 +245,12 @@ async def history(
         start=parse_time(start, "start"),
         end=parse_time(end, "end"),
         after=_page_key(page),
-        limit=n + 1,
+        limit=n,
     )
-    batch = await engine.history(query, selection)
-    more = len(batch) > n
-    if more:
-        batch = batch.head(n)
-    nxt = encode_page(f"{int(batch.times[-1])}:{int(batch.cursors[-1])}") if more else None
+    # With a filter, a page may hold fewer than `limit` rows (the scan per request is bounded);
+    # `next` then resumes after the last row scanned.
+    batch, resume = await engine.history_page(query, selection)
+    nxt = encode_page(f"{resume[0]}:{resume[1]}") if resume is not None else None
     units = units_of(batch, engine.registry, select.units)
     headers = {"X-Units": orjson.dumps(units).decode()}
     if nxt:
