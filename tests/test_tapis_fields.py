@@ -216,3 +216,15 @@ def test_nan_and_huge_numbers_in_documents_are_refused(
     envelope(tapis.get(I + "/variables"), 200)
     envelope(tapis.get(P + "/sites"), 200)
     assert len(envelope(tapis.get(P + "/sites"), 200)["result"]) == 1
+
+
+@pytest.mark.parametrize("field", ["pi", "owner"])
+def test_a_project_field_longer_than_the_native_one_is_a_400(
+    tapis: httpx.Client, field: str
+) -> None:
+    """issue 11 item 13 (found by schemathesis): a 1,000-character ``pi`` passed the Tapis
+    model (4,096) but not the native project's (256), and the conversion raised a 500."""
+    body = {"project_name": "longpi", "owner": "o", "pi": "p", "description": "d"}
+    body[field] = "0" * 1000
+    got = envelope(tapis.post("/v3/streams/projects", json=body), 400)
+    assert any(field in str(d.get("field", "")) for d in got["metadata"]["details"]), got

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from streamgauge.domain.errors import Invalid
-from streamgauge.domain.model import ID_RE, Metadata, Project
+from streamgauge.domain.model import ID_RE, Metadata, Name, Project
 from streamgauge.store.registry import DeviceRec, Registry, SiteRec, VariableRec
 
 TAPIS = "_tapis"
@@ -50,8 +50,8 @@ TopicId = (
 
 class NewProject(_In):
     project_name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
-    owner: Text
-    pi: Text
+    owner: Name  # stored in the native project's owner and pi (at most 256 characters)
+    pi: Name
     description: Text = ""
     funding_resource: Text | None = None
     project_url: Text | None = None
