@@ -153,17 +153,17 @@ def statuses_for(method: str, path: str, op: dict[str, Any]) -> set[int]:
     params = op.get("parameters") or []
     has_body = "requestBody" in op
     out = {400, 431, 503}
-    if not any(p.match(path) for p in PUBLIC):
+    public = any(p.match(path) for p in PUBLIC)
+    token = any(p.match(path) for p in TOKEN)
+    if not public:
         out |= {401, 429}
-        if not any(p.match(path) for p in TOKEN):
+        if not token:
             out.add(403)
-            looks_up = (
-                "{" in path
-                or has_body
-                or any(p.get("in") == "query" and p.get("required") for p in params)
-            )
-            if looks_up:
-                out.add(404)
+    looks_up = (
+        "{" in path or has_body or any(p.get("in") == "query" and p.get("required") for p in params)
+    )
+    if looks_up and not token:  # public lookups too: GET /v3/tenants/{tenant_id}
+        out.add(404)
     if method in WRITES:
         out |= {409, 413}
     if face_of(path) == "native" and (params or has_body):
