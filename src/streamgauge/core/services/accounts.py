@@ -18,20 +18,21 @@ from streamgauge.auth import Authenticator, Principal
 from streamgauge.auth.permissions import check_role_change
 from streamgauge.auth.principals import new_key_id
 from streamgauge.auth.tokens import TokenIssuer
+from streamgauge.core.services.base import MetadataStore
 from streamgauge.domain.errors import NotFound
 from streamgauge.domain.model import Key, NewKey, Role, ServiceAccount, new_id, now_iso
 from streamgauge.store import metadata
 from streamgauge.store.registry import AccountRec, ProjectRec, Registry
 
 if TYPE_CHECKING:
-    from streamgauge.store.sqlite import SqliteStore, Tx
+    from streamgauge.store.sqlite import Tx
 
 Also = Callable[["Tx", AccountRec], object]
 """A face's own write about an account, run in the account change's transaction."""
 
 
 class AccountService:
-    def __init__(self, store: SqliteStore, auth: Authenticator, tokens: TokenIssuer) -> None:
+    def __init__(self, store: MetadataStore, auth: Authenticator, tokens: TokenIssuer) -> None:
         self._store = store
         self._reg: Registry = store.registry
         self._auth = auth

@@ -11,10 +11,11 @@ caller's principal.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from streamgauge.auth import Action, Principal, authorize, visible_projects
 from streamgauge.config import Settings
+from streamgauge.core.services.base import MetadataStore
 from streamgauge.domain.errors import Forbidden
 from streamgauge.domain.model import (
     Device,
@@ -29,16 +30,13 @@ from streamgauge.domain.model import (
 from streamgauge.store import metadata
 from streamgauge.store.registry import DeviceRec, ProjectRec, Registry, SiteRec, VariableRec
 
-if TYPE_CHECKING:
-    from streamgauge.store.sqlite import SqliteStore
-
 IfExists = Literal["error", "skip"]
 Patch = dict[str, Any]
 """The fields of a partial update (``model_dump(exclude_unset=True)`` of an ``*In`` model)."""
 
 
 class MetadataService:
-    def __init__(self, store: SqliteStore, settings: Settings) -> None:
+    def __init__(self, store: MetadataStore, settings: Settings) -> None:
         self._store = store
         self._reg: Registry = store.registry
         self._settings = settings
