@@ -129,7 +129,7 @@ async def list_projects(engine: EngineDep, who: CallerDep, listing: ListingDep) 
 @router.post("/projects", status_code=201)
 async def create_project(engine: EngineDep, who: CallerDep, body: NewProject) -> Response:
     """A new project; its id is the name without spaces. The caller becomes its admin."""
-    if engine.settings.admin_only_project_create and not who.is_admin:  # before the body
+    if engine.settings.admin_only_project_create and not who.is_admin:  # before the 400s
         raise Forbidden("only the deployment admin may create projects on this server")
     project_id = check_id(body.project_name.replace(" ", ""), "project_name")
     same_id(body.project_id, project_id, "project_id")
