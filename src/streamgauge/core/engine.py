@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from streamgauge.auth import Authenticator
-from streamgauge.auth.principals import new_key_id
 from streamgauge.auth.tokens import TokenIssuer
 from streamgauge.config import Settings
 from streamgauge.core import ingest
@@ -30,14 +29,14 @@ from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.framing import Framing
 from streamgauge.core.handoff import Handoff
 from streamgauge.core.hub import Hub, Item, Sink, Subscription
+from streamgauge.core.services import AccountService, MetadataService
 from streamgauge.core.units import METRIC, UnitSystem, describe
 from streamgauge.domain.errors import BadRequest, StreamgaugeError
 from streamgauge.metrics import Metrics
-from streamgauge.store import metadata
 from streamgauge.store.base import AppendResult, HistoryQuery
 from streamgauge.store.feeds import FeedStore
 from streamgauge.store.files import private_dir, tighten_if_present
-from streamgauge.store.registry import AccountRec, ProjectRec
+from streamgauge.store.registry import ProjectRec
 from streamgauge.store.sqlite import SqliteStore
 from streamgauge.wire.rows import format_time
 
@@ -118,6 +117,13 @@ class Engine:
         )
         # Alert channels: rules on every committed batch, actions through deliveries and actors.
         self.alerting = Alerting(self)
+        # The services every face calls (core/services/).
+        self.metadata = MetadataService(self.store, settings)
+        self.metadata.project_deleted += [
+            lambda pk: self.hub.close_project(pk, "project deleted"),
+            self.alerting.forget_project,
+        ]
+        self.accounts = AccountService(self.store, self.auth, self.tokens)
 
     async def start(self) -> None:
         private_dir(self.settings.data)
@@ -305,19 +311,6 @@ class Engine:
             batch = batch.head(query.limit)
             return batch, (int(batch.times[-1]), int(batch.cursors[-1]))
         return batch, after
-
-    async def create_key(self, account: AccountRec) -> tuple[str, str, str]:
-        """A new key of ``account``: (key id, secret, created_at). The secret is derived from
-        the server's token key (so a JWT assertion signed with it can be checked) and only its
-        argon2 hash is stored; every face shows it once."""
-        key_id = new_key_id()
-        secret = self.tokens.secret_for(key_id)
-        hashed = await self.auth.hash_async(secret)
-        created = metadata.now_iso()
-        await self.store.write(
-            lambda tx: metadata.add_key(tx, self.registry, account, key_id, hashed, created)
-        )
-        return key_id, secret, created
 
     def series_of(self, selection: Selection) -> tuple[int, ...]:
         """The series pks a selection wants now (for history reads)."""

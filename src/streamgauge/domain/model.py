@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import secrets
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -96,6 +97,11 @@ this check existed must still load, and the listings encode such a row defensive
 StoredMetadata = dict[str, Any]
 Role = Literal["admin", "manager", "user"]
 ROLES: tuple[Role, ...] = ("admin", "manager", "user")
+
+
+def now_iso() -> str:
+    """Now, as the documents write times: UTC, whole seconds, ``Z`` (``2026-01-02T03:04:05Z``)."""
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def new_id(prefix: str = "") -> str:

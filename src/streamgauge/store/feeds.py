@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from streamgauge.domain.errors import Conflict, NotFound
-from streamgauge.store.metadata import now_iso
+from streamgauge.domain.model import now_iso
 from streamgauge.store.sqlite import SqliteStore, Tx
 
 FLUSH_SECONDS = 1.0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -27,6 +26,7 @@ from streamgauge.domain.model import (
     Variable,
     VariableIn,
     new_id,
+    now_iso,
 )
 from streamgauge.store.registry import (
     AccountRec,
@@ -77,10 +77,6 @@ def _merge(model: type[M], doc: M, patch: dict[str, Any]) -> M:
             "the update does not validate",
             [{"field": ".".join(map(str, e["loc"])), "reason": e["msg"]} for e in exc.errors()],
         ) from exc
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def load(conn: sqlite3.Connection, reg: Registry) -> None:

@@ -23,9 +23,9 @@ import jwt
 from fastapi import APIRouter, Request, Response
 
 from streamgauge.auth import Action
-from streamgauge.auth.permissions import check_role_change
+from streamgauge.core.services import page
 from streamgauge.domain.errors import BadRequest, NotFound, StreamgaugeError
-from streamgauge.domain.model import ROLES, Role
+from streamgauge.domain.model import ROLES, Role, now_iso
 from streamgauge.faces.dt.events import dumps_ascii, new_xid
 from streamgauge.faces.dt.face import DTFace, get_face, project_call
 from streamgauge.faces.dt.http import (
@@ -39,9 +39,7 @@ from streamgauge.faces.dt.http import (
 )
 from streamgauge.faces.dt.state import AccountSettings
 from streamgauge.faces.http import read_body
-from streamgauge.store import metadata
 from streamgauge.store.registry import AccountRec, ProjectRec
-from streamgauge.store.sqlite import Tx
 
 router = APIRouter(tags=["dt: service accounts"], route_class=DTRoute)
 
@@ -78,10 +76,7 @@ def account_json(face: DTFace, a: AccountRec) -> dict[str, Any]:
 
 
 def _account(face: DTFace, proj: ProjectRec, sa: str) -> AccountRec:
-    a = face.engine.registry.accounts.get(sa)
-    if a is None or a.home_project_pk != proj.pk:
-        raise NotFound(f"no service account {sa!r} in project {proj.doc.id!r}")
-    return a
+    return face.engine.accounts.get(proj, sa)
 
 
 def _fields(body: dict[str, Any]) -> tuple[str | None, bool | None, Role | None]:
@@ -110,16 +105,16 @@ async def create_account(request: Request, project: str) -> Response:
     face, who, proj = await project_call(request, project, Action.MANAGE)
     name, basic, role = _fields(await json_body(request, 1 << 20))
     id_ = new_xid()
-    now = metadata.now_iso()
+    now = now_iso()
     settings = AccountSettings(bool(basic), now, now)
-    reg = face.engine.registry
-
-    def run(tx: Tx) -> AccountRec:
-        rec = metadata.create_account(tx, reg, proj, id_, name or id_, role or "user")
-        face.accounts.put(tx, rec.pk, settings)
-        return rec
-
-    return json_response(account_json(face, await face.engine.store.write(run)))
+    rec = await face.engine.accounts.create(
+        proj,
+        id=id_,
+        name=name,
+        role=role or "user",
+        also=lambda tx, rec: face.accounts.put(tx, rec.pk, settings),
+    )
+    return json_response(account_json(face, rec))
 
 
 @router.get("/projects/{project}/serviceaccounts")
@@ -128,11 +123,7 @@ async def list_accounts(request: Request, project: str) -> Response:
     who = await face.authenticate(request)
     q = Query(request, ("page_size", "page_token"))
     proj = face.project(who, project, Action.MANAGE)
-    accounts = sorted(
-        (a for a in face.engine.registry.accounts.values() if a.home_project_pk == proj.pk),
-        key=lambda a: a.id,
-    )
-    items = [(a.id, account_json(face, a)) for a in accounts]
+    items = [(a.id, account_json(face, a)) for a in face.engine.accounts.of_project(proj)]
     return json_response(_page(q, items, "serviceAccounts"))
 
 
@@ -141,13 +132,10 @@ def _page(q: Query, items: list[tuple[str, Any]], name: str) -> dict[str, Any]:
     after = decode_token(q, fingerprint)
     if after is not None and not isinstance(after, str):
         raise BadRequest("bad pageToken")
-    n = page_size(q, LIST_DEFAULT, 10_000)
-    rest = [(k, v) for k, v in items if after is None or k > after]
-    page = rest[:n]
-    more = len(rest) > n
+    got = page(items, page_size(q, LIST_DEFAULT, 10_000), after=after)
     return {
-        name: [v for _, v in page],
-        "nextPageToken": encode_token(fingerprint, page[-1][0]) if more else "",
+        name: got.items,
+        "nextPageToken": encode_token(fingerprint, got.next_key) if got.more else "",
     }
 
 
@@ -165,22 +153,20 @@ async def update_account(request: Request, project: str, sa: str) -> Response:
     proj = face.project(who, project, Action.MANAGE)
     a = _account(face, proj, sa)
     name, basic, role = _fields(await json_body(request, 1 << 20))
-    if role is not None and role != a.roles.get(proj.pk):
-        check_role_change(who, proj, a, role)  # the one rule of every face
+    if role is not None and role == a.roles.get(proj.pk):
+        role = None  # not a change, so not asked of the role rule (the service applies it)
     old = _settings(face, a)
     settings = AccountSettings(
-        old.basic_auth if basic is None else basic, old.create_time, metadata.now_iso()
+        old.basic_auth if basic is None else basic, old.create_time, now_iso()
     )
-    reg = face.engine.registry
-
-    def run(tx: Tx) -> None:
-        if name:
-            metadata.rename_account(tx, reg, a, name)
-        if role is not None:
-            metadata.set_role(tx, reg, a, proj.pk, role)
-        face.accounts.put(tx, a.pk, settings)
-
-    await face.engine.store.write(run)
+    await face.engine.accounts.update(
+        who,
+        proj,
+        a,
+        name=name,
+        role=role,
+        also=lambda tx, rec: face.accounts.put(tx, rec.pk, settings),
+    )
     return json_response(account_json(face, a))
 
 
@@ -188,7 +174,7 @@ async def update_account(request: Request, project: str, sa: str) -> Response:
 async def delete_account(request: Request, project: str, sa: str) -> Response:
     face, who, proj = await project_call(request, project, Action.MANAGE)
     a = _account(face, proj, sa)
-    await face.engine.store.write(lambda tx: metadata.delete_account(tx, face.engine.registry, a))
+    await face.engine.accounts.delete(a)
     return json_response({})
 
 
@@ -208,12 +194,14 @@ async def create_key(request: Request, project: str, sa: str) -> Response:
     """A new key and its secret (shown only now)."""
     face, who, proj = await project_call(request, project, Action.MANAGE)
     a = _account(face, proj, sa)
-    key_id, secret, created = await face.engine.create_key(a)
-    return json_response({"key": key_json(project, sa, key_id, created), "secret": secret})
+    key = await face.engine.accounts.create_key(a)
+    return json_response(
+        {"key": key_json(project, sa, key.key_id, key.created_at), "secret": key.secret}
+    )
 
 
 async def _keys(face: DTFace, a: AccountRec) -> list[tuple[str, str]]:
-    return await face.engine.store.read(lambda conn: metadata.key_created(conn, a.pk))
+    return [(k.key_id, k.created_at) for k in await face.engine.accounts.keys(a)]
 
 
 @router.get("/projects/{project}/serviceaccounts/{sa}/keys")
@@ -241,9 +229,7 @@ async def get_key(request: Request, project: str, sa: str, key_id: str) -> Respo
 async def delete_key(request: Request, project: str, sa: str, key_id: str) -> Response:
     face, who, proj = await project_call(request, project, Action.MANAGE)
     a = _account(face, proj, sa)
-    await face.engine.store.write(
-        lambda tx: metadata.delete_key(tx, face.engine.registry, a, key_id)
-    )
+    await face.engine.accounts.delete_key(a, key_id)
     return json_response({})
 
 

@@ -42,10 +42,8 @@ from streamgauge.faces.dt.http import (
     page_size,
 )
 from streamgauge.faces.dt.transfer import move_device
-from streamgauge.store import metadata
 from streamgauge.store.base import HistoryQuery
-from streamgauge.store.registry import DeviceRec, ProjectRec, Registry
-from streamgauge.store.sqlite import Tx
+from streamgauge.store.registry import DeviceRec, ProjectRec
 
 router = APIRouter(tags=["dt: devices"], route_class=DTRoute)
 
@@ -301,12 +299,9 @@ async def batch_update(request: Request, project: str) -> Response:
         }
         changes.append((dev, new, change))
     if changes:
-
-        def run(tx: Tx) -> None:
-            for dev, new, _ in changes:
-                metadata.update_device(tx, reg, proj, dev, {"labels": new})
-
-        await face.engine.store.write(run)
+        await face.engine.metadata.update_devices(
+            proj, [(dev, {"labels": new}) for dev, new, _ in changes]
+        )
         now = int(time.time() * 1000)
         for dev, _, change in changes:
             await publish_rows(face, proj, dev, parse_event("labelsChanged", change, now))
@@ -347,13 +342,11 @@ async def transfer(request: Request, project: str) -> Response:
                 }
             )
             continue
-        await face.engine.store.write(functools.partial(_move, reg=reg, dev=dev, target=target))
+        await face.engine.store.write(
+            functools.partial(move_device, reg=reg, dev=dev, target=target)
+        )
         moved.append(device_name(project, dev.doc.id))
     return json_response({"transferredDevices": moved, "transferErrors": errors})
-
-
-def _move(tx: Tx, *, reg: Registry, dev: DeviceRec, target: ProjectRec) -> None:
-    move_device(tx, reg, dev, target)
 
 
 # -- event history ----------------------------------------------------------------------------
@@ -479,11 +472,8 @@ async def create_emulated_device(request: Request, project: str) -> Response:
                 for e in exc.errors()[:10]
             ],
         ) from exc
-    reg = face.engine.registry
-    await face.engine.store.write(
-        lambda tx: metadata.create_devices(tx, reg, proj, [item], skip_existing=False)
-    )
-    return json_response(device_json(face, reg.devices[(proj.pk, device_id)]))
+    await face.engine.metadata.create_devices(proj, [item])
+    return json_response(device_json(face, face.engine.registry.devices[(proj.pk, device_id)]))
 
 
 @router.delete("/projects/{project}/devices/{device}")
@@ -494,7 +484,7 @@ async def delete_emulated_device(request: Request, project: str, device: str) ->
     dev = reg.devices.get((proj.pk, device))
     if dev is None or not dev.doc.metadata.get("emulated"):
         raise NotFound(f"no emulated device {device!r} in project {project!r}")
-    await face.engine.store.write(lambda tx: metadata.delete_device(tx, reg, dev))
+    await face.engine.metadata.delete_device(dev)
     face.reported.forget(dev.pk)
     return json_response({})
 
@@ -544,9 +534,7 @@ async def publish_rows(face: DTFace, proj: ProjectRec, dev: DeviceRec, rows: lis
             missing[r.variable] = r.name
     if missing:
         items = [VariableIn(id=v, name=n) for v, n in missing.items()]
-        await face.engine.store.write(
-            lambda tx: metadata.create_variables(tx, reg, proj, dev, items, skip_existing=True)
-        )
+        await face.engine.metadata.create_variables(proj, dev, items, if_exists="skip")
     body = orjson.dumps(
         [
             {"device": dev.doc.id, "variable": r.variable, "time": r.time, "value": r.value}

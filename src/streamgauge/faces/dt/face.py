@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import Request
 
-from streamgauge.auth import Action, Principal, authorize
+from streamgauge.auth import Action, Principal
 from streamgauge.core.engine import Engine
 from streamgauge.domain.errors import Unauthorized
 from streamgauge.faces.dt.connectors import Connectors
@@ -67,7 +67,7 @@ class DTFace:
         return await self.engine.auth.authenticate_async(header, client)
 
     def project(self, who: Principal, project_id: str, action: Action) -> ProjectRec:
-        return authorize(who, self.engine.registry.projects.get(project_id), action, project_id)
+        return self.engine.metadata.project(who, project_id, action)
 
 
 def get_face(request: Request) -> DTFace:

@@ -7,36 +7,21 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Response
 
 from streamgauge.auth import Action
-from streamgauge.auth.permissions import check_role_change
 from streamgauge.domain.errors import Invalid, NotFound
-from streamgauge.domain.model import NewKey, RoleIn, ServiceAccount, ServiceAccountIn, new_id
+from streamgauge.domain.model import NewKey, RoleIn, ServiceAccount, ServiceAccountIn
 from streamgauge.faces.http import StrictRoute, json_response
 from streamgauge.faces.native.deps import EngineDep, PagingDep, PrincipalDep, project_for
-from streamgauge.store import metadata
-from streamgauge.store.registry import AccountRec, ProjectRec, Registry
-from streamgauge.store.sqlite import Tx
+from streamgauge.store.registry import AccountRec, ProjectRec
 
 router = APIRouter(tags=["service accounts"], route_class=StrictRoute)
 
 
-def _doc(reg: Registry, a: AccountRec) -> dict[str, object]:
-    return ServiceAccount(
-        id=a.id,
-        name=a.name,
-        project=reg.projects_by_pk[a.home_project_pk].doc.id,
-        roles={
-            reg.projects_by_pk[pk].doc.id: r
-            for pk, r in a.roles.items()
-            if pk in reg.projects_by_pk
-        },
-    ).model_dump()
+def _doc(engine: EngineDep, a: AccountRec) -> dict[str, object]:
+    return engine.accounts.document(a).model_dump()
 
 
 def _account(engine: EngineDep, rec: ProjectRec, sa: str) -> AccountRec:
-    a = engine.registry.accounts.get(sa)
-    if a is None or a.home_project_pk != rec.pk:
-        raise NotFound(f"no service account {sa!r} in project {rec.doc.id!r}")
-    return a
+    return engine.accounts.get(rec, sa)
 
 
 @router.post("/projects/{project}/serviceaccounts", status_code=201, response_model=ServiceAccount)
@@ -45,13 +30,8 @@ async def create_account(
 ) -> Response:
     """Create a service account whose home is this project, with a role on it."""
     rec = project_for(engine, who, project, Action.MANAGE)
-    id_ = body.id or new_id("sa")
-    a = await engine.store.write(
-        lambda tx: metadata.create_account(
-            tx, engine.registry, rec, id_, body.name or id_, body.role
-        )
-    )
-    return json_response(_doc(engine.registry, a), 201)
+    a = await engine.accounts.create(rec, id=body.id, name=body.name, role=body.role)
+    return json_response(_doc(engine, a), 201)
 
 
 @router.get("/projects/{project}/serviceaccounts")
@@ -59,15 +39,14 @@ async def list_accounts(
     engine: EngineDep, who: PrincipalDep, project: str, paging: PagingDep
 ) -> Response:
     rec = project_for(engine, who, project, Action.MANAGE)
-    reg = engine.registry
-    items = ((a.id, _doc(reg, a)) for a in reg.accounts.values() if a.home_project_pk == rec.pk)
+    items = ((a.id, _doc(engine, a)) for a in engine.accounts.of_project(rec))
     return json_response(paging.page(items, "serviceaccounts"))
 
 
 @router.get("/projects/{project}/serviceaccounts/{sa}", response_model=ServiceAccount)
 async def get_account(engine: EngineDep, who: PrincipalDep, project: str, sa: str) -> Response:
     rec = project_for(engine, who, project, Action.MANAGE)
-    return json_response(_doc(engine.registry, _account(engine, rec, sa)))
+    return json_response(_doc(engine, _account(engine, rec, sa)))
 
 
 @router.patch("/projects/{project}/serviceaccounts/{sa}", response_model=ServiceAccount)
@@ -80,24 +59,21 @@ async def update_account(
     fields = body.model_fields_set
     if "id" in fields and body.id != a.id:
         raise Invalid("a service account's id cannot change", [{"field": "id", "reason": "fixed"}])
-    if "role" in fields:
-        check_role_change(who, rec, a, body.role)
-
-    def run(tx: Tx) -> None:
-        if "name" in fields and body.name:
-            metadata.rename_account(tx, engine.registry, a, body.name)
-        if "role" in fields:
-            metadata.set_role(tx, engine.registry, a, rec.pk, body.role)
-
-    await engine.store.write(run)
-    return json_response(_doc(engine.registry, a))
+    await engine.accounts.update(
+        who,
+        rec,
+        a,
+        name=body.name if "name" in fields else None,
+        role=body.role if "role" in fields else None,
+    )
+    return json_response(_doc(engine, a))
 
 
 @router.delete("/projects/{project}/serviceaccounts/{sa}", status_code=204)
 async def delete_account(engine: EngineDep, who: PrincipalDep, project: str, sa: str) -> Response:
     rec = project_for(engine, who, project, Action.MANAGE)
     a = _account(engine, rec, sa)
-    await engine.store.write(lambda tx: metadata.delete_account(tx, engine.registry, a))
+    await engine.accounts.delete(a)
     return Response(status_code=204)
 
 
@@ -109,16 +85,18 @@ async def create_key(engine: EngineDep, who: PrincipalDep, project: str, sa: str
     server can re-derive it from its token key, to check JWT assertions signed with it)."""
     rec = project_for(engine, who, project, Action.MANAGE)
     a = _account(engine, rec, sa)
-    key_id, secret, created = await engine.create_key(a)
-    return json_response({"key_id": key_id, "secret": secret, "created_at": created}, 201)
+    key = await engine.accounts.create_key(a)
+    return json_response(
+        {"key_id": key.key_id, "secret": key.secret, "created_at": key.created_at}, 201
+    )
 
 
 @router.get("/projects/{project}/serviceaccounts/{sa}/keys")
 async def list_keys(engine: EngineDep, who: PrincipalDep, project: str, sa: str) -> Response:
     rec = project_for(engine, who, project, Action.MANAGE)
     a = _account(engine, rec, sa)
-    keys = await engine.store.read(lambda conn: metadata.key_created(conn, a.pk))
-    return json_response({"keys": [{"key_id": k, "created_at": c} for k, c in keys]})
+    keys = await engine.accounts.keys(a)
+    return json_response({"keys": [k.model_dump() for k in keys]})
 
 
 @router.delete("/projects/{project}/serviceaccounts/{sa}/keys/{key_id}", status_code=204)
@@ -127,7 +105,7 @@ async def delete_key(
 ) -> Response:
     rec = project_for(engine, who, project, Action.MANAGE)
     a = _account(engine, rec, sa)
-    await engine.store.write(lambda tx: metadata.delete_key(tx, engine.registry, a, key_id))
+    await engine.accounts.delete_key(a, key_id)
     return Response(status_code=204)
 
 
@@ -135,13 +113,12 @@ async def delete_key(
 async def list_roles(engine: EngineDep, who: PrincipalDep, project: str) -> Response:
     """Every service account with a role on this project."""
     rec = project_for(engine, who, project, Action.MANAGE)
-    reg = engine.registry
-    roles = sorted((a.id, a.roles[rec.pk]) for a in reg.accounts.values() if rec.pk in a.roles)
+    roles = engine.accounts.roles(rec)
     return json_response({"roles": [{"account": a, "role": r} for a, r in roles]})
 
 
 def _any_account(engine: EngineDep, sa: str) -> AccountRec:
-    a = engine.registry.accounts.get(sa)
+    a = engine.accounts.find(sa)
     if a is None:
         raise NotFound(f"no service account {sa!r}")
     return a
@@ -160,10 +137,7 @@ async def grant_role(
     ``manager`` or ``user``, nobody to themselves (as on the Tapis face)."""
     rec = project_for(engine, who, project, Action.READ)
     a = _any_account(engine, sa)
-    check_role_change(who, rec, a, body.role)
-    await engine.store.write(
-        lambda tx: metadata.set_role(tx, engine.registry, a, rec.pk, body.role)
-    )
+    await engine.accounts.set_role(who, rec, a, body.role)
     return json_response({"account": a.id, "project": rec.doc.id, "role": body.role})
 
 
@@ -172,8 +146,8 @@ async def revoke_role(engine: EngineDep, who: PrincipalDep, project: str, sa: st
     """Take a service account's role on this project away (admins; not your own)."""
     rec = project_for(engine, who, project, Action.READ)
     a = _any_account(engine, sa)
-    check_role_change(who, rec, a, None)
+    engine.accounts.check_role_change(who, rec, a, None)
     if rec.pk not in a.roles:
         raise NotFound(f"service account {sa!r} has no role on project {project!r}")
-    await engine.store.write(lambda tx: metadata.set_role(tx, engine.registry, a, rec.pk, None))
+    await engine.accounts.set_role(who, rec, a, None)
     return Response(status_code=204)

@@ -15,11 +15,10 @@ from streamgauge.core.alerting import Channel
 from streamgauge.core.channels import ChannelDoc, TriggerDoc
 from streamgauge.core.engine import Engine
 from streamgauge.domain.errors import NotFound
-from streamgauge.domain.model import Id, Name, check_metadata, new_id
+from streamgauge.domain.model import Id, Name, check_metadata, new_id, now_iso
 from streamgauge.faces.http import StrictRoute, json_response
 from streamgauge.faces.native.deps import EngineDep, PrincipalDep, project_for
 from streamgauge.store import alerts as alert_table
-from streamgauge.store.metadata import now_iso
 from streamgauge.store.registry import ProjectRec
 
 router = APIRouter(tags=["channels"], route_class=StrictRoute)

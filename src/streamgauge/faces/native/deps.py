@@ -7,8 +7,9 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Query, Request
 
-from streamgauge.auth import Action, Principal, authorize
+from streamgauge.auth import Action, Principal
 from streamgauge.core.engine import Engine
+from streamgauge.core.services import page
 from streamgauge.faces.http import decode_page
 from streamgauge.store.registry import ProjectRec
 from streamgauge.wire.pages import encode_page
@@ -32,7 +33,7 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
 def project_for(engine: Engine, who: Principal, project_id: str, action: Action) -> ProjectRec:
-    return authorize(who, engine.registry.projects.get(project_id), action, project_id)
+    return engine.metadata.project(who, project_id, action)
 
 
 T = TypeVar("T")
@@ -50,14 +51,10 @@ class Paging:
         self.after = decode_page(page)
 
     def page(self, items: Iterable[tuple[str, T]], name: str) -> dict[str, Any]:
-        ordered = sorted(
-            ((k, v) for k, v in items if self.after is None or k > self.after), key=lambda kv: kv[0]
-        )
-        chunk = ordered[: self.limit]
-        more = len(ordered) > self.limit
+        got = page(items, self.limit, after=self.after)
         return {
-            name: [v for _, v in chunk],
-            "next": encode_page(chunk[-1][0]) if more and chunk else None,
+            name: got.items,
+            "next": encode_page(got.next_key) if got.next_key is not None else None,
         }
 
 

@@ -1,5 +1,5 @@
 """Projects, sites, devices and variables: create (one or a bulk array), list, get, update,
-delete. Reads come from the registry; writes go through the store's writer."""
+delete. The routes call the engine's metadata service (`core/services/metadata.py`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Response
 
-from streamgauge.auth import Action, visible_projects
-from streamgauge.domain.errors import Forbidden, NotFound
+from streamgauge.auth import Action
+from streamgauge.domain.errors import NotFound
 from streamgauge.domain.model import (
     Device,
     DeviceIn,
@@ -21,7 +21,6 @@ from streamgauge.domain.model import (
 )
 from streamgauge.faces.http import StrictRoute, json_response
 from streamgauge.faces.native.deps import EngineDep, PagingDep, PrincipalDep, project_for
-from streamgauge.store import metadata
 from streamgauge.store.registry import DeviceRec, ProjectRec
 
 router = APIRouter(route_class=StrictRoute)
@@ -59,27 +58,14 @@ async def create_project(
     if_exists: IfExists = "error",
 ) -> Response:
     """Create a project (or several); a service account that creates one becomes its admin."""
-    if engine.settings.admin_only_project_create and not who.is_admin:
-        raise Forbidden("only the deployment admin may create projects on this server")
     items, many = _many(body)
-    account = who.account.pk if who.account is not None else None
-    if if_exists == "skip" and account is not None:
-        for it in items:  # an existing project you cannot see is not yours to skip over
-            rec = engine.registry.projects.get(it.id or "")
-            if rec is not None:
-                project_for(engine, who, rec.doc.id, Action.READ)
-    docs = await engine.store.write(
-        lambda tx: metadata.create_projects(
-            tx, engine.registry, items, skip_existing=if_exists == "skip", admin_account=account
-        )
-    )
-    return _created(docs, many)
+    return _created(await engine.metadata.create_projects(who, items, if_exists=if_exists), many)
 
 
 @router.get("/projects", tags=["projects"])
 async def list_projects(engine: EngineDep, who: PrincipalDep, paging: PagingDep) -> Response:
     """The projects the caller has a role in (all of them for the deployment admin)."""
-    recs = visible_projects(who, engine.registry)
+    recs = engine.metadata.visible_projects(who)
     return json_response(paging.page(((p.doc.id, p.doc.model_dump()) for p in recs), "projects"))
 
 
@@ -93,9 +79,7 @@ async def update_project(
     engine: EngineDep, who: PrincipalDep, project: str, body: ProjectIn
 ) -> Response:
     rec = project_for(engine, who, project, Action.WRITE)
-    doc = await engine.store.write(
-        lambda tx: metadata.update_project(tx, engine.registry, rec, _patch(body))
-    )
+    doc = await engine.metadata.update_project(rec, _patch(body))
     return json_response(doc.model_dump())
 
 
@@ -103,8 +87,7 @@ async def update_project(
 async def delete_project(engine: EngineDep, who: PrincipalDep, project: str) -> Response:
     """Delete a project with everything in it; its open streams are closed."""
     rec = project_for(engine, who, project, Action.MANAGE)
-    await engine.store.write(lambda tx: metadata.delete_project(tx, engine.registry, rec))
-    engine.hub.close_project(rec.pk, "project deleted")
+    await engine.metadata.delete_project(rec)
     return Response(status_code=204)
 
 
@@ -124,11 +107,7 @@ async def create_site(
     """Create a site (station), or several from a JSON array (all or nothing)."""
     rec = project_for(engine, who, project, Action.WRITE)
     items, many = _many(body)
-    docs = await engine.store.write(
-        lambda tx: metadata.create_sites(
-            tx, engine.registry, rec, items, skip_existing=if_exists == "skip"
-        )
-    )
+    docs = await engine.metadata.create_sites(rec, items, if_exists=if_exists)
     return _created(docs, many)
 
 
@@ -137,7 +116,7 @@ async def list_sites(
     engine: EngineDep, who: PrincipalDep, project: str, paging: PagingDep
 ) -> Response:
     rec = project_for(engine, who, project, Action.READ)
-    items = ((k[1], s.doc.model_dump()) for k, s in engine.registry.sites.items() if k[0] == rec.pk)
+    items = ((s.doc.id, s.doc.model_dump()) for s in engine.metadata.sites(rec))
     return json_response(paging.page(items, "sites"))
 
 
@@ -160,9 +139,7 @@ async def update_site(
 ) -> Response:
     rec = project_for(engine, who, project, Action.WRITE)
     s = _site(engine, rec, site)
-    doc = await engine.store.write(
-        lambda tx: metadata.update_site(tx, engine.registry, s, _patch(body))
-    )
+    doc = await engine.metadata.update_site(s, _patch(body))
     return json_response(doc.model_dump())
 
 
@@ -171,7 +148,7 @@ async def delete_site(engine: EngineDep, who: PrincipalDep, project: str, site: 
     """Delete a site; refused (409) while devices stand at it."""
     rec = project_for(engine, who, project, Action.DELETE)
     s = _site(engine, rec, site)
-    await engine.store.write(lambda tx: metadata.delete_site(tx, engine.registry, s))
+    await engine.metadata.delete_site(s)
     return Response(status_code=204)
 
 
@@ -194,11 +171,7 @@ async def create_device(
     """Create a device (or several from an array), optionally with its variables inline."""
     rec = project_for(engine, who, project, Action.WRITE)
     items, many = _many(body)
-    docs = await engine.store.write(
-        lambda tx: metadata.create_devices(
-            tx, engine.registry, rec, items, skip_existing=if_exists == "skip"
-        )
-    )
+    docs = await engine.metadata.create_devices(rec, items, if_exists=if_exists)
     return _created(docs, many)
 
 
@@ -213,11 +186,7 @@ async def list_devices(
 ) -> Response:
     rec = project_for(engine, who, project, Action.READ)
     items = (
-        (k[1], d.doc.model_dump())
-        for k, d in engine.registry.devices.items()
-        if k[0] == rec.pk
-        and (site is None or d.doc.site == site)
-        and (type is None or d.doc.type == type)
+        (d.doc.id, d.doc.model_dump()) for d in engine.metadata.devices(rec, site=site, type=type)
     )
     return json_response(paging.page(items, "devices"))
 
@@ -241,9 +210,7 @@ async def update_device(
 ) -> Response:
     rec = project_for(engine, who, project, Action.WRITE)
     d = _device(engine, rec, device)
-    doc = await engine.store.write(
-        lambda tx: metadata.update_device(tx, engine.registry, rec, d, _patch(body))
-    )
+    doc = await engine.metadata.update_device(rec, d, _patch(body))
     return json_response(doc.model_dump())
 
 
@@ -254,7 +221,7 @@ async def delete_device(
     """Delete a device and its variables; its observations are no longer readable."""
     rec = project_for(engine, who, project, Action.DELETE)
     d = _device(engine, rec, device)
-    await engine.store.write(lambda tx: metadata.delete_device(tx, engine.registry, d))
+    await engine.metadata.delete_device(d)
     return Response(status_code=204)
 
 
@@ -279,11 +246,7 @@ async def create_variable(
     rec = project_for(engine, who, project, Action.WRITE)
     d = _device(engine, rec, device)
     items, many = _many(body)
-    docs = await engine.store.write(
-        lambda tx: metadata.create_variables(
-            tx, engine.registry, rec, d, items, skip_existing=if_exists == "skip"
-        )
-    )
+    docs = await engine.metadata.create_variables(rec, d, items, if_exists=if_exists)
     return _created(docs, many)
 
 
@@ -293,9 +256,7 @@ async def list_variables(
 ) -> Response:
     rec = project_for(engine, who, project, Action.READ)
     d = _device(engine, rec, device)
-    items = (
-        (k[1], v.doc.model_dump()) for k, v in engine.registry.variables.items() if k[0] == d.pk
-    )
+    items = ((v.doc.id, v.doc.model_dump()) for v in engine.metadata.variables(d))
     return json_response(paging.page(items, "variables"))
 
 
@@ -333,9 +294,7 @@ async def update_variable(
 ) -> Response:
     rec = project_for(engine, who, project, Action.WRITE)
     v = _variable(engine, _device(engine, rec, device), variable)
-    doc = await engine.store.write(
-        lambda tx: metadata.update_variable(tx, engine.registry, v, _patch(body))
-    )
+    doc = await engine.metadata.update_variable(v, _patch(body))
     return json_response(doc.model_dump())
 
 
@@ -347,5 +306,5 @@ async def delete_variable(
 ) -> Response:
     rec = project_for(engine, who, project, Action.DELETE)
     v = _variable(engine, _device(engine, rec, device), variable)
-    await engine.store.write(lambda tx: metadata.delete_variable(tx, engine.registry, v))
+    await engine.metadata.delete_variable(v)
     return Response(status_code=204)

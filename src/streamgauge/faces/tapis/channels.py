@@ -20,11 +20,10 @@ from streamgauge.core.alerts import parse_duration
 from streamgauge.core.channels import ActionDoc, ChannelDoc, TriggerDoc
 from streamgauge.core.engine import Engine
 from streamgauge.domain.errors import BadRequest, Invalid, NotFound
-from streamgauge.domain.model import check_metadata
+from streamgauge.domain.model import check_metadata, now_iso
 from streamgauge.faces.tapis.model import members
 from streamgauge.faces.tapis.resources import find_instrument
 from streamgauge.faces.tapis.wire import CallerDep, EngineDep, ListingDep, TapisRoute, envelope
-from streamgauge.store.metadata import now_iso
 from streamgauge.store.registry import ProjectRec
 
 router = APIRouter(prefix="/streams", route_class=TapisRoute, tags=["tapis"])
@@ -135,7 +134,7 @@ def _project(engine: Engine, who: Principal, triggers: list[TriggerDoc]) -> Proj
             [{"field": "triggers_with_actions", "reason": ", ".join(sorted(projects))}],
         )
     pid = projects.pop()
-    return authorize(who, engine.registry.projects.get(pid), Action.WRITE, pid)
+    return engine.metadata.project(who, pid, Action.WRITE)
 
 
 def _tapis_trigger(t: TriggerDoc) -> dict[str, Any]:

@@ -6,10 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response
 
-from streamgauge.auth import Action, Principal, authorize, visible_projects
+from streamgauge.auth import Action, Principal
 from streamgauge.core.engine import Engine
 from streamgauge.domain.errors import Conflict, Forbidden, Invalid, NotFound
-from streamgauge.domain.model import DeviceIn, ProjectIn, SiteIn, VariableIn
+from streamgauge.domain.model import DeviceIn, ProjectIn, SiteIn, VariableIn, now_iso
 from streamgauge.faces.tapis.model import (
     VAR_KEPT,
     NewInstrument,
@@ -29,8 +29,6 @@ from streamgauge.faces.tapis.model import (
     with_tapis,
 )
 from streamgauge.faces.tapis.wire import CallerDep, EngineDep, ListingDep, TapisRoute, envelope
-from streamgauge.store import metadata
-from streamgauge.store.metadata import now_iso
 from streamgauge.store.registry import (
     DeviceRec,
     ProjectRec,
@@ -50,7 +48,7 @@ I = S + "/instruments/{inst_id}"  # noqa: E741 - the instrument path
 
 
 def project_rec(engine: Engine, who: Principal, project_id: str, action: Action) -> ProjectRec:
-    return authorize(who, engine.registry.projects.get(project_id), action, project_id)
+    return engine.metadata.project(who, project_id, action)
 
 
 def site_rec(engine: Engine, p: ProjectRec, site_id: str) -> SiteRec:
@@ -82,7 +80,7 @@ def find_instrument(
     reg = engine.registry
     found = [
         (p, d)
-        for p in visible_projects(who, reg)
+        for p in engine.metadata.visible_projects(who)
         if (d := reg.devices.get((p.pk, inst_id))) is not None
     ]
     if not found:
@@ -93,7 +91,7 @@ def find_instrument(
             [{"field": "inst_id", "reason": ", ".join(sorted(p.doc.id for p, _ in found))}],
         )
     p, d = found[0]
-    authorize(who, p, action, p.doc.id)
+    engine.metadata.project(who, p.doc.id, action)
     return p, d
 
 
@@ -124,14 +122,14 @@ def _touch(md: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 async def list_projects(engine: EngineDep, who: CallerDep, listing: ListingDep) -> Response:
     """Every project the caller has a role in, shared ones included."""
     reg = engine.registry
-    recs = visible_projects(who, reg)
+    recs = engine.metadata.visible_projects(who)
     return envelope(listing.page((p.doc.id, project_doc(reg, p.pk, p.doc)) for p in recs))
 
 
 @router.post("/projects", status_code=201)
 async def create_project(engine: EngineDep, who: CallerDep, body: NewProject) -> Response:
     """A new project; its id is the name without spaces. The caller becomes its admin."""
-    if engine.settings.admin_only_project_create and not who.is_admin:
+    if engine.settings.admin_only_project_create and not who.is_admin:  # before the 400s
         raise Forbidden("only the deployment admin may create projects on this server")
     project_id = check_id(body.project_name.replace(" ", ""), "project_name")
     same_id(body.project_id, project_id, "project_id")
@@ -150,12 +148,7 @@ async def create_project(engine: EngineDep, who: CallerDep, body: NewProject) ->
         pi=body.pi,
         metadata=with_tapis(body.metadata, extra),
     )
-    account = who.account.pk if who.account is not None else None
-    docs = await engine.store.write(
-        lambda tx: metadata.create_projects(
-            tx, engine.registry, [item], skip_existing=False, admin_account=account
-        )
-    )
+    docs = await engine.metadata.create_projects(who, [item])
     rec = engine.registry.projects[docs[0].id]
     return envelope(project_doc(engine.registry, rec.pk, rec.doc), "Project Created", 201)
 
@@ -185,9 +178,7 @@ async def update_project(
         "pi": body.pi,
         "metadata": _touch(with_tapis(body.metadata, split_metadata(rec.doc.metadata)[1]), extra),
     }
-    doc = await engine.store.write(
-        lambda tx: metadata.update_project(tx, engine.registry, rec, patch)
-    )
+    doc = await engine.metadata.update_project(rec, patch)
     return envelope(project_doc(engine.registry, rec.pk, doc), "Project Updated")
 
 
@@ -196,9 +187,7 @@ async def delete_project(engine: EngineDep, who: CallerDep, project_id: str) -> 
     """Delete the project with everything in it (admins only)."""
     rec = project_rec(engine, who, project_id, Action.MANAGE)
     doc = project_doc(engine.registry, rec.pk, rec.doc)
-    await engine.store.write(lambda tx: metadata.delete_project(tx, engine.registry, rec))
-    engine.hub.close_project(rec.pk, "project deleted")
-    engine.alerting.forget_project(rec.pk)
+    await engine.metadata.delete_project(rec)
     return envelope(doc, "Project Deleted")
 
 
@@ -210,7 +199,7 @@ async def list_sites(
     engine: EngineDep, who: CallerDep, project_id: str, listing: ListingDep
 ) -> Response:
     p = project_rec(engine, who, project_id, Action.READ)
-    sites = [s for k, s in engine.registry.sites.items() if k[0] == p.pk]
+    sites = engine.metadata.sites(p)
     return envelope(listing.page((s.doc.id, site_view(engine, s)) for s in sites))
 
 
@@ -242,9 +231,7 @@ async def create_site(
     ]
     if not items:
         raise Invalid("the array holds no sites", [{"reason": "send at least one site"}])
-    await engine.store.write(
-        lambda tx: metadata.create_sites(tx, engine.registry, p, items, skip_existing=False)
-    )
+    await engine.metadata.create_sites(p, items)
     out = [site_view(engine, site_rec(engine, p, it.id or "")) for it in items]
     return envelope(out, "Sites Created", 201)
 
@@ -273,7 +260,7 @@ async def update_site(
             with_tapis(user, split_metadata(s.doc.metadata)[1]), {"description": body.description}
         ),
     }
-    await engine.store.write(lambda tx: metadata.update_site(tx, engine.registry, s, patch))
+    await engine.metadata.update_site(s, patch)
     return envelope(site_view(engine, s), "Site Updated")
 
 
@@ -283,7 +270,7 @@ async def delete_site(engine: EngineDep, who: CallerDep, project_id: str, site_i
     p = project_rec(engine, who, project_id, Action.DELETE)
     s = site_rec(engine, p, site_id)
     doc = site_view(engine, s)
-    await engine.store.write(lambda tx: metadata.delete_site(tx, engine.registry, s))
+    await engine.metadata.delete_site(s)
     return envelope(doc, "Site Deleted")
 
 
@@ -344,9 +331,7 @@ async def create_instrument(
         )
         for i, it in enumerate(body)
     ]
-    await engine.store.write(
-        lambda tx: metadata.create_devices(tx, engine.registry, p, items, skip_existing=False)
-    )
+    await engine.metadata.create_devices(p, items)
     reg = engine.registry
     out = [instrument_view(engine, reg.devices[(p.pk, it.id or "")]) for it in items]
     return envelope(out, "Instruments Created", 201)
@@ -385,7 +370,7 @@ async def update_instrument(
         extra["topic_category_id"] = body.topic_category_id
     md = _touch(with_tapis(body.metadata if body.metadata is not None else user, old), extra)
     patch = {"name": body.inst_name, "metadata": md}
-    await engine.store.write(lambda tx: metadata.update_device(tx, engine.registry, p, d, patch))
+    await engine.metadata.update_device(p, d, patch)
     return envelope(instrument_view(engine, d), "Instrument Updated")
 
 
@@ -397,7 +382,7 @@ async def delete_instrument(
     p = project_rec(engine, who, project_id, Action.DELETE)
     d = device_rec(engine, p, site_rec(engine, p, site_id), inst_id)
     doc = instrument_view(engine, d)
-    await engine.store.write(lambda tx: metadata.delete_device(tx, engine.registry, d))
+    await engine.metadata.delete_device(d)
     return envelope(doc, "Instrument Deleted")
 
 
@@ -469,9 +454,7 @@ async def create_variable(
         same_id(it.inst_id, d.doc.id, "inst_id", i)
     stamp = now_iso()
     items = [_variable_in(it, i, stamp) for i, it in enumerate(body)]
-    docs = await engine.store.write(
-        lambda tx: metadata.create_variables(tx, engine.registry, p, d, items, skip_existing=True)
-    )
+    docs = await engine.metadata.create_variables(p, d, items, if_exists="skip")
     reg = engine.registry
     out = [variable_doc(reg, reg.variables[(d.pk, v.id)], d.doc.site) for v in docs]
     return envelope(out, "Variables Created", 201)
@@ -516,7 +499,7 @@ async def update_variable(
     }
     if "units" in body.model_fields_set and _unit_for(v.doc.name, body.units) is not None:
         patch["unit"] = body.units
-    await engine.store.write(lambda tx: metadata.update_variable(tx, engine.registry, v, patch))
+    await engine.metadata.update_variable(v, patch)
     fresh = variable_rec(engine, d, var_id)
     return envelope(variable_doc(engine.registry, fresh, d.doc.site), "Variable Updated")
 
@@ -529,5 +512,5 @@ async def delete_variable(
     d = device_rec(engine, p, site_rec(engine, p, site_id), inst_id)
     v = variable_rec(engine, d, var_id)
     doc = variable_doc(engine.registry, v, d.doc.site)
-    await engine.store.write(lambda tx: metadata.delete_variable(tx, engine.registry, v))
+    await engine.metadata.delete_variable(v)
     return envelope(doc, "Variable Deleted")

@@ -17,13 +17,11 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict
 
 from streamgauge.auth import Action, Principal
-from streamgauge.auth.permissions import check_role_change
 from streamgauge.core.engine import Engine
 from streamgauge.domain.errors import BadRequest, NotFound
 from streamgauge.domain.model import Role
 from streamgauge.faces.tapis.resources import project_rec
 from streamgauge.faces.tapis.wire import CallerDep, EngineDep, TapisRoute, envelope
-from streamgauge.store import metadata
 from streamgauge.store.registry import AccountRec, ProjectRec
 
 router = APIRouter(prefix="/streams", route_class=TapisRoute, tags=["tapis"])
@@ -53,7 +51,7 @@ def _project_of(engine: Engine, who: Principal, resource_type: str, resource_id:
 
 
 def _account(engine: Engine, user: str) -> AccountRec:
-    a = engine.registry.accounts.get(user)
+    a = engine.accounts.find(user)
     if a is None:
         raise NotFound(f"no user {user!r} (a user is a service account id)")
     return a
@@ -69,10 +67,7 @@ async def grant_role(engine: EngineDep, who: CallerDep, body: RoleBody) -> Respo
         )
     p = _project_of(engine, who, body.resource_type, body.resource_id)
     target = _account(engine, body.user)
-    check_role_change(who, p, target, body.role_name, field="role_name")
-    await engine.store.write(
-        lambda tx: metadata.set_role(tx, engine.registry, target, p.pk, body.role_name)
-    )
+    await engine.accounts.set_role(who, p, target, body.role_name, field="role_name")
     return envelope(
         f"role {body.role_name} granted to {target.id} on {p.doc.id}", "Role granted", 201
     )
@@ -88,10 +83,10 @@ async def revoke_role(engine: EngineDep, who: CallerDep, body: RoleBody) -> Resp
         )
     p = _project_of(engine, who, body.resource_type, body.resource_id)
     target = _account(engine, body.user)
-    check_role_change(who, p, target, None, field="role_name")
+    engine.accounts.check_role_change(who, p, target, None, field="role_name")
     if target.roles.get(p.pk) != body.role_name:
         raise NotFound(f"{target.id!r} has no role {body.role_name!r} on {p.doc.id!r}")
-    await engine.store.write(lambda tx: metadata.set_role(tx, engine.registry, target, p.pk, None))
+    await engine.accounts.set_role(who, p, target, None, field="role_name")
     return envelope(f"role {body.role_name} revoked from {target.id} on {p.doc.id}", "Role revoked")
 
 

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from streamgauge import __version__
 from streamgauge.auth import Principal
 from streamgauge.core.engine import Engine
+from streamgauge.core.services import page
 from streamgauge.domain.errors import BadRequest, StreamgaugeError, Unauthorized
 from streamgauge.faces.http import dumps, http_error_parts, query_names, validation_details
 from streamgauge.faces.native.deps import get_engine
@@ -139,8 +140,7 @@ class Listing:
         self.skip = skip
 
     def page(self, items: Iterable[tuple[str, T]]) -> list[T]:
-        ordered = sorted(items, key=lambda kv: kv[0])
-        return [v for _, v in ordered[self.skip : self.skip + self.limit]]
+        return page(items, self.limit, skip=self.skip).items
 
 
 ListingDep = Annotated[Listing, Depends()]

@@ -1,0 +1,190 @@
+"""Projects, sites, devices and variables: the engine's metadata operations.
+
+Every write is one store transaction (``store/metadata.py`` runs inside it, and changes the
+registry after the commit); bulk creates are all or nothing, ``if_exists="skip"`` leaves an item
+whose id exists as it is and returns it unchanged. Reads come from the registry. A method that
+acts on a project takes the project's record as returned by :meth:`MetadataService.project`,
+which has checked the caller's role; the methods that decide a permission of their own take the
+caller's principal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
+
+from streamgauge.auth import Action, Principal, authorize, visible_projects
+from streamgauge.config import Settings
+from streamgauge.core.services.base import MetadataStore
+from streamgauge.domain.errors import Forbidden
+from streamgauge.domain.model import (
+    Device,
+    DeviceIn,
+    Project,
+    ProjectIn,
+    Site,
+    SiteIn,
+    Variable,
+    VariableIn,
+)
+from streamgauge.store import metadata
+from streamgauge.store.registry import DeviceRec, ProjectRec, Registry, SiteRec, VariableRec
+
+IfExists = Literal["error", "skip"]
+Patch = dict[str, Any]
+"""The fields of a partial update (``model_dump(exclude_unset=True)`` of an ``*In`` model)."""
+
+
+class MetadataService:
+    def __init__(self, store: MetadataStore, settings: Settings) -> None:
+        self._store = store
+        self._reg: Registry = store.registry
+        self._settings = settings
+        # Run after a project was deleted, with its pk (the engine closes its streams and forgets
+        # its channels).
+        self.project_deleted: list[Callable[[int], None]] = []
+
+    # -- lookups --------------------------------------------------------------------------------
+
+    def project(self, who: Principal, project_id: str, action: Action) -> ProjectRec:
+        """The project if ``who`` may do ``action`` on it; else NotFound (no role there, or no
+        such project) or Forbidden (the role does not allow it)."""
+        return authorize(who, self._reg.projects.get(project_id), action, project_id)
+
+    def visible_projects(self, who: Principal) -> list[ProjectRec]:
+        """The projects ``who`` has a role in (every project for the deployment admin)."""
+        return visible_projects(who, self._reg)
+
+    def sites(self, project: ProjectRec) -> list[SiteRec]:
+        return [s for (pk, _), s in self._reg.sites.items() if pk == project.pk]
+
+    def devices(
+        self, project: ProjectRec, *, site: str | None = None, type: str | None = None
+    ) -> list[DeviceRec]:
+        """The project's devices, of ``site`` and ``type`` if given."""
+        return [
+            d
+            for (pk, _), d in self._reg.devices.items()
+            if pk == project.pk
+            and (site is None or d.doc.site == site)
+            and (type is None or d.doc.type == type)
+        ]
+
+    def variables(self, device: DeviceRec) -> list[VariableRec]:
+        return [v for (pk, _), v in self._reg.variables.items() if pk == device.pk]
+
+    # -- projects -------------------------------------------------------------------------------
+
+    async def create_projects(
+        self, who: Principal, items: Sequence[ProjectIn], *, if_exists: IfExists = "error"
+    ) -> list[Project]:
+        """Create projects, all or nothing. A service account that creates one becomes its
+        admin; with ``admin_only_project_create`` only the deployment admin may create. An
+        existing project is skipped over only if the caller may read it."""
+        if self._settings.admin_only_project_create and not who.is_admin:
+            raise Forbidden("only the deployment admin may create projects on this server")
+        account = who.account.pk if who.account is not None else None
+        if if_exists == "skip" and account is not None:
+            for it in items:  # an existing project you cannot see is not yours to skip over
+                rec = self._reg.projects.get(it.id or "")
+                if rec is not None:
+                    self.project(who, rec.doc.id, Action.READ)
+        reg, todo = self._reg, list(items)
+        return await self._store.write(
+            lambda tx: metadata.create_projects(
+                tx, reg, todo, skip_existing=if_exists == "skip", admin_account=account
+            )
+        )
+
+    async def update_project(self, project: ProjectRec, patch: Patch) -> Project:
+        reg = self._reg
+        return await self._store.write(
+            lambda tx: metadata.update_project(tx, reg, project, dict(patch))
+        )
+
+    async def delete_project(self, project: ProjectRec) -> None:
+        """Delete a project with everything in it; then its streams are closed and its channels
+        forgotten (``project_deleted``)."""
+        reg = self._reg
+        await self._store.write(lambda tx: metadata.delete_project(tx, reg, project))
+        for hook in self.project_deleted:
+            hook(project.pk)
+
+    # -- sites ----------------------------------------------------------------------------------
+
+    async def create_sites(
+        self, project: ProjectRec, items: Sequence[SiteIn], *, if_exists: IfExists = "error"
+    ) -> list[Site]:
+        reg, todo = self._reg, list(items)
+        return await self._store.write(
+            lambda tx: metadata.create_sites(
+                tx, reg, project, todo, skip_existing=if_exists == "skip"
+            )
+        )
+
+    async def update_site(self, site: SiteRec, patch: Patch) -> Site:
+        reg = self._reg
+        return await self._store.write(lambda tx: metadata.update_site(tx, reg, site, dict(patch)))
+
+    async def delete_site(self, site: SiteRec) -> None:
+        """Delete a site; a Conflict while devices stand at it."""
+        reg = self._reg
+        await self._store.write(lambda tx: metadata.delete_site(tx, reg, site))
+
+    # -- devices --------------------------------------------------------------------------------
+
+    async def create_devices(
+        self, project: ProjectRec, items: Sequence[DeviceIn], *, if_exists: IfExists = "error"
+    ) -> list[Device]:
+        """Create devices, each with the variables it lists inline, all or nothing."""
+        reg, todo = self._reg, list(items)
+        return await self._store.write(
+            lambda tx: metadata.create_devices(
+                tx, reg, project, todo, skip_existing=if_exists == "skip"
+            )
+        )
+
+    async def update_device(self, project: ProjectRec, device: DeviceRec, patch: Patch) -> Device:
+        return (await self.update_devices(project, [(device, patch)]))[0]
+
+    async def update_devices(
+        self, project: ProjectRec, changes: Iterable[tuple[DeviceRec, Patch]]
+    ) -> list[Device]:
+        """Update several devices of ``project`` in one transaction (all or nothing)."""
+        reg, todo = self._reg, [(d, dict(p)) for d, p in changes]
+        return await self._store.write(
+            lambda tx: [metadata.update_device(tx, reg, project, d, p) for d, p in todo]
+        )
+
+    async def delete_device(self, device: DeviceRec) -> None:
+        """Delete a device and its variables; its observations are no longer readable."""
+        reg = self._reg
+        await self._store.write(lambda tx: metadata.delete_device(tx, reg, device))
+
+    # -- variables ------------------------------------------------------------------------------
+
+    async def create_variables(
+        self,
+        project: ProjectRec,
+        device: DeviceRec,
+        items: Sequence[VariableIn],
+        *,
+        if_exists: IfExists = "error",
+    ) -> list[Variable]:
+        """Create variables of a device (an id defaults to the name), all or nothing."""
+        reg, todo = self._reg, list(items)
+        return await self._store.write(
+            lambda tx: metadata.create_variables(
+                tx, reg, project, device, todo, skip_existing=if_exists == "skip"
+            )
+        )
+
+    async def update_variable(self, variable: VariableRec, patch: Patch) -> Variable:
+        reg = self._reg
+        return await self._store.write(
+            lambda tx: metadata.update_variable(tx, reg, variable, dict(patch))
+        )
+
+    async def delete_variable(self, variable: VariableRec) -> None:
+        reg = self._reg
+        await self._store.write(lambda tx: metadata.delete_variable(tx, reg, variable))
