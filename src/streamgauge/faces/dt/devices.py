@@ -9,7 +9,6 @@ native devices created through the emulator endpoints; publishing to one ingests
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any
 
@@ -41,10 +40,9 @@ from streamgauge.faces.dt.http import (
     json_response,
     page_size,
 )
-from streamgauge.faces.dt.transfer import move_device
 from streamgauge.store import metadata
 from streamgauge.store.base import HistoryQuery
-from streamgauge.store.registry import DeviceRec, ProjectRec, Registry
+from streamgauge.store.registry import DeviceRec, ProjectRec
 from streamgauge.store.sqlite import Tx
 
 router = APIRouter(tags=["dt: devices"], route_class=DTRoute)
@@ -347,13 +345,9 @@ async def transfer(request: Request, project: str) -> Response:
                 }
             )
             continue
-        await face.engine.store.write(functools.partial(_move, reg=reg, dev=dev, target=target))
+        await face.engine.transfer_device(dev, target)
         moved.append(device_name(project, dev.doc.id))
     return json_response({"transferredDevices": moved, "transferErrors": errors})
-
-
-def _move(tx: Tx, *, reg: Registry, dev: DeviceRec, target: ProjectRec) -> None:
-    move_device(tx, reg, dev, target)
 
 
 # -- event history ----------------------------------------------------------------------------
