@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import gc
 import os
 import secrets
@@ -33,11 +34,14 @@ from streamgauge.core.services import AccountService, MetadataService
 from streamgauge.core.units import METRIC, UnitSystem, describe
 from streamgauge.domain.errors import BadRequest, StreamgaugeError
 from streamgauge.metrics import Metrics
+from streamgauge.store import sqlite_ops
 from streamgauge.store.base import AppendResult, HistoryQuery
+from streamgauge.store.face_state import DTAccountStore, DTConnectorStore
 from streamgauge.store.feeds import FeedStore
 from streamgauge.store.files import private_dir, tighten_if_present
-from streamgauge.store.registry import ProjectRec
-from streamgauge.store.sqlite import SqliteStore
+from streamgauge.store.registry import DeviceRec, ProjectRec
+from streamgauge.store.sqlite import SqliteStore, Tx
+from streamgauge.store.sqlite_face_state import SqliteDTAccounts, SqliteDTConnectors
 from streamgauge.wire.rows import format_time
 
 MAX_SEND_BYTES = 256 * 1024  # coalesce queued frames into writes of at most this size
@@ -440,6 +444,37 @@ class Engine:
         finally:
             sub.sink = None
             self.hub.unsubscribe(sub)
+
+    # -- the log, face state, device transfer -----------------------------------------------------
+
+    @property
+    def log_head(self) -> int:
+        """The last committed and published cursor (0 when the log is empty)."""
+        return self.store.head
+
+    async def read_log(self, after: int, upto: int, limit: int) -> Batch:
+        """Committed rows with ``after < cursor <= upto`` in cursor order, all projects."""
+        return await self.store.read_log(after, upto, limit)
+
+    @functools.cached_property
+    def dt_accounts(self) -> DTAccountStore[Tx]:
+        """The DT face's service-account settings (``store/face_state.py``)."""
+        return SqliteDTAccounts(self.store)
+
+    @functools.cached_property
+    def dt_connectors(self) -> DTConnectorStore:
+        """The DT face's data connectors (``store/face_state.py``)."""
+        return SqliteDTConnectors(self.store)
+
+    async def transfer_device(self, device: DeviceRec, target: ProjectRec) -> None:
+        """Move a device to another project, in one write transaction: it keeps its pk,
+        variables, series and stored observations, which now belong to ``target`` (the source
+        project no longer sees them); it loses its site. The registry follows after the commit."""
+        await sqlite_ops.transfer_device(self.store, device, target)
+
+    async def check_store(self) -> None:
+        """Raise if the store cannot answer a read (health checks)."""
+        await sqlite_ops.probe(self.store)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from fastapi import APIRouter, Request, Response
 from streamgauge.auth import Action
 from streamgauge.core.services import page
 from streamgauge.domain.errors import BadRequest, NotFound, StreamgaugeError
+from streamgauge.domain.face_state import DTAccountSettings as AccountSettings
 from streamgauge.domain.model import ROLES, Role, now_iso
 from streamgauge.faces.dt.events import dumps_ascii, new_xid
 from streamgauge.faces.dt.face import DTFace, get_face, project_call
@@ -37,7 +38,6 @@ from streamgauge.faces.dt.http import (
     json_response,
     page_size,
 )
-from streamgauge.faces.dt.state import AccountSettings
 from streamgauge.faces.http import read_body
 from streamgauge.store.registry import AccountRec, ProjectRec
 

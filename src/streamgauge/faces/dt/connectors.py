@@ -1,6 +1,7 @@
 """Data connectors: DT's ``HTTP_PUSH`` on the engine's durable deliveries.
 
-A connector is a row of ``dt_connectors`` (its DT document) and, while ``ACTIVE``, a delivery
+A connector is a stored record (its DT document, kept through the engine's face-state store
+``engine.dt_connectors``, see ``store/face_state.py``) and, while ``ACTIVE``, a delivery
 (``engine.deliveries``) keyed ``dt-connector:<id>`` whose source reads the observation log: each
 event row of the connector's project (of its ``events`` types, all when empty) becomes one POST
 with the body ``{"event", "labels", "metadata"}`` and, when a signature secret is set, the
@@ -21,12 +22,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import orjson
 
 from streamgauge.core.deliveries import Item, Outcome, check_target, outbound_client
 from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.signing import DT_SIGNATURE_HEADER, dt_signature
 from streamgauge.domain.errors import BadRequest, Invalid
+from streamgauge.domain.face_state import StoredConnector
 from streamgauge.faces.dt.events import (
     EVENT_TYPES,
     dumps_ascii,
@@ -37,10 +38,7 @@ from streamgauge.faces.dt.events import (
 from streamgauge.store.registry import Registry
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from streamgauge.core.engine import Engine
-    from streamgauge.store.sqlite import Tx
 
 log = logging.getLogger("streamgauge.dt.connectors")
 
@@ -62,6 +60,10 @@ class Connector:
     @property
     def key(self) -> str:
         return f"dt-connector:{self.id}"
+
+    @classmethod
+    def of(cls, stored: StoredConnector) -> Connector:
+        return cls(stored.pk, stored.project_pk, stored.id, stored.doc, stored.start)
 
 
 def connector_json(reg: Registry, c: Connector) -> dict[str, Any]:
@@ -174,17 +176,17 @@ class LogSource:
         self._scanned: tuple[int, int] = (-1, -1)  # (after, up to): nothing matches in between
 
     async def head(self) -> int:
-        return self._engine.store.head
+        return self._engine.log_head
 
     async def fetch(self, after: int, limit: int) -> Sequence[Item]:
-        store = self._engine.store
+        engine = self._engine
         start = self._scanned[1] if self._scanned[0] == after else after
         items: list[Item] = []
         while len(items) < limit:
-            head = store.head
+            head = engine.log_head
             if start >= head:
                 break
-            batch = await store.read_log(start, head, SCAN_ROWS)
+            batch = await engine.read_log(start, head, SCAN_ROWS)
             if not len(batch):
                 break
             picked = batch.take(self._selection.mask(batch))
@@ -246,17 +248,8 @@ class Connectors:
         self.by_id: dict[str, Connector] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    @staticmethod
-    def load(conn: sqlite3.Connection) -> dict[str, Connector]:
-        return {
-            id_: Connector(pk, project_pk, id_, orjson.loads(doc), start)
-            for pk, project_pk, id_, doc, start in conn.execute(
-                "SELECT pk, project_pk, id, doc, start_cursor FROM dt_connectors"
-            )
-        }
-
     async def start(self) -> None:
-        self.by_id = await self.engine.store.read(self.load)
+        self.by_id = {c.id: Connector.of(c) for c in await self.engine.dt_connectors.load()}
         for c in self.by_id.values():
             if c.project_pk in self.engine.registry.projects_by_pk:
                 self._run(c)
@@ -305,35 +298,22 @@ class Connectors:
         log.warning("data connector %s: every push failed for too long; disabled", c.id)
         await self.update(c, {**c.doc, "status": "SYSTEM_DISABLED"})
 
-    def insert(self, tx: Tx, c: Connector) -> None:
-        cur = tx.execute(
-            "INSERT INTO dt_connectors (project_pk, id, doc, start_cursor) VALUES (?, ?, ?, ?)",
-            (c.project_pk, c.id, orjson.dumps(c.doc).decode(), c.start),
-        )
-        c.pk = int(cur.lastrowid or 0)
-
     async def create(self, c: Connector) -> None:
-        c.start = self.engine.store.head
-        await self.engine.store.write(lambda tx: self.insert(tx, c))
+        c.start = self.engine.log_head
+        stored = await self.engine.dt_connectors.insert(c.project_pk, c.id, c.doc, c.start)
+        c.pk = stored.pk
         self.by_id[c.id] = c
         self._run(c)
 
     async def update(self, c: Connector, doc: dict[str, Any]) -> None:
         enabling = c.doc["status"] != "ACTIVE" and doc["status"] == "ACTIVE"
-        start = self.engine.store.head if enabling else c.start
-        await self.engine.store.write(
-            lambda tx: tx.execute(
-                "UPDATE dt_connectors SET doc = ?, start_cursor = ? WHERE pk = ?",
-                (orjson.dumps(doc).decode(), start, c.pk),
-            )
-        )
+        start = self.engine.log_head if enabling else c.start
+        await self.engine.dt_connectors.update(c.pk, doc, start)
         c.doc, c.start = doc, start
         self._run(c)
 
     async def delete(self, c: Connector) -> None:
-        await self.engine.store.write(
-            lambda tx: tx.execute("DELETE FROM dt_connectors WHERE pk = ?", (c.pk,))
-        )
+        await self.engine.dt_connectors.delete(c.pk)
         self.by_id.pop(c.id, None)
         if c.key in self.engine.deliveries:
             self.engine.deliveries.remove(c.key, forget=True)

@@ -9,7 +9,6 @@ native devices created through the emulator endpoints; publishing to one ingests
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any
 
@@ -41,7 +40,6 @@ from streamgauge.faces.dt.http import (
     json_response,
     page_size,
 )
-from streamgauge.faces.dt.transfer import move_device
 from streamgauge.store.base import HistoryQuery
 from streamgauge.store.registry import DeviceRec, ProjectRec
 
@@ -342,9 +340,7 @@ async def transfer(request: Request, project: str) -> Response:
                 }
             )
             continue
-        await face.engine.store.write(
-            functools.partial(move_device, reg=reg, dev=dev, target=target)
-        )
+        await face.engine.transfer_device(dev, target)
         moved.append(device_name(project, dev.doc.id))
     return json_response({"transferredDevices": moved, "transferErrors": errors})
 

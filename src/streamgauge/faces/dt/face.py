@@ -20,7 +20,7 @@ from streamgauge.core.engine import Engine
 from streamgauge.domain.errors import Unauthorized
 from streamgauge.faces.dt.connectors import Connectors
 from streamgauge.faces.dt.http import Query
-from streamgauge.faces.dt.state import Accounts, Reported
+from streamgauge.faces.dt.state import Reported
 from streamgauge.store.registry import ProjectRec
 
 
@@ -28,17 +28,23 @@ class DTFace:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.reported = Reported(engine)
-        self.accounts = Accounts()
+        self.accounts = engine.dt_accounts  # enableBasicAuth and the DT times of accounts
         self.connectors = Connectors(engine)
         self._background: set[asyncio.Task[None]] = set()
         engine.listeners.append(self.reported.on_batch)
         # enableBasicAuth holds on every face: the authenticator asks it of each key login.
-        engine.auth.basic_auth_allowed = lambda account: self.accounts.basic_allowed(account.pk)
+        engine.auth.basic_auth_allowed = lambda account: self.basic_allowed(account.pk)
 
     async def start(self) -> None:
         """After the engine started (its deliveries run): load settings, start connectors."""
-        self.accounts.by_pk = await self.engine.store.read(self.accounts.load)
+        await self.accounts.load()
         await self.connectors.start()
+
+    def basic_allowed(self, account_pk: int) -> bool:
+        """Accounts made on the native face have no DT settings: Basic auth is how the native
+        face authenticates them, so it stays allowed for them."""
+        s = self.accounts.by_pk.get(account_pk)
+        return s is None or s.basic_auth
 
     async def stop(self) -> None:
         for task in list(self._background):

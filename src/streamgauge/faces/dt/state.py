@@ -1,5 +1,6 @@
-"""What the DT face keeps beside the core: each device's ``reported`` state and the DT settings
-of service accounts (``enableBasicAuth``, create and update times).
+"""What the DT face keeps beside the core: each device's ``reported`` state (in memory, from
+the log; the DT settings of service accounts and the data connectors are stored through the
+engine's face-state stores, ``store/face_state.py``).
 
 ``reported`` (the latest event of each type per device, by the rows that render as events:
 ``events.event_type_of``) is kept by an ``Engine.listeners`` hook:
@@ -12,8 +13,6 @@ Both paths merge by (time, cursor): whichever comes first, the newest row wins.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,18 +31,10 @@ from streamgauge.store.registry import DeviceRec, Registry
 
 if TYPE_CHECKING:
     from streamgauge.core.engine import Engine
-    from streamgauge.store.sqlite import Tx
 
 Latest = dict[str, tuple[int, int, object]]  # event type -> (time, cursor, value)
 _NEVER = int(np.iinfo(np.int64).min)
 REPORTED_TYPES = tuple(t for t in EVENT_TYPES if t != "labelsChanged")
-
-
-@dataclass(slots=True)
-class AccountSettings:
-    basic_auth: bool
-    create_time: str
-    update_time: str
 
 
 class Reported:
@@ -115,7 +106,7 @@ class Reported:
                 want[spk] = event_type
         if want:
             times = tuple(sorted({int(reg.latest[s]) for s in want}))
-            batch = await self._engine.store.history(
+            batch = await self._engine.history(
                 HistoryQuery(dev.project_pk, series=tuple(want), times=times, limit=100_000)
             )
             for s, t, c, v in zip(
@@ -147,31 +138,3 @@ class Reported:
     def forget(self, device_pk: int) -> None:
         self._latest.pop(device_pk, None)
         self._loaded.discard(device_pk)
-
-
-class Accounts:
-    """DT settings of service accounts. Accounts made on the native face have none: Basic auth
-    is how the native face authenticates them, so it stays allowed for them."""
-
-    def __init__(self) -> None:
-        self.by_pk: dict[int, AccountSettings] = {}
-
-    def load(self, conn: sqlite3.Connection) -> dict[int, AccountSettings]:
-        return {
-            pk: AccountSettings(bool(basic), ct, ut)
-            for pk, basic, ct, ut in conn.execute(
-                "SELECT account_pk, basic_auth, create_time, update_time FROM dt_accounts"
-            )
-        }
-
-    def put(self, tx: Tx, account_pk: int, settings: AccountSettings) -> None:
-        tx.execute(
-            "INSERT INTO dt_accounts VALUES (?, ?, ?, ?) ON CONFLICT (account_pk) DO UPDATE SET "
-            "basic_auth = excluded.basic_auth, update_time = excluded.update_time",
-            (account_pk, int(settings.basic_auth), settings.create_time, settings.update_time),
-        )
-        tx.after_commit.append(lambda: self.by_pk.__setitem__(account_pk, settings))
-
-    def basic_allowed(self, account_pk: int) -> bool:
-        s = self.by_pk.get(account_pk)
-        return s is None or s.basic_auth

@@ -46,8 +46,8 @@ async def healthcheck(request: Request, tenant: str | None = None) -> Response:
     checks: list[str] = []
     problems: list[str] = []
     try:
-        await engine.store.read(lambda c: c.execute("SELECT count(*) FROM state").fetchone())
-        checks.append(f"store ok (log head {engine.store.head})")
+        await engine.check_store()
+        checks.append(f"store ok (log head {engine.log_head})")
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         problems.append(f"store: {exc}")
     problem = engine.alerting.problem()

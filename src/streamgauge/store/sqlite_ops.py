@@ -1,9 +1,6 @@
-"""Moving a device to another project (DT's ``devices:transfer``), inside one write transaction.
-
-The device keeps its pk, variables, series and stored observations; its series now belong to the
-target project (history and streams of the target see them, the source's no longer do). A site
-belongs to a project, so a moved device loses its site. The registry is changed after the commit
-through its public methods: the device is dropped and added again under the target.
+"""Core operations of the SQLite store beside the log and the metadata CRUD: moving a device to
+another project, and the health probe. The engine calls them (``Engine.transfer_device``,
+``Engine.check_store``); no face does.
 """
 
 from __future__ import annotations
@@ -15,10 +12,14 @@ from streamgauge.store.registry import (
     SeriesRec,
     VariableRec,
 )
-from streamgauge.store.sqlite import Tx
+from streamgauge.store.sqlite import SqliteStore, Tx
 
 
 def move_device(tx: Tx, reg: Registry, dev: DeviceRec, target: ProjectRec) -> None:
+    """Move ``dev`` to ``target`` in the write transaction ``tx``; the registry follows after the
+    commit. The device keeps its pk, variables, series and stored observations; its series now
+    belong to the target project (history and streams of the target see them, the source's no
+    longer do). A site belongs to a project, so a moved device loses its site."""
     doc = dev.doc.model_copy(update={"project": target.doc.id, "site": None})
     tx.execute(
         "UPDATE devices SET project_pk = ?, doc = ? WHERE pk = ?",
@@ -58,3 +59,13 @@ def move_device(tx: Tx, reg: Registry, dev: DeviceRec, target: ProjectRec) -> No
         reg.bump()
 
     tx.after_commit.append(apply)
+
+
+async def transfer_device(store: SqliteStore, dev: DeviceRec, target: ProjectRec) -> None:
+    """``move_device`` in a write transaction of its own."""
+    await store.write(lambda tx: move_device(tx, store.registry, dev, target))
+
+
+async def probe(store: SqliteStore) -> None:
+    """A read that touches the database: raises if the store cannot answer."""
+    await store.read(lambda conn: conn.execute("SELECT count(*) FROM state").fetchone())

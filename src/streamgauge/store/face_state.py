@@ -1,0 +1,66 @@
+"""Face state: the storage interfaces of what a face keeps beside the core (section "face state"
+of the store API).
+
+Each face that keeps state of its own gets an interface made for it; the engine creates the
+backend's implementation and hands it to the face, which never sees SQL or a connection. The
+records are in ``streamgauge.domain.face_state``; the SQLite implementations are in
+``streamgauge.store.sqlite_face_state``.
+
+Operations that must commit together with a metadata change (a DT account's settings with the
+account itself) take the backend's write transaction (``TxT``) as their first argument and only
+become visible after it committed; every other operation is one transaction of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, TypeVar
+
+from streamgauge.domain.face_state import DTAccountSettings, StoredConnector
+
+TxT = TypeVar("TxT", contravariant=True)
+
+
+class DTAccountStore(Protocol[TxT]):
+    """The DT settings of service accounts, kept warm in memory after ``load``."""
+
+    @property
+    def by_pk(self) -> Mapping[int, DTAccountSettings]:
+        """Account pk -> settings, as committed (accounts made on another face have none)."""
+        ...
+
+    async def load(self) -> None:
+        """Read every account's settings (once, at start)."""
+        ...
+
+    def put(self, tx: TxT, account_pk: int, settings: DTAccountSettings) -> None:
+        """Create or update an account's settings in the caller's write transaction (its
+        ``create_time`` is kept if the account has settings already); ``by_pk`` shows them after
+        the commit. Settings go with their account when it is deleted."""
+        ...
+
+
+class DTConnectorStore(Protocol):
+    """The DT face's data connectors (their DT documents and start positions)."""
+
+    async def load(self) -> list[StoredConnector]:
+        """Every stored connector, in pk order."""
+        ...
+
+    async def insert(
+        self, project_pk: int, connector_id: str, doc: dict[str, Any], start: int
+    ) -> StoredConnector:
+        """Store a new connector; the record has its new pk. Its ``connector_id`` is unique in
+        the deployment; a connector goes with its project when that is deleted."""
+        ...
+
+    async def update(self, pk: int, doc: dict[str, Any], start: int) -> None:
+        """Replace a connector's document and start position."""
+        ...
+
+    async def delete(self, pk: int) -> None:
+        """Forget a connector (nothing happens if there is none with this pk)."""
+        ...
+
+
+__all__ = ["DTAccountStore", "DTConnectorStore", "TxT"]
