@@ -144,4 +144,3 @@ class InfluxServer:
 
     def write_path(self) -> str:
         return "/write?db=bench&precision=ms"
-

@@ -35,10 +35,10 @@ from streamgauge.domain.errors import BadRequest, StreamgaugeError
 from streamgauge.metrics import Metrics
 from streamgauge.store import metadata
 from streamgauge.store.base import AppendResult, HistoryQuery
+from streamgauge.store.factory import EmbeddedStore, open_store
 from streamgauge.store.feeds import FeedStore
 from streamgauge.store.files import private_dir, tighten_if_present
 from streamgauge.store.registry import AccountRec, ProjectRec
-from streamgauge.store.sqlite import SqliteStore
 from streamgauge.wire.rows import format_time
 
 MAX_SEND_BYTES = 256 * 1024  # coalesce queued frames into writes of at most this size
@@ -68,12 +68,7 @@ def load_admin_token(settings: Settings) -> tuple[str, bool]:
 class Engine:
     def __init__(self, settings: Settings, admin_token: str) -> None:
         self.settings = settings
-        self.store = SqliteStore(
-            settings.data / "streamgauge.db",
-            durability=settings.durability,
-            index_chunk_rows=settings.index_chunk_rows,
-            quality_control=settings.qc,
-        )
+        self.store: EmbeddedStore = open_store(settings)
         self.registry = self.store.registry
         self.metrics = Metrics()
         self.hub = Hub(on_direct=self.metrics.delivery_seconds.observe)
