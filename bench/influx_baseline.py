@@ -144,3 +144,4 @@ class InfluxServer:
 
     def write_path(self) -> str:
         return "/write?db=bench&precision=ms"
+
