@@ -277,15 +277,18 @@ class AlertTables(Protocol[TxT_contra, ConnT_contra]):
     the same transaction as the alerts it produced."""
 
     def load_channels(self, conn: ConnT_contra) -> list[tuple[int, int, ChannelDoc]]:
-        """(pk, project pk, document) of every channel, by pk."""
+        """(pk, project pk, document) of every channel."""
         ...
 
-    def insert_channel(self, tx: TxT_contra, project_pk: int, doc: ChannelDoc) -> int: ...
+    def insert_channel(self, tx: TxT_contra, project_pk: int, doc: ChannelDoc) -> int:
+        """The new channel's pk: never one a deleted channel had (positions of its action
+        deliveries and trigger states are keyed by it)."""
+        ...
 
     def update_channel(self, tx: TxT_contra, pk: int, doc: ChannelDoc) -> None: ...
 
     def delete_channel(self, tx: TxT_contra, pk: int) -> None:
-        """Delete the channel with its alerts, actions and trigger states."""
+        """Delete the channel and its actions (its trigger states go with ``forget_states``)."""
         ...
 
     def channel_exists(self, tx: TxT_contra, channel_pk: int) -> bool: ...
@@ -324,13 +327,20 @@ class AlertTables(Protocol[TxT_contra, ConnT_contra]):
 
     def record_outcome(
         self, tx: TxT_contra, alert_id: int, slot: int, outcome: dict[str, Any], done: bool
-    ) -> None: ...
+    ) -> None:
+        """Store an action's outcome; once done it stays done."""
+        ...
 
     def actor_todo(
         self, conn: ConnT_contra, project_pk: int, limit: int
-    ) -> list[tuple[int, int, int, str, bytes, str | None]]: ...
+    ) -> list[tuple[int, int, int, str, bytes, str | None]]:
+        """One project's ``ACTOR`` actions not done, in (alert id, slot) order: (alert id,
+        slot, channel pk, actor id, body, outcome)."""
+        ...
 
-    def actor_projects(self, conn: ConnT_contra) -> list[int]: ...
+    def actor_projects(self, conn: ConnT_contra) -> list[int]:
+        """The projects having ``ACTOR`` actions not done."""
+        ...
 
     def list_alerts(
         self, conn: ConnT_contra, channel_pk: int, skip: int, limit: int
@@ -338,7 +348,9 @@ class AlertTables(Protocol[TxT_contra, ConnT_contra]):
         """(total, a page of the channel's alerts, newest first)."""
         ...
 
-    def alert_project(self, conn: ConnT_contra, alert_id: int) -> str | None: ...
+    def alert_project(self, conn: ConnT_contra, alert_id: int) -> str | None:
+        """The id of the project the alert belongs to (None: no such alert)."""
+        ...
 
     def load_progress(self, conn: ConnT_contra) -> tuple[int, int, dict[StateKey, TriggerState]]:
         """(last log cursor judged, when it was saved (ms), the stored trigger states)."""
@@ -351,14 +363,18 @@ class AlertTables(Protocol[TxT_contra, ConnT_contra]):
         alive_ms: int,
         states: dict[StateKey, TriggerState | None],
     ) -> None:
-        """Store the position and the changed states (None: forget that state)."""
+        """Store the position and the changed states (None: forget that state); states of
+        channels deleted meanwhile are skipped."""
         ...
 
     def forget_states(self, tx: TxT_contra, channel_pk: int) -> None: ...
 
     def log_after(
         self, conn: ConnT_contra, after: int, upto: int, limit: int
-    ) -> list[tuple[int, int, int, Any, int, int]]: ...
+    ) -> list[tuple[int, int, int, Any, int, int]]:
+        """Log rows (cursor, series, time, value, qc, received ms) with ``after < cursor <=
+        upto``, in cursor order, at most ``limit``: what the rules replay on start."""
+        ...
 
 
 class DeliveryTables(Protocol[TxT_contra, ConnT_contra]):
