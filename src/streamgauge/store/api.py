@@ -106,7 +106,10 @@ class Log(Protocol):
         duplicate: counted, not written. With another value it is a conflict: ``Conflict`` is
         raised, its ``details`` name each conflicting row (``{"index": i, "reason": ...}``, by
         index in the batch, ascending), and nothing of the batch is written. The accepted rows
-        get consecutive cursors ``first_cursor..last_cursor`` (both None when none is new)."""
+        get consecutive cursors ``first_cursor..last_cursor`` (both None when none is new).
+        Each accepted row is stored and published with its QC flags: today the store runs the
+        checks of ``core.qc`` against the registry's limits (when quality control is on);
+        issue 12 moves them to the core, which will hand the flags in ``columns.qc``."""
         ...
 
     async def read_log(self, after: int, upto: int, limit: int) -> Batch:
