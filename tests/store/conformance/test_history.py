@@ -4,6 +4,7 @@ QC removal, one project only."""
 from __future__ import annotations
 
 from streamgauge.core import qc
+from streamgauge.core.filterlang import parse_filter_on
 from streamgauge.store.api import HistoryQuery
 from tests.store.conformance.harness import Harness, Seeded, cols, rows, seed
 
@@ -103,3 +104,32 @@ async def test_qc_flags_are_stored_and_qc_removal_leaves_rows_out(backend: Harne
     store = await backend.reopen()
     again = await store.history(HistoryQuery(s.project_pk, qc_remove=qc.RANGE, limit=100))
     assert again.times.tolist() == [1000, 3000]
+
+
+async def test_history_judged_pages_candidates_by_station_report(backend: Harness) -> None:
+    s = await fill(backend)
+    store = backend.store
+    expr = parse_filter_on("(t > 2)")  # a station report: a device's rows at one time
+    full = rows(await store.history(HistoryQuery(s.project_pk, limit=100)))
+    passing, last, candidates = await store.history_judged(
+        HistoryQuery(s.project_pk, limit=100), expr
+    )
+    d1 = series_of(backend, s.var["d1.t"])
+    d0 = series_of(backend, s.var["d0.t"])
+    assert candidates == 10 and last == (full[-1][2], full[-1][0])
+    assert [(sr, t) for _, sr, t, _ in rows(passing)] == [
+        (d1, 2000),
+        (d0, 3000),
+        (d1, 3000),
+        (d0, 4000),
+        (d1, 5000),
+    ]
+    # one page of 4 candidates (times 500 and 1000): none passes, the page still moves on
+    passing, last, candidates = await store.history_judged(
+        HistoryQuery(s.project_pk, limit=4), expr
+    )
+    assert (len(passing), candidates, last) == (0, 4, (full[3][2], full[3][0]))
+    passing, last, candidates = await store.history_judged(
+        HistoryQuery(s.project_pk, start=6000, limit=4), expr
+    )
+    assert (len(passing), candidates, last) == (0, 0, None)
