@@ -19,10 +19,8 @@ from streamgauge.domain.model import (
     check_metadata,
 )
 from streamgauge.faces.http import (
-    MAX_TOKEN_CHARS,
     decode_page,
     dumps,
-    encode_page,
     parse_cursor,
     parse_int,
     parse_time,
@@ -30,6 +28,7 @@ from streamgauge.faces.http import (
 )
 from streamgauge.faces.synoptic import messages
 from streamgauge.faces.synoptic.args import parse_feed_args
+from streamgauge.wire.pages import MAX_TOKEN_CHARS, encode_page
 
 
 @pytest.mark.parametrize("text", ["²", "１", "٣", "9" * 5000, "9" * 20, "", "-", "+", "1.0", " 1"])
