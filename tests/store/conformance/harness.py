@@ -32,7 +32,7 @@ def settings_for(name: str, place: Path) -> Settings:
     """Settings that give backend ``name`` fresh storage under ``place`` (a temporary
     directory of the test)."""
     if name == "sqlite":
-        return Settings(data=place)
+        return Settings(data=place, qc=True)  # the QC removal test needs the checks on
     raise AssertionError(f"no storage for backend {name!r}")
 
 
