@@ -55,7 +55,7 @@ from streamgauge.core.backoff import delays, next_delay, retry_after
 from streamgauge.domain.errors import Invalid, NotFound
 from streamgauge.metrics import Metrics
 from streamgauge.store import deliveries as table
-from streamgauge.store.sqlite import SqliteStore
+from streamgauge.store.factory import EmbeddedStore
 
 log = logging.getLogger("streamgauge.deliveries")
 
@@ -312,7 +312,7 @@ class Deliveries:
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: EmbeddedStore,
         *,
         metrics: Metrics | None = None,
         allow_private_targets: bool = False,

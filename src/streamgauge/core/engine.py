@@ -37,10 +37,11 @@ from streamgauge.metrics import Metrics
 from streamgauge.store import sqlite_ops
 from streamgauge.store.base import AppendResult, HistoryQuery
 from streamgauge.store.face_state import DTAccountStore, DTConnectorStore
+from streamgauge.store.factory import EmbeddedStore, open_store
 from streamgauge.store.feeds import FeedStore
 from streamgauge.store.files import private_dir, tighten_if_present
 from streamgauge.store.registry import DeviceRec, ProjectRec
-from streamgauge.store.sqlite import SqliteStore, Tx
+from streamgauge.store.sqlite import Tx
 from streamgauge.store.sqlite_face_state import SqliteDTAccounts, SqliteDTConnectors
 from streamgauge.wire.rows import format_time
 
@@ -75,13 +76,7 @@ def load_admin_token(settings: Settings) -> tuple[str, bool]:
 class Engine:
     def __init__(self, settings: Settings, admin_token: str) -> None:
         self.settings = settings
-        self.store = SqliteStore(
-            settings.data / "streamgauge.db",
-            durability=settings.durability,
-            index_chunk_rows=settings.index_chunk_rows,
-            readers=settings.readers,
-            quality_control=settings.qc,
-        )
+        self.store: EmbeddedStore = open_store(settings)
         self.registry = self.store.registry
         self.metrics = Metrics()
         self.hub = Hub(on_direct=self.metrics.delivery_seconds.observe)

@@ -1,6 +1,8 @@
-"""Storage: the ``Store`` protocol and its embedded SQLite implementation."""
+"""Storage: the protocols of the seam (``store.api``), the factory that builds a backend's
+store (``store.factory``), and the embedded SQLite implementation."""
 
-from streamgauge.store.base import HistoryQuery, Store
+from streamgauge.store.api import Store
+from streamgauge.store.base import HistoryQuery
 from streamgauge.store.registry import Registry
 
 __all__ = ["HistoryQuery", "Registry", "Store"]

@@ -1,20 +1,12 @@
-"""The ``Store`` protocol: what the engine needs from storage, whatever the backend.
-
-The embedded implementation is ``streamgauge.store.sqlite.SqliteStore``. Metadata reads are
-served from the in-memory ``Registry`` the store keeps warm; observation reads go to storage.
-"""
+"""The values the log's protocol (``store.api.Log``) takes and returns: a batch resolved for
+the log, the outcome of an append, a history read."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
-
-from streamgauge.core.batch import Batch
-from streamgauge.store.registry import Registry
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,26 +39,3 @@ class HistoryQuery:
     after: tuple[int, int] | None = None  # keyset (time, cursor) of the last row already read
     times: tuple[int, ...] | None = None  # only rows at these times
     limit: int = 1000
-
-
-class Store(Protocol):
-    registry: Registry
-
-    @property
-    def head(self) -> int:
-        """The last committed and published cursor (0 when the log is empty)."""
-        ...
-
-    async def open(self, publish: Callable[[Batch], None]) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def append(self, columns: IngestColumns) -> AppendResult: ...
-
-    async def read_log(self, after: int, upto: int, limit: int) -> Batch:
-        """Committed rows with ``after < cursor <= upto`` in cursor order, all projects."""
-        ...
-
-    async def history(self, query: HistoryQuery) -> Batch:
-        """Rows of a project ordered by (time, cursor), up to ``limit``."""
-        ...

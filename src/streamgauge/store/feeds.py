@@ -31,7 +31,8 @@ import orjson
 
 from streamgauge.domain.errors import Conflict, NotFound
 from streamgauge.domain.model import now_iso
-from streamgauge.store.sqlite import SqliteStore, Tx
+from streamgauge.store.api import Store
+from streamgauge.store.sqlite import Tx
 
 FLUSH_SECONDS = 1.0
 EXPIRE_EVERY_MAX_SECONDS = 60.0  # the longest a session outlives its retention in the table
@@ -75,7 +76,10 @@ def digest(token: str) -> bytes:
 
 class FeedStore:
     def __init__(
-        self, store: SqliteStore, retention_seconds: float, sessions_per_token: int = 2000
+        self,
+        store: Store[Tx, sqlite3.Connection],
+        retention_seconds: float,
+        sessions_per_token: int = 2000,
     ) -> None:
         self._store = store
         self._retention_ms = int(retention_seconds * 1000)

@@ -42,8 +42,6 @@ from streamgauge.store.registry import (
 if TYPE_CHECKING:
     from streamgauge.store.sqlite import Tx
 
-__all__ = ["Tx"]
-
 
 def _set_doc(reg: Registry, rec: Any, doc: Any) -> Callable[[], None]:
     def run() -> None:

@@ -13,13 +13,14 @@ from typing import Any
 import orjson
 
 from streamgauge.domain.face_state import DTAccountSettings, StoredConnector
-from streamgauge.store.sqlite import SqliteStore, Tx
+from streamgauge.store.api import Store
+from streamgauge.store.sqlite import Tx
 
 
 class SqliteDTAccounts:
     """``DTAccountStore`` on the ``dt_accounts`` table."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: Store[Tx, sqlite3.Connection]) -> None:
         self._store = store
         self._by_pk: dict[int, DTAccountSettings] = {}
 
@@ -59,7 +60,7 @@ def _load_accounts(conn: sqlite3.Connection) -> dict[int, DTAccountSettings]:
 class SqliteDTConnectors:
     """``DTConnectorStore`` on the ``dt_connectors`` table."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: Store[Tx, sqlite3.Connection]) -> None:
         self._store = store
 
     async def load(self) -> list[StoredConnector]:

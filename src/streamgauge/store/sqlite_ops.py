@@ -5,6 +5,9 @@ another project, and the health probe. The engine calls them (``Engine.transfer_
 
 from __future__ import annotations
 
+import sqlite3
+
+from streamgauge.store.api import Store
 from streamgauge.store.registry import (
     DeviceRec,
     ProjectRec,
@@ -12,7 +15,7 @@ from streamgauge.store.registry import (
     SeriesRec,
     VariableRec,
 )
-from streamgauge.store.sqlite import SqliteStore, Tx
+from streamgauge.store.sqlite import Tx
 
 
 def move_device(tx: Tx, reg: Registry, dev: DeviceRec, target: ProjectRec) -> None:
@@ -61,11 +64,13 @@ def move_device(tx: Tx, reg: Registry, dev: DeviceRec, target: ProjectRec) -> No
     tx.after_commit.append(apply)
 
 
-async def transfer_device(store: SqliteStore, dev: DeviceRec, target: ProjectRec) -> None:
+async def transfer_device(
+    store: Store[Tx, sqlite3.Connection], dev: DeviceRec, target: ProjectRec
+) -> None:
     """``move_device`` in a write transaction of its own."""
     await store.write(lambda tx: move_device(tx, store.registry, dev, target))
 
 
-async def probe(store: SqliteStore) -> None:
+async def probe(store: Store[Tx, sqlite3.Connection]) -> None:
     """A read that touches the database: raises if the store cannot answer."""
     await store.read(lambda conn: conn.execute("SELECT count(*) FROM state").fetchone())

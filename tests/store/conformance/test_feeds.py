@@ -1,0 +1,126 @@
+"""Feed tokens and durable feed sessions: tokens found by their secret and kept across a
+reopen, revoked with their sessions; a session's position stored when it moves and resumed
+after a reopen; detached sessions expire; a token's sessions are capped."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from streamgauge.domain.errors import Conflict, NotFound
+from streamgauge.store.api import FeedSessions
+from tests.store.conformance.harness import Harness, seed
+
+
+@asynccontextmanager
+async def feeds(
+    h: Harness, retention_seconds: float = 3600.0, per_token: int = 100
+) -> AsyncIterator[FeedSessions]:
+    f = h.feeds(retention_seconds, per_token)
+    await f.start()
+    try:
+        yield f
+    finally:
+        await f.stop()
+
+
+async def test_tokens_are_kept_and_revoked(backend: Harness) -> None:
+    s = await seed(backend)
+    async with feeds(backend) as f:
+        tok, secret = await f.create_token(s.project_pk, "first")
+        other, other_secret = await f.create_token(s.other_pk, "other")
+        assert secret != other_secret and tok.id != other.id
+        assert f.token_for(secret) == tok and f.token_for(secret + "x") is None
+        assert [t.id for t in f.tokens_of(s.project_pk)] == [tok.id]
+    await backend.reopen()
+    async with feeds(backend) as f:
+        again = f.token_for(secret)
+        assert again is not None
+        assert (again.id, again.project_pk, again.name) == (tok.id, s.project_pk, "first")
+        with pytest.raises(NotFound):  # a token is revoked through its own project only
+            await f.revoke(s.project_pk, other.id)
+        await f.revoke(s.project_pk, tok.id)
+        assert f.token_for(secret) is None and f.tokens_of(s.project_pk) == []
+        with pytest.raises(NotFound):
+            await f.revoke(s.project_pk, tok.id)
+    await backend.reopen()
+    async with feeds(backend) as f:
+        assert f.token_for(secret) is None and f.token_for(other_secret) == other
+
+
+async def test_a_session_resumes_where_it_was_after_a_reopen(backend: Harness) -> None:
+    s = await seed(backend)
+    async with feeds(backend) as f:
+        tok, secret = await f.create_token(s.project_pk, "t")
+        ended = await f.create_session(tok, "vars=air_temp", 5)
+        f.opened(ended, lambda: None)
+        f.moved(ended, 9, 1234)
+        await f.closed(ended)  # stored at once
+        live = await f.create_session(tok, "vars=wind", 3)
+        f.opened(live, lambda: None)
+        f.moved(live, 11)  # stored by the flush of ``stop``
+        assert f.sessions_of(tok) == 2
+    await backend.reopen()
+    async with feeds(backend) as f:
+        tok2 = f.token_for(secret)
+        assert tok2 is not None and f.sessions_of(tok2) == 2
+        got = await f.session(tok2, ended.id)
+        assert got is not None
+        assert (got.args, got.position, got.after_time) == ("vars=air_temp", 9, 1234)
+        got = await f.session(tok2, live.id)
+        assert got is not None and (got.args, got.position, got.after_time) == (
+            "vars=wind",
+            11,
+            None,
+        )
+        # a session belongs to its token
+        other, _ = await f.create_token(s.project_pk, "other")
+        assert await f.session(other, ended.id) is None
+        assert await f.session(tok2, "no-such-session") is None
+        # revoking the token deletes its sessions
+        await f.revoke(s.project_pk, tok2.id)
+        assert await f.session(tok2, ended.id) is None
+
+
+async def test_detached_sessions_expire(backend: Harness) -> None:
+    s = await seed(backend)
+    retention = 0.2
+    async with feeds(backend, retention_seconds=retention) as f:
+        tok, _ = await f.create_token(s.project_pk, "t")
+        detached = await f.create_session(tok, "a", 1)
+        f.opened(detached, lambda: None)
+        await f.closed(detached)
+        live = await f.create_session(tok, "b", 1)
+        f.opened(live, lambda: None)
+        await asyncio.sleep(retention * 2)
+        assert await f.session(tok, detached.id) is None
+        await f.expire()  # (the service may have expired it already on its own)
+        assert f.sessions_of(tok) == 1
+        assert await f.session(tok, live.id) is live  # attached: never expires
+        await f.closed(live)
+    await backend.reopen()
+    async with feeds(backend, retention_seconds=3600) as f:
+        assert [t.id for t in f.tokens_of(s.project_pk)] == [tok.id]
+        [t] = f.tokens_of(s.project_pk)
+        assert f.sessions_of(t) == 1
+        assert await f.session(t, detached.id) is None
+        assert await f.session(t, live.id) is not None
+
+
+async def test_a_tokens_sessions_are_capped(backend: Harness) -> None:
+    s = await seed(backend)
+    async with feeds(backend, per_token=2) as f:
+        tok, _ = await f.create_token(s.project_pk, "t")
+        first = await f.create_session(tok, "a", 1)  # claimed for its connection
+        second = await f.create_session(tok, "b", 1)
+        with pytest.raises(Conflict):  # every session attached: refused
+            await f.create_session(tok, "c", 1)
+        f.release(first.id)  # its connection ended before it opened: detached now
+        third = await f.create_session(tok, "c", 1)  # evicts the detached one
+        assert f.sessions_of(tok) == 2
+        assert await f.session(tok, first.id) is None
+        assert await f.session(tok, second.id) is not None
+        assert await f.session(tok, third.id) is not None
