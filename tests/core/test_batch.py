@@ -22,7 +22,7 @@ from streamgauge.core.batch import (
 )
 from streamgauge.core.framing import NDJSON
 from streamgauge.core.ingest import MAX_TIME, MIN_TIME
-from streamgauge.store.registry import Registry, SeriesRec, series_prefix
+from streamgauge.core.registry import Registry, SeriesRec, series_prefix
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

@@ -9,15 +9,15 @@ from hypothesis import strategies as st
 
 from streamgauge.core.batch import Batch
 from streamgauge.core.filters import CompiledSelection, LabelMatch, Selection, _gather_bits
-from streamgauge.domain.errors import BadRequest
-from streamgauge.domain.model import Device, Variable
-from streamgauge.store.registry import (
+from streamgauge.core.registry import (
     DeviceRec,
     Registry,
     SeriesRec,
     VariableRec,
     series_prefix,
 )
+from streamgauge.domain.errors import BadRequest
+from streamgauge.domain.model import Device, Variable
 
 # project pk -> devices (id, type, labels), each with variables air_temp and wind_speed
 DEVICES = {

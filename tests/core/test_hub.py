@@ -13,8 +13,8 @@ from streamgauge.core.filterlang import parse_filter_on
 from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.framing import NDJSON, SSE, Framing
 from streamgauge.core.hub import Hub, Item, Subscription
+from streamgauge.core.registry import Registry, SeriesRec, series_prefix
 from streamgauge.core.units import METRIC
-from streamgauge.store.registry import Registry, SeriesRec, series_prefix
 
 # series pk -> (project pk, device pk, device id, variable id)
 SERIES = {

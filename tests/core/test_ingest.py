@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamgauge.core.ingest import MAX_TIME, MIN_TIME, Row, decode, resolve, to_ms
+from streamgauge.core.registry import DeviceRec, Registry, VariableRec
 from streamgauge.domain.errors import BadRequest, Invalid, StreamgaugeError
 from streamgauge.domain.model import Device, Variable
-from streamgauge.store.registry import DeviceRec, Registry, VariableRec
 
 NOW = 1_700_000_000_000
 ROW = {"device": "d0", "variable": "air_temp", "time": NOW, "value": 1.5}

@@ -14,10 +14,10 @@ import streamgauge
 from streamgauge.auth import Action, Principal
 from streamgauge.config import Settings
 from streamgauge.core.engine import Engine
+from streamgauge.core.registry import AccountRec, ProjectRec
 from streamgauge.core.services import page
 from streamgauge.domain.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from streamgauge.domain.model import DeviceIn, ProjectIn, SiteIn, VariableIn, now_iso
-from streamgauge.store.registry import AccountRec, ProjectRec
 
 ADMIN = Principal(None)
 

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamgauge.core.hub import Item
+from streamgauge.core.registry import Registry
 from streamgauge.core.units import METRIC
 from streamgauge.domain.errors import BadRequest
 from streamgauge.faces.synoptic.args import FeedArgs, parse_feed_args
@@ -21,7 +22,6 @@ from streamgauge.faces.synoptic.messages import (
     iso_date_of,
     merge_items,
 )
-from streamgauge.store.registry import Registry
 from tests.core.test_filters import Builder
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamgauge.core.registry import AccountRec
 from streamgauge.domain.errors import Unavailable
 from streamgauge.domain.face_state import DTAccountSettings, StoredConnector
+from streamgauge.domain.log import HistoryQuery, IngestColumns
 from streamgauge.domain.model import DeviceIn, ProjectIn, VariableIn
 from streamgauge.store import metadata, sqlite_ops
-from streamgauge.store.base import HistoryQuery, IngestColumns
 from streamgauge.store.face_state import DTAccountStore, DTConnectorStore
-from streamgauge.store.registry import AccountRec
 from streamgauge.store.sqlite import SqliteStore, Tx
 from streamgauge.store.sqlite_face_state import SqliteDTAccounts, SqliteDTConnectors
 

@@ -10,9 +10,9 @@ import pytest
 
 from streamgauge.core.batch import Batch
 from streamgauge.domain.errors import Conflict
+from streamgauge.domain.log import HistoryQuery, IngestColumns
 from streamgauge.domain.model import DeviceIn, ProjectIn, VariableIn
 from streamgauge.store import metadata
-from streamgauge.store.base import HistoryQuery, IngestColumns
 from streamgauge.store.sqlite import SqliteStore
 
 

@@ -29,9 +29,9 @@ from __future__ import annotations
 from enum import StrEnum
 
 from streamgauge.auth.principals import Principal
+from streamgauge.core.registry import AccountRec, ProjectRec, Registry
 from streamgauge.domain.errors import Forbidden, NotFound
 from streamgauge.domain.model import Role
-from streamgauge.store.registry import AccountRec, ProjectRec, Registry
 
 
 class Action(StrEnum):

@@ -44,8 +44,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from streamgauge.auth.tokens import TokenIssuer
+from streamgauge.core.registry import AccountRec, Registry
 from streamgauge.domain.errors import TooManyRequests, Unauthorized
-from streamgauge.store.registry import AccountRec, Registry
 
 HASH_WORKERS = max(1, (os.cpu_count() or 1) // 4)  # argon2 (parallelism 4) uses 4 cores itself
 MAX_PENDING = 128  # verifications queued or running at once (beyond: 429)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from streamgauge.store.base import HistoryQuery
+from streamgauge.domain.log import HistoryQuery
 
 if TYPE_CHECKING:
     from streamgauge.core.engine import Engine

@@ -49,9 +49,9 @@ from streamgauge.core.actors import ActorFailed, Actors, delete_old_plots
 from streamgauge.core.batch import Batch, per_series_affine
 from streamgauge.core.channels import ChannelDoc, compile_trigger, payload
 from streamgauge.core.deliveries import Item, Outcome, check_target
+from streamgauge.core.registry import ProjectRec, Registry
 from streamgauge.domain.errors import Conflict, Invalid
 from streamgauge.store import alerts as table
-from streamgauge.store.registry import ProjectRec, Registry
 from streamgauge.store.sqlite import Tx
 from streamgauge.wire.rows import format_time
 
@@ -466,6 +466,10 @@ class Alerting:
             self.channels.pop(ch.doc.id, None)
             self._drop_states(ch.pk)
             self._unregister(ch)
+
+    async def project_of_alert(self, alert_id: int) -> str | None:
+        """The id of the project an alert belongs to (None: no such alert)."""
+        return await self.engine.store.read(lambda c: table.alert_project(c, alert_id))
 
     async def alerts(self, ch: Channel, skip: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
         return await self.store.read(lambda c: table.list_alerts(c, ch.pk, skip, limit))

@@ -21,7 +21,7 @@ from streamgauge.domain.errors import BadRequest
 from streamgauge.wire.rows import format_time
 
 if TYPE_CHECKING:
-    from streamgauge.store.registry import Registry, VariableRec
+    from streamgauge.core.registry import Registry, VariableRec
 
 Value = float | str | None
 QC_NAMES: tuple[str, ...] = (

@@ -24,8 +24,8 @@ from streamgauge.core.alerts import (
     Threshold,
 )
 from streamgauge.core.filterlang import FilterError, parse_filter_on, parse_tapis_condition, sensors
+from streamgauge.core.registry import DeviceRec, ProjectRec, Registry
 from streamgauge.domain.errors import Invalid
-from streamgauge.store.registry import DeviceRec, ProjectRec, Registry
 
 Status = Literal["ACTIVE", "INACTIVE"]
 Method = Literal["WEBHOOK", "HTTP", "SLACK", "DISCORD", "ACTOR"]

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamgauge.core.filterlang import BBox, Radius, RadiusStation, haversine_miles, in_bbox
-from streamgauge.store.registry import Registry
+from streamgauge.core.registry import Registry
 
 ATTRIBUTES = ("state", "network", "nwszone", "nwsfirezone")
 

@@ -30,17 +30,17 @@ from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.framing import Framing
 from streamgauge.core.handoff import Handoff
 from streamgauge.core.hub import Hub, Item, Sink, Subscription
+from streamgauge.core.registry import DeviceRec, ProjectRec
 from streamgauge.core.services import AccountService, MetadataService
 from streamgauge.core.units import METRIC, UnitSystem, describe
 from streamgauge.domain.errors import BadRequest, StreamgaugeError
+from streamgauge.domain.log import AppendResult, HistoryQuery
 from streamgauge.metrics import Metrics
 from streamgauge.store import sqlite_ops
-from streamgauge.store.base import AppendResult, HistoryQuery
 from streamgauge.store.face_state import DTAccountStore, DTConnectorStore
 from streamgauge.store.factory import EmbeddedStore, open_store
 from streamgauge.store.feeds import FeedStore
 from streamgauge.store.files import private_dir, tighten_if_present
-from streamgauge.store.registry import DeviceRec, ProjectRec
 from streamgauge.store.sqlite import Tx
 from streamgauge.store.sqlite_face_state import SqliteDTAccounts, SqliteDTConnectors
 from streamgauge.wire.rows import format_time
@@ -450,6 +450,10 @@ class Engine:
     async def read_log(self, after: int, upto: int, limit: int) -> Batch:
         """Committed rows with ``after < cursor <= upto`` in cursor order, all projects."""
         return await self.store.read_log(after, upto, limit)
+
+    async def cursor_before(self, received_ms: int) -> int:
+        """The last cursor committed before ``received_ms`` (wall clock), 0 if none."""
+        return await self.store.cursor_before(received_ms)
 
     @functools.cached_property
     def dt_accounts(self) -> DTAccountStore[Tx]:

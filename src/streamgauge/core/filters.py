@@ -18,10 +18,10 @@ import numpy.typing as npt
 from streamgauge.core.batch import Batch
 from streamgauge.core.domain import Domain
 from streamgauge.core.filterlang import Expr, ReportTable, map_values
+from streamgauge.core.registry import Registry
 from streamgauge.core.units import UnitSystem, convert_value, target_unit
 from streamgauge.domain import catalog
 from streamgauge.domain.errors import BadRequest
-from streamgauge.store.registry import Registry
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,8 @@ from streamgauge.wire import framing as frames
 
 if TYPE_CHECKING:
     from streamgauge.core.batch import Batch
+    from streamgauge.core.registry import Registry
     from streamgauge.core.units import UnitSystem
-    from streamgauge.store.registry import Registry
 
 
 @dataclass(frozen=True, slots=True)

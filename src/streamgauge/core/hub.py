@@ -41,8 +41,8 @@ import numpy.typing as npt
 from streamgauge.core.batch import Batch, merge_commits
 from streamgauge.core.filters import CompiledSelection
 from streamgauge.core.framing import Framing
+from streamgauge.core.registry import Registry
 from streamgauge.core.units import METRIC, UnitSystem
-from streamgauge.store.registry import Registry
 
 
 @dataclass(slots=True)

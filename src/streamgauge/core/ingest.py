@@ -15,9 +15,9 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
+from streamgauge.core.registry import Registry
 from streamgauge.domain.errors import BadRequest, Invalid
-from streamgauge.store.base import IngestColumns
-from streamgauge.store.registry import Registry
+from streamgauge.domain.log import IngestColumns
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)

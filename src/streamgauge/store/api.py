@@ -23,6 +23,15 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from streamgauge.core.batch import Batch
+from streamgauge.core.registry import (
+    AccountRec,
+    DeviceRec,
+    ProjectRec,
+    Registry,
+    SiteRec,
+    VariableRec,
+)
+from streamgauge.domain.log import AppendResult, HistoryQuery, IngestColumns
 from streamgauge.domain.model import (
     Device,
     DeviceIn,
@@ -34,21 +43,12 @@ from streamgauge.domain.model import (
     Variable,
     VariableIn,
 )
-from streamgauge.store.base import AppendResult, HistoryQuery, IngestColumns
-from streamgauge.store.registry import (
-    AccountRec,
-    DeviceRec,
-    ProjectRec,
-    Registry,
-    SiteRec,
-    VariableRec,
-)
 
 if TYPE_CHECKING:
     from streamgauge.core.alerts import TriggerState
     from streamgauge.core.channels import ChannelDoc
     from streamgauge.core.filterlang import Expr
-    from streamgauge.store.feeds import FeedSession, FeedToken
+    from streamgauge.domain.feeds import FeedSession, FeedToken
 
 __all__ = [
     "AlertTables",

@@ -25,40 +25,18 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
 
-from streamgauge.domain.errors import Conflict, NotFound
+from streamgauge.domain.errors import NotFound
+from streamgauge.domain.feeds import FeedSession, FeedToken, SessionLimit
 from streamgauge.domain.model import now_iso
 from streamgauge.store.api import Store
 from streamgauge.store.sqlite import Tx
 
 FLUSH_SECONDS = 1.0
 EXPIRE_EVERY_MAX_SECONDS = 60.0  # the longest a session outlives its retention in the table
-
-
-class SessionLimit(Conflict):
-    """A new session of a token whose sessions are all attached and at the cap."""
-
-
-@dataclass(slots=True)
-class FeedToken:
-    pk: int
-    id: str
-    project_pk: int
-    name: str
-    created_at: str
-
-
-@dataclass(slots=True)
-class FeedSession:
-    id: str
-    token_pk: int
-    args: str  # the query string the session was opened with
-    position: int  # log cursor: everything up to it has been considered
-    after_time: int | None = None  # period sessions: (time, cursor) of the last row pushed
-    dirty: bool = field(default=False, repr=False)
 
 
 @dataclass(slots=True)

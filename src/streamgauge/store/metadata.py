@@ -14,6 +14,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from streamgauge.core.registry import (
+    AccountRec,
+    DeviceRec,
+    ProjectRec,
+    Registry,
+    SeriesRec,
+    SiteRec,
+    VariableRec,
+    series_prefix,
+)
 from streamgauge.domain.errors import Conflict, Invalid, NotFound
 from streamgauge.domain.model import (
     Device,
@@ -27,16 +37,6 @@ from streamgauge.domain.model import (
     VariableIn,
     new_id,
     now_iso,
-)
-from streamgauge.store.registry import (
-    AccountRec,
-    DeviceRec,
-    ProjectRec,
-    Registry,
-    SeriesRec,
-    SiteRec,
-    VariableRec,
-    series_prefix,
 )
 
 if TYPE_CHECKING:

@@ -36,11 +36,11 @@ import orjson
 from streamgauge.core import qc
 from streamgauge.core.batch import Batch
 from streamgauge.core.filterlang import Expr, to_sql
+from streamgauge.core.registry import Registry, SeriesRec, series_prefix
 from streamgauge.domain.errors import Conflict, NotFound, Unavailable
+from streamgauge.domain.log import AppendResult, HistoryQuery, IngestColumns
 from streamgauge.store import files, metadata
-from streamgauge.store.base import AppendResult, HistoryQuery, IngestColumns
 from streamgauge.store.fair import FairGate
-from streamgauge.store.registry import Registry, SeriesRec, series_prefix
 from streamgauge.store.schema import migrate
 
 T = TypeVar("T")

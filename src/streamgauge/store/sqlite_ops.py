@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import sqlite3
 
-from streamgauge.store.api import Store
-from streamgauge.store.registry import (
+from streamgauge.core.registry import (
     DeviceRec,
     ProjectRec,
     Registry,
     SeriesRec,
     VariableRec,
 )
+from streamgauge.store.api import Store
 from streamgauge.store.sqlite import Tx
 
 

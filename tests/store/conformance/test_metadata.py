@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from streamgauge.core.registry import Registry
 from streamgauge.domain.errors import Conflict, Invalid, NotFound
 from streamgauge.domain.model import DeviceIn, ProjectIn, SiteIn, VariableIn
-from streamgauge.store.registry import Registry
 from tests.store.conformance.harness import Harness, cols
 
 

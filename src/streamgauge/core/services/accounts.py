@@ -18,11 +18,11 @@ from streamgauge.auth import Authenticator, Principal
 from streamgauge.auth.permissions import check_role_change
 from streamgauge.auth.principals import new_key_id
 from streamgauge.auth.tokens import TokenIssuer
+from streamgauge.core.registry import AccountRec, ProjectRec, Registry
 from streamgauge.core.services.base import MetadataStore
 from streamgauge.domain.errors import NotFound
 from streamgauge.domain.model import Key, NewKey, Role, ServiceAccount, new_id, now_iso
 from streamgauge.store import metadata
-from streamgauge.store.registry import AccountRec, ProjectRec, Registry
 
 if TYPE_CHECKING:
     from streamgauge.store.sqlite import Tx

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from streamgauge.store.registry import Registry
+from streamgauge.core.registry import Registry
 
 if TYPE_CHECKING:
     import sqlite3

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from streamgauge.auth import Action, Principal, authorize, visible_projects
 from streamgauge.config import Settings
+from streamgauge.core.registry import DeviceRec, ProjectRec, Registry, SiteRec, VariableRec
 from streamgauge.core.services.base import MetadataStore
 from streamgauge.domain.errors import Forbidden
 from streamgauge.domain.model import (
@@ -28,7 +29,6 @@ from streamgauge.domain.model import (
     VariableIn,
 )
 from streamgauge.store import metadata
-from streamgauge.store.registry import DeviceRec, ProjectRec, Registry, SiteRec, VariableRec
 
 IfExists = Literal["error", "skip"]
 Patch = dict[str, Any]

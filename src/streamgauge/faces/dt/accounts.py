@@ -23,6 +23,7 @@ import jwt
 from fastapi import APIRouter, Request, Response
 
 from streamgauge.auth import Action
+from streamgauge.core.registry import AccountRec, ProjectRec
 from streamgauge.core.services import page
 from streamgauge.domain.errors import BadRequest, NotFound, StreamgaugeError
 from streamgauge.domain.face_state import DTAccountSettings as AccountSettings
@@ -39,7 +40,6 @@ from streamgauge.faces.dt.http import (
     page_size,
 )
 from streamgauge.faces.http import read_body
-from streamgauge.store.registry import AccountRec, ProjectRec
 
 router = APIRouter(tags=["dt: service accounts"], route_class=DTRoute)
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 
 from streamgauge.auth import Action
 from streamgauge.core.deliveries import Item
+from streamgauge.core.registry import ProjectRec
 from streamgauge.domain.errors import BadRequest, NotFound
 from streamgauge.faces.dt.connectors import (
     Connector,
@@ -27,7 +28,6 @@ from streamgauge.faces.dt.http import (
     json_response,
     page_size,
 )
-from streamgauge.store.registry import ProjectRec
 
 router = APIRouter(tags=["dt: data connectors"], route_class=DTRoute)
 

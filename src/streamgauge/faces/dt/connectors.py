@@ -25,6 +25,7 @@ import httpx
 
 from streamgauge.core.deliveries import Item, Outcome, check_target, outbound_client
 from streamgauge.core.filters import CompiledSelection, Selection
+from streamgauge.core.registry import Registry
 from streamgauge.core.signing import DT_SIGNATURE_HEADER, dt_signature
 from streamgauge.domain.errors import BadRequest, Invalid
 from streamgauge.domain.face_state import StoredConnector
@@ -35,7 +36,6 @@ from streamgauge.faces.dt.events import (
     event_type_of,
     event_variables,
 )
-from streamgauge.store.registry import Registry
 
 if TYPE_CHECKING:
     from streamgauge.core.engine import Engine

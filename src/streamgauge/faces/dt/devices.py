@@ -18,7 +18,9 @@ from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
 from streamgauge.auth import Action, Principal, visible_projects
+from streamgauge.core.registry import DeviceRec, ProjectRec
 from streamgauge.domain.errors import BadRequest, Invalid, NotFound
+from streamgauge.domain.log import HistoryQuery
 from streamgauge.domain.model import DeviceIn, VariableIn
 from streamgauge.faces.dt.events import (
     EVENT_TYPES,
@@ -40,8 +42,6 @@ from streamgauge.faces.dt.http import (
     json_response,
     page_size,
 )
-from streamgauge.store.base import HistoryQuery
-from streamgauge.store.registry import DeviceRec, ProjectRec
 
 router = APIRouter(tags=["dt: devices"], route_class=DTRoute)
 
@@ -404,7 +404,7 @@ async def list_events(request: Request, project: str, device: str) -> Response:
     events: list[bytes] = []
     more = False
     if series and start <= end:
-        batch = await face.engine.store.history(
+        batch = await face.engine.history(
             HistoryQuery(
                 dev.project_pk,
                 series=tuple(series),

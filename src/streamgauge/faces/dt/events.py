@@ -55,8 +55,8 @@ from streamgauge.domain.errors import Invalid
 
 if TYPE_CHECKING:
     from streamgauge.core.batch import Batch
+    from streamgauge.core.registry import Registry, SeriesRec
     from streamgauge.core.units import UnitSystem
-    from streamgauge.store.registry import Registry, SeriesRec
 
 __all__ = [
     "EVENT_TYPES",

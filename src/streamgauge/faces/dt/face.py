@@ -17,11 +17,11 @@ from fastapi import Request
 
 from streamgauge.auth import Action, Principal
 from streamgauge.core.engine import Engine
+from streamgauge.core.registry import ProjectRec
 from streamgauge.domain.errors import Unauthorized
 from streamgauge.faces.dt.connectors import Connectors
 from streamgauge.faces.dt.http import Query
 from streamgauge.faces.dt.state import Reported
-from streamgauge.store.registry import ProjectRec
 
 
 class DTFace:

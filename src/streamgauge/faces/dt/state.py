@@ -19,6 +19,8 @@ import numpy as np
 import numpy.typing as npt
 
 from streamgauge.core.batch import Batch
+from streamgauge.core.registry import DeviceRec, Registry
+from streamgauge.domain.log import HistoryQuery
 from streamgauge.faces.dt.events import (
     EVENT_TYPES,
     event_type_of,
@@ -26,8 +28,6 @@ from streamgauge.faces.dt.events import (
     format_ts,
     render,
 )
-from streamgauge.store.base import HistoryQuery
-from streamgauge.store.registry import DeviceRec, Registry
 
 if TYPE_CHECKING:
     from streamgauge.core.engine import Engine

@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Response
 
 from streamgauge.auth import Action
+from streamgauge.core.registry import AccountRec, ProjectRec
 from streamgauge.domain.errors import Invalid, NotFound
 from streamgauge.domain.model import NewKey, RoleIn, ServiceAccount, ServiceAccountIn
 from streamgauge.faces.http import StrictRoute, json_response
 from streamgauge.faces.native.deps import EngineDep, PagingDep, PrincipalDep, project_for
-from streamgauge.store.registry import AccountRec, ProjectRec
 
 router = APIRouter(tags=["service accounts"], route_class=StrictRoute)
 

@@ -14,12 +14,11 @@ from streamgauge.core.actors import plot_path
 from streamgauge.core.alerting import Channel
 from streamgauge.core.channels import ChannelDoc, TriggerDoc
 from streamgauge.core.engine import Engine
+from streamgauge.core.registry import ProjectRec
 from streamgauge.domain.errors import NotFound
 from streamgauge.domain.model import Id, Name, check_metadata, new_id, now_iso
 from streamgauge.faces.http import StrictRoute, json_response
 from streamgauge.faces.native.deps import EngineDep, PrincipalDep, project_for
-from streamgauge.store import alerts as alert_table
-from streamgauge.store.registry import ProjectRec
 
 router = APIRouter(tags=["channels"], route_class=StrictRoute)
 
@@ -145,7 +144,7 @@ async def get_plot(engine: EngineDep, who: PrincipalDep, project: str, alert_id:
     """The plot actor's PNG for an alert of this project."""
     project_for(engine, who, project, Action.READ)
     path = plot_path(engine.settings.data, alert_id)
-    owner = await engine.store.read(lambda c: alert_table.alert_project(c, alert_id))
+    owner = await engine.alerting.project_of_alert(alert_id)
     if owner != project or not path.exists():
         raise NotFound(f"no plot for alert {alert_id} in project {project!r}")
     return FileResponse(path, media_type="image/png")

@@ -9,9 +9,9 @@ from fastapi import Depends, Header, Query, Request
 
 from streamgauge.auth import Action, Principal
 from streamgauge.core.engine import Engine
+from streamgauge.core.registry import ProjectRec
 from streamgauge.core.services import page
 from streamgauge.faces.http import decode_page
-from streamgauge.store.registry import ProjectRec
 from streamgauge.wire.pages import encode_page
 
 

@@ -6,10 +6,10 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from streamgauge.auth import Action
+from streamgauge.domain.feeds import FeedToken
 from streamgauge.domain.model import Name
 from streamgauge.faces.http import StrictRoute, json_response
 from streamgauge.faces.native.deps import EngineDep, PagingDep, PrincipalDep, project_for
-from streamgauge.store.feeds import FeedToken
 
 router = APIRouter(tags=["push feed"], route_class=StrictRoute)
 

@@ -19,6 +19,7 @@ from streamgauge.core.framing import NDJSON, SSE
 from streamgauge.core.ingest import MAX_TIME, MIN_TIME
 from streamgauge.core.units import parse_units
 from streamgauge.domain.errors import BadRequest
+from streamgauge.domain.log import HistoryQuery
 from streamgauge.faces.http import (
     MAX_CURSOR,
     StrictRoute,
@@ -30,7 +31,6 @@ from streamgauge.faces.http import (
     read_body,
 )
 from streamgauge.faces.native.deps import EngineDep, PrincipalDep, project_for
-from streamgauge.store.base import HistoryQuery
 from streamgauge.wire.pages import encode_page
 
 router = APIRouter(tags=["observations"], route_class=StrictRoute)

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Query, Response
 
 from streamgauge.auth import Action
+from streamgauge.core.registry import DeviceRec, ProjectRec
 from streamgauge.domain.errors import NotFound
 from streamgauge.domain.model import (
     Device,
@@ -21,7 +22,6 @@ from streamgauge.domain.model import (
 )
 from streamgauge.faces.http import StrictRoute, json_response
 from streamgauge.faces.native.deps import EngineDep, PagingDep, PrincipalDep, project_for
-from streamgauge.store.registry import DeviceRec, ProjectRec
 
 router = APIRouter(route_class=StrictRoute)
 

@@ -40,6 +40,8 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from streamgauge.core.engine import Chunk, Closed, Engine
 from streamgauge.core.hub import Item, Sink
 from streamgauge.domain.errors import BadRequest, StreamgaugeError
+from streamgauge.domain.feeds import FeedSession, FeedToken, SessionLimit
+from streamgauge.domain.log import HistoryQuery
 from streamgauge.faces.synoptic.args import FeedArgs, parse_feed_args
 from streamgauge.faces.synoptic.messages import (
     Metadata,
@@ -51,8 +53,6 @@ from streamgauge.faces.synoptic.messages import (
     merge_items,
 )
 from streamgauge.faces.websocket import WRITER, MessageWriter
-from streamgauge.store.base import HistoryQuery
-from streamgauge.store.feeds import FeedSession, FeedToken, SessionLimit
 
 router = APIRouter(tags=["push feed"])
 log = logging.getLogger("streamgauge.feed")
@@ -209,10 +209,10 @@ async def _open(
         if session_id is None:
             query = ws.scope.get("query_string", b"").decode("utf-8", "strict")
             args = parse_feed_args(query, now_ms=now, max_period_hours=s.feed_period_max_hours)
-            position = engine.store.head
+            position = engine.log_head
             if args.rewind_minutes is not None:
                 since = now - int(args.rewind_minutes * 60_000)
-                position = await engine.store.cursor_before(since)
+                position = await engine.cursor_before(since)
             session = await engine.feeds.create_session(tok, query, position)
         else:
             await engine.feeds.take_over(tok, session_id)
@@ -227,7 +227,7 @@ async def _open(
                 max_period_hours=s.feed_period_max_hours,
                 check_age=False,
             )
-            _resume_at(ws, session, engine.store.head)
+            _resume_at(ws, session, engine.log_head)
     except UnicodeDecodeError:
         await _fail(ws, ["the query string is not valid UTF-8"], "bad arguments")
         return None, None

@@ -19,8 +19,8 @@ import orjson
 from streamgauge.core.batch import Batch, output_values, qc_names
 from streamgauge.core.framing import NDJSON, Framing
 from streamgauge.core.hub import Item
+from streamgauge.core.registry import Registry, SiteRec
 from streamgauge.core.units import UnitSystem, target_unit, unit_label
-from streamgauge.store.registry import Registry, SiteRec
 from streamgauge.wire.rows import format_time
 
 M_TO_FT = 3.280839895013123

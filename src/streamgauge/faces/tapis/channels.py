@@ -19,12 +19,12 @@ from streamgauge.core.alerting import Channel
 from streamgauge.core.alerts import parse_duration
 from streamgauge.core.channels import ActionDoc, ChannelDoc, TriggerDoc
 from streamgauge.core.engine import Engine
+from streamgauge.core.registry import ProjectRec
 from streamgauge.domain.errors import BadRequest, Invalid, NotFound
 from streamgauge.domain.model import check_metadata, now_iso
 from streamgauge.faces.tapis.model import members
 from streamgauge.faces.tapis.resources import find_instrument
 from streamgauge.faces.tapis.wire import CallerDep, EngineDep, ListingDep, TapisRoute, envelope
-from streamgauge.store.registry import ProjectRec
 
 router = APIRouter(prefix="/streams", route_class=TapisRoute, tags=["tapis"])
 

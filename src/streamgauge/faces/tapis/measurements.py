@@ -22,7 +22,9 @@ from streamgauge.auth import Action
 from streamgauge.core.batch import Batch
 from streamgauge.core.engine import Engine
 from streamgauge.core.ingest import MAX_TIME, MIN_TIME, to_ms
+from streamgauge.core.registry import DeviceRec, ProjectRec, VariableRec
 from streamgauge.domain.errors import BadRequest, Invalid
+from streamgauge.domain.log import HistoryQuery
 from streamgauge.faces.tapis.resources import (
     I,
     device_rec,
@@ -33,8 +35,6 @@ from streamgauge.faces.tapis.resources import (
     site_view,
 )
 from streamgauge.faces.tapis.wire import CallerDep, EngineDep, TapisRoute, envelope
-from streamgauge.store.base import HistoryQuery
-from streamgauge.store.registry import DeviceRec, ProjectRec, VariableRec
 from streamgauge.wire.rows import format_time
 
 router = APIRouter(prefix="/streams", route_class=TapisRoute, tags=["tapis"])

@@ -22,9 +22,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from streamgauge.core.registry import DeviceRec, Registry, SiteRec, VariableRec
 from streamgauge.domain.errors import Invalid
 from streamgauge.domain.model import ID_RE, Metadata, Name, Project
-from streamgauge.store.registry import DeviceRec, Registry, SiteRec, VariableRec
 
 TAPIS = "_tapis"
 

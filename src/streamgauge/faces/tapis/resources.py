@@ -8,6 +8,13 @@ from fastapi import APIRouter, Body, Response
 
 from streamgauge.auth import Action, Principal
 from streamgauge.core.engine import Engine
+from streamgauge.core.registry import (
+    DeviceRec,
+    ProjectRec,
+    SiteRec,
+    VariableRec,
+    variable_entry,
+)
 from streamgauge.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from streamgauge.domain.model import DeviceIn, ProjectIn, SiteIn, VariableIn, now_iso
 from streamgauge.faces.tapis.model import (
@@ -29,13 +36,6 @@ from streamgauge.faces.tapis.model import (
     with_tapis,
 )
 from streamgauge.faces.tapis.wire import CallerDep, EngineDep, ListingDep, TapisRoute, envelope
-from streamgauge.store.registry import (
-    DeviceRec,
-    ProjectRec,
-    SiteRec,
-    VariableRec,
-    variable_entry,
-)
 
 router = APIRouter(prefix="/streams", route_class=TapisRoute, tags=["tapis"])
 

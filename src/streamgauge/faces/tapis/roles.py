@@ -18,11 +18,11 @@ from pydantic import BaseModel, ConfigDict
 
 from streamgauge.auth import Action, Principal
 from streamgauge.core.engine import Engine
+from streamgauge.core.registry import AccountRec, ProjectRec
 from streamgauge.domain.errors import BadRequest, NotFound
 from streamgauge.domain.model import Role
 from streamgauge.faces.tapis.resources import project_rec
 from streamgauge.faces.tapis.wire import CallerDep, EngineDep, TapisRoute, envelope
-from streamgauge.store.registry import AccountRec, ProjectRec
 
 router = APIRouter(prefix="/streams", route_class=TapisRoute, tags=["tapis"])
 tokens_router = APIRouter(route_class=TapisRoute, tags=["tapis"])
