@@ -105,6 +105,22 @@ def test_basic_auth_disabled_on_the_dt_face_holds_on_every_face(server: Server) 
         assert token.status_code == 201, token.text
 
 
+def test_a_new_account_never_inherits_a_deleted_accounts_dt_settings(server: Server) -> None:
+    """issue 11 item 15: account pks were SQLite's max(pk) + 1, so an account created after the
+    newest one was deleted got its pk, and with it the deleted account's cached DT settings: a
+    native account was refused Basic auth for ``enableBasicAuth: false`` it never had."""
+    with server.client() as c:
+        assert c.post("/api/v1/projects", json={"id": "p1"}).status_code == 201
+        sa, _, _ = dt_account(c, basic_auth=False)
+        assert c.delete(f"/api/v1/projects/p1/serviceaccounts/{sa}").status_code == 204
+        r = c.post("/api/v1/projects/p1/serviceaccounts", json={"id": "fresh", "role": "user"})
+        assert r.status_code == 201, r.text
+        key = c.post("/api/v1/projects/p1/serviceaccounts/fresh/keys").json()
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        r = c.get("/api/v1/projects", headers=basic(key["key_id"], key["secret"]))
+        assert r.status_code == 200, r.text
+
+
 # -- item 19: argon2 off the loop, failed-login limit -------------------------------------------
 
 

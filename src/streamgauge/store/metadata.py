@@ -442,12 +442,16 @@ def create_account(
             f"service account {id_!r} exists",
             [{"field": "id", "reason": "ids are unique in the deployment"}],
         )
-    pk = int(
-        tx.execute(
-            "INSERT INTO accounts (id, name, home_project_pk) VALUES (?, ?, ?)",
-            (id_, name, project.pk),
-        ).lastrowid
-        or 0
+    # Never a pk a deleted account had (SQLite's max(pk) + 1 would give one): what is keyed by
+    # it (the DT face's account settings, cached) must not pass to a new account.
+    (pk,) = tx.execute(
+        "SELECT max(coalesce((SELECT max(pk) FROM accounts), 0),"
+        " coalesce((SELECT value FROM state WHERE key = 'account_seq'), 0)) + 1"
+    ).fetchone()
+    tx.execute("INSERT OR REPLACE INTO state VALUES ('account_seq', ?)", (pk,))
+    tx.execute(
+        "INSERT INTO accounts (pk, id, name, home_project_pk) VALUES (?, ?, ?, ?)",
+        (pk, id_, name, project.pk),
     )
     tx.execute("INSERT INTO roles VALUES (?, ?, ?)", (pk, project.pk, role))
     rec = AccountRec(pk, id_, name, project.pk, {project.pk: role})
