@@ -25,6 +25,7 @@ from streamgauge.config import Settings
 from streamgauge.core import ingest
 from streamgauge.core.alerting import Alerting
 from streamgauge.core.batch import Batch, concat, empty_batch
+from streamgauge.core.dedupe import LogRules
 from streamgauge.core.deliveries import Deliveries
 from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.framing import Framing
@@ -76,7 +77,10 @@ def load_admin_token(settings: Settings) -> tuple[str, bool]:
 class Engine:
     def __init__(self, settings: Settings, admin_token: str) -> None:
         self.settings = settings
-        self.store: EmbeddedStore = open_store(settings)
+        # The duplicate/conflict rule and QC run in the store's writer, in commit order.
+        self.store: EmbeddedStore = open_store(
+            settings, lambda registry: LogRules(registry, quality_control=settings.qc)
+        )
         self.registry = self.store.registry
         self.metrics = Metrics()
         self.hub = Hub(on_direct=self.metrics.delivery_seconds.observe)

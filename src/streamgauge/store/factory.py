@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from streamgauge.config import Settings
+from streamgauge.core.registry import Registry
+from streamgauge.domain.commit import CommitRules
 from streamgauge.store import alerts, deliveries, metadata
 from streamgauge.store.api import (
     AlertTables,
@@ -34,13 +36,17 @@ EmbeddedStore = Store[Tx, sqlite3.Connection]
 
 DB_NAME = "streamgauge.db"  # the embedded database, in the data directory
 
+# The engine's commit rules (duplicates, conflicts, QC) over the store's registry.
+Rules = Callable[[Registry], CommitRules]
+
 
 @dataclass(frozen=True, slots=True)
 class Backend(Generic[TxT, ConnT]):
     """A storage backend: how to build its store, and its table modules and services."""
 
     name: str
-    open_store: Callable[[Settings], Store[TxT, ConnT]]  # built, not yet opened
+    # (settings, the engine's commit rules or None for the default) -> the store, not yet opened
+    open_store: Callable[[Settings, Rules | None], Store[TxT, ConnT]]
     metadata: MetadataTables[TxT, ConnT]
     alerts: AlertTables[TxT, ConnT]
     deliveries: DeliveryTables[TxT, ConnT]
@@ -48,13 +54,14 @@ class Backend(Generic[TxT, ConnT]):
     feed_sessions: Callable[[Store[TxT, ConnT], float, int], FeedSessions]
 
 
-def _sqlite_store(settings: Settings) -> EmbeddedStore:
+def _sqlite_store(settings: Settings, rules: Rules | None = None) -> EmbeddedStore:
     return SqliteStore(
         settings.data / DB_NAME,
         durability=settings.durability,
         index_chunk_rows=settings.index_chunk_rows,
         readers=settings.readers,
         quality_control=settings.qc,
+        rules=rules,
     )
 
 
@@ -70,7 +77,9 @@ SQLITE: Backend[Tx, sqlite3.Connection] = Backend(
 BACKENDS: dict[str, Backend[Tx, sqlite3.Connection]] = {SQLITE.name: SQLITE}
 
 
-def open_store(settings: Settings) -> EmbeddedStore:
+def open_store(settings: Settings, rules: Rules | None = None) -> EmbeddedStore:
     """The store of ``settings`` (the embedded SQLite database in ``settings.data``), built and
-    not yet opened: the engine calls ``open`` with its publish callback."""
-    return SQLITE.open_store(settings)
+    not yet opened: the engine calls ``open`` with its publish callback. ``rules``: the core's
+    duplicate/conflict rule and QC, built over the store's registry (``core.dedupe.LogRules``
+    when omitted)."""
+    return SQLITE.open_store(settings, rules)

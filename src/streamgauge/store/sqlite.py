@@ -33,10 +33,11 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from streamgauge.core import qc
 from streamgauge.core.batch import Batch
+from streamgauge.core.dedupe import LogRules  # the default rules only; the engine passes its own
 from streamgauge.core.filterlang import Expr, to_sql
 from streamgauge.core.registry import Registry, SeriesRec, series_prefix
+from streamgauge.domain.commit import CommitRules
 from streamgauge.domain.errors import Conflict, NotFound, Unavailable
 from streamgauge.domain.log import AppendResult, HistoryQuery, IngestColumns
 from streamgauge.store import files, metadata
@@ -96,12 +97,20 @@ class SqliteStore:
         index_chunk_rows: int = 65536,
         readers: int = 4,
         quality_control: bool = True,
+        rules: Callable[[Registry], CommitRules] | None = None,
     ) -> None:
         self.quality_control = quality_control
         self.path = path
         self.durability = durability
         self.chunk_rows = index_chunk_rows
         self.registry = Registry()
+        # The duplicate/conflict rule and QC, run by the writer in commit order (core functions,
+        # built by the engine over this store's registry; ``quality_control`` is the default's).
+        self.rules: CommitRules = (
+            rules(self.registry)
+            if rules is not None
+            else LogRules(self.registry, quality_control=quality_control)
+        )
         self._head = 0  # last cursor published on the loop
         self._writer_head = 0  # last cursor committed (writer thread)
         self._sealed = 0
@@ -196,13 +205,8 @@ class SqliteStore:
             if not chunk:
                 break
             cursors, series, times, values = zip(*chunk, strict=True)
-            qc.check(
-                st,
-                reg.qc_limits,
-                np.array(series, np.int64),
-                np.array(times, np.int64),
-                _numeric(list(values)),
-                commit=True,
+            self.rules.replay(
+                np.array(series, np.int64), np.array(times, np.int64), _numeric(list(values))
             )
             self._qc_dirty.update(series)
             after = cursors[-1]
@@ -372,51 +376,25 @@ class SqliteStore:
 
     def _append(self, tx: Tx, c: IngestColumns) -> AppendResult:
         reg = self.registry
+        rules = self.rules
         n = len(c.times)
         series = self._resolve_series(tx, c)
-        latest = reg.latest[series]
-        keep = c.times > latest  # new for sure: newer than anything stored for the series
-        duplicate = np.zeros(n, np.bool_)
-        # Rows repeated inside the batch: the first occurrence stands for the key.
-        order = np.lexsort((np.arange(n), c.times, series))
-        same = (series[order][1:] == series[order][:-1]) & (
-            c.times[order][1:] == c.times[order][:-1]
+        screen = rules.screen(series, c.times, c.values, reg.latest[series])
+        found = (
+            self._probe(tx.conn, series[screen.probe], c.times[screen.probe])
+            if len(screen.probe)
+            else {}
         )
-        conflicts: list[dict[str, Any]] = []
-        for k in np.flatnonzero(same).tolist():
-            first, again = int(order[k]), int(order[k + 1])
-            while k > 0 and same[k - 1]:
-                k -= 1
-                first = int(order[k])
-            duplicate[again] = True
-            keep[again] = False
-            if c.values[again] != c.values[first]:
-                conflicts.append(_conflict(again, f"repeats row {first} with a different value"))
-        # Rows not newer than their series' latest time: probe the store.
-        probe = np.flatnonzero(~keep & ~duplicate)
-        if len(probe):
-            found = self._probe(tx.conn, series[probe], c.times[probe])
-            for i in probe.tolist():
-                stored = found.get((int(series[i]), int(c.times[i])), _MISSING)
-                if stored is _MISSING:
-                    keep[i] = True
-                elif stored == c.values[i]:
-                    duplicate[i] = True
-                else:
-                    conflicts.append(
-                        _conflict(
-                            i, f"an observation with this key is stored with value {stored!r}"
-                        )
-                    )
-        if conflicts:
-            conflicts.sort(key=lambda d: int(d["index"]))
+        verdict = rules.settle(screen, series, c.times, c.values, found)
+        if verdict.conflicts:
             raise Conflict(
-                f"{len(conflicts)} row(s) conflict with stored observations; nothing was stored",
-                conflicts,
+                f"{len(verdict.conflicts)} row(s) conflict with stored observations; "
+                "nothing was stored",
+                verdict.conflicts,
             )
-        idx = np.flatnonzero(keep)
+        idx = verdict.keep
         accepted = len(idx)
-        dups = int(duplicate.sum())
+        dups = verdict.duplicates
         if not accepted:
             return AppendResult(0, dups, None, None)
         first = self._writer_head + 1
@@ -424,17 +402,14 @@ class SqliteStore:
         s_keep, t_keep = series[idx], c.times[idx]
         values = [c.values[i] for i in idx.tolist()] if accepted != n else c.values
         numeric = _numeric(values)
-        if self.quality_control:
-            q_keep = qc.check(reg.qc_state, reg.qc_limits, s_keep, t_keep, numeric, commit=False)
-        else:
-            q_keep = np.zeros(accepted, np.int64)
+        q_keep = rules.flag(s_keep, t_keep, numeric)
         received = int(time.time() * 1000)
         _insert_rows(tx.conn, first, s_keep, t_keep, values, q_keep, received)
         self._writer_head = first + accepted - 1
 
         def advance() -> None:
             np.maximum.at(reg.latest, s_keep, t_keep)
-            qc.advance(reg.qc_state, s_keep, t_keep, numeric, q_keep)
+            rules.advance(s_keep, t_keep, numeric, q_keep)
             self._qc_dirty.update(np.unique(s_keep).tolist())
 
         tx.after_commit.append(advance)
@@ -621,13 +596,6 @@ class SqliteStore:
             conn.execute("DELETE FROM temp.report_keys")
         conn.executemany("INSERT OR REPLACE INTO temp.report_keys VALUES (?, ?, ?)", rows)
         self._keys_marks[id(conn)] = mark
-
-
-_MISSING = object()
-
-
-def _conflict(index: int, reason: str) -> dict[str, Any]:
-    return {"index": index, "reason": reason}
 
 
 def _succeed(fut: asyncio.Future[Any], result: Any) -> None:
