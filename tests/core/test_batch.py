@@ -11,18 +11,11 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamgauge.core.batch import (
-    QC_NAMES,
-    Batch,
-    concat,
-    empty_batch,
-    encode_rows,
-    format_time,
-    qc_names,
-)
+from streamgauge.core.batch import QC_NAMES, encode_rows, format_time, qc_names
 from streamgauge.core.framing import NDJSON
 from streamgauge.core.ingest import MAX_TIME, MIN_TIME
 from streamgauge.core.registry import Registry, SeriesRec, series_prefix
+from streamgauge.domain.batch import Batch, concat, empty_batch
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

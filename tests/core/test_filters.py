@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamgauge.core.batch import Batch
 from streamgauge.core.filters import CompiledSelection, LabelMatch, Selection, _gather_bits
 from streamgauge.core.registry import (
     DeviceRec,
@@ -16,6 +15,7 @@ from streamgauge.core.registry import (
     VariableRec,
     series_prefix,
 )
+from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import BadRequest
 from streamgauge.domain.model import Device, Variable
 

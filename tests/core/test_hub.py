@@ -8,13 +8,13 @@ import json
 
 import numpy as np
 
-from streamgauge.core.batch import Batch, merge_commits
 from streamgauge.core.filterlang import parse_filter_on
 from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.framing import NDJSON, SSE, Framing
 from streamgauge.core.hub import Hub, Item, Subscription
 from streamgauge.core.registry import Registry, SeriesRec, series_prefix
 from streamgauge.core.units import METRIC
+from streamgauge.domain.batch import Batch, merge_commits
 
 # series pk -> (project pk, device pk, device id, variable id)
 SERIES = {

@@ -8,8 +8,8 @@ import sqlite3
 from pathlib import Path
 
 from streamgauge.config import Settings
-from streamgauge.core.batch import Batch
 from streamgauge.core.engine import Engine
+from streamgauge.domain.batch import Batch
 from streamgauge.store import alerts, deliveries, metadata
 from streamgauge.store.api import Store
 from streamgauge.store.factory import BACKENDS, DB_NAME, SQLITE, open_store

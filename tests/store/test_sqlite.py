@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamgauge.core.batch import Batch
+from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import Conflict
 from streamgauge.domain.log import HistoryQuery, IngestColumns
 from streamgauge.domain.model import DeviceIn, ProjectIn, VariableIn

@@ -46,10 +46,11 @@ import orjson
 
 from streamgauge.core import alerts as rules
 from streamgauge.core.actors import ActorFailed, Actors, delete_old_plots
-from streamgauge.core.batch import Batch, per_series_affine
+from streamgauge.core.batch import per_series_affine
 from streamgauge.core.channels import ChannelDoc, compile_trigger, payload
 from streamgauge.core.deliveries import Item, Outcome, check_target
 from streamgauge.core.registry import ProjectRec, Registry
+from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import Conflict, Invalid
 from streamgauge.store import alerts as table
 from streamgauge.store.sqlite import Tx

@@ -1,15 +1,13 @@
-"""Columnar batches of committed observations, and their wire encodings cached per batch.
+"""Rendering columnar batches: QC flag names, values in a unit system, rows as JSON and CSV.
 
-A ``Batch`` is what the log hands the hub after a commit and what a catch-up read returns: parallel
-columns (cursor, series, time, value, qc). The JSON object of each row is encoded once per batch
-(``json_rows``), then framed once per output form (``framed``); N subscribers cost N masks and N
-joins of bytes, not N encodings.
+The ``Batch`` column container is the domain's (``domain.batch``, re-exported here with its pure
+operations); what needs the registry (series names) or the unit systems is here. Importing this
+module installs ``encode_rows`` as the row encoder of ``Batch.json_rows``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,13 +15,13 @@ import numpy.typing as npt
 import orjson
 
 from streamgauge.core.units import METRIC, UnitSystem, converter, target_unit, unit_label
+from streamgauge.domain.batch import Batch, Value, use_row_encoder
 from streamgauge.domain.errors import BadRequest
 from streamgauge.wire.rows import format_time
 
 if TYPE_CHECKING:
     from streamgauge.core.registry import Registry, VariableRec
 
-Value = float | str | None
 QC_NAMES: tuple[str, ...] = (
     "sl_range_check",
     "sl_rate_check",
@@ -67,118 +65,6 @@ def _qc_json(mask: int) -> bytes:
     if enc is None:
         enc = _QC_JSON[mask] = orjson.dumps(qc_names(mask))
     return enc
-
-
-@dataclass(frozen=True, slots=True)
-class RowForm:
-    """A frame function whose rows are not the native JSON objects: ``encode`` gives each row's
-    own bytes (a face's event shape), cached per batch and form like the native rows."""
-
-    encode: Callable[[Batch, Registry, UnitSystem], list[bytes]]
-    frame: Callable[[int, bytes], bytes]
-
-    def __call__(self, cursor: int, obj: bytes) -> bytes:
-        return self.frame(cursor, obj)
-
-
-@dataclass(eq=False)
-class Batch:
-    project_pk: int
-    cursors: npt.NDArray[np.int64]
-    series: npt.NDArray[np.int64]
-    times: npt.NDArray[np.int64]
-    values: list[Value]
-    qc: npt.NDArray[np.int64]
-    received_ns: int = 0  # monotonic clock when the batch was committed (for latency metrics)
-    _json: dict[UnitSystem, list[bytes]] = field(default_factory=dict, repr=False)
-    _numeric: npt.NDArray[np.float64] | None = field(default=None, repr=False)
-    derived: dict[object, Any] = field(default_factory=dict, repr=False)  # per-batch caches
-    _framed: dict[tuple[str, UnitSystem], list[bytes]] = field(default_factory=dict, repr=False)
-
-    def __len__(self) -> int:
-        return len(self.cursors)
-
-    @property
-    def first(self) -> int:
-        return int(self.cursors[0])
-
-    @property
-    def last(self) -> int:
-        return int(self.cursors[-1])
-
-    def numeric(self) -> npt.NDArray[np.float64]:
-        """The values as floats; NaN where a value is a string or null."""
-        if self._numeric is None:
-            self._numeric = np.fromiter(
-                (v if type(v) is float else np.nan for v in self.values), np.float64, len(self)
-            )
-        return self._numeric
-
-    def json_rows(self, registry: Registry, units: UnitSystem = METRIC) -> list[bytes]:
-        """Each row as a JSON object ``{cursor, device, variable, set, time, value, qc}``, with
-        values in ``units`` (encoded once per batch and unit system)."""
-        rows = self._json.get(units)
-        if rows is None:
-            rows = self._json[units] = encode_rows(self, registry, units)
-        return rows
-
-    def framed(
-        self,
-        form: str,
-        registry: Registry,
-        frame: Callable[[int, bytes], bytes],
-        units: UnitSystem = METRIC,
-    ) -> list[bytes]:
-        key = (form, units)
-        rows = self._framed.get(key)
-        if rows is None:
-            objs = (
-                frame.encode(self, registry, units)
-                if isinstance(frame, RowForm)
-                else self.json_rows(registry, units)
-            )
-            rows = [frame(c, j) for c, j in zip(self.cursors.tolist(), objs, strict=True)]
-            self._framed[key] = rows
-        return rows
-
-    def encoded(
-        self,
-        form: str,
-        registry: Registry,
-        encode: Callable[[Batch, Registry, UnitSystem], list[bytes]],
-        units: UnitSystem = METRIC,
-    ) -> list[bytes]:
-        """Rows encoded by a face's own ``encode`` (once per batch, form and units)."""
-        key = (form, units)
-        rows = self._framed.get(key)
-        if rows is None:
-            rows = self._framed[key] = encode(self, registry, units)
-        return rows
-
-    def head(self, n: int) -> Batch:
-        """The first ``n`` rows."""
-        return Batch(
-            self.project_pk,
-            self.cursors[:n],
-            self.series[:n],
-            self.times[:n],
-            self.values[:n],
-            self.qc[:n],
-            self.received_ns,
-        )
-
-    def take(self, mask: npt.NDArray[np.bool_]) -> Batch:
-        """A new batch of the rows where ``mask`` holds."""
-        idx = np.flatnonzero(mask)
-        return Batch(
-            self.project_pk,
-            self.cursors[idx],
-            self.series[idx],
-            self.times[idx],
-            [self.values[i] for i in idx.tolist()],
-            self.qc[idx],
-            self.received_ns,
-        )
 
 
 def per_series_affine(
@@ -285,33 +171,4 @@ def encode_rows(batch: Batch, registry: Registry, units: UnitSystem = METRIC) ->
     return out
 
 
-def empty_batch(project_pk: int = 0) -> Batch:
-    z = np.zeros(0, np.int64)
-    return Batch(project_pk, z, z.copy(), z.copy(), [], z.copy())
-
-
-def concat(batches: Sequence[Batch]) -> Batch:
-    if not batches:
-        return empty_batch()
-    return Batch(
-        batches[0].project_pk,
-        np.concatenate([b.cursors for b in batches]),
-        np.concatenate([b.series for b in batches]),
-        np.concatenate([b.times for b in batches]),
-        [v for b in batches for v in b.values],
-        np.concatenate([b.qc for b in batches]),
-    )
-
-
-def merge_commits(batches: Sequence[Batch]) -> Batch:
-    """Consecutive committed batches of one project as one batch for a fan-out round. Each row
-    remembers its commit (``derived["commit"]``), so station reports are still judged per
-    commit; ``received_ns`` is the oldest commit's."""
-    if len(batches) == 1:
-        return batches[0]
-    merged = concat(batches)
-    merged.received_ns = min(b.received_ns for b in batches)
-    merged.derived["commit"] = np.repeat(
-        np.arange(len(batches), dtype=np.int64), [len(b) for b in batches]
-    )
-    return merged
+use_row_encoder(encode_rows, METRIC)

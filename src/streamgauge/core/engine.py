@@ -24,7 +24,6 @@ from streamgauge.auth.tokens import TokenIssuer
 from streamgauge.config import Settings
 from streamgauge.core import ingest
 from streamgauge.core.alerting import Alerting
-from streamgauge.core.batch import Batch, concat, empty_batch
 from streamgauge.core.dedupe import LogRules
 from streamgauge.core.deliveries import Deliveries
 from streamgauge.core.filters import CompiledSelection, Selection
@@ -34,6 +33,7 @@ from streamgauge.core.hub import Hub, Item, Sink, Subscription
 from streamgauge.core.registry import DeviceRec, ProjectRec
 from streamgauge.core.services import AccountService, MetadataService
 from streamgauge.core.units import METRIC, UnitSystem, describe
+from streamgauge.domain.batch import Batch, concat, empty_batch
 from streamgauge.domain.errors import BadRequest, StreamgaugeError
 from streamgauge.domain.log import AppendResult, HistoryQuery
 from streamgauge.metrics import Metrics

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from streamgauge.core.batch import Batch
 from streamgauge.core.domain import Domain
 from streamgauge.core.filterlang import Expr, ReportTable, map_values
 from streamgauge.core.registry import Registry
 from streamgauge.core.units import UnitSystem, convert_value, target_unit
 from streamgauge.domain import catalog
+from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import BadRequest
 
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 from streamgauge.wire import framing as frames
 
 if TYPE_CHECKING:
-    from streamgauge.core.batch import Batch
     from streamgauge.core.registry import Registry
     from streamgauge.core.units import UnitSystem
+    from streamgauge.domain.batch import Batch
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,11 +38,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from streamgauge.core.batch import Batch, merge_commits
 from streamgauge.core.filters import CompiledSelection
 from streamgauge.core.framing import Framing
 from streamgauge.core.registry import Registry
 from streamgauge.core.units import METRIC, UnitSystem
+from streamgauge.domain.batch import Batch, merge_commits
 
 
 @dataclass(slots=True)

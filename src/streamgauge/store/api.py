@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from streamgauge.core.batch import Batch
 from streamgauge.core.registry import (
     AccountRec,
     DeviceRec,
@@ -31,6 +30,7 @@ from streamgauge.core.registry import (
     SiteRec,
     VariableRec,
 )
+from streamgauge.domain.batch import Batch
 from streamgauge.domain.log import AppendResult, HistoryQuery, IngestColumns
 from streamgauge.domain.model import (
     Device,

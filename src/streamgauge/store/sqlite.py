@@ -33,10 +33,10 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from streamgauge.core.batch import Batch
 from streamgauge.core.dedupe import LogRules  # the default rules only; the engine passes its own
 from streamgauge.core.filterlang import Expr, to_sql
 from streamgauge.core.registry import Registry, SeriesRec, series_prefix
+from streamgauge.domain.batch import Batch
 from streamgauge.domain.commit import CommitRules
 from streamgauge.domain.errors import Conflict, NotFound, Unavailable
 from streamgauge.domain.log import AppendResult, HistoryQuery, IngestColumns

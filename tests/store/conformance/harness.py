@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from streamgauge.config import Settings
-from streamgauge.core.batch import Batch
+from streamgauge.domain.batch import Batch
 from streamgauge.domain.model import DeviceIn, ProjectIn, QCLimits, VariableIn
 from streamgauge.store.api import (
     AlertTables,

@@ -54,9 +54,9 @@ import orjson
 from streamgauge.domain.errors import Invalid
 
 if TYPE_CHECKING:
-    from streamgauge.core.batch import Batch
     from streamgauge.core.registry import Registry, SeriesRec
     from streamgauge.core.units import UnitSystem
+    from streamgauge.domain.batch import Batch
 
 __all__ = [
     "EVENT_TYPES",

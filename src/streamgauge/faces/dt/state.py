@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from streamgauge.core.batch import Batch
 from streamgauge.core.registry import DeviceRec, Registry
+from streamgauge.domain.batch import Batch
 from streamgauge.domain.log import HistoryQuery
 from streamgauge.faces.dt.events import (
     EVENT_TYPES,

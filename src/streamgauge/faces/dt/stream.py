@@ -21,9 +21,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from streamgauge.auth import Action
-from streamgauge.core.batch import RowForm
 from streamgauge.core.filters import LabelMatch, Selection
 from streamgauge.core.framing import Framing
+from streamgauge.domain.batch import RowForm
 from streamgauge.domain.errors import BadRequest
 from streamgauge.faces.dt.devices import _event_types, _label_filters
 from streamgauge.faces.dt.events import (

@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import orjson
 
-from streamgauge.core.batch import Batch, output_values, qc_names
+from streamgauge.core.batch import output_values, qc_names
 from streamgauge.core.framing import NDJSON, Framing
 from streamgauge.core.hub import Item
 from streamgauge.core.registry import Registry, SiteRec
 from streamgauge.core.units import UnitSystem, target_unit, unit_label
+from streamgauge.domain.batch import Batch
 from streamgauge.wire.rows import format_time
 
 M_TO_FT = 3.280839895013123

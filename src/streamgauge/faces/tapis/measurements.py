@@ -19,10 +19,10 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict
 
 from streamgauge.auth import Action
-from streamgauge.core.batch import Batch
 from streamgauge.core.engine import Engine
 from streamgauge.core.ingest import MAX_TIME, MIN_TIME, to_ms
 from streamgauge.core.registry import DeviceRec, ProjectRec, VariableRec
+from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import BadRequest, Invalid
 from streamgauge.domain.log import HistoryQuery
 from streamgauge.faces.tapis.resources import (
