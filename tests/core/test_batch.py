@@ -15,6 +15,7 @@ from streamgauge.core.batch import QC_NAMES, encode_rows, format_time, qc_names
 from streamgauge.core.framing import NDJSON
 from streamgauge.core.ingest import MAX_TIME, MIN_TIME
 from streamgauge.core.registry import Registry, SeriesRec, series_prefix
+from streamgauge.core.units import ENGLISH, METRIC
 from streamgauge.domain.batch import Batch, concat, empty_batch
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -144,6 +145,45 @@ def test_json_rows_and_framed_are_cached_per_batch() -> None:
     framed = b.framed("ndjson", reg, NDJSON.row)
     assert framed is b.framed("ndjson", reg, NDJSON.row)
     assert framed == [r + b"\n" for r in b.json_rows(reg)]
+
+
+def test_json_rows_default_to_metric_through_the_core_encoder() -> None:
+    reg = registry()
+    b = batch()
+    rows = b.json_rows(reg)
+    assert b.json_rows(reg, METRIC) is rows  # one cache entry: no units means metric
+    assert rows == encode_rows(b, reg, METRIC)
+    assert b.framed("ndjson", reg, NDJSON.row) is b.framed("ndjson", reg, NDJSON.row, METRIC)
+    assert b.json_rows(reg, ENGLISH) is not rows
+    calls: list[object] = []
+
+    def own(batch: Batch, reg: Registry, units: object) -> list[bytes]:
+        calls.append(units)
+        return [b"x"] * len(batch)
+
+    assert b.encoded("own", reg, own) is b.encoded("own", reg, own, METRIC)
+    assert calls == [METRIC]
+
+
+def test_the_domain_batch_needs_no_core_until_rows_are_encoded() -> None:
+    code = (
+        "import sys, numpy as np\n"
+        "from streamgauge.domain.batch import Batch, concat, empty_batch, merge_commits\n"
+        "z = np.arange(3, dtype=np.int64)\n"
+        "b = Batch(1, z, z.copy(), z.copy(), [1.0, 'a', None], z.copy())\n"
+        "m = merge_commits([b, b.head(1)])\n"
+        "assert m.derived['commit'].tolist() == [0, 0, 0, 1]\n"
+        "assert len(concat([b, empty_batch()])) == 3\n"
+        "assert not [n for n in sys.modules if n.startswith('streamgauge.core')]\n"
+        "try:\n"
+        "    b.json_rows(None)\n"
+        "except RuntimeError as e:\n"
+        "    assert 'core' in str(e)\n"
+        "else:\n"
+        "    raise AssertionError('encoded without an encoder')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_take_and_head() -> None:
