@@ -40,11 +40,10 @@ from streamgauge.metrics import Metrics
 from streamgauge.store import sqlite_ops
 from streamgauge.store.api import ConsumerPositions
 from streamgauge.store.face_state import DTAccountStore, DTConnectorStore
-from streamgauge.store.factory import EmbeddedStore, open_store
+from streamgauge.store.factory import SQLITE, EmbeddedStore, open_store
 from streamgauge.store.feeds import FeedStore
 from streamgauge.store.files import private_dir, tighten_if_present
 from streamgauge.store.sqlite import Tx
-from streamgauge.store.sqlite_consumers import SqliteConsumerPositions
 from streamgauge.store.sqlite_face_state import SqliteDTAccounts, SqliteDTConnectors
 from streamgauge.wire.rows import format_time
 
@@ -465,7 +464,7 @@ class Engine:
     @functools.cached_property
     def consumer_positions(self) -> ConsumerPositions:
         """Where durable consumers keep their positions (``store.api.ConsumerPositions``)."""
-        return SqliteConsumerPositions(self.store)
+        return SQLITE.consumer_positions(self.store)
 
     def consumer(
         self,
