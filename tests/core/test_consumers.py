@@ -246,6 +246,39 @@ async def test_stop_and_restart_resumes_live() -> None:
     assert first.cursors == [1] and second.cursors == [2, 3, 4]
 
 
+async def test_a_stretch_without_match_is_stored_only_at_checkpoints() -> None:
+    log, positions, handler = MemoryLog(), MemoryPositions(), Recorder()
+    c = Consumer("c", log, positions, handler, select=series_is(1), start=0, checkpoint_rows=5)
+    for _ in range(4):
+        log.commit([2])
+        assert await c.step()
+    assert positions.stored["c"] == 0 and positions.saves == 1  # the start only
+    log.commit([2])
+    assert await c.step()
+    assert positions.stored["c"] == 5  # five rows past the last save
+    log.commit([2, 1])
+    assert await c.step()
+    assert positions.stored["c"] == 7 and handler.cursors == [7]  # handled: stored at once
+    log.commit([2])
+    assert await c.step()
+    assert positions.stored["c"] == 7
+    await c.stop()  # stopping stores what was covered
+    assert positions.stored["c"] == 8 and handler.cursors == [7]
+
+
+async def test_a_crash_between_checkpoints_reads_again_but_handles_nothing_twice() -> None:
+    log, positions, handler = MemoryLog(), MemoryPositions(), Recorder()
+    log.commit([1, 2, 2, 2])
+    c = Consumer("c", log, positions, handler, select=series_is(1), start=0, page_rows=1)
+    while await c.step():
+        pass
+    assert c.position == 4 and positions.stored["c"] == 1  # no stop: a crash
+    again = Recorder()
+    assert await Consumer("c", log, positions, again, select=series_is(1)).drain() == 4
+    assert handler.cursors == [1] and again.cursors == []
+    assert positions.stored["c"] == 4  # drain stores the position reached
+
+
 # -- SQLite positions and the engine -------------------------------------------------------------
 
 

@@ -6,7 +6,10 @@ position (the last cursor covered: every row up to it was handled or not wanted)
 ``positions`` under ``name`` only after the handler returned, so a row is handled at least once:
 a handler that raises is called again with the same rows (after ``retry_seconds``), and a
 restart resumes after the stored position. A consumer with no stored position starts after
-``start`` (the log's head when None: only rows committed from then on).
+``start`` (the log's head when None: only rows committed from then on). A step that handled
+nothing stores its position only every ``checkpoint_rows`` rows (and on ``stop``/``drain``): a
+consumer whose rows are rare does not write on every commit, and after a crash it only reads
+that stretch again.
 
 ``start()`` runs it as a task: it catches up from the store to the head, then waits for
 ``notify()`` (the engine calls it with every committed batch) and reads on. ``drain()`` does
@@ -40,6 +43,7 @@ class Consumer:
         page_rows: int = 5000,
         start: int | None = None,
         retry_seconds: float = 1.0,
+        checkpoint_rows: int = 100_000,
     ) -> None:
         self.name = name
         self._log = log
@@ -48,7 +52,9 @@ class Consumer:
         self._scanner = LogScanner(log, select, page_rows)
         self._start = start
         self.retry_seconds = retry_seconds
+        self.checkpoint_rows = checkpoint_rows
         self.position: int | None = None  # None until loaded
+        self.saved: int | None = None  # the position last stored
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one step at a time (the task and ``drain``)
@@ -60,7 +66,7 @@ class Consumer:
             if stored is None:
                 stored = self._log.log_head if self._start is None else self._start
                 await self._positions.save(self.name, stored)
-            self.position = stored
+            self.position = self.saved = stored
         return self.position
 
     async def step(self) -> bool:
@@ -75,14 +81,23 @@ class Consumer:
                 return False
             if len(batch):
                 await self._handler(batch)  # raises: the position stays, the rows come again
-            await self._positions.save(self.name, covered)
             self.position = covered
+            if len(batch) or covered - (self.saved or 0) >= self.checkpoint_rows:
+                await self._save()
             return True
 
+    async def _save(self) -> None:
+        position = self.position
+        if position is not None and position != self.saved:
+            await self._positions.save(self.name, position)
+            self.saved = position
+
     async def drain(self) -> int:
-        """Handle everything committed up to now; the position reached."""
+        """Handle everything committed up to now and store the position reached."""
         while await self.step():
             pass
+        async with self._lock:
+            await self._save()
         return await self.load()
 
     def notify(self, batch: Batch | None = None) -> None:
@@ -103,6 +118,8 @@ class Consumer:
                 await task
             except asyncio.CancelledError:
                 pass
+        async with self._lock:
+            await self._save()  # a stretch without match need not be read again
 
     @property
     def running(self) -> bool:
