@@ -185,6 +185,7 @@ class Engine:
         await self.alerting.stop()
         for consumer in list(self.consumers.values()):
             await consumer.stop()
+        await asyncio.gather(*self._stopping, return_exceptions=True)  # removed ones
         self.hub.shut_down(SHUTDOWN_REASON)
         await asyncio.sleep(0)
         await self.feeds.stop()
