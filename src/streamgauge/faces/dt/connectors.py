@@ -177,15 +177,17 @@ class LogSource:
             CompiledSelection(Selection(connector.project_pk, variables=types), engine.registry),
             SCAN_ROWS,
         )
+        # (after, up to): no event in between (rows the selection wants may be no events)
+        self._skipped: tuple[int, int] = (-1, -1)
 
     async def head(self) -> int:
         return self._engine.log_head
 
     async def fetch(self, after: int, limit: int) -> Sequence[Item]:
         items: list[Item] = []
-        position = after
+        position = self._skipped[1] if self._skipped[0] == after else after
         while len(items) < limit:
-            picked, covered = await self._scanner.read(position, limit - len(items))
+            picked, position = await self._scanner.read(position, limit - len(items))
             for cursor, s, t, v in zip(
                 picked.cursors.tolist(),
                 picked.series.tolist(),
@@ -197,8 +199,9 @@ class LogSource:
                 if item is not None:
                     items.append(item)
             if items or not len(picked):
-                break
-            position = covered  # matching rows that are no events: read on
+                break  # else the rows were no events: read on
+        if not items:
+            self._skipped = (after, position)
         return items
 
     def item(self, cursor: int, s: int, t: int, v: object) -> Item | None:
