@@ -24,6 +24,7 @@ from streamgauge.auth.tokens import TokenIssuer
 from streamgauge.config import Settings
 from streamgauge.core import ingest
 from streamgauge.core.alerting import Alerting
+from streamgauge.core.consumers import Consumer, Handler, Select
 from streamgauge.core.dedupe import LogRules
 from streamgauge.core.deliveries import Deliveries
 from streamgauge.core.filters import CompiledSelection, Selection
@@ -38,8 +39,9 @@ from streamgauge.domain.errors import BadRequest, StreamgaugeError
 from streamgauge.domain.log import AppendResult, HistoryQuery
 from streamgauge.metrics import Metrics
 from streamgauge.store import sqlite_ops
+from streamgauge.store.api import ConsumerPositions
 from streamgauge.store.face_state import DTAccountStore, DTConnectorStore
-from streamgauge.store.factory import EmbeddedStore, open_store
+from streamgauge.store.factory import SQLITE, EmbeddedStore, open_store
 from streamgauge.store.feeds import FeedStore
 from streamgauge.store.files import private_dir, tighten_if_present
 from streamgauge.store.sqlite import Tx
@@ -108,7 +110,9 @@ class Engine:
             retry_max_seconds=settings.delivery_retry_max_seconds,
         )
         self.listeners.append(lambda batch: self.deliveries.notify())
+        self.consumers: dict[str, Consumer] = {}  # durable readers of the log, by name
         self._ticker: asyncio.Task[None] | None = None
+        self._stopping: set[asyncio.Future[None]] = set()
         self._lag: asyncio.Task[None] | None = None
         self._gc_before: tuple[int, int, int] | None = None
         self._switch_before: float | None = None
@@ -183,6 +187,9 @@ class Engine:
             sys.setswitchinterval(self._switch_before)
             self._switch_before = None
         await self.alerting.stop()
+        for consumer in list(self.consumers.values()):
+            await consumer.stop()
+        await asyncio.gather(*self._stopping, return_exceptions=True)  # removed ones
         self.hub.shut_down(SHUTDOWN_REASON)
         await asyncio.sleep(0)
         await self.feeds.stop()
@@ -458,6 +465,50 @@ class Engine:
     async def cursor_before(self, received_ms: int) -> int:
         """The last cursor committed before ``received_ms`` (wall clock), 0 if none."""
         return await self.store.cursor_before(received_ms)
+
+    @functools.cached_property
+    def consumer_positions(self) -> ConsumerPositions:
+        """Where durable consumers keep their positions (``store.api.ConsumerPositions``)."""
+        return SQLITE.consumer_positions(self.store)
+
+    def consumer(
+        self,
+        name: str,
+        handler: Handler,
+        *,
+        select: Select | None = None,
+        page_rows: int = 5000,
+        start: int | None = None,
+    ) -> Consumer:
+        """A durable consumer of the log (``core/consumers``) named ``name``, woken by every
+        committed batch; the caller starts it (``await consumer.start()``), the engine stops it.
+        A consumer of the same name replaces the previous one, which is stopped."""
+        old = self.consumers.pop(name, None)
+        if old is not None:
+            self.remove_consumer(old)
+        consumer = Consumer(
+            name,
+            self,
+            self.consumer_positions,
+            handler,
+            select=select,
+            page_rows=page_rows,
+            start=start,
+        )
+        self.consumers[name] = consumer
+        self.listeners.append(consumer.notify)
+        return consumer
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        """Stop waking ``consumer`` and stop its task (its stored position stays)."""
+        if self.consumers.get(consumer.name) is consumer:
+            del self.consumers[consumer.name]
+        if consumer.notify in self.listeners:
+            self.listeners.remove(consumer.notify)
+        if consumer.running:
+            task = asyncio.ensure_future(consumer.stop())
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
 
     @functools.cached_property
     def dt_accounts(self) -> DTAccountStore[Tx]:

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AlertTables",
     "AppendResult",
+    "ConsumerPositions",
     "DeliveryTables",
     "FeedSessions",
     "HistoryQuery",
@@ -473,3 +474,18 @@ class FeedSessions(Protocol):
         ...
 
     def sessions_of(self, token: FeedToken) -> int: ...
+
+
+class ConsumerPositions(Protocol):
+    """The stored positions of durable consumers (``core/consumers``): for each consumer name,
+    the last log cursor it has covered. A position saved is the one loaded after a restart."""
+
+    async def load(self, name: str) -> int | None:
+        """The stored position of ``name``; None if it has none."""
+        ...
+
+    async def save(self, name: str, position: int) -> None: ...
+
+    async def forget(self, name: str) -> None:
+        """Drop the position of ``name`` (a later ``load`` gives None)."""
+        ...

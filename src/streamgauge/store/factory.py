@@ -19,6 +19,7 @@ from streamgauge.domain.commit import CommitRules
 from streamgauge.store import alerts, deliveries, metadata
 from streamgauge.store.api import (
     AlertTables,
+    ConsumerPositions,
     DeliveryTables,
     FeedSessions,
     MetadataTables,
@@ -26,6 +27,7 @@ from streamgauge.store.api import (
 )
 from streamgauge.store.feeds import FeedStore
 from streamgauge.store.sqlite import SqliteStore, Tx
+from streamgauge.store.sqlite_consumers import SqliteConsumerPositions
 
 TxT = TypeVar("TxT")
 ConnT = TypeVar("ConnT")
@@ -52,6 +54,7 @@ class Backend(Generic[TxT, ConnT]):
     deliveries: DeliveryTables[TxT, ConnT]
     # (store, session retention in seconds, sessions per token) -> feed tokens and sessions
     feed_sessions: Callable[[Store[TxT, ConnT], float, int], FeedSessions]
+    consumer_positions: Callable[[Store[TxT, ConnT]], ConsumerPositions]  # core/consumers
 
 
 def _sqlite_store(settings: Settings, rules: Rules | None = None) -> EmbeddedStore:
@@ -72,6 +75,7 @@ SQLITE: Backend[Tx, sqlite3.Connection] = Backend(
     alerts=alerts,
     deliveries=deliveries,
     feed_sessions=FeedStore,
+    consumer_positions=SqliteConsumerPositions,
 )
 
 BACKENDS: dict[str, Backend[Tx, sqlite3.Connection]] = {SQLITE.name: SQLITE}

@@ -16,6 +16,7 @@ from streamgauge.domain.batch import Batch
 from streamgauge.domain.model import DeviceIn, ProjectIn, QCLimits, VariableIn
 from streamgauge.store.api import (
     AlertTables,
+    ConsumerPositions,
     DeliveryTables,
     FeedSessions,
     IngestColumns,
@@ -62,6 +63,9 @@ class Harness:
     @property
     def deliveries(self) -> DeliveryTables[Any, Any]:
         return self.backend.deliveries
+
+    def positions(self) -> ConsumerPositions:
+        return self.backend.consumer_positions(self.store)
 
     def feeds(self, retention_seconds: float = 3600.0, per_token: int = 100) -> FeedSessions:
         return self.backend.feed_sessions(self.store, retention_seconds, per_token)

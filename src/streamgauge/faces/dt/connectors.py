@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from streamgauge.core.consumers import LogScanner
 from streamgauge.core.deliveries import Item, Outcome, check_target, outbound_client
 from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.registry import Registry
@@ -163,33 +164,30 @@ def push_body(reg: Registry, c: Connector, event: dict[str, Any], device_pk: int
 
 class LogSource:
     """A connector's events, read from the log: the rows of its project whose variable is one of
-    its event types. Non-matching stretches of the log are skipped in steps, and remembered, so a
-    connector whose events are rare does not rescan the log on every commit."""
+    its event types, found by a ``LogScanner`` (``core/consumers``), which skips non-matching
+    stretches of the log in steps and remembers them, so a connector whose events are rare does
+    not rescan the log on every commit."""
 
     def __init__(self, engine: Engine, connector: Connector) -> None:
         self._engine = engine
         self.connector = connector
         types = event_variables(connector.doc["events"] or EVENT_TYPES)
-        self._selection = CompiledSelection(
-            Selection(connector.project_pk, variables=types), engine.registry
+        self._scanner = LogScanner(
+            engine,
+            CompiledSelection(Selection(connector.project_pk, variables=types), engine.registry),
+            SCAN_ROWS,
         )
-        self._scanned: tuple[int, int] = (-1, -1)  # (after, up to): nothing matches in between
+        # (after, up to): no event in between (rows the selection wants may be no events)
+        self._skipped: tuple[int, int] = (-1, -1)
 
     async def head(self) -> int:
         return self._engine.log_head
 
     async def fetch(self, after: int, limit: int) -> Sequence[Item]:
-        engine = self._engine
-        start = self._scanned[1] if self._scanned[0] == after else after
         items: list[Item] = []
+        position = self._skipped[1] if self._skipped[0] == after else after
         while len(items) < limit:
-            head = engine.log_head
-            if start >= head:
-                break
-            batch = await engine.read_log(start, head, SCAN_ROWS)
-            if not len(batch):
-                break
-            picked = batch.take(self._selection.mask(batch))
+            picked, position = await self._scanner.read(position, limit - len(items))
             for cursor, s, t, v in zip(
                 picked.cursors.tolist(),
                 picked.series.tolist(),
@@ -200,13 +198,10 @@ class LogSource:
                 item = self.item(cursor, s, t, v)
                 if item is not None:
                     items.append(item)
-                    if len(items) >= limit:
-                        break
-            if items:
-                break
-            start = batch.last
+            if items or not len(picked):
+                break  # else the rows were no events: read on
         if not items:
-            self._scanned = (after, start)
+            self._skipped = (after, position)
         return items
 
     def item(self, cursor: int, s: int, t: int, v: object) -> Item | None:
