@@ -441,16 +441,16 @@ def test_dt_face_role_change_follows_the_same_rule(server: Server, client: httpx
     """issue 11 item 14: the DT face's ``PATCH .../serviceaccounts/{sa}`` with a ``role`` goes
     through the same rule: a project admin may not change its own role there either, and may
     change another account's."""
-    make_station(client, "home", devices=1)
-    admin_key = new_account(client, "home", "boss", role="admin")
-    new_account(client, "home", "other")
+    make_station(client, "lab", devices=1)
+    admin_key = new_account(client, "lab", "boss", role="admin")
+    new_account(client, "lab", "other")
     with sa_client(server, admin_key) as c:
-        own = c.patch(f"{server.url}/v2/projects/home/serviceaccounts/boss", json={"role": "user"})
+        own = c.patch(f"{server.url}/v2/projects/lab/serviceaccounts/boss", json={"role": "user"})
         assert own.status_code == 403, own.text
         assert "own role" in own.text
         other = c.patch(
-            f"{server.url}/v2/projects/home/serviceaccounts/other", json={"role": "manager"}
+            f"{server.url}/v2/projects/lab/serviceaccounts/other", json={"role": "manager"}
         )
         assert other.status_code == 200, other.text
-    roles = {x["account"]: x["role"] for x in client.get(f"{API}/home/roles").json()["roles"]}
+    roles = {x["account"]: x["role"] for x in client.get(f"{API}/lab/roles").json()["roles"]}
     assert roles["boss"] == "admin" and roles["other"] == "manager"
