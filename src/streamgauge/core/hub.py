@@ -255,7 +255,7 @@ class Hub:
                     sub.wakeup.set()
 
     def close_project(self, project_pk: int, reason: str) -> None:
-        for sub in self._subs.get(project_pk, ()):
+        for sub in list(self._subs.get(project_pk, ())):
             sub.close(reason)
 
     def shut_down(self, reason: str) -> None:
@@ -264,8 +264,10 @@ class Hub:
         self.close_all(reason)
 
     def close_all(self, reason: str) -> None:
-        for subs in self._subs.values():
-            for sub in subs:
+        """Close every subscriber. It iterates over a copy: a subscriber may leave meanwhile
+        (its task ends), and the test harness calls this from another thread."""
+        for subs in list(self._subs.values()):
+            for sub in list(subs):
                 sub.close(reason)
 
     @property
