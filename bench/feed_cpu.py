@@ -34,7 +34,7 @@ from streamgauge.core.hub import Item, Subscription
 from streamgauge.domain.model import DeviceIn, ProjectIn, SiteIn
 from streamgauge.faces.synoptic.args import parse_feed_args
 from streamgauge.faces.synoptic.messages import Metadata, feed_framing, merge_items
-from streamgauge.store import metadata
+from streamgauge.store.sqlite import metadata
 
 from .common import (
     NdjsonEncoder,

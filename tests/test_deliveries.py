@@ -36,8 +36,8 @@ from streamgauge.core.deliveries import (
 from streamgauge.core.engine import Engine
 from streamgauge.core.signing import dt_signature, hmac_signature, verify_hmac_signature
 from streamgauge.domain.errors import Invalid, NotFound
-from streamgauge.store import deliveries as table
-from streamgauge.store.sqlite import Tx
+from streamgauge.store.sqlite import deliveries as table
+from streamgauge.store.sqlite.store import Tx
 from tests.conftest import MS, free_port
 from tests.store.test_sqlite import cols, seed
 

@@ -18,7 +18,7 @@ from streamgauge.core.engine import Engine
 from streamgauge.domain.batch import Batch, concat
 from streamgauge.domain.model import DeviceIn, ProjectIn, VariableIn
 from streamgauge.store.api import ConsumerPositions
-from streamgauge.store.sqlite_consumers import SqliteConsumerPositions
+from streamgauge.store.sqlite.consumers import SqliteConsumerPositions
 
 
 class MemoryLog:

@@ -335,4 +335,4 @@ def test_faces_write_metadata_through_the_services_only(module: str) -> None:
             imported.update(f"{node.module}.{a.name}" for a in node.names)
         elif isinstance(node, ast.Import):
             imported.update(a.name for a in node.names)
-    assert not imported & {"streamgauge.store.metadata", "streamgauge.store.sqlite"}
+    assert not imported & {"streamgauge.store.sqlite.metadata", "streamgauge.store.sqlite.store"}

@@ -15,10 +15,11 @@ from streamgauge.domain.errors import Unavailable
 from streamgauge.domain.face_state import DTAccountSettings, StoredConnector
 from streamgauge.domain.log import HistoryQuery, IngestColumns
 from streamgauge.domain.model import DeviceIn, ProjectIn, VariableIn
-from streamgauge.store import metadata, sqlite_ops
 from streamgauge.store.face_state import DTAccountStore, DTConnectorStore
-from streamgauge.store.sqlite import SqliteStore, Tx
-from streamgauge.store.sqlite_face_state import SqliteDTAccounts, SqliteDTConnectors
+from streamgauge.store.sqlite import metadata
+from streamgauge.store.sqlite import ops as sqlite_ops
+from streamgauge.store.sqlite.face_state import SqliteDTAccounts, SqliteDTConnectors
+from streamgauge.store.sqlite.store import SqliteStore, Tx
 
 
 async def open_store(path: Path) -> SqliteStore:

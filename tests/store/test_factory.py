@@ -10,11 +10,11 @@ from pathlib import Path
 from streamgauge.config import Settings
 from streamgauge.core.engine import Engine
 from streamgauge.domain.batch import Batch
-from streamgauge.store import alerts, deliveries, metadata
 from streamgauge.store.api import Store
 from streamgauge.store.factory import BACKENDS, DB_NAME, SQLITE, open_store
-from streamgauge.store.feeds import FeedStore
-from streamgauge.store.sqlite import SqliteStore, Tx
+from streamgauge.store.sqlite import alerts, deliveries, metadata
+from streamgauge.store.sqlite.feeds import FeedStore
+from streamgauge.store.sqlite.store import SqliteStore, Tx
 
 
 async def test_open_store_builds_the_embedded_store_of_the_settings(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from streamgauge.store.fair import FairGate
+from streamgauge.store.sqlite.fair import FairGate
 
 
 async def test_a_small_read_waits_for_one_turn_not_for_every_queued_scan() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streamgauge.store.schema import MIGRATIONS, SCHEMA_VERSION, SchemaTooNew, migrate
+from streamgauge.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, SchemaTooNew, migrate
 
 
 def test_fresh_database_reaches_the_current_version(tmp_path: Path) -> None:

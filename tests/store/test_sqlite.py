@@ -12,8 +12,8 @@ from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import Conflict
 from streamgauge.domain.log import HistoryQuery, IngestColumns
 from streamgauge.domain.model import DeviceIn, ProjectIn, VariableIn
-from streamgauge.store import metadata
-from streamgauge.store.sqlite import SqliteStore
+from streamgauge.store.sqlite import metadata
+from streamgauge.store.sqlite.store import SqliteStore
 
 
 async def open_store(path: Path, published: list[Batch], chunk: int = 8) -> SqliteStore:

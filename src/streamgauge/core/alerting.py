@@ -52,8 +52,8 @@ from streamgauge.core.deliveries import Item, Outcome, check_target
 from streamgauge.core.registry import ProjectRec, Registry
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import Conflict, Invalid
-from streamgauge.store import alerts as table
-from streamgauge.store.sqlite import Tx
+from streamgauge.store.sqlite import alerts as table
+from streamgauge.store.sqlite.store import Tx
 from streamgauge.wire.rows import format_time
 
 if TYPE_CHECKING:

@@ -54,8 +54,8 @@ from streamgauge import __version__
 from streamgauge.core.backoff import delays, next_delay, retry_after
 from streamgauge.domain.errors import Invalid, NotFound
 from streamgauge.metrics import Metrics
-from streamgauge.store import deliveries as table
 from streamgauge.store.factory import EmbeddedStore
+from streamgauge.store.sqlite import deliveries as table
 
 log = logging.getLogger("streamgauge.deliveries")
 

@@ -38,14 +38,14 @@ from streamgauge.domain.batch import Batch, concat, empty_batch
 from streamgauge.domain.errors import BadRequest, StreamgaugeError
 from streamgauge.domain.log import AppendResult, HistoryQuery
 from streamgauge.metrics import Metrics
-from streamgauge.store import sqlite_ops
 from streamgauge.store.api import ConsumerPositions
 from streamgauge.store.face_state import DTAccountStore, DTConnectorStore
 from streamgauge.store.factory import SQLITE, EmbeddedStore, open_store
-from streamgauge.store.feeds import FeedStore
 from streamgauge.store.files import private_dir, tighten_if_present
-from streamgauge.store.sqlite import Tx
-from streamgauge.store.sqlite_face_state import SqliteDTAccounts, SqliteDTConnectors
+from streamgauge.store.sqlite import ops as sqlite_ops
+from streamgauge.store.sqlite.face_state import SqliteDTAccounts, SqliteDTConnectors
+from streamgauge.store.sqlite.feeds import FeedStore
+from streamgauge.store.sqlite.store import Tx
 from streamgauge.wire.rows import format_time
 
 MAX_SEND_BYTES = 256 * 1024  # coalesce queued frames into writes of at most this size

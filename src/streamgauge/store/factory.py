@@ -16,7 +16,6 @@ from typing import Generic, TypeVar
 from streamgauge.config import Settings
 from streamgauge.core.registry import Registry
 from streamgauge.domain.commit import CommitRules
-from streamgauge.store import alerts, deliveries, metadata
 from streamgauge.store.api import (
     AlertTables,
     ConsumerPositions,
@@ -25,9 +24,10 @@ from streamgauge.store.api import (
     MetadataTables,
     Store,
 )
-from streamgauge.store.feeds import FeedStore
-from streamgauge.store.sqlite import SqliteStore, Tx
-from streamgauge.store.sqlite_consumers import SqliteConsumerPositions
+from streamgauge.store.sqlite import alerts, deliveries, metadata
+from streamgauge.store.sqlite.consumers import SqliteConsumerPositions
+from streamgauge.store.sqlite.feeds import FeedStore
+from streamgauge.store.sqlite.store import SqliteStore, Tx
 
 TxT = TypeVar("TxT")
 ConnT = TypeVar("ConnT")

@@ -22,10 +22,10 @@ from streamgauge.core.registry import AccountRec, ProjectRec, Registry
 from streamgauge.core.services.base import MetadataStore
 from streamgauge.domain.errors import NotFound
 from streamgauge.domain.model import Key, NewKey, Role, ServiceAccount, new_id, now_iso
-from streamgauge.store import metadata
+from streamgauge.store.sqlite import metadata
 
 if TYPE_CHECKING:
-    from streamgauge.store.sqlite import Tx
+    from streamgauge.store.sqlite.store import Tx
 
 Also = Callable[["Tx", AccountRec], object]
 """A face's own write about an account, run in the account change's transaction."""

@@ -14,7 +14,7 @@ from streamgauge.core.registry import Registry
 if TYPE_CHECKING:
     import sqlite3
 
-    from streamgauge.store.sqlite import Tx
+    from streamgauge.store.sqlite.store import Tx
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """Projects, sites, devices and variables: the engine's metadata operations.
 
-Every write is one store transaction (``store/metadata.py`` runs inside it, and changes the
+Every write is one store transaction (``store/sqlite/metadata.py`` runs inside it, and changes the
 registry after the commit); bulk creates are all or nothing, ``if_exists="skip"`` leaves an item
 whose id exists as it is and returns it unchanged. Reads come from the registry. A method that
 acts on a project takes the project's record as returned by :meth:`MetadataService.project`,
@@ -28,7 +28,7 @@ from streamgauge.domain.model import (
     Variable,
     VariableIn,
 )
-from streamgauge.store import metadata
+from streamgauge.store.sqlite import metadata
 
 IfExists = Literal["error", "skip"]
 Patch = dict[str, Any]

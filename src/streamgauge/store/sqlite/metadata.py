@@ -40,7 +40,7 @@ from streamgauge.domain.model import (
 )
 
 if TYPE_CHECKING:
-    from streamgauge.store.sqlite import Tx
+    from streamgauge.store.sqlite.store import Tx
 
 
 def _set_doc(reg: Registry, rec: Any, doc: Any) -> Callable[[], None]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from streamgauge.store.sqlite import Tx
+from streamgauge.store.sqlite.store import Tx
 
 MAX_DEAD_LETTERS = 1000  # kept per key; older ones are dropped as new ones arrive
 

@@ -21,7 +21,7 @@ from streamgauge.core.alerts import State, TriggerState
 from streamgauge.core.channels import ChannelDoc
 
 if TYPE_CHECKING:
-    from streamgauge.store.sqlite import Tx
+    from streamgauge.store.sqlite.store import Tx
 
 
 def load_channels(conn: sqlite3.Connection) -> list[tuple[int, int, ChannelDoc]]:

@@ -33,7 +33,7 @@ from streamgauge.domain.errors import NotFound
 from streamgauge.domain.feeds import FeedSession, FeedToken, SessionLimit
 from streamgauge.domain.model import now_iso
 from streamgauge.store.api import Store
-from streamgauge.store.sqlite import Tx
+from streamgauge.store.sqlite.store import Tx
 
 FLUSH_SECONDS = 1.0
 EXPIRE_EVERY_MAX_SECONDS = 60.0  # the longest a session outlives its retention in the table

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 
 from streamgauge.store.api import Transactions
-from streamgauge.store.sqlite import Tx
+from streamgauge.store.sqlite.store import Tx
 
 PREFIX = "consumer:"
 

@@ -40,9 +40,10 @@ from streamgauge.domain.batch import Batch
 from streamgauge.domain.commit import CommitRules
 from streamgauge.domain.errors import Conflict, NotFound, Unavailable
 from streamgauge.domain.log import AppendResult, HistoryQuery, IngestColumns
-from streamgauge.store import files, metadata
-from streamgauge.store.fair import FairGate
-from streamgauge.store.schema import migrate
+from streamgauge.store import files
+from streamgauge.store.sqlite import metadata
+from streamgauge.store.sqlite.fair import FairGate
+from streamgauge.store.sqlite.schema import migrate
 
 T = TypeVar("T")
 _NEVER = np.iinfo(np.int64).min

@@ -15,7 +15,7 @@ from streamgauge.core.registry import (
     VariableRec,
 )
 from streamgauge.store.api import Store
-from streamgauge.store.sqlite import Tx
+from streamgauge.store.sqlite.store import Tx
 
 
 def move_device(tx: Tx, reg: Registry, dev: DeviceRec, target: ProjectRec) -> None:

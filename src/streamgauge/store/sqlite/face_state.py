@@ -1,6 +1,6 @@
 """The SQLite implementations of the face-state interfaces (``store/face_state.py``).
 
-Their tables are created by the store's migrations (``store/schema.py``, step 4: ``dt_accounts``
+Their tables are created by the store's migrations (``store/sqlite/schema.py``, step 4: ``dt_accounts``
 and ``dt_connectors``); this module is the only code that reads or writes them.
 """
 
@@ -14,7 +14,7 @@ import orjson
 
 from streamgauge.domain.face_state import DTAccountSettings, StoredConnector
 from streamgauge.store.api import Store
-from streamgauge.store.sqlite import Tx
+from streamgauge.store.sqlite.store import Tx
 
 
 class SqliteDTAccounts:
