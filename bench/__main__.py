@@ -2,7 +2,8 @@
 
     ingest     HTTP NDJSON ingest against InfluxDB 1.6, then live fan-out to 100 filtered
                subscribers against a plain websockets broadcast (about 5 minutes; --quick)
-    quality    ingest with QC on and off, then 1,000 differently filtered streams at 10,000 obs/s
+    fanout     1,000 differently filtered native streams at 10,000 obs/s (p50/p99, memory)
+    quality    ingest with QC on and off, then the same fan-out as ``fanout``
     feed       1,000 push-feed sessions against a plain websockets broadcast, memory per session
     feed-cpu   the server's CPU per fan-out round of those sessions, in one process, no sockets
 
@@ -16,6 +17,7 @@ import sys
 
 WORKLOADS = {
     "ingest": "bench.ingest",
+    "fanout": "bench.fanout",
     "quality": "bench.quality",
     "feed": "bench.feed",
     "feed-cpu": "bench.feed_cpu",
