@@ -112,9 +112,9 @@ class Log(Protocol):
         raised, its ``details`` name each conflicting row (``{"index": i, "reason": ...}``, by
         index in the batch, ascending), and nothing of the batch is written. The accepted rows
         get consecutive cursors ``first_cursor..last_cursor`` (both None when none is new).
-        Each accepted row is stored and published with its QC flags: today the store runs the
-        checks of ``core.qc`` against the registry's limits (when quality control is on);
-        issue 12 moves them to the core, which will hand the flags in ``columns.qc``."""
+        Which rows are duplicates, conflicts or new, and each accepted row's QC flags (stored
+        and published with it), are decided by the ``CommitRules`` (``domain.commit``) the
+        store was built with, called in commit order: the core's rules, never the store's."""
         ...
 
     async def read_log(self, after: int, upto: int, limit: int) -> Batch:
