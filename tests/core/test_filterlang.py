@@ -1,10 +1,8 @@
-"""Filter language: parser, Tapis conditions, columnar evaluation vs SQL, domain arguments."""
+"""Filter language: parser, Tapis conditions, columnar evaluation, domain arguments."""
 
 from __future__ import annotations
 
 import math
-import re
-import sqlite3
 
 import numpy as np
 import pytest
@@ -32,9 +30,9 @@ from streamgauge.core.filterlang import (
     parse_radius,
     parse_tapis_condition,
     sensors,
-    to_sql,
 )
 from streamgauge.domain.errors import BadRequest
+from tests.filter_exprs import any_exprs
 
 FUZZ = settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 
@@ -57,31 +55,6 @@ def err(text: str) -> FilterError:
         parse_filter_on(text)
     return info.value
 
-
-SENSOR_NAMES = ["air_temp", "wind_speed", "wind_gust", "rh", "absent_sensor"]
-VALUE_POOL = [-10.0, -1.5, 0.0, 1.0, 2.5, 10.0, 1e6]
-OPS = [">", ">=", "<", "<=", "=", "!="]
-
-conds = st.builds(
-    Cond, st.sampled_from(SENSOR_NAMES), st.sampled_from(OPS), st.sampled_from(VALUE_POOL)
-)
-exprs = st.recursive(
-    conds,
-    lambda ch: st.builds(And, ch, ch) | st.builds(Or, ch, ch),
-    max_leaves=12,
-)
-ident = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True).filter(
-    lambda s: s.lower() not in ("and", "or")
-)
-any_conds = st.builds(
-    Cond,
-    ident,
-    st.sampled_from(OPS),
-    st.floats(allow_nan=False, allow_infinity=False),
-)
-any_exprs = st.recursive(
-    any_conds, lambda ch: st.builds(And, ch, ch) | st.builds(Or, ch, ch), max_leaves=10
-)
 
 # --- filter_on parser ------------------------------------------------------------------------
 
@@ -327,7 +300,7 @@ def test_fuzz_tapis(cond: dict[str, object]) -> None:
     assert f"{inst}.{var}" == cond["key"] and math.isfinite(c.value)
 
 
-# --- evaluation: numpy vs SQL ----------------------------------------------------------------
+# --- evaluation (its SQL twin: tests/store/test_filtersql.py) ------------------------------
 
 
 def test_evaluate_semantics() -> None:
@@ -359,66 +332,6 @@ def test_evaluate_rejects_bad_shapes() -> None:
         evaluate(Cond("t", ">", 0), a, a, {"t": 0}, np.zeros(2), 1)
 
 
-ROW_VALUES = st.sampled_from(VALUE_POOL) | st.just(math.nan) | st.floats(-20, 20)
-rows_strategy = st.lists(
-    st.tuples(st.integers(0, 5), st.sampled_from(SENSOR_NAMES[:4]), ROW_VALUES),
-    max_size=40,
-)
-
-
-@FUZZ
-@given(rows_strategy, exprs, st.booleans())
-def test_evaluate_matches_sql(
-    rows: list[tuple[int, str, float]], expr: Expr, text_values: bool
-) -> None:
-    n_reports = 6
-    codes = {name: i for i, name in enumerate(SENSOR_NAMES[:4])}
-    report = np.array([r for r, _, _ in rows], dtype=np.int64)
-    sens = np.array([codes[s] for _, s, _ in rows], dtype=np.int64)
-    vals = np.array([v for _, _, v in rows], dtype=np.float64)
-    got = evaluate(expr, report, sens, codes, vals, n_reports)
-    numpy_rows = {i for i, ok in enumerate(got.tolist()) if ok}
-
-    db = sqlite3.connect(":memory:")
-    try:
-        db.execute("CREATE TABLE report_rows (i INTEGER PRIMARY KEY, report, sensor, value)")
-        stored: list[tuple[int, int, str, object]] = []
-        for i, (r, s, v) in enumerate(rows):
-            # a non-numeric value arrives as NaN in numpy and as NULL or TEXT in SQLite
-            sv: object = ("n/a" if text_values else None) if math.isnan(v) else v
-            stored.append((i, r, s, sv))
-        db.executemany("INSERT INTO report_rows VALUES (?, ?, ?, ?)", stored)
-        sql, params = to_sql(expr, report_sql="o.report", table="report_rows")
-        sql_rows = {i for (i,) in db.execute(f"SELECT o.i FROM report_rows o WHERE {sql}", params)}
-    finally:
-        db.close()
-    assert numpy_rows == sql_rows
-
-
-def shape_of(e: Expr) -> Expr:
-    return map_values(rename(e), lambda _s, _v: 0.0)
-
-
-def rename(e: Expr) -> Expr:
-    if isinstance(e, Cond):
-        return Cond("s", e.op, e.value)
-    return type(e)(rename(e.left), rename(e.right))
-
-
-@FUZZ
-@given(any_exprs)
-def test_sql_text_depends_only_on_shape(e: Expr) -> None:
-    sql, params = to_sql(e)
-    assert sql == to_sql(shape_of(e))[0]
-    n = len(list(_conds(e)))
-    assert sql.count("?") == len(params) == 2 * n
-    assert params == [x for c in _conds(e) for x in (c.sensor, c.value)]
-
-
-def _conds(e: Expr) -> list[Cond]:
-    return [e] if isinstance(e, Cond) else _conds(e.left) + _conds(e.right)
-
-
 HOSTILE = [
     "(a > 1); DROP TABLE obs; --",
     "(a'; DROP TABLE obs; -- > 1)",
@@ -439,24 +352,6 @@ HOSTILE = [
 def test_hostile_input(text: str) -> None:
     with pytest.raises(FilterError):
         parse_filter_on(text)
-
-
-def test_hostile_valid_names_stay_out_of_sql() -> None:
-    # a valid expression whose sensor names look like SQL still only reaches SQL via parameters
-    e = parse_filter_on("(DROP > 1) and (select < 2) or (report = 3)")
-    sql, params = to_sql(e)
-    assert sql == to_sql(shape_of(e))[0]
-    assert params == ["DROP", 1.0, "select", 2.0, "report", 3.0]
-    assert "DROP" not in sql and "select" not in sql
-
-
-def test_to_sql_rejects_bad_identifiers() -> None:
-    with pytest.raises(ValueError):
-        to_sql(Cond("a", ">", 1), table="x; DROP TABLE obs")
-    with pytest.raises(ValueError):
-        to_sql(Cond("a", ">", 1), report_sql="o.report)")
-    sql, _ = to_sql(Cond("a", ">", 1), report_sql="r", table="rr")
-    assert re.search(r"FROM rr \w+ WHERE \w+\.report = r ", sql)
 
 
 # --- domain arguments ------------------------------------------------------------------------

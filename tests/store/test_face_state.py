@@ -20,10 +20,11 @@ from streamgauge.store.sqlite import metadata
 from streamgauge.store.sqlite import ops as sqlite_ops
 from streamgauge.store.sqlite.face_state import SqliteDTAccounts, SqliteDTConnectors
 from streamgauge.store.sqlite.store import SqliteStore, Tx
+from tests.store.rules import log_rules
 
 
 async def open_store(path: Path) -> SqliteStore:
-    store = SqliteStore(path / "db")
+    store = SqliteStore(path / "db", rules=log_rules())
     await store.open(lambda batch: None)
     return store
 

@@ -1,6 +1,7 @@
-"""The factory: the engine's store comes from ``open_store``, and each backend of ``BACKENDS``
-is a complete ``Backend`` (its store and table modules satisfy the protocols of
-``store.api``: mypy checks the typed factory; here, that they are the ones in use)."""
+"""The factory: the engine's backend comes from ``backend_for`` and its store from the backend,
+and each backend of ``BACKENDS`` is a complete ``Backend`` (its store, table modules, services
+and operations satisfy the protocols of ``store.api`` and ``store.face_state``: mypy checks the
+typed factory; here, that they are the ones in use)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,33 @@ import sqlite3
 from pathlib import Path
 
 from streamgauge.config import Settings
+from streamgauge.core.dedupe import LogRules
 from streamgauge.core.engine import Engine
+from streamgauge.core.registry import Registry
 from streamgauge.domain.batch import Batch
+from streamgauge.domain.commit import CommitRules
 from streamgauge.store.api import Store
-from streamgauge.store.factory import BACKENDS, DB_NAME, SQLITE, open_store
-from streamgauge.store.sqlite import alerts, deliveries, metadata
+from streamgauge.store.factory import BACKENDS, DB_NAME, SQLITE, backend_for, open_store
+from streamgauge.store.sqlite import alerts, deliveries, metadata, ops
+from streamgauge.store.sqlite.consumers import SqliteConsumerPositions
+from streamgauge.store.sqlite.face_state import SqliteDTAccounts, SqliteDTConnectors
 from streamgauge.store.sqlite.feeds import FeedStore
 from streamgauge.store.sqlite.store import SqliteStore, Tx
 
 
 async def test_open_store_builds_the_embedded_store_of_the_settings(tmp_path: Path) -> None:
     settings = Settings(data=tmp_path / "data", durability="full", qc=False)
-    store: Store[Tx, sqlite3.Connection] = open_store(settings)
+    given: list[tuple[Registry, CommitRules]] = []
+
+    def rules(registry: Registry) -> CommitRules:
+        given.append((registry, LogRules(registry, quality_control=False)))
+        return given[-1][1]
+
+    store: Store[Tx, sqlite3.Connection] = open_store(settings, rules)
     assert isinstance(store, SqliteStore)
-    assert (store.path, store.durability, store.quality_control) == (
-        settings.data / DB_NAME,
-        "full",
-        False,
-    )
+    assert (store.path, store.durability) == (settings.data / DB_NAME, "full")
+    # the store runs the rules its caller built over its registry; it has none of its own
+    assert given == [(store.registry, store.rules)]
     assert not store.path.exists()  # built, not opened
     published: list[Batch] = []
     await store.open(published.append)
@@ -35,14 +45,26 @@ async def test_open_store_builds_the_embedded_store_of_the_settings(tmp_path: Pa
         await store.close()
 
 
-def test_the_sqlite_backend_bundles_its_table_modules() -> None:
+def test_the_sqlite_backend_bundles_its_modules_and_services() -> None:
     assert BACKENDS == {"sqlite": SQLITE}
     assert (SQLITE.metadata, SQLITE.alerts, SQLITE.deliveries) == (metadata, alerts, deliveries)
     assert SQLITE.feed_sessions is FeedStore
+    assert SQLITE.consumer_positions is SqliteConsumerPositions
+    assert SQLITE.ops is ops
+    assert (SQLITE.dt_accounts, SQLITE.dt_connectors) == (SqliteDTAccounts, SqliteDTConnectors)
+    assert backend_for(Settings()) is SQLITE
 
 
-def test_the_engine_takes_its_store_from_the_factory(tmp_path: Path) -> None:
-    engine = Engine(Settings(data=tmp_path), "admin-token")
+def test_the_engine_takes_its_store_and_services_from_the_backend(tmp_path: Path) -> None:
+    engine = Engine(Settings(data=tmp_path, qc=False), "admin-token")
+    assert engine.backend is SQLITE
     assert isinstance(engine.store, SqliteStore)
     assert engine.store.path == tmp_path / DB_NAME
     assert engine.registry is engine.store.registry
+    # the engine's commit rules: the core's, with QC as the settings say
+    assert isinstance(engine.store.rules, LogRules)
+    assert engine.store.rules.quality_control is False
+    assert isinstance(engine.feeds, FeedStore)
+    assert isinstance(engine.consumer_positions, SqliteConsumerPositions)
+    assert isinstance(engine.dt_accounts, SqliteDTAccounts)
+    assert isinstance(engine.dt_connectors, SqliteDTConnectors)

@@ -14,10 +14,11 @@ from streamgauge.domain.log import HistoryQuery, IngestColumns
 from streamgauge.domain.model import DeviceIn, ProjectIn, VariableIn
 from streamgauge.store.sqlite import metadata
 from streamgauge.store.sqlite.store import SqliteStore
+from tests.store.rules import log_rules
 
 
 async def open_store(path: Path, published: list[Batch], chunk: int = 8) -> SqliteStore:
-    store = SqliteStore(path / "db", index_chunk_rows=chunk)
+    store = SqliteStore(path / "db", index_chunk_rows=chunk, rules=log_rules())
     await store.open(published.append)
     return store
 

@@ -32,14 +32,10 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
-from streamgauge.core.filterlang import Cond, Expr, Op, evaluate, sensors
-
-
-class State(StrEnum):
-    OK = "OK"
-    PENDING = "PENDING"
-    FIRING = "FIRING"
-    RESOLVED = "RESOLVED"
+from streamgauge.core.filterlang import evaluate, sensors
+from streamgauge.domain.alerts import State as State  # re-exported: the rules' state types
+from streamgauge.domain.alerts import TriggerState as TriggerState
+from streamgauge.domain.filters import Cond, Expr, Op
 
 
 class Event(StrEnum):
@@ -111,14 +107,6 @@ class Rule:
     condition: Condition
     for_ms: int = 0
     cooldown_ms: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class TriggerState:
-    state: State = State.OK
-    since_ms: int | None = None  # when the condition began to hold (PENDING)
-    last_alert_ms: int | None = None
-    last_seen_ms: int | None = None  # deadman: when data last arrived
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import re
 from string import Template
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from streamgauge.core.alerts import (
     ORDERING,
@@ -25,64 +24,14 @@ from streamgauge.core.alerts import (
 )
 from streamgauge.core.filterlang import FilterError, parse_filter_on, parse_tapis_condition, sensors
 from streamgauge.core.registry import DeviceRec, ProjectRec, Registry
+from streamgauge.domain.channels import ActionDoc as ActionDoc  # re-exported: the documents
+from streamgauge.domain.channels import ChannelDoc as ChannelDoc
+from streamgauge.domain.channels import TriggerDoc as TriggerDoc
 from streamgauge.domain.errors import Invalid
-
-Status = Literal["ACTIVE", "INACTIVE"]
-Method = Literal["WEBHOOK", "HTTP", "SLACK", "DISCORD", "ACTOR"]
-Text = Annotated[str, StringConstraints(max_length=4096)]
-URL = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
 
 DEFAULT_MESSAGE = (
     "For Channel- ${r._check_name} the threshold alert triggered at ${r._time} value=${r.value}"
 )
-
-
-class _Doc(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ActionDoc(_Doc):
-    method: Method
-    webhook_url: URL | None = None  # WEBHOOK, SLACK, DISCORD
-    data_field: Text | None = None  # WEBHOOK: the field that carries the message
-    http_url: URL | None = None  # HTTP
-    actor_id: Text | None = None  # ACTOR: a registered local actor
-    message: Text | None = None  # template; default DEFAULT_MESSAGE
-    extra: dict[str, Any] = Field(default_factory=dict)  # stored, not used (abaco_base_url, ...)
-
-    def target(self) -> str:
-        if self.method == "HTTP":
-            return self.http_url or ""
-        if self.method == "ACTOR":
-            return self.actor_id or ""
-        return self.webhook_url or ""
-
-
-class TriggerDoc(_Doc):
-    type: Literal["threshold", "expression", "deadman"] = "threshold"
-    device: Text
-    variable: Text | None = None  # threshold: required; deadman: optional (any variable)
-    operator: Text | None = None  # threshold
-    value: float | None = None  # threshold
-    expression: Text | None = None  # expression: filter_on text over the device's variables
-    seconds: float | None = Field(default=None, gt=0)  # deadman
-    hysteresis: float = Field(default=0.0, ge=0)
-    for_seconds: float = Field(default=0.0, ge=0)
-    cooldown_seconds: float = Field(default=0.0, ge=0)
-    actions: list[ActionDoc] = Field(default_factory=list)
-
-
-class ChannelDoc(_Doc):
-    id: Text
-    project: Text
-    name: Text
-    status: Status = "ACTIVE"
-    triggers: list[TriggerDoc]
-    template_id: Text | None = None
-    type: Text | None = None
-    owner: Text | None = None
-    created_at: str
-    last_updated: str
 
 
 # -- validation ---------------------------------------------------------------------------------

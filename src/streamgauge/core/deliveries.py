@@ -45,7 +45,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -54,10 +54,11 @@ from streamgauge import __version__
 from streamgauge.core.backoff import delays, next_delay, retry_after
 from streamgauge.domain.errors import Invalid, NotFound
 from streamgauge.metrics import Metrics
-from streamgauge.store.factory import EmbeddedStore
-from streamgauge.store.sqlite import deliveries as table
+from streamgauge.store.api import DeliveryTables, Transactions
 
 log = logging.getLogger("streamgauge.deliveries")
+TxT = TypeVar("TxT")  # the backend's write transaction and read handle (store.api)
+ConnT = TypeVar("ConnT")
 
 FETCH_LIMIT = 100  # items read from a source per step
 FLUSH_EVERY = 100  # acknowledged items between two cursor writes, at most
@@ -307,12 +308,14 @@ class _Worker:
     )  # (monotonic time, latency ms if a response came, delivered)
 
 
-class Deliveries:
-    """Every outbound delivery of one engine; ``engine.deliveries``."""
+class Deliveries(Generic[TxT, ConnT]):
+    """Every outbound delivery of one engine; ``engine.deliveries``. Positions and dead letters
+    go through the backend's ``tables`` in ``store``'s transactions."""
 
     def __init__(
         self,
-        store: EmbeddedStore,
+        store: Transactions[TxT, ConnT],
+        tables: DeliveryTables[TxT, ConnT],
         *,
         metrics: Metrics | None = None,
         allow_private_targets: bool = False,
@@ -321,6 +324,7 @@ class Deliveries:
         retry_max_seconds: float = 300.0,
     ) -> None:
         self._store = store
+        self._table = tables
         self._metrics = metrics
         self.allow_private_targets = allow_private_targets
         self._poll = poll_seconds
@@ -418,11 +422,11 @@ class Deliveries:
     async def dead_letters(self, key: str, limit: int = 100) -> list[dict[str, Any]]:
         """The key's dead letters, newest first: cursor, method, url, headers, body (bytes),
         born_ms, failed_ms, attempts, last_status, last_error."""
-        return await self._store.read(lambda conn: table.dead_letters(conn, key, limit))
+        return await self._store.read(lambda conn: self._table.dead_letters(conn, key, limit))
 
     async def cursor(self, key: str) -> int | None:
         """The key's persisted cursor (None if it has none)."""
-        return await self._store.read(lambda conn: table.get_cursor(conn, key))
+        return await self._store.read(lambda conn: self._table.get_cursor(conn, key))
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -471,7 +475,7 @@ class Deliveries:
             await asyncio.gather(w.task, return_exceptions=True)
         try:
             if forget:
-                await self._store.write(lambda tx: table.forget(tx, key))
+                await self._store.write(lambda tx: self._table.forget(tx, key))
             elif w is not None:
                 await self._flush(w)
         except Exception:
@@ -501,13 +505,13 @@ class Deliveries:
                 await self._sleep(w, next(schedule))
 
     async def _load(self, w: _Worker) -> None:
-        stored = await self._store.read(lambda conn: table.get_cursor(conn, w.key))
+        stored = await self._store.read(lambda conn: self._table.get_cursor(conn, w.key))
         if stored is None:
             start = w.start_after
             if start is None:
                 start = await self._source_end(w.source)
             now = _now_ms()
-            await self._store.write(lambda tx: table.set_cursor(tx, w.key, start, now))
+            await self._store.write(lambda tx: self._table.set_cursor(tx, w.key, start, now))
             stored = start
         w.cursor = w.saved = stored
         w.stats.cursor = stored
@@ -626,7 +630,7 @@ class Deliveries:
         now = _now_ms()
         if not delivered and now - item.born_ms > w.retention * 1000:
             await self._store.write(
-                lambda tx: table.dead_letter(
+                lambda tx: self._table.dead_letter(
                     tx,
                     w.key,
                     cursor=item.cursor,
@@ -680,7 +684,7 @@ class Deliveries:
         if cursor is None or cursor == w.saved:
             return
         now = _now_ms()
-        await self._store.write(lambda tx: table.set_cursor(tx, w.key, cursor, now))
+        await self._store.write(lambda tx: self._table.set_cursor(tx, w.key, cursor, now))
         w.saved = cursor
         w.unsaved = 0
         w.flushed_at = time.monotonic()

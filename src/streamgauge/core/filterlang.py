@@ -1,12 +1,13 @@
-"""The filter expression language: one AST for every face, compiled two ways.
+"""The filter expression language: one AST for every face, parsed and judged here.
 
 Synoptic ``filter_on`` text (``(air_temp < 0) and (wind_speed > 10)``) and Tapis channel conditions
 (``{"key": "inst.var", "operator": ">", "val": 90}``) parse into the same AST of ``Cond`` / ``And``
-/ ``Or``. The AST compiles to
+/ ``Or`` (``domain.filters``, re-exported here). The AST compiles to
 
-* a columnar predicate over a batch (``evaluate``): numpy only, no per-row Python loop;
-* a parameterized SQL boolean expression for history reads (``to_sql``): user text only ever
-  reaches SQLite as ``?`` parameters.
+* a columnar predicate over a batch (``evaluate``, here): numpy only, no per-row Python loop;
+* a storage backend's query for history reads, compiled inside the backend (the SQLite one's
+  ``filtersql.to_sql`` makes a parameterized SQL boolean expression: user text only ever
+  reaches SQLite as ``?`` parameters).
 
 Semantics, shared by both: an expression is judged per station *report* (the observations of one
 site at one time that arrive together). ``Cond(s, op, v)`` holds for a report when ANY row of the
@@ -38,12 +39,13 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, NoReturn, TypeAlias
+from typing import NoReturn, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
 from streamgauge.domain.errors import BadRequest
+from streamgauge.domain.filters import And, Cond, Expr, Op, Or
 
 __all__ = [
     "MAX_CONDITIONS",
@@ -69,7 +71,6 @@ __all__ = [
     "parse_radius",
     "parse_tapis_condition",
     "sensors",
-    "to_sql",
 ]
 
 MAX_FILTER_CHARS = 4096
@@ -78,8 +79,6 @@ MAX_DEPTH = 32  # nested parentheses; keeps the recursive parser far from Python
 MAX_NUMBER_CHARS = 64  # a number literal; more digits than a float holds mean nothing
 EARTH_RADIUS_MILES = 3958.8
 MAX_RADIUS_MILES = 12450.0  # about half the earth's circumference
-
-Op: TypeAlias = Literal[">", ">=", "<", "<=", "=", "!="]
 
 
 class FilterError(BadRequest):
@@ -99,29 +98,7 @@ class FilterError(BadRequest):
         self.found = found
 
 
-# --- AST -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Cond:
-    sensor: str
-    op: Op
-    value: float
-
-
-@dataclass(frozen=True, slots=True)
-class And:
-    left: Expr
-    right: Expr
-
-
-@dataclass(frozen=True, slots=True)
-class Or:
-    left: Expr
-    right: Expr
-
-
-Expr: TypeAlias = Cond | And | Or
+# --- AST helpers (the AST itself is ``domain.filters``) -----------------------------------
 
 
 def sensors(expr: Expr) -> set[str]:
@@ -432,52 +409,6 @@ class ReportTable:
         left = self.satisfied(expr.left, codes)
         right = self.satisfied(expr.right, codes)
         return left & right if isinstance(expr, And) else left | right
-
-
-# --- SQL --------------------------------------------------------------------------------------
-
-_SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SQL_REF = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?")
-_SQL_ALIAS = "flt_x"
-_SQL_OPS = {">": ">", ">=": ">=", "<": "<", "<=": "<=", "=": "=", "!=": "<>"}
-
-
-def to_sql(
-    expr: Expr, *, report_sql: str = "o.report", table: str = "report_rows"
-) -> tuple[str, list[object]]:
-    """A parameterized boolean SQL expression for a WHERE clause, and its parameters.
-
-    ``table`` names a relation (table or CTE the caller defines) with columns ``report``,
-    ``sensor`` (the sensor name) and ``value``; ``report_sql`` names the current row's report key
-    (a column reference such as ``o.report``). Both come from the caller's code, never from users,
-    and must be plain (optionally qualified) identifiers. Each condition becomes::
-
-        EXISTS (SELECT 1 FROM <table> flt_x WHERE flt_x.report = <report_sql>
-                AND flt_x.sensor = ? AND typeof(flt_x.value) IN ('integer', 'real')
-                AND flt_x.value > ?)
-
-    so NULL and text values never satisfy a comparison, matching ``evaluate``.
-    """
-    if not _SQL_NAME.fullmatch(table):
-        raise ValueError(f"table must be an identifier: {table!r}")
-    if not _SQL_REF.fullmatch(report_sql) or report_sql.split(".")[0] == _SQL_ALIAS:
-        raise ValueError(f"report_sql must be a column reference: {report_sql!r}")
-    params: list[object] = []
-    a = _SQL_ALIAS
-
-    def walk(e: Expr) -> str:
-        if isinstance(e, Cond):
-            params.append(e.sensor)
-            params.append(float(e.value))
-            return (
-                f"EXISTS (SELECT 1 FROM {table} {a} WHERE {a}.report = {report_sql}"
-                f" AND {a}.sensor = ? AND typeof({a}.value) IN ('integer', 'real')"
-                f" AND {a}.value {_SQL_OPS[e.op]} ?)"
-            )
-        joiner = " AND " if isinstance(e, And) else " OR "
-        return "(" + walk(e.left) + joiner + walk(e.right) + ")"
-
-    return walk(expr), params
 
 
 # --- domain arguments -------------------------------------------------------------------------

@@ -8,7 +8,11 @@ Every backend (the embedded ``sqlite`` one today, ``postgresql`` next) provides:
 * table modules that run inside the runner's transactions: ``MetadataTables`` (projects, sites,
   devices, variables, accounts, keys, roles), ``AlertTables`` (channels, the alert log, alert
   actions, the rules' progress), ``DeliveryTables`` (consumer positions of deliveries, dead
-  letters); and a ``FeedSessions`` service (feed tokens and durable feed sessions).
+  letters); a ``FeedSessions`` service (feed tokens and durable feed sessions), the
+  ``ConsumerPositions`` of durable consumers, the core operations' storage parts
+  (``StoreOps``: moving a device, the health probe) and the face state of
+  ``store.face_state``. ``store.factory.Backend`` bundles them; the core takes everything it
+  needs of storage from that bundle and these protocols.
 
 The transactional half is generic in the backend's transaction (``TxT``: what a write closure
 receives) and read handle (``ConnT``: what a read closure receives), so a table module is typed
@@ -30,6 +34,7 @@ from streamgauge.core.registry import (
     SiteRec,
     VariableRec,
 )
+from streamgauge.domain.alerts import StateKey
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.log import AppendResult, HistoryQuery, IngestColumns
 from streamgauge.domain.model import (
@@ -45,10 +50,10 @@ from streamgauge.domain.model import (
 )
 
 if TYPE_CHECKING:
-    from streamgauge.core.alerts import TriggerState
-    from streamgauge.core.channels import ChannelDoc
-    from streamgauge.core.filterlang import Expr
+    from streamgauge.domain.alerts import TriggerState
+    from streamgauge.domain.channels import ChannelDoc
     from streamgauge.domain.feeds import FeedSession, FeedToken
+    from streamgauge.domain.filters import Expr
 
 __all__ = [
     "AlertTables",
@@ -62,6 +67,7 @@ __all__ = [
     "MetadataTables",
     "StateKey",
     "Store",
+    "StoreOps",
     "Transactions",
 ]
 
@@ -70,8 +76,6 @@ TxT_co = TypeVar("TxT_co", covariant=True)
 ConnT_co = TypeVar("ConnT_co", covariant=True)
 TxT_contra = TypeVar("TxT_contra", contravariant=True)
 ConnT_contra = TypeVar("ConnT_contra", contravariant=True)
-
-StateKey = tuple[int, int]  # (channel pk, trigger index) of an alert rule's state
 
 
 class Log(Protocol):
@@ -108,9 +112,9 @@ class Log(Protocol):
         raised, its ``details`` name each conflicting row (``{"index": i, "reason": ...}``, by
         index in the batch, ascending), and nothing of the batch is written. The accepted rows
         get consecutive cursors ``first_cursor..last_cursor`` (both None when none is new).
-        Each accepted row is stored and published with its QC flags: today the store runs the
-        checks of ``core.qc`` against the registry's limits (when quality control is on);
-        issue 12 moves them to the core, which will hand the flags in ``columns.qc``."""
+        Which rows are duplicates, conflicts or new, and each accepted row's QC flags (stored
+        and published with it), are decided by the ``CommitRules`` (``domain.commit``) the
+        store was built with, called in commit order: the core's rules, never the store's."""
         ...
 
     async def read_log(self, after: int, upto: int, limit: int) -> Batch:
@@ -428,7 +432,7 @@ class DeliveryTables(Protocol[TxT_contra, ConnT_contra]):
 
 
 class FeedSessions(Protocol):
-    """Feed tokens and durable feed sessions (``store.feeds.FeedStore``).
+    """Feed tokens and durable feed sessions (the SQLite one: ``store/sqlite/feeds.py``).
 
     A token is bound to one project; only its digest is stored, ``token_for`` finds it by the
     secret. A session is a durable consumer: its opening arguments and its position in the log.
@@ -443,6 +447,10 @@ class FeedSessions(Protocol):
 
     def token_for(self, token: str) -> FeedToken | None: ...
 
+    def project_of(self, session: FeedSession) -> int:
+        """The project of the session's token (``NotFound`` once the token was revoked)."""
+        ...
+
     def tokens_of(self, project_pk: int) -> list[FeedToken]: ...
 
     async def create_token(self, project_pk: int, name: str) -> tuple[FeedToken, str]:
@@ -453,13 +461,31 @@ class FeedSessions(Protocol):
         """Delete the token and its sessions (``NotFound`` if the project has no such token)."""
         ...
 
+    def attach(self, token: FeedToken, close: Callable[[str], None]) -> Callable[[], None]:
+        """Register an open connection of ``token``: ``revoke`` calls ``close`` with a reason.
+        Returns the function that unregisters it."""
+        ...
+
+    def claim(self, token: FeedToken, session_id: str) -> None:
+        """A connection is opening ``session_id``: it is not evicted until ``release``."""
+        ...
+
     async def create_session(
         self, token: FeedToken, args: str, position: int, after_time: int | None = None
-    ) -> FeedSession: ...
+    ) -> FeedSession:
+        """A new session of ``token``, claimed for its connection. At the per-token cap the
+        least recently used detached sessions make room; ``SessionLimit`` if all are
+        attached."""
+        ...
 
     async def session(self, token: FeedToken, session_id: str) -> FeedSession | None: ...
 
     def opened(self, session: FeedSession, close: Callable[[], None]) -> None: ...
+
+    async def take_over(self, token: FeedToken, session_id: str) -> None:
+        """Close the connection serving the session, if any, and wait until it has ended and
+        stored its position (one connection serves a session at a time)."""
+        ...
 
     def release(self, session_id: str) -> None: ...
 
@@ -488,4 +514,21 @@ class ConsumerPositions(Protocol):
 
     async def forget(self, name: str) -> None:
         """Drop the position of ``name`` (a later ``load`` gives None)."""
+        ...
+
+
+class StoreOps(Protocol[TxT_contra, ConnT_contra]):
+    """Core operations whose storage part a backend provides beside the table modules (the
+    engine calls them: ``Engine.transfer_device``, ``Engine.check_store``)."""
+
+    async def transfer_device(
+        self, store: Store[TxT_contra, ConnT_contra], dev: DeviceRec, target: ProjectRec
+    ) -> None:
+        """Move ``dev`` to ``target`` in one write transaction of ``store``: it keeps its pk,
+        variables, series and stored rows (now the target's) and loses its site; the registry
+        follows after the commit."""
+        ...
+
+    async def probe(self, store: Store[TxT_contra, ConnT_contra]) -> None:
+        """A read that touches the storage: raises if the store cannot answer."""
         ...

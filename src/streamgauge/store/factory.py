@@ -1,9 +1,12 @@
 """Building a backend's store from the settings: the one place that names an implementation.
 
-A ``Backend`` bundles what a storage backend provides behind the protocols of ``store.api``:
-its store and the table modules and services that run in its transactions. ``BACKENDS`` has
-the embedded one, ``"sqlite"``; a ``"postgresql"`` backend is one more entry (and one more
-parameter of the conformance suite's ``backend`` fixture).
+A ``Backend`` bundles what a storage backend provides behind the protocols of ``store.api`` and
+``store.face_state``: how to build its store, the table modules that run in its transactions,
+its services (feed sessions, consumer positions, face state) and the storage parts of core
+operations (``StoreOps``). The engine takes its backend from ``backend_for(settings)`` and never
+names the package behind it. ``BACKENDS`` has the embedded one, ``"sqlite"``; a
+``"postgresql"`` backend is one more entry (and one more parameter of the conformance suite's
+``backend`` fixture).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from streamgauge.config import Settings
 from streamgauge.core.registry import Registry
@@ -23,9 +26,12 @@ from streamgauge.store.api import (
     FeedSessions,
     MetadataTables,
     Store,
+    StoreOps,
 )
-from streamgauge.store.sqlite import alerts, deliveries, metadata
+from streamgauge.store.face_state import DTAccountStore, DTConnectorStore
+from streamgauge.store.sqlite import alerts, deliveries, metadata, ops
 from streamgauge.store.sqlite.consumers import SqliteConsumerPositions
+from streamgauge.store.sqlite.face_state import SqliteDTAccounts, SqliteDTConnectors
 from streamgauge.store.sqlite.feeds import FeedStore
 from streamgauge.store.sqlite.store import SqliteStore, Tx
 
@@ -44,26 +50,32 @@ Rules = Callable[[Registry], CommitRules]
 
 @dataclass(frozen=True, slots=True)
 class Backend(Generic[TxT, ConnT]):
-    """A storage backend: how to build its store, and its table modules and services."""
+    """A storage backend: how to build its store, and its table modules and services.
+
+    The core holds one as ``Backend[Any, Any]`` (``Engine.backend``): the transaction and read
+    handle types are the backend's own, checked here where each bundle is built."""
 
     name: str
-    # (settings, the engine's commit rules or None for the default) -> the store, not yet opened
-    open_store: Callable[[Settings, Rules | None], Store[TxT, ConnT]]
+    # (settings, the engine's commit rules) -> the store, not yet opened
+    open_store: Callable[[Settings, Rules], Store[TxT, ConnT]]
     metadata: MetadataTables[TxT, ConnT]
     alerts: AlertTables[TxT, ConnT]
     deliveries: DeliveryTables[TxT, ConnT]
     # (store, session retention in seconds, sessions per token) -> feed tokens and sessions
     feed_sessions: Callable[[Store[TxT, ConnT], float, int], FeedSessions]
     consumer_positions: Callable[[Store[TxT, ConnT]], ConsumerPositions]  # core/consumers
+    ops: StoreOps[TxT, ConnT]  # storage parts of core operations (device transfer, probe)
+    # face state (store/face_state.py), each over the store
+    dt_accounts: Callable[[Store[TxT, ConnT]], DTAccountStore[TxT]]
+    dt_connectors: Callable[[Store[TxT, ConnT]], DTConnectorStore]
 
 
-def _sqlite_store(settings: Settings, rules: Rules | None = None) -> EmbeddedStore:
+def _sqlite_store(settings: Settings, rules: Rules) -> EmbeddedStore:
     return SqliteStore(
         settings.data / DB_NAME,
         durability=settings.durability,
         index_chunk_rows=settings.index_chunk_rows,
         readers=settings.readers,
-        quality_control=settings.qc,
         rules=rules,
     )
 
@@ -76,14 +88,22 @@ SQLITE: Backend[Tx, sqlite3.Connection] = Backend(
     deliveries=deliveries,
     feed_sessions=FeedStore,
     consumer_positions=SqliteConsumerPositions,
+    ops=ops,
+    dt_accounts=SqliteDTAccounts,
+    dt_connectors=SqliteDTConnectors,
 )
 
 BACKENDS: dict[str, Backend[Tx, sqlite3.Connection]] = {SQLITE.name: SQLITE}
 
 
-def open_store(settings: Settings, rules: Rules | None = None) -> EmbeddedStore:
+def backend_for(settings: Settings) -> Backend[Any, Any]:
+    """The backend ``settings`` choose: the embedded SQLite one (the only one today)."""
+    return SQLITE
+
+
+def open_store(settings: Settings, rules: Rules) -> Store[Any, Any]:
     """The store of ``settings`` (the embedded SQLite database in ``settings.data``), built and
     not yet opened: the engine calls ``open`` with its publish callback. ``rules``: the core's
-    duplicate/conflict rule and QC, built over the store's registry (``core.dedupe.LogRules``
-    when omitted)."""
-    return SQLITE.open_store(settings, rules)
+    duplicate/conflict rule and QC, built over the store's registry (the engine's
+    ``core.dedupe.LogRules``); the store has no rules of its own."""
+    return backend_for(settings).open_store(settings, rules)

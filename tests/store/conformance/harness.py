@@ -24,6 +24,7 @@ from streamgauge.store.api import (
     Store,
 )
 from streamgauge.store.factory import BACKENDS, Backend
+from tests.store.rules import log_rules
 
 T = TypeVar("T")
 NAMES = ["sqlite"]  # "postgresql" next
@@ -72,7 +73,7 @@ class Harness:
 
     async def open(self) -> Store[Any, Any]:
         self.published = []
-        store = self.backend.open_store(self.settings)
+        store = self.backend.open_store(self.settings, log_rules(quality_control=self.settings.qc))
         await store.open(self.published.append)
         self._store = store
         return store

@@ -124,3 +124,43 @@ async def test_a_tokens_sessions_are_capped(backend: Harness) -> None:
         assert await f.session(tok, first.id) is None
         assert await f.session(tok, second.id) is not None
         assert await f.session(tok, third.id) is not None
+
+
+async def test_connections_claim_take_over_and_close_on_revoke(backend: Harness) -> None:
+    """What the feed face asks of the service beside tokens and positions: a session's
+    project, a claim that keeps a session from eviction while its connection opens, a take-over
+    that waits for the old connection to store its position, and revocation closing every
+    connection of the token."""
+    s = await seed(backend)
+    async with feeds(backend, per_token=2) as f:
+        tok, secret = await f.create_token(s.project_pk, "t")
+        first = await f.create_session(tok, "a", 1)
+        assert f.project_of(first) == s.project_pk
+        f.release(first.id)  # detached: may be evicted ...
+        f.claim(tok, first.id)  # ... unless a connection is opening it
+        second = await f.create_session(tok, "b", 1)
+        with pytest.raises(Conflict):
+            await f.create_session(tok, "c", 1)
+        f.release(first.id)
+        f.release(second.id)
+
+        # a take-over closes the serving connection and returns once it stored its position
+        pending: list[asyncio.Task[None]] = []
+        f.opened(second, lambda: pending.append(asyncio.create_task(f.closed(second))))
+        f.moved(second, 7, 99)
+        await f.take_over(tok, second.id)
+        assert len(pending) == 1 and pending[0].done()
+        got = await f.session(tok, second.id)
+        assert got is not None and (got.position, got.after_time) == (7, 99)
+        await f.take_over(tok, second.id)  # nobody serves it now: nothing to wait for
+
+        reasons: list[str] = []
+        detach = f.attach(tok, reasons.append)
+        kept: list[str] = []
+        f.attach(tok, kept.append)()  # detached at once: not called
+        await f.revoke(s.project_pk, tok.id)
+        assert len(reasons) == 1 and kept == []
+        detach()
+        with pytest.raises(NotFound):  # the session's token is gone
+            f.project_of(first)
+        assert f.token_for(secret) is None

@@ -12,28 +12,32 @@ a function run inside the same write transaction, with the account's record.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Generic
 
 from streamgauge.auth import Authenticator, Principal
 from streamgauge.auth.permissions import check_role_change
 from streamgauge.auth.principals import new_key_id
 from streamgauge.auth.tokens import TokenIssuer
 from streamgauge.core.registry import AccountRec, ProjectRec, Registry
-from streamgauge.core.services.base import MetadataStore
+from streamgauge.core.services.base import ConnT, MetadataStore, TxT
 from streamgauge.domain.errors import NotFound
 from streamgauge.domain.model import Key, NewKey, Role, ServiceAccount, new_id, now_iso
-from streamgauge.store.sqlite import metadata
+from streamgauge.store.api import MetadataTables
 
-if TYPE_CHECKING:
-    from streamgauge.store.sqlite.store import Tx
-
-Also = Callable[["Tx", AccountRec], object]
+Also = Callable[[TxT, AccountRec], object]
 """A face's own write about an account, run in the account change's transaction."""
 
 
-class AccountService:
-    def __init__(self, store: MetadataStore, auth: Authenticator, tokens: TokenIssuer) -> None:
+class AccountService(Generic[TxT, ConnT]):
+    def __init__(
+        self,
+        store: MetadataStore[TxT, ConnT],
+        tables: MetadataTables[TxT, ConnT],
+        auth: Authenticator,
+        tokens: TokenIssuer,
+    ) -> None:
         self._store = store
+        self._tables = tables  # the backend's metadata tables, run in the store's transactions
         self._reg: Registry = store.registry
         self._auth = auth
         self._tokens = tokens
@@ -88,15 +92,15 @@ class AccountService:
         id: str | None = None,
         name: str | None = None,
         role: Role = "user",
-        also: Also | None = None,
+        also: Also[TxT] | None = None,
     ) -> AccountRec:
         """A new service account whose home is ``project``, with ``role`` on it; its id is
         generated if not given, its name defaults to the id. Conflict if the id is taken."""
         id_ = id or new_id("sa")
         reg = self._reg
 
-        def run(tx: Tx) -> AccountRec:
-            rec = metadata.create_account(tx, reg, project, id_, name or id_, role)
+        def run(tx: TxT) -> AccountRec:
+            rec = self._tables.create_account(tx, reg, project, id_, name or id_, role)
             if also is not None:
                 also(tx, rec)
             return rec
@@ -112,7 +116,7 @@ class AccountService:
         name: str | None = None,
         role: Role | None = None,
         field: str = "role",
-        also: Also | None = None,
+        also: Also[TxT] | None = None,
     ) -> AccountRec:
         """Rename ``account`` (a ``name``) and set its role on ``project`` (a ``role``, by the
         rule of ``check_role_change``), in one transaction."""
@@ -120,11 +124,11 @@ class AccountService:
             self.check_role_change(who, project, account, role, field=field)
         reg = self._reg
 
-        def run(tx: Tx) -> None:
+        def run(tx: TxT) -> None:
             if name:
-                metadata.rename_account(tx, reg, account, name)
+                self._tables.rename_account(tx, reg, account, name)
             if role is not None:
-                metadata.set_role(tx, reg, account, project.pk, role)
+                self._tables.set_role(tx, reg, account, project.pk, role)
             if also is not None:
                 also(tx, account)
 
@@ -133,7 +137,7 @@ class AccountService:
 
     async def delete(self, account: AccountRec) -> None:
         reg = self._reg
-        await self._store.write(lambda tx: metadata.delete_account(tx, reg, account))
+        await self._store.write(lambda tx: self._tables.delete_account(tx, reg, account))
 
     # -- roles ----------------------------------------------------------------------------------
 
@@ -163,7 +167,9 @@ class AccountService:
         ``who`` may; it takes effect at once on every face."""
         self.check_role_change(who, project, account, role, field=field)
         reg = self._reg
-        await self._store.write(lambda tx: metadata.set_role(tx, reg, account, project.pk, role))
+        await self._store.write(
+            lambda tx: self._tables.set_role(tx, reg, account, project.pk, role)
+        )
 
     # -- keys -----------------------------------------------------------------------------------
 
@@ -177,16 +183,16 @@ class AccountService:
         created = now_iso()
         reg = self._reg
         await self._store.write(
-            lambda tx: metadata.add_key(tx, reg, account, key_id, hashed, created)
+            lambda tx: self._tables.add_key(tx, reg, account, key_id, hashed, created)
         )
         return NewKey(key_id=key_id, secret=secret, created_at=created)
 
     async def keys(self, account: AccountRec) -> list[Key]:
         """The account's keys (without secrets), by key id."""
-        rows = await self._store.read(lambda conn: metadata.key_created(conn, account.pk))
+        rows = await self._store.read(lambda conn: self._tables.key_created(conn, account.pk))
         return [Key(key_id=k, created_at=c) for k, c in rows]
 
     async def delete_key(self, account: AccountRec, key_id: str) -> None:
         """Delete a key (NotFound if the account has no such key); logins with it fail at once."""
         reg = self._reg
-        await self._store.write(lambda tx: metadata.delete_key(tx, reg, account, key_id))
+        await self._store.write(lambda tx: self._tables.delete_key(tx, reg, account, key_id))

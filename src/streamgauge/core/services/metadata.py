@@ -1,7 +1,7 @@
 """Projects, sites, devices and variables: the engine's metadata operations.
 
-Every write is one store transaction (``store/sqlite/metadata.py`` runs inside it, and changes the
-registry after the commit); bulk creates are all or nothing, ``if_exists="skip"`` leaves an item
+Every write is one store transaction (the backend's ``MetadataTables`` run inside it, and change
+the registry after the commit); bulk creates are all or nothing, ``if_exists="skip"`` leaves an item
 whose id exists as it is and returns it unchanged. Reads come from the registry. A method that
 acts on a project takes the project's record as returned by :meth:`MetadataService.project`,
 which has checked the caller's role; the methods that decide a permission of their own take the
@@ -11,12 +11,12 @@ caller's principal.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import Any, Generic, Literal
 
 from streamgauge.auth import Action, Principal, authorize, visible_projects
 from streamgauge.config import Settings
 from streamgauge.core.registry import DeviceRec, ProjectRec, Registry, SiteRec, VariableRec
-from streamgauge.core.services.base import MetadataStore
+from streamgauge.core.services.base import ConnT, MetadataStore, TxT
 from streamgauge.domain.errors import Forbidden
 from streamgauge.domain.model import (
     Device,
@@ -28,16 +28,22 @@ from streamgauge.domain.model import (
     Variable,
     VariableIn,
 )
-from streamgauge.store.sqlite import metadata
+from streamgauge.store.api import MetadataTables
 
 IfExists = Literal["error", "skip"]
 Patch = dict[str, Any]
 """The fields of a partial update (``model_dump(exclude_unset=True)`` of an ``*In`` model)."""
 
 
-class MetadataService:
-    def __init__(self, store: MetadataStore, settings: Settings) -> None:
+class MetadataService(Generic[TxT, ConnT]):
+    def __init__(
+        self,
+        store: MetadataStore[TxT, ConnT],
+        tables: MetadataTables[TxT, ConnT],
+        settings: Settings,
+    ) -> None:
         self._store = store
+        self._tables = tables  # the backend's metadata tables, run in the store's transactions
         self._reg: Registry = store.registry
         self._settings = settings
         # Run after a project was deleted, with its pk (the engine closes its streams and forgets
@@ -91,7 +97,7 @@ class MetadataService:
                     self.project(who, rec.doc.id, Action.READ)
         reg, todo = self._reg, list(items)
         return await self._store.write(
-            lambda tx: metadata.create_projects(
+            lambda tx: self._tables.create_projects(
                 tx, reg, todo, skip_existing=if_exists == "skip", admin_account=account
             )
         )
@@ -99,14 +105,14 @@ class MetadataService:
     async def update_project(self, project: ProjectRec, patch: Patch) -> Project:
         reg = self._reg
         return await self._store.write(
-            lambda tx: metadata.update_project(tx, reg, project, dict(patch))
+            lambda tx: self._tables.update_project(tx, reg, project, dict(patch))
         )
 
     async def delete_project(self, project: ProjectRec) -> None:
         """Delete a project with everything in it; then its streams are closed and its channels
         forgotten (``project_deleted``)."""
         reg = self._reg
-        await self._store.write(lambda tx: metadata.delete_project(tx, reg, project))
+        await self._store.write(lambda tx: self._tables.delete_project(tx, reg, project))
         for hook in self.project_deleted:
             hook(project.pk)
 
@@ -117,19 +123,21 @@ class MetadataService:
     ) -> list[Site]:
         reg, todo = self._reg, list(items)
         return await self._store.write(
-            lambda tx: metadata.create_sites(
+            lambda tx: self._tables.create_sites(
                 tx, reg, project, todo, skip_existing=if_exists == "skip"
             )
         )
 
     async def update_site(self, site: SiteRec, patch: Patch) -> Site:
         reg = self._reg
-        return await self._store.write(lambda tx: metadata.update_site(tx, reg, site, dict(patch)))
+        return await self._store.write(
+            lambda tx: self._tables.update_site(tx, reg, site, dict(patch))
+        )
 
     async def delete_site(self, site: SiteRec) -> None:
         """Delete a site; a Conflict while devices stand at it."""
         reg = self._reg
-        await self._store.write(lambda tx: metadata.delete_site(tx, reg, site))
+        await self._store.write(lambda tx: self._tables.delete_site(tx, reg, site))
 
     # -- devices --------------------------------------------------------------------------------
 
@@ -139,7 +147,7 @@ class MetadataService:
         """Create devices, each with the variables it lists inline, all or nothing."""
         reg, todo = self._reg, list(items)
         return await self._store.write(
-            lambda tx: metadata.create_devices(
+            lambda tx: self._tables.create_devices(
                 tx, reg, project, todo, skip_existing=if_exists == "skip"
             )
         )
@@ -153,13 +161,13 @@ class MetadataService:
         """Update several devices of ``project`` in one transaction (all or nothing)."""
         reg, todo = self._reg, [(d, dict(p)) for d, p in changes]
         return await self._store.write(
-            lambda tx: [metadata.update_device(tx, reg, project, d, p) for d, p in todo]
+            lambda tx: [self._tables.update_device(tx, reg, project, d, p) for d, p in todo]
         )
 
     async def delete_device(self, device: DeviceRec) -> None:
         """Delete a device and its variables; its observations are no longer readable."""
         reg = self._reg
-        await self._store.write(lambda tx: metadata.delete_device(tx, reg, device))
+        await self._store.write(lambda tx: self._tables.delete_device(tx, reg, device))
 
     # -- variables ------------------------------------------------------------------------------
 
@@ -174,7 +182,7 @@ class MetadataService:
         """Create variables of a device (an id defaults to the name), all or nothing."""
         reg, todo = self._reg, list(items)
         return await self._store.write(
-            lambda tx: metadata.create_variables(
+            lambda tx: self._tables.create_variables(
                 tx, reg, project, device, todo, skip_existing=if_exists == "skip"
             )
         )
@@ -182,9 +190,9 @@ class MetadataService:
     async def update_variable(self, variable: VariableRec, patch: Patch) -> Variable:
         reg = self._reg
         return await self._store.write(
-            lambda tx: metadata.update_variable(tx, reg, variable, dict(patch))
+            lambda tx: self._tables.update_variable(tx, reg, variable, dict(patch))
         )
 
     async def delete_variable(self, variable: VariableRec) -> None:
         reg = self._reg
-        await self._store.write(lambda tx: metadata.delete_variable(tx, reg, variable))
+        await self._store.write(lambda tx: self._tables.delete_variable(tx, reg, variable))

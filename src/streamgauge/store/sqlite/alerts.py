@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from streamgauge.core.alerts import State, TriggerState
-from streamgauge.core.channels import ChannelDoc
+from streamgauge.domain.alerts import State, StateKey, TriggerState
+from streamgauge.domain.channels import ChannelDoc
 
 if TYPE_CHECKING:
     from streamgauge.store.sqlite.store import Tx
@@ -190,8 +190,6 @@ def alert_project(conn: sqlite3.Connection, alert_id: int) -> str | None:
 
 
 # -- the rules' progress --------------------------------------------------------------------------
-
-StateKey = tuple[int, int]  # (channel pk, trigger index)
 
 
 def load_progress(conn: sqlite3.Connection) -> tuple[int, int, dict[StateKey, TriggerState]]:

@@ -33,16 +33,16 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from streamgauge.core.dedupe import LogRules  # the default rules only; the engine passes its own
-from streamgauge.core.filterlang import Expr, to_sql
 from streamgauge.core.registry import Registry, SeriesRec, series_prefix
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.commit import CommitRules
 from streamgauge.domain.errors import Conflict, NotFound, Unavailable
+from streamgauge.domain.filters import Expr
 from streamgauge.domain.log import AppendResult, HistoryQuery, IngestColumns
 from streamgauge.store import files
 from streamgauge.store.sqlite import metadata
 from streamgauge.store.sqlite.fair import FairGate
+from streamgauge.store.sqlite.filtersql import to_sql
 from streamgauge.store.sqlite.schema import migrate
 
 T = TypeVar("T")
@@ -97,21 +97,15 @@ class SqliteStore:
         durability: str = "normal",
         index_chunk_rows: int = 65536,
         readers: int = 4,
-        quality_control: bool = True,
-        rules: Callable[[Registry], CommitRules] | None = None,
+        rules: Callable[[Registry], CommitRules],
     ) -> None:
-        self.quality_control = quality_control
         self.path = path
         self.durability = durability
         self.chunk_rows = index_chunk_rows
         self.registry = Registry()
-        # The duplicate/conflict rule and QC, run by the writer in commit order (core functions,
-        # built by the engine over this store's registry; ``quality_control`` is the default's).
-        self.rules: CommitRules = (
-            rules(self.registry)
-            if rules is not None
-            else LogRules(self.registry, quality_control=quality_control)
-        )
+        # The duplicate/conflict rule and QC, run by the writer in commit order: core functions
+        # the caller builds over this store's registry (the engine's ``LogRules``).
+        self.rules: CommitRules = rules(self.registry)
         self._head = 0  # last cursor published on the loop
         self._writer_head = 0  # last cursor committed (writer thread)
         self._sealed = 0
@@ -551,7 +545,7 @@ class SqliteStore:
         """One page of the history read ``query`` (``query.limit`` candidate rows in (time,
         cursor) order), judged by ``expr`` (filter_on) per station report: the project's rows
         of one station at one time that pass the query's QC removal. The expression is compiled
-        to parameterized SQL (``filterlang.to_sql``) over a per-connection table of each
+        to parameterized SQL (``filtersql.to_sql``) over a per-connection table of each
         series' station and sensor, so the database judges it. Returns the passing rows, the
         (time, cursor) of the page's last candidate, and the number of candidates.
 
@@ -723,7 +717,7 @@ def _snapshot(conn: sqlite3.Connection) -> Iterator[int]:
 def _judged_history_sql(q: HistoryQuery, expr: Expr, sealed: int) -> tuple[str, list[Any]]:
     """The candidate page ``q``, each row with whether its station report satisfies ``expr``:
     ``report_rows`` holds the project's rows (passing the QC removal) at the page's times, keyed
-    by station and time, and ``filterlang.to_sql`` turns the expression into EXISTS conditions
+    by station and time, and ``filtersql.to_sql`` turns the expression into EXISTS conditions
     over it. Every user value is a bound parameter.
 
     Each CTE is materialized once (the EXISTS conditions would otherwise run the population
