@@ -15,6 +15,7 @@ from the store (``core.sequencer``), and ``on_reconnect`` tells it to look.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -92,16 +93,8 @@ class NatsBus:
             log.debug("bus: %s", e)
 
         try:
-            self._nc = await nats.connect(
-                servers=[self.url],
-                name=f"streamgauge-{self.cluster}-{self.node_id}",
-                connect_timeout=self.connect_timeout,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                allow_reconnect=True,
-                reconnected_cb=reconnected,
-                disconnected_cb=disconnected,
-                error_cb=error,
+            self._nc = await asyncio.wait_for(
+                self._connect(reconnected, disconnected, error), 2 * self.connect_timeout + 1
             )
             self._js = self._nc.jetstream(timeout=self.publish_timeout)
             await self._ensure_stream()
@@ -116,6 +109,19 @@ class NatsBus:
         except (TimeoutError, OSError, nats.errors.Error) as e:
             await self._close_quietly()
             raise BusUnavailable(f"NATS at {self.url}: {e or type(e).__name__}") from None
+
+    async def _connect(self, reconnected: Any, disconnected: Any, error: Any) -> NatsClient:
+        return await nats.connect(
+            servers=[self.url],
+            name=f"streamgauge-{self.cluster}-{self.node_id}",
+            connect_timeout=self.connect_timeout,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            allow_reconnect=True,
+            reconnected_cb=reconnected,
+            disconnected_cb=disconnected,
+            error_cb=error,
+        )
 
     async def _ensure_stream(self) -> None:
         config = js_api.StreamConfig(

@@ -27,8 +27,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import numpy as np
+
 from streamgauge.bus.api import Bus, BusMessage, Kind
 from streamgauge.core.sequencer import Sequencer
+from streamgauge.domain.batch import Batch
 
 log = logging.getLogger("streamgauge.cluster")
 
@@ -166,6 +169,24 @@ class Channel(Generic[T]):
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+
+
+def split_by_project(batch: Batch, project_of: Callable[[int], int]) -> list[Run[Batch]]:
+    """A stretch of the log (all projects, ``project_pk`` 0) as runs of one project each, in
+    cursor order: what the hub takes. A commit is one project's, so runs are whole commits or
+    parts of them."""
+    n = len(batch)
+    if n == 0:
+        return []
+    projects = np.fromiter((project_of(int(s)) for s in batch.series), np.int64, n)
+    cuts = np.flatnonzero(np.diff(projects)) + 1
+    idx = np.arange(n)
+    runs: list[Run[Batch]] = []
+    for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), n], strict=True):
+        part = batch.take((idx >= lo) & (idx < hi))
+        part.project_pk = int(projects[lo])
+        runs.append((part.first, part.last, part))
+    return runs
 
 
 class ClusterLink:

@@ -194,7 +194,7 @@ async def stream(request: Request, project: str) -> Response:
         cursor: int | None = None
         if resume is not None:
             cursor = parse_cursor(resume)
-            face.engine.check_cursor(cursor)
+            await face.engine.check_cursor(cursor)
         selection = Selection(
             proj.pk,
             devices=frozenset(q.all("device_ids")),
