@@ -150,7 +150,8 @@ def css(driver: Any, selector: str) -> list[Any]:
 def cell(driver: Any, device: str, variable: str, column: int) -> str:
     text: str = driver.execute_script(
         "const tr = document.querySelector(`#latest tr[data-device='${arguments[0]}']"
-        "[data-variable='${arguments[1]}']`); return tr ? tr.cells[arguments[2]].textContent : null",
+        "[data-variable='${arguments[1]}']`);"
+        "return tr ? tr.cells[arguments[2]].textContent : null",
         device,
         variable,
         column,
@@ -215,8 +216,10 @@ def test_sign_in_shows_stations_latest_values_and_live_updates(
     sign_in(browser, network, network.token)
     ready(browser, "p1")
     assert browser.find_element("css selector", "#project").get_attribute("value") == "p1"
-    # The map: one marker per station, no tile image anywhere.
+    # The map: one marker per station over the countries' shapes, no tile image anywhere.
     wait(browser, lambda d: len(css(d, "path.station")) == 2, "two station markers")
+    wait(browser, lambda d: css(d, "#map[data-background='countries']"), "the countries")
+    assert len(css(browser, "#map path")) > 50
     assert not css(browser, "img.leaflet-tile")
     # The table: four series with their latest stored value, unit and QC state.
     wait(browser, lambda d: len(css(d, "#latest tbody tr[data-device]")) == 4, "four rows")
@@ -400,7 +403,13 @@ def test_feed_sessions_lists_connected_sessions_only(server: Server, client: htt
 
 def test_the_build_output_is_the_committed_one() -> None:
     """The page served is the committed build of ``ui/`` (``npm ci && npm run build``): an
-    index that loads one script and one stylesheet from ``assets/``."""
+    index that loads one script and one stylesheet from ``assets/``; the script names the
+    map's background (the countries of world-atlas)."""
     index = (STATIC_DIR / "index.html").read_text()
     names = sorted(p.name for p in (STATIC_DIR / "assets").iterdir())
-    assert len(names) == 2 and all(n in index for n in names), names
+    scripts = [n for n in names if n.endswith(".js")]
+    styles = [n for n in names if n.endswith(".css")]
+    maps = [n for n in names if n.startswith("countries-") and n.endswith(".json")]
+    assert len(scripts) == len(styles) == len(maps) == 1 and len(names) == 3, names
+    assert scripts[0] in index and styles[0] in index
+    assert maps[0] in (STATIC_DIR / "assets" / scripts[0]).read_text()

@@ -1,8 +1,12 @@
 // The stations on a map drawn with Leaflet and no tile layer (no network beyond the server):
-// a plain background, a graticule of latitude/longitude lines, and a marker per site.
+// the countries of Natural Earth (world-atlas, 1:50m, a file served with the page), a
+// graticule of latitude/longitude lines, and a marker per site.
 
 import L from "leaflet";
 import "leaflet/dist/leaflet.css";
+import { feature } from "topojson-client";
+import type { GeometryCollection, Topology } from "topojson-specification";
+import countriesUrl from "world-atlas/countries-50m.json?url";
 import type { Site } from "./api";
 
 export type Health = "fresh" | "stale" | "qc" | "none";
@@ -32,6 +36,25 @@ export class StationMap {
     }).setView([0, 0], 2);
     this.grid.addTo(this.map);
     this.layer.addTo(this.map);
+    void this.drawCountries();
+  }
+
+  /** The background: country shapes, loaded once from the server (the page's own asset). */
+  private async drawCountries(): Promise<void> {
+    try {
+      const r = await fetch(countriesUrl);
+      const world = (await r.json()) as Topology<{ countries: GeometryCollection }>;
+      const shapes = feature(world, world.objects.countries);
+      const land = L.geoJSON(shapes, {
+        interactive: false,
+        style: { color: "#a8b3bd", weight: 1, fillColor: "#f5f3ee", fillOpacity: 1 },
+      });
+      land.addTo(this.map);
+      land.bringToBack();
+      this.map.getContainer().dataset.background = "countries";
+    } catch {
+      this.map.getContainer().dataset.background = "none"; // the graticule alone still orients
+    }
   }
 
   /** Show ``sites`` (those with coordinates); returns how many have none. */
