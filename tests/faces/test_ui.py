@@ -327,7 +327,8 @@ def test_alerts_feed_tokens_and_connected_sessions(network: Server, browser: Any
     wait(browser, lambda d: "field laptop" in d.find_element("id", "feedtokens").text, "token")
     ingest(network, "p1", ("d1", "air_temp", 35.0))
     wait(browser, lambda d: "d1/air_temp" in d.find_element("id", "alerts").text, "the alert")
-    assert "35" in browser.find_element("id", "alerts").text
+    alerts = browser.find_element("id", "alerts").text
+    assert "35" in alerts and "air_temp > 30" in alerts and "Too hot" in alerts, alerts
     host = urlsplit(network.url).netloc
     with ws_connect(f"ws://{host}/feed/{token}/?vars=air_temp", open_timeout=WAIT_S) as ws:
         ws.recv(timeout=WAIT_S)  # the auth message: the session is open

@@ -146,7 +146,7 @@ export interface Alert {
   var_id: string | null;
   value: number | null;
   time: string;
-  condition: string;
+  condition: { key?: string; operator?: string; val?: number; expression?: string; seconds?: number };
   created_at: string;
 }
 export interface FeedToken {

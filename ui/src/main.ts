@@ -67,6 +67,14 @@ function formatValue(v: number | string | null): string {
   return v;
 }
 
+/** An alert's condition as text: "air_temp < 0", the expression, or "no data for 600 s". */
+function describe(c: Alert["condition"]): string {
+  if (c.expression) return c.expression;
+  if (c.seconds !== undefined) return `no data for ${c.seconds} s`;
+  if (c.operator) return `${c.key?.split(".").pop() ?? "?"} ${c.operator} ${c.val}`;
+  return JSON.stringify(c);
+}
+
 function shortTime(iso: string): string {
   const d = new Date(iso);
   return isNaN(d.getTime()) ? iso : d.toLocaleString();
@@ -444,7 +452,7 @@ class ProjectView {
             shortTime(a.created_at),
             a.channel_name || a.channel_id,
             a.inst_id + (a.var_id ? `/${a.var_id}` : ""),
-            a.condition,
+            describe(a.condition),
             a.value === null ? "" : formatValue(a.value),
           ]),
         ),

@@ -71,7 +71,7 @@ export class StationMap {
         fillOpacity: 0.9,
         className: `station station-${cssId(s.id)}`,
       });
-      m.bindTooltip(s.name || s.id, { permanent: placed.length <= 30, direction: "right" });
+      m.bindTooltip(s.name || s.id, { permanent: placed.length <= 8, direction: "right" });
       m.on("click", () => this.onPick(s.id));
       m.addTo(this.layer);
       this.markers.set(s.id, m);
