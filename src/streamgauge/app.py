@@ -14,7 +14,7 @@ from streamgauge import __version__
 from streamgauge.config import Settings
 from streamgauge.core.engine import Engine, load_admin_token
 from streamgauge.domain.errors import StreamgaugeError
-from streamgauge.faces import docs, dt, http, limits
+from streamgauge.faces import docs, dt, http, limits, ui
 from streamgauge.faces.dt import http as dt_http
 from streamgauge.faces.native import router as native_router
 from streamgauge.faces.openapi import declare_errors
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
         redoc_url=None,
     )
     docs.add_docs(app)
+    ui.add_ui(app)  # the dashboard at /ui/, and / leads there
     app.state.engine = engine
     app.state.dt = dt_face
     app.add_middleware(

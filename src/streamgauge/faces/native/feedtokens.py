@@ -1,4 +1,5 @@
-"""Feed tokens: read-only credentials of a project's push feed (``/feed/{token}/``)."""
+"""Feed tokens: read-only credentials of a project's push feed (``/feed/{token}/``), and the
+feed sessions connected now."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from streamgauge.auth import Action
-from streamgauge.domain.feeds import FeedToken
+from streamgauge.domain.feeds import FeedSession, FeedToken
 from streamgauge.domain.model import Name
 from streamgauge.faces.http import StrictRoute, json_response
 from streamgauge.faces.native.deps import EngineDep, PagingDep, PrincipalDep, project_for
@@ -52,3 +53,27 @@ async def revoke_feed_token(
     rec = project_for(engine, who, project, Action.MANAGE)
     await engine.feeds.revoke(rec.pk, token_id)
     return Response(status_code=204)
+
+
+def _session_doc(project: str, t: FeedToken, s: FeedSession) -> dict[str, object]:
+    return {
+        "id": s.id,
+        "project": project,
+        "token": t.id,
+        "token_name": t.name,
+        "args": s.args,
+        "position": s.position,
+    }
+
+
+@router.get("/projects/{project}/feedsessions")
+async def list_feed_sessions(
+    engine: EngineDep, who: PrincipalDep, project: str, paging: PagingDep
+) -> Response:
+    """The push-feed sessions a connection serves now: each with its feed token (id and name),
+    the arguments it was opened with and its position in the log (the cursor up to which every
+    observation has been considered). Detached sessions that could still be resumed are not
+    listed."""
+    rec = project_for(engine, who, project, Action.MANAGE)
+    items = ((s.id, _session_doc(project, t, s)) for t, s in engine.feeds.connected(rec.pk))
+    return json_response(paging.page(items, "sessions"))

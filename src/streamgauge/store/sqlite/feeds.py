@@ -350,6 +350,16 @@ class FeedStore:
 
         return await self._store.write(delete)
 
+    def connected(self, project_pk: int) -> list[tuple[FeedToken, FeedSession]]:
+        """The sessions of the project's tokens that a connection serves now (for the
+        dashboard's list of connected sessions)."""
+        out: list[tuple[FeedToken, FeedSession]] = []
+        for s in list(self._live.values()):
+            tok = self._by_pk.get(s.token_pk)
+            if tok is not None and tok.project_pk == project_pk:
+                out.append((tok, s))
+        return out
+
     def sessions_of(self, token: FeedToken) -> int:
         """How many sessions ``token`` keeps (attached or resumable)."""
         return self._count.get(token.pk, 0)
