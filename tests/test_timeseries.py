@@ -383,12 +383,23 @@ def test_csv_ingest_all_or_nothing_with_row_precise_errors(c: httpx.Client) -> N
     pid = project(c)
     url = f"{API}/{pid}/observations"
     csv_type = {"content-type": "text/csv"}
-    good = b"device,variable,time,value,set\nd0,air_temp,2024-01-01T00:00:00Z,1.5,\nd0,air_temp,1704067260000,2.5,1\nd1,wind_speed,2024-01-01T00:00:00Z,,\n"
+    good = (
+        b"device,variable,time,value,set\n"
+        b"d0,air_temp,2024-01-01T00:00:00Z,1.5,\n"
+        b"d0,air_temp,1704067260000,2.5,1\n"
+        b"d1,wind_speed,2024-01-01T00:00:00Z,,\n"
+    )
     r = c.post(url, content=good, headers=csv_type)
     assert r.status_code == 200, r.text
     assert r.json()["accepted"] == 3
     assert [o["value"] for o in history(c, pid, device="d0")] == [1.5, 2.5]
-    bad = b"device,variable,time,value\nd0,air_temp,2024-01-02T00:00:00Z,1\nd0,air_temp,yesterday,1\nd0,air_temp,2024-01-02T00:00:00Z\nd0,air_temp,2024-01-02T00:01:00Z,inf\n"
+    bad = (
+        b"device,variable,time,value\n"
+        b"d0,air_temp,2024-01-02T00:00:00Z,1\n"
+        b"d0,air_temp,yesterday,1\n"
+        b"d0,air_temp,2024-01-02T00:00:00Z\n"
+        b"d0,air_temp,2024-01-02T00:01:00Z,inf\n"
+    )
     r = c.post(url, content=bad, headers=csv_type)
     assert r.status_code == 422, r.text
     details = r.json()["error"]["details"]
