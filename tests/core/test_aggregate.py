@@ -231,3 +231,14 @@ def test_render_converts_offset_units_right() -> None:
     assert out["sum"] == pytest.approx(sum(degf))
     assert (out["min"], out["max"], out["first"], out["last"]) == (32.0, 68.0, 32.0, 68.0)
     assert out["count"] == 3
+
+
+def test_zone_buckets_at_the_ends_of_the_calendar() -> None:
+    """Padding the table of midnights past year 9999 (or before year 1) raised."""
+    for zone in (DENVER, KOLKATA):
+        cal = aggregate.Calendar(3 * 86_400_000, zone)
+        t = np.array([-62135596800000, 253402300799999], np.int64)
+        starts, ends = cal.bounds(t)
+        assert (starts <= t).all() and (t < ends).all()
+        for edge in (*starts.tolist(), *ends.tolist()):
+            assert cal.label(edge)

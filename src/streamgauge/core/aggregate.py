@@ -36,6 +36,9 @@ DEFAULT_AGGS = ("mean", "min", "max", "count")
 SITE = "site"
 _EVERY = re.compile(r"^([1-9][0-9]{0,9})([smhd])$")
 _EPOCH_ORD = date(1970, 1, 1).toordinal()
+_LAST_ORD = date.max.toordinal()
+_FIRST_MS = -62135596800000  # 0001-01-01T00:00:00Z
+_LAST_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
 
 
 def _bad(field: str, reason: str, message: str) -> BadRequest:
@@ -113,11 +116,16 @@ class Calendar:
 
     def _local_ord(self, ms: int) -> int:
         assert self.zone is not None
-        return from_ms(ms).astimezone(self.zone).date().toordinal()
+        try:
+            return from_ms(ms).astimezone(self.zone).date().toordinal()
+        except OverflowError:  # within a day of year 1 or 9999
+            return from_ms(ms).date().toordinal()
 
     def _midnight(self, ordinal: int) -> int:
-        d = date.fromordinal(ordinal)
-        return to_ms(datetime(d.year, d.month, d.day, tzinfo=self.zone))
+        # Days past the calendar's ends (padding around years 1 and 9999) are a day apart.
+        d = date.fromordinal(min(max(ordinal, 2), _LAST_ORD - 1))
+        edge = to_ms(datetime(d.year, d.month, d.day, tzinfo=self.zone))
+        return edge + (ordinal - d.toordinal()) * DAY_MS
 
     def _cover(self, lo: int, hi: int) -> None:
         """Make the table of local midnights cover every bucket of times in [lo, hi]."""
@@ -162,9 +170,13 @@ class Calendar:
 
     def label(self, ms: int) -> str:
         """RFC 3339 of a bucket edge: ``Z`` in UTC, the zone's offset otherwise."""
+        ms = min(max(ms, _FIRST_MS), _LAST_MS)  # a bucket edge past the calendar's ends
         if self.zone is None:
             return format_time(ms)
-        local = from_ms(ms).astimezone(self.zone)
+        try:
+            local = from_ms(ms).astimezone(self.zone)
+        except OverflowError:
+            return format_time(ms)
         return local.isoformat(timespec="milliseconds" if ms % 1000 else "seconds")
 
 
