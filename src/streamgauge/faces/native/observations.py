@@ -457,7 +457,14 @@ OnGap = Annotated[
 @router.get(
     "/projects/{project}/stream",
     response_class=StreamingResponse,
-    responses={410: {"description": "The resume cursor is older than what retention kept."}},
+    responses={
+        410: {
+            "description": "The resume cursor is older than what retention kept (`earliest`).",
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/NativeError"}}
+            },
+        }
+    },
 )
 async def stream(
     engine: EngineDep,
