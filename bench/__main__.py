@@ -6,6 +6,8 @@
     quality    ingest with QC on and off, then the same fan-out as ``fanout``
     feed       1,000 push-feed sessions against a plain websockets broadcast, memory per session
     feed-cpu   the server's CPU per fan-out round of those sessions, in one process, no sockets
+    timeseries backfill rate with live p50/p99, a year of minutes aggregated to days against
+               reading its rows, latest over 30,000 stations, a retention pass (--quick)
 
 Each workload takes its own ``--help``.
 """
@@ -21,6 +23,7 @@ WORKLOADS = {
     "quality": "bench.quality",
     "feed": "bench.feed",
     "feed-cpu": "bench.feed_cpu",
+    "timeseries": "bench.timeseries",
 }
 
 

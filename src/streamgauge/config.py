@@ -273,6 +273,27 @@ class Settings(BaseSettings):
         "does not answer within the same interval is dropped; its session stays resumable).",
     )
 
+    # Time series (retention)
+    retention_interval_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=60,
+        description=(
+            "How often the retention pass removes observations older than their project's or "
+            "variable's retention_days (so they are gone within this interval plus one pass)."
+        ),
+    )
+    retention_step_rows: int = Field(
+        default=20_000,
+        ge=100,
+        le=10_000_000,
+        description=(
+            "Most rows one retention step removes in one write transaction; ingest batches "
+            "queued meanwhile commit between steps, so a large removal never holds the writer "
+            "for long."
+        ),
+    )
+
     # Reads
     page_limit_default: int = Field(
         default=1000, ge=1, description="Default page size of history and list reads."

@@ -35,6 +35,7 @@ from streamgauge.core.handoff import Handoff
 from streamgauge.core.hub import Hub, Item, Sink, Subscription
 from streamgauge.core.registry import DeviceRec, ProjectRec
 from streamgauge.core.services import AccountService, MetadataService
+from streamgauge.core.services.timeseries import TimeSeries
 from streamgauge.core.units import METRIC, UnitSystem, describe
 from streamgauge.domain.batch import Batch, concat, empty_batch
 from streamgauge.domain.errors import BadRequest, StreamgaugeError
@@ -135,12 +136,16 @@ class Engine:
             self.alerting.forget_project,
         ]
         self.accounts = AccountService(self.store, self.backend.metadata, self.auth, self.tokens)
+        # Aggregates, latest values, retention, resume gaps (core/services/timeseries.py).
+        self.timeseries = TimeSeries(self.store, self.registry, settings)
+        self.listeners.append(self.timeseries.committed)
 
     async def start(self) -> None:
         private_dir(self.settings.data)
         await self.store.open(self._committed)
         if self.settings.bus:
             await self._join_cluster()
+        await self.timeseries.start()
         await self.alerting.start()
         await self.deliveries.start()
         await self.feeds.start()
@@ -260,6 +265,7 @@ class Engine:
         await self.alerting.stop()
         if self.cluster is not None:
             await self.cluster.close()
+        await self.timeseries.stop()
         for consumer in list(self.consumers.values()):
             await consumer.stop()
         await asyncio.gather(*self._stopping, return_exceptions=True)  # removed ones

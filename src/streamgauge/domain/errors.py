@@ -7,6 +7,7 @@
      +-- Forbidden                    403     forbidden        role does not allow it
      +-- NotFound                     404     not_found
      +-- Conflict                     409     conflict         id taken, conflicting duplicate
+     +-- Gone                         410     gone             resume cursor older than kept
      +-- PayloadTooLarge              413     too_large
      +-- TooManyRequests              429     too_many_requests  (with Retry-After)
      +-- Unavailable                  503     unavailable      shutting down
@@ -34,6 +35,11 @@ class StreamgaugeError(Exception):
     @property
     def headers(self) -> dict[str, str]:
         """HTTP headers every face sends with this error (``Retry-After`` of a 429)."""
+        return {}
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """More keys of the error object (``earliest`` of a 410)."""
         return {}
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,6 +79,26 @@ class NotFound(StreamgaugeError):
 class Conflict(StreamgaugeError):
     status = 409
     code = "conflict"
+
+
+class Gone(StreamgaugeError):
+    """A resume cursor older than what retention keeps: rows after it were removed. ``earliest``
+    is the cursor of the earliest kept observation (resume with ``since=earliest - 1``, or ask
+    ``on_gap=earliest``)."""
+
+    status = 410
+    code = "gone"
+
+    def __init__(self, message: str, earliest: int, details: list[Detail] | None = None) -> None:
+        super().__init__(message, details)
+        self.earliest = earliest
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return {"earliest": self.earliest}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "earliest": self.earliest}
 
 
 class PayloadTooLarge(StreamgaugeError):

@@ -113,6 +113,33 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+AggregateName = Literal["mean", "min", "max", "count", "sum", "first", "last"]
+AGGREGATES: tuple[AggregateName, ...] = ("mean", "min", "max", "count", "sum", "first", "last")
+"""The aggregate functions of an aggregate read (``agg=``) and of a rollup."""
+
+RetentionDays = Annotated[
+    float,
+    Field(
+        gt=0,
+        le=1_000_000,
+        description="Keep observations this many days (by observation time); null: forever.",
+    ),
+]
+
+
+class Rollup(_In):
+    """Aggregates a project keeps of observations after retention removed them."""
+
+    every: Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,5}[hd]$")] = Field(
+        default="1h", description="Bucket size kept, a whole number of hours or days (`1h`, `1d`)."
+    )
+    agg: list[AggregateName] = Field(
+        default_factory=lambda: list(AGGREGATES),
+        min_length=1,
+        description="Aggregates readable after the raw rows are gone.",
+    )
+
+
 class ProjectIn(_In):
     id: Id | None = Field(default=None, description="Project id; generated if omitted.")
     name: Name | None = Field(default=None, description="Display name; defaults to the id.")
@@ -120,6 +147,10 @@ class ProjectIn(_In):
     owner: Name | None = None
     pi: Name | None = Field(default=None, description="Principal investigator.")
     metadata: Metadata = Field(default_factory=dict)
+    retention_days: RetentionDays | None = None
+    rollup: Rollup | None = Field(
+        default=None, description="Keep aggregates of expired observations (see retention_days)."
+    )
 
 
 class Project(ProjectIn):
@@ -172,6 +203,9 @@ class VariableIn(_In):
         default=None, description="QC limits replacing the catalog's (canonical unit)."
     )
     metadata: Metadata = Field(default_factory=dict)
+    retention_days: RetentionDays | None = Field(
+        default=None, description="Overrides the project's retention_days for this variable."
+    )
 
 
 class Variable(VariableIn):

@@ -38,8 +38,9 @@ def error_response(
     message: str,
     details: list[Any],
     extra_headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Response:
-    body = envelope(status, code, message, details)
+    body = envelope(status, code, message, details, extra)
     headers = {"WWW-Authenticate": 'Basic realm="streamgauge", Bearer'} if status == 401 else {}
     headers.update(extra_headers or {})
     return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
@@ -47,7 +48,7 @@ def error_response(
 
 async def on_streamgauge_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StreamgaugeError)
-    return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+    return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers, exc.extra)
 
 
 def validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:

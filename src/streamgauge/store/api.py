@@ -23,7 +23,7 @@ against the runner of its own backend; the embedded backend's are ``sqlite.Tx`` 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from streamgauge.core.registry import (
@@ -48,6 +48,7 @@ from streamgauge.domain.model import (
     Variable,
     VariableIn,
 )
+from streamgauge.domain.timeseries import Points, Summaries
 
 if TYPE_CHECKING:
     from streamgauge.domain.alerts import TriggerState
@@ -68,6 +69,7 @@ __all__ = [
     "StateKey",
     "Store",
     "StoreOps",
+    "TimeSeriesLog",
     "Transactions",
 ]
 
@@ -155,6 +157,58 @@ class Log(Protocol):
         ...
 
 
+class TimeSeriesLog(Protocol):
+    """What aggregates, latest values and retention need of the log (docs/timeseries.md).
+
+    The backend keeps, in the transaction of every append, a summary per (series, UTC hour,
+    QC flag set) of the numeric values: count, sum, min, max, first and last (time, value).
+    Retention removes rows older than a cutoff per series in bounded steps and records per
+    project the highest cursor it removed (``gone``), in the same transaction."""
+
+    gone: dict[int, int]  # project pk -> highest cursor retention removed (after the commit)
+
+    async def aggregate_inputs(
+        self,
+        project_pk: int,
+        series: Sequence[int],
+        lo_ms: int,
+        hi_ms: int,
+        qc_remove: int,
+        plan: Callable[[Summaries], list[tuple[int, int, int]]],
+    ) -> tuple[Summaries, Points]:
+        """From one read snapshot: the summaries of ``series`` over the hours meeting
+        ``[lo_ms, hi_ms)`` whose QC flags have no bit of ``qc_remove`` (ordered by series,
+        hour), then the numeric rows (same QC rule) of the (series, from, to) ranges that
+        ``plan`` returns given those summaries."""
+        ...
+
+    async def latest_rows(self) -> Batch:
+        """Every series' newest stored row (greatest time), in series order."""
+        ...
+
+    async def newest_passing(self, series: Sequence[int], qc_remove: int) -> Batch:
+        """For each of ``series``, its newest row without a flag of ``qc_remove``."""
+        ...
+
+    async def expired(self, cutoffs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The (series, cutoff ms) pairs of ``cutoffs`` that have rows older than the cutoff."""
+        ...
+
+    async def expire(
+        self,
+        project_pk: int,
+        cutoffs: Sequence[tuple[int, int]],
+        *,
+        keep_summaries: bool,
+        max_rows: int,
+    ) -> tuple[int, bool]:
+        """One write transaction removing at most ``max_rows`` rows of (series, cutoff) pairs
+        older than the cutoff, from the log and its index, and the summaries of the hours
+        removed (recomputing the hour of the cutoff) unless ``keep_summaries`` (a rollup).
+        Returns (rows removed, whether nothing expired is left)."""
+        ...
+
+
 class Transactions(Protocol[TxT_co, ConnT_co]):
     """Runs closures of a backend's table modules in its transactions.
 
@@ -173,7 +227,7 @@ class Transactions(Protocol[TxT_co, ConnT_co]):
         ...
 
 
-class Store(Log, Transactions[TxT_co, ConnT_co], Protocol[TxT_co, ConnT_co]):
+class Store(Log, TimeSeriesLog, Transactions[TxT_co, ConnT_co], Protocol[TxT_co, ConnT_co]):
     """A backend's store: the log, the transaction runner, the registry it keeps warm."""
 
     write_seconds: float  # total time spent in write transactions (metrics)

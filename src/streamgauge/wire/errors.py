@@ -42,9 +42,16 @@ def code_for(status: int) -> str:
     return CODES.get(status, "error")
 
 
-def envelope(status: int, code: str, message: str, details: list[dict[str, Any]]) -> dict[str, Any]:
-    """The error body as a JSON-ready dict."""
-    return {"error": {"status": status, "code": code, "message": message, "details": details}}
+def envelope(
+    status: int,
+    code: str,
+    message: str,
+    details: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The error body as a JSON-ready dict (``extra``: more keys, e.g. a 410's ``earliest``)."""
+    err = {"status": status, "code": code, "message": message, "details": details}
+    return {"error": {**err, **(extra or {})}}
 
 
 @dataclass(frozen=True, slots=True)

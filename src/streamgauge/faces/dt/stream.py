@@ -24,7 +24,7 @@ from streamgauge.auth import Action
 from streamgauge.core.filters import LabelMatch, Selection
 from streamgauge.core.framing import Framing
 from streamgauge.domain.batch import RowForm
-from streamgauge.domain.errors import BadRequest
+from streamgauge.domain.errors import BadRequest, Gone
 from streamgauge.faces.dt.devices import _event_types, _label_filters
 from streamgauge.faces.dt.events import (
     EVENT_TYPES,
@@ -35,6 +35,7 @@ from streamgauge.faces.dt.events import (
 )
 from streamgauge.faces.dt.face import get_face
 from streamgauge.faces.dt.http import (
+    HELP,
     DTRoute,
     Query,
     error_headers,
@@ -172,7 +173,20 @@ NAMES = (
     "event_types",
     "ping_interval",
     "since",
+    "on_gap",
 )
+
+
+def _gap_line(since: int, earliest: int, sse: bool) -> bytes:
+    """Said first when ``on_gap=earliest`` moved a resume past rows retention removed."""
+    body = dumps_ascii({"gap": {"since": since, "earliest": earliest, "resume": earliest - 1}})
+    return b"event: gap\ndata: " + body + b"\n\n" if sse else body + b"\n"
+
+
+async def _after(first: bytes, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for frame in frames:
+        yield frame
 
 
 @router.get("/projects/{project}/devices:stream")
@@ -191,10 +205,18 @@ async def stream(request: Request, project: str) -> Response:
         resume = q.one("since")
         if resume is None:
             resume = request.headers.get("last-event-id") or None
+        on_gap = q.one("on_gap")
+        if on_gap not in (None, "error", "earliest"):
+            raise BadRequest("on_gap must be error or earliest")
         cursor: int | None = None
+        gap = b""
         if resume is not None:
             cursor = parse_cursor(resume)
             await face.engine.check_cursor(cursor)
+            asked = cursor
+            cursor, earliest = face.engine.timeseries.resume_point(proj.pk, cursor, on_gap)
+            if earliest is not None:
+                gap = _gap_line(asked, earliest, sse)
         selection = Selection(
             proj.pk,
             devices=frozenset(q.all("device_ids")),
@@ -205,6 +227,9 @@ async def stream(request: Request, project: str) -> Response:
     except Exception as exc:  # noqa: BLE001 - every error as a stream error line
         status, message = to_dt_error(exc)
         line = stream_error_line(status, message)
+        if isinstance(exc, Gone):  # the resume position a client needs, beside DT's fields
+            err = {"code": 410, "message": message, "details": [{"help": HELP}]}
+            line = dumps_ascii({"error": {**err, "earliest": exc.earliest}}) + b"\n"
         headers = error_headers(exc)
         if sse:
             return Response(
@@ -216,6 +241,8 @@ async def stream(request: Request, project: str) -> Response:
         return Response(line, status, headers=headers, media_type="application/json")
     framing = DT_SSE if sse else DT_NDJSON
     frames = face.engine.stream(selection, framing, cursor)
+    if gap:
+        frames = _after(gap, frames)
     return StreamingResponse(
         with_pings(frames, interval, ping_frame(proj.doc.id, sse)),
         media_type=framing.media_type,

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Annotated, Literal
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from streamgauge.auth import Action
+from streamgauge.core import aggregate
 from streamgauge.core.batch import CSV_HEADER, csv_rows, parse_qc, units_of
 from streamgauge.core.domain import Domain
 from streamgauge.core.filterlang import parse_bbox, parse_filter_on, parse_list, parse_radius
 from streamgauge.core.filters import LabelMatch, Selection, canonical_expr
-from streamgauge.core.framing import NDJSON, SSE
+from streamgauge.core.framing import NDJSON, SSE, Framing
 from streamgauge.core.ingest import MAX_TIME, MIN_TIME
+from streamgauge.core.services.timeseries import AggregateQuery
 from streamgauge.core.units import parse_units
 from streamgauge.domain.errors import BadRequest
 from streamgauge.domain.log import HistoryQuery
@@ -30,6 +33,7 @@ from streamgauge.faces.http import (
     parse_time,
     read_body,
 )
+from streamgauge.faces.native.csv_ingest import CSV_TYPES, csv_to_ndjson
 from streamgauge.faces.native.deps import EngineDep, PrincipalDep, project_for
 from streamgauge.wire.pages import encode_page
 
@@ -77,6 +81,13 @@ INGEST_TYPES = {
                     }
                 },
                 "application/x-ndjson": {"schema": {"type": "string"}},
+                "text/csv": {
+                    "schema": {
+                        "type": "string",
+                        "description": "Header `device,variable,time,value[,set]`, then a row "
+                        "per observation.",
+                    }
+                },
             },
         }
     },
@@ -91,21 +102,26 @@ async def ingest(
     """Store a batch of observations, all or nothing; the reply is sent after commit.
 
     Reply: `{"accepted", "duplicates", "first_cursor", "last_cursor"}`. Re-sent observations
-    (same device, variable, set, time and value) are counted as duplicates, not stored twice."""
+    (same device, variable, set, time and value) are counted as duplicates, not stored twice.
+    A `text/csv` body has the header `device,variable,time,value[,set]`; its errors name the
+    row (`index`, 0 for the first data row) and the `line`."""
     rec = project_for(engine, who, project, Action.WRITE)
     media = (content_type or "application/json").split(";")[0].strip().lower()
-    if media not in INGEST_TYPES:
+    if media not in INGEST_TYPES and media not in CSV_TYPES:
         raise BadRequest(
             f"unsupported content type {media!r}",
             [
                 {
                     "in": "header",
                     "field": "content-type",
-                    "reason": "use application/json (an array) or application/x-ndjson",
+                    "reason": "use application/json (an array), application/x-ndjson or text/csv",
                 }
             ],
         )
     body = await read_body(request, engine.settings.max_body_bytes)
+    if media in CSV_TYPES:
+        body = csv_to_ndjson(body, engine.settings.max_batch_errors)
+        media = "application/x-ndjson"
     result = await engine.ingest(rec, body, ndjson=media != "application/json")
     return json_response(
         {
@@ -229,14 +245,46 @@ async def history(
     limit: Annotated[int | None, Query(ge=1)] = None,
     page: Annotated[str | None, Query(description="The `next` token of the previous page.")] = None,
     format: Annotated[Literal["json", "csv", "ndjson"], Query()] = "json",
+    every: Annotated[
+        str | None,
+        Query(description="Aggregate into buckets of this size: `30s`, `15m`, `1h`, `1d`."),
+    ] = None,
+    agg: Annotated[
+        str | None,
+        Query(
+            description="With `every`: comma list of mean, min, max, count, sum, first, last "
+            "(default mean,min,max,count)."
+        ),
+    ] = None,
+    tz: Annotated[
+        str | None,
+        Query(
+            description="With `every`: align buckets to local midnight in this IANA zone, or "
+            "`site` (each station's zone); default UTC."
+        ),
+    ] = None,
 ) -> Response:
     """Stored observations ordered by time, paged with `next` tokens. With a `filter`, a page
     scans at most `STREAMGAUGE_HISTORY_SCAN_ROWS` stored rows and may hold fewer rows than
-    `limit` (even none) with a `next` token: follow `next` until it is null."""
+    `limit` (even none) with a `next` token: follow `next` until it is null.
+
+    With `every`: `{"aggregates": [{"device", "variable", "set", "start", "end", "count",
+    "mean", ...}], "units", "next"}`, one bucket per series and interval with numeric data,
+    ordered by (device, variable, set) and `start`; `limit` counts buckets."""
     rec = project_for(engine, who, project, Action.READ)
     s = engine.settings
     n = min(limit or s.page_limit_default, s.page_limit_max)
     selection = select.selection(rec.pk)
+    if every is not None:
+        return await _aggregates(
+            engine, rec.pk, select, start, end, n, page, format, every, agg, tz
+        )
+    for name, given in (("agg", agg), ("tz", tz)):
+        if given is not None:
+            raise BadRequest(
+                f"{name} needs every",
+                [{"in": "query", "field": name, "reason": "only with every (an aggregate read)"}],
+            )
     series = None if select.empty else engine.series_of(selection)
     query = HistoryQuery(
         rec.pk,
@@ -278,7 +326,146 @@ async def history(
     return Response(body, media_type="application/json", headers=headers)
 
 
-@router.get("/projects/{project}/stream", response_class=StreamingResponse)
+def _aggregate_key(token: str | None) -> tuple[str, str, int, int] | None:
+    key = decode_page(token)
+    if key is None:
+        return None
+    try:
+        d, v, st, t = orjson.loads(key)
+        if not (isinstance(d, str) and isinstance(v, str)):
+            raise ValueError("ids")
+        if type(st) is not int or type(t) is not int or not MIN_TIME <= t <= MAX_TIME + 1:
+            raise ValueError("numbers")
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(
+            "bad page token: pass the `next` token of the previous page unchanged",
+            [{"in": "query", "field": "page", "reason": "not a token this server gave"}],
+        ) from exc
+    return d, v, st, t
+
+
+async def _aggregates(
+    engine: EngineDep,
+    project_pk: int,
+    select: SelectionParams,
+    start: str | None,
+    end: str | None,
+    limit: int,
+    page: str | None,
+    format: str,
+    every: str,
+    agg: str | None,
+    tz: str | None,
+) -> Response:
+    every_ms = aggregate.parse_every(every)
+    aggs = aggregate.parse_aggs(agg)
+    zone = aggregate.parse_tz(tz)
+    aggregate.check_every(every_ms, zone)
+    if select.expr is not None:
+        raise BadRequest(
+            "filter does not apply to aggregate reads",
+            [{"in": "query", "field": "filter", "reason": "not with every (aggregates)"}],
+        )
+    selection = select.selection(project_pk)
+    result = await engine.timeseries.aggregate(
+        AggregateQuery(
+            project_pk,
+            engine.series_of(selection),
+            selection.qc_remove,
+            parse_time(start, "start"),
+            parse_time(end, "end"),
+            every_ms,
+            aggs,
+            zone,
+            select.units,
+            limit,
+            _aggregate_key(page),
+        )
+    )
+    nxt = encode_page(orjson.dumps(list(result.next)).decode()) if result.next else None
+    headers = {"X-Units": orjson.dumps(result.units).decode()}
+    if nxt:
+        headers["X-Next-Page"] = nxt
+    if format == "csv":
+        out = io.StringIO()
+        w = csv.writer(out, lineterminator="\n")
+        fields = ["device", "variable", "set", "start", "end", *aggs]
+        w.writerow(fields)
+        w.writerows([b[f] for f in fields] for b in result.buckets)
+        return Response(out.getvalue(), media_type="text/csv", headers=headers)
+    if format == "ndjson":
+        return Response(
+            b"".join(orjson.dumps(b) + b"\n" for b in result.buckets),
+            media_type="application/x-ndjson",
+            headers=headers,
+        )
+    return json_response(
+        {"aggregates": result.buckets, "units": result.units, "next": nxt}, headers=headers
+    )
+
+
+@router.get("/projects/{project}/latest")
+async def latest(
+    engine: EngineDep,
+    who: PrincipalDep,
+    project: str,
+    select: SelectionDep,
+) -> Response:
+    """Each selected series' newest observation: `{"latest": [observation, ...], "units"}`,
+    from memory. Every selection parameter of the history read applies (with `qc`, the newest
+    observation that QC does not remove)."""
+    rec = project_for(engine, who, project, Action.READ)
+    batch = await engine.timeseries.latest(select.selection(rec.pk))
+    units = units_of(batch, engine.registry, select.units)
+    rows = batch.json_rows(engine.registry, select.units)
+    return Response(
+        b'{"latest":[' + b",".join(rows) + b'],"units":' + orjson.dumps(units) + b"}",
+        media_type="application/json",
+    )
+
+
+def gap_frame(framing: Framing, since: int, earliest: int) -> bytes:
+    """The first frame of a stream resumed with ``on_gap=earliest`` past removed rows."""
+    body: dict[str, Any] = {
+        "since": since,
+        "earliest": earliest,
+        "resume": earliest - 1,
+        "reason": "observations after the cursor asked for were removed by retention; "
+        "continuing from the earliest kept",
+    }
+    if framing is SSE:
+        return b"event: gap\ndata: %s\n\n" % orjson.dumps(body)
+    return orjson.dumps({"gap": body}) + b"\n"
+
+
+async def _after_gap(notice: bytes, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield notice
+    async for frame in frames:
+        yield frame
+
+
+OnGap = Annotated[
+    Literal["error", "earliest"] | None,
+    Query(
+        description="A resume cursor older than what retention kept: `error` (410 with "
+        "`earliest`, the default) or `earliest` (continue from the earliest kept, after a "
+        "`gap` frame saying so)."
+    ),
+]
+
+
+@router.get(
+    "/projects/{project}/stream",
+    response_class=StreamingResponse,
+    responses={
+        410: {
+            "description": "The resume cursor is older than what retention kept (`earliest`).",
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/NativeError"}}
+            },
+        }
+    },
+)
 async def stream(
     engine: EngineDep,
     who: PrincipalDep,
@@ -288,6 +475,7 @@ async def stream(
     format: Annotated[Literal["ndjson", "sse"] | None, Query()] = None,
     accept: Annotated[str | None, Header()] = None,
     last_event_id: Annotated[str | None, Header()] = None,
+    on_gap: OnGap = None,
 ) -> Response:
     """Live observations: NDJSON, or SSE with `Accept: text/event-stream`. Resume with
     `since=<cursor>` or `Last-Event-ID`: every matching observation after it, exactly once,
@@ -304,9 +492,16 @@ async def stream(
         where = ("query", "since") if since is not None else ("header", "last-event-id")
         cursor = parse_cursor(resume, where[1], where[0])
         await engine.check_cursor(cursor)
+    notice = b""
+    if cursor is not None:
+        asked = cursor
+        cursor, earliest = engine.timeseries.resume_point(rec.pk, cursor, on_gap)
+        if earliest is not None:
+            notice = gap_frame(framing, asked, earliest)
     selection = select.selection(rec.pk)
+    frames = engine.stream(selection, framing, cursor, select.units)
     return StreamingResponse(
-        engine.stream(selection, framing, cursor, select.units),
+        _after_gap(notice, frames) if notice else frames,
         media_type=framing.media_type,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

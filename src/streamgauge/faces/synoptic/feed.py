@@ -22,6 +22,12 @@ the ``cursor`` field of the data messages it processed may resume after exactly 
 makes a resume after an abrupt drop exact (without it, the session resumes after the last message
 the server handed to the network, and what was in flight when the connection broke is lost with
 it, as with Synoptic).
+
+A resumed session whose position is older than what retention kept (observations after it were
+removed) gets, right after its ``auth`` message, a closing message ``{"type": "closed", "error":
+{"status": 410, "code": "gone", ..., "earliest": CURSOR}}`` and close code 4410, and stays
+resumable; resumed with ``on_gap=earliest`` it continues from the earliest kept observation
+after a ``{"type": "gap", "since", "earliest"}`` message.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from streamgauge.core.engine import Chunk, Closed, Engine
 from streamgauge.core.hub import Item, Sink
-from streamgauge.domain.errors import BadRequest, StreamgaugeError
+from streamgauge.domain.errors import BadRequest, Gone, StreamgaugeError
 from streamgauge.domain.feeds import FeedSession, FeedToken, SessionLimit
 from streamgauge.domain.log import HistoryQuery
 from streamgauge.faces.synoptic.args import FeedArgs, parse_feed_args
@@ -61,6 +67,7 @@ CLOSE_DONE = 1000
 CLOSE_AUTH_FAILED = 1008  # policy violation: a failed auth (token, arguments, session, limit)
 CLOSE_REVOKED = 1008
 CLOSE_RESTART = 1012
+CLOSE_GONE = 4410  # a resume older than what retention kept (the closing message says earliest)
 CLOSE_SLOW = 4000
 CLOSE_ERROR = 1011
 
@@ -187,11 +194,17 @@ async def _feed(ws: WebSocket, token: str, session_id: str | None) -> None:
     if session_id is not None:
         engine.feeds.claim(tok, session_id)
     try:
-        session, args = await _open(ws, engine, tok, session_id)
+        session, args, gap = await _open(ws, engine, tok, session_id)
         if session is None or args is None:
             return
         claimed = session.id
         await _send(ws, auth_success(session.id, session_id is not None))
+        if isinstance(gap, Gone):
+            await _send(ws, orjson.dumps({"type": "closed", "error": gap.to_dict()}))
+            await ws.close(CLOSE_GONE, "resume cursor older than what is kept")
+            return
+        if gap:
+            await _send(ws, gap)
         claimed = None  # from here the session is live: _run's ``opened`` takes the claim over
         await _run(ws, engine, tok, session, args)
     finally:
@@ -201,8 +214,11 @@ async def _feed(ws: WebSocket, token: str, session_id: str | None) -> None:
 
 async def _open(
     ws: WebSocket, engine: Engine, tok: FeedToken, session_id: str | None
-) -> tuple[FeedSession | None, FeedArgs | None]:
-    """The new or resumed session and its arguments; (None, None) after a failed ``auth``."""
+) -> tuple[FeedSession | None, FeedArgs | None, bytes | Gone]:
+    """The new or resumed session, its arguments and what a resume past removed rows says
+    first (a ``gap`` message, or the ``Gone`` to close with); (None, None, b"") after a failed
+    ``auth``."""
+    gap: bytes | Gone = b""
     s = engine.settings
     now = int(time.time() * 1000)
     try:
@@ -219,7 +235,7 @@ async def _open(
             found = await engine.feeds.session(tok, session_id)
             if found is None:
                 await _fail(ws, ["invalid session id", "start a new session"], "invalid session id")
-                return None, None
+                return None, None, b""
             session = found
             args = parse_feed_args(
                 session.args,
@@ -228,16 +244,39 @@ async def _open(
                 check_age=False,
             )
             _resume_at(ws, session, engine.log_head)
+            gap = _gap(ws, engine, tok, session)
     except UnicodeDecodeError:
         await _fail(ws, ["the query string is not valid UTF-8"], "bad arguments")
-        return None, None
+        return None, None, b""
     except SessionLimit as exc:
         await _fail(ws, _messages(exc), "session limit of this feed token reached")
-        return None, None
+        return None, None, b""
     except StreamgaugeError as exc:
         await _fail(ws, _messages(exc), "bad arguments")
-        return None, None
-    return session, args
+        return None, None, b""
+    return session, args, gap
+
+
+def _gap(ws: WebSocket, engine: Engine, tok: FeedToken, session: FeedSession) -> bytes | Gone:
+    """A resumed session's position checked against retention (``on_gap=earliest`` moves it)."""
+    if session.after_time is not None:
+        return b""  # a period replay reads by time, not by cursor
+    query = ws.scope.get("query_string", b"").decode("utf-8", "replace")
+    on_gap = dict(parse_qsl(query)).get("on_gap")
+    if on_gap not in (None, "error", "earliest"):
+        raise BadRequest(
+            f"bad argument on_gap {on_gap[:20]!r}",
+            [{"field": "on_gap", "reason": "error or earliest"}],
+        )
+    asked = session.position
+    try:
+        position, earliest = engine.timeseries.resume_point(tok.project_pk, asked, on_gap)
+    except Gone as exc:
+        return exc
+    if earliest is None:
+        return b""
+    session.position = position
+    return orjson.dumps({"type": "gap", "since": asked, "earliest": earliest})
 
 
 def _resume_at(ws: WebSocket, session: FeedSession, head: int) -> None:

@@ -184,6 +184,36 @@ MIGRATIONS: list[str] = [
     INSERT INTO state SELECT 'alert_cursor', coalesce(max(cursor), 0) FROM obs;
     INSERT INTO state VALUES ('alert_alive_ms', 0);
     """,
+    # 8: time series: per (series, UTC hour, QC flags) summaries of the numeric values, kept in
+    # the writer's transaction (store/sqlite/summaries.py), built here for an existing log.
+    """
+    CREATE TABLE obs_summary (
+        series INTEGER NOT NULL,
+        hour INTEGER NOT NULL,
+        qc INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        sum REAL NOT NULL,
+        min REAL NOT NULL,
+        max REAL NOT NULL,
+        first_time INTEGER NOT NULL,
+        first_value REAL NOT NULL,
+        last_time INTEGER NOT NULL,
+        last_value REAL NOT NULL,
+        PRIMARY KEY (series, hour, qc)
+    ) WITHOUT ROWID;
+    INSERT INTO obs_summary
+    SELECT series, h, qc, count(*), sum(v), min(v), max(v), min(time), max(fv), max(time), max(lv)
+    FROM (
+        SELECT series, (time - (((time % 3600000) + 3600000) % 3600000)) / 3600000 AS h, qc,
+            value AS v, time,
+            first_value(value) OVER w AS fv,
+            last_value(value) OVER (w ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+                AS lv
+        FROM obs WHERE typeof(value) IN ('real', 'integer')
+        WINDOW w AS (PARTITION BY series,
+            (time - (((time % 3600000) + 3600000) % 3600000)) / 3600000, qc ORDER BY time)
+    ) GROUP BY series, h, qc;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -39,8 +39,9 @@ from streamgauge.domain.commit import CommitRules
 from streamgauge.domain.errors import Conflict, NotFound, Unavailable
 from streamgauge.domain.filters import Expr
 from streamgauge.domain.log import AppendResult, HistoryQuery, IngestColumns
+from streamgauge.domain.timeseries import Points, Summaries
 from streamgauge.store import files
-from streamgauge.store.sqlite import metadata
+from streamgauge.store.sqlite import metadata, retention, summaries
 from streamgauge.store.sqlite.fair import FairGate
 from streamgauge.store.sqlite.filtersql import to_sql
 from streamgauge.store.sqlite.schema import migrate
@@ -123,6 +124,8 @@ class SqliteStore:
         self.write_seconds = 0.0  # total time spent in write transactions (metrics)
         self._frozen_at = 0
         self._qc_dirty: set[int] = set()  # series whose QC state changed since the checkpoint
+        # Per project, the highest cursor retention removed (store/sqlite/retention.py).
+        self.gone: dict[int, int] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -145,6 +148,7 @@ class SqliteStore:
         migrate(conn)
         metadata.load(conn, self.registry)
         self._load_log_state(conn)
+        self.gone = retention.load_gone(conn)
         gc.collect()
         gc.freeze()
         self._head = self._writer_head
@@ -403,6 +407,7 @@ class SqliteStore:
         q_keep = rules.flag(s_keep, t_keep, numeric)
         received = int(time.time() * 1000)
         _insert_rows(tx.conn, first, s_keep, t_keep, values, q_keep, received)
+        summaries.add(tx.conn, s_keep, t_keep, numeric, q_keep)
         self._writer_head = first + accepted - 1
 
         def advance() -> None:
@@ -467,25 +472,133 @@ class SqliteStore:
     ) -> dict[tuple[int, int], Any]:
         wanted = set(zip(series.tolist(), times.tolist(), strict=True))
         found: dict[tuple[int, int], Any] = {}
-        for s, t in wanted:
-            row = conn.execute(
-                "SELECT o.value FROM obs_index i JOIN obs o ON o.cursor = i.cursor "
-                "WHERE i.series = ? AND i.time = ?",
-                (s, t),
-            ).fetchone()
-            if row is not None:
-                found[(s, t)] = row[0]
+        # One statement for every key (a backfill probes each of its rows): the keys travel as
+        # one JSON array, so the GIL is handed over once, not once per key (see _insert_rows).
+        keys = orjson.dumps(sorted(wanted)).decode()
+        for s, t, v in conn.execute(
+            "SELECT i.series, i.time, o.value FROM json_each(?) k "
+            "JOIN obs_index i ON i.series = k.value ->> 0 AND i.time = k.value ->> 1 "
+            "JOIN obs o ON o.cursor = i.cursor",
+            (keys,),
+        ):
+            found[(s, t)] = v
         distinct = sorted({s for s, _ in wanted})
+        lo, hi = int(times.min()), int(times.max())  # a backfill's keys seldom meet the tail's
         for k in range(0, len(distinct), 500):
             part = distinct[k : k + 500]
             marks = ",".join("?" * len(part))
             for s, t, v in conn.execute(
-                f"SELECT series, time, value FROM obs WHERE cursor > ? AND series IN ({marks})",
-                (self._sealed, *part),
+                "SELECT series, time, value FROM obs WHERE cursor > ? AND time >= ?"
+                f" AND time <= ? AND series IN ({marks})",
+                (self._sealed, lo, hi, *part),
             ):
                 if (s, t) in wanted:
                     found[(s, t)] = v
         return found
+
+    # -- time series (aggregates, latest values, retention) ------------------------------------
+
+    async def aggregate_inputs(
+        self,
+        project_pk: int,
+        series: Sequence[int],
+        lo_ms: int,
+        hi_ms: int,
+        qc_remove: int,
+        plan: Callable[[Summaries], list[tuple[int, int, int]]],
+    ) -> tuple[Summaries, Points]:
+        """The hour summaries of ``series`` over ``[lo_ms, hi_ms)`` (QC flags passing
+        ``qc_remove``), and the raw numeric rows of the (series, from, to) ranges ``plan``
+        asks for given those summaries, both from one read snapshot."""
+
+        def run(conn: sqlite3.Connection) -> tuple[Summaries, Points]:
+            with _snapshot(conn) as sealed:
+                return summaries.read(conn, sealed, series, lo_ms, hi_ms, qc_remove, plan)
+
+        return await self.read(run, key=project_pk)
+
+    async def latest_rows(self) -> Batch:
+        """Every series' newest stored row (its greatest time), in series order."""
+
+        def run(conn: sqlite3.Connection) -> Batch:
+            with _snapshot(conn) as sealed:
+                rows = _fetch_rows(
+                    conn,
+                    "SELECT o.cursor, o.series, o.time, o.value, o.qc FROM ("
+                    "SELECT series, max(time) AS time FROM ("
+                    "SELECT series, max(time) AS time FROM obs_index GROUP BY series UNION ALL "
+                    "SELECT series, max(time) FROM obs WHERE cursor > ? GROUP BY series) "
+                    "GROUP BY series) m "
+                    "JOIN obs o ON o.cursor = coalesce((SELECT cursor FROM obs_index i "
+                    "WHERE i.series = m.series AND i.time = m.time), (SELECT cursor FROM obs t "
+                    "WHERE t.cursor > ? AND t.series = m.series AND t.time = m.time))",
+                    (sealed, sealed),
+                    by_time=False,
+                )
+            return _batch(0, sorted(rows, key=lambda r: r[1]))
+
+        return await self.read(run)
+
+    async def newest_passing(self, series: Sequence[int], qc_remove: int) -> Batch:
+        """Each of ``series``' newest row without a QC flag of ``qc_remove`` (series order)."""
+
+        def run(conn: sqlite3.Connection) -> Batch:
+            out: list[Sequence[Any]] = []
+            with _snapshot(conn) as sealed:
+                for pk in series:
+                    row = conn.execute(
+                        "SELECT cursor, series, time, value, qc FROM ("
+                        "SELECT o.cursor, o.series, o.time, o.value, o.qc FROM obs_index i "
+                        "JOIN obs o ON o.cursor = i.cursor WHERE i.series = ? AND"
+                        " (o.qc & ?) = 0 UNION ALL SELECT cursor, series, time, value, qc "
+                        "FROM obs WHERE cursor > ? AND series = ? AND (qc & ?) = 0) "
+                        "ORDER BY time DESC LIMIT 1",
+                        (pk, qc_remove, sealed, pk, qc_remove),
+                    ).fetchone()
+                    if row is not None:
+                        out.append(row)
+            return _batch(0, out)
+
+        return await self.read(run)
+
+    async def expired(self, cutoffs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The (series, cutoff ms) pairs of ``cutoffs`` having rows older than the cutoff."""
+
+        def run(conn: sqlite3.Connection) -> list[tuple[int, int]]:
+            with _snapshot(conn) as sealed:
+                return retention.expired(conn, sealed, cutoffs)
+
+        return await self.read(run)
+
+    async def expire(
+        self,
+        project_pk: int,
+        cutoffs: Sequence[tuple[int, int]],
+        *,
+        keep_summaries: bool,
+        max_rows: int,
+    ) -> tuple[int, bool]:
+        """One bounded step of retention (one write transaction): remove up to ``max_rows``
+        rows of the project's series older than their cutoff. Returns (rows removed, done)."""
+
+        def run(tx: Tx) -> tuple[int, bool]:
+            removed, top, done = retention.expire_step(
+                tx.conn,
+                self._sealed,
+                project_pk,
+                cutoffs,
+                keep_summaries=keep_summaries,
+                max_rows=max_rows,
+            )
+            if top:
+
+                def moved() -> None:
+                    self.gone[project_pk] = max(self.gone.get(project_pk, 0), top)
+
+                tx.after_commit.append(moved)
+            return removed, done
+
+        return await self.write(run)
 
     async def read_log(self, after: int, upto: int, limit: int) -> Batch:
         def run(conn: sqlite3.Connection) -> Batch:

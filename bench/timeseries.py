@@ -1,0 +1,279 @@
+"""``python -m bench timeseries``: issue 15's figures, against a server subprocess.
+
+* backfill: a year of one-minute data of one series, sent newest first in NDJSON batches
+  (historical and out of order), with a live subscriber beside it: the ingest rate, and the
+  live latency p50/p99 of a paced live series (one row every 50 ms) during the backfill;
+* aggregates: that year aggregated to days (``every=1d``) against the yardstick measured in
+  the same run, reading its rows (every page of ``limit=100000``);
+* latest: ``/latest`` over 30,000 stations (one series each);
+* retention: the time from setting ``retention_days`` until every one of ``--rows`` rows is
+  gone (one pass, plus at most the 1 s interval set here).
+
+Prints the core count and the figures; ``--quick`` makes each part smaller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import threading
+import time
+from typing import Any
+
+import httpx
+import orjson
+
+from .harness import HOST, TOKEN, StreamgaugeServer, log
+
+MINUTE = 60_000
+DAY = 86_400_000
+API = "/api/v1/projects"
+
+
+def _client(srv: StreamgaugeServer) -> httpx.Client:
+    return httpx.Client(
+        base_url=f"http://{HOST}:{srv.port}",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=600,
+    )
+
+
+def _ok(r: httpx.Response) -> Any:
+    if r.status_code >= 300:
+        raise RuntimeError(f"{r.request.method} {r.request.url}: {r.status_code} {r.text[:300]}")
+    return r.json() if r.content else None
+
+
+def _ndjson(rows: list[dict[str, Any]]) -> bytes:
+    return b"\n".join(orjson.dumps(r) for r in rows)
+
+
+def _post(c: httpx.Client, project: str, rows: list[dict[str, Any]]) -> None:
+    _ok(
+        c.post(
+            f"{API}/{project}/observations",
+            content=_ndjson(rows),
+            headers={"content-type": "application/x-ndjson"},
+        )
+    )
+
+
+class LiveProbe:
+    """A live subscriber of one series and a paced producer of it: per-row latency."""
+
+    def __init__(self, srv: StreamgaugeServer, project: str) -> None:
+        self.srv = srv
+        self.project = project
+        self.sent: dict[int, float] = {}
+        self.latency: list[float] = []
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+
+    def _listen(self) -> None:
+        with _client(self.srv) as c:
+            params = {"device": "live", "format": "ndjson"}
+            with c.stream("GET", f"{API}/{self.project}/stream", params=params) as s:
+                self.ready.set()
+                for line in s.iter_lines():
+                    if self.stop.is_set():
+                        return
+                    obj = orjson.loads(line)
+                    if "cursor" in obj and obj["time"] is not None:
+                        key = int(obj["value"])
+                        if key in self.sent:
+                            self.latency.append(time.perf_counter() - self.sent[key])
+
+    def _produce(self) -> None:
+        with _client(self.srv) as c:
+            k = 0
+            while not self.stop.is_set():
+                k += 1
+                self.sent[k] = time.perf_counter()
+                row = {
+                    "device": "live",
+                    "variable": "v",
+                    "time": int(time.time() * 1000),
+                    "value": float(k),
+                }
+                _post(c, self.project, [row])
+                time.sleep(0.05)
+
+    def __enter__(self) -> LiveProbe:
+        self.threads = [threading.Thread(target=self._listen, daemon=True)]
+        self.threads[0].start()
+        self.ready.wait(30)
+        self.threads.append(threading.Thread(target=self._produce, daemon=True))
+        self.threads[1].start()
+        time.sleep(1)
+        self.latency.clear()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.threads[1].join(10)
+
+    def percentiles(self) -> tuple[float, float]:
+        xs = sorted(self.latency) or [float("nan")]
+        return xs[len(xs) // 2] * 1000, xs[min(len(xs) - 1, int(len(xs) * 0.99))] * 1000
+
+
+def backfill_and_aggregate(srv: StreamgaugeServer, minutes: int, batch: int) -> None:
+    with _client(srv) as c:
+        _ok(c.post(API, json={"id": "ts"}))
+        _ok(
+            c.post(
+                f"{API}/ts/devices",
+                json=[
+                    {"id": "year", "variables": [{"id": "v", "name": "air_temp", "unit": "degC"}]},
+                    {"id": "live", "variables": [{"id": "v", "name": "air_temp", "unit": "degC"}]},
+                ],
+            )
+        )
+        end = (int(time.time() * 1000) // DAY - 1) * DAY
+        start = end - minutes * MINUTE
+        bodies = []
+        for hi in range(minutes, 0, -batch):  # newest first
+            lo = max(0, hi - batch)
+            rows = [
+                {
+                    "device": "year",
+                    "variable": "v",
+                    "time": start + i * MINUTE,
+                    "value": float(i % 40),
+                }
+                for i in range(hi - 1, lo - 1, -1)
+            ]
+            bodies.append(_ndjson(rows))
+        with LiveProbe(srv, "ts") as probe:
+            t = time.perf_counter()
+            for body in bodies:
+                _ok(
+                    c.post(
+                        f"{API}/ts/observations",
+                        content=body,
+                        headers={"content-type": "application/x-ndjson"},
+                    )
+                )
+            took = time.perf_counter() - t
+        p50, p99 = probe.percentiles()
+        log(
+            f"backfill: {minutes:,} rows newest first in batches of {batch:,}: "
+            f"{minutes / took:,.0f} obs/s; live subscriber p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+            f"({len(probe.latency)} live rows)"
+        )
+        agg_times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            body = _ok(
+                c.get(
+                    f"{API}/ts/observations",
+                    params={"device": "year", "every": "1d", "agg": "mean,min,max,count"},
+                )
+            )
+            agg_times.append(time.perf_counter() - t)
+        assert sum(b["count"] for b in body["aggregates"]) == minutes, "aggregates not exact"
+        raw_times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            n = 0
+            page = None
+            while True:
+                params: dict[str, Any] = {"device": "year", "limit": 100_000, "qc": "none"}
+                if page:
+                    params["page"] = page
+                body = _ok(c.get(f"{API}/ts/observations", params=params))
+                n += len(body["observations"])
+                page = body["next"]
+                if page is None:
+                    break
+            raw_times.append(time.perf_counter() - t)
+        assert n == minutes
+        agg, raw = statistics.median(agg_times), statistics.median(raw_times)
+        log(
+            f"aggregate every=1d over {minutes:,} rows: {agg * 1000:.1f} ms (median of 5); "
+            f"yardstick, reading the rows: {raw * 1000:.0f} ms (median of 3); {raw / agg:.0f}x"
+        )
+
+
+def latest(srv: StreamgaugeServer, stations: int) -> None:
+    with _client(srv) as c:
+        _ok(c.post(API, json={"id": "lt"}))
+        for k in range(0, stations, 2000):
+            devs = [
+                {"id": f"st{i}", "variables": [{"id": "v", "name": "air_temp", "unit": "degC"}]}
+                for i in range(k, min(stations, k + 2000))
+            ]
+            _ok(c.post(f"{API}/lt/devices", json=devs))
+        now = int(time.time() * 1000)
+        for k in range(0, stations, 10_000):
+            _post(
+                c,
+                "lt",
+                [
+                    {"device": f"st{i}", "variable": "v", "time": now, "value": 1.0}
+                    for i in range(k, min(stations, k + 10_000))
+                ],
+            )
+        times = []
+        for _ in range(10):
+            t = time.perf_counter()
+            body = _ok(c.get(f"{API}/lt/latest"))
+            times.append(time.perf_counter() - t)
+        assert len(body["latest"]) == stations
+        log(
+            f"latest over {stations:,} stations: {statistics.median(times) * 1000:.1f} ms "
+            f"(median of 10, whole HTTP reply)"
+        )
+
+
+def retention(srv: StreamgaugeServer, rows: int) -> None:
+    with _client(srv) as c:
+        _ok(c.post(API, json={"id": "rt"}))
+        series = 1000
+        _ok(
+            c.post(
+                f"{API}/rt/devices",
+                json=[
+                    {"id": f"r{i}", "variables": [{"id": "v", "name": "air_temp", "unit": "degC"}]}
+                    for i in range(series)
+                ],
+            )
+        )
+        t0 = (int(time.time() * 1000) // DAY - 30) * DAY
+        per = rows // series
+        for k in range(0, per, 10):
+            _post(
+                c,
+                "rt",
+                [
+                    {"device": f"r{s}", "variable": "v", "time": t0 + j * MINUTE, "value": 1.0}
+                    for j in range(k, min(per, k + 10))
+                    for s in range(series)
+                ],
+            )
+        t = time.perf_counter()
+        _ok(c.patch(f"{API}/rt", json={"retention_days": 1}))
+        while _ok(c.get(f"{API}/rt/observations", params={"limit": 1}))["observations"]:
+            time.sleep(0.05)
+        log(
+            f"retention: {per * series:,} rows removed {time.perf_counter() - t:.1f} s after "
+            "retention_days was set (pass interval 1 s)"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench timeseries")
+    ap.add_argument("--quick", action="store_true", help="smaller: 1/8 year, 3,000 stations")
+    ap.add_argument("--rows", type=int, default=None, help="rows for the retention pass")
+    args = ap.parse_args()
+    minutes = 525_600 // (8 if args.quick else 1)
+    stations = 3000 if args.quick else 30_000
+    rows = args.rows or (1_000_000 if args.quick else 10_000_000)
+    log(f"cores: {os.cpu_count()}; load average {os.getloadavg()}")
+    env = {"STREAMGAUGE_RETENTION_INTERVAL_SECONDS": "1"}
+    with StreamgaugeServer("normal", env) as srv:
+        backfill_and_aggregate(srv, minutes, 10_000)
+        latest(srv, stations)
+    with StreamgaugeServer("normal", env) as srv:
+        retention(srv, rows)

@@ -1,0 +1,78 @@
+"""Each series' newest stored row, in memory: what ``/latest`` answers from.
+
+``LatestRows`` is filled from the store once at start (``load``) and then from every committed
+batch (``update``, an engine listener on the event loop), so a read costs a lookup per selected
+series and no store access. A row older than the series' newest (a backfill) leaves it as it
+is. Retention calls ``forget_before`` for the series whose rows it removed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from streamgauge.domain.batch import Batch, Value
+
+_NEVER = int(np.iinfo(np.int64).min)
+
+
+class LatestRows:
+    """Columns indexed by series pk: cursor, time and QC flags of the newest row, and its
+    value. Mutated only on the event loop (the commit listener), read there too."""
+
+    def __init__(self) -> None:
+        self.time = np.full(1024, _NEVER, np.int64)
+        self.cursor = np.zeros(1024, np.int64)
+        self.qc = np.zeros(1024, np.int64)
+        self.values: dict[int, Value] = {}
+
+    def _capacity(self, top: int) -> None:
+        size = len(self.time)
+        if top < size:
+            return
+        grown = max(top + 1, size * 2)
+        self.time = np.concatenate([self.time, np.full(grown - size, _NEVER, np.int64)])
+        self.cursor = np.concatenate([self.cursor, np.zeros(grown - size, np.int64)])
+        self.qc = np.concatenate([self.qc, np.zeros(grown - size, np.int64)])
+
+    def update(self, batch: Batch) -> None:
+        """Take each series' newest row of ``batch`` where it is newer than the one held."""
+        if not len(batch):
+            return
+        order = np.lexsort((batch.times, batch.series))
+        s = batch.series[order]
+        last = np.flatnonzero(np.append(s[1:] != s[:-1], True))
+        idx = order[last]
+        series = batch.series[idx]
+        self._capacity(int(series.max()))
+        times = batch.times[idx]
+        newer = times >= self.time[series]
+        if not newer.any():
+            return
+        idx, series, times = idx[newer], series[newer], times[newer]
+        self.time[series] = times
+        self.cursor[series] = batch.cursors[idx]
+        self.qc[series] = batch.qc[idx]
+        values = batch.values
+        for pk, i in zip(series.tolist(), idx.tolist(), strict=True):
+            self.values[pk] = values[i]
+
+    def forget_before(self, cutoffs: list[tuple[int, int]]) -> None:
+        """Drop the rows of (series, cutoff) pairs older than the cutoff (retention)."""
+        for pk, cutoff in cutoffs:
+            if pk < len(self.time) and self.time[pk] < cutoff:
+                self.time[pk] = _NEVER
+                self.values.pop(pk, None)
+
+    def rows(self, project_pk: int, series: npt.NDArray[np.int64]) -> Batch:
+        """The held rows of ``series`` (in that order; series without one are left out)."""
+        series = series[series < len(self.time)]
+        series = series[self.time[series] != _NEVER]
+        return Batch(
+            project_pk,
+            self.cursor[series].copy(),
+            series.copy(),
+            self.time[series].copy(),
+            [self.values.get(pk) for pk in series.tolist()],
+            self.qc[series].copy(),
+        )

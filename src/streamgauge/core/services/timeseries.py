@@ -1,0 +1,300 @@
+"""Aggregates, latest values, retention and resume gaps: the time-series service.
+
+``Engine.timeseries`` is the one API faces call for these:
+
+* ``aggregate``: one page of buckets per series (``core/aggregate.py`` decides, the store's
+  hour summaries and edge rows answer), ordered by (device, variable, set) and start;
+* ``latest``: each selected series' newest row from memory (``core/latest.py``);
+* ``run_retention``: one pass removing what is older than each series' ``retention_days``
+  (the variable's, else the project's), in bounded store steps; ``start`` runs it every
+  ``retention_interval_seconds``;
+* ``resume_point``: whether a resume cursor is older than what retention kept (``Gone``, 410,
+  with ``earliest``), or where ``on_gap=earliest`` continues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from streamgauge.config import Settings
+from streamgauge.core import aggregate
+from streamgauge.core.filters import CompiledSelection, Selection
+from streamgauge.core.ingest import MAX_TIME, MIN_TIME
+from streamgauge.core.latest import LatestRows
+from streamgauge.core.registry import ProjectRec, Registry, SeriesRec
+from streamgauge.core.units import UnitSystem, converter, target_unit, unit_label
+from streamgauge.domain.batch import Batch, concat
+from streamgauge.domain.errors import Gone
+from streamgauge.domain.timeseries import Summaries
+from streamgauge.store.api import TimeSeriesLog
+
+log = logging.getLogger("streamgauge.timeseries")
+DAY_MS = 86_400_000
+
+SeriesKey = tuple[str, str, int]  # (device id, variable id, set): the order of the buckets
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateQuery:
+    project_pk: int
+    series: Sequence[int]  # the selected series
+    qc_remove: int
+    start: int | None
+    end: int | None
+    every: int
+    aggs: tuple[str, ...]
+    tz: ZoneInfo | str | None  # None: UTC; "site": each station's zone
+    units: UnitSystem
+    limit: int
+    after: tuple[str, str, int, int] | None = None  # (device, variable, set, time) to go on at
+
+
+@dataclass(frozen=True, slots=True)
+class AggregatePage:
+    buckets: list[dict[str, Any]]
+    units: dict[str, str]
+    next: tuple[str, str, int, int] | None
+
+
+class TimeSeries:
+    """Owns the latest-row cache and the retention task; reads through ``TimeSeriesLog``."""
+
+    def __init__(self, store: TimeSeriesLog, registry: Registry, settings: Settings) -> None:
+        self.store = store
+        self.registry = registry
+        self.settings = settings
+        self.latest_rows = LatestRows()
+        self._task: asyncio.Task[None] | None = None
+        self.passes = 0  # retention passes run (tests, metrics)
+
+    async def start(self) -> None:
+        self.latest_rows.update(await self.store.latest_rows())
+        self._task = asyncio.create_task(self._retention_loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def committed(self, batch: Batch) -> None:
+        """The engine's commit listener."""
+        self.latest_rows.update(batch)
+
+    # -- aggregates -----------------------------------------------------------------------------
+
+    def _zone_of(self, rec: SeriesRec, tz: ZoneInfo | str | None) -> ZoneInfo | None:
+        if tz != aggregate.SITE:
+            return tz if isinstance(tz, ZoneInfo) else None
+        reg = self.registry
+        dev = reg.devices_by_pk.get(rec.device_pk)
+        if dev is None or not dev.doc.site:
+            return None
+        site = reg.sites.get((dev.project_pk, dev.doc.site))
+        return aggregate.zone_named(site.doc.timezone) if site is not None else None
+
+    def _affine(self, rec: SeriesRec, units: UnitSystem) -> tuple[float, float, str]:
+        var = self.registry.variables_by_pk.get(rec.variable_pk)
+        if var is None:
+            return 1.0, 0.0, ""
+        e = var.entry
+        target = target_unit(units, e.kind, e.unit)
+        scale, offset = converter(e.unit, target)
+        return scale, offset, unit_label(target)
+
+    def ordered(self, series: Sequence[int]) -> list[tuple[SeriesKey, int]]:
+        """The series with their keys, in key order."""
+        recs = self.registry.series_by_pk
+        out = [
+            ((rec.device_id, rec.variable_id, rec.set), pk)
+            for pk in series
+            if (rec := recs.get(pk)) is not None
+        ]
+        out.sort()
+        return out
+
+    async def aggregate(self, q: AggregateQuery) -> AggregatePage:
+        lo_all = MIN_TIME if q.start is None else q.start
+        hi = MAX_TIME + 1 if q.end is None else q.end
+        keyed = self.ordered(q.series)
+        begin = 0
+        if q.after is not None:
+            begin = bisect.bisect_left(keyed, (q.after[:3], -1))
+        out: list[dict[str, Any]] = []
+        units: dict[str, str] = {}
+        calendars: dict[ZoneInfo | None, aggregate.Calendar] = {}
+        for key, pk in keyed[begin:]:
+            rec = self.registry.series_by_pk[pk]
+            lo = lo_all
+            if q.after is not None and key == q.after[:3]:
+                lo = max(lo, q.after[3])
+            zone = self._zone_of(rec, q.tz)
+            cal = calendars.get(zone)
+            if cal is None:
+                cal = calendars[zone] = aggregate.Calendar(q.every, zone)
+            scale, offset, label = self._affine(rec, q.units)
+            head = {"device": rec.device_id, "variable": rec.variable_id, "set": rec.set}
+            while lo < hi:
+                room = q.limit - len(out)
+                if room <= 0:
+                    return AggregatePage(out, units, (*key, lo))
+                decided: list[aggregate.Plan] = []
+
+                def planner(
+                    found: Summaries,
+                    cal: aggregate.Calendar = cal,
+                    lo: int = lo,
+                    room: int = room,
+                    pk: int = pk,
+                    decided: list[aggregate.Plan] = decided,
+                ) -> list[tuple[int, int, int]]:
+                    p = aggregate.plan(cal, found, pk, lo, hi, room)
+                    decided.append(p)
+                    return p.ranges
+
+                found, points = await self.store.aggregate_inputs(
+                    q.project_pk, [pk], lo, hi, q.qc_remove, planner
+                )
+                p = decided[0]
+                b = aggregate.combine(cal, found, p.whole, points)
+                if len(b) and label:
+                    units[rec.variable_id] = label
+                for i in range(len(b)):
+                    out.append(
+                        {
+                            **head,
+                            "start": cal.label(int(b.start[i])),
+                            "end": cal.label(int(b.end[i])),
+                            **aggregate.render(b, i, q.aggs, scale, offset),
+                        }
+                    )
+                if not p.more:
+                    break
+                lo = p.cut
+        return AggregatePage(out, units, None)
+
+    # -- latest values --------------------------------------------------------------------------
+
+    async def latest(self, selection: Selection) -> Batch:
+        """Each selected series' newest observation that passes the selection's QC removal
+        (and filter expression), in (device, variable, set) order, from memory: the store is
+        read only for a series whose newest row is removed by QC."""
+        compiled = CompiledSelection(selection, self.registry)
+        allowed = np.flatnonzero(compiled.allowed())
+        keyed = self.ordered(allowed.tolist())
+        series = np.array([pk for _, pk in keyed], np.int64)
+        batch = self.latest_rows.rows(selection.project_pk, series)
+        remove = selection.qc_remove
+        if remove and len(batch):
+            failing = (batch.qc & remove) != 0
+            if failing.any():
+                replaced = await self.store.newest_passing(batch.series[failing].tolist(), remove)
+                both = concat([batch.take(~failing), replaced])
+                rank = {pk: i for i, pk in enumerate(series.tolist())}
+                order = np.argsort([rank[pk] for pk in both.series.tolist()], kind="stable")
+                batch = _reorder(both, order)
+        if len(batch) and selection.expr is not None:
+            batch = batch.take(compiled.mask(batch))
+        batch.project_pk = selection.project_pk
+        return batch
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def cutoffs(self, project: ProjectRec, now_ms: int) -> list[tuple[int, int]]:
+        """(series, cutoff ms) of the project's series that have a retention."""
+        reg = self.registry
+        days = project.doc.retention_days
+        out: list[tuple[int, int]] = []
+        for pk, rec in list(reg.series_by_pk.items()):
+            if rec.project_pk != project.pk:
+                continue
+            var = reg.variables_by_pk.get(rec.variable_pk)
+            keep = var.doc.retention_days if var is not None else None
+            keep = days if keep is None else keep
+            if keep is not None:
+                out.append((pk, now_ms - int(keep * DAY_MS)))
+        return out
+
+    async def run_retention(self, now_ms: int | None = None) -> int:
+        """One retention pass over every project; returns the rows removed."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        removed = 0
+        for project in list(self.registry.projects_by_pk.values()):
+            cutoffs = self.cutoffs(project, now)
+            if not cutoffs:
+                continue
+            expired = await self.store.expired(cutoffs)
+            if not expired:
+                continue
+            keep = project.doc.rollup is not None
+            while True:
+                n, done = await self.store.expire(
+                    project.pk,
+                    expired,
+                    keep_summaries=keep,
+                    max_rows=self.settings.retention_step_rows,
+                )
+                removed += n
+                if done:
+                    break
+            self.latest_rows.forget_before(expired)
+        self.passes += 1
+        return removed
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.retention_interval_seconds)
+            try:
+                await self.run_retention()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - logged; the next pass retries
+                log.exception("a retention pass failed; the next one retries")
+
+    # -- resume gaps ----------------------------------------------------------------------------
+
+    def earliest(self, project_pk: int) -> int | None:
+        """The cursor of the earliest observation kept after retention removed some (None:
+        retention never removed any of the project's)."""
+        gone = self.store.gone.get(project_pk)
+        return None if gone is None else gone + 1
+
+    def resume_point(
+        self, project_pk: int, since: int, on_gap: str | None
+    ) -> tuple[int, int | None]:
+        """Where a resume after ``since`` starts: ``(since, None)`` when nothing after it was
+        removed; ``(earliest - 1, earliest)`` with ``on_gap="earliest"``; else ``Gone``."""
+        earliest = self.earliest(project_pk)
+        if earliest is None or since >= earliest - 1:
+            return since, None
+        if on_gap == "earliest":
+            return earliest - 1, earliest
+        raise Gone(
+            f"observations after cursor {since} were removed by retention; the earliest kept "
+            f"is cursor {earliest}: resume after {earliest - 1}, or pass on_gap=earliest",
+            earliest,
+            [{"field": "since", "reason": f"older than the earliest kept cursor {earliest}"}],
+        )
+
+
+def _reorder(batch: Batch, order: np.ndarray[Any, Any]) -> Batch:
+    return Batch(
+        batch.project_pk,
+        batch.cursors[order],
+        batch.series[order],
+        batch.times[order],
+        [batch.values[i] for i in order.tolist()],
+        batch.qc[order],
+    )

@@ -1,0 +1,172 @@
+"""Per-hour summaries of the log, kept in the writer's transaction, and the reads of aggregates.
+
+``obs_summary`` holds one row per (series, UTC hour, QC flag set): count, sum, min, max, first
+and last of the numeric values (migration 8). ``add`` folds a batch's accepted rows into it in
+the batch's own transaction (one upsert statement over a JSON array), so a summary is never
+behind the log, a backfilled or out-of-order row included. ``read`` returns, from one read
+snapshot, the summaries of some series over a time range and the raw rows of the parts the
+caller cannot answer from whole hours (the edges of a bucket that does not end on an hour).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from streamgauge.domain.timeseries import (
+    F64,
+    HOUR_MS,
+    I64,
+    Points,
+    Summaries,
+    empty_points,
+    summaries_from_rows,
+    summarize,
+)
+
+_UPSERT = (
+    "INSERT INTO obs_summary (series, hour, qc, n, sum, min, max, first_time, first_value,"
+    " last_time, last_value) "
+    "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,"
+    " value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10 FROM json_each(?) WHERE 1 "
+    "ON CONFLICT (series, hour, qc) DO UPDATE SET "
+    "n = n + excluded.n, sum = sum + excluded.sum, "
+    "min = min(min, excluded.min), max = max(max, excluded.max), "
+    "first_value = CASE WHEN excluded.first_time < first_time"
+    " THEN excluded.first_value ELSE first_value END, "
+    "first_time = min(first_time, excluded.first_time), "
+    "last_value = CASE WHEN excluded.last_time > last_time"
+    " THEN excluded.last_value ELSE last_value END, "
+    "last_time = max(last_time, excluded.last_time)"
+)
+
+_R = "printf('%!.17g', {})"  # a real as text that parses back to the same double
+_SUMMARY_ROW = (
+    "'[' || series || ',' || hour || ',' || n || ',' || "
+    + " || ',' || ".join(_R.format(c) for c in ("sum", "min", "max"))
+    + " || ',' || first_time || ',' || "
+    + _R.format("first_value")
+    + " || ',' || last_time || ',' || "
+    + _R.format("last_value")
+    + " || ']'"
+)
+
+
+def add(conn: sqlite3.Connection, series: I64, times: I64, values: F64, qc: I64) -> None:
+    """Fold accepted rows (``values``: NaN where not a number) into the summaries."""
+    units = summarize(series, times, values, qc)
+    if units:
+        conn.execute(_UPSERT, (orjson.dumps(units),))
+
+
+def _fetch_json(conn: sqlite3.Connection, row_sql: str, sql: str, params: Sequence[Any]) -> Any:
+    """The rows of ``sql`` as one JSON array built by SQLite (one GIL hand-over, see
+    ``store._fetch_rows``)."""
+    text = conn.execute(
+        f"SELECT '[' || coalesce(group_concat({row_sql}, ','), '') || ']' FROM ({sql})", params
+    ).fetchone()[0]
+    return orjson.loads(text)
+
+
+def read_summaries(
+    conn: sqlite3.Connection, series: Sequence[int], lo_hour: int, hi_hour: int, qc_remove: int
+) -> Summaries:
+    """Summary units of ``series`` with ``lo_hour <= hour < hi_hour`` whose QC flags have no
+    bit of ``qc_remove``, ordered by series and hour."""
+    rows = _fetch_json(
+        conn,
+        _SUMMARY_ROW,
+        "SELECT * FROM obs_summary WHERE series IN (SELECT value FROM json_each(?))"
+        " AND hour >= ? AND hour < ? AND (qc & ?) = 0 ORDER BY series, hour",
+        (orjson.dumps(list(series)).decode(), lo_hour, hi_hour, qc_remove),
+    )
+    return summaries_from_rows(rows)
+
+
+_POINT_ROW = "'[' || series || ',' || time || ',' || " + _R.format("value") + " || ']'"
+
+
+def read_points(
+    conn: sqlite3.Connection, sealed: int, ranges: Sequence[tuple[int, int, int]], qc_remove: int
+) -> Points:
+    """Numeric rows of (series, from, to) ranges (``from <= time < to``) without a QC flag of
+    ``qc_remove``: from the index of sealed chunks, and from the unindexed tail."""
+    if not ranges:
+        return empty_points()
+    doc = orjson.dumps(ranges).decode()
+    numeric = "typeof(o.value) IN ('real', 'integer') AND (o.qc & ?) = 0"
+    indexed = _fetch_json(
+        conn,
+        _POINT_ROW,
+        "SELECT o.series AS series, o.time AS time, o.value AS value "
+        "FROM json_each(?) r JOIN obs_index i ON i.series = r.value ->> 0"
+        " AND i.time >= r.value ->> 1 AND i.time < r.value ->> 2 "
+        f"JOIN obs o ON o.cursor = i.cursor WHERE {numeric}",
+        (doc, qc_remove),
+    )
+    tail = _fetch_json(
+        conn,
+        _POINT_ROW,
+        "SELECT o.series AS series, o.time AS time, o.value AS value FROM obs o "
+        "WHERE o.cursor > ? AND o.series IN (SELECT DISTINCT value ->> 0 FROM json_each(?))"
+        f" AND {numeric}",
+        (sealed, doc, qc_remove),
+    )
+    if tail:
+        arr = np.array(tail, np.float64)
+        s, t = arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64)
+        keep = np.zeros(len(arr), np.bool_)
+        for rs, a, b in ranges:
+            keep |= (s == rs) & (t >= a) & (t < b)
+        tail = [row for row, k in zip(tail, keep.tolist(), strict=True) if k]
+    rows = indexed + tail
+    if not rows:
+        return empty_points()
+    series = np.array([r[0] for r in rows], np.int64)
+    times = np.array([r[1] for r in rows], np.int64)
+    values = np.array([r[2] for r in rows], np.float64)
+    order = np.lexsort((times, series))
+    return Points(series[order], times[order], values[order])
+
+
+def read(
+    conn: sqlite3.Connection,
+    sealed: int,
+    series: Sequence[int],
+    lo_ms: int,
+    hi_ms: int,
+    qc_remove: int,
+    plan: Callable[[Summaries], list[tuple[int, int, int]]],
+) -> tuple[Summaries, Points]:
+    """The summaries of ``series`` over the hours meeting ``[lo_ms, hi_ms)``, then the raw rows
+    of the ranges ``plan`` asks for given them, in the caller's read snapshot."""
+    found = read_summaries(conn, series, lo_ms // HOUR_MS, -(-hi_ms // HOUR_MS), qc_remove)
+    ranges = plan(found)
+    return found, read_points(conn, sealed, ranges, qc_remove)
+
+
+def rebuild(conn: sqlite3.Connection, sealed: int, units: Sequence[tuple[int, int]]) -> None:
+    """Recompute the summaries of (series, hour) units from the rows the log holds (after
+    retention removed part of an hour)."""
+    for series, hour in units:
+        conn.execute("DELETE FROM obs_summary WHERE series = ? AND hour = ?", (series, hour))
+        rows = conn.execute(
+            "SELECT o.time, o.value, o.qc FROM obs_index i JOIN obs o ON o.cursor = i.cursor "
+            "WHERE i.series = ? AND i.time >= ? AND i.time < ? "
+            "UNION ALL SELECT time, value, qc FROM obs WHERE cursor > ? AND series = ?"
+            " AND time >= ? AND time < ?",
+            (series, hour * HOUR_MS, (hour + 1) * HOUR_MS) * 1
+            + (sealed, series, hour * HOUR_MS, (hour + 1) * HOUR_MS),
+        ).fetchall()
+        if not rows:
+            continue
+        times = np.array([r[0] for r in rows], np.int64)
+        values = np.array(
+            [float(r[1]) if isinstance(r[1], int | float) else np.nan for r in rows], np.float64
+        )
+        qcs = np.array([r[2] for r in rows], np.int64)
+        add(conn, np.full(len(rows), series, np.int64), times, values, qcs)
