@@ -84,11 +84,37 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _serve(host: str, port: int, data: Path) -> None:
+def _probe_bus(url: str) -> None:
+    """Exit non-zero, saying so, when the cluster's bus does not answer at start."""
+    import nats
+
+    async def probe() -> None:
+        nc = await nats.connect(servers=[url], connect_timeout=3, allow_reconnect=False)
+        await nc.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(probe(), 10))
+    except Exception as exc:
+        console.print(
+            f"[red]serve: cannot reach the bus (NATS) at {url}: {exc or type(exc).__name__}[/red]"
+        )
+        raise typer.Exit(1) from None
+
+
+def _serve(
+    host: str, port: int, data: Path, bus: str | None = None, cluster: str | None = None
+) -> None:
+    overrides: dict[str, object] = {"data": data}
+    if bus is not None:
+        overrides["bus"] = bus
+    if cluster is not None:
+        overrides["cluster"] = cluster
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    if settings.bus:
+        _probe_bus(settings.bus)
     sock = _listen(host, port)
     from streamgauge.core.engine import load_admin_token
 
-    settings = Settings(data=data)
     token, generated = load_admin_token(settings)
     if generated:
         console.print(
@@ -105,8 +131,14 @@ def _serve(host: str, port: int, data: Path) -> None:
         timeout_graceful_shutdown=5,
         **server_options(settings),
     )
-    console.print(f"streamgauge {__version__} serving on http://{host}:{port} (data: {data})")
-    _Server(config).run(sockets=[sock])
+    where = f"data: {data}"
+    if settings.bus:
+        where += f", bus: {settings.bus}, cluster: {settings.cluster}"
+    console.print(f"streamgauge {__version__} serving on http://{host}:{port} ({where})")
+    server = _Server(config)
+    server.run(sockets=[sock])
+    if not server.started:  # the engine did not start (its error is logged above)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -114,13 +146,26 @@ def serve(
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8080,
     data: DataOpt = Path("streamgauge-data"),
+    bus: Annotated[
+        str | None,
+        typer.Option(
+            help="Cluster mode: the NATS JetStream bus, nats://HOST:PORT.", envvar="STREAMGAUGE_BUS"
+        ),
+    ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            help="Cluster mode: the cluster's name (names its NATS stream and subjects).",
+            envvar="STREAMGAUGE_CLUSTER",
+        ),
+    ] = None,
 ) -> None:
     """Serve every API on one port, with embedded storage in DATA.
 
     STREAMGAUGE_ADMIN_TOKEN sets the admin's bearer token; if unset, one is generated, stored in
     DATA/admin-token and printed once. Other settings: STREAMGAUGE_* (see docs/configuration.md).
     """
-    _serve(host, port, data)
+    _serve(host, port, data, bus, cluster)
 
 
 @app.command()

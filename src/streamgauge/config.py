@@ -40,6 +40,57 @@ class Settings(BaseSettings):
         ),
     )
 
+    # Cluster mode (docs/cluster.md)
+    bus: str | None = Field(
+        default=None,
+        description=(
+            "The cluster's bus, NATS with JetStream (nats://HOST:PORT). With --store "
+            "postgresql://..., several nodes serve one log; unset: one process."
+        ),
+    )
+    cluster: str = Field(
+        default="streamgauge",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description=(
+            "The cluster's name: it names everything the cluster keeps on the bus (the NATS "
+            "stream SG_<name> and subjects sg.<name>.*), so clusters can share one NATS server."
+        ),
+    )
+    cluster_bus_retention_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description=(
+            "How long the bus keeps committed batches (a node further behind reads the store)."
+        ),
+    )
+    cluster_head_check_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description=(
+            "How often a node compares what it handed on with the store's head (finds commits "
+            "no message brought: a node killed between commit and publish, a bus outage)."
+        ),
+    )
+    cluster_fill_grace_seconds: float = Field(
+        default=0.05,
+        ge=0,
+        description=(
+            "How long a node waits for the bus to bring missing cursors before reading them "
+            "from the store."
+        ),
+    )
+    cluster_fill_rows: int = Field(
+        default=50_000, gt=0, description="Rows per store read when a node fills a gap."
+    )
+    cluster_resume_wait_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description=(
+            "How long a stream resuming from a cursor another node gave out waits for this node "
+            "to hand that cursor on."
+        ),
+    )
+
     qc: bool = Field(
         default=True,
         description=(

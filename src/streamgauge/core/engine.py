@@ -25,6 +25,7 @@ from streamgauge.auth.tokens import TokenIssuer
 from streamgauge.config import Settings
 from streamgauge.core import ingest
 from streamgauge.core.alerting import Alerting
+from streamgauge.core.cluster import Channel, ClusterLink, split_by_project
 from streamgauge.core.consumers import Consumer, Handler, Select
 from streamgauge.core.dedupe import LogRules
 from streamgauge.core.deliveries import Deliveries
@@ -98,9 +99,7 @@ class Engine:
         # Called in the event loop with every committed batch, after the hub has it. Listeners
         # (reported state, alert rules, delivery wake-ups) must be quick and must not raise.
         self.listeners: list[Callable[[Batch], None]] = []
-        self.metrics.bind(
-            lambda: self.hub.subscribers, self.hub.queued_bytes, lambda: self.store.head
-        )
+        self.metrics.bind(lambda: self.hub.subscribers, self.hub.queued_bytes, lambda: self.head)
         # Outbound deliveries (data connectors, alert actions), woken by every committed batch.
         self.deliveries = Deliveries(
             self.store,
@@ -113,6 +112,10 @@ class Engine:
         )
         self.listeners.append(lambda batch: self.deliveries.notify())
         self.consumers: dict[str, Consumer] = {}  # durable readers of the log, by name
+        # The cluster mode (``--bus``): the link to the other nodes, and the last cursor this
+        # node handed on (the hub's head; the store's head in the embedded mode).
+        self.cluster: ClusterLink | None = None
+        self._node_head = 0
         self._ticker: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Future[None]] = set()
         self._lag: asyncio.Task[None] | None = None
@@ -140,6 +143,8 @@ class Engine:
     async def start(self) -> None:
         private_dir(self.settings.data)
         await self.store.open(self._committed)
+        if self.settings.bus:
+            await self._join_cluster()
         await self.timeseries.start()
         await self.alerting.start()
         await self.deliveries.start()
@@ -168,9 +173,74 @@ class Engine:
             self.metrics.loop_lag.observe(max(0.0, time.perf_counter() - due))
 
     def _committed(self, batch: Batch) -> None:
+        if self.cluster is not None:  # in cursor order with the other nodes' commits
+            self.cluster.committed("batch", batch)
+        else:
+            self._hand_on(batch)
+
+    def _hand_on(self, batch: Batch) -> None:
+        self._node_head = batch.last
         self.hub.publish(batch)
         for listener in self.listeners:
             listener(batch)
+
+    @property
+    def head(self) -> int:
+        """The last cursor this node handed on to its hub and listeners: what its streams may
+        resume from without waiting (the store's head in the embedded mode)."""
+        return self._node_head if self.cluster is not None else self.store.head
+
+    async def _join_cluster(self) -> None:
+        """Subscribe to the bus, start after the store's head, and fill gaps from the store
+        (``core/cluster.py``; a bus that cannot be reached raises ``BusUnavailable``)."""
+        from streamgauge.bus.codec import decode_batch, encode_batch  # the cluster mode only
+        from streamgauge.bus.jetstream import NatsBus
+
+        s = self.settings
+        reg = self.registry
+
+        def project_of(series: int) -> int:
+            rec = reg.series_by_pk.get(series)
+            return rec.project_pk if rec is not None else 0
+
+        async def read(after: int, upto: int | None) -> list[tuple[int, int, Batch]]:
+            end = upto if upto is not None else await self.store.durable_head()
+            if end <= after:
+                return []
+            return split_by_project(
+                await self.store.read_log(after, end, s.cluster_fill_rows), project_of
+            )
+
+        channel: Channel[Batch] = Channel(
+            "batch",
+            encode=encode_batch,
+            decode=lambda data: decode_batch(data, time.monotonic_ns()),
+            span=lambda b: (b.first, b.last),
+            trim=lambda b, after: b.take(b.cursors > after),
+            read=read,
+            head=self.store.durable_head,
+            deliver=self._hand_on,
+            grace=s.cluster_fill_grace_seconds,
+        )
+        assert s.bus is not None
+        bus = NatsBus(
+            s.bus,
+            s.cluster,
+            retention_seconds=s.cluster_bus_retention_seconds,
+        )
+        link = ClusterLink(bus, [channel], head_every=s.cluster_head_check_seconds)
+
+        async def heads() -> dict[Any, int]:
+            head = await self.store.durable_head()
+            self._node_head = head
+            return {"batch": head}
+
+        self.cluster = link
+        try:
+            await link.start(heads)
+        except BaseException:
+            self.cluster = None
+            raise
 
     def begin_shutdown(self) -> None:
         """The first step of a shutdown (the server calls it as soon as the signal arrives, before
@@ -193,6 +263,8 @@ class Engine:
             sys.setswitchinterval(self._switch_before)
             self._switch_before = None
         await self.alerting.stop()
+        if self.cluster is not None:
+            await self.cluster.close()
         await self.timeseries.stop()
         for consumer in list(self.consumers.values()):
             await consumer.stop()
@@ -334,10 +406,17 @@ class Engine:
         allowed = CompiledSelection(selection, self.registry).allowed()
         return tuple(np.flatnonzero(allowed).tolist())
 
-    def check_cursor(self, since: int) -> None:
-        if since < 0 or since > self.store.head:
+    async def check_cursor(self, since: int) -> None:
+        """A cursor to resume from must be in the log. In the cluster mode another node may have
+        given it out a moment before this one handed it on: wait (briefly) until it has."""
+        if self.cluster is not None and 0 <= since and since > self.head:
+            if since <= await self.store.durable_head():
+                deadline = time.monotonic() + self.settings.cluster_resume_wait_seconds
+                while self.head < since and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+        if since < 0 or since > self.head:
             raise BadRequest(
-                f"cursor {since} is not in this log (its head is {self.store.head})",
+                f"cursor {since} is not in this log (its head is {self.head})",
                 [{"field": "since", "reason": "resume from a cursor this server gave you"}],
             )
 
@@ -393,8 +472,8 @@ class Engine:
         sub.keepalives = keepalives
         sub.selection.compile()  # now, not on the first publish that all subscribers share
         self.hub.subscribe(sub)
-        handoff = Handoff(last=self.store.head if since is None else since)
-        handoff.start(self.store.head)
+        handoff = Handoff(last=self.head if since is None else since)
+        handoff.start(self.head)
         try:
             while True:
                 if sub.closed is not None:  # also while catching up: shutdown does not wait
@@ -414,7 +493,7 @@ class Engine:
                         yield Chunk(items, handoff.last)
                     if sub.overflowed:
                         sub.reset()
-                        handoff.restart(self.store.head)
+                        handoff.restart(self.head)
                     continue
                 if sub.direct_last > handoff.last:
                     handoff.delivered(sub.direct_last)
@@ -463,7 +542,7 @@ class Engine:
     @property
     def log_head(self) -> int:
         """The last committed and published cursor (0 when the log is empty)."""
-        return self.store.head
+        return self.head
 
     async def read_log(self, after: int, upto: int, limit: int) -> Batch:
         """Committed rows with ``after < cursor <= upto`` in cursor order, all projects."""

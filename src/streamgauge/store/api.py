@@ -95,6 +95,11 @@ class Log(Protocol):
         after ``publish`` has been called with the batch that ends at it."""
         ...
 
+    async def durable_head(self) -> int:
+        """The last cursor committed by any writer of this log (in the cluster mode, by any
+        node; it may be ahead of ``head``): where a node's look at the store's head starts."""
+        ...
+
     async def open(self, publish: Callable[[Batch], None]) -> None:
         """Open (creating or migrating the storage), load the registry and the log's state.
         ``publish`` is called on the event loop with every committed batch, in cursor order,

@@ -212,7 +212,7 @@ async def stream(request: Request, project: str) -> Response:
         gap = b""
         if resume is not None:
             cursor = parse_cursor(resume)
-            face.engine.check_cursor(cursor)
+            await face.engine.check_cursor(cursor)
             asked = cursor
             cursor, earliest = face.engine.timeseries.resume_point(proj.pk, cursor, on_gap)
             if earliest is not None:

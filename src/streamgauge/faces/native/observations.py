@@ -491,7 +491,7 @@ async def stream(
     if resume is not None and resume != "":
         where = ("query", "since") if since is not None else ("header", "last-event-id")
         cursor = parse_cursor(resume, where[1], where[0])
-        engine.check_cursor(cursor)
+        await engine.check_cursor(cursor)
     notice = b""
     if cursor is not None:
         asked = cursor

@@ -133,6 +133,9 @@ class SqliteStore:
     def head(self) -> int:
         return self._head
 
+    async def durable_head(self) -> int:
+        return self._writer_head  # one writer: this process
+
     async def open(self, publish: Callable[[Batch], None]) -> None:
         self.path.parent.mkdir(mode=files.DIR_MODE, parents=True, exist_ok=True)
         # 0600 before SQLite opens it: SQLite gives its -wal and -shm files the database's mode.

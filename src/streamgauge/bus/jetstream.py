@@ -1,0 +1,216 @@
+"""The bus on NATS JetStream (``--bus nats://HOST:PORT --cluster NAME``).
+
+Everything a cluster keeps on the bus is named after it, so two clusters can share one NATS
+server: the stream ``SG_<cluster>`` holds the subjects ``sg.<cluster>.batch`` and
+``sg.<cluster>.meta``. A message's id (``Nats-Msg-Id``) is its kind and first cursor, so a
+republish of the same run inside the duplicate window is dropped by JetStream itself. The stream
+keeps messages for ``retention_seconds`` only: it is a fan-out channel, not the record (that is
+the store; a node further behind than that reads the store).
+
+Each node reads with an ordered push consumer starting at new messages: JetStream delivers in
+stream order, and the client recreates the consumer after a gap or a reconnect. Delivery may
+still skip (a reconnect, a node killed before its publish): the receiver completes what it hears
+from the store (``core.sequencer``), and ``on_reconnect`` tells it to look.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import api as js_api
+
+from streamgauge.bus.api import BusMessage, BusUnavailable, Handler, Kind
+
+log = logging.getLogger("streamgauge.bus")
+
+CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+H_FIRST, H_LAST, H_ORIGIN = "Sg-First", "Sg-Last", "Sg-Origin"
+
+
+def check_cluster_name(name: str) -> str:
+    if not CLUSTER_NAME.match(name):
+        raise ValueError(
+            f"cluster name {name!r}: use 1 to 64 letters, digits, '_' or '-' "
+            "(it names the NATS stream and subjects)"
+        )
+    return name
+
+
+class NatsBus:
+    def __init__(
+        self,
+        url: str,
+        cluster: str,
+        *,
+        node_id: str | None = None,
+        retention_seconds: float = 600.0,
+        connect_timeout: float = 5.0,
+        publish_timeout: float = 2.0,
+    ) -> None:
+        self.url = url
+        self.cluster = check_cluster_name(cluster)
+        self.node_id = node_id or uuid.uuid4().hex[:12]
+        self.stream = f"SG_{cluster}"
+        self.prefix = f"sg.{cluster}"
+        self.retention_seconds = retention_seconds
+        self.connect_timeout = connect_timeout
+        self.publish_timeout = publish_timeout
+        self._nc: NatsClient | None = None
+        self._js: Any = None
+        self._sub: Any = None
+        self._handler: Handler | None = None
+        self._on_reconnect: Callable[[], None] = lambda: None
+        self.published = 0
+        self.publish_failures = 0
+        self.received = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    async def start(self, handler: Handler, on_reconnect: Callable[[], None]) -> None:
+        self._handler = handler
+        self._on_reconnect = on_reconnect
+
+        async def reconnected() -> None:
+            log.warning("bus: reconnected to %s", self.url)
+            self._on_reconnect()
+
+        async def disconnected() -> None:
+            log.warning("bus: disconnected from %s", self.url)
+
+        async def error(e: Exception) -> None:
+            log.debug("bus: %s", e)
+
+        try:
+            self._nc = await asyncio.wait_for(
+                self._connect(reconnected, disconnected, error), 2 * self.connect_timeout + 1
+            )
+            self._js = self._nc.jetstream(timeout=self.publish_timeout)
+            await self._ensure_stream()
+            self._sub = await self._js.subscribe(
+                f"{self.prefix}.*",
+                stream=self.stream,
+                cb=self._on_msg,
+                ordered_consumer=True,
+                deliver_policy=js_api.DeliverPolicy.NEW,
+                idle_heartbeat=2.0,
+            )
+        except (TimeoutError, OSError, nats.errors.Error) as e:
+            await self._close_quietly()
+            raise BusUnavailable(f"NATS at {self.url}: {e or type(e).__name__}") from None
+
+    async def _connect(self, reconnected: Any, disconnected: Any, error: Any) -> NatsClient:
+        return await nats.connect(
+            servers=[self.url],
+            name=f"streamgauge-{self.cluster}-{self.node_id}",
+            connect_timeout=self.connect_timeout,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            allow_reconnect=True,
+            reconnected_cb=reconnected,
+            disconnected_cb=disconnected,
+            error_cb=error,
+        )
+
+    async def _ensure_stream(self) -> None:
+        config = js_api.StreamConfig(
+            name=self.stream,
+            subjects=[f"{self.prefix}.batch", f"{self.prefix}.meta"],
+            storage=js_api.StorageType.FILE,
+            max_age=self.retention_seconds,
+            duplicate_window=min(120.0, self.retention_seconds),
+            discard=js_api.DiscardPolicy.OLD,
+        )
+        try:
+            await self._js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await self._js.update_stream(config)  # made by another node with other limits
+
+    async def _on_msg(self, msg: Msg) -> None:
+        hdr = msg.headers or {}
+        try:
+            kind_s = msg.subject.rsplit(".", 1)[1]
+            first, last = int(hdr[H_FIRST]), int(hdr[H_LAST])
+        except (KeyError, ValueError, IndexError):
+            log.warning("bus: a message without its cursors on %s, ignored", msg.subject)
+            return
+        if kind_s not in ("batch", "meta"):
+            return
+        kind: Kind = "batch" if kind_s == "batch" else "meta"
+        self.received += 1
+        if self._handler is not None:
+            try:
+                await self._handler(BusMessage(kind, first, last, msg.data, hdr.get(H_ORIGIN, "")))
+            except Exception:
+                log.exception("bus: handling %s %d..%d failed", kind, first, last)
+
+    async def publish(self, kind: Kind, first: int, last: int, payload: bytes) -> bool:
+        if self._js is None or not self.connected:
+            self.publish_failures += 1
+            return False
+        headers = {
+            "Nats-Msg-Id": f"{kind}:{first}",
+            H_FIRST: str(first),
+            H_LAST: str(last),
+            H_ORIGIN: self.node_id,
+        }
+        try:
+            await self._js.publish(f"{self.prefix}.{kind}", payload, headers=headers)
+        except (TimeoutError, OSError, nats.errors.Error) as e:
+            self.publish_failures += 1
+            log.warning(
+                "bus: publishing %s %d..%d failed (%s); others read it from the store",
+                kind,
+                first,
+                last,
+                e or type(e).__name__,
+            )
+            return False
+        self.published += 1
+        return True
+
+    async def close(self) -> None:
+        await self._close_quietly()
+
+    async def _close_quietly(self) -> None:
+        nc, self._nc = self._nc, None
+        self._js = None
+        if nc is None:
+            return
+        try:
+            if self._sub is not None:
+                await self._sub.unsubscribe()
+        except Exception:  # closing a broken connection
+            pass
+        self._sub = None
+        try:
+            await nc.drain()
+        except Exception:
+            try:
+                await nc.close()
+            except Exception:
+                pass
+
+
+async def delete_cluster_stream(url: str, cluster: str) -> None:
+    """Remove everything a cluster keeps on the bus (tests, and decommissioning a cluster)."""
+    nc = await nats.connect(servers=[url], connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        try:
+            await js.delete_stream(f"SG_{check_cluster_name(cluster)}")
+        except nats.js.errors.NotFoundError:
+            pass
+    finally:
+        await nc.close()
