@@ -14,7 +14,7 @@ from streamgauge import __version__
 from streamgauge.config import Settings
 from streamgauge.core.engine import Engine, load_admin_token
 from streamgauge.domain.errors import StreamgaugeError
-from streamgauge.faces import docs, dt, http, limits
+from streamgauge.faces import docs, dt, http, influx, limits
 from streamgauge.faces.dt import http as dt_http
 from streamgauge.faces.native import router as native_router
 from streamgauge.faces.openapi import declare_errors
@@ -63,6 +63,8 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
         responders=(
             ("/v2", dt_http.bad_request_response),
             ("/v3", tapis_wire.bad_request_response),
+            ("/write", influx.bad_request_response),
+            ("/api/v2/", influx.bad_request_response),
         ),
     )
     app.add_exception_handler(StreamgaugeError, http.on_streamgauge_error)
@@ -72,6 +74,7 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
     app.include_router(native_router)
     app.include_router(feed_router)
     app.include_router(tapis_router)
+    app.include_router(influx.router)  # InfluxDB line protocol: /write, /api/v2/write
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, object]:

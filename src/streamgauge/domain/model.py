@@ -120,6 +120,24 @@ class ProjectIn(_In):
     owner: Name | None = None
     pi: Name | None = Field(default=None, description="Principal investigator.")
     metadata: Metadata = Field(default_factory=dict)
+    # Ingest bridges (InfluxDB line protocol, docs/ports.md)
+    autocreate: bool = Field(
+        default=False,
+        description=(
+            "Create devices and variables on first sight in line-protocol writes (catalog "
+            "units for known variable names); off: they must exist."
+        ),
+    )
+    device_tag: Annotated[str, StringConstraints(min_length=1, max_length=128)] = Field(
+        default="device", description="The line-protocol tag whose value names the device."
+    )
+    tags_as_labels: bool = Field(
+        default=False,
+        description=(
+            "Line-protocol tags other than the device tag become the device's labels "
+            "(off: they are ignored)."
+        ),
+    )
 
 
 class Project(ProjectIn):
