@@ -29,14 +29,23 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
     token = admin_token or load_admin_token(settings)[0]
     engine = Engine(settings, token)
     dt_face = dt.DTFace(engine)
+    bridge = None
+    if settings.mqtt:  # MQTT ingest (ports/mqtt.py)
+        from streamgauge.ports.mqtt import MqttBridge
+
+        bridge = MqttBridge(engine, settings.mqtt)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
         await dt_face.start()
+        if bridge is not None:
+            await bridge.start()
         try:
             yield
         finally:
+            if bridge is not None:
+                await bridge.stop()
             await dt_face.stop()
             await engine.stop()
 
@@ -52,6 +61,7 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
     docs.add_docs(app)
     app.state.engine = engine
     app.state.dt = dt_face
+    app.state.mqtt = bridge
     app.add_middleware(
         limits.BodyLimit,
         ingest_bytes=settings.max_body_bytes,

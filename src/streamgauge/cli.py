@@ -84,11 +84,20 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _serve(host: str, port: int, data: Path) -> None:
+def _serve(host: str, port: int, data: Path, mqtt: str | None = None) -> None:
+    settings = Settings(data=data)
+    if mqtt:
+        settings = settings.model_copy(update={"mqtt": mqtt})
+    if settings.mqtt:
+        from streamgauge.ports.mqtt import parse_url
+
+        try:
+            parse_url(settings.mqtt)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--mqtt") from exc
     sock = _listen(host, port)
     from streamgauge.core.engine import load_admin_token
 
-    settings = Settings(data=data)
     token, generated = load_admin_token(settings)
     if generated:
         console.print(
@@ -114,13 +123,20 @@ def serve(
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8080,
     data: DataOpt = Path("streamgauge-data"),
+    mqtt: Annotated[
+        str | None,
+        typer.Option(
+            help="Ingest from this MQTT broker: mqtt://[user:password@]host[:port] or mqtts://"
+            " (STREAMGAUGE_MQTT; see docs/ports.md).",
+        ),
+    ] = None,
 ) -> None:
     """Serve every API on one port, with embedded storage in DATA.
 
     STREAMGAUGE_ADMIN_TOKEN sets the admin's bearer token; if unset, one is generated, stored in
     DATA/admin-token and printed once. Other settings: STREAMGAUGE_* (see docs/configuration.md).
     """
-    _serve(host, port, data)
+    _serve(host, port, data, mqtt)
 
 
 @app.command()
