@@ -14,7 +14,10 @@ from streamgauge.core.lineproto import LineErrors, parse, precision_ns
 
 
 def test_one_line_many_fields_and_types() -> None:
-    body = b'weather,device=D1,site=roof air_temp=1.5,count=3i,up=7u,ok=true,note="hi \\"x\\"" 1700000000123456789'
+    body = (
+        b"weather,device=D1,site=roof "
+        b'air_temp=1.5,count=3i,up=7u,ok=true,note="hi \\"x\\"" 1700000000123456789'
+    )
     (pt,) = parse(body)
     assert pt.line == 1 and pt.device == "D1" and pt.tags == {"site": "roof"}
     assert pt.fields == {"air_temp": 1.5, "count": 3.0, "up": 7.0, "ok": 1.0, "note": 'hi "x"'}
@@ -23,10 +26,17 @@ def test_one_line_many_fields_and_types() -> None:
 
 @pytest.mark.parametrize(
     ("precision", "stamp", "ms"),
-    [("ns", 1_700_000_000_000_000_000, 1_700_000_000_000), ("us", 1_700_000_000_000_000, 1_700_000_000_000),
-     ("u", 5_000, 5), ("ms", 1_700_000_000_001, 1_700_000_000_001), ("s", 1_700_000_000, 1_700_000_000_000),
-     ("m", 2, 120_000), ("h", 1, 3_600_000), (None, 1_000_000, 1)],
-)  # fmt: skip
+    [
+        ("ns", 1_700_000_000_000_000_000, 1_700_000_000_000),
+        ("us", 1_700_000_000_000_000, 1_700_000_000_000),
+        ("u", 5_000, 5),
+        ("ms", 1_700_000_000_001, 1_700_000_000_001),
+        ("s", 1_700_000_000, 1_700_000_000_000),
+        ("m", 2, 120_000),
+        ("h", 1, 3_600_000),
+        (None, 1_000_000, 1),
+    ],
+)
 def test_precisions(precision: str | None, stamp: int, ms: int) -> None:
     (pt,) = parse(f"m,device=d f=1 {stamp}".encode(), precision=precision_ns(precision))
     assert pt.time_ms == ms
