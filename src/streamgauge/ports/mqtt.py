@@ -221,6 +221,7 @@ class MqttBridge:
         self.rejects = RejectLog(s.mqtt_error_log_seconds)
         self.journal = ArrivalJournal(s.data / "mqtt-arrivals", sync=s.durability == "full")
         self._inbox: collections.deque[_Msg] = collections.deque()
+        self._last_arrival: dict[str, int] = {}  # topic -> the last arrival time given
         self._signalled = False
         self._lock = threading.Lock()
         self._wake = asyncio.Event()
@@ -360,20 +361,28 @@ class MqttBridge:
                     project, codec.TOO_LARGE, f"{len(m.payload)} bytes; at most {s.max_body_bytes}"
                 )
                 continue
-            arrival = m.arrival_ms
+            # Arrival times of one topic (one series) strictly increase: a backlog the broker
+            # delivers in one burst must not put two values at one time.
+            arrival = max(m.arrival_ms, self._last_arrival.get(m.topic, m.arrival_ms - 1) + 1)
             digest = ""
+            known = None
             if m.qos > 0:
                 digest = self.journal.digest(m.topic, m.payload)
                 known = self.journal.get(m.mid, digest) if m.dup else None
-                arrival = arrival if known is None else known
             got = codec.decode(
-                m.topic, m.payload, prefix=self.prefix, arrival_ms=arrival, max_errors=5
+                m.topic,
+                m.payload,
+                prefix=self.prefix,
+                arrival_ms=arrival if known is None else known,
+                max_errors=5,
             )
             if isinstance(got, codec.Rejected):
                 rejected[i] = got
                 continue
-            if got.arrival and m.qos > 0:
-                arrivals.append((m.mid, digest, arrival))
+            if got.arrival and known is None:
+                self._last_arrival[m.topic] = arrival
+                if m.qos > 0:
+                    arrivals.append((m.mid, digest, arrival))
             groups.setdefault(got.project, []).append((i, got.rows))
         self.journal.record(arrivals)  # before the commit: a redelivery gets the same time
         for project_id, items in groups.items():
