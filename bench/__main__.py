@@ -5,6 +5,8 @@
     quality    ingest with QC on and off, then 1,000 differently filtered streams at 10,000 obs/s
     feed       1,000 push-feed sessions against a plain websockets broadcast, memory per session
     feed-cpu   the server's CPU per fan-out round of those sessions, in one process, no sockets
+    ports      MQTT messages/s from Mosquitto (1 obs and 500-row messages) and line-protocol
+               points/s, against native NDJSON of the same observations
 
 Each workload takes its own ``--help``.
 """
@@ -19,6 +21,7 @@ WORKLOADS = {
     "quality": "bench.quality",
     "feed": "bench.feed",
     "feed-cpu": "bench.feed_cpu",
+    "ports": "bench.ports",
 }
 
 
