@@ -93,8 +93,8 @@ def _mqtt_round(
         infos = [client.publish(topic, body, qos=1) for topic, body in items[k : k + WINDOW]]
         for info in infos:
             info.wait_for_publish()
-        done = k + len(infos)
-        _wait(lambda: _metric(base, pattern) >= before + done - WINDOW // 2, "the MQTT messages")
+        target = before + k + len(infos) - WINDOW // 2
+        _wait(lambda t=target: _metric(base, pattern) >= t, "the MQTT messages")
     _wait(lambda: _metric(base, pattern) >= before + len(items), "the MQTT messages")
     return time.perf_counter() - started
 
