@@ -8,6 +8,8 @@
     feed-cpu   the server's CPU per fan-out round of those sessions, in one process, no sockets
     timeseries backfill rate with live p50/p99, a year of minutes aggregated to days against
                reading its rows, latest over 30,000 stations, a retention pass (--quick)
+    ports      MQTT messages/s from Mosquitto (1 obs and 500-row messages) and line-protocol
+               points/s, against native NDJSON of the same observations
 
 Each workload takes its own ``--help``.
 """
@@ -24,6 +26,7 @@ WORKLOADS = {
     "feed": "bench.feed",
     "feed-cpu": "bench.feed_cpu",
     "timeseries": "bench.timeseries",
+    "ports": "bench.ports",
 }
 
 

@@ -14,7 +14,7 @@ from streamgauge import __version__
 from streamgauge.config import Settings
 from streamgauge.core.engine import Engine, load_admin_token
 from streamgauge.domain.errors import StreamgaugeError
-from streamgauge.faces import docs, dt, http, limits, ui
+from streamgauge.faces import docs, dt, http, influx, limits, ui
 from streamgauge.faces.dt import http as dt_http
 from streamgauge.faces.native import router as native_router
 from streamgauge.faces.openapi import declare_errors
@@ -29,14 +29,23 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
     token = admin_token or load_admin_token(settings)[0]
     engine = Engine(settings, token)
     dt_face = dt.DTFace(engine)
+    bridge = None
+    if settings.mqtt:  # MQTT ingest (ports/mqtt.py)
+        from streamgauge.ports.mqtt import MqttBridge
+
+        bridge = MqttBridge(engine, settings.mqtt)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
         await dt_face.start()
+        if bridge is not None:
+            await bridge.start()
         try:
             yield
         finally:
+            if bridge is not None:
+                await bridge.stop()
             await dt_face.stop()
             await engine.stop()
 
@@ -53,6 +62,7 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
     ui.add_ui(app)  # the dashboard at /ui/, and / leads there
     app.state.engine = engine
     app.state.dt = dt_face
+    app.state.mqtt = bridge
     app.add_middleware(
         limits.BodyLimit,
         ingest_bytes=settings.max_body_bytes,
@@ -64,6 +74,8 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
         responders=(
             ("/v2", dt_http.bad_request_response),
             ("/v3", tapis_wire.bad_request_response),
+            ("/write", influx.bad_request_response),
+            ("/api/v2/", influx.bad_request_response),
         ),
     )
     app.add_exception_handler(StreamgaugeError, http.on_streamgauge_error)
@@ -73,6 +85,7 @@ def create_app(settings: Settings | None = None, *, admin_token: str | None = No
     app.include_router(native_router)
     app.include_router(feed_router)
     app.include_router(tapis_router)
+    app.include_router(influx.router)  # InfluxDB line protocol: /write, /api/v2/write
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, object]:

@@ -102,9 +102,16 @@ def _probe_bus(url: str) -> None:
 
 
 def _serve(
-    host: str, port: int, data: Path, bus: str | None = None, cluster: str | None = None
+    host: str,
+    port: int,
+    data: Path,
+    bus: str | None = None,
+    cluster: str | None = None,
+    mqtt: str | None = None,
 ) -> None:
     overrides: dict[str, object] = {"data": data}
+    if mqtt:
+        overrides["mqtt"] = mqtt
     if bus is not None:
         overrides["bus"] = bus
     if cluster is not None:
@@ -112,6 +119,13 @@ def _serve(
     settings = Settings(**overrides)  # type: ignore[arg-type]
     if settings.bus:
         _probe_bus(settings.bus)
+    if settings.mqtt:
+        from streamgauge.ports.mqtt import parse_url
+
+        try:
+            parse_url(settings.mqtt)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--mqtt") from exc
     sock = _listen(host, port)
     from streamgauge.core.engine import load_admin_token
 
@@ -159,13 +173,20 @@ def serve(
             envvar="STREAMGAUGE_CLUSTER",
         ),
     ] = None,
+    mqtt: Annotated[
+        str | None,
+        typer.Option(
+            help="Ingest from this MQTT broker: mqtt://[user:password@]host[:port] or mqtts://"
+            " (STREAMGAUGE_MQTT; see docs/ports.md).",
+        ),
+    ] = None,
 ) -> None:
     """Serve every API on one port, with embedded storage in DATA.
 
     STREAMGAUGE_ADMIN_TOKEN sets the admin's bearer token; if unset, one is generated, stored in
     DATA/admin-token and printed once. Other settings: STREAMGAUGE_* (see docs/configuration.md).
     """
-    _serve(host, port, data, bus, cluster)
+    _serve(host, port, data, bus, cluster, mqtt)
 
 
 @app.command()

@@ -427,3 +427,61 @@ class Settings(BaseSettings):
     actor_timeout_seconds: float = Field(
         default=60.0, gt=0, le=3600, description="Longest run of one actor."
     )
+
+    # MQTT ingest (docs/ports.md)
+    mqtt: str | None = Field(
+        default=None,
+        description=(
+            "Broker to take observations from: mqtt://[user:password@]host[:port] or "
+            "mqtts://... (TLS). Subscribes with QoS 1 and a persistent session; a message "
+            "is acknowledged only after its observations are committed. Unset: no MQTT."
+        ),
+    )
+    mqtt_topic_prefix: str = Field(
+        default="streamgauge",
+        min_length=1,
+        max_length=256,
+        pattern=r"^[^+#\x00]+$",
+        description=(
+            "First topic levels of the MQTT topics: PREFIX/{project}/{device}/{variable} "
+            "(one observation) and PREFIX/{project}/observations (native rows); rejected "
+            "messages are published to PREFIX/{project}/errors."
+        ),
+    )
+    mqtt_client_id: str | None = Field(
+        default=None,
+        max_length=128,
+        description=(
+            "MQTT client id of the persistent session. Unset: one is generated and kept in "
+            "the data folder (mqtt-client-id), so a restart resumes the same session."
+        ),
+    )
+    mqtt_shared_group: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=r"^[^/+#\x00]+$",
+        description=(
+            "Subscribe through the shared subscription $share/GROUP/...: with several nodes "
+            "on one broker, each message goes to one of them (cluster mode). Unset: a plain "
+            "subscription, unless STREAMGAUGE_CLUSTER names a cluster (then the group is "
+            "'streamgauge')."
+        ),
+    )
+    mqtt_ca_file: Path | None = Field(
+        default=None,
+        description="CA certificates (PEM) to verify an mqtts:// broker; unset: the system's.",
+    )
+    mqtt_batch_messages: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "Most MQTT messages ingested in one batch (one commit, then their acknowledgements)."
+        ),
+    )
+    mqtt_error_log_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=86400,
+        description="Rejected MQTT messages are logged once per reason per this many seconds.",
+    )

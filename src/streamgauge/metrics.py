@@ -76,6 +76,20 @@ class Metrics:
             buckets=_LATENCY_BUCKETS + (10.0, 30.0),
             registry=r,
         )
+        self.mqtt_messages = Counter(
+            "streamgauge_mqtt_messages",
+            "MQTT messages taken from the broker by outcome: ingested (committed, then "
+            "acknowledged) or rejected (acknowledged, published to PREFIX/{project}/errors), "
+            "with the reason of a rejection (ok for ingested ones)",
+            ["outcome", "reason"],
+            registry=r,
+        )
+        self.mqtt_batches = Counter(
+            "streamgauge_mqtt_batches", "Batches of MQTT messages ingested", registry=r
+        )
+        self.mqtt_connected = Gauge(
+            "streamgauge_mqtt_connected", "1 while connected to the MQTT broker", registry=r
+        )
         self._gc_started = 0.0
 
     def on_gc(self, phase: str, info: dict[str, int]) -> None:

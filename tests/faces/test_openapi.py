@@ -110,6 +110,10 @@ def _resolve(doc: dict[str, Any], ref: str) -> dict[str, Any]:
 def _face_schema(path: str) -> str:
     if path.startswith("/v2/"):
         return "DTStreamError" if path.endswith("devices:stream") else "DTError"
+    if path == "/write":
+        return "InfluxV1Error"
+    if path.startswith("/api/v2/"):
+        return "InfluxV2Error"
     return "TapisError" if path.startswith("/v3/") else "NativeError"
 
 

@@ -33,6 +33,7 @@ from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.framing import Framing
 from streamgauge.core.handoff import Handoff
 from streamgauge.core.hub import Hub, Item, Sink, Subscription
+from streamgauge.core.ingest import Row as IngestRow
 from streamgauge.core.registry import DeviceRec, ProjectRec
 from streamgauge.core.services import AccountService, MetadataService
 from streamgauge.core.services.timeseries import TimeSeries
@@ -284,9 +285,27 @@ class Engine:
         """Decode, check and append a batch. ``future_limit=False`` lifts ``max_future_seconds``
         (the Tapis face: Tapis stores times in the future)."""
         started = time.perf_counter()
+        try:
+            rows = ingest.decode(body, ndjson=ndjson, max_errors=self.settings.max_batch_errors)
+        except StreamgaugeError as exc:
+            self.metrics.ingest_rejected.labels(str(exc.status)).inc()
+            raise
+        return await self.ingest_rows(project, rows, future_limit=future_limit, started=started)
+
+    async def ingest_rows(
+        self,
+        project: ProjectRec,
+        rows: list[IngestRow],
+        *,
+        future_limit: bool = True,
+        started: float | None = None,
+    ) -> AppendResult:
+        """Check and append rows a face decoded from its own wire format (the line protocol,
+        MQTT messages), all or nothing: ``Invalid`` naming each bad row by its index in
+        ``rows``, or ``Conflict`` naming the rows that conflict with stored observations."""
+        started = time.perf_counter() if started is None else started
         s = self.settings
         try:
-            rows = ingest.decode(body, ndjson=ndjson, max_errors=s.max_batch_errors)
             if not rows:
                 raise BadRequest("the batch holds no observations")
             columns = ingest.resolve(

@@ -151,6 +151,24 @@ class ProjectIn(_In):
     rollup: Rollup | None = Field(
         default=None, description="Keep aggregates of expired observations (see retention_days)."
     )
+    # Ingest bridges (InfluxDB line protocol, docs/ports.md)
+    autocreate: bool = Field(
+        default=False,
+        description=(
+            "Create devices and variables on first sight in line-protocol writes (catalog "
+            "units for known variable names); off: they must exist."
+        ),
+    )
+    device_tag: Annotated[str, StringConstraints(min_length=1, max_length=128)] = Field(
+        default="device", description="The line-protocol tag whose value names the device."
+    )
+    tags_as_labels: bool = Field(
+        default=False,
+        description=(
+            "Line-protocol tags other than the device tag become the device's labels "
+            "(off: they are ignored)."
+        ),
+    )
 
 
 class Project(ProjectIn):

@@ -43,6 +43,8 @@ INGEST_ROUTES = frozenset(
         ("POST", "/api/v1/projects/{project}/observations"),
         ("POST", "/v3/streams/measurements"),
         ("POST", "/v2/projects/{project}/devices/{device}:publish"),
+        ("POST", "/write"),  # InfluxDB 1.x line protocol (faces/influx.py)
+        ("POST", "/api/v2/write"),  # InfluxDB 2.x line protocol
     }
 )
 
@@ -53,6 +55,10 @@ def face_of(path: str) -> str:
         return "dt"
     if path == "/v3" or path.startswith("/v3/"):
         return "tapis"
+    if path == "/write":
+        return "influx1"
+    if path == "/api/v2" or path.startswith("/api/v2/"):
+        return "influx2"
     return "native"
 
 
@@ -70,6 +76,10 @@ def face_error(path: str, status: int, code: str, message: str) -> Response:
         from streamgauge.faces.tapis.wire import error_envelope
 
         return error_envelope(status, message, [])
+    if face in ("influx1", "influx2"):
+        from streamgauge.faces.influx import v1_error, v2_error
+
+        return (v1_error if face == "influx1" else v2_error)(status, message)
     return http.error_response(status, code, message, [])
 
 

@@ -3,7 +3,8 @@
 FastAPI declares a 2xx and its own 422 shape; our faces answer other statuses in their own
 shapes. ``declare_errors`` walks the generated document and gives each operation the 4xx it can
 answer, each referring to its face's error schema (``NativeError``, ``DTError``,
-``DTStreamError``, ``TapisError``), by rules on the method, the path and the face, so a route
+``DTStreamError``, ``TapisError``, ``InfluxV1Error``, ``InfluxV2Error``), by rules on the
+method, the path and the face, so a route
 added later is covered without a word in its decorator:
 
 * 400 everywhere: every route refuses an undeclared query parameter and a query string that is
@@ -109,6 +110,23 @@ ERROR_SCHEMAS: dict[str, dict[str, Any]] = {
             },
         },
     },
+    "InfluxV1Error": {
+        "title": "InfluxV1Error",
+        "description": "Every error of the InfluxDB 1.x write route (/write), as InfluxDB answers.",
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string", "description": "What was wrong, and where."}},
+    },
+    "InfluxV2Error": {
+        "title": "InfluxV2Error",
+        "description": "Every error of the InfluxDB 2.x write route (/api/v2/write).",
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {
+            "code": {"type": "string", "description": "e.g. invalid, unauthorized, not found."},
+            "message": {"type": "string", "description": "What was wrong, and where."},
+        },
+    },
 }
 
 DESCRIPTIONS = {
@@ -145,6 +163,8 @@ def _schema_for(method: str, path: str) -> str:
     face = face_of(path)
     if face == "dt":
         return "DTStreamError" if (method, path) in STREAMS else "DTError"
+    if face in ("influx1", "influx2"):
+        return "InfluxV1Error" if face == "influx1" else "InfluxV2Error"
     return "TapisError" if face == "tapis" else "NativeError"
 
 

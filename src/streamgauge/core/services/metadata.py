@@ -10,7 +10,7 @@ caller's principal.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Generic, Literal
 
 from streamgauge.auth import Action, Principal, authorize, visible_projects
@@ -196,3 +196,65 @@ class MetadataService(Generic[TxT, ConnT]):
     async def delete_variable(self, variable: VariableRec) -> None:
         reg = self._reg
         await self._store.write(lambda tx: self._tables.delete_variable(tx, reg, variable))
+
+    # -- bridges: devices and variables on first sight ------------------------------------------
+
+    def missing(
+        self,
+        project: ProjectRec,
+        wanted: Mapping[str, tuple[Collection[str], Mapping[str, str] | None]],
+    ) -> bool:
+        """Whether ``ensure`` has anything to do (a device, a variable or a label is not there)."""
+        reg = self._reg
+        for device_id, (variables, labels) in wanted.items():
+            rec = reg.devices.get((project.pk, device_id))
+            if rec is None:
+                return True
+            if any((rec.pk, v) not in reg.variables for v in variables):
+                return True
+            if labels and any(rec.doc.labels.get(k) != v for k, v in labels.items()):
+                return True
+        return False
+
+    async def ensure(
+        self,
+        project: ProjectRec,
+        wanted: Mapping[str, tuple[Collection[str], Mapping[str, str] | None]],
+        *,
+        create: bool,
+    ) -> None:
+        """In one transaction: with ``create``, the devices and variables of ``wanted`` (device
+        id -> (variable ids, labels)) that do not exist yet (a variable's name is its id, so a
+        catalog name gets the catalog's unit); and the labels given that differ from a
+        device's (merged into its labels). Ids must be valid (``model.ID_RE``): the caller
+        checks them and names where a bad one came from. Nothing is written when nothing is
+        missing."""
+        if not self.missing(project, wanted):
+            return
+        reg = self._reg
+        todo = {k: (list(v), dict(labels or {})) for k, (v, labels) in wanted.items()}
+
+        def run(tx: Any) -> None:
+            new: list[DeviceIn] = []
+            for device_id, (variables, labels) in todo.items():
+                rec = reg.devices.get((project.pk, device_id))
+                if rec is None:
+                    if create:
+                        new.append(
+                            DeviceIn(
+                                id=device_id,
+                                labels=labels,
+                                variables=[VariableIn(name=v) for v in variables],
+                            )
+                        )
+                    continue
+                absent = [VariableIn(name=v) for v in variables if (rec.pk, v) not in reg.variables]
+                if absent and create:
+                    self._tables.create_variables(tx, reg, project, rec, absent, skip_existing=True)
+                if labels and any(rec.doc.labels.get(k) != v for k, v in labels.items()):
+                    patch = {"labels": {**rec.doc.labels, **labels}}
+                    self._tables.update_device(tx, reg, project, rec, patch)
+            if new:
+                self._tables.create_devices(tx, reg, project, new, skip_existing=True)
+
+        await self._store.write(run)
