@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamgauge.core.registry import AccountRec
+from streamgauge.core.registry import AccountRec, Registry
 from streamgauge.domain.errors import Unavailable
 from streamgauge.domain.face_state import DTAccountSettings, StoredConnector
 from streamgauge.domain.log import HistoryQuery, IngestColumns
@@ -23,7 +23,7 @@ from streamgauge.store.sqlite.store import SqliteStore, Tx
 
 
 async def open_store(path: Path) -> SqliteStore:
-    store = SqliteStore(path / "db")
+    store = SqliteStore(path / "db", registry=Registry())
     await store.open(lambda batch: None)
     return store
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from streamgauge.config import Settings
 from streamgauge.core.engine import Engine
+from streamgauge.core.registry import Registry
 from streamgauge.domain.batch import Batch
 from streamgauge.store.api import Store
 from streamgauge.store.factory import BACKENDS, DB_NAME, SQLITE, open_store
@@ -19,7 +20,7 @@ from streamgauge.store.sqlite.store import SqliteStore, Tx
 
 async def test_open_store_builds_the_embedded_store_of_the_settings(tmp_path: Path) -> None:
     settings = Settings(data=tmp_path / "data", durability="full", qc=False)
-    store: Store[Tx, sqlite3.Connection] = open_store(settings)
+    store: Store[Tx, sqlite3.Connection] = open_store(settings, registry=Registry())
     assert isinstance(store, SqliteStore)
     assert (store.path, store.durability, store.quality_control) == (
         settings.data / DB_NAME,

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamgauge.core.registry import Registry
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import Conflict
 from streamgauge.domain.log import HistoryQuery, IngestColumns
@@ -17,7 +18,7 @@ from streamgauge.store.sqlite.store import SqliteStore
 
 
 async def open_store(path: Path, published: list[Batch], chunk: int = 8) -> SqliteStore:
-    store = SqliteStore(path / "db", index_chunk_rows=chunk)
+    store = SqliteStore(path / "db", index_chunk_rows=chunk, registry=Registry())
     await store.open(published.append)
     return store
 

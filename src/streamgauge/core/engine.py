@@ -31,7 +31,7 @@ from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.framing import Framing
 from streamgauge.core.handoff import Handoff
 from streamgauge.core.hub import Hub, Item, Sink, Subscription
-from streamgauge.core.registry import DeviceRec, ProjectRec
+from streamgauge.core.registry import DeviceRec, ProjectRec, Registry
 from streamgauge.core.services import AccountService, MetadataService
 from streamgauge.core.units import METRIC, UnitSystem, describe
 from streamgauge.domain.batch import Batch, concat, empty_batch
@@ -79,11 +79,11 @@ def load_admin_token(settings: Settings) -> tuple[str, bool]:
 class Engine:
     def __init__(self, settings: Settings, admin_token: str) -> None:
         self.settings = settings
+        # The metadata read model: the store loads it and hands it every committed change.
+        self.registry = Registry()
         # The duplicate/conflict rule and QC run in the store's writer, in commit order.
-        self.store: EmbeddedStore = open_store(
-            settings, lambda registry: LogRules(registry, quality_control=settings.qc)
-        )
-        self.registry = self.store.registry
+        rules = LogRules(self.registry, quality_control=settings.qc)
+        self.store: EmbeddedStore = open_store(settings, lambda _: rules, registry=self.registry)
         self.metrics = Metrics()
         self.hub = Hub(on_direct=self.metrics.delivery_seconds.observe)
         self.tokens = TokenIssuer.load(settings.data)
@@ -125,12 +125,12 @@ class Engine:
         # Alert channels: rules on every committed batch, actions through deliveries and actors.
         self.alerting = Alerting(self)
         # The services every face calls (core/services/).
-        self.metadata = MetadataService(self.store, settings)
+        self.metadata = MetadataService(self.store, self.registry, settings)
         self.metadata.project_deleted += [
             lambda pk: self.hub.close_project(pk, "project deleted"),
             self.alerting.forget_project,
         ]
-        self.accounts = AccountService(self.store, self.auth, self.tokens)
+        self.accounts = AccountService(self.store, self.registry, self.auth, self.tokens)
 
     async def start(self) -> None:
         private_dir(self.settings.data)

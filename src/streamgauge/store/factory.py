@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from streamgauge.config import Settings
-from streamgauge.core.registry import Registry
 from streamgauge.domain.commit import CommitRules
+from streamgauge.domain.readmodel import ReadModel
 from streamgauge.store.api import (
     AlertTables,
     ConsumerPositions,
@@ -39,7 +39,7 @@ EmbeddedStore = Store[Tx, sqlite3.Connection]
 DB_NAME = "streamgauge.db"  # the embedded database, in the data directory
 
 # The engine's commit rules (duplicates, conflicts, QC) over the store's registry.
-Rules = Callable[[Registry], CommitRules]
+Rules = Callable[[ReadModel], CommitRules]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +47,9 @@ class Backend(Generic[TxT, ConnT]):
     """A storage backend: how to build its store, and its table modules and services."""
 
     name: str
-    # (settings, the engine's commit rules or None for the default) -> the store, not yet opened
-    open_store: Callable[[Settings, Rules | None], Store[TxT, ConnT]]
+    # (settings, the engine's commit rules or None for the default, the engine's registry) ->
+    # the store, not yet opened
+    open_store: Callable[[Settings, Rules | None, ReadModel], Store[TxT, ConnT]]
     metadata: MetadataTables[TxT, ConnT]
     alerts: AlertTables[TxT, ConnT]
     deliveries: DeliveryTables[TxT, ConnT]
@@ -57,7 +58,7 @@ class Backend(Generic[TxT, ConnT]):
     consumer_positions: Callable[[Store[TxT, ConnT]], ConsumerPositions]  # core/consumers
 
 
-def _sqlite_store(settings: Settings, rules: Rules | None = None) -> EmbeddedStore:
+def _sqlite_store(settings: Settings, rules: Rules | None, registry: ReadModel) -> EmbeddedStore:
     return SqliteStore(
         settings.data / DB_NAME,
         durability=settings.durability,
@@ -65,6 +66,7 @@ def _sqlite_store(settings: Settings, rules: Rules | None = None) -> EmbeddedSto
         readers=settings.readers,
         quality_control=settings.qc,
         rules=rules,
+        registry=registry,
     )
 
 
@@ -81,9 +83,12 @@ SQLITE: Backend[Tx, sqlite3.Connection] = Backend(
 BACKENDS: dict[str, Backend[Tx, sqlite3.Connection]] = {SQLITE.name: SQLITE}
 
 
-def open_store(settings: Settings, rules: Rules | None = None) -> EmbeddedStore:
+def open_store(
+    settings: Settings, rules: Rules | None = None, *, registry: ReadModel
+) -> EmbeddedStore:
     """The store of ``settings`` (the embedded SQLite database in ``settings.data``), built and
     not yet opened: the engine calls ``open`` with its publish callback. ``rules``: the core's
     duplicate/conflict rule and QC, built over the store's registry (``core.dedupe.LogRules``
-    when omitted)."""
-    return SQLITE.open_store(settings, rules)
+    when omitted). ``registry``: the engine's (``core.registry.Registry``), which the store
+    loads on open and hands every committed transaction's metadata events."""
+    return SQLITE.open_store(settings, rules, registry)

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from streamgauge.config import Settings
+from streamgauge.core.registry import Registry
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.model import DeviceIn, ProjectIn, QCLimits, VariableIn
 from streamgauge.store.api import (
@@ -72,7 +73,7 @@ class Harness:
 
     async def open(self) -> Store[Any, Any]:
         self.published = []
-        store = self.backend.open_store(self.settings)
+        store = self.backend.open_store(self.settings, None, Registry())
         await store.open(self.published.append)
         self._store = store
         return store

@@ -32,9 +32,11 @@ Also = Callable[["Tx", AccountRec], object]
 
 
 class AccountService:
-    def __init__(self, store: MetadataStore, auth: Authenticator, tokens: TokenIssuer) -> None:
+    def __init__(
+        self, store: MetadataStore, registry: Registry, auth: Authenticator, tokens: TokenIssuer
+    ) -> None:
         self._store = store
-        self._reg: Registry = store.registry
+        self._reg = registry
         self._auth = auth
         self._tokens = tokens
 
@@ -95,13 +97,14 @@ class AccountService:
         id_ = id or new_id("sa")
         reg = self._reg
 
-        def run(tx: Tx) -> AccountRec:
+        def run(tx: Tx) -> int:
             rec = metadata.create_account(tx, reg, project, id_, name or id_, role)
             if also is not None:
                 also(tx, rec)
-            return rec
+            return rec.pk
 
-        return await self._store.write(run)
+        pk = await self._store.write(run)
+        return reg.accounts_by_pk[pk]  # the registry's record, built from the committed events
 
     async def update(
         self,

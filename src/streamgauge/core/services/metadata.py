@@ -1,11 +1,11 @@
 """Projects, sites, devices and variables: the engine's metadata operations.
 
-Every write is one store transaction (``store/sqlite/metadata.py`` runs inside it, and changes the
-registry after the commit); bulk creates are all or nothing, ``if_exists="skip"`` leaves an item
-whose id exists as it is and returns it unchanged. Reads come from the registry. A method that
-acts on a project takes the project's record as returned by :meth:`MetadataService.project`,
-which has checked the caller's role; the methods that decide a permission of their own take the
-caller's principal.
+Every write is one store transaction (``store/sqlite/metadata.py`` runs inside it and writes the
+change's metadata events, which the registry applies after the commit); bulk creates are all or
+nothing, ``if_exists="skip"`` leaves an item whose id exists as it is and returns it unchanged.
+Reads come from the registry. A method that acts on a project takes the project's record as
+returned by :meth:`MetadataService.project`, which has checked the caller's role; the methods
+that decide a permission of their own take the caller's principal.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ Patch = dict[str, Any]
 
 
 class MetadataService:
-    def __init__(self, store: MetadataStore, settings: Settings) -> None:
+    def __init__(self, store: MetadataStore, registry: Registry, settings: Settings) -> None:
         self._store = store
-        self._reg: Registry = store.registry
+        self._reg = registry
         self._settings = settings
         # Run after a project was deleted, with its pk (the engine closes its streams and forgets
         # its channels).

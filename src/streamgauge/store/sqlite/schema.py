@@ -184,6 +184,17 @@ MIGRATIONS: list[str] = [
     INSERT INTO state SELECT 'alert_cursor', coalesce(max(cursor), 0) FROM obs;
     INSERT INTO state VALUES ('alert_alive_ms', 0);
     """,
+    # 8: metadata changes as data: the events of each metadata write, written in its
+    # transaction (store/sqlite/metadata.py: write_events; pruned past its retention).
+    """
+    CREATE TABLE meta_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- commit order, never reused after a prune
+        time INTEGER NOT NULL,  -- commit time, ms
+        kind TEXT NOT NULL,  -- the event's type tag (domain/events.py)
+        payload TEXT NOT NULL  -- the event, serialized (events.encode)
+    );
+    CREATE INDEX meta_events_time ON meta_events (time);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
