@@ -8,7 +8,7 @@ them to the registry, whose ``apply`` is the only thing that changes the registr
 
 Events are values: frozen ``msgspec`` structs, each with a ``type`` tag, keyed by the stable
 integer pks of the tables. ``encode``/``decode`` give their serialized form (JSON; documents
-as their ``model_dump(mode="json")``), which the cluster mode ships between nodes: a registry
+with the fields they have set), which the cluster mode ships between nodes: a registry
 that applies, in order, the events of every committed transaction since it was empty holds
 exactly the metadata of the node that wrote them.
 
@@ -192,7 +192,9 @@ MetaEvent = (
 
 def _enc_hook(obj: Any) -> Any:
     if isinstance(obj, Project | Site | Device | Variable):
-        return obj.model_dump(mode="json")
+        # Only the fields set: what a document leaves unset (a variable's QC limits left to
+        # the catalog) stays unset on the other side.
+        return obj.model_dump(mode="json", exclude_unset=True)
     raise NotImplementedError(f"cannot encode {type(obj).__name__} in a metadata event")
 
 
