@@ -455,10 +455,11 @@ class SqliteStore:
                 # Applied now, so the batch's QC has its limits (and its pk is taken); written
                 # with the transaction's events, applied again after the commit (a no-op), and
                 # undone if the transaction fails.
+                if not created:
+                    tx.on_rollback.append(functools.partial(_forget_series, reg, created))
+                created.append((pk, dev.project_pk, dev.pk, var_pk, set_))
                 reg.apply(added)
                 tx.events.append(added)
-                tx.on_rollback.append(functools.partial(reg.apply, SeriesDropped(pk)))
-                created.append((pk, dev.project_pk, dev.pk, var_pk, set_))
             pks[j] = pk
         if created:
             tx.execute(
@@ -602,6 +603,11 @@ class SqliteStore:
             conn.execute("DELETE FROM temp.report_keys")
         conn.executemany("INSERT OR REPLACE INTO temp.report_keys VALUES (?, ?, ?)", rows)
         self._keys_marks[id(conn)] = mark
+
+
+def _forget_series(reg: ReadModel, created: list[tuple[int, int, int, int, int]]) -> None:
+    for row in created:
+        reg.apply(SeriesDropped(row[0]))
 
 
 def _succeed(fut: asyncio.Future[Any], result: Any) -> None:
