@@ -89,6 +89,6 @@ def open_store(
     """The store of ``settings`` (the embedded SQLite database in ``settings.data``), built and
     not yet opened: the engine calls ``open`` with its publish callback. ``rules``: the core's
     duplicate/conflict rule and QC, built over the store's registry (``core.dedupe.LogRules``
-    when omitted). ``registry``: the engine's (``core.registry.Registry``), which the store
+    when omitted). ``registry``: the engine's registry (its ``Registry``), which the store
     loads on open and hands every committed transaction's metadata events."""
     return SQLITE.open_store(settings, rules, registry)
