@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from streamgauge.core.batch import QC_NAMES, encode_rows, format_time, qc_names
 from streamgauge.core.framing import NDJSON
 from streamgauge.core.ingest import MAX_TIME, MIN_TIME
-from streamgauge.core.registry import Registry, SeriesRec, series_prefix
+from streamgauge.core.registry import Registry
 from streamgauge.core.units import ENGLISH, METRIC
 from streamgauge.domain.batch import Batch, concat, empty_batch
+from streamgauge.domain.events import SeriesAdded
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -24,7 +25,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def registry() -> Registry:
     reg = Registry()
     for pk, dev, var, set_ in [(1, "d0", "air_temp", 1), (2, "d1", 'we"ird', 3)]:
-        reg.add_series(SeriesRec(pk, 1, pk, pk, set_, dev, var, series_prefix(dev, var, set_)))
+        reg.apply(SeriesAdded(pk, 1, pk, pk, set_, dev, var))
     return reg
 
 

@@ -8,15 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamgauge.core.filters import CompiledSelection, LabelMatch, Selection, _gather_bits
-from streamgauge.core.registry import (
-    DeviceRec,
-    Registry,
-    SeriesRec,
-    VariableRec,
-    series_prefix,
-)
+from streamgauge.core.registry import DeviceRec, Registry, VariableRec
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import BadRequest
+from streamgauge.domain.events import DevicePut, SeriesAdded, SeriesDropped, VariablePut
 from streamgauge.domain.model import Device, Variable
 
 # project pk -> devices (id, type, labels), each with variables air_temp and wind_speed
@@ -36,7 +31,8 @@ VARIABLES = ("air_temp", "wind_speed")
 
 
 class Builder:
-    """Fills a registry the way the store does: devices, variables, then one series each."""
+    """Fills a registry the way the store does: events adding devices, variables, then one
+    series each."""
 
     def __init__(self) -> None:
         self.reg = Registry()
@@ -56,24 +52,20 @@ class Builder:
             labels=labels,
             metadata={},
         )
-        rec = DeviceRec(pk, project_pk, doc)
-        self.reg.put_device(rec)
-        return rec
+        self.reg.apply(DevicePut(pk, project_pk, doc))
+        return self.reg.devices_by_pk[pk]
 
     def variable(self, dev: DeviceRec, name: str, set_: int = 1) -> VariableRec:
         pk = len(self.reg.variables_by_pk) + 1
         doc = Variable(id=name, name=name, project=dev.doc.project, device=dev.doc.id, set=set_)
-        rec = VariableRec(pk, dev.pk, doc)
-        self.reg.put_variable(rec)
-        return rec
+        self.reg.apply(VariablePut(pk, dev.pk, doc))
+        return self.reg.variables_by_pk[pk]
 
     def series(self, dev: DeviceRec, var: VariableRec, set_: int = 1) -> int:
         pk = self.next_pk
         self.next_pk += 1
-        prefix = series_prefix(dev.doc.id, var.doc.id, set_)
-        self.reg.add_series(
-            SeriesRec(pk, dev.project_pk, dev.pk, var.pk, set_, dev.doc.id, var.doc.id, prefix)
-        )
+        added = SeriesAdded(pk, dev.project_pk, dev.pk, var.pk, set_, dev.doc.id, var.doc.id)
+        self.reg.apply(added)
         self.where[pk] = (dev.project_pk, dev.doc.id, var.doc.id)
         return pk
 
@@ -219,15 +211,15 @@ def test_new_series_extend_the_compiled_table() -> None:
     other = b.series(b.reg.devices[(1, "a")], b.reg.variables[(1, "air_temp")], set_=2)
     assert b.reg.version == version
     assert sel.mask(batch_of([extra, other, before[2]])).tolist() == [True, False, True]
-    # a new device is a metadata change: the store bumps the version and the table is rebuilt
+    # a new device is a metadata change: the version grows and the table is rebuilt
     dev_y = b.device(1, "y", "buoy", {})
-    b.reg.bump()
+    assert b.reg.version > version
     new_dev = b.series(dev_y, b.variable(dev_y, "air_temp"))
     mask = sel.mask(batch_of([extra, new_dev, other, before[2]]))
     assert mask.tolist() == [True, True, False, True]
 
 
-def test_metadata_change_recompiles_after_bump() -> None:
+def test_metadata_change_recompiles_on_a_new_version() -> None:
     b = build()
     sel = CompiledSelection(Selection(1, labels=(LabelMatch("parity", "odd"),)), b.reg)
     everything = batch_of(sorted(b.where))
@@ -236,12 +228,13 @@ def test_metadata_change_recompiles_after_bump() -> None:
         "b",
         "c",
     }
-    # device d gets parity=odd: without bump the compiled table is kept...
-    dev = b.reg.devices[(1, "d")]
-    b.reg.put_device(dev, dev.doc.model_copy(update={"labels": {"parity": "odd"}}))
+    # the compiled table is kept while the version stays...
     assert sel.mask(everything).tolist() == first.tolist()
-    # ...and a bump recompiles it
-    b.reg.bump()
+    # ...and device d getting parity=odd (an event: the version grows) recompiles it
+    dev = b.reg.devices[(1, "d")]
+    version = b.reg.version
+    b.reg.apply(DevicePut(dev.pk, 1, dev.doc.model_copy(update={"labels": {"parity": "odd"}})))
+    assert b.reg.version > version
     again = sel.mask(everything)
     chosen = {b.where[pk][1] for pk, k in zip(sorted(b.where), again.tolist(), strict=True) if k}
     assert chosen == {"b", "c", "d"}
@@ -252,8 +245,7 @@ def test_dropped_series_and_pks_beyond_the_table_are_masked_out() -> None:
     sel = CompiledSelection(Selection(1), b.reg)
     pks = sorted(b.where)
     assert sel.mask(batch_of(pks[:2])).tolist() == [True, True]
-    b.reg.drop_series(pks[0])
-    b.reg.bump()
+    b.reg.apply(SeriesDropped(pks[0]))
     far = b.reg.series_end + 5000  # a since-deleted series the table never saw
     mask = sel.mask(batch_of([pks[0], pks[1], far, 0]))
     assert mask.tolist() == [False, True, False, False]

@@ -12,9 +12,10 @@ from streamgauge.core.filterlang import parse_filter_on
 from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.framing import NDJSON, SSE, Framing
 from streamgauge.core.hub import Hub, Item, Subscription
-from streamgauge.core.registry import Registry, SeriesRec, series_prefix
+from streamgauge.core.registry import Registry
 from streamgauge.core.units import METRIC
 from streamgauge.domain.batch import Batch, merge_commits
+from streamgauge.domain.events import SeriesAdded
 
 # series pk -> (project pk, device pk, device id, variable id)
 SERIES = {
@@ -28,9 +29,7 @@ SERIES = {
 def registry() -> Registry:
     reg = Registry()
     for pk, (project_pk, device_pk, dev, var) in SERIES.items():
-        reg.add_series(
-            SeriesRec(pk, project_pk, device_pk, pk, 1, dev, var, series_prefix(dev, var, 1))
-        )
+        reg.apply(SeriesAdded(pk, project_pk, device_pk, pk, 1, dev, var))
     return reg
 
 

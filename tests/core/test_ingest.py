@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamgauge.core.ingest import MAX_TIME, MIN_TIME, Row, decode, resolve, to_ms
-from streamgauge.core.registry import DeviceRec, Registry, VariableRec
+from streamgauge.core.registry import Registry
 from streamgauge.domain.errors import BadRequest, Invalid, StreamgaugeError
+from streamgauge.domain.events import DevicePut, VariablePut
 from streamgauge.domain.model import Device, Variable
 
 NOW = 1_700_000_000_000
@@ -274,28 +275,19 @@ def registry() -> Registry:
         (2, 1, "d1", [(3, "air_temp", 1)]),
         (3, 2, "other", [(4, "air_temp", 1)]),
     ]:
-        dev = DeviceRec(
-            dev_pk,
-            project_pk,
-            Device(
-                id=dev_id,
-                project=f"p{project_pk}",
-                site=None,
-                type=None,
-                name=dev_id,
-                labels={},
-                metadata={},
-            ),
+        doc = Device(
+            id=dev_id,
+            project=f"p{project_pk}",
+            site=None,
+            type=None,
+            name=dev_id,
+            labels={},
+            metadata={},
         )
-        reg.put_device(dev)
+        reg.apply(DevicePut(dev_pk, project_pk, doc))
         for var_pk, name, set_ in variables:
-            var = VariableRec(
-                var_pk,
-                dev_pk,
-                Variable(id=name, name=name, project=f"p{project_pk}", device=dev_id, set=set_),
-            )
-            reg.variables[(dev_pk, name)] = var
-            reg.variables_by_pk[var_pk] = var
+            var = Variable(id=name, name=name, project=f"p{project_pk}", device=dev_id, set=set_)
+            reg.apply(VariablePut(var_pk, dev_pk, var))
     return reg
 
 
@@ -399,14 +391,9 @@ def test_finite_is_checked_after_conversion_to_the_canonical_unit() -> None:
     """issue 11 item 21: finiteness was checked before unit scaling, so 1e303 MPa was stored as
     +Inf Pa. Each row whose converted value overflows is named; nothing is resolved."""
     reg = registry()
-    var = VariableRec(
-        9,
-        1,
-        Variable(id="pres", name="pressure", unit="MPa", project="p1", device="d0"),
-    )
-    reg.variables[(1, "pres")] = var
-    reg.variables_by_pk[9] = var
-    assert var.scale == 1e6
+    doc = Variable(id="pres", name="pressure", unit="MPa", project="p1", device="d0")
+    reg.apply(VariablePut(9, 1, doc))
+    assert reg.variables[(1, "pres")].scale == 1e6
     rows = [r(variable="pres", value=v) for v in (0.5, 1e303, -1e303, 1e302)]
     with pytest.raises(Invalid) as err:
         resolve(rows, reg, 1, now_ms=NOW, max_future_ms=300_000)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamgauge.core.registry import AccountRec
+from streamgauge.core.registry import AccountRec, Registry
 from streamgauge.domain.errors import Unavailable
 from streamgauge.domain.face_state import DTAccountSettings, StoredConnector
 from streamgauge.domain.log import HistoryQuery, IngestColumns
@@ -24,7 +24,7 @@ from tests.store.rules import log_rules
 
 
 async def open_store(path: Path) -> SqliteStore:
-    store = SqliteStore(path / "db", rules=log_rules())
+    store = SqliteStore(path / "db", rules=log_rules(), registry=Registry())
     await store.open(lambda batch: None)
     return store
 

@@ -31,7 +31,7 @@ async def test_open_store_builds_the_embedded_store_of_the_settings(tmp_path: Pa
         given.append((registry, LogRules(registry, quality_control=False)))
         return given[-1][1]
 
-    store: Store[Tx, sqlite3.Connection] = open_store(settings, rules)
+    store: Store[Tx, sqlite3.Connection] = open_store(settings, rules, registry=Registry())
     assert isinstance(store, SqliteStore)
     assert (store.path, store.durability) == (settings.data / DB_NAME, "full")
     # the store runs the rules its caller built over its registry; it has none of its own

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamgauge.core.registry import Registry
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import Conflict
 from streamgauge.domain.log import HistoryQuery, IngestColumns
@@ -18,7 +19,7 @@ from tests.store.rules import log_rules
 
 
 async def open_store(path: Path, published: list[Batch], chunk: int = 8) -> SqliteStore:
-    store = SqliteStore(path / "db", index_chunk_rows=chunk, rules=log_rules())
+    store = SqliteStore(path / "db", index_chunk_rows=chunk, rules=log_rules(), registry=Registry())
     await store.open(published.append)
     return store
 

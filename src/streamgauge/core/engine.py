@@ -34,7 +34,7 @@ from streamgauge.core.framing import Framing
 from streamgauge.core.handoff import Handoff
 from streamgauge.core.hub import Hub, Item, Sink, Subscription
 from streamgauge.core.ingest import Row as IngestRow
-from streamgauge.core.registry import DeviceRec, ProjectRec
+from streamgauge.core.registry import DeviceRec, ProjectRec, Registry
 from streamgauge.core.services import AccountService, MetadataService
 from streamgauge.core.services.timeseries import TimeSeries
 from streamgauge.core.units import METRIC, UnitSystem, describe
@@ -79,14 +79,16 @@ def load_admin_token(settings: Settings) -> tuple[str, bool]:
 class Engine:
     def __init__(self, settings: Settings, admin_token: str) -> None:
         self.settings = settings
+        # The metadata read model: the store loads it and hands it every committed change.
+        self.registry = Registry()
         # The storage backend (store/factory.py): its store, table modules and services. The
         # core reaches storage only through it and the protocols of store/api.py.
         self.backend: Backend[Any, Any] = backend_for(settings)
         # The duplicate/conflict rule and QC run in the store's writer, in commit order.
+        rules = LogRules(self.registry, quality_control=settings.qc)
         self.store: Store[Any, Any] = self.backend.open_store(
-            settings, lambda registry: LogRules(registry, quality_control=settings.qc)
+            settings, lambda _: rules, self.registry
         )
-        self.registry = self.store.registry
         self.metrics = Metrics()
         self.hub = Hub(on_direct=self.metrics.delivery_seconds.observe)
         self.tokens = TokenIssuer.load(settings.data)
@@ -131,12 +133,14 @@ class Engine:
         # Alert channels: rules on every committed batch, actions through deliveries and actors.
         self.alerting = Alerting(self)
         # The services every face calls (core/services/).
-        self.metadata = MetadataService(self.store, self.backend.metadata, settings)
+        self.metadata = MetadataService(self.store, self.backend.metadata, self.registry, settings)
         self.metadata.project_deleted += [
             lambda pk: self.hub.close_project(pk, "project deleted"),
             self.alerting.forget_project,
         ]
-        self.accounts = AccountService(self.store, self.backend.metadata, self.auth, self.tokens)
+        self.accounts = AccountService(
+            self.store, self.backend.metadata, self.registry, self.auth, self.tokens
+        )
         # Aggregates, latest values, retention, resume gaps (core/services/timeseries.py).
         self.timeseries = TimeSeries(self.store, self.registry, settings)
         self.listeners.append(self.timeseries.committed)

@@ -47,12 +47,14 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from streamgauge.domain.qcstate import NO_TIME as NO_TIME
+from streamgauge.domain.qcstate import QCState as QCState
+from streamgauge.domain.qcstate import grow as _grow
+
 RANGE, RATE, PERS, MAXGUST, GUSTFACTOR = 1, 2, 4, 8, 16
 
 ROLE_OTHER, ROLE_WIND_SPEED, ROLE_WIND_GUST = 0, 1, 2
 
-NO_TIME = np.iinfo(np.int64).min
-"""``QCState.last_time`` of a series with no state."""
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -60,14 +62,6 @@ I8 = npt.NDArray[np.int8]
 Bool = npt.NDArray[np.bool_]
 
 _S = TypeVar("_S", bound=np.generic)
-
-
-def _grow(arr: npt.NDArray[_S], size: int, fill: Any) -> npt.NDArray[_S]:
-    if size <= len(arr):
-        return arr
-    new = np.full(max(size, 2 * len(arr)), fill, dtype=arr.dtype)
-    new[: len(arr)] = arr
-    return new
 
 
 def _take(arr: npt.NDArray[_S], idx: I64, fill: Any) -> npt.NDArray[_S]:
@@ -124,28 +118,6 @@ class Limits:
         self.max_persist_ms[series_pk] = max_persist_ms
         self.role[series_pk] = role
         self.group[series_pk] = group
-
-
-@dataclass
-class QCState:
-    """Per-series state carried across batches: the newest QC-eligible observation of a series."""
-
-    last_time: I64 = field(default_factory=lambda: np.empty(0, np.int64))
-    last_value: F64 = field(default_factory=lambda: np.empty(0, np.float64))
-    same_since: I64 = field(default_factory=lambda: np.empty(0, np.int64))
-
-    def ensure(self, size: int) -> None:
-        """Grow the arrays to hold at least ``size`` series (new series: no state)."""
-        self.last_time = _grow(self.last_time, size, NO_TIME)
-        self.last_value = _grow(self.last_value, size, np.nan)
-        self.same_since = _grow(self.same_since, size, NO_TIME)
-
-    def reset(self, series: I64) -> None:
-        """Forget the state of the given series."""
-        series = series[series < len(self.last_time)]
-        self.last_time[series] = NO_TIME
-        self.last_value[series] = np.nan
-        self.same_since[series] = NO_TIME
 
 
 class _Chain(NamedTuple):

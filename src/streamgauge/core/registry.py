@@ -1,61 +1,48 @@
-"""The in-memory registry: the metadata the hot path needs, kept warm by the store.
+"""The in-memory registry: the metadata the hot path needs, kept warm from metadata events.
 
-Only the store's writer thread mutates it, and only after the change committed; readers on the
-event loop see each assignment whole (they never see a half-built record). ``version`` grows on
-every change so compiled filters know when to recompile.
+``Registry.apply`` is the only thing that changes its metadata. The store hands it the events
+(``domain/events.py``) of every committed write, in commit order, on its writer thread: on open
+those that rebuild what the tables hold, then each transaction's after it committed (the series
+an append creates are applied before it commits, so the batch's QC sees their limits, and
+undone by ``SeriesDropped`` if it fails). Readers on the event loop see each assignment whole
+(they never see a half-built record). ``version`` grows on every change of metadata so compiled
+filters know when to recompile; new series only extend them.
 
 Series are the unit of the log: one (variable, set) pair gets a dense integer ``pk``, so filters
 are lookup tables indexed by series pk and batches carry a series column instead of strings.
+
+The records (``ProjectRec`` ...) live in ``domain/records.py`` and are re-exported here; the
+store sees a registry as the protocol ``domain.readmodel.ReadModel``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import orjson
 
 from streamgauge.core import qc
 from streamgauge.core.units import converter, entry_for, validate_unit
+from streamgauge.domain import events as ev
 from streamgauge.domain.catalog import Entry, lookup
-from streamgauge.domain.model import Device, Project, Role, Site, Variable
+from streamgauge.domain.model import Device, Variable
+from streamgauge.domain.records import AccountRec as AccountRec
+from streamgauge.domain.records import DeviceRec as DeviceRec
+from streamgauge.domain.records import ProjectRec as ProjectRec
+from streamgauge.domain.records import SeriesRec as SeriesRec
+from streamgauge.domain.records import SiteRec as SiteRec
+from streamgauge.domain.records import VariableRec as VariableRec
+from streamgauge.domain.records import series_prefix as series_prefix
 
 
-@dataclass(slots=True)
-class ProjectRec:
-    pk: int
-    doc: Project
-
-
-@dataclass(slots=True)
-class SiteRec:
-    pk: int
-    project_pk: int
-    doc: Site
-
-
-@dataclass(slots=True)
-class DeviceRec:
-    pk: int
-    project_pk: int
-    doc: Device
-
-
-@dataclass(slots=True)
-class VariableRec:
-    """A variable, with its catalog entry and the affine map from the unit it is sent in to the
-    entry's canonical unit (the unit it is stored in)."""
-
-    pk: int
-    device_pk: int
-    doc: Variable
-    entry: Entry = field(init=False)
-    scale: float = field(init=False)
-    offset: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.entry, self.scale, self.offset = variable_entry(self.doc.name, self.doc.unit)
+def variable_rec(pk: int, device_pk: int, doc: Variable) -> VariableRec:
+    """The record of variable ``doc``, with its catalog entry and unit map (``Invalid`` if its
+    unit is bad or does not suit the entry)."""
+    entry, scale, offset = variable_entry(doc.name, doc.unit)
+    return VariableRec(pk, device_pk, doc, entry, scale, offset)
 
 
 def qc_limits(var: VariableRec) -> tuple[float, float, float, int, int]:
@@ -80,9 +67,12 @@ def qc_limits(var: VariableRec) -> tuple[float, float, float, int, int]:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def variable_entry(name: str, unit: str | None) -> tuple[Entry, float, float]:
     """The catalog entry of a variable and the (scale, offset) from ``unit`` to its canonical
-    unit. Unknown names without a unit are dimensionless; bad units raise ``Invalid``."""
+    unit. Unknown names without a unit are dimensionless; bad units raise ``Invalid``. Cached
+    (the store checks a new variable's unit, the registry resolves it again on apply; errors
+    are not cached)."""
     if unit is None and lookup(name) is None:
         return Entry(name=name, long_name=name, unit="dimensionless", kind="other"), 1.0, 0.0
     entry = entry_for(name, unit)
@@ -90,28 +80,6 @@ def variable_entry(name: str, unit: str | None) -> tuple[Entry, float, float]:
         return entry, 1.0, 0.0
     scale, offset = converter(validate_unit(unit), entry.unit)
     return entry, scale, offset
-
-
-@dataclass(slots=True)
-class SeriesRec:
-    pk: int
-    project_pk: int
-    device_pk: int
-    variable_pk: int
-    set: int
-    device_id: str
-    variable_id: str
-    prefix: bytes  # '"device":"d","variable":"v","set":1' ready to splice into a JSON object
-
-
-@dataclass(slots=True)
-class AccountRec:
-    pk: int
-    id: str
-    name: str
-    home_project_pk: int
-    roles: dict[int, Role] = field(default_factory=dict)  # project pk -> role
-    keys: dict[str, str] = field(default_factory=dict)  # key id -> argon2 hash
 
 
 _NEVER = int(np.iinfo(np.int64).min)
@@ -127,18 +95,10 @@ def _grow(col: npt.NDArray[np.int64], size: int, fill: int) -> npt.NDArray[np.in
     return grown
 
 
-def series_prefix(device_id: str, variable_id: str, set_: int) -> bytes:
-    return (
-        b'"device":'
-        + orjson.dumps(device_id)
-        + b',"variable":'
-        + orjson.dumps(variable_id)
-        + b',"set":'
-        + str(set_).encode()
-    )
-
-
 class Registry:
+    """The read model of the metadata (see the module's docstring). Satisfies
+    ``domain.readmodel.ReadModel``; its mutators are private: ``apply`` is the way in."""
+
     def __init__(self) -> None:
         self.version = 0
         self.projects: dict[str, ProjectRec] = {}
@@ -170,16 +130,247 @@ class Registry:
         self.by_type: dict[tuple[int, str | None], set[int]] = {}
         self.by_label: dict[tuple[int, str], dict[str, set[int]]] = {}
         self.by_site: dict[tuple[int, str | None], set[int]] = {}
-        # Structures computed from metadata by readers (e.g. site columns), dropped on bump().
+        # Structures computed from metadata by readers (e.g. site columns), dropped on a change.
         self.derived: dict[object, object] = {}
+        self._appliers: dict[type, Callable[[Any], None]] = {
+            ev.ProjectPut: self._project_put,
+            ev.ProjectDropped: self._project_dropped,
+            ev.SitePut: self._site_put,
+            ev.SiteDropped: self._site_dropped,
+            ev.DevicePut: self._device_put,
+            ev.DeviceMoved: self._device_moved,
+            ev.DeviceDropped: self._device_dropped,
+            ev.VariablePut: self._variable_put,
+            ev.VariableDropped: self._variable_dropped,
+            ev.SeriesAdded: self._series_added,
+            ev.SeriesDropped: self._series_dropped,
+            ev.AccountPut: self._account_put,
+            ev.AccountDropped: self._account_dropped,
+            ev.RolePut: self._role_put,
+            ev.RoleDropped: self._role_dropped,
+            ev.KeyPut: self._key_put,
+            ev.KeyDropped: self._key_dropped,
+        }
 
-    def bump(self) -> None:
+    # -- the one way in -------------------------------------------------------------------------
+
+    def apply(self, event: ev.MetaEvent) -> None:
+        """Change the metadata as ``event`` says. Events come in commit order; one naming a
+        record that is gone (a cascade already dropped it) changes nothing."""
+        self._appliers[type(event)](event)
+
+    def apply_all(self, events: Sequence[ev.MetaEvent]) -> None:
+        for event in events:
+            self.apply(event)
+
+    # -- what the store reads and keeps (``domain.readmodel.ReadModel``) -------------------------
+
+    def variable_entry(self, name: str, unit: str | None) -> tuple[Entry, float, float]:
+        return variable_entry(name, unit)
+
+    def restore_latest(self, series: Sequence[int], times: Sequence[int]) -> None:
+        """The log's latest time per series, on open; ``series_end`` goes past every pk the log
+        has rows of, deleted series' included, so such a pk is never given again."""
+        for pk, time in zip(series, times, strict=True):
+            self._series_capacity(pk)
+            self.latest[pk] = max(int(self.latest[pk]), int(time))
+            self.series_end = max(self.series_end, pk + 1)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def devices_at(self, project_pk: int, site: str) -> set[int]:
+        return self.by_site.get((project_pk, site), set())
+
+    def devices_of_type(self, project_pk: int, type_: str) -> set[int]:
+        return self.by_type.get((project_pk, type_), set())
+
+    def devices_with_label(self, project_pk: int, key: str, value: str | None) -> set[int]:
+        values = self.by_label.get((project_pk, key), {})
+        if value is not None:
+            return values.get(value, set())
+        return set().union(*values.values()) if values else set()
+
+    def project(self, project_id: str) -> ProjectRec | None:
+        return self.projects.get(project_id)
+
+    # -- appliers -------------------------------------------------------------------------------
+
+    def _bump(self) -> None:
         """Metadata changed: compiled filters recompile (new series only extend them), and
         structures derived from metadata (``derived``) are dropped."""
         self.version += 1
         self.derived = {}
 
-    def series_capacity(self, pk: int) -> None:
+    def _project_put(self, e: ev.ProjectPut) -> None:
+        rec = self.projects_by_pk.get(e.pk)
+        if rec is None:
+            rec = ProjectRec(e.pk, e.doc)
+            self.projects_by_pk[e.pk] = rec
+        else:
+            rec.doc = e.doc
+        self.projects[e.doc.id] = rec
+        self._bump()
+
+    def _project_dropped(self, e: ev.ProjectDropped) -> None:
+        proj = self.projects_by_pk.get(e.pk)
+        if proj is None:
+            return
+        for pk in list(self.project_devices.pop(proj.pk, ())):
+            self._drop_device(self.devices_by_pk[pk])
+        for key in [k for k in self.sites if k[0] == proj.pk]:
+            del self.sites[key]
+        for acc in list(self.accounts_by_pk.values()):
+            acc.roles.pop(proj.pk, None)
+            if acc.home_project_pk == proj.pk:  # the database cascades: it goes with its home
+                self._forget_account(acc)
+        self.projects.pop(proj.doc.id, None)
+        self.projects_by_pk.pop(proj.pk, None)
+        self._bump()
+
+    def _site_put(self, e: ev.SitePut) -> None:
+        key = (e.project_pk, e.doc.id)
+        rec = self.sites.get(key)
+        if rec is not None and rec.pk == e.pk:
+            rec.doc = e.doc
+        else:
+            self.sites[key] = SiteRec(e.pk, e.project_pk, e.doc)
+        self._bump()
+
+    def _site_dropped(self, e: ev.SiteDropped) -> None:
+        key = (e.project_pk, e.id)
+        rec = self.sites.get(key)
+        if rec is not None and rec.pk == e.pk:
+            del self.sites[key]
+        self._bump()
+
+    def _device_put(self, e: ev.DevicePut) -> None:
+        rec = self.devices_by_pk.get(e.pk)
+        if rec is None:
+            self._put_device(DeviceRec(e.pk, e.project_pk, e.doc))
+        else:
+            self._put_device(rec, e.doc)
+        self._bump()
+
+    def _device_moved(self, e: ev.DeviceMoved) -> None:
+        """The device's record is replaced (a new ``DeviceRec`` in the target project); its
+        variables and series stay, its series now belong to the target project."""
+        dev = self.devices_by_pk.get(e.pk)
+        if dev is None:
+            return
+        self._unindex(dev)
+        self.project_devices.get(dev.project_pk, set()).discard(dev.pk)
+        self.devices.pop((dev.project_pk, dev.doc.id), None)
+        self._put_device(DeviceRec(e.pk, e.project_pk, e.doc))
+        for s in [s for s in self.series_by_pk.values() if s.device_pk == e.pk]:
+            self._add_series(
+                SeriesRec(
+                    s.pk,
+                    e.project_pk,
+                    s.device_pk,
+                    s.variable_pk,
+                    s.set,
+                    s.device_id,
+                    s.variable_id,
+                    s.prefix,
+                )
+            )
+        self._bump()
+
+    def _device_dropped(self, e: ev.DeviceDropped) -> None:
+        dev = self.devices_by_pk.get(e.pk)
+        if dev is not None:
+            self._drop_device(dev)
+        self._bump()
+
+    def _variable_put(self, e: ev.VariablePut) -> None:
+        rec = variable_rec(e.pk, e.device_pk, e.doc)
+        known = e.pk in self.variables_by_pk
+        self._put_variable(rec)
+        if known:
+            self._refresh_limits(rec)
+        self._bump()
+
+    def _variable_dropped(self, e: ev.VariableDropped) -> None:
+        var = self.variables_by_pk.get(e.pk)
+        if var is not None:
+            self._drop_variable(var)
+        self._bump()
+
+    def _series_added(self, e: ev.SeriesAdded) -> None:
+        """No version bump: new series only extend compiled filters."""
+        had = self.series_by_pk.get(e.pk)
+        if (
+            had is not None
+            and had.project_pk == e.project_pk
+            and had.variable_pk == e.variable_pk
+            and had.set == e.set
+        ):
+            return  # applied already (the writer applies an append's series before commit)
+        self._add_series(
+            SeriesRec(
+                e.pk,
+                e.project_pk,
+                e.device_pk,
+                e.variable_pk,
+                e.set,
+                e.device_id,
+                e.variable_id,
+                series_prefix(e.device_id, e.variable_id, e.set),
+            )
+        )
+
+    def _series_dropped(self, e: ev.SeriesDropped) -> None:
+        self._drop_series(e.pk)
+        self._bump()
+
+    def _account_put(self, e: ev.AccountPut) -> None:
+        rec = self.accounts_by_pk.get(e.pk)
+        if rec is not None:  # a rename: roles and keys stay, no version change
+            rec.name = e.name
+            return
+        rec = AccountRec(e.pk, e.id, e.name, e.home_project_pk)
+        self.accounts[e.id] = rec
+        self.accounts_by_pk[e.pk] = rec
+        self._bump()
+
+    def _account_dropped(self, e: ev.AccountDropped) -> None:
+        rec = self.accounts_by_pk.get(e.pk)
+        if rec is not None:
+            self._forget_account(rec)
+        self._bump()
+
+    def _role_put(self, e: ev.RolePut) -> None:
+        rec = self.accounts_by_pk.get(e.account_pk)
+        if rec is not None:
+            rec.roles[e.project_pk] = e.role
+
+    def _role_dropped(self, e: ev.RoleDropped) -> None:
+        rec = self.accounts_by_pk.get(e.account_pk)
+        if rec is not None:
+            rec.roles.pop(e.project_pk, None)
+
+    def _key_put(self, e: ev.KeyPut) -> None:
+        rec = self.accounts_by_pk.get(e.account_pk)
+        if rec is not None:
+            rec.keys[e.key_id] = e.hash
+            self.key_owner[e.key_id] = rec.pk
+
+    def _key_dropped(self, e: ev.KeyDropped) -> None:
+        rec = self.accounts_by_pk.get(e.account_pk)
+        if rec is not None:
+            rec.keys.pop(e.key_id, None)
+        if self.key_owner.get(e.key_id) == e.account_pk:
+            del self.key_owner[e.key_id]
+
+    # -- the mutators the appliers share ----------------------------------------------------------
+
+    def _forget_account(self, rec: AccountRec) -> None:
+        self.accounts.pop(rec.id, None)
+        self.accounts_by_pk.pop(rec.pk, None)
+        for key_id in rec.keys:
+            self.key_owner.pop(key_id, None)
+
+    def _series_capacity(self, pk: int) -> None:
         if pk >= len(self.latest):
             size = max(pk + 1, len(self.latest) * 2)
             self.latest = _grow(self.latest, size, _NEVER)
@@ -187,8 +378,8 @@ class Registry:
             self.s_device = _grow(self.s_device, size, -1)
             self.s_name = _grow(self.s_name, size, -1)
 
-    def add_series(self, rec: SeriesRec) -> None:
-        self.series_capacity(rec.pk)
+    def _add_series(self, rec: SeriesRec) -> None:
+        self._series_capacity(rec.pk)
         self.series_by_pk[rec.pk] = rec
         self.series[(rec.variable_pk, rec.set)] = rec.pk
         self.s_project[rec.pk] = rec.project_pk
@@ -199,35 +390,35 @@ class Registry:
         if var is not None:
             self.qc_limits.set(rec.pk, *qc_limits(var), group=rec.device_pk)
 
-    def refresh_limits(self, var: VariableRec) -> None:
+    def _refresh_limits(self, var: VariableRec) -> None:
         for (var_pk, _), pk in self.series.items():
             if var_pk == var.pk:
                 self.qc_limits.set(pk, *qc_limits(var), group=var.device_pk)
 
-    def drop_series(self, pk: int) -> None:
+    def _drop_series(self, pk: int) -> None:
         rec = self.series_by_pk.pop(pk, None)
         if rec is not None:
             self.series.pop((rec.variable_pk, rec.set), None)
             self.s_project[pk] = -1
             self.s_device[pk] = -1
 
-    def drop_series_of_variable(self, variable_pk: int) -> None:
+    def _drop_series_of_variable(self, variable_pk: int) -> None:
         for key in [k for k in self.series if k[0] == variable_pk]:
-            self.drop_series(self.series[key])
+            self._drop_series(self.series[key])
 
-    def put_variable(self, var: VariableRec) -> None:
+    def _put_variable(self, var: VariableRec) -> None:
         self.variables[(var.device_pk, var.doc.id)] = var
         self.variables_by_pk[var.pk] = var
         self.device_variables.setdefault(var.device_pk, set()).add(var.pk)
         self.names.setdefault(var.doc.id, len(self.names))
 
-    def drop_variable(self, var: VariableRec) -> None:
-        self.drop_series_of_variable(var.pk)
+    def _drop_variable(self, var: VariableRec) -> None:
+        self._drop_series_of_variable(var.pk)
         self.variables.pop((var.device_pk, var.doc.id), None)
         self.variables_by_pk.pop(var.pk, None)
         self.device_variables.get(var.device_pk, set()).discard(var.pk)
 
-    def put_device(self, dev: DeviceRec, doc: Device | None = None) -> None:
+    def _put_device(self, dev: DeviceRec, doc: Device | None = None) -> None:
         """Add ``dev``, or replace its document with ``doc``, keeping the indexes right."""
         if doc is not None:
             self._unindex(dev)
@@ -246,37 +437,12 @@ class Registry:
         for key, value in dev.doc.labels.items():
             self.by_label.get((dev.project_pk, key), {}).get(value, set()).discard(dev.pk)
 
-    def drop_device(self, dev: DeviceRec) -> None:
+    def _drop_device(self, dev: DeviceRec) -> None:
         for var_pk in list(self.device_variables.pop(dev.pk, ())):
             var = self.variables_by_pk.get(var_pk)
             if var is not None:
-                self.drop_variable(var)
+                self._drop_variable(var)
         self._unindex(dev)
         self.project_devices.get(dev.project_pk, set()).discard(dev.pk)
         self.devices.pop((dev.project_pk, dev.doc.id), None)
         self.devices_by_pk.pop(dev.pk, None)
-
-    def devices_at(self, project_pk: int, site: str) -> set[int]:
-        return self.by_site.get((project_pk, site), set())
-
-    def devices_of_type(self, project_pk: int, type_: str) -> set[int]:
-        return self.by_type.get((project_pk, type_), set())
-
-    def devices_with_label(self, project_pk: int, key: str, value: str | None) -> set[int]:
-        values = self.by_label.get((project_pk, key), {})
-        if value is not None:
-            return values.get(value, set())
-        return set().union(*values.values()) if values else set()
-
-    def drop_project(self, proj: ProjectRec) -> None:
-        for pk in list(self.project_devices.pop(proj.pk, ())):
-            self.drop_device(self.devices_by_pk[pk])
-        for key in [k for k in self.sites if k[0] == proj.pk]:
-            del self.sites[key]
-        for acc in self.accounts_by_pk.values():
-            acc.roles.pop(proj.pk, None)
-        self.projects.pop(proj.doc.id, None)
-        self.projects_by_pk.pop(proj.pk, None)
-
-    def project(self, project_id: str) -> ProjectRec | None:
-        return self.projects.get(project_id)

@@ -3,7 +3,8 @@
 Every backend (the embedded ``sqlite`` one today, ``postgresql`` next) provides:
 
 * a ``Store``: the observation log (``Log``) plus a transaction runner (``Transactions``) and
-  the ``Registry`` it keeps warm. The engine holds its store as ``Store`` (built by
+  the registry it keeps warm (given by the engine; the store sees it as
+  ``domain.readmodel.ReadModel``). The engine holds its store as ``Store`` (built by
   ``store.factory.open_store``) and never names the implementation;
 * table modules that run inside the runner's transactions: ``MetadataTables`` (projects, sites,
   devices, variables, accounts, keys, roles), ``AlertTables`` (channels, the alert log, alert
@@ -26,14 +27,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from streamgauge.core.registry import (
-    AccountRec,
-    DeviceRec,
-    ProjectRec,
-    Registry,
-    SiteRec,
-    VariableRec,
-)
 from streamgauge.domain.alerts import StateKey
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.log import AppendResult, HistoryQuery, IngestColumns
@@ -48,6 +41,8 @@ from streamgauge.domain.model import (
     Variable,
     VariableIn,
 )
+from streamgauge.domain.readmodel import ReadModel
+from streamgauge.domain.records import AccountRec, DeviceRec, ProjectRec, SiteRec, VariableRec
 from streamgauge.domain.timeseries import Points, Summaries
 
 if TYPE_CHECKING:
@@ -87,7 +82,7 @@ class Log(Protocol):
     cursor 1 and every batch takes the next ``accepted`` cursors. A row's key is (series, time);
     the series of a row is (variable, set) of its ``IngestColumns``, created at its first row."""
 
-    registry: Registry
+    registry: ReadModel  # the engine's registry: loaded on open, applies committed events
 
     @property
     def head(self) -> int:
@@ -101,7 +96,8 @@ class Log(Protocol):
         ...
 
     async def open(self, publish: Callable[[Batch], None]) -> None:
-        """Open (creating or migrating the storage), load the registry and the log's state.
+        """Open (creating or migrating the storage), load the registry (``apply`` of the events
+        that build what is stored) and the log's state.
         ``publish`` is called on the event loop with every committed batch, in cursor order,
         before the ``append`` that wrote it returns."""
         ...
@@ -214,8 +210,10 @@ class Transactions(Protocol[TxT_co, ConnT_co]):
 
     ``write`` runs ``fn`` in one write transaction, serialized with every other write and with
     ``append``: it commits all of ``fn``'s effects or, if ``fn`` raises, none (the exception
-    reaches the caller). Hooks ``fn`` queues for after the commit (registry updates) run before
-    the next transaction starts and only if it committed. ``read`` runs ``fn`` on a read handle
+    reaches the caller). The metadata events ``fn`` appends to its transaction are stored in it
+    and handed to the registry's ``apply`` after the commit, in order, before the next
+    transaction starts; hooks ``fn`` queues for after the commit run then too. Neither happens
+    if it did not commit. ``read`` runs ``fn`` on a read handle
     that sees every transaction committed before the call; reads run concurrently. Both raise
     ``Unavailable`` once the store is closed."""
 
@@ -236,16 +234,18 @@ class Store(Log, TimeSeriesLog, Transactions[TxT_co, ConnT_co], Protocol[TxT_co,
 class MetadataTables(Protocol[TxT_contra, ConnT_contra]):
     """Metadata persistence, run inside ``Transactions.write`` (``key_created`` in ``read``).
 
-    Each change checks, writes, and queues its registry update for after the commit, so the
-    registry never shows what did not commit. Bulk creates are all or nothing and name a bad
-    item by its index; with ``skip_existing`` an item whose id exists is returned unchanged.
+    Each change checks (reading the registry), writes, and appends its metadata events
+    (``domain/events.py``) to the transaction: they are stored with it and applied to the
+    registry after the commit, so the registry never shows what did not commit. Bulk creates
+    are all or nothing and name a bad item by its index; with ``skip_existing`` an item whose
+    id exists is returned unchanged.
     ``Store.open`` loads everything back into the registry: after a reopen the registry holds
     exactly what was committed."""
 
     def create_projects(
         self,
         tx: TxT_contra,
-        reg: Registry,
+        reg: ReadModel,
         items: list[ProjectIn],
         *,
         skip_existing: bool,
@@ -253,15 +253,15 @@ class MetadataTables(Protocol[TxT_contra, ConnT_contra]):
     ) -> list[Project]: ...
 
     def update_project(
-        self, tx: TxT_contra, reg: Registry, rec: ProjectRec, patch: dict[str, Any]
+        self, tx: TxT_contra, reg: ReadModel, rec: ProjectRec, patch: dict[str, Any]
     ) -> Project: ...
 
-    def delete_project(self, tx: TxT_contra, reg: Registry, rec: ProjectRec) -> None: ...
+    def delete_project(self, tx: TxT_contra, reg: ReadModel, rec: ProjectRec) -> None: ...
 
     def create_sites(
         self,
         tx: TxT_contra,
-        reg: Registry,
+        reg: ReadModel,
         project: ProjectRec,
         items: list[SiteIn],
         *,
@@ -269,15 +269,15 @@ class MetadataTables(Protocol[TxT_contra, ConnT_contra]):
     ) -> list[Site]: ...
 
     def update_site(
-        self, tx: TxT_contra, reg: Registry, rec: SiteRec, patch: dict[str, Any]
+        self, tx: TxT_contra, reg: ReadModel, rec: SiteRec, patch: dict[str, Any]
     ) -> Site: ...
 
-    def delete_site(self, tx: TxT_contra, reg: Registry, rec: SiteRec) -> None: ...
+    def delete_site(self, tx: TxT_contra, reg: ReadModel, rec: SiteRec) -> None: ...
 
     def create_devices(
         self,
         tx: TxT_contra,
-        reg: Registry,
+        reg: ReadModel,
         project: ProjectRec,
         items: list[DeviceIn],
         *,
@@ -287,18 +287,18 @@ class MetadataTables(Protocol[TxT_contra, ConnT_contra]):
     def update_device(
         self,
         tx: TxT_contra,
-        reg: Registry,
+        reg: ReadModel,
         project: ProjectRec,
         rec: DeviceRec,
         patch: dict[str, Any],
     ) -> Device: ...
 
-    def delete_device(self, tx: TxT_contra, reg: Registry, rec: DeviceRec) -> None: ...
+    def delete_device(self, tx: TxT_contra, reg: ReadModel, rec: DeviceRec) -> None: ...
 
     def create_variables(
         self,
         tx: TxT_contra,
-        reg: Registry,
+        reg: ReadModel,
         project: ProjectRec,
         device: DeviceRec,
         items: list[VariableIn],
@@ -308,36 +308,38 @@ class MetadataTables(Protocol[TxT_contra, ConnT_contra]):
     ) -> list[Variable]: ...
 
     def update_variable(
-        self, tx: TxT_contra, reg: Registry, rec: VariableRec, patch: dict[str, Any]
+        self, tx: TxT_contra, reg: ReadModel, rec: VariableRec, patch: dict[str, Any]
     ) -> Variable: ...
 
-    def delete_variable(self, tx: TxT_contra, reg: Registry, rec: VariableRec) -> None: ...
+    def delete_variable(self, tx: TxT_contra, reg: ReadModel, rec: VariableRec) -> None: ...
 
     def create_account(
-        self, tx: TxT_contra, reg: Registry, project: ProjectRec, id_: str, name: str, role: Role
+        self, tx: TxT_contra, reg: ReadModel, project: ProjectRec, id_: str, name: str, role: Role
     ) -> AccountRec: ...
 
-    def rename_account(self, tx: TxT_contra, reg: Registry, rec: AccountRec, name: str) -> None: ...
+    def rename_account(
+        self, tx: TxT_contra, reg: ReadModel, rec: AccountRec, name: str
+    ) -> None: ...
 
     def set_role(
-        self, tx: TxT_contra, reg: Registry, rec: AccountRec, project_pk: int, role: Role | None
+        self, tx: TxT_contra, reg: ReadModel, rec: AccountRec, project_pk: int, role: Role | None
     ) -> None:
         """Give ``rec`` ``role`` on the project (None: take its role away)."""
         ...
 
-    def delete_account(self, tx: TxT_contra, reg: Registry, rec: AccountRec) -> None: ...
+    def delete_account(self, tx: TxT_contra, reg: ReadModel, rec: AccountRec) -> None: ...
 
     def add_key(
         self,
         tx: TxT_contra,
-        reg: Registry,
+        reg: ReadModel,
         rec: AccountRec,
         key_id: str,
         hash_: str,
         created_at: str,
     ) -> None: ...
 
-    def delete_key(self, tx: TxT_contra, reg: Registry, rec: AccountRec, key_id: str) -> None: ...
+    def delete_key(self, tx: TxT_contra, reg: ReadModel, rec: AccountRec, key_id: str) -> None: ...
 
     def key_created(self, conn: ConnT_contra, account_pk: int) -> list[tuple[str, str]]:
         """(key id, created at) of the account's keys, by key id."""

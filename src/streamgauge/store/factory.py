@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from streamgauge.config import Settings
-from streamgauge.core.registry import Registry
 from streamgauge.domain.commit import CommitRules
+from streamgauge.domain.readmodel import ReadModel
 from streamgauge.store.api import (
     AlertTables,
     ConsumerPositions,
@@ -45,7 +45,7 @@ EmbeddedStore = Store[Tx, sqlite3.Connection]
 DB_NAME = "streamgauge.db"  # the embedded database, in the data directory
 
 # The engine's commit rules (duplicates, conflicts, QC) over the store's registry.
-Rules = Callable[[Registry], CommitRules]
+Rules = Callable[[ReadModel], CommitRules]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +56,8 @@ class Backend(Generic[TxT, ConnT]):
     handle types are the backend's own, checked here where each bundle is built."""
 
     name: str
-    # (settings, the engine's commit rules) -> the store, not yet opened
-    open_store: Callable[[Settings, Rules], Store[TxT, ConnT]]
+    # (settings, the engine's commit rules, the engine's registry) -> the store, not yet opened
+    open_store: Callable[[Settings, Rules, ReadModel], Store[TxT, ConnT]]
     metadata: MetadataTables[TxT, ConnT]
     alerts: AlertTables[TxT, ConnT]
     deliveries: DeliveryTables[TxT, ConnT]
@@ -70,13 +70,14 @@ class Backend(Generic[TxT, ConnT]):
     dt_connectors: Callable[[Store[TxT, ConnT]], DTConnectorStore]
 
 
-def _sqlite_store(settings: Settings, rules: Rules) -> EmbeddedStore:
+def _sqlite_store(settings: Settings, rules: Rules, registry: ReadModel) -> EmbeddedStore:
     return SqliteStore(
         settings.data / DB_NAME,
         durability=settings.durability,
         index_chunk_rows=settings.index_chunk_rows,
         readers=settings.readers,
         rules=rules,
+        registry=registry,
     )
 
 
@@ -101,9 +102,10 @@ def backend_for(settings: Settings) -> Backend[Any, Any]:
     return SQLITE
 
 
-def open_store(settings: Settings, rules: Rules) -> Store[Any, Any]:
+def open_store(settings: Settings, rules: Rules, *, registry: ReadModel) -> Store[Any, Any]:
     """The store of ``settings`` (the embedded SQLite database in ``settings.data``), built and
     not yet opened: the engine calls ``open`` with its publish callback. ``rules``: the core's
-    duplicate/conflict rule and QC, built over the store's registry (the engine's
-    ``core.dedupe.LogRules``); the store has no rules of its own."""
-    return backend_for(settings).open_store(settings, rules)
+    duplicate/conflict rule and QC, built over the engine's registry (``core.dedupe.LogRules``);
+    the store has no rules of its own. ``registry``: the engine's registry (its ``Registry``),
+    which the store loads on open and hands every committed transaction's metadata events."""
+    return backend_for(settings).open_store(settings, rules, registry)

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from streamgauge.config import Settings
+from streamgauge.core.registry import Registry
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.model import DeviceIn, ProjectIn, QCLimits, VariableIn
 from streamgauge.store.api import (
@@ -73,7 +74,9 @@ class Harness:
 
     async def open(self) -> Store[Any, Any]:
         self.published = []
-        store = self.backend.open_store(self.settings, log_rules(quality_control=self.settings.qc))
+        store = self.backend.open_store(
+            self.settings, log_rules(quality_control=self.settings.qc), Registry()
+        )
         await store.open(self.published.append)
         self._store = store
         return store

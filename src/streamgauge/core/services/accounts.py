@@ -33,12 +33,13 @@ class AccountService(Generic[TxT, ConnT]):
         self,
         store: MetadataStore[TxT, ConnT],
         tables: MetadataTables[TxT, ConnT],
+        registry: Registry,
         auth: Authenticator,
         tokens: TokenIssuer,
     ) -> None:
         self._store = store
         self._tables = tables  # the backend's metadata tables, run in the store's transactions
-        self._reg: Registry = store.registry
+        self._reg = registry
         self._auth = auth
         self._tokens = tokens
 
@@ -99,13 +100,14 @@ class AccountService(Generic[TxT, ConnT]):
         id_ = id or new_id("sa")
         reg = self._reg
 
-        def run(tx: TxT) -> AccountRec:
+        def run(tx: TxT) -> int:
             rec = self._tables.create_account(tx, reg, project, id_, name or id_, role)
             if also is not None:
                 also(tx, rec)
-            return rec
+            return rec.pk
 
-        return await self._store.write(run)
+        pk = await self._store.write(run)
+        return reg.accounts_by_pk[pk]  # the registry's record, built from the committed events
 
     async def update(
         self,

@@ -1,11 +1,11 @@
 """Projects, sites, devices and variables: the engine's metadata operations.
 
-Every write is one store transaction (the backend's ``MetadataTables`` run inside it, and change
-the registry after the commit); bulk creates are all or nothing, ``if_exists="skip"`` leaves an item
-whose id exists as it is and returns it unchanged. Reads come from the registry. A method that
-acts on a project takes the project's record as returned by :meth:`MetadataService.project`,
-which has checked the caller's role; the methods that decide a permission of their own take the
-caller's principal.
+Every write is one store transaction (the backend's ``MetadataTables`` run inside it and write the
+change's metadata events, which the registry applies after the commit); bulk creates are all or
+nothing, ``if_exists="skip"`` leaves an item whose id exists as it is and returns it unchanged.
+Reads come from the registry. A method that acts on a project takes the project's record as
+returned by :meth:`MetadataService.project`, which has checked the caller's role; the methods
+that decide a permission of their own take the caller's principal.
 """
 
 from __future__ import annotations
@@ -40,11 +40,12 @@ class MetadataService(Generic[TxT, ConnT]):
         self,
         store: MetadataStore[TxT, ConnT],
         tables: MetadataTables[TxT, ConnT],
+        registry: Registry,
         settings: Settings,
     ) -> None:
         self._store = store
         self._tables = tables  # the backend's metadata tables, run in the store's transactions
-        self._reg: Registry = store.registry
+        self._reg = registry
         self._settings = settings
         # Run after a project was deleted, with its pk (the engine closes its streams and forgets
         # its channels).

@@ -1,29 +1,30 @@
-"""Metadata changes, run inside the writer's transaction, and the registry loader.
+"""Metadata changes, run inside the writer's transaction; their events; the registry loader.
 
-Each function checks, writes, and queues the registry update for after the commit, so the
-registry never shows what did not commit. Bulk creates are all-or-nothing and name each bad item by
-its index. With ``skip_existing`` an item whose id exists is left as it is and returned unchanged.
+Each function checks (against the registry, read through ``domain.readmodel.ReadModel``),
+writes, and appends the change's events (``domain/events.py``) to the transaction. The writer
+stores them in the same transaction (``write_events``: the ``meta_events`` table) and hands them
+to the registry only after the commit, so the registry never shows what did not commit and a
+failed transaction leaves no event. Bulk creates are all-or-nothing and name each bad item by
+its index. With ``skip_existing`` an item whose id exists is left as it is and returned
+unchanged.
+
+``meta_events`` is the change feed since the table was created (schema 9): sequence number,
+commit time, kind, payload (``events.encode``). It is bounded: each write of events deletes
+those older than ``EVENT_RETENTION_MS``. It is not what a store opens from: ``load`` reads the
+tables themselves (as events, which the registry applies); the feed is for what follows a
+running node's changes (the cluster mode's bus, a node catching up after a short outage; one
+further behind reloads from the tables).
 """
 
 from __future__ import annotations
 
-import functools
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from streamgauge.core.registry import (
-    AccountRec,
-    DeviceRec,
-    ProjectRec,
-    Registry,
-    SeriesRec,
-    SiteRec,
-    VariableRec,
-    series_prefix,
-)
+from streamgauge.domain import events as ev
 from streamgauge.domain.errors import Conflict, Invalid, NotFound
 from streamgauge.domain.model import (
     Device,
@@ -38,26 +39,13 @@ from streamgauge.domain.model import (
     new_id,
     now_iso,
 )
+from streamgauge.domain.readmodel import ReadModel
+from streamgauge.domain.records import AccountRec, DeviceRec, ProjectRec, SiteRec, VariableRec
 
 if TYPE_CHECKING:
     from streamgauge.store.sqlite.store import Tx
 
-
-def _set_doc(reg: Registry, rec: Any, doc: Any) -> Callable[[], None]:
-    def run() -> None:
-        rec.doc = doc
-        reg.bump()
-
-    return run
-
-
-def _then_bump(reg: Registry, fn: Callable[[], object]) -> Callable[[], None]:
-    def run() -> None:
-        fn()
-        reg.bump()
-
-    return run
-
+EVENT_RETENTION_MS = 3_600_000  # meta_events keeps the last hour of changes
 
 M = TypeVar("M", bound=BaseModel)
 I = TypeVar("I", bound=BaseModel)  # noqa: E741 - an item of a create request
@@ -77,51 +65,54 @@ def _merge(model: type[M], doc: M, patch: dict[str, Any]) -> M:
         ) from exc
 
 
-def load(conn: sqlite3.Connection, reg: Registry) -> None:
-    """Fill the registry from the database (on start)."""
+def load(conn: sqlite3.Connection) -> Iterator[ev.MetaEvent]:
+    """What the tables hold, as the events that build it from nothing (on open: the store
+    hands each to its registry's ``apply``)."""
     for pk, doc in conn.execute("SELECT pk, doc FROM projects"):
-        p = ProjectRec(pk, Project.model_validate_json(doc))
-        reg.projects[p.doc.id] = p
-        reg.projects_by_pk[pk] = p
+        yield ev.ProjectPut(pk, Project.model_validate_json(doc))
     for pk, project_pk, doc in conn.execute("SELECT pk, project_pk, doc FROM sites"):
-        s = SiteRec(pk, project_pk, Site.model_validate_json(doc))
-        reg.sites[(project_pk, s.doc.id)] = s
+        yield ev.SitePut(pk, project_pk, Site.model_validate_json(doc))
     for pk, project_pk, doc in conn.execute("SELECT pk, project_pk, doc FROM devices"):
-        d = DeviceRec(pk, project_pk, Device.model_validate_json(doc))
-        reg.put_device(d)
+        yield ev.DevicePut(pk, project_pk, Device.model_validate_json(doc))
     for pk, device_pk, doc in conn.execute("SELECT pk, device_pk, doc FROM variables"):
-        v = VariableRec(pk, device_pk, Variable.model_validate_json(doc))
-        reg.put_variable(v)
-    for pk, project_pk, device_pk, variable_pk, set_ in conn.execute(
-        "SELECT pk, project_pk, device_pk, variable_pk, set_ FROM series"
+        yield ev.VariablePut(pk, device_pk, Variable.model_validate_json(doc))
+    for row in conn.execute(
+        "SELECT s.pk, s.project_pk, s.device_pk, s.variable_pk, s.set_, d.id, v.id "
+        "FROM series s JOIN devices d ON d.pk = s.device_pk "
+        "JOIN variables v ON v.pk = s.variable_pk"
     ):
-        dev, var = reg.devices_by_pk[device_pk], reg.variables_by_pk[variable_pk]
-        reg.add_series(
-            SeriesRec(
-                pk,
-                project_pk,
-                device_pk,
-                variable_pk,
-                set_,
-                dev.doc.id,
-                var.doc.id,
-                series_prefix(dev.doc.id, var.doc.id, set_),
-            )
-        )
+        yield ev.SeriesAdded(*row)
     for pk, id_, name, home in conn.execute("SELECT pk, id, name, home_project_pk FROM accounts"):
-        a = AccountRec(pk, id_, name, home)
-        reg.accounts[id_] = a
-        reg.accounts_by_pk[pk] = a
+        yield ev.AccountPut(pk, id_, name, home)
     for account_pk, project_pk, role in conn.execute(
         "SELECT account_pk, project_pk, role FROM roles"
     ):
-        reg.accounts_by_pk[account_pk].roles[project_pk] = role
+        yield ev.RolePut(account_pk, project_pk, role)
     for key_id, account_pk, hash_ in conn.execute(
         "SELECT key_id, account_pk, hash FROM account_keys"
     ):
-        reg.accounts_by_pk[account_pk].keys[key_id] = hash_
-        reg.key_owner[key_id] = account_pk
-    reg.bump()
+        yield ev.KeyPut(account_pk, key_id, hash_)
+
+
+def write_events(conn: sqlite3.Connection, events: Sequence[ev.MetaEvent], now_ms: int) -> None:
+    """Store a transaction's events in it, in order (one statement: see the log's insert), and
+    drop those past the retention."""
+    conn.execute(
+        "INSERT INTO meta_events (time, kind, payload) "
+        "SELECT ?1, value ->> 'type', value FROM json_each(?2) ORDER BY key",
+        (now_ms, ev.encode_many(events)),
+    )
+    conn.execute("DELETE FROM meta_events WHERE time < ?", (now_ms - EVENT_RETENTION_MS,))
+
+
+def read_events(conn: sqlite3.Connection, after: int = 0) -> list[tuple[int, ev.MetaEvent]]:
+    """(sequence number, event) of the stored events after ``after``, in order."""
+    return [
+        (seq, ev.decode(payload))
+        for seq, payload in conn.execute(
+            "SELECT seq, payload FROM meta_events WHERE seq > ? ORDER BY seq", (after,)
+        )
+    ]
 
 
 def _dupes(ids: list[str], what: str) -> None:
@@ -174,7 +165,12 @@ def _insert(tx: Tx, table: str, parent: str, parent_pk: int, id_: str, doc: Base
 
 
 def create_projects(
-    tx: Tx, reg: Registry, items: list[ProjectIn], *, skip_existing: bool, admin_account: int | None
+    tx: Tx,
+    reg: ReadModel,
+    items: list[ProjectIn],
+    *,
+    skip_existing: bool,
+    admin_account: int | None,
 ) -> list[Project]:
     def create(i: int, it: ProjectIn, id_: str) -> Project:
         doc = Project(
@@ -183,58 +179,43 @@ def create_projects(
         cur = tx.execute(
             "INSERT INTO projects (id, doc) VALUES (?, ?)", (id_, doc.model_dump_json())
         )
-        rec = ProjectRec(int(cur.lastrowid or 0), doc)
-
-        def add() -> None:
-            reg.projects[rec.doc.id] = rec
-            reg.projects_by_pk[rec.pk] = rec
-            if admin_account is not None:
-                reg.accounts_by_pk[admin_account].roles[rec.pk] = "admin"
-            reg.bump()
-
+        pk = int(cur.lastrowid or 0)
+        tx.events.append(ev.ProjectPut(pk, doc))
         if admin_account is not None:
-            tx.execute("INSERT INTO roles VALUES (?, ?, 'admin')", (admin_account, rec.pk))
-        tx.after_commit.append(add)
+            tx.execute("INSERT INTO roles VALUES (?, ?, 'admin')", (admin_account, pk))
+            tx.events.append(ev.RolePut(admin_account, pk, "admin"))
         return doc
 
     ids = [it.id or new_id("p") for it in items]
     return _create_all(items, ids, "project", reg.projects.get, create, skip_existing=skip_existing)
 
 
-def update_project(tx: Tx, reg: Registry, rec: ProjectRec, patch: dict[str, Any]) -> Project:
+def update_project(tx: Tx, reg: ReadModel, rec: ProjectRec, patch: dict[str, Any]) -> Project:
     patch.pop("id", None)
     doc = _merge(Project, rec.doc, patch)
     tx.execute("UPDATE projects SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
-    tx.after_commit.append(_set_doc(reg, rec, doc))
+    tx.events.append(ev.ProjectPut(rec.pk, doc))
     return doc
 
 
-def delete_project(tx: Tx, reg: Registry, rec: ProjectRec) -> None:
+def delete_project(tx: Tx, reg: ReadModel, rec: ProjectRec) -> None:
     tx.execute("DELETE FROM series WHERE project_pk = ?", (rec.pk,))
     tx.execute("DELETE FROM projects WHERE pk = ?", (rec.pk,))
-    homeless = [a for a in reg.accounts_by_pk.values() if a.home_project_pk == rec.pk]
-
-    def drop() -> None:
-        reg.drop_project(rec)
-        for a in homeless:
-            _forget_account(reg, a)
-        reg.bump()
-
-    tx.after_commit.append(drop)
+    tx.events.append(ev.ProjectDropped(rec.pk))  # cascades as the tables do (domain/events.py)
 
 
 # -- sites --------------------------------------------------------------------------------------
 
 
 def create_sites(
-    tx: Tx, reg: Registry, project: ProjectRec, items: list[SiteIn], *, skip_existing: bool
+    tx: Tx, reg: ReadModel, project: ProjectRec, items: list[SiteIn], *, skip_existing: bool
 ) -> list[Site]:
     def create(i: int, it: SiteIn, id_: str) -> Site:
         doc = Site(
             **{**it.model_dump(), "id": id_, "name": it.name or id_, "project": project.doc.id}
         )
-        rec = SiteRec(_insert(tx, "sites", "project_pk", project.pk, id_, doc), project.pk, doc)
-        tx.after_commit.append(functools.partial(reg.sites.__setitem__, (project.pk, id_), rec))
+        pk = _insert(tx, "sites", "project_pk", project.pk, id_, doc)
+        tx.events.append(ev.SitePut(pk, project.pk, doc))
         return doc
 
     ids = [it.id or new_id("s") for it in items]
@@ -246,19 +227,18 @@ def create_sites(
         create,
         skip_existing=skip_existing,
     )
-    tx.after_commit.append(reg.bump)
     return docs
 
 
-def update_site(tx: Tx, reg: Registry, rec: SiteRec, patch: dict[str, Any]) -> Site:
+def update_site(tx: Tx, reg: ReadModel, rec: SiteRec, patch: dict[str, Any]) -> Site:
     patch.pop("id", None)
     doc = _merge(Site, rec.doc, patch)
     tx.execute("UPDATE sites SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
-    tx.after_commit.append(_set_doc(reg, rec, doc))
+    tx.events.append(ev.SitePut(rec.pk, rec.project_pk, doc))
     return doc
 
 
-def delete_site(tx: Tx, reg: Registry, rec: SiteRec) -> None:
+def delete_site(tx: Tx, reg: ReadModel, rec: SiteRec) -> None:
     users = sorted(
         d.doc.id
         for d in reg.devices_by_pk.values()
@@ -270,15 +250,13 @@ def delete_site(tx: Tx, reg: Registry, rec: SiteRec) -> None:
             [{"field": "devices", "reason": ", ".join(users[:20])}],
         )
     tx.execute("DELETE FROM sites WHERE pk = ?", (rec.pk,))
-    tx.after_commit.append(
-        _then_bump(reg, lambda: reg.sites.pop((rec.project_pk, rec.doc.id), None))
-    )
+    tx.events.append(ev.SiteDropped(rec.pk, rec.project_pk, rec.doc.id))
 
 
 # -- devices and variables ----------------------------------------------------------------------
 
 
-def _check_site(reg: Registry, project: ProjectRec, site: str | None, index: int | None) -> None:
+def _check_site(reg: ReadModel, project: ProjectRec, site: str | None, index: int | None) -> None:
     if site is not None and (project.pk, site) not in reg.sites:
         detail: dict[str, Any] = {"field": "site", "reason": f"no site {site!r} in this project"}
         if index is not None:
@@ -287,7 +265,7 @@ def _check_site(reg: Registry, project: ProjectRec, site: str | None, index: int
 
 
 def create_devices(
-    tx: Tx, reg: Registry, project: ProjectRec, items: list[DeviceIn], *, skip_existing: bool
+    tx: Tx, reg: ReadModel, project: ProjectRec, items: list[DeviceIn], *, skip_existing: bool
 ) -> list[Device]:
     def create(i: int, it: DeviceIn, id_: str) -> Device:
         _check_site(reg, project, it.site, i)
@@ -301,7 +279,7 @@ def create_devices(
             metadata=it.metadata,
         )
         rec = DeviceRec(_insert(tx, "devices", "project_pk", project.pk, id_, doc), project.pk, doc)
-        tx.after_commit.append(functools.partial(reg.put_device, rec))
+        tx.events.append(ev.DevicePut(rec.pk, project.pk, doc))
         if it.variables:
             create_variables(tx, reg, project, rec, it.variables, skip_existing=False, index=i)
         return doc
@@ -315,12 +293,11 @@ def create_devices(
         create,
         skip_existing=skip_existing,
     )
-    tx.after_commit.append(reg.bump)
     return docs
 
 
 def update_device(
-    tx: Tx, reg: Registry, project: ProjectRec, rec: DeviceRec, patch: dict[str, Any]
+    tx: Tx, reg: ReadModel, project: ProjectRec, rec: DeviceRec, patch: dict[str, Any]
 ) -> Device:
     patch.pop("id", None)
     if "variables" in patch:
@@ -332,19 +309,19 @@ def update_device(
         _check_site(reg, project, patch["site"], None)
     doc = _merge(Device, rec.doc, patch)
     tx.execute("UPDATE devices SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
-    tx.after_commit.append(_then_bump(reg, functools.partial(reg.put_device, rec, doc)))
+    tx.events.append(ev.DevicePut(rec.pk, rec.project_pk, doc))
     return doc
 
 
-def delete_device(tx: Tx, reg: Registry, rec: DeviceRec) -> None:
+def delete_device(tx: Tx, reg: ReadModel, rec: DeviceRec) -> None:
     tx.execute("DELETE FROM series WHERE device_pk = ?", (rec.pk,))
     tx.execute("DELETE FROM devices WHERE pk = ?", (rec.pk,))
-    tx.after_commit.append(_then_bump(reg, lambda: reg.drop_device(rec)))
+    tx.events.append(ev.DeviceDropped(rec.pk))
 
 
 def create_variables(
     tx: Tx,
-    reg: Registry,
+    reg: ReadModel,
     project: ProjectRec,
     device: DeviceRec,
     items: list[VariableIn],
@@ -377,15 +354,14 @@ def create_variables(
             }
         )
         try:
-            rec = VariableRec(0, device.pk, doc)  # checks the unit against the catalog
+            entry, _, _ = reg.variable_entry(doc.name, doc.unit)  # the unit suits the catalog
         except Invalid as exc:
             where = {"index": i} if index is None else {"index": index, "variable": i}
             raise Invalid(exc.message, [{**d, **where} for d in exc.details]) from exc
-        if doc.unit is None and rec.entry.unit != "dimensionless":
-            doc = doc.model_copy(update={"unit": rec.entry.unit})
-            rec.doc = doc
-        rec.pk = _insert(tx, "variables", "device_pk", device.pk, id_, doc)
-        tx.after_commit.append(functools.partial(reg.put_variable, rec))
+        if doc.unit is None and entry.unit != "dimensionless":
+            doc = doc.model_copy(update={"unit": entry.unit})
+        pk = _insert(tx, "variables", "device_pk", device.pk, id_, doc)
+        tx.events.append(ev.VariablePut(pk, device.pk, doc))
         return doc
 
     docs = _create_all(
@@ -396,11 +372,10 @@ def create_variables(
         create,
         skip_existing=skip_existing,
     )
-    tx.after_commit.append(reg.bump)
     return docs
 
 
-def update_variable(tx: Tx, reg: Registry, rec: VariableRec, patch: dict[str, Any]) -> Variable:
+def update_variable(tx: Tx, reg: ReadModel, rec: VariableRec, patch: dict[str, Any]) -> Variable:
     patch.pop("id", None)
     if "set" in patch and patch["set"] != rec.doc.set:
         raise Invalid(
@@ -408,34 +383,28 @@ def update_variable(tx: Tx, reg: Registry, rec: VariableRec, patch: dict[str, An
             [{"field": "set", "reason": "create another variable for another set"}],
         )
     doc = _merge(Variable, rec.doc, patch)
-    checked = VariableRec(rec.pk, rec.device_pk, doc)  # a new unit must suit the catalog entry
-    if checked.entry.unit != rec.entry.unit:
+    entry, _, _ = reg.variable_entry(doc.name, doc.unit)  # a new unit must suit the entry
+    if entry.unit != rec.entry.unit:
         raise Invalid(
             "a variable's unit may change only within its canonical unit's dimension",
             [{"field": "unit", "reason": f"stored in {rec.entry.unit!r}"}],
         )
     tx.execute("UPDATE variables SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
-
-    def replace() -> None:
-        reg.put_variable(checked)
-        reg.refresh_limits(checked)
-        reg.bump()
-
-    tx.after_commit.append(replace)
+    tx.events.append(ev.VariablePut(rec.pk, rec.device_pk, doc))
     return doc
 
 
-def delete_variable(tx: Tx, reg: Registry, rec: VariableRec) -> None:
+def delete_variable(tx: Tx, reg: ReadModel, rec: VariableRec) -> None:
     tx.execute("DELETE FROM series WHERE variable_pk = ?", (rec.pk,))
     tx.execute("DELETE FROM variables WHERE pk = ?", (rec.pk,))
-    tx.after_commit.append(_then_bump(reg, lambda: reg.drop_variable(rec)))
+    tx.events.append(ev.VariableDropped(rec.pk))
 
 
 # -- service accounts, keys, roles --------------------------------------------------------------
 
 
 def create_account(
-    tx: Tx, reg: Registry, project: ProjectRec, id_: str, name: str, role: Role
+    tx: Tx, reg: ReadModel, project: ProjectRec, id_: str, name: str, role: Role
 ) -> AccountRec:
     if id_ in reg.accounts:
         raise Conflict(
@@ -454,72 +423,49 @@ def create_account(
         (pk, id_, name, project.pk),
     )
     tx.execute("INSERT INTO roles VALUES (?, ?, ?)", (pk, project.pk, role))
-    rec = AccountRec(pk, id_, name, project.pk, {project.pk: role})
-
-    def add() -> None:
-        reg.accounts[id_] = rec
-        reg.accounts_by_pk[pk] = rec
-        reg.bump()
-
-    tx.after_commit.append(add)
-    return rec
+    tx.events += [ev.AccountPut(pk, id_, name, project.pk), ev.RolePut(pk, project.pk, role)]
+    # What the account will be once committed (the registry builds its own record from the
+    # events): for writes of the same transaction that need its pk.
+    return AccountRec(pk, id_, name, project.pk, {project.pk: role})
 
 
-def rename_account(tx: Tx, reg: Registry, rec: AccountRec, name: str) -> None:
+def rename_account(tx: Tx, reg: ReadModel, rec: AccountRec, name: str) -> None:
     tx.execute("UPDATE accounts SET name = ? WHERE pk = ?", (name, rec.pk))
-    tx.after_commit.append(lambda: setattr(rec, "name", name))
+    tx.events.append(ev.AccountPut(rec.pk, rec.id, name, rec.home_project_pk))
 
 
-def set_role(tx: Tx, reg: Registry, rec: AccountRec, project_pk: int, role: Role | None) -> None:
+def set_role(tx: Tx, reg: ReadModel, rec: AccountRec, project_pk: int, role: Role | None) -> None:
     if role is None:
         tx.execute(
             "DELETE FROM roles WHERE account_pk = ? AND project_pk = ?", (rec.pk, project_pk)
         )
-        tx.after_commit.append(lambda: rec.roles.pop(project_pk, None) and None)
+        tx.events.append(ev.RoleDropped(rec.pk, project_pk))
     else:
         tx.execute(
             "INSERT INTO roles VALUES (?, ?, ?) "
             "ON CONFLICT (account_pk, project_pk) DO UPDATE SET role = excluded.role",
             (rec.pk, project_pk, role),
         )
-        tx.after_commit.append(lambda: rec.roles.__setitem__(project_pk, role))
+        tx.events.append(ev.RolePut(rec.pk, project_pk, role))
 
 
-def delete_account(tx: Tx, reg: Registry, rec: AccountRec) -> None:
+def delete_account(tx: Tx, reg: ReadModel, rec: AccountRec) -> None:
     tx.execute("DELETE FROM accounts WHERE pk = ?", (rec.pk,))
-    tx.after_commit.append(lambda: _forget_account(reg, rec))
-
-
-def _forget_account(reg: Registry, rec: AccountRec) -> None:
-    reg.accounts.pop(rec.id, None)
-    reg.accounts_by_pk.pop(rec.pk, None)
-    for key_id in rec.keys:
-        reg.key_owner.pop(key_id, None)
-    reg.bump()
+    tx.events.append(ev.AccountDropped(rec.pk))
 
 
 def add_key(
-    tx: Tx, reg: Registry, rec: AccountRec, key_id: str, hash_: str, created_at: str
+    tx: Tx, reg: ReadModel, rec: AccountRec, key_id: str, hash_: str, created_at: str
 ) -> None:
     tx.execute("INSERT INTO account_keys VALUES (?, ?, ?, ?)", (key_id, rec.pk, hash_, created_at))
-
-    def add() -> None:
-        rec.keys[key_id] = hash_
-        reg.key_owner[key_id] = rec.pk
-
-    tx.after_commit.append(add)
+    tx.events.append(ev.KeyPut(rec.pk, key_id, hash_))
 
 
-def delete_key(tx: Tx, reg: Registry, rec: AccountRec, key_id: str) -> None:
+def delete_key(tx: Tx, reg: ReadModel, rec: AccountRec, key_id: str) -> None:
     if key_id not in rec.keys:
         raise NotFound(f"no key {key_id!r} on service account {rec.id!r}")
     tx.execute("DELETE FROM account_keys WHERE key_id = ?", (key_id,))
-
-    def drop() -> None:
-        rec.keys.pop(key_id, None)
-        reg.key_owner.pop(key_id, None)
-
-    tx.after_commit.append(drop)
+    tx.events.append(ev.KeyDropped(rec.pk, key_id))
 
 
 def key_created(conn: sqlite3.Connection, account_pk: int) -> list[tuple[str, str]]:

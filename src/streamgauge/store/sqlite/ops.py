@@ -7,61 +7,33 @@ from __future__ import annotations
 
 import sqlite3
 
-from streamgauge.core.registry import (
-    DeviceRec,
-    ProjectRec,
-    Registry,
-    SeriesRec,
-    VariableRec,
-)
+from streamgauge.domain import events as ev
+from streamgauge.domain.readmodel import ReadModel
+from streamgauge.domain.records import DeviceRec, ProjectRec
 from streamgauge.store.api import Store
 from streamgauge.store.sqlite.store import Tx
 
 
-def move_device(tx: Tx, reg: Registry, dev: DeviceRec, target: ProjectRec) -> None:
-    """Move ``dev`` to ``target`` in the write transaction ``tx``; the registry follows after the
-    commit. The device keeps its pk, variables, series and stored observations; its series now
-    belong to the target project (history and streams of the target see them, the source's no
-    longer do). A site belongs to a project, so a moved device loses its site."""
+def move_device(tx: Tx, reg: ReadModel, dev: DeviceRec, target: ProjectRec) -> None:
+    """Move ``dev`` to ``target`` in the write transaction ``tx`` (events ``DeviceMoved`` and a
+    ``VariablePut`` per variable; the registry follows after the commit). The device keeps its
+    pk, variables, series and stored observations; its series now belong to the target project
+    (history and streams of the target see them, the source's no longer do). A site belongs to
+    a project, so a moved device loses its site."""
     doc = dev.doc.model_copy(update={"project": target.doc.id, "site": None})
     tx.execute(
         "UPDATE devices SET project_pk = ?, doc = ? WHERE pk = ?",
         (target.pk, doc.model_dump_json(), dev.pk),
     )
     tx.execute("UPDATE series SET project_pk = ? WHERE device_pk = ?", (target.pk, dev.pk))
-    variables: list[VariableRec] = [
-        reg.variables_by_pk[v]
-        for v in reg.device_variables.get(dev.pk, ())
-        if v in reg.variables_by_pk
-    ]
-    series = [s for s in reg.series_by_pk.values() if s.device_pk == dev.pk]
-    var_docs = {v.pk: v.doc.model_copy(update={"project": target.doc.id}) for v in variables}
-    for pk, var_doc in var_docs.items():
-        tx.execute("UPDATE variables SET doc = ? WHERE pk = ?", (var_doc.model_dump_json(), pk))
-
-    def apply() -> None:
-        reg.drop_device(dev)
-        moved = DeviceRec(dev.pk, target.pk, doc)
-        reg.put_device(moved)
-        for var in variables:
-            var.doc = var_docs[var.pk]
-            reg.put_variable(var)
-        for s in series:
-            reg.add_series(
-                SeriesRec(
-                    s.pk,
-                    target.pk,
-                    s.device_pk,
-                    s.variable_pk,
-                    s.set,
-                    s.device_id,
-                    s.variable_id,
-                    s.prefix,
-                )
-            )
-        reg.bump()
-
-    tx.after_commit.append(apply)
+    tx.events.append(ev.DeviceMoved(dev.pk, target.pk, doc))
+    for var_pk in sorted(reg.device_variables.get(dev.pk, ())):
+        var = reg.variables_by_pk.get(var_pk)
+        if var is None:
+            continue
+        var_doc = var.doc.model_copy(update={"project": target.doc.id})
+        tx.execute("UPDATE variables SET doc = ? WHERE pk = ?", (var_doc.model_dump_json(), var_pk))
+        tx.events.append(ev.VariablePut(var_pk, var.device_pk, var_doc))
 
 
 async def transfer_device(

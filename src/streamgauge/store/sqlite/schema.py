@@ -214,6 +214,17 @@ MIGRATIONS: list[str] = [
             (time - (((time % 3600000) + 3600000) % 3600000)) / 3600000, qc ORDER BY time)
     ) GROUP BY series, h, qc;
     """,
+    # 9: metadata changes as data: the events of each metadata write, written in its
+    # transaction (store/sqlite/metadata.py: write_events; pruned past its retention).
+    """
+    CREATE TABLE meta_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- commit order, never reused after a prune
+        time INTEGER NOT NULL,  -- commit time, ms
+        kind TEXT NOT NULL,  -- the event's type tag (domain/events.py)
+        payload TEXT NOT NULL  -- the event, serialized (events.encode)
+    );
+    CREATE INDEX meta_events_time ON meta_events (time);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -33,12 +33,13 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from streamgauge.core.registry import Registry, SeriesRec, series_prefix
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.commit import CommitRules
 from streamgauge.domain.errors import Conflict, NotFound, Unavailable
+from streamgauge.domain.events import MetaEvent, SeriesAdded, SeriesDropped
 from streamgauge.domain.filters import Expr
 from streamgauge.domain.log import AppendResult, HistoryQuery, IngestColumns
+from streamgauge.domain.readmodel import ReadModel
 from streamgauge.domain.timeseries import Points, Summaries
 from streamgauge.store import files
 from streamgauge.store.sqlite import metadata, retention, summaries
@@ -55,10 +56,12 @@ IDLE_SECONDS = 0.5  # a writer idle this long indexes the tail of the log
 
 
 class Tx:
-    """A write transaction: the connection plus hooks run after it committed."""
+    """A write transaction: the connection, its metadata events, hooks run after it committed."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        # Metadata events: written in the transaction, applied to the registry after the commit.
+        self.events: list[MetaEvent] = []
         self.after_commit: list[Callable[[], None]] = []  # run in the writer thread
         self.on_rollback: list[Callable[[], None]] = []  # undo registry changes made early
         self.publish: list[Batch] = []  # handed to the event loop, in order
@@ -98,14 +101,17 @@ class SqliteStore:
         durability: str = "normal",
         index_chunk_rows: int = 65536,
         readers: int = 4,
-        rules: Callable[[Registry], CommitRules],
+        rules: Callable[[ReadModel], CommitRules],
+        registry: ReadModel,
     ) -> None:
         self.path = path
         self.durability = durability
         self.chunk_rows = index_chunk_rows
-        self.registry = Registry()
+        # The registry the engine gave: loaded on open, handed each committed transaction's
+        # metadata events (its ``apply`` is the one way metadata changes).
+        self.registry = registry
         # The duplicate/conflict rule and QC, run by the writer in commit order: core functions
-        # the caller builds over this store's registry (the engine's ``LogRules``).
+        # the caller builds over this registry (the engine's ``LogRules``).
         self.rules: CommitRules = rules(self.registry)
         self._head = 0  # last cursor published on the loop
         self._writer_head = 0  # last cursor committed (writer thread)
@@ -146,7 +152,8 @@ class SqliteStore:
         self._publish = publish
         conn = _connect(self.path, readonly=False, durability=self.durability)
         migrate(conn)
-        metadata.load(conn, self.registry)
+        for event in metadata.load(conn):
+            self.registry.apply(event)
         self._load_log_state(conn)
         self.gone = retention.load_gone(conn)
         gc.collect()
@@ -171,7 +178,6 @@ class SqliteStore:
             conn.execute("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0]
         )
         self._sealed = int(conn.execute("SELECT value FROM state WHERE key='sealed'").fetchone()[0])
-        reg = self.registry
         rows = (
             conn.execute("SELECT series, max(time) FROM obs_index GROUP BY series").fetchall()
             + conn.execute(
@@ -179,11 +185,9 @@ class SqliteStore:
                 (self._sealed,),
             ).fetchall()
         )
-        for series, latest in rows:
-            reg.series_capacity(series)
-            reg.latest[series] = max(int(reg.latest[series]), int(latest))
-            # Past every pk the log has rows of, deleted series' included: never reused.
-            reg.series_end = max(reg.series_end, series + 1)
+        if rows:
+            series, latest = zip(*rows, strict=True)
+            self.registry.restore_latest(series, latest)
         self._load_qc_state(conn)
 
     def _load_qc_state(self, conn: sqlite3.Connection) -> None:
@@ -270,6 +274,8 @@ class SqliteStore:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 result = fn(tx)
+                if tx.events:  # in the same transaction: a change and its events, or neither
+                    metadata.write_events(conn, tx.events, int(time.time() * 1000))
                 conn.execute("COMMIT")
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 if conn.in_transaction:
@@ -280,9 +286,13 @@ class SqliteStore:
                 continue
             finally:
                 self.write_seconds += time.perf_counter() - started
+            for event in tx.events:  # the registry follows what committed, in order
+                self.registry.apply(event)
             for hook in tx.after_commit:
                 hook()
-            self._freeze_new_objects(len(self.registry.series_by_pk) + len(tx.after_commit))
+            self._freeze_new_objects(
+                len(self.registry.series_by_pk) + len(tx.after_commit) + len(tx.events)
+            )
             for batch in tx.publish:
                 loop.call_soon_threadsafe(self._published, batch)
             loop.call_soon_threadsafe(_succeed, fut, result)
@@ -441,21 +451,17 @@ class SqliteStore:
                     raise NotFound("a variable of this batch was deleted while it was written")
                 dev = reg.devices_by_pk[var.device_pk]
                 pk = reg.series_end
-                rec = SeriesRec(
-                    pk,
-                    dev.project_pk,
-                    dev.pk,
-                    var_pk,
-                    set_,
-                    dev.doc.id,
-                    var.doc.id,
-                    series_prefix(dev.doc.id, var.doc.id, set_),
+                added = SeriesAdded(
+                    pk, dev.project_pk, dev.pk, var_pk, set_, dev.doc.id, var.doc.id
                 )
-                # Registered now so the batch's encoders can name it; undone on rollback.
-                reg.add_series(rec)
-                tx.on_rollback.append(functools.partial(reg.drop_series, pk))
-                tx.on_rollback.append(reg.bump)
+                # Applied now, so the batch's QC has its limits (and its pk is taken); written
+                # with the transaction's events, applied again after the commit (a no-op), and
+                # undone if the transaction fails.
+                if not created:
+                    tx.on_rollback.append(functools.partial(_forget_series, reg, created))
                 created.append((pk, dev.project_pk, dev.pk, var_pk, set_))
+                reg.apply(added)
+                tx.events.append(added)
             pks[j] = pk
         if created:
             tx.execute(
@@ -707,6 +713,11 @@ class SqliteStore:
             conn.execute("DELETE FROM temp.report_keys")
         conn.executemany("INSERT OR REPLACE INTO temp.report_keys VALUES (?, ?, ?)", rows)
         self._keys_marks[id(conn)] = mark
+
+
+def _forget_series(reg: ReadModel, created: list[tuple[int, int, int, int, int]]) -> None:
+    for row in created:
+        reg.apply(SeriesDropped(row[0]))
 
 
 def _succeed(fut: asyncio.Future[Any], result: Any) -> None:

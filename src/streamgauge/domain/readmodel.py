@@ -1,0 +1,112 @@
+"""What a store needs of the registry, as a protocol: the store is typed against it and never
+imports the registry (``core/registry.py``, which satisfies it).
+
+The store reads metadata to check a change before it writes it (does the id exist, is the site
+known), hands the events of every committed write to ``apply`` (the one way metadata changes),
+resolves rows to series on the ingest hot path, and keeps the log state it owns warm: each
+series' latest stored time (the cheap duplicate check) and the QC state it checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence, Set
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from streamgauge.domain.catalog import Entry
+from streamgauge.domain.events import MetaEvent
+from streamgauge.domain.qcstate import QCState
+from streamgauge.domain.records import (
+    AccountRec,
+    DeviceRec,
+    ProjectRec,
+    SeriesRec,
+    SiteRec,
+    VariableRec,
+)
+
+
+class ReadModel(Protocol):
+    """The registry as its store sees it. Mappings are read-only here: only ``apply`` changes
+    metadata. ``latest`` and ``qc_state`` are log state the store's writer moves itself."""
+
+    @property
+    def version(self) -> int:
+        """Grows on every metadata change (derived tables rebuild)."""
+        ...
+
+    @property
+    def series_end(self) -> int:
+        """One past the highest series pk ever given: the next new series' pk."""
+        ...
+
+    @property
+    def latest(self) -> npt.NDArray[np.int64]:
+        """Latest stored time (ms) by series pk: the cheap duplicate check."""
+        ...
+
+    @property
+    def qc_state(self) -> QCState: ...
+
+    @property
+    def projects(self) -> Mapping[str, ProjectRec]: ...
+
+    @property
+    def projects_by_pk(self) -> Mapping[int, ProjectRec]: ...
+
+    @property
+    def sites(self) -> Mapping[tuple[int, str], SiteRec]:
+        """By (project pk, site id)."""
+        ...
+
+    @property
+    def devices(self) -> Mapping[tuple[int, str], DeviceRec]:
+        """By (project pk, device id)."""
+        ...
+
+    @property
+    def devices_by_pk(self) -> Mapping[int, DeviceRec]: ...
+
+    @property
+    def variables(self) -> Mapping[tuple[int, str], VariableRec]:
+        """By (device pk, variable id)."""
+        ...
+
+    @property
+    def variables_by_pk(self) -> Mapping[int, VariableRec]: ...
+
+    @property
+    def device_variables(self) -> Mapping[int, Set[int]]:
+        """Variable pks by device pk."""
+        ...
+
+    @property
+    def series(self) -> Mapping[tuple[int, int], int]:
+        """Series pk by (variable pk, set)."""
+        ...
+
+    @property
+    def series_by_pk(self) -> Mapping[int, SeriesRec]: ...
+
+    @property
+    def accounts(self) -> Mapping[str, AccountRec]: ...
+
+    @property
+    def accounts_by_pk(self) -> Mapping[int, AccountRec]: ...
+
+    def apply(self, event: MetaEvent) -> None:
+        """Change the metadata as ``event`` says (events of committed writes, in order)."""
+        ...
+
+    def variable_entry(self, name: str, unit: str | None) -> tuple[Entry, float, float]:
+        """The catalog entry of a variable named ``name`` sent in ``unit`` and the (scale,
+        offset) from ``unit`` to the entry's canonical unit; ``Invalid`` if the unit is bad or
+        does not suit the entry."""
+        ...
+
+    def restore_latest(self, series: Sequence[int], times: Sequence[int]) -> None:
+        """On open: the latest stored time of each series the log has rows of (deleted series'
+        too: their pks are never given again)."""
+        ...
