@@ -21,7 +21,7 @@ from streamgauge.client._backoff import backoff
 from streamgauge.client._checkpoint import Checkpoint
 from streamgauge.client._errors import APIError, TransportError, from_response
 from streamgauge.client._models import IngestResult, Observation
-from streamgauge.client._params import base_url, env_token, history_params, query
+from streamgauge.client._params import base_url, env_token, history_params, query, time_param
 from streamgauge.wire.framing import LineDecoder
 
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
@@ -53,22 +53,32 @@ class StreamReader:
         client: AsyncClient,
         project: str,
         params: dict[str, Any],
-        since: int | None,
+        since: int | str | datetime | None,
         checkpoint: str | os.PathLike[str] | None,
         idle_timeout: float,
     ) -> None:
         self._client = client
+        self.project = project
         self._path = _p(project, "stream")
         self._params = params
         self._idle = idle_timeout
         self.checkpoint = Checkpoint(checkpoint) if checkpoint is not None else None
         if since is None and self.checkpoint is not None:
             since = self.checkpoint.load().get("cursor")
+        self.since_time: str | None = None
+        if isinstance(since, datetime | str) and not (isinstance(since, str) and since.isdigit()):
+            self.since_time = time_param(since)
+            since = None
+        elif isinstance(since, str):
+            since = int(since)
         self.position: int | None = since
         self.reconnects = 0
         self.units: dict[str, str] = {}
+        self.replaying = False
 
     def yielded(self, cursor: int) -> None:
+        if self.replaying:
+            return  # stored rows in time order: the position is the head the replay ends at
         self.position = cursor
         if self.checkpoint is not None:
             self.checkpoint.update(cursor=cursor)
@@ -82,7 +92,17 @@ class StreamReader:
         """Observations a network read at a time, forever (until the caller stops)."""
         client = self._client
         if self.position is None:  # live from now, but resumable from the first connection
-            self.position = int((await client.health())["head"])
+            head = int((await client.health())["head"])
+            if self.since_time is not None:  # stored rows from that time up to the head first
+                self.replaying = True
+                replay = {**self._params, "start": self.since_time}
+                chunks = client._history_chunks(self.project, replay, HISTORY_PAGE)
+                async for chunk in chunks:
+                    kept = [o for o in chunk if o.cursor <= head]
+                    if kept:
+                        yield kept
+                self.replaying = False
+            self.position = head
         delays = backoff()
         server_resume = 0
         timeout = httpx.Timeout(30.0, read=self._idle)
@@ -376,7 +396,7 @@ class AsyncClient:
     async def stream(
         self,
         project: str,
-        since: int | None = None,
+        since: int | str | datetime | None = None,
         checkpoint: str | os.PathLike[str] | None = None,
         *,
         device: Names = None,
@@ -384,14 +404,17 @@ class AsyncClient:
         qc: Names = None,
         idle_timeout: float = 90.0,
         **filters: Any,
-    ) -> AsyncIterator[Observation]:
+    ) -> AsyncGenerator[Observation, None]:
         """Live observations, forever, never lost or repeated across disconnects: after a
         dropped connection, a closing frame or a server restart it reconnects (backoff capped
         at 3 s) after the last cursor it yielded. ``since``: start after this cursor (else after
-        the checkpoint's, else live from now). ``checkpoint``: a file where the last yielded
-        cursor is saved (atomically, at most once a second, and when the iteration ends), so
-        a new ``stream`` with the same checkpoint continues right after it. ``idle_timeout``:
-        seconds without a byte (keepalives included) after which the connection is presumed
+        the checkpoint's, else live from now); a time (an aware datetime or RFC 3339) first
+        gives the stored observations from that time on, in time order, then goes on live
+        from the log's head as it was then (nothing in between is lost or repeated).
+        ``checkpoint``: a file where the last yielded cursor is saved (atomically, at most
+        once a second, and when the iteration ends), so a new ``stream`` with the same
+        checkpoint continues right after it. ``idle_timeout``: seconds without a byte
+        (keepalives included) after which the connection is presumed
         dead and replaced."""
         params = history_params(
             device=device, variable=variable, start=None, end=None, qc=qc, filters=filters

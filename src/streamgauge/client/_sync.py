@@ -11,6 +11,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import CancelledError
 from contextlib import AbstractContextManager
+from datetime import datetime
 from functools import partial
 from typing import IO, Any, Concatenate, ParamSpec, TypeVar
 
@@ -211,7 +212,7 @@ class Client:
     def stream(
         self,
         project: str,
-        since: int | None = None,
+        since: int | str | datetime | None = None,
         checkpoint: str | os.PathLike[str] | None = None,
         *,
         device: Names = None,
