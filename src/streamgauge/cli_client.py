@@ -19,6 +19,7 @@ from typing import IO, Annotated, Any
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from streamgauge.client import AsyncClient, ClientError, Observation
 from streamgauge.client._encode import file_batches, file_kind
@@ -72,7 +73,7 @@ def _filters(
 
 
 def _fail(exc: BaseException, what: str) -> typer.Exit:
-    console.print(f"[red]{what}: {exc}[/red]", soft_wrap=True, markup=False)
+    console.print(f"[red]{escape(f'{what}: {exc}')}[/red]", soft_wrap=True)
     return typer.Exit(1)
 
 
