@@ -64,9 +64,7 @@ def test_every_crud_operation(c: Client) -> None:
     assert c.update_site("lab", "roof", elevation=1300)["elevation"] == 1300
     assert [s["id"] for s in c.sites("lab")] == ["roof"]
 
-    c.create_device(
-        "lab", id="ws1", site="roof", variables=[{"name": "air_temp", "unit": "degC"}]
-    )
+    c.create_device("lab", id="ws1", site="roof", variables=[{"name": "air_temp", "unit": "degC"}])
     assert [d["id"] for d in c.devices("lab", site="roof")] == ["ws1"]
     assert c.update_device("lab", "ws1", labels={"floor": "3"})["labels"] == {"floor": "3"}
     c.create_variable("lab", "ws1", name="wind_speed", unit="m/s")

@@ -62,10 +62,18 @@ def test_row_batches_cut_and_encode_datetimes() -> None:
 
 def test_csv_file_batches_send_digit_times_as_integers(tmp_path: Path) -> None:
     path = tmp_path / "x.csv"
-    path.write_text("device,variable,time,value,set\nd0,t,1700000000000,1.5,2\nd0,t,1700000001000,,\n")
+    path.write_text(
+        "device,variable,time,value,set\nd0,t,1700000000000,1.5,2\nd0,t,1700000001000,,\n"
+    )
     (body,) = list(file_batches(path, 10))
     rows = orjson.loads(body.data)
-    assert rows[0] == {"device": "d0", "variable": "t", "time": 1700000000000, "value": 1.5, "set": 2}
+    assert rows[0] == {
+        "device": "d0",
+        "variable": "t",
+        "time": 1700000000000,
+        "value": 1.5,
+        "set": 2,
+    }
     assert rows[1] == {"device": "d0", "variable": "t", "time": 1700000001000, "value": None}
 
 
