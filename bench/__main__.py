@@ -5,6 +5,8 @@
     quality    ingest with QC on and off, then 1,000 differently filtered streams at 10,000 obs/s
     feed       1,000 push-feed sessions against a plain websockets broadcast, memory per session
     feed-cpu   the server's CPU per fan-out round of those sessions, in one process, no sockets
+    client     the Python client: import of a 1,000,000-row CSV, Client/AsyncClient.stream()
+               against the raw NDJSON stream read with httpx
 
 Each workload takes its own ``--help``.
 """
@@ -19,6 +21,7 @@ WORKLOADS = {
     "quality": "bench.quality",
     "feed": "bench.feed",
     "feed-cpu": "bench.feed_cpu",
+    "client": "bench.client",
 }
 
 
