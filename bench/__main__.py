@@ -10,6 +10,8 @@
                reading its rows, latest over 30,000 stations, a retention pass (--quick)
     ports      MQTT messages/s from Mosquitto (1 obs and 500-row messages) and line-protocol
                points/s, against native NDJSON of the same observations
+    client     the Python client: import of a 1,000,000-row CSV, Client/AsyncClient.stream()
+               against the raw NDJSON stream read with httpx
 
 Each workload takes its own ``--help``.
 """
@@ -27,6 +29,7 @@ WORKLOADS = {
     "feed-cpu": "bench.feed_cpu",
     "timeseries": "bench.timeseries",
     "ports": "bench.ports",
+    "client": "bench.client",
 }
 
 

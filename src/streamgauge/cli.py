@@ -1,4 +1,4 @@
-"""The ``streamgauge`` command: serve, simulate, demo."""
+"""The ``streamgauge`` command: serve, simulate, demo; tail, import, export (``cli_client.py``)."""
 
 from __future__ import annotations
 
@@ -438,6 +438,11 @@ def demo(
     if signals.first is not None:
         raise typer.Exit(128 + signals.first)  # 130 after Ctrl-C, as is conventional
     raise typer.Exit(1)  # the server stopped by itself
+
+
+from streamgauge import cli_client  # noqa: E402  (registers tail, import, export on ``app``)
+
+cli_client.register(app)
 
 
 def main() -> None:

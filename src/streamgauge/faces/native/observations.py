@@ -33,6 +33,7 @@ from streamgauge.faces.http import (
     parse_time,
     read_body,
 )
+from streamgauge.faces.native import exports
 from streamgauge.faces.native.csv_ingest import CSV_TYPES, csv_to_ndjson
 from streamgauge.faces.native.deps import EngineDep, PrincipalDep, project_for
 from streamgauge.wire.pages import encode_page
@@ -244,7 +245,22 @@ async def history(
     end: Annotated[str | None, Query(description="Before this time (exclusive).")] = None,
     limit: Annotated[int | None, Query(ge=1)] = None,
     page: Annotated[str | None, Query(description="The `next` token of the previous page.")] = None,
-    format: Annotated[Literal["json", "csv", "ndjson"], Query()] = "json",
+    format: Annotated[
+        Literal["json", "csv", "ndjson", "parquet"] | None,
+        Query(
+            description="Default: from `Accept` (text/csv, application/x-ndjson, "
+            "application/vnd.apache.parquet), else json."
+        ),
+    ] = None,
+    all_: Annotated[
+        bool,
+        Query(
+            alias="all",
+            description="Every matching observation in one streamed response (csv, ndjson or "
+            "parquet; read a page at a time, constant memory); `limit` does not apply.",
+        ),
+    ] = False,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
     every: Annotated[
         str | None,
         Query(description="Aggregate into buckets of this size: `30s`, `15m`, `1h`, `1d`."),
@@ -266,19 +282,35 @@ async def history(
 ) -> Response:
     """Stored observations ordered by time, paged with `next` tokens. With a `filter`, a page
     scans at most `STREAMGAUGE_HISTORY_SCAN_ROWS` stored rows and may hold fewer rows than
-    `limit` (even none) with a `next` token: follow `next` until it is null.
+    `limit` (even none) with a `next` token: follow `next` until it is null. With `all=true`
+    the whole selection is streamed (an export) in csv, ndjson or parquet.
 
     With `every`: `{"aggregates": [{"device", "variable", "set", "start", "end", "count",
     "mean", ...}], "units", "next"}`, one bucket per series and interval with numeric data,
     ordered by (device, variable, set) and `start`; `limit` counts buckets."""
     rec = project_for(engine, who, project, Action.READ)
+    fmt = format or exports.format_from_accept(accept)
+    if all_ and fmt == "json":
+        raise BadRequest(
+            "all=true streams csv, ndjson or parquet",
+            [{"in": "query", "field": "format", "reason": "use csv, ndjson or parquet with all"}],
+        )
     s = engine.settings
     n = min(limit or s.page_limit_default, s.page_limit_max)
     selection = select.selection(rec.pk)
     if every is not None:
-        return await _aggregates(
-            engine, rec.pk, select, start, end, n, page, format, every, agg, tz
-        )
+        if all_ or fmt == "parquet":
+            raise BadRequest(
+                "aggregates are read as json, csv or ndjson pages",
+                [
+                    {
+                        "in": "query",
+                        "field": "every",
+                        "reason": "not with all=true or format=parquet",
+                    }
+                ],
+            )
+        return await _aggregates(engine, rec.pk, select, start, end, n, page, fmt, every, agg, tz)
     for name, given in (("agg", agg), ("tz", tz)):
         if given is not None:
             raise BadRequest(
@@ -295,6 +327,9 @@ async def history(
         after=_page_key(page),
         limit=n,
     )
+    if all_:
+        wanted = series if series is not None else exports.project_series(engine.registry, rec.pk)
+        return exports.export_response(fmt, engine, query, selection, select.units, wanted)
     # With a filter, a page may hold fewer than `limit` rows (the scan per request is bounded);
     # `next` then resumes after the last row scanned.
     batch, resume = await engine.history_page(query, selection)
@@ -303,14 +338,17 @@ async def history(
     headers = {"X-Units": orjson.dumps(units).decode()}
     if nxt:
         headers["X-Next-Page"] = nxt
-    if format == "csv":
+    if fmt == "parquet":
+        body = exports.parquet_bytes(batch, engine.registry, select.units, units)
+        return Response(body, media_type=exports.PARQUET_MEDIA, headers=headers)
+    if fmt == "csv":
         out = io.StringIO()
         w = csv.writer(out, lineterminator="\n")
         w.writerow(CSV_HEADER)
         w.writerows(csv_rows(batch, engine.registry, select.units))
         return Response(out.getvalue(), media_type="text/csv", headers=headers)
     rows = batch.json_rows(engine.registry, select.units)
-    if format == "ndjson":
+    if fmt == "ndjson":
         return Response(
             b"".join(r + b"\n" for r in rows), media_type="application/x-ndjson", headers=headers
         )
