@@ -44,7 +44,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -52,10 +52,12 @@ import httpx
 
 from streamgauge import __version__
 from streamgauge.core.backoff import delays, next_delay, retry_after
+from streamgauge.core.consumers import Consumer
 from streamgauge.domain.errors import Invalid, NotFound
 from streamgauge.metrics import Metrics
+from streamgauge.store.api import ConsumerPositions
 from streamgauge.store.factory import EmbeddedStore
-from streamgauge.store.sqlite import deliveries as table
+from streamgauge.store.sqlite.deliveries import SqliteDeliveryPositions
 
 log = logging.getLogger("streamgauge.deliveries")
 
@@ -281,30 +283,96 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 # -- the engine -----------------------------------------------------------------------------------
 
 
-@dataclass(eq=False)
-class _Worker:
-    key: str
-    source: Source
-    start_after: int | None
-    sign: Signer | None
-    timeout: float
-    retention: float
-    on_outcome: OutcomeHook | None
-    paused: bool = False
-    cursor: int | None = None  # last acknowledged or dead-lettered (None until loaded)
-    saved: int | None = None  # last persisted
-    unsaved: int = 0
-    flushed_at: float = 0.0
-    pending: int | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)  # new data, pause, resume
-    control: asyncio.Event = field(default_factory=asyncio.Event)  # pause, resume
-    task: asyncio.Task[None] | None = None
-    stats: DeliveryStats = field(
-        default_factory=lambda: DeliveryStats(0, 0, 0, 0, None, None, None, None, None, None)
-    )
-    window: deque[tuple[float, float | None, bool]] = field(
-        default_factory=lambda: deque(maxlen=WINDOW_MAX)
-    )  # (monotonic time, latency ms if a response came, delivered)
+class DeliveryPositions(ConsumerPositions, Protocol):
+    """Where deliveries keep their cursors (``ConsumerPositions``) and their dead letters
+    (``store/sqlite/deliveries.SqliteDeliveryPositions``)."""
+
+    async def dead_letter(
+        self,
+        name: str,
+        *,
+        cursor: int,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        born_ms: int,
+        now_ms: int,
+        attempts: int,
+        last_status: int | None,
+        last_error: str | None,
+    ) -> None:
+        """Record an item given up on and move ``name``'s cursor past it, in one transaction."""
+        ...
+
+    async def dead_letters(self, name: str, limit: int) -> list[dict[str, Any]]: ...
+
+
+class Delivery(Consumer):
+    """One delivery: a durable consumer (``core/consumers``) of a ``Source`` whose position is
+    its cursor in ``DeliveryPositions`` (loaded, saved, forgotten and started by the consumer's
+    own code: a new key starts at ``start_after``, else at the source's end, ``head``). Its
+    task is the delivery loop of ``Deliveries`` (one item at a time, retries, dead letters),
+    woken by ``notify``."""
+
+    def __init__(
+        self,
+        key: str,
+        source: Source,
+        positions: DeliveryPositions,
+        start_after: int | None,
+        sign: Signer | None,
+        timeout: float,
+        retention: float,
+        on_outcome: OutcomeHook | None,
+        paused: bool = False,
+    ) -> None:
+        super().__init__(key, None, positions, start=start_after)
+        self.positions = positions
+        self.source = source
+        self.sign = sign
+        self.timeout = timeout
+        self.retention = retention
+        self.on_outcome = on_outcome
+        self.paused = paused
+        self.unsaved = 0
+        self.flushed_at = 0.0
+        self.pending: int | None = None
+        self.control = asyncio.Event()  # pause, resume
+        self.task: asyncio.Task[None] | None = None
+        self.stats = DeliveryStats(0, 0, 0, 0, None, None, None, None, None, None)
+        # (monotonic time, latency ms if a response came, delivered)
+        self.window: deque[tuple[float, float | None, bool]] = deque(maxlen=WINDOW_MAX)
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+    @property
+    def cursor(self) -> int | None:
+        """Last acknowledged or dead-lettered (None until loaded)."""
+        return self.position
+
+    @cursor.setter
+    def cursor(self, value: int) -> None:
+        self.position = value
+
+    @property
+    def wake(self) -> asyncio.Event:
+        """New data, pause, resume."""
+        return self._wake
+
+    async def head(self) -> int:
+        """The source's end now (a new key without ``start_after`` starts there)."""
+        head = getattr(self.source, "head", None)
+        if callable(head):
+            return int(await head())
+        after = 0
+        while True:
+            items = await self.source.fetch(after, 1000)
+            if not items:
+                return after
+            after = max(after, items[-1].cursor)
 
 
 class Deliveries:
@@ -320,13 +388,13 @@ class Deliveries:
         retry_first_seconds: float = 1.0,
         retry_max_seconds: float = 300.0,
     ) -> None:
-        self._store = store
+        self._positions: DeliveryPositions = SqliteDeliveryPositions(store)
         self._metrics = metrics
         self.allow_private_targets = allow_private_targets
         self._poll = poll_seconds
         self._retry_first = retry_first_seconds
         self._retry_max = max(retry_max_seconds, retry_first_seconds)
-        self._workers: dict[str, _Worker] = {}
+        self._workers: dict[str, Delivery] = {}
         self._retiring: dict[str, asyncio.Task[None]] = {}
         self._client: httpx.AsyncClient | None = None
         self._started = False
@@ -352,8 +420,16 @@ class Deliveries:
         if key in self._workers:
             paused = self._workers[key].paused
             self.remove(key, forget=False)
-        w = _Worker(
-            key, source, start_after, sign, timeout_seconds, retention_seconds, on_outcome, paused
+        w = Delivery(
+            key,
+            source,
+            self._positions,
+            start_after,
+            sign,
+            timeout_seconds,
+            retention_seconds,
+            on_outcome,
+            paused,
         )
         self._workers[key] = w
         if self._started:
@@ -418,11 +494,11 @@ class Deliveries:
     async def dead_letters(self, key: str, limit: int = 100) -> list[dict[str, Any]]:
         """The key's dead letters, newest first: cursor, method, url, headers, body (bytes),
         born_ms, failed_ms, attempts, last_status, last_error."""
-        return await self._store.read(lambda conn: table.dead_letters(conn, key, limit))
+        return await self._positions.dead_letters(key, limit)
 
     async def cursor(self, key: str) -> int | None:
         """The key's persisted cursor (None if it has none)."""
-        return await self._store.read(lambda conn: table.get_cursor(conn, key))
+        return await self._positions.load(key)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -455,14 +531,14 @@ class Deliveries:
 
     # -- the worker -------------------------------------------------------------------------------
 
-    def _worker(self, key: str) -> _Worker:
+    def _worker(self, key: str) -> Delivery:
         w = self._workers.get(key)
         if w is None:
             raise NotFound(f"no delivery {key!r}")
         return w
 
     async def _retire(
-        self, key: str, w: _Worker | None, forget: bool, prior: asyncio.Task[None] | None
+        self, key: str, w: Delivery | None, forget: bool, prior: asyncio.Task[None] | None
     ) -> None:
         if prior is not None:
             await asyncio.gather(prior, return_exceptions=True)
@@ -471,7 +547,7 @@ class Deliveries:
             await asyncio.gather(w.task, return_exceptions=True)
         try:
             if forget:
-                await self._store.write(lambda tx: table.forget(tx, key))
+                await self._positions.forget(key)
             elif w is not None:
                 await self._flush(w)
         except Exception:
@@ -480,7 +556,7 @@ class Deliveries:
     def _schedule(self) -> Iterator[float]:
         return delays(first=self._retry_first, cap=self._retry_max)
 
-    async def _run(self, w: _Worker) -> None:
+    async def _run(self, w: Delivery) -> None:
         prior = self._retiring.get(w.key)
         if prior is not None:
             await asyncio.gather(prior, return_exceptions=True)
@@ -500,32 +576,12 @@ class Deliveries:
                 schedule = schedule or self._schedule()
                 await self._sleep(w, next(schedule))
 
-    async def _load(self, w: _Worker) -> None:
-        stored = await self._store.read(lambda conn: table.get_cursor(conn, w.key))
-        if stored is None:
-            start = w.start_after
-            if start is None:
-                start = await self._source_end(w.source)
-            now = _now_ms()
-            await self._store.write(lambda tx: table.set_cursor(tx, w.key, start, now))
-            stored = start
-        w.cursor = w.saved = stored
+    async def _load(self, w: Delivery) -> None:
+        stored = await w.load()
         w.stats.cursor = stored
         w.flushed_at = time.monotonic()
 
-    @staticmethod
-    async def _source_end(source: Source) -> int:
-        head = getattr(source, "head", None)
-        if callable(head):
-            return int(await head())
-        after = 0
-        while True:
-            items = await source.fetch(after, 1000)
-            if not items:
-                return after
-            after = max(after, items[-1].cursor)
-
-    async def _step(self, w: _Worker) -> None:
+    async def _step(self, w: Delivery) -> None:
         """Fetch after the cursor and deliver what comes, until idle, paused or a failure that
         must wait (``_RetryLater``)."""
         while w.paused:
@@ -569,7 +625,7 @@ class Deliveries:
                 if w.unsaved >= FLUSH_EVERY or time.monotonic() - w.flushed_at >= FLUSH_SECONDS:
                     await self._flush(w)
 
-    async def _sleep(self, w: _Worker, seconds: float) -> None:
+    async def _sleep(self, w: Delivery, seconds: float) -> None:
         """Wait before a retry; pause, resume and removal cut it short."""
         w.control.clear()
         if w.paused:
@@ -578,7 +634,7 @@ class Deliveries:
             async with asyncio.timeout(seconds):
                 await w.control.wait()
 
-    async def _attempt(self, w: _Worker, item: Item, attempt: int) -> tuple[Outcome, float | None]:
+    async def _attempt(self, w: Delivery, item: Item, attempt: int) -> tuple[Outcome, float | None]:
         """One try at ``item``: its outcome (dead-lettered when it failed and is too old), and
         the receiver's Retry-After in seconds, if any."""
         status: int | None = None
@@ -625,21 +681,18 @@ class Deliveries:
         dead = False
         now = _now_ms()
         if not delivered and now - item.born_ms > w.retention * 1000:
-            await self._store.write(
-                lambda tx: table.dead_letter(
-                    tx,
-                    w.key,
-                    cursor=item.cursor,
-                    method=item.method,
-                    url=item.url,
-                    headers=item.headers,
-                    body=item.body,
-                    born_ms=item.born_ms,
-                    now_ms=now,
-                    attempts=attempt,
-                    last_status=status,
-                    last_error=error,
-                )
+            await w.positions.dead_letter(
+                w.key,
+                cursor=item.cursor,
+                method=item.method,
+                url=item.url,
+                headers=item.headers,
+                body=item.body,
+                born_ms=item.born_ms,
+                now_ms=now,
+                attempts=attempt,
+                last_status=status,
+                last_error=error,
             )
             dead = True
             w.cursor = w.saved = item.cursor
@@ -655,7 +708,7 @@ class Deliveries:
                 log.exception("delivery %s: its on_outcome hook failed", w.key)
         return outcome, wait
 
-    def _record(self, w: _Worker, o: Outcome, latency: float | None, now_ms: int) -> None:
+    def _record(self, w: Delivery, o: Outcome, latency: float | None, now_ms: int) -> None:
         s = w.stats
         s.last_status = o.status
         w.window.append((time.monotonic(), latency, o.delivered))
@@ -675,13 +728,10 @@ class Deliveries:
             if latency is not None:
                 self._metrics.outbound_seconds.observe(latency / 1000)
 
-    async def _flush(self, w: _Worker) -> None:
-        cursor = w.cursor
-        if cursor is None or cursor == w.saved:
+    async def _flush(self, w: Delivery) -> None:
+        if w.cursor is None or w.cursor == w.saved:
             return
-        now = _now_ms()
-        await self._store.write(lambda tx: table.set_cursor(tx, w.key, cursor, now))
-        w.saved = cursor
+        await w.save()
         w.unsaved = 0
         w.flushed_at = time.monotonic()
 
