@@ -39,9 +39,6 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-import numpy as np
-import numpy.typing as npt
-
 from streamgauge.core.consumers.scan import LogReader, LogScanner, Select
 from streamgauge.domain.batch import Batch
 from streamgauge.store.api import ConsumerPositions
@@ -58,6 +55,10 @@ async def _no_handler(batch: Batch) -> None:
 class Consumer:
     """A named reader of the log with a stored position (see the module docstring). Subclasses
     change hooks (``read``, ``handle``, ``live``, ``head``, ``checkpoint_due``), not the loop."""
+
+    # A synchronous consumer judges live batches in the listener only (``live``); while a
+    # catch-up step runs, a live batch wakes the task instead of being queued.
+    synchronous = False
 
     def __init__(
         self,
@@ -78,6 +79,7 @@ class Consumer:
         self._positions = positions
         self._handler = handler or _no_handler
         self._scanner = LogScanner(log, select, page_rows)  # log None: ``read``/``head`` overridden
+        self._every_row = select is None
         self._start = start
         self.retry_seconds = retry_seconds
         self.checkpoint_rows = checkpoint_rows
@@ -120,9 +122,9 @@ class Consumer:
         """Whether a step that reached ``covered`` stores its position now."""
         return handled or covered - (self.saved or 0) >= self.checkpoint_rows
 
-    def wanted(self, batch: Batch) -> npt.NDArray[np.bool_]:
-        """The rows of ``batch`` the selection wants (a mask)."""
-        return self._scanner.mask(batch)
+    def wanted(self, batch: Batch) -> Batch:
+        """The rows of ``batch`` the selection wants."""
+        return batch if self._every_row else batch.take(self._scanner.mask(batch))
 
     # -- the position -------------------------------------------------------------------------
 
@@ -143,7 +145,7 @@ class Consumer:
             await self._positions.save(self.name, position)
             self.saved = position
 
-    async def forget(self) -> None:
+    async def forget_position(self) -> None:
         """Drop the stored position (the consumer is gone for good)."""
         await self._positions.forget(self.name)
         self.position = self.saved = None
@@ -174,15 +176,16 @@ class Consumer:
         if batch.first <= end:
             batch = batch.take(batch.cursors > end)
         if not self._queue and not self._lock.locked():
-            picked = batch.take(self.wanted(batch))
             try:
-                done = self.live(picked)
+                done = self.live(self.wanted(batch))
             except Exception:
                 log.exception("consumer %s: the live handler failed; reading the log", self.name)
                 return False
             if done:
                 self.position = batch.last
                 return True
+        if self.synchronous:
+            return False
         if self._queued + len(batch) > self.live_rows:
             self._drop_queue()  # too far behind: the task reads the log
             return False
@@ -206,7 +209,7 @@ class Consumer:
         batch = self._queue[0]
         if batch.first <= position:
             batch = batch.take(batch.cursors > position)
-        picked = batch.take(self.wanted(batch))
+        picked = self.wanted(batch)
         if len(picked) > self._scanner.page_rows:
             picked = picked.head(self._scanner.page_rows)
             return picked, picked.last
@@ -250,7 +253,8 @@ class Consumer:
             self._wake.set()  # catch up first
             self._task = asyncio.create_task(self._run(), name=f"consumer {self.name}")
 
-    async def stop(self) -> None:
+    async def stop(self, *, save: bool = True) -> None:
+        """Stop the task and (``save``) store the position reached."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -258,8 +262,9 @@ class Consumer:
                 await task
             except asyncio.CancelledError:
                 pass
-        async with self._lock:
-            await self.save()  # a stretch without match need not be read again
+        if save:
+            async with self._lock:
+                await self.save()  # a stretch without match need not be read again
 
     @property
     def running(self) -> bool:
