@@ -469,6 +469,10 @@ class Deliveries:
         for w in self._workers.values():
             w.wake.set()
 
+    def delivery(self, key: str) -> Delivery:
+        """The delivery (a durable consumer) under ``key``; ``errors.NotFound`` if none."""
+        return self._worker(key)
+
     def __contains__(self, key: object) -> bool:
         return key in self._workers
 
