@@ -14,9 +14,9 @@ crash it only reads that stretch again.
 Two ways in, one position:
 
 * **live** (``offer``, the engine's commit listener): a committed batch that starts right after
-  the position is taken without a store read. A consumer that judges synchronously (``live``
-  returns True: the alert rules, DT reported state) handles it inside the listener; otherwise
-  the batch is queued in memory (at most ``live_rows`` rows) for the consumer's task.
+  the position is taken without a store read. A ``synchronous`` consumer (the alert rules, DT
+  reported state) handles it inside the listener (``live``); any other queues it in memory (at
+  most ``live_rows`` rows) for its task.
 * **catch-up** (``step``): when the queue does not continue the position (after a start, a
   restart, an error, a queue overflow), the task reads the log after the position through a
   ``LogScanner`` up to the head, then goes live again.
@@ -56,8 +56,9 @@ class Consumer:
     """A named reader of the log with a stored position (see the module docstring). Subclasses
     change hooks (``read``, ``handle``, ``live``, ``head``, ``checkpoint_due``), not the loop."""
 
-    # A synchronous consumer judges live batches in the listener only (``live``); while a
-    # catch-up step runs, a live batch wakes the task instead of being queued.
+    # A synchronous consumer handles live batches inside the listener (``live``); while a
+    # catch-up step runs, or when ``live`` fails, the task reads the log instead. Any other
+    # consumer queues live batches for its task.
     synchronous = False
 
     def __init__(
@@ -114,8 +115,9 @@ class Consumer:
         await self._handler(batch)
 
     def live(self, batch: Batch) -> bool:
-        """The hot path: handle ``batch`` (the wanted rows of a committed batch that continues
-        the position) now, inside the commit listener; False to have the task handle it."""
+        """The hot path of a ``synchronous`` consumer: handle ``batch`` (the wanted rows of a
+        committed batch that continues the position) now, inside the commit listener; False
+        (or an exception) to have the task read it from the log."""
         return False
 
     def checkpoint_due(self, handled: bool, covered: int) -> bool:
@@ -175,7 +177,9 @@ class Consumer:
             return False
         if batch.first <= end:
             batch = batch.take(batch.cursors > end)
-        if not self._queue and not self._lock.locked():
+        if self.synchronous:  # judged here and now, or left to the task reading the log
+            if self._lock.locked():
+                return False
             try:
                 done = self.live(self.wanted(batch))
             except Exception:
@@ -183,9 +187,7 @@ class Consumer:
                 return False
             if done:
                 self.position = batch.last
-                return True
-        if self.synchronous:
-            return False
+            return done
         if self._queued + len(batch) > self.live_rows:
             self._drop_queue()  # too far behind: the task reads the log
             return False
