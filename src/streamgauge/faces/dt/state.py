@@ -46,6 +46,7 @@ class Reported(Consumer):
     the commit listener."""
 
     NAME = "dt-reported"
+    synchronous = True  # merged inside the commit listener: current when ingest returns
 
     def __init__(self, engine: Engine) -> None:
         super().__init__(self.NAME, engine, MemoryPositions())
