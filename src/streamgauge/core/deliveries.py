@@ -44,21 +44,20 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Generic, Protocol, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 
 from streamgauge import __version__
 from streamgauge.core.backoff import delays, next_delay, retry_after
+from streamgauge.core.consumers import Consumer
 from streamgauge.domain.errors import Invalid, NotFound
 from streamgauge.metrics import Metrics
-from streamgauge.store.api import DeliveryTables, Transactions
+from streamgauge.store.api import DeliveryPositions
 
 log = logging.getLogger("streamgauge.deliveries")
-TxT = TypeVar("TxT")  # the backend's write transaction and read handle (store.api)
-ConnT = TypeVar("ConnT")
 
 FETCH_LIMIT = 100  # items read from a source per step
 FLUSH_EVERY = 100  # acknowledged items between two cursor writes, at most
@@ -282,40 +281,79 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 # -- the engine -----------------------------------------------------------------------------------
 
 
-@dataclass(eq=False)
-class _Worker:
-    key: str
-    source: Source
-    start_after: int | None
-    sign: Signer | None
-    timeout: float
-    retention: float
-    on_outcome: OutcomeHook | None
-    paused: bool = False
-    cursor: int | None = None  # last acknowledged or dead-lettered (None until loaded)
-    saved: int | None = None  # last persisted
-    unsaved: int = 0
-    flushed_at: float = 0.0
-    pending: int | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)  # new data, pause, resume
-    control: asyncio.Event = field(default_factory=asyncio.Event)  # pause, resume
-    task: asyncio.Task[None] | None = None
-    stats: DeliveryStats = field(
-        default_factory=lambda: DeliveryStats(0, 0, 0, 0, None, None, None, None, None, None)
-    )
-    window: deque[tuple[float, float | None, bool]] = field(
-        default_factory=lambda: deque(maxlen=WINDOW_MAX)
-    )  # (monotonic time, latency ms if a response came, delivered)
-
-
-class Deliveries(Generic[TxT, ConnT]):
-    """Every outbound delivery of one engine; ``engine.deliveries``. Positions and dead letters
-    go through the backend's ``tables`` in ``store``'s transactions."""
+class Delivery(Consumer):
+    """One delivery: a durable consumer (``core/consumers``) of a ``Source`` whose position is
+    its cursor in ``DeliveryPositions`` (loaded, saved, forgotten and started by the consumer's
+    own code: a new key starts at ``start_after``, else at the source's end, ``head``). Its
+    task is the delivery loop of ``Deliveries`` (one item at a time, retries, dead letters),
+    woken by ``notify``."""
 
     def __init__(
         self,
-        store: Transactions[TxT, ConnT],
-        tables: DeliveryTables[TxT, ConnT],
+        key: str,
+        source: Source,
+        positions: DeliveryPositions,
+        start_after: int | None,
+        sign: Signer | None,
+        timeout: float,
+        retention: float,
+        on_outcome: OutcomeHook | None,
+        paused: bool = False,
+    ) -> None:
+        super().__init__(key, None, positions, start=start_after)
+        self.positions = positions
+        self.source = source
+        self.sign = sign
+        self.timeout = timeout
+        self.retention = retention
+        self.on_outcome = on_outcome
+        self.paused = paused
+        self.unsaved = 0
+        self.flushed_at = 0.0
+        self.pending: int | None = None
+        self.control = asyncio.Event()  # pause, resume
+        self.task: asyncio.Task[None] | None = None
+        self.stats = DeliveryStats(0, 0, 0, 0, None, None, None, None, None, None)
+        # (monotonic time, latency ms if a response came, delivered)
+        self.window: deque[tuple[float, float | None, bool]] = deque(maxlen=WINDOW_MAX)
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+    @property
+    def cursor(self) -> int | None:
+        """Last acknowledged or dead-lettered (None until loaded)."""
+        return self.position
+
+    @cursor.setter
+    def cursor(self, value: int) -> None:
+        self.position = value
+
+    @property
+    def wake(self) -> asyncio.Event:
+        """New data, pause, resume."""
+        return self._wake
+
+    async def head(self) -> int:
+        """The source's end now (a new key without ``start_after`` starts there)."""
+        head = getattr(self.source, "head", None)
+        if callable(head):
+            return int(await head())
+        after = 0
+        while True:
+            items = await self.source.fetch(after, 1000)
+            if not items:
+                return after
+            after = max(after, items[-1].cursor)
+
+
+class Deliveries:
+    """Every outbound delivery of one engine; ``engine.deliveries``."""
+
+    def __init__(
+        self,
+        positions: DeliveryPositions,
         *,
         metrics: Metrics | None = None,
         allow_private_targets: bool = False,
@@ -323,14 +361,13 @@ class Deliveries(Generic[TxT, ConnT]):
         retry_first_seconds: float = 1.0,
         retry_max_seconds: float = 300.0,
     ) -> None:
-        self._store = store
-        self._table = tables
+        self._positions = positions  # the backend's (``store.api.DeliveryPositions``)
         self._metrics = metrics
         self.allow_private_targets = allow_private_targets
         self._poll = poll_seconds
         self._retry_first = retry_first_seconds
         self._retry_max = max(retry_max_seconds, retry_first_seconds)
-        self._workers: dict[str, _Worker] = {}
+        self._workers: dict[str, Delivery] = {}
         self._retiring: dict[str, asyncio.Task[None]] = {}
         self._client: httpx.AsyncClient | None = None
         self._started = False
@@ -356,8 +393,16 @@ class Deliveries(Generic[TxT, ConnT]):
         if key in self._workers:
             paused = self._workers[key].paused
             self.remove(key, forget=False)
-        w = _Worker(
-            key, source, start_after, sign, timeout_seconds, retention_seconds, on_outcome, paused
+        w = Delivery(
+            key,
+            source,
+            self._positions,
+            start_after,
+            sign,
+            timeout_seconds,
+            retention_seconds,
+            on_outcome,
+            paused,
         )
         self._workers[key] = w
         if self._started:
@@ -397,6 +442,10 @@ class Deliveries(Generic[TxT, ConnT]):
         for w in self._workers.values():
             w.wake.set()
 
+    def delivery(self, key: str) -> Delivery:
+        """The delivery (a durable consumer) under ``key``; ``errors.NotFound`` if none."""
+        return self._worker(key)
+
     def __contains__(self, key: object) -> bool:
         return key in self._workers
 
@@ -422,11 +471,11 @@ class Deliveries(Generic[TxT, ConnT]):
     async def dead_letters(self, key: str, limit: int = 100) -> list[dict[str, Any]]:
         """The key's dead letters, newest first: cursor, method, url, headers, body (bytes),
         born_ms, failed_ms, attempts, last_status, last_error."""
-        return await self._store.read(lambda conn: self._table.dead_letters(conn, key, limit))
+        return await self._positions.dead_letters(key, limit)
 
     async def cursor(self, key: str) -> int | None:
         """The key's persisted cursor (None if it has none)."""
-        return await self._store.read(lambda conn: self._table.get_cursor(conn, key))
+        return await self._positions.load(key)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -459,14 +508,14 @@ class Deliveries(Generic[TxT, ConnT]):
 
     # -- the worker -------------------------------------------------------------------------------
 
-    def _worker(self, key: str) -> _Worker:
+    def _worker(self, key: str) -> Delivery:
         w = self._workers.get(key)
         if w is None:
             raise NotFound(f"no delivery {key!r}")
         return w
 
     async def _retire(
-        self, key: str, w: _Worker | None, forget: bool, prior: asyncio.Task[None] | None
+        self, key: str, w: Delivery | None, forget: bool, prior: asyncio.Task[None] | None
     ) -> None:
         if prior is not None:
             await asyncio.gather(prior, return_exceptions=True)
@@ -475,7 +524,7 @@ class Deliveries(Generic[TxT, ConnT]):
             await asyncio.gather(w.task, return_exceptions=True)
         try:
             if forget:
-                await self._store.write(lambda tx: self._table.forget(tx, key))
+                await self._positions.forget(key)
             elif w is not None:
                 await self._flush(w)
         except Exception:
@@ -484,7 +533,7 @@ class Deliveries(Generic[TxT, ConnT]):
     def _schedule(self) -> Iterator[float]:
         return delays(first=self._retry_first, cap=self._retry_max)
 
-    async def _run(self, w: _Worker) -> None:
+    async def _run(self, w: Delivery) -> None:
         prior = self._retiring.get(w.key)
         if prior is not None:
             await asyncio.gather(prior, return_exceptions=True)
@@ -504,32 +553,12 @@ class Deliveries(Generic[TxT, ConnT]):
                 schedule = schedule or self._schedule()
                 await self._sleep(w, next(schedule))
 
-    async def _load(self, w: _Worker) -> None:
-        stored = await self._store.read(lambda conn: self._table.get_cursor(conn, w.key))
-        if stored is None:
-            start = w.start_after
-            if start is None:
-                start = await self._source_end(w.source)
-            now = _now_ms()
-            await self._store.write(lambda tx: self._table.set_cursor(tx, w.key, start, now))
-            stored = start
-        w.cursor = w.saved = stored
+    async def _load(self, w: Delivery) -> None:
+        stored = await w.load()
         w.stats.cursor = stored
         w.flushed_at = time.monotonic()
 
-    @staticmethod
-    async def _source_end(source: Source) -> int:
-        head = getattr(source, "head", None)
-        if callable(head):
-            return int(await head())
-        after = 0
-        while True:
-            items = await source.fetch(after, 1000)
-            if not items:
-                return after
-            after = max(after, items[-1].cursor)
-
-    async def _step(self, w: _Worker) -> None:
+    async def _step(self, w: Delivery) -> None:
         """Fetch after the cursor and deliver what comes, until idle, paused or a failure that
         must wait (``_RetryLater``)."""
         while w.paused:
@@ -573,7 +602,7 @@ class Deliveries(Generic[TxT, ConnT]):
                 if w.unsaved >= FLUSH_EVERY or time.monotonic() - w.flushed_at >= FLUSH_SECONDS:
                     await self._flush(w)
 
-    async def _sleep(self, w: _Worker, seconds: float) -> None:
+    async def _sleep(self, w: Delivery, seconds: float) -> None:
         """Wait before a retry; pause, resume and removal cut it short."""
         w.control.clear()
         if w.paused:
@@ -582,7 +611,7 @@ class Deliveries(Generic[TxT, ConnT]):
             async with asyncio.timeout(seconds):
                 await w.control.wait()
 
-    async def _attempt(self, w: _Worker, item: Item, attempt: int) -> tuple[Outcome, float | None]:
+    async def _attempt(self, w: Delivery, item: Item, attempt: int) -> tuple[Outcome, float | None]:
         """One try at ``item``: its outcome (dead-lettered when it failed and is too old), and
         the receiver's Retry-After in seconds, if any."""
         status: int | None = None
@@ -629,21 +658,18 @@ class Deliveries(Generic[TxT, ConnT]):
         dead = False
         now = _now_ms()
         if not delivered and now - item.born_ms > w.retention * 1000:
-            await self._store.write(
-                lambda tx: self._table.dead_letter(
-                    tx,
-                    w.key,
-                    cursor=item.cursor,
-                    method=item.method,
-                    url=item.url,
-                    headers=item.headers,
-                    body=item.body,
-                    born_ms=item.born_ms,
-                    now_ms=now,
-                    attempts=attempt,
-                    last_status=status,
-                    last_error=error,
-                )
+            await w.positions.dead_letter(
+                w.key,
+                cursor=item.cursor,
+                method=item.method,
+                url=item.url,
+                headers=item.headers,
+                body=item.body,
+                born_ms=item.born_ms,
+                now_ms=now,
+                attempts=attempt,
+                last_status=status,
+                last_error=error,
             )
             dead = True
             w.cursor = w.saved = item.cursor
@@ -659,7 +685,7 @@ class Deliveries(Generic[TxT, ConnT]):
                 log.exception("delivery %s: its on_outcome hook failed", w.key)
         return outcome, wait
 
-    def _record(self, w: _Worker, o: Outcome, latency: float | None, now_ms: int) -> None:
+    def _record(self, w: Delivery, o: Outcome, latency: float | None, now_ms: int) -> None:
         s = w.stats
         s.last_status = o.status
         w.window.append((time.monotonic(), latency, o.delivered))
@@ -679,13 +705,10 @@ class Deliveries(Generic[TxT, ConnT]):
             if latency is not None:
                 self._metrics.outbound_seconds.observe(latency / 1000)
 
-    async def _flush(self, w: _Worker) -> None:
-        cursor = w.cursor
-        if cursor is None or cursor == w.saved:
+    async def _flush(self, w: Delivery) -> None:
+        if w.cursor is None or w.cursor == w.saved:
             return
-        now = _now_ms()
-        await self._store.write(lambda tx: self._table.set_cursor(tx, w.key, cursor, now))
-        w.saved = cursor
+        await w.save()
         w.unsaved = 0
         w.flushed_at = time.monotonic()
 

@@ -105,8 +105,7 @@ class Engine:
         self.metrics.bind(lambda: self.hub.subscribers, self.hub.queued_bytes, lambda: self.head)
         # Outbound deliveries (data connectors, alert actions), woken by every committed batch.
         self.deliveries = Deliveries(
-            self.store,
-            self.backend.deliveries,
+            self.backend.delivery_positions(self.store),
             metrics=self.metrics,
             allow_private_targets=settings.allow_private_targets,
             poll_seconds=settings.delivery_poll_seconds,
@@ -131,7 +130,24 @@ class Engine:
             settings.feed_sessions_per_token,
         )
         # Alert channels: rules on every committed batch, actions through deliveries and actors.
-        self.alerting = Alerting(self)
+        self.alerting = Alerting(
+            self.store,
+            self.backend.alerts,
+            self.registry,
+            self,
+            self.listeners,
+            self.deliveries,
+            self.deliveries,
+            self,
+            data=settings.data,
+            actors=settings.actors,
+            actor_timeout_seconds=settings.actor_timeout_seconds,
+            page_limit=settings.page_limit_max,
+            plot_retention_days=settings.plot_retention_days,
+            alert_flush_seconds=settings.alert_flush_seconds,
+            alert_tick_seconds=settings.alert_tick_seconds,
+        )
+        self.channels = self.alerting.service  # channel CRUD (core/services/channels.py)
         # The services every face calls (core/services/).
         self.metadata = MetadataService(self.store, self.backend.metadata, self.registry, settings)
         self.metadata.project_deleted += [

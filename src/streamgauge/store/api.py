@@ -55,6 +55,7 @@ __all__ = [
     "AlertTables",
     "AppendResult",
     "ConsumerPositions",
+    "DeliveryPositions",
     "DeliveryTables",
     "FeedSessions",
     "HistoryQuery",
@@ -550,6 +551,10 @@ class FeedSessions(Protocol):
 
     def release(self, session_id: str) -> None: ...
 
+    def positions(self, session: FeedSession) -> ConsumerPositions:
+        """The session's position as a durable consumer's positions (its row)."""
+        ...
+
     def connected(self, project_pk: int) -> list[tuple[FeedToken, FeedSession]]:
         """The sessions of the project's tokens that a connection serves now."""
         ...
@@ -597,3 +602,28 @@ class StoreOps(Protocol[TxT_contra, ConnT_contra]):
     async def probe(self, store: Store[TxT_contra, ConnT_contra]) -> None:
         """A read that touches the storage: raises if the store cannot answer."""
         ...
+
+
+class DeliveryPositions(ConsumerPositions, Protocol):
+    """Where deliveries keep their cursors (``ConsumerPositions``) and their dead letters
+    (the SQLite one: ``store/sqlite/deliveries.SqliteDeliveryPositions``)."""
+
+    async def dead_letter(
+        self,
+        name: str,
+        *,
+        cursor: int,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        born_ms: int,
+        now_ms: int,
+        attempts: int,
+        last_status: int | None,
+        last_error: str | None,
+    ) -> None:
+        """Record an item given up on and move ``name``'s cursor past it, in one transaction."""
+        ...
+
+    async def dead_letters(self, name: str, limit: int) -> list[dict[str, Any]]: ...

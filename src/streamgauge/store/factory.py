@@ -22,6 +22,7 @@ from streamgauge.domain.readmodel import ReadModel
 from streamgauge.store.api import (
     AlertTables,
     ConsumerPositions,
+    DeliveryPositions,
     DeliveryTables,
     FeedSessions,
     MetadataTables,
@@ -31,6 +32,7 @@ from streamgauge.store.api import (
 from streamgauge.store.face_state import DTAccountStore, DTConnectorStore
 from streamgauge.store.sqlite import alerts, deliveries, metadata, ops
 from streamgauge.store.sqlite.consumers import SqliteConsumerPositions
+from streamgauge.store.sqlite.deliveries import SqliteDeliveryPositions
 from streamgauge.store.sqlite.face_state import SqliteDTAccounts, SqliteDTConnectors
 from streamgauge.store.sqlite.feeds import FeedStore
 from streamgauge.store.sqlite.store import SqliteStore, Tx
@@ -64,6 +66,8 @@ class Backend(Generic[TxT, ConnT]):
     # (store, session retention in seconds, sessions per token) -> feed tokens and sessions
     feed_sessions: Callable[[Store[TxT, ConnT], float, int], FeedSessions]
     consumer_positions: Callable[[Store[TxT, ConnT]], ConsumerPositions]  # core/consumers
+    # deliveries' cursors and dead letters (core/deliveries.py)
+    delivery_positions: Callable[[Store[TxT, ConnT]], DeliveryPositions]
     ops: StoreOps[TxT, ConnT]  # storage parts of core operations (device transfer, probe)
     # face state (store/face_state.py), each over the store
     dt_accounts: Callable[[Store[TxT, ConnT]], DTAccountStore[TxT]]
@@ -89,6 +93,7 @@ SQLITE: Backend[Tx, sqlite3.Connection] = Backend(
     deliveries=deliveries,
     feed_sessions=FeedStore,
     consumer_positions=SqliteConsumerPositions,
+    delivery_positions=SqliteDeliveryPositions,
     ops=ops,
     dt_accounts=SqliteDTAccounts,
     dt_connectors=SqliteDTConnectors,

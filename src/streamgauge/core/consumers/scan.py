@@ -37,16 +37,16 @@ class LogScanner:
     a time. A read that found nothing remembers how far it looked, so the next read from the
     same position goes on from there instead of scanning the same stretch again."""
 
-    def __init__(self, log: LogReader, select: Select | None = None, page_rows: int = 5000):
+    def __init__(self, log: LogReader | None, select: Select | None = None, page_rows: int = 5000):
         if page_rows < 1:
             raise ValueError("page_rows must be positive")
         self._log = log
         if select is None:
-            self._mask: Callable[[Batch], npt.NDArray[np.bool_]] = _all_rows
+            self.mask: Callable[[Batch], npt.NDArray[np.bool_]] = _all_rows
         elif isinstance(select, CompiledSelection):
-            self._mask = select.mask
+            self.mask = select.mask
         else:
-            self._mask = select
+            self.mask = select
         self.page_rows = page_rows
         self._scanned: tuple[int, int] = (-1, -1)  # (after, up to): nothing matches in between
 
@@ -58,6 +58,7 @@ class LogScanner:
             raise ValueError("limit must be positive")
         start = self._scanned[1] if self._scanned[0] == after else after
         log = self._log
+        assert log is not None, "a scanner without a log reads nothing"
         while True:
             head = log.log_head
             if start >= head:
@@ -65,7 +66,7 @@ class LogScanner:
             batch = await log.read_log(start, head, self.page_rows)
             if not len(batch):
                 break
-            picked = batch.take(self._mask(batch))
+            picked = batch.take(self.mask(batch))
             if len(picked) > limit:
                 picked = picked.head(limit)
                 return picked, picked.last

@@ -103,7 +103,7 @@ async def sync_connector(request: Request, project: str, connector: str) -> Resp
         raise BadRequest(f"data connector {c.id!r} is not ACTIVE")
     reg = face.engine.registry
     devices = [reg.devices_by_pk[pk] for pk in sorted(reg.project_devices.get(proj.pk, ()))]
-    await face.reported.load(devices)
+    await face.reported.load_devices(devices)
     wanted = set(c.doc["events"] or EVENT_TYPES)
     source = LogSource(face.engine, c)
     items: list[Item] = []

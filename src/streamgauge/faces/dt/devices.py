@@ -106,7 +106,7 @@ async def get_device(request: Request, project: str, device: str) -> Response:
     who = await face.authenticate(request)
     Query(request, ())
     dev = find_device(face, who, project, device, Action.READ)
-    await face.reported.load([dev])
+    await face.reported.load_devices([dev])
     return json_response(device_json(face, dev))
 
 
@@ -209,7 +209,7 @@ async def list_devices(request: Request, project: str) -> Response:
             devices.append(dev)
     order = q.one("order_by")
     if order and order.lstrip("-").startswith("reported."):
-        await face.reported.load(devices)
+        await face.reported.load_devices(devices)
     devices.sort(key=lambda d: (d.project_pk, d.doc.id))
     if order:
         field = order.lstrip("-")
@@ -224,7 +224,7 @@ async def list_devices(request: Request, project: str) -> Response:
         raise BadRequest("bad pageToken")
     n = page_size(q, LIST_DEFAULT, LIST_MAX)
     page = devices[offset : offset + n]
-    await face.reported.load(page)
+    await face.reported.load_devices(page)
     more = offset + n < len(devices)
     return json_response(
         {
@@ -499,7 +499,7 @@ async def publish(request: Request, project: str, device: str) -> Response:
             [{"reason": f"the body has {len(body)} keys"}],
         )
     ((event_type, data),) = body.items()
-    await face.reported.load([dev])
+    await face.reported.load_devices([dev])
     previous = face.reported.latest(dev.pk).get(event_type)
     rows = parse_event(
         event_type, data, server_time(face, dev), None if previous is None else previous[0]

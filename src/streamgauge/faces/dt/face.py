@@ -31,12 +31,13 @@ class DTFace:
         self.accounts = engine.dt_accounts  # enableBasicAuth and the DT times of accounts
         self.connectors = Connectors(engine)
         self._background: set[asyncio.Task[None]] = set()
-        engine.listeners.append(self.reported.on_batch)
+        engine.listeners.append(self.reported.offer)
         # enableBasicAuth holds on every face: the authenticator asks it of each key login.
         engine.auth.basic_auth_allowed = lambda account: self.basic_allowed(account.pk)
 
     async def start(self) -> None:
         """After the engine started (its deliveries run): load settings, start connectors."""
+        await self.reported.start()
         await self.accounts.load()
         await self.connectors.start()
 
@@ -47,6 +48,7 @@ class DTFace:
         return s is None or s.basic_auth
 
     async def stop(self) -> None:
+        await self.reported.stop()
         for task in list(self._background):
             task.cancel()
         if self._background:

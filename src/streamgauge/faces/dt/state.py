@@ -3,11 +3,14 @@ the log; the DT settings of service accounts and the data connectors are stored 
 engine's face-state stores, ``store/face_state.py``).
 
 ``reported`` (the latest event of each type per device, by the rows that render as events:
-``events.event_type_of``) is kept by an ``Engine.listeners`` hook:
-every committed batch updates the devices it touches, so it is current the moment ingest
-returns. A device not yet seen since start is read from the log once (the row at each event
-series' latest time, which the registry keeps in memory), so it is right after a restart too.
-Both paths merge by (time, cursor): whichever comes first, the newest row wins.
+``events.event_type_of``) is kept by a durable consumer of the log (``core/consumers``) whose
+position is the log's head at start (``MemoryPositions``: nothing before it is read from the
+log; that part is rebuilt by history reads). Its live path judges every committed batch inside
+the commit listener (``Consumer.offer`` -> ``live``), so it is current the moment ingest
+returns; should it fall behind, its task reads the rest of the log. A device not yet seen since
+start is read from the log once (``load_devices``: the row at each event series' latest time,
+which the registry keeps in memory), so it is right after a restart too. Both paths merge by
+(time, cursor): whichever comes first, the newest row wins.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from streamgauge.core.consumers import Consumer, MemoryPositions
 from streamgauge.core.registry import DeviceRec, Registry
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.log import HistoryQuery
@@ -37,8 +41,15 @@ _NEVER = int(np.iinfo(np.int64).min)
 REPORTED_TYPES = tuple(t for t in EVENT_TYPES if t != "labelsChanged")
 
 
-class Reported:
+class Reported(Consumer):
+    """DT reported state: a consumer of the log starting at its head, judging live batches in
+    the commit listener."""
+
+    NAME = "dt-reported"
+    synchronous = True  # merged inside the commit listener: current when ingest returns
+
     def __init__(self, engine: Engine) -> None:
+        super().__init__(self.NAME, engine, MemoryPositions())
         self._engine = engine
         self._reg: Registry = engine.registry
         self._latest: dict[int, Latest] = {}  # device pk -> latest event rows
@@ -57,8 +68,15 @@ class Reported:
             self._codes, self._codes_for = table, len(names)
         return self._codes
 
+    def live(self, batch: Batch) -> bool:
+        self.on_batch(batch)
+        return True
+
+    async def handle(self, batch: Batch) -> None:
+        self.on_batch(batch)
+
     def on_batch(self, batch: Batch) -> None:
-        """The listener: keep the latest event row of each type per device."""
+        """Keep the latest event row of each type per device."""
         if not len(batch):
             return
         reg = self._reg
@@ -86,7 +104,7 @@ class Reported:
         if have is None or (row[0], row[1]) > (have[0], have[1]):
             latest[event_type] = row
 
-    async def load(self, devices: list[DeviceRec]) -> None:
+    async def load_devices(self, devices: list[DeviceRec]) -> None:
         """Read from the log the latest rows of devices not seen since start."""
         todo = [d for d in devices if d.pk not in self._loaded]
         if todo:

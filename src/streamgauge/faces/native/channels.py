@@ -54,12 +54,12 @@ class ChannelPatch(BaseModel):
 
 def view(engine: Engine, ch: Channel) -> dict[str, Any]:
     doc = ch.doc.model_dump(exclude={"template_id", "type"})
-    doc["states"] = engine.alerting.state_of(ch)
+    doc["states"] = engine.channels.state_of(ch)
     return doc
 
 
 def _channel(engine: Engine, rec: ProjectRec, channel: str) -> Channel:
-    ch = engine.alerting.get(channel)
+    ch = engine.channels.get(channel)
     if ch is None or ch.project_pk != rec.pk:
         raise NotFound(f"no channel {channel!r} in project {rec.doc.id!r}")
     return ch
@@ -83,14 +83,14 @@ async def create_channel(
         created_at=stamp,
         last_updated=stamp,
     )
-    ch = await engine.alerting.create(rec, doc)
+    ch = await engine.channels.create(rec, doc)
     return json_response(view(engine, ch), 201)
 
 
 @router.get("/projects/{project}/channels")
 async def list_channels(engine: EngineDep, who: PrincipalDep, project: str) -> Response:
     rec = project_for(engine, who, project, Action.READ)
-    chans = sorted(engine.alerting.of_project(rec.pk), key=lambda c: c.doc.id)
+    chans = sorted(engine.channels.of_project(rec.pk), key=lambda c: c.doc.id)
     return json_response({"channels": [view(engine, c) for c in chans]})
 
 
@@ -111,7 +111,7 @@ async def update_channel(
     for name in ("name", "status", "triggers"):
         if getattr(body, name) is not None:
             update[name] = getattr(body, name)
-    ch = await engine.alerting.update(ch, ch.doc.model_copy(update=update))
+    ch = await engine.channels.update(ch, ch.doc.model_copy(update=update))
     return json_response(view(engine, ch))
 
 
@@ -120,7 +120,7 @@ async def delete_channel(
     engine: EngineDep, who: PrincipalDep, project: str, channel: str
 ) -> Response:
     rec = project_for(engine, who, project, Action.DELETE)
-    await engine.alerting.delete(_channel(engine, rec, channel))
+    await engine.channels.delete(_channel(engine, rec, channel))
     return Response(status_code=204)
 
 
@@ -135,7 +135,7 @@ async def list_alerts(
 ) -> Response:
     """Alerts newest first: `{"alerts": [...], "total": N}`, each with its actions' outcomes."""
     rec = project_for(engine, who, project, Action.READ)
-    total, alerts = await engine.alerting.alerts(_channel(engine, rec, channel), skip, limit)
+    total, alerts = await engine.channels.alerts(_channel(engine, rec, channel), skip, limit)
     return json_response({"alerts": alerts, "total": total})
 
 
@@ -144,7 +144,7 @@ async def get_plot(engine: EngineDep, who: PrincipalDep, project: str, alert_id:
     """The plot actor's PNG for an alert of this project."""
     project_for(engine, who, project, Action.READ)
     path = plot_path(engine.settings.data, alert_id)
-    owner = await engine.alerting.project_of_alert(alert_id)
+    owner = await engine.channels.project_of_alert(alert_id)
     if owner != project or not path.exists():
         raise NotFound(f"no plot for alert {alert_id} in project {project!r}")
     return FileResponse(path, media_type="image/png")

@@ -1,7 +1,9 @@
 """The Synoptic-compatible WebSocket push feed: ``/feed/{token}/?{arguments}`` starts a session,
 ``/feed/{token}/{session}`` resumes one (reference: synoptic-push.md).
 
-A session is a durable consumer of the log (``engine.feeds``): its arguments and its position.
+A session is a durable consumer of the log (``SessionConsumer``, a ``core/consumers.Consumer``
+named by the session id) whose position store is its session row (``engine.feeds.positions``):
+its arguments and its position.
 The face only translates: arguments become the core's selection and units, the subscription is
 the engine's (catch-up from the store, then live, without gap or duplicate), and rows become
 ``data`` messages preceded by whatever ``metadata`` they need. A live session is written to
@@ -43,6 +45,7 @@ import orjson
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from streamgauge.core.consumers import Consumer
 from streamgauge.core.engine import Chunk, Closed, Engine
 from streamgauge.core.hub import Item, Sink
 from streamgauge.domain.errors import BadRequest, Gone, StreamgaugeError
@@ -299,7 +302,8 @@ async def _run(
 ) -> None:
     feeds = engine.feeds
     ended: list[tuple[int, str]] = []  # why the server ends it (revoked, taken over)
-    pusher = asyncio.create_task(_push(ws, engine, session, args, lambda: not ended))
+    consumer = SessionConsumer(engine, session)
+    pusher = asyncio.create_task(consumer.stream(ws, args, lambda: not ended))
     listener = asyncio.create_task(_listen(ws))
 
     def close(code: int, reason: str) -> None:
@@ -349,70 +353,90 @@ async def _listen(ws: WebSocket) -> str:
             return "stop"
 
 
-async def _push(
-    ws: WebSocket,
-    engine: Engine,
-    session: FeedSession,
-    args: FeedArgs,
-    alive: Callable[[], bool],
-) -> tuple[int, str]:
-    """Send the session's messages; return the close code and reason when the server ends it.
-    ``alive()`` turns False when the server ends the connection (a revoked token, a take-over):
-    from then on the hub's fan-out writes nothing more to it."""
-    select = args.select
-    meta = Metadata(engine.registry, select.units, args.metadata)
-    project_pk = engine.feeds.project_of(session)
-    selection = select.selection(project_pk)
-    sender = _Sender(ws, engine, session, meta, alive)
-    try:
-        if args.start_ms is not None and args.end_ms is not None:
-            await _period(sender, engine, session, args)
-            return CLOSE_DONE, "the requested period has been sent"
-        framing = feed_framing(engine.settings.feed_message_rows, args.timeformat)
-        events = engine.events(
-            selection, framing, session.position, select.units, sender.sink, keepalives=False
-        )
-        async with contextlib.aclosing(events):
-            async for event in events:
-                if isinstance(event, Chunk):
-                    await sender.chunk(event.items, event.position)
-                elif isinstance(event, Closed):
-                    engine.feeds.moved(session, event.resume)
-                    if event.slow:
-                        return CLOSE_SLOW, "slow consumer: resume with the session id"
-                    return CLOSE_RESTART, "server shutting down: resume with the session id"
-    except (WebSocketDisconnect, RuntimeError, OSError):
-        return 0, ""
-    return CLOSE_DONE, ""
+class SessionConsumer(Consumer):
+    """A feed session as a durable consumer of the log: named by the session id, its position is
+    the session's (``FeedSession.position``, stored in the session row through
+    ``FeedStore.positions``). Live, it is fed by the hub's fan-out (the ``_Sender`` is the
+    subscription's sink: no store read at the head, messages written inside the fan-out round);
+    behind (a new session with a rewind, a resume, a slow-consumer close), the subscription
+    catches up from the log first (``Engine.events``: catch-up then live without gap or
+    duplicate). A past period is read from history in time order (``period``)."""
 
+    def __init__(self, engine: Engine, session: FeedSession) -> None:
+        super().__init__(session.id, engine, engine.feeds.positions(session))
+        self.session = session
+        self._engine = engine
 
-async def _period(sender: _Sender, engine: Engine, session: FeedSession, args: FeedArgs) -> None:
-    """A past period: stored observations in time order, then done."""
-    assert args.start_ms is not None and args.end_ms is not None
-    select = args.select
-    project_pk = engine.feeds.project_of(session)
-    selection = select.selection(project_pk)
-    series = None if select.empty else engine.series_of(selection)
-    rows = engine.settings.feed_message_rows
-    after = None if session.after_time is None else (session.after_time, session.position)
-    while True:
-        query = HistoryQuery(
-            project_pk,
-            series=series,
-            qc_remove=selection.qc_remove,
-            start=args.start_ms,
-            end=args.end_ms + 1,
-            after=after,
-            limit=rows,
-        )
-        batch = await engine.history(query, selection)
-        if len(batch):
-            encoded = encode_rows(batch, engine.registry, select.units, args.timeformat)
-            first, last = batch.first, int(batch.cursors[-1])
-            message = data_message(b"".join(encoded), first, last)
-            item = Item(first, last, len(batch), message, 0, batch.series)
-            await sender.deliver(item)
-            after = (int(batch.times[-1]), int(batch.cursors[-1]))
-            engine.feeds.moved(session, after[1], after[0])
-        if len(batch) < rows:
-            return
+    @property
+    def position(self) -> int | None:
+        return self.session.position
+
+    @position.setter
+    def position(self, value: int | None) -> None:
+        if value is not None:
+            self.session.position = value
+
+    async def stream(
+        self, ws: WebSocket, args: FeedArgs, alive: Callable[[], bool]
+    ) -> tuple[int, str]:
+        """Send the session's messages; return the close code and reason when the server ends
+        it. ``alive()`` turns False when the server ends the connection (a revoked token, a
+        take-over): from then on the hub's fan-out writes nothing more to it."""
+        engine, session = self._engine, self.session
+        select = args.select
+        meta = Metadata(engine.registry, select.units, args.metadata)
+        project_pk = engine.feeds.project_of(session)
+        selection = select.selection(project_pk)
+        sender = _Sender(ws, engine, session, meta, alive)
+        try:
+            if args.start_ms is not None and args.end_ms is not None:
+                await self.period(sender, args)
+                return CLOSE_DONE, "the requested period has been sent"
+            framing = feed_framing(engine.settings.feed_message_rows, args.timeformat)
+            events = engine.events(
+                selection, framing, session.position, select.units, sender.sink, keepalives=False
+            )
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    if isinstance(event, Chunk):
+                        await sender.chunk(event.items, event.position)
+                    elif isinstance(event, Closed):
+                        engine.feeds.moved(session, event.resume)
+                        if event.slow:
+                            return CLOSE_SLOW, "slow consumer: resume with the session id"
+                        return CLOSE_RESTART, "server shutting down: resume with the session id"
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return 0, ""
+        return CLOSE_DONE, ""
+
+    async def period(self, sender: _Sender, args: FeedArgs) -> None:
+        """A past period: stored observations in time order, then done."""
+        assert args.start_ms is not None and args.end_ms is not None
+        engine, session = self._engine, self.session
+        select = args.select
+        project_pk = engine.feeds.project_of(session)
+        selection = select.selection(project_pk)
+        series = None if select.empty else engine.series_of(selection)
+        rows = engine.settings.feed_message_rows
+        after = None if session.after_time is None else (session.after_time, session.position)
+        while True:
+            query = HistoryQuery(
+                project_pk,
+                series=series,
+                qc_remove=selection.qc_remove,
+                start=args.start_ms,
+                end=args.end_ms + 1,
+                after=after,
+                limit=rows,
+            )
+            batch = await engine.history(query, selection)
+            if len(batch):
+                encoded = encode_rows(batch, engine.registry, select.units, args.timeformat)
+                first, last = batch.first, int(batch.cursors[-1])
+                message = data_message(b"".join(encoded), first, last)
+                item = Item(first, last, len(batch), message, 0, batch.series)
+                await sender.deliver(item)
+                after = (int(batch.times[-1]), int(batch.cursors[-1]))
+                engine.feeds.moved(session, after[1], after[0])
+            if len(batch) < rows:
+                return

@@ -1,4 +1,4 @@
-"""Tapis channels and alerts over the engine's channels (``engine.alerting``).
+"""Tapis channels and alerts over the engine's channels (``engine.channels``).
 
 Unlike the original, every trigger of ``triggers_with_actions`` is evaluated, thresholds compare
 raw values with the operator given, and edits and pauses take effect at once. A trigger object
@@ -171,7 +171,7 @@ def channel_view(engine: Engine, ch: Channel) -> dict[str, Any]:
         "type": d.type or "threshold",
         "status": d.status,
         "triggers_with_actions": [_tapis_trigger(t) for t in d.triggers],
-        "trigger_states": engine.alerting.state_of(ch),
+        "trigger_states": engine.channels.state_of(ch),
         "permissions": {"users": members(engine.registry, ch.project_pk)},
         "owner": d.owner,
         "created_at": d.created_at,
@@ -180,7 +180,7 @@ def channel_view(engine: Engine, ch: Channel) -> dict[str, Any]:
 
 
 def channel_for(engine: Engine, who: Principal, channel_id: str, action: Action) -> Channel:
-    ch = engine.alerting.get(channel_id)
+    ch = engine.channels.get(channel_id)
     if ch is None:
         raise NotFound(f"no channel {channel_id!r}")
     authorize(who, engine.registry.projects_by_pk.get(ch.project_pk), action, ch.project_id)
@@ -193,7 +193,7 @@ async def list_channels(engine: EngineDep, who: CallerDep, listing: ListingDep) 
     items = [
         (ch.doc.id, channel_view(engine, ch))
         for p in visible_projects(who, engine.registry)
-        for ch in engine.alerting.of_project(p.pk)
+        for ch in engine.channels.of_project(p.pk)
     ]
     return envelope(listing.page(items))
 
@@ -214,7 +214,7 @@ async def create_channels(engine: EngineDep, who: CallerDep, body: NewChannel) -
         created_at=stamp,
         last_updated=stamp,
     )
-    ch = await engine.alerting.create(project, doc)
+    ch = await engine.channels.create(project, doc)
     return envelope(channel_view(engine, ch), "Channel Created", 201)
 
 
@@ -239,7 +239,7 @@ async def update_channel(
         if _project(engine, who, triggers).pk != ch.project_pk:
             raise BadRequest("a channel cannot move to another project", [{"field": "inst_ids"}])
         update["triggers"] = triggers
-    ch = await engine.alerting.update(ch, ch.doc.model_copy(update=update))
+    ch = await engine.channels.update(ch, ch.doc.model_copy(update=update))
     return envelope(channel_view(engine, ch), "Channel Updated")
 
 
@@ -250,7 +250,7 @@ async def update_status(
     """``ACTIVE`` or ``INACTIVE`` (paused: no trigger is evaluated), at once."""
     ch = channel_for(engine, who, channel_id, Action.WRITE)
     doc = ch.doc.model_copy(update={"status": body.status, "last_updated": now_iso()})
-    ch = await engine.alerting.update(ch, doc)
+    ch = await engine.channels.update(ch, doc)
     return envelope(channel_view(engine, ch), "Channel Updated")
 
 
@@ -259,7 +259,7 @@ async def delete_channel(engine: EngineDep, who: CallerDep, channel_id: str) -> 
     """Delete a channel with its alert history (admins only)."""
     ch = channel_for(engine, who, channel_id, Action.DELETE)
     view = channel_view(engine, ch)
-    await engine.alerting.delete(ch)
+    await engine.channels.delete(ch)
     return envelope(view, "Channel Deleted")
 
 
@@ -287,7 +287,7 @@ async def list_alerts(
 ) -> Response:
     """The channel's alerts, newest first, each with every action's delivery outcome."""
     ch = channel_for(engine, who, channel_id, Action.READ)
-    total, alerts = await engine.alerting.alerts(ch, skip, limit)
+    total, alerts = await engine.channels.alerts(ch, skip, limit)
     return envelope(
         {"alerts": [tapis_alert(a) for a in alerts], "num_of_alerts": total}, "Alerts found"
     )

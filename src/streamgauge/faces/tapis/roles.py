@@ -38,7 +38,7 @@ class RoleBody(BaseModel):
 
 def _project_of(engine: Engine, who: Principal, resource_type: str, resource_id: str) -> ProjectRec:
     if resource_type == "channel":
-        ch = engine.alerting.get(resource_id)
+        ch = engine.channels.get(resource_id)
         if ch is None:
             raise NotFound(f"no channel {resource_id!r}")
         return project_rec(engine, who, ch.project_id, Action.READ)

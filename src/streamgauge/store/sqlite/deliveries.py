@@ -8,11 +8,13 @@ so a crash never leaves an item both skipped and unrecorded.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
+from streamgauge.store.api import Transactions
 from streamgauge.store.sqlite.store import Tx
 
 MAX_DEAD_LETTERS = 1000  # kept per key; older ones are dropped as new ones arrive
@@ -112,3 +114,30 @@ def dead_letters(conn: sqlite3.Connection, key: str, limit: int) -> list[dict[st
             last_error,
         ) in rows
     ]
+
+
+class SqliteDeliveryPositions:
+    """The positions of deliveries (``core/deliveries.Delivery``, a durable consumer) over
+    these tables: ``load``/``save``/``forget`` are ``store.api.ConsumerPositions`` on
+    ``delivery_cursors`` (``forget`` also drops the dead letters), and ``dead_letter`` records
+    an item given up on and moves the cursor past it in one transaction."""
+
+    def __init__(self, store: Transactions[Tx, sqlite3.Connection]) -> None:
+        self._store = store
+
+    async def load(self, name: str) -> int | None:
+        return await self._store.read(lambda conn: get_cursor(conn, name))
+
+    async def save(self, name: str, position: int) -> None:
+        now = int(time.time() * 1000)
+        await self._store.write(lambda tx: set_cursor(tx, name, position, now))
+
+    async def forget(self, name: str) -> None:
+        await self._store.write(lambda tx: forget(tx, name))
+
+    async def dead_letter(self, name: str, **letter: Any) -> None:
+        """``dead_letter`` (the keyword arguments) under ``name``, in one write transaction."""
+        await self._store.write(lambda tx: dead_letter(tx, name, **letter))
+
+    async def dead_letters(self, name: str, limit: int) -> list[dict[str, Any]]:
+        return await self._store.read(lambda conn: dead_letters(conn, name, limit))

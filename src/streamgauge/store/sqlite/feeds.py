@@ -288,6 +288,10 @@ class FeedStore:
         owner.close()
         await ended.wait()
 
+    def positions(self, session: FeedSession) -> SessionPositions:
+        """The session's position as a durable consumer's positions (its row)."""
+        return SessionPositions(self, session)
+
     def moved(self, session: FeedSession, position: int, after_time: int | None = None) -> None:
         session.position = position
         session.after_time = after_time
@@ -375,6 +379,34 @@ class FeedStore:
                     await self.expire()
             except Exception:  # the store closing under us: stop quietly
                 return
+
+
+class SessionPositions:
+    """A feed session's position as ``store.api.ConsumerPositions`` (the session is a durable
+    consumer, ``faces/synoptic/feed.SessionConsumer``, named by its id): the session row. A
+    save moves the session in memory (``FeedStore.moved``, as every message pushed does); the
+    row is written with every moved session once a second and when its connection ends
+    (``closed``), so a clean stop or restart resumes exactly, a kill at most a second back."""
+
+    def __init__(self, feeds: FeedStore, session: FeedSession) -> None:
+        self._feeds = feeds
+        self._session = session
+
+    def _check(self, name: str) -> None:
+        if name != self._session.id:
+            raise KeyError(f"these are the positions of session {self._session.id}, not {name}")
+
+    async def load(self, name: str) -> int | None:
+        self._check(name)
+        return self._session.position
+
+    async def save(self, name: str, position: int) -> None:
+        self._check(name)
+        self._feeds.moved(self._session, position, self._session.after_time)
+
+    async def forget(self, name: str) -> None:
+        """A session is forgotten by its retention (``expire``), never by its reader."""
+        self._check(name)
 
 
 def _now_ms() -> int:
