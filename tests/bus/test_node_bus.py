@@ -89,3 +89,34 @@ def test_resume_cursor_beyond_the_log_is_still_refused(node: Server) -> None:
         r = c.get("/api/v1/projects/p1/stream", params={"since": "999"})
         assert r.status_code == 400, r.text
         assert "not in this log" in r.json()["error"]["message"]
+
+
+def test_metadata_events_go_out_on_the_meta_channel(node: Server) -> None:
+    """Each metadata write's events are sequenced and published as one run, numbered as the
+    store numbers them; what the store holds reads back as the same runs."""
+    import sqlite3
+    import time
+
+    from streamgauge.core.cluster import decode_meta, encode_meta, meta_runs
+    from streamgauge.domain import events as ev
+
+    with node.client() as c:
+        make_station(c)
+    link = node.engine.cluster
+    assert link is not None
+    meta = link.channels["meta"]
+    for _ in range(200):
+        if meta.stats.published >= 3:
+            break
+        time.sleep(0.05)
+    assert meta.stats.local >= 3 and meta.stats.publish_failures == 0
+    with sqlite3.connect(node.data / "streamgauge.db") as db:
+        rows = [
+            (seq, ev.decode(p)) for seq, p in db.execute("SELECT seq, payload FROM meta_events")
+        ]
+    assert meta.seq is not None and meta.seq.delivered == rows[-1][0]
+    runs = meta_runs(rows)
+    assert runs[0][0] == rows[0][0] and runs[-1][1] == rows[-1][0]
+    for _, _, run in runs:
+        back = decode_meta(encode_meta(run))
+        assert back.events == run.events and (back.first, back.last) == (run.first, run.last)

@@ -27,10 +27,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import msgspec
 import numpy as np
 
 from streamgauge.bus.api import Bus, BusMessage, Kind
 from streamgauge.core.sequencer import Sequencer
+from streamgauge.domain import events as ev
 from streamgauge.domain.batch import Batch
 
 log = logging.getLogger("streamgauge.cluster")
@@ -72,11 +74,13 @@ class Channel(Generic[T]):
         head: Callable[[], Awaitable[int]],
         deliver: Callable[[T], None],
         grace: float = 0.05,
+        prepare: Callable[[T], Awaitable[None]] | None = None,
     ) -> None:
         self.kind = kind
         self._encode, self._decode, self.span = encode, decode, span
         self._read, self._head, self._deliver = read, head, deliver
         self._trim = trim
+        self._prepare = prepare  # awaited before an item from elsewhere is sequenced
         self.grace = grace
         self.seq: Sequencer[T] | None = None
         self.stats = ChannelStats()
@@ -105,7 +109,7 @@ class Channel(Generic[T]):
         self._hand_on(self.seq.offer(first, last, item, time.monotonic()))
         return self._encode(item)
 
-    def heard(self, msg: BusMessage, own: bool) -> None:
+    async def heard(self, msg: BusMessage, own: bool) -> None:
         """A message from the bus (``own``: this node published it: already sequenced)."""
         if self.seq is None or own:
             return
@@ -126,7 +130,25 @@ class Channel(Generic[T]):
             self._wake.set()
             return
         self.stats.from_bus += 1
+        if self._prepare is not None:
+            await self._prepare(item)
         self._hand_on(self.seq.offer(msg.first, msg.last, item, time.monotonic()))
+
+    async def sync(self) -> None:
+        """Read and hand on everything the store has after what was handed on (another
+        channel's item needs it now: a batch whose series were made on another node)."""
+        if self.seq is None:
+            return
+        while True:
+            runs = await self._read(self.seq.delivered, None)
+            if not runs:
+                return
+            self.stats.fills += 1
+            self.stats.filled_runs += len(runs)
+            before = self.seq.delivered
+            self._hand_on(self.seq.filled(list(runs), time.monotonic()))
+            if self.seq.delivered == before:
+                return
 
     async def check_head(self) -> None:
         if self.seq is None:
@@ -156,6 +178,9 @@ class Channel(Generic[T]):
                     continue
                 self.stats.fills += 1
                 self.stats.filled_runs += len(runs)
+                if self._prepare is not None:
+                    for _, _, item in runs:
+                        await self._prepare(item)
                 self._hand_on(self.seq.filled(list(runs), time.monotonic()))
                 continue
             if now >= next_head:
@@ -189,6 +214,48 @@ def split_by_project(batch: Batch, project_of: Callable[[int], int]) -> list[Run
     return runs
 
 
+@dataclass(frozen=True, slots=True)
+class MetaRun:
+    """Metadata events with the sequence numbers ``first..last``, committed together (or read
+    back together); ``local``: this node committed them (its registry has them already)."""
+
+    first: int
+    last: int
+    events: list[ev.MetaEvent]
+    local: bool = False
+
+    def after(self, seq: int) -> MetaRun:
+        return MetaRun(max(self.first, seq + 1), self.last, self.events[seq + 1 - self.first :])
+
+
+def encode_meta(run: MetaRun) -> bytes:
+    return b"%d %d\n" % (run.first, run.last) + ev.encode_many(run.events)
+
+
+def decode_meta(data: bytes) -> MetaRun:
+    head, _, body = data.partition(b"\n")
+    try:
+        first, last = (int(x) for x in head.split())
+        events = ev.decode_many(body)
+    except (ValueError, msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise ValueError(f"not a metadata run: {e}") from None
+    if len(events) != last - first + 1:
+        raise ValueError("a metadata run whose events do not match its numbers")
+    return MetaRun(first, last, events)
+
+
+def meta_runs(rows: Sequence[tuple[int, ev.MetaEvent]]) -> list[Run[MetaRun]]:
+    """Stored events (sequence number, event), in order, as runs of consecutive numbers."""
+    runs: list[Run[MetaRun]] = []
+    for seq, event in rows:
+        if runs and runs[-1][1] == seq - 1:
+            first, _, run = runs[-1]
+            runs[-1] = (first, seq, MetaRun(first, seq, [*run.events, event]))
+        else:
+            runs.append((seq, seq, MetaRun(seq, seq, [event])))
+    return runs
+
+
 class ClusterLink:
     """The node's channels on one bus: starts them, routes the bus' messages, publishes."""
 
@@ -211,7 +278,7 @@ class ClusterLink:
     async def _on_message(self, msg: BusMessage) -> None:
         c = self.channels.get(msg.kind)
         if c is not None:
-            c.heard(msg, own=msg.origin == self.bus.node_id)
+            await c.heard(msg, own=msg.origin == self.bus.node_id)
 
     def _on_reconnect(self) -> None:
         for c in self.channels.values():

@@ -25,7 +25,15 @@ from streamgauge.auth.tokens import TokenIssuer
 from streamgauge.config import Settings
 from streamgauge.core import ingest
 from streamgauge.core.alerting import Alerting
-from streamgauge.core.cluster import Channel, ClusterLink, split_by_project
+from streamgauge.core.cluster import (
+    Channel,
+    ClusterLink,
+    MetaRun,
+    decode_meta,
+    encode_meta,
+    meta_runs,
+    split_by_project,
+)
 from streamgauge.core.consumers import Consumer, Handler, Select
 from streamgauge.core.dedupe import LogRules
 from streamgauge.core.deliveries import Deliveries
@@ -224,13 +232,39 @@ class Engine:
             rec = reg.series_by_pk.get(series)
             return rec.project_pk if rec is not None else 0
 
+        def apply(run: MetaRun) -> None:
+            if not run.local:  # this node's own changes were applied at its commit
+                for event in run.events:
+                    reg.apply(event)
+
+        async def read_meta(after: int, upto: int | None) -> list[tuple[int, int, MetaRun]]:
+            return meta_runs(await self.store.read_events(after, upto, s.cluster_fill_rows))
+
+        meta: Channel[MetaRun] = Channel(
+            "meta",
+            encode=encode_meta,
+            decode=decode_meta,
+            span=lambda r: (r.first, r.last),
+            trim=lambda r, after: r.after(after),
+            read=read_meta,
+            head=self.store.events_head,
+            deliver=apply,
+            grace=s.cluster_fill_grace_seconds,
+        )
+
+        async def known(batch: Batch) -> None:
+            """A batch whose series another node made: its metadata first."""
+            series = reg.series_by_pk
+            if any(int(pk) not in series for pk in np.unique(batch.series)):
+                await meta.sync()
+
         async def read(after: int, upto: int | None) -> list[tuple[int, int, Batch]]:
             end = upto if upto is not None else await self.store.durable_head()
             if end <= after:
                 return []
-            return split_by_project(
-                await self.store.read_log(after, end, s.cluster_fill_rows), project_of
-            )
+            batch = await self.store.read_log(after, end, s.cluster_fill_rows)
+            await known(batch)
+            return split_by_project(batch, project_of)
 
         channel: Channel[Batch] = Channel(
             "batch",
@@ -242,6 +276,7 @@ class Engine:
             head=self.store.durable_head,
             deliver=self._hand_on,
             grace=s.cluster_fill_grace_seconds,
+            prepare=known,
         )
         assert s.bus is not None
         bus = NatsBus(
@@ -249,12 +284,15 @@ class Engine:
             s.cluster,
             retention_seconds=s.cluster_bus_retention_seconds,
         )
-        link = ClusterLink(bus, [channel], head_every=s.cluster_head_check_seconds)
+        link = ClusterLink(bus, [channel, meta], head_every=s.cluster_head_check_seconds)
 
         async def heads() -> dict[Any, int]:
             head = await self.store.durable_head()
             self._node_head = head
-            return {"batch": head}
+            return {"batch": head, "meta": await self.store.events_head()}
+
+        def events_committed(first: int, last: int, events: list[Any]) -> None:
+            link.committed("meta", MetaRun(first, last, events, local=True))
 
         self.cluster = link
         try:
@@ -262,6 +300,7 @@ class Engine:
         except BaseException:
             self.cluster = None
             raise
+        self.store.on_events = events_committed
 
     def begin_shutdown(self) -> None:
         """The first step of a shutdown (the server calls it as soon as the signal arrives, before

@@ -18,6 +18,7 @@ store sees a registry as the protocol ``domain.readmodel.ReadModel``.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -100,6 +101,9 @@ class Registry:
     ``domain.readmodel.ReadModel``; its mutators are private: ``apply`` is the way in."""
 
     def __init__(self) -> None:
+        # ``apply`` runs on the store's writer thread (this node's commits) and, in the cluster
+        # mode, on the event loop (other nodes' commits): one at a time.
+        self._applying = threading.Lock()
         self.version = 0
         self.projects: dict[str, ProjectRec] = {}
         self.projects_by_pk: dict[int, ProjectRec] = {}
@@ -157,7 +161,8 @@ class Registry:
     def apply(self, event: ev.MetaEvent) -> None:
         """Change the metadata as ``event`` says. Events come in commit order; one naming a
         record that is gone (a cascade already dropped it) changes nothing."""
-        self._appliers[type(event)](event)
+        with self._applying:
+            self._appliers[type(event)](event)
 
     def apply_all(self, events: Sequence[ev.MetaEvent]) -> None:
         for event in events:

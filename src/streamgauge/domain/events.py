@@ -218,6 +218,14 @@ def encode_many(events: Sequence[MetaEvent]) -> bytes:
     return _encoder.encode(events)
 
 
+_many_decoder = msgspec.json.Decoder(list[MetaEvent], dec_hook=_dec_hook)
+
+
+def decode_many(data: bytes | str) -> list[MetaEvent]:
+    """The events ``encode_many`` gave ``data`` for."""
+    return _many_decoder.decode(data)
+
+
 def decode(data: bytes | str) -> MetaEvent:
     """The event ``encode`` gave ``data`` for; ``msgspec.ValidationError`` if it is none."""
     return _decoder.decode(data)

@@ -48,6 +48,7 @@ from streamgauge.domain.timeseries import Points, Summaries
 if TYPE_CHECKING:
     from streamgauge.domain.alerts import TriggerState
     from streamgauge.domain.channels import ChannelDoc
+    from streamgauge.domain.events import MetaEvent
     from streamgauge.domain.feeds import FeedSession, FeedToken
     from streamgauge.domain.filters import Expr
 
@@ -89,6 +90,22 @@ class Log(Protocol):
     def head(self) -> int:
         """The last committed and published cursor (0 when the log is empty). It moves only
         after ``publish`` has been called with the batch that ends at it."""
+        ...
+
+    on_events: Callable[[int, int, list[MetaEvent]], None] | None
+    """Set by the engine: called on the event loop with (first, last sequence number, events)
+    of each committed transaction that changed metadata, before that transaction's batches
+    are published. Sequence numbers are gapless and commit-ordered across all writers."""
+
+    async def events_head(self) -> int:
+        """The last metadata event's sequence number (0: none)."""
+        ...
+
+    async def read_events(
+        self, after: int, upto: int | None, limit: int
+    ) -> list[tuple[int, MetaEvent]]:
+        """Stored metadata events with ``after < seq <= upto`` (``upto`` None: to the head), in
+        order, at most ``limit``."""
         ...
 
     async def durable_head(self) -> int:

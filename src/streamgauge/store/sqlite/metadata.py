@@ -94,25 +94,38 @@ def load(conn: sqlite3.Connection) -> Iterator[ev.MetaEvent]:
         yield ev.KeyPut(account_pk, key_id, hash_)
 
 
-def write_events(conn: sqlite3.Connection, events: Sequence[ev.MetaEvent], now_ms: int) -> None:
+def write_events(conn: sqlite3.Connection, events: Sequence[ev.MetaEvent], now_ms: int) -> int:
     """Store a transaction's events in it, in order (one statement: see the log's insert), and
-    drop those past the retention."""
-    conn.execute(
+    drop those past the retention. Returns the last event's sequence number (one writer: the
+    transaction's events are numbered ``last - len(events) + 1 .. last``)."""
+    cur = conn.execute(
         "INSERT INTO meta_events (time, kind, payload) "
         "SELECT ?1, value ->> 'type', value FROM json_each(?2) ORDER BY key",
         (now_ms, ev.encode_many(events)),
     )
+    last = int(cur.lastrowid or 0)
     conn.execute("DELETE FROM meta_events WHERE time < ?", (now_ms - EVENT_RETENTION_MS,))
+    return last
 
 
-def read_events(conn: sqlite3.Connection, after: int = 0) -> list[tuple[int, ev.MetaEvent]]:
-    """(sequence number, event) of the stored events after ``after``, in order."""
+def read_events(
+    conn: sqlite3.Connection, after: int = 0, upto: int | None = None, limit: int = -1
+) -> list[tuple[int, ev.MetaEvent]]:
+    """(sequence number, event) of the stored events after ``after`` (up to ``upto``), in
+    order, at most ``limit`` (all if negative)."""
     return [
         (seq, ev.decode(payload))
         for seq, payload in conn.execute(
-            "SELECT seq, payload FROM meta_events WHERE seq > ? ORDER BY seq", (after,)
+            "SELECT seq, payload FROM meta_events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            (after, upto if upto is not None else 2**62, limit),
         )
     ]
+
+
+def events_head(conn: sqlite3.Connection) -> int:
+    """The last event's sequence number (0: none yet)."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'meta_events'").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _dupes(ids: list[str], what: str) -> None:

@@ -110,6 +110,9 @@ class SqliteStore:
         # The registry the engine gave: loaded on open, handed each committed transaction's
         # metadata events (its ``apply`` is the one way metadata changes).
         self.registry = registry
+        # Called on the event loop with (first, last sequence number, events) of each committed
+        # transaction that changed metadata, before its batches are published (cluster mode).
+        self.on_events: Callable[[int, int, list[MetaEvent]], None] | None = None
         # The duplicate/conflict rule and QC, run by the writer in commit order: core functions
         # the caller builds over this registry (the engine's ``LogRules``).
         self.rules: CommitRules = rules(self.registry)
@@ -141,6 +144,16 @@ class SqliteStore:
 
     async def durable_head(self) -> int:
         return self._writer_head  # one writer: this process
+
+    # -- metadata events, as the cluster mode's meta channel reads them ---------------------------
+
+    async def events_head(self) -> int:
+        return await self.read(metadata.events_head)
+
+    async def read_events(
+        self, after: int, upto: int | None, limit: int
+    ) -> list[tuple[int, MetaEvent]]:
+        return await self.read(lambda c: metadata.read_events(c, after, upto, limit))
 
     async def open(self, publish: Callable[[Batch], None]) -> None:
         self.path.parent.mkdir(mode=files.DIR_MODE, parents=True, exist_ok=True)
@@ -274,8 +287,9 @@ class SqliteStore:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 result = fn(tx)
+                last_seq = 0
                 if tx.events:  # in the same transaction: a change and its events, or neither
-                    metadata.write_events(conn, tx.events, int(time.time() * 1000))
+                    last_seq = metadata.write_events(conn, tx.events, int(time.time() * 1000))
                 conn.execute("COMMIT")
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 if conn.in_transaction:
@@ -293,6 +307,9 @@ class SqliteStore:
             self._freeze_new_objects(
                 len(self.registry.series_by_pk) + len(tx.after_commit) + len(tx.events)
             )
+            if tx.events and self.on_events is not None:  # before the batches that need them
+                first_seq = last_seq - len(tx.events) + 1
+                loop.call_soon_threadsafe(self.on_events, first_seq, last_seq, list(tx.events))
             for batch in tx.publish:
                 loop.call_soon_threadsafe(self._published, batch)
             loop.call_soon_threadsafe(_succeed, fut, result)
