@@ -82,6 +82,15 @@ class Settings(BaseSettings):
     cluster_fill_rows: int = Field(
         default=50_000, gt=0, description="Rows per store read when a node fills a gap."
     )
+    cluster_lease_seconds: float = Field(
+        default=6.0,
+        ge=1.5,
+        description=(
+            "The work lease's period: alert rules, deadman clocks, deliveries and retention run "
+            "on the node holding it; it is renewed every third of this, and another node takes "
+            "it over once it lapses (a killed node's work moves within this plus a third)."
+        ),
+    )
     cluster_resume_wait_seconds: float = Field(
         default=5.0,
         ge=0,

@@ -120,3 +120,17 @@ def test_metadata_events_go_out_on_the_meta_channel(node: Server) -> None:
     for _, _, run in runs:
         back = decode_meta(encode_meta(run))
         assert back.events == run.events and (back.first, back.last) == (run.first, run.last)
+
+
+def test_the_only_node_takes_the_work_lease(node: Server) -> None:
+    """Alert rules, deliveries and retention run on the node holding the cluster's work lease;
+    a node alone takes it at once."""
+    import time
+
+    work = node.engine._work
+    assert work is not None
+    deadline = time.monotonic() + 10
+    while not work.held:
+        assert time.monotonic() < deadline, "the lease was not taken"
+        time.sleep(0.05)
+    assert node.engine.alerting._running and node.engine.deliveries._started

@@ -208,9 +208,62 @@ async def delete_cluster_stream(url: str, cluster: str) -> None:
     nc = await nats.connect(servers=[url], connect_timeout=5)
     try:
         js = nc.jetstream()
-        try:
-            await js.delete_stream(f"SG_{check_cluster_name(cluster)}")
-        except nats.js.errors.NotFoundError:
-            pass
+        name = check_cluster_name(cluster)
+        for stream in (f"SG_{name}", f"KV_SG_{name}_leases"):
+            try:
+                await js.delete_stream(stream)
+            except nats.js.errors.NotFoundError:
+                pass
     finally:
         await nc.close()
+
+
+class NatsLeases:
+    """Leases in a JetStream key-value bucket (``SG_<cluster>_leases``; core/leases.Leases): a
+    key per lease holding its holder's id. The bucket's TTL is the lease period: a holder
+    renews by writing its key again (compare-and-set on the revision it read), a key not
+    renewed expires, and ``create`` (which fails if the key exists) takes it over."""
+
+    def __init__(self, bus: NatsBus, ttl: float) -> None:
+        self._bus = bus
+        self.ttl = ttl
+        self.bucket = f"SG_{bus.cluster}_leases"
+        self._kv: Any = None
+
+    async def _store(self) -> Any:
+        if self._kv is None:
+            js = self._bus._js
+            if js is None:
+                raise BusUnavailable("the bus is not connected")
+            try:
+                self._kv = await js.key_value(self.bucket)
+            except nats.js.errors.BucketNotFoundError:
+                self._kv = await js.create_key_value(bucket=self.bucket, ttl=self.ttl, history=1)
+        return self._kv
+
+    async def acquire(self, name: str, holder: str, ttl: float) -> bool:
+        kv = await self._store()
+        try:
+            entry = await kv.get(name)
+        except nats.js.errors.KeyNotFoundError:  # free, lapsed or released
+            try:
+                await kv.create(name, holder.encode())
+            except nats.js.errors.KeyWrongLastSequenceError:
+                return False  # another node took it this instant
+            return True
+        if entry.value is None or entry.value.decode() != holder:
+            return False
+        try:
+            await kv.update(name, holder.encode(), last=entry.revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        return True
+
+    async def release(self, name: str, holder: str) -> None:
+        kv = await self._store()
+        try:
+            entry = await kv.get(name)
+        except nats.js.errors.KeyNotFoundError:
+            return
+        if entry.value is not None and entry.value.decode() == holder:
+            await kv.delete(name, last=entry.revision)

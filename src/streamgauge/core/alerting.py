@@ -241,6 +241,7 @@ class Alerting:
         self._saved_at = 0.0  # monotonic time of the last progress write
         self._flush = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._running = False
         self.suppressed = 0
 
     # -- the consumer's position, as the rest of the server reads it ---------------------------
@@ -263,6 +264,7 @@ class Alerting:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._running = True
         await self.service.load()
         cursor, alive_ms, states = await self.store.read(self.table.load_progress)
         known = {(c.pk, t.index) for c in self.service.channels.values() for t in c.triggers}
@@ -292,6 +294,9 @@ class Alerting:
             self._tasks.append(consumer._task)
 
     async def stop(self) -> None:
+        if not self._running:  # never started here (a cluster node without the work lease)
+            return
+        self._running = False
         self.actor_worker.running = False  # no actor worker starts from here on
         running = [t for t in self._tasks if t is not self.consumer._task]
         for t in running:

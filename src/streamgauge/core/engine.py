@@ -42,6 +42,7 @@ from streamgauge.core.framing import Framing
 from streamgauge.core.handoff import Handoff
 from streamgauge.core.hub import Hub, Item, Sink, Subscription
 from streamgauge.core.ingest import Row as IngestRow
+from streamgauge.core.leases import LeasedWork
 from streamgauge.core.registry import DeviceRec, ProjectRec, Registry
 from streamgauge.core.services import AccountService, MetadataService
 from streamgauge.core.services.timeseries import TimeSeries
@@ -126,6 +127,7 @@ class Engine:
         # node handed on (the hub's head; the store's head in the embedded mode).
         self.cluster: ClusterLink | None = None
         self._node_head = 0
+        self._work: LeasedWork | None = None  # the cluster mode's work lease
         self._ticker: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Future[None]] = set()
         self._lag: asyncio.Task[None] | None = None
@@ -174,9 +176,15 @@ class Engine:
         await self.store.open(self._committed)
         if self.settings.bus:
             await self._join_cluster()
-        await self.timeseries.start()
-        await self.alerting.start()
-        await self.deliveries.start()
+        if self.cluster is None:
+            await self.timeseries.start()
+            await self.alerting.start()
+            await self.deliveries.start()
+        else:  # the work that must happen once runs on the node holding the lease
+            await self.timeseries.start(retention=False)
+            await self.alerting.service.load()  # channels readable on every node
+            self._work = self._lease_work(self.cluster)
+            self._work.begin()
         await self.feeds.start()
         gc.callbacks.append(self.metrics.on_gc)
         self._gc_before = gc.get_threshold()
@@ -218,6 +226,35 @@ class Engine:
         """The last cursor this node handed on to its hub and listeners: what its streams may
         resume from without waiting (the store's head in the embedded mode)."""
         return self._node_head if self.cluster is not None else self.store.head
+
+    def _lease_work(self, link: ClusterLink) -> LeasedWork:
+        """Alert rules (with deadman clocks and actors), deliveries (alert actions, DT data
+        connectors) and retention: started when this node takes the work lease, stopped when
+        it loses it. Their positions are in the store, so the next holder goes on from them."""
+        from streamgauge.bus.jetstream import NatsBus, NatsLeases
+
+        assert isinstance(link.bus, NatsBus)
+        ttl = self.settings.cluster_lease_seconds
+
+        async def start() -> None:
+            await self.alerting.start()
+            await self.deliveries.start()
+            self.timeseries.start_retention()
+
+        async def stop() -> None:
+            await self.alerting.stop()
+            await self.deliveries.stop()
+            await self.timeseries.stop()
+
+        return LeasedWork(
+            NatsLeases(link.bus, ttl),
+            "work",
+            link.bus.node_id,
+            start,
+            stop,
+            ttl=ttl,
+            renew_every=ttl / 3,
+        )
 
     async def _join_cluster(self) -> None:
         """Subscribe to the bus, start after the store's head, and fill gaps from the store
@@ -322,6 +359,9 @@ class Engine:
         if self._switch_before is not None:
             sys.setswitchinterval(self._switch_before)
             self._switch_before = None
+        if self._work is not None:
+            await self._work.close()  # stops the work if held here, and releases the lease
+            self._work = None
         await self.alerting.stop()
         if self.cluster is not None:
             await self.cluster.close()

@@ -76,9 +76,16 @@ class TimeSeries:
         self._task: asyncio.Task[None] | None = None
         self.passes = 0  # retention passes run (tests, metrics)
 
-    async def start(self) -> None:
+    async def start(self, retention: bool = True) -> None:
+        """Load the latest rows; run the retention passes too unless ``retention`` is False (in
+        the cluster mode they run on the node holding the work lease: ``start_retention``)."""
         self.latest_rows.update(await self.store.latest_rows())
-        self._task = asyncio.create_task(self._retention_loop())
+        if retention:
+            self.start_retention()
+
+    def start_retention(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._retention_loop())
 
     async def stop(self) -> None:
         if self._task is not None:
