@@ -23,6 +23,7 @@ import numpy as np
 from streamgauge.auth import Authenticator
 from streamgauge.auth.tokens import TokenIssuer
 from streamgauge.config import Settings
+from streamgauge.core import columnar as columnar_ingest
 from streamgauge.core import ingest
 from streamgauge.core.alerting import Alerting
 from streamgauge.core.consumers import Consumer, Handler, Select
@@ -201,26 +202,37 @@ class Engine:
     # -- ingest ---------------------------------------------------------------------------------
 
     async def ingest(
-        self, project: ProjectRec, body: bytes, *, ndjson: bool, future_limit: bool = True
+        self,
+        project: ProjectRec,
+        body: bytes,
+        *,
+        ndjson: bool,
+        future_limit: bool = True,
+        columnar: str | None = None,
     ) -> AppendResult:
         """Decode, check and append a batch. ``future_limit=False`` lifts ``max_future_seconds``
-        (the Tapis face: Tapis stores times in the future)."""
+        (the Tapis face: Tapis stores times in the future). ``columnar``: the body is an Arrow
+        IPC stream (``"arrow"``) or a Parquet file (``"parquet"``), see ``core/columnar.py``."""
         started = time.perf_counter()
         s = self.settings
+        check = {
+            "now_ms": int(time.time() * 1000),
+            "max_future_ms": int(s.max_future_seconds * 1000) if future_limit else ingest.MAX_TIME,
+            "max_errors": s.max_batch_errors,
+        }
         try:
-            rows = ingest.decode(body, ndjson=ndjson, max_errors=s.max_batch_errors)
-            if not rows:
-                raise BadRequest("the batch holds no observations")
-            columns = ingest.resolve(
-                rows,
-                self.registry,
-                project.pk,
-                now_ms=int(time.time() * 1000),
-                max_future_ms=(
-                    int(s.max_future_seconds * 1000) if future_limit else ingest.MAX_TIME
-                ),
-                max_errors=s.max_batch_errors,
-            )
+            if columnar is not None:
+                table = columnar_ingest.read_table(body, columnar, max_bytes=s.max_body_bytes)
+                if not table.num_rows:
+                    raise BadRequest("the batch holds no observations")
+                columns = columnar_ingest.resolve_table(
+                    table, self.registry, project.pk, **check
+                )
+            else:
+                rows = ingest.decode(body, ndjson=ndjson, max_errors=s.max_batch_errors)
+                if not rows:
+                    raise BadRequest("the batch holds no observations")
+                columns = ingest.resolve(rows, self.registry, project.pk, **check)
             result = await self.store.append(columns)
         except StreamgaugeError as exc:
             self.metrics.ingest_rejected.labels(str(exc.status)).inc()

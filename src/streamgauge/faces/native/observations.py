@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from streamgauge.auth import Action
+from streamgauge.core import columnar
 from streamgauge.core.batch import CSV_HEADER, csv_rows, parse_qc, units_of
 from streamgauge.core.domain import Domain
 from streamgauge.core.filterlang import parse_bbox, parse_filter_on, parse_list, parse_radius
@@ -40,7 +41,9 @@ INGEST_TYPES = {
     "application/x-ndjson",
     "application/jsonl",
     "application/ndjson",
+    *columnar.MEDIA_TYPES,  # Arrow IPC stream, Parquet (core/columnar.py)
 }
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 
 @router.post(
@@ -77,6 +80,7 @@ INGEST_TYPES = {
                     }
                 },
                 "application/x-ndjson": {"schema": {"type": "string"}},
+                **{media: _BINARY for media in columnar.MEDIA_TYPES},
             },
         }
     },
@@ -91,7 +95,9 @@ async def ingest(
     """Store a batch of observations, all or nothing; the reply is sent after commit.
 
     Reply: `{"accepted", "duplicates", "first_cursor", "last_cursor"}`. Re-sent observations
-    (same device, variable, set, time and value) are counted as duplicates, not stored twice."""
+    (same device, variable, set, time and value) are counted as duplicates, not stored twice.
+    Large batches may come as columns: an Arrow IPC stream or a Parquet file with the columns
+    `device`, `variable`, `time`, `value` and optionally `set` (see docs/columnar.md)."""
     rec = project_for(engine, who, project, Action.WRITE)
     media = (content_type or "application/json").split(";")[0].strip().lower()
     if media not in INGEST_TYPES:
@@ -101,12 +107,15 @@ async def ingest(
                 {
                     "in": "header",
                     "field": "content-type",
-                    "reason": "use application/json (an array) or application/x-ndjson",
+                    "reason": "use application/json (an array), application/x-ndjson, "
+                    f"{columnar.ARROW_STREAM} or {columnar.PARQUET_TYPES[0]}",
                 }
             ],
         )
     body = await read_body(request, engine.settings.max_body_bytes)
-    result = await engine.ingest(rec, body, ndjson=media != "application/json")
+    result = await engine.ingest(
+        rec, body, ndjson=media != "application/json", columnar=columnar.MEDIA_TYPES.get(media)
+    )
     return json_response(
         {
             "accepted": result.accepted,

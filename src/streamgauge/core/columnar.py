@@ -1,0 +1,381 @@
+"""Columnar ingest: an Arrow IPC stream or a Parquet file in, the log's columns out.
+
+The JSON path (``core/ingest.py``) makes a Python object per row and resolves each row's device
+and variable in a loop. Here a body is decoded by pyarrow into columns and checked with array
+operations: the device and variable columns are dictionary-encoded and each *distinct* name (and
+each distinct device-variable pair) is looked up once; times, sets and values are checked with
+masks. The rules and the errors are the JSON path's: all rows or none, and a 4xx naming the row
+index, field and reason of the first bad rows.
+
+Columns (names as in the JSON rows; any other column is refused):
+
+    device    string (or dictionary of strings)            required
+    variable  string (or dictionary of strings)            required
+    time      timestamp with a time zone (any unit), epoch ms integers, or RFC 3339 strings
+    value     floating point or integer (stored as float), or string; null allowed
+    set       integer 1..1000, null: the variable's set     optional
+
+pyarrow is imported on the first columnar body only, so a server that never receives one does
+not carry it in memory. Nothing here touches storage.
+
+Errors: ``BadRequest`` (400) for a body that is not a readable Arrow stream or Parquet file or a
+column of the wrong name or type, ``Invalid`` (422) for bad rows, ``PayloadTooLarge`` (413) when
+the decoded table would be larger than a body may be.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from streamgauge.core.ingest import MAX_TIME, MIN_TIME, to_ms
+from streamgauge.core.registry import Registry
+from streamgauge.domain.errors import BadRequest, Invalid, PayloadTooLarge
+from streamgauge.domain.log import IngestColumns
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+PARQUET_TYPES = ("application/vnd.apache.parquet", "application/x-parquet")
+MEDIA_TYPES: dict[str, str] = {ARROW_STREAM: "arrow", **{m: "parquet" for m in PARQUET_TYPES}}
+"""Content type -> columnar format."""
+
+COLUMNS = ("device", "variable", "time", "value", "set")
+REQUIRED = ("device", "variable", "time", "value")
+_FIELD_ORDER = {name: i for i, name in enumerate(COLUMNS)}
+MIN_ROW_BYTES = 48
+"""The smallest JSON row (``{"device":"a","variable":"b","time":0,"value":0}``): a columnar
+batch may hold at most as many rows as the largest JSON body could."""
+
+_time_decoder = msgspec.json.Decoder(Annotated[datetime, msgspec.Meta(tz=True)])
+
+
+def _pa() -> Any:
+    import pyarrow
+
+    return pyarrow
+
+
+def _arrow_errors() -> tuple[type[BaseException], ...]:
+    pa = _pa()
+    return (pa.ArrowException, ValueError, TypeError, OSError, IndexError, EOFError)
+
+
+def read_table(body: bytes, fmt: str, *, max_bytes: int) -> Any:
+    """Decode ``body`` (``fmt``: ``arrow`` or ``parquet``) into a ``pyarrow.Table``.
+
+    The decoded table may not be larger than ``max_bytes`` (the ingest body limit) nor hold more
+    rows than a JSON body of that size could: a compressed body is refused (413) rather than
+    inflated past what an uncompressed one may be. A Parquet file's sizes are checked from its
+    footer, before any data is read; an Arrow stream's after each record batch."""
+    pa = _pa()
+    bad = _arrow_errors()
+    max_rows = max_bytes // MIN_ROW_BYTES
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(pa.BufferReader(body))
+            meta = pf.metadata
+            size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+            _check_size(meta.num_rows, size, max_rows, max_bytes)
+            return pf.read()
+        reader = pa.ipc.open_stream(pa.BufferReader(body))
+        batches = []
+        rows = size = 0
+        for batch in reader:
+            rows += batch.num_rows
+            size += batch.nbytes
+            _check_size(rows, size, max_rows, max_bytes)
+            batches.append(batch)
+        return pa.Table.from_batches(batches, schema=reader.schema)
+    except bad as exc:
+        name = "Parquet file" if fmt == "parquet" else "Arrow IPC stream"
+        raise BadRequest(
+            f"malformed {name}: {exc}",
+            [{"in": "body", "reason": f"not a readable {name} ({type(exc).__name__})"}],
+        ) from exc
+
+
+def _check_size(rows: int, size: int, max_rows: int, max_bytes: int) -> None:
+    if rows > max_rows or size > max_bytes:
+        raise PayloadTooLarge(
+            f"the decoded batch ({rows:,} rows, {size:,} bytes) is larger than a body may be "
+            f"({max_rows:,} rows, {max_bytes:,} bytes): send smaller batches",
+            [{"in": "body", "reason": "decoded size over the ingest body limit"}],
+        )
+
+
+def _column_error(name: str, reason: str) -> BadRequest:
+    return BadRequest(
+        f"bad column {name!r}: {reason}", [{"in": "body", "field": name, "reason": reason}]
+    )
+
+
+def resolve_table(
+    table: Any,
+    reg: Registry,
+    project_pk: int,
+    *,
+    now_ms: int,
+    max_future_ms: int,
+    max_errors: int = 100,
+) -> IngestColumns:
+    """Check a decoded table and resolve it to the log's columns, all rows or an error naming
+    the first bad ones (``max_errors`` at most) by index, field and reason."""
+    pa = _pa()
+    names = list(table.column_names)
+    unknown = [c for c in names if c not in COLUMNS]
+    if unknown:
+        raise BadRequest(
+            f"unknown column(s) {', '.join(map(repr, unknown))}",
+            [{"in": "body", "field": c, "reason": "not one of " + ", ".join(COLUMNS)} for c in unknown],
+        )
+    missing = [c for c in REQUIRED if c not in names]
+    if missing:
+        raise BadRequest(
+            f"missing column(s) {', '.join(map(repr, missing))}",
+            [{"in": "body", "field": c, "reason": "required column"} for c in missing],
+        )
+    if len(set(names)) != len(names):
+        raise BadRequest("a column name appears twice", [{"in": "body", "reason": "duplicates"}])
+    n = table.num_rows
+    errors = _Errors(max_errors)
+
+    dev_codes, dev_names = _codes(pa, table.column("device"), "device")
+    var_codes, var_names = _codes(pa, table.column("variable"), "variable")
+    errors.add(dev_codes < 0, "device", lambda i: "device must be a string, not null")
+    errors.add(
+        (var_codes < 0) & (dev_codes >= 0), "variable", lambda i: "variable must be a string, not null"
+    )
+
+    # Each distinct device name, then each distinct (device, variable) pair, looked up once.
+    devices = reg.devices
+    dev_pk = np.array(
+        [d.pk if (d := devices.get((project_pk, nm))) is not None else -1 for nm in dev_names],
+        np.int64,
+    )
+    known = (dev_codes >= 0) & (var_codes >= 0)
+    row_dev = np.where(dev_codes >= 0, dev_pk[np.maximum(dev_codes, 0)], -1)
+    errors.add(
+        (dev_codes >= 0) & (row_dev < 0),
+        "device",
+        lambda i: f"unknown device {dev_names[dev_codes[i]]!r}",
+    )
+    pair = np.where(known & (row_dev >= 0), dev_codes * max(len(var_names), 1) + var_codes, -1)
+    uniq, inverse = np.unique(pair, return_inverse=True)
+    u_var = np.full(len(uniq), -1, np.int64)
+    u_set = np.zeros(len(uniq), np.int64)
+    u_scale = np.ones(len(uniq), np.float64)
+    u_offset = np.zeros(len(uniq), np.float64)
+    variables = reg.variables
+    width = max(len(var_names), 1)
+    for j, key in enumerate(uniq.tolist()):
+        if key < 0:
+            continue
+        d, v = divmod(key, width)
+        var = variables.get((int(dev_pk[d]), var_names[v]))
+        if var is not None:
+            u_var[j], u_set[j] = var.pk, var.doc.set
+            u_scale[j], u_offset[j] = var.scale, var.offset
+    var_pks = u_var[inverse]
+    errors.add(
+        (pair >= 0) & (var_pks < 0),
+        "variable",
+        lambda i: f"device {dev_names[dev_codes[i]]!r} has no variable "
+        f"{var_names[var_codes[i]]!r}",
+    )
+
+    sets = u_set[inverse]
+    if "set" in names:
+        sent, null = _ints(pa, table.column("set"), "set")
+        errors.add(~null & ((sent < 1) | (sent > 1000)), "set", lambda i: "set must be 1 to 1000")
+        sets = np.where(null | (sent < 1) | (sent > 1000), sets, sent)
+
+    times = _times(pa, table.column("time"), errors)
+    limit = now_ms + max_future_ms
+    out_of_range = (times < MIN_TIME) | (times > MAX_TIME)
+    errors.add(out_of_range, "time", lambda i: "time is out of range (years 1-9999)")
+    errors.add(
+        ~out_of_range & (times > limit),
+        "time",
+        lambda i: "time is more than the allowed skew ahead of the server clock",
+    )
+    times = np.where(out_of_range, 0, times)
+
+    scale, offset = u_scale[inverse], u_offset[inverse]
+    values = _values(pa, table.column("value"), scale, offset, var_pks >= 0, errors, reg, var_pks)
+    errors.raise_if_any()
+    return IngestColumns(project_pk, var_pks, sets.astype(np.int64), times, values, np.zeros(n, np.int64))
+
+
+class _Errors:
+    """The bad rows found by each check, merged in (row, field) order and cut at ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.found: list[tuple[int, int, dict[str, Any]]] = []
+
+    def add(self, mask: npt.NDArray[np.bool_], field: str, reason: Any) -> None:
+        for i in np.flatnonzero(mask)[: self.limit].tolist():
+            self.found.append((i, _FIELD_ORDER[field], {"index": i, "field": field, "reason": reason(i)}))
+
+    def raise_if_any(self) -> None:
+        if not self.found:
+            return
+        self.found.sort(key=lambda x: (x[0], x[1]))
+        details = [d for _, _, d in self.found[: self.limit]]
+        raise Invalid(f"{len(details)} bad row(s) in the batch; nothing was stored", details)
+
+
+def _single(pa: Any, column: Any) -> Any:
+    """One array from a (possibly chunked) column."""
+    if isinstance(column, pa.ChunkedArray):
+        if pa.types.is_dictionary(column.type) and column.num_chunks > 1:
+            column = column.unify_dictionaries()
+        return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    return column
+
+
+def _codes(pa: Any, column: Any, name: str) -> tuple[npt.NDArray[np.int64], list[str]]:
+    """A string column as (code per row, -1 for null; the distinct names)."""
+    import pyarrow.compute as pc
+
+    arr = _single(pa, column)
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        value_type = t.value_type
+    else:
+        value_type = t
+    if not (
+        pa.types.is_string(value_type)
+        or pa.types.is_large_string(value_type)
+        or pa.types.is_string_view(value_type)
+    ):
+        raise _column_error(name, f"expected strings, got {t}")
+    if not pa.types.is_dictionary(t):
+        arr = pc.dictionary_encode(arr)
+    codes = arr.indices.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    codes = np.where(np.asarray(arr.is_null().to_numpy(zero_copy_only=False)), -1, codes)
+    return codes.astype(np.int64), [str(x) for x in arr.dictionary.to_pylist()]
+
+
+def _ints(pa: Any, column: Any, name: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    arr = _single(pa, column)
+    if pa.types.is_null(arr.type):
+        return np.zeros(len(arr), np.int64), np.ones(len(arr), np.bool_)
+    if not pa.types.is_integer(arr.type):
+        raise _column_error(name, f"expected integers, got {arr.type}")
+    null = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), np.bool_)
+    if pa.types.is_unsigned_integer(arr.type):  # uint64 beyond int64: out of any range anyway
+        arr = arr.cast(pa.float64())
+        vals = np.nan_to_num(arr.to_numpy(zero_copy_only=False), nan=0.0)
+        return np.clip(vals, -(2**62), 2**62).astype(np.int64), null
+    return np.nan_to_num(arr.cast(pa.int64()).to_numpy(zero_copy_only=False), nan=0).astype(
+        np.int64
+    ), null
+
+
+_UNIT_MS = {"s": None, "ms": 1, "us": 1000, "ns": 1_000_000}
+
+
+def _times(pa: Any, column: Any, errors: _Errors) -> npt.NDArray[np.int64]:
+    """Epoch ms of every row (floored, as the JSON path does); bad rows are recorded."""
+    import pyarrow.compute as pc
+
+    arr = _single(pa, column)
+    t = arr.type
+    n = len(arr)
+    null = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), np.bool_)
+    errors.add(null, "time", lambda i: "time is required (not null)")
+    if pa.types.is_timestamp(t):
+        if t.tz is None:
+            raise _column_error(
+                "time",
+                "a timestamp without a time zone is ambiguous: give the column a zone (e.g. "
+                "UTC), or send epoch ms integers or RFC 3339 strings with an offset",
+            )
+        raw = arr.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        per = _UNIT_MS[t.unit]
+        if per is None:  # seconds: guard the multiplication against overflow
+            raw = np.clip(raw, MIN_TIME // 1000 - 1, MAX_TIME // 1000 + 1) * 1000
+            return raw.astype(np.int64)
+        return (raw // per).astype(np.int64)
+    if pa.types.is_integer(t):
+        ms, _ = _ints(pa, arr, "time")
+        return ms
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        try:  # Arrow's ISO 8601 parser, vectorized
+            parsed = pc.cast(arr, pa.timestamp("us", "UTC"))
+            raw = parsed.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+            return (raw.astype(np.int64) // 1000).astype(np.int64)
+        except (pa.ArrowException, ValueError):
+            pass  # some row did not parse: parse each as the JSON path does, naming the bad ones
+        out = np.zeros(n, np.int64)
+        bad: dict[int, str] = {}
+        for i, text in enumerate(arr.to_pylist()):
+            if text is None:
+                continue
+            try:
+                out[i] = to_ms(_time_decoder.decode(msgspec.json.encode(text)))
+            except (msgspec.DecodeError, OverflowError) as exc:
+                bad[i] = f"time {text[:64]!r} is not an RFC 3339 time with an offset ({exc})"
+                out[i] = 0
+        mask = np.zeros(n, np.bool_)
+        mask[list(bad)] = True
+        errors.add(mask, "time", lambda i: bad[i])
+        return out
+    raise _column_error(
+        "time", f"expected a timestamp with a zone, epoch ms integers or strings, got {t}"
+    )
+
+
+def _values(
+    pa: Any,
+    column: Any,
+    scale: npt.NDArray[np.float64],
+    offset: npt.NDArray[np.float64],
+    resolved: npt.NDArray[np.bool_],
+    errors: _Errors,
+    reg: Registry,
+    var_pks: npt.NDArray[np.int64],
+) -> list[float | str | None]:
+    """The value of every row as the log stores it: floats converted from the variable's unit
+    to the canonical one (rounded as the JSON path rounds), strings, None for null."""
+    arr = _single(pa, column)
+    t = arr.type
+    n = len(arr)
+    if pa.types.is_null(t):
+        return [None] * n
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return list(arr.to_pylist())
+    if not (pa.types.is_floating(t) or pa.types.is_integer(t)):
+        raise _column_error("value", f"expected numbers or strings, got {t}")
+    null = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), np.bool_)
+    v = np.asarray(arr.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False), np.float64)
+    errors.add(~null & ~np.isfinite(v), "value", lambda i: "value must be finite")
+    convert = np.flatnonzero(~null & np.isfinite(v) & resolved & ((scale != 1.0) | (offset != 0.0)))
+    values: list[float | str | None] = v.tolist()
+    if len(convert):
+        # Python's round, row by row, only for rows sent in another unit: the same stored value
+        # as the JSON path (numpy's rounding can differ in the last bit, and a re-sent row would
+        # then be a conflict instead of a duplicate).
+        sent = v[convert]
+        conv = sent * scale[convert] + offset[convert]
+        overflow: dict[int, str] = {}
+        for i, x, raw in zip(convert.tolist(), conv.tolist(), sent.tolist(), strict=True):
+            y = round(x, 9) if math.isfinite(x) else x
+            values[i] = y
+            if not math.isfinite(y):
+                var = reg.variables_by_pk.get(int(var_pks[i]))
+                unit, canon = (var.doc.unit, var.entry.unit) if var is not None else ("", "")
+                overflow[i] = f"value {raw!r} {unit} is not finite once converted to {canon}"
+        mask = np.zeros(n, np.bool_)
+        mask[list(overflow)] = True
+        errors.add(mask, "value", lambda i: overflow[i])
+    for i in np.flatnonzero(null).tolist():
+        values[i] = None
+    return values
