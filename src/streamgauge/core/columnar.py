@@ -132,7 +132,10 @@ def resolve_table(
     if unknown:
         raise BadRequest(
             f"unknown column(s) {', '.join(map(repr, unknown))}",
-            [{"in": "body", "field": c, "reason": "not one of " + ", ".join(COLUMNS)} for c in unknown],
+            [
+                {"in": "body", "field": c, "reason": "not one of " + ", ".join(COLUMNS)}
+                for c in unknown
+            ],
         )
     missing = [c for c in REQUIRED if c not in names]
     if missing:
@@ -149,7 +152,9 @@ def resolve_table(
     var_codes, var_names = _codes(pa, table.column("variable"), "variable")
     errors.add(dev_codes < 0, "device", lambda i: "device must be a string, not null")
     errors.add(
-        (var_codes < 0) & (dev_codes >= 0), "variable", lambda i: "variable must be a string, not null"
+        (var_codes < 0) & (dev_codes >= 0),
+        "variable",
+        lambda i: "variable must be a string, not null",
     )
 
     # Each distinct device name, then each distinct (device, variable) pair, looked up once.
@@ -185,8 +190,7 @@ def resolve_table(
     errors.add(
         (pair >= 0) & (var_pks < 0),
         "variable",
-        lambda i: f"device {dev_names[dev_codes[i]]!r} has no variable "
-        f"{var_names[var_codes[i]]!r}",
+        lambda i: f"device {dev_names[dev_codes[i]]!r} has no variable {var_names[var_codes[i]]!r}",
     )
 
     sets = u_set[inverse]
@@ -209,7 +213,9 @@ def resolve_table(
     scale, offset = u_scale[inverse], u_offset[inverse]
     values = _values(pa, table.column("value"), scale, offset, var_pks >= 0, errors, reg, var_pks)
     errors.raise_if_any()
-    return IngestColumns(project_pk, var_pks, sets.astype(np.int64), times, values, np.zeros(n, np.int64))
+    return IngestColumns(
+        project_pk, var_pks, sets.astype(np.int64), times, values, np.zeros(n, np.int64)
+    )
 
 
 class _Errors:
@@ -221,7 +227,9 @@ class _Errors:
 
     def add(self, mask: npt.NDArray[np.bool_], field: str, reason: Any) -> None:
         for i in np.flatnonzero(mask)[: self.limit].tolist():
-            self.found.append((i, _FIELD_ORDER[field], {"index": i, "field": field, "reason": reason(i)}))
+            self.found.append(
+                (i, _FIELD_ORDER[field], {"index": i, "field": field, "reason": reason(i)})
+            )
 
     def raise_if_any(self) -> None:
         if not self.found:
@@ -279,6 +287,11 @@ def _ints(pa: Any, column: Any, name: str) -> tuple[npt.NDArray[np.int64], npt.N
     ), null
 
 
+def _int64(arr: Any) -> npt.NDArray[np.int64]:
+    out: npt.NDArray[np.int64] = np.asarray(arr.to_numpy(zero_copy_only=False), np.int64)
+    return out
+
+
 _UNIT_MS = {"s": None, "ms": 1, "us": 1000, "ns": 1_000_000}
 
 
@@ -298,20 +311,18 @@ def _times(pa: Any, column: Any, errors: _Errors) -> npt.NDArray[np.int64]:
                 "a timestamp without a time zone is ambiguous: give the column a zone (e.g. "
                 "UTC), or send epoch ms integers or RFC 3339 strings with an offset",
             )
-        raw = arr.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        raw = _int64(arr.cast(pa.int64()).fill_null(0))
         per = _UNIT_MS[t.unit]
         if per is None:  # seconds: guard the multiplication against overflow
-            raw = np.clip(raw, MIN_TIME // 1000 - 1, MAX_TIME // 1000 + 1) * 1000
-            return raw.astype(np.int64)
-        return (raw // per).astype(np.int64)
+            return np.clip(raw, MIN_TIME // 1000 - 1, MAX_TIME // 1000 + 1) * 1000
+        return raw // per
     if pa.types.is_integer(t):
         ms, _ = _ints(pa, arr, "time")
         return ms
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
         try:  # Arrow's ISO 8601 parser, vectorized
             parsed = pc.cast(arr, pa.timestamp("us", "UTC"))
-            raw = parsed.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
-            return (raw.astype(np.int64) // 1000).astype(np.int64)
+            return _int64(parsed.cast(pa.int64()).fill_null(0)) // 1000
         except (pa.ArrowException, ValueError):
             pass  # some row did not parse: parse each as the JSON path does, naming the bad ones
         out = np.zeros(n, np.int64)

@@ -225,9 +225,7 @@ class Engine:
                 table = columnar_ingest.read_table(body, columnar, max_bytes=s.max_body_bytes)
                 if not table.num_rows:
                     raise BadRequest("the batch holds no observations")
-                columns = columnar_ingest.resolve_table(
-                    table, self.registry, project.pk, **check
-                )
+                columns = columnar_ingest.resolve_table(table, self.registry, project.pk, **check)
             else:
                 rows = ingest.decode(body, ndjson=ndjson, max_errors=s.max_batch_errors)
                 if not rows:
