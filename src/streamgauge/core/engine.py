@@ -410,7 +410,9 @@ class Engine:
                 span = handoff.next_read()
                 if span is not None:
                     page = s.catchup_page_rows
-                    batch = await self.store.read_log(span[0], span[1], page)
+                    batch = await self.store.read_log(
+                        span[0], span[1], page, project_pk=selection.project_pk
+                    )
                     items = sub.render(batch) if len(batch) else []
                     handoff.read(batch.last if len(batch) else None, complete=len(batch) < page)
                     if items or len(batch):
