@@ -24,7 +24,7 @@ from streamgauge.auth import Authenticator
 from streamgauge.auth.tokens import TokenIssuer
 from streamgauge.config import Settings
 from streamgauge.core import columnar as columnar_ingest
-from streamgauge.core import ingest
+from streamgauge.core import footprint, ingest
 from streamgauge.core.alerting import Alerting
 from streamgauge.core.consumers import Consumer, Handler, Select
 from streamgauge.core.dedupe import LogRules
@@ -101,6 +101,7 @@ class Engine:
         self.metrics.bind(
             lambda: self.hub.subscribers, self.hub.queued_bytes, lambda: self.store.head
         )
+        self.metrics.bind_registry(footprint.Cached(self.registry).get)
         # Outbound deliveries (data connectors, alert actions), woken by every committed batch.
         self.deliveries = Deliveries(
             self.store,
