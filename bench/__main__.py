@@ -6,6 +6,7 @@
     quality    ingest with QC on and off, then the same fan-out as ``fanout``
     feed       1,000 push-feed sessions against a plain websockets broadcast, memory per session
     feed-cpu   the server's CPU per fan-out round of those sessions, in one process, no sockets
+    catchup    a small project's stream catch-up beside a busy project, against it alone
 
 Each workload takes its own ``--help``.
 """
@@ -21,6 +22,7 @@ WORKLOADS = {
     "quality": "bench.quality",
     "feed": "bench.feed",
     "feed-cpu": "bench.feed_cpu",
+    "catchup": "bench.catchup",
 }
 
 
