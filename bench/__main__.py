@@ -7,6 +7,7 @@
     feed       1,000 push-feed sessions against a plain websockets broadcast, memory per session
     feed-cpu   the server's CPU per fan-out round of those sessions, in one process, no sockets
     catchup    a small project's stream catch-up beside a busy project, against it alone
+    columnar   decode + resolve of NDJSON, Arrow IPC and Parquet batches, in one process
 
 Each workload takes its own ``--help``.
 """
@@ -23,6 +24,7 @@ WORKLOADS = {
     "feed": "bench.feed",
     "feed-cpu": "bench.feed_cpu",
     "catchup": "bench.catchup",
+    "columnar": "bench.columnar",
 }
 
 

@@ -307,3 +307,40 @@ def test_a_body_that_inflates_past_the_limit_is_413(tmp_path: Any) -> None:
             expect_error(c.post(OBS, content=sink.getvalue(), headers=ARROW), 413)
     finally:
         srv.stop()
+
+
+def test_devices_and_variables_created_later_are_found(client: httpx.Client) -> None:
+    """The name tables built for the first batch follow metadata changes: a device created,
+    deleted or given a new variable afterwards is resolved as the registry has it."""
+    make_station(client)
+    assert client.post(OBS, content=arrow_body(table_of(rows(4))), headers=ARROW).status_code == 200
+    r = client.post(
+        "/api/v1/projects/p1/devices",
+        json=[{"id": "late", "variables": [{"name": "air_temp"}]}],
+    )
+    assert r.status_code == 201, r.text
+    late = [{"device": "late", "variable": "air_temp", "time": T0, "value": 1.0}]
+    r = client.post(OBS, content=arrow_body(table_of(late)), headers=ARROW)
+    assert r.status_code == 200, r.text
+    assert client.delete("/api/v1/projects/p1/devices/late").status_code in (200, 204)
+    later = [{"device": "late", "variable": "air_temp", "time": T0 + 1, "value": 1.0}]
+    err = expect_error(client.post(OBS, content=arrow_body(table_of(later)), headers=ARROW), 422)
+    assert err["details"][0]["reason"] == "unknown device 'late'"
+
+
+def test_a_large_dictionary_with_few_names_in_use(client: httpx.Client) -> None:
+    """A client's whole category list as the dictionary (pandas categoricals): only the names
+    in use are looked up, and an unused unknown name is no error."""
+    make_station(client)
+    names = pa.array(["d0", "d1"] + [f"unused{i}" for i in range(500)])
+    table = pa.table(
+        {
+            "device": pa.DictionaryArray.from_arrays(pa.array([1, 0, 1], pa.int32()), names),
+            "variable": ["air_temp"] * 3,
+            "time": pa.array([T0, T0, T0 + 1], pa.timestamp("ms", "UTC")),
+            "value": [1.0, 2.0, 3.0],
+        }
+    )
+    r = client.post(OBS, content=arrow_body(table), headers=ARROW)
+    assert r.status_code == 200, r.text
+    assert sorted(o["device"] for o in history(client)) == ["d0", "d1", "d1"]

@@ -157,12 +157,11 @@ def resolve_table(
         lambda i: "variable must be a string, not null",
     )
 
-    # Each distinct device name, then each distinct (device, variable) pair, looked up once.
-    devices = reg.devices
-    dev_pk = np.array(
-        [d.pk if (d := devices.get((project_pk, nm))) is not None else -1 for nm in dev_names],
-        np.int64,
-    )
+    # Names resolved in bulk: each distinct device name and variable name is found in the
+    # project's name tables by Arrow (a hash lookup in C), each (device, variable) pair by a
+    # binary search over sorted integer keys (numpy); see ``_Names``.
+    names_of = _Names.of(pa, reg, project_pk)
+    dev_pk = names_of.devices(pa, dev_names)
     known = (dev_codes >= 0) & (var_codes >= 0)
     row_dev = np.where(dev_codes >= 0, dev_pk[np.maximum(dev_codes, 0)], -1)
     errors.add(
@@ -170,22 +169,10 @@ def resolve_table(
         "device",
         lambda i: f"unknown device {dev_names[dev_codes[i]]!r}",
     )
-    pair = np.where(known & (row_dev >= 0), dev_codes * max(len(var_names), 1) + var_codes, -1)
-    uniq, inverse = np.unique(pair, return_inverse=True)
-    u_var = np.full(len(uniq), -1, np.int64)
-    u_set = np.zeros(len(uniq), np.int64)
-    u_scale = np.ones(len(uniq), np.float64)
-    u_offset = np.zeros(len(uniq), np.float64)
-    variables = reg.variables
     width = max(len(var_names), 1)
-    for j, key in enumerate(uniq.tolist()):
-        if key < 0:
-            continue
-        d, v = divmod(key, width)
-        var = variables.get((int(dev_pk[d]), var_names[v]))
-        if var is not None:
-            u_var[j], u_set[j] = var.pk, var.doc.set
-            u_scale[j], u_offset[j] = var.scale, var.offset
+    pair = np.where(known & (row_dev >= 0), dev_codes * width + var_codes, -1)
+    uniq, inverse = np.unique(pair, return_inverse=True)
+    u_var, u_set, u_scale, u_offset = names_of.variables(pa, reg, uniq, dev_pk, var_names, width)
     var_pks = u_var[inverse]
     errors.add(
         (pair >= 0) & (var_pks < 0),
@@ -216,6 +203,102 @@ def resolve_table(
     return IngestColumns(
         project_pk, var_pks, sets.astype(np.int64), times, values, np.zeros(n, np.int64)
     )
+
+
+class _Names:
+    """A project's device and variable names as lookup tables, built once per registry
+    version (kept in ``Registry.derived``, which a metadata change drops) and checked against
+    the registry's sizes: device names and pks, interned variable names, and the variables
+    sorted by the key ``device pk * len(names) + name code`` with their pk, set and unit
+    conversion. A name the tables miss is looked up in the registry's maps (so a table a
+    moment behind the registry never refuses a row that is valid)."""
+
+    def __init__(self, pa: Any, reg: Registry, project_pk: int) -> None:
+        self.project_pk = project_pk
+        devs = [d for d in list(reg.devices_by_pk.values()) if d.project_pk == project_pk]
+        self.dev_names = pa.array([d.doc.id for d in devs], pa.string())
+        self.dev_pks = np.array([d.pk for d in devs], np.int64)
+        in_project = set(self.dev_pks.tolist())
+        found = [(k, v) for k, v in list(reg.variables.items()) if k[0] in in_project]
+        names = sorted({k[1] for k, _ in found})
+        self.var_names = pa.array(names, pa.string())
+        self.width = max(len(names), 1)
+        code = {n: i for i, n in enumerate(names)}
+        keys = np.array([k[0] * self.width + code[k[1]] for k, _ in found], np.int64)
+        order = np.argsort(keys, kind="stable")
+        self.keys = keys[order]
+        self.var_pk = np.array([v.pk for _, v in found], np.int64)[order]
+        self.var_set = np.array([v.doc.set for _, v in found], np.int64)[order]
+        self.scale = np.array([v.scale for _, v in found], np.float64)[order]
+        self.offset = np.array([v.offset for _, v in found], np.float64)[order]
+        self._devices = reg.devices
+        self._variables = reg.variables
+
+    @staticmethod
+    def of(pa: Any, reg: Registry, project_pk: int) -> _Names:
+        mark = (reg.version, len(reg.devices_by_pk), len(reg.variables_by_pk))
+        key = ("columnar-names", project_pk)
+        cached = reg.derived.get(key)
+        if isinstance(cached, tuple) and cached[0] == mark:
+            names: _Names = cached[1]
+            return names
+        names = _Names(pa, reg, project_pk)
+        reg.derived[key] = (mark, names)
+        return names
+
+    def devices(self, pa: Any, names: list[str]) -> npt.NDArray[np.int64]:
+        """The pk of each device name (-1: no such device in the project)."""
+        import pyarrow.compute as pc
+
+        idx = _int64(pc.index_in(pa.array(names, pa.string()), self.dev_names).fill_null(-1))
+        pks = np.where(idx >= 0, self.dev_pks[np.maximum(idx, 0)] if len(self.dev_pks) else -1, -1)
+        for i in np.flatnonzero(pks < 0).tolist():  # missed: ask the registry itself
+            dev = self._devices.get((self.project_pk, names[i]))
+            if dev is not None:
+                pks[i] = dev.pk
+        return pks.astype(np.int64)
+
+    def variables(
+        self,
+        pa: Any,
+        reg: Registry,
+        pairs: npt.NDArray[np.int64],
+        dev_pk: npt.NDArray[np.int64],
+        var_names: list[str],
+        width: int,
+    ) -> tuple[
+        npt.NDArray[np.int64],
+        npt.NDArray[np.int64],
+        npt.NDArray[np.float64],
+        npt.NDArray[np.float64],
+    ]:
+        """Variable pk, set, scale and offset of each pair code ``device code * width +
+        variable code`` (pk -1: no such variable)."""
+        import pyarrow.compute as pc
+
+        ok = pairs >= 0
+        d, v = np.divmod(np.maximum(pairs, 0), width)
+        name_code = _int64(
+            pc.index_in(pa.array(var_names, pa.string()), self.var_names).fill_null(-1)
+        )
+        code = name_code[v] if len(name_code) else np.full(len(pairs), -1, np.int64)
+        keys = dev_pk[d] * self.width + code
+        pos = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
+        hit = ok & (code >= 0) & (dev_pk[d] >= 0)
+        if len(self.keys):
+            hit &= self.keys[pos] == keys
+        else:
+            hit &= False
+        var_pk = np.where(hit, self.var_pk[pos] if len(self.keys) else -1, -1).astype(np.int64)
+        sets = np.where(hit, self.var_set[pos] if len(self.keys) else 0, 0).astype(np.int64)
+        scale = np.where(hit, self.scale[pos] if len(self.keys) else 1.0, 1.0)
+        offset = np.where(hit, self.offset[pos] if len(self.keys) else 0.0, 0.0)
+        for j in np.flatnonzero(ok & ~hit).tolist():  # missed: ask the registry itself
+            var = self._variables.get((int(dev_pk[d[j]]), var_names[v[j]]))
+            if var is not None:
+                var_pk[j], sets[j] = var.pk, var.doc.set
+                scale[j], offset[j] = var.scale, var.offset
+        return var_pk, sets, scale.astype(np.float64), offset.astype(np.float64)
 
 
 class _Errors:
@@ -268,7 +351,17 @@ def _codes(pa: Any, column: Any, name: str) -> tuple[npt.NDArray[np.int64], list
         arr = pc.dictionary_encode(arr)
     codes = arr.indices.cast(pa.int64()).to_numpy(zero_copy_only=False)
     codes = np.where(np.asarray(arr.is_null().to_numpy(zero_copy_only=False)), -1, codes)
-    return codes.astype(np.int64), [str(x) for x in arr.dictionary.to_pylist()]
+    codes = codes.astype(np.int64)
+    dictionary = arr.dictionary
+    if len(dictionary) > 64 and len(dictionary) > len(codes) // 4:
+        # A dictionary larger than what the rows use (a client's whole category list): only
+        # the names in use are looked up.
+        used = np.unique(codes[codes >= 0])
+        if len(used) < len(dictionary):
+            codes = np.where(codes >= 0, np.searchsorted(used, codes), -1)
+            dictionary = dictionary.take(pa.array(used))
+    names: list[str] = dictionary.to_pylist()  # a null in the dictionary: never a match
+    return codes, names
 
 
 def _ints(pa: Any, column: Any, name: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
