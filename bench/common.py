@@ -166,10 +166,11 @@ class ColumnarEncoder:
 
     def rows(self, series: np.ndarray, times: np.ndarray, values: np.ndarray) -> bytes:
         pa = self.pa
+        used, codes = np.unique(series // NVARS, return_inverse=True)  # the batch's own names
         table = pa.table(
             {
                 "device": pa.DictionaryArray.from_arrays(
-                    pa.array(series // NVARS, pa.int32()), self.devices
+                    pa.array(codes, pa.int32()), self.devices.take(pa.array(used))
                 ),
                 "variable": pa.DictionaryArray.from_arrays(
                     pa.array(series % NVARS, pa.int32()), self.variables

@@ -160,12 +160,7 @@ def main(argv: list[str] | None = None) -> None:
                     ing = Ingestor(m, "streamgauge", HOST, srv.port, srv.proc.pid, TOKEN)
                     sg_sweep, sg_final = ingest_suite(ing, grid, sweep_rows, final_rows, None)
                     best_cfg = (sg_final.batch, sg_final.producers)
-                    if a.format != "ndjson":
-                        ing.use_format(a.format)
-                        sg_columnar = ing.run(final_rows, *best_cfg)
-                        log(f"  final, {a.format}:" + sg_columnar.line())
-                        out["sg_columnar"] = asdict(sg_columnar)
-                    rss = proc_rss_mb(srv.proc.pid)
+                    rss = proc_rss_mb(srv.proc.pid)  # before a columnar run loads pyarrow
                     log(
                         f"  server rss {rss:.0f} MB, data folder "
                         f"{srv.data_size_mb():.0f} MB after {ing.row:,} obs"
@@ -179,6 +174,15 @@ def main(argv: list[str] | None = None) -> None:
                         f"{rss:.0f} MB after ingest); registry estimate "
                         f"{memory['registry_per_series_b']:,.0f} B"
                     )
+                    if a.format != "ndjson":
+                        ing.use_format(a.format)
+                        sg_columnar = ing.run(final_rows, *best_cfg)
+                        log(f"  final, {a.format}:" + sg_columnar.line())
+                        out["sg_columnar"] = asdict(sg_columnar)
+                        log(
+                            f"  server rss {proc_rss_mb(srv.proc.pid):.0f} MB after the "
+                            f"{a.format} run (pyarrow loaded on the first columnar body)"
+                        )
                 if "sg-fanout" not in skip:
                     log(
                         f"\n[c] streamgauge fan-out: {fcfg.subscribers} subscribers, "
