@@ -205,6 +205,34 @@ def resolve_table(
     )
 
 
+def decode_resolve(
+    body: bytes,
+    fmt: str,
+    reg: Registry,
+    project_pk: int,
+    *,
+    max_bytes: int,
+    now_ms: int,
+    max_future_ms: int,
+    max_errors: int = 100,
+) -> IngestColumns:
+    """``read_table`` then ``resolve_table``; an empty batch is a 400. Meant to run in a
+    worker thread (``asyncio.to_thread``): pyarrow and numpy release the GIL for most of it,
+    and building a large project's name tables after a metadata change (about 0.7 s for
+    180,000 variables on a busy 2-core machine) does not hold the event loop."""
+    table = read_table(body, fmt, max_bytes=max_bytes)
+    if not table.num_rows:
+        raise BadRequest("the batch holds no observations")
+    return resolve_table(
+        table,
+        reg,
+        project_pk,
+        now_ms=now_ms,
+        max_future_ms=max_future_ms,
+        max_errors=max_errors,
+    )
+
+
 class _Names:
     """A project's device and variable names as lookup tables, built once per registry
     version (kept in ``Registry.derived``, which a metadata change drops) and checked against

@@ -222,11 +222,18 @@ class Engine:
             "max_errors": s.max_batch_errors,
         }
         try:
-            if columnar is not None:
-                table = columnar_ingest.read_table(body, columnar, max_bytes=s.max_body_bytes)
-                if not table.num_rows:
-                    raise BadRequest("the batch holds no observations")
-                columns = columnar_ingest.resolve_table(table, self.registry, project.pk, **check)
+            if columnar is not None:  # off the loop: see columnar.decode_resolve
+                columns = await asyncio.to_thread(
+                    functools.partial(
+                        columnar_ingest.decode_resolve,
+                        body,
+                        columnar,
+                        self.registry,
+                        project.pk,
+                        max_bytes=s.max_body_bytes,
+                        **check,
+                    )
+                )
             else:
                 rows = ingest.decode(body, ndjson=ndjson, max_errors=s.max_batch_errors)
                 if not rows:
