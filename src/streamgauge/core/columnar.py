@@ -161,7 +161,7 @@ def resolve_table(
     # project's name tables by Arrow (a hash lookup in C), each (device, variable) pair by a
     # binary search over sorted integer keys (numpy); see ``_Names``.
     names_of = _Names.of(pa, reg, project_pk)
-    dev_pk = names_of.devices(pa, dev_names)
+    dev_pk = names_of.devices(pa, reg, dev_names)
     known = (dev_codes >= 0) & (var_codes >= 0)
     row_dev = np.where(dev_codes >= 0, dev_pk[np.maximum(dev_codes, 0)], -1)
     errors.add(
@@ -259,8 +259,6 @@ class _Names:
         self.var_set = np.array([v.doc.set for _, v in found], np.int64)[order]
         self.scale = np.array([v.scale for _, v in found], np.float64)[order]
         self.offset = np.array([v.offset for _, v in found], np.float64)[order]
-        self._devices = reg.devices
-        self._variables = reg.variables
 
     @staticmethod
     def of(pa: Any, reg: Registry, project_pk: int) -> _Names:
@@ -274,14 +272,14 @@ class _Names:
         reg.derived[key] = (mark, names)
         return names
 
-    def devices(self, pa: Any, names: list[str]) -> npt.NDArray[np.int64]:
+    def devices(self, pa: Any, reg: Registry, names: list[str]) -> npt.NDArray[np.int64]:
         """The pk of each device name (-1: no such device in the project)."""
         import pyarrow.compute as pc
 
         idx = _int64(pc.index_in(pa.array(names, pa.string()), self.dev_names).fill_null(-1))
         pks = np.where(idx >= 0, self.dev_pks[np.maximum(idx, 0)] if len(self.dev_pks) else -1, -1)
         for i in np.flatnonzero(pks < 0).tolist():  # missed: ask the registry itself
-            dev = self._devices.get((self.project_pk, names[i]))
+            dev = reg.devices.get((self.project_pk, names[i]))
             if dev is not None:
                 pks[i] = dev.pk
         return pks.astype(np.int64)
@@ -322,7 +320,7 @@ class _Names:
         scale = np.where(hit, self.scale[pos] if len(self.keys) else 1.0, 1.0)
         offset = np.where(hit, self.offset[pos] if len(self.keys) else 0.0, 0.0)
         for j in np.flatnonzero(ok & ~hit).tolist():  # missed: ask the registry itself
-            var = self._variables.get((int(dev_pk[d[j]]), var_names[v[j]]))
+            var = reg.variables.get((int(dev_pk[d[j]]), var_names[v[j]]))
             if var is not None:
                 var_pk[j], sets[j] = var.pk, var.doc.set
                 scale[j], offset[j] = var.scale, var.offset
