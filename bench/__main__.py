@@ -12,6 +12,8 @@
                points/s, against native NDJSON of the same observations
     client     the Python client: import of a 1,000,000-row CSV, Client/AsyncClient.stream()
                against the raw NDJSON stream read with httpx
+    catchup    a small project's stream catch-up beside a busy project, against it alone
+    columnar   decode + resolve of NDJSON, Arrow IPC and Parquet batches, in one process
 
 Each workload takes its own ``--help``.
 """
@@ -30,6 +32,8 @@ WORKLOADS = {
     "timeseries": "bench.timeseries",
     "ports": "bench.ports",
     "client": "bench.client",
+    "catchup": "bench.catchup",
+    "columnar": "bench.columnar",
 }
 
 

@@ -150,6 +150,46 @@ class NdjsonEncoder:
         )
 
 
+class ColumnarEncoder:
+    """Pre-encodes streamgauge columnar ingest bodies: an Arrow IPC stream (``arrow``) or a
+    Parquet file (``parquet``) with dictionary-encoded device and variable columns, times as
+    timestamp[ms, UTC] and float64 values."""
+
+    MEDIA = {"arrow": "application/vnd.apache.arrow.stream", "parquet": "application/x-parquet"}
+
+    def __init__(self, m: Mesonet, fmt: str):
+        import pyarrow as pa
+
+        self.pa, self.fmt = pa, fmt
+        self.devices = pa.array(m.ids)
+        self.variables = pa.array(VAR_NAMES)
+
+    def rows(self, series: np.ndarray, times: np.ndarray, values: np.ndarray) -> bytes:
+        pa = self.pa
+        used, codes = np.unique(series // NVARS, return_inverse=True)  # the batch's own names
+        table = pa.table(
+            {
+                "device": pa.DictionaryArray.from_arrays(
+                    pa.array(codes, pa.int32()), self.devices.take(pa.array(used))
+                ),
+                "variable": pa.DictionaryArray.from_arrays(
+                    pa.array(series % NVARS, pa.int32()), self.variables
+                ),
+                "time": pa.array(times, pa.timestamp("ms", "UTC")),
+                "value": pa.array(values, pa.float64()),
+            }
+        )
+        sink = pa.BufferOutputStream()
+        if self.fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, sink)
+        else:
+            with pa.ipc.new_stream(sink, table.schema) as w:
+                w.write_table(table)
+        return bytes(sink.getvalue())
+
+
 class LineProtocolEncoder:
     """Pre-encodes InfluxDB line protocol rows: obs,station=..,variable=.. value=.. <ms>."""
 

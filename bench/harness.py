@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .common import (
+    ColumnarEncoder,
     HttpConn,
     LineProtocolEncoder,
     Mesonet,
@@ -220,6 +221,7 @@ class Ingestor:
     def __init__(self, m: Mesonet, target: str, host: str, port: int, pid: int, token: str | None):
         self.m, self.target, self.host, self.port, self.pid = m, target, host, port, pid
         self.row = 0
+        self.fmt = "ndjson"
         if target == "streamgauge":
             self.enc: Any = NdjsonEncoder(m)
             self.path = f"/api/v1/projects/{PROJECT}/observations"
@@ -233,6 +235,17 @@ class Ingestor:
             self.path = "/write?db=bench&precision=ms"
             self.headers = {"Content-Type": "text/plain"}
             self.ok = (204, 200)
+
+    def use_format(self, fmt: str) -> None:
+        """Send the next runs as ``ndjson``, ``arrow`` (IPC stream) or ``parquet`` (streamgauge
+        only); the rows go on where the last run ended."""
+        self.fmt = fmt
+        if fmt == "ndjson":
+            self.enc = NdjsonEncoder(self.m)
+            self.headers["Content-Type"] = "application/x-ndjson"
+        else:
+            self.enc = ColumnarEncoder(self.m, fmt)
+            self.headers["Content-Type"] = ColumnarEncoder.MEDIA[fmt]
 
     def run(self, rows: int, batch: int, producers: int) -> IngestResult:
         t = time.perf_counter()
@@ -253,7 +266,7 @@ class Ingestor:
         server = proc_cpu_seconds(self.pid) - cpu0
         other = max(0.0, system_busy_seconds() - b0 - client - server)
         res = IngestResult(
-            self.target,
+            self.target if self.fmt == "ndjson" else f"sg-{self.fmt}",
             rows,
             batch,
             producers,

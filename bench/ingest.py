@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench ingest            # full: about 5 minutes
     .venv/bin/python -m bench ingest --quick    # about 1 minute
+    .venv/bin/python -m bench ingest --quick --format arrow   # + the final run as Arrow IPC
 
 (a) ingest: a streamgauge server (subprocess, loopback, durability=full by default) gets a
     project and a 30,000-station mesonet (6 variables each), then NDJSON batches are POSTed by
@@ -45,6 +46,31 @@ from .harness import (
 )
 
 
+def series_memory(
+    port: int, rss_empty: float, rss_setup: float, rss: float, nseries: int
+) -> dict[str, float]:
+    """Resident bytes per series above the empty server, and the registry's own estimate
+    (``streamgauge_registry_bytes`` of /metrics) per series."""
+    import httpx
+
+    registry_bytes = float("nan")
+    try:
+        text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=30).text
+        for line in text.splitlines():
+            if line.startswith("streamgauge_registry_bytes "):
+                registry_bytes = float(line.split()[1])
+    except httpx.HTTPError:
+        pass
+    return {
+        "rss_empty_mb": rss_empty,
+        "rss_setup_mb": rss_setup,
+        "rss_mb": rss,
+        "rss_per_series_b": (rss - rss_empty) * 2**20 / nseries,
+        "registry_bytes": registry_bytes,
+        "registry_per_series_b": registry_bytes / nseries,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="about 1 minute instead of about 5")
@@ -66,6 +92,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fanout-rate", type=float, default=10_000)
     ap.add_argument("--fanout-batch", type=int, default=500)
     ap.add_argument("--subscribers", type=int, default=100)
+    ap.add_argument(
+        "--format",
+        default="ndjson",
+        choices=["ndjson", "arrow", "parquet"],
+        help="also send the final streamgauge run's rows in this columnar format (Arrow IPC "
+        "stream or Parquet) right after the NDJSON one, and print the ratio",
+    )
     ap.add_argument("--skip", default="", help="comma list of: sg-ingest,influx,sg-fanout,ws")
     ap.add_argument("--json", default=None, help="also write all results to this JSON file")
     a = ap.parse_args(argv)
@@ -114,7 +147,9 @@ def main(argv: list[str] | None = None) -> None:
         try:
             with StreamgaugeServer(a.durability) as srv:
                 assert srv.proc is not None
+                rss_empty = proc_rss_mb(srv.proc.pid)
                 st = setup_mesonet(srv.port, m)
+                rss_setup = proc_rss_mb(srv.proc.pid)
                 log(
                     f"  setup: {a.stations:,} sites in {st['sites_s']:.1f} s, {a.stations:,} "
                     f"devices ({a.stations * 6:,} variables) in {st['devices_s']:.1f} s"
@@ -125,10 +160,29 @@ def main(argv: list[str] | None = None) -> None:
                     ing = Ingestor(m, "streamgauge", HOST, srv.port, srv.proc.pid, TOKEN)
                     sg_sweep, sg_final = ingest_suite(ing, grid, sweep_rows, final_rows, None)
                     best_cfg = (sg_final.batch, sg_final.producers)
+                    rss = proc_rss_mb(srv.proc.pid)  # before a columnar run loads pyarrow
                     log(
-                        f"  server rss {proc_rss_mb(srv.proc.pid):.0f} MB, data folder "
+                        f"  server rss {rss:.0f} MB, data folder "
                         f"{srv.data_size_mb():.0f} MB after {ing.row:,} obs"
                     )
+                    memory = series_memory(srv.port, rss_empty, rss_setup, rss, m.nseries)
+                    out["memory"] = memory
+                    log(
+                        f"  memory per series ({m.nseries:,} series): "
+                        f"{memory['rss_per_series_b']:,.0f} B resident above the empty server "
+                        f"({rss_empty:.0f} MB empty, {rss_setup:.0f} MB after setup, "
+                        f"{rss:.0f} MB after ingest); registry estimate "
+                        f"{memory['registry_per_series_b']:,.0f} B"
+                    )
+                    if a.format != "ndjson":
+                        ing.use_format(a.format)
+                        sg_columnar = ing.run(final_rows, *best_cfg)
+                        log(f"  final, {a.format}:" + sg_columnar.line())
+                        out["sg_columnar"] = asdict(sg_columnar)
+                        log(
+                            f"  server rss {proc_rss_mb(srv.proc.pid):.0f} MB after the "
+                            f"{a.format} run (pyarrow loaded on the first columnar body)"
+                        )
                 if "sg-fanout" not in skip:
                     log(
                         f"\n[c] streamgauge fan-out: {fcfg.subscribers} subscribers, "
@@ -214,6 +268,20 @@ def main(argv: list[str] | None = None) -> None:
                 sg_final.rows / max(sg_final.server_cpu_s, 1e-9),
                 in_final.rows / max(in_final.server_cpu_s, 1e-9),
             )
+    if sg_final and out.get("sg_columnar"):
+        col = out["sg_columnar"]
+        row(
+            f"ingest obs/s, {a.format} vs NDJSON (same run)",
+            col["obs_s"],
+            sg_final.obs_s,
+        )
+        row(
+            f"ingest obs per server cpu-second, {a.format} vs NDJSON",
+            col["rows"] / max(col["server_cpu_s"], 1e-9),
+            sg_final.rows / max(sg_final.server_cpu_s, 1e-9),
+        )
+    if out.get("memory"):
+        row("bytes per series (resident, above empty)", out["memory"]["rss_per_series_b"], None)
     if sg_fan or ws_fan:
         row(
             "fan-out delivered obs/s",

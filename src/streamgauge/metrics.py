@@ -5,8 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 log = logging.getLogger("streamgauge")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -90,6 +98,26 @@ class Metrics:
         self.mqtt_connected = Gauge(
             "streamgauge_mqtt_connected", "1 while connected to the MQTT broker", registry=r
         )
+        # Memory: the process (process_resident_memory_bytes, ..._virtual_memory_bytes, cpu,
+        # open fds: prometheus_client's collector, Linux only) and the registry's size.
+        ProcessCollector(registry=r)
+        self.registry_series = Gauge(
+            "streamgauge_registry_series", "Series held in the in-memory registry", registry=r
+        )
+        self.registry_devices = Gauge(
+            "streamgauge_registry_devices", "Devices held in the in-memory registry", registry=r
+        )
+        self.registry_variables = Gauge(
+            "streamgauge_registry_variables",
+            "Variables held in the in-memory registry",
+            registry=r,
+        )
+        self.registry_bytes = Gauge(
+            "streamgauge_registry_bytes",
+            "Estimated bytes of the in-memory registry (numpy columns exactly, records by "
+            "sampling; refreshed at most every 10 s)",
+            registry=r,
+        )
         self._gc_started = 0.0
 
     def on_gc(self, phase: str, info: dict[str, int]) -> None:
@@ -113,6 +141,14 @@ class Metrics:
         self.subscribers.set_function(subscribers)
         self.queue_bytes.set_function(queue_bytes)
         self.head.set_function(head)
+
+    def bind_registry(self, size: Callable[[], Any]) -> None:
+        """``size()`` gives the registry's ``series``, ``devices``, ``variables`` and
+        ``bytes`` (``core.footprint.Cached.get``)."""
+        self.registry_series.set_function(lambda: size().series)
+        self.registry_devices.set_function(lambda: size().devices)
+        self.registry_variables.set_function(lambda: size().variables)
+        self.registry_bytes.set_function(lambda: size().bytes)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -23,7 +23,8 @@ import numpy as np
 from streamgauge.auth import Authenticator
 from streamgauge.auth.tokens import TokenIssuer
 from streamgauge.config import Settings
-from streamgauge.core import ingest
+from streamgauge.core import columnar as columnar_ingest
+from streamgauge.core import footprint, ingest
 from streamgauge.core.alerting import Alerting
 from streamgauge.core.cluster import (
     Channel,
@@ -49,7 +50,7 @@ from streamgauge.core.services.timeseries import TimeSeries
 from streamgauge.core.units import METRIC, UnitSystem, describe
 from streamgauge.domain.batch import Batch, concat, empty_batch
 from streamgauge.domain.errors import BadRequest, StreamgaugeError
-from streamgauge.domain.log import AppendResult, HistoryQuery
+from streamgauge.domain.log import AppendResult, HistoryQuery, IngestColumns
 from streamgauge.metrics import Metrics
 from streamgauge.store.api import ConsumerPositions, FeedSessions, Store
 from streamgauge.store.face_state import DTAccountStore, DTConnectorStore
@@ -112,6 +113,7 @@ class Engine:
         # (reported state, alert rules, delivery wake-ups) must be quick and must not raise.
         self.listeners: list[Callable[[Batch], None]] = []
         self.metrics.bind(lambda: self.hub.subscribers, self.hub.queued_bytes, lambda: self.head)
+        self.metrics.bind_registry(footprint.Cached(self.registry).get)
         # Outbound deliveries (data connectors, alert actions), woken by every committed batch.
         self.deliveries = Deliveries(
             self.backend.delivery_positions(self.store),
@@ -379,17 +381,50 @@ class Engine:
     # -- ingest ---------------------------------------------------------------------------------
 
     async def ingest(
-        self, project: ProjectRec, body: bytes, *, ndjson: bool, future_limit: bool = True
+        self,
+        project: ProjectRec,
+        body: bytes,
+        *,
+        ndjson: bool,
+        future_limit: bool = True,
+        columnar: str | None = None,
     ) -> AppendResult:
         """Decode, check and append a batch. ``future_limit=False`` lifts ``max_future_seconds``
-        (the Tapis face: Tapis stores times in the future)."""
+        (the Tapis face: Tapis stores times in the future). ``columnar``: the body is an Arrow
+        IPC stream (``"arrow"``) or a Parquet file (``"parquet"``), see ``core/columnar.py``."""
         started = time.perf_counter()
+        s = self.settings
+        if columnar is not None:  # off the loop: see columnar.decode_resolve
+            try:
+                columns = await asyncio.to_thread(
+                    functools.partial(
+                        columnar_ingest.decode_resolve,
+                        body,
+                        columnar,
+                        self.registry,
+                        project.pk,
+                        max_bytes=s.max_body_bytes,
+                        **self._checks(future_limit),
+                    )
+                )
+            except StreamgaugeError as exc:
+                self.metrics.ingest_rejected.labels(str(exc.status)).inc()
+                raise
+            return await self._append(columns, started)
         try:
-            rows = ingest.decode(body, ndjson=ndjson, max_errors=self.settings.max_batch_errors)
+            rows = ingest.decode(body, ndjson=ndjson, max_errors=s.max_batch_errors)
         except StreamgaugeError as exc:
             self.metrics.ingest_rejected.labels(str(exc.status)).inc()
             raise
         return await self.ingest_rows(project, rows, future_limit=future_limit, started=started)
+
+    def _checks(self, future_limit: bool) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "now_ms": int(time.time() * 1000),
+            "max_future_ms": int(s.max_future_seconds * 1000) if future_limit else ingest.MAX_TIME,
+            "max_errors": s.max_batch_errors,
+        }
 
     async def ingest_rows(
         self,
@@ -403,20 +438,17 @@ class Engine:
         MQTT messages), all or nothing: ``Invalid`` naming each bad row by its index in
         ``rows``, or ``Conflict`` naming the rows that conflict with stored observations."""
         started = time.perf_counter() if started is None else started
-        s = self.settings
         try:
             if not rows:
                 raise BadRequest("the batch holds no observations")
-            columns = ingest.resolve(
-                rows,
-                self.registry,
-                project.pk,
-                now_ms=int(time.time() * 1000),
-                max_future_ms=(
-                    int(s.max_future_seconds * 1000) if future_limit else ingest.MAX_TIME
-                ),
-                max_errors=s.max_batch_errors,
-            )
+            columns = ingest.resolve(rows, self.registry, project.pk, **self._checks(future_limit))
+        except StreamgaugeError as exc:
+            self.metrics.ingest_rejected.labels(str(exc.status)).inc()
+            raise
+        return await self._append(columns, started)
+
+    async def _append(self, columns: IngestColumns, started: float) -> AppendResult:
+        try:
             result = await self.store.append(columns)
         except StreamgaugeError as exc:
             self.metrics.ingest_rejected.labels(str(exc.status)).inc()
@@ -603,7 +635,9 @@ class Engine:
                 span = handoff.next_read()
                 if span is not None:
                     page = s.catchup_page_rows
-                    batch = await self.store.read_log(span[0], span[1], page)
+                    batch = await self.store.read_log(
+                        span[0], span[1], page, project_pk=selection.project_pk
+                    )
                     items = sub.render(batch) if len(batch) else []
                     handoff.read(batch.last if len(batch) else None, complete=len(batch) < page)
                     if items or len(batch):

@@ -138,9 +138,18 @@ class Log(Protocol):
         store was built with, called in commit order: the core's rules, never the store's."""
         ...
 
-    async def read_log(self, after: int, upto: int, limit: int) -> Batch:
+    async def read_log(
+        self, after: int, upto: int, limit: int, *, project_pk: int | None = None
+    ) -> Batch:
         """Committed rows with ``after < cursor <= upto`` in cursor order, all projects, at most
-        ``limit`` (the first ones). The batch's ``project_pk`` is 0."""
+        ``limit`` (the first ones). The batch's ``project_pk`` is 0.
+
+        With ``project_pk`` (a project's catch-up): every row whose series belongs to that
+        project, in cursor order, up to ``limit`` rows; rows of other projects may come too
+        (the caller filters), but a store reads only the ranges of the log that hold the
+        project's rows, so other projects' traffic does not slow it down. A full page (``limit``
+        rows) covers the log up to its last row; a shorter one up to ``upto``. The batch's
+        ``project_pk`` is ``project_pk``."""
         ...
 
     async def cursor_before(self, received_ms: int) -> int:

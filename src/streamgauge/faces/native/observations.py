@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from streamgauge.auth import Action
-from streamgauge.core import aggregate
+from streamgauge.core import aggregate, columnar
 from streamgauge.core.batch import CSV_HEADER, csv_rows, parse_qc, units_of
 from streamgauge.core.domain import Domain
 from streamgauge.core.filterlang import parse_bbox, parse_filter_on, parse_list, parse_radius
@@ -45,7 +45,9 @@ INGEST_TYPES = {
     "application/x-ndjson",
     "application/jsonl",
     "application/ndjson",
+    *columnar.MEDIA_TYPES,  # Arrow IPC stream, Parquet (core/columnar.py)
 }
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 
 @router.post(
@@ -89,6 +91,7 @@ INGEST_TYPES = {
                         "per observation.",
                     }
                 },
+                **{media: _BINARY for media in columnar.MEDIA_TYPES},
             },
         }
     },
@@ -105,7 +108,10 @@ async def ingest(
     Reply: `{"accepted", "duplicates", "first_cursor", "last_cursor"}`. Re-sent observations
     (same device, variable, set, time and value) are counted as duplicates, not stored twice.
     A `text/csv` body has the header `device,variable,time,value[,set]`; its errors name the
-    row (`index`, 0 for the first data row) and the `line`."""
+    row (`index`, 0 for the first data row) and the `line`.
+
+    Large batches may come as columns: an Arrow IPC stream or a Parquet file with the columns
+    `device`, `variable`, `time`, `value` and optionally `set` (see docs/columnar.md)."""
     rec = project_for(engine, who, project, Action.WRITE)
     media = (content_type or "application/json").split(";")[0].strip().lower()
     if media not in INGEST_TYPES and media not in CSV_TYPES:
@@ -115,7 +121,8 @@ async def ingest(
                 {
                     "in": "header",
                     "field": "content-type",
-                    "reason": "use application/json (an array), application/x-ndjson or text/csv",
+                    "reason": "use application/json (an array), application/x-ndjson, text/csv, "
+                    f"{columnar.ARROW_STREAM} or {columnar.PARQUET_TYPES[0]}",
                 }
             ],
         )
@@ -123,7 +130,9 @@ async def ingest(
     if media in CSV_TYPES:
         body = csv_to_ndjson(body, engine.settings.max_batch_errors)
         media = "application/x-ndjson"
-    result = await engine.ingest(rec, body, ndjson=media != "application/json")
+    result = await engine.ingest(
+        rec, body, ndjson=media != "application/json", columnar=columnar.MEDIA_TYPES.get(media)
+    )
     return json_response(
         {
             "accepted": result.accepted,

@@ -225,6 +225,36 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX meta_events_time ON meta_events (time);
     """,
+    # 10: where each project's rows are in the log, so a project's catch-up reads only its own
+    # rows: 'log_spans' holds cursor ranges (first..last) that hold a project's rows (the
+    # writer adds one per committed batch, or extends the project's last one), keyed for a
+    # range read from a cursor on. A device moved to another project keeps its rows under
+    # the cursors of the project it came from: 'log_moves' notes, per receiving project, the
+    # head when a series moved in, and reads up to that cursor take every project's rows.
+    # The existing log gets its spans here (runs of consecutive rows of one project).
+    """
+    CREATE TABLE log_spans (
+        project_pk INTEGER NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL,
+        PRIMARY KEY (project_pk, first)
+    ) WITHOUT ROWID;
+    CREATE TABLE log_moves (project_pk INTEGER PRIMARY KEY, upto INTEGER NOT NULL);
+    CREATE TRIGGER series_moved AFTER UPDATE OF project_pk ON series
+    WHEN OLD.project_pk != NEW.project_pk
+    BEGIN
+        INSERT OR REPLACE INTO log_moves VALUES (
+            NEW.project_pk,
+            max(coalesce((SELECT upto FROM log_moves WHERE project_pk = NEW.project_pk), 0),
+                (SELECT coalesce(max(cursor), 0) FROM obs))
+        );
+    END;
+    INSERT INTO log_spans (project_pk, first, last)
+    SELECT project_pk, min(cursor), max(cursor) FROM (
+        SELECT o.cursor, s.project_pk,
+            row_number() OVER (ORDER BY o.cursor)
+            - row_number() OVER (PARTITION BY s.project_pk ORDER BY o.cursor) AS run
+        FROM obs o JOIN series s ON s.pk = o.series
+    ) GROUP BY project_pk, run;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -135,6 +135,7 @@ class SqliteStore:
         self._qc_dirty: set[int] = set()  # series whose QC state changed since the checkpoint
         # Per project, the highest cursor retention removed (store/sqlite/retention.py).
         self.gone: dict[int, int] = {}
+        self._span: tuple[int, int, int] | None = None  # (project, first, last) of the last batch
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -436,6 +437,7 @@ class SqliteStore:
         _insert_rows(tx.conn, first, s_keep, t_keep, values, q_keep, received)
         summaries.add(tx.conn, s_keep, t_keep, numeric, q_keep)
         self._writer_head = first + accepted - 1
+        self._note_span(tx, [c.project_pk], first, self._writer_head)  # a batch is one project's
 
         def advance() -> None:
             np.maximum.at(reg.latest, s_keep, t_keep)
@@ -447,6 +449,35 @@ class SqliteStore:
             Batch(c.project_pk, cursors, s_keep, t_keep, values, q_keep, time.monotonic_ns())
         )
         return AppendResult(accepted, dups, first, self._writer_head)
+
+    def _note_span(self, tx: Tx, projects: list[int], first: int, last: int) -> None:
+        """Record that cursors ``first..last`` hold rows of ``projects`` (``log_spans``): one
+        row per project and batch, or the project's last span extended when the batch before
+        was the same single project's, so a lone busy project keeps one span."""
+        span = self._span
+        if (
+            len(projects) == 1
+            and span is not None
+            and span[0] == projects[0]
+            and span[2] == first - 1
+        ):
+            tx.execute(
+                "UPDATE log_spans SET last = ? WHERE project_pk = ? AND first = ?",
+                (last, span[0], span[1]),
+            )
+            now: tuple[int, int, int] | None = (span[0], span[1], last)
+        else:
+            tx.execute(
+                "INSERT INTO log_spans (project_pk, first, last) "
+                "SELECT value, ?, ? FROM json_each(?)",
+                (first, last, orjson.dumps(projects).decode()),
+            )
+            now = (projects[0], first, last) if len(projects) == 1 else None
+
+        def remember() -> None:
+            self._span = now
+
+        tx.after_commit.append(remember)
 
     def _resolve_series(self, tx: Tx, c: IngestColumns) -> npt.NDArray[np.int64]:
         """Series pk of every row, creating the series first seen in this batch (in one
@@ -623,16 +654,40 @@ class SqliteStore:
 
         return await self.write(run)
 
-    async def read_log(self, after: int, upto: int, limit: int) -> Batch:
+    async def read_log(
+        self, after: int, upto: int, limit: int, *, project_pk: int | None = None
+    ) -> Batch:
+        """The log's rows in ``(after, upto]``, at most ``limit``. With ``project_pk`` (a
+        project's catch-up), only the cursor ranges that hold that project's rows are read
+        (``log_spans``, an index range read), so a busy project beside it costs nothing; up
+        to the last time a device moved into the project (``log_moves``) every row is read,
+        as the moved rows lie in the ranges of the project they came from. Rows of other
+        projects may still come back (a batch range shared with one): the caller's selection
+        filters them."""
+
         def run(conn: sqlite3.Connection) -> Batch:
-            rows = _fetch_rows(
-                conn,
-                "SELECT cursor, series, time, value, qc FROM obs "
-                "WHERE cursor > ? AND cursor <= ? ORDER BY cursor LIMIT ?",
-                (after, upto, limit),
-                by_time=False,
-            )
-            return _batch(0, rows)
+            if project_pk is None:
+                return _batch(0, _fetch_rows(conn, _LOG_SQL, (after, upto, limit), by_time=False))
+            conn.execute("BEGIN")
+            try:
+                row = conn.execute(
+                    "SELECT upto FROM log_moves WHERE project_pk = ?", (project_pk,)
+                ).fetchone()
+                moved = min(upto, int(row[0])) if row is not None else 0
+                rows: list[Sequence[Any]] = []
+                if moved > after:
+                    rows = _fetch_rows(conn, _LOG_SQL, (after, moved, limit), by_time=False)
+                start = max(after, moved)
+                if len(rows) < limit and upto > start:
+                    rows += _fetch_rows(
+                        conn,
+                        _SPANS_SQL,
+                        (start, upto, project_pk, limit - len(rows)),
+                        by_time=False,
+                    )
+            finally:
+                conn.execute("COMMIT")
+            return _batch(project_pk, rows)
 
         return await self.read(run)
 
@@ -735,6 +790,23 @@ class SqliteStore:
 def _forget_series(reg: ReadModel, created: list[tuple[int, int, int, int, int]]) -> None:
     for row in created:
         reg.apply(SeriesDropped(row[0]))
+
+
+_LOG_SQL = (
+    "SELECT cursor, series, time, value, qc FROM obs "
+    "WHERE cursor > ? AND cursor <= ? ORDER BY cursor LIMIT ?"
+)
+# A project's rows in (?1, ?2]: its spans from the one holding ?1 + 1 on (a primary-key range
+# read of ``log_spans``), each a primary-key range of ``obs``. The spans of a project are
+# disjoint, so (first, cursor) order is cursor order and no sort is needed.
+_SPANS_SQL = (
+    "SELECT o.cursor, o.series, o.time, o.value, o.qc FROM log_spans s JOIN obs o"
+    " ON o.cursor > max(s.first - 1, ?1) AND o.cursor <= min(s.last, ?2)"
+    " WHERE s.project_pk = ?3 AND s.first >= coalesce("
+    "(SELECT max(first) FROM log_spans WHERE project_pk = ?3 AND first <= ?1), 0)"
+    " AND s.first <= ?2 AND s.last > ?1"
+    " ORDER BY s.first, o.cursor LIMIT ?4"
+)
 
 
 def _succeed(fut: asyncio.Future[Any], result: Any) -> None:
