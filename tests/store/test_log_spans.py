@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamgauge.core.registry import Registry
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.log import IngestColumns
 from streamgauge.domain.model import DeviceIn, ProjectIn, VariableIn
@@ -66,7 +67,7 @@ def spans(path: Path) -> list[tuple[int, int, int]]:
 
 async def test_a_project_catch_up_reads_only_its_rows(tmp_path: Path) -> None:
     published: list[Batch] = []
-    store = SqliteStore(tmp_path / "db", rules=log_rules())
+    store = SqliteStore(tmp_path / "db", rules=log_rules(), registry=Registry())
     await store.open(published.append)
     try:
         p, v = await two_projects(store)

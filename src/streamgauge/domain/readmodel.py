@@ -48,6 +48,11 @@ class ReadModel(Protocol):
         ...
 
     @property
+    def s_project(self) -> npt.NDArray[np.int64]:
+        """Project pk by series pk (-1: no such series): where a batch's rows belong."""
+        ...
+
+    @property
     def qc_state(self) -> QCState: ...
 
     @property

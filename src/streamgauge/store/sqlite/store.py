@@ -437,7 +437,7 @@ class SqliteStore:
         _insert_rows(tx.conn, first, s_keep, t_keep, values, q_keep, received)
         summaries.add(tx.conn, s_keep, t_keep, numeric, q_keep)
         self._writer_head = first + accepted - 1
-        self._note_span(tx, [c.project_pk], first, self._writer_head)  # a batch is one project's
+        self._note_span(tx, np.unique(reg.s_project[s_keep]).tolist(), first, self._writer_head)
 
         def advance() -> None:
             np.maximum.at(reg.latest, s_keep, t_keep)
