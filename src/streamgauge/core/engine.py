@@ -319,16 +319,22 @@ class Engine:
         *,
         future_limit: bool = True,
         started: float | None = None,
+        metadata: Callable[[Any], object] | None = None,
     ) -> AppendResult:
         """Check and append rows a face decoded from its own wire format (the line protocol,
         MQTT messages), all or nothing: ``Invalid`` naming each bad row by its index in
-        ``rows``, or ``Conflict`` naming the rows that conflict with stored observations."""
+        ``rows``, or ``Conflict`` naming the rows that conflict with stored observations.
+
+        ``metadata``: metadata writes the rows need first (``MetadataService.ensure_writes``:
+        devices and variables created on first sight), committed in the same transaction as
+        the rows (``Store.append_with``), so a refused batch leaves none of them behind."""
         started = time.perf_counter() if started is None else started
         s = self.settings
         try:
             if not rows:
                 raise BadRequest("the batch holds no observations")
-            columns = ingest.resolve(
+            resolve = functools.partial(
+                ingest.resolve,
                 rows,
                 self.registry,
                 project.pk,
@@ -338,7 +344,10 @@ class Engine:
                 ),
                 max_errors=s.max_batch_errors,
             )
-            result = await self.store.append(columns)
+            if metadata is None:
+                result = await self.store.append(resolve())
+            else:  # the rows are resolved in the transaction, after what it creates
+                result = await self.store.append_with(metadata, resolve)
         except StreamgaugeError as exc:
             self.metrics.ingest_rejected.labels(str(exc.status)).inc()
             raise
