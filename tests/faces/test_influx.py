@@ -290,3 +290,44 @@ def test_without_autocreate_unknown_variable_is_refused(
         "parity": "even",
         "n": "0",
     }
+
+
+def test_autocreate_is_undone_when_the_body_is_refused(
+    server: Server, client: httpx.Client
+) -> None:
+    """Regression (issue 16): the devices, variables and labels a body autocreated were
+    committed before its points, so a body refused for a conflict with a stored value left
+    them behind. Now they commit in the points' transaction, or not at all."""
+    r = client.post(
+        "/api/v1/projects",
+        json={"id": "auto", "autocreate": True, "device_tag": "host", "tags_as_labels": True},
+    )
+    assert r.status_code == 201, r.text
+    db = InfluxDBClient("127.0.0.1", port_of(server), "", server.token, "auto")
+    assert db.write_points(
+        ["cpu,host=h1,rack=r1 air_temp=20 1700000000"], protocol="line", time_precision="s"
+    )
+    before = client.get("/api/v1/projects/auto/devices").json()
+    body = [
+        "cpu,host=h2,rack=r9 air_temp=1,load=2 1700000001",  # a new device, two variables
+        "cpu,host=h1,rack=r2 load=3 1700000001",  # a new variable and label on h1
+        "cpu,host=h1 air_temp=21 1700000000",  # conflicts with the stored 20
+    ]
+    with pytest.raises(InfluxDBClientError) as caught:
+        db.write_points(body, protocol="line", time_precision="s")
+    assert caught.value.code == 400 and "line 3" in caught.value.content
+    assert "air_temp" in caught.value.content
+    assert client.get("/api/v1/projects/auto/devices/h2").status_code == 404
+    assert client.get("/api/v1/projects/auto/devices/h1/variables/load").status_code == 404
+    h1 = client.get("/api/v1/projects/auto/devices/h1").json()
+    assert h1["labels"] == {"rack": "r1"}
+    assert client.get("/api/v1/projects/auto/devices").json() == before
+    assert [(r["device"], r["value"]) for r in stored(client, "auto")] == [("h1", 20.0)]
+    # The same body without the conflicting line is stored whole, what it creates with it.
+    assert db.write_points(body[:2], protocol="line", time_precision="s")
+    assert client.get("/api/v1/projects/auto/devices/h2").json()["labels"] == {"rack": "r9"}
+    assert client.get("/api/v1/projects/auto/devices/h1").json()["labels"] == {"rack": "r2"}
+    assert client.get("/api/v1/projects/auto/devices/h2/variables/air_temp").json()["unit"] == (
+        "degC"
+    )
+    assert len(stored(client, "auto")) == 4

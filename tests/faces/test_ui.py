@@ -303,6 +303,37 @@ def test_the_stream_resumes_after_the_server_closes_it(network: Server, browser:
     assert console_errors(browser) == []
 
 
+def test_a_value_older_than_5000_cursors_is_shown(network: Server, browser: Any) -> None:
+    """Regression (issue 14): the table filled its latest values from the stream's last 5,000
+    cursors, so a series whose newest value was older showed "no data yet". It reads them
+    from ``GET .../latest`` now, then follows the stream from the log's head."""
+    with network.client() as c:
+        r = c.post(f"{P}/p1/devices", json={"id": "busy", "site": "s2", "variables": [{"id": "n"}]})
+        assert r.status_code == 201, r.text
+        t0 = now_ms() - 60_000
+        rows = [
+            {"device": "busy", "variable": "n", "time": t0 + 10 * i, "value": float(i)}
+            for i in range(5100)
+        ]
+        r = c.post(f"{P}/p1/observations", json=rows)
+        assert r.status_code == 200 and r.json()["accepted"] == 5100, r.text
+    browser.get(f"{network.url}/ui/#token={network.token}&project=p1")
+    ready(browser, "p1")
+    wait(browser, lambda d: len(css(d, "#latest tbody tr[data-device]")) == 5, "five rows")
+    # d1's newest value is 5,100 cursors behind the head: it is shown all the same, with its
+    # unit (from the latest read's units map) and QC state.
+    wait(browser, lambda d: cell(d, "d1", "air_temp", 3) == "19.5", "the old latest value")
+    wait(browser, lambda d: cell(d, "d1", "air_temp", 4) == "Celsius", "its unit")
+    assert cell(browser, "d1", "air_temp", 5) == "ok"
+    assert cell(browser, "d2", "wind_speed", 3) == "19.5"
+    assert cell(browser, "busy", "n", 3) == "5099"
+    # Then live from the head.
+    wait(browser, lambda d: d.find_element("id", "live").text == "live", "the stream live")
+    ingest(network, "p1", ("d1", "wind_speed", 7.25))
+    wait(browser, lambda d: cell(d, "d1", "wind_speed", 3) == "7.25", "a live value")
+    assert console_errors(browser) == []
+
+
 def test_alerts_feed_tokens_and_connected_sessions(network: Server, browser: Any) -> None:
     """issue 14: the page lists the alert channels and recent alerts, the feed tokens and the
     feed sessions connected now."""

@@ -131,6 +131,10 @@ export interface History {
   units: Record<string, string>;
   next: string | null;
 }
+export interface Latest {
+  latest: Observation[];
+  units: Record<string, string>;
+}
 export interface Channel {
   id: string;
   name: string;

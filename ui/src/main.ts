@@ -1,9 +1,11 @@
 // The streamgauge dashboard: sign in, pick a project, watch its stations live.
 //
-// Latest values come from the live stream itself: it is opened a few thousand cursors before
-// the log's head (its catch-up replays them, newest last), then stays live and resumes with the
-// last cursor after any drop. Units come from history reads (their "units" map), charts from
-// history reads plus the live values of the series shown.
+// Latest values: the log's head first, then every series' newest value from the latest-values
+// endpoint (GET .../latest: from the server's memory, however old the value), then the live
+// stream from that head, which resumes with the last cursor after any drop (a value committed
+// between the head and the latest read comes twice; the table keeps the newest by time). Units
+// come from the latest read's "units" map (and history reads for series first seen live),
+// charts from history reads plus the live values of the series shown.
 
 import "./style.css";
 import {
@@ -16,6 +18,7 @@ import {
   type FeedSession,
   type FeedToken,
   type History,
+  type Latest,
   type Observation,
   type Project,
   type Site,
@@ -25,7 +28,6 @@ import { SeriesChart } from "./chart";
 import { StationMap, cssId, type Health } from "./map";
 import { LiveStream, type StreamState } from "./stream";
 
-const CATCHUP = 5000; // cursors replayed from before the head to fill the table
 const FRESH_MS = 15 * 60_000; // a station with a value this recent is "fresh" on the map
 const POLL_MS = 5000; // channels, alerts, feed tokens and sessions
 const NO_SITE = ""; // the "station" of devices without a site
@@ -194,7 +196,9 @@ class ProjectView {
       ? `${unplaced} station(s) without coordinates are listed in the table only.`
       : "This project has no stations (sites) yet.";
     for (const s of sites) this.map.health(s.id, "none");
-    this.stream = new LiveStream(this.api, this.project, Math.max(0, head.head - CATCHUP), {
+    await this.loadLatest(p);
+    if (this.closed) return;
+    this.stream = new LiveStream(this.api, this.project, head.head, {
       observations: (batch) => this.observed(batch),
       state: (s, detail) => liveState(s, detail),
       fatal: (e) => this.error(`The live stream stopped: ${e.message}`),
@@ -269,6 +273,23 @@ class ProjectView {
       }
     }
     fill("latest", rows, "No devices with variables in this project.");
+  }
+
+  /** Every series' newest value (``GET .../latest``), in the units the stream and the history
+   * reads use (the server's default: none is asked for) and with QC-flagged values kept
+   * (``qc=none``, as the stream). Read after the log's head, so the stream from that head
+   * misses nothing committed since. */
+  private async loadLatest(p: string): Promise<void> {
+    let latest: Latest;
+    try {
+      latest = await this.api.get<Latest>(`${p}/latest`, { qc: "none" });
+    } catch (e) {
+      this.error(`Latest values could not be read: ${e instanceof Error ? e.message : e}`);
+      return;
+    }
+    if (this.closed) return;
+    for (const [v, u] of Object.entries(latest.units)) this.units.set(v, u);
+    this.observed(latest.latest);
   }
 
   private observed(batch: Observation[]): void {

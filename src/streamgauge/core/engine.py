@@ -433,23 +433,45 @@ class Engine:
         *,
         future_limit: bool = True,
         started: float | None = None,
+        metadata: Callable[[Any], object] | None = None,
     ) -> AppendResult:
         """Check and append rows a face decoded from its own wire format (the line protocol,
         MQTT messages), all or nothing: ``Invalid`` naming each bad row by its index in
-        ``rows``, or ``Conflict`` naming the rows that conflict with stored observations."""
+        ``rows``, or ``Conflict`` naming the rows that conflict with stored observations.
+
+        ``metadata``: metadata writes the rows need first (``MetadataService.ensure_writes``:
+        devices and variables created on first sight), committed in the same transaction as
+        the rows (``Store.append_with``), so a refused batch leaves none of them behind."""
         started = time.perf_counter() if started is None else started
         try:
             if not rows:
                 raise BadRequest("the batch holds no observations")
-            columns = ingest.resolve(rows, self.registry, project.pk, **self._checks(future_limit))
+            resolve = functools.partial(
+                ingest.resolve, rows, self.registry, project.pk, **self._checks(future_limit)
+            )
+            if metadata is None:
+                columns = resolve()
         except StreamgaugeError as exc:
             self.metrics.ingest_rejected.labels(str(exc.status)).inc()
             raise
-        return await self._append(columns, started)
+        if metadata is None:
+            return await self._append(columns, started)
+        return await self._append(None, started, metadata=metadata, resolve=resolve)
 
-    async def _append(self, columns: IngestColumns, started: float) -> AppendResult:
+    async def _append(
+        self,
+        columns: IngestColumns | None,
+        started: float,
+        *,
+        metadata: Callable[[Any], object] | None = None,
+        resolve: Callable[[], IngestColumns] | None = None,
+    ) -> AppendResult:
         try:
-            result = await self.store.append(columns)
+            if columns is not None:
+                result = await self.store.append(columns)
+            else:  # the rows are resolved in the transaction, after what it creates
+                assert metadata is not None and resolve is not None
+                result = await self.store.append_with(metadata, resolve)
         except StreamgaugeError as exc:
             self.metrics.ingest_rejected.labels(str(exc.status)).inc()
             raise

@@ -4,8 +4,9 @@ A body of line protocol (``core/lineproto.py``) becomes one observation per fiel
 tag (``device``, or the project's ``device_tag``) names the device, the field key the variable.
 Other tags are ignored, or with the project's ``tags_as_labels`` merged into the device's
 labels; with the project's ``autocreate``, devices and variables are created on first sight
-(catalog units for catalog names). A body is stored whole or not at all; the reply is 204 after
-the commit, as InfluxDB answers.
+(catalog units for catalog names). A body is stored whole or not at all, the devices,
+variables and labels it brings included (one transaction with its points); the reply is 204
+after the commit, as InfluxDB answers.
 
 Credentials, as InfluxDB takes them: 1.x ``u``/``p`` query parameters, HTTP Basic, or
 ``Authorization: Token <token>``; 2.x ``Authorization: Token <token>``. A token is the admin
@@ -24,7 +25,8 @@ import base64
 import binascii
 import time
 import zlib
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -193,12 +195,26 @@ async def write(
                 wanted[pt.device] = (variables, {**(labels or {}), **pt.tags})
     if late:
         raise BadRequest(lineproto.LineErrors(late[: s.max_batch_errors]).message())
-    if wanted:
-        await engine.metadata.ensure(project, wanted, create=doc.autocreate)
-    try:
-        await engine.ingest_rows(project, rows)
+    writes = engine.metadata.ensure_writes(project, wanted, create=doc.autocreate)
+    try:  # what autocreate and tags_as_labels write commits with the points, or nothing does
+        await engine.ingest_rows(
+            project, rows, metadata=None if writes is None else _unindexed(writes)
+        )
     except (Invalid, Conflict) as exc:
         raise BadRequest(_lines(exc, origin)) from exc
+
+
+def _unindexed(writes: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``writes`` whose refusals name no row index (theirs count devices, not the body's
+    points, so ``_lines`` must not read them as line numbers)."""
+
+    def run(tx: Any) -> None:
+        try:
+            writes(tx)
+        except (Invalid, Conflict) as exc:
+            raise BadRequest(f"creating the body's devices and variables: {exc.message}") from exc
+
+    return run
 
 
 def _lines(exc: StreamgaugeError, origin: list[tuple[lineproto.Point, str]]) -> str:

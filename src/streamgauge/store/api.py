@@ -257,6 +257,20 @@ class Store(Log, TimeSeriesLog, Transactions[TxT_co, ConnT_co], Protocol[TxT_co,
 
     write_seconds: float  # total time spent in write transactions (metrics)
 
+    async def append_with(
+        self, metadata: Callable[[TxT_co], object], columns: Callable[[], IngestColumns]
+    ) -> AppendResult:
+        """``metadata`` (writes of the backend's ``MetadataTables``: the devices and variables
+        a bridge creates on first sight) and the batch ``columns`` builds, in ONE write
+        transaction: both commit or neither (a ``Conflict``, an ``Invalid`` from ``columns``,
+        any error leaves no device or variable behind). ``append``'s rules hold for the
+        batch. The events ``metadata`` appends are applied to the registry before ``columns``
+        is called, so the batch can name what it created; if the transaction then fails they
+        are undone before the error reaches the caller (the registry shows them only while
+        the transaction runs). ``columns`` runs on the writer: resolve rows there, nothing
+        slow."""
+        ...
+
 
 class MetadataTables(Protocol[TxT_contra, ConnT_contra]):
     """Metadata persistence, run inside ``Transactions.write`` (``key_created`` in ``read``).

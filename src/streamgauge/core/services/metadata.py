@@ -224,18 +224,33 @@ class MetadataService(Generic[TxT, ConnT]):
         *,
         create: bool,
     ) -> None:
-        """In one transaction: with ``create``, the devices and variables of ``wanted`` (device
-        id -> (variable ids, labels)) that do not exist yet (a variable's name is its id, so a
-        catalog name gets the catalog's unit); and the labels given that differ from a
-        device's (merged into its labels). Ids must be valid (``model.ID_RE``): the caller
-        checks them and names where a bad one came from. Nothing is written when nothing is
-        missing."""
+        """``ensure_writes`` in a transaction of their own (nothing is written when nothing
+        is missing). A bridge that ingests what it creates passes the writes to
+        ``Engine.ingest_rows`` instead, so both commit together."""
+        writes = self.ensure_writes(project, wanted, create=create)
+        if writes is not None:
+            await self._store.write(writes)
+
+    def ensure_writes(
+        self,
+        project: ProjectRec,
+        wanted: Mapping[str, tuple[Collection[str], Mapping[str, str] | None]],
+        *,
+        create: bool,
+    ) -> Callable[[TxT], None] | None:
+        """The writes, to run in one write transaction, that make ``wanted`` (device id ->
+        (variable ids, labels)) true: with ``create``, the devices and variables that do not
+        exist yet (a variable's name is its id, so a catalog name gets the catalog's unit);
+        and the labels given that differ from a device's (merged into its labels). What exists
+        is decided when the writes run, in their transaction. Ids must be valid
+        (``model.ID_RE``): the caller checks them and names where a bad one came from. None
+        when nothing is missing now."""
         if not self.missing(project, wanted):
-            return
+            return None
         reg = self._reg
         todo = {k: (list(v), dict(labels or {})) for k, (v, labels) in wanted.items()}
 
-        def run(tx: Any) -> None:
+        def run(tx: TxT) -> None:
             new: list[DeviceIn] = []
             for device_id, (variables, labels) in todo.items():
                 rec = reg.devices.get((project.pk, device_id))
@@ -258,4 +273,4 @@ class MetadataService(Generic[TxT, ConnT]):
             if new:
                 self._tables.create_devices(tx, reg, project, new, skip_existing=True)
 
-        await self._store.write(run)
+        return run

@@ -36,7 +36,15 @@ import orjson
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.commit import CommitRules
 from streamgauge.domain.errors import Conflict, NotFound, Unavailable
-from streamgauge.domain.events import MetaEvent, SeriesAdded, SeriesDropped
+from streamgauge.domain.events import (
+    DeviceDropped,
+    DevicePut,
+    MetaEvent,
+    SeriesAdded,
+    SeriesDropped,
+    VariableDropped,
+    VariablePut,
+)
 from streamgauge.domain.filters import Expr
 from streamgauge.domain.log import AppendResult, HistoryQuery, IngestColumns
 from streamgauge.domain.readmodel import ReadModel
@@ -62,8 +70,12 @@ class Tx:
         self.conn = conn
         # Metadata events: written in the transaction, applied to the registry after the commit.
         self.events: list[MetaEvent] = []
+        # How many of ``events`` were applied to the registry before the commit (the metadata
+        # of ``append_with``): not applied again after it.
+        self.applied = 0
         self.after_commit: list[Callable[[], None]] = []  # run in the writer thread
-        self.on_rollback: list[Callable[[], None]] = []  # undo registry changes made early
+        # Undo registry changes made early; run in reverse order if the transaction fails.
+        self.on_rollback: list[Callable[[], None]] = []
         self.publish: list[Batch] = []  # handed to the event loop, in order
 
     def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
@@ -295,13 +307,13 @@ class SqliteStore:
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                for undo in tx.on_rollback:
+                for undo in reversed(tx.on_rollback):
                     undo()
                 loop.call_soon_threadsafe(_fail, fut, exc)
                 continue
             finally:
                 self.write_seconds += time.perf_counter() - started
-            for event in tx.events:  # the registry follows what committed, in order
+            for event in tx.events[tx.applied :]:  # the registry follows what committed
                 self.registry.apply(event)
             for hook in tx.after_commit:
                 hook()
@@ -403,6 +415,32 @@ class SqliteStore:
 
     async def append(self, columns: IngestColumns) -> AppendResult:
         return await self.write(lambda tx: self._append(tx, columns))
+
+    async def append_with(
+        self, metadata: Callable[[Tx], object], columns: Callable[[], IngestColumns]
+    ) -> AppendResult:
+        """Metadata writes and the batch ``columns`` builds after them, in one transaction
+        (``store.api.Store.append_with``)."""
+
+        def run(tx: Tx) -> AppendResult:
+            metadata(tx)
+            self._apply_early(tx)
+            return self._append(tx, columns())
+
+        return await self.write(run)
+
+    def _apply_early(self, tx: Tx) -> None:
+        """Apply the transaction's events not applied yet to the registry now, before the
+        commit, so what follows in the transaction resolves against them; if the transaction
+        fails, each is undone (in reverse order) by the event that restores what was there.
+        Only device and variable puts can be applied early (``_inverse``)."""
+        reg = self.registry
+        undo: list[MetaEvent] = []
+        tx.on_rollback.append(functools.partial(_undo, reg, undo))
+        for event in tx.events[tx.applied :]:
+            undo.append(_inverse(reg, event))
+            reg.apply(event)
+            tx.applied += 1
 
     def _append(self, tx: Tx, c: IngestColumns) -> AppendResult:
         reg = self.registry
@@ -785,6 +823,28 @@ class SqliteStore:
             conn.execute("DELETE FROM temp.report_keys")
         conn.executemany("INSERT OR REPLACE INTO temp.report_keys VALUES (?, ?, ?)", rows)
         self._keys_marks[id(conn)] = mark
+
+
+def _inverse(reg: ReadModel, event: MetaEvent) -> MetaEvent:
+    """The event that restores what ``event`` changes in ``reg`` (read before it is applied):
+    a new device or variable is dropped again (with what it brought), a changed one gets its
+    old document back."""
+    if isinstance(event, DevicePut):
+        dev = reg.devices_by_pk.get(event.pk)
+        if dev is None:
+            return DeviceDropped(event.pk)
+        return DevicePut(dev.pk, dev.project_pk, dev.doc)
+    if isinstance(event, VariablePut):
+        var = reg.variables_by_pk.get(event.pk)
+        if var is None:
+            return VariableDropped(event.pk)
+        return VariablePut(var.pk, var.device_pk, var.doc)
+    raise TypeError(f"a {type(event).__name__} event cannot be applied before its commit")
+
+
+def _undo(reg: ReadModel, undo: list[MetaEvent]) -> None:
+    for event in reversed(undo):
+        reg.apply(event)
 
 
 def _forget_series(reg: ReadModel, created: list[tuple[int, int, int, int, int]]) -> None:
