@@ -132,6 +132,9 @@ class SqliteStore:
         self._qc_dirty: set[int] = set()  # series whose QC state changed since the checkpoint
         # Per project, the highest cursor retention removed (store/sqlite/retention.py).
         self.gone: dict[int, int] = {}
+        # Retention passes planned by ``expired`` and running (``retention.Pass``).
+        self._retention_plans: dict[retention.Cutoffs, retention.Expired] = {}
+        self._retention_passes: dict[int, retention.Pass] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -568,13 +571,19 @@ class SqliteStore:
         return await self.read(run)
 
     async def expired(self, cutoffs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-        """The (series, cutoff ms) pairs of ``cutoffs`` having rows older than the cutoff."""
+        """The (series, cutoff ms) pairs of ``cutoffs`` having rows older than the cutoff. The
+        count and cursor span of those rows are kept for the pass ``expire`` then runs."""
 
-        def run(conn: sqlite3.Connection) -> list[tuple[int, int]]:
+        def run(conn: sqlite3.Connection) -> retention.Expired:
             with _snapshot(conn) as sealed:
                 return retention.expired(conn, sealed, cutoffs)
 
-        return await self.read(run)
+        plan = await self.read(run)
+        if plan.rows:
+            if len(self._retention_plans) > 64:  # planned, never run (a failed pass)
+                self._retention_plans.clear()
+            self._retention_plans[plan.cutoffs] = plan
+        return list(plan.cutoffs)
 
     async def expire(
         self,
@@ -584,18 +593,30 @@ class SqliteStore:
         keep_summaries: bool,
         max_rows: int,
     ) -> tuple[int, bool]:
-        """One bounded step of retention (one write transaction): remove up to ``max_rows``
-        rows of the project's series older than their cutoff. Returns (rows removed, done)."""
+        """One bounded step of retention (one write transaction) of the pass over the
+        project's series older than their cutoff (``retention.Pass``; a call with other
+        cutoffs starts a new pass). Returns (rows removed, done)."""
+        key = tuple((int(s), int(c)) for s, c in cutoffs)
+        run_pass = self._retention_passes.get(project_pk)
+        if run_pass is None or run_pass.plan.cutoffs != key:
+            plan = self._retention_plans.pop(key, None)
+            if plan is None:  # not planned by ``expired``: plan it now
+
+                def planned(conn: sqlite3.Connection) -> retention.Expired:
+                    with _snapshot(conn) as sealed:
+                        return retention.expired(conn, sealed, key)
+
+                plan = await self.read(planned)
+            run_pass = retention.Pass(project_pk, plan, keep_summaries)
+            self._retention_passes[project_pk] = run_pass
+        if not run_pass.plan.rows:
+            self._retention_passes.pop(project_pk, None)
+            return 0, True
+        this = run_pass
 
         def run(tx: Tx) -> tuple[int, bool]:
-            removed, top, done = retention.expire_step(
-                tx.conn,
-                self._sealed,
-                project_pk,
-                cutoffs,
-                keep_summaries=keep_summaries,
-                max_rows=max_rows,
-            )
+            removed, top, done = this.step(tx.conn, self._sealed, max_rows)
+            tx.after_commit.append(this.committed)
             if top:
 
                 def moved() -> None:
@@ -604,7 +625,10 @@ class SqliteStore:
                 tx.after_commit.append(moved)
             return removed, done
 
-        return await self.write(run)
+        removed, done = await self.write(run)
+        if done:
+            self._retention_passes.pop(project_pk, None)
+        return removed, done
 
     async def read_log(self, after: int, upto: int, limit: int) -> Batch:
         def run(conn: sqlite3.Connection) -> Batch:
