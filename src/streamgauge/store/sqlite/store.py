@@ -34,7 +34,7 @@ import numpy.typing as npt
 import orjson
 
 from streamgauge.domain.batch import Batch
-from streamgauge.domain.commit import CommitRules
+from streamgauge.domain.commit import CommitRules, Screen
 from streamgauge.domain.errors import Conflict, NotFound, Unavailable
 from streamgauge.domain.events import MetaEvent, SeriesAdded, SeriesDropped
 from streamgauge.domain.filters import Expr
@@ -53,6 +53,7 @@ log = logging.getLogger("streamgauge.store")
 SEAL_STEP = 4096  # rows indexed per step (a few ms of work between two commits)
 FREEZE_EVERY = 20_000  # registry growth (series, metadata changes) between gc.freeze() calls
 IDLE_SECONDS = 0.5  # a writer idle this long indexes the tail of the log
+MAX_SPAN, MIN_SPAN = 1 << 62, -(1 << 62)  # the span of an empty tail (beyond any time)
 
 
 class Tx:
@@ -130,6 +131,9 @@ class SqliteStore:
         self.write_seconds = 0.0  # total time spent in write transactions (metrics)
         self._frozen_at = 0
         self._qc_dirty: set[int] = set()  # series whose QC state changed since the checkpoint
+        # The (least, greatest) time of the unindexed tail's rows, or more (it only widens until
+        # the whole tail is indexed); None: not known (the tail found on open).
+        self._tail_span: tuple[int, int] | None = None
         # Per project, the highest cursor retention removed (store/sqlite/retention.py).
         self.gone: dict[int, int] = {}
         # Retention passes planned by ``expired`` and running (``retention.Pass``).
@@ -181,6 +185,8 @@ class SqliteStore:
             conn.execute("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0]
         )
         self._sealed = int(conn.execute("SELECT value FROM state WHERE key='sealed'").fetchone()[0])
+        if self._sealed == self._writer_head:
+            self._tail_span = (MAX_SPAN, MIN_SPAN)
         rows = (
             conn.execute("SELECT series, max(time) FROM obs_index GROUP BY series").fetchall()
             + conn.execute(
@@ -304,6 +310,13 @@ class SqliteStore:
                 self._seal(conn, self._writer_head)
             elif unsealed >= SEAL_STEP:  # one short step, so no commit waits long for it
                 self._seal(conn, self._sealed + SEAL_STEP)
+                # More steps while nothing waits (a backfill's big batches would otherwise
+                # pile the tail up to one long indexing of the whole backlog).
+                while self._writer_head - self._sealed >= SEAL_STEP and self._queue.empty():
+                    before = self._sealed
+                    self._seal(conn, self._sealed + SEAL_STEP)
+                    if self._sealed == before:  # failed (logged): retried later
+                        break
         conn.close()
 
     def _freeze_new_objects(self, size: int) -> None:
@@ -347,6 +360,8 @@ class SqliteStore:
             conn.execute("ROLLBACK")
             raise
         self._sealed = upto
+        if upto == self._writer_head:  # the tail is empty: its span starts again
+            self._tail_span = (MAX_SPAN, MIN_SPAN)
 
     async def write(self, fn: Callable[[Tx], T]) -> T:
         """Run ``fn`` in one write transaction on the writer thread."""
@@ -395,11 +410,13 @@ class SqliteStore:
         n = len(c.times)
         series = self._resolve_series(tx, c)
         screen = rules.screen(series, c.times, c.values, reg.latest[series])
-        found = (
-            self._probe(tx.conn, series[screen.probe], c.times[screen.probe])
-            if len(screen.probe)
-            else {}
-        )
+        found: dict[tuple[int, int], Any] = {}
+        if len(screen.probe):
+            sure, found = self._probe(tx.conn, series[screen.probe], c.times[screen.probe])
+            if sure.any():  # surely not stored: new, without asking the rules one by one
+                keep = screen.keep.copy()
+                keep[screen.probe[sure]] = True
+                screen = Screen(keep, screen.duplicate, screen.probe[~sure], screen.conflicts)
         verdict = rules.settle(screen, series, c.times, c.values, found)
         if verdict.conflicts:
             raise Conflict(
@@ -423,7 +440,12 @@ class SqliteStore:
         summaries.add(tx.conn, s_keep, t_keep, numeric, q_keep)
         self._writer_head = first + accepted - 1
 
+        t_lo, t_hi = int(t_keep.min()), int(t_keep.max())
+
         def advance() -> None:
+            span = self._tail_span
+            if span is not None:
+                self._tail_span = (min(span[0], t_lo), max(span[1], t_hi))
             np.maximum.at(reg.latest, s_keep, t_keep)
             rules.advance(s_keep, t_keep, numeric, q_keep)
             self._qc_dirty.update(np.unique(s_keep).tolist())
@@ -478,32 +500,66 @@ class SqliteStore:
 
     def _probe(
         self, conn: sqlite3.Connection, series: npt.NDArray[np.int64], times: npt.NDArray[np.int64]
-    ) -> dict[tuple[int, int], Any]:
-        wanted = set(zip(series.tolist(), times.tolist(), strict=True))
+    ) -> tuple[npt.NDArray[np.bool_], dict[tuple[int, int], Any]]:
+        """The stored value of each probed key found, and which keys are surely not stored.
+
+        A backfill probes every row, so the store is asked per series first: a series that
+        has no indexed row between the batch's first and last time of it (one index seek per
+        series) and no unindexed row in that span (the tail's time span, kept in memory) has
+        none of its keys stored, and its keys are not looked up one by one."""
         found: dict[tuple[int, int], Any] = {}
-        # One statement for every key (a backfill probes each of its rows): the keys travel as
-        # one JSON array, so the GIL is handed over once, not once per key (see _insert_rows).
-        keys = orjson.dumps(sorted(wanted)).decode()
-        for s, t, v in conn.execute(
-            "SELECT i.series, i.time, o.value FROM json_each(?) k "
-            "JOIN obs_index i ON i.series = k.value ->> 0 AND i.time = k.value ->> 1 "
-            "JOIN obs o ON o.cursor = i.cursor",
-            (keys,),
-        ):
-            found[(s, t)] = v
-        distinct = sorted({s for s, _ in wanted})
-        lo, hi = int(times.min()), int(times.max())  # a backfill's keys seldom meet the tail's
-        for k in range(0, len(distinct), 500):
-            part = distinct[k : k + 500]
-            marks = ",".join("?" * len(part))
+        order = np.lexsort((times, series))
+        s_sorted = series[order]
+        starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
+        ends = np.r_[starts[1:], len(order)] - 1
+        spans = list(
+            zip(
+                s_sorted[starts].tolist(),
+                times[order[starts]].tolist(),
+                times[order[ends]].tolist(),
+                strict=True,
+            )
+        )
+        hit = {
+            int(r[0])
+            for r in conn.execute(
+                "SELECT value ->> 0 FROM json_each(?) WHERE EXISTS (SELECT 1 FROM obs_index i"
+                " WHERE i.series = value ->> 0 AND i.time >= value ->> 1"
+                " AND i.time <= value ->> 2)",
+                (orjson.dumps(spans).decode(),),
+            )
+        }
+        lo, hi = int(times.min()), int(times.max())
+        tail = self._writer_head > self._sealed and not (
+            self._tail_span is not None and (hi < self._tail_span[0] or lo > self._tail_span[1])
+        )
+        in_hit = np.isin(series, np.fromiter(hit, np.int64, len(hit)))
+        sure = np.zeros(len(series), np.bool_) if tail else ~in_hit
+        if hit:
+            # One statement for every key left (the keys travel as one JSON array, so the GIL
+            # is handed over once, not once per key; see _insert_rows).
+            wanted = sorted(set(zip(series[in_hit].tolist(), times[in_hit].tolist(), strict=True)))
             for s, t, v in conn.execute(
-                "SELECT series, time, value FROM obs WHERE cursor > ? AND time >= ?"
-                f" AND time <= ? AND series IN ({marks})",
-                (self._sealed, lo, hi, *part),
+                "SELECT i.series, i.time, o.value FROM json_each(?) k "
+                "JOIN obs_index i ON i.series = k.value ->> 0 AND i.time = k.value ->> 1 "
+                "JOIN obs o ON o.cursor = i.cursor",
+                (orjson.dumps(wanted).decode(),),
             ):
-                if (s, t) in wanted:
-                    found[(s, t)] = v
-        return found
+                found[(s, t)] = v
+        if tail:
+            wanted_set = set(zip(series.tolist(), times.tolist(), strict=True))
+            distinct = sorted({int(x) for x in s_sorted[starts].tolist()})
+            for k in range(0, len(distinct), 500):
+                part = distinct[k : k + 500]
+                marks = ",".join("?" * len(part))
+                for s, t, v in conn.execute(
+                    "SELECT series, time, value FROM obs WHERE cursor > ? AND time >= ?"
+                    f" AND time <= ? AND series IN ({marks})",
+                    (self._sealed, lo, hi, *part),
+                ):
+                    if (s, t) in wanted_set:
+                        found[(s, t)] = v
+        return sure, found
 
     # -- time series (aggregates, latest values, retention) ------------------------------------
 
