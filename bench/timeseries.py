@@ -227,6 +227,16 @@ def latest(srv: StreamgaugeServer, stations: int) -> None:
         )
 
 
+def _gone_upto(c: httpx.Client, project: str) -> int:
+    """The highest cursor retention removed from ``project`` (0: none), from the 410 a resume
+    from cursor 0 gets."""
+    with c.stream("GET", f"{API}/{project}/stream", params={"since": 0}) as r:
+        if r.status_code != 410:
+            return 0
+        r.read()
+        return int(r.json()["error"]["earliest"]) - 1
+
+
 def retention(srv: StreamgaugeServer, rows: int) -> None:
     with _client(srv) as c:
         _ok(c.post(API, json={"id": "rt"}))
@@ -240,8 +250,18 @@ def retention(srv: StreamgaugeServer, rows: int) -> None:
                 ],
             )
         )
+        _ok(c.post(API, json={"id": "lv"}))
+        _ok(
+            c.post(
+                f"{API}/lv/devices",
+                json=[
+                    {"id": "live", "variables": [{"id": "v", "name": "air_temp", "unit": "degC"}]}
+                ],
+            )
+        )
         t0 = (int(time.time() * 1000) // DAY - 30) * DAY
         per = rows // series
+        t = time.perf_counter()
         for k in range(0, per, 10):
             _post(
                 c,
@@ -252,28 +272,62 @@ def retention(srv: StreamgaugeServer, rows: int) -> None:
                     for s in range(series)
                 ],
             )
-        t = time.perf_counter()
-        _ok(c.patch(f"{API}/rt", json={"retention_days": 1}))
-        while _ok(c.get(f"{API}/rt/observations", params={"limit": 1}))["observations"]:
-            time.sleep(0.05)
+        log(f"retention: {per * series:,} rows written in {time.perf_counter() - t:.1f} s")
+        top = per * series  # the rt project's rows hold cursors 1..top (written first)
+        with LiveProbe(srv, "lv") as probe:
+            t = time.perf_counter()
+            _ok(c.patch(f"{API}/rt", json={"retention_days": 1}))
+            hidden = None
+            while True:
+                if (
+                    hidden is None
+                    and not _ok(c.get(f"{API}/rt/observations", params={"limit": 1}))[
+                        "observations"
+                    ]
+                ):
+                    hidden = time.perf_counter() - t
+                if hidden is not None and _gone_upto(c, "rt") >= top:
+                    break
+                time.sleep(0.05)
+            took = time.perf_counter() - t
+        p50, p99 = probe.percentiles()
         log(
-            f"retention: {per * series:,} rows removed {time.perf_counter() - t:.1f} s after "
-            "retention_days was set (pass interval 1 s)"
+            f"retention: {top:,} rows ({series:,} series) removed {took:.1f} s after "
+            f"retention_days was set (pass interval 1 s; history empty after {hidden:.1f} s); "
+            f"live subscriber meanwhile p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+            f"({len(probe.latency)} live rows)"
         )
+
+
+PARTS = ("backfill", "latest", "retention")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench timeseries")
     ap.add_argument("--quick", action="store_true", help="smaller: 1/8 year, 3,000 stations")
     ap.add_argument("--rows", type=int, default=None, help="rows for the retention pass")
+    ap.add_argument(
+        "--minutes", type=int, default=None, help="rows of the backfill (default: a year)"
+    )
+    ap.add_argument(
+        "--only", default=",".join(PARTS), help=f"comma-separated parts of {', '.join(PARTS)}"
+    )
     args = ap.parse_args()
-    minutes = 525_600 // (8 if args.quick else 1)
+    parts = set(args.only.split(","))
+    if not parts <= set(PARTS):
+        ap.error(f"--only takes {', '.join(PARTS)}")
+    minutes = args.minutes or 525_600 // (8 if args.quick else 1)
     stations = 3000 if args.quick else 30_000
     rows = args.rows or (1_000_000 if args.quick else 10_000_000)
     log(f"cores: {os.cpu_count()}; load average {os.getloadavg()}")
     env = {"STREAMGAUGE_RETENTION_INTERVAL_SECONDS": "1"}
-    with StreamgaugeServer("normal", env) as srv:
-        backfill_and_aggregate(srv, minutes, 10_000)
-        latest(srv, stations)
-    with StreamgaugeServer("normal", env) as srv:
-        retention(srv, rows)
+    if parts & {"backfill", "latest"}:
+        with StreamgaugeServer("normal", env) as srv:
+            if "backfill" in parts:
+                backfill_and_aggregate(srv, minutes, 10_000)
+            if "latest" in parts:
+                latest(srv, stations)
+    if "retention" in parts:
+        with StreamgaugeServer("normal", env) as srv:
+            retention(srv, rows)
+    log(f"load average after: {os.getloadavg()}")

@@ -6,8 +6,8 @@
   hour summaries and edge rows answer), ordered by (device, variable, set) and start;
 * ``latest``: each selected series' newest row from memory (``core/latest.py``);
 * ``run_retention``: one pass removing what is older than each series' ``retention_days``
-  (the variable's, else the project's), in bounded store steps; ``start`` runs it every
-  ``retention_interval_seconds``;
+  (the variable's, else the project's), planned once and run in bounded store steps until the
+  store says the pass is done; ``start`` runs it every ``retention_interval_seconds``;
 * ``resume_point``: whether a resume cursor is older than what retention kept (``Gone``, 410,
   with ``earliest``), or where ``on_gap=earliest`` continues.
 """
@@ -237,6 +237,7 @@ class TimeSeries:
     async def run_retention(self, now_ms: int | None = None) -> int:
         """One retention pass over every project; returns the rows removed."""
         now = int(time.time() * 1000) if now_ms is None else now_ms
+        started = time.perf_counter()
         removed = 0
         for project in list(self.registry.projects_by_pk.values()):
             cutoffs = self.cutoffs(project, now)
@@ -258,6 +259,10 @@ class TimeSeries:
                     break
             self.latest_rows.forget_before(expired)
         self.passes += 1
+        if removed:
+            log.info(
+                "retention pass: %d rows removed in %.1f s", removed, time.perf_counter() - started
+            )
         return removed
 
     async def _retention_loop(self) -> None:

@@ -34,7 +34,7 @@ import numpy.typing as npt
 import orjson
 
 from streamgauge.domain.batch import Batch
-from streamgauge.domain.commit import CommitRules
+from streamgauge.domain.commit import CommitRules, Screen
 from streamgauge.domain.errors import Conflict, NotFound, Unavailable
 from streamgauge.domain.events import (
     DeviceDropped,
@@ -61,6 +61,7 @@ log = logging.getLogger("streamgauge.store")
 SEAL_STEP = 4096  # rows indexed per step (a few ms of work between two commits)
 FREEZE_EVERY = 20_000  # registry growth (series, metadata changes) between gc.freeze() calls
 IDLE_SECONDS = 0.5  # a writer idle this long indexes the tail of the log
+MAX_SPAN, MIN_SPAN = 1 << 62, -(1 << 62)  # the span of an empty tail (beyond any time)
 
 
 class Tx:
@@ -145,9 +146,15 @@ class SqliteStore:
         self.write_seconds = 0.0  # total time spent in write transactions (metrics)
         self._frozen_at = 0
         self._qc_dirty: set[int] = set()  # series whose QC state changed since the checkpoint
+        # The (least, greatest) time of the unindexed tail's rows, or more (it only widens until
+        # the whole tail is indexed); None: not known (the tail found on open).
+        self._tail_span: tuple[int, int] | None = None
         # Per project, the highest cursor retention removed (store/sqlite/retention.py).
         self.gone: dict[int, int] = {}
         self._span: tuple[int, int, int] | None = None  # (project, first, last) of the last batch
+        # Retention passes planned by ``expired`` and running (``retention.Pass``).
+        self._retention_plans: dict[retention.Cutoffs, retention.Expired] = {}
+        self._retention_passes: dict[int, retention.Pass] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -204,6 +211,8 @@ class SqliteStore:
             conn.execute("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0]
         )
         self._sealed = int(conn.execute("SELECT value FROM state WHERE key='sealed'").fetchone()[0])
+        if self._sealed == self._writer_head:
+            self._tail_span = (MAX_SPAN, MIN_SPAN)
         rows = (
             conn.execute("SELECT series, max(time) FROM obs_index GROUP BY series").fetchall()
             + conn.execute(
@@ -331,6 +340,13 @@ class SqliteStore:
                 self._seal(conn, self._writer_head)
             elif unsealed >= SEAL_STEP:  # one short step, so no commit waits long for it
                 self._seal(conn, self._sealed + SEAL_STEP)
+                # More steps while nothing waits (a backfill's big batches would otherwise
+                # pile the tail up to one long indexing of the whole backlog).
+                while self._writer_head - self._sealed >= SEAL_STEP and self._queue.empty():
+                    before = self._sealed
+                    self._seal(conn, self._sealed + SEAL_STEP)
+                    if self._sealed == before:  # failed (logged): retried later
+                        break
         conn.close()
 
     def _freeze_new_objects(self, size: int) -> None:
@@ -374,6 +390,8 @@ class SqliteStore:
             conn.execute("ROLLBACK")
             raise
         self._sealed = upto
+        if upto == self._writer_head:  # the tail is empty: its span starts again
+            self._tail_span = (MAX_SPAN, MIN_SPAN)
 
     async def write(self, fn: Callable[[Tx], T]) -> T:
         """Run ``fn`` in one write transaction on the writer thread."""
@@ -448,11 +466,13 @@ class SqliteStore:
         n = len(c.times)
         series = self._resolve_series(tx, c)
         screen = rules.screen(series, c.times, c.values, reg.latest[series])
-        found = (
-            self._probe(tx.conn, series[screen.probe], c.times[screen.probe])
-            if len(screen.probe)
-            else {}
-        )
+        found: dict[tuple[int, int], Any] = {}
+        if len(screen.probe):
+            sure, found = self._probe(tx.conn, series[screen.probe], c.times[screen.probe])
+            if sure.any():  # surely not stored: new, without asking the rules one by one
+                keep = screen.keep.copy()
+                keep[screen.probe[sure]] = True
+                screen = Screen(keep, screen.duplicate, screen.probe[~sure], screen.conflicts)
         verdict = rules.settle(screen, series, c.times, c.values, found)
         if verdict.conflicts:
             raise Conflict(
@@ -477,7 +497,12 @@ class SqliteStore:
         self._writer_head = first + accepted - 1
         self._note_span(tx, np.unique(reg.s_project[s_keep]).tolist(), first, self._writer_head)
 
+        t_lo, t_hi = int(t_keep.min()), int(t_keep.max())
+
         def advance() -> None:
+            span = self._tail_span
+            if span is not None:
+                self._tail_span = (min(span[0], t_lo), max(span[1], t_hi))
             np.maximum.at(reg.latest, s_keep, t_keep)
             rules.advance(s_keep, t_keep, numeric, q_keep)
             self._qc_dirty.update(np.unique(s_keep).tolist())
@@ -561,32 +586,66 @@ class SqliteStore:
 
     def _probe(
         self, conn: sqlite3.Connection, series: npt.NDArray[np.int64], times: npt.NDArray[np.int64]
-    ) -> dict[tuple[int, int], Any]:
-        wanted = set(zip(series.tolist(), times.tolist(), strict=True))
+    ) -> tuple[npt.NDArray[np.bool_], dict[tuple[int, int], Any]]:
+        """The stored value of each probed key found, and which keys are surely not stored.
+
+        A backfill probes every row, so the store is asked per series first: a series that
+        has no indexed row between the batch's first and last time of it (one index seek per
+        series) and no unindexed row in that span (the tail's time span, kept in memory) has
+        none of its keys stored, and its keys are not looked up one by one."""
         found: dict[tuple[int, int], Any] = {}
-        # One statement for every key (a backfill probes each of its rows): the keys travel as
-        # one JSON array, so the GIL is handed over once, not once per key (see _insert_rows).
-        keys = orjson.dumps(sorted(wanted)).decode()
-        for s, t, v in conn.execute(
-            "SELECT i.series, i.time, o.value FROM json_each(?) k "
-            "JOIN obs_index i ON i.series = k.value ->> 0 AND i.time = k.value ->> 1 "
-            "JOIN obs o ON o.cursor = i.cursor",
-            (keys,),
-        ):
-            found[(s, t)] = v
-        distinct = sorted({s for s, _ in wanted})
-        lo, hi = int(times.min()), int(times.max())  # a backfill's keys seldom meet the tail's
-        for k in range(0, len(distinct), 500):
-            part = distinct[k : k + 500]
-            marks = ",".join("?" * len(part))
+        order = np.lexsort((times, series))
+        s_sorted = series[order]
+        starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
+        ends = np.r_[starts[1:], len(order)] - 1
+        spans = list(
+            zip(
+                s_sorted[starts].tolist(),
+                times[order[starts]].tolist(),
+                times[order[ends]].tolist(),
+                strict=True,
+            )
+        )
+        hit = {
+            int(r[0])
+            for r in conn.execute(
+                "SELECT value ->> 0 FROM json_each(?) WHERE EXISTS (SELECT 1 FROM obs_index i"
+                " WHERE i.series = value ->> 0 AND i.time >= value ->> 1"
+                " AND i.time <= value ->> 2)",
+                (orjson.dumps(spans).decode(),),
+            )
+        }
+        lo, hi = int(times.min()), int(times.max())
+        tail = self._writer_head > self._sealed and not (
+            self._tail_span is not None and (hi < self._tail_span[0] or lo > self._tail_span[1])
+        )
+        in_hit = np.isin(series, np.fromiter(hit, np.int64, len(hit)))
+        sure = np.zeros(len(series), np.bool_) if tail else ~in_hit
+        if hit:
+            # One statement for every key left (the keys travel as one JSON array, so the GIL
+            # is handed over once, not once per key; see _insert_rows).
+            wanted = sorted(set(zip(series[in_hit].tolist(), times[in_hit].tolist(), strict=True)))
             for s, t, v in conn.execute(
-                "SELECT series, time, value FROM obs WHERE cursor > ? AND time >= ?"
-                f" AND time <= ? AND series IN ({marks})",
-                (self._sealed, lo, hi, *part),
+                "SELECT i.series, i.time, o.value FROM json_each(?) k "
+                "JOIN obs_index i ON i.series = k.value ->> 0 AND i.time = k.value ->> 1 "
+                "JOIN obs o ON o.cursor = i.cursor",
+                (orjson.dumps(wanted).decode(),),
             ):
-                if (s, t) in wanted:
-                    found[(s, t)] = v
-        return found
+                found[(s, t)] = v
+        if tail:
+            wanted_set = set(zip(series.tolist(), times.tolist(), strict=True))
+            distinct = sorted({int(x) for x in s_sorted[starts].tolist()})
+            for k in range(0, len(distinct), 500):
+                part = distinct[k : k + 500]
+                marks = ",".join("?" * len(part))
+                for s, t, v in conn.execute(
+                    "SELECT series, time, value FROM obs WHERE cursor > ? AND time >= ?"
+                    f" AND time <= ? AND series IN ({marks})",
+                    (self._sealed, lo, hi, *part),
+                ):
+                    if (s, t) in wanted_set:
+                        found[(s, t)] = v
+        return sure, found
 
     # -- time series (aggregates, latest values, retention) ------------------------------------
 
@@ -654,13 +713,19 @@ class SqliteStore:
         return await self.read(run)
 
     async def expired(self, cutoffs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-        """The (series, cutoff ms) pairs of ``cutoffs`` having rows older than the cutoff."""
+        """The (series, cutoff ms) pairs of ``cutoffs`` having rows older than the cutoff. The
+        count and cursor span of those rows are kept for the pass ``expire`` then runs."""
 
-        def run(conn: sqlite3.Connection) -> list[tuple[int, int]]:
+        def run(conn: sqlite3.Connection) -> retention.Expired:
             with _snapshot(conn) as sealed:
                 return retention.expired(conn, sealed, cutoffs)
 
-        return await self.read(run)
+        plan = await self.read(run)
+        if plan.rows:
+            if len(self._retention_plans) > 64:  # planned, never run (a failed pass)
+                self._retention_plans.clear()
+            self._retention_plans[plan.cutoffs] = plan
+        return list(plan.cutoffs)
 
     async def expire(
         self,
@@ -670,18 +735,30 @@ class SqliteStore:
         keep_summaries: bool,
         max_rows: int,
     ) -> tuple[int, bool]:
-        """One bounded step of retention (one write transaction): remove up to ``max_rows``
-        rows of the project's series older than their cutoff. Returns (rows removed, done)."""
+        """One bounded step of retention (one write transaction) of the pass over the
+        project's series older than their cutoff (``retention.Pass``; a call with other
+        cutoffs starts a new pass). Returns (rows removed, done)."""
+        key = tuple((int(s), int(c)) for s, c in cutoffs)
+        run_pass = self._retention_passes.get(project_pk)
+        if run_pass is None or run_pass.plan.cutoffs != key:
+            plan = self._retention_plans.pop(key, None)
+            if plan is None:  # not planned by ``expired``: plan it now
+
+                def planned(conn: sqlite3.Connection) -> retention.Expired:
+                    with _snapshot(conn) as sealed:
+                        return retention.expired(conn, sealed, key)
+
+                plan = await self.read(planned)
+            run_pass = retention.Pass(project_pk, plan, keep_summaries)
+            self._retention_passes[project_pk] = run_pass
+        if not run_pass.plan.rows:
+            self._retention_passes.pop(project_pk, None)
+            return 0, True
+        this = run_pass
 
         def run(tx: Tx) -> tuple[int, bool]:
-            removed, top, done = retention.expire_step(
-                tx.conn,
-                self._sealed,
-                project_pk,
-                cutoffs,
-                keep_summaries=keep_summaries,
-                max_rows=max_rows,
-            )
+            removed, top, done = this.step(tx.conn, self._sealed, max_rows)
+            tx.after_commit.append(this.committed)
             if top:
 
                 def moved() -> None:
@@ -690,7 +767,10 @@ class SqliteStore:
                 tx.after_commit.append(moved)
             return removed, done
 
-        return await self.write(run)
+        removed, done = await self.write(run)
+        if done:
+            self._retention_passes.pop(project_pk, None)
+        return removed, done
 
     async def read_log(
         self, after: int, upto: int, limit: int, *, project_pk: int | None = None

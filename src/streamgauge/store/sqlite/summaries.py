@@ -149,24 +149,64 @@ def read(
     return found, read_points(conn, sealed, ranges, qc_remove)
 
 
+def tail_rows(conn: sqlite3.Connection, sealed: int, series: Sequence[int]) -> I64:
+    """(series, time, cursor) of the unindexed tail's rows of ``series``, as an n x 3 array
+    (one JSON value from SQLite: one GIL hand-over, see ``store._fetch_rows``)."""
+    rows = _fetch_json(
+        conn,
+        "'[' || series || ',' || time || ',' || cursor || ']'",
+        "SELECT series, time, cursor FROM obs WHERE cursor > ?"
+        " AND series IN (SELECT value FROM json_each(?))",
+        (sealed, orjson.dumps(list(series)).decode()),
+    )
+    return np.array(rows, np.int64).reshape(-1, 3)
+
+
+_REBUILD_ROW = (
+    "'[' || series || ',' || time || ',' || "
+    + _R.format("value")
+    + " || ',' || qc || ',' || cursor || ']'"
+)
+
+
 def rebuild(conn: sqlite3.Connection, sealed: int, units: Sequence[tuple[int, int]]) -> None:
-    """Recompute the summaries of (series, hour) units from the rows the log holds (after
-    retention removed part of an hour)."""
-    for series, hour in units:
-        conn.execute("DELETE FROM obs_summary WHERE series = ? AND hour = ?", (series, hour))
-        rows = conn.execute(
-            "SELECT o.time, o.value, o.qc FROM obs_index i JOIN obs o ON o.cursor = i.cursor "
-            "WHERE i.series = ? AND i.time >= ? AND i.time < ? "
-            "UNION ALL SELECT time, value, qc FROM obs WHERE cursor > ? AND series = ?"
-            " AND time >= ? AND time < ?",
-            (series, hour * HOUR_MS, (hour + 1) * HOUR_MS) * 1
-            + (sealed, series, hour * HOUR_MS, (hour + 1) * HOUR_MS),
-        ).fetchall()
-        if not rows:
-            continue
-        times = np.array([r[0] for r in rows], np.int64)
-        values = np.array(
-            [float(r[1]) if isinstance(r[1], int | float) else np.nan for r in rows], np.float64
-        )
-        qcs = np.array([r[2] for r in rows], np.int64)
-        add(conn, np.full(len(rows), series, np.int64), times, values, qcs)
+    """Recompute the summaries of (series, hour) units (one per series) from the rows the log
+    holds (after retention removed part of an hour): one read for all of them."""
+    if not units:
+        return
+    doc = orjson.dumps(list(units)).decode()
+    conn.execute(
+        "DELETE FROM obs_summary WHERE (series, hour) IN"
+        " (SELECT value ->> 0, value ->> 1 FROM json_each(?))",
+        (doc,),
+    )
+    numeric = "typeof(o.value) IN ('real', 'integer')"
+    indexed = _fetch_json(
+        conn,
+        _REBUILD_ROW,
+        "WITH u AS MATERIALIZED (SELECT value ->> 0 AS s, value ->> 1 AS h FROM json_each(?)) "
+        "SELECT o.series AS series, o.time AS time, o.value AS value, o.qc AS qc,"
+        " o.cursor AS cursor FROM u CROSS JOIN obs_index i ON i.series = u.s"
+        f" AND i.time >= u.h * {HOUR_MS} AND i.time < (u.h + 1) * {HOUR_MS} "
+        f"JOIN obs o ON o.cursor = i.cursor WHERE {numeric}",
+        (doc,),
+    )
+    tail = _fetch_json(
+        conn,
+        _REBUILD_ROW,
+        "SELECT o.series AS series, o.time AS time, o.value AS value, o.qc AS qc,"
+        " o.cursor AS cursor FROM obs o WHERE o.cursor > ?"
+        f" AND o.series IN (SELECT value ->> 0 FROM json_each(?)) AND {numeric}",
+        (sealed, doc),
+    )
+    rows = indexed + tail
+    if not rows:
+        return
+    arr = np.array(rows, np.float64)
+    series = np.array([r[0] for r in rows], np.int64)
+    times = np.array([r[1] for r in rows], np.int64)
+    qcs = np.array([r[3] for r in rows], np.int64)
+    keys = np.array(sorted(units), np.int64)
+    at = np.searchsorted(keys[:, 0], series)
+    keep = times // HOUR_MS == keys[np.minimum(at, len(keys) - 1), 1]
+    add(conn, series[keep], times[keep], arr[:, 2][keep], qcs[keep])
