@@ -52,7 +52,6 @@ from streamgauge.core.deliveries import Item, Outcome, check_target
 from streamgauge.core.registry import ProjectRec, Registry
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import Conflict, Invalid
-from streamgauge.store.sqlite import alerts as table
 from streamgauge.store.sqlite.store import Tx
 from streamgauge.wire.rows import format_time
 
@@ -146,7 +145,7 @@ class SlotSource:
 
     async def fetch(self, after: int, limit: int) -> Sequence[Item]:
         rows = await self._a.store.read(
-            lambda c: table.slot_items(c, self._channel, self._slot, after, limit)
+            lambda c: self._a.table.slot_items(c, self._channel, self._slot, after, limit)
         )
         headers = {"Content-Type": "application/json"}
         return [Item(a, url, body, headers, created) for a, url, body, created in rows]
@@ -168,6 +167,7 @@ class Alerting:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.store = engine.store
+        self.table = engine.backend.alerts  # the backend's alert tables (store.api.AlertTables)
         s = engine.settings
         self.actors = Actors(engine, s.actors, s.actor_timeout_seconds, ACTOR_CONCURRENCY)
         self.channels: dict[str, Channel] = {}
@@ -192,7 +192,7 @@ class Alerting:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        loaded = await self.store.read(table.load_channels)
+        loaded = await self.store.read(self.table.load_channels)
         reg = self.engine.registry
         for pk, project_pk, doc in loaded:
             project = reg.projects_by_pk.get(project_pk)
@@ -205,7 +205,7 @@ class Alerting:
                 ch = Channel(pk, project_pk, doc.model_copy(update={"status": "INACTIVE"}))
             self.channels[doc.id] = ch
             await self._register(ch)
-        cursor, alive_ms, states = await self.store.read(table.load_progress)
+        cursor, alive_ms, states = await self.store.read(self.table.load_progress)
         known = {(c.pk, t.index) for c in self.channels.values() for t in c.triggers}
         self.states = {k: v for k, v in states.items() if k in known}
         self.evaluated = self.saved = cursor
@@ -257,7 +257,7 @@ class Alerting:
         self.replayed = 0
         while after < head:
             rows = await self.store.read(
-                functools.partial(table.log_after, after=after, upto=head, limit=REPLAY_ROWS)
+                functools.partial(self.table.log_after, after=after, upto=head, limit=REPLAY_ROWS)
             )
             if not rows:
                 break
@@ -310,17 +310,17 @@ class Alerting:
         stored: dict[int, bool] = {}
         for ch, record in p.alerts:
             if ch.pk not in stored:  # deleted meanwhile (or its project): nothing to log
-                stored[ch.pk] = ch.pk in live and table.channel_exists(tx, ch.pk)
+                stored[ch.pk] = ch.pk in live and self.table.channel_exists(tx, ch.pk)
             if not stored[ch.pk]:
                 continue
-            alert_id = table.insert_alert(tx, ch.pk, p.alive_ms, record)
+            alert_id = self.table.insert_alert(tx, ch.pk, p.alive_ms, record)
             full = {**record, "alert_id": alert_id}
             t = ch.triggers[record["trigger"]]
             for a, slot in zip(ch.doc.triggers[t.index].actions, t.slots, strict=True):
-                table.insert_action(
+                self.table.insert_action(
                     tx, alert_id, slot, ch.pk, a.method, a.target(), payload(a, full)
                 )
-        table.save_progress(tx, p.cursor, p.alive_ms, p.states)
+        self.table.save_progress(tx, p.cursor, p.alive_ms, p.states)
 
     async def _commit(self, also: Callable[[Tx], Any] | None = None) -> Any:
         """Write the progress (alerts not yet logged, changed states, position), and ``also``
@@ -424,7 +424,7 @@ class Alerting:
         if doc.id in self.channels:
             raise Conflict(f"channel {doc.id!r} exists", [{"field": "channel_id"}])
         ch = self._compile(project, doc)
-        ch.pk = int(await self._commit(lambda tx: table.insert_channel(tx, project.pk, doc)))
+        ch.pk = int(await self._commit(lambda tx: self.table.insert_channel(tx, project.pk, doc)))
         self.channels[doc.id] = ch
         await self._register(ch)
         return ch
@@ -436,8 +436,8 @@ class Alerting:
         new = self._compile(project, doc, ch.pk)
 
         def run(tx: Tx) -> None:
-            table.update_channel(tx, ch.pk, doc)
-            table.forget_states(tx, ch.pk)
+            self.table.update_channel(tx, ch.pk, doc)
+            self.table.forget_states(tx, ch.pk)
 
         await self._commit(run)
         self.channels[doc.id] = new
@@ -446,7 +446,7 @@ class Alerting:
         return new
 
     async def delete(self, ch: Channel) -> None:
-        await self._commit(lambda tx: table.delete_channel(tx, ch.pk))
+        await self._commit(lambda tx: self.table.delete_channel(tx, ch.pk))
         self.channels.pop(ch.doc.id, None)
         self._drop_states(ch.pk)
         self._unregister(ch)
@@ -470,10 +470,10 @@ class Alerting:
 
     async def project_of_alert(self, alert_id: int) -> str | None:
         """The id of the project an alert belongs to (None: no such alert)."""
-        return await self.engine.store.read(lambda c: table.alert_project(c, alert_id))
+        return await self.engine.store.read(lambda c: self.table.alert_project(c, alert_id))
 
     async def alerts(self, ch: Channel, skip: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
-        return await self.store.read(lambda c: table.list_alerts(c, ch.pk, skip, limit))
+        return await self.store.read(lambda c: self.table.list_alerts(c, ch.pk, skip, limit))
 
     def state_of(self, ch: Channel) -> list[str]:
         return [
@@ -484,7 +484,7 @@ class Alerting:
         """One delivery per HTTP action slot (current ones, and old ones that still hold rows).
         ``ACTOR`` slots are run by the actor worker, never registered as HTTP deliveries (their
         "target" is an actor id, and a delivery would overwrite the actor's outcome)."""
-        stored = await self.store.read(lambda c: table.slots(c, ch.pk))
+        stored = await self.store.read(lambda c: self.table.slots(c, ch.pk))
         current = {
             s
             for t in ch.triggers
@@ -516,7 +516,7 @@ class Alerting:
             }
             done = o.delivered or o.dead_lettered
             await self.store.write(
-                lambda tx: table.record_outcome(tx, item.cursor, slot, outcome, done)
+                lambda tx: self.table.record_outcome(tx, item.cursor, slot, outcome, done)
             )
 
         return record
@@ -687,7 +687,7 @@ class Alerting:
         swept = -math.inf
         while True:
             try:
-                projects = await self.store.read(table.actor_projects)
+                projects = await self.store.read(self.table.actor_projects)
             except Exception:
                 log.exception("reading actor work failed")
                 projects = []
@@ -727,7 +727,7 @@ class Alerting:
                 self._actor_more[project_pk] = False
                 try:
                     todo = await self.store.read(
-                        functools.partial(table.actor_todo, project_pk=project_pk, limit=FETCH)
+                        functools.partial(self.table.actor_todo, project_pk=project_pk, limit=FETCH)
                     )
                 except Exception:
                     log.exception("reading actor work of project %d failed", project_pk)
@@ -768,7 +768,7 @@ class Alerting:
         outcome["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
         outcome["execution_id"] = f"{alert_id}-{slot}-{attempt}"
         outcome["at"] = _iso(_now_ms())
-        await self.store.write(lambda tx: table.record_outcome(tx, alert_id, slot, outcome, done))
+        await self.store.write(lambda tx: self.table.record_outcome(tx, alert_id, slot, outcome, done))
         if done:
             return 0.0
         return ACTOR_RETRY_SECONDS[min(attempt, len(ACTOR_RETRY_SECONDS)) - 1]

@@ -54,8 +54,8 @@ from streamgauge import __version__
 from streamgauge.core.backoff import delays, next_delay, retry_after
 from streamgauge.domain.errors import Invalid, NotFound
 from streamgauge.metrics import Metrics
-from streamgauge.store.factory import EmbeddedStore
-from streamgauge.store.sqlite import deliveries as table
+from streamgauge.store.api import DeliveryTables, Store
+from streamgauge.store.sqlite import deliveries as sqlite_deliveries
 
 log = logging.getLogger("streamgauge.deliveries")
 
@@ -312,8 +312,9 @@ class Deliveries:
 
     def __init__(
         self,
-        store: EmbeddedStore,
+        store: Store[Any, Any],
         *,
+        tables: DeliveryTables[Any, Any] = sqlite_deliveries,
         metrics: Metrics | None = None,
         allow_private_targets: bool = False,
         poll_seconds: float = 5.0,
@@ -321,6 +322,7 @@ class Deliveries:
         retry_max_seconds: float = 300.0,
     ) -> None:
         self._store = store
+        self._table = tables  # the backend's delivery tables (store.api.DeliveryTables)
         self._metrics = metrics
         self.allow_private_targets = allow_private_targets
         self._poll = poll_seconds
@@ -418,11 +420,11 @@ class Deliveries:
     async def dead_letters(self, key: str, limit: int = 100) -> list[dict[str, Any]]:
         """The key's dead letters, newest first: cursor, method, url, headers, body (bytes),
         born_ms, failed_ms, attempts, last_status, last_error."""
-        return await self._store.read(lambda conn: table.dead_letters(conn, key, limit))
+        return await self._store.read(lambda conn: self._table.dead_letters(conn, key, limit))
 
     async def cursor(self, key: str) -> int | None:
         """The key's persisted cursor (None if it has none)."""
-        return await self._store.read(lambda conn: table.get_cursor(conn, key))
+        return await self._store.read(lambda conn: self._table.get_cursor(conn, key))
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -471,7 +473,7 @@ class Deliveries:
             await asyncio.gather(w.task, return_exceptions=True)
         try:
             if forget:
-                await self._store.write(lambda tx: table.forget(tx, key))
+                await self._store.write(lambda tx: self._table.forget(tx, key))
             elif w is not None:
                 await self._flush(w)
         except Exception:
@@ -501,13 +503,13 @@ class Deliveries:
                 await self._sleep(w, next(schedule))
 
     async def _load(self, w: _Worker) -> None:
-        stored = await self._store.read(lambda conn: table.get_cursor(conn, w.key))
+        stored = await self._store.read(lambda conn: self._table.get_cursor(conn, w.key))
         if stored is None:
             start = w.start_after
             if start is None:
                 start = await self._source_end(w.source)
             now = _now_ms()
-            await self._store.write(lambda tx: table.set_cursor(tx, w.key, start, now))
+            await self._store.write(lambda tx: self._table.set_cursor(tx, w.key, start, now))
             stored = start
         w.cursor = w.saved = stored
         w.stats.cursor = stored
@@ -626,7 +628,7 @@ class Deliveries:
         now = _now_ms()
         if not delivered and now - item.born_ms > w.retention * 1000:
             await self._store.write(
-                lambda tx: table.dead_letter(
+                lambda tx: self._table.dead_letter(
                     tx,
                     w.key,
                     cursor=item.cursor,
@@ -680,7 +682,7 @@ class Deliveries:
         if cursor is None or cursor == w.saved:
             return
         now = _now_ms()
-        await self._store.write(lambda tx: table.set_cursor(tx, w.key, cursor, now))
+        await self._store.write(lambda tx: self._table.set_cursor(tx, w.key, cursor, now))
         w.saved = cursor
         w.unsaved = 0
         w.flushed_at = time.monotonic()

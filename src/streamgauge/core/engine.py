@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,14 +39,10 @@ from streamgauge.domain.batch import Batch, concat, empty_batch
 from streamgauge.domain.errors import BadRequest, StreamgaugeError
 from streamgauge.domain.log import AppendResult, HistoryQuery
 from streamgauge.metrics import Metrics
-from streamgauge.store.api import ConsumerPositions
+from streamgauge.store.api import ConsumerPositions, FeedSessions, Store
 from streamgauge.store.face_state import DTAccountStore, DTConnectorStore
-from streamgauge.store.factory import SQLITE, EmbeddedStore, open_store
+from streamgauge.store.factory import backend_for
 from streamgauge.store.files import private_dir, tighten_if_present
-from streamgauge.store.sqlite import ops as sqlite_ops
-from streamgauge.store.sqlite.face_state import SqliteDTAccounts, SqliteDTConnectors
-from streamgauge.store.sqlite.feeds import FeedStore
-from streamgauge.store.sqlite.store import Tx
 from streamgauge.wire.rows import format_time
 
 MAX_SEND_BYTES = 256 * 1024  # coalesce queued frames into writes of at most this size
@@ -79,8 +76,10 @@ def load_admin_token(settings: Settings) -> tuple[str, bool]:
 class Engine:
     def __init__(self, settings: Settings, admin_token: str) -> None:
         self.settings = settings
-        # The duplicate/conflict rule and QC run in the store's writer, in commit order.
-        self.store: EmbeddedStore = open_store(
+        # The storage backend of the settings (embedded SQLite, or PostgreSQL: settings.store)
+        # and its store; the duplicate/conflict rule and QC run in its writer, in commit order.
+        self.backend = backend_for(settings)
+        self.store: Store[Any, Any] = self.backend.open_store(
             settings, lambda registry: LogRules(registry, quality_control=settings.qc)
         )
         self.registry = self.store.registry
@@ -103,6 +102,7 @@ class Engine:
         # Outbound deliveries (data connectors, alert actions), woken by every committed batch.
         self.deliveries = Deliveries(
             self.store,
+            tables=self.backend.deliveries,
             metrics=self.metrics,
             allow_private_targets=settings.allow_private_targets,
             poll_seconds=settings.delivery_poll_seconds,
@@ -117,7 +117,7 @@ class Engine:
         self._gc_before: tuple[int, int, int] | None = None
         self._switch_before: float | None = None
         # Push-feed tokens and durable feed sessions.
-        self.feeds = FeedStore(
+        self.feeds: FeedSessions = self.backend.feed_sessions(
             self.store,
             settings.feed_session_retention_hours * 3600,
             settings.feed_sessions_per_token,
@@ -125,12 +125,12 @@ class Engine:
         # Alert channels: rules on every committed batch, actions through deliveries and actors.
         self.alerting = Alerting(self)
         # The services every face calls (core/services/).
-        self.metadata = MetadataService(self.store, settings)
+        self.metadata = MetadataService(self.store, settings, self.backend.metadata)
         self.metadata.project_deleted += [
             lambda pk: self.hub.close_project(pk, "project deleted"),
             self.alerting.forget_project,
         ]
-        self.accounts = AccountService(self.store, self.auth, self.tokens)
+        self.accounts = AccountService(self.store, self.auth, self.tokens, self.backend.metadata)
 
     async def start(self) -> None:
         private_dir(self.settings.data)
@@ -469,7 +469,7 @@ class Engine:
     @functools.cached_property
     def consumer_positions(self) -> ConsumerPositions:
         """Where durable consumers keep their positions (``store.api.ConsumerPositions``)."""
-        return SQLITE.consumer_positions(self.store)
+        return self.backend.consumer_positions(self.store)
 
     def consumer(
         self,
@@ -511,24 +511,24 @@ class Engine:
             task.add_done_callback(self._stopping.discard)
 
     @functools.cached_property
-    def dt_accounts(self) -> DTAccountStore[Tx]:
+    def dt_accounts(self) -> DTAccountStore[Any]:
         """The DT face's service-account settings (``store/face_state.py``)."""
-        return SqliteDTAccounts(self.store)
+        return self.backend.dt_accounts(self.store)
 
     @functools.cached_property
     def dt_connectors(self) -> DTConnectorStore:
         """The DT face's data connectors (``store/face_state.py``)."""
-        return SqliteDTConnectors(self.store)
+        return self.backend.dt_connectors(self.store)
 
     async def transfer_device(self, device: DeviceRec, target: ProjectRec) -> None:
         """Move a device to another project, in one write transaction: it keeps its pk,
         variables, series and stored observations, which now belong to ``target`` (the source
         project no longer sees them); it loses its site. The registry follows after the commit."""
-        await sqlite_ops.transfer_device(self.store, device, target)
+        await self.backend.transfer_device(self.store, device, target)
 
     async def check_store(self) -> None:
         """Raise if the store cannot answer a read (health checks)."""
-        await sqlite_ops.probe(self.store)
+        await self.backend.probe(self.store)
 
 
 @dataclass(frozen=True, slots=True)

@@ -443,6 +443,23 @@ class FeedSessions(Protocol):
 
     def token_for(self, token: str) -> FeedToken | None: ...
 
+    def project_of(self, session: FeedSession) -> int:
+        """The pk of the project of the session's token (``NotFound`` once it was revoked)."""
+        ...
+
+    def attach(self, token: FeedToken, close: Callable[[str], None]) -> Callable[[], None]:
+        """Register an open connection of ``token`` (closed on revoke); returns the detach."""
+        ...
+
+    def claim(self, token: FeedToken, session_id: str) -> None:
+        """A connection is opening ``session_id``: it is not evicted until ``release``."""
+        ...
+
+    async def take_over(self, token: FeedToken, session_id: str) -> None:
+        """Close the connection serving this session, if any, and wait until it has saved its
+        position."""
+        ...
+
     def tokens_of(self, project_pk: int) -> list[FeedToken]: ...
 
     async def create_token(self, project_pk: int, name: str) -> tuple[FeedToken, str]:

@@ -2,19 +2,20 @@
 
 A ``Backend`` bundles what a storage backend provides behind the protocols of ``store.api``:
 its store and the table modules and services that run in its transactions. ``BACKENDS`` has
-the embedded one, ``"sqlite"``; a ``"postgresql"`` backend is one more entry (and one more
-parameter of the conformance suite's ``backend`` fixture).
+the embedded one, ``"sqlite"``, and ``"postgresql"`` (``settings.store`` set to a PostgreSQL
+URL); ``backend_for(settings)`` picks one, and the engine takes everything it stores through
+from that bundle.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from streamgauge.config import Settings
-from streamgauge.core.registry import Registry
+from streamgauge.core.registry import DeviceRec, ProjectRec, Registry
 from streamgauge.domain.commit import CommitRules
 from streamgauge.store.api import (
     AlertTables,
@@ -24,8 +25,20 @@ from streamgauge.store.api import (
     MetadataTables,
     Store,
 )
-from streamgauge.store.sqlite import alerts, deliveries, metadata
+from streamgauge.store.face_state import DTAccountStore, DTConnectorStore
+from streamgauge.store.postgres import alerts as pg_alerts
+from streamgauge.store.postgres import deliveries as pg_deliveries
+from streamgauge.store.postgres import metadata as pg_metadata
+from streamgauge.store.postgres import ops as pg_ops
+from streamgauge.store.postgres.conn import Conn as PgConn
+from streamgauge.store.postgres.conn import Tx as PgTx
+from streamgauge.store.postgres.consumers import PgConsumerPositions
+from streamgauge.store.postgres.face_state import PgDTAccounts, PgDTConnectors
+from streamgauge.store.postgres.feeds import FeedStore as PgFeedStore
+from streamgauge.store.postgres.store import PgStore
+from streamgauge.store.sqlite import alerts, deliveries, metadata, ops
 from streamgauge.store.sqlite.consumers import SqliteConsumerPositions
+from streamgauge.store.sqlite.face_state import SqliteDTAccounts, SqliteDTConnectors
 from streamgauge.store.sqlite.feeds import FeedStore
 from streamgauge.store.sqlite.store import SqliteStore, Tx
 
@@ -55,6 +68,11 @@ class Backend(Generic[TxT, ConnT]):
     # (store, session retention in seconds, sessions per token) -> feed tokens and sessions
     feed_sessions: Callable[[Store[TxT, ConnT], float, int], FeedSessions]
     consumer_positions: Callable[[Store[TxT, ConnT]], ConsumerPositions]  # core/consumers
+    dt_accounts: Callable[[Store[TxT, ConnT]], DTAccountStore[TxT]]  # face state of the DT face
+    dt_connectors: Callable[[Store[TxT, ConnT]], DTConnectorStore]
+    # Engine.transfer_device and Engine.check_store: their storage parts
+    transfer_device: Callable[[Store[TxT, ConnT], DeviceRec, ProjectRec], Awaitable[None]]
+    probe: Callable[[Store[TxT, ConnT]], Awaitable[None]]
 
 
 def _sqlite_store(settings: Settings, rules: Rules | None = None) -> EmbeddedStore:
@@ -76,14 +94,51 @@ SQLITE: Backend[Tx, sqlite3.Connection] = Backend(
     deliveries=deliveries,
     feed_sessions=FeedStore,
     consumer_positions=SqliteConsumerPositions,
+    dt_accounts=SqliteDTAccounts,
+    dt_connectors=SqliteDTConnectors,
+    transfer_device=ops.transfer_device,
+    probe=ops.probe,
 )
 
-BACKENDS: dict[str, Backend[Tx, sqlite3.Connection]] = {SQLITE.name: SQLITE}
+
+def _pg_store(settings: Settings, rules: Rules | None = None) -> Store[PgTx, PgConn]:
+    if settings.store is None:
+        raise ValueError("the postgresql backend needs settings.store (a PostgreSQL URL)")
+    return PgStore(
+        settings.store,
+        readers=settings.readers,
+        quality_control=settings.qc,
+        rules=rules,
+        connect_timeout=settings.store_connect_timeout_seconds,
+        statement_timeout=settings.store_statement_timeout_seconds,
+    )
 
 
-def open_store(settings: Settings, rules: Rules | None = None) -> EmbeddedStore:
-    """The store of ``settings`` (the embedded SQLite database in ``settings.data``), built and
-    not yet opened: the engine calls ``open`` with its publish callback. ``rules``: the core's
-    duplicate/conflict rule and QC, built over the store's registry (``core.dedupe.LogRules``
-    when omitted)."""
-    return SQLITE.open_store(settings, rules)
+POSTGRESQL: Backend[PgTx, PgConn] = Backend(
+    name="postgresql",
+    open_store=_pg_store,
+    metadata=pg_metadata,
+    alerts=pg_alerts,
+    deliveries=pg_deliveries,
+    feed_sessions=PgFeedStore,
+    consumer_positions=PgConsumerPositions,
+    dt_accounts=PgDTAccounts,
+    dt_connectors=PgDTConnectors,
+    transfer_device=pg_ops.transfer_device,
+    probe=pg_ops.probe,
+)
+
+BACKENDS: dict[str, Backend[Any, Any]] = {SQLITE.name: SQLITE, POSTGRESQL.name: POSTGRESQL}
+
+
+def backend_for(settings: Settings) -> Backend[Any, Any]:
+    """The backend ``settings`` name: PostgreSQL when ``settings.store`` is set, else the
+    embedded SQLite database in ``settings.data``."""
+    return POSTGRESQL if settings.store is not None else SQLITE
+
+
+def open_store(settings: Settings, rules: Rules | None = None) -> Store[Any, Any]:
+    """The store of ``settings`` (``backend_for``), built and not yet opened: the engine calls
+    ``open`` with its publish callback. ``rules``: the core's duplicate/conflict rule and QC,
+    built over the store's registry (``core.dedupe.LogRules`` when omitted)."""
+    return backend_for(settings).open_store(settings, rules)

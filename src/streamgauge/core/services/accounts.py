@@ -12,7 +12,7 @@ a function run inside the same write transaction, with the account's record.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from streamgauge.auth import Authenticator, Principal
 from streamgauge.auth.permissions import check_role_change
@@ -22,7 +22,8 @@ from streamgauge.core.registry import AccountRec, ProjectRec, Registry
 from streamgauge.core.services.base import MetadataStore
 from streamgauge.domain.errors import NotFound
 from streamgauge.domain.model import Key, NewKey, Role, ServiceAccount, new_id, now_iso
-from streamgauge.store.sqlite import metadata
+from streamgauge.store.api import MetadataTables
+from streamgauge.store.sqlite import metadata as sqlite_metadata
 
 if TYPE_CHECKING:
     from streamgauge.store.sqlite.store import Tx
@@ -32,11 +33,15 @@ Also = Callable[["Tx", AccountRec], object]
 
 
 class AccountService:
-    def __init__(self, store: MetadataStore, auth: Authenticator, tokens: TokenIssuer) -> None:
+    def __init__(
+        self, store: MetadataStore, auth: Authenticator, tokens: TokenIssuer,
+        tables: MetadataTables[Any, Any] = sqlite_metadata,
+    ) -> None:
         self._store = store
         self._reg: Registry = store.registry
         self._auth = auth
         self._tokens = tokens
+        self._md = tables  # the backend's metadata tables (store.api.MetadataTables)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -96,7 +101,7 @@ class AccountService:
         reg = self._reg
 
         def run(tx: Tx) -> AccountRec:
-            rec = metadata.create_account(tx, reg, project, id_, name or id_, role)
+            rec = self._md.create_account(tx, reg, project, id_, name or id_, role)
             if also is not None:
                 also(tx, rec)
             return rec
@@ -122,9 +127,9 @@ class AccountService:
 
         def run(tx: Tx) -> None:
             if name:
-                metadata.rename_account(tx, reg, account, name)
+                self._md.rename_account(tx, reg, account, name)
             if role is not None:
-                metadata.set_role(tx, reg, account, project.pk, role)
+                self._md.set_role(tx, reg, account, project.pk, role)
             if also is not None:
                 also(tx, account)
 
@@ -133,7 +138,7 @@ class AccountService:
 
     async def delete(self, account: AccountRec) -> None:
         reg = self._reg
-        await self._store.write(lambda tx: metadata.delete_account(tx, reg, account))
+        await self._store.write(lambda tx: self._md.delete_account(tx, reg, account))
 
     # -- roles ----------------------------------------------------------------------------------
 
@@ -163,7 +168,7 @@ class AccountService:
         ``who`` may; it takes effect at once on every face."""
         self.check_role_change(who, project, account, role, field=field)
         reg = self._reg
-        await self._store.write(lambda tx: metadata.set_role(tx, reg, account, project.pk, role))
+        await self._store.write(lambda tx: self._md.set_role(tx, reg, account, project.pk, role))
 
     # -- keys -----------------------------------------------------------------------------------
 
@@ -177,16 +182,16 @@ class AccountService:
         created = now_iso()
         reg = self._reg
         await self._store.write(
-            lambda tx: metadata.add_key(tx, reg, account, key_id, hashed, created)
+            lambda tx: self._md.add_key(tx, reg, account, key_id, hashed, created)
         )
         return NewKey(key_id=key_id, secret=secret, created_at=created)
 
     async def keys(self, account: AccountRec) -> list[Key]:
         """The account's keys (without secrets), by key id."""
-        rows = await self._store.read(lambda conn: metadata.key_created(conn, account.pk))
+        rows = await self._store.read(lambda conn: self._md.key_created(conn, account.pk))
         return [Key(key_id=k, created_at=c) for k, c in rows]
 
     async def delete_key(self, account: AccountRec, key_id: str) -> None:
         """Delete a key (NotFound if the account has no such key); logins with it fail at once."""
         reg = self._reg
-        await self._store.write(lambda tx: metadata.delete_key(tx, reg, account, key_id))
+        await self._store.write(lambda tx: self._md.delete_key(tx, reg, account, key_id))

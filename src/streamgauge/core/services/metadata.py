@@ -28,7 +28,8 @@ from streamgauge.domain.model import (
     Variable,
     VariableIn,
 )
-from streamgauge.store.sqlite import metadata
+from streamgauge.store.api import MetadataTables
+from streamgauge.store.sqlite import metadata as sqlite_metadata
 
 IfExists = Literal["error", "skip"]
 Patch = dict[str, Any]
@@ -36,10 +37,14 @@ Patch = dict[str, Any]
 
 
 class MetadataService:
-    def __init__(self, store: MetadataStore, settings: Settings) -> None:
+    def __init__(
+        self, store: MetadataStore, settings: Settings,
+        tables: MetadataTables[Any, Any] = sqlite_metadata,
+    ) -> None:
         self._store = store
         self._reg: Registry = store.registry
         self._settings = settings
+        self._md = tables  # the backend's metadata tables (store.api.MetadataTables)
         # Run after a project was deleted, with its pk (the engine closes its streams and forgets
         # its channels).
         self.project_deleted: list[Callable[[int], None]] = []
@@ -91,7 +96,7 @@ class MetadataService:
                     self.project(who, rec.doc.id, Action.READ)
         reg, todo = self._reg, list(items)
         return await self._store.write(
-            lambda tx: metadata.create_projects(
+            lambda tx: self._md.create_projects(
                 tx, reg, todo, skip_existing=if_exists == "skip", admin_account=account
             )
         )
@@ -99,14 +104,14 @@ class MetadataService:
     async def update_project(self, project: ProjectRec, patch: Patch) -> Project:
         reg = self._reg
         return await self._store.write(
-            lambda tx: metadata.update_project(tx, reg, project, dict(patch))
+            lambda tx: self._md.update_project(tx, reg, project, dict(patch))
         )
 
     async def delete_project(self, project: ProjectRec) -> None:
         """Delete a project with everything in it; then its streams are closed and its channels
         forgotten (``project_deleted``)."""
         reg = self._reg
-        await self._store.write(lambda tx: metadata.delete_project(tx, reg, project))
+        await self._store.write(lambda tx: self._md.delete_project(tx, reg, project))
         for hook in self.project_deleted:
             hook(project.pk)
 
@@ -117,19 +122,19 @@ class MetadataService:
     ) -> list[Site]:
         reg, todo = self._reg, list(items)
         return await self._store.write(
-            lambda tx: metadata.create_sites(
+            lambda tx: self._md.create_sites(
                 tx, reg, project, todo, skip_existing=if_exists == "skip"
             )
         )
 
     async def update_site(self, site: SiteRec, patch: Patch) -> Site:
         reg = self._reg
-        return await self._store.write(lambda tx: metadata.update_site(tx, reg, site, dict(patch)))
+        return await self._store.write(lambda tx: self._md.update_site(tx, reg, site, dict(patch)))
 
     async def delete_site(self, site: SiteRec) -> None:
         """Delete a site; a Conflict while devices stand at it."""
         reg = self._reg
-        await self._store.write(lambda tx: metadata.delete_site(tx, reg, site))
+        await self._store.write(lambda tx: self._md.delete_site(tx, reg, site))
 
     # -- devices --------------------------------------------------------------------------------
 
@@ -139,7 +144,7 @@ class MetadataService:
         """Create devices, each with the variables it lists inline, all or nothing."""
         reg, todo = self._reg, list(items)
         return await self._store.write(
-            lambda tx: metadata.create_devices(
+            lambda tx: self._md.create_devices(
                 tx, reg, project, todo, skip_existing=if_exists == "skip"
             )
         )
@@ -153,13 +158,13 @@ class MetadataService:
         """Update several devices of ``project`` in one transaction (all or nothing)."""
         reg, todo = self._reg, [(d, dict(p)) for d, p in changes]
         return await self._store.write(
-            lambda tx: [metadata.update_device(tx, reg, project, d, p) for d, p in todo]
+            lambda tx: [self._md.update_device(tx, reg, project, d, p) for d, p in todo]
         )
 
     async def delete_device(self, device: DeviceRec) -> None:
         """Delete a device and its variables; its observations are no longer readable."""
         reg = self._reg
-        await self._store.write(lambda tx: metadata.delete_device(tx, reg, device))
+        await self._store.write(lambda tx: self._md.delete_device(tx, reg, device))
 
     # -- variables ------------------------------------------------------------------------------
 
@@ -174,7 +179,7 @@ class MetadataService:
         """Create variables of a device (an id defaults to the name), all or nothing."""
         reg, todo = self._reg, list(items)
         return await self._store.write(
-            lambda tx: metadata.create_variables(
+            lambda tx: self._md.create_variables(
                 tx, reg, project, device, todo, skip_existing=if_exists == "skip"
             )
         )
@@ -182,9 +187,9 @@ class MetadataService:
     async def update_variable(self, variable: VariableRec, patch: Patch) -> Variable:
         reg = self._reg
         return await self._store.write(
-            lambda tx: metadata.update_variable(tx, reg, variable, dict(patch))
+            lambda tx: self._md.update_variable(tx, reg, variable, dict(patch))
         )
 
     async def delete_variable(self, variable: VariableRec) -> None:
         reg = self._reg
-        await self._store.write(lambda tx: metadata.delete_variable(tx, reg, variable))
+        await self._store.write(lambda tx: self._md.delete_variable(tx, reg, variable))
