@@ -2,10 +2,16 @@
 
 Endless streams are tested against a real server, never an in-memory transport that waits for the
 whole body. ``MS`` scales every timing in the tests (``STREAMGAUGE_TEST_MS``, default 1.0).
+
+Storage modes: servers store in the embedded SQLite database, or with
+``STREAMGAUGE_TEST_STORE=postgresql`` in a fresh PostgreSQL database per data directory (a restart
+on the same directory finds its database again; each is dropped after its test). A module that
+sets ``STORES = ["sqlite", "postgresql"]`` runs each of its tests in both modes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -21,9 +27,48 @@ import uvicorn
 
 from streamgauge.app import create_app, server_options
 from streamgauge.config import Settings
+from tests.pg import fresh_database
 
 MS = float(os.environ.get("STREAMGAUGE_TEST_MS", "1.0")) / 1000  # one scaled millisecond
 TOKEN = "test-admin-token"
+STORE_MODES = ("sqlite", "postgresql")
+DEFAULT_STORE = os.environ.get("STREAMGAUGE_TEST_STORE", "sqlite")
+assert DEFAULT_STORE in STORE_MODES, f"STREAMGAUGE_TEST_STORE must be one of {STORE_MODES}"
+
+
+class _Stores:
+    """The storage mode of the running test and the PostgreSQL databases it made (by data
+    directory), dropped when the test ends."""
+
+    mode = DEFAULT_STORE
+    databases: dict[Path, str] = {}
+    exits = contextlib.ExitStack()
+
+    @classmethod
+    def url_for(cls, data: Path) -> str:
+        key = data.resolve()
+        if key not in cls.databases:
+            cls.databases[key] = cls.exits.enter_context(fresh_database("sg_api"))
+        return cls.databases[key]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    stores = getattr(metafunc.module, "STORES", None)
+    if stores is not None and "store_mode" in metafunc.fixturenames:
+        metafunc.parametrize("store_mode", stores, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def store_mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The storage mode of this test's servers (``STORES`` of the module, else the default)."""
+    _Stores.mode = getattr(request, "param", DEFAULT_STORE)
+    try:
+        yield _Stores.mode
+    finally:
+        _Stores.mode = DEFAULT_STORE
+        exits, _Stores.exits = _Stores.exits, contextlib.ExitStack()
+        _Stores.databases = {}
+        exits.close()
 
 
 def free_port() -> int:
@@ -65,6 +110,8 @@ def start_server(
     listen there); the server's own default refuses them."""
     settings.setdefault("keepalive_seconds", 1000 * MS)
     settings.setdefault("allow_private_targets", True)
+    if _Stores.mode == "postgresql":
+        settings.setdefault("store", _Stores.url_for(data))
     app = create_app(Settings(data=data, **settings), admin_token=TOKEN)
     port = free_port()
     options = {**server_options(app.state.engine.settings), **(uvicorn_options or {})}
