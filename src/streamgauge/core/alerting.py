@@ -768,7 +768,9 @@ class Alerting:
         outcome["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
         outcome["execution_id"] = f"{alert_id}-{slot}-{attempt}"
         outcome["at"] = _iso(_now_ms())
-        await self.store.write(lambda tx: self.table.record_outcome(tx, alert_id, slot, outcome, done))
+        await self.store.write(
+            lambda tx: self.table.record_outcome(tx, alert_id, slot, outcome, done)
+        )
         if done:
             return 0.0
         return ACTOR_RETRY_SECONDS[min(attempt, len(ACTOR_RETRY_SECONDS)) - 1]

@@ -34,7 +34,10 @@ Also = Callable[["Tx", AccountRec], object]
 
 class AccountService:
     def __init__(
-        self, store: MetadataStore, auth: Authenticator, tokens: TokenIssuer,
+        self,
+        store: MetadataStore,
+        auth: Authenticator,
+        tokens: TokenIssuer,
         tables: MetadataTables[Any, Any] = sqlite_metadata,
     ) -> None:
         self._store = store

@@ -38,7 +38,9 @@ Patch = dict[str, Any]
 
 class MetadataService:
     def __init__(
-        self, store: MetadataStore, settings: Settings,
+        self,
+        store: MetadataStore,
+        settings: Settings,
         tables: MetadataTables[Any, Any] = sqlite_metadata,
     ) -> None:
         self._store = store

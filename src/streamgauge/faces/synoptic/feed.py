@@ -1,7 +1,8 @@
 """The Synoptic-compatible WebSocket push feed: ``/feed/{token}/?{arguments}`` starts a session,
 ``/feed/{token}/{session}`` resumes one (reference: synoptic-push.md).
 
-A session is a durable consumer of the log (``store/sqlite/feeds.py``): its arguments and its position.
+A session is a durable consumer of the log (``store/sqlite/feeds.py``): its arguments and its
+position.
 The face only translates: arguments become the core's selection and units, the subscription is
 the engine's (catch-up from the store, then live, without gap or duplicate), and rows become
 ``data`` messages preceded by whatever ``metadata`` they need. A live session is written to

@@ -1,7 +1,7 @@
 """The SQLite implementations of the face-state interfaces (``store/face_state.py``).
 
-Their tables are created by the store's migrations (``store/sqlite/schema.py``, step 4: ``dt_accounts``
-and ``dt_connectors``); this module is the only code that reads or writes them.
+Their tables are created by the store's migrations (``store/sqlite/schema.py``, step 4:
+``dt_accounts`` and ``dt_connectors``); this module is the only code that reads or writes them.
 """
 
 from __future__ import annotations
