@@ -5,6 +5,7 @@
     quality    ingest with QC on and off, then 1,000 differently filtered streams at 10,000 obs/s
     feed       1,000 push-feed sessions against a plain websockets broadcast, memory per session
     feed-cpu   the server's CPU per fan-out round of those sessions, in one process, no sockets
+    cluster    ingest into one node on PostgreSQL against the embedded mode (issue 13, part 1)
 
 Each workload takes its own ``--help``.
 """
@@ -19,6 +20,7 @@ WORKLOADS = {
     "quality": "bench.quality",
     "feed": "bench.feed",
     "feed-cpu": "bench.feed_cpu",
+    "cluster": "bench.cluster",
 }
 
 
