@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from streamgauge.domain.errors import NotFound
+from streamgauge.domain.errors import NotFound, Unavailable
 from streamgauge.domain.feeds import FeedSession, FeedToken, SessionLimit
 from streamgauge.domain.model import now_iso
 from streamgauge.store.api import Store
@@ -327,7 +327,12 @@ class FeedStore:
                 (now, ids, positions, after_times),
             )
 
-        await self._store.write(update)
+        try:
+            await self._store.write(update)
+        except BaseException:
+            for s in dirty:  # not stored: the next flush tries again
+                s.dirty = True
+            raise
 
     async def expire(self) -> int:
         """Delete detached sessions unused for longer than the retention; returns how many."""
@@ -363,6 +368,10 @@ class FeedStore:
                 if time.monotonic() - expired >= self._expire_every:
                     expired = time.monotonic()
                     await self.expire()
+            except Unavailable as exc:
+                if exc.retry_after is None:  # the store closing under us: stop quietly
+                    return
+                # PostgreSQL unreachable for now: the positions stay dirty, try again
             except Exception:  # the store closing under us: stop quietly
                 return
 
