@@ -37,19 +37,42 @@ assert DEFAULT_STORE in STORE_MODES, f"STREAMGAUGE_TEST_STORE must be one of {ST
 
 
 class _Stores:
-    """The storage mode of the running test and the PostgreSQL databases it made (by data
-    directory), dropped when the test ends."""
+    """The storage mode of the running test, and the PostgreSQL databases made for servers (by
+    data directory): a database is dropped at the end of the first test that ends with no
+    server running on it (a server of a module-scoped fixture keeps its own), or at the end of
+    the session."""
 
     mode = DEFAULT_STORE
-    databases: dict[Path, str] = {}
-    exits = contextlib.ExitStack()
+    databases: dict[Path, tuple[str, contextlib.ExitStack]] = {}
+    running: dict[Path, int] = {}
 
     @classmethod
     def url_for(cls, data: Path) -> str:
         key = data.resolve()
         if key not in cls.databases:
-            cls.databases[key] = cls.exits.enter_context(fresh_database("sg_api"))
-        return cls.databases[key]
+            exit_ = contextlib.ExitStack()
+            cls.databases[key] = (exit_.enter_context(fresh_database("sg_api")), exit_)
+        return cls.databases[key][0]
+
+    @classmethod
+    def started(cls, data: Path, delta: int) -> None:
+        key = data.resolve()
+        if key in cls.databases:
+            cls.running[key] = cls.running.get(key, 0) + delta
+
+    @classmethod
+    def drop_unused(cls, everything: bool = False) -> None:
+        for key in list(cls.databases):
+            if everything or cls.running.get(key, 0) <= 0:
+                _, exit_ = cls.databases.pop(key)
+                cls.running.pop(key, None)
+                exit_.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_databases() -> Iterator[None]:
+    yield
+    _Stores.drop_unused(everything=True)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -66,9 +89,7 @@ def store_mode(request: pytest.FixtureRequest) -> Iterator[str]:
         yield _Stores.mode
     finally:
         _Stores.mode = DEFAULT_STORE
-        exits, _Stores.exits = _Stores.exits, contextlib.ExitStack()
-        _Stores.databases = {}
-        exits.close()
+        _Stores.drop_unused()
 
 
 def free_port() -> int:
@@ -100,6 +121,7 @@ class Server:
         self.engine.hub.close_all("server shutting down")
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        _Stores.started(self.data, -1)
 
 
 def start_server(
@@ -131,6 +153,7 @@ def start_server(
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("server did not start")
         time.sleep(0.01)
+    _Stores.started(data, +1)
     return Server(f"http://127.0.0.1:{port}", TOKEN, data, app, thread, server)
 
 
