@@ -5,6 +5,7 @@ node's connections (503 with Retry-After, then recovery)."""
 from __future__ import annotations
 
 import base64
+import os
 import socket
 import subprocess
 import sys
@@ -127,8 +128,6 @@ def test_serve_exits_non_zero_naming_an_unreachable_store(tmp_path: Path) -> Non
 
 
 def _pythonpath() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if k in ("PYTHONPATH", "HOME", "LANG")}
 
 
