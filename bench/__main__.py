@@ -12,6 +12,7 @@
                points/s, against native NDJSON of the same observations
     client     the Python client: import of a 1,000,000-row CSV, Client/AsyncClient.stream()
                against the raw NDJSON stream read with httpx
+    cluster    ingest into one node on PostgreSQL against the embedded mode (issue 13, part 1)
 
 Each workload takes its own ``--help``.
 """
@@ -30,6 +31,7 @@ WORKLOADS = {
     "timeseries": "bench.timeseries",
     "ports": "bench.ports",
     "client": "bench.client",
+    "cluster": "bench.cluster",
 }
 
 
