@@ -119,6 +119,16 @@ class Settings(BaseSettings):
         ),
     )
 
+    token_key: str | None = Field(
+        default=None,
+        pattern=r"^([0-9A-Fa-f]{2}){32,}$",
+        description=(
+            "The key that signs access tokens and derives key secrets, as hex (at least 32 "
+            "bytes: `openssl rand -hex 32`). Unset: a random key kept in the data folder "
+            "(token-key). The nodes of a cluster must share one: give each the same value."
+        ),
+    )
+
     qc: bool = Field(
         default=True,
         description=(

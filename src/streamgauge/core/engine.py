@@ -99,7 +99,7 @@ class Engine:
         )
         self.metrics = Metrics()
         self.hub = Hub(on_direct=self.metrics.delivery_seconds.observe)
-        self.tokens = TokenIssuer.load(settings.data)
+        self.tokens = TokenIssuer.load(settings.data, settings.token_key)
         self.auth = Authenticator(
             self.registry,
             admin_token,
