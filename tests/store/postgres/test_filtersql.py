@@ -16,8 +16,8 @@ from streamgauge.core.filterlang import evaluate
 from streamgauge.domain.filters import Cond, Expr
 from streamgauge.store.postgres.filtersql import to_sql
 from tests.filter_exprs import SENSOR_NAMES, exprs
-from tests.store.test_filtersql import rows_strategy
 from tests.pg import fresh_database
+from tests.store.test_filtersql import rows_strategy
 
 FUZZ = settings(deadline=None, max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 

@@ -34,6 +34,7 @@ TABLES = [
     "account_keys",
     "roles",
     "qc_state",
+    "obs_summary",  # the hour summaries, as kept (meta_events is not copied: see docs/cluster.md)
     "delivery_cursors",
     "delivery_dead_letters",
     "dt_accounts",
