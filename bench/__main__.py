@@ -14,6 +14,7 @@
                against the raw NDJSON stream read with httpx
     catchup    a small project's stream catch-up beside a busy project, against it alone
     columnar   decode + resolve of NDJSON, Arrow IPC and Parquet batches, in one process
+    cluster    ingest into one node on PostgreSQL against the embedded mode (issue 13, part 1)
 
 Each workload takes its own ``--help``.
 """
@@ -34,6 +35,7 @@ WORKLOADS = {
     "client": "bench.client",
     "catchup": "bench.catchup",
     "columnar": "bench.columnar",
+    "cluster": "bench.cluster",
 }
 
 

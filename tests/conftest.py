@@ -2,10 +2,16 @@
 
 Endless streams are tested against a real server, never an in-memory transport that waits for the
 whole body. ``MS`` scales every timing in the tests (``STREAMGAUGE_TEST_MS``, default 1.0).
+
+Storage modes: servers store in the embedded SQLite database, or with
+``STREAMGAUGE_TEST_STORE=postgresql`` in a fresh PostgreSQL database per data directory (a restart
+on the same directory finds its database again; each is dropped after its test). A module that
+sets ``STORES = ["sqlite", "postgresql"]`` runs each of its tests in both modes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -21,9 +27,69 @@ import uvicorn
 
 from streamgauge.app import create_app, server_options
 from streamgauge.config import Settings
+from tests.pg import fresh_database
 
 MS = float(os.environ.get("STREAMGAUGE_TEST_MS", "1.0")) / 1000  # one scaled millisecond
 TOKEN = "test-admin-token"
+STORE_MODES = ("sqlite", "postgresql")
+DEFAULT_STORE = os.environ.get("STREAMGAUGE_TEST_STORE", "sqlite")
+assert DEFAULT_STORE in STORE_MODES, f"STREAMGAUGE_TEST_STORE must be one of {STORE_MODES}"
+
+
+class _Stores:
+    """The storage mode of the running test, and the PostgreSQL databases made for servers (by
+    data directory): a database is dropped at the end of the first test that ends with no
+    server running on it (a server of a module-scoped fixture keeps its own), or at the end of
+    the session."""
+
+    mode = DEFAULT_STORE
+    databases: dict[Path, tuple[str, contextlib.ExitStack]] = {}
+    running: dict[Path, int] = {}
+
+    @classmethod
+    def url_for(cls, data: Path) -> str:
+        key = data.resolve()
+        if key not in cls.databases:
+            exit_ = contextlib.ExitStack()
+            cls.databases[key] = (exit_.enter_context(fresh_database("sg_api")), exit_)
+        return cls.databases[key][0]
+
+    @classmethod
+    def started(cls, data: Path, delta: int) -> None:
+        key = data.resolve()
+        if key in cls.databases:
+            cls.running[key] = cls.running.get(key, 0) + delta
+
+    @classmethod
+    def drop_unused(cls, everything: bool = False) -> None:
+        for key in list(cls.databases):
+            if everything or cls.running.get(key, 0) <= 0:
+                _, exit_ = cls.databases.pop(key)
+                cls.running.pop(key, None)
+                exit_.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_databases() -> Iterator[None]:
+    yield
+    _Stores.drop_unused(everything=True)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    stores = getattr(metafunc.module, "STORES", None)
+    if stores is not None and "store_mode" in metafunc.fixturenames:
+        metafunc.parametrize("store_mode", stores, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def store_mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The storage mode of this test's servers (``STORES`` of the module, else the default)."""
+    _Stores.mode = getattr(request, "param", DEFAULT_STORE)
+    try:
+        yield _Stores.mode
+    finally:
+        _Stores.mode = DEFAULT_STORE
+        _Stores.drop_unused()
 
 
 def free_port() -> int:
@@ -55,6 +121,7 @@ class Server:
         self.engine.hub.close_all("server shutting down")
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        _Stores.started(self.data, -1)
 
 
 def start_server(
@@ -65,6 +132,8 @@ def start_server(
     listen there); the server's own default refuses them."""
     settings.setdefault("keepalive_seconds", 1000 * MS)
     settings.setdefault("allow_private_targets", True)
+    if _Stores.mode == "postgresql":
+        settings.setdefault("store", _Stores.url_for(data))
     app = create_app(Settings(data=data, **settings), admin_token=TOKEN)
     port = free_port()
     options = {**server_options(app.state.engine.settings), **(uvicorn_options or {})}
@@ -84,6 +153,7 @@ def start_server(
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("server did not start")
         time.sleep(0.01)
+    _Stores.started(data, +1)
     return Server(f"http://127.0.0.1:{port}", TOKEN, data, app, thread, server)
 
 

@@ -172,6 +172,7 @@ def test_sigkill_after_the_ack_loses_no_alert_and_duplicates_none(
         proc.wait(20)
 
 
+@pytest.mark.parametrize("store_mode", ["sqlite"], indirect=True)  # reads the SQLite file
 def test_states_continue_across_a_restart_and_no_batch_writes_without_alerts(
     tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -348,6 +348,7 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
+@pytest.mark.parametrize("store_mode", ["sqlite"], indirect=True)  # the SQLite files
 def test_data_folder_and_files_are_private(tmp_path: Path) -> None:
     """issue 11 item 22: the data folder is 0700 and the database (with its -wal and -shm
     files), the admin token and the token key are 0600, whatever the umask; a folder and files

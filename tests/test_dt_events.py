@@ -27,6 +27,8 @@ from streamgauge.faces.dt.events import (
 from streamgauge.faces.dt.http import stream_error_line
 from streamgauge.faces.dt.stream import _ndjson_row, parse_duration, ping_interval
 
+STORES = ["sqlite", "postgresql"]  # every test here runs on both storage backends
+
 T0 = 1_716_979_243_970
 TS = "2024-05-29T10:40:43.970000Z"
 

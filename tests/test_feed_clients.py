@@ -57,6 +57,7 @@ def token_of(srv: Server) -> str:
 # -- (a) recent, the reference's example spelling of rewind -------------------------------------
 
 
+@pytest.mark.parametrize("store_mode", ["sqlite"], indirect=True)  # reads the SQLite file
 async def test_recent_is_rewind_by_another_name(tmp_path: Path) -> None:
     """issue 11 item 11: the reference's example ``recent=5`` replays exactly what ``rewind=5``
     replays (what arrived in the last five minutes), then both go live; a resumed ``recent``

@@ -17,6 +17,8 @@ import pytest
 from tests.conftest import Server, start_server
 from tests.test_feed import TIMEOUT, Feed, feed_token, make_network
 
+STORES = ["sqlite"]  # these tests read the feed sessions from the SQLite file
+
 RETENTION_S = 3.0  # a short retention for the expiry tests
 
 

@@ -325,6 +325,7 @@ async def test_an_expired_session_cannot_be_resumed(tmp_path: Path) -> None:
     # expired sessions are deleted, at start and while the server runs: tests/test_feed_limits.py
 
 
+@pytest.mark.parametrize("store_mode", ["sqlite"], indirect=True)  # reads the SQLite file
 async def test_rewind_replays_what_arrived_in_the_last_minutes_then_goes_live(
     tmp_path: Path,
 ) -> None:

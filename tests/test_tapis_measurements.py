@@ -20,6 +20,8 @@ from streamgauge.faces.tapis.measurements import _as_tapis
 from tests.conftest import Server
 from tests.tapis_helpers import account, envelope, home, tapis_for
 
+STORES = ["sqlite", "postgresql"]  # every test here runs on both storage backends
+
 PROJECT = "M"
 PATH = f"/v3/streams/projects/{PROJECT}/sites/s/instruments/i1"
 

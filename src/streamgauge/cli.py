@@ -1,4 +1,5 @@
-"""The ``streamgauge`` command: serve, simulate, demo; tail, import, export (``cli_client.py``)."""
+"""The ``streamgauge`` command: serve, simulate, demo, migrate; tail, import, export
+(``cli_client.py``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import typer
@@ -35,6 +37,34 @@ PortOpt = Annotated[int, typer.Option(help="TCP port to listen on.")]
 DataOpt = Annotated[
     Path, typer.Option(help="Data folder (SQLite database, admin token); created if missing.")
 ]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="A PostgreSQL URL (postgresql://USER@HOST:PORT/DB) to store everything in, shared by "
+        "the nodes of a cluster; default: the embedded SQLite database in DATA.",
+    ),
+]
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password, to print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _check_store(url: str) -> None:
+    """Exit non-zero, saying which store, if PostgreSQL cannot be reached now."""
+    from streamgauge.domain.errors import Unavailable
+    from streamgauge.store.postgres.conn import connect
+
+    try:
+        connect(url, connect_timeout=5, statement_timeout=10).close()
+    except Unavailable as exc:
+        console.print(f"[red]serve: cannot reach the store {_redacted(url)}: {exc.message}[/red]")
+        raise typer.Exit(1) from exc
 
 
 class _Server(uvicorn.Server):
@@ -108,8 +138,11 @@ def _serve(
     bus: str | None = None,
     cluster: str | None = None,
     mqtt: str | None = None,
+    store: str | None = None,
 ) -> None:
     overrides: dict[str, object] = {"data": data}
+    if store is not None:
+        overrides["store"] = store
     if mqtt:
         overrides["mqtt"] = mqtt
     if bus is not None:
@@ -117,6 +150,8 @@ def _serve(
     if cluster is not None:
         overrides["cluster"] = cluster
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    if settings.store is not None:
+        _check_store(settings.store)
     if settings.bus:
         _probe_bus(settings.bus)
     if settings.mqtt:
@@ -145,13 +180,14 @@ def _serve(
         timeout_graceful_shutdown=5,
         **server_options(settings),
     )
-    where = f"data: {data}"
+    where = f"data: {data}" + (f", store: {_redacted(settings.store)}" if settings.store else "")
     if settings.bus:
         where += f", bus: {settings.bus}, cluster: {settings.cluster}"
     console.print(f"streamgauge {__version__} serving on http://{host}:{port} ({where})")
     server = _Server(config)
     server.run(sockets=[sock])
-    if not server.started:  # the engine did not start (its error is logged above)
+    if not server.started:  # the engine did not start (its store, say): its error is logged
+        console.print("[red]serve: the server did not start[/red]")
         raise typer.Exit(1)
 
 
@@ -160,6 +196,7 @@ def serve(
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8080,
     data: DataOpt = Path("streamgauge-data"),
+    store: StoreOpt = None,
     bus: Annotated[
         str | None,
         typer.Option(
@@ -181,12 +218,47 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Serve every API on one port, with embedded storage in DATA.
+    """Serve every API on one port, with embedded storage in DATA (or in PostgreSQL: --store).
 
     STREAMGAUGE_ADMIN_TOKEN sets the admin's bearer token; if unset, one is generated, stored in
     DATA/admin-token and printed once. Other settings: STREAMGAUGE_* (see docs/configuration.md).
+    A store that cannot be reached at start is named and the command exits non-zero.
     """
-    _serve(host, port, data, bus, cluster, mqtt)
+    _serve(host, port, data, bus, cluster, mqtt, store)
+
+
+@app.command()
+def migrate(
+    from_: Annotated[
+        Path,
+        typer.Option("--from", help="Data folder of the embedded deployment to copy."),
+    ],
+    store: Annotated[
+        str,
+        typer.Option(help="The PostgreSQL URL to copy into (an empty database)."),
+    ],
+) -> None:
+    """Copy an embedded deployment (FROM/streamgauge.db) into an empty PostgreSQL database:
+    metadata, accounts, keys and roles, the log with its cursors, channels and the alert log,
+    delivery positions, feed tokens and sessions, face state. One transaction: all or nothing.
+    Stop the embedded server first. Then serve with --store and --data FROM (the data folder
+    keeps the admin token and the token signing key)."""
+    from streamgauge.domain.errors import Unavailable
+    from streamgauge.store.factory import DB_NAME
+    from streamgauge.store.postgres.copy import NotEmpty, copy_embedded
+
+    source = from_ / DB_NAME
+    try:
+        counts = copy_embedded(
+            source, store, progress=lambda table, n: console.print(f"  {table}: {n} rows")
+        )
+    except (FileNotFoundError, NotEmpty, Unavailable) as exc:
+        console.print(f"[red]migrate: {getattr(exc, 'message', None) or exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(
+        f"copied {sum(counts.values())} rows from {source} into {_redacted(store)}"
+        f" ({counts['obs']} observations)"
+    )
 
 
 @app.command()

@@ -99,6 +99,46 @@ class Settings(BaseSettings):
             "to hand that cursor on."
         ),
     )
+    store: str | None = Field(
+        default=None,
+        pattern=r"^postgres(ql)?://",
+        description=(
+            "Where the log, metadata and every other table live: unset for the embedded SQLite "
+            "database in the data folder, or a PostgreSQL URL "
+            "(postgresql://USER@HOST:PORT/DB) shared by the nodes of a cluster; the nodes create "
+            "and migrate its schema themselves."
+        ),
+    )
+    store_connect_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description=(
+            "PostgreSQL store: how long a (re)connection may take before the store counts as "
+            "unreachable (ingest then answers 503 with Retry-After)."
+        ),
+    )
+    store_statement_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "PostgreSQL store: the longest a statement may run (also the longest an ingest waits "
+            "for the cluster-wide commit lock) before it is cancelled and answered with 503."
+        ),
+    )
+
+    token_key: str | None = Field(
+        default=None,
+        pattern=r"^([0-9A-Fa-f]{2}){32,}$",
+        description=(
+            "The key that signs access tokens and derives key secrets, as hex (at least 32 "
+            "bytes: `openssl rand -hex 32`). Unset: a random key kept in the data folder "
+            "(token-key); in the cluster mode (STREAMGAUGE_STORE set), one derived from the "
+            "admin token, which every node shares. Set it to rotate keys without changing the "
+            "admin token."
+        ),
+    )
 
     qc: bool = Field(
         default=True,

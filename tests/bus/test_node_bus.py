@@ -16,6 +16,8 @@ from tests.conftest import Server, free_port, make_station, rows, start_server
 
 from .test_jetstream import NATS_URL
 
+STORES = ["sqlite"]  # a test here reads meta_events from the SQLite file
+
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Server]:

@@ -357,6 +357,7 @@ def test_unencodable_metadata_is_refused_before_commit(tmp_path: Path) -> None:
         srv.stop()
 
 
+@pytest.mark.parametrize("store_mode", ["sqlite"], indirect=True)  # reads the SQLite file
 def test_a_stored_row_that_cannot_be_encoded_does_not_take_listings_down(tmp_path: Path) -> None:
     """issue 11 item 17: a row stored before the check (a 65-bit integer in metadata) made
     every listing that included it a 500, across restarts. Listings now encode it (the integer

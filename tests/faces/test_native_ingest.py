@@ -16,6 +16,8 @@ from streamgauge.faces.native.deps import encode_page
 from tests.conftest import expect_error as _err
 from tests.conftest import make_station, rows, settle, start_server
 
+STORES = ["sqlite", "postgresql"]  # every test here runs on both storage backends
+
 OBS = "/api/v1/projects/p1/observations"
 T0 = 1_700_000_000_000
 NDJSON = {"Content-Type": "application/x-ndjson"}

@@ -226,6 +226,7 @@ def test_qc_flags_at_ingest(srv: Server, api: httpx.Client) -> None:
 # --- 3. QC across a restart -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("store_mode", ["sqlite"], indirect=True)  # reads the SQLite file
 def test_qc_identical_across_clean_restart(tmp_path: Path) -> None:
     half = len(QC_BATCHES) // 2
     # a further batch per series, so every carried state (rate, persistence) is used after the

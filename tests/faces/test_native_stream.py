@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import MS, Server, make_station, rows, start_server
 
+STORES = ["sqlite", "postgresql"]  # every test here runs on both storage backends
+
 STREAM = "/api/v1/projects/p1/stream"
 
 

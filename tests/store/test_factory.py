@@ -15,7 +15,19 @@ from streamgauge.core.registry import Registry
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.commit import CommitRules
 from streamgauge.store.api import Store
-from streamgauge.store.factory import BACKENDS, DB_NAME, SQLITE, backend_for, open_store
+from streamgauge.store.factory import (
+    BACKENDS,
+    DB_NAME,
+    POSTGRESQL,
+    SQLITE,
+    backend_for,
+    open_store,
+)
+from streamgauge.store.postgres import alerts as pg_alerts
+from streamgauge.store.postgres import deliveries as pg_deliveries
+from streamgauge.store.postgres import metadata as pg_metadata
+from streamgauge.store.postgres import ops as pg_ops
+from streamgauge.store.postgres.store import PgStore
 from streamgauge.store.sqlite import alerts, deliveries, metadata, ops
 from streamgauge.store.sqlite.consumers import SqliteConsumerPositions
 from streamgauge.store.sqlite.face_state import SqliteDTAccounts, SqliteDTConnectors
@@ -46,13 +58,34 @@ async def test_open_store_builds_the_embedded_store_of_the_settings(tmp_path: Pa
 
 
 def test_the_sqlite_backend_bundles_its_modules_and_services() -> None:
-    assert BACKENDS == {"sqlite": SQLITE}
+    assert BACKENDS == {"sqlite": SQLITE, "postgresql": POSTGRESQL}
     assert (SQLITE.metadata, SQLITE.alerts, SQLITE.deliveries) == (metadata, alerts, deliveries)
     assert SQLITE.feed_sessions is FeedStore
     assert SQLITE.consumer_positions is SqliteConsumerPositions
     assert SQLITE.ops is ops
     assert (SQLITE.dt_accounts, SQLITE.dt_connectors) == (SqliteDTAccounts, SqliteDTConnectors)
     assert backend_for(Settings()) is SQLITE
+    assert (POSTGRESQL.metadata, POSTGRESQL.alerts, POSTGRESQL.deliveries) == (
+        pg_metadata,
+        pg_alerts,
+        pg_deliveries,
+    )
+    assert POSTGRESQL.ops is pg_ops
+
+
+def test_the_settings_pick_the_backend(tmp_path: Path) -> None:
+    assert backend_for(Settings(data=tmp_path)) is SQLITE
+    url = "postgresql://postgres@127.0.0.1:5432/nowhere"
+    assert backend_for(Settings(data=tmp_path, store=url)) is POSTGRESQL
+    store = open_store(  # built, not connected
+        Settings(data=tmp_path, store=url),
+        lambda reg: LogRules(reg, quality_control=True),
+        registry=Registry(),
+    )
+    assert isinstance(store, PgStore) and store.url == url
+    engine = Engine(Settings(data=tmp_path, store=url), "admin-token")
+    assert engine.backend is POSTGRESQL and isinstance(engine.store, PgStore)
+    assert engine.registry is engine.store.registry
 
 
 def test_the_engine_takes_its_store_and_services_from_the_backend(tmp_path: Path) -> None:

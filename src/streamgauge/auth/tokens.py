@@ -46,8 +46,11 @@ class TokenIssuer:
         self._key = key
 
     @classmethod
-    def load(cls, data_dir: Path) -> TokenIssuer:
-        """Read ``data_dir/token-key``, or create it (0600, 32 random bytes) if missing."""
+    def load(cls, data_dir: Path, configured: str | None = None) -> TokenIssuer:
+        """The key ``configured`` (hex: ``STREAMGAUGE_TOKEN_KEY``, which every node of a cluster
+        shares), else read ``data_dir/token-key``, or create it (0600, 32 random bytes)."""
+        if configured is not None:
+            return cls(bytes.fromhex(configured))
         path = data_dir / KEY_FILE
         private_dir(data_dir)
         try:

@@ -10,6 +10,8 @@ import asyncio
 import dataclasses
 import functools
 import gc
+import hashlib
+import hmac
 import os
 import secrets
 import sys
@@ -86,6 +88,18 @@ def load_admin_token(settings: Settings) -> tuple[str, bool]:
     return token, True
 
 
+def token_key(settings: Settings, admin_token: str) -> str | None:
+    """The key that signs tokens and derives key secrets, as hex: ``STREAMGAUGE_TOKEN_KEY`` if
+    set; in the cluster mode (a shared store) without it, one derived from the admin token,
+    which every node of a cluster shares (HMAC-SHA256), so a token or key issued by one node
+    works on every other; else None (a random key kept in the data folder)."""
+    if settings.token_key is not None:
+        return settings.token_key
+    if settings.store is None:
+        return None
+    return hmac.new(admin_token.encode(), b"streamgauge token key", hashlib.sha256).hexdigest()
+
+
 class Engine:
     def __init__(self, settings: Settings, admin_token: str) -> None:
         self.settings = settings
@@ -101,7 +115,7 @@ class Engine:
         )
         self.metrics = Metrics()
         self.hub = Hub(on_direct=self.metrics.delivery_seconds.observe)
-        self.tokens = TokenIssuer.load(settings.data)
+        self.tokens = TokenIssuer.load(settings.data, token_key(settings, admin_token))
         self.auth = Authenticator(
             self.registry,
             admin_token,

@@ -10,7 +10,8 @@
      +-- Gone                         410     gone             resume cursor older than kept
      +-- PayloadTooLarge              413     too_large
      +-- TooManyRequests              429     too_many_requests  (with Retry-After)
-     +-- Unavailable                  503     unavailable      shutting down
+     +-- Unavailable                  503     unavailable      shutting down, store unreachable
+                                                                (Retry-After when given)
 
 Each error carries ``details``: a list of ``{"index"?, "field"?, "reason"}`` dicts saying what and
 where, so a client can point at the bad row, field or parameter.
@@ -122,3 +123,18 @@ class TooManyRequests(StreamgaugeError):
 class Unavailable(StreamgaugeError):
     status = 503
     code = "unavailable"
+
+    def __init__(
+        self,
+        message: str,
+        details: list[Detail] | None = None,
+        *,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message, details)
+        self.retry_after = None if retry_after is None else max(1, int(retry_after))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """``Retry-After`` when the condition is expected to pass (the store is unreachable)."""
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}

@@ -4,7 +4,9 @@ branch in ``settings_for``; the tests use the protocols of ``store.api`` only.""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,17 +27,21 @@ from streamgauge.store.api import (
     Store,
 )
 from streamgauge.store.factory import BACKENDS, Backend
+from tests.pg import fresh_database
 from tests.store.rules import log_rules
 
 T = TypeVar("T")
-NAMES = ["sqlite"]  # "postgresql" next
+NAMES = ["sqlite", "postgresql"]
 
 
-def settings_for(name: str, place: Path) -> Settings:
-    """Settings that give backend ``name`` fresh storage under ``place`` (a temporary
-    directory of the test)."""
+def settings_for(name: str, place: Path, url: str | None = None) -> Settings:
+    """Settings that give backend ``name`` fresh storage: under ``place`` (a temporary
+    directory of the test), or the fresh PostgreSQL database ``url``."""
     if name == "sqlite":
         return Settings(data=place, qc=True)  # the QC removal test needs the checks on
+    if name == "postgresql":
+        assert url is not None, "the postgresql backend needs a fresh database"
+        return Settings(data=place, store=url, qc=True)
     raise AssertionError(f"no storage for backend {name!r}")
 
 
@@ -97,8 +103,17 @@ class Harness:
         return await self.store.read(fn)
 
 
-def harness(name: str, place: Path) -> Harness:
-    return Harness(BACKENDS[name], settings_for(name, place))
+def harness(name: str, place: Path, url: str | None = None) -> Harness:
+    return Harness(BACKENDS[name], settings_for(name, place, url))
+
+
+@contextlib.contextmanager
+def fresh(name: str) -> Iterator[Harness]:
+    """A harness of backend ``name`` on fresh storage of its own (a temporary directory, and for
+    PostgreSQL a fresh database), removed afterwards; not yet opened."""
+    with tempfile.TemporaryDirectory() as place, contextlib.ExitStack() as stack:
+        url = stack.enter_context(fresh_database()) if name == "postgresql" else None
+        yield harness(name, Path(place), url)
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,7 @@ batches, ``read_log`` ranges and limits, ``cursor_before``, and a reopen that ke
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,7 +12,7 @@ from hypothesis import strategies as st
 
 from streamgauge.domain.errors import Conflict, Unavailable
 from streamgauge.store.api import HistoryQuery
-from tests.store.conformance.harness import NAMES, Harness, cols, harness, rows, seed
+from tests.store.conformance.harness import NAMES, Harness, cols, fresh, rows, seed
 
 
 def published_cursors(h: Harness) -> list[int]:
@@ -224,8 +222,7 @@ def test_cursor_order_under_random_batches(name: str, batches: list[list[Row]]) 
 
 
 async def _random_batches(name: str, batches: list[list[Row]]) -> None:
-    with tempfile.TemporaryDirectory() as place:
-        h = harness(name, Path(place))
+    with fresh(name) as h:
         store = await h.open()
         try:
             s = await seed(h)

@@ -37,19 +37,17 @@ from streamgauge.domain.batch import Batch
 from streamgauge.domain.commit import CommitRules, Screen
 from streamgauge.domain.errors import Conflict, NotFound, Unavailable
 from streamgauge.domain.events import (
-    DeviceDropped,
-    DevicePut,
     MetaEvent,
     SeriesAdded,
     SeriesDropped,
-    VariableDropped,
-    VariablePut,
 )
 from streamgauge.domain.filters import Expr
 from streamgauge.domain.log import AppendResult, HistoryQuery, IngestColumns
 from streamgauge.domain.readmodel import ReadModel
 from streamgauge.domain.timeseries import Points, Summaries
 from streamgauge.store import files
+from streamgauge.store.early import inverse as _inverse
+from streamgauge.store.early import undo as _undo
 from streamgauge.store.sqlite import metadata, retention, summaries
 from streamgauge.store.sqlite.fair import FairGate
 from streamgauge.store.sqlite.filtersql import to_sql
@@ -903,28 +901,6 @@ class SqliteStore:
             conn.execute("DELETE FROM temp.report_keys")
         conn.executemany("INSERT OR REPLACE INTO temp.report_keys VALUES (?, ?, ?)", rows)
         self._keys_marks[id(conn)] = mark
-
-
-def _inverse(reg: ReadModel, event: MetaEvent) -> MetaEvent:
-    """The event that restores what ``event`` changes in ``reg`` (read before it is applied):
-    a new device or variable is dropped again (with what it brought), a changed one gets its
-    old document back."""
-    if isinstance(event, DevicePut):
-        dev = reg.devices_by_pk.get(event.pk)
-        if dev is None:
-            return DeviceDropped(event.pk)
-        return DevicePut(dev.pk, dev.project_pk, dev.doc)
-    if isinstance(event, VariablePut):
-        var = reg.variables_by_pk.get(event.pk)
-        if var is None:
-            return VariableDropped(event.pk)
-        return VariablePut(var.pk, var.device_pk, var.doc)
-    raise TypeError(f"a {type(event).__name__} event cannot be applied before its commit")
-
-
-def _undo(reg: ReadModel, undo: list[MetaEvent]) -> None:
-    for event in reversed(undo):
-        reg.apply(event)
 
 
 def _forget_series(reg: ReadModel, created: list[tuple[int, int, int, int, int]]) -> None:

@@ -1,0 +1,103 @@
+"""The PostgreSQL implementations of the face-state interfaces (``store/face_state.py``), on
+the tables ``dt_accounts`` and ``dt_connectors`` of ``store/postgres/schema.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from streamgauge.domain.face_state import DTAccountSettings, StoredConnector
+from streamgauge.store.api import Store
+from streamgauge.store.postgres.conn import Conn, Tx
+
+
+class PgDTAccounts:
+    """``DTAccountStore`` on the ``dt_accounts`` table."""
+
+    def __init__(self, store: Store[Tx, Conn]) -> None:
+        self._store = store
+        self._by_pk: dict[int, DTAccountSettings] = {}
+
+    @property
+    def by_pk(self) -> Mapping[int, DTAccountSettings]:
+        return self._by_pk
+
+    async def load(self) -> None:
+        self._by_pk = await self._store.read(_load_accounts)
+
+    def put(self, tx: Tx, account_pk: int, settings: DTAccountSettings) -> None:
+        tx.execute(
+            "INSERT INTO dt_accounts VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (account_pk) DO UPDATE SET "
+            "basic_auth = excluded.basic_auth, update_time = excluded.update_time",
+            (account_pk, int(settings.basic_auth), settings.create_time, settings.update_time),
+        )
+
+        def apply() -> None:
+            have = self._by_pk.get(account_pk)
+            created = settings.create_time if have is None else have.create_time
+            self._by_pk[account_pk] = DTAccountSettings(
+                settings.basic_auth, created, settings.update_time
+            )
+
+        tx.after_commit.append(apply)
+
+
+def _load_accounts(conn: Conn) -> dict[int, DTAccountSettings]:
+    return {
+        pk: DTAccountSettings(bool(basic), ct, ut)
+        for pk, basic, ct, ut in conn.execute(
+            "SELECT account_pk, basic_auth, create_time, update_time FROM dt_accounts"
+        )
+    }
+
+
+class PgDTConnectors:
+    """``DTConnectorStore`` on the ``dt_connectors`` table."""
+
+    def __init__(self, store: Store[Tx, Conn]) -> None:
+        self._store = store
+
+    async def load(self) -> list[StoredConnector]:
+        return await self._store.read(_load_connectors)
+
+    async def insert(
+        self, project_pk: int, connector_id: str, doc: dict[str, Any], start: int
+    ) -> StoredConnector:
+        def run(tx: Tx) -> int:
+            cur = tx.execute(
+                "INSERT INTO dt_connectors (project_pk, id, doc, start_cursor) "
+                "VALUES (%s, %s, %s, %s) RETURNING pk",
+                (project_pk, connector_id, orjson.dumps(doc).decode(), start),
+            )
+            row = cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+        pk = await self._store.write(run)
+        return StoredConnector(pk, project_pk, connector_id, doc, start)
+
+    async def update(self, pk: int, doc: dict[str, Any], start: int) -> None:
+        await self._store.write(
+            lambda tx: tx.execute(
+                "UPDATE dt_connectors SET doc = %s, start_cursor = %s WHERE pk = %s",
+                (orjson.dumps(doc).decode(), start, pk),
+            )
+        )
+
+    async def delete(self, pk: int) -> None:
+        await self._store.write(
+            lambda tx: tx.execute("DELETE FROM dt_connectors WHERE pk = %s", (pk,))
+        )
+
+
+def _load_connectors(conn: Conn) -> list[StoredConnector]:
+    return [
+        StoredConnector(pk, project_pk, id_, orjson.loads(doc), start)
+        for pk, project_pk, id_, doc, start in conn.execute(
+            "SELECT pk, project_pk, id, doc, start_cursor FROM dt_connectors ORDER BY pk"
+        )
+    ]

@@ -1,0 +1,422 @@
+"""Feed tokens and feed sessions in PostgreSQL (the twin of ``store/sqlite/feeds.py``).
+
+A feed token is a read-only credential bound to one project; only its SHA-256 digest is stored
+(tokens are 256-bit random strings, so a fast digest is as safe as a slow hash and costs nothing
+per connection). A feed session is a durable consumer: the arguments it was opened with and its
+position in the log (every observation up to it has been considered and, if it matched, pushed).
+Positions move in memory as messages go out and are written in one transaction per second for
+every session that moved, and at once when a connection ends, so a clean stop or a server restart
+resumes exactly; after a kill -9 a session resumes from its last written position (at most a
+second of observations is pushed again, none is lost).
+
+Sessions do not accumulate. A detached session (no connection serves it) lives for the configured
+retention since it was last connected, and is deleted within a minute after that (sooner for a
+short retention). A token keeps at most ``sessions_per_token`` sessions: a new one first evicts
+the token's least recently used detached sessions, and is refused (``SessionLimit``) when every
+session of the token is attached, i.e. served by a connection or being opened by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from streamgauge.domain.errors import NotFound, Unavailable
+from streamgauge.domain.feeds import FeedSession, FeedToken, SessionLimit
+from streamgauge.domain.model import now_iso
+from streamgauge.store.api import Store
+from streamgauge.store.postgres.conn import Conn, Tx
+
+FLUSH_SECONDS = 1.0
+EXPIRE_EVERY_MAX_SECONDS = 60.0  # the longest a session outlives its retention in the table
+
+
+@dataclass(slots=True)
+class _Owner:
+    """The connection serving a live session: how to close it, and (once a take-over waits for
+    it) an event set when it has ended and saved its position."""
+
+    close: Callable[[], None]
+    ended: asyncio.Event | None = None
+
+
+def digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class FeedStore:
+    def __init__(
+        self,
+        store: Store[Tx, Conn],
+        retention_seconds: float,
+        sessions_per_token: int = 2000,
+    ) -> None:
+        self._store = store
+        self._retention_ms = int(retention_seconds * 1000)
+        self._expire_every = min(
+            EXPIRE_EVERY_MAX_SECONDS, max(FLUSH_SECONDS, retention_seconds / 4)
+        )
+        self._cap = sessions_per_token
+        # token pk -> its stored sessions; changed only by the writer thread, after commits
+        self._count: dict[int, int] = {}
+        # session id -> (token pk, claims): sessions a connection is opening (a new one between
+        # its insert and its first message, a resumed one from before it is read), never evicted
+        self._opening: dict[str, tuple[int, int]] = {}
+        self._by_digest: dict[bytes, FeedToken] = {}
+        self._by_pk: dict[int, FeedToken] = {}
+        self._live: dict[str, FeedSession] = {}  # sessions with an open connection
+        # session id -> its connection's owner (see _Owner)
+        self._owners: dict[str, _Owner] = {}
+        self._closers: dict[int, set[Callable[[str], None]]] = {}  # token pk -> open connections
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        def load(conn: Conn) -> list[tuple[int, str, int, str, bytes, str]]:
+            return conn.execute(
+                "SELECT pk, id, project_pk, name, digest, created FROM feed_tokens"
+            ).fetchall()
+
+        def counts(conn: Conn) -> list[tuple[int, int]]:
+            return conn.execute(
+                "SELECT token_pk, count(*) FROM feed_sessions GROUP BY token_pk"
+            ).fetchall()
+
+        for pk, id_, project_pk, name, dig, created in await self._store.read(load):
+            tok = FeedToken(pk, id_, project_pk, name, created)
+            self._by_digest[bytes(dig)] = tok
+            self._by_pk[pk] = tok
+        self._count = dict(await self._store.read(counts))
+        await self.expire()
+        self._task = asyncio.create_task(self._flusher())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        await self.flush()
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    def token_for(self, token: str) -> FeedToken | None:
+        tok = self._by_digest.get(digest(token))
+        if tok is None or tok.project_pk not in self._store.registry.projects_by_pk:
+            return None
+        return tok
+
+    def project_of(self, session: FeedSession) -> int:
+        tok = self._by_pk.get(session.token_pk)
+        if tok is None:
+            raise NotFound("the session's feed token was revoked")
+        return tok.project_pk
+
+    def tokens_of(self, project_pk: int) -> list[FeedToken]:
+        return [t for t in self._by_pk.values() if t.project_pk == project_pk]
+
+    async def create_token(self, project_pk: int, name: str) -> tuple[FeedToken, str]:
+        token = "ft_" + secrets.token_urlsafe(32)
+        id_ = "ft" + secrets.token_hex(6)
+        created = now_iso()
+
+        def insert(tx: Tx) -> int:
+            cur = tx.execute(
+                "INSERT INTO feed_tokens (id, project_pk, name, digest, created)"
+                " VALUES (%s,%s,%s,%s,%s) RETURNING pk",
+                (id_, project_pk, name, digest(token), created),
+            )
+            row = cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+        pk = await self._store.write(insert)
+        tok = FeedToken(pk, id_, project_pk, name, created)
+        self._by_digest[digest(token)] = tok
+        self._by_pk[pk] = tok
+        return tok, token
+
+    async def revoke(self, project_pk: int, token_id: str) -> None:
+        """Delete the token and its sessions, and close its open connections."""
+        tok = next(
+            (t for t in self._by_pk.values() if t.id == token_id and t.project_pk == project_pk),
+            None,
+        )
+        if tok is None:
+            raise NotFound(f"no feed token {token_id!r}")
+
+        def delete(tx: Tx) -> None:
+            tx.execute("DELETE FROM feed_sessions WHERE token_pk = %s", (tok.pk,))
+            tx.execute("DELETE FROM feed_tokens WHERE pk = %s", (tok.pk,))
+
+            def committed() -> None:
+                self._count.pop(tok.pk, None)
+
+            tx.after_commit.append(committed)
+
+        await self._store.write(delete)
+        self._by_pk.pop(tok.pk, None)
+        self._by_digest = {d: t for d, t in self._by_digest.items() if t.pk != tok.pk}
+        for close in list(self._closers.pop(tok.pk, ())):
+            close("feed token revoked")
+
+    def attach(self, token: FeedToken, close: Callable[[str], None]) -> Callable[[], None]:
+        """Register an open connection of ``token`` (closed on revoke); returns the detach."""
+        self._closers.setdefault(token.pk, set()).add(close)
+
+        def detach() -> None:
+            closers = self._closers.get(token.pk)
+            if closers is not None:
+                closers.discard(close)
+
+        return detach
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    def _attached(self, token_pk: int) -> list[str]:
+        """The token's sessions that a connection serves or is opening. Called in the writer
+        thread: ``list()`` copies each dict in one step under the GIL."""
+        live = [s.id for s in list(self._live.values()) if s.token_pk == token_pk]
+        opening = [i for i, (t, _) in list(self._opening.items()) if t == token_pk]
+        return live + opening
+
+    def claim(self, token: FeedToken, session_id: str) -> None:
+        """A connection is opening ``session_id``: it is not evicted until ``release``."""
+        _, n = self._opening.get(session_id, (token.pk, 0))
+        self._opening[session_id] = (token.pk, n + 1)
+
+    def release(self, session_id: str) -> None:
+        found = self._opening.get(session_id)
+        if found is None:
+            return
+        if found[1] > 1:
+            self._opening[session_id] = (found[0], found[1] - 1)
+        else:
+            del self._opening[session_id]
+
+    async def create_session(
+        self, token: FeedToken, args: str, position: int, after_time: int | None = None
+    ) -> FeedSession:
+        """A new session of ``token``, claimed for its connection (``release`` it when the
+        connection ends). At the cap, the token's least recently used detached sessions make
+        room; ``SessionLimit`` if every one is attached."""
+        session = FeedSession(str(uuid.uuid4()), token.pk, args, position, after_time)
+        now = _now_ms()
+        cap = self._cap
+
+        def insert(tx: Tx) -> None:
+            count = self._count.get(token.pk, 0)
+            evicted = 0
+            if count >= cap:
+                keep = self._attached(token.pk)
+                evicted = tx.execute(
+                    "DELETE FROM feed_sessions WHERE id IN (SELECT id FROM feed_sessions"
+                    " WHERE token_pk = %s AND NOT (id = ANY(%s::text[]))"
+                    " ORDER BY touched, created LIMIT %s)",
+                    (token.pk, keep, count - cap + 1),
+                ).rowcount
+                if count - evicted >= cap:
+                    raise SessionLimit(
+                        "too many sessions for this feed token",
+                        [
+                            {
+                                "field": "token",
+                                "reason": f"at most {cap} sessions per feed token, and all of"
+                                " them are connected: close one first",
+                            }
+                        ],
+                    )
+            tx.execute(
+                "INSERT INTO feed_sessions (id, token_pk, args, position, after_time, created,"
+                " touched) VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                (session.id, token.pk, args, position, after_time, now, now),
+            )
+
+            def committed() -> None:  # before any other transaction can evict it
+                self._count[token.pk] = self._count.get(token.pk, 0) - evicted + 1
+                self.claim(token, session.id)
+
+            tx.after_commit.append(committed)
+
+        await self._store.write(insert)
+        return session
+
+    async def session(self, token: FeedToken, session_id: str) -> FeedSession | None:
+        """The session of this token, if it exists and has not expired."""
+        live = self._live.get(session_id)
+        if live is not None:
+            return live if live.token_pk == token.pk else None
+        oldest = _now_ms() - self._retention_ms
+
+        def get(conn: Conn) -> tuple[str, int, int | None] | None:
+            row: tuple[str, int, int | None] | None = conn.execute(
+                "SELECT args, position, after_time FROM feed_sessions"
+                " WHERE id = %s AND token_pk = %s AND touched >= %s",
+                (session_id, token.pk, oldest),
+            ).fetchone()
+            return row
+
+        row = await self._store.read(get)
+        if row is None:
+            return None
+        return FeedSession(session_id, token.pk, row[0], row[1], row[2])
+
+    def opened(self, session: FeedSession, close: Callable[[], None]) -> None:
+        """A connection serves ``session`` now; ``close`` ends it (when another takes over).
+        Its claim (``claim``, or the one ``create_session`` made) ends: being live protects it
+        from eviction until ``closed``."""
+        self._live[session.id] = session
+        self._owners[session.id] = _Owner(close)
+        self.release(session.id)
+
+    async def take_over(self, token: FeedToken, session_id: str) -> None:
+        """Close the connection that serves this session, if any, and wait until it has ended
+        and saved its position: one session is served by one connection at a time, so a
+        client that resumes while its old connection is still open (half-open, not yet
+        noticed by the server) continues exactly where that one stopped."""
+        live = self._live.get(session_id)
+        owner = self._owners.get(session_id)
+        if live is None or owner is None or live.token_pk != token.pk:
+            return
+        if owner.ended is None:  # made only when a take-over waits (1 KB a session otherwise)
+            owner.ended = asyncio.Event()
+        ended = owner.ended
+        owner.close()
+        await ended.wait()
+
+    def positions(self, session: FeedSession) -> SessionPositions:
+        """The session's position as a durable consumer's positions (its row)."""
+        return SessionPositions(self, session)
+
+    def moved(self, session: FeedSession, position: int, after_time: int | None = None) -> None:
+        session.position = position
+        session.after_time = after_time
+        session.dirty = True
+
+    async def closed(self, session: FeedSession) -> None:
+        """The connection ended: write its position now."""
+        owner = None
+        if self._live.get(session.id) is session:
+            del self._live[session.id]
+            owner = self._owners.pop(session.id, None)
+        session.dirty = True
+        try:
+            await self._save([session])
+        finally:
+            if owner is not None and owner.ended is not None:
+                owner.ended.set()
+
+    async def flush(self) -> None:
+        await self._save([s for s in self._live.values() if s.dirty])
+
+    async def _save(self, sessions: list[FeedSession]) -> None:
+        dirty = [s for s in sessions if s.dirty]
+        if not dirty:
+            return
+        now = _now_ms()
+        # One statement for all sessions (arrays, not a statement per session).
+        ids = [s.id for s in dirty]
+        positions = [s.position for s in dirty]
+        after_times = [s.after_time for s in dirty]
+        for s in dirty:
+            s.dirty = False
+
+        def update(tx: Tx) -> None:
+            tx.execute(
+                "UPDATE feed_sessions SET position = j.position, after_time = j.after_time,"
+                " touched = %s FROM unnest(%s::text[], %s::int8[], %s::int8[])"
+                " AS j(id, position, after_time) WHERE feed_sessions.id = j.id",
+                (now, ids, positions, after_times),
+            )
+
+        try:
+            await self._store.write(update)
+        except BaseException:
+            for s in dirty:  # not stored: the next flush tries again
+                s.dirty = True
+            raise
+
+    async def expire(self) -> int:
+        """Delete detached sessions unused for longer than the retention; returns how many."""
+        oldest = _now_ms() - self._retention_ms
+
+        def delete(tx: Tx) -> int:
+            keep = list(self._live) + list(self._opening)
+            gone = tx.execute(
+                "DELETE FROM feed_sessions WHERE touched < %s"
+                " AND NOT (id = ANY(%s::text[])) RETURNING token_pk",
+                (oldest, keep),
+            ).fetchall()
+
+            def committed() -> None:
+                for (token_pk,) in gone:
+                    self._count[token_pk] = self._count.get(token_pk, 1) - 1
+
+            tx.after_commit.append(committed)
+            return len(gone)
+
+        return await self._store.write(delete)
+
+    def connected(self, project_pk: int) -> list[tuple[FeedToken, FeedSession]]:
+        """The sessions of the project's tokens that a connection serves now (for the
+        dashboard's list of connected sessions)."""
+        out: list[tuple[FeedToken, FeedSession]] = []
+        for s in list(self._live.values()):
+            tok = self._by_pk.get(s.token_pk)
+            if tok is not None and tok.project_pk == project_pk:
+                out.append((tok, s))
+        return out
+
+    def sessions_of(self, token: FeedToken) -> int:
+        """How many sessions ``token`` keeps (attached or resumable)."""
+        return self._count.get(token.pk, 0)
+
+    async def _flusher(self) -> None:
+        expired = time.monotonic()
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            try:
+                await self.flush()
+                if time.monotonic() - expired >= self._expire_every:
+                    expired = time.monotonic()
+                    await self.expire()
+            except Unavailable as exc:
+                if exc.retry_after is None:  # the store closing under us: stop quietly
+                    return
+                # PostgreSQL unreachable for now: the positions stay dirty, try again
+            except Exception:  # the store closing under us: stop quietly
+                return
+
+
+class SessionPositions:
+    """A feed session's position as ``store.api.ConsumerPositions`` (the session is a durable
+    consumer, ``faces/synoptic/feed.SessionConsumer``, named by its id): the session row. A
+    save moves the session in memory (``FeedStore.moved``, as every message pushed does); the
+    row is written with every moved session once a second and when its connection ends
+    (``closed``), so a clean stop or restart resumes exactly, a kill at most a second back."""
+
+    def __init__(self, feeds: FeedStore, session: FeedSession) -> None:
+        self._feeds = feeds
+        self._session = session
+
+    def _check(self, name: str) -> None:
+        if name != self._session.id:
+            raise KeyError(f"these are the positions of session {self._session.id}, not {name}")
+
+    async def load(self, name: str) -> int | None:
+        self._check(name)
+        return self._session.position
+
+    async def save(self, name: str, position: int) -> None:
+        self._check(name)
+        self._feeds.moved(self._session, position, self._session.after_time)
+
+    async def forget(self, name: str) -> None:
+        """A session is forgotten by its retention (``expire``), never by its reader."""
+        self._check(name)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

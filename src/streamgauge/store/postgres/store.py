@@ -1,0 +1,927 @@
+"""The PostgreSQL store: one writer thread fed by a queue, pooled readers, the log in ``obs``.
+
+One log for every node (see ``docs/cluster.md``, "One log"). Every append runs in one
+transaction that first takes the cluster-wide advisory lock ``LOG_LOCK``
+(``pg_advisory_xact_lock``), then reads the head (``state.head``), checks the batch's keys,
+numbers its rows ``head + 1 ..`` (binary COPY), moves the head and commits; the lock is released
+by the commit. So appends of every process on the database are serialized, each sees the one
+before it committed, and cursors are unique, gapless and in commit order across nodes. A reader
+(one statement, one snapshot) always sees a prefix of the log.
+
+Duplicates: the in-memory latest time of each series (the registry's ``latest``) says which
+rows are new for sure. It is exact only while this process wrote every row, so when the head
+read under the lock is not the last cursor this process wrote, another node has written: the
+latest times of the batch's series are read again from the database (one index seek each)
+before the rules screen the batch. The probe of older rows always asks the database.
+
+Faults: connections have connect, statement and TCP timeouts. A write or read that fails on a
+connection error raises ``Unavailable`` with ``Retry-After`` (503); the connection is dropped and
+the next job connects again, so the store recovers when PostgreSQL is back.
+
+Each node publishes the batches it committed, in its commit order (the bus carries the others').
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import gc
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+
+from streamgauge.domain.batch import Batch
+from streamgauge.domain.commit import CommitRules
+from streamgauge.domain.errors import Conflict, NotFound, StreamgaugeError, Unavailable
+from streamgauge.domain.events import MetaEvent, SeriesAdded, SeriesDropped
+from streamgauge.domain.filters import Expr
+from streamgauge.domain.log import AppendResult, HistoryQuery, IngestColumns
+from streamgauge.domain.readmodel import ReadModel
+from streamgauge.domain.timeseries import Points, Summaries
+from streamgauge.store.early import inverse as _inverse
+from streamgauge.store.early import undo as _undo
+from streamgauge.store.postgres import metadata, retention, summaries
+from streamgauge.store.postgres.conn import (
+    Conn,
+    Tx,
+    connect,
+    first_line,
+    is_connection_error,
+    unreachable,
+)
+from streamgauge.store.postgres.filtersql import to_sql
+from streamgauge.store.postgres.schema import LOCK_CLASS, LOG_LOCK, migrate
+from streamgauge.store.sqlite.fair import FairGate
+
+T = TypeVar("T")
+log = logging.getLogger("streamgauge.store")
+IDLE_SECONDS = 0.5  # a writer idle this long checkpoints the QC state
+REPLAY_ROWS = 200_000  # log rows per read while replaying QC on open
+COPY_SQL = "COPY obs (cursor, series, time, num, txt, qc, received) FROM STDIN (FORMAT BINARY)"
+COPY_TYPES = ["int8", "int8", "int8", "float8", "text", "int8", "int8"]
+
+
+class PgStore:
+    """The log and transaction runner of the ``postgresql`` backend (``store.api.Store``).
+
+    Owns one writer connection (its thread runs every write, in queue order) and a reader
+    connection per reader thread. The engine calls ``open``/``close``, ``append`` and the reads;
+    the table modules of ``store.postgres`` run in ``write``/``read``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        readers: int = 4,
+        rules: Callable[[ReadModel], CommitRules],
+        registry: ReadModel,
+        connect_timeout: float = 5.0,
+        statement_timeout: float = 30.0,
+    ) -> None:
+        self.url = url
+        # The engine's registry: loaded on open, handed each committed transaction's metadata
+        # events (its ``apply`` is the one way metadata changes).
+        self.registry = registry
+        # Called on the event loop with (first, last sequence number, events) of each committed
+        # transaction that changed metadata, before its batches are published (cluster mode).
+        self.on_events: Callable[[int, int, list[MetaEvent]], None] | None = None
+        self.rules: CommitRules = rules(self.registry)
+        # Per project, the highest cursor retention removed (store/postgres/retention.py).
+        self.gone: dict[int, int] = {}
+        self._timeouts = {
+            "connect_timeout": connect_timeout,
+            "statement_timeout": statement_timeout,
+        }
+        self._head = 0  # last cursor published on the loop
+        self._writer_head = 0  # last cursor this process committed (writer thread)
+        self._queue: queue.SimpleQueue[tuple[Callable[[Tx], Any], asyncio.Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._publish: Callable[[Batch], None] = lambda b: None
+        self._local = threading.local()
+        self._reader_conns: list[Conn] = []
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="sg-pg-read")
+        self._gate = FairGate(readers)
+        self._closed = False
+        self.write_seconds = 0.0
+        self._qc_dirty: set[int] = set()
+        self._writer_conn: Conn | None = None
+
+    def _connect(self) -> Conn:
+        return connect(self.url, **self._timeouts)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def head(self) -> int:
+        return self._head
+
+    async def durable_head(self) -> int:
+        """The last cursor committed by any node (``state.head``)."""
+        return await self.read(lambda conn: _state(conn, "head"))
+
+    # -- metadata events, as the cluster mode's meta channel reads them ---------------------------
+
+    async def events_head(self) -> int:
+        return await self.read(metadata.events_head)
+
+    async def read_events(
+        self, after: int, upto: int | None, limit: int
+    ) -> list[tuple[int, MetaEvent]]:
+        return await self.read(lambda c: metadata.read_events(c, after, upto, limit))
+
+    async def open(self, publish: Callable[[Batch], None]) -> None:
+        """Connect (``Unavailable`` naming the store if it cannot), migrate, load."""
+        self._loop = asyncio.get_running_loop()
+        self._publish = publish
+        conn = await asyncio.to_thread(self._connect)
+        try:
+            await asyncio.to_thread(self._load, conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._writer_conn = conn
+        gc.collect()
+        gc.freeze()
+        self._head = self._writer_head
+        self._thread = threading.Thread(target=self._writer, name="sg-pg-writer", daemon=True)
+        self._thread.start()
+
+    def _load(self, conn: Conn) -> None:
+        migrate(conn)
+        with conn.transaction():  # one snapshot: the tables, the head and the latest times
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            for event in metadata.load(conn):
+                self.registry.apply(event)
+            self._writer_head = _state(conn, "head")
+            rows = conn.execute(
+                "SELECT s, (SELECT max(time) FROM obs WHERE series = s) FROM unnest(%s::int8[]) s",
+                (_log_series(conn),),
+            ).fetchall()
+            rows = [r for r in rows if r[1] is not None]
+            if rows:
+                series, latest = zip(*rows, strict=True)
+                self.registry.restore_latest(series, latest)
+            self.gone = retention.load_gone(conn)
+        self._load_qc_state(conn)
+
+    def _load_qc_state(self, conn: Conn) -> None:
+        """QC state as checkpointed, then the log after the checkpoint replayed through the
+        checks in cursor order."""
+        st = self.registry.qc_state
+        for series, last_time, last_value, same_since in conn.execute(
+            "SELECT series, last_time, last_value, same_since FROM qc_state"
+        ):
+            st.ensure(series + 1)
+            st.last_time[series] = last_time
+            st.last_value[series] = np.nan if last_value is None else last_value
+            st.same_since[series] = same_since
+        after = _state(conn, "qc_cursor")
+        while True:
+            chunk = conn.execute(
+                "SELECT cursor, series, time, num FROM obs WHERE cursor > %s "
+                "ORDER BY cursor LIMIT %s",
+                (after, REPLAY_ROWS),
+            ).fetchall()
+            if not chunk:
+                break
+            cursors, series, times, nums = zip(*chunk, strict=True)
+            self.rules.replay(
+                np.array(series, np.int64),
+                np.array(times, np.int64),
+                np.array([np.nan if v is None else v for v in nums], np.float64),
+            )
+            self._qc_dirty.update(series)
+            after = cursors[-1]
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        elif self._writer_conn is not None:
+            self._writer_conn.close()
+        self._readers.shutdown(wait=True)
+        for conn in self._reader_conns:
+            conn.close()
+
+    # -- the writer -----------------------------------------------------------------------------
+
+    def _writer(self) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        while True:
+            try:
+                job = self._queue.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                self._checkpoint_qc()
+                continue
+            if job is None:
+                self._checkpoint_qc()
+                break
+            fn, fut = job
+            started = time.perf_counter()
+            try:
+                tx = self._run(fn)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                loop.call_soon_threadsafe(_fail, fut, exc)
+                continue
+            finally:
+                self.write_seconds += time.perf_counter() - started
+            events = tx.tx.events
+            for event in events[tx.tx.applied :]:  # the registry follows what committed
+                self.registry.apply(event)
+            for hook in tx.after_commit:
+                hook()
+            if events and self.on_events is not None:  # before the batches that need them
+                loop.call_soon_threadsafe(
+                    self.on_events, tx.last_seq - len(events) + 1, tx.last_seq, list(events)
+                )
+            for batch in tx.publish:
+                loop.call_soon_threadsafe(self._published, batch)
+            loop.call_soon_threadsafe(_succeed, fut, tx.result)
+        if self._writer_conn is not None:
+            self._writer_conn.close()
+
+    def _run(self, fn: Callable[[Tx], Any]) -> _Done:
+        """Run ``fn`` in one transaction on the writer connection (connecting first if the
+        last one was lost); connection errors become ``Unavailable``."""
+        tx: Tx | None = None
+        try:
+            if self._writer_conn is None or self._writer_conn.closed:
+                self._writer_conn = self._connect()
+            conn = self._writer_conn
+            tx = Tx(conn)
+            last_seq = 0
+            with conn.transaction():
+                # Every write of every node, one at a time, in commit order: log cursors and
+                # event sequence numbers are numbered from ``state`` under this lock.
+                tx.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOG_LOCK))
+                result = fn(tx)
+                if tx.events:  # in the same transaction: a change and its events, or neither
+                    last_seq = metadata.write_events(tx, tx.events, int(time.time() * 1000))
+            return _Done(tx, result, last_seq)
+        except BaseException as exc:
+            if tx is not None:
+                for undo in tx.on_rollback:
+                    undo()
+            if isinstance(exc, psycopg.errors.UniqueViolation):
+                # Another node made the same id first (this node's registry had not heard yet).
+                raise Conflict(
+                    "an item with this id was just created by another node",
+                    [{"reason": first_line(exc)}],
+                ) from exc
+            if isinstance(exc, psycopg.Error):
+                if is_connection_error(exc) or (
+                    self._writer_conn is not None and self._writer_conn.broken
+                ):
+                    self._drop_writer()
+                    raise unreachable(exc) from exc
+            raise
+
+    def _drop_writer(self) -> None:
+        if self._writer_conn is not None:
+            try:
+                self._writer_conn.close()
+            finally:
+                self._writer_conn = None
+
+    def _published(self, batch: Batch) -> None:
+        self._head = max(self._head, batch.last)
+        self._publish(batch)
+
+    def _checkpoint_qc(self) -> None:
+        """Write the QC state of the series changed since the last checkpoint, with the cursor
+        it is current at (``qc_cursor``)."""
+        if not self._qc_dirty:
+            return
+        st = self.registry.qc_state
+        dirty = np.fromiter(self._qc_dirty, np.int64, len(self._qc_dirty))
+        dirty = dirty[dirty < len(st.last_time)]
+        last_value = st.last_value[dirty]
+        try:
+            self._run(
+                lambda tx: (
+                    tx.execute(
+                        "INSERT INTO qc_state SELECT * FROM unnest("
+                        "%s::int8[], %s::int8[], %s::float8[], %s::int8[]) "
+                        "ON CONFLICT (series) DO UPDATE SET last_time = excluded.last_time, "
+                        "last_value = excluded.last_value, same_since = excluded.same_since",
+                        (
+                            dirty.tolist(),
+                            st.last_time[dirty].tolist(),
+                            [None if np.isnan(v) else v for v in last_value.tolist()],
+                            st.same_since[dirty].tolist(),
+                        ),
+                    ),
+                    tx.execute(
+                        "UPDATE state SET value = greatest(value, %s) WHERE key = 'qc_cursor'",
+                        (self._writer_head,),
+                    ),
+                )
+            )
+        except (psycopg.Error, StreamgaugeError):
+            log.warning("checkpointing the QC state failed; will retry", exc_info=True)
+            return
+        self._qc_dirty.clear()
+
+    async def write(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` in one write transaction on the writer thread."""
+        if self._closed or self._loop is None:
+            raise Unavailable("the store is closed")
+        fut: asyncio.Future[T] = self._loop.create_future()
+        self._queue.put((fn, fut))
+        return await fut
+
+    # -- readers --------------------------------------------------------------------------------
+
+    def _reader(self) -> Conn:
+        conn: Conn | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self._connect()
+            self._local.conn = conn
+            self._reader_conns.append(conn)
+        return conn
+
+    def _read_in_thread(self, fn: Callable[[Conn], T]) -> T:
+        try:
+            return fn(self._reader())
+        except psycopg.Error as exc:
+            conn: Conn | None = getattr(self._local, "conn", None)
+            if conn is not None and (is_connection_error(exc) or conn.broken):
+                conn.close()
+                self._local.conn = None
+                raise unreachable(exc) from exc
+            raise
+
+    async def read(self, fn: Callable[[Conn], T], *, key: object = None) -> T:
+        """Run ``fn`` on a pooled reader connection (autocommit: each statement sees every
+        transaction committed before it), reads taking turns by ``key`` (``FairGate``)."""
+        if self._closed or self._loop is None:
+            raise Unavailable("the store is closed")
+        await self._gate.acquire(key)
+        fut = self._loop.run_in_executor(self._readers, self._read_in_thread, fn)
+        fut.add_done_callback(self._read_done)
+        return await asyncio.shield(fut)
+
+    def _read_done(self, fut: asyncio.Future[Any]) -> None:
+        self._gate.release()
+        if not fut.cancelled():
+            fut.exception()
+
+    # -- the log --------------------------------------------------------------------------------
+
+    async def append(self, columns: IngestColumns) -> AppendResult:
+        return await self.write(lambda tx: self._append(tx, columns))
+
+    async def append_with(
+        self, metadata: Callable[[Tx], object], columns: Callable[[], IngestColumns]
+    ) -> AppendResult:
+        """Metadata writes and the batch ``columns`` builds after them, in one transaction
+        (``store.api.Store.append_with``): the metadata's device and variable puts are applied
+        to the registry early (so the rows resolve against them) and undone if it fails."""
+
+        def run(tx: Tx) -> AppendResult:
+            metadata(tx)
+            reg = self.registry
+            undo: list[MetaEvent] = []
+            tx.on_rollback.append(functools.partial(_undo, reg, undo))
+            for event in tx.events[tx.applied :]:
+                undo.append(_inverse(reg, event))
+                reg.apply(event)
+                tx.applied += 1
+            return self._append(tx, columns())
+
+        return await self.write(run)
+
+    def _append(self, tx: Tx, c: IngestColumns) -> AppendResult:
+        reg = self.registry
+        rules = self.rules
+        n = len(c.times)
+        # The cluster-wide commit order (``_run`` took the log lock): the head read now sees
+        # every append committed before.
+        head = _state(tx.conn, "head")  # a new statement: sees every append committed before
+        series = self._resolve_series(tx, c)
+        if head != self._writer_head:  # another process wrote: our latest times may be stale
+            self._refresh_latest(tx, series)
+        screen = rules.screen(series, c.times, c.values, reg.latest[series])
+        found = (
+            _probe(tx.conn, series[screen.probe], c.times[screen.probe])
+            if len(screen.probe)
+            else {}
+        )
+        verdict = rules.settle(screen, series, c.times, c.values, found)
+        if verdict.conflicts:
+            raise Conflict(
+                f"{len(verdict.conflicts)} row(s) conflict with stored observations; "
+                "nothing was stored",
+                verdict.conflicts,
+            )
+        idx = verdict.keep
+        accepted = len(idx)
+        dups = verdict.duplicates
+        if not accepted:
+            self._writer_head = head
+            return AppendResult(0, dups, None, None)
+        first = head + 1
+        last = head + accepted
+        cursors = np.arange(first, last + 1, dtype=np.int64)
+        s_keep, t_keep = series[idx], c.times[idx]
+        values = [c.values[i] for i in idx.tolist()] if accepted != n else c.values
+        numeric = _numeric(values)
+        q_keep = rules.flag(s_keep, t_keep, numeric)
+        received = int(time.time() * 1000)
+        _copy_rows(tx.conn, cursors, s_keep, t_keep, values, q_keep, received)
+        summaries.add(tx, s_keep, t_keep, numeric, q_keep)
+        tx.execute("UPDATE state SET value = %s WHERE key = 'head'", (last,))
+
+        def advance() -> None:
+            self._writer_head = last
+            np.maximum.at(reg.latest, s_keep, t_keep)
+            rules.advance(s_keep, t_keep, numeric, q_keep)
+            self._qc_dirty.update(np.unique(s_keep).tolist())
+
+        tx.after_commit.append(advance)
+        tx.publish.append(
+            Batch(c.project_pk, cursors, s_keep, t_keep, values, q_keep, time.monotonic_ns())
+        )
+        return AppendResult(accepted, dups, first, last)
+
+    def _refresh_latest(self, tx: Tx, series: npt.NDArray[np.int64]) -> None:
+        """The latest stored time of each of ``series`` read from the database (one index
+        seek per series), for a batch appended after another process wrote."""
+        uniq = np.unique(series)
+        reg = self.registry
+        rows = [
+            (int(pk), int(latest))
+            for pk, latest in tx.execute(
+                "SELECT s, (SELECT max(time) FROM obs WHERE series = s) FROM unnest(%s::int8[]) s",
+                (uniq.tolist(),),
+            )
+            if latest is not None
+        ]
+        if rows:
+            pks, latest = zip(*rows, strict=True)
+            reg.restore_latest(pks, latest)
+
+    def _resolve_series(self, tx: Tx, c: IngestColumns) -> npt.NDArray[np.int64]:
+        """Series pk of every row. A series this process does not know is looked up in the
+        database (another node may have created it) and otherwise created with a pk from
+        ``state.series_end`` (read and moved under the log lock, so nodes never give one pk
+        twice; never reused, as in the embedded store)."""
+        reg = self.registry
+        keys = c.variable_pks * 1024 + c.sets
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        pks = np.empty(len(uniq), np.int64)
+        unknown: list[tuple[int, int, int]] = []  # (position, variable pk, set)
+        for j, key in enumerate(uniq.tolist()):
+            var_pk, set_ = divmod(key, 1024)
+            pk = reg.series.get((var_pk, set_))
+            if pk is None:
+                unknown.append((j, var_pk, set_))
+            else:
+                pks[j] = pk
+        if unknown:
+            stored = {
+                (int(v), int(s)): int(pk)
+                for pk, v, s in tx.execute(
+                    "SELECT pk, variable_pk, set_ FROM series "
+                    "WHERE (variable_pk, set_) IN (SELECT * FROM unnest(%s::int8[], %s::int8[]))",
+                    ([u[1] for u in unknown], [u[2] for u in unknown]),
+                )
+            }
+            end = max(reg.series_end, _state(tx.conn, "series_end"))
+            created: list[tuple[int, int, int, int, int]] = []
+            for j, var_pk, set_ in unknown:
+                var = reg.variables_by_pk.get(var_pk)
+                if var is None:
+                    raise NotFound("a variable of this batch was deleted while it was written")
+                dev = reg.devices_by_pk[var.device_pk]
+                pk = stored.get((var_pk, set_))
+                added = SeriesAdded(
+                    pk if pk is not None else end,
+                    dev.project_pk,
+                    dev.pk,
+                    var_pk,
+                    set_,
+                    dev.doc.id,
+                    var.doc.id,
+                )
+                if pk is None:  # new: its event is written with this transaction
+                    pk = end
+                    end += 1
+                    if not created:
+                        tx.on_rollback.append(functools.partial(_forget_series, reg, created))
+                    created.append((pk, dev.project_pk, dev.pk, var_pk, set_))
+                    tx.events.append(added)
+                # Applied now, so the batch's QC has its limits (and its pk is taken); a new
+                # one is applied again after the commit (a no-op) or undone if it fails. One
+                # another node made is stored with its event already (the meta channel brings
+                # it here too: a no-op then).
+                reg.apply(added)
+                pks[j] = pk
+            if created:
+                tx.execute(
+                    "INSERT INTO series (pk, project_pk, device_pk, variable_pk, set_) "
+                    "SELECT * FROM unnest(%s::int8[], %s::int8[], %s::int8[], %s::int8[], "
+                    "%s::int8[])",
+                    tuple(list(col) for col in zip(*created, strict=True)),
+                )
+                tx.execute("UPDATE state SET value = %s WHERE key = 'series_end'", (end,))
+        out: npt.NDArray[np.int64] = pks[inverse.reshape(-1)]
+        return out
+
+    # -- time series (aggregates, latest values, retention) ------------------------------------
+
+    async def aggregate_inputs(
+        self,
+        project_pk: int,
+        series: Sequence[int],
+        lo_ms: int,
+        hi_ms: int,
+        qc_remove: int,
+        plan: Callable[[Summaries], list[tuple[int, int, int]]],
+    ) -> tuple[Summaries, Points]:
+        """The hour summaries of ``series`` over ``[lo_ms, hi_ms)`` (QC flags passing
+        ``qc_remove``), and the raw numeric rows of the (series, from, to) ranges ``plan``
+        asks for given those summaries, both from one read snapshot."""
+
+        def run(conn: Conn) -> tuple[Summaries, Points]:
+            with _snapshot(conn):
+                return summaries.read(conn, series, lo_ms, hi_ms, qc_remove, plan)
+
+        return await self.read(run, key=project_pk)
+
+    async def latest_rows(self) -> Batch:
+        """Every series' newest stored row (its greatest time), in series order: one index
+        seek per series."""
+
+        def run(conn: Conn) -> Batch:
+            with _snapshot(conn):
+                rows = conn.execute(
+                    "SELECT o.cursor, o.series, o.time, o.num, o.txt, o.qc "
+                    "FROM unnest(%s::int8[]) s(pk) CROSS JOIN LATERAL ("
+                    "SELECT * FROM obs WHERE series = s.pk ORDER BY time DESC LIMIT 1) o "
+                    "ORDER BY o.series",
+                    (_log_series(conn),),
+                ).fetchall()
+            return _batch(0, rows)
+
+        return await self.read(run)
+
+    async def newest_passing(self, series: Sequence[int], qc_remove: int) -> Batch:
+        """Each of ``series``' newest row without a QC flag of ``qc_remove`` (series order)."""
+
+        def run(conn: Conn) -> Batch:
+            rows = conn.execute(
+                "SELECT o.cursor, o.series, o.time, o.num, o.txt, o.qc "
+                "FROM unnest(%s::int8[]) WITH ORDINALITY s(pk, i) CROSS JOIN LATERAL ("
+                "SELECT * FROM obs WHERE series = s.pk AND (qc & %s) = 0"
+                " ORDER BY time DESC LIMIT 1) o ORDER BY s.i",
+                (list(series), qc_remove),
+            ).fetchall()
+            return _batch(0, rows)
+
+        return await self.read(run)
+
+    async def expired(self, cutoffs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The (series, cutoff ms) pairs of ``cutoffs`` having rows older than the cutoff."""
+        return await self.read(lambda conn: retention.expired(conn, cutoffs))
+
+    async def expire(
+        self,
+        project_pk: int,
+        cutoffs: Sequence[tuple[int, int]],
+        *,
+        keep_summaries: bool,
+        max_rows: int,
+    ) -> tuple[int, bool]:
+        """One bounded step of retention (one write transaction): remove up to ``max_rows``
+        rows of the project's series older than their cutoff. Returns (rows removed, done)."""
+
+        def run(tx: Tx) -> tuple[int, bool]:
+            removed, top, done = retention.expire_step(
+                tx, project_pk, cutoffs, keep_summaries=keep_summaries, max_rows=max_rows
+            )
+            if top:
+
+                def moved() -> None:
+                    self.gone[project_pk] = max(self.gone.get(project_pk, 0), top)
+
+                tx.after_commit.append(moved)
+            return removed, done
+
+        return await self.write(run)
+
+    async def read_log(
+        self, after: int, upto: int, limit: int, *, project_pk: int | None = None
+    ) -> Batch:
+        """The log's rows in ``(after, upto]``, every project's (``project_pk`` is a hint the
+        SQLite backend uses to skip other projects' ranges; the caller's selection filters)."""
+
+        def run(conn: Conn) -> Batch:
+            return _batch(
+                0,
+                conn.execute(
+                    "SELECT cursor, series, time, num, txt, qc FROM obs "
+                    "WHERE cursor > %s AND cursor <= %s ORDER BY cursor LIMIT %s",
+                    (after, upto, limit),
+                ).fetchall(),
+            )
+
+        return await self.read(run)
+
+    async def cursor_before(self, received_ms: int) -> int:
+        """The last cursor committed before ``received_ms`` (0: none): a binary search over
+        the log by primary key (commit times follow cursor order)."""
+
+        def run(conn: Conn) -> int:
+            row = conn.execute("SELECT value FROM state WHERE key = 'head'").fetchone()
+            lo, hi = 0, int(row[0]) if row else 0
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                got = conn.execute(
+                    "SELECT cursor, received FROM obs WHERE cursor >= %s ORDER BY cursor LIMIT 1",
+                    (mid,),
+                ).fetchone()
+                if got is not None and got[1] < received_ms:
+                    lo = max(mid, int(got[0]))
+                else:
+                    hi = mid - 1
+            return lo
+
+        return await self.read(run)
+
+    async def history(self, query: HistoryQuery) -> Batch:
+        def run(conn: Conn) -> Batch:
+            sql, params = _history_sql(query)
+            return _batch(query.project_pk, conn.execute(sql.encode(), params).fetchall())
+
+        return await self.read(run, key=query.project_pk)
+
+    async def next_time(self, query: HistoryQuery) -> int | None:
+        """The time of the first row of ``query`` (QC removal aside), or None: one index seek
+        per series."""
+
+        def run(conn: Conn) -> int | None:
+            sql, params = _next_time_sql(query)
+            row = conn.execute(sql.encode(), params).fetchone()
+            return None if row is None or row[0] is None else int(row[0])
+
+        return await self.read(run, key=query.project_pk)
+
+    async def history_judged(
+        self, query: HistoryQuery, expr: Expr
+    ) -> tuple[Batch, tuple[int, int] | None, int]:
+        """One page of ``query`` judged by ``expr`` per station report (see the embedded
+        store's docstring): the candidates, the project's rows at their times and the judgement
+        in one statement, the expression compiled by ``filtersql.to_sql``. The station of each
+        series comes from the registry as two array parameters (no temporary table)."""
+        keys = self._report_keys()
+
+        def run(conn: Conn) -> tuple[Batch, tuple[int, int] | None, int]:
+            sql, params = _judged_history_sql(query, expr, keys)
+            rows = conn.execute(sql.encode(), params).fetchall()
+            last = (int(rows[-1][2]), int(rows[-1][0])) if rows else None
+            passing = [r[:6] for r in rows if r[6]]
+            return _batch(query.project_pk, passing), last, len(rows)
+
+        return await self.read(run, key=query.project_pk)
+
+    def _report_keys(self) -> tuple[list[int], list[int], list[str]]:
+        """(series, station, sensor) of every series of the registry: a station is a site, or
+        a device without one (as a negative number)."""
+        reg = self.registry
+        sites = {(s.project_pk, s.doc.id): s.pk for s in list(reg.sites.values())}
+        series: list[int] = []
+        stations: list[int] = []
+        sensors: list[str] = []
+        for pk, rec in list(reg.series_by_pk.items()):
+            dev = reg.devices_by_pk.get(rec.device_pk)
+            site = sites.get((dev.project_pk, dev.doc.site)) if dev and dev.doc.site else None
+            series.append(pk)
+            stations.append(site if site is not None else -rec.device_pk - 1)
+            sensors.append(rec.variable_id)
+        return series, stations, sensors
+
+
+@dataclasses.dataclass(slots=True)
+class _Done:
+    tx: Tx
+    result: Any
+    last_seq: int = 0  # the last metadata event's sequence number (0: no event)
+
+    @property
+    def after_commit(self) -> list[Callable[[], None]]:
+        return self.tx.after_commit
+
+    @property
+    def publish(self) -> list[Batch]:
+        return self.tx.publish
+
+
+def _forget_series(reg: ReadModel, created: list[tuple[int, int, int, int, int]]) -> None:
+    for row in created:
+        reg.apply(SeriesDropped(row[0]))
+
+
+def _log_series(conn: Conn) -> list[int]:
+    """Every series the log has rows of (deleted series' too), by a skip scan of the (series,
+    time) index: one index seek per series, never a scan of the log."""
+    return [
+        int(r[0])
+        for r in conn.execute(
+            "WITH RECURSIVE s(series) AS ("
+            "(SELECT series FROM obs ORDER BY series LIMIT 1) UNION ALL "
+            "SELECT (SELECT o.series FROM obs o WHERE o.series > s.series"
+            " ORDER BY o.series LIMIT 1) FROM s WHERE s.series IS NOT NULL) "
+            "SELECT series FROM s WHERE series IS NOT NULL"
+        )
+    ]
+
+
+@contextlib.contextmanager
+def _snapshot(conn: Conn) -> Iterator[None]:
+    """One read snapshot for the statements inside (a read-only repeatable-read
+    transaction on the autocommit reader connection)."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield
+
+
+def _state(conn: Conn, key: str) -> int:
+    row = conn.execute("SELECT value FROM state WHERE key = %s", (key,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _succeed(fut: asyncio.Future[Any], result: Any) -> None:
+    if not fut.done():
+        fut.set_result(result)
+
+
+def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+def _numeric(values: list[Any]) -> npt.NDArray[np.float64]:
+    return np.fromiter((v if type(v) is float else np.nan for v in values), np.float64, len(values))
+
+
+def _copy_rows(
+    conn: Conn,
+    cursors: npt.NDArray[np.int64],
+    series: npt.NDArray[np.int64],
+    times: npt.NDArray[np.int64],
+    values: list[Any],
+    qc: npt.NDArray[np.int64],
+    received: int,
+) -> None:
+    """Append rows to the log with binary COPY (a number goes to ``num``, a string to
+    ``txt``)."""
+    nums = [v if type(v) is float else None for v in values]
+    txts = [v if type(v) is str else None for v in values]
+    with conn.cursor() as cur, cur.copy(COPY_SQL.encode()) as copy:
+        copy.set_types(COPY_TYPES)
+        write = copy.write_row
+        for row in zip(
+            cursors.tolist(),
+            series.tolist(),
+            times.tolist(),
+            nums,
+            txts,
+            qc.tolist(),
+            [received] * len(nums),
+            strict=True,
+        ):
+            write(row)
+
+
+def _probe(
+    conn: Conn, series: npt.NDArray[np.int64], times: npt.NDArray[np.int64]
+) -> dict[tuple[int, int], Any]:
+    """The stored value of each (series, time) of the probe that is stored."""
+    return {
+        (int(s), int(t)): (txt if txt is not None else num)
+        for s, t, num, txt in conn.execute(
+            "SELECT o.series, o.time, o.num, o.txt FROM unnest(%s::int8[], %s::int8[]) "
+            "AS k(series, time) JOIN obs o ON o.series = k.series AND o.time = k.time",
+            (series.tolist(), times.tolist()),
+        )
+    }
+
+
+def _batch(project_pk: int, rows: Sequence[Sequence[Any]]) -> Batch:
+    """A batch of rows ``(cursor, series, time, num, txt, qc)``."""
+    if not rows:
+        z = np.zeros(0, np.int64)
+        return Batch(project_pk, z, z.copy(), z.copy(), [], z.copy())
+    cursors, series, times, nums, txts, qc = zip(*rows, strict=True)
+    return Batch(
+        project_pk,
+        np.array(cursors, np.int64),
+        np.array(series, np.int64),
+        np.array(times, np.int64),
+        [t if t is not None else v for v, t in zip(nums, txts, strict=True)],
+        np.array(qc, np.int64),
+    )
+
+
+def _series_sql(q: HistoryQuery) -> tuple[str, list[Any]]:
+    """The series a read covers: the project's, or one array parameter."""
+    if q.series is None:
+        return "SELECT pk FROM series WHERE project_pk = %s", [q.project_pk]
+    return "SELECT unnest(%s::int8[])", [list(q.series)]
+
+
+def _conditions(q: HistoryQuery, extra: Sequence[str] = ()) -> tuple[list[str], list[Any]]:
+    """The row conditions of ``q`` as templates over ``{t}`` (time), ``{c}`` (cursor) and
+    ``{q}`` (qc); the resume key gives a range as well as the keyset condition, so each
+    series' index is entered at the key."""
+    conds: list[str] = []
+    cparams: list[Any] = []
+    if q.start is not None:
+        conds.append("{t} >= %s")
+        cparams.append(q.start)
+    if q.end is not None:
+        conds.append("{t} < %s")
+        cparams.append(q.end)
+    if q.after is not None:
+        conds.append("{t} >= %s AND ({t} > %s OR {c} > %s)")
+        cparams += [q.after[0], q.after[0], q.after[1]]
+    if q.times is not None:
+        conds.append("{t} = ANY(%s::int8[])")
+        cparams.append(list(q.times))
+    conds.extend(extra)  # the caller's code over its CTEs, never user text
+    if q.qc_remove:
+        conds.append("({q} & %s) = 0")
+        cparams.append(q.qc_remove)
+    return conds, cparams
+
+
+def _history_sql(
+    q: HistoryQuery, *, ordered: bool = True, extra: Sequence[str] = ()
+) -> tuple[str, list[Any]]:
+    series_sql, sparams = _series_sql(q)
+    conds, cparams = _conditions(q, extra)
+    cond = "".join(" AND " + x.format(t="time", c="cursor", q="qc") for x in conds)
+    sql = f"SELECT cursor, series, time, num, txt, qc FROM obs WHERE series IN ({series_sql}){cond}"
+    params = [*sparams, *cparams]
+    if not ordered:
+        return sql, params
+    return sql + " ORDER BY time, cursor LIMIT %s", [*params, q.limit]
+
+
+def _next_time_sql(q: HistoryQuery) -> tuple[str, list[Any]]:
+    series_sql, sparams = _series_sql(q)
+    conds, cparams = _conditions(dataclasses.replace(q, qc_remove=0))
+    cond = "".join(" AND " + x.format(t="o.time", c="o.cursor", q="") for x in conds)
+    sql = (
+        "SELECT min(t) FROM ("
+        "SELECT (SELECT o.time FROM obs o "
+        f"WHERE o.series = s.pk{cond} ORDER BY o.time LIMIT 1) AS t "
+        f"FROM ({series_sql}) AS s(pk)) x"
+    )
+    return sql, [*cparams, *sparams]
+
+
+def _judged_history_sql(
+    q: HistoryQuery, expr: Expr, keys: tuple[list[int], list[int], list[str]]
+) -> tuple[str, list[Any]]:
+    """The candidate page ``q``, each row with whether its station report satisfies ``expr``
+    (see ``PgStore.history_judged``). Every user value is a bound parameter."""
+    cand_sql, cand_params = _history_sql(q)
+    population = dataclasses.replace(q, series=None, start=None, end=None, after=None)
+    rows_sql, rows_params = _history_sql(
+        population, ordered=False, extra=["{t} IN (SELECT time FROM cand)"]
+    )
+    judged, expr_params = to_sql(expr, report_sql="o.report", table="report_rows")
+    sql = (
+        "WITH report_keys AS MATERIALIZED (SELECT * FROM "
+        "unnest(%s::int8[], %s::int8[], %s::text[]) AS k(series, station, sensor)), "
+        f"cand AS MATERIALIZED ({cand_sql}), "
+        f"pop AS MATERIALIZED ({rows_sql}), "
+        "report_rows AS MATERIALIZED (SELECT k.station::text || ':' || p.time AS report,"
+        " k.sensor AS sensor, p.num AS num"
+        " FROM pop p JOIN report_keys k ON k.series = p.series) "
+        f"SELECT cursor, series, time, num, txt, qc, coalesce(({judged}), false) AS judged "
+        "FROM (SELECT c.cursor, c.series, c.time, c.num, c.txt, c.qc,"
+        " coalesce(k.station, -1)::text || ':' || c.time AS report"
+        " FROM cand c LEFT JOIN report_keys k ON k.series = c.series) o "
+        "ORDER BY time, cursor"
+    )
+    return sql, [*keys, *cand_params, *rows_params, *expr_params]
