@@ -635,7 +635,7 @@ class PgStore:
 
         def run(conn: Conn) -> Batch:
             return _batch(
-                0,
+                project_pk if project_pk is not None else 0,
                 conn.execute(
                     "SELECT cursor, series, time, num, txt, qc FROM obs "
                     "WHERE cursor > %s AND cursor <= %s ORDER BY cursor LIMIT %s",
