@@ -183,12 +183,19 @@ class Log(Protocol):
 class TimeSeriesLog(Protocol):
     """What aggregates, latest values and retention need of the log (docs/timeseries.md).
 
-    The backend keeps, in the transaction of every append, a summary per (series, UTC hour,
-    QC flag set) of the numeric values: count, sum, min, max, first and last (time, value).
-    Retention removes rows older than a cutoff per series in bounded steps and records per
-    project the highest cursor it removed (``gone``), in the same transaction."""
+    The backend keeps a summary per (series, UTC hour, QC flag set) of the numeric values:
+    count, sum, min, max, first and last (time, value), never behind the log as reads see it
+    (SQLite: folded in as the log is indexed, the unindexed tail summarized at read time;
+    PostgreSQL: in the transaction of every append). Retention removes rows older than a
+    cutoff per series in bounded steps and records per project the highest cursor it removed
+    (``gone``), in the same transaction."""
 
     gone: dict[int, int]  # project pk -> highest cursor retention removed (after the commit)
+
+    async def settle_summaries(self) -> None:
+        """Bring the stored summaries up to the log's head (before a retention pass, so rows it
+        removes have been counted in a rollup's summaries)."""
+        ...
 
     async def aggregate_inputs(
         self,

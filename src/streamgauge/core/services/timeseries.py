@@ -239,6 +239,7 @@ class TimeSeries:
         now = int(time.time() * 1000) if now_ms is None else now_ms
         started = time.perf_counter()
         removed = 0
+        await self.store.settle_summaries()
         for project in list(self.registry.projects_by_pk.values()):
             cutoffs = self.cutoffs(project, now)
             if not cutoffs:

@@ -388,6 +388,9 @@ class PgStore:
     async def append(self, columns: IngestColumns) -> AppendResult:
         return await self.write(lambda tx: self._append(tx, columns))
 
+    async def settle_summaries(self) -> None:
+        """Nothing to do: the summaries are kept in every append's transaction."""
+
     async def append_with(
         self, metadata: Callable[[Tx], object], columns: Callable[[], IngestColumns]
     ) -> AppendResult:

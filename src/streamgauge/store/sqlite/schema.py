@@ -255,6 +255,24 @@ MIGRATIONS: list[str] = [
         FROM obs o JOIN series s ON s.pk = o.series
     ) GROUP BY project_pk, run;
     """,
+    # 11: the summaries cover the indexed log only (the writer folds rows in as it indexes
+    # them; reads summarize the unindexed tail): rebuilt for the rows indexed so far.
+    """
+    DELETE FROM obs_summary;
+    INSERT INTO obs_summary
+    SELECT series, h, qc, count(*), sum(v), min(v), max(v), min(time), max(fv), max(time), max(lv)
+    FROM (
+        SELECT series, (time - (((time % 3600000) + 3600000) % 3600000)) / 3600000 AS h, qc,
+            value AS v, time,
+            first_value(value) OVER w AS fv,
+            last_value(value) OVER (w ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+                AS lv
+        FROM obs WHERE typeof(value) IN ('real', 'integer')
+            AND cursor <= (SELECT value FROM state WHERE key = 'sealed')
+        WINDOW w AS (PARTITION BY series,
+            (time - (((time % 3600000) + 3600000) % 3600000)) / 3600000, qc ORDER BY time)
+    ) GROUP BY series, h, qc;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -376,20 +376,38 @@ class SqliteStore:
     def _seal_step(self, conn: sqlite3.Connection, upto: int) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(
-                "INSERT OR IGNORE INTO obs_index (series, time, cursor) "
-                "SELECT series, time, cursor FROM obs WHERE cursor > ? AND cursor <= ? "
-                "ORDER BY series, time",
-                (self._sealed, upto),
-            )
-            conn.execute("UPDATE state SET value = ? WHERE key = 'sealed'", (upto,))
+            self._seal_sql(conn, upto)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self._sealed_to(upto)
+
+    def _seal_sql(self, conn: sqlite3.Connection, upto: int) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO obs_index (series, time, cursor) "
+            "SELECT series, time, cursor FROM obs WHERE cursor > ? AND cursor <= ? "
+            "ORDER BY series, time",
+            (self._sealed, upto),
+        )
+        summaries.fold(conn, self._sealed, upto)  # the summaries cover the indexed log
+        conn.execute("UPDATE state SET value = ? WHERE key = 'sealed'", (upto,))
+
+    def _sealed_to(self, upto: int) -> None:
         self._sealed = upto
         if upto == self._writer_head:  # the tail is empty: its span starts again
             self._tail_span = (MAX_SPAN, MIN_SPAN)
+
+    async def settle_summaries(self) -> None:
+        """Index the whole tail now (and so fold it into the summaries), in one transaction."""
+
+        def run(tx: Tx) -> None:
+            upto = self._writer_head
+            if upto > self._sealed:
+                self._seal_sql(tx.conn, upto)
+                tx.after_commit.append(lambda: self._sealed_to(upto))
+
+        await self.write(run)
 
     async def write(self, fn: Callable[[Tx], T]) -> T:
         """Run ``fn`` in one write transaction on the writer thread."""
@@ -491,7 +509,6 @@ class SqliteStore:
         q_keep = rules.flag(s_keep, t_keep, numeric)
         received = int(time.time() * 1000)
         _insert_rows(tx.conn, first, s_keep, t_keep, values, q_keep, received)
-        summaries.add(tx.conn, s_keep, t_keep, numeric, q_keep)
         self._writer_head = first + accepted - 1
         self._note_span(tx, np.unique(reg.s_project[s_keep]).tolist(), first, self._writer_head)
 

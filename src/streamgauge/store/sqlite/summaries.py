@@ -1,11 +1,14 @@
 """Per-hour summaries of the log, kept in the writer's transaction, and the reads of aggregates.
 
 ``obs_summary`` holds one row per (series, UTC hour, QC flag set): count, sum, min, max, first
-and last of the numeric values (migration 8). ``add`` folds a batch's accepted rows into it in
-the batch's own transaction (one upsert statement over a JSON array), so a summary is never
-behind the log, a backfilled or out-of-order row included. ``read`` returns, from one read
-snapshot, the summaries of some series over a time range and the raw rows of the parts the
-caller cannot answer from whole hours (the edges of a bucket that does not end on an hour).
+and last of the numeric values (migrations 8 and 11) of the INDEXED log: ``fold`` adds the rows
+the writer indexes in the same transaction as it indexes them (``store._seal_step``, one
+grouped statement per step, off the ingest path: an append pays nothing for summaries). The
+unindexed tail (``cursor > sealed``) is summarized at read time: ``read`` returns, from one
+read snapshot, the stored summaries plus those of the tail's rows (``tail_units``), and the
+raw rows of the parts the caller cannot answer from whole hours (the edges of a bucket that
+does not end on an hour). So a summary is never behind the log, a backfilled or out-of-order
+row included, and no row is counted twice (it is in the tail or in the summaries, never both).
 """
 
 from __future__ import annotations
@@ -56,6 +59,62 @@ _SUMMARY_ROW = (
 )
 
 
+# The rows (after, upto] of the log folded into the summaries by (series, hour, qc): one statement
+# (first and last values by window, as in migration 8).
+_FOLD = (
+    "INSERT INTO obs_summary (series, hour, qc, n, sum, min, max, first_time, first_value,"
+    " last_time, last_value) "
+    "SELECT * FROM (SELECT series, h, qc, count(*), sum(v), min(v), max(v), min(time),"
+    " max(fv), max(time), max(lv) FROM ("
+    " SELECT series, (time - (((time % 3600000) + 3600000) % 3600000)) / 3600000 AS h, qc,"
+    " value AS v, time, first_value(value) OVER w AS fv,"
+    " last_value(value) OVER (w ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS lv"
+    " FROM obs WHERE cursor > ? AND cursor <= ? AND typeof(value) IN ('real', 'integer')"
+    " WINDOW w AS (PARTITION BY series,"
+    " (time - (((time % 3600000) + 3600000) % 3600000)) / 3600000, qc ORDER BY time)"
+    ") GROUP BY series, h, qc) WHERE true " + _UPSERT[_UPSERT.index("ON CONFLICT") :]
+)
+
+
+def fold(conn: sqlite3.Connection, after: int, upto: int) -> None:
+    """Add the log's rows ``after < cursor <= upto`` (being indexed now) to the summaries."""
+    conn.execute(_FOLD, (after, upto))
+
+
+def tail_units(
+    conn: sqlite3.Connection,
+    sealed: int,
+    series: Sequence[int],
+    lo_hour: int,
+    hi_hour: int,
+    qc_remove: int,
+) -> list[list[float]]:
+    """Summary rows (``SUMMARY_FIELDS`` order) of the unindexed tail's numeric rows of
+    ``series`` in ``lo_hour <= hour < hi_hour`` whose QC flags have no bit of ``qc_remove``."""
+    rows = _fetch_json(
+        conn,
+        "'[' || series || ',' || time || ',' || " + _R.format("value") + " || ',' || qc || ']'",
+        "SELECT series, time, value, qc FROM obs WHERE cursor > ?"
+        " AND series IN (SELECT value FROM json_each(?)) AND time >= ? AND time < ?"
+        " AND typeof(value) IN ('real', 'integer') AND (qc & ?) = 0",
+        (
+            sealed,
+            orjson.dumps(list(series)).decode(),
+            lo_hour * HOUR_MS,
+            hi_hour * HOUR_MS,
+            qc_remove,
+        ),
+    )
+    if not rows:
+        return []
+    arr = np.array(rows, np.float64)
+    i64 = np.int64
+    units = summarize(
+        arr[:, 0].astype(i64), arr[:, 1].astype(i64), arr[:, 2], arr[:, 3].astype(i64)
+    )
+    return [[u[0], u[1], *u[3:]] for u in units]  # without the qc column, as stored ones read
+
+
 def add(conn: sqlite3.Connection, series: I64, times: I64, values: F64, qc: I64) -> None:
     """Fold accepted rows (``values``: NaN where not a number) into the summaries."""
     units = summarize(series, times, values, qc)
@@ -73,10 +132,17 @@ def _fetch_json(conn: sqlite3.Connection, row_sql: str, sql: str, params: Sequen
 
 
 def read_summaries(
-    conn: sqlite3.Connection, series: Sequence[int], lo_hour: int, hi_hour: int, qc_remove: int
+    conn: sqlite3.Connection,
+    series: Sequence[int],
+    lo_hour: int,
+    hi_hour: int,
+    qc_remove: int,
+    sealed: int | None = None,
 ) -> Summaries:
     """Summary units of ``series`` with ``lo_hour <= hour < hi_hour`` whose QC flags have no
-    bit of ``qc_remove``, ordered by series and hour."""
+    bit of ``qc_remove``, ordered by series and hour; with ``sealed``, the unindexed tail's
+    too (``tail_units``: a unit of the same hour may then come twice, which ``combine`` adds
+    up like units of different QC flag sets)."""
     rows = _fetch_json(
         conn,
         _SUMMARY_ROW,
@@ -84,6 +150,10 @@ def read_summaries(
         " AND hour >= ? AND hour < ? AND (qc & ?) = 0 ORDER BY series, hour",
         (orjson.dumps(list(series)).decode(), lo_hour, hi_hour, qc_remove),
     )
+    if sealed is not None:
+        tail = tail_units(conn, sealed, series, lo_hour, hi_hour, qc_remove)
+        if tail:
+            rows = sorted([*rows, *tail], key=lambda r: (r[0], r[1]))
     return summaries_from_rows(rows)
 
 
@@ -144,7 +214,9 @@ def read(
 ) -> tuple[Summaries, Points]:
     """The summaries of ``series`` over the hours meeting ``[lo_ms, hi_ms)``, then the raw rows
     of the ranges ``plan`` asks for given them, in the caller's read snapshot."""
-    found = read_summaries(conn, series, lo_ms // HOUR_MS, -(-hi_ms // HOUR_MS), qc_remove)
+    found = read_summaries(
+        conn, series, lo_ms // HOUR_MS, -(-hi_ms // HOUR_MS), qc_remove, sealed=sealed
+    )
     ranges = plan(found)
     return found, read_points(conn, sealed, ranges, qc_remove)
 
@@ -170,8 +242,9 @@ _REBUILD_ROW = (
 
 
 def rebuild(conn: sqlite3.Connection, sealed: int, units: Sequence[tuple[int, int]]) -> None:
-    """Recompute the summaries of (series, hour) units (one per series) from the rows the log
-    holds (after retention removed part of an hour): one read for all of them."""
+    """Recompute the summaries of (series, hour) units (one per series) from the indexed rows
+    the log holds (after retention removed part of an hour): one read for all of them. The
+    unindexed tail's rows are left out: they are folded in when they are indexed."""
     if not units:
         return
     doc = orjson.dumps(list(units)).decode()
@@ -191,15 +264,7 @@ def rebuild(conn: sqlite3.Connection, sealed: int, units: Sequence[tuple[int, in
         f"JOIN obs o ON o.cursor = i.cursor WHERE {numeric}",
         (doc,),
     )
-    tail = _fetch_json(
-        conn,
-        _REBUILD_ROW,
-        "SELECT o.series AS series, o.time AS time, o.value AS value, o.qc AS qc,"
-        " o.cursor AS cursor FROM obs o WHERE o.cursor > ?"
-        f" AND o.series IN (SELECT value ->> 0 FROM json_each(?)) AND {numeric}",
-        (sealed, doc),
-    )
-    rows = indexed + tail
+    rows = indexed
     if not rows:
         return
     arr = np.array(rows, np.float64)
