@@ -38,16 +38,17 @@ def rows(store: SqliteStore) -> dict[int, tuple[int, int, float]]:
 
 
 def check_consistent(store: SqliteStore) -> None:
-    """The index holds exactly the sealed rows of the log; the summaries are those of the
-    indexed rows (the unindexed tail is summarized at read time, folded in when indexed)."""
+    """The index holds exactly the sealed rows of the log; the summaries are those of the rows
+    up to ``summarized`` (later rows are summarized at read time, folded in when idle)."""
     with db(store) as c:
         sealed = int(c.execute("SELECT value FROM state WHERE key = 'sealed'").fetchone()[0])
         index = set(c.execute("SELECT series, time, cursor FROM obs_index"))
         logged = set(c.execute("SELECT series, time, cursor FROM obs WHERE cursor <= ?", (sealed,)))
         assert index == logged
         got = sorted(c.execute("SELECT series, hour, qc, n, sum, min, max FROM obs_summary"))
+        upto = int(c.execute("SELECT value FROM state WHERE key = 'summarized'").fetchone()[0])
         left = c.execute(
-            "SELECT series, time, value, qc FROM obs WHERE cursor <= ?", (sealed,)
+            "SELECT series, time, value, qc FROM obs WHERE cursor <= ?", (upto,)
         ).fetchall()
     s, t, v, q = (np.array([r[k] for r in left]) for k in range(4))
     want = sorted(
@@ -229,6 +230,41 @@ async def test_backfill_probe_finds_duplicates_and_conflicts_indexed_or_in_the_t
         # another series' span does not hide this one's stored rows
         r = await store.append(cols(pk, [v[1], v[0]], [T0 - 1, T0 + 7 * MIN], [1.0, 1.0]))
         assert (r.accepted, r.duplicates) == (1, 1)
+        check_consistent(store)
+    finally:
+        await store.close()
+
+
+async def test_summaries_read_the_same_folded_or_not(tmp_path: Path) -> None:
+    """Rows not folded into the stored summaries yet are summarized at read time: an aggregate
+    read gives the same units before and after the writer folds them, and the stored
+    summaries after folding are those of every row (nothing counted twice or left out)."""
+    store = await open_store(tmp_path, [], chunk=64)
+    try:
+        pk, v = await seed(store)
+        await interleaved(store, pk, v, 180)
+        series = sorted(store.registry.series[(var, 1)] for var in v)
+
+        async def units() -> list[tuple[float, ...]]:
+            found, _ = await store.aggregate_inputs(
+                pk, series, T0, T0 + 4 * 60 * MIN, 0, lambda found: []
+            )
+            per: dict[tuple[int, int], list[float]] = {}
+            for i in range(len(found.series)):
+                key = (int(found.series[i]), int(found.hour[i]))
+                n, total = per.get(key, [0, 0.0])
+                per[key] = [n + int(found.n[i]), total + float(found.sum[i])]
+            return sorted((k[0], k[1], n, round(t, 6)) for k, (n, t) in per.items())
+
+        with db(store) as c:
+            c.execute("UPDATE state SET value = 0 WHERE key = 'summarized'")  # as if unfolded
+            c.execute("DELETE FROM obs_summary")
+            c.commit()
+        store._summarized = 0
+        before = await units()
+        assert sum(u[2] for u in before) == 180 * len(v)
+        await store.settle_summaries()
+        assert await units() == before
         check_consistent(store)
     finally:
         await store.close()

@@ -255,9 +255,10 @@ MIGRATIONS: list[str] = [
         FROM obs o JOIN series s ON s.pk = o.series
     ) GROUP BY project_pk, run;
     """,
-    # 11: the summaries cover the indexed log only (the writer folds rows in as it indexes
-    # them; reads summarize the unindexed tail): rebuilt for the rows indexed so far.
+    # 11: the summaries cover the log up to 'summarized' (the writer folds rows in when idle;
+    # reads summarize the rows after it): rebuilt for the rows indexed so far.
     """
+    INSERT INTO state SELECT 'summarized', value FROM state WHERE key = 'sealed';
     DELETE FROM obs_summary;
     INSERT INTO obs_summary
     SELECT series, h, qc, count(*), sum(v), min(v), max(v), min(time), max(fv), max(time), max(lv)

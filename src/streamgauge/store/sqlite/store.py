@@ -59,6 +59,8 @@ log = logging.getLogger("streamgauge.store")
 SEAL_STEP = 4096  # rows indexed per step (a few ms of work between two commits)
 FREEZE_EVERY = 20_000  # registry growth (series, metadata changes) between gc.freeze() calls
 IDLE_SECONDS = 0.5  # a writer idle this long indexes the tail of the log
+FOLD_STEP = 20_000  # rows folded into the hour summaries per step (while the writer is idle)
+FOLD_MAX_LAG = 1_000_000  # rows not yet summarized beyond which a busy writer folds too
 MAX_SPAN, MIN_SPAN = 1 << 62, -(1 << 62)  # the span of an empty tail (beyond any time)
 
 
@@ -130,6 +132,7 @@ class SqliteStore:
         self._head = 0  # last cursor published on the loop
         self._writer_head = 0  # last cursor committed (writer thread)
         self._sealed = 0
+        self._summarized = 0  # rows up to this cursor are in the hour summaries
         self._queue: queue.SimpleQueue[tuple[Callable[[Tx], Any], asyncio.Future[Any]] | None] = (
             queue.SimpleQueue()
         )
@@ -209,6 +212,9 @@ class SqliteStore:
             conn.execute("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0]
         )
         self._sealed = int(conn.execute("SELECT value FROM state WHERE key='sealed'").fetchone()[0])
+        self._summarized = int(
+            conn.execute("SELECT value FROM state WHERE key='summarized'").fetchone()[0]
+        )
         if self._sealed == self._writer_head:
             self._tail_span = (MAX_SPAN, MIN_SPAN)
         rows = (
@@ -295,6 +301,8 @@ class SqliteStore:
             except queue.Empty:
                 if self._writer_head > self._sealed:  # idle: index the tail a step at a time
                     self._seal(conn, min(self._writer_head, self._sealed + SEAL_STEP))
+                elif self._writer_head > self._summarized:  # then summarize it
+                    self._fold(conn, min(self._writer_head, self._summarized + FOLD_STEP))
                 else:
                     self._checkpoint_qc(conn)
                 continue
@@ -345,6 +353,8 @@ class SqliteStore:
                     self._seal(conn, self._sealed + SEAL_STEP)
                     if self._sealed == before:  # failed (logged): retried later
                         break
+            if self._writer_head - self._summarized >= FOLD_MAX_LAG:  # bound the reads' tail
+                self._fold(conn, self._summarized + FOLD_STEP)
         conn.close()
 
     def _freeze_new_objects(self, size: int) -> None:
@@ -390,8 +400,28 @@ class SqliteStore:
             "ORDER BY series, time",
             (self._sealed, upto),
         )
-        summaries.fold(conn, self._sealed, upto)  # the summaries cover the indexed log
         conn.execute("UPDATE state SET value = ? WHERE key = 'sealed'", (upto,))
+
+    def _fold(self, conn: sqlite3.Connection, upto: int) -> None:
+        """Fold the log's rows up to ``upto`` into the hour summaries, in one transaction (off
+        the ingest path: when the writer is idle, or far behind). A failure is logged and
+        retried later: reads summarize what is not folded yet."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._fold_sql(conn, upto)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error:
+            log.exception("summarizing the log up to cursor %d failed; will retry", upto)
+            return
+        self._summarized = upto
+
+    def _fold_sql(self, conn: sqlite3.Connection, upto: int) -> None:
+        summaries.fold(conn, self._summarized, upto)
+        conn.execute("UPDATE state SET value = ? WHERE key = 'summarized'", (upto,))
 
     def _sealed_to(self, upto: int) -> None:
         self._sealed = upto
@@ -399,13 +429,17 @@ class SqliteStore:
             self._tail_span = (MAX_SPAN, MIN_SPAN)
 
     async def settle_summaries(self) -> None:
-        """Index the whole tail now (and so fold it into the summaries), in one transaction."""
+        """Fold every row not summarized yet into the summaries now, in one transaction."""
 
         def run(tx: Tx) -> None:
             upto = self._writer_head
-            if upto > self._sealed:
-                self._seal_sql(tx.conn, upto)
-                tx.after_commit.append(lambda: self._sealed_to(upto))
+            if upto > self._summarized:
+                self._fold_sql(tx.conn, upto)
+
+                def done() -> None:
+                    self._summarized = upto
+
+                tx.after_commit.append(done)
 
         await self.write(run)
 

@@ -1,14 +1,15 @@
 """Per-hour summaries of the log, kept in the writer's transaction, and the reads of aggregates.
 
 ``obs_summary`` holds one row per (series, UTC hour, QC flag set): count, sum, min, max, first
-and last of the numeric values (migrations 8 and 11) of the INDEXED log: ``fold`` adds the rows
-the writer indexes in the same transaction as it indexes them (``store._seal_step``, one
-grouped statement per step, off the ingest path: an append pays nothing for summaries). The
-unindexed tail (``cursor > sealed``) is summarized at read time: ``read`` returns, from one
-read snapshot, the stored summaries plus those of the tail's rows (``tail_units``), and the
-raw rows of the parts the caller cannot answer from whole hours (the edges of a bucket that
-does not end on an hour). So a summary is never behind the log, a backfilled or out-of-order
-row included, and no row is counted twice (it is in the tail or in the summaries, never both).
+and last of the numeric values (migrations 8 and 11) of the log up to the cursor ``summarized``
+(``state``): ``fold`` adds rows by cursor range, one grouped statement per step, run by the
+writer when it is idle (or far behind), never on the ingest path: an append pays nothing for
+summaries. The rows after ``summarized`` are summarized at read time: ``read`` returns, from
+one read snapshot, the stored summaries plus those of the rows not folded yet
+(``tail_units``), and the raw rows of the parts the caller cannot answer from whole hours (the
+edges of a bucket that does not end on an hour). So a summary is never behind the log, a
+backfilled or out-of-order row included, and no row is counted twice (a row is folded or
+after ``summarized``, never both).
 """
 
 from __future__ import annotations
@@ -81,16 +82,22 @@ def fold(conn: sqlite3.Connection, after: int, upto: int) -> None:
     conn.execute(_FOLD, (after, upto))
 
 
+def summarized(conn: sqlite3.Connection) -> int:
+    """The cursor up to which the stored summaries hold the log (in the caller's snapshot)."""
+    return int(conn.execute("SELECT value FROM state WHERE key = 'summarized'").fetchone()[0])
+
+
 def tail_units(
     conn: sqlite3.Connection,
-    sealed: int,
+    after: int,
     series: Sequence[int],
     lo_hour: int,
     hi_hour: int,
     qc_remove: int,
 ) -> list[list[float]]:
-    """Summary rows (``SUMMARY_FIELDS`` order) of the unindexed tail's numeric rows of
-    ``series`` in ``lo_hour <= hour < hi_hour`` whose QC flags have no bit of ``qc_remove``."""
+    """Summary rows (``SUMMARY_FIELDS`` order) of the numeric rows after cursor ``after`` (not
+    folded yet) of ``series`` in ``lo_hour <= hour < hi_hour`` whose QC flags have no bit of
+    ``qc_remove``."""
     rows = _fetch_json(
         conn,
         "'[' || series || ',' || time || ',' || " + _R.format("value") + " || ',' || qc || ']'",
@@ -98,7 +105,7 @@ def tail_units(
         " AND series IN (SELECT value FROM json_each(?)) AND time >= ? AND time < ?"
         " AND typeof(value) IN ('real', 'integer') AND (qc & ?) = 0",
         (
-            sealed,
+            after,
             orjson.dumps(list(series)).decode(),
             lo_hour * HOUR_MS,
             hi_hour * HOUR_MS,
@@ -137,12 +144,12 @@ def read_summaries(
     lo_hour: int,
     hi_hour: int,
     qc_remove: int,
-    sealed: int | None = None,
+    with_tail: bool = False,
 ) -> Summaries:
     """Summary units of ``series`` with ``lo_hour <= hour < hi_hour`` whose QC flags have no
-    bit of ``qc_remove``, ordered by series and hour; with ``sealed``, the unindexed tail's
-    too (``tail_units``: a unit of the same hour may then come twice, which ``combine`` adds
-    up like units of different QC flag sets)."""
+    bit of ``qc_remove``, ordered by series and hour; ``with_tail``: those of the rows not
+    folded yet too (``tail_units``: a unit of the same hour may then come twice, which
+    ``combine`` adds up like units of different QC flag sets)."""
     rows = _fetch_json(
         conn,
         _SUMMARY_ROW,
@@ -150,8 +157,8 @@ def read_summaries(
         " AND hour >= ? AND hour < ? AND (qc & ?) = 0 ORDER BY series, hour",
         (orjson.dumps(list(series)).decode(), lo_hour, hi_hour, qc_remove),
     )
-    if sealed is not None:
-        tail = tail_units(conn, sealed, series, lo_hour, hi_hour, qc_remove)
+    if with_tail:
+        tail = tail_units(conn, summarized(conn), series, lo_hour, hi_hour, qc_remove)
         if tail:
             rows = sorted([*rows, *tail], key=lambda r: (r[0], r[1]))
     return summaries_from_rows(rows)
@@ -215,7 +222,7 @@ def read(
     """The summaries of ``series`` over the hours meeting ``[lo_ms, hi_ms)``, then the raw rows
     of the ranges ``plan`` asks for given them, in the caller's read snapshot."""
     found = read_summaries(
-        conn, series, lo_ms // HOUR_MS, -(-hi_ms // HOUR_MS), qc_remove, sealed=sealed
+        conn, series, lo_ms // HOUR_MS, -(-hi_ms // HOUR_MS), qc_remove, with_tail=True
     )
     ranges = plan(found)
     return found, read_points(conn, sealed, ranges, qc_remove)
@@ -242,11 +249,12 @@ _REBUILD_ROW = (
 
 
 def rebuild(conn: sqlite3.Connection, sealed: int, units: Sequence[tuple[int, int]]) -> None:
-    """Recompute the summaries of (series, hour) units (one per series) from the indexed rows
-    the log holds (after retention removed part of an hour): one read for all of them. The
-    unindexed tail's rows are left out: they are folded in when they are indexed."""
+    """Recompute the summaries of (series, hour) units (one per series) from the rows the log
+    holds up to ``summarized`` (after retention removed part of an hour; later rows are folded
+    in later): one read for all of them."""
     if not units:
         return
+    upto = summarized(conn)
     doc = orjson.dumps(list(units)).decode()
     conn.execute(
         "DELETE FROM obs_summary WHERE (series, hour) IN"
@@ -261,10 +269,19 @@ def rebuild(conn: sqlite3.Connection, sealed: int, units: Sequence[tuple[int, in
         "SELECT o.series AS series, o.time AS time, o.value AS value, o.qc AS qc,"
         " o.cursor AS cursor FROM u CROSS JOIN obs_index i ON i.series = u.s"
         f" AND i.time >= u.h * {HOUR_MS} AND i.time < (u.h + 1) * {HOUR_MS} "
-        f"JOIN obs o ON o.cursor = i.cursor WHERE {numeric}",
-        (doc,),
+        f"JOIN obs o ON o.cursor = i.cursor WHERE {numeric} AND o.cursor <= ?",
+        (doc, upto),
     )
-    rows = indexed
+    tail = _fetch_json(
+        conn,
+        _REBUILD_ROW,
+        "SELECT o.series AS series, o.time AS time, o.value AS value, o.qc AS qc,"
+        " o.cursor AS cursor FROM obs o WHERE o.cursor > ?"
+        f" AND o.series IN (SELECT value ->> 0 FROM json_each(?)) AND {numeric}"
+        " AND o.cursor <= ?",
+        (sealed, doc, upto),
+    )
+    rows = indexed + tail
     if not rows:
         return
     arr = np.array(rows, np.float64)
