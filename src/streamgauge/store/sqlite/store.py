@@ -59,8 +59,11 @@ log = logging.getLogger("streamgauge.store")
 SEAL_STEP = 4096  # rows indexed per step (a few ms of work between two commits)
 FREEZE_EVERY = 20_000  # registry growth (series, metadata changes) between gc.freeze() calls
 IDLE_SECONDS = 0.5  # a writer idle this long indexes the tail of the log
-FOLD_STEP = 20_000  # rows folded into the hour summaries per step (while the writer is idle)
-FOLD_MAX_LAG = 1_000_000  # rows not yet summarized beyond which a busy writer folds too
+FOLD_STEP = 50_000  # rows folded into the hour summaries per step (while the writer is idle)
+# Rows not yet summarized beyond which a busy writer folds too. Large on purpose: a fold that
+# takes a network's hour at once adds each (series, hour) unit once, not once per row; reads
+# reach the rows not folded yet through the index (summaries.tail_units).
+FOLD_MAX_LAG = 4_000_000
 MAX_SPAN, MIN_SPAN = 1 << 62, -(1 << 62)  # the span of an empty tail (beyond any time)
 
 

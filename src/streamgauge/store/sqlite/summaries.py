@@ -97,20 +97,31 @@ def tail_units(
 ) -> list[list[float]]:
     """Summary rows (``SUMMARY_FIELDS`` order) of the numeric rows after cursor ``after`` (not
     folded yet) of ``series`` in ``lo_hour <= hour < hi_hour`` whose QC flags have no bit of
-    ``qc_remove``."""
-    rows = _fetch_json(
+    ``qc_remove``: the indexed ones through the (series, time) index, the unindexed tail by its
+    cursor range, so a long stretch not folded yet costs index seeks, not a scan."""
+    sealed = int(conn.execute("SELECT value FROM state WHERE key = 'sealed'").fetchone()[0])
+    doc = orjson.dumps(list(series)).decode()
+    row = "'[' || series || ',' || time || ',' || " + _R.format("value") + " || ',' || qc || ']'"
+    cols = "o.series AS series, o.time AS time, o.value AS value, o.qc AS qc"
+    numeric = "typeof(o.value) IN ('real', 'integer') AND (o.qc & ?) = 0"
+    lo, hi = lo_hour * HOUR_MS, hi_hour * HOUR_MS
+    rows: list[Any] = []
+    if after < sealed:
+        rows = _fetch_json(
+            conn,
+            row,
+            f"SELECT {cols} FROM json_each(?) s"
+            " JOIN obs_index i ON i.series = s.value AND i.time >= ? AND i.time < ?"
+            f" JOIN obs o ON o.cursor = i.cursor WHERE i.cursor > ? AND {numeric}",
+            (doc, lo, hi, after, qc_remove),
+        )
+    rows += _fetch_json(
         conn,
-        "'[' || series || ',' || time || ',' || " + _R.format("value") + " || ',' || qc || ']'",
-        "SELECT series, time, value, qc FROM obs WHERE cursor > ?"
-        " AND series IN (SELECT value FROM json_each(?)) AND time >= ? AND time < ?"
-        " AND typeof(value) IN ('real', 'integer') AND (qc & ?) = 0",
-        (
-            after,
-            orjson.dumps(list(series)).decode(),
-            lo_hour * HOUR_MS,
-            hi_hour * HOUR_MS,
-            qc_remove,
-        ),
+        row,
+        f"SELECT {cols} FROM obs o WHERE o.cursor > ?"
+        " AND o.series IN (SELECT value FROM json_each(?)) AND o.time >= ? AND o.time < ?"
+        f" AND {numeric}",
+        (max(after, sealed), doc, lo, hi, qc_remove),
     )
     if not rows:
         return []
