@@ -239,7 +239,7 @@ class TimeSeries:
         now = int(time.time() * 1000) if now_ms is None else now_ms
         started = time.perf_counter()
         removed = 0
-        await self.store.settle_summaries()
+        settled = False
         for project in list(self.registry.projects_by_pk.values()):
             cutoffs = self.cutoffs(project, now)
             if not cutoffs:
@@ -248,6 +248,9 @@ class TimeSeries:
             if not expired:
                 continue
             keep = project.doc.rollup is not None
+            if keep and not settled:  # the rollup must count every row this pass removes
+                await self.store.settle_summaries()
+                settled = True
             while True:
                 n, done = await self.store.expire(
                     project.pk,
