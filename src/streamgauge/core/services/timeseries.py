@@ -75,6 +75,8 @@ class TimeSeries:
         self.latest_rows = LatestRows()
         self._task: asyncio.Task[None] | None = None
         self.passes = 0  # retention passes run (tests, metrics)
+        self._retaining_at = -1  # the registry version ``_retaining_set`` was computed at
+        self._retaining_set: set[int] = set()
 
     async def start(self, retention: bool = True) -> None:
         """Load the latest rows; run the retention passes too unless ``retention`` is False (in
@@ -219,8 +221,25 @@ class TimeSeries:
 
     # -- retention ------------------------------------------------------------------------------
 
+    def _retaining(self) -> set[int]:
+        """The pks of projects with a retention on the project or on one of its variables
+        (recomputed when the metadata changes: a pass over a project without one costs
+        nothing, where walking every series of a big network every pass held the loop)."""
+        reg = self.registry
+        if self._retaining_at != reg.version:
+            pks = {p.pk for p in reg.projects_by_pk.values() if p.doc.retention_days is not None}
+            for var in list(reg.variables_by_pk.values()):
+                if var.doc.retention_days is not None:
+                    dev = reg.devices_by_pk.get(var.device_pk)
+                    if dev is not None:
+                        pks.add(dev.project_pk)
+            self._retaining_set, self._retaining_at = pks, reg.version
+        return self._retaining_set
+
     def cutoffs(self, project: ProjectRec, now_ms: int) -> list[tuple[int, int]]:
         """(series, cutoff ms) of the project's series that have a retention."""
+        if project.pk not in self._retaining():
+            return []
         reg = self.registry
         days = project.doc.retention_days
         out: list[tuple[int, int]] = []
