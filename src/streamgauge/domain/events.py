@@ -195,13 +195,13 @@ def _enc_hook(obj: Any) -> Any:
         # Only the fields set: what a document leaves unset (a variable's QC limits left to
         # the catalog) stays unset on the other side.
         return obj.model_dump(mode="json", exclude_unset=True)
-    raise NotImplementedError(f"cannot encode {type(obj).__name__} in a metadata event")
+    raise TypeError(f"cannot encode {type(obj).__name__} in a metadata event")
 
 
 def _dec_hook(type_: type, obj: Any) -> Any:
     if type_ in (Project, Site, Device, Variable):
         return type_.model_validate(obj)
-    raise NotImplementedError(f"cannot decode {type_.__name__} in a metadata event")
+    raise TypeError(f"cannot decode {type_.__name__} in a metadata event")
 
 
 _encoder = msgspec.json.Encoder(enc_hook=_enc_hook)

@@ -49,7 +49,9 @@ Handler = Callable[[Batch], Awaitable[None]]
 
 
 async def _no_handler(batch: Batch) -> None:
-    raise NotImplementedError("this consumer has no handler")
+    """The handler of a consumer built without one: a subclass that reads the log overrides
+    ``handle``; reaching this is a programming error, said as such."""
+    raise TypeError("a Consumer built without a handler must override handle()")
 
 
 class Consumer:
