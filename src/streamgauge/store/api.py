@@ -192,6 +192,11 @@ class TimeSeriesLog(Protocol):
 
     gone: dict[int, int]  # project pk -> highest cursor retention removed (after the commit)
 
+    async def refresh_gone(self) -> None:
+        """Bring ``gone`` up to what the store holds (PostgreSQL: another node's retention pass
+        may have removed rows since; SQLite: this process is the only writer, nothing to do)."""
+        ...
+
     async def settle_summaries(self) -> None:
         """Bring the stored summaries up to the log's head (before a retention pass, so rows it
         removes have been counted in a rollup's summaries)."""

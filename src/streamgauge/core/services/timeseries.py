@@ -306,11 +306,13 @@ class TimeSeries:
         gone = self.store.gone.get(project_pk)
         return None if gone is None else gone + 1
 
-    def resume_point(
+    async def resume_point(
         self, project_pk: int, since: int, on_gap: str | None
     ) -> tuple[int, int | None]:
         """Where a resume after ``since`` starts: ``(since, None)`` when nothing after it was
-        removed; ``(earliest - 1, earliest)`` with ``on_gap="earliest"``; else ``Gone``."""
+        removed; ``(earliest - 1, earliest)`` with ``on_gap="earliest"``; else ``Gone``. What
+        retention removed is read from the store first (in a cluster another node removes)."""
+        await self.store.refresh_gone()
         earliest = self.earliest(project_pk)
         if earliest is None or since >= earliest - 1:
             return since, None

@@ -214,7 +214,7 @@ async def stream(request: Request, project: str) -> Response:
             cursor = parse_cursor(resume)
             await face.engine.check_cursor(cursor)
             asked = cursor
-            cursor, earliest = face.engine.timeseries.resume_point(proj.pk, cursor, on_gap)
+            cursor, earliest = await face.engine.timeseries.resume_point(proj.pk, cursor, on_gap)
             if earliest is not None:
                 gap = _gap_line(asked, earliest, sse)
         selection = Selection(

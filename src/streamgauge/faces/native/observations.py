@@ -542,7 +542,7 @@ async def stream(
     notice = b""
     if cursor is not None:
         asked = cursor
-        cursor, earliest = engine.timeseries.resume_point(rec.pk, cursor, on_gap)
+        cursor, earliest = await engine.timeseries.resume_point(rec.pk, cursor, on_gap)
         if earliest is not None:
             notice = gap_frame(framing, asked, earliest)
     selection = select.selection(rec.pk)

@@ -247,7 +247,7 @@ async def _open(
                 check_age=False,
             )
             _resume_at(ws, session, engine.log_head)
-            gap = _gap(ws, engine, tok, session)
+            gap = await _gap(ws, engine, tok, session)
     except UnicodeDecodeError:
         await _fail(ws, ["the query string is not valid UTF-8"], "bad arguments")
         return None, None, b""
@@ -260,7 +260,7 @@ async def _open(
     return session, args, gap
 
 
-def _gap(ws: WebSocket, engine: Engine, tok: FeedToken, session: FeedSession) -> bytes | Gone:
+async def _gap(ws: WebSocket, engine: Engine, tok: FeedToken, session: FeedSession) -> bytes | Gone:
     """A resumed session's position checked against retention (``on_gap=earliest`` moves it)."""
     if session.after_time is not None:
         return b""  # a period replay reads by time, not by cursor
@@ -273,7 +273,7 @@ def _gap(ws: WebSocket, engine: Engine, tok: FeedToken, session: FeedSession) ->
         )
     asked = session.position
     try:
-        position, earliest = engine.timeseries.resume_point(tok.project_pk, asked, on_gap)
+        position, earliest = await engine.timeseries.resume_point(tok.project_pk, asked, on_gap)
     except Gone as exc:
         return exc
     if earliest is None:

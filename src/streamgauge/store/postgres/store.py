@@ -388,6 +388,13 @@ class PgStore:
     async def append(self, columns: IngestColumns) -> AppendResult:
         return await self.write(lambda tx: self._append(tx, columns))
 
+    async def refresh_gone(self) -> None:
+        """Read ``gone`` again: the node holding the work lease runs retention, so a resume on
+        this node must see what that node removed (a 410 instead of silent loss)."""
+        stored = await self.read(retention.load_gone)
+        for project_pk, top in stored.items():
+            self.gone[project_pk] = max(self.gone.get(project_pk, 0), top)
+
     async def settle_summaries(self) -> None:
         """Nothing to do: the summaries are kept in every append's transaction."""
 

@@ -431,6 +431,9 @@ class SqliteStore:
         if upto == self._writer_head:  # the tail is empty: its span starts again
             self._tail_span = (MAX_SPAN, MIN_SPAN)
 
+    async def refresh_gone(self) -> None:
+        """Nothing to read: this process is the database's only writer, ``gone`` is current."""
+
     async def settle_summaries(self) -> None:
         """Fold every row not summarized yet into the summaries now, in one transaction."""
 
