@@ -432,14 +432,25 @@ def free_port() -> int:
 
 
 def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (and its waited-for children) from /proc."""
+    """utime + stime of a process (and its waited-for children) from /proc, plus its running
+    children's (a server's fan-out workers, ``serve --workers N``)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             parts = f.read().rsplit(")", 1)[1].split()
         ticks = sum(int(x) for x in parts[11:15])
-        return ticks / os.sysconf("SC_CLK_TCK")
     except OSError:
         return float("nan")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == pid:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                child = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(child[1]) == pid:
+            ticks += int(child[11]) + int(child[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def proc_rss_mb(pid: int) -> float:

@@ -1018,6 +1018,12 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument("--skip", default="", help="comma list of: feed, ws")
     ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes serving the port (serve --workers N; 1: one process)",
+    )
+    ap.add_argument(
         "--fresh-series",
         action="store_true",
         help="no warm-up ingest: the series are created by the run's own first observations",
@@ -1055,7 +1061,11 @@ def main_feed(a: argparse.Namespace) -> None:
     sg: FeedRun | None = None
     ws: FeedRun | None = None
     if "feed" not in skip:
-        env = {"STREAMGAUGE_QC": "true", "STREAMGAUGE_FEED_MESSAGE_ROWS": str(a.message_rows)}
+        env = {
+            "STREAMGAUGE_QC": "true",
+            "STREAMGAUGE_FEED_MESSAGE_ROWS": str(a.message_rows),
+            "STREAMGAUGE_WORKERS": str(a.workers),
+        }
         for kv in a.server_env:
             k, sep, v = kv.partition("=")
             if not sep:

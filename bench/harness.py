@@ -81,6 +81,8 @@ class StreamgaugeServer:
         env = dict(
             os.environ, STREAMGAUGE_ADMIN_TOKEN=TOKEN, STREAMGAUGE_DURABILITY=self.durability
         )
+        # One process unless asked (``--workers N``: the fan-out workers of docs/workers.md).
+        env.setdefault("STREAMGAUGE_WORKERS", "1")
         env.update(self.extra_env)
         self.logf = open(self.data.parent / f"{self.data.name}.log", "wb")
         self.proc = subprocess.Popen(

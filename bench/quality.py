@@ -540,6 +540,12 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--fanout-rate", type=float, default=10_000.0)
     ap.add_argument("--fanout-batch", type=int, default=500)
     ap.add_argument("--skip", default="", help="comma list of: qc-ingest, fanout")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes serving the port (serve --workers N; 1: one process)",
+    )
 
 
 def main_quality(a: argparse.Namespace) -> None:
@@ -548,13 +554,14 @@ def main_quality(a: argparse.Namespace) -> None:
     skip = set(filter(None, a.skip.split(",")))
     log(
         f"streamgauge quality bench: cpu_count={os.cpu_count()}  stations={a.stations:,}  "
-        f"durability={a.durability}"
+        f"durability={a.durability}  workers={a.workers}"
     )
     m = make_mesonet(a.stations)
     qi: QcIngest | None = None
     qf: QFanout | None = None
     cfg = FanoutCfg(a.fanout_seconds, a.fanout_rate, a.fanout_batch, a.subscribers, a.sub_procs)
-    with StreamgaugeServer(a.durability, {"STREAMGAUGE_QC": "true"}) as on:
+    on_env = {"STREAMGAUGE_QC": "true", "STREAMGAUGE_WORKERS": str(a.workers)}
+    with StreamgaugeServer(a.durability, on_env) as on:
         assert on.proc is not None
         st = setup_mesonet(on.port, m)
         log(f"  QC-on server: setup {st['sites_s']:.1f} s sites, {st['devices_s']:.1f} s devices")

@@ -29,6 +29,9 @@ from streamgauge.app import create_app, server_options
 from streamgauge.config import Settings
 from tests.pg import fresh_database
 
+# Servers the tests start (``streamgauge serve`` in a subprocess inherits this) run as one
+# process unless a test asks for fan-out workers (tests/workers/).
+os.environ.setdefault("STREAMGAUGE_WORKERS", "1")
 MS = float(os.environ.get("STREAMGAUGE_TEST_MS", "1.0")) / 1000  # one scaled millisecond
 TOKEN = "test-admin-token"
 STORE_MODES = ("sqlite", "postgresql")

@@ -24,10 +24,17 @@ from streamgauge.faces.tapis import wire as tapis_wire
 from streamgauge.faces.websocket import DirectWebSocketProtocol
 
 
-def create_app(settings: Settings | None = None, *, admin_token: str | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    admin_token: str | None = None,
+    engine: Engine | None = None,
+) -> FastAPI:
+    """The app over a new engine, or over ``engine`` (a worker process's read-only one,
+    ``workers/``)."""
     settings = settings or Settings()
-    token = admin_token or load_admin_token(settings)[0]
-    engine = Engine(settings, token)
+    if engine is None:
+        engine = Engine(settings, admin_token or load_admin_token(settings)[0])
     dt_face = dt.DTFace(engine)
     bridge = None
     if settings.mqtt:  # MQTT ingest (ports/mqtt.py)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -24,6 +24,7 @@ from rich.console import Console
 
 from streamgauge import __version__
 from streamgauge.config import Settings
+from streamgauge.workers.server import GracefulServer
 
 app = typer.Typer(
     help="streamgauge: a self-hosted real-time hub for sensor observations.",
@@ -67,44 +68,26 @@ def _check_store(url: str) -> None:
         raise typer.Exit(1) from exc
 
 
-class _Server(uvicorn.Server):
-    """uvicorn, but a shutdown signal at once stops accepting connections and ends every live
-    stream (each gets its closing frame and resume cursor; one opened on a kept-alive connection
-    from then on ends at once the same way), so the server never waits for endless responses
-    and never cuts one mid-chunk: with nothing else in flight it is down in a fraction of a
-    second. uvicorn itself notices the signal only at its next tick, then closes idle
-    connections and waits for the rest."""
-
-    _loop: asyncio.AbstractEventLoop | None = None
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        self._loop = asyncio.get_running_loop()
-        await super().startup(sockets)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        # A signal handler: hand the work to the event loop (thread-safe, and wakes it up).
-        if self._loop is not None and not self.should_exit:
-            self._loop.call_soon_threadsafe(self._begin_shutdown)
-        super().handle_exit(sig, frame)
-
-    def _begin_shutdown(self) -> None:
-        for server in getattr(self, "servers", ()):
-            server.close()  # refuse new connections now: clients reconnect to the next server
-        for app in (self.config.loaded_app, self.config.app):
-            engine = getattr(getattr(app, "state", None), "engine", None)
-            if engine is not None:
-                engine.begin_shutdown()
-                return
-
-
-def _listen(host: str, port: int) -> socket.socket:
+def _listen(host: str, port: int, *, shared: bool = False) -> socket.socket:
     """The listening socket, bound before the app is imported: a client that reconnects while
     this process starts (a stream client during a restart, say) waits in the backlog instead
-    of being refused, and is served as soon as the app is up."""
+    of being refused, and is served as soon as the app is up.
+
+    ``shared``: the fan-out workers bind the same port (``SO_REUSEPORT``). A port some other
+    server holds is refused all the same: a socket without the option is bound first, which
+    fails if anything listens there, even another streamgauge with workers."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn would bind it
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
+        if shared:
+            probe = socket.socket(family, socket.SOCK_STREAM)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            finally:
+                probe.close()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
@@ -139,8 +122,11 @@ def _serve(
     cluster: str | None = None,
     mqtt: str | None = None,
     store: str | None = None,
+    workers: int | None = None,
 ) -> None:
     overrides: dict[str, object] = {"data": data}
+    if workers is not None:
+        overrides["workers"] = workers
     if store is not None:
         overrides["store"] = store
     if mqtt:
@@ -150,6 +136,14 @@ def _serve(
     if cluster is not None:
         overrides["cluster"] = cluster
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    clustered = settings.store is not None or bool(settings.bus)
+    count = settings.workers or (1 if clustered else (os.cpu_count() or 1))
+    if count > 1 and clustered:
+        console.print(
+            "[red]serve: --workers above 1 is for the embedded mode only; the cluster mode "
+            "(--store/--bus) runs one process per node (start more nodes instead)[/red]"
+        )
+        raise typer.Exit(2)
     if settings.store is not None:
         _check_store(settings.store)
     if settings.bus:
@@ -161,7 +155,7 @@ def _serve(
             parse_url(settings.mqtt)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--mqtt") from exc
-    sock = _listen(host, port)
+    sock = _listen(host, port, shared=count > 1)
     from streamgauge.core.engine import load_admin_token
 
     token, generated = load_admin_token(settings)
@@ -171,7 +165,11 @@ def _serve(
         )
     from streamgauge.app import create_app, server_options
 
-    application = create_app(settings, admin_token=token)
+    application: Any = create_app(settings, admin_token=token)
+    if count > 1:
+        from streamgauge.workers.asgi import Tagged
+
+        application = Tagged(application, 0, close=False)
     config = uvicorn.Config(
         application,
         host=host,
@@ -183,8 +181,16 @@ def _serve(
     where = f"data: {data}" + (f", store: {_redacted(settings.store)}" if settings.store else "")
     if settings.bus:
         where += f", bus: {settings.bus}, cluster: {settings.cluster}"
+    if count > 1:
+        where += f", {count} processes"
     console.print(f"streamgauge {__version__} serving on http://{host}:{port} ({where})")
-    server = _Server(config)
+    server: GracefulServer
+    if count > 1:
+        from streamgauge.workers.supervisor import WriterServer
+
+        server = WriterServer(config, count=count, host=host, port=port, data=data)
+    else:
+        server = GracefulServer(config)
     server.run(sockets=[sock])
     if not server.started:  # the engine did not start (its store, say): its error is logged
         console.print("[red]serve: the server did not start[/red]")
@@ -217,6 +223,16 @@ def serve(
             " (STREAMGAUGE_MQTT; see docs/ports.md).",
         ),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Processes serving the port (embedded mode): this one, which writes, and "
+            "WORKERS - 1 that serve live streams (STREAMGAUGE_WORKERS; default: the number "
+            "of cores; 1: one process; see docs/workers.md).",
+        ),
+    ] = None,
 ) -> None:
     """Serve every API on one port, with embedded storage in DATA (or in PostgreSQL: --store).
 
@@ -224,7 +240,7 @@ def serve(
     DATA/admin-token and printed once. Other settings: STREAMGAUGE_* (see docs/configuration.md).
     A store that cannot be reached at start is named and the command exits non-zero.
     """
-    _serve(host, port, data, bus, cluster, mqtt, store)
+    _serve(host, port, data, bus, cluster, mqtt, store, workers)
 
 
 @app.command()

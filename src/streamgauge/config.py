@@ -40,6 +40,19 @@ class Settings(BaseSettings):
         ),
     )
 
+    # Processes (docs/workers.md)
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description=(
+            "Processes serving the port in the embedded mode: the writer and WORKERS - 1 "
+            "fan-out workers that serve live streams (a read-only engine each, following the "
+            "writer's log). Unset: the number of cores; 1: one process. The cluster mode "
+            "(--store/--bus) runs one process per node."
+        ),
+    )
+
     # Cluster mode (docs/cluster.md)
     bus: str | None = Field(
         default=None,

@@ -24,6 +24,7 @@ import numpy as np
 
 from streamgauge.auth import Authenticator
 from streamgauge.auth.tokens import TokenIssuer
+from streamgauge.bus.api import Bus
 from streamgauge.config import Settings
 from streamgauge.core import columnar as columnar_ingest
 from streamgauge.core import footprint, ingest
@@ -101,13 +102,16 @@ def token_key(settings: Settings, admin_token: str) -> str | None:
 
 
 class Engine:
-    def __init__(self, settings: Settings, admin_token: str) -> None:
+    def __init__(
+        self, settings: Settings, admin_token: str, *, backend: Backend[Any, Any] | None = None
+    ) -> None:
         self.settings = settings
         # The metadata read model: the store loads it and hands it every committed change.
         self.registry = Registry()
         # The storage backend (store/factory.py): its store, table modules and services. The
-        # core reaches storage only through it and the protocols of store/api.py.
-        self.backend: Backend[Any, Any] = backend_for(settings)
+        # core reaches storage only through it and the protocols of store/api.py. ``backend``:
+        # another one than the settings name (a worker process's read-only view, workers/).
+        self.backend: Backend[Any, Any] = backend or backend_for(settings)
         # The duplicate/conflict rule and QC run in the store's writer, in commit order.
         rules = LogRules(self.registry, quality_control=settings.qc)
         self.store: Store[Any, Any] = self.backend.open_store(
@@ -123,6 +127,9 @@ class Engine:
             failure_limit=settings.auth_failure_limit,
             failure_window_seconds=settings.auth_failure_window_seconds,
         )
+        # Called in the event loop with every batch handed on, before the hub has it: what
+        # relays it to other processes (workers/: the fan-out worker processes). Quick, no raise.
+        self.relays: list[Callable[[Batch], None]] = []
         # Called in the event loop with every committed batch, after the hub has it. Listeners
         # (reported state, alert rules, delivery wake-ups) must be quick and must not raise.
         self.listeners: list[Callable[[Batch], None]] = []
@@ -202,6 +209,10 @@ class Engine:
             self._work = self._lease_work(self.cluster)
             self._work.begin()
         await self.feeds.start()
+        self._start_clocks()
+
+    def _start_clocks(self) -> None:
+        """The process-wide settings (gc, switch interval) and the keepalive and lag clocks."""
         gc.callbacks.append(self.metrics.on_gc)
         self._gc_before = gc.get_threshold()
         gc.set_threshold(*self.settings.gc_thresholds)
@@ -233,6 +244,8 @@ class Engine:
 
     def _hand_on(self, batch: Batch) -> None:
         self._node_head = batch.last
+        for relay in self.relays:
+            relay(batch)
         self.hub.publish(batch)
         for listener in self.listeners:
             listener(batch)
@@ -272,11 +285,14 @@ class Engine:
             renew_every=ttl / 3,
         )
 
-    async def _join_cluster(self) -> None:
+    async def _join_cluster(self, bus: Bus | None = None, meta_after: int | None = None) -> None:
         """Subscribe to the bus, start after the store's head, and fill gaps from the store
-        (``core/cluster.py``; a bus that cannot be reached raises ``BusUnavailable``)."""
+        (``core/cluster.py``; a bus that cannot be reached raises ``BusUnavailable``).
+
+        ``bus``: another bus than the settings' NATS one (a worker process's link to its
+        parent, ``bus/local.py``); ``meta_after``: the metadata event the registry was loaded
+        at, when that is not the store's events head now (a read-only view loaded earlier)."""
         from streamgauge.bus.codec import decode_batch, encode_batch  # the cluster mode only
-        from streamgauge.bus.jetstream import NatsBus
 
         s = self.settings
         reg = self.registry
@@ -331,18 +347,22 @@ class Engine:
             grace=s.cluster_fill_grace_seconds,
             prepare=known,
         )
-        assert s.bus is not None
-        bus = NatsBus(
-            s.bus,
-            s.cluster,
-            retention_seconds=s.cluster_bus_retention_seconds,
-        )
+        if bus is None:
+            from streamgauge.bus.jetstream import NatsBus
+
+            assert s.bus is not None
+            bus = NatsBus(
+                s.bus,
+                s.cluster,
+                retention_seconds=s.cluster_bus_retention_seconds,
+            )
         link = ClusterLink(bus, [channel, meta], head_every=s.cluster_head_check_seconds)
 
         async def heads() -> dict[Any, int]:
             head = await self.store.durable_head()
             self._node_head = head
-            return {"batch": head, "meta": await self.store.events_head()}
+            events = meta_after if meta_after is not None else await self.store.events_head()
+            return {"batch": head, "meta": events}
 
         def events_committed(first: int, last: int, events: list[Any]) -> None:
             link.committed("meta", MetaRun(first, last, events, local=True))

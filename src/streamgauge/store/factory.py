@@ -11,6 +11,7 @@ parameter of the conformance suite's ``backend`` fixture.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from streamgauge.store.sqlite.consumers import SqliteConsumerPositions
 from streamgauge.store.sqlite.deliveries import SqliteDeliveryPositions
 from streamgauge.store.sqlite.face_state import SqliteDTAccounts, SqliteDTConnectors
 from streamgauge.store.sqlite.feeds import FeedStore
+from streamgauge.store.sqlite.replica import ReplicaStore
 from streamgauge.store.sqlite.store import SqliteStore, Tx
 
 TxT = TypeVar("TxT")
@@ -108,6 +110,23 @@ SQLITE: Backend[Tx, sqlite3.Connection] = Backend(
     ops=ops,
     dt_accounts=SqliteDTAccounts,
     dt_connectors=SqliteDTConnectors,
+)
+
+
+def _sqlite_replica(settings: Settings, rules: Rules, registry: ReadModel) -> EmbeddedStore:
+    return ReplicaStore(
+        settings.data / DB_NAME,
+        durability=settings.durability,
+        readers=settings.readers,
+        rules=rules,
+        registry=registry,
+    )
+
+
+# The embedded database read-only, for a fan-out worker process (``serve --workers N``): the
+# writer process owns every write (``store/sqlite/replica.py``).
+SQLITE_REPLICA: Backend[Tx, sqlite3.Connection] = dataclasses.replace(
+    SQLITE, name="sqlite-replica", open_store=_sqlite_replica
 )
 
 

@@ -1,0 +1,81 @@
+"""A read-only view of the embedded store, for another process on the same data folder.
+
+The fan-out worker processes (``streamgauge serve --workers N``, ``workers/``) read the log and
+the metadata event feed with their own read-only SQLite connections: in WAL mode a reader in
+another process sees every transaction committed before its read began, so a batch the writer
+announced (after its commit) is there to read. The view never writes: the writer process owns
+every write, and a write asked of this view is refused (``Unavailable``: a 503, never a silent
+loss).
+
+``open`` loads the registry from the tables and notes, in the same read transaction (one
+snapshot), the metadata event and the cursor it is current at (``events_loaded``, ``head``), so
+the worker's metadata channel goes on from exactly there. The log state the writer needs (the
+series' latest times, QC state, the unindexed tail) is not loaded: this view judges no batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from typing import TypeVar
+
+from streamgauge.domain.batch import Batch
+from streamgauge.domain.errors import Unavailable
+from streamgauge.domain.events import MetaEvent
+from streamgauge.store.sqlite import metadata, retention
+from streamgauge.store.sqlite.store import SqliteStore, Tx, _connect
+
+T = TypeVar("T")
+
+
+class ReplicaStore(SqliteStore):
+    """The embedded store's log, metadata and state, read-only, for a process that does not
+    write. Its head is the last cursor it has read committed (``durable_head``)."""
+
+    events_loaded = 0  # the metadata event the registry was loaded at (``open``)
+
+    async def open(self, publish: Callable[[Batch], None]) -> None:
+        if not self.path.exists():
+            raise Unavailable(f"no database at {self.path}: the writer process creates it")
+        self._loop = asyncio.get_running_loop()
+        self._publish = publish
+
+        def snapshot() -> tuple[list[MetaEvent], int, int, dict[int, int]]:
+            conn = _connect(self.path, readonly=True, durability=self.durability)
+            try:
+                conn.execute("BEGIN")  # one snapshot: tables, event head and log head agree
+                events = list(metadata.load(conn))
+                seq = metadata.events_head(conn)
+                head = int(conn.execute("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0])
+                gone = retention.load_gone(conn)
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+            return events, seq, head, gone
+
+        events, seq, head, gone = await asyncio.to_thread(snapshot)
+        for event in events:
+            self.registry.apply(event)
+        self.events_loaded = seq
+        self._head = self._writer_head = head
+        self.gone = gone
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._readers.shutdown, True)
+
+    async def durable_head(self) -> int:
+        """The last cursor the writer process committed (read from the database)."""
+
+        def head(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0])
+
+        found = await self.read(head)
+        self._head = self._writer_head = max(self._head, found)
+        return self._head
+
+    async def write(self, fn: Callable[[Tx], T]) -> T:
+        raise Unavailable("this process serves streams only: writes go to the writer process")

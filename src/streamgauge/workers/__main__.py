@@ -1,0 +1,3 @@
+from streamgauge.workers.process import main
+
+main()

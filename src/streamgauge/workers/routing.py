@@ -1,0 +1,51 @@
+"""Which process serves a new connection, from its first request line (pure; no I/O).
+
+A worker process accepts connections on the shared port and looks at the first line of the
+first request (``GET /api/v1/projects/demo/stream?since=12 HTTP/1.1``) without reading it
+from the socket (``MSG_PEEK``). A live stream it serves itself: its engine is a read-only
+follower of the writer's log. Everything else (ingest, metadata, history, accounts, the
+dashboard, other faces' streams for now) goes, socket and all, to the writer process, which
+then reads the request itself as if it had accepted the connection: nothing is proxied, so
+status, headers, bodies and errors are exactly the writer's.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_LINE = 8192  # a request line longer than this goes to the writer (it answers the error)
+
+# The native face's live stream (NDJSON or SSE): ``GET /api/v1/projects/{project}/stream``.
+_LOCAL = re.compile(rb"/api/v1/projects/[^/?#\s]+/stream")
+
+
+def request_target(head: bytes) -> tuple[bytes, bytes] | None:
+    """(method, path) of the first request line in ``head``, or None if it holds no whole,
+    well-formed line."""
+    end = head.find(b"\r\n")
+    if end < 0:
+        end = head.find(b"\n")  # h11 accepts a bare LF too
+    if end < 0:
+        return None
+    parts = head[:end].split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+        return None
+    method, target = parts[0], parts[1]
+    path = target.split(b"?", 1)[0].split(b"#", 1)[0]
+    return method, path
+
+
+def serves_locally(head: bytes) -> bool:
+    """Whether a worker serves the connection whose first bytes are ``head`` (else the writer
+    process does). Only a GET of a route that writes nothing."""
+    found = request_target(head)
+    if found is None:
+        return False
+    method, path = found
+    return method == b"GET" and _LOCAL.fullmatch(path) is not None
+
+
+def complete(head: bytes) -> bool:
+    """Whether ``head`` is enough to decide: it holds the first line, or it is as long as a
+    request line may be."""
+    return b"\n" in head or len(head) >= MAX_LINE

@@ -1,0 +1,262 @@
+"""The writer process's side of ``serve --workers N``: the fan-out worker processes.
+
+The writer (this process) keeps everything it does alone: the SQLite writer, ingest, metadata,
+alert rules, deliveries, retention, feed sessions; and it serves, on the shared port, every
+connection the kernel gives it (streams included). ``Workers`` spawns ``N - 1`` worker
+processes (``workers/process.py``) and, for each:
+
+* relays every batch it hands on and every metadata run it commits over the worker's bus
+  socket (``bus/local.Relay``), before its own hub has the batch;
+* serves the connections the worker hands over (``SCM_RIGHTS`` on a ``SOCK_SEQPACKET`` pair):
+  everything that is not a live stream;
+* restarts it when it exits (a kill -9 included), after a short, growing pause; a worker holds
+  no data, so nothing acknowledged is lost (its clients resume, on any process).
+
+Workers get SIGTERM when the writer shuts down (their streams close with resume cursors), and
+when it dies (``PR_SET_PDEATHSIG``, and their bus socket closes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streamgauge.bus.codec import encode_batch
+from streamgauge.bus.local import Relay
+from streamgauge.core.cluster import MetaRun, encode_meta
+from streamgauge.core.engine import Engine
+from streamgauge.domain.batch import Batch
+from streamgauge.domain.events import MetaEvent
+from streamgauge.workers.server import GracefulServer
+
+log = logging.getLogger("streamgauge.workers")
+
+RESTART_FIRST = 0.2  # seconds before restarting a worker that exited; doubles while it keeps
+RESTART_MAX = 5.0  # exiting within STABLE seconds of its start
+STABLE = 10.0
+STOP_GRACE = 8.0  # a worker asked to stop gets this long, then SIGKILL
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn``: the worker gets SIGTERM when this process dies, even by SIGKILL."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+@dataclass
+class _Worker:
+    number: int
+    proc: subprocess.Popen[bytes]
+    handoff: socket.socket
+    started: float
+    watch: asyncio.Task[None] | None = None
+    adopting: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class Workers:
+    """``count - 1`` fan-out workers beside this writer process (``count`` processes serve)."""
+
+    def __init__(
+        self,
+        count: int,
+        *,
+        host: str,
+        port: int,
+        data: Path,
+        server: GracefulServer,
+        engine: Engine,
+    ) -> None:
+        self.count = count
+        self.host, self.port, self.data = host, port, data
+        self.server = server
+        self.engine = engine
+        self.relay = Relay()
+        self.restarts = 0
+        self._workers: dict[int, _Worker] = {}
+        self._delay: dict[int, float] = {}
+        self._stopping = False
+        self.handed = 0  # connections the workers handed to this process
+
+    @property
+    def pids(self) -> dict[int, int]:
+        """Worker number -> process id, of the workers running now."""
+        return {n: w.proc.pid for n, w in self._workers.items() if w.proc.poll() is None}
+
+    async def start(self) -> None:
+        engine = self.engine
+        engine.relays.append(self._batch)
+        if engine.store.on_events is not None:
+            raise RuntimeError("fan-out workers and the cluster mode do not mix (yet)")
+        engine.store.on_events = self._meta
+        for n in range(1, self.count):
+            await self._spawn(n)
+
+    def _batch(self, batch: Batch) -> None:
+        if len(batch):
+            self.relay.send("batch", batch.first, batch.last, encode_batch(batch))
+
+    def _meta(self, first: int, last: int, events: list[MetaEvent]) -> None:
+        self.relay.send("meta", first, last, encode_meta(MetaRun(first, last, events)))
+
+    async def _spawn(self, n: int) -> None:
+        loop = asyncio.get_running_loop()
+        bus, bus_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        hand, hand_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        args = [
+            sys.executable,
+            "-m",
+            "streamgauge.workers",
+            "--worker",
+            str(n),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--data",
+            str(self.data),
+            "--bus-fd",
+            str(bus_child.fileno()),
+            "--handoff-fd",
+            str(hand_child.fileno()),
+        ]
+        try:
+            proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                pass_fds=(bus_child.fileno(), hand_child.fileno()),
+                preexec_fn=_die_with_parent(),
+            )
+        finally:
+            bus_child.close()
+            hand_child.close()
+        await self.relay.add(str(n), bus)
+        hand.setblocking(False)
+        w = _Worker(n, proc, hand, loop.time())
+        loop.add_reader(hand.fileno(), self._handed, w)
+        self._workers[n] = w
+        w.watch = asyncio.create_task(self._watch(w))
+
+    def _handed(self, w: _Worker) -> None:
+        """Connections the worker hands over: served here as if accepted here."""
+        while True:
+            try:
+                msg, fds, _, _ = socket.recv_fds(w.handoff, 16, 16)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                msg, fds = b"", []
+            if not msg and not fds:  # the worker's end closed
+                asyncio.get_running_loop().remove_reader(w.handoff.fileno())
+                return
+            for fd in fds:
+                conn = socket.socket(fileno=fd)
+                conn.setblocking(False)
+                self.handed += 1
+                if self._stopping:
+                    conn.close()
+                    continue
+                task = asyncio.create_task(self.server.adopt(conn))
+                w.adopting.add(task)
+                task.add_done_callback(w.adopting.discard)
+
+    async def _watch(self, w: _Worker) -> None:
+        code = await asyncio.to_thread(w.proc.wait)
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(w.handoff.fileno())
+        w.handoff.close()
+        self.relay.remove(str(w.number))
+        if self._workers.get(w.number) is w:
+            del self._workers[w.number]
+        if self._stopping:
+            return
+        lived = loop.time() - w.started
+        delay = RESTART_FIRST if lived >= STABLE else self._delay.get(w.number, RESTART_FIRST)
+        self._delay[w.number] = min(RESTART_MAX, delay * 2)
+        log.warning(
+            "fan-out worker %d (pid %d) exited with %s; restarting it in %.1f s",
+            w.number,
+            w.proc.pid,
+            code,
+            delay,
+        )
+        self.restarts += 1
+        await asyncio.sleep(delay)
+        if not self._stopping:
+            await self._spawn(w.number)
+
+    def begin_shutdown(self) -> None:
+        """Ask every worker to stop (their streams end with resume cursors)."""
+        self._stopping = True
+        for w in self._workers.values():
+            if w.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.send_signal(signal.SIGTERM)
+
+    async def stop(self) -> None:
+        self.begin_shutdown()
+        watches = [w.watch for w in self._workers.values() if w.watch is not None]
+        if watches:
+            _, late = await asyncio.wait(watches, timeout=STOP_GRACE)
+            for w in list(self._workers.values()):
+                if w.proc.poll() is None:
+                    w.proc.kill()
+            if late:
+                await asyncio.wait(late, timeout=STOP_GRACE)
+        self.relay.close()
+        if self.engine.store.on_events == self._meta:
+            self.engine.store.on_events = None
+        if self._batch in self.engine.relays:
+            self.engine.relays.remove(self._batch)
+
+
+class WriterServer(GracefulServer):
+    """The writer process's server with ``count - 1`` fan-out workers beside it."""
+
+    def __init__(self, config: object, *, count: int, host: str, port: int, data: Path) -> None:
+        super().__init__(config)  # type: ignore[arg-type]
+        self.count, self.host, self.port, self.data = count, host, port, data
+        self.workers: Workers | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.started:
+            return
+        engine = getattr(getattr(self.config.app, "state", None), "engine", None)
+        assert isinstance(engine, Engine)
+        self.workers = Workers(
+            self.count, host=self.host, port=self.port, data=self.data, server=self, engine=engine
+        )
+        await self.workers.start()
+
+    def _begin_shutdown(self) -> None:
+        if self.workers is not None:
+            self.workers.begin_shutdown()
+        super()._begin_shutdown()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.workers is not None:
+            await self.workers.stop()
+        await super().shutdown(sockets)

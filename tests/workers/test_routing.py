@@ -1,0 +1,50 @@
+"""Which process serves a connection, from its first request line (``workers/routing.py``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamgauge.workers.routing import MAX_LINE, complete, request_target, serves_locally
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /api/v1/projects/p1/stream HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /api/v1/projects/p1/stream?since=12&variable=air_temp HTTP/1.1\r\n",
+        b"GET /api/v1/projects/a-b_c.d/stream HTTP/1.0\n",
+    ],
+)
+def test_a_native_live_stream_is_served_by_the_worker(head: bytes) -> None:
+    assert serves_locally(head)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /api/v1/projects/p1/observations HTTP/1.1\r\n",
+        b"POST /api/v1/projects/p1/stream HTTP/1.1\r\n",  # not a GET: the writer answers
+        b"GET /api/v1/projects/p1/observations HTTP/1.1\r\n",
+        b"GET /api/v1/projects/p1/stream/extra HTTP/1.1\r\n",
+        b"GET /api/v1/projects//stream HTTP/1.1\r\n",
+        b"GET /feed/ft_token/ HTTP/1.1\r\n",  # the push feed's sessions are the writer's
+        b"GET /v2/projects/p1/devices:stream HTTP/1.1\r\n",
+        b"GET /healthz HTTP/1.1\r\n",
+        b"GET /api/v1/projects/p1/stream",  # no whole line yet
+        b"garbage\r\n",
+        b"",
+    ],
+)
+def test_everything_else_goes_to_the_writer(head: bytes) -> None:
+    assert not serves_locally(head)
+
+
+def test_request_target_drops_the_query() -> None:
+    assert request_target(b"GET /a/b?x=1#f HTTP/1.1\r\n") == (b"GET", b"/a/b")
+    assert request_target(b"GET /a/b HTTP/1.1") is None
+
+
+def test_complete_once_the_line_is_there_or_too_long() -> None:
+    assert not complete(b"GET /api/v1/pro")
+    assert complete(b"GET / HTTP/1.1\r\n")
+    assert complete(b"G" * MAX_LINE)
