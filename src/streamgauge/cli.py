@@ -137,7 +137,7 @@ def _serve(
         overrides["cluster"] = cluster
     settings = Settings(**overrides)  # type: ignore[arg-type]
     clustered = settings.store is not None or bool(settings.bus)
-    count = settings.workers or (1 if clustered else (os.cpu_count() or 1))
+    count = settings.workers or 1
     if count > 1 and clustered:
         console.print(
             "[red]serve: --workers above 1 is for the embedded mode only; the cluster mode "

@@ -314,3 +314,51 @@ def test_a_killed_worker_is_restarted_and_its_streams_resume(served: Served) -> 
         assert time.monotonic() < deadline, "the worker was not restarted"
         time.sleep(0.05)
     open_on(served, "1", 0).close()  # the new worker serves streams
+
+
+def test_a_resume_older_than_retention_is_refused_by_a_worker_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention runs in the writer; a stream resumed on a worker from a removed cursor gets
+    the same 410 with ``earliest`` (never silent loss)."""
+    monkeypatch.setenv("STREAMGAUGE_RETENTION_INTERVAL_SECONDS", "0.5")
+    s = Served(tmp_path / "data", free_port())
+    s.start(workers=2)
+    try:
+        now = int(time.time() * 1000)
+        with s.client() as c:
+            make_station(c)
+            open_on(s, "1", None).close()  # the worker is up, its gone cursors read at start
+            old = [
+                {"device": "d0", "variable": "air_temp", "time": now - 5 * 86_400_000 + i}
+                | {"value": 1.0}
+                for i in range(5)
+            ]
+            fresh = [{"device": "d0", "variable": "air_temp", "time": now - 1000, "value": 2.0}]
+            for body in (old, fresh):
+                r = c.post("/api/v1/projects/p1/observations", json=body)
+                assert r.status_code == 200, r.text
+            kept = r.json()["last_cursor"]
+            assert c.patch("/api/v1/projects/p1", json={"retention_days": 1}).status_code == 200
+            deadline = time.monotonic() + WAIT
+            while (
+                c.get("/api/v1/projects/p1/observations", params={"limit": 10}).json()[
+                    "observations"
+                ][0]["cursor"]
+                != kept
+            ):
+                assert time.monotonic() < deadline, "retention never ran"
+                time.sleep(0.1)
+        seen: set[str] = set()
+        deadline = time.monotonic() + WAIT
+        while seen != {"0", "1"}:
+            assert time.monotonic() < deadline, f"410s only from processes {seen}"
+            with (
+                s.client() as c,
+                c.stream("GET", "/api/v1/projects/p1/stream", params={"since": 0}) as st,
+            ):
+                assert st.status_code == 410, st.read()
+                assert orjson.loads(st.read())["error"]["earliest"] == kept
+                seen.add(st.headers[HEADER])
+    finally:
+        s.stop()

@@ -77,5 +77,12 @@ class ReplicaStore(SqliteStore):
         self._head = self._writer_head = max(self._head, found)
         return self._head
 
+    async def refresh_gone(self) -> None:
+        """Read what retention removed again: the writer process runs retention, and a resume
+        served here must get its 410 as the writer would answer it."""
+        stored = await self.read(retention.load_gone)
+        for project_pk, top in stored.items():
+            self.gone[project_pk] = max(self.gone.get(project_pk, 0), top)
+
     async def write(self, fn: Callable[[Tx], T]) -> T:
         raise Unavailable("this process serves streams only: writes go to the writer process")
