@@ -89,6 +89,25 @@ class Tx:
 MIN_SQLITE = (3, 38, 0)  # the JSON operators (->>) of the log's insert
 
 
+# Each series' latest indexed time, one seek of the (series, time) index per series (a scan of
+# the index would grow with the log), and the greatest series pk the index has rows of (a
+# deleted series' pk is never given again).
+_LATEST_INDEXED = "SELECT s.pk, (SELECT max(time) FROM obs_index WHERE series = s.pk) FROM series s"
+_TOP_SERIES_INDEXED = (
+    "SELECT series, max(time) FROM obs_index WHERE series = (SELECT max(series) FROM obs_index)"
+)
+# Each series' newest indexed row: its cursor by one seek of the index per series, then the
+# rows by cursor, in cursor order (``json_each`` of the sorted cursors).
+_NEWEST_INDEXED = (
+    "SELECT s.pk, (SELECT cursor FROM obs_index WHERE series = s.pk ORDER BY time DESC LIMIT 1)"
+    " FROM series s"
+)
+_ROWS_AT = (
+    "SELECT o.cursor, o.series, o.time, o.value, o.qc FROM json_each(?) j "
+    "JOIN obs o ON o.cursor = j.value"
+)
+
+
 def _connect(path: Path, *, readonly: bool, durability: str) -> sqlite3.Connection:
     if sqlite3.sqlite_version_info < MIN_SQLITE:
         raise RuntimeError(
@@ -220,13 +239,15 @@ class SqliteStore:
         )
         if self._sealed == self._writer_head:
             self._tail_span = (MAX_SPAN, MIN_SPAN)
-        rows = (
-            conn.execute("SELECT series, max(time) FROM obs_index GROUP BY series").fetchall()
-            + conn.execute(
+        rows = [
+            *conn.execute(_LATEST_INDEXED).fetchall(),
+            *conn.execute(_TOP_SERIES_INDEXED).fetchall(),
+            *conn.execute(
                 "SELECT series, max(time) FROM obs WHERE cursor > ? GROUP BY series",
                 (self._sealed,),
-            ).fetchall()
-        )
+            ).fetchall(),
+        ]
+        rows = [(pk, time_) for pk, time_ in rows if time_ is not None]
         if rows:
             series, latest = zip(*rows, strict=True)
             self.registry.restore_latest(series, latest)
@@ -725,20 +746,20 @@ class SqliteStore:
 
         def run(conn: sqlite3.Connection) -> Batch:
             with _snapshot(conn) as sealed:
-                rows = _fetch_rows(
-                    conn,
-                    "SELECT o.cursor, o.series, o.time, o.value, o.qc FROM ("
-                    "SELECT series, max(time) AS time FROM ("
-                    "SELECT series, max(time) AS time FROM obs_index GROUP BY series UNION ALL "
-                    "SELECT series, max(time) FROM obs WHERE cursor > ? GROUP BY series) "
-                    "GROUP BY series) m "
-                    "JOIN obs o ON o.cursor = coalesce((SELECT cursor FROM obs_index i "
-                    "WHERE i.series = m.series AND i.time = m.time), (SELECT cursor FROM obs t "
-                    "WHERE t.cursor > ? AND t.series = m.series AND t.time = m.time))",
-                    (sealed, sealed),
-                    by_time=False,
-                )
-            return _batch(0, sorted(rows, key=lambda r: r[1]))
+                cursors = sorted(c for _, c in conn.execute(_NEWEST_INDEXED) if c is not None)
+                rows = _fetch_rows(conn, _ROWS_AT, (orjson.dumps(cursors),), by_time=False)
+                # The unindexed tail's newest row of each series (bare columns of max()).
+                tail = conn.execute(
+                    "SELECT cursor, series, max(time), value, qc FROM obs WHERE cursor > ? "
+                    "GROUP BY series",
+                    (sealed,),
+                ).fetchall()
+            newest: dict[int, Sequence[Any]] = {r[1]: r for r in rows}
+            for r in tail:
+                had = newest.get(r[1])
+                if had is None or r[2] > had[2]:
+                    newest[r[1]] = r
+            return _batch(0, [newest[pk] for pk in sorted(newest)])
 
         return await self.read(run)
 
