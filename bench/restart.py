@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         assert srv.proc is not None
         ing = Ingestor(m, "streamgauge", HOST, srv.port, srv.proc.pid, TOKEN)
         part = a.rows // a.steps
-        for step in range(a.steps):
+        for _ in range(a.steps):
             t = time.perf_counter()
             for chunk in range(0, part, 400_000):
                 ing.run(min(400_000, part - chunk), a.batch, a.producers)

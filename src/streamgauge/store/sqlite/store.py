@@ -86,6 +86,8 @@ class Tx:
         return self.conn.execute(sql, params)
 
 
+WRITER_CACHE_KIB = 65536
+READER_CACHE_KIB = 16384
 MIN_SQLITE = (3, 38, 0)  # the JSON operators (->>) of the log's insert
 
 
@@ -124,7 +126,10 @@ def _connect(path: Path, *, readonly: bool, durability: str) -> sqlite3.Connecti
         conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
         conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=10000")
-    conn.execute("PRAGMA cache_size=-65536")
+    # Page cache in KiB: the writer's holds the index pages that sealing and duplicate probes
+    # touch; a reader's is smaller (there are several, the OS caches the file for them too,
+    # and each one's cache stays resident once a long read filled it).
+    conn.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB if readonly else WRITER_CACHE_KIB}")
     return conn
 
 
