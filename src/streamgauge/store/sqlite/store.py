@@ -64,6 +64,10 @@ FOLD_STEP = 50_000  # rows folded into the hour summaries per step (while the wr
 # takes a network's hour at once adds each (series, hour) unit once, not once per row; reads
 # reach the rows not folded yet through the index (summaries.tail_units).
 FOLD_MAX_LAG = 4_000_000
+# Rows after the QC checkpoint beyond which an idle writer checkpoints before it indexes or
+# folds (those can keep it busy for minutes after a backfill; a restart replays the log after
+# the checkpoint through the checks, so that replay stays bounded).
+QC_CHECKPOINT_ROWS = 200_000
 MAX_SPAN, MIN_SPAN = 1 << 62, -(1 << 62)  # the span of an empty tail (beyond any time)
 
 
@@ -174,6 +178,7 @@ class SqliteStore:
         self.write_seconds = 0.0  # total time spent in write transactions (metrics)
         self._frozen_at = 0
         self._qc_dirty: set[int] = set()  # series whose QC state changed since the checkpoint
+        self._qc_cursor = 0  # the cursor the checkpointed QC state is current at
         # The (least, greatest) time of the unindexed tail's rows, or more (it only widens until
         # the whole tail is indexed); None: not known (the tail found on open).
         self._tail_span: tuple[int, int] | None = None
@@ -270,6 +275,7 @@ class SqliteStore:
             st.last_value[series] = np.nan if last_value is None else last_value
             st.same_since[series] = same_since
         after = int(conn.execute("SELECT value FROM state WHERE key='qc_cursor'").fetchone()[0])
+        self._qc_cursor = after
         while True:
             chunk = conn.execute(
                 "SELECT cursor, series, time, value FROM obs WHERE cursor > ? "
@@ -313,6 +319,7 @@ class SqliteStore:
             )
             conn.execute("UPDATE state SET value = ? WHERE key = 'qc_cursor'", (self._writer_head,))
             conn.execute("COMMIT")
+            self._qc_cursor = self._writer_head
         except sqlite3.Error:
             conn.execute("ROLLBACK")
             log.exception("checkpointing the QC state failed; will retry")
@@ -328,7 +335,9 @@ class SqliteStore:
             try:
                 job = self._queue.get(timeout=IDLE_SECONDS)
             except queue.Empty:
-                if self._writer_head > self._sealed:  # idle: index the tail a step at a time
+                if self._writer_head - self._qc_cursor >= QC_CHECKPOINT_ROWS and self._qc_dirty:
+                    self._checkpoint_qc(conn)  # first: a restart replays the log after it
+                elif self._writer_head > self._sealed:  # idle: index the tail a step at a time
                     self._seal(conn, min(self._writer_head, self._sealed + SEAL_STEP))
                 elif self._writer_head > self._summarized:  # then summarize it
                     self._fold(conn, min(self._writer_head, self._summarized + FOLD_STEP))
