@@ -15,6 +15,8 @@
     catchup    a small project's stream catch-up beside a busy project, against it alone
     columnar   decode + resolve of NDJSON, Arrow IPC and Parquet batches, in one process
     cluster    ingest into one node on PostgreSQL against the embedded mode (issue 13, part 1)
+    restart    restart time until /healthz and a history read, at two log lengths, and the
+               resident memory per series of 30,000 stations x 6 variables
 
 Each workload takes its own ``--help``.
 """
@@ -36,6 +38,7 @@ WORKLOADS = {
     "catchup": "bench.catchup",
     "columnar": "bench.columnar",
     "cluster": "bench.cluster",
+    "restart": "bench.restart",
 }
 
 

@@ -293,6 +293,16 @@ async def test_a_mixed_history_rebuilds_from_the_events_and_reopens_the_same(
         ]
         await md.create_devices(p, devices)
         await md.create_devices(r, [DeviceIn(id="rd", variables=[VariableIn(id="v")])])
+        # Every field of a variable's document set (a restart rebuilds it from the stored JSON).
+        full = VariableIn(
+            name="pressure",
+            unit="hPa",
+            set=3,
+            limits=QCLimits(min=500.0, max_rate=None),
+            metadata={"k": "v"},
+            retention_days=3.5,
+        )
+        await md.create_devices(p, [DeviceIn(id="dx", variables=[full])])
         rows = [row(f"d{i}", v, 1000, 1.0) for i in range(6) for v in ("air_temp", "wind_speed")]
         await engine.ingest(p, nd(*rows), ndjson=True)
         await engine.ingest(r, nd(row("rd", "v", 1000, 1.0)), ndjson=True)
@@ -393,6 +403,12 @@ SAMPLES: list[ev.MetaEvent] = [
         Variable(
             id="t", name="air_temp", unit="degF", project="p", device="d", limits=QCLimits(min=-1)
         ),
+    ),
+    ev.VariableStored(
+        5,
+        3,
+        '{"id":"t","name":"air_temp","unit":"degF","set":1,"limits":{"min":-1.0},'
+        '"metadata":{},"retention_days":null,"project":"p","device":"d"}',
     ),
     ev.VariableDropped(5),
     ev.SeriesAdded(6, 1, 3, 5, 2, 'd"\u00e9', "t"),

@@ -3,7 +3,9 @@ history reads across sealed and unsealed rows, and a restart that rebuilds its s
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -230,5 +232,86 @@ async def test_a_deleted_series_pk_is_never_given_to_a_new_series(
         assert new > old
         rows = await store.history(HistoryQuery(pk, series=(new,), limit=10))
         assert rows.values == [5.0]
+    finally:
+        await store.close()
+
+
+async def test_restart_restores_latest_times_and_rows_from_the_index_and_the_tail(
+    tmp_path: Path,
+) -> None:
+    """Each series' latest time and newest row come back after a restart from one index seek
+    per series plus the unindexed tail (issue 17: the index was scanned, a cost growing with
+    the log); a deleted series' indexed rows still keep its pk from being given again."""
+    store = await open_store(tmp_path, [], chunk=4)
+    pk, v = await seed(store)
+    # d0/t: rows in the index, then an older backfill row; d0/w: indexed; d1/t: one row left
+    # in the tail; d1/w (the newest series): indexed, then its device deleted.
+    await store.append(cols(pk, [v[0]] * 5, [1000 * i for i in range(1, 6)], [1.0] * 5))
+    await store.append(cols(pk, [v[1]] * 4, [10, 20, 40, 30], [1.0, 2.0, 4.0, 3.0]))
+    await store.append(cols(pk, [v[3]] * 4, [1, 2, 3, 4], [5.0, 6.0, 7.0, 8.0]))
+    await store.append(cols(pk, [v[0], v[2]], [500, 7], ["old", 7]))
+    assert store._sealed < store.head  # the last append is in the tail
+    reg = store.registry
+    gone = max(reg.series_by_pk)
+    await store.write(lambda tx: metadata.delete_device(tx, reg, reg.devices[(pk, "d1")]))
+    latest = {s: int(reg.latest[s]) for s in reg.series_by_pk}
+    rows = await store.latest_rows()
+    await store.close()
+    again = await open_store(tmp_path, [], chunk=4)
+    try:
+        reg = again.registry
+        assert {s: int(reg.latest[s]) for s in reg.series_by_pk} == latest
+        assert latest == {series_of(again, "d0", "t")[0]: 5000, series_of(again, "d0", "w")[0]: 40}
+        got = await again.latest_rows()
+
+        def live(b: Batch) -> list[tuple[int, int, int, Any]]:  # deleted series' rows aside
+            return [
+                r
+                for r in zip(
+                    b.series.tolist(), b.times.tolist(), b.cursors.tolist(), b.values, strict=True
+                )
+                if r[0] in reg.series_by_pk
+            ]
+
+        assert live(got) == live(rows)
+        assert [r[:2] for r in live(got)] == [(1, 5000), (2, 40)]
+        assert reg.series_end > gone
+    finally:
+        await again.close()
+
+
+async def test_an_idle_writer_checkpoints_qc_before_indexing_a_long_backlog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The QC state is checkpointed once the writer is idle and the log has grown past
+    ``QC_CHECKPOINT_ROWS`` since the last checkpoint, before it indexes or summarizes: those
+    can keep an idle writer busy for minutes after a backfill, and a restart replays the log
+    after the checkpoint."""
+    from streamgauge.store.sqlite import store as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "QC_CHECKPOINT_ROWS", 3)
+    store = await open_store(tmp_path, [], chunk=1000)
+    try:
+        pk, v = await seed(store)
+        order: list[str] = []
+        checkpointed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        checkpoint, seal = store._checkpoint_qc, store._seal
+
+        def checkpoint_qc(conn: Any) -> None:
+            order.append(f"checkpoint {store._sealed}")
+            checkpoint(conn)
+            loop.call_soon_threadsafe(checkpointed.set)
+
+        def seal_(conn: Any, upto: int) -> None:
+            order.append("seal")
+            seal(conn, upto)
+
+        monkeypatch.setattr(store, "_checkpoint_qc", checkpoint_qc)
+        monkeypatch.setattr(store, "_seal", seal_)
+        await store.append(cols(pk, [v[0]] * 5, [1000 * i for i in range(5)], [1.0] * 5))
+        await checkpointed.wait()
+        assert order[0] == "checkpoint 0"  # before the 5 rows were indexed
+        assert store._qc_cursor == 5
     finally:
         await store.close()

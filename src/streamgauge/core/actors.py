@@ -226,7 +226,7 @@ class Actors:
             if type(v) is not float:
                 continue
             var = variables[reg.series_by_pk[s].variable_pk]
-            xs, ys = lines.setdefault(var.doc.id, ([], []))
+            xs, ys = lines.setdefault(var.id, ([], []))
             xs.append(datetime.fromtimestamp(t / 1000, UTC).replace(tzinfo=None))
             ys.append((v - var.offset) / var.scale)
         path = plot_path(self._data, alert_id)

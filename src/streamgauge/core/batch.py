@@ -109,9 +109,9 @@ def units_of(batch: Batch, registry: Registry, units: UnitSystem) -> dict[str, s
     for pk in np.unique(batch.series).tolist():
         rec = registry.series_by_pk.get(pk)
         var = registry.variables_by_pk.get(rec.variable_pk) if rec is not None else None
-        if var is not None and var.doc.id not in out:
+        if var is not None and var.id not in out:
             e = var.entry
-            out[var.doc.id] = unit_label(target_unit(units, e.kind, e.unit))
+            out[var.id] = unit_label(target_unit(units, e.kind, e.unit))
     return out
 
 

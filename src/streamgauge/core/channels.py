@@ -67,7 +67,7 @@ def compile_trigger(
     dev = reg.devices.get((project.pk, t.device))
     if dev is None:
         raise _bad(f"no instrument {t.device!r} in project {project.doc.id!r}", i, "device", "?")
-    by_id = {reg.variables_by_pk[pk].doc.id: pk for pk in reg.device_variables.get(dev.pk, set())}
+    by_id = {reg.variables_by_pk[pk].id: pk for pk in reg.device_variables.get(dev.pk, set())}
 
     def var_pk(name: str, field: str) -> int:
         pk = by_id.get(name)

@@ -256,7 +256,7 @@ class _Names:
         order = np.argsort(keys, kind="stable")
         self.keys = keys[order]
         self.var_pk = np.array([v.pk for _, v in found], np.int64)[order]
-        self.var_set = np.array([v.doc.set for _, v in found], np.int64)[order]
+        self.var_set = np.array([v.set for _, v in found], np.int64)[order]
         self.scale = np.array([v.scale for _, v in found], np.float64)[order]
         self.offset = np.array([v.offset for _, v in found], np.float64)[order]
 
@@ -322,7 +322,7 @@ class _Names:
         for j in np.flatnonzero(ok & ~hit).tolist():  # missed: ask the registry itself
             var = reg.variables.get((int(dev_pk[d[j]]), var_names[v[j]]))
             if var is not None:
-                var_pk[j], sets[j] = var.pk, var.doc.set
+                var_pk[j], sets[j] = var.pk, var.set
                 scale[j], offset[j] = var.scale, var.offset
         return var_pk, sets, scale.astype(np.float64), offset.astype(np.float64)
 
@@ -501,7 +501,7 @@ def _values(
             values[i] = y
             if not math.isfinite(y):
                 var = reg.variables_by_pk.get(int(var_pks[i]))
-                unit, canon = (var.doc.unit, var.entry.unit) if var is not None else ("", "")
+                unit, canon = (var.unit, var.entry.unit) if var is not None else ("", "")
                 overflow[i] = f"value {raw!r} {unit} is not finite once converted to {canon}"
         mask = np.zeros(n, np.bool_)
         mask[list(overflow)] = True

@@ -180,7 +180,7 @@ def resolve(
                 )
             else:
                 var_pks[i] = var.pk
-                sets[i] = row.set or var.doc.set
+                sets[i] = row.set or var.set
                 scale, offset = var.scale, var.offset
         t = row.time
         ms = t if type(t) is int else to_ms(t)
@@ -212,7 +212,7 @@ def resolve(
                         {
                             "index": i,
                             "field": "value",
-                            "reason": f"value {row.value!r} {var.doc.unit} is not finite once "
+                            "reason": f"value {row.value!r} {var.unit} is not finite once "
                             f"converted to {var.entry.unit}",
                         }
                     )

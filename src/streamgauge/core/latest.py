@@ -18,13 +18,16 @@ _NEVER = int(np.iinfo(np.int64).min)
 
 class LatestRows:
     """Columns indexed by series pk: cursor, time and QC flags of the newest row, and its
-    value. Mutated only on the event loop (the commit listener), read there too."""
+    value: a float in the ``value`` column, any other value (an int, a string, null) in
+    ``others`` (a dict entry and a float object per series weigh ten times a column's 8
+    bytes). Mutated only on the event loop (the commit listener), read there too."""
 
     def __init__(self) -> None:
         self.time = np.full(1024, _NEVER, np.int64)
         self.cursor = np.zeros(1024, np.int64)
         self.qc = np.zeros(1024, np.int64)
-        self.values: dict[int, Value] = {}
+        self.value = np.zeros(1024, np.float64)
+        self.others: dict[int, Value] = {}
 
     def _capacity(self, top: int) -> None:
         size = len(self.time)
@@ -34,6 +37,7 @@ class LatestRows:
         self.time = np.concatenate([self.time, np.full(grown - size, _NEVER, np.int64)])
         self.cursor = np.concatenate([self.cursor, np.zeros(grown - size, np.int64)])
         self.qc = np.concatenate([self.qc, np.zeros(grown - size, np.int64)])
+        self.value = np.concatenate([self.value, np.zeros(grown - size, np.float64)])
 
     def update(self, batch: Batch) -> None:
         """Take each series' newest row of ``batch`` where it is newer than the one held."""
@@ -54,25 +58,41 @@ class LatestRows:
         self.cursor[series] = batch.cursors[idx]
         self.qc[series] = batch.qc[idx]
         values = batch.values
-        for pk, i in zip(series.tolist(), idx.tolist(), strict=True):
-            self.values[pk] = values[i]
+        taken = [values[i] for i in idx.tolist()]
+        floats = np.fromiter((type(v) is float for v in taken), bool, len(taken))
+        if floats.all():
+            self.value[series] = taken
+            if self.others:
+                for pk in series.tolist():
+                    self.others.pop(pk, None)
+            return
+        for pk, v in zip(series.tolist(), taken, strict=True):
+            if type(v) is float:
+                self.value[pk] = v
+                self.others.pop(pk, None)
+            else:
+                self.others[pk] = v
 
     def forget_before(self, cutoffs: list[tuple[int, int]]) -> None:
         """Drop the rows of (series, cutoff) pairs older than the cutoff (retention)."""
         for pk, cutoff in cutoffs:
             if pk < len(self.time) and self.time[pk] < cutoff:
                 self.time[pk] = _NEVER
-                self.values.pop(pk, None)
+                self.others.pop(pk, None)
 
     def rows(self, project_pk: int, series: npt.NDArray[np.int64]) -> Batch:
         """The held rows of ``series`` (in that order; series without one are left out)."""
         series = series[series < len(self.time)]
         series = series[self.time[series] != _NEVER]
+        others = self.others
         return Batch(
             project_pk,
             self.cursor[series].copy(),
             series.copy(),
             self.time[series].copy(),
-            [self.values.get(pk) for pk in series.tolist()],
+            [
+                others.get(pk, v) if others else v
+                for pk, v in zip(series.tolist(), self.value[series].tolist(), strict=True)
+            ],
             self.qc[series].copy(),
         )

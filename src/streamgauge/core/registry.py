@@ -18,18 +18,20 @@ store sees a registry as the protocol ``domain.readmodel.ReadModel``.
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from streamgauge.core import qc
 from streamgauge.core.units import converter, entry_for, validate_unit
 from streamgauge.domain import events as ev
 from streamgauge.domain.catalog import Entry, lookup
-from streamgauge.domain.model import Device, Variable
+from streamgauge.domain.model import Device, QCLimits, Variable
 from streamgauge.domain.records import AccountRec as AccountRec
 from streamgauge.domain.records import DeviceRec as DeviceRec
 from streamgauge.domain.records import ProjectRec as ProjectRec
@@ -42,20 +44,86 @@ from streamgauge.domain.records import series_prefix as series_prefix
 def variable_rec(pk: int, device_pk: int, doc: Variable) -> VariableRec:
     """The record of variable ``doc``, with its catalog entry and unit map (``Invalid`` if its
     unit is bad or does not suit the entry)."""
-    entry, scale, offset = variable_entry(doc.name, doc.unit)
-    return VariableRec(pk, device_pk, doc, entry, scale, offset)
+    return _record(
+        pk,
+        device_pk,
+        doc.id,
+        doc.name,
+        doc.unit,
+        doc.set,
+        doc.project,
+        doc.device,
+        doc.limits,
+        doc.retention_days,
+        doc.metadata or None,
+    )
+
+
+_intern = sys.intern
+
+
+def stored_variable_rec(pk: int, device_pk: int, doc: str) -> VariableRec:
+    """The record of a variable from its stored document (JSON of a valid ``Variable``), without
+    validating a model: its limits, if any, are."""
+    d = orjson.loads(doc)
+    limits = d.get("limits")
+    return _record(
+        pk,
+        device_pk,
+        d["id"],
+        d["name"],
+        d.get("unit"),
+        d.get("set", 1),
+        d["project"],
+        d["device"],
+        None if limits is None else QCLimits.model_validate(limits),
+        d.get("retention_days"),
+        d.get("metadata") or None,
+    )
+
+
+def _record(
+    pk: int,
+    device_pk: int,
+    id_: str,
+    name: str,
+    unit: str | None,
+    set_: int,
+    project: str,
+    device: str,
+    limits: QCLimits | None,
+    retention_days: float | None,
+    metadata: dict[str, Any] | None,
+) -> VariableRec:
+    entry, scale, offset = variable_entry(name, unit)
+    return VariableRec(
+        pk,
+        device_pk,
+        _intern(id_),
+        _intern(name),
+        None if unit is None else _intern(unit),
+        set_,
+        _intern(project),
+        _intern(device),
+        entry,
+        scale,
+        offset,
+        limits,
+        retention_days,
+        metadata,
+    )
 
 
 def qc_limits(var: VariableRec) -> tuple[float, float, float, int, int]:
     """(lo, hi, max_rate, max_persist_ms, wind role) of a variable for ``qc.Limits.set``."""
     e = var.entry
     lo, hi, rate, persist = e.min, e.max, e.max_rate, e.max_persist_s
-    if var.doc.limits is not None:
-        given = var.doc.limits.model_fields_set
-        lo = var.doc.limits.min if "min" in given else lo
-        hi = var.doc.limits.max if "max" in given else hi
-        rate = var.doc.limits.max_rate if "max_rate" in given else rate
-        persist = var.doc.limits.max_persist_s if "max_persist_s" in given else persist
+    if var.limits is not None:
+        given = var.limits.model_fields_set
+        lo = var.limits.min if "min" in given else lo
+        hi = var.limits.max if "max" in given else hi
+        rate = var.limits.max_rate if "max_rate" in given else rate
+        persist = var.limits.max_persist_s if "max_persist_s" in given else persist
     role = {"wind_speed": qc.ROLE_WIND_SPEED, "wind_gust": qc.ROLE_WIND_GUST}.get(
         e.name, qc.ROLE_OTHER
     )
@@ -145,6 +213,7 @@ class Registry:
             ev.DeviceMoved: self._device_moved,
             ev.DeviceDropped: self._device_dropped,
             ev.VariablePut: self._variable_put,
+            ev.VariableStored: self._variable_stored,
             ev.VariableDropped: self._variable_dropped,
             ev.SeriesAdded: self._series_added,
             ev.SeriesDropped: self._series_dropped,
@@ -295,6 +364,14 @@ class Registry:
             self._refresh_limits(rec)
         self._bump()
 
+    def _variable_stored(self, e: ev.VariableStored) -> None:
+        rec = stored_variable_rec(e.pk, e.device_pk, e.doc)
+        known = e.pk in self.variables_by_pk
+        self._put_variable(rec)
+        if known:
+            self._refresh_limits(rec)
+        self._bump()
+
     def _variable_dropped(self, e: ev.VariableDropped) -> None:
         var = self.variables_by_pk.get(e.pk)
         if var is not None:
@@ -318,8 +395,8 @@ class Registry:
                 e.device_pk,
                 e.variable_pk,
                 e.set,
-                e.device_id,
-                e.variable_id,
+                _intern(e.device_id),  # one string of each id, not one per series
+                _intern(e.variable_id),
                 series_prefix(e.device_id, e.variable_id, e.set),
             )
         )
@@ -412,14 +489,14 @@ class Registry:
             self._drop_series(self.series[key])
 
     def _put_variable(self, var: VariableRec) -> None:
-        self.variables[(var.device_pk, var.doc.id)] = var
+        self.variables[(var.device_pk, var.id)] = var
         self.variables_by_pk[var.pk] = var
         self.device_variables.setdefault(var.device_pk, set()).add(var.pk)
-        self.names.setdefault(var.doc.id, len(self.names))
+        self.names.setdefault(var.id, len(self.names))
 
     def _drop_variable(self, var: VariableRec) -> None:
         self._drop_series_of_variable(var.pk)
-        self.variables.pop((var.device_pk, var.doc.id), None)
+        self.variables.pop((var.device_pk, var.id), None)
         self.variables_by_pk.pop(var.pk, None)
         self.device_variables.get(var.device_pk, set()).discard(var.pk)
 

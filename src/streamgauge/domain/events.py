@@ -46,6 +46,7 @@ __all__ = [
     "SitePut",
     "VariableDropped",
     "VariablePut",
+    "VariableStored",
     "decode",
     "encode",
     "encode_many",
@@ -107,6 +108,16 @@ class VariablePut(_Event, frozen=True, tag="variable_put"):
     pk: int
     device_pk: int
     doc: Variable
+
+
+class VariableStored(_Event, frozen=True, tag="variable_stored"):
+    """A variable as its table holds it, the document as stored (JSON text): what a store
+    yields on open to rebuild the registry, applied like ``VariablePut`` without validating
+    a model per variable (the document was valid when it was written)."""
+
+    pk: int
+    device_pk: int
+    doc: str
 
 
 class VariableDropped(_Event, frozen=True, tag="variable_dropped"):
@@ -178,6 +189,7 @@ MetaEvent = (
     | DeviceMoved
     | DeviceDropped
     | VariablePut
+    | VariableStored
     | VariableDropped
     | SeriesAdded
     | SeriesDropped

@@ -8,11 +8,12 @@ below both, so that neither imports the other.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
 from streamgauge.domain.catalog import Entry
-from streamgauge.domain.model import Device, Project, Role, Site, Variable
+from streamgauge.domain.model import Device, Project, QCLimits, Role, Site, Variable
 
 __all__ = [
     "AccountRec",
@@ -49,14 +50,48 @@ class DeviceRec:
 class VariableRec:
     """A variable, with its catalog entry and the affine map (``scale``, ``offset``) from the
     unit it is sent in to the entry's canonical unit (the unit it is stored in). The core
-    resolves the entry (``core.registry.variable_rec``)."""
+    resolves the entry (``core.registry.variable_rec``).
+
+    The document's fields are kept as fields (ids interned, the common defaults as None), not
+    as a validated model: a network has hundreds of thousands of variables and a model with its
+    dicts and strings weighs about 1.5 KB. ``doc`` builds the document on each call (a few
+    microseconds): hot paths read the fields."""
 
     pk: int
     device_pk: int
-    doc: Variable
+    id: str
+    name: str
+    unit: str | None
+    set: int
+    project: str  # the ids of the document (the device's project and id when it was stored)
+    device: str
     entry: Entry
     scale: float
     offset: float
+    limits: QCLimits | None = None
+    retention_days: float | None = None
+    metadata: dict[str, Any] | None = None  # None: none
+
+    @property
+    def doc(self) -> Variable:
+        """The variable's document (a new model on each call; the fields a stored document
+        leaves at their defaults are left unset)."""
+        fields: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "set": self.set,
+            "project": self.project,
+            "device": self.device,
+        }
+        if self.unit is not None:
+            fields["unit"] = self.unit
+        if self.limits is not None:
+            fields["limits"] = self.limits
+        if self.retention_days is not None:
+            fields["retention_days"] = self.retention_days
+        if self.metadata:
+            fields["metadata"] = self.metadata
+        return Variable.model_validate(fields)
 
 
 @dataclass(slots=True)

@@ -229,7 +229,7 @@ class TimeSeries:
         if self._retaining_at != reg.version:
             pks = {p.pk for p in reg.projects_by_pk.values() if p.doc.retention_days is not None}
             for var in list(reg.variables_by_pk.values()):
-                if var.doc.retention_days is not None:
+                if var.retention_days is not None:
                     dev = reg.devices_by_pk.get(var.device_pk)
                     if dev is not None:
                         pks.add(dev.project_pk)
@@ -247,7 +247,7 @@ class TimeSeries:
             if rec.project_pk != project.pk:
                 continue
             var = reg.variables_by_pk.get(rec.variable_pk)
-            keep = var.doc.retention_days if var is not None else None
+            keep = var.retention_days if var is not None else None
             keep = days if keep is None else keep
             if keep is not None:
                 out.append((pk, now_ms - int(keep * DAY_MS)))

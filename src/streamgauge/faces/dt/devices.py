@@ -354,7 +354,7 @@ def event_series(face: DTFace, dev: DeviceRec, types: set[str]) -> dict[int, str
     out: dict[int, str] = {}
     for var_pk in reg.device_variables.get(dev.pk, ()):
         var = reg.variables_by_pk.get(var_pk)
-        spk = reg.series.get((var_pk, var.doc.set)) if var is not None else None
+        spk = reg.series.get((var_pk, var.set)) if var is not None else None
         rec = reg.series_by_pk.get(spk) if spk is not None else None
         event_type = event_type_of(reg, rec) if rec is not None else None
         if spk is not None and event_type is not None and (not types or event_type in types):
@@ -515,7 +515,7 @@ def server_time(face: DTFace, dev: DeviceRec) -> int:
     now = int(time.time() * 1000)
     for var_pk in reg.device_variables.get(dev.pk, ()):
         var = reg.variables_by_pk.get(var_pk)
-        spk = reg.series.get((var_pk, var.doc.set)) if var is not None else None
+        spk = reg.series.get((var_pk, var.set)) if var is not None else None
         if spk is not None and spk < len(reg.latest) and int(reg.latest[spk]) != _NEVER:
             now = max(now, int(reg.latest[spk]) + 1)
     return now

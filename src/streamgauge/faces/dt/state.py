@@ -115,7 +115,7 @@ class Reported(Consumer):
         want: dict[int, str] = {}
         for var_pk in reg.device_variables.get(dev.pk, ()):
             var = reg.variables_by_pk.get(var_pk)
-            spk = reg.series.get((var_pk, var.doc.set)) if var is not None else None
+            spk = reg.series.get((var_pk, var.set)) if var is not None else None
             rec = reg.series_by_pk.get(spk) if spk is not None else None  # the default set
             event_type = event_type_of(reg, rec) if rec is not None else None
             if spk is None or event_type not in REPORTED_TYPES:

@@ -67,9 +67,9 @@ def units_of_series(registry: Registry, series: Iterable[int], units: UnitSystem
     for pk in series:
         rec = registry.series_by_pk.get(pk)
         var = registry.variables_by_pk.get(rec.variable_pk) if rec is not None else None
-        if var is not None and var.doc.id not in out:
+        if var is not None and var.id not in out:
             e = var.entry
-            out[var.doc.id] = unit_label(target_unit(units, e.kind, e.unit))
+            out[var.id] = unit_label(target_unit(units, e.kind, e.unit))
     return out
 
 

@@ -144,7 +144,7 @@ async def create_measurement(engine: EngineDep, who: CallerDep, body: NewMeasure
     bad row is named by its index in ``vars`` and its field."""
     p, d = find_instrument(engine, who, body.inst_id, Action.WRITE)
     reg = engine.registry
-    known = {reg.variables_by_pk[pk].doc.id for pk in reg.device_variables.get(d.pk, ())}
+    known = {reg.variables_by_pk[pk].id for pk in reg.device_variables.get(d.pk, ())}
     details: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     origin: list[tuple[int, str]] = []  # (vars row, var_id) of each flattened observation
@@ -210,7 +210,7 @@ async def read_table(
     """(variable ids, time rows, {var_id: {time: value}}) of an instrument, paged by time row."""
     reg = engine.registry
     variables = {
-        v.doc.id: v for pk in reg.device_variables.get(d.pk, ()) if (v := reg.variables_by_pk[pk])
+        v.id: v for pk in reg.device_variables.get(d.pk, ()) if (v := reg.variables_by_pk[pk])
     }
     if var_ids:
         wanted = [x.strip() for x in var_ids.split(",") if x.strip()]

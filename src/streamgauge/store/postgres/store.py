@@ -529,7 +529,7 @@ class PgStore:
                     var_pk,
                     set_,
                     dev.doc.id,
-                    var.doc.id,
+                    var.id,
                 )
                 if pk is None:  # new: its event is written with this transaction
                     pk = end

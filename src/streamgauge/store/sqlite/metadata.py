@@ -75,7 +75,7 @@ def load(conn: sqlite3.Connection) -> Iterator[ev.MetaEvent]:
     for pk, project_pk, doc in conn.execute("SELECT pk, project_pk, doc FROM devices"):
         yield ev.DevicePut(pk, project_pk, Device.model_validate_json(doc))
     for pk, device_pk, doc in conn.execute("SELECT pk, device_pk, doc FROM variables"):
-        yield ev.VariablePut(pk, device_pk, Variable.model_validate_json(doc))
+        yield ev.VariableStored(pk, device_pk, doc)
     for row in conn.execute(
         "SELECT s.pk, s.project_pk, s.device_pk, s.variable_pk, s.set_, d.id, v.id "
         "FROM series s JOIN devices d ON d.pk = s.device_pk "

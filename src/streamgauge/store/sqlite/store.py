@@ -64,6 +64,10 @@ FOLD_STEP = 50_000  # rows folded into the hour summaries per step (while the wr
 # takes a network's hour at once adds each (series, hour) unit once, not once per row; reads
 # reach the rows not folded yet through the index (summaries.tail_units).
 FOLD_MAX_LAG = 4_000_000
+# Rows after the QC checkpoint beyond which an idle writer checkpoints before it indexes or
+# folds (those can keep it busy for minutes after a backfill; a restart replays the log after
+# the checkpoint through the checks, so that replay stays bounded).
+QC_CHECKPOINT_ROWS = 200_000
 MAX_SPAN, MIN_SPAN = 1 << 62, -(1 << 62)  # the span of an empty tail (beyond any time)
 
 
@@ -86,7 +90,28 @@ class Tx:
         return self.conn.execute(sql, params)
 
 
+WRITER_CACHE_KIB = 65536
+READER_CACHE_KIB = 16384
 MIN_SQLITE = (3, 38, 0)  # the JSON operators (->>) of the log's insert
+
+
+# Each series' latest indexed time, one seek of the (series, time) index per series (a scan of
+# the index would grow with the log), and the greatest series pk the index has rows of (a
+# deleted series' pk is never given again).
+_LATEST_INDEXED = "SELECT s.pk, (SELECT max(time) FROM obs_index WHERE series = s.pk) FROM series s"
+_TOP_SERIES_INDEXED = (
+    "SELECT series, max(time) FROM obs_index WHERE series = (SELECT max(series) FROM obs_index)"
+)
+# Each series' newest indexed row: its cursor by one seek of the index per series, then the
+# rows by cursor, in cursor order (``json_each`` of the sorted cursors).
+_NEWEST_INDEXED = (
+    "SELECT s.pk, (SELECT cursor FROM obs_index WHERE series = s.pk ORDER BY time DESC LIMIT 1)"
+    " FROM series s"
+)
+_ROWS_AT = (
+    "SELECT o.cursor, o.series, o.time, o.value, o.qc FROM json_each(?) j "
+    "JOIN obs o ON o.cursor = j.value"
+)
 
 
 def _connect(path: Path, *, readonly: bool, durability: str) -> sqlite3.Connection:
@@ -105,7 +130,10 @@ def _connect(path: Path, *, readonly: bool, durability: str) -> sqlite3.Connecti
         conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
         conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=10000")
-    conn.execute("PRAGMA cache_size=-65536")
+    # Page cache in KiB: the writer's holds the index pages that sealing and duplicate probes
+    # touch; a reader's is smaller (there are several, the OS caches the file for them too,
+    # and each one's cache stays resident once a long read filled it).
+    conn.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB if readonly else WRITER_CACHE_KIB}")
     return conn
 
 
@@ -150,6 +178,7 @@ class SqliteStore:
         self.write_seconds = 0.0  # total time spent in write transactions (metrics)
         self._frozen_at = 0
         self._qc_dirty: set[int] = set()  # series whose QC state changed since the checkpoint
+        self._qc_cursor = 0  # the cursor the checkpointed QC state is current at
         # The (least, greatest) time of the unindexed tail's rows, or more (it only widens until
         # the whole tail is indexed); None: not known (the tail found on open).
         self._tail_span: tuple[int, int] | None = None
@@ -220,13 +249,15 @@ class SqliteStore:
         )
         if self._sealed == self._writer_head:
             self._tail_span = (MAX_SPAN, MIN_SPAN)
-        rows = (
-            conn.execute("SELECT series, max(time) FROM obs_index GROUP BY series").fetchall()
-            + conn.execute(
+        rows = [
+            *conn.execute(_LATEST_INDEXED).fetchall(),
+            *conn.execute(_TOP_SERIES_INDEXED).fetchall(),
+            *conn.execute(
                 "SELECT series, max(time) FROM obs WHERE cursor > ? GROUP BY series",
                 (self._sealed,),
-            ).fetchall()
-        )
+            ).fetchall(),
+        ]
+        rows = [(pk, time_) for pk, time_ in rows if time_ is not None]
         if rows:
             series, latest = zip(*rows, strict=True)
             self.registry.restore_latest(series, latest)
@@ -244,6 +275,7 @@ class SqliteStore:
             st.last_value[series] = np.nan if last_value is None else last_value
             st.same_since[series] = same_since
         after = int(conn.execute("SELECT value FROM state WHERE key='qc_cursor'").fetchone()[0])
+        self._qc_cursor = after
         while True:
             chunk = conn.execute(
                 "SELECT cursor, series, time, value FROM obs WHERE cursor > ? "
@@ -287,6 +319,7 @@ class SqliteStore:
             )
             conn.execute("UPDATE state SET value = ? WHERE key = 'qc_cursor'", (self._writer_head,))
             conn.execute("COMMIT")
+            self._qc_cursor = self._writer_head
         except sqlite3.Error:
             conn.execute("ROLLBACK")
             log.exception("checkpointing the QC state failed; will retry")
@@ -302,7 +335,9 @@ class SqliteStore:
             try:
                 job = self._queue.get(timeout=IDLE_SECONDS)
             except queue.Empty:
-                if self._writer_head > self._sealed:  # idle: index the tail a step at a time
+                if self._writer_head - self._qc_cursor >= QC_CHECKPOINT_ROWS and self._qc_dirty:
+                    self._checkpoint_qc(conn)  # first: a restart replays the log after it
+                elif self._writer_head > self._sealed:  # idle: index the tail a step at a time
                     self._seal(conn, min(self._writer_head, self._sealed + SEAL_STEP))
                 elif self._writer_head > self._summarized:  # then summarize it
                     self._fold(conn, min(self._writer_head, self._summarized + FOLD_STEP))
@@ -728,20 +763,20 @@ class SqliteStore:
 
         def run(conn: sqlite3.Connection) -> Batch:
             with _snapshot(conn) as sealed:
-                rows = _fetch_rows(
-                    conn,
-                    "SELECT o.cursor, o.series, o.time, o.value, o.qc FROM ("
-                    "SELECT series, max(time) AS time FROM ("
-                    "SELECT series, max(time) AS time FROM obs_index GROUP BY series UNION ALL "
-                    "SELECT series, max(time) FROM obs WHERE cursor > ? GROUP BY series) "
-                    "GROUP BY series) m "
-                    "JOIN obs o ON o.cursor = coalesce((SELECT cursor FROM obs_index i "
-                    "WHERE i.series = m.series AND i.time = m.time), (SELECT cursor FROM obs t "
-                    "WHERE t.cursor > ? AND t.series = m.series AND t.time = m.time))",
-                    (sealed, sealed),
-                    by_time=False,
-                )
-            return _batch(0, sorted(rows, key=lambda r: r[1]))
+                cursors = sorted(c for _, c in conn.execute(_NEWEST_INDEXED) if c is not None)
+                rows = _fetch_rows(conn, _ROWS_AT, (orjson.dumps(cursors),), by_time=False)
+                # The unindexed tail's newest row of each series (bare columns of max()).
+                tail = conn.execute(
+                    "SELECT cursor, series, max(time), value, qc FROM obs WHERE cursor > ? "
+                    "GROUP BY series",
+                    (sealed,),
+                ).fetchall()
+            newest: dict[int, Sequence[Any]] = {r[1]: r for r in rows}
+            for r in tail:
+                had = newest.get(r[1])
+                if had is None or r[2] > had[2]:
+                    newest[r[1]] = r
+            return _batch(0, [newest[pk] for pk in sorted(newest)])
 
         return await self.read(run)
 

@@ -1,0 +1,188 @@
+"""``python -m bench restart``: how long a restart takes, and the memory a big network holds.
+
+One data folder, grown in steps: a project with ``--stations`` stations x 6 variables (30,000:
+180,000 series), then ``--rows`` observations ingested in ``--steps`` equal parts (default 3.2
+million in two: 1.6M and 3.2M). After each part the server is stopped (SIGTERM, or SIGKILL with
+``--kill``) and started again on the same folder, and the bench times, from the start of the
+process, until ``GET /healthz`` answers 200 and then until a history read (one series' newest
+rows) answers 200. The restart time must not grow with the log's length: compare the steps.
+
+Memory: the server's resident memory right after it started on an empty folder, after the
+network and the ingest, and after each restart (the registry loaded from the database, no
+ingest buffers): bytes per series above the empty server. Prints the core count and the load
+average; the figures depend on both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .common import free_port, make_mesonet, proc_rss_mb
+from .harness import HOST, PROJECT, TOKEN, Ingestor, log, setup_mesonet
+
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class Server:
+    """``streamgauge serve`` on a data folder that outlives it (stop and start again)."""
+
+    def __init__(self, data: Path, logs: Path, durability: str) -> None:
+        self.exe = Path(
+            os.environ.get("STREAMGAUGE_BENCH_EXE") or Path(sys.executable).parent / "streamgauge"
+        )
+        self.data = data
+        self.durability = durability
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.logf = open(logs, "ab")  # noqa: SIM115 - closed in stop()
+
+    def start(self) -> float:
+        """Start the server; return when it started (``time.perf_counter``)."""
+        env = dict(
+            os.environ, STREAMGAUGE_ADMIN_TOKEN=TOKEN, STREAMGAUGE_DURABILITY=self.durability
+        )
+        started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [str(self.exe), "serve", "--host", HOST, "--port", str(self.port)]
+            + ["--data", str(self.data)],
+            env=env,
+            stdout=self.logf,
+            stderr=subprocess.STDOUT,
+        )
+        return started
+
+    def wait(self, path: str, deadline_s: float = 600) -> float:
+        """Poll ``path`` until it answers 200; return when it did (``time.perf_counter``)."""
+        assert self.proc is not None
+        deadline = time.perf_counter() + deadline_s
+        with httpx.Client(base_url=f"http://{HOST}:{self.port}", headers=HEADERS) as c:
+            while time.perf_counter() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"streamgauge exited: see {self.logf.name}")
+                try:
+                    if c.get(path, timeout=deadline_s).status_code == 200:
+                        return time.perf_counter()
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.01)
+        raise RuntimeError(f"{path} did not answer 200 in {deadline_s:.0f} s")
+
+    def rss_mb(self) -> float:
+        assert self.proc is not None
+        return proc_rss_mb(self.proc.pid)
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def close(self) -> None:
+        self.stop()
+        self.logf.close()
+
+
+def _restart(srv: Server, kill: bool, history: str) -> dict[str, float]:
+    srv.stop(kill=kill)
+    started = srv.start()
+    healthy = srv.wait("/healthz")
+    read = srv.wait(history)
+    return {
+        "healthz_s": healthy - started,
+        "history_s": read - started,
+        "rss_mb": srv.rss_mb(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--stations", type=int, default=30_000, help="stations (x 6 variables)")
+    ap.add_argument("--rows", type=int, default=3_200_000, help="observations in all")
+    ap.add_argument("--steps", type=int, default=2, help="restarts, after equal parts of --rows")
+    ap.add_argument("--kill", action="store_true", help="stop with SIGKILL instead of SIGTERM")
+    ap.add_argument("--batch", type=int, default=10_000, help="rows per ingest request")
+    ap.add_argument("--producers", type=int, default=2, help="concurrent ingest requests")
+    ap.add_argument("--durability", default="normal", choices=["full", "normal"])
+    ap.add_argument("--keep", default=None, help="keep the data folder here (must not exist)")
+    a = ap.parse_args(argv)
+
+    log(
+        f"streamgauge restart bench  cpu_count={os.cpu_count()}  load average "
+        f"{os.getloadavg()[0]:.2f}  python={sys.version.split()[0]}  durability={a.durability}"
+    )
+    root = Path(tempfile.mkdtemp(prefix="sg-bench-restart-"))
+    data = Path(a.keep) if a.keep else root / "data"
+    srv = Server(data, root / "server.log", a.durability)
+    m = make_mesonet(a.stations)
+    history = f"/api/v1/projects/{PROJECT}/observations?device={m.ids[-1]}&variable=air_temp"
+    out: dict[str, Any] = {"steps": []}
+    try:
+        started = srv.start()
+        srv.wait("/healthz")
+        log(f"  empty server up in {time.perf_counter() - started:.2f} s")
+        time.sleep(1)
+        rss_empty = srv.rss_mb()
+        t = time.perf_counter()
+        setup_mesonet(srv.port, m)
+        rss_setup = srv.rss_mb()
+        log(
+            f"  network: {a.stations:,} stations, {m.nseries:,} series in "
+            f"{time.perf_counter() - t:.1f} s; server rss {rss_empty:.0f} MB empty, "
+            f"{rss_setup:.0f} MB with the network"
+        )
+        assert srv.proc is not None
+        ing = Ingestor(m, "streamgauge", HOST, srv.port, srv.proc.pid, TOKEN)
+        part = a.rows // a.steps
+        for _ in range(a.steps):
+            t = time.perf_counter()
+            for chunk in range(0, part, 400_000):
+                ing.run(min(400_000, part - chunk), a.batch, a.producers)
+            rss_ingest = srv.rss_mb()
+            log(
+                f"  ingested {ing.row:,} rows ({part:,} in {time.perf_counter() - t:.1f} s); "
+                f"server rss {rss_ingest:.0f} MB = "
+                f"{(rss_ingest - rss_empty) * 2**20 / m.nseries:,.0f} B a series above empty"
+            )
+            load = os.getloadavg()[0]
+            r = _restart(srv, a.kill, history)
+            per_series = (r["rss_mb"] - rss_empty) * 2**20 / m.nseries
+            log(
+                f"  restart with {ing.row:,} rows ({'SIGKILL' if a.kill else 'SIGTERM'}, load "
+                f"{load:.2f}): /healthz {r['healthz_s']:.2f} s, history read "
+                f"{r['history_s']:.2f} s; rss {r['rss_mb']:.0f} MB = {per_series:,.0f} B a "
+                f"series above empty"
+            )
+            out["steps"].append({"rows": ing.row, **r, "per_series_b": per_series})
+        if srv.proc is not None:
+            time.sleep(2)  # let the restarted server settle (index the tail, fold summaries)
+            log(f"  rss after settling: {srv.rss_mb():.0f} MB")
+    finally:
+        srv.close()
+        if not a.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    log("\nrows        /healthz   history read   rss above empty / series")
+    for s in out["steps"]:
+        log(
+            f"{s['rows']:>9,d}   {s['healthz_s']:6.2f} s   {s['history_s']:8.2f} s   "
+            f"{s['per_series_b']:>10,.0f} B"
+        )
+    log(f"cpu_count={os.cpu_count()}  load average now {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
