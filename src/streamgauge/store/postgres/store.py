@@ -69,6 +69,9 @@ IDLE_SECONDS = 0.5  # a writer idle this long checkpoints the QC state
 REPLAY_ROWS = 200_000  # log rows per read while replaying QC on open
 COPY_SQL = "COPY obs (cursor, series, time, num, txt, qc, received) FROM STDIN (FORMAT BINARY)"
 COPY_TYPES = ["int8", "int8", "int8", "float8", "text", "int8", "int8"]
+FOLD_SECONDS = 1.0  # how often a node folds the rows not summarized yet (see _fold_loop)
+FOLD_STEP = 200_000  # rows folded into the hour summaries per transaction
+_FOLD_KEY = object()  # the folds' turn among the reads (FairGate)
 
 
 class PgStore:
@@ -118,6 +121,7 @@ class PgStore:
         self.write_seconds = 0.0
         self._qc_dirty: set[int] = set()
         self._writer_conn: Conn | None = None
+        self._folder: asyncio.Task[None] | None = None
 
     def _connect(self) -> Conn:
         return connect(self.url, **self._timeouts)
@@ -158,6 +162,7 @@ class PgStore:
         self._head = self._writer_head
         self._thread = threading.Thread(target=self._writer, name="sg-pg-writer", daemon=True)
         self._thread.start()
+        self._folder = asyncio.create_task(self._fold_loop(), name="sg-pg-fold")
 
     def _load(self, conn: Conn) -> None:
         migrate(conn)
@@ -210,6 +215,10 @@ class PgStore:
         if self._closed:
             return
         self._closed = True
+        if self._folder is not None:
+            self._folder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._folder
         self._queue.put(None)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
@@ -389,7 +398,30 @@ class PgStore:
         return await self.write(lambda tx: self._append(tx, columns))
 
     async def settle_summaries(self) -> None:
-        """Nothing to do: the summaries are kept in every append's transaction."""
+        """Fold every row not summarized yet into the summaries now (waiting for a fold of
+        another node to finish first)."""
+
+        def run(conn: Conn) -> None:
+            with conn.transaction():
+                summaries.lock(conn)
+                summaries.fold(conn)
+
+        await self.read(run, key=_FOLD_KEY)
+
+    async def _fold_loop(self) -> None:
+        """Every ``FOLD_SECONDS``, fold the rows not summarized yet into the hour summaries,
+        ``FOLD_STEP`` rows a transaction, on a reader connection: off the append path, so an
+        append pays nothing for the summaries. Every node runs it; ``SUMMARY_LOCK`` (tried,
+        not waited for) lets one fold at a time. A failure is logged and retried: reads
+        summarize what is not folded yet."""
+        while not self._closed:
+            try:
+                folded = await self.read(_fold_step, key=_FOLD_KEY)
+            except (Unavailable, psycopg.Error):
+                log.warning("folding the log into the hour summaries failed; will retry")
+                folded = 0
+            if folded < FOLD_STEP:
+                await asyncio.sleep(FOLD_SECONDS)
 
     async def append_with(
         self, metadata: Callable[[Tx], object], columns: Callable[[], IngestColumns]
@@ -449,7 +481,6 @@ class PgStore:
         q_keep = rules.flag(s_keep, t_keep, numeric)
         received = int(time.time() * 1000)
         _copy_rows(tx.conn, cursors, s_keep, t_keep, values, q_keep, received)
-        summaries.add(tx, s_keep, t_keep, numeric, q_keep)
         tx.execute("UPDATE state SET value = %s WHERE key = 'head'", (last,))
 
         def advance() -> None:
@@ -764,6 +795,15 @@ def _snapshot(conn: Conn) -> Iterator[None]:
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         yield
+
+
+def _fold_step(conn: Conn) -> int:
+    """One fold of up to ``FOLD_STEP`` rows if no other node is folding; the rows folded."""
+    with conn.transaction():
+        if not summaries.lock(conn, wait=False):
+            return 0
+        first, last = summaries.fold(conn, step=FOLD_STEP)
+    return last - first
 
 
 def _state(conn: Conn, key: str) -> int:
