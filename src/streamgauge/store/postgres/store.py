@@ -414,12 +414,19 @@ class PgStore:
         append pays nothing for the summaries. Every node runs it; ``SUMMARY_LOCK`` (tried,
         not waited for) lets one fold at a time. A failure is logged and retried: reads
         summarize what is not folded yet."""
+        failing = False
         while not self._closed:
             try:
                 folded = await self.read(_fold_step, key=_FOLD_KEY)
-            except (Unavailable, psycopg.Error):
-                log.warning("folding the log into the hour summaries failed; will retry")
+            except (Unavailable, psycopg.Error) as exc:
+                if not failing:  # once per outage
+                    log.warning("folding the log into the hour summaries failed: %s", exc)
+                failing = True
                 folded = 0
+            else:
+                if failing:
+                    log.info("folding the log into the hour summaries again")
+                failing = False
             if folded < FOLD_STEP:
                 await asyncio.sleep(FOLD_SECONDS)
 
