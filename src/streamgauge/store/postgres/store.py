@@ -418,9 +418,9 @@ class PgStore:
         while not self._closed:
             try:
                 folded = await self.read(_fold_step, key=_FOLD_KEY)
-            except (Unavailable, psycopg.Error) as exc:
+            except Exception as exc:  # noqa: BLE001 - the task must outlive any one failure
                 if not failing:  # once per outage
-                    log.warning("folding the log into the hour summaries failed: %s", exc)
+                    log.warning("folding the log into the hour summaries failed: %r", exc)
                 failing = True
                 folded = 0
             else:
