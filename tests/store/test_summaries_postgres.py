@@ -172,6 +172,7 @@ async def test_two_nodes_folding_while_appending_count_every_row_once(
 ) -> None:
     monkeypatch.setattr(pgstore, "FOLD_SECONDS", 0.001)
     monkeypatch.setattr(pgstore, "FOLD_STEP", 7)  # many small folds, racing between nodes
+    monkeypatch.setattr(pgstore, "FOLD_LAG", 7)
     a = await open_store(url)
     b: PgStore | None = None
     try:
