@@ -14,7 +14,9 @@
                against the raw NDJSON stream read with httpx
     catchup    a small project's stream catch-up beside a busy project, against it alone
     columnar   decode + resolve of NDJSON, Arrow IPC and Parquet batches, in one process
-    cluster    ingest into one node on PostgreSQL against the embedded mode (issue 13, part 1)
+    cluster    ingest into one node on PostgreSQL against the embedded mode, cross-node
+               ingest-to-delivery latency and the fan-out capacity of one node and of two
+               (PostgreSQL + NATS JetStream; issue 13; about 6 minutes, --quick)
     restart    restart time until /healthz and a history read, at two log lengths, and the
                resident memory per series of 30,000 stations x 6 variables
 

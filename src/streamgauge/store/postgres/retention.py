@@ -5,7 +5,9 @@ cursor removed.
 A step is one short write transaction (at most ``max_rows`` rows), so appends of every node
 commit between steps. The rows to remove are a range of the (series, time) index per series,
 deleted by that range. The hour summaries of the removed hours go too, unless the project keeps
-a rollup; the hour the cutoff falls in is recomputed from the rows left. ``state`` keeps
+a rollup; the hour the cutoff falls in is recomputed from the rows left. A step holds
+``SUMMARY_LOCK`` (no fold runs meanwhile); a rollup's step first folds every row not folded yet,
+so the rows it removes are counted in the summaries it keeps. ``state`` keeps
 ``gone:<project pk>``, the highest cursor retention removed from the project, written in the
 same transaction.
 """
@@ -49,6 +51,9 @@ def expire_step(
     """Remove up to ``max_rows`` rows older than their series' cutoff (in the caller's write
     transaction). Returns (rows removed, highest cursor removed (0: none), whether every
     expired row of ``cutoffs`` is gone)."""
+    summaries.lock(tx.conn)
+    if keep_summaries:
+        summaries.fold(tx.conn)
     removed = 0
     top = 0
     done = True

@@ -19,6 +19,7 @@ import psycopg
 LOCK_CLASS = 0x5347  # "SG"
 LOG_LOCK = 1  # held by every append: cursors are numbered from the head under it
 MIGRATE_LOCK = 2  # held while the schema is checked and migrated
+SUMMARY_LOCK = 3  # held while rows are folded into the hour summaries, and by retention steps
 
 MIGRATIONS: list[str] = [
     # 1: everything the embedded schema has at its version 7.
@@ -204,6 +205,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX meta_events_time ON meta_events (time);
     INSERT INTO state VALUES ('events_head', 0);
+    """,
+    # 3: the summaries hold the log up to the cursor 'summarized' (rows are folded in by cursor
+    # range off the append path, store/postgres/summaries.py: fold; reads summarize the rows
+    # after it). Every append so far kept them in its own transaction: they hold the whole log.
+    """
+    INSERT INTO state SELECT 'summarized', value FROM state WHERE key = 'head';
     """,
 ]
 
