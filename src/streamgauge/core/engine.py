@@ -12,6 +12,7 @@ import functools
 import gc
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import sys
@@ -50,6 +51,7 @@ from streamgauge.core.registry import DeviceRec, ProjectRec, Registry
 from streamgauge.core.services import AccountService, MetadataService
 from streamgauge.core.services.timeseries import TimeSeries
 from streamgauge.core.units import METRIC, UnitSystem, describe
+from streamgauge.domain import events as ev
 from streamgauge.domain.batch import Batch, concat, empty_batch
 from streamgauge.domain.errors import BadRequest, StreamgaugeError
 from streamgauge.domain.log import AppendResult, HistoryQuery, IngestColumns
@@ -59,6 +61,8 @@ from streamgauge.store.face_state import DTAccountStore, DTConnectorStore
 from streamgauge.store.factory import Backend, backend_for
 from streamgauge.store.files import private_dir, tighten_if_present
 from streamgauge.wire.rows import format_time
+
+log = logging.getLogger("streamgauge.engine")
 
 MAX_SEND_BYTES = 256 * 1024  # coalesce queued frames into writes of at most this size
 LAG_PROBE_SECONDS = 0.05  # how often the event loop's lag is sampled (metrics)
@@ -174,6 +178,10 @@ class Engine:
             alert_tick_seconds=settings.alert_tick_seconds,
         )
         self.channels = self.alerting.service  # channel CRUD (core/services/channels.py)
+        # The cluster mode: told, in feed order, of each work event (``events.WORK_EVENTS``:
+        # channels, data connectors) another node committed, so the work lease's holder
+        # follows a change made anywhere at once. Quick, on the loop, must not raise.
+        self.followers: list[Callable[[ev.MetaEvent], None]] = [self.channels.follow]
         # The services every face calls (core/services/).
         self.metadata = MetadataService(self.store, self.backend.metadata, self.registry, settings)
         self.metadata.project_deleted += [
@@ -289,6 +297,12 @@ class Engine:
             if not run.local:  # this node's own changes were applied at its commit
                 for event in run.events:
                     reg.apply(event)
+                    if isinstance(event, ev.WORK_EVENTS):
+                        for follow in self.followers:
+                            try:
+                                follow(event)
+                            except Exception:
+                                log.exception("following a %s event failed", ev.kind(event))
 
         async def read_meta(after: int, upto: int | None) -> list[tuple[int, int, MetaRun]]:
             return meta_runs(await self.store.read_events(after, upto, s.cluster_fill_rows))
