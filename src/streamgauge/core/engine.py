@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from prometheus_client import Gauge
 
 from streamgauge.auth import Authenticator
 from streamgauge.auth.tokens import TokenIssuer
@@ -270,7 +271,7 @@ class Engine:
             await self.deliveries.stop()
             await self.timeseries.stop()
 
-        return LeasedWork(
+        work = LeasedWork(
             NatsLeases(link.bus, ttl),
             "work",
             link.bus.node_id,
@@ -279,6 +280,12 @@ class Engine:
             ttl=ttl,
             renew_every=ttl / 3,
         )
+        Gauge(
+            "streamgauge_cluster_work_lease",
+            "1 while this node holds the cluster's work lease (rules, deliveries, retention)",
+            registry=self.metrics.registry,
+        ).set_function(lambda: 1.0 if work.held else 0.0)
+        return work
 
     async def _join_cluster(self) -> None:
         """Subscribe to the bus, start after the store's head, and fill gaps from the store
