@@ -17,7 +17,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ from streamgauge.auth import Authenticator
 from streamgauge.auth.tokens import TokenIssuer
 from streamgauge.config import Settings
 from streamgauge.core import columnar as columnar_ingest
-from streamgauge.core import footprint, ingest
+from streamgauge.core import footprint, ingest, metafeed
 from streamgauge.core.alerting import Alerting
 from streamgauge.core.cluster import (
     Channel,
@@ -36,7 +36,6 @@ from streamgauge.core.cluster import (
     MetaRun,
     decode_meta,
     encode_meta,
-    meta_runs,
     split_by_project,
 )
 from streamgauge.core.consumers import Consumer, Handler, Select
@@ -183,6 +182,9 @@ class Engine:
         # channels, data connectors) another node committed, so the work lease's holder
         # follows a change made anywhere at once. Quick, on the loop, must not raise.
         self.followers: list[Callable[[ev.MetaEvent], None]] = [self.channels.follow]
+        # ... and, when this node was behind what the feed keeps and reloaded the metadata
+        # (``core/metafeed.py``), these reload what the work events would have told.
+        self.resyncs: list[Callable[[], Coroutine[Any, Any, None]]] = [self.channels.load]
         # The services every face calls (core/services/).
         self.metadata = MetadataService(self.store, self.backend.metadata, self.registry, settings)
         self.metadata.project_deleted += [
@@ -301,6 +303,13 @@ class Engine:
             return rec.project_pk if rec is not None else 0
 
         def apply(run: MetaRun) -> None:
+            if run.reload:  # behind what the feed keeps: the store's metadata, then the work's
+                metafeed.apply_reload(reg, run)
+                for resync in self.resyncs:
+                    task = asyncio.get_running_loop().create_task(resync())
+                    self._stopping.add(task)
+                    task.add_done_callback(self._stopping.discard)
+                return
             if not run.local:  # this node's own changes were applied at its commit
                 for event in run.events:
                     reg.apply(event)
@@ -312,7 +321,7 @@ class Engine:
                                 log.exception("following a %s event failed", ev.kind(event))
 
         async def read_meta(after: int, upto: int | None) -> list[tuple[int, int, MetaRun]]:
-            return meta_runs(await self.store.read_events(after, upto, s.cluster_fill_rows))
+            return await metafeed.read_meta(self.store, after, upto, s.cluster_fill_rows)
 
         meta: Channel[MetaRun] = Channel(
             "meta",

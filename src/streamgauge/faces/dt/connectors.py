@@ -245,6 +245,7 @@ class Connectors:
         self._tasks: set[asyncio.Task[None]] = set()
         self._following = asyncio.Lock()  # changes from other nodes, applied one at a time
         engine.followers.append(self.follow)
+        engine.resyncs.append(self.reload)
 
     async def start(self) -> None:
         await self.reload()

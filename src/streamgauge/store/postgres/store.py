@@ -142,6 +142,14 @@ class PgStore:
     ) -> list[tuple[int, MetaEvent]]:
         return await self.read(lambda c: metadata.read_events(c, after, upto, limit))
 
+    async def metadata_snapshot(self) -> tuple[int, list[MetaEvent]]:
+        def snap(conn: Conn) -> tuple[int, list[MetaEvent]]:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                return metadata.events_head(conn), list(metadata.load(conn))
+
+        return await self.read(snap)
+
     async def open(self, publish: Callable[[Batch], None]) -> None:
         """Connect (``Unavailable`` naming the store if it cannot), migrate, load."""
         self._loop = asyncio.get_running_loop()
