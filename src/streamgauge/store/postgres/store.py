@@ -122,6 +122,11 @@ class PgStore:
     def _connect(self) -> Conn:
         return connect(self.url, **self._timeouts)
 
+    def connection(self) -> Conn:
+        """A new connection with the store's timeouts, for a reader of its own (the feed
+        sessions' listener and locks: ``feedsignals.py``)."""
+        return self._connect()
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     @property
