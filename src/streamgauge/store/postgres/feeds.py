@@ -438,10 +438,16 @@ class FeedStore:
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
             try:
-                await self.flush()
                 if time.monotonic() - expired >= self._expire_every:
+                    # Sessions served here are touched as often as expiry runs: another node's
+                    # expiry, which does not know them, never takes one that is connected.
+                    for session in list(self._live.values()):
+                        session.dirty = True
+                    await self.flush()
                     expired = time.monotonic()
                     await self.expire()
+                else:
+                    await self.flush()
             except Unavailable as exc:
                 if exc.retry_after is None:  # the store closing under us: stop quietly
                     return
