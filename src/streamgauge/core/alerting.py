@@ -269,6 +269,9 @@ class Alerting:
         cursor, alive_ms, states = await self.store.read(self.table.load_progress)
         known = {(c.pk, t.index) for c in self.service.channels.values() for t in c.triggers}
         self.states = {k: v for k, v in states.items() if k in known}
+        # What this node changed while it did not run the rules (another node held the work
+        # lease and wrote the states since) is not this node's to write.
+        self._dirty = set()
         consumer = self.consumer
         consumer.position = consumer.saved = cursor
         consumer.replayed = consumer.last_received = 0
