@@ -16,6 +16,7 @@ from typing import Any
 
 import disruptive as dt
 import httpx
+import psycopg
 import pytest
 
 from tests.bus.test_jetstream import NATS_URL
@@ -41,6 +42,7 @@ def pair(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
         "STREAMGAUGE_ALERT_FLUSH_SECONDS": "0",
     }
     with fresh_database("sg_work") as url:
+        env["STREAMGAUGE_STORE"] = url  # as --store (the tests read the database too)
         a = Node("a", tmp_path / "a", free_port(), env)
         b = Node("b", tmp_path / "b", free_port(), env)
         try:
@@ -212,3 +214,33 @@ def test_a_data_connector_made_and_deleted_on_the_node_without_the_lease(
     finally:
         receiver.stop()
         dt.base_url, dt.emulator_base_url = saved
+
+
+def alert_cursor(node: Node) -> int:
+    with psycopg.connect(node.env["STREAMGAUGE_STORE"], autocommit=True) as conn:
+        row = conn.execute("SELECT value FROM state WHERE key = 'alert_cursor'").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_channel_made_on_the_node_without_the_lease_leaves_the_rules_progress_alone(
+    pair: tuple[Node, Node],
+) -> None:
+    """Regression: a channel made on a node whose rules do not run wrote that node's progress
+    (none: cursor 0) with it, moving the holder's stored position back to the start of the
+    log, which the next holder would have judged again (alerts fired twice)."""
+    a, b = pair
+    doc = {"triggers": [{"device": "ws1", "variable": "air_temp", "operator": ">", "value": 90}]}
+    with a.client() as ca, b.client() as cb:
+        station(ca)
+        for v in (1.0, 2.0, 3.0):
+            temp(ca, v)
+        eventually(lambda: cb.get("/api/v1/projects/lab/devices/ws1").status_code == 200)
+        # Made on A (the holder): its progress is written with it.
+        assert ca.post("/api/v1/projects/lab/channels", json={"id": "x", **doc}).status_code == 201
+        before = alert_cursor(a)
+        assert before >= 3
+        assert cb.post("/api/v1/projects/lab/channels", json={"id": "y", **doc}).status_code == 201
+        assert cb.patch("/api/v1/projects/lab/channels/y", json={"name": "Y"}).status_code == 200
+        assert cb.delete("/api/v1/projects/lab/channels/y").status_code == 204
+        assert alert_cursor(a) >= before
