@@ -10,6 +10,10 @@ the actor worker (``core/actors.ActorWorker``), never registered as HTTP deliver
 
 The service knows the rules' runtime and the deliveries only through the narrow protocols
 below, never the engine.
+
+In the cluster mode every change is also an event of the metadata feed (``ChannelPut``,
+``ChannelDropped``, written by the alert tables in the change's transaction): the other nodes
+apply it with ``follow``, so the node holding the work lease judges the next batch with it.
 """
 
 from __future__ import annotations
