@@ -22,6 +22,7 @@ from streamgauge.config import Settings
 from streamgauge.core.engine import Engine
 from streamgauge.core.registry import ProjectRec, Registry
 from streamgauge.domain import events as ev
+from streamgauge.domain.channels import ChannelDoc
 from streamgauge.domain.errors import Conflict, Invalid
 from streamgauge.domain.model import (
     Device,
@@ -419,6 +420,31 @@ SAMPLES: list[ev.MetaEvent] = [
     ev.RoleDropped(7, 1),
     ev.KeyPut(7, "k1", "$argon2id$v=19$..."),
     ev.KeyDropped(7, "k1"),
+    ev.ChannelPut(
+        8,
+        1,
+        ChannelDoc.model_validate(
+            {
+                "id": "c",
+                "project": "p",
+                "name": "C",
+                "created_at": "2026-01-01T00:00:00Z",
+                "last_updated": "2026-01-01T00:00:00Z",
+                "triggers": [
+                    {
+                        "device": "d",
+                        "variable": "t",
+                        "operator": ">",
+                        "value": 1,
+                        "actions": [{"method": "HTTP", "http_url": "http://127.0.0.1:9/x"}],
+                    }
+                ],
+            }
+        ),
+    ),
+    ev.ChannelDropped(8),
+    ev.ConnectorChanged(9, "dc1"),
+    ev.ConnectorDropped(9, "dc1"),
 ]
 
 

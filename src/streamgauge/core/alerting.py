@@ -269,6 +269,9 @@ class Alerting:
         cursor, alive_ms, states = await self.store.read(self.table.load_progress)
         known = {(c.pk, t.index) for c in self.service.channels.values() for t in c.triggers}
         self.states = {k: v for k, v in states.items() if k in known}
+        # What this node changed while it did not run the rules (another node held the work
+        # lease and wrote the states since) is not this node's to write.
+        self._dirty = set()
         consumer = self.consumer
         consumer.position = consumer.saved = cursor
         consumer.replayed = consumer.last_received = 0
@@ -350,9 +353,12 @@ class Alerting:
         return self.states.get((channel_pk, trigger), rules.TriggerState())
 
     def drop_states(self, channel_pk: int) -> None:
+        """The channel's triggers start over (an edit) or are gone (a delete). Their stored
+        states are deleted with the next progress write too: an edit made on another node
+        forgot them in the database, and a checkpoint of this node must not write them back."""
         for key in [k for k in self.states if k[0] == channel_pk]:
             del self.states[key]
-        self._dirty = {k for k in self._dirty if k[0] != channel_pk}
+            self._dirty.add(key)  # None in the next snapshot: deleted
 
     # -- the rules' progress --------------------------------------------------------------------
 
@@ -388,7 +394,11 @@ class Alerting:
         self.table.save_progress(tx, p.cursor, p.alive_ms, p.states)
 
     async def commit(self, also: Callable[[Any], Any] | None = None) -> Any:
-        """``RulesControl.commit`` (the channel service's writes)."""
+        """``RulesControl.commit`` (the channel service's writes). On a node where the rules
+        do not run (a cluster node without the work lease) only ``also`` is written: this
+        node's idea of the progress is none, and writing it would move back the holder's."""
+        if not self._running:
+            return await self.store.write(also if also is not None else lambda tx: None)
         return await self._commit(also)
 
     async def _commit(self, also: Callable[[Any], Any] | None = None) -> Any:

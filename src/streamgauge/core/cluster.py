@@ -223,8 +223,13 @@ class MetaRun:
     last: int
     events: list[ev.MetaEvent]
     local: bool = False
+    # The store's metadata as of ``last`` in place of events it no longer keeps
+    # (``core/metafeed.py``): applied whole, however much of it was delivered already.
+    reload: bool = False
 
     def after(self, seq: int) -> MetaRun:
+        if self.reload:
+            return MetaRun(max(self.first, seq + 1), self.last, self.events, reload=True)
         return MetaRun(max(self.first, seq + 1), self.last, self.events[seq + 1 - self.first :])
 
 

@@ -12,22 +12,24 @@ import functools
 import gc
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from prometheus_client import Gauge
 
 from streamgauge.auth import Authenticator
 from streamgauge.auth.tokens import TokenIssuer
 from streamgauge.bus.api import Bus
 from streamgauge.config import Settings
 from streamgauge.core import columnar as columnar_ingest
-from streamgauge.core import footprint, ingest
+from streamgauge.core import footprint, ingest, metafeed
 from streamgauge.core.alerting import Alerting
 from streamgauge.core.cluster import (
     Channel,
@@ -35,7 +37,6 @@ from streamgauge.core.cluster import (
     MetaRun,
     decode_meta,
     encode_meta,
-    meta_runs,
     split_by_project,
 )
 from streamgauge.core.consumers import Consumer, Handler, Select
@@ -51,6 +52,7 @@ from streamgauge.core.registry import DeviceRec, ProjectRec, Registry
 from streamgauge.core.services import AccountService, MetadataService
 from streamgauge.core.services.timeseries import TimeSeries
 from streamgauge.core.units import METRIC, UnitSystem, describe
+from streamgauge.domain import events as ev
 from streamgauge.domain.batch import Batch, concat, empty_batch
 from streamgauge.domain.errors import BadRequest, StreamgaugeError
 from streamgauge.domain.log import AppendResult, HistoryQuery, IngestColumns
@@ -60,6 +62,8 @@ from streamgauge.store.face_state import DTAccountStore, DTConnectorStore
 from streamgauge.store.factory import Backend, backend_for
 from streamgauge.store.files import private_dir, tighten_if_present
 from streamgauge.wire.rows import format_time
+
+log = logging.getLogger("streamgauge.engine")
 
 MAX_SEND_BYTES = 256 * 1024  # coalesce queued frames into writes of at most this size
 LAG_PROBE_SECONDS = 0.05  # how often the event loop's lag is sampled (metrics)
@@ -181,6 +185,13 @@ class Engine:
             alert_tick_seconds=settings.alert_tick_seconds,
         )
         self.channels = self.alerting.service  # channel CRUD (core/services/channels.py)
+        # The cluster mode: told, in feed order, of each work event (``events.WORK_EVENTS``:
+        # channels, data connectors) another node committed, so the work lease's holder
+        # follows a change made anywhere at once. Quick, on the loop, must not raise.
+        self.followers: list[Callable[[ev.MetaEvent], None]] = [self.channels.follow]
+        # ... and, when this node was behind what the feed keeps and reloaded the metadata
+        # (``core/metafeed.py``), these reload what the work events would have told.
+        self.resyncs: list[Callable[[], Coroutine[Any, Any, None]]] = [self.channels.load]
         # The services every face calls (core/services/).
         self.metadata = MetadataService(self.store, self.backend.metadata, self.registry, settings)
         self.metadata.project_deleted += [
@@ -275,7 +286,7 @@ class Engine:
             await self.deliveries.stop()
             await self.timeseries.stop()
 
-        return LeasedWork(
+        work = LeasedWork(
             NatsLeases(link.bus, ttl),
             "work",
             link.bus.node_id,
@@ -284,6 +295,12 @@ class Engine:
             ttl=ttl,
             renew_every=ttl / 3,
         )
+        Gauge(
+            "streamgauge_cluster_work_lease",
+            "1 while this node holds the cluster's work lease (rules, deliveries, retention)",
+            registry=self.metrics.registry,
+        ).set_function(lambda: 1.0 if work.held else 0.0)
+        return work
 
     async def _join_cluster(self, bus: Bus | None = None, meta_after: int | None = None) -> None:
         """Subscribe to the bus, start after the store's head, and fill gaps from the store
@@ -302,12 +319,25 @@ class Engine:
             return rec.project_pk if rec is not None else 0
 
         def apply(run: MetaRun) -> None:
+            if run.reload:  # behind what the feed keeps: the store's metadata, then the work's
+                metafeed.apply_reload(reg, run)
+                for resync in self.resyncs:
+                    task = asyncio.get_running_loop().create_task(resync())
+                    self._stopping.add(task)
+                    task.add_done_callback(self._stopping.discard)
+                return
             if not run.local:  # this node's own changes were applied at its commit
                 for event in run.events:
                     reg.apply(event)
+                    if isinstance(event, ev.WORK_EVENTS):
+                        for follow in self.followers:
+                            try:
+                                follow(event)
+                            except Exception:
+                                log.exception("following a %s event failed", ev.kind(event))
 
         async def read_meta(after: int, upto: int | None) -> list[tuple[int, int, MetaRun]]:
-            return meta_runs(await self.store.read_events(after, upto, s.cluster_fill_rows))
+            return await metafeed.read_meta(self.store, after, upto, s.cluster_fill_rows)
 
         meta: Channel[MetaRun] = Channel(
             "meta",

@@ -224,6 +224,8 @@ class Registry:
             ev.KeyPut: self._key_put,
             ev.KeyDropped: self._key_dropped,
         }
+        for work in ev.WORK_EVENTS:  # not metadata: the services of that work follow them
+            self._appliers[work] = _ignore
 
     # -- the one way in -------------------------------------------------------------------------
 
@@ -528,3 +530,7 @@ class Registry:
         self.project_devices.get(dev.project_pk, set()).discard(dev.pk)
         self.devices.pop((dev.project_pk, dev.doc.id), None)
         self.devices_by_pk.pop(dev.pk, None)
+
+
+def _ignore(event: ev.MetaEvent) -> None:
+    """An event that changes no metadata (``events.WORK_EVENTS``)."""

@@ -16,6 +16,10 @@ Cascades are the registry's: ``ProjectDropped`` also drops the project's sites, 
 variables and series, every role on it and the service accounts whose home it was;
 ``DeviceDropped`` its variables and series; ``VariableDropped`` its series; ``AccountDropped``
 its keys and roles.
+
+Not only metadata: ``WORK_EVENTS`` (an alert channel or a DT data connector created, changed or
+deleted) go through the same feed, so that the node running that work (the cluster's work lease)
+follows a change made on any node at once. The registry ignores them.
 """
 
 from __future__ import annotations
@@ -25,11 +29,17 @@ from typing import Any
 
 import msgspec
 
+from streamgauge.domain.channels import ChannelDoc
 from streamgauge.domain.model import Device, Project, Role, Site, Variable
 
 __all__ = [
+    "WORK_EVENTS",
     "AccountDropped",
     "AccountPut",
+    "ChannelDropped",
+    "ChannelPut",
+    "ConnectorChanged",
+    "ConnectorDropped",
     "DeviceDropped",
     "DeviceMoved",
     "DevicePut",
@@ -180,6 +190,33 @@ class KeyDropped(_Event, frozen=True, tag="key_dropped"):
     key_id: str
 
 
+class ChannelPut(_Event, frozen=True, tag="channel_put"):
+    """An alert channel created, or its document replaced (its triggers start over, OK). The
+    document travels with it: the node running the rules compiles it at once, before the next
+    batch it judges."""
+
+    pk: int
+    project_pk: int
+    doc: ChannelDoc
+
+
+class ChannelDropped(_Event, frozen=True, tag="channel_dropped"):
+    pk: int
+
+
+class ConnectorChanged(_Event, frozen=True, tag="connector_changed"):
+    """A DT data connector created or changed: its record (document, signature secret, start
+    position) is read from the store, so the secret never travels in an event."""
+
+    pk: int
+    id: str
+
+
+class ConnectorDropped(_Event, frozen=True, tag="connector_dropped"):
+    pk: int
+    id: str
+
+
 MetaEvent = (
     ProjectPut
     | ProjectDropped
@@ -199,10 +236,21 @@ MetaEvent = (
     | RoleDropped
     | KeyPut
     | KeyDropped
+    | ChannelPut
+    | ChannelDropped
+    | ConnectorChanged
+    | ConnectorDropped
 )
+
+# Changes to the work that must happen once (alert channels, data connectors): the registry
+# ignores them; the nodes that did not make them hand them to the services that run that work
+# (``Engine.followers``), so the node holding the work lease follows at once.
+WORK_EVENTS = (ChannelPut, ChannelDropped, ConnectorChanged, ConnectorDropped)
 
 
 def _enc_hook(obj: Any) -> Any:
+    if isinstance(obj, ChannelDoc):
+        return obj.model_dump(mode="json")
     if isinstance(obj, Project | Site | Device | Variable):
         # Only the fields set: what a document leaves unset (a variable's QC limits left to
         # the catalog) stays unset on the other side.
@@ -211,7 +259,7 @@ def _enc_hook(obj: Any) -> Any:
 
 
 def _dec_hook(type_: type, obj: Any) -> Any:
-    if type_ in (Project, Site, Device, Variable):
+    if type_ in (Project, Site, Device, Variable, ChannelDoc):
         return type_.model_validate(obj)
     raise TypeError(f"cannot decode {type_.__name__} in a metadata event")
 

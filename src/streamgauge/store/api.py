@@ -108,6 +108,12 @@ class Log(Protocol):
         order, at most ``limit``."""
         ...
 
+    async def metadata_snapshot(self) -> tuple[int, list[MetaEvent]]:
+        """The metadata the tables hold, as the events that build it from nothing, and the
+        events head it is current at, read in one snapshot (a node whose position in the
+        metadata feed is older than what the feed keeps reloads from it)."""
+        ...
+
     async def durable_head(self) -> int:
         """The last cursor committed by any writer of this log (in the cluster mode, by any
         node; it may be ahead of ``head``): where a node's look at the store's head starts."""

@@ -10,10 +10,15 @@ the actor worker (``core/actors.ActorWorker``), never registered as HTTP deliver
 
 The service knows the rules' runtime and the deliveries only through the narrow protocols
 below, never the engine.
+
+In the cluster mode every change is also an event of the metadata feed (``ChannelPut``,
+``ChannelDropped``, written by the alert tables in the change's transaction): the other nodes
+apply it with ``follow``, so the node holding the work lease judges the next batch with it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,6 +30,7 @@ from streamgauge.core.channels import ChannelDoc, compile_trigger
 from streamgauge.core.deliveries import Item, Outcome, Source, check_target
 from streamgauge.core.registry import ProjectRec, Registry
 from streamgauge.core.rulebook import Channel, Trigger
+from streamgauge.domain import events as ev
 from streamgauge.domain.errors import Conflict, Invalid
 from streamgauge.store.api import AlertTables, Transactions
 
@@ -111,21 +117,64 @@ class ChannelService:
         self._rules = rules
         self._actor_names = actor_names
         self.channels: dict[str, Channel] = {}
+        self._following: set[asyncio.Task[None]] = set()
 
     async def load(self) -> None:
-        """Read every stored channel and register its deliveries."""
+        """Read every stored channel and register its deliveries (channels no longer stored are
+        forgotten: a reload after missing changes made on another node)."""
         loaded = await self._store.read(self._table.load_channels)
+        stored = {pk for pk, _, _ in loaded}
+        for gone in [c for c in self.channels.values() if c.pk not in stored]:
+            self._forget(gone)
         for pk, project_pk, doc in loaded:
-            project = self._reg.projects_by_pk.get(project_pk)
-            if project is None:
-                continue
-            try:
-                ch = self.compile(project, doc, pk)
-            except Invalid as exc:  # an instrument was deleted since: keep it, inactive
-                log.warning("channel %s no longer compiles: %s", doc.id, exc.message)
-                ch = Channel(pk, project_pk, doc.model_copy(update={"status": "INACTIVE"}))
-            self.channels[doc.id] = ch
-            await self._register(ch)
+            ch = self._compiled(pk, project_pk, doc)
+            if ch is not None:
+                self._put(ch)
+                await self._register(ch)
+
+    def _compiled(self, pk: int, project_pk: int, doc: ChannelDoc) -> Channel | None:
+        """A stored channel compiled (None: its project is gone)."""
+        project = self._reg.projects_by_pk.get(project_pk)
+        if project is None:
+            return None
+        try:
+            return self.compile(project, doc, pk)
+        except Invalid as exc:  # an instrument was deleted since: keep it, inactive
+            log.warning("channel %s no longer compiles: %s", doc.id, exc.message)
+            return Channel(pk, project_pk, doc.model_copy(update={"status": "INACTIVE"}))
+
+    def _put(self, ch: Channel) -> None:
+        for other in [c for c in self.channels.values() if c.pk == ch.pk and c is not ch]:
+            self.channels.pop(other.doc.id, None)
+        self.channels[ch.doc.id] = ch
+
+    def _by_pk(self, pk: int) -> Channel | None:
+        return next((c for c in self.channels.values() if c.pk == pk), None)
+
+    # -- changes made on another node (the cluster's metadata feed) ---------------------------
+
+    def follow(self, event: ev.MetaEvent) -> None:
+        """A channel created, changed or deleted on another node (``ChannelPut``,
+        ``ChannelDropped``; other events are not the channels'). Applied at once, in the order
+        of the feed, so the node judging the rules uses the new channel from the next batch on;
+        an update starts every trigger over (OK), as on the node that made it."""
+        if isinstance(event, ev.ChannelPut):
+            old = self._by_pk(event.pk)
+            if old is not None and old.doc == event.doc and old.project_pk == event.project_pk:
+                return  # already so (this node's own change, or a repeat)
+            ch = self._compiled(event.pk, event.project_pk, event.doc)
+            if ch is None:
+                return
+            if old is not None:
+                self._rules.drop_states(event.pk)
+            self._put(ch)
+            task = asyncio.get_running_loop().create_task(self._register(ch))
+            self._following.add(task)
+            task.add_done_callback(self._following.discard)
+        elif isinstance(event, ev.ChannelDropped):
+            gone = self._by_pk(event.pk)
+            if gone is not None:
+                self._forget(gone)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -199,23 +248,25 @@ class ChannelService:
             self._table.forget_states(tx, ch.pk)
 
         await self._rules.commit(run)
-        self.channels[doc.id] = new
+        self._put(new)
         self._rules.drop_states(ch.pk)
         await self._register(new)
         return new
 
     async def delete(self, ch: Channel) -> None:
         await self._rules.commit(lambda tx: self._table.delete_channel(tx, ch.pk))
-        self.channels.pop(ch.doc.id, None)
-        self._rules.drop_states(ch.pk)
-        self._unregister(ch)
+        self._forget(ch)
 
     def forget_project(self, project_pk: int) -> None:
         """The project is gone (its channels, alerts and states went with it in the database)."""
         for ch in self.of_project(project_pk):
-            self.channels.pop(ch.doc.id, None)
-            self._rules.drop_states(ch.pk)
-            self._unregister(ch)
+            self._forget(ch)
+
+    def _forget(self, ch: Channel) -> None:
+        if self.channels.get(ch.doc.id) is not None and self.channels[ch.doc.id].pk == ch.pk:
+            del self.channels[ch.doc.id]
+        self._rules.drop_states(ch.pk)
+        self._unregister(ch)
 
     # -- the deliveries of the actions -----------------------------------------------------------
 

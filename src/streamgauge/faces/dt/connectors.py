@@ -28,6 +28,7 @@ from streamgauge.core.deliveries import Item, Outcome, check_target, outbound_cl
 from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.registry import Registry
 from streamgauge.core.signing import DT_SIGNATURE_HEADER, dt_signature
+from streamgauge.domain import events as ev
 from streamgauge.domain.errors import BadRequest, Invalid
 from streamgauge.domain.face_state import StoredConnector
 from streamgauge.faces.dt.events import (
@@ -242,12 +243,65 @@ class Connectors:
         self.engine = engine
         self.by_id: dict[str, Connector] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._following = asyncio.Lock()  # changes from other nodes, applied one at a time
+        engine.followers.append(self.follow)
+        engine.resyncs.append(self.reload)
 
     async def start(self) -> None:
-        self.by_id = {c.id: Connector.of(c) for c in await self.engine.dt_connectors.load()}
-        for c in self.by_id.values():
-            if c.project_pk in self.engine.registry.projects_by_pk:
-                self._run(c)
+        await self.reload()
+
+    async def reload(self) -> None:
+        """Every stored connector, delivered while ``ACTIVE`` (on start, and after this node
+        missed changes made on another node); ones no longer stored are stopped."""
+        stored = {c.id: c for c in await self.engine.dt_connectors.load()}
+        for gone in [c for c in self.by_id.values() if c.id not in stored]:
+            self._drop(gone)
+        for rec in stored.values():
+            self._adopt(Connector.of(rec))
+
+    def _adopt(self, fresh: Connector) -> None:
+        """A stored connector: new here, or changed (its document or start), or as it was."""
+        c = self.by_id.get(fresh.id)
+        if c is not None and c.pk == fresh.pk:
+            if c.doc == fresh.doc and c.start == fresh.start and c.key in self.engine.deliveries:
+                return
+            c.doc, c.start = fresh.doc, fresh.start
+        else:
+            c = self.by_id[fresh.id] = fresh
+        if c.project_pk in self.engine.registry.projects_by_pk:
+            self._run(c)
+
+    def _drop(self, c: Connector) -> None:
+        if self.by_id.get(c.id) is c:
+            del self.by_id[c.id]
+        if c.key in self.engine.deliveries:
+            self.engine.deliveries.remove(c.key, forget=True)
+
+    def follow(self, event: ev.MetaEvent) -> None:
+        """A connector created, changed or deleted on another node (``Engine.followers``): the
+        node holding the work lease delivers it from now on. Its record is read from the store
+        (the event does not carry the signature secret); the changes are applied one at a time
+        in the feed's order."""
+        if isinstance(event, ev.ConnectorChanged | ev.ConnectorDropped):
+            task = asyncio.get_running_loop().create_task(self._follow(event))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _follow(self, event: ev.ConnectorChanged | ev.ConnectorDropped) -> None:
+        async with self._following:
+            if isinstance(event, ev.ConnectorDropped):
+                c = self.by_id.get(event.id)
+                if c is not None and c.pk == event.pk:
+                    self._drop(c)
+                return
+            try:
+                stored = await self.engine.dt_connectors.load()
+            except Exception:
+                log.exception("data connector %s: reading its change failed", event.id)
+                return
+            found = next((c for c in stored if c.pk == event.pk), None)
+            if found is not None:  # else deleted since: its own event follows
+                self._adopt(Connector.of(found))
 
     def _run(self, c: Connector) -> None:
         """Deliver an ACTIVE connector (a running or stored delivery keeps its cursor; a new
@@ -309,9 +363,7 @@ class Connectors:
 
     async def delete(self, c: Connector) -> None:
         await self.engine.dt_connectors.delete(c.pk)
-        self.by_id.pop(c.id, None)
-        if c.key in self.engine.deliveries:
-            self.engine.deliveries.remove(c.key, forget=True)
+        self._drop(c)
 
     def of_project(self, project_pk: int) -> list[Connector]:
         return sorted(

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from streamgauge.domain import events as ev
 from streamgauge.domain.alerts import State, StateKey, TriggerState
 from streamgauge.domain.channels import ChannelDoc
 from streamgauge.store.postgres.conn import Conn, Tx, one
@@ -49,16 +50,23 @@ def insert_channel(tx: Tx, project_pk: int, doc: ChannelDoc) -> int:
         "INSERT INTO channels (pk, id, project_pk, doc) VALUES (%s, %s, %s, %s)",
         (pk, doc.id, project_pk, doc.model_dump_json()),
     )
+    tx.events.append(ev.ChannelPut(int(pk), project_pk, doc))
     return int(pk)
 
 
 def update_channel(tx: Tx, pk: int, doc: ChannelDoc) -> None:
-    tx.execute("UPDATE channels SET doc = %s WHERE pk = %s", (doc.model_dump_json(), pk))
+    row = tx.execute(
+        "UPDATE channels SET doc = %s WHERE pk = %s RETURNING project_pk",
+        (doc.model_dump_json(), pk),
+    ).fetchone()
+    if row is not None:
+        tx.events.append(ev.ChannelPut(pk, int(row[0]), doc))
 
 
 def delete_channel(tx: Tx, pk: int) -> None:
     tx.execute("DELETE FROM alert_actions WHERE channel_pk = %s", (pk,))
     tx.execute("DELETE FROM channels WHERE pk = %s", (pk,))
+    tx.events.append(ev.ChannelDropped(pk))
 
 
 def insert_alert(tx: Tx, channel_pk: int, created_ms: int, record: dict[str, Any]) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from streamgauge.domain import events as ev
 from streamgauge.domain.face_state import DTAccountSettings, StoredConnector
 from streamgauge.store.api import Store
 from streamgauge.store.postgres.conn import Conn, Tx
@@ -75,23 +76,32 @@ class PgDTConnectors:
             )
             row = cur.fetchone()
             assert row is not None
+            tx.events.append(ev.ConnectorChanged(int(row[0]), connector_id))
             return int(row[0])
 
         pk = await self._store.write(run)
         return StoredConnector(pk, project_pk, connector_id, doc, start)
 
     async def update(self, pk: int, doc: dict[str, Any], start: int) -> None:
-        await self._store.write(
-            lambda tx: tx.execute(
-                "UPDATE dt_connectors SET doc = %s, start_cursor = %s WHERE pk = %s",
+        def run(tx: Tx) -> None:
+            row = tx.execute(
+                "UPDATE dt_connectors SET doc = %s, start_cursor = %s WHERE pk = %s RETURNING id",
                 (orjson.dumps(doc).decode(), start, pk),
-            )
-        )
+            ).fetchone()
+            if row is not None:
+                tx.events.append(ev.ConnectorChanged(pk, str(row[0])))
+
+        await self._store.write(run)
 
     async def delete(self, pk: int) -> None:
-        await self._store.write(
-            lambda tx: tx.execute("DELETE FROM dt_connectors WHERE pk = %s", (pk,))
-        )
+        def run(tx: Tx) -> None:
+            row = tx.execute(
+                "DELETE FROM dt_connectors WHERE pk = %s RETURNING id", (pk,)
+            ).fetchone()
+            if row is not None:
+                tx.events.append(ev.ConnectorDropped(pk, str(row[0])))
+
+        await self._store.write(run)
 
 
 def _load_connectors(conn: Conn) -> list[StoredConnector]:

@@ -19,18 +19,24 @@ session of the token is attached, i.e. served by a connection or being opened by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from streamgauge.domain.errors import NotFound, Unavailable
 from streamgauge.domain.feeds import FeedSession, FeedToken, SessionLimit
 from streamgauge.domain.model import now_iso
 from streamgauge.store.api import Store
+from streamgauge.store.postgres import feedsignals
 from streamgauge.store.postgres.conn import Conn, Tx
+
+log = logging.getLogger("streamgauge.feed")
 
 FLUSH_SECONDS = 1.0
 EXPIRE_EVERY_MAX_SECONDS = 60.0  # the longest a session outlives its retention in the table
@@ -74,31 +80,80 @@ class FeedStore:
         self._owners: dict[str, _Owner] = {}
         self._closers: dict[int, set[Callable[[str], None]]] = {}  # token pk -> open connections
         self._task: asyncio.Task[None] | None = None
+        # Sessions and tokens across the processes sharing the store (feedsignals.py).
+        connect: Callable[[], Conn] = store.connection  # type: ignore[attr-defined]
+        self._signals = feedsignals.FeedSignals(connect, self._notice, self._listening)
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        def load(conn: Conn) -> list[tuple[int, str, int, str, bytes, str]]:
-            return conn.execute(
-                "SELECT pk, id, project_pk, name, digest, created FROM feed_tokens"
-            ).fetchall()
-
         def counts(conn: Conn) -> list[tuple[int, int]]:
             return conn.execute(
                 "SELECT token_pk, count(*) FROM feed_sessions GROUP BY token_pk"
             ).fetchall()
 
-        for pk, id_, project_pk, name, dig, created in await self._store.read(load):
-            tok = FeedToken(pk, id_, project_pk, name, created)
-            self._by_digest[bytes(dig)] = tok
-            self._by_pk[pk] = tok
+        await self._load_tokens()
         self._count = dict(await self._store.read(counts))
         await self.expire()
         self._task = asyncio.create_task(self._flusher())
+        await self._signals.start()
+
+    async def _load_tokens(self, pk: int | None = None) -> None:
+        """Read the tokens (one, or all: then tokens no longer stored are dropped)."""
+
+        def load(conn: Conn) -> list[tuple[int, str, int, str, bytes, str]]:
+            sql = "SELECT pk, id, project_pk, name, digest, created FROM feed_tokens"
+            if pk is None:
+                return conn.execute(sql).fetchall()
+            return conn.execute(sql + " WHERE pk = %s", (pk,)).fetchall()
+
+        rows = await self._store.read(load)
+        if pk is None:
+            stored = {row[0] for row in rows}
+            for gone in [p for p in self._by_pk if p not in stored]:
+                self._drop_token(gone)
+        for pk_, id_, project_pk, name, dig, created in rows:
+            tok = FeedToken(pk_, id_, project_pk, name, created)
+            self._by_digest[bytes(dig)] = tok
+            self._by_pk[pk_] = tok
+
+    def _drop_token(self, token_pk: int) -> None:
+        """A token revoked (here or on another node): refused from now on, and its open
+        connections end."""
+        self._by_pk.pop(token_pk, None)
+        self._by_digest = {d: t for d, t in self._by_digest.items() if t.pk != token_pk}
+        for close in list(self._closers.pop(token_pk, ())):
+            close("feed token revoked")
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def _listening(self) -> None:
+        """The listener (re)connected: what it may have missed, the tokens, is read again."""
+        self._spawn(self._load_tokens())
+
+    def _notice(self, notice: str) -> None:
+        """What another process announced (``feedsignals``): a session taken over, a token
+        created or revoked."""
+        what, _, arg = notice.partition(" ")
+        if what == "take":
+            owner = self._owners.get(arg)
+            if owner is not None:  # served here: end it (its position is saved, then let go)
+                owner.close()
+        elif what == "token" and arg.isdigit():
+            self._spawn(self._load_tokens(int(arg)))
+        elif what == "revoke" and arg.isdigit():
+            self._drop_token(int(arg))
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             self._task = None
         await self.flush()
+        for task in list(self._pending):
+            task.cancel()
+        await self._signals.stop()
 
     # -- tokens ---------------------------------------------------------------------------------
 
@@ -130,6 +185,7 @@ class FeedStore:
             )
             row = cur.fetchone()
             assert row is not None
+            feedsignals.notify(tx, f"token {row[0]}")  # the other nodes accept it at once
             return int(row[0])
 
         pk = await self._store.write(insert)
@@ -150,6 +206,7 @@ class FeedStore:
         def delete(tx: Tx) -> None:
             tx.execute("DELETE FROM feed_sessions WHERE token_pk = %s", (tok.pk,))
             tx.execute("DELETE FROM feed_tokens WHERE pk = %s", (tok.pk,))
+            feedsignals.notify(tx, f"revoke {tok.pk}")  # the other nodes end its sessions
 
             def committed() -> None:
                 self._count.pop(tok.pk, None)
@@ -157,10 +214,7 @@ class FeedStore:
             tx.after_commit.append(committed)
 
         await self._store.write(delete)
-        self._by_pk.pop(tok.pk, None)
-        self._by_digest = {d: t for d, t in self._by_digest.items() if t.pk != tok.pk}
-        for close in list(self._closers.pop(tok.pk, ())):
-            close("feed token revoked")
+        self._drop_token(tok.pk)
 
     def attach(self, token: FeedToken, close: Callable[[str], None]) -> Callable[[], None]:
         """Register an open connection of ``token`` (closed on revoke); returns the detach."""
@@ -195,6 +249,8 @@ class FeedStore:
             self._opening[session_id] = (found[0], found[1] - 1)
         else:
             del self._opening[session_id]
+        if session_id not in self._live:  # the connection ended before serving it
+            self._spawn(self._signals.let_go(session_id))
 
     async def create_session(
         self, token: FeedToken, args: str, position: int, after_time: int | None = None
@@ -241,6 +297,7 @@ class FeedStore:
             tx.after_commit.append(committed)
 
         await self._store.write(insert)
+        await self._signals.hold(session.id)  # served here (released with the claim)
         return session
 
     async def session(self, token: FeedToken, session_id: str) -> FeedSession | None:
@@ -278,13 +335,14 @@ class FeedStore:
         noticed by the server) continues exactly where that one stopped."""
         live = self._live.get(session_id)
         owner = self._owners.get(session_id)
-        if live is None or owner is None or live.token_pk != token.pk:
-            return
-        if owner.ended is None:  # made only when a take-over waits (1 KB a session otherwise)
-            owner.ended = asyncio.Event()
-        ended = owner.ended
-        owner.close()
-        await ended.wait()
+        if live is not None and owner is not None and live.token_pk == token.pk:
+            if owner.ended is None:  # made only when a take-over waits (1 KB a session else)
+                owner.ended = asyncio.Event()
+            ended = owner.ended
+            owner.close()
+            await ended.wait()
+        # Served by another node: it ends its connection and saves the position first.
+        await self._signals.take(session_id)
 
     def positions(self, session: FeedSession) -> SessionPositions:
         """The session's position as a durable consumer's positions (its row)."""
@@ -307,6 +365,8 @@ class FeedStore:
         finally:
             if owner is not None and owner.ended is not None:
                 owner.ended.set()
+            with contextlib.suppress(Exception):  # after the save: a taker reads the position
+                await self._signals.let_go(session.id)
 
     async def flush(self) -> None:
         await self._save([s for s in self._live.values() if s.dirty])
@@ -378,10 +438,16 @@ class FeedStore:
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
             try:
-                await self.flush()
                 if time.monotonic() - expired >= self._expire_every:
+                    # Sessions served here are touched as often as expiry runs: another node's
+                    # expiry, which does not know them, never takes one that is connected.
+                    for session in list(self._live.values()):
+                        session.dirty = True
+                    await self.flush()
                     expired = time.monotonic()
                     await self.expire()
+                else:
+                    await self.flush()
             except Unavailable as exc:
                 if exc.retry_after is None:  # the store closing under us: stop quietly
                     return

@@ -11,13 +11,13 @@ unchanged.
 
 ``meta_events`` is the change feed since the table was created (schema 2): sequence number,
 commit time, kind, payload (``events.encode``). It is bounded: each write of events deletes
-those older than ``EVENT_RETENTION_MS``. It is not what a store opens from: ``load`` reads the
-tables themselves (as events, which the registry applies); the feed is for what follows a
-running node's changes (the cluster mode's bus, a node catching up after a short outage; one
-further behind reloads from the tables). Sequence numbers are gapless and commit-ordered
-across the nodes: every write transaction holds the store's log lock, and ``write_events``
-numbers from ``state.events_head`` (a counter row, not a sequence: a sequence leaves gaps
-when a transaction rolls back).
+those older than ``EVENT_RETENTION_MS`` and those more than ``EVENT_KEEP_MAX`` behind. It is not
+what a store opens from: ``load`` reads the tables themselves (as events, which the registry
+applies); the feed is for what follows a running node's changes (the cluster mode's bus, a node
+catching up after a short outage; one further behind reloads from the tables). Sequence numbers
+are gapless and commit-ordered across the nodes: every write transaction holds the store's log
+lock, and ``write_events`` numbers from ``state.events_head`` (a counter row, not a sequence: a
+sequence leaves gaps when a transaction rolls back).
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ from streamgauge.domain.readmodel import ReadModel
 from streamgauge.domain.records import AccountRec, DeviceRec, ProjectRec, SiteRec, VariableRec
 from streamgauge.store.postgres.conn import Conn, Tx, one
 
-EVENT_RETENTION_MS = 3_600_000  # meta_events keeps the last hour of changes
+EVENT_RETENTION_MS = 3_600_000  # meta_events keeps the last hour of changes ...
+EVENT_KEEP_MAX = 100_000  # ... and at most this many (a network's first ingest adds a series each)
 
 M = TypeVar("M", bound=BaseModel)
 I = TypeVar("I", bound=BaseModel)  # noqa: E741 - an item of a create request
@@ -109,7 +110,10 @@ def write_events(tx: Tx, events: Sequence[ev.MetaEvent], now_ms: int) -> int:
     )
     last = first + len(events) - 1
     tx.execute("UPDATE state SET value = %s WHERE key = 'events_head'", (last,))
-    tx.execute("DELETE FROM meta_events WHERE time < %s", (now_ms - EVENT_RETENTION_MS,))
+    tx.execute(
+        "DELETE FROM meta_events WHERE time < %s OR seq <= %s",
+        (now_ms - EVENT_RETENTION_MS, last - EVENT_KEEP_MAX),
+    )
     return last
 
 

@@ -50,7 +50,7 @@ from streamgauge.domain.readmodel import ReadModel
 from streamgauge.domain.timeseries import Points, Summaries
 from streamgauge.store.early import inverse as _inverse
 from streamgauge.store.early import undo as _undo
-from streamgauge.store.postgres import metadata, retention, summaries
+from streamgauge.store.postgres import metadata, qcshared, retention, summaries
 from streamgauge.store.postgres.conn import (
     Conn,
     Tx,
@@ -130,6 +130,11 @@ class PgStore:
     def _connect(self) -> Conn:
         return connect(self.url, **self._timeouts)
 
+    def connection(self) -> Conn:
+        """A new connection with the store's timeouts, for a reader of its own (the feed
+        sessions' listener and locks: ``feedsignals.py``)."""
+        return self._connect()
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     @property
@@ -149,6 +154,14 @@ class PgStore:
         self, after: int, upto: int | None, limit: int
     ) -> list[tuple[int, MetaEvent]]:
         return await self.read(lambda c: metadata.read_events(c, after, upto, limit))
+
+    async def metadata_snapshot(self) -> tuple[int, list[MetaEvent]]:
+        def snap(conn: Conn) -> tuple[int, list[MetaEvent]]:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                return metadata.events_head(conn), list(metadata.load(conn))
+
+        return await self.read(snap)
 
     async def open(self, publish: Callable[[Batch], None]) -> None:
         """Connect (``Unavailable`` naming the store if it cannot), migrate, load."""
@@ -475,8 +488,11 @@ class PgStore:
         # every append committed before.
         head = _state(tx.conn, "head")  # a new statement: sees every append committed before
         series = self._resolve_series(tx, c)
+        shared_qc = getattr(rules, "quality_control", True)  # QC state moves on append
         if head != self._writer_head:  # another process wrote: our latest times may be stale
             self._refresh_latest(tx, series)
+            if shared_qc:  # ... and the QC state of the batch's series (qcshared.py)
+                qcshared.refresh(tx, reg.qc_state, np.unique(series))
         screen = rules.screen(series, c.times, c.values, reg.latest[series])
         found = (
             _probe(tx.conn, series[screen.probe], c.times[screen.probe])
@@ -505,13 +521,24 @@ class PgStore:
         q_keep = rules.flag(s_keep, t_keep, numeric)
         received = int(time.time() * 1000)
         _copy_rows(tx.conn, cursors, s_keep, t_keep, values, q_keep, received)
-        tx.execute("UPDATE state SET value = %s WHERE key = 'head'", (last,))
+        if shared_qc:  # the state moves now, is stored with the rows, and is undone with them
+            moved = np.unique(s_keep)
+            before = qcshared.saved(reg.qc_state, moved)
+            tx.on_rollback.append(functools.partial(qcshared.restore, reg.qc_state, moved, before))
+            rules.advance(s_keep, t_keep, numeric, q_keep)
+            qcshared.write(tx, reg.qc_state, moved)
+            tx.execute(  # the stored state is current at the head: nothing to replay on open
+                "UPDATE state SET value = %s WHERE key IN ('head', 'qc_cursor')", (last,)
+            )
+        else:
+            tx.execute("UPDATE state SET value = %s WHERE key = 'head'", (last,))
 
         def advance() -> None:
             self._writer_head = last
             np.maximum.at(reg.latest, s_keep, t_keep)
-            rules.advance(s_keep, t_keep, numeric, q_keep)
-            self._qc_dirty.update(np.unique(s_keep).tolist())
+            if not shared_qc:
+                rules.advance(s_keep, t_keep, numeric, q_keep)
+                self._qc_dirty.update(np.unique(s_keep).tolist())
 
         tx.after_commit.append(advance)
         tx.publish.append(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from streamgauge.domain import events as ev
 from streamgauge.domain.alerts import State, StateKey, TriggerState
 from streamgauge.domain.channels import ChannelDoc
 
@@ -46,16 +47,22 @@ def insert_channel(tx: Tx, project_pk: int, doc: ChannelDoc) -> int:
         "INSERT INTO channels (pk, id, project_pk, doc) VALUES (?, ?, ?, ?)",
         (pk, doc.id, project_pk, doc.model_dump_json()),
     )
+    tx.events.append(ev.ChannelPut(int(pk), project_pk, doc))
     return int(pk)
 
 
 def update_channel(tx: Tx, pk: int, doc: ChannelDoc) -> None:
-    tx.execute("UPDATE channels SET doc = ? WHERE pk = ?", (doc.model_dump_json(), pk))
+    rows = tx.execute(
+        "UPDATE channels SET doc = ? WHERE pk = ? RETURNING project_pk", (doc.model_dump_json(), pk)
+    ).fetchall()
+    if rows:
+        tx.events.append(ev.ChannelPut(pk, int(rows[0][0]), doc))
 
 
 def delete_channel(tx: Tx, pk: int) -> None:
     tx.execute("DELETE FROM alert_actions WHERE channel_pk = ?", (pk,))
     tx.execute("DELETE FROM channels WHERE pk = ?", (pk,))
+    tx.events.append(ev.ChannelDropped(pk))
 
 
 def insert_alert(tx: Tx, channel_pk: int, created_ms: int, record: dict[str, Any]) -> int:

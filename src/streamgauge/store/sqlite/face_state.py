@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from streamgauge.domain import events as ev
 from streamgauge.domain.face_state import DTAccountSettings, StoredConnector
 from streamgauge.store.api import Store
 from streamgauge.store.sqlite.store import Tx
@@ -74,23 +75,33 @@ class SqliteDTConnectors:
                 "INSERT INTO dt_connectors (project_pk, id, doc, start_cursor) VALUES (?, ?, ?, ?)",
                 (project_pk, connector_id, orjson.dumps(doc).decode(), start),
             )
-            return int(cur.lastrowid or 0)
+            pk = int(cur.lastrowid or 0)
+            tx.events.append(ev.ConnectorChanged(pk, connector_id))
+            return pk
 
         pk = await self._store.write(run)
         return StoredConnector(pk, project_pk, connector_id, doc, start)
 
     async def update(self, pk: int, doc: dict[str, Any], start: int) -> None:
-        await self._store.write(
-            lambda tx: tx.execute(
-                "UPDATE dt_connectors SET doc = ?, start_cursor = ? WHERE pk = ?",
+        def run(tx: Tx) -> None:
+            rows = tx.execute(
+                "UPDATE dt_connectors SET doc = ?, start_cursor = ? WHERE pk = ? RETURNING id",
                 (orjson.dumps(doc).decode(), start, pk),
-            )
-        )
+            ).fetchall()
+            if rows:
+                tx.events.append(ev.ConnectorChanged(pk, str(rows[0][0])))
+
+        await self._store.write(run)
 
     async def delete(self, pk: int) -> None:
-        await self._store.write(
-            lambda tx: tx.execute("DELETE FROM dt_connectors WHERE pk = ?", (pk,))
-        )
+        def run(tx: Tx) -> None:
+            rows = tx.execute(
+                "DELETE FROM dt_connectors WHERE pk = ? RETURNING id", (pk,)
+            ).fetchall()
+            if rows:
+                tx.events.append(ev.ConnectorDropped(pk, str(rows[0][0])))
+
+        await self._store.write(run)
 
 
 def _load_connectors(conn: sqlite3.Connection) -> list[StoredConnector]:

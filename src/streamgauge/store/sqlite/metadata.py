@@ -10,10 +10,10 @@ unchanged.
 
 ``meta_events`` is the change feed since the table was created (schema 9): sequence number,
 commit time, kind, payload (``events.encode``). It is bounded: each write of events deletes
-those older than ``EVENT_RETENTION_MS``. It is not what a store opens from: ``load`` reads the
-tables themselves (as events, which the registry applies); the feed is for what follows a
-running node's changes (the cluster mode's bus, a node catching up after a short outage; one
-further behind reloads from the tables).
+those older than ``EVENT_RETENTION_MS`` and those more than ``EVENT_KEEP_MAX`` behind. It is not
+what a store opens from: ``load`` reads the tables themselves (as events, which the registry
+applies); the feed is for what follows a running node's changes (the cluster mode's bus, a node
+catching up after a short outage; one further behind reloads from the tables).
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ from streamgauge.domain.records import AccountRec, DeviceRec, ProjectRec, SiteRe
 if TYPE_CHECKING:
     from streamgauge.store.sqlite.store import Tx
 
-EVENT_RETENTION_MS = 3_600_000  # meta_events keeps the last hour of changes
+EVENT_RETENTION_MS = 3_600_000  # meta_events keeps the last hour of changes ...
+EVENT_KEEP_MAX = 100_000  # ... and at most this many (a network's first ingest adds a series each)
 
 M = TypeVar("M", bound=BaseModel)
 I = TypeVar("I", bound=BaseModel)  # noqa: E741 - an item of a create request
@@ -104,7 +105,10 @@ def write_events(conn: sqlite3.Connection, events: Sequence[ev.MetaEvent], now_m
         (now_ms, ev.encode_many(events)),
     )
     last = int(cur.lastrowid or 0)
-    conn.execute("DELETE FROM meta_events WHERE time < ?", (now_ms - EVENT_RETENTION_MS,))
+    conn.execute(
+        "DELETE FROM meta_events WHERE time < ? OR seq <= ?",
+        (now_ms - EVENT_RETENTION_MS, last - EVENT_KEEP_MAX),
+    )
     return last
 
 

@@ -208,6 +208,16 @@ class SqliteStore:
     ) -> list[tuple[int, MetaEvent]]:
         return await self.read(lambda c: metadata.read_events(c, after, upto, limit))
 
+    async def metadata_snapshot(self) -> tuple[int, list[MetaEvent]]:
+        def snap(conn: sqlite3.Connection) -> tuple[int, list[MetaEvent]]:
+            conn.execute("BEGIN")  # one read transaction: one snapshot of the tables
+            try:
+                return metadata.events_head(conn), list(metadata.load(conn))
+            finally:
+                conn.execute("COMMIT")
+
+        return await self.read(snap)
+
     async def open(self, publish: Callable[[Batch], None]) -> None:
         self.path.parent.mkdir(mode=files.DIR_MODE, parents=True, exist_ok=True)
         # 0600 before SQLite opens it: SQLite gives its -wal and -shm files the database's mode.
