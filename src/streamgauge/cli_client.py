@@ -259,12 +259,19 @@ def import_(
         ),
     ],
     batch_size: Annotated[int, typer.Option(min=1, help="Rows per request.")] = 10_000,
+    columnar: Annotated[
+        bool,
+        typer.Option(
+            help="Send .csv and .parquet rows as Arrow IPC batches (JSON if the server does "
+            "not take them); --no-columnar sends JSON."
+        ),
+    ] = True,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = "",
 ) -> None:
     """Send the observations of FILE to PROJECT in batches, each all or nothing and safe to
     repeat: importing the same file twice stores nothing twice (its rows count as duplicates)."""
-    client = AsyncClient(url, token=token or None)
+    client = AsyncClient(url, token=token or None, columnar=None if columnar else False)
     _run(_import(client, project, file, batch_size), "import")
 
 

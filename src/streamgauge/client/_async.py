@@ -140,6 +140,17 @@ class StreamReader:
             await asyncio.sleep(next(delays))
 
 
+def _refuses_media_type(exc: APIError) -> bool:
+    """The server does not take this body's content type: 415, or (servers before columnar
+    ingest) a 400 naming the ``content-type`` header."""
+    if exc.status == 415:
+        return True
+    return exc.status == 400 and any(
+        d.get("in") == "header" and str(d.get("field", "")).lower() == "content-type"
+        for d in exc.details
+    )
+
+
 class AsyncClient:
     """A client of one streamgauge server's native API.
 
@@ -160,6 +171,7 @@ class AsyncClient:
         timeout: float = 60.0,
         retries: int = 8,
         batch_size: int = DEFAULT_BATCH,
+        columnar: bool | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.url = base_url(url)
@@ -175,6 +187,8 @@ class AsyncClient:
                 headers["Authorization"] = f"Bearer {tok}"
         self.retries = retries
         self.batch_size = batch_size
+        self.columnar = columnar
+        """Whether Arrow IPC ingest bodies are sent (None: yes, until a server refuses them)."""
         self.http = httpx.AsyncClient(
             base_url=self.url,
             headers=headers,
@@ -274,14 +288,18 @@ class AsyncClient:
         batch_size: int | None = None,
     ) -> IngestResult:
         """Store observations: any iterable of ``{device, variable, time, value[, set]}`` dicts
-        (times as aware datetimes, RFC 3339 strings or epoch ms), or a pandas DataFrame with
-        those columns. Sent in batches of ``batch_size`` (each all or nothing on the server),
-        each retried safely (ingest is idempotent: a re-sent row counts as a duplicate). A
-        rejected batch raises its ``APIError``, whose ``details`` index rows of the whole input
-        and whose ``extra["stored_rows"]`` says how many rows before it were stored."""
+        (times as aware datetimes, RFC 3339 strings or epoch ms), or a pandas DataFrame or an
+        Arrow Table, RecordBatch or RecordBatchReader with those columns (sent as Arrow IPC
+        when pyarrow is installed, see ``_encode.py``). Sent in batches of ``batch_size`` (each
+        all or nothing on the server), each retried safely (ingest is idempotent: a re-sent row
+        counts as a duplicate). A rejected batch raises its ``APIError``, whose ``details``
+        index rows of the whole input and whose ``extra["stored_rows"]`` says how many rows
+        before it were stored."""
         size = batch_size or self.batch_size
         if _encode.is_frame(rows):
             bodies: Iterator[_encode.Body] = _encode.frame_batches(rows, size)
+        elif _encode.is_arrow(rows):
+            bodies = _encode.table_batches(rows, size)
         else:
             bodies = _encode.row_batches(rows, size)
         return await self.ingest_bodies(project, bodies)
@@ -325,17 +343,24 @@ class AsyncClient:
             body = following
         return result
 
+    async def _post_body(self, path: str, body: _encode.Body) -> httpx.Response:
+        headers = {"Content-Type": body.media_type}
+        return await self.request("POST", path, content=body.data, headers=headers, retry=True)
+
     async def _send_batch(
         self, path: str, body: _encode.Body, offset: int, so_far: IngestResult
     ) -> dict[str, Any]:
+        if body.columnar and self.columnar is False:
+            body = await asyncio.to_thread(body.as_json, offset)
         try:
-            r = await self.request(
-                "POST",
-                path,
-                content=body.data,
-                headers={"Content-Type": body.media_type},
-                retry=True,
-            )
+            try:
+                r = await self._post_body(path, body)
+            except APIError as exc:
+                if not (body.columnar and _refuses_media_type(exc)):
+                    raise
+                self.columnar = False  # a server without columnar ingest: JSON from now on
+                body = await asyncio.to_thread(body.as_json, offset)
+                r = await self._post_body(path, body)
         except APIError as exc:
             if offset:
                 for d in exc.details:

@@ -141,6 +141,7 @@ class Client:
         timeout: float = 60.0,
         retries: int = 8,
         batch_size: int = 10_000,
+        columnar: bool | None = None,
     ) -> None:
         self._loop = LoopThread()
         self._async = AsyncClient(
@@ -151,6 +152,7 @@ class Client:
             timeout=timeout,
             retries=retries,
             batch_size=batch_size,
+            columnar=columnar,
         )
         self.url = self._async.url
 
