@@ -5,7 +5,8 @@
    included), ``--import-runs`` times (3), each into a server of its own: the median and the
    spread. Target: at least 100,000 rows/s. With ``--compare-json``, the same runs with
    ``--no-columnar`` (JSON batches, as before Arrow IPC), interleaved. The first run then
-   imports the same file again (every row a duplicate).
+   imports the same file again (every row a duplicate). ``--also NAME=ARGS`` adds another
+   variant (other ``import`` options), interleaved too.
 2. Reading ``--stream-rows`` observations of the resumable live stream (``since=0``: the
    catch-up from the store, as fast as the server sends) with ``Client.stream()``,
    ``AsyncClient.stream()`` and, as the yardstick, the raw NDJSON stream read with httpx
@@ -153,6 +154,13 @@ def main() -> None:
     ap.add_argument(
         "--compare-json", action="store_true", help="also import with --no-columnar (JSON)"
     )
+    ap.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="another import variant, interleaved (e.g. 'one=--in-flight 1')",
+    )
     ap.add_argument("--import-only", action="store_true", help="leave the stream part out")
     ap.add_argument("--stream-rows", type=int, default=300_000, help="rows read per stream run")
     ap.add_argument("--rounds", type=int, default=3, help="runs of each stream reader")
@@ -165,6 +173,9 @@ def main() -> None:
     )
     extra = [] if a.batch_size is None else ["--batch-size", str(a.batch_size)]
     kinds = {"arrow": extra, **({"json": [*extra, "--no-columnar"]} if a.compare_json else {})}
+    for variant in a.also:
+        name, _, args = variant.partition("=")
+        kinds[name] = [*extra, *args.split()]
     rates: dict[str, list[float]] = {k: [] for k in kinds}
     medians: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="sg-bench-client-") as tmp:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from enum import StrEnum
 from pathlib import Path
 from typing import IO, Annotated, Any
@@ -212,13 +212,6 @@ def tail(
 # -- import ---------------------------------------------------------------------------------
 
 
-def _batches_with_progress(path: Path, size: int, bar: Any, task: Any) -> Iterator[Any]:
-    for body in file_batches(path, size):
-        yield body
-        if bar is not None:
-            bar.update(task, advance=body.rows)
-
-
 async def _import(client: AsyncClient, project: str, path: Path, batch_size: int) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -226,6 +219,7 @@ async def _import(client: AsyncClient, project: str, path: Path, batch_size: int
     show = console.is_terminal
     started = time.perf_counter()
     async with client:
+        bodies = file_batches(path, batch_size)
         if show:
             columns = (
                 TextColumn("importing {task.fields[name]}"),
@@ -235,10 +229,13 @@ async def _import(client: AsyncClient, project: str, path: Path, batch_size: int
             )
             with Progress(*columns, console=console, transient=True) as bar:
                 task = bar.add_task("import", total=None, name=path.name)
-                bodies = _batches_with_progress(path, batch_size, bar, task)
-                result = await client.ingest_bodies(project, bodies)
+
+                def stored(rows: int) -> None:
+                    bar.update(task, advance=rows)
+
+                result = await client.ingest_bodies(project, bodies, progress=stored)
         else:
-            result = await client.ingest_bodies(project, file_batches(path, batch_size))
+            result = await client.ingest_bodies(project, bodies)
     took = time.perf_counter() - started
     rate = result.rows / took if took > 0 else 0.0
     print(
@@ -266,12 +263,21 @@ def import_(
             "not take them); --no-columnar sends JSON."
         ),
     ] = True,
+    in_flight: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Requests outstanding at once (the server reads one while it stores another).",
+        ),
+    ] = 2,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = "",
 ) -> None:
     """Send the observations of FILE to PROJECT in batches, each all or nothing and safe to
     repeat: importing the same file twice stores nothing twice (its rows count as duplicates)."""
-    client = AsyncClient(url, token=token or None, columnar=None if columnar else False)
+    client = AsyncClient(
+        url, token=token or None, columnar=None if columnar else False, in_flight=in_flight
+    )
     _run(_import(client, project, file, batch_size), "import")
 
 

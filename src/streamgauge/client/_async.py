@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ from streamgauge.wire.framing import LineDecoder
 
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
 DEFAULT_BATCH = 10_000
+DEFAULT_IN_FLIGHT = 2
 HISTORY_PAGE = 10_000
 TimeArg = datetime | str | int | None
 Names = str | Iterable[str] | None
@@ -172,6 +174,7 @@ class AsyncClient:
         retries: int = 8,
         batch_size: int = DEFAULT_BATCH,
         columnar: bool | None = None,
+        in_flight: int = DEFAULT_IN_FLIGHT,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.url = base_url(url)
@@ -188,6 +191,7 @@ class AsyncClient:
         self.retries = retries
         self.batch_size = batch_size
         self.columnar = columnar
+        self.in_flight = in_flight
         """Whether Arrow IPC ingest bodies are sent (None: yes, until a server refuses them)."""
         self.http = httpx.AsyncClient(
             base_url=self.url,
@@ -319,37 +323,80 @@ class AsyncClient:
         progress: Any = None,
     ) -> IngestResult:
         """Send encoded batches in order, encoding the next one (in a thread) while the server
-        stores the current one; ``progress(rows)`` is called after each batch."""
+        stores the ones sent, with up to ``in_flight`` requests outstanding; ``progress(rows)``
+        is called as each batch is stored.
+
+        With more than one in flight the server may store a batch before the one sent ahead of
+        it. When a batch is refused, the batches still in flight are awaited, and the error
+        says which rows are stored: ``extra["stored_rows"]`` (every row before the refused
+        batch) and ``extra["stored_after"]`` (rows of later batches stored all the same)."""
         result = IngestResult()
         path = _p(project, "observations")
         end = object()
+        window = max(1, self.in_flight)
+        pending: deque[tuple[_encode.Body, asyncio.Future[dict[str, Any]]]] = deque()
+        offset = 0
 
         def take() -> Any:
             return next(bodies, end)
 
-        body = await asyncio.to_thread(take)
-        while body is not end:
-            assert isinstance(body, _encode.Body)
-            send = asyncio.ensure_future(self._send_batch(path, body, result.rows, result))
+        async def settle() -> None:
+            body, send = pending.popleft()
             try:
-                following = await asyncio.to_thread(take)
-            except BaseException:
-                send.cancel()
+                reply = await send
+            except BaseException as exc:
+                await self._after_failure(exc, pending)
                 raise
-            reply = await send
             result.add(reply, body.rows)
             if progress is not None:
                 progress(body.rows)
-            body = following
+
+        try:
+            body = await asyncio.to_thread(take)
+            while body is not end:
+                assert isinstance(body, _encode.Body)
+                while len(pending) >= window:
+                    await settle()
+                pending.append((body, asyncio.ensure_future(self._send_batch(path, body, offset))))
+                offset += body.rows
+                body = await asyncio.to_thread(take)  # while the server stores what was sent
+            while pending:
+                await settle()
+        except asyncio.CancelledError:
+            for _, task in pending:
+                task.cancel()
+            raise
+        except Exception:  # the source failed (a bad file row): what was sent is settled first
+            while pending:
+                await settle()
+            raise
         return result
+
+    @staticmethod
+    async def _after_failure(
+        exc: BaseException, pending: deque[tuple[_encode.Body, asyncio.Future[dict[str, Any]]]]
+    ) -> None:
+        """A batch failed: await the later ones in flight (the server may store them) and note
+        in the error how many of their rows were stored."""
+        after = 0
+        while pending:
+            body, send = pending.popleft()
+            try:
+                await send
+            except Exception:
+                continue
+            after += body.rows
+        if isinstance(exc, APIError):
+            exc.extra["stored_after"] = after
+            if after:
+                exc.message += f"; {after} rows of the batches after it were stored too"
+                exc.args = (exc._text(),)
 
     async def _post_body(self, path: str, body: _encode.Body) -> httpx.Response:
         headers = {"Content-Type": body.media_type}
         return await self.request("POST", path, content=body.data, headers=headers, retry=True)
 
-    async def _send_batch(
-        self, path: str, body: _encode.Body, offset: int, so_far: IngestResult
-    ) -> dict[str, Any]:
+    async def _send_batch(self, path: str, body: _encode.Body, offset: int) -> dict[str, Any]:
         if body.columnar and self.columnar is False:
             body = await asyncio.to_thread(body.as_json, offset)
         try:

@@ -321,28 +321,40 @@ def _csv_columns(table: Any) -> dict[str, Any] | None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    null = pa.scalar(None, pa.string())
-    time = _time(pc.utf8_trim_whitespace(table.column("time")))
-    if time is None:
-        return None
-    raw = table.column("value")
+    try:  # the usual case, epoch ms, in one pass
+        time = pc.cast(table.column("time"), pa.int64())
+    except pa.ArrowInvalid:
+        time = _time(pc.utf8_trim_whitespace(table.column("time")))
+        if time is None:
+            return None
     try:
-        value = pc.cast(pc.if_else(pc.equal(raw, ""), null, raw), pa.float64())
+        value = pc.cast(table.column("value"), pa.float64())
     except pa.ArrowInvalid:
         return None
     cols: dict[str, Any] = {
-        "device": pc.utf8_trim_whitespace(table.column("device")),
-        "variable": pc.utf8_trim_whitespace(table.column("variable")),
+        "device": _trimmed_names(table.column("device")),
+        "variable": _trimmed_names(table.column("variable")),
         "time": time,
         "value": value,
     }
     if "set" in table.schema.names:
         sets = pc.utf8_trim_whitespace(table.column("set"))
-        sets = pc.if_else(pc.equal(sets, ""), null, sets)
         if pc.all(pc.match_substring_regex(sets, r"^[0-9]{1,9}$")).as_py() is False:
             return None
         cols["set"] = pc.cast(sets, pa.int64())
     return cols
+
+
+def _trimmed_names(col: Any) -> Any:
+    """A CSV name column dictionary-encoded (the server looks each distinct name up once),
+    with its names trimmed as the server's CSV ingest trims them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    codes = pc.dictionary_encode(arr)
+    names = pc.utf8_trim_whitespace(codes.dictionary)
+    return pa.DictionaryArray.from_arrays(codes.indices, names)
 
 
 def _table_rows(table: Any) -> list[dict[str, Any]]:
@@ -392,7 +404,7 @@ def _rows(
 def _csv_value(text: str | None) -> Any:
     """A CSV value as the server's CSV ingest reads it: empty is null, a number a float,
     anything else text."""
-    if text is None or text == "":
+    if not text:
         return None
     try:
         return float(text)
@@ -409,8 +421,8 @@ def _csv_set(text: str | None) -> Any:
 
 def _csv_json_rows(table: Any) -> list[dict[str, Any]]:
     """A CSV batch (text columns) as JSON ingest rows, by the server's CSV rules."""
-    device = [x.strip() for x in table.column("device").to_pylist()]
-    variable = [x.strip() for x in table.column("variable").to_pylist()]
+    device = [x and x.strip() for x in table.column("device").to_pylist()]
+    variable = [x and x.strip() for x in table.column("variable").to_pylist()]
     times = [_time_text(x) for x in table.column("time").to_pylist()]
     values = [_csv_value(x) for x in table.column("value").to_pylist()]
     sets = (
@@ -484,8 +496,8 @@ def _csv_reader(path: Path) -> Iterator[Any]:
         parse_options=pacsv.ParseOptions(invalid_row_handler=invalid),
         convert_options=pacsv.ConvertOptions(
             column_types={n: pa.string() for n in names},
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
+            null_values=[""],  # an empty field is null (an empty value: no value)
+            strings_can_be_null=True,
         ),
     )
     for batch in reader:

@@ -142,6 +142,7 @@ class Client:
         retries: int = 8,
         batch_size: int = 10_000,
         columnar: bool | None = None,
+        in_flight: int = 2,
     ) -> None:
         self._loop = LoopThread()
         self._async = AsyncClient(
@@ -153,6 +154,7 @@ class Client:
             retries=retries,
             batch_size=batch_size,
             columnar=columnar,
+            in_flight=in_flight,
         )
         self.url = self._async.url
 
