@@ -46,6 +46,27 @@ def test_import_twice_second_time_all_duplicates(station: Server, tmp_path: Path
     assert b"0 accepted, 2500 duplicates" in second.stdout
 
 
+def test_import_error_names_the_row_of_the_file(station: Server, tmp_path: Path) -> None:
+    """A bad row in the third batch: the error names its row of the file (0 for the first data
+    row) and says which rows were stored."""
+    path = _csv(tmp_path / "obs.csv", 3500)
+    lines = path.read_text().splitlines()
+    lines[1 + 2345] = lines[1 + 2345].replace("d1,", "nope,", 1)
+    path.write_text("\n".join(lines) + "\n")
+    done = run(station, "import", "p1", str(path), "--batch-size", "1000")
+    assert done.returncode == 1
+    err = b" ".join(done.stderr.split())  # rich wraps long lines
+    assert b"index=2345 field=device: unknown device 'nope'" in err, done.stderr
+    assert b"in the batch from row 2000; the rows before it are stored" in err
+    assert b"500 rows of the batches after it were stored too" in err  # two in flight
+    assert b"the row of obs.csv, 0 being its first data row" in err
+    fixed = path.read_text().replace("nope,", "d1,")
+    path.write_text(fixed)
+    done = run(station, "import", "p1", str(path), "--batch-size", "1000")
+    assert done.returncode == 0, done.stderr
+    assert b"1000 accepted, 2500 duplicates" in done.stdout
+
+
 def test_import_ndjson_and_parquet_with_url_and_token_options(
     station: Server, tmp_path: Path
 ) -> None:

@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from streamgauge.client import AsyncClient, ClientError, Observation
+from streamgauge.client import APIError, AsyncClient, ClientError, IngestResult, Observation
 from streamgauge.client._encode import file_batches, file_kind
 from streamgauge.client._params import DEFAULT_URL, ENV_TOKEN, ENV_URL
 from streamgauge.wire.rows import format_time, to_ms
@@ -213,11 +213,30 @@ def tail(
 
 
 async def _import(client: AsyncClient, project: str, path: Path, batch_size: int) -> None:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     file_kind(path)  # a clear error before anything is sent
     show = console.is_terminal
     started = time.perf_counter()
+    try:
+        result = await _send_file(client, project, path, batch_size, show)
+    except APIError as exc:
+        if any(isinstance(d.get("index"), int) for d in exc.details):
+            exc.message += f"; index: the row of {path.name}, 0 being its first data row"
+            exc.args = (exc._text(),)
+        raise
+    took = time.perf_counter() - started
+    rate = result.rows / took if took > 0 else 0.0
+    print(
+        f"imported {path.name}: {result.rows} rows, {result.accepted} accepted, "
+        f"{result.duplicates} duplicates, in {result.batches} batches, {took:.1f} s "
+        f"({rate:,.0f} rows/s)"
+    )
+
+
+async def _send_file(
+    client: AsyncClient, project: str, path: Path, batch_size: int, show: bool
+) -> IngestResult:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     async with client:
         bodies = file_batches(path, batch_size)
         if show:
@@ -236,13 +255,7 @@ async def _import(client: AsyncClient, project: str, path: Path, batch_size: int
                 result = await client.ingest_bodies(project, bodies, progress=stored)
         else:
             result = await client.ingest_bodies(project, bodies)
-    took = time.perf_counter() - started
-    rate = result.rows / took if took > 0 else 0.0
-    print(
-        f"imported {path.name}: {result.rows} rows, {result.accepted} accepted, "
-        f"{result.duplicates} duplicates, in {result.batches} batches, {took:.1f} s "
-        f"({rate:,.0f} rows/s)"
-    )
+    return result
 
 
 def import_(
