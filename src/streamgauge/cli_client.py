@@ -212,8 +212,9 @@ def tail(
 # -- import ---------------------------------------------------------------------------------
 
 
-async def _import(client: AsyncClient, project: str, path: Path, batch_size: int) -> None:
+async def _import(client: AsyncClient, project: str, path: Path, batch_size: int | None) -> None:
     file_kind(path)  # a clear error before anything is sent
+    batch_size = batch_size or client.file_batch_size(path)
     show = console.is_terminal
     started = time.perf_counter()
     try:
@@ -268,7 +269,15 @@ def import_(
             help=".csv (header device,variable,time,value[,set]), .ndjson or .parquet",
         ),
     ],
-    batch_size: Annotated[int, typer.Option(min=1, help="Rows per request.")] = 10_000,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Rows per request [default: 50,000 for .csv and .parquet (sent as Arrow), "
+            "10,000 for .ndjson].",
+            show_default=False,
+        ),
+    ] = None,
     columnar: Annotated[
         bool,
         typer.Option(

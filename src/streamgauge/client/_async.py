@@ -26,7 +26,7 @@ from streamgauge.client._params import base_url, env_token, history_params, quer
 from streamgauge.wire.framing import LineDecoder
 
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
-DEFAULT_BATCH = 10_000
+DEFAULT_BATCH = _encode.JSON_BATCH
 DEFAULT_IN_FLIGHT = 2
 HISTORY_PAGE = 10_000
 TimeArg = datetime | str | int | None
@@ -172,7 +172,7 @@ class AsyncClient:
         secret: str | None = None,
         timeout: float = 60.0,
         retries: int = 8,
-        batch_size: int = DEFAULT_BATCH,
+        batch_size: int | None = None,
         columnar: bool | None = None,
         in_flight: int = DEFAULT_IN_FLIGHT,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -299,21 +299,33 @@ class AsyncClient:
         counts as a duplicate). A rejected batch raises its ``APIError``, whose ``details``
         index rows of the whole input and whose ``extra["stored_rows"]`` says how many rows
         before it were stored."""
-        size = batch_size or self.batch_size
         if _encode.is_frame(rows):
+            size = self._batch(batch_size, columnar=True)
             bodies: Iterator[_encode.Body] = _encode.frame_batches(rows, size)
         elif _encode.is_arrow(rows):
-            bodies = _encode.table_batches(rows, size)
+            bodies = _encode.table_batches(rows, self._batch(batch_size, columnar=True))
         else:
-            bodies = _encode.row_batches(rows, size)
+            bodies = _encode.row_batches(rows, self._batch(batch_size, columnar=False))
         return await self.ingest_bodies(project, bodies)
+
+    def _batch(self, given: int | None, *, columnar: bool) -> int:
+        """Rows per request: ``given``, else the client's ``batch_size``, else 50,000 for a
+        columnar source sent as Arrow and 10,000 for JSON (a JSON batch is decoded a row at a
+        time on the server, an Arrow batch by column, in a thread)."""
+        arrow = columnar and self.columnar is not False and _encode.have_arrow()
+        return given or self.batch_size or (_encode.ARROW_BATCH if arrow else DEFAULT_BATCH)
+
+    def file_batch_size(self, path: str | os.PathLike[str]) -> int:
+        """Rows per request ``ingest_file`` uses for ``path`` (see ``_batch``)."""
+        kind = _encode.file_kind(Path(path))
+        return self._batch(None, columnar=kind != "ndjson")
 
     async def ingest_file(
         self, project: str, path: str | os.PathLike[str], *, batch_size: int | None = None
     ) -> IngestResult:
         """Store a ``.csv`` (header ``device,variable,time,value[,set]``), ``.ndjson`` or
         ``.parquet`` file, read a batch at a time."""
-        bodies = _encode.file_batches(Path(path), batch_size or self.batch_size)
+        bodies = _encode.file_batches(Path(path), batch_size or self.file_batch_size(path))
         return await self.ingest_bodies(project, bodies)
 
     async def ingest_bodies(

@@ -140,7 +140,7 @@ class Client:
         secret: str | None = None,
         timeout: float = 60.0,
         retries: int = 8,
-        batch_size: int = 10_000,
+        batch_size: int | None = None,
         columnar: bool | None = None,
         in_flight: int = 2,
     ) -> None:
