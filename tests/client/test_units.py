@@ -220,3 +220,29 @@ def test_observation_from_a_row() -> None:
     )
     assert o.time.tzinfo is not None and o.time.microsecond == 250_000
     assert o.qc == ("sl_rate_check",) and o.cursor == 7
+
+
+def test_without_pyarrow_a_dataframe_goes_as_json_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pandas as pd
+
+    monkeypatch.setattr(_encode, "have_arrow", lambda: False)
+    frame = pd.DataFrame(
+        {
+            "device": ["d0", "d1", "d2"],
+            "variable": ["t", "t", "t"],
+            "time": pd.to_datetime(["2026-01-01T00:00:00.250", None, "2026-01-01T00:00:01.000"]),
+            "value": [1.5, float("nan"), 3.0],
+        }
+    )
+    (body,) = list(_encode.frame_batches(frame, 10))
+    assert body.media_type == JSON
+    assert orjson.loads(body.data) == [
+        {"device": "d0", "variable": "t", "time": 1767225600250, "value": 1.5},
+        {"device": "d1", "variable": "t", "time": None, "value": None},
+        {"device": "d2", "variable": "t", "time": 1767225601000, "value": 3.0},
+    ]
+    with_arrow = list(_encode.frame_batches(frame.iloc[[0, 2]], 10))
+    monkeypatch.undo()
+    (arrow,) = list(_encode.frame_batches(frame.iloc[[0, 2]], 10))
+    assert with_arrow[0].media_type == JSON and arrow.media_type == ARROW
+    assert orjson.loads(arrow.as_json().data) == orjson.loads(with_arrow[0].data)

@@ -6,7 +6,7 @@ row ``i`` is row ``offset + i`` of the whole source (errors say where).
 
 Columnar sources (Arrow tables and batches, DataFrames, CSV and Parquet files) are sent as Arrow
 IPC streams when pyarrow is installed: the columns go to the server as they are read, with no
-Python object per row on either side (the server's columnar ingest, ``docs/columnar.md``). Such
+Python object per row on either side (the server's columnar ingest, ``docs/performance.md``). Such
 a body keeps its table (``Body.table``) so that it can be sent again as JSON to a server that
 does not take Arrow (``Body.as_json``), and a batch whose columns Arrow cannot carry as the
 server reads them (a CSV value column mixing numbers and text, times mixing epoch ms and RFC
@@ -34,7 +34,6 @@ NDJSON = "application/x-ndjson"
 ARROW = "application/vnd.apache.arrow.stream"
 REQUIRED = ("device", "variable", "time", "value")
 OPTIONAL = ("set",)
-COLUMNS = REQUIRED + OPTIONAL
 CSV_BLOCK_BYTES = 4 << 20
 JSON_BATCH = 10_000
 ARROW_BATCH = 50_000
@@ -147,7 +146,8 @@ def _frame_json_batches(frame: Any, size: int) -> Iterator[Body]:
     if "time" in frame.columns and pd.api.types.is_datetime64_any_dtype(frame["time"]):
         t = frame["time"]
         t = t.dt.tz_convert("UTC") if t.dt.tz is not None else t.dt.tz_localize("UTC")
-        frame["time"] = (t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
+        ms = (t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
+        frame["time"] = ms.astype("Int64")  # integers, NaT as NA (not floats with NaN)
     for start in range(0, len(frame), size):
         chunk = frame.iloc[start : start + size]
         rows = [
@@ -157,7 +157,8 @@ def _frame_json_batches(frame: Any, size: int) -> Iterator[Body]:
 
 
 def _missing(v: Any) -> bool:
-    return (isinstance(v, float) and math.isnan(v)) or type(v).__name__ == "NaTType"
+    """NaN, NaT or NA: pandas' missing values."""
+    return (isinstance(v, float) and math.isnan(v)) or type(v).__name__ in ("NaTType", "NAType")
 
 
 # -- Arrow ------------------------------------------------------------------------------------
