@@ -160,8 +160,10 @@ class AsyncClient:
     account's key is ``key_id=..., secret=...`` (HTTP Basic). Requests that are safe to repeat
     (reads, and ingest, which is idempotent) are retried on connection errors and on 429, 502,
     503 and 504, ``retries`` times with a capped backoff. Errors are ``APIError`` subclasses
-    carrying the server's message and details (``_errors.py``). Use it as an async context
-    manager, or call ``aclose``."""
+    carrying the server's message and details (``_errors.py``). Ingest: ``batch_size`` rows per
+    request (default 50,000 for columnar sources sent as Arrow IPC, 10,000 for JSON),
+    ``in_flight`` requests outstanding (2), ``columnar=False`` to send JSON only (see
+    ``ingest``). Use it as an async context manager, or call ``aclose``."""
 
     def __init__(
         self,
