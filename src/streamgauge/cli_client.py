@@ -30,11 +30,11 @@ console = Console(stderr=True)
 
 UrlOpt = Annotated[
     str,
-    typer.Option(help=f"Base URL of the server [env {ENV_URL}].", envvar=ENV_URL),
+    typer.Option(help="Base URL of the server.", envvar=ENV_URL),
 ]
 TokenOpt = Annotated[
     str,
-    typer.Option(help=f"Bearer token [env {ENV_TOKEN}].", envvar=ENV_TOKEN, show_default=False),
+    typer.Option(help="Bearer token.", envvar=ENV_TOKEN, show_default=False),
 ]
 ListOpt = Annotated[list[str] | None, typer.Option()]
 
@@ -273,8 +273,8 @@ def import_(
         int | None,
         typer.Option(
             min=1,
-            help="Rows per request [default: 50,000 for .csv and .parquet (sent as Arrow), "
-            "10,000 for .ndjson].",
+            help="Rows per request (default: 50,000 for .csv and .parquet sent as Arrow, "
+            "10,000 for .ndjson).",
             show_default=False,
         ),
     ] = None,
