@@ -61,6 +61,17 @@ def test_a_bad_row_in_batch_three_names_its_row_of_the_file(
         assert len(list(c.history("p1"))) == 2000 + after
 
 
+def test_a_refused_first_batch_leaves_nothing_stored(c: Client, tmp_path: Path) -> None:
+    """The first batch goes alone (two in flight only after it is stored)."""
+    data = rows(2500)
+    data[10]["time"] = "yesterday"
+    with pytest.raises(Invalid) as err:
+        c.ingest_file("p1", _csv(tmp_path / "obs.csv", data), batch_size=1000)
+    assert err.value.details[0]["index"] == 10
+    assert (err.value.extra["stored_rows"], err.value.extra["stored_after"]) == (0, 0)
+    assert list(c.history("p1")) == []
+
+
 def test_the_same_file_twice_is_all_duplicates(c: Client, tmp_path: Path) -> None:
     csv_path = _csv(tmp_path / "obs.csv", rows(2500))
     first = c.ingest_file("p1", csv_path, batch_size=1000)

@@ -193,8 +193,8 @@ class AsyncClient:
         self.retries = retries
         self.batch_size = batch_size
         self.columnar = columnar
-        self.in_flight = in_flight
         """Whether Arrow IPC ingest bodies are sent (None: yes, until a server refuses them)."""
+        self.in_flight = in_flight
         self.http = httpx.AsyncClient(
             base_url=self.url,
             headers=headers,
@@ -340,10 +340,11 @@ class AsyncClient:
         stores the ones sent, with up to ``in_flight`` requests outstanding; ``progress(rows)``
         is called as each batch is stored.
 
-        With more than one in flight the server may store a batch before the one sent ahead of
-        it. When a batch is refused, the batches still in flight are awaited, and the error
-        says which rows are stored: ``extra["stored_rows"]`` (every row before the refused
-        batch) and ``extra["stored_after"]`` (rows of later batches stored all the same)."""
+        The first batch goes alone; after it, with more than one in flight, the server may
+        store a batch before the one sent ahead of it. When a batch is refused, the batches
+        still in flight are awaited, and the error says which rows are stored:
+        ``extra["stored_rows"]`` (every row before the refused batch) and
+        ``extra["stored_after"]`` (rows of later batches stored all the same)."""
         result = IngestResult()
         path = _p(project, "observations")
         end = object()
@@ -358,7 +359,7 @@ class AsyncClient:
             body, send = pending.popleft()
             try:
                 reply = await send
-            except BaseException as exc:
+            except Exception as exc:
                 await self._after_failure(exc, pending)
                 raise
             result.add(reply, body.rows)
@@ -369,7 +370,9 @@ class AsyncClient:
             body = await asyncio.to_thread(take)
             while body is not end:
                 assert isinstance(body, _encode.Body)
-                while len(pending) >= window:
+                # One at a time until a batch is stored: the first answer tells whether the
+                # server takes Arrow (and a refused first batch leaves nothing after it).
+                while len(pending) >= (window if result.batches else 1):
                     await settle()
                 pending.append((body, asyncio.ensure_future(self._send_batch(path, body, offset))))
                 offset += body.rows
