@@ -149,3 +149,29 @@ def test_export_stations_as_geojson(station: Server) -> None:
     (feature,) = geo["features"]
     assert feature["geometry"] == {"type": "Point", "coordinates": [-111.9, 40.7]}
     assert feature["properties"]["state"] == "UT" and feature["properties"]["id"] == "s1"
+
+
+def test_import_shows_a_progress_bar_on_a_terminal(
+    station: Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """On a terminal the import draws a progress bar counting the stored rows (on stderr),
+    then prints its summary line."""
+    import asyncio
+
+    from rich.console import Console
+
+    from streamgauge import cli_client
+    from streamgauge.client import AsyncClient
+
+    screen = io.StringIO()
+    term = Console(file=screen, force_terminal=True, width=100)
+    monkeypatch.setattr(cli_client, "console", term)
+    path = _csv(tmp_path / "obs.csv", 2500)
+    client = AsyncClient(station.url, token=station.token)
+    asyncio.run(cli_client._import(client, "p1", path, 1000))
+    assert "importing obs.csv" in screen.getvalue()
+    assert "2,500 rows" in screen.getvalue()
+    assert "2500 accepted, 0 duplicates, in 3 batches" in capsys.readouterr().out
