@@ -246,3 +246,17 @@ def test_without_pyarrow_a_dataframe_goes_as_json_rows(monkeypatch: pytest.Monke
     (arrow,) = list(_encode.frame_batches(frame.iloc[[0, 2]], 10))
     assert with_arrow[0].media_type == JSON and arrow.media_type == ARROW
     assert orjson.loads(arrow.as_json().data) == orjson.loads(with_arrow[0].data)
+
+
+def test_ingest_result_cursors_span_batches_stored_out_of_order() -> None:
+    """With two requests in flight a later batch may be committed first: the result's first
+    and last cursors are the lowest and highest over every batch."""
+    from streamgauge.client import IngestResult
+
+    r = IngestResult()
+    r.add({"accepted": 5, "duplicates": 0, "first_cursor": 1, "last_cursor": 5}, 5)
+    r.add({"accepted": 5, "duplicates": 0, "first_cursor": 11, "last_cursor": 15}, 5)
+    r.add({"accepted": 5, "duplicates": 0, "first_cursor": 6, "last_cursor": 10}, 5)
+    r.add({"accepted": 0, "duplicates": 5, "first_cursor": None, "last_cursor": None}, 5)
+    assert (r.first_cursor, r.last_cursor, r.accepted, r.duplicates) == (1, 15, 15, 5)
+    assert (r.rows, r.batches) == (20, 4)
