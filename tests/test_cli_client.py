@@ -46,6 +46,27 @@ def test_import_twice_second_time_all_duplicates(station: Server, tmp_path: Path
     assert b"0 accepted, 2500 duplicates" in second.stdout
 
 
+def test_import_error_names_the_row_of_the_file(station: Server, tmp_path: Path) -> None:
+    """A bad row in the third batch: the error names its row of the file (0 for the first data
+    row) and says which rows were stored."""
+    path = _csv(tmp_path / "obs.csv", 3500)
+    lines = path.read_text().splitlines()
+    lines[1 + 2345] = lines[1 + 2345].replace("d1,", "nope,", 1)
+    path.write_text("\n".join(lines) + "\n")
+    done = run(station, "import", "p1", str(path), "--batch-size", "1000")
+    assert done.returncode == 1
+    err = b" ".join(done.stderr.split())  # rich wraps long lines
+    assert b"index=2345 field=device: unknown device 'nope'" in err, done.stderr
+    assert b"in the batch from row 2000; the rows before it are stored" in err
+    assert b"500 rows of the batches after it were stored too" in err  # two in flight
+    assert b"the row of obs.csv, 0 being its first data row" in err
+    fixed = path.read_text().replace("nope,", "d1,")
+    path.write_text(fixed)
+    done = run(station, "import", "p1", str(path), "--batch-size", "1000")
+    assert done.returncode == 0, done.stderr
+    assert b"1000 accepted, 2500 duplicates" in done.stdout
+
+
 def test_import_ndjson_and_parquet_with_url_and_token_options(
     station: Server, tmp_path: Path
 ) -> None:
@@ -128,3 +149,29 @@ def test_export_stations_as_geojson(station: Server) -> None:
     (feature,) = geo["features"]
     assert feature["geometry"] == {"type": "Point", "coordinates": [-111.9, 40.7]}
     assert feature["properties"]["state"] == "UT" and feature["properties"]["id"] == "s1"
+
+
+def test_import_shows_a_progress_bar_on_a_terminal(
+    station: Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """On a terminal the import draws a progress bar counting the stored rows (on stderr),
+    then prints its summary line."""
+    import asyncio
+
+    from rich.console import Console
+
+    from streamgauge import cli_client
+    from streamgauge.client import AsyncClient
+
+    screen = io.StringIO()
+    term = Console(file=screen, force_terminal=True, width=100)
+    monkeypatch.setattr(cli_client, "console", term)
+    path = _csv(tmp_path / "obs.csv", 2500)
+    client = AsyncClient(station.url, token=station.token)
+    asyncio.run(cli_client._import(client, "p1", path, 1000))
+    assert "importing obs.csv" in screen.getvalue()
+    assert "2,500 rows" in screen.getvalue()
+    assert "2500 accepted, 0 duplicates, in 3 batches" in capsys.readouterr().out

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from enum import StrEnum
 from pathlib import Path
 from typing import IO, Annotated, Any
@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from streamgauge.client import AsyncClient, ClientError, Observation
+from streamgauge.client import APIError, AsyncClient, ClientError, IngestResult, Observation
 from streamgauge.client._encode import file_batches, file_kind
 from streamgauge.client._params import DEFAULT_URL, ENV_TOKEN, ENV_URL
 from streamgauge.wire.rows import format_time, to_ms
@@ -30,11 +30,11 @@ console = Console(stderr=True)
 
 UrlOpt = Annotated[
     str,
-    typer.Option(help=f"Base URL of the server [env {ENV_URL}].", envvar=ENV_URL),
+    typer.Option(help="Base URL of the server.", envvar=ENV_URL),
 ]
 TokenOpt = Annotated[
     str,
-    typer.Option(help=f"Bearer token [env {ENV_TOKEN}].", envvar=ENV_TOKEN, show_default=False),
+    typer.Option(help="Bearer token.", envvar=ENV_TOKEN, show_default=False),
 ]
 ListOpt = Annotated[list[str] | None, typer.Option()]
 
@@ -212,20 +212,34 @@ def tail(
 # -- import ---------------------------------------------------------------------------------
 
 
-def _batches_with_progress(path: Path, size: int, bar: Any, task: Any) -> Iterator[Any]:
-    for body in file_batches(path, size):
-        yield body
-        if bar is not None:
-            bar.update(task, advance=body.rows)
-
-
-async def _import(client: AsyncClient, project: str, path: Path, batch_size: int) -> None:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
+async def _import(client: AsyncClient, project: str, path: Path, batch_size: int | None) -> None:
     file_kind(path)  # a clear error before anything is sent
+    batch_size = batch_size or client.file_batch_size(path)
     show = console.is_terminal
     started = time.perf_counter()
+    try:
+        result = await _send_file(client, project, path, batch_size, show)
+    except APIError as exc:
+        if any(isinstance(d.get("index"), int) for d in exc.details):
+            exc.message += f"; index: the row of {path.name}, 0 being its first data row"
+            exc.args = (exc._text(),)
+        raise
+    took = time.perf_counter() - started
+    rate = result.rows / took if took > 0 else 0.0
+    print(
+        f"imported {path.name}: {result.rows} rows, {result.accepted} accepted, "
+        f"{result.duplicates} duplicates, in {result.batches} batches, {took:.1f} s "
+        f"({rate:,.0f} rows/s)"
+    )
+
+
+async def _send_file(
+    client: AsyncClient, project: str, path: Path, batch_size: int, show: bool
+) -> IngestResult:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     async with client:
+        bodies = file_batches(path, batch_size)
         if show:
             columns = (
                 TextColumn("importing {task.fields[name]}"),
@@ -235,17 +249,14 @@ async def _import(client: AsyncClient, project: str, path: Path, batch_size: int
             )
             with Progress(*columns, console=console, transient=True) as bar:
                 task = bar.add_task("import", total=None, name=path.name)
-                bodies = _batches_with_progress(path, batch_size, bar, task)
-                result = await client.ingest_bodies(project, bodies)
+
+                def stored(rows: int) -> None:
+                    bar.update(task, advance=rows)
+
+                result = await client.ingest_bodies(project, bodies, progress=stored)
         else:
-            result = await client.ingest_bodies(project, file_batches(path, batch_size))
-    took = time.perf_counter() - started
-    rate = result.rows / took if took > 0 else 0.0
-    print(
-        f"imported {path.name}: {result.rows} rows, {result.accepted} accepted, "
-        f"{result.duplicates} duplicates, in {result.batches} batches, {took:.1f} s "
-        f"({rate:,.0f} rows/s)"
-    )
+            result = await client.ingest_bodies(project, bodies)
+    return result
 
 
 def import_(
@@ -258,13 +269,37 @@ def import_(
             help=".csv (header device,variable,time,value[,set]), .ndjson or .parquet",
         ),
     ],
-    batch_size: Annotated[int, typer.Option(min=1, help="Rows per request.")] = 10_000,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Rows per request (default: 50,000 for .csv and .parquet sent as Arrow, "
+            "10,000 for .ndjson).",
+            show_default=False,
+        ),
+    ] = None,
+    columnar: Annotated[
+        bool,
+        typer.Option(
+            help="Send .csv and .parquet rows as Arrow IPC batches (JSON if the server does "
+            "not take them); --no-columnar sends JSON."
+        ),
+    ] = True,
+    in_flight: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Requests outstanding at once (the server reads one while it stores another).",
+        ),
+    ] = 2,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = "",
 ) -> None:
     """Send the observations of FILE to PROJECT in batches, each all or nothing and safe to
     repeat: importing the same file twice stores nothing twice (its rows count as duplicates)."""
-    client = AsyncClient(url, token=token or None)
+    client = AsyncClient(
+        url, token=token or None, columnar=None if columnar else False, in_flight=in_flight
+    )
     _run(_import(client, project, file, batch_size), "import")
 
 

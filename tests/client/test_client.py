@@ -173,7 +173,8 @@ def test_a_rejected_batch_names_the_row_of_the_whole_input(station: Server, c: C
         c.ingest("p1", bad, batch_size=2)
     assert err.value.details[0]["index"] == 3
     assert err.value.extra["stored_rows"] == 2  # the first batch was stored
-    assert len(list(c.history("p1"))) == 2
+    assert err.value.extra["stored_after"] == 1  # and the last, sent with it (two in flight)
+    assert len(list(c.history("p1"))) == 3
 
 
 def test_export_plot_and_geojson(station: Server, c: Client) -> None:

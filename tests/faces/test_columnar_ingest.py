@@ -8,6 +8,7 @@ import io
 from typing import Any
 
 import httpx
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -344,3 +345,17 @@ def test_a_large_dictionary_with_few_names_in_use(client: httpx.Client) -> None:
     r = client.post(OBS, content=arrow_body(table), headers=ARROW)
     assert r.status_code == 200, r.text
     assert sorted(o["device"] for o in history(client)) == ["d0", "d1", "d1"]
+
+
+def test_unique_pairs_match_numpys_unique() -> None:
+    """``columnar._unique`` (a table of flags for small code ranges) gives what
+    ``np.unique(codes, return_inverse=True)`` gives, on both of its paths."""
+    from streamgauge.core.columnar import _unique
+
+    rng = np.random.default_rng(7)
+    for n, bound in [(0, 0), (3, 0), (1, 1), (10, 3), (50_000, 200), (1_000, 10_000_000)]:
+        codes = rng.integers(-1, max(bound, 1), n).astype(np.int64) if bound else np.full(n, -1)
+        uniq, inverse = _unique(codes, bound)
+        want_uniq, want_inverse = np.unique(codes, return_inverse=True)
+        assert uniq.tolist() == want_uniq.tolist()
+        assert inverse.tolist() == want_inverse.reshape(-1).tolist()

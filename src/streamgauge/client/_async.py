@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +26,8 @@ from streamgauge.client._params import base_url, env_token, history_params, quer
 from streamgauge.wire.framing import LineDecoder
 
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
-DEFAULT_BATCH = 10_000
+DEFAULT_BATCH = _encode.JSON_BATCH
+DEFAULT_IN_FLIGHT = 2
 HISTORY_PAGE = 10_000
 TimeArg = datetime | str | int | None
 Names = str | Iterable[str] | None
@@ -140,6 +142,17 @@ class StreamReader:
             await asyncio.sleep(next(delays))
 
 
+def _refuses_media_type(exc: APIError) -> bool:
+    """The server does not take this body's content type: 415, or (servers before columnar
+    ingest) a 400 naming the ``content-type`` header."""
+    if exc.status == 415:
+        return True
+    return exc.status == 400 and any(
+        d.get("in") == "header" and str(d.get("field", "")).lower() == "content-type"
+        for d in exc.details
+    )
+
+
 class AsyncClient:
     """A client of one streamgauge server's native API.
 
@@ -147,8 +160,10 @@ class AsyncClient:
     account's key is ``key_id=..., secret=...`` (HTTP Basic). Requests that are safe to repeat
     (reads, and ingest, which is idempotent) are retried on connection errors and on 429, 502,
     503 and 504, ``retries`` times with a capped backoff. Errors are ``APIError`` subclasses
-    carrying the server's message and details (``_errors.py``). Use it as an async context
-    manager, or call ``aclose``."""
+    carrying the server's message and details (``_errors.py``). Ingest: ``batch_size`` rows per
+    request (default 50,000 for columnar sources sent as Arrow IPC, 10,000 for JSON),
+    ``in_flight`` requests outstanding (2), ``columnar=False`` to send JSON only (see
+    ``ingest``). Use it as an async context manager, or call ``aclose``."""
 
     def __init__(
         self,
@@ -159,7 +174,9 @@ class AsyncClient:
         secret: str | None = None,
         timeout: float = 60.0,
         retries: int = 8,
-        batch_size: int = DEFAULT_BATCH,
+        batch_size: int | None = None,
+        columnar: bool | None = None,
+        in_flight: int = DEFAULT_IN_FLIGHT,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.url = base_url(url)
@@ -175,6 +192,9 @@ class AsyncClient:
                 headers["Authorization"] = f"Bearer {tok}"
         self.retries = retries
         self.batch_size = batch_size
+        self.columnar = columnar
+        """Whether Arrow IPC ingest bodies are sent (None: yes, until a server refuses them)."""
+        self.in_flight = in_flight
         self.http = httpx.AsyncClient(
             base_url=self.url,
             headers=headers,
@@ -274,24 +294,40 @@ class AsyncClient:
         batch_size: int | None = None,
     ) -> IngestResult:
         """Store observations: any iterable of ``{device, variable, time, value[, set]}`` dicts
-        (times as aware datetimes, RFC 3339 strings or epoch ms), or a pandas DataFrame with
-        those columns. Sent in batches of ``batch_size`` (each all or nothing on the server),
-        each retried safely (ingest is idempotent: a re-sent row counts as a duplicate). A
-        rejected batch raises its ``APIError``, whose ``details`` index rows of the whole input
-        and whose ``extra["stored_rows"]`` says how many rows before it were stored."""
-        size = batch_size or self.batch_size
+        (times as aware datetimes, RFC 3339 strings or epoch ms), or a pandas DataFrame or an
+        Arrow Table, RecordBatch or RecordBatchReader with those columns (sent as Arrow IPC
+        when pyarrow is installed, see ``_encode.py``). Sent in batches of ``batch_size`` (each
+        all or nothing on the server), each retried safely (ingest is idempotent: a re-sent row
+        counts as a duplicate). A rejected batch raises its ``APIError``, whose ``details``
+        index rows of the whole input and whose ``extra["stored_rows"]`` says how many rows
+        before it were stored."""
         if _encode.is_frame(rows):
+            size = self._batch(batch_size, columnar=True)
             bodies: Iterator[_encode.Body] = _encode.frame_batches(rows, size)
+        elif _encode.is_arrow(rows):
+            bodies = _encode.table_batches(rows, self._batch(batch_size, columnar=True))
         else:
-            bodies = _encode.row_batches(rows, size)
+            bodies = _encode.row_batches(rows, self._batch(batch_size, columnar=False))
         return await self.ingest_bodies(project, bodies)
+
+    def _batch(self, given: int | None, *, columnar: bool) -> int:
+        """Rows per request: ``given``, else the client's ``batch_size``, else 50,000 for a
+        columnar source sent as Arrow and 10,000 for JSON (a JSON batch is decoded a row at a
+        time on the server, an Arrow batch by column, in a thread)."""
+        arrow = columnar and self.columnar is not False and _encode.have_arrow()
+        return given or self.batch_size or (_encode.ARROW_BATCH if arrow else DEFAULT_BATCH)
+
+    def file_batch_size(self, path: str | os.PathLike[str]) -> int:
+        """Rows per request ``ingest_file`` uses for ``path`` (see ``_batch``)."""
+        kind = _encode.file_kind(Path(path))
+        return self._batch(None, columnar=kind != "ndjson")
 
     async def ingest_file(
         self, project: str, path: str | os.PathLike[str], *, batch_size: int | None = None
     ) -> IngestResult:
         """Store a ``.csv`` (header ``device,variable,time,value[,set]``), ``.ndjson`` or
         ``.parquet`` file, read a batch at a time."""
-        bodies = _encode.file_batches(Path(path), batch_size or self.batch_size)
+        bodies = _encode.file_batches(Path(path), batch_size or self.file_batch_size(path))
         return await self.ingest_bodies(project, bodies)
 
     async def ingest_bodies(
@@ -301,41 +337,94 @@ class AsyncClient:
         progress: Any = None,
     ) -> IngestResult:
         """Send encoded batches in order, encoding the next one (in a thread) while the server
-        stores the current one; ``progress(rows)`` is called after each batch."""
+        stores the ones sent, with up to ``in_flight`` requests outstanding; ``progress(rows)``
+        is called as each batch is stored.
+
+        The first batch goes alone; after it, with more than one in flight, the server may
+        store a batch before the one sent ahead of it. When a batch is refused, the batches
+        still in flight are awaited, and the error says which rows are stored:
+        ``extra["stored_rows"]`` (every row before the refused batch) and
+        ``extra["stored_after"]`` (rows of later batches stored all the same)."""
         result = IngestResult()
         path = _p(project, "observations")
         end = object()
+        window = max(1, self.in_flight)
+        pending: deque[tuple[_encode.Body, asyncio.Future[dict[str, Any]]]] = deque()
+        offset = 0
 
         def take() -> Any:
             return next(bodies, end)
 
-        body = await asyncio.to_thread(take)
-        while body is not end:
-            assert isinstance(body, _encode.Body)
-            send = asyncio.ensure_future(self._send_batch(path, body, result.rows, result))
+        async def settle() -> None:
+            body, send = pending.popleft()
             try:
-                following = await asyncio.to_thread(take)
-            except BaseException:
-                send.cancel()
+                reply = await send
+            except Exception as exc:
+                await self._after_failure(exc, pending)
                 raise
-            reply = await send
             result.add(reply, body.rows)
             if progress is not None:
                 progress(body.rows)
-            body = following
+
+        try:
+            body = await asyncio.to_thread(take)
+            while body is not end:
+                assert isinstance(body, _encode.Body)
+                # One at a time until a batch is stored: the first answer tells whether the
+                # server takes Arrow (and a refused first batch leaves nothing after it).
+                while len(pending) >= (window if result.batches else 1):
+                    await settle()
+                pending.append((body, asyncio.ensure_future(self._send_batch(path, body, offset))))
+                offset += body.rows
+                body = await asyncio.to_thread(take)  # while the server stores what was sent
+            while pending:
+                await settle()
+        except asyncio.CancelledError:
+            for _, task in pending:
+                task.cancel()
+            raise
+        except Exception:  # the source failed (a bad file row): what was sent is settled first
+            while pending:
+                await settle()
+            raise
         return result
 
-    async def _send_batch(
-        self, path: str, body: _encode.Body, offset: int, so_far: IngestResult
-    ) -> dict[str, Any]:
+    @staticmethod
+    async def _after_failure(
+        exc: BaseException, pending: deque[tuple[_encode.Body, asyncio.Future[dict[str, Any]]]]
+    ) -> None:
+        """A batch failed: await the later ones in flight (the server may store them) and note
+        in the error how many of their rows were stored."""
+        after = 0
+        while pending:
+            body, send = pending.popleft()
+            try:
+                await send
+            except Exception:
+                continue
+            after += body.rows
+        if isinstance(exc, APIError):
+            exc.extra["stored_after"] = after
+            if after:
+                exc.message += f"; {after} rows of the batches after it were stored too"
+                exc.args = (exc._text(),)
+
+    async def _post_body(self, path: str, body: _encode.Body) -> httpx.Response:
+        headers = {"Content-Type": body.media_type}
+        return await self.request("POST", path, content=body.data, headers=headers, retry=True)
+
+    async def _send_batch(self, path: str, body: _encode.Body, offset: int) -> dict[str, Any]:
+        if body.columnar and self.columnar is False:
+            body = await asyncio.to_thread(body.as_json, offset)
         try:
-            r = await self.request(
-                "POST",
-                path,
-                content=body.data,
-                headers={"Content-Type": body.media_type},
-                retry=True,
-            )
+            try:
+                r = await self._post_body(path, body)
+            except APIError as exc:
+                if not (body.columnar and _refuses_media_type(exc)):
+                    raise
+                self.columnar = False  # a server without columnar ingest: JSON from now on
+                body = await asyncio.to_thread(body.as_json, offset)
+                r = await self._post_body(path, body)
         except APIError as exc:
             if offset:
                 for d in exc.details:

@@ -55,11 +55,17 @@ class IngestResult:
     def add(self, reply: dict[str, Any], rows: int) -> None:
         self.accepted += int(reply.get("accepted", 0))
         self.duplicates += int(reply.get("duplicates", 0))
+        # the lowest and highest over every batch: with two requests in flight the server
+        # may commit a batch before the one sent ahead of it
         first, last = reply.get("first_cursor"), reply.get("last_cursor")
-        if first is not None and self.first_cursor is None:
-            self.first_cursor = int(first)
+        if first is not None:
+            first = int(first)
+            self.first_cursor = (
+                first if self.first_cursor is None else min(self.first_cursor, first)
+            )
         if last is not None:
-            self.last_cursor = int(last)
+            last = int(last)
+            self.last_cursor = last if self.last_cursor is None else max(self.last_cursor, last)
         self.batches += 1
         self.rows += rows
 

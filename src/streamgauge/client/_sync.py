@@ -140,7 +140,9 @@ class Client:
         secret: str | None = None,
         timeout: float = 60.0,
         retries: int = 8,
-        batch_size: int = 10_000,
+        batch_size: int | None = None,
+        columnar: bool | None = None,
+        in_flight: int = 2,
     ) -> None:
         self._loop = LoopThread()
         self._async = AsyncClient(
@@ -151,6 +153,8 @@ class Client:
             timeout=timeout,
             retries=retries,
             batch_size=batch_size,
+            columnar=columnar,
+            in_flight=in_flight,
         )
         self.url = self._async.url
 

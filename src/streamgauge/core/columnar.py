@@ -171,7 +171,7 @@ def resolve_table(
     )
     width = max(len(var_names), 1)
     pair = np.where(known & (row_dev >= 0), dev_codes * width + var_codes, -1)
-    uniq, inverse = np.unique(pair, return_inverse=True)
+    uniq, inverse = _unique(pair, len(dev_names) * width)
     u_var, u_set, u_scale, u_offset = names_of.variables(pa, reg, uniq, dev_pk, var_names, width)
     var_pks = u_var[inverse]
     errors.add(
@@ -231,6 +231,21 @@ def decode_resolve(
         max_future_ms=max_future_ms,
         max_errors=max_errors,
     )
+
+
+def _unique(
+    codes: npt.NDArray[np.int64], bound: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.intp]]:
+    """``np.unique(codes, return_inverse=True)`` for codes from -1 to ``bound - 1``: with a
+    table of ``bound`` flags when that is not much larger than the batch (no sort of the
+    rows, which took a third of the resolve of a 50,000-row batch), else by sorting."""
+    if bound > 4 * len(codes) + 65_536:
+        uniq, inverse = np.unique(codes, return_inverse=True)
+        return uniq.astype(np.int64), inverse.reshape(-1)
+    present = np.zeros(bound + 1, np.bool_)
+    present[codes + 1] = True
+    rank = np.cumsum(present) - 1
+    return np.flatnonzero(present).astype(np.int64) - 1, rank[codes + 1].astype(np.intp)
 
 
 class _Names:
