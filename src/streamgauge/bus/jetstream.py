@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import socket
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +37,14 @@ log = logging.getLogger("streamgauge.bus")
 
 CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 H_FIRST, H_LAST, H_ORIGIN = "Sg-First", "Sg-Last", "Sg-Origin"
+
+
+def default_node_id() -> str:
+    """A node's id on the bus (its messages' origin, the holder named in a lease): the host and
+    process, so an operator reading the lease bucket knows which node does the work, and a
+    random part, unique across restarts."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:40] or "node"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 def check_cluster_name(name: str) -> str:
@@ -59,7 +69,7 @@ class NatsBus:
     ) -> None:
         self.url = url
         self.cluster = check_cluster_name(cluster)
-        self.node_id = node_id or uuid.uuid4().hex[:12]
+        self.node_id = node_id or default_node_id()
         self.stream = f"SG_{cluster}"
         self.prefix = f"sg.{cluster}"
         self.retention_seconds = retention_seconds
