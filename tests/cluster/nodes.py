@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
+import nats.js.errors
 import orjson
 
 from tests.bus.test_jetstream import NATS_URL
@@ -52,6 +54,8 @@ class Node:
     env: dict[str, str]
     bus: str = NATS_URL
     proc: subprocess.Popen[bytes] | None = None
+    store: str = ""  # what it was last started with
+    cluster: str = ""
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -87,6 +91,7 @@ class Node:
         ]
 
     def start(self, store: str, cluster: str) -> None:
+        self.store, self.cluster = store, cluster
         self.data.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -102,6 +107,18 @@ class Node:
                 pass
             assert time.monotonic() < deadline, f"node {self.name} did not start"
             time.sleep(0.05)
+
+    def fails_to_start(self, store: str, cluster: str) -> str:
+        """Run ``serve`` expecting it to exit non-zero at once; what it printed."""
+        done = subprocess.run(
+            self.command(store, cluster),
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode != 0, done.stdout + done.stderr
+        return done.stdout + done.stderr
 
     @property
     def alive(self) -> bool:
@@ -320,6 +337,33 @@ class Receiver:
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+async def _holder_pid(bus: str, cluster: str) -> int | None:
+    """The process id of the node holding the cluster's work lease (the holder's id on the
+    bus names its process: ``bus/jetstream.default_node_id``)."""
+    nc = await asyncio.wait_for(
+        nats.connect(servers=[bus], connect_timeout=5, allow_reconnect=False), 10
+    )
+    try:
+        kv = await nc.jetstream().key_value(f"SG_{cluster}_leases")
+        entry = await kv.get("work")
+    except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError):
+        return None
+    finally:
+        await nc.close()
+    if entry.value is None:
+        return None
+    return int(entry.value.decode().rsplit("-", 2)[1])
+
+
+def holder(nodes: list[Node], cluster: str) -> Node | None:
+    """The running node of ``nodes`` that holds the work lease, if any."""
+    pid = asyncio.run(_holder_pid(nodes[0].bus, cluster))
+    for n in nodes:
+        if n.alive and n.proc is not None and n.proc.pid == pid:
+            return n
+    return None
 
 
 class NatsServer:

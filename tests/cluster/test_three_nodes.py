@@ -20,8 +20,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
-import nats
-import nats.js.errors
 import pytest
 from websockets.exceptions import ConnectionClosed
 
@@ -30,6 +28,7 @@ from tests.cluster.nodes import (
     Reader,
     Receiver,
     eventually,
+    holder,
     native,
     new_cluster,
     node_env,
@@ -251,30 +250,6 @@ def test_a_feed_token_made_on_one_running_node_works_on_another(
         return messages
 
     assert asyncio.run(auth()) == ["Starting new session."]
-
-
-async def _holder_pid(bus: str, cluster: str) -> int | None:
-    """The process id of the node holding the cluster's work lease (the holder's id on the
-    bus names its process: ``bus/jetstream.default_node_id``)."""
-    nc = await nats.connect(servers=[bus], connect_timeout=5)
-    try:
-        kv = await nc.jetstream().key_value(f"SG_{cluster}_leases")
-        entry = await kv.get("work")
-    except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError):
-        return None
-    finally:
-        await nc.close()
-    if entry.value is None:
-        return None
-    return int(entry.value.decode().rsplit("-", 2)[1])
-
-
-def holder(nodes: list[Node], cluster: str) -> Node | None:
-    pid = asyncio.run(_holder_pid(nodes[0].bus, cluster))
-    for n in nodes:
-        if n.alive and n.proc is not None and n.proc.pid == pid:
-            return n
-    return None
 
 
 def test_kill_9_of_the_work_lease_holder_moves_alerts_and_deliveries(
