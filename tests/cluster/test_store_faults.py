@@ -41,7 +41,9 @@ T0 = 1_600_000_000_000
 class Proxy:
     """A TCP proxy on a loopback port to PostgreSQL, on an event loop of its own (a thread):
     ``cut`` closes every connection and the listener (new connections are refused),
-    ``restore`` listens again on the same port."""
+    ``restore`` listens again on the same port; ``freeze`` keeps every connection open and
+    accepts new ones but forwards nothing (a server or network that stopped answering while
+    something on the way still acknowledges the packets), ``thaw`` forwards again."""
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
@@ -51,6 +53,8 @@ class Proxy:
         self._thread.start()
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
@@ -58,11 +62,13 @@ class Proxy:
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, ConnectionError):
             while data := await src.read(65536):
+                await self._flowing.wait()
                 dst.write(data)
                 await dst.drain()
         dst.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._flowing.wait()
         try:
             up_r, up_w = await asyncio.open_connection(*self.target)
         except OSError:
@@ -91,7 +97,14 @@ class Proxy:
 
         self._call(cut())
 
+    def freeze(self) -> None:
+        self.loop.call_soon_threadsafe(self._flowing.clear)
+
+    def thaw(self) -> None:
+        self.loop.call_soon_threadsafe(self._flowing.set)
+
     def close(self) -> None:
+        self.thaw()
         self.cut()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
@@ -239,3 +252,57 @@ def test_postgres_cut_and_restored_under_ingest(proxied: tuple[Proxy, Node, Node
     proxy.restore()
     with httpx.Client(timeout=30) as c:
         assert c.get(f"{a.base}/healthz").status_code == 200
+
+
+def test_postgres_that_stops_answering_gets_503_not_a_hang(
+    proxied: tuple[Proxy, Node, Node],
+) -> None:
+    """The path to PostgreSQL goes silent (the proxy keeps every connection and accepts new
+    ones, but forwards nothing): neither the server's statement timeout nor TCP's timeouts
+    can end the statement. The node notices (a busy connection, a probe the server does not
+    answer), ends it, and answers 503 with Retry-After within seconds; the streams stay open;
+    when the path answers again everything resumes, nothing lost or doubled."""
+    proxy, a, b = proxied
+    with a.client() as ca:
+        make_station(ca)
+        r = ca.post("/api/v1/projects/p1/observations", json=rows(50, start_ms=T0))
+        assert r.status_code == 200, r.text
+    visible(b, "/api/v1/projects/p1/devices/d1")
+    on_b = native(b, 0)
+    acked: list[tuple[list[dict[str, Any]], dict[str, Any]]] = [(rows(50, T0), r.json())]
+    refused: list[list[dict[str, Any]]] = []
+    try:
+        proxy.freeze()
+        took = []
+        for node, k in ((a, 1), (a, 2), (b, 3)):
+            batch = rows(50, start_ms=T0 + k * 50_000)
+            with node.client(timeout=120) as c:
+                started = time.monotonic()
+                r = c.post("/api/v1/projects/p1/observations", json=batch)
+                took.append(time.monotonic() - started)
+            assert r.status_code == 503, r.text
+            assert int(r.headers["retry-after"]) > 0
+            refused.append(batch)
+        print("PostgreSQL silent: 503 after " + ", ".join(f"{t:.1f} s" for t in took))
+        assert max(took) < 15.0  # seconds, never a hang
+        assert on_b.error is None and not on_b.ended  # the stream keeps its connection
+        proxy.thaw()
+        with a.client(timeout=60) as c:
+            for batch in refused:  # sent again: each all new or all duplicates
+                deadline = time.monotonic() + 30
+                while True:
+                    r = c.post("/api/v1/projects/p1/observations", json=batch)
+                    if r.status_code != 503 or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.2)
+                assert r.status_code == 200, r.text
+                got = r.json()
+                assert (got["accepted"], got["duplicates"]) in ((50, 0), (0, 50))
+                if got["accepted"]:
+                    acked.append((batch, got))
+        last = max(body["last_cursor"] for _, body in acked)
+        on_b.wait_for(last)
+        assert on_b.cursors == list(range(1, last + 1))
+    finally:
+        on_b.close()
+    assert sorted(history(a)) == list(range(1, last + 1))

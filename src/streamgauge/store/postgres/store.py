@@ -61,6 +61,7 @@ from streamgauge.store.postgres.conn import (
 )
 from streamgauge.store.postgres.filtersql import to_sql
 from streamgauge.store.postgres.schema import LOCK_CLASS, LOG_LOCK, migrate
+from streamgauge.store.postgres.watch import Watch
 from streamgauge.store.sqlite.fair import FairGate
 
 T = TypeVar("T")
@@ -118,9 +119,21 @@ class PgStore:
         self.write_seconds = 0.0
         self._qc_dirty: set[int] = set()
         self._writer_conn: Conn | None = None
+        # Ends statements PostgreSQL no longer answers (store/postgres/watch.py).
+        self._watch = Watch(self._probe)
 
     def _connect(self) -> Conn:
-        return connect(self.url, **self._timeouts)
+        self._watch.refuse_if_down()
+        try:
+            return connect(self.url, **self._timeouts)
+        except Unavailable:
+            self._watch.mark_down()
+            raise
+
+    def _probe(self) -> None:
+        """Does the server answer now (a new connection and one statement)?"""
+        with connect(self.url, **self._timeouts) as conn:
+            conn.execute("SELECT 1")
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -158,6 +171,7 @@ class PgStore:
         self._head = self._writer_head
         self._thread = threading.Thread(target=self._writer, name="sg-pg-writer", daemon=True)
         self._thread.start()
+        self._watch.start()
 
     def _load(self, conn: Conn) -> None:
         migrate(conn)
@@ -216,6 +230,7 @@ class PgStore:
         elif self._writer_conn is not None:
             self._writer_conn.close()
         self._readers.shutdown(wait=True)
+        self._watch.stop()
         for conn in self._reader_conns:
             conn.close()
 
@@ -282,7 +297,7 @@ class PgStore:
             conn = self._writer_conn
             tx = Tx(conn)
             last_seq = 0
-            with conn.transaction():
+            with self._watch.busy(conn), conn.transaction():
                 # Every write of every node, one at a time, in commit order: log cursors and
                 # event sequence numbers are numbered from ``state`` under this lock.
                 tx.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOG_LOCK))
@@ -394,14 +409,16 @@ class PgStore:
 
     def _read_once(self, fn: Callable[[Conn], T]) -> T:
         try:
-            return fn(self._reader())
+            conn = self._reader()
+            with self._watch.busy(conn):
+                return fn(conn)
         except psycopg.Error as exc:
-            conn: Conn | None = getattr(self._local, "conn", None)
-            if conn is not None and (is_connection_error(exc) or conn.broken):
-                conn.close()
+            bad: Conn | None = getattr(self._local, "conn", None)
+            if bad is not None and (is_connection_error(exc) or bad.broken):
+                bad.close()
                 self._local.conn = None
-                if conn in self._reader_conns:
-                    self._reader_conns.remove(conn)
+                if bad in self._reader_conns:
+                    self._reader_conns.remove(bad)
                 raise unreachable(exc) from exc
             raise
 
