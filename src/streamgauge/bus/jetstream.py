@@ -8,9 +8,11 @@ keeps messages for ``retention_seconds`` only: it is a fan-out channel, not the 
 the store; a node further behind than that reads the store).
 
 Each node reads with an ordered push consumer starting at new messages: JetStream delivers in
-stream order, and the client recreates the consumer after a gap or a reconnect. Delivery may
-still skip (a reconnect, a node killed before its publish): the receiver completes what it hears
-from the store (``core.sequencer``), and ``on_reconnect`` tells it to look.
+stream order, and the client recreates the consumer after a gap. After a reconnect the node
+sets the stream up again (the server may have lost it) and subscribes anew from new messages
+on (``NatsBus._rejoin``). Delivery may still skip (a reconnect, a node killed before its
+publish): the receiver completes what it hears from the store (``core.sequencer``), and
+``on_reconnect`` tells it to look once the new subscription is in place.
 """
 
 from __future__ import annotations
@@ -237,7 +239,7 @@ class NatsBus:
     async def _close_quietly(self) -> None:
         if self._rejoining is not None:
             self._rejoining.cancel()
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._rejoining
             self._rejoining = None
         nc, self._nc = self._nc, None
