@@ -8,16 +8,21 @@ keeps messages for ``retention_seconds`` only: it is a fan-out channel, not the 
 the store; a node further behind than that reads the store).
 
 Each node reads with an ordered push consumer starting at new messages: JetStream delivers in
-stream order, and the client recreates the consumer after a gap or a reconnect. Delivery may
-still skip (a reconnect, a node killed before its publish): the receiver completes what it hears
-from the store (``core.sequencer``), and ``on_reconnect`` tells it to look.
+stream order, and the client recreates the consumer after a gap. After a reconnect the node
+sets the stream up again (the server may have lost it) and subscribes anew from new messages
+on (``NatsBus._rejoin``). Delivery may still skip (a reconnect, a node killed before its
+publish): the receiver completes what it hears from the store (``core.sequencer``), and
+``on_reconnect`` tells it to look once the new subscription is in place.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import re
+import socket
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +40,14 @@ log = logging.getLogger("streamgauge.bus")
 
 CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 H_FIRST, H_LAST, H_ORIGIN = "Sg-First", "Sg-Last", "Sg-Origin"
+
+
+def default_node_id() -> str:
+    """A node's id on the bus (its messages' origin, the holder named in a lease): the host and
+    process, so an operator reading the lease bucket knows which node does the work, and a
+    random part, unique across restarts."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:40] or "node"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 def check_cluster_name(name: str) -> str:
@@ -59,7 +72,7 @@ class NatsBus:
     ) -> None:
         self.url = url
         self.cluster = check_cluster_name(cluster)
-        self.node_id = node_id or uuid.uuid4().hex[:12]
+        self.node_id = node_id or default_node_id()
         self.stream = f"SG_{cluster}"
         self.prefix = f"sg.{cluster}"
         self.retention_seconds = retention_seconds
@@ -70,9 +83,12 @@ class NatsBus:
         self._sub: Any = None
         self._handler: Handler | None = None
         self._on_reconnect: Callable[[], None] = lambda: None
+        self._rejoin_lock = asyncio.Lock()
+        self._rejoining: asyncio.Task[None] | None = None
         self.published = 0
         self.publish_failures = 0
         self.received = 0
+        self.rejoins = 0  # times the stream and subscription were set up again
 
     @property
     def connected(self) -> bool:
@@ -84,7 +100,7 @@ class NatsBus:
 
         async def reconnected() -> None:
             log.warning("bus: reconnected to %s", self.url)
-            self._on_reconnect()
+            self._rejoin_soon()
 
         async def disconnected() -> None:
             log.warning("bus: disconnected from %s", self.url)
@@ -98,17 +114,52 @@ class NatsBus:
             )
             self._js = self._nc.jetstream(timeout=self.publish_timeout)
             await self._ensure_stream()
-            self._sub = await self._js.subscribe(
-                f"{self.prefix}.*",
-                stream=self.stream,
-                cb=self._on_msg,
-                ordered_consumer=True,
-                deliver_policy=js_api.DeliverPolicy.NEW,
-                idle_heartbeat=2.0,
-            )
+            self._sub = await self._subscribe()
         except (TimeoutError, OSError, nats.errors.Error) as e:
             await self._close_quietly()
             raise BusUnavailable(f"NATS at {self.url}: {e or type(e).__name__}") from None
+
+    async def _subscribe(self) -> Any:
+        return await self._js.subscribe(
+            f"{self.prefix}.*",
+            stream=self.stream,
+            cb=self._on_msg,
+            ordered_consumer=True,
+            deliver_policy=js_api.DeliverPolicy.NEW,
+            idle_heartbeat=2.0,
+        )
+
+    def _rejoin_soon(self) -> None:
+        """Set the stream and the subscription up again (once at a time), then tell the
+        receiver to look at the store."""
+        if self._rejoining is None or self._rejoining.done():
+            self._rejoining = asyncio.get_running_loop().create_task(self._rejoin())
+
+    async def _rejoin(self) -> None:
+        """After a reconnect (or a publish nobody stored): the server may have restarted
+        without its store, so the stream is created again if it is gone, and the ordered
+        consumer is replaced by a new one from new messages on (the old one lived on the old
+        server, and its stream position means nothing in a new stream). Then the receiver
+        looks at the store's head (``on_reconnect``): whatever was committed while the bus was
+        away, or before the new subscription, is read from the store."""
+        async with self._rejoin_lock:
+            delay = 0.25
+            while self.connected and self._js is not None:
+                try:
+                    await self._ensure_stream()
+                    old, self._sub = self._sub, None
+                    if old is not None:
+                        with contextlib.suppress(Exception):
+                            await old.unsubscribe()
+                    self._sub = await self._subscribe()
+                    self.rejoins += 1
+                    break
+                except (TimeoutError, OSError, nats.errors.Error) as e:
+                    # JetStream may need a moment after the server came back.
+                    log.warning("bus: setting the stream up again failed (%s); retrying", e)
+                    await asyncio.sleep(delay)
+                    delay = min(2.0, delay * 2)
+            self._on_reconnect()
 
     async def _connect(self, reconnected: Any, disconnected: Any, error: Any) -> NatsClient:
         return await nats.connect(
@@ -169,6 +220,8 @@ class NatsBus:
             await self._js.publish(f"{self.prefix}.{kind}", payload, headers=headers)
         except (TimeoutError, OSError, nats.errors.Error) as e:
             self.publish_failures += 1
+            if isinstance(e, nats.errors.NoRespondersError):
+                self._rejoin_soon()  # connected, but no stream took it: it is gone
             log.warning(
                 "bus: publishing %s %d..%d failed (%s); others read it from the store",
                 kind,
@@ -184,6 +237,11 @@ class NatsBus:
         await self._close_quietly()
 
     async def _close_quietly(self) -> None:
+        if self._rejoining is not None:
+            self._rejoining.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._rejoining
+            self._rejoining = None
         nc, self._nc = self._nc, None
         self._js = None
         if nc is None:
@@ -205,7 +263,20 @@ class NatsBus:
 
 async def delete_cluster_stream(url: str, cluster: str) -> None:
     """Remove everything a cluster keeps on the bus (tests, and decommissioning a cluster)."""
-    nc = await nats.connect(servers=[url], connect_timeout=5)
+
+    async def quiet(e: Exception) -> None:
+        log.debug("bus: %s", e)
+
+    nc = await asyncio.wait_for(
+        nats.connect(
+            servers=[url],
+            connect_timeout=5,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            error_cb=quiet,
+        ),
+        10,
+    )
     try:
         js = nc.jetstream()
         name = check_cluster_name(cluster)
@@ -242,6 +313,15 @@ class NatsLeases:
         return self._kv
 
     async def acquire(self, name: str, holder: str, ttl: float) -> bool:
+        try:
+            return await self._acquire(name, holder)
+        except (TimeoutError, OSError, nats.errors.Error):
+            # The bucket may be gone (a server restarted without its store): look it up, or
+            # create it, again next time.
+            self._kv = None
+            raise
+
+    async def _acquire(self, name: str, holder: str) -> bool:
         kv = await self._store()
         try:
             entry = await kv.get(name)

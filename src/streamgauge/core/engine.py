@@ -54,7 +54,7 @@ from streamgauge.core.services.timeseries import TimeSeries
 from streamgauge.core.units import METRIC, UnitSystem, describe
 from streamgauge.domain import events as ev
 from streamgauge.domain.batch import Batch, concat, empty_batch
-from streamgauge.domain.errors import BadRequest, StreamgaugeError
+from streamgauge.domain.errors import BadRequest, StreamgaugeError, Unavailable
 from streamgauge.domain.log import AppendResult, HistoryQuery, IngestColumns
 from streamgauge.metrics import Metrics
 from streamgauge.store.api import ConsumerPositions, FeedSessions, Store
@@ -67,6 +67,7 @@ log = logging.getLogger("streamgauge.engine")
 
 MAX_SEND_BYTES = 256 * 1024  # coalesce queued frames into writes of at most this size
 LAG_PROBE_SECONDS = 0.05  # how often the event loop's lag is sampled (metrics)
+STORE_RETRY_SECONDS = 0.5  # a stream whose catch-up read found the store away reads again
 SHUTDOWN_REASON = "server shutting down"
 HISTORY_STEP = 4096  # candidates judged per store read of a filtered history read
 HISTORY_WINDOW_MS = 60_000  # first time window of a filtered history read
@@ -721,9 +722,19 @@ class Engine:
                 span = handoff.next_read()
                 if span is not None:
                     page = s.catchup_page_rows
-                    batch = await self.store.read_log(
-                        span[0], span[1], page, project_pk=selection.project_pk
-                    )
+                    try:
+                        batch = await self.store.read_log(
+                            span[0], span[1], page, project_pk=selection.project_pk
+                        )
+                    except Unavailable:
+                        # The store is away (cluster mode: PostgreSQL unreachable): the stream
+                        # keeps its connection, with keepalives, and reads again.
+                        if keepalives and sub.keepalive_due:
+                            sub.keepalive_due = False
+                            sub.last_sent = time.monotonic()
+                            yield Keepalive(int(time.time() * 1000))
+                        await asyncio.sleep(STORE_RETRY_SECONDS)
+                        continue
                     items = sub.render(batch) if len(batch) else []
                     handoff.read(batch.last if len(batch) else None, complete=len(batch) < page)
                     if items or len(batch):

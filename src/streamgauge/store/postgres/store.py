@@ -61,6 +61,7 @@ from streamgauge.store.postgres.conn import (
 )
 from streamgauge.store.postgres.filtersql import to_sql
 from streamgauge.store.postgres.schema import LOCK_CLASS, LOG_LOCK, migrate
+from streamgauge.store.postgres.watch import Watch
 from streamgauge.store.sqlite.fair import FairGate
 
 T = TypeVar("T")
@@ -126,9 +127,21 @@ class PgStore:
         self._qc_dirty: set[int] = set()
         self._writer_conn: Conn | None = None
         self._folder: asyncio.Task[None] | None = None
+        # Ends statements PostgreSQL no longer answers (store/postgres/watch.py).
+        self._watch = Watch(self._probe)
 
     def _connect(self) -> Conn:
-        return connect(self.url, **self._timeouts)
+        self._watch.refuse_if_down()
+        try:
+            return connect(self.url, **self._timeouts)
+        except Unavailable:
+            self._watch.mark_down()
+            raise
+
+    def _probe(self) -> None:
+        """Does the server answer now (a new connection and one statement)?"""
+        with connect(self.url, **self._timeouts) as conn:
+            conn.execute("SELECT 1")
 
     def connection(self) -> Conn:
         """A new connection with the store's timeouts, for a reader of its own (the feed
@@ -180,6 +193,7 @@ class PgStore:
         self._thread = threading.Thread(target=self._writer, name="sg-pg-writer", daemon=True)
         self._thread.start()
         self._folder = asyncio.create_task(self._fold_loop(), name="sg-pg-fold")
+        self._watch.start()
 
     def _load(self, conn: Conn) -> None:
         migrate(conn)
@@ -242,6 +256,7 @@ class PgStore:
         elif self._writer_conn is not None:
             self._writer_conn.close()
         self._readers.shutdown(wait=True)
+        self._watch.stop()
         for conn in self._reader_conns:
             conn.close()
 
@@ -285,18 +300,34 @@ class PgStore:
 
     def _run(self, fn: Callable[[Tx], Any]) -> _Done:
         """Run ``fn`` in one transaction on the writer connection (connecting first if the
-        last one was lost); connection errors become ``Unavailable``."""
+        last one was lost); connection errors become ``Unavailable``.
+
+        A connection that went stale while idle (PostgreSQL restarted, a network cut since
+        the last write) fails at the transaction's first statement, before anything of ``fn``
+        ran: the job is run once more on a new connection rather than answered 503 when the
+        store is back. A failure later in the transaction is never retried here (the commit
+        may have happened): the caller gets 503 and may send again (ingest is idempotent)."""
+        try:
+            return self._run_once(fn)
+        except _Stale as stale:
+            log.info("the store's writer connection was stale (%s); connecting again", stale)
+            return self._run_once(fn, retry=False)
+
+    def _run_once(self, fn: Callable[[Tx], Any], retry: bool = True) -> _Done:
         tx: Tx | None = None
+        locked = False
+        reused = self._writer_conn is not None and not self._writer_conn.closed
         try:
             if self._writer_conn is None or self._writer_conn.closed:
                 self._writer_conn = self._connect()
             conn = self._writer_conn
             tx = Tx(conn)
             last_seq = 0
-            with conn.transaction():
+            with self._watch.busy(conn), conn.transaction():
                 # Every write of every node, one at a time, in commit order: log cursors and
                 # event sequence numbers are numbered from ``state`` under this lock.
                 tx.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOG_LOCK))
+                locked = True
                 result = fn(tx)
                 if tx.events:  # in the same transaction: a change and its events, or neither
                     last_seq = metadata.write_events(tx, tx.events, int(time.time() * 1000))
@@ -316,6 +347,13 @@ class PgStore:
                     self._writer_conn is not None and self._writer_conn.broken
                 ):
                     self._drop_writer()
+                    if (
+                        retry
+                        and reused
+                        and not locked
+                        and isinstance(exc, psycopg.OperationalError)
+                    ):
+                        raise _Stale(unreachable(exc)) from exc
                     raise unreachable(exc) from exc
             raise
 
@@ -384,13 +422,29 @@ class PgStore:
         return conn
 
     def _read_in_thread(self, fn: Callable[[Conn], T]) -> T:
+        """``fn`` on this thread's reader connection. A read is run once more on a new
+        connection when a connection made earlier fails (it went stale while idle: a read
+        changes nothing, so running it again is safe); a new one that fails is 503."""
+        reused = getattr(self._local, "conn", None) is not None
         try:
-            return fn(self._reader())
+            return self._read_once(fn)
+        except Unavailable:
+            if not reused:
+                raise
+            return self._read_once(fn)
+
+    def _read_once(self, fn: Callable[[Conn], T]) -> T:
+        try:
+            conn = self._reader()
+            with self._watch.busy(conn):
+                return fn(conn)
         except psycopg.Error as exc:
-            conn: Conn | None = getattr(self._local, "conn", None)
-            if conn is not None and (is_connection_error(exc) or conn.broken):
-                conn.close()
+            bad: Conn | None = getattr(self._local, "conn", None)
+            if bad is not None and (is_connection_error(exc) or bad.broken):
+                bad.close()
                 self._local.conn = None
+                if bad in self._reader_conns:
+                    self._reader_conns.remove(bad)
                 raise unreachable(exc) from exc
             raise
 
@@ -802,6 +856,14 @@ class PgStore:
             stations.append(site if site is not None else -rec.device_pk - 1)
             sensors.append(rec.variable_id)
         return series, stations, sensors
+
+
+class _Stale(Exception):
+    """The writer connection failed before its transaction did anything (``PgStore._run``)."""
+
+    def __init__(self, unavailable: Unavailable) -> None:
+        super().__init__(unavailable.message)
+        self.unavailable = unavailable
 
 
 @dataclasses.dataclass(slots=True)
