@@ -282,15 +282,20 @@ def visible(node: Node, path: str) -> float:
 
 
 def history(node: Node, project: str = "p1") -> dict[int, dict[str, Any]]:
-    """Every stored observation of ``project``, by cursor, as ``node`` serves them."""
+    """Every stored observation of ``project``, by cursor, as ``node`` serves them (a 503 is
+    retried after its Retry-After, as a client does, for at most ``WAIT``)."""
     stored: dict[int, dict[str, Any]] = {}
     page = None
+    deadline = time.monotonic() + WAIT
     with node.client() as c:
         while True:
             params: dict[str, Any] = {"limit": 100_000}
             if page:
                 params["page"] = page
             r = c.get(f"/api/v1/projects/{project}/observations", params=params)
+            if r.status_code == 503 and time.monotonic() < deadline:
+                time.sleep(float(r.headers.get("retry-after", "1")))
+                continue
             assert r.status_code == 200, r.text
             body = r.json()
             stored.update({o["cursor"]: o for o in body["observations"]})

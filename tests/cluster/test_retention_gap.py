@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from tests.bus.test_jetstream import NATS_URL
-from tests.cluster.test_two_nodes import TOKEN, WAIT, Node
+from tests.cluster.nodes import TOKEN, WAIT, Node
 from tests.conftest import free_port, make_station
 from tests.pg import fresh_database
 

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from tests.bus.test_jetstream import NATS_URL
-from tests.cluster.test_two_nodes import TOKEN, WAIT, Node
+from tests.cluster.nodes import TOKEN, WAIT, Node
 from tests.conftest import free_port
 from tests.pg import fresh_database
 from tests.tapis_helpers import Receiver, eventually
