@@ -20,7 +20,6 @@ import functools
 import gc
 import itertools
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -52,6 +51,7 @@ from streamgauge.store.sqlite import metadata, retention, summaries
 from streamgauge.store.sqlite.fair import FairGate
 from streamgauge.store.sqlite.filtersql import to_sql
 from streamgauge.store.sqlite.schema import migrate
+from streamgauge.store.sqlite.writeq import BIG_ROWS, Closed, Idle, WriteQueue
 
 T = TypeVar("T")
 _NEVER = np.iinfo(np.int64).min
@@ -136,9 +136,8 @@ class SqliteStore:
         self._writer_head = 0  # last cursor committed (writer thread)
         self._sealed = 0
         self._summarized = 0  # rows up to this cursor are in the hour summaries
-        self._queue: queue.SimpleQueue[tuple[Callable[[Tx], Any], asyncio.Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
+        # The writer's jobs, small writes ahead of big appends waiting (``writeq``).
+        self._queue: WriteQueue[tuple[Callable[[Tx], Any], asyncio.Future[Any]]] = WriteQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._publish: Callable[[Batch], None] = lambda b: None
@@ -205,7 +204,7 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(None)
+        self._queue.close()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
         self._readers.shutdown(wait=True)
@@ -299,9 +298,8 @@ class SqliteStore:
         assert self._loop is not None
         loop = self._loop
         while True:
-            try:
-                job = self._queue.get(timeout=IDLE_SECONDS)
-            except queue.Empty:
+            job = self._queue.get(IDLE_SECONDS)
+            if isinstance(job, Idle):
                 if self._writer_head > self._sealed:  # idle: index the tail a step at a time
                     self._seal(conn, min(self._writer_head, self._sealed + SEAL_STEP))
                 elif self._writer_head > self._summarized:  # then summarize it
@@ -309,7 +307,7 @@ class SqliteStore:
                 else:
                     self._checkpoint_qc(conn)
                 continue
-            if job is None:
+            if isinstance(job, Closed):
                 self._checkpoint_qc(conn)
                 break
             fn, fut = job
@@ -446,12 +444,13 @@ class SqliteStore:
 
         await self.write(run)
 
-    async def write(self, fn: Callable[[Tx], T]) -> T:
-        """Run ``fn`` in one write transaction on the writer thread."""
+    async def write(self, fn: Callable[[Tx], T], *, big: bool = False) -> T:
+        """Run ``fn`` in one write transaction on the writer thread. ``big``: a big append,
+        which lets the small writes queued after it go first (``writeq``)."""
         if self._closed or self._loop is None:
             raise Unavailable("the store is closed")
         fut: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put((fn, fut))
+        self._queue.put((fn, fut), big=big)
         return await fut
 
     # -- readers --------------------------------------------------------------------------------
@@ -485,7 +484,9 @@ class SqliteStore:
     # -- the log --------------------------------------------------------------------------------
 
     async def append(self, columns: IngestColumns) -> AppendResult:
-        return await self.write(lambda tx: self._append(tx, columns))
+        return await self.write(
+            lambda tx: self._append(tx, columns), big=len(columns.times) >= BIG_ROWS
+        )
 
     async def append_with(
         self, metadata: Callable[[Tx], object], columns: Callable[[], IngestColumns]
