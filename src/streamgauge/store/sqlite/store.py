@@ -137,7 +137,7 @@ class SqliteStore:
         self._sealed = 0
         self._summarized = 0  # rows up to this cursor are in the hour summaries
         # The writer's jobs, small writes ahead of big appends waiting (``writeq``).
-        self._queue: WriteQueue[tuple[Callable[[Tx], Any], asyncio.Future[Any]]] = WriteQueue()
+        self._queue: WriteQueue[_Job] = WriteQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._publish: Callable[[Batch], None] = lambda b: None
@@ -295,8 +295,7 @@ class SqliteStore:
     # -- the writer -----------------------------------------------------------------------------
 
     def _writer(self, conn: sqlite3.Connection) -> None:
-        assert self._loop is not None
-        loop = self._loop
+        _create_stage(conn)
         while True:
             job = self._queue.get(IDLE_SECONDS)
             if isinstance(job, Idle):
@@ -310,53 +309,77 @@ class SqliteStore:
             if isinstance(job, Closed):
                 self._checkpoint_qc(conn)
                 break
-            fn, fut = job
-            tx = Tx(conn)
-            started = time.perf_counter()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                result = fn(tx)
-                last_seq = 0
-                if tx.events:  # in the same transaction: a change and its events, or neither
-                    last_seq = metadata.write_events(conn, tx.events, int(time.time() * 1000))
-                conn.execute("COMMIT")
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                for undo in reversed(tx.on_rollback):
-                    undo()
-                loop.call_soon_threadsafe(_fail, fut, exc)
-                continue
-            finally:
-                self.write_seconds += time.perf_counter() - started
-            for event in tx.events[tx.applied :]:  # the registry follows what committed
-                self.registry.apply(event)
-            for hook in tx.after_commit:
-                hook()
-            self._freeze_new_objects(
-                len(self.registry.series_by_pk) + len(tx.after_commit) + len(tx.events)
-            )
-            if tx.events and self.on_events is not None:  # before the batches that need them
-                first_seq = last_seq - len(tx.events) + 1
-                loop.call_soon_threadsafe(self.on_events, first_seq, last_seq, list(tx.events))
-            for batch in tx.publish:
-                loop.call_soon_threadsafe(self._published, batch)
-            loop.call_soon_threadsafe(_succeed, fut, result)
-            unsealed = self._writer_head - self._sealed
-            if unsealed >= self.chunk_rows:  # far behind: index the whole backlog now
-                self._seal(conn, self._writer_head)
-            elif unsealed >= SEAL_STEP:  # one short step, so no commit waits long for it
-                self._seal(conn, self._sealed + SEAL_STEP)
-                # More steps while nothing waits (a backfill's big batches would otherwise
-                # pile the tail up to one long indexing of the whole backlog).
-                while self._writer_head - self._sealed >= SEAL_STEP and self._queue.empty():
-                    before = self._sealed
-                    self._seal(conn, self._sealed + SEAL_STEP)
-                    if self._sealed == before:  # failed (logged): retried later
-                        break
-            if self._writer_head - self._summarized >= FOLD_MAX_LAG:  # bound the reads' tail
-                self._fold(conn, self._summarized + FOLD_STEP)
+            if job.stage is not None:
+                # A big append: its rows are copied into the connection's temporary stage
+                # first, a chunk at a time, outside any transaction of the database, and the
+                # small writes that come meanwhile are committed between two chunks. Its
+                # transaction then copies them from the stage (``_insert_staged``).
+                for _ in job.stage.fill(conn):
+                    for _ in range(self._queue.small_waiting()):  # those waiting now
+                        small = self._queue.get_small()
+                        if small is not None:
+                            self._run(conn, small)
+            self._run(conn, job)
         conn.close()
+
+    def _run(self, conn: sqlite3.Connection, job: _Job) -> None:
+        """Run one job in one write transaction, hand its batches to the event loop and
+        answer its caller; then keep the index up."""
+        assert self._loop is not None
+        loop = self._loop
+        tx = Tx(conn)
+        started = time.perf_counter()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            result = job.fn(tx)
+            last_seq = 0
+            if tx.events:  # in the same transaction: a change and its events, or neither
+                last_seq = metadata.write_events(conn, tx.events, int(time.time() * 1000))
+            conn.execute("COMMIT")
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for undo in reversed(tx.on_rollback):
+                undo()
+            loop.call_soon_threadsafe(_fail, job.fut, exc)
+            return
+        finally:
+            self.write_seconds += time.perf_counter() - started
+        for event in tx.events[tx.applied :]:  # the registry follows what committed
+            self.registry.apply(event)
+        for hook in tx.after_commit:
+            hook()
+        self._freeze_new_objects(
+            len(self.registry.series_by_pk) + len(tx.after_commit) + len(tx.events)
+        )
+        if tx.events and self.on_events is not None:  # before the batches that need them
+            first_seq = last_seq - len(tx.events) + 1
+            loop.call_soon_threadsafe(self.on_events, first_seq, last_seq, list(tx.events))
+        for batch in tx.publish:
+            loop.call_soon_threadsafe(self._published, batch)
+        loop.call_soon_threadsafe(_succeed, job.fut, result)
+        self._upkeep(conn)
+
+    def _upkeep(self, conn: sqlite3.Connection) -> None:
+        """After a commit: index the tail in short steps (none while a small write waits,
+        unless the tail is half the size at which it is indexed at once), and summarize if
+        far behind."""
+        unsealed = self._writer_head - self._sealed
+        if unsealed >= self.chunk_rows:  # far behind: index the whole backlog now
+            self._seal(conn, self._writer_head)
+        elif unsealed >= SEAL_STEP and (
+            not self._queue.small_waiting() or unsealed >= self.chunk_rows // 2
+        ):  # one short step, so no commit waits long for it
+            self._seal(conn, self._sealed + SEAL_STEP)
+            # More steps while nothing waits (a backfill's big batches would otherwise
+            # pile the tail up to one long indexing of the whole backlog).
+            while self._writer_head - self._sealed >= SEAL_STEP and self._queue.empty():
+                before = self._sealed
+                self._seal(conn, self._sealed + SEAL_STEP)
+                if self._sealed == before:  # failed (logged): retried later
+                    break
+        if self._writer_head - self._summarized >= FOLD_MAX_LAG:  # bound the reads' tail
+            self._fold(conn, self._summarized + FOLD_STEP)
 
     def _freeze_new_objects(self, size: int) -> None:
         """Move the registry's long-lived objects out of the garbage collector's sight.
@@ -444,13 +467,14 @@ class SqliteStore:
 
         await self.write(run)
 
-    async def write(self, fn: Callable[[Tx], T], *, big: bool = False) -> T:
-        """Run ``fn`` in one write transaction on the writer thread. ``big``: a big append,
-        which lets the small writes queued after it go first (``writeq``)."""
+    async def write(self, fn: Callable[[Tx], T], *, stage: _Stage | None = None) -> T:
+        """Run ``fn`` in one write transaction on the writer thread. ``stage``: the rows of a
+        big append, staged before its transaction, which lets the small writes queued after
+        it go first (``writeq``)."""
         if self._closed or self._loop is None:
             raise Unavailable("the store is closed")
         fut: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put((fn, fut), big=big)
+        self._queue.put(_Job(fn, fut, stage), big=stage is not None)
         return await fut
 
     # -- readers --------------------------------------------------------------------------------
@@ -484,9 +508,10 @@ class SqliteStore:
     # -- the log --------------------------------------------------------------------------------
 
     async def append(self, columns: IngestColumns) -> AppendResult:
-        return await self.write(
-            lambda tx: self._append(tx, columns), big=len(columns.times) >= BIG_ROWS
-        )
+        if len(columns.times) < BIG_ROWS:
+            return await self.write(lambda tx: self._append(tx, columns))
+        stage = _Stage(columns)
+        return await self.write(lambda tx: self._append(tx, columns, stage), stage=stage)
 
     async def append_with(
         self, metadata: Callable[[Tx], object], columns: Callable[[], IngestColumns]
@@ -514,7 +539,7 @@ class SqliteStore:
             reg.apply(event)
             tx.applied += 1
 
-    def _append(self, tx: Tx, c: IngestColumns) -> AppendResult:
+    def _append(self, tx: Tx, c: IngestColumns, stage: _Stage | None = None) -> AppendResult:
         reg = self.registry
         rules = self.rules
         n = len(c.times)
@@ -546,7 +571,10 @@ class SqliteStore:
         numeric = _numeric(values)
         q_keep = rules.flag(s_keep, t_keep, numeric)
         received = int(time.time() * 1000)
-        _insert_rows(tx.conn, first, s_keep, t_keep, values, q_keep, received)
+        if stage is not None and stage.filled and accepted == n:
+            _insert_staged(tx.conn, stage, first, series, q_keep, received)
+        else:
+            _insert_rows(tx.conn, first, s_keep, t_keep, values, q_keep, received)
         self._writer_head = first + accepted - 1
         self._note_span(tx, np.unique(reg.s_project[s_keep]).tolist(), first, self._writer_head)
 
@@ -956,6 +984,111 @@ class SqliteStore:
             conn.execute("DELETE FROM temp.report_keys")
         conn.executemany("INSERT OR REPLACE INTO temp.report_keys VALUES (?, ?, ?)", rows)
         self._keys_marks[id(conn)] = mark
+
+
+@dataclasses.dataclass(slots=True)
+class _Job:
+    """A write for the writer thread: ``fn`` in one transaction, answered on ``fut``."""
+
+    fn: Callable[[Tx], Any]
+    fut: asyncio.Future[Any]
+    stage: _Stage | None = None  # a big append's rows, staged before its transaction
+
+
+STAGE_CHUNK = 2048  # rows staged per step; the small writes waiting go between two steps
+
+
+class _Stage:
+    """A big append's rows (time, value and which of the batch's distinct (variable, set) it
+    is, in batch order) copied into the writer connection's temporary table ``stage`` before
+    its transaction, so that the transaction (which holds up every other write) copies them
+    with one ``INSERT ... SELECT`` instead of parsing them. Only one stage is filled at a time
+    (the writer's next big job)."""
+
+    def __init__(self, columns: IngestColumns) -> None:
+        self.columns = columns
+        self.filled = False
+        # Each row's index among the distinct (variable, set) keys of the batch.
+        self.key_of_row: npt.NDArray[np.int64] = np.unique(
+            columns.variable_pks * 1024 + columns.sets, return_inverse=True
+        )[1].reshape(-1)
+
+    def fill(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """Fill the stage a chunk at a time, yielding between chunks. A batch holding a text
+        value with a NUL (see ``_insert_rows``) or a failure leaves ``filled`` false: its
+        transaction then inserts its rows the usual way."""
+        c = self.columns
+        try:
+            conn.execute("DELETE FROM temp.stage")
+            for off in range(0, len(c.times), STAGE_CHUNK):
+                end = off + STAGE_CHUNK
+                payload = orjson.dumps(
+                    list(
+                        zip(
+                            self.key_of_row[off:end].tolist(),
+                            c.times[off:end].tolist(),
+                            c.values[off:end],
+                            strict=True,
+                        )
+                    )
+                )
+                if b"\\u0000" in payload:
+                    return
+                conn.execute(
+                    "INSERT INTO temp.stage (k, u, time, value) "
+                    "SELECT ?2 + key, value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1)",
+                    (payload, off),
+                )
+                yield
+        except sqlite3.Error:
+            log.exception("staging a batch failed; it is inserted without the stage")
+            return
+        self.filled = True
+
+
+def _create_stage(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA temp_store=MEMORY")
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS stage "
+        "(k INTEGER PRIMARY KEY, u INTEGER NOT NULL, time INTEGER NOT NULL, value)"
+    )
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS stage_series (u INTEGER PRIMARY KEY, series INTEGER)"
+    )
+
+
+def _insert_staged(
+    conn: sqlite3.Connection,
+    stage: _Stage,
+    first: int,
+    series: npt.NDArray[np.int64],
+    qc: npt.NDArray[np.int64],
+    received: int,
+) -> None:
+    """Append every row of the staged batch to the log with cursors from ``first`` on: its
+    time and value from the stage, its series by its key (``stage_series``: one row per
+    distinct key, written here), its QC flags 0 but for the flagged rows, set after."""
+    key_of_row = stage.key_of_row
+    series_of_key = np.zeros(int(key_of_row.max()) + 1, np.int64)
+    series_of_key[key_of_row] = series
+    conn.execute("DELETE FROM temp.stage_series")
+    conn.execute(
+        "INSERT INTO temp.stage_series (u, series) SELECT key, value FROM json_each(?)",
+        (orjson.dumps(series_of_key.tolist()),),
+    )
+    conn.execute(
+        "INSERT INTO obs (cursor, series, time, value, qc, received) "
+        "SELECT ?1 + st.k, (SELECT series FROM temp.stage_series m WHERE m.u = st.u),"
+        " st.time, st.value, 0, ?2 FROM temp.stage st ORDER BY st.k",
+        (first, received),
+    )
+    flagged = np.flatnonzero(qc)
+    if len(flagged):
+        conn.execute(
+            "UPDATE obs SET qc = f.value ->> 1 FROM json_each(?1) f "
+            "WHERE obs.cursor = ?2 + (f.value ->> 0)",
+            (orjson.dumps(list(zip(flagged.tolist(), qc[flagged].tolist(), strict=True))), first),
+        )
 
 
 def _forget_series(reg: ReadModel, created: list[tuple[int, int, int, int, int]]) -> None:

@@ -67,6 +67,15 @@ class WriteQueue(Generic[J]):
         """No job waits (a hint: another thread may put one at any time)."""
         return not self._small and not self._big
 
+    def small_waiting(self) -> int:
+        """How many small jobs wait."""
+        return len(self._small)
+
+    def get_small(self) -> J | None:
+        """The oldest small job, or None at once if there is none."""
+        with self._cond:
+            return self._small.popleft() if self._small else None
+
     def __len__(self) -> int:
         return len(self._small) + len(self._big)
 
