@@ -64,6 +64,7 @@ FOLD_STEP = 50_000  # rows folded into the hour summaries per step (while the wr
 # takes a network's hour at once adds each (series, hour) unit once, not once per row; reads
 # reach the rows not folded yet through the index (summaries.tail_units).
 FOLD_MAX_LAG = 4_000_000
+CHECKPOINT_SECONDS = 0.2  # between two WAL checkpoints at most (``_checkpoints``)
 MAX_SPAN, MIN_SPAN = 1 << 62, -(1 << 62)  # the span of an empty tail (beyond any time)
 
 
@@ -146,6 +147,9 @@ class SqliteStore:
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="sg-read")
         self._gate = FairGate(readers)
         self._closed = False
+        self._checkpointer: threading.Thread | None = None
+        self._checkpoint_wanted = threading.Event()  # set by the writer after it committed
+        self._checkpoint_stop = False
         self.write_seconds = 0.0  # total time spent in write transactions (metrics)
         self._frozen_at = 0
         self._qc_dirty: set[int] = set()  # series whose QC state changed since the checkpoint
@@ -195,6 +199,13 @@ class SqliteStore:
         gc.collect()
         gc.freeze()
         self._head = self._writer_head
+        # The WAL is checkpointed by a thread of its own, not in the writer's commits.
+        ckpt = _connect(self.path, readonly=False, durability=self.durability)
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer = threading.Thread(
+            target=self._checkpoints, args=(ckpt,), name="sg-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
         self._thread = threading.Thread(
             target=self._writer, args=(conn,), name="sg-writer", daemon=True
         )
@@ -207,7 +218,33 @@ class SqliteStore:
         self._queue.close()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+        self._checkpoint_stop = True
+        self._checkpoint_wanted.set()
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.join)
         self._readers.shutdown(wait=True)
+
+    def _checkpoints(self, conn: sqlite3.Connection) -> None:
+        """Checkpoint the WAL (copy its pages into the database file, so it can start over)
+        after commits, at most every ``CHECKPOINT_SECONDS``, on a connection of its own.
+
+        SQLite's automatic checkpoint runs inside the commit that crosses 1,000 WAL pages:
+        that commit, and every write queued behind it, waited 20-50 ms for the copy and its
+        fsync (a backfill crosses it every few batches). A passive checkpoint from another
+        connection takes no write lock, so the writer goes on meanwhile."""
+        try:
+            while True:
+                self._checkpoint_wanted.wait()
+                self._checkpoint_wanted.clear()
+                if self._checkpoint_stop:
+                    break
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:
+                    log.exception("checkpointing the WAL failed; will retry")
+                time.sleep(CHECKPOINT_SECONDS)
+        finally:
+            conn.close()
 
     def _load_log_state(self, conn: sqlite3.Connection) -> None:
         self._writer_head = int(
@@ -298,6 +335,7 @@ class SqliteStore:
         _create_stage(conn)
         while True:
             job = self._queue.get(IDLE_SECONDS)
+            self._checkpoint_wanted.set()  # after what the previous turn committed
             if isinstance(job, Idle):
                 if self._writer_head > self._sealed:  # idle: index the tail a step at a time
                     self._seal(conn, min(self._writer_head, self._sealed + SEAL_STEP))
