@@ -119,7 +119,12 @@ class LiveProbe:
 
 
 def backfill_and_aggregate(
-    srv: StreamgaugeServer, minutes: int, batch: int, years: int, quiet: float
+    srv: StreamgaugeServer,
+    minutes: int,
+    batch: int,
+    years: int,
+    quiet: float,
+    aggregates: bool = True,
 ) -> None:
     with _client(srv) as c:
         _ok(c.post(API, json={"id": "ts"}))
@@ -174,6 +179,8 @@ def backfill_and_aggregate(
             f"{total / took:,.0f} obs/s; live subscriber p50 {p50:.1f} ms, p99 {p99:.1f} ms "
             f"({len(probe.latency)} live rows)"
         )
+        if not aggregates:
+            return
         agg_times = []
         for _ in range(5):
             t = time.perf_counter()
@@ -339,6 +346,9 @@ def main() -> None:
         help="seconds the live series is measured alone before the backfill",
     )
     ap.add_argument(
+        "--no-aggregates", action="store_true", help="the backfill part without its aggregates"
+    )
+    ap.add_argument(
         "--only", default=",".join(PARTS), help=f"comma-separated parts of {', '.join(PARTS)}"
     )
     args = ap.parse_args()
@@ -353,7 +363,9 @@ def main() -> None:
     if parts & {"backfill", "latest"}:
         with StreamgaugeServer("normal", env) as srv:
             if "backfill" in parts:
-                backfill_and_aggregate(srv, minutes, 10_000, args.years, args.quiet)
+                backfill_and_aggregate(
+                    srv, minutes, 10_000, args.years, args.quiet, not args.no_aggregates
+                )
             if "latest" in parts:
                 latest(srv, stations)
     if "retention" in parts:
