@@ -1,8 +1,10 @@
 """``python -m bench timeseries``: issue 15's figures, against a server subprocess.
 
-* backfill: a year of one-minute data of one series, sent newest first in NDJSON batches
-  (historical and out of order), with a live subscriber beside it: the ingest rate, and the
-  live latency p50/p99 of a paced live series (one row every 50 ms) during the backfill;
+* backfill: a year of one-minute data of one series (``--years N``: N years), sent newest
+  first in NDJSON batches (historical and out of order), with a live subscriber beside it: the
+  ingest rate, and the live latency p50/p99 of a paced live series (one row every 50 ms)
+  during the backfill, beside the same live series measured alone just before (``--quiet``
+  seconds: the machine's own latency, to tell it from what the backfill adds);
 * aggregates: that year aggregated to days (``every=1d``) against the yardstick measured in
   the same run, reading its rows (every page of ``limit=100000``);
 * latest: ``/latest`` over 30,000 stations (one series each);
