@@ -358,6 +358,8 @@ class SqliteStore:
                         if small is not None:
                             self._run(conn, small)
             self._run(conn, job)
+            if job.stage is not None:
+                job.stage.clear(conn)
         conn.close()
 
     def _run(self, conn: sqlite3.Connection, job: _Job) -> None:
@@ -1078,10 +1080,18 @@ class _Stage:
                     (payload, off),
                 )
                 yield
-        except sqlite3.Error:
+        except Exception:  # the writer thread must go on: the transaction inserts the rows
             log.exception("staging a batch failed; it is inserted without the stage")
             return
         self.filled = True
+
+    def clear(self, conn: sqlite3.Connection) -> None:
+        """Empty the stage (its memory), once the batch's transaction is over."""
+        if self.filled:
+            try:
+                conn.execute("DELETE FROM temp.stage")
+            except sqlite3.Error:
+                log.exception("emptying the stage failed")
 
 
 def _create_stage(conn: sqlite3.Connection) -> None:
