@@ -1048,10 +1048,9 @@ class _Stage:
     def __init__(self, columns: IngestColumns) -> None:
         self.columns = columns
         self.filled = False
-        # Each row's index among the distinct (variable, set) keys of the batch.
-        self.key_of_row: npt.NDArray[np.int64] = np.unique(
-            columns.variable_pks * 1024 + columns.sets, return_inverse=True
-        )[1].reshape(-1)
+        # Each row's index among the distinct (variable, set) keys of the batch (by ``fill``,
+        # on the writer thread).
+        self.key_of_row: npt.NDArray[np.int64] = np.zeros(0, np.int64)
 
     def fill(self, conn: sqlite3.Connection) -> Iterator[None]:
         """Fill the stage a chunk at a time, yielding between chunks. A batch holding a text
@@ -1059,6 +1058,9 @@ class _Stage:
         transaction then inserts its rows the usual way."""
         c = self.columns
         try:
+            self.key_of_row = np.unique(c.variable_pks * 1024 + c.sets, return_inverse=True)[
+                1
+            ].reshape(-1)
             conn.execute("DELETE FROM temp.stage")
             for off in range(0, len(c.times), STAGE_CHUNK):
                 end = off + STAGE_CHUNK
