@@ -1,8 +1,10 @@
 """``python -m bench timeseries``: issue 15's figures, against a server subprocess.
 
-* backfill: a year of one-minute data of one series, sent newest first in NDJSON batches
-  (historical and out of order), with a live subscriber beside it: the ingest rate, and the
-  live latency p50/p99 of a paced live series (one row every 50 ms) during the backfill;
+* backfill: a year of one-minute data of one series (``--years N``: N years), sent newest
+  first in NDJSON batches (historical and out of order), with a live subscriber beside it: the
+  ingest rate, and the live latency p50/p99 of a paced live series (one row every 50 ms)
+  during the backfill, beside the same live series measured alone just before (``--quiet``
+  seconds: the machine's own latency, to tell it from what the backfill adds);
 * aggregates: that year aggregated to days (``every=1d``) against the yardstick measured in
   the same run, reading its rows (every page of ``limit=100000``);
 * latest: ``/latest`` over 30,000 stations (one series each);
@@ -118,7 +120,14 @@ class LiveProbe:
         return xs[len(xs) // 2] * 1000, xs[min(len(xs) - 1, int(len(xs) * 0.99))] * 1000
 
 
-def backfill_and_aggregate(srv: StreamgaugeServer, minutes: int, batch: int) -> None:
+def backfill_and_aggregate(
+    srv: StreamgaugeServer,
+    minutes: int,
+    batch: int,
+    years: int,
+    quiet: float,
+    aggregates: bool = True,
+) -> None:
     with _client(srv) as c:
         _ok(c.post(API, json={"id": "ts"}))
         _ok(
@@ -131,9 +140,10 @@ def backfill_and_aggregate(srv: StreamgaugeServer, minutes: int, batch: int) -> 
             )
         )
         end = (int(time.time() * 1000) // DAY - 1) * DAY
-        start = end - minutes * MINUTE
+        start = end - minutes * MINUTE * years
+        total = minutes * years
         bodies = []
-        for hi in range(minutes, 0, -batch):  # newest first
+        for hi in range(total, 0, -batch):  # newest first
             lo = max(0, hi - batch)
             rows = [
                 {
@@ -145,6 +155,15 @@ def backfill_and_aggregate(srv: StreamgaugeServer, minutes: int, batch: int) -> 
                 for i in range(hi - 1, lo - 1, -1)
             ]
             bodies.append(_ndjson(rows))
+        # The same live series with nothing else going on: the machine's own latency, to tell
+        # it from what the backfill adds.
+        with LiveProbe(srv, "ts") as idle:
+            time.sleep(quiet)
+        q50, q99 = idle.percentiles()
+        log(
+            f"live subscriber alone ({quiet:.0f} s): p50 {q50:.1f} ms, p99 {q99:.1f} ms "
+            f"({len(idle.latency)} live rows)"
+        )
         with LiveProbe(srv, "ts") as probe:
             t = time.perf_counter()
             for body in bodies:
@@ -158,21 +177,28 @@ def backfill_and_aggregate(srv: StreamgaugeServer, minutes: int, batch: int) -> 
             took = time.perf_counter() - t
         p50, p99 = probe.percentiles()
         log(
-            f"backfill: {minutes:,} rows newest first in batches of {batch:,}: "
-            f"{minutes / took:,.0f} obs/s; live subscriber p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+            f"backfill: {total:,} rows newest first in batches of {batch:,}: "
+            f"{total / took:,.0f} obs/s; live subscriber p50 {p50:.1f} ms, p99 {p99:.1f} ms "
             f"({len(probe.latency)} live rows)"
         )
+        if not aggregates:
+            return
         agg_times = []
         for _ in range(5):
             t = time.perf_counter()
             body = _ok(
                 c.get(
                     f"{API}/ts/observations",
-                    params={"device": "year", "every": "1d", "agg": "mean,min,max,count"},
+                    params={
+                        "device": "year",
+                        "every": "1d",
+                        "agg": "mean,min,max,count",
+                        "limit": 366 * years,
+                    },
                 )
             )
             agg_times.append(time.perf_counter() - t)
-        assert sum(b["count"] for b in body["aggregates"]) == minutes, "aggregates not exact"
+        assert sum(b["count"] for b in body["aggregates"]) == total, "aggregates not exact"
         raw_times = []
         for _ in range(3):
             t = time.perf_counter()
@@ -188,10 +214,10 @@ def backfill_and_aggregate(srv: StreamgaugeServer, minutes: int, batch: int) -> 
                 if page is None:
                     break
             raw_times.append(time.perf_counter() - t)
-        assert n == minutes
+        assert n == total
         agg, raw = statistics.median(agg_times), statistics.median(raw_times)
         log(
-            f"aggregate every=1d over {minutes:,} rows: {agg * 1000:.1f} ms (median of 5); "
+            f"aggregate every=1d over {total:,} rows: {agg * 1000:.1f} ms (median of 5); "
             f"yardstick, reading the rows: {raw * 1000:.0f} ms (median of 3); {raw / agg:.0f}x"
         )
 
@@ -310,6 +336,21 @@ def main() -> None:
         "--minutes", type=int, default=None, help="rows of the backfill (default: a year)"
     )
     ap.add_argument(
+        "--years",
+        type=int,
+        default=1,
+        help="backfill this many years of the series, newest first (more live rows measured)",
+    )
+    ap.add_argument(
+        "--quiet",
+        type=float,
+        default=5.0,
+        help="seconds the live series is measured alone before the backfill",
+    )
+    ap.add_argument(
+        "--no-aggregates", action="store_true", help="the backfill part without its aggregates"
+    )
+    ap.add_argument(
         "--only", default=",".join(PARTS), help=f"comma-separated parts of {', '.join(PARTS)}"
     )
     args = ap.parse_args()
@@ -324,7 +365,9 @@ def main() -> None:
     if parts & {"backfill", "latest"}:
         with StreamgaugeServer("normal", env) as srv:
             if "backfill" in parts:
-                backfill_and_aggregate(srv, minutes, 10_000)
+                backfill_and_aggregate(
+                    srv, minutes, 10_000, args.years, args.quiet, not args.no_aggregates
+                )
             if "latest" in parts:
                 latest(srv, stations)
     if "retention" in parts:

@@ -11,7 +11,7 @@ import numpy as np
 from streamgauge.core.filterlang import parse_filter_on
 from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.framing import NDJSON, SSE, Framing
-from streamgauge.core.hub import Hub, Item, Subscription
+from streamgauge.core.hub import SOLO_ROWS, Hub, Item, Subscription
 from streamgauge.core.registry import Registry
 from streamgauge.core.units import METRIC
 from streamgauge.domain.batch import Batch, merge_commits
@@ -369,3 +369,33 @@ def test_the_keepalive_clock_leaves_streams_that_want_no_keepalives_asleep() -> 
     hub.subscribe(feed)
     hub.tick(now=100.0, idle_seconds=10.0)
     assert not feed.keepalive_due and not feed.wakeup.is_set()
+
+
+async def test_a_big_batch_is_fanned_out_alone_so_a_live_row_beside_it_stays_cheap() -> None:
+    """A backfill batch and live rows committed in one round: the small batches around it are
+    merged with each other but not with it, so a subscriber of the live rows never encodes
+    the big batch's rows (it renders nothing of it), and every row arrives once, in order."""
+    reg = registry()
+    hub = Hub()
+    live = sub(reg, Selection(1, variables=frozenset({"wind_speed"})))
+    every = sub(reg, Selection(1))
+    hub.subscribe(live)
+    hub.subscribe(every)
+    big = batch([1] * SOLO_ROWS, first=2)
+    hub.publish(batch([2], first=1))
+    hub.publish(big)
+    hub.publish(batch([2], first=SOLO_ROWS + 2))
+    hub.publish(batch([3, 2], first=SOLO_ROWS + 3))
+    await asyncio.sleep(0)  # the fan-out round
+    assert hub.fanouts == 3  # [1], the big batch, then the two small ones merged
+    assert [(i.first, i.last, i.count) for i in live.queue] == [
+        (1, 1, 1),
+        (SOLO_ROWS + 2, SOLO_ROWS + 4, 2),
+    ]
+    assert [(i.first, i.last) for i in every.queue] == [
+        (1, 1),
+        (2, SOLO_ROWS + 1),
+        (SOLO_ROWS + 2, SOLO_ROWS + 4),
+    ]
+    rows = b"".join(i.data for i in live.queue).splitlines()
+    assert [json.loads(r)["cursor"] for r in rows] == [1, SOLO_ROWS + 2, SOLO_ROWS + 4]

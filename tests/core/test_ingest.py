@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamgauge.core import ingest
 from streamgauge.core.ingest import MAX_TIME, MIN_TIME, Row, decode, resolve, to_ms
 from streamgauge.core.registry import Registry
 from streamgauge.domain.errors import BadRequest, Invalid, StreamgaugeError
@@ -402,3 +403,50 @@ def test_finite_is_checked_after_conversion_to_the_canonical_unit() -> None:
     assert "MPa" in details[0]["reason"] and "Pa" in details[0]["reason"]
     cols = resolve([rows[0], rows[3]], reg, 1, now_ms=NOW, max_future_ms=300_000)
     assert cols.values == [500_000.0, 1e308]
+
+
+_plain_rows = st.lists(
+    st.builds(
+        Row,
+        device=st.sampled_from(["d0", "d1", "nope"]),
+        variable=st.sampled_from(["air_temp", "wind_speed", "nope"]),
+        time=st.one_of(
+            st.integers(NOW - 10**6, NOW + 400_000),
+            st.sampled_from([MIN_TIME - 1, MIN_TIME, MAX_TIME, 10**19]),
+            st.just(datetime(2024, 1, 1, tzinfo=UTC)),
+        ),
+        value=st.one_of(
+            st.floats(), st.floats(allow_nan=False, allow_infinity=False), st.text(), st.none()
+        ),
+        set=st.one_of(st.none(), st.integers(1, 1000)),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_plain_rows)
+def test_resolve_by_columns_gives_what_row_by_row_gives(rows: list[Row]) -> None:
+    """``resolve`` takes a plain batch by columns (``_resolve_plain``); whatever it takes, the
+    columns are those of the row-by-row way, and what it does not take (errors to name among
+    them) goes that way."""
+    reg = registry()
+    kw: dict[str, Any] = {"now_ms": NOW, "max_future_ms": 300_000}
+    fast = ingest._resolve_plain(rows, reg, 1, NOW + 300_000)
+    try:
+        cols = ingest.resolve(rows, reg, 1, **kw)
+    except Invalid:
+        assert fast is None
+        return
+    plain = all(
+        type(x.time) is int and type(x.value) is float and math.isfinite(x.value) for x in rows
+    ) and all(x.device != "nope" and x.variable != "nope" for x in rows)
+    assert (fast is not None) == plain
+    if fast is not None:
+        assert fast.variable_pks.tolist() == cols.variable_pks.tolist()
+        assert fast.sets.tolist() == cols.sets.tolist()
+        assert fast.times.tolist() == cols.times.tolist()
+        assert fast.values == cols.values
+        assert [type(v) for v in fast.values] == [type(v) for v in cols.values]
+        assert fast.qc.tolist() == cols.qc.tolist() and fast.project_pk == cols.project_pk

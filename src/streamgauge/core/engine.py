@@ -476,6 +476,22 @@ class Engine:
                 self.metrics.ingest_rejected.labels(str(exc.status)).inc()
                 raise
             return await self._append(columns, started)
+        if len(body) >= ingest.OFF_LOOP_BYTES:  # a big batch: checked off the loop
+            try:
+                columns = await asyncio.to_thread(
+                    functools.partial(
+                        ingest.decode_resolve,
+                        body,
+                        self.registry,
+                        project.pk,
+                        ndjson=ndjson,
+                        **self._checks(future_limit),
+                    )
+                )
+            except StreamgaugeError as exc:
+                self.metrics.ingest_rejected.labels(str(exc.status)).inc()
+                raise
+            return await self._append(columns, started)
         try:
             rows = ingest.decode(body, ndjson=ndjson, max_errors=s.max_batch_errors)
         except StreamgaugeError as exc:
@@ -510,7 +526,7 @@ class Engine:
         started = time.perf_counter() if started is None else started
         try:
             if not rows:
-                raise BadRequest("the batch holds no observations")
+                raise BadRequest(ingest.EMPTY_BATCH)
             resolve = functools.partial(
                 ingest.resolve, rows, self.registry, project.pk, **self._checks(future_limit)
             )

@@ -8,6 +8,7 @@ row's index and reason. Nothing here touches storage.
 from __future__ import annotations
 
 import math
+import operator
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -136,6 +137,96 @@ def _decode_array(body: bytes, max_errors: int) -> list[Row]:
     raise _bad_rows(details)
 
 
+# A body this big is decoded and checked in a worker thread (``decode_resolve``), not on the
+# event loop: 10,000 rows take 15-30 ms of Python, which would hold up every live stream and
+# every small request meanwhile (issue 15, backfill).
+OFF_LOOP_BYTES = 64 * 1024
+EMPTY_BATCH = "the batch holds no observations"
+
+
+def decode_resolve(
+    body: bytes,
+    reg: Registry,
+    project_pk: int,
+    *,
+    ndjson: bool,
+    now_ms: int,
+    max_future_ms: int,
+    max_errors: int = 100,
+) -> IngestColumns:
+    """``decode`` then ``resolve``, as one call for a worker thread (it reads the registry as
+    ``resolve`` on the loop does: dict lookups, while the writer thread may apply events)."""
+    rows = decode(body, ndjson=ndjson, max_errors=max_errors)
+    if not rows:
+        raise BadRequest(EMPTY_BATCH)
+    return resolve(
+        rows, reg, project_pk, now_ms=now_ms, max_future_ms=max_future_ms, max_errors=max_errors
+    )
+
+
+_device = operator.attrgetter("device")
+_variable = operator.attrgetter("variable")
+_time = operator.attrgetter("time")
+_value = operator.attrgetter("value")
+_set = operator.attrgetter("set")
+
+
+def _resolve_plain(
+    rows: list[Row], reg: Registry, project_pk: int, limit: int
+) -> IngestColumns | None:
+    """``resolve`` of a plain batch by columns (a few passes in C per column instead of a
+    Python step per row: 10,000 rows in about 3.4 ms instead of 5 to 9): every row of a known
+    device and variable, with a time in epoch ms in range and a finite float value, of
+    variables without a unit conversion. Anything else (an error to name, a time as text, a
+    text or null value, a conversion) gives None, and ``resolve`` takes the row-by-row way,
+    which gives the same columns."""
+    n = len(rows)
+    if not n:
+        return None
+    times_in = list(map(_time, rows))
+    values = list(map(_value, rows))
+    if set(map(type, times_in)) != {int} or set(map(type, values)) != {float}:
+        return None
+    # Each row's (device, variable) as an index among the distinct pairs of the batch.
+    devices = list(map(_device, rows))
+    variables = list(map(_variable, rows))
+    dev_ids = list(dict.fromkeys(devices))
+    var_ids = list(dict.fromkeys(variables))
+    dev_k = np.fromiter(
+        map({d: k for k, d in enumerate(dev_ids)}.__getitem__, devices), np.int64, n
+    )
+    var_k = np.fromiter(
+        map({v: k for k, v in enumerate(var_ids)}.__getitem__, variables), np.int64, n
+    )
+    pairs, which = np.unique(dev_k * len(var_ids) + var_k, return_inverse=True)
+    which = which.reshape(-1)
+    var_pk = np.empty(len(pairs), np.int64)
+    var_set = np.empty(len(pairs), np.int64)
+    for k, pair in enumerate(pairs.tolist()):
+        device, variable = dev_ids[pair // len(var_ids)], var_ids[pair % len(var_ids)]
+        dev = reg.devices.get((project_pk, device))
+        var = reg.variables.get((dev.pk, variable)) if dev is not None else None
+        if var is None or var.scale != 1.0 or var.offset != 0.0:
+            return None
+        var_pk[k], var_set[k] = var.pk, var.doc.set
+    try:
+        times = np.array(times_in, np.int64)
+    except OverflowError:
+        return None
+    numbers = np.array(values, np.float64)
+    if (
+        times.min() < MIN_TIME
+        or times.max() > min(MAX_TIME, limit)
+        or not np.isfinite(numbers).all()
+    ):
+        return None
+    sets = var_set[which]
+    given = list(map(_set, rows))
+    if given.count(None) != n:
+        sets = np.array([g or d for g, d in zip(given, sets.tolist(), strict=True)], np.int64)
+    return IngestColumns(project_pk, var_pk[which], sets, times, values, np.zeros(n, np.int64))
+
+
 def to_ms(t: datetime | int) -> int:
     if isinstance(t, int):
         return t
@@ -152,6 +243,9 @@ def resolve(
     max_errors: int = 100,
 ) -> IngestColumns:
     """Resolve device/variable ids, check times and values; all rows or an error naming each."""
+    fast = _resolve_plain(rows, reg, project_pk, now_ms + max_future_ms)
+    if fast is not None:
+        return fast
     n = len(rows)
     var_pks = np.empty(n, np.int64)
     sets = np.empty(n, np.int64)

@@ -20,7 +20,6 @@ import functools
 import gc
 import itertools
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -52,6 +51,7 @@ from streamgauge.store.sqlite import metadata, retention, summaries
 from streamgauge.store.sqlite.fair import FairGate
 from streamgauge.store.sqlite.filtersql import to_sql
 from streamgauge.store.sqlite.schema import migrate
+from streamgauge.store.sqlite.writeq import BIG_ROWS, Closed, Idle, WriteQueue
 
 T = TypeVar("T")
 _NEVER = np.iinfo(np.int64).min
@@ -68,6 +68,7 @@ FOLD_MAX_LAG = 4_000_000
 # folds (those can keep it busy for minutes after a backfill; a restart replays the log after
 # the checkpoint through the checks, so that replay stays bounded).
 QC_CHECKPOINT_ROWS = 200_000
+CHECKPOINT_SECONDS = 0.2  # between two WAL checkpoints at most (``_checkpoints``)
 MAX_SPAN, MIN_SPAN = 1 << 62, -(1 << 62)  # the span of an empty tail (beyond any time)
 
 
@@ -164,9 +165,8 @@ class SqliteStore:
         self._writer_head = 0  # last cursor committed (writer thread)
         self._sealed = 0
         self._summarized = 0  # rows up to this cursor are in the hour summaries
-        self._queue: queue.SimpleQueue[tuple[Callable[[Tx], Any], asyncio.Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
+        # The writer's jobs, small writes ahead of big appends waiting (``writeq``).
+        self._queue: WriteQueue[_Job] = WriteQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._publish: Callable[[Batch], None] = lambda b: None
@@ -175,6 +175,9 @@ class SqliteStore:
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="sg-read")
         self._gate = FairGate(readers)
         self._closed = False
+        self._checkpointer: threading.Thread | None = None
+        self._checkpoint_wanted = threading.Event()  # set by the writer after it committed
+        self._checkpoint_stop = False
         self.write_seconds = 0.0  # total time spent in write transactions (metrics)
         self._frozen_at = 0
         self._qc_dirty: set[int] = set()  # series whose QC state changed since the checkpoint
@@ -235,6 +238,13 @@ class SqliteStore:
         gc.collect()
         gc.freeze()
         self._head = self._writer_head
+        # The WAL is checkpointed by a thread of its own, not in the writer's commits.
+        ckpt = _connect(self.path, readonly=False, durability=self.durability)
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer = threading.Thread(
+            target=self._checkpoints, args=(ckpt,), name="sg-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
         self._thread = threading.Thread(
             target=self._writer, args=(conn,), name="sg-writer", daemon=True
         )
@@ -244,10 +254,36 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(None)
+        self._queue.close()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+        self._checkpoint_stop = True
+        self._checkpoint_wanted.set()
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.join)
         self._readers.shutdown(wait=True)
+
+    def _checkpoints(self, conn: sqlite3.Connection) -> None:
+        """Checkpoint the WAL (copy its pages into the database file, so it can start over)
+        after commits, at most every ``CHECKPOINT_SECONDS``, on a connection of its own.
+
+        SQLite's automatic checkpoint runs inside the commit that crosses 1,000 WAL pages:
+        that commit, and every write queued behind it, waited 20-50 ms for the copy and its
+        fsync (a backfill crosses it every few batches). A passive checkpoint from another
+        connection takes no write lock, so the writer goes on meanwhile."""
+        try:
+            while True:
+                self._checkpoint_wanted.wait()
+                self._checkpoint_wanted.clear()
+                if self._checkpoint_stop:
+                    break
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:
+                    log.exception("checkpointing the WAL failed; will retry")
+                time.sleep(CHECKPOINT_SECONDS)
+        finally:
+            conn.close()
 
     def _load_log_state(self, conn: sqlite3.Connection) -> None:
         self._writer_head = int(
@@ -339,12 +375,11 @@ class SqliteStore:
     # -- the writer -----------------------------------------------------------------------------
 
     def _writer(self, conn: sqlite3.Connection) -> None:
-        assert self._loop is not None
-        loop = self._loop
+        _create_stage(conn)
         while True:
-            try:
-                job = self._queue.get(timeout=IDLE_SECONDS)
-            except queue.Empty:
+            job = self._queue.get(IDLE_SECONDS)
+            self._checkpoint_wanted.set()  # after what the previous turn committed
+            if isinstance(job, Idle):
                 if self._writer_head - self._qc_cursor >= QC_CHECKPOINT_ROWS and self._qc_dirty:
                     self._checkpoint_qc(conn)  # first: a restart replays the log after it
                 elif self._writer_head > self._sealed:  # idle: index the tail a step at a time
@@ -354,56 +389,82 @@ class SqliteStore:
                 else:
                     self._checkpoint_qc(conn)
                 continue
-            if job is None:
+            if isinstance(job, Closed):
                 self._checkpoint_qc(conn)
                 break
-            fn, fut = job
-            tx = Tx(conn)
-            started = time.perf_counter()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                result = fn(tx)
-                last_seq = 0
-                if tx.events:  # in the same transaction: a change and its events, or neither
-                    last_seq = metadata.write_events(conn, tx.events, int(time.time() * 1000))
-                conn.execute("COMMIT")
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                for undo in reversed(tx.on_rollback):
-                    undo()
-                loop.call_soon_threadsafe(_fail, fut, exc)
-                continue
-            finally:
-                self.write_seconds += time.perf_counter() - started
-            for event in tx.events[tx.applied :]:  # the registry follows what committed
-                self.registry.apply(event)
-            for hook in tx.after_commit:
-                hook()
-            self._freeze_new_objects(
-                len(self.registry.series_by_pk) + len(tx.after_commit) + len(tx.events)
-            )
-            if tx.events and self.on_events is not None:  # before the batches that need them
-                first_seq = last_seq - len(tx.events) + 1
-                loop.call_soon_threadsafe(self.on_events, first_seq, last_seq, list(tx.events))
-            for batch in tx.publish:
-                loop.call_soon_threadsafe(self._published, batch)
-            loop.call_soon_threadsafe(_succeed, fut, result)
-            unsealed = self._writer_head - self._sealed
-            if unsealed >= self.chunk_rows:  # far behind: index the whole backlog now
-                self._seal(conn, self._writer_head)
-            elif unsealed >= SEAL_STEP:  # one short step, so no commit waits long for it
-                self._seal(conn, self._sealed + SEAL_STEP)
-                # More steps while nothing waits (a backfill's big batches would otherwise
-                # pile the tail up to one long indexing of the whole backlog).
-                while self._writer_head - self._sealed >= SEAL_STEP and self._queue.empty():
-                    before = self._sealed
-                    self._seal(conn, self._sealed + SEAL_STEP)
-                    if self._sealed == before:  # failed (logged): retried later
-                        break
-            if self._writer_head - self._summarized >= FOLD_MAX_LAG:  # bound the reads' tail
-                self._fold(conn, self._summarized + FOLD_STEP)
+            if job.stage is not None:
+                # A big append: its rows are copied into the connection's temporary stage
+                # first, a chunk at a time, outside any transaction of the database, and the
+                # small writes that come meanwhile are committed between two chunks. Its
+                # transaction then copies them from the stage (``_insert_staged``).
+                for _ in job.stage.fill(conn):
+                    for _ in range(self._queue.small_waiting()):  # those waiting now
+                        small = self._queue.get_small()
+                        if small is not None:
+                            self._run(conn, small)
+            self._run(conn, job)
+            if job.stage is not None:
+                job.stage.clear(conn)
         conn.close()
+
+    def _run(self, conn: sqlite3.Connection, job: _Job) -> None:
+        """Run one job in one write transaction, hand its batches to the event loop and
+        answer its caller; then keep the index up."""
+        assert self._loop is not None
+        loop = self._loop
+        tx = Tx(conn)
+        started = time.perf_counter()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            result = job.fn(tx)
+            last_seq = 0
+            if tx.events:  # in the same transaction: a change and its events, or neither
+                last_seq = metadata.write_events(conn, tx.events, int(time.time() * 1000))
+            conn.execute("COMMIT")
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for undo in reversed(tx.on_rollback):
+                undo()
+            loop.call_soon_threadsafe(_fail, job.fut, exc)
+            return
+        finally:
+            self.write_seconds += time.perf_counter() - started
+        for event in tx.events[tx.applied :]:  # the registry follows what committed
+            self.registry.apply(event)
+        for hook in tx.after_commit:
+            hook()
+        self._freeze_new_objects(
+            len(self.registry.series_by_pk) + len(tx.after_commit) + len(tx.events)
+        )
+        if tx.events and self.on_events is not None:  # before the batches that need them
+            first_seq = last_seq - len(tx.events) + 1
+            loop.call_soon_threadsafe(self.on_events, first_seq, last_seq, list(tx.events))
+        for batch in tx.publish:
+            loop.call_soon_threadsafe(self._published, batch)
+        loop.call_soon_threadsafe(_succeed, job.fut, result)
+        self._upkeep(conn)
+
+    def _upkeep(self, conn: sqlite3.Connection) -> None:
+        """After a commit: index the tail in short steps (none while a small write waits,
+        unless the tail is half the size at which it is indexed at once), and summarize if
+        far behind."""
+        unsealed = self._writer_head - self._sealed
+        if unsealed >= self.chunk_rows:  # far behind: index the whole backlog now
+            self._seal(conn, self._writer_head)
+        elif unsealed >= SEAL_STEP and (
+            not self._queue.small_waiting() or unsealed >= self.chunk_rows // 2
+        ):  # one short step, so no commit waits long for it
+            self._seal(conn, self._sealed + SEAL_STEP)
+            # More steps while nothing waits (a backfill's big batches would otherwise
+            # pile the tail up to one long indexing of the whole backlog).
+            while self._writer_head - self._sealed >= SEAL_STEP and self._queue.empty():
+                before = self._sealed
+                self._seal(conn, self._sealed + SEAL_STEP)
+                if self._sealed == before:  # failed (logged): retried later
+                    break
+        if self._writer_head - self._summarized >= FOLD_MAX_LAG:  # bound the reads' tail
+            self._fold(conn, self._summarized + FOLD_STEP)
 
     def _freeze_new_objects(self, size: int) -> None:
         """Move the registry's long-lived objects out of the garbage collector's sight.
@@ -494,12 +555,14 @@ class SqliteStore:
 
         await self.write(run)
 
-    async def write(self, fn: Callable[[Tx], T]) -> T:
-        """Run ``fn`` in one write transaction on the writer thread."""
+    async def write(self, fn: Callable[[Tx], T], *, stage: _Stage | None = None) -> T:
+        """Run ``fn`` in one write transaction on the writer thread. ``stage``: the rows of a
+        big append, staged before its transaction, which lets the small writes queued after
+        it go first (``writeq``)."""
         if self._closed or self._loop is None:
             raise Unavailable("the store is closed")
         fut: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put((fn, fut))
+        self._queue.put(_Job(fn, fut, stage), big=stage is not None)
         return await fut
 
     # -- readers --------------------------------------------------------------------------------
@@ -533,7 +596,10 @@ class SqliteStore:
     # -- the log --------------------------------------------------------------------------------
 
     async def append(self, columns: IngestColumns) -> AppendResult:
-        return await self.write(lambda tx: self._append(tx, columns))
+        if len(columns.times) < BIG_ROWS:
+            return await self.write(lambda tx: self._append(tx, columns))
+        stage = _Stage(columns)
+        return await self.write(lambda tx: self._append(tx, columns, stage), stage=stage)
 
     async def append_with(
         self, metadata: Callable[[Tx], object], columns: Callable[[], IngestColumns]
@@ -561,7 +627,7 @@ class SqliteStore:
             reg.apply(event)
             tx.applied += 1
 
-    def _append(self, tx: Tx, c: IngestColumns) -> AppendResult:
+    def _append(self, tx: Tx, c: IngestColumns, stage: _Stage | None = None) -> AppendResult:
         reg = self.registry
         rules = self.rules
         n = len(c.times)
@@ -593,7 +659,10 @@ class SqliteStore:
         numeric = _numeric(values)
         q_keep = rules.flag(s_keep, t_keep, numeric)
         received = int(time.time() * 1000)
-        _insert_rows(tx.conn, first, s_keep, t_keep, values, q_keep, received)
+        if stage is not None and stage.filled and accepted == n:
+            _insert_staged(tx.conn, stage, first, series, q_keep, received)
+        else:
+            _insert_rows(tx.conn, first, s_keep, t_keep, values, q_keep, received)
         self._writer_head = first + accepted - 1
         self._note_span(tx, np.unique(reg.s_project[s_keep]).tolist(), first, self._writer_head)
 
@@ -1003,6 +1072,121 @@ class SqliteStore:
             conn.execute("DELETE FROM temp.report_keys")
         conn.executemany("INSERT OR REPLACE INTO temp.report_keys VALUES (?, ?, ?)", rows)
         self._keys_marks[id(conn)] = mark
+
+
+@dataclasses.dataclass(slots=True)
+class _Job:
+    """A write for the writer thread: ``fn`` in one transaction, answered on ``fut``."""
+
+    fn: Callable[[Tx], Any]
+    fut: asyncio.Future[Any]
+    stage: _Stage | None = None  # a big append's rows, staged before its transaction
+
+
+STAGE_CHUNK = 2048  # rows staged per step; the small writes waiting go between two steps
+
+
+class _Stage:
+    """A big append's rows (time, value and which of the batch's distinct (variable, set) it
+    is, in batch order) copied into the writer connection's temporary table ``stage`` before
+    its transaction, so that the transaction (which holds up every other write) copies them
+    with one ``INSERT ... SELECT`` instead of parsing them. Only one stage is filled at a time
+    (the writer's next big job)."""
+
+    def __init__(self, columns: IngestColumns) -> None:
+        self.columns = columns
+        self.filled = False
+        # Each row's index among the distinct (variable, set) keys of the batch (by ``fill``,
+        # on the writer thread).
+        self.key_of_row: npt.NDArray[np.int64] = np.zeros(0, np.int64)
+
+    def fill(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """Fill the stage a chunk at a time, yielding between chunks. A batch holding a text
+        value with a NUL (see ``_insert_rows``) or a failure leaves ``filled`` false: its
+        transaction then inserts its rows the usual way."""
+        c = self.columns
+        try:
+            self.key_of_row = np.unique(c.variable_pks * 1024 + c.sets, return_inverse=True)[
+                1
+            ].reshape(-1)
+            conn.execute("DELETE FROM temp.stage")
+            for off in range(0, len(c.times), STAGE_CHUNK):
+                end = off + STAGE_CHUNK
+                payload = orjson.dumps(
+                    list(
+                        zip(
+                            self.key_of_row[off:end].tolist(),
+                            c.times[off:end].tolist(),
+                            c.values[off:end],
+                            strict=True,
+                        )
+                    )
+                )
+                if b"\\u0000" in payload:
+                    return
+                conn.execute(
+                    "INSERT INTO temp.stage (k, u, time, value) "
+                    "SELECT ?2 + key, value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1)",
+                    (payload, off),
+                )
+                yield
+        except Exception:  # the writer thread must go on: the transaction inserts the rows
+            log.exception("staging a batch failed; it is inserted without the stage")
+            return
+        self.filled = True
+
+    def clear(self, conn: sqlite3.Connection) -> None:
+        """Empty the stage (its memory), once the batch's transaction is over."""
+        if self.filled:
+            try:
+                conn.execute("DELETE FROM temp.stage")
+            except sqlite3.Error:
+                log.exception("emptying the stage failed")
+
+
+def _create_stage(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA temp_store=MEMORY")
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS stage "
+        "(k INTEGER PRIMARY KEY, u INTEGER NOT NULL, time INTEGER NOT NULL, value)"
+    )
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS stage_series (u INTEGER PRIMARY KEY, series INTEGER)"
+    )
+
+
+def _insert_staged(
+    conn: sqlite3.Connection,
+    stage: _Stage,
+    first: int,
+    series: npt.NDArray[np.int64],
+    qc: npt.NDArray[np.int64],
+    received: int,
+) -> None:
+    """Append every row of the staged batch to the log with cursors from ``first`` on: its
+    time and value from the stage, its series by its key (``stage_series``: one row per
+    distinct key, written here), its QC flags 0 but for the flagged rows, set after."""
+    key_of_row = stage.key_of_row
+    series_of_key = np.zeros(int(key_of_row.max()) + 1, np.int64)
+    series_of_key[key_of_row] = series
+    conn.execute("DELETE FROM temp.stage_series")
+    conn.execute(
+        "INSERT INTO temp.stage_series (u, series) SELECT key, value FROM json_each(?)",
+        (orjson.dumps(series_of_key.tolist()),),
+    )
+    conn.execute(
+        "INSERT INTO obs (cursor, series, time, value, qc, received) "
+        "SELECT ?1 + st.k, (SELECT series FROM temp.stage_series m WHERE m.u = st.u),"
+        " st.time, st.value, 0, ?2 FROM temp.stage st ORDER BY st.k",
+        (first, received),
+    )
+    flagged = np.flatnonzero(qc)
+    if len(flagged):
+        conn.execute(
+            "UPDATE obs SET qc = f.value ->> 1 FROM json_each(?1) f "
+            "WHERE obs.cursor = ?2 + (f.value ->> 0)",
+            (orjson.dumps(list(zip(flagged.tolist(), qc[flagged].tolist(), strict=True))), first),
+        )
 
 
 def _forget_series(reg: ReadModel, created: list[tuple[int, int, int, int, int]]) -> None:
