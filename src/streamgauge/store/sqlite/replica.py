@@ -24,7 +24,7 @@ from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import Unavailable
 from streamgauge.domain.events import MetaEvent
 from streamgauge.store.sqlite import metadata, retention
-from streamgauge.store.sqlite.store import SqliteStore, Tx, _connect
+from streamgauge.store.sqlite.store import SqliteStore, Tx, _connect, _Stage
 
 T = TypeVar("T")
 
@@ -84,5 +84,5 @@ class ReplicaStore(SqliteStore):
         for project_pk, top in stored.items():
             self.gone[project_pk] = max(self.gone.get(project_pk, 0), top)
 
-    async def write(self, fn: Callable[[Tx], T]) -> T:
+    async def write(self, fn: Callable[[Tx], T], *, stage: _Stage | None = None) -> T:
         raise Unavailable("this process serves streams only: writes go to the writer process")
