@@ -62,9 +62,16 @@ def write(tx: Tx, state: QCState, series: I64) -> None:
         "ON CONFLICT (series) DO UPDATE SET last_time = excluded.last_time, "
         "last_value = excluded.last_value, same_since = excluded.same_since",
         (
-            series.tolist(),
-            state.last_time[series].tolist(),
-            [None if np.isnan(v) else v for v in last_value.tolist()],
-            state.same_since[series].tolist(),
+            _array(series.tolist()),
+            _array(state.last_time[series].tolist()),
+            _array(["NULL" if v != v else repr(v) for v in last_value.tolist()]),
+            _array(state.same_since[series].tolist()),
         ),
     )
+
+
+def _array(items: list[int] | list[str]) -> str:
+    """A PostgreSQL array literal (``{1,2,NULL}``): sent as one text parameter, several times
+    faster than psycopg's element-by-element list dumper for the thousands of series an append
+    moves. Floats are written with ``repr`` (the shortest text that reads back exactly)."""
+    return "{" + ",".join(map(str, items)) + "}"
