@@ -376,10 +376,16 @@ class SqliteStore:
 
     def _writer(self, conn: sqlite3.Connection) -> None:
         _create_stage(conn)
+        # Idle for IDLE_SECONDS after the last write, the writer does its upkeep one step a
+        # turn, the next step at once while nothing is queued (a step waiting IDLE_SECONDS
+        # after the previous one left a backfill's year unfolded for seconds, and aggregate
+        # reads summarizing it row by row meanwhile); any write goes first and restarts the wait.
+        upkeep = False
         while True:
-            job = self._queue.get(IDLE_SECONDS)
+            job = self._queue.get(0.0 if upkeep else IDLE_SECONDS)
             self._checkpoint_wanted.set()  # after what the previous turn committed
             if isinstance(job, Idle):
+                before = (self._qc_cursor, self._sealed, self._summarized)
                 if self._writer_head - self._qc_cursor >= QC_CHECKPOINT_ROWS and self._qc_dirty:
                     self._checkpoint_qc(conn)  # first: a restart replays the log after it
                 elif self._writer_head > self._sealed:  # idle: index the tail a step at a time
@@ -388,7 +394,10 @@ class SqliteStore:
                     self._fold(conn, min(self._writer_head, self._summarized + FOLD_STEP))
                 else:
                     self._checkpoint_qc(conn)
+                # Go on at once only after a step that moved (a failing one, logged, waits).
+                upkeep = before != (self._qc_cursor, self._sealed, self._summarized)
                 continue
+            upkeep = False
             if isinstance(job, Closed):
                 self._checkpoint_qc(conn)
                 break
