@@ -105,3 +105,4 @@ async def test_a_token_revoked_on_one_node_ends_its_sessions_on_the_other(
     assert "revoked" in on_b.close_reason
     again = await Feed.open(at(b), made["token"], session=on_b.session)
     assert again.auth["code"] == "failed" and again.auth["messages"] == ["invalid token"]
+    await again.close()  # its transport would otherwise be collected in a later test
