@@ -538,3 +538,45 @@ def machine_speed_ms() -> float:
         return time.perf_counter() - t0
 
     return min(once() for _ in range(5)) * 1000
+
+
+_BURN = """
+import os, sys, time
+share = float(sys.argv[1])
+os.nice(0)
+period = 0.02
+while True:
+    t0 = time.perf_counter()
+    x = 0
+    while time.perf_counter() - t0 < period * share:
+        for i in range(2000):
+            x += i * i
+    rest = period * (1 - share)
+    if rest > 0:
+        time.sleep(rest)
+"""
+
+
+class Busy:
+    """Another process using ``share`` (0..1) of one core for as long as the ``with`` block
+    runs: the "another process busy" condition of the fan-out and feed benches (issue 17 asks
+    for their p99 with another process using most of one core). A pure-Python spin loop that
+    sleeps the rest of each 20 ms period; ``share=0`` starts nothing."""
+
+    def __init__(self, share: float) -> None:
+        self.share = share
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Busy:
+        if self.share > 0:
+            self.proc = subprocess.Popen([sys.executable, "-c", _BURN, str(self.share)])
+        return self
+
+    def cpu_seconds(self) -> float:
+        return proc_cpu_seconds(self.proc.pid) if self.proc is not None else 0.0
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
