@@ -445,6 +445,7 @@ SAMPLES: list[ev.MetaEvent] = [
     ev.ChannelDropped(8),
     ev.ConnectorChanged(9, "dc1"),
     ev.ConnectorDropped(9, "dc1"),
+    ev.DTAccountSettingsPut(4, False, "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"),
 ]
 
 

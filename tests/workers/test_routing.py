@@ -13,9 +13,13 @@ from streamgauge.workers.routing import MAX_LINE, complete, request_target, serv
         b"GET /api/v1/projects/p1/stream HTTP/1.1\r\nHost: x\r\n\r\n",
         b"GET /api/v1/projects/p1/stream?since=12&variable=air_temp HTTP/1.1\r\n",
         b"GET /api/v1/projects/a-b_c.d/stream HTTP/1.0\n",
+        b"GET /v2/projects/p1/devices:stream HTTP/1.1\r\n",
+        b"GET /v2/projects/p1/devices:stream?since=5&event_types=temperature HTTP/1.1\r\n",
+        b"GET /v2/projects/p1/devices%3Astream?ping_interval=2s HTTP/1.1\r\n",
+        b"GET /v2/projects/p1/devices%3astream HTTP/1.1\r\n",
     ],
 )
-def test_a_native_live_stream_is_served_by_the_worker(head: bytes) -> None:
+def test_a_native_live_is_served_by_the_worker(head: bytes) -> None:
     assert serves_locally(head)
 
 
@@ -28,7 +32,10 @@ def test_a_native_live_stream_is_served_by_the_worker(head: bytes) -> None:
         b"GET /api/v1/projects/p1/stream/extra HTTP/1.1\r\n",
         b"GET /api/v1/projects//stream HTTP/1.1\r\n",
         b"GET /feed/ft_token/ HTTP/1.1\r\n",  # the push feed's sessions are the writer's
-        b"GET /v2/projects/p1/devices:stream HTTP/1.1\r\n",
+        b"POST /v2/projects/p1/devices:stream HTTP/1.1\r\n",
+        b"GET /v2/projects/p1/devices HTTP/1.1\r\n",
+        b"GET /v2/projects/p1/devices:streamx HTTP/1.1\r\n",
+        b"GET /v2/projects/p1/devices/d1:stream HTTP/1.1\r\n",
         b"GET /healthz HTTP/1.1\r\n",
         b"GET /api/v1/projects/p1/stream",  # no whole line yet
         b"garbage\r\n",

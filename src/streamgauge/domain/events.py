@@ -18,8 +18,9 @@ variables and series, every role on it and the service accounts whose home it wa
 its keys and roles.
 
 Not only metadata: ``WORK_EVENTS`` (an alert channel or a DT data connector created, changed or
-deleted) go through the same feed, so that the node running that work (the cluster's work lease)
-follows a change made on any node at once. The registry ignores them.
+deleted, a DT account's settings changed) go through the same feed, so that the node running
+that work (the cluster's work lease), and every node and worker process for settings they all
+apply, follows a change made on any node at once. The registry ignores them.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "ChannelPut",
     "ConnectorChanged",
     "ConnectorDropped",
+    "DTAccountSettingsPut",
     "DeviceDropped",
     "DeviceMoved",
     "DevicePut",
@@ -217,6 +219,18 @@ class ConnectorDropped(_Event, frozen=True, tag="connector_dropped"):
     id: str
 
 
+class DTAccountSettingsPut(_Event, frozen=True, tag="dt_account_settings_put"):
+    """A service account's DT settings created or changed (``enableBasicAuth`` and the DT
+    times; ``create_time`` is kept when the account had settings already): every node and
+    worker process applies them at once, so a key login anywhere obeys ``enableBasicAuth``
+    from the next request on. Settings go with their account (``AccountDropped``)."""
+
+    account_pk: int
+    basic_auth: bool
+    create_time: str
+    update_time: str
+
+
 MetaEvent = (
     ProjectPut
     | ProjectDropped
@@ -240,12 +254,15 @@ MetaEvent = (
     | ChannelDropped
     | ConnectorChanged
     | ConnectorDropped
+    | DTAccountSettingsPut
 )
 
-# Changes to the work that must happen once (alert channels, data connectors): the registry
-# ignores them; the nodes that did not make them hand them to the services that run that work
-# (``Engine.followers``), so the node holding the work lease follows at once.
-WORK_EVENTS = (ChannelPut, ChannelDropped, ConnectorChanged, ConnectorDropped)
+# Changes to the work that must happen once (alert channels, data connectors), and face
+# settings every process applies (a DT account's settings): the registry ignores them; the
+# nodes and worker processes that did not make them hand them to the services that follow
+# them (``Engine.followers``), so the node holding the work lease, and every process checking
+# a login, follows at once.
+WORK_EVENTS = (ChannelPut, ChannelDropped, ConnectorChanged, ConnectorDropped, DTAccountSettingsPut)
 
 
 def _enc_hook(obj: Any) -> Any:

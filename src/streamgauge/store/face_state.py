@@ -30,13 +30,21 @@ class DTAccountStore(Protocol[TxT]):
         ...
 
     async def load(self) -> None:
-        """Read every account's settings (once, at start)."""
+        """Read every account's settings (at start, and again after this node missed events:
+        ``Engine.resyncs``). Settings ``follow`` applied while the read ran are kept."""
         ...
 
     def put(self, tx: TxT, account_pk: int, settings: DTAccountSettings) -> None:
         """Create or update an account's settings in the caller's write transaction (its
         ``create_time`` is kept if the account has settings already); ``by_pk`` shows them after
-        the commit. Settings go with their account when it is deleted."""
+        the commit. Settings go with their account when it is deleted. The transaction also
+        carries them as a ``DTAccountSettingsPut`` event (the metadata feed), which the other
+        nodes and processes ``follow``."""
+        ...
+
+    def follow(self, account_pk: int, settings: DTAccountSettings) -> None:
+        """Settings another node or process committed (its ``DTAccountSettingsPut`` event, in
+        the feed's order): ``by_pk`` shows them at once, as ``put`` does after its commit."""
         ...
 
 

@@ -2,11 +2,12 @@
 
 A worker process accepts connections on the shared port and looks at the first line of the
 first request (``GET /api/v1/projects/demo/stream?since=12 HTTP/1.1``) without reading it
-from the socket (``MSG_PEEK``). A live stream it serves itself: its engine is a read-only
-follower of the writer's log. Everything else (ingest, metadata, history, accounts, the
-dashboard, other faces' streams for now) goes, socket and all, to the writer process, which
-then reads the request itself as if it had accepted the connection: nothing is proxied, so
-status, headers, bodies and errors are exactly the writer's.
+from the socket (``MSG_PEEK``). A live stream (the native face's, the DT face's
+``devices:stream``) it serves itself: its engine is a read-only follower of the writer's log.
+Everything else (ingest, metadata, history, accounts, the dashboard, the push feed) goes,
+socket and all, to the writer process, which then reads the request itself as if it had
+accepted the connection: nothing is proxied, so status, headers, bodies and errors are exactly
+the writer's.
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ import re
 
 MAX_LINE = 8192  # a request line longer than this goes to the writer (it answers the error)
 
-# The native face's live stream (NDJSON or SSE): ``GET /api/v1/projects/{project}/stream``.
-_LOCAL = re.compile(rb"/api/v1/projects/[^/?#\s]+/stream")
+# The live streams a worker serves (NDJSON or SSE): the native face's
+# ``GET /api/v1/projects/{project}/stream`` and the DT face's
+# ``GET /v2/projects/{project}/devices:stream`` (its colon sent as is, or as ``%3A``).
+_LOCAL = re.compile(
+    rb"/api/v1/projects/[^/?#\s]+/stream|/v2/projects/[^/?#\s]+/devices(?::|%3[aA])stream"
+)
 
 
 def request_target(head: bytes) -> tuple[bytes, bytes] | None:

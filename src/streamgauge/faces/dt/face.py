@@ -18,7 +18,9 @@ from fastapi import Request
 from streamgauge.auth import Action, Principal
 from streamgauge.core.engine import Engine
 from streamgauge.core.registry import ProjectRec
+from streamgauge.domain import events as ev
 from streamgauge.domain.errors import Unauthorized
+from streamgauge.domain.face_state import DTAccountSettings
 from streamgauge.faces.dt.connectors import Connectors
 from streamgauge.faces.dt.http import Query
 from streamgauge.faces.dt.state import Reported
@@ -34,12 +36,23 @@ class DTFace:
         engine.listeners.append(self.reported.offer)
         # enableBasicAuth holds on every face: the authenticator asks it of each key login.
         engine.auth.basic_auth_allowed = lambda account: self.basic_allowed(account.pk)
+        # ... and on every node and worker process: a change made elsewhere comes as an event
+        # (``DTAccountSettingsPut``) and applies at once; a node that missed events reloads.
+        engine.followers.append(self._follow)
+        engine.resyncs.append(self.accounts.load)
 
     async def start(self) -> None:
         """After the engine started (its deliveries run): load settings, start connectors."""
         await self.reported.start()
         await self.accounts.load()
         await self.connectors.start()
+
+    def _follow(self, event: ev.MetaEvent) -> None:
+        if isinstance(event, ev.DTAccountSettingsPut):
+            self.accounts.follow(
+                event.account_pk,
+                DTAccountSettings(event.basic_auth, event.create_time, event.update_time),
+            )
 
     def basic_allowed(self, account_pk: int) -> bool:
         """Accounts made on the native face have no DT settings: Basic auth is how the native

@@ -21,13 +21,20 @@ class PgDTAccounts:
     def __init__(self, store: Store[Tx, Conn]) -> None:
         self._store = store
         self._by_pk: dict[int, DTAccountSettings] = {}
+        self._followed: dict[int, DTAccountSettings] | None = None  # while a load reads
 
     @property
     def by_pk(self) -> Mapping[int, DTAccountSettings]:
         return self._by_pk
 
     async def load(self) -> None:
-        self._by_pk = await self._store.read(_load_accounts)
+        self._followed = {}
+        try:
+            loaded = await self._store.read(_load_accounts)
+            loaded.update(self._followed)  # committed after the read may have looked
+            self._by_pk = loaded
+        finally:
+            self._followed = None
 
     def put(self, tx: Tx, account_pk: int, settings: DTAccountSettings) -> None:
         tx.execute(
@@ -37,14 +44,20 @@ class PgDTAccounts:
             (account_pk, int(settings.basic_auth), settings.create_time, settings.update_time),
         )
 
-        def apply() -> None:
-            have = self._by_pk.get(account_pk)
-            created = settings.create_time if have is None else have.create_time
-            self._by_pk[account_pk] = DTAccountSettings(
-                settings.basic_auth, created, settings.update_time
+        tx.events.append(
+            ev.DTAccountSettingsPut(
+                account_pk, settings.basic_auth, settings.create_time, settings.update_time
             )
+        )
+        tx.after_commit.append(lambda: self.follow(account_pk, settings))
 
-        tx.after_commit.append(apply)
+    def follow(self, account_pk: int, settings: DTAccountSettings) -> None:
+        have = self._by_pk.get(account_pk)
+        created = settings.create_time if have is None else have.create_time
+        now = DTAccountSettings(settings.basic_auth, created, settings.update_time)
+        self._by_pk[account_pk] = now
+        if self._followed is not None:
+            self._followed[account_pk] = now
 
 
 def _load_accounts(conn: Conn) -> dict[int, DTAccountSettings]:
