@@ -188,7 +188,9 @@ def _serve(
     if count > 1:
         from streamgauge.workers.supervisor import WriterServer
 
-        server = WriterServer(config, count=count, host=host, port=port, data=data)
+        server = WriterServer(
+            config, count=count, host=host, port=port, data=data, feed=settings.workers_feed
+        )
     else:
         server = GracefulServer(config)
     server.run(sockets=[sock])

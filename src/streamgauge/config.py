@@ -53,6 +53,14 @@ class Settings(BaseSettings):
             "(--store/--bus) runs one process per node."
         ),
     )
+    workers_feed: bool = Field(
+        default=False,
+        description=(
+            "With --workers above 1: the push feed (/feed) is served by every process, each "
+            "feed token's connections by one of them (a hash of the token), instead of by the "
+            "writer alone. Experimental, off by default (docs/workers.md)."
+        ),
+    )
 
     # Cluster mode (docs/cluster.md)
     bus: str | None = Field(

@@ -446,6 +446,8 @@ SAMPLES: list[ev.MetaEvent] = [
     ev.ConnectorChanged(9, "dc1"),
     ev.ConnectorDropped(9, "dc1"),
     ev.DTAccountSettingsPut(4, False, "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"),
+    ev.FeedTokenPut(3, "ft0a1b", 1, "kiosk", "ab" * 32, "2026-01-01T00:00:00Z"),
+    ev.FeedTokenDropped(3),
 ]
 
 

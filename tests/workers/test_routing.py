@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
-from streamgauge.workers.routing import MAX_LINE, complete, request_target, serves_locally
+from streamgauge.workers.routing import (
+    MAX_LINE,
+    complete,
+    owner,
+    request_target,
+    serves_locally,
+    target,
+)
 
 
 @pytest.mark.parametrize(
@@ -55,3 +64,28 @@ def test_complete_once_the_line_is_there_or_too_long() -> None:
     assert not complete(b"GET /api/v1/pro")
     assert complete(b"GET / HTTP/1.1\r\n")
     assert complete(b"G" * MAX_LINE)
+
+
+def test_target_a_live_stream_here_a_feed_token_at_its_owner_the_rest_at_the_writer() -> None:
+    def owner_of(token: bytes) -> int:
+        return owner(hashlib.sha256(token).digest(), 3)
+
+    stream = b"GET /api/v1/projects/p1/stream HTTP/1.1\r\n"
+    assert [target(stream, me, 3, feed=True) for me in (0, 1, 2)] == [0, 1, 2]
+    tokens = [b"ft_%d" % i for i in range(40)]
+    assert {owner_of(t) for t in tokens} == {0, 1, 2}  # spread over every process
+    for t in tokens:
+        for path in (b"/feed/" + t + b"/?state=ut", b"/feed/" + t, b"/feed/" + t + b"/sess-1"):
+            head = b"GET " + path + b" HTTP/1.1\r\n"
+            assert target(head, 1, 3, feed=True) == owner_of(t)
+            assert target(head, 1, 3, feed=False) == 0  # the writer's, as before
+    # as the app decodes the path: the same token percent-encoded has the same owner
+    quoted = b"GET /feed/ft%5F7/ HTTP/1.1\r\n"
+    assert target(quoted, 2, 3, feed=True) == owner_of(b"ft_7")
+    for other in (
+        b"POST /feed/ft_1/ HTTP/1.1\r\n",
+        b"GET /feed/ HTTP/1.1\r\n",
+        b"GET /api/v1/projects/p1/feedtokens HTTP/1.1\r\n",
+        b"garbage\r\n",
+    ):
+        assert target(other, 1, 3, feed=True) == 0

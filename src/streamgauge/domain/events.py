@@ -44,6 +44,8 @@ __all__ = [
     "DTAccountSettingsPut",
     "DeviceDropped",
     "DeviceMoved",
+    "FeedTokenDropped",
+    "FeedTokenPut",
     "DevicePut",
     "KeyDropped",
     "KeyPut",
@@ -231,6 +233,26 @@ class DTAccountSettingsPut(_Event, frozen=True, tag="dt_account_settings_put"):
     update_time: str
 
 
+class FeedTokenPut(_Event, frozen=True, tag="feed_token_put"):
+    """A push-feed token created (the embedded store: ``store/sqlite/feeds.py``), with the
+    SHA-256 digest of its secret (hex; never the secret): the fan-out worker process that
+    serves the token's sessions knows it at once."""
+
+    pk: int
+    id: str
+    project_pk: int
+    name: str
+    digest: str
+    created: str
+
+
+class FeedTokenDropped(_Event, frozen=True, tag="feed_token_dropped"):
+    """A push-feed token revoked (its sessions deleted): the process serving its connections
+    closes them (1008)."""
+
+    pk: int
+
+
 MetaEvent = (
     ProjectPut
     | ProjectDropped
@@ -255,14 +277,24 @@ MetaEvent = (
     | ConnectorChanged
     | ConnectorDropped
     | DTAccountSettingsPut
+    | FeedTokenPut
+    | FeedTokenDropped
 )
 
 # Changes to the work that must happen once (alert channels, data connectors), and face
-# settings every process applies (a DT account's settings): the registry ignores them; the
-# nodes and worker processes that did not make them hand them to the services that follow
-# them (``Engine.followers``), so the node holding the work lease, and every process checking
-# a login, follows at once.
-WORK_EVENTS = (ChannelPut, ChannelDropped, ConnectorChanged, ConnectorDropped, DTAccountSettingsPut)
+# settings every process applies (a DT account's settings, feed tokens): the registry ignores
+# them; the nodes and worker processes that did not make them hand them to the services that
+# follow them (``Engine.followers``), so the node holding the work lease, and every process
+# checking a login, follows at once.
+WORK_EVENTS = (
+    ChannelPut,
+    ChannelDropped,
+    ConnectorChanged,
+    ConnectorDropped,
+    DTAccountSettingsPut,
+    FeedTokenPut,
+    FeedTokenDropped,
+)
 
 
 def _enc_hook(obj: Any) -> Any:

@@ -1,4 +1,5 @@
-"""An ASGI wrapper naming the process in every response (``X-Streamgauge-Worker``).
+"""An ASGI wrapper naming the process in every response and WebSocket handshake
+(``X-Streamgauge-Worker``).
 
 ``0`` is the writer process, ``1..N-1`` the fan-out workers. A worker also answers each
 connection's first request only (``Connection: close``): it chose to serve the connection by
@@ -21,6 +22,16 @@ class Tagged:
         self._close = close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":  # the push feed: named in the handshake's reply
+
+            async def accept(message: Message) -> None:
+                if message["type"] == "websocket.accept":
+                    headers = [*message.get("headers", ()), (HEADER, self._value)]
+                    message = {**message, "headers": headers}
+                await send(message)
+
+            await self.app(scope, receive, accept)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

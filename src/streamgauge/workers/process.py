@@ -19,6 +19,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import uvicorn
@@ -82,27 +83,91 @@ async def peek_head(sock: socket.socket, timeout: float = PEEK_TIMEOUT) -> bytes
         await asyncio.sleep(PEEK_WAIT)  # more is coming: the socket stays readable meanwhile
 
 
+async def accept_loop(
+    listener: socket.socket, route: Callable[[socket.socket], Coroutine[Any, Any, None]], name: str
+) -> None:
+    """Accept connections on ``listener`` and ``route`` each (a task of its own) until the
+    listener closes."""
+    loop = asyncio.get_running_loop()
+    routing_tasks: set[asyncio.Task[None]] = set()
+    while True:
+        try:
+            conn, _ = await loop.sock_accept(listener)
+        except (ConnectionAbortedError, BlockingIOError, InterruptedError):
+            continue
+        except OSError as e:  # the listener closed (shutdown)
+            log.debug("%s: accept: %s", name, e)
+            return
+        conn.setblocking(False)
+        task = asyncio.create_task(route(conn))
+        routing_tasks.add(task)
+        task.add_done_callback(routing_tasks.discard)
+
+
+def hand_message(to: int) -> bytes:
+    """The message a passed connection goes with: ``c``, then the process that serves it
+    when that is not the writer (the writer passes it on)."""
+    return b"c" if to == 0 else b"c" + bytes([to])
+
+
 class WorkerServer(GracefulServer):
-    """uvicorn over connections this worker accepts and chooses to serve."""
+    """uvicorn over connections this worker accepts and chooses to serve, and those the writer
+    passes to it (push-feed connections of the tokens it serves, ``routing.target``)."""
 
     def __init__(
-        self, config: uvicorn.Config, *, worker: int, bind: tuple[str, int], handoff: socket.socket
+        self,
+        config: uvicorn.Config,
+        *,
+        worker: int,
+        bind: tuple[str, int],
+        handoff: socket.socket,
+        count: int = 2,
+        feed: bool = False,
     ) -> None:
         super().__init__(config)
         self.worker = worker
+        self.count = count
+        self.feed = feed
         self._bind = bind
         self._listener: socket.socket | None = None
         self._handoff = handoff
         self._accepting: asyncio.Task[None] | None = None
-        self._routing: set[asyncio.Task[None]] = set()
+        self._adopting: set[asyncio.Task[None]] = set()
         self.served = 0
         self.handed = 0
+        self.passed = 0  # connections the writer passed to this worker
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=[])
         if self.started:  # bound once serving: no connection waits for this worker to start
+            if self.feed:
+                asyncio.get_running_loop().add_reader(self._handoff.fileno(), self._passed)
             self._listener = listen(*self._bind)
-            self._accepting = asyncio.create_task(self._accept(self._listener))
+            self._accepting = asyncio.create_task(
+                accept_loop(self._listener, self._route, f"worker {self.worker}")
+            )
+
+    def _passed(self) -> None:
+        """A connection the writer passed (``SCM_RIGHTS``): served here as if accepted here."""
+        try:
+            msg, fds, _, _ = socket.recv_fds(self._handoff, 16, 16)
+        except (BlockingIOError, InterruptedError, TimeoutError):
+            return
+        except OSError:
+            msg, fds = b"", []
+        if not msg and not fds:  # the writer's end closed (the bus tells the shutdown)
+            asyncio.get_running_loop().remove_reader(self._handoff.fileno())
+            return
+        for fd in fds:
+            conn = socket.socket(fileno=fd)
+            conn.setblocking(False)
+            if self.should_exit:
+                conn.close()
+                continue
+            self.passed += 1
+            task = asyncio.create_task(self.adopt(conn))
+            self._adopting.add(task)
+            task.add_done_callback(self._adopting.discard)
 
     def _begin_shutdown(self) -> None:
         if self._accepting is not None:
@@ -110,35 +175,25 @@ class WorkerServer(GracefulServer):
         if self._listener is not None:
             with contextlib.suppress(OSError):
                 self._listener.close()
+        if self.feed:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self._handoff.fileno())
         super()._begin_shutdown()
-
-    async def _accept(self, listener: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, _ = await loop.sock_accept(listener)
-            except (ConnectionAbortedError, BlockingIOError, InterruptedError):
-                continue
-            except OSError as e:  # the listener closed (shutdown)
-                log.debug("worker %d: accept: %s", self.worker, e)
-                return
-            conn.setblocking(False)
-            task = asyncio.create_task(self._route(conn))
-            self._routing.add(task)
-            task.add_done_callback(self._routing.discard)
 
     async def _route(self, conn: socket.socket) -> None:
         try:
             head = await peek_head(conn)
         except (TimeoutError, OSError):
             head = b""
-        if head and routing.serves_locally(head) and not self.should_exit:
+        to = routing.target(head, self.worker, self.count, feed=self.feed) if head else 0
+        if to == self.worker and not self.should_exit:
             self.served += 1
             await self.adopt(conn)
             return
         self.handed += 1
+        message = hand_message(to)
         try:
-            await asyncio.to_thread(socket.send_fds, self._handoff, [b"c"], [conn.fileno()])
+            await asyncio.to_thread(socket.send_fds, self._handoff, [message], [conn.fileno()])
         except OSError as e:  # the writer is gone: the client retries
             log.warning("worker %d: handing a connection to the writer failed: %s", self.worker, e)
         finally:
@@ -153,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--bus-fd", type=int, required=True)
     parser.add_argument("--handoff-fd", type=int, required=True)
+    parser.add_argument("--count", type=int, default=2)  # processes serving the port
+    parser.add_argument("--feed", action="store_true")  # the push feed served in workers
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings(data=args.data, workers=1, mqtt=None)
@@ -168,7 +225,11 @@ def main(argv: list[str] | None = None) -> None:
             server.handle_exit(0, None)
 
     bus = LocalBus(bus_sock, f"worker-{args.worker}", lost)
-    engine = WorkerEngine(settings, token, bus)
+    feed_owns = None
+    if args.feed:
+        me, count = args.worker, args.count
+        feed_owns = lambda digest: routing.owner(digest, count) == me  # noqa: E731
+    engine = WorkerEngine(settings, token, bus, feed_owns=feed_owns)
     app: Any = Tagged(create_app(settings, engine=engine), args.worker, close=True)
     config = uvicorn.Config(
         app,
@@ -176,6 +237,13 @@ def main(argv: list[str] | None = None) -> None:
         timeout_graceful_shutdown=5,
         **server_options(settings),
     )
-    server = WorkerServer(config, worker=args.worker, bind=(args.host, args.port), handoff=handoff)
+    server = WorkerServer(
+        config,
+        worker=args.worker,
+        bind=(args.host, args.port),
+        handoff=handoff,
+        count=args.count,
+        feed=args.feed,
+    )
     server.run(sockets=[])
     raise SystemExit(0 if server.started else 1)

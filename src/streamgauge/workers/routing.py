@@ -12,7 +12,9 @@ the writer's.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import urllib.parse
 
 MAX_LINE = 8192  # a request line longer than this goes to the writer (it answers the error)
 
@@ -48,6 +50,37 @@ def serves_locally(head: bytes) -> bool:
         return False
     method, path = found
     return method == b"GET" and _LOCAL.fullmatch(path) is not None
+
+
+# The push feed (``/feed/{token}/``, ``/feed/{token}``, ``/feed/{token}/{session}``).
+_FEED = re.compile(rb"/feed/([^/?#\s]+)(?:/[^/?#\s]*)?")
+
+
+def owner(digest: bytes, count: int) -> int:
+    """The process (``0..count-1``) serving every connection of the feed token whose SHA-256
+    digest is ``digest`` (token affinity: a token's sessions, take-overs, session count and
+    revocation are one process's state). Stable for a given ``count``."""
+    return int.from_bytes(digest[:8], "big") % count
+
+
+def target(head: bytes, me: int, count: int, *, feed: bool) -> int:
+    """Which process serves the connection whose first bytes are ``head``, when process
+    ``me`` accepted it: ``me`` for a live stream; with ``feed`` (the push feed served by every
+    process), the feed token's owner for a push-feed connection; else the writer (0)."""
+    found = request_target(head)
+    if found is None:
+        return 0
+    method, path = found
+    if method != b"GET":
+        return 0
+    if _LOCAL.fullmatch(path) is not None:
+        return me
+    if feed and count > 1:
+        m = _FEED.fullmatch(path)
+        if m is not None:  # decoded as the app decodes the path (the digest of that)
+            token = urllib.parse.unquote_to_bytes(m.group(1))
+            return owner(hashlib.sha256(token).digest(), count)
+    return 0
 
 
 def complete(head: bytes) -> bool:

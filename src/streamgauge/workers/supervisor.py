@@ -87,8 +87,10 @@ class Workers:
         data: Path,
         server: GracefulServer,
         engine: Engine,
+        feed: bool = False,
     ) -> None:
         self.count = count
+        self.feed = feed  # the push feed served by every process (``routing.target``)
         self.host, self.port, self.data = host, port, data
         self.server = server
         self.engine = engine
@@ -98,6 +100,7 @@ class Workers:
         self._delay: dict[int, float] = {}
         self._stopping = False
         self.handed = 0  # connections the workers handed to this process
+        self.passed = 0  # connections this process passed to a worker
 
     @property
     def pids(self) -> dict[int, int]:
@@ -140,6 +143,9 @@ class Workers:
             str(bus_child.fileno()),
             "--handoff-fd",
             str(hand_child.fileno()),
+            "--count",
+            str(self.count),
+            *(["--feed"] if self.feed else []),
         ]
         try:
             proc = subprocess.Popen(
@@ -170,6 +176,7 @@ class Workers:
             if not msg and not fds:  # the worker's end closed
                 asyncio.get_running_loop().remove_reader(w.handoff.fileno())
                 return
+            to = msg[1] if len(msg) > 1 else 0  # the process serving it (``hand_message``)
             for fd in fds:
                 conn = socket.socket(fileno=fd)
                 conn.setblocking(False)
@@ -177,9 +184,26 @@ class Workers:
                 if self._stopping:
                     conn.close()
                     continue
+                if to:
+                    self.pass_to(to, conn)
+                    continue
                 task = asyncio.create_task(self.server.adopt(conn))
                 w.adopting.add(task)
                 task.add_done_callback(w.adopting.discard)
+
+    def pass_to(self, n: int, conn: socket.socket) -> None:
+        """Pass ``conn`` (nothing read from it) to worker ``n``, which serves it; a worker that
+        is not running (restarting) cannot: the connection is closed and its client retries
+        (no other process may serve what is worker ``n``'s)."""
+        w = self._workers.get(n)
+        try:
+            if w is not None and w.proc.poll() is None and not self._stopping:
+                socket.send_fds(w.handoff, [b"c"], [conn.fileno()])
+                self.passed += 1
+        except OSError as e:
+            log.warning("passing a connection to worker %d failed: %s", n, e)
+        finally:
+            conn.close()
 
     async def _watch(self, w: _Worker) -> None:
         code = await asyncio.to_thread(w.proc.wait)
@@ -233,25 +257,82 @@ class Workers:
 
 
 class WriterServer(GracefulServer):
-    """The writer process's server with ``count - 1`` fan-out workers beside it."""
+    """The writer process's server with ``count - 1`` fan-out workers beside it.
 
-    def __init__(self, config: object, *, count: int, host: str, port: int, data: Path) -> None:
+    ``feed``: the push feed is served by every process, each token's connections by one
+    (``routing.target``): this process then accepts its connections itself, looks at each
+    one's first line (``MSG_PEEK``) and passes a feed connection of a worker's token to that
+    worker (``Workers.pass_to``); its own feed store expires only its own tokens' sessions."""
+
+    def __init__(
+        self,
+        config: object,
+        *,
+        count: int,
+        host: str,
+        port: int,
+        data: Path,
+        feed: bool = False,
+    ) -> None:
         super().__init__(config)  # type: ignore[arg-type]
         self.count, self.host, self.port, self.data = count, host, port, data
+        self.feed = feed and count > 1
         self.workers: Workers | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.feed and sockets:
+            self._listener = sockets[0]
+            sockets = []
         await super().startup(sockets)
         if not self.started:
             return
         engine = getattr(getattr(self.config.app, "state", None), "engine", None)
         assert isinstance(engine, Engine)
         self.workers = Workers(
-            self.count, host=self.host, port=self.port, data=self.data, server=self, engine=engine
+            self.count,
+            host=self.host,
+            port=self.port,
+            data=self.data,
+            server=self,
+            engine=engine,
+            feed=self.feed,
         )
+        if self.feed:
+            from streamgauge.workers import routing
+
+            count = self.count
+            engine.feeds.owns = lambda digest: routing.owner(digest, count) == 0  # type: ignore[attr-defined]
         await self.workers.start()
+        if self._listener is not None:
+            from streamgauge.workers.process import accept_loop
+
+            self._listener.setblocking(False)
+            self._accepting = asyncio.create_task(
+                accept_loop(self._listener, self._route, "writer")
+            )
+
+    async def _route(self, conn: socket.socket) -> None:
+        from streamgauge.workers import routing
+        from streamgauge.workers.process import peek_head
+
+        try:
+            head = await peek_head(conn)
+        except (TimeoutError, OSError):
+            head = b""
+        to = routing.target(head, 0, self.count, feed=True) if head else 0
+        if to and self.workers is not None:
+            self.workers.pass_to(to, conn)
+        else:
+            await self.adopt(conn)
 
     def _begin_shutdown(self) -> None:
+        if self._accepting is not None:
+            self._accepting.cancel()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.close()
         if self.workers is not None:
             self.workers.begin_shutdown()
         super()._begin_shutdown()

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from streamgauge.domain import events as ev
 from streamgauge.domain.errors import NotFound
 from streamgauge.domain.feeds import FeedSession, FeedToken, SessionLimit
 from streamgauge.domain.model import now_iso
@@ -77,6 +78,10 @@ class FeedStore:
         self._owners: dict[str, _Owner] = {}
         self._closers: dict[int, set[Callable[[str], None]]] = {}  # token pk -> open connections
         self._task: asyncio.Task[None] | None = None
+        # With the push feed served by fan-out workers (docs/workers.md): whether this process
+        # serves the token of a digest (each token's sessions are one process's); None: all.
+        # ``expire`` then deletes only the sessions of the tokens this process serves.
+        self.owns: Callable[[bytes], bool] | None = None
 
     async def start(self) -> None:
         def load(conn: sqlite3.Connection) -> list[tuple[int, str, int, str, bytes, str]]:
@@ -106,8 +111,13 @@ class FeedStore:
     # -- tokens ---------------------------------------------------------------------------------
 
     def token_for(self, token: str) -> FeedToken | None:
-        tok = self._by_digest.get(digest(token))
+        dig = digest(token)
+        tok = self._by_digest.get(dig)
         if tok is None or tok.project_pk not in self._store.registry.projects_by_pk:
+            return None
+        if self.owns is not None and not self.owns(dig):
+            # Another process serves this token's sessions (a feed request that came second
+            # on a kept-alive connection another route chose): refused, never served twice.
             return None
         return tok
 
@@ -132,6 +142,10 @@ class FeedStore:
                 (id_, project_pk, name, digest(token), created),
             )
             assert cur.lastrowid is not None
+            # for the fan-out worker serving the token's sessions (ignored by this process)
+            tx.events.append(
+                ev.FeedTokenPut(cur.lastrowid, id_, project_pk, name, digest(token).hex(), created)
+            )
             return cur.lastrowid
 
         pk = await self._store.write(insert)
@@ -152,6 +166,7 @@ class FeedStore:
         def delete(tx: Tx) -> None:
             tx.execute("DELETE FROM feed_sessions WHERE token_pk = ?", (tok.pk,))
             tx.execute("DELETE FROM feed_tokens WHERE pk = ?", (tok.pk,))
+            tx.events.append(ev.FeedTokenDropped(tok.pk))
 
             def committed() -> None:
                 self._count.pop(tok.pk, None)
@@ -159,10 +174,25 @@ class FeedStore:
             tx.after_commit.append(committed)
 
         await self._store.write(delete)
-        self._by_pk.pop(tok.pk, None)
-        self._by_digest = {d: t for d, t in self._by_digest.items() if t.pk != tok.pk}
-        for close in list(self._closers.pop(tok.pk, ())):
+        self._drop_token(tok.pk)
+
+    def _drop_token(self, token_pk: int) -> None:
+        self._by_pk.pop(token_pk, None)
+        self._by_digest = {d: t for d, t in self._by_digest.items() if t.pk != token_pk}
+        for close in list(self._closers.pop(token_pk, ())):
             close("feed token revoked")
+
+    def follow(self, event: ev.MetaEvent) -> None:
+        """A token created or revoked by another process (``FeedTokenPut``,
+        ``FeedTokenDropped``, in the metadata feed's order; ``Engine.followers``): known, or
+        refused and its open connections closed, at once."""
+        if isinstance(event, ev.FeedTokenPut):
+            tok = FeedToken(event.pk, event.id, event.project_pk, event.name, event.created)
+            self._by_digest[bytes.fromhex(event.digest)] = tok
+            self._by_pk[event.pk] = tok
+        elif isinstance(event, ev.FeedTokenDropped):
+            self._count.pop(event.pk, None)
+            self._drop_token(event.pk)
 
     def attach(self, token: FeedToken, close: Callable[[str], None]) -> Callable[[], None]:
         """Register an open connection of ``token`` (closed on revoke); returns the detach."""
@@ -336,14 +366,19 @@ class FeedStore:
     async def expire(self) -> int:
         """Delete detached sessions unused for longer than the retention; returns how many."""
         oldest = _now_ms() - self._retention_ms
+        owns = self.owns
+        sql = (
+            "DELETE FROM feed_sessions WHERE touched < ?"
+            " AND id NOT IN (SELECT value FROM json_each(?))"
+        )
+        params: tuple[object, ...] = ()
+        if owns is not None:
+            sql += " AND token_pk IN (SELECT value FROM json_each(?))"
+            params = (orjson.dumps([t.pk for d, t in self._by_digest.items() if owns(d)]),)
 
         def delete(tx: Tx) -> int:
             keep = orjson.dumps(list(self._live) + list(self._opening))
-            gone = tx.execute(
-                "DELETE FROM feed_sessions WHERE touched < ?"
-                " AND id NOT IN (SELECT value FROM json_each(?)) RETURNING token_pk",
-                (oldest, keep),
-            ).fetchall()
+            gone = tx.execute(sql + " RETURNING token_pk", (oldest, keep, *params)).fetchall()
 
             def committed() -> None:
                 for (token_pk,) in gone:
