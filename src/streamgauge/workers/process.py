@@ -2,10 +2,12 @@
 
 It binds the serving port with ``SO_REUSEPORT`` (the kernel spreads new connections over the
 writer and the workers), accepts, peeks at each connection's first request line
-(``routing.serves_locally``) and either serves the connection itself (a live stream: uvicorn's
-protocol over the accepted socket, the app over a ``WorkerEngine``) or hands the socket to the
-writer process over the hand-off socket (``SCM_RIGHTS``; nothing was read from it), which then
-serves it as its own.
+(``routing.target``) and either serves the connection itself (a live stream, or with the push
+feed in workers a feed connection of a token it owns: uvicorn's protocol over the accepted
+socket, the app over a ``WorkerEngine``) or hands the socket to the writer process over the
+hand-off socket (``SCM_RIGHTS``; nothing was read from it), which then serves it as its own or,
+for a feed token another worker owns, passes it on. With the push feed in workers the writer
+also passes connections to this worker over the same socket.
 
 Its engine follows the writer over the bus socket; if the writer's end closes, the worker shuts
 down (every stream gets its closing frame and resume cursor). On SIGTERM the same.

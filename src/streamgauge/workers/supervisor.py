@@ -8,7 +8,8 @@ processes (``workers/process.py``) and, for each:
 * relays every batch it hands on and every metadata run it commits over the worker's bus
   socket (``bus/local.Relay``), before its own hub has the batch;
 * serves the connections the worker hands over (``SCM_RIGHTS`` on a ``SOCK_SEQPACKET`` pair):
-  everything that is not a live stream;
+  everything that is not a live stream (with the push feed in workers, a feed connection of
+  another worker's token is passed on to that worker, ``Workers.pass_to``);
 * restarts it when it exits (a kill -9 included), after a short, growing pause; a worker holds
   no data, so nothing acknowledged is lost (its clients resume, on any process).
 
