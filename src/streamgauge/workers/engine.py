@@ -58,6 +58,7 @@ class WorkerEngine(Engine):
             feeds.owns = feed_owns
             self.feeds = feeds
             self.followers.append(feeds.follow)
+            self.resyncs.append(feeds.reload_tokens)  # behind what the event feed keeps
 
     async def start(self) -> None:
         private_dir(self.settings.data)

@@ -82,22 +82,15 @@ class FeedStore:
         # serves the token of a digest (each token's sessions are one process's); None: all.
         # ``expire`` then deletes only the sessions of the tokens this process serves.
         self.owns: Callable[[bytes], bool] | None = None
+        self._following: list[ev.MetaEvent] | None = None  # while ``reload_tokens`` reads
 
     async def start(self) -> None:
-        def load(conn: sqlite3.Connection) -> list[tuple[int, str, int, str, bytes, str]]:
-            return conn.execute(
-                "SELECT pk, id, project_pk, name, digest, created FROM feed_tokens"
-            ).fetchall()
-
         def counts(conn: sqlite3.Connection) -> list[tuple[int, int]]:
             return conn.execute(
                 "SELECT token_pk, count(*) FROM feed_sessions GROUP BY token_pk"
             ).fetchall()
 
-        for pk, id_, project_pk, name, dig, created in await self._store.read(load):
-            tok = FeedToken(pk, id_, project_pk, name, created)
-            self._by_digest[bytes(dig)] = tok
-            self._by_pk[pk] = tok
+        await self.reload_tokens()
         self._count = dict(await self._store.read(counts))
         await self.expire()
         self._task = asyncio.create_task(self._flusher())
@@ -109,6 +102,31 @@ class FeedStore:
         await self.flush()
 
     # -- tokens ---------------------------------------------------------------------------------
+
+    async def reload_tokens(self) -> None:
+        """Read every token (at start; and in a fan-out worker that missed token events: the
+        ones no longer stored are dropped, their connections closed)."""
+
+        def load(conn: sqlite3.Connection) -> list[tuple[int, str, int, str, bytes, str]]:
+            return conn.execute(
+                "SELECT pk, id, project_pk, name, digest, created FROM feed_tokens"
+            ).fetchall()
+
+        self._following = []
+        try:
+            rows = await self._store.read(load)
+        finally:
+            followed, self._following = self._following, None
+        stored = {bytes(row[4]): row[0] for row in rows}
+        for dig, tok in list(self._by_digest.items()):
+            if stored.get(dig) != tok.pk:  # revoked (its pk may be a newer token's now)
+                self._drop_token(tok.pk)
+        for pk, id_, project_pk, name, dig, created in rows:
+            tok = FeedToken(pk, id_, project_pk, name, created)
+            self._by_digest[bytes(dig)] = tok
+            self._by_pk[pk] = tok
+        for event in followed:  # followed while the read ran: again, in order, on top of it
+            self.follow(event)
 
     def token_for(self, token: str) -> FeedToken | None:
         dig = digest(token)
@@ -186,6 +204,8 @@ class FeedStore:
         """A token created or revoked by another process (``FeedTokenPut``,
         ``FeedTokenDropped``, in the metadata feed's order; ``Engine.followers``): known, or
         refused and its open connections closed, at once."""
+        if self._following is not None:
+            self._following.append(event)
         if isinstance(event, ev.FeedTokenPut):
             tok = FeedToken(event.pk, event.id, event.project_pk, event.name, event.created)
             self._by_digest[bytes.fromhex(event.digest)] = tok
