@@ -188,10 +188,15 @@ class WorkerServer(GracefulServer):
         except (TimeoutError, OSError):
             head = b""
         to = routing.target(head, self.worker, self.count, feed=self.feed) if head else 0
-        if to == self.worker and not self.should_exit:
-            self.served += 1
-            await self.adopt(conn)
-            return
+        if to == self.worker:
+            if not self.should_exit:
+                self.served += 1
+                await self.adopt(conn)
+                return
+            if not routing.serves_locally(head):  # its own feed token's, while it stops:
+                conn.close()  # no other process may serve it (the client retries)
+                return
+            to = 0  # a live stream while this worker stops: the writer serves it
         self.handed += 1
         message = hand_message(to)
         try:
