@@ -9,10 +9,12 @@ before it committed, and cursors are unique, gapless and in commit order across 
 (one statement, one snapshot) always sees a prefix of the log.
 
 Duplicates: the in-memory latest time of each series (the registry's ``latest``) says which
-rows are new for sure. It is exact only while this process wrote every row, so when the head
-read under the lock is not the last cursor this process wrote, another node has written: the
-latest times of the batch's series are read again from the database (one index seek each)
-before the rules screen the batch. The probe of older rows always asks the database.
+rows are new for sure. It is exact at the last cursor this process saw: when the head read
+under the lock is further on, another node has written, and the rows it committed in between
+are read (``qcshared.follow``: they move the latest times and the QC state as if this process
+had written them) before the rules screen the batch. The writer follows the log without the
+lock too, before each job and when idle, so the part read under the lock is only what
+committed since. The probe of older rows always asks the database.
 
 Faults: connections have connect, statement and TCP timeouts. A write or read that fails on a
 connection error raises ``Unavailable`` with ``Retry-After`` (503); the connection is dropped and
@@ -66,7 +68,8 @@ from streamgauge.store.sqlite.fair import FairGate
 
 T = TypeVar("T")
 log = logging.getLogger("streamgauge.store")
-IDLE_SECONDS = 0.5  # a writer idle this long checkpoints the QC state
+IDLE_SECONDS = 0.5  # a writer idle this long follows the log and checkpoints the QC state
+CHECKPOINT_ROWS = 500_000  # log rows after the QC checkpoint from which a busy writer writes one
 REPLAY_ROWS = 200_000  # log rows per read while replaying QC on open
 COPY_SQL = "COPY obs (cursor, series, time, num, txt, qc, received) FROM STDIN (FORMAT BINARY)"
 COPY_TYPES = ["int8", "int8", "int8", "float8", "text", "int8", "int8"]
@@ -124,7 +127,11 @@ class PgStore:
         self._gate = FairGate(readers)
         self._closed = False
         self.write_seconds = 0.0
+        # Series whose QC state moved since this process's last checkpoint (its own appends'
+        # and those it followed), whether it appended since, and the cursor of the last one.
         self._qc_dirty: set[int] = set()
+        self._qc_own = False
+        self._qc_checkpointed = 0
         self._writer_conn: Conn | None = None
         self._folder: asyncio.Task[None] | None = None
         # Ends statements PostgreSQL no longer answers (store/postgres/watch.py).
@@ -224,12 +231,12 @@ class PgStore:
             st.last_time[series] = last_time
             st.last_value[series] = np.nan if last_value is None else last_value
             st.same_since[series] = same_since
-        after = _state(conn, "qc_cursor")
-        while True:
+        after = self._qc_checkpointed = _state(conn, "qc_cursor")
+        while True:  # up to the head loaded: what committed since is followed by the writer
             chunk = conn.execute(
-                "SELECT cursor, series, time, num FROM obs WHERE cursor > %s "
+                "SELECT cursor, series, time, num FROM obs WHERE cursor > %s AND cursor <= %s "
                 "ORDER BY cursor LIMIT %s",
-                (after, REPLAY_ROWS),
+                (after, self._writer_head, REPLAY_ROWS),
             ).fetchall()
             if not chunk:
                 break
@@ -269,12 +276,16 @@ class PgStore:
             try:
                 job = self._queue.get(timeout=IDLE_SECONDS)
             except queue.Empty:
-                self._checkpoint_qc()
+                self._follow_unlocked()
+                if self._qc_own:
+                    self._checkpoint_qc()
                 continue
             if job is None:
-                self._checkpoint_qc()
+                if self._qc_own:
+                    self._checkpoint_qc()
                 break
             fn, fut = job
+            self._follow_unlocked()  # what other nodes committed: not read under the lock
             started = time.perf_counter()
             try:
                 tx = self._run(fn)
@@ -295,6 +306,8 @@ class PgStore:
             for batch in tx.publish:
                 loop.call_soon_threadsafe(self._published, batch)
             loop.call_soon_threadsafe(_succeed, fut, tx.result)
+            if self._writer_head - self._qc_checkpointed >= CHECKPOINT_ROWS:
+                self._checkpoint_qc()
         if self._writer_conn is not None:
             self._writer_conn.close()
 
@@ -368,40 +381,79 @@ class PgStore:
         self._head = max(self._head, batch.last)
         self._publish(batch)
 
-    def _checkpoint_qc(self) -> None:
-        """Write the QC state of the series changed since the last checkpoint, with the cursor
-        it is current at (``qc_cursor``)."""
-        if not self._qc_dirty:
+    def _follow(self, conn: Conn, head: int) -> None:
+        """Move the latest times and the QC state past the rows other processes committed
+        after ``_writer_head`` up to ``head`` (``qcshared``), in cursor order."""
+        if head <= self._writer_head:
             return
-        st = self.registry.qc_state
-        dirty = np.fromiter(self._qc_dirty, np.int64, len(self._qc_dirty))
-        dirty = dirty[dirty < len(st.last_time)]
-        last_value = st.last_value[dirty]
+        reg = self.registry
+        for covered, series, times, numeric, flags in qcshared.committed(
+            conn, self._writer_head, head
+        ):
+            if len(series):
+                reg.restore_latest(*qcshared.latest_of(series, times))
+                self.rules.advance(series, times, numeric, flags)
+                self._qc_dirty.update(np.unique(series).tolist())
+            self._writer_head = covered  # applied: never applied twice, whatever fails next
+
+    def _follow_unlocked(self) -> None:
+        """``_follow`` up to the committed head, without the log lock (the committed prefix
+        does not change); a failure is left to the next transaction to find."""
+        conn = self._writer_conn
+        if conn is None or conn.closed:
+            return
         try:
-            self._run(
-                lambda tx: (
-                    tx.execute(
-                        "INSERT INTO qc_state SELECT * FROM unnest("
-                        "%s::int8[], %s::int8[], %s::float8[], %s::int8[]) "
-                        "ON CONFLICT (series) DO UPDATE SET last_time = excluded.last_time, "
-                        "last_value = excluded.last_value, same_since = excluded.same_since",
-                        (
-                            dirty.tolist(),
-                            st.last_time[dirty].tolist(),
-                            [None if np.isnan(v) else v for v in last_value.tolist()],
-                            st.same_since[dirty].tolist(),
-                        ),
-                    ),
-                    tx.execute(
-                        "UPDATE state SET value = greatest(value, %s) WHERE key = 'qc_cursor'",
-                        (self._writer_head,),
-                    ),
-                )
+            with self._watch.busy(conn):
+                self._follow(conn, _state(conn, "head"))
+        except psycopg.Error as exc:
+            if is_connection_error(exc) or conn.broken:
+                self._drop_writer()
+            log.debug("following the log failed: %r", exc)
+
+    def _checkpoint_qc(self) -> None:
+        """Write the QC state of the series changed since this process's last checkpoint,
+        current at the head (``qc_cursor``), after following the log to it. A process that only
+        followed skips it while another's checkpoint is recent."""
+
+        def run(tx: Tx) -> None:
+            head = _state(tx.conn, "head")
+            self._follow(tx.conn, head)
+            stored = _state(tx.conn, "qc_cursor")
+            if not self._qc_own and head - stored < CHECKPOINT_ROWS:
+                self._qc_checkpointed = stored
+                return
+            st = self.registry.qc_state
+            dirty = np.fromiter(self._qc_dirty, np.int64, len(self._qc_dirty))
+            dirty = dirty[dirty < len(st.last_time)]
+            last_value = st.last_value[dirty]
+            tx.execute(
+                "INSERT INTO qc_state SELECT * FROM unnest("
+                "%s::int8[], %s::int8[], %s::float8[], %s::int8[]) "
+                "ON CONFLICT (series) DO UPDATE SET last_time = excluded.last_time, "
+                "last_value = excluded.last_value, same_since = excluded.same_since",
+                (
+                    dirty.tolist(),
+                    st.last_time[dirty].tolist(),
+                    [None if np.isnan(v) else v for v in last_value.tolist()],
+                    st.same_since[dirty].tolist(),
+                ),
             )
+            tx.execute("UPDATE state SET value = %s WHERE key = 'qc_cursor'", (head,))
+
+            def done() -> None:
+                self._qc_dirty.clear()
+                self._qc_own = False
+                self._qc_checkpointed = head
+
+            tx.after_commit.append(done)
+
+        try:
+            done = self._run(run)
         except (psycopg.Error, StreamgaugeError):
             log.warning("checkpointing the QC state failed; will retry", exc_info=True)
             return
-        self._qc_dirty.clear()
+        for hook in done.after_commit:
+            hook()
 
     async def write(self, fn: Callable[[Tx], T]) -> T:
         """Run ``fn`` in one write transaction on the writer thread."""
@@ -541,12 +593,8 @@ class PgStore:
         # The cluster-wide commit order (``_run`` took the log lock): the head read now sees
         # every append committed before.
         head = _state(tx.conn, "head")  # a new statement: sees every append committed before
+        self._follow(tx.conn, head)  # another process wrote: its rows move our latest and QC
         series = self._resolve_series(tx, c)
-        shared_qc = getattr(rules, "quality_control", True)  # QC state moves on append
-        if head != self._writer_head:  # another process wrote: our latest times may be stale
-            self._refresh_latest(tx, series)
-            if shared_qc:  # ... and the QC state of the batch's series (qcshared.py)
-                qcshared.refresh(tx, reg.qc_state, np.unique(series))
         screen = rules.screen(series, c.times, c.values, reg.latest[series])
         found = (
             _probe(tx.conn, series[screen.probe], c.times[screen.probe])
@@ -564,7 +612,6 @@ class PgStore:
         accepted = len(idx)
         dups = verdict.duplicates
         if not accepted:
-            self._writer_head = head
             return AppendResult(0, dups, None, None)
         first = head + 1
         last = head + accepted
@@ -575,47 +622,25 @@ class PgStore:
         q_keep = rules.flag(s_keep, t_keep, numeric)
         received = int(time.time() * 1000)
         _copy_rows(tx.conn, cursors, s_keep, t_keep, values, q_keep, received)
-        if shared_qc:  # the state moves now, is stored with the rows, and is undone with them
-            moved = np.unique(s_keep)
-            before = qcshared.saved(reg.qc_state, moved)
-            tx.on_rollback.append(functools.partial(qcshared.restore, reg.qc_state, moved, before))
-            rules.advance(s_keep, t_keep, numeric, q_keep)
-            qcshared.write(tx, reg.qc_state, moved)
-            tx.execute(  # the stored state is current at the head: nothing to replay on open
-                "UPDATE state SET value = %s WHERE key IN ('head', 'qc_cursor')", (last,)
-            )
-        else:
-            tx.execute("UPDATE state SET value = %s WHERE key = 'head'", (last,))
+        tx.execute("UPDATE state SET value = %s WHERE key = 'head'", (last,))
+        # The QC state moves now and is undone if the transaction fails (a commit that failed
+        # only on its reply is followed from the log by the next append: ``_follow``).
+        moved = np.unique(s_keep)
+        before = qcshared.saved(reg.qc_state, moved)
+        tx.on_rollback.append(functools.partial(qcshared.restore, reg.qc_state, moved, before))
+        rules.advance(s_keep, t_keep, numeric, q_keep)
+        self._qc_dirty.update(moved.tolist())
+        self._qc_own = True
 
         def advance() -> None:
             self._writer_head = last
             np.maximum.at(reg.latest, s_keep, t_keep)
-            if not shared_qc:
-                rules.advance(s_keep, t_keep, numeric, q_keep)
-                self._qc_dirty.update(np.unique(s_keep).tolist())
 
         tx.after_commit.append(advance)
         tx.publish.append(
             Batch(c.project_pk, cursors, s_keep, t_keep, values, q_keep, time.monotonic_ns())
         )
         return AppendResult(accepted, dups, first, last)
-
-    def _refresh_latest(self, tx: Tx, series: npt.NDArray[np.int64]) -> None:
-        """The latest stored time of each of ``series`` read from the database (one index
-        seek per series), for a batch appended after another process wrote."""
-        uniq = np.unique(series)
-        reg = self.registry
-        rows = [
-            (int(pk), int(latest))
-            for pk, latest in tx.execute(
-                "SELECT s, (SELECT max(time) FROM obs WHERE series = s) FROM unnest(%s::int8[]) s",
-                (uniq.tolist(),),
-            )
-            if latest is not None
-        ]
-        if rows:
-            pks, latest = zip(*rows, strict=True)
-            reg.restore_latest(pks, latest)
 
     def _resolve_series(self, tx: Tx, c: IngestColumns) -> npt.NDArray[np.int64]:
         """Series pk of every row. A series this process does not know is looked up in the
