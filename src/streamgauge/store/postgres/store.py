@@ -71,6 +71,13 @@ log = logging.getLogger("streamgauge.store")
 IDLE_SECONDS = 0.5  # a writer idle this long follows the log and checkpoints the QC state
 CHECKPOINT_ROWS = 500_000  # log rows after the QC checkpoint from which a busy writer writes one
 REPLAY_ROWS = 200_000  # log rows per read while replaying QC on open
+# Opens every write transaction in one round trip: the statements of a simple query run one
+# after the other, each in a new snapshot (read committed), so the head is read after the log
+# lock was granted and sees every transaction that held it before (docs/cluster.md, "One log").
+BEGIN_SQL = (
+    f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {LOG_LOCK}); "
+    "SELECT value FROM state WHERE key = 'head'"
+).encode()
 COPY_SQL = "COPY obs (cursor, series, time, num, txt, qc, received) FROM STDIN (FORMAT BINARY)"
 COPY_TYPES = ["int8", "int8", "int8", "float8", "text", "int8", "int8"]
 FOLD_SECONDS = 1.0  # how often a node looks for rows to fold into the summaries (_fold_loop)
@@ -132,6 +139,7 @@ class PgStore:
         self._qc_dirty: set[int] = set()
         self._qc_own = False
         self._qc_checkpointed = 0
+        self._followed = False  # the last look at the head found rows of another process
         self._writer_conn: Conn | None = None
         self._folder: asyncio.Task[None] | None = None
         # Ends statements PostgreSQL no longer answers (store/postgres/watch.py).
@@ -285,7 +293,8 @@ class PgStore:
                     self._checkpoint_qc()
                 break
             fn, fut = job
-            self._follow_unlocked()  # what other nodes committed: not read under the lock
+            if self._followed:  # another node writes: read its rows before taking the lock
+                self._follow_unlocked()
             started = time.perf_counter()
             try:
                 tx = self._run(fn)
@@ -336,14 +345,24 @@ class PgStore:
             conn = self._writer_conn
             tx = Tx(conn)
             last_seq = 0
-            with self._watch.busy(conn), conn.transaction():
-                # Every write of every node, one at a time, in commit order: log cursors and
-                # event sequence numbers are numbered from ``state`` under this lock.
-                tx.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOG_LOCK))
-                locked = True
-                result = fn(tx)
-                if tx.events:  # in the same transaction: a change and its events, or neither
-                    last_seq = metadata.write_events(tx, tx.events, int(time.time() * 1000))
+            with self._watch.busy(conn):
+                try:
+                    # Every write of every node, one at a time, in commit order: log cursors
+                    # and event sequence numbers are numbered from ``state`` under this lock.
+                    tx.head = int(_last_row(conn.execute(BEGIN_SQL))[0])
+                    locked = True
+                    result = fn(tx)
+                    if tx.events:  # in the same transaction: a change and its events, or neither
+                        last_seq = metadata.write_events(tx, tx.events, int(time.time() * 1000))
+                    commit = b"COMMIT"
+                    if tx.new_head is not None:  # int: nothing to quote
+                        commit = b"UPDATE state SET value = %d WHERE key = 'head'; COMMIT" % (
+                            tx.new_head
+                        )
+                    conn.execute(commit)
+                except BaseException:
+                    _rollback(conn)
+                    raise
             return _Done(tx, result, last_seq)
         except BaseException as exc:
             if tx is not None:
@@ -384,7 +403,8 @@ class PgStore:
     def _follow(self, conn: Conn, head: int) -> None:
         """Move the latest times and the QC state past the rows other processes committed
         after ``_writer_head`` up to ``head`` (``qcshared``), in cursor order."""
-        if head <= self._writer_head:
+        self._followed = head > self._writer_head
+        if not self._followed:
             return
         reg = self.registry
         for covered, series, times, numeric, flags in qcshared.committed(
@@ -416,7 +436,7 @@ class PgStore:
         followed skips it while another's checkpoint is recent."""
 
         def run(tx: Tx) -> None:
-            head = _state(tx.conn, "head")
+            head = tx.head
             self._follow(tx.conn, head)
             stored = _state(tx.conn, "qc_cursor")
             if not self._qc_own and head - stored < CHECKPOINT_ROWS:
@@ -590,9 +610,9 @@ class PgStore:
         reg = self.registry
         rules = self.rules
         n = len(c.times)
-        # The cluster-wide commit order (``_run`` took the log lock): the head read now sees
-        # every append committed before.
-        head = _state(tx.conn, "head")  # a new statement: sees every append committed before
+        # The cluster-wide commit order: ``_run`` read the head after the log lock was granted,
+        # so it sees every append committed before.
+        head = tx.head
         self._follow(tx.conn, head)  # another process wrote: its rows move our latest and QC
         series = self._resolve_series(tx, c)
         screen = rules.screen(series, c.times, c.values, reg.latest[series])
@@ -621,8 +641,8 @@ class PgStore:
         numeric = _numeric(values)
         q_keep = rules.flag(s_keep, t_keep, numeric)
         received = int(time.time() * 1000)
-        _copy_rows(tx.conn, cursors, s_keep, t_keep, values, q_keep, received)
-        tx.execute("UPDATE state SET value = %s WHERE key = 'head'", (last,))
+        _copy_rows(tx.conn, cursors, s_keep, t_keep, values, numeric, q_keep, received)
+        tx.head = tx.new_head = last  # stored with the commit (``_run``)
         # The QC state moves now and is undone if the transaction fails (a commit that failed
         # only on its reply is followed from the log by the next append: ``_follow``).
         moved = np.unique(s_keep)
@@ -944,6 +964,27 @@ def _fold_step(conn: Conn) -> int:
     return last - first
 
 
+def _last_row(cur: psycopg.Cursor[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """The row of the last statement of a simple query of several."""
+    while cur.nextset():
+        pass
+    row = cur.fetchone()
+    if row is None:
+        raise RuntimeError("the statement returned no row")
+    return row
+
+
+def _rollback(conn: Conn) -> None:
+    """End the open transaction of a write that failed (nothing to do if the connection is
+    gone: the server rolls it back)."""
+    if conn.closed or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        return
+    try:
+        conn.execute(b"ROLLBACK")
+    except psycopg.Error as exc:
+        log.debug("rolling back failed: %r", exc)
+
+
 def _state(conn: Conn, key: str) -> int:
     row = conn.execute("SELECT value FROM state WHERE key = %s", (key,)).fetchone()
     return 0 if row is None else int(row[0])
@@ -969,27 +1010,72 @@ def _copy_rows(
     series: npt.NDArray[np.int64],
     times: npt.NDArray[np.int64],
     values: list[Any],
+    numeric: npt.NDArray[np.float64],
     qc: npt.NDArray[np.int64],
     received: int,
 ) -> None:
     """Append rows to the log with binary COPY (a number goes to ``num``, a string to
-    ``txt``)."""
-    nums = [v if type(v) is float else None for v in values]
-    txts = [v if type(v) is str else None for v in values]
+    ``txt``). A batch of numbers only is encoded by numpy in one buffer; others row by row."""
     with conn.cursor() as cur, cur.copy(COPY_SQL.encode()) as copy:
+        if all(type(v) is float for v in values):
+            copy.write(_copy_numbers(cursors, series, times, numeric, qc, received))
+            return
         copy.set_types(COPY_TYPES)
         write = copy.write_row
         for row in zip(
             cursors.tolist(),
             series.tolist(),
             times.tolist(),
-            nums,
-            txts,
+            [v if type(v) is float else None for v in values],
+            [v if type(v) is str else None for v in values],
             qc.tolist(),
-            [received] * len(nums),
+            [received] * len(values),
             strict=True,
         ):
             write(row)
+
+
+# One row of ``COPY_SQL`` in PostgreSQL's binary format with a number and no text: the field
+# count, then each field's byte length and big-endian value (length -1: NULL, no value).
+_COPY_ROW = np.dtype(
+    [
+        ("fields", ">i2"),
+        ("cursor_len", ">i4"),
+        ("cursor", ">i8"),
+        ("series_len", ">i4"),
+        ("series", ">i8"),
+        ("time_len", ">i4"),
+        ("time", ">i8"),
+        ("num_len", ">i4"),
+        ("num", ">f8"),
+        ("txt_len", ">i4"),
+        ("qc_len", ">i4"),
+        ("qc", ">i8"),
+        ("received_len", ">i4"),
+        ("received", ">i8"),
+    ]
+)
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no extension
+_COPY_TRAILER = b"\xff\xff"
+
+
+def _copy_numbers(
+    cursors: npt.NDArray[np.int64],
+    series: npt.NDArray[np.int64],
+    times: npt.NDArray[np.int64],
+    numeric: npt.NDArray[np.float64],
+    qc: npt.NDArray[np.int64],
+    received: int,
+) -> bytes:
+    """The whole binary COPY stream of rows whose values are all numbers."""
+    rows = np.empty(len(cursors), _COPY_ROW)
+    rows["fields"] = len(COPY_TYPES)
+    for name in ("cursor", "series", "time", "num", "qc", "received"):
+        rows[f"{name}_len"] = 8
+    rows["txt_len"] = -1
+    rows["cursor"], rows["series"], rows["time"] = cursors, series, times
+    rows["num"], rows["qc"], rows["received"] = numeric, qc, received
+    return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
 
 
 def _probe(
