@@ -69,6 +69,10 @@ from streamgauge.store.sqlite.fair import FairGate
 T = TypeVar("T")
 log = logging.getLogger("streamgauge.store")
 IDLE_SECONDS = 0.5  # a writer idle this long follows the log and checkpoints the QC state
+# Appends waiting together that the writer commits in one transaction (one lock, one commit
+# flush), each refused or accepted alone (``PgStore._group``).
+GROUP_JOBS = 8
+GROUP_ROWS = 50_000
 CHECKPOINT_ROWS = 500_000  # log rows after the QC checkpoint from which a busy writer writes one
 REPLAY_ROWS = 200_000  # log rows per read while replaying QC on open
 # Opens every write transaction in one round trip: the statements of a simple query run one
@@ -122,9 +126,9 @@ class PgStore:
         }
         self._head = 0  # last cursor published on the loop
         self._writer_head = 0  # last cursor this process committed (writer thread)
-        self._queue: queue.SimpleQueue[tuple[Callable[[Tx], Any], asyncio.Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
+        # Jobs (the write, its caller's future, its rows if it is an append that may share a
+        # transaction with others, else 0); None: close.
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._publish: Callable[[Batch], None] = lambda b: None
@@ -279,10 +283,10 @@ class PgStore:
 
     def _writer(self) -> None:
         assert self._loop is not None
-        loop = self._loop
+        held: list[_Job | None] = []  # taken from the queue, not a member of the group
         while True:
             try:
-                job = self._queue.get(timeout=IDLE_SECONDS)
+                job = held.pop() if held else self._queue.get(timeout=IDLE_SECONDS)
             except queue.Empty:
                 self._follow_unlocked()
                 if self._qc_own:
@@ -292,33 +296,113 @@ class PgStore:
                 if self._qc_own:
                     self._checkpoint_qc()
                 break
-            fn, fut = job
+            jobs = [job]
+            rows = job.rows
+            while rows and len(jobs) < GROUP_JOBS and rows < GROUP_ROWS:  # appends waiting
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None or not more.rows:
+                    held.append(more)
+                    break
+                jobs.append(more)
+                rows += more.rows
             if self._followed:  # another node writes: read its rows before taking the lock
                 self._follow_unlocked()
             started = time.perf_counter()
             try:
-                tx = self._run(fn)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                loop.call_soon_threadsafe(_fail, fut, exc)
-                continue
+                if len(jobs) == 1:
+                    self._one(job)
+                else:
+                    self._group(jobs)
             finally:
                 self.write_seconds += time.perf_counter() - started
-            events = tx.tx.events
-            for event in events[tx.tx.applied :]:  # the registry follows what committed
-                self.registry.apply(event)
-            for hook in tx.after_commit:
-                hook()
-            if events and self.on_events is not None:  # before the batches that need them
-                loop.call_soon_threadsafe(
-                    self.on_events, tx.last_seq - len(events) + 1, tx.last_seq, list(events)
-                )
-            for batch in tx.publish:
-                loop.call_soon_threadsafe(self._published, batch)
-            loop.call_soon_threadsafe(_succeed, fut, tx.result)
             if self._writer_head - self._qc_checkpointed >= CHECKPOINT_ROWS:
                 self._checkpoint_qc()
         if self._writer_conn is not None:
             self._writer_conn.close()
+
+    def _one(self, job: _Job) -> None:
+        """Run a job in a transaction of its own and answer its caller."""
+        assert self._loop is not None
+        try:
+            done = self._run(job.fn)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            self._loop.call_soon_threadsafe(_fail, job.fut, exc)
+            return
+        self._committed(done.tx, done.result, done.last_seq, job.fut)
+
+    def _committed(self, tx: Tx, result: Any, last_seq: int, fut: asyncio.Future[Any]) -> None:
+        """After the commit of ``tx``: the registry, the hooks, the events, the batches, and
+        the caller's answer, in that order."""
+        assert self._loop is not None
+        loop = self._loop
+        events = tx.events
+        for event in events[tx.applied :]:  # the registry follows what committed
+            self.registry.apply(event)
+        for hook in tx.after_commit:
+            hook()
+        if events and self.on_events is not None:  # before the batches that need them
+            loop.call_soon_threadsafe(
+                self.on_events, last_seq - len(events) + 1, last_seq, list(events)
+            )
+        for batch in tx.publish:
+            loop.call_soon_threadsafe(self._published, batch)
+        loop.call_soon_threadsafe(_succeed, fut, result)
+
+    def _group(self, jobs: list[_Job]) -> None:
+        """Appends that waited together, in one transaction: one log lock, one head, one
+        commit flush; each numbered after the one before (contiguous cursors, in queue
+        order), each answered after the shared commit.
+
+        An append refuses a batch (a conflict, a deleted variable) before it writes anything
+        (``_append``), so a refused one is answered alone and the others go on. Any other
+        failure rolls the whole group back (each append's in-memory changes undone, last
+        first); an unreachable store answers every caller 503, anything else runs each
+        append again in a transaction of its own, so one bad batch fails alone."""
+        assert self._loop is not None
+        loop = self._loop
+
+        def run(tx: Tx) -> list[tuple[Tx, Any, BaseException | None, int]]:
+            out: list[tuple[Tx, Any, BaseException | None, int]] = []
+            head = tx.head
+            for job in jobs:
+                sub = Tx(tx.conn)
+                sub.head = head
+                try:
+                    result = job.fn(sub)
+                except StreamgaugeError as exc:  # refused before it wrote anything
+                    for undo in reversed(sub.on_rollback):
+                        undo()
+                    out.append((sub, None, exc, 0))
+                    continue
+                last_seq = 0
+                if sub.events:  # numbered after the events of the appends before it
+                    last_seq = metadata.write_events(sub, sub.events, int(time.time() * 1000))
+                tx.on_rollback[:0] = sub.on_rollback  # undone last first if the group fails
+                head = sub.head
+                out.append((sub, result, None, last_seq))
+            if head != tx.head:
+                tx.new_head = head
+            return out
+
+        try:
+            done = self._run(run)
+        except Unavailable as exc:
+            for job in jobs:
+                loop.call_soon_threadsafe(_fail, job.fut, exc)
+            return
+        except BaseException:  # noqa: BLE001 - each alone: the one at fault fails by itself
+            log.debug("a group of appends failed; running each alone", exc_info=True)
+            for job in jobs:
+                self._one(job)
+            return
+        for (sub, result, refused, last_seq), job in zip(done.result, jobs, strict=True):
+            if refused is not None:
+                loop.call_soon_threadsafe(_fail, job.fut, refused)
+            else:
+                self._committed(sub, result, last_seq, job.fut)
 
     def _run(self, fn: Callable[[Tx], Any]) -> _Done:
         """Run ``fn`` in one transaction on the writer connection (connecting first if the
@@ -480,7 +564,7 @@ class PgStore:
         if self._closed or self._loop is None:
             raise Unavailable("the store is closed")
         fut: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put((fn, fut))
+        self._queue.put(_Job(fn, fut, 0))
         return await fut
 
     # -- readers --------------------------------------------------------------------------------
@@ -538,7 +622,13 @@ class PgStore:
     # -- the log --------------------------------------------------------------------------------
 
     async def append(self, columns: IngestColumns) -> AppendResult:
-        return await self.write(lambda tx: self._append(tx, columns))
+        """Append a batch; appends waiting together share a transaction (``_group``)."""
+        if self._closed or self._loop is None:
+            raise Unavailable("the store is closed")
+        fut: asyncio.Future[AppendResult] = self._loop.create_future()
+        rows = max(1, len(columns.times))
+        self._queue.put(_Job(lambda tx: self._append(tx, columns), fut, rows))
+        return await fut
 
     async def refresh_gone(self) -> None:
         """Read ``gone`` again: the node holding the work lease runs retention, so a resume on
@@ -614,7 +704,7 @@ class PgStore:
         # so it sees every append committed before.
         head = tx.head
         self._follow(tx.conn, head)  # another process wrote: its rows move our latest and QC
-        series = self._resolve_series(tx, c)
+        series, new_series = self._resolve_series(tx, c)
         screen = rules.screen(series, c.times, c.values, reg.latest[series])
         found = (
             _probe(tx.conn, series[screen.probe], c.times[screen.probe])
@@ -628,6 +718,10 @@ class PgStore:
                 "nothing was stored",
                 verdict.conflicts,
             )
+        # Nothing was written so far: a refused batch leaves the transaction as it found it
+        # (``_group`` goes on with the next append).
+        if new_series:
+            self._insert_series(tx, new_series)
         idx = verdict.keep
         accepted = len(idx)
         dups = verdict.duplicates
@@ -643,6 +737,8 @@ class PgStore:
         received = int(time.time() * 1000)
         _copy_rows(tx.conn, cursors, s_keep, t_keep, values, numeric, q_keep, received)
         tx.head = tx.new_head = last  # stored with the commit (``_run``)
+        self._writer_head = last  # the next append of a group continues from here
+        tx.on_rollback.append(functools.partial(setattr, self, "_writer_head", head))
         # The QC state moves now and is undone if the transaction fails (a commit that failed
         # only on its reply is followed from the log by the next append: ``_follow``).
         moved = np.unique(s_keep)
@@ -662,16 +758,20 @@ class PgStore:
         )
         return AppendResult(accepted, dups, first, last)
 
-    def _resolve_series(self, tx: Tx, c: IngestColumns) -> npt.NDArray[np.int64]:
-        """Series pk of every row. A series this process does not know is looked up in the
+    def _resolve_series(
+        self, tx: Tx, c: IngestColumns
+    ) -> tuple[npt.NDArray[np.int64], list[tuple[int, int, int, int, int]]]:
+        """Series pk of every row, and the series created (``_insert_series`` stores them
+        once the batch is accepted). A series this process does not know is looked up in the
         database (another node may have created it) and otherwise created with a pk from
-        ``state.series_end`` (read and moved under the log lock, so nodes never give one pk
-        twice; never reused, as in the embedded store)."""
+        ``state.series_end`` (read under the log lock and moved in the same transaction, so
+        nodes never give one pk twice; never reused, as in the embedded store)."""
         reg = self.registry
         keys = c.variable_pks * 1024 + c.sets
         uniq, inverse = np.unique(keys, return_inverse=True)
         pks = np.empty(len(uniq), np.int64)
         unknown: list[tuple[int, int, int]] = []  # (position, variable pk, set)
+        created: list[tuple[int, int, int, int, int]] = []
         for j, key in enumerate(uniq.tolist()):
             var_pk, set_ = divmod(key, 1024)
             pk = reg.series.get((var_pk, set_))
@@ -689,7 +789,6 @@ class PgStore:
                 )
             }
             end = max(reg.series_end, _state(tx.conn, "series_end"))
-            created: list[tuple[int, int, int, int, int]] = []
             for j, var_pk, set_ in unknown:
                 var = reg.variables_by_pk.get(var_pk)
                 if var is None:
@@ -718,16 +817,21 @@ class PgStore:
                 # it here too: a no-op then).
                 reg.apply(added)
                 pks[j] = pk
-            if created:
-                tx.execute(
-                    "INSERT INTO series (pk, project_pk, device_pk, variable_pk, set_) "
-                    "SELECT * FROM unnest(%s::int8[], %s::int8[], %s::int8[], %s::int8[], "
-                    "%s::int8[])",
-                    tuple(list(col) for col in zip(*created, strict=True)),
-                )
-                tx.execute("UPDATE state SET value = %s WHERE key = 'series_end'", (end,))
         out: npt.NDArray[np.int64] = pks[inverse.reshape(-1)]
-        return out
+        return out, created
+
+    @staticmethod
+    def _insert_series(tx: Tx, created: list[tuple[int, int, int, int, int]]) -> None:
+        """Store the series ``_resolve_series`` created, and move ``state.series_end``."""
+        tx.execute(
+            "INSERT INTO series (pk, project_pk, device_pk, variable_pk, set_) "
+            "SELECT * FROM unnest(%s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[])",
+            tuple(list(col) for col in zip(*created, strict=True)),
+        )
+        tx.execute(
+            "UPDATE state SET value = greatest(value, %s) WHERE key = 'series_end'",
+            (max(row[0] for row in created) + 1,),
+        )
 
     # -- time series (aggregates, latest values, retention) ------------------------------------
 
@@ -901,6 +1005,13 @@ class PgStore:
             stations.append(site if site is not None else -rec.device_pk - 1)
             sensors.append(rec.variable_id)
         return series, stations, sensors
+
+
+@dataclasses.dataclass(slots=True)
+class _Job:
+    fn: Callable[[Tx], Any]
+    fut: asyncio.Future[Any]
+    rows: int  # an append's rows (it may share a transaction: ``PgStore._group``), else 0
 
 
 class _Stale(Exception):
