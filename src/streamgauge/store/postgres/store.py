@@ -74,7 +74,6 @@ IDLE_SECONDS = 0.5  # a writer idle this long follows the log and checkpoints th
 GROUP_JOBS = 8
 GROUP_ROWS = 50_000
 CHECKPOINT_ROWS = 500_000  # log rows after the QC checkpoint from which a busy writer writes one
-REPLAY_ROWS = 200_000  # log rows per read while replaying QC on open
 # Opens every write transaction in one round trip: the statements of a simple query run one
 # after the other, each in a new snapshot (read committed), so the head is read after the log
 # lock was granted and sees every transaction that held it before (docs/cluster.md, "One log").
@@ -230,11 +229,12 @@ class PgStore:
                 series, latest = zip(*rows, strict=True)
                 self.registry.restore_latest(series, latest)
             self.gone = retention.load_gone(conn)
-        self._load_qc_state(conn)
+            self._load_qc_state(conn)  # the checkpoint of this snapshot, replayed to its head
 
     def _load_qc_state(self, conn: Conn) -> None:
-        """QC state as checkpointed, then the log after the checkpoint replayed through the
-        checks in cursor order."""
+        """QC state as checkpointed, then the log after the checkpoint up to the head loaded,
+        in cursor order (one snapshot: a checkpoint another node writes meanwhile is not mixed
+        with rows it already holds)."""
         st = self.registry.qc_state
         for series, last_time, last_value, same_since in conn.execute(
             "SELECT series, last_time, last_value, same_since FROM qc_state"
@@ -244,22 +244,16 @@ class PgStore:
             st.last_value[series] = np.nan if last_value is None else last_value
             st.same_since[series] = same_since
         after = self._qc_checkpointed = _state(conn, "qc_cursor")
-        while True:  # up to the head loaded: what committed since is followed by the writer
-            chunk = conn.execute(
-                "SELECT cursor, series, time, num FROM obs WHERE cursor > %s AND cursor <= %s "
-                "ORDER BY cursor LIMIT %s",
-                (after, self._writer_head, REPLAY_ROWS),
-            ).fetchall()
-            if not chunk:
-                break
-            cursors, series, times, nums = zip(*chunk, strict=True)
-            self.rules.replay(
-                np.array(series, np.int64),
-                np.array(times, np.int64),
-                np.array([np.nan if v is None else v for v in nums], np.float64),
-            )
-            self._qc_dirty.update(series)
-            after = cursors[-1]
+        # Up to the head loaded (what committed since is followed by the writer), applied as
+        # their writers applied them: with the flags stored (QC off: the checks run again).
+        stored_flags = getattr(self.rules, "quality_control", True)
+        for _, series, times, numeric, flags in qcshared.committed(conn, after, self._writer_head):
+            if len(series):
+                if stored_flags:
+                    self.rules.advance(series, times, numeric, flags)
+                else:
+                    self.rules.replay(series, times, numeric)
+                self._qc_dirty.update(np.unique(series).tolist())
 
     async def close(self) -> None:
         if self._closed:
