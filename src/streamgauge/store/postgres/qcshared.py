@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamgauge.domain.qcstate import QCState
-from streamgauge.store.postgres.conn import Conn
+from streamgauge.store.postgres.conn import Conn, Tx
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -80,3 +80,29 @@ def saved(state: QCState, series: I64) -> Saved:
 
 def restore(state: QCState, series: I64, before: Saved) -> None:
     state.last_time[series], state.last_value[series], state.same_since[series] = before
+
+
+def write(tx: Tx, state: QCState, series: I64) -> None:
+    """Store the state of ``series`` (unique pks) in ``qc_state`` (the checkpoint)."""
+    series = series[series < len(state.last_time)]
+    last_value = state.last_value[series]
+    tx.execute(
+        "INSERT INTO qc_state SELECT * FROM unnest("
+        "%s::int8[], %s::int8[], %s::float8[], %s::int8[]) "
+        "ON CONFLICT (series) DO UPDATE SET last_time = excluded.last_time, "
+        "last_value = excluded.last_value, same_since = excluded.same_since",
+        (
+            _array(series.tolist()),
+            _array(state.last_time[series].tolist()),
+            _array(["NULL" if v != v else repr(v) for v in last_value.tolist()]),
+            _array(state.same_since[series].tolist()),
+        ),
+    )
+
+
+def _array(items: list[int] | list[str]) -> str:
+    """A PostgreSQL array literal (``{1,2,NULL}``): sent as one text parameter, several times
+    faster than psycopg's element-by-element list dumper for the tens of thousands of series a
+    checkpoint may write. Floats are written with ``repr`` (the shortest text that reads back
+    exactly)."""
+    return "{" + ",".join(map(str, items)) + "}"

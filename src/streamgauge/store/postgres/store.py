@@ -520,22 +520,8 @@ class PgStore:
             if not self._qc_own and head - stored < CHECKPOINT_ROWS:
                 self._qc_checkpointed = stored
                 return
-            st = self.registry.qc_state
             dirty = np.fromiter(self._qc_dirty, np.int64, len(self._qc_dirty))
-            dirty = dirty[dirty < len(st.last_time)]
-            last_value = st.last_value[dirty]
-            tx.execute(
-                "INSERT INTO qc_state SELECT * FROM unnest("
-                "%s::int8[], %s::int8[], %s::float8[], %s::int8[]) "
-                "ON CONFLICT (series) DO UPDATE SET last_time = excluded.last_time, "
-                "last_value = excluded.last_value, same_since = excluded.same_since",
-                (
-                    dirty.tolist(),
-                    st.last_time[dirty].tolist(),
-                    [None if np.isnan(v) else v for v in last_value.tolist()],
-                    st.same_since[dirty].tolist(),
-                ),
-            )
+            qcshared.write(tx, self.registry.qc_state, dirty)
             tx.execute("UPDATE state SET value = %s WHERE key = 'qc_cursor'", (head,))
 
             def done() -> None:
