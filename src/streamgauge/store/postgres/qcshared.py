@@ -6,7 +6,7 @@ flags its writer gave it. A node's state in memory is exact at the last cursor i
 (``PgStore._writer_head``); when an append (under the log lock) or the idle writer finds the head
 further on, the rows other nodes committed in between are read in cursor order and applied as
 their writers applied them (``CommitRules.advance`` with the stored flags: range failures take
-no part in the chain), moving the latest times too (``follow``). So every append judges
+no part in the chain), moving the latest times too (``PgStore._follow``). So every append judges
 against the state after every append committed before it, exactly as one process would: the
 verdicts do not depend on which node ingests, and an append writes no state of its own (the
 ``qc_state`` table is a checkpoint, written when the writer is idle or every

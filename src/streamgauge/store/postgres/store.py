@@ -11,7 +11,7 @@ before it committed, and cursors are unique, gapless and in commit order across 
 Duplicates: the in-memory latest time of each series (the registry's ``latest``) says which
 rows are new for sure. It is exact at the last cursor this process saw: when the head read
 under the lock is further on, another node has written, and the rows it committed in between
-are read (``qcshared.follow``: they move the latest times and the QC state as if this process
+are read (``PgStore._follow``: they move the latest times and the QC state as if this process
 had written them) before the rules screen the batch. The writer follows the log without the
 lock too, before each job and when idle, so the part read under the lock is only what
 committed since. The probe of older rows always asks the database.
@@ -19,6 +19,9 @@ committed since. The probe of older rows always asks the database.
 Faults: connections have connect, statement and TCP timeouts. A write or read that fails on a
 connection error raises ``Unavailable`` with ``Retry-After`` (503); the connection is dropped and
 the next job connects again, so the store recovers when PostgreSQL is back.
+
+Appends queued together share one such transaction (``PgStore._group``): each numbered after
+the one before, each refused or accepted alone, all answered after the one commit.
 
 Each node publishes the batches it committed, in its commit order (the bus carries the others').
 """
