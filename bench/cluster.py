@@ -4,6 +4,7 @@ and of two nodes on PostgreSQL and NATS JetStream.
 
     .venv/bin/python -m bench cluster            # about 6 minutes
     .venv/bin/python -m bench cluster --quick    # about 2 minutes
+    .venv/bin/python -m bench cluster --quick --only ingest   # PostgreSQL ingest alone
 
 1. Ingest. For each mode a server (subprocess, loopback) gets a project and a mesonet (6
    variables per station), then NDJSON batches are POSTed by concurrent producers: one warm-up
@@ -68,6 +69,7 @@ from .harness import (
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_NATS = "nats://127.0.0.1:4222"
 PARTS = ("embedded", "postgresql", "capacity", "latency")
+ALIASES = {"ingest": ("postgresql",), "cluster": ("capacity", "latency")}  # for --only
 
 
 def _mode(
@@ -159,6 +161,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--latency-subscribers", type=int, default=100)
     ap.add_argument("--latency-seconds", type=float, default=None)
     ap.add_argument("--skip", default="", help="comma list of: " + ",".join(PARTS))
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma list of the parts to run (the others are skipped): "
+        + ",".join(PARTS + tuple(ALIASES))
+        + " (ingest: postgresql; cluster: capacity,latency)",
+    )
     a = ap.parse_args(argv)
     rows = a.rows or (100_000 if a.quick else 300_000)
     a.seconds = a.seconds or (5.0 if a.quick else 10.0)
@@ -172,6 +181,12 @@ def main(argv: list[str] | None = None) -> None:
     skip = set(filter(None, a.skip.split(",")))
     if skip - set(PARTS):
         ap.error(f"--skip takes {','.join(PARTS)}")
+    if a.only:
+        only = set(filter(None, a.only.split(",")))
+        if only - set(PARTS) - set(ALIASES):
+            ap.error(f"--only takes {','.join(PARTS + tuple(ALIASES))}")
+        keep = {p for name in only for p in ALIASES.get(name, (name,))}
+        skip |= set(PARTS) - keep
     started = time.time()
     log(
         f"streamgauge bench cluster  cpu_count={os.cpu_count()}  load average "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -134,6 +135,67 @@ async def test_duplicates_and_conflicts_are_judged_against_what_other_stores_wro
         finally:
             await b.close()
             await a.close()
+
+
+async def _queued_together(store: Any, batches: list[Any]) -> list[Any]:
+    """Append ``batches`` while the writer is busy with another write, so they wait in its
+    queue together and it takes them as one group; each one's result or error."""
+    gate = threading.Event()
+    busy = asyncio.ensure_future(store.write(lambda tx: gate.wait(30)))
+    await asyncio.sleep(0.05)  # the writer has taken the blocking write
+    appends = [asyncio.ensure_future(store.append(b)) for b in batches]
+    await asyncio.sleep(0.05)  # every append is queued behind it
+    gate.set()
+    await busy
+    return list(await asyncio.gather(*appends, return_exceptions=True))
+
+
+@pytest.mark.parametrize("name", SHARED)
+async def test_appends_queued_together_are_each_accepted_or_refused_alone(
+    name: str, tmp_path: Path
+) -> None:
+    with fresh_database() as url:
+        h = Harness(BACKENDS[name], _settings(tmp_path / "a", url))
+        store = await h.open()
+        s = await seed(h)
+        try:
+            p, t, w = s.project_pk, s.var["d0.t"], s.var["d1.w"]
+            await store.append(cols(p, [t, t], [10, 20], [1.0, 2.0]))
+            # One transaction for the group: a conflict is refused alone, the others commit
+            # with contiguous cursors in queue order, text and missing values included.
+            got = await _queued_together(
+                store,
+                [
+                    cols(p, [t, t], [30, 40], [3.0, 4.0]),
+                    cols(p, [t, t], [50, 20], [5.0, 9.0]),  # 20 is stored as 2.0
+                    cols(p, [w, w, w], [1, 2, 3], ["x", 1.5, None]),
+                ],
+            )
+            assert [(r.accepted, r.first_cursor, r.last_cursor) for r in got[::2]] == [
+                (2, 3, 4),
+                (3, 5, 7),
+            ]
+            assert isinstance(got[1], Conflict)
+            assert [d["index"] for d in got[1].details] == [1]
+            with psycopg.connect(url) as conn:
+                xids = conn.execute("SELECT DISTINCT xmin::text FROM obs WHERE cursor > 2")
+                assert len(xids.fetchall()) == 1  # one commit for the group
+            # A batch queued twice in one group: the group rolls back and each runs alone,
+            # so the second is all duplicates and the cursors stay gapless.
+            same = cols(p, [t], [60], [6.0])
+            got = await _queued_together(store, [same, same, cols(p, [t], [70], [7.0])])
+            assert [(r.accepted, r.duplicates, r.first_cursor) for r in got] == [
+                (1, 0, 8),
+                (0, 1, None),
+                (1, 0, 9),
+            ]
+            log = rows(await store.read_log(0, 100, 100))
+            assert [c for c, _, _, _ in log] == list(range(1, 10))
+            assert [v for _, _, _, v in log] == [1.0, 2.0, 3.0, 4.0, "x", 1.5, None, 6.0, 7.0]
+            assert [b.first for b in h.published if len(b.cursors)] == [1, 3, 5, 8, 9]
+            assert store.head == 9
+        finally:
+            await h.close()
 
 
 def _settings(place: Path, url: str, readers: int = 4) -> Settings:

@@ -31,6 +31,10 @@ class Tx:
         self.after_commit: list[Callable[[], None]] = []  # run in the writer thread
         self.on_rollback: list[Callable[[], None]] = []  # undo registry changes made early
         self.publish: list[Batch] = []  # handed to the event loop, in order
+        # The log's head, read right after the log lock was granted (``PgStore._run``), and the
+        # head to store with the commit (None: unchanged), sent with the COMMIT in one round trip.
+        self.head = 0
+        self.new_head: int | None = None
 
     def execute(self, sql: str, params: Any = None) -> psycopg.Cursor[tuple[Any, ...]]:
         return self.conn.execute(sql.encode(), params)

@@ -9,14 +9,19 @@ before it committed, and cursors are unique, gapless and in commit order across 
 (one statement, one snapshot) always sees a prefix of the log.
 
 Duplicates: the in-memory latest time of each series (the registry's ``latest``) says which
-rows are new for sure. It is exact only while this process wrote every row, so when the head
-read under the lock is not the last cursor this process wrote, another node has written: the
-latest times of the batch's series are read again from the database (one index seek each)
-before the rules screen the batch. The probe of older rows always asks the database.
+rows are new for sure. It is exact at the last cursor this process saw: when the head read
+under the lock is further on, another node has written, and the rows it committed in between
+are read (``PgStore._follow``: they move the latest times and the QC state as if this process
+had written them) before the rules screen the batch. The writer follows the log without the
+lock too, before each job and when idle, so the part read under the lock is only what
+committed since. The probe of older rows always asks the database.
 
 Faults: connections have connect, statement and TCP timeouts. A write or read that fails on a
 connection error raises ``Unavailable`` with ``Retry-After`` (503); the connection is dropped and
 the next job connects again, so the store recovers when PostgreSQL is back.
+
+Appends queued together share one such transaction (``PgStore._group``): each numbered after
+the one before, each refused or accepted alone, all answered after the one commit.
 
 Each node publishes the batches it committed, in its commit order (the bus carries the others').
 """
@@ -66,8 +71,19 @@ from streamgauge.store.sqlite.fair import FairGate
 
 T = TypeVar("T")
 log = logging.getLogger("streamgauge.store")
-IDLE_SECONDS = 0.5  # a writer idle this long checkpoints the QC state
-REPLAY_ROWS = 200_000  # log rows per read while replaying QC on open
+IDLE_SECONDS = 0.5  # a writer idle this long follows the log and checkpoints the QC state
+# Appends waiting together that the writer commits in one transaction (one lock, one commit
+# flush), each refused or accepted alone (``PgStore._group``).
+GROUP_JOBS = 8
+GROUP_ROWS = 50_000
+CHECKPOINT_ROWS = 500_000  # log rows after the QC checkpoint from which a busy writer writes one
+# Opens every write transaction in one round trip: the statements of a simple query run one
+# after the other, each in a new snapshot (read committed), so the head is read after the log
+# lock was granted and sees every transaction that held it before (docs/cluster.md, "One log").
+BEGIN_SQL = (
+    f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {LOG_LOCK}); "
+    "SELECT value FROM state WHERE key = 'head'"
+).encode()
 COPY_SQL = "COPY obs (cursor, series, time, num, txt, qc, received) FROM STDIN (FORMAT BINARY)"
 COPY_TYPES = ["int8", "int8", "int8", "float8", "text", "int8", "int8"]
 FOLD_SECONDS = 1.0  # how often a node looks for rows to fold into the summaries (_fold_loop)
@@ -112,9 +128,9 @@ class PgStore:
         }
         self._head = 0  # last cursor published on the loop
         self._writer_head = 0  # last cursor this process committed (writer thread)
-        self._queue: queue.SimpleQueue[tuple[Callable[[Tx], Any], asyncio.Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
+        # Jobs (the write, its caller's future, its rows if it is an append that may share a
+        # transaction with others, else 0); None: close.
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._publish: Callable[[Batch], None] = lambda b: None
@@ -124,7 +140,12 @@ class PgStore:
         self._gate = FairGate(readers)
         self._closed = False
         self.write_seconds = 0.0
+        # Series whose QC state moved since this process's last checkpoint (its own appends'
+        # and those it followed), whether it appended since, and the cursor of the last one.
         self._qc_dirty: set[int] = set()
+        self._qc_own = False
+        self._qc_checkpointed = 0
+        self._followed = False  # the last look at the head found rows of another process
         self._writer_conn: Conn | None = None
         self._folder: asyncio.Task[None] | None = None
         # Ends statements PostgreSQL no longer answers (store/postgres/watch.py).
@@ -211,11 +232,12 @@ class PgStore:
                 series, latest = zip(*rows, strict=True)
                 self.registry.restore_latest(series, latest)
             self.gone = retention.load_gone(conn)
-        self._load_qc_state(conn)
+            self._load_qc_state(conn)  # the checkpoint of this snapshot, replayed to its head
 
     def _load_qc_state(self, conn: Conn) -> None:
-        """QC state as checkpointed, then the log after the checkpoint replayed through the
-        checks in cursor order."""
+        """QC state as checkpointed, then the log after the checkpoint up to the head loaded,
+        in cursor order (one snapshot: a checkpoint another node writes meanwhile is not mixed
+        with rows it already holds)."""
         st = self.registry.qc_state
         for series, last_time, last_value, same_since in conn.execute(
             "SELECT series, last_time, last_value, same_since FROM qc_state"
@@ -224,23 +246,17 @@ class PgStore:
             st.last_time[series] = last_time
             st.last_value[series] = np.nan if last_value is None else last_value
             st.same_since[series] = same_since
-        after = _state(conn, "qc_cursor")
-        while True:
-            chunk = conn.execute(
-                "SELECT cursor, series, time, num FROM obs WHERE cursor > %s "
-                "ORDER BY cursor LIMIT %s",
-                (after, REPLAY_ROWS),
-            ).fetchall()
-            if not chunk:
-                break
-            cursors, series, times, nums = zip(*chunk, strict=True)
-            self.rules.replay(
-                np.array(series, np.int64),
-                np.array(times, np.int64),
-                np.array([np.nan if v is None else v for v in nums], np.float64),
-            )
-            self._qc_dirty.update(series)
-            after = cursors[-1]
+        after = self._qc_checkpointed = _state(conn, "qc_cursor")
+        # Up to the head loaded (what committed since is followed by the writer), applied as
+        # their writers applied them: with the flags stored (QC off: the checks run again).
+        stored_flags = getattr(self.rules, "quality_control", True)
+        for _, series, times, numeric, flags in qcshared.committed(conn, after, self._writer_head):
+            if len(series):
+                if stored_flags:
+                    self.rules.advance(series, times, numeric, flags)
+                else:
+                    self.rules.replay(series, times, numeric)
+                self._qc_dirty.update(np.unique(series).tolist())
 
     async def close(self) -> None:
         if self._closed:
@@ -264,39 +280,126 @@ class PgStore:
 
     def _writer(self) -> None:
         assert self._loop is not None
-        loop = self._loop
+        held: list[_Job | None] = []  # taken from the queue, not a member of the group
         while True:
             try:
-                job = self._queue.get(timeout=IDLE_SECONDS)
+                job = held.pop() if held else self._queue.get(timeout=IDLE_SECONDS)
             except queue.Empty:
-                self._checkpoint_qc()
+                self._follow_unlocked()
+                if self._qc_own:
+                    self._checkpoint_qc()
                 continue
             if job is None:
-                self._checkpoint_qc()
+                if self._qc_own:
+                    self._checkpoint_qc()
                 break
-            fn, fut = job
+            jobs = [job]
+            rows = job.rows
+            while rows and len(jobs) < GROUP_JOBS and rows < GROUP_ROWS:  # appends waiting
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None or not more.rows:
+                    held.append(more)
+                    break
+                jobs.append(more)
+                rows += more.rows
+            if self._followed:  # another node writes: read its rows before taking the lock
+                self._follow_unlocked()
             started = time.perf_counter()
             try:
-                tx = self._run(fn)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                loop.call_soon_threadsafe(_fail, fut, exc)
-                continue
+                if len(jobs) == 1:
+                    self._one(job)
+                else:
+                    self._group(jobs)
             finally:
                 self.write_seconds += time.perf_counter() - started
-            events = tx.tx.events
-            for event in events[tx.tx.applied :]:  # the registry follows what committed
-                self.registry.apply(event)
-            for hook in tx.after_commit:
-                hook()
-            if events and self.on_events is not None:  # before the batches that need them
-                loop.call_soon_threadsafe(
-                    self.on_events, tx.last_seq - len(events) + 1, tx.last_seq, list(events)
-                )
-            for batch in tx.publish:
-                loop.call_soon_threadsafe(self._published, batch)
-            loop.call_soon_threadsafe(_succeed, fut, tx.result)
+            if self._writer_head - self._qc_checkpointed >= CHECKPOINT_ROWS:
+                self._checkpoint_qc()
         if self._writer_conn is not None:
             self._writer_conn.close()
+
+    def _one(self, job: _Job) -> None:
+        """Run a job in a transaction of its own and answer its caller."""
+        assert self._loop is not None
+        try:
+            done = self._run(job.fn)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            self._loop.call_soon_threadsafe(_fail, job.fut, exc)
+            return
+        self._committed(done.tx, done.result, done.last_seq, job.fut)
+
+    def _committed(self, tx: Tx, result: Any, last_seq: int, fut: asyncio.Future[Any]) -> None:
+        """After the commit of ``tx``: the registry, the hooks, the events, the batches, and
+        the caller's answer, in that order."""
+        assert self._loop is not None
+        loop = self._loop
+        events = tx.events
+        for event in events[tx.applied :]:  # the registry follows what committed
+            self.registry.apply(event)
+        for hook in tx.after_commit:
+            hook()
+        if events and self.on_events is not None:  # before the batches that need them
+            loop.call_soon_threadsafe(
+                self.on_events, last_seq - len(events) + 1, last_seq, list(events)
+            )
+        for batch in tx.publish:
+            loop.call_soon_threadsafe(self._published, batch)
+        loop.call_soon_threadsafe(_succeed, fut, result)
+
+    def _group(self, jobs: list[_Job]) -> None:
+        """Appends that waited together, in one transaction: one log lock, one head, one
+        commit flush; each numbered after the one before (contiguous cursors, in queue
+        order), each answered after the shared commit.
+
+        An append refuses a batch (a conflict, a deleted variable) before it writes anything
+        (``_append``), so a refused one is answered alone and the others go on. Any other
+        failure rolls the whole group back (each append's in-memory changes undone, last
+        first); an unreachable store answers every caller 503, anything else runs each
+        append again in a transaction of its own, so one bad batch fails alone."""
+        assert self._loop is not None
+        loop = self._loop
+
+        def run(tx: Tx) -> list[tuple[Tx, Any, BaseException | None, int]]:
+            out: list[tuple[Tx, Any, BaseException | None, int]] = []
+            head = tx.head
+            for job in jobs:
+                sub = Tx(tx.conn)
+                sub.head = head
+                try:
+                    result = job.fn(sub)
+                except StreamgaugeError as exc:  # refused before it wrote anything
+                    for undo in reversed(sub.on_rollback):
+                        undo()
+                    out.append((sub, None, exc, 0))
+                    continue
+                last_seq = 0
+                if sub.events:  # numbered after the events of the appends before it
+                    last_seq = metadata.write_events(sub, sub.events, int(time.time() * 1000))
+                tx.on_rollback[:0] = sub.on_rollback  # undone last first if the group fails
+                head = sub.head
+                out.append((sub, result, None, last_seq))
+            if head != tx.head:
+                tx.new_head = head
+            return out
+
+        try:
+            done = self._run(run)
+        except Unavailable as exc:
+            for job in jobs:
+                loop.call_soon_threadsafe(_fail, job.fut, exc)
+            return
+        except BaseException:  # noqa: BLE001 - each alone: the one at fault fails by itself
+            log.debug("a group of appends failed; running each alone", exc_info=True)
+            for job in jobs:
+                self._one(job)
+            return
+        for (sub, result, refused, last_seq), job in zip(done.result, jobs, strict=True):
+            if refused is not None:
+                loop.call_soon_threadsafe(_fail, job.fut, refused)
+            else:
+                self._committed(sub, result, last_seq, job.fut)
 
     def _run(self, fn: Callable[[Tx], Any]) -> _Done:
         """Run ``fn`` in one transaction on the writer connection (connecting first if the
@@ -323,14 +426,24 @@ class PgStore:
             conn = self._writer_conn
             tx = Tx(conn)
             last_seq = 0
-            with self._watch.busy(conn), conn.transaction():
-                # Every write of every node, one at a time, in commit order: log cursors and
-                # event sequence numbers are numbered from ``state`` under this lock.
-                tx.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOG_LOCK))
-                locked = True
-                result = fn(tx)
-                if tx.events:  # in the same transaction: a change and its events, or neither
-                    last_seq = metadata.write_events(tx, tx.events, int(time.time() * 1000))
+            with self._watch.busy(conn):
+                try:
+                    # Every write of every node, one at a time, in commit order: log cursors
+                    # and event sequence numbers are numbered from ``state`` under this lock.
+                    tx.head = int(_last_row(conn.execute(BEGIN_SQL))[0])
+                    locked = True
+                    result = fn(tx)
+                    if tx.events:  # in the same transaction: a change and its events, or neither
+                        last_seq = metadata.write_events(tx, tx.events, int(time.time() * 1000))
+                    commit = b"COMMIT"
+                    if tx.new_head is not None:  # int: nothing to quote
+                        commit = b"UPDATE state SET value = %d WHERE key = 'head'; COMMIT" % (
+                            tx.new_head
+                        )
+                    conn.execute(commit)
+                except BaseException:
+                    _rollback(conn)
+                    raise
             return _Done(tx, result, last_seq)
         except BaseException as exc:
             if tx is not None:
@@ -368,47 +481,73 @@ class PgStore:
         self._head = max(self._head, batch.last)
         self._publish(batch)
 
-    def _checkpoint_qc(self) -> None:
-        """Write the QC state of the series changed since the last checkpoint, with the cursor
-        it is current at (``qc_cursor``)."""
-        if not self._qc_dirty:
+    def _follow(self, conn: Conn, head: int) -> None:
+        """Move the latest times and the QC state past the rows other processes committed
+        after ``_writer_head`` up to ``head`` (``qcshared``), in cursor order."""
+        self._followed = head > self._writer_head
+        if not self._followed:
             return
-        st = self.registry.qc_state
-        dirty = np.fromiter(self._qc_dirty, np.int64, len(self._qc_dirty))
-        dirty = dirty[dirty < len(st.last_time)]
-        last_value = st.last_value[dirty]
+        reg = self.registry
+        for covered, series, times, numeric, flags in qcshared.committed(
+            conn, self._writer_head, head
+        ):
+            if len(series):
+                reg.restore_latest(*qcshared.latest_of(series, times))
+                self.rules.advance(series, times, numeric, flags)
+                self._qc_dirty.update(np.unique(series).tolist())
+            self._writer_head = covered  # applied: never applied twice, whatever fails next
+
+    def _follow_unlocked(self) -> None:
+        """``_follow`` up to the committed head, without the log lock (the committed prefix
+        does not change); a failure is left to the next transaction to find."""
+        conn = self._writer_conn
+        if conn is None or conn.closed:
+            return
         try:
-            self._run(
-                lambda tx: (
-                    tx.execute(
-                        "INSERT INTO qc_state SELECT * FROM unnest("
-                        "%s::int8[], %s::int8[], %s::float8[], %s::int8[]) "
-                        "ON CONFLICT (series) DO UPDATE SET last_time = excluded.last_time, "
-                        "last_value = excluded.last_value, same_since = excluded.same_since",
-                        (
-                            dirty.tolist(),
-                            st.last_time[dirty].tolist(),
-                            [None if np.isnan(v) else v for v in last_value.tolist()],
-                            st.same_since[dirty].tolist(),
-                        ),
-                    ),
-                    tx.execute(
-                        "UPDATE state SET value = greatest(value, %s) WHERE key = 'qc_cursor'",
-                        (self._writer_head,),
-                    ),
-                )
-            )
+            with self._watch.busy(conn):
+                self._follow(conn, _state(conn, "head"))
+        except psycopg.Error as exc:
+            if is_connection_error(exc) or conn.broken:
+                self._drop_writer()
+            log.debug("following the log failed: %r", exc)
+
+    def _checkpoint_qc(self) -> None:
+        """Write the QC state of the series changed since this process's last checkpoint,
+        current at the head (``qc_cursor``), after following the log to it. A process that only
+        followed skips it while another's checkpoint is recent."""
+
+        def run(tx: Tx) -> None:
+            head = tx.head
+            self._follow(tx.conn, head)
+            stored = _state(tx.conn, "qc_cursor")
+            if not self._qc_own and head - stored < CHECKPOINT_ROWS:
+                self._qc_checkpointed = stored
+                return
+            dirty = np.fromiter(self._qc_dirty, np.int64, len(self._qc_dirty))
+            qcshared.write(tx, self.registry.qc_state, dirty)
+            tx.execute("UPDATE state SET value = %s WHERE key = 'qc_cursor'", (head,))
+
+            def done() -> None:
+                self._qc_dirty.clear()
+                self._qc_own = False
+                self._qc_checkpointed = head
+
+            tx.after_commit.append(done)
+
+        try:
+            done = self._run(run)
         except (psycopg.Error, StreamgaugeError):
             log.warning("checkpointing the QC state failed; will retry", exc_info=True)
             return
-        self._qc_dirty.clear()
+        for hook in done.after_commit:
+            hook()
 
     async def write(self, fn: Callable[[Tx], T]) -> T:
         """Run ``fn`` in one write transaction on the writer thread."""
         if self._closed or self._loop is None:
             raise Unavailable("the store is closed")
         fut: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put((fn, fut))
+        self._queue.put(_Job(fn, fut, 0))
         return await fut
 
     # -- readers --------------------------------------------------------------------------------
@@ -466,7 +605,13 @@ class PgStore:
     # -- the log --------------------------------------------------------------------------------
 
     async def append(self, columns: IngestColumns) -> AppendResult:
-        return await self.write(lambda tx: self._append(tx, columns))
+        """Append a batch; appends waiting together share a transaction (``_group``)."""
+        if self._closed or self._loop is None:
+            raise Unavailable("the store is closed")
+        fut: asyncio.Future[AppendResult] = self._loop.create_future()
+        rows = max(1, len(columns.times))
+        self._queue.put(_Job(lambda tx: self._append(tx, columns), fut, rows))
+        return await fut
 
     async def refresh_gone(self) -> None:
         """Read ``gone`` again: the node holding the work lease runs retention, so a resume on
@@ -538,15 +683,11 @@ class PgStore:
         reg = self.registry
         rules = self.rules
         n = len(c.times)
-        # The cluster-wide commit order (``_run`` took the log lock): the head read now sees
-        # every append committed before.
-        head = _state(tx.conn, "head")  # a new statement: sees every append committed before
-        series = self._resolve_series(tx, c)
-        shared_qc = getattr(rules, "quality_control", True)  # QC state moves on append
-        if head != self._writer_head:  # another process wrote: our latest times may be stale
-            self._refresh_latest(tx, series)
-            if shared_qc:  # ... and the QC state of the batch's series (qcshared.py)
-                qcshared.refresh(tx, reg.qc_state, np.unique(series))
+        # The cluster-wide commit order: ``_run`` read the head after the log lock was granted,
+        # so it sees every append committed before.
+        head = tx.head
+        self._follow(tx.conn, head)  # another process wrote: its rows move our latest and QC
+        series, new_series = self._resolve_series(tx, c)
         screen = rules.screen(series, c.times, c.values, reg.latest[series])
         found = (
             _probe(tx.conn, series[screen.probe], c.times[screen.probe])
@@ -560,11 +701,14 @@ class PgStore:
                 "nothing was stored",
                 verdict.conflicts,
             )
+        # Nothing was written so far: a refused batch leaves the transaction as it found it
+        # (``_group`` goes on with the next append).
+        if new_series:
+            self._insert_series(tx, new_series)
         idx = verdict.keep
         accepted = len(idx)
         dups = verdict.duplicates
         if not accepted:
-            self._writer_head = head
             return AppendResult(0, dups, None, None)
         first = head + 1
         last = head + accepted
@@ -574,25 +718,22 @@ class PgStore:
         numeric = _numeric(values)
         q_keep = rules.flag(s_keep, t_keep, numeric)
         received = int(time.time() * 1000)
-        _copy_rows(tx.conn, cursors, s_keep, t_keep, values, q_keep, received)
-        if shared_qc:  # the state moves now, is stored with the rows, and is undone with them
-            moved = np.unique(s_keep)
-            before = qcshared.saved(reg.qc_state, moved)
-            tx.on_rollback.append(functools.partial(qcshared.restore, reg.qc_state, moved, before))
-            rules.advance(s_keep, t_keep, numeric, q_keep)
-            qcshared.write(tx, reg.qc_state, moved)
-            tx.execute(  # the stored state is current at the head: nothing to replay on open
-                "UPDATE state SET value = %s WHERE key IN ('head', 'qc_cursor')", (last,)
-            )
-        else:
-            tx.execute("UPDATE state SET value = %s WHERE key = 'head'", (last,))
+        _copy_rows(tx.conn, cursors, s_keep, t_keep, values, numeric, q_keep, received)
+        tx.head = tx.new_head = last  # stored with the commit (``_run``)
+        self._writer_head = last  # the next append of a group continues from here
+        tx.on_rollback.append(functools.partial(setattr, self, "_writer_head", head))
+        # The QC state moves now and is undone if the transaction fails (a commit that failed
+        # only on its reply is followed from the log by the next append: ``_follow``).
+        moved = np.unique(s_keep)
+        before = qcshared.saved(reg.qc_state, moved)
+        tx.on_rollback.append(functools.partial(qcshared.restore, reg.qc_state, moved, before))
+        rules.advance(s_keep, t_keep, numeric, q_keep)
+        self._qc_dirty.update(moved.tolist())
+        self._qc_own = True
 
         def advance() -> None:
             self._writer_head = last
             np.maximum.at(reg.latest, s_keep, t_keep)
-            if not shared_qc:
-                rules.advance(s_keep, t_keep, numeric, q_keep)
-                self._qc_dirty.update(np.unique(s_keep).tolist())
 
         tx.after_commit.append(advance)
         tx.publish.append(
@@ -600,33 +741,20 @@ class PgStore:
         )
         return AppendResult(accepted, dups, first, last)
 
-    def _refresh_latest(self, tx: Tx, series: npt.NDArray[np.int64]) -> None:
-        """The latest stored time of each of ``series`` read from the database (one index
-        seek per series), for a batch appended after another process wrote."""
-        uniq = np.unique(series)
-        reg = self.registry
-        rows = [
-            (int(pk), int(latest))
-            for pk, latest in tx.execute(
-                "SELECT s, (SELECT max(time) FROM obs WHERE series = s) FROM unnest(%s::int8[]) s",
-                (uniq.tolist(),),
-            )
-            if latest is not None
-        ]
-        if rows:
-            pks, latest = zip(*rows, strict=True)
-            reg.restore_latest(pks, latest)
-
-    def _resolve_series(self, tx: Tx, c: IngestColumns) -> npt.NDArray[np.int64]:
-        """Series pk of every row. A series this process does not know is looked up in the
+    def _resolve_series(
+        self, tx: Tx, c: IngestColumns
+    ) -> tuple[npt.NDArray[np.int64], list[tuple[int, int, int, int, int]]]:
+        """Series pk of every row, and the series created (``_insert_series`` stores them
+        once the batch is accepted). A series this process does not know is looked up in the
         database (another node may have created it) and otherwise created with a pk from
-        ``state.series_end`` (read and moved under the log lock, so nodes never give one pk
-        twice; never reused, as in the embedded store)."""
+        ``state.series_end`` (read under the log lock and moved in the same transaction, so
+        nodes never give one pk twice; never reused, as in the embedded store)."""
         reg = self.registry
         keys = c.variable_pks * 1024 + c.sets
         uniq, inverse = np.unique(keys, return_inverse=True)
         pks = np.empty(len(uniq), np.int64)
         unknown: list[tuple[int, int, int]] = []  # (position, variable pk, set)
+        created: list[tuple[int, int, int, int, int]] = []
         for j, key in enumerate(uniq.tolist()):
             var_pk, set_ = divmod(key, 1024)
             pk = reg.series.get((var_pk, set_))
@@ -644,7 +772,6 @@ class PgStore:
                 )
             }
             end = max(reg.series_end, _state(tx.conn, "series_end"))
-            created: list[tuple[int, int, int, int, int]] = []
             for j, var_pk, set_ in unknown:
                 var = reg.variables_by_pk.get(var_pk)
                 if var is None:
@@ -673,16 +800,21 @@ class PgStore:
                 # it here too: a no-op then).
                 reg.apply(added)
                 pks[j] = pk
-            if created:
-                tx.execute(
-                    "INSERT INTO series (pk, project_pk, device_pk, variable_pk, set_) "
-                    "SELECT * FROM unnest(%s::int8[], %s::int8[], %s::int8[], %s::int8[], "
-                    "%s::int8[])",
-                    tuple(list(col) for col in zip(*created, strict=True)),
-                )
-                tx.execute("UPDATE state SET value = %s WHERE key = 'series_end'", (end,))
         out: npt.NDArray[np.int64] = pks[inverse.reshape(-1)]
-        return out
+        return out, created
+
+    @staticmethod
+    def _insert_series(tx: Tx, created: list[tuple[int, int, int, int, int]]) -> None:
+        """Store the series ``_resolve_series`` created, and move ``state.series_end``."""
+        tx.execute(
+            "INSERT INTO series (pk, project_pk, device_pk, variable_pk, set_) "
+            "SELECT * FROM unnest(%s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[])",
+            tuple(list(col) for col in zip(*created, strict=True)),
+        )
+        tx.execute(
+            "UPDATE state SET value = greatest(value, %s) WHERE key = 'series_end'",
+            (max(row[0] for row in created) + 1,),
+        )
 
     # -- time series (aggregates, latest values, retention) ------------------------------------
 
@@ -858,6 +990,13 @@ class PgStore:
         return series, stations, sensors
 
 
+@dataclasses.dataclass(slots=True)
+class _Job:
+    fn: Callable[[Tx], Any]
+    fut: asyncio.Future[Any]
+    rows: int  # an append's rows (it may share a transaction: ``PgStore._group``), else 0
+
+
 class _Stale(Exception):
     """The writer connection failed before its transaction did anything (``PgStore._run``)."""
 
@@ -919,6 +1058,27 @@ def _fold_step(conn: Conn) -> int:
     return last - first
 
 
+def _last_row(cur: psycopg.Cursor[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """The row of the last statement of a simple query of several."""
+    while cur.nextset():
+        pass
+    row = cur.fetchone()
+    if row is None:
+        raise RuntimeError("the statement returned no row")
+    return row
+
+
+def _rollback(conn: Conn) -> None:
+    """End the open transaction of a write that failed (nothing to do if the connection is
+    gone: the server rolls it back)."""
+    if conn.closed or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        return
+    try:
+        conn.execute(b"ROLLBACK")
+    except psycopg.Error as exc:
+        log.debug("rolling back failed: %r", exc)
+
+
 def _state(conn: Conn, key: str) -> int:
     row = conn.execute("SELECT value FROM state WHERE key = %s", (key,)).fetchone()
     return 0 if row is None else int(row[0])
@@ -944,27 +1104,72 @@ def _copy_rows(
     series: npt.NDArray[np.int64],
     times: npt.NDArray[np.int64],
     values: list[Any],
+    numeric: npt.NDArray[np.float64],
     qc: npt.NDArray[np.int64],
     received: int,
 ) -> None:
     """Append rows to the log with binary COPY (a number goes to ``num``, a string to
-    ``txt``)."""
-    nums = [v if type(v) is float else None for v in values]
-    txts = [v if type(v) is str else None for v in values]
+    ``txt``). A batch of numbers only is encoded by numpy in one buffer; others row by row."""
     with conn.cursor() as cur, cur.copy(COPY_SQL.encode()) as copy:
+        if all(type(v) is float for v in values):
+            copy.write(_copy_numbers(cursors, series, times, numeric, qc, received))
+            return
         copy.set_types(COPY_TYPES)
         write = copy.write_row
         for row in zip(
             cursors.tolist(),
             series.tolist(),
             times.tolist(),
-            nums,
-            txts,
+            [v if type(v) is float else None for v in values],
+            [v if type(v) is str else None for v in values],
             qc.tolist(),
-            [received] * len(nums),
+            [received] * len(values),
             strict=True,
         ):
             write(row)
+
+
+# One row of ``COPY_SQL`` in PostgreSQL's binary format with a number and no text: the field
+# count, then each field's byte length and big-endian value (length -1: NULL, no value).
+_COPY_ROW = np.dtype(
+    [
+        ("fields", ">i2"),
+        ("cursor_len", ">i4"),
+        ("cursor", ">i8"),
+        ("series_len", ">i4"),
+        ("series", ">i8"),
+        ("time_len", ">i4"),
+        ("time", ">i8"),
+        ("num_len", ">i4"),
+        ("num", ">f8"),
+        ("txt_len", ">i4"),
+        ("qc_len", ">i4"),
+        ("qc", ">i8"),
+        ("received_len", ">i4"),
+        ("received", ">i8"),
+    ]
+)
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no extension
+_COPY_TRAILER = b"\xff\xff"
+
+
+def _copy_numbers(
+    cursors: npt.NDArray[np.int64],
+    series: npt.NDArray[np.int64],
+    times: npt.NDArray[np.int64],
+    numeric: npt.NDArray[np.float64],
+    qc: npt.NDArray[np.int64],
+    received: int,
+) -> bytes:
+    """The whole binary COPY stream of rows whose values are all numbers."""
+    rows = np.empty(len(cursors), _COPY_ROW)
+    rows["fields"] = len(COPY_TYPES)
+    for name in ("cursor", "series", "time", "num", "qc", "received"):
+        rows[f"{name}_len"] = 8
+    rows["txt_len"] = -1
+    rows["cursor"], rows["series"], rows["time"] = cursors, series, times
+    rows["num"], rows["qc"], rows["received"] = numeric, qc, received
+    return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
 
 
 def _probe(
