@@ -48,9 +48,10 @@ class Settings(BaseSettings):
         description=(
             "Processes serving the port in the embedded mode: the writer and WORKERS - 1 "
             "fan-out workers that serve live streams (a read-only engine each, following the "
-            "writer's log). Unset: 1, one process (the push feed, the DT stream, /metrics and "
-            "the auth-failure limit are still per process; docs/workers.md). The cluster mode "
-            "(--store/--bus) runs one process per node."
+            "writer's log; /metrics, /healthz and the auth-failure limit cover every process). "
+            "Unset: 1, one process (the push feed and the DT stream are still served by the "
+            "writer; docs/workers.md). The cluster mode (--store/--bus) runs one process per "
+            "node."
         ),
     )
 
