@@ -54,6 +54,8 @@ STABLE = 10.0
 STOP_GRACE = 8.0  # a worker asked to stop gets this long, then SIGKILL
 METRICS_WAIT = 1.0  # /metrics waits this long for the workers' metrics (one missing: up 0)
 STATUS_STALE = 5.0  # a worker whose last status is older is "unresponsive" in /healthz
+STARTUP_FAILURE = 3  # uvicorn's exit status when the lifespan startup fails
+READY_WAIT = 30.0  # the writer starts accepting after its workers are ready, or after this
 
 
 def _die_with_parent() -> Callable[[], None] | None:
@@ -107,6 +109,7 @@ class Workers:
         self._asks = 0
         self._asked: dict[tuple[str, int], asyncio.Future[bytes]] = {}
         self._status: dict[str, tuple[float, dict[str, object]]] = {}  # name -> (when, status)
+        self._heard = asyncio.Event()  # a status arrived
         self._loop: asyncio.AbstractEventLoop | None = None
         self._workers: dict[int, _Worker] = {}
         self._delay: dict[int, float] = {}
@@ -143,12 +146,34 @@ class Workers:
             status = json.loads(payload)
             if isinstance(status, dict):
                 self._status[name] = (asyncio.get_running_loop().time(), status)
+                self._heard.set()
         elif code == local.AUTH_FAILED:
             keys = local.decode_keys(payload)
             self.engine.auth.limiter.count(keys)  # counted here, and in the other workers
             for other in self.relay.names:
                 if other != name:
                     self.relay.send_control(local.AUTH_FAILED, 0, 0, payload, to=other)
+
+    async def ready(self, timeout: float = READY_WAIT) -> bool:
+        """Wait until every worker has reported (its engine follows the log; it binds the port
+        right after), at most ``timeout`` seconds. Whether they all did."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            missing = [
+                n
+                for n, w in self._workers.items()
+                if (seen := self._status.get(str(n))) is None or seen[0] < w.started
+            ]
+            if len(self._workers) == self.count - 1 and not missing:
+                return True
+            left = deadline - loop.time()
+            if left <= 0:
+                log.warning("fan-out workers %s not ready after %.0f s: serving", missing, timeout)
+                return False
+            self._heard.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._heard.wait(), min(left, 0.5))
 
     def _failed_here(self, keys: Sequence[tuple[str, str]]) -> None:
         """A login failed in this process (maybe in a hashing thread): every worker counts it."""
@@ -355,15 +380,27 @@ class WriterServer(GracefulServer):
         self.workers: Workers | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if not self.started:
-            return
+        """The engine (the app's lifespan), then the workers, and only once they are ready
+        (or after ``READY_WAIT``) accepting: a server's first clients, which may be its
+        long-lived streams, are spread over every process, not all taken by this one while
+        the workers start. (Connections made meanwhile wait in the listen queue.)"""
+        lifespan = self.lifespan
+        await lifespan.startup()
+        if lifespan.should_exit:
+            sys.exit(STARTUP_FAILURE)  # as uvicorn's does; the lifespan logged why
         engine = getattr(getattr(self.config.app, "state", None), "engine", None)
         assert isinstance(engine, Engine)
         self.workers = Workers(
             self.count, host=self.host, port=self.port, data=self.data, server=self, engine=engine
         )
         await self.workers.start()
+        await self.workers.ready()
+
+        async def started() -> None:
+            return None
+
+        lifespan.startup = started  # done above: not twice
+        await super().startup(sockets)
 
     def _begin_shutdown(self) -> None:
         if self.workers is not None:
