@@ -153,3 +153,25 @@ def test_the_failed_login_limit_counts_over_every_process(served: Served) -> Non
     reader = Reader(served, None)
     assert reader.error is None
     reader.close()
+
+
+def test_the_server_accepts_once_its_worker_is_ready(tmp_path: Path) -> None:
+    """A server's first clients are spread over both processes: the writer accepts only once
+    the worker follows its log (and binds the port right after)."""
+    s = Served(tmp_path / "data", free_port())
+    s.start(workers=2)  # returns at the first 200 from /healthz
+    try:
+        with s.client() as c:
+            body = c.get("/healthz").json()
+        assert body["up"] == 1, body
+        with s.client() as c:
+            make_station(c)
+        landed = set()
+        deadline = time.monotonic() + WAIT
+        while landed != {"0", "1"}:  # the kernel spreads streams over both at once
+            assert time.monotonic() < deadline, landed
+            r = Reader(s, None)
+            landed.add(str(r.worker))
+            r.close()
+    finally:
+        s.stop()
