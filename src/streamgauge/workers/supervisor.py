@@ -167,6 +167,8 @@ class Workers:
             ]
             if len(self._workers) == self.count - 1 and not missing:
                 return True
+            if self._stopping:  # a shutdown signal meanwhile
+                return False
             left = deadline - loop.time()
             if left <= 0:
                 log.warning("fan-out workers %s not ready after %.0f s: serving", missing, timeout)
@@ -380,20 +382,29 @@ class WriterServer(GracefulServer):
         self.workers: Workers | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        """The engine (the app's lifespan), then the workers, and only once they are ready
-        (or after ``READY_WAIT``) accepting: a server's first clients, which may be its
-        long-lived streams, are spread over every process, not all taken by this one while
-        the workers start. (Connections made meanwhile wait in the listen queue.)"""
+        """The engine (the app's lifespan) and the workers (at once if the database exists,
+        else after the engine made it), and only once they are ready (or after
+        ``READY_WAIT``) accepting: a server's first clients, which may be its long-lived
+        streams, are spread over every process, not all taken by this one while the workers
+        start. (Connections made meanwhile wait in the listen queue.)"""
         lifespan = self.lifespan
-        await lifespan.startup()
-        if lifespan.should_exit:
-            sys.exit(STARTUP_FAILURE)  # as uvicorn's does; the lifespan logged why
         engine = getattr(getattr(self.config.app, "state", None), "engine", None)
         assert isinstance(engine, Engine)
         self.workers = Workers(
             self.count, host=self.host, port=self.port, data=self.data, server=self, engine=engine
         )
-        await self.workers.start()
+        # A restart: the database is there, so the workers load their registries from it
+        # while this process loads its own (on another core), instead of after it.
+        path = getattr(engine.store, "path", None)
+        early = isinstance(path, Path) and path.exists()
+        if early:
+            await self.workers.start()
+        await lifespan.startup()
+        if lifespan.should_exit:
+            await self.workers.stop()
+            sys.exit(STARTUP_FAILURE)  # as uvicorn's does; the lifespan logged why
+        if not early:
+            await self.workers.start()
         await self.workers.ready()
 
         async def started() -> None:
