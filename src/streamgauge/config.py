@@ -6,6 +6,7 @@ in step. Limits are bounded by default.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -48,10 +49,10 @@ class Settings(BaseSettings):
         description=(
             "Processes serving the port in the embedded mode: the writer and WORKERS - 1 "
             "fan-out workers that serve live streams (a read-only engine each, following the "
-            "writer's log; /metrics, /healthz and the auth-failure limit cover every process). "
-            "Unset: 1, one process (the push feed and the DT stream are still served by the "
-            "writer; docs/workers.md). The cluster mode (--store/--bus) runs one process per "
-            "node."
+            "writer's log; /metrics, /healthz and the auth-failure limit cover every process; "
+            "the push feed and the DT stream are served by the writer; docs/workers.md). "
+            "Unset: the number of cores; 1: one process. The cluster mode (--store/--bus) "
+            "runs one process per node (unset: 1; above 1 is refused)."
         ),
     )
 
@@ -549,3 +550,12 @@ class Settings(BaseSettings):
         le=86400,
         description="Rejected MQTT messages are logged once per reason per this many seconds.",
     )
+
+    def serving_processes(self) -> int:
+        """How many processes serve the port (``serve``): ``workers`` if set; unset, the
+        number of cores in the embedded mode and 1 in the cluster mode (docs/workers.md)."""
+        if self.workers is not None:
+            return self.workers
+        if self.store is not None or self.bus:
+            return 1
+        return max(1, min(64, os.cpu_count() or 1))
