@@ -554,12 +554,19 @@ def main_quality(a: argparse.Namespace) -> None:
     skip = set(filter(None, a.skip.split(",")))
     log(
         f"streamgauge quality bench: cpu_count={os.cpu_count()}  stations={a.stations:,}  "
-        f"durability={a.durability}  workers={a.workers}"
+        f"durability={a.durability}  workers={a.workers}  busy={getattr(a, 'busy', 0.0)}"
     )
     m = make_mesonet(a.stations)
     qi: QcIngest | None = None
     qf: QFanout | None = None
-    cfg = FanoutCfg(a.fanout_seconds, a.fanout_rate, a.fanout_batch, a.subscribers, a.sub_procs)
+    cfg = FanoutCfg(
+        a.fanout_seconds,
+        a.fanout_rate,
+        a.fanout_batch,
+        a.subscribers,
+        a.sub_procs,
+        busy=getattr(a, "busy", 0.0),  # ``python -m bench fanout --busy SHARE``
+    )
     on_env = {"STREAMGAUGE_QC": "true", "STREAMGAUGE_WORKERS": str(a.workers)}
     with StreamgaugeServer(a.durability, on_env) as on:
         assert on.proc is not None

@@ -96,13 +96,20 @@ def create_app(
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, object]:
-        """200 when the engine is up; the log head cursor."""
-        return {"status": "ok", "head": engine.store.head, "version": __version__}
+        """200 when the engine is up; the log head cursor; with fan-out workers (``serve
+        --workers N``) each worker's state."""
+        found: dict[str, object] = {"status": "ok", "head": engine.store.head}
+        found["version"] = __version__
+        if engine.process_health is not None:
+            found.update(engine.process_health())
+        return found
 
     @app.get("/metrics", tags=["operations"])
     async def metrics(request: Request) -> Response:
-        """Prometheus text exposition: ingest counts, batch latency, subscribers, queues."""
-        return Response(engine.metrics.render(), media_type="text/plain; version=0.0.4")
+        """Prometheus text exposition: ingest counts, batch latency, subscribers, queues; with
+        fan-out workers every process's (docs/workers.md)."""
+        body = await engine.metrics.render_all()
+        return Response(body, media_type="text/plain; version=0.0.4")
 
     app.include_router(dt.router)  # last: its catch-all answers every other /v2 path
 

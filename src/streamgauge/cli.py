@@ -137,7 +137,7 @@ def _serve(
         overrides["cluster"] = cluster
     settings = Settings(**overrides)  # type: ignore[arg-type]
     clustered = settings.store is not None or bool(settings.bus)
-    count = settings.workers or 1
+    count = settings.serving_processes()  # unset: the number of cores (embedded mode)
     if count > 1 and clustered:
         console.print(
             "[red]serve: --workers above 1 is for the embedded mode only; the cluster mode "
@@ -232,7 +232,7 @@ def serve(
             max=64,
             help="Processes serving the port (embedded mode): this one, which writes, and "
             "WORKERS - 1 that serve live streams (STREAMGAUGE_WORKERS; default: the number "
-            "of cores; 1: one process; see docs/workers.md).",
+            "of cores, 1 in the cluster mode; 1: one process; see docs/workers.md).",
         ),
     ] = None,
 ) -> None:

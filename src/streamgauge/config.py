@@ -6,6 +6,7 @@ in step. Limits are bounded by default.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -47,10 +48,12 @@ class Settings(BaseSettings):
         le=64,
         description=(
             "Processes serving the port in the embedded mode: the writer and WORKERS - 1 "
-            "fan-out workers that serve live streams (a read-only engine each, following the "
-            "writer's log). Unset: 1, one process (the push feed unless WORKERS_FEED, /metrics "
-            "and the auth-failure limit are still per process; docs/workers.md). The cluster "
-            "mode (--store/--bus) runs one process per node."
+            "fan-out workers that serve the native and DT live streams (a read-only engine "
+            "each, following the writer's log); the push feed stays the writer's unless "
+            "WORKERS_FEED, everything else is the writer's; /metrics, /healthz and the "
+            "auth-failure limit cover every process (docs/workers.md). Unset: the number of "
+            "cores; 1: one process. The cluster mode (--store/--bus) runs one process per node "
+            "(unset: 1; above 1 is refused)."
         ),
     )
     workers_feed: bool = Field(
@@ -556,3 +559,12 @@ class Settings(BaseSettings):
         le=86400,
         description="Rejected MQTT messages are logged once per reason per this many seconds.",
     )
+
+    def serving_processes(self) -> int:
+        """How many processes serve the port (``serve``): ``workers`` if set; unset, the
+        number of cores in the embedded mode and 1 in the cluster mode (docs/workers.md)."""
+        if self.workers is not None:
+            return self.workers
+        if self.store is not None or self.bus:
+            return 1
+        return max(1, min(64, os.cpu_count() or 1))

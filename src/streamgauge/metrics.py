@@ -1,11 +1,20 @@
-"""Prometheus metrics of one engine (its own registry: no global state)."""
+"""Prometheus metrics of one engine (its own registry: no global state).
+
+With fan-out worker processes (``serve --workers N``, docs/workers.md) the writer's
+``/metrics`` covers every process (``render_all``, ``merge``): what adds up across processes
+(subscribers, their queued bytes, delivery latencies, closed streams) is one sum, as with one
+process; what belongs to a process (``process_*``: resident memory, CPU, fds; the registry's
+size; GC pauses; event-loop lag; the log head it has) is there once per process: the writer's
+without a label, each worker's with ``worker="N"``. ``streamgauge_worker_up{worker="N"}`` says
+which workers answered.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, NamedTuple
 
 from prometheus_client import (
     CollectorRegistry,
@@ -15,8 +24,34 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 log = logging.getLogger("streamgauge")
+# Families summed over the processes (one server's subscribers, whichever process holds them).
+SUMMED = frozenset(
+    {
+        "streamgauge_subscribers",
+        "streamgauge_subscriber_queue_bytes",
+        "streamgauge_delivery_seconds",
+        "streamgauge_stream_closed",
+    }
+)
+# Families kept per process (a worker's with a ``worker`` label).
+PER_PROCESS = ("process_", "streamgauge_registry_", "streamgauge_gc_pause_seconds")
+PER_PROCESS_NAMES = frozenset({"streamgauge_event_loop_lag_seconds", "streamgauge_log_head"})
+
+
+class Peer(NamedTuple):
+    """One worker process as the writer's ``/metrics`` sees it: its exposition, or None if it
+    did not answer."""
+
+    worker: str
+    text: bytes | None
+    restarts: int = 0
+
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -152,3 +187,72 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    # The writer process with fan-out workers sets this (``workers/supervisor.py``): the
+    # workers' expositions, asked for now.
+    peers: Callable[[], Awaitable[list[Peer]]] | None = None
+
+    async def render_all(self) -> bytes:
+        """This process's metrics, and every worker process's if it has any (``merge``)."""
+        if self.peers is None:
+            return self.render()
+        return merge(self.registry.collect(), await self.peers())
+
+
+def _per_process(name: str) -> bool:
+    return name.startswith(PER_PROCESS) or name in PER_PROCESS_NAMES
+
+
+class _Families:
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+def merge(own: Iterable[Metric], peers: list[Peer]) -> bytes:
+    """The exposition of one process's families (``own``) with its workers' (``peers``):
+    ``SUMMED`` families add up sample by sample (same name and labels; ``_created`` stays
+    this process's), per-process ones get each worker's samples with ``worker="N"``, the rest
+    (ingest, MQTT, deliveries: the writer's work) are this process's alone."""
+    families = {f.name: f for f in own}
+    for peer in peers:
+        if peer.text is None:
+            continue
+        for theirs in text_string_to_metric_families(peer.text.decode()):
+            mine = families.get(theirs.name)
+            if mine is None or mine.type != theirs.type:
+                continue
+            if theirs.name in SUMMED:
+                at = {
+                    (x.name, tuple(sorted(x.labels.items()))): i for i, x in enumerate(mine.samples)
+                }
+                for x in theirs.samples:
+                    if x.name.endswith("_created"):
+                        continue
+                    i = at.get((x.name, tuple(sorted(x.labels.items()))))
+                    if i is None:
+                        mine.samples.append(Sample(x.name, dict(x.labels), x.value))
+                    else:
+                        old = mine.samples[i]
+                        mine.samples[i] = old._replace(value=old.value + x.value)
+            elif _per_process(theirs.name):
+                for x in theirs.samples:
+                    mine.samples.append(
+                        Sample(x.name, {**x.labels, "worker": peer.worker}, x.value)
+                    )
+    up = GaugeMetricFamily(
+        "streamgauge_worker_up",
+        "1 if the fan-out worker process answered this scrape (serve --workers N)",
+        labels=["worker"],
+    )
+    restarts = GaugeMetricFamily(
+        "streamgauge_worker_restarts",
+        "Times the writer restarted this fan-out worker (it exited)",
+        labels=["worker"],
+    )
+    for peer in peers:
+        up.add_metric([peer.worker], 0.0 if peer.text is None else 1.0)
+        restarts.add_metric([peer.worker], float(peer.restarts))
+    return generate_latest(_Families([*families.values(), up, restarts]))

@@ -21,7 +21,9 @@ Every face verifies credentials here, so an account's settings hold on every fac
   Past it a key login is ``TooManyRequests`` (429 with ``Retry-After``) without running argon2,
   whatever the secret: except that a key whose exact secret was verified before (the digest
   cache) still works when only its key id is blocked, so that someone who knows a key id cannot
-  lock its owner out (a 256-bit secret cannot be guessed at any rate).
+  lock its owner out (a 256-bit secret cannot be guessed at any rate). With fan-out worker
+  processes every failure is counted in every process (``FailureLimiter.on_failed``,
+  ``workers/``): the limit is the server's, not one process's.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -90,6 +92,10 @@ class FailureLimiter:
         self._clock = clock
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}  # -> (level, when)
         self._lock = threading.Lock()
+        # Told the keys of every failure counted here by ``failed`` (from any thread): with
+        # fan-out workers (``serve --workers N``) each process tells the others, which
+        # ``count`` it, so a client spreading its attempts over processes meets one limit.
+        self.on_failed: Callable[[Sequence[tuple[str, str]]], None] | None = None
 
     def _level(self, key: tuple[str, str], now: float) -> float:
         got = self._buckets.get(key)
@@ -109,6 +115,17 @@ class FailureLimiter:
         return max(1, math.ceil((1.0 - level) * self.window / self.limit))
 
     def failed(self, *keys: tuple[str, str]) -> None:
+        """Count a failed login against each of ``keys`` (and tell ``on_failed``)."""
+        if self.limit <= 0:
+            return
+        self.count(keys)
+        listener = self.on_failed
+        if listener is not None:
+            listener(keys)
+
+    def count(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Count a failed login against each of ``keys`` without telling ``on_failed``: one
+        another process of the same server saw (``workers/``)."""
         if self.limit <= 0:
             return
         with self._lock:

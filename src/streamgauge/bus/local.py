@@ -12,17 +12,29 @@ Like every ``Bus`` it may skip: the writer never waits for a worker. A worker wh
 more than ``max_buffer`` bytes unsent misses the runs that do not fit, and finds them in the
 store (its ``core.cluster.Channel`` sees the gap, or the store's head, and reads the rows from
 SQLite): a slow worker costs reads, never a lost or repeated row, and never stalls the writer.
+
+Control frames (same header, kinds from ``CONTROL``; never skipped, they are small) go both
+ways and carry the state that must be the server's, not one process's (docs/workers.md,
+"Per-process state"):
+
+* ``METRICS_ASK`` (writer -> worker, ``first``: a request number) and ``METRICS`` (the reply:
+  the worker's Prometheus exposition): the writer's ``/metrics`` covers every process;
+* ``STATUS`` (worker -> writer, every ``STATUS_SECONDS``: JSON of its head, subscribers,
+  resident memory): the writer's ``/healthz`` says each worker's state;
+* ``AUTH_FAILED`` (both ways, JSON ``[[kind, value], ...]``): a failed login counted in one
+  process is counted in every other (the writer passes a worker's on to the other workers).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 import struct
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from streamgauge.bus.api import BusMessage, Handler, Kind
 
@@ -35,24 +47,59 @@ MAX_PAYLOAD = 1 << 30
 MAX_BUFFER = 64 << 20  # unsent bytes to one worker beyond which runs are skipped (it reads them)
 PARENT = "parent"  # the origin of every message a worker hears
 
+METRICS_ASK, METRICS, STATUS, AUTH_FAILED = 16, 17, 18, 19
+CONTROL = frozenset({METRICS_ASK, METRICS, STATUS, AUTH_FAILED})
+# A control frame heard: (kind, first, last, payload). Called in the event loop; quick.
+ControlHandler = Callable[[int, int, int, bytes], None]
+
 
 def frame(kind: Kind, first: int, last: int, payload: bytes) -> bytes:
     return HEADER.pack(CODES[kind], first, last, len(payload)) + payload
 
 
+def encode_keys(keys: Sequence[tuple[str, str]]) -> bytes:
+    """An ``AUTH_FAILED`` payload: the rate-limit keys of one failed login."""
+    return json.dumps([[kind, value] for kind, value in keys]).encode()
+
+
+def decode_keys(payload: bytes) -> list[tuple[str, str]]:
+    """The keys of an ``AUTH_FAILED`` payload (ValueError if it is not one)."""
+    found: Any = json.loads(payload)
+    if not isinstance(found, list):
+        raise ValueError("not a list of keys")
+    keys: list[tuple[str, str]] = []
+    for key in found:
+        if not (isinstance(key, list) and len(key) == 2 and all(isinstance(x, str) for x in key)):
+            raise ValueError(f"not a key: {key!r}")
+        keys.append((key[0], key[1]))
+    return keys
+
+
+def control_frame(code: int, first: int, last: int, payload: bytes) -> bytes:
+    if code not in CONTROL:
+        raise ValueError(f"not a control frame kind: {code}")
+    return HEADER.pack(code, first, last, len(payload)) + payload
+
+
 class Relay:
     """The writer's side: sends every run to every connected worker, never waiting."""
 
-    def __init__(self, max_buffer: int = MAX_BUFFER) -> None:
+    def __init__(
+        self,
+        max_buffer: int = MAX_BUFFER,
+        on_control: Callable[[str, int, int, int, bytes], None] | None = None,
+    ) -> None:
         self.max_buffer = max_buffer
         self._peers: dict[str, asyncio.WriteTransport] = {}
         self.sent = 0
         self.skipped = 0  # runs a slow worker missed (it read them from the store)
+        # A worker's control frame: (worker name, kind, first, last, payload).
+        self.on_control = on_control
 
     async def add(self, name: str, sock: socket.socket) -> None:
         """Follow a worker over ``sock`` (our end of its socket pair)."""
         loop = asyncio.get_running_loop()
-        made, _ = await loop.connect_accepted_socket(_Quiet, sock)
+        made, _ = await loop.connect_accepted_socket(lambda: _FromWorker(self, name), sock)
         transport = cast(asyncio.WriteTransport, made)  # uvloop's are not asyncio's classes
         old = self._peers.pop(name, None)
         if old is not None:
@@ -78,17 +125,67 @@ class Relay:
             transport.write(data)
             self.sent += 1
 
+    def send_control(
+        self, code: int, first: int, last: int, payload: bytes, *, to: str | None = None
+    ) -> int:
+        """A control frame to worker ``to`` (None: every worker); never skipped. Returns how
+        many workers it was written to."""
+        data = control_frame(code, first, last, payload)
+        written = 0
+        for name, transport in list(self._peers.items()):
+            if to is not None and name != to:
+                continue
+            if transport.is_closing():
+                self._peers.pop(name, None)
+                continue
+            transport.write(data)
+            written += 1
+        return written
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, t in self._peers.items() if not t.is_closing()]
+
     def close(self) -> None:
         for transport in self._peers.values():
             transport.close()
         self._peers.clear()
 
 
-class _Quiet(asyncio.Protocol):
-    """The writer reads nothing from a worker's bus socket (EOF: the worker is gone)."""
+class _FromWorker(asyncio.Protocol):
+    """The writer's reading end of a worker's bus socket: control frames only (EOF: the worker
+    is gone). A malformed frame closes the socket (the worker then stops and is restarted)."""
+
+    def __init__(self, relay: Relay, name: str) -> None:
+        self._relay = relay
+        self._name = name
+        self._buf = bytearray()
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
 
     def data_received(self, data: bytes) -> None:
-        pass
+        self._buf += data
+        while len(self._buf) >= HEADER.size:
+            code, first, last, size = HEADER.unpack_from(self._buf)
+            if code not in CONTROL or size > MAX_PAYLOAD:
+                log.error("worker %s sent a malformed frame (kind %d)", self._name, code)
+                self._buf.clear()
+                if self._transport is not None:
+                    self._transport.close()
+                return
+            end = HEADER.size + size
+            if len(self._buf) < end:
+                return
+            payload = bytes(self._buf[HEADER.size : end])
+            del self._buf[:end]
+            handler = self._relay.on_control
+            if handler is not None:
+                try:
+                    handler(self._name, code, first, last, payload)
+                except Exception:
+                    log.exception("a control frame from worker %s failed", self._name)
 
 
 class LocalBus:
@@ -103,6 +200,7 @@ class LocalBus:
         self._task: asyncio.Task[None] | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._connected = False
+        self.on_control: ControlHandler | None = None  # control frames from the writer
 
     async def start(self, handler: Handler, on_reconnect: Callable[[], None]) -> None:
         reader, self._writer = await asyncio.open_unix_connection(sock=self._sock, limit=1 << 20)
@@ -114,9 +212,16 @@ class LocalBus:
             while True:
                 head = await reader.readexactly(HEADER.size)
                 code, first, last, size = HEADER.unpack(head)
-                if code >= len(KINDS) or size > MAX_PAYLOAD:
+                if (code >= len(KINDS) and code not in CONTROL) or size > MAX_PAYLOAD:
                     raise ValueError(f"a malformed frame (kind {code}, {size} bytes)")
                 payload = await reader.readexactly(size)
+                if code in CONTROL:
+                    if self.on_control is not None:
+                        try:
+                            self.on_control(code, first, last, payload)
+                        except Exception:
+                            log.exception("worker %s: a control frame failed", self.node_id)
+                    continue
                 await handler(BusMessage(KINDS[code], first, last, payload, PARENT))
         except asyncio.CancelledError:
             raise
@@ -129,6 +234,13 @@ class LocalBus:
 
     async def publish(self, kind: Kind, first: int, last: int, payload: bytes) -> bool:
         return False  # never called: a worker commits nothing
+
+    def send_control(self, code: int, first: int, last: int, payload: bytes) -> bool:
+        """A control frame to the writer (False if the bus is not connected)."""
+        if not self._connected or self._writer is None or self._writer.is_closing():
+            return False
+        self._writer.write(control_frame(code, first, last, payload))
+        return True
 
     @property
     def connected(self) -> bool:

@@ -139,6 +139,8 @@ class Engine:
         # (reported state, alert rules, delivery wake-ups) must be quick and must not raise.
         self.listeners: list[Callable[[Batch], None]] = []
         self.metrics.bind(lambda: self.hub.subscribers, self.hub.queued_bytes, lambda: self.head)
+        # The other processes' state for /healthz (workers/: set by the writer with workers).
+        self.process_health: Callable[[], dict[str, object]] | None = None
         self.metrics.bind_registry(footprint.Cached(self.registry).get)
         # Outbound deliveries (data connectors, alert actions), woken by every committed batch.
         self.deliveries = Deliveries(

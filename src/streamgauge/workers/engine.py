@@ -8,6 +8,10 @@ from SQLite (a WAL reader sees every commit); the store's head is looked at ever
 ``cluster_head_check_seconds``. A stream resuming from a cursor the writer handed out a moment
 ago waits (at most ``cluster_resume_wait_seconds``) until this process has it.
 
+Its per-process state is the server's (control frames, ``bus/local.py``): it answers the
+writer's asks for its metrics, sends its status every ``STATUS_SECONDS``, and tells the writer
+of every failed login it counts and counts every one the writer tells it of.
+
 Nothing here writes: alert rules, deliveries, retention and ingest run in the writer process
 only; with the push feed served in workers (``STREAMGAUGE_WORKERS_FEED``), the sessions of the
 feed tokens this worker serves are written by it (``workers/feeds.py``), nothing else.
@@ -15,9 +19,15 @@ feed tokens this worker serves are written by it (``workers/feeds.py``), nothing
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from streamgauge.bus import local
 from streamgauge.bus.local import LocalBus
 from streamgauge.config import Settings
 from streamgauge.core.engine import Engine
@@ -26,6 +36,19 @@ from streamgauge.store.files import private_dir
 from streamgauge.store.sqlite.feeds import FeedStore
 from streamgauge.store.sqlite.replica import ReplicaStore
 from streamgauge.workers.feeds import FeedTables
+
+log = logging.getLogger("streamgauge.workers")
+
+STATUS_SECONDS = 1.0  # how often a worker tells the writer its state (/healthz)
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class WorkerEngine(Engine):
@@ -59,9 +82,14 @@ class WorkerEngine(Engine):
             self.feeds = feeds
             self.followers.append(feeds.follow)
             self.resyncs.append(feeds.reload_tokens)  # behind what the event feed keeps
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reporting: asyncio.Task[None] | None = None
+        bus.on_control = self._control
+        self.auth.limiter.on_failed = self._failed_here
 
     async def start(self) -> None:
         private_dir(self.settings.data)
+        self._loop = asyncio.get_running_loop()
         await self.store.open(self._committed)
         loaded = getattr(self.store, "events_loaded", None)
         if self._tables is not None:
@@ -70,10 +98,44 @@ class WorkerEngine(Engine):
             await self.feeds.start()
         await self._join_cluster(self._bus, meta_after=loaded)
         self._start_clocks()
+        self._reporting = asyncio.create_task(self._report())
 
     async def stop(self) -> None:
+        if self._reporting is not None:
+            self._reporting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reporting
+            self._reporting = None
         try:
             await super().stop()
         finally:
             if self._tables is not None:
                 self._tables.close()
+
+    def status(self) -> dict[str, object]:
+        return {
+            "head": self.head,
+            "subscribers": self.hub.subscribers,
+            "resident_memory_bytes": resident_bytes(),
+        }
+
+    async def _report(self) -> None:
+        while True:
+            self._bus.send_control(local.STATUS, 0, 0, json.dumps(self.status()).encode())
+            await asyncio.sleep(STATUS_SECONDS)
+
+    def _control(self, code: int, first: int, last: int, payload: bytes) -> None:
+        if code == local.METRICS_ASK:
+            self._bus.send_control(local.METRICS, first, 0, self.metrics.render())
+        elif code == local.AUTH_FAILED:
+            self.auth.limiter.count(local.decode_keys(payload))
+
+    def _failed_here(self, keys: Sequence[tuple[str, str]]) -> None:
+        """A login failed here (maybe in a hashing thread): the writer and the other workers
+        count it too."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        payload = local.encode_keys(keys)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._bus.send_control, local.AUTH_FAILED, 0, 0, payload)

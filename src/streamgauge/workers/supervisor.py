@@ -11,7 +11,11 @@ processes (``workers/process.py``) and, for each:
   everything that is not a live stream (with the push feed in workers, a feed connection of
   another worker's token is passed on to that worker, ``Workers.pass_to``);
 * restarts it when it exits (a kill -9 included), after a short, growing pause; a worker holds
-  no data, so nothing acknowledged is lost (its clients resume, on any process).
+  no data, so nothing acknowledged is lost (its clients resume, on any process);
+* makes the per-process state the server's (control frames, ``bus/local.py``): ``/metrics``
+  asks every worker for its metrics and merges them (``metrics.merge``), ``/healthz`` lists
+  each worker's last status, and a failed login counted in any process is counted in every
+  process (the auth-failure limit is one limit).
 
 Workers get SIGTERM when the writer shuts down (their streams close with resume cursors), and
 when it dies (``PR_SET_PDEATHSIG``, and their bus socket closes).
@@ -22,22 +26,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streamgauge.bus import local
 from streamgauge.bus.codec import encode_batch
 from streamgauge.bus.local import Relay
 from streamgauge.core.cluster import MetaRun, encode_meta
 from streamgauge.core.engine import Engine
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.events import MetaEvent
+from streamgauge.metrics import Peer
 from streamgauge.workers.server import GracefulServer
 
 log = logging.getLogger("streamgauge.workers")
@@ -46,6 +53,10 @@ RESTART_FIRST = 0.2  # seconds before restarting a worker that exited; doubles w
 RESTART_MAX = 5.0  # exiting within STABLE seconds of its start
 STABLE = 10.0
 STOP_GRACE = 8.0  # a worker asked to stop gets this long, then SIGKILL
+METRICS_WAIT = 1.0  # /metrics waits this long for the workers' metrics (one missing: up 0)
+STATUS_STALE = 5.0  # a worker whose last status is older is "unresponsive" in /healthz
+STARTUP_FAILURE = 3  # uvicorn's exit status when the lifespan startup fails
+READY_WAIT = 30.0  # the writer starts accepting after its workers are ready, or after this
 
 
 def _die_with_parent() -> Callable[[], None] | None:
@@ -95,8 +106,14 @@ class Workers:
         self.host, self.port, self.data = host, port, data
         self.server = server
         self.engine = engine
-        self.relay = Relay()
+        self.relay = Relay(on_control=self._control)
         self.restarts = 0
+        self._restarts: dict[int, int] = {}  # per worker
+        self._asks = 0
+        self._asked: dict[tuple[str, int], asyncio.Future[bytes]] = {}
+        self._status: dict[str, tuple[float, dict[str, object]]] = {}  # name -> (when, status)
+        self._heard = asyncio.Event()  # a status arrived
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._workers: dict[int, _Worker] = {}
         self._delay: dict[int, float] = {}
         self._stopping = False
@@ -114,8 +131,121 @@ class Workers:
         if engine.store.on_events is not None:
             raise RuntimeError("fan-out workers and the cluster mode do not mix (yet)")
         engine.store.on_events = self._meta
+        self._loop = asyncio.get_running_loop()
+        engine.metrics.peers = self.peers
+        engine.process_health = self.health
+        engine.auth.limiter.on_failed = self._failed_here
         for n in range(1, self.count):
             await self._spawn(n)
+
+    # -- the per-process state made the server's ------------------------------------------------
+
+    def _control(self, name: str, code: int, first: int, last: int, payload: bytes) -> None:
+        """A control frame from worker ``name`` (``bus/local.py``)."""
+        if code == local.METRICS:
+            fut = self._asked.pop((name, first), None)
+            if fut is not None and not fut.done():
+                fut.set_result(payload)
+        elif code == local.STATUS:
+            status = json.loads(payload)
+            if isinstance(status, dict):
+                self._status[name] = (asyncio.get_running_loop().time(), status)
+                self._heard.set()
+        elif code == local.AUTH_FAILED:
+            keys = local.decode_keys(payload)
+            self.engine.auth.limiter.count(keys)  # counted here, and in the other workers
+            for other in self.relay.names:
+                if other != name:
+                    self.relay.send_control(local.AUTH_FAILED, 0, 0, payload, to=other)
+
+    async def ready(self, timeout: float = READY_WAIT) -> bool:
+        """Wait until every worker has reported (its engine follows the log; it binds the port
+        right after), at most ``timeout`` seconds. Whether they all did."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            missing = [
+                n
+                for n, w in self._workers.items()
+                if (seen := self._status.get(str(n))) is None or seen[0] < w.started
+            ]
+            if len(self._workers) == self.count - 1 and not missing:
+                return True
+            if self._stopping:  # a shutdown signal meanwhile
+                return False
+            left = deadline - loop.time()
+            if left <= 0:
+                log.warning("fan-out workers %s not ready after %.0f s: serving", missing, timeout)
+                return False
+            self._heard.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._heard.wait(), min(left, 0.5))
+
+    def _failed_here(self, keys: Sequence[tuple[str, str]]) -> None:
+        """A login failed in this process (maybe in a hashing thread): every worker counts it."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        payload = local.encode_keys(keys)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self.relay.send_control, local.AUTH_FAILED, 0, 0, payload)
+
+    async def peers(self) -> list[Peer]:
+        """Every worker's metrics (Prometheus text), asked for now; None for one that is not
+        running or did not answer within ``METRICS_WAIT``."""
+        loop = asyncio.get_running_loop()
+        asked: dict[int, asyncio.Future[bytes]] = {}
+        running = set(self.relay.names)
+        for n in range(1, self.count):
+            name = str(n)
+            if name not in running:
+                continue
+            self._asks += 1
+            fut: asyncio.Future[bytes] = loop.create_future()
+            self._asked[(name, self._asks)] = fut
+            if self.relay.send_control(local.METRICS_ASK, self._asks, 0, b"", to=name):
+                asked[n] = fut
+            else:
+                self._asked.pop((name, self._asks), None)
+        if asked:
+            await asyncio.wait(asked.values(), timeout=METRICS_WAIT)
+        peers = []
+        for n in range(1, self.count):
+            got = asked.get(n)
+            text = got.result() if got is not None and got.done() else None
+            peers.append(Peer(str(n), text, self._restarts.get(n, 0)))
+        for key in [k for k, f in self._asked.items() if f in asked.values()]:
+            del self._asked[key]  # unanswered asks (a late answer is dropped)
+        return peers
+
+    def health(self) -> dict[str, object]:
+        """The workers' state for ``/healthz``: each one's process id, state (``up``: its
+        last status is recent; ``starting``: none yet; ``unresponsive``; ``restarting``: not
+        running), restarts, and its last status (log head, subscribers, resident memory)."""
+        now = asyncio.get_running_loop().time()
+        listed: list[dict[str, object]] = []
+        for n in range(1, self.count):
+            w = self._workers.get(n)
+            running = w is not None and w.proc.poll() is None
+            seen = self._status.get(str(n))
+            item: dict[str, object] = {"worker": n, "pid": w.proc.pid if running and w else None}
+            if not running:
+                item["state"] = "restarting"
+            elif seen is None or (w is not None and seen[0] < w.started):
+                item["state"] = "starting"
+            elif now - seen[0] > STATUS_STALE:
+                item["state"] = "unresponsive"
+            else:
+                item["state"] = "up"
+            if running and seen is not None and w is not None and seen[0] >= w.started:
+                item.update(seen[1])
+            item["restarts"] = self._restarts.get(n, 0)
+            listed.append(item)
+        return {
+            "processes": self.count,
+            "up": sum(1 for item in listed if item["state"] == "up"),
+            "workers": listed,
+        }
 
     def _batch(self, batch: Batch) -> None:
         if len(batch):
@@ -228,6 +358,8 @@ class Workers:
             delay,
         )
         self.restarts += 1
+        self._restarts[w.number] = self._restarts.get(w.number, 0) + 1
+        self._status.pop(str(w.number), None)
         await asyncio.sleep(delay)
         if not self._stopping:
             await self._spawn(w.number)
@@ -251,6 +383,15 @@ class Workers:
             if late:
                 await asyncio.wait(late, timeout=STOP_GRACE)
         self.relay.close()
+        if self.engine.metrics.peers == self.peers:
+            self.engine.metrics.peers = None
+        if self.engine.process_health == self.health:
+            self.engine.process_health = None
+        if self.engine.auth.limiter.on_failed == self._failed_here:
+            self.engine.auth.limiter.on_failed = None
+        for fut in self._asked.values():
+            fut.cancel()
+        self._asked.clear()
         if self.engine.store.on_events == self._meta:
             self.engine.store.on_events = None
         if self._batch in self.engine.relays:
@@ -283,12 +424,12 @@ class WriterServer(GracefulServer):
         self._accepting: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        if self.feed and sockets:
-            self._listener = sockets[0]
-            sockets = []
-        await super().startup(sockets)
-        if not self.started:
-            return
+        """The engine (the app's lifespan) and the workers (at once if the database exists,
+        else after the engine made it), and only once they are ready (or after
+        ``READY_WAIT``) accepting: a server's first clients, which may be its long-lived
+        streams, are spread over every process, not all taken by this one while the workers
+        start. (Connections made meanwhile wait in the listen queue.)"""
+        lifespan = self.lifespan
         engine = getattr(getattr(self.config.app, "state", None), "engine", None)
         assert isinstance(engine, Engine)
         self.workers = Workers(
@@ -305,7 +446,30 @@ class WriterServer(GracefulServer):
 
             count = self.count
             engine.feeds.owns = lambda digest: routing.owner(digest, count) == 0  # type: ignore[attr-defined]
-        await self.workers.start()
+        # A restart: the database is there, so the workers load their registries from it
+        # while this process loads its own (on another core), instead of after it.
+        path = getattr(engine.store, "path", None)
+        early = isinstance(path, Path) and path.exists()
+        if early:
+            await self.workers.start()
+        await lifespan.startup()
+        if lifespan.should_exit:
+            await self.workers.stop()
+            sys.exit(STARTUP_FAILURE)  # as uvicorn's does; the lifespan logged why
+        if not early:
+            await self.workers.start()
+        await self.workers.ready()
+
+        async def started() -> None:
+            return None
+
+        lifespan.startup = started  # done above: not twice
+        if self.feed and sockets:
+            self._listener = sockets[0]
+            sockets = []
+        await super().startup(sockets)
+        if not self.started:
+            return
         if self._listener is not None:
             from streamgauge.workers.process import accept_loop
 
