@@ -64,3 +64,16 @@ async def test_pings_of_connections_opened_together_are_spread_and_answered_ones
     assert firsts[-1] - firsts[0] > 0.1 * INTERVAL  # spread, not one instant
     for first, second in pings:  # answered: pinged again about an interval later
         assert second - first > 0.5 * INTERVAL
+
+
+def test_text_frames_made_once_are_the_frames_websockets_makes() -> None:
+    """``text_frame`` writes the bytes ``websockets`` would for a server's text message, at each
+    length encoding (7-bit, 16-bit, 64-bit) and at their edges."""
+    from websockets.frames import Frame
+
+    from streamgauge.faces.websocket import text_frame
+
+    for n in (0, 1, 125, 126, 127, 65535, 65536, 70_000):
+        message = (b'{"type":"data","x":"' + b"\xc3\xa9" * n)[:n]
+        expected = Frame(Opcode.TEXT, message).serialize(mask=False, extensions=[])
+        assert text_frame(message) == expected, n

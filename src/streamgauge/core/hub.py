@@ -56,6 +56,7 @@ class Item:
     received_ns: int
     series: npt.NDArray[np.int64] | None = None  # the rows' series pks, if the framing asks
     derived: object = None  # a face's per-item cache (shared by sessions whose masks agree)
+    frame: bytes | None = None  # ``data`` as a WebSocket frame, made once for every connection
 
 
 # A direct delivery: (items of a round, position the round reached) -> taken? (see the docstring)

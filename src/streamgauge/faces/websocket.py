@@ -11,6 +11,13 @@ extensions stay authoritative) and hands them to the transport in one write.
 Everything else (accept, receive, close, pings) still goes through ASGI; an app run by another
 server finds no writer in the scope and sends through ASGI as usual.
 
+Frames made once, decided and written down: a server's frames are not masked, so without an
+extension (permessage-deflate) a text frame's bytes are the same for every connection.
+``text_frame`` makes them once (the feed keeps them on the hub's item, shared by the sessions
+whose rows agree) and ``MessageWriter.write`` hands them to the transport as they are, after the
+same checks as ``send`` (the connection is open, its ``websockets`` state too); with an extension
+negotiated ``raw`` is false and messages go through ``send``.
+
 Backpressure, decided and written down: the writer never buffers on its own. ``paused`` is true
 while the transport's buffer is above its high-water mark (uvicorn's ``writable`` event, the
 same one its ASGI ``send`` waits on); a caller waits for ``writable()`` before writing more, so
@@ -26,8 +33,20 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidState
 from websockets.http11 import Request
+from websockets.protocol import State
 
 WRITER = "streamgauge.websocket.writer"
+
+
+def text_frame(message: bytes) -> bytes:
+    """``message`` (UTF-8 text) as one final, unmasked text frame: a server's frame without
+    extensions, the same bytes for every connection (RFC 6455 section 5.2)."""
+    n = len(message)
+    if n < 126:
+        return b"\x81%c%s" % (n, message)
+    if n < 65536:
+        return b"\x81\x7e%s%s" % (n.to_bytes(2, "big"), message)
+    return b"\x81\x7f%s%s" % (n.to_bytes(8, "big"), message)
 
 
 class MessageWriter:
@@ -50,6 +69,23 @@ class MessageWriter:
 
     async def writable(self) -> None:
         await self._protocol.writable.wait()
+
+    @property
+    def raw(self) -> bool:
+        """Frames made by ``text_frame`` may be written as they are: no extension negotiated."""
+        return not self._protocol.conn.extensions
+
+    def write(self, frames: bytes) -> bool:
+        """Write frames made by ``text_frame`` (only when ``raw``) in one go; False if the
+        connection is closing or closed (nothing is written then)."""
+        p = self._protocol
+        if p.close_sent or p.disconnected or p.conn.state is not State.OPEN:
+            return False
+        transport = p.transport
+        if transport.is_closing():
+            return False
+        transport.write(frames)
+        return True
 
     def send(self, messages: Sequence[bytes]) -> bool:
         """Frame ``messages`` (UTF-8 JSON texts) and write them in one go; False if the

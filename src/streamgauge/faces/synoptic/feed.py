@@ -60,6 +60,7 @@ from streamgauge.faces.synoptic.messages import (
     encode_rows,
     feed_framing,
     merge_items,
+    round_frames,
 )
 from streamgauge.faces.websocket import WRITER, MessageWriter
 
@@ -145,6 +146,10 @@ class _Sender:
             assert writer is not None  # the sink is given only with a writer
             if writer.paused or not writer.open or not self._alive():
                 return False
+            if writer.raw:
+                writer.write(round_frames(items, self._meta, self._rows))
+                self._feeds.moved(self._session, position)
+                return True
             messages: list[bytes] = []
             for item in merge_items(items, self._rows):
                 described = self._meta.message(item)

@@ -22,6 +22,7 @@ from streamgauge.core.hub import Item
 from streamgauge.core.registry import Registry, SiteRec
 from streamgauge.core.units import UnitSystem, target_unit, unit_label
 from streamgauge.domain.batch import Batch
+from streamgauge.faces.websocket import text_frame
 from streamgauge.wire.rows import format_time
 
 M_TO_FT = 3.280839895013123
@@ -367,3 +368,27 @@ class Metadata:
             + b",".join(stations_json)
             + b"]}"
         )
+
+
+def round_frames(items: list[Item], meta: Metadata, max_rows: int) -> bytes:
+    """One connection's messages of a fan-out round as WebSocket frames, ready to write (see
+    ``faces/websocket.py``): each data message preceded by the metadata it needs. A data
+    message's frame is made once per item and kept on it, so the sessions that share an item
+    (their rows agree) share its frame too; merged items (a session behind) are framed anew."""
+    if len(items) == 1:
+        item = items[0]
+        frame = item.frame
+        if frame is None:
+            frame = item.frame = text_frame(item.data)
+        described = meta.message(item)
+        return frame if described is None else text_frame(described) + frame
+    parts: list[bytes] = []
+    for item in merge_items(items, max_rows):
+        described = meta.message(item)
+        if described is not None:
+            parts.append(text_frame(described))
+        frame = item.frame
+        if frame is None:
+            frame = item.frame = text_frame(item.data)
+        parts.append(frame)
+    return b"".join(parts)
