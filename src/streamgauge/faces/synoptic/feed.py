@@ -219,7 +219,11 @@ async def _feed(ws: WebSocket, token: str, session_id: str | None) -> None:
         if gap:
             await _send(ws, gap)
         claimed = None  # from here the session is live: _run's ``opened`` takes the claim over
-        await _run(ws, engine, tok, session, args)
+        writer = ws.scope.get("extensions", {}).get(WRITER)
+        if isinstance(writer, MessageWriter):
+            writer.detach(_run(ws, engine, tok, session, args))  # the ASGI call returns now
+        else:
+            await _run(ws, engine, tok, session, args)
     finally:
         if claimed is not None:
             engine.feeds.release(claimed)
