@@ -39,6 +39,8 @@ from websockets.exceptions import InvalidState
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from streamgauge.core.hub import Flag
+
 WRITER = "streamgauge.websocket.writer"
 # What replaces a handshake once its response is sent (``DirectWebSocketProtocol.send``).
 _SENT_REQUEST = Request("/", Headers())
@@ -156,45 +158,6 @@ class _Queue:
         return self._items.pop(0)
 
 
-class _Flag:
-    """What uvicorn's protocol uses of its ``asyncio.Event`` ``writable`` (``set``, ``clear``,
-    ``is_set``, ``wait``), with waiters in a list made when one waits (an ``asyncio.Event``
-    keeps a deque of about 750 bytes per connection)."""
-
-    __slots__ = ("_set", "_waiters")
-
-    def __init__(self) -> None:
-        self._set = False
-        self._waiters: list[asyncio.Future[None]] | None = None
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def set(self) -> None:
-        self._set = True
-        waiters, self._waiters = self._waiters, None
-        for waiter in waiters or ():
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def clear(self) -> None:
-        self._set = False
-
-    async def wait(self) -> bool:
-        if self._set:
-            return True
-        waiter = asyncio.get_running_loop().create_future()
-        if self._waiters is None:
-            self._waiters = []
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        finally:
-            if self._waiters is not None and waiter in self._waiters:
-                self._waiters.remove(waiter)
-        return True
-
-
 class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's ``websockets-sansio`` protocol, offering a ``MessageWriter`` to the app, with a
     leaner receive queue and ``writable`` event (a thousand idle feed sessions are a thousand
@@ -203,7 +166,7 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = _Queue()  # type: ignore[assignment]
-        self.writable = _Flag()  # type: ignore[assignment]
+        self.writable = Flag()  # type: ignore[assignment]
         self.writable.set()
         self.detached = False
 
