@@ -3,6 +3,7 @@ broadcast of the same frames.
 
     .venv/bin/python -m bench feed               # about 2 minutes
     .venv/bin/python -m bench feed --subscribers 100 --fanout-rate 2000 --fanout-seconds 5
+    .venv/bin/python -m bench feed --busy 0.8    # another process using 80 % of one core
 
 (1) A streamgauge server (QC on) gets the 30,000-station mesonet and a feed token. 1,000 sessions
     (`ws://HOST/feed/{token}/?{arguments}`, each with different arguments: state, network, radius
@@ -46,6 +47,7 @@ from .common import (
     NVARS,
     STATES,
     VARIABLES,
+    Busy,
     Mesonet,
     NdjsonEncoder,
     build_request,
@@ -637,6 +639,7 @@ def feed_fanout(
     filters: list[FeedFilter],
     t1: int,
     fresh_series: bool = False,
+    busy: float = 0.0,
 ) -> FeedRun:
     assert srv.proc is not None
     pid = srv.proc.pid
@@ -690,7 +693,9 @@ def feed_fanout(
         )
         lag_before = histogram(srv.port, "streamgauge_event_loop_lag_seconds")
         spy = start_profile(pid, cfg.seconds)
-        server_s, busy_s, client_s, wall, send_wall = paced_phase(pid, srv.port, reqs, cfg, res)
+        with Busy(busy) as burner:
+            server_s, busy_s, client_s, wall, send_wall = paced_phase(pid, srv.port, reqs, cfg, res)
+            busy_s -= burner.cpu_seconds()
         if spy is not None:
             spy.wait()
         run.server_cpu_s = server_s
@@ -915,7 +920,12 @@ def broadcast_process(*args: Any) -> None:
 
 
 def broadcast_fanout(
-    m: Mesonet, cfg: FanoutCfg, filters: list[FeedFilter], t1: int, message_rows: int
+    m: Mesonet,
+    cfg: FanoutCfg,
+    filters: list[FeedFilter],
+    t1: int,
+    message_rows: int,
+    busy: float = 0.0,
 ) -> FeedRun:
     run = FeedRun(FanoutResult("websockets-broadcast", asdict(cfg)), t1_ms=t1)
     res = run.res
@@ -967,16 +977,17 @@ def broadcast_fanout(
             f"  {res.connected} clients connected in {run.connect_s:.1f} s; broadcast server rss "
             f"{run.rss_before_mb:.0f} -> {run.rss_connected_mb:.0f} MB"
         )
-        cpu0, t0 = proc_cpu_seconds(wp.pid), time.time()
-        b0 = system_busy_seconds()
-        go.set()
-        item = wres.get(timeout=cfg.seconds + 180)
-        if item[0] == "error":
-            raise RuntimeError(item[1])
-        _, send_wall, elapsed, lag = item
-        time.sleep(cfg.grace)
-        server_s = run.server_cpu_s = proc_cpu_seconds(wp.pid) - cpu0
-        busy_s, wall = system_busy_seconds() - b0, time.time() - t0
+        with Busy(busy) as burner:
+            cpu0, t0 = proc_cpu_seconds(wp.pid), time.time()
+            b0 = system_busy_seconds()
+            go.set()
+            item = wres.get(timeout=cfg.seconds + 180)
+            if item[0] == "error":
+                raise RuntimeError(item[1])
+            _, send_wall, elapsed, lag = item
+            time.sleep(cfg.grace)
+            server_s = run.server_cpu_s = proc_cpu_seconds(wp.pid) - cpu0
+            busy_s, wall = system_busy_seconds() - b0 - burner.cpu_seconds(), time.time() - t0
         res.server_cpu_pct = server_s / wall * 100
         res.sent_obs = cfg.nbatches * cfg.rows
         res.ingest_obs_s = res.sent_obs / elapsed
@@ -1027,6 +1038,14 @@ def add_args(ap: argparse.ArgumentParser) -> None:
         "--fresh-series",
         action="store_true",
         help="no warm-up ingest: the series are created by the run's own first observations",
+    )
+    ap.add_argument(
+        "--busy",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="another process using SHARE (0..1) of one core during the paced phase of both "
+        "the feed and the broadcast runs (bench.common.Busy; default 0: quiet)",
     )
     ap.add_argument("--json", default=None, help="also write all results to this JSON file")
 
@@ -1082,7 +1101,7 @@ def main_feed(a: argparse.Namespace) -> None:
                 f"{cfg.rate:,.0f} obs/s in batches of {cfg.rows} for {cfg.seconds:.0f} s"
             )
             try:
-                sg = feed_fanout(m, cfg, srv, filters, t1, a.fresh_series)
+                sg = feed_fanout(m, cfg, srv, filters, t1, a.fresh_series, a.busy)
                 print_run("streamgauge feed", sg)
                 if sg.log_errors:
                     log(f"    server log error lines: {sg.log_errors}")
@@ -1108,7 +1127,7 @@ def main_feed(a: argparse.Namespace) -> None:
             "pre-filtered, same rate"
         )
         try:
-            ws = broadcast_fanout(m, cfg, filters, t1, a.message_rows)
+            ws = broadcast_fanout(m, cfg, filters, t1, a.message_rows, a.busy)
             print_run("websockets broadcast", ws)
         except Exception as e:  # noqa: BLE001
             log(f"  websockets part failed: {e!r}\n{traceback.format_exc()[-1500:]}")
@@ -1137,7 +1156,7 @@ def summary(
     log(
         f"FEED SUMMARY  cpu_count={os.cpu_count()}  sessions={cfg.subscribers}  "
         f"ingest {cfg.rate:,.0f} obs/s x {cfg.seconds:.0f} s  durability={a.durability}  "
-        f"total {total:.0f} s"
+        f"busy {a.busy:g} of a core  total {total:.0f} s  load average {os.getloadavg()[0]:.2f}"
     )
     log("-" * 86)
     log(f"{'measure':46s} {'feed':>12s} {'websockets':>12s} {'ratio':>8s}")
@@ -1180,13 +1199,25 @@ def summary(
         log(
             f"memory per idle feed session: {sg.kb_per_idle_session:.1f} KB "
             f"(server rss {sg.rss_before_mb:.0f} -> {sg.rss_connected_mb:.0f} MB for "
-            f"{sg.res.connected} sessions; target < 50 KB)"
+            f"{sg.res.connected} sessions; target <= 15 KB)"
         )
     if r1 and r2 and r2.delivered_obs_s:
         log(
             f"ratio feed / broadcast: delivered obs/s {r1.delivered_obs_s / r2.delivered_obs_s:.2f}"
             f" (aim >= 0.5); latency p50 x{r1.p50_ms / r2.p50_ms:.1f}, "
             f"p99 x{r1.p99_ms / r2.p99_ms:.1f} (feed / broadcast)"
+        )
+    if sg and ws and r1 and r2:
+        per_cpu = [
+            r.delivered / x.server_cpu_s if x.server_cpu_s > 0 else float("nan")
+            for x, r in ((sg, r1), (ws, r2))
+        ]
+        log(
+            f"RATIOS feed / broadcast (busy {a.busy:g}): p99 "
+            f"{r1.p99_ms / r2.p99_ms if r2.p99_ms else float('nan'):.2f} (aim <= 2), "
+            f"delivered obs per server cpu-second "
+            f"{per_cpu[0] / per_cpu[1] if per_cpu[1] else float('nan'):.2f} (aim >= 0.9); "
+            f"memory per idle session {sg.kb_per_idle_session:.1f} KB (aim <= 15)"
         )
     if r1:
         log(

@@ -4,7 +4,7 @@ The feed bench (bench/feed.py) measures the whole system on loopback, where the 
 with everything else on the machine. This one isolates the server's own work of a live round:
 the engine (SQLite store, registry, hub) with the same 30,000-station mesonet, 1,000 sessions
 with bench/feed.py's arguments, each with its compiled selection, its metadata state and a sink
-doing what the feed's does (merge items, metadata, WebSocket framing by ``websockets``) except
+doing what the feed's does (merge items, metadata, WebSocket frames: ``round_frames``) except
 the socket write. Batches of 500 observations are committed one by one and each round is timed.
 
     .venv/bin/python -m bench feed-cpu [--sessions 1000] [--batches 200] [--profile]
@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from websockets.frames import Frame, Opcode
 
 from streamgauge.config import Settings
 from streamgauge.core.engine import Engine
@@ -33,7 +32,7 @@ from streamgauge.core.filters import CompiledSelection
 from streamgauge.core.hub import Item, Subscription
 from streamgauge.domain.model import DeviceIn, ProjectIn, SiteIn
 from streamgauge.faces.synoptic.args import parse_feed_args
-from streamgauge.faces.synoptic.messages import Metadata, feed_framing, merge_items
+from streamgauge.faces.synoptic.messages import Metadata, feed_framing, round_frames
 from streamgauge.store.sqlite import metadata
 
 from .common import (
@@ -47,8 +46,8 @@ from .feed import make_feed_filters
 
 
 class Session:
-    """A feed session's live state and a sink like the feed's (``_Sender.direct``), framing
-    each message with websockets and counting the bytes instead of writing them."""
+    """A feed session's live state and a sink like the feed's (``_Sender.direct``): the
+    round's frames (``round_frames``), counted instead of written."""
 
     def __init__(self, engine: Engine, query: str, project_pk: int, rows: int) -> None:
         args = parse_feed_args(query, now_ms=int(time.time() * 1000), max_period_hours=48)
@@ -68,13 +67,7 @@ class Session:
 
     def direct(self, items: list[Item], position: int) -> bool:
         if items:
-            out = []
-            for item in merge_items(items, self.rows):
-                described = self.meta.message(item)
-                if described is not None:
-                    out.append(Frame(Opcode.TEXT, described).serialize(mask=False, extensions=[]))
-                out.append(Frame(Opcode.TEXT, item.data).serialize(mask=False, extensions=[]))
-            self.sent += len(b"".join(out))
+            self.sent += len(round_frames(items, self.meta, self.rows))
         self.position = position
         return True
 
@@ -123,12 +116,14 @@ async def run(a: argparse.Namespace) -> None:
                 bodies.append(enc.rows(s, t, np.round(m.base[s // 6, s % 6], 1)))
             hub = engine.hub
             rounds: list[float] = []
+            cpu: list[float] = []
             flush = hub.flush
 
             def timed_flush() -> None:
-                started = time.perf_counter()
+                started, started_cpu = time.perf_counter(), time.thread_time()
                 flush()
                 rounds.append(time.perf_counter() - started)
+                cpu.append(time.thread_time() - started_cpu)
 
             hub.flush = timed_flush  # type: ignore[method-assign]
             prof = cProfile.Profile() if a.profile else None
@@ -150,6 +145,11 @@ async def run(a: argparse.Namespace) -> None:
             print(
                 f"  ms per round: p50 {np.percentile(ms, 50):.1f}  p90 {np.percentile(ms, 90):.1f}"
                 f"  max {ms.max():.1f}; first round {rounds[0] * 1000:.1f}"
+            )
+            cpu_ms = np.array(cpu[1:]) * 1000  # the thread's CPU time: steadier on a busy machine
+            print(
+                f"  CPU ms per round: p50 {np.percentile(cpu_ms, 50):.1f}  "
+                f"p90 {np.percentile(cpu_ms, 90):.1f}  mean {np.mean(cpu_ms):.1f}"
             )
             print(
                 f"  us per session per round: {np.mean(ms) * 1000 / len(sessions):.1f}; "

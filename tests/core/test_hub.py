@@ -399,3 +399,31 @@ async def test_a_big_batch_is_fanned_out_alone_so_a_live_row_beside_it_stays_che
     ]
     rows = b"".join(i.data for i in live.queue).splitlines()
     assert [json.loads(r)["cursor"] for r in rows] == [1, SOLO_ROWS + 2, SOLO_ROWS + 4]
+
+
+async def test_flag_wakes_every_waiter_and_forgets_cancelled_ones() -> None:
+    """``Flag`` (the subscribers' wakeup) behaves as ``asyncio.Event``: ``wait`` returns at once
+    when set, every waiter wakes on ``set``, a cancelled waiter leaves nothing behind."""
+    import asyncio
+
+    from streamgauge.core.hub import Flag
+
+    flag = Flag()
+    assert not flag.is_set()
+    waiters = [asyncio.create_task(flag.wait()) for _ in range(3)]
+    cancelled = asyncio.create_task(flag.wait())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.sleep(0)
+    assert cancelled.cancelled()
+    assert not any(w.done() for w in waiters)
+    flag.set()
+    assert await asyncio.gather(*waiters) == [True, True, True]
+    assert flag.is_set() and await flag.wait()
+    flag.clear()
+    assert not flag.is_set()
+    late = asyncio.create_task(flag.wait())
+    await asyncio.sleep(0)
+    assert not late.done()
+    flag.set()
+    assert await late

@@ -64,3 +64,40 @@ async def test_pings_of_connections_opened_together_are_spread_and_answered_ones
     assert firsts[-1] - firsts[0] > 0.1 * INTERVAL  # spread, not one instant
     for first, second in pings:  # answered: pinged again about an interval later
         assert second - first > 0.5 * INTERVAL
+
+
+def test_text_frames_made_once_are_the_frames_websockets_makes() -> None:
+    """``text_frame`` writes the bytes ``websockets`` would for a server's text message, at each
+    length encoding (7-bit, 16-bit, 64-bit) and at their edges."""
+    from websockets.frames import Frame
+
+    from streamgauge.faces.websocket import text_frame
+
+    for n in (0, 1, 125, 126, 127, 65535, 65536, 70_000):
+        message = (b'{"type":"data","x":"' + b"\xc3\xa9" * n)[:n]
+        expected = Frame(Opcode.TEXT, message).serialize(mask=False, extensions=[])
+        assert text_frame(message) == expected, n
+
+
+async def test_the_lean_receive_queue_keeps_order_and_survives_a_cancelled_getter() -> None:
+    """The protocol's receive queue (``_Queue``): items in order, a getter waits for the next
+    put, and a getter cancelled after being woken leaves the item to the next one."""
+    import asyncio
+
+    from streamgauge.faces.websocket import _Queue
+
+    q = _Queue()
+    assert q.empty()
+    q.put_nowait(1)
+    q.put_nowait(2)
+    assert not q.empty()
+    assert [await q.get(), await q.get()] == [1, 2]
+    assert q.empty()
+    first = asyncio.create_task(q.get())
+    second = asyncio.create_task(q.get())
+    await asyncio.sleep(0)
+    q.put_nowait(3)
+    first.cancel()  # woken by the put, cancelled before it ran
+    assert await second == 3
+    assert first.cancelled()
+    assert q.empty()

@@ -56,10 +56,50 @@ class Item:
     received_ns: int
     series: npt.NDArray[np.int64] | None = None  # the rows' series pks, if the framing asks
     derived: object = None  # a face's per-item cache (shared by sessions whose masks agree)
+    frame: bytes | None = None  # ``data`` as a WebSocket frame, made once for every connection
 
 
 # A direct delivery: (items of a round, position the round reached) -> taken? (see the docstring)
 Sink = Callable[[list[Item], int], bool]
+
+
+class Flag:
+    """``asyncio.Event``'s ``set``, ``clear``, ``is_set`` and ``wait``, with its waiters in a
+    list made only while someone waits: an ``asyncio.Event`` keeps a deque of about 750 bytes
+    for its life, and a thousand idle subscribers (feed sessions) keep one each."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return True
 
 
 class Subscription:
@@ -80,7 +120,7 @@ class Subscription:
         self.queued = 0
         self.overflowed = False
         self.closed: str | None = None  # a reason to close, set by the hub
-        self.wakeup = asyncio.Event()
+        self.wakeup = Flag()
         self.last_sent = time.monotonic()  # when the stream last wrote (data or keepalive)
         self.keepalive_due = False  # set by the hub's clock when idle for the interval
         self.keepalives = True  # False: the stream keeps its connection alive another way

@@ -11,6 +11,13 @@ extensions stay authoritative) and hands them to the transport in one write.
 Everything else (accept, receive, close, pings) still goes through ASGI; an app run by another
 server finds no writer in the scope and sends through ASGI as usual.
 
+Frames made once, decided and written down: a server's frames are not masked, so without an
+extension (permessage-deflate) a text frame's bytes are the same for every connection.
+``text_frame`` makes them once (the feed keeps them on the hub's item, shared by the sessions
+whose rows agree) and ``MessageWriter.write`` hands them to the transport as they are, after the
+same checks as ``send`` (the connection is open, its ``websockets`` state too); with an extension
+negotiated ``raw`` is false and messages go through ``send``.
+
 Backpressure, decided and written down: the writer never buffers on its own. ``paused`` is true
 while the transport's buffer is above its high-water mark (uvicorn's ``writable`` event, the
 same one its ASGI ``send`` waits on); a caller waits for ``writable()`` before writing more, so
@@ -19,15 +26,36 @@ the caller's own bounded queue is what fills up when a client reads slowly.
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
+from uvicorn._types import ASGISendEvent
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidState
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from streamgauge.core.hub import Flag
 
 WRITER = "streamgauge.websocket.writer"
+# What replaces a handshake once its response is sent (``DirectWebSocketProtocol.send``).
+_SENT_REQUEST = Request("/", Headers())
+_SENT_RESPONSE = Response(101, "Switching Protocols", Headers())
+
+
+def text_frame(message: bytes) -> bytes:
+    """``message`` (UTF-8 text) as one final, unmasked text frame: a server's frame without
+    extensions, the same bytes for every connection (RFC 6455 section 5.2)."""
+    n = len(message)
+    if n < 126:
+        return b"\x81%c%s" % (n, message)
+    if n < 65536:
+        return b"\x81\x7e%s%s" % (n.to_bytes(2, "big"), message)
+    return b"\x81\x7f%s%s" % (n.to_bytes(8, "big"), message)
 
 
 class MessageWriter:
@@ -35,7 +63,7 @@ class MessageWriter:
 
     __slots__ = ("_protocol",)
 
-    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+    def __init__(self, protocol: DirectWebSocketProtocol) -> None:
         self._protocol = protocol
 
     @property
@@ -50,6 +78,30 @@ class MessageWriter:
 
     async def writable(self) -> None:
         await self._protocol.writable.wait()
+
+    @property
+    def raw(self) -> bool:
+        """Frames made by ``text_frame`` may be written as they are: no extension negotiated."""
+        return not self._protocol.conn.extensions
+
+    def write(self, frames: bytes) -> bool:
+        """Write frames made by ``text_frame`` (only when ``raw``) in one go; False if the
+        connection is closing or closed (nothing is written then)."""
+        p = self._protocol
+        if p.close_sent or p.disconnected or p.conn.state is not State.OPEN:
+            return False
+        transport = p.transport
+        if transport.is_closing():
+            return False
+        transport.write(frames)
+        return True
+
+    def detach(self, session: Coroutine[Any, Any, None]) -> None:
+        """Run ``session`` (the rest of the connection's life) as the connection's own task,
+        for the ASGI app to return at once: its call chain (middleware, router, endpoint
+        frames) is freed instead of waiting for as long as the connection lives (about 5 KB
+        of each idle feed session). The connection closes when ``session`` ends."""
+        self._protocol.detach(session)
 
     def send(self, messages: Sequence[bytes]) -> bool:
         """Frame ``messages`` (UTF-8 JSON texts) and write them in one go; False if the
@@ -67,8 +119,91 @@ class MessageWriter:
         return True
 
 
+class _Queue:
+    """What uvicorn's protocol uses of its ``asyncio.Queue`` of received events (unbounded:
+    ``put_nowait``, ``get``, ``empty``), without its three deques and event: an
+    ``asyncio.Queue`` costs about 3 KB of each idle connection, this about 100 bytes."""
+
+    __slots__ = ("_items", "_waiters")
+
+    def __init__(self) -> None:
+        self._items: list[object] = []
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: object) -> None:
+        self._items.append(item)
+        self._wake()
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def get(self) -> Any:
+        while not self._items:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                self._waiters.remove(waiter)
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken, then cancelled: the item is another getter's
+                raise
+            self._waiters.remove(waiter)
+        return self._items.pop(0)
+
+
 class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's ``websockets-sansio`` protocol, offering a ``MessageWriter`` to the app."""
+    """uvicorn's ``websockets-sansio`` protocol, offering a ``MessageWriter`` to the app, with a
+    leaner receive queue and ``writable`` event (a thousand idle feed sessions are a thousand
+    of these)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = _Queue()  # type: ignore[assignment]
+        self.writable = Flag()  # type: ignore[assignment]
+        self.writable.set()
+        self.detached = False
+
+    def detach(self, session: Coroutine[Any, Any, None]) -> None:
+        """See ``MessageWriter.detach``."""
+        self.detached = True
+        task = self.loop.create_task(self._run_detached(session))
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)  # the server's graceful shutdown waits for it
+
+    async def _run_detached(self, session: Coroutine[Any, Any, None]) -> None:
+        try:
+            await session
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            self.logger.exception("Exception in ASGI application (a detached WebSocket)\n")
+        if self.close_timer is None:
+            self.transport.close()
+
+    async def run_asgi(self) -> None:
+        """uvicorn's, except that a detached connection stays open when the app returns."""
+        try:
+            result = await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            self.logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+        else:
+            if not self.handshake_complete:
+                self.logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+            elif result is not None:
+                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+        if self.close_timer is None and not self.detached:
+            self.transport.close()
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -79,6 +214,13 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         # The scope holds a copy of the request's headers; uvicorn keeps the parsed request
         # for nothing after this point (4 KB per connection of a thousand feed sessions).
         event.headers = Headers()
+
+    async def send(self, message: ASGISendEvent) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # The handshake's request and response (with its headers) are kept by uvicorn for
+            # nothing once the response is sent: about 1.5 KB of each idle connection.
+            self.request, self.response = _SENT_REQUEST, _SENT_RESPONSE
 
     def start_keepalive(self) -> None:
         """uvicorn's keepalive pings, the first at a random point of the second half of the

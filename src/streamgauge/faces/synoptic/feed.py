@@ -60,6 +60,7 @@ from streamgauge.faces.synoptic.messages import (
     encode_rows,
     feed_framing,
     merge_items,
+    round_frames,
 )
 from streamgauge.faces.websocket import WRITER, MessageWriter
 
@@ -75,21 +76,25 @@ CLOSE_SLOW = 4000
 CLOSE_ERROR = 1011
 
 
-@router.websocket("/feed/{token}/")
-async def new_session(websocket: WebSocket, token: str) -> None:
+# Plain Starlette routes, not FastAPI's: a FastAPI WebSocket route keeps three exit stacks and
+# its dependency machinery for as long as the connection lives (about 6 KB of each idle
+# session's memory), for two path parameters.
+
+
+async def new_session(websocket: WebSocket) -> None:
     """Start a session with the query string's arguments."""
-    await _feed(websocket, token, None)
+    await _feed(websocket, websocket.path_params["token"], None)
 
 
-@router.websocket("/feed/{token}")
-async def new_session_no_slash(websocket: WebSocket, token: str) -> None:
-    await _feed(websocket, token, None)
-
-
-@router.websocket("/feed/{token}/{session}")
-async def resume_session(websocket: WebSocket, token: str, session: str) -> None:
+async def resume_session(websocket: WebSocket) -> None:
     """Resume a session: its own arguments apply; what it has not pushed flows first."""
-    await _feed(websocket, token, session)
+    params = websocket.path_params
+    await _feed(websocket, params["token"], params["session"])
+
+
+router.add_websocket_route("/feed/{token}/", new_session)
+router.add_websocket_route("/feed/{token}", new_session, name="new_session_no_slash")
+router.add_websocket_route("/feed/{token}/{session}", resume_session)
 
 
 def _messages(exc: StreamgaugeError) -> list[str]:
@@ -145,6 +150,10 @@ class _Sender:
             assert writer is not None  # the sink is given only with a writer
             if writer.paused or not writer.open or not self._alive():
                 return False
+            if writer.raw:
+                writer.write(round_frames(items, self._meta, self._rows))
+                self._feeds.moved(self._session, position)
+                return True
             messages: list[bytes] = []
             for item in merge_items(items, self._rows):
                 described = self._meta.message(item)
@@ -189,6 +198,7 @@ async def _fail(ws: WebSocket, messages: list[str], reason: str) -> None:
 async def _feed(ws: WebSocket, token: str, session_id: str | None) -> None:
     engine: Engine = ws.app.state.engine
     await ws.accept()
+    ws.scope["headers"] = []  # read by nothing after the handshake (1 KB of an idle session)
     tok = engine.feeds.token_for(token)
     if tok is None:
         await _fail(ws, ["invalid token"], "authentication failed: invalid token")
@@ -209,7 +219,11 @@ async def _feed(ws: WebSocket, token: str, session_id: str | None) -> None:
         if gap:
             await _send(ws, gap)
         claimed = None  # from here the session is live: _run's ``opened`` takes the claim over
-        await _run(ws, engine, tok, session, args)
+        writer = ws.scope.get("extensions", {}).get(WRITER)
+        if isinstance(writer, MessageWriter):
+            writer.detach(_run(ws, engine, tok, session, args))  # the ASGI call returns now
+        else:
+            await _run(ws, engine, tok, session, args)
     finally:
         if claimed is not None:
             engine.feeds.release(claimed)
@@ -300,11 +314,23 @@ def _resume_at(ws: WebSocket, session: FeedSession, head: int) -> None:
 async def _run(
     ws: WebSocket, engine: Engine, tok: FeedToken, session: FeedSession, args: FeedArgs
 ) -> None:
+    """The live session: a task pushes (``SessionConsumer.stream``) while this one listens to
+    the client (no third task: when the pusher ends first, its done callback interrupts the
+    listening, which costs an idle session less than a listener task and ``asyncio.wait``)."""
     feeds = engine.feeds
     ended: list[tuple[int, str]] = []  # why the server ends it (revoked, taken over)
     consumer = SessionConsumer(engine, session)
     pusher = asyncio.create_task(consumer.stream(ws, args, lambda: not ended))
-    listener = asyncio.create_task(_listen(ws))
+    me = asyncio.current_task()
+    listening = [True]
+    interrupted = [False]
+
+    def pusher_done(_: object) -> None:
+        if listening[0] and me is not None:
+            interrupted[0] = True
+            me.cancel()
+
+    pusher.add_done_callback(pusher_done)
 
     def close(code: int, reason: str) -> None:
         ended.append((code, reason))
@@ -314,24 +340,31 @@ async def _run(
     detach = feeds.attach(tok, lambda reason: close(CLOSE_REVOKED, reason))
     code, reason = CLOSE_DONE, "feed stopped; resume with the session id"
     try:
-        done, _ = await asyncio.wait({pusher, listener}, return_when=asyncio.FIRST_COMPLETED)
-        if pusher in done and not pusher.cancelled() and pusher.exception() is None:
-            code, reason = pusher.result()
-        elif pusher in done and not pusher.cancelled():
-            failure = pusher.exception()
-            log.error("feed session %s failed", session.id, exc_info=failure)
-            code, reason = CLOSE_ERROR, "server error: resume with the session id"
-        elif pusher in done and ended:
-            code, reason = ended[0]
-        elif listener in done and listener.result() == "disconnect":
+        heard: str | None = None
+        try:
+            heard = await _listen(ws)
+        except asyncio.CancelledError:
+            # the pusher's end interrupted the listening; any other cancellation goes on
+            if me is None or not interrupted[0] or me.uncancel() > 0:
+                raise
+        finally:
+            listening[0] = False
+        if heard is None:  # the pusher ended
+            if not pusher.cancelled() and pusher.exception() is None:
+                code, reason = pusher.result()
+            elif not pusher.cancelled():
+                failure = pusher.exception()
+                log.error("feed session %s failed", session.id, exc_info=failure)
+                code, reason = CLOSE_ERROR, "server error: resume with the session id"
+            elif ended:
+                code, reason = ended[0]
+        elif heard == "disconnect":
             code = 0
     finally:
         detach()
-        for task in (pusher, listener):
-            task.cancel()
-        for task in (pusher, listener):
-            with contextlib.suppress(BaseException):
-                await task
+        pusher.cancel()
+        with contextlib.suppress(BaseException):
+            await pusher
         await feeds.closed(session)
     if code and ws.application_state == WebSocketState.CONNECTED:
         with contextlib.suppress(Exception):

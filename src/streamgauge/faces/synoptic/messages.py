@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 
 from streamgauge.core.batch import output_values, qc_names
@@ -22,6 +23,7 @@ from streamgauge.core.hub import Item
 from streamgauge.core.registry import Registry, SiteRec
 from streamgauge.core.units import UnitSystem, target_unit, unit_label
 from streamgauge.domain.batch import Batch
+from streamgauge.faces.websocket import text_frame
 from streamgauge.wire.rows import format_time
 
 M_TO_FT = 3.280839895013123
@@ -289,19 +291,52 @@ class _Stations:
         return found
 
 
-def _item_keys(reg: Registry, item: Item) -> tuple[list[int], list[int]]:
-    """The distinct dense station numbers (-1: none) and sensors (variable-name codes, -1:
-    none) of an item's rows, in order of appearance: computed once per item and kept on it,
-    so the sessions that share an item (their masks agree) share this too."""
+class _ItemKeys:
+    """What the metadata check needs of an item, computed once per item and kept on it (the
+    sessions that share an item share this too): its distinct dense station numbers (none of
+    -1) in order of appearance and its distinct sensors (variable-name codes, none of -1), and,
+    once a session asks, the metadata message that describes all its stations and no sensor:
+    what every session sends that has described none of these stations and all the sensors
+    (made once per item, not per session)."""
+
+    __slots__ = ("stations", "top", "sensors", "all_stations")
+
+    def __init__(self, reg: Registry, series: npt.NDArray[np.int64]) -> None:
+        numbers = dict.fromkeys(_Stations.of(reg).of_series[series].tolist())
+        numbers.pop(-1, None)
+        self.stations = list(numbers)
+        self.top = (max(self.stations) >> 3) + 1 if self.stations else 0
+        sensors = dict.fromkeys(reg.s_name[series].tolist())
+        sensors.pop(-1, None)
+        self.sensors = list(sensors)
+        self.all_stations: bytes | None = None
+
+    def all_stations_message(self, reg: Registry) -> bytes:
+        found = self.all_stations
+        if found is None:
+            found = self.all_stations = _metadata_message(reg, [], sorted(self.stations))
+        return found
+
+
+def _item_keys(reg: Registry, item: Item) -> _ItemKeys:
     found = item.derived
-    if isinstance(found, tuple):
+    if isinstance(found, _ItemKeys):
         return found
     assert item.series is not None
-    stations = list(dict.fromkeys(_Stations.of(reg).of_series[item.series].tolist()))
-    sensors = list(dict.fromkeys(reg.s_name[item.series].tolist()))
-    keys = (stations, sensors)
+    keys = _ItemKeys(reg, item.series)
     item.derived = keys
     return keys
+
+
+def _metadata_message(reg: Registry, units: list[dict[str, str]], fresh: list[int]) -> bytes:
+    known = _Stations.of(reg)
+    return (
+        b'{"type":"metadata","units":'
+        + orjson.dumps(units)
+        + b',"stations":['
+        + b",".join([known.station_json(reg, n) for n in fresh])
+        + b"]}"
+    )
 
 
 def _series_of_sensor(reg: Registry, item: Item, code: int) -> int:
@@ -313,7 +348,8 @@ def _series_of_sensor(reg: Registry, item: Item, code: int) -> int:
 class Metadata:
     """What one connection has described so far: stations (one bit per dense station number,
     4 KB for 30,000 stations) and sensors (variable-name codes). Checking an item costs a few
-    operations per distinct station and sensor in it, not per row."""
+    operations per distinct station and sensor in it, not per row; a message that describes
+    every station of an item and no sensor is the item's, shared by the sessions that need it."""
 
     __slots__ = ("_reg", "_units", "enabled", "_stations", "_sensors")
 
@@ -326,27 +362,35 @@ class Metadata:
         if enabled:  # build the shared station tables now, not in the first fan-out round
             _Stations.of(reg)
 
+    def _fresh(self, keys: _ItemKeys) -> list[int]:
+        """The item's stations this connection has not described, now marked described (in
+        order of appearance; when that is all of them, ``keys.stations`` itself)."""
+        bits = self._stations
+        if keys.top > len(bits):
+            bits.extend(bytes(max(keys.top, 2 * len(bits)) - len(bits)))
+        stations = keys.stations
+        fresh: list[int] = []
+        for n in stations:
+            byte, bit = n >> 3, 1 << (n & 7)
+            if not bits[byte] & bit:
+                bits[byte] |= bit
+                fresh.append(n)
+        return stations if len(fresh) == len(stations) else fresh
+
     def message(self, item: Item) -> bytes | None:
         """The metadata message the rows of ``item`` need first, or None."""
         if not self.enabled or item.series is None or not len(item.series):
             return None
         reg = self._reg
-        stations, sensors = _item_keys(reg, item)
-        bits = self._stations
-        fresh: list[int] = []
-        for n in stations:
-            if n < 0:
-                continue
-            byte, bit = n >> 3, 1 << (n & 7)
-            if byte >= len(bits):
-                bits.extend(bytes(max(byte + 1, 2 * len(bits)) - len(bits)))
-            if not bits[byte] & bit:
-                bits[byte] |= bit
-                fresh.append(n)
+        keys = _item_keys(reg, item)
+        fresh = self._fresh(keys)
         described = self._sensors
-        new_sensors = [c for c in sensors if c >= 0 and c not in described]
-        if not fresh and not new_sensors:
-            return None
+        new_sensors = [c for c in keys.sensors if c not in described]
+        if not new_sensors:
+            if not fresh:
+                return None
+            if fresh is keys.stations:
+                return keys.all_stations_message(reg)
         units: list[dict[str, str]] = []
         for code in sorted(new_sensors):
             described.add(code)
@@ -358,12 +402,28 @@ class Metadata:
                 units.append({"sensor": rec.variable_id, "unit": label})
         if not units and not fresh:
             return None
-        known = _Stations.of(reg)
-        stations_json = [known.station_json(reg, n) for n in sorted(fresh)]
-        return (
-            b'{"type":"metadata","units":'
-            + orjson.dumps(units)
-            + b',"stations":['
-            + b",".join(stations_json)
-            + b"]}"
-        )
+        return _metadata_message(reg, units, sorted(fresh))
+
+
+def round_frames(items: list[Item], meta: Metadata, max_rows: int) -> bytes:
+    """One connection's messages of a fan-out round as WebSocket frames, ready to write (see
+    ``faces/websocket.py``): each data message preceded by the metadata it needs. A data
+    message's frame is made once per item and kept on it, so the sessions that share an item
+    (their rows agree) share its frame too; merged items (a session behind) are framed anew."""
+    if len(items) == 1:
+        item = items[0]
+        frame = item.frame
+        if frame is None:
+            frame = item.frame = text_frame(item.data)
+        described = meta.message(item)
+        return frame if described is None else text_frame(described) + frame
+    parts: list[bytes] = []
+    for item in merge_items(items, max_rows):
+        described = meta.message(item)
+        if described is not None:
+            parts.append(text_frame(described))
+        frame = item.frame
+        if frame is None:
+            frame = item.frame = text_frame(item.data)
+        parts.append(frame)
+    return b"".join(parts)
