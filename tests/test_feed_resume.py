@@ -6,6 +6,7 @@ session expiry; ``rewind``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sqlite3
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import MS, TOKEN, Server, start_server
 from tests.test_feed import (
@@ -412,5 +414,46 @@ async def test_under_a_server_without_the_message_writer_the_feed_sends_through_
         await second.close()
         assert_exact([first, second], posted)
         assert srv.engine.hub.direct_items == 0
+    finally:
+        srv.stop()
+
+
+async def test_resumes_racing_for_one_session_leave_one_connection_serving_it(srv: Server) -> None:
+    """Three connections resume the same session at once, while it is being ingested into:
+    each takes it over from the one before (closed with 1000), including one still opening
+    (reading the session, sending ``auth``) when the next one comes; in the end one serves it,
+    and together they received every observation once."""
+    with srv.client() as c:
+        token = feed_token(c)
+    try:
+        ingest = Ingest(srv).start()
+        first = await Feed.open(srv, token, CASE.query)
+        await first.until_count(20)
+        await first.close()
+        racing = list(
+            await asyncio.gather(*(Feed.open(srv, token, session=first.session) for _ in range(3)))
+        )
+        assert all(f.auth["code"] == "success" for f in racing), [f.auth for f in racing]
+
+        async def drain(feed: Feed) -> int | None:
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    await feed.read()
+            return feed.close_code
+
+        tasks = [asyncio.create_task(drain(f)) for f in racing]
+        await ingest.until_posted(3)
+        posted = await ingest.finish()
+        expected = {o.key for o in CASE.expect(posted)}
+        async with asyncio.timeout(30):
+            while expected - keys(first) - set().union(*(keys(f) for f in racing)):
+                await asyncio.sleep(0.02)
+        closed = [t for t in tasks if t.done()]
+        assert len(closed) == 2, "exactly one of the racing connections still serves"
+        assert all(t.result() == 1000 for t in closed), [t.result() for t in closed]
+        for f in racing:
+            await f.close()
+        await asyncio.gather(*tasks)
+        assert_exact([first, *racing], posted)
     finally:
         srv.stop()

@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
@@ -74,6 +75,30 @@ CLOSE_RESTART = 1012
 CLOSE_GONE = 4410  # a resume older than what retention kept (the closing message says earliest)
 CLOSE_SLOW = 4000
 CLOSE_ERROR = 1011
+
+# The latest connection to open each session, per feed store: a connection resuming a session
+# takes a ticket before its take-over; one whose ticket is no longer the latest when it would go
+# live (another resumed the same session while it was still opening: reading the session,
+# checking the gap, sending ``auth``) closes without serving, so one session is never served
+# by two connections at once, even in that window.
+_TICKETS: weakref.WeakKeyDictionary[object, dict[str, int]] = weakref.WeakKeyDictionary()
+
+
+def _ticket(feeds: object, session_id: str) -> int:
+    tickets = _TICKETS.setdefault(feeds, {})
+    n = tickets.get(session_id, 0) + 1
+    tickets[session_id] = n
+    return n
+
+
+def _latest(feeds: object, session_id: str, ticket: int) -> bool:
+    return _TICKETS.get(feeds, {}).get(session_id) == ticket
+
+
+def _done(feeds: object, session_id: str, ticket: int) -> None:
+    tickets = _TICKETS.get(feeds)
+    if tickets is not None and tickets.get(session_id) == ticket:
+        del tickets[session_id]
 
 
 # Plain Starlette routes, not FastAPI's: a FastAPI WebSocket route keeps three exit stacks and
@@ -204,26 +229,33 @@ async def _feed(ws: WebSocket, token: str, session_id: str | None) -> None:
         await _fail(ws, ["invalid token"], "authentication failed: invalid token")
         return
     claimed = session_id
+    ticket = 0
     if session_id is not None:
         engine.feeds.claim(tok, session_id)
+        ticket = _ticket(engine.feeds, session_id)
     try:
         session, args, gap = await _open(ws, engine, tok, session_id)
         if session is None or args is None:
+            if session_id is not None:
+                _done(engine.feeds, session_id, ticket)
             return
         claimed = session.id
+        if session_id is None:
+            ticket = _ticket(engine.feeds, session.id)
         await _send(ws, auth_success(session.id, session_id is not None))
         if isinstance(gap, Gone):
             await _send(ws, orjson.dumps({"type": "closed", "error": gap.to_dict()}))
             await ws.close(CLOSE_GONE, "resume cursor older than what is kept")
+            _done(engine.feeds, session.id, ticket)
             return
         if gap:
             await _send(ws, gap)
         claimed = None  # from here the session is live: _run's ``opened`` takes the claim over
         writer = ws.scope.get("extensions", {}).get(WRITER)
         if isinstance(writer, MessageWriter):
-            writer.detach(_run(ws, engine, tok, session, args))  # the ASGI call returns now
+            writer.detach(_run(ws, engine, tok, session, args, ticket))  # the ASGI call returns
         else:
-            await _run(ws, engine, tok, session, args)
+            await _run(ws, engine, tok, session, args, ticket)
     finally:
         if claimed is not None:
             engine.feeds.release(claimed)
@@ -312,12 +344,23 @@ def _resume_at(ws: WebSocket, session: FeedSession, head: int) -> None:
 
 
 async def _run(
-    ws: WebSocket, engine: Engine, tok: FeedToken, session: FeedSession, args: FeedArgs
+    ws: WebSocket,
+    engine: Engine,
+    tok: FeedToken,
+    session: FeedSession,
+    args: FeedArgs,
+    ticket: int,
 ) -> None:
     """The live session: a task pushes (``SessionConsumer.stream``) while this one listens to
     the client (no third task: when the pusher ends first, its done callback interrupts the
     listening, which costs an idle session less than a listener task and ``asyncio.wait``)."""
     feeds = engine.feeds
+    if not _latest(feeds, session.id, ticket):  # resumed meanwhile on another connection
+        feeds.release(session.id)
+        if ws.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await ws.close(CLOSE_DONE, "session resumed on another connection")
+        return
     ended: list[tuple[int, str]] = []  # why the server ends it (revoked, taken over)
     consumer = SessionConsumer(engine, session)
     pusher = asyncio.create_task(consumer.stream(ws, args, lambda: not ended))
@@ -366,6 +409,7 @@ async def _run(
         with contextlib.suppress(BaseException):
             await pusher
         await feeds.closed(session)
+        _done(feeds, session.id, ticket)
     if code and ws.application_state == WebSocketState.CONNECTED:
         with contextlib.suppress(Exception):
             await ws.close(code, reason[:120])
