@@ -58,6 +58,20 @@ def test_get_small_takes_only_small_jobs_and_close_waits_for_the_queue() -> None
     assert q.get(0) is CLOSED
 
 
+def test_live_while_a_live_job_came_within_live_seconds() -> None:
+    q: WriteQueue[str] = WriteQueue(live_seconds=60)
+    assert not q.live()
+    q.put("big", big=True)
+    q.put("metadata")  # a small job that is not live
+    assert not q.live()
+    q.put("live rows", live=True)
+    assert q.live()
+    assert [q.get(0) for _ in range(3)] == ["metadata", "live rows", "big"]
+    assert q.live()  # for live_seconds after it came, taken or not
+    q.live_seconds = 0
+    assert not q.live()
+
+
 def test_get_wakes_up_when_a_job_is_put_from_another_thread() -> None:
     q: WriteQueue[str] = WriteQueue()
     got: list[object] = []
@@ -197,6 +211,7 @@ async def test_small_writes_commit_between_the_chunks_of_a_staged_batch(
             yield step
 
     monkeypatch.setattr(store_mod._Stage, "fill", fill_slowly)
+    monkeypatch.setattr(WriteQueue, "live", lambda self: True)  # else the batch is not staged
     try:
         pk, v = await seed(store)
         big_task = await queued(store.append(backfill(pk, v, 3 * store_mod.STAGE_CHUNK, 10**7)))
@@ -240,13 +255,15 @@ async def test_a_refused_staged_batch_stores_nothing(tmp_path: Path) -> None:
         await store.close()
 
 
-@pytest.mark.parametrize("nul", [False, True])
+@pytest.mark.parametrize(("nul", "live"), [(False, True), (True, True), (False, False)])
 async def test_a_staged_batch_is_stored_as_an_unstaged_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nul: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nul: bool, live: bool
 ) -> None:
     """The same rows as one big staged batch and as small unstaged batches: the same series,
     times, values (type and all) and QC flags, in the same order; so after a restart. With
-    a NUL in a text value the big batch is not staged (SQLite's JSON stops at a NUL)."""
+    a NUL in a text value the big batch is not staged (SQLite's JSON stops at a NUL), nor
+    when no live write came lately (a bulk load: its transaction inserts the rows)."""
+    monkeypatch.setattr(WriteQueue, "live", lambda self: live)
     staged_inserts: list[int] = []
     insert_staged = store_mod._insert_staged
 
@@ -282,7 +299,7 @@ async def test_a_staged_batch_is_stored_as_an_unstaged_one(
             await store.close()
         results.append(log)
     staged, unstaged = results
-    assert staged_inserts == ([] if nul else [1])
+    assert staged_inserts == ([1] if live and not nul else [])
     assert len(staged) == rows and staged.cursors.tolist() == list(range(1, rows + 1))
     assert staged.series.tolist() == unstaged.series.tolist()
     assert len(set(staged.series.tolist())) == 4

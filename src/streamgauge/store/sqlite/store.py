@@ -57,6 +57,10 @@ T = TypeVar("T")
 _NEVER = np.iinfo(np.int64).min
 log = logging.getLogger("streamgauge.store")
 SEAL_STEP = 4096  # rows indexed per step (a few ms of work between two commits)
+# Rows indexed per step while only big appends come (no live write for ``writeq.LIVE_SECONDS``):
+# each step writes a page of the index per series it touches, so a step 8 times longer writes
+# about a third of the pages per row (issue 17); no live write waits for it.
+SEAL_STEP_BULK = 32768
 FREEZE_EVERY = 20_000  # registry growth (series, metadata changes) between gc.freeze() calls
 IDLE_SECONDS = 0.5  # a writer idle this long indexes the tail of the log
 FOLD_STEP = 50_000  # rows folded into the hour summaries per step (while the writer is idle)
@@ -401,11 +405,13 @@ class SqliteStore:
             if isinstance(job, Closed):
                 self._checkpoint_qc(conn)
                 break
-            if job.stage is not None:
-                # A big append: its rows are copied into the connection's temporary stage
-                # first, a chunk at a time, outside any transaction of the database, and the
-                # small writes that come meanwhile are committed between two chunks. Its
-                # transaction then copies them from the stage (``_insert_staged``).
+            if job.stage is not None and self._queue.live():
+                # A big append while live writes are around: its rows are copied into the
+                # connection's temporary stage first, a chunk at a time, outside any
+                # transaction of the database, and the small writes that come meanwhile are
+                # committed between two chunks. Its transaction then copies them from the
+                # stage (``_insert_staged``). In a bulk load (no live write) the transaction
+                # inserts them itself: the copy through the stage costs more in all.
                 for _ in job.stage.fill(conn):
                     for _ in range(self._queue.small_waiting()):  # those waiting now
                         small = self._queue.get_small()
@@ -459,17 +465,22 @@ class SqliteStore:
         unless the tail is half the size at which it is indexed at once), and summarize if
         far behind."""
         unsealed = self._writer_head - self._sealed
+        # Short steps while live writes are around, longer ones in a bulk load (fewer index
+        # pages written per row; nothing live waits for them).
+        step = SEAL_STEP
+        if not self._queue.live():
+            step = max(SEAL_STEP, min(SEAL_STEP_BULK, self.chunk_rows // 2))
         if unsealed >= self.chunk_rows:  # far behind: index the whole backlog now
             self._seal(conn, self._writer_head)
-        elif unsealed >= SEAL_STEP and (
+        elif unsealed >= step and (
             not self._queue.small_waiting() or unsealed >= self.chunk_rows // 2
         ):  # one short step, so no commit waits long for it
-            self._seal(conn, self._sealed + SEAL_STEP)
+            self._seal(conn, self._sealed + step)
             # More steps while nothing waits (a backfill's big batches would otherwise
             # pile the tail up to one long indexing of the whole backlog).
-            while self._writer_head - self._sealed >= SEAL_STEP and self._queue.empty():
+            while self._writer_head - self._sealed >= step and self._queue.empty():
                 before = self._sealed
-                self._seal(conn, self._sealed + SEAL_STEP)
+                self._seal(conn, self._sealed + step)
                 if self._sealed == before:  # failed (logged): retried later
                     break
         if self._writer_head - self._summarized >= FOLD_MAX_LAG:  # bound the reads' tail
@@ -502,14 +513,36 @@ class SqliteStore:
             log.exception("indexing the log up to cursor %d failed; will retry", upto)
 
     def _seal_step(self, conn: sqlite3.Connection, upto: int) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._seal_sql(conn, upto)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        with self._derived(conn):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._seal_sql(conn, upto)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
         self._sealed_to(upto)
+
+    @contextlib.contextmanager
+    def _derived(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """Commit a transaction that only writes state derived from the log (the index, the
+        hour summaries) with its progress marker, without its own fsync (``synchronous=NORMAL``
+        in WAL mode), whatever the durability.
+
+        Such a commit was a third of ingest's time (issue 17): the index touches a page of
+        every series per step, megabytes of WAL synced per step. Its WAL frames are synced
+        by the next durable commit (the WAL is one file, appended in order), and before any
+        checkpoint copies them into the database. A crash before that loses the derived rows
+        *and* the marker saying they were made, so they are made again from the log; nothing
+        acknowledged depends on them."""
+        full = self.durability == "full"
+        if full:
+            conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            if full:
+                conn.execute("PRAGMA synchronous=FULL")
 
     def _seal_sql(self, conn: sqlite3.Connection, upto: int) -> None:
         conn.execute(
@@ -525,13 +558,14 @@ class SqliteStore:
         the ingest path: when the writer is idle, or far behind). A failure is logged and
         retried later: reads summarize what is not folded yet."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._fold_sql(conn, upto)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            with self._derived(conn):
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self._fold_sql(conn, upto)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
         except sqlite3.Error:
             log.exception("summarizing the log up to cursor %d failed; will retry", upto)
             return
@@ -568,10 +602,15 @@ class SqliteStore:
         """Run ``fn`` in one write transaction on the writer thread. ``stage``: the rows of a
         big append, staged before its transaction, which lets the small writes queued after
         it go first (``writeq``)."""
+        return await self._submit(fn, stage, live=False)
+
+    async def _submit(self, fn: Callable[[Tx], T], stage: _Stage | None, *, live: bool) -> T:
+        """``write``; ``live``: a small append (live rows), which keeps the writer's steps
+        between two writes short for a while (``WriteQueue.live``)."""
         if self._closed or self._loop is None:
             raise Unavailable("the store is closed")
         fut: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put(_Job(fn, fut, stage), big=stage is not None)
+        self._queue.put(_Job(fn, fut, stage), big=stage is not None, live=live)
         return await fut
 
     # -- readers --------------------------------------------------------------------------------
@@ -606,7 +645,7 @@ class SqliteStore:
 
     async def append(self, columns: IngestColumns) -> AppendResult:
         if len(columns.times) < BIG_ROWS:
-            return await self.write(lambda tx: self._append(tx, columns))
+            return await self._submit(lambda tx: self._append(tx, columns), None, live=True)
         stage = _Stage(columns)
         return await self.write(lambda tx: self._append(tx, columns, stage), stage=stage)
 
@@ -621,7 +660,7 @@ class SqliteStore:
             self._apply_early(tx)
             return self._append(tx, columns())
 
-        return await self.write(run)
+        return await self._submit(run, None, live=True)
 
     def _apply_early(self, tx: Tx) -> None:
         """Apply the transaction's events not applied yet to the registry now, before the
@@ -740,9 +779,7 @@ class SqliteStore:
                     raise NotFound("a variable of this batch was deleted while it was written")
                 dev = reg.devices_by_pk[var.device_pk]
                 pk = reg.series_end
-                added = SeriesAdded(
-                    pk, dev.project_pk, dev.pk, var_pk, set_, dev.doc.id, var.doc.id
-                )
+                added = SeriesAdded(pk, dev.project_pk, dev.pk, var_pk, set_, dev.doc.id, var.id)
                 # Applied now, so the batch's QC has its limits (and its pk is taken); written
                 # with the transaction's events, applied again after the commit (a no-op), and
                 # undone if the transaction fails.
