@@ -417,6 +417,11 @@ class SqliteStore:
                         small = self._queue.get_small()
                         if small is not None:
                             self._run(conn, small)
+            elif job.stage is not None:  # a bulk load: the big appends queued may share
+                group = self._group(job)  # one transaction
+                if len(group) > 1:
+                    self._run_group(conn, group)
+                    continue
             self._run(conn, job)
             if job.stage is not None:
                 job.stage.clear(conn)
@@ -428,6 +433,7 @@ class SqliteStore:
         assert self._loop is not None
         loop = self._loop
         tx = Tx(conn)
+        head = self._writer_head
         started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -435,16 +441,105 @@ class SqliteStore:
             last_seq = 0
             if tx.events:  # in the same transaction: a change and its events, or neither
                 last_seq = metadata.write_events(conn, tx.events, int(time.time() * 1000))
-            conn.execute("COMMIT")
+            self._commit(conn)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self._writer_head = head  # no cursor taken: the next commit's follow on
             for undo in reversed(tx.on_rollback):
                 undo()
             loop.call_soon_threadsafe(_fail, job.fut, exc)
             return
         finally:
             self.write_seconds += time.perf_counter() - started
+        self._committed(tx, job, result, last_seq)
+        self._upkeep(conn)
+
+    def _commit(self, conn: sqlite3.Connection) -> None:
+        conn.execute("COMMIT")
+
+    def _group(self, job: _Job) -> list[_Job]:
+        """``job`` (a big append) and the big appends queued after it that can share its
+        transaction (``_run_group``): while no small write waits, up to ``GROUP_JOBS`` jobs
+        and ``GROUP_ROWS`` rows, each of series no other job of the group has (so none of
+        them reads what another changes before its commit: the latest times, the QC state,
+        the tail's span). The first job that does not fit ends the group, so big appends
+        still commit in the order they came."""
+        assert job.stage is not None
+        taken = [job]
+        keys = job.stage.series_keys()
+        rows = len(job.stage.columns.times)
+
+        def fits(other: _Job) -> bool:
+            if other.stage is None or rows + len(other.stage.columns.times) > GROUP_ROWS:
+                return False
+            return not np.intersect1d(keys, other.stage.series_keys(), assume_unique=True).size
+
+        while len(taken) < GROUP_JOBS and not self._queue.small_waiting():
+            other = self._queue.get_big_if(fits)
+            if other is None:
+                break
+            assert other.stage is not None
+            taken.append(other)
+            keys = np.union1d(keys, other.stage.series_keys())
+            rows += len(other.stage.columns.times)
+        return taken
+
+    def _run_group(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        """Run several appends in one write transaction, one commit and one fsync for all
+        (group commit, issue 17): each in a savepoint of its own, so one that fails (a
+        conflict) is rolled back alone and answered with its error, and the others go on,
+        numbered on from the cursors committed before it. Every other job is answered after
+        the shared commit, in order, its batch published as if it had committed alone; if
+        the commit fails, every job of the group fails and nothing of it stays."""
+        assert self._loop is not None
+        loop = self._loop
+        head = self._writer_head
+        done: list[tuple[_Job, Tx, Any, int]] = []
+        started = time.perf_counter()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in jobs:
+                tx = Tx(conn)
+                before = self._writer_head
+                conn.execute("SAVEPOINT job")
+                try:
+                    result = job.fn(tx)
+                    last_seq = 0
+                    if tx.events:
+                        last_seq = metadata.write_events(conn, tx.events, int(time.time() * 1000))
+                    conn.execute("RELEASE job")
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    self._writer_head = before
+                    for undo in reversed(tx.on_rollback):
+                        undo()
+                    loop.call_soon_threadsafe(_fail, job.fut, exc)
+                    continue
+                done.append((job, tx, result, last_seq))
+            self._commit(conn)
+        except BaseException as exc:  # noqa: BLE001 - handed to the callers
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._writer_head = head
+            for _, tx, _, _ in reversed(done):
+                for undo in reversed(tx.on_rollback):
+                    undo()
+            for job in jobs:
+                loop.call_soon_threadsafe(_fail, job.fut, exc)
+            return
+        finally:
+            self.write_seconds += time.perf_counter() - started
+        for job, tx, result, last_seq in done:
+            self._committed(tx, job, result, last_seq)
+        self._upkeep(conn)
+
+    def _committed(self, tx: Tx, job: _Job, result: Any, last_seq: int) -> None:
+        """After ``tx`` committed: the registry and the hooks follow it, its metadata events
+        and batches go to the event loop, then its caller is answered."""
+        assert self._loop is not None
+        loop = self._loop
         for event in tx.events[tx.applied :]:  # the registry follows what committed
             self.registry.apply(event)
         for hook in tx.after_commit:
@@ -458,7 +553,6 @@ class SqliteStore:
         for batch in tx.publish:
             loop.call_soon_threadsafe(self._published, batch)
         loop.call_soon_threadsafe(_succeed, job.fut, result)
-        self._upkeep(conn)
 
     def _upkeep(self, conn: sqlite3.Connection) -> None:
         """After a commit: index the tail in short steps (none while a small write waits,
@@ -753,11 +847,13 @@ class SqliteStore:
                 (first, last, orjson.dumps(projects).decode()),
             )
             now = (projects[0], first, last) if len(projects) == 1 else None
+        # Now, not after the commit: the next job of a group (``_run_group``) extends it.
+        self._span = now
 
-        def remember() -> None:
-            self._span = now
+        def restore() -> None:
+            self._span = span
 
-        tx.after_commit.append(remember)
+        tx.on_rollback.append(restore)
 
     def _resolve_series(self, tx: Tx, c: IngestColumns) -> npt.NDArray[np.int64]:
         """Series pk of every row, creating the series first seen in this batch (in one
@@ -1130,6 +1226,8 @@ class _Job:
 
 
 STAGE_CHUNK = 2048  # rows staged per step; the small writes waiting go between two steps
+GROUP_JOBS = 8  # big appends committed together at most (``SqliteStore._group``)
+GROUP_ROWS = 50_000  # rows of a group at most
 
 
 class _Stage:
@@ -1145,6 +1243,14 @@ class _Stage:
         # Each row's index among the distinct (variable, set) keys of the batch (by ``fill``,
         # on the writer thread).
         self.key_of_row: npt.NDArray[np.int64] = np.zeros(0, np.int64)
+        self._keys: npt.NDArray[np.int64] | None = None
+
+    def series_keys(self) -> npt.NDArray[np.int64]:
+        """The batch's distinct (variable, set) keys, sorted: which series it writes."""
+        if self._keys is None:
+            c = self.columns
+            self._keys = np.unique(c.variable_pks * 1024 + c.sets)
+        return self._keys
 
     def fill(self, conn: sqlite3.Connection) -> Iterator[None]:
         """Fill the stage a chunk at a time, yielding between chunks. A batch holding a text

@@ -19,6 +19,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 J = TypeVar("J")
@@ -92,6 +93,13 @@ class WriteQueue(Generic[J]):
         """The oldest small job, or None at once if there is none."""
         with self._cond:
             return self._small.popleft() if self._small else None
+
+    def get_big_if(self, fits: Callable[[J], bool]) -> J | None:
+        """The oldest big job if ``fits`` it, else None (at once; it stays first)."""
+        with self._cond:
+            if self._big and fits(self._big[0][1]):
+                return self._big.popleft()[1]
+            return None
 
     def __len__(self) -> int:
         return len(self._small) + len(self._big)
