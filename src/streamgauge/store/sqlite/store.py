@@ -1227,7 +1227,7 @@ class _Job:
 
 STAGE_CHUNK = 2048  # rows staged per step; the small writes waiting go between two steps
 GROUP_JOBS = 8  # big appends committed together at most (``SqliteStore._group``)
-GROUP_ROWS = 50_000  # rows of a group at most
+GROUP_ROWS = 20_000  # rows of a group at most (a live write that comes meanwhile waits for it)
 
 
 class _Stage:
