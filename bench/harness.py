@@ -10,6 +10,7 @@ import multiprocessing as mp
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -250,7 +251,9 @@ class Ingestor:
             self.enc = ColumnarEncoder(self.m, fmt)
             self.headers["Content-Type"] = ColumnarEncoder.MEDIA[fmt]
 
-    def run(self, rows: int, batch: int, producers: int) -> IngestResult:
+    def run(self, rows: int, batch: int, producers: int, *, profile: bool = False) -> IngestResult:
+        """Post ``rows`` more observations; ``profile``: py-spy on the server meanwhile when
+        BENCH_PYSPY names an output file (``<name>.<target>`` each target)."""
         t = time.perf_counter()
         bodies = ingest_batches(
             self.m, self.enc, self.row, rows, batch, INGEST_T0_MS, INGEST_TICK_MS
@@ -264,7 +267,20 @@ class Ingestor:
         cpu0 = proc_cpu_seconds(self.pid)
         c0 = time.process_time()
         b0 = system_busy_seconds()
+        spy = None
+        if profile and os.environ.get("BENCH_PYSPY"):
+            out = f"{os.environ['BENCH_PYSPY']}.{self.target}"
+            spy = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(self.pid)]
+                + ["-d", "3600", "-f", "raw", "-o", out]
+                + os.environ.get("BENCH_PYSPY_ARGS", "").split(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         elapsed, resps, durs = run_async(post_all(self.host, self.port, reqs, producers, self.ok))
+        if spy is not None:  # stopped as the run ends: py-spy writes its file on SIGINT
+            spy.send_signal(signal.SIGINT)
+            spy.wait()
         client = time.process_time() - c0
         server = proc_cpu_seconds(self.pid) - cpu0
         other = max(0.0, system_busy_seconds() - b0 - client - server)
@@ -299,18 +315,21 @@ def ingest_suite(
     final_rows: int,
     final_cfg: tuple[int, int] | None,
 ) -> tuple[list[IngestResult], IngestResult]:
+    """A warmup (every series' first value), a sweep of ``sweep_rows`` over ``grid`` (none if
+    0), then ``final_rows`` at ``final_cfg`` (None: the sweep's best, or the grid's first
+    setting without a sweep). BENCH_PYSPY profiles the server during the final run."""
     sweep = []
     w = ing.run(ing.m.nseries, grid[0][0], grid[0][1])
     log("  warmup (first value of every series, not ranked):")
     log(w.line())
-    for batch, prod in grid:
+    for batch, prod in grid if sweep_rows else []:
         r = ing.run(sweep_rows, batch, prod)
         log(r.line())
         sweep.append(r)
     if final_cfg is None:
-        best = max(sweep, key=lambda r: r.obs_s)
-        final_cfg = (best.batch, best.producers)
-    final = ing.run(final_rows, *final_cfg)
+        best = max(sweep, key=lambda r: r.obs_s) if sweep else None
+        final_cfg = (best.batch, best.producers) if best else grid[0]
+    final = ing.run(final_rows, *final_cfg, profile=True)
     log(r"  final:" + final.line())
     return sweep, final
 

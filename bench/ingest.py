@@ -3,6 +3,14 @@
     .venv/bin/python -m bench ingest            # full: about 5 minutes
     .venv/bin/python -m bench ingest --quick    # about 1 minute
     .venv/bin/python -m bench ingest --quick --format arrow   # + the final run as Arrow IPC
+    .venv/bin/python -m bench ingest --issue17  # issue 17's ingest row: about 1 minute
+
+``--issue17`` runs exactly the issue's measurement: 2,000 stations x 6 variables, NDJSON
+batches of 5,000 rows from 2 producers, 1,200,000 observations (after a warmup that sends
+every series' first value), durability=full, QC on; then the same observations, batch size
+and producers to InfluxDB 1.6 in the same run; it prints the ratio (the goal: at least 0.6).
+It is short for ``--stations 2000 --grid 5000x2 --rows 1200000 --no-sweep
+--skip sg-fanout,ws``.
 
 (a) ingest: a streamgauge server (subprocess, loopback, durability=full by default) gets a
     project and a 30,000-station mesonet (6 variables each), then NDJSON batches are POSTed by
@@ -88,6 +96,17 @@ def main(argv: list[str] | None = None) -> None:
         help="batch x producers settings to try, e.g. '5000x1,5000x2,10000x4'",
     )
     ap.add_argument("--rows", type=int, default=None, help="observations in the final ingest run")
+    ap.add_argument(
+        "--no-sweep",
+        action="store_true",
+        help="no sweep over the grid: the warmup, then the final run at the grid's first setting",
+    )
+    ap.add_argument(
+        "--issue17",
+        action="store_true",
+        help="issue 17's ingest measurement: --stations 2000 --grid 5000x2 --rows 1200000 "
+        "--no-sweep --skip sg-fanout,ws (InfluxDB in the same run, the ratio printed)",
+    )
     ap.add_argument("--fanout-seconds", type=float, default=None)
     ap.add_argument("--fanout-rate", type=float, default=10_000)
     ap.add_argument("--fanout-batch", type=int, default=500)
@@ -102,6 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip", default="", help="comma list of: sg-ingest,influx,sg-fanout,ws")
     ap.add_argument("--json", default=None, help="also write all results to this JSON file")
     a = ap.parse_args(argv)
+    if a.issue17:
+        a.stations, a.grid, a.rows, a.no_sweep = 2000, "5000x2", 1_200_000, True
+        a.skip = ",".join(filter(None, [a.skip, "sg-fanout", "ws"]))
     skip = set(filter(None, a.skip.split(",")))
 
     if a.quick:
@@ -114,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
         grid = [tuple(int(x) for x in g.split("x")) for g in a.grid.split(",")]  # type: ignore[misc]
     if a.rows:
         final_rows = a.rows
+    if a.no_sweep:
+        sweep_rows = 0
     fcfg = FanoutCfg(
         seconds=a.fanout_seconds or fan_s,
         rate=a.fanout_rate,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import free_port, make_station, rows
 
@@ -52,7 +53,22 @@ def spawn(data: Path, port: int) -> subprocess.Popen[bytes]:
         time.sleep(0.05)
 
 
-def test_sigkill_during_ingest_loses_nothing_acknowledged(tmp_path: Path) -> None:
+def batch_of(producer: int, k: int, size: int) -> list[dict[str, Any]]:
+    """Producer ``producer``'s ``k``-th batch: its own two devices (so two producers' batches
+    share no series and a bulk load's writer may commit them together)."""
+    out = rows(size, start_ms=1_600_000_000_000 + k * 1000 * size, devices=2)
+    for row in out:
+        row["device"] = f"d{2 * producer + int(row['device'][1:])}"
+    return out
+
+
+@pytest.mark.parametrize(
+    ("size", "producers"),
+    [(500, 1), (2000, 2)],  # live batches; a bulk load (big batches, group commits)
+)
+def test_sigkill_during_ingest_loses_nothing_acknowledged(
+    tmp_path: Path, size: int, producers: int
+) -> None:
     data = tmp_path / "data"
     port = free_port()
     proc = spawn(data, port)
@@ -63,10 +79,10 @@ def test_sigkill_during_ingest_loses_nothing_acknowledged(tmp_path: Path) -> Non
         with httpx.Client(base_url=base, headers=headers, timeout=10) as c:
             make_station(c, devices=4)
 
-        def produce() -> None:
+        def produce(producer: int) -> None:
             with httpx.Client(base_url=base, headers=headers, timeout=10) as c:
                 for k in range(10_000):
-                    batch = rows(500, start_ms=1_600_000_000_000 + k * 500_000, devices=4)
+                    batch = batch_of(producer, k, size)
                     try:
                         r = c.post("/api/v1/projects/p1/observations", json=batch)
                     except httpx.HTTPError:
@@ -74,13 +90,15 @@ def test_sigkill_during_ingest_loses_nothing_acknowledged(tmp_path: Path) -> Non
                     assert r.status_code == 200, r.text
                     acked.append((r.json(), batch))
 
-        producer = threading.Thread(target=produce)
-        producer.start()
+        threads = [threading.Thread(target=produce, args=(p,)) for p in range(producers)]
+        for t in threads:
+            t.start()
         while len(acked) < 20:
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        producer.join(30)
+        for t in threads:
+            t.join(30)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -111,10 +129,11 @@ def test_sigkill_during_ingest_loses_nothing_acknowledged(tmp_path: Path) -> Non
                         row["value"],
                     )
             head = c.get("/healthz").json()["head"]
-            assert head >= acked[-1][0]["last_cursor"]
+            assert head >= max(reply["last_cursor"] for reply, _ in acked)
+            assert sorted(stored) == list(range(1, len(stored) + 1))  # gapless
             # cursors continue after the head; re-sending an acknowledged batch stores nothing
             again = c.post("/api/v1/projects/p1/observations", json=acked[-1][1]).json()
-            assert (again["accepted"], again["duplicates"]) == (0, 500)
+            assert (again["accepted"], again["duplicates"]) == (0, size)
             more = c.post(
                 "/api/v1/projects/p1/observations",
                 json=rows(10, start_ms=1_500_000_000_000, devices=4),

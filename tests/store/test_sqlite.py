@@ -4,6 +4,7 @@ history reads across sealed and unsealed rows, and a restart that rebuilds its s
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -313,5 +314,46 @@ async def test_an_idle_writer_checkpoints_qc_before_indexing_a_long_backlog(
         await checkpointed.wait()
         assert order[0] == "checkpoint 0"  # before the 5 rows were indexed
         assert store._qc_cursor == 5
+    finally:
+        await store.close()
+
+
+async def test_index_commits_skip_their_fsync_and_appends_keep_theirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With durability full, the index's transaction (derived from the log, rebuilt if lost)
+    commits with synchronous=NORMAL; every other write still commits with FULL, also after an
+    index step that failed."""
+    store = SqliteStore(
+        tmp_path / "db",
+        durability="full",
+        index_chunk_rows=8,
+        rules=log_rules(),
+        registry=Registry(),
+    )
+    seen: list[int] = []
+    seal_sql = SqliteStore._seal_sql
+    failed = [False]
+
+    def spy(self: SqliteStore, conn: Any, upto: int) -> None:
+        seen.append(int(conn.execute("PRAGMA synchronous").fetchone()[0]))
+        if not failed[0]:
+            failed[0] = True
+            raise sqlite3.OperationalError("disk I/O error")  # logged, retried later
+        seal_sql(self, conn, upto)
+
+    monkeypatch.setattr(SqliteStore, "_seal_sql", spy)
+    await store.open(lambda b: None)
+    try:
+        pk, v = await seed(store)
+        await store.append(cols(pk, [v[0]] * 10, [1000 * i for i in range(10)], [1.0] * 10))
+        assert await store.write(lambda tx: tx.execute("PRAGMA synchronous").fetchone()[0]) == 2
+        await store.append(cols(pk, [v[1]] * 10, [1000 * i for i in range(10)], [1.0] * 10))
+        # (the writer indexes after it answered: this write comes after that)
+        assert await store.write(lambda tx: tx.execute("PRAGMA synchronous").fetchone()[0]) == 2
+        assert len(seen) >= 2 and set(seen) == {1}  # NORMAL in both, the failed one too
+        assert store._sealed == store.head == 20
+        hist = await store.history(HistoryQuery(pk, limit=100))
+        assert len(hist) == 20
     finally:
         await store.close()

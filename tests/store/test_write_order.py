@@ -6,6 +6,7 @@ are published in cursor order, and a staged batch is stored exactly as an unstag
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +57,20 @@ def test_get_small_takes_only_small_jobs_and_close_waits_for_the_queue() -> None
     assert q.get_small() == "small"
     assert q.get(0) == "big"  # jobs queued before close are still handed out
     assert q.get(0) is CLOSED
+
+
+def test_live_while_a_live_job_came_within_live_seconds() -> None:
+    q: WriteQueue[str] = WriteQueue(live_seconds=60)
+    assert not q.live()
+    q.put("big", big=True)
+    q.put("metadata")  # a small job that is not live
+    assert not q.live()
+    q.put("live rows", live=True)
+    assert q.live()
+    assert [q.get(0) for _ in range(3)] == ["metadata", "live rows", "big"]
+    assert q.live()  # for live_seconds after it came, taken or not
+    q.live_seconds = 0
+    assert not q.live()
 
 
 def test_get_wakes_up_when_a_job_is_put_from_another_thread() -> None:
@@ -197,6 +212,7 @@ async def test_small_writes_commit_between_the_chunks_of_a_staged_batch(
             yield step
 
     monkeypatch.setattr(store_mod._Stage, "fill", fill_slowly)
+    monkeypatch.setattr(WriteQueue, "live", lambda self: True)  # else the batch is not staged
     try:
         pk, v = await seed(store)
         big_task = await queued(store.append(backfill(pk, v, 3 * store_mod.STAGE_CHUNK, 10**7)))
@@ -240,13 +256,20 @@ async def test_a_refused_staged_batch_stores_nothing(tmp_path: Path) -> None:
         await store.close()
 
 
-@pytest.mark.parametrize("nul", [False, True])
+@pytest.mark.parametrize(
+    ("nul", "live", "few_flags"),
+    [(False, True, 12), (True, True, 12), (False, False, 12), (False, False, 10**9)],
+)
 async def test_a_staged_batch_is_stored_as_an_unstaged_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nul: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nul: bool, live: bool, few_flags: int
 ) -> None:
     """The same rows as one big staged batch and as small unstaged batches: the same series,
     times, values (type and all) and QC flags, in the same order; so after a restart. With
-    a NUL in a text value the big batch is not staged (SQLite's JSON stops at a NUL)."""
+    a NUL in a text value the big batch is not staged (SQLite's JSON stops at a NUL), nor
+    when no live write came lately (a bulk load: its transaction inserts the rows), with the
+    QC flags set after the insert (few flagged rows) or in it (``FEW_FLAGS`` huge)."""
+    monkeypatch.setattr(WriteQueue, "live", lambda self: live)
+    monkeypatch.setattr(store_mod, "FEW_FLAGS", few_flags)
     staged_inserts: list[int] = []
     insert_staged = store_mod._insert_staged
 
@@ -282,7 +305,7 @@ async def test_a_staged_batch_is_stored_as_an_unstaged_one(
             await store.close()
         results.append(log)
     staged, unstaged = results
-    assert staged_inserts == ([] if nul else [1])
+    assert staged_inserts == ([1] if live and not nul else [])
     assert len(staged) == rows and staged.cursors.tolist() == list(range(1, rows + 1))
     assert staged.series.tolist() == unstaged.series.tolist()
     assert len(set(staged.series.tolist())) == 4
@@ -290,3 +313,157 @@ async def test_a_staged_batch_is_stored_as_an_unstaged_one(
     assert [(type(x), x) for x in staged.values] == [(type(x), x) for x in unstaged.values]
     assert staged.qc.tolist() == unstaged.qc.tolist()
     assert staged.qc.any()  # some rows flagged, so the flags were written
+
+
+# -- group commit (a bulk load) ----------------------------------------------------------------
+
+
+def grouped(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """No live write lately (a bulk load), and the size of each group run, recorded."""
+    monkeypatch.setattr(WriteQueue, "live", lambda self: False)
+    sizes: list[int] = []
+    run_group = SqliteStore._run_group
+
+    def spy(self: SqliteStore, conn: Any, jobs: list[Any]) -> None:
+        sizes.append(len(jobs))
+        run_group(self, conn, jobs)
+
+    monkeypatch.setattr(SqliteStore, "_run_group", spy)
+    return sizes
+
+
+async def test_big_appends_queued_in_a_bulk_load_commit_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Big appends of different series waiting together share one transaction; each is
+    answered with its own contiguous cursors in queue order, published in cursor order, and
+    stored as if committed alone (so after a restart)."""
+    sizes = grouped(monkeypatch)
+    published: list[Batch] = []
+    store = await open_store(tmp_path, published)
+    try:
+        pk, v = await seed(store)
+        parts = [backfill(pk, [v[k]], BIG_ROWS + k, t0=10**8) for k in range(3)]
+        async with Blocker(store):
+            tasks = [await queued(store.append(p)) for p in parts]
+        results = [await t for t in tasks]
+        assert sizes == [3]
+        first = 1
+        for part, r in zip(parts, results, strict=True):
+            assert (r.accepted, r.duplicates) == (len(part.times), 0)
+            assert (r.first_cursor, r.last_cursor) == (first, first + len(part.times) - 1)
+            first += len(part.times)
+        cursors = np.concatenate([b.cursors for b in published])
+        assert cursors.tolist() == list(range(1, store.head + 1))
+        assert store.head == first - 1
+        # the same rows again: every one a duplicate, nothing stored
+        again = [await store.append(p) for p in parts]
+        assert [(r.accepted, r.duplicates) for r in again] == [(0, len(p.times)) for p in parts]
+    finally:
+        await store.close()
+    store = await open_store(tmp_path, [])
+    try:
+        log = await store.read_log(0, store.head, 10 * BIG_ROWS)
+        assert log.cursors.tolist() == list(range(1, first))
+        assert log.times.tolist() == np.concatenate([p.times for p in parts]).tolist()
+        assert [(type(x), x) for x in log.values] == [(type(x), x) for p in parts for x in p.values]
+        assert log.qc.any()  # air_temp's range flags, as an append alone gives them
+    finally:
+        await store.close()
+
+
+async def test_a_refused_append_of_a_group_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One append of a group conflicts: it is refused and stores nothing; the ones before and
+    after it commit, numbered without a gap."""
+    sizes = grouped(monkeypatch)
+    published: list[Batch] = []
+    store = await open_store(tmp_path, published)
+    try:
+        pk, v = await seed(store)
+        await store.append(cols(pk, [v[1]], [5_000], [1.0]))
+        ok1 = backfill(pk, [v[0]], BIG_ROWS, t0=10**8)
+        bad = backfill(pk, [v[1]], BIG_ROWS, t0=5_000 + 1000 * (BIG_ROWS - 1))
+        bad.values[-1] = 99.0  # time 5,000 of v[1]: stored with another value
+        ok2 = backfill(pk, [v[2]], BIG_ROWS, t0=10**8)
+        async with Blocker(store):
+            tasks = [await queued(store.append(p)) for p in (ok1, bad, ok2)]
+        r1 = await tasks[0]
+        with pytest.raises(Conflict):
+            await tasks[1]
+        r2 = await tasks[2]
+        assert sizes == [3]
+        assert (r1.first_cursor, r1.last_cursor) == (2, 1 + BIG_ROWS)
+        assert (r2.first_cursor, r2.last_cursor) == (2 + BIG_ROWS, 1 + 2 * BIG_ROWS)
+        assert store.head == 1 + 2 * BIG_ROWS
+        cursors = np.concatenate([b.cursors for b in published])
+        assert cursors.tolist() == list(range(1, store.head + 1))
+        hist = await store.history(HistoryQuery(pk, series=None, limit=10 * BIG_ROWS))
+        assert len(hist) == 1 + 2 * BIG_ROWS
+    finally:
+        await store.close()
+
+
+async def test_appends_of_the_same_series_are_not_grouped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An append sharing a series with the one before it waits for that one's commit (it must
+    see its rows): the same rows queued twice are stored once, the second all duplicates."""
+    sizes = grouped(monkeypatch)
+    store = await open_store(tmp_path, [])
+    try:
+        pk, v = await seed(store)
+        part = backfill(pk, v[:2], BIG_ROWS, t0=10**8)
+        other = backfill(pk, v[2:], BIG_ROWS, t0=10**8)
+        async with Blocker(store):
+            tasks = [await queued(store.append(p)) for p in (part, part, other)]
+        results = [await t for t in tasks]
+        assert [(r.accepted, r.duplicates) for r in results] == [
+            (BIG_ROWS, 0),
+            (0, BIG_ROWS),
+            (BIG_ROWS, 0),
+        ]
+        assert sizes == [2]  # the copy and the other series' append, after the first's commit
+        assert store.head == 2 * BIG_ROWS
+    finally:
+        await store.close()
+
+
+async def test_a_group_whose_commit_fails_stores_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shared commit fails: every append of the group gets the error, no cursor is taken,
+    the series they created are forgotten, and the same appends sent again are stored whole."""
+    sizes = grouped(monkeypatch)
+    store = await open_store(tmp_path, [])
+    commit = SqliteStore._commit
+    calls: list[int] = []
+
+    def failing(self: SqliteStore, conn: Any) -> None:
+        calls.append(len(calls))
+        if len(calls) == 2:  # the blocker's commit, then the group's
+            raise sqlite3.OperationalError("disk I/O error")
+        commit(self, conn)
+
+    try:
+        pk, v = await seed(store)
+        series_before = dict(store.registry.series)
+        parts = [backfill(pk, [v[k]], BIG_ROWS, t0=10**8) for k in range(2)]
+        monkeypatch.setattr(SqliteStore, "_commit", failing)
+        async with Blocker(store):
+            tasks = [await queued(store.append(p)) for p in parts]
+        for t in tasks:
+            with pytest.raises(sqlite3.OperationalError):
+                await t
+        assert sizes == [2] and store.head == 0
+        assert store.registry.series == series_before
+        results = [await store.append(p) for p in parts]
+        assert [(r.first_cursor, r.last_cursor) for r in results] == [
+            (1, BIG_ROWS),
+            (BIG_ROWS + 1, 2 * BIG_ROWS),
+        ]
+        log = await store.read_log(0, store.head, 10 * BIG_ROWS)
+        assert log.cursors.tolist() == list(range(1, 2 * BIG_ROWS + 1))
+    finally:
+        await store.close()

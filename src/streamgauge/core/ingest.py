@@ -208,7 +208,7 @@ def _resolve_plain(
         var = reg.variables.get((dev.pk, variable)) if dev is not None else None
         if var is None or var.scale != 1.0 or var.offset != 0.0:
             return None
-        var_pk[k], var_set[k] = var.pk, var.doc.set
+        var_pk[k], var_set[k] = var.pk, var.set
     try:
         times = np.array(times_in, np.int64)
     except OverflowError:

@@ -57,6 +57,10 @@ T = TypeVar("T")
 _NEVER = np.iinfo(np.int64).min
 log = logging.getLogger("streamgauge.store")
 SEAL_STEP = 4096  # rows indexed per step (a few ms of work between two commits)
+# Rows indexed per step while only big appends come (no live write for ``writeq.LIVE_SECONDS``):
+# each step writes a page of the index per series it touches, so a step 8 times longer writes
+# about a third of the pages per row (issue 17); no live write waits for it.
+SEAL_STEP_BULK = 32768
 FREEZE_EVERY = 20_000  # registry growth (series, metadata changes) between gc.freeze() calls
 IDLE_SECONDS = 0.5  # a writer idle this long indexes the tail of the log
 FOLD_STEP = 50_000  # rows folded into the hour summaries per step (while the writer is idle)
@@ -401,16 +405,23 @@ class SqliteStore:
             if isinstance(job, Closed):
                 self._checkpoint_qc(conn)
                 break
-            if job.stage is not None:
-                # A big append: its rows are copied into the connection's temporary stage
-                # first, a chunk at a time, outside any transaction of the database, and the
-                # small writes that come meanwhile are committed between two chunks. Its
-                # transaction then copies them from the stage (``_insert_staged``).
+            if job.stage is not None and self._queue.live():
+                # A big append while live writes are around: its rows are copied into the
+                # connection's temporary stage first, a chunk at a time, outside any
+                # transaction of the database, and the small writes that come meanwhile are
+                # committed between two chunks. Its transaction then copies them from the
+                # stage (``_insert_staged``). In a bulk load (no live write) the transaction
+                # inserts them itself: the copy through the stage costs more in all.
                 for _ in job.stage.fill(conn):
                     for _ in range(self._queue.small_waiting()):  # those waiting now
                         small = self._queue.get_small()
                         if small is not None:
                             self._run(conn, small)
+            elif job.stage is not None:  # a bulk load: the big appends queued may share
+                group = self._group(job)  # one transaction
+                if len(group) > 1:
+                    self._run_group(conn, group)
+                    continue
             self._run(conn, job)
             if job.stage is not None:
                 job.stage.clear(conn)
@@ -422,6 +433,7 @@ class SqliteStore:
         assert self._loop is not None
         loop = self._loop
         tx = Tx(conn)
+        head = self._writer_head
         started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -429,16 +441,105 @@ class SqliteStore:
             last_seq = 0
             if tx.events:  # in the same transaction: a change and its events, or neither
                 last_seq = metadata.write_events(conn, tx.events, int(time.time() * 1000))
-            conn.execute("COMMIT")
+            self._commit(conn)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self._writer_head = head  # no cursor taken: the next commit's follow on
             for undo in reversed(tx.on_rollback):
                 undo()
             loop.call_soon_threadsafe(_fail, job.fut, exc)
             return
         finally:
             self.write_seconds += time.perf_counter() - started
+        self._committed(tx, job, result, last_seq)
+        self._upkeep(conn)
+
+    def _commit(self, conn: sqlite3.Connection) -> None:
+        conn.execute("COMMIT")
+
+    def _group(self, job: _Job) -> list[_Job]:
+        """``job`` (a big append) and the big appends queued after it that can share its
+        transaction (``_run_group``): while no small write waits, up to ``GROUP_JOBS`` jobs
+        and ``GROUP_ROWS`` rows, each of series no other job of the group has (so none of
+        them reads what another changes before its commit: the latest times, the QC state,
+        the tail's span). The first job that does not fit ends the group, so big appends
+        still commit in the order they came."""
+        assert job.stage is not None
+        taken = [job]
+        keys = job.stage.series_keys()
+        rows = len(job.stage.columns.times)
+
+        def fits(other: _Job) -> bool:
+            if other.stage is None or rows + len(other.stage.columns.times) > GROUP_ROWS:
+                return False
+            return not np.intersect1d(keys, other.stage.series_keys(), assume_unique=True).size
+
+        while len(taken) < GROUP_JOBS and not self._queue.small_waiting():
+            other = self._queue.get_big_if(fits)
+            if other is None:
+                break
+            assert other.stage is not None
+            taken.append(other)
+            keys = np.union1d(keys, other.stage.series_keys())
+            rows += len(other.stage.columns.times)
+        return taken
+
+    def _run_group(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        """Run several appends in one write transaction, one commit and one fsync for all
+        (group commit, issue 17): each in a savepoint of its own, so one that fails (a
+        conflict) is rolled back alone and answered with its error, and the others go on,
+        numbered on from the cursors committed before it. Every other job is answered after
+        the shared commit, in order, its batch published as if it had committed alone; if
+        the commit fails, every job of the group fails and nothing of it stays."""
+        assert self._loop is not None
+        loop = self._loop
+        head = self._writer_head
+        done: list[tuple[_Job, Tx, Any, int]] = []
+        started = time.perf_counter()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in jobs:
+                tx = Tx(conn)
+                before = self._writer_head
+                conn.execute("SAVEPOINT job")
+                try:
+                    result = job.fn(tx)
+                    last_seq = 0
+                    if tx.events:
+                        last_seq = metadata.write_events(conn, tx.events, int(time.time() * 1000))
+                    conn.execute("RELEASE job")
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    self._writer_head = before
+                    for undo in reversed(tx.on_rollback):
+                        undo()
+                    loop.call_soon_threadsafe(_fail, job.fut, exc)
+                    continue
+                done.append((job, tx, result, last_seq))
+            self._commit(conn)
+        except BaseException as exc:  # noqa: BLE001 - handed to the callers
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._writer_head = head
+            for _, tx, _, _ in reversed(done):
+                for undo in reversed(tx.on_rollback):
+                    undo()
+            for job in jobs:
+                loop.call_soon_threadsafe(_fail, job.fut, exc)
+            return
+        finally:
+            self.write_seconds += time.perf_counter() - started
+        for job, tx, result, last_seq in done:
+            self._committed(tx, job, result, last_seq)
+        self._upkeep(conn)
+
+    def _committed(self, tx: Tx, job: _Job, result: Any, last_seq: int) -> None:
+        """After ``tx`` committed: the registry and the hooks follow it, its metadata events
+        and batches go to the event loop, then its caller is answered."""
+        assert self._loop is not None
+        loop = self._loop
         for event in tx.events[tx.applied :]:  # the registry follows what committed
             self.registry.apply(event)
         for hook in tx.after_commit:
@@ -452,24 +553,28 @@ class SqliteStore:
         for batch in tx.publish:
             loop.call_soon_threadsafe(self._published, batch)
         loop.call_soon_threadsafe(_succeed, job.fut, result)
-        self._upkeep(conn)
 
     def _upkeep(self, conn: sqlite3.Connection) -> None:
         """After a commit: index the tail in short steps (none while a small write waits,
         unless the tail is half the size at which it is indexed at once), and summarize if
         far behind."""
         unsealed = self._writer_head - self._sealed
+        # Short steps while live writes are around, longer ones in a bulk load (fewer index
+        # pages written per row; nothing live waits for them).
+        step = SEAL_STEP
+        if not self._queue.live():
+            step = max(SEAL_STEP, min(SEAL_STEP_BULK, self.chunk_rows // 2))
         if unsealed >= self.chunk_rows:  # far behind: index the whole backlog now
             self._seal(conn, self._writer_head)
-        elif unsealed >= SEAL_STEP and (
+        elif unsealed >= step and (
             not self._queue.small_waiting() or unsealed >= self.chunk_rows // 2
         ):  # one short step, so no commit waits long for it
-            self._seal(conn, self._sealed + SEAL_STEP)
+            self._seal(conn, self._sealed + step)
             # More steps while nothing waits (a backfill's big batches would otherwise
             # pile the tail up to one long indexing of the whole backlog).
-            while self._writer_head - self._sealed >= SEAL_STEP and self._queue.empty():
+            while self._writer_head - self._sealed >= step and self._queue.empty():
                 before = self._sealed
-                self._seal(conn, self._sealed + SEAL_STEP)
+                self._seal(conn, self._sealed + step)
                 if self._sealed == before:  # failed (logged): retried later
                     break
         if self._writer_head - self._summarized >= FOLD_MAX_LAG:  # bound the reads' tail
@@ -502,14 +607,36 @@ class SqliteStore:
             log.exception("indexing the log up to cursor %d failed; will retry", upto)
 
     def _seal_step(self, conn: sqlite3.Connection, upto: int) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._seal_sql(conn, upto)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        with self._derived(conn):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._seal_sql(conn, upto)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
         self._sealed_to(upto)
+
+    @contextlib.contextmanager
+    def _derived(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """Commit a transaction that only writes state derived from the log (the index, the
+        hour summaries) with its progress marker, without its own fsync (``synchronous=NORMAL``
+        in WAL mode), whatever the durability.
+
+        Such a commit was a third of ingest's time (issue 17): the index touches a page of
+        every series per step, megabytes of WAL synced per step. Its WAL frames are synced
+        by the next durable commit (the WAL is one file, appended in order), and before any
+        checkpoint copies them into the database. A crash before that loses the derived rows
+        *and* the marker saying they were made, so they are made again from the log; nothing
+        acknowledged depends on them."""
+        full = self.durability == "full"
+        if full:
+            conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            if full:
+                conn.execute("PRAGMA synchronous=FULL")
 
     def _seal_sql(self, conn: sqlite3.Connection, upto: int) -> None:
         conn.execute(
@@ -525,13 +652,14 @@ class SqliteStore:
         the ingest path: when the writer is idle, or far behind). A failure is logged and
         retried later: reads summarize what is not folded yet."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._fold_sql(conn, upto)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            with self._derived(conn):
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self._fold_sql(conn, upto)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
         except sqlite3.Error:
             log.exception("summarizing the log up to cursor %d failed; will retry", upto)
             return
@@ -568,10 +696,15 @@ class SqliteStore:
         """Run ``fn`` in one write transaction on the writer thread. ``stage``: the rows of a
         big append, staged before its transaction, which lets the small writes queued after
         it go first (``writeq``)."""
+        return await self._submit(fn, stage, live=False)
+
+    async def _submit(self, fn: Callable[[Tx], T], stage: _Stage | None, *, live: bool) -> T:
+        """``write``; ``live``: a small append (live rows), which keeps the writer's steps
+        between two writes short for a while (``WriteQueue.live``)."""
         if self._closed or self._loop is None:
             raise Unavailable("the store is closed")
         fut: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put(_Job(fn, fut, stage), big=stage is not None)
+        self._queue.put(_Job(fn, fut, stage), big=stage is not None, live=live)
         return await fut
 
     # -- readers --------------------------------------------------------------------------------
@@ -606,7 +739,7 @@ class SqliteStore:
 
     async def append(self, columns: IngestColumns) -> AppendResult:
         if len(columns.times) < BIG_ROWS:
-            return await self.write(lambda tx: self._append(tx, columns))
+            return await self._submit(lambda tx: self._append(tx, columns), None, live=True)
         stage = _Stage(columns)
         return await self.write(lambda tx: self._append(tx, columns, stage), stage=stage)
 
@@ -621,7 +754,7 @@ class SqliteStore:
             self._apply_early(tx)
             return self._append(tx, columns())
 
-        return await self.write(run)
+        return await self._submit(run, None, live=True)
 
     def _apply_early(self, tx: Tx) -> None:
         """Apply the transaction's events not applied yet to the registry now, before the
@@ -714,11 +847,13 @@ class SqliteStore:
                 (first, last, orjson.dumps(projects).decode()),
             )
             now = (projects[0], first, last) if len(projects) == 1 else None
+        # Now, not after the commit: the next job of a group (``_run_group``) extends it.
+        self._span = now
 
-        def remember() -> None:
-            self._span = now
+        def restore() -> None:
+            self._span = span
 
-        tx.after_commit.append(remember)
+        tx.on_rollback.append(restore)
 
     def _resolve_series(self, tx: Tx, c: IngestColumns) -> npt.NDArray[np.int64]:
         """Series pk of every row, creating the series first seen in this batch (in one
@@ -740,9 +875,7 @@ class SqliteStore:
                     raise NotFound("a variable of this batch was deleted while it was written")
                 dev = reg.devices_by_pk[var.device_pk]
                 pk = reg.series_end
-                added = SeriesAdded(
-                    pk, dev.project_pk, dev.pk, var_pk, set_, dev.doc.id, var.doc.id
-                )
+                added = SeriesAdded(pk, dev.project_pk, dev.pk, var_pk, set_, dev.doc.id, var.id)
                 # Applied now, so the batch's QC has its limits (and its pk is taken); written
                 # with the transaction's events, applied again after the commit (a no-op), and
                 # undone if the transaction fails.
@@ -1093,6 +1226,9 @@ class _Job:
 
 
 STAGE_CHUNK = 2048  # rows staged per step; the small writes waiting go between two steps
+FEW_FLAGS = 12  # under 1 row in 12 flagged by QC: the flags are set after the insert
+GROUP_JOBS = 8  # big appends committed together at most (``SqliteStore._group``)
+GROUP_ROWS = 20_000  # rows of a group at most (a live write that comes meanwhile waits for it)
 
 
 class _Stage:
@@ -1108,6 +1244,14 @@ class _Stage:
         # Each row's index among the distinct (variable, set) keys of the batch (by ``fill``,
         # on the writer thread).
         self.key_of_row: npt.NDArray[np.int64] = np.zeros(0, np.int64)
+        self._keys: npt.NDArray[np.int64] | None = None
+
+    def series_keys(self) -> npt.NDArray[np.int64]:
+        """The batch's distinct (variable, set) keys, sorted: which series it writes."""
+        if self._keys is None:
+            c = self.columns
+            self._keys = np.unique(c.variable_pks * 1024 + c.sets)
+        return self._keys
 
     def fill(self, conn: sqlite3.Connection) -> Iterator[None]:
         """Fill the stage a chunk at a time, yielding between chunks. A batch holding a text
@@ -1189,6 +1333,12 @@ def _insert_staged(
         " st.time, st.value, 0, ?2 FROM temp.stage st ORDER BY st.k",
         (first, received),
     )
+    _set_flags(conn, first, qc)
+
+
+def _set_flags(conn: sqlite3.Connection, first: int, qc: npt.NDArray[np.int64]) -> None:
+    """Set the QC flags of the flagged rows of a batch just inserted from cursor ``first`` on
+    with flags 0 (one statement, the flagged rows only)."""
     flagged = np.flatnonzero(qc)
     if len(flagged):
         conn.execute(
@@ -1246,16 +1396,25 @@ def _insert_rows(
     the event loop is busy each of those hand-overs waits for the loop to yield the GIL (500
     rows took 200 ms instead of 0.4 ms). One statement is one hand-over. SQLite parses orjson's
     shortest float repr back to the same double. A NUL in a string value would end the string
-    in ``json_each``: such a batch (orjson writes NUL as ``\\u0000``) takes ``executemany``."""
-    rows = zip(series.tolist(), times.tolist(), values, qc.tolist(), strict=True)
-    payload = orjson.dumps(list(rows))
+    in ``json_each``: such a batch (orjson writes NUL as ``\\u0000``) takes ``executemany``.
+    When few rows are flagged, the QC flags are set after, for the flagged rows only: a
+    fourth field extracted from every row is a sixth of the statement's time (5,000 rows: 6.1
+    ms without it, 7.2 with it), and the update of a flagged row costs about as much as that
+    field for a dozen rows."""
+    few_flags = np.count_nonzero(qc) * FEW_FLAGS < len(qc)
+    columns: list[list[Any]] = [series.tolist(), times.tolist(), values]
+    if not few_flags:
+        columns.append(qc.tolist())
+    payload = orjson.dumps(list(zip(*columns, strict=True)))
     if b"\\u0000" not in payload:
         conn.execute(
             "INSERT INTO obs (cursor, series, time, value, qc, received) "
-            "SELECT ?2 + key, value ->> 0, value ->> 1, value ->> 2, value ->> 3, ?3 "
-            "FROM json_each(?1)",
+            "SELECT ?2 + key, value ->> 0, value ->> 1, value ->> 2,"
+            f" {'0' if few_flags else 'value ->> 3'}, ?3 FROM json_each(?1)",
             (payload, first, received),
         )
+        if few_flags:
+            _set_flags(conn, first, qc)
         return
     conn.executemany(
         "INSERT INTO obs (cursor, series, time, value, qc, received) VALUES (?,?,?,?,?,?)",
