@@ -388,11 +388,18 @@ SAMPLES: list[ev.MetaEvent] = [
     ),
     ev.ProjectDropped(1),
     ev.SitePut(2, 1, Site(id="s", name="s", project="p", lat=40.5, lon=-111.25)),
+    ev.SiteStored(2, 1, '{"id":"s","name":"s","project":"p","lat":40.5,"lon":-111.25}'),
     ev.SiteDropped(2, 1, "s"),
     ev.DevicePut(
         3,
         1,
         Device(id="d", project="p", site=None, type="ws", name="d", labels={"k": "v"}, metadata={}),
+    ),
+    ev.DeviceStored(
+        3,
+        1,
+        '{"id":"d","project":"p","site":null,"type":"ws","name":"d","labels":{"k":"v"},'
+        '"metadata":{}}',
     ),
     ev.DeviceMoved(
         3, 4, Device(id="d", project="q", site=None, type=None, name="d", labels={}, metadata={})

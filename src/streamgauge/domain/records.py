@@ -7,6 +7,8 @@ below both, so that neither imports the other.
 
 from __future__ import annotations
 
+import functools
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +27,8 @@ __all__ = [
     "series_prefix",
 ]
 
+DOC_CACHE = 4096  # site and device documents built from their JSON and kept
+
 
 @dataclass(slots=True)
 class ProjectRec:
@@ -32,18 +36,77 @@ class ProjectRec:
     doc: Project
 
 
-@dataclass(slots=True)
+@functools.lru_cache(maxsize=DOC_CACHE)
+def _site_doc(stored: str) -> Site:
+    return Site.model_validate_json(stored)
+
+
+@functools.lru_cache(maxsize=DOC_CACHE)
+def _device_doc(stored: str) -> Device:
+    return Device.model_validate_json(stored)
+
+
 class SiteRec:
-    pk: int
-    project_pk: int
-    doc: Site
+    """A site: its id, and its document kept as the JSON it is stored as. ``doc`` builds the
+    model on demand (the last ``DOC_CACHE`` built are kept): a network has tens of thousands
+    of sites and a model with its strings weighs about 1.5 KB, its JSON a tenth of that."""
+
+    __slots__ = ("pk", "project_pk", "id", "stored")
+
+    def __init__(
+        self, pk: int, project_pk: int, doc: Site | None = None, *, stored: str = ""
+    ) -> None:
+        self.pk = pk
+        self.project_pk = project_pk
+        if doc is not None:
+            stored = doc.model_dump_json()
+            self.id = sys.intern(doc.id)
+        else:
+            self.id = sys.intern(orjson.loads(stored)["id"])
+        self.stored = stored
+
+    @property
+    def doc(self) -> Site:
+        return _site_doc(self.stored)
+
+    @doc.setter
+    def doc(self, doc: Site) -> None:
+        self.id = sys.intern(doc.id)
+        self.stored = doc.model_dump_json()
+
+    def __repr__(self) -> str:
+        return f"SiteRec(pk={self.pk}, project_pk={self.project_pk}, id={self.id!r})"
 
 
-@dataclass(slots=True)
 class DeviceRec:
-    pk: int
-    project_pk: int
-    doc: Device
+    """A device: its id, and its document kept as the JSON it is stored as (see ``SiteRec``;
+    the registry's indexes by type, site and label answer the hot questions)."""
+
+    __slots__ = ("pk", "project_pk", "id", "stored")
+
+    def __init__(
+        self, pk: int, project_pk: int, doc: Device | None = None, *, stored: str = ""
+    ) -> None:
+        self.pk = pk
+        self.project_pk = project_pk
+        if doc is not None:
+            stored = doc.model_dump_json()
+            self.id = sys.intern(doc.id)
+        else:
+            self.id = sys.intern(orjson.loads(stored)["id"])
+        self.stored = stored
+
+    @property
+    def doc(self) -> Device:
+        return _device_doc(self.stored)
+
+    @doc.setter
+    def doc(self, doc: Device) -> None:
+        self.id = sys.intern(doc.id)
+        self.stored = doc.model_dump_json()
+
+    def __repr__(self) -> str:
+        return f"DeviceRec(pk={self.pk}, project_pk={self.project_pk}, id={self.id!r})"
 
 
 @dataclass(slots=True)

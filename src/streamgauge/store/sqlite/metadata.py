@@ -72,9 +72,9 @@ def load(conn: sqlite3.Connection) -> Iterator[ev.MetaEvent]:
     for pk, doc in conn.execute("SELECT pk, doc FROM projects"):
         yield ev.ProjectPut(pk, Project.model_validate_json(doc))
     for pk, project_pk, doc in conn.execute("SELECT pk, project_pk, doc FROM sites"):
-        yield ev.SitePut(pk, project_pk, Site.model_validate_json(doc))
+        yield ev.SiteStored(pk, project_pk, doc)
     for pk, project_pk, doc in conn.execute("SELECT pk, project_pk, doc FROM devices"):
-        yield ev.DevicePut(pk, project_pk, Device.model_validate_json(doc))
+        yield ev.DeviceStored(pk, project_pk, doc)
     for pk, device_pk, doc in conn.execute("SELECT pk, device_pk, doc FROM variables"):
         yield ev.VariableStored(pk, device_pk, doc)
     for row in conn.execute(
