@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, ItemsView, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 import numpy as np
@@ -32,6 +32,7 @@ from streamgauge.core.units import converter, entry_for, validate_unit
 from streamgauge.domain import events as ev
 from streamgauge.domain.catalog import Entry, lookup
 from streamgauge.domain.model import Device, QCLimits, Variable
+from streamgauge.domain.readmodel import Tables
 from streamgauge.domain.records import AccountRec as AccountRec
 from streamgauge.domain.records import DeviceRec as DeviceRec
 from streamgauge.domain.records import ProjectRec as ProjectRec
@@ -116,14 +117,17 @@ def _record(
 
 def qc_limits(var: VariableRec) -> tuple[float, float, float, int, int]:
     """(lo, hi, max_rate, max_persist_ms, wind role) of a variable for ``qc.Limits.set``."""
-    e = var.entry
+    return _qc_limits(var.entry, var.limits)
+
+
+def _qc_limits(e: Entry, limits: QCLimits | None) -> tuple[float, float, float, int, int]:
     lo, hi, rate, persist = e.min, e.max, e.max_rate, e.max_persist_s
-    if var.limits is not None:
-        given = var.limits.model_fields_set
-        lo = var.limits.min if "min" in given else lo
-        hi = var.limits.max if "max" in given else hi
-        rate = var.limits.max_rate if "max_rate" in given else rate
-        persist = var.limits.max_persist_s if "max_persist_s" in given else persist
+    if limits is not None:
+        given = limits.model_fields_set
+        lo = limits.min if "min" in given else lo
+        hi = limits.max if "max" in given else hi
+        rate = limits.max_rate if "max_rate" in given else rate
+        persist = limits.max_persist_s if "max_persist_s" in given else persist
     role = {"wind_speed": qc.ROLE_WIND_SPEED, "wind_gust": qc.ROLE_WIND_GUST}.get(
         e.name, qc.ROLE_OTHER
     )
@@ -291,6 +295,21 @@ class _SeriesByKey(Mapping[tuple[int, int], int]):
         reg = self._reg
         live = np.flatnonzero(reg.s_project[: reg.series_end] >= 0)
         return zip(reg.s_variable[live].tolist(), reg.s_set[live].tolist(), strict=True)
+
+    def items(self) -> ItemsView[tuple[int, int], int]:
+        return _SeriesItems(self)
+
+
+class _SeriesItems(ItemsView[tuple[int, int], int]):
+    """``Registry.series.items()`` straight from the columns (no lookup per key)."""
+
+    _mapping: _SeriesByKey
+
+    def __iter__(self) -> Iterator[tuple[tuple[int, int], int]]:
+        reg = self._mapping._reg
+        live = np.flatnonzero(reg.s_project[: reg.series_end] >= 0)
+        keys = zip(reg.s_variable[live].tolist(), reg.s_set[live].tolist(), strict=True)
+        return zip(keys, live.tolist(), strict=True)
 
 
 VARIABLE_CACHE = 8192  # variable records built on demand and kept
@@ -493,7 +512,9 @@ class Registry:
         self.v_devid: _I32 = _column32(1024, -1)
         self.v_set: _I32 = _column32(1024, -1)
         self.v_entry: _I32 = _column32(1024, -1)  # the (entry, scale, offset) in ``entries``
-        self.v_next: _I32 = _column32(1024, -1)  # the device's next variable (its list: ``d_first``)
+        self.v_next: _I32 = _column32(
+            1024, -1
+        )  # the device's next variable (its list: ``d_first``)
         self.v_extra: dict[int, tuple[QCLimits | None, float | None, dict[str, Any] | None]] = {}
         self.entries: list[tuple[Entry, float, float]] = []
         self.entry_codes: dict[tuple[str, str | None], int] = {}
@@ -570,6 +591,163 @@ class Registry:
         for event in events:
             self.apply(event)
 
+    def load(self, tables: Tables) -> None:
+        """What a store's tables hold, on open (``domain.readmodel.ReadModel.load``): the
+        registry their rows' events would build, variables and series a column at a time."""
+        with self._applying:
+            for event in tables.projects:
+                self._appliers[type(event)](event)
+            for pk, project_pk, doc in tables.sites:
+                rec = SiteRec(pk, project_pk, stored=doc)
+                self.sites[(project_pk, rec.id)] = rec
+            for pk, project_pk, doc in tables.devices:
+                old = self.devices_by_pk.get(pk)
+                if old is not None:
+                    self._drop_device_rec(old)
+                self._put_device(DeviceRec(pk, project_pk, stored=doc))
+            self._load_variables(tables.variables)
+            self._load_series(tables.series)
+            for event in tables.accounts:
+                self._appliers[type(event)](event)
+            self._bump()
+
+    def _load_variables(self, rows: Sequence[tuple[int, int, str]]) -> None:
+        if not rows:
+            return
+        if self.variable_count:  # not empty: one at a time
+            for pk_, device_pk, doc in rows:
+                rec = stored_variable_rec(pk_, device_pk, doc)
+                self._put_variable(rec)
+                self._refresh_limits(rec)
+            return
+        pks, devs, stored = zip(*rows, strict=True)
+        docs = [orjson.loads(d) for d in stored]
+        ids = [d["id"] for d in docs]
+        names = [d["name"] for d in docs]
+        units = [d.get("unit") for d in docs]
+        sets = [d.get("set", 1) for d in docs]
+        projects = [d["project"] for d in docs]
+        devids = [d["device"] for d in docs]
+        limits = [d.get("limits") for d in docs]
+        keep = [d.get("retention_days") for d in docs]
+        meta = [d.get("metadata") or None for d in docs]
+        pk = np.array(pks, np.int64)
+        dev = np.array(devs, np.int64)
+        top = int(pk.max())
+        if top >= len(self.v_device):
+            for name in _VARIABLE_COLUMNS:
+                setattr(self, name, _grow(getattr(self, name), top + 1, -1))
+        self._variable_capacity(top)
+        if int(dev.max()) >= len(self.d_first):
+            self.d_first = _grow(self.d_first, int(dev.max()) + 1, -1)
+        code, name_code = self.string_code, self.name_code
+        self.v_device[pk] = dev
+        self.v_id[pk] = [name_code(x) for x in ids]
+        self.v_name[pk] = [code(x) for x in names]
+        self.v_unit[pk] = [-1 if x is None else code(x) for x in units]
+        self.v_project[pk] = [code(x) for x in projects]
+        self.v_devid[pk] = [code(x) for x in devids]
+        self.v_set[pk] = sets
+        self.v_entry[pk] = [self._entry_code(n, u) for n, u in zip(names, units, strict=True)]
+        for i in np.flatnonzero(
+            np.array(
+                [
+                    a is not None or b is not None or c is not None
+                    for a, b, c in zip(limits, keep, meta, strict=True)
+                ],
+                np.bool_,
+            )
+        ).tolist():
+            self.v_extra[pks[i]] = (
+                None if limits[i] is None else QCLimits.model_validate(limits[i]),
+                keep[i],
+                meta[i],
+            )
+        # Each device's list: its variables in pk order.
+        order = np.lexsort((pk, dev))
+        pk_s, dev_s = pk[order], dev[order]
+        same = dev_s[1:] == dev_s[:-1]
+        nxt = np.full(len(pk_s), -1, np.int64)
+        nxt[:-1][same] = pk_s[1:][same]
+        self.v_next[pk_s] = nxt
+        first = np.ones(len(pk_s), np.bool_)
+        first[1:] = ~same
+        self.d_first[dev_s[first]] = pk_s[first]
+        self.variable_count += len(pk)
+
+    def _entry_code(self, name: str, unit: str | None) -> int:
+        code = self.entry_codes.get((name, unit))
+        if code is None:
+            code = self.entry_codes[(name, unit)] = len(self.entries)
+            self.entries.append(variable_entry(name, unit))
+        return code
+
+    def _load_series(self, rows: Sequence[tuple[int, int, int, int, int]]) -> None:
+        if not rows:
+            return
+        cols = np.array(rows, np.int64).reshape(-1, 5)
+        # Those of a known device and variable (what a join of the tables gives).
+        dev_code = np.full(max(self.devices_by_pk, default=0) + 1, -1, np.int64)
+        for dev in self.devices_by_pk.values():
+            dev_code[dev.pk] = self.string_code(dev.id)
+        var, devs = cols[:, 3], cols[:, 2]
+        known = (var < len(self.v_device)) & (devs < len(dev_code))
+        known[known] &= (self.v_device[var[known]] >= 0) & (dev_code[devs[known]] >= 0)
+        cols = cols[known]
+        if self.series_count:  # not empty: one at a time
+            for series_pk, project_pk, device_pk, variable_pk, set_no in cols.tolist():
+                self._add_series(
+                    series_pk,
+                    project_pk,
+                    device_pk,
+                    variable_pk,
+                    set_no,
+                    self.strings[int(dev_code[device_pk])],
+                    self.name_list[int(self.v_id[variable_pk])],
+                )
+            return
+        pk, project, devs, var, set_ = cols.T
+        if not len(pk):
+            return
+        top = int(pk.max())
+        self._series_capacity(top)
+        self.s_project[pk] = project
+        self.s_device[pk] = devs
+        self.s_variable[pk] = var
+        self.s_set[pk] = set_
+        self.s_name[pk] = self.v_id[var]
+        self.s_devid[pk] = dev_code[devs]
+        uniq, at = np.unique(var, return_index=True)
+        self.v_series[uniq] = pk[at]
+        if len(uniq) < len(var):  # a variable's other sets
+            rest = np.ones(len(var), np.bool_)
+            rest[at] = False
+            for p, v, s_ in zip(
+                pk[rest].tolist(), var[rest].tolist(), set_[rest].tolist(), strict=True
+            ):
+                self.series_extra[(v, s_)] = p
+        self.series_count += len(pk)
+        self.series_end = max(self.series_end, top + 1)
+        # QC limits: the catalog's per entry, a variable's own where it has them.
+        table = np.array([_qc_limits(e, None) for e, _, _ in self.entries], np.float64).reshape(
+            -1, 5
+        )
+        ent = self.v_entry[var]
+        q = self.qc_limits
+        q.ensure(top + 1)
+        q.lo[pk] = table[ent, 0]
+        q.hi[pk] = table[ent, 1]
+        q.max_rate[pk] = table[ent, 2]
+        q.max_persist_ms[pk] = table[ent, 3].astype(np.int64)
+        q.role[pk] = table[ent, 4].astype(np.int8)
+        q.group[pk] = devs
+        own = [v for v, extra in self.v_extra.items() if extra[0] is not None]
+        if own:
+            for i in np.flatnonzero(np.isin(var, own)).tolist():
+                v = int(var[i])
+                entry = self.entries[int(self.v_entry[v])][0]
+                q.set(int(pk[i]), *_qc_limits(entry, self.v_extra[v][0]), group=int(devs[i]))
+
     # -- what the store reads and keeps (``domain.readmodel.ReadModel``) -------------------------
 
     def variable_entry(self, name: str, unit: str | None) -> tuple[Entry, float, float]:
@@ -602,6 +780,36 @@ class Registry:
 
     def project(self, project_id: str) -> ProjectRec | None:
         return self.projects.get(project_id)
+
+    def project_series(self, project_pk: int) -> npt.NDArray[np.int64]:
+        """The pks of a project's series, ascending."""
+        return np.flatnonzero(self.s_project[: self.series_end] == project_pk)
+
+    def series_stations(self, since: int = 0) -> tuple[list[int], list[int], list[str]]:
+        """(series, station, sensor) of the series from pk ``since`` on: a station is a
+        site's pk, or a device without one as ``-device pk - 1``; the sensor, the variable id."""
+        end = self.series_end
+        live = np.flatnonzero(self.s_project[since:end] >= 0) + since
+        devs = self.s_device[live]
+        sites = {(s.project_pk, s.id): s.pk for s in list(self.sites.values())}
+        site_of = np.full(max(self.devices_by_pk, default=0) + 1, -1, np.int64)
+        for dev in list(self.devices_by_pk.values()):
+            site = sites.get((dev.project_pk, dev.site)) if dev.site else None
+            if site is not None:
+                site_of[dev.pk] = site
+        known = (devs >= 0) & (devs < len(site_of))
+        station = np.where(known, site_of[np.where(known, devs, 0)], -1)
+        station = np.where(station >= 0, station, -devs - 1)
+        names = self.name_list
+        return (
+            live.tolist(),
+            station.tolist(),
+            [names[c] for c in self.s_name[live].tolist()],
+        )
+
+    def variables_with_extra(self) -> list[VariableRec]:
+        """The variables with QC limits, a retention or metadata of their own (few)."""
+        return self.variables_by_pk.with_extra()
 
     # -- appliers -------------------------------------------------------------------------------
 
@@ -989,13 +1197,9 @@ class Registry:
 
 
 def _indexed(dev: DeviceRec) -> tuple[str | None, str | None, dict[str, str]]:
-    """The (type, site, labels) of a device's document, read from its JSON."""
-    d = orjson.loads(dev.stored)
-    return (
-        None if d.get("type") is None else _intern(d["type"]),
-        None if d.get("site") is None else _intern(d["site"]),
-        {_intern(k): _intern(v) for k, v in (d.get("labels") or {}).items()},
-    )
+    """The (type, site, labels) of a device (its labels read from its JSON)."""
+    labels = orjson.loads(dev.stored).get("labels") or {}
+    return dev.type, dev.site, {_intern(k): _intern(v) for k, v in labels.items()}
 
 
 def _ignore(event: ev.MetaEvent) -> None:

@@ -79,10 +79,11 @@ class SiteRec:
 
 
 class DeviceRec:
-    """A device: its id, and its document kept as the JSON it is stored as (see ``SiteRec``;
-    the registry's indexes by type, site and label answer the hot questions)."""
+    """A device: its id, site and type (interned: what the hot paths ask), and its document
+    kept as the JSON it is stored as (see ``SiteRec``; the registry's indexes by type, site
+    and label answer the questions about many devices)."""
 
-    __slots__ = ("pk", "project_pk", "id", "stored")
+    __slots__ = ("pk", "project_pk", "id", "site", "type", "stored")
 
     def __init__(
         self, pk: int, project_pk: int, doc: Device | None = None, *, stored: str = ""
@@ -90,11 +91,16 @@ class DeviceRec:
         self.pk = pk
         self.project_pk = project_pk
         if doc is not None:
-            stored = doc.model_dump_json()
-            self.id = sys.intern(doc.id)
+            self.doc = doc
         else:
-            self.id = sys.intern(orjson.loads(stored)["id"])
-        self.stored = stored
+            d = orjson.loads(stored)
+            self._fields(d["id"], d.get("site"), d.get("type"))
+            self.stored = stored
+
+    def _fields(self, id_: str, site: str | None, type_: str | None) -> None:
+        self.id = sys.intern(id_)
+        self.site = None if site is None else sys.intern(site)
+        self.type = None if type_ is None else sys.intern(type_)
 
     @property
     def doc(self) -> Device:
@@ -102,7 +108,7 @@ class DeviceRec:
 
     @doc.setter
     def doc(self, doc: Device) -> None:
-        self.id = sys.intern(doc.id)
+        self._fields(doc.id, doc.site, doc.type)
         self.stored = doc.model_dump_json()
 
     def __repr__(self) -> str:

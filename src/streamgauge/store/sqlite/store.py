@@ -231,8 +231,7 @@ class SqliteStore:
         self._publish = publish
         conn = _connect(self.path, readonly=False, durability=self.durability)
         migrate(conn)
-        for event in metadata.load(conn):
-            self.registry.apply(event)
+        self.registry.load(metadata.load_tables(conn))
         self._load_log_state(conn)
         self.gone = retention.load_gone(conn)
         gc.collect()
@@ -1064,15 +1063,8 @@ class SqliteStore:
         had = self._keys_marks.get(id(conn))
         if had == mark:
             return
-        sites = {(s.project_pk, s.doc.id): s.pk for s in list(reg.sites.values())}
         since = had[1] if had is not None and had[0] == reg.version else 0
-        rows = []
-        for pk, rec in list(reg.series_by_pk.items()):
-            if pk < since:
-                continue
-            dev = reg.devices_by_pk.get(rec.device_pk)
-            site = sites.get((dev.project_pk, dev.doc.site)) if dev and dev.doc.site else None
-            rows.append((pk, site if site is not None else -rec.device_pk - 1, rec.variable_id))
+        rows = list(zip(*reg.series_stations(since), strict=True))
         conn.execute(
             "CREATE TEMP TABLE IF NOT EXISTS report_keys "
             "(series INTEGER PRIMARY KEY, station INTEGER NOT NULL, sensor TEXT NOT NULL)"
