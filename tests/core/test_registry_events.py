@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +77,13 @@ def snapshot(reg: Registry) -> dict[str, Any]:
     """Everything the registry holds of metadata, as plain comparable values (the log state
     it also keeps, latest times and QC state, is not metadata)."""
 
-    def sets(index: dict[Any, set[int]]) -> dict[Any, list[int]]:
-        return {k: sorted(v) for k, v in index.items() if v}
+    def sets(index: Mapping[Any, Any]) -> dict[Any, list[int]]:
+        """An index's sets as sorted lists (``by_site`` holds a lone device as its pk)."""
+        return {
+            k: [v] if isinstance(v, int) else sorted(v)
+            for k, v in index.items()
+            if isinstance(v, int) or v
+        }
 
     def at(col: np.ndarray[Any, Any], pk: int, fill: Any) -> Any:
         return col[pk].item() if pk < len(col) else fill

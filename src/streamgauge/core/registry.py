@@ -18,9 +18,10 @@ store sees a registry as the protocol ``domain.readmodel.ReadModel``.
 from __future__ import annotations
 
 import functools
+import itertools
 import sys
 import threading
-from collections.abc import Callable, ItemsView, Iterator, Mapping, Sequence
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 import numpy as np
@@ -177,6 +178,7 @@ def _grow(col: npt.NDArray[Any], size: int, fill: int) -> npt.NDArray[Any]:
 
 
 _T = TypeVar("_T")
+LOAD_CHUNK = 16384  # rows a load turns into columns at a time
 SERIES_CACHE = 8192  # series records built on demand and kept (the hot ones: a batch's series)
 
 
@@ -551,7 +553,8 @@ class Registry:
         self.device_variables = _DeviceVariables(self)
         self.by_type: dict[tuple[int, str | None], set[int]] = {}
         self.by_label: dict[tuple[int, str], dict[str, set[int]]] = {}
-        self.by_site: dict[tuple[int, str | None], set[int]] = {}
+        # By site: a device pk while it is the site's only device (a set each weighed 200 B).
+        self.by_site: dict[tuple[int, str | None], int | set[int]] = {}
         # Structures computed from metadata by readers (e.g. site columns), dropped on a change.
         self.derived: dict[object, object] = {}
         self._appliers: dict[type, Callable[[Any], None]] = {
@@ -611,26 +614,23 @@ class Registry:
                 self._appliers[type(event)](event)
             self._bump()
 
-    def _load_variables(self, rows: Sequence[tuple[int, int, str]]) -> None:
-        if not rows:
-            return
+    def _load_variables(self, rows: Iterable[tuple[int, int, str]]) -> None:
         if self.variable_count:  # not empty: one at a time
             for pk_, device_pk, doc in rows:
                 rec = stored_variable_rec(pk_, device_pk, doc)
                 self._put_variable(rec)
                 self._refresh_limits(rec)
             return
+        it = iter(rows)
+        while chunk := list(itertools.islice(it, LOAD_CHUNK)):  # no peak of objects per row
+            self._load_variable_chunk(chunk)
+
+    def _load_variable_chunk(self, rows: list[tuple[int, int, str]]) -> None:
         pks, devs, stored = zip(*rows, strict=True)
         docs = [orjson.loads(d) for d in stored]
         ids = [d["id"] for d in docs]
         names = [d["name"] for d in docs]
         units = [d.get("unit") for d in docs]
-        sets = [d.get("set", 1) for d in docs]
-        projects = [d["project"] for d in docs]
-        devids = [d["device"] for d in docs]
-        limits = [d.get("limits") for d in docs]
-        keep = [d.get("retention_days") for d in docs]
-        meta = [d.get("metadata") or None for d in docs]
         pk = np.array(pks, np.int64)
         dev = np.array(devs, np.int64)
         top = int(pk.max())
@@ -645,33 +645,27 @@ class Registry:
         self.v_id[pk] = [name_code(x) for x in ids]
         self.v_name[pk] = [code(x) for x in names]
         self.v_unit[pk] = [-1 if x is None else code(x) for x in units]
-        self.v_project[pk] = [code(x) for x in projects]
-        self.v_devid[pk] = [code(x) for x in devids]
-        self.v_set[pk] = sets
+        self.v_project[pk] = [code(d["project"]) for d in docs]
+        self.v_devid[pk] = [code(d["device"]) for d in docs]
+        self.v_set[pk] = [d.get("set", 1) for d in docs]
         self.v_entry[pk] = [self._entry_code(n, u) for n, u in zip(names, units, strict=True)]
-        for i in np.flatnonzero(
-            np.array(
-                [
-                    a is not None or b is not None or c is not None
-                    for a, b, c in zip(limits, keep, meta, strict=True)
-                ],
-                np.bool_,
-            )
-        ).tolist():
-            self.v_extra[pks[i]] = (
-                None if limits[i] is None else QCLimits.model_validate(limits[i]),
-                keep[i],
-                meta[i],
-            )
-        # Each device's list: its variables in pk order.
+        for vpk, d in zip(pks, docs, strict=True):
+            limits, keep, meta = d.get("limits"), d.get("retention_days"), d.get("metadata")
+            if limits is not None or keep is not None or meta:
+                own = None if limits is None else QCLimits.model_validate(limits)
+                self.v_extra[vpk] = (own, keep, meta or None)
+        # Each device's list: its variables in pk order, then those it had.
         order = np.lexsort((pk, dev))
         pk_s, dev_s = pk[order], dev[order]
         same = dev_s[1:] == dev_s[:-1]
-        nxt = np.full(len(pk_s), -1, np.int64)
-        nxt[:-1][same] = pk_s[1:][same]
-        self.v_next[pk_s] = nxt
         first = np.ones(len(pk_s), np.bool_)
         first[1:] = ~same
+        last = np.ones(len(pk_s), np.bool_)
+        last[:-1] = ~same
+        nxt = np.full(len(pk_s), -1, np.int64)
+        nxt[:-1][same] = pk_s[1:][same]
+        nxt[last] = self.d_first[dev_s[last]]
+        self.v_next[pk_s] = nxt
         self.d_first[dev_s[first]] = pk_s[first]
         self.variable_count += len(pk)
 
@@ -682,19 +676,25 @@ class Registry:
             self.entries.append(variable_entry(name, unit))
         return code
 
-    def _load_series(self, rows: Sequence[tuple[int, int, int, int, int]]) -> None:
-        if not rows:
-            return
-        cols = np.array(rows, np.int64).reshape(-1, 5)
-        # Those of a known device and variable (what a join of the tables gives).
+    def _load_series(self, rows: Iterable[tuple[int, int, int, int, int]]) -> None:
+        # The device ids, by device pk: those of the series.
         dev_code = np.full(max(self.devices_by_pk, default=0) + 1, -1, np.int64)
         for dev in self.devices_by_pk.values():
             dev_code[dev.pk] = self.string_code(dev.id)
+        bulk = not self.series_count
+        it = iter(rows)
+        while chunk := list(itertools.islice(it, LOAD_CHUNK)):
+            self._load_series_chunk(np.array(chunk, np.int64).reshape(-1, 5), dev_code, bulk)
+
+    def _load_series_chunk(
+        self, cols: npt.NDArray[np.int64], dev_code: npt.NDArray[np.int64], bulk: bool
+    ) -> None:
+        # Those of a known device and variable (what a join of the tables gives).
         var, devs = cols[:, 3], cols[:, 2]
         known = (var < len(self.v_device)) & (devs < len(dev_code))
         known[known] &= (self.v_device[var[known]] >= 0) & (dev_code[devs[known]] >= 0)
         cols = cols[known]
-        if self.series_count:  # not empty: one at a time
+        if not bulk:  # not empty: one at a time
             for series_pk, project_pk, device_pk, variable_pk, set_no in cols.tolist():
                 self._add_series(
                     series_pk,
@@ -718,6 +718,8 @@ class Registry:
         self.s_name[pk] = self.v_id[var]
         self.s_devid[pk] = dev_code[devs]
         uniq, at = np.unique(var, return_index=True)
+        free = self.v_series[uniq] < 0  # not given a first series by an earlier chunk
+        uniq, at = uniq[free], at[free]
         self.v_series[uniq] = pk[at]
         if len(uniq) < len(var):  # a variable's other sets
             rest = np.ones(len(var), np.bool_)
@@ -767,7 +769,8 @@ class Registry:
     # -- reads ----------------------------------------------------------------------------------
 
     def devices_at(self, project_pk: int, site: str) -> set[int]:
-        return self.by_site.get((project_pk, site), set())
+        found = self.by_site.get((project_pk, site))
+        return {found} if isinstance(found, int) else set() if found is None else found
 
     def devices_of_type(self, project_pk: int, type_: str) -> set[int]:
         return self.by_type.get((project_pk, type_), set())
@@ -1171,14 +1174,26 @@ class Registry:
         self.project_devices.setdefault(dev.project_pk, set()).add(dev.pk)
         type_, site, labels = _indexed(dev)
         self.by_type.setdefault((dev.project_pk, type_), set()).add(dev.pk)
-        self.by_site.setdefault((dev.project_pk, site), set()).add(dev.pk)
+        at = (dev.project_pk, site)
+        had = self.by_site.get(at)
+        if had is None or had == dev.pk:
+            self.by_site[at] = dev.pk
+        elif isinstance(had, int):
+            self.by_site[at] = {had, dev.pk}
+        else:
+            had.add(dev.pk)
         for key, value in labels.items():
             self.by_label.setdefault((dev.project_pk, key), {}).setdefault(value, set()).add(dev.pk)
 
     def _unindex(self, dev: DeviceRec) -> None:
         type_, site, labels = _indexed(dev)
         self.by_type.get((dev.project_pk, type_), set()).discard(dev.pk)
-        self.by_site.get((dev.project_pk, site), set()).discard(dev.pk)
+        at = (dev.project_pk, site)
+        had = self.by_site.get(at)
+        if had == dev.pk:
+            del self.by_site[at]
+        elif isinstance(had, set):
+            had.discard(dev.pk)
         for key, value in labels.items():
             self.by_label.get((dev.project_pk, key), {}).get(value, set()).discard(dev.pk)
 

@@ -9,7 +9,7 @@ series' latest stored time (the cheap duplicate check) and the QC state it check
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -35,11 +35,11 @@ class Tables:
     instead of an event per row. Documents are the stored JSON (valid when written)."""
 
     projects: list[MetaEvent] = field(default_factory=list)  # applied first
-    sites: list[tuple[int, int, str]] = field(default_factory=list)  # pk, project pk, doc
-    devices: list[tuple[int, int, str]] = field(default_factory=list)  # pk, project pk, doc
-    variables: list[tuple[int, int, str]] = field(default_factory=list)  # pk, device pk, doc
-    # pk, project pk, device pk, variable pk, set
-    series: list[tuple[int, int, int, int, int]] = field(default_factory=list)
+    sites: Iterable[tuple[int, int, str]] = ()  # pk, project pk, doc
+    devices: Iterable[tuple[int, int, str]] = ()  # pk, project pk, doc
+    # The big ones may be cursors, read as they are loaded (no list of them all at once).
+    variables: Iterable[tuple[int, int, str]] = ()  # pk, device pk, doc
+    series: Iterable[tuple[int, int, int, int, int]] = ()  # pk, project, device, variable, set
     accounts: list[MetaEvent] = field(default_factory=list)  # accounts, roles, keys: last
 
 

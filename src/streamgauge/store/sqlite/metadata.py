@@ -96,11 +96,10 @@ def load_tables(conn: sqlite3.Connection) -> Tables:
     ]
     t.sites = conn.execute("SELECT pk, project_pk, doc FROM sites").fetchall()
     t.devices = conn.execute("SELECT pk, project_pk, doc FROM devices").fetchall()
-    t.variables = conn.execute("SELECT pk, device_pk, doc FROM variables").fetchall()
-    t.series = conn.execute(
-        "SELECT pk, project_pk, device_pk, variable_pk, set_ FROM series"
-    ).fetchall()
     t.accounts = list(_account_events(conn))
+    # Cursors: the registry reads them a chunk at a time (load them before another query).
+    t.variables = conn.execute("SELECT pk, device_pk, doc FROM variables")
+    t.series = conn.execute("SELECT pk, project_pk, device_pk, variable_pk, set_ FROM series")
     return t
 
 

@@ -46,6 +46,8 @@ class ReplicaStore(SqliteStore):
             try:
                 conn.execute("BEGIN")  # one snapshot: tables, event head and log head agree
                 tables = metadata.load_tables(conn)
+                tables.variables = list(tables.variables)  # read in this snapshot
+                tables.series = list(tables.series)
                 seq = metadata.events_head(conn)
                 head = int(conn.execute("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0])
                 gone = retention.load_gone(conn)

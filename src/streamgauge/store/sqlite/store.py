@@ -47,6 +47,7 @@ from streamgauge.domain.timeseries import Points, Summaries
 from streamgauge.store import files
 from streamgauge.store.early import inverse as _inverse
 from streamgauge.store.early import undo as _undo
+from streamgauge.store.memory import release_free_memory
 from streamgauge.store.sqlite import metadata, retention, summaries
 from streamgauge.store.sqlite.fair import FairGate
 from streamgauge.store.sqlite.filtersql import to_sql
@@ -233,6 +234,8 @@ class SqliteStore:
         migrate(conn)
         self.registry.load(metadata.load_tables(conn))
         self._load_log_state(conn)
+        conn.execute("PRAGMA shrink_memory")  # the pages loading read: not the writer's
+        release_free_memory()
         self.gone = retention.load_gone(conn)
         gc.collect()
         gc.freeze()
