@@ -233,14 +233,18 @@ def reuse(kept: Path, stations: int, repeat: int, durability: str) -> None:
                     f"history read {r['history_s']:.2f} s; rss {r['rss_mb']:.0f} MB = "
                     f"{per:,.0f} B a series above empty ({rss_empty:.0f} MB)"
                 )
-                results.append((r["healthz_s"], r["history_s"], per))
+                time.sleep(6)  # settled: startup reads done, free pages returned
+                settled = (srv.rss_mb() - rss_empty) * 2**20 / m.nseries
+                log(f"    settled (6 s later): {settled:,.0f} B a series above empty")
+                results.append((r["healthz_s"], r["history_s"], per, settled))
             finally:
                 srv.close()
                 shutil.rmtree(data, ignore_errors=True)
         med = [sorted(col)[len(col) // 2] for col in zip(*results, strict=True)]
         log(
             f"median of {repeat}: /healthz {med[0]:.2f} s, history read {med[1]:.2f} s, "
-            f"{med[2]:,.0f} B a series above empty; load average now {os.getloadavg()[0]:.2f}"
+            f"{med[2]:,.0f} B a series above empty ({med[3]:,.0f} B settled); load average "
+            f"now {os.getloadavg()[0]:.2f}"
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -57,6 +57,7 @@ from streamgauge.store.sqlite.writeq import BIG_ROWS, Closed, Idle, WriteQueue
 T = TypeVar("T")
 _NEVER = np.iinfo(np.int64).min
 log = logging.getLogger("streamgauge.store")
+TRIM_AFTER_OPEN_S = 5.0  # after open, when the allocator's free pages are returned again
 SEAL_STEP = 4096  # rows indexed per step (a few ms of work between two commits)
 FREEZE_EVERY = 20_000  # registry growth (series, metadata changes) between gc.freeze() calls
 IDLE_SECONDS = 0.5  # a writer idle this long indexes the tail of the log
@@ -236,6 +237,8 @@ class SqliteStore:
         self._load_log_state(conn)
         conn.execute("PRAGMA shrink_memory")  # the pages loading read: not the writer's
         release_free_memory()
+        # Once more after the engine's own startup reads (newest rows, catch-ups) are done.
+        self._loop.call_later(TRIM_AFTER_OPEN_S, release_free_memory)
         self.gone = retention.load_gone(conn)
         gc.collect()
         gc.freeze()
