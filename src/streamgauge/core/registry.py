@@ -475,6 +475,7 @@ class _DeviceVariables(Mapping[int, frozenset[int]]):
 
 
 _NO_EXTRA: tuple[None, None, None] = (None, None, None)
+_SERIES_COLUMNS = ("latest", "s_project", "s_device", "s_name", "s_variable", "s_set", "s_devid")
 _VARIABLE_COLUMNS = (
     "v_device",
     "v_id",
@@ -612,7 +613,27 @@ class Registry:
             self._load_series(tables.series)
             for event in tables.accounts:
                 self._appliers[type(event)](event)
+            self._fit()
             self._bump()
+
+    def _fit(self) -> None:
+        """Cut the columns grown by doubling while loading to what they hold (a network that
+        grows after a start pays one doubling then)."""
+        size = self.series_end + 1
+        for name in _SERIES_COLUMNS:
+            col = getattr(self, name)
+            if len(col) > size:
+                setattr(self, name, col[:size].copy())
+        q = self.qc_limits
+        for name in ("lo", "hi", "max_rate", "max_persist_ms", "role", "group"):
+            col = getattr(q, name)
+            if len(col) > size:
+                setattr(q, name, col[:size].copy())
+        size = int(np.max(np.flatnonzero(self.v_device >= 0), initial=0)) + 2
+        for name in (*_VARIABLE_COLUMNS, "v_series"):
+            col = getattr(self, name)
+            if len(col) > size:
+                setattr(self, name, col[:size].copy())
 
     def _load_variables(self, rows: Iterable[tuple[int, int, str]]) -> None:
         if self.variable_count:  # not empty: one at a time
