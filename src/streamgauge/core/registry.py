@@ -639,8 +639,10 @@ class Registry:
         if self.variable_count:  # not empty: one at a time
             for pk_, device_pk, doc in rows:
                 rec = stored_variable_rec(pk_, device_pk, doc)
+                known = pk_ in self.variables_by_pk
                 self._put_variable(rec)
-                self._refresh_limits(rec)
+                if known:
+                    self._refresh_limits(rec)
             return
         it = iter(rows)
         while chunk := list(itertools.islice(it, LOAD_CHUNK)):  # no peak of objects per row
@@ -1088,10 +1090,13 @@ class Registry:
             self.qc_limits.set(pk, *qc_limits(var), group=device_pk)
 
     def _series_of_variable(self, variable_pk: int) -> list[int]:
-        end = self.series_end
-        return np.flatnonzero(
-            (self.s_variable[:end] == variable_pk) & (self.s_project[:end] >= 0)
-        ).tolist()
+        """The variable's series: its first (``v_series``) and its other sets' (few)."""
+        out = []
+        if 0 <= variable_pk < len(self.v_series) and self.v_series[variable_pk] >= 0:
+            out.append(int(self.v_series[variable_pk]))
+        if self.series_extra:
+            out += [pk for (v, _), pk in self.series_extra.items() if v == variable_pk]
+        return out
 
     def _refresh_limits(self, var: VariableRec) -> None:
         for pk in self._series_of_variable(var.pk):
