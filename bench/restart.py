@@ -11,6 +11,10 @@ Memory: the server's resident memory right after it started on an empty folder, 
 network and the ingest, and after each restart (the registry loaded from the database, no
 ingest buffers): bytes per series above the empty server. Prints the core count and the load
 average; the figures depend on both.
+
+``--quick``: 5,000 stations and 400,000 rows (a minute). ``--reuse DIR`` (a folder kept with
+``--keep``): no network or ingest, ``--repeat`` restarts of a fresh copy of DIR each, with the
+memory above an empty server (to compare two versions of the code on the same data).
 """
 
 from __future__ import annotations
@@ -78,6 +82,13 @@ class Server:
                 time.sleep(0.01)
         raise RuntimeError(f"{path} did not answer 200 in {deadline_s:.0f} s")
 
+    def cpu_s(self) -> float:
+        """The server's CPU time so far (user + system, all threads): less swayed by the
+        machine's load than the wall time."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_mb(self) -> float:
         assert self.proc is not None
         return proc_rss_mb(self.proc.pid)
@@ -105,6 +116,7 @@ def _restart(srv: Server, kill: bool, history: str) -> dict[str, float]:
     return {
         "healthz_s": healthy - started,
         "history_s": read - started,
+        "cpu_s": srv.cpu_s(),
         "rss_mb": srv.rss_mb(),
     }
 
@@ -119,7 +131,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--producers", type=int, default=2, help="concurrent ingest requests")
     ap.add_argument("--durability", default="normal", choices=["full", "normal"])
     ap.add_argument("--keep", default=None, help="keep the data folder here (must not exist)")
+    ap.add_argument("--quick", action="store_true", help="5,000 stations, 400,000 rows")
+    ap.add_argument("--reuse", default=None, help="restart copies of this kept data folder")
+    ap.add_argument("--repeat", type=int, default=3, help="restarts with --reuse")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.stations, a.rows = 5_000, 400_000
+    if a.reuse:
+        reuse(Path(a.reuse), a.stations, a.repeat, a.durability)
+        return
 
     log(
         f"streamgauge restart bench  cpu_count={os.cpu_count()}  load average "
@@ -164,8 +184,8 @@ def main(argv: list[str] | None = None) -> None:
             log(
                 f"  restart with {ing.row:,} rows ({'SIGKILL' if a.kill else 'SIGTERM'}, load "
                 f"{load:.2f}): /healthz {r['healthz_s']:.2f} s, history read "
-                f"{r['history_s']:.2f} s; rss {r['rss_mb']:.0f} MB = {per_series:,.0f} B a "
-                f"series above empty"
+                f"{r['history_s']:.2f} s (CPU {r['cpu_s']:.2f} s); rss {r['rss_mb']:.0f} MB = "
+                f"{per_series:,.0f} B a series above empty"
             )
             out["steps"].append({"rows": ing.row, **r, "per_series_b": per_series})
         if srv.proc is not None:
@@ -175,13 +195,70 @@ def main(argv: list[str] | None = None) -> None:
         srv.close()
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)
-    log("\nrows        /healthz   history read   rss above empty / series")
+    log("\nrows        /healthz   history read   CPU to read   rss above empty / series")
     for s in out["steps"]:
         log(
             f"{s['rows']:>9,d}   {s['healthz_s']:6.2f} s   {s['history_s']:8.2f} s   "
-            f"{s['per_series_b']:>10,.0f} B"
+            f"{s['cpu_s']:8.2f} s   {s['per_series_b']:>10,.0f} B"
         )
     log(f"cpu_count={os.cpu_count()}  load average now {os.getloadavg()[0]:.2f}")
+
+
+def reuse(kept: Path, stations: int, repeat: int, durability: str) -> None:
+    """Restart ``repeat`` fresh copies of a kept data folder (the network of ``stations``)."""
+    log(
+        f"streamgauge restart bench (reuse {kept.name})  cpu_count={os.cpu_count()}  load "
+        f"average {os.getloadavg()[0]:.2f}  python={sys.version.split()[0]}"
+    )
+    root = Path(tempfile.mkdtemp(prefix="sg-bench-restart-"))
+    m = make_mesonet(stations)
+    history = f"/api/v1/projects/{PROJECT}/observations?device={m.ids[-1]}&variable=air_temp"
+    try:
+        empty = Server(root / "empty", root / "empty.log", durability)
+        empty.start()
+        empty.wait("/healthz")
+        time.sleep(1)
+        rss_empty = empty.rss_mb()
+        empty.close()
+        results = []
+        for i in range(repeat):
+            data = root / f"data{i}"
+            shutil.copytree(kept, data)
+            srv = Server(data, root / "server.log", durability)
+            try:
+                load = os.getloadavg()[0]
+                started = srv.start()
+                healthy = srv.wait("/healthz")
+                read = srv.wait(history)
+                r = {
+                    "healthz_s": healthy - started,
+                    "history_s": read - started,
+                    "cpu_s": srv.cpu_s(),
+                    "rss_mb": srv.rss_mb(),
+                }
+                per = (r["rss_mb"] - rss_empty) * 2**20 / m.nseries
+                log(
+                    f"  restart {i + 1} (load {load:.2f}): /healthz {r['healthz_s']:.2f} s, "
+                    f"history read {r['history_s']:.2f} s (CPU {r['cpu_s']:.2f} s); rss "
+                    f"{r['rss_mb']:.0f} MB = "
+                    f"{per:,.0f} B a series above empty ({rss_empty:.0f} MB)"
+                )
+                time.sleep(6)  # settled: startup reads done, free pages returned
+                settled = (srv.rss_mb() - rss_empty) * 2**20 / m.nseries
+                log(f"    settled (6 s later): {settled:,.0f} B a series above empty")
+                results.append((r["healthz_s"], r["history_s"], per, settled, r["cpu_s"]))
+            finally:
+                srv.close()
+                shutil.rmtree(data, ignore_errors=True)
+        med = [sorted(col)[len(col) // 2] for col in zip(*results, strict=True)]
+        log(
+            f"median of {repeat}: /healthz {med[0]:.2f} s, history read {med[1]:.2f} s "
+            f"(CPU {med[4]:.2f} s), "
+            f"{med[2]:,.0f} B a series above empty ({med[3]:,.0f} B settled); load average "
+            f"now {os.getloadavg()[0]:.2f}"
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,13 @@ from __future__ import annotations
 import math
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import numpy as np
+import orjson
 import pytest
 
 import streamgauge
@@ -77,8 +78,13 @@ def snapshot(reg: Registry) -> dict[str, Any]:
     """Everything the registry holds of metadata, as plain comparable values (the log state
     it also keeps, latest times and QC state, is not metadata)."""
 
-    def sets(index: dict[Any, set[int]]) -> dict[Any, list[int]]:
-        return {k: sorted(v) for k, v in index.items() if v}
+    def sets(index: Mapping[Any, Any]) -> dict[Any, list[int]]:
+        """An index's sets as sorted lists (``by_site`` holds a lone device as its pk)."""
+        return {
+            k: [v] if isinstance(v, int) else sorted(v)
+            for k, v in index.items()
+            if isinstance(v, int) or v
+        }
 
     def at(col: np.ndarray[Any, Any], pk: int, fill: Any) -> Any:
         return col[pk].item() if pk < len(col) else fill
@@ -388,11 +394,18 @@ SAMPLES: list[ev.MetaEvent] = [
     ),
     ev.ProjectDropped(1),
     ev.SitePut(2, 1, Site(id="s", name="s", project="p", lat=40.5, lon=-111.25)),
+    ev.SiteStored(2, 1, '{"id":"s","name":"s","project":"p","lat":40.5,"lon":-111.25}'),
     ev.SiteDropped(2, 1, "s"),
     ev.DevicePut(
         3,
         1,
         Device(id="d", project="p", site=None, type="ws", name="d", labels={"k": "v"}, metadata={}),
+    ),
+    ev.DeviceStored(
+        3,
+        1,
+        '{"id":"d","project":"p","site":null,"type":"ws","name":"d","labels":{"k":"v"},'
+        '"metadata":{}}',
     ),
     ev.DeviceMoved(
         3, 4, Device(id="d", project="q", site=None, type=None, name="d", labels={}, metadata={})
@@ -559,3 +572,81 @@ def test_the_patterns_catch_what_the_closures_did() -> None:
     assert caught == old
     for gone in ("put_device", "add_series", "drop_series", "bump", "put_variable", "drop_project"):
         assert not hasattr(Registry, gone)
+
+
+def test_loading_the_tables_a_chunk_at_a_time_builds_what_their_events_build(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``Registry.load`` (the stores' open) against the same rows applied as events, with
+    chunks of 2 rows so that devices' variables and variables' sets straddle chunks."""
+    from streamgauge.core import registry as registry_module
+    from streamgauge.domain.readmodel import Tables
+
+    monkeypatch.setattr(registry_module, "LOAD_CHUNK", 2)
+    project = Project(id="p", name="P", created_at="2026-01-01T00:00:00Z")
+    sites = [(1, 1, Site(id="s1", name="s1", project="p").model_dump_json())]
+    devices = [
+        (
+            pk,
+            1,
+            Device(
+                id=f"d{pk}",
+                project="p",
+                site="s1" if pk % 2 else None,
+                type="ws" if pk < 3 else None,
+                name=f"d{pk}",
+                labels={"k": str(pk % 2)},
+                metadata={},
+            ).model_dump_json(),
+        )
+        for pk in (1, 2, 3)
+    ]
+    names = ["air_temp", "relative_humidity", "wind_speed"]
+    variables = []
+    for pk in range(1, 8):
+        dev = (pk * 5) % 3 + 1  # a device's variables not in pk order, across chunks
+        doc = Variable(
+            id=f"{names[pk % 3]}_{pk}",
+            name=names[pk % 3],
+            project="p",
+            device=f"d{dev}",
+            limits=QCLimits(max=40) if pk == 4 else None,
+            retention_days=30 if pk == 5 else None,
+            metadata={"m": pk} if pk == 6 else {},
+        )
+        variables.append((pk, dev, doc.model_dump_json()))
+    series = [
+        (s, 1, variables[v - 1][1], v, set_)
+        for s, (v, set_) in enumerate(
+            [(1, 1), (2, 1), (1, 2), (3, 1), (4, 1), (1, 3), (5, 1), (6, 1), (7, 1), (4, 2)],
+            start=1,
+        )
+    ]
+    by_pk = {pk: doc for pk, _, doc in variables}
+    events: list[ev.MetaEvent] = [
+        ev.ProjectPut(1, project),
+        *(ev.SiteStored(*row) for row in sites),
+        *(ev.DeviceStored(*row) for row in devices),
+        *(ev.VariableStored(*row) for row in variables),
+        *(
+            ev.SeriesAdded(s, p, d, v, set_, f"d{d}", orjson.loads(by_pk[v])["id"])
+            for s, p, d, v, set_ in series
+        ),
+    ]
+    applied = Registry()
+    applied.apply_all(events)
+    loaded = Registry()
+    loaded.load(
+        Tables(
+            projects=[events[0]],
+            sites=sites,
+            devices=devices,
+            variables=iter(variables),
+            series=iter(series),
+        )
+    )
+    assert snapshot(loaded) == snapshot(applied)
+    assert loaded.series.get((1, 3)) == 6 and loaded.series.get((4, 2)) == 10
+    assert sorted(loaded.device_variables[1]) == sorted(pk for pk, dev, _ in variables if dev == 1)
+    assert loaded.variables_by_pk[4].limits == QCLimits(max=40)
+    assert loaded.series_stations() == applied.series_stations()

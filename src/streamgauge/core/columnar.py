@@ -259,21 +259,25 @@ class _Names:
     def __init__(self, pa: Any, reg: Registry, project_pk: int) -> None:
         self.project_pk = project_pk
         devs = [d for d in list(reg.devices_by_pk.values()) if d.project_pk == project_pk]
-        self.dev_names = pa.array([d.doc.id for d in devs], pa.string())
+        self.dev_names = pa.array([d.id for d in devs], pa.string())
         self.dev_pks = np.array([d.pk for d in devs], np.int64)
-        in_project = set(self.dev_pks.tolist())
-        found = [(k, v) for k, v in list(reg.variables.items()) if k[0] in in_project]
-        names = sorted({k[1] for k, _ in found})
+        # The project's variables, from the registry's columns.
+        vpk = np.flatnonzero((reg.v_device >= 0) & np.isin(reg.v_device, self.dev_pks))
+        ids = [reg.name_list[c] for c in reg.v_id[vpk].tolist()]
+        names = sorted(set(ids))
         self.var_names = pa.array(names, pa.string())
         self.width = max(len(names), 1)
         code = {n: i for i, n in enumerate(names)}
-        keys = np.array([k[0] * self.width + code[k[1]] for k, _ in found], np.int64)
+        keys = reg.v_device[vpk].astype(np.int64) * self.width + np.array(
+            [code[i] for i in ids], np.int64
+        )
         order = np.argsort(keys, kind="stable")
         self.keys = keys[order]
-        self.var_pk = np.array([v.pk for _, v in found], np.int64)[order]
-        self.var_set = np.array([v.set for _, v in found], np.int64)[order]
-        self.scale = np.array([v.scale for _, v in found], np.float64)[order]
-        self.offset = np.array([v.offset for _, v in found], np.float64)[order]
+        self.var_pk = vpk.astype(np.int64)[order]
+        self.var_set = reg.v_set[vpk].astype(np.int64)[order]
+        entry = reg.v_entry[vpk][order]
+        self.scale = np.array([e[1] for e in reg.entries] or [1.0], np.float64)[entry]
+        self.offset = np.array([e[2] for e in reg.entries] or [0.0], np.float64)[entry]
 
     @staticmethod
     def of(pa: Any, reg: Registry, project_pk: int) -> _Names:

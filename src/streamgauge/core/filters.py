@@ -297,7 +297,7 @@ def _device_sites(reg: Registry) -> npt.NDArray[np.int64]:
         return table
     out = np.full(max(reg.devices_by_pk, default=0) + 1, -1, np.int64)
     for dev in reg.devices_by_pk.values():
-        site = reg.sites.get((dev.project_pk, dev.doc.site)) if dev.doc.site else None
+        site = reg.sites.get((dev.project_pk, dev.site)) if dev.site else None
         if site is not None:
             out[dev.pk] = site.pk
     reg.derived[key] = out

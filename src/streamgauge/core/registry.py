@@ -18,10 +18,11 @@ store sees a registry as the protocol ``domain.readmodel.ReadModel``.
 from __future__ import annotations
 
 import functools
+import itertools
 import sys
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +33,7 @@ from streamgauge.core.units import converter, entry_for, validate_unit
 from streamgauge.domain import events as ev
 from streamgauge.domain.catalog import Entry, lookup
 from streamgauge.domain.model import Device, QCLimits, Variable
+from streamgauge.domain.readmodel import Tables
 from streamgauge.domain.records import AccountRec as AccountRec
 from streamgauge.domain.records import DeviceRec as DeviceRec
 from streamgauge.domain.records import ProjectRec as ProjectRec
@@ -116,14 +118,17 @@ def _record(
 
 def qc_limits(var: VariableRec) -> tuple[float, float, float, int, int]:
     """(lo, hi, max_rate, max_persist_ms, wind role) of a variable for ``qc.Limits.set``."""
-    e = var.entry
+    return _qc_limits(var.entry, var.limits)
+
+
+def _qc_limits(e: Entry, limits: QCLimits | None) -> tuple[float, float, float, int, int]:
     lo, hi, rate, persist = e.min, e.max, e.max_rate, e.max_persist_s
-    if var.limits is not None:
-        given = var.limits.model_fields_set
-        lo = var.limits.min if "min" in given else lo
-        hi = var.limits.max if "max" in given else hi
-        rate = var.limits.max_rate if "max_rate" in given else rate
-        persist = var.limits.max_persist_s if "max_persist_s" in given else persist
+    if limits is not None:
+        given = limits.model_fields_set
+        lo = limits.min if "min" in given else lo
+        hi = limits.max if "max" in given else hi
+        rate = limits.max_rate if "max_rate" in given else rate
+        persist = limits.max_persist_s if "max_persist_s" in given else persist
     role = {"wind_speed": qc.ROLE_WIND_SPEED, "wind_gust": qc.ROLE_WIND_GUST}.get(
         e.name, qc.ROLE_OTHER
     )
@@ -158,10 +163,330 @@ def _column(size: int, fill: int) -> npt.NDArray[np.int64]:
     return np.full(size, fill, np.int64)
 
 
-def _grow(col: npt.NDArray[np.int64], size: int, fill: int) -> npt.NDArray[np.int64]:
-    grown = _column(size, fill)
+_I32 = npt.NDArray[np.int32]
+
+
+def _column32(size: int, fill: int) -> _I32:
+    """A column of codes or pks below 2**31 (half the memory of int64)."""
+    return np.full(size, fill, np.int32)
+
+
+def _grow(col: npt.NDArray[Any], size: int, fill: int) -> npt.NDArray[Any]:
+    grown = np.full(size, fill, col.dtype)
     grown[: len(col)] = col
     return grown
+
+
+_T = TypeVar("_T")
+LOAD_CHUNK = 16384  # rows a load turns into columns at a time
+SERIES_CACHE = 8192  # series records built on demand and kept (the hot ones: a batch's series)
+
+
+class _SeriesByPk(Mapping[int, SeriesRec]):
+    """``Registry.series_by_pk``: the series records, built on demand from the registry's
+    columns (a record per series would weigh about 400 bytes with its dict entries)."""
+
+    __slots__ = ("_reg", "_cache")
+
+    def __init__(self, reg: Registry) -> None:
+        self._reg = reg
+        self._cache: dict[int, SeriesRec] = {}
+
+    @overload
+    def get(self, key: int, /) -> SeriesRec | None: ...
+    @overload
+    def get(self, key: int, default: SeriesRec | _T, /) -> SeriesRec | _T: ...
+    def get(self, pk: Any, default: Any = None) -> Any:
+        rec = self._cache.get(pk)
+        if rec is not None:
+            return rec
+        reg = self._reg
+        try:
+            i = int(pk)
+        except (TypeError, ValueError):
+            return default
+        if not 0 <= i < reg.series_end or reg.s_project[i] < 0:
+            return default
+        dev_id = reg.strings[int(reg.s_devid[i])]
+        var_id = reg.name_list[int(reg.s_name[i])]
+        set_ = int(reg.s_set[i])
+        rec = SeriesRec(
+            i,
+            int(reg.s_project[i]),
+            int(reg.s_device[i]),
+            int(reg.s_variable[i]),
+            set_,
+            dev_id,
+            var_id,
+            series_prefix(dev_id, var_id, set_),
+        )
+        if len(self._cache) >= SERIES_CACHE:
+            self._cache.clear()
+        self._cache[i] = rec
+        return rec
+
+    def __getitem__(self, pk: int) -> SeriesRec:
+        rec: SeriesRec | None = self.get(pk)
+        if rec is None:
+            raise KeyError(pk)
+        return rec
+
+    def __contains__(self, pk: object) -> bool:
+        if pk in self._cache:
+            return True
+        try:
+            i = int(pk)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            return False
+        return 0 <= i < self._reg.series_end and bool(self._reg.s_project[i] >= 0)
+
+    def __len__(self) -> int:
+        return self._reg.series_count
+
+    def __iter__(self) -> Iterator[int]:
+        reg = self._reg
+        return iter(np.flatnonzero(reg.s_project[: reg.series_end] >= 0).tolist())
+
+    def forget(self, pk: int | None = None) -> None:
+        if pk is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(pk, None)
+
+
+class _SeriesByKey(Mapping[tuple[int, int], int]):
+    """``Registry.series``: series pk by (variable pk, set), from the column of each
+    variable's first series (``v_series``) and a dict of the others (few: a variable has one
+    set in the usual case)."""
+
+    __slots__ = ("_reg",)
+
+    def __init__(self, reg: Registry) -> None:
+        self._reg = reg
+
+    @overload
+    def get(self, key: tuple[int, int], /) -> int | None: ...
+    @overload
+    def get(self, key: tuple[int, int], default: int | _T, /) -> int | _T: ...
+    def get(self, key: Any, default: Any = None) -> Any:
+        reg = self._reg
+        try:
+            var_pk, set_ = key
+            var_pk, set_ = int(var_pk), int(set_)
+        except (TypeError, ValueError):
+            return default
+        if 0 <= var_pk < len(reg.v_series):
+            pk = int(reg.v_series[var_pk])
+            if pk >= 0 and reg.s_set[pk] == set_:
+                return pk
+        return reg.series_extra.get((var_pk, set_), default)
+
+    def __getitem__(self, key: tuple[int, int]) -> int:
+        pk: int | None = self.get(key)
+        if pk is None:
+            raise KeyError(key)
+        return pk
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and self.get(key) is not None
+
+    def __len__(self) -> int:
+        return self._reg.series_count
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        reg = self._reg
+        live = np.flatnonzero(reg.s_project[: reg.series_end] >= 0)
+        return zip(reg.s_variable[live].tolist(), reg.s_set[live].tolist(), strict=True)
+
+    def items(self) -> ItemsView[tuple[int, int], int]:
+        return _SeriesItems(self)
+
+
+class _SeriesItems(ItemsView[tuple[int, int], int]):
+    """``Registry.series.items()`` straight from the columns (no lookup per key)."""
+
+    _mapping: _SeriesByKey
+
+    def __iter__(self) -> Iterator[tuple[tuple[int, int], int]]:
+        reg = self._mapping._reg
+        live = np.flatnonzero(reg.s_project[: reg.series_end] >= 0)
+        keys = zip(reg.s_variable[live].tolist(), reg.s_set[live].tolist(), strict=True)
+        return zip(keys, live.tolist(), strict=True)
+
+
+VARIABLE_CACHE = 8192  # variable records built on demand and kept
+
+
+class _VariablesByPk(Mapping[int, VariableRec]):
+    """``Registry.variables_by_pk``: the variable records, built on demand from the
+    registry's columns (a record with its dict entries weighed about 450 bytes)."""
+
+    __slots__ = ("_reg", "_cache")
+
+    def __init__(self, reg: Registry) -> None:
+        self._reg = reg
+        self._cache: dict[int, VariableRec] = {}
+
+    @overload
+    def get(self, key: int, /) -> VariableRec | None: ...
+    @overload
+    def get(self, key: int, default: VariableRec | _T, /) -> VariableRec | _T: ...
+    def get(self, pk: Any, default: Any = None) -> Any:
+        rec = self._cache.get(pk)
+        if rec is not None:
+            return rec
+        reg = self._reg
+        try:
+            i = int(pk)
+        except (TypeError, ValueError):
+            return default
+        if not 0 <= i < len(reg.v_device) or reg.v_device[i] < 0:
+            return default
+        strings = reg.strings
+        unit = int(reg.v_unit[i])
+        entry, scale, offset = reg.entries[int(reg.v_entry[i])]
+        limits, retention_days, metadata = reg.v_extra.get(i, _NO_EXTRA)
+        rec = VariableRec(
+            i,
+            int(reg.v_device[i]),
+            reg.name_list[int(reg.v_id[i])],
+            strings[int(reg.v_name[i])],
+            None if unit < 0 else strings[unit],
+            int(reg.v_set[i]),
+            strings[int(reg.v_project[i])],
+            strings[int(reg.v_devid[i])],
+            entry,
+            scale,
+            offset,
+            limits,
+            retention_days,
+            metadata,
+        )
+        if len(self._cache) >= VARIABLE_CACHE:
+            self._cache.clear()
+        self._cache[i] = rec
+        return rec
+
+    def __getitem__(self, pk: int) -> VariableRec:
+        rec: VariableRec | None = self.get(pk)
+        if rec is None:
+            raise KeyError(pk)
+        return rec
+
+    def __contains__(self, pk: object) -> bool:
+        try:
+            i = int(pk)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            return False
+        return 0 <= i < len(self._reg.v_device) and bool(self._reg.v_device[i] >= 0)
+
+    def __len__(self) -> int:
+        return self._reg.variable_count
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(np.flatnonzero(self._reg.v_device >= 0).tolist())
+
+    def with_extra(self) -> list[VariableRec]:
+        """The variables with QC limits, a retention or metadata of their own (few)."""
+        return [v for v in map(self.get, list(self._reg.v_extra)) if v is not None]
+
+    def forget(self, pk: int) -> None:
+        self._cache.pop(pk, None)
+
+
+class _VariablesByKey(Mapping[tuple[int, str], VariableRec]):
+    """``Registry.variables``: by (device pk, variable id), walking the device's variables."""
+
+    __slots__ = ("_reg",)
+
+    def __init__(self, reg: Registry) -> None:
+        self._reg = reg
+
+    @overload
+    def get(self, key: tuple[int, str], /) -> VariableRec | None: ...
+    @overload
+    def get(self, key: tuple[int, str], default: VariableRec | _T, /) -> VariableRec | _T: ...
+    def get(self, key: Any, default: Any = None) -> Any:
+        reg = self._reg
+        try:
+            device_pk, id_ = key
+        except (TypeError, ValueError):
+            return default
+        code = reg.names.get(id_) if isinstance(id_, str) else None
+        if code is None:
+            return default
+        v_id = reg.v_id
+        for pk in reg.variables_of(device_pk):
+            if v_id[pk] == code:
+                return reg.variables_by_pk.get(pk, default)
+        return default
+
+    def __getitem__(self, key: tuple[int, str]) -> VariableRec:
+        rec: VariableRec | None = self.get(key)
+        if rec is None:
+            raise KeyError(key)
+        return rec
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and self.get(key) is not None
+
+    def __len__(self) -> int:
+        return self._reg.variable_count
+
+    def __iter__(self) -> Iterator[tuple[int, str]]:
+        reg = self._reg
+        live = np.flatnonzero(reg.v_device >= 0)
+        names = reg.name_list
+        return iter(
+            [
+                (d, names[c])
+                for d, c in zip(reg.v_device[live].tolist(), reg.v_id[live].tolist(), strict=True)
+            ]
+        )
+
+
+class _DeviceVariables(Mapping[int, frozenset[int]]):
+    """``Registry.device_variables``: variable pks by device pk (a list through a column)."""
+
+    __slots__ = ("_reg",)
+
+    def __init__(self, reg: Registry) -> None:
+        self._reg = reg
+
+    @overload
+    def get(self, key: int, /) -> frozenset[int] | None: ...
+    @overload
+    def get(self, key: int, default: frozenset[int] | _T, /) -> frozenset[int] | _T: ...
+    def get(self, device_pk: Any, default: Any = None) -> Any:
+        pks = self._reg.variables_of(device_pk)
+        return frozenset(pks) if pks else default
+
+    def __getitem__(self, device_pk: int) -> frozenset[int]:
+        found: frozenset[int] | None = self.get(device_pk)
+        if found is None:
+            raise KeyError(device_pk)
+        return found
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self._reg.d_first >= 0))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(np.flatnonzero(self._reg.d_first >= 0).tolist())
+
+
+_NO_EXTRA: tuple[None, None, None] = (None, None, None)
+_SERIES_COLUMNS = ("latest", "s_project", "s_device", "s_name", "s_variable", "s_set", "s_devid")
+_VARIABLE_COLUMNS = (
+    "v_device",
+    "v_id",
+    "v_name",
+    "v_unit",
+    "v_project",
+    "v_devid",
+    "v_set",
+    "v_entry",
+    "v_next",
+)
 
 
 class Registry:
@@ -178,10 +503,30 @@ class Registry:
         self.sites: dict[tuple[int, str], SiteRec] = {}
         self.devices: dict[tuple[int, str], DeviceRec] = {}
         self.devices_by_pk: dict[int, DeviceRec] = {}
-        self.variables: dict[tuple[int, str], VariableRec] = {}
-        self.variables_by_pk: dict[int, VariableRec] = {}
-        self.series: dict[tuple[int, int], int] = {}  # (variable pk, set) -> series pk
-        self.series_by_pk: dict[int, SeriesRec] = {}
+        # Variables: columns indexed by variable pk, records built on demand.
+        self.variables = _VariablesByKey(self)
+        self.variables_by_pk = _VariablesByPk(self)
+        self.variable_count = 0
+        self.v_device: _I32 = _column32(1024, -1)  # device pk (-1: no such variable)
+        self.v_id: _I32 = _column32(1024, -1)  # id, interned in ``names``
+        self.v_name: _I32 = _column32(1024, -1)  # name, unit, project and device ids in ``strings``
+        self.v_unit: _I32 = _column32(1024, -1)  # -1: none
+        self.v_project: _I32 = _column32(1024, -1)
+        self.v_devid: _I32 = _column32(1024, -1)
+        self.v_set: _I32 = _column32(1024, -1)
+        self.v_entry: _I32 = _column32(1024, -1)  # the (entry, scale, offset) in ``entries``
+        self.v_next: _I32 = _column32(
+            1024, -1
+        )  # the device's next variable (its list: ``d_first``)
+        self.v_extra: dict[int, tuple[QCLimits | None, float | None, dict[str, Any] | None]] = {}
+        self.entries: list[tuple[Entry, float, float]] = []
+        self.entry_codes: dict[tuple[str, str | None], int] = {}
+        self.d_first: _I32 = _column32(1024, -1)  # by device pk: its first variable (-1: none)
+        # Series: columns indexed by series pk (below), records built on demand.
+        self.series = _SeriesByKey(self)  # (variable pk, set) -> series pk
+        self.series_by_pk = _SeriesByPk(self)
+        self.series_count = 0
+        self.series_extra: dict[tuple[int, int], int] = {}  # a variable's second, third ... set
         self.accounts: dict[str, AccountRec] = {}
         self.accounts_by_pk: dict[int, AccountRec] = {}
         self.key_owner: dict[str, int] = {}  # key id -> account pk
@@ -190,7 +535,15 @@ class Registry:
         self.s_project = _column(1024, -1)  # project pk (-1: no such series)
         self.s_device = _column(1024, -1)  # device pk
         self.s_name = _column(1024, -1)  # variable id, interned in ``names``
+        self.s_variable: _I32 = _column32(1024, -1)  # variable pk
+        self.s_set: _I32 = _column32(1024, -1)
+        self.s_devid: _I32 = _column32(1024, -1)  # the device's id, interned in ``strings``
         self.names: dict[str, int] = {}
+        self.name_list: list[str] = []  # ``names`` the other way
+        self.strings: list[str] = []  # other interned strings, by code (``string_codes``)
+        self.string_codes: dict[str, int] = {}
+        # The first series of each variable, by variable pk (-1: none).
+        self.v_series: _I32 = _column32(1024, -1)
         # Quality control: limits per series (set with the series) and the per-series state
         # the checks carry from batch to batch (writer thread only).
         self.qc_limits = qc.Limits()
@@ -198,18 +551,21 @@ class Registry:
         self.series_end = 1  # one past the highest series pk ever registered
         # Device indexes, so filters by type and label never walk every device:
         self.project_devices: dict[int, set[int]] = {}
-        self.device_variables: dict[int, set[int]] = {}
+        self.device_variables = _DeviceVariables(self)
         self.by_type: dict[tuple[int, str | None], set[int]] = {}
         self.by_label: dict[tuple[int, str], dict[str, set[int]]] = {}
-        self.by_site: dict[tuple[int, str | None], set[int]] = {}
+        # By site: a device pk while it is the site's only device (a set each weighed 200 B).
+        self.by_site: dict[tuple[int, str | None], int | set[int]] = {}
         # Structures computed from metadata by readers (e.g. site columns), dropped on a change.
         self.derived: dict[object, object] = {}
         self._appliers: dict[type, Callable[[Any], None]] = {
             ev.ProjectPut: self._project_put,
             ev.ProjectDropped: self._project_dropped,
             ev.SitePut: self._site_put,
+            ev.SiteStored: self._site_stored,
             ev.SiteDropped: self._site_dropped,
             ev.DevicePut: self._device_put,
+            ev.DeviceStored: self._device_stored,
             ev.DeviceMoved: self._device_moved,
             ev.DeviceDropped: self._device_dropped,
             ev.VariablePut: self._variable_put,
@@ -239,6 +595,184 @@ class Registry:
         for event in events:
             self.apply(event)
 
+    def load(self, tables: Tables) -> None:
+        """What a store's tables hold, on open (``domain.readmodel.ReadModel.load``): the
+        registry their rows' events would build, variables and series a column at a time."""
+        with self._applying:
+            for event in tables.projects:
+                self._appliers[type(event)](event)
+            for pk, project_pk, doc in tables.sites:
+                rec = SiteRec(pk, project_pk, stored=doc)
+                self.sites[(project_pk, rec.id)] = rec
+            for pk, project_pk, doc in tables.devices:
+                old = self.devices_by_pk.get(pk)
+                if old is not None:
+                    self._drop_device_rec(old)
+                self._put_device(DeviceRec(pk, project_pk, stored=doc))
+            self._load_variables(tables.variables)
+            self._load_series(tables.series)
+            for event in tables.accounts:
+                self._appliers[type(event)](event)
+            self._fit()
+            self._bump()
+
+    def _fit(self) -> None:
+        """Cut the columns grown by doubling while loading to what they hold (a network that
+        grows after a start pays one doubling then)."""
+        size = self.series_end + 1
+        for name in _SERIES_COLUMNS:
+            col = getattr(self, name)
+            if len(col) > size:
+                setattr(self, name, col[:size].copy())
+        q = self.qc_limits
+        for name in ("lo", "hi", "max_rate", "max_persist_ms", "role", "group"):
+            col = getattr(q, name)
+            if len(col) > size:
+                setattr(q, name, col[:size].copy())
+        size = int(np.max(np.flatnonzero(self.v_device >= 0), initial=0)) + 2
+        for name in (*_VARIABLE_COLUMNS, "v_series"):
+            col = getattr(self, name)
+            if len(col) > size:
+                setattr(self, name, col[:size].copy())
+
+    def _load_variables(self, rows: Iterable[tuple[int, int, str]]) -> None:
+        if self.variable_count:  # not empty: one at a time
+            for pk_, device_pk, doc in rows:
+                rec = stored_variable_rec(pk_, device_pk, doc)
+                known = pk_ in self.variables_by_pk
+                self._put_variable(rec)
+                if known:
+                    self._refresh_limits(rec)
+            return
+        it = iter(rows)
+        while chunk := list(itertools.islice(it, LOAD_CHUNK)):  # no peak of objects per row
+            self._load_variable_chunk(chunk)
+
+    def _load_variable_chunk(self, rows: list[tuple[int, int, str]]) -> None:
+        pks, devs, stored = zip(*rows, strict=True)
+        docs = [orjson.loads(d) for d in stored]
+        ids = [d["id"] for d in docs]
+        names = [d["name"] for d in docs]
+        units = [d.get("unit") for d in docs]
+        pk = np.array(pks, np.int64)
+        dev = np.array(devs, np.int64)
+        top = int(pk.max())
+        if top >= len(self.v_device):
+            for name in _VARIABLE_COLUMNS:
+                setattr(self, name, _grow(getattr(self, name), top + 1, -1))
+        self._variable_capacity(top)
+        if int(dev.max()) >= len(self.d_first):
+            self.d_first = _grow(self.d_first, int(dev.max()) + 1, -1)
+        code, name_code = self.string_code, self.name_code
+        self.v_device[pk] = dev
+        self.v_id[pk] = [name_code(x) for x in ids]
+        self.v_name[pk] = [code(x) for x in names]
+        self.v_unit[pk] = [-1 if x is None else code(x) for x in units]
+        self.v_project[pk] = [code(d["project"]) for d in docs]
+        self.v_devid[pk] = [code(d["device"]) for d in docs]
+        self.v_set[pk] = [d.get("set", 1) for d in docs]
+        self.v_entry[pk] = [self._entry_code(n, u) for n, u in zip(names, units, strict=True)]
+        for vpk, d in zip(pks, docs, strict=True):
+            limits, keep, meta = d.get("limits"), d.get("retention_days"), d.get("metadata")
+            if limits is not None or keep is not None or meta:
+                own = None if limits is None else QCLimits.model_validate(limits)
+                self.v_extra[vpk] = (own, keep, meta or None)
+        # Each device's list: its variables in pk order, then those it had.
+        order = np.lexsort((pk, dev))
+        pk_s, dev_s = pk[order], dev[order]
+        same = dev_s[1:] == dev_s[:-1]
+        first = np.ones(len(pk_s), np.bool_)
+        first[1:] = ~same
+        last = np.ones(len(pk_s), np.bool_)
+        last[:-1] = ~same
+        nxt = np.full(len(pk_s), -1, np.int64)
+        nxt[:-1][same] = pk_s[1:][same]
+        nxt[last] = self.d_first[dev_s[last]]
+        self.v_next[pk_s] = nxt
+        self.d_first[dev_s[first]] = pk_s[first]
+        self.variable_count += len(pk)
+
+    def _entry_code(self, name: str, unit: str | None) -> int:
+        code = self.entry_codes.get((name, unit))
+        if code is None:
+            code = self.entry_codes[(name, unit)] = len(self.entries)
+            self.entries.append(variable_entry(name, unit))
+        return code
+
+    def _load_series(self, rows: Iterable[tuple[int, int, int, int, int]]) -> None:
+        # The device ids, by device pk: those of the series.
+        dev_code = np.full(max(self.devices_by_pk, default=0) + 1, -1, np.int64)
+        for dev in self.devices_by_pk.values():
+            dev_code[dev.pk] = self.string_code(dev.id)
+        bulk = not self.series_count
+        it = iter(rows)
+        while chunk := list(itertools.islice(it, LOAD_CHUNK)):
+            self._load_series_chunk(np.array(chunk, np.int64).reshape(-1, 5), dev_code, bulk)
+
+    def _load_series_chunk(
+        self, cols: npt.NDArray[np.int64], dev_code: npt.NDArray[np.int64], bulk: bool
+    ) -> None:
+        # Those of a known device and variable (what a join of the tables gives).
+        var, devs = cols[:, 3], cols[:, 2]
+        known = (var < len(self.v_device)) & (devs < len(dev_code))
+        known[known] &= (self.v_device[var[known]] >= 0) & (dev_code[devs[known]] >= 0)
+        cols = cols[known]
+        if not bulk:  # not empty: one at a time
+            for series_pk, project_pk, device_pk, variable_pk, set_no in cols.tolist():
+                self._add_series(
+                    series_pk,
+                    project_pk,
+                    device_pk,
+                    variable_pk,
+                    set_no,
+                    self.strings[int(dev_code[device_pk])],
+                    self.name_list[int(self.v_id[variable_pk])],
+                )
+            return
+        pk, project, devs, var, set_ = cols.T
+        if not len(pk):
+            return
+        top = int(pk.max())
+        self._series_capacity(top)
+        self.s_project[pk] = project
+        self.s_device[pk] = devs
+        self.s_variable[pk] = var
+        self.s_set[pk] = set_
+        self.s_name[pk] = self.v_id[var]
+        self.s_devid[pk] = dev_code[devs]
+        uniq, at = np.unique(var, return_index=True)
+        free = self.v_series[uniq] < 0  # not given a first series by an earlier chunk
+        uniq, at = uniq[free], at[free]
+        self.v_series[uniq] = pk[at]
+        if len(uniq) < len(var):  # a variable's other sets
+            rest = np.ones(len(var), np.bool_)
+            rest[at] = False
+            for p, v, s_ in zip(
+                pk[rest].tolist(), var[rest].tolist(), set_[rest].tolist(), strict=True
+            ):
+                self.series_extra[(v, s_)] = p
+        self.series_count += len(pk)
+        self.series_end = max(self.series_end, top + 1)
+        # QC limits: the catalog's per entry, a variable's own where it has them.
+        table = np.array([_qc_limits(e, None) for e, _, _ in self.entries], np.float64).reshape(
+            -1, 5
+        )
+        ent = self.v_entry[var]
+        q = self.qc_limits
+        q.ensure(top + 1)
+        q.lo[pk] = table[ent, 0]
+        q.hi[pk] = table[ent, 1]
+        q.max_rate[pk] = table[ent, 2]
+        q.max_persist_ms[pk] = table[ent, 3].astype(np.int64)
+        q.role[pk] = table[ent, 4].astype(np.int8)
+        q.group[pk] = devs
+        own = [v for v, extra in self.v_extra.items() if extra[0] is not None]
+        if own:
+            for i in np.flatnonzero(np.isin(var, own)).tolist():
+                v = int(var[i])
+                entry = self.entries[int(self.v_entry[v])][0]
+                q.set(int(pk[i]), *_qc_limits(entry, self.v_extra[v][0]), group=int(devs[i]))
+
     # -- what the store reads and keeps (``domain.readmodel.ReadModel``) -------------------------
 
     def variable_entry(self, name: str, unit: str | None) -> tuple[Entry, float, float]:
@@ -247,15 +781,19 @@ class Registry:
     def restore_latest(self, series: Sequence[int], times: Sequence[int]) -> None:
         """The log's latest time per series, on open; ``series_end`` goes past every pk the log
         has rows of, deleted series' included, so such a pk is never given again."""
-        for pk, time in zip(series, times, strict=True):
-            self._series_capacity(pk)
-            self.latest[pk] = max(int(self.latest[pk]), int(time))
-            self.series_end = max(self.series_end, pk + 1)
+        pks = np.asarray(series, np.int64)
+        if not len(pks):
+            return
+        top = int(pks.max())
+        self._series_capacity(top)
+        np.maximum.at(self.latest, pks, np.asarray(times, np.int64))
+        self.series_end = max(self.series_end, top + 1)
 
     # -- reads ----------------------------------------------------------------------------------
 
     def devices_at(self, project_pk: int, site: str) -> set[int]:
-        return self.by_site.get((project_pk, site), set())
+        found = self.by_site.get((project_pk, site))
+        return {found} if isinstance(found, int) else set() if found is None else found
 
     def devices_of_type(self, project_pk: int, type_: str) -> set[int]:
         return self.by_type.get((project_pk, type_), set())
@@ -268,6 +806,36 @@ class Registry:
 
     def project(self, project_id: str) -> ProjectRec | None:
         return self.projects.get(project_id)
+
+    def project_series(self, project_pk: int) -> npt.NDArray[np.int64]:
+        """The pks of a project's series, ascending."""
+        return np.flatnonzero(self.s_project[: self.series_end] == project_pk)
+
+    def series_stations(self, since: int = 0) -> tuple[list[int], list[int], list[str]]:
+        """(series, station, sensor) of the series from pk ``since`` on: a station is a
+        site's pk, or a device without one as ``-device pk - 1``; the sensor, the variable id."""
+        end = self.series_end
+        live = np.flatnonzero(self.s_project[since:end] >= 0) + since
+        devs = self.s_device[live]
+        sites = {(s.project_pk, s.id): s.pk for s in list(self.sites.values())}
+        site_of = np.full(max(self.devices_by_pk, default=0) + 1, -1, np.int64)
+        for dev in list(self.devices_by_pk.values()):
+            site = sites.get((dev.project_pk, dev.site)) if dev.site else None
+            if site is not None:
+                site_of[dev.pk] = site
+        known = (devs >= 0) & (devs < len(site_of))
+        station = np.where(known, site_of[np.where(known, devs, 0)], -1)
+        station = np.where(station >= 0, station, -devs - 1)
+        names = self.name_list
+        return (
+            live.tolist(),
+            station.tolist(),
+            [names[c] for c in self.s_name[live].tolist()],
+        )
+
+    def variables_with_extra(self) -> list[VariableRec]:
+        """The variables with QC limits, a retention or metadata of their own (few)."""
+        return self.variables_by_pk.with_extra()
 
     # -- appliers -------------------------------------------------------------------------------
 
@@ -312,6 +880,11 @@ class Registry:
             self.sites[key] = SiteRec(e.pk, e.project_pk, e.doc)
         self._bump()
 
+    def _site_stored(self, e: ev.SiteStored) -> None:
+        rec = SiteRec(e.pk, e.project_pk, stored=e.doc)
+        self.sites[(e.project_pk, rec.id)] = rec
+        self._bump()
+
     def _site_dropped(self, e: ev.SiteDropped) -> None:
         key = (e.project_pk, e.id)
         rec = self.sites.get(key)
@@ -327,6 +900,13 @@ class Registry:
             self._put_device(rec, e.doc)
         self._bump()
 
+    def _device_stored(self, e: ev.DeviceStored) -> None:
+        rec = self.devices_by_pk.get(e.pk)
+        if rec is not None:
+            self._drop_device_rec(rec)
+        self._put_device(DeviceRec(e.pk, e.project_pk, stored=e.doc))
+        self._bump()
+
     def _device_moved(self, e: ev.DeviceMoved) -> None:
         """The device's record is replaced (a new ``DeviceRec`` in the target project); its
         variables and series stay, its series now belong to the target project."""
@@ -335,21 +915,12 @@ class Registry:
             return
         self._unindex(dev)
         self.project_devices.get(dev.project_pk, set()).discard(dev.pk)
-        self.devices.pop((dev.project_pk, dev.doc.id), None)
+        self.devices.pop((dev.project_pk, dev.id), None)
         self._put_device(DeviceRec(e.pk, e.project_pk, e.doc))
-        for s in [s for s in self.series_by_pk.values() if s.device_pk == e.pk]:
-            self._add_series(
-                SeriesRec(
-                    s.pk,
-                    e.project_pk,
-                    s.device_pk,
-                    s.variable_pk,
-                    s.set,
-                    s.device_id,
-                    s.variable_id,
-                    s.prefix,
-                )
-            )
+        end = self.series_end
+        moved = (self.s_device[:end] == e.pk) & (self.s_project[:end] >= 0)
+        self.s_project[:end][moved] = e.project_pk
+        self.series_by_pk.forget()
         self._bump()
 
     def _device_dropped(self, e: ev.DeviceDropped) -> None:
@@ -382,25 +953,16 @@ class Registry:
 
     def _series_added(self, e: ev.SeriesAdded) -> None:
         """No version bump: new series only extend compiled filters."""
-        had = self.series_by_pk.get(e.pk)
+        pk = e.pk
         if (
-            had is not None
-            and had.project_pk == e.project_pk
-            and had.variable_pk == e.variable_pk
-            and had.set == e.set
+            pk < self.series_end
+            and self.s_project[pk] == e.project_pk
+            and self.s_variable[pk] == e.variable_pk
+            and self.s_set[pk] == e.set
         ):
             return  # applied already (the writer applies an append's series before commit)
         self._add_series(
-            SeriesRec(
-                e.pk,
-                e.project_pk,
-                e.device_pk,
-                e.variable_pk,
-                e.set,
-                _intern(e.device_id),  # one string of each id, not one per series
-                _intern(e.variable_id),
-                series_prefix(e.device_id, e.variable_id, e.set),
-            )
+            pk, e.project_pk, e.device_pk, e.variable_pk, e.set, e.device_id, e.variable_id
         )
 
     def _series_dropped(self, e: ev.SeriesDropped) -> None:
@@ -454,6 +1016,22 @@ class Registry:
         for key_id in rec.keys:
             self.key_owner.pop(key_id, None)
 
+    def name_code(self, name: str) -> int:
+        """The code of a variable id in ``names`` (given one if new)."""
+        code = self.names.get(name)
+        if code is None:
+            code = self.names[name] = len(self.name_list)
+            self.name_list.append(_intern(name))
+        return code
+
+    def string_code(self, text: str) -> int:
+        """The code of ``text`` in ``strings`` (given one if new)."""
+        code = self.string_codes.get(text)
+        if code is None:
+            code = self.string_codes[text] = len(self.strings)
+            self.strings.append(_intern(text))
+        return code
+
     def _series_capacity(self, pk: int) -> None:
         if pk >= len(self.latest):
             size = max(pk + 1, len(self.latest) * 2)
@@ -461,75 +1039,208 @@ class Registry:
             self.s_project = _grow(self.s_project, size, -1)
             self.s_device = _grow(self.s_device, size, -1)
             self.s_name = _grow(self.s_name, size, -1)
+            self.s_variable = _grow(self.s_variable, size, -1)
+            self.s_set = _grow(self.s_set, size, -1)
+            self.s_devid = _grow(self.s_devid, size, -1)
 
-    def _add_series(self, rec: SeriesRec) -> None:
-        self._series_capacity(rec.pk)
-        self.series_by_pk[rec.pk] = rec
-        self.series[(rec.variable_pk, rec.set)] = rec.pk
-        self.s_project[rec.pk] = rec.project_pk
-        self.s_device[rec.pk] = rec.device_pk
-        self.s_name[rec.pk] = self.names.setdefault(rec.variable_id, len(self.names))
-        self.series_end = max(self.series_end, rec.pk + 1)
-        var = self.variables_by_pk.get(rec.variable_pk)
+    def _variable_capacity(self, pk: int) -> None:
+        if pk >= len(self.v_series):
+            self.v_series = _grow(self.v_series, max(pk + 1, len(self.v_series) * 2), -1)
+
+    def _add_series(
+        self,
+        pk: int,
+        project_pk: int,
+        device_pk: int,
+        variable_pk: int,
+        set_: int,
+        device_id: str,
+        variable_id: str,
+    ) -> None:
+        if pk < self.series_end and self.s_project[pk] >= 0:
+            self._drop_series(pk)  # replaced
+        self._series_capacity(pk)
+        self._variable_capacity(variable_pk)
+        self.series_by_pk.forget(pk)
+        self.s_project[pk] = project_pk
+        self.s_device[pk] = device_pk
+        self.s_name[pk] = self.name_code(variable_id)
+        self.s_variable[pk] = variable_pk
+        self.s_set[pk] = set_
+        self.s_devid[pk] = self.string_code(device_id)
+        first = int(self.v_series[variable_pk])
+        if first < 0 or first == pk:
+            self.v_series[variable_pk] = pk
+        elif self.s_set[first] == set_:  # the same key again: the new pk wins
+            self.s_project[first] = -1
+            self.s_device[first] = -1
+            self.series_count -= 1
+            self.v_series[variable_pk] = pk
+        else:
+            old = self.series_extra.get((variable_pk, set_))
+            if old is not None and old != pk:
+                self.s_project[old] = -1
+                self.s_device[old] = -1
+                self.series_count -= 1
+            self.series_extra[(variable_pk, set_)] = pk
+        self.series_count += 1
+        self.series_end = max(self.series_end, pk + 1)
+        var = self.variables_by_pk.get(variable_pk)
         if var is not None:
-            self.qc_limits.set(rec.pk, *qc_limits(var), group=rec.device_pk)
+            self.qc_limits.set(pk, *qc_limits(var), group=device_pk)
+
+    def _series_of_variable(self, variable_pk: int) -> list[int]:
+        """The variable's series: its first (``v_series``) and its other sets' (few)."""
+        out = []
+        if 0 <= variable_pk < len(self.v_series) and self.v_series[variable_pk] >= 0:
+            out.append(int(self.v_series[variable_pk]))
+        if self.series_extra:
+            out += [pk for (v, _), pk in self.series_extra.items() if v == variable_pk]
+        return out
 
     def _refresh_limits(self, var: VariableRec) -> None:
-        for (var_pk, _), pk in self.series.items():
-            if var_pk == var.pk:
-                self.qc_limits.set(pk, *qc_limits(var), group=var.device_pk)
+        for pk in self._series_of_variable(var.pk):
+            self.qc_limits.set(pk, *qc_limits(var), group=var.device_pk)
 
     def _drop_series(self, pk: int) -> None:
-        rec = self.series_by_pk.pop(pk, None)
-        if rec is not None:
-            self.series.pop((rec.variable_pk, rec.set), None)
-            self.s_project[pk] = -1
-            self.s_device[pk] = -1
+        if not 0 <= pk < self.series_end or self.s_project[pk] < 0:
+            return
+        self.series_by_pk.forget(pk)
+        var_pk, set_ = int(self.s_variable[pk]), int(self.s_set[pk])
+        if self.v_series[var_pk] == pk:
+            self.v_series[var_pk] = -1
+        elif self.series_extra.get((var_pk, set_)) == pk:
+            del self.series_extra[(var_pk, set_)]
+        self.s_project[pk] = -1
+        self.s_device[pk] = -1
+        self.series_count -= 1
 
     def _drop_series_of_variable(self, variable_pk: int) -> None:
-        for key in [k for k in self.series if k[0] == variable_pk]:
-            self._drop_series(self.series[key])
+        for pk in self._series_of_variable(variable_pk):
+            self._drop_series(pk)
+
+    def variables_of(self, device_pk: int) -> list[int]:
+        """The pks of a device's variables (newest first)."""
+        out: list[int] = []
+        try:
+            pk = int(self.d_first[device_pk]) if 0 <= device_pk < len(self.d_first) else -1
+        except TypeError:
+            return out
+        nxt = self.v_next
+        while pk >= 0:
+            out.append(pk)
+            pk = int(nxt[pk])
+        return out
 
     def _put_variable(self, var: VariableRec) -> None:
-        self.variables[(var.device_pk, var.id)] = var
-        self.variables_by_pk[var.pk] = var
-        self.device_variables.setdefault(var.device_pk, set()).add(var.pk)
-        self.names.setdefault(var.id, len(self.names))
+        pk = var.pk
+        if pk < len(self.v_device) and self.v_device[pk] >= 0:
+            self._unlink_variable(pk)
+        else:
+            self.variable_count += 1
+        if pk >= len(self.v_device):
+            size = max(pk + 1, len(self.v_device) * 2)
+            for name in _VARIABLE_COLUMNS:
+                setattr(self, name, _grow(getattr(self, name), size, -1))
+        self._variable_capacity(pk)
+        if var.device_pk >= len(self.d_first):
+            self.d_first = _grow(self.d_first, max(var.device_pk + 1, len(self.d_first) * 2), -1)
+        self.variables_by_pk.forget(pk)
+        key = (var.name, var.unit)
+        entry = self.entry_codes.get(key)
+        if entry is None:
+            entry = self.entry_codes[key] = len(self.entries)
+            self.entries.append((var.entry, var.scale, var.offset))
+        self.v_device[pk] = var.device_pk
+        self.v_id[pk] = self.name_code(var.id)
+        self.v_name[pk] = self.string_code(var.name)
+        self.v_unit[pk] = -1 if var.unit is None else self.string_code(var.unit)
+        self.v_project[pk] = self.string_code(var.project)
+        self.v_devid[pk] = self.string_code(var.device)
+        self.v_set[pk] = var.set
+        self.v_entry[pk] = entry
+        self.v_next[pk] = self.d_first[var.device_pk]
+        self.d_first[var.device_pk] = pk
+        if var.limits is not None or var.retention_days is not None or var.metadata:
+            self.v_extra[pk] = (var.limits, var.retention_days, var.metadata or None)
+        else:
+            self.v_extra.pop(pk, None)
+
+    def _unlink_variable(self, pk: int) -> None:
+        """Take variable ``pk`` out of its device's list."""
+        device_pk = int(self.v_device[pk])
+        at = int(self.d_first[device_pk])
+        if at == pk:
+            self.d_first[device_pk] = self.v_next[pk]
+        else:
+            while at >= 0:
+                nxt = int(self.v_next[at])
+                if nxt == pk:
+                    self.v_next[at] = self.v_next[pk]
+                    break
+                at = nxt
+        self.v_next[pk] = -1
 
     def _drop_variable(self, var: VariableRec) -> None:
         self._drop_series_of_variable(var.pk)
-        self.variables.pop((var.device_pk, var.id), None)
-        self.variables_by_pk.pop(var.pk, None)
-        self.device_variables.get(var.device_pk, set()).discard(var.pk)
+        if var.pk < len(self.v_device) and self.v_device[var.pk] >= 0:
+            self._unlink_variable(var.pk)
+            self.v_device[var.pk] = -1
+            self.v_extra.pop(var.pk, None)
+            self.variables_by_pk.forget(var.pk)
+            self.variable_count -= 1
 
     def _put_device(self, dev: DeviceRec, doc: Device | None = None) -> None:
         """Add ``dev``, or replace its document with ``doc``, keeping the indexes right."""
         if doc is not None:
             self._unindex(dev)
             dev.doc = doc
-        self.devices[(dev.project_pk, dev.doc.id)] = dev
+        self.devices[(dev.project_pk, dev.id)] = dev
         self.devices_by_pk[dev.pk] = dev
         self.project_devices.setdefault(dev.project_pk, set()).add(dev.pk)
-        self.by_type.setdefault((dev.project_pk, dev.doc.type), set()).add(dev.pk)
-        self.by_site.setdefault((dev.project_pk, dev.doc.site), set()).add(dev.pk)
-        for key, value in dev.doc.labels.items():
+        type_, site, labels = _indexed(dev)
+        self.by_type.setdefault((dev.project_pk, type_), set()).add(dev.pk)
+        at = (dev.project_pk, site)
+        had = self.by_site.get(at)
+        if had is None or had == dev.pk:
+            self.by_site[at] = dev.pk
+        elif isinstance(had, int):
+            self.by_site[at] = {had, dev.pk}
+        else:
+            had.add(dev.pk)
+        for key, value in labels.items():
             self.by_label.setdefault((dev.project_pk, key), {}).setdefault(value, set()).add(dev.pk)
 
     def _unindex(self, dev: DeviceRec) -> None:
-        self.by_type.get((dev.project_pk, dev.doc.type), set()).discard(dev.pk)
-        self.by_site.get((dev.project_pk, dev.doc.site), set()).discard(dev.pk)
-        for key, value in dev.doc.labels.items():
+        type_, site, labels = _indexed(dev)
+        self.by_type.get((dev.project_pk, type_), set()).discard(dev.pk)
+        at = (dev.project_pk, site)
+        had = self.by_site.get(at)
+        if had == dev.pk:
+            del self.by_site[at]
+        elif isinstance(had, set):
+            had.discard(dev.pk)
+        for key, value in labels.items():
             self.by_label.get((dev.project_pk, key), {}).get(value, set()).discard(dev.pk)
 
     def _drop_device(self, dev: DeviceRec) -> None:
-        for var_pk in list(self.device_variables.pop(dev.pk, ())):
+        for var_pk in self.variables_of(dev.pk):
             var = self.variables_by_pk.get(var_pk)
             if var is not None:
                 self._drop_variable(var)
+        self._drop_device_rec(dev)
+
+    def _drop_device_rec(self, dev: DeviceRec) -> None:
         self._unindex(dev)
         self.project_devices.get(dev.project_pk, set()).discard(dev.pk)
-        self.devices.pop((dev.project_pk, dev.doc.id), None)
+        self.devices.pop((dev.project_pk, dev.id), None)
         self.devices_by_pk.pop(dev.pk, None)
+
+
+def _indexed(dev: DeviceRec) -> tuple[str | None, str | None, dict[str, str]]:
+    """The (type, site, labels) of a device (its labels read from its JSON)."""
+    labels = orjson.loads(dev.stored).get("labels") or {}
+    return dev.type, dev.site, {_intern(k): _intern(v) for k, v in labels.items()}
 
 
 def _ignore(event: ev.MetaEvent) -> None:

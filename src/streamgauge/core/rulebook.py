@@ -198,7 +198,7 @@ def alert_record(
         "channel_id": ch.doc.id,
         "channel_name": ch.doc.name,
         "project_id": ch.doc.project,
-        "site_id": dev.doc.site if dev else None,
+        "site_id": dev.site if dev else None,
         "inst_id": tdoc.device,
         "var_id": var_id,
         "value": f.value,

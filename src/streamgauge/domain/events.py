@@ -47,6 +47,7 @@ __all__ = [
     "FeedTokenDropped",
     "FeedTokenPut",
     "DevicePut",
+    "DeviceStored",
     "KeyDropped",
     "KeyPut",
     "MetaEvent",
@@ -58,6 +59,7 @@ __all__ = [
     "SeriesDropped",
     "SiteDropped",
     "SitePut",
+    "SiteStored",
     "VariableDropped",
     "VariablePut",
     "VariableStored",
@@ -89,6 +91,15 @@ class SitePut(_Event, frozen=True, tag="site_put"):
     doc: Site
 
 
+class SiteStored(_Event, frozen=True, tag="site_stored"):
+    """A site as its table holds it (JSON text of a valid ``Site``): what a store yields on
+    open, applied like ``SitePut`` without validating a model (see ``VariableStored``)."""
+
+    pk: int
+    project_pk: int
+    doc: str
+
+
 class SiteDropped(_Event, frozen=True, tag="site_dropped"):
     pk: int
     project_pk: int
@@ -101,6 +112,15 @@ class DevicePut(_Event, frozen=True, tag="device_put"):
     pk: int
     project_pk: int
     doc: Device
+
+
+class DeviceStored(_Event, frozen=True, tag="device_stored"):
+    """A device as its table holds it (JSON text of a valid ``Device``): what a store yields
+    on open, applied like ``DevicePut`` without validating a model (see ``VariableStored``)."""
+
+    pk: int
+    project_pk: int
+    doc: str
 
 
 class DeviceMoved(_Event, frozen=True, tag="device_moved"):
@@ -257,8 +277,10 @@ MetaEvent = (
     ProjectPut
     | ProjectDropped
     | SitePut
+    | SiteStored
     | SiteDropped
     | DevicePut
+    | DeviceStored
     | DeviceMoved
     | DeviceDropped
     | VariablePut

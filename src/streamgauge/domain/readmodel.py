@@ -9,7 +9,8 @@ series' latest stored time (the cheap duplicate check) and the QC state it check
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -26,6 +27,20 @@ from streamgauge.domain.records import (
     SiteRec,
     VariableRec,
 )
+
+
+@dataclass(slots=True)
+class Tables:
+    """The metadata tables as a store reads them on open (``ReadModel.load``): few big reads
+    instead of an event per row. Documents are the stored JSON (valid when written)."""
+
+    projects: list[MetaEvent] = field(default_factory=list)  # applied first
+    sites: Iterable[tuple[int, int, str]] = ()  # pk, project pk, doc
+    devices: Iterable[tuple[int, int, str]] = ()  # pk, project pk, doc
+    # The big ones may be cursors, read as they are loaded (no list of them all at once).
+    variables: Iterable[tuple[int, int, str]] = ()  # pk, device pk, doc
+    series: Iterable[tuple[int, int, int, int, int]] = ()  # pk, project, device, variable, set
+    accounts: list[MetaEvent] = field(default_factory=list)  # accounts, roles, keys: last
 
 
 class ReadModel(Protocol):
@@ -105,10 +120,21 @@ class ReadModel(Protocol):
         """Change the metadata as ``event`` says (events of committed writes, in order)."""
         ...
 
+    def load(self, tables: Tables) -> None:
+        """On open: what the tables hold, into an empty read model (as if each row's event
+        were applied, without a Python object per series or variable)."""
+        ...
+
     def variable_entry(self, name: str, unit: str | None) -> tuple[Entry, float, float]:
         """The catalog entry of a variable named ``name`` sent in ``unit`` and the (scale,
         offset) from ``unit`` to the entry's canonical unit; ``Invalid`` if the unit is bad or
         does not suit the entry."""
+        ...
+
+    def series_stations(self, since: int = 0) -> tuple[list[int], list[int], list[str]]:
+        """(series, station, sensor) of every series from pk ``since`` on: a station is a
+        site's pk, or a device without one as ``-device pk - 1``; the sensor, the variable
+        id (what report queries group by)."""
         ...
 
     def restore_latest(self, series: Sequence[int], times: Sequence[int]) -> None:

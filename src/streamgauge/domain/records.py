@@ -7,6 +7,8 @@ below both, so that neither imports the other.
 
 from __future__ import annotations
 
+import functools
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +27,8 @@ __all__ = [
     "series_prefix",
 ]
 
+DOC_CACHE = 4096  # site and device documents built from their JSON and kept
+
 
 @dataclass(slots=True)
 class ProjectRec:
@@ -32,18 +36,83 @@ class ProjectRec:
     doc: Project
 
 
-@dataclass(slots=True)
+@functools.lru_cache(maxsize=DOC_CACHE)
+def _site_doc(stored: str) -> Site:
+    return Site.model_validate_json(stored)
+
+
+@functools.lru_cache(maxsize=DOC_CACHE)
+def _device_doc(stored: str) -> Device:
+    return Device.model_validate_json(stored)
+
+
 class SiteRec:
-    pk: int
-    project_pk: int
-    doc: Site
+    """A site: its id, and its document kept as the JSON it is stored as. ``doc`` builds the
+    model on demand (the last ``DOC_CACHE`` built are kept): a network has tens of thousands
+    of sites and a model with its strings weighs about 1.5 KB, its JSON a tenth of that."""
+
+    __slots__ = ("pk", "project_pk", "id", "stored")
+
+    def __init__(
+        self, pk: int, project_pk: int, doc: Site | None = None, *, stored: str = ""
+    ) -> None:
+        self.pk = pk
+        self.project_pk = project_pk
+        if doc is not None:
+            stored = doc.model_dump_json()
+            self.id = sys.intern(doc.id)
+        else:
+            self.id = sys.intern(orjson.loads(stored)["id"])
+        self.stored = stored
+
+    @property
+    def doc(self) -> Site:
+        return _site_doc(self.stored)
+
+    @doc.setter
+    def doc(self, doc: Site) -> None:
+        self.id = sys.intern(doc.id)
+        self.stored = doc.model_dump_json()
+
+    def __repr__(self) -> str:
+        return f"SiteRec(pk={self.pk}, project_pk={self.project_pk}, id={self.id!r})"
 
 
-@dataclass(slots=True)
 class DeviceRec:
-    pk: int
-    project_pk: int
-    doc: Device
+    """A device: its id, site and type (interned: what the hot paths ask), and its document
+    kept as the JSON it is stored as (see ``SiteRec``; the registry's indexes by type, site
+    and label answer the questions about many devices)."""
+
+    __slots__ = ("pk", "project_pk", "id", "site", "type", "stored")
+
+    def __init__(
+        self, pk: int, project_pk: int, doc: Device | None = None, *, stored: str = ""
+    ) -> None:
+        self.pk = pk
+        self.project_pk = project_pk
+        if doc is not None:
+            self.doc = doc
+        else:
+            d = orjson.loads(stored)
+            self._fields(d["id"], d.get("site"), d.get("type"))
+            self.stored = stored
+
+    def _fields(self, id_: str, site: str | None, type_: str | None) -> None:
+        self.id = sys.intern(id_)
+        self.site = None if site is None else sys.intern(site)
+        self.type = None if type_ is None else sys.intern(type_)
+
+    @property
+    def doc(self) -> Device:
+        return _device_doc(self.stored)
+
+    @doc.setter
+    def doc(self, doc: Device) -> None:
+        self._fields(doc.id, doc.site, doc.type)
+        self.stored = doc.model_dump_json()
+
+    def __repr__(self) -> str:
+        return f"DeviceRec(pk={self.pk}, project_pk={self.project_pk}, id={self.id!r})"
 
 
 @dataclass(slots=True)

@@ -73,12 +73,13 @@ class MetadataService(Generic[TxT, ConnT]):
             d
             for (pk, _), d in self._reg.devices.items()
             if pk == project.pk
-            and (site is None or d.doc.site == site)
-            and (type is None or d.doc.type == type)
+            and (site is None or d.site == site)
+            and (type is None or d.type == type)
         ]
 
     def variables(self, device: DeviceRec) -> list[VariableRec]:
-        return [v for (pk, _), v in self._reg.variables.items() if pk == device.pk]
+        reg = self._reg
+        return [reg.variables_by_pk[pk] for pk in sorted(reg.device_variables.get(device.pk, ()))]
 
     # -- projects -------------------------------------------------------------------------------
 

@@ -109,9 +109,9 @@ class TimeSeries:
             return tz if isinstance(tz, ZoneInfo) else None
         reg = self.registry
         dev = reg.devices_by_pk.get(rec.device_pk)
-        if dev is None or not dev.doc.site:
+        if dev is None or not dev.site:
             return None
-        site = reg.sites.get((dev.project_pk, dev.doc.site))
+        site = reg.sites.get((dev.project_pk, dev.site))
         return aggregate.zone_named(site.doc.timezone) if site is not None else None
 
     def _affine(self, rec: SeriesRec, units: UnitSystem) -> tuple[float, float, str]:
@@ -228,7 +228,7 @@ class TimeSeries:
         reg = self.registry
         if self._retaining_at != reg.version:
             pks = {p.pk for p in reg.projects_by_pk.values() if p.doc.retention_days is not None}
-            for var in list(reg.variables_by_pk.values()):
+            for var in reg.variables_with_extra():
                 if var.retention_days is not None:
                     dev = reg.devices_by_pk.get(var.device_pk)
                     if dev is not None:
@@ -243,10 +243,9 @@ class TimeSeries:
         reg = self.registry
         days = project.doc.retention_days
         out: list[tuple[int, int]] = []
-        for pk, rec in list(reg.series_by_pk.items()):
-            if rec.project_pk != project.pk:
-                continue
-            var = reg.variables_by_pk.get(rec.variable_pk)
+        pks = reg.project_series(project.pk)
+        for pk, var_pk in zip(pks.tolist(), reg.s_variable[pks].tolist(), strict=True):
+            var = reg.variables_by_pk.get(var_pk)
             keep = var.retention_days if var is not None else None
             keep = days if keep is None else keep
             if keep is not None:

@@ -74,7 +74,7 @@ def units_of_series(registry: Registry, series: Iterable[int], units: UnitSystem
 
 
 def project_series(registry: Registry, project_pk: int) -> list[int]:
-    return [pk for pk, rec in registry.series_by_pk.items() if rec.project_pk == project_pk]
+    return registry.project_series(project_pk).tolist()  # type: ignore[no-any-return]
 
 
 async def pages(engine: Engine, query: HistoryQuery, selection: Selection) -> AsyncIterator[Batch]:

@@ -304,7 +304,7 @@ async def create_instrument(
     for i, it in enumerate(body):
         same_id(it.project_id, p.doc.id, "project_id", i)
         same_id(it.site_id, s.doc.id, "site_id", i)
-    taken = {d.doc.id for d in engine.registry.devices_by_pk.values()}
+    taken = {d.id for d in engine.registry.devices_by_pk.values()}
     conflicts = [
         {"index": i, "field": "inst_id", "reason": f"instrument {it.inst_id!r} exists"}
         for i, it in enumerate(body)

@@ -42,7 +42,7 @@ from streamgauge.domain.model import (
     new_id,
     now_iso,
 )
-from streamgauge.domain.readmodel import ReadModel
+from streamgauge.domain.readmodel import ReadModel, Tables
 from streamgauge.domain.records import AccountRec, DeviceRec, ProjectRec, SiteRec, VariableRec
 from streamgauge.store.postgres.conn import Conn, Tx, one
 
@@ -84,6 +84,29 @@ def load(conn: Conn) -> Iterator[ev.MetaEvent]:
         "JOIN variables v ON v.pk = s.variable_pk"
     ):
         yield ev.SeriesAdded(*row)
+    yield from _account_events(conn)
+
+
+def load_tables(conn: Conn) -> Tables:
+    """What the tables hold, in a few big reads, for ``ReadModel.load`` (on open: the same
+    registry as ``load``'s events build, without an object per row on the way)."""
+    t = Tables()
+    t.projects = [
+        ev.ProjectPut(pk, Project.model_validate_json(doc))
+        for pk, doc in conn.execute("SELECT pk, doc FROM projects")
+    ]
+    t.sites = [tuple(r) for r in conn.execute("SELECT pk, project_pk, doc FROM sites")]
+    t.devices = [tuple(r) for r in conn.execute("SELECT pk, project_pk, doc FROM devices")]
+    t.variables = [tuple(r) for r in conn.execute("SELECT pk, device_pk, doc FROM variables")]
+    t.series = [
+        tuple(r)
+        for r in conn.execute("SELECT pk, project_pk, device_pk, variable_pk, set_ FROM series")
+    ]
+    t.accounts = list(_account_events(conn))
+    return t
+
+
+def _account_events(conn: Conn) -> Iterator[ev.MetaEvent]:
     for pk, id_, name, home in conn.execute("SELECT pk, id, name, home_project_pk FROM accounts"):
         yield ev.AccountPut(pk, id_, name, home)
     for account_pk, project_pk, role in conn.execute(
@@ -264,9 +287,9 @@ def update_site(tx: Tx, reg: ReadModel, rec: SiteRec, patch: dict[str, Any]) -> 
 
 def delete_site(tx: Tx, reg: ReadModel, rec: SiteRec) -> None:
     users = sorted(
-        d.doc.id
+        d.id
         for d in reg.devices_by_pk.values()
-        if d.project_pk == rec.project_pk and d.doc.site == rec.doc.id
+        if d.project_pk == rec.project_pk and d.site == rec.id
     )
     if users:
         raise Conflict(

@@ -220,8 +220,7 @@ class PgStore:
         migrate(conn)
         with conn.transaction():  # one snapshot: the tables, the head and the latest times
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            for event in metadata.load(conn):
-                self.registry.apply(event)
+            self.registry.load(metadata.load_tables(conn))
             self._writer_head = _state(conn, "head")
             rows = conn.execute(
                 "SELECT s, (SELECT max(time) FROM obs WHERE series = s) FROM unnest(%s::int8[]) s",
@@ -976,18 +975,7 @@ class PgStore:
     def _report_keys(self) -> tuple[list[int], list[int], list[str]]:
         """(series, station, sensor) of every series of the registry: a station is a site, or
         a device without one (as a negative number)."""
-        reg = self.registry
-        sites = {(s.project_pk, s.doc.id): s.pk for s in list(reg.sites.values())}
-        series: list[int] = []
-        stations: list[int] = []
-        sensors: list[str] = []
-        for pk, rec in list(reg.series_by_pk.items()):
-            dev = reg.devices_by_pk.get(rec.device_pk)
-            site = sites.get((dev.project_pk, dev.doc.site)) if dev and dev.doc.site else None
-            series.append(pk)
-            stations.append(site if site is not None else -rec.device_pk - 1)
-            sensors.append(rec.variable_id)
-        return series, stations, sensors
+        return self.registry.series_stations()
 
 
 @dataclasses.dataclass(slots=True)

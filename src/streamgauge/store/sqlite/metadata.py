@@ -39,7 +39,7 @@ from streamgauge.domain.model import (
     new_id,
     now_iso,
 )
-from streamgauge.domain.readmodel import ReadModel
+from streamgauge.domain.readmodel import ReadModel, Tables
 from streamgauge.domain.records import AccountRec, DeviceRec, ProjectRec, SiteRec, VariableRec
 
 if TYPE_CHECKING:
@@ -72,9 +72,9 @@ def load(conn: sqlite3.Connection) -> Iterator[ev.MetaEvent]:
     for pk, doc in conn.execute("SELECT pk, doc FROM projects"):
         yield ev.ProjectPut(pk, Project.model_validate_json(doc))
     for pk, project_pk, doc in conn.execute("SELECT pk, project_pk, doc FROM sites"):
-        yield ev.SitePut(pk, project_pk, Site.model_validate_json(doc))
+        yield ev.SiteStored(pk, project_pk, doc)
     for pk, project_pk, doc in conn.execute("SELECT pk, project_pk, doc FROM devices"):
-        yield ev.DevicePut(pk, project_pk, Device.model_validate_json(doc))
+        yield ev.DeviceStored(pk, project_pk, doc)
     for pk, device_pk, doc in conn.execute("SELECT pk, device_pk, doc FROM variables"):
         yield ev.VariableStored(pk, device_pk, doc)
     for row in conn.execute(
@@ -83,6 +83,27 @@ def load(conn: sqlite3.Connection) -> Iterator[ev.MetaEvent]:
         "JOIN variables v ON v.pk = s.variable_pk"
     ):
         yield ev.SeriesAdded(*row)
+    yield from _account_events(conn)
+
+
+def load_tables(conn: sqlite3.Connection) -> Tables:
+    """What the tables hold, in a few big reads, for ``ReadModel.load`` (on open: the same
+    registry as ``load``'s events build, without an object per row on the way)."""
+    t = Tables()
+    t.projects = [
+        ev.ProjectPut(pk, Project.model_validate_json(doc))
+        for pk, doc in conn.execute("SELECT pk, doc FROM projects")
+    ]
+    t.sites = conn.execute("SELECT pk, project_pk, doc FROM sites").fetchall()
+    t.devices = conn.execute("SELECT pk, project_pk, doc FROM devices").fetchall()
+    t.accounts = list(_account_events(conn))
+    # Cursors: the registry reads them a chunk at a time (load them before another query).
+    t.variables = conn.execute("SELECT pk, device_pk, doc FROM variables")
+    t.series = conn.execute("SELECT pk, project_pk, device_pk, variable_pk, set_ FROM series")
+    return t
+
+
+def _account_events(conn: sqlite3.Connection) -> Iterator[ev.MetaEvent]:
     for pk, id_, name, home in conn.execute("SELECT pk, id, name, home_project_pk FROM accounts"):
         yield ev.AccountPut(pk, id_, name, home)
     for account_pk, project_pk, role in conn.execute(
@@ -257,9 +278,9 @@ def update_site(tx: Tx, reg: ReadModel, rec: SiteRec, patch: dict[str, Any]) -> 
 
 def delete_site(tx: Tx, reg: ReadModel, rec: SiteRec) -> None:
     users = sorted(
-        d.doc.id
+        d.id
         for d in reg.devices_by_pk.values()
-        if d.project_pk == rec.project_pk and d.doc.site == rec.doc.id
+        if d.project_pk == rec.project_pk and d.site == rec.id
     )
     if users:
         raise Conflict(

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import Unavailable
-from streamgauge.domain.events import MetaEvent
+from streamgauge.domain.readmodel import Tables
 from streamgauge.store.sqlite import metadata, retention
 from streamgauge.store.sqlite.store import SqliteStore, Tx, _connect, _Stage
 
@@ -41,22 +41,23 @@ class ReplicaStore(SqliteStore):
         self._loop = asyncio.get_running_loop()
         self._publish = publish
 
-        def snapshot() -> tuple[list[MetaEvent], int, int, dict[int, int]]:
+        def snapshot() -> tuple[Tables, int, int, dict[int, int]]:
             conn = _connect(self.path, readonly=True, durability=self.durability)
             try:
                 conn.execute("BEGIN")  # one snapshot: tables, event head and log head agree
-                events = list(metadata.load(conn))
+                tables = metadata.load_tables(conn)
+                tables.variables = list(tables.variables)  # read in this snapshot
+                tables.series = list(tables.series)
                 seq = metadata.events_head(conn)
                 head = int(conn.execute("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0])
                 gone = retention.load_gone(conn)
                 conn.execute("COMMIT")
             finally:
                 conn.close()
-            return events, seq, head, gone
+            return tables, seq, head, gone
 
-        events, seq, head, gone = await asyncio.to_thread(snapshot)
-        for event in events:
-            self.registry.apply(event)
+        tables, seq, head, gone = await asyncio.to_thread(snapshot)
+        self.registry.load(tables)
         self.events_loaded = seq
         self._head = self._writer_head = head
         self.gone = gone

@@ -47,6 +47,7 @@ from streamgauge.domain.timeseries import Points, Summaries
 from streamgauge.store import files
 from streamgauge.store.early import inverse as _inverse
 from streamgauge.store.early import undo as _undo
+from streamgauge.store.memory import release_free_memory
 from streamgauge.store.sqlite import metadata, retention, summaries
 from streamgauge.store.sqlite.fair import FairGate
 from streamgauge.store.sqlite.filtersql import to_sql
@@ -56,6 +57,7 @@ from streamgauge.store.sqlite.writeq import BIG_ROWS, Closed, Idle, WriteQueue
 T = TypeVar("T")
 _NEVER = np.iinfo(np.int64).min
 log = logging.getLogger("streamgauge.store")
+TRIM_AFTER_OPEN_S = 5.0  # after open, when the allocator's free pages are returned again
 SEAL_STEP = 4096  # rows indexed per step (a few ms of work between two commits)
 # Rows indexed per step while only big appends come (no live write for ``writeq.LIVE_SECONDS``):
 # each step writes a page of the index per series it touches, so a step 8 times longer writes
@@ -235,9 +237,12 @@ class SqliteStore:
         self._publish = publish
         conn = _connect(self.path, readonly=False, durability=self.durability)
         migrate(conn)
-        for event in metadata.load(conn):
-            self.registry.apply(event)
+        self.registry.load(metadata.load_tables(conn))
         self._load_log_state(conn)
+        conn.execute("PRAGMA shrink_memory")  # the pages loading read: not the writer's
+        release_free_memory()
+        # Once more after the engine's own startup reads (newest rows, catch-ups) are done.
+        self._loop.call_later(TRIM_AFTER_OPEN_S, release_free_memory)
         self.gone = retention.load_gone(conn)
         gc.collect()
         gc.freeze()
@@ -1197,15 +1202,8 @@ class SqliteStore:
         had = self._keys_marks.get(id(conn))
         if had == mark:
             return
-        sites = {(s.project_pk, s.doc.id): s.pk for s in list(reg.sites.values())}
         since = had[1] if had is not None and had[0] == reg.version else 0
-        rows = []
-        for pk, rec in list(reg.series_by_pk.items()):
-            if pk < since:
-                continue
-            dev = reg.devices_by_pk.get(rec.device_pk)
-            site = sites.get((dev.project_pk, dev.doc.site)) if dev and dev.doc.site else None
-            rows.append((pk, site if site is not None else -rec.device_pk - 1, rec.variable_id))
+        rows = list(zip(*reg.series_stations(since), strict=True))
         conn.execute(
             "CREATE TEMP TABLE IF NOT EXISTS report_keys "
             "(series INTEGER PRIMARY KEY, station INTEGER NOT NULL, sensor TEXT NOT NULL)"
