@@ -48,6 +48,7 @@ from streamgauge.store.sqlite.deliveries import SqliteDeliveryPositions
 from streamgauge.store.sqlite.face_state import SqliteDTAccounts, SqliteDTConnectors
 from streamgauge.store.sqlite.feeds import FeedStore
 from streamgauge.store.sqlite.replica import ReplicaStore
+from streamgauge.store.sqlite.replica_feeds import FeedTables
 from streamgauge.store.sqlite.store import SqliteStore, Tx
 
 TxT = TypeVar("TxT")
@@ -128,6 +129,24 @@ def _sqlite_replica(settings: Settings, rules: Rules, registry: ReadModel) -> Em
 SQLITE_REPLICA: Backend[Tx, sqlite3.Connection] = dataclasses.replace(
     SQLITE, name="sqlite-replica", open_store=_sqlite_replica
 )
+
+
+def replica_feeds(
+    store: object, settings: Settings, owns: Callable[[bytes], bool]
+) -> tuple[FeedStore, Callable[[], None]]:
+    """The push feed's store of a fan-out worker serving the feed tokens ``owns`` says are its
+    own (``STREAMGAUGE_WORKERS_FEED``): sessions read from the worker's read-only view of the
+    database (``store``, opened by ``SQLITE_REPLICA``) and written on a connection of its own
+    (``store/sqlite/replica_feeds.py``); and what closes that connection."""
+    if not isinstance(store, ReplicaStore):
+        raise TypeError("a worker's feed store needs the embedded database's read-only view")
+    tables = FeedTables(store)
+    shaped: Any = tables  # what FeedStore needs of a store: registry, read, write
+    feeds = FeedStore(
+        shaped, settings.feed_session_retention_hours * 3600, settings.feed_sessions_per_token
+    )
+    feeds.owns = owns
+    return feeds, tables.close
 
 
 def _pg_store(settings: Settings, rules: Rules, registry: ReadModel) -> Store[PgTx, PgConn]:

@@ -14,7 +14,7 @@ of every failed login it counts and counts every one the writer tells it of.
 
 Nothing here writes: alert rules, deliveries, retention and ingest run in the writer process
 only; with the push feed served in workers (``STREAMGAUGE_WORKERS_FEED``), the sessions of the
-feed tokens this worker serves are written by it (``workers/feeds.py``), nothing else.
+feed tokens this worker serves are written by it (``store/sqlite/replica_feeds.py``), nothing else.
 """
 
 from __future__ import annotations
@@ -25,17 +25,13 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from streamgauge.bus import local
 from streamgauge.bus.local import LocalBus
 from streamgauge.config import Settings
 from streamgauge.core.engine import Engine
-from streamgauge.store.factory import SQLITE_REPLICA
+from streamgauge.store.factory import SQLITE_REPLICA, replica_feeds
 from streamgauge.store.files import private_dir
-from streamgauge.store.sqlite.feeds import FeedStore
-from streamgauge.store.sqlite.replica import ReplicaStore
-from streamgauge.workers.feeds import FeedTables
 
 log = logging.getLogger("streamgauge.workers")
 
@@ -56,7 +52,7 @@ class WorkerEngine(Engine):
 
     ``feed_owns``: the push feed is served by every process, each token by one
     (``routing.owner``); this says which tokens (by digest) are this worker's. Their sessions
-    are written here (``workers/feeds.FeedTables``), tokens follow the writer's events."""
+    are written here (``store.factory.replica_feeds``), tokens follow the writer's events."""
 
     def __init__(
         self,
@@ -68,17 +64,9 @@ class WorkerEngine(Engine):
     ) -> None:
         super().__init__(settings, admin_token, backend=SQLITE_REPLICA)
         self._bus = bus
-        self._tables: FeedTables | None = None
+        self._close_feeds: Callable[[], None] | None = None
         if feed_owns is not None:
-            assert isinstance(self.store, ReplicaStore)
-            self._tables = FeedTables(self.store)
-            tables: Any = self._tables  # the FeedStore's store: registry, read, write
-            feeds = FeedStore(
-                tables,
-                settings.feed_session_retention_hours * 3600,
-                settings.feed_sessions_per_token,
-            )
-            feeds.owns = feed_owns
+            feeds, self._close_feeds = replica_feeds(self.store, settings, feed_owns)
             self.feeds = feeds
             self.followers.append(feeds.follow)
             self.resyncs.append(feeds.reload_tokens)  # behind what the event feed keeps
@@ -92,7 +80,7 @@ class WorkerEngine(Engine):
         self._loop = asyncio.get_running_loop()
         await self.store.open(self._committed)
         loaded = getattr(self.store, "events_loaded", None)
-        if self._tables is not None:
+        if self._close_feeds is not None:
             # Tokens read after the registry's snapshot: the token events after it, followed
             # next, apply in order on top (a put again is the same, a drop drops).
             await self.feeds.start()
@@ -109,8 +97,8 @@ class WorkerEngine(Engine):
         try:
             await super().stop()
         finally:
-            if self._tables is not None:
-                self._tables.close()
+            if self._close_feeds is not None:
+                self._close_feeds()
 
     def status(self) -> dict[str, object]:
         return {
