@@ -179,54 +179,54 @@ def _grow(col: npt.NDArray[Any], size: int, fill: int) -> npt.NDArray[Any]:
 
 _T = TypeVar("_T")
 LOAD_CHUNK = 16384  # rows a load turns into columns at a time
-SERIES_CACHE = 8192  # series records built on demand and kept (the hot ones: a batch's series)
 
 
-class _SeriesByPk(Mapping[int, SeriesRec]):
-    """``Registry.series_by_pk``: the series records, built on demand from the registry's
-    columns (a record per series would weigh about 400 bytes with its dict entries)."""
+_R = TypeVar("_R")
+
+
+class _RecordsByPk(Mapping[int, _R]):
+    """A read-only mapping pk -> record whose records are built on demand from the registry's
+    columns (``_build``) for the pks ``_live`` says exist, the last ``CACHE`` built kept (a
+    record per row, with its dict entries, would weigh about 400 bytes)."""
 
     __slots__ = ("_reg", "_cache")
+    CACHE = 8192
 
     def __init__(self, reg: Registry) -> None:
         self._reg = reg
-        self._cache: dict[int, SeriesRec] = {}
+        self._cache: dict[int, _R] = {}
+
+    def _live(self, i: int) -> bool:
+        raise NotImplementedError
+
+    def _build(self, i: int) -> _R:
+        raise NotImplementedError
+
+    def _pks(self) -> npt.NDArray[np.intp]:
+        raise NotImplementedError
 
     @overload
-    def get(self, key: int, /) -> SeriesRec | None: ...
+    def get(self, key: int, /) -> _R | None: ...
     @overload
-    def get(self, key: int, default: SeriesRec | _T, /) -> SeriesRec | _T: ...
+    def get(self, key: int, default: _R | _T, /) -> _R | _T: ...
     def get(self, pk: Any, default: Any = None) -> Any:
         rec = self._cache.get(pk)
         if rec is not None:
             return rec
-        reg = self._reg
         try:
             i = int(pk)
         except (TypeError, ValueError):
             return default
-        if not 0 <= i < reg.series_end or reg.s_project[i] < 0:
+        if not self._live(i):
             return default
-        dev_id = reg.strings[int(reg.s_devid[i])]
-        var_id = reg.name_list[int(reg.s_name[i])]
-        set_ = int(reg.s_set[i])
-        rec = SeriesRec(
-            i,
-            int(reg.s_project[i]),
-            int(reg.s_device[i]),
-            int(reg.s_variable[i]),
-            set_,
-            dev_id,
-            var_id,
-            series_prefix(dev_id, var_id, set_),
-        )
-        if len(self._cache) >= SERIES_CACHE:
+        rec = self._build(i)
+        if len(self._cache) >= self.CACHE:
             self._cache.clear()
         self._cache[i] = rec
         return rec
 
-    def __getitem__(self, pk: int) -> SeriesRec:
-        rec: SeriesRec | None = self.get(pk)
+    def __getitem__(self, pk: int) -> _R:
+        rec: _R | None = self.get(pk)
         if rec is None:
             raise KeyError(pk)
         return rec
@@ -238,20 +238,49 @@ class _SeriesByPk(Mapping[int, SeriesRec]):
             i = int(pk)  # type: ignore[call-overload]
         except (TypeError, ValueError):
             return False
-        return 0 <= i < self._reg.series_end and bool(self._reg.s_project[i] >= 0)
-
-    def __len__(self) -> int:
-        return self._reg.series_count
+        return self._live(i)
 
     def __iter__(self) -> Iterator[int]:
-        reg = self._reg
-        return iter(np.flatnonzero(reg.s_project[: reg.series_end] >= 0).tolist())
+        return iter(self._pks().tolist())
 
     def forget(self, pk: int | None = None) -> None:
         if pk is None:
             self._cache.clear()
         else:
             self._cache.pop(pk, None)
+
+
+class _SeriesByPk(_RecordsByPk[SeriesRec]):
+    """``Registry.series_by_pk``: the series records, from the series columns."""
+
+    __slots__ = ()
+
+    def _live(self, i: int) -> bool:
+        reg = self._reg
+        return 0 <= i < reg.series_end and bool(reg.s_project[i] >= 0)
+
+    def _pks(self) -> npt.NDArray[np.intp]:
+        reg = self._reg
+        return np.flatnonzero(reg.s_project[: reg.series_end] >= 0)
+
+    def __len__(self) -> int:
+        return self._reg.series_count
+
+    def _build(self, i: int) -> SeriesRec:
+        reg = self._reg
+        dev_id = reg.strings[int(reg.s_devid[i])]
+        var_id = reg.name_list[int(reg.s_name[i])]
+        set_ = int(reg.s_set[i])
+        return SeriesRec(
+            i,
+            int(reg.s_project[i]),
+            int(reg.s_device[i]),
+            int(reg.s_variable[i]),
+            set_,
+            dev_id,
+            var_id,
+            series_prefix(dev_id, var_id, set_),
+        )
 
 
 class _SeriesByKey(Mapping[tuple[int, int], int]):
@@ -314,39 +343,28 @@ class _SeriesItems(ItemsView[tuple[int, int], int]):
         return zip(keys, live.tolist(), strict=True)
 
 
-VARIABLE_CACHE = 8192  # variable records built on demand and kept
+class _VariablesByPk(_RecordsByPk[VariableRec]):
+    """``Registry.variables_by_pk``: the variable records, from the variable columns."""
 
+    __slots__ = ()
 
-class _VariablesByPk(Mapping[int, VariableRec]):
-    """``Registry.variables_by_pk``: the variable records, built on demand from the
-    registry's columns (a record with its dict entries weighed about 450 bytes)."""
+    def _live(self, i: int) -> bool:
+        v_device = self._reg.v_device
+        return 0 <= i < len(v_device) and bool(v_device[i] >= 0)
 
-    __slots__ = ("_reg", "_cache")
+    def _pks(self) -> npt.NDArray[np.intp]:
+        return np.flatnonzero(self._reg.v_device >= 0)
 
-    def __init__(self, reg: Registry) -> None:
-        self._reg = reg
-        self._cache: dict[int, VariableRec] = {}
+    def __len__(self) -> int:
+        return self._reg.variable_count
 
-    @overload
-    def get(self, key: int, /) -> VariableRec | None: ...
-    @overload
-    def get(self, key: int, default: VariableRec | _T, /) -> VariableRec | _T: ...
-    def get(self, pk: Any, default: Any = None) -> Any:
-        rec = self._cache.get(pk)
-        if rec is not None:
-            return rec
+    def _build(self, i: int) -> VariableRec:
         reg = self._reg
-        try:
-            i = int(pk)
-        except (TypeError, ValueError):
-            return default
-        if not 0 <= i < len(reg.v_device) or reg.v_device[i] < 0:
-            return default
         strings = reg.strings
         unit = int(reg.v_unit[i])
         entry, scale, offset = reg.entries[int(reg.v_entry[i])]
         limits, retention_days, metadata = reg.v_extra.get(i, _NO_EXTRA)
-        rec = VariableRec(
+        return VariableRec(
             i,
             int(reg.v_device[i]),
             reg.name_list[int(reg.v_id[i])],
@@ -362,36 +380,10 @@ class _VariablesByPk(Mapping[int, VariableRec]):
             retention_days,
             metadata,
         )
-        if len(self._cache) >= VARIABLE_CACHE:
-            self._cache.clear()
-        self._cache[i] = rec
-        return rec
-
-    def __getitem__(self, pk: int) -> VariableRec:
-        rec: VariableRec | None = self.get(pk)
-        if rec is None:
-            raise KeyError(pk)
-        return rec
-
-    def __contains__(self, pk: object) -> bool:
-        try:
-            i = int(pk)  # type: ignore[call-overload]
-        except (TypeError, ValueError):
-            return False
-        return 0 <= i < len(self._reg.v_device) and bool(self._reg.v_device[i] >= 0)
-
-    def __len__(self) -> int:
-        return self._reg.variable_count
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(np.flatnonzero(self._reg.v_device >= 0).tolist())
 
     def with_extra(self) -> list[VariableRec]:
         """The variables with QC limits, a retention or metadata of their own (few)."""
         return [v for v in map(self.get, list(self._reg.v_extra)) if v is not None]
-
-    def forget(self, pk: int) -> None:
-        self._cache.pop(pk, None)
 
 
 class _VariablesByKey(Mapping[tuple[int, str], VariableRec]):
