@@ -13,9 +13,11 @@ become visible after it committed; every other operation is one transaction of i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
+from streamgauge.domain import events as ev
+from streamgauge.domain.events import MetaEvent
 from streamgauge.domain.face_state import DTAccountSettings, StoredConnector
 
 TxT = TypeVar("TxT", contravariant=True)
@@ -46,6 +48,59 @@ class DTAccountStore(Protocol[TxT]):
         """Settings another node or process committed (its ``DTAccountSettingsPut`` event, in
         the feed's order): ``by_pk`` shows them at once, as ``put`` does after its commit."""
         ...
+
+
+class _EventTx(Protocol):
+    """What of a backend's write transaction ``FollowedAccounts.recorded`` uses."""
+
+    @property
+    def events(self) -> list[MetaEvent]: ...
+
+    @property
+    def after_commit(self) -> list[Callable[[], None]]: ...
+
+
+class FollowedAccounts:
+    """The in-memory half of a ``DTAccountStore``, the same for every backend: the settings by
+    account, loaded (``_read``, the backend's query), followed, and what a ``put`` adds to its
+    transaction (``recorded``)."""
+
+    def __init__(self) -> None:
+        self._by_pk: dict[int, DTAccountSettings] = {}
+        self._followed: dict[int, DTAccountSettings] | None = None  # while a load reads
+
+    @property
+    def by_pk(self) -> Mapping[int, DTAccountSettings]:
+        return self._by_pk
+
+    async def _read(self) -> dict[int, DTAccountSettings]:
+        raise NotImplementedError
+
+    async def load(self) -> None:
+        self._followed = {}
+        try:
+            loaded = await self._read()
+            loaded.update(self._followed)  # committed after the read may have looked
+            self._by_pk = loaded
+        finally:
+            self._followed = None
+
+    def recorded(self, tx: _EventTx, account_pk: int, settings: DTAccountSettings) -> None:
+        """After a ``put``'s row: its event in the same transaction, ``by_pk`` after commit."""
+        tx.events.append(
+            ev.DTAccountSettingsPut(
+                account_pk, settings.basic_auth, settings.create_time, settings.update_time
+            )
+        )
+        tx.after_commit.append(lambda: self.follow(account_pk, settings))
+
+    def follow(self, account_pk: int, settings: DTAccountSettings) -> None:
+        have = self._by_pk.get(account_pk)
+        created = settings.create_time if have is None else have.create_time
+        now = DTAccountSettings(settings.basic_auth, created, settings.update_time)
+        self._by_pk[account_pk] = now
+        if self._followed is not None:
+            self._followed[account_pk] = now
 
 
 class DTConnectorStore(Protocol):

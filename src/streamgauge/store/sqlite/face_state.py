@@ -7,7 +7,6 @@ Their tables are created by the store's migrations (``store/sqlite/schema.py``, 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -15,29 +14,19 @@ import orjson
 from streamgauge.domain import events as ev
 from streamgauge.domain.face_state import DTAccountSettings, StoredConnector
 from streamgauge.store.api import Store
+from streamgauge.store.face_state import FollowedAccounts
 from streamgauge.store.sqlite.store import Tx
 
 
-class SqliteDTAccounts:
+class SqliteDTAccounts(FollowedAccounts):
     """``DTAccountStore`` on the ``dt_accounts`` table."""
 
     def __init__(self, store: Store[Tx, sqlite3.Connection]) -> None:
+        super().__init__()
         self._store = store
-        self._by_pk: dict[int, DTAccountSettings] = {}
-        self._followed: dict[int, DTAccountSettings] | None = None  # while a load reads
 
-    @property
-    def by_pk(self) -> Mapping[int, DTAccountSettings]:
-        return self._by_pk
-
-    async def load(self) -> None:
-        self._followed = {}
-        try:
-            loaded = await self._store.read(_load_accounts)
-            loaded.update(self._followed)  # committed after the read may have looked
-            self._by_pk = loaded
-        finally:
-            self._followed = None
+    async def _read(self) -> dict[int, DTAccountSettings]:
+        return await self._store.read(_load_accounts)
 
     def put(self, tx: Tx, account_pk: int, settings: DTAccountSettings) -> None:
         tx.execute(
@@ -45,21 +34,7 @@ class SqliteDTAccounts:
             "basic_auth = excluded.basic_auth, update_time = excluded.update_time",
             (account_pk, int(settings.basic_auth), settings.create_time, settings.update_time),
         )
-
-        tx.events.append(
-            ev.DTAccountSettingsPut(
-                account_pk, settings.basic_auth, settings.create_time, settings.update_time
-            )
-        )
-        tx.after_commit.append(lambda: self.follow(account_pk, settings))
-
-    def follow(self, account_pk: int, settings: DTAccountSettings) -> None:
-        have = self._by_pk.get(account_pk)
-        created = settings.create_time if have is None else have.create_time
-        now = DTAccountSettings(settings.basic_auth, created, settings.update_time)
-        self._by_pk[account_pk] = now
-        if self._followed is not None:
-            self._followed[account_pk] = now
+        self.recorded(tx, account_pk, settings)
 
 
 def _load_accounts(conn: sqlite3.Connection) -> dict[int, DTAccountSettings]:
