@@ -21,6 +21,7 @@ import functools
 import itertools
 import sys
 import threading
+from abc import abstractmethod
 from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
@@ -196,14 +197,17 @@ class _RecordsByPk(Mapping[int, _R]):
         self._reg = reg
         self._cache: dict[int, _R] = {}
 
+    @abstractmethod
     def _live(self, i: int) -> bool:
-        raise NotImplementedError
+        """Whether pk ``i`` names a record."""
 
+    @abstractmethod
     def _build(self, i: int) -> _R:
-        raise NotImplementedError
+        """The record of pk ``i`` (one ``_live`` says exists), from the columns."""
 
+    @abstractmethod
     def _pks(self) -> npt.NDArray[np.intp]:
-        raise NotImplementedError
+        """Every pk that names a record, in order."""
 
     @overload
     def get(self, key: int, /) -> _R | None: ...

@@ -13,6 +13,7 @@ become visible after it committed; every other operation is one transaction of i
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -60,7 +61,7 @@ class _EventTx(Protocol):
     def after_commit(self) -> list[Callable[[], None]]: ...
 
 
-class FollowedAccounts:
+class FollowedAccounts(ABC):
     """The in-memory half of a ``DTAccountStore``, the same for every backend: the settings by
     account, loaded (``_read``, the backend's query), followed, and what a ``put`` adds to its
     transaction (``recorded``)."""
@@ -73,8 +74,9 @@ class FollowedAccounts:
     def by_pk(self) -> Mapping[int, DTAccountSettings]:
         return self._by_pk
 
+    @abstractmethod
     async def _read(self) -> dict[int, DTAccountSettings]:
-        raise NotImplementedError
+        """Every account's settings, read from the backend's table."""
 
     async def load(self) -> None:
         self._followed = {}
