@@ -287,7 +287,26 @@ class _SeriesByPk(_RecordsByPk[SeriesRec]):
         )
 
 
-class _SeriesByKey(Mapping[tuple[int, int], int]):
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class _ByGet(Mapping[_K, _V]):
+    """A mapping whose lookups all go through its ``get`` (None: absent)."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key: _K) -> _V:
+        found: _V | None = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and self.get(key) is not None  # type: ignore[arg-type]
+
+
+class _SeriesByKey(_ByGet[tuple[int, int], int]):
     """``Registry.series``: series pk by (variable pk, set), from the column of each
     variable's first series (``v_series``) and a dict of the others (few: a variable has one
     set in the usual case)."""
@@ -313,15 +332,6 @@ class _SeriesByKey(Mapping[tuple[int, int], int]):
             if pk >= 0 and reg.s_set[pk] == set_:
                 return pk
         return reg.series_extra.get((var_pk, set_), default)
-
-    def __getitem__(self, key: tuple[int, int]) -> int:
-        pk: int | None = self.get(key)
-        if pk is None:
-            raise KeyError(key)
-        return pk
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, tuple) and self.get(key) is not None
 
     def __len__(self) -> int:
         return self._reg.series_count
@@ -390,7 +400,7 @@ class _VariablesByPk(_RecordsByPk[VariableRec]):
         return [v for v in map(self.get, list(self._reg.v_extra)) if v is not None]
 
 
-class _VariablesByKey(Mapping[tuple[int, str], VariableRec]):
+class _VariablesByKey(_ByGet[tuple[int, str], VariableRec]):
     """``Registry.variables``: by (device pk, variable id), walking the device's variables."""
 
     __slots__ = ("_reg",)
@@ -416,15 +426,6 @@ class _VariablesByKey(Mapping[tuple[int, str], VariableRec]):
             if v_id[pk] == code:
                 return reg.variables_by_pk.get(pk, default)
         return default
-
-    def __getitem__(self, key: tuple[int, str]) -> VariableRec:
-        rec: VariableRec | None = self.get(key)
-        if rec is None:
-            raise KeyError(key)
-        return rec
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, tuple) and self.get(key) is not None
 
     def __len__(self) -> int:
         return self._reg.variable_count
