@@ -419,3 +419,45 @@ def test_csv_ingest_all_or_nothing_with_row_precise_errors(c: httpx.Client) -> N
     ):
         r = c.post(url, content=body, headers=csv_type)
         assert r.status_code == 400, r.text
+
+
+def test_latest_after_a_restart_has_the_stored_rows_and_those_committed_while_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At start the latest rows load in the background: the server answers meanwhile, a batch
+    committed during the load is kept (not replaced by the older stored rows), and ``/latest``
+    waits for the load."""
+    from streamgauge.store.postgres.store import PgStore
+    from streamgauge.store.sqlite.store import SqliteStore
+
+    data = tmp_path / "data"
+    first = start_server(data)
+    try:
+        with first.client() as c:
+            pid = project(c)
+            post(c, pid, [{"device": "d0", "variable": "air_temp", "time": T0, "value": 1.0}])
+            post(c, pid, [{"device": "d1", "variable": "air_temp", "time": T0, "value": 2.0}])
+    finally:
+        first.stop()
+    gate = asyncio.Event()
+    for cls in (SqliteStore, PgStore):
+        original = cls.latest_rows
+
+        async def slow(self: Any, original: Any = original) -> Any:
+            await gate.wait()  # released by the test, after its commit
+            return await original(self)
+
+        monkeypatch.setattr(cls, "latest_rows", slow)
+    again = start_server(data)
+    try:
+        loop = again.engine.timeseries._loading.get_loop()
+        with again.client() as c:
+            row = {"device": "d0", "variable": "air_temp", "time": T0 + 1000, "value": 3.0}
+            post(c, pid, [row])
+            loop.call_soon_threadsafe(gate.set)
+            r = c.get(f"{API}/{pid}/latest", params={"qc": "none"})
+        assert r.status_code == 200, r.text
+        got = {o["device"]: o["value"] for o in r.json()["latest"]}
+        assert got == {"d0": 3.0, "d1": 2.0}
+    finally:
+        again.stop()

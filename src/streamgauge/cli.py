@@ -23,7 +23,7 @@ import uvicorn
 from rich.console import Console
 
 from streamgauge import __version__
-from streamgauge.config import Settings
+from streamgauge.config import DB_NAME, Settings
 from streamgauge.workers.server import GracefulServer
 
 app = typer.Typer(
@@ -156,6 +156,18 @@ def _serve(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--mqtt") from exc
     sock = _listen(host, port, shared=count > 1)
+    launched: dict[int, Any] = {}
+    if count > 1 and settings.store is None and (settings.data / DB_NAME).exists():
+        # A restart: the workers import the app and load their registries from the database
+        # on the other cores while this process imports and loads its own, not after it.
+        from streamgauge.workers import spawn
+
+        launched = {
+            n: spawn.launch(
+                n, count=count, host=host, port=port, data=data, feed=settings.workers_feed
+            )
+            for n in range(1, count)
+        }
     from streamgauge.core.engine import load_admin_token
 
     token, generated = load_admin_token(settings)
@@ -189,7 +201,13 @@ def _serve(
         from streamgauge.workers.supervisor import WriterServer
 
         server = WriterServer(
-            config, count=count, host=host, port=port, data=data, feed=settings.workers_feed
+            config,
+            count=count,
+            host=host,
+            port=port,
+            data=data,
+            feed=settings.workers_feed,
+            launched=launched,
         )
     else:
         server = GracefulServer(config)
@@ -262,7 +280,6 @@ def migrate(
     Stop the embedded server first. Then serve with --store and --data FROM (the data folder
     keeps the admin token and the token signing key)."""
     from streamgauge.domain.errors import Unavailable
-    from streamgauge.store.factory import DB_NAME
     from streamgauge.store.postgres.copy import NotEmpty, copy_embedded
 
     source = from_ / DB_NAME

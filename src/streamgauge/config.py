@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DB_NAME = "streamgauge.db"  # the embedded database, in the data directory
+
 
 class Settings(BaseSettings):
     """streamgauge settings. Environment variables: ``STREAMGAUGE_<NAME>`` (upper case)."""

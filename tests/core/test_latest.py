@@ -57,3 +57,14 @@ def test_growth_past_the_first_columns_and_retention_forgets() -> None:
     assert held(latest, 3, 5000, 4) == [(2, 3, 10, "x", 2), (1, 5000, 10, 1.0, 1)]
     latest.forget_before([(3, 11), (5000, 5)])
     assert held(latest, 3, 5000) == [(1, 5000, 10, 1.0, 1)]
+
+
+def test_rows_loaded_after_newer_commits_do_not_replace_them() -> None:
+    """The start's load (in the background) may bring rows older than, or as new as but
+    committed before, those batches committed meanwhile gave: those stay."""
+    latest = LatestRows()
+    latest.update(batch([(10, 1, 50, 5.0), (11, 2, 60, 6.0)]))  # committed during the load
+    latest.update(batch([(4, 1, 50, 4.0), (5, 2, 40, 3.0), (6, 3, 30, 2.0), (7, 4, 70, 1.0)]))
+    assert held(latest, 1, 2, 3) == [(10, 1, 50, 5.0, 10), (11, 2, 60, 6.0, 11), (6, 3, 30, 2.0, 6)]
+    latest.update(batch([(12, 4, 70, 8.0)]))  # as new, committed later: replaces
+    assert held(latest, 4) == [(12, 4, 70, 8.0, 12)]

@@ -316,6 +316,31 @@ def test_a_killed_worker_is_restarted_and_its_streams_resume(served: Served) -> 
     open_on(served, "1", 0).close()  # the new worker serves streams
 
 
+def test_a_restart_starts_its_worker_before_the_app_and_both_serve(served: Served) -> None:
+    """On an existing database ``serve`` starts its workers before it imports the app
+    (``workers/spawn.py``): the restarted writer adopts them, relays to them from its first
+    commit, and a stream resumed on either process gets the rows from before the restart, then
+    the new ones, each once; the latest values and history answer for both."""
+    lo, hi, _ = ingest(served, 0)
+    served.stop()
+    served.start(workers=2)
+    assert len(served.worker_pids()) == 1
+    readers = [open_on(served, "1", lo + 9), open_on(served, "0", lo + 9)]
+    lo2, hi2, body = ingest(served, 1)
+    expected = list(range(lo + 10, hi + 1)) + list(range(lo2, hi2 + 1))
+    for r in readers:
+        r.wait_for(len(expected))
+    time.sleep(0.2)
+    for r in readers:
+        assert r.cursors == expected, (r.worker, r.cursors[:5])
+        r.close()
+    newest = {(row["device"], row["variable"]): row["value"] for row in body}
+    with served.client() as c:
+        r = c.get("/api/v1/projects/p1/latest", params={"qc": "none"})
+    assert r.status_code == 200, r.text
+    assert {(o["device"], o["variable"]): o["value"] for o in r.json()["latest"]} == newest
+
+
 def test_a_resume_older_than_retention_is_refused_by_a_worker_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

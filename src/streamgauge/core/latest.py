@@ -1,9 +1,11 @@
 """Each series' newest stored row, in memory: what ``/latest`` answers from.
 
-``LatestRows`` is filled from the store once at start (``load``) and then from every committed
-batch (``update``, an engine listener on the event loop), so a read costs a lookup per selected
-series and no store access. A row older than the series' newest (a backfill) leaves it as it
-is. Retention calls ``forget_before`` for the series whose rows it removed.
+``LatestRows`` is filled from the store once at start (in the background) and from every
+committed batch (``update``, an engine listener on the event loop), so a read costs a lookup
+per selected series and no store access. A row older than the series' newest (a backfill)
+leaves it as it is, and so does one as new but committed earlier (the load at start, of rows
+the batches committed meanwhile may have replaced). Retention calls ``forget_before`` for the
+series whose rows it removed.
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ class LatestRows:
         idx = order[last]
         series = batch.series[idx]
         self._capacity(int(series.max()))
-        times = batch.times[idx]
-        newer = times >= self.time[series]
+        times, held = batch.times[idx], self.time[series]
+        # Newer, or as new and committed later (a batch of the same time replaces; the load at
+        # start, of rows committed before those already held, does not).
+        newer = (times > held) | ((times == held) & (batch.cursors[idx] >= self.cursor[series]))
         if not newer.any():
             return
         idx, series, times = idx[newer], series[newer], times[newer]

@@ -85,6 +85,15 @@ def stored_variable_rec(pk: int, device_pk: int, doc: str) -> VariableRec:
     )
 
 
+_S = TypeVar("_S")
+
+
+def _coded(values: Sequence[_S], code: Callable[[_S], int]) -> list[int]:
+    """``code`` of each value, called once per distinct value."""
+    codes = {v: code(v) for v in dict.fromkeys(values)}  # in order: codes as one by one
+    return [codes[v] for v in values]
+
+
 def _record(
     pk: int,
     device_pk: int,
@@ -660,15 +669,16 @@ class Registry:
         self._variable_capacity(top)
         if int(dev.max()) >= len(self.d_first):
             self.d_first = _grow(self.d_first, int(dev.max()) + 1, -1)
-        code, name_code = self.string_code, self.name_code
+        code = self.string_code
+        # A column holds few distinct strings (but the device ids): a code per distinct one.
         self.v_device[pk] = dev
-        self.v_id[pk] = [name_code(x) for x in ids]
-        self.v_name[pk] = [code(x) for x in names]
-        self.v_unit[pk] = [-1 if x is None else code(x) for x in units]
-        self.v_project[pk] = [code(d["project"]) for d in docs]
-        self.v_devid[pk] = [code(d["device"]) for d in docs]
+        self.v_id[pk] = _coded(ids, self.name_code)
+        self.v_name[pk] = _coded(names, code)
+        self.v_unit[pk] = _coded(units, lambda u: -1 if u is None else code(u))
+        self.v_project[pk] = _coded([d["project"] for d in docs], code)
+        self.v_devid[pk] = _coded([d["device"] for d in docs], code)
         self.v_set[pk] = [d.get("set", 1) for d in docs]
-        self.v_entry[pk] = [self._entry_code(n, u) for n, u in zip(names, units, strict=True)]
+        self.v_entry[pk] = _coded(list(zip(names, units, strict=True)), self._entry_of)
         for vpk, d in zip(pks, docs, strict=True):
             limits, keep, meta = d.get("limits"), d.get("retention_days"), d.get("metadata")
             if limits is not None or keep is not None or meta:
@@ -688,6 +698,9 @@ class Registry:
         self.v_next[pk_s] = nxt
         self.d_first[dev_s[first]] = pk_s[first]
         self.variable_count += len(pk)
+
+    def _entry_of(self, name_unit: tuple[str, str | None]) -> int:
+        return self._entry_code(*name_unit)
 
     def _entry_code(self, name: str, unit: str | None) -> int:
         code = self.entry_codes.get((name, unit))

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from streamgauge.config import Settings
+from streamgauge.config import DB_NAME, Settings
 from streamgauge.domain.commit import CommitRules
 from streamgauge.domain.readmodel import ReadModel
 from streamgauge.store.api import (
@@ -58,7 +58,6 @@ ConnT = TypeVar("ConnT")
 # ``sqlite3.Connection`` (what the table modules of ``streamgauge.store`` are written against).
 EmbeddedStore = Store[Tx, sqlite3.Connection]
 
-DB_NAME = "streamgauge.db"  # the embedded database, in the data directory
 
 # The engine's commit rules (duplicates, conflicts, QC) over the store's registry.
 Rules = Callable[[ReadModel], CommitRules]

@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
-import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +43,7 @@ from streamgauge.core.engine import Engine
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.events import MetaEvent
 from streamgauge.metrics import Peer
+from streamgauge.workers import spawn
 from streamgauge.workers.server import GracefulServer
 
 log = logging.getLogger("streamgauge.workers")
@@ -57,24 +56,6 @@ METRICS_WAIT = 1.0  # /metrics waits this long for the workers' metrics (one mis
 STATUS_STALE = 5.0  # a worker whose last status is older is "unresponsive" in /healthz
 STARTUP_FAILURE = 3  # uvicorn's exit status when the lifespan startup fails
 READY_WAIT = 30.0  # the writer starts accepting after its workers are ready, or after this
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn``: the worker gets SIGTERM when this process dies, even by SIGKILL."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return preexec
 
 
 @dataclass
@@ -100,8 +81,10 @@ class Workers:
         server: GracefulServer,
         engine: Engine,
         feed: bool = False,
+        launched: dict[int, spawn.Launched] | None = None,
     ) -> None:
         self.count = count
+        self._launched = dict(launched or {})  # started before the app (``cli._serve``)
         self.feed = feed  # the push feed served by every process (``routing.target``)
         self.host, self.port, self.data = host, port, data
         self.server = server
@@ -135,8 +118,12 @@ class Workers:
         engine.metrics.peers = self.peers
         engine.process_health = self.health
         engine.auth.limiter.on_failed = self._failed_here
+        launched, self._launched = self._launched, {}
         for n in range(1, self.count):
-            await self._spawn(n)
+            if n in launched:
+                await self._adopt(launched.pop(n))
+            else:
+                await self._spawn(n)
 
     # -- the per-process state made the server's ------------------------------------------------
 
@@ -255,40 +242,16 @@ class Workers:
         self.relay.send("meta", first, last, encode_meta(MetaRun(first, last, events)))
 
     async def _spawn(self, n: int) -> None:
+        launched = spawn.launch(
+            n, count=self.count, host=self.host, port=self.port, data=self.data, feed=self.feed
+        )
+        await self._adopt(launched)
+
+    async def _adopt(self, launched: spawn.Launched) -> None:
+        """Follow a worker just started: relay to it, serve what it hands over, watch it."""
         loop = asyncio.get_running_loop()
-        bus, bus_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        hand, hand_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        args = [
-            sys.executable,
-            "-m",
-            "streamgauge.workers",
-            "--worker",
-            str(n),
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-            "--data",
-            str(self.data),
-            "--bus-fd",
-            str(bus_child.fileno()),
-            "--handoff-fd",
-            str(hand_child.fileno()),
-            "--count",
-            str(self.count),
-            *(["--feed"] if self.feed else []),
-        ]
-        try:
-            proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                pass_fds=(bus_child.fileno(), hand_child.fileno()),
-                preexec_fn=_die_with_parent(),
-            )
-        finally:
-            bus_child.close()
-            hand_child.close()
-        await self.relay.add(str(n), bus)
+        n, proc, hand = launched.number, launched.proc, launched.handoff
+        await self.relay.add(str(n), launched.bus)
         hand.setblocking(False)
         w = _Worker(n, proc, hand, loop.time())
         loop.add_reader(hand.fileno(), self._handed, w)
@@ -415,9 +378,11 @@ class WriterServer(GracefulServer):
         port: int,
         data: Path,
         feed: bool = False,
+        launched: dict[int, spawn.Launched] | None = None,
     ) -> None:
         super().__init__(config)  # type: ignore[arg-type]
         self.count, self.host, self.port, self.data = count, host, port, data
+        self.launched = launched or {}  # workers started before the app was imported
         self.feed = feed and count > 1
         self.workers: Workers | None = None
         self._listener: socket.socket | None = None
@@ -440,6 +405,7 @@ class WriterServer(GracefulServer):
             server=self,
             engine=engine,
             feed=self.feed,
+            launched=self.launched,
         )
         if self.feed:
             from streamgauge.workers import routing
@@ -449,7 +415,7 @@ class WriterServer(GracefulServer):
         # A restart: the database is there, so the workers load their registries from it
         # while this process loads its own (on another core), instead of after it.
         path = getattr(engine.store, "path", None)
-        early = isinstance(path, Path) and path.exists()
+        early = bool(self.launched) or (isinstance(path, Path) and path.exists())
         if early:
             await self.workers.start()
         await lifespan.startup()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -74,22 +75,37 @@ class TimeSeries:
         self.settings = settings
         self.latest_rows = LatestRows()
         self._task: asyncio.Task[None] | None = None
+        self._loading: asyncio.Task[None] | None = None
         self.passes = 0  # retention passes run (tests, metrics)
         self._retaining_at = -1  # the registry version ``_retaining_set`` was computed at
         self._retaining_set: set[int] = set()
 
     async def start(self, retention: bool = True) -> None:
-        """Load the latest rows; run the retention passes too unless ``retention`` is False (in
-        the cluster mode they run on the node holding the work lease: ``start_retention``)."""
-        self.latest_rows.update(await self.store.latest_rows())
+        """Start loading the latest rows (in the background: the server answers meanwhile, and
+        ``latest`` waits for them); run the retention passes too unless ``retention`` is False
+        (in the cluster mode they run on the node holding the work lease: ``start_retention``)."""
+        self._loading = asyncio.create_task(self._load_latest())
         if retention:
             self.start_retention()
+
+    async def _load_latest(self) -> None:
+        # Batches committed meanwhile are in ``latest_rows`` already: the newest row wins.
+        self.latest_rows.update(await self.store.latest_rows())
+
+    async def loaded(self) -> None:
+        """Once the latest rows are loaded (the load's error, if it failed)."""
+        if self._loading is not None:
+            await asyncio.shield(self._loading)
 
     def start_retention(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._retention_loop())
 
     async def stop(self) -> None:
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loading
         if self._task is not None:
             self._task.cancel()
             try:
@@ -200,6 +216,7 @@ class TimeSeries:
         """Each selected series' newest observation that passes the selection's QC removal
         (and filter expression), in (device, variable, set) order, from memory: the store is
         read only for a series whose newest row is removed by QC."""
+        await self.loaded()
         compiled = CompiledSelection(selection, self.registry)
         allowed = np.flatnonzero(compiled.allowed())
         keyed = self.ordered(allowed.tolist())
@@ -255,6 +272,7 @@ class TimeSeries:
     async def run_retention(self, now_ms: int | None = None) -> int:
         """One retention pass over every project; returns the rows removed."""
         now = int(time.time() * 1000) if now_ms is None else now_ms
+        await self.loaded()  # its rows first: the pass then forgets the expired ones
         started = time.perf_counter()
         removed = 0
         settled = False

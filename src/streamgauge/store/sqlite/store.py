@@ -65,6 +65,9 @@ SEAL_STEP = 4096  # rows indexed per step (a few ms of work between two commits)
 SEAL_STEP_BULK = 32768
 FREEZE_EVERY = 20_000  # registry growth (series, metadata changes) between gc.freeze() calls
 IDLE_SECONDS = 0.5  # a writer idle this long indexes the tail of the log
+# ... but not in the first seconds after open: the engine's startup reads (and a restart's
+# fan-out workers loading on the other core) go first; reads cover an unindexed tail.
+UPKEEP_AFTER_OPEN_S = 3.0
 FOLD_STEP = 50_000  # rows folded into the hour summaries per step (while the writer is idle)
 # Rows not yet summarized beyond which a busy writer folds too. Large on purpose: a fold that
 # takes a network's hour at once adds each (series, hour) unit once, not once per row; reads
@@ -390,9 +393,12 @@ class SqliteStore:
         # after the previous one left a backfill's year unfolded for seconds, and aggregate
         # reads summarizing it row by row meanwhile); any write goes first and restarts the wait.
         upkeep = False
+        opened = time.monotonic()
         while True:
             job = self._queue.get(0.0 if upkeep else IDLE_SECONDS)
             self._checkpoint_wanted.set()  # after what the previous turn committed
+            if isinstance(job, Idle) and time.monotonic() - opened < UPKEEP_AFTER_OPEN_S:
+                continue
             if isinstance(job, Idle):
                 before = (self._qc_cursor, self._sealed, self._summarized)
                 if self._writer_head - self._qc_cursor >= QC_CHECKPOINT_ROWS and self._qc_dirty:
