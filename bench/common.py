@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -462,6 +463,40 @@ def proc_rss_mb(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a server's fan-out workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def pss_mb(pid: int) -> float:
+    """The proportional set size of ``pid`` (its resident pages, each shared page divided among
+    the processes sharing it): what summing over processes should use."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for ln in f:
+                if ln.startswith("Pss:"):
+                    return int(ln.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def node_mb(pid: int) -> tuple[float, int]:
+    """The memory of a server and its fan-out workers together (sum of PSS), and how many
+    processes that is."""
+    pids = [pid, *children(pid)]
+    return sum(pss_mb(p) for p in pids), len(pids)
 
 
 def weighted_percentiles(lat: np.ndarray, w: np.ndarray, qs: list[float]) -> list[float]:

@@ -9,7 +9,9 @@ rows) answers 200. The restart time must not grow with the log's length: compare
 
 Memory: the server's resident memory right after it started on an empty folder, after the
 network and the ingest, and after each restart (the registry loaded from the database, no
-ingest buffers): bytes per series above the empty server. Prints the core count and the load
+ingest buffers): bytes per series above the empty server, of the writer process and of every
+process of the server (the writer and its fan-out workers, ``serve --workers``: the sum of
+their proportional set sizes, shared pages counted once). Prints the core count and the load
 average; the figures depend on both.
 
 ``--quick``: 5,000 stations and 400,000 rows (a minute). ``--reuse DIR`` (a folder kept with
@@ -32,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from .common import free_port, make_mesonet, proc_rss_mb
+from .common import free_port, make_mesonet, node_mb, proc_rss_mb
 from .harness import HOST, PROJECT, TOKEN, Ingestor, log, setup_mesonet
 
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
@@ -93,6 +95,11 @@ class Server:
         assert self.proc is not None
         return proc_rss_mb(self.proc.pid)
 
+    def node_mb(self) -> float:
+        """The writer and its fan-out workers together (sum of PSS)."""
+        assert self.proc is not None
+        return node_mb(self.proc.pid)[0]
+
     def stop(self, kill: bool = False) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -118,6 +125,7 @@ def _restart(srv: Server, kill: bool, history: str) -> dict[str, float]:
         "history_s": read - started,
         "cpu_s": srv.cpu_s(),
         "rss_mb": srv.rss_mb(),
+        "node_mb": srv.node_mb(),
     }
 
 
@@ -156,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         srv.wait("/healthz")
         log(f"  empty server up in {time.perf_counter() - started:.2f} s")
         time.sleep(1)
-        rss_empty = srv.rss_mb()
+        rss_empty, node_empty = srv.rss_mb(), srv.node_mb()
         t = time.perf_counter()
         setup_mesonet(srv.port, m)
         rss_setup = srv.rss_mb()
@@ -181,25 +189,37 @@ def main(argv: list[str] | None = None) -> None:
             load = os.getloadavg()[0]
             r = _restart(srv, a.kill, history)
             per_series = (r["rss_mb"] - rss_empty) * 2**20 / m.nseries
+            node_series = (r["node_mb"] - node_empty) * 2**20 / m.nseries
             log(
                 f"  restart with {ing.row:,} rows ({'SIGKILL' if a.kill else 'SIGTERM'}, load "
                 f"{load:.2f}): /healthz {r['healthz_s']:.2f} s, history read "
                 f"{r['history_s']:.2f} s (CPU {r['cpu_s']:.2f} s); rss {r['rss_mb']:.0f} MB = "
-                f"{per_series:,.0f} B a series above empty"
+                f"{per_series:,.0f} B a series above empty; every process: {r['node_mb']:.0f} MB"
+                f" = {node_series:,.0f} B a series above empty ({node_empty:.0f} MB)"
             )
-            out["steps"].append({"rows": ing.row, **r, "per_series_b": per_series})
+            out["steps"].append(
+                {"rows": ing.row, **r, "per_series_b": per_series, "node_series_b": node_series}
+            )
         if srv.proc is not None:
-            time.sleep(2)  # let the restarted server settle (index the tail, fold summaries)
-            log(f"  rss after settling: {srv.rss_mb():.0f} MB")
+            time.sleep(6)  # let the restarted server settle (index the tail, fold summaries)
+            log(
+                f"  after settling: writer rss {srv.rss_mb():.0f} MB = "
+                f"{(srv.rss_mb() - rss_empty) * 2**20 / m.nseries:,.0f} B a series above empty; "
+                f"every process {srv.node_mb():.0f} MB = "
+                f"{(srv.node_mb() - node_empty) * 2**20 / m.nseries:,.0f} B a series"
+            )
     finally:
         srv.close()
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)
-    log("\nrows        /healthz   history read   CPU to read   rss above empty / series")
+    log(
+        "\nrows        /healthz   history read   CPU to read   above empty / series: writer"
+        "   every process"
+    )
     for s in out["steps"]:
         log(
             f"{s['rows']:>9,d}   {s['healthz_s']:6.2f} s   {s['history_s']:8.2f} s   "
-            f"{s['cpu_s']:8.2f} s   {s['per_series_b']:>10,.0f} B"
+            f"{s['cpu_s']:8.2f} s   {s['per_series_b']:>10,.0f} B   {s['node_series_b']:>10,.0f} B"
         )
     log(f"cpu_count={os.cpu_count()}  load average now {os.getloadavg()[0]:.2f}")
 
@@ -218,7 +238,7 @@ def reuse(kept: Path, stations: int, repeat: int, durability: str) -> None:
         empty.start()
         empty.wait("/healthz")
         time.sleep(1)
-        rss_empty = empty.rss_mb()
+        rss_empty, node_empty = empty.rss_mb(), empty.node_mb()
         empty.close()
         results = []
         for i in range(repeat):
@@ -245,8 +265,13 @@ def reuse(kept: Path, stations: int, repeat: int, durability: str) -> None:
                 )
                 time.sleep(6)  # settled: startup reads done, free pages returned
                 settled = (srv.rss_mb() - rss_empty) * 2**20 / m.nseries
-                log(f"    settled (6 s later): {settled:,.0f} B a series above empty")
-                results.append((r["healthz_s"], r["history_s"], per, settled, r["cpu_s"]))
+                node = (srv.node_mb() - node_empty) * 2**20 / m.nseries
+                log(
+                    f"    settled (6 s later): {settled:,.0f} B a series above empty; every "
+                    f"process (sum of PSS): {node:,.0f} B a series above empty "
+                    f"({node_empty:.0f} MB)"
+                )
+                results.append((r["healthz_s"], r["history_s"], per, settled, r["cpu_s"], node))
             finally:
                 srv.close()
                 shutil.rmtree(data, ignore_errors=True)
@@ -254,8 +279,8 @@ def reuse(kept: Path, stations: int, repeat: int, durability: str) -> None:
         log(
             f"median of {repeat}: /healthz {med[0]:.2f} s, history read {med[1]:.2f} s "
             f"(CPU {med[4]:.2f} s), "
-            f"{med[2]:,.0f} B a series above empty ({med[3]:,.0f} B settled); load average "
-            f"now {os.getloadavg()[0]:.2f}"
+            f"{med[2]:,.0f} B a series above empty ({med[3]:,.0f} B settled; every process "
+            f"{med[5]:,.0f} B); load average now {os.getloadavg()[0]:.2f}"
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -152,7 +152,10 @@ class Batch:
 
     def take(self, mask: npt.NDArray[np.bool_]) -> Batch:
         """A new batch of the rows where ``mask`` holds."""
-        idx = np.flatnonzero(mask)
+        return self.pick(np.flatnonzero(mask))
+
+    def pick(self, idx: npt.NDArray[np.intp]) -> Batch:
+        """A new batch of the rows at ``idx``, in that order."""
         return Batch(
             self.project_pk,
             self.cursors[idx],

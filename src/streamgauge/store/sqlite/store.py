@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from streamgauge.domain.batch import Batch
+from streamgauge.domain.batch import Batch, concat
 from streamgauge.domain.commit import CommitRules, Screen
 from streamgauge.domain.errors import Conflict, NotFound, Unavailable
 from streamgauge.domain.events import (
@@ -100,8 +100,9 @@ class Tx:
         return self.conn.execute(sql, params)
 
 
-WRITER_CACHE_KIB = 65536
-READER_CACHE_KIB = 16384
+WRITER_CACHE_KIB = 65536  # given back when the writer has nothing left to do (``_writer``)
+READER_CACHE_KIB = 4096
+LATEST_CHUNK = 16_384  # rows ``latest_rows`` reads at a time
 MIN_SQLITE = (3, 38, 0)  # the JSON operators (->>) of the log's insert
 
 
@@ -141,8 +142,9 @@ def _connect(path: Path, *, readonly: bool, durability: str) -> sqlite3.Connecti
         conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=10000")
     # Page cache in KiB: the writer's holds the index pages that sealing and duplicate probes
-    # touch; a reader's is smaller (there are several, the OS caches the file for them too,
-    # and each one's cache stays resident once a long read filled it).
+    # touch; a reader's is small (there are several, the OS caches the file for them too, and
+    # each one's cache stays resident once a long read filled it: a page read again from the
+    # OS's cache costs a copy, one kept here costs resident memory in every reader).
     conn.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB if readonly else WRITER_CACHE_KIB}")
     return conn
 
@@ -393,6 +395,7 @@ class SqliteStore:
         # after the previous one left a backfill's year unfolded for seconds, and aggregate
         # reads summarizing it row by row meanwhile); any write goes first and restarts the wait.
         upkeep = False
+        rested = False  # the cache given back since the last write
         opened = time.monotonic()
         while True:
             job = self._queue.get(0.0 if upkeep else IDLE_SECONDS)
@@ -409,10 +412,14 @@ class SqliteStore:
                     self._fold(conn, min(self._writer_head, self._summarized + FOLD_STEP))
                 else:
                     self._checkpoint_qc(conn)
+                    if not rested:  # all done: the pages the upkeep read are not kept
+                        conn.execute("PRAGMA shrink_memory")
+                        release_free_memory()
+                        rested = True
                 # Go on at once only after a step that moved (a failing one, logged, waits).
                 upkeep = before != (self._qc_cursor, self._sealed, self._summarized)
                 continue
-            upkeep = False
+            upkeep = rested = False
             if isinstance(job, Closed):
                 self._checkpoint_qc(conn)
                 break
@@ -996,19 +1003,31 @@ class SqliteStore:
         def run(conn: sqlite3.Connection) -> Batch:
             with _snapshot(conn) as sealed:
                 cursors = sorted(c for _, c in conn.execute(_NEWEST_INDEXED) if c is not None)
-                rows = _fetch_rows(conn, _ROWS_AT, (orjson.dumps(cursors),), by_time=False)
+                # A chunk at a time: no peak of a Python object per row of the whole network.
+                parts = [
+                    _batch(0, _fetch_rows(conn, _ROWS_AT, (orjson.dumps(chunk),), by_time=False))
+                    for chunk in (
+                        cursors[i : i + LATEST_CHUNK] for i in range(0, len(cursors), LATEST_CHUNK)
+                    )
+                ]
                 # The unindexed tail's newest row of each series (bare columns of max()).
-                tail = conn.execute(
-                    "SELECT cursor, series, max(time), value, qc FROM obs WHERE cursor > ? "
-                    "GROUP BY series",
-                    (sealed,),
-                ).fetchall()
-            newest: dict[int, Sequence[Any]] = {r[1]: r for r in rows}
-            for r in tail:
-                had = newest.get(r[1])
-                if had is None or r[2] > had[2]:
-                    newest[r[1]] = r
-            return _batch(0, [newest[pk] for pk in sorted(newest)])
+                parts.append(
+                    _batch(
+                        0,
+                        conn.execute(
+                            "SELECT cursor, series, max(time), value, qc FROM obs "
+                            "WHERE cursor > ? GROUP BY series",
+                            (sealed,),
+                        ).fetchall(),
+                    )
+                )
+            rows = concat(parts)
+            if not len(rows):
+                return rows
+            # Each series' row of the greatest time (the tail's where it is as new: later).
+            order = np.lexsort((rows.cursors, rows.times, rows.series))
+            s = rows.series[order]
+            return rows.pick(order[np.append(s[1:] != s[:-1], True)])
 
         return await self.read(run)
 
