@@ -16,13 +16,14 @@ series' latest times, QC state, the unindexed tail) is not loaded: this view jud
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 from collections.abc import Callable
 from typing import TypeVar
 
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import Unavailable
-from streamgauge.domain.readmodel import Tables
+from streamgauge.store.memory import release_free_memory
 from streamgauge.store.sqlite import metadata, retention
 from streamgauge.store.sqlite.store import SqliteStore, Tx, _connect, _Stage
 
@@ -41,23 +42,25 @@ class ReplicaStore(SqliteStore):
         self._loop = asyncio.get_running_loop()
         self._publish = publish
 
-        def snapshot() -> tuple[Tables, int, int, dict[int, int]]:
+        def snapshot() -> tuple[int, int, dict[int, int]]:
             conn = _connect(self.path, readonly=True, durability=self.durability)
             try:
                 conn.execute("BEGIN")  # one snapshot: tables, event head and log head agree
-                tables = metadata.load_tables(conn)
-                tables.variables = list(tables.variables)  # read in this snapshot
-                tables.series = list(tables.series)
+                # Loaded here, the big tables a chunk at a time from their cursors (nothing
+                # else uses the registry before ``open`` returns).
+                self.registry.load(metadata.load_tables(conn))
                 seq = metadata.events_head(conn)
                 head = int(conn.execute("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0])
                 gone = retention.load_gone(conn)
                 conn.execute("COMMIT")
             finally:
                 conn.close()
-            return tables, seq, head, gone
+            return seq, head, gone
 
-        tables, seq, head, gone = await asyncio.to_thread(snapshot)
-        self.registry.load(tables)
+        seq, head, gone = await asyncio.to_thread(snapshot)
+        gc.collect()
+        gc.freeze()  # the registry's objects: long-lived, not traversed by every collection
+        release_free_memory()
         self.events_loaded = seq
         self._head = self._writer_head = head
         self.gone = gone
