@@ -12,7 +12,7 @@ import pytest
 
 from streamgauge.core import metafeed
 from streamgauge.domain.model import DeviceIn, ProjectIn, SiteIn, VariableIn
-from streamgauge.store.factory import BACKENDS
+from streamgauge.store.factory import backends
 from streamgauge.store.postgres import metadata as pg_metadata
 from tests.core.test_registry_events import snapshot
 from tests.pg import fresh_database
@@ -27,7 +27,7 @@ def place() -> Iterator[tuple[str, Path]]:
 
 def node(place: tuple[str, Path], name: str) -> Harness:
     url, tmp = place
-    return Harness(BACKENDS["postgresql"], settings_for("postgresql", tmp / name, url))
+    return Harness(backends()["postgresql"], settings_for("postgresql", tmp / name, url))
 
 
 async def projects(h: Harness, *ids: str) -> None:

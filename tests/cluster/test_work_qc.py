@@ -12,7 +12,7 @@ import numpy as np
 
 from streamgauge.core import qc
 from streamgauge.domain.model import DeviceIn, ProjectIn, QCLimits, VariableIn
-from streamgauge.store.factory import BACKENDS
+from streamgauge.store.factory import backends
 from tests.pg import fresh_database
 from tests.store.conformance.harness import Harness, cols, settings_for
 
@@ -58,14 +58,14 @@ async def _flags(
     again before batch ``restart_at``: they start from the QC checkpoint and the log; with
     ``crash``, closed without writing a checkpoint, as after ``kill -9``)."""
     with fresh_database() as url, tempfile.TemporaryDirectory() as place:
-        first = Harness(BACKENDS["postgresql"], settings_for("postgresql", Path(place), url))
+        first = Harness(backends()["postgresql"], settings_for("postgresql", Path(place), url))
         await first.open()
         var = await _seed(first)
         project = next(iter(first.store.registry.projects.values())).pk
         stores = [first]
         for i in range(1, nodes):
             h = Harness(
-                BACKENDS["postgresql"], settings_for("postgresql", Path(place) / str(i), url)
+                backends()["postgresql"], settings_for("postgresql", Path(place) / str(i), url)
             )
             await h.open()
             stores.append(h)
@@ -109,12 +109,12 @@ async def test_a_node_that_restarts_keeps_judging_from_the_shared_state() -> Non
     """A store opened later (a node joining) judges its first row against the other node's
     last one, and the other follows it from the log."""
     with fresh_database() as url, tempfile.TemporaryDirectory() as place:
-        a = Harness(BACKENDS["postgresql"], settings_for("postgresql", Path(place), url))
+        a = Harness(backends()["postgresql"], settings_for("postgresql", Path(place), url))
         await a.open()
         var = await _seed(a)
         project = next(iter(a.store.registry.projects.values())).pk
         await a.store.append(cols(project, [var], [T0], [10.0]))
-        b = Harness(BACKENDS["postgresql"], settings_for("postgresql", Path(place) / "b", url))
+        b = Harness(backends()["postgresql"], settings_for("postgresql", Path(place) / "b", url))
         await b.open()
         try:
             await a.store.append(cols(project, [var], [T0 + 10_000], [11.0]))

@@ -1,32 +1,28 @@
 """The factory: the engine's backend comes from ``backend_for`` and its store from the backend,
-and each backend of ``BACKENDS`` is a complete ``Backend`` (its store, table modules, services
+and each backend of ``backends()`` is a complete ``Backend`` (its store, table modules, services
 and operations satisfy the protocols of ``store.api`` and ``store.face_state``: mypy checks the
 typed factory; here, that they are the ones in use)."""
 
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
-from streamgauge.config import Settings
+from streamgauge.config import DB_NAME, Settings
 from streamgauge.core.dedupe import LogRules
 from streamgauge.core.engine import Engine
 from streamgauge.core.registry import Registry
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.commit import CommitRules
 from streamgauge.store.api import Store
-from streamgauge.store.factory import (
-    BACKENDS,
-    DB_NAME,
-    POSTGRESQL,
-    SQLITE,
-    backend_for,
-    open_store,
-)
+from streamgauge.store.factory import SQLITE, backend_for, backends, open_store
 from streamgauge.store.postgres import alerts as pg_alerts
 from streamgauge.store.postgres import deliveries as pg_deliveries
 from streamgauge.store.postgres import metadata as pg_metadata
 from streamgauge.store.postgres import ops as pg_ops
+from streamgauge.store.postgres.backend import POSTGRESQL
 from streamgauge.store.postgres.store import PgStore
 from streamgauge.store.sqlite import alerts, deliveries, metadata, ops
 from streamgauge.store.sqlite.consumers import SqliteConsumerPositions
@@ -58,7 +54,7 @@ async def test_open_store_builds_the_embedded_store_of_the_settings(tmp_path: Pa
 
 
 def test_the_sqlite_backend_bundles_its_modules_and_services() -> None:
-    assert BACKENDS == {"sqlite": SQLITE, "postgresql": POSTGRESQL}
+    assert backends() == {"sqlite": SQLITE, "postgresql": POSTGRESQL}
     assert (SQLITE.metadata, SQLITE.alerts, SQLITE.deliveries) == (metadata, alerts, deliveries)
     assert SQLITE.feed_sessions is FeedStore
     assert SQLITE.consumer_positions is SqliteConsumerPositions
@@ -101,3 +97,25 @@ def test_the_engine_takes_its_store_and_services_from_the_backend(tmp_path: Path
     assert isinstance(engine.consumer_positions, SqliteConsumerPositions)
     assert isinstance(engine.dt_accounts, SqliteDTAccounts)
     assert isinstance(engine.dt_connectors, SqliteDTConnectors)
+
+
+def test_an_embedded_server_does_not_load_the_postgresql_driver(tmp_path: Path) -> None:
+    """The PostgreSQL backend is imported when asked for (``store.factory.postgresql``): a
+    fresh interpreter serving the embedded store never imports psycopg (nor pint, until a unit
+    needs parsing)."""
+    code = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from streamgauge.app import create_app\n"
+        "from streamgauge.config import Settings\n"
+        f"app = create_app(Settings(data=Path({str(tmp_path / 'data')!r})), admin_token='t')\n"
+        "async def main():\n"
+        "    await app.state.engine.start()\n"
+        "    await app.state.engine.stop()\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in ('psycopg', 'pint') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr

@@ -240,7 +240,9 @@ class PinnedTransport(httpx.AsyncBaseTransport):
         inner: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._allow = allow_private
-        self._inner = inner or httpx.AsyncHTTPTransport(trust_env=False)
+        # Made at the first request: its TLS context (the CA bundle parsed) costs a server's
+        # start a tenth of a second, for deliveries that may never come.
+        self._inner = inner
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         allow = self._allow() if callable(self._allow) else self._allow
@@ -249,10 +251,13 @@ class PinnedTransport(httpx.AsyncBaseTransport):
             name = request.url.host
             request.url = request.url.copy_with(host=addr)  # Host header keeps the name
             request.extensions = {**request.extensions, "sni_hostname": name}
+        if self._inner is None:
+            self._inner = httpx.AsyncHTTPTransport(trust_env=False)
         return await self._inner.handle_async_request(request)
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        if self._inner is not None:
+            await self._inner.aclose()
 
 
 def outbound_client(

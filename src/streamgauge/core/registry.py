@@ -160,8 +160,8 @@ def variable_entry(name: str, unit: str | None) -> tuple[Entry, float, float]:
     if unit is None and lookup(name) is None:
         return Entry(name=name, long_name=name, unit="dimensionless", kind="other"), 1.0, 0.0
     entry = entry_for(name, unit)
-    if unit is None:
-        return entry, 1.0, 0.0
+    if unit is None or unit == entry.unit:  # the canonical unit (no units parsed: a start
+        return entry, 1.0, 0.0  # loading a network of them needs no pint registry)
     scale, offset = converter(validate_unit(unit), entry.unit)
     return entry, scale, offset
 

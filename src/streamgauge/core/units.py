@@ -1,6 +1,6 @@
 """Units: validation, Synoptic-style unit systems and cached affine conversion (pint).
 
-Pure: no I/O and no clocks. One private module-level pint ``UnitRegistry`` (pint recommends a
+Pure: no I/O and no clocks. One private pint ``UnitRegistry``, built at first use (pint recommends a
 single registry per application; quantities from different registries do not mix).
 
 Unit systems follow the Synoptic push ``units`` argument: a comma-separated list mixing whole
@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pint
 
 from streamgauge.domain import catalog
 from streamgauge.domain.errors import BadRequest, Invalid
@@ -56,7 +55,21 @@ __all__ = [
     "validate_unit",
 ]
 
-_ureg: Any = pint.UnitRegistry()  # private; pint's typing is partial, so keep it at arm's length
+
+def _pint() -> Any:
+    """The pint module, imported at the first use of a unit (not with this module: pint and its
+    registry cost a server's start a fifth of a second in every process). pint's typing is
+    partial, so it is kept at arm's length."""
+    import pint  # deferred on purpose
+
+    return pint
+
+
+@lru_cache(maxsize=1)
+def _ureg() -> Any:
+    """The private pint ``UnitRegistry``, built at its first use."""
+    return _pint().UnitRegistry()
+
 
 MAX_UNIT_TEXT = 100
 """Longest unit expression accepted (pint parses by tokenizing; no reason to take novels)."""
@@ -250,8 +263,8 @@ def _parse(text: str) -> Any:
     _check_shape(stripped)
     stripped = _LABEL_SPELLINGS.get(stripped.lower(), stripped)
     try:
-        unit = _ureg.parse_units(stripped)
-    except pint.UndefinedUnitError:
+        unit = _ureg().parse_units(stripped)
+    except _pint().UndefinedUnitError:
         raise _invalid_unit(text, f"unknown unit {stripped!r}") from None
     except Exception:  # pint's parser raises assorted errors (TypeError, AssertionError, ...)
         raise _invalid_unit(text, f"cannot parse unit {stripped!r}") from None
@@ -275,7 +288,7 @@ def _normalize(unit: Any) -> str:
     if text == "":
         return "dimensionless"
     try:
-        if _ureg.parse_units(text) == unit:
+        if _ureg().parse_units(text) == unit:
             return text
     except Exception:  # pragma: no cover - defensive: fall back to pint's long form
         pass
@@ -293,7 +306,7 @@ def validate_unit(text: str) -> str:
 
 def _root(unit: Any) -> tuple[Any, Any]:
     """(dimensionality, root unit) - the root unit tells apart dimensionless families."""
-    _factor, root = _ureg.get_root_units(unit)
+    _factor, root = _ureg().get_root_units(unit)
     return unit.dimensionality, root
 
 
@@ -309,23 +322,22 @@ def compatible(a: str, b: str) -> bool:
     return _root(_parse(a)) == _root(_parse(b))
 
 
-_TEMPERATURE = _ureg.parse_units("K").dimensionality
-_SPEED = _ureg.parse_units("m/s").dimensionality
-_PRESSURE = _ureg.parse_units("Pa").dimensionality
-_LENGTH = _ureg.parse_units("m").dimensionality
+@lru_cache(maxsize=1)
+def _kinds() -> list[tuple[Any, str]]:
+    """(dimensionality, quantity kind) of the kinds ``kind_of_unit`` names."""
+    reg = _ureg()
+    return [
+        (reg.parse_units(unit).dimensionality, kind)
+        for unit, kind in (("K", "temp"), ("m/s", "speed"), ("Pa", "pres"), ("m", "height"))
+    ]
 
 
 def kind_of_unit(unit: str) -> str:
     """The quantity kind a unit's dimensionality implies: temp, speed, pres, height or other."""
     dim = _parse(unit).dimensionality
-    if dim == _TEMPERATURE:
-        return "temp"
-    if dim == _SPEED:
-        return "speed"
-    if dim == _PRESSURE:
-        return "pres"
-    if dim == _LENGTH:
-        return "height"
+    for known, kind in _kinds():
+        if dim == known:
+            return kind
     return "other"
 
 
@@ -507,7 +519,7 @@ def converter(canonical: str, target: str) -> tuple[float, float]:
     if not compatible(canonical, target):
         raise _bad_conversion(canonical, target, "incompatible units")
     try:
-        points = _ureg.Quantity(np.array([0.0, 1.0, 1000.0]), src).to(dst).magnitude
+        points = _ureg().Quantity(np.array([0.0, 1.0, 1000.0]), src).to(dst).magnitude
         out = [float(x) for x in np.asarray(points, dtype=np.float64)]
     except Exception:
         raise _bad_conversion(canonical, target, "pint cannot convert them") from None
@@ -572,7 +584,7 @@ def entry_for(name: str, unit: str | None) -> catalog.Entry:
         raise Invalid("variable name is empty", [{"field": "name", "reason": "empty"}])
     entry = catalog.CATALOG.get(name)
     if entry is not None:
-        if unit is not None and not compatible(unit, entry.unit):
+        if unit is not None and unit != entry.unit and not compatible(unit, entry.unit):
             reason = f"unit {unit!r} cannot convert to {name}'s unit {entry.unit!r}"
             raise Invalid(reason, _unit_detail(reason))
         return entry

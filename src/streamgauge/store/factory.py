@@ -4,9 +4,10 @@ A ``Backend`` bundles what a storage backend provides behind the protocols of ``
 ``store.face_state``: how to build its store, the table modules that run in its transactions,
 its services (feed sessions, consumer positions, face state) and the storage parts of core
 operations (``StoreOps``). The engine takes its backend from ``backend_for(settings)`` and never
-names the package behind it. ``BACKENDS`` has the embedded one, ``"sqlite"``, and
-``"postgresql"`` (``settings.store`` set to a PostgreSQL URL: ``store/postgres``); each is a
-parameter of the conformance suite's ``backend`` fixture.
+names the package behind it. ``backends()`` has the embedded one, ``"sqlite"``, and
+``"postgresql"`` (``settings.store`` set to a PostgreSQL URL: ``store/postgres/backend.py``,
+imported only when asked for: an embedded server never loads the PostgreSQL driver); each is
+a parameter of the conformance suite's ``backend`` fixture.
 """
 
 from __future__ import annotations
@@ -31,17 +32,6 @@ from streamgauge.store.api import (
     StoreOps,
 )
 from streamgauge.store.face_state import DTAccountStore, DTConnectorStore
-from streamgauge.store.postgres import alerts as pg_alerts
-from streamgauge.store.postgres import deliveries as pg_deliveries
-from streamgauge.store.postgres import metadata as pg_metadata
-from streamgauge.store.postgres import ops as pg_ops
-from streamgauge.store.postgres.conn import Conn as PgConn
-from streamgauge.store.postgres.conn import Tx as PgTx
-from streamgauge.store.postgres.consumers import PgConsumerPositions
-from streamgauge.store.postgres.deliveries import PgDeliveryPositions
-from streamgauge.store.postgres.face_state import PgDTAccounts, PgDTConnectors
-from streamgauge.store.postgres.feeds import FeedStore as PgFeedStore
-from streamgauge.store.postgres.store import PgStore
 from streamgauge.store.sqlite import alerts, deliveries, metadata, ops
 from streamgauge.store.sqlite.consumers import SqliteConsumerPositions
 from streamgauge.store.sqlite.deliveries import SqliteDeliveryPositions
@@ -148,40 +138,23 @@ def replica_feeds(
     return feeds, tables.close
 
 
-def _pg_store(settings: Settings, rules: Rules, registry: ReadModel) -> Store[PgTx, PgConn]:
-    if settings.store is None:
-        raise ValueError("the postgresql backend needs settings.store (a PostgreSQL URL)")
-    return PgStore(
-        settings.store,
-        readers=settings.readers,
-        rules=rules,
-        registry=registry,
-        connect_timeout=settings.store_connect_timeout_seconds,
-        statement_timeout=settings.store_statement_timeout_seconds,
-    )
+def postgresql() -> Backend[Any, Any]:
+    """The PostgreSQL backend (``store/postgres/backend.py``), imported when first asked for:
+    an embedded server does not load the PostgreSQL driver."""
+    from streamgauge.store.postgres.backend import POSTGRESQL
+
+    return POSTGRESQL
 
 
-POSTGRESQL: Backend[PgTx, PgConn] = Backend(
-    name="postgresql",
-    open_store=_pg_store,
-    metadata=pg_metadata,
-    alerts=pg_alerts,
-    deliveries=pg_deliveries,
-    feed_sessions=PgFeedStore,
-    consumer_positions=PgConsumerPositions,
-    delivery_positions=PgDeliveryPositions,
-    ops=pg_ops,
-    dt_accounts=PgDTAccounts,
-    dt_connectors=PgDTConnectors,
-)
-
-BACKENDS: dict[str, Backend[Any, Any]] = {SQLITE.name: SQLITE, POSTGRESQL.name: POSTGRESQL}
+def backends() -> dict[str, Backend[Any, Any]]:
+    """Every backend, by name."""
+    return {SQLITE.name: SQLITE, "postgresql": postgresql()}
 
 
 def backend_for(settings: Settings) -> Backend[Any, Any]:
     """The backend ``settings`` name: PostgreSQL when ``settings.store`` is set, else the
     embedded SQLite database in ``settings.data``."""
-    return POSTGRESQL if settings.store is not None else SQLITE
+    return postgresql() if settings.store is not None else SQLITE
 
 
 def open_store(settings: Settings, rules: Rules, *, registry: ReadModel) -> Store[Any, Any]:

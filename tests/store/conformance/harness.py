@@ -26,7 +26,7 @@ from streamgauge.store.api import (
     MetadataTables,
     Store,
 )
-from streamgauge.store.factory import BACKENDS, Backend
+from streamgauge.store.factory import Backend, backends
 from tests.pg import fresh_database
 from tests.store.rules import log_rules
 
@@ -104,7 +104,7 @@ class Harness:
 
 
 def harness(name: str, place: Path, url: str | None = None) -> Harness:
-    return Harness(BACKENDS[name], settings_for(name, place, url))
+    return Harness(backends()[name], settings_for(name, place, url))
 
 
 @contextlib.contextmanager

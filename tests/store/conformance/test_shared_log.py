@@ -15,7 +15,7 @@ import pytest
 
 from streamgauge.config import Settings
 from streamgauge.domain.errors import Conflict
-from streamgauge.store.factory import BACKENDS
+from streamgauge.store.factory import backends
 from tests.pg import fresh_database
 from tests.store.conformance.harness import Harness, cols, rows, seed
 
@@ -49,15 +49,15 @@ async def test_concurrent_appends_from_two_stores_get_one_gapless_log(
     name: str, tmp_path: Path
 ) -> None:
     with fresh_database() as url:
-        first = Harness(BACKENDS[name], _settings(tmp_path / "a", url, readers=1))
+        first = Harness(backends()[name], _settings(tmp_path / "a", url, readers=1))
         await first.open()
         await seed(first)
         await first.close()
         # Two stores on the same database, each in its own thread and loop, appending at once
         # (their times differ, so every row is new).
         nodes = [
-            Harness(BACKENDS[name], _settings(tmp_path / "a", url, readers=1)),
-            Harness(BACKENDS[name], _settings(tmp_path / "b", url, readers=2)),
+            Harness(backends()[name], _settings(tmp_path / "a", url, readers=1)),
+            Harness(backends()[name], _settings(tmp_path / "b", url, readers=2)),
         ]
         results: list[dict[str, object]] = [{}, {}]
         go = threading.Barrier(2)
@@ -77,7 +77,7 @@ async def test_concurrent_appends_from_two_stores_get_one_gapless_log(
         assert all(hi - lo + 1 == ROWS for lo, hi in ranges)
         # Commit order is cursor order: receive times (taken under the lock) never go back, and
         # no batch interleaves another.
-        reader = Harness(BACKENDS[name], _settings(tmp_path / "c", url, readers=1))
+        reader = Harness(backends()[name], _settings(tmp_path / "c", url, readers=1))
         store = await reader.open()
         try:
             assert store.head == total  # a store opened later starts at the shared head
@@ -101,10 +101,10 @@ async def test_duplicates_and_conflicts_are_judged_against_what_other_stores_wro
     name: str, tmp_path: Path
 ) -> None:
     with fresh_database() as url:
-        a = Harness(BACKENDS[name], _settings(tmp_path / "a", url))
+        a = Harness(backends()[name], _settings(tmp_path / "a", url))
         await a.open()
         s = await seed(a)
-        b = Harness(BACKENDS[name], _settings(tmp_path / "b", url))
+        b = Harness(backends()[name], _settings(tmp_path / "b", url))
         await b.open()
         try:
             var = s.var["d0.t"]
@@ -155,7 +155,7 @@ async def test_appends_queued_together_are_each_accepted_or_refused_alone(
     name: str, tmp_path: Path
 ) -> None:
     with fresh_database() as url:
-        h = Harness(BACKENDS[name], _settings(tmp_path / "a", url))
+        h = Harness(backends()[name], _settings(tmp_path / "a", url))
         store = await h.open()
         s = await seed(h)
         try:

@@ -103,6 +103,7 @@ class Tx:
 WRITER_CACHE_KIB = 65536  # given back when the writer has nothing left to do (``_writer``)
 READER_CACHE_KIB = 4096
 LATEST_CHUNK = 16_384  # rows ``latest_rows`` reads at a time
+QC_LOAD_CHUNK = 65_536  # rows of the QC checkpoint loaded at a time
 MIN_SQLITE = (3, 38, 0)  # the JSON operators (->>) of the log's insert
 
 
@@ -328,12 +329,16 @@ class SqliteStore:
         checks in cursor order: the same state as if the process had never stopped."""
         reg = self.registry
         st = reg.qc_state
-        rows = conn.execute("SELECT series, last_time, last_value, same_since FROM qc_state")
-        for series, last_time, last_value, same_since in rows:
-            st.ensure(series + 1)
-            st.last_time[series] = last_time
-            st.last_value[series] = np.nan if last_value is None else last_value
-            st.same_since[series] = same_since
+        cur = conn.execute("SELECT series, last_time, last_value, same_since FROM qc_state")
+        while rows := cur.fetchmany(QC_LOAD_CHUNK):  # a column at a time, not a row at a time
+            series, last_time, last_value, same_since = zip(*rows, strict=True)
+            at = np.array(series, np.int64)
+            st.ensure(int(at.max()) + 1)
+            st.last_time[at] = np.array(last_time, np.int64)
+            st.last_value[at] = np.array(
+                [np.nan if v is None else v for v in last_value], np.float64
+            )
+            st.same_since[at] = np.array(same_since, np.int64)
         after = int(conn.execute("SELECT value FROM state WHERE key='qc_cursor'").fetchone()[0])
         self._qc_cursor = after
         while True:
