@@ -454,15 +454,20 @@ def proc_cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def proc_rss_mb(pid: int) -> float:
+def _proc_kib(path: str, field: str) -> float:
+    """The ``field:`` line of a /proc file, KiB as MiB (NaN if the process is gone)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for ln in f:
-                if ln.startswith("VmRSS:"):
+                if ln.startswith(field + ":"):
                     return int(ln.split()[1]) / 1024
     except OSError:
         pass
     return float("nan")
+
+
+def proc_rss_mb(pid: int) -> float:
+    return _proc_kib(f"/proc/{pid}/status", "VmRSS")
 
 
 def children(pid: int) -> list[int]:
@@ -482,14 +487,7 @@ def children(pid: int) -> list[int]:
 def pss_mb(pid: int) -> float:
     """The proportional set size of ``pid`` (its resident pages, each shared page divided among
     the processes sharing it): what summing over processes should use."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for ln in f:
-                if ln.startswith("Pss:"):
-                    return int(ln.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    return _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss")
 
 
 def node_mb(pid: int) -> tuple[float, int]:
