@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import functools
 import gc
-import itertools
 import logging
 import sqlite3
 import threading
@@ -1224,7 +1223,6 @@ class _Job:
 
 
 STAGE_CHUNK = 2048  # rows staged per step; the small writes waiting go between two steps
-FEW_FLAGS = 12  # under 1 row in 12 flagged by QC: the flags are set after the insert
 GROUP_JOBS = 8  # big appends committed together at most (``SqliteStore._group``)
 GROUP_ROWS = 20_000  # rows of a group at most (a live write that comes meanwhile waits for it)
 
@@ -1253,8 +1251,8 @@ class _Stage:
 
     def fill(self, conn: sqlite3.Connection) -> Iterator[None]:
         """Fill the stage a chunk at a time, yielding between chunks. A batch holding a text
-        value with a NUL (see ``_insert_rows``) or a failure leaves ``filled`` false: its
-        transaction then inserts its rows the usual way."""
+        value with a NUL (SQLite's JSON functions end a string there) or a failure leaves
+        ``filled`` false: its transaction then inserts its rows the usual way."""
         c = self.columns
         try:
             self.key_of_row = np.unique(c.variable_pks * 1024 + c.sets, return_inverse=True)[
@@ -1387,44 +1385,43 @@ def _insert_rows(
     qc: npt.NDArray[np.int64],
     received: int,
 ) -> None:
-    """Append rows to the log with cursors from ``first`` on, in one statement.
+    """Append rows to the log with cursors from ``first`` on, ``INSERT_ROWS`` rows a statement.
 
-    The rows travel as one JSON array (``json_each``) rather than through ``executemany``:
-    the sqlite3 module releases the GIL around every ``sqlite3_step``, once per row, and while
-    the event loop is busy each of those hand-overs waits for the loop to yield the GIL (500
-    rows took 200 ms instead of 0.4 ms). One statement is one hand-over. SQLite parses orjson's
-    shortest float repr back to the same double. A NUL in a string value would end the string
-    in ``json_each``: such a batch (orjson writes NUL as ``\\u0000``) takes ``executemany``.
-    When few rows are flagged, the QC flags are set after, for the flagged rows only: a
-    fourth field extracted from every row is a sixth of the statement's time (5,000 rows: 6.1
-    ms without it, 7.2 with it), and the update of a flagged row costs about as much as that
-    field for a dozen rows."""
-    few_flags = np.count_nonzero(qc) * FEW_FLAGS < len(qc)
-    columns: list[list[Any]] = [series.tolist(), times.tolist(), values]
-    if not few_flags:
-        columns.append(qc.tolist())
-    payload = orjson.dumps(list(zip(*columns, strict=True)))
-    if b"\\u0000" not in payload:
-        conn.execute(
-            "INSERT INTO obs (cursor, series, time, value, qc, received) "
-            "SELECT ?2 + key, value ->> 0, value ->> 1, value ->> 2,"
-            f" {'0' if few_flags else 'value ->> 3'}, ?3 FROM json_each(?1)",
-            (payload, first, received),
-        )
-        if few_flags:
-            _set_flags(conn, first, qc)
-        return
-    conn.executemany(
-        "INSERT INTO obs (cursor, series, time, value, qc, received) VALUES (?,?,?,?,?,?)",
-        zip(
-            range(first, first + len(series)),
-            series.tolist(),
-            times.tolist(),
-            values,
-            qc.tolist(),
-            itertools.repeat(received),
-            strict=False,
-        ),
+    Each statement is one multi-row ``VALUES`` list of bound parameters (``_values_sql``: the
+    receive time and the first cursor bound once, a row's cursor written as an offset from
+    it), not ``executemany``: the sqlite3 module releases the GIL around every
+    ``sqlite3_step``, once per row, and while the event loop is busy each of those hand-overs
+    waits for the loop to yield the GIL (500 rows took 200 ms instead of 0.4 ms); a statement
+    is one step. Bound values are stored exactly as given (a float's double, a text with a NUL
+    in it), and it costs less than the rows as one JSON array read by ``json_each`` (5,000
+    rows: 2-3 ms instead of 6, issue 17): no text to write and parse again per value."""
+    n = len(series)
+    rows = np.empty((n, 4), dtype=object)
+    rows[:, 0] = series.tolist()
+    rows[:, 1] = times.tolist()
+    rows[:, 2] = values
+    rows[:, 3] = qc.tolist()
+    per = _insert_rows_per(conn)
+    for off in range(0, n, per):
+        k = min(per, n - off)
+        conn.execute(_values_sql(k), [received, first + off, *rows[off : off + k].ravel().tolist()])
+
+
+INSERT_ROWS = 1000  # rows per INSERT statement of ``_insert_rows`` at most
+
+
+def _insert_rows_per(conn: sqlite3.Connection) -> int:
+    """Rows per statement: ``INSERT_ROWS``, fewer if this SQLite takes fewer bound parameters
+    (4 a row, 2 shared)."""
+    return max(1, min(INSERT_ROWS, (conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 2) // 4))
+
+
+@functools.lru_cache(maxsize=64)
+def _values_sql(rows: int) -> str:
+    """The insert of ``rows`` rows: ``?1`` the receive time, ``?2`` the first cursor, then the
+    series, time, value and QC flags of each row."""
+    return "INSERT INTO obs (cursor, series, time, value, qc, received) VALUES " + ",".join(
+        f"(?2+{i},?{3 + 4 * i},?{4 + 4 * i},?{5 + 4 * i},?{6 + 4 * i},?1)" for i in range(rows)
     )
 
 
