@@ -59,10 +59,9 @@ _NEVER = np.iinfo(np.int64).min
 log = logging.getLogger("streamgauge.store")
 TRIM_AFTER_OPEN_S = 5.0  # after open, when the allocator's free pages are returned again
 SEAL_STEP = 4096  # rows indexed per step (a few ms of work between two commits)
-# Rows indexed per step while only big appends come (no live write for ``writeq.LIVE_SECONDS``):
-# each step writes a page of the index per series it touches, so a step 8 times longer writes
-# about a third of the pages per row (issue 17); no live write waits for it.
-SEAL_STEP_BULK = 32768
+# While only big appends come (no live write for ``writeq.LIVE_SECONDS``), the tail is indexed
+# once it holds this many chunks (``index_chunk_rows``), in one step (``_upkeep``).
+BULK_CHUNKS = 2
 FREEZE_EVERY = 20_000  # registry growth (series, metadata changes) between gc.freeze() calls
 IDLE_SECONDS = 0.5  # a writer idle this long indexes the tail of the log
 FOLD_STEP = 50_000  # rows folded into the hour summaries per step (while the writer is idle)
@@ -564,26 +563,29 @@ class SqliteStore:
         loop.call_soon_threadsafe(_succeed, job.fut, result)
 
     def _upkeep(self, conn: sqlite3.Connection) -> None:
-        """After a commit: index the tail in short steps (none while a small write waits,
-        unless the tail is half the size at which it is indexed at once), and summarize if
-        far behind."""
+        """After a commit: index the tail (in a bulk load, once it is ``BULK_CHUNKS`` chunks
+        long, at once; else in short steps, none while a small write waits unless the tail is
+        half the size at which it is indexed at once), and summarize if far behind."""
         unsealed = self._writer_head - self._sealed
-        # Short steps while live writes are around, longer ones in a bulk load (fewer index
-        # pages written per row; nothing live waits for them).
-        step = SEAL_STEP
         if not self._queue.live():
-            step = max(SEAL_STEP, min(SEAL_STEP_BULK, self.chunk_rows // 2))
-        if unsealed >= self.chunk_rows:  # far behind: index the whole backlog now
+            # A bulk load: the tail is indexed once it holds BULK_CHUNKS chunks, all of it
+            # in one step. A step writes a page of the index per series it touches (and the
+            # next durable commit syncs them): 12,000 series interleaved, steps of 32,768
+            # rows wrote 625 bytes a row, steps of 131,072 wrote 251 and took half the CPU
+            # (issue 17). Nothing live waits for it.
+            if unsealed >= BULK_CHUNKS * self.chunk_rows:
+                self._seal(conn, self._writer_head)
+        elif unsealed >= self.chunk_rows:  # far behind: index the whole backlog now
             self._seal(conn, self._writer_head)
-        elif unsealed >= step and (
+        elif unsealed >= SEAL_STEP and (
             not self._queue.small_waiting() or unsealed >= self.chunk_rows // 2
         ):  # one short step, so no commit waits long for it
-            self._seal(conn, self._sealed + step)
+            self._seal(conn, self._sealed + SEAL_STEP)
             # More steps while nothing waits (a backfill's big batches would otherwise
             # pile the tail up to one long indexing of the whole backlog).
-            while self._writer_head - self._sealed >= step and self._queue.empty():
+            while self._writer_head - self._sealed >= SEAL_STEP and self._queue.empty():
                 before = self._sealed
-                self._seal(conn, self._sealed + step)
+                self._seal(conn, self._sealed + SEAL_STEP)
                 if self._sealed == before:  # failed (logged): retried later
                     break
         if self._writer_head - self._summarized >= FOLD_MAX_LAG:  # bound the reads' tail
