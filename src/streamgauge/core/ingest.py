@@ -68,6 +68,16 @@ def decode(body: bytes, *, ndjson: bool, max_errors: int = 100) -> list[Row]:
 
 
 def _decode_ndjson(body: bytes, max_errors: int) -> list[Row]:
+    # The usual body (one object a line, no blank line) as one JSON array made by one
+    # replace, not a list of its lines: a blank line makes an empty element (a decode error)
+    # and a line of several values more rows than lines; both go the line-by-line way below.
+    text = body.strip(b" \t\r\n")  # JSON whitespace only
+    try:
+        rows = _batch_decoder.decode(b"[" + text.replace(b"\n", b",") + b"]")
+        if len(rows) == (text.count(b"\n") + 1 if text else 0):
+            return rows
+    except _BAD:
+        pass
     lines = _lines(body)
     try:
         rows = _batch_decoder.decode(b"[" + b",".join(line for _, line in lines) + b"]")
