@@ -60,8 +60,10 @@ log = logging.getLogger("streamgauge.store")
 TRIM_AFTER_OPEN_S = 5.0  # after open, when the allocator's free pages are returned again
 SEAL_STEP = 4096  # rows indexed per step (a few ms of work between two commits)
 # While only big appends come (no live write for ``writeq.LIVE_SECONDS``), the tail is indexed
-# once it holds this many chunks (``index_chunk_rows``), in one step (``_upkeep``).
+# once it holds this many chunks (``index_chunk_rows``) or ``SEAL_BULK`` rows, whichever is
+# fewer, in one step (``_upkeep``).
 BULK_CHUNKS = 2
+SEAL_BULK = 131072
 FREEZE_EVERY = 20_000  # registry growth (series, metadata changes) between gc.freeze() calls
 IDLE_SECONDS = 0.5  # a writer idle this long indexes the tail of the log
 FOLD_STEP = 50_000  # rows folded into the hour summaries per step (while the writer is idle)
@@ -564,16 +566,17 @@ class SqliteStore:
 
     def _upkeep(self, conn: sqlite3.Connection) -> None:
         """After a commit: index the tail (in a bulk load, once it is ``BULK_CHUNKS`` chunks
-        long, at once; else in short steps, none while a small write waits unless the tail is
-        half the size at which it is indexed at once), and summarize if far behind."""
+        or ``SEAL_BULK`` rows long, at once; else in short steps, none while a small write
+        waits unless the tail is half the size at which it is indexed at once), and summarize
+        if far behind."""
         unsealed = self._writer_head - self._sealed
         if not self._queue.live():
-            # A bulk load: the tail is indexed once it holds BULK_CHUNKS chunks, all of it
-            # in one step. A step writes a page of the index per series it touches (and the
-            # next durable commit syncs them): 12,000 series interleaved, steps of 32,768
-            # rows wrote 625 bytes a row, steps of 131,072 wrote 251 and took half the CPU
-            # (issue 17). Nothing live waits for it.
-            if unsealed >= BULK_CHUNKS * self.chunk_rows:
+            # A bulk load: the tail is indexed once it holds BULK_CHUNKS chunks (at most
+            # SEAL_BULK rows), all of it in one step. A step writes a page of the index per
+            # series it touches (and the next durable commit syncs them): 12,000 series
+            # interleaved, steps of 32,768 rows wrote 625 bytes a row, steps of 131,072 wrote
+            # 251 and took half the CPU (issue 17). Nothing live waits for it.
+            if unsealed >= min(BULK_CHUNKS * self.chunk_rows, SEAL_BULK):
                 self._seal(conn, self._writer_head)
         elif unsealed >= self.chunk_rows:  # far behind: index the whole backlog now
             self._seal(conn, self._writer_head)
