@@ -491,7 +491,7 @@ class SqliteStore:
                 break
             assert other.stage is not None
             taken.append(other)
-            keys = np.union1d(keys, other.stage.series_keys())
+            keys = _distinct(np.concatenate((keys, other.stage.series_keys())))
             rows += len(other.stage.columns.times)
         return taken
 
@@ -820,7 +820,7 @@ class SqliteStore:
         else:
             _insert_rows(tx.conn, first, s_keep, t_keep, values, q_keep, received)
         self._writer_head = first + accepted - 1
-        self._note_span(tx, np.unique(reg.s_project[s_keep]).tolist(), first, self._writer_head)
+        self._note_span(tx, _distinct(reg.s_project[s_keep]).tolist(), first, self._writer_head)
 
         t_lo, t_hi = int(t_keep.min()), int(t_keep.max())
 
@@ -830,7 +830,7 @@ class SqliteStore:
                 self._tail_span = (min(span[0], t_lo), max(span[1], t_hi))
             np.maximum.at(reg.latest, s_keep, t_keep)
             rules.advance(s_keep, t_keep, numeric, q_keep)
-            self._qc_dirty.update(np.unique(s_keep).tolist())
+            self._qc_dirty.update(_distinct(s_keep).tolist())
 
         tx.after_commit.append(advance)
         tx.publish.append(
@@ -1281,7 +1281,7 @@ class _Stage:
         """The batch's distinct (variable, set) keys, sorted: which series it writes."""
         if self._keys is None:
             c = self.columns
-            self._keys = np.unique(c.variable_pks * 1024 + c.sets)
+            self._keys = _distinct(c.variable_pks * 1024 + c.sets)
         return self._keys
 
     def fill(self, conn: sqlite3.Connection) -> Iterator[None]:
@@ -1460,6 +1460,16 @@ def _values_sql(rows: int) -> str:
     return "INSERT INTO obs (cursor, series, time, value, qc, received) VALUES " + ",".join(
         f"(?2+{i},?{3 + 4 * i},?{4 + 4 * i},?{5 + 4 * i},?{6 + 4 * i},?1)" for i in range(rows)
     )
+
+
+def _distinct(x: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """``np.unique(x)`` (sorted distinct values) by a sort: numpy 2's ``unique`` hashes, which
+    took 0.7-1 ms for 5,000 keys where the sort takes 0.06 (a bulk append asks 3 or 4 times)."""
+    a = np.sort(x)
+    if len(a) < 2:
+        return a
+    out: npt.NDArray[np.int64] = a[np.r_[True, a[1:] != a[:-1]]]
+    return out
 
 
 def _numeric(values: list[Any]) -> npt.NDArray[np.float64]:
