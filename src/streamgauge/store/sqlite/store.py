@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import functools
 import gc
-import itertools
 import logging
 import sqlite3
 import threading
@@ -198,9 +197,9 @@ class SqliteStore:
         # Retention passes planned by ``expired`` and running (``retention.Pass``).
         self._retention_plans: dict[retention.Cutoffs, retention.Expired] = {}
         self._retention_passes: dict[int, retention.Pass] = {}
-        # Series pk by (variable pk * 1024 + set), as the writer found them in the registry, at
-        # the registry's metadata version ``_series_keys_version`` (``_known_series``).
-        self._series_keys: dict[int, int] = {}
+        # By variable pk, a set of it and its series pk, as the writer found them in the
+        # registry at its metadata version ``_series_keys_version`` (``_known_series``).
+        self._series_of_variable = (np.full(1024, -1, np.int64), np.full(1024, -1, np.int64))
         self._series_keys_version = -1
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -881,11 +880,10 @@ class SqliteStore:
         pks = self._known_series(uniq)
         created: list[tuple[int, int, int, int, int]] = []
         for j in np.flatnonzero(pks < 0).tolist():  # not known here yet, or new
-            key = int(uniq[j])
-            var_pk, set_ = divmod(key, 1024)
+            var_pk, set_ = divmod(int(uniq[j]), 1024)
             pk = reg.series.get((var_pk, set_))
             if pk is not None:
-                self._series_keys[key] = pk
+                self._know_series(var_pk, set_, pk)
             else:
                 var = reg.variables_by_pk.get(var_pk)
                 if var is None:
@@ -914,25 +912,35 @@ class SqliteStore:
 
     def _known_series(self, keys: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         """The series pk of each (variable pk * 1024 + set) key the writer looked up before
-        (``_series_keys``), -1 for the others: one dict lookup a key, not a registry lookup
-        (a quarter of a bulk append's Python time, issue 17). The keys are forgotten when the
-        metadata version moves (a series dropped, a variable or device deleted bump it), and
-        a pk whose series is gone is never given (checked against ``s_project``)."""
+        (``_series_of_variable``: a variable's set and series pk by variable pk), -1 for the
+        others: a few array operations, not a registry lookup per key (a quarter of a bulk
+        append's Python time, issue 17). The columns are cleared when the metadata version
+        moves (a series dropped, a variable or device deleted bump it), and a pk whose series
+        is gone is never given (checked against ``s_project``)."""
         reg = self.registry
+        k_set, k_pk = self._series_of_variable
         if self._series_keys_version != reg.version:
-            self._series_keys = {}
+            k_set[:] = -1
             self._series_keys_version = reg.version
-        pks = np.fromiter(
-            map(self._series_keys.get, keys.tolist(), itertools.repeat(-1)), np.int64, len(keys)
-        )
+        var_pk, set_ = keys // 1024, keys % 1024
+        pks = np.full(len(keys), -1, np.int64)
+        inside = var_pk < len(k_pk)
+        pk = np.where(k_set[var_pk[inside]] == set_[inside], k_pk[var_pk[inside]], -1)
         s_project = reg.s_project
-        known = pks >= 0
-        stale = known.copy()
-        stale[known] = (pks[known] >= len(s_project)) | (
-            s_project[np.minimum(pks[known], len(s_project) - 1)] < 0
-        )
-        pks[stale] = -1
+        pk[pk >= len(s_project)] = -1
+        pk[(pk >= 0) & (s_project[np.maximum(pk, 0)] < 0)] = -1
+        pks[inside] = pk
         return pks
+
+    def _know_series(self, var_pk: int, set_: int, pk: int) -> None:
+        """Note that series ``pk`` is (``var_pk``, ``set_``), for ``_known_series``."""
+        k_set, k_pk = self._series_of_variable
+        if var_pk >= len(k_pk):
+            size = max(var_pk + 1, 2 * len(k_pk))
+            k_set = np.concatenate((k_set, np.full(size - len(k_set), -1, np.int64)))
+            k_pk = np.concatenate((k_pk, np.full(size - len(k_pk), -1, np.int64)))
+            self._series_of_variable = (k_set, k_pk)
+        k_set[var_pk], k_pk[var_pk] = set_, pk
 
     def _probe(
         self, conn: sqlite3.Connection, series: npt.NDArray[np.int64], times: npt.NDArray[np.int64]
