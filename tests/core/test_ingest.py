@@ -74,6 +74,52 @@ def test_decode_ndjson_fast_path_ignores_blank_lines() -> None:
     ] == [3.0]
 
 
+def _by_lines(body: bytes) -> list[Row] | str:
+    """What the line-by-line way decodes (rows, or "bad")."""
+    lines = [line for line in body.split(b"\n") if line.strip()]
+    try:
+        rows = [ingest._row_decoder.decode(line) for line in lines]
+    except (ValueError, RecursionError):
+        return "bad"
+    return rows
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b'{"device":"d","variable":"v","time":1,"value":3}',
+                b'{"device":"d","variable":"v","time":2,"value":"x"}',
+                b'{"device":"d","variable":"v","time":1,"value":1},{"device":"d","variable":"v",'
+                b'"time":1,"value":2}',
+                b'{"device":"d","variable":"v","time":1,"value":1} []',
+                b"",
+                b"  ",
+                b"\r",
+                b"\x0b",
+                b"\x0c",
+                b"[]",
+                b"{",
+                b"}",
+            ]
+        ),
+        max_size=6,
+    ),
+    st.sampled_from([b"\n", b"\r\n"]),
+)
+def test_ndjson_is_decoded_as_its_lines_are(parts: list[bytes], end: bytes) -> None:
+    """The NDJSON fast path (the body as one array) gives what decoding line by line gives:
+    the same rows, or an error (blank lines skipped, a line of several values refused)."""
+    body = end.join(parts)
+    want = _by_lines(body)
+    try:
+        got: list[Row] | str = decode(body, ndjson=True)
+    except Invalid:
+        got = "bad"
+    assert got == want
+
+
 def test_array_errors_name_each_bad_row() -> None:
     details = invalid(
         array(

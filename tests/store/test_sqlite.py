@@ -14,6 +14,7 @@ import pytest
 from streamgauge.core.registry import Registry
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import Conflict
+from streamgauge.domain.events import SeriesAdded
 from streamgauge.domain.log import HistoryQuery, IngestColumns
 from streamgauge.domain.model import DeviceIn, ProjectIn, VariableIn
 from streamgauge.store.sqlite import metadata
@@ -77,6 +78,31 @@ async def test_cursors_follow_commit_order_and_batches_are_published(tmp_path: P
         assert (r1.first_cursor, r1.last_cursor, r2.first_cursor, r2.last_cursor) == (1, 2, 3, 3)
         assert [b.cursors.tolist() for b in published] == [[1, 2], [3]]
         assert store.head == 3
+    finally:
+        await store.close()
+
+
+async def test_rows_go_to_the_series_the_registry_has_for_their_key(tmp_path: Path) -> None:
+    """The writer remembers the series of the keys it looked up; when the registry's series of
+    a key changes without a metadata version bump (a replayed SeriesAdded giving the key a new
+    pk), the next batch's rows go to the registry's series of the key now."""
+    store = await open_store(tmp_path, [])
+    try:
+        pk, v = await seed(store)
+        reg = store.registry
+        await store.append(cols(pk, [v[0], v[1]], [1000, 1000], [1.0, 1.0]))  # created
+        await store.append(cols(pk, [v[0], v[1]], [1500, 1500], [1.0, 1.0]))  # looked up
+        old = reg.series[(v[0], 1)]
+        rec = reg.series_by_pk[old]
+        new = reg.series_end
+        reg.apply(
+            SeriesAdded(new, pk, rec.device_pk, v[0], 1, rec.device_id, rec.variable_id)
+        )  # the same key again: the new pk wins
+        assert reg.series[(v[0], 1)] == new
+        other = reg.series[(v[1], 1)]
+        await store.append(cols(pk, [v[0], v[1]], [2000, 2000], [2.0, 2.0]))
+        log = await store.read_log(0, store.head, 10)
+        assert log.series.tolist() == [old, other, old, other, new, other]
     finally:
         await store.close()
 

@@ -257,19 +257,19 @@ async def test_a_refused_staged_batch_stores_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("nul", "live", "few_flags"),
-    [(False, True, 12), (True, True, 12), (False, False, 12), (False, False, 10**9)],
+    ("nul", "live", "insert_rows"),
+    [(False, True, 1000), (True, True, 1000), (False, False, 1000), (False, False, 7)],
 )
 async def test_a_staged_batch_is_stored_as_an_unstaged_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nul: bool, live: bool, few_flags: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nul: bool, live: bool, insert_rows: int
 ) -> None:
     """The same rows as one big staged batch and as small unstaged batches: the same series,
     times, values (type and all) and QC flags, in the same order; so after a restart. With
     a NUL in a text value the big batch is not staged (SQLite's JSON stops at a NUL), nor
-    when no live write came lately (a bulk load: its transaction inserts the rows), with the
-    QC flags set after the insert (few flagged rows) or in it (``FEW_FLAGS`` huge)."""
+    when no live write came lately (a bulk load: its transaction inserts the rows, in
+    statements of ``INSERT_ROWS`` rows, the last one shorter)."""
     monkeypatch.setattr(WriteQueue, "live", lambda self: live)
-    monkeypatch.setattr(store_mod, "FEW_FLAGS", few_flags)
+    monkeypatch.setattr(store_mod, "INSERT_ROWS", insert_rows)
     staged_inserts: list[int] = []
     insert_staged = store_mod._insert_staged
 

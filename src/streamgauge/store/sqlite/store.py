@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import functools
 import gc
-import itertools
 import logging
 import sqlite3
 import threading
@@ -59,10 +58,11 @@ _NEVER = np.iinfo(np.int64).min
 log = logging.getLogger("streamgauge.store")
 TRIM_AFTER_OPEN_S = 5.0  # after open, when the allocator's free pages are returned again
 SEAL_STEP = 4096  # rows indexed per step (a few ms of work between two commits)
-# Rows indexed per step while only big appends come (no live write for ``writeq.LIVE_SECONDS``):
-# each step writes a page of the index per series it touches, so a step 8 times longer writes
-# about a third of the pages per row (issue 17); no live write waits for it.
-SEAL_STEP_BULK = 32768
+# While only big appends come (no live write for ``writeq.LIVE_SECONDS``), the tail is indexed
+# once it holds this many chunks (``index_chunk_rows``) or ``SEAL_BULK`` rows, whichever is
+# fewer, in one step (``_upkeep``).
+BULK_CHUNKS = 2
+SEAL_BULK = 131072
 FREEZE_EVERY = 20_000  # registry growth (series, metadata changes) between gc.freeze() calls
 IDLE_SECONDS = 0.5  # a writer idle this long indexes the tail of the log
 # ... but not in the first seconds after open: the engine's startup reads (and a restart's
@@ -203,6 +203,10 @@ class SqliteStore:
         # Retention passes planned by ``expired`` and running (``retention.Pass``).
         self._retention_plans: dict[retention.Cutoffs, retention.Expired] = {}
         self._retention_passes: dict[int, retention.Pass] = {}
+        # By variable pk, a set of it and its series pk, as the writer found them in the
+        # registry at its metadata version ``_series_keys_version`` (``_known_series``).
+        self._series_of_variable = (np.full(1024, -1, np.int64), np.full(1024, -1, np.int64))
+        self._series_keys_version = -1
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -504,7 +508,7 @@ class SqliteStore:
                 break
             assert other.stage is not None
             taken.append(other)
-            keys = np.union1d(keys, other.stage.series_keys())
+            keys = _distinct(np.concatenate((keys, other.stage.series_keys())))
             rows += len(other.stage.columns.times)
         return taken
 
@@ -578,26 +582,30 @@ class SqliteStore:
         loop.call_soon_threadsafe(_succeed, job.fut, result)
 
     def _upkeep(self, conn: sqlite3.Connection) -> None:
-        """After a commit: index the tail in short steps (none while a small write waits,
-        unless the tail is half the size at which it is indexed at once), and summarize if
-        far behind."""
+        """After a commit: index the tail (in a bulk load, once it is ``BULK_CHUNKS`` chunks
+        or ``SEAL_BULK`` rows long, at once; else in short steps, none while a small write
+        waits unless the tail is half the size at which it is indexed at once), and summarize
+        if far behind."""
         unsealed = self._writer_head - self._sealed
-        # Short steps while live writes are around, longer ones in a bulk load (fewer index
-        # pages written per row; nothing live waits for them).
-        step = SEAL_STEP
         if not self._queue.live():
-            step = max(SEAL_STEP, min(SEAL_STEP_BULK, self.chunk_rows // 2))
-        if unsealed >= self.chunk_rows:  # far behind: index the whole backlog now
+            # A bulk load: the tail is indexed once it holds BULK_CHUNKS chunks (at most
+            # SEAL_BULK rows), all of it in one step. A step writes a page of the index per
+            # series it touches (and the next durable commit syncs them): 12,000 series
+            # interleaved, steps of 32,768 rows wrote 625 bytes a row, steps of 131,072 wrote
+            # 251 and took half the CPU (issue 17). Nothing live waits for it.
+            if unsealed >= min(BULK_CHUNKS * self.chunk_rows, SEAL_BULK):
+                self._seal(conn, self._writer_head)
+        elif unsealed >= self.chunk_rows:  # far behind: index the whole backlog now
             self._seal(conn, self._writer_head)
-        elif unsealed >= step and (
+        elif unsealed >= SEAL_STEP and (
             not self._queue.small_waiting() or unsealed >= self.chunk_rows // 2
         ):  # one short step, so no commit waits long for it
-            self._seal(conn, self._sealed + step)
+            self._seal(conn, self._sealed + SEAL_STEP)
             # More steps while nothing waits (a backfill's big batches would otherwise
             # pile the tail up to one long indexing of the whole backlog).
-            while self._writer_head - self._sealed >= step and self._queue.empty():
+            while self._writer_head - self._sealed >= SEAL_STEP and self._queue.empty():
                 before = self._sealed
-                self._seal(conn, self._sealed + step)
+                self._seal(conn, self._sealed + SEAL_STEP)
                 if self._sealed == before:  # failed (logged): retried later
                     break
         if self._writer_head - self._summarized >= FOLD_MAX_LAG:  # bound the reads' tail
@@ -829,7 +837,7 @@ class SqliteStore:
         else:
             _insert_rows(tx.conn, first, s_keep, t_keep, values, q_keep, received)
         self._writer_head = first + accepted - 1
-        self._note_span(tx, np.unique(reg.s_project[s_keep]).tolist(), first, self._writer_head)
+        self._note_span(tx, _distinct(reg.s_project[s_keep]).tolist(), first, self._writer_head)
 
         t_lo, t_hi = int(t_keep.min()), int(t_keep.max())
 
@@ -839,7 +847,7 @@ class SqliteStore:
                 self._tail_span = (min(span[0], t_lo), max(span[1], t_hi))
             np.maximum.at(reg.latest, s_keep, t_keep)
             rules.advance(s_keep, t_keep, numeric, q_keep)
-            self._qc_dirty.update(np.unique(s_keep).tolist())
+            self._qc_dirty.update(_distinct(s_keep).tolist())
 
         tx.after_commit.append(advance)
         tx.publish.append(
@@ -887,12 +895,14 @@ class SqliteStore:
         reg = self.registry
         keys = c.variable_pks * 1024 + c.sets
         uniq, inverse = np.unique(keys, return_inverse=True)
-        pks = np.empty(len(uniq), np.int64)
+        pks = self._known_series(uniq)
         created: list[tuple[int, int, int, int, int]] = []
-        for j, key in enumerate(uniq.tolist()):
-            var_pk, set_ = divmod(key, 1024)
+        for j in np.flatnonzero(pks < 0).tolist():  # not known here yet, or new
+            var_pk, set_ = divmod(int(uniq[j]), 1024)
             pk = reg.series.get((var_pk, set_))
-            if pk is None:
+            if pk is not None:
+                self._know_series(var_pk, set_, pk)
+            else:
                 var = reg.variables_by_pk.get(var_pk)
                 if var is None:
                     raise NotFound("a variable of this batch was deleted while it was written")
@@ -917,6 +927,38 @@ class SqliteStore:
             )
         out: npt.NDArray[np.int64] = pks[inverse.reshape(-1)]
         return out
+
+    def _known_series(self, keys: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """The series pk of each (variable pk * 1024 + set) key the writer looked up before
+        (``_series_of_variable``: a variable's set and series pk by variable pk), -1 for the
+        others: a few array operations, not a registry lookup per key (a quarter of a bulk
+        append's Python time, issue 17). The columns are cleared when the metadata version
+        moves (a series dropped, a variable or device deleted bump it), and a pk whose series
+        is gone is never given (checked against ``s_project``)."""
+        reg = self.registry
+        k_set, k_pk = self._series_of_variable
+        if self._series_keys_version != reg.version:
+            k_set[:] = -1
+            self._series_keys_version = reg.version
+        var_pk, set_ = keys // 1024, keys % 1024
+        pks = np.full(len(keys), -1, np.int64)
+        inside = var_pk < len(k_pk)
+        pk = np.where(k_set[var_pk[inside]] == set_[inside], k_pk[var_pk[inside]], -1)
+        s_project = reg.s_project
+        pk[pk >= len(s_project)] = -1
+        pk[(pk >= 0) & (s_project[np.maximum(pk, 0)] < 0)] = -1
+        pks[inside] = pk
+        return pks
+
+    def _know_series(self, var_pk: int, set_: int, pk: int) -> None:
+        """Note that series ``pk`` is (``var_pk``, ``set_``), for ``_known_series``."""
+        k_set, k_pk = self._series_of_variable
+        if var_pk >= len(k_pk):
+            size = max(var_pk + 1, 2 * len(k_pk))
+            k_set = np.concatenate((k_set, np.full(size - len(k_set), -1, np.int64)))
+            k_pk = np.concatenate((k_pk, np.full(size - len(k_pk), -1, np.int64)))
+            self._series_of_variable = (k_set, k_pk)
+        k_set[var_pk], k_pk[var_pk] = set_, pk
 
     def _probe(
         self, conn: sqlite3.Connection, series: npt.NDArray[np.int64], times: npt.NDArray[np.int64]
@@ -1254,7 +1296,6 @@ class _Job:
 
 
 STAGE_CHUNK = 2048  # rows staged per step; the small writes waiting go between two steps
-FEW_FLAGS = 12  # under 1 row in 12 flagged by QC: the flags are set after the insert
 GROUP_JOBS = 8  # big appends committed together at most (``SqliteStore._group``)
 GROUP_ROWS = 20_000  # rows of a group at most (a live write that comes meanwhile waits for it)
 
@@ -1278,13 +1319,13 @@ class _Stage:
         """The batch's distinct (variable, set) keys, sorted: which series it writes."""
         if self._keys is None:
             c = self.columns
-            self._keys = np.unique(c.variable_pks * 1024 + c.sets)
+            self._keys = _distinct(c.variable_pks * 1024 + c.sets)
         return self._keys
 
     def fill(self, conn: sqlite3.Connection) -> Iterator[None]:
         """Fill the stage a chunk at a time, yielding between chunks. A batch holding a text
-        value with a NUL (see ``_insert_rows``) or a failure leaves ``filled`` false: its
-        transaction then inserts its rows the usual way."""
+        value with a NUL (SQLite's JSON functions end a string there) or a failure leaves
+        ``filled`` false: its transaction then inserts its rows the usual way."""
         c = self.columns
         try:
             self.key_of_row = np.unique(c.variable_pks * 1024 + c.sets, return_inverse=True)[
@@ -1417,45 +1458,56 @@ def _insert_rows(
     qc: npt.NDArray[np.int64],
     received: int,
 ) -> None:
-    """Append rows to the log with cursors from ``first`` on, in one statement.
+    """Append rows to the log with cursors from ``first`` on, ``INSERT_ROWS`` rows a statement.
 
-    The rows travel as one JSON array (``json_each``) rather than through ``executemany``:
-    the sqlite3 module releases the GIL around every ``sqlite3_step``, once per row, and while
-    the event loop is busy each of those hand-overs waits for the loop to yield the GIL (500
-    rows took 200 ms instead of 0.4 ms). One statement is one hand-over. SQLite parses orjson's
-    shortest float repr back to the same double. A NUL in a string value would end the string
-    in ``json_each``: such a batch (orjson writes NUL as ``\\u0000``) takes ``executemany``.
-    When few rows are flagged, the QC flags are set after, for the flagged rows only: a
-    fourth field extracted from every row is a sixth of the statement's time (5,000 rows: 6.1
-    ms without it, 7.2 with it), and the update of a flagged row costs about as much as that
-    field for a dozen rows."""
-    few_flags = np.count_nonzero(qc) * FEW_FLAGS < len(qc)
-    columns: list[list[Any]] = [series.tolist(), times.tolist(), values]
-    if not few_flags:
-        columns.append(qc.tolist())
-    payload = orjson.dumps(list(zip(*columns, strict=True)))
-    if b"\\u0000" not in payload:
-        conn.execute(
-            "INSERT INTO obs (cursor, series, time, value, qc, received) "
-            "SELECT ?2 + key, value ->> 0, value ->> 1, value ->> 2,"
-            f" {'0' if few_flags else 'value ->> 3'}, ?3 FROM json_each(?1)",
-            (payload, first, received),
-        )
-        if few_flags:
-            _set_flags(conn, first, qc)
-        return
-    conn.executemany(
-        "INSERT INTO obs (cursor, series, time, value, qc, received) VALUES (?,?,?,?,?,?)",
-        zip(
-            range(first, first + len(series)),
-            series.tolist(),
-            times.tolist(),
-            values,
-            qc.tolist(),
-            itertools.repeat(received),
-            strict=False,
-        ),
+    Each statement is one multi-row ``VALUES`` list of bound parameters (``_values_sql``: the
+    receive time and the first cursor bound once, a row's cursor written as an offset from
+    it), not ``executemany``: the sqlite3 module releases the GIL around every
+    ``sqlite3_step``, once per row, and while the event loop is busy each of those hand-overs
+    waits for the loop to yield the GIL (500 rows took 200 ms instead of 0.4 ms); a statement
+    is one step. Bound values are stored exactly as given (a float's double, a text with a NUL
+    in it), and it costs less than the rows as one JSON array read by ``json_each`` (5,000
+    rows: 2-3 ms instead of 6, issue 17): no text to write and parse again per value."""
+    n = len(series)
+    s_list, t_list, q_list = series.tolist(), times.tolist(), qc.tolist()
+    per = _insert_rows_per(conn)
+    for off in range(0, n, per):
+        k = min(per, n - off)
+        params: list[Any] = [None] * (2 + 4 * k)
+        params[0], params[1] = received, first + off
+        params[2::4] = s_list[off : off + k]
+        params[3::4] = t_list[off : off + k]
+        params[4::4] = values[off : off + k]
+        params[5::4] = q_list[off : off + k]
+        conn.execute(_values_sql(k), params)
+
+
+INSERT_ROWS = 1000  # rows per INSERT statement of ``_insert_rows`` at most
+
+
+def _insert_rows_per(conn: sqlite3.Connection) -> int:
+    """Rows per statement: ``INSERT_ROWS``, fewer if this SQLite takes fewer bound parameters
+    (4 a row, 2 shared)."""
+    return max(1, min(INSERT_ROWS, (conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 2) // 4))
+
+
+@functools.lru_cache(maxsize=64)
+def _values_sql(rows: int) -> str:
+    """The insert of ``rows`` rows: ``?1`` the receive time, ``?2`` the first cursor, then the
+    series, time, value and QC flags of each row."""
+    return "INSERT INTO obs (cursor, series, time, value, qc, received) VALUES " + ",".join(
+        f"(?2+{i},?{3 + 4 * i},?{4 + 4 * i},?{5 + 4 * i},?{6 + 4 * i},?1)" for i in range(rows)
     )
+
+
+def _distinct(x: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """``np.unique(x)`` (sorted distinct values) by a sort: numpy 2's ``unique`` hashes, which
+    took 0.7-1 ms for 5,000 keys where the sort takes 0.06 (a bulk append asks 3 or 4 times)."""
+    a = np.sort(x)
+    if len(a) < 2:
+        return a
+    out: npt.NDArray[np.int64] = a[np.r_[True, a[1:] != a[:-1]]]
+    return out
 
 
 def _numeric(values: list[Any]) -> npt.NDArray[np.float64]:
