@@ -37,7 +37,8 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidState
 from websockets.http11 import Request, Response
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
+from websockets.server import ServerProtocol
 
 from streamgauge.core.hub import Flag
 
@@ -117,6 +118,20 @@ class MessageWriter:
             return False
         p.transport.write(b"".join(conn.data_to_send()))
         return True
+
+
+def _forget_handshake(conn: ServerProtocol) -> None:
+    """Give ``conn`` a frame parser of its own once the handshake is done. The server's parser
+    reads the request and then parses frames inside its own generator for the connection's
+    whole life, keeping the request (its path with the query string) in that frame: about
+    700 bytes of each idle connection. Replaced only between frames (nothing buffered), where
+    a new frame parser is in the same state as the one it replaces."""
+    reader = conn.reader
+    if reader.buffer or reader.eof or conn.parser_exc is not None or conn.state is not State.OPEN:
+        return
+    parser = Protocol.parse(conn)
+    next(parser)  # to its first wait for data, as the replaced parser is
+    conn.parser = parser
 
 
 class _Queue:
@@ -225,7 +240,7 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         # client and server addresses, the routing's and middleware's entries, an exit stack)
         # is read by nothing from here on; the writer stays under ``extensions``.
         scope: dict[str, object] = self.scope  # type: ignore[assignment]
-        kept = {key: scope[key] for key in ("type", "extensions") if key in scope}
+        kept: dict[str, object] = {k: scope[k] for k in ("type", "extensions") if k in scope}
         scope.clear()
         scope.update(kept)
         task = self.loop.create_task(self._run_detached(session))
@@ -276,6 +291,7 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
             # The handshake's request and response (with its headers) are kept by uvicorn for
             # nothing once the response is sent: about 1.5 KB of each idle connection.
             self.request, self.response = _SENT_REQUEST, _SENT_RESPONSE
+            _forget_handshake(self.conn)
 
     def start_keepalive(self) -> None:
         """uvicorn's keepalive pings, the first at a random point of the second half of the
