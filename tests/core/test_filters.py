@@ -240,6 +240,22 @@ def test_metadata_change_recompiles_on_a_new_version() -> None:
     assert chosen == {"b", "c", "d"}
 
 
+def test_selections_of_the_same_devices_share_one_read_only_bitset() -> None:
+    """Sessions whose arguments pick the same devices (one state, different variables) keep
+    one device bitset between them, not a copy each; a different set gets its own."""
+    b = build()
+    same = Selection(1, devices=frozenset({"a", "c"}))
+    narrower = Selection(1, devices=frozenset({"c", "a"}), variables=frozenset({"air_temp"}))
+    other = Selection(1, devices=frozenset({"a"}))
+    compiled = [CompiledSelection(sel, b.reg) for sel in (same, narrower, other)]
+    bits = [sel._refresh().devices for sel in compiled]
+    assert bits[0] is not None and bits[0] is bits[1] and bits[2] is not bits[0]
+    assert not bits[0].flags.writeable
+    assert picked(b, same) == all_of("a", "c")
+    assert picked(b, narrower) == {("a", "air_temp"), ("c", "air_temp")}
+    assert picked(b, other) == all_of("a")
+
+
 def test_dropped_series_and_pks_beyond_the_table_are_masked_out() -> None:
     b = build()
     sel = CompiledSelection(Selection(1), b.reg)

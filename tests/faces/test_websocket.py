@@ -101,3 +101,49 @@ async def test_the_lean_receive_queue_keeps_order_and_survives_a_cancelled_gette
     assert await second == 3
     assert first.cancelled()
     assert q.empty()
+
+
+async def test_an_idle_feed_connection_keeps_no_handshake_state_and_still_reads_frames(
+    tmp_path: Path,
+) -> None:
+    """What an idle push-feed connection holds (issue 17, memory per idle session): its
+    protocol's attributes in slots (no instance dict), a scope cut to its type and extensions
+    once the session is detached, and websockets' frame parser alone (not the handshake
+    parser that kept the request in its frame). Frames from the client are still read: the
+    stop message ends the session with 1000."""
+    import gc
+
+    from websockets.asyncio.client import connect
+    from websockets.protocol import Protocol
+
+    from streamgauge.faces.websocket import DirectWebSocketProtocol
+
+    srv = start_server(tmp_path / "data")
+    try:
+        with srv.client() as c:
+            assert c.post("/api/v1/projects", json={"id": "p1"}).status_code == 201
+            token = c.post("/api/v1/projects/p1/feedtokens", json={"name": "idle"}).json()["token"]
+        url = srv.url.replace("http://", "ws://") + f"/feed/{token}/?vars=air_temp"
+        async with connect(url, compression=None) as ws:
+            assert '"success"' in str(await ws.recv())
+            deadline = time.monotonic() + 10
+            while True:
+                found = [
+                    o
+                    for o in gc.get_objects()
+                    if isinstance(o, DirectWebSocketProtocol) and not o.disconnected
+                ]
+                if found and found[0].detached or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.02)
+            assert len(found) == 1 and found[0].detached
+            protocol = found[0]
+            assert vars(protocol) == {}
+            assert set(protocol.scope) == {"type", "extensions"}
+            assert protocol.conn.parser.gi_code is Protocol.parse.__code__
+            await ws.send('{"feed_action": "stop"}')
+            async for _ in ws:
+                pass
+            assert ws.close_code == 1000
+    finally:
+        srv.stop()

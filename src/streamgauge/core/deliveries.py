@@ -53,6 +53,7 @@ import httpx
 from streamgauge import __version__
 from streamgauge.core.backoff import delays, next_delay, retry_after
 from streamgauge.core.consumers import Consumer
+from streamgauge.core.hub import Flag
 from streamgauge.domain.errors import Invalid, NotFound
 from streamgauge.metrics import Metrics
 from streamgauge.store.api import DeliveryPositions
@@ -336,7 +337,7 @@ class Delivery(Consumer):
         self.position = value
 
     @property
-    def wake(self) -> asyncio.Event:
+    def wake(self) -> Flag:
         """New data, pause, resume."""
         return self._wake
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,7 +102,33 @@ class Flag:
         return True
 
 
+_NO_ITEMS: tuple[Item, ...] = ()
+
+
 class Subscription:
+    """One subscriber of the hub: its selection, framing and units, and its send queue (made
+    on first use and dropped when drained: a deque costs about 750 bytes, and most live
+    subscribers are idle or fed by their sink)."""
+
+    __slots__ = (
+        "units",
+        "selection",
+        "framing",
+        "registry",
+        "queue_bytes",
+        "_queue",
+        "queued",
+        "overflowed",
+        "closed",
+        "wakeup",
+        "last_sent",
+        "keepalive_due",
+        "keepalives",
+        "sink",
+        "direct_last",
+        "error",
+    )
+
     def __init__(
         self,
         selection: CompiledSelection,
@@ -116,7 +142,7 @@ class Subscription:
         self.framing = framing
         self.registry = registry
         self.queue_bytes = queue_bytes
-        self.queue: deque[Item] = deque()
+        self._queue: deque[Item] | None = None
         self.queued = 0
         self.overflowed = False
         self.closed: str | None = None  # a reason to close, set by the hub
@@ -127,6 +153,11 @@ class Subscription:
         self.sink: Sink | None = None  # direct delivery, given by a live stream (see above)
         self.direct_last = 0  # the position of the last round the sink took
         self.error: BaseException | None = None  # what the sink raised, for the stream
+
+    @property
+    def queue(self) -> Sequence[Item]:
+        """The items queued for the stream, oldest first."""
+        return _NO_ITEMS if self._queue is None else self._queue
 
     @property
     def project_pk(self) -> int:
@@ -192,27 +223,30 @@ class Subscription:
         if not items:
             return 0
         size = sum(len(item.data) for item in items)
-        if self.queue and self.queued + size > self.queue_bytes:
+        if self._queue and self.queued + size > self.queue_bytes:
             self.overflowed = True
-            self.queue.clear()
+            self._queue = None
             self.queued = 0
         else:
-            self.queue.extend(items)
+            if self._queue is None:
+                self._queue = deque()
+            self._queue.extend(items)
             self.queued += size
         self.wakeup.set()
         return 0
 
     def take(self) -> Item | None:
-        if not self.queue:
+        if not self._queue:
+            self._queue = None
             self.wakeup.clear()
             return None
-        item = self.queue.popleft()
+        item = self._queue.popleft()
         self.queued -= len(item.data)
         return item
 
     def reset(self) -> None:
         """Drop the queue and the overflow mark (a catching-up subscriber re-reads the store)."""
-        self.queue.clear()
+        self._queue = None
         self.queued = 0
         self.overflowed = False
 

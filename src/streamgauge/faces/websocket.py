@@ -37,7 +37,8 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidState
 from websockets.http11 import Request, Response
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
+from websockets.server import ServerProtocol
 
 from streamgauge.core.hub import Flag
 
@@ -119,6 +120,20 @@ class MessageWriter:
         return True
 
 
+def _forget_handshake(conn: ServerProtocol) -> None:
+    """Give ``conn`` a frame parser of its own once the handshake is done. The server's parser
+    reads the request and then parses frames inside its own generator for the connection's
+    whole life, keeping the request (its path with the query string) in that frame: about
+    700 bytes of each idle connection. Replaced only between frames (nothing buffered), where
+    a new frame parser is in the same state as the one it replaces."""
+    reader = conn.reader
+    if reader.buffer or reader.eof or conn.parser_exc is not None or conn.state is not State.OPEN:
+        return
+    parser = Protocol.parse(conn)
+    next(parser)  # to its first wait for data, as the replaced parser is
+    conn.parser = parser
+
+
 class _Queue:
     """What uvicorn's protocol uses of its ``asyncio.Queue`` of received events (unbounded:
     ``put_nowait``, ``get``, ``empty``), without its three deques and event: an
@@ -158,10 +173,58 @@ class _Queue:
         return self._items.pop(0)
 
 
+# Every attribute uvicorn's protocol and this one set on a connection. uvicorn's class has no
+# ``__slots__``, and CPython shares an instance dict's keys between the instances of a class
+# for at most 30 attributes: its 36 gave each connection a dict of its own (about 1.9 KB of
+# each idle feed session). As slots of the subclass they cost 8 bytes each and no dict is made.
+_SLOTS = (
+    "config",
+    "app",
+    "loop",
+    "logger",
+    "root_path",
+    "asgi_version",
+    "app_state",
+    "connections",
+    "tasks",
+    "default_headers",
+    "transport",
+    "server",
+    "client",
+    "scheme",
+    "queue",
+    "handshake_initiated",
+    "handshake_complete",
+    "close_sent",
+    "disconnected",
+    "close_timer",
+    "close_timeout",
+    "initial_response",
+    "conn",
+    "read_paused",
+    "writable",
+    "ping_interval",
+    "ping_timeout",
+    "ping_timer",
+    "pong_timer",
+    "pending_ping_payload",
+    "ping_sent_at",
+    "last_ping_rtt",
+    "frames",
+    "curr_msg_data_type",
+    "scope",
+    "request",
+    "response",
+    "detached",
+)
+
+
 class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's ``websockets-sansio`` protocol, offering a ``MessageWriter`` to the app, with a
-    leaner receive queue and ``writable`` event (a thousand idle feed sessions are a thousand
-    of these)."""
+    leaner receive queue and ``writable`` event and its attributes in slots (a thousand idle
+    feed sessions are a thousand of these)."""
+
+    __slots__ = _SLOTS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -173,6 +236,13 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
     def detach(self, session: Coroutine[Any, Any, None]) -> None:
         """See ``MessageWriter.detach``."""
         self.detached = True
+        # The ASGI call returns: what its scope said of the request (path, query string,
+        # client and server addresses, the routing's and middleware's entries, an exit stack)
+        # is read by nothing from here on; the writer stays under ``extensions``.
+        scope: dict[str, object] = self.scope  # type: ignore[assignment]
+        kept: dict[str, object] = {k: scope[k] for k in ("type", "extensions") if k in scope}
+        scope.clear()
+        scope.update(kept)
         task = self.loop.create_task(self._run_detached(session))
         task.add_done_callback(self.on_task_complete)
         self.tasks.add(task)  # the server's graceful shutdown waits for it
@@ -221,6 +291,7 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
             # The handshake's request and response (with its headers) are kept by uvicorn for
             # nothing once the response is sent: about 1.5 KB of each idle connection.
             self.request, self.response = _SENT_REQUEST, _SENT_RESPONSE
+            _forget_handshake(self.conn)
 
     def start_keepalive(self) -> None:
         """uvicorn's keepalive pings, the first at a random point of the second half of the

@@ -40,6 +40,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from streamgauge.core.consumers.scan import LogReader, LogScanner, Select
+from streamgauge.core.hub import Flag
 from streamgauge.domain.batch import Batch
 from streamgauge.store.api import ConsumerPositions
 
@@ -89,10 +90,12 @@ class Consumer:
         self.live_rows = 4 * page_rows if live_rows is None else live_rows
         self.position: int | None = None  # None until loaded
         self.saved: int | None = None  # the position last stored
-        self._wake = asyncio.Event()
+        # A Flag and a queue made on first use, not an asyncio.Event and a deque (about 750
+        # bytes each): a feed session is a consumer too, a thousand idle ones a thousand of these.
+        self._wake = Flag()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one step at a time (the task and ``drain``)
-        self._queue: deque[Batch] = deque()  # live batches not yet handled, contiguous
+        self._queue: deque[Batch] | None = None  # live batches not yet handled, contiguous
         self._queued = 0  # rows in ``_queue``
 
     # -- hooks --------------------------------------------------------------------------------
@@ -193,24 +196,27 @@ class Consumer:
         if self._queued + len(batch) > self.live_rows:
             self._drop_queue()  # too far behind: the task reads the log
             return False
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append(batch)
         self._queued += len(batch)
         self._wake.set()
         return True
 
     def _drop_queue(self) -> None:
-        self._queue.clear()
+        self._queue = None
         self._queued = 0
 
     def _next_live(self, position: int) -> tuple[Batch, int] | None:
         """The wanted rows of the queued live batches after ``position`` (at most
         ``page_rows``) and the position they cover; None when the queue does not continue it."""
-        while self._queue and self._queue[0].last <= position:
-            self._queued -= len(self._queue.popleft())
-        if not self._queue or self._queue[0].first - 1 > position:
+        queue = self._queue
+        while queue and queue[0].last <= position:
+            self._queued -= len(queue.popleft())
+        if not queue or queue[0].first - 1 > position:
             self._drop_queue()
             return None
-        batch = self._queue[0]
+        batch = queue[0]
         if batch.first <= position:
             batch = batch.take(batch.cursors > position)
         picked = self.wanted(batch)

@@ -161,8 +161,13 @@ def _page_key(token: str | None) -> tuple[int, int] | None:
     return when, cursor
 
 
+# One empty set for every absent filter: ``frozenset()`` makes a new 216-byte set on each call,
+# and a live selection (a feed session's, a stream's) keeps about eight of them.
+_NONE: frozenset[str] = frozenset()
+
+
 def _csv_list(text: str | None, field: str) -> frozenset[str]:
-    return frozenset(parse_list(text, field)) if text else frozenset()
+    return frozenset(parse_list(text, field)) if text else _NONE
 
 
 class SelectionParams:
@@ -207,9 +212,10 @@ class SelectionParams:
         self.qc_remove = parse_qc(qc)
         self.units = parse_units(units)
         self.expr = None if filter is None else parse_filter_on(filter)
-        self.device = frozenset(device or ())
-        self.device_type = frozenset(device_type or ())
-        self.variables = frozenset(variable or ()) | _csv_list(vars, "vars")
+        self.device = frozenset(device) if device else _NONE
+        self.device_type = frozenset(device_type) if device_type else _NONE
+        listed = _csv_list(vars, "vars")
+        self.variables = frozenset(variable) | listed if variable else listed
         self.labels = tuple(LabelMatch.parse(x) for x in label or ())
         self.domain = Domain(
             stid=_csv_list(stid, "stid"),

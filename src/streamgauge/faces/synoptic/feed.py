@@ -361,26 +361,12 @@ async def _run(
             with contextlib.suppress(Exception):
                 await ws.close(CLOSE_DONE, "session resumed on another connection")
         return
-    ended: list[tuple[int, str]] = []  # why the server ends it (revoked, taken over)
+    live = _Live(asyncio.current_task())
     consumer = SessionConsumer(engine, session)
-    pusher = asyncio.create_task(consumer.stream(ws, args, lambda: not ended))
-    me = asyncio.current_task()
-    listening = [True]
-    interrupted = [False]
-
-    def pusher_done(_: object) -> None:
-        if listening[0] and me is not None:
-            interrupted[0] = True
-            me.cancel()
-
-    pusher.add_done_callback(pusher_done)
-
-    def close(code: int, reason: str) -> None:
-        ended.append((code, reason))
-        pusher.cancel()
-
-    feeds.opened(session, lambda: close(CLOSE_DONE, "session resumed on another connection"))
-    detach = feeds.attach(tok, lambda reason: close(CLOSE_REVOKED, reason))
+    pusher = live.pusher = asyncio.create_task(consumer.stream(ws, args, live.alive))
+    pusher.add_done_callback(live.pusher_done)
+    feeds.opened(session, live.taken_over)
+    detach = feeds.attach(tok, live.revoked)
     code, reason = CLOSE_DONE, "feed stopped; resume with the session id"
     try:
         heard: str | None = None
@@ -388,10 +374,11 @@ async def _run(
             heard = await _listen(ws)
         except asyncio.CancelledError:
             # the pusher's end interrupted the listening; any other cancellation goes on
-            if me is None or not interrupted[0] or me.uncancel() > 0:
+            me = live.me
+            if me is None or not live.interrupted or me.uncancel() > 0:
                 raise
         finally:
-            listening[0] = False
+            live.listening = False
         if heard is None:  # the pusher ended
             if not pusher.cancelled() and pusher.exception() is None:
                 code, reason = pusher.result()
@@ -399,8 +386,8 @@ async def _run(
                 failure = pusher.exception()
                 log.error("feed session %s failed", session.id, exc_info=failure)
                 code, reason = CLOSE_ERROR, "server error: resume with the session id"
-            elif ended:
-                code, reason = ended[0]
+            elif live.ended is not None:
+                code, reason = live.ended
         elif heard == "disconnect":
             code = 0
     finally:
@@ -413,6 +400,42 @@ async def _run(
     if code and ws.application_state == WebSocketState.CONNECTED:
         with contextlib.suppress(Exception):
             await ws.close(code, reason[:120])
+
+
+class _Live:
+    """The server's side of a live session's two tasks (``_run``): what the pusher's end, a
+    take-over and a revoked token do. Bound methods of one small object rather than closures
+    over lists (a thousand idle sessions keep a thousand of these)."""
+
+    __slots__ = ("me", "pusher", "ended", "listening", "interrupted")
+
+    def __init__(self, me: asyncio.Task[object] | None) -> None:
+        self.me = me  # the session's task, listening to the client
+        self.pusher: asyncio.Task[tuple[int, str]] | None = None
+        self.ended: tuple[int, str] | None = None  # why the server ends it (revoked, taken over)
+        self.listening = True
+        self.interrupted = False
+
+    def alive(self) -> bool:
+        return self.ended is None
+
+    def pusher_done(self, _: object) -> None:
+        """The pusher ended: interrupt the listening."""
+        if self.listening and self.me is not None:
+            self.interrupted = True
+            self.me.cancel()
+
+    def close(self, code: int, reason: str) -> None:
+        if self.ended is None:
+            self.ended = (code, reason)
+        if self.pusher is not None:
+            self.pusher.cancel()
+
+    def taken_over(self) -> None:
+        self.close(CLOSE_DONE, "session resumed on another connection")
+
+    def revoked(self, reason: str) -> None:
+        self.close(CLOSE_REVOKED, reason)
 
 
 async def _listen(ws: WebSocket) -> str:
