@@ -467,7 +467,12 @@ def _proc_kib(path: str, field: str) -> float:
 
 
 def proc_rss_mb(pid: int) -> float:
-    return _proc_kib(f"/proc/{pid}/status", "VmRSS")
+    """Resident memory counted page by page (``Rss`` of ``/proc/PID/smaps_rollup``). ``VmRSS``
+    of ``/proc/PID/status`` is the kernel's cached counter, which proc(5) calls inaccurate for
+    the sake of scalability: against smaps_rollup it was seen off by up to 10 MB in either
+    direction, as much as 1,000 idle feed sessions measured with it."""
+    rss = _proc_kib(f"/proc/{pid}/smaps_rollup", "Rss")
+    return rss if rss == rss else _proc_kib(f"/proc/{pid}/status", "VmRSS")
 
 
 def children(pid: int) -> list[int]:

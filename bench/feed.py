@@ -602,31 +602,16 @@ def loop_lag_during(
     return n, n - within.get(0.05, 0), n - within.get(0.1, 0), worst
 
 
-def exact_rss_mb(pid: int) -> float:
-    """Resident memory counted page by page (``Rss`` of ``/proc/PID/smaps_rollup``). ``VmRSS``
-    of ``/proc/PID/status`` (``proc_rss_mb``) is the kernel's cached counter, which proc(5)
-    calls inaccurate for the sake of scalability: against smaps_rollup it was seen off by up to
-    10 MB in either direction, as much as the 1,000 idle sessions measured with it."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for ln in f:
-                if ln.startswith("Rss:"):
-                    return int(ln.split()[1]) / 1024
-    except OSError:
-        pass
-    return proc_rss_mb(pid)
-
-
 def settled_rss_mb(pid: int, seconds: float = 15.0) -> float:
-    """``exact_rss_mb`` once two samples half a second apart agree within 1 MB (at most
+    """``proc_rss_mb`` once two samples half a second apart agree within 1 MB (at most
     ``seconds``): after the warm-up ingest the server's memory sometimes is still being
     released (seen: 418 MB falling to 380), which counted as negative per-session memory."""
-    last = exact_rss_mb(pid)
+    last = proc_rss_mb(pid)
     samples = [last]
     deadline = time.time() + seconds
     while time.time() < deadline:
         time.sleep(0.5)
-        now = exact_rss_mb(pid)
+        now = proc_rss_mb(pid)
         samples.append(now)
         if abs(now - last) <= 1.0:
             break
@@ -719,7 +704,7 @@ def feed_fanout(
         run.connect_s = time.time() - t
         res.errors.extend(errs[:5])
         time.sleep(2.0)
-        run.rss_connected_mb = exact_rss_mb(pid)
+        run.rss_connected_mb = proc_rss_mb(pid)
         log(
             f"  {res.connected} sessions open in {run.connect_s:.1f} s; server rss "
             f"{run.rss_before_mb:.0f} -> {run.rss_connected_mb:.0f} MB = "
@@ -733,7 +718,7 @@ def feed_fanout(
         if spy is not None:
             spy.wait()
         run.server_cpu_s = server_s
-        run.rss_after_mb = exact_rss_mb(pid)
+        run.rss_after_mb = proc_rss_mb(pid)
         gc_n, gc_s, gc_max, _ = histogram(srv.port, "streamgauge_gc_pause_seconds")
         run.gc_full = (gc_n, gc_s, gc_max)
         lag = histogram(srv.port, "streamgauge_event_loop_lag_seconds")
@@ -997,7 +982,7 @@ def broadcast_fanout(
         if item[0] == "error":
             raise RuntimeError(item[1])
         assert wp.pid is not None
-        run.rss_before_mb = exact_rss_mb(wp.pid)
+        run.rss_before_mb = proc_rss_mb(wp.pid)
         t = time.time()
         ps, rq, resq, stop = start_feed_subscribers(
             f"ws://{HOST}:{port}", [f"sub={i}" for i in range(len(filters))], cfg.procs, False
@@ -1006,7 +991,7 @@ def broadcast_fanout(
         run.connect_s = time.time() - t
         res.errors.extend(errs[:5])
         time.sleep(2.0)
-        run.rss_connected_mb = exact_rss_mb(wp.pid)
+        run.rss_connected_mb = proc_rss_mb(wp.pid)
         log(
             f"  {res.connected} clients connected in {run.connect_s:.1f} s; broadcast server rss "
             f"{run.rss_before_mb:.0f} -> {run.rss_connected_mb:.0f} MB"
@@ -1026,7 +1011,7 @@ def broadcast_fanout(
         res.sent_obs = cfg.nbatches * cfg.rows
         res.ingest_obs_s = res.sent_obs / elapsed
         res.send_lag_max_s = lag
-        run.rss_after_mb = exact_rss_mb(wp.pid)
+        run.rss_after_mb = proc_rss_mb(wp.pid)
         subs, meta = collect_subscribers(ps, rq, resq, stop, len(filters), cfg.procs)
         res.subscriber_cpu_pct = meta["cpu"] / wall * 100
         res.other_cpu_pct = max(0.0, busy_s - server_s - meta["cpu"]) / wall * 100
