@@ -43,12 +43,13 @@ HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 class Server:
     """``streamgauge serve`` on a data folder that outlives it (stop and start again)."""
 
-    def __init__(self, data: Path, logs: Path, durability: str) -> None:
+    def __init__(self, data: Path, logs: Path, durability: str, workers: int = 0) -> None:
         self.exe = Path(
             os.environ.get("STREAMGAUGE_BENCH_EXE") or Path(sys.executable).parent / "streamgauge"
         )
         self.data = data
         self.durability = durability
+        self.workers = workers  # serve --workers (0: its default, the number of cores)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.logf = open(logs, "ab")  # noqa: SIM115 - closed in stop()
@@ -61,7 +62,8 @@ class Server:
         started = time.perf_counter()
         self.proc = subprocess.Popen(
             [str(self.exe), "serve", "--host", HOST, "--port", str(self.port)]
-            + ["--data", str(self.data)],
+            + ["--data", str(self.data)]
+            + (["--workers", str(self.workers)] if self.workers else []),
             env=env,
             stdout=self.logf,
             stderr=subprocess.STDOUT,
@@ -142,20 +144,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="5,000 stations, 400,000 rows")
     ap.add_argument("--reuse", default=None, help="restart copies of this kept data folder")
     ap.add_argument("--repeat", type=int, default=3, help="restarts with --reuse")
+    ap.add_argument(
+        "--workers", type=int, default=0, help="serve --workers (default: serve's, the cores)"
+    )
     a = ap.parse_args(argv)
     if a.quick:
         a.stations, a.rows = 5_000, 400_000
     if a.reuse:
-        reuse(Path(a.reuse), a.stations, a.repeat, a.durability)
+        reuse(Path(a.reuse), a.stations, a.repeat, a.durability, a.workers)
         return
 
     log(
-        f"streamgauge restart bench  cpu_count={os.cpu_count()}  load average "
-        f"{os.getloadavg()[0]:.2f}  python={sys.version.split()[0]}  durability={a.durability}"
+        f"streamgauge restart bench  workers={a.workers or 'default'}  "
+        f"cpu_count={os.cpu_count()}  load average {os.getloadavg()[0]:.2f}  "
+        f"python={sys.version.split()[0]}  durability={a.durability}"
     )
     root = Path(tempfile.mkdtemp(prefix="sg-bench-restart-"))
     data = Path(a.keep) if a.keep else root / "data"
-    srv = Server(data, root / "server.log", a.durability)
+    srv = Server(data, root / "server.log", a.durability, a.workers)
     m = make_mesonet(a.stations)
     history = f"/api/v1/projects/{PROJECT}/observations?device={m.ids[-1]}&variable=air_temp"
     out: dict[str, Any] = {"steps": []}
@@ -224,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     log(f"cpu_count={os.cpu_count()}  load average now {os.getloadavg()[0]:.2f}")
 
 
-def reuse(kept: Path, stations: int, repeat: int, durability: str) -> None:
+def reuse(kept: Path, stations: int, repeat: int, durability: str, workers: int = 0) -> None:
     """Restart ``repeat`` fresh copies of a kept data folder (the network of ``stations``)."""
     log(
         f"streamgauge restart bench (reuse {kept.name})  cpu_count={os.cpu_count()}  load "
@@ -234,7 +240,7 @@ def reuse(kept: Path, stations: int, repeat: int, durability: str) -> None:
     m = make_mesonet(stations)
     history = f"/api/v1/projects/{PROJECT}/observations?device={m.ids[-1]}&variable=air_temp"
     try:
-        empty = Server(root / "empty", root / "empty.log", durability)
+        empty = Server(root / "empty", root / "empty.log", durability, workers)
         empty.start()
         empty.wait("/healthz")
         time.sleep(1)
@@ -244,7 +250,7 @@ def reuse(kept: Path, stations: int, repeat: int, durability: str) -> None:
         for i in range(repeat):
             data = root / f"data{i}"
             shutil.copytree(kept, data)
-            srv = Server(data, root / "server.log", durability)
+            srv = Server(data, root / "server.log", durability, workers)
             try:
                 load = os.getloadavg()[0]
                 started = srv.start()
