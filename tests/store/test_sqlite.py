@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,50 @@ async def test_cursors_follow_commit_order_and_batches_are_published(tmp_path: P
         assert (r1.first_cursor, r1.last_cursor, r2.first_cursor, r2.last_cursor) == (1, 2, 3, 3)
         assert [b.cursors.tolist() for b in published] == [[1, 2], [3]]
         assert store.head == 3
+    finally:
+        await store.close()
+
+
+async def test_callers_are_answered_before_the_fan_out_their_commits_schedule(
+    tmp_path: Path,
+) -> None:
+    """Every caller whose job has committed resumes before the fan-out round that handing its
+    batch on scheduled (the hub's ``call_soon``), and finds its batch handed on (the head): the
+    reply does not wait for the writes to every subscriber. Two jobs committed while the event
+    loop was busy are answered together, both before the first round."""
+    loop = asyncio.get_running_loop()
+    order: list[str] = []
+
+    def publish(batch: Batch) -> None:
+        loop.call_soon(order.append, f"round {batch.last}")
+
+    store = SqliteStore(tmp_path / "db", index_chunk_rows=8, rules=log_rules(), registry=Registry())
+    await store.open(publish)
+    try:
+        pk, v = await seed(store)
+        order.clear()
+
+        async def ingest(t: int) -> None:
+            r = await store.append(cols(pk, [v[0]], [t], [1.0]))
+            order.append(f"answered {r.last_cursor} at head {store.head}")
+
+        await ingest(1000)
+        await asyncio.sleep(0)  # the round
+        assert order == ["answered 1 at head 1", "round 1"]
+        order.clear()
+        tasks = [asyncio.create_task(ingest(t)) for t in (2000, 3000)]
+        await asyncio.sleep(0)  # both queued
+        deadline = time.monotonic() + 10
+        while len(store._outbox) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)  # the loop busy: the writer commits both meanwhile
+        await asyncio.gather(*tasks)
+        await asyncio.sleep(0)
+        assert order == [
+            "answered 2 at head 3",
+            "answered 3 at head 3",
+            "round 2",
+            "round 3",
+        ]
     finally:
         await store.close()
 
