@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,50 @@ async def test_rows_go_to_the_series_the_registry_has_for_their_key(tmp_path: Pa
         await store.append(cols(pk, [v[0], v[1]], [2000, 2000], [2.0, 2.0]))
         log = await store.read_log(0, store.head, 10)
         assert log.series.tolist() == [old, other, old, other, new, other]
+    finally:
+        await store.close()
+
+
+async def test_callers_are_answered_before_the_fan_out_their_commits_schedule(
+    tmp_path: Path,
+) -> None:
+    """Every caller whose job has committed resumes before the fan-out round that handing its
+    batch on scheduled (the hub's ``call_soon``), and finds its batch handed on (the head): the
+    reply does not wait for the writes to every subscriber. Two jobs committed while the event
+    loop was busy are answered together, both before the first round."""
+    loop = asyncio.get_running_loop()
+    order: list[str] = []
+
+    def publish(batch: Batch) -> None:
+        loop.call_soon(order.append, f"round {batch.last}")
+
+    store = SqliteStore(tmp_path / "db", index_chunk_rows=8, rules=log_rules(), registry=Registry())
+    await store.open(publish)
+    try:
+        pk, v = await seed(store)
+        order.clear()
+
+        async def ingest(t: int) -> None:
+            r = await store.append(cols(pk, [v[0]], [t], [1.0]))
+            order.append(f"answered {r.last_cursor} at head {store.head}")
+
+        await ingest(1000)
+        await asyncio.sleep(0)  # the round
+        assert order == ["answered 1 at head 1", "round 1"]
+        order.clear()
+        tasks = [asyncio.create_task(ingest(t)) for t in (2000, 3000)]
+        await asyncio.sleep(0)  # both queued
+        deadline = time.monotonic() + 10
+        while len(store._outbox) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)  # the loop busy: the writer commits both meanwhile
+        await asyncio.gather(*tasks)
+        await asyncio.sleep(0)
+        assert order == [
+            "answered 2 at head 3",
+            "answered 3 at head 3",
+            "round 2",
+            "round 3",
+        ]
     finally:
         await store.close()
 

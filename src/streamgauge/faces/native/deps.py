@@ -20,6 +20,14 @@ def get_engine(request: Request) -> Engine:
     return engine
 
 
+async def engine_dep(request: Request) -> Engine:
+    """``get_engine`` as a dependency. A coroutine on purpose: FastAPI runs a plain function
+    dependency on its thread pool, and every request then waited for a thread and then for
+    its turn back on the event loop (behind a whole fan-out round when the loop is busy)
+    before its endpoint ran."""
+    return get_engine(request)
+
+
 async def get_principal(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
@@ -28,7 +36,7 @@ async def get_principal(
     return await get_engine(request).auth.authenticate_async(authorization, client)
 
 
-EngineDep = Annotated[Engine, Depends(get_engine)]
+EngineDep = Annotated[Engine, Depends(engine_dep)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 

@@ -24,7 +24,7 @@ from streamgauge.core.engine import Engine
 from streamgauge.core.services import page
 from streamgauge.domain.errors import BadRequest, StreamgaugeError, Unauthorized
 from streamgauge.faces.http import dumps, http_error_parts, query_names, validation_details
-from streamgauge.faces.native.deps import get_engine
+from streamgauge.faces.native.deps import engine_dep, get_engine
 
 JSON = "application/json"
 
@@ -115,7 +115,7 @@ async def tapis_caller(
     raise Unauthorized("missing credentials: send X-Tapis-Token")
 
 
-EngineDep = Annotated[Engine, Depends(get_engine)]
+EngineDep = Annotated[Engine, Depends(engine_dep)]
 CallerDep = Annotated[Principal, Depends(tapis_caller)]
 
 T = TypeVar("T")
