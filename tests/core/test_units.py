@@ -435,6 +435,16 @@ def test_unit_label(unit: str, label: str) -> None:
     assert unit_label(unit) == label
 
 
+def test_a_spelling_of_the_label_table_gets_the_label_parsing_it_would_give() -> None:
+    """``unit_label`` answers a spelling of its table without parsing it (no pint registry at
+    a server's start): the same label as the parsed, normalized unit's."""
+    from streamgauge.core.units import _LABELS, _labels_by_unit
+
+    for unit, label in _LABELS.items():
+        assert _labels_by_unit()[validate_unit(unit)] == label
+        assert unit_label(unit) == label
+
+
 def test_every_system_unit_has_a_label() -> None:
     for spec, kind, _ in OVERRIDES:
         unit = parse_units(spec).unit_for(kind)

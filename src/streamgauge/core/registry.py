@@ -678,7 +678,17 @@ class Registry:
         self.v_project[pk] = _coded([d["project"] for d in docs], code)
         self.v_devid[pk] = _coded([d["device"] for d in docs], code)
         self.v_set[pk] = [d.get("set", 1) for d in docs]
-        self.v_entry[pk] = _coded(list(zip(names, units, strict=True)), self._entry_of)
+        # The catalog entry of each distinct (name, unit) pair, found by their codes (hashing
+        # a tuple of two strings per variable cost more than the rest of the chunk).
+        strings = self.strings
+        base = len(strings) + 1
+        pair = self.v_name[pk].astype(np.int64) * base + self.v_unit[pk] + 1
+        distinct, at = np.unique(pair, return_inverse=True)
+        entries = [
+            self._entry_code(strings[p // base], None if p % base == 0 else strings[p % base - 1])
+            for p in distinct.tolist()
+        ]
+        self.v_entry[pk] = np.array(entries, np.int64)[at]
         for vpk, d in zip(pks, docs, strict=True):
             limits, keep, meta = d.get("limits"), d.get("retention_days"), d.get("metadata")
             if limits is not None or keep is not None or meta:
@@ -698,9 +708,6 @@ class Registry:
         self.v_next[pk_s] = nxt
         self.d_first[dev_s[first]] = pk_s[first]
         self.variable_count += len(pk)
-
-    def _entry_of(self, name_unit: tuple[str, str | None]) -> int:
-        return self._entry_code(*name_unit)
 
     def _entry_code(self, name: str, unit: str | None) -> int:
         code = self.entry_codes.get((name, unit))

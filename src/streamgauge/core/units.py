@@ -488,6 +488,9 @@ def unit_label(unit: str) -> str:
     ``"furlong/fortnight"`` -> ``"fur/fortnight"``. Unparsable text is returned unchanged (a label
     is never a reason to fail a response).
     """
+    label = _LABELS.get(unit)  # a spelling of the table: the same label, no unit parsed
+    if label is not None:
+        return label
     try:
         normalized = validate_unit(unit)
     except Invalid:
@@ -513,6 +516,8 @@ def converter(canonical: str, target: str) -> tuple[float, float]:
     Raises :class:`Invalid` for unknown or incompatible units and for non-affine conversions
     (logarithmic units such as dB).
     """
+    if canonical == target:  # the same unit: nothing parsed (a start, a first read)
+        return (1.0, 0.0)
     src, dst = _parse(canonical), _parse(target)
     if src == dst:
         return (1.0, 0.0)

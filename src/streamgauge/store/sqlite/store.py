@@ -111,7 +111,6 @@ class Tx:
 WRITER_CACHE_KIB = 65536  # given back when the writer has nothing left to do (``_writer``)
 READER_CACHE_KIB = 4096
 LATEST_CHUNK = 16_384  # rows ``latest_rows`` reads at a time
-QC_LOAD_CHUNK = 65_536  # rows of the QC checkpoint loaded at a time
 MIN_SQLITE = (3, 38, 0)  # the JSON operators (->>) of the log's insert
 
 
@@ -257,8 +256,14 @@ class SqliteStore:
         self._publish = publish
         conn = _connect(self.path, readonly=False, durability=self.durability)
         migrate(conn)
-        self.registry.load(metadata.load_tables(conn))
-        self._load_log_state(conn)
+        # The log state is read on another connection in a thread (its SQL in one statement
+        # each: the GIL is not handed over per row) while the registry loads here.
+        reading = self._loop.run_in_executor(None, self._read_log_state)
+        try:
+            self.registry.load(metadata.load_tables(conn))
+        finally:
+            state = await reading
+        self._apply_log_state(conn, state)
         conn.execute("PRAGMA shrink_memory")  # the pages loading read: not the writer's
         release_free_memory()
         # Once more after the engine's own startup reads (newest rows, catch-ups) are done.
@@ -314,46 +319,77 @@ class SqliteStore:
         finally:
             conn.close()
 
-    def _load_log_state(self, conn: sqlite3.Connection) -> None:
-        self._writer_head = int(
-            conn.execute("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0]
-        )
-        self._sealed = int(conn.execute("SELECT value FROM state WHERE key='sealed'").fetchone()[0])
-        self._summarized = int(
-            conn.execute("SELECT value FROM state WHERE key='summarized'").fetchone()[0]
+    def _read_log_state(self) -> _LogState:
+        """The log's head, index and summary marks, each series' latest time and the QC
+        checkpoint, from one snapshot of a read-only connection (``open``'s thread)."""
+        conn = _connect(self.path, readonly=True, durability=self.durability)
+        try:
+            conn.execute("BEGIN")
+            one = conn.execute
+            head = int(one("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0])
+            sealed = int(one("SELECT value FROM state WHERE key='sealed'").fetchone()[0])
+            summarized = int(one("SELECT value FROM state WHERE key='summarized'").fetchone()[0])
+            qc_cursor = int(one("SELECT value FROM state WHERE key='qc_cursor'").fetchone()[0])
+            series, times = _int_columns(
+                conn,
+                f"SELECT * FROM ({_LATEST_INDEXED}) UNION ALL {_TOP_SERIES_INDEXED} UNION ALL "
+                "SELECT series, max(time) FROM obs WHERE cursor > ? GROUP BY series",
+                (sealed,),
+                2,
+            )
+            qc = conn.execute(
+                "SELECT '[' || coalesce(group_concat(series || ',' || last_time || ',' || "
+                "CASE WHEN last_value IS NULL THEN 'null' ELSE printf('%!.17g', last_value) END"
+                " || ',' || same_since), '') || ']' FROM qc_state"
+            ).fetchone()[0]
+            conn.execute("COMMIT")
+            try:
+                flat = orjson.loads(qc)
+                qc_rows = (
+                    np.array(flat[0::4], np.int64),
+                    np.array(flat[1::4], np.int64),
+                    np.array([np.nan if v is None else v for v in flat[2::4]], np.float64),
+                    np.array(flat[3::4], np.int64),
+                )
+            except orjson.JSONDecodeError:  # a value JSON has no form for (an infinity)
+                rows = conn.execute(
+                    "SELECT series, last_time, last_value, same_since FROM qc_state"
+                ).fetchall()
+                qc_rows = (
+                    np.array([r[0] for r in rows], np.int64),
+                    np.array([r[1] for r in rows], np.int64),
+                    np.array([np.nan if r[2] is None else r[2] for r in rows], np.float64),
+                    np.array([r[3] for r in rows], np.int64),
+                )
+            return _LogState(head, sealed, summarized, qc_cursor, (series, times), qc_rows)
+        finally:
+            conn.close()
+
+    def _apply_log_state(self, conn: sqlite3.Connection, state: _LogState) -> None:
+        """``_read_log_state``'s reading, once the registry is loaded; then the log after the
+        QC checkpoint replayed through the checks."""
+        self._writer_head, self._sealed, self._summarized = (
+            state.head,
+            state.sealed,
+            state.summarized,
         )
         if self._sealed == self._writer_head:
             self._tail_span = (MAX_SPAN, MIN_SPAN)
-        rows = [
-            *conn.execute(_LATEST_INDEXED).fetchall(),
-            *conn.execute(_TOP_SERIES_INDEXED).fetchall(),
-            *conn.execute(
-                "SELECT series, max(time) FROM obs WHERE cursor > ? GROUP BY series",
-                (self._sealed,),
-            ).fetchall(),
-        ]
-        rows = [(pk, time_) for pk, time_ in rows if time_ is not None]
-        if rows:
-            series, latest = zip(*rows, strict=True)
-            self.registry.restore_latest(series, latest)
-        self._load_qc_state(conn)
-
-    def _load_qc_state(self, conn: sqlite3.Connection) -> None:
-        """QC state as checkpointed, then the log after the checkpoint replayed through the
-        checks in cursor order: the same state as if the process had never stopped."""
-        reg = self.registry
-        st = reg.qc_state
-        cur = conn.execute("SELECT series, last_time, last_value, same_since FROM qc_state")
-        while rows := cur.fetchmany(QC_LOAD_CHUNK):  # a column at a time, not a row at a time
-            series, last_time, last_value, same_since = zip(*rows, strict=True)
-            at = np.array(series, np.int64)
+        series, times = state.latest
+        known = times != _NULL_TIME
+        self.registry.restore_latest(series[known], times[known])
+        st = self.registry.qc_state
+        at, last_time, last_value, same_since = state.qc
+        if len(at):
             st.ensure(int(at.max()) + 1)
-            st.last_time[at] = np.array(last_time, np.int64)
-            st.last_value[at] = np.array(
-                [np.nan if v is None else v for v in last_value], np.float64
-            )
-            st.same_since[at] = np.array(same_since, np.int64)
-        after = int(conn.execute("SELECT value FROM state WHERE key='qc_cursor'").fetchone()[0])
+            st.last_time[at] = last_time
+            st.last_value[at] = last_value
+            st.same_since[at] = same_since
+        self._replay_qc(conn, state.qc_cursor)
+
+    def _replay_qc(self, conn: sqlite3.Connection, after: int) -> None:
+        """The log after the QC checkpoint replayed through the checks in cursor order: the
+        same state as if the process had never stopped."""
         self._qc_cursor = after
         while True:
             chunk = conn.execute(
@@ -1554,6 +1590,39 @@ def _distinct(x: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
 
 def _numeric(values: list[Any]) -> npt.NDArray[np.float64]:
     return np.fromiter((v if type(v) is float else np.nan for v in values), np.float64, len(values))
+
+
+_NULL_TIME = np.iinfo(np.int64).min  # ``_int_columns``' NULL
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _LogState:
+    """What ``SqliteStore._read_log_state`` read: marks, latest times, the QC checkpoint."""
+
+    head: int
+    sealed: int
+    summarized: int
+    qc_cursor: int
+    latest: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]  # series, latest time
+    qc: tuple[
+        npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]
+    ]  # series, last time, last value, same since
+
+
+def _int_columns(
+    conn: sqlite3.Connection, sql: str, params: Sequence[Any], width: int
+) -> tuple[npt.NDArray[np.int64], ...]:
+    """The integer columns of ``sql``'s rows (``width`` of them; NULL as ``_NULL_TIME``), read
+    as one text SQLite builds (the GIL released throughout: see ``_fetch_rows``)."""
+    cols = " || ',' || ".join(f"coalesce(c{i}, {_NULL_TIME})" for i in range(width))
+    names = ", ".join(f"c{i}" for i in range(width))
+    text = conn.execute(
+        f"WITH r({names}) AS ({sql}) SELECT '[' || coalesce(group_concat({cols}), '') || ']' "
+        "FROM r",
+        params,
+    ).fetchone()[0]
+    flat = np.array(orjson.loads(text), np.int64)
+    return tuple(flat[i::width] for i in range(width))
 
 
 def _fetch_rows(
