@@ -6,6 +6,7 @@ and CSV ingest."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -427,6 +428,7 @@ def test_latest_after_a_restart_has_the_stored_rows_and_those_committed_while_lo
     """At start the latest rows load in the background: the server answers meanwhile, a batch
     committed during the load is kept (not replaced by the older stored rows), and ``/latest``
     waits for the load."""
+    from streamgauge.core.services import timeseries
     from streamgauge.store.postgres.store import PgStore
     from streamgauge.store.sqlite.store import SqliteStore
 
@@ -439,22 +441,22 @@ def test_latest_after_a_restart_has_the_stored_rows_and_those_committed_while_lo
             post(c, pid, [{"device": "d1", "variable": "air_temp", "time": T0, "value": 2.0}])
     finally:
         first.stop()
-    gate = asyncio.Event()
+    gate = threading.Event()
     for cls in (SqliteStore, PgStore):
         original = cls.latest_rows
 
         async def slow(self: Any, original: Any = original) -> Any:
-            await gate.wait()  # released by the test, after its commit
+            await asyncio.to_thread(gate.wait, 30)  # released by the test, after its commit
             return await original(self)
 
         monkeypatch.setattr(cls, "latest_rows", slow)
+    monkeypatch.setattr(timeseries, "LATEST_LOAD_DELAY_S", 0.0)  # loading from the start
     again = start_server(data)
     try:
-        loop = again.engine.timeseries._loading.get_loop()
         with again.client() as c:
             row = {"device": "d0", "variable": "air_temp", "time": T0 + 1000, "value": 3.0}
             post(c, pid, [row])
-            loop.call_soon_threadsafe(gate.set)
+            gate.set()
             r = c.get(f"{API}/{pid}/latest", params={"qc": "none"})
         assert r.status_code == 200, r.text
         got = {o["device"]: o["value"] for o in r.json()["latest"]}

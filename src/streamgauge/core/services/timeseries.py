@@ -39,6 +39,10 @@ from streamgauge.domain.timeseries import Summaries
 from streamgauge.store.api import TimeSeriesLog
 
 log = logging.getLogger("streamgauge.timeseries")
+
+# The latest rows load this long after the start (a restart's own loads, and its workers',
+# go first), or as soon as a read or retention needs them.
+LATEST_LOAD_DELAY_S = 2.0
 DAY_MS = 86_400_000
 
 SeriesKey = tuple[str, str, int]  # (device id, variable id, set): the order of the buckets
@@ -76,32 +80,44 @@ class TimeSeries:
         self.latest_rows = LatestRows()
         self._task: asyncio.Task[None] | None = None
         self._loading: asyncio.Task[None] | None = None
+        self._begin: asyncio.TimerHandle | None = None  # the load's start, if not asked before
         self.passes = 0  # retention passes run (tests, metrics)
         self._retaining_at = -1  # the registry version ``_retaining_set`` was computed at
         self._retaining_set: set[int] = set()
 
     async def start(self, retention: bool = True) -> None:
-        """Start loading the latest rows (in the background: the server answers meanwhile, and
-        ``latest`` waits for them); run the retention passes too unless ``retention`` is False
-        (in the cluster mode they run on the node holding the work lease: ``start_retention``)."""
-        self._loading = asyncio.create_task(self._load_latest())
+        """Load the latest rows in the background (``LATEST_LOAD_DELAY_S`` after the start, out
+        of a restart's way, or at once when something waits for them: the server answers
+        meanwhile, and ``latest`` waits for them); run the retention passes too unless
+        ``retention`` is False (in the cluster mode they run on the node holding the work
+        lease: ``start_retention``)."""
+        self._begin = asyncio.get_running_loop().call_later(LATEST_LOAD_DELAY_S, self._load)
         if retention:
             self.start_retention()
+
+    def _load(self) -> asyncio.Task[None]:
+        if self._loading is None:
+            self._begin.cancel()
+            self._loading = asyncio.create_task(self._load_latest())
+        return self._loading
 
     async def _load_latest(self) -> None:
         # Batches committed meanwhile are in ``latest_rows`` already: the newest row wins.
         self.latest_rows.update(await self.store.latest_rows())
 
     async def loaded(self) -> None:
-        """Once the latest rows are loaded (the load's error, if it failed)."""
-        if self._loading is not None:
-            await asyncio.shield(self._loading)
+        """Once the latest rows are loaded (the load's error, if it failed); starts the load
+        if it has not started yet."""
+        if self._begin is not None:
+            await asyncio.shield(self._load())
 
     def start_retention(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._retention_loop())
 
     async def stop(self) -> None:
+        if self._begin is not None:
+            self._begin.cancel()
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
