@@ -97,7 +97,8 @@ class TimeSeries:
 
     def _load(self) -> asyncio.Task[None]:
         if self._loading is None:
-            self._begin.cancel()
+            if self._begin is not None:
+                self._begin.cancel()
             self._loading = asyncio.create_task(self._load_latest())
         return self._loading
 
