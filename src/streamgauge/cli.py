@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -25,6 +25,9 @@ from rich.console import Console
 from streamgauge import __version__
 from streamgauge.config import DB_NAME, Settings
 from streamgauge.workers.server import GracefulServer
+
+if TYPE_CHECKING:
+    from streamgauge.workers.spawn import Launched
 
 app = typer.Typer(
     help="streamgauge: a self-hosted real-time hub for sensor observations.",
@@ -156,7 +159,7 @@ def _serve(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--mqtt") from exc
     sock = _listen(host, port, shared=count > 1)
-    launched: dict[int, Any] = {}
+    launched: dict[int, Launched] = {}
     if count > 1 and settings.store is None and (settings.data / DB_NAME).exists():
         # A restart: the workers import the app and load their registries from the database
         # on the other cores while this process imports and loads its own, not after it.
