@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -382,8 +383,10 @@ def feed_subscriber_process(
 
 
 def start_feed_subscribers(
-    base: str, queries: list[str], procs: int, resume_slow: bool = True
+    bases: list[str], queries: list[str], procs: int, resume_slow: bool = True
 ) -> tuple[list[Any], Any, Any, Any]:
+    """``procs`` subscriber processes; process ``i`` opens its sessions with the feed URL base
+    ``bases[i % len(bases)]`` (one feed token per server process, ``feed_tokens``)."""
     ctx = mp.get_context("spawn")
     ready_q, result_q, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
     ps = []
@@ -391,7 +394,7 @@ def start_feed_subscribers(
         p = ctx.Process(
             target=feed_subscriber_process,
             args=(
-                base,
+                bases[i % len(bases)],
                 queries[i::procs],
                 list(range(len(queries)))[i::procs],
                 ready_q,
@@ -635,6 +638,21 @@ def feed_token(port: int) -> str:
     return str(r.json()["token"])
 
 
+def feed_tokens(port: int, workers: int) -> list[str]:
+    """One feed token owned by each of the server's ``workers`` processes (a token's sessions
+    are served by one process, ``workers/routing.owner``; a real deployment has many tokens):
+    with the push feed served by every process, the sessions spread over all of them."""
+    from streamgauge.workers.routing import owner
+
+    found: dict[int, str] = {}
+    for _ in range(64 * workers):
+        token = feed_token(port)
+        found.setdefault(owner(hashlib.sha256(token.encode()).digest(), workers), token)
+        if len(found) == workers:
+            break
+    return [found[w] for w in sorted(found)]
+
+
 async def warm_up_session(base: str, queries: list[str]) -> None:
     """Short sessions (auth, stop), one per filter kind, so one-time costs (the first
     connection, the server's per-project tables of site attributes, station reports and
@@ -659,6 +677,7 @@ def feed_fanout(
     t1: int,
     fresh_series: bool = False,
     busy: float = 0.0,
+    workers: int = 1,
 ) -> FeedRun:
     assert srv.proc is not None
     pid = srv.proc.pid
@@ -689,13 +708,14 @@ def feed_fanout(
         if bad:
             raise RuntimeError(f"warm-up ingest failed: {bad[0]!r}")
         log(f"  every series got one observation first ({m.nseries:,} rows)")
-    base = f"ws://{HOST}:{srv.port}/feed/{feed_token(srv.port)}"
+    bases = [f"ws://{HOST}:{srv.port}/feed/{t}" for t in feed_tokens(srv.port, workers)]
+    base = bases[0]
     kinds = {f.kind: f.query() for f in reversed(filters)}  # the first filter of each kind
     run_async(warm_up_session(base, list(kinds.values())))
     time.sleep(1.0)
     run.rss_before_mb = settled_rss_mb(pid)
     t = time.time()
-    ps, rq, resq, stop = start_feed_subscribers(base, [f.query() for f in filters], cfg.procs)
+    ps, rq, resq, stop = start_feed_subscribers(bases, [f.query() for f in filters], cfg.procs)
     subs: list[dict[str, Any]] = []
     meta: dict[str, Any] = {"errors": []}
     send_wall = np.zeros(cfg.nbatches)
@@ -985,7 +1005,7 @@ def broadcast_fanout(
         run.rss_before_mb = proc_rss_mb(wp.pid)
         t = time.time()
         ps, rq, resq, stop = start_feed_subscribers(
-            f"ws://{HOST}:{port}", [f"sub={i}" for i in range(len(filters))], cfg.procs, False
+            [f"ws://{HOST}:{port}"], [f"sub={i}" for i in range(len(filters))], cfg.procs, False
         )
         res.connected, errs = wait_ready(rq, cfg.procs, timeout=180)
         run.connect_s = time.time() - t
@@ -1120,7 +1140,7 @@ def main_feed(a: argparse.Namespace) -> None:
                 f"{cfg.rate:,.0f} obs/s in batches of {cfg.rows} for {cfg.seconds:.0f} s"
             )
             try:
-                sg = feed_fanout(m, cfg, srv, filters, t1, a.fresh_series, a.busy)
+                sg = feed_fanout(m, cfg, srv, filters, t1, a.fresh_series, a.busy, a.workers)
                 print_run("streamgauge feed", sg)
                 if sg.log_errors:
                     log(f"    server log error lines: {sg.log_errors}")
