@@ -638,19 +638,21 @@ def feed_token(port: int) -> str:
     return str(r.json()["token"])
 
 
-def feed_tokens(port: int, workers: int) -> list[str]:
-    """One feed token owned by each of the server's ``workers`` processes (a token's sessions
-    are served by one process, ``workers/routing.owner``; a real deployment has many tokens):
-    with the push feed served by every process, the sessions spread over all of them."""
+def feed_tokens(port: int, workers: int, owners: list[int] | None = None) -> list[str]:
+    """One feed token owned by each of the server's ``workers`` processes, or by each of
+    ``owners`` (a token's sessions are served by one process, ``workers/routing.owner``; a
+    real deployment has many tokens): with the push feed served by every process, the
+    sessions spread over all of them."""
     from streamgauge.workers.routing import owner
 
+    wanted = sorted(set(range(workers) if owners is None else owners))
     found: dict[int, str] = {}
     for _ in range(64 * workers):
         token = feed_token(port)
         found.setdefault(owner(hashlib.sha256(token.encode()).digest(), workers), token)
-        if len(found) == workers:
+        if all(w in found for w in wanted):
             break
-    return [found[w] for w in sorted(found)]
+    return [found[w] for w in wanted]
 
 
 async def warm_up_session(base: str, queries: list[str]) -> None:
@@ -678,6 +680,7 @@ def feed_fanout(
     fresh_series: bool = False,
     busy: float = 0.0,
     workers: int = 1,
+    owners: list[int] | None = None,
 ) -> FeedRun:
     assert srv.proc is not None
     pid = srv.proc.pid
@@ -708,7 +711,7 @@ def feed_fanout(
         if bad:
             raise RuntimeError(f"warm-up ingest failed: {bad[0]!r}")
         log(f"  every series got one observation first ({m.nseries:,} rows)")
-    bases = [f"ws://{HOST}:{srv.port}/feed/{t}" for t in feed_tokens(srv.port, workers)]
+    bases = [f"ws://{HOST}:{srv.port}/feed/{t}" for t in feed_tokens(srv.port, workers, owners)]
     base = bases[0]
     kinds = {f.kind: f.query() for f in reversed(filters)}  # the first filter of each kind
     run_async(warm_up_session(base, list(kinds.values())))
@@ -1074,6 +1077,14 @@ def add_args(ap: argparse.ArgumentParser) -> None:
         help="processes serving the port (serve --workers N; 1: one process)",
     )
     ap.add_argument(
+        "--owners",
+        type=lambda text: [int(x) for x in text.split(",")],
+        default=None,
+        metavar="N,..",
+        help="with --workers and STREAMGAUGE_WORKERS_FEED=true: the processes whose feed "
+        "tokens the sessions use (default: every process; 0 is the writer)",
+    )
+    ap.add_argument(
         "--fresh-series",
         action="store_true",
         help="no warm-up ingest: the series are created by the run's own first observations",
@@ -1140,7 +1151,9 @@ def main_feed(a: argparse.Namespace) -> None:
                 f"{cfg.rate:,.0f} obs/s in batches of {cfg.rows} for {cfg.seconds:.0f} s"
             )
             try:
-                sg = feed_fanout(m, cfg, srv, filters, t1, a.fresh_series, a.busy, a.workers)
+                sg = feed_fanout(
+                    m, cfg, srv, filters, t1, a.fresh_series, a.busy, a.workers, a.owners
+                )
                 print_run("streamgauge feed", sg)
                 if sg.log_errors:
                     log(f"    server log error lines: {sg.log_errors}")

@@ -144,6 +144,32 @@ async def test_a_tokens_connections_are_served_by_its_process_and_resume_exactly
     assert_exact([first, second], posted)
 
 
+async def test_a_burst_of_connections_passed_to_a_worker_is_served_whole(
+    feed_served: Served,
+) -> None:
+    """800 sessions of a worker's token opened at once while the worker is busy (stopped for a
+    second): those the kernel gives the writer wait for the handoff socket (its buffer holds a
+    few hundred handoffs) instead of being closed unanswered, so every one is
+    served, by the worker."""
+    s = feed_served
+    token, _ = token_of(s, 1)
+    await (await until_known(s, token)).close()
+    (pid,) = s.worker_pids()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        opening = asyncio.gather(*(Feed.open(at(s), token, CASE.query) for _ in range(800)))
+        await asyncio.sleep(1.0)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    feeds = await opening
+    try:
+        assert [f.auth["code"] for f in feeds] == ["success"] * 800
+        assert {process_of(f) for f in feeds} == {"1"}
+    finally:
+        await asyncio.gather(*(f.close() for f in feeds))
+    assert "passing a connection" not in s.log.read_text()
+
+
 async def test_a_session_on_a_worker_is_taken_over_and_its_token_revoked(
     feed_served: Served,
 ) -> None:

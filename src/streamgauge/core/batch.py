@@ -20,7 +20,10 @@ from streamgauge.domain.errors import BadRequest
 from streamgauge.wire.rows import format_time
 
 if TYPE_CHECKING:
-    from streamgauge.core.registry import Registry, VariableRec
+    from streamgauge.core.registry import Registry
+    from streamgauge.domain.catalog import Entry
+
+    CatalogEntry = tuple[Entry, float, float]  # ``Registry.entries``: entry, scale, offset
 
 QC_NAMES: tuple[str, ...] = (
     "sl_range_check",
@@ -68,19 +71,38 @@ def _qc_json(mask: int) -> bytes:
 
 
 def per_series_affine(
-    batch: Batch, registry: Registry, affine: Callable[[VariableRec], tuple[float, float]]
+    batch: Batch, registry: Registry, affine: Callable[[CatalogEntry], tuple[float, float]]
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Per row, ``affine(variable)`` of the row's series as (scale, offset) arrays: computed
-    once per distinct series of the batch (1, 0 where the variable is gone)."""
-    uniq, inverse = np.unique(batch.series, return_inverse=True)
-    scale = np.ones(len(uniq))
-    offset = np.zeros(len(uniq))
-    for j, pk in enumerate(uniq.tolist()):
-        rec = registry.series_by_pk.get(pk)
-        var = registry.variables_by_pk.get(rec.variable_pk) if rec is not None else None
-        if var is not None:
-            scale[j], offset[j] = affine(var)
-    return scale[inverse], offset[inverse]
+    """Per row, ``affine(entry)`` of the variable of the row's series as (scale, offset)
+    arrays, where ``entry`` is the variable's ``(catalog entry, scale, offset)`` (its
+    ``Registry.entries`` item): computed once per distinct entry of the batch, looked up from
+    the registry's columns (1, 0 where the series or its variable is gone)."""
+    n = len(batch)
+    scale = np.ones(n)
+    offset = np.zeros(n)
+    if not n:
+        return scale, offset
+    series = batch.series
+    s_variable = registry.s_variable
+    ok = (series >= 0) & (series < min(len(s_variable), registry.series_end))
+    at = np.flatnonzero(ok)
+    pks = series[at]
+    var = s_variable[pks].astype(np.int64)
+    live = (registry.s_project[pks] >= 0) & (var >= 0) & (var < len(registry.v_device))
+    at, var = at[live], var[live]
+    live = registry.v_device[var] >= 0
+    at, var = at[live], var[live]
+    ent = registry.v_entry[var]
+    live = ent >= 0
+    at, ent = at[live], ent[live]
+    if not len(at):
+        return scale, offset
+    codes, inverse = np.unique(ent, return_inverse=True)
+    entries = registry.entries
+    pairs = np.array([affine(entries[c]) for c in codes.tolist()], np.float64).reshape(-1, 2)
+    scale[at] = pairs[inverse, 0]
+    offset[at] = pairs[inverse, 1]
+    return scale, offset
 
 
 def output_values(batch: Batch, registry: Registry, units: UnitSystem) -> list[Value]:
@@ -91,7 +113,7 @@ def output_values(batch: Batch, registry: Registry, units: UnitSystem) -> list[V
     scale, offset = per_series_affine(
         batch,
         registry,
-        lambda var: converter(var.entry.unit, target_unit(units, var.entry.kind, var.entry.unit)),
+        lambda e: converter(e[0].unit, target_unit(units, e[0].kind, e[0].unit)),
     )
     changed = (scale != 1.0) | (offset != 0.0)
     if not changed.any():

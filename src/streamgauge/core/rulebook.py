@@ -227,6 +227,6 @@ def describe(t: Any) -> dict[str, Any]:
 def own_units(batch: Batch, reg: Registry) -> npt.NDArray[np.float64]:
     """The batch's numeric values in each variable's own unit (the unit its thresholds use)."""
     values = batch.numeric()
-    scale, offset = per_series_affine(batch, reg, lambda var: (var.scale, var.offset))
+    scale, offset = per_series_affine(batch, reg, lambda e: (e[1], e[2]))
     out: npt.NDArray[np.float64] = np.round((values - offset) / scale, 9)
     return out

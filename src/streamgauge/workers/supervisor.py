@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ METRICS_WAIT = 1.0  # /metrics waits this long for the workers' metrics (one mis
 STATUS_STALE = 5.0  # a worker whose last status is older is "unresponsive" in /healthz
 STARTUP_FAILURE = 3  # uvicorn's exit status when the lifespan startup fails
 READY_WAIT = 30.0  # the writer starts accepting after its workers are ready, or after this
+PASS_WAITING = 10_000  # connections waiting to be passed to one worker (``Workers.pass_to``)
 
 
 @dataclass
@@ -66,6 +68,10 @@ class _Worker:
     started: float
     watch: asyncio.Task[None] | None = None
     adopting: set[asyncio.Task[None]] = field(default_factory=set)
+    # Connections waiting to be passed to this worker: its handoff socket was full (a burst
+    # of new connections, e.g. 1,000 subscribers opening at once; about 280 fit). Passed in
+    # order as soon as the socket is writable again (``Workers._drain``).
+    waiting: deque[socket.socket] = field(default_factory=deque)
 
 
 class Workers:
@@ -288,22 +294,65 @@ class Workers:
     def pass_to(self, n: int, conn: socket.socket) -> None:
         """Pass ``conn`` (nothing read from it) to worker ``n``, which serves it; a worker that
         is not running (restarting) cannot: the connection is closed and its client retries
-        (no other process may serve what is worker ``n``'s)."""
+        (no other process may serve what is worker ``n``'s). When the worker's handoff socket
+        is full (a burst of connections: the ``SOCK_SEQPACKET`` pair's buffer holds a few hundred
+        handoffs), the connection waits, in order, until it is writable again; at most
+        ``PASS_WAITING`` connections wait per worker (beyond that they are closed, and their
+        clients retry)."""
         w = self._workers.get(n)
-        try:
-            if w is not None and w.proc.poll() is None and not self._stopping:
-                socket.send_fds(w.handoff, [b"c"], [conn.fileno()])
-                self.passed += 1
-        except OSError as e:
-            log.warning("passing a connection to worker %d failed: %s", n, e)
-        finally:
+        if w is None or w.proc.poll() is not None or self._stopping:
             conn.close()
+            return
+        if w.waiting:
+            if len(w.waiting) >= PASS_WAITING:
+                log.warning(
+                    "worker %d: %d connections wait to be passed; closing one", n, PASS_WAITING
+                )
+                conn.close()
+            else:
+                w.waiting.append(conn)
+            return
+        if not self._pass(w, conn):
+            w.waiting.append(conn)
+            asyncio.get_running_loop().add_writer(w.handoff.fileno(), self._drain, w)
+
+    def _pass(self, w: _Worker, conn: socket.socket) -> bool:
+        """Pass ``conn`` to ``w`` now; False (``conn`` kept open) if its socket is full."""
+        try:
+            socket.send_fds(w.handoff, [b"c"], [conn.fileno()])
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as e:
+            log.warning("passing a connection to worker %d failed: %s", w.number, e)
+        else:
+            self.passed += 1
+        conn.close()
+        return True
+
+    def _drain(self, w: _Worker) -> None:
+        """The handoff socket of ``w`` is writable: pass what waits, in order."""
+        while w.waiting:
+            if w.proc.poll() is not None or self._stopping:
+                self._drop_waiting(w)
+                break
+            if not self._pass(w, w.waiting[0]):
+                return
+            w.waiting.popleft()
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_writer(w.handoff.fileno())
+
+    def _drop_waiting(self, w: _Worker) -> None:
+        while w.waiting:
+            w.waiting.popleft().close()
 
     async def _watch(self, w: _Worker) -> None:
         code = await asyncio.to_thread(w.proc.wait)
         loop = asyncio.get_running_loop()
         with contextlib.suppress(ValueError, OSError):
             loop.remove_reader(w.handoff.fileno())
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_writer(w.handoff.fileno())
+        self._drop_waiting(w)
         w.handoff.close()
         self.relay.remove(str(w.number))
         if self._workers.get(w.number) is w:

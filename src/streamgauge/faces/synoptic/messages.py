@@ -101,22 +101,32 @@ def _prefixes(reg: Registry) -> dict[int, bytes]:
     return table
 
 
-def _prefix(reg: Registry, table: dict[int, bytes], pk: int) -> bytes:
-    enc = table.get(pk)
-    if enc is None:
-        rec = reg.series_by_pk.get(pk)
-        if rec is None:
-            stid, sensor, set_ = "", "", 1
-        else:
-            stid, sensor, set_ = _station_of_device(reg, rec.device_pk)[0], rec.variable_id, rec.set
-        enc = table[pk] = (
+_NO_SERIES_PREFIX = b'{"stid":"","sensor":"","set":1,"date":'
+
+
+def _fill_prefixes(reg: Registry, table: dict[int, bytes], pks: list[int]) -> None:
+    """Add the prefixes of ``pks`` to ``table``, from the registry's series columns and the
+    stations' and sensors' JSON (kept by ``_Stations``): no record is built per series."""
+    stations = _Stations.of(reg)
+    arr = np.array(pks, np.int64)
+    ok = (arr >= 0) & (arr < reg.series_end)
+    at = np.where(ok, arr, 0)
+    ok &= reg.s_project[at] >= 0
+    numbers = np.where(ok, stations.of_series[at], -1).tolist()
+    codes = reg.s_name[at].tolist()
+    sets = reg.s_set[at].tolist()
+    stid, sensor = stations.stid_json, stations.sensor_json
+    for pk, good, n, code, set_ in zip(pks, ok.tolist(), numbers, codes, sets, strict=True):
+        if not good:
+            table[pk] = _NO_SERIES_PREFIX
+            continue
+        table[pk] = (
             b'{"stid":'
-            + orjson.dumps(stid)
+            + (b'""' if n < 0 else stid(reg, n))
             + b',"sensor":'
-            + orjson.dumps(sensor)
+            + sensor(reg, code)
             + b',"set":%d,"date":' % set_
         )
-    return enc
 
 
 _QC: dict[int, bytes] = {}
@@ -153,15 +163,17 @@ def _encode_rows(
     batch: Batch, reg: Registry, units: UnitSystem, date: Callable[[int], bytes]
 ) -> list[bytes]:
     prefixes = _prefixes(reg)
+    series = batch.series.tolist()
+    missing = [pk for pk in dict.fromkeys(series) if pk not in prefixes]
+    if missing:
+        _fill_prefixes(reg, prefixes, missing)
     values = output_values(batch, reg, units)
     uniq, inverse = np.unique(batch.times, return_inverse=True)
     dates = [date(t) for t in uniq.tolist()]
     dumps = orjson.dumps
     return [
-        _prefix(reg, prefixes, s) + dates[d] + b',"value":' + dumps(v) + b',"qc":' + _qc(q) + b"},"
-        for s, d, v, q in zip(
-            batch.series.tolist(), inverse.tolist(), values, batch.qc.tolist(), strict=True
-        )
+        prefixes[s] + dates[d] + b',"value":' + dumps(v) + b',"qc":' + _qc(q) + b"},"
+        for s, d, v, q in zip(series, inverse.tolist(), values, batch.qc.tolist(), strict=True)
     ]
 
 
@@ -244,7 +256,7 @@ class _Stations:
     last table: only the new pks are looked up, in an array grown by doubling, so a network
     whose series appear batch by batch costs no pass over every series per batch."""
 
-    __slots__ = ("index", "reps", "json", "of_series", "series_done")
+    __slots__ = ("index", "reps", "json", "stids", "sensors", "of_series", "series_done")
 
     def __init__(self, reg: Registry) -> None:
         self.index = np.full(max(reg.devices_by_pk, default=0) + 1, -1, np.int64)
@@ -259,6 +271,8 @@ class _Stations:
                 self.reps.append(dev.pk)
             self.index[dev.pk] = n
         self.json: list[bytes | None] = [None] * len(self.reps)
+        self.stids: list[bytes | None] = [None] * len(self.reps)
+        self.sensors: dict[int, bytes] = {}
         self.of_series = np.zeros(0, np.int64)
         self.series_done = 0
 
@@ -283,6 +297,21 @@ class _Stations:
             devices >= 0, index[np.clip(devices, 0, len(index) - 1)], -1
         )
         self.series_done = end
+
+    def stid_json(self, reg: Registry, n: int) -> bytes:
+        """Station ``n``'s ``stid`` as JSON (made on first use)."""
+        found = self.stids[n]
+        if found is None:
+            found = self.stids[n] = orjson.dumps(_station_of_device(reg, self.reps[n])[0])
+        return found
+
+    def sensor_json(self, reg: Registry, code: int) -> bytes:
+        """The sensor (variable id) of name code ``code`` as JSON (made on first use)."""
+        found = self.sensors.get(code)
+        if found is None:
+            name = reg.name_list[code] if 0 <= code < len(reg.name_list) else ""
+            found = self.sensors[code] = orjson.dumps(name)
+        return found
 
     def station_json(self, reg: Registry, n: int) -> bytes:
         found = self.json[n]
