@@ -211,6 +211,7 @@ def _serve(
             data=data,
             feed=settings.workers_feed,
             launched=launched,
+            writer=settings.writer_subscribers,
         )
     else:
         server = GracefulServer(config)

@@ -66,6 +66,16 @@ class Settings(BaseSettings):
             "writer alone. Experimental, off by default (docs/workers.md)."
         ),
     )
+    writer_subscribers: bool = Field(
+        default=True,
+        description=(
+            "With --workers above 1: the writer process serves live subscribers too (the "
+            "native and DT streams the kernel gives it, and with WORKERS_FEED its share of the "
+            "feed tokens). false: the writer passes every live stream (and every feed token) "
+            "to the fan-out workers and keeps its event loop for ingest and requests: "
+            "acknowledgements do not wait for fan-out rounds (docs/workers.md)."
+        ),
+    )
 
     # Cluster mode (docs/cluster.md)
     bus: str | None = Field(

@@ -125,11 +125,13 @@ class WorkerServer(GracefulServer):
         handoff: socket.socket,
         count: int = 2,
         feed: bool = False,
+        writer: bool = True,
     ) -> None:
         super().__init__(config)
         self.worker = worker
         self.count = count
         self.feed = feed
+        self.writer = writer  # the writer serves subscribers too (``routing.target``)
         self._bind = bind
         self._listener: socket.socket | None = None
         self._handoff = handoff
@@ -142,7 +144,7 @@ class WorkerServer(GracefulServer):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=[])
         if self.started:  # bound once serving: no connection waits for this worker to start
-            if self.feed:
+            if self.feed or not self.writer:
                 asyncio.get_running_loop().add_reader(self._handoff.fileno(), self._passed)
             self._listener = listen(*self._bind)
             self._accepting = asyncio.create_task(
@@ -177,7 +179,7 @@ class WorkerServer(GracefulServer):
         if self._listener is not None:
             with contextlib.suppress(OSError):
                 self._listener.close()
-        if self.feed:
+        if self.feed or not self.writer:
             with contextlib.suppress(ValueError, OSError):
                 asyncio.get_running_loop().remove_reader(self._handoff.fileno())
         super()._begin_shutdown()
@@ -187,7 +189,11 @@ class WorkerServer(GracefulServer):
             head = await peek_head(conn)
         except (TimeoutError, OSError):
             head = b""
-        to = routing.target(head, self.worker, self.count, feed=self.feed) if head else 0
+        to = (
+            routing.target(head, self.worker, self.count, feed=self.feed, writer=self.writer)
+            if head
+            else 0
+        )
         if to == self.worker:
             if not self.should_exit:
                 self.served += 1
@@ -235,7 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     feed_owns = None
     if args.feed:
         me, count = args.worker, args.count
-        feed_owns = lambda digest: routing.owner(digest, count) == me  # noqa: E731
+        writer = settings.writer_subscribers
+        feed_owns = lambda digest: routing.owner(digest, count, writer) == me  # noqa: E731
     engine = WorkerEngine(settings, token, bus, feed_owns=feed_owns)
     app: Any = Tagged(create_app(settings, engine=engine), args.worker, close=True)
     config = uvicorn.Config(
@@ -251,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
         handoff=handoff,
         count=args.count,
         feed=args.feed,
+        writer=settings.writer_subscribers,
     )
     server.run(sockets=[])
     raise SystemExit(0 if server.started else 1)

@@ -56,17 +56,27 @@ def serves_locally(head: bytes) -> bool:
 _FEED = re.compile(rb"/feed/([^/?#\s]+)(?:/[^/?#\s]*)?")
 
 
-def owner(digest: bytes, count: int) -> int:
+def owner(digest: bytes, count: int, writer: bool = True) -> int:
     """The process (``0..count-1``) serving every connection of the feed token whose SHA-256
     digest is ``digest`` (token affinity: a token's sessions, take-overs, session count and
-    revocation are one process's state). Stable for a given ``count``."""
-    return int.from_bytes(digest[:8], "big") % count
+    revocation are one process's state). Stable for a given ``count``. ``writer`` false (the
+    writer serves no subscriber, ``STREAMGAUGE_WRITER_SUBSCRIBERS``): one of the workers
+    ``1..count-1``."""
+    h = int.from_bytes(digest[:8], "big")
+    if not writer and count > 1:
+        return 1 + h % (count - 1)
+    return h % count
 
 
-def target(head: bytes, me: int, count: int, *, feed: bool) -> int:
+def target(
+    head: bytes, me: int, count: int, *, feed: bool, writer: bool = True, turn: int = 0
+) -> int:
     """Which process serves the connection whose first bytes are ``head``, when process
     ``me`` accepted it: ``me`` for a live stream; with ``feed`` (the push feed served by every
-    process), the feed token's owner for a push-feed connection; else the writer (0)."""
+    process), the feed token's owner for a push-feed connection; else the writer (0).
+    ``writer`` false (the writer serves no subscriber): a live stream the writer accepted goes
+    to worker ``1 + turn % (count - 1)`` (the caller counts ``turn``), and feed tokens are
+    the workers' only (``owner``)."""
     found = request_target(head)
     if found is None:
         return 0
@@ -74,12 +84,14 @@ def target(head: bytes, me: int, count: int, *, feed: bool) -> int:
     if method != b"GET":
         return 0
     if _LOCAL.fullmatch(path) is not None:
+        if me == 0 and not writer and count > 1:
+            return 1 + turn % (count - 1)
         return me
     if feed and count > 1:
         m = _FEED.fullmatch(path)
         if m is not None:  # decoded as the app decodes the path (the digest of that)
             token = urllib.parse.unquote_to_bytes(m.group(1))
-            return owner(hashlib.sha256(token).digest(), count)
+            return owner(hashlib.sha256(token).digest(), count, writer)
     return 0
 
 

@@ -428,11 +428,15 @@ class WriterServer(GracefulServer):
         data: Path,
         feed: bool = False,
         launched: dict[int, spawn.Launched] | None = None,
+        writer: bool = True,
     ) -> None:
         super().__init__(config)  # type: ignore[arg-type]
         self.count, self.host, self.port, self.data = count, host, port, data
         self.launched = launched or {}  # workers started before the app was imported
         self.feed = feed and count > 1
+        # False: this process serves no subscriber; it passes each to a worker in turn.
+        self.writer = writer or count < 2
+        self._turn = 0
         self.workers: Workers | None = None
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
@@ -460,7 +464,8 @@ class WriterServer(GracefulServer):
             from streamgauge.workers import routing
 
             count = self.count
-            engine.feeds.owns = lambda digest: routing.owner(digest, count) == 0  # type: ignore[attr-defined]
+            writer = self.writer
+            engine.feeds.owns = lambda digest: routing.owner(digest, count, writer) == 0  # type: ignore[attr-defined]
         # A restart: the database is there, so the workers load their registries from it
         # while this process loads its own (on another core), instead of after it.
         path = getattr(engine.store, "path", None)
@@ -479,7 +484,7 @@ class WriterServer(GracefulServer):
             return None
 
         lifespan.startup = started  # done above: not twice
-        if self.feed and sockets:
+        if (self.feed or not self.writer) and sockets:
             self._listener = sockets[0]
             sockets = []
         await super().startup(sockets)
@@ -501,7 +506,15 @@ class WriterServer(GracefulServer):
             head = await peek_head(conn)
         except (TimeoutError, OSError):
             head = b""
-        to = routing.target(head, 0, self.count, feed=True) if head else 0
+        to = (
+            routing.target(head, 0, self.count, feed=self.feed, writer=self.writer, turn=self._turn)
+            if head
+            else 0
+        )
+        if to and routing.serves_locally(head):
+            self._turn += 1
+            if self.workers is not None and to not in self.workers.pids:
+                to = 0  # its worker is restarting: a live stream is served here meanwhile
         if to and self.workers is not None:
             self.workers.pass_to(to, conn)
         else:
