@@ -4,6 +4,7 @@ exactly once across reconnects under continuous ingest, slow consumers, shutdown
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,59 @@ def test_resume_exactly_once_under_continuous_ingest(server: Server, client: htt
     assert len(seen) == len(set(seen)), "duplicates delivered"
     assert seen == expected, "missing or out of order"
     assert seen[-1] <= head
+
+
+@pytest.mark.parametrize("accept", ["application/x-ndjson", "text/event-stream"])
+def test_live_rounds_are_written_directly_and_exactly(
+    server: Server, client: httpx.Client, accept: str
+) -> None:
+    """A live stream on uvicorn's httptools protocol is written by the fan-out itself (the
+    chunk writer in the scope, ``faces/limits.ChunkWriter``): the rows arrive once each, in
+    order, in the framing asked, and the hub counts them as written directly."""
+    make_station(client, devices=2)
+    before = server.engine.hub.direct_items
+    got: list[int] = []
+    ready = threading.Event()
+
+    def consume() -> None:
+        with (
+            server.client(timeout=httpx.Timeout(10, read=10)) as c,
+            c.stream("GET", STREAM, headers={"Accept": accept}) as resp,
+        ):
+            assert resp.status_code == 200
+            assert resp.headers["transfer-encoding"] == "chunked"
+            for line in resp.iter_lines():
+                ready.set()
+                text = line.removeprefix("data: ").strip()
+                if not text.startswith("{"):
+                    continue
+                obj = orjson.loads(text)
+                if "cursor" in obj and "value" in obj:
+                    got.append(obj["cursor"])
+                    if len(got) >= 200:
+                        return
+
+    t = threading.Thread(target=consume)
+    t.start()
+    assert ready.wait(10)
+    wait_live(server)
+    cursors: list[int] = []
+    for k in range(10):
+        reply = post(client, rows(20, start_ms=1_700_000_000_000 + k * 20_000, devices=2))
+        cursors += list(range(reply["first_cursor"], reply["last_cursor"] + 1))
+    t.join(30)
+    assert got == cursors
+    assert server.engine.hub.direct_items > before
+
+
+def wait_live(server: Server) -> None:
+    """Until the hub holds a subscriber with a sink (the stream is live, nothing queued)."""
+    deadline = time.monotonic() + 10
+    while not any(
+        sub.sink is not None for subs in server.engine.hub._subs.values() for sub in subs
+    ):
+        assert time.monotonic() < deadline, "the stream never went live"
+        time.sleep(0.01)
 
 
 def test_slow_consumer_is_closed_with_its_resume_cursor(tmp_path: Path) -> None:

@@ -681,12 +681,24 @@ class Engine:
         framing: Framing,
         since: int | None,
         units: UnitSystem = METRIC,
+        direct: Callable[[bytes], bool] | None = None,
     ) -> AsyncIterator[bytes]:
         """Frames of matching observations after ``since`` (live only if None), then live,
-        keepalives when idle, and a closing frame with the resume cursor if the server ends it."""
+        keepalives when idle, and a closing frame with the resume cursor if the server ends it.
+
+        ``direct``: writes frames to the client at once, without waiting (False: not now,
+        nothing written); while the stream is live, the hub's fan-out writes each round's
+        frames with it instead of waking this generator (``core/hub.py``, direct delivery)."""
         s = self.settings
         yield framing.opened(int(s.keepalive_seconds * 1000)) + framing.units(describe(units))
-        async for event in self.events(selection, framing, since, units):
+        sink: Sink | None = None
+        if direct is not None:
+            write = direct
+
+            def sink(items: list[Item], position: int) -> bool:
+                return not items or write(b"".join([item.data for item in items]))
+
+        async for event in self.events(selection, framing, since, units, sink):
             if isinstance(event, Chunk):
                 if event.items:
                     yield b"".join([item.data for item in event.items])

@@ -232,6 +232,49 @@ class _Limits:
         self.transport.abort()
 
 
+CHUNK_WRITER = "streamgauge.http.chunk_writer"
+
+
+class ChunkWriter:
+    """The body of one streamed HTTP/1.1 response written straight to the connection, in the
+    chunked framing uvicorn's httptools protocol writes (``RequestResponseCycle.send``): for a
+    live stream's fan-out, which then costs a write per round instead of waking the stream's
+    task and passing each chunk down the ASGI middleware stack. Put in the request's scope
+    under ``extensions[CHUNK_WRITER]`` by the httptools protocol below (not by h11's: an app
+    run without it sends through ASGI as usual).
+
+    ``write`` works only once the response started with chunked framing and until it is
+    complete (the last chunk always goes through ASGI); False, having written nothing,
+    otherwise, or while the connection is closing. ``paused``: the transport's buffer is over
+    its high-water mark (the same flow control uvicorn's ``send`` waits on): the caller then
+    sends through ASGI, which waits (and the write timeout applies). No middleware of this
+    app changes a response body, so the bytes are the ones ASGI would have written."""
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: Any) -> None:
+        self._cycle = cycle
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._cycle.flow.write_paused)
+
+    def write(self, body: bytes) -> bool:
+        c = self._cycle
+        if (
+            not c.response_started
+            or c.response_complete
+            or c.disconnected
+            or c.chunked_encoding is not True
+            or c.scope["method"] == "HEAD"
+            or c.transport.is_closing()
+        ):
+            return False
+        if body:
+            c.transport.write(b"%x\r\n%s\r\n" % (len(body), body))
+        return True
+
+
 def _httptools_protocol() -> type[Any] | None:
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -280,7 +323,12 @@ def _httptools_protocol() -> type[Any] | None:
             if self._head_exact > self.header_limit:
                 self._head_too_large = True
                 raise _HeadTooLarge  # the parser stops; uvicorn calls send_400_response
+            before = self.cycle
             super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is not before and cycle is not None:  # a request (not an upgrade)
+                scope: dict[str, Any] = cycle.scope  # type: ignore[assignment]
+                scope.setdefault("extensions", {})[CHUNK_WRITER] = ChunkWriter(cycle)
 
         def on_message_complete(self) -> None:
             super().on_message_complete()

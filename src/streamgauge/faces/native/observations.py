@@ -33,6 +33,7 @@ from streamgauge.faces.http import (
     parse_time,
     read_body,
 )
+from streamgauge.faces.limits import CHUNK_WRITER, ChunkWriter
 from streamgauge.faces.native import exports
 from streamgauge.faces.native.csv_ingest import CSV_TYPES, csv_to_ndjson
 from streamgauge.faces.native.deps import EngineDep, PrincipalDep, project_for
@@ -520,6 +521,7 @@ OnGap = Annotated[
     },
 )
 async def stream(
+    request: Request,
     engine: EngineDep,
     who: PrincipalDep,
     project: str,
@@ -552,7 +554,15 @@ async def stream(
         if earliest is not None:
             notice = gap_frame(framing, asked, earliest)
     selection = select.selection(rec.pk)
-    frames = engine.stream(selection, framing, cursor, select.units)
+    writer = request.scope.get("extensions", {}).get(CHUNK_WRITER)
+    direct = None
+    if isinstance(writer, ChunkWriter):
+        chunks = writer
+
+        def direct(data: bytes) -> bool:
+            return not chunks.paused and chunks.write(data)
+
+    frames = engine.stream(selection, framing, cursor, select.units, direct)
     return StreamingResponse(
         _after_gap(notice, frames) if notice else frames,
         media_type=framing.media_type,

@@ -87,8 +87,8 @@ def _station_of_device(reg: Registry, device_pk: int) -> tuple[str, SiteRec | No
     dev = reg.devices_by_pk.get(device_pk)
     if dev is None:
         return "", None
-    site = reg.sites.get((dev.project_pk, dev.doc.site)) if dev.doc.site else None
-    return (site.doc.id if site is not None else dev.doc.id), site
+    site = reg.sites.get((dev.project_pk, dev.site)) if dev.site else None
+    return (site.id if site is not None else dev.id), site
 
 
 def _prefixes(reg: Registry) -> dict[int, bytes]:
@@ -263,7 +263,7 @@ class _Stations:
         self.reps: list[int] = []
         number: dict[tuple[str, int], int] = {}
         for dev in reg.devices_by_pk.values():
-            site = reg.sites.get((dev.project_pk, dev.doc.site)) if dev.doc.site else None
+            site = reg.sites.get((dev.project_pk, dev.site)) if dev.site else None
             key = ("site", site.pk) if site is not None else ("device", dev.pk)
             n = number.get(key)
             if n is None:
