@@ -463,7 +463,11 @@ class SqliteStore:
                 if self._writer_head - self._qc_cursor >= QC_CHECKPOINT_ROWS and self._qc_dirty:
                     self._checkpoint_qc(conn)  # first: a restart replays the log after it
                 elif self._writer_head > self._sealed:  # idle: index the tail a step at a time
-                    self._seal(conn, min(self._writer_head, self._sealed + SEAL_STEP))
+                    # Short steps while live writes are around; after a bulk load (none for
+                    # ``writeq.LIVE_SECONDS``) the long, cheaper ones of ``_upkeep``'s bulk
+                    # indexing: 4,096-row steps cost about four times the CPU a row.
+                    step = SEAL_STEP if self._queue.live() else SEAL_BULK
+                    self._seal(conn, min(self._writer_head, self._sealed + step))
                 elif self._writer_head > self._summarized:  # then summarize it
                     step = FOLD_STEP_LIVE if self._queue.live() else FOLD_STEP
                     self._fold(conn, min(self._writer_head, self._summarized + step))
