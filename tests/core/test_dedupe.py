@@ -77,6 +77,33 @@ def test_log_rules_flag_without_moving_the_state_then_advance() -> None:
     assert off.flag(s, t, x).tolist() == [0, 0]
 
 
+def test_log_rules_advance_by_plan_or_by_rows_moves_the_state_alike() -> None:
+    """``advance`` of the arrays ``flag`` had uses its plan; other arrays (copies, a batch
+    flagged long ago) are checked again: the state ends the same either way."""
+    states = []
+    for same_arrays in (True, False):
+        rng = np.random.default_rng(3)  # the same batches both times
+        reg = Registry()
+        for k in range(4):
+            reg.qc_limits.set(k, lo=0.0, hi=10.0, max_rate=2.0, max_persist_ms=3000)
+        rules = LogRules(reg)
+        for _ in range(40):  # some batches never advanced (their transaction failed)
+            s = rng.integers(0, 4, 6).astype(np.int64)
+            t = rng.integers(0, 20, 6).astype(np.int64) * 1000
+            x = rng.integers(0, 12, 6).astype(np.float64)
+            flags = rules.flag(s, t, x)
+            if rng.random() < 0.2:
+                continue
+            if same_arrays:
+                rules.advance(s, t, x, flags)
+            else:
+                rules.advance(s.copy(), t.copy(), x.copy(), flags.copy())
+        st = reg.qc_state
+        states.append((st.last_time.tolist(), st.last_value.tolist(), st.same_since.tolist()))
+        assert len(rules._plans) <= 16
+    assert states[0] == states[1]
+
+
 def test_log_rules_replay_moves_the_state_like_a_commit() -> None:
     reg = Registry()
     rules = LogRules(reg)

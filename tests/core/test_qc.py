@@ -533,12 +533,14 @@ def model_state_matches(state: QCState, model: dict[int, tuple[int, float, int]]
 @given(
     cfg=st.lists(cfgs, min_size=N_SERIES, max_size=N_SERIES),
     batches=st.lists(st.lists(row, max_size=14), max_size=5),
-    commit_later=st.booleans(),
+    commit_later=st.sampled_from(["now", "advance", "planned"]),
 )
 def test_matches_reference_model(
-    cfg: list[Cfg], batches: list[list[tuple[int, int, float]]], commit_later: bool
+    cfg: list[Cfg], batches: list[list[tuple[int, int, float]]], commit_later: str
 ) -> None:
-    """Arbitrary batches (unordered, with backfill, NaN, ties) agree with the reference model."""
+    """Arbitrary batches (unordered, with backfill, NaN, ties) agree with the reference model,
+    the state moved by ``check``, by ``advance`` after it, or by the plan ``check_planned``
+    gave (``advance_planned``)."""
     config = dict(enumerate(cfg))
     lim = make_limits(config)
     state = QCState()
@@ -546,9 +548,12 @@ def test_matches_reference_model(
     for batch in batches:
         expected = model_batch(model, config, batch)
         s, t, v = as_arrays(batch)
-        if commit_later:
+        if commit_later == "advance":
             flags = qc.check(state, lim, s, t, v, commit=False)
             qc.advance(state, s, t, v, flags)
+        elif commit_later == "planned":
+            flags, plan = qc.check_planned(state, lim, s, t, v)
+            qc.advance_planned(state, plan)
         else:
             flags = qc.check(state, lim, s, t, v)
         assert flags.tolist() == expected

@@ -10,6 +10,7 @@ numpy columns; the writer calls them, through ``LogRules``, in commit order.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from streamgauge.core.registry import Registry
 
 _MISSING = object()
+_PLANS = 16  # QC plans kept for batches flagged and not advanced yet (``LogRules``)
 
 
 def _conflict(index: int, reason: str) -> dict[str, Any]:
@@ -86,6 +88,12 @@ class LogRules:
     def __init__(self, registry: Registry, *, quality_control: bool = True) -> None:
         self.registry = registry
         self.quality_control = quality_control
+        # The last batches flagged (their columns and QC plan), by the id of their flags, so
+        # that ``advance`` of one of them moves the state by its plan instead of checking its
+        # rows again; a batch never advanced (its transaction failed) drops out.
+        self._plans: collections.OrderedDict[int, tuple[I64, I64, I64, F64, qc.Plan]] = (
+            collections.OrderedDict()
+        )
 
     def screen(self, series: I64, times: I64, values: list[Any], latest: I64) -> Screen:
         return screen(series, times, values, latest)
@@ -104,9 +112,28 @@ class LogRules:
         if not self.quality_control:
             return np.zeros(len(series), np.int64)
         reg = self.registry
-        return qc.check(reg.qc_state, reg.qc_limits, series, times, numeric, commit=False)
+        flags, plan = qc.check_planned(reg.qc_state, reg.qc_limits, series, times, numeric)
+        plans = self._plans
+        plans[id(flags)] = (flags, series, times, numeric, plan)
+        while len(plans) > _PLANS:
+            plans.popitem(last=False)
+        return flags
 
     def advance(self, series: I64, times: I64, numeric: F64, flags: I64) -> None:
+        """Move the QC state past a committed batch. The writer flags a batch and advances
+        it in commit order, and the batches flagged in between (a group's) have other series,
+        so the plan made when it was flagged still holds: it is used when these are the very
+        arrays ``flag`` had and gave."""
+        held = self._plans.pop(id(flags), None)
+        if (
+            held is not None
+            and held[0] is flags
+            and held[1] is series
+            and held[2] is times
+            and held[3] is numeric
+        ):
+            qc.advance_planned(self.registry.qc_state, held[4])
+            return
         qc.advance(self.registry.qc_state, series, times, numeric, flags)
 
     def replay(self, series: I64, times: I64, numeric: F64) -> None:

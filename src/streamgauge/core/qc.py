@@ -255,6 +255,40 @@ def check(
     ``commit`` the state advances past the batch; without it nothing is mutated (call
     ``advance(state, series, times, values, flags)`` once the batch is committed).
     """
+    flags, _ = check_planned(
+        state,
+        limits,
+        series,
+        times,
+        values,
+        gust_factor=gust_factor,
+        gust_min_speed=gust_min_speed,
+        commit=commit,
+    )
+    return flags
+
+
+class Plan(NamedTuple):
+    """How the state moves past a batch (``check_planned``), as ``advance`` would find it
+    while the state of the batch's series has not moved since."""
+
+    chain: _Chain
+
+
+def check_planned(
+    state: QCState,
+    limits: Limits,
+    series: npt.ArrayLike,
+    times: npt.ArrayLike,
+    values: npt.ArrayLike,
+    *,
+    gust_factor: float = 2.5,
+    gust_min_speed: float = 2.5,
+    commit: bool = False,
+) -> tuple[I64, Plan]:
+    """``check``, and the plan ``advance_planned`` moves the state by once the batch is
+    committed: the same move as ``advance`` with these flags, without ordering the batch's
+    rows again, if nothing moved the state of its series in between."""
     s, t, v = _columns(series, times, values)
     flags = np.zeros(len(s), dtype=np.int64)
     finite = ~np.isnan(v)
@@ -275,7 +309,12 @@ def check(
     flags |= _wind(limits, s, t, v, eligible, gust_factor, gust_min_speed)
     if commit:
         _commit(state, chain)
-    return flags
+    return flags, Plan(chain)
+
+
+def advance_planned(state: QCState, plan: Plan) -> None:
+    """Move the state past a committed batch by the plan ``check_planned`` gave for it."""
+    _commit(state, plan.chain)
 
 
 def advance(

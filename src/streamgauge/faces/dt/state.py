@@ -26,9 +26,11 @@ from streamgauge.core.registry import DeviceRec, Registry
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.log import HistoryQuery
 from streamgauge.faces.dt.events import (
+    EVENT_ROWS,
     EVENT_TYPES,
+    SPECS,
+    TEMPERATURE_EVENT,
     event_type_of,
-    event_variables,
     format_ts,
     render,
 )
@@ -39,6 +41,9 @@ if TYPE_CHECKING:
 Latest = dict[str, tuple[int, int, object]]  # event type -> (time, cursor, value)
 _NEVER = int(np.iinfo(np.int64).min)
 REPORTED_TYPES = tuple(t for t in EVENT_TYPES if t != "labelsChanged")
+# The event types, by their index in ``Reported``'s lookup table.
+_TYPES: tuple[str, ...] = tuple(dict.fromkeys((*EVENT_TYPES, *EVENT_ROWS.values())))
+_TYPE_INDEX = {t: k for k, t in enumerate(_TYPES)}
 
 
 class Reported(Consumer):
@@ -55,16 +60,19 @@ class Reported(Consumer):
         self._latest: dict[int, Latest] = {}  # device pk -> latest event rows
         self._loaded: set[int] = set()  # devices whose state was also read from the log
         self._codes_for = -1
-        self._codes: npt.NDArray[np.bool_] = np.zeros(0, np.bool_)
+        # By interned variable name: the index in ``_TYPES`` of the event type its rows are,
+        # -1 for the names of no event type (a lookup table).
+        self._codes: npt.NDArray[np.int64] = np.zeros(0, np.int64)
 
-    def _event_codes(self) -> npt.NDArray[np.bool_]:
-        """Which interned variable names are DT event types (a lookup table)."""
+    def _event_codes(self) -> npt.NDArray[np.int64]:
+        """The event type (index in ``_TYPES``) of each interned variable name, -1 if none."""
         names = self._reg.names
         if self._codes_for != len(names):
-            table = np.zeros(len(names) + 1, np.bool_)
-            for t in event_variables(EVENT_TYPES):
-                if t in names:
-                    table[names[t]] = True
+            table = np.full(len(names) + 1, -1, np.int64)
+            for name, code in names.items():
+                event_type = EVENT_ROWS.get(name, name if name in SPECS else None)
+                if event_type is not None:
+                    table[code] = _TYPE_INDEX[event_type]
             self._codes, self._codes_for = table, len(names)
         return self._codes
 
@@ -76,27 +84,59 @@ class Reported(Consumer):
         self.on_batch(batch)
 
     def on_batch(self, batch: Batch) -> None:
-        """Keep the latest event row of each type per device."""
+        """Keep the latest event row of each type per device: what ``_merge`` of every row
+        of the batch in turn gives (``event_type_of`` of each row's series), by columns. Only
+        the newest (time, cursor) row of each (device, event type) of the batch is merged (a
+        Python step per row of an event series, and a series record built for it, were a
+        tenth of the event loop's ingest time)."""
         if not len(batch):
             return
         reg = self._reg
-        names = reg.s_name[batch.series]
+        series = batch.series
+        # Series gone (or past the columns read here) are skipped, as a missing record was.
+        live = series < min(reg.series_end, len(reg.s_name), len(reg.s_project))
+        live[live] = reg.s_project[series[live]] >= 0
+        names = np.full(len(batch), -1, np.int64)
+        names[live] = reg.s_name[series[live]]
         table = self._event_codes()
         inside = (names >= 0) & (names < len(table))
-        mask = np.zeros(len(batch), np.bool_)
-        mask[inside] = table[names[inside]]
-        if not mask.any():
+        types = np.full(len(batch), -1, np.int64)
+        types[inside] = table[names[inside]]
+        rows = np.flatnonzero(types >= 0)
+        if not len(rows):
             return
-        for i in np.flatnonzero(mask).tolist():
-            rec = reg.series_by_pk.get(int(batch.series[i]))
-            event_type = event_type_of(reg, rec) if rec is not None else None
-            if rec is None or event_type is None:
-                continue
-            self._merge(
-                rec.device_pk,
-                event_type,
-                (int(batch.times[i]), int(batch.cursors[i]), batch.values[i]),
-            )
+        types = types[rows]
+        devices = reg.s_device[series[rows]].astype(np.int64)
+        temperature = types == _TYPE_INDEX["temperature"]
+        if temperature.any():
+            # A device's "temperature" rows are samples, not events, once it has temperature
+            # event rows (``event_type_of``); a "temperature.event" row stays an event.
+            plain = temperature & (names[rows] != self._reg.names.get(TEMPERATURE_EVENT, -2))
+            variables = reg.variables
+            samples = {
+                d for d in set(devices[plain].tolist()) if (d, TEMPERATURE_EVENT) in variables
+            }
+            if samples:
+                drop = plain & np.isin(devices, np.fromiter(samples, np.int64, len(samples)))
+                rows, types, devices = rows[~drop], types[~drop], devices[~drop]
+                if not len(rows):
+                    return
+        times, cursors = batch.times[rows], batch.cursors[rows]
+        # The newest (time, cursor) row of each (device, type): the last of its run.
+        order = np.lexsort((cursors, times, types, devices))
+        d_sorted, t_sorted = devices[order], types[order]
+        last = np.r_[(d_sorted[1:] != d_sorted[:-1]) | (t_sorted[1:] != t_sorted[:-1]), True]
+        pick = order[last]
+        values = batch.values
+        for d, k, t, c, i in zip(
+            devices[pick].tolist(),
+            types[pick].tolist(),
+            times[pick].tolist(),
+            cursors[pick].tolist(),
+            rows[pick].tolist(),
+            strict=True,
+        ):
+            self._merge(d, _TYPES[k], (t, c, values[i]))
 
     def _merge(self, device_pk: int, event_type: str, row: tuple[int, int, object]) -> None:
         latest = self._latest.setdefault(device_pk, {})

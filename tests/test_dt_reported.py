@@ -1,0 +1,105 @@
+"""The DT face's reported state (``faces/dt/state.Reported``): its batch merge by columns gives
+what merging every row in turn by ``event_type_of`` gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamgauge.auth import Action, Principal
+from streamgauge.config import Settings
+from streamgauge.core.engine import Engine
+from streamgauge.domain.batch import Batch
+from streamgauge.domain.model import DeviceIn, ProjectIn, VariableIn
+from streamgauge.faces.dt.events import (
+    TEMPERATURE_EVENT,
+    TEMPERATURE_EVENT_NAME,
+    event_type_of,
+)
+from streamgauge.faces.dt.state import Reported
+
+
+def reference(engine: Engine, batches: list[Batch]) -> dict[int, dict[str, Any]]:
+    """The latest (time, cursor, value) per device and event type, a row at a time."""
+    reg = engine.registry
+    out: dict[int, dict[str, Any]] = {}
+    for batch in batches:
+        for i, s in enumerate(batch.series.tolist()):
+            rec = reg.series_by_pk.get(s)
+            event_type = event_type_of(reg, rec) if rec is not None else None
+            if rec is None or event_type is None:
+                continue
+            row = (int(batch.times[i]), int(batch.cursors[i]), batch.values[i])
+            have = out.setdefault(rec.device_pk, {}).get(event_type)
+            if have is None or row[:2] > have[:2]:
+                out[rec.device_pk][event_type] = row
+    return out
+
+
+async def test_the_batch_merge_by_columns_matches_the_row_by_row_one(tmp_path: Path) -> None:
+    engine = Engine(Settings(data=tmp_path / "data", delivery_poll_seconds=3600), "token")
+    await engine.start()
+    try:
+        admin = Principal(None)
+        await engine.metadata.create_projects(admin, [ProjectIn(id="p")])
+        project = engine.metadata.project(admin, "p", Action.READ)
+        plain = [
+            VariableIn(id=v, name=n)
+            for v, n in (
+                ("temperature", "temperature"),
+                ("pressure", "pressure"),
+                ("air_temp", "air_temp"),
+            )
+        ]
+        event = VariableIn(id=TEMPERATURE_EVENT, name=TEMPERATURE_EVENT_NAME)
+        # d2's temperature rows are samples (it has temperature event rows): not events.
+        await engine.metadata.create_devices(
+            project,
+            [
+                DeviceIn(id="d1", variables=plain),
+                DeviceIn(id="d2", variables=[*plain, event]),
+                DeviceIn(id="d3", variables=plain[1:]),
+            ],
+        )
+        reg = engine.registry
+        keys = [
+            (dev.pk, var)
+            for dev in (reg.devices[(project.pk, d)] for d in ("d1", "d2", "d3"))
+            for var in ("temperature", "pressure", "air_temp", TEMPERATURE_EVENT)
+            if (dev.pk, var) in reg.variables
+        ]
+        rng = np.random.default_rng(7)
+        for _ in range(3):  # every key's series exists, then rows in any order, times repeated
+            # A key's value at a time is always the same: a repeated row is a duplicate.
+            picks = zip(
+                rng.integers(0, len(keys), 40).tolist(),
+                rng.integers(1, 6, 40).tolist(),
+                strict=True,
+            )
+            body = b"\n".join(
+                b'{"device":"%s","variable":"%s","time":%d,"value":%s}'
+                % (
+                    reg.devices_by_pk[keys[k][0]].doc.id.encode(),
+                    keys[k][1].encode(),
+                    t * 1000,
+                    b'"{}"' if keys[k][1] == TEMPERATURE_EVENT else b"%d.5" % (k * 10 + t),
+                )
+                for k, t in picks
+            )
+            await engine.ingest(project, body, ndjson=True)
+        history = await engine.store.read_log(0, engine.store.head, 10_000)
+        order = rng.permutation(len(history))  # batches of rows in any cursor order
+        batches = [history.pick(order[k : k + 7]) for k in range(0, len(history), 7)]
+        got = Reported(engine)
+        for batch in batches:
+            got.on_batch(batch)
+        want = reference(engine, batches)
+        assert want and any(want.values())
+        for dev in reg.devices_by_pk.values():
+            assert got.latest(dev.pk) == want.get(dev.pk, {}), dev.doc.id
+        d2 = reg.devices[(project.pk, "d2")].pk
+        assert got.latest(d2)["temperature"][2] == "{}"  # the event row, not a sample
+    finally:
+        await engine.stop()
