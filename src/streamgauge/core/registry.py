@@ -85,6 +85,59 @@ def stored_variable_rec(pk: int, device_pk: int, doc: str) -> VariableRec:
     )
 
 
+_DEVICE = ',"device":'
+
+
+def _stored_docs(
+    stored: Sequence[str], heads: dict[str, dict[str, Any] | None]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Stored variable documents parsed, and their devices. A station's variable is stored as
+    the other stations' variable of the same id but for its device, the last member (the way
+    ``Variable`` dumps it): the rest (``head``) is parsed once per distinct text and shared.
+    A document of another shape, or with limits, a retention or metadata (its record keeps
+    them, its own), is parsed whole. ``heads``: the texts parsed so far (kept by the caller
+    from one chunk to the next)."""
+    docs: list[dict[str, Any]] = []
+    devices: list[str] = []
+    loads = orjson.loads
+    for text in stored:
+        head, sep, tail = text.rpartition(_DEVICE)
+        if sep and tail[:1] == '"' and tail[-2:] == '"}':
+            base = heads.get(head, _UNSEEN)
+            if base is _UNSEEN:
+                base = heads[head] = _stored_head(head)
+            device = tail[1:-2]
+            if base is not None and '"' not in device and "\\" not in device:
+                docs.append(base)
+                devices.append(device)
+                continue
+        d = loads(text)
+        docs.append(d)
+        devices.append(d["device"])
+    return docs, devices
+
+
+_UNSEEN: Any = object()
+
+
+def _stored_head(head: str) -> dict[str, Any] | None:
+    """A stored document's members before its device, parsed, if they are a whole object (a
+    top-level split) with nothing a record keeps as its own; else None."""
+    try:
+        d = orjson.loads(head + "}")
+    except orjson.JSONDecodeError:
+        return None
+    if (
+        not isinstance(d, dict)
+        or "device" in d
+        or d.get("limits") is not None
+        or d.get("retention_days") is not None
+        or d.get("metadata")
+    ):
+        return None
+    return d
+
+
 _S = TypeVar("_S")
 
 
@@ -651,12 +704,15 @@ class Registry:
                     self._refresh_limits(rec)
             return
         it = iter(rows)
+        heads: dict[str, dict[str, Any] | None] = {}
         while chunk := list(itertools.islice(it, LOAD_CHUNK)):  # no peak of objects per row
-            self._load_variable_chunk(chunk)
+            self._load_variable_chunk(chunk, heads)
 
-    def _load_variable_chunk(self, rows: list[tuple[int, int, str]]) -> None:
+    def _load_variable_chunk(
+        self, rows: list[tuple[int, int, str]], heads: dict[str, dict[str, Any] | None]
+    ) -> None:
         pks, devs, stored = zip(*rows, strict=True)
-        docs = [orjson.loads(d) for d in stored]
+        docs, devices = _stored_docs(stored, heads)
         ids = [d["id"] for d in docs]
         names = [d["name"] for d in docs]
         units = [d.get("unit") for d in docs]
@@ -676,7 +732,7 @@ class Registry:
         self.v_name[pk] = _coded(names, code)
         self.v_unit[pk] = _coded(units, lambda u: -1 if u is None else code(u))
         self.v_project[pk] = _coded([d["project"] for d in docs], code)
-        self.v_devid[pk] = _coded([d["device"] for d in docs], code)
+        self.v_devid[pk] = _coded(devices, code)
         self.v_set[pk] = [d.get("set", 1) for d in docs]
         # The catalog entry of each distinct (name, unit) pair, found by their codes (hashing
         # a tuple of two strings per variable cost more than the rest of the chunk).
