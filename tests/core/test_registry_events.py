@@ -706,10 +706,11 @@ def test_loading_shares_what_the_stations_variables_have_in_common() -> None:
     odd = variables[2][2].replace('"device":"d2"', '"device":"d\\"2"')  # not an id: a test
     stored += [odd, odd.replace('d\\"2', "d\\u00e92"), odd.replace('d\\"2', "d\u00e92")]
     heads: dict[str, Any] = {}
-    docs, devs = registry_module._stored_docs(stored, heads)
-    assert [{**d, "device": dev} for d, dev in zip(docs, devs, strict=True)] == [
+    docs, at, devs, whole = registry_module._stored_docs(stored, heads)
+    assert [{**docs[j], "device": dev} for j, dev in zip(at, devs, strict=True)] == [
         orjson.loads(doc) for doc in stored
     ]
+    assert whole == [0, 3, 11, 12, 13]  # another order, limits, metadata, escapes
     assert (
         sum(head is not None for head in heads.values()) == 2
     )  # parsed once per variable (but odd ones)
