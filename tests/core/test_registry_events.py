@@ -650,3 +650,67 @@ def test_loading_the_tables_a_chunk_at_a_time_builds_what_their_events_build(
     assert sorted(loaded.device_variables[1]) == sorted(pk for pk, dev, _ in variables if dev == 1)
     assert loaded.variables_by_pk[4].limits == QCLimits(max=40)
     assert loaded.series_stations() == applied.series_stations()
+
+
+def test_loading_shares_what_the_stations_variables_have_in_common() -> None:
+    """The stored documents of the same variable on many stations differ in their device only:
+    ``Registry.load`` parses the rest once, and builds what the events build; a document of
+    another shape (members in another order, escapes in its device, a ``device`` key nested
+    in its metadata, limits of its own) is parsed whole."""
+    from streamgauge.core import registry as registry_module
+    from streamgauge.domain.readmodel import Tables
+
+    project = Project(id="p", name="P", created_at="2026-01-01T00:00:00Z")
+    ids = ["d1", "d2", "d.3", "d:4", "d-5", "d6"]
+    devices = [
+        (
+            pk,
+            1,
+            Device(
+                id=id_, project="p", site=None, type=None, name=id_, labels={}, metadata={}
+            ).model_dump_json(),
+        )
+        for pk, id_ in enumerate(ids, start=1)
+    ]
+    variables = []
+    for dev, id_ in enumerate(ids, start=1):
+        for j, name in enumerate(["air_temp", "relative_humidity"]):
+            doc = Variable(
+                id=name,
+                name=name,
+                project="p",
+                device=id_,
+                limits=QCLimits(max=40) if dev == 2 and j else None,
+                metadata={"a": 1, "device": "x"} if dev == 6 and j else {},
+            ).model_dump_json()
+            variables.append((len(variables) + 1, dev, doc))
+    reordered = orjson.loads(variables[0][2])
+    reordered = {"device": reordered.pop("device"), **reordered}
+    variables[0] = (1, 1, orjson.dumps(reordered).decode())
+    events: list[ev.MetaEvent] = [
+        ev.ProjectPut(1, project),
+        *(ev.DeviceStored(*row) for row in devices),
+        *(ev.VariableStored(*row) for row in variables),
+    ]
+    applied = Registry()
+    applied.apply_all(events)
+    loaded = Registry()
+    loaded.load(
+        Tables(projects=[events[0]], devices=devices, variables=iter(variables), series=iter([]))
+    )
+    assert snapshot(loaded) == snapshot(applied)
+    assert loaded.variables_by_pk[4].limits == QCLimits(max=40)
+    assert loaded.variables_by_pk[12].metadata == {"a": 1, "device": "x"}
+    assert [loaded.variables_by_pk[pk].device for pk in range(1, 13, 2)] == ids
+    stored = [doc for _, _, doc in variables]
+    odd = variables[2][2].replace('"device":"d2"', '"device":"d\\"2"')  # not an id: a test
+    stored += [odd, odd.replace('d\\"2', "d\\u00e92"), odd.replace('d\\"2', "d\u00e92")]
+    heads: dict[str, Any] = {}
+    docs, at, devs, whole = registry_module._stored_docs(stored, heads)
+    assert [{**docs[j], "device": dev} for j, dev in zip(at, devs, strict=True)] == [
+        orjson.loads(doc) for doc in stored
+    ]
+    assert whole == [0, 3, 11, 12, 13]  # another order, limits, metadata, escapes
+    assert (
+        sum(head is not None for head in heads.values()) == 2
+    )  # parsed once per variable (but odd ones)

@@ -17,7 +17,9 @@ store sees a registry as the protocol ``domain.readmodel.ReadModel``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import itertools
 import sys
 import threading
@@ -83,6 +85,68 @@ def stored_variable_rec(pk: int, device_pk: int, doc: str) -> VariableRec:
         d.get("retention_days"),
         d.get("metadata") or None,
     )
+
+
+_DEVICE = ',"device":'
+
+
+def _stored_docs(
+    stored: Sequence[str], heads: dict[str, dict[str, Any] | None]
+) -> tuple[list[dict[str, Any]], list[int], list[str], list[int]]:
+    """Stored variable documents parsed: the distinct ones, which of them each is, each one's
+    device, and the rows parsed whole. A station's variable is stored as the other stations'
+    variable of the same id but for its device, the last member (the way ``Variable`` dumps
+    it): the rest (``head``) is parsed once per distinct text and shared. A document of another
+    shape, or with limits, a retention or metadata (its record keeps them, its own), is parsed
+    whole. ``heads``: the texts parsed so far (kept by the caller from one chunk to the next)."""
+    distinct: list[dict[str, Any]] = []
+    at: list[int] = []
+    devices: list[str] = []
+    whole: list[int] = []
+    seen: dict[int, int] = {}  # id() of a shared head -> its place in distinct
+    loads = orjson.loads
+    for i, text in enumerate(stored):
+        head, sep, tail = text.rpartition(_DEVICE)
+        if sep and tail[:1] == '"' and tail[-2:] == '"}':
+            base = heads.get(head, _UNSEEN)
+            if base is _UNSEEN:
+                base = heads[head] = _stored_head(head)
+            device = tail[1:-2]
+            if base is not None and '"' not in device and "\\" not in device:
+                j = seen.get(id(base))
+                if j is None:
+                    j = seen[id(base)] = len(distinct)
+                    distinct.append(base)
+                at.append(j)
+                devices.append(device)
+                continue
+        d = loads(text)
+        at.append(len(distinct))
+        distinct.append(d)
+        devices.append(d["device"])
+        whole.append(i)
+    return distinct, at, devices, whole
+
+
+_UNSEEN: Any = object()
+
+
+def _stored_head(head: str) -> dict[str, Any] | None:
+    """A stored document's members before its device, parsed, if they are a whole object (a
+    top-level split) with nothing a record keeps as its own; else None."""
+    try:
+        d = orjson.loads(head + "}")
+    except orjson.JSONDecodeError:
+        return None
+    if (
+        not isinstance(d, dict)
+        or "device" in d
+        or d.get("limits") is not None
+        or d.get("retention_days") is not None
+        or d.get("metadata")
+    ):
+        return None
+    return d
 
 
 _S = TypeVar("_S")
@@ -603,8 +667,11 @@ class Registry:
 
     def load(self, tables: Tables) -> None:
         """What a store's tables hold, on open (``domain.readmodel.ReadModel.load``): the
-        registry their rows' events would build, variables and series a column at a time."""
-        with self._applying:
+        registry their rows' events would build, variables and series a column at a time.
+        Python's cyclic garbage collector is off meanwhile (a load makes hundreds of thousands
+        of objects, none of them garbage in a cycle: a collection every few hundred found
+        nothing and cost a quarter of the load)."""
+        with self._applying, _collector_off():
             for event in tables.projects:
                 self._appliers[type(event)](event)
             for pk, project_pk, doc in tables.sites:
@@ -651,15 +718,16 @@ class Registry:
                     self._refresh_limits(rec)
             return
         it = iter(rows)
+        heads: dict[str, dict[str, Any] | None] = {}
         while chunk := list(itertools.islice(it, LOAD_CHUNK)):  # no peak of objects per row
-            self._load_variable_chunk(chunk)
+            self._load_variable_chunk(chunk, heads)
 
-    def _load_variable_chunk(self, rows: list[tuple[int, int, str]]) -> None:
+    def _load_variable_chunk(
+        self, rows: list[tuple[int, int, str]], heads: dict[str, dict[str, Any] | None]
+    ) -> None:
         pks, devs, stored = zip(*rows, strict=True)
-        docs = [orjson.loads(d) for d in stored]
-        ids = [d["id"] for d in docs]
-        names = [d["name"] for d in docs]
-        units = [d.get("unit") for d in docs]
+        docs, which, devices, whole = _stored_docs(stored, heads)
+        at = np.array(which, np.intp)
         pk = np.array(pks, np.int64)
         dev = np.array(devs, np.int64)
         top = int(pk.max())
@@ -670,30 +738,38 @@ class Registry:
         if int(dev.max()) >= len(self.d_first):
             self.d_first = _grow(self.d_first, int(dev.max()) + 1, -1)
         code = self.string_code
+
+        def column(values: list[Any], coding: Callable[[Any], int]) -> npt.NDArray[np.int64]:
+            """The code of each row's value, from its distinct document's."""
+            return np.array(_coded(values, coding), np.int64)[at]
+
         # A column holds few distinct strings (but the device ids): a code per distinct one.
         self.v_device[pk] = dev
-        self.v_id[pk] = _coded(ids, self.name_code)
-        self.v_name[pk] = _coded(names, code)
-        self.v_unit[pk] = _coded(units, lambda u: -1 if u is None else code(u))
-        self.v_project[pk] = _coded([d["project"] for d in docs], code)
-        self.v_devid[pk] = _coded([d["device"] for d in docs], code)
-        self.v_set[pk] = [d.get("set", 1) for d in docs]
+        self.v_id[pk] = column([d["id"] for d in docs], self.name_code)
+        self.v_name[pk] = column([d["name"] for d in docs], code)
+        self.v_unit[pk] = column(
+            [d.get("unit") for d in docs], lambda u: -1 if u is None else code(u)
+        )
+        self.v_project[pk] = column([d["project"] for d in docs], code)
+        self.v_devid[pk] = _coded(devices, code)
+        self.v_set[pk] = np.array([d.get("set", 1) for d in docs], np.int64)[at]
         # The catalog entry of each distinct (name, unit) pair, found by their codes (hashing
         # a tuple of two strings per variable cost more than the rest of the chunk).
         strings = self.strings
         base = len(strings) + 1
         pair = self.v_name[pk].astype(np.int64) * base + self.v_unit[pk] + 1
-        distinct, at = np.unique(pair, return_inverse=True)
+        distinct, inverse = np.unique(pair, return_inverse=True)
         entries = [
             self._entry_code(strings[p // base], None if p % base == 0 else strings[p % base - 1])
             for p in distinct.tolist()
         ]
-        self.v_entry[pk] = np.array(entries, np.int64)[at]
-        for vpk, d in zip(pks, docs, strict=True):
+        self.v_entry[pk] = np.array(entries, np.int64)[inverse]
+        for i in whole:  # a shared document has none of these
+            d = docs[which[i]]
             limits, keep, meta = d.get("limits"), d.get("retention_days"), d.get("metadata")
             if limits is not None or keep is not None or meta:
                 own = None if limits is None else QCLimits.model_validate(limits)
-                self.v_extra[vpk] = (own, keep, meta or None)
+                self.v_extra[pks[i]] = (own, keep, meta or None)
         # Each device's list: its variables in pk order, then those it had.
         order = np.lexsort((pk, dev))
         pk_s, dev_s = pk[order], dev[order]
@@ -1258,6 +1334,18 @@ def _indexed(dev: DeviceRec) -> tuple[str | None, str | None, dict[str, str]]:
     """The (type, site, labels) of a device (its labels read from its JSON)."""
     labels = orjson.loads(dev.stored).get("labels") or {}
     return dev.type, dev.site, {_intern(k): _intern(v) for k, v in labels.items()}
+
+
+@contextlib.contextmanager
+def _collector_off() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block (as it was after it)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _ignore(event: ev.MetaEvent) -> None:
