@@ -7,7 +7,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamgauge.core.filters import CompiledSelection, LabelMatch, Selection, _gather_bits
+from streamgauge.core.filterlang import parse_filter_on
+from streamgauge.core.filters import (
+    CompiledSelection,
+    LabelMatch,
+    Selection,
+    SelectionStack,
+    _gather_bits,
+)
 from streamgauge.core.registry import DeviceRec, Registry, VariableRec
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import BadRequest
@@ -280,3 +287,62 @@ def test_device_bits_agree_with_a_set(wanted: set[int], keys: list[int]) -> None
     bits = np.packbits(table, bitorder="little")
     got = _gather_bits(bits, np.array(keys, np.int64)).tolist()
     assert got == [k in wanted for k in keys]
+
+
+_STACKED = [
+    Selection(1),
+    Selection(2),
+    Selection(1, devices=frozenset({"a", "c"})),
+    Selection(1, devices=frozenset({"c", "a"})),  # the same bitset, shared
+    Selection(2, devices=frozenset({"z"})),
+    Selection(1, device_types=frozenset({"weather_station"})),
+    Selection(1, labels=(LabelMatch("parity", "odd"),)),
+    Selection(1, variables=frozenset({"air_temp"})),
+    Selection(1, devices=frozenset({"b"}), variables=frozenset({"wind_speed", "nope"})),
+    Selection(1, qc_remove=1),
+    Selection(1, variables=frozenset({"air_temp"}), qc_remove=3),
+    Selection(1, devices=frozenset({"nope"})),
+    Selection(1, expr=parse_filter_on("(air_temp > 0.5)")),
+    Selection(1, devices=frozenset({"a", "b"}), expr=parse_filter_on("(wind_speed < 2)")),
+]
+
+
+@given(
+    st.lists(st.integers(0, len(_STACKED) - 1), min_size=1, max_size=30),
+    st.lists(st.tuples(st.integers(-1, 40), st.integers(0, 3), st.integers(0, 3)), max_size=40),
+    st.integers(1, 2),
+)
+def test_stacked_masks_are_each_selections_mask(
+    chosen: list[int], rows: list[tuple[int, int, int]], project_pk: int
+) -> None:
+    """A fan-out round's masks computed at once (``SelectionStack``) are, row for row, each
+    selection's own: bitsets shared or not, name tables, QC flags, expressions, dropped series
+    and pks beyond the tables."""
+    b = build()
+    b.reg.apply(SeriesDropped(3))
+    selections = [
+        CompiledSelection(s, b.reg)
+        for s in (_STACKED[i] for i in chosen)
+        if s.project_pk == project_pk
+    ]
+    batch = batch_of([r[0] for r in rows], project_pk)
+    batch.values[:] = [float(r[1]) for r in rows]
+    batch.qc[:] = [r[2] for r in rows]
+    stack = SelectionStack(selections, b.reg)
+    assert stack.current(selections, b.reg)
+    masks = stack.masks(batch)
+    assert masks.shape == (len(selections), len(rows))
+    for compiled, row in zip(selections, masks, strict=True):
+        assert row.tolist() == compiled.mask(batch).tolist()
+
+
+def test_a_stack_is_for_one_registry_version_and_list_of_selections() -> None:
+    b = build()
+    a, c = CompiledSelection(Selection(1), b.reg), CompiledSelection(Selection(1), b.reg)
+    stack = SelectionStack([a, c], b.reg)
+    assert stack.current([a, c], b.reg)
+    assert not stack.current([c, a], b.reg)
+    assert not stack.current([a], b.reg)
+    assert not stack.current([a, c], Registry())
+    b.device(1, "new", None, {})
+    assert not stack.current([a, c], b.reg)

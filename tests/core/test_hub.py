@@ -11,7 +11,7 @@ import numpy as np
 from streamgauge.core.filterlang import parse_filter_on
 from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.framing import NDJSON, SSE, Framing
-from streamgauge.core.hub import SOLO_ROWS, Hub, Item, Subscription
+from streamgauge.core.hub import SOLO_ROWS, STACK_MIN, Hub, Item, Subscription
 from streamgauge.core.registry import Registry
 from streamgauge.core.units import METRIC
 from streamgauge.domain.batch import Batch, merge_commits
@@ -427,3 +427,43 @@ async def test_flag_wakes_every_waiter_and_forgets_cancelled_ones() -> None:
     assert not late.done()
     flag.set()
     assert await late
+
+
+def test_a_round_to_many_subscribers_gives_each_exactly_its_own_rows() -> None:
+    """From ``STACK_MIN`` subscribers on, a round computes their masks at once: each still
+    gets what its own selection picks, and a subscriber that joins, leaves or sees a new
+    registry version is counted in the next round."""
+    reg = registry()
+    hub = Hub()
+    kinds = [
+        Selection(1),
+        Selection(1, variables=frozenset({"air_temp"})),
+        Selection(1, variables=frozenset({"wind_speed"}), qc_remove=2),
+        Selection(1, expr=parse_filter_on("(air_temp > 4)")),
+        Selection(1, qc_remove=3),
+    ]
+    subs = [sub(reg, kinds[i % len(kinds)]) for i in range(STACK_MIN + 4)]
+    for s in subs:
+        hub.subscribe(s)
+
+    b = batch([1, 2, 3, 1, 2, 3], first=1)
+    b.values[:] = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    b.qc[:] = [0, 1, 2, 0, 1, 2]
+    expected = {
+        id(s): [int(b.cursors[i]) for i in np.flatnonzero(s.selection.mask(b))] for s in subs
+    }
+    hub.publish(b)
+    assert len({tuple(v) for v in expected.values()}) == len(kinds)  # five different answers
+    for s in subs:
+        assert [c for item in s.queue for c in json_cursors(item)] == expected[id(s)]
+    assert hub._stacks  # the round used the stack
+    late = sub(reg, Selection(1, variables=frozenset({"air_temp"})))
+    hub.subscribe(late)
+    hub.unsubscribe(subs[0])
+    hub.publish(batch([3, 2], first=7))
+    assert [c for item in late.queue for c in json_cursors(item)] == [7]
+    assert [c for item in subs[0].queue for c in json_cursors(item)] == expected[id(subs[0])]
+
+
+def json_cursors(item: Item) -> list[int]:
+    return [json.loads(line)["cursor"] for line in item.data.splitlines()]

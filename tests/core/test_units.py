@@ -642,3 +642,27 @@ def test_fuzz_unit_arithmetic_is_bounded(text: str) -> None:
         return
     for power in re.findall(r"\*\*(-?[0-9.]+)", normalized):
         assert abs(float(power)) <= MAX_UNIT_EXPONENT
+
+
+def test_warm_builds_pint_only_for_a_system_that_converts() -> None:
+    """A stream warms its unit system before it subscribes (``units.warm``): in English units
+    that builds pint's registry and every catalog conversion; in the catalog's own metric
+    units nothing needs pint, so a server of metric streams never loads it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from streamgauge.core import units\n"
+        "units.warm(units.METRIC)\n"
+        "assert 'pint' not in sys.modules, 'metric loaded pint'\n"
+        "units.warm(units.ENGLISH)\n"
+        "assert units._ureg.cache_info().currsize == 1\n"
+        "before = units.converter.cache_info().misses\n"
+        "from streamgauge.domain import catalog\n"
+        "for e in catalog.CATALOG.values():\n"
+        "    units.converter(e.unit, units.target_unit(units.ENGLISH, e.kind, e.unit))\n"
+        "assert units.converter.cache_info().misses == before, 'a conversion was not warm'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -52,6 +52,7 @@ from streamgauge.core.registry import DeviceRec, ProjectRec, Registry
 from streamgauge.core.services import AccountService, MetadataService
 from streamgauge.core.services.timeseries import TimeSeries
 from streamgauge.core.units import METRIC, UnitSystem, describe
+from streamgauge.core.units import warm as warm_units
 from streamgauge.domain import events as ev
 from streamgauge.domain.batch import Batch, concat, empty_batch
 from streamgauge.domain.errors import BadRequest, StreamgaugeError, Unavailable
@@ -729,6 +730,7 @@ class Engine:
         ``keepalives=False``: no ``Keepalive`` events (a WebSocket face has protocol pings), so
         the keepalive clock never wakes this stream's task."""
         s = self.settings
+        warm_units(units)  # pint's registry now, not in a fan-out round every stream waits on
         sub = Subscription(
             CompiledSelection(selection, self.registry),
             framing,

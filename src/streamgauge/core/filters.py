@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -192,6 +193,134 @@ class CompiledSelection:
             rows = np.flatnonzero(mask)
             mask[rows] = table.satisfied(sel.expr, self._reg.names)[table.report[rows]]
         return mask
+
+
+class SelectionStack:
+    """The compiled selections of one project's subscribers stacked into tables, so that a
+    fan-out round computes every subscriber's mask of a batch in a few numpy operations over
+    a (subscribers x rows) matrix instead of a few per subscriber (a thousand sessions paid
+    about 5 us each in numpy calls). Selections that agree on their device bitset (shared by
+    content, see ``_shared_bits``), variable-name table and QC flags are computed once; a
+    filter expression is applied per subscriber after, as ``CompiledSelection.mask`` does.
+
+    A stack is for one registry version and one list of selections (``current``); the masks
+    are the same, row for row, as each selection's ``mask``."""
+
+    __slots__ = (
+        "selections",
+        "version",
+        "_reg",
+        "_project_pk",
+        "_dev",
+        "_names",
+        "_combos",
+        "_combo_of",
+        "_qc",
+        "_exprs",
+    )
+
+    def __init__(self, selections: Sequence[CompiledSelection], reg: Registry) -> None:
+        self.selections = tuple(selections)
+        self.version = reg.version
+        self._reg = reg
+        self._project_pk = selections[0].selection.project_pk if selections else 0
+        devs: dict[int, int] = {}  # id of a device bitset -> its row (0: every device)
+        dev_rows: list[npt.NDArray[np.uint8]] = []
+        names: dict[bytes, int] = {}  # a name table's content -> its row (0: every name)
+        name_rows: list[npt.NDArray[np.bool_]] = []
+        combos: dict[tuple[int, int, int], int] = {}
+        combo_of = np.empty(len(self.selections), np.int64)
+        self._exprs: list[int] = []
+        for i, compiled in enumerate(self.selections):
+            tables = compiled._refresh()
+            d = 0
+            if tables.devices is not None:
+                found = devs.get(id(tables.devices))
+                if found is None:
+                    found = devs[id(tables.devices)] = len(dev_rows) + 1
+                    dev_rows.append(tables.devices)
+                d = found
+            n = 0
+            if tables.names is not None:
+                content = tables.names.tobytes()
+                found = names.get(content)
+                if found is None:
+                    found = names[content] = len(name_rows) + 1
+                    name_rows.append(tables.names)
+                n = found
+            key = (d, n, compiled.selection.qc_remove)
+            c = combos.get(key)
+            if c is None:
+                c = combos[key] = len(combos)
+            combo_of[i] = c
+            if compiled.selection.expr is not None:
+                self._exprs.append(i)
+        self._combo_of = combo_of
+        combo_keys = list(combos)
+        self._combos = np.array([k[:2] for k in combo_keys], np.int64).reshape(-1, 2)
+        qc: dict[int, list[int]] = {}
+        for c, (_d, _n, remove) in enumerate(combo_keys):
+            if remove:
+                qc.setdefault(remove, []).append(c)
+        self._qc = [(remove, np.array(rows, np.int64)) for remove, rows in qc.items()]
+        # Row 0 of each table lets everything through; the others are padded with zeros to
+        # the widest (a key past a table's end is clipped into its zero end, as in ``mask``).
+        self._dev: npt.NDArray[np.uint8] | None = None
+        if dev_rows:
+            width = max(len(b) for b in dev_rows)
+            dev = np.zeros((len(dev_rows) + 1, width), np.uint8)
+            dev[0] = 0xFF
+            for row, bits in enumerate(dev_rows, 1):
+                dev[row, : len(bits)] = bits
+            self._dev = dev
+        self._names: npt.NDArray[np.bool_] | None = None
+        if name_rows:
+            width = max(len(t) for t in name_rows)
+            table = np.zeros((len(name_rows) + 1, width), np.bool_)
+            table[0] = True
+            for row, t in enumerate(name_rows, 1):
+                table[row, : len(t)] = t
+            self._names = table
+
+    def current(self, selections: Sequence[CompiledSelection], reg: Registry) -> bool:
+        """Whether this stack is for these selections (in this order) and the registry as it
+        is now."""
+        return (
+            reg is self._reg
+            and self.version == reg.version
+            and len(selections) == len(self.selections)
+            and all(a is b for a, b in zip(selections, self.selections, strict=True))
+        )
+
+    def masks(self, batch: Batch) -> npt.NDArray[np.bool_]:
+        """Row ``i``: the mask of ``batch`` for the ``i``-th selection."""
+        reg = self._reg
+        cols = _row_columns(batch, reg)
+        in_project = _in_project(batch, cols, self._project_pk)
+        ncombos = len(self._combos)
+        combo: npt.NDArray[np.bool_]
+        if self._dev is not None:
+            byte = np.take(self._dev, cols.clipped("device_byte", self._dev.shape[1]), axis=1)
+            per_dev = ((byte >> cols.device_shift) & 1).view(np.bool_)
+            per_dev &= in_project
+            combo = per_dev[self._combos[:, 0]]
+        else:
+            combo = np.repeat(in_project[None, :], ncombos, axis=0)
+        if self._names is not None:
+            per_name = np.take(self._names, cols.clipped("name", self._names.shape[1]), axis=1)
+            combo &= per_name[self._combos[:, 1]]
+        for remove, rows in self._qc:
+            combo[rows] &= qc_pass(batch, remove)
+        masks: npt.NDArray[np.bool_] = combo[self._combo_of]
+        for i in self._exprs:
+            mask = masks[i]
+            if mask.any():
+                sel = self.selections[i].selection
+                assert sel.expr is not None
+                table = _shared_table(batch, reg, sel.project_pk, sel.qc_remove)
+                rows = np.flatnonzero(mask)
+                mask[rows] = table.satisfied(sel.expr, reg.names)[table.report[rows]]
+        return masks
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,13 +38,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from streamgauge.core.filters import CompiledSelection
+from streamgauge.core.filters import CompiledSelection, SelectionStack
 from streamgauge.core.framing import Framing
 from streamgauge.core.registry import Registry
 from streamgauge.core.units import METRIC, UnitSystem
 from streamgauge.domain.batch import Batch, merge_commits
 
 SOLO_ROWS = 1000  # a committed batch this big is fanned out alone, not merged (``Hub.flush``)
+STACK_MIN = 16  # subscribers of a project from which a round computes their masks at once
 
 
 @dataclass(slots=True)
@@ -163,13 +164,23 @@ class Subscription:
     def project_pk(self) -> int:
         return self.selection.selection.project_pk
 
-    def render(self, batch: Batch) -> list[Item]:
-        """The frames of the rows of ``batch`` this subscriber wants: one item, or several of
-        at most ``framing.max_rows`` rows each."""
-        mask = self.selection.mask(batch)
-        picked = mask.nonzero()[0]
-        if not len(picked):
+    def render(
+        self,
+        batch: Batch,
+        mask: npt.NDArray[np.bool_] | None = None,
+        picked: npt.NDArray[np.int64] | None = None,
+    ) -> list[Item]:
+        """The frames of the rows of ``batch`` this subscriber wants (its selection's ``mask``
+        unless given, and ``picked``, the mask's rows, if given): one item, or several of at
+        most ``framing.max_rows`` rows each."""
+        if picked is not None and not len(picked):
             return []
+        if mask is None:
+            mask = self.selection.mask(batch)
+        if picked is None:
+            picked = mask.nonzero()[0]
+            if not len(picked):
+                return []
         # Subscribers whose masks agree on this batch (same form and units) share the join.
         framing = self.framing
         key = ("join", framing.name, self.units, mask.tobytes())
@@ -200,12 +211,17 @@ class Subscription:
             batch.derived[key] = items
         return items
 
-    def offer(self, batch: Batch) -> int:
-        """Queue (or hand to the sink) the items of ``batch`` this subscriber wants; returns
-        how many the sink took."""
+    def offer(
+        self,
+        batch: Batch,
+        mask: npt.NDArray[np.bool_] | None = None,
+        picked: npt.NDArray[np.int64] | None = None,
+    ) -> int:
+        """Queue (or hand to the sink) the items of ``batch`` this subscriber wants (the rows
+        of ``mask`` if given, see ``render``); returns how many the sink took."""
         if self.overflowed or self.closed:
             return 0
-        items = self.render(batch)
+        items = self.render(batch, mask, picked)
         sink = self.sink
         if sink is not None:
             last = int(batch.cursors[-1])
@@ -261,6 +277,7 @@ class Hub:
         # round's oldest commit (the delivery latency of that round).
         self._on_direct = on_direct
         self._subs: dict[int, set[Subscription]] = {}
+        self._stacks: dict[int, SelectionStack] = {}  # by project (``_masks``)
         self._pending: list[Batch] = []
         self._scheduled = False
         self.published_batches = 0
@@ -281,6 +298,7 @@ class Hub:
             subs.discard(sub)
             if not subs:
                 del self._subs[sub.project_pk]
+                self._stacks.pop(sub.project_pk, None)
 
     def publish(self, batch: Batch) -> None:
         """Queue a committed batch for the next fan-out round (at once outside an event loop)."""
@@ -321,14 +339,41 @@ class Hub:
     def _fan_out(self, batch: Batch) -> None:
         self.fanouts += 1
         direct = 0
-        for sub in list(self._subs.get(batch.project_pk, ())):  # a copy: sinks run foreign code
-            was = sub.overflowed
-            direct += sub.offer(batch)
-            if sub.overflowed and not was:
-                self.overflows += 1
+        subs = list(self._subs.get(batch.project_pk, ()))  # a copy: sinks run foreign code
+        masks = self._masks(batch, subs)
+        if masks is None:
+            for sub in subs:
+                was = sub.overflowed
+                direct += sub.offer(batch)
+                if sub.overflowed and not was:
+                    self.overflows += 1
+        else:
+            # Each subscriber's rows: a slice of the nonzero cells of the matrix, row by row.
+            at, rows = np.nonzero(masks)
+            bounds = np.searchsorted(at, np.arange(len(subs) + 1)).tolist()
+            for i, sub in enumerate(subs):
+                was = sub.overflowed
+                direct += sub.offer(batch, masks[i], rows[bounds[i] : bounds[i + 1]])
+                if sub.overflowed and not was:
+                    self.overflows += 1
         self.direct_items += direct
         if direct and self._on_direct is not None:
             self._on_direct((time.monotonic_ns() - batch.received_ns) / 1e9)
+
+    def _masks(self, batch: Batch, subs: list[Subscription]) -> npt.NDArray[np.bool_] | None:
+        """Every subscriber's mask of ``batch`` at once (``SelectionStack``), for a round to
+        ``STACK_MIN`` subscribers or more of one registry; None: each computes its own."""
+        if len(subs) < STACK_MIN:
+            self._stacks.pop(batch.project_pk, None)
+            return None
+        reg = subs[0].registry
+        if any(sub.registry is not reg for sub in subs):
+            return None
+        selections = [sub.selection for sub in subs]
+        stack = self._stacks.get(batch.project_pk)
+        if stack is None or not stack.current(selections, reg):
+            stack = self._stacks[batch.project_pk] = SelectionStack(selections, reg)
+        return stack.masks(batch)
 
     def tick(self, now: float, idle_seconds: float) -> None:
         """The keepalive clock (one for every stream, instead of a timer per wait): wake each
