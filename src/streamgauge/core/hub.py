@@ -164,26 +164,17 @@ class Subscription:
     def project_pk(self) -> int:
         return self.selection.selection.project_pk
 
-    def render(
-        self,
-        batch: Batch,
-        mask: npt.NDArray[np.bool_] | None = None,
-        picked: npt.NDArray[np.int64] | None = None,
-    ) -> list[Item]:
-        """The frames of the rows of ``batch`` this subscriber wants (its selection's ``mask``
-        unless given, and ``picked``, the mask's rows, if given): one item, or several of at
-        most ``framing.max_rows`` rows each."""
-        if picked is not None and not len(picked):
-            return []
-        if mask is None:
-            mask = self.selection.mask(batch)
+    def render(self, batch: Batch, picked: npt.NDArray[np.intp] | None = None) -> list[Item]:
+        """The frames of the rows of ``batch`` this subscriber wants (``picked``, the row
+        numbers in order, if given; else those its selection's mask picks): one item, or
+        several of at most ``framing.max_rows`` rows each."""
         if picked is None:
-            picked = mask.nonzero()[0]
-            if not len(picked):
-                return []
-        # Subscribers whose masks agree on this batch (same form and units) share the join.
+            picked = self.selection.mask(batch).nonzero()[0]
+        if not len(picked):
+            return []
+        # Subscribers who pick the same rows of this batch (same form and units) share the join.
         framing = self.framing
-        key = ("join", framing.name, self.units, mask.tobytes())
+        key = ("join", framing.name, self.units, picked.tobytes())
         items: list[Item] | None = batch.derived.get(key)
         if items is None:
             rows = framing.rows(batch, self.registry, self.units)
@@ -211,17 +202,12 @@ class Subscription:
             batch.derived[key] = items
         return items
 
-    def offer(
-        self,
-        batch: Batch,
-        mask: npt.NDArray[np.bool_] | None = None,
-        picked: npt.NDArray[np.int64] | None = None,
-    ) -> int:
+    def offer(self, batch: Batch, picked: npt.NDArray[np.intp] | None = None) -> int:
         """Queue (or hand to the sink) the items of ``batch`` this subscriber wants (the rows
-        of ``mask`` if given, see ``render``); returns how many the sink took."""
+        ``picked`` if given, see ``render``); returns how many the sink took."""
         if self.overflowed or self.closed:
             return 0
-        items = self.render(batch, mask, picked)
+        items = self.render(batch, picked)
         sink = self.sink
         if sink is not None:
             last = int(batch.cursors[-1])
@@ -348,12 +334,16 @@ class Hub:
                 if sub.overflowed and not was:
                     self.overflows += 1
         else:
-            # Each subscriber's rows: a slice of the nonzero cells of the matrix, row by row.
-            at, rows = np.nonzero(masks)
-            bounds = np.searchsorted(at, np.arange(len(subs) + 1)).tolist()
+            # Each subscriber's rows: a slice of the matrix's true cells, in row-major order
+            # (a 2-D ``nonzero`` took four times as long).
+            cells = np.flatnonzero(masks)
+            rows = cells % masks.shape[1]
+            bounds = np.zeros(len(subs) + 1, np.int64)
+            np.cumsum(np.count_nonzero(masks, axis=1), out=bounds[1:])
+            at = bounds.tolist()
             for i, sub in enumerate(subs):
                 was = sub.overflowed
-                direct += sub.offer(batch, masks[i], rows[bounds[i] : bounds[i + 1]])
+                direct += sub.offer(batch, rows[at[i] : at[i + 1]])
                 if sub.overflowed and not was:
                     self.overflows += 1
         self.direct_items += direct
