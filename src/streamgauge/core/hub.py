@@ -6,7 +6,10 @@ queue would exceed it is marked ``overflowed``; its
 stream closes with a reason and the cursor to resume from, and the client can reconnect and catch
 up from the store. A subscriber still catching up just drops its queue and catches up further.
 Nothing is ever dropped silently, and one slow client never grows memory or stalls the others:
-the fan-out does a mask and a join per subscriber and never waits.
+the fan-out does a mask and a join per subscriber and never waits. From ``STACK_MIN``
+subscribers of a project on, a round computes all their masks at once (``SelectionStack``: a
+few numpy operations over a subscribers x rows matrix, not a few per subscriber), and each
+subscriber's rows are a slice of the matrix's true cells.
 
 Natural batching, decided and written down: ``publish`` queues a committed batch and schedules
 one fan-out with ``call_soon``. Batches committed while the event loop is busy (sending to a

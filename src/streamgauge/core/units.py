@@ -542,10 +542,10 @@ _WARM: set[UnitSystem] = set()
 
 def warm(system: UnitSystem) -> None:
     """Make now what answering in ``system`` needs for the catalog's variables: each entry's
-    unit in the system, its conversion and its label (pint's registry, built at its first use,
-    costs 0.1 to 0.2 s of CPU; it is not built for labels alone). A stream asks before it subscribes, so the first fan-out round
-    with a subscriber in English units does not build it while a thousand sessions wait for
-    their rows; once per system and process."""
+    unit in the system, its conversion and its label (pint's registry, built at its first
+    use, costs 0.1 to 0.2 s of CPU; it is not built for labels alone). A stream asks before
+    it subscribes, so the first fan-out round with a subscriber in English units does not
+    build it while a thousand sessions wait for their rows; once per system and process."""
     if system in _WARM:
         return
     targets = []
