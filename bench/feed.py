@@ -656,9 +656,9 @@ def feed_tokens(port: int, workers: int, owners: list[int] | None = None) -> lis
 
 
 async def warm_up_session(base: str, queries: list[str]) -> None:
-    """Short sessions (auth, stop), one per filter kind, so one-time costs (the first
-    connection, the server's per-project tables of site attributes, station reports and
-    stations) are not counted as per-session memory."""
+    """Short sessions (auth, stop), one per filter kind and one in English units, so one-time
+    costs (the first connection, the server's per-project tables of site attributes, station
+    reports and stations, pint's unit registry) are not counted as per-session memory."""
     from websockets.asyncio.client import connect
 
     for query in queries:
@@ -712,9 +712,12 @@ def feed_fanout(
             raise RuntimeError(f"warm-up ingest failed: {bad[0]!r}")
         log(f"  every series got one observation first ({m.nseries:,} rows)")
     bases = [f"ws://{HOST}:{srv.port}/feed/{t}" for t in feed_tokens(srv.port, workers, owners)]
-    base = bases[0]
     kinds = {f.kind: f.query() for f in reversed(filters)}  # the first filter of each kind
-    run_async(warm_up_session(base, list(kinds.values())))
+    # and the first in other units: pint's registry is loaded once per process, by the first
+    # session that needs a conversion (about 4 MB, not a per-session cost)
+    warm_queries = list(kinds.values()) + [f.query() for f in filters if f.units][:1]
+    for each in bases:  # every process that serves sessions has its own one-time tables
+        run_async(warm_up_session(each, warm_queries))
     time.sleep(1.0)
     run.rss_before_mb = settled_rss_mb(pid)
     t = time.time()
