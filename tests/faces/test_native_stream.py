@@ -320,3 +320,21 @@ def test_resume_after_restart(tmp_path: Path) -> None:
             assert post(c, rows(1, start_ms=1_750_000_000_000))["first_cursor"] == 6
     finally:
         srv.stop()
+
+
+def test_units_are_warmed_before_the_stream_is_live(server: Server, client: httpx.Client) -> None:
+    """A stream in English units has its conversions made (pint's registry built once per
+    process) before its response starts: a client that has its headers is live, and the
+    build must not hold up the fan-out round or the loop that serves it (``units.warm``)."""
+    from streamgauge.core import units
+
+    make_station(client)
+    units._WARM.discard(units.ENGLISH)
+    with (
+        server.client(timeout=httpx.Timeout(10, read=5)) as c,
+        c.stream("GET", STREAM, params={"units": "english"}) as resp,
+    ):
+        assert resp.status_code == 200
+        assert units.ENGLISH in units._WARM  # before a byte of the body was read
+        first = next(lines(resp))
+        assert first["units"]["temp"] == "Fahrenheit"

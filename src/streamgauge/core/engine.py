@@ -691,6 +691,7 @@ class Engine:
         nothing written); while the stream is live, the hub's fan-out writes each round's
         frames with it instead of waking this generator (``core/hub.py``, direct delivery)."""
         s = self.settings
+        warm_units(units)  # before the opening frame's labels (see ``events``)
         yield framing.opened(int(s.keepalive_seconds * 1000)) + framing.units(describe(units))
         sink: Sink | None = None
         if direct is not None:

@@ -21,6 +21,7 @@ from streamgauge.core.framing import NDJSON, SSE, Framing
 from streamgauge.core.ingest import MAX_TIME, MIN_TIME
 from streamgauge.core.services.timeseries import AggregateQuery
 from streamgauge.core.units import parse_units
+from streamgauge.core.units import warm as warm_units
 from streamgauge.domain.errors import BadRequest
 from streamgauge.domain.log import HistoryQuery
 from streamgauge.faces.http import (
@@ -562,6 +563,10 @@ async def stream(
         def direct(data: bytes) -> bool:
             return not chunks.paused and chunks.write(data)
 
+    # Unit conversions made before the response starts: a client that has its headers is
+    # live, and pint's registry (built by the first English-units stream) must not be built
+    # in its first fan-out round, nor while the loop serves the rows it then expects.
+    warm_units(select.units)
     frames = engine.stream(selection, framing, cursor, select.units, direct)
     return StreamingResponse(
         _after_gap(notice, frames) if notice else frames,

@@ -49,6 +49,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from streamgauge.core.consumers import Consumer
 from streamgauge.core.engine import Chunk, Closed, Engine
 from streamgauge.core.hub import Item, Sink
+from streamgauge.core.units import warm as warm_units
 from streamgauge.domain.errors import BadRequest, Gone, StreamgaugeError
 from streamgauge.domain.feeds import FeedSession, FeedToken, SessionLimit
 from streamgauge.domain.log import HistoryQuery
@@ -242,6 +243,7 @@ async def _feed(ws: WebSocket, token: str, session_id: str | None) -> None:
         claimed = session.id
         if session_id is None:
             ticket = _ticket(engine.feeds, session.id)
+        warm_units(args.select.units)  # before the session is live (``units.warm``)
         await _send(ws, auth_success(session.id, session_id is not None))
         if isinstance(gap, Gone):
             await _send(ws, orjson.dumps({"type": "closed", "error": gap.to_dict()}))
