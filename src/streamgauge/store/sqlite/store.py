@@ -108,7 +108,7 @@ class Tx:
         return self.conn.execute(sql, params)
 
 
-WRITER_CACHE_KIB = 16384  # given back when idle (``_writer``); 64 MiB ingested no faster (issue 17)
+WRITER_CACHE_KIB = 65536  # given back when the writer has nothing left to do (``_writer``)
 READER_CACHE_KIB = 4096
 LATEST_CHUNK = 16_384  # rows ``latest_rows`` reads at a time
 MIN_SQLITE = (3, 38, 0)  # the JSON operators (->>) of the log's insert
