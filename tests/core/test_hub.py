@@ -460,6 +460,7 @@ def test_a_round_to_many_subscribers_gives_each_exactly_its_own_rows() -> None:
     late = sub(reg, Selection(1, variables=frozenset({"air_temp"})))
     hub.subscribe(late)
     hub.unsubscribe(subs[0])
+    assert not hub._stacks  # a subscriber that left is not held by the stack
     hub.publish(batch([3, 2], first=7))
     assert [c for item in late.queue for c in json_cursors(item)] == [7]
     assert [c for item in subs[0].queue for c in json_cursors(item)] == expected[id(subs[0])]

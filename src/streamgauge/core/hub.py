@@ -285,9 +285,10 @@ class Hub:
         subs = self._subs.get(sub.project_pk)
         if subs is not None:
             subs.discard(sub)
+            # the next round stacks its subscribers anew; the stack held this one's selection
+            self._stacks.pop(sub.project_pk, None)
             if not subs:
                 del self._subs[sub.project_pk]
-                self._stacks.pop(sub.project_pk, None)
 
     def publish(self, batch: Batch) -> None:
         """Queue a committed batch for the next fan-out round (at once outside an event loop)."""
