@@ -38,8 +38,10 @@ class Settings(BaseSettings):
         ge=1024,
         le=10_000_000,
         description=(
-            "Observations per sealed chunk: the (series, time) index is built for a chunk once it "
-            "holds this many rows, so inserts never pay for it one row at a time."
+            "Observations per sealed chunk: the indexer thread adds the log's unindexed tail to "
+            "the (series, time) index (streamgauge-index.db) once it holds 4,096 rows (or this "
+            "many, if fewer) while live writes come, two chunks (131,072 rows at most) in a bulk "
+            "load, so inserts never pay for it one row at a time."
         ),
     )
 

@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 
+from streamgauge.config import DB_NAME
 from tests.conftest import MS, Server, make_station, settle, start_server
 from tests.tapis_helpers import account
 
@@ -370,7 +371,7 @@ def test_a_stored_row_that_cannot_be_encoded_does_not_take_listings_down(tmp_pat
             assert c.post(API, json={"id": "old", "metadata": {"n": 2}}).status_code == 201
     finally:
         srv.stop()
-    db = next(data.glob("*.db"))
+    db = data / DB_NAME
     with sqlite3.connect(db) as conn:
         (doc,) = conn.execute("SELECT doc FROM projects WHERE id = 'old'").fetchone()
         doc = doc.replace('"n":2', '"n":18446744073709551616')

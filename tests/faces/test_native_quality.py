@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 
+from streamgauge.config import DB_NAME
 from streamgauge.wire.rows import format_time
 from tests.conftest import Server, expect_error, start_server
 
@@ -258,7 +259,7 @@ def test_qc_identical_across_clean_restart(tmp_path: Path) -> None:
                 post(c, b)
     finally:
         two.stop()  # clean: the writer checkpoints the QC state as it closes
-    (db,) = path.glob("*.db")
+    db = path / DB_NAME
     with closing(sqlite3.connect(db)) as conn:
         (qc_cursor,) = conn.execute("SELECT value FROM state WHERE key='qc_cursor'").fetchone()
         (head,) = conn.execute("SELECT max(cursor) FROM obs").fetchone()

@@ -18,7 +18,7 @@ import pytest
 from streamgauge.domain.errors import Conflict
 from streamgauge.domain.timeseries import summarize
 from streamgauge.store.sqlite import retention
-from streamgauge.store.sqlite.store import SqliteStore
+from streamgauge.store.sqlite.store import SqliteStore, index_path
 from tests.store.test_sqlite import cols, open_store, seed
 
 MIN = 60_000
@@ -26,7 +26,14 @@ T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 
 
 def db(store: SqliteStore) -> sqlite3.Connection:
-    return sqlite3.connect(store.path)
+    """The log with its index file attached, as the store's own connections see them."""
+    conn = sqlite3.connect(store.path)
+    conn.execute("ATTACH ? AS ix", (str(index_path(store.path)),))
+    return conn
+
+
+def sealed_in(c: sqlite3.Connection) -> int:
+    return int(c.execute("SELECT value FROM index_state WHERE key = 'sealed'").fetchone()[0])
 
 
 def rows(store: SqliteStore) -> dict[int, tuple[int, int, float]]:
@@ -41,7 +48,7 @@ def check_consistent(store: SqliteStore) -> None:
     """The index holds exactly the sealed rows of the log; the summaries are those of the rows
     up to ``summarized`` (later rows are summarized at read time, folded in when idle)."""
     with db(store) as c:
-        sealed = int(c.execute("SELECT value FROM state WHERE key = 'sealed'").fetchone()[0])
+        sealed = sealed_in(c)
         index = set(c.execute("SELECT series, time, cursor FROM obs_index"))
         logged = set(c.execute("SELECT series, time, cursor FROM obs WHERE cursor <= ?", (sealed,)))
         assert index == logged
@@ -102,7 +109,7 @@ async def test_dense_pass_removes_exactly_the_old_rows_in_bounded_steps(tmp_path
         cuts = [T0 + 150 * MIN + 30_000, T0 + 120 * MIN, T0 + 200 * MIN + 1, T0 + 10 * MIN]
         pairs = sorted_pairs(store, v, cuts)
         with db(store) as c:
-            plan = retention.expired(c, store._sealed, pairs)
+            plan = retention.expired(c, sealed_in(c), pairs)
         assert retention.Pass(pk, plan, False).dense
         cut_of = dict(pairs)
         old = {cur for cur, (s, t, _) in before.items() if t < cut_of[s]}
@@ -125,6 +132,7 @@ async def test_sparse_pass_and_the_unindexed_tail(tmp_path: Path) -> None:
     try:
         pk, v = await seed(store)
         await interleaved(store, pk, v, 400)
+        await store.index_all()
         # old rows backfilled late: far from the other expired rows in the log, one of them
         # still in the unindexed tail
         await store.append(cols(pk, [v[0], v[1]], [T0 - 5 * MIN, T0 - 4 * MIN], [1.0, 2.0]))
@@ -132,7 +140,7 @@ async def test_sparse_pass_and_the_unindexed_tail(tmp_path: Path) -> None:
         before = rows(store)
         pairs = sorted_pairs(store, v, [T0 + 3 * MIN + 1] * 4)
         with db(store) as c:
-            plan = retention.expired(c, store._sealed, pairs)
+            plan = retention.expired(c, sealed_in(c), pairs)
         assert not retention.Pass(pk, plan, False).dense
         cut_of = dict(pairs)
         old = {cur for cur, (s, t, _) in before.items() if t < cut_of[s]}
@@ -173,7 +181,7 @@ async def test_rollup_keeps_summaries_and_writes_between_steps_survive(tmp_path:
         left = rows(store)
         assert all(cur in left for cur in written)  # written after the plan: kept this pass
         with db(store) as c:
-            sealed = int(c.execute("SELECT value FROM state WHERE key = 'sealed'").fetchone()[0])
+            sealed = sealed_in(c)
             index = set(c.execute("SELECT series, time, cursor FROM obs_index"))
             logged = set(
                 c.execute("SELECT series, time, cursor FROM obs WHERE cursor <= ?", (sealed,))
@@ -207,11 +215,12 @@ async def test_backfill_probe_finds_duplicates_and_conflicts_indexed_or_in_the_t
             cols(pk, [v[0]] * 50, [T0 - i * MIN for i in range(1, 51)], [2.0] * 50)
         )
         assert (r.accepted, r.duplicates) == (50, 0)
-        await store.append(cols(pk, [v[3]], [T0], [0.0]))  # (after the indexing of the above)
+        await store.index_all()
+        await store.append(cols(pk, [v[3]], [T0], [0.0]))
         tail = [T0 + i * MIN for i in range(100, 110)]
         await store.append(cols(pk, [v[0]] * 10, tail, [1.0] * 10))
         with db(store) as c:
-            sealed = int(c.execute("SELECT value FROM state WHERE key = 'sealed'").fetchone()[0])
+            sealed = sealed_in(c)
         assert sealed >= 150  # the first 150 rows are indexed; the last ones (likely) not
         # into the stored span: repeats of an indexed row, a backfilled one and a tail row,
         # and two new rows

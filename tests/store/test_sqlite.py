@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from streamgauge.domain.events import SeriesAdded
 from streamgauge.domain.log import HistoryQuery, IngestColumns
 from streamgauge.domain.model import DeviceIn, ProjectIn, VariableIn
 from streamgauge.store.sqlite import metadata
-from streamgauge.store.sqlite.store import SqliteStore
+from streamgauge.store.sqlite.store import SqliteStore, index_path
 from tests.store.rules import log_rules
 
 
@@ -321,6 +322,7 @@ async def test_restart_restores_latest_times_and_rows_from_the_index_and_the_tai
     await store.append(cols(pk, [v[0]] * 5, [1000 * i for i in range(1, 6)], [1.0] * 5))
     await store.append(cols(pk, [v[1]] * 4, [10, 20, 40, 30], [1.0, 2.0, 4.0, 3.0]))
     await store.append(cols(pk, [v[3]] * 4, [1, 2, 3, 4], [5.0, 6.0, 7.0, 8.0]))
+    await store.index_all()
     await store.append(cols(pk, [v[0], v[2]], [500, 7], ["old", 7]))
     assert store._sealed < store.head  # the last append is in the tail
     reg = store.registry
@@ -352,13 +354,13 @@ async def test_restart_restores_latest_times_and_rows_from_the_index_and_the_tai
         await again.close()
 
 
-async def test_an_idle_writer_checkpoints_qc_before_indexing_a_long_backlog(
+async def test_an_idle_writer_checkpoints_qc_after_a_long_backlog(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The QC state is checkpointed once the writer is idle and the log has grown past
-    ``QC_CHECKPOINT_ROWS`` since the last checkpoint, before it indexes or summarizes: those
-    can keep an idle writer busy for minutes after a backfill, and a restart replays the log
-    after the checkpoint."""
+    ``QC_CHECKPOINT_ROWS`` since the last checkpoint, before it summarizes (which can keep an
+    idle writer busy for minutes after a backfill): a restart replays the log after the
+    checkpoint. (The index is the indexer thread's, beside it.)"""
     from streamgauge.store.sqlite import store as sqlite_store
 
     monkeypatch.setattr(sqlite_store, "QC_CHECKPOINT_ROWS", 3)
@@ -368,33 +370,33 @@ async def test_an_idle_writer_checkpoints_qc_before_indexing_a_long_backlog(
         order: list[str] = []
         checkpointed = asyncio.Event()
         loop = asyncio.get_running_loop()
-        checkpoint, seal = store._checkpoint_qc, store._seal
+        checkpoint, fold = store._checkpoint_qc, store._fold
 
         def checkpoint_qc(conn: Any) -> None:
-            order.append(f"checkpoint {store._sealed}")
+            order.append(f"checkpoint {store._summarized}")
             checkpoint(conn)
             loop.call_soon_threadsafe(checkpointed.set)
 
-        def seal_(conn: Any, upto: int) -> None:
-            order.append("seal")
-            seal(conn, upto)
+        def fold_(conn: Any, upto: int) -> None:
+            order.append("fold")
+            fold(conn, upto)
 
         monkeypatch.setattr(store, "_checkpoint_qc", checkpoint_qc)
-        monkeypatch.setattr(store, "_seal", seal_)
+        monkeypatch.setattr(store, "_fold", fold_)
         await store.append(cols(pk, [v[0]] * 5, [1000 * i for i in range(5)], [1.0] * 5))
         await checkpointed.wait()
-        assert order[0] == "checkpoint 0"  # before the 5 rows were indexed
+        assert order[0] == "checkpoint 0"  # before the 5 rows were summarized
         assert store._qc_cursor == 5
     finally:
         await store.close()
 
 
-async def test_index_commits_skip_their_fsync_and_appends_keep_theirs(
+async def test_the_index_file_commits_without_fsync_and_appends_keep_theirs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With durability full, the index's transaction (derived from the log, rebuilt if lost)
-    commits with synchronous=NORMAL; every other write still commits with FULL, also after an
-    index step that failed."""
+    """With durability full, the indexer's transactions (in the index file, derived from the
+    log, rebuilt if lost) commit with synchronous=NORMAL; every write of the log still commits
+    with FULL. An index step that failed is retried; reads are exact meanwhile."""
     store = SqliteStore(
         tmp_path / "db",
         durability="full",
@@ -402,12 +404,17 @@ async def test_index_commits_skip_their_fsync_and_appends_keep_theirs(
         rules=log_rules(),
         registry=Registry(),
     )
-    seen: list[int] = []
+    seen: list[tuple[int, int]] = []
     seal_sql = SqliteStore._seal_sql
     failed = [False]
 
     def spy(self: SqliteStore, conn: Any, upto: int) -> None:
-        seen.append(int(conn.execute("PRAGMA synchronous").fetchone()[0]))
+        seen.append(
+            (
+                int(conn.execute("PRAGMA ix.synchronous").fetchone()[0]),
+                int(conn.execute("PRAGMA main.synchronous").fetchone()[0]),
+            )
+        )
         if not failed[0]:
             failed[0] = True
             raise sqlite3.OperationalError("disk I/O error")  # logged, retried later
@@ -419,12 +426,96 @@ async def test_index_commits_skip_their_fsync_and_appends_keep_theirs(
         pk, v = await seed(store)
         await store.append(cols(pk, [v[0]] * 10, [1000 * i for i in range(10)], [1.0] * 10))
         assert await store.write(lambda tx: tx.execute("PRAGMA synchronous").fetchone()[0]) == 2
+        assert len(await store.history(HistoryQuery(pk, limit=100))) == 10
         await store.append(cols(pk, [v[1]] * 10, [1000 * i for i in range(10)], [1.0] * 10))
-        # (the writer indexes after it answered: this write comes after that)
+        await store.index_all()
         assert await store.write(lambda tx: tx.execute("PRAGMA synchronous").fetchone()[0]) == 2
-        assert len(seen) >= 2 and set(seen) == {1}  # NORMAL in both, the failed one too
+        assert len(seen) >= 2 and {ix for ix, _ in seen} == {1}  # NORMAL, the failed one too
         assert store._sealed == store.head == 20
         hist = await store.history(HistoryQuery(pk, limit=100))
         assert len(hist) == 20
     finally:
         await store.close()
+
+
+async def test_appends_commit_while_an_index_step_holds_the_index_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The indexer's step is a transaction of the index file only: while one is open (its
+    rows written, not committed), the writer commits appends, and a duplicate probe and a
+    history read see every row exactly once, indexed or in the tail."""
+    store = await open_store(tmp_path, [], chunk=10_000)
+    pk, v = await seed(store)
+    holding, release = threading.Event(), threading.Event()
+    seal_sql = SqliteStore._seal_sql
+
+    def held(self: SqliteStore, conn: Any, upto: int) -> None:
+        seal_sql(self, conn, upto)  # the index file's write lock is now taken
+        holding.set()
+        release.wait()
+
+    try:
+        await store.append(cols(pk, [v[0]] * 10, [1000 * i for i in range(10)], [1.0] * 10))
+        monkeypatch.setattr(SqliteStore, "_seal_sql", held)
+        indexing = asyncio.ensure_future(store.index_all())
+        await asyncio.to_thread(holding.wait)
+        # during the step: new rows, a duplicate of a row being indexed, a conflict with one
+        r = await store.append(cols(pk, [v[0]] * 3, [3000, 20_000, 21_000], [1.0, 2.0, 2.0]))
+        assert (r.accepted, r.duplicates) == (2, 1)
+        with pytest.raises(Conflict):
+            await store.append(cols(pk, [v[0]], [4000], [9.0]))
+        hist = await store.history(HistoryQuery(pk, limit=100))
+        assert hist.times.tolist() == [1000 * i for i in range(10)] + [20_000, 21_000]
+        assert not indexing.done() and store._sealed == 0
+        release.set()
+        await indexing
+        assert store._sealed >= 10
+        await store.index_all()
+        assert store._sealed == store.head == 12
+        again = await store.history(HistoryQuery(pk, limit=100))
+        assert again.times.tolist() == hist.times.tolist()
+    finally:
+        release.set()
+        await store.close()
+
+
+@pytest.mark.parametrize("damage", ["missing", "another log", "ahead", "unreadable"])
+async def test_an_index_file_that_does_not_fit_the_log_is_built_again(
+    tmp_path: Path, damage: str
+) -> None:
+    """On open, an index file that is missing, of another log, ahead of the log, or not a
+    database is set aside and the log indexed again; reads are exact all along."""
+    store = await open_store(tmp_path, [], chunk=8)
+    pk, v = await seed(store)
+    await store.append(cols(pk, [v[0]] * 20, [1000 * i for i in range(20)], [1.0] * 20))
+    await store.index_all()
+    before = await store.history(HistoryQuery(pk, limit=100))
+    await store.close()
+    ix = index_path(tmp_path / "db")
+    if damage == "missing":
+        ix.unlink()
+    elif damage in ("another log", "ahead"):
+        with sqlite3.connect(ix) as c:
+            if damage == "another log":
+                c.execute("UPDATE index_state SET value = 'x' WHERE key = 'log'")
+            else:  # rows indexed that the log lost (a power cut, durability=normal)
+                c.execute("UPDATE index_state SET value = 99 WHERE key = 'sealed'")
+        c.close()
+    else:
+        for suffix in ("-wal", "-shm"):
+            ix.with_name(ix.name + suffix).unlink(missing_ok=True)
+        ix.write_bytes(b"not a database" * 100)
+    again = await open_store(tmp_path, [], chunk=8)
+    try:
+        assert again._sealed == 0
+        got = await again.history(HistoryQuery(pk, limit=100))
+        assert got.cursors.tolist() == before.cursors.tolist()
+        r = await again.append(cols(pk, [v[0]] * 2, [5000, 50_000], [1.0, 1.0]))
+        assert (r.accepted, r.duplicates) == (1, 1)
+        await again.index_all()
+        assert again._sealed == again.head == 21
+        with sqlite3.connect(ix) as c:
+            assert c.execute("SELECT count(*) FROM obs_index").fetchone()[0] == 21
+        c.close()
+    finally:
+        await again.close()

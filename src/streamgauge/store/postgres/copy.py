@@ -46,7 +46,7 @@ TABLES = [
     "alert_actions",
     "alert_states",
 ]
-SKIPPED_STATE = {"sealed"}  # the embedded index's progress: no meaning here
+SKIPPED_STATE = {"sealed", "log"}  # the embedded index's progress and log identity
 
 
 class NotEmpty(RuntimeError):

@@ -47,8 +47,11 @@ class FeedTables:
 
     def _write(self, fn: Callable[[Tx], T]) -> T:
         if self._conn is None:
-            self._conn = _connect(
-                self._replica.path, readonly=False, durability=self._replica.durability
+            self._conn = _connect(  # without the index: BEGIN IMMEDIATE would lock it too
+                self._replica.path,
+                readonly=False,
+                durability=self._replica.durability,
+                index=False,
             )
             self._conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         conn = self._conn

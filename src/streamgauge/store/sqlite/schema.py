@@ -274,9 +274,28 @@ MIGRATIONS: list[str] = [
             (time - (((time % 3600000) + 3600000) % 3600000)) / 3600000, qc ORDER BY time)
     ) GROUP BY series, h, qc;
     """,
+    # 12: the (series, time) index moves to a database file of its own (``INDEX_SCHEMA``,
+    # written by the indexer thread while the writer commits to the log; issue 17). It is
+    # built again there from the log; the log gets an identity the index file must match.
+    """
+    DROP TABLE obs_index;
+    DELETE FROM state WHERE key = 'sealed';
+    INSERT INTO state VALUES ('log', lower(hex(randomblob(16))));
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# The index file (``store.index_path``): the log's rows up to ``sealed`` by (series, time), and
+# ``log``, the identity (``state.log``) of the log it indexes.
+INDEX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS obs_index (
+    series INTEGER NOT NULL, time INTEGER NOT NULL, cursor INTEGER NOT NULL,
+    PRIMARY KEY (series, time)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS index_state (key TEXT PRIMARY KEY, value ANY);
+INSERT OR IGNORE INTO index_state VALUES ('sealed', 0);
+"""
 
 
 class SchemaTooNew(RuntimeError):

@@ -52,7 +52,7 @@ from streamgauge.store.memory import release_free_memory
 from streamgauge.store.sqlite import metadata, retention, summaries
 from streamgauge.store.sqlite.fair import FairGate
 from streamgauge.store.sqlite.filtersql import to_sql
-from streamgauge.store.sqlite.schema import migrate
+from streamgauge.store.sqlite.schema import INDEX_SCHEMA, migrate
 from streamgauge.store.sqlite.writeq import BIG_ROWS, Closed, Idle, WriteQueue
 
 T = TypeVar("T")
@@ -67,6 +67,7 @@ SEAL_STEP = 4096  # rows indexed per step (a few ms of work between two commits)
 # fewer, in one step (``_upkeep``).
 BULK_CHUNKS = 2
 SEAL_BULK = 131072
+SEAL_MAX = 262144  # rows indexed in one step at most (a longer backlog goes in several)
 FREEZE_EVERY = 20_000  # registry growth (series, metadata changes) between gc.freeze() calls
 IDLE_SECONDS = 0.5  # a writer idle this long indexes the tail of the log
 # ... but not in the first seconds after open: the engine's startup reads (and a restart's
@@ -110,6 +111,10 @@ class Tx:
 
 WRITER_CACHE_KIB = 65536  # given back when the writer has nothing left to do (``_writer``)
 READER_CACHE_KIB = 4096
+WRITER_INDEX_CACHE_KIB = 16384  # the writer's view of the index: duplicate probes' pages
+# The indexer's: a step writes a page per series it touches (12,000 series: 47 MiB of 4 KiB
+# pages); given back once the indexer has caught up.
+INDEXER_CACHE_KIB = 65536
 LATEST_CHUNK = 16_384  # rows ``latest_rows`` reads at a time
 MIN_SQLITE = (3, 38, 0)  # the JSON operators (->>) of the log's insert
 
@@ -133,7 +138,19 @@ _ROWS_AT = (
 )
 
 
-def _connect(path: Path, *, readonly: bool, durability: str) -> sqlite3.Connection:
+def index_path(path: Path) -> Path:
+    """The file of the log's (series, time) index beside the database ``path``
+    (``streamgauge.db`` -> ``streamgauge-index.db``): a database of its own, so the indexer
+    thread commits to it while the writer commits to the log (``SqliteStore._indexer``)."""
+    return path.with_name(f"{path.stem}-index{path.suffix}")
+
+
+def _connect(
+    path: Path, *, readonly: bool, durability: str, index: bool = True
+) -> sqlite3.Connection:
+    """A connection to the database ``path`` with the index file attached as ``ix`` (read-only
+    on a read-only connection; ``index=False``: not attached). Unqualified, ``obs_index`` and
+    ``index_state`` name the index file's tables."""
     if sqlite3.sqlite_version_info < MIN_SQLITE:
         raise RuntimeError(
             f"streamgauge needs SQLite {'.'.join(map(str, MIN_SQLITE))} or newer; "
@@ -154,7 +171,42 @@ def _connect(path: Path, *, readonly: bool, durability: str) -> sqlite3.Connecti
     # each one's cache stays resident once a long read filled it: a page read again from the
     # OS's cache costs a copy, one kept here costs resident memory in every reader).
     conn.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB if readonly else WRITER_CACHE_KIB}")
+    if index:
+        ix = index_path(path)
+        if readonly:
+            conn.execute("ATTACH ? AS ix", (f"file:{ix}?mode=ro",))
+        else:
+            conn.execute("ATTACH ? AS ix", (str(ix),))
+            # Derived from the log and rebuilt from it if lost (``_open_index``): no fsync of
+            # its own; SQLite syncs its WAL before each checkpoint copies it.
+            conn.execute("PRAGMA ix.synchronous=NORMAL")
+        conn.execute(f"PRAGMA ix.cache_size=-{READER_CACHE_KIB}")
     return conn
+
+
+def _begin(conn: sqlite3.Connection) -> None:
+    """Begin a write transaction that holds the log database's write lock from its start (as
+    ``BEGIN IMMEDIATE``) but not the index file's: the indexer commits to that one meanwhile.
+    (``BEGIN IMMEDIATE`` would lock every attached database; a statement that writes nothing
+    takes the lock of the one it names, without writing a page.)"""
+    conn.execute("BEGIN")
+    try:
+        conn.execute("DELETE FROM main.state WHERE 0")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _lock_index(conn: sqlite3.Connection) -> None:
+    """In the writer's transaction, before it reads the index: take the index file's write
+    lock too (waiting for the indexer's step), so the transaction's view of the index cannot
+    go stale before it writes there."""
+    conn.execute("DELETE FROM ix.index_state WHERE 0")
+
+
+def _sealed_in(conn: sqlite3.Connection) -> int:
+    """The index's sealed position in ``conn``'s current snapshot of the index file."""
+    return int(conn.execute("SELECT value FROM index_state WHERE key = 'sealed'").fetchone()[0])
 
 
 class SqliteStore:
@@ -182,7 +234,15 @@ class SqliteStore:
         self.rules: CommitRules = rules(self.registry)
         self._head = 0  # last cursor published on the loop
         self._writer_head = 0  # last cursor committed (writer thread)
+        # The indexer's (``_indexer``): the index holds the log up to this cursor. Its thread
+        # waits on ``_index_cond`` for commits (``_committed_head``, ``_last_commit``).
         self._sealed = 0
+        self._index_cond = threading.Condition()
+        self._committed_head = 0
+        self._last_commit = 0.0
+        self._index_force = False  # ``index_all``: index whatever is left now
+        self._index_stop = False
+        self._indexing: threading.Thread | None = None
         self._summarized = 0  # rows up to this cursor are in the hour summaries
         # The writer's jobs, small writes ahead of big appends waiting (``writeq``).
         self._queue: WriteQueue[_Job] = WriteQueue()
@@ -204,9 +264,13 @@ class SqliteStore:
         self._frozen_at = 0
         self._qc_dirty: set[int] = set()  # series whose QC state changed since the checkpoint
         self._qc_cursor = 0  # the cursor the checkpointed QC state is current at
-        # The (least, greatest) time of the unindexed tail's rows, or more (it only widens until
-        # the whole tail is indexed); None: not known (the tail found on open).
+        # The (least, greatest) time of the rows after ``_span_base``, or more (it only widens
+        # until the indexer catches up with ``_span_top``, the last cursor added); None: not
+        # known (the tail found on open). Shared by the writer and the indexer: ``_span_lock``.
         self._tail_span: tuple[int, int] | None = None
+        self._span_base = 0
+        self._span_top = 0
+        self._span_lock = threading.Lock()
         # Per project, the highest cursor retention removed (store/sqlite/retention.py).
         self.gone: dict[int, int] = {}
         self._span: tuple[int, int, int] | None = None  # (project, first, last) of the last batch
@@ -255,8 +319,9 @@ class SqliteStore:
             files.tighten_if_present(self.path.with_name(self.path.name + suffix))
         self._loop = asyncio.get_running_loop()
         self._publish = publish
-        conn = _connect(self.path, readonly=False, durability=self.durability)
+        conn = _connect(self.path, readonly=False, durability=self.durability, index=False)
         migrate(conn)
+        self._open_index(conn)
         # The log state is read on another connection in a thread (its SQL in one statement
         # each: the GIL is not handed over per row) while the registry loads here.
         reading = self._loop.run_in_executor(None, self._read_log_state)
@@ -273,7 +338,7 @@ class SqliteStore:
         gc.collect()
         gc.freeze()
         self._head = self._writer_head
-        # The WAL is checkpointed by a thread of its own, not in the writer's commits.
+        # The WALs are checkpointed by a thread of its own, not in the writer's commits.
         ckpt = _connect(self.path, readonly=False, durability=self.durability)
         conn.execute("PRAGMA wal_autocheckpoint=0")
         self._checkpointer = threading.Thread(
@@ -284,6 +349,55 @@ class SqliteStore:
             target=self._writer, args=(conn,), name="sg-writer", daemon=True
         )
         self._thread.start()
+        indexer = _connect(self.path, readonly=False, durability=self.durability)
+        indexer.execute(f"PRAGMA main.cache_size=-{READER_CACHE_KIB}")  # the tail: just written
+        indexer.execute(f"PRAGMA ix.cache_size=-{INDEXER_CACHE_KIB}")
+        indexer.execute("PRAGMA wal_autocheckpoint=0")
+        self._indexing = threading.Thread(
+            target=self._indexer, args=(indexer,), name="sg-indexer", daemon=True
+        )
+        self._indexing.start()
+
+    def _open_index(self, conn: sqlite3.Connection) -> None:
+        """Open the index file beside the database (``index_path``) and attach it to the
+        writer's connection ``conn``; made anew, empty, when it is missing, unreadable, of
+        another log (``log`` in each file's state), or ahead of the log (rows it indexed were
+        lost: a power cut under ``durability=normal``). The indexer then indexes the whole log
+        again; reads meanwhile scan the unindexed tail, so they stay exact."""
+        ix = index_path(self.path)
+        log_id = str(conn.execute("SELECT value FROM state WHERE key = 'log'").fetchone()[0])
+        head = int(conn.execute("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0])
+        if ix.exists():
+            why = None
+            try:
+                check = sqlite3.connect(ix, isolation_level=None)
+                try:
+                    marks = dict(check.execute("SELECT key, value FROM index_state").fetchall())
+                finally:
+                    check.close()
+                if marks.get("log") != log_id:
+                    why = "it belongs to another log"
+                elif int(marks.get("sealed", -1)) > head:
+                    why = f"it indexes up to cursor {marks['sealed']}, past the log's {head}"
+            except (sqlite3.Error, ValueError, TypeError) as exc:
+                why = f"it cannot be read ({exc})"
+            if why is not None:
+                log.warning("indexing the log anew: the index file %s is set aside: %s", ix, why)
+                for name in (ix.name, ix.name + "-wal", ix.name + "-shm"):
+                    ix.with_name(name).unlink(missing_ok=True)
+        files.private_file(ix)  # 0600 before SQLite opens it (its -wal and -shm follow)
+        for suffix in ("-wal", "-shm"):
+            files.tighten_if_present(ix.with_name(ix.name + suffix))
+        made = sqlite3.connect(ix, isolation_level=None)
+        try:
+            made.execute("PRAGMA journal_mode=WAL")
+            made.executescript(INDEX_SCHEMA)
+            made.execute("INSERT OR IGNORE INTO index_state VALUES ('log', ?)", (log_id,))
+        finally:
+            made.close()
+        conn.execute("ATTACH ? AS ix", (str(ix),))
+        conn.execute("PRAGMA ix.synchronous=NORMAL")
+        conn.execute(f"PRAGMA ix.cache_size=-{WRITER_INDEX_CACHE_KIB}")
 
     async def close(self) -> None:
         if self._closed:
@@ -292,6 +406,11 @@ class SqliteStore:
         self._queue.close()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+        with self._index_cond:
+            self._index_stop = True
+            self._index_cond.notify_all()
+        if self._indexing is not None:
+            await asyncio.to_thread(self._indexing.join)
         self._checkpoint_stop = True
         self._checkpoint_wanted.set()
         if self._checkpointer is not None:
@@ -313,7 +432,8 @@ class SqliteStore:
                 if self._checkpoint_stop:
                     break
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    conn.execute("PRAGMA main.wal_checkpoint(PASSIVE)").fetchone()
+                    conn.execute("PRAGMA ix.wal_checkpoint(PASSIVE)").fetchone()
                 except sqlite3.Error:
                     log.exception("checkpointing the WAL failed; will retry")
                 time.sleep(CHECKPOINT_SECONDS)
@@ -327,8 +447,8 @@ class SqliteStore:
         try:
             conn.execute("BEGIN")
             one = conn.execute
+            sealed = _sealed_in(conn)  # first: the log's snapshot is then as new or newer
             head = int(one("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0])
-            sealed = int(one("SELECT value FROM state WHERE key='sealed'").fetchone()[0])
             summarized = int(one("SELECT value FROM state WHERE key='summarized'").fetchone()[0])
             qc_cursor = int(one("SELECT value FROM state WHERE key='qc_cursor'").fetchone()[0])
             series, times = _int_columns(
@@ -374,8 +494,10 @@ class SqliteStore:
             state.sealed,
             state.summarized,
         )
+        self._committed_head = self._span_top = state.head
         if self._sealed == self._writer_head:
             self._tail_span = (MAX_SPAN, MIN_SPAN)
+            self._span_base = self._sealed
         series, times = state.latest
         known = times != _NULL_TIME
         self.registry.restore_latest(series[known], times[known])
@@ -426,7 +548,7 @@ class SqliteStore:
                 )
             )
         )
-        conn.execute("BEGIN IMMEDIATE")
+        _begin(conn)
         try:
             conn.execute(  # one statement, not a GIL hand-over per row (see _insert_rows)
                 "INSERT OR REPLACE INTO qc_state "
@@ -459,16 +581,10 @@ class SqliteStore:
             if isinstance(job, Idle) and time.monotonic() - opened < UPKEEP_AFTER_OPEN_S:
                 continue
             if isinstance(job, Idle):
-                before = (self._qc_cursor, self._sealed, self._summarized)
+                before = (self._qc_cursor, self._summarized)
                 if self._writer_head - self._qc_cursor >= QC_CHECKPOINT_ROWS and self._qc_dirty:
                     self._checkpoint_qc(conn)  # first: a restart replays the log after it
-                elif self._writer_head > self._sealed:  # idle: index the tail a step at a time
-                    # Short steps while live writes are around; after a bulk load (none for
-                    # ``writeq.LIVE_SECONDS``) the long, cheaper ones of ``_upkeep``'s bulk
-                    # indexing: 4,096-row steps cost about four times the CPU a row.
-                    step = SEAL_STEP if self._queue.live() else SEAL_BULK
-                    self._seal(conn, min(self._writer_head, self._sealed + step))
-                elif self._writer_head > self._summarized:  # then summarize it
+                elif self._writer_head > self._summarized:  # idle: summarize the tail
                     step = FOLD_STEP_LIVE if self._queue.live() else FOLD_STEP
                     self._fold(conn, min(self._writer_head, self._summarized + step))
                 else:
@@ -478,7 +594,7 @@ class SqliteStore:
                         release_free_memory()
                         rested = True
                 # Go on at once only after a step that moved (a failing one, logged, waits).
-                upkeep = before != (self._qc_cursor, self._sealed, self._summarized)
+                upkeep = before != (self._qc_cursor, self._summarized)
                 continue
             upkeep = rested = False
             if isinstance(job, Closed):
@@ -515,7 +631,7 @@ class SqliteStore:
         head = self._writer_head
         started = time.perf_counter()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            _begin(conn)
             result = job.fn(tx)
             last_seq = 0
             if tx.events:  # in the same transaction: a change and its events, or neither
@@ -577,7 +693,7 @@ class SqliteStore:
         done: list[tuple[_Job, Tx, Any, int]] = []
         started = time.perf_counter()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            _begin(conn)
             for job in jobs:
                 tx = Tx(conn)
                 before = self._writer_head
@@ -630,6 +746,8 @@ class SqliteStore:
         if tx.events and self.on_events is not None:  # before the batches that need them
             events = (last_seq - len(tx.events) + 1, last_seq, list(tx.events))
         self._outbox.append((job.fut, result, events, tx.publish))
+        if tx.publish:
+            self._index_wanted()
         # One wake-up of the loop for the jobs committed before its callback runs (a group's,
         # or commits made while the loop was busy): each wake-up is a write to the loop's
         # socket, and the writer then waits for the GIL while the loop runs.
@@ -663,32 +781,7 @@ class SqliteStore:
                 _guarded(self._published, batch)
 
     def _upkeep(self, conn: sqlite3.Connection) -> None:
-        """After a commit: index the tail (in a bulk load, once it is ``BULK_CHUNKS`` chunks
-        or ``SEAL_BULK`` rows long, at once; else in short steps, none while a small write
-        waits unless the tail is half the size at which it is indexed at once), and summarize
-        if far behind."""
-        unsealed = self._writer_head - self._sealed
-        if not self._queue.live():
-            # A bulk load: the tail is indexed once it holds BULK_CHUNKS chunks (at most
-            # SEAL_BULK rows), all of it in one step. A step writes a page of the index per
-            # series it touches (and the next durable commit syncs them): 12,000 series
-            # interleaved, steps of 32,768 rows wrote 625 bytes a row, steps of 131,072 wrote
-            # 251 and took half the CPU (issue 17). Nothing live waits for it.
-            if unsealed >= min(BULK_CHUNKS * self.chunk_rows, SEAL_BULK):
-                self._seal(conn, self._writer_head)
-        elif unsealed >= self.chunk_rows:  # far behind: index the whole backlog now
-            self._seal(conn, self._writer_head)
-        elif unsealed >= SEAL_STEP and (
-            not self._queue.small_waiting() or unsealed >= self.chunk_rows // 2
-        ):  # one short step, so no commit waits long for it
-            self._seal(conn, self._sealed + SEAL_STEP)
-            # More steps while nothing waits (a backfill's big batches would otherwise
-            # pile the tail up to one long indexing of the whole backlog).
-            while self._writer_head - self._sealed >= SEAL_STEP and self._queue.empty():
-                before = self._sealed
-                self._seal(conn, self._sealed + SEAL_STEP)
-                if self._sealed == before:  # failed (logged): retried later
-                    break
+        """After a commit: summarize if far behind. (The index is the indexer's.)"""
         if self._writer_head - self._summarized >= FOLD_MAX_LAG:  # bound the reads' tail
             step = FOLD_STEP_LIVE if self._queue.live() else FOLD_STEP
             self._fold(conn, self._summarized + step)
@@ -709,39 +802,135 @@ class SqliteStore:
         self._head = batch.last
         self._publish(batch)
 
-    def _seal(self, conn: sqlite3.Connection, upto: int) -> None:
-        """Index the log up to ``upto``, sorted by (series, time), in one transaction.
+    # -- the indexer ----------------------------------------------------------------------------
 
-        A failure is logged and retried later: reads and duplicate checks stay correct (they
-        scan the unindexed tail), so it must not stop the writer."""
+    def _index_wanted(self) -> None:
+        """After a commit (writer thread): the indexer looks whether a step is due."""
+        with self._index_cond:
+            self._committed_head = self._writer_head
+            self._last_commit = time.monotonic()
+            self._index_cond.notify()
+
+    def _indexer(self, conn: sqlite3.Connection) -> None:
+        """Index the log's tail by (series, time) into the index file, on a thread and a
+        connection of its own (issue 17): the index's commits go to another database than the
+        log's, so the writer commits appends meanwhile (a bulk step of 131,072 rows took 80 to
+        130 ms of the writer's time, every ingest request waiting behind it).
+
+        A step indexes the log from the sealed position up to a committed cursor, sorted by
+        (series, time), and moves the position, in one transaction of the index file: read from
+        one snapshot of the log, idempotent (``INSERT OR IGNORE``), so a step lost in a crash is
+        simply done again. When a step is due: ``_index_due``."""
+        opened = time.monotonic()
+        rested = True
+        try:
+            while True:
+                with self._index_cond:
+                    upto = self._index_due(opened)
+                    if upto is None and not self._index_stop:
+                        self._index_cond.wait(IDLE_SECONDS)
+                        upto = self._index_due(opened)
+                    if self._index_stop:
+                        break
+                if upto is None:
+                    if not rested and self._sealed >= self._committed_head:
+                        conn.execute("PRAGMA shrink_memory")  # caught up: its pages go back
+                        release_free_memory()
+                        rested = True
+                    continue
+                rested = False
+                if not self._seal(conn, upto):
+                    time.sleep(IDLE_SECONDS)  # failed (logged): retried later
+        finally:
+            conn.close()
+
+    def _index_due(self, opened: float) -> int | None:
+        """The cursor to index up to now, or None (under ``_index_cond``).
+
+        * In a bulk load (no live write for ``writeq.LIVE_SECONDS``) the tail is indexed once
+          it holds ``BULK_CHUNKS`` chunks or ``SEAL_BULK`` rows, whichever is fewer, all of it
+          in one step: a step writes a page of the index per series it touches, so longer steps
+          write less (12,000 series interleaved: 625 bytes a row at 32,768-row steps, 251 at
+          131,072, and half the CPU).
+        * With live writes around, once it holds ``SEAL_STEP`` rows (or ``index_chunk_rows``,
+          if fewer): reads and duplicate checks scan the unindexed tail, so it stays short.
+        * When no commit came for ``IDLE_SECONDS`` (but not in the first
+          ``UPKEEP_AFTER_OPEN_S`` after open: the engine's startup reads go first), or when
+          ``index_all`` asks: whatever is left.
+
+        A step covers at most ``SEAL_MAX`` rows (a backlog goes in several)."""
+        head = self._committed_head
+        unsealed = head - self._sealed
+        if unsealed <= 0:
+            return None
+        now = time.monotonic()
+        due = self._index_force or (
+            now - self._last_commit >= IDLE_SECONDS and now - opened >= UPKEEP_AFTER_OPEN_S
+        )
+        if not due:
+            if self._queue.live():
+                due = unsealed >= min(SEAL_STEP, self.chunk_rows)
+            else:
+                due = unsealed >= min(BULK_CHUNKS * self.chunk_rows, SEAL_BULK)
+        return min(head, self._sealed + SEAL_MAX) if due else None
+
+    async def index_all(self) -> None:
+        """Index every row committed so far now, and return once it is indexed."""
+        with self._index_cond:
+            target = self._committed_head
+            self._index_force = True
+            self._index_cond.notify()
+        try:
+            while self._sealed < target and not self._index_stop:
+                await asyncio.sleep(0.005)
+        finally:
+            with self._index_cond:
+                self._index_force = False
+
+    def _seal(self, conn: sqlite3.Connection, upto: int) -> bool:
+        """Index the log up to ``upto`` (the indexer's step). A failure is logged and the step
+        retried later: reads and duplicate checks stay exact (they scan the unindexed tail)."""
         try:
             self._seal_step(conn, upto)
         except sqlite3.Error:
             log.exception("indexing the log up to cursor %d failed; will retry", upto)
+            return False
+        return True
 
     def _seal_step(self, conn: sqlite3.Connection, upto: int) -> None:
-        with self._derived(conn):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._seal_sql(conn, upto)
-                conn.execute("COMMIT")
-            except BaseException:
+        # Deferred: its first statement takes the index file's write lock (waiting while a
+        # retention step of the writer holds it), the log is only read, from one snapshot.
+        conn.execute("BEGIN")
+        try:
+            self._seal_sql(conn, upto)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
                 conn.execute("ROLLBACK")
-                raise
+            raise
         self._sealed_to(upto)
+        self._checkpoint_wanted.set()
+
+    def _seal_sql(self, conn: sqlite3.Connection, upto: int) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO obs_index (series, time, cursor) "
+            "SELECT series, time, cursor FROM main.obs WHERE cursor > ? AND cursor <= ? "
+            "ORDER BY series, time",
+            (self._sealed, upto),
+        )
+        conn.execute("UPDATE index_state SET value = ? WHERE key = 'sealed'", (upto,))
 
     @contextlib.contextmanager
     def _derived(self, conn: sqlite3.Connection) -> Iterator[None]:
-        """Commit a transaction that only writes state derived from the log (the index, the
-        hour summaries) with its progress marker, without its own fsync (``synchronous=NORMAL``
-        in WAL mode), whatever the durability.
+        """Commit a transaction that only writes state derived from the log (the hour
+        summaries) with its progress marker, without its own fsync (``synchronous=NORMAL`` in
+        WAL mode), whatever the durability.
 
-        Such a commit was a third of ingest's time (issue 17): the index touches a page of
-        every series per step, megabytes of WAL synced per step. Its WAL frames are synced
-        by the next durable commit (the WAL is one file, appended in order), and before any
-        checkpoint copies them into the database. A crash before that loses the derived rows
-        *and* the marker saying they were made, so they are made again from the log; nothing
-        acknowledged depends on them."""
+        Its WAL frames are synced by the next durable commit (the WAL is one file, appended in
+        order), and before any checkpoint copies them into the database. A crash before that
+        loses the derived rows *and* the marker saying they were made, so they are made again
+        from the log; nothing acknowledged depends on them. (The index file's commits never
+        sync: see ``_connect``.)"""
         full = self.durability == "full"
         if full:
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -751,22 +940,13 @@ class SqliteStore:
             if full:
                 conn.execute("PRAGMA synchronous=FULL")
 
-    def _seal_sql(self, conn: sqlite3.Connection, upto: int) -> None:
-        conn.execute(
-            "INSERT OR IGNORE INTO obs_index (series, time, cursor) "
-            "SELECT series, time, cursor FROM obs WHERE cursor > ? AND cursor <= ? "
-            "ORDER BY series, time",
-            (self._sealed, upto),
-        )
-        conn.execute("UPDATE state SET value = ? WHERE key = 'sealed'", (upto,))
-
     def _fold(self, conn: sqlite3.Connection, upto: int) -> None:
         """Fold the log's rows up to ``upto`` into the hour summaries, in one transaction (off
         the ingest path: when the writer is idle, or far behind). A failure is logged and
         retried later: reads summarize what is not folded yet."""
         try:
             with self._derived(conn):
-                conn.execute("BEGIN IMMEDIATE")
+                _begin(conn)
                 try:
                     self._fold_sql(conn, upto)
                     conn.execute("COMMIT")
@@ -783,9 +963,30 @@ class SqliteStore:
         conn.execute("UPDATE state SET value = ? WHERE key = 'summarized'", (upto,))
 
     def _sealed_to(self, upto: int) -> None:
-        self._sealed = upto
-        if upto == self._writer_head:  # the tail is empty: its span starts again
-            self._tail_span = (MAX_SPAN, MIN_SPAN)
+        """The index holds the log up to ``upto`` now (indexer thread). If no row after it was
+        added to the tail's span yet, the span starts again, empty, from there."""
+        with self._span_lock:
+            self._sealed = upto
+            if upto >= self._span_top:
+                self._tail_span = (MAX_SPAN, MIN_SPAN)
+                self._span_base = upto
+
+    def _widen_span(self, lo: int, hi: int, last: int) -> None:
+        """Rows up to cursor ``last``, of times ``lo..hi``, committed (writer thread)."""
+        with self._span_lock:
+            span = self._tail_span
+            if span is not None:
+                self._tail_span = (min(span[0], lo), max(span[1], hi))
+            self._span_top = max(self._span_top, last)
+
+    def _tail_may_hold(self, sealed: int, lo: int, hi: int) -> bool:
+        """Whether the log after ``sealed`` (a snapshot's sealed position) may hold a row with a
+        time in ``lo..hi``: the tail's span tells, when it covers every row after ``sealed``."""
+        if self._writer_head <= sealed:
+            return False
+        with self._span_lock:
+            span, base = self._tail_span, self._span_base
+        return span is None or sealed < base or not (hi < span[0] or lo > span[1])
 
     async def refresh_gone(self) -> None:
         """Nothing to read: this process is the database's only writer, ``gone`` is current."""
@@ -918,15 +1119,13 @@ class SqliteStore:
             _insert_staged(tx.conn, stage, first, series, q_keep, received)
         else:
             _insert_rows(tx.conn, first, s_keep, t_keep, values, q_keep, received)
-        self._writer_head = first + accepted - 1
+        self._writer_head = last = first + accepted - 1
         self._note_span(tx, _distinct(reg.s_project[s_keep]).tolist(), first, self._writer_head)
 
         t_lo, t_hi = int(t_keep.min()), int(t_keep.max())
 
         def advance() -> None:
-            span = self._tail_span
-            if span is not None:
-                self._tail_span = (min(span[0], t_lo), max(span[1], t_hi))
+            self._widen_span(t_lo, t_hi, last)
             np.maximum.at(reg.latest, s_keep, t_keep)
             rules.advance(s_keep, t_keep, numeric, q_keep)
             self._qc_dirty.update(_distinct(s_keep).tolist())
@@ -1052,6 +1251,9 @@ class SqliteStore:
         series) and no unindexed row in that span (the tail's time span, kept in memory) has
         none of its keys stored, and its keys are not looked up one by one."""
         found: dict[tuple[int, int], Any] = {}
+        # The index's sealed position in this transaction's view of the index file (taken now
+        # if not yet): its entries and the log after it are every row stored.
+        sealed = _sealed_in(conn)
         order = np.lexsort((times, series))
         s_sorted = series[order]
         starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
@@ -1074,9 +1276,7 @@ class SqliteStore:
             )
         }
         lo, hi = int(times.min()), int(times.max())
-        tail = self._writer_head > self._sealed and not (
-            self._tail_span is not None and (hi < self._tail_span[0] or lo > self._tail_span[1])
-        )
+        tail = self._tail_may_hold(sealed, lo, hi)
         in_hit = np.isin(series, np.fromiter(hit, np.int64, len(hit)))
         sure = np.zeros(len(series), np.bool_) if tail else ~in_hit
         if hit:
@@ -1099,7 +1299,7 @@ class SqliteStore:
                 for s, t, v in conn.execute(
                     "SELECT series, time, value FROM obs WHERE cursor > ? AND time >= ?"
                     f" AND time <= ? AND series IN ({marks})",
-                    (self._sealed, lo, hi, *part),
+                    (sealed, lo, hi, *part),
                 ):
                     if (s, t) in wanted_set:
                         found[(s, t)] = v
@@ -1227,7 +1427,8 @@ class SqliteStore:
         this = run_pass
 
         def run(tx: Tx) -> tuple[int, bool]:
-            removed, top, done = this.step(tx.conn, self._sealed, max_rows)
+            _lock_index(tx.conn)  # first: its view of the index is then the newest
+            removed, top, done = this.step(tx.conn, _sealed_in(tx.conn), max_rows)
             tx.after_commit.append(this.committed)
             if top:
 
@@ -1712,12 +1913,14 @@ def _batch(project_pk: int, rows: Sequence[Sequence[Any]]) -> Batch:
 
 @contextlib.contextmanager
 def _snapshot(conn: sqlite3.Connection) -> Iterator[int]:
-    """A read transaction on ``conn``, yielding the sealed position it sees: the indexed
-    chunks and the unindexed tail are read from one snapshot, so no row is in both or
-    neither, and the tail is read by its primary key range (``cursor > sealed``)."""
+    """A read transaction on ``conn``, yielding the sealed position it sees: the index and
+    the unindexed tail are read from one snapshot of each file, so no row is in both or
+    neither, and the tail is read by its primary key range (``cursor > sealed``). The index
+    file's snapshot is taken first, so the log's (taken by the next statement that reads it)
+    holds every row the index does."""
     conn.execute("BEGIN")
     try:
-        yield int(conn.execute("SELECT value FROM state WHERE key = 'sealed'").fetchone()[0])
+        yield _sealed_in(conn)
     finally:
         conn.execute("COMMIT")
 

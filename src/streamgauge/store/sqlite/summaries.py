@@ -99,7 +99,7 @@ def tail_units(
     folded yet) of ``series`` in ``lo_hour <= hour < hi_hour`` whose QC flags have no bit of
     ``qc_remove``: the indexed ones through the (series, time) index, the unindexed tail by its
     cursor range, so a long stretch not folded yet costs index seeks, not a scan."""
-    sealed = int(conn.execute("SELECT value FROM state WHERE key = 'sealed'").fetchone()[0])
+    sealed = int(conn.execute("SELECT value FROM index_state WHERE key = 'sealed'").fetchone()[0])
     doc = orjson.dumps(list(series)).decode()
     row = "'[' || series || ',' || time || ',' || " + _R.format("value") + " || ',' || qc || ']'"
     cols = "o.series AS series, o.time AS time, o.value AS value, o.qc AS qc"
