@@ -63,8 +63,7 @@ class LatestRows:
         self.qc[series] = batch.qc[idx]
         values = batch.values
         taken = [values[i] for i in idx.tolist()]
-        floats = np.fromiter((type(v) is float for v in taken), bool, len(taken))
-        if floats.all():
+        if set(map(type, taken)) == {float}:  # the usual batch: one C pass, not a step per row
             self.value[series] = taken
             if self.others:
                 for pk in series.tolist():
