@@ -519,3 +519,21 @@ async def test_an_index_file_that_does_not_fit_the_log_is_built_again(
         c.close()
     finally:
         await again.close()
+
+
+async def test_the_indexer_thread_runs_at_a_lower_priority(tmp_path: Path) -> None:
+    """Index steps are background work: the indexer thread has INDEXER_NICE more niceness
+    than the process (Linux: each thread has its own)."""
+    import os
+
+    from streamgauge.store.sqlite.store import INDEXER_NICE
+
+    store = await open_store(tmp_path, [])
+    try:
+        assert store._indexing is not None and store._indexing.native_id is not None
+        base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert os.getpriority(os.PRIO_PROCESS, store._indexing.native_id) == min(
+            19, base + INDEXER_NICE
+        )
+    finally:
+        await store.close()

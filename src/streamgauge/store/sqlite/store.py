@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import gc
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -115,6 +116,9 @@ WRITER_INDEX_CACHE_KIB = 16384  # the writer's view of the index: duplicate prob
 # The indexer's: a step writes a page per series it touches (12,000 series: 47 MiB of 4 KiB
 # pages); given back once the indexer has caught up.
 INDEXER_CACHE_KIB = 65536
+# The indexer thread's niceness: its steps (SQLite's work, without the GIL) are background
+# work, run on what the event loop, the writer and the readers leave of the CPU.
+INDEXER_NICE = 10
 LATEST_CHUNK = 16_384  # rows ``latest_rows`` reads at a time
 MIN_SQLITE = (3, 38, 0)  # the JSON operators (->>) of the log's insert
 
@@ -182,6 +186,16 @@ def _connect(
             conn.execute("PRAGMA ix.synchronous=NORMAL")
         conn.execute(f"PRAGMA ix.cache_size=-{READER_CACHE_KIB}")
     return conn
+
+
+def _lower_priority(nice: int) -> None:
+    """Give the calling thread (Linux: a thread has a nice value of its own) ``nice`` more
+    niceness: the scheduler runs it on what the event loop and the writer leave of the CPU."""
+    try:
+        me = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + nice))
+    except (AttributeError, OSError):  # not on this system: the thread runs as the others
+        pass
 
 
 def _begin(conn: sqlite3.Connection) -> None:
@@ -823,6 +837,7 @@ class SqliteStore:
         simply done again. When a step is due: ``_index_due``."""
         opened = time.monotonic()
         rested = True
+        _lower_priority(INDEXER_NICE)
         try:
             while True:
                 with self._index_cond:
