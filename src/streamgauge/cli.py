@@ -24,7 +24,7 @@ import uvicorn
 from rich.console import Console
 
 from streamgauge import __version__
-from streamgauge.config import DB_NAME, Settings
+from streamgauge.config import DB_NAME, INDEX_NAME, Settings
 from streamgauge.workers.server import GracefulServer
 
 if TYPE_CHECKING:
@@ -161,9 +161,16 @@ def _serve(
             raise typer.BadParameter(str(exc), param_hint="--mqtt") from exc
     sock = _listen(host, port, shared=count > 1)
     launched: dict[int, Launched] = {}
-    if count > 1 and settings.store is None and (settings.data / DB_NAME).exists():
+    if (
+        count > 1
+        and settings.store is None
+        and (settings.data / DB_NAME).exists()
+        and (settings.data / INDEX_NAME).exists()
+    ):
         # A restart: the workers import the app and load their registries from the database
-        # on the other cores while this process imports and loads its own, not after it.
+        # on the other cores while this process imports and loads its own, not after it. (Not
+        # the first start of a folder of an older version: the workers' reads need the index
+        # file the writer makes as it opens.)
         from streamgauge.workers import spawn
 
         launched = {

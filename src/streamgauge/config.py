@@ -14,6 +14,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DB_NAME = "streamgauge.db"  # the embedded database, in the data directory
+INDEX_NAME = "streamgauge-index.db"  # its (series, time) index (store.files.index_path)
 
 
 class Settings(BaseSettings):

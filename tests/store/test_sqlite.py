@@ -481,7 +481,7 @@ async def test_appends_commit_while_an_index_step_holds_the_index_file(
 
 @pytest.mark.parametrize("damage", ["missing", "another log", "ahead", "unreadable"])
 async def test_an_index_file_that_does_not_fit_the_log_is_built_again(
-    tmp_path: Path, damage: str
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """On open, an index file that is missing, of another log, ahead of the log, or not a
     database is set aside and the log indexed again; reads are exact all along."""
@@ -505,9 +505,11 @@ async def test_an_index_file_that_does_not_fit_the_log_is_built_again(
         for suffix in ("-wal", "-shm"):
             ix.with_name(ix.name + suffix).unlink(missing_ok=True)
         ix.write_bytes(b"not a database" * 100)
+    caplog.clear()
     again = await open_store(tmp_path, [], chunk=8)
     try:
-        assert again._sealed == 0
+        anew = [r.getMessage() for r in caplog.records if "indexing the log anew" in r.getMessage()]
+        assert len(anew) == (damage != "missing")
         got = await again.history(HistoryQuery(pk, limit=100))
         assert got.cursors.tolist() == before.cursors.tolist()
         r = await again.append(cols(pk, [v[0]] * 2, [5000, 50_000], [1.0, 1.0]))
@@ -537,3 +539,11 @@ async def test_the_indexer_thread_runs_at_a_lower_priority(tmp_path: Path) -> No
         )
     finally:
         await store.close()
+
+
+def test_the_index_file_is_named_beside_the_database() -> None:
+    """``serve`` looks for the index file by name (``config.INDEX_NAME``) before it launches its
+    workers early; the store names it from the database's path."""
+    from streamgauge.config import DB_NAME, INDEX_NAME
+
+    assert index_path(Path("data") / DB_NAME) == Path("data") / INDEX_NAME

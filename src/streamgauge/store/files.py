@@ -44,3 +44,10 @@ def _tighten(path: Path, mode: int) -> None:
     current = stat.S_IMODE(path.stat().st_mode)
     if current != mode:
         path.chmod(mode)
+
+
+def index_path(path: Path) -> Path:
+    """The file of the log's (series, time) index beside the database ``path``
+    (``streamgauge.db`` -> ``streamgauge-index.db``): a database of its own, so the indexer
+    thread commits to it while the writer commits to the log (``SqliteStore._indexer``)."""
+    return path.with_name(f"{path.stem}-index{path.suffix}")

@@ -128,6 +128,8 @@ class Reported(Consumer):
         last = np.r_[(d_sorted[1:] != d_sorted[:-1]) | (t_sorted[1:] != t_sorted[:-1]), True]
         pick = order[last]
         values = batch.values
+        held = self._latest
+        # ``_merge`` of each, inline (a call per (device, type) was half of this listener).
         for d, k, t, c, i in zip(
             devices[pick].tolist(),
             types[pick].tolist(),
@@ -136,7 +138,13 @@ class Reported(Consumer):
             rows[pick].tolist(),
             strict=True,
         ):
-            self._merge(d, _TYPES[k], (t, c, values[i]))
+            latest = held.get(d)
+            if latest is None:
+                latest = held[d] = {}
+            event_type = _TYPES[k]
+            have = latest.get(event_type)
+            if have is None or (t, c) > (have[0], have[1]):
+                latest[event_type] = (t, c, values[i])
 
     def _merge(self, device_pk: int, event_type: str, row: tuple[int, int, object]) -> None:
         latest = self._latest.setdefault(device_pk, {})

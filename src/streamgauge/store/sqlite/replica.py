@@ -43,7 +43,8 @@ class ReplicaStore(SqliteStore):
         self._publish = publish
 
         def snapshot() -> tuple[int, int, dict[int, int]]:
-            conn = _connect(self.path, readonly=True, durability=self.durability)
+            # (Without the index file: the writer may not have made it yet on a first start.)
+            conn = _connect(self.path, readonly=True, durability=self.durability, index=False)
             try:
                 conn.execute("BEGIN")  # one snapshot: tables, event head and log head agree
                 # Loaded here, the big tables a chunk at a time from their cursors (nothing

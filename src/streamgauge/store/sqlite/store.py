@@ -49,6 +49,7 @@ from streamgauge.domain.timeseries import Points, Summaries
 from streamgauge.store import files
 from streamgauge.store.early import inverse as _inverse
 from streamgauge.store.early import undo as _undo
+from streamgauge.store.files import index_path
 from streamgauge.store.memory import release_free_memory
 from streamgauge.store.sqlite import metadata, retention, summaries
 from streamgauge.store.sqlite.fair import FairGate
@@ -142,13 +143,6 @@ _ROWS_AT = (
 )
 
 
-def index_path(path: Path) -> Path:
-    """The file of the log's (series, time) index beside the database ``path``
-    (``streamgauge.db`` -> ``streamgauge-index.db``): a database of its own, so the indexer
-    thread commits to it while the writer commits to the log (``SqliteStore._indexer``)."""
-    return path.with_name(f"{path.stem}-index{path.suffix}")
-
-
 def _connect(
     path: Path, *, readonly: bool, durability: str, index: bool = True
 ) -> sqlite3.Connection:
@@ -186,6 +180,11 @@ def _connect(
             conn.execute("PRAGMA ix.synchronous=NORMAL")
         conn.execute(f"PRAGMA ix.cache_size=-{READER_CACHE_KIB}")
     return conn
+
+
+def _index_schema() -> list[str]:
+    """``INDEX_SCHEMA``'s statements, to run inside a transaction (``executescript`` commits)."""
+    return [x.strip() + ";" for x in INDEX_SCHEMA.split(";") if x.strip()]
 
 
 def _lower_priority(nice: int) -> None:
@@ -374,15 +373,17 @@ class SqliteStore:
 
     def _open_index(self, conn: sqlite3.Connection) -> None:
         """Open the index file beside the database (``index_path``) and attach it to the
-        writer's connection ``conn``; made anew, empty, when it is missing, unreadable, of
-        another log (``log`` in each file's state), or ahead of the log (rows it indexed were
-        lost: a power cut under ``durability=normal``). The indexer then indexes the whole log
-        again; reads meanwhile scan the unindexed tail, so they stay exact."""
+        writer's connection ``conn``. It is emptied when it is of another log (``log`` in each
+        file's state) or ahead of the log (rows it indexed were lost: a power cut under
+        ``durability=normal``), in place and in one transaction, so a fan-out worker that has
+        it open already sees either the old state or the empty one, never a file of another
+        inode; made anew when it is missing or is not a database. The indexer then indexes the
+        whole log again; reads meanwhile scan the unindexed tail, so they stay exact."""
         ix = index_path(self.path)
         log_id = str(conn.execute("SELECT value FROM state WHERE key = 'log'").fetchone()[0])
         head = int(conn.execute("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0])
-        if ix.exists():
-            why = None
+        stale = None
+        if ix.exists() and ix.stat().st_size:
             try:
                 check = sqlite3.connect(ix, isolation_level=None)
                 try:
@@ -390,13 +391,11 @@ class SqliteStore:
                 finally:
                     check.close()
                 if marks.get("log") != log_id:
-                    why = "it belongs to another log"
+                    stale = "it belongs to another log"
                 elif int(marks.get("sealed", -1)) > head:
-                    why = f"it indexes up to cursor {marks['sealed']}, past the log's {head}"
+                    stale = f"it indexes up to cursor {marks['sealed']}, past the log's {head}"
             except (sqlite3.Error, ValueError, TypeError) as exc:
-                why = f"it cannot be read ({exc})"
-            if why is not None:
-                log.warning("indexing the log anew: the index file %s is set aside: %s", ix, why)
+                log.warning("indexing the log anew: the index file %s cannot be read: %s", ix, exc)
                 for name in (ix.name, ix.name + "-wal", ix.name + "-shm"):
                     ix.with_name(name).unlink(missing_ok=True)
         files.private_file(ix)  # 0600 before SQLite opens it (its -wal and -shm follow)
@@ -405,8 +404,19 @@ class SqliteStore:
         made = sqlite3.connect(ix, isolation_level=None)
         try:
             made.execute("PRAGMA journal_mode=WAL")
-            made.executescript(INDEX_SCHEMA)
-            made.execute("INSERT OR IGNORE INTO index_state VALUES ('log', ?)", (log_id,))
+            made.execute("PRAGMA busy_timeout=10000")
+            if stale is not None:
+                log.warning("indexing the log anew: the index file %s is emptied: %s", ix, stale)
+                made.execute("BEGIN IMMEDIATE")
+                made.execute("DROP TABLE IF EXISTS obs_index")
+                made.execute("DELETE FROM index_state")
+                for statement in _index_schema():
+                    made.execute(statement)
+                made.execute("INSERT INTO index_state VALUES ('log', ?)", (log_id,))
+                made.execute("COMMIT")
+            else:
+                made.executescript(INDEX_SCHEMA)
+                made.execute("INSERT OR IGNORE INTO index_state VALUES ('log', ?)", (log_id,))
         finally:
             made.close()
         conn.execute("ATTACH ? AS ix", (str(ix),))
