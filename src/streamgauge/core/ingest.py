@@ -196,31 +196,28 @@ def _resolve_plain(
     n = len(rows)
     if not n:
         return None
-    times_in = list(map(_time, rows))
     values = list(map(_value, rows))
-    if set(map(type, times_in)) != {int} or set(map(type, values)) != {float}:
+    if set(map(type, values)) != {float}:  # (not left to numpy: it would parse "1.5")
+        return None
+    try:  # a time as text (a datetime) or past 64 bits: the row-by-row way
+        times = np.array(list(map(_time, rows)), np.int64)
+    except (TypeError, OverflowError):
         return None
     # Each row's (device, variable) as an index among the distinct pairs of the batch.
     devices = list(map(_device, rows))
     variables = list(map(_variable, rows))
     dev_ids = list(dict.fromkeys(devices))
     var_ids = list(dict.fromkeys(variables))
-    dev_k = np.fromiter(
-        map({d: k for k, d in enumerate(dev_ids)}.__getitem__, devices), np.int64, n
-    )
-    var_k = np.fromiter(
-        map({v: k for k, v in enumerate(var_ids)}.__getitem__, variables), np.int64, n
-    )
+    dev_at = dict(zip(dev_ids, range(len(dev_ids)), strict=True))
+    var_at = dict(zip(var_ids, range(len(var_ids)), strict=True))
+    dev_k = np.fromiter(map(dev_at.__getitem__, devices), np.int64, n)
+    var_k = np.fromiter(map(var_at.__getitem__, variables), np.int64, n)
     pairs, which = np.unique(dev_k * len(var_ids) + var_k, return_inverse=True)
     which = which.reshape(-1)
     found = _plain_variables(reg, project_pk, dev_ids, var_ids, pairs)
     if found is None:
         return None
     var_pk, var_set = found
-    try:
-        times = np.array(times_in, np.int64)
-    except OverflowError:
-        return None
     numbers = np.array(values, np.float64)
     if (
         times.min() < MIN_TIME
@@ -229,8 +226,8 @@ def _resolve_plain(
     ):
         return None
     sets = var_set[which]
-    given = list(map(_set, rows))
-    if given.count(None) != n:
+    if any(map(_set, rows)):  # a set given (1 or more) somewhere
+        given = list(map(_set, rows))
         sets = np.array([g or d for g, d in zip(given, sets.tolist(), strict=True)], np.int64)
     return IngestColumns(project_pk, var_pk[which], sets, times, values, np.zeros(n, np.int64))
 
