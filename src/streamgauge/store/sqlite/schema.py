@@ -319,7 +319,7 @@ def migrate(conn: sqlite3.Connection, migrations: list[str] | None = None) -> in
     for number in range(version + 1, len(steps) + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _statements(steps[number - 1]):
+            for statement in statements(steps[number - 1]):
                 conn.execute(statement)
             conn.execute("INSERT INTO schema_version VALUES (?)", (number,))
             conn.execute("COMMIT")
@@ -329,7 +329,7 @@ def migrate(conn: sqlite3.Connection, migrations: list[str] | None = None) -> in
     return len(steps)
 
 
-def _statements(script: str) -> list[str]:
+def statements(script: str) -> list[str]:
     """Split a script into statements (``;`` inside strings or triggers is respected)."""
     lines = [ln for ln in script.splitlines() if not ln.strip().startswith("--")]
     out: list[str] = []

@@ -54,7 +54,7 @@ from streamgauge.store.memory import release_free_memory
 from streamgauge.store.sqlite import metadata, retention, summaries
 from streamgauge.store.sqlite.fair import FairGate
 from streamgauge.store.sqlite.filtersql import to_sql
-from streamgauge.store.sqlite.schema import INDEX_SCHEMA, migrate
+from streamgauge.store.sqlite.schema import INDEX_SCHEMA, migrate, statements
 from streamgauge.store.sqlite.writeq import BIG_ROWS, Closed, Idle, WriteQueue
 
 T = TypeVar("T")
@@ -180,11 +180,6 @@ def _connect(
             conn.execute("PRAGMA ix.synchronous=NORMAL")
         conn.execute(f"PRAGMA ix.cache_size=-{READER_CACHE_KIB}")
     return conn
-
-
-def _index_schema() -> list[str]:
-    """``INDEX_SCHEMA``'s statements, to run inside a transaction (``executescript`` commits)."""
-    return [x.strip() + ";" for x in INDEX_SCHEMA.split(";") if x.strip()]
 
 
 def _lower_priority(nice: int) -> None:
@@ -410,7 +405,7 @@ class SqliteStore:
                 made.execute("BEGIN IMMEDIATE")
                 made.execute("DROP TABLE IF EXISTS obs_index")
                 made.execute("DELETE FROM index_state")
-                for statement in _index_schema():
+                for statement in statements(INDEX_SCHEMA):  # (``executescript`` commits)
                     made.execute(statement)
                 made.execute("INSERT INTO index_state VALUES ('log', ?)", (log_id,))
                 made.execute("COMMIT")
