@@ -286,8 +286,8 @@ MIGRATIONS: list[str] = [
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
-# The index file (``store.index_path``): the log's rows up to ``sealed`` by (series, time), and
-# ``log``, the identity (``state.log``) of the log it indexes.
+# The index file (``store.files.index_path``): the log's rows up to ``sealed`` by (series,
+# time), and ``log``, the identity (``state.log``) of the log it indexes.
 INDEX_SCHEMA = """
 CREATE TABLE IF NOT EXISTS obs_index (
     series INTEGER NOT NULL, time INTEGER NOT NULL, cursor INTEGER NOT NULL,
@@ -296,6 +296,12 @@ CREATE TABLE IF NOT EXISTS obs_index (
 CREATE TABLE IF NOT EXISTS index_state (key TEXT PRIMARY KEY, value ANY);
 INSERT OR IGNORE INTO index_state VALUES ('sealed', 0);
 """
+
+
+def sealed_in(conn: sqlite3.Connection) -> int:
+    """The index's sealed position in ``conn``'s current snapshot of the index file (attached
+    as ``ix``): the log up to it is in ``obs_index``, the rows after it are the tail."""
+    return int(conn.execute("SELECT value FROM index_state WHERE key = 'sealed'").fetchone()[0])
 
 
 class SchemaTooNew(RuntimeError):

@@ -54,7 +54,7 @@ from streamgauge.store.memory import release_free_memory
 from streamgauge.store.sqlite import metadata, retention, summaries
 from streamgauge.store.sqlite.fair import FairGate
 from streamgauge.store.sqlite.filtersql import to_sql
-from streamgauge.store.sqlite.schema import INDEX_SCHEMA, migrate, statements
+from streamgauge.store.sqlite.schema import INDEX_SCHEMA, migrate, sealed_in, statements
 from streamgauge.store.sqlite.writeq import BIG_ROWS, Closed, Idle, WriteQueue
 
 T = TypeVar("T")
@@ -210,11 +210,6 @@ def _lock_index(conn: sqlite3.Connection) -> None:
     lock too (waiting for the indexer's step), so the transaction's view of the index cannot
     go stale before it writes there."""
     conn.execute("DELETE FROM ix.index_state WHERE 0")
-
-
-def _sealed_in(conn: sqlite3.Connection) -> int:
-    """The index's sealed position in ``conn``'s current snapshot of the index file."""
-    return int(conn.execute("SELECT value FROM index_state WHERE key = 'sealed'").fetchone()[0])
 
 
 class SqliteStore:
@@ -466,7 +461,7 @@ class SqliteStore:
         try:
             conn.execute("BEGIN")
             one = conn.execute
-            sealed = _sealed_in(conn)  # first: the log's snapshot is then as new or newer
+            sealed = sealed_in(conn)  # first: the log's snapshot is then as new or newer
             head = int(one("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0])
             summarized = int(one("SELECT value FROM state WHERE key='summarized'").fetchone()[0])
             qc_cursor = int(one("SELECT value FROM state WHERE key='qc_cursor'").fetchone()[0])
@@ -1273,7 +1268,7 @@ class SqliteStore:
         found: dict[tuple[int, int], Any] = {}
         # The index's sealed position in this transaction's view of the index file (taken now
         # if not yet): its entries and the log after it are every row stored.
-        sealed = _sealed_in(conn)
+        sealed = sealed_in(conn)
         order = np.lexsort((times, series))
         s_sorted = series[order]
         starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
@@ -1448,7 +1443,7 @@ class SqliteStore:
 
         def run(tx: Tx) -> tuple[int, bool]:
             _lock_index(tx.conn)  # first: its view of the index is then the newest
-            removed, top, done = this.step(tx.conn, _sealed_in(tx.conn), max_rows)
+            removed, top, done = this.step(tx.conn, sealed_in(tx.conn), max_rows)
             tx.after_commit.append(this.committed)
             if top:
 
@@ -1940,7 +1935,7 @@ def _snapshot(conn: sqlite3.Connection) -> Iterator[int]:
     holds every row the index does."""
     conn.execute("BEGIN")
     try:
-        yield _sealed_in(conn)
+        yield sealed_in(conn)
     finally:
         conn.execute("COMMIT")
 

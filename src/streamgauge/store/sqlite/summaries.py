@@ -31,6 +31,7 @@ from streamgauge.domain.timeseries import (
     summaries_from_rows,
     summarize,
 )
+from streamgauge.store.sqlite.schema import sealed_in
 
 _UPSERT = (
     "INSERT INTO obs_summary (series, hour, qc, n, sum, min, max, first_time, first_value,"
@@ -99,7 +100,7 @@ def tail_units(
     folded yet) of ``series`` in ``lo_hour <= hour < hi_hour`` whose QC flags have no bit of
     ``qc_remove``: the indexed ones through the (series, time) index, the unindexed tail by its
     cursor range, so a long stretch not folded yet costs index seeks, not a scan."""
-    sealed = int(conn.execute("SELECT value FROM index_state WHERE key = 'sealed'").fetchone()[0])
+    sealed = sealed_in(conn)
     doc = orjson.dumps(list(series)).decode()
     row = "'[' || series || ',' || time || ',' || " + _R.format("value") + " || ',' || qc || ']'"
     cols = "o.series AS series, o.time AS time, o.value AS value, o.qc AS qc"
