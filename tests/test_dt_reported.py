@@ -1,5 +1,6 @@
 """The DT face's reported state (``faces/dt/state.Reported``): its batch merge by columns gives
-what merging every row in turn by ``event_type_of`` gives."""
+what merging every row in turn by ``event_type_of`` gives, for the devices a read asked about;
+the others are loaded from the log when first asked for."""
 
 from __future__ import annotations
 
@@ -93,13 +94,66 @@ async def test_the_batch_merge_by_columns_matches_the_row_by_row_one(tmp_path: P
         order = rng.permutation(len(history))  # batches of rows in any cursor order
         batches = [history.pick(order[k : k + 7]) for k in range(0, len(history), 7)]
         got = Reported(engine)
+        d3 = reg.devices[(project.pk, "d3")].pk
+        for dev in reg.devices_by_pk.values():
+            if dev.pk != d3:  # a device no read asked about: its rows are not kept
+                got.watch(dev.pk)
         for batch in batches:
             got.on_batch(batch)
         want = reference(engine, batches)
-        assert want and any(want.values())
+        assert want and any(want.values()) and want.get(d3)
         for dev in reg.devices_by_pk.values():
-            assert got.latest(dev.pk) == want.get(dev.pk, {}), dev.doc.id
+            expected = {} if dev.pk == d3 else want.get(dev.pk, {})
+            assert got.latest(dev.pk) == expected, dev.doc.id
         d2 = reg.devices[(project.pk, "d2")].pk
         assert got.latest(d2)["temperature"][2] == "{}"  # the event row, not a sample
+    finally:
+        await engine.stop()
+
+
+async def test_a_device_no_read_asked_about_is_loaded_from_the_log_and_then_kept_live(
+    tmp_path: Path,
+) -> None:
+    """Rows of a device no DT read asked about are not merged as they commit; the first read
+    loads its state from the log, and a row committed while that read is under way (after the
+    log was read) is merged live, not missed."""
+    engine = Engine(Settings(data=tmp_path / "data", delivery_poll_seconds=3600), "token")
+    await engine.start()
+    try:
+        admin = Principal(None)
+        await engine.metadata.create_projects(admin, [ProjectIn(id="p")])
+        project = engine.metadata.project(admin, "p", Action.READ)
+        pressure = VariableIn(id="pressure", name="pressure")
+        await engine.metadata.create_devices(project, [DeviceIn(id="d1", variables=[pressure])])
+        dev = engine.registry.devices[(project.pk, "d1")]
+
+        def row(t: int) -> bytes:
+            return b'{"device":"d1","variable":"pressure","time":%d,"value":%d.5}' % (t, t)
+
+        await engine.ingest(project, b"\n".join(row(t * 1000) for t in (1, 3, 2)), ndjson=True)
+        got = Reported(engine)
+        head = engine.store.head
+        got.on_batch(await engine.store.read_log(0, head, 100))  # not watched: not kept
+        assert got.latest(dev.pk) == {}
+
+        history = engine.history
+
+        async def history_then_a_commit(*args: Any, **kwargs: Any) -> Batch:
+            found = await history(*args, **kwargs)  # the log as it was
+            before = engine.store.head
+            await engine.ingest(project, row(10_000), ndjson=True)
+            got.on_batch(await engine.store.read_log(before, engine.store.head, 100))
+            return found
+
+        engine.history = history_then_a_commit  # type: ignore[method-assign]
+        await got.load_devices([dev])
+        engine.history = history  # type: ignore[method-assign]
+        t, _, value = got.latest(dev.pk)["pressure"]
+        assert (t, value) == (10_000, 10_000.5)
+        for t, newest in ((20_000, 20_000), (15_000, 20_000)):  # live from now on
+            before = engine.store.head
+            await engine.ingest(project, row(t), ndjson=True)
+            got.on_batch(await engine.store.read_log(before, engine.store.head, 100))
+            assert got.latest(dev.pk)["pressure"][0] == newest
     finally:
         await engine.stop()

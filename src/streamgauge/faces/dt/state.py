@@ -59,6 +59,11 @@ class Reported(Consumer):
         self._reg: Registry = engine.registry
         self._latest: dict[int, Latest] = {}  # device pk -> latest event rows
         self._loaded: set[int] = set()  # devices whose state was also read from the log
+        # Devices whose state is kept: those a read asked about (``load_devices``), from the
+        # moment their load starts. The others' rows are not merged: their state is read from
+        # the log when first asked for (a network no DT client reads costs nothing here).
+        self._watched: set[int] = set()
+        self._watched_pks: npt.NDArray[np.int64] = np.zeros(0, np.int64)  # sorted
         self._codes_for = -1
         # By interned variable name: the index in ``_TYPES`` of the event type its rows are,
         # -1 for the names of no event type (a lookup table).
@@ -89,7 +94,7 @@ class Reported(Consumer):
         the newest (time, cursor) row of each (device, event type) of the batch is merged (a
         Python step per row of an event series, and a series record built for it, were a
         tenth of the event loop's ingest time)."""
-        if not len(batch):
+        if not len(batch) or not self._watched:
             return
         reg = self._reg
         series = batch.series
@@ -105,8 +110,13 @@ class Reported(Consumer):
         rows = np.flatnonzero(types >= 0)
         if not len(rows):
             return
-        types = types[rows]
         devices = reg.s_device[series[rows]].astype(np.int64)
+        watched = np.isin(devices, self._watched_pks)
+        if not watched.all():
+            rows, devices = rows[watched], devices[watched]
+            if not len(rows):
+                return
+        types = types[rows]
         temperature = types == _TYPE_INDEX["temperature"]
         if temperature.any():
             # A device's "temperature" rows are samples, not events, once it has temperature
@@ -160,6 +170,7 @@ class Reported(Consumer):
 
     async def _load(self, dev: DeviceRec) -> None:
         reg = self._reg
+        self.watch(dev.pk)  # before the read: a row committed meanwhile is merged live
         want: dict[int, str] = {}
         for var_pk in reg.device_variables.get(dev.pk, ()):
             var = reg.variables_by_pk.get(var_pk)
@@ -186,6 +197,12 @@ class Reported(Consumer):
                     self._merge(dev.pk, want[s], (t, c, v))
         self._loaded.add(dev.pk)
 
+    def watch(self, device_pk: int) -> None:
+        """Merge the device's live rows from now on (``_load`` calls it before its read)."""
+        if device_pk not in self._watched:
+            self._watched.add(device_pk)
+            self._watched_pks = np.array(sorted(self._watched), np.int64)
+
     def reported(self, dev: DeviceRec) -> dict[str, Any]:
         """The device's ``reported`` object: each event type's latest payload."""
         out: dict[str, Any] = {}
@@ -204,3 +221,6 @@ class Reported(Consumer):
     def forget(self, device_pk: int) -> None:
         self._latest.pop(device_pk, None)
         self._loaded.discard(device_pk)
+        if device_pk in self._watched:
+            self._watched.discard(device_pk)
+            self._watched_pks = np.array(sorted(self._watched), np.int64)
