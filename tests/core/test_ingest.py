@@ -3,6 +3,7 @@ registry (ids, times, sets), without storage."""
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -496,3 +497,158 @@ def test_resolve_by_columns_gives_what_row_by_row_gives(rows: list[Row]) -> None
         assert fast.values == cols.values
         assert [type(v) for v in fast.values] == [type(v) for v in cols.values]
         assert fast.qc.tolist() == cols.qc.tolist() and fast.project_pk == cols.project_pk
+
+
+# -- the NDJSON body by pyarrow's JSON reader (``_resolve_ndjson``) ------------------------------
+
+
+def _both(body: bytes, reg: Registry | None = None) -> tuple[Any, Any]:
+    """What ``_resolve_ndjson`` gives for ``body`` and what the msgspec way (``decode`` then
+    ``resolve``) gives: its columns, or the error it raises."""
+    reg = reg or registry()
+    fast = ingest._resolve_ndjson(body, reg, 1, NOW + 300_000)
+    try:
+        slow: Any = resolve(decode(body, ndjson=True), reg, 1, now_ms=NOW, max_future_ms=300_000)
+    except StreamgaugeError as exc:
+        slow = exc
+    return fast, slow
+
+
+def _same_columns(fast: Any, slow: Any) -> None:
+    assert not isinstance(slow, StreamgaugeError), slow
+    assert fast.project_pk == slow.project_pk
+    assert fast.variable_pks.tolist() == slow.variable_pks.tolist()
+    assert fast.sets.tolist() == slow.sets.tolist()
+    assert fast.times.tolist() == slow.times.tolist()
+    assert fast.qc.tolist() == slow.qc.tolist()
+    # the same doubles, bit for bit (a -0.0 is not a 0.0), and floats both
+    assert [type(v) for v in fast.values] == [type(v) for v in slow.values]
+    assert [math.copysign(1.0, v) for v in fast.values] == [
+        math.copysign(1.0, v) for v in slow.values
+    ]
+    assert fast.values == slow.values
+
+
+_json_rows = st.lists(
+    st.fixed_dictionaries(
+        {
+            "device": st.sampled_from(["d0", "d1", "nope", "d\u00e9"]),
+            "variable": st.sampled_from(["air_temp", "wind_speed", "nope"]),
+            "time": st.one_of(
+                st.integers(NOW - 10**6, NOW + 400_000),
+                st.sampled_from([MIN_TIME - 1, MIN_TIME, MAX_TIME, 10**19, -(2**63)]),
+                st.just("2024-01-01T00:00:00Z"),
+                st.just(float(NOW)),
+            ),
+            "value": st.one_of(
+                st.floats(allow_nan=False, allow_infinity=False),
+                st.integers(-(2**70), 2**70),
+                st.sampled_from([0, -0.0, 0.0, 1e308, 5e-324]),
+                st.text(max_size=3),
+                st.none(),
+                st.booleans(),
+            ),
+        },
+        optional={"set": st.one_of(st.none(), st.integers(-1, 1001), st.just(2.0))},
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_json_rows, st.sampled_from([b"\n", b"\r\n", b" \n\t"]))
+def test_ndjson_by_arrow_gives_what_msgspec_gives(
+    rows: list[dict[str, Any]], newline: bytes
+) -> None:
+    """Whatever body the Arrow reader takes, its columns are the msgspec way's, bit for bit;
+    and it takes every plain body (so the fast way is not silently never taken)."""
+    # (stdlib json: integers past 64 bits, and "\u00e9" escaped)
+    body = newline.join(json.dumps(x, separators=(",", ":")).encode() for x in rows)
+    fast, slow = _both(body)
+    if fast is not None:
+        _same_columns(fast, slow)
+    plain = all(
+        type(x["time"]) is int
+        and MIN_TIME <= x["time"] <= NOW + 300_000
+        and type(x["value"]) in (int, float)
+        and math.isfinite(x["value"])
+        and (type(x["value"]) is float or -(2**63) <= x["value"] < 2**64)
+        and x["device"] in ("d0", "d1")
+        and x["variable"] in ("air_temp", "wind_speed")
+        and (x["device"], x["variable"]) != ("d1", "wind_speed")
+        and (x.get("set") is None or (type(x["set"]) is int and 1 <= x["set"] <= 1000))
+        for x in rows
+    )
+    if plain:
+        assert fast is not None, body
+
+
+@pytest.mark.parametrize(
+    ("body", "taken"),
+    [
+        (ndjson(row(), row(device="d1", set=3), row(value=7)), True),
+        (ndjson(row(), row()) + b"\n", True),
+        (b"\n  " + ndjson(row(), row(time=NOW - 5)) + b"\r\n\r\n", True),
+        (ndjson(row(value=-0.0), row(value=0)), True),  # a float -0.0 is -0.0 both ways
+        (
+            ndjson(row()) + b"\n" + b'{"device":"d0","variable":"air_temp","time":1,"value":-0}',
+            False,
+        ),
+        (ndjson(row()) + orjson.dumps(row()), False),  # two objects on one line: refused
+        (ndjson(row()) + b" " + orjson.dumps(row()), False),
+        (ndjson(row()) + b"\n\n" + ndjson(row()), False),  # a blank line: msgspec's way
+        (b"\xef\xbb\xbf" + ndjson(row()), False),  # a byte-order mark
+        (array(row(), row()), False),  # an array, not NDJSON
+        (ndjson(row(), row(value=None)), False),
+        (ndjson(row(), row(value="7")), False),
+        (ndjson(row(), row(value=True)), False),
+        (ndjson(row(), {"device": "d0", "variable": "air_temp", "time": NOW}), False),
+        (ndjson(row(), row(extra=1)), False),
+        (ndjson(row(), row(set=0)), False),
+        (ndjson(row(), row(set=1001)), False),
+        (ndjson(row(), row(set=2.0)), False),
+        (ndjson(row(), row(time="2024-01-01T00:00:00Z")), False),
+        (ndjson(row(), row(time=NOW + 0.5)), False),
+        (ndjson(row(), row(time=NOW + 10**9)), False),  # past the allowed skew
+        (ndjson(row(), b'{"device":"d0","variable":"air_temp","time":1,"value":NaN}'), False),
+        (ndjson(row(), b'{"device":"d0","variable":"air_temp","time":1,"value":1e400}'), False),
+        (
+            ndjson(row(), b'{"device":"d0","variable":"air_temp","time":1,"value":1,"value":2}'),
+            False,
+        ),
+        (ndjson(row(), b'{"device":"d0\xff","variable":"air_temp","time":1,"value":1}'), False),
+        (ndjson(row(), b'{"device":"d0","variable":"air_temp","time":1,"value":[1]}'), False),
+        (ndjson(row(), row(device="nope")), False),
+        (ndjson(row(), row(variable="nope")), False),
+        (ndjson(row(), row(device="other")), False),  # a device of another project
+        (ndjson(row(), b"5"), False),
+        (b"", False),
+    ],
+)
+def test_ndjson_by_arrow_takes_only_what_it_must(body: bytes, taken: bool) -> None:
+    """The bodies the Arrow reader must leave to msgspec's way (which then accepts them with
+    the same columns, or names the bad rows), and plain ones it takes."""
+    fast, slow = _both(body)
+    assert (fast is not None) == taken, (fast, slow)
+    if fast is not None:
+        _same_columns(fast, slow)
+
+
+def test_decode_resolve_takes_the_arrow_way_and_errors_stay_msgspecs() -> None:
+    reg = registry()
+    kw: dict[str, Any] = {"ndjson": True, "now_ms": NOW, "max_future_ms": 300_000}
+    body = ndjson(*(row(time=NOW - k) for k in range(50)))
+    cols = ingest.decode_resolve(body, reg, 1, **kw)
+    _same_columns(
+        cols, resolve(decode(body, ndjson=True), reg, 1, now_ms=NOW, max_future_ms=300_000)
+    )
+    for bad_body in (
+        ndjson(row(), row(device="nope"), row(time=NOW + 10**9)),  # read by Arrow, refused
+        ndjson(row(), row(device="nope"), row(value=True)),  # not read by Arrow
+    ):
+        with pytest.raises(Invalid) as err:
+            ingest.decode_resolve(bad_body, reg, 1, **kw)
+        _, slow = _both(bad_body, reg)
+        assert isinstance(slow, Invalid) and err.value.details
+        assert (err.value.message, err.value.details) == (slow.message, slow.details)
