@@ -194,6 +194,8 @@ async def test_dt_reported_state_is_a_consumer_from_the_head_rebuilt_after_a_res
         assert isinstance(reported, Consumer) and isinstance(reported, Reported)
         assert reported.position == engine.log_head  # starts at the head
         project = await project_with(engine, ("co2", "co2"))
+        dev = engine.registry.devices[(project.pk, "d")]
+        await reported.load_devices([dev])  # a DT read asked: its rows are kept from now on
         reads = engine.store.read_log
         calls: list[int] = []
 
@@ -204,7 +206,6 @@ async def test_dt_reported_state_is_a_consumer_from_the_head_rebuilt_after_a_res
         engine.store.read_log = counting  # type: ignore[method-assign]
         await put(engine, project, "co2", 1000, 500.0)
         await put(engine, project, "co2", 2000, 612.0)
-        dev = engine.registry.devices[(project.pk, "d")]
         assert reported.latest(dev.pk)["co2"][2] == 612.0  # current when ingest returned
         assert reported.position == engine.log_head and not reported._queue
         assert calls == []  # live: no log read
