@@ -61,14 +61,15 @@ class LatestRows:
         self.time[series] = times
         self.cursor[series] = batch.cursors[idx]
         self.qc[series] = batch.qc[idx]
-        values = batch.values
-        taken = [values[i] for i in idx.tolist()]
-        if set(map(type, taken)) == {float}:  # the usual batch: one C pass, not a step per row
-            self.value[series] = taken
+        numbers = batch.numeric()[idx]  # NaN: a value that is not a float (values are finite)
+        if not np.isnan(numbers).any():  # the usual batch: columns only, not a step per row
+            self.value[series] = numbers
             if self.others:
                 for pk in series.tolist():
                     self.others.pop(pk, None)
             return
+        values = batch.values
+        taken = [values[i] for i in idx.tolist()]
         for pk, v in zip(series.tolist(), taken, strict=True):
             if type(v) is float:
                 self.value[pk] = v

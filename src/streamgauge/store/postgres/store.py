@@ -45,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
-from streamgauge.domain.batch import Batch
+from streamgauge.domain.batch import Batch, floats
 from streamgauge.domain.commit import CommitRules
 from streamgauge.domain.errors import Conflict, NotFound, StreamgaugeError, Unavailable
 from streamgauge.domain.events import MetaEvent, SeriesAdded, SeriesDropped
@@ -714,7 +714,7 @@ class PgStore:
         cursors = np.arange(first, last + 1, dtype=np.int64)
         s_keep, t_keep = series[idx], c.times[idx]
         values = [c.values[i] for i in idx.tolist()] if accepted != n else c.values
-        numeric = _numeric(values)
+        numeric = floats(values)
         q_keep = rules.flag(s_keep, t_keep, numeric)
         received = int(time.time() * 1000)
         _copy_rows(tx.conn, cursors, s_keep, t_keep, values, numeric, q_keep, received)
@@ -736,7 +736,16 @@ class PgStore:
 
         tx.after_commit.append(advance)
         tx.publish.append(
-            Batch(c.project_pk, cursors, s_keep, t_keep, values, q_keep, time.monotonic_ns())
+            Batch(
+                c.project_pk,
+                cursors,
+                s_keep,
+                t_keep,
+                values,
+                q_keep,
+                time.monotonic_ns(),
+                _numeric=numeric,  # made here anyway: the listeners' ``numeric()``
+            )
         )
         return AppendResult(accepted, dups, first, last)
 
@@ -1080,10 +1089,6 @@ def _succeed(fut: asyncio.Future[Any], result: Any) -> None:
 def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)
-
-
-def _numeric(values: list[Any]) -> npt.NDArray[np.float64]:
-    return np.fromiter((v if type(v) is float else np.nan for v in values), np.float64, len(values))
 
 
 def _copy_rows(
