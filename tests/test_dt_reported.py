@@ -4,6 +4,8 @@ the others are loaded from the log when first asked for."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from streamgauge.config import Settings
 from streamgauge.core.engine import Engine
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.model import DeviceIn, ProjectIn, VariableIn
+from streamgauge.domain.records import ProjectRec
 from streamgauge.faces.dt.events import (
     TEMPERATURE_EVENT,
     TEMPERATURE_EVENT_NAME,
@@ -39,13 +42,21 @@ def reference(engine: Engine, batches: list[Batch]) -> dict[int, dict[str, Any]]
     return out
 
 
-async def test_the_batch_merge_by_columns_matches_the_row_by_row_one(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def project_p(tmp_path: Path) -> AsyncIterator[tuple[Engine, ProjectRec]]:
+    """A started engine with a project ``p``; stopped after."""
     engine = Engine(Settings(data=tmp_path / "data", delivery_poll_seconds=3600), "token")
     await engine.start()
     try:
         admin = Principal(None)
         await engine.metadata.create_projects(admin, [ProjectIn(id="p")])
-        project = engine.metadata.project(admin, "p", Action.READ)
+        yield engine, engine.metadata.project(admin, "p", Action.READ)
+    finally:
+        await engine.stop()
+
+
+async def test_the_batch_merge_by_columns_matches_the_row_by_row_one(tmp_path: Path) -> None:
+    async with project_p(tmp_path) as (engine, project):
         plain = [
             VariableIn(id=v, name=n)
             for v, n in (
@@ -107,8 +118,6 @@ async def test_the_batch_merge_by_columns_matches_the_row_by_row_one(tmp_path: P
             assert got.latest(dev.pk) == expected, dev.doc.id
         d2 = reg.devices[(project.pk, "d2")].pk
         assert got.latest(d2)["temperature"][2] == "{}"  # the event row, not a sample
-    finally:
-        await engine.stop()
 
 
 async def test_a_device_no_read_asked_about_is_loaded_from_the_log_and_then_kept_live(
@@ -117,12 +126,7 @@ async def test_a_device_no_read_asked_about_is_loaded_from_the_log_and_then_kept
     """Rows of a device no DT read asked about are not merged as they commit; the first read
     loads its state from the log, and a row committed while that read is under way (after the
     log was read) is merged live, not missed."""
-    engine = Engine(Settings(data=tmp_path / "data", delivery_poll_seconds=3600), "token")
-    await engine.start()
-    try:
-        admin = Principal(None)
-        await engine.metadata.create_projects(admin, [ProjectIn(id="p")])
-        project = engine.metadata.project(admin, "p", Action.READ)
+    async with project_p(tmp_path) as (engine, project):
         pressure = VariableIn(id="pressure", name="pressure")
         await engine.metadata.create_devices(project, [DeviceIn(id="d1", variables=[pressure])])
         dev = engine.registry.devices[(project.pk, "d1")]
@@ -155,5 +159,3 @@ async def test_a_device_no_read_asked_about_is_loaded_from_the_log_and_then_kept
             await engine.ingest(project, row(t), ndjson=True)
             got.on_batch(await engine.store.read_log(before, engine.store.head, 100))
             assert got.latest(dev.pk)["pressure"][0] == newest
-    finally:
-        await engine.stop()

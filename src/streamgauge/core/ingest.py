@@ -264,12 +264,12 @@ def _resolve_ndjson(
 ) -> IngestColumns | None:
     """``decode`` then ``resolve`` of a plain NDJSON batch by pyarrow's JSON reader, which
     parses the whole body into columns in C++ with the GIL released: no Python object per row
-    (a 5,000-row body holds the GIL for well under 1 ms instead of about 3). Only a body whose
+    (a 5,000-row body holds the GIL about 1 ms instead of about 4). Only a body whose
     every line is one object with exactly ``device``, ``variable`` (strings), ``time`` (an
     integer), ``value`` (a finite number) and ``set`` (optional, 1 to 1000) of a known device
     and variable without a unit conversion, is taken here; anything else gives None and the
     msgspec way decides (it names every bad row), so the two never disagree on a body this
-    takes (tests/test_ingest_fast_path.py compares them)."""
+    takes (tests/core/test_ingest.py compares them)."""
     text = body.strip(b" \t\r\n")
     if not text.startswith(b"{"):  # (a byte-order mark, an array: the msgspec way)
         return None
