@@ -519,6 +519,38 @@ async def test_add_on_a_running_key_replaces_it_and_keeps_the_cursor(
     assert receiver.ns("/a") == [1, 2] and receiver.ns("/b") == [3, 4]
 
 
+async def test_an_edit_while_an_attempt_waits_for_its_answer_sends_the_item_once(
+    engine: Engine, receiver: Receiver
+) -> None:
+    """Replacing a running key (every edit of an alert channel does) lets an attempt in flight
+    finish: cancelled after the target got the item but before its answer moved the cursor,
+    the item went out again from the worker that replaced it (a duplicate Slack message)."""
+    d = engine.deliveries
+    got_first = threading.Event()
+    answer = threading.Event()
+
+    def slow_first(r: Received) -> Reply:
+        if r.n == 1:
+            got_first.set()
+            answer.wait(10)
+        return 200, {}, b"{}"
+
+    receiver.reply = slow_first
+    source = ListSource(receiver.url)
+    source.append(1)
+    d.add("k", source, start_after=0)
+    await until(got_first.is_set, "item 1 at the target")
+    d.add("k", source, start_after=0)  # an edit: the worker is replaced mid-attempt
+    await asyncio.sleep(0.2)
+    answer.set()
+    await until_async(lambda: _is(d.cursor("k"), 10), "the cursor past item 1")
+    source.append(1)
+    d.notify()
+    await until(lambda: receiver.ns() == [1, 2], "item 2 once, item 1 not again")
+    await asyncio.sleep(0.3)
+    assert receiver.ns() == [1, 2]
+
+
 # -- signatures and targets -----------------------------------------------------------------------
 
 

@@ -19,6 +19,10 @@ cursor, in cursor order (the observation log, the alert log, ...). One asyncio w
 * ``start_after=None`` means "from the source's end now" for a brand-new key only (the position is
   persisted at once); a key with a stored cursor always resumes from it, after a restart too.
 * ``sign`` runs before each attempt, so signatures carry the attempt's time.
+* Replacing or removing a running key (``add`` on it: every edit of an alert channel does) lets
+  an attempt in flight finish first (within its timeout), so the item the target already got
+  is not sent again by the next worker; ``stop`` (shutdown) abandons it: it is re-sent after
+  the restart.
 * ``check_target`` is pure (scheme, host, literal private addresses). Every request goes out
   through ``outbound_client`` (``PinnedTransport``): when private targets are forbidden (the
   default) the host is resolved once, every address is checked, and the connection is made to
@@ -314,6 +318,7 @@ class Delivery(Consumer):
         self.retention = retention
         self.on_outcome = on_outcome
         self.paused = paused
+        self.stopping = False  # retired: stop at the next point between two attempts
         self.unsaved = 0
         self.flushed_at = 0.0
         self.pending: int | None = None
@@ -526,6 +531,14 @@ class Deliveries:
         if prior is not None:
             await asyncio.gather(prior, return_exceptions=True)
         if w is not None and w.task is not None:
+            # An attempt in flight is let finish (it has its own timeout): cancelled after the
+            # target got the item but before its answer moved the cursor, the item would be
+            # sent again by the worker that replaces this one (every edit of a channel
+            # replaces its deliveries' workers).
+            w.stopping = True
+            w.control.set()
+            w.wake.set()
+            await asyncio.wait({w.task}, timeout=w.timeout + 1.0)
             w.task.cancel()
             await asyncio.gather(w.task, return_exceptions=True)
         try:
@@ -544,7 +557,7 @@ class Deliveries:
         if prior is not None:
             await asyncio.gather(prior, return_exceptions=True)
         schedule: Iterator[float] | None = None
-        while True:
+        while not w.stopping:
             try:
                 if w.cursor is None:
                     await self._load(w)
@@ -567,11 +580,13 @@ class Deliveries:
     async def _step(self, w: Delivery) -> None:
         """Fetch after the cursor and deliver what comes, until idle, paused or a failure that
         must wait (``_RetryLater``)."""
-        while w.paused:
+        while w.paused and not w.stopping:
             await self._flush(w)
             w.control.clear()
-            if w.paused:
+            if w.paused and not w.stopping:
                 await w.control.wait()
+        if w.stopping:
+            return
         assert w.cursor is not None
         w.wake.clear()
         try:
@@ -584,7 +599,7 @@ class Deliveries:
         w.pending = len(items)
         if not items:
             await self._flush(w)
-            if not w.paused:
+            if not w.paused and not w.stopping:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._poll):
                         await w.wake.wait()
@@ -593,8 +608,8 @@ class Deliveries:
             attempt = 0
             schedule: Iterator[float] | None = None
             while True:
-                if w.paused:
-                    return  # the rest is fetched again on resume
+                if w.paused or w.stopping:
+                    return  # the rest is fetched again on resume (or by the next worker)
                 attempt += 1
                 outcome, wait = await self._attempt(w, item, attempt)
                 if outcome.delivered or outcome.dead_lettered:
@@ -611,7 +626,7 @@ class Deliveries:
     async def _sleep(self, w: Delivery, seconds: float) -> None:
         """Wait before a retry; pause, resume and removal cut it short."""
         w.control.clear()
-        if w.paused:
+        if w.paused or w.stopping:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
