@@ -93,6 +93,12 @@ class Metrics:
             "streamgauge_subscriber_queue_bytes", "Bytes queued for all subscribers", registry=r
         )
         self.head = Gauge("streamgauge_log_head", "Last committed cursor", registry=r)
+        self.index_lag = Gauge(
+            "streamgauge_index_lag_rows",
+            "Rows committed to the log but not yet in its (series, time) index (reads scan "
+            "them as the unindexed tail; it grows while the indexer falls behind)",
+            registry=r,
+        )
         self.gc_pause = Histogram(
             "streamgauge_gc_pause_seconds",
             "Pauses of Python's full (generation 2) collections",
@@ -172,10 +178,12 @@ class Metrics:
         subscribers: Callable[[], float],
         queue_bytes: Callable[[], float],
         head: Callable[[], float],
+        index_lag: Callable[[], float],
     ) -> None:
         self.subscribers.set_function(subscribers)
         self.queue_bytes.set_function(queue_bytes)
         self.head.set_function(head)
+        self.index_lag.set_function(index_lag)
 
     def bind_registry(self, size: Callable[[], Any]) -> None:
         """``size()`` gives the registry's ``series``, ``devices``, ``variables`` and

@@ -323,8 +323,10 @@ async def test_restart_restores_latest_times_and_rows_from_the_index_and_the_tai
     await store.append(cols(pk, [v[1]] * 4, [10, 20, 40, 30], [1.0, 2.0, 4.0, 3.0]))
     await store.append(cols(pk, [v[3]] * 4, [1, 2, 3, 4], [5.0, 6.0, 7.0, 8.0]))
     await store.index_all()
+    assert store.index_lag() == 0
     await store.append(cols(pk, [v[0], v[2]], [500, 7], ["old", 7]))
     assert store._sealed < store.head  # the last append is in the tail
+    assert store.index_lag() == 2  # (/metrics: streamgauge_index_lag_rows)
     reg = store.registry
     gone = max(reg.series_by_pk)
     await store.write(lambda tx: metadata.delete_device(tx, reg, reg.devices[(pk, "d1")]))

@@ -18,7 +18,7 @@ def parsed(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def process(subscribers: int, closed: int, rows: int) -> Metrics:
     m = Metrics()
-    m.bind(lambda: float(subscribers), lambda: 100.0, lambda: 42.0)
+    m.bind(lambda: float(subscribers), lambda: 100.0, lambda: 42.0, lambda: 0.0)
     m.stream_closed.labels("slow_consumer").inc(closed)
     m.delivery_seconds.observe(0.002)
     m.ingest_rows.inc(rows)

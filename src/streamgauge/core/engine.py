@@ -139,7 +139,12 @@ class Engine:
         # Called in the event loop with every committed batch, after the hub has it. Listeners
         # (reported state, alert rules, delivery wake-ups) must be quick and must not raise.
         self.listeners: list[Callable[[Batch], None]] = []
-        self.metrics.bind(lambda: self.hub.subscribers, self.hub.queued_bytes, lambda: self.head)
+        self.metrics.bind(
+            lambda: self.hub.subscribers,
+            self.hub.queued_bytes,
+            lambda: self.head,
+            self.store.index_lag,
+        )
         # The other processes' state for /healthz (workers/: set by the writer with workers).
         self.process_health: Callable[[], dict[str, object]] | None = None
         self.metrics.bind_registry(footprint.Cached(self.registry).get)

@@ -275,6 +275,12 @@ class Store(Log, TimeSeriesLog, Transactions[TxT_co, ConnT_co], Protocol[TxT_co,
 
     write_seconds: float  # total time spent in write transactions (metrics)
 
+    def index_lag(self) -> int:
+        """Rows committed to the log but not yet in its (series, time) index (metrics): reads
+        scan them as the unindexed tail. 0 for a backend that indexes in the same
+        transaction."""
+        ...
+
     async def append_with(
         self, metadata: Callable[[TxT_co], object], columns: Callable[[], IngestColumns]
     ) -> AppendResult:

@@ -658,6 +658,10 @@ class PgStore:
             if folded < FOLD_STEP:
                 await asyncio.sleep(FOLD_SECONDS)
 
+    def index_lag(self) -> int:
+        """Always 0: PostgreSQL keeps ``obs_series_time`` in each write's transaction."""
+        return 0
+
     async def append_with(
         self, metadata: Callable[[Tx], object], columns: Callable[[], IngestColumns]
     ) -> AppendResult:

@@ -889,6 +889,10 @@ class SqliteStore:
                 due = unsealed >= min(BULK_CHUNKS * self.chunk_rows, SEAL_BULK)
         return min(head, self._sealed + SEAL_MAX) if due else None
 
+    def index_lag(self) -> int:
+        """Rows committed but not indexed yet (the indexer thread's backlog)."""
+        return max(0, self._committed_head - self._sealed)
+
     async def index_all(self) -> None:
         """Index every row committed so far now, and return once it is indexed."""
         with self._index_cond:
