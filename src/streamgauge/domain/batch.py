@@ -12,6 +12,7 @@ joins of bytes, not N encodings.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +87,24 @@ class Batch:
     @property
     def last(self) -> int:
         return int(self.cursors[-1])
+
+    @classmethod
+    def committed(
+        cls,
+        project_pk: int,
+        cursors: npt.NDArray[np.int64],
+        series: npt.NDArray[np.int64],
+        times: npt.NDArray[np.int64],
+        values: list[Value],
+        qc: npt.NDArray[np.int64],
+        numeric: npt.NDArray[np.float64],
+    ) -> Batch:
+        """A batch a store has just committed: received now (the monotonic clock, for the
+        latency metrics), with its values as floats (``floats``: the QC's column, which the
+        store made anyway) for the listeners' ``numeric()``."""
+        return cls(
+            project_pk, cursors, series, times, values, qc, time.monotonic_ns(), _numeric=numeric
+        )
 
     def numeric(self) -> npt.NDArray[np.float64]:
         """The values as floats; NaN where a value is not a float (a string, null, an int)."""

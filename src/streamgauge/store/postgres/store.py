@@ -740,16 +740,7 @@ class PgStore:
 
         tx.after_commit.append(advance)
         tx.publish.append(
-            Batch(
-                c.project_pk,
-                cursors,
-                s_keep,
-                t_keep,
-                values,
-                q_keep,
-                time.monotonic_ns(),
-                _numeric=numeric,  # made here anyway: the listeners' ``numeric()``
-            )
+            Batch.committed(c.project_pk, cursors, s_keep, t_keep, values, q_keep, numeric)
         )
         return AppendResult(accepted, dups, first, last)
 
