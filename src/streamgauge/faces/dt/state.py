@@ -63,7 +63,7 @@ class Reported(Consumer):
         # moment their load starts. The others' rows are not merged: their state is read from
         # the log when first asked for (a network no DT client reads costs nothing here).
         self._watched: set[int] = set()
-        self._watched_pks: npt.NDArray[np.int64] = np.zeros(0, np.int64)  # sorted
+        self._watched_pks: npt.NDArray[np.int64] | None = None  # made again after a change
         self._codes_for = -1
         # By interned variable name: the index in ``_TYPES`` of the event type its rows are,
         # -1 for the names of no event type (a lookup table).
@@ -111,6 +111,8 @@ class Reported(Consumer):
         if not len(rows):
             return
         devices = reg.s_device[series[rows]].astype(np.int64)
+        if self._watched_pks is None:  # (not per watch: a DT list loads 10,000 devices)
+            self._watched_pks = np.fromiter(self._watched, np.int64, len(self._watched))
         watched = np.isin(devices, self._watched_pks)
         if not watched.all():
             rows, devices = rows[watched], devices[watched]
@@ -201,7 +203,7 @@ class Reported(Consumer):
         """Merge the device's live rows from now on (``_load`` calls it before its read)."""
         if device_pk not in self._watched:
             self._watched.add(device_pk)
-            self._watched_pks = np.array(sorted(self._watched), np.int64)
+            self._watched_pks = None
 
     def reported(self, dev: DeviceRec) -> dict[str, Any]:
         """The device's ``reported`` object: each event type's latest payload."""
@@ -223,4 +225,4 @@ class Reported(Consumer):
         self._loaded.discard(device_pk)
         if device_pk in self._watched:
             self._watched.discard(device_pk)
-            self._watched_pks = np.array(sorted(self._watched), np.int64)
+            self._watched_pks = None
