@@ -16,6 +16,8 @@ import msgspec
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import streamgauge
 from streamgauge.auth import Action, Principal
@@ -714,3 +716,95 @@ def test_loading_shares_what_the_stations_variables_have_in_common() -> None:
     assert (
         sum(head is not None for head in heads.values()) == 2
     )  # parsed once per variable (but odd ones)
+
+
+def _base_events() -> list[ev.MetaEvent]:
+    """A project, two devices, eight variables (one with its own QC limits, wind among them),
+    and two series: what ``test_a_run_of_new_series_*`` adds series to."""
+    project = Project(id="p", name="P", created_at="2026-01-01T00:00:00Z")
+    out: list[ev.MetaEvent] = [ev.ProjectPut(1, project)]
+    for pk in (1, 2):
+        doc = Device(
+            id=f"d{pk}", project="p", site=None, type=None, name=f"d{pk}", labels={}, metadata={}
+        )
+        out.append(ev.DeviceStored(pk, 1, doc.model_dump_json()))
+    names = ["air_temp", "wind_speed", "wind_gust", "relative_humidity"]
+    for pk in range(1, 9):
+        doc = Variable(
+            id=f"v{pk}",
+            name=names[pk % 4],
+            project="p",
+            device=f"d{pk % 2 + 1}",
+            limits=QCLimits(min=-5, max=40) if pk == 3 else None,
+        )
+        out.append(ev.VariableStored(pk, pk % 2 + 1, doc.model_dump_json()))
+    out += [ev.SeriesAdded(1, 1, 2, 1, 1, "d2", "v1"), ev.SeriesAdded(2, 1, 1, 2, 1, "d1", "v2")]
+    return out
+
+
+def _series_event(pk: int, var: int, set_: int) -> ev.SeriesAdded:
+    dev = var % 2 + 1
+    return ev.SeriesAdded(pk, 1, dev, var, set_, f"d{dev}", f"v{var}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 14), st.integers(1, 10), st.integers(1, 3)),
+        min_size=1,
+        max_size=12,
+    ),
+    st.booleans(),
+)
+def test_a_run_of_new_series_applied_at_once_is_what_one_by_one_gives(
+    run: list[tuple[int, int, int]], dropped: bool
+) -> None:
+    """``Registry.apply_all`` takes a run of ``SeriesAdded`` a column at a time when all are
+    new; any run (pks or keys taken or repeated, variables that do not exist, other sets of a
+    variable, a dropped series' pk and key) leaves the registry as ``apply`` one by one does."""
+    from streamgauge.core import registry as registry_module
+
+    events = [_series_event(pk, var, set_) for pk, var, set_ in run]
+    one_by_one, at_once = Registry(), Registry()
+    for reg in (one_by_one, at_once):
+        reg.apply_all(_base_events())
+        if dropped:
+            reg.apply(ev.SeriesDropped(2))
+    for event in events:
+        one_by_one.apply(event)
+    before = registry_module.SERIES_RUN
+    registry_module.SERIES_RUN = 1
+    try:
+        at_once.apply_all(events)
+    finally:
+        registry_module.SERIES_RUN = before
+    assert snapshot(at_once) == snapshot(one_by_one)
+    for name in ("series_count", "series_end"):
+        assert getattr(at_once, name) == getattr(one_by_one, name)
+    assert dict(at_once.series_extra) == dict(one_by_one.series_extra)
+    n = one_by_one.series_end
+    assert at_once.v_series[:9].tolist() == one_by_one.v_series[:9].tolist()
+    for col in ("s_project", "s_device", "s_name", "s_variable", "s_set", "s_devid"):
+        assert getattr(at_once, col)[:n].tolist() == getattr(one_by_one, col)[:n].tolist(), col
+
+
+def test_new_series_applied_at_once_take_the_column_path() -> None:
+    """A run of new series (pks past the end, keys unknown) is applied by ``_add_new_series``
+    (not one by one), with the catalog's QC limits, a variable's own, and the wind roles."""
+    reg = Registry()
+    reg.apply_all(_base_events())
+    seen: list[int] = []
+    original = reg._series_added
+    reg._series_added = lambda e: (seen.append(e.pk), original(e))  # type: ignore[method-assign]
+    run = [_series_event(pk, var, set_) for pk, var, set_ in [(3, 3, 1), (4, 4, 1), (5, 3, 2)]]
+    run += [_series_event(6, 5, 1), _series_event(7, 6, 1)]
+    reg.apply_all(run)
+    assert seen == []  # no event went the one-by-one way
+    assert reg.series.get((3, 1)) == 3 and reg.series.get((3, 2)) == 5
+    assert reg.series_extra == {(3, 2): 5}
+    lim = reg.qc_limits
+    assert (lim.lo[3], lim.hi[3]) == (-5, 40)  # v3's own limits
+    assert (lim.lo[5], lim.hi[5]) == (-5, 40)
+    assert lim.role[6] == 1 and lim.role[7] == 2  # wind_speed, wind_gust
+    assert lim.group[4] == 1 and lim.group[3] == 2
+    assert reg.series_by_pk[5].variable_id == "v3" and reg.series_by_pk[5].device_id == "d2"

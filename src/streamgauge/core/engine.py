@@ -12,6 +12,7 @@ import functools
 import gc
 import hashlib
 import hmac
+import itertools
 import logging
 import os
 import secrets
@@ -74,6 +75,10 @@ HISTORY_STEP = 4096  # candidates judged per store read of a filtered history re
 HISTORY_WINDOW_MS = 60_000  # first time window of a filtered history read
 MAX_WINDOW_MS = 1 << 50  # a window never grows past this (about 35,000 years)
 MAX_CURSOR = 2**63 - 1
+
+
+def _series_added(event: ev.MetaEvent) -> bool:
+    return type(event) is ev.SeriesAdded
 
 
 def load_admin_token(settings: Settings) -> tuple[str, bool]:
@@ -336,14 +341,19 @@ class Engine:
                     task.add_done_callback(self._stopping.discard)
                 return
             if not run.local:  # this node's own changes were applied at its commit
-                for event in run.events:
-                    reg.apply(event)
-                    if isinstance(event, ev.WORK_EVENTS):
-                        for follow in self.followers:
-                            try:
-                                follow(event)
-                            except Exception:
-                                log.exception("following a %s event failed", ev.kind(event))
+                # In order; each run of series first seen at once (``Registry.apply_all``).
+                for series, group in itertools.groupby(run.events, _series_added):
+                    if series:
+                        reg.apply_all(list(group))
+                        continue
+                    for event in group:
+                        reg.apply(event)
+                        if isinstance(event, ev.WORK_EVENTS):
+                            for follow in self.followers:
+                                try:
+                                    follow(event)
+                                except Exception:
+                                    log.exception("following a %s event failed", ev.kind(event))
 
         async def read_meta(after: int, upto: int | None) -> list[tuple[int, int, MetaRun]]:
             return await metafeed.read_meta(self.store, after, upto, s.cluster_fill_rows)

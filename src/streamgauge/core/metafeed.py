@@ -72,5 +72,4 @@ def reload_events(reg: Registry, loaded: Sequence[ev.MetaEvent]) -> list[ev.Meta
 
 def apply_reload(reg: Registry, run: MetaRun) -> None:
     """Apply a reload run (``read_meta``) to ``reg``."""
-    for event in reload_events(reg, run.events):
-        reg.apply(event)
+    reg.apply_all(reload_events(reg, run.events))

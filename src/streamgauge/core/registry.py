@@ -25,7 +25,7 @@ import sys
 import threading
 from abc import abstractmethod
 from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -253,6 +253,7 @@ def _grow(col: npt.NDArray[Any], size: int, fill: int) -> npt.NDArray[Any]:
 
 _T = TypeVar("_T")
 LOAD_CHUNK = 16384  # rows a load turns into columns at a time
+SERIES_RUN = 4  # new series applied a column at a time from this many in a row (``apply_all``)
 
 
 _R = TypeVar("_R")
@@ -590,6 +591,7 @@ class Registry:
         )  # the device's next variable (its list: ``d_first``)
         self.v_extra: dict[int, tuple[QCLimits | None, float | None, dict[str, Any] | None]] = {}
         self.entries: list[tuple[Entry, float, float]] = []
+        self._entry_table = np.zeros((0, 5), np.float64)  # ``_entry_limits``
         self.entry_codes: dict[tuple[str, str | None], int] = {}
         self.d_first: _I32 = _column32(1024, -1)  # by device pk: its first variable (-1: none)
         # Series: columns indexed by series pk (below), records built on demand.
@@ -662,8 +664,25 @@ class Registry:
             self._appliers[type(event)](event)
 
     def apply_all(self, events: Sequence[ev.MetaEvent]) -> None:
-        for event in events:
-            self.apply(event)
+        """``apply`` each of ``events`` in order. A run of ``SeriesAdded`` that are all new (pks
+        past ``series_end`` and (variable, set) keys not known, each once: what an append that
+        meets a network's series for the first time creates, hundreds per batch) is applied a
+        column at a time, with the same outcome as one by one (``_add_series``)."""
+        i, n = 0, len(events)
+        while i < n:
+            if type(events[i]) is not ev.SeriesAdded:
+                self.apply(events[i])
+                i += 1
+                continue
+            j = i + 1
+            while j < n and type(events[j]) is ev.SeriesAdded:
+                j += 1
+            run = cast("Sequence[ev.SeriesAdded]", events[i:j])
+            with self._applying:
+                if j - i < SERIES_RUN or not self._add_new_series(run):
+                    for event in run:
+                        self._series_added(event)
+            i = j
 
     def load(self, tables: Tables) -> None:
         """What a store's tables hold, on open (``domain.readmodel.ReadModel.load``): the
@@ -847,9 +866,7 @@ class Registry:
         self.series_count += len(pk)
         self.series_end = max(self.series_end, top + 1)
         # QC limits: the catalog's per entry, a variable's own where it has them.
-        table = np.array([_qc_limits(e, None) for e, _, _ in self.entries], np.float64).reshape(
-            -1, 5
-        )
+        table = self._entry_limits()
         ent = self.v_entry[var]
         q = self.qc_limits
         q.ensure(top + 1)
@@ -1181,6 +1198,85 @@ class Registry:
         var = self.variables_by_pk.get(variable_pk)
         if var is not None:
             self.qc_limits.set(pk, *qc_limits(var), group=device_pk)
+
+    def _add_new_series(self, run: Sequence[ev.SeriesAdded]) -> bool:
+        """``_add_series`` for each of ``run``, a column at a time; False (nothing changed) when
+        some event is not a new series (its pk taken or repeated, its key known or repeated):
+        those are applied one by one."""
+        cols = np.array(
+            [(e.pk, e.project_pk, e.device_pk, e.variable_pk, e.set) for e in run], np.int64
+        )
+        pk, project, devs, var, set_ = cols.T
+        m = len(pk)
+        if int(pk.min()) < self.series_end or int(var.min()) < 0:
+            return False
+        if len(np.unique(pk)) != m or len(np.unique(var * 1024 + set_)) != m:
+            return False
+        first = np.full(m, -1, np.int64)
+        inside = var < len(self.v_series)
+        first[inside] = self.v_series[var[inside]]
+        taken = first >= 0
+        if np.any(self.s_set[first[taken]] == set_[taken]):
+            return False  # the key is a variable's first series already
+        extra = self.series_extra
+        if extra and any(k in extra for k in zip(var.tolist(), set_.tolist(), strict=True)):
+            return False
+        top = int(pk.max())
+        self._series_capacity(top)
+        self._variable_capacity(int(var.max()))
+        for p in pk.tolist():
+            self.series_by_pk.forget(p)
+        self.s_project[pk] = project
+        self.s_device[pk] = devs
+        self.s_name[pk] = [self.name_code(e.variable_id) for e in run]
+        self.s_variable[pk] = var
+        self.s_set[pk] = set_
+        self.s_devid[pk] = [self.string_code(e.device_id) for e in run]
+        # A variable's first series: the first of the run of a variable that has none yet
+        # (in event order); the others are other sets (``series_extra``).
+        uniq, at = np.unique(var, return_index=True)
+        free = self.v_series[uniq] < 0
+        self.v_series[uniq[free]] = pk[at[free]]
+        if int(np.count_nonzero(free)) < m:
+            rest = np.ones(m, np.bool_)
+            rest[at[free]] = False
+            others = zip(pk[rest].tolist(), var[rest].tolist(), set_[rest].tolist(), strict=True)
+            for p, v, s_ in others:
+                extra[(v, s_)] = p
+        self.series_count += m
+        self.series_end = max(self.series_end, top + 1)
+        # QC limits of the series of live variables: the catalog's per entry, a variable's own
+        # where it has them (``qc_limits``).
+        live = var < len(self.v_device)
+        live[live] = self.v_device[var[live]] >= 0
+        if live.any():
+            lpk, lvar, ldev = pk[live], var[live], devs[live]
+            table = self._entry_limits()
+            ent = self.v_entry[lvar]
+            q = self.qc_limits
+            q.ensure(top + 1)
+            q.lo[lpk] = table[ent, 0]
+            q.hi[lpk] = table[ent, 1]
+            q.max_rate[lpk] = table[ent, 2]
+            q.max_persist_ms[lpk] = table[ent, 3].astype(np.int64)
+            q.role[lpk] = table[ent, 4].astype(np.int8)
+            q.group[lpk] = ldev
+            if self.v_extra:
+                for p, v, d in zip(lpk.tolist(), lvar.tolist(), ldev.tolist(), strict=True):
+                    own = self.v_extra.get(v, _NO_EXTRA)[0]
+                    if own is not None:
+                        entry = self.entries[int(self.v_entry[v])][0]
+                        q.set(p, *_qc_limits(entry, own), group=d)
+        return True
+
+    def _entry_limits(self) -> npt.NDArray[np.float64]:
+        """Row ``e``: ``_qc_limits`` of catalog entry ``e`` without a variable's own limits
+        (lo, hi, max_rate, max_persist_ms, role), kept until an entry is added."""
+        table = self._entry_table
+        if len(table) != len(self.entries):
+            rows = [_qc_limits(e, None) for e, _, _ in self.entries]
+            table = self._entry_table = np.array(rows, np.float64).reshape(-1, 5)
+        return table
 
     def _series_of_variable(self, variable_pk: int) -> list[int]:
         """The variable's series: its first (``v_series``) and its other sets' (few)."""

@@ -120,6 +120,10 @@ class ReadModel(Protocol):
         """Change the metadata as ``event`` says (events of committed writes, in order)."""
         ...
 
+    def apply_all(self, events: Sequence[MetaEvent]) -> None:
+        """``apply`` each of ``events``, in order (a run of new series at once)."""
+        ...
+
     def load(self, tables: Tables) -> None:
         """On open: what the tables hold, into an empty read model (as if each row's event
         were applied, without a Python object per series or variable)."""

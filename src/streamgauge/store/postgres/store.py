@@ -335,8 +335,7 @@ class PgStore:
         assert self._loop is not None
         loop = self._loop
         events = tx.events
-        for event in events[tx.applied :]:  # the registry follows what committed
-            self.registry.apply(event)
+        self.registry.apply_all(events[tx.applied :])  # the registry follows what committed
         for hook in tx.after_commit:
             hook()
         if events and self.on_events is not None:  # before the batches that need them
@@ -775,34 +774,29 @@ class PgStore:
                 )
             }
             end = max(reg.series_end, _state(tx.conn, "series_end"))
+            added: list[MetaEvent] = []
             for j, var_pk, set_ in unknown:
                 var = reg.variables_by_pk.get(var_pk)
                 if var is None:
                     raise NotFound("a variable of this batch was deleted while it was written")
                 dev = reg.devices_by_pk[var.device_pk]
                 pk = stored.get((var_pk, set_))
-                added = SeriesAdded(
-                    pk if pk is not None else end,
-                    dev.project_pk,
-                    dev.pk,
-                    var_pk,
-                    set_,
-                    dev.doc.id,
-                    var.id,
-                )
                 if pk is None:  # new: its event is written with this transaction
                     pk = end
                     end += 1
-                    if not created:
-                        tx.on_rollback.append(functools.partial(_forget_series, reg, created))
                     created.append((pk, dev.project_pk, dev.pk, var_pk, set_))
-                    tx.events.append(added)
-                # Applied now, so the batch's QC has its limits (and its pk is taken); a new
-                # one is applied again after the commit (a no-op) or undone if it fails. One
-                # another node made is stored with its event already (the meta channel brings
-                # it here too: a no-op then).
-                reg.apply(added)
+                    tx.events.append(
+                        SeriesAdded(pk, dev.project_pk, dev.pk, var_pk, set_, dev.id, var.id)
+                    )
+                added.append(SeriesAdded(pk, dev.project_pk, dev.pk, var_pk, set_, dev.id, var.id))
                 pks[j] = pk
+            # Applied now (``Registry.apply_all``: a column at a time), so the batch's QC has
+            # their limits (and their pks are taken); a new one is applied again after the
+            # commit (a no-op) or undone if it fails. One another node made is stored with its
+            # event already (the meta channel brings it here too: a no-op then).
+            if created:
+                tx.on_rollback.append(functools.partial(_forget_series, reg, created))
+            reg.apply_all(added)
         out: npt.NDArray[np.int64] = pks[inverse.reshape(-1)]
         return out, created
 

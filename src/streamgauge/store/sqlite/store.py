@@ -749,8 +749,7 @@ class SqliteStore:
         and batches go to the event loop, then its caller is answered."""
         assert self._loop is not None
         loop = self._loop
-        for event in tx.events[tx.applied :]:  # the registry follows what committed
-            self.registry.apply(event)
+        self.registry.apply_all(tx.events[tx.applied :])  # the registry follows what committed
         for hook in tx.after_commit:
             hook()
         self._freeze_new_objects(
@@ -1197,6 +1196,8 @@ class SqliteStore:
         uniq, inverse = _distinct_inverse(keys)
         pks = self._known_series(uniq)
         created: list[tuple[int, int, int, int, int]] = []
+        added: list[MetaEvent] = []
+        end = reg.series_end
         for j in np.flatnonzero(pks < 0).tolist():  # not known here yet, or new
             var_pk, set_ = divmod(int(uniq[j]), 1024)
             pk = reg.series.get((var_pk, set_))
@@ -1207,18 +1208,22 @@ class SqliteStore:
                 if var is None:
                     raise NotFound("a variable of this batch was deleted while it was written")
                 dev = reg.devices_by_pk[var.device_pk]
-                pk = reg.series_end
-                added = SeriesAdded(pk, dev.project_pk, dev.pk, var_pk, set_, dev.doc.id, var.id)
-                # Applied now, so the batch's QC has its limits (and its pk is taken); written
-                # with the transaction's events, applied again after the commit (a no-op), and
-                # undone if the transaction fails.
-                if not created:
-                    tx.on_rollback.append(functools.partial(_forget_series, reg, created))
+                pk = end
+                end += 1
+                added.append(SeriesAdded(pk, dev.project_pk, dev.pk, var_pk, set_, dev.id, var.id))
                 created.append((pk, dev.project_pk, dev.pk, var_pk, set_))
-                reg.apply(added)
-                tx.events.append(added)
             pks[j] = pk
         if created:
+            # Applied now (a column at a time: ``Registry.apply_all``), so the batch's QC has
+            # their limits and their pks are taken; written with the transaction's events and
+            # undone if it fails. When every event before them is applied already, they count
+            # as applied (not applied again after the commit).
+            tx.on_rollback.append(functools.partial(_forget_series, reg, created))
+            reg.apply_all(added)
+            prefix = tx.applied == len(tx.events)
+            tx.events.extend(added)
+            if prefix:
+                tx.applied = len(tx.events)
             tx.execute(
                 "INSERT INTO series (pk, project_pk, device_pk, variable_pk, set_) "
                 "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 "
