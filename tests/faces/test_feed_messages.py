@@ -13,14 +13,19 @@ from hypothesis import strategies as st
 from streamgauge.core.hub import Item
 from streamgauge.core.registry import Registry
 from streamgauge.core.units import METRIC
+from streamgauge.domain import events as ev
 from streamgauge.domain.errors import BadRequest
+from streamgauge.domain.model import Device, Project, Site
 from streamgauge.faces.synoptic.args import FeedArgs, parse_feed_args
 from streamgauge.faces.synoptic.messages import (
+    M_TO_FT,
     Metadata,
+    _number,
     data_message,
     date_of,
     iso_date_of,
     merge_items,
+    station,
 )
 from tests.core.test_filters import Builder
 
@@ -143,3 +148,68 @@ def test_recent_and_timeformat_arguments_parse_like_rewind_and_a_choice() -> Non
             parse(query)
         assert [d["field"] for d in caught.value.details] == [field], query
         assert field in caught.value.message
+
+
+def _old_station(doc: Site, stid: str) -> dict[str, object]:
+    """What the metadata message said of a station when built from the validated model."""
+    out: dict[str, object] = {
+        "stid": stid,
+        "name": doc.name,
+        "latitude": None if doc.lat is None else str(doc.lat),
+        "longitude": None if doc.lon is None else str(doc.lon),
+        "elevation": None if doc.elevation is None else round(doc.elevation * M_TO_FT, 1),
+        "network": None if doc.network is None else _number(doc.network),
+    }
+    for key in ("state", "nwszone", "nwsfirezone"):
+        value = getattr(doc, key)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+@given(
+    st.one_of(st.none(), st.integers(-90, 90), st.floats(-90, 90)),
+    st.one_of(st.none(), st.floats(-180, 180)),
+    st.one_of(st.none(), st.integers(-400, 9000), st.floats(-400, 9000)),
+    st.one_of(st.none(), st.sampled_from(["1", "22", "²", "MesoWest", "007"])),
+    st.one_of(st.none(), st.just("UT")),
+    st.booleans(),
+)
+def test_a_station_is_described_from_its_stored_json_as_from_its_model(
+    lat: float | None,
+    lon: float | None,
+    elevation: float | None,
+    network: str | None,
+    state: str | None,
+    partial: bool,
+) -> None:
+    """``station`` reads a site's stored JSON instead of validating its model; what it says
+    is the same, for JSON numbers written as integers too, and for a stored document that
+    lacks a field (the model's default then)."""
+    site = Site(
+        id="S1",
+        name="Station one",
+        project="p",
+        lat=lat,
+        lon=lon,
+        elevation=elevation,
+        network=network,
+        state=state,
+        nwszone="UTZ001",
+    )
+    stored = json.loads(site.model_dump_json())
+    if isinstance(lat, int):
+        stored["lat"] = lat  # as another writer may have stored it: 40, not 40.0
+    if partial:
+        del stored["nwsfirezone"]
+    project = Project(id="p", name="P", created_at="2026-01-01T00:00:00Z")
+    device = Device(id="d1", project="p", site="S1", type=None, name="d1", labels={}, metadata={})
+    reg = Registry()
+    reg.apply_all(
+        [
+            ev.ProjectPut(1, project),
+            ev.SiteStored(1, 1, json.dumps(stored)),
+            ev.DeviceStored(1, 1, device.model_dump_json()),
+        ]
+    )
+    assert station(reg, 1) == _old_station(site, "S1")

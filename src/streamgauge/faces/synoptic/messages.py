@@ -232,20 +232,30 @@ def station(reg: Registry, device_pk: int) -> dict[str, Any]:
     stid, site = _station_of_device(reg, device_pk)
     if site is None:
         return {"stid": stid, "latitude": None, "longitude": None, "elevation": None}
-    doc = site.doc
+    # The fields from the site's stored JSON (a dump of its model, every field there): a
+    # model validated per station cost most of a feed's first rounds (30,000 stations).
+    doc = orjson.loads(site.stored)
+    if not _SITE_FIELDS <= doc.keys():
+        doc = site.doc.model_dump()
+    lat, lon, elevation = doc["lat"], doc["lon"], doc["elevation"]
     out: dict[str, Any] = {
         "stid": stid,
-        "name": doc.name,
-        "latitude": None if doc.lat is None else str(doc.lat),
-        "longitude": None if doc.lon is None else str(doc.lon),
-        "elevation": None if doc.elevation is None else round(doc.elevation * M_TO_FT, 1),
-        "network": _number(doc.network),
+        "name": doc["name"],
+        "latitude": None if lat is None else str(float(lat)),
+        "longitude": None if lon is None else str(float(lon)),
+        "elevation": None if elevation is None else round(elevation * M_TO_FT, 1),
+        "network": _number(doc["network"]),
     }
     for key in ("state", "nwszone", "nwsfirezone"):
-        value = getattr(doc, key)
+        value = doc[key]
         if value is not None:
             out[key] = value
     return out
+
+
+_SITE_FIELDS = frozenset(
+    ("name", "lat", "lon", "elevation", "network", "state", "nwszone", "nwsfirezone")
+)
 
 
 class _Stations:
