@@ -808,3 +808,17 @@ def test_new_series_applied_at_once_take_the_column_path() -> None:
     assert lim.role[6] == 1 and lim.role[7] == 2  # wind_speed, wind_gust
     assert lim.group[4] == 1 and lim.group[3] == 2
     assert reg.series_by_pk[5].variable_id == "v3" and reg.series_by_pk[5].device_id == "d2"
+
+
+def test_the_events_of_series_first_seen_are_read_from_the_variable_columns() -> None:
+    """``Registry.series_added``: the ``SeriesAdded`` of new keys, numbered on from a pk, with
+    each variable's device, project and ids; None when a variable does not exist."""
+    reg = Registry()
+    reg.apply_all(_base_events())
+    got = reg.series_added(3, [3, 4, 3], [1, 1, 2])
+    assert got == [_series_event(3, 3, 1), _series_event(4, 4, 1), _series_event(5, 3, 2)]
+    assert reg.series_added(3, [3, 99], [1, 1]) is None
+    assert reg.series_added(3, [-1], [1]) is None
+    reg.apply(ev.VariableDropped(4))
+    assert reg.series_added(3, [4], [1]) is None
+    assert reg.series_added(3, [], []) == []

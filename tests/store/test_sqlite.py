@@ -15,7 +15,7 @@ import pytest
 
 from streamgauge.core.registry import Registry
 from streamgauge.domain.batch import Batch
-from streamgauge.domain.errors import Conflict
+from streamgauge.domain.errors import Conflict, NotFound
 from streamgauge.domain.events import SeriesAdded
 from streamgauge.domain.log import HistoryQuery, IngestColumns
 from streamgauge.domain.model import DeviceIn, ProjectIn, VariableIn
@@ -237,6 +237,69 @@ async def test_rollback_forgets_series_created_by_the_failed_batch(tmp_path: Pat
         assert r.accepted == 1
         hist = await store.history(HistoryQuery(pk, limit=10))
         assert len(hist) == 2  # the series row exists, so the row is readable
+    finally:
+        await store.close()
+
+
+async def test_a_batch_naming_a_variable_that_is_gone_writes_nothing(tmp_path: Path) -> None:
+    """A variable deleted while its batch was queued: 404, no row, no series, no event."""
+    store = await open_store(tmp_path, [])
+    try:
+        pk, v = await seed(store)
+        reg = store.registry
+        before = (reg.series_count, reg.series_end, store.head)
+        with pytest.raises(NotFound):
+            await store.append(cols(pk, [v[0], v[1], 9999], [1000] * 3, [1.0] * 3))
+        assert (reg.series_count, reg.series_end, store.head) == before
+        events = await store.read(lambda c: metadata.read_events(c))
+        assert not any(isinstance(e, SeriesAdded) for _, e in events)
+    finally:
+        await store.close()
+
+
+async def test_many_series_first_seen_in_one_batch_reopen_as_they_were_applied(
+    tmp_path: Path,
+) -> None:
+    """A batch that meets many series for the first time applies them a column at a time
+    (``Registry.apply_all``); a restart loads the same series, and the stored events rebuild
+    them too."""
+    store = await open_store(tmp_path, [])
+    try:
+        pk, _ = await seed(store)
+        reg = store.registry
+        devs = [
+            DeviceIn(id=f"m{i}", variables=[VariableIn(name="t"), VariableIn(name="w")])
+            for i in range(10)
+        ]
+        prec = reg.projects["p"]
+        await store.write(
+            lambda tx: metadata.create_devices(tx, reg, prec, devs, skip_existing=False)
+        )
+        v = sorted(var.pk for var in reg.variables_by_pk.values())
+        await store.append(cols(pk, v[:1], [1000], [1.0]))
+        applied: list[int] = []
+        original = reg._add_new_series
+        reg._add_new_series = lambda run: applied.append(len(run)) or original(run)  # type: ignore[method-assign]
+        await store.append(cols(pk, v, [2000] * len(v), [1.0] * len(v)))
+        assert applied == [len(v) - 1]  # the column path took them
+        live = {
+            s.pk: (s.variable_pk, s.device_id, s.variable_id)
+            for s in store.registry.series_by_pk.values()
+        }
+        events = await store.read(lambda c: metadata.read_events(c))
+    finally:
+        await store.close()
+    assert len(live) == len(v)
+    rebuilt = Registry()
+    rebuilt.apply_all([e for _, e in events])
+    store = await open_store(tmp_path, [])
+    try:
+        for reg in (store.registry, rebuilt):
+            got = {
+                s.pk: (s.variable_pk, s.device_id, s.variable_id) for s in reg.series_by_pk.values()
+            }
+            assert got == live
+            assert all(reg.series[(var, 1)] == spk for spk, (var, _, _) in live.items())
     finally:
         await store.close()
 

@@ -1199,6 +1199,27 @@ class Registry:
         if var is not None:
             self.qc_limits.set(pk, *qc_limits(var), group=device_pk)
 
+    def series_added(
+        self, first_pk: int, variable_pks: Sequence[int], sets: Sequence[int]
+    ) -> list[ev.SeriesAdded] | None:
+        """The events that add series ``first_pk``, ``first_pk + 1`` ... of these (variable
+        pk, set) keys, read from the variable columns (no record built per variable); None
+        if some variable does not exist."""
+        var = np.asarray(variable_pks, np.int64)
+        if len(var) and (int(var.min()) < 0 or int(var.max()) >= len(self.v_device)):
+            return None
+        devs = self.v_device[var]
+        if len(devs) and int(devs.min()) < 0:
+            return None
+        by_pk, names = self.devices_by_pk, self.name_list
+        out: list[ev.SeriesAdded] = []
+        for k, (v, s_, d, code) in enumerate(
+            zip(var.tolist(), sets, devs.tolist(), self.v_id[var].tolist(), strict=True)
+        ):
+            dev = by_pk[d]
+            out.append(ev.SeriesAdded(first_pk + k, dev.project_pk, d, v, s_, dev.id, names[code]))
+        return out
+
     def _add_new_series(self, run: Sequence[ev.SeriesAdded]) -> bool:
         """``_add_series`` for each of ``run``, a column at a time; False (nothing changed) when
         some event is not a new series (its pk taken or repeated, its key known or repeated):

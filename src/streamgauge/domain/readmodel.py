@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamgauge.domain.catalog import Entry
-from streamgauge.domain.events import MetaEvent
+from streamgauge.domain.events import MetaEvent, SeriesAdded
 from streamgauge.domain.qcstate import QCState
 from streamgauge.domain.records import (
     AccountRec,
@@ -118,6 +118,13 @@ class ReadModel(Protocol):
 
     def apply(self, event: MetaEvent) -> None:
         """Change the metadata as ``event`` says (events of committed writes, in order)."""
+        ...
+
+    def series_added(
+        self, first_pk: int, variable_pks: Sequence[int], sets: Sequence[int]
+    ) -> list[SeriesAdded] | None:
+        """The events that add series ``first_pk``, ``first_pk + 1`` ... of these (variable
+        pk, set) keys; None if some variable does not exist."""
         ...
 
     def apply_all(self, events: Sequence[MetaEvent]) -> None:

@@ -39,7 +39,6 @@ from streamgauge.domain.commit import CommitRules, Screen
 from streamgauge.domain.errors import Conflict, NotFound, Unavailable
 from streamgauge.domain.events import (
     MetaEvent,
-    SeriesAdded,
     SeriesDropped,
 )
 from streamgauge.domain.filters import Expr
@@ -1195,25 +1194,22 @@ class SqliteStore:
         keys = c.variable_pks * 1024 + c.sets
         uniq, inverse = _distinct_inverse(keys)
         pks = self._known_series(uniq)
-        created: list[tuple[int, int, int, int, int]] = []
-        added: list[MetaEvent] = []
-        end = reg.series_end
+        new: list[int] = []  # positions in ``uniq`` of the series first seen
         for j in np.flatnonzero(pks < 0).tolist():  # not known here yet, or new
             var_pk, set_ = divmod(int(uniq[j]), 1024)
             pk = reg.series.get((var_pk, set_))
             if pk is not None:
                 self._know_series(var_pk, set_, pk)
+                pks[j] = pk
             else:
-                var = reg.variables_by_pk.get(var_pk)
-                if var is None:
-                    raise NotFound("a variable of this batch was deleted while it was written")
-                dev = reg.devices_by_pk[var.device_pk]
-                pk = end
-                end += 1
-                added.append(SeriesAdded(pk, dev.project_pk, dev.pk, var_pk, set_, dev.id, var.id))
-                created.append((pk, dev.project_pk, dev.pk, var_pk, set_))
-            pks[j] = pk
-        if created:
+                new.append(j)
+        if new:
+            var_pks, sets = np.divmod(uniq[new], 1024)
+            added = reg.series_added(reg.series_end, var_pks.tolist(), sets.tolist())
+            if added is None:
+                raise NotFound("a variable of this batch was deleted while it was written")
+            pks[new] = np.arange(reg.series_end, reg.series_end + len(new))
+            created = [(e.pk, e.project_pk, e.device_pk, e.variable_pk, e.set) for e in added]
             # Applied now (a column at a time: ``Registry.apply_all``), so the batch's QC has
             # their limits and their pks are taken; written with the transaction's events and
             # undone if it fails. When every event before them is applied already, they count
