@@ -17,7 +17,7 @@ from streamgauge.core.ingest import MAX_TIME, MIN_TIME
 from streamgauge.core.registry import Registry
 from streamgauge.core.units import ENGLISH, METRIC
 from streamgauge.domain.batch import Batch, concat, empty_batch
-from streamgauge.domain.events import SeriesAdded
+from streamgauge.domain.events import SeriesAdded, SeriesDropped
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -137,6 +137,36 @@ def test_encode_rows_of_an_unknown_series_has_nulls() -> None:
     [row] = [orjson.loads(r) for r in encode_rows(b, reg)]
     assert row["device"] is None and row["variable"] is None and row["set"] is None
     assert row["cursor"] == 5 and row["value"] == 1.0
+
+
+@given(st.lists(st.integers(-2, 6), min_size=1, max_size=30))
+def test_encode_rows_say_what_the_series_records_say(series: list[int]) -> None:
+    """Rows encoded from the series columns are byte for byte what each series' record
+    (``series_by_pk``: its ``prefix``) gives, for live, dropped, unknown and negative pks,
+    unicode and quotes in the ids, and other sets."""
+    reg = registry()
+    reg.apply(SeriesAdded(3, 1, 3, 3, 7, "dé\\v", "wind_speed"))
+    reg.apply(SeriesAdded(4, 1, 1, 4, 1, "d0", "air_temp2"))
+    reg.apply(SeriesDropped(4))
+    n = len(series)
+    b = Batch(
+        1,
+        np.arange(1, n + 1, dtype=np.int64),
+        np.array(series, np.int64),
+        np.full(n, 1_700_000_000_000, np.int64),
+        [float(i) for i in range(n)],
+        np.zeros(n, np.int64),
+    )
+    expected = []
+    for cursor, pk in enumerate(series, 1):
+        rec = reg.series_by_pk.get(pk)
+        prefix = rec.prefix if rec is not None else b'"device":null,"variable":null,"set":null'
+        expected.append(
+            b'{"cursor":%d,%s,"time":"2023-11-14T22:13:20Z","value":%s,"qc":[]}'
+            % (cursor, prefix, orjson.dumps(float(cursor - 1)))
+        )
+    assert encode_rows(b, reg) == expected
+    assert encode_rows(b, reg) == expected  # the ids' JSON kept from the first call
 
 
 def test_json_rows_and_framed_are_cached_per_batch() -> None:

@@ -168,14 +168,28 @@ def csv_rows(batch: Batch, registry: Registry, units: UnitSystem = METRIC) -> li
 
 
 def encode_rows(batch: Batch, registry: Registry, units: UnitSystem = METRIC) -> list[bytes]:
-    series = registry.series_by_pk
+    """The rows as the native JSON row objects. Each row's device, variable and set are read
+    from the registry's series columns, the ids' JSON kept per string code
+    (``_id_json``): a record per series (``series_by_pk``, a cache of 8,192) was built again
+    for most rows of a network with more series than that."""
+    if not len(batch):
+        return []
+    s = batch.series
+    inside = (s >= 0) & (s < registry.series_end)
+    at = np.where(inside, s, 0)
+    live = (inside & (registry.s_project[at] >= 0)).tolist()
+    devices, variables = _id_json(registry)
+    strings, names = registry.strings, registry.name_list
     times: dict[int, bytes] = {}
     out: list[bytes] = []
     append = out.append
     dumps = orjson.dumps
-    for cursor, s, t, v, q in zip(
+    for cursor, ok, d, n, set_, t, v, q in zip(
         batch.cursors.tolist(),
-        batch.series.tolist(),
+        live,
+        registry.s_devid[at].tolist(),
+        registry.s_name[at].tolist(),
+        registry.s_set[at].tolist(),
         batch.times.tolist(),
         output_values(batch, registry, units),
         batch.qc.tolist(),
@@ -184,13 +198,32 @@ def encode_rows(batch: Batch, registry: Registry, units: UnitSystem = METRIC) ->
         tb = times.get(t)
         if tb is None:
             tb = times[t] = format_time(t).encode()
-        rec = series.get(s)
-        prefix = rec.prefix if rec is not None else b'"device":null,"variable":null,"set":null'
-        append(
-            b'{"cursor":%d,%s,"time":"%s","value":%s,"qc":%s}'
-            % (cursor, prefix, tb, dumps(v), _qc_json(q))
-        )
+        if ok:
+            dj = devices.get(d)
+            if dj is None:
+                dj = devices[d] = dumps(strings[d])
+            nj = variables.get(n)
+            if nj is None:
+                nj = variables[n] = dumps(names[n])
+            append(
+                b'{"cursor":%d,"device":%s,"variable":%s,"set":%d,"time":"%s","value":%s,"qc":%s}'
+                % (cursor, dj, nj, set_, tb, dumps(v), _qc_json(q))
+            )
+        else:
+            append(
+                b'{"cursor":%d,"device":null,"variable":null,"set":null,"time":"%s","value":%s,'
+                b'"qc":%s}' % (cursor, tb, dumps(v), _qc_json(q))
+            )
     return out
+
+
+def _id_json(registry: Registry) -> tuple[dict[int, bytes], dict[int, bytes]]:
+    """Device ids' JSON by string code and variable ids' by name code (a code always names
+    the same text), made on first use and kept in ``registry.derived``."""
+    found = registry.derived.get("row_id_json")
+    if not isinstance(found, tuple):
+        found = registry.derived["row_id_json"] = ({}, {})
+    return found
 
 
 use_row_encoder(encode_rows, METRIC)
