@@ -842,46 +842,8 @@ class Registry:
                 )
             return
         pk, project, devs, var, set_ = cols.T
-        if not len(pk):
-            return
-        top = int(pk.max())
-        self._series_capacity(top)
-        self.s_project[pk] = project
-        self.s_device[pk] = devs
-        self.s_variable[pk] = var
-        self.s_set[pk] = set_
-        self.s_name[pk] = self.v_id[var]
-        self.s_devid[pk] = dev_code[devs]
-        uniq, at = np.unique(var, return_index=True)
-        free = self.v_series[uniq] < 0  # not given a first series by an earlier chunk
-        uniq, at = uniq[free], at[free]
-        self.v_series[uniq] = pk[at]
-        if len(uniq) < len(var):  # a variable's other sets
-            rest = np.ones(len(var), np.bool_)
-            rest[at] = False
-            for p, v, s_ in zip(
-                pk[rest].tolist(), var[rest].tolist(), set_[rest].tolist(), strict=True
-            ):
-                self.series_extra[(v, s_)] = p
-        self.series_count += len(pk)
-        self.series_end = max(self.series_end, top + 1)
-        # QC limits: the catalog's per entry, a variable's own where it has them.
-        table = self._entry_limits()
-        ent = self.v_entry[var]
-        q = self.qc_limits
-        q.ensure(top + 1)
-        q.lo[pk] = table[ent, 0]
-        q.hi[pk] = table[ent, 1]
-        q.max_rate[pk] = table[ent, 2]
-        q.max_persist_ms[pk] = table[ent, 3].astype(np.int64)
-        q.role[pk] = table[ent, 4].astype(np.int8)
-        q.group[pk] = devs
-        own = [v for v, extra in self.v_extra.items() if extra[0] is not None]
-        if own:
-            for i in np.flatnonzero(np.isin(var, own)).tolist():
-                v = int(var[i])
-                entry = self.entries[int(self.v_entry[v])][0]
-                q.set(int(pk[i]), *_qc_limits(entry, self.v_extra[v][0]), group=int(devs[i]))
+        if len(pk):
+            self._put_new_series(pk, project, devs, var, set_, self.v_id[var], dev_code[devs])
 
     # -- what the store reads and keeps (``domain.readmodel.ReadModel``) -------------------------
 
@@ -1242,19 +1204,38 @@ class Registry:
         extra = self.series_extra
         if extra and any(k in extra for k in zip(var.tolist(), set_.tolist(), strict=True)):
             return False
+        for p in pk.tolist():
+            self.series_by_pk.forget(p)
+        names = np.array([self.name_code(e.variable_id) for e in run], np.int64)
+        devids = np.array([self.string_code(e.device_id) for e in run], np.int64)
+        self._put_new_series(pk, project, devs, var, set_, names, devids)
+        return True
+
+    def _put_new_series(
+        self,
+        pk: npt.NDArray[np.int64],
+        project: npt.NDArray[np.int64],
+        devs: npt.NDArray[np.int64],
+        var: npt.NDArray[np.int64],
+        set_: npt.NDArray[np.int64],
+        names: npt.NDArray[np.int64],
+        devids: npt.NDArray[np.int64],
+    ) -> None:
+        """Series known to be new (pks past ``series_end``, (variable, set) keys not known,
+        each once) a column at a time, as ``_add_series`` one by one: a variable's first series
+        is the first of them in order when it has none yet, the others go to
+        ``series_extra``; the QC limits of those of a live variable are the catalog's per
+        entry (``_entry_limits``), or the variable's own (``qc_limits``)."""
+        m = len(pk)
         top = int(pk.max())
         self._series_capacity(top)
         self._variable_capacity(int(var.max()))
-        for p in pk.tolist():
-            self.series_by_pk.forget(p)
         self.s_project[pk] = project
         self.s_device[pk] = devs
-        self.s_name[pk] = [self.name_code(e.variable_id) for e in run]
+        self.s_name[pk] = names
         self.s_variable[pk] = var
         self.s_set[pk] = set_
-        self.s_devid[pk] = [self.string_code(e.device_id) for e in run]
-        # A variable's first series: the first of the run of a variable that has none yet
-        # (in event order); the others are other sets (``series_extra``).
+        self.s_devid[pk] = devids
         uniq, at = np.unique(var, return_index=True)
         free = self.v_series[uniq] < 0
         self.v_series[uniq[free]] = pk[at[free]]
@@ -1263,32 +1244,30 @@ class Registry:
             rest[at[free]] = False
             others = zip(pk[rest].tolist(), var[rest].tolist(), set_[rest].tolist(), strict=True)
             for p, v, s_ in others:
-                extra[(v, s_)] = p
+                self.series_extra[(v, s_)] = p
         self.series_count += m
         self.series_end = max(self.series_end, top + 1)
-        # QC limits of the series of live variables: the catalog's per entry, a variable's own
-        # where it has them (``qc_limits``).
         live = var < len(self.v_device)
         live[live] = self.v_device[var[live]] >= 0
-        if live.any():
-            lpk, lvar, ldev = pk[live], var[live], devs[live]
-            table = self._entry_limits()
-            ent = self.v_entry[lvar]
-            q = self.qc_limits
-            q.ensure(top + 1)
-            q.lo[lpk] = table[ent, 0]
-            q.hi[lpk] = table[ent, 1]
-            q.max_rate[lpk] = table[ent, 2]
-            q.max_persist_ms[lpk] = table[ent, 3].astype(np.int64)
-            q.role[lpk] = table[ent, 4].astype(np.int8)
-            q.group[lpk] = ldev
-            if self.v_extra:
-                for p, v, d in zip(lpk.tolist(), lvar.tolist(), ldev.tolist(), strict=True):
-                    own = self.v_extra.get(v, _NO_EXTRA)[0]
-                    if own is not None:
-                        entry = self.entries[int(self.v_entry[v])][0]
-                        q.set(p, *_qc_limits(entry, own), group=d)
-        return True
+        if not live.any():
+            return
+        lpk, lvar, ldev = pk[live], var[live], devs[live]
+        table = self._entry_limits()
+        ent = self.v_entry[lvar]
+        q = self.qc_limits
+        q.ensure(top + 1)
+        q.lo[lpk] = table[ent, 0]
+        q.hi[lpk] = table[ent, 1]
+        q.max_rate[lpk] = table[ent, 2]
+        q.max_persist_ms[lpk] = table[ent, 3].astype(np.int64)
+        q.role[lpk] = table[ent, 4].astype(np.int8)
+        q.group[lpk] = ldev
+        if self.v_extra:
+            for p, v, d in zip(lpk.tolist(), lvar.tolist(), ldev.tolist(), strict=True):
+                own = self.v_extra.get(v, _NO_EXTRA)[0]
+                if own is not None:
+                    entry = self.entries[int(self.v_entry[v])][0]
+                    q.set(p, *_qc_limits(entry, own), group=d)
 
     def _entry_limits(self) -> npt.NDArray[np.float64]:
         """Row ``e``: ``_qc_limits`` of catalog entry ``e`` without a variable's own limits
