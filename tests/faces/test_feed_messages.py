@@ -10,10 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamgauge.core.batch import qc_names
 from streamgauge.core.hub import Item
 from streamgauge.core.registry import Registry
 from streamgauge.core.units import METRIC
 from streamgauge.domain import events as ev
+from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import BadRequest
 from streamgauge.domain.model import Device, Project, Site
 from streamgauge.faces.synoptic.args import FeedArgs, parse_feed_args
@@ -23,6 +25,7 @@ from streamgauge.faces.synoptic.messages import (
     _number,
     data_message,
     date_of,
+    encode_rows,
     iso_date_of,
     merge_items,
     station,
@@ -213,3 +216,52 @@ def test_a_station_is_described_from_its_stored_json_as_from_its_model(
         ]
     )
     assert station(reg, 1) == _old_station(site, "S1")
+
+
+@given(st.lists(st.tuples(st.integers(-1, 6), st.integers(0, 3)), min_size=1, max_size=20))
+def test_rows_name_the_station_and_sensor_of_their_series(rows: list[tuple[int, int]]) -> None:
+    """``encode_rows`` writes each row from the series columns: a device on a site is the
+    site's station, one without a site its own; a dropped, unknown or negative series pk gives
+    empty names (set 1), as before."""
+    project = Project(id="p", name="P", created_at="2026-01-01T00:00:00Z")
+    site = Site(id="S1", name="one", project="p")
+    on_site = Device(id="d1", project="p", site="S1", type=None, name="d1", labels={}, metadata={})
+    alone = Device(id="d2", project="p", site=None, type=None, name="d2", labels={}, metadata={})
+    reg = Registry()
+    reg.apply_all(
+        [
+            ev.ProjectPut(1, project),
+            ev.SiteStored(1, 1, site.model_dump_json()),
+            ev.DeviceStored(1, 1, on_site.model_dump_json()),
+            ev.DeviceStored(2, 1, alone.model_dump_json()),
+            ev.SeriesAdded(1, 1, 1, 1, 1, "d1", "air_temp"),
+            ev.SeriesAdded(2, 1, 1, 2, 3, "d1", 'we"ird'),
+            ev.SeriesAdded(3, 1, 2, 3, 1, "d2", "air_temp"),
+            ev.SeriesAdded(4, 1, 2, 4, 1, "d2", "wind_speed"),
+            ev.SeriesDropped(4),
+        ]
+    )
+    names = {1: ("S1", "air_temp", 1), 2: ("S1", 'we"ird', 3), 3: ("d2", "air_temp", 1)}
+    n = len(rows)
+    t0 = 1_700_000_000_000
+    batch = Batch(
+        1,
+        np.arange(1, n + 1, dtype=np.int64),
+        np.array([pk for pk, _ in rows], np.int64),
+        np.array([t0 + 60_000 * k for _, k in rows], np.int64),
+        [float(i) / 4 for i in range(n)],
+        np.array([k & 1 for _, k in rows], np.int64),
+    )
+    got = encode_rows(batch, reg, METRIC)
+    assert len(got) == n
+    for i, ((pk, k), row) in enumerate(zip(rows, got, strict=True)):
+        assert row.endswith(b",")
+        stid, sensor, set_ = names.get(pk, ("", "", 1))
+        assert json.loads(row[:-1]) == {
+            "stid": stid,
+            "sensor": sensor,
+            "set": set_,
+            "date": int(date_of(t0 + 60_000 * k)),
+            "value": i / 4,
+            "qc": qc_names(k & 1),
+        }
