@@ -245,6 +245,15 @@ def _column32(size: int, fill: int) -> _I32:
     return np.full(size, fill, np.int32)
 
 
+def _doubled(have: int, need: int) -> int:
+    """``have`` doubled until it holds ``need``: a run of new series grows the columns as one
+    series at a time did (to a run's end, the next doublings left up to twice the room)."""
+    size = max(have, 1)
+    while size < need:
+        size *= 2
+    return size
+
+
 def _grow(col: npt.NDArray[Any], size: int, fill: int) -> npt.NDArray[Any]:
     grown = np.full(size, fill, col.dtype)
     grown[: len(col)] = col
@@ -1106,7 +1115,7 @@ class Registry:
 
     def _series_capacity(self, pk: int) -> None:
         if pk >= len(self.latest):
-            size = max(pk + 1, len(self.latest) * 2)
+            size = _doubled(len(self.latest), pk + 1)
             self.latest = _grow(self.latest, size, _NEVER)
             self.s_project = _grow(self.s_project, size, -1)
             self.s_device = _grow(self.s_device, size, -1)
@@ -1117,7 +1126,7 @@ class Registry:
 
     def _variable_capacity(self, pk: int) -> None:
         if pk >= len(self.v_series):
-            self.v_series = _grow(self.v_series, max(pk + 1, len(self.v_series) * 2), -1)
+            self.v_series = _grow(self.v_series, _doubled(len(self.v_series), pk + 1), -1)
 
     def _add_series(
         self,
@@ -1255,7 +1264,7 @@ class Registry:
         table = self._entry_limits()
         ent = self.v_entry[lvar]
         q = self.qc_limits
-        q.ensure(top + 1)
+        q.ensure(_doubled(len(q.lo), top + 1))
         q.lo[lpk] = table[ent, 0]
         q.hi[lpk] = table[ent, 1]
         q.max_rate[lpk] = table[ent, 2]
