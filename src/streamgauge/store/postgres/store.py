@@ -780,15 +780,14 @@ class PgStore:
                 if var is None:
                     raise NotFound("a variable of this batch was deleted while it was written")
                 dev = reg.devices_by_pk[var.device_pk]
-                pk = stored.get((var_pk, set_))
-                if pk is None:  # new: its event is written with this transaction
-                    pk = end
+                found = stored.get((var_pk, set_))
+                pk = end if found is None else found
+                event = SeriesAdded(pk, dev.project_pk, dev.pk, var_pk, set_, dev.id, var.id)
+                if found is None:  # new: its event is written with this transaction
                     end += 1
                     created.append((pk, dev.project_pk, dev.pk, var_pk, set_))
-                    tx.events.append(
-                        SeriesAdded(pk, dev.project_pk, dev.pk, var_pk, set_, dev.id, var.id)
-                    )
-                added.append(SeriesAdded(pk, dev.project_pk, dev.pk, var_pk, set_, dev.id, var.id))
+                    tx.events.append(event)
+                added.append(event)
                 pks[j] = pk
             # Applied now (``Registry.apply_all``: a column at a time), so the batch's QC has
             # their limits (and their pks are taken); a new one is applied again after the
