@@ -454,6 +454,30 @@ def proc_cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def wait_quiet(
+    pid: int, limit_s: float = 60.0, window_s: float = 1.0, quiet_cores: float = 0.03
+) -> float:
+    """Wait until the server ``pid`` (with its fan-out workers) has used less than
+    ``quiet_cores`` of a core in each of two windows of ``window_s`` running, at most
+    ``limit_s``; return the seconds waited. A server that has just taken a large ingest (or
+    restarted on a long log) does upkeep in the background for some seconds: it indexes the
+    tail and folds the hour summaries, its SQLite page caches fill and are given back when
+    done (tens of MB). A memory reading taken during that work is not the memory at rest:
+    between two readings it counted as, or against, what happened in between (the memory
+    per idle feed session swung between 5 and 19 KB from this alone)."""
+    t0 = time.monotonic()
+    quiet = 0
+    last = proc_cpu_seconds(pid)
+    while time.monotonic() - t0 < limit_s:
+        time.sleep(window_s)
+        now = proc_cpu_seconds(pid)
+        quiet = quiet + 1 if now - last < quiet_cores * window_s else 0
+        last = now
+        if quiet >= 2:
+            break
+    return time.monotonic() - t0
+
+
 def _proc_kib(path: str, field: str) -> float:
     """The ``field:`` line of a /proc file, KiB as MiB (NaN if the process is gone)."""
     try:

@@ -66,6 +66,7 @@ from .common import (
     start_profile,
     system_busy_seconds,
     values_for,
+    wait_quiet,
     weighted_percentiles,
 )
 from .harness import (
@@ -719,6 +720,8 @@ def feed_fanout(
     for each in bases:  # every process that serves sessions has its own one-time tables
         run_async(warm_up_session(each, warm_queries))
     time.sleep(1.0)
+    # the warm-up ingest's upkeep (indexing, folding summaries) done: memory at rest
+    quiet_s = wait_quiet(pid)
     run.rss_before_mb = settled_rss_mb(pid)
     t = time.time()
     ps, rq, resq, stop = start_feed_subscribers(bases, [f.query() for f in filters], cfg.procs)
@@ -730,11 +733,15 @@ def feed_fanout(
         run.connect_s = time.time() - t
         res.errors.extend(errs[:5])
         time.sleep(2.0)
+        # at rest with the sessions open: 1,000 idle sessions use 2 to 8 % of a core (the
+        # keepalive clock), so "quiet" is below 15 % here
+        quiet_after_s = wait_quiet(pid, limit_s=30.0, quiet_cores=0.15)
         run.rss_connected_mb = proc_rss_mb(pid)
         log(
             f"  {res.connected} sessions open in {run.connect_s:.1f} s; server rss "
             f"{run.rss_before_mb:.0f} -> {run.rss_connected_mb:.0f} MB = "
-            f"{run.kb_per_idle_session:.1f} KB per idle session"
+            f"{run.kb_per_idle_session:.1f} KB per idle session (each reading once the server "
+            f"was quiet: waited {quiet_s:.0f} s and {quiet_after_s:.0f} s)"
         )
         lag_before = histogram(srv.port, "streamgauge_event_loop_lag_seconds")
         spy = start_profile(pid, cfg.seconds)
