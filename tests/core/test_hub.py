@@ -7,7 +7,9 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 
+from streamgauge.core import hub as hub_module
 from streamgauge.core.filterlang import parse_filter_on
 from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.framing import NDJSON, SSE, Framing
@@ -468,3 +470,54 @@ def test_a_round_to_many_subscribers_gives_each_exactly_its_own_rows() -> None:
 
 def json_cursors(item: Item) -> list[int]:
     return [json.loads(line)["cursor"] for line in item.data.splitlines()]
+
+
+async def test_a_round_gives_the_loop_back_between_slices_and_keeps_the_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A round over many subscribers runs in slices (the loop runs other callbacks between
+    them); a batch committed meanwhile waits for the round in progress; each subscriber gets
+    every batch once, in cursor order, and a subscriber that joins mid-round is not in it."""
+    monkeypatch.setattr(hub_module, "SLICE_SECONDS", 0.0)  # give the loop back at every look
+    reg = registry()
+    hub = Hub()
+    subs = [sub(reg, Selection(1)) for _ in range(5 * hub_module.SLICE_SUBSCRIBERS)]
+    for s in subs:
+        hub.subscribe(s)
+    seen: list[tuple[str, int]] = []  # (event, subscribers served so far), in loop order
+
+    def served() -> int:
+        return sum(1 for s in subs if s.queue)
+
+    hub.publish(batch([1, 2], first=1))
+    asyncio.get_running_loop().call_soon(lambda: seen.append(("other", served())))
+    await asyncio.sleep(0)  # the first slice, then the other callback
+    assert seen == [("other", hub_module.SLICE_SUBSCRIBERS)]
+    late = sub(reg, Selection(1))
+    hub.subscribe(late)  # joins mid-round: reads the batch from the store (Engine.subscribe)
+    hub.publish(batch([3], first=3))  # committed mid-round: goes out after it
+    assert not subs[-1].queue
+    while hub._work is not None or hub._pending:
+        await asyncio.sleep(0)
+    for s in subs:
+        assert [(i.first, i.last) for i in s.queue] == [(1, 2), (3, 3)]
+    assert [(i.first, i.last) for i in late.queue] == [(3, 3)]
+    assert hub.fanouts == 2
+
+
+async def test_flush_finishes_a_round_in_progress_and_the_queued_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hub_module, "SLICE_SECONDS", 0.0)
+    reg = registry()
+    hub = Hub()
+    subs = [sub(reg, Selection(1)) for _ in range(3 * hub_module.SLICE_SUBSCRIBERS)]
+    for s in subs:
+        hub.subscribe(s)
+    hub.publish(batch([1], first=1))
+    await asyncio.sleep(0)  # one slice of the round
+    hub.publish(batch([2], first=2))
+    hub.flush()
+    assert all([(i.first, i.last) for i in s.queue] == [(1, 1), (2, 2)] for s in subs)
+    await asyncio.sleep(0)  # the scheduled pass finds nothing left
+    assert all(len(s.queue) == 2 for s in subs) and hub.fanouts == 2

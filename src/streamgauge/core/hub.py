@@ -19,6 +19,15 @@ once per commit, so the cost per observation falls as the rate rises and latency
 When the loop is idle a batch goes out alone, at once. Station reports are still judged per
 committed batch (the merged batch remembers which commit each row came from).
 
+Slices, decided and written down: a round for a thousand subscribers takes tens of
+milliseconds. As one callback, every other event of the loop waited for all of it: an ingest
+request's few steps (its body, its decode, its commit's answer) each waited for a whole round,
+and the next batch's round started that much later. A round now gives the loop back after
+``SLICE_SECONDS`` of work (looking at the clock every ``SLICE_SUBSCRIBERS`` subscribers) and
+goes on in the loop's next pass. Rounds still run one at a time, in order: a batch committed
+meanwhile waits for the round in progress (merged with the others committed meanwhile), so
+each subscriber gets the batches in cursor order, each once. ``flush`` runs them all at once.
+
 Direct delivery, decided and written down: a stream that can write without waiting (a WebSocket
 connection with a synchronous writer) may give its subscription a ``sink`` once it is live and
 its queue is empty. The fan-out then hands each round's items to the sink at once, with the
@@ -35,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +56,10 @@ from streamgauge.core.registry import Registry
 from streamgauge.core.units import METRIC, UnitSystem
 from streamgauge.domain.batch import Batch, merge_commits
 
-SOLO_ROWS = 1000  # a committed batch this big is fanned out alone, not merged (``Hub.flush``)
+SOLO_ROWS = 1000  # a committed batch this big is fanned out alone, not merged (``Hub._rounds``)
+# A fan-out gives the event loop back after this much work, and goes on in its next pass
+SLICE_SECONDS = 0.004
+SLICE_SUBSCRIBERS = 32  # subscribers served between two looks at the clock
 STACK_MIN = 16  # subscribers of a project from which a round computes their masks at once
 
 
@@ -268,7 +280,8 @@ class Hub:
         self._subs: dict[int, set[Subscription]] = {}
         self._stacks: dict[int, SelectionStack] = {}  # by project (``_masks``)
         self._pending: list[Batch] = []
-        self._scheduled = False
+        self._scheduled = False  # ``_drive`` is due (or running)
+        self._work: Iterator[None] | None = None  # the rounds in progress (``_rounds``)
         self.published_batches = 0
         self.published_rows = 0
         self.fanouts = 0  # fan-out rounds (fewer than batches under load: natural batching)
@@ -305,15 +318,42 @@ class Hub:
             self.flush()
             return
         self._scheduled = True
-        loop.call_soon(self.flush)
+        loop.call_soon(self._drive)
 
     def flush(self) -> None:
-        """Fan out every queued batch: consecutive batches of one project as one, but a big
-        batch (``SOLO_ROWS``) alone. A subscriber renders the rows of a whole fan-out batch
-        when it wants any (shared by the subscribers that want rows of it), so a live row
-        merged with a backfill's 10,000 rows made a subscriber of that one row encode all
-        of them first (20-40 ms, in the live row's latency)."""
-        self._scheduled = False
+        """Fan out every queued batch now, in this call (a round in progress first)."""
+        while self._work is not None or self._pending:
+            work = self._work if self._work is not None else self._rounds()
+            self._work = work
+            for _ in work:
+                pass
+            self._work = None
+
+    def _drive(self) -> None:
+        """The scheduled fan-out: rounds of the queued batches, giving the event loop back
+        after ``SLICE_SECONDS`` of work and going on in the next loop pass (see the
+        docstring: a round is not one callback)."""
+        deadline = time.perf_counter() + SLICE_SECONDS
+        while True:
+            work = self._work
+            if work is None:
+                if not self._pending:
+                    self._scheduled = False
+                    return
+                work = self._work = self._rounds()
+            for _ in work:
+                if time.perf_counter() >= deadline:
+                    asyncio.get_running_loop().call_soon(self._drive)
+                    return
+            self._work = None
+
+    def _rounds(self) -> Iterator[None]:
+        """Fan out the queued batches: consecutive batches of one project as one, but a big
+        batch (``SOLO_ROWS``) alone (yields between slices of subscribers). A subscriber
+        renders the rows of a whole fan-out batch when it wants any (shared by the
+        subscribers that want rows of it), so a live row merged with a backfill's 10,000 rows
+        made a subscriber of that one row encode all of them first (20-40 ms, in the live
+        row's latency)."""
         pending, self._pending = self._pending, []
         start = 0
         for end in range(1, len(pending) + 1):
@@ -323,20 +363,26 @@ class Hub:
                 or len(pending[end]) >= SOLO_ROWS
                 or len(pending[end - 1]) >= SOLO_ROWS
             ):
-                self._fan_out(merge_commits(pending[start:end]))
+                yield from self._fan_out(merge_commits(pending[start:end]))
                 start = end
 
-    def _fan_out(self, batch: Batch) -> None:
+    def _fan_out(self, batch: Batch) -> Iterator[None]:
+        """One round: ``batch`` to every subscriber of its project, a slice of
+        ``SLICE_SUBSCRIBERS`` at a time (a yield between slices). The subscribers are those
+        of the round's start: one that subscribes during the round reads this batch from the
+        store (it was committed before: ``Engine.subscribe`` catches up to the head first)."""
         self.fanouts += 1
         direct = 0
         subs = list(self._subs.get(batch.project_pk, ()))  # a copy: sinks run foreign code
         masks = self._masks(batch, subs)
         if masks is None:
-            for sub in subs:
+            for i, sub in enumerate(subs):
                 was = sub.overflowed
                 direct += sub.offer(batch)
                 if sub.overflowed and not was:
                     self.overflows += 1
+                if i % SLICE_SUBSCRIBERS == SLICE_SUBSCRIBERS - 1:
+                    yield
         else:
             # Each subscriber's rows: a slice of the matrix's true cells, in row-major order
             # (a 2-D ``nonzero`` took four times as long).
@@ -350,6 +396,8 @@ class Hub:
                 direct += sub.offer(batch, rows[at[i] : at[i + 1]])
                 if sub.overflowed and not was:
                     self.overflows += 1
+                if i % SLICE_SUBSCRIBERS == SLICE_SUBSCRIBERS - 1:
+                    yield
         self.direct_items += direct
         if direct and self._on_direct is not None:
             self._on_direct((time.monotonic_ns() - batch.received_ns) / 1e9)
