@@ -822,3 +822,28 @@ def test_the_events_of_series_first_seen_are_read_from_the_variable_columns() ->
     reg.apply(ev.VariableDropped(4))
     assert reg.series_added(3, [4], [1]) is None
     assert reg.series_added(3, [], []) == []
+
+
+def test_a_registry_that_keeps_no_qc_limits_holds_the_same_metadata() -> None:
+    """A fan-out worker's registry (``keeps_qc_limits`` False: the writer runs QC) keeps no
+    QC limits, whichever way its series come (one at a time, a run at once, a variable's new
+    limits), and everything else as a writer's registry does."""
+    variable = Variable(
+        id="v4", name="air_temp", project="p", device="d1", limits=QCLimits(min=0, max=9)
+    )
+    events: list[ev.MetaEvent] = [
+        *_base_events(),
+        *(_series_event(pk, var, 1) for pk, var in [(3, 3), (4, 4), (5, 5), (6, 6), (7, 7)]),
+        ev.VariableStored(4, 1, variable.model_dump_json()),  # new limits for its series
+        _series_event(8, 3, 2),  # alone: one by one
+    ]
+    writer, worker = Registry(), Registry()
+    worker.keeps_qc_limits = False
+    for reg in (writer, worker):
+        reg.apply_all(events)
+    lim = worker.qc_limits
+    assert all(len(col) == 0 for col in (lim.lo, lim.hi, lim.role, lim.group))
+    assert (writer.qc_limits.lo[4], writer.qc_limits.hi[4]) == (0, 9)  # the writer's do change
+    mine, theirs = snapshot(worker), snapshot(writer)
+    assert mine.pop("qc_limits") != theirs.pop("qc_limits")
+    assert mine == theirs

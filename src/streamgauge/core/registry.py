@@ -629,6 +629,9 @@ class Registry:
         # the checks carry from batch to batch (writer thread only).
         self.qc_limits = qc.Limits()
         self.qc_state = qc.QCState()
+        # False: nothing checks this registry's series (a fan-out worker's: the writer runs
+        # QC), so no limits are kept (41 bytes a series). Set before the registry is loaded.
+        self.keeps_qc_limits = True
         self.series_end = 1  # one past the highest series pk ever registered
         # Device indexes, so filters by type and label never walk every device:
         self.project_devices: dict[int, set[int]] = {}
@@ -1166,7 +1169,7 @@ class Registry:
             self.series_extra[(variable_pk, set_)] = pk
         self.series_count += 1
         self.series_end = max(self.series_end, pk + 1)
-        var = self.variables_by_pk.get(variable_pk)
+        var = self.variables_by_pk.get(variable_pk) if self.keeps_qc_limits else None
         if var is not None:
             self.qc_limits.set(pk, *qc_limits(var), group=device_pk)
 
@@ -1256,6 +1259,8 @@ class Registry:
                 self.series_extra[(v, s_)] = p
         self.series_count += m
         self.series_end = max(self.series_end, top + 1)
+        if not self.keeps_qc_limits:
+            return
         live = var < len(self.v_device)
         live[live] = self.v_device[var[live]] >= 0
         if not live.any():
@@ -1297,6 +1302,8 @@ class Registry:
         return out
 
     def _refresh_limits(self, var: VariableRec) -> None:
+        if not self.keeps_qc_limits:
+            return
         for pk in self._series_of_variable(var.pk):
             self.qc_limits.set(pk, *qc_limits(var), group=var.device_pk)
 

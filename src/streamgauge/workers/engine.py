@@ -63,6 +63,7 @@ class WorkerEngine(Engine):
         feed_owns: Callable[[bytes], bool] | None = None,
     ) -> None:
         super().__init__(settings, admin_token, backend=SQLITE_REPLICA)
+        self.registry.keeps_qc_limits = False  # the writer runs QC, not a worker
         self._bus = bus
         self._close_feeds: Callable[[], None] | None = None
         if feed_owns is not None:
