@@ -26,6 +26,7 @@ the decoded table would be larger than a body may be.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -259,13 +260,13 @@ class _Names:
     def __init__(self, pa: Any, reg: Registry, project_pk: int) -> None:
         self.project_pk = project_pk
         devs = [d for d in list(reg.devices_by_pk.values()) if d.project_pk == project_pk]
-        self.dev_names = pa.array([d.id for d in devs], pa.string())
+        self.dev_names = _string_array(pa, [d.id for d in devs])
         self.dev_pks = np.array([d.pk for d in devs], np.int64)
         # The project's variables, from the registry's columns.
         vpk = np.flatnonzero((reg.v_device >= 0) & np.isin(reg.v_device, self.dev_pks))
         ids = [reg.name_list[c] for c in reg.v_id[vpk].tolist()]
         names = sorted(set(ids))
-        self.var_names = pa.array(names, pa.string())
+        self.var_names = _string_array(pa, names)
         self.width = max(len(names), 1)
         code = {n: i for i, n in enumerate(names)}
         keys = reg.v_device[vpk].astype(np.int64) * self.width + np.array(
@@ -295,7 +296,7 @@ class _Names:
         """The pk of each device name (-1: no such device in the project)."""
         import pyarrow.compute as pc
 
-        idx = _int64(pc.index_in(pa.array(names, pa.string()), self.dev_names).fill_null(-1))
+        idx = _int64(pa, pc.index_in(_string_array(pa, names), self.dev_names), -1)
         pks = np.where(idx >= 0, self.dev_pks[np.maximum(idx, 0)] if len(self.dev_pks) else -1, -1)
         for i in np.flatnonzero(pks < 0).tolist():  # missed: ask the registry itself
             dev = reg.devices.get((self.project_pk, names[i]))
@@ -323,9 +324,7 @@ class _Names:
 
         ok = pairs >= 0
         d, v = np.divmod(np.maximum(pairs, 0), width)
-        name_code = _int64(
-            pc.index_in(pa.array(var_names, pa.string()), self.var_names).fill_null(-1)
-        )
+        name_code = _int64(pa, pc.index_in(_string_array(pa, var_names), self.var_names), -1)
         code = name_code[v] if len(name_code) else np.full(len(pairs), -1, np.int64)
         keys = dev_pk[d] * self.width + code
         pos = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
@@ -394,9 +393,7 @@ def _codes(pa: Any, column: Any, name: str) -> tuple[npt.NDArray[np.int64], list
         raise _column_error(name, f"expected strings, got {t}")
     if not pa.types.is_dictionary(t):
         arr = pc.dictionary_encode(arr)
-    codes = arr.indices.cast(pa.int64()).to_numpy(zero_copy_only=False)
-    codes = np.where(np.asarray(arr.is_null().to_numpy(zero_copy_only=False)), -1, codes)
-    codes = codes.astype(np.int64)
+    codes = np.where(_nulls(pa, arr), -1, _numpy(pa, arr.indices, pa.int64(), np.int64))
     dictionary = arr.dictionary
     if len(dictionary) > 64 and len(dictionary) > len(codes) // 4:
         # A dictionary larger than what the rows use (a client's whole category list): only
@@ -404,7 +401,7 @@ def _codes(pa: Any, column: Any, name: str) -> tuple[npt.NDArray[np.int64], list
         used = np.unique(codes[codes >= 0])
         if len(used) < len(dictionary):
             codes = np.where(codes >= 0, np.searchsorted(used, codes), -1)
-            dictionary = dictionary.take(pa.array(used))
+            dictionary = dictionary.take(_int_array(pa, used))
     names: list[str] = dictionary.to_pylist()  # a null in the dictionary: never a match
     return codes, names
 
@@ -415,18 +412,61 @@ def _ints(pa: Any, column: Any, name: str) -> tuple[npt.NDArray[np.int64], npt.N
         return np.zeros(len(arr), np.int64), np.ones(len(arr), np.bool_)
     if not pa.types.is_integer(arr.type):
         raise _column_error(name, f"expected integers, got {arr.type}")
-    null = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), np.bool_)
+    null = _nulls(pa, arr)
     if pa.types.is_unsigned_integer(arr.type):  # uint64 beyond int64: out of any range anyway
-        arr = arr.cast(pa.float64())
-        vals = np.nan_to_num(arr.to_numpy(zero_copy_only=False), nan=0.0)
+        vals = _numpy(pa, arr, pa.float64(), np.float64)
         return np.clip(vals, -(2**62), 2**62).astype(np.int64), null
-    return np.nan_to_num(arr.cast(pa.int64()).to_numpy(zero_copy_only=False), nan=0).astype(
-        np.int64
-    ), null
+    return _numpy(pa, arr, pa.int64(), np.int64), null
 
 
-def _int64(arr: Any) -> npt.NDArray[np.int64]:
-    out: npt.NDArray[np.int64] = np.asarray(arr.to_numpy(zero_copy_only=False), np.int64)
+def _numpy(pa: Any, arr: Any, as_type: Any, dtype: type[np.generic], fill: int = 0) -> Any:
+    """A copy of ``arr`` (a primitive Arrow array) cast to ``as_type`` as a numpy array of
+    ``dtype``, nulls as ``fill``, read from its data buffer. pyarrow imports pandas, when it
+    is installed (about 32 MB resident for good), for ``Array.to_numpy`` and for any Python
+    value it turns into Arrow (``pa.array``, ``pa.scalar``, ``fill_null``); ``to_numpy`` also
+    gives floats for integers with nulls (inexact past 2**53). See ``ingest._numbers``."""
+    if not len(arr):
+        return np.zeros(0, dtype)
+    arr = arr.cast(as_type)
+    width = np.dtype(dtype).itemsize
+    out = np.frombuffer(arr.buffers()[1], dtype, len(arr), arr.offset * width).copy()
+    if arr.null_count:
+        out[_nulls(pa, arr)] = fill
+    return out
+
+
+def _nulls(pa: Any, arr: Any) -> npt.NDArray[np.bool_]:
+    """Which rows of ``arr`` are null (``Array.is_null``), read from the bits of that boolean
+    array (no ``to_numpy``: see ``_numpy``)."""
+    n = len(arr)
+    if not n:
+        return np.zeros(0, np.bool_)
+    mask = arr.is_null()
+    bits = np.unpackbits(np.frombuffer(mask.buffers()[1], np.uint8), bitorder="little")
+    out: npt.NDArray[np.bool_] = bits[mask.offset : mask.offset + n].astype(np.bool_)
+    return out
+
+
+def _string_array(pa: Any, texts: Sequence[str | None]) -> Any:
+    """``texts`` as an Arrow string array (None: null), built from buffers: ``pa.array`` of
+    Python objects asks pandas whether they are its own, importing it (see ``_numpy``)."""
+    data = [b"" if t is None else t.encode() for t in texts]
+    offsets = np.zeros(len(data) + 1, np.int64)
+    np.cumsum([len(b) for b in data], out=offsets[1:])
+    valid = np.packbits(np.array([t is not None for t in texts], np.bool_), bitorder="little")
+    return pa.LargeStringArray.from_buffers(
+        len(data), pa.py_buffer(offsets), pa.py_buffer(b"".join(data)), pa.py_buffer(valid)
+    ).cast(pa.string())
+
+
+def _int_array(pa: Any, values: npt.NDArray[np.int64]) -> Any:
+    """An int64 numpy array as an Arrow array (``_string_array`` says why not ``pa.array``)."""
+    values = np.ascontiguousarray(values, np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
+
+
+def _int64(pa: Any, arr: Any, fill: int = 0) -> npt.NDArray[np.int64]:
+    out: npt.NDArray[np.int64] = _numpy(pa, arr, pa.int64(), np.int64, fill)
     return out
 
 
@@ -440,7 +480,7 @@ def _times(pa: Any, column: Any, errors: _Errors) -> npt.NDArray[np.int64]:
     arr = _single(pa, column)
     t = arr.type
     n = len(arr)
-    null = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), np.bool_)
+    null = _nulls(pa, arr)
     errors.add(null, "time", lambda i: "time is required (not null)")
     if pa.types.is_timestamp(t):
         if t.tz is None:
@@ -449,7 +489,7 @@ def _times(pa: Any, column: Any, errors: _Errors) -> npt.NDArray[np.int64]:
                 "a timestamp without a time zone is ambiguous: give the column a zone (e.g. "
                 "UTC), or send epoch ms integers or RFC 3339 strings with an offset",
             )
-        raw = _int64(arr.cast(pa.int64()).fill_null(0))
+        raw = _int64(pa, arr)
         per = _UNIT_MS[t.unit]
         if per is None:  # seconds: guard the multiplication against overflow
             return np.clip(raw, MIN_TIME // 1000 - 1, MAX_TIME // 1000 + 1) * 1000
@@ -460,7 +500,7 @@ def _times(pa: Any, column: Any, errors: _Errors) -> npt.NDArray[np.int64]:
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
         try:  # Arrow's ISO 8601 parser, vectorized
             parsed = pc.cast(arr, pa.timestamp("us", "UTC"))
-            return _int64(parsed.cast(pa.int64()).fill_null(0)) // 1000
+            return _int64(pa, parsed) // 1000
         except (pa.ArrowException, ValueError):
             pass  # some row did not parse: parse each as the JSON path does, naming the bad ones
         out = np.zeros(n, np.int64)
@@ -503,8 +543,8 @@ def _values(
         return list(arr.to_pylist())
     if not (pa.types.is_floating(t) or pa.types.is_integer(t)):
         raise _column_error("value", f"expected numbers or strings, got {t}")
-    null = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), np.bool_)
-    v = np.asarray(arr.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False), np.float64)
+    null = _nulls(pa, arr)
+    v = _numpy(pa, arr, pa.float64(), np.float64)
     errors.add(~null & ~np.isfinite(v), "value", lambda i: "value must be finite")
     convert = np.flatnonzero(~null & np.isfinite(v) & resolved & ((scale != 1.0) | (offset != 0.0)))
     values: list[float | str | None] = v.tolist()
