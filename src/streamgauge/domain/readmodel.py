@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -134,6 +134,17 @@ class ReadModel(Protocol):
     def load(self, tables: Tables) -> None:
         """On open: what the tables hold, into an empty read model (as if each row's event
         were applied, without a Python object per series or variable)."""
+        ...
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the read model holds of the metadata, as plain picklable values, for
+        ``restore_snapshot`` in a later process (the store keeps it beside its tables)."""
+        ...
+
+    def restore_snapshot(self, state: dict[str, Any]) -> bool:
+        """On open, instead of ``load``: ``state`` (a ``snapshot`` of the same tables, taken
+        by the same code) into an empty read model; False, nothing changed, if it does not fit
+        this code."""
         ...
 
     def variable_entry(self, name: str, unit: str | None) -> tuple[Entry, float, float]:

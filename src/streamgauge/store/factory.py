@@ -85,6 +85,8 @@ def _sqlite_store(settings: Settings, rules: Rules, registry: ReadModel) -> Embe
         readers=settings.readers,
         rules=rules,
         registry=registry,
+        # A node of a cluster (a bus): its registry follows the other nodes' changes too.
+        snapshots=not settings.bus,
     )
 
 

@@ -24,7 +24,7 @@ from typing import TypeVar
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import Unavailable
 from streamgauge.store.memory import release_free_memory
-from streamgauge.store.sqlite import metadata, retention
+from streamgauge.store.sqlite import metadata, retention, snapshot
 from streamgauge.store.sqlite.store import SqliteStore, Tx, _connect, _Stage
 
 T = TypeVar("T")
@@ -42,14 +42,21 @@ class ReplicaStore(SqliteStore):
         self._loop = asyncio.get_running_loop()
         self._publish = publish
 
-        def snapshot() -> tuple[int, int, dict[int, int]]:
+        def opened() -> tuple[int, int, dict[int, int]]:
             # (Without the index file: the writer may not have made it yet on a first start.)
             conn = _connect(self.path, readonly=True, durability=self.durability, index=False)
             try:
                 conn.execute("BEGIN")  # one snapshot: tables, event head and log head agree
                 # Loaded here, the big tables a chunk at a time from their cursors (nothing
                 # else uses the registry before ``open`` returns).
-                self.registry.load(metadata.load_tables(conn))
+                # As the writer's clean stop left it, if it is of these tables (``snapshot.py``).
+                fp = snapshot.fingerprint(conn)
+                path = snapshot.snapshot_path(self.path)
+                self.registry_from_snapshot = self.snapshots and snapshot.restore(
+                    path, self.registry, fp
+                )
+                if not self.registry_from_snapshot:
+                    self.registry.load(metadata.load_tables(conn))
                 seq = metadata.events_head(conn)
                 head = int(conn.execute("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0])
                 gone = retention.load_gone(conn)
@@ -58,7 +65,7 @@ class ReplicaStore(SqliteStore):
                 conn.close()
             return seq, head, gone
 
-        seq, head, gone = await asyncio.to_thread(snapshot)
+        seq, head, gone = await asyncio.to_thread(opened)
         gc.collect()
         gc.freeze()  # the registry's objects: long-lived, not traversed by every collection
         release_free_memory()

@@ -50,7 +50,7 @@ from streamgauge.store.early import inverse as _inverse
 from streamgauge.store.early import undo as _undo
 from streamgauge.store.files import index_path
 from streamgauge.store.memory import release_free_memory
-from streamgauge.store.sqlite import metadata, retention, summaries
+from streamgauge.store.sqlite import metadata, retention, snapshot, summaries
 from streamgauge.store.sqlite.fair import FairGate
 from streamgauge.store.sqlite.filtersql import to_sql
 from streamgauge.store.sqlite.schema import INDEX_SCHEMA, migrate, sealed_in, statements
@@ -221,8 +221,14 @@ class SqliteStore:
         readers: int = 4,
         rules: Callable[[ReadModel], CommitRules],
         registry: ReadModel,
+        snapshots: bool = True,
     ) -> None:
         self.path = path
+        # Whether a clean stop keeps the registry beside the database for the next open, and
+        # the open takes it (``snapshot.py``); False where the registry is not the tables'
+        # alone (a cluster node's follows the other nodes).
+        self.snapshots = snapshots
+        self.registry_from_snapshot = False  # how ``open`` loaded the registry
         self.durability = durability
         self.chunk_rows = index_chunk_rows
         # The registry the engine gave: loaded on open, handed each committed transaction's
@@ -326,9 +332,17 @@ class SqliteStore:
         self._open_index(conn)
         # The log state is read on another connection in a thread (its SQL in one statement
         # each: the GIL is not handed over per row) while the registry loads here.
+        fp = snapshot.fingerprint(conn)
         reading = self._loop.run_in_executor(None, self._read_log_state)
         try:
-            self.registry.load(metadata.load_tables(conn))
+            # The registry as a clean stop left it, if the tables are still those (else built
+            # from them): ``snapshot.py``.
+            path = snapshot.snapshot_path(self.path)
+            self.registry_from_snapshot = self.snapshots and snapshot.restore(
+                path, self.registry, fp
+            )
+            if not self.registry_from_snapshot:
+                self.registry.load(metadata.load_tables(conn))
         finally:
             state = await reading
         self._apply_log_state(conn, state)
@@ -419,6 +433,8 @@ class SqliteStore:
         self._queue.close()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+            if self.snapshots:  # the writer is gone: the registry is the tables' now
+                await asyncio.to_thread(self._save_snapshot)
         with self._index_cond:
             self._index_stop = True
             self._index_cond.notify_all()
@@ -429,6 +445,18 @@ class SqliteStore:
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.join)
         self._readers.shutdown(wait=True)
+
+    def _save_snapshot(self) -> None:
+        """Keep the registry beside the database for the next open (``snapshot.py``)."""
+        try:
+            conn = _connect(self.path, readonly=True, durability=self.durability, index=False)
+            try:
+                fp = snapshot.fingerprint(conn)
+            finally:
+                conn.close()
+            snapshot.save(snapshot.snapshot_path(self.path), self.registry, fp)
+        except Exception:  # noqa: BLE001 - the next open reads the tables instead
+            log.exception("keeping the registry snapshot failed")
 
     def _checkpoints(self, conn: sqlite3.Connection) -> None:
         """Checkpoint the WAL (copy its pages into the database file, so it can start over)

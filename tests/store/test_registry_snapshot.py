@@ -1,0 +1,241 @@
+"""The registry kept beside the database at a clean stop (``store/sqlite/snapshot.py``): the
+next open takes it only when it is of the same tables and code, and then builds the same
+registry as reading the tables."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from streamgauge.auth import Action
+from streamgauge.config import Settings
+from streamgauge.core.engine import Engine
+from streamgauge.core.registry import _NOT_SNAPSHOT, Registry
+from streamgauge.domain.model import DeviceIn, ProjectIn, QCLimits, SiteIn, VariableIn
+from streamgauge.store.factory import DB_NAME, SQLITE_REPLICA
+from streamgauge.store.sqlite import metadata, snapshot
+from tests.core.test_registry_events import ADMIN, nd, open_engine, row
+from tests.core.test_registry_events import snapshot as contents
+
+
+def tables_registry(data: Path) -> Registry:
+    """The registry read from the tables (what an open without a snapshot builds)."""
+    reg = Registry()
+    conn = sqlite3.connect(f"file:{data / DB_NAME}?mode=ro", uri=True, isolation_level=None)
+    try:
+        reg.load(metadata.load_tables(conn))
+    finally:
+        conn.close()
+    return reg
+
+
+def same_column(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], name: str) -> None:
+    """Equal where both have room; past the shorter one, the longer holds one fill value
+    (room to grow)."""
+    n = min(len(x), len(y))
+    nan = x.dtype.kind == "f"
+    assert np.array_equal(x[:n], y[:n], equal_nan=nan), name
+    for rest in (x[n:], y[n:]):
+        if len(rest):
+            assert np.array_equal(rest, np.full(len(rest), rest[0]), equal_nan=nan), name
+
+
+def plain(value: Any) -> Any:
+    """``value`` as comparable plain data: records by their slots, sets sorted, dicts as
+    their items in order (the order is the registry's listing order)."""
+    if isinstance(value, dict):
+        return [(plain(k), plain(v)) for k, v in value.items()]
+    if isinstance(value, (set, frozenset)):
+        return sorted(plain(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    slots = getattr(type(value), "__slots__", None)
+    if slots is not None and not isinstance(value, (str, int, float)):
+        return (type(value).__name__, [plain(getattr(value, n, None)) for n in slots])
+    return repr(value)
+
+
+def same_attributes(a: Registry, b: Registry) -> None:
+    """Every attribute a snapshot holds is equal in ``a`` and ``b`` (columns element-wise;
+    string codes are only comparable between a registry and its own snapshot)."""
+    names = set(vars(a)) - _NOT_SNAPSHOT
+    assert names == set(vars(b)) - _NOT_SNAPSHOT
+    for name in sorted(names):
+        value, other = getattr(a, name), getattr(b, name)
+        if isinstance(value, np.ndarray) and value.ndim == 1:
+            same_column(value, other, name)
+        elif isinstance(value, np.ndarray):
+            assert np.array_equal(value, other), name
+        elif name == "qc_limits":
+            for col in ("lo", "hi", "max_rate", "max_persist_ms", "role", "group"):
+                same_column(getattr(value, col), getattr(other, col), col)
+        else:
+            assert plain(value) == plain(other), name
+
+
+async def populate(engine: Engine) -> None:
+    md = engine.metadata
+    await md.create_projects(ADMIN, [ProjectIn(id="p"), ProjectIn(id="q")])
+    p = md.project(ADMIN, "p", Action.READ)
+    await md.create_sites(p, [SiteIn(id="s1", lat=40.0, lon=-111.0, state="UT")])
+    await md.create_devices(
+        p,
+        [
+            DeviceIn(
+                id=f"d{i}",
+                site="s1" if i % 2 else None,
+                type="ws",
+                labels={"k": str(i)},
+                variables=[
+                    VariableIn(name="air_temp"),
+                    VariableIn(name="pressure", unit="hPa", limits=QCLimits(min=500.0)),
+                ],
+            )
+            for i in range(4)
+        ],
+    )
+    rows = [row(f"d{i}", v, 1000, 1.0) for i in range(4) for v in ("air_temp", "pressure")]
+    await engine.ingest(p, nd(*rows, row("d0", "air_temp", 2000, 2.0, set_=2)), ndjson=True)
+    await engine.accounts.create(p, id="a", role="manager")
+
+
+async def test_a_clean_stop_keeps_the_registry_and_the_next_open_takes_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    engine = await open_engine(data)
+    try:
+        await populate(engine)
+        live = contents(engine.registry)
+    finally:
+        await engine.stop()
+    path = data / snapshot.SNAPSHOT_NAME
+    assert path.exists() and path.stat().st_mode & 0o777 == 0o600
+    again = await open_engine(data)
+    try:
+        assert again.store.registry_from_snapshot
+        assert contents(again.registry) == live == contents(tables_registry(data))
+        same_attributes(again.registry, engine.registry)  # what it held, attribute by attribute
+        # The latest times come from the log, as after reading the tables.
+        p = again.metadata.project(ADMIN, "p", Action.READ)
+        series = again.registry.series[(again.registry.variables[(1, "air_temp")].pk, 1)]
+        assert int(again.registry.latest[series]) == 1000
+        # It goes on as usual: new series, a new device, a duplicate still found as one.
+        await again.ingest(p, nd(row("d1", "air_temp", 3000, 3.0, set_=7)), ndjson=True)
+        await again.metadata.create_devices(p, [DeviceIn(id="d9", variables=[])])
+        result = await again.ingest(p, nd(row("d0", "air_temp", 1000, 1.0)), ndjson=True)
+        assert result.duplicates == 1
+        live = contents(again.registry)
+    finally:
+        await again.stop()
+    third = await open_engine(data)
+    try:
+        assert third.store.registry_from_snapshot
+        assert contents(third.registry) == live
+    finally:
+        await third.stop()
+
+
+async def test_a_snapshot_of_other_tables_is_not_used(tmp_path: Path) -> None:
+    """A kill -9 after metadata changed leaves the previous stop's snapshot: not used."""
+    data = tmp_path / "data"
+    engine = await open_engine(data)
+    try:
+        await populate(engine)
+    finally:
+        await engine.stop()
+    kept = tmp_path / "kept.snapshot"
+    shutil.copy(data / snapshot.SNAPSHOT_NAME, kept)
+    engine = await open_engine(data)
+    try:
+        p = engine.metadata.project(ADMIN, "p", Action.READ)
+        await engine.ingest(p, nd(row("d2", "air_temp", 5000, 1.0, set_=4)), ndjson=True)
+        live = contents(engine.registry)
+    finally:
+        await engine.stop()
+    shutil.copy(kept, data / snapshot.SNAPSHOT_NAME)  # as if the stop had been a kill
+    again = await open_engine(data)
+    try:
+        assert not again.store.registry_from_snapshot
+        assert contents(again.registry) == live
+    finally:
+        await again.stop()
+
+
+@pytest.mark.parametrize("damage", ["torn", "garbage", "other code", "empty"])
+async def test_a_damaged_or_foreign_snapshot_is_not_used(
+    tmp_path: Path, damage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    engine = await open_engine(data)
+    try:
+        await populate(engine)
+        live = contents(engine.registry)
+    finally:
+        await engine.stop()
+    path = data / snapshot.SNAPSHOT_NAME
+    whole = path.read_bytes()
+    if damage == "torn":
+        path.write_bytes(whole[: len(whole) * 2 // 3])
+    elif damage == "garbage":
+        path.write_bytes(b"not a pickle at all")
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        monkeypatch.setattr(snapshot, "code_digest", lambda: "another version")
+    again = await open_engine(data)
+    try:
+        assert not again.store.registry_from_snapshot
+        assert contents(again.registry) == live
+    finally:
+        await again.stop()
+
+
+def test_a_state_of_other_attributes_is_refused() -> None:
+    reg = Registry()
+    state: dict[str, Any] = Registry().snapshot()
+    state["renamed_column"] = state.pop("s_set")
+    assert not reg.restore_snapshot(state)
+    assert contents(reg) == contents(Registry())
+
+
+async def test_a_cluster_node_keeps_no_snapshot(tmp_path: Path) -> None:
+    from streamgauge.store.factory import SQLITE
+
+    settings = Settings(data=tmp_path / "data", bus="nats://127.0.0.1:4222")
+    store: Any = SQLITE.open_store(settings, lambda _: None, Registry())  # type: ignore[arg-type]
+    assert store.snapshots is False
+
+
+async def test_a_fan_out_worker_takes_the_snapshot_without_qc_limits(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    engine = await open_engine(data)
+    try:
+        await populate(engine)
+        live = contents(engine.registry)
+    finally:
+        await engine.stop()
+    opened: list[tuple[bool, dict[str, Any]]] = []
+    for keep in (True, False):
+        if not keep:
+            (data / snapshot.SNAPSHOT_NAME).unlink()
+        reg = Registry()
+        reg.keeps_qc_limits = False
+        store: Any = SQLITE_REPLICA.open_store(
+            Settings(data=data),
+            lambda _: None,  # type: ignore[arg-type,return-value]
+            reg,
+        )
+        await store.open(lambda batch: None)
+        try:
+            opened.append((store.registry_from_snapshot, contents(reg)))
+            assert len(reg.qc_limits.lo) < 8  # none kept
+        finally:
+            await store.close()
+    assert [o[0] for o in opened] == [True, False]
+    assert opened[0][1] == opened[1][1]
+    without_limits = {k: v for k, v in live.items() if k != "qc_limits"}
+    assert {k: v for k, v in opened[0][1].items() if k != "qc_limits"} == without_limits
