@@ -17,6 +17,12 @@ average; the figures depend on both.
 ``--quick``: 5,000 stations and 400,000 rows (a minute). ``--reuse DIR`` (a folder kept with
 ``--keep``): no network or ingest, ``--repeat`` restarts of a fresh copy of DIR each, with the
 memory above an empty server (to compare two versions of the code on the same data).
+
+A clean stop (SIGTERM) leaves the registry snapshot (``registry.snapshot``,
+store/sqlite/snapshot.py) that the next start takes instead of building the registry from the
+tables; each restart says whether one was there. ``--no-snapshot`` removes it before each start
+(the registry is then built from the tables, as after a kill or an upgrade). With ``--reuse``,
+the kept folder's snapshot is used if it was left by a stop of this code (else it is ignored).
 """
 
 from __future__ import annotations
@@ -117,8 +123,23 @@ class Server:
         self.logf.close()
 
 
-def _restart(srv: Server, kill: bool, history: str) -> dict[str, float]:
+SNAPSHOT = "registry.snapshot"  # what a clean stop leaves (store/sqlite/snapshot.py)
+
+
+def _snapshot(data: Path, keep: bool) -> str:
+    """Whether the next start finds a registry snapshot in ``data`` (removed unless ``keep``)."""
+    path = data / SNAPSHOT
+    if not path.exists():
+        return "none"
+    if not keep:
+        path.unlink()
+        return "removed (--no-snapshot)"
+    return "kept by the stop"
+
+
+def _restart(srv: Server, kill: bool, history: str, keep: bool = True) -> dict[str, Any]:
     srv.stop(kill=kill)
+    snap = _snapshot(srv.data, keep)
     started = srv.start()
     healthy = srv.wait("/healthz")
     read = srv.wait(history)
@@ -128,6 +149,7 @@ def _restart(srv: Server, kill: bool, history: str) -> dict[str, float]:
         "cpu_s": srv.cpu_s(),
         "rss_mb": srv.rss_mb(),
         "node_mb": srv.node_mb(),
+        "snapshot": snap,
     }
 
 
@@ -145,13 +167,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reuse", default=None, help="restart copies of this kept data folder")
     ap.add_argument("--repeat", type=int, default=3, help="restarts with --reuse")
     ap.add_argument(
+        "--no-snapshot",
+        action="store_true",
+        help="remove the registry snapshot a clean stop leaves before each start (the registry "
+        "is then built from the tables, as after a kill)",
+    )
+    ap.add_argument(
         "--workers", type=int, default=0, help="serve --workers (default: serve's, the cores)"
     )
     a = ap.parse_args(argv)
     if a.quick:
         a.stations, a.rows = 5_000, 400_000
     if a.reuse:
-        reuse(Path(a.reuse), a.stations, a.repeat, a.durability, a.workers)
+        reuse(Path(a.reuse), a.stations, a.repeat, a.durability, a.workers, not a.no_snapshot)
         return
 
     log(
@@ -193,12 +221,13 @@ def main(argv: list[str] | None = None) -> None:
                 f"{(rss_ingest - rss_empty) * 2**20 / m.nseries:,.0f} B a series above empty"
             )
             load = os.getloadavg()[0]
-            r = _restart(srv, a.kill, history)
+            r = _restart(srv, a.kill, history, not a.no_snapshot)
             per_series = (r["rss_mb"] - rss_empty) * 2**20 / m.nseries
             node_series = (r["node_mb"] - node_empty) * 2**20 / m.nseries
             log(
                 f"  restart with {ing.row:,} rows ({'SIGKILL' if a.kill else 'SIGTERM'}, load "
-                f"{load:.2f}): /healthz {r['healthz_s']:.2f} s, history read "
+                f"{load:.2f}, registry snapshot: {r['snapshot']}): /healthz "
+                f"{r['healthz_s']:.2f} s, history read "
                 f"{r['history_s']:.2f} s (CPU {r['cpu_s']:.2f} s); rss {r['rss_mb']:.0f} MB = "
                 f"{per_series:,.0f} B a series above empty; every process: {r['node_mb']:.0f} MB"
                 f" = {node_series:,.0f} B a series above empty ({node_empty:.0f} MB)"
@@ -257,7 +286,9 @@ def _settle(srv: Server) -> list[tuple[float, float, float]]:
     return samples
 
 
-def reuse(kept: Path, stations: int, repeat: int, durability: str, workers: int = 0) -> None:
+def reuse(
+    kept: Path, stations: int, repeat: int, durability: str, workers: int = 0, keep: bool = True
+) -> None:
     """Restart ``repeat`` fresh copies of a kept data folder (the network of ``stations``)."""
     log(
         f"streamgauge restart bench (reuse {kept.name})  cpu_count={os.cpu_count()}  load "
@@ -277,6 +308,7 @@ def reuse(kept: Path, stations: int, repeat: int, durability: str, workers: int 
         for i in range(repeat):
             data = root / f"data{i}"
             shutil.copytree(kept, data)
+            snap = _snapshot(data, keep)
             srv = Server(data, root / "server.log", durability, workers)
             try:
                 load = os.getloadavg()[0]
@@ -291,7 +323,9 @@ def reuse(kept: Path, stations: int, repeat: int, durability: str, workers: int 
                 }
                 per = (r["rss_mb"] - rss_empty) * 2**20 / m.nseries
                 log(
-                    f"  restart {i + 1} (load {load:.2f}): /healthz {r['healthz_s']:.2f} s, "
+                    f"  restart {i + 1} (load {load:.2f}, registry snapshot: "
+                    f"{snap.replace('kept by the stop', 'in the folder')}): "
+                    f"/healthz {r['healthz_s']:.2f} s, "
                     f"history read {r['history_s']:.2f} s (CPU {r['cpu_s']:.2f} s); rss "
                     f"{r['rss_mb']:.0f} MB = "
                     f"{per:,.0f} B a series above empty ({rss_empty:.0f} MB)"

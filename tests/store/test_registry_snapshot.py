@@ -19,6 +19,7 @@ from streamgauge.core.registry import _NOT_SNAPSHOT, Registry
 from streamgauge.domain.model import DeviceIn, ProjectIn, QCLimits, SiteIn, VariableIn
 from streamgauge.store.factory import DB_NAME, SQLITE_REPLICA
 from streamgauge.store.sqlite import metadata, snapshot
+from streamgauge.store.sqlite import store as sqlite_store
 from tests.core.test_registry_events import ADMIN, nd, open_engine, row
 from tests.core.test_registry_events import snapshot as contents
 
@@ -239,3 +240,102 @@ async def test_a_fan_out_worker_takes_the_snapshot_without_qc_limits(tmp_path: P
     assert opened[0][1] == opened[1][1]
     without_limits = {k: v for k, v in live.items() if k != "qc_limits"}
     assert {k: v for k, v in opened[0][1].items() if k != "qc_limits"} == without_limits
+
+
+# -- the log state read while the app is imported (``prefetch_log_state``) ------------------------
+
+
+async def _stopped_with_rows(data: Path) -> tuple[int, int]:
+    """A folder with a network and rows, stopped cleanly; (a series pk, its latest time)."""
+    engine = await open_engine(data)
+    try:
+        await populate(engine)
+        reg = engine.registry
+        series = reg.series[(reg.variables[(1, "air_temp")].pk, 1)]
+        return series, int(reg.latest[series])
+    finally:
+        await engine.stop()
+
+
+def _counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    reads: list[Path] = []
+    real = sqlite_store.read_log_state
+
+    def counted(path: Path, durability: str) -> Any:
+        reads.append(path)
+        return real(path, durability)
+
+    monkeypatch.setattr(sqlite_store, "read_log_state", counted)
+    return reads
+
+
+async def test_a_log_state_read_before_the_open_is_taken_when_the_log_is_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    series, latest = await _stopped_with_rows(data)
+    reads = _counting_reads(monkeypatch)
+    sqlite_store.prefetch_log_state(data / DB_NAME, "normal")
+    engine = await open_engine(data)
+    try:
+        assert len(reads) == 1  # the prefetch's, taken by the open
+        assert int(engine.registry.latest[series]) == latest
+        p = engine.metadata.project(ADMIN, "p", Action.READ)
+        result = await engine.ingest(p, nd(row("d0", "air_temp", 1000, 1.0)), ndjson=True)
+        assert result.duplicates == 1
+    finally:
+        await engine.stop()
+
+
+async def test_a_log_state_read_before_the_log_changed_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows appended after the prefetch read (another process, say): the open sees the head
+    moved, reads again, and each series' latest time includes them."""
+    data = tmp_path / "data"
+    series, latest = await _stopped_with_rows(data)
+    reads = _counting_reads(monkeypatch)
+    sqlite_store.prefetch_log_state(data / DB_NAME, "normal")
+    sqlite_store._prefetched[(data / DB_NAME).resolve()].result()  # read before the change
+    conn = sqlite3.connect(data / DB_NAME, isolation_level=None)
+    try:
+        conn.execute(
+            "INSERT INTO obs (cursor, series, time, value, qc, received) "
+            "SELECT max(cursor) + 1, ?, ?, 2.5, 0, 0 FROM obs",
+            (series, latest + 60_000),
+        )
+    finally:
+        conn.close()
+    engine = await open_engine(data)
+    try:
+        assert len(reads) == 2
+        assert int(engine.registry.latest[series]) == latest + 60_000
+        p = engine.metadata.project(ADMIN, "p", Action.READ)
+        again = nd(row("d0", "air_temp", latest + 60_000, 2.5))
+        assert (await engine.ingest(p, again, ndjson=True)).duplicates == 1
+    finally:
+        await engine.stop()
+
+
+async def test_a_failed_prefetch_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    series, latest = await _stopped_with_rows(data)
+    real = sqlite_store.read_log_state
+    calls: list[int] = []
+
+    def failing_once(path: Path, durability: str) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return real(path, durability)
+
+    monkeypatch.setattr(sqlite_store, "read_log_state", failing_once)
+    sqlite_store.prefetch_log_state(data / DB_NAME, "normal")
+    engine = await open_engine(data)
+    try:
+        assert len(calls) == 2
+        assert int(engine.registry.latest[series]) == latest
+    finally:
+        await engine.stop()

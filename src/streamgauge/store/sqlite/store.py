@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -333,7 +334,12 @@ class SqliteStore:
         # The log state is read on another connection in a thread (its SQL in one statement
         # each: the GIL is not handed over per row) while the registry loads here.
         fp = snapshot.fingerprint(conn)
-        reading = self._loop.run_in_executor(None, self._read_log_state)
+        prefetched = _take_prefetched(self.path)
+        reading = (
+            asyncio.wrap_future(prefetched)
+            if prefetched is not None
+            else self._loop.run_in_executor(None, self._read_log_state)
+        )
         try:
             # The registry as a clean stop left it, if the tables are still those (else built
             # from them): ``snapshot.py``.
@@ -344,7 +350,14 @@ class SqliteStore:
             if not self.registry_from_snapshot:
                 self.registry.load(metadata.load_tables(conn))
         finally:
-            state = await reading
+            try:
+                state: _LogState | None = await reading
+            except (sqlite3.Error, OSError):
+                if prefetched is None:
+                    raise
+                state = None  # read again below
+        if state is None or not _still(conn, state):
+            state = await self._loop.run_in_executor(None, self._read_log_state)
         self._apply_log_state(conn, state)
         conn.execute("PRAGMA shrink_memory")  # the pages loading read: not the writer's
         release_free_memory()
@@ -482,50 +495,7 @@ class SqliteStore:
             conn.close()
 
     def _read_log_state(self) -> _LogState:
-        """The log's head, index and summary marks, each series' latest time and the QC
-        checkpoint, from one snapshot of a read-only connection (``open``'s thread)."""
-        conn = _connect(self.path, readonly=True, durability=self.durability)
-        try:
-            conn.execute("BEGIN")
-            one = conn.execute
-            sealed = sealed_in(conn)  # first: the log's snapshot is then as new or newer
-            head = int(one("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0])
-            summarized = int(one("SELECT value FROM state WHERE key='summarized'").fetchone()[0])
-            qc_cursor = int(one("SELECT value FROM state WHERE key='qc_cursor'").fetchone()[0])
-            series, times = _int_columns(
-                conn,
-                f"SELECT * FROM ({_LATEST_INDEXED}) UNION ALL {_TOP_SERIES_INDEXED} UNION ALL "
-                "SELECT series, max(time) FROM obs WHERE cursor > ? GROUP BY series",
-                (sealed,),
-                2,
-            )
-            qc = conn.execute(
-                "SELECT '[' || coalesce(group_concat(series || ',' || last_time || ',' || "
-                "CASE WHEN last_value IS NULL THEN 'null' ELSE printf('%!.17g', last_value) END"
-                " || ',' || same_since), '') || ']' FROM qc_state"
-            ).fetchone()[0]
-            conn.execute("COMMIT")
-            try:
-                flat = orjson.loads(qc)
-                qc_rows = (
-                    np.array(flat[0::4], np.int64),
-                    np.array(flat[1::4], np.int64),
-                    np.array([np.nan if v is None else v for v in flat[2::4]], np.float64),
-                    np.array(flat[3::4], np.int64),
-                )
-            except orjson.JSONDecodeError:  # a value JSON has no form for (an infinity)
-                rows = conn.execute(
-                    "SELECT series, last_time, last_value, same_since FROM qc_state"
-                ).fetchall()
-                qc_rows = (
-                    np.array([r[0] for r in rows], np.int64),
-                    np.array([r[1] for r in rows], np.int64),
-                    np.array([np.nan if r[2] is None else r[2] for r in rows], np.float64),
-                    np.array([r[3] for r in rows], np.int64),
-                )
-            return _LogState(head, sealed, summarized, qc_cursor, (series, times), qc_rows)
-        finally:
-            conn.close()
+        return read_log_state(self.path, self.durability)
 
     def _apply_log_state(self, conn: sqlite3.Connection, state: _LogState) -> None:
         """``_read_log_state``'s reading, once the registry is loaded; then the log after the
@@ -1874,10 +1844,98 @@ class _LogState:
     sealed: int
     summarized: int
     qc_cursor: int
+    schema: int  # the schema version it was read at
     latest: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]  # series, latest time
     qc: tuple[
         npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]
     ]  # series, last time, last value, same since
+
+
+def read_log_state(path: Path, durability: str) -> _LogState:
+    """The log's head, index and summary marks, each series' latest time and the QC
+    checkpoint, from one snapshot of a read-only connection (``open``'s thread, or the one
+    ``prefetch_log_state`` started)."""
+    conn = _connect(path, readonly=True, durability=durability)
+    try:
+        conn.execute("BEGIN")
+        one = conn.execute
+        sealed = sealed_in(conn)  # first: the log's snapshot is then as new or newer
+        head = int(one("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0])
+        summarized = int(one("SELECT value FROM state WHERE key='summarized'").fetchone()[0])
+        qc_cursor = int(one("SELECT value FROM state WHERE key='qc_cursor'").fetchone()[0])
+        schema = int(one("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0])
+        series, times = _int_columns(
+            conn,
+            f"SELECT * FROM ({_LATEST_INDEXED}) UNION ALL {_TOP_SERIES_INDEXED} UNION ALL "
+            "SELECT series, max(time) FROM obs WHERE cursor > ? GROUP BY series",
+            (sealed,),
+            2,
+        )
+        qc = conn.execute(
+            "SELECT '[' || coalesce(group_concat(series || ',' || last_time || ',' || "
+            "CASE WHEN last_value IS NULL THEN 'null' ELSE printf('%!.17g', last_value) END"
+            " || ',' || same_since), '') || ']' FROM qc_state"
+        ).fetchone()[0]
+        conn.execute("COMMIT")
+        try:
+            flat = orjson.loads(qc)
+            qc_rows = (
+                np.array(flat[0::4], np.int64),
+                np.array(flat[1::4], np.int64),
+                np.array([np.nan if v is None else v for v in flat[2::4]], np.float64),
+                np.array(flat[3::4], np.int64),
+            )
+        except orjson.JSONDecodeError:  # a value JSON has no form for (an infinity)
+            rows = conn.execute(
+                "SELECT series, last_time, last_value, same_since FROM qc_state"
+            ).fetchall()
+            qc_rows = (
+                np.array([r[0] for r in rows], np.int64),
+                np.array([r[1] for r in rows], np.int64),
+                np.array([np.nan if r[2] is None else r[2] for r in rows], np.float64),
+                np.array([r[3] for r in rows], np.int64),
+            )
+        return _LogState(head, sealed, summarized, qc_cursor, schema, (series, times), qc_rows)
+    finally:
+        conn.close()
+
+
+# Log state readings begun before the store opens (``prefetch_log_state``), by database path.
+_prefetched: dict[Path, concurrent.futures.Future[_LogState]] = {}
+
+
+def prefetch_log_state(path: Path, durability: str) -> None:
+    """Begin ``SqliteStore.open``'s read of the log state of the database at ``path`` now, in
+    a thread of its own: ``serve`` calls it before it imports the app (about a second of
+    Python) so that SQLite reads meanwhile (each read is one statement, run with the GIL
+    released). ``open`` takes the reading when the log's marks and schema are still what it
+    read (nothing writes before the store's writer starts), and reads again otherwise."""
+    key = path.resolve()
+    if key in _prefetched or not path.exists():
+        return
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sg-prefetch")
+    _prefetched[key] = pool.submit(read_log_state, path, durability)
+    pool.shutdown(wait=False)
+
+
+def _take_prefetched(path: Path) -> concurrent.futures.Future[_LogState] | None:
+    return _prefetched.pop(path.resolve(), None)
+
+
+def _still(conn: sqlite3.Connection, state: _LogState) -> bool:
+    """Whether the log's marks and schema on ``conn`` are those ``state`` was read at (a
+    reading begun before the store opened: ``prefetch_log_state``)."""
+    one = conn.execute
+    return (
+        sealed_in(conn) == state.sealed
+        and int(one("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0]) == state.head
+        and int(one("SELECT value FROM state WHERE key='summarized'").fetchone()[0])
+        == state.summarized
+        and int(one("SELECT value FROM state WHERE key='qc_cursor'").fetchone()[0])
+        == state.qc_cursor
+        and int(one("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0])
+        == state.schema
+    )
 
 
 def _int_columns(
