@@ -339,3 +339,46 @@ async def test_a_failed_prefetch_is_read_again(
         assert int(engine.registry.latest[series]) == latest
     finally:
         await engine.stop()
+
+
+@pytest.mark.parametrize("edit", ["a site's document", "a device row deleted and put back"])
+async def test_a_snapshot_is_not_used_after_a_hand_edit_of_the_tables(
+    tmp_path: Path, edit: str
+) -> None:
+    """An edit with the sqlite3 shell while the server is stopped (no event stored): the
+    tables' triggers count it (schema 13), so the snapshot taken before is not used."""
+    data = tmp_path / "data"
+    engine = await open_engine(data)
+    try:
+        await populate(engine)
+    finally:
+        await engine.stop()
+    conn = sqlite3.connect(data / DB_NAME, isolation_level=None)
+    try:
+        if edit == "a site's document":
+            (doc,) = conn.execute("SELECT doc FROM sites WHERE id = 's1'").fetchone()
+            conn.execute(
+                "UPDATE sites SET doc = ? WHERE id = 's1'",
+                (doc.replace('"state":"UT"', '"state":"NV"'),),
+            )
+        else:  # the same count and highest pk, another document
+            pk, project_pk, doc = conn.execute(
+                "SELECT pk, project_pk, doc FROM devices ORDER BY pk DESC LIMIT 1"
+            ).fetchone()
+            conn.execute("DELETE FROM devices WHERE pk = ?", (pk,))
+            conn.execute(
+                "INSERT INTO devices (pk, project_pk, id, doc) VALUES (?, ?, ?, ?)",
+                (pk, project_pk, "d3", doc.replace('"type":"ws"', '"type":"buoy"')),
+            )
+    finally:
+        conn.close()
+    again = await open_engine(data)
+    try:
+        assert not again.store.registry_from_snapshot
+        assert contents(again.registry) == contents(tables_registry(data))
+        if edit == "a site's document":
+            assert again.registry.sites[(1, "s1")].doc.state == "NV"
+        else:
+            assert again.registry.devices[(1, "d3")].type == "buoy"
+    finally:
+        await again.stop()

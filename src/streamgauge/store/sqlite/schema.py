@@ -282,6 +282,82 @@ MIGRATIONS: list[str] = [
     DELETE FROM state WHERE key = 'sealed';
     INSERT INTO state VALUES ('log', lower(hex(randomblob(16))));
     """,
+    # 13: every change of a metadata table's rows counted in 'meta_edits', whoever makes it
+    # (a hand edit with the sqlite3 shell too): what the registry snapshot's fingerprint
+    # checks besides the events (``store/sqlite/snapshot.py``). Series' inserts are not
+    # counted (ingest adds hundreds a batch): their count and highest pk are.
+    """
+    INSERT INTO state VALUES ('meta_edits', 0);
+    CREATE TRIGGER projects_insert_counted AFTER INSERT ON projects BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER projects_update_counted AFTER UPDATE ON projects BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER projects_delete_counted AFTER DELETE ON projects BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER sites_insert_counted AFTER INSERT ON sites BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER sites_update_counted AFTER UPDATE ON sites BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER sites_delete_counted AFTER DELETE ON sites BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER devices_insert_counted AFTER INSERT ON devices BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER devices_update_counted AFTER UPDATE ON devices BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER devices_delete_counted AFTER DELETE ON devices BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER variables_insert_counted AFTER INSERT ON variables BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER variables_update_counted AFTER UPDATE ON variables BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER variables_delete_counted AFTER DELETE ON variables BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER accounts_insert_counted AFTER INSERT ON accounts BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER accounts_update_counted AFTER UPDATE ON accounts BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER accounts_delete_counted AFTER DELETE ON accounts BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER roles_insert_counted AFTER INSERT ON roles BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER roles_update_counted AFTER UPDATE ON roles BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER roles_delete_counted AFTER DELETE ON roles BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER account_keys_insert_counted AFTER INSERT ON account_keys BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER account_keys_update_counted AFTER UPDATE ON account_keys BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER account_keys_delete_counted AFTER DELETE ON account_keys BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER series_update_counted AFTER UPDATE ON series BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    CREATE TRIGGER series_delete_counted AFTER DELETE ON series BEGIN
+        UPDATE state SET value = value + 1 WHERE key = 'meta_edits';
+    END;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
