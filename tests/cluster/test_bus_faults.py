@@ -61,7 +61,9 @@ def ingest(node: Node, k: int, n: int = 100) -> dict[str, Any]:
         r = c.post("/api/v1/projects/p1/observations", json=rows(n, start_ms=T0 + k * 100_000))
         took = time.monotonic() - started
     assert r.status_code == 200, r.text
-    assert took < 5, f"ingest took {took:.1f} s"
+    # Not stuck on the bus (its outage must not hold ingest up): far under a minute, with room
+    # for a loaded machine (5 s failed under load once).
+    assert took < 20, f"ingest took {took:.1f} s"
     reply: dict[str, Any] = r.json()
     return reply
 
@@ -119,7 +121,9 @@ def test_nats_restarted_nodes_reconnect_and_fill_the_gap(
                 f"{what}: gap filled {took:.1f} s after its restart; then A to B "
                 f"{carried[0] * 1000:.0f} ms, B to A {carried[1] * 1000:.0f} ms"
             )
-            assert max(carried) < 3.0
+            # Carried by the bus, not found by the store's look a minute away (``HEAD_CHECK``);
+            # the margin is a loaded machine's (3 s failed under load once).
+            assert max(carried) < 20.0
             for reader in (on_b, on_a):
                 assert reader.cursors == list(range(1, last + 1)), what  # once, in order
             # The work lease is held again (its bucket made again if the server lost it).
