@@ -46,7 +46,8 @@ TABLES = [
     "alert_actions",
     "alert_states",
 ]
-SKIPPED_STATE = {"sealed", "log"}  # the embedded index's progress and log identity
+SKIPPED_STATE = {"sealed", "log", "meta_edits"}  # the index's progress, the log's identity, the
+# count of metadata edits (the registry snapshot's: store/sqlite/snapshot.py)
 
 
 class NotEmpty(RuntimeError):
