@@ -179,13 +179,11 @@ def _serve(
             )
             for n in range(1, count)
         }
-    db = settings.data / DB_NAME
-    if settings.store is None and db.exists() and (settings.data / INDEX_NAME).exists():
-        # The log's state (each series' latest time, the QC checkpoint: SQLite's work, with
-        # the GIL released) is read while the app is imported, not after.
-        from streamgauge.store.sqlite.store import prefetch_log_state
+    # The log's state (each series' latest time, the QC checkpoint: SQLite's work, with the
+    # GIL released) is read while the app is imported, not after.
+    from streamgauge.store.factory import prefetch_embedded
 
-        prefetch_log_state(db, settings.durability)
+    prefetch_embedded(settings)
     gc.disable()  # the app's imports: many objects, no garbage (a tenth of their time)
     try:
         from streamgauge.app import create_app, server_options

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from streamgauge.config import DB_NAME, Settings
+from streamgauge.config import DB_NAME, INDEX_NAME, Settings
 from streamgauge.domain.commit import CommitRules
 from streamgauge.domain.readmodel import ReadModel
 from streamgauge.store.api import (
@@ -39,7 +39,7 @@ from streamgauge.store.sqlite.face_state import SqliteDTAccounts, SqliteDTConnec
 from streamgauge.store.sqlite.feeds import FeedStore
 from streamgauge.store.sqlite.replica import ReplicaStore
 from streamgauge.store.sqlite.replica_feeds import FeedTables
-from streamgauge.store.sqlite.store import SqliteStore, Tx
+from streamgauge.store.sqlite.store import SqliteStore, Tx, prefetch_log_state
 
 TxT = TypeVar("TxT")
 ConnT = TypeVar("ConnT")
@@ -75,6 +75,16 @@ class Backend(Generic[TxT, ConnT]):
     # face state (store/face_state.py), each over the store
     dt_accounts: Callable[[Store[TxT, ConnT]], DTAccountStore[TxT]]
     dt_connectors: Callable[[Store[TxT, ConnT]], DTConnectorStore]
+
+
+def prefetch_embedded(settings: Settings) -> None:
+    """Begin reading the embedded store's log state (each series' latest time, the QC
+    checkpoint) ahead of its open, in a thread: ``serve`` calls it before it imports the app
+    (``store.sqlite.store.prefetch_log_state``). Nothing for the cluster mode, or a folder
+    without its database and index file yet."""
+    db = settings.data / DB_NAME
+    if settings.store is None and db.exists() and (settings.data / INDEX_NAME).exists():
+        prefetch_log_state(db, settings.durability)
 
 
 def _sqlite_store(settings: Settings, rules: Rules, registry: ReadModel) -> EmbeddedStore:
