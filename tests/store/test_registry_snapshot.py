@@ -105,14 +105,30 @@ async def populate(engine: Engine) -> None:
     await engine.accounts.create(p, id="a", role="manager")
 
 
-async def test_a_clean_stop_keeps_the_registry_and_the_next_open_takes_it(tmp_path: Path) -> None:
-    data = tmp_path / "data"
+async def stopped_network(data: Path) -> tuple[Engine, dict[str, Any]]:
+    """A folder with ``populate``'s network, stopped cleanly (so its snapshot is kept): the
+    stopped engine and what its registry held."""
     engine = await open_engine(data)
     try:
         await populate(engine)
-        live = contents(engine.registry)
+        return engine, contents(engine.registry)
     finally:
         await engine.stop()
+
+
+async def reopens_from_the_tables(data: Path, live: dict[str, Any]) -> None:
+    """The next open does not take the snapshot, and its registry holds ``live``."""
+    again = await open_engine(data)
+    try:
+        assert not again.store.registry_from_snapshot
+        assert contents(again.registry) == live
+    finally:
+        await again.stop()
+
+
+async def test_a_clean_stop_keeps_the_registry_and_the_next_open_takes_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    engine, live = await stopped_network(data)
     path = data / snapshot.SNAPSHOT_NAME
     assert path.exists() and path.stat().st_mode & 0o777 == 0o600
     again = await open_engine(data)
@@ -143,11 +159,7 @@ async def test_a_clean_stop_keeps_the_registry_and_the_next_open_takes_it(tmp_pa
 async def test_a_snapshot_of_other_tables_is_not_used(tmp_path: Path) -> None:
     """A kill -9 after metadata changed leaves the previous stop's snapshot: not used."""
     data = tmp_path / "data"
-    engine = await open_engine(data)
-    try:
-        await populate(engine)
-    finally:
-        await engine.stop()
+    await stopped_network(data)
     kept = tmp_path / "kept.snapshot"
     shutil.copy(data / snapshot.SNAPSHOT_NAME, kept)
     engine = await open_engine(data)
@@ -158,12 +170,7 @@ async def test_a_snapshot_of_other_tables_is_not_used(tmp_path: Path) -> None:
     finally:
         await engine.stop()
     shutil.copy(kept, data / snapshot.SNAPSHOT_NAME)  # as if the stop had been a kill
-    again = await open_engine(data)
-    try:
-        assert not again.store.registry_from_snapshot
-        assert contents(again.registry) == live
-    finally:
-        await again.stop()
+    await reopens_from_the_tables(data, live)
 
 
 @pytest.mark.parametrize("damage", ["torn", "garbage", "other code", "empty"])
@@ -171,12 +178,7 @@ async def test_a_damaged_or_foreign_snapshot_is_not_used(
     tmp_path: Path, damage: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = tmp_path / "data"
-    engine = await open_engine(data)
-    try:
-        await populate(engine)
-        live = contents(engine.registry)
-    finally:
-        await engine.stop()
+    _, live = await stopped_network(data)
     path = data / snapshot.SNAPSHOT_NAME
     whole = path.read_bytes()
     if damage == "torn":
@@ -187,12 +189,7 @@ async def test_a_damaged_or_foreign_snapshot_is_not_used(
         path.write_bytes(b"")
     else:
         monkeypatch.setattr(snapshot, "code_digest", lambda: "another version")
-    again = await open_engine(data)
-    try:
-        assert not again.store.registry_from_snapshot
-        assert contents(again.registry) == live
-    finally:
-        await again.stop()
+    await reopens_from_the_tables(data, live)
 
 
 def test_a_state_of_other_attributes_is_refused() -> None:
@@ -213,12 +210,7 @@ async def test_a_cluster_node_keeps_no_snapshot(tmp_path: Path) -> None:
 
 async def test_a_fan_out_worker_takes_the_snapshot_without_qc_limits(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    engine = await open_engine(data)
-    try:
-        await populate(engine)
-        live = contents(engine.registry)
-    finally:
-        await engine.stop()
+    _, live = await stopped_network(data)
     opened: list[tuple[bool, dict[str, Any]]] = []
     for keep in (True, False):
         if not keep:
@@ -247,14 +239,10 @@ async def test_a_fan_out_worker_takes_the_snapshot_without_qc_limits(tmp_path: P
 
 async def _stopped_with_rows(data: Path) -> tuple[int, int]:
     """A folder with a network and rows, stopped cleanly; (a series pk, its latest time)."""
-    engine = await open_engine(data)
-    try:
-        await populate(engine)
-        reg = engine.registry
-        series = reg.series[(reg.variables[(1, "air_temp")].pk, 1)]
-        return series, int(reg.latest[series])
-    finally:
-        await engine.stop()
+    engine, _ = await stopped_network(data)
+    reg = engine.registry
+    series = reg.series[(reg.variables[(1, "air_temp")].pk, 1)]
+    return series, int(reg.latest[series])
 
 
 def _counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
@@ -348,11 +336,7 @@ async def test_a_snapshot_is_not_used_after_a_hand_edit_of_the_tables(
     """An edit with the sqlite3 shell while the server is stopped (no event stored): the
     tables' triggers count it (schema 13), so the snapshot taken before is not used."""
     data = tmp_path / "data"
-    engine = await open_engine(data)
-    try:
-        await populate(engine)
-    finally:
-        await engine.stop()
+    await stopped_network(data)
     conn = sqlite3.connect(data / DB_NAME, isolation_level=None)
     try:
         if edit == "a site's document":
