@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -46,13 +44,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # The routes' first-request work done while the engine starts (its store reads the
-        # log in a thread meanwhile), not in the first requests after.
-        warming = asyncio.create_task(_warm_routes(app))
-        try:
-            await engine.start()
-        finally:
-            await warming
+        await engine.start()
         await dt_face.start()
         if bridge is not None:
             await bridge.start()
@@ -132,47 +124,6 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
-
-
-WARM_PATH = "/.streamgauge-warm-up"  # matches no route: every router is looked at
-
-
-async def _warm_routes(app: FastAPI) -> int | None:
-    """One request that no route answers, through the app: FastAPI builds each included
-    router's routes (their dependencies and models) on the first request that reaches it,
-    about 0.2 s for these faces, which the first requests after a start waited for. Its
-    answer (a 404, returned) goes nowhere; a failure is only logged (None)."""
-    scope: dict[str, Any] = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": WARM_PATH,
-        "raw_path": WARM_PATH.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [],
-        "client": ("127.0.0.1", 0),
-        "server": ("127.0.0.1", 0),
-        "state": {},
-    }
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    status: list[int] = []
-
-    async def send(message: MutableMapping[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            status.append(int(message["status"]))
-
-    try:
-        await app(scope, receive, send)
-    except Exception:  # noqa: BLE001 - a cold route is slower, not wrong
-        logging.getLogger("streamgauge").exception("warming the routes failed")
-        return None
-    return status[0] if status else None
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
