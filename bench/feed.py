@@ -59,6 +59,7 @@ from .common import (
     loop_factory,
     machine_speed_ms,
     make_mesonet,
+    node_mb,
     post_all,
     proc_cpu_seconds,
     proc_rss_mb,
@@ -624,16 +625,25 @@ def loop_lag_during(
     return n, n - within.get(0.05, 0), n - within.get(0.1, 0), worst
 
 
+def server_mb(pid: int) -> float:
+    """The server's memory: its resident set (``proc_rss_mb``), or with fan-out workers the sum
+    of every process's proportional set size (``node_mb``): with the push feed in the workers
+    (``STREAMGAUGE_WORKERS_FEED``) the sessions are theirs, and the writer's memory alone
+    did not count them (0.3 KB a session with ``--owners 1``)."""
+    total, processes = node_mb(pid)
+    return total if processes > 1 else proc_rss_mb(pid)
+
+
 def settled_rss_mb(pid: int, seconds: float = 15.0) -> float:
-    """``proc_rss_mb`` once two samples half a second apart agree within 1 MB (at most
+    """``server_mb`` once two samples half a second apart agree within 1 MB (at most
     ``seconds``): after the warm-up ingest the server's memory sometimes is still being
     released (seen: 418 MB falling to 380), which counted as negative per-session memory."""
-    last = proc_rss_mb(pid)
+    last = server_mb(pid)
     samples = [last]
     deadline = time.time() + seconds
     while time.time() < deadline:
         time.sleep(0.5)
-        now = proc_rss_mb(pid)
+        now = server_mb(pid)
         samples.append(now)
         if abs(now - last) <= 1.0:
             break
@@ -754,9 +764,9 @@ def feed_fanout(
         # at rest with the sessions open: 1,000 idle sessions use 2 to 8 % of a core (the
         # keepalive clock), so "quiet" is below 15 % here
         quiet_after_s = wait_quiet(pid, limit_s=30.0, quiet_cores=0.15)
-        run.rss_connected_mb = proc_rss_mb(pid)
+        run.rss_connected_mb = server_mb(pid)
         log(
-            f"  {res.connected} sessions open in {run.connect_s:.1f} s; server rss "
+            f"  {res.connected} sessions open in {run.connect_s:.1f} s; server memory "
             f"{run.rss_before_mb:.0f} -> {run.rss_connected_mb:.0f} MB = "
             f"{run.kb_per_idle_session:.1f} KB per idle session (each reading once the server "
             f"was quiet: waited {quiet_s:.0f} s and {quiet_after_s:.0f} s)"
@@ -770,7 +780,7 @@ def feed_fanout(
         if spy is not None:
             spy.wait()
         run.server_cpu_s = server_s
-        run.rss_after_mb = proc_rss_mb(pid)
+        run.rss_after_mb = server_mb(pid)
         gc_n, gc_s, gc_max, _ = histogram(srv.port, "streamgauge_gc_pause_seconds")
         run.gc_full = (gc_n, gc_s, gc_max)
         lag = histogram(srv.port, "streamgauge_event_loop_lag_seconds")
@@ -1289,7 +1299,7 @@ def summary(
     if sg:
         log(
             f"memory per idle feed session: {sg.kb_per_idle_session:.1f} KB "
-            f"(server rss {sg.rss_before_mb:.0f} -> {sg.rss_connected_mb:.0f} MB for "
+            f"(server memory {sg.rss_before_mb:.0f} -> {sg.rss_connected_mb:.0f} MB for "
             f"{sg.res.connected} sessions; target <= 15 KB)"
         )
     if r1 and r2 and r2.delivered_obs_s:
