@@ -50,13 +50,7 @@ class ReplicaStore(SqliteStore):
                 # Loaded here, the big tables a chunk at a time from their cursors (nothing
                 # else uses the registry before ``open`` returns).
                 # As the writer's clean stop left it, if it is of these tables (``snapshot.py``).
-                fp = snapshot.fingerprint(conn)
-                path = snapshot.snapshot_path(self.path)
-                self.registry_from_snapshot = self.snapshots and snapshot.restore(
-                    path, self.registry, fp
-                )
-                if not self.registry_from_snapshot:
-                    self.registry.load(metadata.load_tables(conn))
+                self._load_registry(conn, snapshot.fingerprint(conn))
                 seq = metadata.events_head(conn)
                 head = int(conn.execute("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0])
                 gone = retention.load_gone(conn)

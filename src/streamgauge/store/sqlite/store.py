@@ -341,14 +341,7 @@ class SqliteStore:
             else self._loop.run_in_executor(None, self._read_log_state)
         )
         try:
-            # The registry as a clean stop left it, if the tables are still those (else built
-            # from them): ``snapshot.py``.
-            path = snapshot.snapshot_path(self.path)
-            self.registry_from_snapshot = self.snapshots and snapshot.restore(
-                path, self.registry, fp
-            )
-            if not self.registry_from_snapshot:
-                self.registry.load(metadata.load_tables(conn))
+            self._load_registry(conn, fp)
         finally:
             try:
                 state: _LogState | None = await reading
@@ -458,6 +451,14 @@ class SqliteStore:
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.join)
         self._readers.shutdown(wait=True)
+
+    def _load_registry(self, conn: sqlite3.Connection, fp: tuple[Any, ...]) -> None:
+        """The registry as a clean stop left it, if the tables ``fp`` describes are still
+        those (``snapshot.py``); else built from the tables on ``conn``."""
+        path = snapshot.snapshot_path(self.path)
+        self.registry_from_snapshot = self.snapshots and snapshot.restore(path, self.registry, fp)
+        if not self.registry_from_snapshot:
+            self.registry.load(metadata.load_tables(conn))
 
     def _save_snapshot(self) -> None:
         """Keep the registry beside the database for the next open (``snapshot.py``)."""
@@ -1858,12 +1859,7 @@ def read_log_state(path: Path, durability: str) -> _LogState:
     conn = _connect(path, readonly=True, durability=durability)
     try:
         conn.execute("BEGIN")
-        one = conn.execute
-        sealed = sealed_in(conn)  # first: the log's snapshot is then as new or newer
-        head = int(one("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0])
-        summarized = int(one("SELECT value FROM state WHERE key='summarized'").fetchone()[0])
-        qc_cursor = int(one("SELECT value FROM state WHERE key='qc_cursor'").fetchone()[0])
-        schema = int(one("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0])
+        head, sealed, summarized, qc_cursor, schema = _log_marks(conn)
         series, times = _int_columns(
             conn,
             f"SELECT * FROM ({_LATEST_INDEXED}) UNION ALL {_TOP_SERIES_INDEXED} UNION ALL "
@@ -1922,20 +1918,23 @@ def _take_prefetched(path: Path) -> concurrent.futures.Future[_LogState] | None:
     return _prefetched.pop(path.resolve(), None)
 
 
+def _log_marks(conn: sqlite3.Connection) -> tuple[int, int, int, int, int]:
+    """The log's head, its index mark (read first: the log read after it is as new or newer),
+    its summary and QC marks, and the schema version."""
+    one = conn.execute
+    sealed = sealed_in(conn)
+    head = int(one("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0])
+    summarized = int(one("SELECT value FROM state WHERE key='summarized'").fetchone()[0])
+    qc_cursor = int(one("SELECT value FROM state WHERE key='qc_cursor'").fetchone()[0])
+    schema = int(one("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0])
+    return head, sealed, summarized, qc_cursor, schema
+
+
 def _still(conn: sqlite3.Connection, state: _LogState) -> bool:
     """Whether the log's marks and schema on ``conn`` are those ``state`` was read at (a
     reading begun before the store opened: ``prefetch_log_state``)."""
-    one = conn.execute
-    return (
-        sealed_in(conn) == state.sealed
-        and int(one("SELECT coalesce(max(cursor), 0) FROM obs").fetchone()[0]) == state.head
-        and int(one("SELECT value FROM state WHERE key='summarized'").fetchone()[0])
-        == state.summarized
-        and int(one("SELECT value FROM state WHERE key='qc_cursor'").fetchone()[0])
-        == state.qc_cursor
-        and int(one("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0])
-        == state.schema
-    )
+    read_at = (state.head, state.sealed, state.summarized, state.qc_cursor, state.schema)
+    return _log_marks(conn) == read_at
 
 
 def _int_columns(
