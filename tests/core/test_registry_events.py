@@ -23,7 +23,7 @@ import streamgauge
 from streamgauge.auth import Action, Principal
 from streamgauge.config import Settings
 from streamgauge.core.engine import Engine
-from streamgauge.core.registry import ProjectRec, Registry
+from streamgauge.core.registry import DeviceRec, ProjectRec, Registry, SiteRec
 from streamgauge.domain import events as ev
 from streamgauge.domain.channels import ChannelDoc
 from streamgauge.domain.errors import Conflict, Invalid
@@ -847,3 +847,57 @@ def test_a_registry_that_keeps_no_qc_limits_holds_the_same_metadata() -> None:
     mine, theirs = snapshot(worker), snapshot(writer)
     assert mine.pop("qc_limits") != theirs.pop("qc_limits")
     assert mine == theirs
+
+
+class _LiveDocs:
+    """A ``DocSource`` reading each document from a live registry (as a fan-out worker's
+    reads the database), counting the reads."""
+
+    def __init__(self, reg: Registry) -> None:
+        self.reg = reg
+        self.reads = 0
+
+    def site(self, rec: SiteRec) -> str:
+        self.reads += 1
+        return next(s.stored for s in self.reg.sites.values() if s.pk == rec.pk)
+
+    def device(self, rec: DeviceRec) -> str:
+        self.reads += 1
+        return self.reg.devices_by_pk[rec.pk].stored
+
+
+async def test_a_registry_that_keeps_no_documents_holds_the_same_metadata(
+    engine: Engine,
+) -> None:
+    """A fan-out worker's registry (``docs`` set) keeps no site's or device's document (it
+    reads each from its source when asked) and its device indexes follow label changes, moves
+    and drops as a writer's do: it knows the labels a device had without its document."""
+    md = engine.metadata
+    await md.create_projects(ADMIN, [ProjectIn(id="p"), ProjectIn(id="q")])
+    p, q = (md.project(ADMIN, i, Action.READ) for i in ("p", "q"))
+    await md.create_sites(p, [SiteIn(id="s1", lat=40.0, state="UT"), SiteIn(id="s2")])
+    await md.create_devices(
+        p,
+        [
+            DeviceIn(id=f"d{i}", site="s1" if i % 2 else None, labels={"k": str(i % 2)})
+            for i in range(5)
+        ],
+    )
+    reg = engine.registry
+    await md.update_devices(p, [(reg.devices[(p.pk, "d0")], {"labels": {"k": "z", "n": "1"}})])
+    await md.update_devices(p, [(reg.devices[(p.pk, "d1")], {"labels": {}})])
+    await md.update_site(reg.sites[(p.pk, "s2")], {"name": "Two"})
+    await engine.transfer_device(reg.devices[(p.pk, "d3")], q)
+    await md.delete_device(reg.devices[(p.pk, "d2")])
+    await md.delete_site(reg.sites[(p.pk, "s2")])
+    source = _LiveDocs(reg)
+    docless = Registry()
+    docless.docs = source
+    docless.apply_all([e for _, e in await stored(engine)])
+    assert source.reads == 0  # labels from the events, nothing read
+    records = [*docless.sites.values(), *docless.devices_by_pk.values()]
+    assert records and not any(isinstance(r._stored, str) for r in records)  # noqa: SLF001
+    assert snapshot(docless) == snapshot(reg)  # documents read from the source
+    assert source.reads > 0
+    assert docless.devices_with_label(p.pk, "k", "z") == {reg.devices[(p.pk, "d0")].pk}
+    assert docless.devices_with_label(p.pk, "k", "1") == set()  # d1 has none now, d3 moved

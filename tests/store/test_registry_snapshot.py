@@ -208,7 +208,9 @@ async def test_a_cluster_node_keeps_no_snapshot(tmp_path: Path) -> None:
     assert store.snapshots is False
 
 
-async def test_a_fan_out_worker_takes_the_snapshot_without_qc_limits(tmp_path: Path) -> None:
+async def test_a_fan_out_worker_takes_the_snapshot_without_qc_limits_or_documents(
+    tmp_path: Path,
+) -> None:
     data = tmp_path / "data"
     _, live = await stopped_network(data)
     opened: list[tuple[bool, dict[str, Any]]] = []
@@ -226,6 +228,8 @@ async def test_a_fan_out_worker_takes_the_snapshot_without_qc_limits(tmp_path: P
         try:
             opened.append((store.registry_from_snapshot, contents(reg)))
             assert len(reg.qc_limits.lo) < 8  # none kept
+            records = [*reg.sites.values(), *reg.devices_by_pk.values()]  # nor any document
+            assert records and not any(isinstance(r._stored, str) for r in records)  # noqa: SLF001
         finally:
             await store.close()
     assert [o[0] for o in opened] == [True, False]
@@ -366,3 +370,37 @@ async def test_a_snapshot_is_not_used_after_a_hand_edit_of_the_tables(
             assert again.registry.devices[(1, "d3")].type == "buoy"
     finally:
         await again.stop()
+
+
+async def test_a_worker_describes_a_record_the_database_no_longer_has(tmp_path: Path) -> None:
+    """Dropped by the writer before this process applied the drop: the record's own fields
+    make a valid document (never an error in the fan-out round that asked)."""
+    from streamgauge.domain.model import Device, Site
+    from streamgauge.domain.records import DeviceRec, SiteRec
+
+    data = tmp_path / "data"
+    await stopped_network(data)
+    reg = Registry()
+    store: Any = SQLITE_REPLICA.open_store(
+        Settings(data=data),
+        lambda _: None,  # type: ignore[arg-type,return-value]
+        reg,
+    )
+    await store.open(lambda batch: None)
+    try:
+        assert reg.docs is not None
+        p = reg.projects["p"].pk
+        site = Site.model_validate_json(reg.docs.site(SiteRec(10_000, p, stored='{"id":"x"}')))
+        assert (site.id, site.project) == ("x", "p")
+        gone = DeviceRec(10_000, p, stored='{"id":"y","site":"x","labels":{"k":"v"}}')
+        device = Device.model_validate_json(reg.docs.device(gone))
+        assert (device.id, device.project, device.site, device.labels) == (
+            "y",
+            "p",
+            "x",
+            {"k": "v"},
+        )
+        kept = reg.sites[(p, "s1")]
+        assert Site.model_validate_json(kept.stored).state == "UT"  # read from the database
+    finally:
+        await store.close()

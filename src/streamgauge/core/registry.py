@@ -39,8 +39,10 @@ from streamgauge.domain.model import Device, QCLimits, Variable
 from streamgauge.domain.readmodel import Tables
 from streamgauge.domain.records import AccountRec as AccountRec
 from streamgauge.domain.records import DeviceRec as DeviceRec
+from streamgauge.domain.records import DocSource as DocSource
 from streamgauge.domain.records import ProjectRec as ProjectRec
 from streamgauge.domain.records import SeriesRec as SeriesRec
+from streamgauge.domain.records import Shed
 from streamgauge.domain.records import SiteRec as SiteRec
 from streamgauge.domain.records import VariableRec as VariableRec
 from streamgauge.domain.records import series_prefix as series_prefix
@@ -568,6 +570,8 @@ _NOT_SNAPSHOT = frozenset(
         "derived",
         "version",
         "keeps_qc_limits",
+        "docs",
+        "_sheds",
         "latest",
         "qc_state",
     )
@@ -755,6 +759,11 @@ class Registry:
         # False: nothing checks this registry's series (a fan-out worker's: the writer runs
         # QC), so no limits are kept (41 bytes a series). Set before the registry is loaded.
         self.keeps_qc_limits = True
+        # None: each site's and device's document is kept (its JSON); a source: none is, and
+        # each is read from the source when asked (a fan-out worker's registry: 10 MB of its
+        # process with a 30,000-station network). Set before the registry is loaded.
+        self.docs: DocSource | None = None
+        self._sheds: dict[tuple[tuple[str, str], ...], Shed] = {}  # by labels (``_shed_device``)
         self.series_end = 1  # one past the highest series pk ever registered
         # Device indexes, so filters by type and label never walk every device:
         self.project_devices: dict[int, set[int]] = {}
@@ -831,6 +840,7 @@ class Registry:
             for pk, project_pk, doc in tables.sites:
                 rec = SiteRec(pk, project_pk, stored=doc)
                 self.sites[(project_pk, rec.id)] = rec
+                self._shed_site(rec)
             for pk, project_pk, doc in tables.devices:
                 old = self.devices_by_pk.get(pk)
                 if old is not None:
@@ -872,6 +882,11 @@ class Registry:
         with self._applying:
             vars(self).update({k: v for k, v in state.items() if k != _RECORDS})
             records.restore(self)
+            if self.docs is not None:  # a fan-out worker's: documents read when asked
+                for site in self.sites.values():
+                    self._shed_site(site)
+                for dev in self.devices_by_pk.values():
+                    self._shed_device(dev, _indexed(dev)[2])
             if not self.keeps_qc_limits:  # a fan-out worker's: the writer runs QC
                 self.qc_limits = qc.Limits()
             self.latest = _column(len(self.s_project), _NEVER)
@@ -1120,12 +1135,14 @@ class Registry:
         if rec is not None and rec.pk == e.pk:
             rec.doc = e.doc
         else:
-            self.sites[key] = SiteRec(e.pk, e.project_pk, e.doc)
+            rec = self.sites[key] = SiteRec(e.pk, e.project_pk, e.doc)
+        self._shed_site(rec)
         self._bump()
 
     def _site_stored(self, e: ev.SiteStored) -> None:
         rec = SiteRec(e.pk, e.project_pk, stored=e.doc)
         self.sites[(e.project_pk, rec.id)] = rec
+        self._shed_site(rec)
         self._bump()
 
     def _site_dropped(self, e: ev.SiteDropped) -> None:
@@ -1574,6 +1591,23 @@ class Registry:
             had.add(dev.pk)
         for key, value in labels.items():
             self.by_label.setdefault((dev.project_pk, key), {}).setdefault(value, set()).add(dev.pk)
+        self._shed_device(dev, labels)
+
+    def _shed_site(self, site: SiteRec) -> None:
+        """Drop ``site``'s document if this registry keeps none (``docs``)."""
+        if self.docs is not None:
+            site.shed(self.docs)
+
+    def _shed_device(self, dev: DeviceRec, labels: dict[str, str]) -> None:
+        """Drop ``dev``'s document if this registry keeps none (``docs``), keeping its labels
+        (as the label index has them) in a ``Shed`` shared by the devices with the same."""
+        if self.docs is None:
+            return
+        key = tuple(sorted(labels.items()))
+        shed = self._sheds.get(key)
+        if shed is None:
+            shed = self._sheds[key] = Shed(self.docs, labels)
+        dev.shed(shed)
 
     def _unindex(self, dev: DeviceRec) -> None:
         type_, site, labels = _indexed(dev)
@@ -1602,8 +1636,8 @@ class Registry:
 
 
 def _indexed(dev: DeviceRec) -> tuple[str | None, str | None, dict[str, str]]:
-    """The (type, site, labels) of a device (its labels read from its JSON)."""
-    labels = orjson.loads(dev.stored).get("labels") or {}
+    """The (type, site, labels) of a device (its labels from its JSON, or kept without it)."""
+    labels = dev.labels()
     return dev.type, dev.site, {_intern(k): _intern(v) for k, v in labels.items()}
 
 

@@ -22,6 +22,7 @@ from streamgauge.domain.qcstate import QCState
 from streamgauge.domain.records import (
     AccountRec,
     DeviceRec,
+    DocSource,
     ProjectRec,
     SeriesRec,
     SiteRec,
@@ -69,6 +70,11 @@ class ReadModel(Protocol):
 
     @property
     def qc_state(self) -> QCState: ...
+
+    # None: the sites' and devices' documents are kept; a source: none is, each is read from
+    # it when asked (a read-only view's registry, ``store/sqlite/replica.py``). Set before
+    # the registry is loaded.
+    docs: DocSource | None
 
     @property
     def projects(self) -> Mapping[str, ProjectRec]: ...

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -20,8 +20,10 @@ from streamgauge.domain.model import Device, Project, QCLimits, Role, Site, Vari
 __all__ = [
     "AccountRec",
     "DeviceRec",
+    "DocSource",
     "ProjectRec",
     "SeriesRec",
+    "Shed",
     "SiteRec",
     "VariableRec",
     "series_prefix",
@@ -46,12 +48,35 @@ def _device_doc(stored: str) -> Device:
     return Device.model_validate_json(stored)
 
 
+class DocSource(Protocol):
+    """Where a registry that keeps no documents reads a site's or device's JSON when asked
+    (``Registry.docs``: a fan-out worker's, which reads them from the database)."""
+
+    def site(self, rec: SiteRec) -> str: ...
+
+    def device(self, rec: DeviceRec) -> str: ...
+
+
+class Shed:
+    """What a device whose document is not kept holds instead: where to read it, and its
+    labels (the registry's label index needs the labels a device had when it changes or
+    goes). One is shared by every device with the same labels (``Registry``)."""
+
+    __slots__ = ("source", "labels")
+
+    def __init__(self, source: DocSource, labels: dict[str, str]) -> None:
+        self.source = source
+        self.labels = labels
+
+
 class SiteRec:
     """A site: its id, and its document kept as the JSON it is stored as. ``doc`` builds the
     model on demand (the last ``DOC_CACHE`` built are kept): a network has tens of thousands
-    of sites and a model with its strings weighs about 1.5 KB, its JSON a tenth of that."""
+    of sites and a model with its strings weighs about 1.5 KB, its JSON a tenth of that.
+    A registry that keeps no documents (``Registry.docs``) holds the ``DocSource`` instead
+    (``shed``), and ``stored`` reads the JSON from it."""
 
-    __slots__ = ("pk", "project_pk", "id", "stored")
+    __slots__ = ("pk", "project_pk", "id", "_stored")
 
     def __init__(
         self, pk: int, project_pk: int, doc: Site | None = None, *, stored: str = ""
@@ -63,7 +88,20 @@ class SiteRec:
             self.id = sys.intern(doc.id)
         else:
             self.id = sys.intern(orjson.loads(stored)["id"])
-        self.stored = stored
+        self._stored: str | DocSource = stored
+
+    @property
+    def stored(self) -> str:
+        found = self._stored
+        return found if isinstance(found, str) else found.site(self)
+
+    @stored.setter
+    def stored(self, stored: str) -> None:
+        self._stored = stored
+
+    def shed(self, source: DocSource) -> None:
+        """Keep no document: ``stored`` reads it from ``source`` from now on."""
+        self._stored = source
 
     @property
     def doc(self) -> Site:
@@ -72,7 +110,7 @@ class SiteRec:
     @doc.setter
     def doc(self, doc: Site) -> None:
         self.id = sys.intern(doc.id)
-        self.stored = doc.model_dump_json()
+        self._stored = doc.model_dump_json()
 
     def __repr__(self) -> str:
         return f"SiteRec(pk={self.pk}, project_pk={self.project_pk}, id={self.id!r})"
@@ -81,26 +119,49 @@ class SiteRec:
 class DeviceRec:
     """A device: its id, site and type (interned: what the hot paths ask), and its document
     kept as the JSON it is stored as (see ``SiteRec``; the registry's indexes by type, site
-    and label answer the questions about many devices)."""
+    and label answer the questions about many devices). Without its document (``shed``) it
+    holds a ``Shed``: where to read the JSON, and its labels."""
 
-    __slots__ = ("pk", "project_pk", "id", "site", "type", "stored")
+    __slots__ = ("pk", "project_pk", "id", "site", "type", "_stored")
 
     def __init__(
         self, pk: int, project_pk: int, doc: Device | None = None, *, stored: str = ""
     ) -> None:
         self.pk = pk
         self.project_pk = project_pk
+        self._stored: str | Shed
         if doc is not None:
             self.doc = doc
         else:
             d = orjson.loads(stored)
             self._fields(d["id"], d.get("site"), d.get("type"))
-            self.stored = stored
+            self._stored = stored
 
     def _fields(self, id_: str, site: str | None, type_: str | None) -> None:
         self.id = sys.intern(id_)
         self.site = None if site is None else sys.intern(site)
         self.type = None if type_ is None else sys.intern(type_)
+
+    @property
+    def stored(self) -> str:
+        found = self._stored
+        return found if isinstance(found, str) else found.source.device(self)
+
+    @stored.setter
+    def stored(self, stored: str) -> None:
+        self._stored = stored
+
+    def labels(self) -> dict[str, str]:
+        """The document's labels (of the kept JSON, or the ``Shed``'s: do not change them)."""
+        found = self._stored
+        if isinstance(found, Shed):
+            return found.labels
+        labels: dict[str, str] = orjson.loads(found).get("labels") or {}
+        return labels
+
+    def shed(self, shed: Shed) -> None:
+        """Keep no document: ``stored`` reads it from ``shed.source`` from now on."""
+        self._stored = shed
 
     @property
     def doc(self) -> Device:
@@ -109,7 +170,7 @@ class DeviceRec:
     @doc.setter
     def doc(self, doc: Device) -> None:
         self._fields(doc.id, doc.site, doc.type)
-        self.stored = doc.model_dump_json()
+        self._stored = doc.model_dump_json()
 
     def __repr__(self) -> str:
         return f"DeviceRec(pk={self.pk}, project_pk={self.project_pk}, id={self.id!r})"

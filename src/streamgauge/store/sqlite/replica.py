@@ -11,6 +11,9 @@ loss).
 snapshot), the metadata event and the cursor it is current at (``events_loaded``, ``head``), so
 the worker's metadata channel goes on from exactly there. The log state the writer needs (the
 series' latest times, QC state, the unindexed tail) is not loaded: this view judges no batch.
+Nor does its registry keep the sites' and devices' documents (``Registry.docs``, ``_Docs``):
+what a worker asks of them (a feed's station metadata, once per station) is read from the
+database when asked.
 """
 
 from __future__ import annotations
@@ -18,11 +21,17 @@ from __future__ import annotations
 import asyncio
 import gc
 import sqlite3
+import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
+
+import orjson
 
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import Unavailable
+from streamgauge.domain.readmodel import ReadModel
+from streamgauge.domain.records import DeviceRec, SiteRec
 from streamgauge.store.memory import release_free_memory
 from streamgauge.store.sqlite import metadata, retention, snapshot
 from streamgauge.store.sqlite.store import SqliteStore, Tx, _connect, _Stage
@@ -30,17 +39,75 @@ from streamgauge.store.sqlite.store import SqliteStore, Tx, _connect, _Stage
 T = TypeVar("T")
 
 
+class _Docs:
+    """The sites' and devices' documents of a registry that keeps none (``Registry.docs``),
+    read from the database when asked, on a connection of their own (any thread may ask: a
+    lock keeps them one at a time). A record the database no longer has (the writer dropped
+    it and this process has not applied that yet) is described by what the record holds."""
+
+    def __init__(self, path: Path, durability: str, registry: ReadModel) -> None:
+        self._path = path
+        self._durability = durability
+        self._registry = registry
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    def _read(self, table: str, pk: int) -> str | None:
+        with self._lock:
+            if self._conn is None:
+                self._conn = _connect(
+                    self._path, readonly=True, durability=self._durability, index=False
+                )
+            row = self._conn.execute(f"SELECT doc FROM {table} WHERE pk = ?", (pk,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _project_id(self, project_pk: int) -> str:
+        project = self._registry.projects_by_pk.get(project_pk)
+        return "" if project is None else project.doc.id
+
+    def site(self, rec: SiteRec) -> str:
+        found = self._read("sites", rec.pk)
+        if found is not None:
+            return found
+        doc = {"id": rec.id, "name": rec.id, "project": self._project_id(rec.project_pk)}
+        return orjson.dumps(doc).decode()
+
+    def device(self, rec: DeviceRec) -> str:
+        found = self._read("devices", rec.pk)
+        if found is not None:
+            return found
+        doc = {
+            "id": rec.id,
+            "project": self._project_id(rec.project_pk),
+            "site": rec.site,
+            "type": rec.type,
+            "name": rec.id,
+            "labels": rec.labels(),
+            "metadata": {},
+        }
+        return orjson.dumps(doc).decode()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
 class ReplicaStore(SqliteStore):
     """The embedded store's log, metadata and state, read-only, for a process that does not
     write. Its head is the last cursor it has read committed (``durable_head``)."""
 
     events_loaded = 0  # the metadata event the registry was loaded at (``open``)
+    _docs: _Docs | None = None
 
     async def open(self, publish: Callable[[Batch], None]) -> None:
         if not self.path.exists():
             raise Unavailable(f"no database at {self.path}: the writer process creates it")
         self._loop = asyncio.get_running_loop()
         self._publish = publish
+        self._docs = _Docs(self.path, self.durability, self.registry)
+        self.registry.docs = self._docs
 
         def opened() -> tuple[int, int, dict[int, int]]:
             # (Without the index file: the writer may not have made it yet on a first start.)
@@ -72,6 +139,8 @@ class ReplicaStore(SqliteStore):
             return
         self._closed = True
         await asyncio.to_thread(self._readers.shutdown, True)
+        if self._docs is not None:
+            self._docs.close()
 
     async def durable_head(self) -> int:
         """The last cursor the writer process committed (read from the database)."""
