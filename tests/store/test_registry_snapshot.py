@@ -404,3 +404,31 @@ async def test_a_worker_describes_a_record_the_database_no_longer_has(tmp_path: 
         assert Site.model_validate_json(kept.stored).state == "UT"  # read from the database
     finally:
         await store.close()
+
+
+async def test_equal_keys_of_sites_devices_and_by_site_are_one_tuple(tmp_path: Path) -> None:
+    """A station's site, its device of the same id and the device's ``by_site`` entry share
+    one key tuple, whether the registry was read from the tables or from the snapshot."""
+    data = tmp_path / "data"
+    engine = await open_engine(data)
+    try:
+        await populate(engine)
+        p = engine.metadata.project(ADMIN, "p", Action.READ)
+        await engine.metadata.create_sites(p, [SiteIn(id="st")])
+        await engine.metadata.create_devices(p, [DeviceIn(id="st", site="st")])
+    finally:
+        await engine.stop()
+    for from_snapshot in (True, False):
+        if not from_snapshot:
+            (data / snapshot.SNAPSHOT_NAME).unlink()
+        again = await open_engine(data)
+        try:
+            reg = again.registry
+            assert again.store.registry_from_snapshot is from_snapshot
+            site_keys = {k: k for k in reg.sites}
+            for key in [k for k in reg.by_site if k in site_keys] + [(1, "st")]:
+                assert key in site_keys
+                found = [k for k in (*reg.by_site, *reg.devices) if k == key]
+                assert found and all(k is site_keys[key] for k in found)
+        finally:
+            await again.stop()
