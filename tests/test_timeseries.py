@@ -445,9 +445,9 @@ def test_latest_after_a_restart_has_the_stored_rows_and_those_committed_while_lo
     for cls in (SqliteStore, PgStore):
         original = cls.latest_rows
 
-        async def slow(self: Any, original: Any = original) -> Any:
+        async def slow(self: Any, *args: Any, original: Any = original) -> Any:
             await asyncio.to_thread(gate.wait, 30)  # released by the test, after its commit
-            return await original(self)
+            return await original(self, *args)
 
         monkeypatch.setattr(cls, "latest_rows", slow)
     monkeypatch.setattr(timeseries, "LATEST_LOAD_DELAY_S", 0.0)  # loading from the start

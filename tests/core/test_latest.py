@@ -68,3 +68,21 @@ def test_rows_loaded_after_newer_commits_do_not_replace_them() -> None:
     assert held(latest, 1, 2, 3) == [(10, 1, 50, 5.0, 10), (11, 2, 60, 6.0, 11), (6, 3, 30, 2.0, 6)]
     latest.update(batch([(12, 4, 70, 8.0)]))  # as new, committed later: replaces
     assert held(latest, 4) == [(12, 4, 70, 8.0, 12)]
+
+
+def test_room_reserved_for_a_load_is_made_once_and_keeps_what_is_held() -> None:
+    """``reserve`` before a load: the columns sized at once (not grown by doubling), rows
+    held before it kept, and a smaller reserve changes nothing."""
+    latest = LatestRows()
+    latest.update(batch([(1, 5, 10, 2.5), (2, 7, 10, "x")]))
+    latest.reserve(180_001)
+    assert {len(c) for c in (latest.time, latest.cursor, latest.qc, latest.value)} == {180_001}
+    latest.reserve(10)
+    assert len(latest.time) == 180_001
+    latest.update(batch([(3, 180_000, 10, 1.0)]))  # the top pk fits without growing
+    assert len(latest.time) == 180_001
+    assert held(latest, 5, 7, 180_000) == [
+        (1, 5, 10, 2.5, 1),
+        (2, 7, 10, "x", 2),
+        (3, 180_000, 10, 1.0, 3),
+    ]

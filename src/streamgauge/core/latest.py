@@ -31,11 +31,17 @@ class LatestRows:
         self.value = np.zeros(1024, np.float64)
         self.others: dict[int, Value] = {}
 
-    def _capacity(self, top: int) -> None:
+    def reserve(self, size: int) -> None:
+        """Room for series pks below ``size`` at once (before a load of that many: grown by
+        doubling, each step's copy left the heap with holes it did not give back)."""
+        if size > len(self.time):
+            self._capacity(size - 1, exact=True)
+
+    def _capacity(self, top: int, exact: bool = False) -> None:
         size = len(self.time)
         if top < size:
             return
-        grown = max(top + 1, size * 2)
+        grown = top + 1 if exact else max(top + 1, size * 2)
         self.time = np.concatenate([self.time, np.full(grown - size, _NEVER, np.int64)])
         self.cursor = np.concatenate([self.cursor, np.zeros(grown - size, np.int64)])
         self.qc = np.concatenate([self.qc, np.zeros(grown - size, np.int64)])

@@ -223,8 +223,9 @@ class TimeSeriesLog(Protocol):
         ``plan`` returns given those summaries."""
         ...
 
-    async def latest_rows(self) -> Batch:
-        """Every series' newest stored row (greatest time), in series order."""
+    async def latest_rows(self, lo: int = 0, hi: int | None = None) -> Batch:
+        """The newest stored row (greatest time) of every series whose pk is in ``[lo, hi)``
+        (``hi`` None: no upper bound), in series order."""
         ...
 
     async def newest_passing(self, series: Sequence[int], qc_remove: int) -> Batch:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import Conflict, Unavailable
 from streamgauge.store.api import HistoryQuery
 from tests.store.conformance.harness import NAMES, Harness, cols, fresh, rows, seed
@@ -257,3 +258,27 @@ async def _random_batches(name: str, batches: list[list[Row]]) -> None:
             assert [(by_series[sr], t, x) for _, sr, t, x in got] == log
         finally:
             await h.close()
+
+
+async def test_latest_rows_of_a_series_range(backend: Harness) -> None:
+    """``latest_rows(lo, hi)``: the newest row of each series with a pk in ``[lo, hi)``; the
+    ranges that cover every pk give together what one read of all gives (the latest-row
+    cache loads a range at a time)."""
+    s = await seed(backend)
+    v = s.var
+    store = backend.store
+    await store.append(cols(s.project_pk, [v["d0.t"]] * 3, [1000, 3000, 2000], [1.0, 3.0, 2.0]))
+    await store.append(cols(s.project_pk, [v["d0.w"], v["d1.t"]], [500, 700], ["x", None]))
+    await store.append(cols(s.other_pk, [s.other_var], [900], [9.0]))
+
+    def newest(b: Batch) -> list[tuple[int, int, object]]:
+        return list(zip(b.series.tolist(), b.times.tolist(), b.values, strict=True))
+
+    everything = newest(await store.latest_rows())
+    pks = sorted(r[0] for r in everything)
+    assert len(pks) == 4 and (v["d0.t"], 3000, 3.0) in everything
+    cut = pks[1] + 1  # two series below, two from here on
+    low, high = await store.latest_rows(0, cut), await store.latest_rows(cut)
+    assert [r[0] for r in newest(low)] == pks[:2]
+    assert newest(low) + newest(high) == everything
+    assert newest(await store.latest_rows(pks[-1] + 1)) == []

@@ -833,9 +833,10 @@ class PgStore:
 
         return await self.read(run, key=project_pk)
 
-    async def latest_rows(self) -> Batch:
-        """Every series' newest stored row (its greatest time), in series order: one index
-        seek per series."""
+    async def latest_rows(self, lo: int = 0, hi: int | None = None) -> Batch:
+        """The newest stored row (its greatest time) of every series whose pk is in
+        ``[lo, hi)``, in series order: one index seek per series."""
+        top = hi if hi is not None else 1 << 62
 
         def run(conn: Conn) -> Batch:
             with _snapshot(conn):
@@ -844,7 +845,7 @@ class PgStore:
                     "FROM unnest(%s::int8[]) s(pk) CROSS JOIN LATERAL ("
                     "SELECT * FROM obs WHERE series = s.pk ORDER BY time DESC LIMIT 1) o "
                     "ORDER BY o.series",
-                    (_log_series(conn),),
+                    (_log_series(conn, lo, top),),
                 ).fetchall()
             return _batch(0, rows)
 
@@ -1010,17 +1011,18 @@ def _forget_series(reg: ReadModel, created: list[tuple[int, int, int, int, int]]
         reg.apply(SeriesDropped(row[0]))
 
 
-def _log_series(conn: Conn) -> list[int]:
-    """Every series the log has rows of (deleted series' too), by a skip scan of the (series,
-    time) index: one index seek per series, never a scan of the log."""
+def _log_series(conn: Conn, lo: int = 0, hi: int = 1 << 62) -> list[int]:
+    """Every series in ``[lo, hi)`` the log has rows of (deleted series' too), by a skip scan
+    of the (series, time) index: one index seek per series, never a scan of the log."""
     return [
         int(r[0])
         for r in conn.execute(
             "WITH RECURSIVE s(series) AS ("
-            "(SELECT series FROM obs ORDER BY series LIMIT 1) UNION ALL "
+            "(SELECT series FROM obs WHERE series >= %s ORDER BY series LIMIT 1) UNION ALL "
             "SELECT (SELECT o.series FROM obs o WHERE o.series > s.series"
-            " ORDER BY o.series LIMIT 1) FROM s WHERE s.series IS NOT NULL) "
-            "SELECT series FROM s WHERE series IS NOT NULL"
+            " ORDER BY o.series LIMIT 1) FROM s WHERE s.series < %s) "
+            "SELECT series FROM s WHERE series IS NOT NULL AND series < %s",
+            (lo, hi, hi),
         )
     ]
 
