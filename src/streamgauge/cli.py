@@ -128,6 +128,9 @@ def _serve(
     store: str | None = None,
     workers: int | None = None,
 ) -> None:
+    from streamgauge.store.memory import tune_allocator
+
+    tune_allocator()  # before any thread: what a serving process frees goes back
     overrides: dict[str, object] = {"data": data}
     if workers is not None:
         overrides["workers"] = workers

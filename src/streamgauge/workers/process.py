@@ -30,6 +30,7 @@ from streamgauge.app import create_app, server_options
 from streamgauge.bus.local import LocalBus
 from streamgauge.config import Settings
 from streamgauge.core.engine import load_admin_token
+from streamgauge.store.memory import tune_allocator
 from streamgauge.workers import routing
 from streamgauge.workers.asgi import Tagged
 from streamgauge.workers.engine import WorkerEngine
@@ -224,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=2)  # processes serving the port
     parser.add_argument("--feed", action="store_true")  # the push feed served in workers
     args = parser.parse_args(argv)
+    tune_allocator()  # as the writer process does (``cli._serve``)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings(data=args.data, workers=1, mqtt=None)
     token = load_admin_token(settings)[0]  # the writer made it (or the environment has it)
