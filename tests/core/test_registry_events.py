@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import streamgauge
 from streamgauge.auth import Action, Principal
 from streamgauge.config import Settings
+from streamgauge.core.domain import site_columns
 from streamgauge.core.engine import Engine
 from streamgauge.core.registry import DeviceRec, ProjectRec, Registry, SiteRec
 from streamgauge.domain import events as ev
@@ -861,6 +862,11 @@ class _LiveDocs:
         self.reads += 1
         return next(s.stored for s in self.reg.sites.values() if s.pk == rec.pk)
 
+    def sites(self, recs: Sequence[SiteRec]) -> list[str]:
+        self.reads += 1
+        by_pk = {s.pk: s.stored for s in self.reg.sites.values()}
+        return [by_pk[rec.pk] for rec in recs]
+
     def device(self, rec: DeviceRec) -> str:
         self.reads += 1
         return self.reg.devices_by_pk[rec.pk].stored
@@ -901,3 +907,10 @@ async def test_a_registry_that_keeps_no_documents_holds_the_same_metadata(
     assert source.reads > 0
     assert docless.devices_with_label(p.pk, "k", "z") == {reg.devices[(p.pk, "d0")].pk}
     assert docless.devices_with_label(p.pk, "k", "1") == set()  # d1 has none now, d3 moved
+    # The place filters' site columns: every document in one read, the same columns.
+    reads = source.reads
+    mine, theirs = site_columns(docless, p.pk), site_columns(reg, p.pk)
+    assert source.reads == reads + 1
+    assert (mine.ids, mine.attrs["state"].tolist()) == (theirs.ids, theirs.attrs["state"].tolist())
+    assert mine.ids == ["s1"] and mine.attrs["state"].tolist() == ["UT"]
+    assert np.array_equal(mine.lat, theirs.lat) and np.isnan(mine.lon).all()

@@ -1066,6 +1066,12 @@ class Registry:
 
     # -- reads ----------------------------------------------------------------------------------
 
+    def site_documents(self, recs: Sequence[SiteRec]) -> list[str]:
+        """The stored JSON of each of ``recs`` (read at once when this registry keeps none)."""
+        if self.docs is None:
+            return [site.stored for site in recs]
+        return self.docs.sites(recs)
+
     def devices_at(self, project_pk: int, site: str) -> set[int]:
         found = self.by_site.get((project_pk, site))
         return {found} if isinstance(found, int) else set() if found is None else found

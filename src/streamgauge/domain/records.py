@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -53,6 +54,10 @@ class DocSource(Protocol):
     (``Registry.docs``: a fan-out worker's, which reads them from the database)."""
 
     def site(self, rec: SiteRec) -> str: ...
+
+    def sites(self, recs: Sequence[SiteRec]) -> list[str]:
+        """The documents of ``recs``, in their order (one read for many)."""
+        ...
 
     def device(self, rec: DeviceRec) -> str: ...
 

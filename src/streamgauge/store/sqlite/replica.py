@@ -22,7 +22,7 @@ import asyncio
 import gc
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -52,13 +52,21 @@ class _Docs:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
 
+    def _connection(self) -> sqlite3.Connection:
+        """The connection (under the lock)."""
+        if self._conn is None:
+            self._conn = _connect(
+                self._path, readonly=True, durability=self._durability, index=False
+            )
+        return self._conn
+
     def _read(self, table: str, pk: int) -> str | None:
         with self._lock:
-            if self._conn is None:
-                self._conn = _connect(
-                    self._path, readonly=True, durability=self._durability, index=False
-                )
-            row = self._conn.execute(f"SELECT doc FROM {table} WHERE pk = ?", (pk,)).fetchone()
+            row = (
+                self._connection()
+                .execute(f"SELECT doc FROM {table} WHERE pk = ?", (pk,))
+                .fetchone()
+            )
         return None if row is None else str(row[0])
 
     def _project_id(self, project_pk: int) -> str:
@@ -71,6 +79,19 @@ class _Docs:
             return found
         doc = {"id": rec.id, "name": rec.id, "project": self._project_id(rec.project_pk)}
         return orjson.dumps(doc).decode()
+
+    def sites(self, recs: Sequence[SiteRec]) -> list[str]:
+        pks = orjson.dumps([rec.pk for rec in recs]).decode()
+        with self._lock:
+            found = dict(
+                self._connection()
+                .execute(
+                    "SELECT s.pk, s.doc FROM json_each(?) j JOIN sites s ON s.pk = j.value",
+                    (pks,),
+                )
+                .fetchall()
+            )
+        return [str(found[rec.pk]) if rec.pk in found else self.site(rec) for rec in recs]
 
     def device(self, rec: DeviceRec) -> str:
         found = self._read("devices", rec.pk)
