@@ -16,6 +16,7 @@ from streamgauge.auth import Action
 from streamgauge.config import Settings
 from streamgauge.core.engine import Engine
 from streamgauge.core.registry import _NOT_SNAPSHOT, Registry
+from streamgauge.domain.errors import Unavailable
 from streamgauge.domain.model import DeviceIn, ProjectIn, QCLimits, SiteIn, VariableIn
 from streamgauge.store.factory import DB_NAME, SQLITE_REPLICA
 from streamgauge.store.sqlite import metadata, snapshot
@@ -404,6 +405,8 @@ async def test_a_worker_describes_a_record_the_database_no_longer_has(tmp_path: 
         assert Site.model_validate_json(kept.stored).state == "UT"  # read from the database
     finally:
         await store.close()
+    with pytest.raises(Unavailable):  # closed with the store, not opened again
+        reg.sites[(p, "s1")].stored  # noqa: B018
 
 
 async def test_equal_keys_of_sites_devices_and_by_site_are_one_tuple(tmp_path: Path) -> None:

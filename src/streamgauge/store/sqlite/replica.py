@@ -12,8 +12,8 @@ snapshot), the metadata event and the cursor it is current at (``events_loaded``
 the worker's metadata channel goes on from exactly there. The log state the writer needs (the
 series' latest times, QC state, the unindexed tail) is not loaded: this view judges no batch.
 Nor does its registry keep the sites' and devices' documents (``Registry.docs``, ``_Docs``):
-what a worker asks of them (a feed's station metadata, once per station) is read from the
-database when asked.
+what a worker asks of them (a feed's station metadata, once per station; the place filters'
+site columns, all of a project's sites at once) is read from the database when asked.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from streamgauge.store.sqlite.store import SqliteStore, Tx, _connect, _Stage
 
 T = TypeVar("T")
 
+DOCS_CACHE_KIB = 256  # the documents' connection's page cache (``_Docs``)
+
 
 class _Docs:
     """The sites' and devices' documents of a registry that keeps none (``Registry.docs``),
@@ -51,13 +53,16 @@ class _Docs:
         self._registry = registry
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._closed = False
 
     def _connection(self) -> sqlite3.Connection:
-        """The connection (under the lock)."""
+        """The connection (under the lock), with a small page cache: reads by primary key."""
+        if self._closed:
+            raise Unavailable("the store is closed")
         if self._conn is None:
-            self._conn = _connect(
-                self._path, readonly=True, durability=self._durability, index=False
-            )
+            conn = _connect(self._path, readonly=True, durability=self._durability, index=False)
+            conn.execute(f"PRAGMA cache_size=-{DOCS_CACHE_KIB}")
+            self._conn = conn
         return self._conn
 
     def _read(self, table: str, pk: int) -> str | None:
@@ -110,6 +115,7 @@ class _Docs:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
