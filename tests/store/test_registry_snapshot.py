@@ -209,6 +209,17 @@ async def test_a_cluster_node_keeps_no_snapshot(tmp_path: Path) -> None:
     assert store.snapshots is False
 
 
+async def open_replica(data: Path, reg: Registry) -> Any:
+    """A fan-out worker's read-only store of ``data``, open, loading ``reg``."""
+    store: Any = SQLITE_REPLICA.open_store(
+        Settings(data=data),
+        lambda _: None,  # type: ignore[arg-type,return-value]
+        reg,
+    )
+    await store.open(lambda batch: None)
+    return store
+
+
 async def test_a_fan_out_worker_takes_the_snapshot_without_qc_limits_or_documents(
     tmp_path: Path,
 ) -> None:
@@ -220,12 +231,7 @@ async def test_a_fan_out_worker_takes_the_snapshot_without_qc_limits_or_document
             (data / snapshot.SNAPSHOT_NAME).unlink()
         reg = Registry()
         reg.keeps_qc_limits = False
-        store: Any = SQLITE_REPLICA.open_store(
-            Settings(data=data),
-            lambda _: None,  # type: ignore[arg-type,return-value]
-            reg,
-        )
-        await store.open(lambda batch: None)
+        store = await open_replica(data, reg)
         try:
             opened.append((store.registry_from_snapshot, contents(reg)))
             assert len(reg.qc_limits.lo) < 8  # none kept
@@ -382,12 +388,7 @@ async def test_a_worker_describes_a_record_the_database_no_longer_has(tmp_path: 
     data = tmp_path / "data"
     await stopped_network(data)
     reg = Registry()
-    store: Any = SQLITE_REPLICA.open_store(
-        Settings(data=data),
-        lambda _: None,  # type: ignore[arg-type,return-value]
-        reg,
-    )
-    await store.open(lambda batch: None)
+    store = await open_replica(data, reg)
     try:
         assert reg.docs is not None
         p = reg.projects["p"].pk
