@@ -3,6 +3,7 @@ user set them), and free pages given back."""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -57,12 +58,14 @@ def test_without_glibc_nothing_is_done(monkeypatch: pytest.MonkeyPatch) -> None:
     memory.release_free_memory()  # a no-op
 
 
-def test_the_real_allocator_takes_them_and_gives_free_pages_back() -> None:
-    """On Linux's C library (glibc: CI's), both calls are accepted."""
-    if not sys.platform.startswith("linux"):
-        pytest.skip("glibc's allocator: Linux only")
+def test_the_real_allocator_takes_them_and_gives_free_pages_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """glibc (CI's, on Linux) accepts both thresholds; elsewhere nothing is tuned."""
+    for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"):
+        monkeypatch.delenv(name, raising=False)
     real: Any = memory._libc.__wrapped__()  # noqa: SLF001 - the uncached lookup
-    assert real is not None
-    assert real.mallopt(memory.M_MMAP_THRESHOLD, memory.MMAP_THRESHOLD) == 1
-    assert real.mallopt(memory.M_TRIM_THRESHOLD, memory.TRIM_THRESHOLD) == 1
+    if sys.platform.startswith("linux") and os.environ.get("CI"):
+        assert real is not None  # Debian's glibc
+    assert memory.tune_allocator() is (real is not None)
     memory.release_free_memory()
