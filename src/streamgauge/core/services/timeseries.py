@@ -44,8 +44,9 @@ log = logging.getLogger("streamgauge.timeseries")
 # go first), or as soon as a read or retention needs them.
 LATEST_LOAD_DELAY_S = 2.0
 # Series the latest rows are loaded for at a time (``TimeSeriesLog.latest_rows``): the rows of
-# a whole network at once, a Python object each on the way, left memory behind (20 MB of a
-# 30,000-station writer's, freed but never given back: the heap's arenas were shared).
+# a whole network at once, a Python object each on the way, left memory behind that was freed
+# but not given back (with the readers' page caches the load filled, 20 MB of a 30,000-station
+# writer's).
 LATEST_CHUNK = 16_384
 DAY_MS = 86_400_000
 

@@ -130,8 +130,6 @@ _LATEST_INDEXED = "SELECT s.pk, (SELECT max(time) FROM obs_index WHERE series = 
 _TOP_SERIES_INDEXED = (
     "SELECT series, max(time) FROM obs_index WHERE series = (SELECT max(series) FROM obs_index)"
 )
-# Each series' newest indexed row: its cursor by one seek of the index per series, then the
-# rows by cursor, in cursor order (``json_each`` of the sorted cursors).
 # The indexed newest row of each series of a pk range (one index seek per series).
 _NEWEST_INDEXED = (
     "SELECT o.cursor, o.series, o.time, o.value, o.qc FROM series s JOIN obs o ON o.cursor = ("
