@@ -1342,10 +1342,8 @@ class SqliteStore:
 
     async def latest_rows(self, lo: int = 0, hi: int | None = None) -> Batch:
         """The newest stored row (its greatest time) of every series whose pk is in
-        ``[lo, hi)``, in series order. The latest-row cache loads a range at a time
-        (``services.timeseries.LATEST_CHUNK``): a Python object per row of the whole network
-        at once (the cursors, then the values) left about 20 MB of a 30,000-station writer's
-        memory behind, freed but not given back."""
+        ``[lo, hi)``, in series order (the latest-row cache loads a range at a time: see
+        ``services.timeseries.LATEST_CHUNK``)."""
         top = hi if hi is not None else 1 << 62
 
         def run(conn: sqlite3.Connection) -> Batch:
