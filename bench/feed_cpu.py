@@ -64,6 +64,7 @@ class Session:
         )
         self.sub.selection.compile()
         self.sub.sink = self.direct
+        self.sub.state = self.meta  # for the framing's ``prepare`` (as the feed's stream)
 
     def direct(self, items: list[Item], position: int) -> bool:
         if items:

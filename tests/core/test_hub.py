@@ -13,7 +13,7 @@ from streamgauge.core import hub as hub_module
 from streamgauge.core.filterlang import parse_filter_on
 from streamgauge.core.filters import CompiledSelection, Selection
 from streamgauge.core.framing import NDJSON, SSE, Framing
-from streamgauge.core.hub import SOLO_ROWS, STACK_MIN, Hub, Item, Subscription
+from streamgauge.core.hub import SOLO_ROWS, STACK_MIN, Cells, Hub, Item, Subscription
 from streamgauge.core.registry import Registry
 from streamgauge.core.units import METRIC
 from streamgauge.domain.batch import Batch, merge_commits
@@ -523,3 +523,58 @@ async def test_flush_finishes_a_round_in_progress_and_the_queued_batches(
     assert all([(i.first, i.last) for i in s.queue] == [(1, 1), (2, 2)] for s in subs)
     await asyncio.sleep(0)  # the scheduled pass finds nothing left
     assert all(len(s.queue) == 2 for s in subs) and hub.fanouts == 2
+
+
+def test_a_stacked_round_renders_each_subscriber_as_alone_and_prepares_once() -> None:
+    """A round of ``STACK_MIN`` subscribers or more takes each one's rows from the round's
+    ``Cells``: the same items (cursors, counts, series, messages, split by ``max_rows``) as the
+    subscriber's own ``render``, cursors with gaps included. A framing's ``prepare`` is called
+    once per round, before any subscriber is offered it, and one that fails stops nothing."""
+    reg = registry()
+    hub = Hub()
+    calls: list[tuple[int, int]] = []
+
+    def prepare(batch: Batch, cells: Cells) -> None:
+        assert all(not s.queue for s in cells.subs)  # before any subscriber is offered it
+        calls.append((batch.first, len(cells.subs)))
+        raise RuntimeError("a face's bug")
+
+    framing = dataclasses.replace(
+        NDJSON,
+        name="wrapped",
+        max_rows=2,
+        with_series=True,
+        wrap=lambda data, first, last: b"%d-%d:" % (first, last) + data,
+        prepare=prepare,
+    )
+    kinds = [
+        Selection(1),
+        Selection(1, variables=frozenset({"air_temp"})),
+        Selection(1, variables=frozenset({"wind_speed"})),
+        Selection(1, expr=parse_filter_on("(air_temp > 4)")),
+    ]
+    subs = [sub(reg, kinds[i % len(kinds)], framing) for i in range(STACK_MIN + 2)]
+    for s in subs:
+        hub.subscribe(s)
+    b = batch([1, 2, 3, 1, 2, 3, 1], first=1)
+    b.cursors[:] = [3, 4, 9, 10, 11, 20, 31]  # gaps: other projects' rows between
+    b.values[:] = [0.0, 1.0, 2.0, 5.0, 4.0, 6.0, 1.0]
+    alone = dataclasses.replace(b, derived={})
+    expected = [
+        [
+            (i.first, i.last, i.count, i.data, i.series.tolist())
+            for i in s.render(alone)
+            if i.series is not None
+        ]
+        for s in subs
+    ]
+    hub.publish(b)
+    assert calls == [(3, len(subs))]
+    assert hub._stacks  # the round used the stack
+    for s, want in zip(subs, expected, strict=True):
+        got = [
+            (i.first, i.last, i.count, i.data, i.series.tolist())
+            for i in s.queue
+            if i.series is not None
+        ]
+        assert got == want and got

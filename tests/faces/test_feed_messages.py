@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamgauge.core.batch import qc_names
-from streamgauge.core.hub import Item
+from streamgauge.core.hub import Cells, Item
 from streamgauge.core.registry import Registry
 from streamgauge.core.units import METRIC
 from streamgauge.domain import events as ev
@@ -28,6 +28,7 @@ from streamgauge.faces.synoptic.messages import (
     encode_rows,
     iso_date_of,
     merge_items,
+    prepare,
     station,
 )
 from tests.core.test_filters import Builder
@@ -265,3 +266,80 @@ def test_rows_name_the_station_and_sensor_of_their_series(rows: list[tuple[int, 
             "value": i / 4,
             "qc": qc_names(k & 1),
         }
+
+
+SESSIONS = 18  # at least the hub's STACK_MIN: a round that checks every session at once
+
+
+class _Sub:
+    """What ``prepare`` reads of a hub subscription."""
+
+    def __init__(self, meta: Metadata) -> None:
+        self.state = meta
+        self.sink: object | None = lambda items, position: True
+        self.overflowed = False
+        self.closed: str | None = None
+
+
+_round = st.tuples(
+    st.lists(st.integers(-1, 24), min_size=1, max_size=30),  # the batch's series pks
+    st.integers(0, 2**32 - 1),  # which rows each session picks
+    st.sets(st.integers(0, SESSIONS - 1)),  # sessions whose connection cannot take the round
+    st.sets(st.integers(0, SESSIONS - 1)),  # sessions that send their queued items first
+    st.booleans(),  # the registry changes between the check and the sending
+)
+
+
+@given(st.lists(_round, min_size=1, max_size=8))
+def test_a_round_checked_at_once_describes_as_item_by_item(
+    rounds: list[tuple[list[int], int, set[int], set[int], bool]],
+) -> None:
+    """``prepare`` (every session of a round at once) gives each session the metadata message
+    that checking its items one by one gives, whatever comes between: rounds queued because the
+    connection was full and sent later merged, a registry change before the sending, sessions
+    without metadata, rows of no series."""
+    reg, _ = _registry()
+    at_once = [Metadata(reg, METRIC, enabled=i % 7 != 3) for i in range(SESSIONS)]
+    one_by_one = [Metadata(reg, METRIC, enabled=i % 7 != 3) for i in range(SESSIONS)]
+    subs = [_Sub(meta) for meta in at_once]
+    queued: list[list[Item]] = [[] for _ in range(SESSIONS)]
+    cursor = 1
+
+    def send(i: int, items: list[Item]) -> None:
+        for item in items:
+            assert at_once[i].message(item) == one_by_one[i].message(item)
+
+    for series, seed, declined, drained, changed in rounds:
+        for i in sorted(drained):  # a session's task sends its queue (``_Sender.chunk``)
+            send(i, merge_items(queued[i], 1000))
+            queued[i] = []
+        for i, sub in enumerate(subs):  # a sink is given again only with an empty queue
+            sub.sink = None if queued[i] else (lambda items, position: True)
+        n = len(series)
+        batch = Batch(
+            1,
+            np.arange(cursor, cursor + n, dtype=np.int64),
+            np.array(series, np.int64),
+            np.full(n, 1_700_000_000_000, np.int64),
+            [0.0] * n,
+            np.zeros(n, np.int64),
+        )
+        cursor += n
+        masks = np.random.default_rng(seed).random((SESSIONS, n)) < 0.5
+        cells = Cells(batch, masks, subs)  # type: ignore[arg-type]
+        prepare(batch, cells)
+        if changed:
+            reg.version += 1
+        for i in range(SESSIONS):
+            picked = np.flatnonzero(masks[i])
+            if not len(picked):
+                continue
+            first, last = int(batch.cursors[picked[0]]), int(batch.cursors[picked[-1]])
+            data = data_message(b"{},", first, last)
+            item = Item(first, last, len(picked), data, 0, batch.series[picked])
+            if subs[i].sink is None or i in declined:
+                queued[i].append(item)
+            else:
+                send(i, [item])
+    for i in range(SESSIONS):
+        send(i, merge_items(queued[i], 1000))

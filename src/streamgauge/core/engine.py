@@ -732,6 +732,7 @@ class Engine:
         units: UnitSystem = METRIC,
         direct: Sink | None = None,
         keepalives: bool = True,
+        state: object = None,
     ) -> AsyncGenerator[Chunk | Keepalive | Closed, None]:
         """A subscription as events, for faces to frame: chunks of matching rows after
         ``since`` (live only if None; catch-up from the store first, then live, without gap or
@@ -744,7 +745,10 @@ class Engine:
         rows do not pass through here. What it raises is raised here.
 
         ``keepalives=False``: no ``Keepalive`` events (a WebSocket face has protocol pings), so
-        the keepalive clock never wakes this stream's task."""
+        the keepalive clock never wakes this stream's task.
+
+        ``state``: the face's per-subscriber state, for its framing's ``prepare`` (the feed's
+        ``Metadata``)."""
         s = self.settings
         warm_units(units)  # pint's registry now, not in a fan-out round every stream waits on
         sub = Subscription(
@@ -755,6 +759,7 @@ class Engine:
             units,
         )
         sub.keepalives = keepalives
+        sub.state = state
         sub.selection.compile()  # now, not on the first publish that all subscribers share
         self.hub.subscribe(sub)
         handoff = Handoff(last=self.head if since is None else since)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from streamgauge.wire import framing as frames
 
 if TYPE_CHECKING:
+    from streamgauge.core.hub import Cells
     from streamgauge.core.registry import Registry
     from streamgauge.core.units import UnitSystem
     from streamgauge.domain.batch import Batch
@@ -27,7 +28,9 @@ class Framing:
     ``max_rows`` bounds the rows of one queued item (a face's message size); ``wrap`` turns an
     item's joined rows into its message (given the first and last cursor), once per item, shared
     by the subscribers whose masks agree; ``with_series`` keeps the picked rows' series pks on each
-    item (for per-connection metadata)."""
+    item (for per-connection metadata). ``prepare``, if given, is called once per fan-out round
+    that computed every subscriber's rows at once (``hub.Cells``), before any of them is offered
+    the round: a face's per-connection work for all its subscribers of the round at once."""
 
     name: str
     media_type: str
@@ -40,6 +43,7 @@ class Framing:
     max_rows: int = 0  # 0: unbounded
     wrap: Callable[[bytes, int, int], bytes] | None = None
     with_series: bool = False
+    prepare: Callable[[Batch, Cells], None] | None = None
 
     def rows(self, batch: Batch, registry: Registry, units: UnitSystem) -> list[bytes]:
         """The framed rows of ``batch`` (cached on the batch per form and units)."""

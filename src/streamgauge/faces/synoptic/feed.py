@@ -496,7 +496,13 @@ class SessionConsumer(Consumer):
                 return CLOSE_DONE, "the requested period has been sent"
             framing = feed_framing(engine.settings.feed_message_rows, args.timeformat)
             events = engine.events(
-                selection, framing, session.position, select.units, sender.sink, keepalives=False
+                selection,
+                framing,
+                session.position,
+                select.units,
+                sender.sink,
+                keepalives=False,
+                state=meta,
             )
             async with contextlib.aclosing(events):
                 async for event in events:
