@@ -85,6 +85,22 @@ class MessageWriter:
         """Frames made by ``text_frame`` may be written as they are: no extension negotiated."""
         return not self._protocol.conn.extensions
 
+    @property
+    def ready(self) -> bool:
+        """``raw``, open and not ``paused``: frames made by ``text_frame`` may be written now
+        (``write_ready``). One look instead of four, a thousand connections a fan-out round."""
+        p = self._protocol
+        return (
+            p.writable.is_set()
+            and not (p.close_sent or p.disconnected or p.conn.extensions)
+            and p.conn.state is State.OPEN
+            and not p.transport.is_closing()
+        )
+
+    def write_ready(self, frames: bytes) -> None:
+        """``write`` just after ``ready`` said True (nothing ran in between)."""
+        self._protocol.transport.write(frames)
+
     def write(self, frames: bytes) -> bool:
         """Write frames made by ``text_frame`` (only when ``raw``) in one go; False if the
         connection is closing or closed (nothing is written then)."""

@@ -174,6 +174,12 @@ class _Sender:
         if items:
             writer = self._writer
             assert writer is not None  # the sink is given only with a writer
+            if writer.ready:
+                if not self._alive():
+                    return False
+                writer.write_ready(round_frames(items, self._meta, self._rows))
+                self._feeds.moved(self._session, position)
+                return True
             if writer.paused or not writer.open or not self._alive():
                 return False
             if writer.raw:

@@ -372,13 +372,9 @@ def _item_keys(reg: Registry, item: Item) -> _ItemKeys:
 
 def _metadata_message(reg: Registry, units: list[dict[str, str]], fresh: list[int]) -> bytes:
     known = _Stations.of(reg)
-    return (
-        b'{"type":"metadata","units":'
-        + orjson.dumps(units)
-        + b',"stations":['
-        + b",".join([known.station_json(reg, n) for n in fresh])
-        + b"]}"
-    )
+    described = known.json  # (each made on first use)
+    stations = b",".join([described[n] or known.station_json(reg, n) for n in fresh])
+    return b'{"type":"metadata","units":%s,"stations":[%s]}' % (orjson.dumps(units), stations)
 
 
 def _series_of_sensor(reg: Registry, item: Item, code: int) -> int:
