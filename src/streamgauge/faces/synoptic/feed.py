@@ -180,19 +180,18 @@ class _Sender:
                 writer.write_ready(round_frames(items, self._meta, self._rows))
                 self._feeds.moved(self._session, position)
                 return True
-            if writer.paused or not writer.open or not self._alive():
+            if writer.paused or not writer.open or not self._alive() or writer.raw:
+                # (raw, open and not paused, yet not ready: the closing handshake has begun,
+                # nothing would be written; the session must not move past these rows)
                 return False
-            if writer.raw:
-                writer.write(round_frames(items, self._meta, self._rows))
-                self._feeds.moved(self._session, position)
-                return True
             messages: list[bytes] = []
             for item in merge_items(items, self._rows):
                 described = self._meta.message(item)
                 if described is not None:
                     messages.append(described)
                 messages.append(item.data)
-            writer.send(messages)
+            if not writer.send(messages):
+                return False  # closing: nothing written (this connection describes no more)
         self._feeds.moved(self._session, position)
         return True
 
