@@ -578,3 +578,56 @@ def test_a_stacked_round_renders_each_subscriber_as_alone_and_prepares_once() ->
             if i.series is not None
         ]
         assert got == want and got
+
+
+@pytest.mark.parametrize("count", [3, STACK_MIN + 2])
+def test_a_subscriber_whose_share_of_a_round_raises_is_closed_alone(count: int) -> None:
+    """A bug in one subscriber's framing (here its encoder) closes that subscriber, with the
+    reason that says to resume, and every other subscriber gets the round and the next ones:
+    the hub never stops behind a failed round (with few subscribers and with a stacked
+    round)."""
+    reg = registry()
+    hub = Hub()
+
+    def broken(batch: Batch, reg: Registry, units: object) -> list[bytes]:
+        raise ValueError("an encoder's bug")
+
+    bad = sub(reg, Selection(1), dataclasses.replace(NDJSON, name="broken", encode=broken))
+    good = [sub(reg, Selection(1)) for _ in range(count - 1)]
+    for s in [*good[:1], bad, *good[1:]]:
+        hub.subscribe(s)
+    hub.publish(batch([1, 2], first=1))
+    hub.publish(batch([3], first=3))
+    assert bad.closed == hub_module.ROUND_FAILED and not bad.queue
+    for s in good:
+        assert s.closed is None
+        assert [c for item in s.queue for c in json_cursors(item)] == [1, 2, 3]
+
+
+def test_a_round_that_raises_closes_its_project_and_the_hub_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A round that fails as a whole (here its stacked masks) closes the subscribers of its
+    project, who resume from the log; the next round runs."""
+    reg = registry()
+    hub = Hub()
+    subs = [sub(reg, Selection(1)) for _ in range(STACK_MIN)]
+    other = sub(reg, Selection(2))
+    for s in [*subs, other]:
+        hub.subscribe(s)
+    real = hub_module.SelectionStack.masks
+
+    def fails_once(self: hub_module.SelectionStack, b: Batch) -> np.ndarray:
+        monkeypatch.setattr(hub_module.SelectionStack, "masks", real)
+        raise RuntimeError("a mask's bug")
+
+    monkeypatch.setattr(hub_module.SelectionStack, "masks", fails_once)
+    hub.publish(batch([1, 2], first=1))
+    assert all(s.closed == hub_module.ROUND_FAILED for s in subs)
+    assert other.closed is None
+    late = sub(reg, Selection(1))
+    hub.subscribe(late)
+    hub.publish(batch([4], first=3, project_pk=2))
+    hub.publish(batch([3], first=4))
+    assert [c for item in other.queue for c in json_cursors(item)] == [3]
+    assert [c for item in late.queue for c in json_cursors(item)] == [4]

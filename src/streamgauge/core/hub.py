@@ -37,6 +37,13 @@ cannot take a round now (the connection's buffer is full) returns False having w
 nothing; the subscription drops the sink and queues the items, and the stream drains its queue
 the ordinary way (bounded as above) and may give the sink again. A sink that raises is
 dropped and the error is handed to the stream, never to the other subscribers.
+
+Failures, decided and written down: a round that raises (a bug) must not stop the hub: the
+scheduled fan-out would stay on the failed round and every later batch would wait behind it,
+for every subscriber. A subscriber whose share of a round raises (its selection, units or
+framing) is closed alone (``ROUND_FAILED``), with the cursor to resume from; a round that
+raises as a whole (its masks, say) closes its project's subscribers the same way; either way
+the next rounds run, and a closed subscriber re-reads what it missed from the log.
 """
 
 from __future__ import annotations
@@ -64,6 +71,9 @@ SOLO_ROWS = 1000  # a committed batch this big is fanned out alone, not merged (
 SLICE_SECONDS = 0.004
 SLICE_SUBSCRIBERS = 32  # subscribers served between two looks at the clock
 STACK_MIN = 16  # subscribers of a project from which a round computes their masks at once
+# Why a subscriber is closed when its share of a round (or the whole round) raised: a bug, but
+# one that must not stop the hub (every later round would wait behind the failed one)
+ROUND_FAILED = "server error while sending: resume from the cursor"
 
 
 @dataclass(slots=True)
@@ -443,7 +453,11 @@ class Hub:
                 or len(pending[end]) >= SOLO_ROWS
                 or len(pending[end - 1]) >= SOLO_ROWS
             ):
-                yield from self._fan_out(merge_commits(pending[start:end]))
+                try:
+                    yield from self._fan_out(merge_commits(pending[start:end]))
+                except Exception:  # a bug: the rounds after this one must still run
+                    log.exception("a fan-out round failed; its subscribers resume from the log")
+                    self.close_project(pending[start].project_pk, ROUND_FAILED)
                 start = end
 
     def _fan_out(self, batch: Batch) -> Iterator[None]:
@@ -458,7 +472,10 @@ class Hub:
         if masks is None:
             for i, sub in enumerate(subs):
                 was = sub.overflowed
-                direct += sub.offer(batch)
+                try:
+                    direct += sub.offer(batch)
+                except Exception:
+                    self._failed(sub)
                 if sub.overflowed and not was:
                     self.overflows += 1
                 if i % SLICE_SUBSCRIBERS == SLICE_SUBSCRIBERS - 1:
@@ -474,7 +491,10 @@ class Hub:
                     log.exception("a fan-out round's prepare failed")
             for i, sub in enumerate(subs):
                 was = sub.overflowed
-                direct += sub.offer(batch, None, cells, i)
+                try:
+                    direct += sub.offer(batch, None, cells, i)
+                except Exception:
+                    self._failed(sub)
                 if sub.overflowed and not was:
                     self.overflows += 1
                 if i % SLICE_SUBSCRIBERS == SLICE_SUBSCRIBERS - 1:
@@ -482,6 +502,14 @@ class Hub:
         self.direct_items += direct
         if direct and self._on_direct is not None:
             self._on_direct((time.monotonic_ns() - batch.received_ns) / 1e9)
+
+    @staticmethod
+    def _failed(sub: Subscription) -> None:
+        """A subscriber whose share of a round raised (a bug, in its selection, units or
+        framing): it alone is closed, with the cursor to resume from, and the round goes on
+        (its sink's own failures are handed to its stream: ``Subscription.offer``)."""
+        log.exception("a subscriber's share of a fan-out round failed; it resumes from the log")
+        sub.close(ROUND_FAILED)
 
     def _masks(self, batch: Batch, subs: list[Subscription]) -> npt.NDArray[np.bool_] | None:
         """Every subscriber's mask of ``batch`` at once (``SelectionStack``), for a round to
