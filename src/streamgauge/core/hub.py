@@ -224,32 +224,23 @@ class Subscription:
             return items
         rows = framing.rows(batch, self.registry, self.units)
         step = framing.max_rows or len(listed)
+        whole = step >= len(listed)  # one item: with the round's cells, they say it all
         items = []
         for lo in range(0, len(listed), step):
             part = listed[lo : lo + step]
-            data = b"".join(rows) if len(part) == len(rows) else b"".join([rows[i] for i in part])
-            if cells is not None and len(part) == len(listed):
+            data = b"".join(rows) if len(part) == len(rows) else b"".join([rows[r] for r in part])
+            series: npt.NDArray[np.int64] | None = None
+            if whole and cells is not None:
                 first, last = cells.firsts[i], cells.lasts[i]
+                if framing.with_series:
+                    series = cells.series[cells.bounds[i] : cells.bounds[i + 1]]
             else:
                 first, last = int(batch.cursors[part[0]]), int(batch.cursors[part[-1]])
+                if framing.with_series:
+                    series = batch.series[picked[lo : lo + step]]
             if framing.wrap is not None:
                 data = framing.wrap(data, first, last)
-            items.append(
-                Item(
-                    first,
-                    last,
-                    len(part),
-                    data,
-                    batch.received_ns,
-                    (
-                        None
-                        if not framing.with_series
-                        else cells.series[cells.bounds[i] : cells.bounds[i + 1]]
-                        if cells is not None and len(part) == len(listed)
-                        else batch.series[picked[lo : lo + step]]
-                    ),
-                )
-            )
+            items.append(Item(first, last, len(part), data, batch.received_ns, series))
         batch.derived[key] = items
         return items
 

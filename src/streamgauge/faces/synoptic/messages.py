@@ -443,18 +443,18 @@ def _described(reg: Registry) -> _Described:
 
 
 def _mark(
-    bits: npt.NDArray[np.uint8], rows: npt.NDArray[np.int64], numbers: npt.NDArray[np.int64]
+    bits: npt.NDArray[np.uint8],
+    rows: npt.NDArray[np.int64],
+    numbers: npt.NDArray[np.int64],
+    on: bool = True,
 ) -> None:
-    """Set bit ``numbers[k]`` of row ``rows[k]`` (several may share a byte)."""
+    """Set (or with ``on=False`` clear) bit ``numbers[k]`` of row ``rows[k]`` (several may
+    share a byte)."""
     bit = np.left_shift(1, numbers & 7).astype(np.uint8)
-    np.bitwise_or.at(bits, (rows, numbers >> 3), bit)
-
-
-def _unmark(
-    bits: npt.NDArray[np.uint8], rows: npt.NDArray[np.int64], numbers: npt.NDArray[np.int64]
-) -> None:
-    bit = np.left_shift(1, numbers & 7).astype(np.uint8)
-    np.bitwise_and.at(bits, (rows, numbers >> 3), ~bit)
+    if on:
+        np.bitwise_or.at(bits, (rows, numbers >> 3), bit)
+    else:
+        np.bitwise_and.at(bits, (rows, numbers >> 3), ~bit)
 
 
 def _unset(
@@ -530,10 +530,10 @@ class Metadata:
         stations, sensors = plan[4], plan[5]
         if stations:
             numbers = np.array(stations, np.int64)
-            _unmark(table.stations, np.full(len(numbers), row, np.int64), numbers)
+            _mark(table.stations, np.full(len(numbers), row, np.int64), numbers, on=False)
         if sensors:
             codes = np.array(sensors, np.int64)
-            _unmark(table.sensors, np.full(len(codes), row, np.int64), codes)
+            _mark(table.sensors, np.full(len(codes), row, np.int64), codes, on=False)
 
     def message(self, item: Item) -> bytes | None:
         """The metadata message the rows of ``item`` need first, or None."""
