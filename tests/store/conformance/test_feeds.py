@@ -164,3 +164,25 @@ async def test_connections_claim_take_over_and_close_on_revoke(backend: Harness)
         with pytest.raises(NotFound):  # the session's token is gone
             f.project_of(first)
         assert f.token_for(secret) is None
+
+
+async def test_a_take_over_while_the_ended_connection_saves_resumes_after_it(
+    backend: Harness,
+) -> None:
+    """A connection that ended by itself (its client went away) is still writing its position
+    when a resume of the same session arrives: the take-over waits for that write, and the
+    session it then reads is at the position the old connection reached, not the one stored
+    before (which would send what the old connection sent once more)."""
+    s = await seed(backend)
+    async with feeds(backend) as f:
+        tok, _ = await f.create_token(s.project_pk, "t")
+        session = await f.create_session(tok, "a", 1)
+        f.opened(session, lambda: None)
+        f.moved(session, 21)
+        saving = asyncio.create_task(f.closed(session))
+        await asyncio.sleep(0)  # the save has begun and not finished
+        assert not saving.done()
+        await f.take_over(tok, session.id)
+        assert saving.done()
+        got = await f.session(tok, session.id)
+        assert got is not None and got.position == 21

@@ -348,17 +348,18 @@ class FeedStore:
         session.dirty = True
 
     async def closed(self, session: FeedSession) -> None:
-        """The connection ended: write its position now."""
-        owner = None
-        if self._live.get(session.id) is session:
-            del self._live[session.id]
-            owner = self._owners.pop(session.id, None)
+        """The connection ended: write its position now. The session stays live until the
+        write is done, so a take-over meanwhile waits for it (and then reads where this
+        connection stopped, not the position stored before)."""
         session.dirty = True
         try:
             await self._save([session])
         finally:
-            if owner is not None and owner.ended is not None:
-                owner.ended.set()
+            if self._live.get(session.id) is session:
+                del self._live[session.id]
+                owner = self._owners.pop(session.id, None)
+                if owner is not None and owner.ended is not None:
+                    owner.ended.set()
 
     async def flush(self) -> None:
         await self._save([s for s in self._live.values() if s.dirty])
