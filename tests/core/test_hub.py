@@ -580,6 +580,25 @@ def test_a_stacked_round_renders_each_subscriber_as_alone_and_prepares_once() ->
         assert got == want and got
 
 
+def test_a_queued_item_of_a_stacked_round_keeps_only_its_own_series() -> None:
+    """An item taken from a stacked round's cells has its rows' series as a view of the whole
+    round's (every subscriber's rows); queued, it keeps a copy of its own, so a slow
+    subscriber's queue does not hold each round's whole array (which its byte bound does not
+    count)."""
+    reg = registry()
+    hub = Hub()
+    framing = dataclasses.replace(NDJSON, name="with-series", with_series=True)
+    subs = [sub(reg, Selection(1), framing) for _ in range(STACK_MIN + 2)]
+    for s in subs:
+        hub.subscribe(s)
+    hub.publish(batch([1, 2, 3, 1], first=1))
+    assert hub._stacks  # the round used the stack
+    for s in subs:
+        (item,) = s.queue
+        assert item.series is not None and item.series.tolist() == [1, 2, 3, 1]
+        assert item.series.base is None
+
+
 @pytest.mark.parametrize("count", [3, STACK_MIN + 2])
 def test_a_subscriber_whose_share_of_a_round_raises_is_closed_alone(count: int) -> None:
     """A bug in one subscriber's framing (here its encoder) closes that subscriber, with the

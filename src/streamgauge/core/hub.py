@@ -281,6 +281,11 @@ class Subscription:
         else:
             if self._queue is None:
                 self._queue = deque()
+            for item in items:
+                if item.series is not None and item.series.base is not None:
+                    # a view of the round's cells (every subscriber's rows): a queued item keeps
+                    # its own rows only, not the round's whole array while it waits
+                    item.series = item.series.copy()
             self._queue.extend(items)
             self.queued += size
         self.wakeup.set()
