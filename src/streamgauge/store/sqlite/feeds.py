@@ -1,31 +1,15 @@
-"""Feed tokens and feed sessions (the Synoptic-compatible push feed), stored durably.
-
-A feed token is a read-only credential bound to one project; only its SHA-256 digest is stored
-(tokens are 256-bit random strings, so a fast digest is as safe as a slow hash and costs nothing
-per connection). A feed session is a durable consumer: the arguments it was opened with and its
-position in the log (every observation up to it has been considered and, if it matched, pushed).
-Positions move in memory as messages go out and are written in one transaction per second for
-every session that moved, and at once when a connection ends, so a clean stop or a server restart
-resumes exactly; after a kill -9 a session resumes from its last written position (at most a
-second of observations is pushed again, none is lost).
-
-Sessions do not accumulate. A detached session (no connection serves it) lives for the configured
-retention since it was last connected, and is deleted within a minute after that (sooner for a
-short retention). A token keeps at most ``sessions_per_token`` sessions: a new one first evicts
-the token's least recently used detached sessions, and is refused (``SessionLimit``) when every
-session of the token is attached, i.e. served by a connection or being opened by one.
-"""
+"""Feed tokens and feed sessions in SQLite (``store/feedsessions.py`` says what they are and
+keeps what both stores hold in memory): the tables, and the tokens followed across the
+processes of one node (a fan-out worker serving the push feed, docs/workers.md)."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import secrets
 import sqlite3
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import orjson
 
@@ -34,50 +18,18 @@ from streamgauge.domain.errors import NotFound
 from streamgauge.domain.feeds import FeedSession, FeedToken, SessionLimit
 from streamgauge.domain.model import now_iso
 from streamgauge.store.api import Store
+from streamgauge.store.feedsessions import FLUSH_SECONDS, LiveFeeds, digest, now_ms
 from streamgauge.store.sqlite.store import Tx
 
-FLUSH_SECONDS = 1.0
-EXPIRE_EVERY_MAX_SECONDS = 60.0  # the longest a session outlives its retention in the table
 
-
-@dataclass(slots=True)
-class _Owner:
-    """The connection serving a live session: how to close it, and (once a take-over waits for
-    it) an event set when it has ended and saved its position."""
-
-    close: Callable[[], None]
-    ended: asyncio.Event | None = None
-
-
-def digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
-class FeedStore:
+class FeedStore(LiveFeeds[Tx, sqlite3.Connection]):
     def __init__(
         self,
         store: Store[Tx, sqlite3.Connection],
         retention_seconds: float,
         sessions_per_token: int = 2000,
     ) -> None:
-        self._store = store
-        self._retention_ms = int(retention_seconds * 1000)
-        self._expire_every = min(
-            EXPIRE_EVERY_MAX_SECONDS, max(FLUSH_SECONDS, retention_seconds / 4)
-        )
-        self._cap = sessions_per_token
-        # token pk -> its stored sessions; changed only by the writer thread, after commits
-        self._count: dict[int, int] = {}
-        # session id -> (token pk, claims): sessions a connection is opening (a new one between
-        # its insert and its first message, a resumed one from before it is read), never evicted
-        self._opening: dict[str, tuple[int, int]] = {}
-        self._by_digest: dict[bytes, FeedToken] = {}
-        self._by_pk: dict[int, FeedToken] = {}
-        self._live: dict[str, FeedSession] = {}  # sessions with an open connection
-        # session id -> its connection's owner (see _Owner)
-        self._owners: dict[str, _Owner] = {}
-        self._closers: dict[int, set[Callable[[str], None]]] = {}  # token pk -> open connections
-        self._task: asyncio.Task[None] | None = None
+        super().__init__(store, retention_seconds, sessions_per_token)
         # With the push feed served by fan-out workers (docs/workers.md): whether this process
         # serves the token of a digest (each token's sessions are one process's); None: all.
         # ``expire`` then deletes only the sessions of the tokens this process serves.
@@ -94,12 +46,6 @@ class FeedStore:
         self._count = dict(await self._store.read(counts))
         await self.expire()
         self._task = asyncio.create_task(self._flusher())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
-        await self.flush()
 
     # -- tokens ---------------------------------------------------------------------------------
 
@@ -130,23 +76,14 @@ class FeedStore:
 
     def token_for(self, token: str) -> FeedToken | None:
         dig = digest(token)
-        tok = self._by_digest.get(dig)
-        if tok is None or tok.project_pk not in self._store.registry.projects_by_pk:
+        tok = self._known(self._by_digest.get(dig))
+        if tok is None:
             return None
         if self.owns is not None and not self.owns(dig):
             # Another process serves this token's sessions (a feed request that came second
             # on a kept-alive connection another route chose): refused, never served twice.
             return None
         return tok
-
-    def project_of(self, session: FeedSession) -> int:
-        tok = self._by_pk.get(session.token_pk)
-        if tok is None:
-            raise NotFound("the session's feed token was revoked")
-        return tok.project_pk
-
-    def tokens_of(self, project_pk: int) -> list[FeedToken]:
-        return [t for t in self._by_pk.values() if t.project_pk == project_pk]
 
     async def create_token(self, project_pk: int, name: str) -> tuple[FeedToken, str]:
         token = "ft_" + secrets.token_urlsafe(32)
@@ -194,12 +131,6 @@ class FeedStore:
         await self._store.write(delete)
         self._drop_token(tok.pk)
 
-    def _drop_token(self, token_pk: int) -> None:
-        self._by_pk.pop(token_pk, None)
-        self._by_digest = {d: t for d, t in self._by_digest.items() if t.pk != token_pk}
-        for close in list(self._closers.pop(token_pk, ())):
-            close("feed token revoked")
-
     def follow(self, event: ev.MetaEvent) -> None:
         """A token created or revoked by another process (``FeedTokenPut``,
         ``FeedTokenDropped``, in the metadata feed's order; ``Engine.followers``): known, or
@@ -214,40 +145,6 @@ class FeedStore:
             self._count.pop(event.pk, None)
             self._drop_token(event.pk)
 
-    def attach(self, token: FeedToken, close: Callable[[str], None]) -> Callable[[], None]:
-        """Register an open connection of ``token`` (closed on revoke); returns the detach."""
-        self._closers.setdefault(token.pk, set()).add(close)
-
-        def detach() -> None:
-            closers = self._closers.get(token.pk)
-            if closers is not None:
-                closers.discard(close)
-
-        return detach
-
-    # -- sessions -------------------------------------------------------------------------------
-
-    def _attached(self, token_pk: int) -> list[str]:
-        """The token's sessions that a connection serves or is opening. Called in the writer
-        thread: ``list()`` copies each dict in one step under the GIL."""
-        live = [s.id for s in list(self._live.values()) if s.token_pk == token_pk]
-        opening = [i for i, (t, _) in list(self._opening.items()) if t == token_pk]
-        return live + opening
-
-    def claim(self, token: FeedToken, session_id: str) -> None:
-        """A connection is opening ``session_id``: it is not evicted until ``release``."""
-        _, n = self._opening.get(session_id, (token.pk, 0))
-        self._opening[session_id] = (token.pk, n + 1)
-
-    def release(self, session_id: str) -> None:
-        found = self._opening.get(session_id)
-        if found is None:
-            return
-        if found[1] > 1:
-            self._opening[session_id] = (found[0], found[1] - 1)
-        else:
-            del self._opening[session_id]
-
     async def create_session(
         self, token: FeedToken, args: str, position: int, after_time: int | None = None
     ) -> FeedSession:
@@ -255,7 +152,7 @@ class FeedStore:
         connection ends). At the cap, the token's least recently used detached sessions make
         room; ``SessionLimit`` if every one is attached."""
         session = FeedSession(str(uuid.uuid4()), token.pk, args, position, after_time)
-        now = _now_ms()
+        now = now_ms()
         cap = self._cap
 
         def insert(tx: Tx) -> None:
@@ -295,85 +192,10 @@ class FeedStore:
         await self._store.write(insert)
         return session
 
-    async def session(self, token: FeedToken, session_id: str) -> FeedSession | None:
-        """The session of this token, if it exists and has not expired."""
-        live = self._live.get(session_id)
-        if live is not None:
-            return live if live.token_pk == token.pk else None
-        oldest = _now_ms() - self._retention_ms
-
-        def get(conn: sqlite3.Connection) -> tuple[str, int, int | None] | None:
-            row: tuple[str, int, int | None] | None = conn.execute(
-                "SELECT args, position, after_time FROM feed_sessions"
-                " WHERE id = ? AND token_pk = ? AND touched >= ?",
-                (session_id, token.pk, oldest),
-            ).fetchone()
-            return row
-
-        row = await self._store.read(get)
-        if row is None:
-            return None
-        return FeedSession(session_id, token.pk, row[0], row[1], row[2])
-
-    def opened(self, session: FeedSession, close: Callable[[], None]) -> None:
-        """A connection serves ``session`` now; ``close`` ends it (when another takes over).
-        Its claim (``claim``, or the one ``create_session`` made) ends: being live protects it
-        from eviction until ``closed``."""
-        self._live[session.id] = session
-        self._owners[session.id] = _Owner(close)
-        self.release(session.id)
-
-    async def take_over(self, token: FeedToken, session_id: str) -> None:
-        """Close the connection that serves this session, if any, and wait until it has ended
-        and saved its position: one session is served by one connection at a time, so a
-        client that resumes while its old connection is still open (half-open, not yet
-        noticed by the server) continues exactly where that one stopped."""
-        live = self._live.get(session_id)
-        owner = self._owners.get(session_id)
-        if live is None or owner is None or live.token_pk != token.pk:
-            return
-        if owner.ended is None:  # made only when a take-over waits (1 KB a session otherwise)
-            owner.ended = asyncio.Event()
-        ended = owner.ended
-        owner.close()
-        await ended.wait()
-
-    def positions(self, session: FeedSession) -> SessionPositions:
-        """The session's position as a durable consumer's positions (its row)."""
-        return SessionPositions(self, session)
-
-    def moved(self, session: FeedSession, position: int, after_time: int | None = None) -> None:
-        session.position = position
-        session.after_time = after_time
-        session.dirty = True
-
-    async def closed(self, session: FeedSession) -> None:
-        """The connection ended: write its position now. The session stays live until the
-        write is done, so a take-over meanwhile waits for it (and then reads where this
-        connection stopped, not the position stored before)."""
-        session.dirty = True
-        try:
-            await self._save([session])
-        finally:
-            if self._live.get(session.id) is session:
-                del self._live[session.id]
-                owner = self._owners.pop(session.id, None)
-                if owner is not None and owner.ended is not None:
-                    owner.ended.set()
-
-    async def flush(self) -> None:
-        await self._save([s for s in self._live.values() if s.dirty])
-
-    async def _save(self, sessions: list[FeedSession]) -> None:
-        dirty = [s for s in sessions if s.dirty]
-        if not dirty:
-            return
-        now = _now_ms()
+    async def _write_positions(self, sessions: list[FeedSession], now: int) -> None:
         # One statement for all (see sqlite._insert_rows: a row per step would hand the GIL
         # over once per session).
-        rows = orjson.dumps([(s.id, s.position, s.after_time) for s in dirty])
-        for s in dirty:
-            s.dirty = False
+        rows = orjson.dumps([(s.id, s.position, s.after_time) for s in sessions])
 
         def update(tx: Tx) -> None:
             tx.execute(
@@ -386,7 +208,7 @@ class FeedStore:
 
     async def expire(self) -> int:
         """Delete detached sessions unused for longer than the retention; returns how many."""
-        oldest = _now_ms() - self._retention_ms
+        oldest = now_ms() - self._retention_ms
         owns = self.owns
         sql = (
             "DELETE FROM feed_sessions WHERE touched < ?"
@@ -410,20 +232,6 @@ class FeedStore:
 
         return await self._store.write(delete)
 
-    def connected(self, project_pk: int) -> list[tuple[FeedToken, FeedSession]]:
-        """The sessions of the project's tokens that a connection serves now (for the
-        dashboard's list of connected sessions)."""
-        out: list[tuple[FeedToken, FeedSession]] = []
-        for s in list(self._live.values()):
-            tok = self._by_pk.get(s.token_pk)
-            if tok is not None and tok.project_pk == project_pk:
-                out.append((tok, s))
-        return out
-
-    def sessions_of(self, token: FeedToken) -> int:
-        """How many sessions ``token`` keeps (attached or resumable)."""
-        return self._count.get(token.pk, 0)
-
     async def _flusher(self) -> None:
         expired = time.monotonic()
         while True:
@@ -435,35 +243,3 @@ class FeedStore:
                     await self.expire()
             except Exception:  # the store closing under us: stop quietly
                 return
-
-
-class SessionPositions:
-    """A feed session's position as ``store.api.ConsumerPositions`` (the session is a durable
-    consumer, ``faces/synoptic/feed.SessionConsumer``, named by its id): the session row. A
-    save moves the session in memory (``FeedStore.moved``, as every message pushed does); the
-    row is written with every moved session once a second and when its connection ends
-    (``closed``), so a clean stop or restart resumes exactly, a kill at most a second back."""
-
-    def __init__(self, feeds: FeedStore, session: FeedSession) -> None:
-        self._feeds = feeds
-        self._session = session
-
-    def _check(self, name: str) -> None:
-        if name != self._session.id:
-            raise KeyError(f"these are the positions of session {self._session.id}, not {name}")
-
-    async def load(self, name: str) -> int | None:
-        self._check(name)
-        return self._session.position
-
-    async def save(self, name: str, position: int) -> None:
-        self._check(name)
-        self._feeds.moved(self._session, position, self._session.after_time)
-
-    async def forget(self, name: str) -> None:
-        """A session is forgotten by its retention (``expire``), never by its reader."""
-        self._check(name)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
