@@ -25,7 +25,7 @@ from streamgauge.faces.dt.connectors import Connector
 from streamgauge.faces.dt.face import DTFace
 from streamgauge.faces.dt.state import Reported
 from streamgauge.faces.synoptic.feed import SessionConsumer
-from streamgauge.store.sqlite.feeds import SessionPositions
+from streamgauge.store.feedsessions import SessionPositions
 from tests.core.test_consumers import MemoryLog, MemoryPositions, Recorder
 from tests.test_deliveries import ListSource, Receiver, settings, until
 
