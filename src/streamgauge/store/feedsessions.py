@@ -29,12 +29,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from streamgauge.domain.errors import NotFound
-from streamgauge.domain.feeds import FeedSession, FeedToken
+from streamgauge.domain.feeds import FeedSession, FeedToken, SessionLimit
 from streamgauge.store.api import Store
 
 FLUSH_SECONDS = 1.0
@@ -154,6 +155,57 @@ class LiveFeeds(Generic[TxT, ConnT]):
             self._opening[session_id] = (found[0], found[1] - 1)
         else:
             del self._opening[session_id]
+
+    async def create_session(
+        self, token: FeedToken, args: str, position: int, after_time: int | None = None
+    ) -> FeedSession:
+        """A new session of ``token``, claimed for its connection (``release`` it when the
+        connection ends). At the cap, the token's least recently used detached sessions make
+        room; ``SessionLimit`` if every one is attached."""
+        session = FeedSession(str(uuid.uuid4()), token.pk, args, position, after_time)
+        now = now_ms()
+        cap = self._cap
+        p = self.PARAM
+        sql = (
+            "INSERT INTO feed_sessions (id, token_pk, args, position, after_time, created,"
+            f" touched) VALUES ({p},{p},{p},{p},{p},{p},{p})"
+        )
+
+        def insert(tx: Any) -> None:
+            count = self._count.get(token.pk, 0)
+            evicted = 0
+            if count >= cap:
+                evicted = self._evict(tx, token.pk, self._attached(token.pk), count - cap + 1)
+                if count - evicted >= cap:
+                    raise SessionLimit(
+                        "too many sessions for this feed token",
+                        [
+                            {
+                                "field": "token",
+                                "reason": f"at most {cap} sessions per feed token, and all of"
+                                " them are connected: close one first",
+                            }
+                        ],
+                    )
+            tx.execute(sql, (session.id, token.pk, args, position, after_time, now, now))
+
+            def committed() -> None:  # before any other transaction can evict it
+                self._count[token.pk] = self._count.get(token.pk, 0) - evicted + 1
+                self.claim(token, session.id)
+
+            tx.after_commit.append(committed)
+
+        await self._store.write(insert)
+        await self._created(session)
+        return session
+
+    def _evict(self, tx: Any, token_pk: int, keep: list[str], limit: int) -> int:
+        """Delete up to ``limit`` of the token's sessions not in ``keep``, least recently
+        used first (in the transaction ``tx``); how many."""
+        raise NotImplementedError
+
+    async def _created(self, session: FeedSession) -> None:
+        """A new session was stored (and claimed) for a connection of this process."""
 
     async def session(self, token: FeedToken, session_id: str) -> FeedSession | None:
         """The session of this token, if it exists and has not expired."""

@@ -9,12 +9,11 @@ import contextlib
 import logging
 import secrets
 import time
-import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from streamgauge.domain.errors import NotFound, Unavailable
-from streamgauge.domain.feeds import FeedSession, FeedToken, SessionLimit
+from streamgauge.domain.feeds import FeedSession, FeedToken
 from streamgauge.domain.model import now_iso
 from streamgauge.store.api import Store
 from streamgauge.store.feedsessions import FLUSH_SECONDS, LiveFeeds, digest, now_ms
@@ -154,53 +153,17 @@ class FeedStore(LiveFeeds[Tx, Conn]):
         if session_id not in self._live:  # the connection ended before serving it
             self._spawn(self._signals.let_go(session_id))
 
-    async def create_session(
-        self, token: FeedToken, args: str, position: int, after_time: int | None = None
-    ) -> FeedSession:
-        """A new session of ``token``, claimed for its connection (``release`` it when the
-        connection ends). At the cap, the token's least recently used detached sessions make
-        room; ``SessionLimit`` if every one is attached."""
-        session = FeedSession(str(uuid.uuid4()), token.pk, args, position, after_time)
-        now = now_ms()
-        cap = self._cap
+    def _evict(self, tx: Tx, token_pk: int, keep: list[str], limit: int) -> int:
+        deleted: int = tx.execute(
+            "DELETE FROM feed_sessions WHERE id IN (SELECT id FROM feed_sessions"
+            " WHERE token_pk = %s AND NOT (id = ANY(%s::text[]))"
+            " ORDER BY touched, created LIMIT %s)",
+            (token_pk, keep, limit),
+        ).rowcount
+        return deleted
 
-        def insert(tx: Tx) -> None:
-            count = self._count.get(token.pk, 0)
-            evicted = 0
-            if count >= cap:
-                keep = self._attached(token.pk)
-                evicted = tx.execute(
-                    "DELETE FROM feed_sessions WHERE id IN (SELECT id FROM feed_sessions"
-                    " WHERE token_pk = %s AND NOT (id = ANY(%s::text[]))"
-                    " ORDER BY touched, created LIMIT %s)",
-                    (token.pk, keep, count - cap + 1),
-                ).rowcount
-                if count - evicted >= cap:
-                    raise SessionLimit(
-                        "too many sessions for this feed token",
-                        [
-                            {
-                                "field": "token",
-                                "reason": f"at most {cap} sessions per feed token, and all of"
-                                " them are connected: close one first",
-                            }
-                        ],
-                    )
-            tx.execute(
-                "INSERT INTO feed_sessions (id, token_pk, args, position, after_time, created,"
-                " touched) VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                (session.id, token.pk, args, position, after_time, now, now),
-            )
-
-            def committed() -> None:  # before any other transaction can evict it
-                self._count[token.pk] = self._count.get(token.pk, 0) - evicted + 1
-                self.claim(token, session.id)
-
-            tx.after_commit.append(committed)
-
-        await self._store.write(insert)
+    async def _created(self, session: FeedSession) -> None:
         await self._signals.hold(session.id)  # served here (released with the claim)
-        return session
 
     async def take_over(self, token: FeedToken, session_id: str) -> None:
         """Close the connection that serves this session, if any, and wait until it has ended

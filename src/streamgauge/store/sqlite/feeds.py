@@ -8,14 +8,13 @@ import asyncio
 import secrets
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable
 
 import orjson
 
 from streamgauge.domain import events as ev
 from streamgauge.domain.errors import NotFound
-from streamgauge.domain.feeds import FeedSession, FeedToken, SessionLimit
+from streamgauge.domain.feeds import FeedSession, FeedToken
 from streamgauge.domain.model import now_iso
 from streamgauge.store.api import Store
 from streamgauge.store.feedsessions import FLUSH_SECONDS, LiveFeeds, digest, now_ms
@@ -145,52 +144,14 @@ class FeedStore(LiveFeeds[Tx, sqlite3.Connection]):
             self._count.pop(event.pk, None)
             self._drop_token(event.pk)
 
-    async def create_session(
-        self, token: FeedToken, args: str, position: int, after_time: int | None = None
-    ) -> FeedSession:
-        """A new session of ``token``, claimed for its connection (``release`` it when the
-        connection ends). At the cap, the token's least recently used detached sessions make
-        room; ``SessionLimit`` if every one is attached."""
-        session = FeedSession(str(uuid.uuid4()), token.pk, args, position, after_time)
-        now = now_ms()
-        cap = self._cap
-
-        def insert(tx: Tx) -> None:
-            count = self._count.get(token.pk, 0)
-            evicted = 0
-            if count >= cap:
-                keep = orjson.dumps(self._attached(token.pk))
-                evicted = tx.execute(
-                    "DELETE FROM feed_sessions WHERE id IN (SELECT id FROM feed_sessions"
-                    " WHERE token_pk = ? AND id NOT IN (SELECT value FROM json_each(?))"
-                    " ORDER BY touched, created LIMIT ?)",
-                    (token.pk, keep, count - cap + 1),
-                ).rowcount
-                if count - evicted >= cap:
-                    raise SessionLimit(
-                        "too many sessions for this feed token",
-                        [
-                            {
-                                "field": "token",
-                                "reason": f"at most {cap} sessions per feed token, and all of"
-                                " them are connected: close one first",
-                            }
-                        ],
-                    )
-            tx.execute(
-                "INSERT INTO feed_sessions (id, token_pk, args, position, after_time, created,"
-                " touched) VALUES (?,?,?,?,?,?,?)",
-                (session.id, token.pk, args, position, after_time, now, now),
-            )
-
-            def committed() -> None:  # before any other transaction can evict it
-                self._count[token.pk] = self._count.get(token.pk, 0) - evicted + 1
-                self.claim(token, session.id)
-
-            tx.after_commit.append(committed)
-
-        await self._store.write(insert)
-        return session
+    def _evict(self, tx: Tx, token_pk: int, keep: list[str], limit: int) -> int:
+        deleted: int = tx.execute(
+            "DELETE FROM feed_sessions WHERE id IN (SELECT id FROM feed_sessions"
+            " WHERE token_pk = ? AND id NOT IN (SELECT value FROM json_each(?))"
+            " ORDER BY touched, created LIMIT ?)",
+            (token_pk, orjson.dumps(keep), limit),
+        ).rowcount
+        return deleted
 
     async def _write_positions(self, sessions: list[FeedSession], now: int) -> None:
         # One statement for all (see sqlite._insert_rows: a row per step would hand the GIL
