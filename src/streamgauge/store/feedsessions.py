@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from typing import Any, Generic, TypeVar
 
 from streamgauge.domain.errors import NotFound
 from streamgauge.domain.feeds import FeedSession, FeedToken, SessionLimit
+from streamgauge.domain.model import now_iso
 from streamgauge.store.api import Store
 
 FLUSH_SECONDS = 1.0
@@ -113,6 +115,52 @@ class LiveFeeds(Generic[TxT, ConnT]):
 
     def tokens_of(self, project_pk: int) -> list[FeedToken]:
         return [t for t in self._by_pk.values() if t.project_pk == project_pk]
+
+    async def create_token(self, project_pk: int, name: str) -> tuple[FeedToken, str]:
+        token = "ft_" + secrets.token_urlsafe(32)
+        id_ = "ft" + secrets.token_hex(6)
+        created = now_iso()
+        dig = digest(token)
+        pk = await self._store.write(
+            lambda tx: self._insert_token(tx, FeedToken(0, id_, project_pk, name, created), dig)
+        )
+        tok = FeedToken(pk, id_, project_pk, name, created)
+        self._by_digest[dig] = tok
+        self._by_pk[pk] = tok
+        return tok, token
+
+    def _insert_token(self, tx: Any, token: FeedToken, dig: bytes) -> int:
+        """Insert ``token`` (its ``pk`` not yet known) with its digest, and tell the other
+        processes; its primary key."""
+        raise NotImplementedError
+
+    async def revoke(self, project_pk: int, token_id: str) -> None:
+        """Delete the token and its sessions, and close its open connections."""
+        tok = next(
+            (t for t in self._by_pk.values() if t.id == token_id and t.project_pk == project_pk),
+            None,
+        )
+        if tok is None:
+            raise NotFound(f"no feed token {token_id!r}")
+        p = self.PARAM
+
+        def delete(tx: Any) -> None:
+            tx.execute(f"DELETE FROM feed_sessions WHERE token_pk = {p}", (tok.pk,))
+            tx.execute(f"DELETE FROM feed_tokens WHERE pk = {p}", (tok.pk,))
+            self._revoked(tx, tok.pk)
+
+            def committed() -> None:
+                self._count.pop(tok.pk, None)
+
+            tx.after_commit.append(committed)
+
+        await self._store.write(delete)
+        self._drop_token(tok.pk)
+
+    def _revoked(self, tx: Any, token_pk: int) -> None:
+        """Tell the other processes, in the transaction that deletes it, that a token is
+        revoked."""
+        raise NotImplementedError
 
     def _drop_token(self, token_pk: int) -> None:
         """A token revoked (here, by another process or on another node): refused from now on,

@@ -7,14 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from streamgauge.domain.errors import NotFound, Unavailable
+from streamgauge.domain.errors import Unavailable
 from streamgauge.domain.feeds import FeedSession, FeedToken
-from streamgauge.domain.model import now_iso
 from streamgauge.store.api import Store
 from streamgauge.store.feedsessions import FLUSH_SECONDS, LiveFeeds, digest, now_ms
 from streamgauge.store.postgres import feedsignals
@@ -102,49 +100,19 @@ class FeedStore(LiveFeeds[Tx, Conn]):
     def token_for(self, token: str) -> FeedToken | None:
         return self._known(self._by_digest.get(digest(token)))
 
-    async def create_token(self, project_pk: int, name: str) -> tuple[FeedToken, str]:
-        token = "ft_" + secrets.token_urlsafe(32)
-        id_ = "ft" + secrets.token_hex(6)
-        created = now_iso()
-
-        def insert(tx: Tx) -> int:
-            cur = tx.execute(
-                "INSERT INTO feed_tokens (id, project_pk, name, digest, created)"
-                " VALUES (%s,%s,%s,%s,%s) RETURNING pk",
-                (id_, project_pk, name, digest(token), created),
-            )
-            row = cur.fetchone()
-            assert row is not None
-            feedsignals.notify(tx, f"token {row[0]}")  # the other nodes accept it at once
-            return int(row[0])
-
-        pk = await self._store.write(insert)
-        tok = FeedToken(pk, id_, project_pk, name, created)
-        self._by_digest[digest(token)] = tok
-        self._by_pk[pk] = tok
-        return tok, token
-
-    async def revoke(self, project_pk: int, token_id: str) -> None:
-        """Delete the token and its sessions, and close its open connections."""
-        tok = next(
-            (t for t in self._by_pk.values() if t.id == token_id and t.project_pk == project_pk),
-            None,
+    def _insert_token(self, tx: Tx, token: FeedToken, dig: bytes) -> int:
+        cur = tx.execute(
+            "INSERT INTO feed_tokens (id, project_pk, name, digest, created)"
+            " VALUES (%s,%s,%s,%s,%s) RETURNING pk",
+            (token.id, token.project_pk, token.name, dig, token.created_at),
         )
-        if tok is None:
-            raise NotFound(f"no feed token {token_id!r}")
+        row = cur.fetchone()
+        assert row is not None
+        feedsignals.notify(tx, f"token {row[0]}")  # the other nodes accept it at once
+        return int(row[0])
 
-        def delete(tx: Tx) -> None:
-            tx.execute("DELETE FROM feed_sessions WHERE token_pk = %s", (tok.pk,))
-            tx.execute("DELETE FROM feed_tokens WHERE pk = %s", (tok.pk,))
-            feedsignals.notify(tx, f"revoke {tok.pk}")  # the other nodes end its sessions
-
-            def committed() -> None:
-                self._count.pop(tok.pk, None)
-
-            tx.after_commit.append(committed)
-
-        await self._store.write(delete)
-        self._drop_token(tok.pk)
+    def _revoked(self, tx: Tx, token_pk: int) -> None:
+        feedsignals.notify(tx, f"revoke {token_pk}")  # the other nodes end its sessions
 
     def release(self, session_id: str) -> None:
         if session_id not in self._opening:

@@ -5,7 +5,6 @@ processes of one node (a fan-out worker serving the push feed, docs/workers.md).
 from __future__ import annotations
 
 import asyncio
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable
@@ -13,9 +12,7 @@ from collections.abc import Callable
 import orjson
 
 from streamgauge.domain import events as ev
-from streamgauge.domain.errors import NotFound
 from streamgauge.domain.feeds import FeedSession, FeedToken
-from streamgauge.domain.model import now_iso
 from streamgauge.store.api import Store
 from streamgauge.store.feedsessions import FLUSH_SECONDS, LiveFeeds, digest, now_ms
 from streamgauge.store.sqlite.store import Tx
@@ -84,51 +81,21 @@ class FeedStore(LiveFeeds[Tx, sqlite3.Connection]):
             return None
         return tok
 
-    async def create_token(self, project_pk: int, name: str) -> tuple[FeedToken, str]:
-        token = "ft_" + secrets.token_urlsafe(32)
-        id_ = "ft" + secrets.token_hex(6)
-        created = now_iso()
-
-        def insert(tx: Tx) -> int:
-            cur = tx.execute(
-                "INSERT INTO feed_tokens (id, project_pk, name, digest, created)"
-                " VALUES (?,?,?,?,?)",
-                (id_, project_pk, name, digest(token), created),
-            )
-            assert cur.lastrowid is not None
-            # for the fan-out worker serving the token's sessions (ignored by this process)
-            tx.events.append(
-                ev.FeedTokenPut(cur.lastrowid, id_, project_pk, name, digest(token).hex(), created)
-            )
-            return cur.lastrowid
-
-        pk = await self._store.write(insert)
-        tok = FeedToken(pk, id_, project_pk, name, created)
-        self._by_digest[digest(token)] = tok
-        self._by_pk[pk] = tok
-        return tok, token
-
-    async def revoke(self, project_pk: int, token_id: str) -> None:
-        """Delete the token and its sessions, and close its open connections."""
-        tok = next(
-            (t for t in self._by_pk.values() if t.id == token_id and t.project_pk == project_pk),
-            None,
+    def _insert_token(self, tx: Tx, token: FeedToken, dig: bytes) -> int:
+        cur = tx.execute(
+            "INSERT INTO feed_tokens (id, project_pk, name, digest, created) VALUES (?,?,?,?,?)",
+            (token.id, token.project_pk, token.name, dig, token.created_at),
         )
-        if tok is None:
-            raise NotFound(f"no feed token {token_id!r}")
+        pk = cur.lastrowid
+        assert pk is not None
+        # for the fan-out worker serving the token's sessions (ignored by this process)
+        tx.events.append(
+            ev.FeedTokenPut(pk, token.id, token.project_pk, token.name, dig.hex(), token.created_at)
+        )
+        return pk
 
-        def delete(tx: Tx) -> None:
-            tx.execute("DELETE FROM feed_sessions WHERE token_pk = ?", (tok.pk,))
-            tx.execute("DELETE FROM feed_tokens WHERE pk = ?", (tok.pk,))
-            tx.events.append(ev.FeedTokenDropped(tok.pk))
-
-            def committed() -> None:
-                self._count.pop(tok.pk, None)
-
-            tx.after_commit.append(committed)
-
-        await self._store.write(delete)
-        self._drop_token(tok.pk)
+    def _revoked(self, tx: Tx, token_pk: int) -> None:
+        tx.events.append(ev.FeedTokenDropped(token_pk))
 
     def follow(self, event: ev.MetaEvent) -> None:
         """A token created or revoked by another process (``FeedTokenPut``,
