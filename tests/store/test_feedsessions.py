@@ -29,6 +29,16 @@ class Flaky(LiveFeeds[Any, Any]):
             raise OSError("disk full")
         self.written.append([(s.id, s.position) for s in sessions])
 
+    # (no tables: these tests create no token and no session through the store)
+    def _insert_token(self, tx: Any, token: FeedToken, dig: bytes) -> int:
+        raise AssertionError("not reached")
+
+    def _revoked(self, tx: Any, token_pk: int) -> None:
+        raise AssertionError("not reached")
+
+    def _evict(self, tx: Any, token_pk: int, keep: list[str], limit: int) -> int:
+        raise AssertionError("not reached")
+
 
 TOKEN = FeedToken(1, "ft1", 1, "t", "2026-01-01T00:00:00Z")
 

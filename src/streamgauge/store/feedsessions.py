@@ -31,6 +31,7 @@ import hashlib
 import secrets
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -64,7 +65,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class LiveFeeds(Generic[TxT, ConnT]):
+class LiveFeeds(ABC, Generic[TxT, ConnT]):
     """The memory of a feed store: tokens by digest and primary key, the connections of each
     token, the sessions being opened, served (``_live``) and their owners. A subclass reads and
     writes the tables (``PARAM`` is its SQL placeholder; ``_write_positions`` its update)."""
@@ -129,10 +130,10 @@ class LiveFeeds(Generic[TxT, ConnT]):
         self._by_pk[pk] = tok
         return tok, token
 
+    @abstractmethod
     def _insert_token(self, tx: Any, token: FeedToken, dig: bytes) -> int:
         """Insert ``token`` (its ``pk`` not yet known) with its digest, and tell the other
         processes; its primary key."""
-        raise NotImplementedError
 
     async def revoke(self, project_pk: int, token_id: str) -> None:
         """Delete the token and its sessions, and close its open connections."""
@@ -157,10 +158,10 @@ class LiveFeeds(Generic[TxT, ConnT]):
         await self._store.write(delete)
         self._drop_token(tok.pk)
 
+    @abstractmethod
     def _revoked(self, tx: Any, token_pk: int) -> None:
         """Tell the other processes, in the transaction that deletes it, that a token is
         revoked."""
-        raise NotImplementedError
 
     def _drop_token(self, token_pk: int) -> None:
         """A token revoked (here, by another process or on another node): refused from now on,
@@ -247,10 +248,10 @@ class LiveFeeds(Generic[TxT, ConnT]):
         await self._created(session)
         return session
 
+    @abstractmethod
     def _evict(self, tx: Any, token_pk: int, keep: list[str], limit: int) -> int:
         """Delete up to ``limit`` of the token's sessions not in ``keep``, least recently
         used first (in the transaction ``tx``); how many."""
-        raise NotImplementedError
 
     async def _created(self, session: FeedSession) -> None:
         """A new session was stored (and claimed) for a connection of this process."""
@@ -341,9 +342,9 @@ class LiveFeeds(Generic[TxT, ConnT]):
                 s.dirty = True
             raise
 
+    @abstractmethod
     async def _write_positions(self, sessions: list[FeedSession], now: int) -> None:
         """Store the sessions' positions, touched at ``now``, in one transaction."""
-        raise NotImplementedError
 
     def connected(self, project_pk: int) -> list[tuple[FeedToken, FeedSession]]:
         """The sessions of the project's tokens that a connection serves now (for the
