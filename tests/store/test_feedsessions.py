@@ -1,6 +1,7 @@
 """The feed stores' shared memory (``store/feedsessions.LiveFeeds``) without a database: a
 position write that fails leaves its sessions to be written again, and a session whose
-connection ended is taken over only once its position is written, or its write failed."""
+connection ended is taken over only once its position is written, or its write failed (the
+position is then kept in memory, resumed from there and written by the next flush)."""
 
 from __future__ import annotations
 
@@ -74,8 +75,43 @@ async def test_a_take_over_waits_for_the_ended_connection_even_when_its_write_fa
     await asyncio.sleep(0.01)
     assert not taking.done()  # the old connection is still writing its position
     feeds.gate.set()
-    with pytest.raises(OSError):
-        await ending
+    await ending  # the failure is logged, not raised
     await asyncio.wait_for(taking, 5)
-    # ended: the resume reads the position stored before, and sends again rather than skips
+    # ended, not written: the resume continues from the position kept in memory
     assert "s" not in feeds._live and feeds.written == []
+    resumed = await feeds.session(TOKEN, "s")
+    assert resumed is session and resumed.position == 21
+    feeds.opened(resumed, lambda: None)  # live again: the flush writes it as it moves
+    feeds.fail = False
+    await feeds.flush()
+    assert feeds.written == [[("s", 21)]] and feeds._unsaved == {}
+
+
+async def test_an_unsaved_position_is_written_by_the_next_flush_and_held_until_then() -> None:
+    feeds = Flaky()
+    session = FeedSession("s", TOKEN.pk, "", 0)
+    feeds.opened(session, lambda: None)
+    feeds.moved(session, 8)
+    feeds.fail = True
+    await feeds.closed(session)
+    assert feeds._attached(TOKEN.pk) == ["s"] and feeds._held() == ["s"]  # not evicted, kept
+    other = FeedToken(2, "ft2", 1, "u", "2026-01-01T00:00:00Z")
+    assert await feeds.session(other, "s") is None  # another token's resume: not found
+    with pytest.raises(OSError):
+        await feeds.flush()
+    assert feeds._held() == ["s"]  # still failing: still kept
+    feeds.fail = False
+    await feeds.flush()
+    assert feeds.written == [[("s", 8)]] and feeds._held() == []
+    await feeds.flush()
+    assert len(feeds.written) == 1  # written once
+
+
+async def test_a_revoked_token_drops_its_unsaved_sessions() -> None:
+    feeds = Flaky()
+    session = FeedSession("s", TOKEN.pk, "", 0)
+    feeds.opened(session, lambda: None)
+    feeds.fail = True
+    await feeds.closed(session)
+    feeds._drop_token(TOKEN.pk)
+    assert feeds._held() == [] and feeds._attached(TOKEN.pk) == []

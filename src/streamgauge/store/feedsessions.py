@@ -15,7 +15,11 @@ One connection serves a session at a time. A resume takes the session over (``ta
 the connection serving it is closed, and the resume waits until it has ended and written its
 position. A connection that ends by itself counts as serving its session until its position is
 written (``closed``), so a resume in that window waits too: it always reads where the last
-connection stopped.
+connection stopped. If that write fails (a full disk, the database gone for a moment), the
+position is kept in memory (``_unsaved``): a resume on this process continues from it, and the
+flush a second later writes it. Only a resume on another node (PostgreSQL), or after this process
+stopped without a working database, reads the position written before and pushes again what
+the connection had pushed since: a repeat, never a gap.
 
 Sessions do not accumulate. A detached session (no connection serves it) lives for the configured
 retention since it was last connected, and is deleted within a minute after that (sooner for a
@@ -27,7 +31,9 @@ session of the token is attached, i.e. served by a connection or being opened by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import secrets
 import time
 import uuid
@@ -40,6 +46,8 @@ from streamgauge.domain.errors import NotFound
 from streamgauge.domain.feeds import FeedSession, FeedToken, SessionLimit
 from streamgauge.domain.model import now_iso
 from streamgauge.store.api import Store
+
+log = logging.getLogger("streamgauge.feed")
 
 FLUSH_SECONDS = 1.0
 EXPIRE_EVERY_MAX_SECONDS = 60.0  # the longest a session outlives its retention in the table
@@ -89,6 +97,9 @@ class LiveFeeds(ABC, Generic[TxT, ConnT]):
         self._by_digest: dict[bytes, FeedToken] = {}
         self._by_pk: dict[int, FeedToken] = {}
         self._live: dict[str, FeedSession] = {}  # sessions with an open connection
+        # sessions whose connection ended but whose position write failed: resumed from here
+        # and written by the next flush (held from eviction and expiry until then)
+        self._unsaved: dict[str, FeedSession] = {}
         # session id -> its connection's owner (see Owner)
         self._owners: dict[str, Owner] = {}
         self._closers: dict[int, set[Callable[[str], None]]] = {}  # token pk -> open connections
@@ -98,6 +109,9 @@ class LiveFeeds(ABC, Generic[TxT, ConnT]):
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        if self._unsaved:  # a last try: after a stop, a resume reads the written position
+            with contextlib.suppress(Exception):
+                await self.flush()
         await self.flush()
 
     # -- tokens ---------------------------------------------------------------------------------
@@ -168,6 +182,7 @@ class LiveFeeds(ABC, Generic[TxT, ConnT]):
         and its open connections end."""
         self._by_pk.pop(token_pk, None)
         self._by_digest = {d: t for d, t in self._by_digest.items() if t.pk != token_pk}
+        self._unsaved = {i: s for i, s in self._unsaved.items() if s.token_pk != token_pk}
         for close in list(self._closers.pop(token_pk, ())):
             close("feed token revoked")
 
@@ -185,11 +200,17 @@ class LiveFeeds(ABC, Generic[TxT, ConnT]):
     # -- sessions -------------------------------------------------------------------------------
 
     def _attached(self, token_pk: int) -> list[str]:
-        """The token's sessions that a connection serves or is opening. Called in the writer
-        thread: ``list()`` copies each dict in one step under the GIL."""
+        """The token's sessions that a connection serves or is opening (or whose last
+        position is not written yet: ``_unsaved``). Called in the writer thread: ``list()``
+        copies each dict in one step under the GIL."""
         live = [s.id for s in list(self._live.values()) if s.token_pk == token_pk]
         opening = [i for i, (t, _) in list(self._opening.items()) if t == token_pk]
-        return live + opening
+        unsaved = [s.id for s in list(self._unsaved.values()) if s.token_pk == token_pk]
+        return live + opening + unsaved
+
+    def _held(self) -> list[str]:
+        """The sessions expiry must keep: served, being opened, or not written yet."""
+        return list(self._live) + list(self._opening) + list(self._unsaved)
 
     def claim(self, token: FeedToken, session_id: str) -> None:
         """A connection is opening ``session_id``: it is not evicted until ``release``."""
@@ -258,7 +279,7 @@ class LiveFeeds(ABC, Generic[TxT, ConnT]):
 
     async def session(self, token: FeedToken, session_id: str) -> FeedSession | None:
         """The session of this token, if it exists and has not expired."""
-        live = self._live.get(session_id)
+        live = self._live.get(session_id) or self._unsaved.get(session_id)
         if live is not None:
             return live if live.token_pk == token.pk else None
         oldest = now_ms() - self._retention_ms
@@ -284,6 +305,7 @@ class LiveFeeds(ABC, Generic[TxT, ConnT]):
         Its claim (``claim``, or the one ``create_session`` made) ends: being live protects it
         from eviction until ``closed``."""
         self._live[session.id] = session
+        self._unsaved.pop(session.id, None)  # (still dirty: the flush writes it)
         self._owners[session.id] = Owner(close)
         self.release(session.id)
 
@@ -315,10 +337,21 @@ class LiveFeeds(ABC, Generic[TxT, ConnT]):
     async def closed(self, session: FeedSession) -> None:
         """The connection ended: write its position now. The session stays live until the
         write is done, so a take-over meanwhile waits for it (and then reads where this
-        connection stopped, not the position stored before)."""
+        connection stopped, not the position stored before). A write that fails keeps the
+        session in memory (``_unsaved``) for the next flush and for a resume meanwhile."""
         session.dirty = True
         try:
             await self._save([session])
+        except Exception as exc:  # noqa: BLE001 - the store's failure: kept, written later
+            if self._live.get(session.id) is session:
+                self._unsaved[session.id] = session
+            log.warning(
+                "feed session %s: its position could not be written (%s); kept in memory"
+                " and written again within %s s",
+                session.id,
+                exc,
+                FLUSH_SECONDS,
+            )
         finally:
             if self._live.get(session.id) is session:
                 del self._live[session.id]
@@ -327,7 +360,11 @@ class LiveFeeds(ABC, Generic[TxT, ConnT]):
                     owner.ended.set()
 
     async def flush(self) -> None:
-        await self._save([s for s in self._live.values() if s.dirty])
+        unsaved = list(self._unsaved.values())
+        await self._save([s for s in self._live.values() if s.dirty] + unsaved)
+        for s in unsaved:  # written now (unless resumed meanwhile and moved again)
+            if self._unsaved.get(s.id) is s:
+                del self._unsaved[s.id]
 
     async def _save(self, sessions: list[FeedSession]) -> None:
         dirty = [s for s in sessions if s.dirty]

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from streamgauge.domain.errors import Conflict, NotFound
+from streamgauge.domain.feeds import SessionLimit
 from streamgauge.store.api import FeedSessions
 from tests.store.conformance.harness import Harness, seed
 
@@ -186,3 +187,74 @@ async def test_a_take_over_while_the_ended_connection_saves_resumes_after_it(
         assert saving.done()
         got = await f.session(tok, session.id)
         assert got is not None and got.position == 21
+
+
+async def test_a_position_whose_write_failed_at_the_end_is_resumed_from_memory(
+    backend: Harness,
+) -> None:
+    """The write of an ended connection's position fails (a full disk, say): the session keeps
+    that position in memory, so a resume meanwhile continues where the connection stopped
+    rather than from the position stored before (a repeat); it is held from eviction, and
+    the next flush writes it."""
+    s = await seed(backend)
+    async with feeds(backend, per_token=1) as f:
+        tok, _ = await f.create_token(s.project_pk, "t")
+        session = await f.create_session(tok, "a", 1)
+        f.opened(session, lambda: None)
+        f.moved(session, 21)
+        write = f._write_positions  # type: ignore[attr-defined]
+
+        async def full(*args: object) -> None:
+            raise OSError("database or disk is full")
+
+        f._write_positions = full  # type: ignore[attr-defined]
+        await f.closed(session)  # logged, not raised: the connection still closes cleanly
+        got = await f.session(tok, session.id)
+        assert got is not None and got.position == 21
+        with pytest.raises(SessionLimit):  # not evicted for a new session: not written yet
+            await f.create_session(tok, "b", 1)
+        f._write_positions = write  # type: ignore[attr-defined]
+        await f.flush()
+    await backend.reopen()
+    async with feeds(backend) as f:
+        tok2 = f.tokens_of(s.project_pk)[0]
+        got = await f.session(tok2, session.id)
+        assert got is not None and got.position == 21
+
+
+async def test_the_flusher_goes_on_after_a_failed_write(
+    backend: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A position write that fails once (a full disk, a lock held past the timeout) does not
+    stop the once-a-second flush: the next one writes the positions."""
+    from streamgauge.store.postgres import feeds as pg_feeds
+    from streamgauge.store.sqlite import feeds as sqlite_feeds
+
+    for module in (pg_feeds, sqlite_feeds):
+        monkeypatch.setattr(module, "FLUSH_SECONDS", 0.02)
+    s = await seed(backend)
+    async with feeds(backend) as f:
+        tok, _ = await f.create_token(s.project_pk, "t")
+        session = await f.create_session(tok, "a", 1)
+        f.opened(session, lambda: None)
+        write = f._write_positions  # type: ignore[attr-defined]
+        calls: list[bool] = []
+
+        async def once_full(*args: object) -> None:
+            if not calls:
+                calls.append(False)
+                raise OSError("database or disk is full")
+            await write(*args)
+            calls.append(True)
+
+        f._write_positions = once_full  # type: ignore[attr-defined]
+        f.moved(session, 34)
+        for _ in range(500):
+            if True in calls:
+                break
+            await asyncio.sleep(0.01)
+        assert calls[:1] == [False] and True in calls
+    await backend.reopen()
+    async with feeds(backend) as f:
+        got = await f.session(f.tokens_of(s.project_pk)[0], session.id)
+        assert got is not None and got.position == 34

@@ -173,7 +173,7 @@ class FeedStore(LiveFeeds[Tx, Conn]):
         oldest = now_ms() - self._retention_ms
 
         def delete(tx: Tx) -> int:
-            keep = list(self._live) + list(self._opening)
+            keep = self._held()
             gone = tx.execute(
                 "DELETE FROM feed_sessions WHERE touched < %s"
                 " AND NOT (id = ANY(%s::text[])) RETURNING token_pk",
@@ -191,6 +191,7 @@ class FeedStore(LiveFeeds[Tx, Conn]):
 
     async def _flusher(self) -> None:
         expired = time.monotonic()
+        failing = False
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
             try:
@@ -208,5 +209,11 @@ class FeedStore(LiveFeeds[Tx, Conn]):
                 if exc.retry_after is None:  # the store closing under us: stop quietly
                     return
                 # PostgreSQL unreachable for now: the positions stay dirty, try again
-            except Exception:  # the store closing under us: stop quietly
-                return
+            except Exception as exc:  # noqa: BLE001 - a failed write: the positions stay dirty
+                if not failing:
+                    log.warning("feed sessions: positions not written (%s); retrying", exc)
+                failing = True
+            else:
+                if failing:
+                    log.warning("feed sessions: positions written again")
+                failing = False

@@ -5,6 +5,7 @@ processes of one node (a fan-out worker serving the push feed, docs/workers.md).
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
@@ -12,10 +13,13 @@ from collections.abc import Callable
 import orjson
 
 from streamgauge.domain import events as ev
+from streamgauge.domain.errors import Unavailable
 from streamgauge.domain.feeds import FeedSession, FeedToken
 from streamgauge.store.api import Store
 from streamgauge.store.feedsessions import FLUSH_SECONDS, LiveFeeds, digest, now_ms
 from streamgauge.store.sqlite.store import Tx
+
+log = logging.getLogger("streamgauge.feed")
 
 
 class FeedStore(LiveFeeds[Tx, sqlite3.Connection]):
@@ -148,7 +152,7 @@ class FeedStore(LiveFeeds[Tx, sqlite3.Connection]):
             params = (orjson.dumps([t.pk for d, t in self._by_digest.items() if owns(d)]),)
 
         def delete(tx: Tx) -> int:
-            keep = orjson.dumps(list(self._live) + list(self._opening))
+            keep = orjson.dumps(self._held())
             gone = tx.execute(sql + " RETURNING token_pk", (oldest, keep, *params)).fetchall()
 
             def committed() -> None:
@@ -162,6 +166,7 @@ class FeedStore(LiveFeeds[Tx, sqlite3.Connection]):
 
     async def _flusher(self) -> None:
         expired = time.monotonic()
+        failing = False
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
             try:
@@ -169,5 +174,15 @@ class FeedStore(LiveFeeds[Tx, sqlite3.Connection]):
                 if time.monotonic() - expired >= self._expire_every:
                     expired = time.monotonic()
                     await self.expire()
-            except Exception:  # the store closing under us: stop quietly
+            except Unavailable:  # the store closing under us: stop quietly
                 return
+            except Exception as exc:  # noqa: BLE001 - a full disk, a lock held too long
+                # (a worker's write waits for the writer's transaction): the positions stay
+                # dirty and the next pass tries again
+                if not failing:
+                    log.warning("feed sessions: positions not written (%s); retrying", exc)
+                failing = True
+            else:
+                if failing:
+                    log.warning("feed sessions: positions written again")
+                failing = False
