@@ -67,7 +67,7 @@ def main() -> None:
             try:
                 S = m.nseries
                 rng = np.random.default_rng(1)
-                encoders = {
+                encoders: dict[str, NdjsonEncoder | ColumnarEncoder] = {
                     "ndjson": NdjsonEncoder(m),
                     "arrow": ColumnarEncoder(m, "arrow"),
                     "parquet": ColumnarEncoder(m, "parquet"),

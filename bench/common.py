@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -127,7 +127,7 @@ def values_for(m: Mesonet, series: np.ndarray, tick: np.ndarray) -> np.ndarray:
     # kept inside the server's catalog ranges, which it removes failures of by default
     lo = np.array([-90.0, 0.0, 0.0, 0.0, 30000.0, 0.0])[var]
     hi = np.array([65.0, 100.0, 120.0, 120.0, 110000.0, 50000.0])[var]
-    return np.clip(np.round(b + wobble * scale, 1), lo, hi)
+    return cast(np.ndarray, np.clip(np.round(b + wobble * scale, 1), lo, hi))
 
 
 class NdjsonEncoder:

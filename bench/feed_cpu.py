@@ -23,6 +23,7 @@ import pstats
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from streamgauge.config import Settings
 from streamgauge.core.engine import Engine
 from streamgauge.core.filters import CompiledSelection
 from streamgauge.core.hub import Item, Subscription
-from streamgauge.domain.model import DeviceIn, ProjectIn, SiteIn
+from streamgauge.domain.model import Device, DeviceIn, ProjectIn, SiteIn
 from streamgauge.faces.synoptic.args import parse_feed_args
 from streamgauge.faces.synoptic.messages import Metadata, feed_framing, round_frames
 from streamgauge.store.sqlite import metadata
@@ -43,6 +44,9 @@ from .common import (
     site_bodies,
 )
 from .feed import make_feed_filters
+
+if TYPE_CHECKING:
+    from streamgauge.store.sqlite.store import Tx
 
 
 class Session:
@@ -93,11 +97,11 @@ async def run(a: argparse.Namespace) -> None:
             devices = [DeviceIn(**b) for b in device_bodies(m)]
             for k in range(0, len(devices), 5000):
                 part = devices[k : k + 5000]
-                await engine.store.write(
-                    lambda tx, part=part: metadata.create_devices(
-                        tx, reg, proj, part, skip_existing=False
-                    )
-                )
+
+                def create_part(tx: Tx, part: list[DeviceIn] = part) -> list[Device]:
+                    return metadata.create_devices(tx, reg, proj, part, skip_existing=False)
+
+                await engine.store.write(create_part)
             enc = NdjsonEncoder(m)
             t0 = (int(time.time()) // 60 - 10 * 60) * 60_000
             everything = np.arange(m.nseries, dtype=np.int64)
@@ -108,8 +112,8 @@ async def run(a: argparse.Namespace) -> None:
                     await engine.ingest(proj, body, ndjson=True)
             filters = make_feed_filters(m, a.sessions, a.rows)
             sessions = [Session(engine, f.query(), proj.pk, 1000) for f in filters]
-            for s in sessions:
-                engine.hub.subscribe(s.sub)
+            for session in sessions:
+                engine.hub.subscribe(session.sub)
             bodies = []
             for k in range(a.batches):
                 s = (np.arange(k * a.rows, (k + 1) * a.rows, dtype=np.int64)) % m.nseries

@@ -233,7 +233,7 @@ class Ingestor:
                 "Authorization": f"Bearer {token}",
                 "Content-Type": "application/x-ndjson",
             }
-            self.ok = (200,)
+            self.ok: tuple[int, ...] = (200,)
         else:
             self.enc = LineProtocolEncoder(m)
             self.path = "/write?db=bench&precision=ms"

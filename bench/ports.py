@@ -94,7 +94,11 @@ def _mqtt_round(
         for info in infos:
             info.wait_for_publish()
         target = before + k + len(infos) - WINDOW // 2
-        _wait(lambda t=target: _metric(base, pattern) >= t, "the MQTT messages")
+
+        def caught_up(t: float = target) -> bool:
+            return _metric(base, pattern) >= t
+
+        _wait(caught_up, "the MQTT messages")
     _wait(lambda: _metric(base, pattern) >= before + len(items), "the MQTT messages")
     return time.perf_counter() - started
 

@@ -17,7 +17,7 @@ import argparse
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import numpy as np
@@ -81,7 +81,7 @@ def haversine(lat: float, lon: float, lats: np.ndarray, lons: np.ndarray) -> np.
     la1, lo1 = np.radians(lat), np.radians(lon)
     la2, lo2 = np.radians(lats), np.radians(lons)
     h = np.sin((la2 - la1) / 2) ** 2 + np.cos(la1) * np.cos(la2) * np.sin((lo2 - lo1) / 2) ** 2
-    return 2 * EARTH_RADIUS_MILES * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
+    return cast(np.ndarray, 2 * EARTH_RADIUS_MILES * np.arcsin(np.sqrt(np.clip(h, 0, 1))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ class QFilter:
     vars: list[int] | None = None
     expr: list[list[Cond]] | None = None  # OR of ANDs
     rows: int = 500  # rows per fan-out batch (a report = one station in one batch)
-    _memo: Any = None
+    _memo: tuple[tuple[int, int], np.ndarray] | None = None
 
     def expr_text(self) -> str:
         assert self.expr
@@ -158,7 +158,7 @@ class QFilter:
     def _mask(self, m: Mesonet, series: np.ndarray) -> np.ndarray:
         st = series // NVARS
         var = series % NVARS
-        ok = self.station_mask(m)[st]
+        ok: np.ndarray = self.station_mask(m)[st]
         if self.vars:
             ok &= np.isin(var, self.vars)
         data = report_data(m, series, self.rows)
@@ -217,7 +217,7 @@ def report_pass(expr: list[list[Cond]], data: Any) -> np.ndarray:
             hit = (var == VAR_NAMES.index(v)) & inrange & OPS[op](vals, val)
             all_c &= np.bincount(rep[hit], minlength=nrep) > 0
         any_term |= all_c
-    return any_term[rep]
+    return cast(np.ndarray, any_term[rep])
 
 
 def make_quality_filters(m: Mesonet, count: int = 1000, rows: int = 500) -> list[QFilter]:
@@ -230,7 +230,9 @@ def make_quality_filters(m: Mesonet, count: int = 1000, rows: int = 500) -> list
         return [s.lower() if rng.random() < 0.3 else s for s in ss]
 
     def networks() -> list[str]:
-        return rng.choice(NETWORKS, int(rng.integers(1, 3)), replace=False).tolist()
+        return cast(
+            list[str], rng.choice(NETWORKS, int(rng.integers(1, 3)), replace=False).tolist()
+        )
 
     def radius() -> tuple[float, float, float]:
         return (
@@ -503,11 +505,11 @@ def quality_fanout(m: Mesonet, cfg: FanoutCfg, srv: StreamgaugeServer) -> QFanou
     bidx = np.arange(all_series.size) // cfg.rows
     for f in filters:
         exp_b += np.bincount(bidx[f.mask(m, all_series)], minlength=cfg.nbatches)
-    for s in subs:
-        off = s["t_ms"] - FANOUT_T1_MS
-        k = off // 1000
-        good = (off % 1000 == 0) & (k >= 0) & (k < cfg.nbatches)
-        got_b += np.bincount(k[good], weights=s["cnt"][good], minlength=cfg.nbatches).astype(
+    for sub in subs:
+        off = sub["t_ms"] - FANOUT_T1_MS
+        batch = off // 1000
+        good = (off % 1000 == 0) & (batch >= 0) & (batch < cfg.nbatches)
+        got_b += np.bincount(batch[good], weights=sub["cnt"][good], minlength=cfg.nbatches).astype(
             np.int64
         )
     short = np.flatnonzero(got_b != exp_b)
@@ -613,14 +615,14 @@ def main_quality(a: argparse.Namespace) -> None:
             log("  QC-on SERVER EXITED:\n" + on.log_tail())
         else:
             tail = on.log_tail(100_000)
-            bad = [
+            error_lines = [
                 ln
                 for ln in tail.splitlines()
                 if "Traceback" in ln or " ERROR" in ln or "error" in ln.lower()
             ]
             log(
-                f"  server log: {len(bad)} error-looking lines"
-                + (f"; first: {bad[:3]}" if bad else "")
+                f"  server log: {len(error_lines)} error-looking lines"
+                + (f"; first: {error_lines[:3]}" if error_lines else "")
             )
             pauses = [ln for ln in tail.splitlines() if "garbage collection paused" in ln]
             log(f"  server log: {len(pauses)} full GC pauses over 100 ms {pauses[:5]}")
