@@ -8,7 +8,15 @@ thread a chunk at a time (a page, a network read), not an observation at a time.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from concurrent.futures import CancelledError
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -224,7 +232,7 @@ class Client:
         qc: Names = None,
         idle_timeout: float = 90.0,
         **filters: Any,
-    ) -> Iterator[Observation]:
+    ) -> Generator[Observation, None, None]:
         params = history_params(
             device=device, variable=variable, start=None, end=None, qc=qc, filters=filters
         )
@@ -233,7 +241,7 @@ class Client:
 
     stream.__doc__ = AsyncClient.stream.__doc__
 
-    def _stream(self, reader: StreamReader) -> Iterator[Observation]:
+    def _stream(self, reader: StreamReader) -> Generator[Observation, None, None]:
         chunks = reader.chunks()
         loop = self._loop
         try:
