@@ -11,9 +11,7 @@ appear is printed, not asserted.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,58 +23,15 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from streamgauge.faces.ui import CSP, STATIC_DIR
-from tests.conftest import MS, Server, expect_error, start_server
+from tests.browser import WAIT_S, chromium
+from tests.conftest import Server, expect_error, start_server
 
-BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-WAIT_S = max(60.0, 60_000 * MS)  # hang guard for the page, not a performance bound
 P = "/api/v1/projects"
-
-
-def _need(what: str) -> None:
-    message = f"{what} not found: run .ci/install-browser"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
-    binary = next((p for p in map(shutil.which, BROWSERS) if p), None)
-    if binary is None:
-        _need("chromium")
-    driver_path = shutil.which("chromedriver")
-    if driver_path is None:
-        _need("chromedriver")
-    assert binary is not None and driver_path is not None
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        _need("selenium (the test extra)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",  # CI runs as root
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1100",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        # Offline: any host but the loopback address fails to resolve (a CDN asset would fail).
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-        "--no-first-run",
-        "--no-default-browser-check",
-        "--disable-background-networking",
-        "--disable-component-update",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
-    driver.set_page_load_timeout(WAIT_S)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    yield from chromium(tmp_path / "chromium-profile", window="1400,1100")
 
 
 @pytest.fixture
