@@ -40,6 +40,9 @@ class Flaky(LiveFeeds[Any, Any]):
     def _evict(self, tx: Any, token_pk: int, keep: list[str], limit: int) -> int:
         raise AssertionError("not reached")
 
+    async def expire(self) -> int:
+        raise AssertionError("not reached")
+
 
 TOKEN = FeedToken(1, "ft1", 1, "t", "2026-01-01T00:00:00Z")
 
@@ -115,3 +118,36 @@ async def test_a_revoked_token_drops_its_unsaved_sessions() -> None:
     await feeds.closed(session)
     feeds._drop_token(TOKEN.pk)
     assert feeds._held() == [] and feeds._attached(TOKEN.pk) == []
+
+
+async def test_the_flusher_retries_a_failed_pass_and_stops_only_with_the_store(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from streamgauge.domain.errors import Unavailable
+    from streamgauge.store import feedsessions
+
+    monkeypatch.setattr(feedsessions, "FLUSH_SECONDS", 0.001)
+    outcomes: list[BaseException | None] = [
+        OSError("disk full"),
+        OSError("disk full"),
+        Unavailable("out of reach", retry_after=1),
+        None,
+        Unavailable("the store is closed"),
+        None,  # not reached: the flusher has stopped
+    ]
+    passes: list[bool] = []
+
+    class Scripted(Flaky):
+        async def _flush_pass(self, expire: bool) -> None:
+            passes.append(expire)
+            outcome = outcomes[len(passes) - 1]
+            if outcome is not None:
+                raise outcome
+
+    await asyncio.wait_for(Scripted()._flusher(), 5)
+    assert len(passes) == 5
+    warnings = [r.getMessage() for r in caplog.records if r.name == "streamgauge.feed"]
+    assert warnings == [
+        "feed sessions: positions not written (disk full); retrying",  # once, not twice
+        "feed sessions: positions written again",
+    ]

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from streamgauge.domain.errors import NotFound
+from streamgauge.domain.errors import NotFound, Unavailable
 from streamgauge.domain.feeds import FeedSession, FeedToken, SessionLimit
 from streamgauge.domain.model import now_iso
 from streamgauge.store.api import Store
@@ -358,6 +358,41 @@ class LiveFeeds(ABC, Generic[TxT, ConnT]):
                 owner = self._owners.pop(session.id, None)
                 if owner is not None and owner.ended is not None:
                     owner.ended.set()
+
+    async def _flusher(self) -> None:
+        """Once a second: the positions that moved (``flush``), and now and then ``expire``.
+        A failed pass (a full disk, a lock held past the timeout, the database out of reach)
+        leaves the positions dirty for the next one; only a closed store stops it."""
+        expired = time.monotonic()
+        failing = False
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            due = time.monotonic() - expired >= self._expire_every
+            try:
+                await self._flush_pass(due)
+            except Unavailable as exc:
+                if exc.retry_after is None:  # the store closing under us: stop quietly
+                    return
+                continue  # out of reach for now (PostgreSQL): the positions stay dirty
+            except Exception as exc:  # noqa: BLE001 - logged once until a pass succeeds
+                if not failing:
+                    log.warning("feed sessions: positions not written (%s); retrying", exc)
+                failing = True
+                continue
+            if due:
+                expired = time.monotonic()
+            if failing:
+                log.warning("feed sessions: positions written again")
+            failing = False
+
+    async def _flush_pass(self, expire: bool) -> None:
+        await self.flush()
+        if expire:
+            await self.expire()
+
+    @abstractmethod
+    async def expire(self) -> int:
+        """Delete detached sessions unused for longer than the retention; returns how many."""
 
     async def flush(self) -> None:
         unsaved = list(self._unsaved.values())

@@ -227,11 +227,9 @@ async def test_the_flusher_goes_on_after_a_failed_write(
 ) -> None:
     """A position write that fails once (a full disk, a lock held past the timeout) does not
     stop the once-a-second flush: the next one writes the positions."""
-    from streamgauge.store.postgres import feeds as pg_feeds
-    from streamgauge.store.sqlite import feeds as sqlite_feeds
+    from streamgauge.store import feedsessions
 
-    for module in (pg_feeds, sqlite_feeds):
-        monkeypatch.setattr(module, "FLUSH_SECONDS", 0.02)
+    monkeypatch.setattr(feedsessions, "FLUSH_SECONDS", 0.02)
     s = await seed(backend)
     async with feeds(backend) as f:
         tok, _ = await f.create_token(s.project_pk, "t")

@@ -6,19 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from streamgauge.domain.errors import Unavailable
 from streamgauge.domain.feeds import FeedSession, FeedToken
 from streamgauge.store.api import Store
-from streamgauge.store.feedsessions import FLUSH_SECONDS, LiveFeeds, digest, now_ms
+from streamgauge.store.feedsessions import LiveFeeds, digest, now_ms
 from streamgauge.store.postgres import feedsignals
 from streamgauge.store.postgres.conn import Conn, Tx
-
-log = logging.getLogger("streamgauge.feed")
 
 
 class FeedStore(LiveFeeds[Tx, Conn]):
@@ -189,31 +184,10 @@ class FeedStore(LiveFeeds[Tx, Conn]):
 
         return await self._store.write(delete)
 
-    async def _flusher(self) -> None:
-        expired = time.monotonic()
-        failing = False
-        while True:
-            await asyncio.sleep(FLUSH_SECONDS)
-            try:
-                if time.monotonic() - expired >= self._expire_every:
-                    # Sessions served here are touched as often as expiry runs: another node's
-                    # expiry, which does not know them, never takes one that is connected.
-                    for session in list(self._live.values()):
-                        session.dirty = True
-                    await self.flush()
-                    expired = time.monotonic()
-                    await self.expire()
-                else:
-                    await self.flush()
-            except Unavailable as exc:
-                if exc.retry_after is None:  # the store closing under us: stop quietly
-                    return
-                # PostgreSQL unreachable for now: the positions stay dirty, try again
-            except Exception as exc:  # noqa: BLE001 - a failed write: the positions stay dirty
-                if not failing:
-                    log.warning("feed sessions: positions not written (%s); retrying", exc)
-                failing = True
-            else:
-                if failing:
-                    log.warning("feed sessions: positions written again")
-                failing = False
+    async def _flush_pass(self, expire: bool) -> None:
+        if expire:
+            # Sessions served here are touched as often as expiry runs: another node's expiry,
+            # which does not know them, never takes one that is connected.
+            for session in list(self._live.values()):
+                session.dirty = True
+        await super()._flush_pass(expire)

@@ -5,21 +5,16 @@ processes of one node (a fan-out worker serving the push feed, docs/workers.md).
 from __future__ import annotations
 
 import asyncio
-import logging
 import sqlite3
-import time
 from collections.abc import Callable
 
 import orjson
 
 from streamgauge.domain import events as ev
-from streamgauge.domain.errors import Unavailable
 from streamgauge.domain.feeds import FeedSession, FeedToken
 from streamgauge.store.api import Store
-from streamgauge.store.feedsessions import FLUSH_SECONDS, LiveFeeds, digest, now_ms
+from streamgauge.store.feedsessions import LiveFeeds, digest, now_ms
 from streamgauge.store.sqlite.store import Tx
-
-log = logging.getLogger("streamgauge.feed")
 
 
 class FeedStore(LiveFeeds[Tx, sqlite3.Connection]):
@@ -163,26 +158,3 @@ class FeedStore(LiveFeeds[Tx, sqlite3.Connection]):
             return len(gone)
 
         return await self._store.write(delete)
-
-    async def _flusher(self) -> None:
-        expired = time.monotonic()
-        failing = False
-        while True:
-            await asyncio.sleep(FLUSH_SECONDS)
-            try:
-                await self.flush()
-                if time.monotonic() - expired >= self._expire_every:
-                    expired = time.monotonic()
-                    await self.expire()
-            except Unavailable:  # the store closing under us: stop quietly
-                return
-            except Exception as exc:  # noqa: BLE001 - a full disk, a lock held too long
-                # (a worker's write waits for the writer's transaction): the positions stay
-                # dirty and the next pass tries again
-                if not failing:
-                    log.warning("feed sessions: positions not written (%s); retrying", exc)
-                failing = True
-            else:
-                if failing:
-                    log.warning("feed sessions: positions written again")
-                failing = False
