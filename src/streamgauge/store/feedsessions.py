@@ -399,7 +399,7 @@ class LiveFeeds(ABC, Generic[TxT, ConnT]):
         await self._save([s for s in self._live.values() if s.dirty] + unsaved)
         for s in unsaved:  # written now (unless resumed meanwhile and moved again)
             if self._unsaved.get(s.id) is s:
-                del self._unsaved[s.id]
+                self._unsaved.pop(s.id, None)  # (a revoke in the writer thread may drop it too)
 
     async def _save(self, sessions: list[FeedSession]) -> None:
         dirty = [s for s in sessions if s.dirty]
