@@ -1,69 +1,67 @@
-"""Metadata changes, run inside the writer's transaction; their events; the registry loader.
+"""Metadata in SQLite: the dialect of the metadata changes (``store/metadata.py`` holds them,
+with their checks and events, for both stores: here ``?`` placeholders, an insert's
+``lastrowid``, ``INSERT OR REPLACE``), the registry loader and the change feed ``meta_events``
+(``store/metadata.py`` says what it is and how it is bounded).
 
-Each function checks (against the registry, read through ``domain.readmodel.ReadModel``),
-writes, and appends the change's events (``domain/events.py``) to the transaction. The writer
-stores them in the same transaction (``write_events``: the ``meta_events`` table) and hands them
-to the registry only after the commit, so the registry never shows what did not commit and a
-failed transaction leaves no event. Bulk creates are all-or-nothing and name each bad item by
-its index. With ``skip_existing`` an item whose id exists is left as it is and returned
-unchanged.
-
-``meta_events`` is the change feed since the table was created (schema 9): sequence number,
-commit time, kind, payload (``events.encode``). It is bounded: each write of events deletes
-those older than ``EVENT_RETENTION_MS`` and those more than ``EVENT_KEEP_MAX`` behind. It is not
-what a store opens from: ``load`` reads the tables themselves (as events, which the registry
-applies); the feed is for what follows a running node's changes (the cluster mode's bus, a node
-catching up after a short outage; one further behind reloads from the tables).
+``load`` and ``load_tables`` read the tables on open; ``write_events`` stores a transaction's
+events in it, numbered by the table's AUTOINCREMENT (one writer: a transaction's events are
+numbered in a row); ``read_events`` and ``events_head`` read the feed back.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from streamgauge.domain import events as ev
-from streamgauge.domain.errors import Conflict, Invalid, NotFound
-from streamgauge.domain.model import (
-    Device,
-    DeviceIn,
-    Project,
-    ProjectIn,
-    Role,
-    Site,
-    SiteIn,
-    Variable,
-    VariableIn,
-    new_id,
-    now_iso,
-)
-from streamgauge.domain.readmodel import ReadModel, Tables
-from streamgauge.domain.records import AccountRec, DeviceRec, ProjectRec, SiteRec, VariableRec
+from streamgauge.domain.model import Project
+from streamgauge.domain.readmodel import Tables
+from streamgauge.store.metadata import EVENT_KEEP_MAX as EVENT_KEEP_MAX
+from streamgauge.store.metadata import EVENT_RETENTION_MS as EVENT_RETENTION_MS
+from streamgauge.store.metadata import MetadataChanges, account_events
 
 if TYPE_CHECKING:
     from streamgauge.store.sqlite.store import Tx
 
-EVENT_RETENTION_MS = 3_600_000  # meta_events keeps the last hour of changes ...
-EVENT_KEEP_MAX = 100_000  # ... and at most this many (a network's first ingest adds a series each)
 
-M = TypeVar("M", bound=BaseModel)
-I = TypeVar("I", bound=BaseModel)  # noqa: E741 - an item of a create request
-D = TypeVar("D", bound=BaseModel)  # the document created
+class SqliteMetadata(MetadataChanges["Tx", sqlite3.Connection]):
+    """The metadata changes in SQLite's dialect."""
+
+    PARAM = "?"
+
+    def _insert_returning_pk(self, tx: Tx, sql: str, params: tuple[Any, ...]) -> int:
+        return int(tx.execute(sql, params).lastrowid or 0)
+
+    def _next_account_pk(self, tx: Tx) -> int:
+        (pk,) = tx.execute(
+            "SELECT max(coalesce((SELECT max(pk) FROM accounts), 0),"
+            " coalesce((SELECT value FROM state WHERE key = 'account_seq'), 0)) + 1"
+        ).fetchone()
+        tx.execute("INSERT OR REPLACE INTO state VALUES ('account_seq', ?)", (pk,))
+        return int(pk)
 
 
-def _merge(model: type[M], doc: M, patch: dict[str, Any]) -> M:
-    """``doc`` with ``patch`` applied; a null ``name`` resets it to the id; 422 if invalid."""
-    if "name" in patch and patch["name"] is None:
-        patch["name"] = getattr(doc, "id", None)
-    try:
-        return model(**{**doc.model_dump(), **patch})
-    except ValidationError as exc:
-        raise Invalid(
-            "the update does not validate",
-            [{"field": ".".join(map(str, e["loc"])), "reason": e["msg"]} for e in exc.errors()],
-        ) from exc
+_changes = SqliteMetadata()
+create_projects = _changes.create_projects
+update_project = _changes.update_project
+delete_project = _changes.delete_project
+create_sites = _changes.create_sites
+update_site = _changes.update_site
+delete_site = _changes.delete_site
+create_devices = _changes.create_devices
+update_device = _changes.update_device
+delete_device = _changes.delete_device
+create_variables = _changes.create_variables
+update_variable = _changes.update_variable
+delete_variable = _changes.delete_variable
+create_account = _changes.create_account
+rename_account = _changes.rename_account
+set_role = _changes.set_role
+delete_account = _changes.delete_account
+add_key = _changes.add_key
+delete_key = _changes.delete_key
+key_created = _changes.key_created
 
 
 def load(conn: sqlite3.Connection) -> Iterator[ev.MetaEvent]:
@@ -83,7 +81,7 @@ def load(conn: sqlite3.Connection) -> Iterator[ev.MetaEvent]:
         "JOIN variables v ON v.pk = s.variable_pk"
     ):
         yield ev.SeriesAdded(*row)
-    yield from _account_events(conn)
+    yield from account_events(conn)
 
 
 def load_tables(conn: sqlite3.Connection) -> Tables:
@@ -96,24 +94,11 @@ def load_tables(conn: sqlite3.Connection) -> Tables:
     ]
     t.sites = conn.execute("SELECT pk, project_pk, doc FROM sites").fetchall()
     t.devices = conn.execute("SELECT pk, project_pk, doc FROM devices").fetchall()
-    t.accounts = list(_account_events(conn))
+    t.accounts = list(account_events(conn))
     # Cursors: the registry reads them a chunk at a time (load them before another query).
     t.variables = conn.execute("SELECT pk, device_pk, doc FROM variables")
     t.series = conn.execute("SELECT pk, project_pk, device_pk, variable_pk, set_ FROM series")
     return t
-
-
-def _account_events(conn: sqlite3.Connection) -> Iterator[ev.MetaEvent]:
-    for pk, id_, name, home in conn.execute("SELECT pk, id, name, home_project_pk FROM accounts"):
-        yield ev.AccountPut(pk, id_, name, home)
-    for account_pk, project_pk, role in conn.execute(
-        "SELECT account_pk, project_pk, role FROM roles"
-    ):
-        yield ev.RolePut(account_pk, project_pk, role)
-    for key_id, account_pk, hash_ in conn.execute(
-        "SELECT key_id, account_pk, hash FROM account_keys"
-    ):
-        yield ev.KeyPut(account_pk, key_id, hash_)
 
 
 def write_events(conn: sqlite3.Connection, events: Sequence[ev.MetaEvent], now_ms: int) -> int:
@@ -151,366 +136,3 @@ def events_head(conn: sqlite3.Connection) -> int:
     """The last event's sequence number (0: none yet)."""
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'meta_events'").fetchone()
     return int(row[0]) if row else 0
-
-
-def _dupes(ids: list[str], what: str) -> None:
-    seen: dict[str, int] = {}
-    details = []
-    for i, id_ in enumerate(ids):
-        if id_ in seen:
-            details.append({"index": i, "field": "id", "reason": f"repeats item {seen[id_]}"})
-        seen.setdefault(id_, i)
-    if details:
-        raise Invalid(f"the same {what} id appears more than once in the request", details)
-
-
-def _create_all(
-    items: list[I],
-    ids: list[str],
-    what: str,
-    existing: Callable[[str], Any],
-    create: Callable[[int, I, str], D],
-    *,
-    skip_existing: bool,
-) -> list[D]:
-    """The bulk-create loop every collection shares: ids unique in the request, existing ids
-    skipped (their document returned) or named as conflicts, the rest created in order."""
-    _dupes(ids, what)
-    docs: list[D] = []
-    conflicts = []
-    for i, (it, id_) in enumerate(zip(items, ids, strict=True)):
-        rec = existing(id_)
-        if rec is None:
-            docs.append(create(i, it, id_))
-        elif skip_existing:
-            docs.append(rec.doc)
-        else:
-            conflicts.append({"index": i, "field": "id", "reason": f"{what} {id_!r} exists"})
-    if conflicts:
-        raise Conflict(f"a {what} with this id exists", conflicts)
-    return docs
-
-
-def _insert(tx: Tx, table: str, parent: str, parent_pk: int, id_: str, doc: BaseModel) -> int:
-    cur = tx.execute(
-        f"INSERT INTO {table} ({parent}, id, doc) VALUES (?, ?, ?)",
-        (parent_pk, id_, doc.model_dump_json()),
-    )
-    return int(cur.lastrowid or 0)
-
-
-# -- projects -----------------------------------------------------------------------------------
-
-
-def create_projects(
-    tx: Tx,
-    reg: ReadModel,
-    items: list[ProjectIn],
-    *,
-    skip_existing: bool,
-    admin_account: int | None,
-) -> list[Project]:
-    def create(i: int, it: ProjectIn, id_: str) -> Project:
-        doc = Project(
-            **{**it.model_dump(), "id": id_, "name": it.name or id_, "created_at": now_iso()}
-        )
-        cur = tx.execute(
-            "INSERT INTO projects (id, doc) VALUES (?, ?)", (id_, doc.model_dump_json())
-        )
-        pk = int(cur.lastrowid or 0)
-        tx.events.append(ev.ProjectPut(pk, doc))
-        if admin_account is not None:
-            tx.execute("INSERT INTO roles VALUES (?, ?, 'admin')", (admin_account, pk))
-            tx.events.append(ev.RolePut(admin_account, pk, "admin"))
-        return doc
-
-    ids = [it.id or new_id("p") for it in items]
-    return _create_all(items, ids, "project", reg.projects.get, create, skip_existing=skip_existing)
-
-
-def update_project(tx: Tx, reg: ReadModel, rec: ProjectRec, patch: dict[str, Any]) -> Project:
-    patch.pop("id", None)
-    doc = _merge(Project, rec.doc, patch)
-    tx.execute("UPDATE projects SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
-    tx.events.append(ev.ProjectPut(rec.pk, doc))
-    return doc
-
-
-def delete_project(tx: Tx, reg: ReadModel, rec: ProjectRec) -> None:
-    tx.execute("DELETE FROM series WHERE project_pk = ?", (rec.pk,))
-    tx.execute("DELETE FROM projects WHERE pk = ?", (rec.pk,))
-    tx.events.append(ev.ProjectDropped(rec.pk))  # cascades as the tables do (domain/events.py)
-
-
-# -- sites --------------------------------------------------------------------------------------
-
-
-def create_sites(
-    tx: Tx, reg: ReadModel, project: ProjectRec, items: list[SiteIn], *, skip_existing: bool
-) -> list[Site]:
-    def create(i: int, it: SiteIn, id_: str) -> Site:
-        doc = Site(
-            **{**it.model_dump(), "id": id_, "name": it.name or id_, "project": project.doc.id}
-        )
-        pk = _insert(tx, "sites", "project_pk", project.pk, id_, doc)
-        tx.events.append(ev.SitePut(pk, project.pk, doc))
-        return doc
-
-    ids = [it.id or new_id("s") for it in items]
-    docs = _create_all(
-        items,
-        ids,
-        "site",
-        lambda id_: reg.sites.get((project.pk, id_)),
-        create,
-        skip_existing=skip_existing,
-    )
-    return docs
-
-
-def update_site(tx: Tx, reg: ReadModel, rec: SiteRec, patch: dict[str, Any]) -> Site:
-    patch.pop("id", None)
-    doc = _merge(Site, rec.doc, patch)
-    tx.execute("UPDATE sites SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
-    tx.events.append(ev.SitePut(rec.pk, rec.project_pk, doc))
-    return doc
-
-
-def delete_site(tx: Tx, reg: ReadModel, rec: SiteRec) -> None:
-    users = sorted(
-        d.id
-        for d in reg.devices_by_pk.values()
-        if d.project_pk == rec.project_pk and d.site == rec.id
-    )
-    if users:
-        raise Conflict(
-            f"site {rec.doc.id!r} has devices; move or delete them first",
-            [{"field": "devices", "reason": ", ".join(users[:20])}],
-        )
-    tx.execute("DELETE FROM sites WHERE pk = ?", (rec.pk,))
-    tx.events.append(ev.SiteDropped(rec.pk, rec.project_pk, rec.doc.id))
-
-
-# -- devices and variables ----------------------------------------------------------------------
-
-
-def _check_site(reg: ReadModel, project: ProjectRec, site: str | None, index: int | None) -> None:
-    if site is not None and (project.pk, site) not in reg.sites:
-        detail: dict[str, Any] = {"field": "site", "reason": f"no site {site!r} in this project"}
-        if index is not None:
-            detail["index"] = index
-        raise Invalid(f"unknown site {site!r}", [detail])
-
-
-def create_devices(
-    tx: Tx, reg: ReadModel, project: ProjectRec, items: list[DeviceIn], *, skip_existing: bool
-) -> list[Device]:
-    def create(i: int, it: DeviceIn, id_: str) -> Device:
-        _check_site(reg, project, it.site, i)
-        doc = Device(
-            id=id_,
-            project=project.doc.id,
-            site=it.site,
-            type=it.type,
-            name=it.name or id_,
-            labels=it.labels,
-            metadata=it.metadata,
-        )
-        rec = DeviceRec(_insert(tx, "devices", "project_pk", project.pk, id_, doc), project.pk, doc)
-        tx.events.append(ev.DevicePut(rec.pk, project.pk, doc))
-        if it.variables:
-            create_variables(tx, reg, project, rec, it.variables, skip_existing=False, index=i)
-        return doc
-
-    ids = [it.id or new_id("d") for it in items]
-    docs = _create_all(
-        items,
-        ids,
-        "device",
-        lambda id_: reg.devices.get((project.pk, id_)),
-        create,
-        skip_existing=skip_existing,
-    )
-    return docs
-
-
-def update_device(
-    tx: Tx, reg: ReadModel, project: ProjectRec, rec: DeviceRec, patch: dict[str, Any]
-) -> Device:
-    patch.pop("id", None)
-    if "variables" in patch:
-        raise Invalid(
-            "variables are changed through the device's variables collection",
-            [{"field": "variables", "reason": "not allowed in an update"}],
-        )
-    if "site" in patch:
-        _check_site(reg, project, patch["site"], None)
-    doc = _merge(Device, rec.doc, patch)
-    tx.execute("UPDATE devices SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
-    tx.events.append(ev.DevicePut(rec.pk, rec.project_pk, doc))
-    return doc
-
-
-def delete_device(tx: Tx, reg: ReadModel, rec: DeviceRec) -> None:
-    tx.execute("DELETE FROM series WHERE device_pk = ?", (rec.pk,))
-    tx.execute("DELETE FROM devices WHERE pk = ?", (rec.pk,))
-    tx.events.append(ev.DeviceDropped(rec.pk))
-
-
-def create_variables(
-    tx: Tx,
-    reg: ReadModel,
-    project: ProjectRec,
-    device: DeviceRec,
-    items: list[VariableIn],
-    *,
-    skip_existing: bool,
-    index: int | None = None,
-) -> list[Variable]:
-    ids: list[str] = []
-    bad = []
-    for i, it in enumerate(items):
-        id_ = it.id or it.name
-        if id_ is None:
-            bad.append({"index": i, "field": "name", "reason": "a variable needs a name or an id"})
-            id_ = ""
-        ids.append(id_)
-    if bad:
-        raise Invalid(
-            "variable without a name",
-            bad if index is None else [{"index": index, "field": "variables", "reason": str(bad)}],
-        )
-
-    def create(i: int, it: VariableIn, id_: str) -> Variable:
-        doc = Variable(
-            **{
-                **it.model_dump(),
-                "id": id_,
-                "name": it.name or id_,
-                "project": project.doc.id,
-                "device": device.doc.id,
-            }
-        )
-        try:
-            entry, _, _ = reg.variable_entry(doc.name, doc.unit)  # the unit suits the catalog
-        except Invalid as exc:
-            where = {"index": i} if index is None else {"index": index, "variable": i}
-            raise Invalid(exc.message, [{**d, **where} for d in exc.details]) from exc
-        if doc.unit is None and entry.unit != "dimensionless":
-            doc = doc.model_copy(update={"unit": entry.unit})
-        pk = _insert(tx, "variables", "device_pk", device.pk, id_, doc)
-        tx.events.append(ev.VariablePut(pk, device.pk, doc))
-        return doc
-
-    docs = _create_all(
-        items,
-        ids,
-        "variable",
-        lambda id_: reg.variables.get((device.pk, id_)),
-        create,
-        skip_existing=skip_existing,
-    )
-    return docs
-
-
-def update_variable(tx: Tx, reg: ReadModel, rec: VariableRec, patch: dict[str, Any]) -> Variable:
-    patch.pop("id", None)
-    if "set" in patch and patch["set"] != rec.doc.set:
-        raise Invalid(
-            "a variable's set cannot change once created",
-            [{"field": "set", "reason": "create another variable for another set"}],
-        )
-    doc = _merge(Variable, rec.doc, patch)
-    entry, _, _ = reg.variable_entry(doc.name, doc.unit)  # a new unit must suit the entry
-    if entry.unit != rec.entry.unit:
-        raise Invalid(
-            "a variable's unit may change only within its canonical unit's dimension",
-            [{"field": "unit", "reason": f"stored in {rec.entry.unit!r}"}],
-        )
-    tx.execute("UPDATE variables SET doc = ? WHERE pk = ?", (doc.model_dump_json(), rec.pk))
-    tx.events.append(ev.VariablePut(rec.pk, rec.device_pk, doc))
-    return doc
-
-
-def delete_variable(tx: Tx, reg: ReadModel, rec: VariableRec) -> None:
-    tx.execute("DELETE FROM series WHERE variable_pk = ?", (rec.pk,))
-    tx.execute("DELETE FROM variables WHERE pk = ?", (rec.pk,))
-    tx.events.append(ev.VariableDropped(rec.pk))
-
-
-# -- service accounts, keys, roles --------------------------------------------------------------
-
-
-def create_account(
-    tx: Tx, reg: ReadModel, project: ProjectRec, id_: str, name: str, role: Role
-) -> AccountRec:
-    if id_ in reg.accounts:
-        raise Conflict(
-            f"service account {id_!r} exists",
-            [{"field": "id", "reason": "ids are unique in the deployment"}],
-        )
-    # Never a pk a deleted account had (SQLite's max(pk) + 1 would give one): what is keyed by
-    # it (the DT face's account settings, cached) must not pass to a new account.
-    (pk,) = tx.execute(
-        "SELECT max(coalesce((SELECT max(pk) FROM accounts), 0),"
-        " coalesce((SELECT value FROM state WHERE key = 'account_seq'), 0)) + 1"
-    ).fetchone()
-    tx.execute("INSERT OR REPLACE INTO state VALUES ('account_seq', ?)", (pk,))
-    tx.execute(
-        "INSERT INTO accounts (pk, id, name, home_project_pk) VALUES (?, ?, ?, ?)",
-        (pk, id_, name, project.pk),
-    )
-    tx.execute("INSERT INTO roles VALUES (?, ?, ?)", (pk, project.pk, role))
-    tx.events += [ev.AccountPut(pk, id_, name, project.pk), ev.RolePut(pk, project.pk, role)]
-    # What the account will be once committed (the registry builds its own record from the
-    # events): for writes of the same transaction that need its pk.
-    return AccountRec(pk, id_, name, project.pk, {project.pk: role})
-
-
-def rename_account(tx: Tx, reg: ReadModel, rec: AccountRec, name: str) -> None:
-    tx.execute("UPDATE accounts SET name = ? WHERE pk = ?", (name, rec.pk))
-    tx.events.append(ev.AccountPut(rec.pk, rec.id, name, rec.home_project_pk))
-
-
-def set_role(tx: Tx, reg: ReadModel, rec: AccountRec, project_pk: int, role: Role | None) -> None:
-    if role is None:
-        tx.execute(
-            "DELETE FROM roles WHERE account_pk = ? AND project_pk = ?", (rec.pk, project_pk)
-        )
-        tx.events.append(ev.RoleDropped(rec.pk, project_pk))
-    else:
-        tx.execute(
-            "INSERT INTO roles VALUES (?, ?, ?) "
-            "ON CONFLICT (account_pk, project_pk) DO UPDATE SET role = excluded.role",
-            (rec.pk, project_pk, role),
-        )
-        tx.events.append(ev.RolePut(rec.pk, project_pk, role))
-
-
-def delete_account(tx: Tx, reg: ReadModel, rec: AccountRec) -> None:
-    tx.execute("DELETE FROM accounts WHERE pk = ?", (rec.pk,))
-    tx.events.append(ev.AccountDropped(rec.pk))
-
-
-def add_key(
-    tx: Tx, reg: ReadModel, rec: AccountRec, key_id: str, hash_: str, created_at: str
-) -> None:
-    tx.execute("INSERT INTO account_keys VALUES (?, ?, ?, ?)", (key_id, rec.pk, hash_, created_at))
-    tx.events.append(ev.KeyPut(rec.pk, key_id, hash_))
-
-
-def delete_key(tx: Tx, reg: ReadModel, rec: AccountRec, key_id: str) -> None:
-    if key_id not in rec.keys:
-        raise NotFound(f"no key {key_id!r} on service account {rec.id!r}")
-    tx.execute("DELETE FROM account_keys WHERE key_id = ?", (key_id,))
-    tx.events.append(ev.KeyDropped(rec.pk, key_id))
-
-
-def key_created(conn: sqlite3.Connection, account_pk: int) -> list[tuple[str, str]]:
-    return [
-        (k, c)
-        for k, c in conn.execute(
-            "SELECT key_id, created_at FROM account_keys WHERE account_pk = ? ORDER BY key_id",
-            (account_pk,),
-        )
-    ]
