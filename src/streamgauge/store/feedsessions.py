@@ -31,14 +31,13 @@ session of the token is attached, i.e. served by a connection or being opened by
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import secrets
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -52,6 +51,8 @@ log = logging.getLogger("streamgauge.feed")
 FLUSH_SECONDS = 1.0
 EXPIRE_EVERY_MAX_SECONDS = 60.0  # the longest a session outlives its retention in the table
 
+# a feed_tokens row: pk, id, project_pk, name, digest, created
+TokenRow = tuple[int, str, int, str, bytes, str]
 TxT = TypeVar("TxT")
 ConnT = TypeVar("ConnT")
 
@@ -103,16 +104,14 @@ class LiveFeeds(ABC, Generic[TxT, ConnT]):
         # session id -> its connection's owner (see Owner)
         self._owners: dict[str, Owner] = {}
         self._closers: dict[int, set[Callable[[str], None]]] = {}  # token pk -> open connections
+        self._reading: list[set[int]] = []  # the tokens dropped while each token read runs
         self._task: asyncio.Task[None] | None = None
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             self._task = None
-        if self._unsaved:  # a last try: after a stop, a resume reads the written position
-            with contextlib.suppress(Exception):
-                await self.flush()
-        await self.flush()
+        await self.flush()  # the live sessions' positions, and any not written before
 
     # -- tokens ---------------------------------------------------------------------------------
 
@@ -177,9 +176,33 @@ class LiveFeeds(ABC, Generic[TxT, ConnT]):
         """Tell the other processes, in the transaction that deletes it, that a token is
         revoked."""
 
+    async def _read_tokens(self, read: Awaitable[list[TokenRow]], every: bool) -> None:
+        """Know the tokens ``read`` returns; with ``every`` (all the stored tokens), drop the
+        known ones it does not return. The read may have begun before a token was created
+        here or revoked (here, or by another process): one created while it ran stays known,
+        one revoked while it ran stays revoked. (Token pks are never reused.)"""
+        before = dict(self._by_pk) if every else {}
+        dropped: set[int] = set()
+        self._reading.append(dropped)
+        try:
+            rows = await read
+        finally:
+            self._reading = [d for d in self._reading if d is not dropped]  # (sets: by identity)
+        stored = {row[0] for row in rows}
+        for pk, tok in before.items():
+            if pk not in stored and self._by_pk.get(pk) is tok:
+                self._drop_token(pk)
+        for pk, id_, project_pk, name, dig, created in rows:
+            if pk not in dropped:
+                tok = FeedToken(pk, id_, project_pk, name, created)
+                self._by_digest[bytes(dig)] = tok
+                self._by_pk[pk] = tok
+
     def _drop_token(self, token_pk: int) -> None:
         """A token revoked (here, by another process or on another node): refused from now on,
         and its open connections end."""
+        for dropped in self._reading:
+            dropped.add(token_pk)
         self._by_pk.pop(token_pk, None)
         self._by_digest = {d: t for d, t in self._by_digest.items() if t.pk != token_pk}
         self._unsaved = {i: s for i, s in self._unsaved.items() if s.token_pk != token_pk}

@@ -256,3 +256,49 @@ async def test_the_flusher_goes_on_after_a_failed_write(
     async with feeds(backend) as f:
         got = await f.session(f.tokens_of(s.project_pk)[0], session.id)
         assert got is not None and got.position == 34
+
+
+async def test_a_revoked_tokens_pk_is_never_given_again(backend: Harness) -> None:
+    """What a process keeps by token pk (open connections, session counts, a token read in
+    flight) must not mix a revoked token with a new one."""
+    s = await seed(backend)
+    async with feeds(backend) as f:
+        first, _ = await f.create_token(s.project_pk, "first")
+        last, _ = await f.create_token(s.project_pk, "last")
+        await f.revoke(s.project_pk, last.id)  # the highest pk
+        again, _ = await f.create_token(s.project_pk, "again")
+        assert again.pk not in (first.pk, last.pk)
+    await backend.reopen()
+    async with feeds(backend) as f:
+        after, _ = await f.create_token(s.project_pk, "after a reopen")
+        assert after.pk not in (first.pk, last.pk, again.pk)
+
+
+async def test_a_token_read_keeps_what_changed_while_it_ran(
+    backend: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading every token again (at start, after missed notices) takes a moment: a token
+    created meanwhile is not dropped as "no longer stored", and one revoked meanwhile does
+    not come back, although the read began before either."""
+    s = await seed(backend)
+    async with feeds(backend) as f:
+        kept, kept_secret = await f.create_token(s.project_pk, "kept")
+        revoked, revoked_secret = await f.create_token(s.project_pk, "revoked")
+        store = f._store  # type: ignore[attr-defined]
+        read = store.read
+        created: list[str] = []
+
+        async def meanwhile(fn: object, **kw: object) -> object:
+            rows = await read(fn, **kw)
+            monkeypatch.setattr(store, "read", read)  # once
+            _, secret = await f.create_token(s.project_pk, "created meanwhile")
+            created.append(secret)
+            await f.revoke(s.project_pk, revoked.id)
+            return rows
+
+        monkeypatch.setattr(store, "read", meanwhile)
+        await f.reload_tokens()  # type: ignore[attr-defined]
+        assert created and f.token_for(created[0]) is not None
+        assert f.token_for(revoked_secret) is None
+        assert f.token_for(kept_secret) == kept
+        assert {t.name for t in f.tokens_of(s.project_pk)} == {"kept", "created meanwhile"}

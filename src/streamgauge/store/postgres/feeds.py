@@ -11,7 +11,7 @@ from typing import Any
 
 from streamgauge.domain.feeds import FeedSession, FeedToken
 from streamgauge.store.api import Store
-from streamgauge.store.feedsessions import LiveFeeds, digest, now_ms
+from streamgauge.store.feedsessions import LiveFeeds, TokenRow, digest, now_ms
 from streamgauge.store.postgres import feedsignals
 from streamgauge.store.postgres.conn import Conn, Tx
 
@@ -37,30 +37,27 @@ class FeedStore(LiveFeeds[Tx, Conn]):
                 "SELECT token_pk, count(*) FROM feed_sessions GROUP BY token_pk"
             ).fetchall()
 
-        await self._load_tokens()
+        await self.reload_tokens()
         self._count = dict(await self._store.read(counts))
         await self.expire()
         self._task = asyncio.create_task(self._flusher())
         await self._signals.start()
 
+    async def reload_tokens(self) -> None:
+        """Read every token (at start, and when the listener reconnects: it may have missed
+        notices); the ones no longer stored are dropped, their connections closed."""
+        await self._load_tokens()
+
     async def _load_tokens(self, pk: int | None = None) -> None:
         """Read the tokens (one, or all: then tokens no longer stored are dropped)."""
 
-        def load(conn: Conn) -> list[tuple[int, str, int, str, bytes, str]]:
+        def load(conn: Conn) -> list[TokenRow]:
             sql = "SELECT pk, id, project_pk, name, digest, created FROM feed_tokens"
             if pk is None:
                 return conn.execute(sql).fetchall()
             return conn.execute(sql + " WHERE pk = %s", (pk,)).fetchall()
 
-        rows = await self._store.read(load)
-        if pk is None:
-            stored = {row[0] for row in rows}
-            for gone in [p for p in self._by_pk if p not in stored]:
-                self._drop_token(gone)
-        for pk_, id_, project_pk, name, dig, created in rows:
-            tok = FeedToken(pk_, id_, project_pk, name, created)
-            self._by_digest[bytes(dig)] = tok
-            self._by_pk[pk_] = tok
+        await self._read_tokens(self._store.read(load), every=pk is None)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -69,7 +66,7 @@ class FeedStore(LiveFeeds[Tx, Conn]):
 
     def _listening(self) -> None:
         """The listener (re)connected: what it may have missed, the tokens, is read again."""
-        self._spawn(self._load_tokens())
+        self._spawn(self.reload_tokens())
 
     def _notice(self, notice: str) -> None:
         """What another process announced (``feedsignals``): a session taken over, a token

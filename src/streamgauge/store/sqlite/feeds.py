@@ -13,7 +13,7 @@ import orjson
 from streamgauge.domain import events as ev
 from streamgauge.domain.feeds import FeedSession, FeedToken
 from streamgauge.store.api import Store
-from streamgauge.store.feedsessions import LiveFeeds, digest, now_ms
+from streamgauge.store.feedsessions import LiveFeeds, TokenRow, digest, now_ms
 from streamgauge.store.sqlite.store import Tx
 
 
@@ -48,24 +48,16 @@ class FeedStore(LiveFeeds[Tx, sqlite3.Connection]):
         """Read every token (at start; and in a fan-out worker that missed token events: the
         ones no longer stored are dropped, their connections closed)."""
 
-        def load(conn: sqlite3.Connection) -> list[tuple[int, str, int, str, bytes, str]]:
+        def load(conn: sqlite3.Connection) -> list[TokenRow]:
             return conn.execute(
                 "SELECT pk, id, project_pk, name, digest, created FROM feed_tokens"
             ).fetchall()
 
         self._following = []
         try:
-            rows = await self._store.read(load)
+            await self._read_tokens(self._store.read(load), every=True)
         finally:
             followed, self._following = self._following, None
-        stored = {bytes(row[4]): row[0] for row in rows}
-        for dig, tok in list(self._by_digest.items()):
-            if stored.get(dig) != tok.pk:  # revoked (its pk may be a newer token's now)
-                self._drop_token(tok.pk)
-        for pk, id_, project_pk, name, dig, created in rows:
-            tok = FeedToken(pk, id_, project_pk, name, created)
-            self._by_digest[bytes(dig)] = tok
-            self._by_pk[pk] = tok
         for event in followed:  # followed while the read ran: again, in order, on top of it
             self.follow(event)
 
@@ -81,12 +73,19 @@ class FeedStore(LiveFeeds[Tx, sqlite3.Connection]):
         return tok
 
     def _insert_token(self, tx: Tx, token: FeedToken, dig: bytes) -> int:
-        cur = tx.execute(
-            "INSERT INTO feed_tokens (id, project_pk, name, digest, created) VALUES (?,?,?,?,?)",
-            (token.id, token.project_pk, token.name, dig, token.created_at),
+        # Never a pk a revoked token had (SQLite's max(pk) + 1 would give one): what a process
+        # keeps by token pk (connections, counts, a token read in flight) must not mix them.
+        (last,) = tx.execute(
+            "SELECT max(coalesce((SELECT max(pk) FROM feed_tokens), 0),"
+            " coalesce((SELECT value FROM state WHERE key = 'feed_token_seq'), 0))"
+        ).fetchone()
+        pk = int(last) + 1
+        tx.execute("INSERT OR REPLACE INTO state VALUES ('feed_token_seq', ?)", (pk,))
+        tx.execute(
+            "INSERT INTO feed_tokens (pk, id, project_pk, name, digest, created)"
+            " VALUES (?,?,?,?,?,?)",
+            (pk, token.id, token.project_pk, token.name, dig, token.created_at),
         )
-        pk = cur.lastrowid
-        assert pk is not None
         # for the fan-out worker serving the token's sessions (ignored by this process)
         tx.events.append(
             ev.FeedTokenPut(pk, token.id, token.project_pk, token.name, dig.hex(), token.created_at)
