@@ -1,13 +1,8 @@
 """Channels, the alert log, alert actions and the rules' progress in PostgreSQL (the twin of
-``store/sqlite/alerts.py``).
-
-Functions taking a ``Tx`` run on the writer thread (``store.write``); the others take a reader
-connection (``store.read``). The alert log's ids increase, so an action delivery is a consumer of
-``alert_actions`` rows of one (channel, slot) after a cursor (the alert id).
-
-The rules' progress (``alert_states`` and the ``state`` keys ``alert_cursor``, the last log cursor
-judged, and ``alert_alive_ms``, when it was written) is saved in the same transactions as the
-alerts it produced, so what is stored is always one consistent point of the evaluation.
+``store/sqlite/alerts.py``). ``store/alerttables.py`` holds the SQL both backends share and says
+what the tables hold; here are PostgreSQL's dialect (``PgAlertTables``), the alert insert and
+the log replay. The module's functions are the ``store.api.AlertTables`` of the PostgreSQL
+backend.
 """
 
 from __future__ import annotations
@@ -16,57 +11,47 @@ from typing import Any
 
 import orjson
 
-from streamgauge.domain import events as ev
-from streamgauge.domain.alerts import State, StateKey, TriggerState
-from streamgauge.domain.channels import ChannelDoc
-from streamgauge.store.postgres.conn import Conn, Tx, one
+from streamgauge.store.alerttables import AlertTablesSQL
+from streamgauge.store.postgres.conn import Conn, Tx
 
 
-def load_channels(conn: Conn) -> list[tuple[int, int, ChannelDoc]]:
-    """(pk, project pk, document) of every channel."""
-    return [
-        (pk, project_pk, ChannelDoc.model_validate_json(doc))
-        for pk, project_pk, doc in conn.execute("SELECT pk, project_pk, doc FROM channels")
-    ]
-
-
-def insert_channel(tx: Tx, project_pk: int, doc: ChannelDoc) -> int:
-    """A new channel's pk, never one a deleted channel had: deliveries (``alert:PK:SLOT``), trigger
-    states and in-memory channels are keyed by it, and SQLite's max(pk) + 1 gave a channel
-    created after the newest was deleted (with its project, say) the same pk, so forgetting the
-    old one removed the new one's deliveries. ``state.channel_seq`` keeps the highest given."""
-    (pk,) = one(
-        tx.execute(
-            "SELECT greatest(coalesce((SELECT max(pk) FROM channels), 0),"
-            " coalesce((SELECT value FROM state WHERE key = 'channel_seq'), 0)) + 1"
-        )
-    )
-    tx.execute(
+class PgAlertTables(AlertTablesSQL[Tx, Conn]):
+    PARAM = "%s"
+    GREATEST = "greatest"
+    SET_CHANNEL_SEQ = (
         "INSERT INTO state VALUES ('channel_seq', %s) "
-        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (pk,),
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
     )
-    tx.execute(
-        "INSERT INTO channels (pk, id, project_pk, doc) VALUES (%s, %s, %s, %s)",
-        (pk, doc.id, project_pk, doc.model_dump_json()),
+    PUT_STATE = (
+        "INSERT INTO alert_states "
+        "SELECT %s, %s, %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM channels WHERE pk = %s) "
+        "ON CONFLICT (channel_pk, trigger) DO UPDATE SET state = excluded.state, "
+        "since_ms = excluded.since_ms, last_alert_ms = excluded.last_alert_ms, "
+        "last_seen_ms = excluded.last_seen_ms"
     )
-    tx.events.append(ev.ChannelPut(int(pk), project_pk, doc))
-    return int(pk)
+
+    def _json(self, value: Any) -> str:
+        return orjson.dumps(value).decode()
 
 
-def update_channel(tx: Tx, pk: int, doc: ChannelDoc) -> None:
-    row = tx.execute(
-        "UPDATE channels SET doc = %s WHERE pk = %s RETURNING project_pk",
-        (doc.model_dump_json(), pk),
-    ).fetchone()
-    if row is not None:
-        tx.events.append(ev.ChannelPut(pk, int(row[0]), doc))
-
-
-def delete_channel(tx: Tx, pk: int) -> None:
-    tx.execute("DELETE FROM alert_actions WHERE channel_pk = %s", (pk,))
-    tx.execute("DELETE FROM channels WHERE pk = %s", (pk,))
-    tx.events.append(ev.ChannelDropped(pk))
+_tables = PgAlertTables()
+load_channels = _tables.load_channels
+insert_channel = _tables.insert_channel
+update_channel = _tables.update_channel
+delete_channel = _tables.delete_channel
+insert_action = _tables.insert_action
+slot_items = _tables.slot_items
+slots = _tables.slots
+last_alert = _tables.last_alert
+record_outcome = _tables.record_outcome
+actor_todo = _tables.actor_todo
+actor_projects = _tables.actor_projects
+list_alerts = _tables.list_alerts
+alert_project = _tables.alert_project
+load_progress = _tables.load_progress
+save_progress = _tables.save_progress
+channel_exists = _tables.channel_exists
+forget_states = _tables.forget_states
 
 
 def insert_alert(tx: Tx, channel_pk: int, created_ms: int, record: dict[str, Any]) -> int:
@@ -77,188 +62,6 @@ def insert_alert(tx: Tx, channel_pk: int, created_ms: int, record: dict[str, Any
     row = cur.fetchone()
     assert row is not None
     return int(row[0])
-
-
-def insert_action(
-    tx: Tx, alert_id: int, slot: int, channel_pk: int, method: str, target: str, body: bytes
-) -> None:
-    tx.execute(
-        "INSERT INTO alert_actions (alert_id, slot, channel_pk, method, target, body) "
-        "VALUES (%s, %s, %s, %s, %s, %s)",
-        (alert_id, slot, channel_pk, method, target, body),
-    )
-
-
-def slot_items(
-    conn: Conn, channel_pk: int, slot: int, after: int, limit: int
-) -> list[tuple[int, str, bytes, int]]:
-    """(alert id, target, body, created ms) of one action slot after ``after``, ascending: the
-    HTTP deliveries' source. ``ACTOR`` rows are the actor worker's (``actor_todo``), never sent
-    as HTTP (a slot whose action was edited from one kind to the other holds both)."""
-    return [
-        (int(a), str(t), bytes(b), int(c))
-        for a, t, b, c in conn.execute(
-            "SELECT x.alert_id, x.target, x.body, a.created_ms FROM alert_actions x "
-            "JOIN alerts a ON a.id = x.alert_id "
-            "WHERE x.channel_pk = %s AND x.slot = %s AND x.alert_id > %s AND x.method != 'ACTOR' "
-            "ORDER BY x.alert_id LIMIT %s",
-            (channel_pk, slot, after, limit),
-        )
-    ]
-
-
-def slots(conn: Conn, channel_pk: int) -> list[int]:
-    """The action slots of a channel that hold HTTP (not ``ACTOR``) rows."""
-    return [
-        int(s)
-        for (s,) in conn.execute(
-            "SELECT DISTINCT slot FROM alert_actions WHERE channel_pk = %s AND method != 'ACTOR'",
-            (channel_pk,),
-        )
-    ]
-
-
-def last_alert(conn: Conn) -> int:
-    return int(one(conn.execute("SELECT coalesce(max(id), 0) FROM alerts"))[0])
-
-
-def record_outcome(tx: Tx, alert_id: int, slot: int, outcome: dict[str, Any], done: bool) -> None:
-    tx.execute(
-        "UPDATE alert_actions SET outcome = %s, done = greatest(done, %s) "
-        "WHERE alert_id = %s AND slot = %s",
-        (orjson.dumps(outcome).decode(), int(done), alert_id, slot),
-    )
-
-
-def actor_todo(
-    conn: Conn, project_pk: int, limit: int
-) -> list[tuple[int, int, int, str, bytes, str | None]]:
-    """One project's ACTOR actions not yet run, in alert order: (alert id, slot, channel pk,
-    actor id, body, outcome)."""
-    return [
-        (int(a), int(s), int(c), str(t), bytes(b), o)
-        for a, s, c, t, b, o in conn.execute(
-            "SELECT alert_id, slot, channel_pk, target, body, outcome FROM alert_actions "
-            "WHERE method = 'ACTOR' AND done = 0 "
-            "AND channel_pk IN (SELECT pk FROM channels WHERE project_pk = %s) "
-            "ORDER BY alert_id, slot LIMIT %s",
-            (project_pk, limit),
-        )
-    ]
-
-
-def actor_projects(conn: Conn) -> list[int]:
-    """The projects that have ACTOR actions not yet run."""
-    return [
-        int(p)
-        for (p,) in conn.execute(
-            "SELECT DISTINCT ch.project_pk FROM alert_actions x "
-            "JOIN channels ch ON ch.pk = x.channel_pk WHERE x.method = 'ACTOR' AND x.done = 0"
-        )
-    ]
-
-
-def list_alerts(
-    conn: Conn, channel_pk: int, skip: int, limit: int
-) -> tuple[int, list[dict[str, Any]]]:
-    """(total, a page of alerts newest first), each with its actions and their outcomes."""
-    total = int(
-        one(conn.execute("SELECT count(*) FROM alerts WHERE channel_pk = %s", (channel_pk,)))[0]
-    )
-    rows = conn.execute(
-        "SELECT id, record FROM alerts WHERE channel_pk = %s ORDER BY id DESC LIMIT %s OFFSET %s",
-        (channel_pk, limit, skip),
-    ).fetchall()
-    out: list[dict[str, Any]] = []
-    for id_, record in rows:
-        alert = orjson.loads(record)
-        alert["alert_id"] = int(id_)
-        alert["actions"] = [
-            {
-                "slot": int(s),
-                "method": m,
-                "target": t,
-                "done": bool(d),
-                "outcome": None if o is None else orjson.loads(o),
-            }
-            for s, m, t, d, o in conn.execute(
-                "SELECT slot, method, target, done, outcome FROM alert_actions "
-                "WHERE alert_id = %s ORDER BY slot",
-                (id_,),
-            )
-        ]
-        out.append(alert)
-    return total, out
-
-
-def alert_project(conn: Conn, alert_id: int) -> str | None:
-    """The id of the project an alert belongs to."""
-    row = conn.execute(
-        "SELECT p.id FROM alerts a JOIN channels ch ON ch.pk = a.channel_pk "
-        "JOIN projects p ON p.pk = ch.project_pk WHERE a.id = %s",
-        (alert_id,),
-    ).fetchone()
-    return None if row is None else str(row[0])
-
-
-# -- the rules' progress --------------------------------------------------------------------------
-
-
-def load_progress(conn: Conn) -> tuple[int, int, dict[StateKey, TriggerState]]:
-    """(last cursor judged, when the progress was last written (ms), every trigger state)."""
-    got: dict[str, int] = dict(
-        conn.execute(
-            "SELECT key, value FROM state WHERE key IN ('alert_cursor', 'alert_alive_ms')"
-        ).fetchall()
-    )
-    states = {
-        (int(c), int(t)): TriggerState(State(st), since, last_alert, last_seen)
-        for c, t, st, since, last_alert, last_seen in conn.execute(
-            "SELECT channel_pk, trigger, state, since_ms, last_alert_ms, last_seen_ms "
-            "FROM alert_states"
-        )
-    }
-    return int(got.get("alert_cursor", 0)), int(got.get("alert_alive_ms", 0)), states
-
-
-def save_progress(
-    tx: Tx, cursor: int, alive_ms: int, states: dict[StateKey, TriggerState | None]
-) -> None:
-    """The last cursor judged and the trigger states changed since the last save (None: the
-    trigger's state is gone). States of channels deleted meanwhile are skipped."""
-    tx.execute("UPDATE state SET value = %s WHERE key = 'alert_cursor'", (cursor,))
-    tx.execute("UPDATE state SET value = %s WHERE key = 'alert_alive_ms'", (alive_ms,))
-    for (channel_pk, trigger), st in states.items():
-        if st is None:
-            tx.execute(
-                "DELETE FROM alert_states WHERE channel_pk = %s AND trigger = %s",
-                (channel_pk, trigger),
-            )
-            continue
-        tx.execute(
-            "INSERT INTO alert_states "
-            "SELECT %s, %s, %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM channels WHERE pk = %s) "
-            "ON CONFLICT (channel_pk, trigger) DO UPDATE SET state = excluded.state, "
-            "since_ms = excluded.since_ms, last_alert_ms = excluded.last_alert_ms, "
-            "last_seen_ms = excluded.last_seen_ms",
-            (
-                channel_pk,
-                trigger,
-                st.state.value,
-                st.since_ms,
-                st.last_alert_ms,
-                st.last_seen_ms,
-                channel_pk,
-            ),
-        )
-
-
-def channel_exists(tx: Tx, channel_pk: int) -> bool:
-    return tx.execute("SELECT 1 FROM channels WHERE pk = %s", (channel_pk,)).fetchone() is not None
-
-
-def forget_states(tx: Tx, channel_pk: int) -> None:
-    tx.execute("DELETE FROM alert_states WHERE channel_pk = %s", (channel_pk,))
 
 
 def log_after(
