@@ -12,6 +12,7 @@ import psycopg
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import Unavailable
 from streamgauge.domain.events import MetaEvent
+from streamgauge.store.dbapi import one as one  # (the row helper both backends use)
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 RETRY_AFTER = 5  # seconds a client is told to wait when PostgreSQL is unreachable
@@ -77,11 +78,3 @@ def unreachable(exc: psycopg.Error) -> Unavailable:
 
 def is_connection_error(exc: psycopg.Error) -> bool:
     return isinstance(exc, psycopg.OperationalError | psycopg.errors.QueryCanceled)
-
-
-def one(cur: psycopg.Cursor[tuple[Any, ...]]) -> tuple[Any, ...]:
-    """The one row a statement returns (an aggregate, ``RETURNING``)."""
-    row = cur.fetchone()
-    if row is None:
-        raise RuntimeError("the statement returned no row")
-    return row
