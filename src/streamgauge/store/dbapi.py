@@ -1,4 +1,4 @@
-"""What the table code both SQL backends share (``store/alerttables.py``,
+"""What the code both SQL backends share (``store/metadata.py``, ``store/alerttables.py``,
 ``store/deliverytables.py``) uses of a backend's handles: a read connection (``sqlite3`` or
 psycopg's) and a write transaction (``sqlite.store.Tx``, ``postgres.conn.Tx``) both run
 ``execute`` and give a DB-API cursor; a write transaction also carries the metadata events it

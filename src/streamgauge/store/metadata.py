@@ -27,8 +27,8 @@ behind reloads from the tables).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -49,29 +49,14 @@ from streamgauge.domain.model import (
 )
 from streamgauge.domain.readmodel import ReadModel
 from streamgauge.domain.records import AccountRec, DeviceRec, ProjectRec, SiteRec, VariableRec
+from streamgauge.store.dbapi import Executes, WriteTx
 
 EVENT_RETENTION_MS = 3_600_000  # meta_events keeps the last hour of changes ...
 EVENT_KEEP_MAX = 100_000  # ... and at most this many (a network's first ingest adds a series each)
 
 
-class WriteTx(Protocol):
-    """What a change needs of its store's write transaction (``sqlite.store.Tx``,
-    ``postgres.conn.Tx``): a statement, and the events it appends."""
-
-    events: list[ev.MetaEvent]
-
-    def execute(self, sql: str, params: Any = ...) -> object: ...
-
-
-class ReadConn(Protocol):
-    """What a read needs of its store's read handle (``sqlite3.Connection``,
-    ``postgres.conn.Conn``): a statement whose rows it iterates."""
-
-    def execute(self, sql: str, params: Any = ..., /) -> Iterable[Any]: ...
-
-
 TxT = TypeVar("TxT", bound=WriteTx)
-ConnT = TypeVar("ConnT", bound=ReadConn)
+ConnT = TypeVar("ConnT", bound=Executes)
 M = TypeVar("M", bound=BaseModel)
 I = TypeVar("I", bound=BaseModel)  # noqa: E741 - an item of a create request
 D = TypeVar("D", bound=BaseModel)  # the document created
@@ -90,7 +75,7 @@ def _merge(model: type[M], doc: M, patch: dict[str, Any]) -> M:
         ) from exc
 
 
-def account_events(conn: ReadConn) -> Iterator[ev.MetaEvent]:
+def account_events(conn: Executes) -> Iterator[ev.MetaEvent]:
     """The accounts, their roles and their keys, as the events that build them (the last part
     of each store's ``load`` and ``load_tables``)."""
     for pk, id_, name, home in conn.execute("SELECT pk, id, name, home_project_pk FROM accounts"):
