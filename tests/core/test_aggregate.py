@@ -17,6 +17,7 @@ from streamgauge.domain.timeseries import HOUR_MS, Points, summaries_from_rows, 
 
 DENVER = ZoneInfo("America/Denver")
 KOLKATA = ZoneInfo("Asia/Kolkata")  # +05:30: local midnight is not on a UTC hour
+EPOCH_ORD = datetime(1970, 1, 1).toordinal()
 
 
 def ms(dt: datetime) -> int:
@@ -242,3 +243,29 @@ def test_zone_buckets_at_the_ends_of_the_calendar() -> None:
         assert (starts <= t).all() and (t < ends).all()
         for edge in (*starts.tolist(), *ends.tolist()):
             assert cal.label(edge)
+
+
+@pytest.mark.parametrize("every", [HOUR_MS, 86_400_000, 7 * 86_400_000, 3660 * 86_400_000])
+def test_times_centuries_apart_get_the_buckets_each_gets_alone(every: int) -> None:
+    """Times spread over eight thousand years, in runs and alone, in one read: the table of
+    midnights is built around them, not for every day between, and each time's bucket is the
+    one a calendar asked about that time alone gives."""
+    rng = np.random.default_rng(7)
+    alone = rng.integers(-62_000_000_000_000, 253_000_000_000_000, 40)
+    runs = [t + np.arange(0, 200 * 86_400_000, 9 * 3_600_000) for t in alone[:3]]
+    times = np.concatenate((alone, *runs)).astype(np.int64)
+    for zone in (DENVER, KOLKATA):
+        cal = aggregate.Calendar(every, zone)
+        starts, ends = cal.bounds(times)
+        assert len(cal._ords) < 100_000  # the days between are not all computed
+        for t, s, e in zip(times.tolist(), starts.tolist(), ends.tolist(), strict=True):
+            assert s <= t < e
+            assert (s, e) == aggregate.Calendar(every, zone).bound(t)
+            if every % 86_400_000 == 0:  # starts at a local midnight N days from 1970-01-01
+                local = datetime.fromtimestamp(s / 1000, zone)
+                assert (local.hour, local.minute, local.second) == (0, 0, 0)
+                assert (local.date().toordinal() - EPOCH_ORD) % (every // 86_400_000) == 0
+        # Asked again, and about one time among them, it answers from its table alike.
+        again = cal.bounds(times)
+        assert (again[0] == starts).all() and (again[1] == ends).all()
+        assert cal.bound(int(times[5])) == (int(starts[5]), int(ends[5]))

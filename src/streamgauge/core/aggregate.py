@@ -39,6 +39,8 @@ _EPOCH_ORD = date(1970, 1, 1).toordinal()
 _LAST_ORD = date.max.toordinal()
 _FIRST_MS = -62135596800000  # 0001-01-01T00:00:00Z
 _LAST_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
+_SPAN_MS = 4000 * DAY_MS  # times within this span: one table of midnights from first to last
+_GAP_MS = 64 * DAY_MS  # further apart: a table around each run of times closer than this
 
 
 def _bad(field: str, reason: str, message: str) -> BadRequest:
@@ -111,8 +113,13 @@ class Calendar:
         self.every = every
         self.zone = zone
         self.days = every // DAY_MS if every % DAY_MS == 0 else 0
-        self._first_ord = 0
-        self._starts: I64 = np.zeros(0, np.int64)  # local midnights from _first_ord on
+        # The bucket edges computed so far: the local midnights of every day (buckets shorter
+        # than a day) or of every ``days``-th day from 1970-01-01, as day numbers (sorted,
+        # unique) and times. Contiguous around every time asked about, not between times far
+        # apart: a read whose rows span centuries costs the edges near its rows.
+        self._step = self.days or 1
+        self._ords: I64 = np.zeros(0, np.int64)
+        self._starts: I64 = np.zeros(0, np.int64)
 
     def _local_ord(self, ms: int) -> int:
         assert self.zone is not None
@@ -127,23 +134,42 @@ class Calendar:
         edge = to_ms(datetime(d.year, d.month, d.day, tzinfo=self.zone))
         return edge + (ordinal - d.toordinal()) * DAY_MS
 
-    def _cover(self, lo: int, hi: int) -> None:
-        """Make the table of local midnights cover every bucket of times in [lo, hi]."""
-        pad = max(self.days, 1) + 1
-        first = self._local_ord(lo) - pad
-        last = self._local_ord(hi) + pad
-        if self.days:
-            first -= (first - _EPOCH_ORD) % self.days
-        have_first = self._first_ord
-        have_last = have_first + len(self._starts) - 1
-        if len(self._starts) and have_first <= first and last <= have_last:
+    def _has(self, first: int, last: int) -> bool:
+        """Whether the table holds every edge from day ``first`` to day ``last``."""
+        i = int(np.searchsorted(self._ords, first))
+        j = i + (last - first) // self._step
+        return j < len(self._ords) and self._ords[i] == first and self._ords[j] == last
+
+    def _cover(self, times: I64) -> None:
+        """Make the table of bucket edges cover the bucket of each of ``times`` and the next
+        one, for each run of times less than ``_GAP_MS`` apart (one run when they all lie
+        within ``_SPAN_MS``)."""
+        lo, hi = int(times.min()), int(times.max())
+        if hi - lo <= _SPAN_MS:
+            runs = [(lo, hi)]
+        else:
+            u = np.unique(times)
+            cut = np.flatnonzero(np.diff(u) > _GAP_MS)
+            firsts = u[np.concatenate(([0], cut + 1))].tolist()
+            lasts = u[np.concatenate((cut, [len(u) - 1]))].tolist()
+            runs = list(zip(firsts, lasts, strict=True))
+        step = self._step
+        need = []
+        for a, b in runs:
+            first, last = self._local_ord(a), self._local_ord(b)
+            first -= (first - _EPOCH_ORD) % step + step
+            last -= (last - _EPOCH_ORD) % step - 2 * step
+            if not self._has(first, last):
+                need.append(np.arange(first, last + 1, step, dtype=np.int64))
+        if not need:
             return
-        if len(self._starts):
-            first, last = min(first, have_first), max(last, have_last)
-            if self.days:
-                first -= (first - _EPOCH_ORD) % self.days
-        self._first_ord = first
-        self._starts = np.array([self._midnight(o) for o in range(first, last + 1)], np.int64)
+        new = np.setdiff1d(np.concatenate(need), self._ords)
+        ords = np.concatenate((self._ords, new))
+        starts = np.concatenate(
+            (self._starts, np.array([self._midnight(o) for o in new.tolist()], np.int64))
+        )
+        order = np.argsort(ords, kind="stable")
+        self._ords, self._starts = ords[order], starts[order]
 
     def bounds(self, times: I64) -> tuple[I64, I64]:
         """Start and end (ms) of the bucket of each time."""
@@ -153,13 +179,11 @@ class Calendar:
             return starts, starts + e
         if not len(times):
             return times.copy(), times.copy()
-        self._cover(int(times.min()), int(times.max()))
+        self._cover(times)
         table = self._starts
         i = np.searchsorted(table, times, side="right") - 1
         if self.days:
-            ordinal = self._first_ord + i
-            first = ordinal - (ordinal - _EPOCH_ORD) % self.days - self._first_ord
-            return table[first], table[first + self.days]
+            return table[i], table[i + 1]
         day = table[i]
         starts = day + (times - day) // e * e
         return starts, np.minimum(starts + e, table[i + 1])
