@@ -12,7 +12,9 @@ sets ``STORES = ["sqlite", "postgresql"]`` runs each of its tests in both modes.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import random
 import socket
 import threading
 import time
@@ -95,11 +97,26 @@ def store_mode(request: pytest.FixtureRequest) -> Iterator[str]:
         _Stores.drop_unused()
 
 
+# Each pytest-xdist worker hands out ports from its own range below the kernel's ephemeral
+# ports (32768 and up on Linux), so a port handed out for a server to bind later is neither
+# handed to another worker nor taken meanwhile by the kernel for an outgoing connection.
+_PORT_SPAN = 1_500
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_PORT_BASE = 20_000 + _WORKER % 8 * _PORT_SPAN
+_next_port = itertools.count(random.randrange(_PORT_SPAN))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A loopback port nobody listens on, for a server started later to bind."""
+    for _ in range(_PORT_SPAN):
+        port = _PORT_BASE + next(_next_port) % _PORT_SPAN
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # in use (or lingering in TIME_WAIT)
+                continue
         return port
+    raise RuntimeError(f"no free port in {_PORT_BASE}-{_PORT_BASE + _PORT_SPAN - 1}")
 
 
 @dataclass

@@ -15,6 +15,7 @@ from streamgauge.bus.api import BusMessage, BusUnavailable
 from streamgauge.bus.codec import BadMessage, decode_batch, encode_batch
 from streamgauge.bus.jetstream import NatsBus, check_cluster_name, delete_cluster_stream
 from streamgauge.domain.batch import Batch
+from tests.conftest import free_port
 
 NATS_URL = os.environ.get("STREAMGAUGE_TEST_NATS", "nats://127.0.0.1:4222")
 
@@ -147,10 +148,7 @@ async def test_two_clusters_on_one_server_do_not_see_each_other() -> None:
 
 
 async def test_unreachable_bus_is_reported() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    bus = NatsBus(f"nats://127.0.0.1:{port}", "nobody", connect_timeout=1.0)
+    bus = NatsBus(f"nats://127.0.0.1:{free_port()}", "nobody", connect_timeout=1.0)
 
     async def handler(m: BusMessage) -> None:
         pass

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from streamgauge.cli import app
-from tests.conftest import Server, make_station, rows, start_server
+from tests.conftest import Server, free_port, make_station, rows, start_server
 from tests.pg import fresh_database
 
 API = "/api/v1/projects"
@@ -106,17 +105,10 @@ def test_migrate_names_a_missing_embedded_database(tmp_path: Path) -> None:
     assert "no embedded database" in result.output
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 def test_serve_exits_non_zero_naming_an_unreachable_store(tmp_path: Path) -> None:
-    url = f"postgresql://postgres@127.0.0.1:{_closed_port()}/nowhere"
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
     done = subprocess.run(
-        [sys.executable, "-m", "streamgauge.cli", "serve", "--port", str(_closed_port())]
+        [sys.executable, "-m", "streamgauge.cli", "serve", "--port", str(free_port())]
         + ["--data", str(tmp_path / "data"), "--store", url],
         capture_output=True,
         text=True,
