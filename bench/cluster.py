@@ -51,7 +51,7 @@ from .cluster_fanout import (
     line,
     passed,
 )
-from .common import make_mesonet
+from .common import machine_speed, make_mesonet
 from .harness import (
     FANOUT_T1_MS,
     HOST,
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     log(
         f"streamgauge bench cluster  cpu_count={os.cpu_count()}  load average "
         f"{os.getloadavg()[0]:.2f}  python={sys.version.split()[0]}  rows/run={rows:,}  "
-        f"batch={a.batch}  producers={a.producers}"
+        f"batch={a.batch}  producers={a.producers}  {machine_speed()}"
     )
     m = make_mesonet(a.stations)
     medians: dict[str, float] = {}

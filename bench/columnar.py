@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from .common import VAR_NAMES, ColumnarEncoder, NdjsonEncoder, device_bodies, make_mesonet
+from .common import (
+    VAR_NAMES,
+    ColumnarEncoder,
+    NdjsonEncoder,
+    device_bodies,
+    machine_speed,
+    make_mesonet,
+)
 from .harness import INGEST_T0_MS, log
 
 
@@ -57,7 +64,8 @@ def main() -> None:
     a = ap.parse_args()
     log(
         f"streamgauge bench columnar  cpu_count={os.cpu_count()}  "
-        f"python={sys.version.split()[0]}  load average {os.getloadavg()[0]:.2f}"
+        f"python={sys.version.split()[0]}  load average {os.getloadavg()[0]:.2f}  "
+        f"{machine_speed()}"
     )
     from streamgauge.core import columnar, ingest
 

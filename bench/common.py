@@ -583,6 +583,11 @@ def start_profile(pid: int, seconds: float) -> Any:
     )
 
 
+def machine_speed() -> str:
+    """``machine_speed_ms`` as the benches print it beside their figures."""
+    return f"machine speed {machine_speed_ms():.0f} ms (lower is faster)"
+
+
 def machine_speed_ms() -> float:
     """A fixed single-threaded workload of small dict and numpy operations, the kind the
     server's fan-out is made of (best of five, in ms): this machine's speed at this moment.

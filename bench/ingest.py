@@ -37,7 +37,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .common import make_mesonet, proc_rss_mb
+from .common import machine_speed, make_mesonet, proc_rss_mb
 from .harness import (
     HOST,
     TOKEN,
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     log(
         f"streamgauge bench  mode={'quick' if a.quick else 'full'}  cpu_count={os.cpu_count()}  "
-        f"python={sys.version.split()[0]}  durability={a.durability}"
+        f"python={sys.version.split()[0]}  durability={a.durability}  {machine_speed()}"
     )
     m = make_mesonet(a.stations)
     out: dict[str, Any] = {
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     log("\n" + "=" * 78)
     log(
         f"SUMMARY  cpu_count={os.cpu_count()}  mode={out['mode']}  durability={a.durability}  "
-        f"total {time.time() - t_start:.0f} s"
+        f"total {time.time() - t_start:.0f} s  {machine_speed()}"
     )
     log("-" * 78)
     log(f"{'measure':44s} {'streamgauge':>11s} {'yardstick':>11s} {'ratio':>7s}")

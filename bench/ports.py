@@ -33,6 +33,7 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from .common import machine_speed
 from .harness import HOST, TOKEN, StreamgaugeServer, log
 
 BROKER = ("127.0.0.1", 1883)
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(
         f"\nports benchmark: {args.rounds} rounds, durability={args.durability}, "
-        f"{os.cpu_count()} cores (a shared machine: other work ran meanwhile)"
+        f"{os.cpu_count()} cores, {machine_speed()}"
     )
     show(f"MQTT, 1 obs/message ({args.messages} msgs)", results["single"], "msg/s")
     show(f"MQTT, 500-row arrays ({arrays} msgs)", results["array"], "msg/s")

@@ -32,6 +32,7 @@ from .common import (
     build_request,
     device_id,
     fanout_series,
+    machine_speed,
     make_mesonet,
     proc_rss_mb,
     start_profile,
@@ -556,7 +557,8 @@ def main_quality(a: argparse.Namespace) -> None:
     skip = set(filter(None, a.skip.split(",")))
     log(
         f"streamgauge quality bench: cpu_count={os.cpu_count()}  stations={a.stations:,}  "
-        f"durability={a.durability}  workers={a.workers}  busy={getattr(a, 'busy', 0.0)}"
+        f"durability={a.durability}  workers={a.workers}  busy={getattr(a, 'busy', 0.0)}  "
+        f"{machine_speed()}"
     )
     m = make_mesonet(a.stations)
     qi: QcIngest | None = None
@@ -630,7 +632,7 @@ def main_quality(a: argparse.Namespace) -> None:
     log("\n" + "=" * 78)
     log(
         f"QUALITY SUMMARY  cpu_count={os.cpu_count()}  durability={a.durability}  "
-        f"total {time.time() - t_start:.0f} s"
+        f"total {time.time() - t_start:.0f} s  {machine_speed()}"
     )
     log("-" * 78)
     if qi:

@@ -40,7 +40,14 @@ from typing import Any
 
 import httpx
 
-from .common import free_port, make_mesonet, node_mb, proc_cpu_seconds, proc_rss_mb
+from .common import (
+    free_port,
+    machine_speed,
+    make_mesonet,
+    node_mb,
+    proc_cpu_seconds,
+    proc_rss_mb,
+)
 from .harness import HOST, PROJECT, TOKEN, Ingestor, log, setup_mesonet
 
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
@@ -185,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     log(
         f"streamgauge restart bench  workers={a.workers or 'default'}  "
         f"cpu_count={os.cpu_count()}  load average {os.getloadavg()[0]:.2f}  "
-        f"python={sys.version.split()[0]}  durability={a.durability}"
+        f"python={sys.version.split()[0]}  durability={a.durability}  {machine_speed()}"
     )
     root = Path(tempfile.mkdtemp(prefix="sg-bench-restart-"))
     data = Path(a.keep) if a.keep else root / "data"
@@ -257,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{s['rows']:>9,d}   {s['healthz_s']:6.2f} s   {s['history_s']:8.2f} s   "
             f"{s['cpu_s']:8.2f} s   {s['per_series_b']:>10,.0f} B   {s['node_series_b']:>10,.0f} B"
         )
-    log(f"cpu_count={os.cpu_count()}  load average now {os.getloadavg()[0]:.2f}")
+    log(f"cpu_count={os.cpu_count()}  load average now {os.getloadavg()[0]:.2f}  {machine_speed()}")
 
 
 SETTLE_S = 20.0  # the 180,000-series folder's upkeep after a restart takes 15 to 20 s
@@ -292,7 +299,7 @@ def reuse(
     """Restart ``repeat`` fresh copies of a kept data folder (the network of ``stations``)."""
     log(
         f"streamgauge restart bench (reuse {kept.name})  cpu_count={os.cpu_count()}  load "
-        f"average {os.getloadavg()[0]:.2f}  python={sys.version.split()[0]}"
+        f"average {os.getloadavg()[0]:.2f}  python={sys.version.split()[0]}  {machine_speed()}"
     )
     root = Path(tempfile.mkdtemp(prefix="sg-bench-restart-"))
     m = make_mesonet(stations)

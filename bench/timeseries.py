@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import orjson
 
+from .common import machine_speed
 from .harness import HOST, TOKEN, StreamgaugeServer, log
 
 MINUTE = 60_000
@@ -370,7 +371,7 @@ def main() -> None:
     minutes = args.minutes or 525_600 // (8 if args.quick else 1)
     stations = 3000 if args.quick else 30_000
     rows = args.rows or (1_000_000 if args.quick else 10_000_000)
-    log(f"cores: {os.cpu_count()}; load average {os.getloadavg()}")
+    log(f"cores: {os.cpu_count()}; load average {os.getloadavg()}; {machine_speed()}")
     env = {"STREAMGAUGE_RETENTION_INTERVAL_SECONDS": "1"}
     if parts & {"backfill", "latest"}:
         with StreamgaugeServer("normal", env) as srv:
