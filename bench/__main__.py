@@ -52,8 +52,9 @@ def compile_streamgauge() -> None:
     PYTHONDONTWRITEBYTECODE is set (it is on this project's machines): then every server a
     bench starts compiles all of them again, about 0.4 s of each start (``bench restart``)."""
     spec = importlib.util.find_spec("streamgauge")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        compileall.compile_dir(folder, quiet=2)
+    if spec is not None:
+        for folder in spec.submodule_search_locations or []:
+            compileall.compile_dir(folder, quiet=2)
 
 
 def main(argv: list[str]) -> int:
