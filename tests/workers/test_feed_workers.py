@@ -9,9 +9,12 @@ on the restarted worker after a kill -9 of the worker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+import secrets
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,6 +145,43 @@ async def test_a_tokens_connections_are_served_by_its_process_and_resume_exactly
     await second.until({o.key for o in CASE.expect(posted)} - keys(first))
     await second.close()
     assert_exact([first, second], posted)
+
+
+def token_not_heard_of(served: Served, process: int) -> str:
+    """A feed token of ``process`` stored as the writer stores one, but whose event no process
+    has had yet (as for a client connecting the moment the writer replied, before the owner
+    heard of the token): written to the table directly."""
+    while True:
+        token = "ft_" + secrets.token_urlsafe(32)
+        dig = hashlib.sha256(token.encode()).digest()
+        if owner(dig, 2) == process:
+            break
+    with contextlib.closing(sqlite3.connect(served.data / "streamgauge.db", timeout=30)) as db:
+        with db:
+            (project_pk,) = db.execute("SELECT pk FROM projects WHERE id = 'p1'").fetchone()
+            (pk,) = db.execute("SELECT coalesce(max(pk), 0) + 1000 FROM feed_tokens").fetchone()
+            db.execute(
+                "INSERT INTO feed_tokens VALUES (?, ?, ?, 'direct', ?, '2026-01-01T00:00:00Z')",
+                (pk, f"ft{pk:012x}", project_pk, dig),
+            )
+    return token
+
+
+async def test_a_token_is_served_by_its_worker_the_moment_it_is_created(
+    feed_served: Served,
+) -> None:
+    """A client that connects right after creating a token is not refused while the worker
+    owning it has not heard of it yet: the worker looks an unknown token up in the table."""
+    s = feed_served
+    for _ in range(3):
+        feed = await Feed.open(at(s), token_not_heard_of(s, 1), CASE.query)
+        try:
+            assert feed.auth["code"] == "success", feed.auth
+            assert process_of(feed) == "1"
+        finally:
+            await feed.close()
+    unknown = await Feed.open(at(s), "ft_" + secrets.token_urlsafe(32), CASE.query)
+    assert unknown.auth["code"] == "failed" and unknown.auth["messages"] == ["invalid token"]
 
 
 async def test_a_burst_of_connections_passed_to_a_worker_is_served_whole(

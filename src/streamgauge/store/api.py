@@ -574,6 +574,11 @@ class FeedSessions(Protocol):
 
     def token_for(self, token: str) -> FeedToken | None: ...
 
+    async def find_token(self, token: str) -> FeedToken | None:
+        """``token_for``, looking a token not known here up in the store first (created a
+        moment ago by another process)."""
+        ...
+
     def project_of(self, session: FeedSession) -> int:
         """The project of the session's token (``NotFound`` once the token was revoked)."""
         ...

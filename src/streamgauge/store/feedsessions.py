@@ -115,6 +115,31 @@ class LiveFeeds(ABC, Generic[TxT, ConnT]):
 
     # -- tokens ---------------------------------------------------------------------------------
 
+    @abstractmethod
+    def token_for(self, token: str) -> FeedToken | None:
+        """The token of this secret, if this process knows it (and serves its sessions)."""
+
+    async def find_token(self, token: str) -> FeedToken | None:
+        """``token_for``, after looking a token this process does not know up in the table:
+        another process (the writer, for a fan-out worker serving the feed; another node)
+        may have created it a moment ago, and this one hears of it a moment after that
+        process's reply, too late for a client that connects at once. One read by the
+        digest's unique index, for an unknown token only."""
+        tok = self.token_for(token)
+        if tok is not None:
+            return tok
+        dig = digest(token)
+        sql = (
+            "SELECT pk, id, project_pk, name, digest, created FROM feed_tokens"
+            f" WHERE digest = {self.PARAM}"
+        )
+
+        def load(conn: Any) -> list[TokenRow]:
+            return list(conn.execute(sql, (dig,)).fetchall())
+
+        await self._read_tokens(self._store.read(load), every=False)
+        return self.token_for(token)
+
     def _known(self, tok: FeedToken | None) -> FeedToken | None:
         """``tok`` if its project still exists."""
         if tok is None or tok.project_pk not in self._store.registry.projects_by_pk:

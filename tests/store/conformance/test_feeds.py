@@ -52,6 +52,18 @@ async def test_tokens_are_kept_and_revoked(backend: Harness) -> None:
         assert f.token_for(secret) is None and f.token_for(other_secret) == other
 
 
+async def test_a_token_another_instance_created_a_moment_ago_is_found(backend: Harness) -> None:
+    """A process that has not heard of a new token yet (a fan-out worker serving the feed,
+    another node) finds it in the table when a client connects with it at once."""
+    s = await seed(backend)
+    async with feeds(backend) as late, feeds(backend) as first:
+        tok, secret = await first.create_token(s.project_pk, "new")
+        assert await late.find_token(secret) == tok
+        assert late.token_for(secret) == tok  # known from now on
+        assert await late.find_token(secret + "x") is None
+        assert [t.id for t in late.tokens_of(s.project_pk)] == [tok.id]
+
+
 async def test_a_session_resumes_where_it_was_after_a_reopen(backend: Harness) -> None:
     s = await seed(backend)
     async with feeds(backend) as f:

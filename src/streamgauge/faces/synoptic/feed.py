@@ -230,7 +230,7 @@ async def _feed(ws: WebSocket, token: str, session_id: str | None) -> None:
     engine: Engine = ws.app.state.engine
     await ws.accept()
     ws.scope["headers"] = []  # read by nothing after the handshake (1 KB of an idle session)
-    tok = engine.feeds.token_for(token)
+    tok = await engine.feeds.find_token(token)
     if tok is None:
         await _fail(ws, ["invalid token"], "authentication failed: invalid token")
         return
