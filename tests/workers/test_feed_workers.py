@@ -181,7 +181,35 @@ async def test_a_token_is_served_by_its_worker_the_moment_it_is_created(
         finally:
             await feed.close()
     unknown = await Feed.open(at(s), "ft_" + secrets.token_urlsafe(32), CASE.query)
-    assert unknown.auth["code"] == "failed" and unknown.auth["messages"] == ["invalid token"]
+    try:
+        assert unknown.auth["code"] == "failed" and unknown.auth["messages"] == ["invalid token"]
+    finally:
+        await unknown.close()
+
+
+async def test_the_connected_sessions_of_every_process_are_listed(feed_served: Served) -> None:
+    """``GET .../feedsessions`` (the dashboard's list) is served by the writer and lists the
+    sessions its workers serve too, each with its token, arguments and position."""
+    s = feed_served
+    (on_worker, worker_id), (on_writer, writer_id) = token_of(s, 1), token_of(s, 0)
+    feeds = [await until_known(s, on_worker), await until_known(s, on_writer)]
+    try:
+        assert [process_of(f) for f in feeds] == ["1", "0"]
+        with s.client() as c:
+            r = c.get(f"{API}/p1/feedsessions")
+        assert r.status_code == 200, r.text
+        listed = {d["id"]: d for d in r.json()["sessions"]}
+        assert set(listed) == {f.session for f in feeds}
+        assert listed[feeds[0].session]["token"] == worker_id
+        assert listed[feeds[1].session]["token"] == writer_id
+        assert all(d["args"] == CASE.query and d["project"] == "p1" for d in listed.values())
+        with s.client() as c:
+            paged = c.get(f"{API}/p1/feedsessions", params={"limit": 1}).json()
+            rest = c.get(f"{API}/p1/feedsessions", params={"page": paged["next"]}).json()
+        assert [d["id"] for d in paged["sessions"] + rest["sessions"]] == sorted(listed)
+    finally:
+        for f in feeds:
+            await f.close()
 
 
 async def test_a_burst_of_connections_passed_to_a_worker_is_served_whole(
@@ -234,8 +262,11 @@ async def test_a_session_on_a_worker_is_taken_over_and_its_token_revoked(
     assert await second.to_close() == 1008
     assert "revoked" in second.close_reason
     again = await Feed.open(at(s), token, CASE.query)
-    assert again.auth["code"] == "failed" and again.auth["messages"] == ["invalid token"]
-    assert process_of(again) == "1"
+    try:
+        assert again.auth["code"] == "failed" and again.auth["messages"] == ["invalid token"]
+        assert process_of(again) == "1"
+    finally:
+        await again.close()
 
 
 async def test_sessions_on_a_killed_worker_resume_exactly_on_the_restarted_one(

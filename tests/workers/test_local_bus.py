@@ -10,6 +10,7 @@ import pytest
 from streamgauge.bus import local
 from streamgauge.bus.api import BusMessage
 from streamgauge.bus.local import LocalBus, Relay
+from streamgauge.domain.feeds import FeedSession, FeedToken
 
 
 async def test_runs_arrive_in_order_and_a_closed_writer_is_reported() -> None:
@@ -98,3 +99,20 @@ def test_a_control_payload_that_is_not_keys_is_refused() -> None:
     for bad in (b"{}", b"[[1, 2]]", b'[["addr"]]', b"not json"):
         with pytest.raises(ValueError):
             local.decode_keys(bad)
+
+
+def test_feed_sessions_cross_in_a_control_payload() -> None:
+    tok = FeedToken(3, "ft01", 7, "lab", "2026-12-07T00:00:00Z")
+    sessions = [
+        (tok, FeedSession("s1", 3, "vars=air_temp", 42)),
+        (tok, FeedSession("s2", 3, "", 0)),
+    ]
+    got = local.decode_sessions(local.encode_sessions(sessions))
+    assert [(t, (s.id, s.token_pk, s.args, s.position)) for t, s in got] == [
+        (tok, ("s1", 3, "vars=air_temp", 42)),
+        (tok, ("s2", 3, "", 0)),
+    ]
+    assert local.decode_sessions(local.encode_sessions([])) == []
+    for bad in (b"{}", b"[[1, 2]]", b'[[1, "a", 2, "n", "c", "s", "args", "9"]]', b"not json"):
+        with pytest.raises(ValueError):
+            local.decode_sessions(bad)

@@ -22,7 +22,10 @@ ways and carry the state that must be the server's, not one process's (docs/work
 * ``STATUS`` (worker -> writer, every ``STATUS_SECONDS``: JSON of its head, subscribers,
   resident memory): the writer's ``/healthz`` says each worker's state;
 * ``AUTH_FAILED`` (both ways, JSON ``[[kind, value], ...]``): a failed login counted in one
-  process is counted in every other (the writer passes a worker's on to the other workers).
+  process is counted in every other (the writer passes a worker's on to the other workers);
+* ``FEEDS_ASK`` (writer -> worker, ``first``: a request number, ``last``: a project's pk) and
+  ``FEEDS`` (the reply: JSON of the push-feed sessions the worker serves for that project,
+  ``encode_sessions``): the writer's list of connected feed sessions covers every process.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from streamgauge.bus.api import BusMessage, Handler, Kind
+from streamgauge.domain.feeds import FeedSession, FeedToken
 
 log = logging.getLogger("streamgauge.workers")
 
@@ -47,8 +51,8 @@ MAX_PAYLOAD = 1 << 30
 MAX_BUFFER = 64 << 20  # unsent bytes to one worker beyond which runs are skipped (it reads them)
 PARENT = "parent"  # the origin of every message a worker hears
 
-METRICS_ASK, METRICS, STATUS, AUTH_FAILED = 16, 17, 18, 19
-CONTROL = frozenset({METRICS_ASK, METRICS, STATUS, AUTH_FAILED})
+METRICS_ASK, METRICS, STATUS, AUTH_FAILED, FEEDS_ASK, FEEDS = 16, 17, 18, 19, 20, 21
+CONTROL = frozenset({METRICS_ASK, METRICS, STATUS, AUTH_FAILED, FEEDS_ASK, FEEDS})
 # A control frame heard: (kind, first, last, payload). Called in the event loop; quick.
 ControlHandler = Callable[[int, int, int, bytes], None]
 
@@ -73,6 +77,37 @@ def decode_keys(payload: bytes) -> list[tuple[str, str]]:
             raise ValueError(f"not a key: {key!r}")
         keys.append((key[0], key[1]))
     return keys
+
+
+def encode_sessions(sessions: Sequence[tuple[FeedToken, FeedSession]]) -> bytes:
+    """A ``FEEDS`` payload: push-feed sessions served by one process, with their tokens."""
+    return json.dumps(
+        [
+            [t.pk, t.id, t.project_pk, t.name, t.created_at, s.id, s.args, s.position]
+            for t, s in sessions
+        ]
+    ).encode()
+
+
+def decode_sessions(payload: bytes) -> list[tuple[FeedToken, FeedSession]]:
+    """The sessions of a ``FEEDS`` payload (ValueError if it is not one)."""
+    found: Any = json.loads(payload)
+    if not isinstance(found, list):
+        raise ValueError("not a list of sessions")
+    out: list[tuple[FeedToken, FeedSession]] = []
+    for row in found:
+        if not (isinstance(row, list) and len(row) == 8):
+            raise ValueError(f"not a session: {row!r}")
+        tpk, tid, project_pk, name, created, sid, args, position = row
+        if not (
+            all(isinstance(x, int) for x in (tpk, project_pk, position))
+            and all(isinstance(x, str) for x in (tid, name, created, sid, args))
+        ):
+            raise ValueError(f"not a session: {row!r}")
+        out.append(
+            (FeedToken(tpk, tid, project_pk, name, created), FeedSession(sid, tpk, args, position))
+        )
+    return out
 
 
 def control_frame(code: int, first: int, last: int, payload: bytes) -> bytes:

@@ -18,7 +18,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,7 @@ from streamgauge.core.units import warm as warm_units
 from streamgauge.domain import events as ev
 from streamgauge.domain.batch import Batch, concat, empty_batch
 from streamgauge.domain.errors import BadRequest, StreamgaugeError, Unavailable
+from streamgauge.domain.feeds import FeedSession, FeedToken
 from streamgauge.domain.log import AppendResult, HistoryQuery, IngestColumns
 from streamgauge.metrics import Metrics
 from streamgauge.store.api import ConsumerPositions, FeedSessions, Store
@@ -152,6 +153,11 @@ class Engine:
         )
         # The other processes' state for /healthz (workers/: set by the writer with workers).
         self.process_health: Callable[[], dict[str, object]] | None = None
+        # The push-feed sessions the other processes serve (workers/: set by the writer when
+        # its workers serve the feed), for ``connected_feeds``.
+        self.peer_feeds: Callable[[int], Awaitable[list[tuple[FeedToken, FeedSession]]]] | None = (
+            None
+        )
         self.metrics.bind_registry(footprint.Cached(self.registry).get)
         # Outbound deliveries (data connectors, alert actions), woken by every committed batch.
         self.deliveries = Deliveries(
@@ -853,6 +859,15 @@ class Engine:
     async def cursor_before(self, received_ms: int) -> int:
         """The last cursor committed before ``received_ms`` (wall clock), 0 if none."""
         return await self.store.cursor_before(received_ms)
+
+    async def connected_feeds(self, project_pk: int) -> list[tuple[FeedToken, FeedSession]]:
+        """The push-feed sessions of the project's tokens that a connection serves now, in
+        every process of the server (with the feed served by fan-out workers, each worker's
+        too)."""
+        found = self.feeds.connected(project_pk)
+        if self.peer_feeds is not None:
+            found += await self.peer_feeds(project_pk)
+        return found
 
     @functools.cached_property
     def consumer_positions(self) -> ConsumerPositions:

@@ -118,6 +118,9 @@ class WorkerEngine(Engine):
             self._bus.send_control(local.METRICS, first, 0, self.metrics.render())
         elif code == local.AUTH_FAILED:
             self.auth.limiter.count(local.decode_keys(payload))
+        elif code == local.FEEDS_ASK:
+            served = self.feeds.connected(last) if self._close_feeds is not None else []
+            self._bus.send_control(local.FEEDS, first, 0, local.encode_sessions(served))
 
     def _failed_here(self, keys: Sequence[tuple[str, str]]) -> None:
         """A login failed here (maybe in a hashing thread): the writer and the other workers

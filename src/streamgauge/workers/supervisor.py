@@ -43,6 +43,7 @@ from streamgauge.core.cluster import MetaRun, encode_meta
 from streamgauge.core.engine import Engine
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.events import MetaEvent
+from streamgauge.domain.feeds import FeedSession, FeedToken
 from streamgauge.metrics import Peer
 from streamgauge.workers import spawn
 from streamgauge.workers.server import GracefulServer
@@ -122,6 +123,8 @@ class Workers:
         engine.store.on_events = self._meta
         self._loop = asyncio.get_running_loop()
         engine.metrics.peers = self.peers
+        if self.feed:
+            engine.peer_feeds = self.feed_sessions
         engine.process_health = self.health
         engine.auth.limiter.on_failed = self._failed_here
         launched, self._launched = self._launched, {}
@@ -135,7 +138,7 @@ class Workers:
 
     def _control(self, name: str, code: int, first: int, last: int, payload: bytes) -> None:
         """A control frame from worker ``name`` (``bus/local.py``)."""
-        if code == local.METRICS:
+        if code in (local.METRICS, local.FEEDS):  # a reply to ``_ask``
             fut = self._asked.pop((name, first), None)
             if fut is not None and not fut.done():
                 fut.set_result(payload)
@@ -183,9 +186,9 @@ class Workers:
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(self.relay.send_control, local.AUTH_FAILED, 0, 0, payload)
 
-    async def peers(self) -> list[Peer]:
-        """Every worker's metrics (Prometheus text), asked for now; None for one that is not
-        running or did not answer within ``METRICS_WAIT``."""
+    async def _ask(self, code: int, last: int = 0) -> dict[int, bytes]:
+        """Ask every running worker (control frame ``code``, with ``last``) and wait at most
+        ``METRICS_WAIT`` for their replies: each answering worker's payload, by number."""
         loop = asyncio.get_running_loop()
         asked: dict[int, asyncio.Future[bytes]] = {}
         running = set(self.relay.names)
@@ -196,20 +199,33 @@ class Workers:
             self._asks += 1
             fut: asyncio.Future[bytes] = loop.create_future()
             self._asked[(name, self._asks)] = fut
-            if self.relay.send_control(local.METRICS_ASK, self._asks, 0, b"", to=name):
+            if self.relay.send_control(code, self._asks, last, b"", to=name):
                 asked[n] = fut
             else:
                 self._asked.pop((name, self._asks), None)
         if asked:
             await asyncio.wait(asked.values(), timeout=METRICS_WAIT)
-        peers = []
-        for n in range(1, self.count):
-            got = asked.get(n)
-            text = got.result() if got is not None and got.done() else None
-            peers.append(Peer(str(n), text, self._restarts.get(n, 0)))
         for key in [k for k, f in self._asked.items() if f in asked.values()]:
             del self._asked[key]  # unanswered asks (a late answer is dropped)
-        return peers
+        return {n: f.result() for n, f in asked.items() if f.done()}
+
+    async def peers(self) -> list[Peer]:
+        """Every worker's metrics (Prometheus text), asked for now; None for one that is not
+        running or did not answer within ``METRICS_WAIT``."""
+        got = await self._ask(local.METRICS_ASK)
+        return [Peer(str(n), got.get(n), self._restarts.get(n, 0)) for n in range(1, self.count)]
+
+    async def feed_sessions(self, project_pk: int) -> list[tuple[FeedToken, FeedSession]]:
+        """The push-feed sessions of the project the workers serve now (with the feed in
+        workers), asked for now; a worker that does not answer within ``METRICS_WAIT`` (or
+        whose answer does not parse) adds none."""
+        out: list[tuple[FeedToken, FeedSession]] = []
+        for n, payload in sorted((await self._ask(local.FEEDS_ASK, project_pk)).items()):
+            try:
+                out.extend(local.decode_sessions(payload))
+            except ValueError:
+                log.warning("worker %d's feed sessions cannot be read", n)
+        return out
 
     def health(self) -> dict[str, object]:
         """The workers' state for ``/healthz``: each one's process id, state (``up``: its

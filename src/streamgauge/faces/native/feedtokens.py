@@ -70,10 +70,11 @@ def _session_doc(project: str, t: FeedToken, s: FeedSession) -> dict[str, object
 async def list_feed_sessions(
     engine: EngineDep, who: PrincipalDep, project: str, paging: PagingDep
 ) -> Response:
-    """The push-feed sessions a connection serves now: each with its feed token (id and name),
-    the arguments it was opened with and its position in the log (the cursor up to which every
-    observation has been considered). Detached sessions that could still be resumed are not
-    listed."""
+    """The push-feed sessions a connection serves now, in every process of the server: each
+    with its feed token (id and name), the arguments it was opened with and its position in
+    the log (the cursor up to which every observation has been considered). Detached sessions
+    that could still be resumed are not listed."""
     rec = project_for(engine, who, project, Action.MANAGE)
-    items = ((s.id, _session_doc(project, t, s)) for t, s in engine.feeds.connected(rec.pk))
+    served = await engine.connected_feeds(rec.pk)
+    items = ((s.id, _session_doc(project, t, s)) for t, s in served)
     return json_response(paging.page(items, "sessions"))

@@ -11,7 +11,7 @@ from typing import Any
 
 from streamgauge.domain.feeds import FeedSession, FeedToken
 from streamgauge.store.api import Store
-from streamgauge.store.feedsessions import LiveFeeds, TokenRow, digest, now_ms
+from streamgauge.store.feedsessions import LiveFeeds, TokenRow, now_ms
 from streamgauge.store.postgres import feedsignals
 from streamgauge.store.postgres.conn import Conn, Tx
 
@@ -88,9 +88,6 @@ class FeedStore(LiveFeeds[Tx, Conn]):
         await self._signals.stop()
 
     # -- tokens ---------------------------------------------------------------------------------
-
-    def token_for(self, token: str) -> FeedToken | None:
-        return self._known(self._by_digest.get(digest(token)))
 
     def _insert_token(self, tx: Tx, token: FeedToken, dig: bytes) -> int:
         cur = tx.execute(
