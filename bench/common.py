@@ -519,6 +519,11 @@ def pss_mb(pid: int) -> float:
     return _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss")
 
 
+def anon_mb(pid: int) -> float:
+    """The anonymous memory of ``pid`` (its heap and other private pages, no mapped files)."""
+    return _proc_kib(f"/proc/{pid}/smaps_rollup", "Anonymous")
+
+
 def node_mb(pid: int) -> tuple[float, int]:
     """The memory of a server and its fan-out workers together (sum of PSS), and how many
     processes that is."""

@@ -51,7 +51,9 @@ from .common import (
     Busy,
     Mesonet,
     NdjsonEncoder,
+    anon_mb,
     build_request,
+    children,
     device_id,
     fanout_series,
     free_port,
@@ -634,16 +636,25 @@ def server_mb(pid: int) -> float:
     return total if processes > 1 else proc_rss_mb(pid)
 
 
+def sessions_mb(pid: int) -> float:
+    """The memory the idle sessions are measured by: the anonymous (heap) memory of the server
+    and its fan-out workers together. Not their resident or proportional set: those count the
+    pages of the database files the processes have mapped too, which come and go with what
+    SQLite reads (with two processes, opening 1,000 sessions moved them by 2 to 5 MB, more
+    than the sessions themselves, and the reading came out negative)."""
+    return sum(anon_mb(p) for p in [pid, *children(pid)])
+
+
 def settled_rss_mb(pid: int, seconds: float = 15.0) -> float:
-    """``server_mb`` once two samples half a second apart agree within 1 MB (at most
+    """``sessions_mb`` once two samples half a second apart agree within 1 MB (at most
     ``seconds``): after the warm-up ingest the server's memory sometimes is still being
     released (seen: 418 MB falling to 380), which counted as negative per-session memory."""
-    last = server_mb(pid)
+    last = sessions_mb(pid)
     samples = [last]
     deadline = time.time() + seconds
     while time.time() < deadline:
         time.sleep(0.5)
-        now = server_mb(pid)
+        now = sessions_mb(pid)
         samples.append(now)
         if abs(now - last) <= 1.0:
             break
@@ -764,9 +775,9 @@ def feed_fanout(
         # at rest with the sessions open: 1,000 idle sessions use 2 to 8 % of a core (the
         # keepalive clock), so "quiet" is below 15 % here
         quiet_after_s = wait_quiet(pid, limit_s=30.0, quiet_cores=0.15)
-        run.rss_connected_mb = server_mb(pid)
+        run.rss_connected_mb = sessions_mb(pid)
         log(
-            f"  {res.connected} sessions open in {run.connect_s:.1f} s; server memory "
+            f"  {res.connected} sessions open in {run.connect_s:.1f} s; server heap "
             f"{run.rss_before_mb:.0f} -> {run.rss_connected_mb:.0f} MB = "
             f"{run.kb_per_idle_session:.1f} KB per idle session (each reading once the server "
             f"was quiet: waited {quiet_s:.0f} s and {quiet_after_s:.0f} s)"
@@ -1115,15 +1126,16 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="processes serving the port (serve --workers N; 1: one process)",
+        default=0,
+        help="processes serving the port (serve --workers N; 1: one process; default: "
+        "serve's, the number of cores)",
     )
     ap.add_argument(
         "--owners",
         type=lambda text: [int(x) for x in text.split(",")],
         default=None,
         metavar="N,..",
-        help="with --workers and STREAMGAUGE_WORKERS_FEED=true: the processes whose feed "
+        help="with --workers above 1 (the push feed in every process): the processes whose feed "
         "tokens the sessions use (default: every process; 0 is the writer)",
     )
     ap.add_argument(
@@ -1151,10 +1163,11 @@ def main_feed(a: argparse.Namespace) -> None:
         "figures: see 'other procs cpu')"
     )
     speed = machine_speed_ms()
+    a.workers = a.workers or max(1, min(64, os.cpu_count() or 1))  # serve's default
     log(
         f"streamgauge feed bench: cpu_count={os.cpu_count()}  python={sys.version.split()[0]}  "
-        f"stations={a.stations:,}  durability={a.durability}  machine speed {speed:.1f} ms "
-        "(bench/common.machine_speed_ms: lower is faster)"
+        f"stations={a.stations:,}  durability={a.durability}  workers={a.workers}  "
+        f"machine speed {speed:.1f} ms (bench/common.machine_speed_ms: lower is faster)"
     )
     cfg = FanoutCfg(
         a.fanout_seconds, a.fanout_rate, a.fanout_batch, a.subscribers, a.sub_procs, a.grace
@@ -1299,7 +1312,7 @@ def summary(
     if sg:
         log(
             f"memory per idle feed session: {sg.kb_per_idle_session:.1f} KB "
-            f"(server memory {sg.rss_before_mb:.0f} -> {sg.rss_connected_mb:.0f} MB for "
+            f"(server heap {sg.rss_before_mb:.0f} -> {sg.rss_connected_mb:.0f} MB for "
             f"{sg.res.connected} sessions; target <= 15 KB)"
         )
     if r1 and r2 and r2.delivered_obs_s:

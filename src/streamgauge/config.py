@@ -53,20 +53,20 @@ class Settings(BaseSettings):
         le=64,
         description=(
             "Processes serving the port in the embedded mode: the writer and WORKERS - 1 "
-            "fan-out workers that serve the native and DT live streams (a read-only engine "
-            "each, following the writer's log); the push feed stays the writer's unless "
-            "WORKERS_FEED, everything else is the writer's; /metrics, /healthz and the "
-            "auth-failure limit cover every process (docs/workers.md). Unset: the number of "
+            "fan-out workers that serve the live streams, native and DT, and the push feed "
+            "(a read-only engine each, following the writer's log); everything else is the "
+            "writer's; /metrics, /healthz, the list of feed sessions and the auth-failure "
+            "limit cover every process (docs/workers.md). Unset: the number of "
             "cores; 1: one process. The cluster mode (--store/--bus) runs one process per node "
             "(unset: 1; above 1 is refused)."
         ),
     )
     workers_feed: bool = Field(
-        default=False,
+        default=True,
         description=(
             "With --workers above 1: the push feed (/feed) is served by every process, each "
-            "feed token's connections by one of them (a hash of the token), instead of by the "
-            "writer alone. Experimental, off by default (docs/workers.md)."
+            "feed token's connections by one of them (a hash of the token). false: by the "
+            "writer alone, its fan-out on one core (docs/workers.md)."
         ),
     )
     writer_subscribers: bool = Field(
