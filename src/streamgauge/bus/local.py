@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import socket
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import cast
+
+import msgspec
 
 from streamgauge.bus.api import BusMessage, Handler, Kind
 from streamgauge.domain.feeds import FeedSession, FeedToken
@@ -61,53 +62,38 @@ def frame(kind: Kind, first: int, last: int, payload: bytes) -> bytes:
     return HEADER.pack(CODES[kind], first, last, len(payload)) + payload
 
 
+_KEYS = msgspec.json.Decoder(list[tuple[str, str]])
+# a session as ``FEEDS`` carries it: its token's pk, id, project pk, name and creation, then the
+# session's id, arguments and position
+_SESSIONS = msgspec.json.Decoder(list[tuple[int, str, int, str, str, str, str, int]])
+
+
 def encode_keys(keys: Sequence[tuple[str, str]]) -> bytes:
     """An ``AUTH_FAILED`` payload: the rate-limit keys of one failed login."""
-    return json.dumps([[kind, value] for kind, value in keys]).encode()
+    return msgspec.json.encode(keys)
 
 
 def decode_keys(payload: bytes) -> list[tuple[str, str]]:
-    """The keys of an ``AUTH_FAILED`` payload (ValueError if it is not one)."""
-    found: Any = json.loads(payload)
-    if not isinstance(found, list):
-        raise ValueError("not a list of keys")
-    keys: list[tuple[str, str]] = []
-    for key in found:
-        if not (isinstance(key, list) and len(key) == 2 and all(isinstance(x, str) for x in key)):
-            raise ValueError(f"not a key: {key!r}")
-        keys.append((key[0], key[1]))
-    return keys
+    """The keys of an ``AUTH_FAILED`` payload (``ValueError`` if it is not one)."""
+    return _KEYS.decode(payload)
 
 
 def encode_sessions(sessions: Sequence[tuple[FeedToken, FeedSession]]) -> bytes:
     """A ``FEEDS`` payload: push-feed sessions served by one process, with their tokens."""
-    return json.dumps(
+    return msgspec.json.encode(
         [
-            [t.pk, t.id, t.project_pk, t.name, t.created_at, s.id, s.args, s.position]
+            (t.pk, t.id, t.project_pk, t.name, t.created_at, s.id, s.args, s.position)
             for t, s in sessions
         ]
-    ).encode()
+    )
 
 
 def decode_sessions(payload: bytes) -> list[tuple[FeedToken, FeedSession]]:
-    """The sessions of a ``FEEDS`` payload (ValueError if it is not one)."""
-    found: Any = json.loads(payload)
-    if not isinstance(found, list):
-        raise ValueError("not a list of sessions")
-    out: list[tuple[FeedToken, FeedSession]] = []
-    for row in found:
-        if not (isinstance(row, list) and len(row) == 8):
-            raise ValueError(f"not a session: {row!r}")
-        tpk, tid, project_pk, name, created, sid, args, position = row
-        if not (
-            all(isinstance(x, int) for x in (tpk, project_pk, position))
-            and all(isinstance(x, str) for x in (tid, name, created, sid, args))
-        ):
-            raise ValueError(f"not a session: {row!r}")
-        out.append(
-            (FeedToken(tpk, tid, project_pk, name, created), FeedSession(sid, tpk, args, position))
-        )
-    return out
+    """The sessions of a ``FEEDS`` payload (``ValueError`` if it is not one)."""
+    return [
+        (FeedToken(tpk, tid, project, name, created), FeedSession(sid, tpk, args, position))
+        for tpk, tid, project, name, created, sid, args, position in _SESSIONS.decode(payload)
+    ]
 
 
 def control_frame(code: int, first: int, last: int, payload: bytes) -> bytes:
