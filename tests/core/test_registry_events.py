@@ -811,6 +811,20 @@ def test_new_series_applied_at_once_take_the_column_path() -> None:
     assert reg.series_by_pk[5].variable_id == "v3" and reg.series_by_pk[5].device_id == "d2"
 
 
+def test_knows_series_answers_as_series_by_pk_does_for_each() -> None:
+    """``Registry.knows_series`` (a worker's check that a relayed batch names no series it
+    has not heard of yet) agrees with ``pk in series_by_pk`` over every pk of the batch."""
+    reg = Registry()
+    reg.apply_all(_base_events())
+    reg.apply_all([_series_event(pk, var, 1) for pk, var in [(3, 3), (4, 4), (5, 5)]])
+    reg.apply(ev.SeriesDropped(4))
+    for pks in ([], [3], [3, 5, 3], [4], [3, 4], [6], [-1], [0], [5, reg.series_end]):
+        batch = np.array(pks, np.int64)
+        assert reg.knows_series(batch) == all(pk in reg.series_by_pk for pk in pks), pks
+    assert reg.knows_series(np.array([3, 5], np.int64))
+    assert not reg.knows_series(np.array([3, 4], np.int64))  # 4 was dropped
+
+
 def test_the_events_of_series_first_seen_are_read_from_the_variable_columns() -> None:
     """``Registry.series_added``: the ``SeriesAdded`` of new keys, numbered on from a pk, with
     each variable's device, project and ids; None when a variable does not exist."""

@@ -378,8 +378,7 @@ class Engine:
 
         async def known(batch: Batch) -> None:
             """A batch whose series another node made: its metadata first."""
-            series = reg.series_by_pk
-            if any(int(pk) not in series for pk in np.unique(batch.series)):
+            if not reg.knows_series(batch.series):
                 await meta.sync()
 
         async def read(after: int, upto: int | None) -> list[tuple[int, int, Batch]]:

@@ -1088,6 +1088,15 @@ class Registry:
     def project(self, project_id: str) -> ProjectRec | None:
         return self.projects.get(project_id)
 
+    def knows_series(self, pks: npt.NDArray[np.int64]) -> bool:
+        """Whether every pk of ``pks`` is a series of this registry (``in series_by_pk`` for
+        each, at once)."""
+        if not len(pks):
+            return True
+        if int(pks.min()) < 0 or int(pks.max()) >= self.series_end:
+            return False
+        return bool((self.s_project[pks] >= 0).all())
+
     def project_series(self, project_pk: int) -> npt.NDArray[np.int64]:
         """The pks of a project's series, ascending."""
         return np.flatnonzero(self.s_project[: self.series_end] == project_pk)
