@@ -25,7 +25,7 @@ import pytest
 
 from streamgauge.workers.routing import owner
 from tests.conftest import free_port
-from tests.test_feed import API, STATIONS, Feed, Obs, make_network, minute_ms, report
+from tests.test_feed import API, STATIONS, Feed, Obs, key_of, make_network, minute_ms, report
 from tests.test_feed_resume import CASE, assert_exact, keys
 from tests.workers.test_serve_workers import HEADER, WAIT, Served
 
@@ -207,6 +207,30 @@ async def test_the_connected_sessions_of_every_process_are_listed(feed_served: S
             paged = c.get(f"{API}/p1/feedsessions", params={"limit": 1}).json()
             rest = c.get(f"{API}/p1/feedsessions", params={"page": paged["next"]}).json()
         assert [d["id"] for d in paged["sessions"] + rest["sessions"]] == sorted(listed)
+    finally:
+        for f in feeds:
+            await f.close()
+
+
+async def test_a_worker_describes_stations_as_the_writer_does(feed_served: Served) -> None:
+    """A worker keeps no site document: a round's new stations are described from the
+    database, read at once. Sessions with the same arguments on the worker and on the writer
+    get the same station metadata and the same rows."""
+    s = feed_served
+    feeds = [await until_known(s, token_of(s, n)[0]) for n in (1, 0)]
+    try:
+        assert [process_of(f) for f in feeds] == ["1", "0"]
+        ingest = Ingest(s)
+        await ingest.until_posted(2)
+        posted = await ingest.finish()
+        wanted = {o.key for o in CASE.expect(posted)}
+        for f in feeds:
+            await f.until(wanted)
+        on_worker, on_writer = feeds
+        assert on_worker.stations and on_worker.stations == on_writer.stations
+        assert all(st["latitude"] is not None for st in on_worker.stations.values())
+        assert on_worker.units == on_writer.units
+        assert {key_of(r) for r in on_worker.rows} == {key_of(r) for r in on_writer.rows}
     finally:
         for f in feeds:
             await f.close()

@@ -220,11 +220,16 @@ def station(reg: Registry, device_pk: int) -> dict[str, Any]:
     elevation in feet (as Synoptic gives it), network as an integer when it is one; state and
     NWS zones besides."""
     stid, site = _station_of_device(reg, device_pk)
+    return _station(stid, site, "" if site is None else site.stored)
+
+
+def _station(stid: str, site: SiteRec | None, stored: str) -> dict[str, Any]:
+    """``station`` of a station's id and site, given the site's stored JSON."""
     if site is None:
         return {"stid": stid, "latitude": None, "longitude": None, "elevation": None}
     # The fields from the site's stored JSON (a dump of its model, every field there): a
     # model validated per station cost most of a feed's first rounds (30,000 stations).
-    doc = orjson.loads(site.stored)
+    doc = orjson.loads(stored)
     if not _SITE_FIELDS <= doc.keys():
         doc = site.doc.model_dump()
     lat, lon, elevation = doc["lat"], doc["lon"], doc["elevation"]
@@ -319,6 +324,18 @@ class _Stations:
             found = self.json[n] = orjson.dumps(station(reg, self.reps[n]))
         return found
 
+    def describe(self, reg: Registry, numbers: list[int]) -> None:
+        """Make the metadata JSON of the stations of ``numbers`` not made yet, their sites'
+        documents read at once: a fan-out worker keeps none and reads them from the database
+        (one read for a round's new stations instead of one per station)."""
+        missing = [n for n in numbers if self.json[n] is None]
+        if not missing:
+            return
+        found = [_station_of_device(reg, self.reps[n]) for n in missing]
+        docs = iter(reg.site_documents([site for _, site in found if site is not None]))
+        for n, (stid, site) in zip(missing, found, strict=True):
+            self.json[n] = orjson.dumps(_station(stid, site, "" if site is None else next(docs)))
+
 
 class _ItemKeys:
     """What the metadata check needs of an item, computed once per item and kept on it (the
@@ -372,7 +389,8 @@ def _item_keys(reg: Registry, item: Item) -> _ItemKeys:
 
 def _metadata_message(reg: Registry, units: list[dict[str, str]], fresh: list[int]) -> bytes:
     known = _Stations.of(reg)
-    described = known.json  # (each made on first use)
+    known.describe(reg, fresh)  # (each made on first use)
+    described = known.json
     stations = b",".join([described[n] or known.station_json(reg, n) for n in fresh])
     return b'{"type":"metadata","units":%s,"stations":[%s]}' % (orjson.dumps(units), stations)
 
