@@ -13,7 +13,7 @@ import functools
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -318,12 +318,6 @@ class _Stations:
             found = self.sensors[code] = orjson.dumps(name)
         return found
 
-    def station_json(self, reg: Registry, n: int) -> bytes:
-        found = self.json[n]
-        if found is None:
-            found = self.json[n] = orjson.dumps(station(reg, self.reps[n]))
-        return found
-
     def describe(self, reg: Registry, numbers: list[int]) -> None:
         """Make the metadata JSON of the stations of ``numbers`` not made yet, their sites'
         documents read at once: a fan-out worker keeps none and reads them from the database
@@ -389,9 +383,12 @@ def _item_keys(reg: Registry, item: Item) -> _ItemKeys:
 
 def _metadata_message(reg: Registry, units: list[dict[str, str]], fresh: list[int]) -> bytes:
     known = _Stations.of(reg)
-    known.describe(reg, fresh)  # (each made on first use)
-    described = known.json
-    stations = b",".join([described[n] or known.station_json(reg, n) for n in fresh])
+    described = known.json  # (each made on first use)
+    parts = [described[n] for n in fresh]
+    if None in parts:
+        known.describe(reg, fresh)
+        parts = [described[n] for n in fresh]
+    stations = b",".join(cast(list[bytes], parts))  # (every one made by ``describe``)
     return b'{"type":"metadata","units":%s,"stations":[%s]}' % (orjson.dumps(units), stations)
 
 
