@@ -54,6 +54,12 @@ class FeedTables:
                 index=False,
             )
             self._conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            # No automatic checkpoint in this connection's commits, as in the writer's own:
+            # under ingest the WAL is past SQLite's 1,000 pages, and a position flush would
+            # copy it into the database file holding the write lock while the writer's
+            # transactions wait (the writer checkpoints passively, from a connection of its
+            # own: ``SqliteStore._checkpoints``).
+            self._conn.execute("PRAGMA wal_autocheckpoint=0")
         conn = self._conn
         tx = Tx(conn)
         conn.execute("BEGIN IMMEDIATE")
