@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from streamgauge.config import default_processes
+
 from .common import (
     NVARS,
     STATES,
@@ -1163,7 +1165,7 @@ def main_feed(a: argparse.Namespace) -> None:
         "figures: see 'other procs cpu')"
     )
     speed = machine_speed_ms()
-    a.workers = a.workers or max(1, min(64, os.cpu_count() or 1))  # serve's default
+    a.workers = a.workers or default_processes()  # serve's default
     log(
         f"streamgauge feed bench: cpu_count={os.cpu_count()}  python={sys.version.split()[0]}  "
         f"stations={a.stations:,}  durability={a.durability}  workers={a.workers}  "

@@ -582,4 +582,10 @@ class Settings(BaseSettings):
             return self.workers
         if self.store is not None or self.bus:
             return 1
-        return max(1, min(64, os.cpu_count() or 1))
+        return default_processes()
+
+
+def default_processes() -> int:
+    """The embedded mode's processes when ``workers`` is unset: the number of cores, at most
+    64."""
+    return max(1, min(64, os.cpu_count() or 1))
