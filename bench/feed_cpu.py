@@ -3,11 +3,14 @@
 The feed bench (bench/feed.py) measures the whole system on loopback, where the figures move
 with everything else on the machine. This one isolates the server's own work of a live round:
 the engine (SQLite store, registry, hub) with the same 30,000-station mesonet, 1,000 sessions
-with bench/feed.py's arguments, each with its compiled selection, its metadata state and a sink
-doing what the feed's does (merge items, metadata, WebSocket frames: ``round_frames``) except
-the socket write. Batches of 500 observations are committed one by one and each round is timed.
+with bench/feed.py's arguments, each set up as the feed's stream sets it up (its compiled
+selection, its ``Metadata``, its ``_Sender``) but writing to a writer that counts bytes instead
+of a socket. Batches of 500 observations are committed one by one and each round is timed.
+``--sinks-only`` leaves out the feed's round delivery (``deliver_round``): each session's sink
+takes its share of the round, as before the twentieth session.
 
     .venv/bin/python -m bench feed-cpu [--sessions 1000] [--batches 200] [--profile]
+    .venv/bin/python -m bench feed-cpu --sinks-only
 
 It prints the machine's core count, ms per round (p50, p90, max), microseconds per session per
 round, and with ``--profile`` the functions that cost most (cProfile).
@@ -22,18 +25,24 @@ import os
 import pstats
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
+from fastapi import WebSocket
 
 from streamgauge.config import Settings
 from streamgauge.core.engine import Engine
 from streamgauge.core.filters import CompiledSelection
-from streamgauge.core.hub import Item, Subscription
+from streamgauge.core.hub import Subscription
+from streamgauge.domain.feeds import FeedSession
 from streamgauge.domain.model import Device, DeviceIn, ProjectIn, SiteIn
 from streamgauge.faces.synoptic.args import parse_feed_args
-from streamgauge.faces.synoptic.messages import Metadata, feed_framing, round_frames
+from streamgauge.faces.synoptic.feed import _Sender, deliver_round
+from streamgauge.faces.synoptic.messages import Metadata, feed_framing
+from streamgauge.faces.websocket import WRITER, MessageWriter
 from streamgauge.store.sqlite import metadata
 
 from .common import (
@@ -49,32 +58,75 @@ if TYPE_CHECKING:
     from streamgauge.store.sqlite.store import Tx
 
 
-class Session:
-    """A feed session's live state and a sink like the feed's (``_Sender.direct``): the
-    round's frames (``round_frames``), counted instead of written."""
+class CountingWriter(MessageWriter):
+    """The server's message writer (see ``faces/websocket.py``) without a connection: always
+    ready, and it counts the bytes it is given instead of writing them."""
 
-    def __init__(self, engine: Engine, query: str, project_pk: int, rows: int) -> None:
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:  # no protocol: nothing here reads one
+        self.sent = 0
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    @property
+    def open(self) -> bool:
+        return True
+
+    @property
+    def paused(self) -> bool:
+        return False
+
+    @property
+    def raw(self) -> bool:
+        return True
+
+    def write_ready(self, frames: bytes) -> None:
+        self.sent += len(frames)
+
+    def send(self, messages: Sequence[bytes]) -> bool:
+        self.sent += sum(len(m) for m in messages)
+        return True
+
+
+class Session:
+    """A live feed session as the feed's stream sets it up (``SessionConsumer.stream``): its
+    subscription, its ``Metadata`` and its ``_Sender`` (the sink, and the state the round's
+    ``prepare`` and ``deliver`` read), writing to a ``CountingWriter``."""
+
+    def __init__(
+        self, engine: Engine, query: str, project_pk: int, number: int, deliver: bool
+    ) -> None:
         args = parse_feed_args(query, now_ms=int(time.time() * 1000), max_period_hours=48)
         self.meta = Metadata(engine.registry, args.select.units, args.metadata)
-        self.rows = rows
-        self.sent = 0
-        self.position = 0
+        self.writer = CountingWriter()
+        ws = SimpleNamespace(scope={"extensions": {WRITER: self.writer}})
+        self.session = FeedSession(f"bench-{number}", 0, query, 0)
+        sender = _Sender(cast(WebSocket, ws), engine, self.session, self.meta)
         self.sub = Subscription(
             CompiledSelection(args.select.selection(project_pk), engine.registry),
-            feed_framing(rows),
+            feed_framing(
+                engine.settings.feed_message_rows,
+                args.timeformat,
+                deliver_round if deliver else None,
+            ),
             engine.registry,
             engine.settings.subscriber_queue_bytes,
             args.select.units,
         )
         self.sub.selection.compile()
-        self.sub.sink = self.direct
-        self.sub.state = self.meta  # for the framing's ``prepare`` (as the feed's stream)
+        self.sub.sink = sender.sink
+        self.sub.state = sender
 
-    def direct(self, items: list[Item], position: int) -> bool:
-        if items:
-            self.sent += len(round_frames(items, self.meta, self.rows))
-        self.position = position
-        return True
+    @property
+    def sent(self) -> int:
+        return self.writer.sent
+
+    @property
+    def position(self) -> int:
+        return self.session.position
 
 
 async def run(a: argparse.Namespace) -> None:
@@ -111,7 +163,10 @@ async def run(a: argparse.Namespace) -> None:
                     body = enc.rows(s, np.full(len(s), t0), np.full(len(s), 1.0))
                     await engine.ingest(proj, body, ndjson=True)
             filters = make_feed_filters(m, a.sessions, a.rows)
-            sessions = [Session(engine, f.query(), proj.pk, 1000) for f in filters]
+            sessions = [
+                Session(engine, f.query(), proj.pk, n, not a.sinks_only)
+                for n, f in enumerate(filters)
+            ]
             for session in sessions:
                 engine.hub.subscribe(session.sub)
             bodies = []
@@ -150,6 +205,7 @@ async def run(a: argparse.Namespace) -> None:
                 f"feed fan-out CPU: cpu_count={os.cpu_count()} sessions={len(sessions)} "
                 f"stations={a.stations} rows/batch={a.rows} rounds={len(rounds)} "
                 f"{'fresh series' if a.fresh_series else 'series exist'}  "
+                f"{'sinks only' if a.sinks_only else 'round delivery'}  "
                 f"machine speed {machine_speed_ms():.1f} ms (lower is faster)"
             )
             print(
@@ -168,6 +224,8 @@ async def run(a: argparse.Namespace) -> None:
             if prof is not None:
                 stats = pstats.Stats(prof)
                 stats.sort_stats("tottime").print_stats(25)
+                if os.environ.get("BENCH_CALLEES"):
+                    stats.print_callees(os.environ["BENCH_CALLEES"])
         finally:
             await engine.stop()
 
@@ -180,6 +238,11 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=500)
     ap.add_argument("--fresh-series", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument(
+        "--sinks-only",
+        action="store_true",
+        help="no round delivery (deliver_round): each session's sink takes its share, as before",
+    )
     a = ap.parse_args()
     asyncio.run(run(a))
 

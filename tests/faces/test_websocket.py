@@ -71,7 +71,7 @@ def test_text_frames_made_once_are_the_frames_websockets_makes() -> None:
     length encoding (7-bit, 16-bit, 64-bit) and at their edges."""
     from websockets.frames import Frame
 
-    from streamgauge.faces.websocket import text_frame
+    from streamgauge.wire.wsframes import text_frame
 
     for n in (0, 1, 125, 126, 127, 65535, 65536, 70_000):
         message = (b'{"type":"data","x":"' + b"\xc3\xa9" * n)[:n]

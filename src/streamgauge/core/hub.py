@@ -59,7 +59,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamgauge.core.filters import CompiledSelection, SelectionStack
-from streamgauge.core.framing import Framing
+from streamgauge.core.framing import Deliver, Framing
 from streamgauge.core.registry import Registry
 from streamgauge.core.units import METRIC, UnitSystem
 from streamgauge.domain.batch import Batch, merge_commits
@@ -485,19 +485,40 @@ class Hub:
                     prepare(batch, cells)
                 except Exception:  # a face's failure: its subscribers work without it
                     log.exception("a fan-out round's prepare failed")
+            delivers = [d for d in {sub.framing.deliver for sub in subs} if d is not None]
+            done = bytearray(len(subs))  # 1: delivered by a face's ``deliver``
+            last = int(batch.cursors[-1])
             for i, sub in enumerate(subs):
-                was = sub.overflowed
-                try:
-                    direct += sub.offer(batch, None, cells, i)
-                except Exception:
-                    self._failed(sub)
-                if sub.overflowed and not was:
-                    self.overflows += 1
+                if i % SLICE_SUBSCRIBERS == 0 and delivers:
+                    self._deliver(delivers, batch, cells, i, done)
+                if done[i]:
+                    sub.direct_last = last
+                    direct += cells.bounds[i] < cells.bounds[i + 1]
+                else:
+                    was = sub.overflowed
+                    try:
+                        direct += sub.offer(batch, None, cells, i)
+                    except Exception:
+                        self._failed(sub)
+                    if sub.overflowed and not was:
+                        self.overflows += 1
                 if i % SLICE_SUBSCRIBERS == SLICE_SUBSCRIBERS - 1:
                     yield
         self.direct_items += direct
         if direct and self._on_direct is not None:
             self._on_direct((time.monotonic_ns() - batch.received_ns) / 1e9)
+
+    @staticmethod
+    def _deliver(
+        delivers: list[Deliver], batch: Batch, cells: Cells, lo: int, done: bytearray
+    ) -> None:
+        """The faces' ``deliver`` of the round's next slice of subscribers."""
+        hi = min(lo + SLICE_SUBSCRIBERS, len(cells.subs))
+        for deliver in delivers:
+            try:
+                deliver(batch, cells, lo, hi, done)
+            except Exception:  # a face's failure: the subscribers it did not mark are offered
+                log.exception("a fan-out round's deliver failed")
 
     @staticmethod
     def _failed(sub: Subscription) -> None:

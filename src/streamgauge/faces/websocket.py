@@ -48,17 +48,6 @@ _SENT_REQUEST = Request("/", Headers())
 _SENT_RESPONSE = Response(101, "Switching Protocols", Headers())
 
 
-def text_frame(message: bytes) -> bytes:
-    """``message`` (UTF-8 text) as one final, unmasked text frame: a server's frame without
-    extensions, the same bytes for every connection (RFC 6455 section 5.2)."""
-    n = len(message)
-    if n < 126:
-        return b"\x81%c%s" % (n, message)
-    if n < 65536:
-        return b"\x81\x7e%s%s" % (n.to_bytes(2, "big"), message)
-    return b"\x81\x7f%s%s" % (n.to_bytes(8, "big"), message)
-
-
 class MessageWriter:
     """Text messages straight to one connection (see the module docstring)."""
 

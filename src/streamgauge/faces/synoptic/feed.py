@@ -48,14 +48,22 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from streamgauge.core.consumers import Consumer
 from streamgauge.core.engine import Chunk, Closed, Engine
-from streamgauge.core.hub import Item, Sink
+from streamgauge.core.framing import Framing
+from streamgauge.core.hub import Cells, Item, Sink
+from streamgauge.core.registry import Registry
+from streamgauge.core.units import UnitSystem
 from streamgauge.core.units import warm as warm_units
+from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import BadRequest, Gone, StreamgaugeError
 from streamgauge.domain.feeds import FeedSession, FeedToken, SessionLimit
 from streamgauge.domain.log import HistoryQuery
 from streamgauge.faces.synoptic.args import FeedArgs, parse_feed_args
 from streamgauge.faces.synoptic.messages import (
+    DATA_INFIX,
+    DATA_PREFIX,
+    DATA_TAIL,
     Metadata,
+    Plan,
     auth_failed,
     auth_success,
     data_message,
@@ -65,6 +73,7 @@ from streamgauge.faces.synoptic.messages import (
     round_frames,
 )
 from streamgauge.faces.websocket import WRITER, MessageWriter
+from streamgauge.wire.wsframes import joined_frames
 
 router = APIRouter(tags=["push feed"])
 log = logging.getLogger("streamgauge.feed")
@@ -145,7 +154,7 @@ class _Sender:
     waking the session's task. Otherwise (no writer, catching up, or the connection's buffer
     full) the session's task sends queued items with ``chunk``, awaiting the connection."""
 
-    __slots__ = ("_ws", "_writer", "_meta", "_feeds", "_session", "_rows", "_alive")
+    __slots__ = ("_ws", "_writer", "meta", "_feeds", "_session", "_rows", "_alive")
 
     def __init__(
         self,
@@ -159,7 +168,7 @@ class _Sender:
         self._alive = alive
         writer = ws.scope.get("extensions", {}).get(WRITER)
         self._writer: MessageWriter | None = writer if isinstance(writer, MessageWriter) else None
-        self._meta = meta
+        self.meta = meta  # (read by the round's ``prepare``: ``messages.metadata_of``)
         self._feeds = engine.feeds
         self._session = session
         self._rows = engine.settings.feed_message_rows
@@ -177,7 +186,7 @@ class _Sender:
             if writer.ready:
                 if not self._alive():
                     return False
-                writer.write_ready(round_frames(items, self._meta, self._rows))
+                writer.write_ready(round_frames(items, self.meta, self._rows))
                 self._feeds.moved(self._session, position)
                 return True
             if writer.paused or not writer.open or not self._alive() or writer.raw:
@@ -186,7 +195,7 @@ class _Sender:
                 return False
             messages: list[bytes] = []
             for item in merge_items(items, self._rows):
-                described = self._meta.message(item)
+                described = self.meta.message(item)
                 if described is not None:
                     messages.append(described)
                 messages.append(item.data)
@@ -195,9 +204,26 @@ class _Sender:
         self._feeds.moved(self._session, position)
         return True
 
+    def writable_now(self, rows: int) -> bool:
+        """A round's ``rows`` rows may be written at once by ``deliver_round``: one message,
+        the connection ready and still served."""
+        writer = self._writer
+        return rows <= self._rows and writer is not None and writer.ready and self._alive()
+
+    def write_round(self, frames: bytes, position: int) -> None:
+        """``deliver_round``'s write, just after ``writable_now``: the round's frames, and the
+        session moved to ``position``."""
+        assert self._writer is not None
+        self._writer.write_ready(frames)
+        self._feeds.moved(self._session, position)
+
+    def passed(self, position: int) -> None:
+        """A round with nothing for this session: it moves to ``position``."""
+        self._feeds.moved(self._session, position)
+
     async def deliver(self, item: Item) -> None:
         """One data message (and the metadata it needs), awaiting the connection."""
-        described = self._meta.message(item)
+        described = self.meta.message(item)
         messages = [item.data] if described is None else [described, item.data]
         writer = self._writer
         if writer is None:
@@ -216,6 +242,99 @@ class _Sender:
             await self.deliver(item)
             self._feeds.moved(self._session, item.last)
         self._feeds.moved(self._session, position)
+
+
+class _Group:
+    """The sessions of a round's slice whose rows are encoded alike (``deliver_round``)."""
+
+    __slots__ = ("framing", "registry", "members", "senders")
+
+    def __init__(self, framing: Framing, registry: Registry) -> None:
+        self.framing = framing
+        self.registry = registry
+        self.members: list[int] = []
+        self.senders: list[_Sender] = []
+
+
+def deliver_round(batch: Batch, cells: Cells, lo: int, hi: int, done: bytearray) -> None:
+    """The feed framing's ``deliver`` (see ``core/framing.py``): of the round's subscribers
+    ``lo`` to ``hi``, the live sessions fed by their ``_Sender`` whose rows make one message
+    and whose connection is ready get the round's frames, made for all of them in one call
+    (``joined_frames``: no ``Item``, join or format per session), each preceded by the
+    metadata its round's plan says (``prepare``); sessions with no rows in the round move past
+    it. The others (catching up, behind, several messages, no plan) are left to the hub's
+    ``offer`` and their sink."""
+    subs, bounds = cells.subs, cells.bounds
+    position = int(batch.cursors[-1])
+    groups: dict[tuple[str, UnitSystem], _Group] = {}
+    for i in range(lo, hi):
+        sub = subs[i]
+        sender = sub.state
+        if (
+            sub.sink is None
+            or not isinstance(sender, _Sender)
+            or sub.overflowed
+            or sub.closed is not None
+        ):
+            continue
+        if bounds[i] == bounds[i + 1]:
+            sender.passed(position)
+            done[i] = 1
+        elif sender.writable_now(bounds[i + 1] - bounds[i]):
+            framing = sub.framing
+            group = groups.get((framing.name, sub.units))
+            if group is None:
+                group = groups[framing.name, sub.units] = _Group(framing, sub.registry)
+            group.members.append(i)
+            group.senders.append(sender)
+    for (_, units), group in groups.items():
+        _write_group(batch, cells, units, group, position, done)
+
+
+def _write_group(
+    batch: Batch, cells: Cells, units: UnitSystem, group: _Group, position: int, done: bytearray
+) -> None:
+    """``deliver_round`` for one group: each session's frames, then their writes."""
+    bounds, firsts, lasts = cells.bounds, cells.firsts, cells.lasts
+    members: list[int] = []
+    senders: list[_Sender] = []
+    leads: list[bytes | None] = []
+    taken: list[tuple[Metadata, Plan]] = []
+    for i, sender in zip(group.members, group.senders, strict=True):
+        meta = sender.meta
+        if not meta.enabled:
+            leads.append(None)
+        else:
+            plan = meta.take_plan(firsts[i], lasts[i])
+            if plan is None:
+                continue  # no plan for these rows: the sink describes them itself
+            taken.append((meta, plan))
+            leads.append(plan[3])
+        members.append(i)
+        senders.append(sender)
+    if not members:
+        return
+    rows = group.framing.rows(batch, group.registry, units)
+    try:
+        frames = joined_frames(
+            rows,
+            cells.content,
+            [bounds[i] for i in members],
+            [bounds[i + 1] for i in members],
+            [lasts[i] for i in members],
+            leads,
+            DATA_PREFIX,
+            DATA_INFIX,
+            DATA_TAIL,
+            1,
+        )
+    except BaseException:
+        for meta, plan in taken:  # nothing written: their sinks describe the rows
+            meta.put_back(plan)
+        raise
+    for i, sender, frame in zip(members, senders, frames, strict=True):
+        sender.write_round(frame, position)
+        done[i] = 1
 
 
 async def _fail(ws: WebSocket, messages: list[str], reason: str) -> None:
@@ -499,7 +618,9 @@ class SessionConsumer(Consumer):
             if args.start_ms is not None and args.end_ms is not None:
                 await self.period(sender, args)
                 return CLOSE_DONE, "the requested period has been sent"
-            framing = feed_framing(engine.settings.feed_message_rows, args.timeformat)
+            framing = feed_framing(
+                engine.settings.feed_message_rows, args.timeformat, deliver_round
+            )
             events = engine.events(
                 selection,
                 framing,
@@ -507,7 +628,7 @@ class SessionConsumer(Consumer):
                 select.units,
                 sender.sink,
                 keepalives=False,
-                state=meta,
+                state=sender,
             )
             async with contextlib.aclosing(events):
                 async for event in events:

@@ -20,13 +20,13 @@ import numpy.typing as npt
 import orjson
 
 from streamgauge.core.batch import output_values, qc_names
-from streamgauge.core.framing import NDJSON, Framing
+from streamgauge.core.framing import NDJSON, Deliver, Framing
 from streamgauge.core.hub import Cells, Item
 from streamgauge.core.registry import Registry, SiteRec
 from streamgauge.core.units import UnitSystem, target_unit, unit_label
 from streamgauge.domain.batch import Batch
-from streamgauge.faces.websocket import text_frame
 from streamgauge.wire.rows import format_time
+from streamgauge.wire.wsframes import text_frame
 
 M_TO_FT = 3.280839895013123
 
@@ -44,11 +44,18 @@ def auth_failed(messages: list[str]) -> bytes:
     return orjson.dumps({"type": "auth", "code": "failed", "messages": messages, "session": ""})
 
 
+# A data message is DATA_PREFIX, its cursor, DATA_INFIX, its rows (each with a trailing comma,
+# the last one's left out) and DATA_TAIL: ``data_message``, and the fan-out's ``joined_frames``
+DATA_PREFIX = b'{"type":"data","cursor":'
+DATA_INFIX = b',"data":['
+DATA_TAIL = b"]}"
+
+
 def data_message(rows: bytes, first: int, last: int) -> bytes:
     """A ``data`` message of joined rows (each encoded with a trailing comma). The extra
     ``cursor`` is the log position of its last observation. The hub builds it once per item
     (``Framing.wrap``), shared by every session whose mask agrees."""
-    return b'{"type":"data","cursor":%d,"data":[%s]}' % (last, rows[:-1])
+    return b"%s%d%s%s%s" % (DATA_PREFIX, last, DATA_INFIX, rows[:-1], DATA_TAIL)
 
 
 def merge_items(items: list[Item], max_rows: int) -> list[Item]:
@@ -186,11 +193,13 @@ def _encoder(timeformat: str) -> Callable[[Batch, Registry, UnitSystem], list[by
 _ENCODERS = {name: _encoder(name) for name in DATE_ENCODERS}
 
 
-def feed_framing(max_rows: int, timeformat: str = "yyyymmddhhmm") -> Framing:
+def feed_framing(
+    max_rows: int, timeformat: str = "yyyymmddhhmm", deliver: Deliver | None = None
+) -> Framing:
     """The hub framing of feed sessions: rows as above, at most ``max_rows`` per message, with
     each item's series kept for the metadata. Its name (the hub's cache key for encoded rows
     and joined messages) carries the date format, so sessions share rows only when their dates
-    are written alike."""
+    are written alike. ``deliver``: the face's round delivery (``Framing.deliver``)."""
     return Framing(
         f"synoptic/{timeformat}/{max_rows}",
         "application/json",
@@ -204,6 +213,7 @@ def feed_framing(max_rows: int, timeformat: str = "yyyymmddhhmm") -> Framing:
         wrap=data_message,
         with_series=True,
         prepare=prepare,
+        deliver=deliver,
     )
 
 
@@ -488,7 +498,7 @@ def _unset(
 # bits are cleared and the metadata is computed item by item, as without a plan. A round's
 # items queued instead of written (the connection's buffer full) still take it: the first of
 # them is the first sent. A tuple: a thousand are made a round.
-_Plan = tuple[int, int, int, bytes | None, list[int], list[int]]
+Plan = tuple[int, int, int, bytes | None, list[int], list[int]]
 _NONE: list[int] = []
 
 
@@ -498,7 +508,7 @@ class Metadata:
     item costs a few operations per distinct station and sensor in it, not per row; a message
     that describes every station of an item and no sensor is the item's, shared by the
     sessions that need it. In a fan-out round that stacked its subscribers' masks, the check
-    is made for every connection at once (``prepare``, a ``_Plan`` per connection)."""
+    is made for every connection at once (``prepare``, a ``Plan`` per connection)."""
 
     __slots__ = ("_reg", "_units", "enabled", "_table", "_row", "_plan", "__weakref__")
 
@@ -508,7 +518,7 @@ class Metadata:
         self.enabled = enabled
         self._table = _described(reg)
         self._row = -1
-        self._plan: _Plan | None = None
+        self._plan: Plan | None = None
         if enabled:  # build the shared station tables now, not in the first fan-out round
             _Stations.of(reg)
 
@@ -549,6 +559,19 @@ class Metadata:
         if sensors:
             codes = np.array(sensors, np.int64)
             _mark(table.sensors, np.full(len(codes), row, np.int64), codes, on=False)
+
+    def take_plan(self, first: int, last: int) -> Plan | None:
+        """The round's plan (``prepare``) for the rows from cursor ``first`` to ``last``, taken
+        (its message, ``plan[3]``, is then this connection's to send before them); None if
+        there is none for them (``message`` computes it then). ``put_back`` undoes it."""
+        plan = self._plan
+        if plan is None or plan[0] != first or last > plan[1] or plan[2] != self._reg.version:
+            return None
+        self._plan = None
+        return plan
+
+    def put_back(self, plan: Plan) -> None:
+        self._plan = plan
 
     def message(self, item: Item) -> bytes | None:
         """The metadata message the rows of ``item`` need first, or None."""
@@ -603,20 +626,27 @@ class Metadata:
         return units
 
 
+def metadata_of(state: object) -> Metadata | None:
+    """A feed subscription's ``Metadata``: its state's ``meta`` (the feed's per-connection
+    sender), or its state itself."""
+    meta = getattr(state, "meta", state)
+    return meta if isinstance(meta, Metadata) else None
+
+
 def prepare(batch: Batch, cells: Cells) -> None:
     """The metadata check of every live feed connection of a fan-out round at once: which of
     the stations and sensors in each one's rows it has not described, over a (connections x
     the batch's distinct stations) matrix instead of a loop per connection (the check was a
-    third of a round for a thousand sessions). Each connection gets a ``_Plan``: its message, or
+    third of a round for a thousand sessions). Each connection gets a ``Plan``: its message, or
     None (``Metadata.message`` takes it)."""
     subs = cells.subs
     bounds = cells.bounds
     picked: list[int] = []
     metas: list[Metadata] = []
     for i, sub in enumerate(subs):
-        meta = sub.state
+        meta = metadata_of(sub.state)
         if (
-            isinstance(meta, Metadata)
+            meta is not None
             and meta.enabled
             and sub.sink is not None
             and not sub.overflowed

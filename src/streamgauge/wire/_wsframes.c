@@ -1,0 +1,195 @@
+/* WebSocket text frames of a fan-out round, one per connection, in one call.
+ *
+ * The Python twin, and the contract, is ``streamgauge.wire.wsframes.joined_frames``: this
+ * module is that function without the per-connection Python work (a list comprehension, a
+ * join, two formats and two copies a connection, a thousand connections a round). The
+ * module is optional: where it is not built, the Python twin runs, and the tests check that
+ * both give the same bytes. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+static Py_ssize_t
+header_size(Py_ssize_t n)
+{
+    return n < 126 ? 2 : (n < 65536 ? 4 : 10);
+}
+
+/* RFC 6455 5.2: FIN, opcode 1 (text), unmasked, then the payload length. */
+static char *
+put_header(char *p, Py_ssize_t n)
+{
+    *p++ = (char)0x81;
+    if (n < 126) {
+        *p++ = (char)n;
+    }
+    else if (n < 65536) {
+        *p++ = (char)126;
+        *p++ = (char)((n >> 8) & 0xff);
+        *p++ = (char)(n & 0xff);
+    }
+    else {
+        uint64_t u = (uint64_t)n;
+        *p++ = (char)127;
+        for (int shift = 56; shift >= 0; shift -= 8) {
+            *p++ = (char)((u >> shift) & 0xff);
+        }
+    }
+    return p;
+}
+
+static int
+index_at(PyObject *list, Py_ssize_t i, const char *name, Py_ssize_t *out)
+{
+    PyObject *item = PyList_GET_ITEM(list, i);
+    Py_ssize_t v = PyLong_AsSsize_t(item);
+    if (v == -1 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_TypeError, "%s[%zd] is not an int", name, i);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static PyObject *
+joined_frames(PyObject *module, PyObject *args)
+{
+    PyObject *rows, *picked_obj, *los, *his, *cursors, *before;
+    const char *prefix, *infix, *tail;
+    Py_ssize_t prefix_n, infix_n, tail_n, trim;
+    if (!PyArg_ParseTuple(args, "O!SO!O!O!O!y#y#y#n:joined_frames", &PyList_Type, &rows,
+                          &picked_obj, &PyList_Type, &los, &PyList_Type, &his, &PyList_Type,
+                          &cursors, &PyList_Type, &before, &prefix, &prefix_n, &infix,
+                          &infix_n, &tail, &tail_n, &trim)) {
+        return NULL;
+    }
+    if (trim < 0) {
+        PyErr_SetString(PyExc_ValueError, "trim must not be negative");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(los);
+    if (PyList_GET_SIZE(his) != count || PyList_GET_SIZE(cursors) != count ||
+        PyList_GET_SIZE(before) != count) {
+        PyErr_SetString(PyExc_ValueError, "los, his, cursors and before differ in length");
+        return NULL;
+    }
+    Py_ssize_t picked_bytes = PyBytes_GET_SIZE(picked_obj);
+    if (picked_bytes % 8) {
+        PyErr_SetString(PyExc_ValueError, "picked is not a whole number of int64 values");
+        return NULL;
+    }
+    const char *picked = PyBytes_AS_STRING(picked_obj);
+    Py_ssize_t picked_n = picked_bytes / 8;
+    Py_ssize_t nrows = PyList_GET_SIZE(rows);
+
+    PyObject *out = PyList_New(count);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t lo, hi;
+        long long cursor;
+        if (index_at(los, i, "los", &lo) < 0 || index_at(his, i, "his", &hi) < 0) {
+            goto fail;
+        }
+        cursor = PyLong_AsLongLong(PyList_GET_ITEM(cursors, i));
+        if (cursor == -1 && PyErr_Occurred()) {
+            goto fail;
+        }
+        if (lo < 0 || hi > picked_n || lo >= hi) {
+            PyErr_Format(PyExc_ValueError, "connection %zd: rows [%zd, %zd) out of picked's %zd",
+                         i, lo, hi, picked_n);
+            goto fail;
+        }
+        PyObject *lead = PyList_GET_ITEM(before, i);
+        Py_ssize_t lead_n = 0;
+        if (lead != Py_None) {
+            if (!PyBytes_Check(lead)) {
+                PyErr_Format(PyExc_TypeError, "before[%zd] is neither bytes nor None", i);
+                goto fail;
+            }
+            lead_n = PyBytes_GET_SIZE(lead);
+        }
+        char number[32];
+        int number_n = snprintf(number, sizeof number, "%lld", cursor);
+        Py_ssize_t joined = 0;
+        for (Py_ssize_t k = lo; k < hi; k++) {
+            int64_t r;
+            memcpy(&r, picked + 8 * k, 8);
+            if (r < 0 || r >= nrows) {
+                PyErr_Format(PyExc_IndexError, "picked[%zd] = %lld: no such row", k,
+                             (long long)r);
+                goto fail;
+            }
+            PyObject *row = PyList_GET_ITEM(rows, (Py_ssize_t)r);
+            if (!PyBytes_Check(row)) {
+                PyErr_Format(PyExc_TypeError, "rows[%lld] is not bytes", (long long)r);
+                goto fail;
+            }
+            joined += PyBytes_GET_SIZE(row);
+        }
+        if (joined < trim) {
+            PyErr_Format(PyExc_ValueError, "connection %zd: rows shorter than trim", i);
+            goto fail;
+        }
+        Py_ssize_t payload = prefix_n + number_n + infix_n + joined - trim + tail_n;
+        Py_ssize_t size = header_size(payload) + payload;
+        if (lead != Py_None) {
+            size += header_size(lead_n) + lead_n;
+        }
+        PyObject *frame = PyBytes_FromStringAndSize(NULL, size);
+        if (frame == NULL) {
+            goto fail;
+        }
+        char *p = PyBytes_AS_STRING(frame);
+        if (lead != Py_None) {
+            p = put_header(p, lead_n);
+            memcpy(p, PyBytes_AS_STRING(lead), lead_n);
+            p += lead_n;
+        }
+        p = put_header(p, payload);
+        memcpy(p, prefix, prefix_n);
+        p += prefix_n;
+        memcpy(p, number, number_n);
+        p += number_n;
+        memcpy(p, infix, infix_n);
+        p += infix_n;
+        for (Py_ssize_t k = lo; k < hi; k++) {
+            int64_t r;
+            memcpy(&r, picked + 8 * k, 8);
+            PyObject *row = PyList_GET_ITEM(rows, (Py_ssize_t)r);
+            Py_ssize_t n = PyBytes_GET_SIZE(row);
+            memcpy(p, PyBytes_AS_STRING(row), n);
+            p += n;
+        }
+        p -= trim;
+        memcpy(p, tail, tail_n);
+        PyList_SET_ITEM(out, i, frame);
+    }
+    return out;
+
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"joined_frames", joined_frames, METH_VARARGS,
+     "joined_frames(rows, picked, los, his, cursors, before, prefix, infix, tail, trim)\n"
+     "--\n\n"
+     "One bytes object a connection: see streamgauge.wire.wsframes.joined_frames."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_wsframes", "WebSocket text frames of a fan-out round.", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__wsframes(void)
+{
+    return PyModule_Create(&module);
+}

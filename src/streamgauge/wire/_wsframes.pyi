@@ -1,0 +1,13 @@
+def joined_frames(
+    rows: list[bytes],
+    picked: bytes,
+    los: list[int],
+    his: list[int],
+    cursors: list[int],
+    before: list[bytes | None],
+    prefix: bytes,
+    infix: bytes,
+    tail: bytes,
+    trim: int,
+    /,
+) -> list[bytes]: ...

@@ -1,0 +1,82 @@
+"""WebSocket text frames as a server writes them (RFC 6455 section 5.2: final, unmasked, no
+extension), and a fan-out round's frames for many connections at once.
+
+``joined_frames`` is written twice: in C (``_wsframes.c``, built with the package where a
+compiler is found) and in Python below, the contract and the fallback. The tests check that
+both give the same bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+def text_frame(message: bytes) -> bytes:
+    """``message`` (UTF-8 text) as one final, unmasked text frame: a server's frame without
+    extensions, the same bytes for every connection."""
+    n = len(message)
+    if n < 126:
+        return b"\x81%c%s" % (n, message)
+    if n < 65536:
+        return b"\x81\x7e%s%s" % (n.to_bytes(2, "big"), message)
+    return b"\x81\x7f%s%s" % (n.to_bytes(8, "big"), message)
+
+
+def joined_frames_py(
+    rows: list[bytes],
+    picked: bytes,
+    los: list[int],
+    his: list[int],
+    cursors: list[int],
+    before: list[bytes | None],
+    prefix: bytes,
+    infix: bytes,
+    tail: bytes,
+    trim: int,
+) -> list[bytes]:
+    """One bytes object per connection ``i``: the text frame of ``before[i]`` (if not None),
+    then the text frame of ``prefix + str(cursors[i]) + infix + the rows joined + tail``, the
+    last ``trim`` bytes of the joined rows left out. Connection ``i``'s rows are
+    ``rows[r]`` for ``r`` in ``picked[los[i]:his[i]]`` (``picked``: native int64 values, as
+    ``ndarray.tobytes`` gives them); each connection has at least one."""
+    if trim < 0:
+        raise ValueError("trim must not be negative")
+    if not len(los) == len(his) == len(cursors) == len(before):
+        raise ValueError("los, his, cursors and before differ in length")
+    if len(picked) % 8:
+        raise ValueError("picked is not a whole number of int64 values")
+    numbers = memoryview(picked).cast("q")
+    out: list[bytes] = []
+    for i, (lo, hi, cursor, lead) in enumerate(zip(los, his, cursors, before, strict=True)):
+        if lo < 0 or hi > len(numbers) or lo >= hi:
+            raise ValueError(f"connection {i}: rows [{lo}, {hi}) out of picked's {len(numbers)}")
+        for r in numbers[lo:hi]:
+            if not 0 <= r < len(rows):
+                raise IndexError(f"picked: {r}: no such row")
+        joined = b"".join([rows[r] for r in numbers[lo:hi]])
+        if len(joined) < trim:
+            raise ValueError(f"connection {i}: rows shorter than trim")
+        data = b"%s%d%s%s%s" % (prefix, cursor, infix, joined[: len(joined) - trim], tail)
+        frame = text_frame(data)
+        out.append(frame if lead is None else text_frame(lead) + frame)
+    return out
+
+
+joined_frames: Callable[
+    [
+        list[bytes],
+        bytes,
+        list[int],
+        list[int],
+        list[int],
+        list[bytes | None],
+        bytes,
+        bytes,
+        bytes,
+        int,
+    ],
+    list[bytes],
+]
+try:
+    from streamgauge.wire._wsframes import joined_frames
+except ImportError:  # not built (no compiler where the package was installed)
+    joined_frames = joined_frames_py
