@@ -38,6 +38,14 @@ nothing; the subscription drops the sink and queues the items, and the stream dr
 the ordinary way (bounded as above) and may give the sink again. A sink that raises is
 dropped and the error is handed to the stream, never to the other subscribers.
 
+Round delivery, decided and written down: even a sink costs a few Python calls per subscriber
+(its items, their join, their message, their frame). A face whose framing has a ``deliver``
+may take a whole slice of a stacked round's subscribers in one call instead, before they are
+offered it: it writes the share of those it can serve at once (live, sink given, connection
+ready) and marks them ``done``; the hub then only records that their sink took the round
+(``direct_last``) and offers the round to the others as usual. The push feed makes every such
+session's frames in one C call (``faces/synoptic/feed.py``, ``wire/wsframes.py``).
+
 Failures, decided and written down: a round that raises (a bug) must not stop the hub: the
 scheduled fan-out would stay on the failed round and every later batch would wait behind it,
 for every subscriber. A subscriber whose share of a round raises (its selection, units or
