@@ -1,6 +1,6 @@
 """The feed's round delivery (``deliver_round``: every ready session's frames of a fan-out round
-made in one call) against each session's sink taking its share, and the C frames against their
-Python twin."""
+made in one call) against each session's sink taking its share (the frames themselves:
+tests/wire/test_wsframes.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from types import SimpleNamespace
 from typing import cast
 
 import numpy as np
-import pytest
 from fastapi import WebSocket
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,106 +25,8 @@ from streamgauge.faces.synoptic.args import parse_feed_args
 from streamgauge.faces.synoptic.feed import _Sender, deliver_round
 from streamgauge.faces.synoptic.messages import Metadata, feed_framing
 from streamgauge.faces.websocket import WRITER, MessageWriter
-from streamgauge.wire import wsframes
-from streamgauge.wire.wsframes import joined_frames_py, text_frame
+from streamgauge.wire.wsframes import text_frame
 from tests.faces.test_feed_messages import _registry
-
-# -- the frames ------------------------------------------------------------------------------
-
-
-def test_the_c_frames_are_built() -> None:
-    """The package builds ``_wsframes`` where it is installed with a compiler (as here): the
-    fan-out must not silently run the Python twin."""
-    assert wsframes.joined_frames is not joined_frames_py
-
-
-_rows = st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=40)
-
-
-@st.composite
-def _frames_args(draw: st.DrawFn) -> tuple[list[bytes], bytes, list[int], list[int], list[int]]:
-    rows = draw(_rows)
-    picked = draw(st.lists(st.integers(0, len(rows) - 1), min_size=1, max_size=400))
-    cuts = (
-        sorted(draw(st.sets(st.integers(1, len(picked) - 1), max_size=8)))
-        if len(picked) > 1
-        else []
-    )
-    edges = [0, *cuts, len(picked)]
-    cursors = draw(
-        st.lists(st.integers(0, 2**62), min_size=len(edges) - 1, max_size=len(edges) - 1)
-    )
-    return rows, np.array(picked, np.int64).tobytes(), edges[:-1], edges[1:], cursors
-
-
-@given(_frames_args(), st.data())
-@settings(max_examples=300)
-def test_the_c_frames_are_the_python_twins(
-    args: tuple[list[bytes], bytes, list[int], list[int], list[int]], data: st.DataObject
-) -> None:
-    rows, picked, los, his, cursors = args
-    before = data.draw(
-        st.lists(
-            st.none()
-            | st.binary(max_size=70_000).filter(lambda b: len(b) != 1)
-            | st.just(b"x" * 126),
-            min_size=len(los),
-            max_size=len(los),
-        )
-    )
-    trim = data.draw(st.integers(0, 1))
-    call = (rows, picked, los, his, cursors, before, b'{"c":', b',"d":[', b"]}", trim)
-    assert wsframes.joined_frames(*call) == joined_frames_py(*call)
-
-
-def test_the_frames_cross_the_length_forms_alike() -> None:
-    """Payloads of 125, 126, 65,535 and 65,536 bytes: the three header forms of RFC 6455."""
-    for size in (125, 126, 127, 65_535, 65_536, 70_000):
-        head = b"h"
-        row = b"r" * (size - len(head) - len("7") + 1)  # trim 1: one byte of the row left out
-        call = ([row], np.zeros(1, np.int64).tobytes(), [0], [1], [7], [None], head, b"", b"", 1)
-        (frame,) = wsframes.joined_frames(*call)
-        assert frame == text_frame(b"h7" + row[:-1]) == joined_frames_py(*call)[0]
-        assert len(frame) - size in (2, 4, 10)
-
-
-@pytest.mark.parametrize(
-    ("change", "error"),
-    [
-        ({"los": [0, 1]}, ValueError),  # lengths differ
-        ({"his": [3]}, ValueError),  # beyond picked
-        ({"los": [1], "his": [1]}, ValueError),  # no rows
-        ({"picked": b"\x00" * 7}, ValueError),  # not int64 values
-        ({"picked": np.array([5], np.int64).tobytes()}, IndexError),  # no such row
-        ({"picked": np.array([-1], np.int64).tobytes()}, IndexError),
-        ({"before": [b"ok", "text"]}, TypeError),
-        ({"rows": [b"a", "b"]}, TypeError),
-        ({"trim": -1}, ValueError),
-        ({"trim": 5}, ValueError),  # more than the rows
-    ],
-)
-def test_bad_arguments_raise_alike(change: dict[str, object], error: type[Exception]) -> None:
-    args: dict[str, object] = {
-        "rows": [b"a", b"b"],
-        "picked": np.array([0, 1], np.int64).tobytes(),
-        "los": [0],
-        "his": [2],
-        "cursors": [1],
-        "before": [None],
-        "prefix": b"",
-        "infix": b"",
-        "tail": b"",
-        "trim": 0,
-    }
-    if "before" in change and len(cast(list[object], change["before"])) == 2:
-        args.update(los=[0, 1], his=[1, 2], cursors=[1, 2])
-    if change.get("picked") is not None and len(cast(bytes, change["picked"])) == 8:
-        args.update(his=[1])
-    args.update(change)
-    for fn in (wsframes.joined_frames, joined_frames_py):
-        with pytest.raises(error):
-            fn(*args.values())  # type: ignore[operator]
-
 
 # -- the round -------------------------------------------------------------------------------
 

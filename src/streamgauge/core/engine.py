@@ -703,13 +703,15 @@ class Engine:
         since: int | None,
         units: UnitSystem = METRIC,
         direct: Callable[[bytes], bool] | None = None,
+        state: object = None,
     ) -> AsyncIterator[bytes]:
         """Frames of matching observations after ``since`` (live only if None), then live,
         keepalives when idle, and a closing frame with the resume cursor if the server ends it.
 
         ``direct``: writes frames to the client at once, without waiting (False: not now,
         nothing written); while the stream is live, the hub's fan-out writes each round's
-        frames with it instead of waking this generator (``core/hub.py``, direct delivery)."""
+        frames with it instead of waking this generator (``core/hub.py``, direct delivery).
+        ``state``: the face's, for its framing's ``prepare`` and ``deliver`` (see ``events``)."""
         s = self.settings
         warm_units(units)  # before the opening frame's labels (see ``events``)
         yield framing.opened(int(s.keepalive_seconds * 1000)) + framing.units(describe(units))
@@ -720,7 +722,7 @@ class Engine:
             def sink(items: list[Item], position: int) -> bool:
                 return not items or write(b"".join([item.data for item in items]))
 
-        async for event in self.events(selection, framing, since, units, sink):
+        async for event in self.events(selection, framing, since, units, sink, state=state):
             if isinstance(event, Chunk):
                 if event.items:
                     yield b"".join([item.data for item in event.items])
@@ -752,8 +754,8 @@ class Engine:
         ``keepalives=False``: no ``Keepalive`` events (a WebSocket face has protocol pings), so
         the keepalive clock never wakes this stream's task.
 
-        ``state``: the face's per-subscriber state, for its framing's ``prepare`` (the feed's
-        ``Metadata``)."""
+        ``state``: the face's per-subscriber state, for its framing's ``prepare`` and
+        ``deliver`` (the feed's ``_Sender``, a native stream's ``ChunkWriter``)."""
         s = self.settings
         warm_units(units)  # pint's registry now, not in a fan-out round every stream waits on
         sub = Subscription(

@@ -259,6 +259,21 @@ class ChunkWriter:
     def paused(self) -> bool:
         return bool(self._cycle.flow.write_paused)
 
+    @property
+    def ready(self) -> bool:
+        """``write`` would write now: the response's chunked body is open, the connection
+        not closing, its buffer not ``paused``."""
+        c = self._cycle
+        return not (
+            c.flow.write_paused
+            or not c.response_started
+            or c.response_complete
+            or c.disconnected
+            or c.chunked_encoding is not True
+            or c.scope["method"] == "HEAD"
+            or c.transport.is_closing()
+        )
+
     def write(self, body: bytes) -> bool:
         c = self._cycle
         if (
@@ -273,6 +288,11 @@ class ChunkWriter:
         if body:
             c.transport.write(b"%x\r\n%s\r\n" % (len(body), body))
         return True
+
+    def write_chunk(self, chunk: bytes) -> None:
+        """A whole chunk (its size line, data and CRLF: ``wsframes.joined_frames`` with
+        ``chunked``), just after ``ready`` said True (nothing ran in between)."""
+        self._cycle.transport.write(chunk)
 
 
 def _httptools_protocol() -> type[Any] | None:

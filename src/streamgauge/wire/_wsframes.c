@@ -1,4 +1,5 @@
-/* WebSocket text frames of a fan-out round, one per connection, in one call.
+/* WebSocket text frames (or HTTP/1.1 chunks) of a fan-out round, one per connection, in one
+ * call.
  *
  * The Python twin, and the contract, is ``streamgauge.wire.wsframes.joined_frames``: this
  * module is that function without the per-connection Python work (a list comprehension, a
@@ -41,6 +42,32 @@ put_header(char *p, Py_ssize_t n)
     return p;
 }
 
+/* RFC 9112 7.1: the chunk size in hexadecimal, CRLF; the data and a CRLF follow. */
+static Py_ssize_t
+chunk_header_size(Py_ssize_t n)
+{
+    Py_ssize_t digits = 1;
+    while (n >>= 4) {
+        digits++;
+    }
+    return digits + 2;
+}
+
+static char *
+put_chunk_header(char *p, Py_ssize_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    Py_ssize_t digits = chunk_header_size(n) - 2;
+    for (Py_ssize_t k = digits - 1; k >= 0; k--) {
+        p[k] = hex[n & 0xf];
+        n >>= 4;
+    }
+    p += digits;
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
 static int
 index_at(PyObject *list, Py_ssize_t i, const char *name, Py_ssize_t *out)
 {
@@ -60,18 +87,24 @@ joined_frames(PyObject *module, PyObject *args)
     PyObject *rows, *picked_obj, *los, *his, *cursors, *before;
     const char *prefix, *infix, *tail;
     Py_ssize_t prefix_n, infix_n, tail_n, trim;
-    if (!PyArg_ParseTuple(args, "O!SO!O!O!O!y#y#y#n:joined_frames", &PyList_Type, &rows,
-                          &picked_obj, &PyList_Type, &los, &PyList_Type, &his, &PyList_Type,
-                          &cursors, &PyList_Type, &before, &prefix, &prefix_n, &infix,
-                          &infix_n, &tail, &tail_n, &trim)) {
+    int chunked = 0;
+    if (!PyArg_ParseTuple(args, "O!SO!O!OO!y#y#y#n|p:joined_frames", &PyList_Type, &rows,
+                          &picked_obj, &PyList_Type, &los, &PyList_Type, &his, &cursors,
+                          &PyList_Type, &before, &prefix, &prefix_n, &infix, &infix_n, &tail,
+                          &tail_n, &trim, &chunked)) {
         return NULL;
     }
     if (trim < 0) {
         PyErr_SetString(PyExc_ValueError, "trim must not be negative");
         return NULL;
     }
+    if (cursors != Py_None && !PyList_Check(cursors)) {
+        PyErr_SetString(PyExc_TypeError, "cursors is neither a list nor None");
+        return NULL;
+    }
     Py_ssize_t count = PyList_GET_SIZE(los);
-    if (PyList_GET_SIZE(his) != count || PyList_GET_SIZE(cursors) != count ||
+    if (PyList_GET_SIZE(his) != count ||
+        (cursors != Py_None && PyList_GET_SIZE(cursors) != count) ||
         PyList_GET_SIZE(before) != count) {
         PyErr_SetString(PyExc_ValueError, "los, his, cursors and before differ in length");
         return NULL;
@@ -95,9 +128,12 @@ joined_frames(PyObject *module, PyObject *args)
         if (index_at(los, i, "los", &lo) < 0 || index_at(his, i, "his", &hi) < 0) {
             goto fail;
         }
-        cursor = PyLong_AsLongLong(PyList_GET_ITEM(cursors, i));
-        if (cursor == -1 && PyErr_Occurred()) {
-            goto fail;
+        cursor = 0;
+        if (cursors != Py_None) {
+            cursor = PyLong_AsLongLong(PyList_GET_ITEM(cursors, i));
+            if (cursor == -1 && PyErr_Occurred()) {
+                goto fail;
+            }
         }
         if (lo < 0 || hi > picked_n || lo >= hi) {
             PyErr_Format(PyExc_ValueError, "connection %zd: rows [%zd, %zd) out of picked's %zd",
@@ -114,7 +150,10 @@ joined_frames(PyObject *module, PyObject *args)
             lead_n = PyBytes_GET_SIZE(lead);
         }
         char number[32];
-        int number_n = snprintf(number, sizeof number, "%lld", cursor);
+        int number_n = 0;
+        if (cursors != Py_None) {
+            number_n = snprintf(number, sizeof number, "%lld", cursor);
+        }
         Py_ssize_t joined = 0;
         for (Py_ssize_t k = lo; k < hi; k++) {
             int64_t r;
@@ -136,21 +175,39 @@ joined_frames(PyObject *module, PyObject *args)
             goto fail;
         }
         Py_ssize_t payload = prefix_n + number_n + infix_n + joined - trim + tail_n;
-        Py_ssize_t size = header_size(payload) + payload;
-        if (lead != Py_None) {
-            size += header_size(lead_n) + lead_n;
+        Py_ssize_t size;
+        if (chunked) {  /* one chunk: the lead, then the message */
+            payload += lead_n;
+            if (payload == 0) {  /* a chunk of size 0 would end the response */
+                PyErr_Format(PyExc_ValueError, "connection %zd: an empty chunk", i);
+                goto fail;
+            }
+            size = chunk_header_size(payload) + payload + 2;
+        }
+        else {
+            size = header_size(payload) + payload;
+            if (lead != Py_None) {
+                size += header_size(lead_n) + lead_n;
+            }
         }
         PyObject *frame = PyBytes_FromStringAndSize(NULL, size);
         if (frame == NULL) {
             goto fail;
         }
         char *p = PyBytes_AS_STRING(frame);
+        if (chunked) {
+            p = put_chunk_header(p, payload);
+        }
         if (lead != Py_None) {
-            p = put_header(p, lead_n);
+            if (!chunked) {
+                p = put_header(p, lead_n);
+            }
             memcpy(p, PyBytes_AS_STRING(lead), lead_n);
             p += lead_n;
         }
-        p = put_header(p, payload);
+        if (!chunked) {
+            p = put_header(p, payload);
+        }
         memcpy(p, prefix, prefix_n);
         p += prefix_n;
         memcpy(p, number, number_n);
@@ -167,6 +224,11 @@ joined_frames(PyObject *module, PyObject *args)
         }
         p -= trim;
         memcpy(p, tail, tail_n);
+        p += tail_n;
+        if (chunked) {
+            *p++ = '\r';
+            *p++ = '\n';
+        }
         PyList_SET_ITEM(out, i, frame);
     }
     return out;
@@ -178,7 +240,8 @@ fail:
 
 static PyMethodDef methods[] = {
     {"joined_frames", joined_frames, METH_VARARGS,
-     "joined_frames(rows, picked, los, his, cursors, before, prefix, infix, tail, trim)\n"
+     "joined_frames(rows, picked, los, his, cursors, before, prefix, infix, tail, trim,"
+     " chunked=False)\n"
      "--\n\n"
      "One bytes object a connection: see streamgauge.wire.wsframes.joined_frames."},
     {NULL, NULL, 0, NULL},

@@ -3,11 +3,12 @@ def joined_frames(
     picked: bytes,
     los: list[int],
     his: list[int],
-    cursors: list[int],
+    cursors: list[int] | None,
     before: list[bytes | None],
     prefix: bytes,
     infix: bytes,
     tail: bytes,
     trim: int,
+    chunked: bool = False,
     /,
 ) -> list[bytes]: ...

@@ -1,5 +1,5 @@
 """WebSocket text frames as a server writes them (RFC 6455 section 5.2: final, unmasked, no
-extension), and a fan-out round's frames for many connections at once.
+extension), and a fan-out round's frames (or HTTP/1.1 chunks) for many connections at once.
 
 ``joined_frames`` is written twice: in C (``_wsframes.c``, built with the package where a
 compiler is found) and in Python below, the contract and the fallback. The tests check that
@@ -7,7 +7,7 @@ both give the same bytes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 
 
 def text_frame(message: bytes) -> bytes:
@@ -26,56 +26,73 @@ def joined_frames_py(
     picked: bytes,
     los: list[int],
     his: list[int],
-    cursors: list[int],
+    cursors: list[int] | None,
     before: list[bytes | None],
     prefix: bytes,
     infix: bytes,
     tail: bytes,
     trim: int,
+    chunked: bool = False,
 ) -> list[bytes]:
     """One bytes object per connection ``i``: the text frame of ``before[i]`` (if not None),
     then the text frame of ``prefix + str(cursors[i]) + infix + the rows joined + tail``, the
-    last ``trim`` bytes of the joined rows left out. Connection ``i``'s rows are
-    ``rows[r]`` for ``r`` in ``picked[los[i]:his[i]]`` (``picked``: native int64 values, as
-    ``ndarray.tobytes`` gives them); each connection has at least one."""
+    last ``trim`` bytes of the joined rows left out (no cursor if ``cursors`` is None).
+    Connection ``i``'s rows are ``rows[r]`` for ``r`` in ``picked[los[i]:his[i]]``
+    (``picked``: native int64 values, as ``ndarray.tobytes`` gives them); each connection has
+    at least one. ``chunked``: one HTTP/1.1 chunk (RFC 9112 section 7.1) instead, of
+    ``before[i]`` and the message together; it must not be empty (that would end the body)."""
     if trim < 0:
         raise ValueError("trim must not be negative")
-    if not len(los) == len(his) == len(cursors) == len(before):
+    numbers_of = [0] * len(los) if cursors is None else cursors
+    if not len(los) == len(his) == len(numbers_of) == len(before):
         raise ValueError("los, his, cursors and before differ in length")
     if len(picked) % 8:
         raise ValueError("picked is not a whole number of int64 values")
     numbers = memoryview(picked).cast("q")
     out: list[bytes] = []
-    for i, (lo, hi, cursor, lead) in enumerate(zip(los, his, cursors, before, strict=True)):
+    for i, (lo, hi, cursor, lead) in enumerate(zip(los, his, numbers_of, before, strict=True)):
         if lo < 0 or hi > len(numbers) or lo >= hi:
             raise ValueError(f"connection {i}: rows [{lo}, {hi}) out of picked's {len(numbers)}")
         for r in numbers[lo:hi]:
             if not 0 <= r < len(rows):
                 raise IndexError(f"picked: {r}: no such row")
+        if lead is not None and not isinstance(lead, bytes):
+            raise TypeError(f"before[{i}] is neither bytes nor None")
         joined = b"".join([rows[r] for r in numbers[lo:hi]])
         if len(joined) < trim:
             raise ValueError(f"connection {i}: rows shorter than trim")
-        data = b"%s%d%s%s%s" % (prefix, cursor, infix, joined[: len(joined) - trim], tail)
-        frame = text_frame(data)
-        out.append(frame if lead is None else text_frame(lead) + frame)
+        number = b"" if cursors is None else b"%d" % cursor
+        data = b"%s%s%s%s%s" % (prefix, number, infix, joined[: len(joined) - trim], tail)
+        if chunked:
+            body = data if lead is None else lead + data
+            if not body:
+                raise ValueError(f"connection {i}: an empty chunk")
+            out.append(b"%x\r\n%s\r\n" % (len(body), body))
+        else:
+            frame = text_frame(data)
+            out.append(frame if lead is None else text_frame(lead) + frame)
     return out
 
 
-joined_frames: Callable[
-    [
-        list[bytes],
-        bytes,
-        list[int],
-        list[int],
-        list[int],
-        list[bytes | None],
-        bytes,
-        bytes,
-        bytes,
-        int,
-    ],
-    list[bytes],
-]
+class _JoinedFrames(Protocol):
+    def __call__(
+        self,
+        rows: list[bytes],
+        picked: bytes,
+        los: list[int],
+        his: list[int],
+        cursors: list[int] | None,
+        before: list[bytes | None],
+        prefix: bytes,
+        infix: bytes,
+        tail: bytes,
+        trim: int,
+        chunked: bool = False,
+        /,
+    ) -> list[bytes]: ...
+
+
+joined_frames: _JoinedFrames
 try:
     from streamgauge.wire._wsframes import joined_frames
 except ImportError:  # not built (no compiler where the package was installed)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -18,10 +19,12 @@ from streamgauge.core.domain import Domain
 from streamgauge.core.filterlang import parse_bbox, parse_filter_on, parse_list, parse_radius
 from streamgauge.core.filters import LabelMatch, Selection, canonical_expr
 from streamgauge.core.framing import NDJSON, SSE, Framing
+from streamgauge.core.hub import Cells
 from streamgauge.core.ingest import MAX_TIME, MIN_TIME
 from streamgauge.core.services.timeseries import AggregateQuery
-from streamgauge.core.units import parse_units
+from streamgauge.core.units import UnitSystem, parse_units
 from streamgauge.core.units import warm as warm_units
+from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import BadRequest
 from streamgauge.domain.log import HistoryQuery
 from streamgauge.faces.http import (
@@ -39,6 +42,7 @@ from streamgauge.faces.native import exports
 from streamgauge.faces.native.csv_ingest import CSV_TYPES, csv_to_ndjson
 from streamgauge.faces.native.deps import EngineDep, PrincipalDep, project_for
 from streamgauge.wire.pages import encode_page
+from streamgauge.wire.wsframes import joined_frames
 
 router = APIRouter(tags=["observations"], route_class=StrictRoute)
 
@@ -521,6 +525,54 @@ OnGap = Annotated[
         }
     },
 )
+def deliver_chunks(batch: Batch, cells: Cells, lo: int, hi: int, done: bytearray) -> None:
+    """The ``deliver`` of a live native stream's framing (see ``core/framing.py``): of the
+    round's subscribers ``lo`` to ``hi``, the streams written straight to their connection
+    (their state a ``ChunkWriter``, their sink given) whose connection is ready get the
+    round's rows as one HTTP chunk each, made for all of them in one call (``joined_frames``),
+    the bytes their sink would have written; those with no rows in the round are done with
+    it. The others are left to the hub's ``offer`` and their sink."""
+    subs, bounds = cells.subs, cells.bounds
+    groups: dict[tuple[str, UnitSystem], list[int]] = {}
+    for i in range(lo, hi):
+        sub = subs[i]
+        writer = sub.state
+        if (
+            sub.sink is None
+            or not isinstance(writer, ChunkWriter)
+            or sub.overflowed
+            or sub.closed is not None
+        ):
+            continue
+        if bounds[i] == bounds[i + 1]:
+            done[i] = 1
+        elif writer.ready:
+            groups.setdefault((sub.framing.name, sub.units), []).append(i)
+    for members in groups.values():
+        first = subs[members[0]]
+        rows = first.framing.rows(batch, first.registry, first.units)
+        chunks = joined_frames(
+            rows,
+            cells.content,
+            [bounds[i] for i in members],
+            [bounds[i + 1] for i in members],
+            None,
+            [None] * len(members),
+            b"",
+            b"",
+            b"",
+            0,
+            True,
+        )
+        for i, chunk in zip(members, chunks, strict=True):
+            cast(ChunkWriter, subs[i].state).write_chunk(chunk)
+            done[i] = 1
+
+
+# A live stream's framings: NDJSON and SSE with ``deliver_chunks``, by name
+_CHUNKED = {f.name: dataclasses.replace(f, deliver=deliver_chunks) for f in (NDJSON, SSE)}
+
+
 async def stream(
     request: Request,
     engine: EngineDep,
@@ -567,7 +619,9 @@ async def stream(
     # live, and pint's registry (built by the first English-units stream) must not be built
     # in its first fan-out round, nor while the loop serves the rows it then expects.
     warm_units(select.units)
-    frames = engine.stream(selection, framing, cursor, select.units, direct)
+    frames = engine.stream(
+        selection, _CHUNKED[framing.name], cursor, select.units, direct, state=writer
+    )
     return StreamingResponse(
         _after_gap(notice, frames) if notice else frames,
         media_type=framing.media_type,
