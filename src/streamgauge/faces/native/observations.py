@@ -513,18 +513,6 @@ OnGap = Annotated[
 ]
 
 
-@router.get(
-    "/projects/{project}/stream",
-    response_class=StreamingResponse,
-    responses={
-        410: {
-            "description": "The resume cursor is older than what retention kept (`earliest`).",
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/NativeError"}}
-            },
-        }
-    },
-)
 def deliver_chunks(batch: Batch, cells: Cells, lo: int, hi: int, done: bytearray) -> None:
     """The ``deliver`` of a live native stream's framing (see ``core/framing.py``): of the
     round's subscribers ``lo`` to ``hi``, the streams written straight to their connection
@@ -573,6 +561,18 @@ def deliver_chunks(batch: Batch, cells: Cells, lo: int, hi: int, done: bytearray
 _CHUNKED = {f.name: dataclasses.replace(f, deliver=deliver_chunks) for f in (NDJSON, SSE)}
 
 
+@router.get(
+    "/projects/{project}/stream",
+    response_class=StreamingResponse,
+    responses={
+        410: {
+            "description": "The resume cursor is older than what retention kept (`earliest`).",
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/NativeError"}}
+            },
+        }
+    },
+)
 async def stream(
     request: Request,
     engine: EngineDep,
