@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import cast
 
 import numpy as np
+import pytest
 from fastapi import WebSocket
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -35,11 +36,12 @@ class _Writer(MessageWriter):
     """A message writer without a socket: it keeps what it is given, and is ready or not as
     the test says (not ready: its buffer is full, the sink declines the round)."""
 
-    __slots__ = ("written", "full")
+    __slots__ = ("written", "full", "broken")
 
     def __init__(self) -> None:
         self.written = bytearray()
         self.full = False
+        self.broken = False  # its writes raise
 
     @property
     def ready(self) -> bool:
@@ -61,6 +63,8 @@ class _Writer(MessageWriter):
         self.full = False
 
     def write_ready(self, frames: bytes) -> None:
+        if self.broken:
+            raise OSError("the connection broke")
         self.written += frames
 
     def send(self, messages: Sequence[bytes]) -> bool:
@@ -206,3 +210,24 @@ def test_round_delivery_takes_the_ready_sessions_and_leaves_the_rest() -> None:
     for i, s in enumerate(sessions):
         if i != 3:
             assert s.writer.written and s.session.position == 3
+
+
+def test_a_write_that_raises_leaves_the_next_sessions_their_metadata(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A session whose write raises inside the round delivery fails alone: the sessions after
+    it in the round get what their sinks would have written, metadata included (the plans
+    taken for them are given back before their sinks run)."""
+    reg, _ = _registry()
+    hubs = {True: Hub(), False: Hub()}
+    sessions = {k: [_Session(reg, "", i, 1000, k) for i in range(STACK_MIN)] for k in hubs}
+    for k, hub in hubs.items():
+        for s in sessions[k]:
+            hub.subscribe(s.sub)
+        sessions[k][5].writer.broken = True
+        hub.publish(_batch([1, 2, 3, 4], 1, 0))
+        assert sessions[k][5].sub.error is not None  # its stream ends with the error
+    assert "deliver failed" in caplog.text
+    for i, (a, b) in enumerate(zip(sessions[True], sessions[False], strict=True)):
+        if i != 5:
+            assert a.writer.written == b.writer.written and b'"type":"metadata"' in a.writer.written

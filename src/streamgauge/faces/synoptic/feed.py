@@ -299,17 +299,16 @@ def _write_group(
     members: list[int] = []
     senders: list[_Sender] = []
     leads: list[bytes | None] = []
-    taken: list[tuple[Metadata, Plan]] = []
+    plans: list[Plan | None] = []  # each member's, taken from its ``Metadata``
     for i, sender in zip(group.members, group.senders, strict=True):
         meta = sender.meta
-        if not meta.enabled:
-            leads.append(None)
-        else:
+        plan = None
+        if meta.enabled:
             plan = meta.take_plan(firsts[i], lasts[i])
             if plan is None:
                 continue  # no plan for these rows: the sink describes them itself
-            taken.append((meta, plan))
-            leads.append(plan[3])
+        leads.append(None if plan is None else plan[3])
+        plans.append(plan)
         members.append(i)
         senders.append(sender)
     if not members:
@@ -329,12 +328,22 @@ def _write_group(
             1,
         )
     except BaseException:
-        for meta, plan in taken:  # nothing written: their sinks describe the rows
-            meta.put_back(plan)
+        _put_back(senders, plans, 0)  # nothing written: their sinks describe the rows
         raise
-    for i, sender, frame in zip(members, senders, frames, strict=True):
-        sender.write_round(frame, position)
+    for k, (i, sender, frame) in enumerate(zip(members, senders, frames, strict=True)):
+        try:
+            sender.write_round(frame, position)
+        except BaseException:
+            _put_back(senders, plans, k)  # this one and the next are offered to their sinks
+            raise
         done[i] = 1
+
+
+def _put_back(senders: list[_Sender], plans: list[Plan | None], start: int) -> None:
+    """The metadata plans taken for the sessions from ``start`` on, given back unsent."""
+    for sender, plan in zip(senders[start:], plans[start:], strict=True):
+        if plan is not None:
+            sender.meta.put_back(plan)
 
 
 async def _fail(ws: WebSocket, messages: list[str], reason: str) -> None:
