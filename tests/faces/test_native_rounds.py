@@ -3,9 +3,6 @@ fan-out round made in one call) against each stream's sink taking its share."""
 
 from __future__ import annotations
 
-import time
-
-import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,10 +12,10 @@ from streamgauge.core.framing import NDJSON, SSE
 from streamgauge.core.hub import SLICE_SUBSCRIBERS, STACK_MIN, Hub, Item, Subscription
 from streamgauge.core.registry import Registry
 from streamgauge.core.units import ENGLISH, METRIC
-from streamgauge.domain.batch import Batch
 from streamgauge.faces.limits import ChunkWriter
 from streamgauge.faces.native.observations import _CHUNKED
 from tests.faces.test_feed_messages import _registry
+from tests.faces.test_feed_rounds import _batch
 
 
 class _Chunks(ChunkWriter):
@@ -92,20 +89,6 @@ class _Stream:
 
 
 STREAMS = SLICE_SUBSCRIBERS + STACK_MIN  # two slices of a round
-
-
-def _batch(series: list[int], cursor: int, seed: int) -> Batch:
-    n = len(series)
-    rng = np.random.default_rng(seed)
-    return Batch(
-        1,
-        np.arange(cursor, cursor + n, dtype=np.int64),
-        np.array(series, np.int64),
-        1_700_000_000_000 + 60_000 * rng.integers(0, 3, n),
-        [float(v) for v in rng.integers(-20, 40, n)],
-        np.zeros(n, np.int64),
-        received_ns=time.monotonic_ns(),
-    )
 
 
 @given(

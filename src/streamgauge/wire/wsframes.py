@@ -7,8 +7,6 @@ both give the same bytes."""
 
 from __future__ import annotations
 
-from typing import Protocol
-
 
 def text_frame(message: bytes) -> bytes:
     """``message`` (UTF-8 text) as one final, unmasked text frame: a server's frame without
@@ -33,6 +31,7 @@ def joined_frames_py(
     tail: bytes,
     trim: int,
     chunked: bool = False,
+    /,
 ) -> list[bytes]:
     """One bytes object per connection ``i``: the text frame of ``before[i]`` (if not None),
     then the text frame of ``prefix + str(cursors[i]) + infix + the rows joined + tail``, the
@@ -74,26 +73,7 @@ def joined_frames_py(
     return out
 
 
-class _JoinedFrames(Protocol):
-    def __call__(
-        self,
-        rows: list[bytes],
-        picked: bytes,
-        los: list[int],
-        his: list[int],
-        cursors: list[int] | None,
-        before: list[bytes | None],
-        prefix: bytes,
-        infix: bytes,
-        tail: bytes,
-        trim: int,
-        chunked: bool = False,
-        /,
-    ) -> list[bytes]: ...
-
-
-joined_frames: _JoinedFrames
 try:
-    from streamgauge.wire._wsframes import joined_frames
+    from streamgauge.wire._wsframes import joined_frames as joined_frames
 except ImportError:  # not built (no compiler where the package was installed)
     joined_frames = joined_frames_py
