@@ -13,6 +13,8 @@ import httpx
 import orjson
 import pytest
 
+from streamgauge.core.hub import STACK_MIN
+from streamgauge.faces.limits import ChunkWriter
 from tests.conftest import MS, Server, make_station, rows, start_server
 
 STORES = ["sqlite", "postgresql"]  # every test here runs on both storage backends
@@ -242,6 +244,72 @@ def test_live_rounds_are_written_directly_and_exactly(
     t.join(30)
     assert got == cursors
     assert server.engine.hub.direct_items > before
+
+
+def test_a_stacked_round_is_written_in_one_call_and_exactly(
+    server: Server, client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Enough live streams for a stacked round (``STACK_MIN``; NDJSON and SSE, some filtered)
+    are written by the native round delivery (``deliver_chunks``: every ready stream's chunk
+    made in one call): each gets its rows once, in order."""
+    make_station(client, devices=2)
+    written: list[int] = []
+    original = ChunkWriter.write_chunk
+
+    def counted(self: ChunkWriter, chunk: bytes) -> None:
+        written.append(len(chunk))
+        original(self, chunk)
+
+    monkeypatch.setattr(ChunkWriter, "write_chunk", counted)
+    streams = STACK_MIN + 2
+    got: list[list[int]] = [[] for _ in range(streams)]
+    one = [k % 3 == 0 for k in range(streams)]  # every third: device d1 only
+    ready = threading.Barrier(streams + 1, timeout=20)
+
+    def consume(k: int) -> None:
+        accept = "text/event-stream" if k % 2 else "application/x-ndjson"
+        params = {"device": "d1"} if one[k] else {}
+        expected = 100 if one[k] else 200
+        with (
+            server.client(timeout=httpx.Timeout(10, read=10)) as c,
+            c.stream("GET", STREAM, params=params, headers={"Accept": accept}) as resp,
+        ):
+            assert resp.status_code == 200
+            lines = resp.iter_lines()
+            next(lines)  # the opening line: the stream is subscribed
+            ready.wait()
+            for line in lines:
+                text = line.removeprefix("data: ").strip()
+                if text.startswith("{"):
+                    obj = orjson.loads(text)
+                    if "cursor" in obj and "value" in obj:
+                        got[k].append(obj["cursor"])
+                        if len(got[k]) >= expected:
+                            return
+
+    threads = [threading.Thread(target=consume, args=(k,)) for k in range(streams)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    deadline = time.monotonic() + 10
+    while sum(s.sink is not None for subs in server.engine.hub._subs.values() for s in subs) < (
+        streams
+    ):
+        assert time.monotonic() < deadline, "the streams never went live"
+        time.sleep(0.01)
+    everything: list[int] = []
+    of_d1: list[int] = []
+    for k in range(10):
+        batch = rows(20, start_ms=1_700_000_000_000 + k * 20_000, devices=2)
+        reply = post(client, batch)
+        cursors = range(reply["first_cursor"], reply["last_cursor"] + 1)
+        everything += cursors
+        of_d1 += [c for row, c in zip(batch, cursors, strict=True) if row["device"] == "d1"]
+    for t in threads:
+        t.join(30)
+    for k in range(streams):
+        assert got[k] == (of_d1 if one[k] else everything), k
+    assert written  # the round delivery wrote
 
 
 def wait_live(server: Server) -> None:
