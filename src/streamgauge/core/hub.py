@@ -43,8 +43,9 @@ Round delivery, decided and written down: even a sink costs a few Python calls p
 may take a whole slice of a stacked round's subscribers in one call instead, before they are
 offered it: it writes the share of those it can serve at once (live, sink given, connection
 ready) and marks them ``done``; the hub then only records that their sink took the round
-(``direct_last``) and offers the round to the others as usual. The push feed makes every such
-session's frames in one C call (``faces/synoptic/feed.py``, ``wire/wsframes.py``).
+(``direct_last``) and offers the round to the others as usual. The push feed and native
+NDJSON and SSE streams make every such connection's bytes in one C call
+(``faces/synoptic/feed.py``, ``faces/native/observations.py``, ``wire/wsframes.py``).
 
 Failures, decided and written down: a round that raises (a bug) must not stop the hub: the
 scheduled fan-out would stay on the failed round and every later batch would wait behind it,

@@ -260,13 +260,11 @@ class ChunkWriter:
         return bool(self._cycle.flow.write_paused)
 
     @property
-    def ready(self) -> bool:
-        """``write`` would write now: the response's chunked body is open, the connection
-        not closing, its buffer not ``paused``."""
+    def _open(self) -> bool:
+        """The response's chunked body is open and the connection not closing."""
         c = self._cycle
         return not (
-            c.flow.write_paused
-            or not c.response_started
+            not c.response_started
             or c.response_complete
             or c.disconnected
             or c.chunked_encoding is not True
@@ -274,17 +272,15 @@ class ChunkWriter:
             or c.transport.is_closing()
         )
 
+    @property
+    def ready(self) -> bool:
+        """``write`` would write now, and the buffer is not ``paused``."""
+        return not self._cycle.flow.write_paused and self._open
+
     def write(self, body: bytes) -> bool:
-        c = self._cycle
-        if (
-            not c.response_started
-            or c.response_complete
-            or c.disconnected
-            or c.chunked_encoding is not True
-            or c.scope["method"] == "HEAD"
-            or c.transport.is_closing()
-        ):
+        if not self._open:
             return False
+        c = self._cycle
         if body:
             c.transport.write(b"%x\r\n%s\r\n" % (len(body), body))
         return True

@@ -577,11 +577,10 @@ class Metadata:
         """The metadata message the rows of ``item`` need first, or None."""
         if not self.enabled or item.series is None or not len(item.series):
             return None
-        plan = self._plan
-        if plan is not None:
+        if self._plan is not None:
             # the round's first item, or its first part (the round's rows in several items)
-            if plan[0] == item.first and item.last <= plan[1] and plan[2] == self._reg.version:
-                self._plan = None
+            plan = self.take_plan(item.first, item.last)
+            if plan is not None:
                 return plan[3]
             self._withdraw_plan()
         reg = self._reg
