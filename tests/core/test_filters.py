@@ -304,6 +304,11 @@ _STACKED = [
     Selection(1, devices=frozenset({"nope"})),
     Selection(1, expr=parse_filter_on("(air_temp > 0.5)")),
     Selection(1, devices=frozenset({"a", "b"}), expr=parse_filter_on("(wind_speed < 2)")),
+    Selection(1, expr=parse_filter_on("(air_temp > 0.5)")),  # an equal expression, another object
+    Selection(1, expr=parse_filter_on("(air_temp > 0.5)"), qc_remove=1),  # another table
+    Selection(1, expr=parse_filter_on("(air_temp >= 2) or ((wind_speed = 1) and (air_temp < 3))")),
+    Selection(2, expr=parse_filter_on("(air_temp > 0.5)")),
+    Selection(2, variables=frozenset({"air_temp"}), expr=parse_filter_on("(wind_speed != 0)")),
 ]
 
 

@@ -230,7 +230,7 @@ class SelectionStack:
         name_rows: list[npt.NDArray[np.bool_]] = []
         combos: dict[tuple[int, int, int], int] = {}
         combo_of = np.empty(len(self.selections), np.int64)
-        self._exprs: list[int] = []
+        exprs: dict[tuple[int, int], tuple[list[int], dict[Expr, int], list[int]]] = {}
         for i, compiled in enumerate(self.selections):
             tables = compiled._refresh()
             d = 0
@@ -253,9 +253,21 @@ class SelectionStack:
             if c is None:
                 c = combos[key] = len(combos)
             combo_of[i] = c
-            if compiled.selection.expr is not None:
-                self._exprs.append(i)
+            sel = compiled.selection
+            if sel.expr is not None:
+                members, distinct, which = exprs.setdefault(
+                    (sel.project_pk, sel.qc_remove), ([], {}, [])
+                )
+                members.append(i)
+                which.append(distinct.setdefault(sel.expr, len(distinct)))
         self._combo_of = combo_of
+        # The selections with a filter expression, by the report table they read (project,
+        # QC removal): their rows in the stack, their distinct expressions, and which one each
+        # has. A round judges each distinct expression once and masks them all at once.
+        self._exprs = [
+            (project_pk, remove, np.array(members, np.int64), list(distinct), np.array(which))
+            for (project_pk, remove), (members, distinct, which) in exprs.items()
+        ]
         combo_keys = list(combos)
         self._combos = np.array([k[:2] for k in combo_keys], np.int64).reshape(-1, 2)
         qc: dict[int, list[int]] = {}
@@ -312,14 +324,15 @@ class SelectionStack:
         for remove, rows in self._qc:
             combo[rows] &= qc_pass(batch, remove)
         masks: npt.NDArray[np.bool_] = combo[self._combo_of]
-        for i in self._exprs:
-            mask = masks[i]
-            if mask.any():
-                sel = self.selections[i].selection
-                assert sel.expr is not None
-                table = _shared_table(batch, reg, sel.project_pk, sel.qc_remove)
-                rows = np.flatnonzero(mask)
-                mask[rows] = table.satisfied(sel.expr, reg.names)[table.report[rows]]
+        for project_pk, remove, members, distinct, which in self._exprs:
+            live = masks[members].any(axis=1)  # (a selection with no row left: nothing to judge)
+            if not live.any():
+                continue
+            members, which = members[live], which[live]
+            table = _shared_table(batch, reg, project_pk, remove)
+            used, position = np.unique(which, return_inverse=True)
+            judged = np.stack([table.satisfied(distinct[e], reg.names) for e in used.tolist()])
+            masks[members] &= judged[:, table.report][position.reshape(-1)]
         return masks
 
 

@@ -327,7 +327,7 @@ class Cells:
     these, a subscriber's rows cost a few slices instead of a few numpy calls (a thousand
     subscribers a round)."""
 
-    __slots__ = ("rows", "listed", "content", "bounds", "firsts", "lasts", "series", "subs")
+    __slots__ = ("rows", "_listed", "content", "bounds", "firsts", "lasts", "series", "subs")
 
     def __init__(
         self, batch: Batch, masks: npt.NDArray[np.bool_], subs: list[Subscription]
@@ -337,7 +337,7 @@ class Cells:
         bounds = np.zeros(len(masks) + 1, np.int64)
         np.cumsum(np.count_nonzero(masks, axis=1), out=bounds[1:])
         self.rows = rows
-        self.listed: list[int] = rows.tolist()
+        self._listed: list[int] | None = None
         self.content = rows.tobytes()
         self.bounds: list[int] = bounds.tolist()
         nonempty = bounds[1:] > bounds[:-1]
@@ -350,6 +350,15 @@ class Cells:
         self.lasts: list[int] = lasts.tolist()
         self.series = batch.series[rows]
         self.subs = subs
+
+    @property
+    def listed(self) -> list[int]:
+        """``rows`` as a list (made when first asked: a face's ``deliver`` that serves every
+        subscriber of a round needs none)."""
+        found = self._listed
+        if found is None:
+            found = self._listed = self.rows.tolist()
+        return found
 
     def render(self, sub: Subscription, batch: Batch, i: int) -> list[Item]:
         """``sub.render`` of the ``i``-th subscriber's rows."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import numpy as np
@@ -393,12 +393,21 @@ def _item_keys(reg: Registry, item: Item) -> _ItemKeys:
 
 def _metadata_message(reg: Registry, units: list[dict[str, str]], fresh: list[int]) -> bytes:
     known = _Stations.of(reg)
-    described = known.json  # (each made on first use)
-    parts = [described[n] for n in fresh]
-    if None in parts:
-        known.describe(reg, fresh)
-        parts = [described[n] for n in fresh]
-    stations = b",".join(cast(list[bytes], parts))  # (every one made by ``describe``)
+    known.describe(reg, fresh)  # (each station's JSON is made on first use)
+    return _stations_message(known.json, units, fresh)
+
+
+_NO_UNITS = b'{"type":"metadata","units":[],"stations":['
+
+
+def _stations_message(
+    json: list[bytes | None], units: list[dict[str, str]], fresh: list[int]
+) -> bytes:
+    """The metadata message of these stations (their JSON made: ``_Stations.describe``) and
+    units."""
+    stations = b",".join(cast(Iterator[bytes], map(json.__getitem__, fresh)))
+    if not units:
+        return b"%s%s]}" % (_NO_UNITS, stations)
     return b'{"type":"metadata","units":%s,"stations":[%s]}' % (orjson.dumps(units), stations)
 
 
@@ -695,6 +704,8 @@ def _plan_round(
         for i, meta in zip(picked, metas, strict=True):
             meta._plan = (firsts[i], lasts[i], version, None, _NONE, _NONE)
         return
+    stations.describe(reg, np.unique(st_n).tolist())  # every fresh station's JSON, at once
+    json = stations.json
     st_at = np.searchsorted(st_k, np.arange(len(metas) + 1)).tolist()
     se_at = np.searchsorted(se_k, np.arange(len(metas) + 1)).tolist()
     st_list, se_list = st_n.tolist(), se_n.tolist()
@@ -717,7 +728,7 @@ def _plan_round(
                 first_row.setdefault(row_sensors[r], r)
             units = meta._units_of(codes, functools.partial(_series_at, s, first_row))
         # (sensors without a variable: nothing to say, but their bits are set)
-        message = _metadata_message(reg, units, fresh) if units or fresh else None
+        message = _stations_message(json, units, fresh) if units or fresh else None
         meta._plan = (firsts[i], lasts[i], version, message, fresh, codes)
     _mark(table.stations, owners[st_k], st_n)
     _mark(table.sensors, owners[se_k], se_n)
