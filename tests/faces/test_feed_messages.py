@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from streamgauge.core.batch import qc_names
 from streamgauge.core.hub import Cells, Item
 from streamgauge.core.registry import Registry
-from streamgauge.core.units import METRIC
+from streamgauge.core.units import ENGLISH, METRIC
 from streamgauge.domain import events as ev
 from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import BadRequest
@@ -219,11 +220,27 @@ def test_a_station_is_described_from_its_stored_json_as_from_its_model(
     assert station(reg, 1) == _old_station(site, "S1")
 
 
-@given(st.lists(st.tuples(st.integers(-1, 6), st.integers(0, 3)), min_size=1, max_size=20))
-def test_rows_name_the_station_and_sensor_of_their_series(rows: list[tuple[int, int]]) -> None:
+_VALUES = st.one_of(
+    st.floats(),  # NaN and the infinities are null
+    st.none(),
+    st.text(alphabet='a,"\\ 1]'),  # commas, quotes, escapes: the values are encoded one by one
+)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(-1, 6), st.integers(0, 3), _VALUES, st.integers(0, 2**5 - 1)),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_rows_name_the_station_and_sensor_of_their_series(
+    rows: list[tuple[int, int, float | str | None, int]],
+) -> None:
     """``encode_rows`` writes each row from the series columns: a device on a site is the
     site's station, one without a site its own; a dropped, unknown or negative series pk gives
-    empty names (set 1), as before."""
+    empty names (set 1), as before. Values (numbers, nulls, text) and QC flags are each row's
+    own."""
     project = Project(id="p", name="P", created_at="2026-01-01T00:00:00Z")
     site = Site(id="S1", name="one", project="p")
     on_site = Device(id="d1", project="p", site="S1", type=None, name="d1", labels={}, metadata={})
@@ -248,14 +265,14 @@ def test_rows_name_the_station_and_sensor_of_their_series(rows: list[tuple[int, 
     batch = Batch(
         1,
         np.arange(1, n + 1, dtype=np.int64),
-        np.array([pk for pk, _ in rows], np.int64),
-        np.array([t0 + 60_000 * k for _, k in rows], np.int64),
-        [float(i) / 4 for i in range(n)],
-        np.array([k & 1 for _, k in rows], np.int64),
+        np.array([row[0] for row in rows], np.int64),
+        np.array([t0 + 60_000 * row[1] for row in rows], np.int64),
+        [row[2] for row in rows],
+        np.array([row[3] for row in rows], np.int64),
     )
     got = encode_rows(batch, reg, METRIC)
     assert len(got) == n
-    for i, ((pk, k), row) in enumerate(zip(rows, got, strict=True)):
+    for (pk, k, value, qc), row in zip(rows, got, strict=True):
         assert row.endswith(b",")
         stid, sensor, set_ = names.get(pk, ("", "", 1))
         assert json.loads(row[:-1]) == {
@@ -263,9 +280,11 @@ def test_rows_name_the_station_and_sensor_of_their_series(rows: list[tuple[int, 
             "sensor": sensor,
             "set": set_,
             "date": int(date_of(t0 + 60_000 * k)),
-            "value": i / 4,
-            "qc": qc_names(k & 1),
+            "value": None if isinstance(value, float) and not math.isfinite(value) else value,
+            "qc": qc_names(qc),
         }
+    # these variables have no unit: another unit system gives the same rows (their heads kept)
+    assert encode_rows(batch, reg, ENGLISH) == got
 
 
 SESSIONS = 18  # at least the hub's STACK_MIN: a round that checks every session at once

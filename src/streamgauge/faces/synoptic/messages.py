@@ -100,8 +100,8 @@ def _station_of_device(reg: Registry, device_pk: int) -> tuple[str, SiteRec | No
     return (site.id if site is not None else dev.id), site
 
 
-_NO_SERIES_ROW = b'{"stid":"","sensor":"","set":1,"date":%s,"value":%s,"qc":%s},'
-_ROW = b'{"stid":%s,"sensor":%s,"set":%d,"date":%s,"value":%s,"qc":%s},'
+_NO_SERIES_HEAD = b'{"stid":"","sensor":"","set":1,"date":%s,"value":'
+_HEAD = b'{"stid":%s,"sensor":%s,"set":%d,"date":%s,"value":'
 
 
 _QC: dict[int, bytes] = {}
@@ -139,38 +139,58 @@ def _encode_rows(
 ) -> list[bytes]:
     """Each row from the registry's series columns: its station's ``stid`` and its sensor's
     JSON are kept per station and per name code (``_Stations``), nothing per series (a table
-    of each series' row prefix cost about 150 bytes a series: 27 MB on 180,000)."""
+    of each series' row prefix cost about 150 bytes a series: 27 MB on 180,000). The part of a
+    row before its value does not depend on the units, and is made once per batch; the values
+    are encoded in one call when none is text."""
     if not len(batch):
         return []
+    heads = _row_heads(batch, reg, date)
+    values = output_values(batch, reg, units)
+    dumped = orjson.dumps(values)
+    # (without a string, no value's JSON has a comma or a quote: the list splits at its commas)
+    texts = dumped[1:-1].split(b",") if b'"' not in dumped else [orjson.dumps(v) for v in values]
+    masks, inverse = np.unique(batch.qc, return_inverse=True)
+    qcs = [_qc(q) for q in masks.tolist()]
+    return [
+        b'%s%s,"qc":%s},' % (head, text, qcs[q])
+        for head, text, q in zip(heads, texts, inverse.reshape(-1).tolist(), strict=True)
+    ]
+
+
+def _row_heads(batch: Batch, reg: Registry, date: Callable[[int], bytes]) -> list[bytes]:
+    """Each row's JSON up to its value (``{"stid":..,"sensor":..,"set":..,"date":..,"value":``),
+    kept on the batch for the registry's version (the same for every unit system)."""
+    key = ("feed_heads", date)
+    found = batch.derived.get(key)
+    if found is not None and found[0] == reg.version:
+        heads: list[bytes] = found[1]
+        return heads
     stations = _Stations.of(reg)
     s = batch.series
     inside = (s >= 0) & (s < reg.series_end)
     at = np.where(inside, s, 0)
     ok = inside & (reg.s_project[at] >= 0)
     numbers = np.where(ok, stations.of_series[at], -2).tolist()  # -1: no station, -2: no series
-    values = output_values(batch, reg, units)
     uniq, inverse = np.unique(batch.times, return_inverse=True)
     dates = [date(t) for t in uniq.tolist()]
-    dumps = orjson.dumps
     stids, sensors = stations.stids, stations.sensors
-    out: list[bytes] = []
-    append = out.append
-    for n, code, set_, d, v, q in zip(
+    heads = []
+    append = heads.append
+    for n, code, set_, d in zip(
         numbers,
         reg.s_name[at].tolist(),
         reg.s_set[at].tolist(),
-        inverse.tolist(),
-        values,
-        batch.qc.tolist(),
+        inverse.reshape(-1).tolist(),
         strict=True,
     ):
         if n < -1:
-            append(_NO_SERIES_ROW % (dates[d], dumps(v), _qc(q)))
+            append(_NO_SERIES_HEAD % dates[d])
             continue
         stid = b'""' if n < 0 else (stids[n] or stations.stid_json(reg, n))
         sensor = sensors.get(code) or stations.sensor_json(reg, code)
-        append(_ROW % (stid, sensor, set_, dates[d], dumps(v), _qc(q)))
-    return out
+        append(_HEAD % (stid, sensor, set_, dates[d]))
+    batch.derived[key] = (reg.version, heads)
+    return heads
 
 
 def encode_rows(
