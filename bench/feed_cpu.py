@@ -11,9 +11,14 @@ takes its share of the round, as before the twentieth session.
 
     .venv/bin/python -m bench feed-cpu [--sessions 1000] [--batches 200] [--profile]
     .venv/bin/python -m bench feed-cpu --sinks-only
+    .venv/bin/python -m bench feed-cpu --against ../other-tree [--bursts 10]
 
 It prints the machine's core count, ms per round (p50, p90, max), microseconds per session per
-round, and with ``--profile`` the functions that cost most (cProfile).
+round, and with ``--profile`` the functions that cost most (cProfile). ``--against TREE``
+compares this tree with another source tree (a git worktree of another commit, its C module
+built): both set up their engine side by side, then run bursts of rounds in turn, so that
+both meet the machine alike however its speed drifts; it prints each burst's p50 and their
+ratio, and the median ratio with its range.
 """
 
 from __future__ import annotations
@@ -23,39 +28,30 @@ import asyncio
 import cProfile
 import os
 import pstats
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import numpy as np
+import orjson
 from fastapi import WebSocket
 
-from streamgauge.config import Settings
 from streamgauge.core.engine import Engine
 from streamgauge.core.filters import CompiledSelection
 from streamgauge.core.hub import Subscription
 from streamgauge.domain.feeds import FeedSession
-from streamgauge.domain.model import Device, DeviceIn, ProjectIn, SiteIn
 from streamgauge.faces.synoptic.args import parse_feed_args
 from streamgauge.faces.synoptic.feed import _Sender, deliver_round
 from streamgauge.faces.synoptic.messages import Metadata, feed_framing
 from streamgauge.faces.websocket import WRITER, MessageWriter
-from streamgauge.store.sqlite import metadata
 
-from .common import (
-    NdjsonEncoder,
-    device_bodies,
-    machine_speed_ms,
-    make_mesonet,
-    site_bodies,
-)
-from .feed import make_feed_filters
-
-if TYPE_CHECKING:
-    from streamgauge.store.sqlite.store import Tx
+from .common import machine_speed_ms
+from .feed_cpu_engine import start
 
 
 class CountingWriter(MessageWriter):
@@ -130,87 +126,41 @@ class Session:
 
 
 async def run(a: argparse.Namespace) -> None:
-    m = make_mesonet(a.stations)
     with tempfile.TemporaryDirectory(prefix="sg-feedcpu-") as tmp:
-        engine = Engine(Settings(data=Path(tmp), durability="normal"), "bench-token")
-        await engine.start()
+        rounds = await start(
+            a.stations,
+            a.sessions,
+            a.rows,
+            a.fresh_series,
+            lambda engine, query, pk, n: Session(engine, query, pk, n, not a.sinks_only),
+            Path(tmp),
+        )
         try:
-            reg = engine.registry
-            await engine.store.write(
-                lambda tx: metadata.create_projects(
-                    tx, reg, [ProjectIn(id="bench")], skip_existing=False, admin_account=None
-                )
-            )
-            proj = reg.projects["bench"]
-            sites = [SiteIn(**b) for b in site_bodies(m)]
-            await engine.store.write(
-                lambda tx: metadata.create_sites(tx, reg, proj, sites, skip_existing=False)
-            )
-            devices = [DeviceIn(**b) for b in device_bodies(m)]
-            for k in range(0, len(devices), 5000):
-                part = devices[k : k + 5000]
-
-                def create_part(tx: Tx, part: list[DeviceIn] = part) -> list[Device]:
-                    return metadata.create_devices(tx, reg, proj, part, skip_existing=False)
-
-                await engine.store.write(create_part)
-            enc = NdjsonEncoder(m)
-            t0 = (int(time.time()) // 60 - 10 * 60) * 60_000
-            everything = np.arange(m.nseries, dtype=np.int64)
-            if not a.fresh_series:  # every series exists first, as in bench/feed.py
-                for k in range(0, m.nseries, 20_000):
-                    s = everything[k : k + 20_000]
-                    body = enc.rows(s, np.full(len(s), t0), np.full(len(s), 1.0))
-                    await engine.ingest(proj, body, ndjson=True)
-            filters = make_feed_filters(m, a.sessions, a.rows)
-            sessions = [
-                Session(engine, f.query(), proj.pk, n, not a.sinks_only)
-                for n, f in enumerate(filters)
-            ]
-            for session in sessions:
-                engine.hub.subscribe(session.sub)
-            bodies = []
-            for k in range(a.batches):
-                s = (np.arange(k * a.rows, (k + 1) * a.rows, dtype=np.int64)) % m.nseries
-                t = np.full(len(s), t0 + (k + 1) * 60_000)
-                bodies.append(enc.rows(s, t, np.round(m.base[s // 6, s % 6], 1)))
-            hub = engine.hub
-            rounds: list[float] = []
+            sessions = rounds.sessions
+            bodies = [rounds.body(k) for k in range(a.batches)]
+            wall: list[float] = []
             cpu: list[float] = []
-            drive = hub._drive  # the scheduled fan-out: a round may take several passes
-            spent = [0.0, 0.0]
-
-            def timed_drive() -> None:
-                started, started_cpu = time.perf_counter(), time.thread_time()
-                drive()
-                spent[0] += time.perf_counter() - started
-                spent[1] += time.thread_time() - started_cpu
-
-            hub._drive = timed_drive  # type: ignore[method-assign]
             prof = cProfile.Profile() if a.profile else None
             for body in bodies:
                 if prof is not None:
                     prof.enable()
-                spent[:] = [0.0, 0.0]
-                await engine.ingest(proj, body, ndjson=True)
-                while hub._work is not None or hub._pending:
-                    await asyncio.sleep(0)  # the round runs, in slices
-                rounds.append(spent[0])
-                cpu.append(spent[1])
+                spent = await rounds.round(body)
                 if prof is not None:
                     prof.disable()
-            ms = np.array(rounds[1:]) * 1000  # the first round builds the encoders' caches
+                wall.append(spent[0])
+                cpu.append(spent[1])
+            ms = np.array(wall[1:]) * 1000  # the first round builds the encoders' caches
             sent = sum(s.sent for s in sessions)
             print(
                 f"feed fan-out CPU: cpu_count={os.cpu_count()} sessions={len(sessions)} "
-                f"stations={a.stations} rows/batch={a.rows} rounds={len(rounds)} "
+                f"stations={a.stations} rows/batch={a.rows} rounds={len(wall)} "
                 f"{'fresh series' if a.fresh_series else 'series exist'}  "
                 f"{'sinks only' if a.sinks_only else 'round delivery'}  "
                 f"machine speed {machine_speed_ms():.1f} ms (lower is faster)"
             )
             print(
                 f"  ms per round: p50 {np.percentile(ms, 50):.1f}  p90 {np.percentile(ms, 90):.1f}"
-                f"  max {ms.max():.1f}; first round {rounds[0] * 1000:.1f}"
+                f"  max {ms.max():.1f}; first round {wall[0] * 1000:.1f}"
             )
             cpu_ms = np.array(cpu[1:]) * 1000  # the thread's CPU time: steadier on a busy machine
             print(
@@ -219,7 +169,7 @@ async def run(a: argparse.Namespace) -> None:
             )
             print(
                 f"  us per session per round: {np.mean(ms) * 1000 / len(sessions):.1f}; "
-                f"{sent / len(rounds) / 1e6:.2f} MB framed per round"
+                f"{sent / len(wall) / 1e6:.2f} MB framed per round"
             )
             if prof is not None:
                 stats = pstats.Stats(prof)
@@ -227,7 +177,67 @@ async def run(a: argparse.Namespace) -> None:
                 if os.environ.get("BENCH_CALLEES"):
                     stats.print_callees(os.environ["BENCH_CALLEES"])
         finally:
-            await engine.stop()
+            await rounds.engine.stop()
+
+
+def against(a: argparse.Namespace) -> None:
+    """This tree's rounds against another tree's, in bursts that alternate (see
+    ``feed_cpu_engine``): each side keeps its engine, so a burst of one and the next of the
+    other meet the machine alike, however its speed drifts."""
+    here = Path(__file__).resolve().parent.parent
+    other = Path(a.against).resolve()
+    script = Path(__file__).resolve().parent / "feed_cpu_engine.py"
+    sides: dict[str, subprocess.Popen[str]] = {}
+    for name, tree in (("this tree", here), ("other", other)):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree / "src"), str(tree)]))
+        sides[name] = subprocess.Popen(
+            [sys.executable, str(script), str(a.stations), str(a.sessions), str(a.rows)],
+            cwd=tree,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+    try:
+        for name, proc in sides.items():
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise SystemExit(f"feed-cpu --against: the {name} side did not start")
+        print(
+            f"feed fan-out CPU, {here} against {other}: cpu_count={os.cpu_count()} "
+            f"sessions={a.sessions} stations={a.stations} rows/batch={a.rows}, "
+            f"{a.bursts} bursts of {a.burst_rounds} rounds each side, alternating"
+        )
+        cpu: dict[str, list[float]] = {name: [] for name in sides}
+        ratios: list[float] = []
+        for b in range(a.bursts):
+            medians: dict[str, float] = {}
+            for name in list(sides)[:: 1 if b % 2 == 0 else -1]:
+                proc = sides[name]
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write(f"{a.burst_rounds + (b == 0)}\n")
+                proc.stdin.flush()
+                got: list[float] = orjson.loads(proc.stdout.readline())[b == 0 :]
+                cpu[name] += got
+                medians[name] = float(np.median(got))
+            ratios.append(medians["this tree"] / medians["other"])
+            print(
+                f"  burst {b + 1}: CPU ms per round (p50) this tree {medians['this tree']:.1f}"
+                f"  other {medians['other']:.1f}  ratio {ratios[-1]:.3f}"
+            )
+        print(
+            f"  CPU ms per round, p50 of every round: this tree {np.median(cpu['this tree']):.2f}"
+            f"  other {np.median(cpu['other']):.2f}; ratio per burst: median "
+            f"{np.median(ratios):.3f} ({min(ratios):.3f} .. {max(ratios):.3f}); "
+            f"machine speed {machine_speed_ms():.1f} ms (lower is faster)"
+        )
+    finally:
+        for proc in sides.values():
+            if proc.stdin is not None and proc.poll() is None:
+                proc.stdin.write("\n")
+                proc.stdin.close()
+        for proc in sides.values():
+            proc.wait(timeout=60)
 
 
 def main() -> None:
@@ -243,8 +253,21 @@ def main() -> None:
         action="store_true",
         help="no round delivery (deliver_round): each session's sink takes its share, as before",
     )
+    ap.add_argument(
+        "--against",
+        metavar="TREE",
+        help="another source tree (a git worktree of another commit): its rounds and this "
+        "tree's in alternating bursts, and the ratio",
+    )
+    ap.add_argument("--bursts", type=int, default=10, help="with --against (default 10)")
+    ap.add_argument(
+        "--burst-rounds", type=int, default=20, help="rounds a burst, with --against (default 20)"
+    )
     a = ap.parse_args()
-    asyncio.run(run(a))
+    if a.against:
+        against(a)
+    else:
+        asyncio.run(run(a))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,14 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamgauge.core.batch import QC_NAMES, encode_rows, format_time, qc_names
+from streamgauge.core.batch import (
+    QC_NAMES,
+    encode_rows,
+    format_time,
+    qc_json,
+    qc_names,
+    value_json,
+)
 from streamgauge.core.framing import NDJSON
 from streamgauge.core.ingest import MAX_TIME, MIN_TIME
 from streamgauge.core.registry import Registry
@@ -122,6 +129,19 @@ def test_encode_rows_awkward_values() -> None:
     values: list[float | str | None] = ['quote " and \\ and \n', "ünïcode ☃", 1e300, 0.1]
     rows = [orjson.loads(r) for r in encode_rows(batch(values), reg)]
     assert [r["value"] for r in rows] == values
+
+
+@given(
+    st.lists(st.one_of(st.floats(), st.none(), st.text(alphabet='a,"\\ 1]\n'))),
+    st.lists(st.integers(0, 2**8 - 1)),
+)
+def test_values_and_qc_flags_encode_as_one_by_one(
+    values: list[float | str | None], flags: list[int]
+) -> None:
+    """``value_json`` (one call for a list without text) and ``qc_json`` (names per distinct
+    mask) give each value's and each mask's own JSON."""
+    assert value_json(values) == [orjson.dumps(v) for v in values]
+    assert qc_json(np.array(flags, np.int64)) == [orjson.dumps(qc_names(q)) for q in flags]
 
 
 def test_encode_rows_of_an_unknown_series_has_nulls() -> None:

@@ -171,9 +171,41 @@ def encode_rows(batch: Batch, registry: Registry, units: UnitSystem = METRIC) ->
     """The rows as the native JSON row objects. Each row's device, variable and set are read
     from the registry's series columns, the ids' JSON kept per string code
     (``_id_json``): a record per series (``series_by_pk``, a cache of 8,192) was built again
-    for most rows of a network with more series than that."""
+    for most rows of a network with more series than that. The part of a row before its
+    value does not depend on the units, and is made once per batch (``_row_heads``)."""
     if not len(batch):
         return []
+    heads = _row_heads(batch, registry)
+    values = value_json(output_values(batch, registry, units))
+    qc = qc_json(batch.qc)
+    return [
+        b'%s%s,"qc":%s}' % (head, value, flags)
+        for head, value, flags in zip(heads, values, qc, strict=True)
+    ]
+
+
+def value_json(values: list[Value]) -> list[bytes]:
+    """Each value as JSON (NaN and the infinities as null): in one call when none is text."""
+    dumped = orjson.dumps(values)
+    if b'"' in dumped:  # text: its JSON may hold commas
+        return [orjson.dumps(v) for v in values]
+    # (numbers and nulls only: the list's commas are its separators)
+    return dumped[1:-1].split(b",") if values else []
+
+
+def qc_json(qc: npt.NDArray[np.int64]) -> list[bytes]:
+    """Each row's QC flag mask as the JSON list of its failed checks' names."""
+    masks, inverse = np.unique(qc, return_inverse=True)
+    names = [_qc_json(q) for q in masks.tolist()]
+    return [names[k] for k in inverse.reshape(-1).tolist()]
+
+
+def _row_heads(batch: Batch, registry: Registry) -> list[bytes]:
+    """Each row's native JSON up to its value, kept on the batch for the registry's version."""
+    found = batch.derived.get("row_heads")
+    if found is not None and found[0] == registry.version:
+        kept: list[bytes] = found[1]
+        return kept
     s = batch.series
     inside = (s >= 0) & (s < registry.series_end)
     at = np.where(inside, s, 0)
@@ -181,18 +213,16 @@ def encode_rows(batch: Batch, registry: Registry, units: UnitSystem = METRIC) ->
     devices, variables = _id_json(registry)
     strings, names = registry.strings, registry.name_list
     times: dict[int, bytes] = {}
-    out: list[bytes] = []
-    append = out.append
+    heads: list[bytes] = []
+    append = heads.append
     dumps = orjson.dumps
-    for cursor, ok, d, n, set_, t, v, q in zip(
+    for cursor, ok, d, n, set_, t in zip(
         batch.cursors.tolist(),
         live,
         registry.s_devid[at].tolist(),
         registry.s_name[at].tolist(),
         registry.s_set[at].tolist(),
         batch.times.tolist(),
-        output_values(batch, registry, units),
-        batch.qc.tolist(),
         strict=True,
     ):
         tb = times.get(t)
@@ -206,15 +236,16 @@ def encode_rows(batch: Batch, registry: Registry, units: UnitSystem = METRIC) ->
             if nj is None:
                 nj = variables[n] = dumps(names[n])
             append(
-                b'{"cursor":%d,"device":%s,"variable":%s,"set":%d,"time":"%s","value":%s,"qc":%s}'
-                % (cursor, dj, nj, set_, tb, dumps(v), _qc_json(q))
+                b'{"cursor":%d,"device":%s,"variable":%s,"set":%d,"time":"%s","value":'
+                % (cursor, dj, nj, set_, tb)
             )
         else:
             append(
-                b'{"cursor":%d,"device":null,"variable":null,"set":null,"time":"%s","value":%s,'
-                b'"qc":%s}' % (cursor, tb, dumps(v), _qc_json(q))
+                b'{"cursor":%d,"device":null,"variable":null,"set":null,"time":"%s","value":'
+                % (cursor, tb)
             )
-    return out
+    batch.derived["row_heads"] = (registry.version, heads)
+    return heads
 
 
 def _id_json(registry: Registry) -> tuple[dict[int, bytes], dict[int, bytes]]:

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from streamgauge.core.batch import output_values, qc_names
+from streamgauge.core.batch import output_values, qc_json, value_json
 from streamgauge.core.framing import NDJSON, Deliver, Framing
 from streamgauge.core.hub import Cells, Item
 from streamgauge.core.registry import Registry, SiteRec
@@ -104,16 +104,6 @@ _NO_SERIES_HEAD = b'{"stid":"","sensor":"","set":1,"date":%s,"value":'
 _HEAD = b'{"stid":%s,"sensor":%s,"set":%d,"date":%s,"value":'
 
 
-_QC: dict[int, bytes] = {}
-
-
-def _qc(mask: int) -> bytes:
-    enc = _QC.get(mask)
-    if enc is None:
-        enc = _QC[mask] = orjson.dumps(qc_names(mask))
-    return enc
-
-
 def date_of(ms: int) -> bytes:
     """``yyyymmddhhmm`` (UTC) as a JSON integer, like the reference's example (computed, not
     formatted: ``strftime``'s year is not zero-padded alike on every platform)."""
@@ -145,15 +135,10 @@ def _encode_rows(
     if not len(batch):
         return []
     heads = _row_heads(batch, reg, date)
-    values = output_values(batch, reg, units)
-    dumped = orjson.dumps(values)
-    # (without a string, no value's JSON has a comma or a quote: the list splits at its commas)
-    texts = dumped[1:-1].split(b",") if b'"' not in dumped else [orjson.dumps(v) for v in values]
-    masks, inverse = np.unique(batch.qc, return_inverse=True)
-    qcs = [_qc(q) for q in masks.tolist()]
+    values = value_json(output_values(batch, reg, units))
     return [
-        b'%s%s,"qc":%s},' % (head, text, qcs[q])
-        for head, text, q in zip(heads, texts, inverse.reshape(-1).tolist(), strict=True)
+        b'%s%s,"qc":%s},' % (head, value, flags)
+        for head, value, flags in zip(heads, values, qc_json(batch.qc), strict=True)
     ]
 
 
@@ -672,6 +657,8 @@ def prepare(batch: Batch, cells: Cells) -> None:
     picked: list[int] = []
     metas: list[Metadata] = []
     for i, sub in enumerate(subs):
+        if bounds[i] == bounds[i + 1]:  # (no rows: most sessions of a filtered round)
+            continue
         meta = metadata_of(sub.state)
         if (
             meta is not None
@@ -679,9 +666,9 @@ def prepare(batch: Batch, cells: Cells) -> None:
             and sub.sink is not None
             and not sub.overflowed
             and sub.closed is None
-            and bounds[i] < bounds[i + 1]
         ):
-            meta._withdraw_plan()
+            if meta._plan is not None:
+                meta._withdraw_plan()
             picked.append(i)
             metas.append(meta)
     if not metas:
