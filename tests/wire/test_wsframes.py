@@ -1,5 +1,6 @@
 """``joined_frames``: a fan-out round's WebSocket frames or HTTP chunks for many connections in
-one call, in C (``wire/_wsframes.c``) and its Python twin, which must give the same bytes."""
+one call, and ``joined_lists``: many joins of the same items in one call; each in C
+(``wire/_wsframes.c``) and its Python twin, which must give the same bytes."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamgauge.wire import wsframes
-from streamgauge.wire.wsframes import joined_frames_py, text_frame
+from streamgauge.wire.wsframes import joined_frames_py, joined_lists_py, text_frame
 
 
 def test_the_c_frames_are_built() -> None:
     """The package builds ``_wsframes`` where it is installed with a compiler (as here): the
     fan-out must not silently run the Python twin."""
     assert wsframes.joined_frames is not joined_frames_py
+    assert wsframes.joined_lists is not joined_lists_py
 
 
 _rows = st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=40)
@@ -144,5 +146,89 @@ def test_bad_arguments_raise_alike(change: dict[str, object], error: type[Except
         args.update(his=[1])
     args.update(change)
     for fn in (wsframes.joined_frames, joined_frames_py):
+        with pytest.raises(error):
+            fn(*args.values())  # type: ignore[operator]
+
+
+@given(_frames_args(), st.data())
+def test_a_trim_longer_than_the_tail_leaves_out_the_rows_end_alike(
+    args: tuple[list[bytes], bytes, list[int], list[int], list[int]], data: st.DataObject
+) -> None:
+    """``trim`` may take more than the tail gives back (a whole row, several): the frame is
+    the rows' bytes up to the trim, never written past (the C one copies no further)."""
+    rows, picked, los, his, cursors = args
+    numbers = np.frombuffer(picked, np.int64)
+    sizes = [sum(len(rows[r]) for r in numbers[lo:hi]) for lo, hi in zip(los, his, strict=True)]
+    trim = data.draw(st.integers(0, min(sizes)))
+    chunked = data.draw(st.booleans())
+    call = (rows, picked, los, his, None, [None] * len(los), b"", b"", b"", trim, chunked)
+    if chunked and trim in sizes:
+        return  # an empty chunk: refused alike (test_an_empty_chunk_is_refused)
+    assert wsframes.joined_frames(*call) == joined_frames_py(*call)
+
+
+@given(
+    st.lists(st.binary(max_size=200) | st.none(), min_size=1, max_size=30),
+    st.data(),
+    st.binary(max_size=40),
+    st.binary(max_size=3),
+    st.binary(max_size=40),
+)
+@settings(max_examples=300)
+def test_the_c_lists_are_the_python_twins(
+    items: list[bytes | None],
+    data: st.DataObject,
+    prefix: bytes,
+    sep: bytes,
+    tail: bytes,
+) -> None:
+    """``joined_lists``: each list's items joined between a prefix and a tail; lists may be
+    empty, items no list names may be None."""
+    named = [r for r, item in enumerate(items) if item is not None]
+    picked = data.draw(st.lists(st.sampled_from(named), max_size=200)) if named else []
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(picked)), max_size=10)))
+    edges = [0, *cuts, len(picked)]
+    call = (
+        items,
+        np.array(picked, np.int64).tobytes(),
+        edges[:-1],
+        edges[1:],
+        prefix,
+        sep,
+        tail,
+    )
+    got = wsframes.joined_lists(*call)
+    assert got == joined_lists_py(*call)
+    assert got == [
+        prefix + sep.join([cast(bytes, items[r]) for r in picked[lo:hi]]) + tail
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"los": [0, 1]}, ValueError),  # lengths differ
+        ({"his": [3]}, ValueError),  # beyond picked
+        ({"los": [2], "his": [1]}, ValueError),  # backwards
+        ({"picked": b"\x00" * 7}, ValueError),  # not int64 values
+        ({"picked": np.array([0, 5], np.int64).tobytes()}, IndexError),  # no such item
+        ({"picked": np.array([-1, 0], np.int64).tobytes()}, IndexError),
+        ({"picked": np.array([0, 2], np.int64).tobytes()}, TypeError),  # None named
+        ({"los": ["0"]}, TypeError),
+    ],
+)
+def test_bad_list_arguments_raise_alike(change: dict[str, object], error: type[Exception]) -> None:
+    args: dict[str, object] = {
+        "items": [b"a", b"b", None],
+        "picked": np.array([0, 1], np.int64).tobytes(),
+        "los": [0],
+        "his": [2],
+        "prefix": b"[",
+        "sep": b",",
+        "tail": b"]",
+    }
+    args.update(change)
+    for fn in (wsframes.joined_lists, joined_lists_py):
         with pytest.raises(error):
             fn(*args.values())  # type: ignore[operator]

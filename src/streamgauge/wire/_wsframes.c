@@ -1,11 +1,11 @@
 /* WebSocket text frames (or HTTP/1.1 chunks) of a fan-out round, one per connection, in one
- * call.
+ * call; and joins of many lists of the same items (a round's metadata messages).
  *
- * The Python twin, and the contract, is ``streamgauge.wire.wsframes.joined_frames``: this
- * module is that function without the per-connection Python work (a list comprehension, a
- * join, two formats and two copies a connection, a thousand connections a round). The
- * module is optional: where it is not built, the Python twin runs, and the tests check that
- * both give the same bytes. */
+ * The Python twins, and the contract, are ``streamgauge.wire.wsframes.joined_frames`` and
+ * ``joined_lists``: this module is those functions without the per-connection Python work (a
+ * list comprehension, a join, two formats and two copies a connection, a thousand
+ * connections a round). The module is optional: where it is not built, the Python twins run,
+ * and the tests check that both give the same bytes. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -214,15 +214,19 @@ joined_frames(PyObject *module, PyObject *args)
         p += number_n;
         memcpy(p, infix, infix_n);
         p += infix_n;
-        for (Py_ssize_t k = lo; k < hi; k++) {
+        Py_ssize_t left = joined - trim; /* the rows' bytes to copy: never past the frame */
+        for (Py_ssize_t k = lo; k < hi && left > 0; k++) {
             int64_t r;
             memcpy(&r, picked + 8 * k, 8);
             PyObject *row = PyList_GET_ITEM(rows, (Py_ssize_t)r);
             Py_ssize_t n = PyBytes_GET_SIZE(row);
+            if (n > left) {
+                n = left;
+            }
             memcpy(p, PyBytes_AS_STRING(row), n);
             p += n;
+            left -= n;
         }
-        p -= trim;
         memcpy(p, tail, tail_n);
         p += tail_n;
         if (chunked) {
@@ -238,7 +242,95 @@ fail:
     return NULL;
 }
 
+static PyObject *
+joined_lists(PyObject *module, PyObject *args)
+{
+    PyObject *items, *picked_obj, *los, *his;
+    const char *prefix, *sep, *tail;
+    Py_ssize_t prefix_n, sep_n, tail_n;
+    if (!PyArg_ParseTuple(args, "O!SO!O!y#y#y#:joined_lists", &PyList_Type, &items,
+                          &picked_obj, &PyList_Type, &los, &PyList_Type, &his, &prefix,
+                          &prefix_n, &sep, &sep_n, &tail, &tail_n)) {
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(los);
+    if (PyList_GET_SIZE(his) != count) {
+        PyErr_SetString(PyExc_ValueError, "los and his differ in length");
+        return NULL;
+    }
+    Py_ssize_t picked_bytes = PyBytes_GET_SIZE(picked_obj);
+    if (picked_bytes % 8) {
+        PyErr_SetString(PyExc_ValueError, "picked is not a whole number of int64 values");
+        return NULL;
+    }
+    const char *picked = PyBytes_AS_STRING(picked_obj);
+    Py_ssize_t picked_n = picked_bytes / 8;
+    Py_ssize_t nitems = PyList_GET_SIZE(items);
+
+    PyObject *out = PyList_New(count);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t lo, hi;
+        if (index_at(los, i, "los", &lo) < 0 || index_at(his, i, "his", &hi) < 0) {
+            goto fail;
+        }
+        if (lo < 0 || hi > picked_n || lo > hi) {
+            PyErr_Format(PyExc_ValueError, "list %zd: items [%zd, %zd) out of picked's %zd",
+                         i, lo, hi, picked_n);
+            goto fail;
+        }
+        Py_ssize_t size = prefix_n + tail_n + (hi > lo ? (hi - lo - 1) * sep_n : 0);
+        for (Py_ssize_t k = lo; k < hi; k++) {
+            int64_t r;
+            memcpy(&r, picked + 8 * k, 8);
+            if (r < 0 || r >= nitems) {
+                PyErr_Format(PyExc_IndexError, "picked[%zd] = %lld: no such item", k,
+                             (long long)r);
+                goto fail;
+            }
+            PyObject *item = PyList_GET_ITEM(items, (Py_ssize_t)r);
+            if (!PyBytes_Check(item)) {
+                PyErr_Format(PyExc_TypeError, "items[%lld] is not bytes", (long long)r);
+                goto fail;
+            }
+            size += PyBytes_GET_SIZE(item);
+        }
+        PyObject *joined = PyBytes_FromStringAndSize(NULL, size);
+        if (joined == NULL) {
+            goto fail;
+        }
+        char *p = PyBytes_AS_STRING(joined);
+        memcpy(p, prefix, prefix_n);
+        p += prefix_n;
+        for (Py_ssize_t k = lo; k < hi; k++) {
+            int64_t r;
+            memcpy(&r, picked + 8 * k, 8);
+            PyObject *item = PyList_GET_ITEM(items, (Py_ssize_t)r);
+            if (k > lo) {
+                memcpy(p, sep, sep_n);
+                p += sep_n;
+            }
+            Py_ssize_t n = PyBytes_GET_SIZE(item);
+            memcpy(p, PyBytes_AS_STRING(item), n);
+            p += n;
+        }
+        memcpy(p, tail, tail_n);
+        PyList_SET_ITEM(out, i, joined);
+    }
+    return out;
+
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"joined_lists", joined_lists, METH_VARARGS,
+     "joined_lists(items, picked, los, his, prefix, sep, tail)\n"
+     "--\n\n"
+     "One bytes object a list: see streamgauge.wire.wsframes.joined_lists."},
     {"joined_frames", joined_frames, METH_VARARGS,
      "joined_frames(rows, picked, los, his, cursors, before, prefix, infix, tail, trim,"
      " chunked=False)\n"

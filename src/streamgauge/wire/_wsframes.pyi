@@ -12,3 +12,13 @@ def joined_frames(
     chunked: bool = False,
     /,
 ) -> list[bytes]: ...
+def joined_lists(
+    items: list[bytes | None],
+    picked: bytes,
+    los: list[int],
+    his: list[int],
+    prefix: bytes,
+    sep: bytes,
+    tail: bytes,
+    /,
+) -> list[bytes]: ...

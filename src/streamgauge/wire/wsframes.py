@@ -1,9 +1,10 @@
 """WebSocket text frames as a server writes them (RFC 6455 section 5.2: final, unmasked, no
-extension), and a fan-out round's frames (or HTTP/1.1 chunks) for many connections at once.
+extension), a fan-out round's frames (or HTTP/1.1 chunks) for many connections at once, and
+many joins of the same items (a round's metadata messages) at once.
 
-``joined_frames`` is written twice: in C (``_wsframes.c``, built with the package where a
-compiler is found) and in Python below, the contract and the fallback. The tests check that
-both give the same bytes."""
+``joined_frames`` and ``joined_lists`` are written twice: in C (``_wsframes.c``, built with the
+package where a compiler is found) and in Python below, the contract and the fallback. The
+tests check that both give the same bytes."""
 
 from __future__ import annotations
 
@@ -73,7 +74,44 @@ def joined_frames_py(
     return out
 
 
+def joined_lists_py(
+    items: list[bytes | None],
+    picked: bytes,
+    los: list[int],
+    his: list[int],
+    prefix: bytes,
+    sep: bytes,
+    tail: bytes,
+    /,
+) -> list[bytes]:
+    """One bytes object per list ``i``: ``prefix + sep.join(items[r] for r in
+    picked[los[i]:his[i]]) + tail`` (``picked``: native int64 values, as ``ndarray.tobytes``
+    gives them; a list may be empty). The items a list names must be bytes; the others may be
+    None."""
+    if len(los) != len(his):
+        raise ValueError("los and his differ in length")
+    if len(picked) % 8:
+        raise ValueError("picked is not a whole number of int64 values")
+    numbers = memoryview(picked).cast("q")
+    out: list[bytes] = []
+    for i, (lo, hi) in enumerate(zip(los, his, strict=True)):
+        if lo < 0 or hi > len(numbers) or lo > hi:
+            raise ValueError(f"list {i}: items [{lo}, {hi}) out of picked's {len(numbers)}")
+        chosen = []
+        for r in numbers[lo:hi]:
+            if not 0 <= r < len(items):
+                raise IndexError(f"picked: {r}: no such item")
+            item = items[r]
+            if not isinstance(item, bytes):
+                raise TypeError(f"items[{r}] is not bytes")
+            chosen.append(item)
+        out.append(prefix + sep.join(chosen) + tail)
+    return out
+
+
 try:
     from streamgauge.wire._wsframes import joined_frames as joined_frames
+    from streamgauge.wire._wsframes import joined_lists as joined_lists
 except ImportError:  # not built (no compiler where the package was installed)
     joined_frames = joined_frames_py
+    joined_lists = joined_lists_py

@@ -26,7 +26,7 @@ from streamgauge.core.registry import Registry, SiteRec
 from streamgauge.core.units import UnitSystem, target_unit, unit_label
 from streamgauge.domain.batch import Batch
 from streamgauge.wire.rows import format_time
-from streamgauge.wire.wsframes import text_frame
+from streamgauge.wire.wsframes import joined_lists, text_frame
 
 M_TO_FT = 3.280839895013123
 
@@ -714,6 +714,16 @@ def _plan_round(
     stations.describe(reg, np.unique(st_n).tolist())  # every fresh station's JSON, at once
     json = stations.json
     st_at = np.searchsorted(st_k, np.arange(len(metas) + 1)).tolist()
+    # each connection's message if it describes no sensor: all joined in one call
+    plain = joined_lists(
+        json,
+        st_n.astype(np.int64, copy=False).tobytes(),
+        st_at[:-1],
+        st_at[1:],
+        _NO_UNITS,
+        b",",
+        b"]}",
+    )
     se_at = np.searchsorted(se_k, np.arange(len(metas) + 1)).tolist()
     st_list, se_list = st_n.tolist(), se_n.tolist()
     row_sensors: list[int] | None = None
@@ -735,7 +745,10 @@ def _plan_round(
                 first_row.setdefault(row_sensors[r], r)
             units = meta._units_of(codes, functools.partial(_series_at, s, first_row))
         # (sensors without a variable: nothing to say, but their bits are set)
-        message = _stations_message(json, units, fresh) if units or fresh else None
+        if units:
+            message: bytes | None = _stations_message(json, units, fresh)
+        else:
+            message = plain[k] if fresh else None
         meta._plan = (firsts[i], lasts[i], version, message, fresh, codes)
     _mark(table.stations, owners[st_k], st_n)
     _mark(table.sensors, owners[se_k], se_n)
