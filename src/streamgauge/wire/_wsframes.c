@@ -81,6 +81,28 @@ index_at(PyObject *list, Py_ssize_t i, const char *name, Py_ssize_t *out)
     return 0;
 }
 
+/* ``picked``: native int64 values (``ndarray.tobytes``), and how many. */
+static int
+picked_of(PyObject *obj, const char **picked, Py_ssize_t *n)
+{
+    Py_ssize_t size = PyBytes_GET_SIZE(obj);
+    if (size % 8) {
+        PyErr_SetString(PyExc_ValueError, "picked is not a whole number of int64 values");
+        return -1;
+    }
+    *picked = PyBytes_AS_STRING(obj);
+    *n = size / 8;
+    return 0;
+}
+
+static int64_t
+picked_at(const char *picked, Py_ssize_t k)
+{
+    int64_t r;
+    memcpy(&r, picked + 8 * k, 8);
+    return r;
+}
+
 static PyObject *
 joined_frames(PyObject *module, PyObject *args)
 {
@@ -109,13 +131,11 @@ joined_frames(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "los, his, cursors and before differ in length");
         return NULL;
     }
-    Py_ssize_t picked_bytes = PyBytes_GET_SIZE(picked_obj);
-    if (picked_bytes % 8) {
-        PyErr_SetString(PyExc_ValueError, "picked is not a whole number of int64 values");
+    const char *picked;
+    Py_ssize_t picked_n;
+    if (picked_of(picked_obj, &picked, &picked_n) < 0) {
         return NULL;
     }
-    const char *picked = PyBytes_AS_STRING(picked_obj);
-    Py_ssize_t picked_n = picked_bytes / 8;
     Py_ssize_t nrows = PyList_GET_SIZE(rows);
 
     PyObject *out = PyList_New(count);
@@ -156,8 +176,7 @@ joined_frames(PyObject *module, PyObject *args)
         }
         Py_ssize_t joined = 0;
         for (Py_ssize_t k = lo; k < hi; k++) {
-            int64_t r;
-            memcpy(&r, picked + 8 * k, 8);
+            int64_t r = picked_at(picked, k);
             if (r < 0 || r >= nrows) {
                 PyErr_Format(PyExc_IndexError, "picked[%zd] = %lld: no such row", k,
                              (long long)r);
@@ -216,8 +235,7 @@ joined_frames(PyObject *module, PyObject *args)
         p += infix_n;
         Py_ssize_t left = joined - trim; /* the rows' bytes to copy: never past the frame */
         for (Py_ssize_t k = lo; k < hi && left > 0; k++) {
-            int64_t r;
-            memcpy(&r, picked + 8 * k, 8);
+            int64_t r = picked_at(picked, k);
             PyObject *row = PyList_GET_ITEM(rows, (Py_ssize_t)r);
             Py_ssize_t n = PyBytes_GET_SIZE(row);
             if (n > left) {
@@ -258,13 +276,11 @@ joined_lists(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "los and his differ in length");
         return NULL;
     }
-    Py_ssize_t picked_bytes = PyBytes_GET_SIZE(picked_obj);
-    if (picked_bytes % 8) {
-        PyErr_SetString(PyExc_ValueError, "picked is not a whole number of int64 values");
+    const char *picked;
+    Py_ssize_t picked_n;
+    if (picked_of(picked_obj, &picked, &picked_n) < 0) {
         return NULL;
     }
-    const char *picked = PyBytes_AS_STRING(picked_obj);
-    Py_ssize_t picked_n = picked_bytes / 8;
     Py_ssize_t nitems = PyList_GET_SIZE(items);
 
     PyObject *out = PyList_New(count);
@@ -283,8 +299,7 @@ joined_lists(PyObject *module, PyObject *args)
         }
         Py_ssize_t size = prefix_n + tail_n + (hi > lo ? (hi - lo - 1) * sep_n : 0);
         for (Py_ssize_t k = lo; k < hi; k++) {
-            int64_t r;
-            memcpy(&r, picked + 8 * k, 8);
+            int64_t r = picked_at(picked, k);
             if (r < 0 || r >= nitems) {
                 PyErr_Format(PyExc_IndexError, "picked[%zd] = %lld: no such item", k,
                              (long long)r);
@@ -305,8 +320,7 @@ joined_lists(PyObject *module, PyObject *args)
         memcpy(p, prefix, prefix_n);
         p += prefix_n;
         for (Py_ssize_t k = lo; k < hi; k++) {
-            int64_t r;
-            memcpy(&r, picked + 8 * k, 8);
+            int64_t r = picked_at(picked, k);
             PyObject *item = PyList_GET_ITEM(items, (Py_ssize_t)r);
             if (k > lo) {
                 memcpy(p, sep, sep_n);
