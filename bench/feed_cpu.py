@@ -12,13 +12,16 @@ takes its share of the round, as before the twentieth session.
     .venv/bin/python -m bench feed-cpu [--sessions 1000] [--batches 200] [--profile]
     .venv/bin/python -m bench feed-cpu --sinks-only
     .venv/bin/python -m bench feed-cpu --against ../other-tree [--bursts 10]
+    .venv/bin/python -m bench feed-cpu --native [--against ../other-tree]
 
 It prints the machine's core count, ms per round (p50, p90, max), microseconds per session per
 round, and with ``--profile`` the functions that cost most (cProfile). ``--against TREE``
 compares this tree with another source tree (a git worktree of another commit, its C module
 built): both set up their engine side by side, then run bursts of rounds in turn, so that
 both meet the machine alike however its speed drifts; it prints each burst's p50 and their
-ratio, and the median ratio with its range.
+ratio, and the median ratio with its range. ``--native`` runs the same rounds to live native
+NDJSON streams (``NativeStream``: the same filters, units and sessions' count, written by the
+native round delivery, ``deliver_chunks``) instead of feed sessions.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from streamgauge.faces.synoptic.messages import Metadata, feed_framing
 from streamgauge.faces.websocket import WRITER, MessageWriter
 
 from .common import machine_speed_ms
-from .feed_cpu_engine import start
+from .feed_cpu_engine import NativeStream, start
 
 
 class CountingWriter(MessageWriter):
@@ -132,7 +135,11 @@ async def run(a: argparse.Namespace) -> None:
             a.sessions,
             a.rows,
             a.fresh_series,
-            lambda engine, query, pk, n: Session(engine, query, pk, n, not a.sinks_only),
+            lambda engine, query, pk, n: (
+                NativeStream(engine, query, pk, n)
+                if a.native
+                else Session(engine, query, pk, n, not a.sinks_only)
+            ),
             Path(tmp),
         )
         try:
@@ -152,7 +159,7 @@ async def run(a: argparse.Namespace) -> None:
             ms = np.array(wall[1:]) * 1000  # the first round builds the encoders' caches
             sent = sum(s.sent for s in sessions)
             print(
-                f"feed fan-out CPU: cpu_count={os.cpu_count()} sessions={len(sessions)} "
+                f"{kind(a)} fan-out CPU: cpu_count={os.cpu_count()} sessions={len(sessions)} "
                 f"stations={a.stations} rows/batch={a.rows} rounds={len(wall)} "
                 f"{'fresh series' if a.fresh_series else 'series exist'}  "
                 f"{'sinks only' if a.sinks_only else 'round delivery'}  "
@@ -180,6 +187,10 @@ async def run(a: argparse.Namespace) -> None:
             await rounds.engine.stop()
 
 
+def kind(a: argparse.Namespace) -> str:
+    return "native NDJSON stream" if a.native else "feed"
+
+
 def against(a: argparse.Namespace) -> None:
     """This tree's rounds against another tree's, in bursts that alternate (see
     ``feed_cpu_engine``): each side keeps its engine, so a burst of one and the next of the
@@ -191,7 +202,14 @@ def against(a: argparse.Namespace) -> None:
     for name, tree in (("this tree", here), ("other", other)):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree / "src"), str(tree)]))
         sides[name] = subprocess.Popen(
-            [sys.executable, str(script), str(a.stations), str(a.sessions), str(a.rows)],
+            [
+                sys.executable,
+                str(script),
+                str(a.stations),
+                str(a.sessions),
+                str(a.rows),
+                "native" if a.native else "feed",
+            ],
             cwd=tree,
             env=env,
             stdin=subprocess.PIPE,
@@ -204,7 +222,7 @@ def against(a: argparse.Namespace) -> None:
             if proc.stdout.readline().strip() != "ready":
                 raise SystemExit(f"feed-cpu --against: the {name} side did not start")
         print(
-            f"feed fan-out CPU, {here} against {other}: cpu_count={os.cpu_count()} "
+            f"{kind(a)} fan-out CPU, {here} against {other}: cpu_count={os.cpu_count()} "
             f"sessions={a.sessions} stations={a.stations} rows/batch={a.rows}, "
             f"{a.bursts} bursts of {a.burst_rounds} rounds each side, alternating"
         )
@@ -252,6 +270,11 @@ def main() -> None:
         "--sinks-only",
         action="store_true",
         help="no round delivery (deliver_round): each session's sink takes its share, as before",
+    )
+    ap.add_argument(
+        "--native",
+        action="store_true",
+        help="native NDJSON streams with the same filters instead of feed sessions",
     )
     ap.add_argument(
         "--against",

@@ -1,6 +1,8 @@
 """The engine of ``python -m bench feed-cpu``: the mesonet, the feed sessions, the batches and
 the timed fan-out rounds, in one process without sockets.
 
+``NativeStream`` is a live native NDJSON stream with the same filters (``feed-cpu --native``).
+
 Run by path (``python bench/feed_cpu_engine.py``) with another source tree first on
 ``PYTHONPATH``, it serves ``feed-cpu --against TREE``: it sets up that tree's engine and
 sessions (``bench.feed_cpu.Session`` as that tree defines it), prints ``ready``, then for each
@@ -25,8 +27,13 @@ import orjson
 
 from streamgauge.config import Settings
 from streamgauge.core.engine import Engine
+from streamgauge.core.filters import CompiledSelection
+from streamgauge.core.hub import Item, Subscription
 from streamgauge.domain.model import Device, DeviceIn, ProjectIn, SiteIn
 from streamgauge.domain.records import ProjectRec
+from streamgauge.faces.limits import ChunkWriter
+from streamgauge.faces.native.observations import _CHUNKED
+from streamgauge.faces.synoptic.args import parse_feed_args
 from streamgauge.store.sqlite import metadata
 
 if TYPE_CHECKING:
@@ -131,19 +138,70 @@ async def start(
     return Rounds(engine, proj, m, enc, t0, rows, sessions)
 
 
-async def serve_bursts(stations: int, count: int, rows: int) -> None:
-    """``--against``'s side: rounds on request (see the module's docstring)."""
+class CountingChunks(ChunkWriter):
+    """A chunk writer without a connection: always ready; it counts what it is given."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:  # no uvicorn cycle: nothing here reads one
+        self.sent = 0
+
+    @property
+    def paused(self) -> bool:
+        return False
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    def write(self, body: bytes) -> bool:
+        self.sent += len(body)
+        return True
+
+    def write_chunk(self, chunk: bytes) -> None:
+        self.sent += len(chunk)
+
+
+class NativeStream:
+    """A live native NDJSON stream as ``Engine.stream`` sets it up when its connection offers a
+    ``ChunkWriter`` (the round delivery's ``deliver_chunks`` writes it): the selection of a
+    feed session's arguments (the same filters), its units, a sink that writes a round's items
+    as one chunk, and a writer that counts the bytes instead of a socket."""
+
+    def __init__(self, engine: Engine, query: str, project_pk: int, number: int) -> None:
+        args = parse_feed_args(query, now_ms=int(time.time() * 1000), max_period_hours=48)
+        self.writer = CountingChunks()
+        self.sub = Subscription(
+            CompiledSelection(args.select.selection(project_pk), engine.registry),
+            _CHUNKED["ndjson"],
+            engine.registry,
+            engine.settings.subscriber_queue_bytes,
+            args.select.units,
+        )
+        self.sub.selection.compile()
+        self.sub.state = self.writer
+        self.sub.sink = self.sink
+
+    def sink(self, items: list[Item], position: int) -> bool:
+        return not items or self.writer.write(b"".join([item.data for item in items]))
+
+    @property
+    def sent(self) -> int:
+        return self.writer.sent
+
+
+async def serve_bursts(stations: int, count: int, rows: int, kind: str) -> None:
+    """``--against``'s side: rounds on request (see the module's docstring), of feed sessions
+    or (``kind`` "native") native streams."""
     from bench.feed_cpu import Session  # this tree's (first on the path)
 
+    def make(engine: Engine, query: str, pk: int, n: int) -> Any:
+        if kind == "native":
+            return NativeStream(engine, query, pk, n)
+        return Session(engine, query, pk, n, True)
+
     with tempfile.TemporaryDirectory(prefix="sg-feedcpu-") as tmp:
-        rounds = await start(
-            stations,
-            count,
-            rows,
-            False,
-            lambda engine, query, pk, n: Session(engine, query, pk, n, True),
-            Path(tmp),
-        )
+        rounds = await start(stations, count, rows, False, make, Path(tmp))
         try:
             print("ready", flush=True)
             loop = asyncio.get_running_loop()
@@ -159,4 +217,4 @@ async def serve_bursts(stations: int, count: int, rows: int) -> None:
 
 if __name__ == "__main__":
     stations, count, rows = (int(x) for x in sys.argv[1:4])
-    asyncio.run(serve_bursts(stations, count, rows))
+    asyncio.run(serve_bursts(stations, count, rows, sys.argv[4] if len(sys.argv) > 4 else "feed"))
