@@ -42,7 +42,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -719,62 +719,75 @@ async def warm_up_session(base: str, queries: list[str]) -> None:
                 pass
 
 
-def loopback_send_us(connections: int, size: int, rounds: int = 20, pause: float = 0.05) -> float:
+def loopback_send_us(
+    connections: int, size: int, procs: int, rounds: int = 20, pause: float = 0.05
+) -> float:
     """CPU microseconds of one ``send`` of ``size`` bytes on a loopback TCP connection, made to
     each of ``connections`` connections a round (``rounds`` rounds ``pause`` apart, the median
-    of three such runs), the receiving ends drained by another thread. On loopback the
-    receiving side's TCP work runs in the sender's call, so this is the kernel's part of a
-    fan-out's write: the feed makes one a session a round, the broadcast one a client a
-    message (``--budget``)."""
+    of three such runs), the receiving ends read by ``procs`` other processes waiting in
+    ``select`` as the bench's subscribers do. On loopback the receiving side's TCP work and
+    its wake-up run in the sender's call, so this is the kernel's part of a fan-out's write:
+    the feed makes one a session a round, the broadcast one a client a message
+    (``--budget``)."""
     import selectors
     import socket
-    import threading
 
     listener = socket.socket()
     listener.bind((HOST, 0))
     listener.listen(connections)
-    ends: list[tuple[socket.socket, socket.socket]] = []
+    clients: list[socket.socket] = []
+    served: list[socket.socket] = []
+    readers: list[int] = []
     try:
         for _ in range(connections):
-            client = socket.create_connection(listener.getsockname())
-            served, _ = listener.accept()
-            client.setblocking(False)
-            ends.append((client, served))
-        stop = threading.Event()
-
-        def drain() -> None:
-            with selectors.DefaultSelector() as sel:
-                for client, _ in ends:
-                    sel.register(client, selectors.EVENT_READ)
-                while not stop.is_set():
-                    for key, _ in sel.select(0.1):
-                        try:
-                            while key.fileobj.recv(1 << 16):  # type: ignore[union-attr]
-                                pass
-                        except BlockingIOError:
-                            pass
-
-        reader = threading.Thread(target=drain, daemon=True)
-        reader.start()
+            clients.append(socket.create_connection(listener.getsockname()))
+            served.append(listener.accept()[0])
+        for p in range(procs):
+            pid = os.fork()
+            if pid == 0:  # a reader: its share of the clients' ends, until the sender closes
+                code = 0
+                try:
+                    for sock in served:
+                        sock.close()
+                    mine = clients[p::procs]
+                    with selectors.DefaultSelector() as sel:
+                        for sock in mine:
+                            sock.setblocking(False)
+                            sel.register(sock, selectors.EVENT_READ)
+                        while sel.get_map():
+                            for key, _ in sel.select():
+                                sock = cast(socket.socket, key.fileobj)
+                                try:
+                                    while data := sock.recv(1 << 16):
+                                        del data
+                                    sel.unregister(sock)  # (b"": the sender closed)
+                                except BlockingIOError:
+                                    pass
+                except BaseException:  # noqa: BLE001
+                    code = 1
+                os._exit(code)
+            readers.append(pid)
+        for sock in clients:
+            sock.close()
+        clients.clear()
         frame = b"x" * size
         runs = []
         for _ in range(3):
             cpu = 0.0
             for _ in range(rounds):
                 t0 = time.thread_time()
-                for _, served in ends:
-                    served.send(frame)
+                for sock in served:
+                    sock.send(frame)
                 cpu += time.thread_time() - t0
                 time.sleep(pause)
             runs.append(cpu / (rounds * connections) * 1e6)
-        stop.set()
-        reader.join()
         return float(np.median(runs))
     finally:
-        for client, served in ends:
-            client.close()
-            served.close()
+        for sock in clients + served:
+            sock.close()
         listener.close()
+        for pid in readers:
+            os.waitpid(pid, 0)
 
 
 def feed_fanout(
@@ -1264,10 +1277,13 @@ def main_feed(a: argparse.Namespace) -> None:
     floor: FeedRun | None = None
     send_us = float("nan")
     if a.budget:
-        send_us = loopback_send_us(cfg.subscribers, BUDGET_FRAME, round(cfg.batches_per_s))
+        send_us = loopback_send_us(
+            cfg.subscribers, BUDGET_FRAME, cfg.procs, round(cfg.batches_per_s)
+        )
         log(
             f"  a loopback send of {BUDGET_FRAME:,} bytes to each of {cfg.subscribers:,} "
-            f"connections: {send_us:.2f} us of CPU a send (median of three runs)"
+            f"connections read by {cfg.procs} processes: {send_us:.2f} us of CPU a send (median "
+            "of three runs)"
         )
     env = {
         "STREAMGAUGE_QC": "true",
