@@ -6,17 +6,24 @@ from __future__ import annotations
 
 import json
 import re
+import tracemalloc
 from typing import Any
 
 import disruptive as dt
+import numpy as np
 import pytest
 from disruptive.events.events import Event
 
+from streamgauge.core.units import METRIC
+from streamgauge.domain.batch import Batch
 from streamgauge.domain.errors import BadRequest, Invalid
+from streamgauge.domain.events import ProjectPut
+from streamgauge.domain.model import Project
 from streamgauge.faces.dt.events import (
     EVENT_TYPES,
     TEMPERATURE_EVENT,
     dumps_ascii,
+    encode_rows,
     event_id,
     event_obj,
     format_ts,
@@ -26,6 +33,7 @@ from streamgauge.faces.dt.events import (
 )
 from streamgauge.faces.dt.http import stream_error_line
 from streamgauge.faces.dt.stream import _ndjson_row, parse_duration, ping_interval
+from tests.core.test_filters import Builder
 
 STORES = ["sqlite", "postgresql"]  # every test here runs on both storage backends
 
@@ -252,3 +260,33 @@ def test_ping_interval_is_a_go_duration_from_one_second_up_to_ten() -> None:
     for bad in ("", "10", "s", "10x", "-1s", "500ms"):
         with pytest.raises(BadRequest):
             ping_interval(bad)
+
+
+def test_encoded_rows_hold_their_length_not_orjsons_buffer() -> None:
+    """A batch keeps its rows encoded as DT events for as long as it is fanned out: each at
+    its length, not in orjson's buffer of at least 4 KiB (``core.batch.kept_json``)."""
+    b = Builder()
+    b.reg.apply(ProjectPut(1, Project(id="p1", name="P", created_at="2026-01-01T00:00:00Z")))
+    dev = b.device(1, "dev1", "temperature", {})
+    pk = b.series(dev, b.variable(dev, "temperature"))
+    n = 500
+    batch = Batch(
+        1,
+        np.arange(1, n + 1, dtype=np.int64),
+        np.full(n, pk, np.int64),
+        T0 + 1000 * np.arange(n, dtype=np.int64),
+        [20.0 + k / 10 for k in range(n)],
+        np.zeros(n, np.int64),
+    )
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        rows = encode_rows(batch, b.reg, METRIC)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(rows) == n and all(rows)
+    first = json.loads(rows[0])
+    assert first["eventType"] == "temperature"
+    assert first["data"]["temperature"]["value"] == 20.0
+    assert held < n * 1024  # about 400 bytes a row; over 4 KiB in orjson's buffers

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -15,6 +16,7 @@ from streamgauge.core.batch import (
     QC_NAMES,
     encode_rows,
     format_time,
+    kept_json,
     qc_json,
     qc_names,
     value_json,
@@ -276,3 +278,27 @@ def test_batch_module_imports_on_its_own() -> None:
             [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=60
         )
         assert proc.returncode == 0, proc.stderr
+
+
+def _held(make: object) -> int:
+    """Bytes still allocated by what ``make()`` returns (kept alive while measured)."""
+    assert callable(make)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = make()
+        held: int = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    del kept
+    return held
+
+
+def test_kept_json_holds_its_length_not_orjsons_buffer() -> None:
+    """A short text from ``orjson.dumps`` sits in a buffer of about 4 KiB (a cache of a
+    thousand station ids held 4 MB); ``kept_json`` keeps the same bytes at their length."""
+    names = [f"SG{k:05d}" for k in range(1000)]
+    assert [kept_json(n) for n in names] == [orjson.dumps(n) for n in names]
+    kept = _held(lambda: [kept_json(n) for n in names])
+    assert kept < 100 * 1000  # the list and 1,000 objects of about 50 bytes
+    assert type(kept_json({"a": [1, None, "x"]})) is bytes

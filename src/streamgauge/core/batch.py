@@ -60,13 +60,21 @@ def qc_names(mask: int) -> list[str]:
     return [name for bit, name in enumerate(QC_NAMES) if mask >> bit & 1]
 
 
+def kept_json(obj: Any) -> bytes:
+    """``orjson.dumps`` for bytes that are kept (a cache): orjson returns its output in the
+    buffer it wrote it to, at least 4 KiB however short the text (``sys.getsizeof`` shows only
+    the text's length), so a cache of short JSON texts held 4 KiB an entry; copied, each holds
+    its length. Texts that are written and dropped need no copy."""
+    return bytes(memoryview(orjson.dumps(obj)))
+
+
 _QC_JSON: dict[int, bytes] = {}
 
 
 def _qc_json(mask: int) -> bytes:
     enc = _QC_JSON.get(mask)
     if enc is None:
-        enc = _QC_JSON[mask] = orjson.dumps(qc_names(mask))
+        enc = _QC_JSON[mask] = kept_json(qc_names(mask))
     return enc
 
 

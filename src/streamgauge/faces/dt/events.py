@@ -542,7 +542,9 @@ def encode_rows(batch: Batch, registry: Registry, units: UnitSystem) -> list[byt
             out.append(b"")
             continue
         obj = event_obj(proj.doc.id, rec.device_id, rec.variable_id, v, t, cursor)
-        out.append(b"" if obj is None else dumps_ascii(obj))
+        # (copied: orjson's output sits in a buffer of at least 4 KiB, and a batch keeps its
+        # encoded rows for as long as it is fanned out: ``core.batch.kept_json``)
+        out.append(b"" if obj is None else bytes(memoryview(dumps_ascii(obj))))
     return out
 
 

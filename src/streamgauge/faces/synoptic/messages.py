@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from streamgauge.core.batch import output_values, qc_json, value_json
+from streamgauge.core.batch import kept_json, output_values, qc_json, value_json
 from streamgauge.core.framing import NDJSON, Deliver, Framing
 from streamgauge.core.hub import Cells, Item
 from streamgauge.core.registry import Registry, SiteRec
@@ -322,7 +322,7 @@ class _Stations:
         """Station ``n``'s ``stid`` as JSON (made on first use)."""
         found = self.stids[n]
         if found is None:
-            found = self.stids[n] = orjson.dumps(_station_of_device(reg, self.reps[n])[0])
+            found = self.stids[n] = kept_json(_station_of_device(reg, self.reps[n])[0])
         return found
 
     def sensor_json(self, reg: Registry, code: int) -> bytes:
@@ -330,7 +330,7 @@ class _Stations:
         found = self.sensors.get(code)
         if found is None:
             name = reg.name_list[code] if 0 <= code < len(reg.name_list) else ""
-            found = self.sensors[code] = orjson.dumps(name)
+            found = self.sensors[code] = kept_json(name)
         return found
 
     def describe(self, reg: Registry, numbers: list[int]) -> None:
@@ -343,7 +343,7 @@ class _Stations:
         found = [_station_of_device(reg, self.reps[n]) for n in missing]
         docs = iter(reg.site_documents([site for _, site in found if site is not None]))
         for n, (stid, site) in zip(missing, found, strict=True):
-            self.json[n] = orjson.dumps(_station(stid, site, "" if site is None else next(docs)))
+            self.json[n] = kept_json(_station(stid, site, "" if site is None else next(docs)))
 
 
 class _ItemKeys:
