@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 import orjson
 
+from streamgauge.faces.native.csv_ingest import csv_to_ndjson
 from streamgauge.faces.native.deps import encode_page
 from tests.conftest import expect_error as _err
 from tests.conftest import make_station, rows, settle, start_server
@@ -426,3 +428,31 @@ def test_history_of_deleted_device_is_gone(client: httpx.Client) -> None:
     assert _post(client, rows(4)).status_code == 200
     assert client.delete("/api/v1/projects/p1/devices/d1").status_code == 204
     assert {o["device"] for o in _history(client)} == {"d0"}
+
+
+def test_a_csv_batch_is_converted_without_a_buffer_a_row() -> None:
+    """The CSV body becomes the NDJSON rows ingest reads in one buffer: orjson's output of
+    each row sits in at least 4 KiB, and a list of them held about a hundred times the body
+    (447 MB for a 4 MB CSV of 100,000 rows; 3 GB for one at the 32 MB body limit)."""
+    n = 20_000
+    body = b"device,variable,time,value,set\n" + b"".join(
+        b"ws%d,air_temp,2026-01-01T00:%02d:00Z,%d.5,%d\n" % (k % 7, k % 60, k, 1 + k % 2)
+        for k in range(n)
+    )
+    tracemalloc.start()
+    try:
+        out = csv_to_ndjson(body)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    got = [orjson.loads(line) for line in out.split(b"\n")]
+    assert len(got) == n
+    assert got[0] == {
+        "device": "ws0",
+        "variable": "air_temp",
+        "time": 1767225600000,
+        "value": 0.5,
+        "set": 1,
+    }
+    assert got[-1]["device"] == f"ws{(n - 1) % 7}" and got[-1]["value"] == n - 1 + 0.5
+    assert peak < 20 * len(body)

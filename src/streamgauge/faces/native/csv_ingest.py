@@ -91,7 +91,9 @@ def csv_to_ndjson(body: bytes, max_errors: int = 100) -> bytes:
             [{"line": 1, "field": "header", "reason": reason}],
         )
     col = {n: i for i, n in enumerate(names)}
-    out: list[bytes] = []
+    # One buffer, not a bytes object a row: orjson returns each text in a buffer of at least
+    # 4 KiB (``core.batch.kept_json``), and a 4 MB CSV of 100,000 rows held 447 MB at its peak.
+    out = bytearray()
     details: list[dict[str, Any]] = []
     index = 0
     while True:
@@ -120,7 +122,9 @@ def csv_to_ndjson(body: bytes, max_errors: int = 100) -> bytes:
                     st = _set(fields[col["set"]])
                     if st is not None:
                         row["set"] = st
-                out.append(orjson.dumps(row))
+                if out:
+                    out += b"\n"
+                out += orjson.dumps(row)
             except WireError as exc:
                 problem = {"field": exc.field, "reason": str(exc)}
         if problem is not None:
@@ -132,4 +136,4 @@ def csv_to_ndjson(body: bytes, max_errors: int = 100) -> bytes:
         raise Invalid(f"{len(details)} bad row(s) in the batch; nothing was stored", details)
     if not out:
         raise BadRequest("the batch holds no observations")
-    return b"\n".join(out)
+    return bytes(out)
