@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import tracemalloc
 from pathlib import Path
 
 import orjson
@@ -158,6 +159,36 @@ def test_without_pyarrow_csv_goes_as_ndjson_and_parquet_is_refused(
     ]
     with pytest.raises(ValueError, match="needs pyarrow"):
         list(file_batches(tmp_path / "x.parquet", 10))
+
+
+def test_without_pyarrow_csv_bodies_split_at_the_batch_size_in_one_buffer_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bodies of ``size`` rows and the rest, each row once and in order; a body is built in one
+    buffer (orjson's output of a row sits in at least 4 KiB: a body of 5,000 rows held 20 MB)."""
+    monkeypatch.setattr(_encode, "have_arrow", lambda: False)
+    path = tmp_path / "x.csv"
+    n = 12_000
+    path.write_text(
+        "device,variable,time,value\n"
+        + "".join(f"d{k % 3},t,{1_700_000_000_000 + k},{k}.5\n" for k in range(n))
+    )
+    tracemalloc.start()
+    try:
+        bodies = list(file_batches(path, 5000))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [b.rows for b in bodies] == [5000, 5000, 2000]
+    got = [orjson.loads(x) for b in bodies for x in b.data.splitlines()]
+    assert [r["time"] - 1_700_000_000_000 for r in got] == list(range(n))
+    assert got[-1] == {
+        "device": f"d{(n - 1) % 3}",
+        "variable": "t",
+        "time": 1_700_000_011_999,
+        "value": n - 1 + 0.5,
+    }
+    assert peak < 8 * 1024 * 1024  # the three bodies (about 1 MB each) and the reader
 
 
 def test_csv_without_the_required_columns_is_refused(tmp_path: Path) -> None:

@@ -196,7 +196,7 @@ def value_json(values: list[Value]) -> list[bytes]:
     """Each value as JSON (NaN and the infinities as null): in one call when none is text."""
     dumped = orjson.dumps(values)
     if b'"' in dumped:  # text: its JSON may hold commas
-        return [orjson.dumps(v) for v in values]
+        return [kept_json(v) for v in values]
     # (numbers and nulls only: the list's commas are its separators)
     return dumped[1:-1].split(b",") if values else []
 

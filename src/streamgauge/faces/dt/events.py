@@ -198,10 +198,12 @@ def new_xid() -> str:
 
 def dumps_ascii(obj: Any) -> bytes:
     """Compact JSON with every non-ASCII character escaped (``ensure_ascii``): no byte the
-    SDK's ``str.splitlines()`` could take for a line break (U+2028, U+0085, ...) survives."""
+    SDK's ``str.splitlines()`` could take for a line break (U+2028, U+0085, ...) survives.
+    Copied to its length: orjson's own output sits in a buffer of at least 4 KiB
+    (``core.batch.kept_json``), and a batch keeps its rows encoded so while it is fanned out."""
     out = orjson.dumps(obj)
     if out.isascii():
-        return out
+        return bytes(memoryview(out))
     return json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode()
 
 
@@ -542,9 +544,7 @@ def encode_rows(batch: Batch, registry: Registry, units: UnitSystem) -> list[byt
             out.append(b"")
             continue
         obj = event_obj(proj.doc.id, rec.device_id, rec.variable_id, v, t, cursor)
-        # (copied: orjson's output sits in a buffer of at least 4 KiB, and a batch keeps its
-        # encoded rows for as long as it is fanned out: ``core.batch.kept_json``)
-        out.append(b"" if obj is None else bytes(memoryview(dumps_ascii(obj))))
+        out.append(b"" if obj is None else dumps_ascii(obj))
     return out
 
 
