@@ -223,7 +223,7 @@ def _row_heads(batch: Batch, registry: Registry) -> list[bytes]:
     times: dict[int, bytes] = {}
     heads: list[bytes] = []
     append = heads.append
-    dumps = orjson.dumps
+    dumps = kept_json  # (kept in the registry for its life: see ``kept_json``)
     for cursor, ok, d, n, set_, t in zip(
         batch.cursors.tolist(),
         live,
