@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from streamgauge.core.batch import kept_json
 from streamgauge.domain.errors import Invalid
 
 if TYPE_CHECKING:
@@ -199,11 +200,10 @@ def new_xid() -> str:
 def dumps_ascii(obj: Any) -> bytes:
     """Compact JSON with every non-ASCII character escaped (``ensure_ascii``): no byte the
     SDK's ``str.splitlines()`` could take for a line break (U+2028, U+0085, ...) survives.
-    Copied to its length: orjson's own output sits in a buffer of at least 4 KiB
-    (``core.batch.kept_json``), and a batch keeps its rows encoded so while it is fanned out."""
-    out = orjson.dumps(obj)
+    At its length (``kept_json``): a batch keeps its rows encoded so while it is fanned out."""
+    out = kept_json(obj)
     if out.isascii():
-        return bytes(memoryview(out))
+        return out
     return json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode()
 
 
